@@ -1,0 +1,64 @@
+"""edgeq: take a trained model to a quantized, verified, profiled runtime bundle.
+
+Public API (each stage is also a CLI verb of the same name)::
+
+    art = edgeq.export("model.onnx")
+    tgt = edgeq.load_target("arm64")
+    opt = edgeq.optimize(art, tgt, "work/fp32.onnx")
+    q = edgeq.quantize(opt, tgt.quant, "work/int8.onnx", data=samples)
+    report = edgeq.verify(opt.path, q.artifact.path, samples, tgt.tolerances)
+    timing = edgeq.profile(q.artifact.path, tgt)
+    edgeq.bundle(q.artifact, tgt, "build/bundle", info)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["export", "optimize", "quantize", "verify", "profile", "bundle", "load_target", "__version__"]
+
+
+def export(source: str | Path, **kwargs: Any):
+    """Load and check an fp32 ONNX model; returns its ``Artifact``."""
+    from .export.onnx import export_onnx
+
+    return export_onnx(Path(source), **kwargs)
+
+
+def optimize(artifact, target, out_path, **kwargs: Any):
+    from .optimize import optimize as _optimize
+
+    art, _notes = _optimize(artifact, target, Path(out_path), **kwargs)
+    return art
+
+
+def quantize(artifact, spec, out_path, **kwargs: Any):
+    from .quantize.int8 import quantize as _quantize
+
+    return _quantize(artifact, spec, Path(out_path), **kwargs)
+
+
+def verify(reference, candidate, data, tolerances, **kwargs: Any):
+    from .verify import verify as _verify
+
+    return _verify(reference, candidate, data, tolerances, **kwargs)
+
+
+def profile(model, target, **kwargs: Any):
+    from .profile import profile as _profile
+
+    return _profile(model, target, **kwargs)
+
+
+def bundle(artifact, target, out, info, **kwargs: Any):
+    from .bundle import write_bundle
+
+    return write_bundle(artifact, target, Path(out), info, **kwargs)
+
+
+def load_target(name_or_path):
+    from .targets import load_target as _load
+
+    return _load(name_or_path)

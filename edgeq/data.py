@@ -1,0 +1,210 @@
+"""Sample sets for calibration and evaluation, checked against the model's inputs.
+
+Formats:
+- an ``.npz`` file with one array per model input (first axis = samples) and,
+  for evaluation, an optional integer ``labels`` array;
+- a folder of ``.npz`` files (same keys) or, for single-input models, ``.npy``
+  files, read in name order and concatenated.
+Arrays are read with ``allow_pickle=False``: object arrays are refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .artifact import IoSpec, TensorSpec
+from .errors import CalibrationError
+
+LABELS_KEY = "labels"
+
+
+@dataclass(frozen=True)
+class SampleSet:
+    """Stacked samples per input; ``feed(i)`` gives one batch-of-one feed dict."""
+
+    arrays: dict[str, np.ndarray]
+    stacked: dict[str, bool]  # True: array has an extra leading sample axis
+    labels: np.ndarray | None
+    source: str
+    synthetic: bool = False
+    notes: tuple[str, ...] = field(default=())
+
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values()))) if self.arrays else 0
+
+    def feed(self, i: int) -> dict[str, np.ndarray]:
+        return {k: (a[i] if self.stacked[k] else a[i : i + 1]) for k, a in self.arrays.items()}
+
+    def take(self, n: int) -> SampleSet:
+        n = min(n, len(self))
+        return SampleSet(
+            arrays={k: a[:n] for k, a in self.arrays.items()},
+            stacked=self.stacked,
+            labels=None if self.labels is None else self.labels[:n],
+            source=self.source,
+            synthetic=self.synthetic,
+            notes=self.notes,
+        )
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except ValueError as e:
+        if "pickle" in str(e).lower():
+            raise CalibrationError(
+                f"{path} holds object (pickled) arrays", "save plain numeric arrays with numpy.savez"
+            ) from None
+        raise CalibrationError(f"cannot read {path}: {e}", "write it with numpy.savez") from None
+    except (OSError, EOFError) as e:
+        raise CalibrationError(f"cannot read {path}: {e}", "write it with numpy.savez") from None
+    except Exception as e:  # noqa: BLE001 - zipfile/format errors
+        raise CalibrationError(f"{path} is not a valid .npz file ({type(e).__name__})", "write it with numpy.savez") from None
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as e:
+        if "pickle" in str(e).lower():
+            raise CalibrationError(f"{path} holds an object (pickled) array", "save a numeric array") from None
+        raise CalibrationError(f"cannot read {path}: {e}", "write it with numpy.save") from None
+    except Exception as e:  # noqa: BLE001
+        raise CalibrationError(f"{path} is not a valid .npy file ({type(e).__name__})", "write it with numpy.save") from None
+
+
+def _read_raw(path: Path, io: IoSpec, what: str) -> dict[str, np.ndarray]:
+    if not path.exists():
+        raise CalibrationError(f"{what} data not found: {path}", "pass an .npz file or a folder of .npy/.npz files")
+    if path.is_file():
+        if path.suffix == ".npz":
+            return _read_npz(path)
+        if path.suffix == ".npy":
+            return _single_input(io, _read_npy(path), path)
+        raise CalibrationError(
+            f"{what} data {path} is neither .npz nor .npy", "pass an .npz file or a folder of .npy/.npz files"
+        )
+    files = sorted(p for p in path.iterdir() if p.suffix in (".npz", ".npy") and p.is_file())
+    if not files:
+        raise CalibrationError(f"{what} folder {path} holds no .npy or .npz files", "put one file per sample or batch in it")
+    parts: list[dict[str, np.ndarray]] = []
+    for f in files:
+        parts.append(_read_npz(f) if f.suffix == ".npz" else _single_input(io, _read_npy(f), f))
+    keys = set(parts[0])
+    for f, p in zip(files, parts):
+        if set(p) != keys:
+            raise CalibrationError(
+                f"{f.name} has arrays {sorted(p)} but {files[0].name} has {sorted(keys)}",
+                "every file in the folder must hold the same inputs",
+            )
+    out: dict[str, np.ndarray] = {}
+    for k in keys:
+        arrs = [p[k] for p in parts]
+        spec = _spec_or_none(io, k)
+        # a file without the batch axis holds one sample: stack; otherwise concatenate batches
+        join = np.stack if spec is not None and arrs[0].ndim == len(spec.shape) - 1 else np.concatenate
+        try:
+            out[k] = join(arrs, axis=0)
+        except ValueError:
+            raise CalibrationError(
+                f"input '{k}': files in {path} have different shapes", "give every sample the same shape"
+            ) from None
+    return out
+
+
+def _single_input(io: IoSpec, arr: np.ndarray, path: Path) -> dict[str, np.ndarray]:
+    if len(io.inputs) != 1:
+        raise CalibrationError(
+            f"{path.name} is a bare .npy but the model has {len(io.inputs)} inputs ({', '.join(io.input_names)})",
+            "use .npz files with one array per input name",
+        )
+    return {io.inputs[0].name: arr}
+
+
+def _spec_or_none(io: IoSpec, name: str) -> TensorSpec | None:
+    try:
+        return io.input(name)
+    except KeyError:
+        return None
+
+
+def load_samples(path: str | Path, io: IoSpec, *, what: str = "calibration", labels_key: str = LABELS_KEY) -> SampleSet:
+    """Read and check a sample set against the model's inputs."""
+    path = Path(path)
+    raw = _read_raw(path, io, what)
+    labels = None
+    if labels_key in raw and labels_key not in io.input_names:
+        labels = raw.pop(labels_key)
+    missing = [n for n in io.input_names if n not in raw]
+    extra = sorted(set(raw) - set(io.input_names))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing input(s) {', '.join(missing)}")
+        if extra:
+            parts.append(f"unknown array(s) {', '.join(extra)}")
+        raise CalibrationError(
+            f"{what} data {path}: {'; '.join(parts)}",
+            f"the model's inputs are: {', '.join(f'{t.name} {t.dtype}{t.shape_str()}' for t in io.inputs)}",
+        )
+    arrays: dict[str, np.ndarray] = {}
+    stacked: dict[str, bool] = {}
+    counts = {}
+    for spec in io.inputs:
+        arr = raw[spec.name]
+        arrays[spec.name], stacked[spec.name] = _check_array(arr, spec, what)
+        counts[spec.name] = len(arr)
+    if len(set(counts.values())) > 1:
+        raise CalibrationError(
+            f"{what} data: inputs have different sample counts ({', '.join(f'{k}={v}' for k, v in counts.items())})",
+            "give every input the same number of samples (first axis)",
+        )
+    n = next(iter(counts.values())) if counts else 0
+    if n == 0:
+        raise CalibrationError(f"{what} data {path} holds no samples", "provide at least one sample per input")
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.ndim != 1 or len(labels) != n or labels.dtype.kind not in "iu":
+            raise CalibrationError(
+                f"{what} data: '{labels_key}' must be a 1-D integer array of {n} labels, got {labels.dtype}{list(labels.shape)}",
+                "store class indices, one per sample",
+            )
+    return SampleSet(arrays=arrays, stacked=stacked, labels=labels, source=str(path))
+
+
+def _check_array(arr: np.ndarray, spec: TensorSpec, what: str) -> tuple[np.ndarray, bool]:
+    rank = len(spec.shape)
+    expected = f"{spec.dtype}{spec.shape_str()}"
+    if arr.dtype.name != spec.dtype:
+        raise CalibrationError(
+            f"{what} input '{spec.name}' has dtype {arr.dtype.name}, the model expects {spec.dtype}",
+            f"convert it, e.g. array.astype('{spec.dtype}')",
+        )
+    if arr.ndim == rank + 1:
+        sample_shape, is_stacked = arr.shape[1:], True
+    elif arr.ndim == rank and rank > 0 and not (isinstance(spec.shape[0], int) and spec.shape[0] != 1):
+        sample_shape, is_stacked = (1, *arr.shape[1:]), False  # first axis is the batch axis
+    else:
+        raise CalibrationError(
+            f"{what} input '{spec.name}' has shape {list(arr.shape)}, the model expects {expected} per sample",
+            "stack samples along a new first axis (or along the batch axis)",
+        )
+    for i, (got, want) in enumerate(zip(sample_shape, spec.shape)):
+        if isinstance(want, int) and got != want:
+            raise CalibrationError(
+                f"{what} input '{spec.name}' has sample shape {list(sample_shape)}, the model expects {expected} (axis {i})",
+                "resize or reshape the data to the model's input shape",
+            )
+    if arr.dtype.kind in "fc":
+        finite = np.isfinite(arr.reshape(len(arr), -1)).all(axis=1) if len(arr) else np.array([], bool)
+        if not finite.all():
+            bad = int(np.argmin(finite))
+            raise CalibrationError(
+                f"{what} input '{spec.name}' holds NaN or Inf (first in sample {bad})",
+                "clean the data: calibration ranges must come from finite values",
+            )
+    return arr, is_stacked

@@ -1,0 +1,1 @@
+"""Exporters: every source format becomes an fp32 ONNX ``Artifact``."""

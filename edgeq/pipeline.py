@@ -1,0 +1,163 @@
+"""The whole trip for one model: export -> optimize -> quantize -> verify -> profile -> bundle."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .artifact import Artifact
+from .bundle import BundleInputs, write_bundle
+from .data import LABELS_KEY, SampleSet, load_samples
+from .errors import CalibrationError
+from .fsutil import check_output, clean_stale, scratch_dir
+from .onnxutil import model_size
+from .optimize import optimize
+from .profile import ProfileResult, feed_from, profile, skip_reason
+from .quantize.int8 import QuantResult, quantize
+from .quantize.spec import QuantSpec
+from .targets import Target
+from .verify import VerifyReport, verify
+
+Stage = Callable[[str], contextlib.AbstractContextManager]
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    target: Target
+    spec: QuantSpec
+    out: Path
+    calib: Path | None = None
+    eval: Path | None = None
+    force: bool = False
+    static_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    opset: int | None = None
+    golden: int = 3
+    do_profile: bool = True
+    verify_samples: int = 1000
+    labels_key: str = LABELS_KEY
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    bundle: Path
+    target: str
+    fp32_bytes: int
+    model_bytes: int
+    quant: QuantResult
+    verify: VerifyReport | None
+    profile_fp32: ProfileResult | None
+    profile_quant: ProfileResult | None
+    profile_skipped: str | None
+    notes: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bundle": str(self.bundle),
+            "target": self.target,
+            "size": sizes(self.fp32_bytes, self.model_bytes),
+            "quantization": self.quant.recipe(),
+            "verify": self.verify.to_dict() if self.verify else None,
+            "profile": {
+                "fp32": self.profile_fp32.to_dict() if self.profile_fp32 else None,
+                "quantized": self.profile_quant.to_dict() if self.profile_quant else None,
+                "skipped": self.profile_skipped,
+            },
+            "notes": list(self.notes),
+            "passed": self.verify.passed if self.verify else True,
+        }
+
+
+def sizes(fp32: int, model: int) -> dict[str, Any]:
+    return {"fp32_bytes": fp32, "model_bytes": model, "ratio": round(model / fp32, 4) if fp32 else None}
+
+
+@contextlib.contextmanager
+def _quiet_stage(name: str) -> Iterator[None]:
+    yield
+
+
+def run_export(
+    source: Artifact,
+    opts: ExportOptions,
+    *,
+    stage: Stage = _quiet_stage,
+    on_sample: Callable[[], None] | None = None,
+) -> ExportResult:
+    """Run every stage for an fp32 ONNX ``source``; the bundle lands at ``opts.out``."""
+    target, spec = opts.target, opts.spec
+    clean_stale(opts.out)
+    check_output(opts.out, opts.force)  # before any work
+    # Check the data against the model before spending time on anything else.
+    calib = load_samples(opts.calib, source.io, what="calibration", labels_key=opts.labels_key) if opts.calib else None
+    evals = load_samples(opts.eval, source.io, what="evaluation", labels_key=opts.labels_key) if opts.eval else None
+    if spec.needs_calibration and calib is None:
+        raise CalibrationError(
+            f"{spec.mode} needs calibration data and none was given",
+            "pass --calib DATA.npz (one array per model input), or --quant int8-dynamic / none",
+        )
+    notes: list[str] = []
+    with scratch_dir() as work:
+        with stage("optimize"):
+            opt, opt_notes = optimize(source, target, work / "fp32.onnx", static_shapes=opts.static_shapes, opset=opts.opset)
+            notes += opt_notes
+        with stage(f"quantize ({spec.mode})"):
+            qres = quantize(opt, spec, work / "model.onnx", data=calib, on_sample=on_sample)
+            notes += qres.notes
+        check_data = evals or calib
+        report = None
+        if check_data is not None:
+            if check_data is calib:
+                notes.append("verified on the calibration inputs (pass --eval for held-out data)")
+            with stage("verify"):
+                report = verify(opt.path, qres.artifact.path, check_data.take(opts.verify_samples), target.tolerances, output_names=opt.io.output_names)
+        else:
+            notes.append("no data given: verification skipped (pass --calib or --eval)")
+        prof_fp32 = prof_q = None
+        skipped = None
+        if opts.do_profile:
+            with stage("profile"):
+                feed = feed_from(check_data)
+                prof_fp32 = profile(opt.path, target, feed=feed, io=opt.io)
+                prof_q = profile(qres.artifact.path, target, feed=feed, io=qres.artifact.io)
+                if prof_fp32 is None:
+                    skipped = skip_reason(target)
+        fp32_bytes = model_size(opt.path)  # same treatment as the quantized model
+        q_bytes = model_size(qres.artifact.path)
+        golden = _golden_feeds(check_data, qres.artifact, opts.golden)
+        with stage("bundle"):
+            info = BundleInputs(
+                golden_feeds=golden,
+                recipe=qres.recipe(),
+                verify=report.to_dict() if report else None,
+                profile={
+                    "fp32": prof_fp32.to_dict() if prof_fp32 else None,
+                    "quantized": prof_q.to_dict() if prof_q else None,
+                    "skipped": skipped,
+                },
+                sizes=sizes(fp32_bytes, q_bytes),
+                provenance=qres.artifact.provenance,
+            )
+            write_bundle(qres.artifact, target, opts.out, info, force=opts.force)
+    return ExportResult(
+        bundle=opts.out,
+        target=target.name,
+        fp32_bytes=fp32_bytes,
+        model_bytes=q_bytes,
+        quant=qres,
+        verify=report,
+        profile_fp32=prof_fp32,
+        profile_quant=prof_q,
+        profile_skipped=skipped,
+        notes=tuple(notes),
+    )
+
+
+def _golden_feeds(data: SampleSet | None, art: Artifact, n: int) -> tuple[dict, ...]:
+    if data is not None and len(data):
+        return tuple(data.feed(i) for i in range(min(n, len(data))))
+    from .profile import synthetic_feed
+
+    return tuple(synthetic_feed(art.io, seed=i) for i in range(n))

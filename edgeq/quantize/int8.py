@@ -1,0 +1,302 @@
+"""INT8 (static QDQ/QOperator, dynamic) and fp16 through onnxruntime's quantizer.
+
+onnxruntime is the engine; edgeq chooses the recipe from the target, feeds it
+checked data, and refuses results that would ship silently broken: zero
+coverage, non-finite scales.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..artifact import Artifact
+from ..data import SampleSet
+from ..errors import CalibrationError, QuantizationError
+from ..onnxutil import artifact_from, default_opset, iter_initializers, iter_nodes, load_model
+from .spec import QuantSpec
+
+# Op types whose weights carry the model's size and compute.
+WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+QUANTIZED_FORMS = {
+    "QLinearConv": "Conv",
+    "ConvInteger": "Conv",
+    "QLinearMatMul": "MatMul",
+    "MatMulInteger": "MatMul",
+    "DynamicQuantizeMatMul": "MatMul",
+    "QGemm": "Gemm",
+    "MatMulNBits": "MatMul",
+}
+# Dynamic INT8 of convolutions (ConvInteger) is several times slower than fp32
+# on CPUs: leave convolutions in float unless the user asks for them.
+DYNAMIC_DEFAULT_OPS = ("MatMul", "Attention", "LSTM", "Gemm")
+
+_QTYPES = {"uint8": "QUInt8", "int8": "QInt8", "uint16": "QUInt16", "int16": "QInt16"}
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """How much of the model's weight compute was quantized, per op type."""
+
+    total: dict[str, int]
+    quantized: dict[str, int]
+    weight_bytes_total: int
+    weight_bytes_quantized: int
+
+    @property
+    def nodes_total(self) -> int:
+        return sum(self.total.values())
+
+    @property
+    def nodes_quantized(self) -> int:
+        return sum(self.quantized.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "nodes_total": self.nodes_total,
+            "nodes_quantized": self.nodes_quantized,
+            "by_op": {k: {"total": v, "quantized": self.quantized.get(k, 0)} for k, v in sorted(self.total.items())},
+            "weight_bytes_total": self.weight_bytes_total,
+            "weight_bytes_quantized": self.weight_bytes_quantized,
+        }
+
+
+@dataclass(frozen=True)
+class QuantResult:
+    artifact: Artifact
+    spec: QuantSpec
+    coverage: Coverage | None
+    notes: tuple[str, ...] = field(default=())
+
+    def recipe(self) -> dict[str, Any]:
+        d = {"engine": f"onnxruntime {_ort_version()}", **self.spec.to_dict()}
+        if self.coverage is not None:
+            d["coverage"] = self.coverage.to_dict()
+        d["notes"] = list(self.notes)
+        return d
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over a SampleSet, with a progress callback."""
+
+    def __init__(self, data: SampleSet, n: int, on_sample: Any = None) -> None:
+        self.data, self.n, self.i, self.on_sample = data, n, 0, on_sample
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.i >= self.n:
+            return None
+        feed = self.data.feed(self.i)
+        self.i += 1
+        if self.on_sample:
+            self.on_sample()
+        return feed
+
+    def rewind(self) -> None:
+        self.i = 0
+
+
+@contextlib.contextmanager
+def _cwd(path: Path):
+    # onnxruntime's pre-processing leaves stray files in the working directory when it fails
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def _preprocess(src: Path, dst: Path) -> list[str]:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with _cwd(dst.parent):
+        try:
+            quant_pre_process(str(src), str(dst), skip_optimization=True)
+            return []
+        except Exception:  # noqa: BLE001 - symbolic shape inference fails on many real models
+            pass
+        try:
+            quant_pre_process(str(src), str(dst), skip_optimization=True, skip_symbolic_shape=True)
+            return ["symbolic shape inference failed; used ONNX shape inference only"]
+        except Exception as e:  # noqa: BLE001
+            raise QuantizationError(
+                f"quantization pre-processing failed: {str(e).splitlines()[0][:200]}",
+                "check the model with `edgeq inspect`",
+            ) from None
+
+
+def coverage(fp32_model: Any, q_model: Any) -> Coverage:
+    """Count Conv/Gemm/MatMul nodes with constant weights (and their bytes) before and after."""
+    import onnx
+
+    total: collections.Counter[str] = collections.Counter()
+    weight_bytes_total = 0
+    inits = {i.name: i for i in iter_initializers(fp32_model.graph)}
+    for n in iter_nodes(fp32_model.graph):
+        if n.op_type in WEIGHT_OPS and len(n.input) > 1 and n.input[1] in inits:
+            total[n.op_type] += 1
+            weight_bytes_total += int(np.prod(inits[n.input[1]].dims)) * 4
+    int_types = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+    q_inits = {i.name: i for i in iter_initializers(q_model.graph)}
+    produced_by = {o: n for n in iter_nodes(q_model.graph) for o in n.output}
+
+    def int_weight(name: str) -> int:
+        init = q_inits.get(name)
+        if init is not None and init.data_type in int_types and len(init.dims) >= 2:
+            return int(np.prod(init.dims))
+        return 0
+
+    quantized: collections.Counter[str] = collections.Counter()
+    weight_bytes_q = 0
+    for n in iter_nodes(q_model.graph):
+        if n.op_type in QUANTIZED_FORMS:
+            quantized[QUANTIZED_FORMS[n.op_type]] += 1
+            weight_bytes_q += 4 * max((int_weight(i) for i in n.input), default=0)
+        elif n.op_type in WEIGHT_OPS and len(n.input) > 1:
+            src = produced_by.get(n.input[1])
+            if src is not None and src.op_type == "DequantizeLinear" and int_weight(src.input[0]):
+                quantized[n.op_type] += 1
+                weight_bytes_q += 4 * int_weight(src.input[0])
+    return Coverage(
+        total=dict(total),
+        quantized={k: min(v, total.get(k, v)) for k, v in quantized.items()},
+        weight_bytes_total=weight_bytes_total,
+        weight_bytes_quantized=min(weight_bytes_q, weight_bytes_total),
+    )
+
+
+def check_scales(model: Any) -> None:
+    """A quantized model with a zero, negative or non-finite scale is never written."""
+    from onnx import numpy_helper
+
+    scale_inputs = set()
+    for n in iter_nodes(model.graph):
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 1:
+            scale_inputs.add(n.input[1])
+    for init in iter_initializers(model.graph):
+        if init.name in scale_inputs:
+            v = numpy_helper.to_array(init).astype(np.float64)
+            if not np.all(np.isfinite(v)) or np.any(v <= 0):
+                raise QuantizationError(
+                    f"quantization produced an invalid scale for '{init.name}' ({v.ravel()[:4].tolist()})",
+                    "check the calibration data for extreme or constant values",
+                )
+
+
+def quantize(
+    artifact: Artifact,
+    spec: QuantSpec,
+    out_path: Path,
+    *,
+    data: SampleSet | None = None,
+    on_sample: Any = None,
+) -> QuantResult:
+    """Quantize ``artifact`` per ``spec`` into ``out_path``."""
+    out_path = Path(out_path)
+    if spec.mode == "none":
+        import shutil
+
+        shutil.copyfile(artifact.path, out_path)
+        return QuantResult(artifact.then(out_path, "quantize(none)"), spec, None, ("kept fp32",))
+    if spec.mode == "fp16":
+        return _fp16(artifact, spec, out_path)
+    fp32 = load_model(artifact.path)
+    opset = default_opset(fp32)
+    if opset < 13 and spec.per_channel:
+        raise QuantizationError(
+            f"per-channel quantization needs opset 13 or later, the model has {opset}",
+            "run the optimize stage first (it raises the opset to the target's minimum)",
+        )
+    from onnxruntime import quantization as q
+
+    notes: list[str] = []
+    pre = out_path.with_name(out_path.stem + ".prep.onnx")
+    notes += _preprocess(artifact.path, pre)
+    op_types = list(spec.op_types) or None
+    extra = {"WeightSymmetric": spec.symmetric_weights, "ActivationSymmetric": False}
+    try:
+        if spec.mode == "int8-static":
+            if data is None:
+                raise CalibrationError(
+                    "int8-static needs calibration data", "pass --calib DATA.npz (or --quant int8-dynamic)"
+                )
+            n = min(spec.calib_samples, len(data))
+            q.quantize_static(
+                str(pre),
+                str(out_path),
+                _Reader(data, n, on_sample),
+                quant_format=q.QuantFormat.QDQ if spec.format == "qdq" else q.QuantFormat.QOperator,
+                op_types_to_quantize=op_types,
+                per_channel=spec.per_channel,
+                reduce_range=spec.reduce_range,
+                activation_type=getattr(q.QuantType, _QTYPES[spec.activation_type]),
+                weight_type=getattr(q.QuantType, _QTYPES[spec.weight_type]),
+                calibrate_method=q.CalibrationMethod.MinMax,
+                extra_options=extra,
+            )
+            notes.append(f"calibrated on {n} sample(s) from {data.source}")
+        else:
+            op_types = op_types or list(DYNAMIC_DEFAULT_OPS)
+            q.quantize_dynamic(
+                str(pre),
+                str(out_path),
+                op_types_to_quantize=op_types,
+                per_channel=spec.per_channel,
+                reduce_range=spec.reduce_range,
+                weight_type=getattr(q.QuantType, _QTYPES[spec.weight_type]),
+                extra_options={"WeightSymmetric": spec.symmetric_weights},
+            )
+            if "Conv" not in op_types:
+                notes.append("convolutions kept in float (dynamic ConvInteger is slower than fp32 on CPUs)")
+    except (CalibrationError, QuantizationError):
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise QuantizationError(
+            f"onnxruntime's quantizer failed: {str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}",
+            "try --quant int8-dynamic or --quant none, and report the model to edgeq",
+        ) from None
+    finally:
+        pre.unlink(missing_ok=True)
+    qmodel = load_model(out_path)
+    check_scales(qmodel)
+    cov = coverage(fp32, qmodel)
+    if cov.nodes_total and cov.nodes_quantized == 0:
+        out_path.unlink(missing_ok=True)
+        raise QuantizationError(
+            f"{spec.mode} quantized none of the model's {cov.nodes_total} Conv/Gemm/MatMul nodes",
+            "this mode does not apply to this model: try --quant int8-static" if spec.mode == "int8-dynamic" else "report the model to edgeq",
+        )
+    if cov.nodes_total == 0:
+        notes.append("the model has no Conv/Gemm/MatMul nodes: only activations were quantized")
+    step = f"quantize({spec.mode}, {spec.format}, a={spec.activation_type}, w={spec.weight_type}, per_channel={spec.per_channel})"
+    return QuantResult(artifact_from(out_path, artifact.provenance + (step,)), spec, cov, tuple(notes))
+
+
+def _fp16(artifact: Artifact, spec: QuantSpec, out_path: Path) -> QuantResult:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = load_model(artifact.path)
+    try:
+        half = convert_float_to_float16(model, keep_io_types=True)
+    except Exception as e:  # noqa: BLE001
+        raise QuantizationError(f"fp16 conversion failed: {str(e).splitlines()[0][:200]}", "try --quant none") from None
+    onnx.save(half, str(out_path))
+    return QuantResult(
+        artifact_from(out_path, artifact.provenance + ("quantize(fp16, keep_io_types)",)),
+        spec,
+        None,
+        ("weights and compute in fp16; inputs and outputs stay fp32",),
+    )

@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Bundle runner: check an edgeq bundle and run its golden input/output pairs.
+
+This file is copied verbatim into every bundle as ``run.py``. It needs only
+numpy and onnxruntime, so it runs on the device:
+
+    python run.py [BUNDLE_DIR] [--model onnx|ort] [--providers P1,P2] [--json]
+
+Exit codes: 0 all checks passed, 1 a golden pair is outside tolerance,
+2 the bundle is corrupt (checksum, file list or manifest).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+
+MANIFEST = "manifest.json"
+SCHEMA_VERSION = 1
+
+
+class BundleCorrupt(Exception):
+    """The bundle's files do not match its manifest."""
+
+
+def sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def list_files(root: str) -> list[str]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root).replace(os.sep, "/")
+            if rel != MANIFEST:
+                out.append(rel)
+        for name in dirnames:
+            if os.path.islink(os.path.join(dirpath, name)):
+                raise BundleCorrupt(f"bundle holds a symbolic link: {name}")
+    return sorted(out)
+
+
+def load_manifest(root: str) -> dict:
+    path = os.path.join(root, MANIFEST)
+    if not os.path.isfile(path):
+        raise BundleCorrupt(f"no {MANIFEST} in {root}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BundleCorrupt(f"{MANIFEST} is not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
+        raise BundleCorrupt(f"{MANIFEST} has an unsupported schema_version (this runner reads {SCHEMA_VERSION})")
+    if not isinstance(manifest.get("files"), dict):
+        raise BundleCorrupt(f"{MANIFEST} has no file list")
+    return manifest
+
+
+def check_files(root: str, manifest: dict) -> int:
+    """Every file listed, every listed file present, every checksum right."""
+    listed = sorted(manifest["files"])
+    present = list_files(root)
+    extra = sorted(set(present) - set(listed))
+    missing = sorted(set(listed) - set(present))
+    if extra:
+        raise BundleCorrupt(f"file not in the manifest: {extra[0]}")
+    if missing:
+        raise BundleCorrupt(f"file missing from the bundle: {missing[0]}")
+    for rel in listed:
+        full = os.path.join(root, rel)
+        if os.path.islink(full) or not os.path.isfile(full):
+            raise BundleCorrupt(f"not a regular file: {rel}")
+        entry = manifest["files"][rel]
+        if os.path.getsize(full) != entry.get("bytes") or sha256(full) != entry.get("sha256"):
+            raise BundleCorrupt(f"checksum mismatch: {rel}")
+    return len(listed)
+
+
+def run_golden(root: str, manifest: dict, model: str = "ort", providers: list | None = None) -> dict:
+    import numpy as np
+    import onnxruntime as ort
+
+    files = manifest["model"]
+    path = os.path.join(root, files["ort"] if model == "ort" and files.get("ort") else files["onnx"])
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    level = manifest["target"]["session_options"].get("graph_optimization_level", "basic")
+    so.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
+    providers = providers or ["CPUExecutionProvider"]
+    sess = ort.InferenceSession(path, sess_options=so, providers=providers)
+    inputs = [t["name"] for t in manifest["inputs"]]
+    golden = manifest["golden"]
+    atol, rtol = float(golden["atol"]), float(golden["rtol"])
+    pairs = []
+    for pair in golden["pairs"]:
+        feed = {name: np.load(os.path.join(root, pair["inputs"][i]), allow_pickle=False) for i, name in enumerate(inputs)}
+        t0 = time.perf_counter()
+        outs = sess.run(None, feed)
+        ms = (time.perf_counter() - t0) * 1e3
+        worst = 0.0
+        ok = True
+        for i, out in enumerate(outs):
+            want = np.load(os.path.join(root, pair["outputs"][i]), allow_pickle=False)
+            if want.shape != np.asarray(out).shape:
+                ok = False
+                worst = float("inf")
+                continue
+            diff = np.abs(np.asarray(out, dtype=np.float64) - want.astype(np.float64))
+            worst = max(worst, float(diff.max()) if diff.size else 0.0)
+            ok = ok and bool(np.all(diff <= atol + rtol * np.abs(want.astype(np.float64))))
+        pairs.append({"pair": pair["id"], "passed": ok, "max_abs_error": worst, "ms": round(ms, 3)})
+    return {
+        "model": os.path.basename(path),
+        "providers": sess.get_providers(),
+        "atol": atol,
+        "rtol": rtol,
+        "pairs": pairs,
+        "passed": all(p["passed"] for p in pairs),
+        "max_abs_error": max((p["max_abs_error"] for p in pairs), default=0.0),
+    }
+
+
+def check(root: str, model: str = "ort", providers: list | None = None) -> dict:
+    manifest = load_manifest(root)
+    n = check_files(root, manifest)
+    result = run_golden(root, manifest, model=model, providers=providers)
+    result["files_checked"] = n
+    result["target"] = manifest["target"]["name"]
+    return result
+
+
+def main(argv: list | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Check an edgeq bundle and run its golden pairs.")
+    ap.add_argument("bundle", nargs="?", default=os.path.dirname(os.path.abspath(__file__)))
+    ap.add_argument("--model", choices=("ort", "onnx"), default="ort")
+    ap.add_argument("--providers", default="", help="comma-separated onnxruntime providers")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    providers = [p for p in args.providers.split(",") if p] or None
+    try:
+        result = check(args.bundle, model=args.model, providers=providers)
+    except BundleCorrupt as e:
+        if args.json:
+            print(json.dumps({"passed": False, "error": str(e)}))
+        else:
+            print(f"FAIL bundle corrupt: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        for p in result["pairs"]:
+            print(f"{'pass' if p['passed'] else 'FAIL'} golden {p['pair']}: max abs error {p['max_abs_error']:.3g} ({p['ms']:.2f} ms)")
+        verdict = "PASS" if result["passed"] else "FAIL"
+        print(f"{verdict} {result['files_checked']} files checked, {len(result['pairs'])} golden pairs, "
+              f"max abs error {result['max_abs_error']:.3g} (atol {result['atol']}, rtol {result['rtol']}) on {result['providers'][0]}")
+    return 0 if result["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Targets are data: one TOML file per device family in ``targets/``.
+
+A target names its execution providers in order (with options), the session
+options the device runs with, the default ``QuantSpec``, the opset range, and
+the tolerances that verification holds the quantized model to.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import TargetError
+from .errors import EdgeqError
+from .quantize.spec import QuantSpec
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+_TOP_KEYS = {
+    "name", "description", "arch", "notes", "static_shapes", "providers",
+    "session", "quant", "opset", "tolerances", "ops",
+}
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str
+    options: tuple[tuple[str, str], ...] = ()
+
+    def options_dict(self) -> dict[str, str]:
+        return dict(self.options)
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Limits a quantized model must meet against fp32 (per output)."""
+
+    min_cosine: float = 0.99
+    min_top1_agreement: float = 0.97
+    max_accuracy_drop: float = 0.01
+    golden_atol: float = 1e-4
+    golden_rtol: float = 1e-3
+    export_atol: float = 1e-4
+    export_rtol: float = 1e-3
+
+
+@dataclass(frozen=True)
+class OpsetRange:
+    min: int = 13
+    max: int = 21
+    preferred: int = 17
+
+    def clamp(self, opset: int) -> int:
+        return max(self.min, min(self.max, opset))
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    arch: str
+    providers: tuple[Provider, ...]
+    quant: QuantSpec
+    opset: OpsetRange = field(default_factory=OpsetRange)
+    tolerances: Tolerances = field(default_factory=Tolerances)
+    static_shapes: bool = False
+    graph_optimization_level: str = "basic"
+    intra_op_num_threads: int = 0
+    notes: tuple[str, ...] = ()
+    supported_ops: tuple[str, ...] = ()
+    """Op types the accelerator runs (empty: no rule; used for placement estimates)."""
+    source: str = ""
+
+    @property
+    def provider_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.providers)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "arch": self.arch,
+            "providers": [{"name": p.name, "options": p.options_dict()} for p in self.providers],
+            "session": {
+                "graph_optimization_level": self.graph_optimization_level,
+                "intra_op_num_threads": self.intra_op_num_threads,
+            },
+            "static_shapes": self.static_shapes,
+            "quant": self.quant.to_dict(),
+            "opset": {"min": self.opset.min, "max": self.opset.max, "preferred": self.opset.preferred},
+            "tolerances": vars(self.tolerances).copy(),
+            "notes": list(self.notes),
+            "supported_ops": list(self.supported_ops),
+        }
+
+
+def targets_dir() -> Path:
+    """Where target files live: inside the installed package, or the repo root."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "targets", here.parent / "targets"):
+        if candidate.is_dir():
+            return candidate
+    raise TargetError(  # pragma: no cover - packaging error
+        "no targets directory found next to the edgeq package",
+        "reinstall edgeq (pip install --force-reinstall edgeq)",
+    )
+
+
+def list_targets() -> list[Target]:
+    return [load_target(p) for p in sorted(targets_dir().glob("*.toml"))]
+
+
+def target_names() -> list[str]:
+    return sorted(p.stem for p in targets_dir().glob("*.toml"))
+
+
+def load_target(name_or_path: str | Path) -> Target:
+    """Load a target by name (``arm64``) or from a TOML file path."""
+    if isinstance(name_or_path, Target):
+        return name_or_path
+    text = str(name_or_path)
+    path = Path(text)
+    if not (text.endswith(".toml") and path.is_file()):
+        path = targets_dir() / f"{text}.toml"
+        if not path.is_file():
+            raise TargetError(
+                f"unknown target '{text}'",
+                f"choose one of {', '.join(target_names())} (edgeq targets), or pass a path to a .toml file",
+            )
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise TargetError(f"target file {path} is not valid TOML: {e}", "fix the syntax of the file") from None
+    return _parse(data, path)
+
+
+def _parse(data: dict[str, Any], path: Path) -> Target:
+    where = f"target file {path.name}"
+    unknown = sorted(set(data) - _TOP_KEYS)
+    if unknown:
+        raise TargetError(f"{where}: unknown key(s) {', '.join(unknown)}", f"known keys: {', '.join(sorted(_TOP_KEYS))}")
+    for key in ("name", "description", "providers"):
+        if key not in data:
+            raise TargetError(f"{where}: missing required key '{key}'", "see targets/arm64.toml for the format")
+    providers = []
+    for p in data["providers"]:
+        if "name" not in p:
+            raise TargetError(f"{where}: a [[providers]] entry has no name", "give each provider a name")
+        opts = tuple(sorted((str(k), str(v)) for k, v in p.get("options", {}).items()))
+        providers.append(Provider(name=p["name"], options=opts))
+    if not providers:
+        raise TargetError(f"{where}: no providers listed", "list at least one [[providers]] entry")
+    try:
+        quant = QuantSpec.from_dict(data.get("quant", {}), where)
+        opset = OpsetRange(**data.get("opset", {}))
+        tol = Tolerances(**data.get("tolerances", {}))
+    except TypeError as e:
+        raise TargetError(f"{where}: {e}", "see targets/arm64.toml for the format") from None
+    except EdgeqError as e:
+        raise TargetError(e.message, e.hint) from None
+    if not (opset.min <= opset.preferred <= opset.max):
+        raise TargetError(f"{where}: opset range must satisfy min <= preferred <= max", "fix the [opset] table")
+    session = data.get("session", {})
+    ops = data.get("ops", {})
+    return Target(
+        name=data["name"],
+        description=data["description"],
+        arch=data.get("arch", "any"),
+        providers=tuple(providers),
+        quant=quant,
+        opset=opset,
+        tolerances=tol,
+        static_shapes=bool(data.get("static_shapes", False)),
+        graph_optimization_level=session.get("graph_optimization_level", "basic"),
+        intra_op_num_threads=int(session.get("intra_op_num_threads", 0)),
+        notes=tuple(data.get("notes", ())),
+        supported_ops=tuple(ops.get("supported", ())),
+        source=str(path),
+    )
