@@ -35,7 +35,7 @@ def optimize(artifact, target, out_path, **kwargs: Any):
 
 
 def quantize(artifact, spec, out_path, **kwargs: Any):
-    from .quantize.int8 import quantize as _quantize
+    from .quantize import quantize as _quantize
 
     return _quantize(artifact, spec, Path(out_path), **kwargs)
 

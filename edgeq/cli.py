@@ -168,7 +168,7 @@ def quantize(
     from .fsutil import scratch_dir, staging
     from .onnxutil import artifact_from
     from .optimize import optimize as optimize_stage, parse_shapes
-    from .quantize.int8 import quantize as quantize_stage
+    from .quantize import quantize as quantize_stage
     from .report import StageProgress, err, out as console
     from .targets import load_target
 

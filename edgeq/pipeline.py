@@ -16,7 +16,8 @@ from .fsutil import check_output, clean_stale, scratch_dir
 from .onnxutil import model_size
 from .optimize import optimize
 from .profile import ProfileResult, feed_from, profile, skip_reason
-from .quantize.int8 import QuantResult, quantize
+from .quantize import quantize
+from .quantize.int8 import QuantResult
 from .quantize.spec import QuantSpec
 from .targets import Target
 from .verify import VerifyReport, verify
