@@ -362,14 +362,15 @@ def targets_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """List the targets, one line each."""
     if ctx.invoked_subcommand is not None:
         return
-    from .report import out as console, targets_table
+    from .report import targets_lines
     from .targets import list_targets
 
     ts = list_targets()
     if as_json:
         _emit_json([t.to_dict() for t in ts])
     else:
-        console.print(targets_table(ts))
+        for line in targets_lines(ts):
+            typer.echo(line)
 
 
 @targets_app.command("show")

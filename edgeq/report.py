@@ -134,17 +134,15 @@ def _short_provider(name: str) -> str:
     return name.replace("ExecutionProvider", "")
 
 
-def targets_table(targets: list[Any]) -> Table:
-    t = Table(title="edgeq targets", expand=False)
-    t.add_column("name", no_wrap=True)
-    t.add_column("providers", no_wrap=True)
-    t.add_column("default quant", no_wrap=True)
-    t.add_column("description", no_wrap=True, overflow="ellipsis", max_width=60)
+def targets_lines(targets: list[Any]) -> list[str]:
+    """One line per target (long lines are not wrapped)."""
+    rows = [("NAME", "PROVIDERS", "DEFAULT QUANT", "DESCRIPTION")]
     for tg in targets:
         q = tg.quant
         quant = q.mode if q.mode in ("none", "fp16") else f"{q.mode} {q.format} a={q.activation_type} w={q.weight_type}"
-        t.add_row(tg.name, " > ".join(_short_provider(p) for p in tg.provider_names), quant, tg.description)
-    return t
+        rows.append((tg.name, " > ".join(_short_provider(p) for p in tg.provider_names), quant, tg.description))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}" for r in rows]
 
 
 def target_tables(tg: Any) -> list[Table]:
