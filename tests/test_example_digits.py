@@ -20,7 +20,7 @@ def test_digits_int8_static_arm64_meets_the_quality_bar(runner, tmp_path):
     pytest.importorskip("sklearn")
     p = subprocess.run(
         [sys.executable, str(ROOT / "examples/digits/train.py"), "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=1800,
     )
     assert p.returncode == 0, p.stderr[-3000:]
     assert "test accuracy" in p.stdout
