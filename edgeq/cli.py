@@ -226,7 +226,7 @@ def verify(
     from .archive import archive_format
     from .report import bundle_check_table, out as console, verify_table
 
-    if candidate.is_dir() or (candidate.is_file() and archive_format(candidate)):
+    if candidate.is_dir() or archive_format(candidate):
         from .bundle import check_bundle
 
         result = check_bundle(
