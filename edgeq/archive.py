@@ -20,6 +20,7 @@ import os
 import stat
 import tarfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -154,9 +155,10 @@ def _tar_entries(path: Path, limits: ExtractLimits, archive_bytes: int, tf: tarf
     while True:
         try:
             m = tf.next()
-        except (tarfile.TarError, OSError, EOFError, gzip.BadGzipFile) as e:
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
             raise _refuse(path, f"unreadable tar data ({str(e)[:120]})") from None
         if m is None:
+            _drain(path, tf)
             return
         n += 1
         if n > limits.max_members:
@@ -172,6 +174,18 @@ def _tar_entries(path: Path, limits: ExtractLimits, archive_bytes: int, tf: tarf
         yield _Entry(name, m.size, m.isdir(), m)
         # keep memory bounded on archives with many members
         tf.members = []
+
+
+def _drain(path: Path, tf: tarfile.TarFile) -> None:
+    """Read what follows the end of the tar, so that gzip's checksum is checked; a little padding only."""
+    left = 0
+    try:
+        while block := tf.fileobj.read(1 << 16):
+            left += len(block)
+            if left > 1 << 20:
+                raise _refuse(path, "more than 1 MiB of data after the end of the tar")
+    except (OSError, EOFError, zlib.error) as e:
+        raise _refuse(path, f"unreadable tar data ({str(e)[:120]})") from None
 
 
 def _count(path: Path, limits: ExtractLimits, name: str, size: int, total: int, archive_bytes: int) -> int:
@@ -329,7 +343,7 @@ def safe_extract(archive: Path, dest: Path, limits: ExtractLimits = ExtractLimit
                 if src is None:
                     raise _refuse(archive, f"member {name!r} has no data")
                 _write_member(dest, e, src, archive)
-    except (tarfile.TarError, OSError, EOFError) as err:
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
         shutil.rmtree(dest, ignore_errors=True)
         if isinstance(err, BundleError):
             raise

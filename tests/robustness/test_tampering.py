@@ -177,6 +177,7 @@ def test_flipped_byte_in_archive_is_refused(runner, built, tmp_path):
     arc.write_bytes(bytes(data))
     code, err = _verify(runner, arc, "--pubkey", str(built["pub"]))
     assert code == 2 and len(err.splitlines()) == 1, err
+    assert "refused" in err and "nothing was extracted" in err  # caught by gzip's checksum, before writing
 
 
 def test_run_py_on_the_device_refuses_a_tampered_bundle(copy):
