@@ -218,6 +218,22 @@ def test_zip_declaring_a_million_members_is_refused_before_parsing(tmp_path):
     _refused(arc, tmp_path / "dest", "more than 10000 members")
 
 
+def test_zip_that_understates_a_member_size_leaves_nothing(tmp_path):
+    arc = _zip(tmp_path / "lie.zip", [("a.txt", b"ok", stat.S_IFREG | 0o644), ("b.bin", b"\1" * 100_000, stat.S_IFREG | 0o644)])
+    raw = bytearray(arc.read_bytes())
+    with zipfile.ZipFile(arc) as zf:
+        zi = zf.getinfo("b.bin")
+    # declare 10 bytes instead of 100,000 in the local header and the central directory
+    struct.pack_into("<I", raw, zi.header_offset + 22, 10)
+    cd = raw.rfind(b"PK\x01\x02")
+    struct.pack_into("<I", raw, cd + 24, 10)
+    arc.write_bytes(bytes(raw))
+    dest = tmp_path / "dest"
+    with pytest.raises(BundleError, match="refused"):
+        safe_extract(arc, dest)
+    assert not dest.exists()  # at most 10 bytes were read for it, and what was written is gone
+
+
 def test_truncated_and_garbage_archives_are_refused(tmp_path):
     good = _tar(tmp_path / "g.tar.gz", [(_info("a.txt"), b"x" * 10000)])
     cut = tmp_path / "cut.tar.gz"

@@ -23,12 +23,18 @@ from tests.models import snapshot
 
 @pytest.mark.slow
 def test_export_twice_gives_identical_models_bundles_and_archives(runner, cnn, cnn_calib, tmp_path):
+    key, pub = keypair(tmp_path / "k.pem")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("".join(f"class {i}\n" for i in range(10)))
+    pre = tmp_path / "pre.toml"
+    pre.write_text("[inputs.x]\nlayout = 'NCHW'\nscale = 0.5\n[outputs.y]\nlabels = true\n")
     outs = []
     for run in ("one", "two"):
         out = tmp_path / run / "app"
         r = runner.invoke(app, [
             "export", str(cnn), "--target", "arm64", "--calib", str(cnn_calib), "-o", str(out),
-            "--archive", "tar.gz", "--json",
+            "--archive", "tar.gz", "--json", "--sign", str(key), "--bundle-version", "4",
+            "--labels", str(labels), "--preprocess", str(pre),
         ])
         assert r.exit_code == 0, r.output
         outs.append(out)
@@ -50,9 +56,13 @@ def test_export_twice_gives_identical_models_bundles_and_archives(runner, cnn, c
     with tarfile.open(arc_a) as tf:
         members = tf.getmembers()
     names = [m.name for m in members]
-    assert names == sorted(names) and set(names) == set(manifest["files"]) | {"manifest.json"}
+    assert names == sorted(names) and set(names) == set(manifest["files"]) | {"manifest.json", "manifest.json.sig"}
     assert all(m.isreg() and m.uid == 0 and m.gid == 0 and m.uname == "" and m.mtime == 315532800 for m in members)
     assert all(m.mode == (0o755 if m.name == "run.py" else 0o644) for m in members)
+    # the archive from export checks out on the "device", signature and all
+    r = runner.invoke(app, ["verify", str(arc_a), "--pubkey", str(pub), "--min-version", "4"])
+    assert r.exit_code == 0, r.output
+    assert manifest["inputs"][0]["preprocess"] == {"layout": "NCHW", "scale": 0.5} and manifest["labels"]["count"] == 10
 
 
 def test_bundle_command_zip_and_signature_are_reproducible(runner, cnn, tmp_path):
