@@ -149,6 +149,51 @@ def _clean_name(raw: str, archive: Path, limits: ExtractLimits) -> str:
     return "/".join(parts)
 
 
+MAX_EXTENDED_HEADER = 1 << 20  # pax / GNU long-name headers: tarfile reads them whole into memory
+
+
+def _octal(field: bytes) -> int:
+    if field[:1] and field[0] & 0x80:  # base-256: only for sizes past 8 GiB
+        return int.from_bytes(field[1:], "big")
+    text = field.split(b"\0", 1)[0].strip(b" ")
+    return int(text, 8) if text else 0
+
+
+def _prescan_tar(path: Path, fmt: str, limits: ExtractLimits, archive_bytes: int) -> None:
+    """Walk the raw 512-byte headers before tarfile does: tarfile reads extended headers whole
+    into memory and keeps every member, so counts and header sizes are bounded here first."""
+    opener = gzip.open if fmt == "tar.gz" else open
+    n = total = 0
+    try:
+        with opener(path, "rb") as f:
+            while True:
+                hdr = f.read(512)
+                if len(hdr) < 512 or hdr == b"\0" * 512:
+                    return
+                try:
+                    size = _octal(hdr[124:136])
+                except ValueError:
+                    raise _refuse(path, "a member header has an unreadable size") from None
+                kind = hdr[156:157]
+                if kind in (b"x", b"g", b"L", b"K"):
+                    if size > MAX_EXTENDED_HEADER:
+                        raise _refuse(path, f"extended header of {size} bytes (limit {MAX_EXTENDED_HEADER})")
+                else:
+                    n += 1
+                    if n > limits.max_members:
+                        raise _refuse(path, f"more than {limits.max_members} members")
+                    name = hdr[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+                    total = _count(path, limits, name, size, total, archive_bytes)
+                skip = -(-size // 512) * 512
+                while skip > 0:
+                    got = len(f.read(min(skip, 1 << 20)))
+                    if not got:
+                        return  # truncated: tarfile reports it
+                    skip -= got
+    except (OSError, EOFError, zlib.error) as e:
+        raise _refuse(path, f"unreadable tar data ({str(e)[:120]})") from None
+
+
 def _tar_entries(path: Path, limits: ExtractLimits, archive_bytes: int, tf: tarfile.TarFile):
     n = 0
     total = 0
@@ -319,6 +364,7 @@ def safe_extract(archive: Path, dest: Path, limits: ExtractLimits = ExtractLimit
                 raise
         return dest
     mode = "r:gz" if fmt == "tar.gz" else "r:"
+    _prescan_tar(archive, fmt, limits, size)
     try:
         tf = tarfile.open(archive, mode)
     except (tarfile.TarError, OSError, EOFError) as e:

@@ -173,6 +173,20 @@ def test_zip_bomb_is_refused_from_its_directory(tmp_path):
     assert elapsed < 5 and peak < 32 << 20, (elapsed, peak)
 
 
+def test_huge_extended_header_is_refused_without_reading_it(tmp_path):
+    # Python's tarfile would read a 64 MiB pax header whole into memory
+    arc = tmp_path / "pax.tar.gz"
+    with gzip.GzipFile(arc, "wb", compresslevel=1) as gz:
+        info = _info("././@PaxHeader", tarfile.XHDTYPE)
+        info.size = 64 << 20
+        gz.write(info.tobuf(format=tarfile.USTAR_FORMAT))
+        for _ in range(64):
+            gz.write(b"\0" * (1 << 20))
+        gz.write(b"\0" * 1024)
+    elapsed, peak = _bounded(lambda: _refused(arc, tmp_path / "dest", "extended header"))
+    assert elapsed < 5 and peak < 16 << 20, (elapsed, peak)
+
+
 def test_member_larger_than_the_limit_is_refused(tmp_path):
     arc = _tar(tmp_path / "big.tar.gz", [(_info("model.onnx"), b"\1" * 5000)])
     _refused(arc, tmp_path / "dest", "model.onnx", "5000 bytes", limits=ExtractLimits(max_member_bytes=4096))
