@@ -41,7 +41,7 @@ from .archive import ExtractLimits, archive_format, archive_path, safe_extract, 
 from .errors import BundleError, CheckFailed
 from .fsutil import check_output, sha256_file, staging
 from .appio import LABELS_FILE
-from .runtime import create_session, run, session_options
+from .runtime import create_session, run
 from .targets import Target
 
 SCHEMA_VERSION = runner_mod.SCHEMA_VERSION

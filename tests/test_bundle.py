@@ -16,7 +16,7 @@ from edgeq.bundle import SCHEMA_PATH, validate_manifest
 from edgeq.cli import app
 from edgeq.errors import BundleError
 
-from tests.bundles import build, keypair
+from tests.bundles import build
 from tests.models import make_cnn
 
 PRE = """

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import tarfile
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
