@@ -7,13 +7,28 @@ Layout::
     required_operators_and_types.config     kernels a reduced onnxruntime build needs
     golden/NNN/in_K.npy, out_K.npy          golden input/output pairs
     run.py                                  dependency-light runner (numpy + onnxruntime)
+    cpp/runner.cpp, cpp/CMakeLists.txt      C++ example: loads model.ort, runs golden pair 000
+    labels.txt                              (with --labels) one label per output index
+    model.onnx.data                         (large models) external weights of model.onnx
     manifest.json                           versions, target, I/O, recipe, figures, sha256 of every file
+    manifest.json.sig                       (with --sign) Ed25519 signature of manifest.json's bytes
+
+Measured timings change from run to run, so they are not in the bundle: they go
+to a sidecar report ``<out>.profile.json`` next to it. Everything inside the
+bundle is a function of the inputs, so the same inputs give the same bytes.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,13 +37,22 @@ import numpy as np
 
 from . import runner as runner_mod
 from .artifact import Artifact
+from .archive import ExtractLimits, archive_format, archive_path, safe_extract, write_archive
 from .errors import BundleError, CheckFailed
-from .fsutil import sha256_file, staging
-from .runtime import create_session, run, session_options
+from .fsutil import check_output, sha256_file, staging
+from .appio import LABELS_FILE
+from .runtime import create_session, run
 from .targets import Target
 
 SCHEMA_VERSION = runner_mod.SCHEMA_VERSION
 OPS_CONFIG = "required_operators_and_types.config"
+SIGNATURE = runner_mod.SIGNATURE
+EXTERNAL_DATA = "model.onnx.data"
+# model.onnx keeps its weights in model.onnx.data from this size on (protobuf stops at 2 GiB)
+EXTERNAL_DATA_THRESHOLD = 256 << 20
+MAX_MANIFEST_BYTES = 16 << 20
+CPP_DIR = Path(__file__).resolve().parent / "cpp"
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "manifest.schema.json"
 
 
 @dataclass(frozen=True)
@@ -42,6 +66,34 @@ class BundleInputs:
     sizes: dict[str, Any] | None = None
     provenance: tuple[str, ...] = ()
     preprocessing: dict[str, Any] = field(default_factory=dict)
+    """{"inputs": {name: spec}, "outputs": {name: spec}} from edgeq.appio.load_io_spec."""
+    labels: tuple[str, ...] | None = None
+    bundle_version: int = 0
+    """Monotonic release number of this bundle; with a signature, ``verify --min-version`` refuses older ones."""
+    sign_key: Path | None = None
+    archive: str | None = None
+    """"tar.gz" or "zip": also write ``<out>.<fmt>``, a deterministic archive of the folder."""
+    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD
+
+
+def sidecar_path(out: Path) -> Path:
+    """Where measured timings go: next to the bundle, never inside it."""
+    return Path(out).with_name(Path(out).name + ".profile.json")
+
+
+def bundle_outputs(out: Path, info: BundleInputs) -> list[Path]:
+    """Every path write_bundle will create (checked before any work)."""
+    paths = [Path(out)]
+    if info.archive:
+        paths.append(archive_path(out, info.archive))
+    if info.profile:
+        paths.append(sidecar_path(out))
+    return paths
+
+
+def check_outputs(out: Path, info: BundleInputs, force: bool) -> None:
+    for p in bundle_outputs(out, info):
+        check_output(p, force)
 
 
 def tool_versions() -> dict[str, str]:
@@ -60,15 +112,56 @@ def _quiet_ort_tools() -> None:
     logging.getLogger("ort_format_model").setLevel(logging.WARNING)
 
 
+# onnxruntime orders some tables of the ORT file by a hash seeded from a memory address,
+# so model.ort differs from run to run under address-space randomisation. The child
+# below turns randomisation off for itself (personality ADDR_NO_RANDOMIZE, then exec)
+# and writes the ORT file; the same inputs then give the same bytes. A native crash
+# in onnxruntime also stays in the child.
+_ORT_CHILD = r"""
+import ctypes, os, sys
+ADDR_NO_RANDOMIZE = 0x0040000
+if os.environ.get("EDGEQ_ORT_CHILD") != "1" and sys.platform.startswith("linux"):
+    os.environ["EDGEQ_ORT_CHILD"] = "1"
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        cur = libc.personality(0xFFFFFFFF)
+        if cur != -1 and not cur & ADDR_NO_RANDOMIZE and libc.personality(cur | ADDR_NO_RANDOMIZE) != -1:
+            os.execv(sys.executable, [sys.executable, "-c", CODE] + sys.argv[1:])
+    except OSError:
+        pass
+import onnxruntime as ort
+level = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[sys.argv[3]]
+so = ort.SessionOptions()
+so.log_severity_level = 3
+so.graph_optimization_level = level
+so.optimized_model_filepath = sys.argv[2]
+so.add_session_config_entry("session.save_model_format", "ORT")
+ort.InferenceSession(sys.argv[1], sess_options=so, providers=["CPUExecutionProvider"])
+"""
+
+
+def _convert_to_ort(model: Path, ort_path: Path, level: str) -> None:
+    code = "CODE = " + repr(_ORT_CHILD) + "\n" + _ORT_CHILD
+    # relative names and a fixed environment: the child's memory layout must not depend on the output path
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "LD_LIBRARY_PATH", "SYSTEMROOT", "HOME")}
+    env["PYTHONHASHSEED"] = "0"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, model.name, ort_path.name, level],
+        cwd=model.parent, env=env, capture_output=True, text=True, timeout=3600,
+    )
+    if proc.returncode != 0 or not ort_path.is_file():
+        tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        raise BundleError(f"onnxruntime could not write the ORT-format model: {tail[:300]}", "check that the model loads (edgeq inspect)")
+
+
 def _write_ort(model: Path, out_dir: Path, level: str) -> tuple[Path, Path]:
     from onnxruntime.tools.ort_format_model.utils import create_config_from_models
 
     _quiet_ort_tools()
     ort_path = out_dir / "model.ort"
-    so = session_options(level=level)
-    so.optimized_model_filepath = str(ort_path)
-    so.add_session_config_entry("session.save_model_format", "ORT")
-    create_session(model, so=so)
+    _convert_to_ort(model, ort_path, level)
     cfg = out_dir / OPS_CONFIG
     create_config_from_models([ort_path], cfg, enable_type_reduction=True)
     # the generated header names the absolute path of the temporary model: keep it reproducible
@@ -97,67 +190,297 @@ def _write_golden(root: Path, model: Path, feeds: tuple[dict[str, np.ndarray], .
     return pairs
 
 
+def _copy_model(src: Path, root: Path, threshold: int) -> bool:
+    """model.onnx in the bundle; weights go to model.onnx.data when large or already external."""
+    import onnx
+
+    head = onnx.load(str(src), load_external_data=False)
+    has_external = any(
+        t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.external_data_helper._get_all_tensors(head)
+    )
+    if not has_external and src.stat().st_size < threshold:
+        shutil.copyfile(src, root / "model.onnx")
+        return False
+    try:
+        model = onnx.load(str(src))  # onnx refuses external locations outside the model's folder
+    except Exception as e:  # noqa: BLE001 - onnx raises several types for bad external data
+        raise BundleError(f"cannot read the external data of {src.name}: {str(e).splitlines()[0][:200]}", "keep the .data file next to the model") from None
+    onnx.save_model(
+        model, str(root / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+        location=EXTERNAL_DATA, size_threshold=1024,
+    )
+    return True
+
+
+def _copy_cpp(root: Path) -> list[str]:
+    d = root / "cpp"
+    d.mkdir()
+    names = []
+    for name in ("runner.cpp", "CMakeLists.txt"):
+        shutil.copyfile(CPP_DIR / name, d / name)
+        names.append(f"cpp/{name}")
+    return names
+
+
+def _profile_summary(profile: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the manifest says about profiling: how it was measured, not the (run-to-run) timings."""
+    if profile is None:
+        return None
+    keep = ("provider", "host", "device_measurement", "runs", "note")
+    # a fixed text, not the file name: the bundle's bytes must not depend on the -o path
+    summary: dict[str, Any] = {"timings": "<bundle>.profile.json beside the bundle", "skipped": profile.get("skipped")}
+    for key in ("fp32", "quantized"):
+        r = profile.get(key)
+        summary[key] = {k: r.get(k) for k in keep if k in r} if isinstance(r, dict) else None
+    return summary
+
+
+def load_private_key(path: Path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except (OSError, ValueError, TypeError) as e:
+        raise BundleError(f"cannot read signing key {path}: {str(e)[:120]}", "pass an unencrypted Ed25519 private key in PEM (edgeq keygen)") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise BundleError(f"signing key {path} is not an Ed25519 key", "create one with edgeq keygen")
+    return key
+
+
+def load_public_key(path: Path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        key = serialization.load_pem_public_key(Path(path).read_bytes())
+    except (OSError, ValueError, TypeError) as e:
+        raise BundleError(f"cannot read public key {path}: {str(e)[:120]}", "pass the Ed25519 public key in PEM (edgeq keygen writes KEY.pub)") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise BundleError(f"public key {path} is not an Ed25519 key", "pass the .pub file edgeq keygen wrote")
+    return key
+
+
+def key_id(public_key) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+def generate_keypair(private_out: Path, *, force: bool = False) -> tuple[Path, Path]:
+    """Write an Ed25519 private key (PEM, mode 0600) and its public key (``.pub``)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    private_out = Path(private_out)
+    public_out = private_out.with_name(private_out.name + ".pub")
+    check_output(public_out, force)
+    key = Ed25519PrivateKey.generate()
+    with staging(private_out, force=force, is_dir=False) as tmp:
+        os.chmod(tmp, 0o600)
+        tmp.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    with staging(public_out, force=force, is_dir=False) as tmp:
+        tmp.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private_out, public_out
+
+
+def build_manifest(artifact: Artifact, target: Target, out: Path, info: BundleInputs, root: Path, pairs, *, external: bool, signer=None) -> dict[str, Any]:
+    level = target.graph_optimization_level
+    files = {}
+    for p in sorted(x for x in root.rglob("*") if x.is_file()):
+        rel = p.relative_to(root).as_posix()
+        files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+    pre = info.preprocessing or {}
+    inputs = [{**t.to_dict(), "preprocess": pre.get("inputs", {}).get(t.name, {})} for t in artifact.io.inputs]
+    outputs = [{**t.to_dict(), "postprocess": pre.get("outputs", {}).get(t.name, {})} for t in artifact.io.outputs]
+    manifest: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "bundle_version": int(info.bundle_version),
+        "created_by": tool_versions(),
+        "target": {
+            "name": target.name,
+            "description": target.description,
+            "arch": target.arch,
+            "providers": [{"name": p.name, "options": p.options_dict()} for p in target.providers],
+            "session_options": {
+                "graph_optimization_level": level,
+                "intra_op_num_threads": target.intra_op_num_threads,
+            },
+        },
+        "model": {
+            "onnx": "model.onnx",
+            "onnx_external_data": EXTERNAL_DATA if external else None,
+            "ort": "model.ort",
+            "ort_optimization_level": level,
+            "ops_config": OPS_CONFIG,
+            "opset": artifact.opset,
+        },
+        "inputs": inputs,
+        "outputs": outputs,
+        "labels": {"file": LABELS_FILE, "count": len(info.labels)} if info.labels else None,
+        "quantization": info.recipe,
+        "provenance": list(info.provenance),
+        "verify": info.verify,
+        "profile": _profile_summary(info.profile),
+        "size": info.sizes,
+        "golden": {"atol": target.tolerances.golden_atol, "rtol": target.tolerances.golden_rtol, "pairs": pairs},
+        "cpp_example": {"source": "cpp/runner.cpp", "cmake": "cpp/CMakeLists.txt"},
+        "signature": {"algorithm": "ed25519", "key_id": key_id(signer.public_key()), "file": SIGNATURE} if signer else None,
+        "files": files,
+    }
+    return manifest
+
+
 def write_bundle(artifact: Artifact, target: Target, out: Path, info: BundleInputs, *, force: bool = False) -> Path:
-    """Build the bundle in a temporary sibling, self-check it, then move it to ``out``."""
+    """Build the bundle in a temporary sibling, self-check it, then move it to ``out``.
+
+    With ``info.archive`` also writes ``<out>.<fmt>``; with ``info.profile`` the
+    measured timings go to ``<out>.profile.json``. Every output is staged and
+    published only after the bundle passed its own check.
+    """
     if not info.golden_feeds:
         raise BundleError("a bundle needs at least one golden input", "pass calibration or evaluation data")
+    if info.bundle_version < 0:
+        raise BundleError("--bundle-version must be 0 or more", "use a release counter that only goes up")
     out = Path(out)
+    check_outputs(out, info, force)
+    signer = load_private_key(info.sign_key) if info.sign_key else None
     level = target.graph_optimization_level
-    with staging(out, force=force, is_dir=True) as root:
-        shutil.copyfile(artifact.path, root / "model.onnx")
+    with contextlib.ExitStack() as stack:
+        root = stack.enter_context(staging(out, force=force, is_dir=True))
+        external = _copy_model(Path(artifact.path), root, info.external_data_threshold)
         _write_ort(root / "model.onnx", root, level)
         pairs = _write_golden(root, root / "model.ort", info.golden_feeds, level, artifact.io.input_names)
         shutil.copyfile(Path(runner_mod.__file__), root / "run.py")
-        files = {}
-        for p in sorted(x for x in root.rglob("*") if x.is_file()):
-            rel = p.relative_to(root).as_posix()
-            files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
-        manifest = {
-            "schema_version": SCHEMA_VERSION,
-            "created_by": tool_versions(),
-            "target": {
-                "name": target.name,
-                "description": target.description,
-                "arch": target.arch,
-                "providers": [{"name": p.name, "options": p.options_dict()} for p in target.providers],
-                "session_options": {
-                    "graph_optimization_level": level,
-                    "intra_op_num_threads": target.intra_op_num_threads,
-                },
-            },
-            "model": {"onnx": "model.onnx", "ort": "model.ort", "ops_config": OPS_CONFIG, "opset": artifact.opset},
-            "inputs": [t.to_dict() for t in artifact.io.inputs],
-            "outputs": [t.to_dict() for t in artifact.io.outputs],
-            "preprocessing": info.preprocessing,
-            "quantization": info.recipe,
-            "provenance": list(info.provenance),
-            "verify": info.verify,
-            "profile": info.profile,
-            "size": info.sizes,
-            "golden": {"atol": target.tolerances.golden_atol, "rtol": target.tolerances.golden_rtol, "pairs": pairs},
-            "files": files,
-        }
-        (root / runner_mod.MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        _copy_cpp(root)
+        if info.labels:
+            (root / LABELS_FILE).write_text("\n".join(info.labels) + "\n", encoding="utf-8")
+        manifest = build_manifest(artifact, target, out, info, root, pairs, external=external, signer=signer)
+        data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8")
+        (root / runner_mod.MANIFEST).write_bytes(data)
+        if signer is not None:
+            (root / SIGNATURE).write_text(base64.b64encode(signer.sign(data)).decode("ascii") + "\n", encoding="ascii")
         result = runner_mod.check(str(root))
         if not result["passed"]:
             raise BundleError(
                 f"the bundle failed its own golden check (max abs error {result['max_abs_error']:.3g})",
                 "report this to edgeq: the ORT-format model disagrees with the ONNX model",
             )
+        if info.archive:
+            tmp = stack.enter_context(staging(archive_path(out, info.archive), force=force, is_dir=False))
+            write_archive(root, tmp, info.archive)
+        if info.profile:
+            tmp = stack.enter_context(staging(sidecar_path(out), force=force, is_dir=False))
+            side = {"bundle": out.name, "manifest_sha256": hashlib.sha256(data).hexdigest(), "profile": info.profile}
+            tmp.write_text(json.dumps(side, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
     return out
 
 
-def check_bundle(path: Path, *, providers: list[str] | None = None, model: str = "ort") -> dict[str, Any]:
-    """Re-check every checksum and re-run the golden pairs; raises on failure."""
-    path = Path(path)
-    if not path.is_dir():
-        raise BundleError(f"bundle not found: {path}", "pass the folder that holds manifest.json")
+# ---------------------------------------------------------------- checking
+
+
+def _read_manifest(root: Path) -> tuple[bytes, dict[str, Any]]:
+    path = root / runner_mod.MANIFEST
+    if path.is_symlink() or not path.is_file():
+        raise BundleError(f"no {runner_mod.MANIFEST} in {root}", "pass the folder that holds manifest.json, or an archive of it")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise BundleError(f"{runner_mod.MANIFEST} is larger than {MAX_MANIFEST_BYTES >> 20} MiB", "this is not an edgeq manifest")
+    data = path.read_bytes()
     try:
-        result = runner_mod.check(str(path), model=model, providers=providers)
+        manifest = json.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BundleError(f"{runner_mod.MANIFEST} is not valid JSON ({str(e)[:120]})", "the bundle is corrupt: fetch an intact copy") from None
+    return data, manifest
+
+
+def validate_manifest(manifest: Any) -> None:
+    """Check a manifest against the published JSON Schema (edgeq/schemas/manifest.schema.json)."""
+    try:
+        import jsonschema
+    except ImportError:
+        raise BundleError("checking a manifest needs the jsonschema package", "pip install 'edgeq[bundle]'") from None
+    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(manifest), key=lambda e: list(e.absolute_path))
+    if errors:
+        e = errors[0]
+        where = "/".join(str(x) for x in e.absolute_path) or "(top level)"
+        raise BundleError(f"{runner_mod.MANIFEST} does not match the manifest schema at {where}: {e.message[:200]}", "the bundle is corrupt or was not written by edgeq")
+
+
+def check_signature(root: Path, data: bytes, manifest: dict[str, Any], pubkey: Path) -> str:
+    from cryptography.exceptions import InvalidSignature
+
+    key = load_public_key(pubkey)
+    sig_path = root / SIGNATURE
+    if sig_path.is_symlink() or not sig_path.is_file():
+        raise BundleError("the bundle is not signed (no manifest.json.sig)", "a device given --pubkey accepts signed bundles only")
+    if sig_path.stat().st_size > 1024:
+        raise BundleError(f"{SIGNATURE} is not an Ed25519 signature", "the bundle was tampered with")
+    try:
+        sig = base64.b64decode(sig_path.read_bytes().strip(), validate=True)
+    except ValueError:
+        raise BundleError(f"{SIGNATURE} is not base64", "the bundle was tampered with") from None
+    declared = (manifest.get("signature") or {}).get("key_id") if isinstance(manifest.get("signature"), dict) else None
+    kid = key_id(key)
+    try:
+        key.verify(sig, data)
+    except InvalidSignature:
+        if declared and declared != kid:
+            raise BundleError(f"the bundle was signed by another key ({declared[:16]}..., expected {kid[:16]}...)", "the bundle is not from the publisher you trust") from None
+        raise BundleError("the signature does not match manifest.json: the manifest was changed or swapped", "the bundle was tampered with; fetch an intact copy") from None
+    return kid
+
+
+def check_bundle(
+    path: Path,
+    *,
+    providers: list[str] | None = None,
+    model: str = "ort",
+    pubkey: Path | None = None,
+    min_version: int | None = None,
+    limits: ExtractLimits = ExtractLimits(),
+) -> dict[str, Any]:
+    """Check a bundle folder or archive: extraction, schema, signature, version, checksums, golden pairs.
+
+    Raises BundleError (exit 2) for anything corrupt, tampered or hostile and
+    CheckFailed (exit 1) for golden pairs outside tolerance.
+    """
+    path = Path(path)
+    if path.is_file() and archive_format(path):
+        tmp = Path(tempfile.mkdtemp(prefix="edgeq-verify-"))
+        try:
+            root = safe_extract(path, tmp / "bundle", limits)
+            result = _check_folder(root, path, providers=providers, model=model, pubkey=pubkey, min_version=min_version)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        result["archive"] = path.name
+        return result
+    if path.is_symlink() or not path.is_dir():
+        raise BundleError(f"bundle not found: {path}", "pass the folder that holds manifest.json, or a .tar.gz/.zip made by edgeq")
+    return _check_folder(path, path, providers=providers, model=model, pubkey=pubkey, min_version=min_version)
+
+
+def _check_folder(root: Path, shown: Path, *, providers, model, pubkey, min_version) -> dict[str, Any]:
+    data, manifest = _read_manifest(root)
+    signed_by = check_signature(root, data, manifest, pubkey) if pubkey is not None else None
+    validate_manifest(manifest)
+    if min_version is not None:
+        if pubkey is None:
+            raise BundleError("--min-version needs --pubkey", "without a signature anyone can raise the version number in manifest.json")
+        if manifest["bundle_version"] < min_version:
+            raise BundleError(
+                f"bundle version {manifest['bundle_version']} is older than the minimum {min_version} (replayed old bundle?)",
+                "install a bundle at least as new as the one on the device",
+            )
+    _check_tolerance(manifest)
+    try:
+        result = runner_mod.check(str(root), model=model, providers=providers)
     except runner_mod.BundleCorrupt as e:
-        raise BundleError(f"bundle {path} is corrupt: {e}", "rebuild it with edgeq export, or fetch an intact copy") from None
+        raise BundleError(f"bundle {shown} is corrupt: {e}", "rebuild it with edgeq export, or fetch an intact copy") from None
     except Exception as e:  # noqa: BLE001 - onnxruntime or numpy failing on bundle contents
-        raise BundleError(f"bundle {path} cannot be run: {str(e).splitlines()[0][:200]}", "rebuild it with edgeq export") from None
+        raise BundleError(f"bundle {shown} cannot be run: {(str(e).splitlines() or [type(e).__name__])[0][:200]}", "rebuild it with edgeq export") from None
     if not result["passed"]:
         bad = [p["pair"] for p in result["pairs"] if not p["passed"]]
         raise CheckFailed(
@@ -165,4 +488,29 @@ def check_bundle(path: Path, *, providers: list[str] | None = None, model: str =
             f"atol {result['atol']}, rtol {result['rtol']})",
             "the runtime computes different results than when the bundle was built",
         )
+    result["bundle_version"] = manifest["bundle_version"]
+    result["signed_by"] = signed_by
+    result["signature_checked"] = signed_by is not None
+    result["schema_valid"] = True
     return result
+
+
+def _check_tolerance(manifest: dict[str, Any]) -> None:
+    """A known target's golden tolerance may not be loosened in the manifest."""
+    from .errors import TargetError
+    from .targets import load_target, target_names
+
+    name = manifest["target"]["name"]
+    if name not in target_names():
+        return
+    try:
+        tol = load_target(name).tolerances
+    except TargetError:
+        return
+    g = manifest["golden"]
+    if g["atol"] > tol.golden_atol or g["rtol"] > tol.golden_rtol:
+        raise BundleError(
+            f"the manifest's golden tolerance (atol {g['atol']}, rtol {g['rtol']}) is looser than target {name}'s "
+            f"(atol {tol.golden_atol}, rtol {tol.golden_rtol})",
+            "the manifest was edited; rebuild the bundle",
+        )

@@ -41,6 +41,11 @@ SamplesOpt = Annotated[Optional[int], typer.Option("--calib-samples", help="numb
 StaticOpt = Annotated[Optional[list[str]], typer.Option("--static-shape", help="pin an input's shape: NAME=1x3x224x224 (repeatable)")]
 OpsetOpt = Annotated[Optional[int], typer.Option("--opset", help="opset to convert to (within the target's range)")]
 LabelsOpt = Annotated[str, typer.Option("--labels-key", help="name of the labels array in evaluation data")]
+PreprocessOpt = Annotated[Optional[Path], typer.Option("--preprocess", help="TOML: pre/post-processing the app applies per input/output (stored in the manifest)")]
+LabelsFileOpt = Annotated[Optional[Path], typer.Option("--labels", help="labels.txt, one label per output index (copied into the bundle)")]
+ArchiveOpt = Annotated[Optional[str], typer.Option("--archive", help="also write a deterministic OUT.tar.gz or OUT.zip: tar.gz | zip")]
+SignOpt = Annotated[Optional[Path], typer.Option("--sign", help="Ed25519 private key (PEM): sign manifest.json (edgeq keygen)")]
+BundleVersionOpt = Annotated[int, typer.Option("--bundle-version", help="release counter stored in the (signed) manifest; verify --min-version refuses older")]
 
 
 def _fail(e: EdgeqError) -> None:
@@ -107,6 +112,11 @@ def export(
     golden: Annotated[int, typer.Option("--golden", help="golden input/output pairs to store")] = 3,
     no_profile: Annotated[bool, typer.Option("--no-profile", help="skip latency measurement")] = False,
     labels_key: LabelsOpt = "labels",
+    preprocess: PreprocessOpt = None,
+    labels: LabelsFileOpt = None,
+    archive: ArchiveOpt = None,
+    sign: SignOpt = None,
+    bundle_version: BundleVersionOpt = 0,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -123,7 +133,8 @@ def export(
     opts = ExportOptions(
         target=tg, spec=spec, out=out, calib=calib, eval=eval_data, force=force,
         static_shapes=parse_shapes(static_shape), opset=opset, golden=golden, do_profile=not no_profile,
-        labels_key=labels_key,
+        labels_key=labels_key, preprocess=preprocess, labels=labels, archive=archive, sign_key=sign,
+        bundle_version=bundle_version,
     )
     src = artifact_from(source, (f"source({source.name})",))
     progress = StageProgress(err, total_samples=spec.calib_samples if spec.needs_calibration else 0)
@@ -206,21 +217,28 @@ def verify(
     target: TargetOpt = "cpu-x86_64",
     model: Annotated[str, typer.Option("--model", help="bundle: run model.ort or model.onnx")] = "ort",
     providers: Annotated[str, typer.Option("--providers", help="bundle: comma-separated providers to run with")] = "",
+    pubkey: Annotated[Optional[Path], typer.Option("--pubkey", help="bundle: Ed25519 public key (PEM); refuse unsigned or wrongly signed bundles")] = None,
+    min_version: Annotated[Optional[int], typer.Option("--min-version", help="bundle: refuse a signed bundle whose bundle_version is lower")] = None,
     labels_key: LabelsOpt = "labels",
     as_json: JsonOpt = False,
 ) -> None:
-    """Check a bundle (checksums + golden pairs) or compare a model against its reference."""
+    """Check a bundle folder or archive (safe extraction, schema, signature, checksums, golden pairs) or compare a model with its reference."""
+    from .archive import archive_format
     from .report import bundle_check_table, out as console, verify_table
 
-    if candidate.is_dir():
+    if candidate.is_dir() or archive_format(candidate):
         from .bundle import check_bundle
 
-        result = check_bundle(candidate, providers=[p for p in providers.split(",") if p] or None, model=model)
+        result = check_bundle(
+            candidate, providers=[p for p in providers.split(",") if p] or None, model=model,
+            pubkey=pubkey, min_version=min_version,
+        )
         if as_json:
             _emit_json(result)
         else:
             console.print(bundle_check_table(result))
-            console.print(f"[green]PASS[/] bundle {candidate}: checksums and {len(result['pairs'])} golden pairs")
+            signed = f", signature by key {result['signed_by'][:16]}" if result.get("signed_by") else ""
+            console.print(f"[green]PASS[/] bundle {candidate}: schema, checksums{signed} and {len(result['pairs'])} golden pairs")
         return
     from .data import load_samples
     from .errors import CalibrationError
@@ -296,11 +314,17 @@ def bundle(
     reference: Annotated[Optional[Path], typer.Option("--reference", help="fp32 model: record a verify report against it")] = None,
     golden: Annotated[int, typer.Option("--golden", help="golden input/output pairs to store")] = 3,
     labels_key: LabelsOpt = "labels",
+    preprocess: PreprocessOpt = None,
+    labels: LabelsFileOpt = None,
+    archive: ArchiveOpt = None,
+    sign: SignOpt = None,
+    bundle_version: BundleVersionOpt = 0,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Write a runtime bundle for a model that is already quantized."""
-    from .bundle import BundleInputs, write_bundle
+    from .appio import check_labels_fit, load_io_spec, read_labels
+    from .bundle import BundleInputs, check_outputs, load_private_key, write_bundle
     from .data import load_samples
     from .onnxutil import artifact_from, model_size
     from .pipeline import _golden_feeds, sizes
@@ -311,6 +335,12 @@ def bundle(
     tg = load_target(target)
     _check_onnx_source(model)
     art = artifact_from(model, (f"source({model.name})",))
+    app_io = load_io_spec(preprocess, art.io)
+    label_list = read_labels(labels)
+    check_labels_fit(label_list, app_io, art.io)
+    if sign is not None:
+        load_private_key(sign)
+    check_outputs(out, BundleInputs(golden_feeds=(), archive=archive), force)
     samples = load_samples(data, art.io, what="golden", labels_key=labels_key) if data else None
     report = None
     size = None
@@ -328,14 +358,35 @@ def bundle(
         verify=report,
         sizes=size,
         provenance=art.provenance,
+        preprocessing=app_io,
+        labels=tuple(label_list) if label_list else None,
+        bundle_version=bundle_version,
+        sign_key=sign,
+        archive=archive,
     )
     write_bundle(art, tg, out, info, force=force)
     if as_json:
-        _emit_json({"bundle": str(out), "verify": report})
+        from .archive import archive_path
+
+        _emit_json({"bundle": str(out), "archive": str(archive_path(out, archive)) if archive else None, "verify": report})
     else:
         console.print(f"wrote bundle {out} for {tg.name}" + ("" if samples else " (golden inputs are seeded random: pass --data for real ones)"))
     if report is not None and not report["passed"]:
         _fail(CheckFailed(f"model outside target {tg.name}'s tolerances: {'; '.join(report['failures'])}", f"the bundle was written to {out}"))
+
+
+@app.command()
+@handle_errors
+def keygen(
+    out: Annotated[Path, typer.Option("-o", "--out", help="private key to write (PEM, mode 0600); the public key goes to OUT.pub")],
+    force: ForceOpt = False,
+) -> None:
+    """Create an Ed25519 key pair for edgeq bundle --sign / edgeq verify --pubkey."""
+    from .bundle import generate_keypair
+    from .report import out as console
+
+    priv, pub = generate_keypair(out, force=force)
+    console.print(f"wrote private key {priv} (keep it secret) and public key {pub} (ship it to devices)")
 
 
 @app.command()

@@ -39,6 +39,11 @@ class ExportOptions:
     do_profile: bool = True
     verify_samples: int = 1000
     labels_key: str = LABELS_KEY
+    preprocess: Path | None = None
+    labels: Path | None = None
+    archive: str | None = None
+    sign_key: Path | None = None
+    bundle_version: int = 0
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,7 @@ def run_export(
     target, spec = opts.target, opts.spec
     clean_stale(opts.out)
     check_output(opts.out, opts.force)  # before any work
+    app_io, labels = _bundle_extras(source, opts)
     # Check the data against the model before spending time on anything else.
     calib = load_samples(opts.calib, source.io, what="calibration", labels_key=opts.labels_key) if opts.calib else None
     evals = load_samples(opts.eval, source.io, what="evaluation", labels_key=opts.labels_key) if opts.eval else None
@@ -140,6 +146,11 @@ def run_export(
                 },
                 sizes=sizes(fp32_bytes, q_bytes),
                 provenance=qres.artifact.provenance,
+                preprocessing=app_io,
+                labels=labels,
+                bundle_version=opts.bundle_version,
+                sign_key=opts.sign_key,
+                archive=opts.archive,
             )
             write_bundle(qres.artifact, target, opts.out, info, force=opts.force)
     return ExportResult(
@@ -154,6 +165,25 @@ def run_export(
         profile_skipped=skipped,
         notes=tuple(notes),
     )
+
+
+def _bundle_extras(source: Artifact, opts: ExportOptions) -> tuple[dict, tuple[str, ...] | None]:
+    """Check --preprocess, --labels, --archive, --sign and the extra outputs before any work."""
+    from .appio import check_labels_fit, load_io_spec, read_labels
+    from .bundle import BundleInputs, check_outputs, load_private_key
+
+    app_io = load_io_spec(opts.preprocess, source.io)
+    labels = read_labels(opts.labels)
+    check_labels_fit(labels, app_io, source.io)
+    if opts.sign_key is not None:
+        load_private_key(opts.sign_key)
+    if opts.bundle_version < 0:
+        from .errors import BundleError
+
+        raise BundleError("--bundle-version must be 0 or more", "use a release counter that only goes up")
+    probe = BundleInputs(golden_feeds=(), archive=opts.archive, profile={"planned": True} if opts.do_profile else None)
+    check_outputs(opts.out, probe, opts.force)
+    return app_io, (tuple(labels) if labels else None)
 
 
 def _golden_feeds(data: SampleSet | None, art: Artifact, n: int) -> tuple[dict, ...]:

@@ -19,6 +19,7 @@ import sys
 import time
 
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.json.sig"  # optional Ed25519 signature of manifest.json (checked by edgeq verify --pubkey)
 SCHEMA_VERSION = 1
 
 
@@ -41,7 +42,7 @@ def list_files(root: str) -> list[str]:
         for name in filenames:
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, root).replace(os.sep, "/")
-            if rel != MANIFEST:
+            if rel not in (MANIFEST, SIGNATURE):
                 out.append(rel)
         for name in dirnames:
             if os.path.islink(os.path.join(dirpath, name)):
@@ -85,12 +86,19 @@ def check_files(root: str, manifest: dict) -> int:
     return len(listed)
 
 
+def listed(root: str, manifest: dict, rel) -> str:
+    """A path the manifest names: it must be one of the checksummed files."""
+    if not isinstance(rel, str) or rel not in manifest["files"]:
+        raise BundleCorrupt(f"{MANIFEST} names a file that is not in its file list: {str(rel)[:80]}")
+    return os.path.join(root, rel)
+
+
 def run_golden(root: str, manifest: dict, model: str = "ort", providers: list | None = None) -> dict:
     import numpy as np
     import onnxruntime as ort
 
     files = manifest["model"]
-    path = os.path.join(root, files["ort"] if model == "ort" and files.get("ort") else files["onnx"])
+    path = listed(root, manifest, files["ort"] if model == "ort" and files.get("ort") else files["onnx"])
     so = ort.SessionOptions()
     so.log_severity_level = 3
     level = manifest["target"]["session_options"].get("graph_optimization_level", "basic")
@@ -107,14 +115,14 @@ def run_golden(root: str, manifest: dict, model: str = "ort", providers: list | 
     atol, rtol = float(golden["atol"]), float(golden["rtol"])
     pairs = []
     for pair in golden["pairs"]:
-        feed = {name: np.load(os.path.join(root, pair["inputs"][i]), allow_pickle=False) for i, name in enumerate(inputs)}
+        feed = {name: np.load(listed(root, manifest, pair["inputs"][i]), allow_pickle=False) for i, name in enumerate(inputs)}
         t0 = time.perf_counter()
         outs = sess.run(None, feed)
         ms = (time.perf_counter() - t0) * 1e3
         worst = 0.0
         ok = True
         for i, out in enumerate(outs):
-            want = np.load(os.path.join(root, pair["outputs"][i]), allow_pickle=False)
+            want = np.load(listed(root, manifest, pair["outputs"][i]), allow_pickle=False)
             if want.shape != np.asarray(out).shape:
                 ok = False
                 worst = float("inf")

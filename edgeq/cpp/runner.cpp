@@ -1,0 +1,164 @@
+// edgeq bundle runner (C++): load model.ort with onnxruntime's C++ API, run golden pair 000,
+// compare with the stored outputs. Usage: edgeq_runner BUNDLE_DIR [ATOL] [RTOL]
+// Exit codes: 0 pass, 1 outside tolerance, 2 bad bundle or runtime error.
+// The tolerances default to the arm64 target's (atol 1e-3, rtol 1e-2); pass the manifest's golden.atol/rtol.
+#include <onnxruntime_cxx_api.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace {
+
+struct Npy {
+  std::string descr;  // e.g. "<f4"
+  std::vector<int64_t> shape;
+  std::vector<char> data;
+};
+
+bool file_exists(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return f.good();
+}
+
+// Minimal reader for the .npy files edgeq writes: version 1/2/3, C order, little-endian.
+Npy read_npy(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw std::runtime_error("cannot open " + path);
+  char magic[6];
+  f.read(magic, 6);
+  if (!f || std::string(magic, 6) != "\x93NUMPY") throw std::runtime_error(path + " is not a .npy file");
+  unsigned char ver[2];
+  f.read(reinterpret_cast<char*>(ver), 2);
+  uint32_t hlen = 0;
+  if (ver[0] == 1) {
+    unsigned char b[2];
+    f.read(reinterpret_cast<char*>(b), 2);
+    hlen = b[0] | (b[1] << 8);
+  } else {
+    unsigned char b[4];
+    f.read(reinterpret_cast<char*>(b), 4);
+    hlen = b[0] | (b[1] << 8) | (b[2] << 16) | (static_cast<uint32_t>(b[3]) << 24);
+  }
+  if (!f || hlen > 65536) throw std::runtime_error(path + ": bad .npy header");
+  std::string header(hlen, '\0');
+  f.read(&header[0], hlen);
+  auto field = [&](const std::string& key) {
+    auto k = header.find("'" + key + "'");
+    if (k == std::string::npos) throw std::runtime_error(path + ": header lacks " + key);
+    return header.substr(header.find(':', k) + 1);
+  };
+  Npy out;
+  std::string d = field("descr");
+  auto q1 = d.find('\''), q2 = d.find('\'', q1 + 1);
+  out.descr = d.substr(q1 + 1, q2 - q1 - 1);
+  if (field("fortran_order").find("True") < field("fortran_order").find(',')) throw std::runtime_error(path + ": Fortran order");
+  std::string s = field("shape");
+  s = s.substr(s.find('(') + 1, s.find(')') - s.find('(') - 1);
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    if (item.find_first_of("0123456789") != std::string::npos) out.shape.push_back(std::stoll(item));
+  }
+  size_t count = 1;
+  for (auto v : out.shape) count *= static_cast<size_t>(v);
+  size_t item_size = static_cast<size_t>(std::stoi(out.descr.substr(2)));
+  if (out.descr[0] == '>') throw std::runtime_error(path + ": big-endian data");
+  out.data.resize(count * item_size);
+  f.read(out.data.data(), static_cast<std::streamsize>(out.data.size()));
+  if (!f) throw std::runtime_error(path + ": truncated data");
+  return out;
+}
+
+ONNXTensorElementDataType ort_type(const std::string& descr) {
+  std::string t = descr.substr(1);
+  if (t == "f4") return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  if (t == "f8") return ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE;
+  if (t == "i8") return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
+  if (t == "i4") return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
+  if (t == "u1") return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+  if (t == "i1") return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
+  if (t == "b1") return ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL;
+  throw std::runtime_error("unsupported .npy dtype " + descr);
+}
+
+double value_at(const void* p, ONNXTensorElementDataType t, size_t i) {
+  switch (t) {
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return static_cast<const float*>(p)[i];
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE: return static_cast<const double*>(p)[i];
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64: return static_cast<double>(static_cast<const int64_t*>(p)[i]);
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return static_cast<const int32_t*>(p)[i];
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8: return static_cast<const uint8_t*>(p)[i];
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8: return static_cast<const int8_t*>(p)[i];
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL: return static_cast<const bool*>(p)[i];
+    default: throw std::runtime_error("unsupported output element type");
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string root = argc > 1 ? argv[1] : ".";
+  const double atol = argc > 2 ? std::atof(argv[2]) : 1e-3;
+  const double rtol = argc > 3 ? std::atof(argv[3]) : 1e-2;
+  try {
+    Ort::Env env(ORT_LOGGING_LEVEL_WARNING, "edgeq");
+    Ort::SessionOptions so;
+    // model.ort was optimized at the level in manifest.json (model.ort_optimization_level); basic keeps it as saved.
+    so.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_BASIC);
+    const std::string model = root + "/model.ort";
+    Ort::Session session(env, model.c_str(), so);
+    Ort::AllocatorWithDefaultOptions alloc;
+    Ort::MemoryInfo mem = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+
+    std::vector<Npy> in_data;
+    std::vector<Ort::Value> inputs;
+    std::vector<std::string> in_names_s, out_names_s;
+    for (size_t i = 0; i < session.GetInputCount(); ++i) {
+      in_names_s.push_back(session.GetInputNameAllocated(i, alloc).get());
+      in_data.push_back(read_npy(root + "/golden/000/in_" + std::to_string(i) + ".npy"));
+    }
+    for (auto& d : in_data) {
+      inputs.push_back(Ort::Value::CreateTensor(mem, d.data.data(), d.data.size(), d.shape.data(), d.shape.size(), ort_type(d.descr)));
+    }
+    for (size_t i = 0; i < session.GetOutputCount(); ++i) out_names_s.push_back(session.GetOutputNameAllocated(i, alloc).get());
+    std::vector<const char*> in_names, out_names;
+    for (auto& s : in_names_s) in_names.push_back(s.c_str());
+    for (auto& s : out_names_s) out_names.push_back(s.c_str());
+
+    auto outputs = session.Run(Ort::RunOptions{nullptr}, in_names.data(), inputs.data(), inputs.size(), out_names.data(), out_names.size());
+    double worst = 0.0;
+    bool ok = true;
+    for (size_t i = 0; i < outputs.size(); ++i) {
+      const std::string path = root + "/golden/000/out_" + std::to_string(i) + ".npy";
+      if (!file_exists(path)) throw std::runtime_error("missing " + path);
+      Npy want = read_npy(path);
+      auto info = outputs[i].GetTensorTypeAndShapeInfo();
+      if (info.GetShape() != want.shape) {
+        std::printf("FAIL output %zu: shape differs from the golden output\n", i);
+        ok = false;
+        continue;
+      }
+      const auto got_t = info.GetElementType();
+      const auto want_t = ort_type(want.descr);
+      const void* got = outputs[i].GetTensorRawData();
+      for (size_t k = 0; k < info.GetElementCount(); ++k) {
+        const double g = value_at(got, got_t, k), w = value_at(want.data.data(), want_t, k);
+        const double diff = std::fabs(g - w);
+        worst = std::fmax(worst, diff);
+        if (!(diff <= atol + rtol * std::fabs(w))) ok = false;
+      }
+    }
+    std::printf("%s golden 000: max abs error %.3g (atol %g, rtol %g), %zu outputs\n", ok ? "PASS" : "FAIL", worst, atol, rtol, outputs.size());
+    return ok ? 0 : 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "FAIL %s\n", e.what());
+    return 2;
+  }
+}
