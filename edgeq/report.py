@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
 
@@ -173,17 +174,116 @@ def target_tables(tg: Any) -> list[Table]:
     return [head, prov, notes]
 
 
+def _ms(v: Any) -> str:
+    return "-" if v is None else f"{v:.3f} ms"
+
+
+def _pct(v: Any) -> str:
+    return "-" if v is None else f"{100 * v:.1f} %"
+
+
 def profile_table(results: list[dict[str, Any]]) -> Table:
     t = Table(title="edgeq profile")
-    for c in ("model", "provider", "size", "cold start", "p50", "p90", "mean", "runs", "vs first", "note"):
-        t.add_column(c, justify="left" if c in ("model", "provider", "note") else "right")
-    base = results[0]["p50_ms"] if results and results[0] else None
+    cols = ("model", "provider", "size", "cold start", "p50", "p90", "p99", "cv", "peak mem", "runs", "accel nodes", "vs first", "timing")
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("model", "provider", "timing") else "right", min_width=10 if c == "model" else None)
+    base = results[0].get("p50_ms") if results and results[0] else None
     for r in results:
-        ratio = r["p50_ms"] / base if base else None
-        t.add_row(r["model"], r["provider"], human_bytes(r["file_bytes"]), f"{r['cold_start_ms']:.1f} ms",
-                  f"{r['p50_ms']:.3f} ms", f"{r['p90_ms']:.3f} ms", f"{r['mean_ms']:.3f} ms", str(r["runs"]),
-                  fmt(ratio, ".2f"), r["note"] or ("device" if r["device_measurement"] else "host"))
+        ratio = r["p50_ms"] / base if base and r.get("p50_ms") else None
+        pl = r.get("placement") or {}
+        acc = pl.get("accel_node_share")
+        acc_s = "-" if acc is None else _pct(acc) + (" est." if pl.get("kind") == "estimate" else "")
+        if not r.get("timed", True):
+            note = "not timed"
+        elif r.get("backend") == "qnn-plugin":
+            note = "simulator"
+        else:
+            note = "device" if r.get("device_measurement") else "host"
+        if r.get("timed") and not r.get("stable", True):
+            note = "[red]UNSTABLE[/] " + note
+        t.add_row(escape(Path(r["model"]).name), _short_provider(r.get("provider") or "-"), human_bytes(r.get("file_bytes")),
+                  "-" if r.get("cold_start_ms") is None else f"{r['cold_start_ms']:.1f} ms",
+                  _ms(r.get("p50_ms")), _ms(r.get("p90_ms")), _ms(r.get("p99_ms")),
+                  "-" if r.get("cv") is None else f"{r['cv']:.2f}", human_bytes(r.get("peak_bytes")),
+                  str(r.get("runs") or "-"), acc_s, fmt(ratio, ".2f"), note)
     return t
+
+
+def profile_notes(results: list[dict[str, Any]]) -> list[str]:
+    return [f"note: {Path(r['model']).name}: {n}" for r in results for n in (r.get("notes") or ([r["note"]] if r.get("note") else []))]
+
+
+def profile_details(results: list[dict[str, Any]]) -> list[Table]:
+    """Per model: cold start and memory, top op types and nodes, placement and fallbacks, numerics."""
+    tables: list[Table] = []
+    for r in results:
+        name = escape(Path(r["model"]).name)
+        if r.get("cold_start"):
+            c, m = r["cold_start"], r["memory"]
+            t = Table(title=f"{name}: start-up and memory", show_header=False)
+            t.add_column("k")
+            t.add_column("v", justify="right")
+            t.add_row("session creation", _ms(c["session_ms"]))
+            t.add_row("first run", _ms(c["first_run_ms"]))
+            st = r["steady"]
+            t.add_row("p50 95% CI", f"{st['p50_ci_low_ms']:.3f} - {st['p50_ci_high_ms']:.3f} ms ({'stable' if st['stable'] else 'UNSTABLE'})")
+            t.add_row("RSS added by session", human_bytes(m.get("session_bytes")))
+            t.add_row("peak RSS added (session + runs)", human_bytes(m.get("peak_bytes")))
+            tables.append(t)
+        ops = r.get("ops")
+        if ops:
+            t = Table(title=f"{name}: time by op type ({ops['profiled_runs']} profiled runs, {ops['kernel_ms_per_run']:.3f} ms kernels/run)")
+            for col in ("op type", "nodes", "ms/run", "share", "provider"):
+                t.add_column(col, justify="left" if col in ("op type", "provider") else "right")
+            for o in ops["op_types"]:
+                t.add_row(escape(o["op_type"]), str(o["nodes"]), f"{o['ms_per_run']:.4f}", _pct(o["share"]), ", ".join(_short_provider(p) for p in o["providers"]))
+            tables.append(t)
+            t = Table(title=f"{name}: top nodes")
+            for col in ("node", "op type", "ms/run", "share", "provider"):
+                t.add_column(col, justify="left" if col in ("node", "op type", "provider") else "right")
+            for o in ops["top_nodes"]:
+                t.add_row(escape(o["node"]), escape(o["op_type"]), f"{o['ms_per_run']:.4f}", _pct(o["share"]), _short_provider(o["provider"]))
+            tables.append(t)
+        pl = r.get("placement")
+        if pl and pl.get("accelerator"):
+            kind = "ESTIMATE (static, from the target's op rules)" if pl["kind"] == "estimate" else "measured by onnxruntime"
+            t = Table(title=f"{name}: placement, {kind}")
+            for col in ("provider", "nodes", "% nodes", "% time", "partitions"):
+                t.add_column(col, justify="left" if col == "provider" else "right")
+            for p in pl["providers"]:
+                t.add_row(p["provider"], str(p["nodes"]), _pct(p["node_share"]), _pct(p["time_share"]), fmt(p["partitions"], "d"))
+            tables.append(t)
+            if pl["fallback"]:
+                t = Table(title=f"{name}: nodes not on {pl['accelerator']}")
+                t.add_column("node")
+                t.add_column("runs on")
+                t.add_column("why")
+                for f in pl["fallback"][:50]:
+                    t.add_row(escape(f["node"]), f["provider"], escape(f["reason"]))
+                if len(pl["fallback"]) > 50:
+                    t.add_row(f"... {len(pl['fallback']) - 50} more", "", "")
+                tables.append(t)
+        num = r.get("numerics")
+        if num and (num.get("vs_cpu_provider") or num.get("vs_reference")):
+            t = Table(title=f"{name}: numerics of {r['provider']} ({num['samples']} inputs)")
+            for col in ("against", "output", "max abs", "cosine", "top-1 agreement"):
+                t.add_column(col, justify="left" if col in ("against", "output") else "right")
+            rows = [("CPU provider, same model", o) for o in num.get("vs_cpu_provider") or []]
+            rows += [("reference " + escape(Path(num["vs_reference"]["reference"]).name), o) for o in (num.get("vs_reference") or {}).get("outputs", [])]
+            for who, o in rows:
+                t.add_row(who, escape(o["name"]), fmt(o["max_abs"]), f"{o['cosine']:.5f}",
+                          "-" if o["top1_agreement"] is None else _pct(o["top1_agreement"]))
+            tables.append(t)
+    return tables
+
+
+def setup_progress(console: Console = err):
+    """A callback(step, total, what) that prints environment set-up steps."""
+
+    def cb(step: int, total: int, what: str) -> None:
+        console.print(f"[{step}/{total}] {what}")
+
+    return cb
 
 
 def verify_table(v: dict[str, Any]) -> Table:
