@@ -460,6 +460,13 @@ def measure(inp: ProfileInput, target: Target, backend: Backend, opts: MeasureOp
         "mean_ms": steady["mean_ms"], "cv": steady["cv"], "runs": steady["runs"], "stable": steady["stable"],
         "peak_bytes": result["memory"].get("peak_bytes"),
     })
+    if reference is not None:
+        from .layers import layer_errors
+
+        try:
+            base["layer_errors"] = layer_errors(reference, inp.onnx, inp.feeds[: max(1, opts.numerics_samples)])
+        except Exception as e:  # noqa: BLE001 - a diagnostic; the figures above stand without it
+            notes.append(f"per-layer error not computed: {str(e).splitlines()[0][:120] if str(e) else type(e).__name__}")
     base["notes"] = notes
     base["note"] = "; ".join(notes)
     return base

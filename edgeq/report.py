@@ -183,29 +183,40 @@ def _pct(v: Any) -> str:
 
 
 def profile_table(results: list[dict[str, Any]]) -> Table:
+    """One column per variant, one row per figure; ratios are to the first variant."""
     t = Table(title="edgeq profile")
-    cols = ("model", "provider", "size", "cold start", "p50", "p90", "p99", "cv", "peak mem", "runs", "accel nodes", "vs first", "timing")
-    for c in cols:
-        t.add_column(c, justify="left" if c in ("model", "provider", "timing") else "right", min_width=10 if c == "model" else None)
-    base = results[0].get("p50_ms") if results and results[0] else None
+    t.add_column("figure", no_wrap=True)
     for r in results:
-        ratio = r["p50_ms"] / base if base and r.get("p50_ms") else None
+        t.add_column(escape(Path(r["model"]).name), justify="right")
+    base = results[0].get("p50_ms") if results else None
+
+    def row(label: str, fn) -> None:
+        t.add_row(label, *[fn(r) for r in results])
+
+    def timing(r: dict[str, Any]) -> str:
+        if not r.get("timed", True):
+            return "not timed"
+        kind = "simulator" if r.get("backend") == "qnn-plugin" else ("device" if r.get("device_measurement") else "host")
+        return ("[red]UNSTABLE[/] " if not r.get("stable", True) else "") + kind
+
+    def accel(r: dict[str, Any]) -> str:
         pl = r.get("placement") or {}
         acc = pl.get("accel_node_share")
-        acc_s = "-" if acc is None else _pct(acc) + (" est." if pl.get("kind") == "estimate" else "")
-        if not r.get("timed", True):
-            note = "not timed"
-        elif r.get("backend") == "qnn-plugin":
-            note = "simulator"
-        else:
-            note = "device" if r.get("device_measurement") else "host"
-        if r.get("timed") and not r.get("stable", True):
-            note = "[red]UNSTABLE[/] " + note
-        t.add_row(escape(Path(r["model"]).name), _short_provider(r.get("provider") or "-"), human_bytes(r.get("file_bytes")),
-                  "-" if r.get("cold_start_ms") is None else f"{r['cold_start_ms']:.1f} ms",
-                  _ms(r.get("p50_ms")), _ms(r.get("p90_ms")), _ms(r.get("p99_ms")),
-                  "-" if r.get("cv") is None else f"{r['cv']:.2f}", human_bytes(r.get("peak_bytes")),
-                  str(r.get("runs") or "-"), acc_s, fmt(ratio, ".2f"), note)
+        return "-" if acc is None else _pct(acc) + (" (estimate)" if pl.get("kind") == "estimate" else "")
+
+    row("provider", lambda r: _short_provider(r.get("provider") or "-"))
+    row("file size", lambda r: human_bytes(r.get("file_bytes")))
+    row("cold start", lambda r: "-" if r.get("cold_start_ms") is None else f"{r['cold_start_ms']:.1f} ms")
+    row("p50", lambda r: _ms(r.get("p50_ms")))
+    row("p90", lambda r: _ms(r.get("p90_ms")))
+    row("p99", lambda r: _ms(r.get("p99_ms")))
+    row("mean", lambda r: _ms(r.get("mean_ms")))
+    row("cv", lambda r: "-" if r.get("cv") is None else f"{r['cv']:.2f}")
+    row("runs", lambda r: str(r.get("runs") or "-"))
+    row("peak mem", lambda r: human_bytes(r.get("peak_bytes")))
+    row("accel nodes", accel)
+    row("p50 vs first", lambda r: fmt(r["p50_ms"] / base if base and r.get("p50_ms") else None, ".2f"))
+    row("timing", timing)
     return t
 
 

@@ -244,7 +244,7 @@ def measure(spec: dict) -> dict:
     st = stats(times)
     st.update({"stable": stable, "elapsed_s": elapsed, "stable_rel": float(spec.get("stable_rel", 0.05))})
     result["steady"] = st
-    result["times_ms"] = times[: int(spec.get("keep_times", 2000))]
+    result["times_ms"] = [round(t, 5) for t in times]
     base = mem0.get("VmRSS")
     result["memory"] = {
         "method": "VmRSS/VmHWM (/proc/self/status), peak reset before session creation" if peak_ok else "VmRSS only",
