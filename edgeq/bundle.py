@@ -108,6 +108,9 @@ def write_bundle(artifact: Artifact, target: Target, out: Path, info: BundleInpu
         _write_ort(root / "model.onnx", root, level)
         pairs = _write_golden(root, root / "model.ort", info.golden_feeds, level, artifact.io.input_names)
         shutil.copyfile(Path(runner_mod.__file__), root / "run.py")
+        from .profile import write_ep_context
+
+        ep_context = write_ep_context(root / "model.onnx", root, target)  # QNN context binary, where the EP is here
         files = {}
         for p in sorted(x for x in root.rglob("*") if x.is_file()):
             rel = p.relative_to(root).as_posix()
@@ -125,7 +128,7 @@ def write_bundle(artifact: Artifact, target: Target, out: Path, info: BundleInpu
                     "intra_op_num_threads": target.intra_op_num_threads,
                 },
             },
-            "model": {"onnx": "model.onnx", "ort": "model.ort", "ops_config": OPS_CONFIG, "opset": artifact.opset},
+            "model": {"onnx": "model.onnx", "ort": "model.ort", "ops_config": OPS_CONFIG, "opset": artifact.opset, "ep_context": ep_context},
             "inputs": [t.to_dict() for t in artifact.io.inputs],
             "outputs": [t.to_dict() for t in artifact.io.outputs],
             "preprocessing": info.preprocessing,

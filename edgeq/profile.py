@@ -300,6 +300,7 @@ def _run_worker(backend: Backend, inp: ProfileInput, target: Target, opts: Measu
     np.savez(feeds_npz, **{f"{i}:{k}": v for i, f in enumerate(inp.feeds[: max(1, opts.numerics_samples)]) for k, v in f.items()})
     spec = {
         "model": str(inp.model.resolve()),
+        "placement_model": str(inp.onnx.resolve()) if inp.onnx != inp.model else None,
         "feeds": str(feeds_npz),
         "providers": [[n, dict(o)] for n, o in backend.providers],
         "plugin": backend.plugin,
@@ -341,6 +342,9 @@ def _ops_breakdown(ops: dict[str, Any] | None, top: int) -> dict[str, Any] | Non
         return None
     runs = max(1, ops["runs"])
     total = sum(n["us"] for n in ops["nodes"]) or 1.0
+    for n in ops["nodes"]:
+        if "ExecutionProvider" in n["op_type"]:  # a compiled partition: onnxruntime names it after the provider
+            n["op_type"] = n["provider"].replace("ExecutionProvider", "") + " partition"
     nodes = [{"node": n["name"], "op_type": n["op_type"], "provider": n["provider"], "ms_per_run": n["us"] / runs / 1e3,
               "share": n["us"] / total} for n in ops["nodes"]]
     by_type: dict[str, dict[str, Any]] = {}
@@ -436,11 +440,16 @@ def measure(inp: ProfileInput, target: Target, backend: Backend, opts: MeasureOp
     ops = _ops_breakdown(result.get("ops"), opts.top)
     placement = summarize_measured(result.get("placement", []), (result.get("ops") or {}).get("nodes"), backend.accelerator) \
         if result.get("placement") else None
-    if placement is not None and backend.accelerator is None:
-        placement["accel_node_share"] = None
+    if placement and placement["fallback"] and target.supported_ops and inp.onnx.suffix == ".onnx":
+        _explain_fallback(placement, inp.onnx, target)
+    if placement is not None and result.get("placement_from"):
+        placement["from"] = result["placement_from"]
+        notes.append(f"placement read from {result['placement_from']} (onnxruntime records none for {inp.model.name})")
     active = result["providers_active"]
+    used = {p["provider"] for p in placement["providers"] if p["nodes"]} if placement else set(active)
+    provider = next((p for p in active if p in used), active[0])  # a registered provider that took no node is not "the" provider
     base.update({
-        "provider": active[0],
+        "provider": provider,
         "providers_active": active,
         "onnxruntime": result.get("onnxruntime"),
         "cpu_fallback_disabled": fallback_off,
@@ -489,3 +498,66 @@ def check_coverage(reports: list[dict[str, Any]], minimum: float) -> None:
     if low:
         raise CheckFailed(f"accelerator coverage below {100 * minimum:.0f}%: {'; '.join(low)}",
                           "see the fallback list: pin shapes (--static-shape), quantize with the target's recipe, or replace the ops named")
+
+
+def write_ep_context(model: Path, out_dir: Path, target: Target) -> dict[str, Any] | None:
+    """Compile the provider's context binary next to the bundle's model (QNN, when onnxruntime-qnn is here).
+
+    Returns what the manifest records, or None when the target has no such step here
+    or the provider takes no node of the model.
+    """
+    from . import worker
+
+    primary = target.providers[0]
+    if primary.name != QNN or not (primary.name in available_providers() or _qnn_installed()):
+        return None
+    plugin = None if primary.name in available_providers() else "qnn"
+    with tempfile.TemporaryDirectory(prefix="edgeq-ctx-") as tmp:
+        work = Path(tmp)
+        ctx_dir = work / "ctx"
+        ctx_dir.mkdir()
+        spec = {"mode": "context", "model": str(Path(model).resolve()), "plugin": plugin,
+                "providers": [[primary.name, dict(primary.options)], ["CPUExecutionProvider", {}]],
+                "level": target.graph_optimization_level, "context_path": str(ctx_dir / "model_ctx.onnx"),
+                "out": str(work / "result.json")}
+        (work / "spec.json").write_text(json.dumps(spec))
+        subprocess.run([sys.executable, worker.__file__, str(work / "spec.json")], capture_output=True, text=True, timeout=600, cwd=work)
+        result = json.loads((work / "result.json").read_text()) if (work / "result.json").is_file() else {"error": "worker died"}
+        if "error" in result or not (ctx_dir / "model_ctx.onnx").is_file():
+            return None
+        import onnx
+
+        ctx_model = onnx.load(str(ctx_dir / "model_ctx.onnx"), load_external_data=False)
+        if not any(n.op_type == "EPContext" for n in ctx_model.graph.node):
+            return None
+        files = []
+        for f in sorted(ctx_dir.iterdir()):
+            os.replace(f, Path(out_dir) / f.name)
+            files.append(f.name)
+    acc = sum(len(sg["nodes"]) for sg in result["placement"] if sg["ep"] == primary.name)
+    total = sum(len(sg["nodes"]) for sg in result["placement"])
+    return {"provider": primary.name, "model": "model_ctx.onnx", "files": files, "nodes_on_provider": acc, "nodes_total": total,
+            "onnxruntime_qnn": _qnn_version()}
+
+
+def _qnn_version() -> str | None:
+    try:
+        import importlib.metadata
+
+        return importlib.metadata.version("onnxruntime-qnn")
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _explain_fallback(placement: dict[str, Any], onnx_path: Path, target: Target) -> None:
+    """Add the static reasons (op type, dtype, dynamic shape) to measured fallbacks, where a rule names one."""
+    from .placement import estimate
+
+    try:
+        est = estimate(onnx_path, target)
+    except Exception:  # noqa: BLE001 - an explanation only
+        return
+    why = {f["node"]: f["reason"] for f in est["fallback"]}
+    for f in placement["fallback"]:
+        if f["node"] in why:
+            f["reason"] += f"; {target.name} rules: {why[f['node']]}"

@@ -200,7 +200,18 @@ def op_profile(ort, spec: dict, feed: dict, tmp: str) -> dict:
     return {"runs": runs, "nodes": sorted(nodes.values(), key=lambda d: -d["us"])}
 
 
+def write_context(spec: dict) -> dict:
+    """Only compile: a session with ep.context_enable writes the provider's context model and binary."""
+    import onnxruntime as ort
+
+    sess = make_session(ort, spec, context_path=spec["context_path"])
+    return {"schema": SCHEMA, "providers_active": sess.get_providers(), "placement": placement(sess),
+            "context": sorted(os.listdir(os.path.dirname(spec["context_path"])))}
+
+
 def measure(spec: dict) -> dict:
+    if spec.get("mode") == "context":
+        return write_context(spec)
     import numpy as np
 
     t_import = time.perf_counter()
@@ -263,6 +274,10 @@ def measure(spec: dict) -> dict:
     if spec.get("outputs_npz"):
         np.savez(spec["outputs_npz"], **outs)
     del sess
+    if not result["placement"] and spec.get("placement_model"):
+        # onnxruntime records no assignment for ORT-format files: partition the same graph from its ONNX form
+        result["placement"] = placement(make_session(ort, dict(spec, model=spec["placement_model"])))
+        result["placement_from"] = os.path.basename(spec["placement_model"])
     if spec.get("profile_runs", 0):
         with tempfile.TemporaryDirectory(prefix="edgeq-prof-") as tmp:
             result["ops"] = op_profile(ort, spec, feed, tmp)
