@@ -165,7 +165,7 @@ def render(reports: list[dict[str, Any]], *, target: str) -> str:
                                                    [(f"{e['tensor']} ({e['op_type']})", e["rel_rms_error"], PALETTE[2]) for e in r["layer_errors"]], fmt="{:.3g}")
             for i, r in layered))
     style = ("body{font-family:sans-serif;margin:24px;color:#222;max-width:980px}table{border-collapse:collapse;margin:8px 0 16px}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left;overflow-wrap:anywhere}th{background:#f2f2f2}svg.plot{display:block;margin:6px 0}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}td{overflow-wrap:anywhere}th{background:#f2f2f2;white-space:nowrap}svg.plot{display:block;margin:6px 0}"
              "h2{border-bottom:1px solid #ddd;padding-bottom:4px}")
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>edgeq profile: {_e(target)}</title>'
             f"<style>{style}</style></head><body><h1>edgeq profile, target {_e(target)}</h1>"

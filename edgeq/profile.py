@@ -343,7 +343,7 @@ def _ops_breakdown(ops: dict[str, Any] | None, top: int) -> dict[str, Any] | Non
     runs = max(1, ops["runs"])
     total = sum(n["us"] for n in ops["nodes"]) or 1.0
     for n in ops["nodes"]:
-        if "ExecutionProvider" in n["op_type"]:  # a compiled partition: onnxruntime names it after the provider
+        if "ExecutionProvider" in n["op_type"] or n["name"].startswith(n["provider"] + "_"):  # a compiled partition
             n["op_type"] = n["provider"].replace("ExecutionProvider", "") + " partition"
     nodes = [{"node": n["name"], "op_type": n["op_type"], "provider": n["provider"], "ms_per_run": n["us"] / runs / 1e3,
               "share": n["us"] / total} for n in ops["nodes"]]
