@@ -385,8 +385,12 @@ def _numerics(inp: ProfileInput, outputs: dict[str, np.ndarray], backend: Backen
 
     res: dict[str, Any] = {"samples": n, "inputs": inp.feeds_source}
     if backend.accelerator:
-        cpu = outs_of(inp.model)
-        res["vs_cpu_provider"] = [vars_(compare(names[k], stack(cpu, k), stack(outputs, k))) for k in range(k_out)]
+        try:
+            cpu = outs_of(inp.model)
+            res["vs_cpu_provider"] = [vars_(compare(names[k], stack(cpu, k), stack(outputs, k))) for k in range(k_out)]
+        except ModelError as e:  # e.g. a compiled EPContext model has no CPU form
+            res["vs_cpu_provider"] = None
+            res["cpu_provider_skipped"] = e.message
     if reference is not None:
         ref = outs_of(reference)
         metrics = [compare(names[k], stack(ref, k), stack(outputs, k)) for k in range(k_out)]
@@ -431,6 +435,8 @@ def measure(inp: ProfileInput, target: Target, backend: Backend, opts: MeasureOp
             fallback_off = False
             result, outputs = _run_worker(backend, inp, target, opts, disable_fallback=False, work=work, context_path=ctx)
     if "error" in result:
+        if backend.accelerator is None:
+            raise ModelError(f"onnxruntime cannot run {inp.model.name}: {result['error']}", "check that the model is valid (edgeq inspect)")
         raise ProviderError(f"{target.name}: {result['error']}",
                             "check that the target's provider and device exist here (edgeq targets show NAME)")
     steady = result["steady"]

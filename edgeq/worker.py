@@ -88,6 +88,8 @@ def _session_options(ort, spec: dict, *, profile_prefix: str | None = None, cont
 
 def make_session(ort, spec: dict, **kw):
     so = _session_options(ort, spec, **kw)
+    # from bytes: onnxruntime then names compiled partitions after the graph, not its (temporary) path
+    model = _read(spec["model"]) if kw.get("context_path") else spec["model"]
     providers = spec["providers"]  # [[name, {options}], ...]
     plugin = spec.get("plugin")
     if plugin:
@@ -95,10 +97,15 @@ def make_session(ort, spec: dict, **kw):
         if not devices:
             raise RuntimeError(f"the {plugin} plugin library registered no device")
         so.add_provider_for_devices(devices[:1], {str(k): str(v) for k, v in providers[0][1].items()})
-        return ort.InferenceSession(spec["model"], sess_options=so)
+        return ort.InferenceSession(model, sess_options=so)
     names = [p[0] for p in providers]
     opts = [{str(k): str(v) for k, v in p[1].items()} for p in providers]
-    return ort.InferenceSession(spec["model"], sess_options=so, providers=names, provider_options=opts)
+    return ort.InferenceSession(model, sess_options=so, providers=names, provider_options=opts)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def percentile(sorted_vals: list, q: float) -> float:

@@ -83,6 +83,18 @@ def test_qnn_bundle_carries_context_binary(runner, models, tmp_path):  # noqa: F
     assert (out / cache).stat().st_size > 1000
     r = runner.invoke(app, ["verify", str(out)])  # checksums cover the context files
     assert r.exit_code == 0, r.output
+    # same inputs, same bytes: the partition is named after the graph, not the temporary path
+    again = tmp_path / "again"
+    r = runner.invoke(app, ["export", str(models["fp32"]), "-o", str(again), "--target", "qnn-htp", "--calib", str(models["calib"]), "--no-profile"])
+    assert r.exit_code == 0, r.output
+    for f in ctx["files"]:
+        assert (again / f).read_bytes() == (out / f).read_bytes(), f
+    # the compiled model runs on the simulator and agrees with the fp32 reference
+    r, res = _json(runner, out / "model_ctx.onnx", "--target", "qnn-htp", *FAST, "--reference", models["fp32"], "--data", models["calib"])
+    assert r.exit_code == 0, r.output
+    rep = res["results"][0]
+    assert rep["provider"] == "QNNExecutionProvider" and rep["numerics"]["vs_reference"]["passed"]
+    assert rep["numerics"]["vs_cpu_provider"] is None  # an EPContext model has no CPU form
     # the bundle profiles from model.ort; placement comes from the same graph in ONNX form
     r, res = _json(runner, out, *FAST)
     assert r.exit_code == 0, r.output
