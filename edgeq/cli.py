@@ -283,7 +283,7 @@ def profile(
         _check_onnx_source(reference)
     inputs = [load_input(m, data=data) for m in models]
     tg = load_target(target or inputs[0].bundle_target or "cpu-x86_64")
-    opts = MeasureOptions(runs=runs, warmup=warmup, threads=threads, budget_s=budget, top=top, setup_runtime=setup_runtime)
+    opts = MeasureOptions(runs=runs, warmup=warmup, threads=threads, budget_s=budget, top=top)
     backend = resolve_backend(tg, setup_runtime=setup_runtime, progress=setup_progress(err))
     reports = []
     with err.status(f"profiling on {backend.kind} ...") if not as_json else contextlib.nullcontext():

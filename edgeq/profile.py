@@ -6,7 +6,12 @@ target's accelerator is not here, edgeq does not time a CPU stand-in for it.
 
 from __future__ import annotations
 
+import json
+import os
 import platform
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,6 +21,7 @@ import numpy as np
 
 from .artifact import IoSpec
 from .data import SampleSet
+from .errors import CheckFailed, ModelError, ProviderError
 from .onnxutil import model_size
 from .runtime import available_providers, create_session, run
 from .targets import Target
@@ -146,14 +152,6 @@ def feed_from(data: SampleSet | None) -> dict[str, np.ndarray] | None:
 # its profiler; a static estimate where no package brings the target's provider here.
 # --------------------------------------------------------------------------------------
 
-import json
-import os
-import subprocess
-import sys
-import tempfile
-
-from .errors import CheckFailed, ModelError, ProviderError
-
 QNN = "QNNExecutionProvider"
 OPENVINO = "OpenVINOExecutionProvider"
 _FALLBACK_REFUSED = "fallback to CPU EP has been explicitly disabled"
@@ -169,7 +167,6 @@ class MeasureOptions:
     profile_runs: int = 10  # runs under onnxruntime's profiler (0: no per-op breakdown)
     top: int = 10
     numerics_samples: int = 8
-    setup_runtime: bool = False  # create the OpenVINO environment when missing
 
 
 @dataclass(frozen=True)
@@ -239,7 +236,7 @@ def load_input(path: Path, *, data: Path | None = None, samples: int = 8) -> Pro
 
     path = Path(path)
     if path.is_dir():
-        return _bundle_input(path)
+        return _bundle_input(path, data=data, samples=samples)
     if not path.exists():
         raise ModelError(f"model not found: {path}", "pass an .onnx file or a bundle folder")
     if path.suffix.lower() != ".onnx":
@@ -266,7 +263,7 @@ def _inside(root: Path, rel: Any) -> Path:
     return full
 
 
-def _bundle_input(root: Path) -> ProfileInput:
+def _bundle_input(root: Path, *, data: Path | None = None, samples: int = 8) -> ProfileInput:
     from . import runner as runner_mod
     from .artifact import TensorSpec
 
@@ -283,12 +280,20 @@ def _bundle_input(root: Path) -> ProfileInput:
     spec = lambda t: TensorSpec(t["name"], t["dtype"], tuple(t["shape"]))  # noqa: E731
     io = IoSpec(tuple(spec(t) for t in manifest["inputs"]), tuple(spec(t) for t in manifest["outputs"]))
     feeds = []
-    for pair in manifest["golden"]["pairs"]:
-        feeds.append({t.name: np.load(_inside(root, pair["inputs"][i]), allow_pickle=False) for i, t in enumerate(io.inputs)})
+    if data is not None:
+        from .data import load_samples
+
+        s = load_samples(data, io, what="profiling")
+        feeds = [s.feed(i) for i in range(min(samples, len(s)))]
+        source = str(data)
+    else:
+        for pair in manifest["golden"]["pairs"]:
+            feeds.append({t.name: np.load(_inside(root, pair["inputs"][i]), allow_pickle=False) for i, t in enumerate(io.inputs)})
+        source = f"{len(feeds)} golden inputs of the bundle"
     if not feeds:
-        raise ModelError(f"bundle {root} has no golden inputs", "rebuild it with edgeq export")
+        raise ModelError(f"bundle {root} has no golden inputs", "rebuild it with edgeq export, or pass --data")
     return ProfileInput(label=str(root), model=model, onnx=onnx_path, io=io, feeds=tuple(feeds),
-                        feeds_source=f"{len(feeds)} golden inputs of the bundle", bundle=root,
+                        feeds_source=source, bundle=root,
                         bundle_target=manifest.get("target", {}).get("name"))
 
 
@@ -387,7 +392,7 @@ def _numerics(inp: ProfileInput, outputs: dict[str, np.ndarray], backend: Backen
     if backend.accelerator:
         try:
             cpu = outs_of(inp.model)
-            res["vs_cpu_provider"] = [vars_(compare(names[k], stack(cpu, k), stack(outputs, k))) for k in range(k_out)]
+            res["vs_cpu_provider"] = [asdict(compare(names[k], stack(cpu, k), stack(outputs, k))) for k in range(k_out)]
         except ModelError as e:  # e.g. a compiled EPContext model has no CPU form
             res["vs_cpu_provider"] = None
             res["cpu_provider_skipped"] = e.message
@@ -400,12 +405,8 @@ def _numerics(inp: ProfileInput, outputs: dict[str, np.ndarray], backend: Backen
                 fails.append(f"output '{m.name}': cosine {m.cosine:.4f} < {target.tolerances.min_cosine}")
             if m.top1_agreement is not None and m.top1_agreement < target.tolerances.min_top1_agreement:
                 fails.append(f"output '{m.name}': top-1 agreement {m.top1_agreement:.2%} < {target.tolerances.min_top1_agreement:.0%}")
-        res["vs_reference"] = {"reference": str(reference), "outputs": [vars_(m) for m in metrics], "passed": not fails, "failures": fails}
+        res["vs_reference"] = {"reference": str(reference), "outputs": [asdict(m) for m in metrics], "passed": not fails, "failures": fails}
     return res
-
-
-def vars_(m: Any) -> dict[str, Any]:
-    return asdict(m)
 
 
 def measure(inp: ProfileInput, target: Target, backend: Backend, opts: MeasureOptions = MeasureOptions(), *,
@@ -415,7 +416,7 @@ def measure(inp: ProfileInput, target: Target, backend: Backend, opts: MeasureOp
 
     file_bytes = inp.model.stat().st_size
     base: dict[str, Any] = {
-        "model": inp.label, "runs_file": inp.model.name, "bundle": str(inp.bundle) if inp.bundle else None,
+        "model": inp.label, "model_file": inp.model.name, "bundle": str(inp.bundle) if inp.bundle else None,
         "target": target.name, "backend": backend.kind, "accelerator": backend.accelerator,
         "host": f"{platform.machine()} {platform.processor() or platform.system()}".strip(),
         "file_bytes": file_bytes, "inputs": inp.feeds_source, "notes": [],

@@ -128,10 +128,13 @@ def test_profile_bundle_uses_model_ort_and_golden_inputs(runner, models, tmp_pat
     assert r.exit_code == 0, r.output
     rep = json.loads(r.stdout)["results"][0]
     assert json.loads(r.stdout)["target"] == "arm64"  # the bundle's own target
-    assert rep["runs_file"] == "model.ort" and rep["bundle"] == str(out)
+    assert rep["model_file"] == "model.ort" and rep["bundle"] == str(out)
     assert rep["file_bytes"] == (out / "model.ort").stat().st_size
     assert "golden" in rep["inputs"]
     assert rep["device_measurement"] is False and "not device timing" in rep["note"]
+    r = _profile(runner, out, *FAST, "--data", models["calib"], "--json")  # other inputs than the golden ones
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["results"][0]["inputs"] == str(models["calib"])
     # a tampered bundle is refused
     (out / "model.ort").write_bytes((out / "model.ort").read_bytes() + b"x")
     r = _profile(runner, out, *FAST)

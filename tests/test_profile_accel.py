@@ -99,7 +99,7 @@ def test_qnn_bundle_carries_context_binary(runner, models, tmp_path):  # noqa: F
     r, res = _json(runner, out, *FAST)
     assert r.exit_code == 0, r.output
     rep = res["results"][0]
-    assert res["target"] == "qnn-htp" and rep["runs_file"] == "model.ort"
+    assert res["target"] == "qnn-htp" and rep["model_file"] == "model.ort"
     assert rep["placement"]["accel_node_share"] == 1.0 and rep["placement"]["from"] == "model.onnx"
 
 
