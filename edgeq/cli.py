@@ -286,8 +286,10 @@ def profile(
     opts = MeasureOptions(runs=runs, warmup=warmup, threads=threads, budget_s=budget, top=top)
     backend = resolve_backend(tg, setup_runtime=setup_runtime, progress=setup_progress(err))
     reports = []
-    with err.status(f"profiling on {backend.kind} ...") if not as_json else contextlib.nullcontext():
-        for inp in inputs:
+    with err.status("profiling ...") if not as_json else contextlib.nullcontext() as status:
+        for i, inp in enumerate(inputs, 1):
+            if status is not None:
+                status.update(f"profiling {inp.label} ({i}/{len(inputs)}, {backend.kind}, up to {budget:.0f} s of timed runs)")
             reports.append(measure(inp, tg, backend, opts, reference=reference))
     if html is not None:
         from .htmlreport import write_html
