@@ -449,6 +449,8 @@ def measure(inp: ProfileInput, target: Target, backend: Backend, opts: MeasureOp
         if result.get("placement") else None
     if placement and placement["fallback"] and target.supported_ops and inp.onnx.suffix == ".onnx":
         _explain_fallback(placement, inp.onnx, target)
+    if any(t == "EPContext" for sg in result.get("placement", []) for _, t in sg["nodes"]):
+        notes.append("compiled model: each EPContext node stands for a whole partition, so node shares undercount the accelerator")
     if placement is not None and result.get("placement_from"):
         placement["from"] = result["placement_from"]
         notes.append(f"placement read from {result['placement_from']} (onnxruntime records none for {inp.model.name})")
