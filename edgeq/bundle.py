@@ -356,7 +356,11 @@ def write_bundle(artifact: Artifact, target: Target, out: Path, info: BundleInpu
         _copy_cpp(root)
         if info.labels:
             (root / LABELS_FILE).write_text("\n".join(info.labels) + "\n", encoding="utf-8")
+        from .profile import write_ep_context
+
+        ep_context = write_ep_context(root / "model.onnx", root, target)  # QNN context binary, where the EP is here
         manifest = build_manifest(artifact, target, out, info, root, pairs, external=external, signer=signer)
+        manifest["model"]["ep_context"] = ep_context
         data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8")
         (root / runner_mod.MANIFEST).write_bytes(data)
         if signer is not None:

@@ -7,6 +7,7 @@ Set ``EDGEQ_DEBUG=1`` to see the traceback instead.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -271,37 +272,62 @@ def verify(
 @app.command()
 @handle_errors
 def profile(
-    models: Annotated[list[Path], typer.Argument(help="one or more .onnx models (ratios are to the first)")],
-    target: TargetOpt = "cpu-x86_64",
-    data: Annotated[Optional[Path], typer.Option("--data", help="input sample to time with (default: random)")] = None,
-    runs: Annotated[int, typer.Option("--runs", help="timed runs")] = 50,
+    models: Annotated[list[Path], typer.Argument(help="one or more .onnx models or bundle folders (ratios are to the first)")],
+    target: Annotated[Optional[str], typer.Option("--target", "-t", help="target name or .toml (default: the bundle's target, else cpu-x86_64)")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="inputs to time with and check numerics on (default: bundle golden inputs, else seeded random)")] = None,
+    runs: Annotated[int, typer.Option("--runs", help="timed runs at least; more until p50 is stable or --budget ends")] = 50,
     warmup: Annotated[int, typer.Option("--warmup", help="untimed runs first")] = 5,
-    threads: Annotated[int, typer.Option("--threads", help="intra-op threads (0 = onnxruntime default)")] = 0,
+    threads: Annotated[int, typer.Option("--threads", help="intra-op threads (0 = the target's setting)")] = 0,
+    budget: Annotated[float, typer.Option("--budget", help="seconds of timed runs per model at most")] = 10.0,
+    top: Annotated[int, typer.Option("--top", help="nodes and op types to list in the per-op breakdown")] = 10,
+    reference: Annotated[Optional[Path], typer.Option("--reference", help="fp32 .onnx: verify the measured provider's outputs against it")] = None,
+    min_accel_coverage: Annotated[Optional[float], typer.Option("--min-accel-coverage", help="fail (exit 1) when a smaller share of nodes runs on the accelerator")] = None,
+    html: Annotated[Optional[Path], typer.Option("--html", help="write a self-contained HTML report with plots")] = None,
+    setup_runtime: Annotated[bool, typer.Option("--setup-runtime", help="create a missing provider environment (OpenVINO) in edgeq's cache")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Time models on this host with the target's providers."""
-    from .data import load_samples
-    from .onnxutil import artifact_from
-    from .profile import profile as profile_stage, skip_reason
-    from .report import out as console, profile_table
+    """Profile models on this host with the target's providers: latency, memory, per-op time, placement."""
+    from .profile import MeasureOptions, check_coverage, load_input, measure, resolve_backend
+    from rich.markup import escape
+
+    from .report import err, out as console, profile_details, profile_notes, profile_table, setup_progress
     from .targets import load_target
 
-    tg = load_target(target)
-    results = []
-    for m in models:
-        _check_onnx_source(m)
-        art = artifact_from(m)
-        feed = load_samples(data, art.io).feed(0) if data else None
-        r = profile_stage(m, tg, feed=feed, io=art.io, runs=runs, warmup=warmup, threads=threads)
-        if r is None:
-            from .errors import ProviderError
+    if min_accel_coverage is not None and not 0.0 <= min_accel_coverage <= 1.0:
+        from .errors import TargetError
 
-            raise ProviderError(skip_reason(tg), f"profile on a host that has {tg.provider_names[0]}, or choose another target")
-        results.append(r.to_dict())
+        raise TargetError(f"--min-accel-coverage {min_accel_coverage} is not a share between 0 and 1", "e.g. --min-accel-coverage 0.95")
+    if reference is not None:
+        _check_onnx_source(reference)
+    inputs = [load_input(m, data=data) for m in models]
+    tg = load_target(target or inputs[0].bundle_target or "cpu-x86_64")
+    opts = MeasureOptions(runs=runs, warmup=warmup, threads=threads, budget_s=budget, top=top)
+    backend = resolve_backend(tg, setup_runtime=setup_runtime, progress=setup_progress(err))
+    reports = []
+    with err.status("profiling ...") if not as_json else contextlib.nullcontext() as status:
+        for i, inp in enumerate(inputs, 1):
+            if status is not None:
+                status.update(f"profiling {inp.label} ({i}/{len(inputs)}, {backend.kind}, up to {budget:.0f} s of timed runs)")
+            reports.append(measure(inp, tg, backend, opts, reference=reference))
+    if html is not None:
+        from .htmlreport import write_html
+
+        write_html(html, reports, target=tg.name)
     if as_json:
-        _emit_json({"target": tg.name, "results": results})
+        _emit_json({"target": tg.name, "results": reports})
     else:
-        console.print(profile_table(results))
+        console.print(profile_table(reports))
+        for t in profile_details(reports):
+            console.print(t)
+        for line in profile_notes(reports):
+            console.print(escape(line))
+        if html is not None:
+            console.print(f"wrote {html}")
+    failed = [f for r in reports for f in ((r.get("numerics") or {}).get("vs_reference") or {}).get("failures", [])]
+    if failed:
+        _fail(CheckFailed(f"measured outputs outside target {tg.name}'s tolerances: {'; '.join(failed)}", "see the numerics table"))
+    if min_accel_coverage is not None:
+        check_coverage(reports, min_accel_coverage)
 
 
 @app.command()

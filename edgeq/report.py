@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
 
@@ -171,17 +172,127 @@ def target_tables(tg: Any) -> list[Table]:
     return [head, prov, notes]
 
 
+def _ms(v: Any) -> str:
+    return "-" if v is None else f"{v:.3f} ms"
+
+
+def _pct(v: Any) -> str:
+    return "-" if v is None else f"{100 * v:.1f} %"
+
+
 def profile_table(results: list[dict[str, Any]]) -> Table:
+    """One column per variant, one row per figure; ratios are to the first variant."""
     t = Table(title="edgeq profile")
-    for c in ("model", "provider", "size", "cold start", "p50", "p90", "mean", "runs", "vs first", "note"):
-        t.add_column(c, justify="left" if c in ("model", "provider", "note") else "right")
-    base = results[0]["p50_ms"] if results and results[0] else None
+    t.add_column("figure", no_wrap=True)
     for r in results:
-        ratio = r["p50_ms"] / base if base else None
-        t.add_row(r["model"], r["provider"], human_bytes(r["file_bytes"]), f"{r['cold_start_ms']:.1f} ms",
-                  f"{r['p50_ms']:.3f} ms", f"{r['p90_ms']:.3f} ms", f"{r['mean_ms']:.3f} ms", str(r["runs"]),
-                  fmt(ratio, ".2f"), r["note"] or ("device" if r["device_measurement"] else "host"))
+        t.add_column(escape(Path(r["model"]).name), justify="right")
+    base = results[0].get("p50_ms") if results else None
+
+    def row(label: str, fn) -> None:
+        t.add_row(label, *[fn(r) for r in results])
+
+    def timing(r: dict[str, Any]) -> str:
+        if not r.get("timed", True):
+            return "not timed"
+        kind = "simulator" if r.get("backend") == "qnn-plugin" else ("device" if r.get("device_measurement") else "host")
+        return ("[red]UNSTABLE[/] " if not r.get("stable", True) else "") + kind
+
+    def accel(r: dict[str, Any]) -> str:
+        pl = r.get("placement") or {}
+        acc = pl.get("accel_node_share")
+        return "-" if acc is None else _pct(acc) + (" (estimate)" if pl.get("kind") == "estimate" else "")
+
+    row("provider", lambda r: _short_provider(r.get("provider") or "-"))
+    row("file size", lambda r: human_bytes(r.get("file_bytes")))
+    row("cold start", lambda r: "-" if r.get("cold_start_ms") is None else f"{r['cold_start_ms']:.1f} ms")
+    row("p50", lambda r: _ms(r.get("p50_ms")))
+    row("p90", lambda r: _ms(r.get("p90_ms")))
+    row("p99", lambda r: _ms(r.get("p99_ms")))
+    row("mean", lambda r: _ms(r.get("mean_ms")))
+    row("cv", lambda r: "-" if r.get("cv") is None else f"{r['cv']:.2f}")
+    row("runs", lambda r: str(r.get("runs") or "-"))
+    row("peak mem", lambda r: human_bytes(r.get("peak_bytes")))
+    row("accel nodes", accel)
+    row("p50 vs first", lambda r: fmt(r["p50_ms"] / base if base and r.get("p50_ms") else None, ".2f"))
+    row("timing", timing)
     return t
+
+
+def profile_notes(results: list[dict[str, Any]]) -> list[str]:
+    return [f"note: {Path(r['model']).name}: {n}" for r in results for n in (r.get("notes") or ([r["note"]] if r.get("note") else []))]
+
+
+def profile_details(results: list[dict[str, Any]]) -> list[Table]:
+    """Per model: cold start and memory, top op types and nodes, placement and fallbacks, numerics."""
+    tables: list[Table] = []
+    for r in results:
+        name = escape(Path(r["model"]).name)
+        if r.get("cold_start"):
+            c, m = r["cold_start"], r["memory"]
+            t = Table(title=f"{name}: start-up and memory", show_header=False)
+            t.add_column("k")
+            t.add_column("v", justify="right")
+            t.add_row("session creation", _ms(c["session_ms"]))
+            t.add_row("first run", _ms(c["first_run_ms"]))
+            st = r["steady"]
+            t.add_row("p50 95% CI", f"{st['p50_ci_low_ms']:.3f} - {st['p50_ci_high_ms']:.3f} ms ({'stable' if st['stable'] else 'UNSTABLE'})")
+            t.add_row("RSS added by session", human_bytes(m.get("session_bytes")))
+            t.add_row("peak RSS added (session + runs)", human_bytes(m.get("peak_bytes")))
+            tables.append(t)
+        ops = r.get("ops")
+        if ops:
+            t = Table(title=f"{name}: time by op type ({ops['profiled_runs']} profiled runs, {ops['kernel_ms_per_run']:.3f} ms kernels/run)")
+            for col in ("op type", "nodes", "ms/run", "share", "provider"):
+                t.add_column(col, justify="left" if col in ("op type", "provider") else "right")
+            for o in ops["op_types"]:
+                t.add_row(escape(o["op_type"]), str(o["nodes"]), f"{o['ms_per_run']:.4f}", _pct(o["share"]), ", ".join(_short_provider(p) for p in o["providers"]))
+            tables.append(t)
+            t = Table(title=f"{name}: top nodes")
+            for col in ("node", "op type", "ms/run", "share", "provider"):
+                t.add_column(col, justify="left" if col in ("node", "op type", "provider") else "right")
+            for o in ops["top_nodes"]:
+                t.add_row(escape(o["node"]), escape(o["op_type"]), f"{o['ms_per_run']:.4f}", _pct(o["share"]), _short_provider(o["provider"]))
+            tables.append(t)
+        pl = r.get("placement")
+        if pl and pl.get("accelerator"):
+            kind = "ESTIMATE (static, from the target's op rules)" if pl["kind"] == "estimate" else "measured by onnxruntime"
+            t = Table(title=f"{name}: placement, {kind}")
+            for col in ("provider", "nodes", "% nodes", "% time", "partitions"):
+                t.add_column(col, justify="left" if col == "provider" else "right")
+            for p in pl["providers"]:
+                t.add_row(p["provider"], str(p["nodes"]), _pct(p["node_share"]), _pct(p["time_share"]), fmt(p["partitions"], "d"))
+            tables.append(t)
+            if pl["fallback"]:
+                t = Table(title=f"{name}: nodes not on {pl['accelerator']}")
+                t.add_column("node")
+                t.add_column("runs on")
+                t.add_column("why")
+                for f in pl["fallback"][:50]:
+                    t.add_row(escape(f["node"]), f["provider"], escape(f["reason"]))
+                if len(pl["fallback"]) > 50:
+                    t.add_row(f"... {len(pl['fallback']) - 50} more", "", "")
+                tables.append(t)
+        num = r.get("numerics")
+        if num and (num.get("vs_cpu_provider") or num.get("vs_reference")):
+            t = Table(title=f"{name}: numerics of {r['provider']} ({num['samples']} inputs)")
+            for col in ("against", "output", "max abs", "cosine", "top-1 agreement"):
+                t.add_column(col, justify="left" if col in ("against", "output") else "right")
+            rows = [("CPU provider, same model", o) for o in num.get("vs_cpu_provider") or []]
+            rows += [("reference " + escape(Path(num["vs_reference"]["reference"]).name), o) for o in (num.get("vs_reference") or {}).get("outputs", [])]
+            for who, o in rows:
+                t.add_row(who, escape(o["name"]), fmt(o["max_abs"]), f"{o['cosine']:.5f}",
+                          "-" if o["top1_agreement"] is None else _pct(o["top1_agreement"]))
+            tables.append(t)
+    return tables
+
+
+def setup_progress(console: Console = err):
+    """A callback(step, total, what) that prints environment set-up steps."""
+
+    def cb(step: int, total: int, what: str) -> None:
+        console.print(f"[{step}/{total}] {what}")
+
+    return cb
 
 
 def verify_table(v: dict[str, Any]) -> Table:

@@ -74,6 +74,8 @@ class Target:
     notes: tuple[str, ...] = ()
     supported_ops: tuple[str, ...] = ()
     """Op types the accelerator runs (empty: no rule; used for placement estimates)."""
+    supported_dtypes: tuple[str, ...] = ()
+    """Tensor dtypes the accelerator takes (empty: any common dtype; placement estimates)."""
     source: str = ""
 
     @property
@@ -96,6 +98,7 @@ class Target:
             "tolerances": vars(self.tolerances).copy(),
             "notes": list(self.notes),
             "supported_ops": list(self.supported_ops),
+            "supported_dtypes": list(self.supported_dtypes),
         }
 
 
@@ -180,5 +183,6 @@ def _parse(data: dict[str, Any], path: Path) -> Target:
         intra_op_num_threads=int(session.get("intra_op_num_threads", 0)),
         notes=tuple(data.get("notes", ())),
         supported_ops=tuple(ops.get("supported", ())),
+        supported_dtypes=tuple(ops.get("dtypes", ())),
         source=str(path),
     )
