@@ -36,6 +36,9 @@ def export(source: Any, example_inputs: Any = None, **kwargs: Any):
     return export_torch(source, example_inputs, **kwargs)
 
 
+_export_function = export  # edgeq.export (the package) forwards calls here
+
+
 def optimize(artifact, target, out_path, **kwargs: Any):
     from .optimize import optimize as _optimize
 

@@ -78,7 +78,7 @@ class ExportCheck:
         if self.fallback_reason:
             out.append(f"dynamo exporter not used ({self.fallback_reason}); exported with the TorchScript exporter instead")
         if self.external_data:
-            out.append("weights written as ONNX external data (model over the 2 GiB protobuf limit)")
+            out.append("weights written as ONNX external data (over the size limit for one protobuf file)")
         out.append(f"export check vs source: {self.summary()}")
         return out
 
@@ -205,7 +205,7 @@ def _run_dynamo(module, args, path: Path, names, out_names, axes, opset: int, ex
         prog.save(str(path), external_data=external)
 
 
-def _run_torchscript(module, args, path: Path, names, out_names, axes, opset: int, external: bool) -> None:
+def _run_torchscript(module, args, path: Path, names, out_names, axes, opset: int, external: bool, threshold: int) -> None:
     import torch
 
     with _quiet():
@@ -218,7 +218,7 @@ def _run_torchscript(module, args, path: Path, names, out_names, axes, opset: in
 
         model = onnx.load(str(path))
         onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                  location=path.name + ".data", size_threshold=1024)
+                  location=path.name + ".data", size_threshold=min(1024, threshold))
 
 
 def _param_bytes(module) -> int:
@@ -406,7 +406,7 @@ def export_torch_checked(
         _cleanup(out_path)
         used = TORCHSCRIPT if exporter == "auto" else "torch.onnx TorchScript"
         try:
-            _run_torchscript(module, trace_args, out_path, names, output_names or (), axes, opset, external)
+            _run_torchscript(module, trace_args, out_path, names, output_names or (), axes, opset, external, external_data_threshold)
         except Exception as e2:  # noqa: BLE001
             _cleanup(out_path)
             what = _unsupported(e2)
