@@ -170,6 +170,8 @@ def export_source(source: str | Path, opts: SourceOptions, work: Path):
     if kind == "hf":
         from . import hf
 
+        if not hf.is_hf_folder(Path(text)):
+            raise ModelError(f"{name} is a folder without config.json", "pass a folder written by save_pretrained, or a model file")
         if not opts.task:
             raise ModelError("exporting a Hugging Face folder needs --task", f"choose one of {', '.join(hf.TASKS)}")
         src = hf.inspect_folder(Path(text), trust_remote_code=opts.trust_remote_code, trust_pickle=opts.trust_pickle)

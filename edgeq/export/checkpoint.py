@@ -208,7 +208,10 @@ def load_safetensors(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ModelError(f"weights file not found: {path}", "check the path")
     check_safetensors_header(path)
-    from safetensors.torch import load_file
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise ModelError("reading .safetensors needs the safetensors package", "pip install 'edgeq[hf]'") from None
 
     try:
         tensors = load_file(str(path), device="cpu")
