@@ -185,14 +185,19 @@ def test_check_failure_lists_every_output(tmp_path, monkeypatch):
     assert e.value.exit_code == 1
 
 
+def unexportable() -> torch.nn.Module:
+    return Unexportable()
+
+
 @pytest.mark.slow
-def test_unexportable_model_names_the_op(tmp_path):
-    out = tmp_path / "svd.onnx"
-    with pytest.raises(ModelError) as e:
-        export_torch_checked(Unexportable(), (torch.randn(2, 3, 3),), target="arm64", out_path=out)
-    msg = e.value.one_line()
-    assert "linalg_svd" in msg and "cannot export" in msg
-    assert "\n" not in msg and not out.exists()
+def test_unexportable_model_names_the_op(runner, tmp_path):
+    out = tmp_path / "b"
+    r = runner.invoke(app, ["export", "tests.test_export_torch:unexportable", "--example-shape", "x=2x3x3", "-o", str(out)])
+    assert r.exit_code == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: torch cannot export the model to ONNX")
+    assert "linalg_svd" in lines[0] and "not supported" in lines[0]
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == []
 
 
 @pytest.mark.slow

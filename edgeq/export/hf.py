@@ -86,9 +86,17 @@ def _offline() -> Iterator[None]:
     keys = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY")
     old = {k: os.environ.get(k) for k in keys}
     os.environ.update({k: "1" for k in keys})
+    constants = None
+    with contextlib.suppress(ImportError):
+        from huggingface_hub import constants  # read the variable at import: set the constant too
+    prev = getattr(constants, "HF_HUB_OFFLINE", None)
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = True
     try:
         yield
     finally:
+        if constants is not None:
+            constants.HF_HUB_OFFLINE = prev
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)

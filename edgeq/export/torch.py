@@ -127,19 +127,24 @@ def _quiet() -> Iterator[None]:
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
-    sys.stderr.flush()
-    saved = os.dup(2)
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
     try:
         with tempfile.TemporaryFile() as sink:
-            os.dup2(sink.fileno(), 2)  # C++ warnings and IR dumps go to fd 2 directly
+            for fd in saved:  # C++ warnings and IR dumps bypass sys.stdout/sys.stderr
+                os.dup2(sink.fileno(), fd)
             try:
                 with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                     warnings.simplefilter("ignore")
                     yield
             finally:
-                os.dup2(saved, 2)
+                for fd, orig in saved.items():
+                    os.dup2(orig, fd)
     finally:
-        os.close(saved)
+        for orig in saved.values():
+            os.close(orig)
         for lg, lv in zip(loggers, levels):
             lg.setLevel(lv)
 
