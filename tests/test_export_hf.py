@@ -95,3 +95,15 @@ def test_hf_folder_needs_a_task(runner, tmp_path):
     (folder / "config.json").write_text(json.dumps({"model_type": "bert"}))
     r = runner.invoke(app, ["export", str(folder), "-o", str(tmp_path / "b")])
     assert r.exit_code == 2 and "--task" in r.stderr and not (tmp_path / "b").exists()
+
+
+def test_task_whose_head_is_not_in_the_folder_is_refused(runner, tmp_path):
+    # a base BertModel exported as text-classification would get a randomly initialised head
+    folder = tmp_path / "base"
+    cfg = transformers.BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8)
+    transformers.BertModel(cfg).save_pretrained(folder)
+    out = tmp_path / "b"
+    r = runner.invoke(app, ["export", str(folder), "--task", "text-classification", "-o", str(out)])
+    assert r.exit_code == 2, r.output
+    assert "classifier.weight" in r.stderr and "--task text-classification" in r.stderr
+    assert not out.exists()

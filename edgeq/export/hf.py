@@ -120,12 +120,21 @@ def load_hf_module(src: HfSource, task: str, *, trust_remote_code: bool = False)
     }[task]
     with _offline(), contextlib.redirect_stderr(open(os.devnull, "w")):  # noqa: SIM115 - progress bars
         try:
-            model = auto.from_pretrained(
+            model, info = auto.from_pretrained(
                 str(src.folder), local_files_only=True, trust_remote_code=trust_remote_code, attn_implementation="eager",
+                output_loading_info=True,
             )
         except Exception as e:  # noqa: BLE001
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             raise ModelError(f"transformers cannot load {src.folder.name} for {task}: {first}", "check --task and the folder") from None
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        # transformers fills them with random values and only warns: the export would be noise
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise ModelError(
+            f"{src.folder.name} has no weights for {', '.join(missing[:3])}{more} needed by --task {task}",
+            "the folder was saved for another task: choose the task it was trained for (e.g. feature-extraction)",
+        )
     model.eval()
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False
