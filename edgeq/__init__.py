@@ -2,7 +2,7 @@
 
 Public API (each stage is also a CLI verb of the same name)::
 
-    art = edgeq.export("model.onnx")
+    art = edgeq.export("model.onnx")   # or edgeq.export(module, (x,), target="arm64")
     tgt = edgeq.load_target("arm64")
     opt = edgeq.optimize(art, tgt, "work/fp32.onnx")
     q = edgeq.quantize(opt, tgt.quant, "work/int8.onnx", data=samples)
@@ -20,11 +20,23 @@ __version__ = "0.1.0"
 __all__ = ["export", "optimize", "quantize", "verify", "profile", "bundle", "load_target", "__version__"]
 
 
-def export(source: str | Path, **kwargs: Any):
-    """Load and check an fp32 ONNX model; returns its ``Artifact``."""
-    from .export.onnx import export_onnx
+def export(source: Any, example_inputs: Any = None, **kwargs: Any):
+    """An fp32 ONNX ``Artifact`` from a source.
 
-    return export_onnx(Path(source), **kwargs)
+    - ``export("model.onnx")``: load and check an ONNX model;
+    - ``export(module, example_inputs, target="arm64", dynamic_axes=..., opset=None)``:
+      export a ``torch.nn.Module`` with torch's exporter and check it against the module.
+    """
+    if isinstance(source, (str, Path)):
+        from .export.onnx import export_onnx
+
+        return export_onnx(Path(source), **kwargs)
+    from .export.torch import export_torch
+
+    return export_torch(source, example_inputs, **kwargs)
+
+
+_export_function = export  # edgeq.export (the package) forwards calls here
 
 
 def optimize(artifact, target, out_path, **kwargs: Any):

@@ -96,7 +96,7 @@ def _check_onnx_source(src: Path) -> None:
 @app.command()
 @handle_errors
 def export(
-    source: Annotated[Path, typer.Argument(help="the model: an .onnx file")],
+    source: Annotated[Path, typer.Argument(help="the model: .onnx, .pt2, .pt/.pth/.bin, a Hugging Face folder, or pkg.module:factory")],
     target: TargetOpt = "cpu-x86_64",
     out: Annotated[Path, typer.Option("-o", "--out", help="bundle folder to write")] = Path("build/edgeq"),
     quant: QuantOpt = None,
@@ -120,6 +120,12 @@ def export(
     bundle_version: BundleVersionOpt = 0,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
+    example_shape: Annotated[Optional[list[str]], typer.Option("--example-shape", help="PyTorch sources: an example input NAME=1x3x224x224[:int64] (repeatable, in forward() order)")] = None,
+    task: Annotated[Optional[str], typer.Option("--task", help="Hugging Face folder: text-classification | feature-extraction | text-generation")] = None,
+    weights: Annotated[Optional[Path], typer.Option("--weights", help="pkg.module:factory sources: a state dict (.safetensors, .pt) to load, weights-only")] = None,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="allow unpickling arbitrary objects (full-module .pt, TorchScript, .pt2): runs code from the file")] = False,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="allow a Hugging Face folder's own Python code (auto_map)")] = False,
+    exporter: Annotated[str, typer.Option("--exporter", help="PyTorch sources: auto (dynamo, then TorchScript) | dynamo | torchscript")] = "auto",
 ) -> None:
     """Export, optimize, quantize, verify, profile and bundle a model for a target."""
     from .onnxutil import artifact_from
@@ -128,18 +134,42 @@ def export(
     from .report import StageProgress, err, export_table, out as console
     from .targets import load_target
 
+    import contextlib
+
+    from .export import SourceOptions, export_source, parse_example_shapes, source_kind
+    from .fsutil import check_output, clean_stale, scratch_dir
+
     tg = load_target(target)
     spec = _spec(tg, quant, fmt, activation_type, weight_type, per_channel, reduce_range, calib_samples)
-    _check_onnx_source(source)
+    kind = source_kind(source)
+    if kind == "onnx":
+        _check_onnx_source(source)
     opts = ExportOptions(
         target=tg, spec=spec, out=out, calib=calib, eval=eval_data, force=force,
         static_shapes=parse_shapes(static_shape), opset=opset, golden=golden, do_profile=not no_profile,
         labels_key=labels_key, preprocess=preprocess, labels=labels, archive=archive, sign_key=sign,
         bundle_version=bundle_version,
     )
-    src = artifact_from(source, (f"source({source.name})",))
     progress = StageProgress(err, total_samples=spec.calib_samples if spec.needs_calibration else 0)
-    result = run_export(src, opts, stage=progress.stage, on_sample=progress.sample).to_dict()
+    check = None
+    with contextlib.ExitStack() as stack:
+        if kind == "onnx":
+            src = artifact_from(source, (f"source({source.name})",))
+        else:
+            clean_stale(out)
+            check_output(out, force)  # before the (slow) export
+            work = stack.enter_context(scratch_dir("edgeq-export-"))
+            sopts = SourceOptions(
+                target=tg, example_shapes=parse_example_shapes(example_shape), static_shapes=opts.static_shapes,
+                task=task, weights=weights, trust_pickle=trust_pickle, trust_remote_code=trust_remote_code,
+                opset=opset, exporter=exporter,
+            )
+            with progress.stage(f"export ({kind})"):
+                src, check = export_source(str(source), sopts, work)
+        result = run_export(src, opts, stage=progress.stage, on_sample=progress.sample).to_dict()
+    if check is not None:
+        result["export"] = check.to_dict()
+        result["notes"] = check.notes() + result["notes"]
     if as_json:
         _emit_json(result)
     else:

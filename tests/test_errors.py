@@ -48,7 +48,7 @@ def test_wrong_extension(runner, tmp_path):
     p = tmp_path / "model.tflite"
     p.write_bytes(b"TFL3")
     r = runner.invoke(app, ["export", str(p), "-o", str(tmp_path / "o")])
-    _one_line_error(r, "not an .onnx file")
+    _one_line_error(r, "unknown model format .tflite", ".onnx")
 
 
 def test_int8_static_without_calibration(runner, cnn, tmp_path):
