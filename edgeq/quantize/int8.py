@@ -19,7 +19,7 @@ import numpy as np
 from ..artifact import Artifact
 from ..data import SampleSet
 from ..errors import CalibrationError, QuantizationError
-from ..onnxutil import artifact_from, default_opset, iter_initializers, iter_nodes, load_model
+from ..onnxutil import artifact_from, default_opset, iter_initializers, iter_nodes, load_model, save_model
 from .spec import QuantSpec
 
 # Op types whose weights carry the model's size and compute.
@@ -293,7 +293,7 @@ def _fp16(artifact: Artifact, spec: QuantSpec, out_path: Path) -> QuantResult:
         half = convert_float_to_float16(model, keep_io_types=True)
     except Exception as e:  # noqa: BLE001
         raise QuantizationError(f"fp16 conversion failed: {str(e).splitlines()[0][:200]}", "try --quant none") from None
-    onnx.save(half, str(out_path))
+    save_model(half, out_path)
     return QuantResult(
         artifact_from(out_path, artifact.provenance + ("quantize(fp16, keep_io_types)",)),
         spec,
