@@ -388,6 +388,15 @@ def targets_show(name: Annotated[str, typer.Argument(help="target name")], as_js
 
 
 def main() -> None:
+    import signal
+
+    def _terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # clean up temporaries as on Ctrl-C
+
+    try:
+        signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread
+        pass
     app()
 
 
