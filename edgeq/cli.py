@@ -50,11 +50,30 @@ def _fail(e: EdgeqError) -> None:
     raise typer.Exit(e.exit_code)
 
 
+def _quiet_libraries():
+    """Library warnings and log lines (onnxruntime's quantizer logs to the root logger) stay off
+    stderr, so a failure is one line; EDGEQ_DEBUG=1 shows them."""
+    import contextlib
+    import logging
+    import warnings
+
+    stack = contextlib.ExitStack()
+    if os.environ.get("EDGEQ_DEBUG"):
+        return stack
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    stack.callback(logging.disable, previous)
+    return stack
+
+
 def handle_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with _quiet_libraries():
+                return fn(*args, **kwargs)
         except EdgeqError as e:
             _fail(e)
         except KeyboardInterrupt:
