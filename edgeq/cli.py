@@ -130,7 +130,7 @@ def export(
     as_json: JsonOpt = False,
 ) -> None:
     """Export, optimize, quantize, verify, profile and bundle a model for a target."""
-    from .onnxutil import artifact_from
+    from .isolate import open_source
     from .optimize import parse_shapes
     from .pipeline import ExportOptions, run_export
     from .report import StageProgress, err, export_table, out as console
@@ -144,7 +144,7 @@ def export(
         static_shapes=parse_shapes(static_shape), opset=opset, golden=golden, do_profile=not no_profile,
         labels_key=labels_key,
     )
-    src = artifact_from(source, (f"source({source.name})",))
+    src = open_source(source, (f"source({source.name})",))
     progress = StageProgress(err, total_samples=spec.calib_samples if spec.needs_calibration else 0)
     result = run_export(src, opts, stage=progress.stage, on_sample=progress.sample).to_dict()
     if as_json:
@@ -185,7 +185,7 @@ def quantize(
     from .data import load_samples
     from .errors import CalibrationError
     from .fsutil import scratch_dir, staging
-    from .onnxutil import artifact_from
+    from .isolate import open_source
     from .optimize import optimize as optimize_stage, parse_shapes
     from .quantize import quantize as quantize_stage
     from .report import StageProgress, err, out as console
@@ -194,7 +194,7 @@ def quantize(
     tg = load_target(target)
     spec = _spec(tg, quant, fmt, activation_type, weight_type, per_channel, reduce_range, calib_samples)
     _check_onnx_source(model)
-    src = artifact_from(model)
+    src = open_source(model)
     data = load_samples(calib, src.io) if calib else None
     if spec.needs_calibration and data is None:
         raise CalibrationError(f"{spec.mode} needs calibration data", "pass --calib DATA.npz, or --quant int8-dynamic")
@@ -243,7 +243,7 @@ def verify(
         return
     from .data import load_samples
     from .errors import CalibrationError
-    from .onnxutil import artifact_from
+    from .isolate import open_source
     from .targets import load_target
     from .verify import verify as verify_stage
 
@@ -254,7 +254,8 @@ def verify(
     tg = load_target(target)
     _check_onnx_source(candidate)
     _check_onnx_source(reference)
-    ref = artifact_from(reference)
+    open_source(candidate)
+    ref = open_source(reference)
     samples = load_samples(data, ref.io, what="evaluation", labels_key=labels_key)
     report = verify_stage(reference, candidate, samples, tg.tolerances, output_names=ref.io.output_names).to_dict()
     if as_json:
@@ -282,7 +283,7 @@ def profile(
 ) -> None:
     """Time models on this host with the target's providers."""
     from .data import load_samples
-    from .onnxutil import artifact_from
+    from .isolate import open_source
     from .profile import profile as profile_stage, skip_reason
     from .report import out as console, profile_table
     from .targets import load_target
@@ -291,7 +292,7 @@ def profile(
     results = []
     for m in models:
         _check_onnx_source(m)
-        art = artifact_from(m)
+        art = open_source(m)
         feed = load_samples(data, art.io).feed(0) if data else None
         r = profile_stage(m, tg, feed=feed, io=art.io, runs=runs, warmup=warmup, threads=threads)
         if r is None:
@@ -321,7 +322,8 @@ def bundle(
     """Write a runtime bundle for a model that is already quantized."""
     from .bundle import BundleInputs, write_bundle
     from .data import load_samples
-    from .onnxutil import artifact_from, model_size
+    from .isolate import open_source
+    from .onnxutil import model_size
     from .pipeline import _golden_feeds, sizes
     from .report import out as console
     from .targets import load_target
@@ -329,12 +331,13 @@ def bundle(
 
     tg = load_target(target)
     _check_onnx_source(model)
-    art = artifact_from(model, (f"source({model.name})",))
+    art = open_source(model, (f"source({model.name})",))
     samples = load_samples(data, art.io, what="golden", labels_key=labels_key) if data else None
     report = None
     size = None
     if reference is not None:
         _check_onnx_source(reference)
+        open_source(reference)
         if samples is None:
             from .errors import CalibrationError
 
