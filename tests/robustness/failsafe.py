@@ -8,6 +8,7 @@ time and memory.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -83,7 +84,9 @@ def run_edgeq(args: list, *, timeout: float = 120, env: dict | None = None, cwd:
     cmd = [sys.executable, "-c", "from edgeq.cli import main; main()", *[str(a) for a in args]]
     with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
         t0 = time.perf_counter()
-        p = subprocess.Popen(cmd, stdout=fo, stderr=fe, env=env, cwd=cwd, text=True)
+        # a test run started in the background inherits SIGINT ignored; a user's terminal does not
+        p = subprocess.Popen(cmd, stdout=fo, stderr=fe, env=env, cwd=cwd, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             if on_start is not None:
                 on_start(p.pid)
