@@ -79,6 +79,22 @@ def handle_errors(fn):
         except KeyboardInterrupt:
             typer.echo("error: interrupted -- the previous output, if any, is unchanged", err=True)
             raise typer.Exit(130) from None
+        except Exception as e:  # noqa: BLE001 - never a traceback for the user
+            click_errors = tuple(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+            if isinstance(e, (typer.Exit, typer.Abort, *click_errors)):
+                raise
+            if _INTERRUPTED:  # a library turned the interrupt into another exception (numpy.save does)
+                typer.echo("error: interrupted -- the previous output, if any, is unchanged", err=True)
+                raise typer.Exit(130) from None
+            if os.environ.get("EDGEQ_DEBUG"):
+                raise
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            typer.echo(
+                f"error: internal error ({type(e).__name__}: {first}) -- this is a bug in edgeq; "
+                "run again with EDGEQ_DEBUG=1 and report the traceback",
+                err=True,
+            )
+            raise typer.Exit(1) from None
 
     return wrapper
 
@@ -409,14 +425,21 @@ def targets_show(name: Annotated[str, typer.Argument(help="target name")], as_js
             console.print(t)
 
 
+_INTERRUPTED: list[int] = []
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    _INTERRUPTED.append(signum)
+    raise KeyboardInterrupt  # clean up temporaries as on Ctrl-C
+
+
 def main() -> None:
     import signal
 
-    def _terminate(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt  # clean up temporaries as on Ctrl-C
-
     try:
-        signal.signal(signal.SIGTERM, _terminate)
+        signal.signal(signal.SIGTERM, _interrupt)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _interrupt)
     except ValueError:  # not the main thread
         pass
     app()

@@ -132,3 +132,32 @@ def test_stale_scratch_folders_are_removed_but_live_ones_kept(tmp_path):
     finally:
         _unlock(fd)
     assert live.exists() and other.exists()
+
+
+def test_an_interrupt_a_library_swallowed_is_still_reported_as_one(runner, tmp_path, monkeypatch):
+    # numpy.save can turn a KeyboardInterrupt into a TypeError: still "interrupted", exit 130
+    import edgeq.cli as cli
+    import edgeq.pipeline as pipeline
+
+    model = make_cnn(tmp_path / "cnn.onnx")
+    calib = npz(tmp_path / "calib.npz", **cnn_data(4))
+
+    def interrupted(*a, **k):
+        cli._INTERRUPTED.append(signal.SIGINT)
+        raise TypeError("expected str, bytes or os.PathLike object, not BufferedWriter")
+
+    monkeypatch.setattr(cli, "_INTERRUPTED", [])
+    monkeypatch.setattr(pipeline, "run_export", interrupted)
+    r = invoke(runner, "export", model, "-o", tmp_path / "b", "--calib", calib)
+    assert r.exit_code == 130
+    assert_one_error_line(r.stderr, "interrupted")
+
+    def bug(*a, **k):
+        raise RuntimeError("boom")
+
+    cli._INTERRUPTED.clear()
+    monkeypatch.setattr(pipeline, "run_export", bug)
+    r = invoke(runner, "export", model, "-o", tmp_path / "b", "--calib", calib)
+    assert r.exit_code == 1
+    assert_one_error_line(r.stderr, "internal error (RuntimeError: boom)", "EDGEQ_DEBUG=1")
+    assert not (tmp_path / "b").exists()
