@@ -56,16 +56,51 @@ def _fail(e: EdgeqError) -> None:
     raise typer.Exit(e.exit_code)
 
 
+def _quiet_libraries():
+    """Library warnings and log lines (onnxruntime's quantizer logs to the root logger) stay off
+    stderr, so a failure is one line; EDGEQ_DEBUG=1 shows them."""
+    import contextlib
+    import logging
+    import warnings
+
+    stack = contextlib.ExitStack()
+    if os.environ.get("EDGEQ_DEBUG"):
+        return stack
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    stack.callback(logging.disable, previous)
+    return stack
+
+
 def handle_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with _quiet_libraries():
+                return fn(*args, **kwargs)
         except EdgeqError as e:
             _fail(e)
         except KeyboardInterrupt:
             typer.echo("error: interrupted -- the previous output, if any, is unchanged", err=True)
             raise typer.Exit(130) from None
+        except Exception as e:  # noqa: BLE001 - never a traceback for the user
+            click_errors = tuple(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+            if isinstance(e, (typer.Exit, typer.Abort, *click_errors)):
+                raise
+            if _INTERRUPTED:  # a library turned the interrupt into another exception (numpy.save does)
+                typer.echo("error: interrupted -- the previous output, if any, is unchanged", err=True)
+                raise typer.Exit(130) from None
+            if os.environ.get("EDGEQ_DEBUG"):
+                raise
+            first = (str(e).strip().splitlines() or [""])[0][:200]
+            typer.echo(
+                f"error: internal error ({type(e).__name__}: {first}) -- this is a bug in edgeq; "
+                "run again with EDGEQ_DEBUG=1 and report the traceback",
+                err=True,
+            )
+            raise typer.Exit(1) from None
 
     return wrapper
 
@@ -128,7 +163,7 @@ def export(
     exporter: Annotated[str, typer.Option("--exporter", help="PyTorch sources: auto (dynamo, then TorchScript) | dynamo | torchscript")] = "auto",
 ) -> None:
     """Export, optimize, quantize, verify, profile and bundle a model for a target."""
-    from .onnxutil import artifact_from
+    from .isolate import open_source
     from .optimize import parse_shapes
     from .pipeline import ExportOptions, run_export
     from .report import StageProgress, err, export_table, out as console
@@ -154,7 +189,7 @@ def export(
     check = None
     with contextlib.ExitStack() as stack:
         if kind == "onnx":
-            src = artifact_from(source, (f"source({source.name})",))
+            src = open_source(source, (f"source({source.name})",))
         else:
             clean_stale(out)
             check_output(out, force)  # before the (slow) export
@@ -208,7 +243,7 @@ def quantize(
     from .data import load_samples
     from .errors import CalibrationError
     from .fsutil import scratch_dir, staging
-    from .onnxutil import artifact_from
+    from .isolate import open_source
     from .optimize import optimize as optimize_stage, parse_shapes
     from .quantize import quantize as quantize_stage
     from .report import StageProgress, err, out as console
@@ -217,7 +252,7 @@ def quantize(
     tg = load_target(target)
     spec = _spec(tg, quant, fmt, activation_type, weight_type, per_channel, reduce_range, calib_samples)
     _check_onnx_source(model)
-    src = artifact_from(model)
+    src = open_source(model)
     data = load_samples(calib, src.io) if calib else None
     if spec.needs_calibration and data is None:
         raise CalibrationError(f"{spec.mode} needs calibration data", "pass --calib DATA.npz, or --quant int8-dynamic")
@@ -273,7 +308,7 @@ def verify(
         return
     from .data import load_samples
     from .errors import CalibrationError
-    from .onnxutil import artifact_from
+    from .isolate import open_source
     from .targets import load_target
     from .verify import verify as verify_stage
 
@@ -284,7 +319,8 @@ def verify(
     tg = load_target(target)
     _check_onnx_source(candidate)
     _check_onnx_source(reference)
-    ref = artifact_from(reference)
+    open_source(candidate)
+    ref = open_source(reference)
     samples = load_samples(data, ref.io, what="evaluation", labels_key=labels_key)
     report = verify_stage(reference, candidate, samples, tg.tolerances, output_names=ref.io.output_names).to_dict()
     if as_json:
@@ -382,7 +418,8 @@ def bundle(
     from .appio import check_labels_fit, load_io_spec, read_labels
     from .bundle import BundleInputs, check_outputs, load_private_key, write_bundle
     from .data import load_samples
-    from .onnxutil import artifact_from, model_size
+    from .isolate import open_source
+    from .onnxutil import model_size
     from .pipeline import _golden_feeds, sizes
     from .report import out as console
     from .targets import load_target
@@ -390,7 +427,7 @@ def bundle(
 
     tg = load_target(target)
     _check_onnx_source(model)
-    art = artifact_from(model, (f"source({model.name})",))
+    art = open_source(model, (f"source({model.name})",))
     app_io = load_io_spec(preprocess, art.io)
     label_list = read_labels(labels)
     check_labels_fit(label_list, app_io, art.io)
@@ -402,6 +439,7 @@ def bundle(
     size = None
     if reference is not None:
         _check_onnx_source(reference)
+        open_source(reference)
         if samples is None:
             from .errors import CalibrationError
 
@@ -495,7 +533,23 @@ def targets_show(name: Annotated[str, typer.Argument(help="target name")], as_js
             console.print(t)
 
 
+_INTERRUPTED: list[int] = []
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    _INTERRUPTED.append(signum)
+    raise KeyboardInterrupt  # clean up temporaries as on Ctrl-C
+
+
 def main() -> None:
+    import signal
+
+    try:
+        signal.signal(signal.SIGTERM, _interrupt)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _interrupt)
+    except ValueError:  # not the main thread
+        pass
     app()
 
 

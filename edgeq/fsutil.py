@@ -13,7 +13,9 @@ import hashlib
 import os
 import re
 import shutil
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +36,60 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+# A writer holds an exclusive flock on its temporary for as long as it lives; the kernel
+# drops it when the process dies, even by SIGKILL. A recycled pid therefore cannot keep
+# a dead run's temporaries alive. Young entries whose writer has not locked them yet are
+# left alone.
+_LOCK_GRACE_S = 60.0
+
+
+def _lock(path: Path) -> int | None:
+    """Take an exclusive lock on ``path`` (file or folder); returns the fd to keep open."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: pid check only
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _unlock(fd: int | None) -> None:
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _writer_alive(entry: Path, pid: int, locked: bool) -> bool:
+    if not _pid_alive(pid):
+        return False
+    if not locked:
+        return True
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        return True
+    try:
+        fd = os.open(entry, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True  # someone holds it: the writer is alive
+    finally:
+        os.close(fd)
+    try:
+        age = time.time() - os.lstat(entry).st_mtime
+    except OSError:
+        return False
+    return age < _LOCK_GRACE_S
+
+
 def clean_stale(final: Path) -> list[Path]:
     """Remove temporaries left next to ``final`` by runs that died.
 
@@ -47,7 +103,9 @@ def clean_stale(final: Path) -> list[Path]:
         return removed
     for entry in sorted(parent.iterdir()):
         m = _TMP_RE.match(entry.name)
-        if not m or m.group("name") != final.name or _pid_alive(int(m.group("pid"))):
+        if not m or m.group("name") != final.name:
+            continue
+        if _writer_alive(entry, int(m.group("pid")), locked=m.group("kind") == "tmp"):
             continue
         if m.group("kind") == "old" and not final.exists() and not final.is_symlink():
             os.replace(entry, final)
@@ -91,11 +149,13 @@ def staging(final: Path, *, force: bool, is_dir: bool) -> Iterator[Path]:
     os.umask(umask)
     if is_dir:
         tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
+        lock = _lock(tmp)
         os.chmod(tmp, 0o777 & ~umask)
     else:
         fd, name = tempfile.mkstemp(prefix=prefix, dir=final.parent)
         os.close(fd)
         tmp = Path(name)
+        lock = _lock(tmp)
         os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
@@ -103,12 +163,19 @@ def staging(final: Path, *, force: bool, is_dir: bool) -> Iterator[Path]:
     except BaseException:
         _remove(tmp)
         raise
+    finally:
+        _unlock(lock)
 
 
 def publish(tmp: Path, final: Path, *, force: bool) -> None:
     """Move ``tmp`` to ``final``; an existing ``final`` is replaced only with ``force``."""
     check_output(final, force)
     if final.is_dir() and not final.is_symlink():
+        if _exchange(tmp, final):
+            # one atomic step: ``final`` is the whole old or the whole new bundle at every
+            # moment; ``tmp`` now holds the old one (cleaned at the next run if we die here)
+            _remove(tmp)
+            return
         old = Path(tempfile.mkdtemp(prefix=f".{final.name}.edgeq-old-{os.getpid()}-", dir=final.parent))
         old.rmdir()
         os.replace(final, old)
@@ -116,6 +183,21 @@ def publish(tmp: Path, final: Path, *, force: bool) -> None:
         _remove(old)
     else:
         os.replace(tmp, final)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -126,11 +208,49 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+_SCRATCH_RE = re.compile(r"^edgeq-(?P<pid>\d+)-[A-Za-z0-9_]+$")
+
+
+def clean_stale_scratch(root: Path | None = None) -> list[Path]:
+    """Remove scratch folders of edgeq runs that died (named ``edgeq-<pid>-*``, ours, unlocked)."""
+    root = Path(root or tempfile.gettempdir())
+    removed: list[Path] = []
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return removed
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    for entry in entries:
+        m = _SCRATCH_RE.match(entry.name)
+        if not m:
+            continue
+        try:
+            st = os.lstat(entry)
+        except OSError:
+            continue
+        if uid is not None and st.st_uid != uid:
+            continue
+        if _writer_alive(entry, int(m.group("pid")), locked=True):
+            continue
+        _remove(entry)
+        removed.append(entry)
+    return removed
+
+
 @contextlib.contextmanager
 def scratch_dir(prefix: str = "edgeq-") -> Iterator[Path]:
-    """A private temporary directory for intermediate models (removed afterwards)."""
+    """A private temporary directory for intermediate models (removed afterwards).
+
+    Named ``<prefix><pid>-*`` and locked while in use, so the next run removes the
+    scratch folder of a run that was killed.
+    """
+    if prefix == "edgeq-":
+        clean_stale_scratch()
+        prefix = f"edgeq-{os.getpid()}-"
     d = Path(tempfile.mkdtemp(prefix=prefix))
+    lock = _lock(d)
     try:
         yield d
     finally:
+        _unlock(lock)
         shutil.rmtree(d, ignore_errors=True)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import collections
 import os
+import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -65,87 +67,252 @@ def default_opset(model: Any) -> int:
     return 0
 
 
-def check_external_locations(model: Any, base_dir: Path) -> None:
-    """Refuse external-data locations that leave ``base_dir`` (.., absolute, links)."""
-    onnx = _onnx()
-    from onnx.external_data_helper import _get_all_tensors
+# Keys the ONNX spec defines for external data; anything else is refused, and so are
+# duplicates (a reader that takes the first and one that takes the last would disagree).
+EXTERNAL_KEYS = frozenset({"location", "offset", "length", "checksum"})
+# A model whose weights add up to this many bytes cannot be held in one protobuf.
+PROTOBUF_LIMIT = 2**31 - 1
+_DIGITS = re.compile(r"^[0-9]{1,20}$")
 
-    base = Path(os.path.realpath(base_dir))
-    for tensor in _get_all_tensors(model):
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        info = {e.key: e.value for e in tensor.external_data}
-        loc = info.get("location", "")
-        bad = (
-            not loc
-            or os.path.isabs(loc)
-            or loc.startswith(("/", "\\"))
-            or ".." in Path(loc.replace("\\", "/")).parts
-            or ":" in loc
-        )
-        full = base / loc
-        if not bad:
-            real = Path(os.path.realpath(full))
-            bad = base not in real.parents or full.is_symlink()
-        if bad:
-            raise ModelError(
-                f"external data of tensor '{tensor.name}' points outside the model folder ({loc!r})",
-                "external data files must sit in the model's folder; refusing to read it",
-            )
-        for key in ("offset", "length"):
-            if key in info:
-                try:
-                    value = int(info[key])
-                except ValueError:
-                    value = -1
-                if value < 0:
-                    raise ModelError(
-                        f"external data of tensor '{tensor.name}' has an invalid {key} {info[key]!r}",
-                        "the model file is corrupt; re-export it",
-                    )
-        if not full.is_file():
+
+def _outside(tensor: Any, loc: str, why: str) -> ModelError:
+    return ModelError(
+        f"external data of tensor '{tensor.name}' points outside the model folder ({loc!r}: {why})",
+        "external data files must be plain files inside the model's folder; refusing to read it",
+    )
+
+
+def _external_file(tensor: Any, loc: str, base: Path) -> tuple[Path, os.stat_result]:
+    """Resolve ``loc`` under ``base``; refuse escapes, links of any kind, and non-files."""
+    if not loc:
+        raise _outside(tensor, loc, "empty location")
+    if "\x00" in loc or "\\" in loc or ":" in loc:
+        raise _outside(tensor, loc, "invalid characters")
+    if os.path.isabs(loc) or loc.startswith("/"):
+        raise _outside(tensor, loc, "absolute path")
+    parts = [p for p in loc.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts:
+        raise _outside(tensor, loc, "'..' in the path")
+    cur = base
+    for part in parts:
+        cur = cur / part
+        try:
+            st = os.lstat(cur)
+        except FileNotFoundError:
             raise ModelError(
                 f"external data file {loc!r} of tensor '{tensor.name}' is missing",
                 "copy the model together with its external data files",
-            )
-        size = full.stat().st_size
-        end = int(info.get("offset", 0)) + int(info.get("length", size - int(info.get("offset", 0))))
-        if end > size:
+            ) from None
+        except OSError as e:
+            raise _outside(tensor, loc, e.strerror or type(e).__name__) from None
+        if stat.S_ISLNK(st.st_mode):
+            raise _outside(tensor, loc, "symbolic link")
+    if not stat.S_ISREG(st.st_mode):
+        raise _outside(tensor, loc, "not a regular file")
+    # A hard link inside the folder to a file elsewhere cannot be told apart by its path:
+    # edgeq refuses external-data files with more than one link.
+    if st.st_nlink > 1:
+        raise _outside(tensor, loc, f"hard link ({st.st_nlink} links)")
+    real = Path(os.path.realpath(cur))
+    if base not in real.parents:
+        raise _outside(tensor, loc, "resolves outside")
+    return cur, st
+
+
+def _expected_bytes(tensor: Any) -> int | None:
+    onnx = _onnx()
+    n = 1
+    for d in tensor.dims:
+        if d < 0:
+            return -1
+        n *= int(d)
+    if tensor.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+        return (n + 1) // 2
+    if tensor.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return None
+    try:
+        return n * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    except Exception:  # noqa: BLE001 - types numpy lacks: not checked here
+        return None
+
+
+def check_external_locations(model: Any, base_dir: Path | None) -> int:
+    """Check every external-data reference before anything is read; returns the bytes they hold.
+
+    Refused: locations that leave ``base_dir`` (``..``, absolute paths), symbolic links
+    anywhere on the path, hard links (``st_nlink > 1``), non-regular files, unknown or
+    duplicate keys, offsets/lengths that are not plain non-negative integers, ranges past
+    the end of the file, and lengths that do not match the tensor's shape. With
+    ``base_dir=None`` (a model given as bytes) any external reference is refused.
+    """
+    onnx = _onnx()
+    from onnx.external_data_helper import _get_all_tensors
+
+    base = Path(os.path.realpath(base_dir)) if base_dir is not None else None
+    total = 0
+    for tensor in _get_all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info: dict[str, str] = {}
+        for e in tensor.external_data:
+            if e.key not in EXTERNAL_KEYS:
+                raise ModelError(
+                    f"external data of tensor '{tensor.name}' has an unknown key {e.key[:40]!r}",
+                    f"allowed keys: {', '.join(sorted(EXTERNAL_KEYS))}; the model file is corrupt or crafted",
+                )
+            if e.key in info:
+                raise ModelError(
+                    f"external data of tensor '{tensor.name}' repeats the key {e.key!r}",
+                    "the model file is corrupt or crafted",
+                )
+            info[e.key] = e.value
+        loc = info.get("location", "")
+        if base is None:
             raise ModelError(
-                f"external data of tensor '{tensor.name}' reads past the end of {loc!r}",
+                f"tensor '{tensor.name}' refers to external data file {loc[:80]!r}, but the model was given as bytes",
+                "load the model from its file so external data is read from the model's folder",
+            )
+        full, st = _external_file(tensor, loc, base)
+        nums = {}
+        for key in ("offset", "length"):
+            if key in info:
+                if not _DIGITS.match(info[key]):
+                    raise ModelError(
+                        f"external data of tensor '{tensor.name}' has an invalid {key} {info[key][:40]!r}",
+                        "the model file is corrupt; re-export it",
+                    )
+                nums[key] = int(info[key])
+        offset = nums.get("offset", 0)
+        size = st.st_size
+        if offset > size:
+            raise ModelError(
+                f"external data of tensor '{tensor.name}' starts past the end of {loc!r} (offset {offset}, size {size})",
                 "the external data file is truncated or the model is corrupt",
             )
+        length = nums.get("length", size - offset)
+        if offset + length > size:
+            raise ModelError(
+                f"external data of tensor '{tensor.name}' reads past the end of {loc!r} "
+                f"(offset {offset} + length {length} > size {size})",
+                "the external data file is truncated or the model is corrupt",
+            )
+        want = _expected_bytes(tensor)
+        if want is not None and want != length:
+            raise ModelError(
+                f"external data of tensor '{tensor.name}' holds {length} bytes, its shape "
+                f"{list(tensor.dims)} needs {want}",
+                "the model file is corrupt; re-export it",
+            )
+        total += length
+    return total
+
+
+def check_size(path: Path, external_bytes: int) -> None:
+    """Refuse models whose weights cannot be held in one protobuf (2 GiB), before reading them."""
+    total = Path(path).stat().st_size + external_bytes
+    if total > PROTOBUF_LIMIT:
+        raise ModelError(
+            f"{Path(path).name} holds {total / 2**30:.2f} GiB of model and weights, over the 2 GiB protobuf limit edgeq handles",
+            "models this large are not supported by this version of edgeq; quantize it to int4 or split it",
+        )
+
+
+def _parse(data: bytes, what: str) -> Any:
+    onnx = _onnx()
+    try:
+        model = onnx.load_model_from_string(data)
+    except Exception as e:  # noqa: BLE001 - protobuf raises several types
+        raise ModelError(
+            f"{what} is not a readable ONNX model ({type(e).__name__})",
+            "pass an .onnx file written by an ONNX exporter",
+        ) from None
+    if model.ir_version <= 0 or not model.HasField("graph") or len(model.graph.node) == 0:
+        raise ModelError(
+            f"{what} is not an ONNX model (no graph or no nodes)",
+            "pass an .onnx file written by an ONNX exporter",
+        )
+    return model
 
 
 def load_model(path: str | Path, *, load_weights: bool = True) -> Any:
     """Read an ONNX model with clear errors; external data is checked before it is read."""
-    onnx = _onnx()
     path = Path(path)
     if not path.exists():
         raise ModelError(f"model file not found: {path}", "check the path")
     if path.is_dir():
         raise ModelError(f"{path} is a folder, not an ONNX file", "pass the .onnx file inside it")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # noqa: BLE001 - protobuf raises several types
+    if path.stat().st_size > PROTOBUF_LIMIT:
         raise ModelError(
-            f"{path} is not a readable ONNX model ({type(e).__name__})",
-            "pass an .onnx file written by an ONNX exporter",
-        ) from None
-    if model.ir_version <= 0 or not model.HasField("graph") or len(model.graph.node) == 0:
-        raise ModelError(
-            f"{path} is not an ONNX model (no graph or no nodes)",
-            "pass an .onnx file written by an ONNX exporter",
+            f"{path} is larger than 2 GiB and cannot be an ONNX protobuf",
+            "pass an .onnx file written by an ONNX exporter (large weights go in external data)",
         )
-    check_external_locations(model, path.parent)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ModelError(f"cannot read {path}: {e.strerror}", "check the file's permissions") from None
+    model = _parse(data, str(path))
+    del data
+    external = check_external_locations(model, path.parent)
     if load_weights:
-        from onnx.external_data_helper import load_external_data_for_model
-
-        try:
-            load_external_data_for_model(model, str(path.parent))
-        except Exception as e:  # noqa: BLE001
-            raise ModelError(f"cannot read external data of {path}: {e}", "re-export the model") from None
+        check_size(path, external)
+        _load_external(model, path.parent, str(path))
     return model
+
+
+def load_model_bytes(data: bytes, *, base_dir: str | Path | None = None, load_weights: bool = True) -> Any:
+    """Read an ONNX model from bytes. External data is refused unless ``base_dir`` is given,
+    and then checked like a file's (never resolved against the current directory)."""
+    model = _parse(bytes(data), "the model bytes")
+    external = check_external_locations(model, Path(base_dir) if base_dir is not None else None)
+    if load_weights and external:
+        if len(data) + external > PROTOBUF_LIMIT:
+            raise ModelError("the model and its external data exceed the 2 GiB protobuf limit", "split the model")
+        _load_external(model, Path(base_dir), "the model bytes")  # type: ignore[arg-type]
+    return model
+
+
+def _load_external(model: Any, base: Path, what: str) -> None:
+    from onnx.external_data_helper import load_external_data_for_model
+
+    try:
+        load_external_data_for_model(model, str(base))
+    except Exception as e:  # noqa: BLE001
+        raise ModelError(f"cannot read external data of {what}: {str(e).splitlines()[0][:200]}", "re-export the model") from None
+
+
+def save_model(model: Any, path: str | Path) -> Path:
+    """Write ``model`` to ``path`` as one self-contained file.
+
+    Tensors still marked as external but holding their bytes are written inline, so
+    saving never creates or overwrites a file named by the model (``onnx.save`` would
+    write it wherever its ``location`` points). Tensors whose bytes were never loaded
+    are refused, and so is a model over the 2 GiB protobuf limit.
+    """
+    onnx = _onnx()
+    from onnx.external_data_helper import _get_all_tensors
+
+    for t in _get_all_tensors(model):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            if not t.HasField("raw_data"):
+                raise ModelError(
+                    f"tensor '{t.name}' refers to external data that was not loaded; refusing to save a model that points at other files",
+                    "load the model with its weights before saving it",
+                )
+            t.data_location = onnx.TensorProto.DEFAULT
+            del t.external_data[:]
+    try:
+        data = model.SerializeToString()
+    except Exception:  # noqa: BLE001 - protobuf refuses messages over 2 GiB
+        data = None
+    if data is None or len(data) > PROTOBUF_LIMIT:
+        raise ModelError(
+            "the model is over the 2 GiB protobuf limit and cannot be written as one file",
+            "models this large are not supported by this version of edgeq",
+        )
+    path = Path(path)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
 
 
 def check_model(path: Path) -> None:

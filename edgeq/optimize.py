@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .artifact import Artifact
 from .errors import ModelError
-from .onnxutil import artifact_from, check_model, default_opset, load_model
+from .onnxutil import artifact_from, check_model, default_opset, load_model, save_model
 from .runtime import create_session, session_options
 from .targets import Target
 
@@ -133,14 +133,14 @@ def optimize(
         raise ModelError(f"shape inference failed: {str(e).splitlines()[0][:200]}", "check the model with onnx.checker") from None
     out_path = Path(out_path)
     staged = out_path.with_name(out_path.stem + ".pre.onnx")
-    onnx.save(model, str(staged))
+    save_model(model, staged)
     so = session_options(level=OPTIMIZE_LEVEL)
     so.optimized_model_filepath = str(out_path)
     create_session(staged, so=so)
     staged.unlink()
     folded = onnx.load(str(out_path))
     folded = onnx.shape_inference.infer_shapes(folded, strict_mode=False)
-    onnx.save(folded, str(out_path))
+    save_model(folded, out_path)
     before, after = len(model.graph.node), len(folded.graph.node)
     if after != before:
         notes.append(f"folded {before} -> {after} nodes (onnxruntime {OPTIMIZE_LEVEL} level)")

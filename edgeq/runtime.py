@@ -44,7 +44,7 @@ def available_providers() -> list[str]:
 
 
 def create_session(
-    path: Path | str,
+    path: Path | str | bytes,
     *,
     providers: list[str] | None = None,
     provider_options: list[dict[str, str]] | None = None,
@@ -60,8 +60,18 @@ def create_session(
             f"available here: {', '.join(available_providers())}; install the onnxruntime build that ships it",
         )
     so = so or session_options(level=level, threads=threads)
+    if isinstance(path, (bytes, bytearray)):
+        # onnxruntime resolves external data of in-memory models against the current
+        # directory: check the bytes first (any external reference is refused)
+        from .onnxutil import load_model_bytes
+
+        load_model_bytes(path, load_weights=False)
+        model: Any = bytes(path)
+        path = "<model bytes>"
+    else:
+        model = str(path)
     try:
-        return ort().InferenceSession(str(path), sess_options=so, providers=providers, provider_options=provider_options)
+        return ort().InferenceSession(model, sess_options=so, providers=providers, provider_options=provider_options)
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ModelError(f"onnxruntime cannot load {Path(path).name}: {first[:300]}", "check that the model is valid (edgeq inspect)") from None

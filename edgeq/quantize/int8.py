@@ -19,7 +19,8 @@ import numpy as np
 from ..artifact import Artifact
 from ..data import SampleSet
 from ..errors import CalibrationError, QuantizationError
-from ..onnxutil import artifact_from, default_opset, iter_initializers, iter_nodes, load_model
+from ..onnxutil import artifact_from, default_opset, iter_initializers, iter_nodes, load_model, save_model
+from .checks import bias_overflow, check_operator_scales, explain_quantizer_failure
 from .spec import QuantSpec
 
 # Op types whose weights carry the model's size and compute.
@@ -239,6 +240,7 @@ def quantize(
                 _Reader(data, n, on_sample),
                 quant_format=q.QuantFormat.QDQ if spec.format == "qdq" else q.QuantFormat.QOperator,
                 op_types_to_quantize=op_types,
+                nodes_to_exclude=list(spec.nodes_to_exclude) or None,
                 per_channel=spec.per_channel,
                 reduce_range=spec.reduce_range,
                 activation_type=getattr(q.QuantType, _QTYPES[spec.activation_type]),
@@ -263,6 +265,9 @@ def quantize(
     except (CalibrationError, QuantizationError):
         raise
     except Exception as e:  # noqa: BLE001
+        clear = explain_quantizer_failure(e)
+        if clear is not None:
+            raise clear from None
         raise QuantizationError(
             f"onnxruntime's quantizer failed: {str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}",
             "try --quant int8-dynamic or --quant none, and report the model to edgeq",
@@ -271,6 +276,15 @@ def quantize(
         pre.unlink(missing_ok=True)
     qmodel = load_model(out_path)
     check_scales(qmodel)
+    check_operator_scales(qmodel)
+    bias = bias_overflow(fp32, qmodel, reduce_range=spec.reduce_range)
+    if bias.clipped:  # onnxruntime clipped an int32 bias: keep those nodes in float and redo
+        import dataclasses
+
+        res = quantize(artifact, spec.with_overrides(nodes_to_exclude=spec.nodes_to_exclude + bias.clipped), out_path, data=data)
+        kept = f"kept {', '.join(repr(n) for n in bias.clipped)} in float: the int32 bias would overflow (tiny weights, large bias)"
+        return dataclasses.replace(res, notes=(kept, *res.notes))
+    notes += bias.notes()
     cov = coverage(fp32, qmodel)
     if cov.nodes_total and cov.nodes_quantized == 0:
         out_path.unlink(missing_ok=True)
@@ -293,7 +307,7 @@ def _fp16(artifact: Artifact, spec: QuantSpec, out_path: Path) -> QuantResult:
         half = convert_float_to_float16(model, keep_io_types=True)
     except Exception as e:  # noqa: BLE001
         raise QuantizationError(f"fp16 conversion failed: {str(e).splitlines()[0][:200]}", "try --quant none") from None
-    onnx.save(half, str(out_path))
+    save_model(half, out_path)
     return QuantResult(
         artifact_from(out_path, artifact.provenance + ("quantize(fp16, keep_io_types)",)),
         spec,

@@ -27,6 +27,8 @@ class QuantSpec:
     calib_samples: int = 256
     op_types: tuple[str, ...] = ()
     """Op types to quantize; empty means onnxruntime's default set."""
+    nodes_to_exclude: tuple[str, ...] = ()
+    """Nodes kept in float (e.g. those whose int32 bias would overflow)."""
 
     def __post_init__(self) -> None:
         _choice("quantization mode", self.mode, MODES, "--quant")
@@ -55,6 +57,7 @@ class QuantSpec:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["op_types"] = list(self.op_types)
+        d["nodes_to_exclude"] = list(self.nodes_to_exclude)
         return d
 
     @classmethod
@@ -69,6 +72,8 @@ class QuantSpec:
         data = dict(data)
         if "op_types" in data:
             data["op_types"] = tuple(data["op_types"])
+        if "nodes_to_exclude" in data:
+            data["nodes_to_exclude"] = tuple(data["nodes_to_exclude"])
         return cls(**data)
 
 
