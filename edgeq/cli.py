@@ -41,6 +41,14 @@ SamplesOpt = Annotated[Optional[int], typer.Option("--calib-samples", help="numb
 StaticOpt = Annotated[Optional[list[str]], typer.Option("--static-shape", help="pin an input's shape: NAME=1x3x224x224 (repeatable)")]
 OpsetOpt = Annotated[Optional[int], typer.Option("--opset", help="opset to convert to (within the target's range)")]
 LabelsOpt = Annotated[str, typer.Option("--labels-key", help="name of the labels array in evaluation data")]
+# ARM64 emulation (verify --emulate) and remote devices (profile --device): edgeq/emulate.py, edgeq/remote.py
+EmulateOpt = Annotated[Optional[str], typer.Option("--emulate", help="also run under qemu-aarch64 for these -cpu models (comma-separated, or 'default' for cortex-a53,cortex-a72,neoverse-n1); correctness only")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="run the bundle on a device: ssh://user@host[:port]")]
+KnownHostsOpt = Annotated[Optional[Path], typer.Option("--known-hosts", help="--device: trust only host keys in this file")]
+AcceptNewOpt = Annotated[bool, typer.Option("--accept-new-host-key", help="--device: trust and record a first-seen host key (never a changed one)")]
+IdentityOpt = Annotated[Optional[Path], typer.Option("--identity", help="--device: SSH private key to log in with")]
+DevicePythonOpt = Annotated[str, typer.Option("--device-python", help="--device: Python on the device (with numpy + onnxruntime)")]
+DeviceTimeoutOpt = Annotated[int, typer.Option("--device-timeout", help="--device: seconds allowed for the copy and for the run")]
 
 
 def _fail(e: EdgeqError) -> None:
@@ -207,11 +215,15 @@ def verify(
     model: Annotated[str, typer.Option("--model", help="bundle: run model.ort or model.onnx")] = "ort",
     providers: Annotated[str, typer.Option("--providers", help="bundle: comma-separated providers to run with")] = "",
     labels_key: LabelsOpt = "labels",
+    emulate: EmulateOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Check a bundle (checksums + golden pairs) or compare a model against its reference."""
     from .report import bundle_check_table, out as console, verify_table
 
+    if emulate is not None:
+        return _verify_emulated(candidate, emulate, model=model, reference=reference, data=data, target=target,
+                                labels_key=labels_key, as_json=as_json)
     if candidate.is_dir():
         from .bundle import check_bundle
 
@@ -259,9 +271,19 @@ def profile(
     runs: Annotated[int, typer.Option("--runs", help="timed runs")] = 50,
     warmup: Annotated[int, typer.Option("--warmup", help="untimed runs first")] = 5,
     threads: Annotated[int, typer.Option("--threads", help="intra-op threads (0 = onnxruntime default)")] = 0,
+    device: DeviceOpt = None,
+    known_hosts: KnownHostsOpt = None,
+    accept_new_host_key: AcceptNewOpt = False,
+    identity: IdentityOpt = None,
+    device_python: DevicePythonOpt = "python3",
+    device_timeout: DeviceTimeoutOpt = 900,
     as_json: JsonOpt = False,
 ) -> None:
     """Time models on this host with the target's providers."""
+    if device is not None:
+        return _profile_on_device(models, device, known_hosts=known_hosts, accept_new_host_key=accept_new_host_key,
+                                  identity=identity, python=device_python, timeout=device_timeout,
+                                  runs=runs, warmup=warmup, threads=threads, as_json=as_json)
     from .data import load_samples
     from .onnxutil import artifact_from
     from .profile import profile as profile_stage, skip_reason
@@ -284,6 +306,57 @@ def profile(
         _emit_json({"target": tg.name, "results": results})
     else:
         console.print(profile_table(results))
+
+
+def _verify_emulated(candidate: Path, cpus_text: str, *, model: str, reference: Optional[Path], data: Optional[Path],
+                     target: str, labels_key: str, as_json: bool) -> None:
+    """verify --emulate: golden pairs on x86 and under qemu-aarch64 per -cpu model; exit 1 beyond tolerance."""
+    from .emulate import check_emulated, emulate_candidate, emulation_table, parse_cpus, progress_step
+    from .report import err, out as console, verify_table
+
+    cpus = parse_cpus(cpus_text)
+    step, close = progress_step()
+    on_cpu = None if as_json else (lambda cpu: err.print(f"running under qemu-aarch64 -cpu {cpu} (emulated, ~200x slower)"))
+    try:
+        result = emulate_candidate(candidate, cpus, model=model, reference=reference, data=data, target=target,
+                                   labels_key=labels_key, step=step, on_cpu=on_cpu)
+    finally:
+        close()
+    if as_json:
+        _emit_json(result)
+    else:
+        if result.get("verify"):
+            console.print(verify_table(result["verify"]))
+        console.print(emulation_table(result))
+        console.print(f"note: {result['note']}")
+    check_emulated(result)
+    if not as_json:
+        console.print(f"[green]PASS[/] x86 and {', '.join(cpus)} agree within atol {result['atol']}, rtol {result['rtol']}")
+
+
+def _profile_on_device(models: list[Path], device: str, *, known_hosts: Optional[Path], accept_new_host_key: bool,
+                       identity: Optional[Path], python: str, timeout: int, runs: int, warmup: int, threads: int,
+                       as_json: bool) -> None:
+    """profile --device: each bundle's own runner on the device over SSH; exit 1 if its golden pairs fail there."""
+    from .remote import SshOptions, check_remote, device_tables, parse_device, run_on_device
+    from .report import err, out as console
+
+    dev = parse_device(device)
+    opts = SshOptions(known_hosts=known_hosts, accept_new_host_key=accept_new_host_key, identity=identity,
+                      python=python, command_timeout_s=float(timeout))
+    results = []
+    for m in models:
+        if not as_json:
+            err.print(f"copying {m} to {dev.url()} and running it there")
+        results.append(run_on_device(m, dev, opts, runs=runs, warmup=warmup, threads=threads))
+    if as_json:
+        _emit_json({"device": dev.url(), "results": results})
+    else:
+        for r in results:
+            for t in device_tables(r):
+                console.print(t)
+    for r in results:
+        check_remote(r)
 
 
 @app.command()
