@@ -292,8 +292,8 @@ def progress_step() -> tuple[Step, Callable[[], None]]:
 
     from .report import err
 
-    prog = Progress(SpinnerColumn(), TextColumn("arm64 userland (first use, cached)"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.description}"), TimeElapsedColumn(), console=err, transient=True)
+    prog = Progress(SpinnerColumn(), TextColumn("building arm64 userland (once)"), BarColumn(bar_width=16), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("{task.description}"), console=err, transient=True)
     task = prog.add_task("starting", total=None)
     started = False
 

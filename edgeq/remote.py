@@ -256,9 +256,9 @@ def device_tables(result: dict[str, Any]) -> list[Any]:
     out = [head]
     t = result.get("timing")
     if t:
-        tt = Table(title="latency on the device")
+        tt = Table(title="latency on the device", expand=False)
         for c in ("cold start", "p50", "p90", "p99", "mean", "cv", "runs", "peak RSS"):
-            tt.add_column(c, justify="right")
+            tt.add_column(c, justify="right", no_wrap=True)
         peak = t.get("peak_rss_kib")
         tt.add_row(f"{t['cold_start_ms']:.1f} ms", f"{t['p50_ms']:.3f} ms", f"{t['p90_ms']:.3f} ms", f"{t['p99_ms']:.3f} ms",
                    f"{t['mean_ms']:.3f} ms", fmt(t["cv"], ".3f"), str(t["runs"]), "-" if peak is None else f"{peak / 1024:.1f} MiB")
