@@ -318,7 +318,7 @@ def progress_step() -> tuple[Step, Callable[[], None]]:
 class CpuResult:
     cpu: str
     passed: bool
-    max_abs_error: float
+    max_abs_error: float | None
     pairs: tuple[dict[str, Any], ...]
     model: str
     onnxruntime: str
@@ -326,6 +326,8 @@ class CpuResult:
     """What the guest Python reports (aarch64 under qemu)."""
     emulation_overhead_wall_s: float
     """Wall time of the whole emulated run: emulation overhead, NOT device timing."""
+    error: str | None = None
+    """Why the model did not run on this CPU (it loaded or ran on x86)."""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -368,10 +370,15 @@ def run_bundle_emulated(bundle: Path, cpu: str, arm: ArmRoot, cfg: EmulationConf
     except ValueError:
         result = None
     if result is None:
-        why = f"signal {-r.returncode}" if r.returncode < 0 else f"exit {r.returncode}"
-        tail = " | ".join((r.stderr or r.stdout).strip().splitlines()[-3:])[-400:]
-        raise EmulationError(f"the bundle runner crashed under qemu -cpu {cpu} ({why}): {tail or 'no output'}",
-                             f"rerun with EDGEQ_DEBUG=1; remove {arm.root} to rebuild the userland")
+        out = (r.stderr or r.stdout).strip()
+        if "No module named" in out:
+            raise EmulationError(f"the arm64 userland at {arm.root} cannot import the runner's modules: {out.splitlines()[-1][:200]}",
+                                 f"remove {arm.root} to rebuild it")
+        # the model does not load or run on this CPU (it did on x86): a failed check, not bad input
+        why = f"crashed with signal {-r.returncode}" if r.returncode < 0 else "failed"
+        last = next((ln.strip() for ln in reversed(out.splitlines()) if ln.strip() and not set(ln.strip()) <= set("^~ ")), "no output")
+        return CpuResult(cpu=cpu, passed=False, max_abs_error=None, pairs=(), model="", onnxruntime=arm.onnxruntime,
+                         machine="aarch64", emulation_overhead_wall_s=round(wall, 2), error=f"runner {why}: {last[:300]}")
     if "error" in result:
         raise BundleError(f"bundle {bundle} is corrupt: {result['error']}", "rebuild it with edgeq export, or fetch an intact copy")
     pairs = tuple({k: v for k, v in p.items() if k != "ms"} for p in result["pairs"])  # emulated ms are not device ms
@@ -419,7 +426,8 @@ def emulate_bundle(
         if on_cpu:
             on_cpu(cpu)
         rows.append(run_bundle_emulated(bundle, cpu, arm, cfg, model=model).to_dict())
-    failures = [f"{r['cpu']}: max abs error {r['max_abs_error']:.3g} (atol {host['atol']}, rtol {host['rtol']})"
+    failures = [f"{r['cpu']}: {r['error']}" if r["error"] else
+                f"{r['cpu']}: max abs error {r['max_abs_error']:.3g} (atol {host['atol']}, rtol {host['rtol']})"
                 for r in rows if not r["passed"]]
     import platform
 
@@ -450,6 +458,12 @@ def check_emulated(result: dict[str, Any]) -> None:
     if result.get("verify") and not result["verify"]["passed"]:
         raise CheckFailed(f"candidate outside the target's tolerances: {'; '.join(result['verify']['failures'])}", "see the table above")
     if result["failures"]:
+        if any(r["error"] for r in result["emulated"]):
+            hint = ("a model.ort saved at graph_optimization_level 'all' holds x86-only kernels (com.microsoft.nchwc): "
+                    "use 'basic' or 'extended' in the target, or check with --model onnx"
+                    if any("nchwc" in (r["error"] or "") for r in result["emulated"]) else
+                    "the model does not run on that Arm CPU; check with --model onnx, and EDGEQ_DEBUG=1 for details")
+            raise CheckFailed(f"the model does not run on emulated Arm CPU(s): {'; '.join(result['failures'])}"[:900], hint)
         raise CheckFailed(
             f"emulated Arm CPU(s) disagree with x86 beyond the target's golden tolerance: {'; '.join(result['failures'])}",
             "kernels differ between x86 and Arm cores (integer dot products, FMA order): check the quantization recipe on the device, "
@@ -540,5 +554,5 @@ def emulation_table(result: dict[str, Any]) -> Any:
     t.add_row(f"{h['arch']} (this host)", h["onnxruntime"], str(len(h["pairs"])), fmt(h["max_abs_error"]), "pass" if h["passed"] else "[red]FAIL[/]")
     for r in result["emulated"]:
         t.add_row(f"{r['cpu']} (qemu)", r["onnxruntime"], str(len(r["pairs"])), fmt(r["max_abs_error"]),
-                  "pass" if r["passed"] else "[red]FAIL[/]")
+                  "pass" if r["passed"] else ("[red]ERROR[/] (does not run)" if r["error"] else "[red]FAIL[/]"))
     return t

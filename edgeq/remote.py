@@ -256,11 +256,14 @@ def device_tables(result: dict[str, Any]) -> list[Any]:
     out = [head]
     t = result.get("timing")
     if t:
-        tt = Table(title="latency on the device", expand=False)
-        for c in ("cold start", "p50", "p90", "p99", "mean", "cv", "runs", "peak RSS"):
-            tt.add_column(c, justify="right", no_wrap=True)
+        tt = Table(title=f"latency on the device ({t['model']}, {t['runs']} runs after {t['warmup']} warm-up)")
+        tt.add_column("metric")
+        tt.add_column("value", justify="right", no_wrap=True)
         peak = t.get("peak_rss_kib")
-        tt.add_row(f"{t['cold_start_ms']:.1f} ms", f"{t['p50_ms']:.3f} ms", f"{t['p90_ms']:.3f} ms", f"{t['p99_ms']:.3f} ms",
-                   f"{t['mean_ms']:.3f} ms", fmt(t["cv"], ".3f"), str(t["runs"]), "-" if peak is None else f"{peak / 1024:.1f} MiB")
+        for k, v in (("cold start (session + first run)", f"{t['cold_start_ms']:.2f} ms"), ("p50", f"{t['p50_ms']:.4f} ms"),
+                     ("p90", f"{t['p90_ms']:.4f} ms"), ("p99", f"{t['p99_ms']:.4f} ms"), ("mean", f"{t['mean_ms']:.4f} ms"),
+                     ("coefficient of variation", fmt(t["cv"], ".3f")),
+                     ("peak RSS (whole runner process)", "-" if peak is None else f"{peak / 1024:.1f} MiB")):
+            tt.add_row(k, v)
         out.append(tt)
     return out

@@ -36,6 +36,18 @@ def _bundle(runner, model: Path, out: Path, calib: Path, *extra: str) -> Path:
     return out
 
 
+def _target_variant(tmp_path: Path, name: str, **lines: str) -> Path:
+    """targets/arm64.toml with some `key = value` lines replaced."""
+    text = (Path(__file__).resolve().parents[1] / "targets" / "arm64.toml").read_text().replace('name = "arm64"', f'name = "{name}"')
+    out = []
+    for ln in text.splitlines():
+        key = ln.split("=")[0].strip()
+        out.append(f"{key} = {lines[key]}" if key in lines else ln)
+    p = tmp_path / f"{name}.toml"
+    p.write_text("\n".join(out) + "\n")
+    return p
+
+
 @pytest.mark.slow
 def test_int8_bundle_under_emulated_arm_cpus_matches_x86(runner, arm_root, cnn, cnn_calib, tmp_path):
     import onnxruntime
@@ -65,12 +77,7 @@ def test_int8_bundle_under_emulated_arm_cpus_matches_x86(runner, arm_root, cnn, 
 def test_emulated_difference_beyond_target_tolerance_fails_with_exit_1(runner, arm_root, tmp_path):
     # fp32 convolutions on Arm (NEON kernels) round differently from x86 (AVX): a few 1e-7.
     # A target that demands bit-identical golden outputs must therefore fail verification.
-    strict = tmp_path / "arm64-exact.toml"
-    text = (Path(__file__).resolve().parents[1] / "targets" / "arm64.toml").read_text()
-    text = text.replace('name = "arm64"', 'name = "arm64-exact"')
-    text = "\n".join("golden_atol = 0.0" if ln.startswith("golden_atol") else "golden_rtol = 0.0" if ln.startswith("golden_rtol") else ln
-                     for ln in text.splitlines())
-    strict.write_text(text)
+    strict = _target_variant(tmp_path, "arm64-exact", golden_atol="0.0", golden_rtol="0.0")
     model = make_cnn(tmp_path / "m.onnx")
     calib = tmp_path / "c.npz"
     np.savez(calib, **cnn_data(16, seed=3))
@@ -83,6 +90,21 @@ def test_emulated_difference_beyond_target_tolerance_fails_with_exit_1(runner, a
     assert not row["passed"] and 0 < row["max_abs_error"] < 1e-4
     assert res["passed"] is False and res["failures"][0].startswith("cortex-a53")
     assert "cortex-a53" in r.stderr and "golden tolerance" in r.stderr
+
+
+@pytest.mark.slow
+def test_x86_only_ort_file_is_caught_as_not_running_on_arm(runner, arm_root, cnn, cnn_calib, tmp_path):
+    # graph_optimization_level "all" bakes x86 NCHWc kernels into model.ort: it loads on x86, not on Arm
+    tg = _target_variant(tmp_path, "arm64-all", graph_optimization_level='"all"')
+    b = _bundle(runner, cnn, tmp_path / "b", cnn_calib, "--target", str(tg), "--quant", "none")
+    assert b"nchwc" in (b / "model.ort").read_bytes()
+    r = runner.invoke(app, ["verify", str(b), "--emulate", "cortex-a53", "--json"])
+    assert r.exit_code == 1, r.output
+    res = json.loads(r.stdout)
+    (row,) = res["emulated"]
+    assert res["host"]["passed"] and not row["passed"] and row["max_abs_error"] is None and row["pairs"] == []
+    assert "com.microsoft.nchwc" in row["error"]
+    assert "does not run on emulated Arm" in r.stderr and "'basic' or 'extended'" in r.stderr
 
 
 @pytest.mark.slow
