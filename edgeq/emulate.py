@@ -31,10 +31,9 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -547,7 +546,8 @@ def emulation_table(result: dict[str, Any]) -> Any:
 
     from .report import fmt
 
-    t = Table(title=f"ARM64 under qemu: {result['model']} vs x86 golden outputs (atol {result['atol']}, rtol {result['rtol']})")
+    t = Table(title=f"ARM64 under qemu: {result['model']} vs the golden outputs computed when the bundle was built "
+                    f"(atol {result['atol']}, rtol {result['rtol']})")
     for c in ("cpu", "onnxruntime", "golden pairs", "max abs error", "result"):
         t.add_column(c, justify="right" if c in ("golden pairs", "max abs error") else "left")
     h = result["host"]
