@@ -129,6 +129,7 @@ class ArmRoot:
     onnxruntime: str
     numpy: str
     setup_s: float | None = None  # set when this call built it
+    requested_onnxruntime: str = ""  # the version asked of PyPI (installed may differ if it had no aarch64 wheel)
 
     @property
     def interpreter(self) -> Path:
@@ -150,7 +151,8 @@ def load_root(cfg: EmulationConfig) -> ArmRoot | None:
     stamp = cfg.root / STAMP
     try:
         info = json.loads(stamp.read_text(encoding="utf-8"))
-        r = ArmRoot(root=cfg.root, python=info["python"], onnxruntime=info["onnxruntime"], numpy=info["numpy"])
+        r = ArmRoot(root=cfg.root, python=info["python"], onnxruntime=info["onnxruntime"], numpy=info["numpy"],
+                    requested_onnxruntime=info.get("requested_onnxruntime", info["onnxruntime"]))
     except (OSError, ValueError, KeyError):
         return None
     if not r.interpreter.exists() or not (cfg.root / SITE.lstrip("/") / "onnxruntime").is_dir():
@@ -230,9 +232,12 @@ def _dist_version(site: Path, name: str) -> str:
 def ensure_root(cfg: EmulationConfig | None = None, *, step: Step | None = None) -> ArmRoot:
     """Return the cached arm64 userland, building it first when it is missing (~2 minutes)."""
     cfg = cfg or EmulationConfig.from_env()
+    want = cfg.onnxruntime_version or _host_ort_version()
     found = load_root(cfg)
-    if found:
+    if found and found.requested_onnxruntime == want:
         return found
+    if found:  # the host's onnxruntime changed: swap only the aarch64 wheels (~20 s)
+        return _refresh_site(cfg, found, want, step or (lambda d, i, n: None))
     _need_tool(cfg.qemu, "qemu-user-static")
     debootstrap = _need_tool("debootstrap", "debootstrap")
     dpkg = _need_tool("dpkg-deb", "dpkg")
@@ -273,16 +278,37 @@ def ensure_root(cfg: EmulationConfig | None = None, *, step: Step | None = None)
                 shutil.rmtree(tmp / junk, ignore_errors=True)
             py = _python_version(tmp)
             site = tmp / SITE.lstrip("/")
-            want = cfg.onnxruntime_version or _host_ort_version()
             step(f"pip: aarch64 onnxruntime {want} + numpy for Python {py}", len(debs), len(debs))
             _pip_install(site, py, want, lambda line: step(f"pip: {line[:70]}", len(debs), len(debs)))
             info = {"suite": cfg.suite, "python": py, "onnxruntime": _dist_version(site, "onnxruntime"),
-                    "numpy": _dist_version(site, "numpy"), "mirror": cfg.mirror}
+                    "numpy": _dist_version(site, "numpy"), "mirror": cfg.mirror, "requested_onnxruntime": want}
             (tmp / STAMP).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     built = load_root(cfg)
     if built is None:  # pragma: no cover - staging published an incomplete tree
         raise EmulationError(f"the arm64 userland at {cfg.root} is incomplete after setup", f"remove {cfg.root} and retry")
     return ArmRoot(**{**asdict(built), "setup_s": round(time.perf_counter() - t0, 1)})
+
+
+def _refresh_site(cfg: EmulationConfig, arm: ArmRoot, want: str, step: Step) -> ArmRoot:
+    site = cfg.root / SITE.lstrip("/")
+    new = site.with_name(site.name + ".new")
+    with _locked(cfg):
+        shutil.rmtree(new, ignore_errors=True)
+        step(f"pip: aarch64 onnxruntime {want} (was {arm.onnxruntime})", 0, 0)
+        try:
+            _pip_install(new, arm.python, want, lambda line: step(f"pip: {line[:70]}", 0, 0))
+        except BaseException:
+            shutil.rmtree(new, ignore_errors=True)
+            raise
+        shutil.rmtree(site)
+        os.replace(new, site)
+        stamp = cfg.root / STAMP
+        info = json.loads(stamp.read_text(encoding="utf-8"))
+        info.update(onnxruntime=_dist_version(site, "onnxruntime"), numpy=_dist_version(site, "numpy"), requested_onnxruntime=want)
+        stamp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    found = load_root(cfg)
+    assert found is not None
+    return found
 
 
 def progress_step() -> tuple[Step, Callable[[], None]]:
@@ -441,7 +467,9 @@ def emulate_bundle(
         "emulated": rows,
         "userland": {"root": str(arm.root), "python": arm.python, "onnxruntime": arm.onnxruntime, "numpy": arm.numpy,
                      "qemu": cfg.qemu, "setup_s": arm.setup_s},
-        "note": "qemu-aarch64 user-mode emulation: correctness only; emulation_overhead_wall_s is not device timing",
+        "note": "qemu-aarch64 user-mode emulation: correctness only; emulation_overhead_wall_s is not device timing"
+                + ("" if arm.onnxruntime == _host_ort_version() else
+                   f"; the aarch64 onnxruntime is {arm.onnxruntime}, the host's {_host_ort_version()}: differences may be the version"),
         "failures": failures,
         "passed": bool(host["passed"]) and not failures,
     }
