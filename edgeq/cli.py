@@ -47,6 +47,14 @@ LabelsFileOpt = Annotated[Optional[Path], typer.Option("--labels", help="labels.
 ArchiveOpt = Annotated[Optional[str], typer.Option("--archive", help="also write a deterministic OUT.tar.gz or OUT.zip: tar.gz | zip")]
 SignOpt = Annotated[Optional[Path], typer.Option("--sign", help="Ed25519 private key (PEM): sign manifest.json (edgeq keygen)")]
 BundleVersionOpt = Annotated[int, typer.Option("--bundle-version", help="release counter stored in the (signed) manifest; verify --min-version refuses older")]
+# ARM64 emulation (verify --emulate) and remote devices (profile --device): edgeq/emulate.py, edgeq/remote.py
+EmulateOpt = Annotated[Optional[str], typer.Option("--emulate", help="also run under qemu-aarch64 for these -cpu models (comma-separated, or 'default' for cortex-a53,cortex-a72,neoverse-n1); correctness only")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="run the bundle on a device: ssh://user@host[:port]")]
+KnownHostsOpt = Annotated[Optional[Path], typer.Option("--known-hosts", help="--device: trust only host keys in this file")]
+AcceptNewOpt = Annotated[bool, typer.Option("--accept-new-host-key", help="--device: trust and record a first-seen host key (never a changed one)")]
+IdentityOpt = Annotated[Optional[Path], typer.Option("--identity", help="--device: SSH private key to log in with")]
+DevicePythonOpt = Annotated[str, typer.Option("--device-python", help="--device: Python on the device (with numpy + onnxruntime)")]
+DeviceTimeoutOpt = Annotated[int, typer.Option("--device-timeout", help="--device: seconds allowed for the copy and for the run")]
 
 
 def _fail(e: EdgeqError) -> None:
@@ -286,12 +294,16 @@ def verify(
     pubkey: Annotated[Optional[Path], typer.Option("--pubkey", help="bundle: Ed25519 public key (PEM); refuse unsigned or wrongly signed bundles")] = None,
     min_version: Annotated[Optional[int], typer.Option("--min-version", help="bundle: refuse a signed bundle whose bundle_version is lower")] = None,
     labels_key: LabelsOpt = "labels",
+    emulate: EmulateOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Check a bundle folder or archive (safe extraction, schema, signature, checksums, golden pairs) or compare a model with its reference."""
     from .archive import archive_format
     from .report import bundle_check_table, out as console, verify_table
 
+    if emulate is not None:
+        return _verify_emulated(candidate, emulate, model=model, reference=reference, data=data, target=target,
+                                labels_key=labels_key, as_json=as_json)
     if candidate.is_dir() or archive_format(candidate):
         from .bundle import check_bundle
 
@@ -350,9 +362,22 @@ def profile(
     min_accel_coverage: Annotated[Optional[float], typer.Option("--min-accel-coverage", help="fail (exit 1) when a smaller share of nodes runs on the accelerator")] = None,
     html: Annotated[Optional[Path], typer.Option("--html", help="write a self-contained HTML report with plots")] = None,
     setup_runtime: Annotated[bool, typer.Option("--setup-runtime", help="create a missing provider environment (OpenVINO) in edgeq's cache")] = False,
+    device: DeviceOpt = None,
+    known_hosts: KnownHostsOpt = None,
+    accept_new_host_key: AcceptNewOpt = False,
+    identity: IdentityOpt = None,
+    device_python: DevicePythonOpt = "python3",
+    device_timeout: DeviceTimeoutOpt = 900,
     as_json: JsonOpt = False,
 ) -> None:
-    """Profile models on this host with the target's providers: latency, memory, per-op time, placement."""
+    """Profile models on this host with the target's providers: latency, memory, per-op time, placement.
+
+    With --device ssh://user@host, run each bundle's own runner on the device instead (device timing).
+    """
+    if device is not None:
+        return _profile_on_device(models, device, known_hosts=known_hosts, accept_new_host_key=accept_new_host_key,
+                                  identity=identity, python=device_python, timeout=device_timeout,
+                                  runs=runs, warmup=warmup, threads=threads, as_json=as_json)
     from .profile import MeasureOptions, check_coverage, load_input, measure, resolve_backend
     from rich.markup import escape
 
@@ -394,6 +419,57 @@ def profile(
         _fail(CheckFailed(f"measured outputs outside target {tg.name}'s tolerances: {'; '.join(failed)}", "see the numerics table"))
     if min_accel_coverage is not None:
         check_coverage(reports, min_accel_coverage)
+
+
+def _verify_emulated(candidate: Path, cpus_text: str, *, model: str, reference: Optional[Path], data: Optional[Path],
+                     target: str, labels_key: str, as_json: bool) -> None:
+    """verify --emulate: golden pairs on x86 and under qemu-aarch64 per -cpu model; exit 1 beyond tolerance."""
+    from .emulate import check_emulated, emulate_candidate, emulation_table, parse_cpus, progress_step
+    from .report import err, out as console, verify_table
+
+    cpus = parse_cpus(cpus_text)
+    step, close = progress_step()
+    on_cpu = None if as_json else (lambda cpu: err.print(f"running under qemu-aarch64 -cpu {cpu} (emulated, ~200x slower)"))
+    try:
+        result = emulate_candidate(candidate, cpus, model=model, reference=reference, data=data, target=target,
+                                   labels_key=labels_key, step=step, on_cpu=on_cpu)
+    finally:
+        close()
+    if as_json:
+        _emit_json(result)
+    else:
+        if result.get("verify"):
+            console.print(verify_table(result["verify"]))
+        console.print(emulation_table(result))
+        console.print(f"note: {result['note']}")
+    check_emulated(result)
+    if not as_json:
+        console.print(f"[green]PASS[/] x86 and {', '.join(cpus)} agree within atol {result['atol']}, rtol {result['rtol']}")
+
+
+def _profile_on_device(models: list[Path], device: str, *, known_hosts: Optional[Path], accept_new_host_key: bool,
+                       identity: Optional[Path], python: str, timeout: int, runs: int, warmup: int, threads: int,
+                       as_json: bool) -> None:
+    """profile --device: each bundle's own runner on the device over SSH; exit 1 if its golden pairs fail there."""
+    from .remote import SshOptions, check_remote, device_tables, parse_device, run_on_device
+    from .report import err, out as console
+
+    dev = parse_device(device)
+    opts = SshOptions(known_hosts=known_hosts, accept_new_host_key=accept_new_host_key, identity=identity,
+                      python=python, command_timeout_s=float(timeout))
+    results = []
+    for m in models:
+        if not as_json:
+            err.print(f"copying {m} to {dev.url()} and running it there")
+        results.append(run_on_device(m, dev, opts, runs=runs, warmup=warmup, threads=threads))
+    if as_json:
+        _emit_json({"device": dev.url(), "results": results})
+    else:
+        for r in results:
+            for t in device_tables(r):
+                console.print(t)
+    for r in results:
+        check_remote(r)
 
 
 @app.command()

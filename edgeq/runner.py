@@ -5,6 +5,11 @@ This file is copied verbatim into every bundle as ``run.py``. It needs only
 numpy and onnxruntime, so it runs on the device:
 
     python run.py [BUNDLE_DIR] [--model onnx|ort] [--providers P1,P2] [--json]
+                  [--runs N [--warmup N] [--threads N]]   # also time the model here
+
+With ``--runs N`` the runner also times the model on the machine it runs on
+(cold start, then N steady-state runs on the first golden input): this is how
+``edgeq profile BUNDLE --device ssh://...`` measures on the device itself.
 
 Exit codes: 0 all checks passed, 1 a golden pair is outside tolerance,
 2 the bundle is corrupt (checksum, file list or manifest).
@@ -148,7 +153,106 @@ def check(root: str, model: str = "ort", providers: list | None = None) -> dict:
     result = run_golden(root, manifest, model=model, providers=providers)
     result["files_checked"] = n
     result["target"] = manifest["target"]["name"]
+    result["platform"] = platform_info()
     return result
+
+
+def platform_info() -> dict:
+    """What this runner ran on (machine, OS, Python, onnxruntime, CPU name)."""
+    import platform
+
+    import onnxruntime as ort
+
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Hardware", "Model") and value.strip():
+                    cpu = value.strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "node": platform.node(),
+        "cpu": cpu or platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "numpy": __import__("numpy").__version__,
+    }
+
+
+def _rss_kib(field: str = "VmRSS") -> int | None:
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def time_model(root: str, manifest: dict, model: str = "ort", providers: list | None = None,
+               runs: int = 50, warmup: int = 5, threads: int = 0, budget_s: float = 30.0) -> dict:
+    """Cold start (session creation + first run) and steady-state latency on this machine."""
+    import numpy as np
+    import onnxruntime as ort
+
+    files = manifest["model"]
+    path = os.path.join(root, files["ort"] if model == "ort" and files.get("ort") else files["onnx"])
+    pair = manifest["golden"]["pairs"][0]
+    feed = {t["name"]: np.load(os.path.join(root, pair["inputs"][i]), allow_pickle=False) for i, t in enumerate(manifest["inputs"])}
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    level = manifest["target"]["session_options"].get("graph_optimization_level", "basic")
+    so.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
+    if threads:
+        so.intra_op_num_threads = threads
+    rss0 = _rss_kib()
+    t0 = time.perf_counter()
+    sess = ort.InferenceSession(path, sess_options=so, providers=providers or ["CPUExecutionProvider"])
+    t1 = time.perf_counter()
+    sess.run(None, feed)
+    cold = time.perf_counter() - t0
+    rss1 = _rss_kib()
+    for _ in range(max(0, warmup)):
+        sess.run(None, feed)
+    times = []
+    start = time.perf_counter()
+    while len(times) < max(1, runs) and (len(times) < 10 or time.perf_counter() - start < budget_s):
+        t = time.perf_counter()
+        sess.run(None, feed)
+        times.append((time.perf_counter() - t) * 1e3)
+    arr = np.asarray(times)
+    mean = float(arr.mean())
+    return {
+        "model": os.path.basename(path),
+        "providers": sess.get_providers(),
+        "threads": threads,
+        "session_create_ms": round((t1 - t0) * 1e3, 3),
+        "cold_start_ms": round(cold * 1e3, 3),
+        "runs": len(times),
+        "runs_requested": runs,
+        "warmup": warmup,
+        "p50_ms": round(float(np.percentile(arr, 50)), 4),
+        "p90_ms": round(float(np.percentile(arr, 90)), 4),
+        "p99_ms": round(float(np.percentile(arr, 99)), 4),
+        "mean_ms": round(mean, 4),
+        "min_ms": round(float(arr.min()), 4),
+        "cv": round(float(arr.std() / mean), 4) if mean > 0 else None,
+        "rss_before_session_kib": rss0,
+        "rss_after_first_run_kib": rss1,
+        "peak_rss_kib": _rss_kib("VmHWM"),
+    }
 
 
 def main(argv: list | None = None) -> int:
@@ -159,10 +263,16 @@ def main(argv: list | None = None) -> int:
     ap.add_argument("--model", choices=("ort", "onnx"), default="ort")
     ap.add_argument("--providers", default="", help="comma-separated onnxruntime providers")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--runs", type=int, default=0, help="also time N steady-state runs here (0: no timing)")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed runs before timing")
+    ap.add_argument("--threads", type=int, default=0, help="intra-op threads for timing (0: onnxruntime default)")
     args = ap.parse_args(argv)
     providers = [p for p in args.providers.split(",") if p] or None
     try:
         result = check(args.bundle, model=args.model, providers=providers)
+        if args.runs > 0:
+            result["timing"] = time_model(args.bundle, load_manifest(args.bundle), model=args.model, providers=providers,
+                                          runs=args.runs, warmup=args.warmup, threads=args.threads)
     except BundleCorrupt as e:
         if args.json:
             print(json.dumps({"passed": False, "error": str(e)}))
@@ -177,6 +287,10 @@ def main(argv: list | None = None) -> int:
         verdict = "PASS" if result["passed"] else "FAIL"
         print(f"{verdict} {result['files_checked']} files checked, {len(result['pairs'])} golden pairs, "
               f"max abs error {result['max_abs_error']:.3g} (atol {result['atol']}, rtol {result['rtol']}) on {result['providers'][0]}")
+        if "timing" in result:
+            t = result["timing"]
+            print(f"timing on {result['platform']['machine']}: cold start {t['cold_start_ms']:.1f} ms, p50 {t['p50_ms']:.3f} ms, "
+                  f"p90 {t['p90_ms']:.3f} ms, p99 {t['p99_ms']:.3f} ms over {t['runs']} runs (cv {t['cv']})")
     return 0 if result["passed"] else 1
 
 
