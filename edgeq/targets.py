@@ -169,6 +169,15 @@ def _parse(data: dict[str, Any], path: Path) -> Target:
     if not (opset.min <= opset.preferred <= opset.max):
         raise TargetError(f"{where}: opset range must satisfy min <= preferred <= max", "fix the [opset] table")
     session = data.get("session", {})
+    level = session.get("graph_optimization_level", "basic")
+    if level not in ("disable", "basic", "extended", "all"):
+        raise TargetError(f"{where}: unknown graph_optimization_level '{level}'", "choose disable, basic, extended or all")
+    if level == "all" and data.get("arch", "any") != "x86_64":
+        # measured under qemu: a model.ort saved at 'all' holds x86-only NCHWc kernels and loads on no Arm core
+        raise TargetError(
+            f"{where}: graph_optimization_level 'all' bakes x86-only (NCHWc) kernels into model.ort",
+            "use 'extended' (or 'basic') for targets that are not x86_64",
+        )
     ops = data.get("ops", {})
     return Target(
         name=data["name"],
@@ -179,7 +188,7 @@ def _parse(data: dict[str, Any], path: Path) -> Target:
         opset=opset,
         tolerances=tol,
         static_shapes=bool(data.get("static_shapes", False)),
-        graph_optimization_level=session.get("graph_optimization_level", "basic"),
+        graph_optimization_level=level,
         intra_op_num_threads=int(session.get("intra_op_num_threads", 0)),
         notes=tuple(data.get("notes", ())),
         supported_ops=tuple(ops.get("supported", ())),

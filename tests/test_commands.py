@@ -218,3 +218,16 @@ def test_targets_ship_inside_the_wheel(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     for t in ("arm64", "cpu-x86_64", "qnn-htp", "nnapi", "coreml", "openvino-npu"):
         assert f"edgeq/targets/{t}.toml" in names
+
+
+def test_target_with_x86_only_ort_level_is_refused(runner, tmp_path):
+    from edgeq.targets import targets_dir
+
+    src = (targets_dir() / "arm64.toml").read_text()
+    bad = tmp_path / "arm-all.toml"
+    bad.write_text(src.replace('graph_optimization_level = "basic"', 'graph_optimization_level = "all"'))
+    r = runner.invoke(app, ["targets", "show", str(bad)])
+    assert r.exit_code == 2 and "NCHWc" in r.stderr and "extended" in r.stderr
+    ok = tmp_path / "x86-all.toml"
+    ok.write_text((targets_dir() / "cpu-x86_64.toml").read_text().replace('graph_optimization_level = "basic"', 'graph_optimization_level = "all"'))
+    assert runner.invoke(app, ["targets", "show", str(ok)]).exit_code == 0
