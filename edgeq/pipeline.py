@@ -143,7 +143,7 @@ def run_export(
                     "fp32": prof_fp32.to_dict() if prof_fp32 else None,
                     "quantized": prof_q.to_dict() if prof_q else None,
                     "skipped": skipped,
-                },
+                } if opts.do_profile else None,  # --no-profile: no sidecar
                 sizes=sizes(fp32_bytes, q_bytes),
                 provenance=qres.artifact.provenance,
                 preprocessing=app_io,

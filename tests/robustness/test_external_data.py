@@ -153,7 +153,7 @@ def test_honest_external_data_exports_and_the_bundle_is_self_contained(runner, t
     assert tree(model.parent) == src_before
     q = onnx.load(str(out / "model.onnx"), load_external_data=False)
     assert all(i.data_location == onnx.TensorProto.DEFAULT for i in q.graph.initializer)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.npz", "model", "out", "out.profile.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.npz", "model", "out"]
 
 
 # --- item 2: offsets, lengths, keys -------------------------------------------------
