@@ -44,8 +44,8 @@ class LMConfig:
     heads: int = 4
     intermediate: int = 768
     seq_len: int = 128
-    steps: int = 600
-    batch: int = 16
+    steps: int = 400
+    batch: int = 8
     lr: float = 2e-3
     seed: int = 0
     train: bool = True
@@ -121,7 +121,7 @@ def train(model, cfg: LMConfig, text: bytes, log=print) -> float:
         opt.step()
         sched.step()
         loss_v = float(loss)
-        if step % 100 == 0 or step == cfg.steps - 1:
+        if step % 25 == 0 or step == cfg.steps - 1:
             log(f"step {step:5d}  loss {loss_v:.3f}  {time.time() - t0:.0f} s")
     model.eval()
     return loss_v
@@ -146,53 +146,90 @@ def _export_modules():
         rot = torch.cat([-x[..., h:], x[..., :h]], dim=-1)
         return x * cos + rot * sin
 
+    class Attn(nn.Module):
+        def __init__(self, src, heads):
+            super().__init__()
+            self.q_proj, self.k_proj, self.v_proj, self.o_proj = src.q_proj, src.k_proj, src.v_proj, src.o_proj
+            self.h = heads
+            self.hd = src.q_proj.out_features // heads
+
+        def forward(self, x, cos, sin, pk=None, pv=None):
+            b, t, _ = x.shape
+            q = self.q_proj(x).view(b, t, self.h, self.hd).transpose(1, 2)
+            k = self.k_proj(x).view(b, t, self.h, self.hd).transpose(1, 2)
+            v = self.v_proj(x).view(b, t, self.h, self.hd).transpose(1, 2)
+            q, k = rope(q, cos, sin), rope(k, cos, sin)
+            p = 0
+            if pk is not None:
+                p = pk.shape[2]
+                k = torch.cat([pk, k], 2)
+                v = torch.cat([pv, v], 2)
+            s = (q @ k.transpose(-1, -2)) / math.sqrt(self.hd)
+            if t > 1:
+                s = s + torch.full((t, t + p), float("-inf")).triu(1 + p)
+            o = (torch.softmax(s, -1) @ v).transpose(1, 2).reshape(b, t, self.h * self.hd)
+            return self.o_proj(o), k, v
+
+    class MLP(nn.Module):
+        def __init__(self, src):
+            super().__init__()
+            self.gate_proj, self.up_proj, self.down_proj = src.gate_proj, src.up_proj, src.down_proj
+
+        def forward(self, x):
+            return self.down_proj(torch.nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+
+    class Layer(nn.Module):
+        def __init__(self, src, heads):
+            super().__init__()
+            self.input_layernorm = RMS(src.input_layernorm)
+            self.self_attn = Attn(src.self_attn, heads)
+            self.post_attention_layernorm = RMS(src.post_attention_layernorm)
+            self.mlp = MLP(src.mlp)
+
+        def forward(self, x, cos, sin, pk=None, pv=None):
+            a, k, v = self.self_attn(self.input_layernorm(x), cos, sin, pk, pv)
+            x = x + a
+            return x + self.mlp(self.post_attention_layernorm(x)), k, v
+
+    class Body(nn.Module):
+        def __init__(self, src, heads):
+            super().__init__()
+            self.embed_tokens = src.embed_tokens
+            self.layers = nn.ModuleList([Layer(l, heads) for l in src.layers])
+            self.norm = RMS(src.norm)
+
+        def forward(self, ids, cos, sin, past_k=None, past_v=None):
+            x = self.embed_tokens(ids)
+            keys, vals = [], []
+            for i, layer in enumerate(self.layers):
+                x, k, v = layer(x, cos, sin, None if past_k is None else past_k[i], None if past_v is None else past_v[i])
+                keys.append(k)
+                vals.append(v)
+            return self.norm(x), keys, vals
+
     class Llama(nn.Module):
-        """forward(ids, past_k=None, past_v=None) -> logits (, present_k, present_v)."""
+        """forward(ids, past_k=None, past_v=None) -> logits (, present_k, present_v).
+
+        Module names follow transformers' (model.layers.0.self_attn.q_proj ...), so ONNX node
+        names carry them (/model/layers.0/self_attn/q_proj/MatMul).
+        """
 
         def __init__(self, hf):
             super().__init__()
             c = hf.config
-            self.model = hf.model  # parameter names as in transformers (model.layers.0.self_attn.q_proj ...)
+            self.model = Body(hf.model, c.num_attention_heads)
             self.lm_head = hf.lm_head
-            self.norms = nn.ModuleList([RMS(l.input_layernorm) for l in hf.model.layers])
-            self.norms2 = nn.ModuleList([RMS(l.post_attention_layernorm) for l in hf.model.layers])
-            self.final = RMS(hf.model.norm)
-            self.h, self.hd = c.num_attention_heads, c.hidden_size // c.num_attention_heads
-            inv = 1.0 / (getattr(c, "rope_theta", None) or c.rope_parameters["rope_theta"]) ** (torch.arange(0, self.hd, 2).float() / self.hd)
-            self.register_buffer("inv_freq", inv, persistent=False)
+            hd = c.hidden_size // c.num_attention_heads
+            theta = getattr(c, "rope_theta", None) or c.rope_parameters["rope_theta"]
+            self.register_buffer("inv_freq", 1.0 / theta ** (torch.arange(0, hd, 2).float() / hd), persistent=False)
 
         def forward(self, ids, past_k=None, past_v=None):
-            b, t = ids.shape
+            t = ids.shape[1]
             p = 0 if past_k is None else past_k.shape[3]
-            pos = torch.arange(t, dtype=torch.float32) + p
-            ang = pos[:, None] * self.inv_freq[None, :]
+            ang = (torch.arange(t, dtype=torch.float32) + p)[:, None] * self.inv_freq[None, :]
             ang = torch.cat([ang, ang], -1)
-            cos, sin = ang.cos(), ang.sin()
-            x = self.model.embed_tokens(ids)
-            keys, vals = [], []
-            for i, layer in enumerate(self.model.layers):
-                a = layer.self_attn
-                hs = self.norms[i](x)
-                q = a.q_proj(hs).view(b, t, self.h, self.hd).transpose(1, 2)
-                k = a.k_proj(hs).view(b, t, self.h, self.hd).transpose(1, 2)
-                v = a.v_proj(hs).view(b, t, self.h, self.hd).transpose(1, 2)
-                q, k = rope(q, cos, sin), rope(k, cos, sin)
-                if past_k is not None:
-                    k = torch.cat([past_k[i], k], 2)
-                    v = torch.cat([past_v[i], v], 2)
-                keys.append(k)
-                vals.append(v)
-                s = (q @ k.transpose(-1, -2)) / math.sqrt(self.hd)
-                if t > 1:
-                    mask = torch.full((t, t + p), float("-inf")).triu(1 + p)
-                    s = s + mask
-                o = torch.softmax(s, -1) @ v
-                o = o.transpose(1, 2).reshape(b, t, self.h * self.hd)
-                x = x + a.o_proj(o)
-                m = layer.mlp
-                hs = self.norms2[i](x)
-                x = x + m.down_proj(torch.nn.functional.silu(m.gate_proj(hs)) * m.up_proj(hs))
-            logits = self.lm_head(self.final(x))
+            x, keys, vals = self.model(ids, ang.cos(), ang.sin(), past_k, past_v)
+            logits = self.lm_head(x)
             if past_k is None:
                 return logits
             return logits, torch.stack(keys), torch.stack(vals)
@@ -272,6 +309,7 @@ def main() -> None:
     ap.add_argument("--untrained", action="store_true")
     ap.add_argument("--cache", type=Path)
     ap.add_argument("--force", action="store_true")
+    ap.add_argument("--reexport", action="store_true", help="write the ONNX files again from the cached hf/ folder")
     a = ap.parse_args()
     cfg = PRESETS[a.preset]
     from dataclasses import replace
@@ -280,6 +318,13 @@ def main() -> None:
         cfg = replace(cfg, steps=a.steps)
     if a.untrained:
         cfg = replace(cfg, train=False, steps=0)
+    if a.reexport:
+        from transformers import LlamaForCausalLM
+
+        root = Path(a.cache or default_cache()) / f"lm-{cfg.key()}"
+        export_onnx(LlamaForCausalLM.from_pretrained(str(root / "hf")).eval(), cfg, root)
+        print(root)
+        return
     print(build(cfg, a.cache, force=a.force))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from ..errors import CalibrationError, QuantizationError
 from ..onnxutil import artifact_from, load_model
 from . import blockwise as bw
 from .int8 import Coverage, QuantResult
-from .spec import WEIGHT_ONLY_BITS, QuantSpec
+from .spec import BLOCK_SIZES, WEIGHT_ONLY_BITS, QuantSpec
 
 MS_DOMAIN = "com.microsoft"
 # widths onnxruntime's CPU kernels take (checked against onnxruntime 1.32 in tests/test_int4.py)
@@ -142,8 +142,6 @@ def find_sites(model: Any) -> list[WeightSite]:
             if attrs.get("transA") and attrs["transA"].i:
                 continue
             if ("alpha" in attrs and attrs["alpha"].f != 1.0) or ("beta" in attrs and attrs["beta"].f != 1.0):
-                continue
-            if len(n.input) > 2 and n.input[2] and not (n.input[2] in inits and len(inits[n.input[2]].dims) == 1):
                 continue
             w = n.input[1]
         elif n.op_type == "Gather" and float2d(n.input[0]) and ("axis" not in attrs or attrs["axis"].i == 0):
@@ -302,12 +300,17 @@ def quantize(
                 reason = f"{reason}; GatherBlockQuantized has no {bits}-bit kernel: 8 bits"
             else:
                 mode_g = mode
-            if w.shape[1] % spec.block_size:
+            # GatherBlockQuantized needs whole blocks along the embedding width
+            gbs = next((b for b in sorted(BLOCK_SIZES, reverse=True) if b <= spec.block_size and w.shape[1] % b == 0), None)
+            if gbs is None:
                 gather_skipped += 1
-                decisions.append(WeightDecision(site.weight, site.op, site.role, "none", f"width {w.shape[1]} not a multiple of block {spec.block_size}", params, params * 4, params * 4))
+                decisions.append(WeightDecision(site.weight, site.op, site.role, "none", f"width {w.shape[1]} is not a multiple of 16", params, params * 4, params * 4))
                 continue
+            if gbs != spec.block_size:
+                notes.append(f"embedding '{site.weight}' (width {w.shape[1]}) quantized with block {gbs}: {spec.block_size} does not divide its width")
             # blocks along the embedding width: quantize E^T [D, V]; HQQ's float zeros do not fit this op
-            codes = _codes(w.T, mode_g, spec if spec.algo == "hqq" else _with_algo(spec, "rtn"), None, float_zero=False)
+            gspec = replace(spec, block_size=gbs, algo="hqq" if spec.algo == "hqq" else "rtn")
+            codes = _codes(w.T, mode_g, gspec, None, float_zero=False)
             packed = bw.pack_gather(codes)
             ins = [tag + "_data", node.input[1], tag + "_scales"]
             new_inits += [numpy_helper.from_array(packed.data, ins[0]), numpy_helper.from_array(packed.scales, ins[2])]
@@ -316,7 +319,7 @@ def quantize(
                 new_inits.append(numpy_helper.from_array(packed.zero_points, ins[3]))
             new_nodes[site.node_index] = [helper.make_node(
                 "GatherBlockQuantized", ins, list(node.output), name=(node.name or tag) + "_Q", domain=MS_DOMAIN,
-                gather_axis=0, quantize_axis=1, block_size=spec.block_size, bits=WEIGHT_ONLY_BITS[mode_g],
+                gather_axis=0, quantize_axis=1, block_size=gbs, bits=WEIGHT_ONLY_BITS[mode_g],
             )]
             decisions.append(WeightDecision(site.weight, site.op, site.role, mode_g, reason, params, params * 4, packed.nbytes))
             continue
@@ -340,17 +343,22 @@ def quantize(
         if packed.zero_points is not None:
             ins.append(tag + "_zp")
             new_inits.append(numpy_helper.from_array(packed.zero_points.reshape(-1), ins[3]))
-        if site.op == "Gemm" and len(node.input) > 2 and node.input[2]:
-            ins += [""] * (5 - len(ins)) + [node.input[2]]
+        c = node.input[2] if site.op == "Gemm" and len(node.input) > 2 and node.input[2] else None
+        bias_1d = c is not None and c in inits and list(inits[c].dims) == [n_out]
+        if bias_1d:
+            ins += [""] * (5 - len(ins)) + [c]
+        y = node.output[0] if (c is None or bias_1d) else tag + "_mm"
         nodes_out.append(helper.make_node(
-            "MatMulNBits", ins, list(node.output), name=(node.name or tag) + "_Q", domain=MS_DOMAIN,
+            "MatMulNBits", ins, [y], name=(node.name or tag) + "_Q", domain=MS_DOMAIN,
             K=k, N=n_out, bits=bits, block_size=spec.block_size, accuracy_level=spec.accuracy_level,
         ))
+        if y != node.output[0]:  # Gemm's C that is not a per-column bias: add it after (beta is 1)
+            nodes_out.append(helper.make_node("Add", [y, c], [node.output[0]], name=tag + "_bias"))
         new_nodes[site.node_index] = nodes_out
         extra = 4 * k if codes.act_scale is not None else 0
         decisions.append(WeightDecision(site.weight, site.op, site.role, mode, reason, params, params * 4, packed.nbytes + extra))
     if gather_skipped:
-        notes.append(f"{gather_skipped} embedding(s) kept fp32: their width is not a multiple of the block size")
+        notes.append(f"{gather_skipped} embedding(s) kept fp32: their width is not a multiple of 16")
     if not new_nodes:
         raise QuantizationError(
             "every weight was kept in fp32 (--keep / --override none)", "drop --keep entries or use --quant none"
@@ -391,12 +399,6 @@ def quantize(
 
 def _trans_b(node: Any) -> bool:
     return any(a.name == "transB" and a.i for a in node.attribute)
-
-
-def _with_algo(spec: QuantSpec, algo: str) -> QuantSpec:
-    from dataclasses import replace
-
-    return replace(spec, algo=algo)
 
 
 def _save(model: Any, path: Path) -> None:
