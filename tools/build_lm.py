@@ -59,8 +59,8 @@ class LMConfig:
 PRESETS = {
     "default": LMConfig(),
     "tiny": LMConfig(layers=2, hidden=64, heads=2, intermediate=192, seq_len=64, steps=150, batch=16, lr=4e-3, n_calib=16, n_eval=8),
-    # untrained, big enough that a decode step is memory-bound: ~340 MB of fp32 weights
-    "big": LMConfig(layers=8, hidden=1536, heads=12, intermediate=4096, seq_len=64, steps=0, train=False, n_calib=4, n_eval=4),
+    # untrained, big enough that a decode step is memory-bound: ~310 MB of fp32 weights
+    "big": LMConfig(layers=6, hidden=1024, heads=8, intermediate=2816, seq_len=64, steps=0, train=False, n_calib=4, n_eval=4),
 }
 
 
