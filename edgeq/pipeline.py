@@ -119,9 +119,9 @@ def run_export(
         else:
             notes.append("no data given: verification skipped (pass --calib or --eval)")
         lm = None
-        if spec.weight_only and check_data is not None:
-            from .lmeval import lm_quality
+        from .lmeval import lm_io, lm_quality
 
+        if spec.weight_only and check_data is not None and lm_io(opt.io) is not None:
             with stage("lm quality"):
                 lm = lm_quality(opt.path, qres.artifact.path, check_data.take(opts.verify_samples), opt.io)
         prof_fp32 = prof_q = None

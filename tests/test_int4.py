@@ -182,6 +182,11 @@ def test_algorithms_differ_from_rtn_and_gptq_awq_reduce_error(tiny_lm, tmp_path)
     # the trained model is a real LM: far from uniform over 259 tokens
     q = lm_quality(art.path, res["rtn"].artifact.path, ev, art.io)
     assert q.perplexity_fp32 < 20 and 0 < q.kl_mean < 0.05 and q.same_top_token > 0.85
+    # the ONNX export and the metric agree with transformers' own loss on the same windows
+    info = json.loads((tiny_lm / "info.json").read_text())
+    assert q.perplexity_fp32 == pytest.approx(info["eval_perplexity_torch"], rel=1e-3)
+    same = lm_quality(art.path, art.path, ev, art.io)
+    assert same.kl_mean < 1e-9 and same.same_top_token == 1.0 and same.perplexity_quant == same.perplexity_fp32
     for algo in ("hqq", "gptq", "awq"):
         differing = sum(not np.array_equal(codes[algo][k], codes["rtn"][k]) for k in codes["rtn"])
         assert differing == len(codes["rtn"]), f"{algo} left weights bit-identical to RTN"
@@ -192,6 +197,19 @@ def test_algorithms_differ_from_rtn_and_gptq_awq_reduce_error(tiny_lm, tmp_path)
     # AWQ's activation scales sit in front of the MatMulNBits nodes
     m = onnx.load(str(res["awq"].artifact.path))
     assert sum(n.op_type == "Mul" and n.name.endswith("_awq") for n in m.graph.node) == sum(n.op_type == "MatMulNBits" for n in m.graph.node)
+
+
+def test_lm_metrics_by_hand():
+    from edgeq.lmeval import compare_logits
+
+    ref = np.log(np.array([[[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.3, 0.3, 0.4]]]))
+    cand = np.log(np.array([[[0.5, 0.4, 0.1], [0.1, 0.1, 0.8], [0.3, 0.3, 0.4]]]))
+    ids = np.array([[0, 1, 2]])
+    st = compare_logits(ref, cand, ids)
+    assert np.allclose(st["nll_ref"], [-np.log(0.2), -np.log(0.8)])
+    assert np.allclose(st["nll_cand"], [-np.log(0.4), -np.log(0.8)])
+    assert np.allclose(st["kl"], [0.7 * np.log(0.7 / 0.5) + 0.2 * np.log(0.2 / 0.4), 0.0])
+    assert st["same"].tolist() == [True, True]
 
 
 def test_hqq_lowers_its_objective_and_gptq_lowers_layer_error():
