@@ -272,6 +272,18 @@ def build(cfg: LMConfig, cache: Path | None = None, *, log=print, force: bool = 
         return root
     tmp = root.with_name(root.name + f".tmp-{os.getpid()}")
     tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        return _build_into(cfg, root, tmp, log)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-built is left in the cache
+        raise
+
+
+def _build_into(cfg: LMConfig, root: Path, tmp: Path, log) -> Path:
+    import torch
+
     torch.set_num_threads(1)  # on a shared 2-core host, 2 threads ran 25x slower than 1
     train_text, eval_text = stdlib_text()
     hf = hf_model(cfg)
