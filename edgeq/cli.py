@@ -29,7 +29,13 @@ targets_app = typer.Typer(help="List the targets, or show one.", invoke_without_
 app.add_typer(targets_app, name="targets")
 
 TargetOpt = Annotated[str, typer.Option("--target", "-t", help="target name (edgeq targets) or a .toml file")]
-QuantOpt = Annotated[Optional[str], typer.Option("--quant", help="int8-static | int8-dynamic | fp16 | none (default: the target's)")]
+QuantOpt = Annotated[Optional[str], typer.Option("--quant", help="int8-static | int8-dynamic | fp16 | int4 | int8-weight | int2 | none (default: the target's)")]
+BlockOpt = Annotated[Optional[int], typer.Option("--block-size", help="weight-only: 16 | 32 | 64 | 128 | 256 weights per scale")]
+SymOpt = Annotated[Optional[bool], typer.Option("--symmetric/--asymmetric", help="weight-only: implicit or stored zero points")]
+AccOpt = Annotated[Optional[int], typer.Option("--accuracy-level", help="weight-only: MatMulNBits compute (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8)")]
+AlgoOpt = Annotated[Optional[str], typer.Option("--algo", help="weight-only: rtn | hqq | gptq | awq (gptq/awq need --calib)")]
+KeepOpt = Annotated[Optional[str], typer.Option("--keep", help="weight-only: keep fp32: embed, lm_head or name patterns, comma-separated")]
+OverrideOpt = Annotated[Optional[list[str]], typer.Option("--override", help="weight-only: 'PATTERN=MODE' per layer (int4|int8|int2|none; repeatable)")]
 CalibOpt = Annotated[Optional[Path], typer.Option("--calib", help=".npz (one array per input) or a folder of .npy/.npz files")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON on stdout")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="replace an existing output")]
@@ -117,10 +123,15 @@ def _emit_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
-def _spec(target, quant, fmt, act, weight, per_channel, reduce_range, samples):
+def _spec(target, quant, fmt, act, weight, per_channel, reduce_range, samples, wo=None):
+    from .quantize.spec import parse_keep, parse_overrides
+
+    wo = wo or {}
     return target.quant.with_overrides(
         mode=quant, format=fmt, activation_type=act, weight_type=weight,
         per_channel=per_channel, reduce_range=reduce_range, calib_samples=samples,
+        block_size=wo.get("block_size"), symmetric=wo.get("symmetric"), accuracy_level=wo.get("accuracy_level"),
+        algo=wo.get("algo"), keep=parse_keep(wo.get("keep")), overrides=parse_overrides(wo.get("override")) or None,
     )
 
 
@@ -161,6 +172,12 @@ def export(
     archive: ArchiveOpt = None,
     sign: SignOpt = None,
     bundle_version: BundleVersionOpt = 0,
+    block_size: BlockOpt = None,
+    symmetric: SymOpt = None,
+    accuracy_level: AccOpt = None,
+    algo: AlgoOpt = None,
+    keep: KeepOpt = None,
+    override: OverrideOpt = None,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
     example_shape: Annotated[Optional[list[str]], typer.Option("--example-shape", help="PyTorch sources: an example input NAME=1x3x224x224[:int64] (repeatable, in forward() order)")] = None,
@@ -183,7 +200,8 @@ def export(
     from .fsutil import check_output, clean_stale, scratch_dir
 
     tg = load_target(target)
-    spec = _spec(tg, quant, fmt, activation_type, weight_type, per_channel, reduce_range, calib_samples)
+    wo = dict(block_size=block_size, symmetric=symmetric, accuracy_level=accuracy_level, algo=algo, keep=keep, override=override)
+    spec = _spec(tg, quant, fmt, activation_type, weight_type, per_channel, reduce_range, calib_samples, wo)
     kind = source_kind(source)
     if kind == "onnx":
         _check_onnx_source(source)
@@ -242,6 +260,12 @@ def quantize(
     calib_samples: SamplesOpt = None,
     static_shape: StaticOpt = None,
     opset: OpsetOpt = None,
+    block_size: BlockOpt = None,
+    symmetric: SymOpt = None,
+    accuracy_level: AccOpt = None,
+    algo: AlgoOpt = None,
+    keep: KeepOpt = None,
+    override: OverrideOpt = None,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -258,7 +282,8 @@ def quantize(
     from .targets import load_target
 
     tg = load_target(target)
-    spec = _spec(tg, quant, fmt, activation_type, weight_type, per_channel, reduce_range, calib_samples)
+    wo = dict(block_size=block_size, symmetric=symmetric, accuracy_level=accuracy_level, algo=algo, keep=keep, override=override)
+    spec = _spec(tg, quant, fmt, activation_type, weight_type, per_channel, reduce_range, calib_samples, wo)
     _check_onnx_source(model)
     src = open_source(model)
     data = load_samples(calib, src.io) if calib else None

@@ -58,6 +58,7 @@ class ExportResult:
     profile_quant: ProfileResult | None
     profile_skipped: str | None
     notes: tuple[str, ...]
+    lm: Any = None  # edgeq.lmeval.LMQuality for weight-only modes on language models
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +74,7 @@ class ExportResult:
             },
             "notes": list(self.notes),
             "passed": self.verify.passed if self.verify else True,
+            "lm_quality": self.lm.to_dict() if self.lm is not None else None,
         }
 
 
@@ -122,6 +124,12 @@ def run_export(
                 report = verify(opt.path, qres.artifact.path, check_data.take(opts.verify_samples), target.tolerances, output_names=opt.io.output_names)
         else:
             notes.append("no data given: verification skipped (pass --calib or --eval)")
+        lm = None
+        from .lmeval import lm_io, lm_quality
+
+        if spec.weight_only and check_data is not None and lm_io(opt.io) is not None:
+            with stage("lm quality"):
+                lm = lm_quality(opt.path, qres.artifact.path, check_data.take(opts.verify_samples), opt.io)
         prof_fp32 = prof_q = None
         skipped = None
         if opts.do_profile:
@@ -164,6 +172,7 @@ def run_export(
         profile_quant=prof_q,
         profile_skipped=skipped,
         notes=tuple(notes),
+        lm=lm,
     )
 
 

@@ -77,10 +77,12 @@ def export_table(r: dict[str, Any]) -> Table:
     if cov:
         t.add_row(
             "quantized nodes", str(cov["nodes_total"]), str(cov["nodes_quantized"]),
+            f"{q['mode']} weight-only (MatMulNBits, GatherBlockQuantized)" if q.get("weights") else
             f"{q['mode']} {q['format']} a={q['activation_type']} w={q['weight_type']}{' per-channel' if q['per_channel'] else ''}",
         )
     else:
         t.add_row("recipe", "", q["mode"], "; ".join(q.get("notes", [])))
+    _weight_only_rows(t, r)
     v = r["verify"]
     if v:
         src = f"{v['samples']} samples from {v['data_source']}"
@@ -105,6 +107,22 @@ def export_table(r: dict[str, Any]) -> Table:
         t.add_row("latency", "-", "-", p.get("skipped") or "not profiled")
     t.add_row("bundle", "", r["bundle"], "")
     return t
+
+
+def _weight_only_rows(t: Table, r: dict[str, Any]) -> None:
+    """Bits per weight and language-model quality for weight-only modes (int4 / int8-weight / int2)."""
+    w = r["quantization"].get("weights")
+    if w:
+        q = r["quantization"]
+        t.add_row("bits per weight", "32", fmt(w["bits_per_weight_quantized"], ".3f"),
+                  f"{q['algo']} block {q['block_size']} {'sym' if q['symmetric'] else 'asym'}, scales and zero points included; "
+                  f"{w['weights_quantized']}/{w['weights_total']} weights")
+    lm = r.get("lm_quality")
+    if lm:
+        src = f"{lm['windows']} windows, {lm['tokens']} tokens"
+        t.add_row("perplexity", f"{lm['perplexity_fp32']:.4f}", f"{lm['perplexity_quant']:.4f}", f"{100 * lm['perplexity_change']:+.2f} %; {src}")
+        t.add_row("mean KL divergence", "", f"{lm['kl_mean']:.5f}", f"p99 {lm['kl_p99']:.4f}")
+        t.add_row("same top token", "", f"{100 * lm['same_top_token']:.2f} %", "")
 
 
 def inspect_table(d: dict[str, Any]) -> list[Table]:

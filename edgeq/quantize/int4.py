@@ -1,0 +1,415 @@
+"""Weight-only block quantization: MatMul/Gemm -> com.microsoft MatMulNBits, Gather -> GatherBlockQuantized.
+
+edgeq writes the codes itself (``blockwise.py``): RTN, HQQ, GPTQ and AWQ choose
+them; this module finds the weights in the graph, gathers calibration
+statistics where an algorithm needs them, rewrites the nodes and reports what
+was achieved (bits per weight, bytes, per-tensor decisions).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..artifact import Artifact
+from ..data import SampleSet
+from ..errors import CalibrationError, QuantizationError
+from ..onnxutil import artifact_from, load_model
+from . import blockwise as bw
+from .int8 import Coverage, QuantResult
+from .spec import BLOCK_SIZES, WEIGHT_ONLY_BITS, QuantSpec
+
+MS_DOMAIN = "com.microsoft"
+# widths onnxruntime's CPU kernels take (checked against onnxruntime 1.32 in tests/test_int4.py)
+MATMUL_BITS = (2, 4, 8)
+GATHER_BITS = (2, 4, 8)
+MAX_CALIB_ROWS = 2048  # activation rows kept per tensor for AWQ's searches
+
+
+@dataclass(frozen=True)
+class WeightSite:
+    """One weight the pass may rewrite."""
+
+    node_index: int
+    op: str  # MatMul | Gemm | Gather
+    weight: str  # initializer name
+    names: tuple[str, ...]  # node name, weight name, normalised forms: what patterns match
+    role: str  # "linear" | "lm_head" | "embed"
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class WeightDecision:
+    weight: str
+    op: str
+    role: str
+    mode: str  # int4 / int8-weight / int2 / none
+    reason: str
+    params: int
+    bytes_fp32: int
+    bytes_quant: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "weight": self.weight, "op": self.op, "role": self.role, "mode": self.mode, "reason": self.reason,
+            "params": self.params, "bytes_fp32": self.bytes_fp32, "bytes_quantized": self.bytes_quant,
+            "bits_per_weight": round(8 * self.bytes_quant / self.params, 4) if self.params else None,
+        }
+
+
+@dataclass(frozen=True)
+class WeightOnlyResult(QuantResult):
+    decisions: tuple[WeightDecision, ...] = field(default=())
+    seconds: float = 0.0
+
+    def weights_summary(self) -> dict[str, Any]:
+        q = [d for d in self.decisions if d.mode != "none"]
+        params_q = sum(d.params for d in q)
+        bytes_q = sum(d.bytes_quant for d in q)
+        params_all = sum(d.params for d in self.decisions)
+        bytes_all = sum(d.bytes_quant for d in self.decisions)
+        return {
+            "weights_total": len(self.decisions),
+            "weights_quantized": len(q),
+            "params_quantized": params_q,
+            "params_total": params_all,
+            # scales and zero points included: the bits a weight really costs
+            "bits_per_weight_quantized": round(8 * bytes_q / params_q, 4) if params_q else None,
+            "bits_per_weight_all": round(8 * bytes_all / params_all, 4) if params_all else None,
+            "quantize_seconds": round(self.seconds, 3),
+            "per_weight": [d.to_dict() for d in self.decisions],
+        }
+
+    def recipe(self) -> dict[str, Any]:
+        d = super().recipe()
+        d["engine"] = f"edgeq {self.spec.algo} -> onnxruntime MatMulNBits"
+        d["weights"] = self.weights_summary()
+        return d
+
+
+def _norm(name: str) -> str:
+    return name.replace("/", ".").replace("::", ".").strip(".")
+
+
+def _matches(names: tuple[str, ...], pattern: str) -> bool:
+    pats = (pattern, "*." + pattern, "*" + pattern.lstrip("*")) if not pattern.startswith("*") else (pattern,)
+    return any(fnmatch.fnmatchcase(n, p) for n in names for p in pats)
+
+
+def _reaches_output(model: Any, tensor: str, depth: int = 4) -> bool:
+    """Does ``tensor`` reach a graph output through at most ``depth`` non-weight nodes?"""
+    outs = {o.name for o in model.graph.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    frontier = [tensor]
+    for _ in range(depth + 1):
+        if any(t in outs for t in frontier):
+            return True
+        nxt = []
+        for t in frontier:
+            for c in consumers.get(t, []):
+                if c.op_type in ("MatMul", "Gemm", "MatMulNBits"):
+                    continue
+                nxt.extend(c.output)
+        frontier = nxt
+    return False
+
+
+def find_sites(model: Any) -> list[WeightSite]:
+    from onnx import TensorProto
+
+    inits = {i.name: i for i in model.graph.initializer}
+    sites: list[WeightSite] = []
+
+    def float2d(name: str) -> bool:
+        t = inits.get(name)
+        return t is not None and t.data_type == TensorProto.FLOAT and len(t.dims) == 2
+
+    for idx, n in enumerate(model.graph.node):
+        if n.domain not in ("", "ai.onnx"):
+            continue
+        attrs = {a.name: a for a in n.attribute}
+        if n.op_type == "MatMul" and len(n.input) == 2 and float2d(n.input[1]) and n.input[0] not in inits:
+            w = n.input[1]
+        elif n.op_type == "Gemm" and len(n.input) >= 2 and float2d(n.input[1]) and n.input[0] not in inits:
+            if attrs.get("transA") and attrs["transA"].i:
+                continue
+            if ("alpha" in attrs and attrs["alpha"].f != 1.0) or ("beta" in attrs and attrs["beta"].f != 1.0):
+                continue
+            w = n.input[1]
+        elif n.op_type == "Gather" and float2d(n.input[0]) and ("axis" not in attrs or attrs["axis"].i == 0):
+            w = n.input[0]
+        else:
+            continue
+        shape = tuple(int(d) for d in inits[w].dims)
+        if n.op_type == "Gather":
+            role = "embed"
+        elif "lm_head" in n.name or "lm_head" in w or _reaches_output(model, n.output[0]):
+            role = "lm_head"
+        else:
+            role = "linear"
+        names = tuple(dict.fromkeys((n.name, _norm(n.name), w, _norm(w))))
+        sites.append(WeightSite(idx, n.op_type, w, names, role, shape))
+    return sites
+
+
+def decide(site: WeightSite, spec: QuantSpec) -> tuple[str, str]:
+    """(mode, reason) for one weight: --keep, then --override (first match), then the spec's mode."""
+    for k in spec.keep:
+        if k == site.role or (k not in ("embed", "lm_head") and _matches(site.names, k)):
+            return "none", f"--keep {k}"
+    for pat, mode in spec.overrides:
+        if _matches(site.names, pat):
+            return mode, f"--override {pat}={mode}"
+    return spec.mode, "default"
+
+
+@dataclass
+class _Stats:
+    """Streaming statistics of one activation tensor (the MatMul's A input)."""
+
+    k: int
+    hessian: np.ndarray
+    abs_sum: np.ndarray
+    rows: int = 0
+    kept: list[np.ndarray] = field(default_factory=list)
+    kept_rows: int = 0
+
+    def add(self, x: np.ndarray, rng: np.random.Generator) -> None:
+        x = x.reshape(-1, self.k).astype(np.float64)
+        self.hessian += x.T @ x
+        self.abs_sum += np.abs(x).sum(axis=0)
+        self.rows += x.shape[0]
+        if self.kept_rows < MAX_CALIB_ROWS:
+            take = min(MAX_CALIB_ROWS - self.kept_rows, x.shape[0])
+            sel = rng.choice(x.shape[0], take, replace=False) if take < x.shape[0] else np.arange(x.shape[0])
+            self.kept.append(x[np.sort(sel)].astype(np.float32))
+            self.kept_rows += take
+
+    @property
+    def h(self) -> np.ndarray:
+        return 2.0 * self.hessian / max(self.rows, 1)
+
+    @property
+    def mean_abs(self) -> np.ndarray:
+        return self.abs_sum / max(self.rows, 1)
+
+    @property
+    def x(self) -> np.ndarray:
+        return np.concatenate(self.kept, axis=0)
+
+
+def collect_stats(model_path: Path, tensors: dict[str, int], data: SampleSet, n: int, on_sample: Any = None) -> dict[str, _Stats]:
+    """Run the fp32 model on ``n`` samples with each tensor in ``tensors`` exposed as an output."""
+    import onnx
+    import onnxruntime as ort
+
+    model = load_model(model_path)
+    existing = {o.name for o in model.graph.output}
+    for t in tensors:
+        if t not in existing:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep the tensors as named
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    names = list(tensors)
+    stats = {t: _Stats(k, np.zeros((k, k)), np.zeros(k)) for t, k in tensors.items()}
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        outs = sess.run(names, data.feed(i))
+        for t, o in zip(names, outs):
+            stats[t].add(np.asarray(o), rng)
+        if on_sample:
+            on_sample()
+    return stats
+
+
+def _codes(w: np.ndarray, mode: str, spec: QuantSpec, st: _Stats | None, *, float_zero: bool) -> bw.BlockCodes:
+    bits = WEIGHT_ONLY_BITS[mode]
+    bs, sym = spec.block_size, spec.symmetric
+    if spec.algo == "hqq":
+        return bw.hqq(w, bits, bs, sym, float_zero=float_zero)
+    if spec.algo == "gptq" and st is not None:
+        return bw.gptq(w, st.h, bits, bs, sym)
+    if spec.algo == "awq" and st is not None:
+        return bw.awq(w, st.x, st.mean_abs, bits, bs, sym)
+    return bw.rtn(w, bits, bs, sym)
+
+
+def quantize(
+    artifact: Artifact,
+    spec: QuantSpec,
+    out_path: Path,
+    *,
+    data: SampleSet | None = None,
+    on_sample: Any = None,
+) -> WeightOnlyResult:
+    """Rewrite the model's MatMul/Gemm/Gather weights per ``spec`` into ``out_path``."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    t0 = time.perf_counter()
+    out_path = Path(out_path)
+    model = load_model(artifact.path)
+    sites = find_sites(model)
+    if not sites:
+        raise QuantizationError(
+            f"{spec.mode} found no MatMul/Gemm/Gather with a constant 2-D float weight",
+            "weight-only modes apply to transformer-style models; try --quant int8-static",
+        )
+    plan = [(s, *decide(s, spec)) for s in sites]
+    notes: list[str] = []
+    inits = {i.name: i for i in model.graph.initializer}
+    # calibration statistics for the MatMul inputs that GPTQ / AWQ will use
+    stats: dict[str, _Stats] = {}
+    if spec.algo in ("gptq", "awq") and any(m != "none" and s.op != "Gather" for s, m, _ in plan):
+        if data is None:
+            raise CalibrationError(
+                f"--algo {spec.algo} needs calibration data", "pass --calib DATA.npz (token ids for a language model), or --algo rtn/hqq"
+            )
+        nodes = model.graph.node
+        wanted = {nodes[s.node_index].input[0]: (s.shape[1] if s.op == "Gemm" and _trans_b(nodes[s.node_index]) else s.shape[0])
+                  for s, m, _ in plan if m != "none" and s.op != "Gather"}
+        n = min(spec.calib_samples, len(data))
+        stats = collect_stats(artifact.path, wanted, data, n, on_sample)
+        notes.append(f"{spec.algo}: statistics of {len(wanted)} activation tensor(s) from {n} sample(s) of {data.source}")
+    new_nodes: dict[int, list[Any]] = {}
+    new_inits: list[Any] = []
+    decisions: list[WeightDecision] = []
+    gather_skipped = 0
+    for site, mode, reason in plan:
+        node = model.graph.node[site.node_index]
+        w = numpy_helper.to_array(inits[site.weight]).astype(np.float32)
+        params = int(w.size)
+        if mode == "none":
+            decisions.append(WeightDecision(site.weight, site.op, site.role, "none", reason, params, params * 4, params * 4))
+            continue
+        bits = WEIGHT_ONLY_BITS[mode]
+        tag = _norm(node.name or site.weight).replace(".", "_") + f"_{site.node_index}"
+        if site.op == "Gather":
+            if bits not in GATHER_BITS:
+                mode_g = "int8-weight"
+                reason = f"{reason}; GatherBlockQuantized has no {bits}-bit kernel: 8 bits"
+            else:
+                mode_g = mode
+            # GatherBlockQuantized needs whole blocks along the embedding width
+            gbs = next((b for b in sorted(BLOCK_SIZES, reverse=True) if b <= spec.block_size and w.shape[1] % b == 0), None)
+            if gbs is None:
+                gather_skipped += 1
+                decisions.append(WeightDecision(site.weight, site.op, site.role, "none", f"width {w.shape[1]} is not a multiple of 16", params, params * 4, params * 4))
+                continue
+            if gbs != spec.block_size:
+                notes.append(f"embedding '{site.weight}' (width {w.shape[1]}) quantized with block {gbs}: {spec.block_size} does not divide its width")
+            # blocks along the embedding width: quantize E^T [D, V]; HQQ's float zeros do not fit this op
+            gspec = replace(spec, block_size=gbs, algo="hqq" if spec.algo == "hqq" else "rtn")
+            codes = _codes(w.T, mode_g, gspec, None, float_zero=False)
+            packed = bw.pack_gather(codes)
+            ins = [tag + "_data", node.input[1], tag + "_scales"]
+            new_inits += [numpy_helper.from_array(packed.data, ins[0]), numpy_helper.from_array(packed.scales, ins[2])]
+            if packed.zero_points is not None:
+                ins.append(tag + "_zp")
+                new_inits.append(numpy_helper.from_array(packed.zero_points, ins[3]))
+            new_nodes[site.node_index] = [helper.make_node(
+                "GatherBlockQuantized", ins, list(node.output), name=(node.name or tag) + "_Q", domain=MS_DOMAIN,
+                gather_axis=0, quantize_axis=1, block_size=gbs, bits=WEIGHT_ONLY_BITS[mode_g],
+            )]
+            decisions.append(WeightDecision(site.weight, site.op, site.role, mode_g, reason, params, params * 4, packed.nbytes))
+            continue
+        trans = site.op == "Gemm" and _trans_b(node)
+        if trans:
+            w = w.T
+        k, n_out = w.shape
+        st = stats.get(node.input[0])
+        # HQQ's zero points stay float where the kernel takes them (2 and 4 bits; 8-bit needs uint8)
+        codes = _codes(w, mode, spec, st, float_zero=bits in (2, 4))
+        packed = bw.pack_matmulnbits(codes)
+        a_in = node.input[0]
+        nodes_out = []
+        if codes.act_scale is not None:
+            a_scaled = tag + "_awq_in"
+            new_inits.append(numpy_helper.from_array(codes.act_scale.astype(np.float32), tag + "_awq_scale"))
+            nodes_out.append(helper.make_node("Mul", [a_in, tag + "_awq_scale"], [a_scaled], name=tag + "_awq"))
+            a_in = a_scaled
+        ins = [a_in, tag + "_B", tag + "_scales"]
+        new_inits += [numpy_helper.from_array(packed.b, ins[1]), numpy_helper.from_array(packed.scales.reshape(-1), ins[2])]
+        if packed.zero_points is not None:
+            ins.append(tag + "_zp")
+            new_inits.append(numpy_helper.from_array(packed.zero_points.reshape(-1), ins[3]))
+        c = node.input[2] if site.op == "Gemm" and len(node.input) > 2 and node.input[2] else None
+        bias_1d = c is not None and c in inits and list(inits[c].dims) == [n_out]
+        if bias_1d:
+            ins += [""] * (5 - len(ins)) + [c]
+        y = node.output[0] if (c is None or bias_1d) else tag + "_mm"
+        nodes_out.append(helper.make_node(
+            "MatMulNBits", ins, [y], name=(node.name or tag) + "_Q", domain=MS_DOMAIN,
+            K=k, N=n_out, bits=bits, block_size=spec.block_size, accuracy_level=spec.accuracy_level,
+        ))
+        if y != node.output[0]:  # Gemm's C that is not a per-column bias: add it after (beta is 1)
+            nodes_out.append(helper.make_node("Add", [y, c], [node.output[0]], name=tag + "_bias"))
+        new_nodes[site.node_index] = nodes_out
+        extra = 4 * k if codes.act_scale is not None else 0
+        decisions.append(WeightDecision(site.weight, site.op, site.role, mode, reason, params, params * 4, packed.nbytes + extra))
+    if any(d.op != "Gather" and d.mode in ("int4", "int2") for d in decisions) and spec.algo == "hqq":
+        notes.append(
+            "hqq: float zero points are stored; onnxruntime 1.32 runs MatMulNBits with float zero points on a slow "
+            "path (measured 3.7x fp32 decode latency vs 0.14x for rtn at accuracy level 4): use it for accuracy, not speed"
+        )
+    if gather_skipped:
+        notes.append(f"{gather_skipped} embedding(s) kept fp32: their width is not a multiple of 16")
+    if not new_nodes:
+        raise QuantizationError(
+            "every weight was kept in fp32 (--keep / --override none)", "drop --keep entries or use --quant none"
+        )
+    rebuilt = []
+    for i, n in enumerate(model.graph.node):
+        rebuilt.extend(new_nodes.get(i, [n]))
+    del model.graph.node[:]
+    model.graph.node.extend(rebuilt)
+    model.graph.initializer.extend(new_inits)
+    used = {i for n in model.graph.node for i in n.input}
+    keep_inits = [t for t in model.graph.initializer if t.name in used or t.name in {o.name for o in model.graph.output}]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep_inits)
+    if not any(o.domain == MS_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    _save(model, out_path)
+    counts_total: dict[str, int] = {}
+    counts_q: dict[str, int] = {}
+    for d in decisions:
+        counts_total[d.op] = counts_total.get(d.op, 0) + 1
+        if d.mode != "none":
+            counts_q[d.op] = counts_q.get(d.op, 0) + 1
+    cov = Coverage(
+        total=counts_total, quantized=counts_q,
+        weight_bytes_total=sum(d.bytes_fp32 for d in decisions),
+        weight_bytes_quantized=sum(d.bytes_fp32 for d in decisions if d.mode != "none"),
+    )
+    kept = [d for d in decisions if d.mode == "none"]
+    if kept:
+        notes.append(f"{len(kept)} weight(s) kept fp32: " + ", ".join(sorted({d.reason for d in kept})))
+    step = f"quantize({spec.mode}, algo={spec.algo}, block={spec.block_size}, {'sym' if spec.symmetric else 'asym'}, accuracy_level={spec.accuracy_level})"
+    return WeightOnlyResult(
+        artifact_from(out_path, artifact.provenance + (step,)), spec, cov, tuple(notes),
+        decisions=tuple(decisions), seconds=time.perf_counter() - t0,
+    )
+
+
+def _trans_b(node: Any) -> bool:
+    return any(a.name == "transB" and a.i for a in node.attribute)
+
+
+def _save(model: Any, path: Path) -> None:
+    import onnx
+
+    if model.ByteSize() > 1_900_000_000:
+        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data")
+    else:
+        onnx.save(model, str(path))
