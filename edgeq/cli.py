@@ -28,7 +28,7 @@ targets_app = typer.Typer(help="List the targets, or show one.", invoke_without_
 app.add_typer(targets_app, name="targets")
 
 TargetOpt = Annotated[str, typer.Option("--target", "-t", help="target name (edgeq targets) or a .toml file")]
-QuantOpt = Annotated[Optional[str], typer.Option("--quant", help="int8-static | int8-dynamic | fp16 | none (default: the target's)")]
+QuantOpt = Annotated[Optional[str], typer.Option("--quant", help="int8-static | int8-dynamic | fp16 | none; llama.cpp targets: q4_0 | q4_k | q8_0 | f16 ... (default: the target's)")]
 CalibOpt = Annotated[Optional[Path], typer.Option("--calib", help=".npz (one array per input) or a folder of .npy/.npz files")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON on stdout")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="replace an existing output")]
@@ -118,6 +118,10 @@ def export(
     from .targets import load_target
 
     tg = load_target(target)
+    if tg.runtime == "llama.cpp":  # Hugging Face Llama folder -> GGUF bundle (edgeq.gguf); --eval: prompts file
+        from .gguf import export_cli
+
+        return export_cli(source, tg, out=out, quant=quant, prompts_file=eval_data, force=force, as_json=as_json)
     spec = _spec(tg, quant, fmt, activation_type, weight_type, per_channel, reduce_range, calib_samples)
     _check_onnx_source(source)
     opts = ExportOptions(
