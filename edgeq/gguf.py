@@ -53,7 +53,7 @@ _GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+
 _LLAMA3_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-_PRE_BY_REGEX = {_GPT2_REGEX: "gpt2", _LLAMA3_REGEX: "llama-bpe"}
+_PRE_BY_REGEX = {_GPT2_REGEX: "gpt-2", _LLAMA3_REGEX: "llama-bpe"}
 
 DEFAULT_PROMPTS = (
     "The quick brown fox jumps over the lazy dog. A small model running on a phone",
@@ -192,7 +192,7 @@ def _pre_name(pre: dict[str, Any] | None, where: str) -> str:
     if pre and pre.get("type") == "ByteLevel" and pre.get("use_regex", True):
         if pre.get("add_prefix_space"):
             raise ModelError(f"{where}: ByteLevel pre-tokenizer with add_prefix_space is not supported", "save the tokenizer with add_prefix_space=False")
-        return "gpt2"
+        return "gpt-2"
     if pre and pre.get("type") == "Sequence":
         parts = pre.get("pretokenizers", [])
         splits = [p for p in parts if p.get("type") == "Split"]
@@ -203,7 +203,7 @@ def _pre_name(pre: dict[str, Any] | None, where: str) -> str:
                 return _PRE_BY_REGEX[regex]
     raise ModelError(
         f"{where}: pre-tokenizer {json.dumps(pre)[:120]} is not one edgeq can name for llama.cpp",
-        "supported: byte-level BPE with the GPT-2 regex ('gpt2') or the Llama 3 regex ('llama-bpe')",
+        "supported: byte-level BPE with the GPT-2 regex ('gpt-2') or the Llama 3 regex ('llama-bpe')",
     )
 
 
@@ -566,6 +566,8 @@ def _llama_cpp():
 
 
 def _write_via_llama_cpp(src: LlamaSource, quant: str, path: Path, *, on_tensor=None) -> GGUFResult:
+    import ctypes
+
     llama_cpp = _llama_cpp()
     gguf = _gguf()
     path = Path(path)
@@ -576,7 +578,7 @@ def _write_via_llama_cpp(src: LlamaSource, quant: str, path: Path, *, on_tensor=
         params.ftype = int(gguf.LlamaFileType[QUANT_TYPES[quant][1]])
         params.nthread = min(4, os.cpu_count() or 1)
         with _quiet_llama(llama_cpp):
-            rc = llama_cpp.llama_model_quantize(str(f32).encode(), str(path).encode(), params)
+            rc = llama_cpp.llama_model_quantize(str(f32).encode(), str(path).encode(), ctypes.byref(params))
         if rc != 0:
             raise QuantizationError(f"llama.cpp's quantizer failed ({rc}) to write {quant}", "try q4_0 or q8_0")
     finally:
@@ -691,7 +693,8 @@ def llama_cpp_logits(gguf_path: Path, ids: list[list[int]], texts: list[str] | N
     """llama.cpp's logits at every position of each token sequence, plus tokenizer agreement and timing."""
     llama_cpp = _llama_cpp()
     n_ctx = max(len(t) for t in ids) + 8
-    with _quiet_llama(llama_cpp):
+    extra = not _host_has_amx()
+    with _quiet_llama(llama_cpp), _extra_buffer_types(extra):
         try:
             llm = llama_cpp.Llama(
                 model_path=str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
@@ -709,12 +712,52 @@ def llama_cpp_logits(gguf_path: Path, ids: list[list[int]], texts: list[str] | N
         if texts is not None:
             agree.append(llm.tokenize(texts[i].encode("utf-8"), add_bos=llm.metadata.get("tokenizer.ggml.add_bos_token") == "true", special=False) == t)
     info = {
+        "llama_cpp_extra_buffer_types": extra,
         "tokenizer_agreement": (sum(agree) / len(agree)) if agree else None,
         "host_ms_per_token": 1000 * secs / sum(len(t) for t in ids),
         "n_vocab": llm.n_vocab(),
     }
     llm.close() if hasattr(llm, "close") else None
     return outs, info
+
+
+def _host_has_amx() -> bool:
+    """Intel AMX on this host: llama.cpp's AMX matmul (an "extra buffer type") segfaulted here on Q8_0/Q4_0."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    return " amx_int8" in flags or " amx_tile" in flags
+
+
+class _extra_buffer_types:
+    """Load models with llama.cpp's extra buffer types (AMX, weight repacking) on or off.
+
+    llama-cpp-python does not expose ``use_extra_bufts``; its ``Llama`` reads the model
+    defaults from ``llama_model_default_params``, which is wrapped for the duration.
+    """
+
+    def __init__(self, on: bool) -> None:
+        self.on = on
+
+    def __enter__(self):
+        import llama_cpp.llama_cpp as lc
+
+        self.lc, self.orig = lc, lc.llama_model_default_params
+        if not self.on:
+            orig = self.orig
+
+            def params():
+                p = orig()
+                p.use_extra_bufts = False
+                return p
+
+            lc.llama_model_default_params = params
+        return self
+
+    def __exit__(self, *exc):
+        self.lc.llama_model_default_params = self.orig
+        return False
 
 
 def tokenize_hf(folder: Path, texts: list[str]) -> list[list[int]]:
@@ -893,7 +936,8 @@ def gguf_table(r: dict[str, Any]):
     t.add_row("max abs logit error", "", fmt(v["max_abs_logit_error"]), "")
     if v["tokenizer_agreement"] is not None:
         t.add_row("tokenizer agreement", "", f"{100 * v['tokenizer_agreement']:.0f} %", "llama.cpp vs Hugging Face ids")
-    t.add_row("prompt eval", "", f"{v['host_ms_per_token']:.3f} ms/token", "this host, not device timing")
+    t.add_row("prompt eval", "", f"{v['host_ms_per_token']:.3f} ms/token", "this host, not device timing"
+              + ("" if v.get("llama_cpp_extra_buffer_types", True) else "; AMX/repack buffers off (AMX host)"))
     t.add_row("verify", "", "[green]pass[/]" if v["passed"] else "[red]FAIL[/]", "; ".join(v["failures"]))
     t.add_row("bundle", "", r["bundle"], "")
     return t

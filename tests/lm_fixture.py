@@ -32,9 +32,9 @@ class TinyLlamaSpec:
     heads: int = 4
     kv_heads: int = 2
     context: int = 256
-    seq: int = 96
-    batch: int = 16
-    steps: int = 250
+    seq: int = 64
+    batch: int = 8
+    steps: int = 200
     lr: float = 3e-3
     tie_embeddings: bool = False
     seed: int = 0

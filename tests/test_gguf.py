@@ -61,7 +61,7 @@ def test_metadata_tokenizer_and_tensor_types(untrained, tmp_path):
     # tokenizer written by edgeq from tokenizer.json
     tj = json.loads((untrained / "tokenizer.json").read_text())
     tokens = r.fields["tokenizer.ggml.tokens"].contents()
-    assert _field(r, "tokenizer.ggml.model") == "gpt2" and _field(r, "tokenizer.ggml.pre") == "gpt2"
+    assert _field(r, "tokenizer.ggml.model") == "gpt2" and _field(r, "tokenizer.ggml.pre") == "gpt-2"
     assert len(tokens) == 320
     assert all(tokens[i] == t for t, i in tj["model"]["vocab"].items())
     merges = r.fields["tokenizer.ggml.merges"].contents()
