@@ -238,8 +238,8 @@ def test_trained_llama_q8_0_and_q4_0_verified_by_llama_cpp(runner, trained, tmp_
         assert v["passed"], v["failures"]
         assert v["tokenizer_agreement"] == 1.0  # llama.cpp tokenizes the prompts exactly like the HF tokenizer
         assert v["n_vocab"] == 320 and v["prompts"] == 4 and v["positions"] > 100
-        # the model is trained: far better than uniform over 320 tokens
-        assert v["perplexity_fp32"] < 20
+        # the model is trained: far better than uniform over 320 tokens (held-out text)
+        assert v["perplexity_fp32"] < 100
         # bundle: gguf + Modelfile + manifest with checksums
         names = sorted(p.name for p in out.iterdir())
         assert names == ["Modelfile", "manifest.json", "model.gguf"]
@@ -249,8 +249,8 @@ def test_trained_llama_q8_0_and_q4_0_verified_by_llama_cpp(runner, trained, tmp_
         assert man["quantization"]["mode"] == q and man["verify"]["kl_mean"] == v["kl_mean"]
         assert "FROM ./model.gguf" in (out / "Modelfile").read_text()
     q8, q4 = res["q8_0"]["verify"], res["q4_0"]["verify"]
-    assert q8["kl_mean"] < 5e-3 and q8["top1_agreement"] >= 0.97
-    assert q4["kl_mean"] < 0.08 and q4["top1_agreement"] >= 0.85
+    assert q8["kl_mean"] < 1e-3 and q8["top1_agreement"] >= 0.98 and q8["max_abs_logit_error"] < 0.2
+    assert q4["kl_mean"] < 0.02 and q4["top1_agreement"] >= 0.85
     assert q8["kl_mean"] < q4["kl_mean"] / 3  # 8-bit much closer to fp32 than 4-bit
     assert res["q4_0"]["size"]["model_bytes"] < 0.7 * res["q8_0"]["size"]["model_bytes"]
 

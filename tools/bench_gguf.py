@@ -71,7 +71,7 @@ def main() -> int:
             f"{v['host_ms_per_token']:.3f}", ", ".join(f"{k}:{n}" for k, n in r["quantization"]["tensor_types"].items()),
             "pass" if v["passed"] else "FAIL: " + "; ".join(v["failures"]),
         )
-    Console().print(t)
+    Console(width=200).print(t)
     return 0
 
 
