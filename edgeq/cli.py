@@ -218,8 +218,12 @@ def verify(
 
     if candidate.is_dir():
         from .bundle import check_bundle
+        from .gguf import check_gguf_bundle, is_gguf_bundle
 
-        result = check_bundle(candidate, providers=[p for p in providers.split(",") if p] or None, model=model)
+        if is_gguf_bundle(candidate):  # llama.cpp bundle: checksums + golden prompts through llama.cpp
+            result = check_gguf_bundle(candidate)
+        else:
+            result = check_bundle(candidate, providers=[p for p in providers.split(",") if p] or None, model=model)
         if as_json:
             _emit_json(result)
         else:

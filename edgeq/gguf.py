@@ -878,6 +878,7 @@ def export_llamacpp(
         with stage("verify with llama.cpp"):
             ver = verify_gguf(folder, root / "model.gguf", prompts, tol, q)
         (root / "Modelfile").write_text(modelfile_text(src, settings.context), encoding="utf-8")
+        golden = _write_golden(root, folder, prompts)
         files = {}
         for p in sorted(x for x in root.rglob("*") if x.is_file()):
             rel = p.relative_to(root).as_posix()
@@ -902,6 +903,7 @@ def export_llamacpp(
             "provenance": [f"source({folder.name})", f"gguf({q})"],
             "verify": ver,
             "size": size,
+            "golden": golden,
             "files": files,
         }
         (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -909,6 +911,71 @@ def export_llamacpp(
         "target": target.name, "bundle": str(out), "quantization": recipe, "verify": ver, "size": size,
         "passed": ver["passed"], "notes": list(res.notes),
     }
+
+
+GOLDEN_ATOL = 1e-2
+GOLDEN_RTOL = 1e-2
+
+
+def _write_golden(root: Path, folder: Path, prompts: list[str]) -> dict[str, Any]:
+    """Token ids of each prompt and llama.cpp's logits at its last position, to re-check on a device."""
+    ids = [t for t in tokenize_hf(folder, [p for p in prompts if p.strip()]) if len(t) >= 2]
+    logits, _ = llama_cpp_logits(root / "model.gguf", ids)
+    (root / "golden").mkdir()
+    pairs = []
+    for i, (t, lg) in enumerate(zip(ids, logits)):
+        np.save(root / f"golden/{i:03d}_tokens.npy", np.asarray(t, dtype=np.int32), allow_pickle=False)
+        np.save(root / f"golden/{i:03d}_logits.npy", lg[-1].astype(np.float32), allow_pickle=False)
+        pairs.append({"id": f"{i:03d}", "tokens": f"golden/{i:03d}_tokens.npy", "logits": f"golden/{i:03d}_logits.npy"})
+    return {"atol": GOLDEN_ATOL, "rtol": GOLDEN_RTOL, "what": "llama.cpp logits at the last position", "pairs": pairs}
+
+
+def is_gguf_bundle(path: Path) -> bool:
+    try:
+        return json.loads((Path(path) / "manifest.json").read_text(encoding="utf-8")).get("runtime") == "llama.cpp"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_gguf_bundle(path: Path) -> dict[str, Any]:
+    """Checksums and file list, then llama.cpp re-runs the golden prompts; raises on failure."""
+    from .errors import BundleError
+    from .runner import BundleCorrupt, check_files, load_manifest
+
+    root = str(path)
+    try:
+        manifest = load_manifest(root)
+        n = check_files(root, manifest)
+        golden = manifest["golden"]
+        atol, rtol = float(golden["atol"]), float(golden["rtol"])
+        ids = [np.load(os.path.join(root, p["tokens"]), allow_pickle=False).tolist() for p in golden["pairs"]]
+        want = [np.load(os.path.join(root, p["logits"]), allow_pickle=False) for p in golden["pairs"]]
+    except BundleCorrupt as e:
+        raise BundleError(f"bundle {path} is corrupt: {e}", "rebuild it with edgeq export, or fetch an intact copy") from None
+    except (KeyError, TypeError, ValueError, OSError) as e:
+        raise BundleError(f"bundle {path} has no usable golden data: {e}", "rebuild it with edgeq export") from None
+    t0 = time.perf_counter()
+    got, info = llama_cpp_logits(Path(path) / manifest["model"]["gguf"], ids)
+    ms = 1000 * (time.perf_counter() - t0) / max(1, len(ids))
+    pairs = []
+    for p, g, w in zip(golden["pairs"], got, want):
+        g = g[-1].astype(np.float64)
+        diff = np.abs(g - w)
+        ok = bool(np.all(diff <= atol + rtol * np.abs(w))) and int(g.argmax()) == int(w.argmax())
+        pairs.append({"pair": p["id"], "passed": ok, "max_abs_error": float(diff.max()), "ms": ms})
+    result = {
+        "files_checked": n, "target": manifest["target"]["name"], "model": manifest["model"]["gguf"],
+        "providers": ["llama.cpp" + ("" if info["llama_cpp_extra_buffer_types"] else " (no extra buffer types)")],
+        "atol": atol, "rtol": rtol, "pairs": pairs, "passed": all(p["passed"] for p in pairs),
+        "max_abs_error": max((p["max_abs_error"] for p in pairs), default=0.0),
+    }
+    if not result["passed"]:
+        bad = [p["pair"] for p in pairs if not p["passed"]]
+        raise CheckFailed(
+            f"golden prompt(s) {', '.join(bad)} outside tolerance (max abs logit error {result['max_abs_error']:.3g}, atol {atol}, rtol {rtol})",
+            "llama.cpp here computes different logits than when the bundle was built",
+        )
+    return result
 
 
 class _nullctx:

@@ -242,12 +242,20 @@ def test_trained_llama_q8_0_and_q4_0_verified_by_llama_cpp(runner, trained, tmp_
         assert v["perplexity_fp32"] < 100
         # bundle: gguf + Modelfile + manifest with checksums
         names = sorted(p.name for p in out.iterdir())
-        assert names == ["Modelfile", "manifest.json", "model.gguf"]
+        assert names == ["Modelfile", "golden", "manifest.json", "model.gguf"]
         man = json.loads((out / "manifest.json").read_text())
         assert man["runtime"] == "llama.cpp" and man["target"]["name"] == "llamacpp-arm64"
         assert man["files"]["model.gguf"]["sha256"] == sha256_file(out / "model.gguf")
         assert man["quantization"]["mode"] == q and man["verify"]["kl_mean"] == v["kl_mean"]
         assert "FROM ./model.gguf" in (out / "Modelfile").read_text()
+    # the bundle re-checks itself: checksums, then llama.cpp on the golden prompts
+    r = runner.invoke(app, ["verify", str(tmp_path / "q8_0"), "--json"])
+    assert r.exit_code == 0, r.output
+    chk = json.loads(r.stdout)
+    assert chk["passed"] and len(chk["pairs"]) == 4 and chk["files_checked"] == 2 + 8
+    (tmp_path / "q8_0" / "Modelfile").write_text("FROM ./other.gguf\n")
+    r = runner.invoke(app, ["verify", str(tmp_path / "q8_0")])
+    assert r.exit_code == 2 and "checksum mismatch: Modelfile" in r.stderr
     q8, q4 = res["q8_0"]["verify"], res["q4_0"]["verify"]
     assert q8["kl_mean"] < 1e-3 and q8["top1_agreement"] >= 0.98 and q8["max_abs_logit_error"] < 0.2
     assert q4["kl_mean"] < 0.02 and q4["top1_agreement"] >= 0.85
