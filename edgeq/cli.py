@@ -29,7 +29,7 @@ targets_app = typer.Typer(help="List the targets, or show one.", invoke_without_
 app.add_typer(targets_app, name="targets")
 
 TargetOpt = Annotated[str, typer.Option("--target", "-t", help="target name (edgeq targets) or a .toml file")]
-QuantOpt = Annotated[Optional[str], typer.Option("--quant", help="int8-static | int8-dynamic | fp16 | int4 | int8-weight | int2 | none (default: the target's)")]
+QuantOpt = Annotated[Optional[str], typer.Option("--quant", help="int8-static | int8-dynamic | fp16 | int4 | int8-weight | int2 | none; llama.cpp targets: q4_0 | q4_k | q8_0 | f16 ... (default: the target's)")]
 BlockOpt = Annotated[Optional[int], typer.Option("--block-size", help="weight-only: 16 | 32 | 64 | 128 | 256 weights per scale")]
 SymOpt = Annotated[Optional[bool], typer.Option("--symmetric/--asymmetric", help="weight-only: implicit or stored zero points")]
 AccOpt = Annotated[Optional[int], typer.Option("--accuracy-level", help="weight-only: MatMulNBits compute (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8)")]
@@ -200,6 +200,10 @@ def export(
     from .fsutil import check_output, clean_stale, scratch_dir
 
     tg = load_target(target)
+    if tg.runtime == "llama.cpp":  # Hugging Face Llama folder -> GGUF bundle (edgeq.gguf); --eval: prompts file
+        from .gguf import export_cli
+
+        return export_cli(source, tg, out=out, quant=quant, prompts_file=eval_data, force=force, as_json=as_json)
     wo = dict(block_size=block_size, symmetric=symmetric, accuracy_level=accuracy_level, algo=algo, keep=keep, override=override)
     spec = _spec(tg, quant, fmt, activation_type, weight_type, per_channel, reduce_range, calib_samples, wo)
     kind = source_kind(source)
@@ -331,11 +335,15 @@ def verify(
                                 labels_key=labels_key, as_json=as_json)
     if candidate.is_dir() or archive_format(candidate):
         from .bundle import check_bundle
+        from .gguf import check_gguf_bundle, is_gguf_bundle
 
-        result = check_bundle(
-            candidate, providers=[p for p in providers.split(",") if p] or None, model=model,
-            pubkey=pubkey, min_version=min_version,
-        )
+        if candidate.is_dir() and is_gguf_bundle(candidate):  # llama.cpp bundle: checksums + golden prompts through llama.cpp
+            result = check_gguf_bundle(candidate)
+        else:
+            result = check_bundle(
+                candidate, providers=[p for p in providers.split(",") if p] or None, model=model,
+                pubkey=pubkey, min_version=min_version,
+            )
         if as_json:
             _emit_json(result)
         else:

@@ -159,7 +159,9 @@ def targets_lines(targets: list[Any]) -> list[str]:
     for tg in targets:
         q = tg.quant
         quant = q.mode if q.mode in ("none", "fp16") else f"{q.mode} {q.format} a={q.activation_type} w={q.weight_type}"
-        rows.append((tg.name, " > ".join(_short_provider(p) for p in tg.provider_names), quant, tg.description))
+        if getattr(tg, "gguf", None) is not None:  # llama.cpp target
+            quant = f"gguf {tg.gguf.quant}"
+        rows.append((tg.name, " > ".join(_short_provider(p) for p in tg.provider_names) or tg.runtime, quant, tg.description))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     return [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}" for r in rows]
 
@@ -171,6 +173,17 @@ def target_tables(tg: Any) -> list[Table]:
     head.add_column("v")
     head.add_row("description", tg.description)
     head.add_row("arch", tg.arch)
+    if getattr(tg, "gguf", None) is not None:  # llama.cpp target: no ONNX settings
+        head.add_row("runtime", tg.runtime)
+        head.add_row("gguf", f"default quant {tg.gguf.quant}, context {tg.gguf.context}")
+        for q, tol in tg.gguf.tolerances:
+            head.add_row(f"tolerances {q}", ", ".join(f"{k}={v}" for k, v in vars(tol).items()))
+        head.add_row("file", tg.source)
+        notes = Table(title="notes", show_header=False)
+        notes.add_column("note")
+        for n in tg.notes:
+            notes.add_row(n)
+        return [head, notes]
     head.add_row("static shapes", "required" if tg.static_shapes else "no")
     head.add_row("opset", f"{tg.opset.min}-{tg.opset.max} (preferred {tg.opset.preferred})")
     head.add_row("session", f"graph optimization {tg.graph_optimization_level}, threads {tg.intra_op_num_threads or 'auto'}")

@@ -23,8 +23,9 @@ else:  # pragma: no cover
 
 _TOP_KEYS = {
     "name", "description", "arch", "notes", "static_shapes", "providers",
-    "session", "quant", "opset", "tolerances", "ops",
+    "session", "quant", "opset", "tolerances", "ops", "runtime", "gguf",
 }
+RUNTIMES = ("onnxruntime", "llama.cpp")
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,30 @@ class OpsetRange:
 
 
 @dataclass(frozen=True)
+class GGUFTolerance:
+    """Limits for a GGUF model run by llama.cpp against the fp32 PyTorch model (next-token logits)."""
+
+    max_kl: float
+    min_top1: float
+    max_ppl_ratio: float
+
+
+@dataclass(frozen=True)
+class GGUFSettings:
+    """The [gguf] table of a llama.cpp target: default quant type, context, tolerances per quant type."""
+
+    quant: str = "q4_0"
+    context: int = 2048
+    tolerances: tuple[tuple[str, GGUFTolerance], ...] = ()
+
+    def tolerance(self, quant: str) -> GGUFTolerance | None:
+        return dict(self.tolerances).get(quant)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"quant": self.quant, "context": self.context, "tolerances": {k: vars(v).copy() for k, v in self.tolerances}}
+
+
+@dataclass(frozen=True)
 class Target:
     name: str
     description: str
@@ -77,6 +102,9 @@ class Target:
     supported_dtypes: tuple[str, ...] = ()
     """Tensor dtypes the accelerator takes (empty: any common dtype; placement estimates)."""
     source: str = ""
+    runtime: str = "onnxruntime"
+    gguf: GGUFSettings | None = None
+    """Set for llama.cpp targets (runtime = "llama.cpp")."""
 
     @property
     def provider_names(self) -> tuple[str, ...]:
@@ -99,6 +127,8 @@ class Target:
             "notes": list(self.notes),
             "supported_ops": list(self.supported_ops),
             "supported_dtypes": list(self.supported_dtypes),
+            "runtime": self.runtime,
+            **({"gguf": self.gguf.to_dict()} if self.gguf else {}),
         }
 
 
@@ -147,6 +177,13 @@ def _parse(data: dict[str, Any], path: Path) -> Target:
     unknown = sorted(set(data) - _TOP_KEYS)
     if unknown:
         raise TargetError(f"{where}: unknown key(s) {', '.join(unknown)}", f"known keys: {', '.join(sorted(_TOP_KEYS))}")
+    runtime = data.get("runtime", "onnxruntime")
+    if runtime not in RUNTIMES:
+        raise TargetError(f"{where}: unknown runtime '{runtime}'", f"choose one of {', '.join(RUNTIMES)}")
+    if runtime == "llama.cpp":
+        return _parse_llamacpp(data, path, where)
+    if "gguf" in data:
+        raise TargetError(f"{where}: a [gguf] table needs runtime = \"llama.cpp\"", "see targets/llamacpp-arm64.toml")
     for key in ("name", "description", "providers"):
         if key not in data:
             raise TargetError(f"{where}: missing required key '{key}'", "see targets/arm64.toml for the format")
@@ -194,4 +231,43 @@ def _parse(data: dict[str, Any], path: Path) -> Target:
         supported_ops=tuple(ops.get("supported", ())),
         supported_dtypes=tuple(ops.get("dtypes", ())),
         source=str(path),
+    )
+
+
+def _parse_llamacpp(data: dict[str, Any], path: Path, where: str) -> Target:
+    """A llama.cpp target: no ONNX providers; a [gguf] table with the default quant type and tolerances."""
+    from .gguf import QUANT_NAMES
+
+    for key in ("name", "description", "gguf"):
+        if key not in data:
+            raise TargetError(f"{where}: missing required key '{key}'", "see targets/llamacpp-arm64.toml for the format")
+    onnx_only = sorted(set(data) & {"providers", "session", "quant", "opset", "tolerances", "ops", "static_shapes"})
+    if onnx_only:
+        raise TargetError(f"{where}: {', '.join(onnx_only)} do not apply to runtime = \"llama.cpp\"", "put llama.cpp settings in the [gguf] table")
+    g = dict(data["gguf"])
+    tols = g.pop("tolerances", {})
+    unknown = sorted(set(g) - {"quant", "context"})
+    if unknown:
+        raise TargetError(f"{where}: unknown [gguf] key(s) {', '.join(unknown)}", "known keys: quant, context, tolerances")
+    quant = str(g.get("quant", "q4_0"))
+    if quant not in QUANT_NAMES:
+        raise TargetError(f"{where}: unknown GGUF quant type '{quant}'", f"choose one of {', '.join(QUANT_NAMES)}")
+    parsed = []
+    for q, t in sorted(tols.items()):
+        if q not in QUANT_NAMES:
+            raise TargetError(f"{where}: [gguf.tolerances.{q}] names an unknown quant type", f"choose among {', '.join(QUANT_NAMES)}")
+        try:
+            parsed.append((q, GGUFTolerance(**t)))
+        except TypeError as e:
+            raise TargetError(f"{where}: [gguf.tolerances.{q}]: {e}", "give max_kl, min_top1 and max_ppl_ratio") from None
+    return Target(
+        name=data["name"],
+        description=data["description"],
+        arch=data.get("arch", "any"),
+        providers=(),
+        quant=QuantSpec(mode="none"),
+        notes=tuple(data.get("notes", ())),
+        source=str(path),
+        runtime="llama.cpp",
+        gguf=GGUFSettings(quant=quant, context=int(g.get("context", 2048)), tolerances=tuple(parsed)),
     )
