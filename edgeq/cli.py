@@ -40,6 +40,9 @@ FormatOpt = Annotated[Optional[str], typer.Option("--format", help="qdq | qopera
 SamplesOpt = Annotated[Optional[int], typer.Option("--calib-samples", help="number of calibration samples to use")]
 StaticOpt = Annotated[Optional[list[str]], typer.Option("--static-shape", help="pin an input's shape: NAME=1x3x224x224 (repeatable)")]
 OpsetOpt = Annotated[Optional[int], typer.Option("--opset", help="opset to convert to (within the target's range)")]
+CalibMethodOpt = Annotated[Optional[str], typer.Option("--calibration", help="minmax | percentile:99.99 | entropy | mse (one streaming pass)")]
+CalibBinsOpt = Annotated[Optional[int], typer.Option("--calib-bins", help="histogram bins per tensor (percentile/entropy/mse)")]
+MaxDropOpt = Annotated[Optional[float], typer.Option("--max-drop", help="accuracy budget: keep the most sensitive nodes float until the drop is at most this (0.01 = 1 point)")]
 LabelsOpt = Annotated[str, typer.Option("--labels-key", help="name of the labels array in evaluation data")]
 
 
@@ -68,11 +71,23 @@ def _emit_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
-def _spec(target, quant, fmt, act, weight, per_channel, reduce_range, samples):
+def _spec(target, quant, fmt, act, weight, per_channel, reduce_range, samples, calibration=None, bins=None):
     return target.quant.with_overrides(
         mode=quant, format=fmt, activation_type=act, weight_type=weight,
         per_channel=per_channel, reduce_range=reduce_range, calib_samples=samples,
+        calibration=calibration, calib_bins=bins,
     )
+
+
+def _budget_failed(recipe: dict, where: Path) -> None:
+    search = recipe.get("search")
+    if search and not search.get("met", True):
+        best = search["best"]
+        _fail(CheckFailed(
+            f"accuracy budget not met: best {best['metric']} drop {best['drop']:.4f} > --max-drop {search['max_drop']} "
+            f"({best['kept_float']} node(s) kept float)",
+            f"the best model found was written to {where} with the search log; raise --max-drop or add calibration data",
+        ))
 
 
 def _check_onnx_source(src: Path) -> None:
@@ -102,6 +117,9 @@ def export(
     per_channel: PerChannelOpt = None,
     reduce_range: ReduceOpt = None,
     calib_samples: SamplesOpt = None,
+    calibration: CalibMethodOpt = None,
+    calib_bins: CalibBinsOpt = None,
+    max_drop: MaxDropOpt = None,
     static_shape: StaticOpt = None,
     opset: OpsetOpt = None,
     golden: Annotated[int, typer.Option("--golden", help="golden input/output pairs to store")] = 3,
@@ -118,12 +136,12 @@ def export(
     from .targets import load_target
 
     tg = load_target(target)
-    spec = _spec(tg, quant, fmt, activation_type, weight_type, per_channel, reduce_range, calib_samples)
+    spec = _spec(tg, quant, fmt, activation_type, weight_type, per_channel, reduce_range, calib_samples, calibration, calib_bins)
     _check_onnx_source(source)
     opts = ExportOptions(
         target=tg, spec=spec, out=out, calib=calib, eval=eval_data, force=force,
         static_shapes=parse_shapes(static_shape), opset=opset, golden=golden, do_profile=not no_profile,
-        labels_key=labels_key,
+        labels_key=labels_key, max_drop=max_drop,
     )
     src = artifact_from(source, (f"source({source.name})",))
     progress = StageProgress(err, total_samples=spec.calib_samples if spec.needs_calibration else 0)
@@ -134,6 +152,7 @@ def export(
         console.print(export_table(result))
         for n in result["notes"]:
             console.print(f"note: {n}")
+    _budget_failed(result["quantization"], out)
     if not result["passed"]:
         _fail(CheckFailed(
             f"the quantized model is outside target {tg.name}'s tolerances: {'; '.join(result['verify']['failures'])}",
@@ -155,6 +174,10 @@ def quantize(
     per_channel: PerChannelOpt = None,
     reduce_range: ReduceOpt = None,
     calib_samples: SamplesOpt = None,
+    calibration: CalibMethodOpt = None,
+    calib_bins: CalibBinsOpt = None,
+    max_drop: MaxDropOpt = None,
+    eval_data: Annotated[Optional[Path], typer.Option("--eval", help="evaluation data (+ optional 'labels') for --max-drop")] = None,
     static_shape: StaticOpt = None,
     opset: OpsetOpt = None,
     force: ForceOpt = False,
@@ -173,10 +196,11 @@ def quantize(
     from .targets import load_target
 
     tg = load_target(target)
-    spec = _spec(tg, quant, fmt, activation_type, weight_type, per_channel, reduce_range, calib_samples)
+    spec = _spec(tg, quant, fmt, activation_type, weight_type, per_channel, reduce_range, calib_samples, calibration, calib_bins)
     _check_onnx_source(model)
     src = artifact_from(model)
     data = load_samples(calib, src.io) if calib else None
+    evals = load_samples(eval_data, src.io, what="evaluation") if eval_data else None
     if spec.needs_calibration and data is None:
         raise CalibrationError(f"{spec.mode} needs calibration data", "pass --calib DATA.npz, or --quant int8-dynamic")
     progress = StageProgress(err, total_samples=min(spec.calib_samples, len(data)) if data else 0)
@@ -184,7 +208,7 @@ def quantize(
         with progress.stage("optimize"):
             opt, notes = optimize_stage(src, tg, work / "fp32.onnx", static_shapes=parse_shapes(static_shape), opset=opset)
         with progress.stage(f"quantize ({spec.mode})"):
-            res = quantize_stage(opt, spec, work / "q.onnx", data=data, on_sample=progress.sample)
+            res = quantize_stage(opt, spec, work / "q.onnx", data=data, on_sample=progress.sample, evals=evals, max_drop=max_drop)
         shutil.copyfile(res.artifact.path, tmp)
     recipe = res.recipe()
     recipe["notes"] = notes + recipe["notes"]
@@ -195,6 +219,11 @@ def quantize(
         console.print(f"wrote {out} ({spec.mode}" + (f", {cov['nodes_quantized']}/{cov['nodes_total']} weight nodes quantized)" if cov else ")"))
         for n in recipe["notes"]:
             console.print(f"note: {n}")
+        if recipe.get("layers"):
+            from .report import layers_table
+
+            console.print(layers_table(recipe))
+    _budget_failed(recipe, out)
 
 
 @app.command()

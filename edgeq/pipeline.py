@@ -39,6 +39,7 @@ class ExportOptions:
     do_profile: bool = True
     verify_samples: int = 1000
     labels_key: str = LABELS_KEY
+    max_drop: float | None = None
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ def run_export(
             opt, opt_notes = optimize(source, target, work / "fp32.onnx", static_shapes=opts.static_shapes, opset=opts.opset)
             notes += opt_notes
         with stage(f"quantize ({spec.mode})"):
-            qres = quantize(opt, spec, work / "model.onnx", data=calib, on_sample=on_sample)
+            qres = quantize(opt, spec, work / "model.onnx", data=calib, on_sample=on_sample, evals=evals, max_drop=opts.max_drop)
             notes += qres.notes
         check_data = evals or calib
         report = None
