@@ -203,10 +203,14 @@ def quantize(
     evals = load_samples(eval_data, src.io, what="evaluation") if eval_data else None
     if spec.needs_calibration and data is None:
         raise CalibrationError(f"{spec.mode} needs calibration data", "pass --calib DATA.npz, or --quant int8-dynamic")
+    from .quantize.preflight import run as preflight
+
+    pre_notes = preflight(model, tg, spec, parse_shapes(static_shape))  # before any work
     progress = StageProgress(err, total_samples=min(spec.calib_samples, len(data)) if data else 0)
     with staging(out, force=force, is_dir=False) as tmp, scratch_dir() as work:
         with progress.stage("optimize"):
             opt, notes = optimize_stage(src, tg, work / "fp32.onnx", static_shapes=parse_shapes(static_shape), opset=opset)
+            notes = pre_notes + notes
         with progress.stage(f"quantize ({spec.mode})"):
             res = quantize_stage(opt, spec, work / "q.onnx", data=data, on_sample=progress.sample, evals=evals, max_drop=max_drop)
         shutil.copyfile(res.artifact.path, tmp)

@@ -36,7 +36,8 @@ class SampleSet:
         return len(next(iter(self.arrays.values()))) if self.arrays else 0
 
     def feed(self, i: int) -> dict[str, np.ndarray]:
-        return {k: (a[i] if self.stacked[k] else a[i : i + 1]) for k, a in self.arrays.items()}
+        # np.asarray: a stacked scalar input (e.g. a sample rate) stays a 0-d array, not a numpy scalar
+        return {k: (np.asarray(a[i]) if self.stacked[k] else a[i : i + 1]) for k, a in self.arrays.items()}
 
     def take(self, n: int) -> SampleSet:
         n = min(n, len(self))

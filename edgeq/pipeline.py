@@ -100,7 +100,9 @@ def run_export(
             f"{spec.mode} needs calibration data and none was given",
             "pass --calib DATA.npz (one array per model input), or --quant int8-dynamic / none",
         )
-    notes: list[str] = []
+    from .quantize.preflight import run as preflight
+
+    notes: list[str] = preflight(source.path, target, spec, opts.static_shapes)  # before any work
     with scratch_dir() as work:
         with stage("optimize"):
             opt, opt_notes = optimize(source, target, work / "fp32.onnx", static_shapes=opts.static_shapes, opset=opts.opset)

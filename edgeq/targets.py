@@ -23,7 +23,7 @@ else:  # pragma: no cover
 
 _TOP_KEYS = {
     "name", "description", "arch", "notes", "static_shapes", "providers",
-    "session", "quant", "opset", "tolerances", "ops",
+    "session", "quant", "opset", "tolerances", "ops", "rules",
 }
 
 
@@ -75,6 +75,8 @@ class Target:
     supported_ops: tuple[str, ...] = ()
     """Op types the accelerator runs (empty: no rule; used for placement estimates)."""
     source: str = ""
+    rules: tuple[Any, ...] = ()
+    """Pre-flight rules (``edgeq.quantize.preflight.Rule``), checked before any work."""
 
     @property
     def provider_names(self) -> tuple[str, ...]:
@@ -96,6 +98,7 @@ class Target:
             "tolerances": vars(self.tolerances).copy(),
             "notes": list(self.notes),
             "supported_ops": list(self.supported_ops),
+            "rules": [vars(r).copy() | {"allowed": list(r.allowed)} for r in self.rules],
         }
 
 
@@ -167,6 +170,12 @@ def _parse(data: dict[str, Any], path: Path) -> Target:
         raise TargetError(f"{where}: opset range must satisfy min <= preferred <= max", "fix the [opset] table")
     session = data.get("session", {})
     ops = data.get("ops", {})
+    from .quantize.preflight import Rule
+
+    try:
+        rules = tuple(Rule.from_dict(r, where) for r in data.get("rules", ()))
+    except EdgeqError as e:
+        raise TargetError(e.message, e.hint) from None
     return Target(
         name=data["name"],
         description=data["description"],
@@ -181,4 +190,5 @@ def _parse(data: dict[str, Any], path: Path) -> Target:
         notes=tuple(data.get("notes", ())),
         supported_ops=tuple(ops.get("supported", ())),
         source=str(path),
+        rules=rules,
     )

@@ -148,7 +148,9 @@ def coverage(fp32_model: Any, q_model: Any) -> Coverage:
 
     total: collections.Counter[str] = collections.Counter()
     weight_bytes_total = 0
-    inits = {i.name: i for i in iter_initializers(fp32_model.graph)}
+    from .qdq import _const_names
+
+    inits = _const_names(fp32_model)  # initializers and Constant nodes, subgraphs included
     for n in iter_nodes(fp32_model.graph):
         if n.op_type in WEIGHT_OPS and len(n.input) > 1 and n.input[1] in inits:
             total[n.op_type] += 1

@@ -179,51 +179,52 @@ def plan(model: Any, *, op_types: tuple[str, ...] = WEIGHT_OPS, keep_float: dict
 def probe_model(model: Any, names: Iterable[str]) -> tuple[Any, dict[str, str]]:
     """A copy of ``model`` whose outputs include ``names``; returns (model, exposed name -> tensor).
 
-    Tensors of the main graph become outputs directly. Tensors inside the branches of a
-    top-level ``If`` are passed out through an extra ``If`` output (the other branch
-    returns an empty tensor). Tensors deeper inside Loop/Scan bodies are not exposed:
-    their nodes get weight-only quantization.
+    Tensors of the main graph become outputs directly. Tensors inside ``If`` branches, at
+    any depth, are passed out through extra ``If`` outputs (the other branch returns an
+    empty tensor, which the statistics skip). Tensors inside Loop/Scan bodies are not
+    exposed: their nodes get weight-only quantization.
     """
     onnx = _onnx()
     from onnx import helper
 
     m = copy.deepcopy(model)
     want = set(names)
+    counter = [0]
+
+    def expose(g: Any) -> list[tuple[str, str]]:
+        found: list[tuple[str, str]] = []
+        local = {i.name for i in g.input} | {o for nd in g.node for o in nd.output}
+        found += [(t, t) for t in sorted(want & local)]
+        for node in list(g.node):
+            if node.op_type != "If":
+                continue
+            br = {a.name: a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH}
+            if set(br) != {"then_branch", "else_branch"}:
+                continue
+            for bname in ("then_branch", "else_branch"):
+                g_in, g_other = br[bname], br["else_branch" if bname == "then_branch" else "then_branch"]
+                for loc, orig in expose(g_in):
+                    counter[0] += 1
+                    tag = f"__edgeq_p{counter[0]}"
+                    g_in.node.append(helper.make_node("Identity", [loc], [loc + tag + "_c"], name=loc + tag + "_id"))
+                    g_in.output.append(helper.make_tensor_value_info(loc + tag + "_c", onnx.TensorProto.FLOAT, None))
+                    g_other.node.append(helper.make_node(
+                        "Constant", [], [loc + tag + "_e"], name=loc + tag + "_k",
+                        value=helper.make_tensor(loc + tag + "_v", onnx.TensorProto.FLOAT, [0], []),
+                    ))
+                    g_other.output.append(helper.make_tensor_value_info(loc + tag + "_e", onnx.TensorProto.FLOAT, None))
+                    out = orig + PROBE_SUFFIX + tag
+                    node.output.append(out)
+                    found.append((out, orig))
+        return found
+
     exposed: dict[str, str] = {}
-    main_names = {i.name for i in m.graph.input} | {n for node in m.graph.node for n in node.output}
     existing = {o.name for o in m.graph.output}
-    for n in sorted(want & main_names):
-        if n not in existing:
-            m.graph.output.append(helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
-        exposed[n] = n
-    for node in m.graph.node:
-        if node.op_type != "If":
-            continue
-        branches = {a.name: a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH}
-        if set(branches) != {"then_branch", "else_branch"}:
-            continue
-        for bname, g in branches.items():
-            other = branches["else_branch" if bname == "then_branch" else "then_branch"]
-            produced = [o for nd in g.node for o in nd.output]
-            for t in produced:
-                if t not in want or t in exposed:
-                    continue
-                out_name = t + PROBE_SUFFIX
-                copy_name = t + "__edgeq_copy"  # a branch output of its own, even if t already is one
-                g.node.append(helper.make_node("Identity", [t], [copy_name]))
-                g.output.append(helper.make_tensor_value_info(copy_name, onnx.TensorProto.FLOAT, None))
-                empty = t + "__edgeq_empty"
-                other.node.append(
-                    helper.make_node(
-                        "Constant", [], [empty],
-                        value=helper.make_tensor(empty + "_v", onnx.TensorProto.FLOAT, [0], []),
-                    )
-                )
-                other.output.append(helper.make_tensor_value_info(empty, onnx.TensorProto.FLOAT, None))
-                node.output.append(out_name)
-                m.graph.output.append(helper.make_tensor_value_info(out_name, onnx.TensorProto.FLOAT, None))
-                exposed[out_name] = t
-    # keep only float outputs that onnxruntime can return (others are skipped at update time)
+    for loc, orig in expose(m.graph):
+        if loc not in existing:
+            m.graph.output.append(helper.make_tensor_value_info(loc, onnx.TensorProto.FLOAT, None))
+            existing.add(loc)
+        exposed[loc] = orig
     return m, exposed
 
 
@@ -262,7 +263,7 @@ class ProbeRunner:
         vals = self.sess.run(wanted, {k: v for k, v in feed.items() if k in self.input_names})
         res: dict[str, np.ndarray] = {}
         for o, v in zip(wanted, vals):
-            if isinstance(v, np.ndarray) and v.size:
+            if isinstance(v, np.ndarray) and v.size and self.exposed[o] not in res:
                 res[self.exposed[o]] = v
         for k, v in feed.items():  # graph inputs are tensors too
             if k in self.exposed.values() and k not in res:
@@ -446,8 +447,15 @@ def write(model: Any, qplan: Plan, ranges: dict[str, tuple[float, float]], opts:
             copies = [copy.deepcopy(n) for n in new]
             del g.node[:]
             g.node.extend(copies)
-    # drop fp32 weights nothing reads any more
+    # drop fp32 weights nothing reads any more (initializers and Constant nodes)
     used = {i for n in iter_nodes(m.graph) for i in n.input} | {o.name for _, g, _ in _graphs(m.graph) for o in g.output}
+    for _, g, _ in _graphs(m.graph):
+        dead = [n for n in g.node if n.op_type == "Constant" and n.output and n.output[0] not in used and n.output[0] in consts]
+        if dead:
+            names = {n.name for n in dead}
+            keep_nodes = [copy.deepcopy(n) for n in g.node if n.name not in names]
+            del g.node[:]
+            g.node.extend(keep_nodes)
     for _, g, _ in _graphs(m.graph):
         keep = [i for i in g.initializer if i.name in used]
         if len(keep) != len(g.initializer):
