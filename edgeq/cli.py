@@ -29,7 +29,7 @@ app.add_typer(targets_app, name="targets")
 
 TargetOpt = Annotated[str, typer.Option("--target", "-t", help="target name (edgeq targets) or a .toml file")]
 QuantOpt = Annotated[Optional[str], typer.Option("--quant", help="int8-static | int8-dynamic | fp16 | none (default: the target's)")]
-CalibOpt = Annotated[Optional[Path], typer.Option("--calib", help=".npz (one array per input) or a folder of .npy/.npz files")]
+CalibOpt = Annotated[Optional[Path], typer.Option("--calib", help=".npz (one array per input), a folder of .npy/.npz files, an image folder (+ preprocess.toml), or 'random' (flagged loudly)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON on stdout")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="replace an existing output")]
 PerChannelOpt = Annotated[Optional[bool], typer.Option("--per-channel/--per-tensor", help="weight scales per output channel")]
@@ -40,6 +40,8 @@ FormatOpt = Annotated[Optional[str], typer.Option("--format", help="qdq | qopera
 SamplesOpt = Annotated[Optional[int], typer.Option("--calib-samples", help="number of calibration samples to use")]
 StaticOpt = Annotated[Optional[list[str]], typer.Option("--static-shape", help="pin an input's shape: NAME=1x3x224x224 (repeatable)")]
 OpsetOpt = Annotated[Optional[int], typer.Option("--opset", help="opset to convert to (within the target's range)")]
+PreprocOpt = Annotated[Optional[Path], typer.Option("--preprocess", help="preprocessing spec (TOML) for an image-folder --calib/--eval")]
+PreferOpt = Annotated[Optional[str], typer.Option("--prefer", help="measure INT8 candidates (QDQ, QOperator, dynamic) and fp32 on this host; pick accurate | fastest | smallest within the budget")]
 CalibMethodOpt = Annotated[Optional[str], typer.Option("--calibration", help="minmax | percentile:99.99 | entropy | mse (one streaming pass)")]
 CalibBinsOpt = Annotated[Optional[int], typer.Option("--calib-bins", help="histogram bins per tensor (percentile/entropy/mse)")]
 MaxDropOpt = Annotated[Optional[float], typer.Option("--max-drop", help="accuracy budget: keep the most sensitive nodes float until the drop is at most this (0.01 = 1 point)")]
@@ -77,6 +79,13 @@ def _spec(target, quant, fmt, act, weight, per_channel, reduce_range, samples, c
         per_channel=per_channel, reduce_range=reduce_range, calib_samples=samples,
         calibration=calibration, calib_bins=bins,
     )
+
+
+def _check_prefer(prefer: Optional[str]) -> None:
+    from .quantize.gate import PREFERENCES
+
+    if prefer is not None and prefer not in PREFERENCES:
+        raise EdgeqError(f"unknown --prefer '{prefer}'", f"choose one of {', '.join(PREFERENCES)}")
 
 
 def _budget_failed(recipe: dict, where: Path) -> None:
@@ -120,6 +129,8 @@ def export(
     calibration: CalibMethodOpt = None,
     calib_bins: CalibBinsOpt = None,
     max_drop: MaxDropOpt = None,
+    preprocess: PreprocOpt = None,
+    prefer: PreferOpt = None,
     static_shape: StaticOpt = None,
     opset: OpsetOpt = None,
     golden: Annotated[int, typer.Option("--golden", help="golden input/output pairs to store")] = 3,
@@ -137,11 +148,12 @@ def export(
 
     tg = load_target(target)
     spec = _spec(tg, quant, fmt, activation_type, weight_type, per_channel, reduce_range, calib_samples, calibration, calib_bins)
+    _check_prefer(prefer)
     _check_onnx_source(source)
     opts = ExportOptions(
         target=tg, spec=spec, out=out, calib=calib, eval=eval_data, force=force,
         static_shapes=parse_shapes(static_shape), opset=opset, golden=golden, do_profile=not no_profile,
-        labels_key=labels_key, max_drop=max_drop,
+        labels_key=labels_key, max_drop=max_drop, preprocess=preprocess, prefer=prefer,
     )
     src = artifact_from(source, (f"source({source.name})",))
     progress = StageProgress(err, total_samples=spec.calib_samples if spec.needs_calibration else 0)
@@ -178,6 +190,8 @@ def quantize(
     calib_bins: CalibBinsOpt = None,
     max_drop: MaxDropOpt = None,
     eval_data: Annotated[Optional[Path], typer.Option("--eval", help="evaluation data (+ optional 'labels') for --max-drop")] = None,
+    preprocess: PreprocOpt = None,
+    prefer: PreferOpt = None,
     static_shape: StaticOpt = None,
     opset: OpsetOpt = None,
     force: ForceOpt = False,
@@ -197,10 +211,11 @@ def quantize(
 
     tg = load_target(target)
     spec = _spec(tg, quant, fmt, activation_type, weight_type, per_channel, reduce_range, calib_samples, calibration, calib_bins)
+    _check_prefer(prefer)
     _check_onnx_source(model)
     src = artifact_from(model)
-    data = load_samples(calib, src.io) if calib else None
-    evals = load_samples(eval_data, src.io, what="evaluation") if eval_data else None
+    data = load_samples(calib, src.io, preprocess=preprocess, random_n=spec.calib_samples) if calib else None
+    evals = load_samples(eval_data, src.io, what="evaluation", preprocess=preprocess) if eval_data else None
     if spec.needs_calibration and data is None:
         raise CalibrationError(f"{spec.mode} needs calibration data", "pass --calib DATA.npz, or --quant int8-dynamic")
     from .quantize.preflight import run as preflight
@@ -212,7 +227,10 @@ def quantize(
             opt, notes = optimize_stage(src, tg, work / "fp32.onnx", static_shapes=parse_shapes(static_shape), opset=opset)
             notes = pre_notes + notes
         with progress.stage(f"quantize ({spec.mode})"):
-            res = quantize_stage(opt, spec, work / "q.onnx", data=data, on_sample=progress.sample, evals=evals, max_drop=max_drop)
+            res = quantize_stage(
+                opt, spec, work / "q.onnx", data=data, on_sample=progress.sample, evals=evals, max_drop=max_drop,
+                prefer=prefer, budget=tg.tolerances.max_accuracy_drop,
+            )
         shutil.copyfile(res.artifact.path, tmp)
     recipe = res.recipe()
     recipe["notes"] = notes + recipe["notes"]

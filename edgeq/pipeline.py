@@ -40,6 +40,8 @@ class ExportOptions:
     verify_samples: int = 1000
     labels_key: str = LABELS_KEY
     max_drop: float | None = None
+    preprocess: Path | None = None
+    prefer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -93,8 +95,8 @@ def run_export(
     clean_stale(opts.out)
     check_output(opts.out, opts.force)  # before any work
     # Check the data against the model before spending time on anything else.
-    calib = load_samples(opts.calib, source.io, what="calibration", labels_key=opts.labels_key) if opts.calib else None
-    evals = load_samples(opts.eval, source.io, what="evaluation", labels_key=opts.labels_key) if opts.eval else None
+    calib = load_samples(opts.calib, source.io, what="calibration", labels_key=opts.labels_key, preprocess=opts.preprocess, random_n=spec.calib_samples) if opts.calib else None
+    evals = load_samples(opts.eval, source.io, what="evaluation", labels_key=opts.labels_key, preprocess=opts.preprocess) if opts.eval else None
     if spec.needs_calibration and calib is None:
         raise CalibrationError(
             f"{spec.mode} needs calibration data and none was given",
@@ -108,7 +110,10 @@ def run_export(
             opt, opt_notes = optimize(source, target, work / "fp32.onnx", static_shapes=opts.static_shapes, opset=opts.opset)
             notes += opt_notes
         with stage(f"quantize ({spec.mode})"):
-            qres = quantize(opt, spec, work / "model.onnx", data=calib, on_sample=on_sample, evals=evals, max_drop=opts.max_drop)
+            qres = quantize(
+                opt, spec, work / "model.onnx", data=calib, on_sample=on_sample, evals=evals, max_drop=opts.max_drop,
+                prefer=opts.prefer, budget=target.tolerances.max_accuracy_drop,
+            )
             notes += qres.notes
         check_data = evals or calib
         report = None
