@@ -178,6 +178,93 @@ def build_digits() -> dict:
     }
 
 
+# -- tiny LM -------------------------------------------------------------------------------------------
+
+
+def _lm_text() -> bytes:
+    import glob
+    import sysconfig
+
+    files = sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py")))
+    return b"".join(Path(f).read_bytes() for f in files[:120])
+
+
+def tiny_lm(d=128, layers=2, heads=4, seq=64):
+    import torch
+    import torch.nn as nn
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+            self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+            self.fc1, self.fc2 = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+            self.register_buffer("mask", torch.triu(torch.full((seq, seq), float("-inf")), 1))
+
+        def forward(self, x):
+            b, t, _ = x.shape
+            q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
+            q, k, v = (z.reshape(b, t, heads, d // heads).transpose(1, 2) for z in (q, k, v))
+            att = (q @ k.transpose(-1, -2)) / (d // heads) ** 0.5 + self.mask[:t, :t]
+            y = (att.softmax(-1) @ v).transpose(1, 2).reshape(b, t, d)
+            x = x + self.proj(y)
+            return x + self.fc2(torch.nn.functional.gelu(self.fc1(self.ln2(x))))
+
+    class LM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.pos = nn.Embedding(256, d), nn.Parameter(torch.zeros(seq, d))
+            self.blocks = nn.Sequential(*[Block() for _ in range(layers)])
+            self.ln, self.head = nn.LayerNorm(d), nn.Linear(d, 256)
+
+        def forward(self, idx):
+            return self.head(self.ln(self.blocks(self.emb(idx) + self.pos[: idx.shape[1]])))
+
+    return LM()
+
+
+def build_lm(seq=64, steps=600) -> dict:
+    import torch
+
+    text = np.frombuffer(_lm_text(), np.uint8)
+    split = int(len(text) * 0.9)
+    path = WORK / "tiny_lm.onnx"
+    if not path.exists():
+        torch.manual_seed(0)
+        model = tiny_lm(seq=seq)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        rng = np.random.default_rng(0)
+        tr = torch.from_numpy(text[:split].astype(np.int64))
+        for step in range(steps):
+            ix = torch.from_numpy(rng.integers(0, split - seq - 1, 32))
+            x = torch.stack([tr[i : i + seq] for i in ix])
+            y = torch.stack([tr[i + 1 : i + seq + 1] for i in ix])
+            loss = torch.nn.functional.cross_entropy(model(x).reshape(-1, 256), y.reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.eval()
+        _export_torch(model, torch.zeros(1, seq, dtype=torch.long), path, "tokens", "logits")
+    rng = np.random.default_rng(1)
+    starts = rng.integers(0, split - seq, 1000)
+    calib = np.stack([text[i : i + seq] for i in starts]).astype(np.int64)[:, None]
+    ev_starts = rng.integers(split, len(text) - seq - 1, 200)
+    ev = np.stack([text[i : i + seq + 1] for i in ev_starts]).astype(np.int64)
+    return {"name": "tiny LM (2 layers, d=128)", "path": path, "calib": {"tokens": calib},
+            "eval_tokens": ev, "metric": "perplexity"}
+
+
+def _perplexity(sess, ev: np.ndarray) -> float:
+    nll, n = 0.0, 0
+    for row in ev:
+        logits = sess.run(None, {"tokens": row[None, :-1]})[0][0].astype(np.float64)
+        logits -= logits.max(-1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        nll -= float(logp[np.arange(len(row) - 1), row[1:]].sum())
+        n += len(row) - 1
+    return float(np.exp(nll / n))
+
+
 # -- silero-vad -----------------------------------------------------------------------------------------
 
 
@@ -315,6 +402,8 @@ def _sess(path: Path):
 
 def metric(m: dict, path: Path, ref_cache: dict) -> float:
     sess = _sess(path)
+    if "eval_tokens" in m:
+        return _perplexity(sess, m["eval_tokens"])
     if "eval_audio" in m:
         p = _silero_stream(sess, m["eval_audio"])
         ref = ref_cache.setdefault("silero", _silero_stream(_sess(m["path"]), m["eval_audio"]))
@@ -374,6 +463,7 @@ MODELS = {
     "resnet18": lambda: build_convnet("resnet18", 224),
     "mobilenetv2": lambda: build_convnet("mobilenetv2", 224),
     "silero": build_silero,
+    "lm": build_lm,
 }
 RECIPES = {
     "ort-static": ort_static,
@@ -423,7 +513,10 @@ def table(rows: list[dict]) -> str:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['recipe']} | FAILED: {r['error']} | | | | |")
             continue
-        met = f"{100 * r['metric']:.1f} % {'acc' if r['metric_name'] == 'accuracy' else 'agree'}"
+        if r["metric_name"] == "perplexity":
+            met = f"ppl {r['metric']:.3f}"
+        else:
+            met = f"{100 * r['metric']:.1f} % {'acc' if r['metric_name'] == 'accuracy' else 'agree'}"
         lat = f"{r['latency']:.2f}x" + (f" ({r['fp32_ms']:.2f} ms)" if r["recipe"] == "fp32" else "")
         recipe = r["recipe"] + (f" ({r['desc']})" if r.get("desc") else "")
         lines.append(f"| {r['model']} | {recipe} | {met} | {r['coverage']} | {r['size'] / 1e6:.2f} MB | {lat} | {r['qtime']:.1f} s |")
