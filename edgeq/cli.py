@@ -164,6 +164,10 @@ def export(
         console.print(export_table(result))
         for n in result["notes"]:
             console.print(f"note: {n}")
+        if result["quantization"].get("layers"):
+            from .report import layers_table
+
+            console.print(layers_table(result["quantization"]))
     _budget_failed(result["quantization"], out)
     if not result["passed"]:
         _fail(CheckFailed(

@@ -135,3 +135,34 @@ def make_masked_mlp(path: Path, *, seed: int = 0) -> Path:
         ],
     )
     return _save(graph, path)
+
+
+def make_loop_model(path: Path, *, seed: int = 0, trips: int = 3) -> Path:
+    """h_{t+1} = Relu(h_t @ W) for ``trips`` steps inside a Loop; W is an outer-scope initializer."""
+    rng = np.random.default_rng(seed)
+    body = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["h_in", "w"], ["hw"], name="loop_mm"),
+            helper.make_node("Relu", ["hw"], ["h_out"], name="loop_relu"),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"], name="loop_cond"),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("h_in", TensorProto.FLOAT, ["N", 16]),
+        ],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("h_out", TensorProto.FLOAT, ["N", 16])],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trips", "cond", "x"], ["y"], name="loop", body=body)],
+        "loop_model",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+        [
+            _init("w", (rng.normal(0, 0.3, (16, 16)) + np.eye(16)).astype(np.float32)),
+            numpy_helper.from_array(np.array(trips, np.int64), "trips"),  # 0-d scalars
+            numpy_helper.from_array(np.array(True), "cond"),
+        ],
+    )
+    return _save(graph, path)

@@ -441,18 +441,28 @@ def coverage_str(fp32: Path, q: Path) -> str:
     return f"{c.nodes_quantized}/{c.nodes_total}"
 
 
-def peak_rss_mb(model_key: str, recipe: str, n: int) -> float | None:
-    """Calibration/quantization peak RSS in a fresh subprocess (MB); None if it failed."""
+def _rss_now_kb() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def peak_rss_mb(m: dict, recipe: str, n: int) -> float | None:
+    """Peak RSS growth (MB) while quantizing with ``n`` calibration samples, in a fresh subprocess
+    that only loads the model path and the samples (so model building does not set the peak)."""
+    npz = WORK / f"mem_{Path(m['path']).stem}.npz"
+    if not npz.exists():
+        np.savez(npz, **m["calib"])
     code = (
-        "import sys, resource, json; sys.path.insert(0, %r); import tools.bench_int8 as b; "
-        "b.WORK.mkdir(parents=True, exist_ok=True); m = b.MODELS[%r](); "
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
-        "import tempfile, pathlib; out = pathlib.Path(tempfile.mkdtemp()) / 'q.onnx'; "
-        "b.RECIPES[%r](m, out, %d); "
+        "import sys, json, resource, numpy as np, pathlib, tempfile; sys.path.insert(0, %r); "
+        "import tools.bench_int8 as b; "
+        "z = np.load(%r); calib = {k: z[k] for k in z.files}; "
+        "m = {'path': pathlib.Path(%r), 'calib': calib}; base = b._rss_now_kb(); "
+        "out = pathlib.Path(tempfile.mkdtemp()) / 'q.onnx'; b.RECIPES[%r](m, out, %d); "
         "print(json.dumps([base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss]))"
-    ) % (str(ROOT), model_key, recipe, n)
+    ) % (str(ROOT), str(npz), str(m["path"]), recipe, n)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if r.returncode != 0:
+        print(f"[memory] {recipe} n={n} failed: {r.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
         return None
     base, peak = json.loads(r.stdout.strip().splitlines()[-1])
     return (peak - base) / 1024.0
@@ -537,13 +547,16 @@ def main() -> None:
             rows += bench_model(key, args.calib)
             print(f"[{key}] {time.perf_counter() - t:.0f} s", file=sys.stderr)
     print(table(rows))
-    mem = ["", "| model | recipe | calib peak RSS, 100 samples | 1,000 samples |", "|---|---|---|---|"]
+    mem = ["", "| model | recipe | calibration peak RSS growth, 100 samples | 1,000 samples |", "|---|---|---|---|"]
     for key in args.memory.split(","):
         if not key:
             continue
-        for rname in ("ort-static", "edgeq-entropy"):
-            vals = [peak_rss_mb(key, rname, n) for n in (100, 1000)]
-            mem.append(f"| {key} | {rname} | " + " | ".join("failed" if v is None else f"{v:.0f} MB" for v in vals) + " |")
+        m = MODELS[key]()
+        if len(next(iter(m["calib"].values()))) < 1000:
+            print(f"[memory] {key}: fewer than 1000 calibration samples", file=sys.stderr)
+        for rname in ("ort-static", "edgeq", "edgeq-entropy"):
+            vals = [peak_rss_mb(m, rname, n) for n in (100, 1000)]
+            mem.append(f"| {m['name']} | {rname} | " + " | ".join("failed" if v is None else f"{v:.0f} MB" for v in vals) + " |")
     print("\n".join(mem))
 
 

@@ -387,7 +387,7 @@ def _edgeq_static(
     weight_only = [n for n, h in written.how.items() if h.startswith("weights int8, activations float")]
     if weight_only:
         notes.append(f"{len(weight_only)} node(s) weight-only, activations float: " + "; ".join(sorted({written.how[n].split("(", 1)[-1].rstrip(")") for n in weight_only})))
-    worst = sorted(layers, key=lambda r: r["sqnr_db"])[:10]
+    worst = sorted((r for r in layers if r["sqnr_db"] is not None), key=lambda r: r["sqnr_db"])[:10]
     details["calibration"] = {
         "method": str(prep.cal),
         "bins": prep.cal.bins,

@@ -169,7 +169,9 @@ def layer_sqnr(prep: Prepared, written: Written, data: SampleSet, n: int) -> lis
     rows = []
     for qn in written.plan.nodes:
         out = acc.get(qn.output)
-        if out is None:
+        if out is None:  # inside a Loop/Scan body, or a branch the data did not take
+            rows.append({"node": qn.name, "op": qn.op_type, "tensor": qn.output, "sqnr_db": None,
+                         "sensitivity": 0.0, "quantized_as": written.how.get(qn.name, "")})
             continue
         nsr_out = out.noise / out.signal if out.signal > 0 else math.inf
         inp = acc.get(qn.act_input) if qn.act_input else None
