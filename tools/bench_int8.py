@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -344,14 +343,14 @@ class _Reader:
             return None
         i = self.i
         self.i += 1
-        return {k: (v[i] if self.stacked else v[i]) for k, v in self.calib.items()}
+        return {k: np.asarray(v[i]) for k, v in self.calib.items()}
 
     def rewind(self):
         self.i = 0
 
 
 def _feed(calib: dict, i: int) -> dict:
-    return {k: v[i] for k, v in calib.items()}
+    return {k: np.asarray(v[i]) for k, v in calib.items()}
 
 
 def ort_static(m: dict, out: Path, n: int) -> str:
@@ -538,13 +537,17 @@ def main() -> None:
     ap.add_argument("--models", default="digits,resnet18,mobilenetv2,silero")
     ap.add_argument("--calib", type=int, default=100, help="calibration samples for the accuracy table")
     ap.add_argument("--memory", default="digits,silero", help="models for the peak-memory table (100 and 1,000 samples)")
+    ap.add_argument("--results", type=Path, default=None, help="JSON file: rows are appended per model (partial runs survive)")
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows = json.loads(args.results.read_text()) if args.results and args.results.exists() else []
     for key in args.models.split(","):
         if key:
             t = time.perf_counter()
-            rows += bench_model(key, args.calib)
+            new = bench_model(key, args.calib)
+            rows = [r for r in rows if r["model"] != new[0]["model"]] + new
+            if args.results:
+                args.results.write_text(json.dumps(rows, indent=1))
             print(f"[{key}] {time.perf_counter() - t:.0f} s", file=sys.stderr)
     print(table(rows))
     mem = ["", "| model | recipe | calibration peak RSS growth, 100 samples | 1,000 samples |", "|---|---|---|---|"]

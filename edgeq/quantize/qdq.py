@@ -328,7 +328,6 @@ class WriteOptions:
 
 def write(model: Any, qplan: Plan, ranges: dict[str, tuple[float, float]], opts: WriteOptions) -> tuple[Any, dict[str, str]]:
     """Insert QDQ per ``qplan`` into a copy of ``model``. Returns (model, node -> how it was quantized)."""
-    onnx = _onnx()
     from onnx import helper, numpy_helper
 
     from ..onnxutil import iter_nodes
