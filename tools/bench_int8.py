@@ -222,7 +222,7 @@ def tiny_lm(d=128, layers=2, heads=4, seq=64):
     return LM()
 
 
-def build_lm(seq=64, steps=600) -> dict:
+def build_lm(seq=64, steps=250) -> dict:
     import torch
 
     text = np.frombuffer(_lm_text(), np.uint8)
@@ -242,6 +242,8 @@ def build_lm(seq=64, steps=600) -> dict:
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if step % 50 == 0:
+                print(f"[lm] step {step} loss {float(loss):.3f}", file=sys.stderr, flush=True)
         model.eval()
         _export_torch(model, torch.zeros(1, seq, dtype=torch.long), path, "tokens", "logits")
     rng = np.random.default_rng(1)

@@ -107,8 +107,10 @@ class TensorStats:
             self.R = 2.0 ** math.ceil(math.log2(need)) if need > 0 else 2.0**-30
         while need > self.R:
             self._double()
-        h, _ = np.histogram(a, bins=self.bins, range=(-self.R, self.R))
-        self.hist += h
+        # bincount on computed bin indices: several times faster than np.histogram
+        idx = ((a + np.float32(self.R)) * np.float32(self.bins / (2.0 * self.R))).astype(np.int32)
+        np.clip(idx, 0, self.bins - 1, out=idx)
+        self.hist += np.bincount(idx, minlength=self.bins)
 
     def _double(self) -> None:
         # new bin k covers old bins 2k'..2k'+1 of the centre half: exact merge
