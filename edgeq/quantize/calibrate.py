@@ -70,7 +70,7 @@ class Calibration:
 class TensorStats:
     """Running statistics of one tensor; ``update`` is O(bins) memory, whatever the data."""
 
-    __slots__ = ("bins", "hist", "lo", "hi", "R", "count", "nonfinite", "sumsq")
+    __slots__ = ("bins", "hist", "lo", "hi", "R", "count", "nonfinite")
 
     def __init__(self, bins: int = DEFAULT_BINS, histogram: bool = True) -> None:
         self.bins = bins
@@ -80,25 +80,24 @@ class TensorStats:
         self.R = 0.0
         self.count = 0
         self.nonfinite = 0
-        self.sumsq = 0.0
 
     def update(self, arr: np.ndarray) -> None:
         a = np.asarray(arr)
         if a.dtype.kind != "f" or a.size == 0:
             return
         a = a.reshape(-1)
-        fin = np.isfinite(a)
-        nf = int(a.size - np.count_nonzero(fin))
-        if nf:
+        mn, mx = float(a.min()), float(a.max())
+        if not (math.isfinite(mn) and math.isfinite(mx)):  # only then pay for a mask
+            fin = np.isfinite(a)
+            nf = int(a.size - np.count_nonzero(fin))
             self.nonfinite += nf
             a = a[fin]
             if a.size == 0:
                 return
+            mn, mx = float(a.min()), float(a.max())
         a = a.astype(np.float32, copy=False)
-        mn, mx = float(a.min()), float(a.max())
         self.lo, self.hi = min(self.lo, mn), max(self.hi, mx)
         self.count += int(a.size)
-        self.sumsq += float(np.dot(a.astype(np.float64), a.astype(np.float64)))
         if self.hist is None:
             return
         need = max(abs(mn), abs(mx))
@@ -128,7 +127,6 @@ class TensorStats:
         out.lo, out.hi = min(out.lo, o.lo), max(out.hi, o.hi)
         out.count += o.count
         out.nonfinite += o.nonfinite
-        out.sumsq += o.sumsq
         if out.hist is None or o.hist is None:
             out.hist = None
             return out

@@ -493,8 +493,14 @@ def sqnr(
             y = b.get(k)
             if y is None or y.shape != x.shape or x.dtype.kind != "f":
                 continue
-            x64, y64 = x.astype(np.float64), y.astype(np.float64)
-            fin = np.isfinite(x64) & np.isfinite(y64)
-            acc[k].signal += float(np.sum(x64[fin] ** 2))
-            acc[k].noise += float(np.sum((x64[fin] - y64[fin]) ** 2))
+            xf = x.reshape(-1).astype(np.float32, copy=False)
+            yf = y.reshape(-1).astype(np.float32, copy=False)
+            d = xf - yf
+            sig, nse = float(np.dot(xf, xf)), float(np.dot(d, d))
+            if not (math.isfinite(sig) and math.isfinite(nse)):  # -inf masks: compare finite entries only
+                fin = np.isfinite(xf) & np.isfinite(yf)
+                x64, y64 = xf[fin].astype(np.float64), yf[fin].astype(np.float64)
+                sig, nse = float(np.dot(x64, x64)), float(np.dot(x64 - y64, x64 - y64))
+            acc[k].signal += sig
+            acc[k].noise += nse
     return dict(acc)
