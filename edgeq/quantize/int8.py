@@ -362,7 +362,7 @@ def _edgeq_static(
             )
     else:
         written = static.write(prep, spec)
-        layers = static.layer_sqnr(prep, written, check, 16)
+        layers = static.layer_sqnr(prep, written, check, 8)
     onnx.save(written.model, str(out_path))
     qmodel = load_model(out_path)
     check_scales(qmodel)
