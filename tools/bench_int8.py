@@ -146,12 +146,12 @@ def build_convnet(name: str, size: int) -> dict:
     torch.manual_seed(0)
     model = resnet18() if name == "resnet18" else mobilenetv2()
     _randomize_bn(model)
-    path = WORK / f"{name}.onnx"
+    path = WORK / (f"{name}.onnx" if size == 224 else f"{name}_{size}.onnx")
     if not path.exists():
         _export_torch(model, torch.zeros(1, 3, size, size), path)
     return {
-        "name": name, "path": path, "input": "input",
-        "calib": {"input": _images(300, size, 1)[:, None]},
+        "name": name if size == 224 else f"{name} {size}x{size}", "path": path, "input": "input",
+        "calib": {"input": _images(300 if size >= 224 else 1000, size, 1)[:, None]},
         "eval": {"input": _images(50, size, 2)[:, None]}, "labels": None, "metric": "agreement",
     }
 
@@ -442,9 +442,17 @@ def coverage_str(fp32: Path, q: Path) -> str:
     return f"{c.nodes_quantized}/{c.nodes_total}"
 
 
+def _status_kb(key: str) -> int:
+    """VmRSS / VmHWM of this process in kB (ru_maxrss would be inherited from the parent across exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
 def _rss_now_kb() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+    return _status_kb("VmRSS")
 
 
 def peak_rss_mb(m: dict, recipe: str, n: int) -> float | None:
@@ -454,12 +462,12 @@ def peak_rss_mb(m: dict, recipe: str, n: int) -> float | None:
     if not npz.exists():
         np.savez(npz, **m["calib"])
     code = (
-        "import sys, json, resource, numpy as np, pathlib, tempfile; sys.path.insert(0, %r); "
+        "import sys, json, numpy as np, pathlib, tempfile; sys.path.insert(0, %r); "
         "import tools.bench_int8 as b; "
         "z = np.load(%r); calib = {k: z[k] for k in z.files}; "
         "m = {'path': pathlib.Path(%r), 'calib': calib}; base = b._rss_now_kb(); "
         "out = pathlib.Path(tempfile.mkdtemp()) / 'q.onnx'; b.RECIPES[%r](m, out, %d); "
-        "print(json.dumps([base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss]))"
+        "print(json.dumps([base, b._status_kb('VmHWM')]))"
     ) % (str(ROOT), str(npz), str(m["path"]), recipe, n)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if r.returncode != 0:
@@ -473,6 +481,7 @@ MODELS = {
     "digits": build_digits,
     "resnet18": lambda: build_convnet("resnet18", 224),
     "mobilenetv2": lambda: build_convnet("mobilenetv2", 224),
+    "resnet18-64": lambda: build_convnet("resnet18", 64),  # for the memory table (1,000 samples fit in RAM)
     "silero": build_silero,
     "lm": build_lm,
 }
