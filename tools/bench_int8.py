@@ -362,6 +362,13 @@ def ort_static(m: dict, out: Path, n: int) -> str:
     return "QDQ, MinMax, per-tensor, S8S8 (defaults)"
 
 
+def ort_static_entropy(m: dict, out: Path, n: int) -> str:
+    from onnxruntime.quantization import CalibrationMethod, quantize_static
+
+    quantize_static(str(m["path"]), str(out), _Reader(m["calib"], n, True), calibrate_method=CalibrationMethod.Entropy)
+    return "QDQ, Entropy (its default bins), per-tensor, S8S8"
+
+
 def ort_dynamic(m: dict, out: Path, n: int) -> str:
     from onnxruntime.quantization import quantize_dynamic
 
@@ -466,10 +473,14 @@ def peak_rss_mb(m: dict, recipe: str, n: int) -> float | None:
         "import tools.bench_int8 as b; "
         "z = np.load(%r); calib = {k: z[k] for k in z.files}; "
         "m = {'path': pathlib.Path(%r), 'calib': calib}; base = b._rss_now_kb(); "
-        "out = pathlib.Path(tempfile.mkdtemp()) / 'q.onnx'; b.RECIPES[%r](m, out, %d); "
+        "out = pathlib.Path(tempfile.mkdtemp()) / 'q.onnx'; b.MEMORY_RECIPES[%r](m, out, %d); "
         "print(json.dumps([base, b._status_kb('VmHWM')]))"
     ) % (str(ROOT), str(npz), str(m["path"]), recipe, n)
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    try:
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        print(f"[memory] {recipe} n={n} took over 10 minutes", file=sys.stderr)
+        return None
     if r.returncode != 0:
         print(f"[memory] {recipe} n={n} failed: {r.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
         return None
@@ -492,6 +503,7 @@ RECIPES = {
     "edgeq-entropy": lambda m, o, n: edgeq_static(m, o, n, "entropy"),
     "edgeq-entropy --max-drop 0.01": lambda m, o, n: edgeq_static(m, o, n, "entropy", 0.01),
 }
+MEMORY_RECIPES = {**RECIPES, "ort-static-entropy": ort_static_entropy}
 
 
 def bench_model(key: str, n_calib: int) -> list[dict]:
@@ -548,6 +560,7 @@ def main() -> None:
     ap.add_argument("--models", default="digits,resnet18,mobilenetv2,silero")
     ap.add_argument("--calib", type=int, default=100, help="calibration samples for the accuracy table")
     ap.add_argument("--memory", default="digits,silero", help="models for the peak-memory table (100 and 1,000 samples)")
+    ap.add_argument("--memory-recipes", default="ort-static,ort-static-entropy,edgeq,edgeq-entropy")
     ap.add_argument("--results", type=Path, default=None, help="JSON file: rows are appended per model (partial runs survive)")
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
@@ -568,7 +581,7 @@ def main() -> None:
         m = MODELS[key]()
         if len(next(iter(m["calib"].values()))) < 1000:
             print(f"[memory] {key}: fewer than 1000 calibration samples", file=sys.stderr)
-        for rname in ("ort-static", "edgeq", "edgeq-entropy"):
+        for rname in args.memory_recipes.split(","):
             vals = [peak_rss_mb(m, rname, n) for n in (100, 1000)]
             mem.append(f"| {m['name']} | {rname} | " + " | ".join("failed" if v is None else f"{v:.0f} MB" for v in vals) + " |")
     print("\n".join(mem))
