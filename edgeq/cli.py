@@ -36,7 +36,7 @@ AccOpt = Annotated[Optional[int], typer.Option("--accuracy-level", help="weight-
 AlgoOpt = Annotated[Optional[str], typer.Option("--algo", help="weight-only: rtn | hqq | gptq | awq (gptq/awq need --calib)")]
 KeepOpt = Annotated[Optional[str], typer.Option("--keep", help="weight-only: keep fp32: embed, lm_head or name patterns, comma-separated")]
 OverrideOpt = Annotated[Optional[list[str]], typer.Option("--override", help="weight-only: 'PATTERN=MODE' per layer (int4|int8|int2|none; repeatable)")]
-CalibOpt = Annotated[Optional[Path], typer.Option("--calib", help=".npz (one array per input) or a folder of .npy/.npz files")]
+CalibOpt = Annotated[Optional[Path], typer.Option("--calib", help=".npz (one array per input), a folder of .npy/.npz files, an image folder (+ preprocess.toml), or 'random' (flagged loudly)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON on stdout")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="replace an existing output")]
 PerChannelOpt = Annotated[Optional[bool], typer.Option("--per-channel/--per-tensor", help="weight scales per output channel")]
@@ -47,6 +47,11 @@ FormatOpt = Annotated[Optional[str], typer.Option("--format", help="qdq | qopera
 SamplesOpt = Annotated[Optional[int], typer.Option("--calib-samples", help="number of calibration samples to use")]
 StaticOpt = Annotated[Optional[list[str]], typer.Option("--static-shape", help="pin an input's shape: NAME=1x3x224x224 (repeatable)")]
 OpsetOpt = Annotated[Optional[int], typer.Option("--opset", help="opset to convert to (within the target's range)")]
+ImagePreprocOpt = Annotated[Optional[Path], typer.Option("--image-preprocess", help="preprocessing spec (TOML) for an image-folder --calib/--eval (default: preprocess.toml inside the folder)")]
+PreferOpt = Annotated[Optional[str], typer.Option("--prefer", help="measure INT8 candidates (QDQ, QOperator, dynamic) and fp32 on this host; pick accurate | fastest | smallest within the budget")]
+CalibMethodOpt = Annotated[Optional[str], typer.Option("--calibration", help="minmax | percentile:99.99 | entropy | mse (one streaming pass)")]
+CalibBinsOpt = Annotated[Optional[int], typer.Option("--calib-bins", help="histogram bins per tensor (percentile/entropy/mse)")]
+MaxDropOpt = Annotated[Optional[float], typer.Option("--max-drop", help="accuracy budget: keep the most sensitive nodes float until the drop is at most this (0.01 = 1 point)")]
 LabelsOpt = Annotated[str, typer.Option("--labels-key", help="name of the labels array in evaluation data")]
 PreprocessOpt = Annotated[Optional[Path], typer.Option("--preprocess", help="TOML: pre/post-processing the app applies per input/output (stored in the manifest)")]
 LabelsFileOpt = Annotated[Optional[Path], typer.Option("--labels", help="labels.txt, one label per output index (copied into the bundle)")]
@@ -123,16 +128,35 @@ def _emit_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
-def _spec(target, quant, fmt, act, weight, per_channel, reduce_range, samples, wo=None):
+def _spec(target, quant, fmt, act, weight, per_channel, reduce_range, samples, wo=None, calibration=None, bins=None):
     from .quantize.spec import parse_keep, parse_overrides
 
     wo = wo or {}
     return target.quant.with_overrides(
         mode=quant, format=fmt, activation_type=act, weight_type=weight,
         per_channel=per_channel, reduce_range=reduce_range, calib_samples=samples,
+        calibration=calibration, calib_bins=bins,
         block_size=wo.get("block_size"), symmetric=wo.get("symmetric"), accuracy_level=wo.get("accuracy_level"),
         algo=wo.get("algo"), keep=parse_keep(wo.get("keep")), overrides=parse_overrides(wo.get("override")) or None,
     )
+
+
+def _check_prefer(prefer: Optional[str]) -> None:
+    from .quantize.gate import PREFERENCES
+
+    if prefer is not None and prefer not in PREFERENCES:
+        raise EdgeqError(f"unknown --prefer '{prefer}'", f"choose one of {', '.join(PREFERENCES)}")
+
+
+def _budget_failed(recipe: dict, where: Path) -> None:
+    search = recipe.get("search")
+    if search and not search.get("met", True):
+        best = search["best"]
+        _fail(CheckFailed(
+            f"accuracy budget not met: best {best['metric']} drop {best['drop']:.4f} > --max-drop {search['max_drop']} "
+            f"({best['kept_float']} node(s) kept float)",
+            f"the best model found was written to {where} with the search log; raise --max-drop or add calibration data",
+        ))
 
 
 def _check_onnx_source(src: Path) -> None:
@@ -162,6 +186,11 @@ def export(
     per_channel: PerChannelOpt = None,
     reduce_range: ReduceOpt = None,
     calib_samples: SamplesOpt = None,
+    calibration: CalibMethodOpt = None,
+    calib_bins: CalibBinsOpt = None,
+    max_drop: MaxDropOpt = None,
+    image_preprocess: ImagePreprocOpt = None,
+    prefer: PreferOpt = None,
     static_shape: StaticOpt = None,
     opset: OpsetOpt = None,
     golden: Annotated[int, typer.Option("--golden", help="golden input/output pairs to store")] = 3,
@@ -205,7 +234,8 @@ def export(
 
         return export_cli(source, tg, out=out, quant=quant, prompts_file=eval_data, force=force, as_json=as_json)
     wo = dict(block_size=block_size, symmetric=symmetric, accuracy_level=accuracy_level, algo=algo, keep=keep, override=override)
-    spec = _spec(tg, quant, fmt, activation_type, weight_type, per_channel, reduce_range, calib_samples, wo)
+    spec = _spec(tg, quant, fmt, activation_type, weight_type, per_channel, reduce_range, calib_samples, wo, calibration, calib_bins)
+    _check_prefer(prefer)
     kind = source_kind(source)
     if kind == "onnx":
         _check_onnx_source(source)
@@ -213,7 +243,7 @@ def export(
         target=tg, spec=spec, out=out, calib=calib, eval=eval_data, force=force,
         static_shapes=parse_shapes(static_shape), opset=opset, golden=golden, do_profile=not no_profile,
         labels_key=labels_key, preprocess=preprocess, labels=labels, archive=archive, sign_key=sign,
-        bundle_version=bundle_version,
+        bundle_version=bundle_version, max_drop=max_drop, image_preprocess=image_preprocess, prefer=prefer,
     )
     progress = StageProgress(err, total_samples=spec.calib_samples if spec.needs_calibration else 0)
     check = None
@@ -241,6 +271,11 @@ def export(
         console.print(export_table(result))
         for n in result["notes"]:
             console.print(f"note: {n}")
+        if result["quantization"].get("layers"):
+            from .report import layers_table
+
+            console.print(layers_table(result["quantization"]))
+    _budget_failed(result["quantization"], out)
     if not result["passed"]:
         _fail(CheckFailed(
             f"the quantized model is outside target {tg.name}'s tolerances: {'; '.join(result['verify']['failures'])}",
@@ -262,6 +297,12 @@ def quantize(
     per_channel: PerChannelOpt = None,
     reduce_range: ReduceOpt = None,
     calib_samples: SamplesOpt = None,
+    calibration: CalibMethodOpt = None,
+    calib_bins: CalibBinsOpt = None,
+    max_drop: MaxDropOpt = None,
+    eval_data: Annotated[Optional[Path], typer.Option("--eval", help="evaluation data (+ optional 'labels') for --max-drop")] = None,
+    image_preprocess: ImagePreprocOpt = None,
+    prefer: PreferOpt = None,
     static_shape: StaticOpt = None,
     opset: OpsetOpt = None,
     block_size: BlockOpt = None,
@@ -287,18 +328,27 @@ def quantize(
 
     tg = load_target(target)
     wo = dict(block_size=block_size, symmetric=symmetric, accuracy_level=accuracy_level, algo=algo, keep=keep, override=override)
-    spec = _spec(tg, quant, fmt, activation_type, weight_type, per_channel, reduce_range, calib_samples, wo)
+    spec = _spec(tg, quant, fmt, activation_type, weight_type, per_channel, reduce_range, calib_samples, wo, calibration, calib_bins)
+    _check_prefer(prefer)
     _check_onnx_source(model)
     src = open_source(model)
-    data = load_samples(calib, src.io) if calib else None
+    data = load_samples(calib, src.io, preprocess=image_preprocess, random_n=spec.calib_samples) if calib else None
+    evals = load_samples(eval_data, src.io, what="evaluation", preprocess=image_preprocess) if eval_data else None
     if spec.needs_calibration and data is None:
         raise CalibrationError(f"{spec.mode} needs calibration data", "pass --calib DATA.npz, or --quant int8-dynamic")
+    from .quantize.preflight import run as preflight
+
+    pre_notes = preflight(model, tg, spec, parse_shapes(static_shape))  # before any work
     progress = StageProgress(err, total_samples=min(spec.calib_samples, len(data)) if data else 0)
     with staging(out, force=force, is_dir=False) as tmp, scratch_dir() as work:
         with progress.stage("optimize"):
             opt, notes = optimize_stage(src, tg, work / "fp32.onnx", static_shapes=parse_shapes(static_shape), opset=opset)
+            notes = pre_notes + notes
         with progress.stage(f"quantize ({spec.mode})"):
-            res = quantize_stage(opt, spec, work / "q.onnx", data=data, on_sample=progress.sample)
+            res = quantize_stage(
+                opt, spec, work / "q.onnx", data=data, on_sample=progress.sample, evals=evals, max_drop=max_drop,
+                prefer=prefer, budget=tg.tolerances.max_accuracy_drop,
+            )
         shutil.copyfile(res.artifact.path, tmp)
     recipe = res.recipe()
     recipe["notes"] = notes + recipe["notes"]
@@ -309,6 +359,11 @@ def quantize(
         console.print(f"wrote {out} ({spec.mode}" + (f", {cov['nodes_quantized']}/{cov['nodes_total']} weight nodes quantized)" if cov else ")"))
         for n in recipe["notes"]:
             console.print(f"note: {n}")
+        if recipe.get("layers"):
+            from .report import layers_table
+
+            console.print(layers_table(recipe))
+    _budget_failed(recipe, out)
 
 
 @app.command()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,15 +32,28 @@ class SampleSet:
     source: str
     synthetic: bool = False
     notes: tuple[str, ...] = field(default=())
+    files: tuple[Path, ...] = ()
+    """Image files read one at a time with ``loader`` (image folders); ``arrays`` is then empty."""
+    loader: Any = None
+    input_name: str = ""
 
     def __len__(self) -> int:
+        if self.files:
+            return len(self.files)
         return len(next(iter(self.arrays.values()))) if self.arrays else 0
 
     def feed(self, i: int) -> dict[str, np.ndarray]:
-        return {k: (a[i] if self.stacked[k] else a[i : i + 1]) for k, a in self.arrays.items()}
+        if self.files:
+            return {self.input_name: self.loader(self.files[i])}
+        # np.asarray: a stacked scalar input (e.g. a sample rate) stays a 0-d array, not a numpy scalar
+        return {k: (np.asarray(a[i]) if self.stacked[k] else a[i : i + 1]) for k, a in self.arrays.items()}
 
     def take(self, n: int) -> SampleSet:
         n = min(n, len(self))
+        if self.files:
+            from dataclasses import replace
+
+            return replace(self, files=self.files[:n], labels=None if self.labels is None else self.labels[:n])
         return SampleSet(
             arrays={k: a[:n] for k, a in self.arrays.items()},
             stacked=self.stacked,
@@ -132,9 +146,68 @@ def _spec_or_none(io: IoSpec, name: str) -> TensorSpec | None:
         return None
 
 
-def load_samples(path: str | Path, io: IoSpec, *, what: str = "calibration", labels_key: str = LABELS_KEY) -> SampleSet:
-    """Read and check a sample set against the model's inputs."""
+RANDOM = "random"
+
+
+def random_samples(io: IoSpec, n: int = 64) -> SampleSet:
+    """Seeded standard-normal inputs: a stand-in that says loudly that it is one."""
+    from .profile import synthetic_feed
+
+    feeds = [synthetic_feed(io, seed=i) for i in range(n)]
+    arrays = {t.name: np.stack([f[t.name] for f in feeds]) for t in io.inputs}
+    return SampleSet(
+        arrays=arrays, stacked={k: True for k in arrays}, labels=None, source="random (--calib random)", synthetic=True,
+        notes=("WARNING: random calibration data: ranges do not reflect real inputs",),
+    )
+
+
+def _image_samples(path: Path, io: IoSpec, what: str, preprocess: Path | None) -> SampleSet:
+    from .images import SPEC_NAME, Preprocess, image_files
+
+    files = image_files(path)
+    if len(io.inputs) != 1:
+        raise CalibrationError(
+            f"{what} folder {path} holds images but the model has {len(io.inputs)} inputs",
+            "use .npz files with one array per input name",
+        )
+    spec_path = preprocess or (path / SPEC_NAME)
+    if not spec_path.is_file():
+        raise CalibrationError(
+            f"{what} folder {path} holds images but no preprocessing spec",
+            f"write {path / SPEC_NAME} (resize, crop, mean, std, layout, dtype) or pass --preprocess FILE",
+        )
+    prep = Preprocess.load(spec_path)
+    spec = io.inputs[0]
+    first = prep(files[0])
+    _check_array(first, spec, what)  # shape and dtype against the model, before any work
+    return SampleSet(
+        arrays={}, stacked={spec.name: False}, labels=None, source=f"{path} ({len(files)} images, {spec_path.name})",
+        files=tuple(files), loader=prep, input_name=spec.name,
+    )
+
+
+def load_samples(
+    path: str | Path,
+    io: IoSpec,
+    *,
+    what: str = "calibration",
+    labels_key: str = LABELS_KEY,
+    preprocess: Path | None = None,
+    random_n: int = 64,
+) -> SampleSet:
+    """Read and check a sample set against the model's inputs.
+
+    ``path`` is an .npz/.npy file, a folder of them, an image folder (with a preprocessing
+    spec), or the word ``random`` (seeded random inputs, flagged as synthetic everywhere).
+    """
+    if str(path) == RANDOM and not Path(path).exists():
+        return random_samples(io, random_n)
     path = Path(path)
+    if path.is_dir():
+        from .images import image_files
+
+        if image_files(path) and not any(p.suffix in (".npz", ".npy") for p in path.iterdir()):
+            return _image_samples(path, io, what, preprocess)
     raw = _read_raw(path, io, what)
     labels = None
     if labels_key in raw and labels_key not in io.input_names:

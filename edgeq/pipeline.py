@@ -44,6 +44,10 @@ class ExportOptions:
     archive: str | None = None
     sign_key: Path | None = None
     bundle_version: int = 0
+    max_drop: float | None = None
+    image_preprocess: Path | None = None
+    """preprocessing spec (TOML) for image-folder calibration/evaluation data"""
+    prefer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,20 +104,25 @@ def run_export(
     check_output(opts.out, opts.force)  # before any work
     app_io, labels = _bundle_extras(source, opts)
     # Check the data against the model before spending time on anything else.
-    calib = load_samples(opts.calib, source.io, what="calibration", labels_key=opts.labels_key) if opts.calib else None
-    evals = load_samples(opts.eval, source.io, what="evaluation", labels_key=opts.labels_key) if opts.eval else None
+    calib = load_samples(opts.calib, source.io, what="calibration", labels_key=opts.labels_key, preprocess=opts.image_preprocess, random_n=spec.calib_samples) if opts.calib else None
+    evals = load_samples(opts.eval, source.io, what="evaluation", labels_key=opts.labels_key, preprocess=opts.image_preprocess) if opts.eval else None
     if spec.needs_calibration and calib is None:
         raise CalibrationError(
             f"{spec.mode} needs calibration data and none was given",
             "pass --calib DATA.npz (one array per model input), or --quant int8-dynamic / none",
         )
-    notes: list[str] = []
+    from .quantize.preflight import run as preflight
+
+    notes: list[str] = preflight(source.path, target, spec, opts.static_shapes)  # before any work
     with scratch_dir() as work:
         with stage("optimize"):
             opt, opt_notes = optimize(source, target, work / "fp32.onnx", static_shapes=opts.static_shapes, opset=opts.opset)
             notes += opt_notes
         with stage(f"quantize ({spec.mode})"):
-            qres = quantize(opt, spec, work / "model.onnx", data=calib, on_sample=on_sample)
+            qres = quantize(
+                opt, spec, work / "model.onnx", data=calib, on_sample=on_sample, evals=evals, max_drop=opts.max_drop,
+                prefer=opts.prefer, budget=target.tolerances.max_accuracy_drop,
+            )
             notes += qres.notes
         check_data = evals or calib
         report = None

@@ -343,3 +343,17 @@ def bundle_check_table(r: dict[str, Any]) -> Table:
     for p in r["pairs"]:
         t.add_row(p["pair"], "pass" if p["passed"] else "FAIL", fmt(p["max_abs_error"]), f"{p['ms']:.2f} ms")
     return t
+
+
+def layers_table(recipe: dict[str, Any]) -> Table:
+    """Ten worst quantized layers by SQNR, and the nodes that stayed float."""
+    t = Table(title="INT8: ten worst layers (SQNR vs fp32) and nodes kept float")
+    for c in ("node", "op", "SQNR dB", "quantized as / why float"):
+        t.add_column(c)
+    rows = sorted(recipe.get("layers", []), key=lambda r: (r["sqnr_db"] is None, r["sqnr_db"] or 0.0))[:10]
+    for r in rows:
+        db = "not measured" if r["sqnr_db"] is None else fmt(r["sqnr_db"], ".1f")
+        t.add_row(escape(r["node"]), r["op"], db, escape(r["quantized_as"]))
+    for name, why in list(recipe.get("kept_float", {}).items())[:10]:
+        t.add_row(escape(name), "", "float", escape(why))
+    return t

@@ -23,7 +23,7 @@ else:  # pragma: no cover
 
 _TOP_KEYS = {
     "name", "description", "arch", "notes", "static_shapes", "providers",
-    "session", "quant", "opset", "tolerances", "ops", "runtime", "gguf",
+    "session", "quant", "opset", "tolerances", "ops", "runtime", "gguf", "rules",
 }
 RUNTIMES = ("onnxruntime", "llama.cpp")
 
@@ -105,6 +105,8 @@ class Target:
     runtime: str = "onnxruntime"
     gguf: GGUFSettings | None = None
     """Set for llama.cpp targets (runtime = "llama.cpp")."""
+    rules: tuple[Any, ...] = ()
+    """Pre-flight rules (``edgeq.quantize.preflight.Rule``), checked before any work."""
 
     @property
     def provider_names(self) -> tuple[str, ...]:
@@ -129,6 +131,7 @@ class Target:
             "supported_dtypes": list(self.supported_dtypes),
             "runtime": self.runtime,
             **({"gguf": self.gguf.to_dict()} if self.gguf else {}),
+            "rules": [vars(r).copy() | {"allowed": list(r.allowed)} for r in self.rules],
         }
 
 
@@ -216,6 +219,12 @@ def _parse(data: dict[str, Any], path: Path) -> Target:
             "use 'extended' (or 'basic') for targets that are not x86_64",
         )
     ops = data.get("ops", {})
+    from .quantize.preflight import Rule
+
+    try:
+        rules = tuple(Rule.from_dict(r, where) for r in data.get("rules", ()))
+    except EdgeqError as e:
+        raise TargetError(e.message, e.hint) from None
     return Target(
         name=data["name"],
         description=data["description"],
@@ -231,6 +240,7 @@ def _parse(data: dict[str, Any], path: Path) -> Target:
         supported_ops=tuple(ops.get("supported", ())),
         supported_dtypes=tuple(ops.get("dtypes", ())),
         source=str(path),
+        rules=rules,
     )
 
 

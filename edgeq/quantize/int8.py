@@ -74,12 +74,17 @@ class QuantResult:
     spec: QuantSpec
     coverage: Coverage | None
     notes: tuple[str, ...] = field(default=())
+    details: dict[str, Any] = field(default_factory=dict)
+    """edgeq static QDQ: calibration, per-layer SQNR, nodes kept float and why, budget search log."""
+    budget_met: bool = True
 
     def recipe(self) -> dict[str, Any]:
-        d = {"engine": f"onnxruntime {_ort_version()}", **self.spec.to_dict()}
+        engine = self.details.get("engine") or f"onnxruntime {_ort_version()}"
+        d = {"engine": engine, **self.spec.to_dict()}
         if self.coverage is not None:
             d["coverage"] = self.coverage.to_dict()
         d["notes"] = list(self.notes)
+        d.update({k: v for k, v in self.details.items() if k != "engine"})
         return d
 
 
@@ -144,7 +149,9 @@ def coverage(fp32_model: Any, q_model: Any) -> Coverage:
 
     total: collections.Counter[str] = collections.Counter()
     weight_bytes_total = 0
-    inits = {i.name: i for i in iter_initializers(fp32_model.graph)}
+    from .qdq import _const_names
+
+    inits = _const_names(fp32_model)  # initializers and Constant nodes, subgraphs included
     for n in iter_nodes(fp32_model.graph):
         if n.op_type in WEIGHT_OPS and len(n.input) > 1 and n.input[1] in inits:
             total[n.op_type] += 1
@@ -203,8 +210,14 @@ def quantize(
     *,
     data: SampleSet | None = None,
     on_sample: Any = None,
+    evals: SampleSet | None = None,
+    max_drop: float | None = None,
 ) -> QuantResult:
-    """Quantize ``artifact`` per ``spec`` into ``out_path``."""
+    """Quantize ``artifact`` per ``spec`` into ``out_path``.
+
+    Static QDQ is written by edgeq (streaming calibration, subgraphs, budget search);
+    QOperator and dynamic go through onnxruntime's quantizer.
+    """
     out_path = Path(out_path)
     if spec.mode == "none":
         import shutil
@@ -214,6 +227,8 @@ def quantize(
     if spec.mode == "fp16":
         return _fp16(artifact, spec, out_path)
     fp32 = load_model(artifact.path)
+    if spec.mode == "int8-static" and spec.format == "qdq":
+        return _edgeq_static(artifact, fp32, spec, out_path, data, on_sample, evals, max_drop)
     opset = default_opset(fp32)
     if opset < 13 and spec.per_channel:
         raise QuantizationError(
@@ -313,4 +328,91 @@ def _fp16(artifact: Artifact, spec: QuantSpec, out_path: Path) -> QuantResult:
         spec,
         None,
         ("weights and compute in fp16; inputs and outputs stay fp32",),
+    )
+
+
+def _edgeq_static(
+    artifact: Artifact,
+    fp32: Any,
+    spec: QuantSpec,
+    out_path: Path,
+    data: SampleSet | None,
+    on_sample: Any,
+    evals: SampleSet | None,
+    max_drop: float | None,
+) -> QuantResult:
+    import onnx
+
+    from . import static
+
+    if data is None:
+        raise CalibrationError("int8-static needs calibration data", "pass --calib DATA.npz (or --quant int8-dynamic)")
+    prep = static.prepare(fp32, spec, data, on_sample=on_sample)
+    notes = list(prep.notes)
+    details: dict[str, Any] = {"engine": "edgeq static QDQ (calibration and QDQ written by edgeq)"}
+    if data.synthetic:
+        notes.insert(0, "WARNING: calibrated on RANDOM data: ranges do not reflect real inputs; accuracy is unknown")
+    met = True
+    check = evals if evals is not None else data
+    if max_drop is not None:
+        if evals is None:
+            notes.append("--max-drop measured on the calibration data (pass --eval for held-out data)")
+        res = static.search(prep, spec, check, max_drop)
+        written = res.written
+        layers = res.layers
+        met = res.met
+        details["search"] = {
+            "max_drop": max_drop,
+            "metric": res.fp32_metric.name,
+            "fp32": round(res.fp32_metric.value, 5),
+            "steps": [s.to_dict() for s in res.steps],
+            "best": res.best.to_dict(),
+            "met": res.met,
+        }
+        if not res.met:
+            notes.append(
+                f"BUDGET NOT MET: best {res.best.metric} drop {res.best.drop:.4f} > --max-drop {max_drop} "
+                f"(with {res.best.kept_float} node(s) kept float); the best model found was written"
+            )
+    else:
+        written = static.write(prep, spec)
+        layers = static.layer_sqnr(prep, written, check, 8)
+    onnx.save(written.model, str(out_path))
+    qmodel = load_model(out_path)
+    check_scales(qmodel)
+    cov = coverage(prep.model, qmodel)
+    if cov.nodes_total and cov.nodes_quantized == 0 and not written.plan.kept_float:
+        out_path.unlink(missing_ok=True)
+        raise QuantizationError(
+            f"int8-static quantized none of the model's {cov.nodes_total} Conv/Gemm/MatMul nodes",
+            "report the model to edgeq",
+        )
+    if cov.nodes_total and cov.nodes_quantized == 0 and max_drop is None:
+        out_path.unlink(missing_ok=True)
+        raise QuantizationError(
+            f"int8-static quantized none of the model's {cov.nodes_total} Conv/Gemm/MatMul nodes",
+            "every weight node was excluded; quantize fewer exclusions or use --quant none",
+        )
+    if cov.nodes_total == 0:
+        notes.append("the model has no Conv/Gemm/MatMul nodes: nothing to quantize")
+    sub = [qn.name for qn in written.plan.nodes if qn.in_subgraph]
+    if sub:
+        notes.append(f"{len(sub)} node(s) inside If/Loop/Scan subgraphs quantized")
+    weight_only = [n for n, h in written.how.items() if h.startswith("weights int8, activations float")]
+    if weight_only:
+        notes.append(f"{len(weight_only)} node(s) weight-only, activations float: " + "; ".join(sorted({written.how[n].split("(", 1)[-1].rstrip(")") for n in weight_only})))
+    worst = sorted((r for r in layers if r["sqnr_db"] is not None), key=lambda r: r["sqnr_db"])[:10]
+    details["calibration"] = {
+        "method": str(prep.cal),
+        "bins": prep.cal.bins,
+        "samples": prep.stats.samples,
+        "synthetic": bool(data.synthetic),
+        "nonfinite_values": prep.stats.nonfinite(),
+    }
+    details["layers"] = [{k: v for k, v in r.items() if k != "sensitivity"} for r in layers]
+    details["worst_layers"] = [r["node"] for r in worst]
+    details["kept_float"] = dict(sorted(written.plan.kept_float.items()))
+    step = f"quantize(int8-static, qdq, edgeq, a={spec.activation_type}, w={spec.weight_type}, per_channel={spec.per_channel}, calib={prep.cal})"
+    return QuantResult(
+        artifact_from(out_path, artifact.provenance + (step,)), spec, cov, tuple(notes), details, met
     )

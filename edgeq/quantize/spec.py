@@ -17,7 +17,8 @@ KEEP_WORDS = ("embed", "lm_head")
 FORMATS = ("qdq", "qoperator")
 ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
 WEIGHT_TYPES = ("int8", "uint8")
-CALIBRATIONS = ("minmax",)
+CALIBRATIONS = ("minmax", "percentile:99.99", "entropy", "mse")
+PREFERENCES = ("accurate", "fastest", "smallest")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class QuantSpec:
     symmetric_weights: bool = True
     calibration: str = "minmax"
     calib_samples: int = 256
+    calib_bins: int = 2048
+    """Histogram bins per tensor for percentile/entropy/mse calibration."""
     op_types: tuple[str, ...] = ()
     """Op types to quantize; empty means onnxruntime's default set."""
     nodes_to_exclude: tuple[str, ...] = ()
@@ -52,7 +55,9 @@ class QuantSpec:
         _choice("quantization format", self.format, FORMATS, "--format")
         _choice("activation type", self.activation_type, ACTIVATION_TYPES, "the target's [quant] table")
         _choice("weight type", self.weight_type, WEIGHT_TYPES, "the target's [quant] table")
-        _choice("calibration method", self.calibration, CALIBRATIONS, "--calibration")
+        from .calibrate import Calibration
+
+        Calibration.parse(self.calibration, self.calib_bins)  # raises on a bad value
         if self.calib_samples < 1:
             raise EdgeqError(
                 f"--calib-samples must be at least 1, got {self.calib_samples}",

@@ -1,0 +1,143 @@
+"""Image folders as calibration/evaluation data, with a small preprocessing spec (TOML).
+
+``preprocess.toml`` next to the images (or passed with --preprocess):
+
+    resize = 256            # shorter side to 256 (or [height, width])
+    crop = [224, 224]       # centre crop (optional)
+    mean = [0.485, 0.456, 0.406]   # after scaling to [0, 1]
+    std = [0.229, 0.224, 0.225]
+    layout = "NCHW"         # or "NHWC"
+    dtype = "float32"       # float32 | float16 | uint8 (uint8: no scaling, mean/std ignored)
+    color = "RGB"           # RGB | BGR | L
+
+Images are read one at a time (Pillow, in the ``int8`` extra), so memory does not grow
+with the number of images.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CalibrationError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".webp", ".tif", ".tiff")
+SPEC_NAME = "preprocess.toml"
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    resize: tuple[int, ...] = ()
+    crop: tuple[int, int] | None = None
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    layout: str = "NCHW"
+    dtype: str = "float32"
+    color: str = "RGB"
+    scale: float = 1.0 / 255.0
+
+    @classmethod
+    def load(cls, path: Path) -> Preprocess:
+        try:
+            d = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise CalibrationError(f"cannot read preprocessing spec {path}: {e}", "write a small TOML file (see edgeq/images.py)") from None
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise CalibrationError(f"{path}: unknown key(s) {', '.join(unknown)}", f"known keys: {', '.join(sorted(known))}")
+        try:
+            r = d.get("resize", ())
+            spec = cls(
+                resize=(int(r),) if isinstance(r, int) else tuple(int(v) for v in r),
+                crop=tuple(int(v) for v in d["crop"]) if "crop" in d else None,  # type: ignore[arg-type]
+                mean=tuple(float(v) for v in d.get("mean", ())),
+                std=tuple(float(v) for v in d.get("std", ())),
+                layout=str(d.get("layout", "NCHW")).upper(),
+                dtype=str(d.get("dtype", "float32")),
+                color=str(d.get("color", "RGB")).upper(),
+                scale=float(d.get("scale", 1.0 / 255.0)),
+            )
+        except (TypeError, ValueError) as e:
+            raise CalibrationError(f"{path}: bad value ({e})", "see edgeq/images.py for the format") from None
+        spec.validate(str(path))
+        return spec
+
+    def validate(self, where: str) -> None:
+        bad = None
+        if self.layout not in ("NCHW", "NHWC"):
+            bad = f"layout must be NCHW or NHWC, not {self.layout}"
+        elif self.dtype not in ("float32", "float16", "uint8"):
+            bad = f"dtype must be float32, float16 or uint8, not {self.dtype}"
+        elif self.color not in ("RGB", "BGR", "L"):
+            bad = f"color must be RGB, BGR or L, not {self.color}"
+        elif len(self.resize) not in (0, 1, 2) or any(v <= 0 for v in self.resize):
+            bad = "resize must be a positive int or [height, width]"
+        elif self.crop is not None and (len(self.crop) != 2 or min(self.crop) <= 0):
+            bad = "crop must be [height, width]"
+        elif len(self.mean) != len(self.std) or any(s == 0 for s in self.std):
+            bad = "mean and std need the same length and std no zeros"
+        elif self.mean and len(self.mean) != (1 if self.color == "L" else 3):
+            bad = f"mean/std need one value per channel ({1 if self.color == 'L' else 3})"
+        if bad:
+            raise CalibrationError(f"{where}: {bad}", "fix the preprocessing spec")
+
+    def __call__(self, path: Path) -> np.ndarray:
+        """One image as a batch-of-one array in the model's layout."""
+        try:
+            from PIL import Image
+        except ImportError:
+            raise CalibrationError("reading images needs Pillow", "pip install 'edgeq[int8]'") from None
+        try:
+            with Image.open(path) as im:
+                im = im.convert("L" if self.color == "L" else "RGB")
+                if len(self.resize) == 1:
+                    w, h = im.size
+                    s = self.resize[0] / min(w, h)
+                    im = im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
+                elif len(self.resize) == 2:
+                    im = im.resize((self.resize[1], self.resize[0]), Image.BILINEAR)
+                if self.crop is not None:
+                    ch, cw = self.crop
+                    w, h = im.size
+                    if ch > h or cw > w:
+                        raise CalibrationError(f"{path.name}: crop {ch}x{cw} is larger than the image {h}x{w}", "resize first (resize = ...)")
+                    left, top = (w - cw) // 2, (h - ch) // 2
+                    im = im.crop((left, top, left + cw, top + ch))
+                a = np.asarray(im)
+        except CalibrationError:
+            raise
+        except Exception as e:  # noqa: BLE001 - PIL raises many types on bad files
+            raise CalibrationError(f"cannot read image {path}: {type(e).__name__}", "remove or fix the file") from None
+        if a.ndim == 2:
+            a = a[:, :, None]
+        if self.color == "BGR":
+            a = a[:, :, ::-1]
+        if self.dtype == "uint8":
+            out = a.astype(np.uint8)
+        else:
+            out = a.astype(np.float32) * self.scale
+            if self.mean:
+                out = (out - np.array(self.mean, np.float32)) / np.array(self.std, np.float32)
+            out = out.astype(self.dtype)
+        if self.layout == "NCHW":
+            out = out.transpose(2, 0, 1)
+        return np.ascontiguousarray(out[None])
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files directly in ``folder``, name order; links and files outside it are skipped."""
+    base = folder.resolve()
+    out = []
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.is_symlink() and p.resolve().parent == base:
+            out.append(p)
+    return out

@@ -1,0 +1,164 @@
+"""No-regression gate: measure the candidates this host can run and pick one honestly.
+
+Candidates: edgeq static QDQ, onnxruntime static QOperator, onnxruntime dynamic INT8,
+and fp32 itself. Each is measured here (latency on this host's CPU, file size,
+accuracy or agreement with fp32 on the evaluation data). ``--prefer`` picks among
+those within the accuracy budget: ``accurate`` (smallest drop, then fastest),
+``fastest`` or ``smallest``. A pick slower than fp32 is reported loudly; when no
+quantized candidate is within budget, fp32 is shipped and the report says why.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data import SampleSet
+from ..errors import EdgeqError
+
+PREFERENCES = ("accurate", "fastest", "smallest")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    path: Path | None
+    ms: float | None = None
+    size: int | None = None
+    metric: float | None = None
+    drop: float | None = None
+    error: str | None = None
+    result: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "p50_ms": None if self.ms is None else round(self.ms, 4), "bytes": self.size,
+            "metric": None if self.metric is None else round(self.metric, 5),
+            "drop": None if self.drop is None else round(self.drop, 5), "error": self.error,
+        }
+
+
+def _latency_ms(path: Path, feed: dict[str, np.ndarray], budget_s: float = 0.5) -> float:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
+    feed = {k: v for k, v in feed.items() if k in names}
+    for _ in range(2):
+        sess.run(None, feed)
+    ts: list[float] = []
+    t_end = time.perf_counter() + budget_s
+    while len(ts) < 5 or (time.perf_counter() < t_end and len(ts) < 200):
+        t = time.perf_counter()
+        sess.run(None, feed)
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts) * 1000)
+
+
+def select(
+    artifact: Any,
+    spec: Any,
+    out_path: Path,
+    *,
+    data: SampleSet | None,
+    evals: SampleSet | None,
+    max_drop: float,
+    prefer: str,
+    on_sample: Any = None,
+) -> Any:
+    """Quantize every candidate, measure, copy the pick to ``out_path``; returns its QuantResult."""
+    from . import static
+    from .int8 import QuantResult, quantize
+
+    if prefer not in PREFERENCES:
+        raise EdgeqError(f"unknown --prefer '{prefer}'", f"choose one of {', '.join(PREFERENCES)}")
+    check = evals if evals is not None else data
+    if check is None:
+        raise EdgeqError("--prefer needs data to measure on", "pass --calib and/or --eval")
+    work = out_path.parent
+    specs = {
+        "edgeq QDQ (static)": spec.with_overrides(mode="int8-static", format="qdq"),
+        "onnxruntime QOperator (static)": spec.with_overrides(mode="int8-static", format="qoperator"),
+        "onnxruntime dynamic": replace(spec, mode="int8-dynamic", activation_type="uint8"),
+    }
+    cands: list[Candidate] = []
+    for name, sp in specs.items():
+        p = work / f"cand{len(cands)}.onnx"
+        if sp.mode == "int8-static" and data is None:
+            cands.append(Candidate(name, None, error="needs calibration data"))
+            continue
+        try:
+            res = quantize(artifact, sp, p, data=data, on_sample=on_sample if len(cands) == 0 else None)
+        except EdgeqError as e:
+            cands.append(Candidate(name, None, error=e.message[:160]))
+            continue
+        cands.append(Candidate(name, p, result=res))
+    import onnx
+
+    fp32_model = onnx.load(str(artifact.path))
+    n = min(len(check), 500)
+    ref = static.first_outputs(fp32_model, check, n)
+    fp32_metric = static.metric(ref, ref, check.labels)
+    feed = check.feed(0)
+    measured: list[Candidate] = [
+        Candidate("fp32", artifact.path, _latency_ms(artifact.path, feed), artifact.path.stat().st_size, fp32_metric.value, 0.0)
+    ]
+    for c in cands:
+        if c.path is None:
+            measured.append(c)
+            continue
+        m = static.metric(static.first_outputs(onnx.load(str(c.path)), check, n), ref, check.labels)
+        measured.append(replace(c, ms=_latency_ms(c.path, feed), size=c.path.stat().st_size, metric=m.value,
+                                drop=fp32_metric.value - m.value))
+    fp32 = measured[0]
+    ok = [c for c in measured[1:] if c.error is None and c.drop is not None and c.drop <= max_drop]
+    key = {
+        "accurate": lambda c: (c.drop, c.ms),
+        "fastest": lambda c: (c.ms, c.drop),
+        "smallest": lambda c: (c.size, c.drop),
+    }[prefer]
+    notes: list[str] = []
+    if ok:
+        pick = min(ok, key=key)
+        if pick.ms is not None and fp32.ms is not None and pick.ms > fp32.ms:
+            notes.append(
+                f"WARNING: SLOWER THAN FP32 on this host: {pick.name} runs at {pick.ms:.3f} ms vs fp32 {fp32.ms:.3f} ms "
+                f"({pick.ms / fp32.ms:.2f}x); chosen because --prefer {prefer}"
+            )
+        shutil.copyfile(pick.path, out_path)
+        base: QuantResult = pick.result
+    else:
+        pick = fp32
+        notes.append(
+            f"WARNING: no quantized candidate within the accuracy budget ({max_drop}): shipping fp32 unchanged"
+        )
+        shutil.copyfile(artifact.path, out_path)
+        from .spec import QuantSpec
+
+        base = QuantResult(artifact, QuantSpec(mode="none"), None, ())
+    table = [c.to_dict() for c in measured]
+    notes.append(
+        f"gate (--prefer {prefer}, {check.source}, {fp32_metric.name}): picked {pick.name}; "
+        + "; ".join(
+            f"{c.name}: {'failed (' + c.error + ')' if c.error else f'{c.ms:.3f} ms, {c.size} B, drop {c.drop:.4f}'}"
+            for c in measured
+        )
+    )
+    for c in cands:
+        if c.path is not None and c.path != out_path:
+            c.path.unlink(missing_ok=True)
+    from ..onnxutil import artifact_from
+
+    details = dict(base.details)
+    details["gate"] = {"prefer": prefer, "metric": fp32_metric.name, "max_drop": max_drop, "picked": pick.name, "candidates": table}
+    return QuantResult(
+        artifact_from(out_path, base.artifact.provenance + (f"gate(prefer={prefer}) -> {pick.name}",)),
+        base.spec, base.coverage, tuple(notes) + base.notes, details, base.budget_met,
+    )
