@@ -16,8 +16,8 @@ def quantize(artifact: Any, spec: Any, out_path: Path, **kwargs: Any) -> Any:
     if getattr(spec, "weight_only", False):
         from .int4 import quantize as int4_quantize
 
-        kwargs.pop("prefer", None)
-        kwargs.pop("budget", None)
+        for key in ("prefer", "budget", "evals", "max_drop"):  # INT8-only options
+            kwargs.pop(key, None)
         return int4_quantize(artifact, spec, Path(out_path), **kwargs)
     from .int8 import quantize as int8_quantize
 

@@ -389,15 +389,22 @@ def _edgeq_static(
         )
     if cov.nodes_total and cov.nodes_quantized == 0 and max_drop is None:
         out_path.unlink(missing_ok=True)
+        reasons = sorted({r.split(":")[0] for r in written.plan.kept_float.values()})
+        nonfinite = any("non-finite" in r for r in reasons)
         raise QuantizationError(
-            f"int8-static quantized none of the model's {cov.nodes_total} Conv/Gemm/MatMul nodes",
-            "every weight node was excluded; quantize fewer exclusions or use --quant none",
+            f"int8-static quantized none of the model's {cov.nodes_total} Conv/Gemm/MatMul nodes: every one stays float "
+            f"({'; '.join(reasons) or 'excluded'})",
+            "the calibration data drives activations to a non-finite range (overflow to Inf): check its scale"
+            if nonfinite else "quantize fewer exclusions or use --quant none",
         )
     if cov.nodes_total == 0:
         notes.append("the model has no Conv/Gemm/MatMul nodes: nothing to quantize")
     sub = [qn.name for qn in written.plan.nodes if qn.in_subgraph]
     if sub:
         notes.append(f"{len(sub)} node(s) inside If/Loop/Scan subgraphs quantized")
+    for key, h in sorted(written.how.items()):
+        if key.endswith("#raised"):
+            notes.append(f"weight scale of '{key[: -len('#raised')]}' raised so its int32 bias fits ({h.split('raised ', 1)[-1].split(' so')[0]})")
     weight_only = [n for n, h in written.how.items() if h.startswith("weights int8, activations float")]
     if weight_only:
         notes.append(f"{len(weight_only)} node(s) weight-only, activations float: " + "; ".join(sorted({written.how[n].split("(", 1)[-1].rstrip(")") for n in weight_only})))

@@ -318,6 +318,29 @@ def quantize_weight(w: np.ndarray, axis: int | None, weight_type: str, reduce_ra
     return q.astype(np.int8), scale, np.zeros(scale.shape, np.int8)
 
 
+def _raise_weight_scale(g: Any, wcache: dict, key: Any, w: np.ndarray, axis: int | None, opts: Any, need: np.ndarray) -> tuple[np.ndarray, float]:
+    """Requantize a weight with scales at least ``need`` (per channel); returns (scales, largest factor)."""
+    from onnx import numpy_helper
+
+    dq_out, ws = wcache[key]
+    base = dq_out[: -len("_dq")]
+    need = np.broadcast_to(np.asarray(need, np.float32).reshape(-1), ws.shape) if ws.size > 1 else np.asarray(need, np.float32).max().reshape(ws.shape)
+    new = np.maximum(ws, need * 1.001).astype(np.float32)
+    qmax = 63 if opts.reduce_range else 127
+    shape = [1] * w.ndim
+    if axis is not None:
+        shape[axis] = -1
+    q = np.clip(np.round(w / new.reshape(shape)), -qmax, qmax)
+    q = (q + 128).astype(np.uint8) if opts.weight_type == "uint8" else q.astype(np.int8)
+    for init in g.initializer:
+        if init.name == base + "_q":
+            init.CopyFrom(numpy_helper.from_array(q, base + "_q"))
+        elif init.name == base + "_s":
+            init.CopyFrom(numpy_helper.from_array(new, base + "_s"))
+    wcache[key] = (dq_out, new)
+    return new, float(np.max(new / np.maximum(ws, 1e-38)))
+
+
 @dataclass(frozen=True)
 class WriteOptions:
     activation_type: str = "uint8"
@@ -405,7 +428,15 @@ def write(model: Any, qplan: Plan, ranges: dict[str, tuple[float, float]], opts:
             bscale = (s_in * ws).astype(np.float32).reshape(-1)
             if b.ndim == 1 and (bscale.size == 1 or bscale.size == b.size):
                 bs = np.broadcast_to(bscale, b.shape).astype(np.float32) if bscale.size == 1 else bscale
-                bq = np.round(b / bs).astype(np.int64)
+                bq = np.round(b / bs).astype(np.float64)
+                if not np.all(np.abs(bq) < 2**31 - 1):
+                    # tiny weights + large bias: a float bias beside a quantized Conv is dropped by
+                    # onnxruntime's fused kernel, and clipping it is wrong: raise the weight scale
+                    ws, factor = _raise_weight_scale(g, wcache, key, w_arr, axis, opts, np.abs(b) / (s_in * (2**31 - 2)))
+                    how[qn.name + "#raised"] = f"weight scale raised x{factor:.3g} so the int32 bias fits"
+                    bscale = (s_in * ws).astype(np.float32).reshape(-1)
+                    bs = np.broadcast_to(bscale, b.shape).astype(np.float32) if bscale.size == 1 else bscale
+                    bq = np.round(b / bs).astype(np.float64)
                 if np.all(np.abs(bq) < 2**31 - 1):
                     base = f"{qn.bias}_{qn.name}_b"
                     add_init(g, base + "_q", bq.astype(np.int32))

@@ -177,7 +177,7 @@ def _bias_ints(model: onnx.ModelProto) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("fmt,wtype,expect", [
     ("qdq", "int8", "raised"),       # symmetric weights: onnxruntime raises the weight scale
-    ("qdq", "uint8", "float"),       # asymmetric: onnxruntime would clip; edgeq keeps the node in float
+    ("qdq", "uint8", "raised"),      # edgeq writes QDQ itself: raises the weight scale for uint8 weights too
     ("qoperator", "uint8", "float"),
 ])
 def test_int32_bias_overflow_is_handled_and_reported(runner, tmp_path, fmt, wtype, expect):
