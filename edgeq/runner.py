@@ -98,12 +98,10 @@ def listed(root: str, manifest: dict, rel) -> str:
     return os.path.join(root, rel)
 
 
-def run_golden(root: str, manifest: dict, model: str = "ort", providers: list | None = None) -> dict:
-    import numpy as np
+def session_options(manifest: dict, threads: int = 0):
+    """onnxruntime session options at the optimization level the bundle's model.ort was saved with."""
     import onnxruntime as ort
 
-    files = manifest["model"]
-    path = listed(root, manifest, files["ort"] if model == "ort" and files.get("ort") else files["onnx"])
     so = ort.SessionOptions()
     so.log_severity_level = 3
     level = manifest["target"]["session_options"].get("graph_optimization_level", "basic")
@@ -113,6 +111,18 @@ def run_golden(root: str, manifest: dict, model: str = "ort", providers: list | 
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[level]
+    if threads:
+        so.intra_op_num_threads = threads
+    return so
+
+
+def run_golden(root: str, manifest: dict, model: str = "ort", providers: list | None = None) -> dict:
+    import numpy as np
+    import onnxruntime as ort
+
+    files = manifest["model"]
+    path = listed(root, manifest, files["ort"] if model == "ort" and files.get("ort") else files["onnx"])
+    so = session_options(manifest)
     providers = providers or ["CPUExecutionProvider"]
     sess = ort.InferenceSession(path, sess_options=so, providers=providers)
     inputs = [t["name"] for t in manifest["inputs"]]
@@ -203,20 +213,10 @@ def time_model(root: str, manifest: dict, model: str = "ort", providers: list | 
     import onnxruntime as ort
 
     files = manifest["model"]
-    path = os.path.join(root, files["ort"] if model == "ort" and files.get("ort") else files["onnx"])
+    path = listed(root, manifest, files["ort"] if model == "ort" and files.get("ort") else files["onnx"])
     pair = manifest["golden"]["pairs"][0]
     feed = {t["name"]: np.load(os.path.join(root, pair["inputs"][i]), allow_pickle=False) for i, t in enumerate(manifest["inputs"])}
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    level = manifest["target"]["session_options"].get("graph_optimization_level", "basic")
-    so.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[level]
-    if threads:
-        so.intra_op_num_threads = threads
+    so = session_options(manifest, threads)
     rss0 = _rss_kib()
     t0 = time.perf_counter()
     sess = ort.InferenceSession(path, sess_options=so, providers=providers or ["CPUExecutionProvider"])
