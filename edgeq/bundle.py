@@ -403,7 +403,7 @@ def validate_manifest(manifest: Any) -> None:
     try:
         import jsonschema
     except ImportError:
-        raise BundleError("checking a manifest needs the jsonschema package", "pip install 'edgeq[bundle]'") from None
+        raise BundleError("checking a manifest needs the jsonschema package", "pip install 'jsonschema>=4'") from None
     schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(manifest), key=lambda e: list(e.absolute_path))
