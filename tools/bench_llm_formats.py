@@ -96,7 +96,13 @@ def main() -> int:
         log(f"{name}: ppl {m['perplexity']:.4f}, KL {m['kl_mean']:.2e}, same top {100 * m['top1_agreement']:.2f} %  ({time.perf_counter() - t00:.0f} s)")
 
     # ONNX: export (checked against PyTorch by edgeq), then weight-only int4
-    art, _ = export_source(folder, SourceOptions(target=load_target("cpu-x86_64"), task="text-generation"), work)
+    target = load_target("cpu-x86_64")
+    art, _ = export_source(folder, SourceOptions(target=target, task="text-generation"), work)
+    # the same optimize stage `edgeq export` runs: folds, and strips the exporter's per-node
+    # debug metadata (stack traces) that would otherwise dominate a small model's file size
+    from edgeq.optimize import optimize
+
+    art, _ = optimize(art, target, work / "fp32_opt.onnx")
     add("fp32 ONNX (onnxruntime)", art.path, onnx_logits(art.path, ids))
     for algo in [x.strip() for x in a.algos.split(",") if x.strip()]:
         spec = QuantSpec(mode="int4", algo=algo, block_size=a.block)
