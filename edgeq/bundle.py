@@ -437,6 +437,20 @@ def check_signature(root: Path, data: bytes, manifest: dict[str, Any], pubkey: P
     return kid
 
 
+def check_golden(result: dict[str, Any], *, on: str = "",
+                 hint: str = "the runtime computes different results than when the bundle was built") -> None:
+    """CheckFailed (exit 1) naming the golden pairs a runner result has outside tolerance."""
+    if result["passed"]:
+        return
+    bad = [p["pair"] for p in result["pairs"] if not p["passed"]]
+    where = f" on {on}" if on else ""
+    raise CheckFailed(
+        f"golden pair(s) {', '.join(bad)} outside tolerance{where} (max abs error {result['max_abs_error']:.3g}, "
+        f"atol {result['atol']}, rtol {result['rtol']})",
+        hint,
+    )
+
+
 def check_bundle(
     path: Path,
     *,
@@ -485,13 +499,7 @@ def _check_folder(root: Path, shown: Path, *, providers, model, pubkey, min_vers
         raise BundleError(f"bundle {shown} is corrupt: {e}", "rebuild it with edgeq export, or fetch an intact copy") from None
     except Exception as e:  # noqa: BLE001 - onnxruntime or numpy failing on bundle contents
         raise BundleError(f"bundle {shown} cannot be run: {(str(e).splitlines() or [type(e).__name__])[0][:200]}", "rebuild it with edgeq export") from None
-    if not result["passed"]:
-        bad = [p["pair"] for p in result["pairs"] if not p["passed"]]
-        raise CheckFailed(
-            f"golden pair(s) {', '.join(bad)} outside tolerance (max abs error {result['max_abs_error']:.3g}, "
-            f"atol {result['atol']}, rtol {result['rtol']})",
-            "the runtime computes different results than when the bundle was built",
-        )
+    check_golden(result)
     result["bundle_version"] = manifest["bundle_version"]
     result["signed_by"] = signed_by
     result["signature_checked"] = signed_by is not None

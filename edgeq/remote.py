@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from .errors import BundleError, CheckFailed, EdgeqError
+from .errors import BundleError, EdgeqError
 
 
 class RemoteError(EdgeqError):
@@ -231,13 +231,10 @@ def _parse_runner(r: subprocess.CompletedProcess, dev: Device, opts: SshOptions)
 
 def check_remote(result: dict[str, Any]) -> None:
     """CheckFailed (exit 1) when the device computes golden outputs outside tolerance."""
-    if not result["passed"]:
-        bad = [p["pair"] for p in result["pairs"] if not p["passed"]]
-        raise CheckFailed(
-            f"golden pair(s) {', '.join(bad)} outside tolerance on {result['device']} "
-            f"(max abs error {result['max_abs_error']:.3g}, atol {result['atol']}, rtol {result['rtol']})",
-            "the device's onnxruntime computes different results than the machine that built the bundle",
-        )
+    from .bundle import check_golden
+
+    check_golden(result, on=result["device"],
+                 hint="the device's onnxruntime computes different results than the machine that built the bundle")
 
 
 def device_tables(result: dict[str, Any]) -> list[Any]:
