@@ -5,7 +5,9 @@
     [inputs.x]
     layout = "NCHW"              # NCHW | NHWC | NCW | NWC | NC | NTC | any
     color = "RGB"                # RGB | BGR | GRAY (images only)
-    resize = [224, 224]          # height, width the app resizes to
+    resize = [224, 224]          # height, width the app resizes to (or one number: shorter side)
+    crop = [224, 224]            # centre crop after resizing (optional)
+    dtype = "float32"            # float32 | float16 | uint8 (uint8: raw pixels, no scaling)
     scale = 0.00392156862745098  # raw value * scale, then
     mean = [0.485, 0.456, 0.406] # - mean, then
     std = [0.229, 0.224, 0.225]  # / std (per channel, or one value)
@@ -15,6 +17,9 @@
     labels = true                # the last axis indexes labels.txt
 
 ``--labels labels.txt``: one label per line, UTF-8, copied into the bundle.
+
+The same file drives image-folder calibration and evaluation (edgeq/images.py), so the
+pixels edgeq calibrates on are the pixels the app is told to produce.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ else:  # pragma: no cover
 LAYOUTS = ("NCHW", "NHWC", "NCW", "NWC", "NC", "NTC", "any")
 COLORS = ("RGB", "BGR", "GRAY")
 ACTIVATIONS = ("none", "softmax", "sigmoid")
-_IN_KEYS = {"layout", "color", "resize", "scale", "mean", "std"}
+DTYPES = ("float32", "float16", "uint8")
+_IN_KEYS = {"layout", "color", "resize", "crop", "dtype", "scale", "mean", "std"}
 _OUT_KEYS = {"activation", "labels"}
 MAX_SPEC_BYTES = 1 << 20
 MAX_LABELS_BYTES = 16 << 20
@@ -56,7 +62,12 @@ def _floats(where: str, key: str, v: Any, *, positive: bool = False) -> list[flo
     return out
 
 
-def _input_spec(where: str, d: dict[str, Any]) -> dict[str, Any]:
+def _pixels(v: Any, n: int) -> bool:
+    return isinstance(v, list) and len(v) == n and all(isinstance(x, int) and not isinstance(x, bool) and 0 < x <= 65536 for x in v)
+
+
+def input_spec(where: str, d: dict[str, Any]) -> dict[str, Any]:
+    """Check one ``[inputs.NAME]`` table; the result is what the manifest records."""
     unknown = sorted(set(d) - _IN_KEYS)
     if unknown:
         raise _bad(where, f"unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(_IN_KEYS))})")
@@ -66,14 +77,23 @@ def _input_spec(where: str, d: dict[str, Any]) -> dict[str, Any]:
             raise _bad(where, f"layout must be one of {', '.join(LAYOUTS)}")
         out["layout"] = d["layout"]
     if "color" in d:
-        if d["color"] not in COLORS:
+        color = "GRAY" if d["color"] == "L" else d["color"]
+        if color not in COLORS:
             raise _bad(where, f"color must be one of {', '.join(COLORS)}")
-        out["color"] = d["color"]
+        out["color"] = color
     if "resize" in d:
         r = d["resize"]
-        if not (isinstance(r, list) and len(r) == 2 and all(isinstance(x, int) and not isinstance(x, bool) and 0 < x <= 65536 for x in r)):
-            raise _bad(where, "resize must be [height, width] in pixels")
-        out["resize"] = list(r)
+        if not (_pixels(r, 2) or _pixels([r], 1)):
+            raise _bad(where, "resize must be [height, width] in pixels, or one number (the shorter side)")
+        out["resize"] = list(r) if isinstance(r, list) else r
+    if "crop" in d:
+        if not _pixels(d["crop"], 2):
+            raise _bad(where, "crop must be [height, width] in pixels")
+        out["crop"] = list(d["crop"])
+    if "dtype" in d:
+        if d["dtype"] not in DTYPES:
+            raise _bad(where, f"dtype must be one of {', '.join(DTYPES)}")
+        out["dtype"] = d["dtype"]
     if "scale" in d:
         s = _floats(where, "scale", d["scale"])
         if len(s) != 1:
@@ -122,7 +142,7 @@ def load_io_spec(path: Path | None, io: IoSpec) -> dict[str, dict[str, dict[str,
     if unknown:
         raise _bad(where, f"unknown table(s) {', '.join(unknown)} (use [inputs.NAME] and [outputs.NAME])")
     res: dict[str, dict[str, dict[str, Any]]] = {"inputs": {}, "outputs": {}}
-    for kind, names, parse in (("inputs", io.input_names, _input_spec), ("outputs", io.output_names, _output_spec)):
+    for kind, names, parse in (("inputs", io.input_names, input_spec), ("outputs", io.output_names, _output_spec)):
         table = data.get(kind, {})
         if not isinstance(table, dict):
             raise _bad(where, f"[{kind}] must be a table of tables")

@@ -174,10 +174,10 @@ def _image_samples(path: Path, io: IoSpec, what: str, preprocess: Path | None) -
     if not spec_path.is_file():
         raise CalibrationError(
             f"{what} folder {path} holds images but no preprocessing spec",
-            f"write {path / SPEC_NAME} (resize, crop, mean, std, layout, dtype) or pass --preprocess FILE",
+            f"write {path / SPEC_NAME} (resize, crop, mean, std, layout, dtype), or pass --preprocess app.toml / --image-preprocess FILE",
         )
-    prep = Preprocess.load(spec_path)
     spec = io.inputs[0]
+    prep = Preprocess.load(spec_path, spec.name)
     first = prep(files[0])
     _check_array(first, spec, what)  # shape and dtype against the model, before any work
     return SampleSet(

@@ -1,6 +1,10 @@
 """Image folders as calibration/evaluation data, with a small preprocessing spec (TOML).
 
-``preprocess.toml`` next to the images (or passed with --preprocess):
+The preprocessing comes from, in this order: ``--image-preprocess FILE``, the app's
+``--preprocess app.toml`` (its ``[inputs.NAME]`` table for the image input, the same
+format the bundle manifest records, see edgeq/appio.py; ``scale`` must be given there), or
+a ``preprocess.toml`` next to the images. A file may use that ``[inputs.NAME]`` format or
+this short form for a model with one image input:
 
     resize = 256            # shorter side to 256 (or [height, width])
     crop = [224, 224]       # centre crop (optional)
@@ -17,12 +21,12 @@ with the number of images.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from .errors import CalibrationError
+from .errors import BundleError, CalibrationError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -45,11 +49,14 @@ class Preprocess:
     scale: float = 1.0 / 255.0
 
     @classmethod
-    def load(cls, path: Path) -> Preprocess:
+    def load(cls, path: Path, input_name: str = "") -> Preprocess:
+        """Read a spec file in either format; ``input_name`` picks the ``[inputs.NAME]`` table."""
         try:
             d = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise CalibrationError(f"cannot read preprocessing spec {path}: {e}", "write a small TOML file (see edgeq/images.py)") from None
+        if "inputs" in d or "outputs" in d:
+            return cls.from_app_file(path, d, input_name)
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(d) - known)
         if unknown:
@@ -70,6 +77,67 @@ class Preprocess:
             raise CalibrationError(f"{path}: bad value ({e})", "see edgeq/images.py for the format") from None
         spec.validate(str(path))
         return spec
+
+    @classmethod
+    def from_app_file(cls, path: Path, d: dict, input_name: str) -> Preprocess:
+        from .appio import input_spec
+
+        tables = d.get("inputs", {})
+        if not isinstance(tables, dict) or input_name not in tables or not isinstance(tables[input_name], dict):
+            have = ", ".join(sorted(tables)) if isinstance(tables, dict) and tables else "none"
+            raise CalibrationError(
+                f"{path} has no [inputs.{input_name}] table for the image input (tables: {have})",
+                f"add [inputs.{input_name}] with resize, crop, scale, mean, std, layout",
+            )
+        where = f"{path} [inputs.{input_name}]"
+        try:
+            app = input_spec(where, tables[input_name])
+        except BundleError as e:
+            raise CalibrationError(e.message, "fix the preprocessing spec") from None
+        return cls.from_app(app, where)
+
+    @classmethod
+    def from_app(cls, app: dict, where: str) -> Preprocess:
+        """The manifest's per-input preprocessing (appio format) as an image loader."""
+        dtype = app.get("dtype", "float32")
+        if "scale" not in app and dtype != "uint8":
+            raise CalibrationError(
+                f"{where}: no scale: edgeq will not guess whether the app feeds pixels or pixels / 255",
+                "add scale = 0.00392156862745098 (pixels / 255) or scale = 1.0",
+            )
+        r = app.get("resize", ())
+        crop = app.get("crop")
+        layout = app.get("layout", "NCHW")
+        if layout not in ("NCHW", "NHWC"):
+            raise CalibrationError(f"{where}: layout {layout} is not an image layout", "use NCHW or NHWC for an image input")
+        spec = cls(
+            resize=(r,) if isinstance(r, int) else tuple(r),
+            crop=(crop[0], crop[1]) if crop else None,
+            mean=tuple(app.get("mean", ())),
+            std=tuple(app.get("std", ())),
+            layout=layout,
+            dtype=dtype,
+            color="L" if app.get("color") == "GRAY" else app.get("color", "RGB"),
+            scale=float(app.get("scale", 1.0)),
+        )
+        if len(spec.mean) != len(spec.std):  # appio allows one value for all channels
+            n = max(len(spec.mean), len(spec.std))
+            spec = replace(spec, mean=spec.mean * n if len(spec.mean) == 1 else spec.mean, std=spec.std * n if len(spec.std) == 1 else spec.std)
+        spec.validate(where)
+        return spec
+
+    def to_app(self) -> dict:
+        """This spec in the manifest's per-input format (edgeq/appio.py), every value explicit."""
+        out: dict = {"layout": self.layout, "color": "GRAY" if self.color == "L" else self.color, "dtype": self.dtype}
+        if self.resize:
+            out["resize"] = self.resize[0] if len(self.resize) == 1 else list(self.resize)
+        if self.crop:
+            out["crop"] = list(self.crop)
+        if self.dtype != "uint8":
+            out["scale"] = self.scale
+            if self.mean:
+                out["mean"], out["std"] = list(self.mean), list(self.std)
+        return out
 
     def validate(self, where: str) -> None:
         bad = None

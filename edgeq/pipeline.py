@@ -104,8 +104,10 @@ def run_export(
     check_output(opts.out, opts.force)  # before any work
     app_io, labels = _bundle_extras(source, opts)
     # Check the data against the model before spending time on anything else.
-    calib = load_samples(opts.calib, source.io, what="calibration", labels_key=opts.labels_key, preprocess=opts.image_preprocess, random_n=spec.calib_samples) if opts.calib else None
-    evals = load_samples(opts.eval, source.io, what="evaluation", labels_key=opts.labels_key, preprocess=opts.image_preprocess) if opts.eval else None
+    image_prep = _image_preprocess(opts, app_io, source)
+    calib = load_samples(opts.calib, source.io, what="calibration", labels_key=opts.labels_key, preprocess=image_prep, random_n=spec.calib_samples) if opts.calib else None
+    evals = load_samples(opts.eval, source.io, what="evaluation", labels_key=opts.labels_key, preprocess=image_prep) if opts.eval else None
+    prep_notes = _record_image_preprocess(app_io, calib or evals, from_app=image_prep is not None and image_prep == opts.preprocess)
     if spec.needs_calibration and calib is None:
         raise CalibrationError(
             f"{spec.mode} needs calibration data and none was given",
@@ -113,7 +115,7 @@ def run_export(
         )
     from .quantize.preflight import run as preflight
 
-    notes: list[str] = preflight(source.path, target, spec, opts.static_shapes)  # before any work
+    notes: list[str] = preflight(source.path, target, spec, opts.static_shapes) + prep_notes  # before any work
     with scratch_dir() as work:
         with stage("optimize"):
             opt, opt_notes = optimize(source, target, work / "fp32.onnx", static_shapes=opts.static_shapes, opset=opts.opset)
@@ -202,6 +204,35 @@ def _bundle_extras(source: Artifact, opts: ExportOptions) -> tuple[dict, tuple[s
     probe = BundleInputs(golden_feeds=(), archive=opts.archive, profile={"planned": True} if opts.do_profile else None)
     check_outputs(opts.out, probe, opts.force)
     return app_io, (tuple(labels) if labels else None)
+
+
+def _image_preprocess(opts: ExportOptions, app_io: dict, source: Artifact) -> Path | None:
+    """--image-preprocess wins; else the app's --preprocess file when it describes the one input."""
+    if opts.image_preprocess is not None:
+        return opts.image_preprocess
+    if opts.preprocess is not None and len(source.io.inputs) == 1 and source.io.input_names[0] in app_io["inputs"]:
+        return opts.preprocess
+    return None
+
+
+def _record_image_preprocess(app_io: dict, data: SampleSet | None, *, from_app: bool) -> list[str]:
+    """Calibration images were preprocessed one way: the manifest must tell the app the same."""
+    from .images import Preprocess
+
+    if data is None or from_app or not isinstance(data.loader, Preprocess):
+        return []
+    used = data.loader.to_app()
+    told = app_io["inputs"].get(data.input_name)
+    if told is None:
+        app_io["inputs"][data.input_name] = used
+        return [f"manifest: input '{data.input_name}' preprocessing recorded from the calibration images' spec"]
+    differ = sorted(k for k in set(used) | set(told) if k in used and k in told and used[k] != told[k])
+    if differ:
+        return [
+            f"WARNING: calibration images were preprocessed differently from what --preprocess tells the app "
+            f"({', '.join(differ)}): pass one file as --preprocess so both match"
+        ]
+    return []
 
 
 def _golden_feeds(data: SampleSet | None, art: Artifact, n: int) -> tuple[dict, ...]:
