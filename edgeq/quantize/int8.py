@@ -416,6 +416,8 @@ def _edgeq_static(
         "synthetic": bool(data.synthetic),
         "nonfinite_values": prep.stats.nonfinite(),
     }
+    if prep.choice is not None:
+        details["calibration"]["auto"] = prep.choice
     details["layers"] = [{k: v for k, v in r.items() if k != "sensitivity"} for r in layers]
     details["worst_layers"] = [r["node"] for r in worst]
     details["kept_float"] = dict(sorted(written.plan.kept_float.items()))

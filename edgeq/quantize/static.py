@@ -26,6 +26,8 @@ class Prepared:
     stats: CalibStats
     cal: Calibration
     notes: list[str] = field(default_factory=list)
+    choice: dict[str, Any] | None = None
+    """``--calibration auto``: the method chosen and every candidate's score."""
 
 
 def _feeds(data: SampleSet, n: int) -> Iterator[dict[str, np.ndarray]]:
@@ -85,7 +87,12 @@ def prepare(model: Any, spec: QuantSpec, data: SampleSet, *, on_sample: Callable
             + ", ".join(f"{k}: {v}" for k, v in worst)
             + (f" and {len(nf) - 3} more tensor(s)" if len(nf) > 3 else "")
         )
-    return Prepared(model, stats, cal, notes)
+    prep = Prepared(model, stats, cal, notes)
+    if cal.method == "auto":
+        from .autocal import choose
+
+        prep = choose(prep, spec, data, n)
+    return prep
 
 
 @dataclass
