@@ -77,3 +77,93 @@ def test_auto_is_the_default_of_the_spec_and_targets(runner, tmp_path):
     rec = json.loads(r.stdout)["quantization"]
     assert rec["calibration"]["auto"]["chosen"] == rec["calibration"]["method"]
     assert len(rec["calibration"]["auto"]["candidates"]) == len(AUTO_CANDIDATES)
+
+
+# -- --max-drop on language-model logits ------------------------------------------------------------
+
+
+def _tiny_token_lm(path, *, vocab: int = 64, d: int = 16, h: int = 64, seed: int = 0):
+    """tokens int64 [1, T] -> Gather(embedding) -> MatMul -> Relu -> MatMul -> logits [1, T, vocab]."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 1, (vocab, d)).astype(np.float32), "emb"),
+        numpy_helper.from_array(rng.normal(0, 0.5, (d, h)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(0, 0.12, (h, vocab)).astype(np.float32), "w2"),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["emb", "tokens"], ["e"], name="embed"),
+        helper.make_node("MatMul", ["e", "w1"], ["a"], name="fc1"),
+        helper.make_node("Relu", ["a"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "w2"], ["logits"], name="head"),
+    ]
+    g = helper.make_graph(nodes, "tiny_lm", [helper.make_tensor_value_info("tokens", TensorProto.INT64, [1, "T"])],
+                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "T", vocab])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path
+
+
+def _tokens(n: int, t: int = 32, seed: int = 3, vocab: int = 64) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, vocab, (n, 1, t)).astype(np.int64)
+
+
+def _logits(path, toks):
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return [s.run(None, {"tokens": t})[0] for t in toks]
+
+
+def _logsm(x):
+    x = np.asarray(x, np.float64).reshape(-1, x.shape[-1])
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_max_drop_on_lm_logits_is_mean_kl_not_top1(tmp_path):
+    from edgeq.quantize import static
+
+    src = _tiny_token_lm(tmp_path / "lm.onnx")
+    cal = SampleSet(arrays={"tokens": _tokens(48, seed=1)}, stacked={"tokens": True}, labels=None, source="cal")
+    ev_toks = _tokens(40, seed=5)
+    ev = SampleSet(arrays={"tokens": ev_toks}, stacked={"tokens": True}, labels=None, source="eval")
+    res = quantize(artifact_from(src), QuantSpec(calibration="minmax"), tmp_path / "q.onnx", data=cal, evals=ev, max_drop=0.01)
+    s = res.recipe()["search"]
+    assert s["metric"] == "mean_kl" and "KL" in s["drop_means"] and s["fp32"] == 0.0
+    assert any("--max-drop on LM logits" in n for n in res.notes)
+    # the drop is the mean KL(fp32 || int8) per token, computed here independently
+    ref, q = _logits(src, ev_toks), _logits(tmp_path / "q.onnx", ev_toks)
+    kl = np.mean([(np.exp(_logsm(r)) * (_logsm(r) - _logsm(o))).sum(-1).mean() for r, o in zip(ref, q)])
+    assert s["met"] and s["best"]["kept_float"] == 0 and res.coverage.nodes_quantized == 2
+    assert abs(s["best"]["drop"] - kl) < 1e-4 and 0 < kl < 0.01
+    # ...while top-1 token agreement misses the same budget: the old search would have kept nodes float
+    agree = np.mean([(r.argmax(-1) == o.argmax(-1)).mean() for r, o in zip(ref, q)])
+    assert agree < 0.99
+    assert static.metric(q, ref, None).name == "agreement"  # non-LM metric unchanged
+
+
+def test_max_drop_on_lm_with_next_token_labels_is_relative_perplexity(runner, tmp_path):
+    src = _tiny_token_lm(tmp_path / "lm.onnx")
+    cal = tmp_path / "cal.npz"
+    np.savez(cal, tokens=_tokens(32, seed=1)[:, 0])
+    toks = _tokens(24, t=33, seed=6)[:, 0]
+    ev = tmp_path / "ev.npz"
+    np.savez(ev, tokens=toks[:, :-1], labels=toks[:, 1:])  # labels: the next token at every position
+    r = runner.invoke(app, ["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--calib", str(cal), "--eval", str(ev),
+                            "--max-drop", "0.02", "--json"])
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)["quantization"]["search"]
+    assert s["metric"] == "perplexity" and "relative perplexity" in s["drop_means"]
+
+    def ppl(path):
+        nll = [-_logsm(o)[np.arange(32), y].sum() for o, y in zip(_logits(path, toks[:, None, :-1]), toks[:, 1:])]
+        return float(np.exp(np.sum(nll) / toks[:, 1:].size))
+
+    p32, pq = ppl(src), ppl(tmp_path / "q.onnx")
+    assert abs(s["fp32"] - p32) < 1e-3 * p32
+    assert abs(s["best"]["drop"] - (pq / p32 - 1)) < 1e-4
+    # an impossible budget on the same metric: exit 1, best model written, metric named in the line
+    r = runner.invoke(app, ["quantize", str(src), "-o", str(tmp_path / "b.onnx"), "--calib", str(cal), "--eval", str(ev),
+                            "--max-drop", "-0.5"])
+    assert r.exit_code == 1 and "perplexity drop" in r.output and (tmp_path / "b.onnx").exists()

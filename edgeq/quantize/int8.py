@@ -359,11 +359,14 @@ def _edgeq_static(
             notes.append("--max-drop measured on the calibration data (pass --eval for held-out data)")
         res = static.search(prep, spec, check, max_drop)
         written = res.written
+        if res.fp32_metric.name in ("perplexity", "mean_kl"):
+            notes.append(f"--max-drop on LM logits: drop = {res.fp32_metric.drop_means} (top-1 token agreement is far harsher)")
         layers = res.layers
         met = res.met
         details["search"] = {
             "max_drop": max_drop,
             "metric": res.fp32_metric.name,
+            "drop_means": res.fp32_metric.drop_means,
             "fp32": round(res.fp32_metric.value, 5),
             "steps": [s.to_dict() for s in res.steps],
             "best": res.best.to_dict(),

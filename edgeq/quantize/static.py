@@ -150,11 +150,69 @@ def _top1(o: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Metric:
-    name: str  # "accuracy" | "agreement"
+    name: str  # "accuracy" | "agreement" | "perplexity" | "mean_kl"
     value: float
 
+    def drop_from(self, fp32: Metric) -> float:
+        """How much worse than fp32: the quantity ``--max-drop`` bounds."""
+        if self.name == "perplexity":  # relative increase
+            return self.value / fp32.value - 1.0 if fp32.value > 0 else math.inf
+        if self.name == "mean_kl":  # fp32 against itself is 0
+            return self.value - fp32.value
+        return fp32.value - self.value
 
-def metric(outs: list[np.ndarray], ref: list[np.ndarray], labels: np.ndarray | None) -> Metric:
+    @property
+    def drop_means(self) -> str:
+        return {
+            "accuracy": "fp32 top-1 accuracy minus quantized top-1 accuracy on the labels",
+            "agreement": "1 - fraction of top-1 predictions identical to fp32",
+            "perplexity": "relative perplexity increase over fp32 on the next-token labels (ppl_q / ppl_fp32 - 1)",
+            "mean_kl": "mean KL divergence KL(fp32 || quantized) of the next-token distributions, in nats per token",
+        }[self.name]
+
+
+LM_MIN_VOCAB = 32
+
+
+def looks_like_lm(model: Any, ref: list[np.ndarray]) -> bool:
+    """Token ids in (an integer input) and [batch, positions, vocabulary] logits out."""
+    ints = {6, 7}  # INT32, INT64
+    has_ids = any(i.type.tensor_type.elem_type in ints for i in model.graph.input)
+    return bool(ref) and has_ids and np.asarray(ref[0]).ndim == 3 and np.asarray(ref[0]).shape[-1] >= LM_MIN_VOCAB
+
+
+def _log_softmax(o: np.ndarray) -> np.ndarray:
+    x = np.asarray(o, np.float64).reshape(-1, np.asarray(o).shape[-1])
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def _token_labels(labels: np.ndarray | None, outs: list[np.ndarray]) -> bool:
+    """Labels hold one next token per position (not one class per sample)."""
+    return labels is not None and labels.ndim >= 2 and len(labels) >= len(outs) and all(
+        np.asarray(labels[i]).size == int(np.prod(np.asarray(o).shape[:-1])) for i, o in enumerate(outs)
+    )
+
+
+def metric(outs: list[np.ndarray], ref: list[np.ndarray], labels: np.ndarray | None, *, lm: bool = False) -> Metric:
+    """Accuracy (labels) or top-1 agreement with fp32; for LM logits (``lm``) perplexity on next-token
+    labels, or without them the mean KL(fp32 || quantized) per token."""
+    if lm:
+        if _token_labels(labels, outs):
+            nll, n = 0.0, 0
+            for i, o in enumerate(outs):
+                lab = np.asarray(labels[i]).reshape(-1).astype(np.int64)
+                lp = _log_softmax(o)
+                ok = (lab >= 0) & (lab < lp.shape[-1])  # e.g. -100: position not scored
+                nll -= float(lp[np.nonzero(ok)[0], lab[ok]].sum())
+                n += int(ok.sum())
+            return Metric("perplexity", float(np.exp(nll / max(n, 1))))
+        kl, n = 0.0, 0
+        for o, r in zip(outs, ref):
+            lp, lq = _log_softmax(r), _log_softmax(o)
+            kl += float((np.exp(lp) * (lp - lq)).sum())
+            n += lp.shape[0]
+        return Metric("mean_kl", kl / max(n, 1))
     if labels is not None:
         pred = np.concatenate([_top1(o) for o in outs])
         lab = labels[: len(pred)]
@@ -230,7 +288,8 @@ def search(
     The best model seen is always returned, with every step in the log.
     """
     ref = first_outputs(prep.model, evals, n_eval)
-    fp32 = metric(ref, ref, evals.labels)
+    lm = looks_like_lm(prep.model, ref)
+    fp32 = metric(ref, ref, evals.labels, lm=lm)
     written = write(prep, spec)
     layers = layer_sqnr(prep, written, evals, n_sqnr)
     order = [r["node"] for r in sorted(layers, key=lambda r: -r["sensitivity"])]
@@ -240,8 +299,8 @@ def search(
     for _ in range(max_steps):
         keep = {n: f"kept float by --max-drop search (sensitivity rank {i + 1})" for i, n in enumerate(order[:k])}
         w = written if k == 0 else write(prep, spec, keep)
-        m = metric(first_outputs(w.model, evals, n_eval), ref, evals.labels)
-        drop = fp32.value - m.value
+        m = metric(first_outputs(w.model, evals, n_eval), ref, evals.labels, lm=lm)
+        drop = m.drop_from(fp32)
         step = SearchStep(k, m.name, m.value, drop)
         steps.append(step)
         if best is None or drop < best.drop - 1e-12:
