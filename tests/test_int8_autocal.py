@@ -167,3 +167,83 @@ def test_max_drop_on_lm_with_next_token_labels_is_relative_perplexity(runner, tm
     r = runner.invoke(app, ["quantize", str(src), "-o", str(tmp_path / "b.onnx"), "--calib", str(cal), "--eval", str(ev),
                             "--max-drop", "-0.5"])
     assert r.exit_code == 1 and "perplexity drop" in r.output and (tmp_path / "b.onnx").exists()
+
+
+# -- calibration inside Loop / Scan bodies -----------------------------------------------------------
+
+
+def test_scan_body_activations_are_calibrated_and_reported(tmp_path):
+    from edgeq.quantize import qdq
+
+    from tests.int8_models import make_scan_model
+
+    src = make_scan_model(tmp_path / "scan.onnx")
+    x = np.random.default_rng(0).normal(size=(24, 1, 5, 16)).astype(np.float32)
+    data = SampleSet(arrays={"x": x}, stacked={"x": True}, labels=None, source="test")
+    # the probe exposes body tensors as extra scan outputs, stacked over the 5 steps
+    m = onnx.load(str(src))
+    qdq.name_nodes(m)
+    runner = qdq.ProbeRunner(m, ["xw", "s_out", "x_t", "y_t"])
+    got = runner({"x": x[0]})
+    assert got["xw"].shape == (5, 1, 16) and got["y_t"].shape == (5, 1, 8)
+    ref_y = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"x": x[0]})[1]
+    assert np.allclose(got["y_t"][:, 0], ref_y[0])  # step t of the scan output is the body's y_t at t
+    res = quantize(artifact_from(src), QuantSpec(calibration="minmax"), tmp_path / "q.onnx", data=data)
+    rec = res.recipe()
+    assert res.coverage.nodes_quantized == res.coverage.nodes_total == 2
+    assert rec["subgraphs"] == {"Scan": {"quantized": 2, "activations_calibrated": 2, "weight_only": 0}}
+    assert any("Scan: 2, 2 with calibrated activations" in n for n in res.notes)
+    assert all(r["quantized_as"].endswith("uint8 activations") and r["sqnr_db"] > 25 for r in rec["layers"]), rec["layers"]
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    body = next(a.g for n in q.graph.node if n.op_type == "Scan" for a in n.attribute if a.name == "body")
+    assert [n.op_type for n in body.node].count("QuantizeLinear") == 4  # x_t, xw, s_out, y_t
+    # the calibrated range of xw covers every step's values (not only the first step's)
+    xs = x[:, 0]
+    s32 = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"x": xs})
+    sq = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": xs})
+    assert [a.shape for a in s32] == [b.shape for b in sq]
+    assert min(output_sqnr([s32], [sq])) > 25.0  # final state and every step's output close to fp32
+
+
+def _growing_loop(path):
+    """A Loop whose carried h grows by one row per step: h @ W changes shape every iteration."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = (np.random.default_rng(0).normal(0, 0.3, (16, 16)) + np.eye(16)).astype(np.float32)
+    body = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["h_in", "w"], ["hw"], name="grow_mm"),
+            helper.make_node("Slice", ["hw", "m1", "big", "zero"], ["last"], name="grow_last"),
+            helper.make_node("Concat", ["h_in", "last"], ["h_out"], name="grow_cat", axis=0),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"], name="grow_cond"),
+        ],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_in", TensorProto.FLOAT, ["K", 16])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("h_out", TensorProto.FLOAT, ["K", 16])],
+    )
+    g = helper.make_graph(
+        [helper.make_node("Loop", ["trips", "cond", "x"], ["y"], name="loop", body=body)], "grow",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["K", 16])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(3, np.int64), "trips"),
+         numpy_helper.from_array(np.array(True), "cond"), numpy_helper.from_array(np.array([-1], np.int64), "m1"),
+         numpy_helper.from_array(np.array([2**31], np.int64), "big"), numpy_helper.from_array(np.array([0], np.int64), "zero")],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path
+
+
+def test_loop_body_that_cannot_be_stacked_falls_back_to_weight_only(tmp_path):
+    src = _growing_loop(tmp_path / "grow.onnx")
+    x = np.random.default_rng(0).normal(size=(8, 1, 16)).astype(np.float32)
+    data = SampleSet(arrays={"x": x}, stacked={"x": True}, labels=None, source="test")
+    res = quantize(artifact_from(src), QuantSpec(calibration="minmax"), tmp_path / "q.onnx", data=data)
+    assert res.coverage.nodes_quantized == 1
+    assert res.recipe()["subgraphs"] == {"Loop": {"quantized": 1, "activations_calibrated": 0, "weight_only": 1}}
+    assert any("could not be exposed for calibration" in n for n in res.notes)
+    a = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"x": x[0]})[0]
+    b = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x[0]})[0]
+    assert a.shape == b.shape == (4, 16) and np.abs(a - b).max() < 0.05 * np.abs(a).max()

@@ -404,7 +404,10 @@ def _edgeq_static(
         notes.append("the model has no Conv/Gemm/MatMul nodes: nothing to quantize")
     sub = [qn.name for qn in written.plan.nodes if qn.in_subgraph]
     if sub:
-        notes.append(f"{len(sub)} node(s) inside If/Loop/Scan subgraphs quantized")
+        details["subgraphs"] = _subgraph_coverage(prep.model, written)
+        notes.append(f"{len(sub)} node(s) inside If/Loop/Scan subgraphs quantized (" + "; ".join(
+            f"{op}: {c['quantized']}, {c['activations_calibrated']} with calibrated activations"
+            for op, c in details["subgraphs"].items()) + ")")
     for key, h in sorted(written.how.items()):
         if key.endswith("#raised"):
             notes.append(f"weight scale of '{key[: -len('#raised')]}' raised so its int32 bias fits ({h.split('raised ', 1)[-1].split(' so')[0]})")
@@ -428,3 +431,21 @@ def _edgeq_static(
     return QuantResult(
         artifact_from(out_path, artifact.provenance + (step,)), spec, cov, tuple(notes), details, met
     )
+
+
+def _subgraph_coverage(model: Any, written: Any) -> dict[str, dict[str, int]]:
+    """Per op type owning a subgraph (innermost If/Loop/Scan): nodes quantized, with calibrated activations."""
+    from .qdq import _graphs
+
+    owner = {path: node.op_type for path, _, node in _graphs(model.graph) if node is not None}
+    out: dict[str, dict[str, int]] = {}
+    for qn in written.plan.nodes:
+        if not qn.in_subgraph:
+            continue
+        c = out.setdefault(owner.get(qn.graph, "?"), {"quantized": 0, "activations_calibrated": 0, "weight_only": 0})
+        c["quantized"] += 1
+        if written.how.get(qn.name, "").startswith("weights int8, activations float"):
+            c["weight_only"] += 1
+        else:
+            c["activations_calibrated"] += 1
+    return dict(sorted(out.items()))

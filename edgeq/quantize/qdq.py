@@ -176,13 +176,14 @@ def plan(model: Any, *, op_types: tuple[str, ...] = WEIGHT_OPS, keep_float: dict
 # -- probing: expose tensors (also inside If branches) as graph outputs -------------------------
 
 
-def probe_model(model: Any, names: Iterable[str]) -> tuple[Any, dict[str, str]]:
+def probe_model(model: Any, names: Iterable[str], loops: bool = True) -> tuple[Any, dict[str, str]]:
     """A copy of ``model`` whose outputs include ``names``; returns (model, exposed name -> tensor).
 
     Tensors of the main graph become outputs directly. Tensors inside ``If`` branches, at
     any depth, are passed out through extra ``If`` outputs (the other branch returns an
-    empty tensor, which the statistics skip). Tensors inside Loop/Scan bodies are not
-    exposed: their nodes get weight-only quantization.
+    empty tensor, which the statistics skip). Tensors inside ``Loop``/``Scan`` bodies (with
+    ``loops``) become extra scan outputs of the body: the node stacks every iteration's
+    value, so the statistics see all of them (zero iterations give an empty tensor, skipped).
     """
     onnx = _onnx()
     from onnx import helper
@@ -196,6 +197,22 @@ def probe_model(model: Any, names: Iterable[str]) -> tuple[Any, dict[str, str]]:
         local = {i.name for i in g.input} | {o for nd in g.node for o in nd.output}
         found += [(t, t) for t in sorted(want & local)]
         for node in list(g.node):
+            if node.op_type in ("Loop", "Scan") and loops:
+                body = next((a.g for a in node.attribute if a.name == "body" and a.type == onnx.AttributeProto.GRAPH), None)
+                if body is None:
+                    continue
+                for loc, orig in expose(body):
+                    counter[0] += 1
+                    tag = f"__edgeq_p{counter[0]}"
+                    body.node.append(helper.make_node("Identity", [loc], [loc + tag + "_c"], name=loc + tag + "_id"))
+                    body.output.append(helper.make_tensor_value_info(loc + tag + "_c", onnx.TensorProto.FLOAT, None))
+                    for a in node.attribute:  # Scan: one axis / direction per scan output, when given
+                        if a.name in ("scan_output_axes", "scan_output_directions") and len(a.ints):
+                            a.ints.append(0)
+                    out = orig + PROBE_SUFFIX + tag
+                    node.output.append(out)
+                    found.append((out, orig))
+                continue
             if node.op_type != "If":
                 continue
             br = {a.name: a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH}
@@ -246,10 +263,11 @@ def float_tensors(model: Any) -> set[str]:
 class ProbeRunner:
     """Run a probe model with onnxruntime and return the exposed tensors by original name."""
 
-    def __init__(self, model: Any, names: Iterable[str], providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> None:
+    def __init__(self, model: Any, names: Iterable[str], providers: tuple[str, ...] = ("CPUExecutionProvider",), loops: bool = True) -> None:
         import onnxruntime as ort
 
-        pm, self.exposed = probe_model(model, names)
+        pm, self.exposed = probe_model(model, names, loops)
+        self.loops = loops and any(n.op_type in ("Loop", "Scan") for _, g, _ in _graphs(pm.graph) for n in g.node)
         so = ort.SessionOptions()
         so.log_severity_level = 3
         # no fusions: every probed tensor must exist as computed by the reference graph

@@ -53,6 +53,25 @@ def raise_opset(model: Any, spec: QuantSpec) -> tuple[Any, list[str]]:
     return conv, [f"opset raised from {have} to {need} ({'16-bit activations' if need == 21 else 'per-channel QDQ'} needs it)"]
 
 
+def probe_runner(model: Any, names: Any, feed: dict[str, np.ndarray] | None = None, notes: list[str] | None = None) -> qdq.ProbeRunner:
+    """A ProbeRunner that reaches into Loop/Scan bodies; without them if onnxruntime refuses those
+    probes (e.g. a body tensor whose shape changes between iterations cannot be stacked)."""
+    try:
+        runner = qdq.ProbeRunner(model, names)
+        if runner.loops and feed is not None:
+            runner(feed)
+        return runner
+    except Exception as e:  # noqa: BLE001
+        if not any(n.op_type in ("Loop", "Scan") for _, g, _ in qdq._graphs(model.graph) for n in g.node):
+            raise
+        if notes is not None:
+            notes.append(
+                "activations inside Loop/Scan bodies could not be exposed for calibration "
+                f"({str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__}): those nodes get int8 weights, float activations"
+            )
+        return qdq.ProbeRunner(model, names, loops=False)
+
+
 def prepare(model: Any, spec: QuantSpec, data: SampleSet, *, on_sample: Callable[[], None] | None = None) -> Prepared:
     import copy
 
@@ -64,7 +83,7 @@ def prepare(model: Any, spec: QuantSpec, data: SampleSet, *, on_sample: Callable
     if not full.activations and not full.nodes:
         return Prepared(model, CalibStats({}, 0), cal, notes)
     try:
-        runner = qdq.ProbeRunner(model, full.activations)
+        runner = probe_runner(model, full.activations, data.feed(0) if len(data) else None, notes)
     except Exception as e:  # noqa: BLE001
         raise QuantizationError(
             f"cannot run the model for calibration: {str(e).strip().splitlines()[0][:200]}",
@@ -228,13 +247,14 @@ def layer_sqnr(prep: Prepared, written: Written, data: SampleSet, n: int) -> lis
     for qn in written.plan.nodes:
         names += [qn.output] + ([qn.act_input] if qn.act_input else [])
     names = list(dict.fromkeys(names))
-    ref = qdq.ProbeRunner(prep.model, names)
-    cand = qdq.ProbeRunner(written.model, names)
+    feed = data.feed(0) if len(data) else None
+    ref = probe_runner(prep.model, names, feed)
+    cand = probe_runner(written.model, names, feed)
     acc = qdq.sqnr(ref, cand, _feeds(data, n))
     rows = []
     for qn in written.plan.nodes:
         out = acc.get(qn.output)
-        if out is None:  # inside a Loop/Scan body, or a branch the data did not take
+        if out is None:  # a branch or loop body the data did not reach
             rows.append({"node": qn.name, "op": qn.op_type, "tensor": qn.output, "sqnr_db": None,
                          "sensitivity": 0.0, "quantized_as": written.how.get(qn.name, "")})
             continue
