@@ -54,6 +54,18 @@ def test_auto_scores_every_method_and_keeps_the_best(tmp_path):
     assert _sqnr(src, tmp_path / "auto.onnx", fresh) > _sqnr(src, tmp_path / "mm.onnx", fresh) + 1.5
 
 
+def test_output_sqnr_skips_non_float_outputs_and_measures_the_rest():
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(4, 10)).astype(np.float32)
+    noise = (0.01 * rng.normal(size=f.shape)).astype(np.float32)
+    idx = f.argmax(-1)
+    got = output_sqnr([[idx, f]], [[idx, f + noise]])
+    want = 10 * np.log10((f.astype(np.float64) ** 2).sum() / (noise.astype(np.float64) ** 2).sum())
+    assert got[0] is None and abs(got[1] - want) < 1e-3
+    assert output_sqnr([[f]], [[f]]) == [float("inf")]
+    assert output_sqnr([[f]], [[np.full_like(f, np.nan)]]) == [float("-inf")]
+
+
 def test_auto_without_held_out_samples_says_so(tmp_path):
     src = make_cnn(tmp_path / "cnn.onnx")
     data = SampleSet(arrays={"x": cnn_data(16, seed=1)["x"]}, stacked={"x": False}, labels=None, source="test")

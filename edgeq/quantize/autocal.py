@@ -5,7 +5,7 @@ The streaming pass already keeps min/max and a histogram per tensor, so every ra
 on the model: min-max wastes levels on rare outliers (silero-vad), percentiles clip signal
 that matters in others (a small LM's logits). ``choose`` writes the QDQ model once per
 candidate, runs it beside fp32 on samples the ranges were not taken from when there are any,
-and keeps the candidate whose first output has the highest SQNR against fp32. The choice,
+and keeps the candidate whose first float output has the highest SQNR against fp32. The choice,
 every candidate's score and where the scoring samples came from go into the report.
 """
 
@@ -39,14 +39,19 @@ def _outputs(model: Any, data: SampleSet, idx: list[int]) -> list[list[np.ndarra
     return [sess.run(None, {k: v for k, v in data.feed(i).items() if k in names}) for i in idx]
 
 
-def output_sqnr(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]]) -> list[float]:
-    """SQNR (dB) of each float output over all samples (finite entries of the reference only)."""
-    out = []
+def output_sqnr(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]]) -> list[float | None]:
+    """SQNR (dB) of each float output over all samples (finite entries of the reference only);
+    None for an output that is not float (e.g. an argmax index)."""
+    out: list[float | None] = []
     for j in range(len(ref[0]) if ref else 0):
+        if np.asarray(ref[0][j]).dtype.kind != "f":
+            out.append(None)
+            continue
         sig = noise = 0.0
         for r, c in zip(ref, cand):
             a, b = np.asarray(r[j]), np.asarray(c[j])
-            if a.dtype.kind != "f" or a.shape != b.shape:
+            if a.shape != b.shape:
+                noise = math.inf
                 continue
             a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
             fin = np.isfinite(a64)
@@ -62,7 +67,9 @@ def output_sqnr(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]]) -> li
     return out
 
 
-def _db(x: float) -> float | None:
+def _db(x: float | None) -> float | None:
+    if x is None:
+        return None
     return round(x, 2) if math.isfinite(x) else (999.0 if x > 0 else -999.0)
 
 
@@ -83,7 +90,7 @@ def choose(prep: Any, spec: Any, data: SampleSet, n_calib: int, candidates: tupl
             rows.append({"method": text, "error": str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__})
             continue
         per_out = output_sqnr(ref, q)
-        score = per_out[0] if per_out else -math.inf
+        score = next((x for x in per_out if x is not None), -math.inf)  # the first float output
         rows.append({"method": text, "sqnr_db": _db(score), "outputs_sqnr_db": [_db(x) for x in per_out]})
         if best is None or score > best[0] + TIE_DB:
             best = (score, cal)
@@ -92,7 +99,7 @@ def choose(prep: Any, spec: Any, data: SampleSet, n_calib: int, candidates: tupl
     where = "held-out calibration samples" if held_out else "calibration samples (no held-out ones: pass more than --calib-samples for that)"
     choice = {
         "chosen": str(best[1]),
-        "score": "SQNR (dB) of the first output against fp32, higher is better",
+        "score": "SQNR (dB) of the first float output against fp32, higher is better",
         "samples": len(idx),
         "held_out": held_out,
         "candidates": rows,

@@ -196,7 +196,8 @@ LM_MIN_VOCAB = 32
 def looks_like_lm(model: Any, ref: list[np.ndarray]) -> bool:
     """Token ids in (an integer input) and [batch, positions, vocabulary] logits out."""
     ints = {6, 7}  # INT32, INT64
-    has_ids = any(i.type.tensor_type.elem_type in ints for i in model.graph.input)
+    inits = {i.name for i in model.graph.initializer}
+    has_ids = any(i.type.tensor_type.elem_type in ints for i in model.graph.input if i.name not in inits)
     return bool(ref) and has_ids and np.asarray(ref[0]).ndim == 3 and np.asarray(ref[0]).shape[-1] >= LM_MIN_VOCAB
 
 
