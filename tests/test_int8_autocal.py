@@ -259,3 +259,22 @@ def test_loop_body_that_cannot_be_stacked_falls_back_to_weight_only(tmp_path):
     a = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"x": x[0]})[0]
     b = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x[0]})[0]
     assert a.shape == b.shape == (4, 16) and np.abs(a - b).max() < 0.05 * np.abs(a).max()
+
+
+def test_prefer_gate_measures_lm_logits_as_mean_kl(runner, tmp_path):
+    src = _tiny_token_lm(tmp_path / "lm.onnx")
+    cal, ev = tmp_path / "cal.npz", tmp_path / "ev.npz"
+    np.savez(cal, tokens=_tokens(24, seed=1)[:, 0])
+    np.savez(ev, tokens=_tokens(24, seed=5)[:, 0])
+    out = tmp_path / "q.onnx"
+    r = runner.invoke(app, ["quantize", str(src), "-o", str(out), "--calib", str(cal), "--eval", str(ev),
+                            "--prefer", "accurate", "--max-drop", "0.01", "--json"])
+    assert r.exit_code == 0, r.output
+    gate = json.loads(r.stdout)["quantization"]["gate"]
+    assert gate["metric"] == "mean_kl"
+    cands = {c["name"]: c for c in gate["candidates"]}
+    assert cands["fp32"]["drop"] == 0.0 and cands["fp32"]["metric"] == 0.0
+    ok = [c for n, c in cands.items() if n != "fp32" and c["error"] is None]
+    assert ok and all(0.0 <= c["drop"] == c["metric"] < 0.01 for c in ok)  # KL, within this budget
+    assert any(c["drop"] > 0 for c in ok)
+    assert gate["picked"] != "fp32"
