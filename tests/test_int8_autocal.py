@@ -248,17 +248,104 @@ def _growing_loop(path):
     return path
 
 
-def test_loop_body_that_cannot_be_stacked_falls_back_to_weight_only(tmp_path):
+def test_loop_body_with_shapes_changing_per_iteration_is_calibrated(tmp_path):
     src = _growing_loop(tmp_path / "grow.onnx")
     x = np.random.default_rng(0).normal(size=(8, 1, 16)).astype(np.float32)
     data = SampleSet(arrays={"x": x}, stacked={"x": True}, labels=None, source="test")
     res = quantize(artifact_from(src), QuantSpec(calibration="minmax"), tmp_path / "q.onnx", data=data)
     assert res.coverage.nodes_quantized == 1
-    assert res.recipe()["subgraphs"] == {"Loop": {"quantized": 1, "activations_calibrated": 0, "weight_only": 1}}
-    assert any("could not be exposed for calibration" in n for n in res.notes)
-    a = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"x": x[0]})[0]
+    assert res.recipe()["subgraphs"] == {"Loop": {"quantized": 1, "activations_calibrated": 1, "weight_only": 0}}
+    # min-max range of hw = the values of all iterations (1, 2 then 3 rows), recomputed here in numpy
+    w = onnx.numpy_helper.to_array(next(i for i in onnx.load(str(src)).graph.initializer if i.name == "w"))
+    first, every = [], []
+    for xi in x[:, 0][:, None]:
+        h = xi
+        for step in range(3):
+            hw = h @ w
+            (first if step == 0 else every).append(hw.ravel())
+            h = np.concatenate([h, hw[-1:]])
+    every += first
+    lo, hi = min(0.0, float(np.concatenate(every).min())), max(0.0, float(np.concatenate(every).max()))
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    body = next(a.g for a in q.graph.node[0].attribute if a.name == "body")
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in body.initializer}
+    scale, zp = float(inits["hw_qp_s"].ravel()[0]), int(inits["hw_qp_z"].ravel()[0])
+    assert abs(scale - (hi - lo) / 255) < 1e-6 * (hi - lo) and abs(zp - round(-lo / scale)) <= 1
+    assert hi - lo > 1.05 * (float(np.concatenate(first).max()) - min(0.0, float(np.concatenate(first).min())))
+    s32 = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    a = s32.run(None, {"x": x[0]})[0]
     b = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x[0]})[0]
     assert a.shape == b.shape == (4, 16) and np.abs(a - b).max() < 0.05 * np.abs(a).max()
+
+
+def _loop_with_if(path):
+    """A Loop whose body holds an If: steps 0 and 1 take h @ W (then), later steps pass h through."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = (np.random.default_rng(0).normal(0, 0.3, (16, 16)) + np.eye(16)).astype(np.float32)
+    then = helper.make_graph([helper.make_node("MatMul", ["h_in", "w"], ["t_out"], name="inner_mm")], "then", [],
+                             [helper.make_tensor_value_info("t_out", TensorProto.FLOAT, None)])
+    other = helper.make_graph([helper.make_node("Identity", ["h_in"], ["e_out"], name="inner_id")], "else", [],
+                              [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, None)])
+    body = helper.make_graph(
+        [
+            helper.make_node("Less", ["i", "two"], ["c"], name="lt"),
+            helper.make_node("If", ["c"], ["hh"], name="inner_if", then_branch=then, else_branch=other),
+            helper.make_node("Tanh", ["hh"], ["h_out"], name="tanh"),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"], name="cid"),
+        ],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_in", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("h_out", TensorProto.FLOAT, ["N", 16])],
+    )
+    g = helper.make_graph(
+        [helper.make_node("Loop", ["trips", "cond", "x"], ["y"], name="loop", body=body)], "loop_if",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 16])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(4, np.int64), "trips"),
+         numpy_helper.from_array(np.array(True), "cond"), numpy_helper.from_array(np.array(2, np.int64), "two")],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path
+
+
+def test_if_inside_a_loop_body_is_calibrated(tmp_path):
+    src = _loop_with_if(tmp_path / "loop_if.onnx")
+    x = np.random.default_rng(1).normal(size=(12, 1, 16)).astype(np.float32)
+    data = SampleSet(arrays={"x": x}, stacked={"x": True}, labels=None, source="test")
+    res = quantize(artifact_from(src), QuantSpec(calibration="minmax"), tmp_path / "q.onnx", data=data)
+    rec = res.recipe()
+    assert rec["subgraphs"] == {"If": {"quantized": 1, "activations_calibrated": 1, "weight_only": 0}}
+    assert rec["layers"][0]["sqnr_db"] > 25
+    a = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"x": x[:, 0]})
+    b = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x[:, 0]})
+    assert output_sqnr([a], [b])[0] > 25
+
+
+def test_loop_probe_refused_by_onnxruntime_falls_back_to_weight_only(tmp_path, monkeypatch):
+    from edgeq.quantize import qdq
+
+    from tests.int8_models import make_loop_model
+
+    class Refusing(qdq.ProbeRunner):  # stands in for a body onnxruntime cannot run with probes
+        def __call__(self, feed):
+            if self.loops:
+                raise RuntimeError("Inconsistent shape in loop output")
+            return super().__call__(feed)
+
+    monkeypatch.setattr(qdq, "ProbeRunner", Refusing)
+    src = make_loop_model(tmp_path / "loop.onnx")
+    x = np.random.default_rng(0).normal(size=(8, 1, 16)).astype(np.float32)
+    data = SampleSet(arrays={"x": x}, stacked={"x": True}, labels=None, source="test")
+    res = quantize(artifact_from(src), QuantSpec(calibration="minmax"), tmp_path / "q.onnx", data=data)
+    assert res.coverage.nodes_quantized == 1
+    assert res.recipe()["subgraphs"] == {"Loop": {"quantized": 1, "activations_calibrated": 0, "weight_only": 1}}
+    assert any("could not be exposed for calibration (Inconsistent shape" in n for n in res.notes)
+    a = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, {"x": x[:, 0]})[0]
+    b = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x[:, 0]})[0]
+    assert np.abs(a - b).max() < 0.05 * np.abs(a).max()
 
 
 def test_prefer_gate_measures_lm_logits_as_mean_kl(runner, tmp_path):
