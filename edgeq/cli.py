@@ -49,7 +49,7 @@ StaticOpt = Annotated[Optional[list[str]], typer.Option("--static-shape", help="
 OpsetOpt = Annotated[Optional[int], typer.Option("--opset", help="opset to convert to (within the target's range)")]
 ImagePreprocOpt = Annotated[Optional[Path], typer.Option("--image-preprocess", help="preprocessing spec (TOML) for an image-folder --calib/--eval (default: the --preprocess file's table for the input, else preprocess.toml inside the folder)")]
 PreferOpt = Annotated[Optional[str], typer.Option("--prefer", help="measure INT8 candidates (QDQ, QOperator, dynamic) and fp32 on this host; pick accurate | fastest | smallest within the budget")]
-CalibMethodOpt = Annotated[Optional[str], typer.Option("--calibration", help="minmax | percentile:99.99 | entropy | mse (one streaming pass)")]
+CalibMethodOpt = Annotated[Optional[str], typer.Option("--calibration", help="auto (default: each method scored by output error vs fp32) | minmax | percentile:99.99 | entropy | mse (one streaming pass)")]
 CalibBinsOpt = Annotated[Optional[int], typer.Option("--calib-bins", help="histogram bins per tensor (percentile/entropy/mse)")]
 MaxDropOpt = Annotated[Optional[float], typer.Option("--max-drop", help="accuracy budget: keep the most sensitive nodes float until the drop is at most this (0.01 = 1 point)")]
 LabelsOpt = Annotated[str, typer.Option("--labels-key", help="name of the labels array in evaluation data")]

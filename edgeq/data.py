@@ -241,10 +241,11 @@ def load_samples(
         raise CalibrationError(f"{what} data {path} holds no samples", "provide at least one sample per input")
     if labels is not None:
         labels = np.asarray(labels)
-        if labels.ndim != 1 or len(labels) != n or labels.dtype.kind not in "iu":
+        # [n] class indices, or [n, positions] next tokens for a language model
+        if labels.ndim not in (1, 2) or len(labels) != n or labels.dtype.kind not in "iu":
             raise CalibrationError(
                 f"{what} data: '{labels_key}' must be a 1-D integer array of {n} labels, got {labels.dtype}{list(labels.shape)}",
-                "store class indices, one per sample",
+                "store class indices, one per sample (or [samples, positions] next-token ids for a language model)",
             )
     return SampleSet(arrays=arrays, stacked=stacked, labels=labels, source=str(path))
 

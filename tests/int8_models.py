@@ -166,3 +166,38 @@ def make_loop_model(path: Path, *, seed: int = 0, trips: int = 3) -> Path:
         ],
     )
     return _save(graph, path)
+
+
+def make_scan_model(path: Path, *, seed: int = 0, steps: int = 5) -> Path:
+    """A recurrent cell in a Scan over x [N, steps, 16] (axis 1): s_t = Tanh(x_t @ Wx + s_{t-1}),
+    y_t = s_t @ Wy (Wx, Wy outer-scope initializers). Outputs s_final [N, 16] and y [N, steps, 8]."""
+    rng = np.random.default_rng(seed)
+    body = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x_t", "wx"], ["xw"], name="scan_mm_x"),
+            helper.make_node("Add", ["xw", "s_in"], ["pre"], name="scan_add"),
+            helper.make_node("Tanh", ["pre"], ["s_out"], name="scan_tanh"),
+            helper.make_node("MatMul", ["s_out", "wy"], ["y_t"], name="scan_mm_y"),
+        ],
+        "scan_body",
+        [helper.make_tensor_value_info("s_in", TensorProto.FLOAT, ["N", 16]), helper.make_tensor_value_info("x_t", TensorProto.FLOAT, ["N", 16])],
+        [helper.make_tensor_value_info("s_out", TensorProto.FLOAT, ["N", 16]), helper.make_tensor_value_info("y_t", TensorProto.FLOAT, ["N", 8])],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["x", "zero"], ["x0"], name="zeros_like"),
+            helper.make_node("ReduceSum", ["x0", "ax1"], ["s0"], name="init_state", keepdims=0),
+            helper.make_node("Scan", ["s0", "x"], ["s_final", "y"], name="scan", body=body, num_scan_inputs=1,
+                             scan_input_axes=[1], scan_output_axes=[1]),
+        ],
+        "scan_model",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", steps, 16])],
+        [helper.make_tensor_value_info("s_final", TensorProto.FLOAT, ["N", 16]), helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", steps, 8])],
+        [
+            _init("wx", rng.normal(0, 0.4, (16, 16)).astype(np.float32)),
+            _init("wy", rng.normal(0, 0.4, (16, 8)).astype(np.float32)),
+            _init("zero", np.zeros((), np.float32)),
+            _init("ax1", np.array([1], np.int64)),
+        ],
+    )
+    return _save(graph, path)

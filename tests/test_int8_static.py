@@ -180,17 +180,23 @@ def test_cli_bad_calibration_is_exit_2(runner, tmp_path):
     assert not (tmp_path / "q.onnx").exists()
 
 
-def test_loop_body_weights_are_quantized_weight_only(tmp_path):
+def test_loop_body_activations_are_calibrated(tmp_path):
+    # was weight-only (activations float) before Loop/Scan bodies were probed for calibration
     from tests.int8_models import make_loop_model
 
     src = make_loop_model(tmp_path / "loop.onnx")
     x = np.random.default_rng(0).normal(size=(16, 1, 16)).astype(np.float32)
     res = quantize(artifact_from(src), QuantSpec(), tmp_path / "q.onnx", data=_samples({"x": x}, stacked={"x": True}))
     assert res.coverage.nodes_quantized == 1 == res.coverage.nodes_total
-    rows = {r["node"]: r for r in res.recipe()["layers"]}
-    assert rows["loop_mm"]["quantized_as"].startswith("weights int8, activations float")
-    assert rows["loop_mm"]["sqnr_db"] is None  # not measurable inside a Loop body, and said so
+    rec = res.recipe()
+    rows = {r["node"]: r for r in rec["layers"]}
+    assert rows["loop_mm"]["quantized_as"] == "int8 weights per-channel, uint8 activations"
+    assert rows["loop_mm"]["sqnr_db"] is not None and rows["loop_mm"]["sqnr_db"] > 25  # measured inside the body
+    assert rec["subgraphs"] == {"Loop": {"quantized": 1, "activations_calibrated": 1, "weight_only": 0}}
     q = onnx.load(str(tmp_path / "q.onnx"))
     assert not [i for i in q.graph.initializer if i.name == "w"]  # the fp32 weight is gone
+    body = next(a.g for a in q.graph.node[0].attribute if a.name == "body")
+    assert [n.op_type for n in body.node].count("QuantizeLinear") == 2  # activation in and out
+    assert len(q.graph.node[0].output) == 1  # no calibration probe left behind
     a, b = _run(src, {"x": x[:, 0]}), _run(tmp_path / "q.onnx", {"x": x[:, 0]})
     assert np.abs(a - b).max() < 0.05 * np.abs(a).max()

@@ -390,11 +390,13 @@ def edgeq_static(m: dict, out: Path, n: int, calibration: str = "minmax", max_dr
     res = quantize(artifact_from(m["path"]), QuantSpec(calibration=calibration, calib_samples=n), out, data=data,
                    evals=evals, max_drop=max_drop)
     m.setdefault("edgeq_notes", []).extend(res.notes)
+    cal = res.details["calibration"]
+    how = f"auto -> {cal['method']}" if "auto" in cal else calibration
     if max_drop is not None:
         s = res.details["search"]
-        m.setdefault("edgeq_notes", []).append(f"search steps {s['steps']}")
-        return f"QDQ, {calibration}, max-drop {max_drop}: {s['best']['kept_float']} node(s) float"
-    return f"QDQ, {calibration}, per-channel, U8S8"
+        m.setdefault("edgeq_notes", []).append(f"search ({s['metric']}: {s['drop_means']}) steps {s['steps']}")
+        return f"QDQ, {how}, max-drop {max_drop} on {s['metric']}: {s['best']['kept_float']} node(s) float"
+    return f"QDQ, {how}, per-channel, U8S8"
 
 
 # -- measurements -----------------------------------------------------------------------------------
@@ -499,9 +501,10 @@ MODELS = {
 RECIPES = {
     "ort-static": ort_static,
     "ort-dynamic": ort_dynamic,
-    "edgeq": edgeq_static,
+    "edgeq-minmax": edgeq_static,
     "edgeq-entropy": lambda m, o, n: edgeq_static(m, o, n, "entropy"),
-    "edgeq-entropy --max-drop 0.01": lambda m, o, n: edgeq_static(m, o, n, "entropy", 0.01),
+    "edgeq": lambda m, o, n: edgeq_static(m, o, n, "auto"),  # edgeq's default recipe
+    "edgeq --max-drop 0.01": lambda m, o, n: edgeq_static(m, o, n, "auto", 0.01),
 }
 MEMORY_RECIPES = {**RECIPES, "ort-static-entropy": ort_static_entropy}
 
@@ -516,7 +519,7 @@ def bench_model(key: str, n_calib: int) -> list[dict]:
     rows.append({"model": m["name"], "recipe": "fp32", "metric": metric(m, m["path"], ref_cache), "coverage": "-",
                  "size": fp32_size, "latency": 1.0, "qtime": 0.0, "fp32_ms": fp32_ms})
     for rname, fn in RECIPES.items():
-        out = WORK / f"{key}.{rname.split()[0]}{'.budget' if 'max-drop' in rname else ''}.onnx"
+        out = WORK / f"{key}.{rname.split()[0]}{'.budget' if 'max-drop' in rname else ''}.onnx"  # edgeq = auto
         t = time.perf_counter()
         try:
             desc = fn(m, out, n_calib)
@@ -560,7 +563,7 @@ def main() -> None:
     ap.add_argument("--models", default="digits,resnet18,mobilenetv2,silero")
     ap.add_argument("--calib", type=int, default=100, help="calibration samples for the accuracy table")
     ap.add_argument("--memory", default="digits,silero", help="models for the peak-memory table (100 and 1,000 samples)")
-    ap.add_argument("--memory-recipes", default="ort-static,ort-static-entropy,edgeq,edgeq-entropy")
+    ap.add_argument("--memory-recipes", default="ort-static,ort-static-entropy,edgeq-minmax,edgeq-entropy,edgeq")
     ap.add_argument("--results", type=Path, default=None, help="JSON file: rows are appended per model (partial runs survive)")
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)

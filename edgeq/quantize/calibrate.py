@@ -13,7 +13,9 @@ Range selection from the statistics:
   clipped |x| distribution and its 128-level quantized version (TensorRT's recipe),
   never below the 99.9th percentile of |x| (KL on sparse histograms clips signal);
 - ``mse``: the clipping threshold minimising the expected squared quantization
-  error (clipping error plus uniform rounding noise) over the histogram.
+  error (clipping error plus uniform rounding noise) over the histogram;
+- ``auto``: every method above from the same histograms, each written as a QDQ model and
+  scored by its output error against fp32 (``autocal.choose``); the best one is used.
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ import numpy as np
 from ..errors import EdgeqError
 
 DEFAULT_BINS = 2048
-METHODS = ("minmax", "percentile", "entropy", "mse")
+METHODS = ("minmax", "percentile", "entropy", "mse", "auto")
+# what ``auto`` tries, in order of preference on a tie
+AUTO_CANDIDATES = ("minmax", "percentile:99.99", "percentile:99.9", "entropy", "mse")
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """A parsed ``--calibration`` value: ``minmax``, ``percentile:99.99``, ``entropy``, ``mse``."""
+    """A parsed ``--calibration`` value: ``minmax``, ``percentile:99.99``, ``entropy``, ``mse``, ``auto``."""
 
     method: str = "minmax"
     percentile: float = 99.99
@@ -44,7 +48,7 @@ class Calibration:
     def parse(cls, text: str, bins: int = DEFAULT_BINS) -> Calibration:
         name, _, arg = text.partition(":")
         if name not in METHODS:
-            raise EdgeqError(f"unknown calibration method '{text}'", "choose minmax, percentile:99.99, entropy or mse")
+            raise EdgeqError(f"unknown calibration method '{text}'", "choose auto, minmax, percentile:99.99, entropy or mse")
         if bins < 128 or bins % 4:
             raise EdgeqError(f"calibration bins must be a multiple of 4 and at least 128, got {bins}", "use e.g. 2048")
         if name == "percentile":
@@ -159,7 +163,8 @@ class TensorStats:
         if not self.seen:
             return 0.0, 0.0
         lo, hi = self.lo, self.hi
-        if cal.method != "minmax" and self.hist is not None and self.hist.sum() > 0:
+        # "auto" is resolved to one concrete method before ranges are taken (autocal.choose); min-max otherwise
+        if cal.method not in ("minmax", "auto") and self.hist is not None and self.hist.sum() > 0:
             if cal.method == "percentile":
                 lo, hi = self._percentile(cal.percentile)
             elif cal.method == "entropy":

@@ -105,7 +105,8 @@ def select(
     fp32_model = onnx.load(str(artifact.path))
     n = min(len(check), 500)
     ref = static.first_outputs(fp32_model, check, n)
-    fp32_metric = static.metric(ref, ref, check.labels)
+    lm = static.looks_like_lm(fp32_model, ref)  # LM logits: perplexity / mean KL, not top-1 agreement
+    fp32_metric = static.metric(ref, ref, check.labels, lm=lm)
     feed = check.feed(0)
     measured: list[Candidate] = [
         Candidate("fp32", artifact.path, _latency_ms(artifact.path, feed), artifact.path.stat().st_size, fp32_metric.value, 0.0)
@@ -114,9 +115,9 @@ def select(
         if c.path is None:
             measured.append(c)
             continue
-        m = static.metric(static.first_outputs(onnx.load(str(c.path)), check, n), ref, check.labels)
+        m = static.metric(static.first_outputs(onnx.load(str(c.path)), check, n), ref, check.labels, lm=lm)
         measured.append(replace(c, ms=_latency_ms(c.path, feed), size=c.path.stat().st_size, metric=m.value,
-                                drop=fp32_metric.value - m.value))
+                                drop=m.drop_from(fp32_metric)))
     fp32 = measured[0]
     ok = [c for c in measured[1:] if c.error is None and c.drop is not None and c.drop <= max_drop]
     key = {

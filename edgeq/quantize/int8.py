@@ -359,11 +359,14 @@ def _edgeq_static(
             notes.append("--max-drop measured on the calibration data (pass --eval for held-out data)")
         res = static.search(prep, spec, check, max_drop)
         written = res.written
+        if res.fp32_metric.name in ("perplexity", "mean_kl"):
+            notes.append(f"--max-drop on LM logits: drop = {res.fp32_metric.drop_means} (top-1 token agreement is far harsher)")
         layers = res.layers
         met = res.met
         details["search"] = {
             "max_drop": max_drop,
             "metric": res.fp32_metric.name,
+            "drop_means": res.fp32_metric.drop_means,
             "fp32": round(res.fp32_metric.value, 5),
             "steps": [s.to_dict() for s in res.steps],
             "best": res.best.to_dict(),
@@ -401,7 +404,10 @@ def _edgeq_static(
         notes.append("the model has no Conv/Gemm/MatMul nodes: nothing to quantize")
     sub = [qn.name for qn in written.plan.nodes if qn.in_subgraph]
     if sub:
-        notes.append(f"{len(sub)} node(s) inside If/Loop/Scan subgraphs quantized")
+        details["subgraphs"] = _subgraph_coverage(prep.model, written)
+        notes.append(f"{len(sub)} node(s) inside If/Loop/Scan subgraphs quantized (" + "; ".join(
+            f"{op}: {c['quantized']}, {c['activations_calibrated']} with calibrated activations"
+            for op, c in details["subgraphs"].items()) + ")")
     for key, h in sorted(written.how.items()):
         if key.endswith("#raised"):
             notes.append(f"weight scale of '{key[: -len('#raised')]}' raised so its int32 bias fits ({h.split('raised ', 1)[-1].split(' so')[0]})")
@@ -416,6 +422,8 @@ def _edgeq_static(
         "synthetic": bool(data.synthetic),
         "nonfinite_values": prep.stats.nonfinite(),
     }
+    if prep.choice is not None:
+        details["calibration"]["auto"] = prep.choice
     details["layers"] = [{k: v for k, v in r.items() if k != "sensitivity"} for r in layers]
     details["worst_layers"] = [r["node"] for r in worst]
     details["kept_float"] = dict(sorted(written.plan.kept_float.items()))
@@ -423,3 +431,21 @@ def _edgeq_static(
     return QuantResult(
         artifact_from(out_path, artifact.provenance + (step,)), spec, cov, tuple(notes), details, met
     )
+
+
+def _subgraph_coverage(model: Any, written: Any) -> dict[str, dict[str, int]]:
+    """Per op type owning a subgraph (innermost If/Loop/Scan): nodes quantized, with calibrated activations."""
+    from .qdq import _graphs
+
+    owner = {path: node.op_type for path, _, node in _graphs(model.graph) if node is not None}
+    out: dict[str, dict[str, int]] = {}
+    for qn in written.plan.nodes:
+        if not qn.in_subgraph:
+            continue
+        c = out.setdefault(owner.get(qn.graph, "?"), {"quantized": 0, "activations_calibrated": 0, "weight_only": 0})
+        c["quantized"] += 1
+        if written.how.get(qn.name, "").startswith("weights int8, activations float"):
+            c["weight_only"] += 1
+        else:
+            c["activations_calibrated"] += 1
+    return dict(sorted(out.items()))

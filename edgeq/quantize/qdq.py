@@ -176,13 +176,25 @@ def plan(model: Any, *, op_types: tuple[str, ...] = WEIGHT_OPS, keep_float: dict
 # -- probing: expose tensors (also inside If branches) as graph outputs -------------------------
 
 
-def probe_model(model: Any, names: Iterable[str]) -> tuple[Any, dict[str, str]]:
+_EMPTY, _FLAT = "__edgeq_probe_empty", "__edgeq_probe_flat"
+
+
+def _insert(repeated: Any, index: int, item: Any) -> None:
+    items = [copy.deepcopy(x) for x in repeated]
+    items.insert(index, item)
+    del repeated[:]
+    repeated.extend(items)
+
+
+def probe_model(model: Any, names: Iterable[str], loops: bool = True) -> tuple[Any, dict[str, str]]:
     """A copy of ``model`` whose outputs include ``names``; returns (model, exposed name -> tensor).
 
     Tensors of the main graph become outputs directly. Tensors inside ``If`` branches, at
     any depth, are passed out through extra ``If`` outputs (the other branch returns an
-    empty tensor, which the statistics skip). Tensors inside Loop/Scan bodies are not
-    exposed: their nodes get weight-only quantization.
+    empty tensor, which the statistics skip). Tensors inside ``Loop``/``Scan`` bodies (with
+    ``loops``) leave the body through an extra loop-carried vector that gathers every
+    iteration's values, flattened (Loop), or an extra scan output (Scan), so the statistics
+    see all iterations (zero iterations give an empty tensor, skipped).
     """
     onnx = _onnx()
     from onnx import helper
@@ -190,12 +202,46 @@ def probe_model(model: Any, names: Iterable[str]) -> tuple[Any, dict[str, str]]:
     m = copy.deepcopy(model)
     want = set(names)
     counter = [0]
+    consts_needed = [False]
 
     def expose(g: Any) -> list[tuple[str, str]]:
         found: list[tuple[str, str]] = []
         local = {i.name for i in g.input} | {o for nd in g.node for o in nd.output}
         found += [(t, t) for t in sorted(want & local)]
         for node in list(g.node):
+            if node.op_type in ("Loop", "Scan") and loops:
+                body = next((a.g for a in node.attribute if a.name == "body" and a.type == onnx.AttributeProto.GRAPH), None)
+                if body is None:
+                    continue
+                for loc, orig in expose(body):
+                    counter[0] += 1
+                    tag = f"__edgeq_p{counter[0]}"
+                    out = orig + PROBE_SUFFIX + tag
+                    if node.op_type == "Loop":
+                        # a loop-carried float vector gathers every iteration's values, flattened: iterations
+                        # may differ in shape (or give an empty tensor from an If inside the body)
+                        n_carried = len(node.input) - 2
+                        acc_in, acc_out = loc + tag + "_acc", loc + tag + "_c"
+                        body.input.append(helper.make_tensor_value_info(acc_in, onnx.TensorProto.FLOAT, None))
+                        body.node.append(helper.make_node("Reshape", [loc, _FLAT], [loc + tag + "_f"], name=loc + tag + "_r"))
+                        body.node.append(helper.make_node("Concat", [acc_in, loc + tag + "_f"], [acc_out], name=loc + tag + "_cat", axis=0))
+                        _insert(body.output, 1 + n_carried, helper.make_tensor_value_info(acc_out, onnx.TensorProto.FLOAT, None))
+                        node.input.append(_EMPTY)
+                        outs = list(node.output)
+                        outs.insert(n_carried, out)
+                        del node.output[:]
+                        node.output.extend(outs)
+                        found.append((out, orig))
+                        consts_needed[0] = True
+                        continue
+                    body.node.append(helper.make_node("Identity", [loc], [loc + tag + "_c"], name=loc + tag + "_id"))
+                    body.output.append(helper.make_tensor_value_info(loc + tag + "_c", onnx.TensorProto.FLOAT, None))
+                    for a in node.attribute:  # Scan: one axis / direction per scan output, when given
+                        if a.name in ("scan_output_axes", "scan_output_directions") and len(a.ints):
+                            a.ints.append(0)
+                    node.output.append(out)
+                    found.append((out, orig))
+                continue
             if node.op_type != "If":
                 continue
             br = {a.name: a.g for a in node.attribute if a.type == onnx.AttributeProto.GRAPH}
@@ -220,7 +266,13 @@ def probe_model(model: Any, names: Iterable[str]) -> tuple[Any, dict[str, str]]:
 
     exposed: dict[str, str] = {}
     existing = {o.name for o in m.graph.output}
-    for loc, orig in expose(m.graph):
+    found = expose(m.graph)
+    if consts_needed[0]:  # outer-scope constants the Loop probes read
+        from onnx import numpy_helper
+
+        m.graph.initializer.append(numpy_helper.from_array(np.zeros(0, np.float32), _EMPTY))
+        m.graph.initializer.append(numpy_helper.from_array(np.array([-1], np.int64), _FLAT))
+    for loc, orig in found:
         if loc not in existing:
             m.graph.output.append(helper.make_tensor_value_info(loc, onnx.TensorProto.FLOAT, None))
             existing.add(loc)
@@ -246,10 +298,11 @@ def float_tensors(model: Any) -> set[str]:
 class ProbeRunner:
     """Run a probe model with onnxruntime and return the exposed tensors by original name."""
 
-    def __init__(self, model: Any, names: Iterable[str], providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> None:
+    def __init__(self, model: Any, names: Iterable[str], providers: tuple[str, ...] = ("CPUExecutionProvider",), loops: bool = True) -> None:
         import onnxruntime as ort
 
-        pm, self.exposed = probe_model(model, names)
+        pm, self.exposed = probe_model(model, names, loops)
+        self.loops = loops and any(n.op_type in ("Loop", "Scan") for _, g, _ in _graphs(pm.graph) for n in g.node)
         so = ort.SessionOptions()
         so.log_severity_level = 3
         # no fusions: every probed tensor must exist as computed by the reference graph

@@ -17,7 +17,7 @@ KEEP_WORDS = ("embed", "lm_head")
 FORMATS = ("qdq", "qoperator")
 ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
 WEIGHT_TYPES = ("int8", "uint8")
-CALIBRATIONS = ("minmax", "percentile:99.99", "entropy", "mse")
+CALIBRATIONS = ("auto", "minmax", "percentile:99.99", "entropy", "mse")
 PREFERENCES = ("accurate", "fastest", "smallest")
 
 
@@ -30,7 +30,8 @@ class QuantSpec:
     per_channel: bool = True
     reduce_range: bool = False
     symmetric_weights: bool = True
-    calibration: str = "minmax"
+    calibration: str = "auto"
+    """Range method; "auto" scores every method on the model's output error and keeps the best."""
     calib_samples: int = 256
     calib_bins: int = 2048
     """Histogram bins per tensor for percentile/entropy/mse calibration."""

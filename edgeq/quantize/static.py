@@ -26,6 +26,8 @@ class Prepared:
     stats: CalibStats
     cal: Calibration
     notes: list[str] = field(default_factory=list)
+    choice: dict[str, Any] | None = None
+    """``--calibration auto``: the method chosen and every candidate's score."""
 
 
 def _feeds(data: SampleSet, n: int) -> Iterator[dict[str, np.ndarray]]:
@@ -51,6 +53,25 @@ def raise_opset(model: Any, spec: QuantSpec) -> tuple[Any, list[str]]:
     return conv, [f"opset raised from {have} to {need} ({'16-bit activations' if need == 21 else 'per-channel QDQ'} needs it)"]
 
 
+def probe_runner(model: Any, names: Any, feed: dict[str, np.ndarray] | None = None, notes: list[str] | None = None) -> qdq.ProbeRunner:
+    """A ProbeRunner that reaches into Loop/Scan bodies; without them if onnxruntime refuses those
+    probes (e.g. a body tensor whose shape changes between iterations cannot be stacked)."""
+    try:
+        runner = qdq.ProbeRunner(model, names)
+        if runner.loops and feed is not None:
+            runner(feed)
+        return runner
+    except Exception as e:  # noqa: BLE001
+        if not any(n.op_type in ("Loop", "Scan") for _, g, _ in qdq._graphs(model.graph) for n in g.node):
+            raise
+        if notes is not None:
+            notes.append(
+                "activations inside Loop/Scan bodies could not be exposed for calibration "
+                f"({str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__}): those nodes get int8 weights, float activations"
+            )
+        return qdq.ProbeRunner(model, names, loops=False)
+
+
 def prepare(model: Any, spec: QuantSpec, data: SampleSet, *, on_sample: Callable[[], None] | None = None) -> Prepared:
     import copy
 
@@ -62,7 +83,7 @@ def prepare(model: Any, spec: QuantSpec, data: SampleSet, *, on_sample: Callable
     if not full.activations and not full.nodes:
         return Prepared(model, CalibStats({}, 0), cal, notes)
     try:
-        runner = qdq.ProbeRunner(model, full.activations)
+        runner = probe_runner(model, full.activations, data.feed(0) if len(data) else None, notes)
     except Exception as e:  # noqa: BLE001
         raise QuantizationError(
             f"cannot run the model for calibration: {str(e).strip().splitlines()[0][:200]}",
@@ -85,7 +106,12 @@ def prepare(model: Any, spec: QuantSpec, data: SampleSet, *, on_sample: Callable
             + ", ".join(f"{k}: {v}" for k, v in worst)
             + (f" and {len(nf) - 3} more tensor(s)" if len(nf) > 3 else "")
         )
-    return Prepared(model, stats, cal, notes)
+    prep = Prepared(model, stats, cal, notes)
+    if cal.method == "auto":
+        from .autocal import choose
+
+        prep = choose(prep, spec, data, n)
+    return prep
 
 
 @dataclass
@@ -143,11 +169,70 @@ def _top1(o: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Metric:
-    name: str  # "accuracy" | "agreement"
+    name: str  # "accuracy" | "agreement" | "perplexity" | "mean_kl"
     value: float
 
+    def drop_from(self, fp32: Metric) -> float:
+        """How much worse than fp32: the quantity ``--max-drop`` bounds."""
+        if self.name == "perplexity":  # relative increase
+            return self.value / fp32.value - 1.0 if fp32.value > 0 else math.inf
+        if self.name == "mean_kl":  # fp32 against itself is 0
+            return self.value - fp32.value
+        return fp32.value - self.value
 
-def metric(outs: list[np.ndarray], ref: list[np.ndarray], labels: np.ndarray | None) -> Metric:
+    @property
+    def drop_means(self) -> str:
+        return {
+            "accuracy": "fp32 top-1 accuracy minus quantized top-1 accuracy on the labels",
+            "agreement": "1 - fraction of top-1 predictions identical to fp32",
+            "perplexity": "relative perplexity increase over fp32 on the next-token labels (ppl_q / ppl_fp32 - 1)",
+            "mean_kl": "mean KL divergence KL(fp32 || quantized) of the next-token distributions, in nats per token",
+        }[self.name]
+
+
+LM_MIN_VOCAB = 32
+
+
+def looks_like_lm(model: Any, ref: list[np.ndarray]) -> bool:
+    """Token ids in (an integer input) and [batch, positions, vocabulary] logits out."""
+    ints = {6, 7}  # INT32, INT64
+    inits = {i.name for i in model.graph.initializer}
+    has_ids = any(i.type.tensor_type.elem_type in ints for i in model.graph.input if i.name not in inits)
+    return bool(ref) and has_ids and np.asarray(ref[0]).ndim == 3 and np.asarray(ref[0]).shape[-1] >= LM_MIN_VOCAB
+
+
+def _log_softmax(o: np.ndarray) -> np.ndarray:
+    x = np.asarray(o, np.float64).reshape(-1, np.asarray(o).shape[-1])
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def _token_labels(labels: np.ndarray | None, outs: list[np.ndarray]) -> bool:
+    """Labels hold one next token per position (not one class per sample)."""
+    return labels is not None and labels.ndim >= 2 and len(labels) >= len(outs) and all(
+        np.asarray(labels[i]).size == int(np.prod(np.asarray(o).shape[:-1])) for i, o in enumerate(outs)
+    )
+
+
+def metric(outs: list[np.ndarray], ref: list[np.ndarray], labels: np.ndarray | None, *, lm: bool = False) -> Metric:
+    """Accuracy (labels) or top-1 agreement with fp32; for LM logits (``lm``) perplexity on next-token
+    labels, or without them the mean KL(fp32 || quantized) per token."""
+    if lm:
+        if _token_labels(labels, outs):
+            nll, n = 0.0, 0
+            for i, o in enumerate(outs):
+                lab = np.asarray(labels[i]).reshape(-1).astype(np.int64)
+                lp = _log_softmax(o)
+                ok = (lab >= 0) & (lab < lp.shape[-1])  # e.g. -100: position not scored
+                nll -= float(lp[np.nonzero(ok)[0], lab[ok]].sum())
+                n += int(ok.sum())
+            return Metric("perplexity", float(np.exp(nll / max(n, 1))))
+        kl, n = 0.0, 0
+        for o, r in zip(outs, ref):
+            lp, lq = _log_softmax(r), _log_softmax(o)
+            kl += float((np.exp(lp) * (lp - lq)).sum())
+            n += lp.shape[0]
+        return Metric("mean_kl", kl / max(n, 1))
     if labels is not None:
         pred = np.concatenate([_top1(o) for o in outs])
         lab = labels[: len(pred)]
@@ -163,13 +248,14 @@ def layer_sqnr(prep: Prepared, written: Written, data: SampleSet, n: int) -> lis
     for qn in written.plan.nodes:
         names += [qn.output] + ([qn.act_input] if qn.act_input else [])
     names = list(dict.fromkeys(names))
-    ref = qdq.ProbeRunner(prep.model, names)
-    cand = qdq.ProbeRunner(written.model, names)
+    feed = data.feed(0) if len(data) else None
+    ref = probe_runner(prep.model, names, feed)
+    cand = probe_runner(written.model, names, feed)
     acc = qdq.sqnr(ref, cand, _feeds(data, n))
     rows = []
     for qn in written.plan.nodes:
         out = acc.get(qn.output)
-        if out is None:  # inside a Loop/Scan body, or a branch the data did not take
+        if out is None:  # a branch or loop body the data did not reach
             rows.append({"node": qn.name, "op": qn.op_type, "tensor": qn.output, "sqnr_db": None,
                          "sensitivity": 0.0, "quantized_as": written.how.get(qn.name, "")})
             continue
@@ -223,7 +309,8 @@ def search(
     The best model seen is always returned, with every step in the log.
     """
     ref = first_outputs(prep.model, evals, n_eval)
-    fp32 = metric(ref, ref, evals.labels)
+    lm = looks_like_lm(prep.model, ref)
+    fp32 = metric(ref, ref, evals.labels, lm=lm)
     written = write(prep, spec)
     layers = layer_sqnr(prep, written, evals, n_sqnr)
     order = [r["node"] for r in sorted(layers, key=lambda r: -r["sensitivity"])]
@@ -233,8 +320,8 @@ def search(
     for _ in range(max_steps):
         keep = {n: f"kept float by --max-drop search (sensitivity rank {i + 1})" for i, n in enumerate(order[:k])}
         w = written if k == 0 else write(prep, spec, keep)
-        m = metric(first_outputs(w.model, evals, n_eval), ref, evals.labels)
-        drop = fp32.value - m.value
+        m = metric(first_outputs(w.model, evals, n_eval), ref, evals.labels, lm=lm)
+        drop = m.drop_from(fp32)
         step = SearchStep(k, m.name, m.value, drop)
         steps.append(step)
         if best is None or drop < best.drop - 1e-12:
