@@ -157,18 +157,18 @@ def test_bert_auto_exports_through_optimum_and_matches_the_source(runner, tmp_pa
 
 @needs_optimum
 @pytest.mark.slow
-def test_llama_text_generation_through_optimum_keeps_rope_theta(runner, tmp_path):
+def test_llama_text_generation_through_optimum_keeps_rope_theta(runner, tmp_path, monkeypatch):
     folder = _llama(tmp_path / "llama", theta=50.0)
     cfg = json.loads((folder / "config.json").read_text())
     assert "rope_theta" not in cfg and cfg["rope_parameters"]["rope_theta"] == 50.0  # the transformers 5 form
-    # the check must be able to see a wrong theta: transformers 4 alone would use its default, 10000
     theta_model = transformers.LlamaForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
-    default = transformers.LlamaForCausalLM(transformers.LlamaConfig.from_pretrained(folder, rope_parameters={"rope_type": "default", "rope_theta": 10000.0}))
-    default.load_state_dict(theta_model.state_dict())
-    ids = torch.randint(0, 100, (2, 8), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        gap = (theta_model(input_ids=ids).logits - default.eval()(input_ids=ids).logits).abs().max().item()
-    assert gap > 1e-2  # far beyond the export tolerance (1e-4)
+    # without the config rewrite transformers 4 uses its default RoPE base (10000): the check fails, exit 1
+    with monkeypatch.context() as m:
+        m.setattr(hf_optimum, "compat_config", lambda c: (dict(c), []))
+        r = _export(runner, folder, tmp_path / "bad", "--task", "text-generation", "--exporter", "optimum")
+    assert r.exit_code == 1, r.output
+    assert "differs from the source" in r.stderr and "output 'logits' max abs" in r.stderr
+    assert not (tmp_path / "bad").exists()
     out = tmp_path / "b"
     r = _export(runner, folder, out, "--task", "text-generation", "--exporter", "optimum")
     assert r.exit_code == 0, r.output
