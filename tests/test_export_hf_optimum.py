@@ -146,6 +146,7 @@ def test_bert_auto_exports_through_optimum_and_matches_the_source(runner, tmp_pa
     rng = np.random.default_rng(5)
     ids, types = rng.integers(0, 120, (4, 13)), rng.integers(0, 2, (4, 13))
     mask = np.ones((4, 13), np.int64)
+    mask[1, 9:] = 0  # padding
     want = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
                  token_type_ids=torch.from_numpy(types)).logits.detach().numpy()
     got = sess.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": types})[0]
