@@ -41,9 +41,9 @@ from . import hf
 
 ENV_VAR = "EDGEQ_OPTIMUM_PYTHON"
 PIP_HINT = (
-    "python3 -m venv ~/.cache/edgeq/optimum && ~/.cache/edgeq/optimum/bin/pip install torch "
-    "'optimum-onnx==0.1.0' 'transformers<4.58' onnxruntime (CPU torch first), then "
-    f"export {ENV_VAR}=~/.cache/edgeq/optimum/bin/python"
+    "python3 -m venv ~/.cache/edgeq/optimum && ~/.cache/edgeq/optimum/bin/pip install torch --index-url "
+    "https://download.pytorch.org/whl/cpu && ~/.cache/edgeq/optimum/bin/pip install 'optimum-onnx==0.1.0' "
+    f"'transformers<4.58' onnx onnxruntime, then export {ENV_VAR}=~/.cache/edgeq/optimum/bin/python"
 )
 CHILD = Path(__file__).with_name("_optimum_child.py")
 # what edgeq can feed to an Optimum ONNX for the tasks it exports
