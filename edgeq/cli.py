@@ -214,7 +214,7 @@ def export(
     weights: Annotated[Optional[Path], typer.Option("--weights", help="pkg.module:factory sources: a state dict (.safetensors, .pt) to load, weights-only")] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="allow unpickling arbitrary objects (full-module .pt, TorchScript, .pt2): runs code from the file")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="allow a Hugging Face folder's own Python code (auto_map)")] = False,
-    exporter: Annotated[str, typer.Option("--exporter", help="PyTorch sources: auto (dynamo, then TorchScript) | dynamo | torchscript")] = "auto",
+    exporter: Annotated[str, typer.Option("--exporter", help="auto (dynamo, then TorchScript; Hugging Face folders: Optimum when EDGEQ_OPTIMUM_PYTHON is set) | dynamo | torchscript | optimum")] = "auto",
 ) -> None:
     """Export, optimize, quantize, verify, profile and bundle a model for a target."""
     from .isolate import open_source

@@ -39,8 +39,13 @@ def _ids(shape, vocab, seed=0):
 
 @pytest.mark.slow
 def test_bert_text_classification_dynamo(runner, tmp_path, monkeypatch):
+    from edgeq.export import hf_optimum
+
     folder = _bert(tmp_path / "bert")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # edgeq must force offline itself
+    # no Optimum Python: --exporter auto uses torch's exporter and says why (with one: test_export_hf_optimum.py)
+    monkeypatch.delenv("EDGEQ_OPTIMUM_PYTHON", raising=False)
+    monkeypatch.setattr(hf_optimum, "in_process_available", lambda: False)
     out = tmp_path / "b"
     r = runner.invoke(app, [
         "export", str(folder), "--task", "text-classification", "--target", "arm64", "--quant", "none",
@@ -53,6 +58,7 @@ def test_bert_text_classification_dynamo(runner, tmp_path, monkeypatch):
     assert [o["name"] for o in ex["outputs"]] == ["logits"] and ex["outputs"][0]["shape"] == [2, 3]
     assert ex["outputs"][0]["max_abs"] < 1e-4
     assert ex["inputs_checked"] == ["example", "batch=3, sequence=9"]
+    assert any("no Optimum Python configured" in n for n in res["notes"]), res["notes"]
     # the bundled model matches the reloaded HF model at a new batch and sequence length
     model = transformers.BertForSequenceClassification.from_pretrained(folder, attn_implementation="eager").eval()
     ids, mask = _ids((4, 13), 120, seed=5)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +149,40 @@ def load_factory(spec: str):
     return model
 
 
+EXPORTERS = ("auto", "dynamo", "torchscript", "optimum")
+
+
+def _export_hf_optimum(src, opts: SourceOptions, work: Path):
+    """``--exporter optimum``, or ``auto`` with an Optimum Python configured: ``((Artifact, ExportCheck), None)``.
+
+    Otherwise ``(None, note)``: the torch path runs, and the note says why.
+    """
+    if opts.exporter in ("dynamo", "torchscript"):
+        return None, None
+    from . import hf_optimum as ho
+
+    if opts.exporter == "optimum":
+        py, why = ho.require_python(), "asked for with --exporter optimum"
+    else:
+        py, why = ho.find_python(), "--exporter auto uses Optimum for Hugging Face folders when a Python with it is configured"
+        if py is None:
+            return None, f"--exporter auto: no Optimum Python configured ({ho.ENV_VAR} unset, optimum-onnx not importable here), so torch's exporter ran"
+    kw = dict(
+        task=opts.task, target=opts.target, work=work, opset=opts.opset, static_shapes=opts.static_shapes,
+        example_shapes={k: v[0] for k, v in opts.example_shapes.items()}, trust_remote_code=opts.trust_remote_code, py=py, why=why,
+    )
+    if opts.exporter == "optimum":
+        return ho.export_hf_optimum(src, **kw), None
+    try:
+        return ho.export_hf_optimum(src, **kw), None
+    except ho.OptimumExportFailed as e:
+        import shutil
+
+        for sub in ("optimum", "optimum-source"):
+            shutil.rmtree(Path(work) / sub, ignore_errors=True)
+        return None, f"--exporter auto: {e.message}; torch's exporter ran instead"
+
+
 def export_source(source: str | Path, opts: SourceOptions, work: Path):
     """Export ``source`` to ``work/exported.onnx``; returns ``(Artifact, ExportCheck | None)``."""
     kind = source_kind(source)
@@ -174,7 +208,12 @@ def export_source(source: str | Path, opts: SourceOptions, work: Path):
             raise ModelError(f"{name} is a folder without config.json", "pass a folder written by save_pretrained, or a model file")
         if not opts.task:
             raise ModelError("exporting a Hugging Face folder needs --task", f"choose one of {', '.join(hf.TASKS)}")
+        if opts.exporter not in EXPORTERS:
+            raise ModelError(f"unknown exporter '{opts.exporter}'", f"choose one of {', '.join(EXPORTERS)}")
         src = hf.inspect_folder(Path(text), trust_remote_code=opts.trust_remote_code, trust_pickle=opts.trust_pickle)
+        art_check, why_torch = _export_hf_optimum(src, opts, Path(work))
+        if art_check is not None:
+            return art_check
         module, config = hf.load_hf_module(src, opts.task, trust_remote_code=opts.trust_remote_code)
         shapes = {k: v[0] for k, v in opts.example_shapes.items()}
         shapes.update(opts.static_shapes)
@@ -183,10 +222,13 @@ def export_source(source: str | Path, opts: SourceOptions, work: Path):
         axes = {} if opts.target.static_shapes else {
             n: {0: "batch", 1: "sequence"} for n in names if n not in opts.static_shapes
         }
-        return export_torch_checked(
+        art, check = export_torch_checked(
             module, args, input_names=names, output_names=[hf.OUTPUT_NAMES[opts.task]], dynamic_axes=axes,
             provenance=(f"source(hf:{name}, task={opts.task})",), **common,
         )
+        return art, (replace(check, exporter_notes=check.exporter_notes + (why_torch,)) if why_torch else check)
+    if opts.exporter == "optimum":
+        raise ModelError(f"--exporter optimum is for Hugging Face folders, not a {kind} source", "use auto, dynamo or torchscript")
     if kind == "pt2":
         if not opts.trust_pickle:
             raise ModelError(

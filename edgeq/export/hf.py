@@ -6,8 +6,11 @@ weights-only: safetensors files are header-checked and must be finite; a
 whose config names custom code (``auto_map``) is refused unless the user
 passes ``trust_remote_code``: nothing from the folder is imported before that.
 
-The export goes through torch's exporter with transformers directly (the
-``optimum-onnx`` package pins transformers < 4.58; edgeq does not require it).
+Two exporters: torch's, with this Python's transformers (``--exporter
+dynamo|torchscript``), or Optimum's in its own Python (``--exporter optimum``,
+``hf_optimum.py``: ``optimum-onnx`` pins transformers < 4.58). ``--exporter auto``
+uses Optimum when a Python with it is configured, else torch's, and says which.
+Either way the ONNX is checked against the model loaded here.
 """
 
 from __future__ import annotations
@@ -106,10 +109,27 @@ def _offline() -> Iterator[None]:
 
 def load_hf_module(src: HfSource, task: str, *, trust_remote_code: bool = False):
     """The model for ``task`` wrapped to take (input_ids, attention_mask) and return one tensor."""
+    import torch
+
+    model = load_hf_model(src, task, trust_remote_code=trust_remote_code)
+
+    class _Wrapped(torch.nn.Module):
+        def __init__(self, m) -> None:
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask):
+            out = self.m(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+            return out["last_hidden_state"] if task == "feature-extraction" else out["logits"]
+
+    return _Wrapped(model), model.config
+
+
+def load_hf_model(src: HfSource, task: str, *, trust_remote_code: bool = False):
+    """The transformers model for ``task`` (eval mode, no KV cache); refuses a folder missing the task's weights."""
     if task not in TASKS:
         raise ModelError(f"unknown --task '{task}'", f"choose one of {', '.join(TASKS)}")
     try:
-        import torch
         import transformers
     except ImportError:
         raise ModelError("exporting a Hugging Face folder needs transformers", "pip install 'edgeq[hf]'") from None
@@ -138,17 +158,7 @@ def load_hf_module(src: HfSource, task: str, *, trust_remote_code: bool = False)
     model.eval()
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False
-
-    class _Wrapped(torch.nn.Module):
-        def __init__(self, m) -> None:
-            super().__init__()
-            self.m = m
-
-        def forward(self, input_ids, attention_mask):
-            out = self.m(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
-            return out["last_hidden_state"] if task == "feature-extraction" else out["logits"]
-
-    return _Wrapped(model), model.config
+    return model
 
 
 def example_inputs(config, shapes: dict[str, tuple[int, ...]], *, seed: int = 0):

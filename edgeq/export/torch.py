@@ -59,6 +59,7 @@ class ExportCheck:
     atol: float
     rtol: float
     external_data: bool
+    exporter_notes: tuple[str, ...] = ()  # why this exporter ran, where (e.g. Optimum's own Python)
 
     @property
     def passed(self) -> bool:
@@ -74,7 +75,7 @@ class ExportCheck:
         return f"{per} (atol {self.atol:g}, rtol {self.rtol:g}, on {', '.join(self.inputs_checked)})"
 
     def notes(self) -> list[str]:
-        out = [f"exported with {self.exporter} at opset {self.opset}"]
+        out = [f"exported with {self.exporter} at opset {self.opset}", *self.exporter_notes]
         if self.fallback_reason:
             out.append(f"dynamo exporter not used ({self.fallback_reason}); exported with the TorchScript exporter instead")
         if self.external_data:
