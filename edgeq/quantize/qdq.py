@@ -243,10 +243,37 @@ def float_tensors(model: Any) -> set[str]:
     return out
 
 
+def open_session(model: Any, so: Any, providers: list[str], base_dir: Any = None) -> Any:
+    """An onnxruntime session for ``model``.
+
+    With ``base_dir`` (a private scratch folder that also holds the weights of models
+    whose initializers are external data there) the model is written to a file in it
+    and the session is created from that path: onnxruntime then reads the weights once,
+    instead of keeping a serialized copy next to its own (measured here: 1.0x vs 1.6x
+    the weight bytes). The file is removed once the session exists.
+    """
+    import os
+    import tempfile
+
+    import onnxruntime as ort
+
+    if base_dir is None:
+        return ort.InferenceSession(model.SerializeToString(), so, providers=providers)
+    fd, path = tempfile.mkstemp(suffix=".onnx", prefix="session-", dir=str(base_dir))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(model.SerializeToString())
+        return ort.InferenceSession(path, so, providers=providers)
+    finally:
+        os.unlink(path)
+
+
 class ProbeRunner:
     """Run a probe model with onnxruntime and return the exposed tensors by original name."""
 
-    def __init__(self, model: Any, names: Iterable[str], providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> None:
+    def __init__(
+        self, model: Any, names: Iterable[str], providers: tuple[str, ...] = ("CPUExecutionProvider",), *, base_dir: Any = None
+    ) -> None:
         import onnxruntime as ort
 
         pm, self.exposed = probe_model(model, names)
@@ -254,7 +281,13 @@ class ProbeRunner:
         so.log_severity_level = 3
         # no fusions: every probed tensor must exist as computed by the reference graph
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        self.sess = ort.InferenceSession(pm.SerializeToString(), so, providers=list(providers))
+        if base_dir is not None:
+            # every probed tensor is a graph output, copied out per run: an arena (or a memory pattern)
+            # would keep a second, never-shrinking copy of the activations for the session's lifetime
+            so.enable_cpu_mem_arena = False
+            so.enable_mem_pattern = False
+        self.sess = open_session(pm, so, list(providers), base_dir)
+        del pm
         self.out_names = [o.name for o in self.sess.get_outputs()]
         self.input_names = {i.name for i in self.sess.get_inputs()}
 
@@ -349,13 +382,20 @@ class WriteOptions:
     reduce_range: bool = False
 
 
-def write(model: Any, qplan: Plan, ranges: dict[str, tuple[float, float]], opts: WriteOptions) -> tuple[Any, dict[str, str]]:
-    """Insert QDQ per ``qplan`` into a copy of ``model``. Returns (model, node -> how it was quantized)."""
+def write(
+    model: Any, qplan: Plan, ranges: dict[str, tuple[float, float]], opts: WriteOptions, *, base_dir: Any = None
+) -> tuple[Any, dict[str, str]]:
+    """Insert QDQ per ``qplan`` into a copy of ``model``. Returns (model, node -> how it was quantized).
+
+    ``base_dir``: where the external data of ``model``'s initializers lives (weights are read
+    one at a time from there); the returned model is self-contained either way.
+    """
     from onnx import helper, numpy_helper
 
     from ..onnxutil import iter_nodes
 
     m = copy.deepcopy(model)
+    bdir = str(base_dir) if base_dir is not None else ""
     act_elem = _ACT[opts.activation_type][0]
     by_graph: dict[str, Any] = {p: g for p, g, _ in _graphs(m.graph)}
     consts = _const_names(m)
@@ -390,7 +430,7 @@ def write(model: Any, qplan: Plan, ranges: dict[str, tuple[float, float]], opts:
         idx = next(i for i, n in enumerate(g.node) if n.name == qn.name)
         node = g.node[idx]
         # weights
-        w_arr = numpy_helper.to_array(consts[qn.weight]).astype(np.float32)
+        w_arr = numpy_helper.to_array(consts[qn.weight], bdir).astype(np.float32, copy=False)
         axis = _weight_axis(qn, node, w_arr.ndim) if opts.per_channel else None
         key = (qn.graph, qn.weight, axis)
         if key not in wcache:
@@ -423,7 +463,7 @@ def write(model: Any, qplan: Plan, ranges: dict[str, tuple[float, float]], opts:
                     node.input[i] = input_qdq[k]
         # bias: int32 with scale = s_act * s_w
         if qn.bias is not None and qn.bias in consts:
-            b = numpy_helper.to_array(consts[qn.bias]).astype(np.float32)
+            b = numpy_helper.to_array(consts[qn.bias], bdir).astype(np.float32, copy=False)
             s_in = qparams[act][0]
             bscale = (s_in * ws).astype(np.float32).reshape(-1)
             if b.ndim == 1 and (bscale.size == 1 or bscale.size == b.size):
@@ -487,10 +527,13 @@ def write(model: Any, qplan: Plan, ranges: dict[str, tuple[float, float]], opts:
             del g.node[:]
             g.node.extend(keep_nodes)
     for _, g, _ in _graphs(m.graph):
-        keep = [i for i in g.initializer if i.name in used]
-        if len(keep) != len(g.initializer):
-            del g.initializer[:]
-            g.initializer.extend(keep)
+        # delete in place: re-adding the kept ones would copy every quantized weight once more
+        for i in reversed([i for i, t in enumerate(g.initializer) if t.name not in used]):
+            del g.initializer[i]
+    if base_dir is not None:  # the float weights that stay (biases of float nodes, norms, ...) come inline
+        from onnx.external_data_helper import load_external_data_for_model
+
+        load_external_data_for_model(m, bdir)
     return m, how
 
 

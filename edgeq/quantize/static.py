@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,8 @@ class Prepared:
     stats: CalibStats
     cal: Calibration
     notes: list[str] = field(default_factory=list)
+    weights_dir: Any = None
+    """Set when ``model``'s initializers are external data in this folder (see ``prepare``)."""
 
 
 def _feeds(data: SampleSet, n: int) -> Iterator[dict[str, np.ndarray]]:
@@ -51,18 +54,63 @@ def raise_opset(model: Any, spec: QuantSpec) -> tuple[Any, list[str]]:
     return conv, [f"opset raised from {have} to {need} ({'16-bit activations' if need == 21 else 'per-channel QDQ'} needs it)"]
 
 
-def prepare(model: Any, spec: QuantSpec, data: SampleSet, *, on_sample: Callable[[], None] | None = None) -> Prepared:
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc keeps them otherwise,
+    so a freed model's bytes would still count towards the peak of the next stage)."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        pass
+
+
+def externalize(model: Any, folder: Path) -> Any:
+    """Move ``model``'s weights into ``folder`` (external data) and return the model without them.
+
+    The caller drops its full model: from here on the weights exist once on disk and once
+    in whichever onnxruntime session reads them (one at a time), not in Python copies.
+    """
+    import onnx
+
+    path = Path(folder) / "float.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="float.weights", size_threshold=1024)
+    return onnx.load(str(path), load_external_data=False)
+
+
+def prepare(
+    model: Any | Path, spec: QuantSpec, data: SampleSet, *, on_sample: Callable[[], None] | None = None, weights_dir: Path | None = None
+) -> Prepared:
+    """Raise the opset, name nodes, calibrate in one streaming pass.
+
+    ``model`` is a ModelProto (copied, never modified) or a path. With ``weights_dir`` (an
+    empty private folder that outlives the returned ``Prepared``) the weights move to external
+    data there, which keeps calibration's peak memory near one copy of the weights; pass a
+    path then, so that no caller holds the full model meanwhile.
+    """
     import copy
 
-    model = copy.deepcopy(model)
+    if isinstance(model, (str, Path)):
+        from ..onnxutil import load_model
+
+        model = load_model(model)
+    elif weights_dir is None:
+        model = copy.deepcopy(model)
     model, notes = raise_opset(model, spec)
     qdq.name_nodes(model)
+    if weights_dir is not None:
+        model = externalize(model, weights_dir)
+        release_memory()
     cal = Calibration.parse(spec.calibration, spec.calib_bins)
     full = qdq.plan(model)
     if not full.activations and not full.nodes:
-        return Prepared(model, CalibStats({}, 0), cal, notes)
+        return Prepared(model, CalibStats({}, 0), cal, notes, weights_dir)
     try:
-        runner = qdq.ProbeRunner(model, full.activations)
+        runner = qdq.ProbeRunner(model, full.activations, base_dir=weights_dir)
     except Exception as e:  # noqa: BLE001
         raise QuantizationError(
             f"cannot run the model for calibration: {str(e).strip().splitlines()[0][:200]}",
@@ -76,6 +124,9 @@ def prepare(model: Any, spec: QuantSpec, data: SampleSet, *, on_sample: Callable
             f"running a calibration sample failed: {str(e).strip().splitlines()[0][:200]}",
             "check the calibration data against the model's inputs",
         ) from None
+    del runner  # its session holds a copy of the weights
+    if weights_dir is not None:
+        release_memory()
     notes.append(f"calibrated ({cal}, {cal.bins} bins) on {stats.samples} sample(s) from {data.source} in one streaming pass")
     nf = stats.nonfinite()
     if nf:
@@ -85,7 +136,7 @@ def prepare(model: Any, spec: QuantSpec, data: SampleSet, *, on_sample: Callable
             + ", ".join(f"{k}: {v}" for k, v in worst)
             + (f" and {len(nf) - 3} more tensor(s)" if len(nf) > 3 else "")
         )
-    return Prepared(model, stats, cal, notes)
+    return Prepared(model, stats, cal, notes, weights_dir)
 
 
 @dataclass
@@ -107,23 +158,25 @@ def write(prep: Prepared, spec: QuantSpec, keep_float: dict[str, str] | None = N
     p = qdq.plan(prep.model, op_types=op_types, keep_float=keep)
     ranges = {k: v for k, v in prep.stats.ranges(prep.cal).items() if k not in nonfinite}
     opts = qdq.WriteOptions(spec.activation_type, spec.weight_type, spec.per_channel, spec.reduce_range)
-    model, how = qdq.write(prep.model, p, ranges, opts)
+    model, how = qdq.write(prep.model, p, ranges, opts, base_dir=prep.weights_dir)
+    if prep.weights_dir is not None:
+        release_memory()  # each weight was read, converted and quantized: return those pages
     return Written(model, p, how)
 
 
 # -- evaluation ---------------------------------------------------------------------------------
 
 
-def _session(model: Any):
+def _session(model: Any, base_dir: Any = None):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return qdq.open_session(model, so, ["CPUExecutionProvider"], base_dir)
 
 
-def first_outputs(model: Any, data: SampleSet, n: int) -> list[np.ndarray]:
-    sess = _session(model)
+def first_outputs(model: Any, data: SampleSet, n: int, base_dir: Any = None) -> list[np.ndarray]:
+    sess = _session(model, base_dir)
     name = sess.get_outputs()[0].name
     names = {i.name for i in sess.get_inputs()}
     out = []
@@ -163,9 +216,16 @@ def layer_sqnr(prep: Prepared, written: Written, data: SampleSet, n: int) -> lis
     for qn in written.plan.nodes:
         names += [qn.output] + ([qn.act_input] if qn.act_input else [])
     names = list(dict.fromkeys(names))
-    ref = qdq.ProbeRunner(prep.model, names)
-    cand = qdq.ProbeRunner(written.model, names)
+    # the quantized model first: building its probe copies it (inline weights); those pages are
+    # returned before the float session reads its weights
+    cand = qdq.ProbeRunner(written.model, names, base_dir=prep.weights_dir)
+    if prep.weights_dir is not None:
+        release_memory()
+    ref = qdq.ProbeRunner(prep.model, names, base_dir=prep.weights_dir)
     acc = qdq.sqnr(ref, cand, _feeds(data, n))
+    del ref, cand
+    if prep.weights_dir is not None:
+        release_memory()
     rows = []
     for qn in written.plan.nodes:
         out = acc.get(qn.output)
@@ -222,7 +282,7 @@ def search(
 
     The best model seen is always returned, with every step in the log.
     """
-    ref = first_outputs(prep.model, evals, n_eval)
+    ref = first_outputs(prep.model, evals, n_eval, prep.weights_dir)
     fp32 = metric(ref, ref, evals.labels)
     written = write(prep, spec)
     layers = layer_sqnr(prep, written, evals, n_sqnr)
@@ -233,7 +293,7 @@ def search(
     for _ in range(max_steps):
         keep = {n: f"kept float by --max-drop search (sensitivity rank {i + 1})" for i, n in enumerate(order[:k])}
         w = written if k == 0 else write(prep, spec, keep)
-        m = metric(first_outputs(w.model, evals, n_eval), ref, evals.labels)
+        m = metric(first_outputs(w.model, evals, n_eval, prep.weights_dir), ref, evals.labels)
         drop = fp32.value - m.value
         step = SearchStep(k, m.name, m.value, drop)
         steps.append(step)
