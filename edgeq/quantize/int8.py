@@ -385,11 +385,14 @@ def _edgeq_static_in(
             "steps": [s.to_dict() for s in res.steps],
             "best": res.best.to_dict(),
             "met": res.met,
+            "activation_16bit": spec.wide_activation_type,
         }
         if not res.met:
             notes.append(
                 f"BUDGET NOT MET: best {res.best.metric} drop {res.best.drop:.4f} > --max-drop {max_drop} "
-                f"(with {res.best.kept_float} node(s) kept float); the best model found was written"
+                f"(with {res.best.kept_float} node(s) kept float"
+                + (f", {res.best.kept_16bit} with 16-bit activations" if res.best.kept_16bit else "")
+                + "); the best model found was written"
             )
     else:
         written = static.write(prep, spec)
@@ -434,9 +437,15 @@ def _edgeq_static_in(
         "synthetic": bool(data.synthetic),
         "nonfinite_values": prep.stats.nonfinite(),
     }
+    for r in layers:  # as shipped (the search measured SQNR on the all-int8 model)
+        r["quantized_as"] = written.how.get(r["node"]) or f"float: {written.plan.kept_float.get(r['node'], '')}".rstrip(": ")
     details["layers"] = [{k: v for k, v in r.items() if k != "sensitivity"} for r in layers]
     details["worst_layers"] = [r["node"] for r in worst]
     details["kept_float"] = dict(sorted(written.plan.kept_float.items()))
+    details["activations_16bit"] = dict(sorted(written.wide.items()))
+    if written.wide:
+        notes.append(f"{len(written.wide)} sensitive node(s) with {spec.wide_activation_type} activations instead of fp32 "
+                     f"(int8 weights): {', '.join(sorted(written.wide))}")
     step = f"quantize(int8-static, qdq, edgeq, a={spec.activation_type}, w={spec.weight_type}, per_channel={spec.per_channel}, calib={prep.cal})"
     return QuantResult(
         artifact_from(out_path, artifact.provenance + (step,)), spec, cov, tuple(notes), details, met

@@ -380,6 +380,9 @@ class WriteOptions:
     weight_type: str = "int8"
     per_channel: bool = True
     reduce_range: bool = False
+    wide: tuple[str, ...] = ()
+    """Nodes whose activations (input and output tensors) get ``wide_type`` instead."""
+    wide_type: str = "uint16"
 
 
 def write(
@@ -396,13 +399,22 @@ def write(
 
     m = copy.deepcopy(model)
     bdir = str(base_dir) if base_dir is not None else ""
-    act_elem = _ACT[opts.activation_type][0]
     by_graph: dict[str, Any] = {p: g for p, g, _ in _graphs(m.graph)}
     consts = _const_names(m)
     how: dict[str, str] = {}
+    # a tensor has one activation type: 16-bit when it enters or leaves a "wide" node
+    wide_nodes = set(opts.wide)
+    act_type = {t: opts.wide_type for qn in qplan.nodes if qn.name in wide_nodes for t in (qn.act_input, qn.output) if t}
     qparams: dict[str, tuple[float, int]] = {
-        t: act_qparams(lo, hi, opts.activation_type) for t, (lo, hi) in ranges.items()
+        t: act_qparams(lo, hi, act_type.get(t, opts.activation_type)) for t, (lo, hi) in ranges.items()
     }
+    # 16-bit QuantizeLinear is in the default domain from opset 21; before, onnxruntime's
+    # com.microsoft QuantizeLinear/DequantizeLinear take uint16/int16 (CPU and QNN EPs run them)
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 0)
+    wide_domain = "" if opset >= 21 else "com.microsoft"
+    sixteen = bool(act_type) or opts.activation_type in ("uint16", "int16")
+    if sixteen and wide_domain and not any(o.domain == wide_domain for o in m.opset_import):
+        m.opset_import.append(helper.make_opsetid(wide_domain, 1))
     # per graph: new nodes to put before a node / after a node, new initializers
     before: dict[str, list[Any]] = defaultdict(list)
     after: dict[str, list[Any]] = defaultdict(list)
@@ -418,11 +430,13 @@ def write(
         s, zp = qparams[tensor]
         base = dst + "_qp"
         add_init(g, base + "_s", np.array(s, np.float32))
-        zdt = helper.tensor_dtype_to_np_dtype(act_elem)
+        t = act_type.get(tensor, opts.activation_type)
+        zdt = helper.tensor_dtype_to_np_dtype(_ACT[t][0])
         add_init(g, base + "_z", np.array(zp, zdt))
+        dom = {"domain": wide_domain} if t in ("uint16", "int16") and wide_domain else {}
         return [
-            helper.make_node("QuantizeLinear", [src, base + "_s", base + "_z"], [dst + "_q"], name=dst + "_Q"),
-            helper.make_node("DequantizeLinear", [dst + "_q", base + "_s", base + "_z"], [dst], name=dst + "_DQ"),
+            helper.make_node("QuantizeLinear", [src, base + "_s", base + "_z"], [dst + "_q"], name=dst + "_Q", **dom),
+            helper.make_node("DequantizeLinear", [dst + "_q", base + "_s", base + "_z"], [dst], name=dst + "_DQ", **dom),
         ]
 
     for qn in qplan.nodes:
@@ -431,7 +445,12 @@ def write(
         node = g.node[idx]
         # weights
         w_arr = numpy_helper.to_array(consts[qn.weight], bdir).astype(np.float32, copy=False)
-        axis = _weight_axis(qn, node, w_arr.ndim) if opts.per_channel else None
+        # a per-channel int8 MatMul/Gemm weight whose activation input is not 8-bit QDQ is fused by
+        # onnxruntime's CPU EP (extended level and up) into MatMulNBits, which quantizes that
+        # input to int8 per block (accuracy_level 4): the 16-bit activations would be lost.
+        # Per-tensor weights are not fused (measured with onnxruntime 1.32).
+        per_tensor = qn.name in wide_nodes and qn.op_type in ("MatMul", "Gemm")
+        axis = _weight_axis(qn, node, w_arr.ndim) if opts.per_channel and not per_tensor else None
         key = (qn.graph, qn.weight, axis)
         if key not in wcache:
             wq, ws, wz = quantize_weight(w_arr, axis, opts.weight_type, opts.reduce_range)
@@ -503,7 +522,7 @@ def write(
             node.output[0] = pre
             after[node.name].extend(qdq_pair(g, pre, qn.output, qn.output))
         output_quantized.add(qn.output)
-        how[qn.name] = f"int8 weights{' per-channel' if axis is not None else ''}, {opts.activation_type} activations"
+        how[qn.name] = f"int8 weights{' per-channel' if axis is not None else ''}, {act_type.get(qn.output, opts.activation_type)} activations"
     # rebuild node lists in order
     for _, g, _ in _graphs(m.graph):
         new = []

@@ -144,9 +144,13 @@ class Written:
     model: Any
     plan: qdq.Plan
     how: dict[str, str]
+    wide: dict[str, str] = field(default_factory=dict)
+    """Nodes given 16-bit activations, and why."""
 
 
-def write(prep: Prepared, spec: QuantSpec, keep_float: dict[str, str] | None = None) -> Written:
+def write(prep: Prepared, spec: QuantSpec, keep_float: dict[str, str] | None = None, wide: dict[str, str] | None = None) -> Written:
+    """QDQ per ``spec``; ``keep_float`` nodes stay float, ``wide`` nodes get 16-bit activations
+    (``spec.wide_activation_type``); both map node name -> why."""
     op_types = tuple(o for o in spec.op_types if o in qdq.WEIGHT_OPS) or qdq.WEIGHT_OPS
     # a node reading or writing -inf/NaN stays float: QDQ would replace -inf by the range minimum,
     # and onnxruntime's int8-weight MatMul kernels quantize their float input (NaN from -inf)
@@ -157,11 +161,16 @@ def write(prep: Prepared, spec: QuantSpec, keep_float: dict[str, str] | None = N
             keep.setdefault(qn.name, "its activations hold non-finite values (e.g. -inf masks): kept float")
     p = qdq.plan(prep.model, op_types=op_types, keep_float=keep)
     ranges = {k: v for k, v in prep.stats.ranges(prep.cal).items() if k not in nonfinite}
-    opts = qdq.WriteOptions(spec.activation_type, spec.weight_type, spec.per_channel, spec.reduce_range)
+    wide_type = spec.wide_activation_type if wide else None
+    opts = qdq.WriteOptions(spec.activation_type, spec.weight_type, spec.per_channel, spec.reduce_range,
+                            tuple(sorted(wide)) if wide_type else (), wide_type or "uint16")
     model, how = qdq.write(prep.model, p, ranges, opts, base_dir=prep.weights_dir)
+    for name, why in (wide or {}).items():
+        if wide_type and name in how and not how[name].startswith("weights int8, activations float"):
+            how[name] += f" ({why})"
     if prep.weights_dir is not None:
         release_memory()  # each weight was read, converted and quantized: return those pages
-    return Written(model, p, how)
+    return Written(model, p, how, {n: w for n, w in (wide or {}).items() if wide_type and n in how})
 
 
 # -- evaluation ---------------------------------------------------------------------------------
@@ -253,9 +262,12 @@ class SearchStep:
     metric: str
     value: float
     drop: float
+    kept_16bit: int = 0
+    """Nodes given 16-bit activations at this step (instead of fp32)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kept_float": self.kept_float, "metric": self.metric, "value": round(self.value, 5), "drop": round(self.drop, 5)}
+        return {"kept_float": self.kept_float, "kept_16bit": self.kept_16bit, "metric": self.metric,
+                "value": round(self.value, 5), "drop": round(self.drop, 5)}
 
 
 @dataclass
@@ -280,7 +292,9 @@ def search(
 ) -> SearchResult:
     """Keep the most sensitive nodes float (1, 2, 4, ... of them) until the drop is within budget.
 
-    The best model seen is always returned, with every step in the log.
+    Where the target allows 16-bit activations (``spec.wide_activation_type``), each step first
+    gives those nodes 16-bit activations (weights stay int8) and keeps them fp32 only if that
+    misses the budget. The best model seen is always returned, with every step in the log.
     """
     ref = first_outputs(prep.model, evals, n_eval, prep.weights_dir)
     fp32 = metric(ref, ref, evals.labels)
@@ -289,17 +303,29 @@ def search(
     order = [r["node"] for r in sorted(layers, key=lambda r: -r["sensitivity"])]
     steps: list[SearchStep] = []
     best_w, best = None, None
+    wide_type = spec.wide_activation_type
     k = 0
+    met = False
     for _ in range(max_steps):
-        keep = {n: f"kept float by --max-drop search (sensitivity rank {i + 1})" for i, n in enumerate(order[:k])}
-        w = written if k == 0 else write(prep, spec, keep)
-        m = metric(first_outputs(w.model, evals, n_eval, prep.weights_dir), ref, evals.labels)
-        drop = fp32.value - m.value
-        step = SearchStep(k, m.name, m.value, drop)
-        steps.append(step)
-        if best is None or drop < best.drop - 1e-12:
-            best_w, best = w, step
-        if drop <= max_drop or k >= len(order):
+        for kind in ("16bit", "float") if k and wide_type else ("float",):
+            if kind == "16bit":
+                wide = {n: f"{wide_type} activations by --max-drop search (sensitivity rank {i + 1})" for i, n in enumerate(order[:k])}
+                w = write(prep, spec, wide=wide)
+                step_k = (0, k)
+            else:
+                keep = {n: f"kept float by --max-drop search (sensitivity rank {i + 1})" for i, n in enumerate(order[:k])}
+                w = written if k == 0 else write(prep, spec, keep)
+                step_k = (k, 0)
+            m = metric(first_outputs(w.model, evals, n_eval, prep.weights_dir), ref, evals.labels)
+            drop = fp32.value - m.value
+            step = SearchStep(step_k[0], m.name, m.value, drop, step_k[1])
+            steps.append(step)
+            if best is None or drop < best.drop - 1e-12:
+                best_w, best = w, step
+            if drop <= max_drop:
+                met = True
+                break
+        if met or k >= len(order):
             break
         k = 1 if k == 0 else min(2 * k, len(order))
     assert best_w is not None and best is not None
