@@ -170,7 +170,8 @@ def write(prep: Prepared, spec: QuantSpec, keep_float: dict[str, str] | None = N
             how[name] += f" ({why})"
     if prep.weights_dir is not None:
         release_memory()  # each weight was read, converted and quantized: return those pages
-    return Written(model, p, how, {n: w for n, w in (wide or {}).items() if wide_type and n in how})
+    got = {n: w for n, w in (wide or {}).items() if wide_type and n in how and "activations float" not in how[n]}
+    return Written(model, p, how, got)
 
 
 # -- evaluation ---------------------------------------------------------------------------------
