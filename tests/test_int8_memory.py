@@ -73,6 +73,7 @@ def _big_mlp(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="VmHWM is read from /proc")
 @pytest.mark.parametrize("method", ["minmax", "entropy"])
 def test_calibration_peak_memory_is_a_small_multiple_of_the_weights(tmp_path, method):

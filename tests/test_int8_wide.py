@@ -148,3 +148,17 @@ def test_opset_21_uses_default_domain_16bit_qdq(tmp_path):
     wide_zp = [i for i in q.graph.initializer if i.data_type == TensorProto.UINT16]
     assert wide_zp
     _logits(tmp_path / "q.onnx", x[:4])  # runs
+
+
+def test_preflight_refuses_16bit_types_the_target_does_not_run(tmp_path):
+    import dataclasses
+
+    from edgeq.quantize.preflight import check
+
+    model = onnx.load(str(_outlier_mlp(tmp_path / "m.onnx")))
+    tg = load_target("qnn-htp")
+    ok = check(model, tg.rules, tg.quant, static_shapes={"x": (1, 16)})
+    assert not [f for f in ok if f.rule == "qnn-activation-types"]
+    bad = dataclasses.replace(tg.quant, activation_dtypes=("uint8", "int16"))
+    found = [f for f in check(model, tg.rules, bad, static_shapes={"x": (1, 16)}) if f.rule == "qnn-activation-types"]
+    assert found and "int16" in found[0].message and found[0].severity == "error"

@@ -188,6 +188,8 @@ def select(
 
         base = QuantResult(artifact, QuantSpec(mode="none"), None, ())
     table = [c.to_dict() for c in measured]
+    if settings.note:
+        notes.append(f"gate sessions: {settings.note}")
     notes.append(
         f"gate (--prefer {prefer}, {check.source}, {fp32_metric.name}): picked {pick.name}; "
         + "; ".join(
