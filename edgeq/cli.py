@@ -347,7 +347,7 @@ def quantize(
         with progress.stage(f"quantize ({spec.mode})"):
             res = quantize_stage(
                 opt, spec, work / "q.onnx", data=data, on_sample=progress.sample, evals=evals, max_drop=max_drop,
-                prefer=prefer, budget=tg.tolerances.max_accuracy_drop,
+                prefer=prefer, budget=tg.tolerances.max_accuracy_drop, target=tg,
             )
         shutil.copyfile(res.artifact.path, tmp)
     recipe = res.recipe()

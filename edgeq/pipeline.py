@@ -123,7 +123,7 @@ def run_export(
         with stage(f"quantize ({spec.mode})"):
             qres = quantize(
                 opt, spec, work / "model.onnx", data=calib, on_sample=on_sample, evals=evals, max_drop=opts.max_drop,
-                prefer=opts.prefer, budget=target.tolerances.max_accuracy_drop,
+                prefer=opts.prefer, budget=target.tolerances.max_accuracy_drop, target=target,
             )
             notes += qres.notes
         check_data = evals or calib

@@ -163,8 +163,12 @@ def test_max_drop_search_and_cli_exit_codes(runner, tmp_path):
     r = runner.invoke(app, ["quantize", str(src), "-o", str(tmp_path / "b2.onnx"), "--calib", str(cal), "--eval", str(ev),
                             "--max-drop", "-0.1", "--json"])
     rec = json.loads(r.stdout)["quantization"]
-    ks = [s["kept_float"] for s in rec["search"]["steps"]]
+    steps = rec["search"]["steps"]
+    ks = [s["kept_float"] for s in steps if s["kept_16bit"] == 0]
     assert ks[:3] == [0, 1, 2] and ks[-1] == 3
+    # the default target (cpu-x86_64) allows uint16 activations: each step tries them before fp32
+    assert [s["kept_16bit"] for s in steps if s["kept_16bit"]] == ks[1:]
+    assert all(steps[i]["kept_16bit"] == steps[i + 1]["kept_float"] for i in range(1, len(steps), 2))
     assert not rec["search"]["met"]
     # every node float at the last step: drop 0 on fp32's own labels
     assert rec["search"]["steps"][-1]["drop"] == 0.0

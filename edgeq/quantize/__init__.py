@@ -16,13 +16,14 @@ def quantize(artifact: Any, spec: Any, out_path: Path, **kwargs: Any) -> Any:
     if getattr(spec, "weight_only", False):
         from .int4 import quantize as int4_quantize
 
-        for key in ("prefer", "budget", "evals", "max_drop"):  # INT8-only options
+        for key in ("prefer", "budget", "evals", "max_drop", "target"):  # INT8-only options
             kwargs.pop(key, None)
         return int4_quantize(artifact, spec, Path(out_path), **kwargs)
     from .int8 import quantize as int8_quantize
 
     prefer = kwargs.pop("prefer", None)
     budget = kwargs.pop("budget", None)
+    target = kwargs.pop("target", None)
     if prefer and spec.mode in ("int8-static", "int8-dynamic"):
         from .gate import select
 
@@ -30,6 +31,6 @@ def quantize(artifact: Any, spec: Any, out_path: Path, **kwargs: Any) -> Any:
         return select(
             artifact, spec, Path(out_path), data=kwargs.get("data"), evals=kwargs.get("evals"),
             max_drop=drop if drop is not None else (budget if budget is not None else 0.01),
-            prefer=prefer, on_sample=kwargs.get("on_sample"),
+            prefer=prefer, on_sample=kwargs.get("on_sample"), target=target,
         )
     return int8_quantize(artifact, spec, Path(out_path), **kwargs)

@@ -31,10 +31,10 @@ def scoring_indices(data: SampleSet, n_calib: int, k: int = SCORE_SAMPLES) -> tu
     return list(range(min(n_calib, len(data), k))), False
 
 
-def _outputs(model: Any, data: SampleSet, idx: list[int]) -> list[list[np.ndarray]]:
+def _outputs(model: Any, data: SampleSet, idx: list[int], base_dir: Any = None) -> list[list[np.ndarray]]:
     from .static import _session
 
-    sess = _session(model)
+    sess = _session(model, base_dir)
     names = {i.name for i in sess.get_inputs()}
     return [sess.run(None, {k: v for k, v in data.feed(i).items() if k in names}) for i in idx]
 
@@ -78,14 +78,14 @@ def choose(prep: Any, spec: Any, data: SampleSet, n_calib: int, candidates: tupl
     from . import static
 
     idx, held_out = scoring_indices(data, n_calib)
-    ref = _outputs(prep.model, data, idx)
+    ref = _outputs(prep.model, data, idx, prep.weights_dir)
     rows: list[dict[str, Any]] = []
     best: tuple[float, Calibration] | None = None
     for text in candidates:
         cal = Calibration.parse(text, prep.cal.bins)
         cand = dataclasses.replace(prep, cal=cal)
         try:
-            q = _outputs(static.write(cand, spec).model, data, idx)
+            q = _outputs(static.write(cand, spec).model, data, idx, prep.weights_dir)
         except Exception as e:  # noqa: BLE001 - a candidate that cannot run is skipped, and said so
             rows.append({"method": text, "error": str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__})
             continue

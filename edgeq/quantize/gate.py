@@ -43,12 +43,49 @@ class Candidate:
         }
 
 
-def _latency_ms(path: Path, feed: dict[str, np.ndarray], budget_s: float = 0.5) -> float:
-    import onnxruntime as ort
+@dataclass(frozen=True)
+class SessionSettings:
+    """How the gate opens sessions: the target's providers (those this host has), provider
+    options, graph optimization level and threads, as ``profile`` times them."""
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    provider_options: tuple[tuple[tuple[str, str], ...], ...] = ((),)
+    level: str = "all"
+    threads: int = 0
+    note: str = ""
+
+    @classmethod
+    def for_target(cls, target: Any) -> SessionSettings:
+        if target is None:
+            return cls(note="no target: onnxruntime CPU defaults")
+        from ..profile import plan
+
+        p = plan(target)
+        level, threads = target.graph_optimization_level, target.intra_op_num_threads
+        if p is None:  # the accelerator is not here: the host's CPU, with the target's session options
+            return cls(("CPUExecutionProvider",), ((),), level, threads,
+                       f"{target.provider_names[0]} is not on this host: candidates timed on the CPU provider")
+        opts = tuple(next((pr.options for pr in target.providers if pr.name == name), ()) for name in p.providers)
+        return cls(tuple(p.providers), opts, level, threads, p.note)
+
+    def session(self, path: Path) -> Any:
+        from ..runtime import create_session
+
+        return create_session(path, providers=list(self.providers),
+                              provider_options=[dict(o) for o in self.provider_options], level=self.level, threads=self.threads)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"providers": list(self.providers), "provider_options": [dict(o) for o in self.provider_options],
+                "graph_optimization_level": self.level, "intra_op_num_threads": self.threads, "note": self.note}
+
+
+def _outputs(sess: Any, data: SampleSet, n: int) -> list[np.ndarray]:
+    name = sess.get_outputs()[0].name
+    names = {i.name for i in sess.get_inputs()}
+    return [sess.run([name], {k: v for k, v in data.feed(i).items() if k in names})[0] for i in range(min(n, len(data)))]
+
+
+def _latency_ms(sess: Any, feed: dict[str, np.ndarray], budget_s: float = 0.5) -> float:
     names = {i.name for i in sess.get_inputs()}
     feed = {k: v for k, v in feed.items() if k in names}
     for _ in range(2):
@@ -72,8 +109,15 @@ def select(
     max_drop: float,
     prefer: str,
     on_sample: Any = None,
+    target: Any = None,
 ) -> Any:
-    """Quantize every candidate, measure, copy the pick to ``out_path``; returns its QuantResult."""
+    """Quantize every candidate, measure, copy the pick to ``out_path``; returns its QuantResult.
+
+    Candidates run with ``target``'s session settings (providers this host has, their options,
+    graph optimization level, threads): the settings the device runs the shipped model with.
+    """
+    import onnx
+
     from . import static
     from .int8 import QuantResult, quantize
 
@@ -100,24 +144,26 @@ def select(
             cands.append(Candidate(name, None, error=e.message[:160]))
             continue
         cands.append(Candidate(name, p, result=res))
-    import onnx
-
-    fp32_model = onnx.load(str(artifact.path))
+    settings = SessionSettings.for_target(target)
     n = min(len(check), 500)
-    ref = static.first_outputs(fp32_model, check, n)
-    lm = static.looks_like_lm(fp32_model, ref)  # LM logits: perplexity / mean KL, not top-1 agreement
+    sess = settings.session(artifact.path)
+    ref = _outputs(sess, check, n)
+    lm = static.looks_like_lm(onnx.load(str(artifact.path), load_external_data=False), ref)  # LM logits: perplexity / mean KL
     fp32_metric = static.metric(ref, ref, check.labels, lm=lm)
     feed = check.feed(0)
     measured: list[Candidate] = [
-        Candidate("fp32", artifact.path, _latency_ms(artifact.path, feed), artifact.path.stat().st_size, fp32_metric.value, 0.0)
+        Candidate("fp32", artifact.path, _latency_ms(sess, feed), artifact.path.stat().st_size, fp32_metric.value, 0.0)
     ]
+    del sess
     for c in cands:
         if c.path is None:
             measured.append(c)
             continue
-        m = static.metric(static.first_outputs(onnx.load(str(c.path)), check, n), ref, check.labels, lm=lm)
-        measured.append(replace(c, ms=_latency_ms(c.path, feed), size=c.path.stat().st_size, metric=m.value,
+        sess = settings.session(c.path)
+        m = static.metric(_outputs(sess, check, n), ref, check.labels, lm=lm)
+        measured.append(replace(c, ms=_latency_ms(sess, feed), size=c.path.stat().st_size, metric=m.value,
                                 drop=m.drop_from(fp32_metric)))
+        del sess
     fp32 = measured[0]
     ok = [c for c in measured[1:] if c.error is None and c.drop is not None and c.drop <= max_drop]
     key = {
@@ -145,6 +191,8 @@ def select(
 
         base = QuantResult(artifact, QuantSpec(mode="none"), None, ())
     table = [c.to_dict() for c in measured]
+    if settings.note:
+        notes.append(f"gate sessions: {settings.note}")
     notes.append(
         f"gate (--prefer {prefer}, {check.source}, {fp32_metric.name}): picked {pick.name}; "
         + "; ".join(
@@ -158,7 +206,8 @@ def select(
     from ..onnxutil import artifact_from
 
     details = dict(base.details)
-    details["gate"] = {"prefer": prefer, "metric": fp32_metric.name, "max_drop": max_drop, "picked": pick.name, "candidates": table}
+    details["gate"] = {"prefer": prefer, "metric": fp32_metric.name, "max_drop": max_drop, "picked": pick.name, "candidates": table,
+                       "sessions": settings.to_dict()}
     return QuantResult(
         artifact_from(out_path, base.artifact.provenance + (f"gate(prefer={prefer}) -> {pick.name}",)),
         base.spec, base.coverage, tuple(notes) + base.notes, details, base.budget_met,

@@ -226,9 +226,9 @@ def quantize(
         return QuantResult(artifact.then(out_path, "quantize(none)"), spec, None, ("kept fp32",))
     if spec.mode == "fp16":
         return _fp16(artifact, spec, out_path)
-    fp32 = load_model(artifact.path)
     if spec.mode == "int8-static" and spec.format == "qdq":
-        return _edgeq_static(artifact, fp32, spec, out_path, data, on_sample, evals, max_drop)
+        return _edgeq_static(artifact, spec, out_path, data, on_sample, evals, max_drop)
+    fp32 = load_model(artifact.path)
     opset = default_opset(fp32)
     if opset < 13 and spec.per_channel:
         raise QuantizationError(
@@ -333,7 +333,6 @@ def _fp16(artifact: Artifact, spec: QuantSpec, out_path: Path) -> QuantResult:
 
 def _edgeq_static(
     artifact: Artifact,
-    fp32: Any,
     spec: QuantSpec,
     out_path: Path,
     data: SampleSet | None,
@@ -341,13 +340,31 @@ def _edgeq_static(
     evals: SampleSet | None,
     max_drop: float | None,
 ) -> QuantResult:
+    import tempfile
+
+    if data is None:
+        raise CalibrationError("int8-static needs calibration data", "pass --calib DATA.npz (or --quant int8-dynamic)")
+    # the float weights live once, as external data in a private folder next to the output,
+    # while calibration, writing and measuring run (peak memory ~ one copy of the weights)
+    with tempfile.TemporaryDirectory(prefix=".edgeq-weights-", dir=str(out_path.parent)) as wdir:
+        return _edgeq_static_in(artifact, spec, out_path, data, on_sample, evals, max_drop, Path(wdir))
+
+
+def _edgeq_static_in(
+    artifact: Artifact,
+    spec: QuantSpec,
+    out_path: Path,
+    data: SampleSet,
+    on_sample: Any,
+    evals: SampleSet | None,
+    max_drop: float | None,
+    wdir: Path,
+) -> QuantResult:
     import onnx
 
     from . import static
 
-    if data is None:
-        raise CalibrationError("int8-static needs calibration data", "pass --calib DATA.npz (or --quant int8-dynamic)")
-    prep = static.prepare(fp32, spec, data, on_sample=on_sample)
+    prep = static.prepare(artifact.path, spec, data, on_sample=on_sample, weights_dir=wdir)
     notes = list(prep.notes)
     details: dict[str, Any] = {"engine": "edgeq static QDQ (calibration and QDQ written by edgeq)"}
     if data.synthetic:
@@ -371,16 +388,20 @@ def _edgeq_static(
             "steps": [s.to_dict() for s in res.steps],
             "best": res.best.to_dict(),
             "met": res.met,
+            "activation_16bit": spec.wide_activation_type,
         }
         if not res.met:
             notes.append(
                 f"BUDGET NOT MET: best {res.best.metric} drop {res.best.drop:.4f} > --max-drop {max_drop} "
-                f"(with {res.best.kept_float} node(s) kept float); the best model found was written"
+                f"(with {res.best.kept_float} node(s) kept float"
+                + (f", {res.best.kept_16bit} with 16-bit activations" if res.best.kept_16bit else "")
+                + "); the best model found was written"
             )
     else:
         written = static.write(prep, spec)
         layers = static.layer_sqnr(prep, written, check, 8)
     onnx.save(written.model, str(out_path))
+    written.model = None  # written out: keep one quantized model in memory, not two
     qmodel = load_model(out_path)
     check_scales(qmodel)
     cov = coverage(prep.model, qmodel)
@@ -424,9 +445,15 @@ def _edgeq_static(
     }
     if prep.choice is not None:
         details["calibration"]["auto"] = prep.choice
+    for r in layers:  # as shipped (the search measured SQNR on the all-int8 model)
+        r["quantized_as"] = written.how.get(r["node"]) or f"float: {written.plan.kept_float.get(r['node'], '')}".rstrip(": ")
     details["layers"] = [{k: v for k, v in r.items() if k != "sensitivity"} for r in layers]
     details["worst_layers"] = [r["node"] for r in worst]
     details["kept_float"] = dict(sorted(written.plan.kept_float.items()))
+    details["activations_16bit"] = dict(sorted(written.wide.items()))
+    if written.wide:
+        notes.append(f"{len(written.wide)} sensitive node(s) with {spec.wide_activation_type} activations instead of fp32 "
+                     f"(int8 weights): {', '.join(sorted(written.wide))}")
     step = f"quantize(int8-static, qdq, edgeq, a={spec.activation_type}, w={spec.weight_type}, per_channel={spec.per_channel}, calib={prep.cal})"
     return QuantResult(
         artifact_from(out_path, artifact.provenance + (step,)), spec, cov, tuple(notes), details, met

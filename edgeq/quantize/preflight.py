@@ -112,6 +112,10 @@ def check(
             if spec.mode == "int8-static" and r.allowed and spec.activation_type not in r.allowed:
                 out.append(Finding(r.id, r.severity, f"node {first_w}",
                                    msg or f"activations must be {' or '.join(r.allowed)}, not {spec.activation_type}"))
+            bad = [t for t in spec.activation_dtypes if r.allowed and t not in r.allowed]
+            if spec.mode == "int8-static" and bad:
+                out.append(Finding(r.id, r.severity, "activation_dtypes",
+                                   msg or f"activations must be {' or '.join(r.allowed)}, not {', '.join(bad)}"))
             if spec.mode == "int8-dynamic" and r.format:
                 out.append(Finding(r.id, r.severity, f"node {first_w}", msg or f"this target runs {r.format} static models, not dynamic INT8"))
             elif int8 and r.format and spec.format != r.format:

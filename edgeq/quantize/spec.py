@@ -39,6 +39,9 @@ class QuantSpec:
     """Op types to quantize; empty means onnxruntime's default set."""
     nodes_to_exclude: tuple[str, ...] = ()
     """Nodes kept in float (e.g. those whose int32 bias would overflow)."""
+    activation_dtypes: tuple[str, ...] = ()
+    """Activation types the target runs (static QDQ). A 16-bit one listed here lets the
+    --max-drop search give its most sensitive nodes 16-bit activations before fp32."""
     # weight-only (int4 / int8-weight / int2) fields
     block_size: int = 32
     symmetric: bool = False
@@ -56,6 +59,8 @@ class QuantSpec:
         _choice("quantization format", self.format, FORMATS, "--format")
         _choice("activation type", self.activation_type, ACTIVATION_TYPES, "the target's [quant] table")
         _choice("weight type", self.weight_type, WEIGHT_TYPES, "the target's [quant] table")
+        for t in self.activation_dtypes:
+            _choice("activation type", t, ACTIVATION_TYPES, "activation_dtypes in the target's [quant] table")
         from .calibrate import Calibration
 
         Calibration.parse(self.calibration, self.calib_bins)  # raises on a bad value
@@ -94,6 +99,15 @@ class QuantSpec:
             )
 
     @property
+    def wide_activation_type(self) -> str | None:
+        """The 16-bit activation type sensitive nodes may get (``activation_dtypes``), or None."""
+        if self.activation_type in ("uint16", "int16"):
+            return None
+        wide = [t for t in self.activation_dtypes if t in ("uint16", "int16")]
+        same_sign = "uint16" if self.activation_type == "uint8" else "int16"
+        return same_sign if same_sign in wide else (wide[0] if wide else None)
+
+    @property
     def weight_only(self) -> bool:
         return self.mode in WEIGHT_ONLY_BITS
 
@@ -112,6 +126,7 @@ class QuantSpec:
         d = asdict(self)
         d["op_types"] = list(self.op_types)
         d["nodes_to_exclude"] = list(self.nodes_to_exclude)
+        d["activation_dtypes"] = list(self.activation_dtypes)
         d["keep"] = list(self.keep)
         d["overrides"] = [list(o) for o in self.overrides]
         return d
@@ -126,7 +141,7 @@ class QuantSpec:
                 f"known keys: {', '.join(sorted(known))}",
             )
         data = dict(data)
-        for key in ("op_types", "keep", "nodes_to_exclude"):
+        for key in ("op_types", "keep", "nodes_to_exclude", "activation_dtypes"):
             if key in data:
                 data[key] = tuple(data[key])
         if "overrides" in data:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,8 @@ class Prepared:
     stats: CalibStats
     cal: Calibration
     notes: list[str] = field(default_factory=list)
+    weights_dir: Any = None
+    """Set when ``model``'s initializers are external data in this folder (see ``prepare``)."""
     choice: dict[str, Any] | None = None
     """``--calibration auto``: the method chosen and every candidate's score."""
 
@@ -53,11 +56,13 @@ def raise_opset(model: Any, spec: QuantSpec) -> tuple[Any, list[str]]:
     return conv, [f"opset raised from {have} to {need} ({'16-bit activations' if need == 21 else 'per-channel QDQ'} needs it)"]
 
 
-def probe_runner(model: Any, names: Any, feed: dict[str, np.ndarray] | None = None, notes: list[str] | None = None) -> qdq.ProbeRunner:
+def probe_runner(
+    model: Any, names: Any, feed: dict[str, np.ndarray] | None = None, notes: list[str] | None = None, base_dir: Any = None
+) -> qdq.ProbeRunner:
     """A ProbeRunner that reaches into Loop/Scan bodies; without them if onnxruntime refuses those
     probes (e.g. a body tensor whose shape changes between iterations cannot be stacked)."""
     try:
-        runner = qdq.ProbeRunner(model, names)
+        runner = qdq.ProbeRunner(model, names, base_dir=base_dir)
         if runner.loops and feed is not None:
             runner(feed)
         return runner
@@ -69,21 +74,66 @@ def probe_runner(model: Any, names: Any, feed: dict[str, np.ndarray] | None = No
                 "activations inside Loop/Scan bodies could not be exposed for calibration "
                 f"({str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__}): those nodes get int8 weights, float activations"
             )
-        return qdq.ProbeRunner(model, names, loops=False)
+        return qdq.ProbeRunner(model, names, loops=False, base_dir=base_dir)
 
 
-def prepare(model: Any, spec: QuantSpec, data: SampleSet, *, on_sample: Callable[[], None] | None = None) -> Prepared:
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc keeps them otherwise,
+    so a freed model's bytes would still count towards the peak of the next stage)."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        pass
+
+
+def externalize(model: Any, folder: Path) -> Any:
+    """Move ``model``'s weights into ``folder`` (external data) and return the model without them.
+
+    The caller drops its full model: from here on the weights exist once on disk and once
+    in whichever onnxruntime session reads them (one at a time), not in Python copies.
+    """
+    import onnx
+
+    path = Path(folder) / "float.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="float.weights", size_threshold=1024)
+    return onnx.load(str(path), load_external_data=False)
+
+
+def prepare(
+    model: Any | Path, spec: QuantSpec, data: SampleSet, *, on_sample: Callable[[], None] | None = None, weights_dir: Path | None = None
+) -> Prepared:
+    """Raise the opset, name nodes, calibrate in one streaming pass.
+
+    ``model`` is a ModelProto (copied, never modified) or a path. With ``weights_dir`` (an
+    empty private folder that outlives the returned ``Prepared``) the weights move to external
+    data there, which keeps calibration's peak memory near one copy of the weights; pass a
+    path then, so that no caller holds the full model meanwhile.
+    """
     import copy
 
-    model = copy.deepcopy(model)
+    if isinstance(model, (str, Path)):
+        from ..onnxutil import load_model
+
+        model = load_model(model)
+    elif weights_dir is None:
+        model = copy.deepcopy(model)
     model, notes = raise_opset(model, spec)
     qdq.name_nodes(model)
+    if weights_dir is not None:
+        model = externalize(model, weights_dir)
+        release_memory()
     cal = Calibration.parse(spec.calibration, spec.calib_bins)
     full = qdq.plan(model)
     if not full.activations and not full.nodes:
-        return Prepared(model, CalibStats({}, 0), cal, notes)
+        return Prepared(model, CalibStats({}, 0), cal, notes, weights_dir)
     try:
-        runner = probe_runner(model, full.activations, data.feed(0) if len(data) else None, notes)
+        runner = probe_runner(model, full.activations, data.feed(0) if len(data) else None, notes, base_dir=weights_dir)
     except Exception as e:  # noqa: BLE001
         raise QuantizationError(
             f"cannot run the model for calibration: {str(e).strip().splitlines()[0][:200]}",
@@ -97,6 +147,9 @@ def prepare(model: Any, spec: QuantSpec, data: SampleSet, *, on_sample: Callable
             f"running a calibration sample failed: {str(e).strip().splitlines()[0][:200]}",
             "check the calibration data against the model's inputs",
         ) from None
+    del runner  # its session holds a copy of the weights
+    if weights_dir is not None:
+        release_memory()
     notes.append(f"calibrated ({cal}, {cal.bins} bins) on {stats.samples} sample(s) from {data.source} in one streaming pass")
     nf = stats.nonfinite()
     if nf:
@@ -106,7 +159,7 @@ def prepare(model: Any, spec: QuantSpec, data: SampleSet, *, on_sample: Callable
             + ", ".join(f"{k}: {v}" for k, v in worst)
             + (f" and {len(nf) - 3} more tensor(s)" if len(nf) > 3 else "")
         )
-    prep = Prepared(model, stats, cal, notes)
+    prep = Prepared(model, stats, cal, notes, weights_dir)
     if cal.method == "auto":
         from .autocal import choose
 
@@ -119,9 +172,13 @@ class Written:
     model: Any
     plan: qdq.Plan
     how: dict[str, str]
+    wide: dict[str, str] = field(default_factory=dict)
+    """Nodes given 16-bit activations, and why."""
 
 
-def write(prep: Prepared, spec: QuantSpec, keep_float: dict[str, str] | None = None) -> Written:
+def write(prep: Prepared, spec: QuantSpec, keep_float: dict[str, str] | None = None, wide: dict[str, str] | None = None) -> Written:
+    """QDQ per ``spec``; ``keep_float`` nodes stay float, ``wide`` nodes get 16-bit activations
+    (``spec.wide_activation_type``); both map node name -> why."""
     op_types = tuple(o for o in spec.op_types if o in qdq.WEIGHT_OPS) or qdq.WEIGHT_OPS
     # a node reading or writing -inf/NaN stays float: QDQ would replace -inf by the range minimum,
     # and onnxruntime's int8-weight MatMul kernels quantize their float input (NaN from -inf)
@@ -132,24 +189,32 @@ def write(prep: Prepared, spec: QuantSpec, keep_float: dict[str, str] | None = N
             keep.setdefault(qn.name, "its activations hold non-finite values (e.g. -inf masks): kept float")
     p = qdq.plan(prep.model, op_types=op_types, keep_float=keep)
     ranges = {k: v for k, v in prep.stats.ranges(prep.cal).items() if k not in nonfinite}
-    opts = qdq.WriteOptions(spec.activation_type, spec.weight_type, spec.per_channel, spec.reduce_range)
-    model, how = qdq.write(prep.model, p, ranges, opts)
-    return Written(model, p, how)
+    wide_type = spec.wide_activation_type if wide else None
+    opts = qdq.WriteOptions(spec.activation_type, spec.weight_type, spec.per_channel, spec.reduce_range,
+                            tuple(sorted(wide)) if wide_type else (), wide_type or "uint16")
+    model, how = qdq.write(prep.model, p, ranges, opts, base_dir=prep.weights_dir)
+    for name, why in (wide or {}).items():
+        if wide_type and name in how and not how[name].startswith("weights int8, activations float"):
+            how[name] += f" ({why})"
+    if prep.weights_dir is not None:
+        release_memory()  # each weight was read, converted and quantized: return those pages
+    got = {n: w for n, w in (wide or {}).items() if wide_type and n in how and "activations float" not in how[n]}
+    return Written(model, p, how, got)
 
 
 # -- evaluation ---------------------------------------------------------------------------------
 
 
-def _session(model: Any):
+def _session(model: Any, base_dir: Any = None):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return qdq.open_session(model, so, ["CPUExecutionProvider"], base_dir)
 
 
-def first_outputs(model: Any, data: SampleSet, n: int) -> list[np.ndarray]:
-    sess = _session(model)
+def first_outputs(model: Any, data: SampleSet, n: int, base_dir: Any = None) -> list[np.ndarray]:
+    sess = _session(model, base_dir)
     name = sess.get_outputs()[0].name
     names = {i.name for i in sess.get_inputs()}
     out = []
@@ -248,10 +313,17 @@ def layer_sqnr(prep: Prepared, written: Written, data: SampleSet, n: int) -> lis
     for qn in written.plan.nodes:
         names += [qn.output] + ([qn.act_input] if qn.act_input else [])
     names = list(dict.fromkeys(names))
+    # the quantized model first: building its probe copies it (inline weights); those pages are
+    # returned before the float session reads its weights
     feed = data.feed(0) if len(data) else None
-    ref = probe_runner(prep.model, names, feed)
-    cand = probe_runner(written.model, names, feed)
+    cand = probe_runner(written.model, names, feed, base_dir=prep.weights_dir)
+    if prep.weights_dir is not None:
+        release_memory()
+    ref = probe_runner(prep.model, names, feed, base_dir=prep.weights_dir)
     acc = qdq.sqnr(ref, cand, _feeds(data, n))
+    del ref, cand
+    if prep.weights_dir is not None:
+        release_memory()
     rows = []
     for qn in written.plan.nodes:
         out = acc.get(qn.output)
@@ -279,9 +351,12 @@ class SearchStep:
     metric: str
     value: float
     drop: float
+    kept_16bit: int = 0
+    """Nodes given 16-bit activations at this step (instead of fp32)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kept_float": self.kept_float, "metric": self.metric, "value": round(self.value, 5), "drop": round(self.drop, 5)}
+        return {"kept_float": self.kept_float, "kept_16bit": self.kept_16bit, "metric": self.metric,
+                "value": round(self.value, 5), "drop": round(self.drop, 5)}
 
 
 @dataclass
@@ -306,9 +381,11 @@ def search(
 ) -> SearchResult:
     """Keep the most sensitive nodes float (1, 2, 4, ... of them) until the drop is within budget.
 
-    The best model seen is always returned, with every step in the log.
+    Where the target allows 16-bit activations (``spec.wide_activation_type``), each step first
+    gives those nodes 16-bit activations (weights stay int8) and keeps them fp32 only if that
+    misses the budget. The best model seen is always returned, with every step in the log.
     """
-    ref = first_outputs(prep.model, evals, n_eval)
+    ref = first_outputs(prep.model, evals, n_eval, prep.weights_dir)
     lm = looks_like_lm(prep.model, ref)
     fp32 = metric(ref, ref, evals.labels, lm=lm)
     written = write(prep, spec)
@@ -316,17 +393,29 @@ def search(
     order = [r["node"] for r in sorted(layers, key=lambda r: -r["sensitivity"])]
     steps: list[SearchStep] = []
     best_w, best = None, None
+    wide_type = spec.wide_activation_type
     k = 0
+    met = False
     for _ in range(max_steps):
-        keep = {n: f"kept float by --max-drop search (sensitivity rank {i + 1})" for i, n in enumerate(order[:k])}
-        w = written if k == 0 else write(prep, spec, keep)
-        m = metric(first_outputs(w.model, evals, n_eval), ref, evals.labels, lm=lm)
-        drop = m.drop_from(fp32)
-        step = SearchStep(k, m.name, m.value, drop)
-        steps.append(step)
-        if best is None or drop < best.drop - 1e-12:
-            best_w, best = w, step
-        if drop <= max_drop or k >= len(order):
+        for kind in ("16bit", "float") if k and wide_type else ("float",):
+            if kind == "16bit":
+                wide = {n: f"{wide_type} activations by --max-drop search (sensitivity rank {i + 1})" for i, n in enumerate(order[:k])}
+                w = write(prep, spec, wide=wide)
+                step_k = (0, k)
+            else:
+                keep = {n: f"kept float by --max-drop search (sensitivity rank {i + 1})" for i, n in enumerate(order[:k])}
+                w = written if k == 0 else write(prep, spec, keep)
+                step_k = (k, 0)
+            m = metric(first_outputs(w.model, evals, n_eval, prep.weights_dir), ref, evals.labels, lm=lm)
+            drop = m.drop_from(fp32)
+            step = SearchStep(step_k[0], m.name, m.value, drop, step_k[1])
+            steps.append(step)
+            if best is None or drop < best.drop - 1e-12:
+                best_w, best = w, step
+            if drop <= max_drop:
+                met = True
+                break
+        if met or k >= len(order):
             break
         k = 1 if k == 0 else min(2 * k, len(order))
     assert best_w is not None and best is not None
