@@ -109,6 +109,22 @@ def test_duplicated_constants_are_stored_once(tmp_path):
     )
     model = helper.make_model(g)
     assert dedupe_constants(model) == (0, 0) and len(model.graph.initializer) == 2
+    # the same values under another shape (a rotary table before and after a Squeeze): one copy behind a Reshape
+    t = np.random.default_rng(0).normal(size=(8, 64)).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Add", ["x", "p"], ["y1"]), helper.make_node("Add", ["x4", "q"], ["y2"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 64]), helper.make_tensor_value_info("x4", TensorProto.FLOAT, [1, 8, 1, 64])],
+        [helper.make_tensor_value_info("y1", TensorProto.FLOAT, [8, 64]), helper.make_tensor_value_info("y2", TensorProto.FLOAT, [1, 8, 1, 64])],
+        [numpy_helper.from_array(t, "p"), numpy_helper.from_array(t.reshape(1, 8, 1, 64), "q")],
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    assert dedupe_constants(model) == (1, t.nbytes - 4 * 8)
+    assert [n.op_type for n in model.graph.node] == ["Reshape", "Add", "Add"] and len(model.graph.initializer) == 2
+    onnx.save(model, str(tmp_path / "r.onnx"))
+    feed = {"x": np.ones((8, 64), np.float32), "x4": np.ones((1, 8, 1, 64), np.float32)}
+    y1, y2 = ort.InferenceSession(str(tmp_path / "r.onnx"), providers=["CPUExecutionProvider"]).run(None, feed)
+    assert np.array_equal(y1, t + 1) and np.array_equal(y2, t.reshape(1, 8, 1, 64) + 1)
 
 
 def test_float16_scales_halve_the_scale_bytes_and_run_in_onnxruntime(tmp_path):

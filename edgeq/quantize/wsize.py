@@ -14,6 +14,8 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..onnxutil import iter_nodes, load_model, model_size
 
 # categories, in the order reports list them
@@ -28,6 +30,7 @@ LABELS = {
     "other_constants": "other constants (norms, biases, masks, rotary tables, AWQ scales)", "graph": "graph (nodes, names, framing)",
 }
 MIN_CONSTANT_ELEMENTS = 16  # Constant nodes at least this big move to (deduplicated) initializers
+MIN_RESHAPE_BYTES = 1024  # same values under another shape: stored once behind a Reshape from this size on
 
 
 def _tensor_bytes(t: Any) -> int:
@@ -105,19 +108,32 @@ def dedupe_constants(model: Any) -> tuple[int, int]:
     if len(keep_nodes) != len(g.node):
         del g.node[:]
         g.node.extend(keep_nodes)
-    first: dict[tuple, str] = {}
+    from onnx import helper
+
+    first: dict[tuple, tuple[str, tuple[int, ...]]] = {}
     rename: dict[str, str] = {}
+    reshapes: list[Any] = []
+    shape_inits: list[Any] = []
     saved = 0
     for t in g.initializer:
         if t.name in pinned:
             continue
         arr = numpy_helper.to_array(t)
-        key = (t.data_type, tuple(t.dims), hashlib.sha256(arr.tobytes()).hexdigest())
-        if key in first:
-            rename[t.name] = first[key]
-            saved += int(arr.nbytes)
+        key = (t.data_type, hashlib.sha256(arr.tobytes()).hexdigest())
+        if key not in first:
+            first[key] = (t.name, tuple(t.dims))
+            continue
+        name, dims = first[key]
+        if dims == tuple(t.dims):
+            rename[t.name] = name
+        elif arr.nbytes >= MIN_RESHAPE_BYTES:  # same values, other shape: a Reshape that onnxruntime folds at load
+            shape = numpy_helper.from_array(np.array(t.dims, np.int64), t.name + "__shape")
+            shape_inits.append(shape)
+            reshapes.append(helper.make_node("Reshape", [name, shape.name], [t.name], name=t.name + "__dedup"))
+            rename[t.name] = t.name  # dropped below; consumers keep the name
         else:
-            first[key] = t.name
+            continue
+        saved += int(arr.nbytes)
     if not rename:
         return 0, 0
     for n in iter_nodes(g):
@@ -126,5 +142,9 @@ def dedupe_constants(model: Any) -> tuple[int, int]:
                 n.input[i] = rename[name]
     kept = [t for t in g.initializer if t.name not in rename]
     del g.initializer[:]
-    g.initializer.extend(kept)
-    return len(rename), saved
+    g.initializer.extend(kept + shape_inits)
+    if reshapes:
+        nodes = reshapes + list(g.node)
+        del g.node[:]
+        g.node.extend(nodes)
+    return len(rename), saved - sum(8 * int(s.dims[0]) for s in shape_inits)
