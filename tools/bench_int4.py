@@ -29,6 +29,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+# rows whose file is broken down byte by byte (wsize.size_breakdown)
+BREAKDOWN_ROWS = ("onnxruntime MatMulNBitsQuantizer defaults", "edgeq rtn b32 acc4", "edgeq rtn b32 acc4 sym",
+                  "edgeq rtn b32 acc4 f16", "edgeq rtn b32 acc4 sym f16")
+
+
 def _quantize_child(args: dict) -> dict:
     """Run one quantization in this (child) process; report time and peak RSS."""
     import resource
@@ -83,6 +88,40 @@ def decode_latency(path: Path, layers: int, heads: int, hd: int, past: int = 64,
         tok = logits[:, -1:].argmax(-1).astype(np.int64)
         pk, pv = nk[:, :, :, -past:], nv[:, :, :, -past:]  # keep the context length fixed
     return 1000 * float(np.median(times))
+
+
+def decode_latency_rounds(paths: list[Path], layers: int, heads: int, hd: int, past: int = 64, rounds: int = 8,
+                          per_round: int = 4, threads: int = 1) -> list[float]:
+    """Median ms per generated token of each model, timed in interleaved rounds of ``per_round`` tokens."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    rng = np.random.default_rng(0)
+    pk0 = rng.normal(0, 1, (layers, 1, heads, past, hd)).astype(np.float32)
+    pv0 = rng.normal(0, 1, (layers, 1, heads, past, hd)).astype(np.float32)
+    state = []
+    for p in paths:
+        s = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+        state.append([s, np.array([[65]], np.int64), pk0, pv0])
+    times: list[list[float]] = [[] for _ in paths]
+
+    def step(i: int) -> float:
+        s, tok, pk, pv = state[i]
+        t0 = time.perf_counter()
+        logits, nk, nv = s.run(None, {"input_ids": tok, "past_key": pk, "past_value": pv})
+        dt = time.perf_counter() - t0
+        state[i][1:] = [logits[:, -1:].argmax(-1).astype(np.int64), nk[:, :, :, -past:], nv[:, :, :, -past:]]
+        return dt
+
+    for i in range(len(paths)):  # warm-up
+        for _ in range(3):
+            step(i)
+    for _ in range(rounds):
+        for i in range(len(paths)):
+            times[i] += [step(i) for _ in range(per_round)]
+    return [1000 * float(np.median(t)) for t in times]
 
 
 def main() -> None:
@@ -148,7 +187,7 @@ def main() -> None:
         q = lm_quality(src, out, ev, art.io)
         rows.append({"name": name, "size": model_size(out), "ratio": model_size(out) / fp32_size, "ppl": q.perplexity_quant,
                      "kl": q.kl_mean, "same": q.same_top_token, "seconds": m["seconds"], "rss": m["peak_rss_mb"]})
-        if name.startswith("edgeq") and " b32 " in name + " ":
+        if name in BREAKDOWN_ROWS:
             breakdowns[name] = size_breakdown(out)
         print(json.dumps(rows[-1]), flush=True)
     lat = []
@@ -157,8 +196,7 @@ def main() -> None:
         big = build(big_cfg, a.cache)
         dec = big / "decode.onnx"
         hd = big_cfg.hidden // big_cfg.heads
-        lat.append({"name": "fp32", "size": model_size(dec), "ms": decode_latency(dec, big_cfg.layers, big_cfg.heads, hd)})
-        print(json.dumps(lat[-1]), flush=True)
+        lat.append({"name": "fp32", "size": model_size(dec), "path": str(dec)})
         for name, cfg in [
             ("onnxruntime MatMulNBitsQuantizer defaults", {"kind": "ort"}),
             ("edgeq rtn b32 acc4", {"kind": "edgeq", "spec": {"mode": "int4", "algo": "rtn", "block_size": 32, "accuracy_level": 4}}),
@@ -172,8 +210,12 @@ def main() -> None:
                 continue
             out = work / ("big_" + name.replace(" ", "_") + ".onnx")
             m = run_child({**cfg, "src": str(dec), "out": str(out), "calib": ""})
-            lat.append({"name": name, "size": model_size(out), "ms": decode_latency(out, big_cfg.layers, big_cfg.heads, hd), "seconds": m["seconds"], "rss": m["peak_rss_mb"]})
-            print(json.dumps(lat[-1]), flush=True)
+            lat.append({"name": name, "size": model_size(out), "path": str(out), "seconds": m["seconds"], "rss": m["peak_rss_mb"]})
+        # all models timed round-robin (a few tokens each per round) so changing host load hits every row alike
+        ms = decode_latency_rounds([Path(d["path"]) for d in lat], big_cfg.layers, big_cfg.heads, hd)
+        for d, v in zip(lat, ms):
+            d["ms"] = v
+            print(json.dumps(d), flush=True)
     result = {"fixture": json.loads((fx / "info.json").read_text()), "quality": rows, "decode": lat, "breakdown": breakdowns, "params": art_params(src)}
     if a.json:
         a.json.write_text(json.dumps(result, indent=2))
@@ -228,7 +270,7 @@ def markdown(r: dict) -> str:
     lines += breakdown_markdown(r)
     if r["decode"]:
         base = r["decode"][0]
-        lines += ["", "Decode with KV cache (untrained memory-bound model, 1 thread, past 64 tokens, median of 16 tokens):", "",
+        lines += ["", "Decode with KV cache (untrained memory-bound model, 1 thread, past 64 tokens; all models timed round-robin, 8 rounds of 4 tokens, median of 32):", "",
                   "| model | file | x fp32 | ms / token | x fp32 | quantize s | peak RSS MB |", "|---|---:|---:|---:|---:|---:|---:|"]
         for d in r["decode"]:
             lines.append(
