@@ -332,7 +332,7 @@ def quantize(
             gspec = replace(spec, block_size=gbs, algo="hqq" if spec.algo == "hqq" else "rtn")
             codes = _codes(w.T, mode_g, gspec, None, float_zero=False)
             packed = bw.pack_gather(codes)
-            scales, half = _scales_for(packed.scales, spec, site.weight, notes)
+            scales, half = _scales_for(packed.scales, spec, site.weight, notes, levels=2 ** WEIGHT_ONLY_BITS[mode_g] - 1)
             ins = [tag + "_data", node.input[1], tag + "_scales"]
             new_inits += [numpy_helper.from_array(packed.data, ins[0]), numpy_helper.from_array(scales, ins[2])]
             stored = packed.data.nbytes + scales.nbytes
@@ -478,8 +478,9 @@ def act_absmax(model_path: Path, tensors: set[str], data: SampleSet, n: int) -> 
 HALF_REL_ERROR = 2.0**-10  # float16 keeps 11 significant bits: a normal value rounds within 2^-11
 
 
-def _scales_for(scales: np.ndarray, spec: QuantSpec, weight: str, notes: list[str]) -> tuple[np.ndarray, bool]:
-    """The scales as stored: float16 when asked for and every nonzero scale survives the rounding."""
+def _scales_for(scales: np.ndarray, spec: QuantSpec, weight: str, notes: list[str], levels: int = 0) -> tuple[np.ndarray, bool]:
+    """The scales as stored: float16 when asked for and every nonzero scale survives the rounding
+    (and, with ``levels``, every dequantized value ``code * scale`` fits float16 too)."""
     scales = np.ascontiguousarray(scales, dtype=np.float32)
     if spec.scale_dtype != "float16":
         return scales, False
@@ -488,7 +489,8 @@ def _scales_for(scales: np.ndarray, spec: QuantSpec, weight: str, notes: list[st
     back = half.astype(np.float32)
     nz = scales != 0
     rel = np.abs(back[nz] - scales[nz]) / np.abs(scales[nz]) if nz.any() else np.zeros(1)
-    if not np.all(np.isfinite(back)) or float(rel.max()) > HALF_REL_ERROR:
+    too_big = levels and float(np.abs(scales).max(initial=0.0)) * levels > float(np.finfo(np.float16).max)
+    if not np.all(np.isfinite(back)) or float(rel.max()) > HALF_REL_ERROR or too_big:
         notes.append(f"'{weight}': float32 scales kept (some scales are out of float16's normal range)")
         return scales, False
     return np.ascontiguousarray(half), True
