@@ -130,8 +130,9 @@ def _weight_only_rows(t: Table, r: dict[str, Any]) -> None:
             mark = " (chosen)" if m["level"] == lv["chosen"] else ""
             agree = "-" if m["agreement"] is None else f"{100 * m['agreement']:.2f} %"
             kl = f", KL {m['kl_mean']:.5f}" if m.get("kl_mean") is not None else ""
+            tok = f"; {m['ms_token']:.3f} ms for one token" if m.get("ms_token") is not None else ""
             t.add_row(f"accuracy level {m['level']}{mark}", "", f"{m['ms']:.3f} ms",
-                      f"{lv['metric']} {agree}{kl}; tolerances {'pass' if m['passed'] else 'FAIL'}; {lv['samples']} inputs")
+                      f"{lv['metric']} {agree}{kl}; tolerances {'pass' if m['passed'] else 'FAIL'}; {lv['samples']} inputs{tok}")
         t.add_row("accuracy level choice", "", str(lv["chosen"]), lv["reason"])
     lm = r.get("lm_quality")
     if lm:

@@ -186,6 +186,14 @@ def _m(level, ms, agree, passed=True):
     return acclevel.LevelMeasure(level, ms, agree, passed)
 
 
+def test_accuracy_level_rule_uses_one_token_steps_when_measured():
+    a4 = acclevel.LevelMeasure(4, 10.0, 0.99, True, ms_token=1.0)
+    a0 = acclevel.LevelMeasure(0, 9.0, 0.99, True, ms_token=2.0)
+    level, why = acclevel.pick(a4, a0)
+    assert level == 4 and "per token" in why  # slower on whole windows, 2x faster per generated token
+    assert acclevel.pick(acclevel.LevelMeasure(4, 10.0, 0.99, True), acclevel.LevelMeasure(0, 9.0, 0.99, True))[0] == 0
+
+
 def test_accuracy_level_rule():
     assert acclevel.pick(_m(4, 1.0, 0.990), _m(0, 3.0, 0.992))[0] == 4  # 0.2 points fewer, 3x faster
     level, why = acclevel.pick(_m(4, 1.0, 0.980), _m(0, 3.0, 0.992))
@@ -216,12 +224,13 @@ def test_export_measures_both_accuracy_levels_unless_pinned(runner, tmp_path):
     assert lv["metric"] == "same top token vs fp32" and lv["samples"] == 16 and lv["rule"] == acclevel.RULE
     by = {m["level"]: m for m in lv["measured"]}
     for m in by.values():
-        assert m["ms"] > 0 and 0.5 < m["agreement"] <= 1 and m["kl_mean"] > 0
+        assert m["ms"] > 0 and m["ms_token"] > 0 and 0.5 < m["agreement"] <= 1 and m["kl_mean"] > 0
     # level 0 computes in float: closer to fp32 than int8 activations; the two levels differ
     assert by[0]["kl_mean"] < by[4]["kl_mean"] and by[0]["max_abs"] != by[4]["max_abs"]
     # the reason follows the rule on the measured numbers, and the bundle holds the chosen level
-    assert (lv["chosen"], lv["reason"]) == acclevel.pick(acclevel.LevelMeasure(**{k: by[4][k] for k in ("level", "ms", "agreement", "passed")}),
-                                                         acclevel.LevelMeasure(**{k: by[0][k] for k in ("level", "ms", "agreement", "passed")}))
+    keys = ("level", "ms", "agreement", "passed", "ms_token")
+    assert (lv["chosen"], lv["reason"]) == acclevel.pick(acclevel.LevelMeasure(**{k: by[4][k] for k in keys}),
+                                                         acclevel.LevelMeasure(**{k: by[0][k] for k in keys}))
     assert _levels_in(tmp_path / "b1" / "model.onnx") == {lv["chosen"]}
     assert res["quantization"]["accuracy_level"] == lv["chosen"]
     assert any(n.startswith(f"accuracy level {lv['chosen']} chosen") for n in res["notes"])
@@ -247,5 +256,5 @@ def test_export_accuracy_levels_on_a_classifier(runner, tmp_path):
     res = _export(runner, src, tmp_path / "b", tmp_path / "eval.npz", quant="int8-weight")
     lv = res["quantization"]["accuracy_levels"]
     assert lv["metric"].startswith("top-1 agreement") and lv["samples"] == 24
-    assert all(m["agreement"] is not None and m["kl_mean"] is None for m in lv["measured"])
+    assert all(m["agreement"] is not None and m["kl_mean"] is None and m["ms_token"] is None for m in lv["measured"])
     assert _levels_in(tmp_path / "b" / "model.onnx") == {lv["chosen"]}
