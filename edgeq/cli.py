@@ -32,7 +32,8 @@ TargetOpt = Annotated[str, typer.Option("--target", "-t", help="target name (edg
 QuantOpt = Annotated[Optional[str], typer.Option("--quant", help="int8-static | int8-dynamic | fp16 | int4 | int8-weight | int2 | none; llama.cpp targets: q4_0 | q4_k | q8_0 | f16 ... (default: the target's)")]
 BlockOpt = Annotated[Optional[int], typer.Option("--block-size", help="weight-only: 16 | 32 | 64 | 128 | 256 weights per scale")]
 SymOpt = Annotated[Optional[bool], typer.Option("--symmetric/--asymmetric", help="weight-only: implicit or stored zero points")]
-AccOpt = Annotated[Optional[int], typer.Option("--accuracy-level", help="weight-only: MatMulNBits compute (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8)")]
+AccOpt = Annotated[Optional[int], typer.Option("--accuracy-level", help="weight-only: MatMulNBits compute (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8); export without it measures 4 and 0 and keeps one")]
+ScaleDtypeOpt = Annotated[Optional[str], typer.Option("--scale-dtype", help="weight-only: float32 | float16 block scales (float16: half the scale bytes, MatMulNBits runs in float16)")]
 AlgoOpt = Annotated[Optional[str], typer.Option("--algo", help="weight-only: rtn | hqq | gptq | awq (gptq/awq need --calib)")]
 KeepOpt = Annotated[Optional[str], typer.Option("--keep", help="weight-only: keep fp32: embed, lm_head or name patterns, comma-separated")]
 OverrideOpt = Annotated[Optional[list[str]], typer.Option("--override", help="weight-only: 'PATTERN=MODE' per layer (int4|int8|int2|none; repeatable)")]
@@ -137,7 +138,7 @@ def _spec(target, quant, fmt, act, weight, per_channel, reduce_range, samples, w
         per_channel=per_channel, reduce_range=reduce_range, calib_samples=samples,
         calibration=calibration, calib_bins=bins,
         block_size=wo.get("block_size"), symmetric=wo.get("symmetric"), accuracy_level=wo.get("accuracy_level"),
-        algo=wo.get("algo"), keep=parse_keep(wo.get("keep")), overrides=parse_overrides(wo.get("override")) or None,
+        algo=wo.get("algo"), scale_dtype=wo.get("scale_dtype"), keep=parse_keep(wo.get("keep")), overrides=parse_overrides(wo.get("override")) or None,
     )
 
 
@@ -204,6 +205,7 @@ def export(
     block_size: BlockOpt = None,
     symmetric: SymOpt = None,
     accuracy_level: AccOpt = None,
+    scale_dtype: ScaleDtypeOpt = None,
     algo: AlgoOpt = None,
     keep: KeepOpt = None,
     override: OverrideOpt = None,
@@ -233,7 +235,7 @@ def export(
         from .gguf import export_cli
 
         return export_cli(source, tg, out=out, quant=quant, prompts_file=eval_data, force=force, as_json=as_json)
-    wo = dict(block_size=block_size, symmetric=symmetric, accuracy_level=accuracy_level, algo=algo, keep=keep, override=override)
+    wo = dict(block_size=block_size, symmetric=symmetric, accuracy_level=accuracy_level, algo=algo, keep=keep, override=override, scale_dtype=scale_dtype)
     spec = _spec(tg, quant, fmt, activation_type, weight_type, per_channel, reduce_range, calib_samples, wo, calibration, calib_bins)
     _check_prefer(prefer)
     kind = source_kind(source)
@@ -244,6 +246,7 @@ def export(
         static_shapes=parse_shapes(static_shape), opset=opset, golden=golden, do_profile=not no_profile,
         labels_key=labels_key, preprocess=preprocess, labels=labels, archive=archive, sign_key=sign,
         bundle_version=bundle_version, max_drop=max_drop, image_preprocess=image_preprocess, prefer=prefer,
+        accuracy_level_pinned=accuracy_level is not None,
     )
     progress = StageProgress(err, total_samples=spec.calib_samples if spec.needs_calibration else 0)
     check = None
@@ -308,6 +311,7 @@ def quantize(
     block_size: BlockOpt = None,
     symmetric: SymOpt = None,
     accuracy_level: AccOpt = None,
+    scale_dtype: ScaleDtypeOpt = None,
     algo: AlgoOpt = None,
     keep: KeepOpt = None,
     override: OverrideOpt = None,
@@ -327,7 +331,7 @@ def quantize(
     from .targets import load_target
 
     tg = load_target(target)
-    wo = dict(block_size=block_size, symmetric=symmetric, accuracy_level=accuracy_level, algo=algo, keep=keep, override=override)
+    wo = dict(block_size=block_size, symmetric=symmetric, accuracy_level=accuracy_level, algo=algo, keep=keep, override=override, scale_dtype=scale_dtype)
     spec = _spec(tg, quant, fmt, activation_type, weight_type, per_channel, reduce_range, calib_samples, wo, calibration, calib_bins)
     _check_prefer(prefer)
     _check_onnx_source(model)

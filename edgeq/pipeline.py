@@ -48,6 +48,8 @@ class ExportOptions:
     image_preprocess: Path | None = None
     """preprocessing spec (TOML) for image-folder calibration/evaluation data"""
     prefer: str | None = None
+    accuracy_level_pinned: bool = False
+    """weight-only: the user chose --accuracy-level; otherwise levels 4 and 0 are measured and one is kept"""
 
 
 @dataclass(frozen=True)
@@ -127,6 +129,14 @@ def run_export(
             )
             notes += qres.notes
         check_data = evals or calib
+        if spec.weight_only and not opts.accuracy_level_pinned and check_data is not None:
+            from .quantize import acclevel
+
+            if acclevel.has_matmulnbits(qres.artifact.path):
+                with stage("accuracy levels"):
+                    choice, files = acclevel.compare(opt, qres.artifact, check_data, target, work, spec.accuracy_level)
+                    qres = acclevel.apply(qres, choice, files)
+                    notes.append(qres.notes[-1])
         report = None
         if check_data is not None:
             if check_data is calib:

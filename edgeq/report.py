@@ -116,7 +116,24 @@ def _weight_only_rows(t: Table, r: dict[str, Any]) -> None:
         q = r["quantization"]
         t.add_row("bits per weight", "32", fmt(w["bits_per_weight_quantized"], ".3f"),
                   f"{q['algo']} block {q['block_size']} {'sym' if q['symmetric'] else 'asym'}, scales and zero points included; "
-                  f"{w['weights_quantized']}/{w['weights_total']} weights")
+                  f"{w['weights_quantized']}/{w['weights_total']} weights"
+                  + (", float16 scales" if q.get("scale_dtype") == "float16" else ""))
+        fb = w.get("file_breakdown")
+        if fb:
+            from .quantize.wsize import breakdown_line
+
+            t.add_row("bits per parameter (file)", "", fmt(w.get("bits_per_parameter_file"), ".3f"), "whole file / all weight parameters")
+            t.add_row("where the bytes go", "", human_bytes(fb["file_bytes"]), breakdown_line(fb))
+    lv = r["quantization"].get("accuracy_levels")
+    if lv:
+        for m in lv["measured"]:
+            mark = " (chosen)" if m["level"] == lv["chosen"] else ""
+            agree = "-" if m["agreement"] is None else f"{100 * m['agreement']:.2f} %"
+            kl = f", KL {m['kl_mean']:.5f}" if m.get("kl_mean") is not None else ""
+            tok = f"; {m['ms_token']:.3f} ms for one token" if m.get("ms_token") is not None else ""
+            t.add_row(f"accuracy level {m['level']}{mark}", "", f"{m['ms']:.3f} ms",
+                      f"{lv['metric']} {agree}{kl}; tolerances {'pass' if m['passed'] else 'FAIL'}; {lv['samples']} inputs{tok}")
+        t.add_row("accuracy level choice", "", str(lv["chosen"]), lv["reason"])
     lm = r.get("lm_quality")
     if lm:
         src = f"{lm['windows']} windows, {lm['tokens']} tokens"

@@ -29,6 +29,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+# rows whose file is broken down byte by byte (wsize.size_breakdown)
+BREAKDOWN_ROWS = ("onnxruntime MatMulNBitsQuantizer defaults", "edgeq rtn b32 acc4", "edgeq rtn b32 acc4 sym",
+                  "edgeq rtn b32 acc4 f16", "edgeq rtn b32 acc4 sym f16")
+
+
 def _quantize_child(args: dict) -> dict:
     """Run one quantization in this (child) process; report time and peak RSS."""
     import resource
@@ -85,6 +90,40 @@ def decode_latency(path: Path, layers: int, heads: int, hd: int, past: int = 64,
     return 1000 * float(np.median(times))
 
 
+def decode_latency_rounds(paths: list[Path], layers: int, heads: int, hd: int, past: int = 64, rounds: int = 8,
+                          per_round: int = 4, threads: int = 1) -> list[float]:
+    """Median ms per generated token of each model, timed in interleaved rounds of ``per_round`` tokens."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    rng = np.random.default_rng(0)
+    pk0 = rng.normal(0, 1, (layers, 1, heads, past, hd)).astype(np.float32)
+    pv0 = rng.normal(0, 1, (layers, 1, heads, past, hd)).astype(np.float32)
+    state = []
+    for p in paths:
+        s = ort.InferenceSession(str(p), so, providers=["CPUExecutionProvider"])
+        state.append([s, np.array([[65]], np.int64), pk0, pv0])
+    times: list[list[float]] = [[] for _ in paths]
+
+    def step(i: int) -> float:
+        s, tok, pk, pv = state[i]
+        t0 = time.perf_counter()
+        logits, nk, nv = s.run(None, {"input_ids": tok, "past_key": pk, "past_value": pv})
+        dt = time.perf_counter() - t0
+        state[i][1:] = [logits[:, -1:].argmax(-1).astype(np.int64), nk[:, :, :, -past:], nv[:, :, :, -past:]]
+        return dt
+
+    for i in range(len(paths)):  # warm-up
+        for _ in range(3):
+            step(i)
+    for _ in range(rounds):
+        for i in range(len(paths)):
+            times[i] += [step(i) for _ in range(per_round)]
+    return [1000 * float(np.median(t)) for t in times]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--child")
@@ -92,6 +131,8 @@ def main() -> None:
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--cache", type=Path)
     ap.add_argument("--json", type=Path, help="write the raw results here")
+    ap.add_argument("--only", action="append", help="run only this quality row (exact name; repeatable)")
+    ap.add_argument("--only-big", action="append", help="run only this decode row (exact name; repeatable; fp32 always runs)")
     a = ap.parse_args()
     if a.child:
         print(json.dumps(_quantize_child(json.loads(a.child))))
@@ -114,13 +155,29 @@ def main() -> None:
             configs.append((f"edgeq {algo} b{bs} acc4", {"kind": "edgeq", "spec": {"mode": "int4", "algo": algo, "block_size": bs, "accuracy_level": 4}}))
     for algo in ("rtn", "gptq"):
         configs.append((f"edgeq {algo} b32 acc0", {"kind": "edgeq", "spec": {"mode": "int4", "algo": algo, "block_size": 32, "accuracy_level": 0}}))
+    # float16 scales (MatMulNBits in float16 between Casts) and symmetric codes (no zero points): the size levers at block 32
+    for algo in ("rtn", "gptq"):
+        configs.append((f"edgeq {algo} b32 acc4 f16", {"kind": "edgeq", "spec": {"mode": "int4", "algo": algo, "block_size": 32, "accuracy_level": 4, "scale_dtype": "float16"}}))
+    configs.append(("edgeq rtn b32 acc4 sym", {"kind": "edgeq", "spec": {"mode": "int4", "algo": "rtn", "block_size": 32, "accuracy_level": 4, "symmetric": True}}))
+    configs.append(("edgeq rtn b32 acc4 sym f16", {"kind": "edgeq", "spec": {"mode": "int4", "algo": "rtn", "block_size": 32, "accuracy_level": 4, "symmetric": True, "scale_dtype": "float16"}}))
     configs.append(("edgeq rtn b32 keep lm_head,embed", {"kind": "edgeq", "spec": {"mode": "int4", "algo": "rtn", "block_size": 32, "accuracy_level": 4, "keep": ["lm_head", "embed"]}}))
     configs.append(("edgeq int8-weight rtn b32", {"kind": "edgeq", "spec": {"mode": "int8-weight", "algo": "rtn", "block_size": 32, "accuracy_level": 4}}))
     configs.append(("edgeq int2 gptq b16", {"kind": "edgeq", "spec": {"mode": "int2", "algo": "gptq", "block_size": 16, "accuracy_level": 4}}))
     if a.skip_quality:
         configs = []
+    if a.only:
+        configs = [c for c in configs if any(o == c[0] for o in a.only)]
     q0 = lm_quality(src, src, ev, art.io)
     rows.append({"name": "fp32", "size": fp32_size, "ratio": 1.0, "ppl": q0.perplexity_fp32, "kl": 0.0, "same": 1.0, "seconds": None, "rss": None})
+    # the fp32 file with its duplicated constants stored once, as edgeq's weight-only writer stores them
+    import onnx
+
+    from edgeq.quantize.wsize import dedupe_constants, size_breakdown
+
+    m = onnx.load(str(src))
+    dedupe_constants(m)
+    onnx.save(m, str(work / "fp32_dedup.onnx"))
+    breakdowns = {"fp32": size_breakdown(src), "fp32, duplicated constants stored once": size_breakdown(work / "fp32_dedup.onnx")}
     for name, cfg in configs:
         out = work / (name.replace(" ", "_").replace(",", "") + ".onnx")
         args = {**cfg, "src": str(src), "out": str(out), "calib": str(fx / "calib.npz")}
@@ -130,6 +187,8 @@ def main() -> None:
         q = lm_quality(src, out, ev, art.io)
         rows.append({"name": name, "size": model_size(out), "ratio": model_size(out) / fp32_size, "ppl": q.perplexity_quant,
                      "kl": q.kl_mean, "same": q.same_top_token, "seconds": m["seconds"], "rss": m["peak_rss_mb"]})
+        if name in BREAKDOWN_ROWS:
+            breakdowns[name] = size_breakdown(out)
         print(json.dumps(rows[-1]), flush=True)
     lat = []
     if not a.skip_big:
@@ -137,26 +196,58 @@ def main() -> None:
         big = build(big_cfg, a.cache)
         dec = big / "decode.onnx"
         hd = big_cfg.hidden // big_cfg.heads
-        lat.append({"name": "fp32", "size": model_size(dec), "ms": decode_latency(dec, big_cfg.layers, big_cfg.heads, hd)})
-        print(json.dumps(lat[-1]), flush=True)
+        lat.append({"name": "fp32", "size": model_size(dec), "path": str(dec)})
         for name, cfg in [
             ("onnxruntime MatMulNBitsQuantizer defaults", {"kind": "ort"}),
             ("edgeq rtn b32 acc4", {"kind": "edgeq", "spec": {"mode": "int4", "algo": "rtn", "block_size": 32, "accuracy_level": 4}}),
             ("edgeq rtn b32 acc0", {"kind": "edgeq", "spec": {"mode": "int4", "algo": "rtn", "block_size": 32, "accuracy_level": 0}}),
             ("edgeq rtn b128 acc4", {"kind": "edgeq", "spec": {"mode": "int4", "algo": "rtn", "block_size": 128, "accuracy_level": 4}}),
             ("edgeq hqq b32 acc4", {"kind": "edgeq", "spec": {"mode": "int4", "algo": "hqq", "block_size": 32, "accuracy_level": 4}}),
+            ("edgeq rtn b32 acc4 f16", {"kind": "edgeq", "spec": {"mode": "int4", "algo": "rtn", "block_size": 32, "accuracy_level": 4, "scale_dtype": "float16"}}),
+            ("edgeq rtn b32 acc0 f16", {"kind": "edgeq", "spec": {"mode": "int4", "algo": "rtn", "block_size": 32, "accuracy_level": 0, "scale_dtype": "float16"}}),
         ]:
+            if a.only_big and name not in a.only_big:
+                continue
             out = work / ("big_" + name.replace(" ", "_") + ".onnx")
             m = run_child({**cfg, "src": str(dec), "out": str(out), "calib": ""})
-            lat.append({"name": name, "size": model_size(out), "ms": decode_latency(out, big_cfg.layers, big_cfg.heads, hd), "seconds": m["seconds"], "rss": m["peak_rss_mb"]})
-            print(json.dumps(lat[-1]), flush=True)
-    result = {"fixture": json.loads((fx / "info.json").read_text()), "quality": rows, "decode": lat}
+            lat.append({"name": name, "size": model_size(out), "path": str(out), "seconds": m["seconds"], "rss": m["peak_rss_mb"]})
+        # all models timed round-robin (a few tokens each per round) so changing host load hits every row alike
+        ms = decode_latency_rounds([Path(d["path"]) for d in lat], big_cfg.layers, big_cfg.heads, hd)
+        for d, v in zip(lat, ms):
+            d["ms"] = v
+            print(json.dumps(d), flush=True)
+    result = {"fixture": json.loads((fx / "info.json").read_text()), "quality": rows, "decode": lat, "breakdown": breakdowns, "params": art_params(src)}
     if a.json:
         a.json.write_text(json.dumps(result, indent=2))
     print(markdown(result))
     import shutil
 
     shutil.rmtree(work, ignore_errors=True)
+
+
+def art_params(path: Path) -> int:
+    """Parameters in the 2-D float weights the int4 pass would quantize (MatMul/Gemm/Gather)."""
+    from edgeq.onnxutil import load_model
+    from edgeq.quantize.int4 import find_sites
+
+    return sum(int(np.prod(s.shape)) for s in find_sites(load_model(path)))
+
+
+def breakdown_markdown(r: dict) -> list[str]:
+    from edgeq.quantize.wsize import CATEGORIES, LABELS
+
+    bd = r.get("breakdown") or {}
+    if not bd:
+        return []
+    names = list(bd)
+    lines = ["", f"Where the bytes go ({r['params'] / 1e6:.3f} M weight parameters; bytes, and bits per weight parameter):", "",
+             "| part | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for cat in CATEGORIES:
+        vals = [bd[n]["bytes"][cat] for n in names]
+        if any(vals):
+            lines.append(f"| {LABELS[cat]} | " + " | ".join(f"{v:,} ({8 * v / r['params']:.3f})" for v in vals) + " |")
+    lines.append("| **whole file** | " + " | ".join(f"**{bd[n]['file_bytes']:,} ({8 * bd[n]['file_bytes'] / r['params']:.3f})**" for n in names) + " |")
+    return lines
 
 
 def markdown(r: dict) -> str:
@@ -176,9 +267,10 @@ def markdown(r: dict) -> str:
             f"{100 * row['same']:.2f} % | {'-' if row['seconds'] is None else format(row['seconds'], '.1f')} | "
             f"{'-' if row['rss'] is None else format(row['rss'], '.0f')} |"
         )
+    lines += breakdown_markdown(r)
     if r["decode"]:
         base = r["decode"][0]
-        lines += ["", "Decode with KV cache (untrained memory-bound model, 1 thread, past 64 tokens, median of 16 tokens):", "",
+        lines += ["", "Decode with KV cache (untrained memory-bound model, 1 thread, past 64 tokens; all models timed round-robin, 8 rounds of 4 tokens, median of 32):", "",
                   "| model | file | x fp32 | ms / token | x fp32 | quantize s | peak RSS MB |", "|---|---:|---:|---:|---:|---:|---:|"]
         for d in r["decode"]:
             lines.append(

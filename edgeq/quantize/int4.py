@@ -23,6 +23,7 @@ from ..onnxutil import artifact_from, load_model
 from . import blockwise as bw
 from .int8 import Coverage, QuantResult
 from .spec import BLOCK_SIZES, WEIGHT_ONLY_BITS, QuantSpec
+from .wsize import dedupe_constants, size_breakdown
 
 MS_DOMAIN = "com.microsoft"
 # widths onnxruntime's CPU kernels take (checked against onnxruntime 1.32 in tests/test_int4.py)
@@ -66,6 +67,8 @@ class WeightDecision:
 class WeightOnlyResult(QuantResult):
     decisions: tuple[WeightDecision, ...] = field(default=())
     seconds: float = 0.0
+    sizes: dict[str, Any] | None = None  # wsize.size_breakdown of the written file
+    accuracy_levels: dict[str, Any] | None = None  # acclevel.compare: both levels measured and the pick
 
     def weights_summary(self) -> dict[str, Any]:
         q = [d for d in self.decisions if d.mode != "none"]
@@ -83,12 +86,17 @@ class WeightOnlyResult(QuantResult):
             "bits_per_weight_all": round(8 * bytes_all / params_all, 4) if params_all else None,
             "quantize_seconds": round(self.seconds, 3),
             "per_weight": [d.to_dict() for d in self.decisions],
+            # every byte of the file by what it holds; bits per parameter of the whole file
+            "file_breakdown": self.sizes,
+            "bits_per_parameter_file": round(8 * self.sizes["file_bytes"] / params_all, 4) if self.sizes and params_all else None,
         }
 
     def recipe(self) -> dict[str, Any]:
         d = super().recipe()
         d["engine"] = f"edgeq {self.spec.algo} -> onnxruntime MatMulNBits"
         d["weights"] = self.weights_summary()
+        if self.accuracy_levels is not None:
+            d["accuracy_levels"] = self.accuracy_levels
         return d
 
 
@@ -254,7 +262,7 @@ def quantize(
 ) -> WeightOnlyResult:
     """Rewrite the model's MatMul/Gemm/Gather weights per ``spec`` into ``out_path``."""
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import TensorProto, helper, numpy_helper
 
     t0 = time.perf_counter()
     out_path = Path(out_path)
@@ -281,10 +289,22 @@ def quantize(
         n = min(spec.calib_samples, len(data))
         stats = collect_stats(artifact.path, wanted, data, n, on_sample)
         notes.append(f"{spec.algo}: statistics of {len(wanted)} activation tensor(s) from {n} sample(s) of {data.source}")
+    # float16 scales run MatMulNBits on float16 activations: inputs that exceed float16's range stay float32
+    too_wide: set[str] = set()
+    if spec.scale_dtype == "float16":
+        mm_inputs = {model.graph.node[s.node_index].input[0] for s, m, _ in plan if m != "none" and s.op != "Gather"}
+        if data is not None and mm_inputs:
+            peaks = act_absmax(artifact.path, mm_inputs, data, min(HALF_CHECK_SAMPLES, len(data)))
+            too_wide = {t for t, v in peaks.items() if not v <= HALF_MAX_ACT}
+            if too_wide:
+                notes.append(f"{len(too_wide)} MatMul input(s) reach |x| > {HALF_MAX_ACT:g} on the data: their weights keep float32 scales")
+        elif mm_inputs:
+            notes.append("float16 scales: activations not range-checked against float16 (no data given); verification checks the outputs")
     new_nodes: dict[int, list[Any]] = {}
     new_inits: list[Any] = []
     decisions: list[WeightDecision] = []
     gather_skipped = 0
+    casts16: dict[str, str] = {}  # float32 activation -> its float16 Cast (shared by MatMulNBits on one input)
     for site, mode, reason in plan:
         node = model.graph.node[site.node_index]
         w = numpy_helper.to_array(inits[site.weight]).astype(np.float32)
@@ -312,16 +332,24 @@ def quantize(
             gspec = replace(spec, block_size=gbs, algo="hqq" if spec.algo == "hqq" else "rtn")
             codes = _codes(w.T, mode_g, gspec, None, float_zero=False)
             packed = bw.pack_gather(codes)
+            scales, half = _scales_for(packed.scales, spec, site.weight, notes, levels=2 ** WEIGHT_ONLY_BITS[mode_g] - 1)
             ins = [tag + "_data", node.input[1], tag + "_scales"]
-            new_inits += [numpy_helper.from_array(packed.data, ins[0]), numpy_helper.from_array(packed.scales, ins[2])]
+            new_inits += [numpy_helper.from_array(packed.data, ins[0]), numpy_helper.from_array(scales, ins[2])]
+            stored = packed.data.nbytes + scales.nbytes
             if packed.zero_points is not None:
                 ins.append(tag + "_zp")
                 new_inits.append(numpy_helper.from_array(packed.zero_points, ins[3]))
-            new_nodes[site.node_index] = [helper.make_node(
-                "GatherBlockQuantized", ins, list(node.output), name=(node.name or tag) + "_Q", domain=MS_DOMAIN,
+                stored += packed.zero_points.nbytes
+            # float16 scales make the gathered rows float16: cast them back for the float32 graph
+            g_out = tag + "_f16" if half else node.output[0]
+            gnodes = [helper.make_node(
+                "GatherBlockQuantized", ins, [g_out], name=(node.name or tag) + "_Q", domain=MS_DOMAIN,
                 gather_axis=0, quantize_axis=1, block_size=gbs, bits=WEIGHT_ONLY_BITS[mode_g],
             )]
-            decisions.append(WeightDecision(site.weight, site.op, site.role, mode_g, reason, params, params * 4, packed.nbytes))
+            if half:
+                gnodes.append(helper.make_node("Cast", [g_out], [node.output[0]], to=TensorProto.FLOAT, name=tag + "_cast"))
+            new_nodes[site.node_index] = gnodes
+            decisions.append(WeightDecision(site.weight, site.op, site.role, mode_g, reason, params, params * 4, int(stored)))
             continue
         trans = site.op == "Gemm" and _trans_b(node)
         if trans:
@@ -338,25 +366,39 @@ def quantize(
             new_inits.append(numpy_helper.from_array(codes.act_scale.astype(np.float32), tag + "_awq_scale"))
             nodes_out.append(helper.make_node("Mul", [a_in, tag + "_awq_scale"], [a_scaled], name=tag + "_awq"))
             a_in = a_scaled
+        scales, half = _scales_for(packed.scales.reshape(-1), spec if node.input[0] not in too_wide else replace(spec, scale_dtype="float32"), site.weight, notes)
+        if half:  # MatMulNBits takes its scales in the activation type: run it in float16 between Casts
+            if a_in not in casts16:
+                casts16[a_in] = tag + "_a16"
+                nodes_out.append(helper.make_node("Cast", [a_in], [casts16[a_in]], to=TensorProto.FLOAT16, name=tag + "_cast_in"))
+            a_in = casts16[a_in]
         ins = [a_in, tag + "_B", tag + "_scales"]
-        new_inits += [numpy_helper.from_array(packed.b, ins[1]), numpy_helper.from_array(packed.scales.reshape(-1), ins[2])]
+        new_inits += [numpy_helper.from_array(packed.b, ins[1]), numpy_helper.from_array(scales, ins[2])]
+        stored = packed.b.nbytes + scales.nbytes
         if packed.zero_points is not None:
+            zp = packed.zero_points.reshape(-1)
+            if half and zp.dtype.kind == "f":  # float zero points (HQQ) follow the activation type too
+                zp = zp.astype(np.float16)
             ins.append(tag + "_zp")
-            new_inits.append(numpy_helper.from_array(packed.zero_points.reshape(-1), ins[3]))
+            new_inits.append(numpy_helper.from_array(zp, ins[3]))
+            stored += zp.nbytes
         c = node.input[2] if site.op == "Gemm" and len(node.input) > 2 and node.input[2] else None
-        bias_1d = c is not None and c in inits and list(inits[c].dims) == [n_out]
+        bias_1d = not half and c is not None and c in inits and list(inits[c].dims) == [n_out]
         if bias_1d:
             ins += [""] * (5 - len(ins)) + [c]
         y = node.output[0] if (c is None or bias_1d) else tag + "_mm"
+        y_nbits = tag + "_y16" if half else y
         nodes_out.append(helper.make_node(
-            "MatMulNBits", ins, [y], name=(node.name or tag) + "_Q", domain=MS_DOMAIN,
+            "MatMulNBits", ins, [y_nbits], name=(node.name or tag) + "_Q", domain=MS_DOMAIN,
             K=k, N=n_out, bits=bits, block_size=spec.block_size, accuracy_level=spec.accuracy_level,
         ))
-        if y != node.output[0]:  # Gemm's C that is not a per-column bias: add it after (beta is 1)
+        if half:
+            nodes_out.append(helper.make_node("Cast", [y_nbits], [y], to=TensorProto.FLOAT, name=tag + "_cast_out"))
+        if y != node.output[0]:  # Gemm's C that is not a per-column bias (or any bias in float16 mode): add it after (beta is 1)
             nodes_out.append(helper.make_node("Add", [y, c], [node.output[0]], name=tag + "_bias"))
         new_nodes[site.node_index] = nodes_out
         extra = 4 * k if codes.act_scale is not None else 0
-        decisions.append(WeightDecision(site.weight, site.op, site.role, mode, reason, params, params * 4, packed.nbytes + extra))
+        decisions.append(WeightDecision(site.weight, site.op, site.role, mode, reason, params, params * 4, int(stored) + extra))
     if any(d.op != "Gather" and d.mode in ("int4", "int2") for d in decisions) and spec.algo == "hqq":
         notes.append(
             "hqq: float zero points are stored; onnxruntime 1.32 runs MatMulNBits with float zero points on a slow "
@@ -380,6 +422,9 @@ def quantize(
     model.graph.initializer.extend(keep_inits)
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    removed, saved = dedupe_constants(model)
+    if removed:
+        notes.append(f"{removed} duplicated constant(s) stored once ({saved / 1e6:.3f} MB saved; e.g. a causal mask or rotary table repeated per layer)")
     _save(model, out_path)
     counts_total: dict[str, int] = {}
     counts_q: dict[str, int] = {}
@@ -395,11 +440,60 @@ def quantize(
     kept = [d for d in decisions if d.mode == "none"]
     if kept:
         notes.append(f"{len(kept)} weight(s) kept fp32: " + ", ".join(sorted({d.reason for d in kept})))
-    step = f"quantize({spec.mode}, algo={spec.algo}, block={spec.block_size}, {'sym' if spec.symmetric else 'asym'}, accuracy_level={spec.accuracy_level})"
+    step = f"quantize({spec.mode}, algo={spec.algo}, block={spec.block_size}, {'sym' if spec.symmetric else 'asym'}, accuracy_level={spec.accuracy_level}"
+    step += ", scales=float16)" if spec.scale_dtype == "float16" else ")"
     return WeightOnlyResult(
         artifact_from(out_path, artifact.provenance + (step,)), spec, cov, tuple(notes),
-        decisions=tuple(decisions), seconds=time.perf_counter() - t0,
+        decisions=tuple(decisions), seconds=time.perf_counter() - t0, sizes=size_breakdown(out_path),
     )
+
+
+HALF_MAX_ACT = 32768.0  # largest MatMul input kept float16 (float16 max 65504: headroom for unseen inputs)
+HALF_CHECK_SAMPLES = 8
+
+
+def act_absmax(model_path: Path, tensors: set[str], data: SampleSet, n: int) -> dict[str, float]:
+    """Largest |value| of each tensor over ``n`` samples of the float model (NaN counts as out of range)."""
+    import onnx
+    import onnxruntime as ort
+
+    model = load_model(model_path)
+    existing = {o.name for o in model.graph.output}
+    for t in tensors:
+        if t not in existing:
+            model.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep the tensors as named
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    names = sorted(tensors)
+    peak = dict.fromkeys(names, 0.0)
+    for i in range(n):
+        for t, o in zip(names, sess.run(names, data.feed(i))):
+            o = np.asarray(o)
+            peak[t] = max(peak[t], float(np.abs(o).max())) if o.size and np.all(np.isfinite(o)) else float("inf") if o.size else peak[t]
+    return peak
+
+
+HALF_REL_ERROR = 2.0**-10  # float16 keeps 11 significant bits: a normal value rounds within 2^-11
+
+
+def _scales_for(scales: np.ndarray, spec: QuantSpec, weight: str, notes: list[str], levels: int = 0) -> tuple[np.ndarray, bool]:
+    """The scales as stored: float16 when asked for and every nonzero scale survives the rounding
+    (and, with ``levels``, every dequantized value ``code * scale`` fits float16 too)."""
+    scales = np.ascontiguousarray(scales, dtype=np.float32)
+    if spec.scale_dtype != "float16":
+        return scales, False
+    with np.errstate(over="ignore"):
+        half = scales.astype(np.float16)
+    back = half.astype(np.float32)
+    nz = scales != 0
+    rel = np.abs(back[nz] - scales[nz]) / np.abs(scales[nz]) if nz.any() else np.zeros(1)
+    too_big = levels and float(np.abs(scales).max(initial=0.0)) * levels > float(np.finfo(np.float16).max)
+    if not np.all(np.isfinite(back)) or float(rel.max()) > HALF_REL_ERROR or too_big:
+        notes.append(f"'{weight}': float32 scales kept (some scales are out of float16's normal range)")
+        return scales, False
+    return np.ascontiguousarray(half), True
 
 
 def _trans_b(node: Any) -> bool:

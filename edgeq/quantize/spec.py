@@ -13,6 +13,7 @@ WEIGHT_ONLY_BITS = {"int4": 4, "int8-weight": 8, "int2": 2}
 ALGOS = ("rtn", "hqq", "gptq", "awq")
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
+SCALE_DTYPES = ("float32", "float16")
 KEEP_WORDS = ("embed", "lm_head")
 FORMATS = ("qdq", "qoperator")
 ACTIVATION_TYPES = ("uint8", "int8", "uint16", "int16")
@@ -49,6 +50,9 @@ class QuantSpec:
     accuracy_level: int = 4
     """MatMulNBits accuracy_level: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8 compute of activations."""
     algo: str = "rtn"
+    scale_dtype: str = "float32"
+    """weight-only: storage type of the block scales; float16 halves their bytes (MatMulNBits then runs
+    with float16 activations between Casts, GatherBlockQuantized's output is cast back to float32)."""
     keep: tuple[str, ...] = ()
     """Weights kept in fp32: 'embed', 'lm_head' or name patterns (fnmatch)."""
     overrides: tuple[tuple[str, str], ...] = ()
@@ -79,6 +83,7 @@ class QuantSpec:
                 f"unsupported accuracy level {self.accuracy_level}", "choose 0 (unset), 1 (fp32), 2 (fp16), 3 (bf16) or 4 (int8) (--accuracy-level)"
             )
         _choice("weight-only algorithm", self.algo, ALGOS, "--algo")
+        _choice("scale type", self.scale_dtype, SCALE_DTYPES, "--scale-dtype")
         for k in self.keep:
             if not k or not isinstance(k, str):
                 raise EdgeqError(f"empty --keep entry in {list(self.keep)!r}", f"use {', '.join(KEEP_WORDS)} or name patterns")
