@@ -92,6 +92,7 @@ def main() -> None:
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--cache", type=Path)
     ap.add_argument("--json", type=Path, help="write the raw results here")
+    ap.add_argument("--only", help="regular expression: run only the quality rows whose name matches (fp32 always runs)")
     a = ap.parse_args()
     if a.child:
         print(json.dumps(_quantize_child(json.loads(a.child))))
@@ -112,6 +113,8 @@ def main() -> None:
     for bs in (32, 128):
         for algo in ("rtn", "hqq", "gptq", "awq"):
             configs.append((f"edgeq {algo} b{bs} acc4", {"kind": "edgeq", "spec": {"mode": "int4", "algo": algo, "block_size": bs, "accuracy_level": 4}}))
+    for bs in (32, 128):  # GPTQ without act-order (the default uses it)
+        configs.append((f"edgeq gptq in-order b{bs} acc4", {"kind": "edgeq", "spec": {"mode": "int4", "algo": "gptq", "gptq_act_order": False, "block_size": bs, "accuracy_level": 4}}))
     for algo in ("rtn", "gptq"):
         configs.append((f"edgeq {algo} b32 acc0", {"kind": "edgeq", "spec": {"mode": "int4", "algo": algo, "block_size": 32, "accuracy_level": 0}}))
     configs.append(("edgeq rtn b32 keep lm_head,embed", {"kind": "edgeq", "spec": {"mode": "int4", "algo": "rtn", "block_size": 32, "accuracy_level": 4, "keep": ["lm_head", "embed"]}}))
@@ -119,6 +122,10 @@ def main() -> None:
     configs.append(("edgeq int2 gptq b16", {"kind": "edgeq", "spec": {"mode": "int2", "algo": "gptq", "block_size": 16, "accuracy_level": 4}}))
     if a.skip_quality:
         configs = []
+    if a.only:
+        import re
+
+        configs = [c for c in configs if re.search(a.only, c[0])]
     q0 = lm_quality(src, src, ev, art.io)
     rows.append({"name": "fp32", "size": fp32_size, "ratio": 1.0, "ppl": q0.perplexity_fp32, "kl": 0.0, "same": 1.0, "seconds": None, "rss": None})
     for name, cfg in configs:

@@ -177,7 +177,7 @@ def gptq(
     *,
     damp: float = 0.01,
     lazy_batch: int = 128,
-    act_order: bool = False,
+    act_order: bool = True,
 ) -> BlockCodes:
     """GPTQ (Frantar et al., 2022): quantize input channels in order, spreading each
     channel's rounding error over the not-yet-quantized channels with the upper
