@@ -194,9 +194,12 @@ def test_algorithms_differ_from_rtn_and_gptq_awq_reduce_error(tiny_lm, tmp_path)
     # GPTQ and AWQ use the calibration data to lower the output error (their papers' claim)
     assert kl["gptq"] < 0.8 * kl["rtn"], kl
     assert kl["awq"] < 0.95 * kl["rtn"], kl
-    # AWQ's activation scales sit in front of the MatMulNBits nodes
+    # AWQ's activation scales are folded into the norms and into v_proj / up_proj: no Mul is added
     m = onnx.load(str(res["awq"].artifact.path))
-    assert sum(n.op_type == "Mul" and n.name.endswith("_awq") for n in m.graph.node) == sum(n.op_type == "MatMulNBits" for n in m.graph.node)
+    assert not [n.name for n in m.graph.node if n.op_type == "Mul" and n.name.endswith("_awq")]
+    ops = lambda r: sorted(n.op_type for n in onnx.load(str(r.artifact.path)).graph.node)  # noqa: E731
+    assert ops(res["awq"]) == ops(res["rtn"])
+    assert any("9 scale(s) folded" in n for n in res["awq"].notes), res["awq"].notes
 
 
 def test_lm_metrics_by_hand():
@@ -348,3 +351,189 @@ def test_gptq_without_data_is_an_error(tmp_path):
     with pytest.raises(CalibrationError):
         quantize(artifact_from(model), QuantSpec(mode="int4", algo="awq"), tmp_path / "q.onnx")
     assert replace(QuantSpec(mode="int4"), algo="rtn").algo == "rtn"
+
+
+# ---------------------------------------------------------------- AWQ folding, GPTQ act-order
+
+
+def _llama_block(path: Path, *, k: int = 64, heads: int = 4, inter: int = 128, seed: int = 0, outliers: bool = True) -> Path:
+    """One Llama-style block written by hand: RMSNorm -> q/v -> attention -> o_proj (+ residual),
+    RMSNorm -> gate/up -> silu(gate) * up -> down_proj. The norm weights have a few loud channels
+    (the activation outliers AWQ is built for)."""
+    rng = np.random.default_rng(seed)
+    d = k // heads
+    loud = np.ones(k, np.float32)
+    if outliers:
+        loud[rng.choice(k, 4, replace=False)] = 12.0
+    inits = {
+        "g1": (loud * rng.uniform(0.5, 1.5, k)).astype(np.float32), "g2": (loud[::-1] * rng.uniform(0.5, 1.5, k)).astype(np.float32),
+        "wq": rng.normal(0, k**-0.5, (k, k)), "wv": rng.normal(0, k**-0.5, (k, k)), "wo": rng.normal(0, k**-0.5, (k, k)),
+        "wg": rng.normal(0, k**-0.5, (k, inter)), "wu": rng.normal(0, k**-0.5, (k, inter)), "wd": rng.normal(0, inter**-0.5, (inter, k)),
+        "eps": np.array(1e-5, np.float32), "shp": np.array([1, -1, heads, d], np.int64), "shp2": np.array([1, -1, k], np.int64),
+    }
+    inits = {n: numpy_helper.from_array(np.asarray(a, np.float32 if a.dtype.kind == "f" else a.dtype), n) for n, a in inits.items()}
+    N = helper.make_node
+
+    def rms(x, g, p):
+        return [N("Mul", [x, x], [p + "sq"]), N("ReduceMean", [p + "sq"], [p + "ms"], axes=[-1], keepdims=1),
+                N("Add", [p + "ms", "eps"], [p + "a"]), N("Sqrt", [p + "a"], [p + "r"]), N("Div", [x, p + "r"], [p + "d"]),
+                N("Mul", [g, p + "d"], [p + "n"], name=p + "norm")]
+
+    nodes = rms("x", "g1", "l1") + [
+        N("MatMul", ["l1n", "wq"], ["q"], name="q_proj"), N("MatMul", ["l1n", "wv"], ["v"], name="v_proj"),
+        N("Reshape", ["q", "shp"], ["qr"]), N("Transpose", ["qr"], ["qt"], perm=[0, 2, 1, 3]),
+        N("Reshape", ["v", "shp"], ["vr"]), N("Transpose", ["vr"], ["vt"], perm=[0, 2, 1, 3]),
+        N("Transpose", ["qt"], ["kt"], perm=[0, 1, 3, 2]), N("MatMul", ["qt", "kt"], ["s"]), N("Softmax", ["s"], ["p"], axis=-1),
+        N("MatMul", ["p", "vt"], ["att"]), N("Transpose", ["att"], ["at"], perm=[0, 2, 1, 3]), N("Reshape", ["at", "shp2"], ["ar"]),
+        N("MatMul", ["ar", "wo"], ["o"], name="o_proj"), N("Add", ["x", "o"], ["h"]),
+    ] + rms("h", "g2", "l2") + [
+        N("MatMul", ["l2n", "wg"], ["gate"], name="gate_proj"), N("MatMul", ["l2n", "wu"], ["up"], name="up_proj"),
+        N("Sigmoid", ["gate"], ["sg"]), N("Mul", ["gate", "sg"], ["silu"]), N("Mul", ["silu", "up"], ["mm"]),
+        N("MatMul", ["mm", "wd"], ["down"], name="down_proj"), N("Add", ["h", "down"], ["y"]),
+    ]
+    m = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "T", k])],
+               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "T", k])], list(inits.values()))
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return path
+
+
+def _block_data(n: int, k: int = 64, t: int = 16, seed: int = 1):
+    from edgeq.data import SampleSet
+
+    x = np.random.default_rng(seed).normal(size=(n, 1, t, k)).astype(np.float32)
+    return SampleSet(arrays={"x": x}, stacked={"x": True}, labels=None, source="test")
+
+
+def _block_err(src: Path, q: Path, data) -> float:
+    a, b = _session(onnx.load(str(src))), _session(onnx.load(str(q)))
+    return float(np.mean([np.mean((a.run(None, data.feed(i))[0] - b.run(None, data.feed(i))[0]) ** 2) for i in range(len(data))]))
+
+
+def test_awq_folds_keep_the_float_model_identical(tmp_path):
+    from edgeq.quantize import awq_graph
+
+    src = _llama_block(tmp_path / "b.onnx")
+    m = onnx.load(str(src))
+    idx = {n.name: i for i, n in enumerate(m.graph.node)}
+    members = [(idx[nm], m.graph.node[idx[nm]].input[1], 128 if nm == "down_proj" else 64)
+               for nm in ("q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")]
+    groups = awq_graph.plan(m, members)
+    by = {g.input: g for g in groups}
+    # q/v share the first norm, gate/up the second; o_proj folds into v_proj's columns through the
+    # attention (Reshape/Transpose/probs @ V), down_proj into up_proj's columns (silu(gate) * up)
+    assert set(by) == {"l1n", "ar", "l2n", "mm"}
+    assert by["l1n"].fold.inits == (("g1", -1),) and len(by["l1n"].members) == 2
+    assert by["l2n"].fold.inits == (("g2", -1),)
+    assert by["ar"].fold.what == "matmul" and by["ar"].fold.inits == (("wv", 1),)
+    assert by["mm"].fold.inits == (("wu", 1),)
+    data = _block_data(2)
+    assert awq_graph.check_folds(m, groups, data.feed(0)) == groups
+    # the folds with random scales: the float function is unchanged, the weights are not
+    rng = np.random.default_rng(5)
+    arrays = {i.name: numpy_helper.to_array(i).copy() for i in m.graph.initializer}
+    for g in groups:
+        awq_graph.apply(arrays, g, np.exp(rng.uniform(-1, 1, 128 if g.input == "mm" else 64)).astype(np.float32))
+    m2 = onnx.ModelProto()
+    m2.CopyFrom(m)
+    for i in m2.graph.initializer:
+        i.CopyFrom(numpy_helper.from_array(arrays[i.name], i.name))
+    ref, got = _session(m).run(None, data.feed(1))[0], _session(m2).run(None, data.feed(1))[0]
+    assert np.abs(got - ref).max() < 1e-4 * np.abs(ref).max()
+    for name in ("g1", "g2", "wq", "wv", "wo", "wg", "wu", "wd"):
+        assert not np.allclose(arrays[name], numpy_helper.to_array(next(i for i in m.graph.initializer if i.name == name)))
+    # a wrong fold (scale on the wrong axis of v_proj) changes the function: the check drops it
+    bad = [replace(g, fold=replace(g.fold, inits=(("wv", 0),))) if g.input == "ar" else g for g in groups]
+    checked = awq_graph.check_folds(m, bad, data.feed(0))
+    assert [g.fold is None for g in checked] == [g.input == "ar" for g in bad]
+
+
+def test_awq_beats_rtn_with_outlier_channels_and_adds_no_mul(tmp_path):
+    src = _llama_block(tmp_path / "b.onnx")
+    calib, held = _block_data(16, seed=1), _block_data(6, seed=2)
+    art = artifact_from(src)
+    err, res = {}, {}
+    for algo in ("rtn", "awq"):
+        res[algo] = quantize(art, QuantSpec(mode="int4", algo=algo, block_size=32, accuracy_level=0), tmp_path / f"{algo}.onnx", data=calib)
+        err[algo] = _block_err(src, res[algo].artifact.path, held)
+    assert err["awq"] < 0.8 * err["rtn"], err
+    ops = lambda p: [n.op_type for n in onnx.load(str(p)).graph.node]  # noqa: E731
+    # every scale was folded: the same ops as RTN's graph, no Mul added
+    assert ops(res["awq"].artifact.path) == ops(res["rtn"].artifact.path)
+    assert ops(res["awq"].artifact.path).count("MatMulNBits") == 6
+    assert any("4 scale(s) folded" in n and "0 applied by an inserted Mul" in n for n in res["awq"].notes), res["awq"].notes
+    # the norm weights in the file carry 1/s (changed), the float graph's weights are gone
+    g1 = numpy_helper.to_array(next(i for i in onnx.load(str(res["awq"].artifact.path)).graph.initializer if i.name == "g1"))
+    assert not np.allclose(g1, numpy_helper.to_array(next(i for i in onnx.load(str(src)).graph.initializer if i.name == "g1")))
+
+
+def test_awq_without_a_fold_inserts_one_mul_per_group(tmp_path):
+    rng = np.random.default_rng(0)
+    k = 64
+    x_scale = np.where(np.arange(k) % 13 == 0, 15.0, 1.0).astype(np.float32)
+    m = _model([helper.make_node("MatMul", ["x", "w1"], ["a"], name="fc1"), helper.make_node("MatMul", ["x", "w2"], ["b"], name="fc2"),
+                helper.make_node("Add", ["a", "b"], ["y"])],
+               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", k])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 48])],
+               [numpy_helper.from_array(rng.normal(0, 0.2, (k, 48)).astype(np.float32), "w1"),
+                numpy_helper.from_array(rng.normal(0, 0.2, (k, 48)).astype(np.float32), "w2")])
+    onnx.save(m, str(tmp_path / "m.onnx"))
+    from edgeq.data import SampleSet
+
+    xs = (rng.normal(size=(8, 32, k)) * x_scale).astype(np.float32)
+    data = SampleSet(arrays={"x": xs}, stacked={"x": True}, labels=None, source="test")
+    art = artifact_from(tmp_path / "m.onnx")
+    res = quantize(art, QuantSpec(mode="int4", algo="awq", block_size=32, accuracy_level=0), tmp_path / "q.onnx", data=data)
+    q = onnx.load(str(tmp_path / "q.onnx"))
+    muls = [n for n in q.graph.node if n.op_type == "Mul"]
+    assert len(muls) == 1 and muls[0].input[0] == "x"  # x is a graph input: nothing to fold into
+    assert [n.input[0] for n in q.graph.node if n.op_type == "MatMulNBits"] == [muls[0].output[0]] * 2
+    assert any("Mul in front" in n and "graph input" in n for n in res.notes), res.notes
+    rtn = quantize(art, QuantSpec(mode="int4", algo="rtn", block_size=32, accuracy_level=0), tmp_path / "r.onnx", data=data)
+    ref = lambda p: _session(onnx.load(str(p))).run(None, {"x": xs[0]})[0]  # noqa: E731
+    e_awq = np.mean((ref(tmp_path / "q.onnx") - ref(tmp_path / "m.onnx")) ** 2)
+    e_rtn = np.mean((ref(rtn.artifact.path) - ref(tmp_path / "m.onnx")) ** 2)
+    assert e_awq < 0.8 * e_rtn
+
+
+def test_gptq_act_order_changes_codes_and_is_not_worse(tmp_path):
+    # heavy-tailed weights, correlated activations with loud channels spread over the blocks
+    rng = np.random.default_rng(0)
+    w = (rng.standard_t(3, size=(128, 48)) * 0.05).astype(np.float32)
+    mix = rng.normal(size=(128, 128)) * 0.3 + np.eye(128)
+    x = (rng.normal(size=(2048, 128)) @ mix * np.where(np.arange(128) % 17 == 0, 8.0, 1.0)).astype(np.float32)
+    h = 2 * x.T.astype(np.float64) @ x / len(x)
+    out_err = lambda c: np.mean((x @ (w - c.dequantize())) ** 2)  # noqa: E731
+    plain, ao = bw.gptq(w, h, 4, 32, False, act_order=False), bw.gptq(w, h, 4, 32, False, act_order=True)
+    assert not np.array_equal(plain.q, ao.q)
+    assert out_err(ao) < 0.9 * out_err(plain)
+    # static groups: the block ranges are those of the original weights, so MatMulNBits runs the codes as they are
+    r = bw.rtn(w, 4, 32, False)
+    assert np.array_equal(ao.scale, r.scale) and np.array_equal(ao.zero, r.zero)
+    y = _session(_matmulnbits(ao, 128, 48)).run(None, {"A": x[:4]})[0]
+    assert np.abs(y - x[:4] @ ao.dequantize()).max() <= 1e-4 * np.abs(y).max()
+    # through quantize(): the spec field reaches the algorithm, and on a block with outlier channels it is not worse
+    src = _llama_block(tmp_path / "b.onnx")
+    calib, held = _block_data(16, seed=1), _block_data(6, seed=2)
+    art = artifact_from(src)
+    e = {}
+    for flag in (False, True):
+        out = tmp_path / f"g{flag}.onnx"
+        quantize(art, QuantSpec(mode="int4", algo="gptq", gptq_act_order=flag, block_size=32, accuracy_level=0), out, data=calib)
+        e[flag] = _block_err(src, out, held)
+    assert e[True] != e[False] and e[True] <= 1.05 * e[False], e
+
+
+def test_awq_clip_search_accounts_for_correlated_blocks():
+    rng = np.random.default_rng(0)
+    w = (rng.standard_t(3, size=(128, 48)) * 0.05).astype(np.float32)
+    x = (rng.normal(size=(2048, 128)) @ (rng.normal(size=(128, 128)) * 0.3 + np.eye(128))).astype(np.float32)
+    h = x.T.astype(np.float64) @ x / len(x)
+    err = lambda c: np.mean((x @ (w - c.dequantize())) ** 2)  # noqa: E731
+    rtn = bw.rtn(w, 4, 32, False)
+    per_block = bw.awq_clip(w, h, 4, 32, False, passes=0)  # llm-awq's block-by-block choice
+    joint = bw.awq_clip(w, h, 4, 32, False)  # + coordinate descent on the whole column's error
+    assert err(joint) < 0.97 * err(per_block) < 0.99 * err(rtn)
+    # only the ranges change: every block's scale is one of the shrink ratios' scales
+    ratios = np.stack([bw.minmax_params(bw._blocks(w, 32) * np.float32(r), 4, False)[0] for r in bw.AWQ_CLIP_RATIOS])
+    assert np.all(np.any(np.isclose(ratios, joint.scale[None], rtol=1e-6, atol=0), axis=0))
+    assert not np.array_equal(joint.scale, per_block.scale)

@@ -131,7 +131,7 @@ def main() -> None:
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--cache", type=Path)
     ap.add_argument("--json", type=Path, help="write the raw results here")
-    ap.add_argument("--only", action="append", help="run only this quality row (exact name; repeatable)")
+    ap.add_argument("--only", action="append", help="regular expression: run only the quality rows whose name matches (repeatable; fp32 always runs)")
     ap.add_argument("--only-big", action="append", help="run only this decode row (exact name; repeatable; fp32 always runs)")
     a = ap.parse_args()
     if a.child:
@@ -153,6 +153,8 @@ def main() -> None:
     for bs in (32, 128):
         for algo in ("rtn", "hqq", "gptq", "awq"):
             configs.append((f"edgeq {algo} b{bs} acc4", {"kind": "edgeq", "spec": {"mode": "int4", "algo": algo, "block_size": bs, "accuracy_level": 4}}))
+    for bs in (32, 128):  # GPTQ without act-order (the default uses it)
+        configs.append((f"edgeq gptq in-order b{bs} acc4", {"kind": "edgeq", "spec": {"mode": "int4", "algo": "gptq", "gptq_act_order": False, "block_size": bs, "accuracy_level": 4}}))
     for algo in ("rtn", "gptq"):
         configs.append((f"edgeq {algo} b32 acc0", {"kind": "edgeq", "spec": {"mode": "int4", "algo": algo, "block_size": 32, "accuracy_level": 0}}))
     # float16 scales (MatMulNBits in float16 between Casts) and symmetric codes (no zero points): the size levers at block 32
@@ -166,7 +168,9 @@ def main() -> None:
     if a.skip_quality:
         configs = []
     if a.only:
-        configs = [c for c in configs if any(o == c[0] for o in a.only)]
+        import re
+
+        configs = [c for c in configs if any(re.search(o, c[0]) for o in a.only)]
     q0 = lm_quality(src, src, ev, art.io)
     rows.append({"name": "fp32", "size": fp32_size, "ratio": 1.0, "ppl": q0.perplexity_fp32, "kl": 0.0, "same": 1.0, "seconds": None, "rss": None})
     # the fp32 file with its duplicated constants stored once, as edgeq's weight-only writer stores them

@@ -177,13 +177,18 @@ def gptq(
     *,
     damp: float = 0.01,
     lazy_batch: int = 128,
+    act_order: bool = True,
 ) -> BlockCodes:
     """GPTQ (Frantar et al., 2022): quantize input channels in order, spreading each
     channel's rounding error over the not-yet-quantized channels with the upper
     Cholesky factor of the inverse Hessian ``H = X^T X`` of the calibration inputs.
 
-    Block ranges are chosen from the error-updated weights when each block starts,
-    so the codes fit MatMulNBits' blocks exactly (no act-order / g_idx).
+    Without ``act_order`` block ranges are chosen from the error-updated weights when
+    each block starts. With ``act_order`` the channels are processed in order of
+    decreasing ``diag(H)`` (the loudest inputs first, while the most unquantized
+    channels are left to absorb their error); the block ranges are then fixed up
+    front from the original weights ("static groups"), so each code still belongs to
+    its MatMulNBits block in the original channel order (no g_idx needed).
     """
     k, n = w.shape
     bs = block_size
@@ -195,6 +200,15 @@ def gptq(
     dead = np.diag(H) == 0
     H[dead, dead] = 1.0
     W[dead, :] = 0.0
+    nb = kp // bs
+    qmax = 2**bits - 1
+    static_s = static_z = None
+    perm = np.arange(kp)
+    if act_order:
+        static_s, static_z = minmax_params(_blocks(W.astype(np.float32), bs), bits, symmetric)
+        perm = np.argsort(-np.diag(H), kind="stable")
+        W = W[perm]
+        H = H[np.ix_(perm, perm)]
     H[np.diag_indices(kp)] += damp * np.mean(np.diag(H))
     try:
         Hinv_full = np.linalg.inv(H)
@@ -203,12 +217,13 @@ def gptq(
     except np.linalg.LinAlgError:
         return rtn(w, bits, block_size, symmetric)  # degenerate statistics: nothing to compensate with
 
-    nb = kp // bs
     lazy_batch = max(lazy_batch, bs)  # a block never straddles two lazy batches
-    qmax = 2**bits - 1
     Q = np.zeros((kp, n), np.uint8)
-    scales = np.zeros((nb, n), np.float32)
-    zeros = np.zeros((nb, n), np.uint8)
+    if act_order:
+        scales, zeros = static_s, static_z
+    else:
+        scales = np.zeros((nb, n), np.float32)
+        zeros = np.zeros((nb, n), np.uint8)
     cur_s = cur_z = None
     for i1 in range(0, kp, lazy_batch):
         i2 = min(i1 + lazy_batch, kp)
@@ -217,7 +232,11 @@ def gptq(
         Hi = Hinv[i1:i2, i1:i2]
         for j in range(i2 - i1):
             row = i1 + j
-            if row % bs == 0:
+            if act_order:
+                b = perm[row] // bs
+                cur_s = scales[b].astype(np.float64)
+                cur_z = zeros[b].astype(np.float64)
+            elif row % bs == 0:
                 blk = W1[j : j + bs].astype(np.float32)
                 s, z = minmax_params(blk[None], bits, symmetric)
                 scales[row // bs], zeros[row // bs] = s[0], z[0]
@@ -225,7 +244,7 @@ def gptq(
                 cur_z = z[0].astype(np.float64)
             wrow = W1[j]
             q = np.clip(np.round(wrow / cur_s + cur_z), 0, qmax)
-            Q[row] = q.astype(np.uint8)
+            Q[perm[row]] = q.astype(np.uint8)
             err = (wrow - (q - cur_z) * cur_s) / Hi[j, j]
             W1[j:] -= np.outer(Hi[j, j:], err)
             E1[j] = err
@@ -239,6 +258,112 @@ def _out_err(x: np.ndarray, w: np.ndarray, w_hat: np.ndarray) -> float:
     return float(np.mean(d * d))
 
 
+def _h_err(h: np.ndarray, dw: np.ndarray) -> float:
+    """Mean squared output error ``E||x dW||^2`` from the second moment ``h = E[x^T x]``."""
+    return float(np.sum(dw * (h @ dw)))
+
+
+# AWQ's grids (llm-awq: 20 alpha steps in [0, 1); weight range shrunk by up to 50 % in 5 % steps)
+AWQ_ALPHA_GRID = 20
+AWQ_CLIP_RATIOS = tuple(round(1.0 - i / 20, 2) for i in range(10))
+
+
+def awq_scale(
+    ws: list[np.ndarray],
+    h: np.ndarray,
+    act_mean_abs: np.ndarray,
+    bits: int | list[int],
+    block_size: int,
+    symmetric: bool,
+    *,
+    grid: int = AWQ_ALPHA_GRID,
+) -> tuple[np.ndarray, float, float, float]:
+    """AWQ's scale search for the weights ``ws`` ([K, N_i] each) that read the same input.
+
+    ``s = mean|x|^alpha`` per input channel (normalised so ``sqrt(max * min) == 1``), alpha
+    on a grid in [0, 1], chosen to minimise the summed output error
+    ``E||x W - (x / s) Q(diag(s) W)||^2`` of all the weights, with ``h = E[x^T x]``
+    of the calibration inputs (``bits`` per weight if they differ).
+    Returns ``(s, alpha, error at alpha, error at alpha=0 (= RTN))``.
+    """
+    ws = [np.asarray(v, np.float64) for v in ws]
+    bl = list(bits) if isinstance(bits, (list, tuple)) else [bits] * len(ws)
+    h = np.asarray(h, np.float64)
+    a = np.maximum(np.asarray(act_mean_abs, np.float64), 1e-8)
+    best: tuple[np.ndarray, float, float] = (np.ones(ws[0].shape[0], np.float32), 0.0, np.inf)
+    base = np.inf
+    for i in range(grid):
+        alpha = i / grid
+        s = np.maximum(a**alpha, 1e-4)
+        s = s / np.sqrt(s.max() * s.min())
+        e = 0.0
+        for w, b in zip(ws, bl):
+            codes = rtn((w * s[:, None]).astype(np.float32), b, block_size, symmetric)
+            e += _h_err(h, w - codes.stored_weight() / s[:, None])
+        if i == 0:
+            base = e
+        if e < best[2]:
+            best = (s.astype(np.float32), alpha, e)
+    return best[0], best[1], best[2], base
+
+
+def awq_clip(
+    w: np.ndarray, h: np.ndarray, bits: int, block_size: int, symmetric: bool, ratios: tuple[float, ...] = AWQ_CLIP_RATIOS,
+    *, passes: int = 2,
+) -> BlockCodes:
+    """AWQ's clip search: per block and output column, shrink the weight range by one of ``ratios``.
+
+    Start as llm-awq does (each block's ratio minimises that block's own output error
+    ``E||x_b (W_b - Q(W_b))||^2``), then ``passes`` rounds of coordinate descent on the whole
+    column's error ``E||x (W - Q(W))||^2`` (``h = E[x^T x]``): the cross terms between blocks
+    matter when the input channels are correlated (after a norm they are), and the
+    block-by-block choice alone lowered the layer error but not the model's KL at block 32.
+    """
+    k, n = w.shape
+    bs = block_size
+    wb = _blocks(_pad_rows(np.asarray(w, np.float32), bs), bs)  # [nb, bs, N]
+    nb = wb.shape[0]
+    hp = np.zeros((nb * bs, nb * bs))
+    hp[:k, :k] = h
+    hb = np.stack([hp[b * bs : (b + 1) * bs, b * bs : (b + 1) * bs] for b in range(nb)])  # [nb, bs, bs]
+    cands = []
+    for r in ratios:
+        s, z = minmax_params(wb * np.float32(r), bits, symmetric)
+        q = quantize_with(wb, s, z, bits)
+        cands.append((s, z, (wb - (q.astype(np.float32) - z[:, None, :]) * s[:, None, :]).astype(np.float64)))
+    best_err = np.full((nb, n), np.inf)
+    best_s = np.zeros((nb, n), np.float32)
+    best_z = np.zeros((nb, n), np.uint8)
+    d_cur = np.zeros((nb, bs, n))
+    for s, z, d in cands:
+        e = np.einsum("bin,bin->bn", d, np.einsum("bij,bjn->bin", hb, d))
+        better = e < best_err
+        best_err = np.where(better, e, best_err)
+        best_s = np.where(better, s, best_s)
+        best_z = np.where(better, z, best_z)
+        d_cur = np.where(better[:, None, :], d, d_cur)
+    dflat = d_cur.reshape(-1, n)
+    g = hp @ dflat  # h @ (W - Q(W)), kept up to date
+    for _ in range(passes):
+        for b in range(nb):
+            sl = slice(b * bs, (b + 1) * bs)
+            d_old = dflat[sl].copy()
+            rest = g[sl] - hb[b] @ d_old  # what the other blocks' errors add to this block's gradient
+            cur = np.sum(d_old * (hb[b] @ d_old), 0) + 2 * np.sum(d_old * rest, 0)
+            d_new = d_old.copy()
+            for s, z, d in cands:
+                e = np.sum(d[b] * (hb[b] @ d[b]), 0) + 2 * np.sum(d[b] * rest, 0)
+                better = e < cur
+                cur = np.where(better, e, cur)
+                best_s[b] = np.where(better, s[b], best_s[b])
+                best_z[b] = np.where(better, z[b], best_z[b])
+                d_new = np.where(better[None, :], d[b], d_new)
+            g += hp[:, sl] @ (d_new - d_old)
+            dflat[sl] = d_new
+    q = quantize_with(wb, best_s, best_z, bits).reshape(-1, n)
+    return BlockCodes(q, best_s, best_z, bits, bs, k, symmetric)
+
+
 def awq(
     w: np.ndarray,
     x: np.ndarray,
@@ -247,61 +372,21 @@ def awq(
     block_size: int,
     symmetric: bool,
     *,
-    grid: int = 20,
-    clip_grid: tuple[float, ...] = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7),
+    grid: int = AWQ_ALPHA_GRID,
+    clip_grid: tuple[float, ...] = AWQ_CLIP_RATIOS,
 ) -> BlockCodes:
-    """AWQ (Lin et al., 2023): scale salient input channels up before rounding.
+    """AWQ for one weight on its own: scale search, then clip search on the scaled weight.
 
-    ``s = mean|x|^alpha`` per input channel, alpha searched on a grid to minimise
-    the output error ``||x W - (x / s) Q(diag(s) W)||`` on calibration rows ``x``.
-    Then each block's range is shrunk (clip search) on the same output error.
-    The stored weight is ``diag(s) W``; the activations are multiplied by ``1/s``.
+    The stored weight is ``diag(s) W``; ``act_scale = 1/s`` must multiply the activations
+    (``quantize()`` folds it into the op before when it can, see ``int4.py``).
     """
     w = np.asarray(w, np.float32)
-    x = np.asarray(x, np.float32)
-    a = np.maximum(np.asarray(act_mean_abs, np.float64), 1e-8)
-    best = (None, None, np.inf)
-    for i in range(grid + 1):
-        alpha = i / grid
-        s = a**alpha
-        s = s / np.sqrt(s.max() * s.min())
-        s = s.astype(np.float32)
-        codes = rtn(w * s[:, None], bits, block_size, symmetric)
-        w_hat = codes.stored_weight() / s[:, None]
-        e = _out_err(x, w, w_hat)
-        if e < best[2]:
-            best = (alpha, s, e)
-    s = best[1]
-    ws = w * s[:, None]
-    codes = _clip_search(ws, x / s[None, :], bits, block_size, symmetric, clip_grid)
+    x = np.asarray(x, np.float64)
+    h = x.T @ x / max(len(x), 1)
+    s, _, _, _ = awq_scale([w], h, act_mean_abs, bits, block_size, symmetric, grid=grid)
+    hs = h / s[:, None] / s[None, :]
+    codes = awq_clip(w * s[:, None], hs, bits, block_size, symmetric, clip_grid)
     return BlockCodes(codes.q, codes.scale, codes.zero, bits, block_size, w.shape[0], symmetric, act_scale=(1.0 / s).astype(np.float32))
-
-
-def _clip_search(w: np.ndarray, x: np.ndarray, bits: int, bs: int, symmetric: bool, ratios: tuple[float, ...]) -> BlockCodes:
-    """Per block and column, shrink the range by the ratio that minimises that block's output error."""
-    k, n = w.shape
-    wp = _pad_rows(w, bs)
-    xp = np.zeros((x.shape[0], wp.shape[0]), np.float32)
-    xp[:, :k] = x
-    wb = _blocks(wp, bs)  # [nb, bs, N]
-    nb = wb.shape[0]
-    best_err = np.full((nb, n), np.inf)
-    best_s = np.zeros((nb, n), np.float32)
-    best_z = np.zeros((nb, n), np.uint8)
-    for r in ratios:
-        s, z = minmax_params(wb * np.float32(r), bits, symmetric)
-        q = quantize_with(wb, s, z, bits)
-        deq = (q.astype(np.float32) - z[:, None, :]) * s[:, None, :]
-        for b in range(nb):
-            xb = xp[:, b * bs : (b + 1) * bs]
-            d = xb @ (wb[b] - deq[b])  # [rows, N]
-            e = np.mean(d * d, axis=0)
-            better = e < best_err[b]
-            best_err[b] = np.where(better, e, best_err[b])
-            best_s[b] = np.where(better, s[b], best_s[b])
-            best_z[b] = np.where(better, z[b], best_z[b])
-    q = quantize_with(wb, best_s, best_z, bits).reshape(-1, n)
-    return BlockCodes(q, best_s, best_z, bits, bs, k, symmetric)
 
 
 # ---------------------------------------------------------------- MatMulNBits layout
