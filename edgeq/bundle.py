@@ -201,6 +201,10 @@ def _copy_model(src: Path, root: Path, threshold: int) -> bool:
     if not has_external and src.stat().st_size < threshold:
         shutil.copyfile(src, root / "model.onnx")
         return False
+    if has_external:  # streamed into model.onnx.data without loading the weights (checked first)
+        from .onnxutil import copy_model
+
+        return copy_model(src, root / "model.onnx", data_path=root / EXTERNAL_DATA)
     try:
         model = onnx.load(str(src))  # onnx refuses external locations outside the model's folder
     except Exception as e:  # noqa: BLE001 - onnx raises several types for bad external data

@@ -254,7 +254,10 @@ class ProbeRunner:
         so.log_severity_level = 3
         # no fusions: every probed tensor must exist as computed by the reference graph
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        self.sess = ort.InferenceSession(pm.SerializeToString(), so, providers=list(providers))
+        from ..onnxutil import session_source
+
+        with session_source(pm) as src:  # pm is this runner's own copy
+            self.sess = ort.InferenceSession(src, so, providers=list(providers))
         self.out_names = [o.name for o in self.sess.get_outputs()]
         self.input_names = {i.name for i in self.sess.get_inputs()}
 

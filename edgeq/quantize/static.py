@@ -115,11 +115,18 @@ def write(prep: Prepared, spec: QuantSpec, keep_float: dict[str, str] | None = N
 
 
 def _session(model: Any):
+    import copy
+
     import onnxruntime as ort
+
+    from ..onnxutil import needs_external_data, session_source
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    # a large model goes to onnxruntime through a file with external data, which moves its
+    # weights out of the message: hand over a copy, the caller keeps using the model
+    with session_source(copy.deepcopy(model) if needs_external_data(model) else model) as src:
+        return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
 
 
 def first_outputs(model: Any, data: SampleSet, n: int) -> list[np.ndarray]:
