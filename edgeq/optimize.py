@@ -109,8 +109,8 @@ def optimize(
     import onnx
     from onnx import version_converter
 
+    head = load_model(artifact.path, load_weights=False)  # external locations checked first
     check_model(artifact.path)
-    head = load_model(artifact.path, load_weights=False)
     big = needs_external_data(head)
     # a large model's weights stay on disk: only the graph is loaded, converted and checked
     model = head if big else load_model(artifact.path)
