@@ -239,3 +239,32 @@ def test_a_tensor_over_2gib_is_refused_in_one_line(runner, tmp_path):
     assert "split" in line
     with pytest.raises(ModelError, match="2 GiB limit for one ONNX tensor"):
         load_model(src)
+
+
+def linear_stack_module():
+    """A torch factory for the CLI (``tests.test_external_data_pipeline:linear_stack_module``)."""
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+
+
+def test_torch_export_over_the_threshold_goes_through_with_external_data(runner, tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    monkeypatch.setenv(EXTERNAL_DATA_ENV, SMALL)
+    calib = tmp_path / "c.npz"
+    np.savez(calib, input=np.random.default_rng(0).standard_normal((16, 64), dtype=np.float32))
+    out = tmp_path / "b"
+    r = runner.invoke(app, [
+        "export", "tests.test_external_data_pipeline:linear_stack_module", "--example-shape", "input=1x64",
+        "--quant", "int8-dynamic", "--calib", str(calib), "--no-profile", "-o", str(out), "--json",
+    ])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["export"]["passed"] and res["export"]["external_data"] is True
+    assert res["export"]["outputs"][0]["max_abs"] < 1e-4
+    assert any("weights written as ONNX external data" in n for n in res["notes"])
+    assert any("weights kept in ONNX external data" in n for n in res["notes"])
+    assert res["verify"]["passed"] and res["verify"]["outputs"][0]["cosine"] > 0.99
+    assert _locations(out / "model.onnx") == {"model.onnx.data"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "c.npz"]
