@@ -268,3 +268,28 @@ def test_torch_export_over_the_threshold_goes_through_with_external_data(runner,
     assert res["verify"]["passed"] and res["verify"]["outputs"][0]["cosine"] > 0.99
     assert _locations(out / "model.onnx") == {"model.onnx.data"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "c.npz"]
+
+
+def test_quantize_gate_pick_keeps_its_external_data(tmp_path, monkeypatch):
+    # --prefer quantizes three candidates into the scratch folder and copies the pick:
+    # a large pick's data file must come along under the output's own name
+    from edgeq.quantize import quantize
+    from edgeq.data import load_samples
+    from edgeq.quantize.spec import QuantSpec
+
+    src = _source(tmp_path)
+    calib = _calib(tmp_path)
+    monkeypatch.setenv(EXTERNAL_DATA_ENV, SMALL)
+    work = tmp_path / "work"
+    work.mkdir()
+    opt, _ = optimize(artifact_from(src), load_target("cpu-x86_64"), work / "fp32.onnx")
+    data = load_samples(calib, opt.io)
+    spec = QuantSpec(mode="int8-static")
+    res = quantize(opt, spec, work / "q.onnx", data=data, prefer="accurate", budget=0.05)
+    assert sorted(p.name for p in work.iterdir()) == ["fp32.onnx", "fp32.onnx.data", "q.onnx", "q.onnx.data"]
+    assert _locations(work / "q.onnx") == {"q.onnx.data"}
+    gate = res.details["gate"]
+    assert gate["picked"] != "fp32" and all(c["bytes"] > 4096 for c in gate["candidates"] if c["bytes"])
+    x = np.load(calib)["x"]
+    np.testing.assert_allclose(_run(work / "q.onnx", x), _run(src, x), atol=0.5)
+    assert np.mean(_run(work / "q.onnx", x).argmax(1) == _run(src, x).argmax(1)) >= 0.95

@@ -10,7 +10,6 @@ quantized candidate is within budget, fp32 is shipped and the report says why.
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -100,22 +99,22 @@ def select(
             cands.append(Candidate(name, None, error=e.message[:160]))
             continue
         cands.append(Candidate(name, p, result=res))
-    import onnx
+    from ..onnxutil import copy_model, data_file, load_model, model_size
 
-    fp32_model = onnx.load(str(artifact.path))
+    fp32_model = load_model(artifact.path)
     n = min(len(check), 500)
     ref = static.first_outputs(fp32_model, check, n)
     fp32_metric = static.metric(ref, ref, check.labels)
     feed = check.feed(0)
     measured: list[Candidate] = [
-        Candidate("fp32", artifact.path, _latency_ms(artifact.path, feed), artifact.path.stat().st_size, fp32_metric.value, 0.0)
+        Candidate("fp32", artifact.path, _latency_ms(artifact.path, feed), model_size(artifact.path), fp32_metric.value, 0.0)
     ]
     for c in cands:
         if c.path is None:
             measured.append(c)
             continue
-        m = static.metric(static.first_outputs(onnx.load(str(c.path)), check, n), ref, check.labels)
-        measured.append(replace(c, ms=_latency_ms(c.path, feed), size=c.path.stat().st_size, metric=m.value,
+        m = static.metric(static.first_outputs(load_model(c.path), check, n), ref, check.labels)
+        measured.append(replace(c, ms=_latency_ms(c.path, feed), size=model_size(c.path), metric=m.value,
                                 drop=fp32_metric.value - m.value))
     fp32 = measured[0]
     ok = [c for c in measured[1:] if c.error is None and c.drop is not None and c.drop <= max_drop]
@@ -132,14 +131,14 @@ def select(
                 f"WARNING: SLOWER THAN FP32 on this host: {pick.name} runs at {pick.ms:.3f} ms vs fp32 {fp32.ms:.3f} ms "
                 f"({pick.ms / fp32.ms:.2f}x); chosen because --prefer {prefer}"
             )
-        shutil.copyfile(pick.path, out_path)
+        copy_model(pick.path, out_path)  # a large pick: its external data goes to out_path's own data file
         base: QuantResult = pick.result
     else:
         pick = fp32
         notes.append(
             f"WARNING: no quantized candidate within the accuracy budget ({max_drop}): shipping fp32 unchanged"
         )
-        shutil.copyfile(artifact.path, out_path)
+        copy_model(artifact.path, out_path)
         from .spec import QuantSpec
 
         base = QuantResult(artifact, QuantSpec(mode="none"), None, ())
@@ -154,6 +153,7 @@ def select(
     for c in cands:
         if c.path is not None and c.path != out_path:
             c.path.unlink(missing_ok=True)
+            data_file(c.path).unlink(missing_ok=True)
     from ..onnxutil import artifact_from
 
     details = dict(base.details)
