@@ -213,6 +213,10 @@ def _copy_model(src: Path, root: Path, threshold: int) -> bool:
         model, str(root / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
         location=EXTERNAL_DATA, size_threshold=1024,
     )
+    # onnx writes the data file through a private temporary (mode 0600): ship it like the other files
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(root / EXTERNAL_DATA, 0o666 & ~umask)
     return True
 
 
