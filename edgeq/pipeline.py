@@ -15,7 +15,7 @@ from .errors import CalibrationError
 from .fsutil import check_output, clean_stale, scratch_dir
 from .onnxutil import model_size
 from .optimize import optimize
-from .profile import ProfileResult, feed_from, measure_model, skip_reason
+from .profile import ProfileResult, feed_from, profile, skip_reason
 from .quantize import quantize
 from .quantize.int8 import QuantResult
 from .quantize.spec import QuantSpec
@@ -144,9 +144,8 @@ def run_export(
         if opts.do_profile:
             with stage("profile"):
                 feed = feed_from(check_data)
-                # in a child process, as `edgeq profile` measures (not in this busy process)
-                prof_fp32 = measure_model(opt.path, target, feed=feed, io=opt.io)
-                prof_q = measure_model(qres.artifact.path, target, feed=feed, io=qres.artifact.io)
+                prof_fp32 = profile(opt.path, target, feed=feed, io=opt.io)
+                prof_q = profile(qres.artifact.path, target, feed=feed, io=qres.artifact.io)
                 if prof_fp32 is None:
                     skipped = skip_reason(target)
         fp32_bytes = model_size(opt.path)  # same treatment as the quantized model

@@ -495,44 +495,6 @@ def measure(inp: ProfileInput, target: Target, backend: Backend, opts: MeasureOp
     return base
 
 
-def measure_model(
-    path: Path | str,
-    target: Target,
-    *,
-    feed: dict[str, np.ndarray] | None = None,
-    io: IoSpec | None = None,
-    runs: int = 50,
-    warmup: int = 5,
-    budget_s: float = 3.0,
-) -> ProfileResult | None:
-    """``profile``'s figures measured the way ``edgeq profile`` measures: in a child process.
-
-    The model runs in a fresh interpreter (``measure`` with the worker), so the timings do
-    not share a process, allocator or thread pool with edgeq's own work. ``None`` where the
-    target's providers are not on this host (the same decision as ``profile``: ``plan``).
-    """
-    from .onnxutil import artifact_from
-    from .placement import accelerator_of
-
-    p = plan(target)
-    if p is None:
-        return None
-    path = Path(path)
-    io = io or artifact_from(path).io
-    acc = accelerator_of(target.provider_names)
-    provs = tuple((pr.name, pr.options) for pr in target.providers if pr.name in p.providers)
-    backend = Backend("local", sys.executable, provs, None, acc if acc in p.providers else None, p.device_measurement, p.note)
-    inp = ProfileInput(label=str(path), model=path, onnx=path, io=io, feeds=(feed if feed is not None else synthetic_feed(io),),
-                       feeds_source="export data" if feed is not None else "seeded random inputs")
-    rep = measure(inp, target, backend, MeasureOptions(runs=runs, warmup=warmup, budget_s=budget_s, profile_runs=0, numerics_samples=1))
-    return ProfileResult(
-        model=str(path), provider=rep["provider"], host=rep["host"], device_measurement=rep["device_measurement"],
-        cold_start_ms=round(float(rep["cold_start_ms"]), 3), runs=int(rep["runs"]), p50_ms=round(float(rep["p50_ms"]), 4),
-        p90_ms=round(float(rep["p90_ms"]), 4), mean_ms=round(float(rep["mean_ms"]), 4), file_bytes=int(rep["file_bytes"]),
-        note=rep["note"],
-    )
-
-
 def check_coverage(reports: list[dict[str, Any]], minimum: float) -> None:
     """Raise CheckFailed when a model's accelerator node share is below ``minimum``."""
     low = []
