@@ -365,8 +365,6 @@ def _edgeq_static(
     evals: SampleSet | None,
     max_drop: float | None,
 ) -> QuantResult:
-    import onnx
-
     from . import static
 
     if data is None:
