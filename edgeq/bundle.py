@@ -201,6 +201,10 @@ def _copy_model(src: Path, root: Path, threshold: int) -> bool:
     if not has_external and src.stat().st_size < threshold:
         shutil.copyfile(src, root / "model.onnx")
         return False
+    if has_external:  # streamed into model.onnx.data without loading the weights (checked first)
+        from .onnxutil import copy_model
+
+        return copy_model(src, root / "model.onnx", data_path=root / EXTERNAL_DATA)
     try:
         model = onnx.load(str(src))  # onnx refuses external locations outside the model's folder
     except Exception as e:  # noqa: BLE001 - onnx raises several types for bad external data
@@ -209,6 +213,10 @@ def _copy_model(src: Path, root: Path, threshold: int) -> bool:
         model, str(root / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
         location=EXTERNAL_DATA, size_threshold=1024,
     )
+    # onnx writes the data file through a private temporary (mode 0600): ship it like the other files
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(root / EXTERNAL_DATA, 0o666 & ~umask)
     return True
 
 

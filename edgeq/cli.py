@@ -344,7 +344,7 @@ def quantize(
 
     pre_notes = preflight(model, tg, spec, parse_shapes(static_shape))  # before any work
     progress = StageProgress(err, total_samples=min(spec.calib_samples, len(data)) if data else 0)
-    with staging(out, force=force, is_dir=False) as tmp, scratch_dir() as work:
+    with staging(out, force=force, is_dir=False) as tmp, contextlib.ExitStack() as data_stage, scratch_dir() as work:
         with progress.stage("optimize"):
             opt, notes = optimize_stage(src, tg, work / "fp32.onnx", static_shapes=parse_shapes(static_shape), opset=opset)
             notes = pre_notes + notes
@@ -353,7 +353,13 @@ def quantize(
                 opt, spec, work / "q.onnx", data=data, on_sample=progress.sample, evals=evals, max_drop=max_drop,
                 prefer=prefer, budget=tg.tolerances.max_accuracy_drop, target=tg,
             )
-        shutil.copyfile(res.artifact.path, tmp)
+        from .onnxutil import copy_model, data_file, has_external_data
+
+        if has_external_data(res.artifact.path):  # large: OUT plus OUT.data, the data published first
+            tmp_data = data_stage.enter_context(staging(data_file(out), force=force, is_dir=False))
+            copy_model(res.artifact.path, tmp, data_path=tmp_data, location=data_file(out).name)
+        else:
+            shutil.copyfile(res.artifact.path, tmp)
     recipe = res.recipe()
     recipe["notes"] = notes + recipe["notes"]
     if as_json:

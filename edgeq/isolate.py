@@ -103,7 +103,7 @@ def open_source(path: str | Path, provenance: tuple[str, ...] = ()) -> Artifact:
     path = Path(path)
     model = load_model(path, load_weights=False)  # external locations and ranges checked
     external = check_external_locations(model, path.parent)
-    check_size(path, external)  # over 2 GiB: refused before anything is read or written
+    check_size(model, path.name)  # a tensor over 2 GiB: refused before anything is read or written
     art = Artifact(path=path, io=io_spec(model), opset=default_opset(model), provenance=provenance)
     probe_model(path, size=path.stat().st_size + external)
     return art
@@ -139,7 +139,14 @@ def _child(path: str) -> None:  # pragma: no cover - runs in the probe process
 
     step("checker", lambda: onnx.checker.check_model(path, full_check=False))
     holder = {}
-    step("load", lambda: holder.update(m=onnx.load(path)))
+    from .onnxutil import needs_external_data
+
+    try:  # a large model's weights stay in external data: shape inference needs only the graph
+        head = onnx.load(path, load_external_data=False)
+        big = needs_external_data(head)
+    except Exception:  # noqa: BLE001 - ordinary errors are reported by the stages
+        head, big = None, False
+    step("load", lambda: holder.update(m=head if big else onnx.load(path)))
     if "m" in holder:
         step("shape inference", lambda: onnx.shape_inference.infer_shapes(holder["m"], strict_mode=False, data_prop=True))
 

@@ -56,7 +56,7 @@ def _retyped(vi: Any, name: str) -> Any:
     return v
 
 
-def _with_outputs(model: Any, names: list[str], typed: dict[str, Any]) -> bytes:
+def _with_outputs(model: Any, names: list[str], typed: dict[str, Any]) -> Any:
     import onnx
 
     m = onnx.ModelProto()
@@ -65,7 +65,7 @@ def _with_outputs(model: Any, names: list[str], typed: dict[str, Any]) -> bytes:
     for n in names:
         if n not in have:
             m.graph.output.append(typed[n])
-    return m.SerializeToString()
+    return m
 
 
 def layer_errors(reference: Path, candidate: Path, feeds: tuple[dict[str, np.ndarray], ...], *, limit: int = 200) -> list[dict[str, Any]]:
@@ -85,8 +85,12 @@ def layer_errors(reference: Path, candidate: Path, feeds: tuple[dict[str, np.nda
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every named tensor
-    rs = ort.InferenceSession(_with_outputs(ref, shared, rt), so, providers=["CPUExecutionProvider"])
-    cs = ort.InferenceSession(_with_outputs(cand, [cand_name[n] for n in shared], ct), so, providers=["CPUExecutionProvider"])
+    from .onnxutil import session_source
+
+    with session_source(_with_outputs(ref, shared, rt)) as src:  # a large model goes through a file
+        rs = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    with session_source(_with_outputs(cand, [cand_name[n] for n in shared], ct)) as src:
+        cs = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
     acc: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {n: [] for n in shared}
     for feed in feeds:
         r = dict(zip([o.name for o in rs.get_outputs()], rs.run(None, feed)))

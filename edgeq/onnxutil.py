@@ -7,9 +7,12 @@ model's folder, and nothing is executed while reading.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import re
 import stat
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +73,11 @@ def default_opset(model: Any) -> int:
 # Keys the ONNX spec defines for external data; anything else is refused, and so are
 # duplicates (a reader that takes the first and one that takes the last would disagree).
 EXTERNAL_KEYS = frozenset({"location", "offset", "length", "checksum"})
-# A model whose weights add up to this many bytes cannot be held in one protobuf.
+# One protobuf message (a model file, or one tensor's data) holds at most this many bytes.
 PROTOBUF_LIMIT = 2**31 - 1
+# Above this many bytes of tensors a model is written with external data (see external_data_bytes).
+DEFAULT_EXTERNAL_DATA_BYTES = (2 << 30) - (64 << 20)
+EXTERNAL_DATA_ENV = "EDGEQ_EXTERNAL_DATA_BYTES"
 _DIGITS = re.compile(r"^[0-9]{1,20}$")
 
 
@@ -207,14 +213,55 @@ def check_external_locations(model: Any, base_dir: Path | None) -> int:
     return total
 
 
-def check_size(path: Path, external_bytes: int) -> None:
-    """Refuse models whose weights cannot be held in one protobuf (2 GiB), before reading them."""
-    total = Path(path).stat().st_size + external_bytes
-    if total > PROTOBUF_LIMIT:
+def tensor_bytes(model: Any) -> int:
+    """Bytes of every tensor's data (initializers, Constant attributes, subgraphs), from dims and type.
+
+    Computed from the shapes, so external tensors count and nothing is copied."""
+    from onnx.external_data_helper import _get_all_tensors
+
+    total = 0
+    for t in _get_all_tensors(model):
+        n = _expected_bytes(t)
+        if n is not None and n > 0:
+            total += n
+    return total
+
+
+def external_data_bytes() -> int:
+    """Models whose tensors hold more than this many bytes are written with ONNX external data.
+
+    The default stays under the 2 GiB protobuf limit; ``EDGEQ_EXTERNAL_DATA_BYTES`` lowers it
+    (tests use it to run the external-data path on tiny models). Values above the default are
+    clamped: one protobuf cannot hold more."""
+    raw = os.environ.get(EXTERNAL_DATA_ENV, "").strip()
+    if not raw:
+        return DEFAULT_EXTERNAL_DATA_BYTES
+    if not _DIGITS.match(raw):
         raise ModelError(
-            f"{Path(path).name} holds {total / 2**30:.2f} GiB of model and weights, over the 2 GiB protobuf limit edgeq handles",
-            "models this large are not supported by this version of edgeq; quantize it to int4 or split it",
+            f"{EXTERNAL_DATA_ENV}={raw[:40]!r} is not a byte count",
+            f"set it to a non-negative integer (e.g. 1048576) or unset it; the default is {DEFAULT_EXTERNAL_DATA_BYTES}",
         )
+    return min(int(raw), DEFAULT_EXTERNAL_DATA_BYTES)
+
+
+def needs_external_data(model: Any) -> bool:
+    return tensor_bytes(model) > external_data_bytes()
+
+
+def check_size(model: Any, what: str = "the model") -> None:
+    """Refuse tensors that one ONNX tensor cannot hold (over 2 GiB), before reading them.
+
+    Models over 2 GiB in total are fine: edgeq keeps their weights in external data. A single
+    tensor over the protobuf limit cannot be loaded into a ``TensorProto`` (nor written inline)."""
+    from onnx.external_data_helper import _get_all_tensors
+
+    for t in _get_all_tensors(model):
+        n = _expected_bytes(t)
+        if n is not None and n > PROTOBUF_LIMIT:
+            raise ModelError(
+                f"tensor '{t.name[:80]}' of {what} holds {n / 2**30:.2f} GiB, over the 2 GiB limit for one ONNX tensor",
+                "split the weight into several tensors (each under 2 GiB) or quantize it before export",
+            )
 
 
 def _parse(data: bytes, what: str) -> Any:
@@ -252,9 +299,9 @@ def load_model(path: str | Path, *, load_weights: bool = True) -> Any:
         raise ModelError(f"cannot read {path}: {e.strerror}", "check the file's permissions") from None
     model = _parse(data, str(path))
     del data
-    external = check_external_locations(model, path.parent)
+    check_external_locations(model, path.parent)
     if load_weights:
-        check_size(path, external)
+        check_size(model, path.name)
         _load_external(model, path.parent, str(path))
     return model
 
@@ -265,8 +312,7 @@ def load_model_bytes(data: bytes, *, base_dir: str | Path | None = None, load_we
     model = _parse(bytes(data), "the model bytes")
     external = check_external_locations(model, Path(base_dir) if base_dir is not None else None)
     if load_weights and external:
-        if len(data) + external > PROTOBUF_LIMIT:
-            raise ModelError("the model and its external data exceed the 2 GiB protobuf limit", "split the model")
+        check_size(model, "the model bytes")
         _load_external(model, Path(base_dir), "the model bytes")  # type: ignore[arg-type]
     return model
 
@@ -280,13 +326,23 @@ def _load_external(model: Any, base: Path, what: str) -> None:
         raise ModelError(f"cannot read external data of {what}: {str(e).splitlines()[0][:200]}", "re-export the model") from None
 
 
-def save_model(model: Any, path: str | Path) -> Path:
-    """Write ``model`` to ``path`` as one self-contained file.
+def data_file(path: str | Path) -> Path:
+    """The one external-data file edgeq writes for ``path``: ``<name>.data`` beside it."""
+    path = Path(path)
+    return path.with_name(path.name + ".data")
 
-    Tensors still marked as external but holding their bytes are written inline, so
-    saving never creates or overwrites a file named by the model (``onnx.save`` would
+
+def save_model(model: Any, path: str | Path, *, external: bool | None = None) -> Path:
+    """Write ``model`` to ``path``: one self-contained file, or with external data when large.
+
+    Tensors still marked as external but holding their bytes are written as edgeq chooses,
+    so saving never creates or overwrites a file named by the model (``onnx.save`` would
     write it wherever its ``location`` points). Tensors whose bytes were never loaded
-    are refused, and so is a model over the 2 GiB protobuf limit.
+    are refused, and so is a tensor over 2 GiB.
+
+    When the tensors hold more than ``external_data_bytes()`` (or ``external=True``), the
+    weights go to ONE file, ``data_file(path)`` beside ``path`` with a relative location;
+    the in-memory model's tensors then point at it and no longer hold their bytes.
     """
     onnx = _onnx()
     from onnx.external_data_helper import _get_all_tensors
@@ -300,6 +356,22 @@ def save_model(model: Any, path: str | Path) -> Path:
                 )
             t.data_location = onnx.TensorProto.DEFAULT
             del t.external_data[:]
+    check_size(model)
+    path = Path(path)
+    if needs_external_data(model) if external is None else external:
+        data = data_file(path)
+        data.unlink(missing_ok=True)  # onnx appends to an existing file
+        try:
+            onnx.save_model(
+                model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                location=data.name, size_threshold=1024, convert_attribute=False,
+            )
+        except Exception as e:  # noqa: BLE001 - protobuf refuses a graph over 2 GiB even without weights
+            raise ModelError(
+                f"cannot write {path.name} with external data: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}",
+                "the graph itself (without weights) may be over 2 GiB: large Constant nodes should be initializers",
+            ) from None
+        return path
     try:
         data = model.SerializeToString()
     except Exception:  # noqa: BLE001 - protobuf refuses messages over 2 GiB
@@ -307,12 +379,86 @@ def save_model(model: Any, path: str | Path) -> Path:
     if data is None or len(data) > PROTOBUF_LIMIT:
         raise ModelError(
             "the model is over the 2 GiB protobuf limit and cannot be written as one file",
-            "models this large are not supported by this version of edgeq",
+            f"let edgeq write it with external data (do not set {EXTERNAL_DATA_ENV} above the default)",
         )
-    path = Path(path)
     with open(path, "wb") as f:
         f.write(data)
     return path
+
+
+def has_external_data(path: str | Path) -> bool:
+    """Does the (checked) model at ``path`` keep tensors in external data?"""
+    onnx = _onnx()
+    from onnx.external_data_helper import _get_all_tensors
+
+    head = load_model(path, load_weights=False)
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in _get_all_tensors(head))
+
+
+def copy_model(src: str | Path, dst: str | Path, *, data_path: Path | None = None, location: str | None = None) -> bool:
+    """Copy the model at ``src`` to ``dst`` without loading its weights; True if it has external data.
+
+    External data (already checked by ``load_model``) is streamed into ONE file, ``data_path``
+    (default ``data_file(dst)``), and the graph's references are rewritten to ``location``
+    (default that file's name), which must name a file in ``dst``'s folder: a staged copy can
+    be written under a temporary name and still point at its final one.
+    """
+    import shutil
+
+    onnx = _onnx()
+    from onnx.external_data_helper import _get_all_tensors
+
+    src, dst = Path(src), Path(dst)
+    head = load_model(src, load_weights=False)
+    tensors = [t for t in _get_all_tensors(head) if t.data_location == onnx.TensorProto.EXTERNAL]
+    if not tensors:
+        shutil.copyfile(src, dst)
+        return False
+    data_path = Path(data_path) if data_path is not None else data_file(dst)
+    location = location or data_path.name
+    if "/" in location or "\\" in location or location in ("", ".", ".."):
+        raise ModelError(f"external data location {location!r} must be a file name", "write the data file beside the model")
+    base: dict[str, int] = {}
+    with open(data_path, "wb") as out:
+        for t in tensors:
+            loc = next(e.value for e in t.external_data if e.key == "location")
+            if loc in base:
+                continue
+            pad = -out.tell() % 4096  # each source file starts page-aligned (onnxruntime may map it)
+            out.write(b"\0" * pad)
+            base[loc] = out.tell()
+            with open(src.parent / loc, "rb") as f:
+                shutil.copyfileobj(f, out, 16 << 20)
+    for t in tensors:
+        info = {e.key: e.value for e in t.external_data}
+        size = (src.parent / info["location"]).stat().st_size
+        offset = int(info.get("offset", "0"))
+        length = int(info.get("length", str(size - offset)))
+        del t.external_data[:]
+        for k, v in (("location", location), ("offset", str(base[info["location"]] + offset)), ("length", str(length))):
+            e = t.external_data.add()
+            e.key, e.value = k, v
+    with open(dst, "wb") as f:
+        f.write(head.SerializeToString())
+    return True
+
+
+@contextlib.contextmanager
+def session_source(model: Any) -> Iterator[Any]:
+    """What ``onnxruntime.InferenceSession`` takes for an in-memory model.
+
+    Its bytes, or for a model too large for one protobuf (``needs_external_data``) the path
+    of a copy saved with external data in a private temporary folder, removed on exit (the
+    session has read it by then). In that case the model's tensors move to that file: pass
+    a model you no longer need (or a copy).
+    """
+    if not needs_external_data(model):
+        yield model.SerializeToString()
+        return
+    with tempfile.TemporaryDirectory(prefix="edgeq-session-") as d:
+        path = Path(d) / "model.onnx"
+        save_model(model, path, external=True)
+        yield str(path)
 
 
 def check_model(path: Path) -> None:

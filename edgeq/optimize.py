@@ -11,7 +11,17 @@ from pathlib import Path
 
 from .artifact import Artifact
 from .errors import ModelError
-from .onnxutil import artifact_from, check_model, default_opset, load_model, save_model
+from .onnxutil import (
+    artifact_from,
+    check_model,
+    data_file,
+    default_opset,
+    external_data_bytes,
+    load_model,
+    needs_external_data,
+    save_model,
+    tensor_bytes,
+)
 from .runtime import create_session, session_options
 from .targets import Target
 
@@ -99,8 +109,12 @@ def optimize(
     import onnx
     from onnx import version_converter
 
+    head = load_model(artifact.path, load_weights=False)  # external locations checked first
     check_model(artifact.path)
-    model = load_model(artifact.path)
+    big = needs_external_data(head)
+    # a large model's weights stay on disk: only the graph is loaded, converted and checked
+    model = head if big else load_model(artifact.path)
+    del head
     notes: list[str] = []
     current = default_opset(model)
     wanted = opset or target.opset.clamp(current)
@@ -127,21 +141,101 @@ def optimize(
     stripped = strip_debug_info(model)
     if stripped:
         notes.append(f"stripped exporter debug metadata from {stripped} nodes (stack traces, local paths)")
-    try:
-        model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-    except Exception as e:  # noqa: BLE001
-        raise ModelError(f"shape inference failed: {str(e).splitlines()[0][:200]}", "check the model with onnx.checker") from None
     out_path = Path(out_path)
-    staged = out_path.with_name(out_path.stem + ".pre.onnx")
-    save_model(model, staged)
-    so = session_options(level=OPTIMIZE_LEVEL)
-    so.optimized_model_filepath = str(out_path)
-    create_session(staged, so=so)
-    staged.unlink()
-    folded = onnx.load(str(out_path))
-    folded = onnx.shape_inference.infer_shapes(folded, strict_mode=False)
-    save_model(folded, out_path)
-    before, after = len(model.graph.node), len(folded.graph.node)
+    before = len(model.graph.node)
+    if big:
+        _fold_external(model, Path(artifact.path).parent, out_path)
+        folded = load_model(out_path, load_weights=False)
+        notes.append(
+            f"weights kept in ONNX external data ({_size(tensor_bytes(folded))} in {data_file(out_path).name}): "
+            f"over the {_size(external_data_bytes())} single-file threshold"
+        )
+    else:
+        try:
+            model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        except Exception as e:  # noqa: BLE001
+            raise ModelError(f"shape inference failed: {str(e).splitlines()[0][:200]}", "check the model with onnx.checker") from None
+        staged = out_path.with_name(out_path.stem + ".pre.onnx")
+        save_model(model, staged)
+        so = session_options(level=OPTIMIZE_LEVEL)
+        so.optimized_model_filepath = str(out_path)
+        create_session(staged, so=so)
+        staged.unlink()
+        folded = onnx.load(str(out_path))
+        folded = onnx.shape_inference.infer_shapes(folded, strict_mode=False)
+        save_model(folded, out_path)
+    after = len(folded.graph.node)
     if after != before:
         notes.append(f"folded {before} -> {after} nodes (onnxruntime {OPTIMIZE_LEVEL} level)")
     return artifact_from(out_path, artifact.provenance + (f"optimize(opset={wanted}, level={OPTIMIZE_LEVEL})",)), notes
+
+
+def _fold_external(model, src_dir: Path, out_path: Path) -> None:
+    """ONNX shape inference and onnxruntime's folding for a model whose weights stay in external data.
+
+    ``model`` is the graph with external references into ``src_dir`` (already checked by
+    ``load_model``). The referenced files are linked (or copied) into a private staging folder
+    beside ``out_path`` under edgeq's own names; shape inference and the checker run on paths
+    (never on one in-memory protobuf); onnxruntime writes the folded model to ``out_path`` with
+    its initializers in ``data_file(out_path)``.
+    """
+    import os
+    import shutil
+
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors
+
+    stage = out_path.with_name(out_path.stem + ".pre")
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    try:
+        names: dict[str, str] = {}
+        for t in _get_all_tensors(model):
+            if t.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            for e in t.external_data:
+                if e.key == "location":
+                    if e.value not in names:
+                        names[e.value] = f"w{len(names)}.data"
+                        src, dst = src_dir / e.value, stage / names[e.value]
+                        try:
+                            os.link(src, dst)  # same file system: no copy of the weights
+                        except OSError:
+                            shutil.copyfile(src, dst)
+                    e.value = names[e.value]
+        staged = stage / "model.onnx"
+        if names:
+            _save_head(model, staged)
+        else:  # large but inline in the source: the weights go to the staging folder's data file
+            save_model(model, staged, external=True)
+        try:
+            onnx.shape_inference.infer_shapes_path(str(staged), str(staged), strict_mode=False, data_prop=True)
+        except Exception as e:  # noqa: BLE001
+            raise ModelError(f"shape inference failed: {str(e).splitlines()[0][:200]}", "check the model with onnx.checker") from None
+        data = data_file(out_path)
+        data.unlink(missing_ok=True)
+        so = session_options(level=OPTIMIZE_LEVEL)
+        so.optimized_model_filepath = str(out_path)
+        so.add_session_config_entry("session.optimized_model_external_initializers_file_name", data.name)
+        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+        create_session(staged, so=so)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    try:
+        onnx.shape_inference.infer_shapes_path(str(out_path), str(out_path), strict_mode=False)
+    except Exception:  # noqa: BLE001 - the folded model keeps the shapes it has
+        pass
+    check_model(out_path)
+
+
+def _save_head(model, path: Path) -> None:
+    """Write a graph whose large tensors are external references (they stay where they point)."""
+    with open(path, "wb") as f:
+        f.write(model.SerializeToString())
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.2f} {unit}"
+    return f"{n} bytes"

@@ -414,7 +414,12 @@ def measure(inp: ProfileInput, target: Target, backend: Backend, opts: MeasureOp
     """Profile one model with ``backend``; a JSON-ready report."""
     from .placement import estimate, summarize_measured
 
-    file_bytes = inp.model.stat().st_size
+    if inp.model.suffix.lower() == ".onnx":
+        from .onnxutil import model_size
+
+        file_bytes = model_size(inp.model)  # external data included
+    else:
+        file_bytes = inp.model.stat().st_size
     base: dict[str, Any] = {
         "model": inp.label, "model_file": inp.model.name, "bundle": str(inp.bundle) if inp.bundle else None,
         "target": target.name, "backend": backend.kind, "accelerator": backend.accelerator,

@@ -30,7 +30,7 @@ from ..errors import CheckFailed, ModelError
 from ..targets import Target, load_target
 
 # Above this many bytes of weights the ONNX is written with external data
-# (protobuf cannot serialize a message over 2 GiB).
+# (protobuf cannot serialize a message over 2 GiB); EDGEQ_EXTERNAL_DATA_BYTES lowers it.
 EXTERNAL_DATA_THRESHOLD = (2 << 30) - (64 << 20)
 
 DYNAMO = "torch.onnx dynamo"
@@ -340,7 +340,7 @@ def export_torch_checked(
     dynamic_axes: Mapping[str, Mapping[int, str]] | None = None,
     opset: int | None = None,
     exporter: str = "auto",
-    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+    external_data_threshold: int | None = None,
     provenance: tuple[str, ...] = (),
     reference=None,
 ) -> tuple[Artifact, ExportCheck]:
@@ -385,6 +385,10 @@ def export_torch_checked(
     reference = reference if reference is not None else module
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    if external_data_threshold is None:
+        from ..onnxutil import external_data_bytes
+
+        external_data_threshold = external_data_bytes()  # EXTERNAL_DATA_THRESHOLD unless lowered
     external = _param_bytes(module) > external_data_threshold
     used, fallback, dyn_err = DYNAMO, None, None
     var = _variant(args, names, axes)

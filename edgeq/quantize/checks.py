@@ -46,8 +46,12 @@ def _node_key(node: Any) -> str:
 def _arr(inits: dict[str, Any], name: str) -> np.ndarray | None:
     from onnx import numpy_helper
 
+    from onnx import TensorProto
+
     t = inits.get(name)
-    return None if t is None else numpy_helper.to_array(t)
+    if t is None or (t.data_location == TensorProto.EXTERNAL and not t.HasField("raw_data")):
+        return None  # weights left in external data are not read here (never from the current directory)
+    return numpy_helper.to_array(t)
 
 
 def bias_overflow(fp32_model: Any, q_model: Any, *, reduce_range: bool = False) -> BiasCheck:

@@ -10,7 +10,6 @@ quantized candidate is within budget, fp32 is shipped and the report says why.
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -144,6 +143,8 @@ def select(
             cands.append(Candidate(name, None, error=e.message[:160]))
             continue
         cands.append(Candidate(name, p, result=res))
+    from ..onnxutil import copy_model, data_file, model_size
+
     settings = SessionSettings.for_target(target)
     n = min(len(check), 500)
     sess = settings.session(artifact.path)
@@ -152,7 +153,7 @@ def select(
     fp32_metric = static.metric(ref, ref, check.labels, lm=lm)
     feed = check.feed(0)
     measured: list[Candidate] = [
-        Candidate("fp32", artifact.path, _latency_ms(sess, feed), artifact.path.stat().st_size, fp32_metric.value, 0.0)
+        Candidate("fp32", artifact.path, _latency_ms(sess, feed), model_size(artifact.path), fp32_metric.value, 0.0)
     ]
     del sess
     for c in cands:
@@ -161,7 +162,7 @@ def select(
             continue
         sess = settings.session(c.path)
         m = static.metric(_outputs(sess, check, n), ref, check.labels, lm=lm)
-        measured.append(replace(c, ms=_latency_ms(sess, feed), size=c.path.stat().st_size, metric=m.value,
+        measured.append(replace(c, ms=_latency_ms(sess, feed), size=model_size(c.path), metric=m.value,
                                 drop=m.drop_from(fp32_metric)))
         del sess
     fp32 = measured[0]
@@ -179,14 +180,14 @@ def select(
                 f"WARNING: SLOWER THAN FP32 on this host: {pick.name} runs at {pick.ms:.3f} ms vs fp32 {fp32.ms:.3f} ms "
                 f"({pick.ms / fp32.ms:.2f}x); chosen because --prefer {prefer}"
             )
-        shutil.copyfile(pick.path, out_path)
+        copy_model(pick.path, out_path)  # a large pick: its external data goes to out_path's own data file
         base: QuantResult = pick.result
     else:
         pick = fp32
         notes.append(
             f"WARNING: no quantized candidate within the accuracy budget ({max_drop}): shipping fp32 unchanged"
         )
-        shutil.copyfile(artifact.path, out_path)
+        copy_model(artifact.path, out_path)
         from .spec import QuantSpec
 
         base = QuantResult(artifact, QuantSpec(mode="none"), None, ())
@@ -203,6 +204,7 @@ def select(
     for c in cands:
         if c.path is not None and c.path != out_path:
             c.path.unlink(missing_ok=True)
+            data_file(c.path).unlink(missing_ok=True)
     from ..onnxutil import artifact_from
 
     details = dict(base.details)

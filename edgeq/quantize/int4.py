@@ -227,7 +227,10 @@ def collect_stats(model_path: Path, tensors: dict[str, int], data: SampleSet, n:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep the tensors as named
     so.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    from ..onnxutil import session_source
+
+    with session_source(model) as src:  # a model over 2 GiB goes through a file with external data
+        sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
     names = list(tensors)
     stats = {t: _Stats(k, np.zeros((k, k)), np.zeros(k)) for t, k in tensors.items()}
     rng = np.random.default_rng(0)
@@ -569,9 +572,6 @@ def _trans_b(node: Any) -> bool:
 
 
 def _save(model: Any, path: Path) -> None:
-    import onnx
+    from ..onnxutil import save_model
 
-    if model.ByteSize() > 1_900_000_000:
-        onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data")
-    else:
-        onnx.save(model, str(path))
+    save_model(model, path)  # external data (one file beside it) over the threshold

@@ -19,7 +19,16 @@ import numpy as np
 from ..artifact import Artifact
 from ..data import SampleSet
 from ..errors import CalibrationError, QuantizationError
-from ..onnxutil import artifact_from, default_opset, iter_initializers, iter_nodes, load_model, save_model
+from ..onnxutil import (
+    artifact_from,
+    data_file,
+    default_opset,
+    iter_initializers,
+    iter_nodes,
+    load_model,
+    needs_external_data,
+    save_model,
+)
 from .checks import bias_overflow, check_operator_scales, explain_quantizer_failure
 from .spec import QuantSpec
 
@@ -226,9 +235,12 @@ def quantize(
         return QuantResult(artifact.then(out_path, "quantize(none)"), spec, None, ("kept fp32",))
     if spec.mode == "fp16":
         return _fp16(artifact, spec, out_path)
+    data_file(out_path).unlink(missing_ok=True)  # writers with external data append to it
+    head = load_model(artifact.path, load_weights=False)
+    big = needs_external_data(head)  # weights in external data: never one in-memory protobuf
     if spec.mode == "int8-static" and spec.format == "qdq":
         return _edgeq_static(artifact, spec, out_path, data, on_sample, evals, max_drop)
-    fp32 = load_model(artifact.path)
+    fp32 = head
     opset = default_opset(fp32)
     if opset < 13 and spec.per_channel:
         raise QuantizationError(
@@ -238,8 +250,14 @@ def quantize(
     from onnxruntime import quantization as q
 
     notes: list[str] = []
-    pre = out_path.with_name(out_path.stem + ".prep.onnx")
-    notes += _preprocess(artifact.path, pre)
+    if big:
+        # optimize already ran ONNX shape inference on the file; onnxruntime's pre-processing
+        # would load and rewrite every weight once more
+        pre = Path(artifact.path)
+        notes.append("weights in external data: onnxruntime's pre-processing skipped (shapes inferred by optimize)")
+    else:
+        pre = out_path.with_name(out_path.stem + ".prep.onnx")
+        notes += _preprocess(artifact.path, pre)
     op_types = list(spec.op_types) or None
     extra = {"WeightSymmetric": spec.symmetric_weights, "ActivationSymmetric": False}
     try:
@@ -262,6 +280,7 @@ def quantize(
                 weight_type=getattr(q.QuantType, _QTYPES[spec.weight_type]),
                 calibrate_method=q.CalibrationMethod.MinMax,
                 extra_options=extra,
+                use_external_data_format=big,
             )
             notes.append(f"calibrated on {n} sample(s) from {data.source}")
         else:
@@ -274,6 +293,7 @@ def quantize(
                 reduce_range=spec.reduce_range,
                 weight_type=getattr(q.QuantType, _QTYPES[spec.weight_type]),
                 extra_options={"WeightSymmetric": spec.symmetric_weights},
+                use_external_data_format=big,
             )
             if "Conv" not in op_types:
                 notes.append("convolutions kept in float (dynamic ConvInteger is slower than fp32 on CPUs)")
@@ -288,8 +308,11 @@ def quantize(
             "try --quant int8-dynamic or --quant none, and report the model to edgeq",
         ) from None
     finally:
-        pre.unlink(missing_ok=True)
+        if not big:
+            pre.unlink(missing_ok=True)
     qmodel = load_model(out_path)
+    if big and spec.mode == "int8-static":  # its int32 bias checks compare fp32 and quantized weights
+        fp32 = load_model(artifact.path)
     check_scales(qmodel)
     check_operator_scales(qmodel)
     bias = bias_overflow(fp32, qmodel, reduce_range=spec.reduce_range)
@@ -318,8 +341,9 @@ def _fp16(artifact: Artifact, spec: QuantSpec, out_path: Path) -> QuantResult:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = load_model(artifact.path)
+    # in-memory shape inference serializes the model: not for one over 2 GiB (optimize inferred shapes on the file)
     try:
-        half = convert_float_to_float16(model, keep_io_types=True)
+        half = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=needs_external_data(model))
     except Exception as e:  # noqa: BLE001
         raise QuantizationError(f"fp16 conversion failed: {str(e).splitlines()[0][:200]}", "try --quant none") from None
     save_model(half, out_path)
@@ -400,7 +424,7 @@ def _edgeq_static_in(
     else:
         written = static.write(prep, spec)
         layers = static.layer_sqnr(prep, written, check, 8)
-    onnx.save(written.model, str(out_path))
+    save_model(written.model, out_path)
     written.model = None  # written out: keep one quantized model in memory, not two
     qmodel = load_model(out_path)
     check_scales(qmodel)

@@ -310,7 +310,14 @@ def open_session(model: Any, so: Any, providers: list[str], base_dir: Any = None
     import onnxruntime as ort
 
     if base_dir is None:
-        return ort.InferenceSession(model.SerializeToString(), so, providers=providers)
+        import copy
+
+        from ..onnxutil import needs_external_data, session_source
+
+        # a model too large for one protobuf goes through a file with external data, which moves
+        # its weights out of the message: hand over a copy, the caller keeps using the model
+        with session_source(copy.deepcopy(model) if needs_external_data(model) else model) as src:
+            return ort.InferenceSession(src, so, providers=providers)
     fd, path = tempfile.mkstemp(suffix=".onnx", prefix="session-", dir=str(base_dir))
     try:
         with os.fdopen(fd, "wb") as f:
