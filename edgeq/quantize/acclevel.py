@@ -5,6 +5,11 @@ CPUs with int8 dot products, but it can flip next-token choices. When the user d
 ``--accuracy-level``, ``edgeq export`` writes the model at both levels (only the attribute
 differs: the weights are the same), measures each against fp32 on the evaluation (or
 calibration) inputs and times each on this host, then keeps one by ``RULE``.
+
+The choice depends on the measured quality only: quality figures are the same on every run,
+while timings on a shared build host are noisy, and the build host is not the device. A
+model must not change from one export to the next because the host was busy, so the
+timings are reported (and a level 4 that was not faster here is flagged), not decisive.
 """
 
 from __future__ import annotations
@@ -22,13 +27,13 @@ from ..onnxutil import artifact_from, load_model
 
 LEVELS = (4, 0)  # candidates, preferred first
 MAX_EXTRA_FLIPS = 0.005  # level 4 may flip at most 0.5 % more top tokens / top-1 labels than level 0
-MIN_SPEEDUP = 1.05  # and must be at least 5 % faster on this host
+MIN_SPEEDUP = 1.05  # below this, the report flags that level 4 was not faster on this host
 MAX_SAMPLES = 32  # inputs each level is measured on (the full verification runs afterwards on the pick)
 RULE = (
     f"accuracy level 4 unless it agrees with fp32 on more than {100 * MAX_EXTRA_FLIPS:.1f} % fewer top tokens "
-    f"(top-1 labels for other models) than level 0, fails the target's tolerances where level 0 passes, "
-    f"or is not at least {100 * (MIN_SPEEDUP - 1):.0f} % faster on this host (language models: one-token "
-    f"steps, the cost of generation; others: the first input); otherwise level 0"
+    f"(top-1 labels for other models) than level 0, or fails the target's tolerances where level 0 passes; "
+    f"otherwise level 0. Host timings (language models: one-token steps; others: the first input) are "
+    f"reported, not decisive: the same model must come out of every export"
 )
 
 
@@ -156,10 +161,11 @@ def pick(a4: LevelMeasure, a0: LevelMeasure) -> tuple[int, str]:
     per = " per token" if a4.ms_token is not None and a0.ms_token is not None else ""
     t4, t0 = (a4.speed_ms, a0.speed_ms) if per else (a4.ms, a0.ms)
     speedup = t0 / t4 if t4 > 0 else float("inf")
+    lost = "" if a4.agreement is None or a0.agreement is None else f"agreement {100 * a4.agreement:.2f} % vs {100 * a0.agreement:.2f} %; "
     if speedup < MIN_SPEEDUP:
-        return a0.level, f"level 4 is not faster here ({t4:.3f} ms vs {t0:.3f} ms{per} at level 0)"
-    lost = "" if a4.agreement is None or a0.agreement is None else f", agreement {100 * a4.agreement:.2f} % vs {100 * a0.agreement:.2f} %"
-    return a4.level, f"level 4 is {speedup:.2f}x faster here ({t4:.3f} ms vs {t0:.3f} ms{per}){lost}"
+        return a4.level, (f"level 4 keeps the accuracy ({lost}WARNING: it was not faster on this host: {t4:.3f} ms vs "
+                          f"{t0:.3f} ms{per} at level 0; pin --accuracy-level 0 if the device behaves the same)")
+    return a4.level, f"level 4 keeps the accuracy ({lost}{speedup:.2f}x faster on this host: {t4:.3f} ms vs {t0:.3f} ms{per})"
 
 
 def apply(qres: Any, choice: LevelChoice, files: dict[int, Path]) -> Any:
