@@ -214,10 +214,12 @@ class _Stats:
         return np.concatenate(self.kept, axis=0)
 
 
-def collect_stats(model_path: Path, tensors: dict[str, int], data: SampleSet, n: int, on_sample: Any = None) -> dict[str, _Stats]:
-    """Run the fp32 model on ``n`` samples with each tensor in ``tensors`` exposed as an output."""
+def _exposing_session(model_path: Path, tensors: Any) -> Any:
+    """A session on the float model with each of ``tensors`` exposed as an output, as named."""
     import onnx
     import onnxruntime as ort
+
+    from ..onnxutil import session_source
 
     model = load_model(model_path)
     existing = {o.name for o in model.graph.output}
@@ -227,10 +229,13 @@ def collect_stats(model_path: Path, tensors: dict[str, int], data: SampleSet, n:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep the tensors as named
     so.log_severity_level = 3
-    from ..onnxutil import session_source
-
     with session_source(model) as src:  # a model over 2 GiB goes through a file with external data
-        sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+
+
+def collect_stats(model_path: Path, tensors: dict[str, int], data: SampleSet, n: int, on_sample: Any = None) -> dict[str, _Stats]:
+    """Run the fp32 model on ``n`` samples with each tensor in ``tensors`` exposed as an output."""
+    sess = _exposing_session(model_path, tensors)
     names = list(tensors)
     stats = {t: _Stats(k, np.zeros((k, k)), np.zeros(k)) for t, k in tensors.items()}
     rng = np.random.default_rng(0)
@@ -525,18 +530,7 @@ HALF_CHECK_SAMPLES = 8
 
 def act_absmax(model_path: Path, tensors: set[str], data: SampleSet, n: int) -> dict[str, float]:
     """Largest |value| of each tensor over ``n`` samples of the float model (NaN counts as out of range)."""
-    import onnx
-    import onnxruntime as ort
-
-    model = load_model(model_path)
-    existing = {o.name for o in model.graph.output}
-    for t in tensors:
-        if t not in existing:
-            model.graph.output.append(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep the tensors as named
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = _exposing_session(model_path, tensors)
     names = sorted(tensors)
     peak = dict.fromkeys(names, 0.0)
     for i in range(n):
