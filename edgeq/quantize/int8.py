@@ -236,10 +236,10 @@ def quantize(
     if spec.mode == "fp16":
         return _fp16(artifact, spec, out_path)
     data_file(out_path).unlink(missing_ok=True)  # writers with external data append to it
-    head = load_model(artifact.path, load_weights=False)
-    big = needs_external_data(head)  # weights in external data: never one in-memory protobuf
-    if spec.mode == "int8-static" and spec.format == "qdq":
+    if spec.mode == "int8-static" and spec.format == "qdq":  # reads the model itself (weights once, on disk)
         return _edgeq_static(artifact, spec, out_path, data, on_sample, evals, max_drop)
+    head = load_model(artifact.path, load_weights=False)  # inline weights are in it all the same
+    big = needs_external_data(head)  # weights in external data: never one in-memory protobuf
     fp32 = head
     opset = default_opset(fp32)
     if opset < 13 and spec.per_channel:
