@@ -11,7 +11,6 @@ import contextlib
 import functools
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 

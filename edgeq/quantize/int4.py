@@ -29,7 +29,6 @@ MS_DOMAIN = "com.microsoft"
 # widths onnxruntime's CPU kernels take (checked against onnxruntime 1.32 in tests/test_int4.py)
 MATMUL_BITS = (2, 4, 8)
 GATHER_BITS = (2, 4, 8)
-MAX_CALIB_ROWS = 2048  # activation rows kept per tensor for AWQ's searches
 
 
 @dataclass(frozen=True)
@@ -187,19 +186,12 @@ class _Stats:
     hessian: np.ndarray
     abs_sum: np.ndarray
     rows: int = 0
-    kept: list[np.ndarray] = field(default_factory=list)
-    kept_rows: int = 0
 
-    def add(self, x: np.ndarray, rng: np.random.Generator) -> None:
+    def add(self, x: np.ndarray) -> None:
         x = x.reshape(-1, self.k).astype(np.float64)
         self.hessian += x.T @ x
         self.abs_sum += np.abs(x).sum(axis=0)
         self.rows += x.shape[0]
-        if self.kept_rows < MAX_CALIB_ROWS:
-            take = min(MAX_CALIB_ROWS - self.kept_rows, x.shape[0])
-            sel = rng.choice(x.shape[0], take, replace=False) if take < x.shape[0] else np.arange(x.shape[0])
-            self.kept.append(x[np.sort(sel)].astype(np.float32))
-            self.kept_rows += take
 
     @property
     def h(self) -> np.ndarray:
@@ -208,10 +200,6 @@ class _Stats:
     @property
     def mean_abs(self) -> np.ndarray:
         return self.abs_sum / max(self.rows, 1)
-
-    @property
-    def x(self) -> np.ndarray:
-        return np.concatenate(self.kept, axis=0)
 
 
 def _exposing_session(model_path: Path, tensors: Any) -> Any:
@@ -238,11 +226,10 @@ def collect_stats(model_path: Path, tensors: dict[str, int], data: SampleSet, n:
     sess = _exposing_session(model_path, tensors)
     names = list(tensors)
     stats = {t: _Stats(k, np.zeros((k, k)), np.zeros(k)) for t, k in tensors.items()}
-    rng = np.random.default_rng(0)
     for i in range(n):
         outs = sess.run(names, data.feed(i))
         for t, o in zip(names, outs):
-            stats[t].add(np.asarray(o), rng)
+            stats[t].add(np.asarray(o))
         if on_sample:
             on_sample()
     return stats
@@ -323,7 +310,6 @@ def quantize(
     on_sample: Any = None,
 ) -> WeightOnlyResult:
     """Rewrite the model's MatMul/Gemm/Gather weights per ``spec`` into ``out_path``."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     t0 = time.perf_counter()

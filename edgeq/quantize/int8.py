@@ -337,7 +337,6 @@ def quantize(
 
 
 def _fp16(artifact: Artifact, spec: QuantSpec, out_path: Path) -> QuantResult:
-    import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = load_model(artifact.path)
@@ -384,8 +383,6 @@ def _edgeq_static_in(
     max_drop: float | None,
     wdir: Path,
 ) -> QuantResult:
-    import onnx
-
     from . import static
 
     prep = static.prepare(artifact.path, spec, data, on_sample=on_sample, weights_dir=wdir)
