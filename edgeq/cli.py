@@ -683,7 +683,7 @@ def inspect(
     model: Annotated[Path, typer.Argument(help="an .onnx model")],
     as_json: JsonOpt = False,
 ) -> None:
-    """Inputs, outputs, opset, op histogram, parameters, and whether the model is quantized."""
+    """Inputs, outputs, opset, op histogram, parameters, whether the model is quantized, and its metadata."""
     from .onnxutil import describe
     from .report import inspect_table, out as console
 
@@ -693,6 +693,10 @@ def inspect(
     else:
         for t in inspect_table(d):
             console.print(t)
+        if d.get("metadata"):
+            from .modelmeta import metadata_table
+
+            console.print(metadata_table(d["metadata"]))
 
 
 @targets_app.callback()
