@@ -699,6 +699,27 @@ def inspect(
             console.print(metadata_table(d["metadata"]))
 
 
+@app.command()
+@handle_errors
+def doctor(as_json: JsonOpt = False) -> None:
+    """What this host can run: execution providers (plugins included), optional parts, and the command that installs what is missing."""
+    from .doctor import report, tables
+    from .report import out as console
+
+    r = report()
+    if as_json:
+        _emit_json(r)
+        return
+    for t in tables(r):
+        console.print(t)
+    if r["install_command"]:
+        typer.echo(f"install what is missing: {r['install_command']}")
+    for line in r["to_set_up"]:
+        typer.echo(f"set up separately: {line}")
+    if not r["missing"]:
+        typer.echo("every optional part is installed")
+
+
 @targets_app.callback()
 @handle_errors
 def targets_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
