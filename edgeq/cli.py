@@ -221,7 +221,7 @@ def export(
     override: OverrideOpt = None,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
-    example_shape: Annotated[Optional[list[str]], typer.Option("--example-shape", help="PyTorch sources: an example input NAME=1x3x224x224[:int64] (repeatable, in forward() order)")] = None,
+    example_shape: Annotated[Optional[list[str]], typer.Option("--example-shape", help="PyTorch sources: an example input [NAME=]1x3x224x224[:int64] (repeatable, in forward() order; without NAME= the name is forward()'s parameter name)")] = None,
     task: Annotated[Optional[str], typer.Option("--task", help="Hugging Face folder: text-classification | feature-extraction | text-generation")] = None,
     weights: Annotated[Optional[Path], typer.Option("--weights", help="pkg.module:factory sources: a state dict (.safetensors, .pt) to load, weights-only")] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="allow unpickling arbitrary objects (full-module .pt, TorchScript, .pt2): runs code from the file")] = False,
