@@ -28,7 +28,8 @@ from .errors import EdgeqError
 
 _MAX_CHAIN = 16
 _FILE_RE = re.compile(r'File "([^"\n]+)", line (\d+)(?:, in ([^\n]+))?')
-_EXC_RE = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)):\s?(.*)$", re.M)
+_EXC_RE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)):\s?(.*)$")
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class UserCodeError(EdgeqError):
@@ -110,16 +111,18 @@ def _syntax(exc: BaseException, roots: Sequence[str | Path], only: bool) -> User
 
 
 def _from_text(exc: BaseException, roots: Sequence[str | Path], only: bool) -> UserFault | None:
-    """torch copies the wrapped traceback into its message: the last frame, if the user's, and the exception line."""
+    """torch may copy the wrapped traceback into its message: when that text is a Python traceback whose
+    last frame is the user's and is directly followed by the exception line, that exception is the user's."""
     for e in _chain(exc):
-        text = str(e)
+        text = _ANSI_RE.sub("", str(e))
         frames = list(_FILE_RE.finditer(text))
-        if not frames:
+        if not frames or "Traceback (most recent call last)" not in text[: frames[-1].start()]:
             continue
         last = frames[-1]
         if not is_user_file(last.group(1), roots, only_roots=only):
             continue
-        m = _EXC_RE.search(text, last.end())
+        after = [ln for ln in text[last.end():].splitlines()[1:6] if ln.strip() and not ln.startswith(" ")]
+        m = _EXC_RE.match(after[0]) if after else None
         if m is None:
             continue
         name = m.group(1).rsplit(".", 1)[-1]
@@ -186,12 +189,13 @@ def fault_in_ran_code(exc: BaseException) -> UserFault | None:
 
 
 @contextlib.contextmanager
-def user_code(what: str, *, roots: Sequence[str | Path] = (), hint: str = "") -> Iterator[None]:
-    """Run the user's code: whatever it raises (an edgeq error excepted) is reported as the user's."""
+def user_code(what: str, *, roots: Sequence[str | Path] = (), hint: str = "",
+              passthrough: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """Run the user's code: whatever it raises (an edgeq error and ``passthrough`` excepted) is reported as the user's."""
     _RAN.update(str(r) for r in roots)
     try:
         yield
-    except (EdgeqError, KeyboardInterrupt):
+    except (EdgeqError, KeyboardInterrupt, *passthrough):
         raise
     except Exception as e:  # noqa: BLE001 - the user's code may raise anything
         if os.environ.get("EDGEQ_DEBUG"):

@@ -207,6 +207,11 @@ def test_errors_in_the_users_own_code_are_reported_as_theirs(runner, tmp_path, m
     r = runner.invoke(app, ["export", f"{fresh}:net", *args])
     assert r.exit_code == 2
     assert f"importing {fresh} raised KeyError: 'config missing' ({fresh}.py:{line_of(fresh, 'config missing')}, in <module>)" in one_line(r.stderr)
+    bad = user_module(tmp_path, monkeypatch, "def build(:\n    pass\n")
+    r = runner.invoke(app, ["export", f"{bad}:build", *args])
+    assert r.exit_code == 2 and f"importing {bad} raised SyntaxError: invalid syntax ({bad}.py:4)" in one_line(r.stderr)
+    r = runner.invoke(app, ["export", "no_such_user_module:build", *args])  # not found: as before
+    assert r.exit_code == 2 and one_line(r.stderr).startswith("error: cannot import no_such_user_module: No module named")
     assert not (tmp_path / "b").exists()
 
 
@@ -261,3 +266,27 @@ def test_a_hugging_face_folders_own_code_failing_is_reported_as_its_code(runner,
     assert ("custom's own model code (--trust-remote-code) raised RuntimeError: hidden_size is required "
             "(custom/configuration_oops.py:9, in __init__)") in line
     assert "transformers cannot load" not in line and not (tmp_path / "b").exists()
+
+
+def test_a_users_traceback_copied_into_torchs_message_is_read_but_torchs_own_errors_are_not(tmp_path):
+    """Exporters may keep only the text of what forward() raised; that text names the user's file and line."""
+    from edgeq.usercode import raised_by_user
+
+    user = tmp_path / "model.py"
+    user.write_text("x = 1\n" * 20)
+    wrapped = RuntimeError(
+        "Failed to export the model with torch.export.\n"
+        "Traceback (most recent call last):\n"
+        f'  File "/usr/lib/python3/site-packages/torch/export/_trace.py", line 10, in _export\n    return f()\n'
+        f'  File "{user}", line 12, in forward\n    raise KeyError("no anchors")\n    ^^^^^^^^^^^^^^^^^^^^^^^^^^^\n'
+        "KeyError: 'no anchors'\n"
+    )
+    fault = raised_by_user(wrapped)
+    assert fault is not None and (fault.file, fault.line, fault.exc_type, fault.message) == (str(user), 12, "KeyError", "'no anchors'")
+    # torch's own complaint that merely names the user's line is not the user's exception
+    guard = RuntimeError(
+        "Could not guard on data-dependent expression u0 > 3\n"
+        f'The following call raised this error:\n  File "{user}", line 12, in forward\n    if x.sum() > 3:\n\n'
+        "torch.fx.experimental.symbolic_shapes.GuardOnDataDependentSymNode: see above\n"
+    )
+    assert raised_by_user(guard) is None

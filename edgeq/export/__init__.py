@@ -145,7 +145,7 @@ def load_factory(spec: str):
         sys.path.insert(0, str(Path.cwd()))
         added = True
     try:
-        with user_code(f"importing {mod_name}", roots=_spec_roots(mod_name)):
+        with user_code(f"importing {mod_name}", roots=_spec_roots(mod_name), passthrough=(ImportError,)):
             mod = importlib.import_module(mod_name)
     except ImportError as e:
         raise ModelError(f"cannot import {mod_name}: {e}", "run from the folder that holds the package, or pip install it") from None
