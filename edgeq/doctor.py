@@ -138,19 +138,45 @@ def providers() -> list[dict[str, Any]]:
     return out
 
 
+# registers the plugin with the profiler worker's own code, in a child: registering changes what
+# onnxruntime reports in the process that does it, and a plugin that crashes takes only the child down
+_QNN_CHILD = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("edgeq_worker", sys.argv[1])
+worker = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(worker)
+import onnxruntime
+devices = worker._register_plugin(onnxruntime, "qnn")
+print(json.dumps({"ep": devices[0].ep_name if devices else None,
+                  "devices": sorted({str(d.device.type).rsplit(".", 1)[-1] for d in devices})}))
+"""
+
+
 def _qnn_plugin() -> dict[str, Any]:
-    """Register onnxruntime-qnn the way the profiler's worker does, and list its devices."""
-    from .runtime import ort
-    from .worker import _register_plugin
+    """Register onnxruntime-qnn the way the profiler's worker does (in a child process) and list its devices."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    from . import worker
 
     version = installed_version("onnxruntime-qnn")
-    try:
-        devices = _register_plugin(ort(), "qnn")
-    except Exception as e:  # noqa: BLE001 - a plugin that fails to load is reported, not raised
-        return {"name": "QNNExecutionProvider", "kind": "plugin", "detail": f"onnxruntime-qnn {version}: does not load ({' '.join(str(e).split())[:160]})"}
-    kinds = sorted({str(d.device.type).rsplit(".", 1)[-1] for d in devices})
-    name = devices[0].ep_name if devices else "QNNExecutionProvider"
-    return {"name": name, "kind": "plugin", "detail": f"onnxruntime-qnn {version}, devices: {', '.join(kinds) or 'none'}"}
+    entry = {"name": "QNNExecutionProvider", "kind": "plugin", "detail": ""}
+    with tempfile.TemporaryDirectory(prefix="edgeq-doctor-") as cwd:
+        try:
+            proc = subprocess.run([sys.executable, "-I", "-c", _QNN_CHILD, worker.__file__], capture_output=True, text=True,
+                                  timeout=120, cwd=cwd, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
+            found = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 and proc.stdout.strip() else None
+        except (subprocess.TimeoutExpired, ValueError, OSError):
+            proc, found = None, None
+    if not isinstance(found, dict):
+        tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1] if proc is not None else "timed out"
+        entry["detail"] = f"onnxruntime-qnn {version}: does not load ({' '.join(tail.split())[:160]})"
+        return entry
+    entry["name"] = str(found.get("ep") or entry["name"])
+    entry["detail"] = f"onnxruntime-qnn {version}, devices: {', '.join(map(str, found.get('devices') or [])) or 'none'}"
+    return entry
 
 
 def install_command(missing: list[Part]) -> str | None:

@@ -26,8 +26,12 @@ def test_doctor_json_names_what_is_missing_and_the_one_command(runner, tmp_path,
     (headers / "onnxruntime_cxx_api.h").write_text("// header\n")
     monkeypatch.setenv("EDGEQ_ORT_HEADERS", str(headers))
     monkeypatch.setenv("EDGEQ_OPENVINO_PYTHON", str(tmp_path / "no-such-python"))
+    import onnxruntime
+
+    before = onnxruntime.get_available_providers()
     r = runner.invoke(app, ["doctor", "--json"])
     assert r.exit_code == 0, r.output
+    assert onnxruntime.get_available_providers() == before  # plugins are registered in a child, not in edgeq's process
     d = json.loads(r.stdout)
     parts = {p["name"]: p for p in d["parts"]}
     assert not parts["torch"]["installed"] and not parts["transformers"]["installed"] and parts["cryptography"]["installed"]
