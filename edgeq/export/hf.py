@@ -175,7 +175,8 @@ def _raise_if_custom_code(e: BaseException, folder: Path) -> None:
     copied = Path(fault.file)
     if "transformers_modules" in copied.parts and (folder / copied.name).is_file():
         fault = replace(fault, file=str(folder / copied.name))  # the cache holds a copy of the folder's file
-    raise user_error(fault, f"{folder.name}'s own model code (--trust-remote-code)") from None
+    err = user_error(fault, f"{folder.name}'s own model code (--trust-remote-code)")
+    raise err from (e if os.environ.get("EDGEQ_DEBUG") else None)  # EDGEQ_DEBUG: the whole chain
 
 
 def example_inputs(config, shapes: dict[str, tuple[int, ...]], *, seed: int = 0):

@@ -476,7 +476,8 @@ def _raise_if_user(e: BaseException, roots: tuple[str, ...], out_path: Path) -> 
     fault = raised_by_user(e, roots)
     if fault is not None:
         _cleanup(out_path)
-        raise user_error(fault, "the model's code, traced by torch.onnx.export,") from None
+        err = user_error(fault, "the model's code, traced by torch.onnx.export,")
+        raise err from (e if os.environ.get("EDGEQ_DEBUG") else None)  # EDGEQ_DEBUG: the whole chain
 
 
 def _has_size_one(args, names, axes) -> bool:
