@@ -55,9 +55,8 @@ def parse_example_shapes(specs: list[str] | tuple[str, ...] | None) -> dict[str,
     from ``--input-names`` or ``forward()``'s signature (see :func:`input_names_for`).
     """
     out: dict[str, tuple[tuple[int, ...], str]] = {}
-    for i, spec in enumerate(specs or ()):
-        if "=" not in spec and spec[:1].isdigit():
-            spec = f"{UNNAMED}{i}={spec}"
+    for i, given in enumerate(specs or ()):
+        spec = f"{UNNAMED}{i}={given}" if "=" not in given and given[:1].isdigit() else given
         name, sep, rest = spec.partition("=")
         dims, _, dtype = rest.partition(":")
         dtype = dtype or "float32"
@@ -67,7 +66,7 @@ def parse_example_shapes(specs: list[str] | tuple[str, ...] | None) -> dict[str,
                 raise ValueError
         except ValueError:
             raise ModelError(
-                f"bad --example-shape '{spec}'", f"write it as NAME=1x3x224x224 or NAME=1x16:int64 (dtypes: {', '.join(_DTYPES)})"
+                f"bad --example-shape '{given}'", f"write it as [NAME=]1x3x224x224 or [NAME=]1x16:int64 (dtypes: {', '.join(_DTYPES)})"
             ) from None
         if name in out:
             raise ModelError(f"--example-shape {name} given twice", "give each input once")
