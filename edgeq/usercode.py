@@ -190,8 +190,9 @@ def fault_in_ran_code(exc: BaseException) -> UserFault | None:
 
 @contextlib.contextmanager
 def user_code(what: str, *, roots: Sequence[str | Path] = (), hint: str = "",
-              passthrough: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
-    """Run the user's code: whatever it raises (an edgeq error and ``passthrough`` excepted) is reported as the user's."""
+              passthrough: tuple[type[BaseException], ...] = (), require_frame: bool = False) -> Iterator[None]:
+    """Run the user's code: whatever it raises (an edgeq error and ``passthrough`` excepted) is reported as the user's;
+    with ``require_frame``, only when the traceback passes through the user's files (a library model's own failure is not)."""
     _RAN.update(str(r) for r in roots)
     try:
         yield
@@ -201,6 +202,8 @@ def user_code(what: str, *, roots: Sequence[str | Path] = (), hint: str = "",
         if os.environ.get("EDGEQ_DEBUG"):
             raise
         fault = in_user_code(e, roots) or UserFault("", 0, "", type(e).__name__, _first_line(e))
+        if not fault.file and require_frame:
+            raise
         if not fault.file:
             msg = f"{what} raised {fault.exc_type}" + (f": {fault.message}" if fault.message else "")
             raise UserCodeError(msg, hint or "the error is in your code, not in edgeq (EDGEQ_DEBUG=1 shows the traceback)") from None

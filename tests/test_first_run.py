@@ -176,6 +176,13 @@ class TracedOnly(Net):
         return self.fc(x)
 
 
+class OneAtATime(Net):
+    def forward(self, x):
+        if x.shape[0] > 1 and not torch.compiler.is_exporting():
+            raise ValueError("one image at a time")
+        return self.fc(x)
+
+
 def broken():
     raise RuntimeError("weights not downloaded")
 
@@ -186,6 +193,10 @@ def net():
 
 def traced_only():
     return TracedOnly()
+
+
+def one_at_a_time():
+    return OneAtATime()
 """
 
 
@@ -222,6 +233,11 @@ def test_a_user_exception_inside_torch_export_is_unwrapped(runner, tmp_path, mon
     line = one_line(r.stderr)
     assert f"raised ValueError: no tracing please ({mod}.py:{line_of(mod, 'no tracing please')}, in forward)" in line
     assert "torch cannot export" not in line and "bug in edgeq" not in line
+    # the export check runs forward() on a second batch size: failing there is the user's too
+    r = runner.invoke(app, ["export", f"{mod}:one_at_a_time", "--example-shape", "x=1x3", "-o", str(tmp_path / "b")])
+    assert r.exit_code == 2
+    assert (f"forward() on the batch=2 inputs raised ValueError: one image at a time "
+            f"({mod}.py:{line_of(mod, 'one image at a time')}, in forward)") in one_line(r.stderr)
     assert not (tmp_path / "b").exists()
 
 

@@ -293,7 +293,7 @@ def check_against_source(
     shapes: dict[int, tuple[int, ...]] = {}
     ok: dict[int, bool] = {}
     for label, args in feeds:
-        with user_code(f"forward() on the {label} inputs", roots=user_roots), torch.no_grad():
+        with user_code(f"forward() on the {label} inputs", roots=user_roots, require_frame=True), torch.no_grad():
             ref = [_to_numpy(t) for t in _flatten(module(*args))]
         feed = {n: _to_numpy(a) for n, a in zip(names, args) if isinstance(a, torch.Tensor)}
         got = run(sess, feed)
