@@ -66,6 +66,9 @@ AcceptNewOpt = Annotated[bool, typer.Option("--accept-new-host-key", help="--dev
 IdentityOpt = Annotated[Optional[Path], typer.Option("--identity", help="--device: SSH private key to log in with")]
 DevicePythonOpt = Annotated[str, typer.Option("--device-python", help="--device: Python on the device (with numpy + onnxruntime)")]
 DeviceTimeoutOpt = Annotated[int, typer.Option("--device-timeout", help="--device: seconds allowed for the copy and for the run")]
+# names of a PyTorch export (pkg.module:factory, .pt modules): edgeq/export/names.py
+InputNamesOpt = Annotated[Optional[list[str]], typer.Option("--input-names", help="PyTorch sources: input names in forward() order, comma-separated (default: --example-shape NAME=, else forward()'s parameter names)")]
+OutputNamesOpt = Annotated[Optional[list[str]], typer.Option("--output-names", help="PyTorch sources: output names in order, comma-separated (default: a returned dict's keys or namedtuple's fields, else output, output_0, ...)")]
 
 
 def _fail(e: EdgeqError) -> None:
@@ -96,6 +99,9 @@ def _quiet_libraries():
 def handle_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .usercode import reset
+
+        reset()
         try:
             with _quiet_libraries():
                 return fn(*args, **kwargs)
@@ -113,6 +119,11 @@ def handle_errors(fn):
                 raise typer.Exit(130) from None
             if os.environ.get("EDGEQ_DEBUG"):
                 raise
+            from .usercode import fault_in_ran_code, user_error
+
+            fault = fault_in_ran_code(e)  # raised in the user's module/model code that this command ran: theirs
+            if fault is not None:
+                _fail(user_error(fault))
             first = (str(e).strip().splitlines() or [""])[0][:200]
             typer.echo(
                 f"error: internal error ({type(e).__name__}: {first}) -- this is a bug in edgeq; "
@@ -210,12 +221,14 @@ def export(
     override: OverrideOpt = None,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
-    example_shape: Annotated[Optional[list[str]], typer.Option("--example-shape", help="PyTorch sources: an example input NAME=1x3x224x224[:int64] (repeatable, in forward() order)")] = None,
+    example_shape: Annotated[Optional[list[str]], typer.Option("--example-shape", help="PyTorch sources: an example input [NAME=]1x3x224x224[:int64] (repeatable, in forward() order; without NAME= the name is forward()'s parameter name)")] = None,
     task: Annotated[Optional[str], typer.Option("--task", help="Hugging Face folder: text-classification | feature-extraction | text-generation")] = None,
     weights: Annotated[Optional[Path], typer.Option("--weights", help="pkg.module:factory sources: a state dict (.safetensors, .pt) to load, weights-only")] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="allow unpickling arbitrary objects (full-module .pt, TorchScript, .pt2): runs code from the file")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="allow a Hugging Face folder's own Python code (auto_map)")] = False,
     exporter: Annotated[str, typer.Option("--exporter", help="auto (dynamo, then TorchScript; Hugging Face folders: Optimum when EDGEQ_OPTIMUM_PYTHON is set) | dynamo | torchscript | optimum")] = "auto",
+    input_names: InputNamesOpt = None,
+    output_names: OutputNamesOpt = None,
 ) -> None:
     """Export, optimize, quantize, verify, profile and bundle a model for a target."""
     from .isolate import open_source
@@ -240,6 +253,14 @@ def export(
     kind = source_kind(source)
     if kind == "onnx":
         _check_onnx_source(source)
+    from .export.names import parse_names
+
+    in_names, out_names = parse_names(input_names, "--input-names"), parse_names(output_names, "--output-names")
+    if (in_names or out_names) and kind not in ("factory", "pickle"):
+        from .errors import ModelError
+
+        raise ModelError(f"--input-names/--output-names name a PyTorch module's export, not a source of kind {kind}",
+                         "use them with pkg.module:factory or a full-module .pt")
     opts = ExportOptions(
         target=tg, spec=spec, out=out, calib=calib, eval=eval_data, force=force,
         static_shapes=parse_shapes(static_shape), opset=opset, golden=golden, do_profile=not no_profile,
@@ -259,7 +280,7 @@ def export(
             sopts = SourceOptions(
                 target=tg, example_shapes=parse_example_shapes(example_shape), static_shapes=opts.static_shapes,
                 task=task, weights=weights, trust_pickle=trust_pickle, trust_remote_code=trust_remote_code,
-                opset=opset, exporter=exporter,
+                opset=opset, exporter=exporter, input_names=in_names, output_names=out_names, app_io=preprocess,
             )
             with progress.stage(f"export ({kind})"):
                 src, check = export_source(str(source), sopts, work)
@@ -662,7 +683,7 @@ def inspect(
     model: Annotated[Path, typer.Argument(help="an .onnx model")],
     as_json: JsonOpt = False,
 ) -> None:
-    """Inputs, outputs, opset, op histogram, parameters, and whether the model is quantized."""
+    """Inputs, outputs, opset, op histogram, parameters, whether the model is quantized, and its metadata."""
     from .onnxutil import describe
     from .report import inspect_table, out as console
 
@@ -672,6 +693,31 @@ def inspect(
     else:
         for t in inspect_table(d):
             console.print(t)
+        if d.get("metadata"):
+            from .modelmeta import metadata_table
+
+            console.print(metadata_table(d["metadata"]))
+
+
+@app.command()
+@handle_errors
+def doctor(as_json: JsonOpt = False) -> None:
+    """What this host can run: execution providers (plugins included), optional parts, and the command that installs what is missing."""
+    from .doctor import report, tables
+    from .report import out as console
+
+    r = report()
+    if as_json:
+        _emit_json(r)
+        return
+    for t in tables(r):
+        console.print(t)
+    if r["install_command"]:
+        typer.echo(f"install what is missing: {r['install_command']}")
+    for line in r["to_set_up"]:
+        typer.echo(f"set up separately: {line}")
+    if not r["missing"]:
+        typer.echo("every optional part is installed")
 
 
 @targets_app.callback()

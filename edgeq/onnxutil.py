@@ -60,7 +60,9 @@ def io_spec(model: Any) -> IoSpec:
     inits = {i.name for i in model.graph.initializer}
     inputs = tuple(_value_info_spec(v) for v in model.graph.input if v.name not in inits)
     outputs = tuple(_value_info_spec(v) for v in model.graph.output)
-    return IoSpec(inputs=inputs, outputs=outputs)
+    from .modelmeta import declared_imgsz
+
+    return IoSpec(inputs=inputs, outputs=outputs, imgsz=declared_imgsz(model))
 
 
 def default_opset(model: Any) -> int:
@@ -565,4 +567,12 @@ def describe(path: Path) -> dict[str, Any]:
         "parameter_bytes": pbytes,
         "file_bytes": model_size(path),
         "quantized": is_quantized(model),
+        **_declared(model),
     }
+
+
+def _declared(model: Any) -> dict[str, Any]:
+    from .modelmeta import declared_imgsz, for_json, metadata
+
+    size = declared_imgsz(model)
+    return {"metadata": for_json(metadata(model)), "declared_imgsz": list(size) if size else None}

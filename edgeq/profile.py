@@ -84,8 +84,11 @@ def skip_reason(target: Target) -> str:
 def synthetic_feed(io: IoSpec, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     feed = {}
+    from .modelmeta import imgsz_shape
+
     for t in io.inputs:
-        shape = [d if isinstance(d, int) else 1 for d in t.shape]
+        # dynamic height/width: the size the file declares (metadata imgsz), else 1
+        shape = list(imgsz_shape(t.shape, io.imgsz) or [d if isinstance(d, int) else 1 for d in t.shape])
         dt = np.dtype(t.dtype)
         feed[t.name] = (rng.standard_normal(shape).astype(dt) if dt.kind == "f" else np.zeros(shape, dt))
     return feed
