@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from . import child
 from . import runner as runner_mod
 from .artifact import Artifact
 from .archive import ExtractLimits, archive_format, archive_path, safe_extract, write_archive
@@ -126,7 +126,7 @@ if os.environ.get("EDGEQ_ORT_CHILD") != "1" and sys.platform.startswith("linux")
         libc = ctypes.CDLL(None, use_errno=True)
         cur = libc.personality(0xFFFFFFFF)
         if cur != -1 and not cur & ADDR_NO_RANDOMIZE and libc.personality(cur | ADDR_NO_RANDOMIZE) != -1:
-            os.execv(sys.executable, [sys.executable, "-c", CODE] + sys.argv[1:])
+            os.execv(sys.executable, [sys.executable, "-I", "-c", CODE] + sys.argv[1:])
     except OSError:
         pass
 import onnxruntime as ort
@@ -143,12 +143,11 @@ ort.InferenceSession(sys.argv[1], sess_options=so, providers=["CPUExecutionProvi
 
 def _convert_to_ort(model: Path, ort_path: Path, level: str) -> None:
     code = "CODE = " + repr(_ORT_CHILD) + "\n" + _ORT_CHILD
-    # relative names and a fixed environment: the child's memory layout must not depend on the output path
+    # relative names and a fixed environment: the child's memory layout must not depend on the output path;
+    # isolated (-I): the working directory is edgeq's own staging folder, which holds only the model
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "LD_LIBRARY_PATH", "SYSTEMROOT", "HOME")}
-    env["PYTHONHASHSEED"] = "0"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    proc = subprocess.run(
-        [sys.executable, "-c", code, model.name, ort_path.name, level],
+    proc = child.run(
+        child.python_argv(sys.executable, ["-c", code, model.name, ort_path.name, level]),
         cwd=model.parent, env=env, capture_output=True, text=True, timeout=3600,
     )
     if proc.returncode != 0 or not ort_path.is_file():

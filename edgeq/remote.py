@@ -17,12 +17,12 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from . import child
 from .errors import BundleError, EdgeqError
 
 
@@ -127,12 +127,12 @@ def _explain(device: Device, opts: SshOptions, stderr: str, what: str) -> Remote
     return RemoteError(f"{what} on {device.url()} failed: {text}", hint)
 
 
-def _run(cmd: list[str], opts: SshOptions, *, timeout: float | None = None) -> subprocess.CompletedProcess:
+def _run(cmd: list[str], opts: SshOptions, *, timeout: float | None = None) -> child.CompletedProcess:
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout or opts.command_timeout_s, stdin=subprocess.DEVNULL)
+        return child.run(cmd, capture_output=True, text=True, timeout=timeout or opts.command_timeout_s)
     except FileNotFoundError:
         raise RemoteError(f"{cmd[0]} is not installed", "install the OpenSSH client (apt-get install openssh-client)") from None
-    except subprocess.TimeoutExpired:
+    except child.TimeoutExpired:
         raise RemoteError(f"{cmd[0]} did not finish within {timeout or opts.command_timeout_s:.0f} s",
                           "check the device, or raise --device-timeout") from None
 
@@ -209,7 +209,7 @@ def run_on_device(
     return result
 
 
-def _parse_runner(r: subprocess.CompletedProcess, dev: Device, opts: SshOptions) -> dict[str, Any]:
+def _parse_runner(r: child.CompletedProcess, dev: Device, opts: SshOptions) -> dict[str, Any]:
     if r.returncode == 255:
         raise _explain(dev, opts, r.stderr, "running the bundle")
     try:

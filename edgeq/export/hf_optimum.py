@@ -28,12 +28,12 @@ import importlib.util
 import json
 import os
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import child
 from ..artifact import Artifact
 from ..errors import CheckFailed, ModelError
 from ..targets import Target
@@ -145,8 +145,8 @@ def run_child(py: OptimumPython, folder: Path, task: str, out_dir: Path, *, opse
                TOKENIZERS_PARALLELISM="false", PYTHONIOENCODING="utf-8")
     with open(log_path, "wb") as log:
         try:
-            r = subprocess.run([str(py.python), "-I", str(CHILD), str(req_path)], stdout=log, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, env=env, cwd=str(out_dir.parent))
+            r = child.run(child.python_argv(py.python, [CHILD, req_path]), stdout=log, stderr=child.STDOUT,
+                          env=env, cwd=str(out_dir.parent))  # isolated; cwd: edgeq's own scratch folder
         except OSError as e:
             raise ModelError(f"cannot run {py.python} ({py.why}): {e.strerror or e}", PIP_HINT) from None
     result: dict[str, Any] = {}
