@@ -488,7 +488,12 @@ def profile(
     if reference is not None:
         _check_onnx_source(reference)
     inputs = [load_input(m, data=data) for m in models]
-    tg = load_target(target or inputs[0].bundle_target or "cpu-x86_64")
+    if target or not inputs[0].bundle_target:
+        tg = load_target(target or "cpu-x86_64")
+    else:  # a bundle is data: its manifest may name only a target shipped with edgeq
+        from .targets import bundle_target
+
+        tg = bundle_target(inputs[0].bundle_target, f"the manifest of bundle {inputs[0].label}")
     opts = MeasureOptions(runs=runs, warmup=warmup, threads=threads, budget_s=budget, top=top)
     backend = resolve_backend(tg, setup_runtime=setup_runtime, progress=setup_progress(err))
     reports = []
