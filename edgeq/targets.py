@@ -214,6 +214,9 @@ def _parse(data: dict[str, Any], path: Path, *, trusted: bool = True) -> Target:
     unknown = sorted(set(data) - _TOP_KEYS)
     if unknown:
         raise TargetError(f"{where}: unknown key(s) {', '.join(unknown)}", f"known keys: {', '.join(sorted(_TOP_KEYS))}")
+    from .target_check import check_target_data
+
+    check_target_data(data, where)  # every key and value: type, finite, range (one line naming the key)
     runtime = data.get("runtime", "onnxruntime")
     if runtime not in RUNTIMES:
         raise TargetError(f"{where}: unknown runtime '{runtime}'", f"choose one of {', '.join(RUNTIMES)}")
@@ -246,7 +249,7 @@ def _parse(data: dict[str, Any], path: Path, *, trusted: bool = True) -> Target:
         raise TargetError(f"{where}: {e}", "see targets/arm64.toml for the format") from None
     except EdgeqError as e:
         raise TargetError(e.message, e.hint) from None
-    if not (opset.min <= opset.preferred <= opset.max):
+    if not (opset.min <= opset.preferred <= opset.max):  # each in target_check.OPSET_BOUNDS already
         raise TargetError(f"{where}: opset range must satisfy min <= preferred <= max", "fix the [opset] table")
     session = data.get("session", {})
     level = session.get("graph_optimization_level", "basic")
