@@ -17,6 +17,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from .errors import CheckFailed, EdgeqError
+from .safetext import escape_markup, escape_text
 
 app = typer.Typer(
     add_completion=False,
@@ -71,7 +72,7 @@ DeviceTimeoutOpt = Annotated[int, typer.Option("--device-timeout", help="--devic
 def _fail(e: EdgeqError) -> None:
     if os.environ.get("EDGEQ_DEBUG"):
         raise e
-    typer.echo(f"error: {e.one_line()}", err=True)
+    typer.echo(f"error: {escape_text(e.one_line())}", err=True)  # names from files may hold control characters
     raise typer.Exit(e.exit_code)
 
 
@@ -113,7 +114,7 @@ def handle_errors(fn):
                 raise typer.Exit(130) from None
             if os.environ.get("EDGEQ_DEBUG"):
                 raise
-            first = (str(e).strip().splitlines() or [""])[0][:200]
+            first = escape_text((str(e).strip().splitlines() or [""])[0][:200])
             typer.echo(
                 f"error: internal error ({type(e).__name__}: {first}) -- this is a bug in edgeq; "
                 "run again with EDGEQ_DEBUG=1 and report the traceback",
@@ -272,7 +273,7 @@ def export(
     else:
         console.print(export_table(result))
         for n in result["notes"]:
-            console.print(f"note: {n}")
+            console.print(f"note: {escape_markup(n)}")
         if result["quantization"].get("layers"):
             from .report import layers_table
 
@@ -365,9 +366,9 @@ def quantize(
         _emit_json({"model": str(out), "quantization": recipe})
     else:
         cov = recipe.get("coverage")
-        console.print(f"wrote {out} ({spec.mode}" + (f", {cov['nodes_quantized']}/{cov['nodes_total']} weight nodes quantized)" if cov else ")"))
+        console.print(f"wrote {escape_markup(out)} ({spec.mode}" + (f", {cov['nodes_quantized']}/{cov['nodes_total']} weight nodes quantized)" if cov else ")"))
         for n in recipe["notes"]:
-            console.print(f"note: {n}")
+            console.print(f"note: {escape_markup(n)}")
         if recipe.get("layers"):
             from .report import layers_table
 
@@ -413,7 +414,7 @@ def verify(
         else:
             console.print(bundle_check_table(result))
             signed = f", signature by key {result['signed_by'][:16]}" if result.get("signed_by") else ""
-            console.print(f"[green]PASS[/] bundle {candidate}: schema, checksums{signed} and {len(result['pairs'])} golden pairs")
+            console.print(f"[green]PASS[/] bundle {escape_markup(candidate)}: schema, checksums{signed} and {len(result['pairs'])} golden pairs")
         return
     from .data import load_samples
     from .errors import CalibrationError
@@ -441,7 +442,7 @@ def verify(
     if not report["passed"]:
         _fail(CheckFailed(f"candidate outside target {tg.name}'s tolerances: {'; '.join(report['failures'])}", "see the table above"))
     elif not as_json:
-        console.print(f"[green]PASS[/] within target {tg.name}'s tolerances")
+        console.print(f"[green]PASS[/] within target {escape_markup(tg.name)}'s tolerances")
 
 
 @app.command()
@@ -476,8 +477,6 @@ def profile(
                                   identity=identity, python=device_python, timeout=device_timeout,
                                   runs=runs, warmup=warmup, threads=threads, as_json=as_json)
     from .profile import MeasureOptions, check_coverage, load_input, measure, resolve_backend
-    from rich.markup import escape
-
     from .report import err, out as console, profile_details, profile_notes, profile_table, setup_progress
     from .targets import load_target
 
@@ -513,7 +512,7 @@ def profile(
         for t in profile_details(reports):
             console.print(t)
         for line in profile_notes(reports):
-            console.print(escape(line))
+            console.print(escape_markup(line))
         if html is not None:
             console.print(f"wrote {html}")
     failed = [f for r in reports for f in ((r.get("numerics") or {}).get("vs_reference") or {}).get("failures", [])]
@@ -543,7 +542,7 @@ def _verify_emulated(candidate: Path, cpus_text: str, *, model: str, reference: 
         if result.get("verify"):
             console.print(verify_table(result["verify"]))
         console.print(emulation_table(result))
-        console.print(f"note: {result['note']}")
+        console.print(f"note: {escape_markup(result['note'])}")
     check_emulated(result)
     if not as_json:
         console.print(f"[green]PASS[/] x86 and {', '.join(cpus)} agree within atol {result['atol']}, rtol {result['rtol']}")
