@@ -575,13 +575,15 @@ def emulation_table(result: dict[str, Any]) -> Any:
 
     from .report import fmt
 
-    t = Table(title=f"ARM64 under qemu: {result['model']} vs the golden outputs computed when the bundle was built "
-                    f"(atol {result['atol']}, rtol {result['rtol']})")
+    from .safetext import escape_markup
+
+    t = Table(title=escape_markup(f"ARM64 under qemu: {result['model']} vs the golden outputs computed when the bundle was built "
+                                  f"(atol {result['atol']}, rtol {result['rtol']})"))
     for c in ("cpu", "onnxruntime", "golden pairs", "max abs error", "result"):
         t.add_column(c, justify="right" if c in ("golden pairs", "max abs error") else "left")
     h = result["host"]
-    t.add_row(f"{h['arch']} (this host)", h["onnxruntime"], str(len(h["pairs"])), fmt(h["max_abs_error"]), "pass" if h["passed"] else "[red]FAIL[/]")
+    t.add_row(f"{h['arch']} (this host)", escape_markup(h["onnxruntime"]), str(len(h["pairs"])), fmt(h["max_abs_error"]), "pass" if h["passed"] else "[red]FAIL[/]")
     for r in result["emulated"]:
-        t.add_row(f"{r['cpu']} (qemu)", r["onnxruntime"], str(len(r["pairs"])), fmt(r["max_abs_error"]),
+        t.add_row(f"{r['cpu']} (qemu)", escape_markup(r["onnxruntime"]), str(len(r["pairs"])), fmt(r["max_abs_error"]),
                   "pass" if r["passed"] else ("[red]ERROR[/] (does not run)" if r["error"] else "[red]FAIL[/]"))
     return t

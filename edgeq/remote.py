@@ -241,19 +241,20 @@ def device_tables(result: dict[str, Any]) -> list[Any]:
     from rich.table import Table
 
     from .report import fmt
+    from .safetext import escape_markup as esc  # what the device and the bundle's manifest report is data
 
     p = result.get("platform", {})
-    head = Table(title=f"edgeq profile on {result['device']} (measured on the device)", show_header=False)
+    head = Table(title=esc(f"edgeq profile on {result['device']} (measured on the device)"), show_header=False)
     head.add_column("k")
     head.add_column("v")
-    head.add_row("device", f"{p.get('machine', '?')} {p.get('cpu', '')} ({p.get('cpu_count', '?')} CPUs), {p.get('system', '')}")
-    head.add_row("runtime", f"Python {p.get('python', '?')}, onnxruntime {p.get('onnxruntime', '?')}, {result['model']} on {result['providers'][0]}")
+    head.add_row("device", esc(f"{p.get('machine', '?')} {p.get('cpu', '')} ({p.get('cpu_count', '?')} CPUs), {p.get('system', '')}"))
+    head.add_row("runtime", esc(f"Python {p.get('python', '?')}, onnxruntime {p.get('onnxruntime', '?')}, {result['model']} on {result['providers'][0]}"))
     head.add_row("checks", f"{result['files_checked']} files, {len(result['pairs'])} golden pairs: "
                  f"{'pass' if result['passed'] else '[red]FAIL[/]'} (max abs error {fmt(result['max_abs_error'])})")
     out = [head]
     t = result.get("timing")
     if t:
-        tt = Table(title=f"latency on the device ({t['model']}, {t['runs']} runs after {t['warmup']} warm-up)")
+        tt = Table(title=esc(f"latency on the device ({t['model']}, {t['runs']} runs after {t['warmup']} warm-up)"))
         tt.add_column("metric")
         tt.add_column("value", justify="right", no_wrap=True)
         peak = t.get("peak_rss_kib")

@@ -117,13 +117,18 @@ def test_an_unknown_target_within_the_shipped_bounds_still_verifies(runner, bund
 
 
 def test_a_signed_manifest_for_an_unknown_target_keeps_its_publishers_tolerance(tmp_path):
+    """A custom target looser than any shipped one: signed, verify --pubkey accepts it; without the signature it is refused."""
     from edgeq.bundle import check_bundle
 
+    custom = _target(tmp_path, r"^golden_atol = .*$", "golden_atol = 0.5")
+    custom.write_text(custom.read_text().replace('name = "cpu-x86_64"', 'name = "my-device"', 1))
     priv, pub = keypair(tmp_path / "key")
-    b = build(tmp_path / "signed", target="cpu-x86_64", sign_key=priv)
+    b = build(tmp_path / "signed", target=str(custom), sign_key=priv)
     m = json.loads((b / "manifest.json").read_text())
-    assert m["target"]["name"] == "cpu-x86_64"
+    assert m["target"]["name"] == "my-device" and m["golden"]["atol"] == 0.5
     assert check_bundle(b, pubkey=pub)["signature_checked"]
+    with pytest.raises(BundleError, match="looser than any target shipped with edgeq"):
+        check_bundle(b)
 
 
 def test_non_finite_golden_tolerance_is_refused(bundle, tmp_path):
