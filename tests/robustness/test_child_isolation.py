@@ -110,7 +110,7 @@ def test_openvino_venv_creation_runs_isolated(hostile, tmp_path, monkeypatch):
     steps = []
     with pytest.raises(EdgeqError, match="installing onnxruntime-openvino"):  # venv made; pip finds no index
         ovenv.create(lambda i, n, what: steps.append(what))
-    assert steps[:2] == ["creating the virtual environment", steps[1]] and "installing" in steps[1]
+    assert steps[0] == "creating the virtual environment" and "installing onnxruntime-openvino" in steps[1]
     assert canaries(cwd, env) == []
     assert not ovenv.managed_env().exists()
 
