@@ -25,7 +25,7 @@ SESSION_KEYS = {"graph_optimization_level": str, "intra_op_num_threads": int}
 OPS_KEYS = {"supported": list, "dtypes": list}
 PROVIDER_KEYS = {"name", "options"}
 GGUF_TOLERANCE_KEYS = ("max_kl", "min_top1", "max_ppl_ratio")
-# tolerance name -> (low, high) inclusive; all must be finite numbers
+# tolerance name -> (low, high) inclusive, for those with a tighter range than "finite and >= 0"
 TOLERANCE_RANGES = {
     "min_cosine": (0.0, 1.0),
     "min_top1_agreement": (0.0, 1.0),
@@ -95,13 +95,16 @@ def _quant(where: str, data: Any) -> None:
         elif hint is int:
             check_number(where, name, value, 0 if key != "calib_samples" else 1,
                          MAX_CALIB_SAMPLES if key == "calib_samples" else 1 << 24, integer=True)
+        elif hint is float:
+            check_type(where, name, value, float)
         elif key == "overrides":
             check_type(where, name, value, list)
             for o in value:
                 if not (isinstance(o, list) and len(o) == 2 and all(isinstance(x, str) for x in o)):
                     _fail(where, name, f"must be a list of [pattern, mode] pairs, not one holding {_shown(o)}")
-        else:  # tuple[str, ...]
+        elif typing.get_origin(hint) is tuple:  # tuple[str, ...]
             check_str_list(where, name, value)
+        # other field types are left to QuantSpec's own checks
 
 
 def _providers(where: str, data: Any) -> None:
@@ -142,8 +145,12 @@ def _gguf(where: str, data: Any) -> None:
             check_number(where, f"gguf.tolerances.{q}.{key}", value, 0.0, high)
 
 
-def check_target_data(data: dict[str, Any], where: str) -> None:
-    """Raise ``TargetError`` for the first key of a parsed target file with a bad type or value."""
+def check_target_data(data: dict[str, Any], where: str, tolerance_defaults: dict[str, Any]) -> None:
+    """Raise ``TargetError`` for the first key of a parsed target file with a bad type or value.
+
+    ``tolerance_defaults``: the ``Tolerances`` fields and their defaults (known keys; a
+    number default means a finite number >= 0, narrowed by ``TOLERANCE_RANGES``).
+    """
     for key in ("name", "description", "arch", "runtime"):
         if key in data:
             check_type(where, key, data[key], str)
@@ -166,9 +173,13 @@ def check_target_data(data: dict[str, Any], where: str) -> None:
     if "opset" in data:
         _opset(where, data["opset"])
     if "tolerances" in data:
-        for key, value in _table(where, "tolerances", data["tolerances"], TOLERANCE_RANGES).items():
-            low, high = TOLERANCE_RANGES[key]
-            check_number(where, f"tolerances.{key}", value, low, high)
+        for key, value in _table(where, "tolerances", data["tolerances"], tolerance_defaults).items():
+            default = tolerance_defaults[key]
+            if isinstance(default, (int, float)) and not isinstance(default, bool):
+                low, high = TOLERANCE_RANGES.get(key, (0.0, math.inf))
+                check_number(where, f"tolerances.{key}", value, low, high)
+            else:
+                check_type(where, f"tolerances.{key}", value, type(default))
     if "ops" in data:
         for key, value in _table(where, "ops", data["ops"], OPS_KEYS).items():
             check_str_list(where, f"ops.{key}", value)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -216,7 +216,8 @@ def _parse(data: dict[str, Any], path: Path, *, trusted: bool = True) -> Target:
         raise TargetError(f"{where}: unknown key(s) {', '.join(unknown)}", f"known keys: {', '.join(sorted(_TOP_KEYS))}")
     from .target_check import check_target_data
 
-    check_target_data(data, where)  # every key and value: type, finite, range (one line naming the key)
+    tolerance_defaults = {f.name: f.default for f in fields(Tolerances)}
+    check_target_data(data, where, tolerance_defaults)  # every key and value: type, finite, range (one line naming the key)
     runtime = data.get("runtime", "onnxruntime")
     if runtime not in RUNTIMES:
         raise TargetError(f"{where}: unknown runtime '{runtime}'", f"choose one of {', '.join(RUNTIMES)}")
