@@ -82,6 +82,29 @@ def test_a_manifest_naming_a_target_file_is_refused(runner, bundle, tmp_path, mo
     assert not canary.exists()
 
 
+def test_a_toml_and_library_shipped_inside_the_bundle_are_never_used(runner, bundle, tmp_path):
+    """The issue's case: x.toml and its library inside the bundle, listed with checksums, the manifest naming x.toml."""
+    import hashlib
+
+    b = tmp_path / "bundle"
+    shutil.copytree(bundle, b)
+    lib, canary = _canary_library(tmp_path)
+    shutil.copy(lib, b / "libevil.so")
+    _evil_toml(b / "x.toml", b / "libevil.so")
+    m = json.loads((b / "manifest.json").read_text())
+    for f in ("x.toml", "libevil.so"):
+        data = (b / f).read_bytes()
+        m["files"][f] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    depth = len(targets_mod.targets_dir().resolve().parts)
+    for name in (str(b / "x.toml"), "targets/" + "../" * depth + str(b / "x.toml").lstrip("/")):
+        m["target"]["name"] = name
+        (b / "manifest.json").write_text(json.dumps(m))
+        r = invoke(runner, "profile", str(b), *FAST)
+        assert r.exit_code == 2, r.output
+        assert_one_error_line(r.stderr, "not a target shipped with edgeq")
+    assert not canary.exists()
+
+
 def test_the_library_is_live_when_the_user_chooses_that_target(runner, bundle, tmp_path):
     """Control: the same TOML passed by the user with --target is accepted, and its library really loads."""
     pytest.importorskip("onnxruntime_qnn")
