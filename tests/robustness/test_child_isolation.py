@@ -57,6 +57,13 @@ def hostile(tmp_path, monkeypatch):
     return cwd, env
 
 
+def _no_pip_index(monkeypatch) -> None:
+    """pip consults no index and no config file: every install fails at once, offline and deterministic."""
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+
+
 def test_the_planted_modules_are_live(hostile):
     """Control: a plain ``python -c`` child in that folder runs the planted code (so the tests below can fail)."""
     cwd, env = hostile
@@ -84,14 +91,11 @@ def test_probe_ort_writer_and_profile_worker_import_nothing_from_cwd_or_env(host
 
 
 def test_emulation_pip_runs_isolated(hostile, tmp_path, monkeypatch):
-    """The arm64 set-up's ``-m pip`` (here pointed at an index that does not answer) imports no planted pip."""
+    """The arm64 set-up's ``-m pip`` (here with no index, so it fails) imports no planted pip."""
     from edgeq.emulate import EmulationError, _pip_install
 
     cwd, env = hostile
-    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
-    monkeypatch.setenv("PIP_RETRIES", "0")
-    monkeypatch.setenv("PIP_TIMEOUT", "1")
-    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+    _no_pip_index(monkeypatch)
     with pytest.raises(EmulationError):
         _pip_install(tmp_path / "site", "3.11", "1.0.0", lambda line: None)
     assert canaries(cwd, env) == []
@@ -104,11 +108,9 @@ def test_openvino_venv_creation_runs_isolated(hostile, tmp_path, monkeypatch):
 
     cwd, env = hostile
     monkeypatch.setenv("EDGEQ_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
-    monkeypatch.setenv("PIP_RETRIES", "0")
-    monkeypatch.setenv("PIP_TIMEOUT", "1")
+    _no_pip_index(monkeypatch)
     steps = []
-    with pytest.raises(EdgeqError, match="installing onnxruntime-openvino"):  # venv made; pip finds no index
+    with pytest.raises(EdgeqError, match="installing onnxruntime-openvino"):  # venv made; pip has no index
         ovenv.create(lambda i, n, what: steps.append(what))
     assert steps[0] == "creating the virtual environment" and "installing onnxruntime-openvino" in steps[1]
     assert canaries(cwd, env) == []
