@@ -17,6 +17,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from .errors import CheckFailed, EdgeqError
+from .safetext import escape_markup, escape_text
 
 app = typer.Typer(
     add_completion=False,
@@ -74,7 +75,7 @@ OutputNamesOpt = Annotated[Optional[list[str]], typer.Option("--output-names", h
 def _fail(e: EdgeqError) -> None:
     if os.environ.get("EDGEQ_DEBUG"):
         raise e
-    typer.echo(f"error: {e.one_line()}", err=True)
+    typer.echo(f"error: {escape_text(e.one_line())}", err=True)  # names from files may hold control characters
     raise typer.Exit(e.exit_code)
 
 
@@ -124,7 +125,7 @@ def handle_errors(fn):
             fault = fault_in_ran_code(e)  # raised in the user's module/model code that this command ran: theirs
             if fault is not None:
                 _fail(user_error(fault))
-            first = (str(e).strip().splitlines() or [""])[0][:200]
+            first = escape_text((str(e).strip().splitlines() or [""])[0][:200])
             typer.echo(
                 f"error: internal error ({type(e).__name__}: {first}) -- this is a bug in edgeq; "
                 "run again with EDGEQ_DEBUG=1 and report the traceback",
@@ -293,7 +294,7 @@ def export(
     else:
         console.print(export_table(result))
         for n in result["notes"]:
-            console.print(f"note: {n}")
+            console.print(f"note: {escape_markup(n)}")
         if result["quantization"].get("layers"):
             from .report import layers_table
 
@@ -386,9 +387,9 @@ def quantize(
         _emit_json({"model": str(out), "quantization": recipe})
     else:
         cov = recipe.get("coverage")
-        console.print(f"wrote {out} ({spec.mode}" + (f", {cov['nodes_quantized']}/{cov['nodes_total']} weight nodes quantized)" if cov else ")"))
+        console.print(f"wrote {escape_markup(out)} ({spec.mode}" + (f", {cov['nodes_quantized']}/{cov['nodes_total']} weight nodes quantized)" if cov else ")"))
         for n in recipe["notes"]:
-            console.print(f"note: {n}")
+            console.print(f"note: {escape_markup(n)}")
         if recipe.get("layers"):
             from .report import layers_table
 
@@ -434,7 +435,7 @@ def verify(
         else:
             console.print(bundle_check_table(result))
             signed = f", signature by key {result['signed_by'][:16]}" if result.get("signed_by") else ""
-            console.print(f"[green]PASS[/] bundle {candidate}: schema, checksums{signed} and {len(result['pairs'])} golden pairs")
+            console.print(f"[green]PASS[/] bundle {escape_markup(candidate)}: schema, checksums{signed} and {len(result['pairs'])} golden pairs")
         return
     from .data import load_samples
     from .errors import CalibrationError
@@ -462,7 +463,7 @@ def verify(
     if not report["passed"]:
         _fail(CheckFailed(f"candidate outside target {tg.name}'s tolerances: {'; '.join(report['failures'])}", "see the table above"))
     elif not as_json:
-        console.print(f"[green]PASS[/] within target {tg.name}'s tolerances")
+        console.print(f"[green]PASS[/] within target {escape_markup(tg.name)}'s tolerances")
 
 
 @app.command()
@@ -497,8 +498,6 @@ def profile(
                                   identity=identity, python=device_python, timeout=device_timeout,
                                   runs=runs, warmup=warmup, threads=threads, as_json=as_json)
     from .profile import MeasureOptions, check_coverage, load_input, measure, resolve_backend
-    from rich.markup import escape
-
     from .report import err, out as console, profile_details, profile_notes, profile_table, setup_progress
     from .targets import load_target
 
@@ -509,7 +508,12 @@ def profile(
     if reference is not None:
         _check_onnx_source(reference)
     inputs = [load_input(m, data=data) for m in models]
-    tg = load_target(target or inputs[0].bundle_target or "cpu-x86_64")
+    if target or not inputs[0].bundle_target:
+        tg = load_target(target or "cpu-x86_64")
+    else:  # a bundle is data: its manifest may name only a target shipped with edgeq
+        from .targets import bundle_target
+
+        tg = bundle_target(inputs[0].bundle_target, f"the manifest of bundle {inputs[0].label}")
     opts = MeasureOptions(runs=runs, warmup=warmup, threads=threads, budget_s=budget, top=top)
     backend = resolve_backend(tg, setup_runtime=setup_runtime, progress=setup_progress(err))
     reports = []
@@ -529,7 +533,7 @@ def profile(
         for t in profile_details(reports):
             console.print(t)
         for line in profile_notes(reports):
-            console.print(escape(line))
+            console.print(escape_markup(line))
         if html is not None:
             console.print(f"wrote {html}")
     failed = [f for r in reports for f in ((r.get("numerics") or {}).get("vs_reference") or {}).get("failures", [])]
@@ -559,7 +563,7 @@ def _verify_emulated(candidate: Path, cpus_text: str, *, model: str, reference: 
         if result.get("verify"):
             console.print(verify_table(result["verify"]))
         console.print(emulation_table(result))
-        console.print(f"note: {result['note']}")
+        console.print(f"note: {escape_markup(result['note'])}")
     check_emulated(result)
     if not as_json:
         console.print(f"[green]PASS[/] x86 and {', '.join(cpus)} agree within atol {result['atol']}, rtol {result['rtol']}")

@@ -155,21 +155,18 @@ print(json.dumps({"ep": devices[0].ep_name if devices else None,
 def _qnn_plugin() -> dict[str, Any]:
     """Register onnxruntime-qnn the way the profiler's worker does (in a child process) and list its devices."""
     import json
-    import subprocess
     import sys
-    import tempfile
 
-    from . import worker
+    from . import child, worker
 
     version = installed_version("onnxruntime-qnn")
     entry = {"name": "QNNExecutionProvider", "kind": "plugin", "detail": ""}
-    with tempfile.TemporaryDirectory(prefix="edgeq-doctor-") as cwd:
-        try:
-            proc = subprocess.run([sys.executable, "-I", "-c", _QNN_CHILD, worker.__file__], capture_output=True, text=True,
-                                  timeout=120, cwd=cwd, env=dict(os.environ, PYTHONDONTWRITEBYTECODE="1"))
-            found = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 and proc.stdout.strip() else None
-        except (subprocess.TimeoutExpired, ValueError, OSError):
-            proc, found = None, None
+    try:
+        proc = child.run(child.python_argv(sys.executable, ["-c", _QNN_CHILD, worker.__file__]), capture_output=True,
+                         text=True, timeout=120, env=child.clean_env(PYTHONDONTWRITEBYTECODE="1"))
+        found = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 and proc.stdout.strip() else None
+    except (child.TimeoutExpired, ValueError, OSError):
+        proc, found = None, None
     if not isinstance(found, dict):
         tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1] if proc is not None else "timed out"
         entry["detail"] = f"onnxruntime-qnn {version}: does not load ({' '.join(tail.split())[:160]})"
