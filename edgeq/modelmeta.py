@@ -70,23 +70,6 @@ def imgsz_shape(shape: tuple[Any, ...], imgsz: tuple[int, int] | None) -> tuple[
     return tuple(dims) if all(isinstance(d, int) for d in dims) else None
 
 
-def imgsz_pins(model: Any, pinned: dict[str, tuple[int, ...]] | None = None) -> dict[str, tuple[int, ...]]:
-    """Static shapes for the inputs not already ``pinned`` whose dynamic height/width the declared ``imgsz`` fills."""
-    from .onnxutil import io_spec
-
-    size = declared_imgsz(model)
-    if size is None:
-        return {}
-    out = {}
-    for t in io_spec(model).inputs:
-        if t.name in (pinned or {}):
-            continue
-        shape = imgsz_shape(t.shape, size)
-        if shape is not None:
-            out[t.name] = shape
-    return out
-
-
 def clean(text: str, limit: int = MAX_SHOWN) -> str:
     """One printable line of at most ``limit`` characters: control and format characters dropped, rest shortened."""
     kept = "".join(" " if ch in "\t\n\r" else ch for ch in text if ch in "\t\n\r" or unicodedata.category(ch)[0] != "C")

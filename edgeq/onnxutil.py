@@ -65,6 +65,23 @@ def io_spec(model: Any) -> IoSpec:
     return IoSpec(inputs=inputs, outputs=outputs, imgsz=declared_imgsz(model))
 
 
+def imgsz_pins(model: Any, pinned: dict[str, tuple[int, ...]] | None = None) -> dict[str, tuple[int, ...]]:
+    """Static shapes for the inputs not already ``pinned`` whose dynamic height/width the declared ``imgsz`` fills."""
+    from .modelmeta import declared_imgsz, imgsz_shape
+
+    size = declared_imgsz(model)
+    if size is None:
+        return {}
+    out = {}
+    for t in io_spec(model).inputs:
+        if t.name in (pinned or {}):
+            continue
+        shape = imgsz_shape(t.shape, size)
+        if shape is not None:
+            out[t.name] = shape
+    return out
+
+
 def default_opset(model: Any) -> int:
     for o in model.opset_import:
         if o.domain in ("", "ai.onnx"):

@@ -54,7 +54,7 @@ def _pin_shapes(model, target: Target, pins: dict[str, tuple[int, ...]]) -> list
         raise ModelError(f"--static-shape names unknown input(s) {', '.join(unknown)}", f"the model's inputs are {', '.join(sorted(names))}")
     declared: dict[str, tuple[int, ...]] = {}
     if target.static_shapes:  # dynamic height/width: the size the model declares (metadata imgsz)
-        from .modelmeta import imgsz_pins
+        from .onnxutil import imgsz_pins
 
         declared = imgsz_pins(model, pins)
         notes += [f"pinned {n} to {'x'.join(map(str, s))} from the model's declared imgsz (target {target.name} needs static shapes)"
