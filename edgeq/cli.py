@@ -261,8 +261,11 @@ def export(
                 task=task, weights=weights, trust_pickle=trust_pickle, trust_remote_code=trust_remote_code,
                 opset=opset, exporter=exporter,
             )
+            export_from = source
+            if kind == "hf":  # a GPTQ/AWQ/bitsandbytes folder: read by edgeq, exported from its dequantized weights
+                opts, export_from = _prequant_options(source, opts, quant, work, progress)
             with progress.stage(f"export ({kind})"):
-                src, check = export_source(str(source), sopts, work)
+                src, check = export_source(str(export_from), sopts, work)
         result = run_export(src, opts, stage=progress.stage, on_sample=progress.sample).to_dict()
     if check is not None:
         result["export"] = check.to_dict()
@@ -283,6 +286,26 @@ def export(
             f"the quantized model is outside target {tg.name}'s tolerances: {'; '.join(result['verify']['failures'])}",
             f"the bundle was written to {out} for inspection; try --per-channel, more calibration data, or --quant int8-dynamic/none",
         ))
+
+
+def _prequant_options(source: Path, opts: Any, quant: Optional[str], work: Path, progress: Any) -> tuple[Any, Path]:
+    """A pre-quantized folder: its checkpoint goes into the options and the folder of its dequantized weights is exported."""
+    from dataclasses import replace
+
+    from .export.prequant import default_mode, detect, prepare
+
+    if detect(source) is None:
+        return opts, source
+    with progress.stage("read pre-quantized checkpoint"):
+        ck, folder = prepare(source, work)
+    mode, why = default_mode(ck, opts.spec.mode, opts.spec.weight_only, quant is not None)
+    spec = opts.spec if mode == opts.spec.mode else opts.spec.with_overrides(mode=mode)
+    opts = replace(opts, spec=spec, prequant=ck)
+    if why:
+        from .report import err
+
+        err.print(f"note: {why}")
+    return opts, folder
 
 
 @app.command()

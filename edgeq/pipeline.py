@@ -50,6 +50,8 @@ class ExportOptions:
     prefer: str | None = None
     accuracy_level_pinned: bool = False
     """weight-only: the user chose --accuracy-level; otherwise levels 4 and 0 are measured and one is kept"""
+    prequant: Any = None
+    """edgeq.export.prequant.PrequantCheckpoint: the source was a pre-quantized folder (GPTQ/AWQ codes imported)"""
 
 
 @dataclass(frozen=True)
@@ -122,9 +124,15 @@ def run_export(
         with stage("optimize"):
             opt, opt_notes = optimize(source, target, work / "fp32.onnx", static_shapes=opts.static_shapes, opset=opts.opset)
             notes += opt_notes
+        q_in, pq_report = opt, None
+        if opts.prequant is not None and opts.prequant.config.exact:
+            from .export.prequant import apply as import_prequant
+
+            with stage("import codes"):
+                q_in, pq_report = import_prequant(opt, opts.prequant, work / "imported.onnx", accuracy_level=spec.accuracy_level)
         with stage(f"quantize ({spec.mode})"):
             qres = quantize(
-                opt, spec, work / "model.onnx", data=calib, on_sample=on_sample, evals=evals, max_drop=opts.max_drop,
+                q_in, spec, work / "model.onnx", data=calib, on_sample=on_sample, evals=evals, max_drop=opts.max_drop,
                 prefer=opts.prefer, budget=target.tolerances.max_accuracy_drop, target=target,
             )
             notes += qres.notes
@@ -148,9 +156,17 @@ def run_export(
         lm = None
         from .lmeval import lm_io, lm_quality
 
-        if spec.weight_only and check_data is not None and lm_io(opt.io) is not None:
+        if (spec.weight_only or opts.prequant is not None) and check_data is not None and lm_io(opt.io) is not None:
             with stage("lm quality"):
                 lm = lm_quality(opt.path, qres.artifact.path, check_data.take(opts.verify_samples), opt.io)
+        if opts.prequant is not None:
+            from dataclasses import replace as _replace
+
+            from .export.prequant import report_notes, summary
+
+            notes += report_notes(opts.prequant, pq_report, lm, spec.mode)
+            details = {**qres.details, "prequant": {**summary(opts.prequant), "import": pq_report.to_dict() if pq_report else None}}
+            qres = _replace(qres, details=details)
         prof_fp32 = prof_q = None
         skipped = None
         if opts.do_profile:

@@ -1,0 +1,188 @@
+"""Pre-quantized GPTQ / AWQ / bitsandbytes folders: read bit-exactly, checked, imported as MatMulNBits."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edgeq.errors import ModelError
+from edgeq.export import prequant as pq
+from tests.lm_fixture import TinyLlamaSpec, make_tiny_llama
+from tests.prequant_fixtures import make_awq, make_bnb4, make_bnb8, make_gptq
+
+SPEC = TinyLlamaSpec(layers=1)
+
+
+@pytest.fixture(scope="module")
+def float_folder(tmp_path_factory):
+    return make_tiny_llama(tmp_path_factory.mktemp("float") / "llama", SPEC, train=False)
+
+
+def _assert_same(ck: pq.PrequantCheckpoint, ref: dict[str, np.ndarray]) -> None:
+    assert set(ref) <= set(ck.floats)
+    for k, v in ref.items():
+        got = ck.floats[k]
+        assert got.dtype == np.float32 and got.shape == v.shape, k
+        assert np.array_equal(got, v), (k, float(np.abs(got - v).max()))
+
+
+@pytest.mark.parametrize("bits,gs,desc_act,sym,fmt", [
+    (4, 32, False, True, "gptq"),
+    (4, 32, True, False, "gptq_v2"),
+    (4, 64, True, True, "gptq"),
+    (8, 32, True, False, "gptq"),
+    (4, -1, False, False, "gptq"),
+])
+def test_gptq_dequantized_bit_exact_and_codes_kept(float_folder, tmp_path, bits, gs, desc_act, sym, fmt):
+    ref = make_gptq(float_folder, tmp_path / "q", bits=bits, group_size=gs, desc_act=desc_act, sym=sym, fmt=fmt)
+    cfg = pq.detect(tmp_path / "q")
+    assert (cfg.method, cfg.bits, cfg.group_size, cfg.desc_act, cfg.sym, cfg.checkpoint_format) == ("gptq", bits, gs, desc_act, sym, fmt)
+    ck = pq.read_checkpoint(tmp_path / "q")
+    _assert_same(ck, ref)
+    assert len(ck.linears) == 7 * SPEC.layers and "lm_head.weight" in ck.kept_float
+    for lin in ck.linears.values():
+        nc = pq.nbits_codes(lin)
+        assert (nc.perm is not None) == desc_act
+        order = nc.perm if nc.perm is not None else np.arange(lin.k)
+        # the MatMulNBits blocks hold the checkpoint's codes: same values, no re-rounding
+        assert np.array_equal(nc.codes.dequantize(), lin.dequantize()[order])
+        assert nc.codes.bits == bits and nc.codes.symmetric == sym and not nc.widened
+        assert nc.codes.block_size == (min(256, 1 << (lin.k - 1).bit_length()) if gs == -1 else gs)
+
+
+def test_gptq_v1_zero_overflow_kept_exact_with_8bit_codes(float_folder, tmp_path):
+    # the v1 writer stores zero - 1; a zero of 0 leaves all ones, which the kernels read as 2**bits
+    ref = make_gptq(float_folder, tmp_path / "q", bits=4, group_size=32, sym=False, fmt="gptq", zero_nibble=15)
+    ck = pq.read_checkpoint(tmp_path / "q")
+    _assert_same(ck, ref)
+    widened = [pq.nbits_codes(lin) for lin in ck.linears.values()]
+    assert all(nc.widened and nc.codes.bits == 8 for nc in widened)
+    lin = next(iter(ck.linears.values()))
+    assert lin.zero[0, 0] == 16 and np.array_equal(widened[0].codes.dequantize(), lin.dequantize())
+    assert any("v1 zero point of 16" in n for n in ck.notes)
+
+
+def test_awq_gemm_interleaved_order_bit_exact(float_folder, tmp_path):
+    ref = make_awq(float_folder, tmp_path / "a", group_size=32)
+    ck = pq.read_checkpoint(tmp_path / "a")
+    assert ck.config.method == "awq" and ck.config.group_size == 32
+    _assert_same(ck, ref)
+    lin = ck.linears["model.layers.0.self_attn.q_proj"]
+    nc = pq.nbits_codes(lin)
+    assert nc.perm is None and nc.codes.block_size == 32 and not nc.codes.symmetric
+    # a reader that ignored the interleave would put column 1's codes in column 4
+    naive = pq.unpack_cols(_raw(tmp_path / "a", "model.layers.0.self_attn.q_proj.qweight"), 4)
+    assert not np.array_equal(naive, lin.q)
+
+
+def _raw(folder, key):
+    from safetensors.numpy import load_file
+
+    return load_file(str(folder / "model.safetensors"))[key]
+
+
+@pytest.mark.parametrize("kind,double,dtype", [("nf4", True, "bfloat16"), ("fp4", False, "float16"), ("nf4", False, "float32")])
+def test_bnb_4bit_dequantized_exactly(float_folder, tmp_path, kind, double, dtype):
+    ref = make_bnb4(float_folder, tmp_path / "b", kind=kind, double_quant=double, dtype=dtype)
+    cfg = pq.detect(tmp_path / "b")
+    assert (cfg.method, cfg.checkpoint_format, cfg.double_quant, cfg.exact) == ("bnb-4bit", kind, double, False)
+    ck = pq.read_checkpoint(tmp_path / "b")
+    _assert_same(ck, ref)
+    assert len(ck.quantized) == 7 * SPEC.layers and not ck.linears
+
+
+def test_bnb_int8_dequantized_exactly(float_folder, tmp_path):
+    ref = make_bnb8(float_folder, tmp_path / "b")
+    ck = pq.read_checkpoint(tmp_path / "b")
+    assert ck.config.method == "bnb-int8"
+    _assert_same(ck, ref)
+
+
+def _set_qc(folder, **kw):
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["quantization_config"].update(kw)
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+def test_format_rules_refused_in_one_line(float_folder, tmp_path):
+    make_gptq(float_folder, tmp_path / "q", bits=4, group_size=32)
+    _set_qc(tmp_path / "q", bits=3)
+    with pytest.raises(ModelError, match="GPTQ 3-bit is not supported"):
+        pq.detect(tmp_path / "q")
+    _set_qc(tmp_path / "q", bits=4, group_size=64)  # the tensors were written for 32
+    with pytest.raises(ModelError, match=r"down_proj.scales has shape \[8, 128\], expected \[4, 128\]") as e:
+        pq.read_checkpoint(tmp_path / "q")
+    assert "\n" not in e.value.one_line()
+    make_awq(float_folder, tmp_path / "a")
+    _set_qc(tmp_path / "a", version="gemv")
+    with pytest.raises(ModelError, match="AWQ version 'gemv' is not supported"):
+        pq.detect(tmp_path / "a")
+    _set_qc(tmp_path / "a", quant_method="hqq")
+    with pytest.raises(ModelError, match="'hqq' is not one edgeq imports"):
+        pq.detect(tmp_path / "a")
+    assert pq.detect(float_folder) is None
+
+
+def test_group_boundaries_that_cannot_be_blocks_are_refused():
+    lin = pq.QuantLinear("x", np.zeros((48, 8), np.uint8), np.ones((2, 8), np.float32), np.zeros((2, 8), np.int16),
+                         np.arange(48) // 24, 4)
+    with pytest.raises(ModelError, match="every 24 rows"):
+        pq.nbits_codes(lin)
+
+
+def _tokens(path, n=4, t=16, seed=0):
+    ids = np.random.default_rng(seed).integers(0, SPEC.vocab_size, (n, t)).astype(np.int64)
+    np.savez(path, input_ids=ids, attention_mask=np.ones_like(ids))
+    return ids
+
+
+def _torch_logits(float_folder, state: dict[str, np.ndarray], ids: np.ndarray) -> np.ndarray:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(LlamaConfig.from_pretrained(float_folder)).eval()
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+    with torch.no_grad():
+        return model(input_ids=torch.from_numpy(ids), attention_mask=torch.ones_like(torch.from_numpy(ids))).logits.numpy()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["gptq-desc-act", "awq"])
+def test_export_imports_the_codes_as_matmulnbits(runner, float_folder, tmp_path, fmt):
+    import onnx
+    import onnxruntime as ort
+    from safetensors.numpy import load_file
+
+    from edgeq.cli import app
+
+    src = tmp_path / "ck"
+    if fmt == "awq":
+        ref = make_awq(float_folder, src, group_size=32)
+    else:
+        ref = make_gptq(float_folder, src, bits=4, group_size=32, desc_act=True, sym=False, fmt="gptq")
+    ids = _tokens(tmp_path / "tokens.npz")
+    out = tmp_path / "bundle"
+    r = runner.invoke(app, ["export", str(src), "--task", "text-generation", "--quant", "none", "--accuracy-level", "0",
+                            "--calib", str(tmp_path / "tokens.npz"), "--no-profile", "-o", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    model = onnx.load(str(out / "model.onnx"))
+    nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == 7 * SPEC.layers
+    grouped = [n for n in model.graph.node if n.name.endswith("_group_order")]
+    assert len(grouped) == (7 * SPEC.layers if fmt != "awq" else 0)
+    assert all(a.i == 32 for n in nbits for a in n.attribute if a.name == "block_size")
+    info = res["quantization"]["prequant"]
+    assert info["method"] == ("awq" if fmt == "awq" else "gptq") and info["import"]["max_abs_diff"] == 0.0
+    assert not info["import"]["unmatched"] and "lm_head.weight" in info["float_layers"]
+    assert res["lm_quality"]["kl_mean"] <= 1e-5 and res["lm_quality"]["same_top_token"] == 1.0
+    assert any("not re-rounded" in n for n in res["notes"])
+    # logits against PyTorch holding the checkpoint's dequantized weights (and far from the original float ones)
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
+    want = _torch_logits(float_folder, ref, ids)
+    orig = _torch_logits(float_folder, load_file(str(float_folder / "model.safetensors")), ids)
+    err, err_orig = float(np.abs(got - want).max()), float(np.abs(got - orig).max())
+    assert err < 1e-4 and err < 0.05 * err_orig, (err, err_orig)
