@@ -682,10 +682,12 @@ def keygen(
 @app.command()
 @handle_errors
 def inspect(
-    model: Annotated[Path, typer.Argument(help="an .onnx model")],
+    model: Annotated[Path, typer.Argument(help="an .onnx model, or a Hugging Face folder (GPTQ/AWQ/bitsandbytes: format, bits, layers)")],
     as_json: JsonOpt = False,
 ) -> None:
     """Inputs, outputs, opset, op histogram, parameters, and whether the model is quantized."""
+    if model.is_dir():  # a Hugging Face folder: what a pre-quantized checkpoint holds
+        return _inspect_folder(model, as_json)
     from .onnxutil import describe
     from .report import inspect_table, out as console
 
@@ -695,6 +697,21 @@ def inspect(
     else:
         for t in inspect_table(d):
             console.print(t)
+
+
+def _inspect_folder(folder: Path, as_json: bool) -> None:
+    """``edgeq inspect FOLDER``: format, bits, group size and layers of a (pre-quantized) Hugging Face folder."""
+    from .export.prequant import folder_lines, inspect_prequant
+    from .report import out as console
+
+    d = inspect_prequant(folder)
+    if as_json:
+        _emit_json(d)
+    else:
+        from rich.markup import escape
+
+        for line in folder_lines(d):
+            console.print(escape(line))
 
 
 @targets_app.callback()

@@ -186,3 +186,21 @@ def test_export_imports_the_codes_as_matmulnbits(runner, float_folder, tmp_path,
     orig = _torch_logits(float_folder, load_file(str(float_folder / "model.safetensors")), ids)
     err, err_orig = float(np.abs(got - want).max()), float(np.abs(got - orig).max())
     assert err < 1e-4 and err < 0.05 * err_orig, (err, err_orig)
+
+
+def test_inspect_folder_tells_format_bits_and_layers(runner, float_folder, tmp_path):
+    from edgeq.cli import app
+
+    make_gptq(float_folder, tmp_path / "q", bits=4, group_size=64, desc_act=True, sym=True)
+    r = runner.invoke(app, ["inspect", str(tmp_path / "q")])
+    assert r.exit_code == 0, r.output
+    assert "GPTQ 4-bit, group size 64, desc_act (g_idx), symmetric" in r.stdout
+    assert "quantized layers (7," in r.stdout and "model.layers.N.self_attn.q_proj" in r.stdout
+    assert "float layers" in r.stdout and "lm_head.weight" in r.stdout and "imported exactly" in r.stdout
+    make_bnb4(float_folder, tmp_path / "b", kind="nf4", double_quant=True)
+    d = json.loads(runner.invoke(app, ["inspect", str(tmp_path / "b"), "--json"]).stdout)
+    assert d["method"] == "bnb-4bit" and d["double_quant"] and not d["exact_import"] and len(d["quantized_layers"]) == 7
+    r = runner.invoke(app, ["inspect", str(float_folder)])
+    assert r.exit_code == 0 and "without quantization_config" in r.stdout
+    r = runner.invoke(app, ["inspect", str(tmp_path)])  # no config.json
+    assert r.exit_code == 2 and "no config.json" in r.stderr

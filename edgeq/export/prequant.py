@@ -721,3 +721,49 @@ def report_notes(ck: PrequantCheckpoint, report: ImportReport | None, lm: Any, m
         notes.append(f"pre-quantized {ck.config.describe()}: dequantized exactly in numpy, then RE-QUANTIZED by edgeq's "
                      f"recipe ({mode}), a second rounding{cost}")
     return notes
+
+
+# ---------------------------------------------------------------- edgeq inspect FOLDER
+
+
+def inspect_prequant(folder: Path) -> dict[str, Any]:
+    """What a Hugging Face folder holds, before any export: pre-quantization format, bits, group size, layers."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"{folder} is not a Hugging Face model folder (no config.json)", "pass a folder written by save_pretrained")
+    cfg = detect(folder)
+    if cfg is None:
+        return {"folder": folder.name, "prequantized": False}
+    ck = read_checkpoint(folder, cfg)
+    d = {"folder": folder.name, "prequantized": True, **summary(ck)}
+    if ck.linears:
+        d["block_sizes"] = sorted({nbits_codes(lin).codes.block_size for lin in ck.linears.values()})
+        d["desc_act_layers"] = sum(int(not np.array_equal(lin.g_idx, np.sort(lin.g_idx))) for lin in ck.linears.values())
+    return d
+
+
+def _grouped(names: list[str]) -> str:
+    import re
+
+    counts: dict[str, int] = {}
+    for n in names:
+        key = re.sub(r"\.\d+\.", ".N.", n)
+        counts[key] = counts.get(key, 0) + 1
+    return ", ".join(f"{k} x{v}" if v > 1 else k for k, v in counts.items())
+
+
+def folder_lines(d: dict[str, Any]) -> list[str]:
+    if not d.get("prequantized"):
+        return [f"{d['folder']}: Hugging Face folder without quantization_config (float weights; edgeq quantizes them itself)"]
+    how = ("imported exactly: the codes become MatMulNBits (ONNX)" if d["exact_import"]
+           else "dequantized exactly, then re-quantized by edgeq's recipe (a second rounding)")
+    lines = [
+        f"{d['folder']}: {d['description']}",
+        f"bits {d['bits']}, group size {d['group_size'] if d['group_size'] else 'per bitsandbytes block'}"
+        + (f", MatMulNBits block size {'/'.join(map(str, d['block_sizes']))}" if d.get("block_sizes") else "")
+        + (f", {d['desc_act_layers']} layer(s) with act-order g_idx" if d.get("desc_act_layers") else ""),
+        f"export: {how}",
+        f"quantized layers ({len(d['quantized_layers'])}, {d['params_quantized']} parameters): {_grouped(d['quantized_layers'])}",
+        f"float layers ({len(d['float_layers'])}): {_grouped(d['float_layers']) or 'none'}",
+    ]
+    return lines + [f"note: {n}" for n in d["notes"]]
