@@ -204,3 +204,33 @@ def test_inspect_folder_tells_format_bits_and_layers(runner, float_folder, tmp_p
     assert r.exit_code == 0 and "without quantization_config" in r.stdout
     r = runner.invoke(app, ["inspect", str(tmp_path)])  # no config.json
     assert r.exit_code == 2 and "no config.json" in r.stderr
+
+
+@pytest.mark.slow
+def test_export_bnb_nf4_is_requantized_and_says_so(runner, float_folder, tmp_path):
+    import onnx
+
+    from edgeq.cli import app
+
+    make_bnb4(float_folder, tmp_path / "b", kind="nf4", double_quant=True, dtype="float32")
+    _tokens(tmp_path / "tokens.npz")
+    out = tmp_path / "bundle"
+    r = runner.invoke(app, ["export", str(tmp_path / "b"), "--task", "text-generation", "--quant", "int8-weight", "--accuracy-level", "0",
+                            "--calib", str(tmp_path / "tokens.npz"), "--no-profile", "-o", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["quantization"]["prequant"]["method"] == "bnb-4bit" and res["quantization"]["prequant"]["import"] is None
+    lm = res["lm_quality"]
+    note = next(n for n in res["notes"] if "RE-QUANTIZED" in n)
+    assert "NF4 with double quantization" in note and f"KL {lm['kl_mean']:.3g}" in note and lm["kl_mean"] > 0
+    ops = [n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node]
+    assert ops.count("MatMulNBits") == 7 * SPEC.layers + 1  # the linears and lm_head, by edgeq's 8-bit recipe
+
+
+def test_rest_of_an_exact_import_gets_a_weight_only_mode(float_folder, tmp_path):
+    make_gptq(float_folder, tmp_path / "q")
+    ck = pq.read_checkpoint(tmp_path / "q")
+    mode, why = pq.default_mode(ck, "int8-static", False, given=False)
+    assert mode == "int4" and "--quant none" in why
+    assert pq.default_mode(ck, "int8-static", False, given=True) == ("int8-static", None)
+    assert pq.default_mode(ck, "int4", True, given=False) == ("int4", None)
