@@ -216,6 +216,7 @@ def export(
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="allow unpickling arbitrary objects (full-module .pt, TorchScript, .pt2): runs code from the file")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="allow a Hugging Face folder's own Python code (auto_map)")] = False,
     exporter: Annotated[str, typer.Option("--exporter", help="auto (dynamo, then TorchScript; Hugging Face folders: Optimum when EDGEQ_OPTIMUM_PYTHON is set) | dynamo | torchscript | optimum")] = "auto",
+    reference: Annotated[Optional[Path], typer.Option("--reference", help="pre-quantized folder: the float model it came from (a Hugging Face folder), for perplexity and same-top-token against it")] = None,
 ) -> None:
     """Export, optimize, quantize, verify, profile and bundle a model for a target."""
     from .isolate import open_source
@@ -264,8 +265,12 @@ def export(
             export_from = source
             if kind == "hf":  # a GPTQ/AWQ/bitsandbytes folder: read by edgeq, exported from its dequantized weights
                 opts, export_from = _prequant_options(source, opts, quant, work, progress)
+            if reference is not None:
+                _check_reference(reference, opts)
             with progress.stage(f"export ({kind})"):
                 src, check = export_source(str(export_from), sopts, work)
+            if reference is not None:
+                opts = _reference_options(reference, opts, sopts, work, progress)
         result = run_export(src, opts, stage=progress.stage, on_sample=progress.sample).to_dict()
     if check is not None:
         result["export"] = check.to_dict()
@@ -306,6 +311,29 @@ def _prequant_options(source: Path, opts: Any, quant: Optional[str], work: Path,
 
         err.print(f"note: {why}")
     return opts, folder
+
+
+def _check_reference(reference: Path, opts: Any) -> None:
+    from .errors import ModelError
+    from .export.hf import is_hf_folder
+    from .export.prequant import detect
+
+    if opts.prequant is None:
+        raise ModelError("--reference is for pre-quantized folders (GPTQ/AWQ/bitsandbytes)", "drop --reference")
+    if not is_hf_folder(reference) or detect(reference) is not None:
+        raise ModelError(f"--reference {reference.name} is not a float Hugging Face folder", "pass the folder of the model before it was quantized")
+
+
+def _reference_options(reference: Path, opts: Any, sopts: Any, work: Path, progress: Any) -> Any:
+    """--reference FLOAT_FOLDER: exported beside the model, compared with the result as a language model."""
+    from dataclasses import replace
+
+    from .export import export_source
+
+    (work / "reference").mkdir()
+    with progress.stage("export (reference)"):
+        ref, _ = export_source(str(reference), sopts, work / "reference")
+    return replace(opts, reference_model=ref.path)
 
 
 @app.command()

@@ -164,8 +164,9 @@ def test_export_imports_the_codes_as_matmulnbits(runner, float_folder, tmp_path,
         ref = make_gptq(float_folder, src, bits=4, group_size=32, desc_act=True, sym=False, fmt="gptq")
     ids = _tokens(tmp_path / "tokens.npz")
     out = tmp_path / "bundle"
+    ref_opt = ["--reference", str(float_folder)] if fmt == "awq" else []
     r = runner.invoke(app, ["export", str(src), "--task", "text-generation", "--quant", "none", "--accuracy-level", "0",
-                            "--calib", str(tmp_path / "tokens.npz"), "--no-profile", "-o", str(out), "--json"])
+                            "--calib", str(tmp_path / "tokens.npz"), "--no-profile", "-o", str(out), "--json", *ref_opt])
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)
     model = onnx.load(str(out / "model.onnx"))
@@ -179,6 +180,10 @@ def test_export_imports_the_codes_as_matmulnbits(runner, float_folder, tmp_path,
     assert not info["import"]["unmatched"] and "lm_head.weight" in info["float_layers"]
     assert res["lm_quality"]["kl_mean"] <= 1e-5 and res["lm_quality"]["same_top_token"] == 1.0
     assert any("not re-rounded" in n for n in res["notes"])
+    if ref_opt:  # against the float model the checkpoint came from: the quantization's own cost, reported
+        vs = res["lm_quality_vs_reference"]
+        assert vs["kl_mean"] > 10 * res["lm_quality"]["kl_mean"] and vs["tokens"] == res["lm_quality"]["tokens"]
+        assert any("vs the float model (--reference)" in n for n in res["notes"])
     # logits against PyTorch holding the checkpoint's dequantized weights (and far from the original float ones)
     sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     got = sess.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
@@ -234,3 +239,16 @@ def test_rest_of_an_exact_import_gets_a_weight_only_mode(float_folder, tmp_path)
     assert mode == "int4" and "--quant none" in why
     assert pq.default_mode(ck, "int8-static", False, given=True) == ("int8-static", None)
     assert pq.default_mode(ck, "int4", True, given=False) == ("int4", None)
+
+
+def test_reference_must_be_a_float_folder_and_is_checked_before_export(runner, float_folder, tmp_path):
+    from edgeq.cli import app
+
+    make_awq(float_folder, tmp_path / "a")
+    for ref, msg in ((tmp_path / "a", "is not a float Hugging Face folder"), (tmp_path / "nothing", "is not a float Hugging Face folder")):
+        r = runner.invoke(app, ["export", str(tmp_path / "a"), "--task", "text-generation", "--reference", str(ref),
+                                "--no-profile", "-o", str(tmp_path / "out")])
+        assert r.exit_code == 2 and msg in r.stderr and "export (hf)" not in r.stderr, r.output
+    r = runner.invoke(app, ["export", str(float_folder), "--task", "text-generation", "--reference", str(float_folder),
+                            "--no-profile", "-o", str(tmp_path / "out")])
+    assert r.exit_code == 2 and "--reference is for pre-quantized folders" in r.stderr
