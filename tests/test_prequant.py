@@ -252,3 +252,44 @@ def test_reference_must_be_a_float_folder_and_is_checked_before_export(runner, f
     r = runner.invoke(app, ["export", str(float_folder), "--task", "text-generation", "--reference", str(float_folder),
                             "--no-profile", "-o", str(tmp_path / "out")])
     assert r.exit_code == 2 and "--reference is for pre-quantized folders" in r.stderr
+
+
+def test_gguf_q4_1_blocks_keep_the_codes(float_folder, tmp_path):
+    gguf = pytest.importorskip("gguf")
+    make_awq(float_folder, tmp_path / "a", group_size=32)
+    ck = pq.read_checkpoint(tmp_path / "a")
+    plan = pq.gguf_plan(ck, "q4_1")
+    assert len(plan.blocks) == 7 and not plan.requantized
+    for key, b in plan.blocks.items():
+        back = gguf.quants.dequantize(b, gguf.GGMLQuantizationType.Q4_1)
+        want = ck.floats[key]
+        # the codes are the checkpoint's; only m = -scale * zero may be rounded to float16 (and is reported)
+        assert np.abs(back - want).max() <= plan.rounded.get(key, 0.0) * 1.0001
+        assert plan.rounded.get(key, 0.0) < 1e-3 * np.abs(want).max()
+    make_gptq(float_folder, tmp_path / "d", bits=4, group_size=32, desc_act=True)
+    plan = pq.gguf_plan(pq.read_checkpoint(tmp_path / "d"), "q4_0")
+    assert not plan.blocks and set(plan.requantized.values()) == {"act-order g_idx (GGUF rows cannot be re-ordered)"}
+    assert all(0 < e < 0.2 for e in plan.errors.values()) and len(plan.errors) == 7
+
+
+@pytest.mark.slow
+def test_export_gguf_writes_gptq_codes_as_exact_q4_1(runner, float_folder, tmp_path):
+    gguf = pytest.importorskip("gguf")
+    pytest.importorskip("llama_cpp")
+    from edgeq.cli import app
+    from edgeq.gguf import rotary_permute
+
+    ref = make_gptq(float_folder, tmp_path / "q", bits=4, group_size=32, sym=True)
+    out = tmp_path / "bundle"
+    r = runner.invoke(app, ["export", str(tmp_path / "q"), "--target", "llamacpp-x86_64", "-o", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["quantization"]["mode"] == "q4_1" and len(res["prequant"]["gguf"]["exact"]) == 7
+    assert any("7 exact" in n for n in res["notes"]) and res["verify"]["passed"]
+    tensors = {t.name: t for t in gguf.GGUFReader(str(out / "model.gguf")).tensors}
+    for hf, gname, heads in (("self_attn.q_proj", "attn_q", SPEC.heads), ("self_attn.k_proj", "attn_k", SPEC.kv_heads),
+                             ("mlp.down_proj", "ffn_down", None)):
+        t = tensors[f"blk.0.{gname}.weight"]
+        got = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type)
+        want = ref[f"model.layers.0.{hf}.weight"]
+        assert np.array_equal(got, rotary_permute(want, heads) if heads else want), gname

@@ -767,3 +767,127 @@ def folder_lines(d: dict[str, Any]) -> list[str]:
         f"float layers ({len(d['float_layers'])}): {_grouped(d['float_layers']) or 'none'}",
     ]
     return lines + [f"note: {n}" for n in d["notes"]]
+
+
+# ---------------------------------------------------------------- GGUF (llama.cpp targets)
+
+Q4_1_BLOCK = 32
+
+
+def q4_1_blocks(lin: QuantLinear) -> tuple[np.ndarray | None, str, float]:
+    """GGML Q4_1 blocks holding ``lin``'s codes: uint8 ``[N, K / 32 * 20]`` (rows are outputs, as in GGUF), the reason
+    when impossible, and the largest change of a weight (0: exact). A Q4_1 block is ``y = d * q + m`` over 32 inputs:
+    ``d = s`` and ``m = -s * z``, both float16; ``m`` is rounded when ``s * z`` is not a float16 value."""
+    if lin.bits != 4:
+        return None, f"{lin.bits}-bit codes", 0.0
+    if lin.k % Q4_1_BLOCK:
+        return None, f"K={lin.k} is not a multiple of 32", 0.0
+    if not np.array_equal(lin.g_idx, np.sort(lin.g_idx)):
+        return None, "act-order g_idx (GGUF rows cannot be re-ordered)", 0.0
+    g = lin.g_idx.reshape(-1, Q4_1_BLOCK)
+    if not np.all(g == g[:, :1]):
+        return None, "groups do not align with blocks of 32", 0.0
+    grp = g[:, 0]
+    z = lin.zero[grp].astype(np.float32)  # [K/32, N]
+    if (z > 15).any():
+        return None, "a v1 zero point of 16", 0.0
+    s = lin.scale[grp]
+    d16 = s.astype(np.float16)
+    if not np.array_equal(d16.astype(np.float32), s):
+        return None, "scales are not float16 values", 0.0
+    m = -s * z  # exact in float32 (an 11-bit scale times a 4-bit integer)
+    m16 = m.astype(np.float16)
+    err = float(np.abs(m16.astype(np.float32) - m).max()) if m.size else 0.0
+    q = lin.q.T.reshape(lin.n, -1, Q4_1_BLOCK)  # [N, K/32, 32]
+    qs = (q[..., :16] | (q[..., 16:] << 4)).astype(np.uint8)
+    head = np.stack([d16.T, m16.T], axis=-1).view(np.uint8).reshape(lin.n, -1, 4)  # d then m, little-endian
+    return np.ascontiguousarray(np.concatenate([head, qs], axis=-1).reshape(lin.n, -1)), "", err
+
+
+@dataclass(frozen=True)
+class GGUFPlan:
+    blocks: dict[str, np.ndarray]  # HF weight name -> Q4_1 bytes with the checkpoint's codes (HF row order)
+    rounded: dict[str, float]  # of those, weights whose m = -scale * zero was rounded to float16: max |change|
+    requantized: dict[str, str]  # HF weight name -> why its codes could not be kept
+    errors: dict[str, float]  # re-quantized: max |re-quantized - checkpoint| / max |checkpoint|, where measured
+
+    @property
+    def exact(self) -> list[str]:
+        return [k for k in self.blocks if k not in self.rounded]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"exact": sorted(self.exact), "codes_kept_min_rounded": self.rounded, "requantized": self.requantized,
+                "requantized_relative_error": self.errors}
+
+
+def gguf_plan(ck: PrequantCheckpoint, quant: str) -> GGUFPlan:
+    """Which quantized linears go to GGUF as Q4_1 blocks of their own codes; the error of the rest under ``quant``."""
+    blocks: dict[str, np.ndarray] = {}
+    rounded: dict[str, float] = {}
+    why: dict[str, str] = {}
+    errs: dict[str, float] = {}
+    for name in ck.quantized:
+        key = name + ".weight"
+        lin = ck.linears.get(name)
+        b, reason, err = q4_1_blocks(lin) if lin is not None else (None, "bitsandbytes codes are not Q4_1 blocks", 0.0)
+        if b is not None:
+            blocks[key] = b
+            if err:
+                rounded[key] = err
+            continue
+        why[key] = reason
+        w = ck.floats[key]
+        try:
+            import gguf
+
+            qt = gguf.GGMLQuantizationType[quant.upper()]
+            back = gguf.quants.dequantize(gguf.quants.quantize(np.ascontiguousarray(w, np.float32), qt), qt)
+            errs[key] = float(np.abs(back - w).max() / max(float(np.abs(w).max()), 1e-30))
+        except (ImportError, KeyError, NotImplementedError, ValueError, TypeError):  # k-quants: written by llama.cpp
+            pass
+    return GGUFPlan(blocks, rounded, why, errs)
+
+
+def gguf_notes(ck: PrequantCheckpoint, plan: GGUFPlan, quant: str) -> list[str]:
+    notes = []
+    if plan.blocks:
+        notes.append(f"pre-quantized {ck.config.describe()}: {len(plan.blocks)} linear(s) written as Q4_1 blocks of the "
+                     f"checkpoint's own codes (d = scale, m = -scale * zero point): {len(plan.exact)} exact")
+    if plan.rounded:
+        notes.append(f"{len(plan.rounded)} of them keep their codes with m rounded to float16 (max weight change "
+                     f"{max(plan.rounded.values()):.3g})")
+    if plan.requantized:
+        reasons = sorted(set(plan.requantized.values()))
+        err = f"; max relative weight error {max(plan.errors.values()):.3g}" if plan.errors else ""
+        notes.append(f"pre-quantized {ck.config.describe()}: {len(plan.requantized)} quantized linear(s) dequantized and "
+                     f"RE-QUANTIZED as {quant} ({'; '.join(reasons)}){err}")
+    return notes
+
+
+def gguf_export(source: Path, target: Any, out: Path, *, quant: str | None, prompts: list[str], force: bool,
+                progress: Any) -> dict[str, Any]:
+    """A pre-quantized folder -> llama.cpp GGUF bundle: GPTQ/AWQ codes as Q4_1 blocks where the layout allows,
+    the rest (and bitsandbytes) dequantized and re-quantized, all verified against the dequantized checkpoint."""
+    from .. import gguf as gg
+    from ..fsutil import scratch_dir
+
+    with scratch_dir("edgeq-prequant-") as work:
+        with progress("read pre-quantized checkpoint"):
+            ck, folder = prepare(Path(source), work)
+        assert ck is not None
+        notes: list[str] = []
+        q = gg.check_quant(quant) if quant else None
+        if q is None:
+            q = "q4_1" if ck.linears else gg.check_quant(target.gguf.quant)
+            if ck.linears:
+                notes.append("q4_1 chosen for the rest of the model: Q4_1 blocks can hold the checkpoint's 4-bit codes "
+                             "(the target's default is written by llama.cpp's quantizer, which would round them again)")
+        if gg.QUANT_TYPES[q][2] == "llama.cpp":  # k-quants: llama.cpp quantizes an f32 file, nothing can be kept
+            plan = GGUFPlan({}, {}, {k + ".weight": f"--quant {q} is written by llama.cpp's quantizer" for k in ck.quantized}, {})
+        else:
+            plan = gguf_plan(ck, q)
+        notes += list(ck.notes) + gguf_notes(ck, plan, q)
+        r = gg.export_llamacpp(folder, target, out, quant=q, prompts=prompts, force=force, progress=progress,
+                               blocks=plan.blocks, extra_notes=tuple(notes))
+    r["prequant"] = {**summary(ck), "gguf": plan.to_dict()}
+    return r
