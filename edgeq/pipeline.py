@@ -51,9 +51,9 @@ class ExportOptions:
     accuracy_level_pinned: bool = False
     """weight-only: the user chose --accuracy-level; otherwise levels 4 and 0 are measured and one is kept"""
     prequant: Any = None
+    """edgeq.export.prequant.PrequantCheckpoint: the source was a pre-quantized folder (GPTQ/AWQ codes imported)"""
     reference_model: Path | None = None
     """the float model a pre-quantized folder came from (exported --reference): LM quality against it too"""
-    """edgeq.export.prequant.PrequantCheckpoint: the source was a pre-quantized folder (GPTQ/AWQ codes imported)"""
 
 
 @dataclass(frozen=True)
@@ -169,14 +169,14 @@ def run_export(
             from .export.prequant import report_notes, summary
 
             notes += report_notes(opts.prequant, pq_report, lm, spec.mode)
+            details = {**qres.details, "prequant": {**summary(opts.prequant), "import": pq_report.to_dict() if pq_report else None}}
+            qres = _replace(qres, details=details)
         lm_ref = None
         if opts.reference_model is not None and check_data is not None and lm_io(opt.io) is not None:
             with stage("lm quality vs --reference"):
                 lm_ref = lm_quality(opts.reference_model, qres.artifact.path, check_data.take(opts.verify_samples), opt.io)
             notes.append(f"vs the float model (--reference): perplexity {lm_ref.perplexity_fp32:.4g} -> {lm_ref.perplexity_quant:.4g}, "
                          f"KL {lm_ref.kl_mean:.3g}, same top token {100 * lm_ref.same_top_token:.2f} %")
-            details = {**qres.details, "prequant": {**summary(opts.prequant), "import": pq_report.to_dict() if pq_report else None}}
-            qres = _replace(qres, details=details)
         prof_fp32 = prof_q = None
         skipped = None
         if opts.do_profile:
