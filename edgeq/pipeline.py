@@ -133,7 +133,9 @@ def run_export(
             from .export.prequant import apply as import_prequant
 
             with stage("import codes"):
-                q_in, pq_report = import_prequant(opt, opts.prequant, work / "imported.onnx", accuracy_level=spec.accuracy_level)
+                # weight-only modes measure levels 4 and 0 below (imported nodes included); otherwise float compute unless chosen
+                level = spec.accuracy_level if (spec.weight_only or opts.accuracy_level_pinned) else 0
+                q_in, pq_report = import_prequant(opt, opts.prequant, work / "imported.onnx", accuracy_level=level)
         with stage(f"quantize ({spec.mode})"):
             qres = quantize(
                 q_in, spec, work / "model.onnx", data=calib, on_sample=on_sample, evals=evals, max_drop=opts.max_drop,

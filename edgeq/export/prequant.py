@@ -577,6 +577,21 @@ class ImportReport:
                 "widened": self.widened, "max_abs_diff": self.max_abs_diff, "bytes_quantized": self.bytes_quantized}
 
 
+def _splice(model: Any, new_nodes: dict[int, list[Any]], new_inits: list[Any]) -> None:
+    """Put the replacement nodes in place; drop Transposes and initializers nothing reads any more."""
+    graph = model.graph
+    nodes = [m for i, n in enumerate(graph.node) for m in new_nodes.get(i, [n])]
+    outputs = {o.name for o in graph.output}
+    read = {i for n in nodes for i in n.input} | outputs
+    nodes = [n for n in nodes if not (n.op_type == "Transpose" and n.output[0] not in read)]
+    read = {i for n in nodes for i in n.input} | outputs
+    inits = [t for t in [*graph.initializer, *new_inits] if t.name in read]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+
+
 def import_codes(model: Any, ck: PrequantCheckpoint, *, accuracy_level: int = 0) -> ImportReport:
     """Replace, in the ONNX ``model`` (in place), every MatMul whose constant weight is one of the checkpoint's
     dequantized linears by MatMulNBits holding that linear's codes. Works on any decoder graph (plain or KV-cache):
@@ -645,25 +660,7 @@ def import_codes(model: Any, ck: PrequantCheckpoint, *, accuracy_level: int = 0)
         widened += int(nc.widened)
         done[name] = tag
     if new_nodes:
-        rebuilt = []
-        for i, n in enumerate(model.graph.node):
-            rebuilt.extend(new_nodes.get(i, [n]))
-        del model.graph.node[:]
-        model.graph.node.extend(rebuilt)
-        model.graph.initializer.extend(new_inits)
-        used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
-        keep = [t for t in model.graph.initializer if t.name in used]
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(keep)
-        # Transposes left without a consumer (their weight went into MatMulNBits)
-        consumed = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
-        live = [n for n in model.graph.node if not (n.op_type == "Transpose" and n.output[0] not in consumed)]
-        del model.graph.node[:]
-        model.graph.node.extend(live)
-        used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
-        keep = [t for t in model.graph.initializer if t.name in used]
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(keep)
+        _splice(model, new_nodes, new_inits)
         if not any(o.domain == ms for o in model.opset_import):
             model.opset_import.append(helper.make_opsetid(ms, 1))
     unmatched = tuple(sorted(set(ck.linears) - set(done)))
