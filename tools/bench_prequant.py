@@ -50,7 +50,7 @@ def _hessians(folder: Path, ids: np.ndarray) -> dict[str, np.ndarray]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(folder).float().eval()
     acc: dict[str, list] = {}
     hooks = []
     for name, mod in model.named_modules():
@@ -169,12 +169,12 @@ def main() -> int:
         print(json.dumps(rows, indent=2))
         return 0
     t = Table(title="pre-quantized import vs edgeq GPTQ (tiny Llama, held-out windows)")
-    for c in ("row", "model bytes", "ppl (fp32)", "KL vs fp32", "same top vs fp32", "KL vs own dequantized", "export s"):
+    for c in ("row", "model bytes", "ppl (fp32)", "KL vs fp32", "same top vs fp32", "KL vs own dequantized", "export s (import: + --reference)"):
         t.add_column(c)
     for r in rows:
         t.add_row(r["row"], f"{r['bytes']:,}", f"{r['ppl']:.3f} ({r['ppl_fp32']:.3f})", f"{r['kl_fp32']:.5f}",
                   f"{100 * r['top_fp32']:.2f} %", "-" if r["kl_own"] is None else f"{r['kl_own']:.2e}", f"{r['seconds']:.1f}")
-    Console().print(t)
+    Console(width=180).print(t)
     return 0
 
 
