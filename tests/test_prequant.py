@@ -293,3 +293,43 @@ def test_export_gguf_writes_gptq_codes_as_exact_q4_1(runner, float_folder, tmp_p
         got = gguf.quants.dequantize(np.asarray(t.data), t.tensor_type)
         want = ref[f"model.layers.0.{hf}.weight"]
         assert np.array_equal(got, rotary_permute(want, heads) if heads else want), gname
+
+
+def test_import_codes_rewrites_any_graph_by_weight_values(float_folder, tmp_path):
+    """The import finds a linear by its weight's values (as MatMul B, or behind a Transpose): it applies to
+    whichever decoder graph the exporter wrote. Here: act-order rows and v1 zero points that need 8-bit codes."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    make_gptq(float_folder, tmp_path / "q", bits=4, group_size=32, desc_act=True, sym=False, zero_nibble=15)
+    ck = pq.read_checkpoint(tmp_path / "q")
+    w1 = ck.linears["model.layers.0.self_attn.q_proj"].dequantize()  # [128, 128]
+    w2 = ck.linears["model.layers.0.mlp.down_proj"].dequantize()  # [256, 128]
+    other = np.random.default_rng(1).normal(size=(128, 8)).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["y1"]),
+        helper.make_node("Transpose", ["w2_hf"], ["w2_t"], perm=[1, 0]),
+        helper.make_node("MatMul", ["h", "w2_t"], ["y2"]),
+        helper.make_node("MatMul", ["x", "other"], ["y3"]),
+    ]
+    inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(np.ascontiguousarray(w2.T), "w2_hf"),
+             numpy_helper.from_array(other, "other")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 128]), helper.make_tensor_value_info("h", TensorProto.FLOAT, [2, 5, 256])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 5, d]) for n, d in (("y1", 128), ("y2", 128), ("y3", 8))], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    rep = pq.import_codes(model, ck, accuracy_level=0)
+    assert set(rep.imported) == {"model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj"}
+    assert rep.permuted == 2 and rep.widened == 2 and rep.max_abs_diff == 0.0
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("MatMulNBits") == 2 and ops.count("MatMul") == 1 and "Transpose" not in ops and ops.count("Gather") == 2
+    assert all(a.i == 8 for n in model.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits")
+    onnx.checker.check_model(model)
+    rng = np.random.default_rng(2)
+    x, h = rng.normal(size=(2, 5, 128)).astype(np.float32), rng.normal(size=(2, 5, 256)).astype(np.float32)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    y1, y2, y3 = sess.run(None, {"x": x, "h": h})
+    np.testing.assert_allclose(y1, x @ w1, atol=1e-4)
+    np.testing.assert_allclose(y2, h @ w2, atol=1e-4)
+    np.testing.assert_allclose(y3, x @ other, atol=1e-4)
