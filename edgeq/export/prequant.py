@@ -119,6 +119,7 @@ class PrequantCheckpoint:
     quantized: tuple[str, ...]  # HF module names that were quantized in the checkpoint
     kept_float: tuple[str, ...]  # 2-D weights the checkpoint left float (e.g. lm_head, embeddings)
     notes: tuple[str, ...] = field(default=())
+    params_quantized: int = 0
 
 
 def _bad(folder: Path, what: str, hint: str = "re-save the checkpoint with its quantization library, or export the float model") -> ModelError:
@@ -400,8 +401,9 @@ def _bnb8_weight(t: dict[str, np.ndarray], prefix: str, folder: Path) -> np.ndar
 # ---------------------------------------------------------------- the folder
 
 
-def read_checkpoint(folder: Path, cfg: PrequantConfig | None = None) -> PrequantCheckpoint:
-    """Read, unpack and check every quantized tensor; every weight also comes back as float32."""
+def read_checkpoint(folder: Path, cfg: PrequantConfig | None = None, *, keep_floats: bool = True) -> PrequantCheckpoint:
+    """Read, unpack and check every quantized tensor; every weight also comes back as float32
+    (``keep_floats=False``: checked, then dropped, as ``edgeq inspect`` needs no float copy)."""
     folder = Path(folder)
     cfg = cfg or detect(folder)
     if cfg is None:
@@ -412,6 +414,16 @@ def read_checkpoint(folder: Path, cfg: PrequantConfig | None = None) -> Prequant
     floats: dict[str, np.ndarray] = {}
     used: set[str] = set()
     notes: list[str] = []
+    params = 0
+    names: list[str] = []
+
+    def keep(name: str, w: np.ndarray) -> None:
+        nonlocal params
+        params += int(w.size)
+        names.append(name)
+        if keep_floats:
+            floats[name + ".weight" if not name.endswith(".weight") else name] = np.ascontiguousarray(w)
+
     if cfg.method in ("gptq", "awq"):
         prefixes = sorted(k[: -len(".qweight")] for k in t if k.endswith(".qweight"))
         _check(bool(prefixes), folder, f"{cfg.method.upper()} config but no '*.qweight' tensors")
@@ -419,7 +431,11 @@ def read_checkpoint(folder: Path, cfg: PrequantConfig | None = None) -> Prequant
             lin = _gptq_linear(t, p, cfg, folder) if cfg.method == "gptq" else _awq_linear(t, p, cfg, folder)
             linears[p] = lin
             used |= {f"{p}.{s}" for s in ("qweight", "qzeros", "scales", "g_idx")}
-            floats[p + ".weight"] = np.ascontiguousarray(lin.dequantize().T)
+            if keep_floats:
+                keep(p, lin.dequantize().T)
+            else:
+                params += lin.k * lin.n
+                names.append(p)
         over = sum(int((lin.zero > (1 << lin.bits) - 1).any()) for lin in linears.values())
         if over:
             notes.append(f"{over} tensor(s) have a v1 zero point of {1 << cfg.bits} (stored -1, the GPTQ v1 writer's overflow): "
@@ -428,27 +444,26 @@ def read_checkpoint(folder: Path, cfg: PrequantConfig | None = None) -> Prequant
         keys = sorted({k.split(".quant_state.bitsandbytes__")[0] for k in t if ".quant_state.bitsandbytes__" in k})
         _check(bool(keys), folder, "bitsandbytes 4-bit config but no quant_state tensors")
         for key in keys:
-            floats[key] = np.ascontiguousarray(_bnb4_weight(t, key, folder))
+            keep(key, _bnb4_weight(t, key, folder))
             used |= {k for k in t if k == key or (k.startswith(key + ".") and k[len(key) + 1:].split(".")[0] in (
                 "absmax", "quant_map", "nested_absmax", "nested_quant_map", "quant_state"))}
     else:
         prefixes = sorted(k[: -len(".SCB")] for k in t if k.endswith(".SCB"))
         _check(bool(prefixes), folder, "bitsandbytes 8-bit config but no '*.SCB' tensors")
         for p in prefixes:
-            floats[p + ".weight"] = _bnb8_weight(t, p, folder)
+            keep(p, _bnb8_weight(t, p, folder))
             used |= {p + ".weight", p + ".SCB", p + ".weight_format"}
-    quantized = tuple(sorted(k[: -len(".weight")] if k.endswith(".weight") else k for k in floats))
+    quantized = tuple(sorted(k[: -len(".weight")] if k.endswith(".weight") else k for k in names))
+    done = {q + ".weight" for q in quantized}
     kept = []
     for k, v in t.items():
-        if k in used or k in floats:
+        if k in used or k in done:
             continue
-        if v.dtype.kind == "f":
-            floats[k] = v.astype(np.float32)
-            if v.ndim == 2:
-                kept.append(k)
-        else:
-            floats[k] = v
-    return PrequantCheckpoint(folder, cfg, linears, floats, quantized, tuple(sorted(kept)), tuple(notes))
+        if v.dtype.kind == "f" and v.ndim == 2:
+            kept.append(k)
+        if keep_floats:
+            floats[k] = v.astype(np.float32) if v.dtype.kind == "f" else v
+    return PrequantCheckpoint(folder, cfg, linears, floats, quantized, tuple(sorted(kept)), tuple(notes), params)
 
 
 def summary(ck: PrequantCheckpoint) -> dict[str, Any]:
@@ -456,7 +471,7 @@ def summary(ck: PrequantCheckpoint) -> dict[str, Any]:
     d = ck.config.to_dict()
     d["quantized_layers"] = list(ck.quantized)
     d["float_layers"] = list(ck.kept_float)
-    d["params_quantized"] = int(sum(ck.floats[(q + ".weight") if (q + ".weight") in ck.floats else q].size for q in ck.quantized))
+    d["params_quantized"] = ck.params_quantized
     d["notes"] = list(ck.notes)
     return d
 
@@ -731,7 +746,7 @@ def inspect_prequant(folder: Path) -> dict[str, Any]:
     cfg = detect(folder)
     if cfg is None:
         return {"folder": folder.name, "prequantized": False}
-    ck = read_checkpoint(folder, cfg)
+    ck = read_checkpoint(folder, cfg, keep_floats=False)
     d = {"folder": folder.name, "prequantized": True, **summary(ck)}
     if ck.linears:
         d["block_sizes"] = sorted({nbits_codes(lin).codes.block_size for lin in ck.linears.values()})
