@@ -450,7 +450,7 @@ def _add_metadata(w, src: LlamaSource, quant: str) -> None:
         w.add_chat_template(v.chat_template)
 
 
-def _plan(src: LlamaSource, quant: str, blocks: dict[str, np.ndarray] | None = None) -> tuple[list[tuple[str, str, TensorPlan]], list[str]]:
+def _plan(src: LlamaSource, quant: str, blocks: dict[str, tuple[str, np.ndarray]] | None = None) -> tuple[list[tuple[str, str, TensorPlan]], list[str]]:
     """Which HF tensor goes to which GGUF tensor and type; reads only safetensors headers."""
     from safetensors import safe_open
 
@@ -468,7 +468,7 @@ def _plan(src: LlamaSource, quant: str, blocks: dict[str, np.ndarray] | None = N
                 if gname == "output.weight" and p.tie_embeddings:
                     continue
                 shape = tuple(st.get_slice(n).get_shape())
-                qt, note = ("Q4_1", None) if blocks and n in blocks else tensor_type(gname, shape, quant, p)
+                qt, note = (blocks[n][0], None) if blocks and n in blocks else tensor_type(gname, shape, quant, p)
                 if note:
                     notes.append(note)
                 plan.append((n, gname, TensorPlan(gname, shape, qt)))
@@ -517,10 +517,11 @@ def _rotary_rows(rows: np.ndarray, gname: str, p: LlamaParams) -> np.ndarray:
 
 
 def write_gguf(src: LlamaSource, quant: str, path: Path, *, on_tensor: Callable[[str], None] | None = None,
-               blocks: dict[str, np.ndarray] | None = None) -> GGUFResult:
+               blocks: dict[str, tuple[str, np.ndarray]] | None = None) -> GGUFResult:
     """Write ``src`` as GGUF to ``path`` (a staging path: the caller publishes it).
 
-    ``blocks``: HF weight name -> Q4_1 block bytes written as they are (a pre-quantized checkpoint's codes)."""
+    ``blocks``: HF weight name -> (GGML type, block bytes per output row) written as they are (a pre-quantized
+    checkpoint's codes)."""
     quant = check_quant(quant)
     if QUANT_TYPES[quant][2] == "llama.cpp":
         return _write_via_llama_cpp(src, quant, path, on_tensor=on_tensor)
@@ -553,7 +554,7 @@ def write_gguf(src: LlamaSource, quant: str, path: Path, *, on_tensor: Callable[
                 continue
             source_bytes += arr.size * 4
             g, tp = byname[hf]
-            pending[hf] = _rotary_rows(blocks[hf], g, src.params) if blocks and hf in blocks else _convert(arr, g, tp, src.params)
+            pending[hf] = _rotary_rows(blocks[hf][1], g, src.params) if blocks and hf in blocks else _convert(arr, g, tp, src.params)
             while k < len(want) and want[k] in pending:
                 w.write_tensor_data(pending.pop(want[k]))
                 if on_tensor:
@@ -867,7 +868,7 @@ def _versions() -> dict[str, str]:
 def export_llamacpp(
     folder: Path, target: Any, out: Path, *, quant: str | None = None, prompts: list[str] | None = None,
     force: bool = False, progress: Callable[[str], Any] | None = None,
-    blocks: dict[str, np.ndarray] | None = None, extra_notes: tuple[str, ...] = (),
+    blocks: dict[str, tuple[str, np.ndarray]] | None = None, extra_notes: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """HF Llama folder -> bundle (model.gguf, Modelfile, manifest.json) for a llama.cpp target.
 

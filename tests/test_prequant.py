@@ -260,7 +260,8 @@ def test_gguf_q4_1_blocks_keep_the_codes(float_folder, tmp_path):
     ck = pq.read_checkpoint(tmp_path / "a")
     plan = pq.gguf_plan(ck, "q4_1")
     assert len(plan.blocks) == 7 and not plan.requantized
-    for key, b in plan.blocks.items():
+    for key, (kind, b) in plan.blocks.items():
+        assert kind == "Q4_1"
         back = gguf.quants.dequantize(b, gguf.GGMLQuantizationType.Q4_1)
         want = ck.floats[key]
         # the codes are the checkpoint's; only m = -scale * zero may be rounded to float16 (and is reported)
@@ -333,3 +334,24 @@ def test_import_codes_rewrites_any_graph_by_weight_values(float_folder, tmp_path
     np.testing.assert_allclose(y1, x @ w1, atol=1e-4)
     np.testing.assert_allclose(y2, h @ w2, atol=1e-4)
     np.testing.assert_allclose(y3, x @ other, atol=1e-4)
+
+
+def test_gguf_nf4_goes_to_iq4_nl_and_says_it_is_a_requantization(float_folder, tmp_path):
+    gguf = pytest.importorskip("gguf")
+    make_bnb4(float_folder, tmp_path / "b", kind="nf4", double_quant=True, dtype="float32")
+    ck = pq.read_checkpoint(tmp_path / "b")
+    plan = pq.gguf_plan(ck, "q4_1", nonlinear=True)
+    assert {t for t, _ in plan.blocks.values()} == {"IQ4_NL"} and len(plan.blocks) == 7 and not plan.exact
+    for key, (_, b) in plan.blocks.items():
+        w = ck.floats[key]
+        back = gguf.quants.dequantize(b, gguf.GGMLQuantizationType.IQ4_NL)
+        rel = np.abs(back - w).max() / np.abs(w).max()
+        assert rel == pytest.approx(plan.errors[key]) and rel < 0.15
+        # the scale search does at least as well as the plain absmax scale
+        x = w.reshape(-1, 32)
+        amax = np.take_along_axis(x, np.abs(x).argmax(1)[:, None], 1)
+        d0 = (amax / pq.IQ4_NL_VALUES[0]).astype(np.float16).astype(np.float32)
+        q0 = np.abs(x[:, :, None] / d0[:, :, None] - pq.IQ4_NL_VALUES).argmin(-1)
+        assert ((back.reshape(-1, 32) - x) ** 2).sum() <= ((d0 * pq.IQ4_NL_VALUES[q0] - x) ** 2).sum() * 1.0001
+    note = " ".join(pq.gguf_notes(ck, plan, "q4_1"))
+    assert "RE-QUANTIZED as IQ4_NL" in note and "max relative weight error" in note

@@ -816,25 +816,63 @@ def q4_1_blocks(lin: QuantLinear) -> tuple[np.ndarray | None, str, float]:
     return np.ascontiguousarray(np.concatenate([head, qs], axis=-1).reshape(lin.n, -1)), "", err
 
 
+IQ4_NL_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.float32)
+
+
+def iq4_nl_blocks(w: np.ndarray, chunk: int = 4096) -> np.ndarray | None:
+    """GGML IQ4_NL blocks of a float ``[N, K]`` weight: 32 inputs share a float16 ``d``, each value is ``d * table[q]``
+    with llama.cpp's non-linear 4-bit table (the nearest thing llama.cpp has to NF4). The scale of each block is the
+    best of a few candidates by squared error (as llama.cpp's quantizer searches). None when K is not a multiple of 32."""
+    n, k = w.shape
+    if k % 32:
+        return None
+    x = np.ascontiguousarray(w, np.float32).reshape(-1, 32)
+    out = np.empty((x.shape[0], 18), np.uint8)
+    kv = IQ4_NL_VALUES
+    mid = (kv[1:] + kv[:-1]) / 2
+    for a in range(0, x.shape[0], chunk):
+        xb = x[a : a + chunk]
+        amax = np.take_along_axis(xb, np.abs(xb).argmax(1)[:, None], 1)[:, 0]
+        amax = np.where(amax == 0, np.float32(1e-30), amax)
+        best_d = np.zeros(len(xb), np.float32)
+        best_q = np.zeros(xb.shape, np.uint8)
+        best_e = np.full(len(xb), np.inf)
+        for t in range(-7, 8):
+            inv = (kv[0] + t * 1.0) / amax  # maps the largest value near the table's end
+            q = np.searchsorted(mid, xb * inv[:, None]).astype(np.uint8)
+            v = kv[q]
+            d = (v * xb).sum(1) / np.maximum((v * v).sum(1), 1e-30)  # least-squares scale for these codes
+            d = d.astype(np.float16).astype(np.float32)
+            e = ((xb - d[:, None] * v) ** 2).sum(1)
+            better = e < best_e
+            best_e, best_d = np.where(better, e, best_e), np.where(better, d, best_d)
+            best_q[better] = q[better]
+        out[a : a + chunk, :2] = best_d.astype(np.float16)[:, None].view(np.uint8)
+        out[a : a + chunk, 2:] = best_q[:, :16] | (best_q[:, 16:] << 4)
+    return out.reshape(n, -1)
+
+
 @dataclass(frozen=True)
 class GGUFPlan:
-    blocks: dict[str, np.ndarray]  # HF weight name -> Q4_1 bytes with the checkpoint's codes (HF row order)
-    rounded: dict[str, float]  # of those, weights whose m = -scale * zero was rounded to float16: max |change|
+    blocks: dict[str, tuple[str, np.ndarray]]  # HF weight name -> (GGML type, block bytes in HF row order)
+    rounded: dict[str, float]  # Q4_1 weights whose m = -scale * zero was rounded to float16: max |change|
     requantized: dict[str, str]  # HF weight name -> why its codes could not be kept
     errors: dict[str, float]  # re-quantized: max |re-quantized - checkpoint| / max |checkpoint|, where measured
 
     @property
     def exact(self) -> list[str]:
-        return [k for k in self.blocks if k not in self.rounded]
+        return [k for k, (t, _) in self.blocks.items() if t == "Q4_1" and k not in self.rounded]
 
     def to_dict(self) -> dict[str, Any]:
         return {"exact": sorted(self.exact), "codes_kept_min_rounded": self.rounded, "requantized": self.requantized,
+                "iq4_nl": sorted(k for k, (t, _) in self.blocks.items() if t == "IQ4_NL"),
                 "requantized_relative_error": self.errors}
 
 
-def gguf_plan(ck: PrequantCheckpoint, quant: str) -> GGUFPlan:
-    """Which quantized linears go to GGUF as Q4_1 blocks of their own codes; the error of the rest under ``quant``."""
-    blocks: dict[str, np.ndarray] = {}
+def gguf_plan(ck: PrequantCheckpoint, quant: str, *, nonlinear: bool = False) -> GGUFPlan:
+    """Which quantized linears go to GGUF as Q4_1 blocks of their own codes (bitsandbytes 4-bit with ``nonlinear``:
+    IQ4_NL blocks); the error of the rest under ``quant``."""
+    blocks: dict[str, tuple[str, np.ndarray]] = {}
     rounded: dict[str, float] = {}
     why: dict[str, str] = {}
     errs: dict[str, float] = {}
@@ -843,12 +881,20 @@ def gguf_plan(ck: PrequantCheckpoint, quant: str) -> GGUFPlan:
         lin = ck.linears.get(name)
         b, reason, err = q4_1_blocks(lin) if lin is not None else (None, "bitsandbytes codes are not Q4_1 blocks", 0.0)
         if b is not None:
-            blocks[key] = b
+            blocks[key] = ("Q4_1", b)
             if err:
                 rounded[key] = err
             continue
         why[key] = reason
         w = ck.floats[key]
+        if ck.config.method == "bnb-4bit" and nonlinear and (b := iq4_nl_blocks(w)) is not None:
+            import gguf
+
+            why[key] = "NF4/FP4 codes mapped onto llama.cpp's IQ4_NL table (blocks of 32)"
+            blocks[key] = ("IQ4_NL", b)
+            back = gguf.quants.dequantize(b, gguf.GGMLQuantizationType.IQ4_NL)
+            errs[key] = float(np.abs(back - w).max() / max(float(np.abs(w).max()), 1e-30))
+            continue
         try:
             import gguf
 
@@ -862,8 +908,9 @@ def gguf_plan(ck: PrequantCheckpoint, quant: str) -> GGUFPlan:
 
 def gguf_notes(ck: PrequantCheckpoint, plan: GGUFPlan, quant: str) -> list[str]:
     notes = []
-    if plan.blocks:
-        notes.append(f"pre-quantized {ck.config.describe()}: {len(plan.blocks)} linear(s) written as Q4_1 blocks of the "
+    q41 = [k for k, (t, _) in plan.blocks.items() if t == "Q4_1"]
+    if q41:
+        notes.append(f"pre-quantized {ck.config.describe()}: {len(q41)} linear(s) written as Q4_1 blocks of the "
                      f"checkpoint's own codes (d = scale, m = -scale * zero point): {len(plan.exact)} exact")
     if plan.rounded:
         notes.append(f"{len(plan.rounded)} of them keep their codes with m rounded to float16 (max weight change "
@@ -871,8 +918,10 @@ def gguf_notes(ck: PrequantCheckpoint, plan: GGUFPlan, quant: str) -> list[str]:
     if plan.requantized:
         reasons = sorted(set(plan.requantized.values()))
         err = f"; max relative weight error {max(plan.errors.values()):.3g}" if plan.errors else ""
+        nl = sum(t == "IQ4_NL" for t, _ in plan.blocks.values())
+        as_ = "IQ4_NL" if nl == len(plan.requantized) else (f"{quant} ({nl} as IQ4_NL)" if nl else quant)
         notes.append(f"pre-quantized {ck.config.describe()}: {len(plan.requantized)} quantized linear(s) dequantized and "
-                     f"RE-QUANTIZED as {quant} ({'; '.join(reasons)}){err}")
+                     f"RE-QUANTIZED as {as_} ({'; '.join(reasons)}){err}")
     return notes
 
 
@@ -889,15 +938,19 @@ def gguf_export(source: Path, target: Any, out: Path, *, quant: str | None, prom
         assert ck is not None
         notes: list[str] = []
         q = gg.check_quant(quant) if quant else None
+        nonlinear = q is None and ck.config.method == "bnb-4bit"  # NF4/FP4 -> IQ4_NL unless a type was asked for
         if q is None:
-            q = "q4_1" if ck.linears else gg.check_quant(target.gguf.quant)
+            q = "q4_1" if ck.linears or nonlinear else gg.check_quant(target.gguf.quant)
             if ck.linears:
                 notes.append("q4_1 chosen for the rest of the model: Q4_1 blocks can hold the checkpoint's 4-bit codes "
                              "(the target's default is written by llama.cpp's quantizer, which would round them again)")
+            elif nonlinear:
+                notes.append("q4_1 chosen for the rest of the model: its 4-bit linears go to IQ4_NL blocks, which the "
+                             "target's default writer (llama.cpp's quantizer) would not keep")
         if gg.QUANT_TYPES[q][2] == "llama.cpp":  # k-quants: llama.cpp quantizes an f32 file, nothing can be kept
             plan = GGUFPlan({}, {}, {k + ".weight": f"--quant {q} is written by llama.cpp's quantizer" for k in ck.quantized}, {})
         else:
-            plan = gguf_plan(ck, q)
+            plan = gguf_plan(ck, q, nonlinear=nonlinear)
         notes += list(ck.notes) + gguf_notes(ck, plan, q)
         r = gg.export_llamacpp(folder, target, out, quant=q, prompts=prompts, force=force, progress=progress,
                                blocks=plan.blocks, extra_notes=tuple(notes))
