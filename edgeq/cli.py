@@ -264,7 +264,7 @@ def export(
             )
             export_from = source
             if kind == "hf":  # a GPTQ/AWQ/bitsandbytes folder: read by edgeq, exported from its dequantized weights
-                opts, export_from = _prequant_options(source, opts, quant, work, progress)
+                opts, export_from = _prequant_options(source, opts, quant, work, progress) if task else (opts, source)
             if reference is not None:
                 _check_reference(reference, opts)
             with progress.stage(f"export ({kind})"):
