@@ -59,7 +59,6 @@ class PrequantConfig:
     sym: bool | None = None
     checkpoint_format: str = ""  # gptq | gptq_v2 | gemm | nf4 | fp4 | int8
     double_quant: bool = False
-    skip_modules: tuple[str, ...] = ()
 
     @property
     def exact(self) -> bool:
@@ -186,16 +185,13 @@ def detect(folder: Path) -> PrequantConfig | None:
         if qc.get("zero_point", True) is False:
             raise _bad(folder, "AWQ without zero points is not supported", "re-save it with zero_point=True")
         return PrequantConfig("awq", 4, gs, sym=False, checkpoint_format="gemm")
-    skip = qc.get("llm_int8_skip_modules") or ()
-    skip = tuple(str(s) for s in skip) if isinstance(skip, list) else ()
     if qc.get("load_in_4bit") or qc.get("_load_in_4bit"):
         kind = str(qc.get("bnb_4bit_quant_type", "fp4")).lower()
         if kind not in ("nf4", "fp4"):
             raise _bad(folder, f"bitsandbytes 4-bit type {kind!r} is not supported (nf4 or fp4)")
-        return PrequantConfig("bnb-4bit", 4, 0, checkpoint_format=kind, double_quant=bool(qc.get("bnb_4bit_use_double_quant")),
-                              skip_modules=skip)
+        return PrequantConfig("bnb-4bit", 4, 0, checkpoint_format=kind, double_quant=bool(qc.get("bnb_4bit_use_double_quant")))
     if qc.get("load_in_8bit") or qc.get("_load_in_8bit"):
-        return PrequantConfig("bnb-int8", 8, 0, checkpoint_format="int8", skip_modules=skip)
+        return PrequantConfig("bnb-int8", 8, 0, checkpoint_format="int8")
     raise _bad(folder, "bitsandbytes quantization_config says neither load_in_4bit nor load_in_8bit")
 
 
