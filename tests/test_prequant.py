@@ -358,3 +358,17 @@ def test_gguf_nf4_goes_to_iq4_nl_and_says_it_is_a_requantization(float_folder, t
         assert ((back.reshape(-1, 32) - x) ** 2).sum() <= ((d0 * pq.IQ4_NL_VALUES[q0] - x) ** 2).sum() * 1.0001
     note = " ".join(pq.gguf_notes(ck, plan, "q4_1"))
     assert "RE-QUANTIZED as IQ4_NL" in note and "max relative weight error" in note
+
+
+def test_bf16_tensors_are_read_exactly_without_torch(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    t = torch.randn(3, 5).to(torch.bfloat16)
+    save_file({"w": t, "i": torch.arange(4, dtype=torch.int32)}, str(tmp_path / "model.safetensors"))
+    got = pq.read_tensors(tmp_path)
+    assert got["w"].dtype == np.float32 and np.array_equal(got["w"], t.float().numpy())
+    assert np.array_equal(got["i"], np.arange(4, dtype=np.int32))
+    # the rounding used for bitsandbytes' bfloat16 weights is torch's
+    x = np.random.default_rng(0).normal(size=1000).astype(np.float32) * 7
+    assert np.array_equal(pq.round_bf16(x), torch.from_numpy(x).to(torch.bfloat16).float().numpy())

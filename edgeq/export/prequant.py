@@ -326,7 +326,7 @@ def _awq_linear(t: dict[str, np.ndarray], prefix: str, cfg: PrequantConfig, fold
 # ---------------------------------------------------------------- bitsandbytes
 
 
-def _bf16_round(x: np.ndarray) -> np.ndarray:
+def round_bf16(x: np.ndarray) -> np.ndarray:
     """float32 -> nearest bfloat16 (ties to even), returned as float32."""
     u = np.ascontiguousarray(x, np.float32).view(np.uint32)
     r = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
@@ -339,7 +339,7 @@ def _to_dtype(x: np.ndarray, dtype: str) -> np.ndarray:
     if d == "float16":
         return x.astype(np.float16).astype(np.float32)
     if d == "bfloat16":
-        return _bf16_round(x)
+        return round_bf16(x)
     return x.astype(np.float32)
 
 
