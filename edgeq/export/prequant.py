@@ -435,7 +435,7 @@ def read_checkpoint(folder: Path, cfg: PrequantConfig | None = None, *, keep_flo
         over = sum(int((lin.zero > (1 << lin.bits) - 1).any()) for lin in linears.values())
         if over:
             notes.append(f"{over} tensor(s) have a v1 zero point of {1 << cfg.bits} (stored -1, the GPTQ v1 writer's overflow): "
-                         "kept exactly with 8-bit codes")
+                         "ONNX keeps them exactly with 8-bit codes")
     elif cfg.method == "bnb-4bit":
         keys = sorted({k.split(".quant_state.bitsandbytes__")[0] for k in t if ".quant_state.bitsandbytes__" in k})
         _check(bool(keys), folder, "bitsandbytes 4-bit config but no quant_state tensors")
