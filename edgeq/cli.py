@@ -305,12 +305,9 @@ def _prequant_options(source: Path, opts: Any, quant: Optional[str], work: Path,
         ck, folder = prepare(source, work)
     mode, why = default_mode(ck, opts.spec.mode, opts.spec.weight_only, quant is not None)
     spec = opts.spec if mode == opts.spec.mode else opts.spec.with_overrides(mode=mode)
-    opts = replace(opts, spec=spec, prequant=ck)
-    if why:
-        from .report import err
-
-        err.print(f"note: {why}")
-    return opts, folder
+    if why:  # reported with the import's own notes
+        ck = replace(ck, notes=(*ck.notes, why))
+    return replace(opts, spec=spec, prequant=ck), folder
 
 
 def _check_reference(reference: Path, opts: Any) -> None:

@@ -721,7 +721,8 @@ def report_notes(ck: PrequantCheckpoint, report: ImportReport | None, lm: Any, m
     if report is not None:
         notes += report.notes(ck.config)
         if lm is not None:
-            notes.append(f"imported model vs the checkpoint's own dequantized weights: KL {lm.kl_mean:.3g}, "
+            what = "imported model" if mode == "none" else f"model (imported codes, the parts left float by {mode})"
+            notes.append(f"{what} vs the checkpoint's own dequantized weights: KL {lm.kl_mean:.3g}, "
                          f"same top token {100 * lm.same_top_token:.2f} %")
     else:
         cost = (f": KL {lm.kl_mean:.3g} vs the checkpoint's dequantized weights, same top token {100 * lm.same_top_token:.2f} %"
