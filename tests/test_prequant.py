@@ -34,6 +34,7 @@ def _assert_same(ck: pq.PrequantCheckpoint, ref: dict[str, np.ndarray]) -> None:
     (4, 64, True, True, "gptq"),
     (8, 32, True, False, "gptq"),
     (4, -1, False, False, "gptq"),
+    (2, 32, False, False, "gptq_v2"),
 ])
 def test_gptq_dequantized_bit_exact_and_codes_kept(float_folder, tmp_path, bits, gs, desc_act, sym, fmt):
     ref = make_gptq(float_folder, tmp_path / "q", bits=bits, group_size=gs, desc_act=desc_act, sym=sym, fmt=fmt)
