@@ -317,24 +317,27 @@ def test_import_codes_rewrites_any_graph_by_weight_values(float_folder, tmp_path
         helper.make_node("Transpose", ["w2_hf"], ["w2_t"], perm=[1, 0]),
         helper.make_node("MatMul", ["h", "w2_t"], ["y2"]),
         helper.make_node("MatMul", ["x", "other"], ["y3"]),
+        helper.make_node("MatMul", ["x", "w1"], ["y4"]),  # a second reader of the same weight
     ]
     inits = [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(np.ascontiguousarray(w2.T), "w2_hf"),
              numpy_helper.from_array(other, "other")]
     graph = helper.make_graph(
         nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 128]), helper.make_tensor_value_info("h", TensorProto.FLOAT, [2, 5, 256])],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 5, d]) for n, d in (("y1", 128), ("y2", 128), ("y3", 8))], inits)
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 5, d]) for n, d in (("y1", 128), ("y2", 128), ("y3", 8), ("y4", 128))], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     rep = pq.import_codes(model, ck, accuracy_level=0)
     assert set(rep.imported) == {"model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj"}
     assert rep.permuted == 2 and rep.widened == 2 and rep.max_abs_diff == 0.0
     ops = [n.op_type for n in model.graph.node]
-    assert ops.count("MatMulNBits") == 2 and ops.count("MatMul") == 1 and "Transpose" not in ops and ops.count("Gather") == 2
+    assert ops.count("MatMulNBits") == 3 and ops.count("MatMul") == 1 and "Transpose" not in ops and ops.count("Gather") == 2
+    assert sum(i.name.endswith("_B") for i in model.graph.initializer) == 2  # codes stored once per linear
     assert all(a.i == 8 for n in model.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits")
     onnx.checker.check_model(model)
     rng = np.random.default_rng(2)
     x, h = rng.normal(size=(2, 5, 128)).astype(np.float32), rng.normal(size=(2, 5, 256)).astype(np.float32)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    y1, y2, y3 = sess.run(None, {"x": x, "h": h})
+    y1, y2, y3, y4 = sess.run(None, {"x": x, "h": h})
+    assert np.array_equal(y1, y4)
     np.testing.assert_allclose(y1, x @ w1, atol=1e-4)
     np.testing.assert_allclose(y2, h @ w2, atol=1e-4)
     np.testing.assert_allclose(y3, x @ other, atol=1e-4)

@@ -620,7 +620,8 @@ def import_codes(model: Any, ck: PrequantCheckpoint, *, accuracy_level: int = 0)
     new_nodes: dict[int, list[Any]] = {}
     new_inits: list[Any] = []
     done: dict[str, str] = {}
-    perms: dict[tuple, str] = {}  # (activation, perm digest) -> gathered activation
+    made: dict[str, tuple] = {}  # HF linear -> (NBitsCodes, initializer names, (perm name, digest) | None)
+    gathered: dict[tuple, str] = {}  # (activation, perm digest) -> gathered activation
     max_diff, permuted, widened, stored = 0.0, 0, 0, 0
     for idx, node in enumerate(model.graph.node):
         if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or len(node.input) != 2 or node.input[0] in inits:
@@ -641,34 +642,40 @@ def import_codes(model: Any, ck: PrequantCheckpoint, *, accuracy_level: int = 0)
         if name is None:
             continue
         lin = ck.linears[name]
-        nc = nbits_codes(lin)
-        ref = lin.dequantize() if nc.perm is None else lin.dequantize()[nc.perm]
-        diff = float(np.max(np.abs(nc.codes.dequantize() - ref))) if ref.size else 0.0
-        max_diff = max(max_diff, diff)
-        packed = pack_matmulnbits(nc.codes)
+        if name not in made:  # one set of initializers per linear, however many MatMuls read it
+            nc = nbits_codes(lin)
+            ref = lin.dequantize() if nc.perm is None else lin.dequantize()[nc.perm]
+            max_diff = max(max_diff, float(np.max(np.abs(nc.codes.dequantize() - ref))) if ref.size else 0.0)
+            packed = pack_matmulnbits(nc.codes)
+            base = "prequant_" + name.replace(".", "_")
+            wnames = [base + "_B", base + "_scales"]
+            new_inits += [numpy_helper.from_array(packed.b, wnames[0]), numpy_helper.from_array(packed.scales.reshape(-1), wnames[1])]
+            if packed.zero_points is not None:
+                wnames.append(base + "_zp")
+                new_inits.append(numpy_helper.from_array(packed.zero_points.reshape(-1), wnames[2]))
+            perm = None
+            if nc.perm is not None:
+                perm = (base + "_perm", hashlib.blake2b(nc.perm.tobytes(), digest_size=8).hexdigest())
+                new_inits.append(numpy_helper.from_array(nc.perm.astype(np.int64), perm[0]))
+                permuted += 1
+            stored += packed.nbytes
+            widened += int(nc.widened)
+            made[name] = (nc, wnames, perm)
+        nc, wnames, perm = made[name]
         tag = "prequant_" + name.replace(".", "_") + f"_{idx}"
         a_in = node.input[0]
         nodes = []
-        if nc.perm is not None:
-            pkey = (a_in, hashlib.blake2b(nc.perm.tobytes(), digest_size=8).hexdigest())
-            if pkey not in perms:
-                perms[pkey] = tag + "_in_grouped"
-                new_inits.append(numpy_helper.from_array(nc.perm.astype(np.int64), tag + "_perm"))
-                nodes.append(helper.make_node("Gather", [a_in, tag + "_perm"], [perms[pkey]], axis=-1, name=tag + "_group_order"))
-            a_in = perms[pkey]
-            permuted += 1
-        ins = [a_in, tag + "_B", tag + "_scales"]
-        new_inits += [numpy_helper.from_array(packed.b, ins[1]), numpy_helper.from_array(packed.scales.reshape(-1), ins[2])]
-        stored += packed.nbytes
-        if packed.zero_points is not None:
-            ins.append(tag + "_zp")
-            new_inits.append(numpy_helper.from_array(packed.zero_points.reshape(-1), ins[3]))
+        if perm is not None:  # the activation's channels in group order, gathered once per (input, order)
+            pkey = (a_in, perm[1])
+            if pkey not in gathered:
+                gathered[pkey] = tag + "_in_grouped"
+                nodes.append(helper.make_node("Gather", [a_in, perm[0]], [gathered[pkey]], axis=-1, name=tag + "_group_order"))
+            a_in = gathered[pkey]
         nodes.append(helper.make_node(
-            "MatMulNBits", ins, [node.output[0]], name=tag, domain=ms, K=lin.k, N=lin.n, bits=nc.codes.bits,
+            "MatMulNBits", [a_in, *wnames], [node.output[0]], name=tag, domain=ms, K=lin.k, N=lin.n, bits=nc.codes.bits,
             block_size=nc.codes.block_size, accuracy_level=accuracy_level,
         ))
         new_nodes[idx] = nodes
-        widened += int(nc.widened)
         done[name] = tag
     if new_nodes:
         _splice(model, new_nodes, new_inits)
