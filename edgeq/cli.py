@@ -159,6 +159,20 @@ def _budget_failed(recipe: dict, where: Path) -> None:
         ))
 
 
+def _check_coverage_option(minimum: Optional[float], tg) -> None:
+    """--min-accel-coverage: a share, on a target that has an accelerator (checked before any work)."""
+    from .errors import TargetError
+    from .placement import accelerator_of
+
+    if minimum is None:
+        return
+    if not 0.0 <= minimum <= 1.0:
+        raise TargetError(f"--min-accel-coverage {minimum} is not a share between 0 and 1", "e.g. --min-accel-coverage 0.95")
+    if tg.runtime != "onnxruntime" or accelerator_of(tg.provider_names) is None:
+        raise TargetError(f"--min-accel-coverage: target {tg.name} has no accelerator provider",
+                          "use a target with one (qnn-htp, nnapi, coreml, openvino-*)")
+
+
 def _check_onnx_source(src: Path) -> None:
     from .errors import ModelError
 
@@ -216,6 +230,7 @@ def export(
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="allow unpickling arbitrary objects (full-module .pt, TorchScript, .pt2): runs code from the file")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="allow a Hugging Face folder's own Python code (auto_map)")] = False,
     exporter: Annotated[str, typer.Option("--exporter", help="auto (dynamo, then TorchScript; Hugging Face folders: Optimum when EDGEQ_OPTIMUM_PYTHON is set) | dynamo | torchscript | optimum")] = "auto",
+    min_accel_coverage: Annotated[Optional[float], typer.Option("--min-accel-coverage", help="fail (exit 1, bundle still written) when a smaller share of nodes runs on the accelerator")] = None,
 ) -> None:
     """Export, optimize, quantize, verify, profile and bundle a model for a target."""
     from .isolate import open_source
@@ -230,6 +245,7 @@ def export(
     from .fsutil import check_output, clean_stale, scratch_dir
 
     tg = load_target(target)
+    _check_coverage_option(min_accel_coverage, tg)
     if tg.runtime == "llama.cpp":  # Hugging Face Llama folder -> GGUF bundle (edgeq.gguf); --eval: prompts file
         from .gguf import export_cli
 
@@ -277,7 +293,16 @@ def export(
             from .report import layers_table
 
             console.print(layers_table(result["quantization"]))
+        from .report import fallback_table
+
+        if fallback_table(result) is not None:
+            console.print(fallback_table(result))
     _budget_failed(result["quantization"], out)
+    if min_accel_coverage is not None:
+        from .accel import coverage_report
+        from .profile import check_coverage
+
+        check_coverage(coverage_report(out, tg, result.get("placement")), min_accel_coverage)
     if not result["passed"]:
         _fail(CheckFailed(
             f"the quantized model is outside target {tg.name}'s tolerances: {'; '.join(result['verify']['failures'])}",

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .accel import export_placement, manifest_placement
 from .artifact import Artifact
 from .bundle import BundleInputs, write_bundle
 from .data import LABELS_KEY, SampleSet, load_samples
@@ -65,6 +66,8 @@ class ExportResult:
     profile_skipped: str | None
     notes: tuple[str, ...]
     lm: Any = None  # edgeq.lmeval.LMQuality for weight-only modes on language models
+    placement: dict[str, Any] | None = None  # accelerator placement of the shipped model (edgeq.accel)
+    ep_context: dict[str, Any] | None = None  # the provider's compiled context, or why there is none
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +84,8 @@ class ExportResult:
             "notes": list(self.notes),
             "passed": self.verify.passed if self.verify else True,
             "lm_quality": self.lm.to_dict() if self.lm is not None else None,
+            "placement": self.placement,
+            "ep_context": self.ep_context,
         }
 
 
@@ -163,6 +168,7 @@ def run_export(
         fp32_bytes = model_size(opt.path)  # same treatment as the quantized model
         q_bytes = model_size(qres.artifact.path)
         golden = _golden_feeds(check_data, qres.artifact, opts.golden)
+        placement = _placement(qres.artifact, target, golden, stage)
         with stage("bundle"):
             info = BundleInputs(
                 golden_feeds=golden,
@@ -180,6 +186,7 @@ def run_export(
                 bundle_version=opts.bundle_version,
                 sign_key=opts.sign_key,
                 archive=opts.archive,
+                placement=manifest_placement(placement),
             )
             write_bundle(qres.artifact, target, opts.out, info, force=opts.force)
     return ExportResult(
@@ -194,7 +201,31 @@ def run_export(
         profile_skipped=skipped,
         notes=tuple(notes),
         lm=lm,
+        placement=placement,
+        ep_context=_written_ep_context(opts.out),
     )
+
+
+def _placement(art: Artifact, target: Target, feeds: tuple[dict, ...], stage: Stage) -> dict[str, Any] | None:
+    """Where the shipped model runs on the target's accelerator (None: a CPU-only target)."""
+    from .placement import accelerator_of
+
+    if accelerator_of(target.provider_names) is None:
+        return None
+    with stage("placement"):
+        return export_placement(art.path, target, art.io, feeds)
+
+
+def _written_ep_context(out: Path) -> dict[str, Any] | None:
+    """The ep_context record of the bundle just written (edgeq's own manifest)."""
+    import json
+
+    from .runner import MANIFEST
+
+    try:
+        return json.loads((Path(out) / MANIFEST).read_text(encoding="utf-8"))["model"].get("ep_context")
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _bundle_extras(source: Artifact, opts: ExportOptions) -> tuple[dict, tuple[str, ...] | None]:

@@ -1,0 +1,101 @@
+"""The accelerator at export time: where the shipped model's nodes run, and how to fix the rest.
+
+``edgeq export`` calls :func:`export_placement` on the model it ships. The provider
+is found the way ``edgeq profile`` finds it (``edgeq.providers``): where it runs here
+(the QNN HTP simulator through the onnxruntime-qnn plugin, OpenVINO in its own
+environment) the placement is *measured* by the same worker ``profile`` uses; where
+it cannot (NNAPI, CoreML) it is a static *estimate* from the target's ``[ops]`` rules,
+labelled so. Each node that falls back carries its reason and a fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .artifact import IoSpec
+from .errors import EdgeqError
+from .targets import Target
+
+# a short measurement: placement and that the provider runs the model, not timing
+_PLACEMENT_RUNS = dict(runs=2, warmup=0, budget_s=0.2, profile_runs=0, numerics_samples=1)
+
+
+def fix_for(reason: str, target: Target) -> str:
+    """What the user can do about one fallback reason."""
+    if "dynamic shape" in reason:
+        return "pin the shapes: --static-shape NAME=1x... (or calibration data with the shapes the app uses)"
+    if "dtype" in reason:
+        return f"quantize with {target.name}'s recipe (--quant {target.quant.mode}) so tensors have a dtype the accelerator takes"
+    if reason.startswith("op ") or "supported ops" in reason:
+        return f"replace the op in the model, or add a rewrite for it to {target.name}'s [rewrites] table"
+    if target.quant.mode.startswith("int8") and "not taken by" in reason:
+        return (f"quantize the node (static QDQ, {'/'.join(target.quant.activation_dtypes or (target.quant.activation_type,))} "
+                "activations) or check its attributes and shapes against the provider's op documentation")
+    return "check the node's op type, attributes and shapes against the provider's op documentation"
+
+
+def _with_fixes(pl: dict[str, Any], target: Target) -> dict[str, Any]:
+    for f in pl.get("fallback", []):
+        f.setdefault("fix", fix_for(f.get("reason", ""), target))
+    return pl
+
+
+def export_placement(model: Path, target: Target, io: IoSpec, feeds: tuple[dict[str, np.ndarray], ...]) -> dict[str, Any] | None:
+    """Placement of ``model`` on ``target``'s accelerator; None for targets without one.
+
+    Never raises for a provider problem: the provider's own error becomes the
+    placement's ``reason`` (an estimate is added where the target has op rules).
+    """
+    from .placement import accelerator_of, estimate
+    from .profile import MeasureOptions, ProfileInput, measure, resolve_backend, synthetic_feed
+
+    acc = accelerator_of(target.provider_names)
+    if acc is None:
+        return None
+    reason = None
+    try:
+        backend = resolve_backend(target)
+    except EdgeqError as e:
+        backend, reason = None, e.message
+    if backend is not None and backend.kind != "estimate":
+        inp = ProfileInput(label=Path(model).name, model=Path(model), onnx=Path(model), io=io,
+                           feeds=tuple(feeds[:1]) or (synthetic_feed(io),), feeds_source="export data")
+        try:
+            rep = measure(inp, target, backend, MeasureOptions(**_PLACEMENT_RUNS))
+        except EdgeqError as e:
+            reason = e.message
+        else:
+            pl = rep.get("placement")
+            if pl is not None:
+                pl = dict(pl, backend=backend.kind, basis=backend.note or f"measured with {acc} on this host")
+                if rep.get("notes"):
+                    pl["notes"] = list(rep["notes"])
+                return _with_fixes(pl, target)
+            reason = f"{acc} ran but onnxruntime recorded no placement"
+    if target.supported_ops:
+        pl = estimate(Path(model), target)
+        if reason:
+            pl["basis"] += f" ({reason})"
+        return _with_fixes(pl, target)
+    return {"kind": "unavailable", "accelerator": acc, "reason": reason or f"{acc} is not available here and {target.name} has no [ops] rules",
+            "accel_node_share": None, "fallback": []}
+
+
+def manifest_placement(pl: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the manifest keeps: the figures, partitions and each fallback with reason and fix (no node lists)."""
+    if pl is None:
+        return None
+    keep = ("kind", "accelerator", "nodes_total", "accel_node_share", "accel_partitions", "basis", "reason", "backend")
+    out = {k: pl[k] for k in keep if pl.get(k) is not None}
+    if pl.get("providers"):
+        out["nodes_on_accelerator"] = next((p["nodes"] for p in pl["providers"] if p["provider"] == pl["accelerator"]), 0)
+    out["fallback"] = [{k: f[k] for k in ("node", "provider", "reason", "fix") if k in f} for f in pl.get("fallback", [])]
+    return out
+
+
+def coverage_report(bundle: Path, target: Target, pl: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The shape ``profile.check_coverage`` reads, for one exported bundle."""
+    return [{"model": str(bundle), "target": target.name, "placement": pl if pl and pl.get("accel_node_share") is not None else None}]

@@ -1,0 +1,119 @@
+"""edgeq export for NPU targets: provider discovery shared with profile, placement in the table, --json and manifest."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from edgeq.cli import app
+from tests.models import cnn_data, make_cnn
+
+qnn = pytest.mark.skipif(importlib.util.find_spec("onnxruntime_qnn") is None,
+                         reason="onnxruntime-qnn not installed (pip install edgeq[profile])")
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    p = tmp_path / "calib.npz"
+    np.savez(p, **cnn_data(16, seed=1))
+    return p
+
+
+def _export(runner, model: Path, out: Path, *args):
+    r = runner.invoke(app, ["export", str(model), "-o", str(out), *map(str, args), "--json"])
+    return r, (json.loads(r.stdout) if r.exit_code in (0, 1) and r.stdout.strip() else None)
+
+
+def _with_erf(src: Path, dst: Path) -> Path:
+    """The tiny CNN with relu1 replaced by Erf (no NNAPI kernel, no rewrite): one node falls back, two partitions."""
+    m = onnx.load(str(src))
+    nodes = list(m.graph.node)
+    i = [n.name for n in nodes].index("relu1")
+    nodes[i] = helper.make_node("Erf", ["c1"], ["r1"], name="erf1")
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    onnx.save(m, str(dst))
+    return dst
+
+
+def test_discovery_is_one_function_for_export_and_profile(monkeypatch):
+    """profile's backend and export's placement both follow edgeq.providers.discover_providers."""
+    import edgeq.providers as prov
+    from edgeq.profile import resolve_backend, skip_reason
+    from edgeq.targets import load_target
+
+    tg = load_target("qnn-htp")
+    monkeypatch.setattr(prov, "qnn_plugin_installed", lambda: True)
+    assert prov.find_provider("QNNExecutionProvider").kind == "plugin"
+    assert "QNNExecutionProvider" in prov.available_providers()
+    assert resolve_backend(tg).kind == "qnn-plugin"
+    assert "not available on this host" not in skip_reason(tg)
+    monkeypatch.setattr(prov, "qnn_plugin_installed", lambda: False)
+    assert "QNNExecutionProvider" not in prov.available_providers()
+    assert resolve_backend(tg).kind == "estimate"
+    assert "not available on this host" in skip_reason(tg)
+
+
+def test_export_without_the_plugin_estimates_and_labels_it(runner, tmp_path, data, monkeypatch):
+    import edgeq.providers as prov
+
+    monkeypatch.setattr(prov, "qnn_plugin_installed", lambda: False)
+    fp32 = make_cnn(tmp_path / "cnn.onnx", batch=1)
+    r, res = _export(runner, fp32, tmp_path / "b", "--target", "qnn-htp", "--calib", data, "--no-profile")
+    assert r.exit_code == 0, r.output
+    pl = res["placement"]
+    assert pl["kind"] == "estimate" and "did not run" in pl["basis"] and pl["accel_node_share"] == 1.0
+    man = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert man["placement"]["kind"] == "estimate" and man["placement"]["nodes_on_accelerator"] == pl["nodes_total"]
+    assert man["model"]["ep_context"] is None  # no provider here to compile with
+
+
+def test_estimated_fallback_has_reason_and_fix_and_coverage_gate_keeps_bundle(runner, tmp_path, data):
+    odd = _with_erf(make_cnn(tmp_path / "cnn.onnx", batch=1), tmp_path / "erf.onnx")
+    out = tmp_path / "b"
+    r, res = _export(runner, odd, out, "--target", "nnapi", "--calib", data, "--no-profile", "--min-accel-coverage", "0.99")
+    assert r.exit_code == 1 and "coverage below 99%" in r.stderr and "(estimate)" in r.stderr
+    pl = res["placement"]
+    assert pl["kind"] == "estimate" and pl["accel_partitions"] == 2 and pl["accel_node_share"] < 0.99
+    (fb,) = [f for f in pl["fallback"] if f["node"] == "erf1 (Erf)"]
+    assert "op Erf is not in nnapi's supported ops" in fb["reason"] and "[rewrites]" in fb["fix"]
+    man = json.loads((out / "manifest.json").read_text())  # the bundle is still written, and says the same
+    assert man["placement"]["fallback"] == [{k: f[k] for k in ("node", "provider", "reason", "fix")} for f in pl["fallback"]]
+    r = runner.invoke(app, ["verify", str(out)])
+    assert r.exit_code == 0, r.output
+    # the human table: labelled estimate, and a fallback table with the fix
+    r = runner.invoke(app, ["export", str(odd), "-o", str(out), "--target", "nnapi", "--calib", str(data), "--no-profile", "--force"])
+    assert r.exit_code == 0, r.output
+    assert "ESTIMATE" in r.stdout and "nodes not on Nnapi" in r.stdout and "erf1" in r.stdout
+
+
+def test_min_accel_coverage_is_checked_before_work(runner, tmp_path, data):
+    fp32 = make_cnn(tmp_path / "cnn.onnx", batch=1)
+    r = runner.invoke(app, ["export", str(fp32), "-o", str(tmp_path / "b"), "--calib", str(data), "--min-accel-coverage", "0.9"])
+    assert r.exit_code == 2 and "no accelerator" in r.stderr and not (tmp_path / "b").exists()
+    r = runner.invoke(app, ["export", str(fp32), "-o", str(tmp_path / "b"), "--target", "nnapi", "--min-accel-coverage", "95"])
+    assert r.exit_code == 2 and "between 0 and 1" in r.stderr
+
+
+@qnn
+@pytest.mark.slow
+def test_qnn_export_measures_placement_on_the_simulator(runner, tmp_path, data):
+    fp32 = make_cnn(tmp_path / "cnn.onnx", batch=1)
+    out = tmp_path / "b"
+    r, res = _export(runner, fp32, out, "--target", "qnn-htp", "--calib", data, "--min-accel-coverage", "0.95")
+    assert r.exit_code == 0, r.output
+    assert "not available on this host" not in r.output
+    pl = res["placement"]
+    assert pl["kind"] == "measured" and pl["backend"] == "qnn-plugin"
+    assert pl["accel_node_share"] == 1.0 and pl["accel_partitions"] == 1 and pl["fallback"] == []
+    assert "simulator" in pl["basis"] and "not device timing" in pl["basis"]
+    assert res["ep_context"]["model"] == "model_ctx.onnx"
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["placement"]["kind"] == "measured" and man["placement"]["nodes_on_accelerator"] == pl["nodes_total"] > 10
+    assert "simulator" in res["profile"]["skipped"]
