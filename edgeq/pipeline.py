@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .accel import export_placement, manifest_placement
 from .artifact import Artifact
 from .bundle import BundleInputs, write_bundle
@@ -122,10 +124,12 @@ def run_export(
         )
     from .quantize.preflight import run as preflight
 
-    notes: list[str] = preflight(source.path, target, spec, opts.static_shapes) + prep_notes  # before any work
+    data_shapes = _data_shapes(calib or evals)  # a static-shape target pins dynamic axes to these (--static-shape wins)
+    notes: list[str] = preflight(source.path, target, spec, {**data_shapes, **opts.static_shapes}) + prep_notes  # before any work
     with scratch_dir() as work:
         with stage("optimize"):
-            opt, opt_notes = optimize(source, target, work / "fp32.onnx", static_shapes=opts.static_shapes, opset=opts.opset)
+            opt, opt_notes = optimize(source, target, work / "fp32.onnx", static_shapes=opts.static_shapes, opset=opts.opset,
+                                      data_shapes=data_shapes)
             notes += opt_notes
         with stage(f"quantize ({spec.mode})"):
             qres = quantize(
@@ -204,6 +208,13 @@ def run_export(
         placement=placement,
         ep_context=_written_ep_context(opts.out),
     )
+
+
+def _data_shapes(data: SampleSet | None) -> dict[str, tuple[int, ...]]:
+    """One sample's shape per input: the sizes a static-shape target pins dynamic axes to."""
+    if data is None or not len(data):
+        return {}
+    return {k: tuple(np.shape(v)) for k, v in data.feed(0).items()}
 
 
 def _placement(art: Artifact, target: Target, feeds: tuple[dict, ...], stage: Stage) -> dict[str, Any] | None:

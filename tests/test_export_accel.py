@@ -117,3 +117,63 @@ def test_qnn_export_measures_placement_on_the_simulator(runner, tmp_path, data):
     man = json.loads((out / "manifest.json").read_text())
     assert man["placement"]["kind"] == "measured" and man["placement"]["nodes_on_accelerator"] == pl["nodes_total"] > 10
     assert "simulator" in res["profile"]["skipped"]
+
+
+# --------------------------------------------------------------------------- static shapes by default
+
+
+def _dynamic_hw(tmp_path: Path) -> Path:
+    """The tiny CNN with batch, height and width all dynamic (GlobalAveragePool makes it size-agnostic)."""
+    m = onnx.load(str(make_cnn(tmp_path / "cnn.onnx")))
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "H", "W"
+    p = tmp_path / "dyn_hw.onnx"
+    onnx.save(m, str(p))
+    return p
+
+
+def _in_dims(path: Path) -> list:
+    d = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+    return [x.dim_value if x.HasField("dim_value") else x.dim_param for x in d]
+
+
+@pytest.mark.parametrize("name", ["qnn-htp", "nnapi", "coreml", "openvino-npu"])
+def test_npu_targets_declare_static_shapes(name):
+    from edgeq.targets import load_target
+
+    assert load_target(name).static_shapes is True
+
+
+def test_static_shape_target_pins_batch_and_axes_from_calibration(runner, tmp_path, data, monkeypatch):
+    import edgeq.providers as prov
+
+    monkeypatch.setattr(prov, "qnn_plugin_installed", lambda: False)  # estimate: fast, and dynamic axes would show there
+    src = _dynamic_hw(tmp_path)
+    out = tmp_path / "b"
+    r, res = _export(runner, src, out, "--target", "coreml", "--calib", data, "--no-profile")
+    assert r.exit_code == 0, r.output
+    assert _in_dims(out / "model.onnx") == [1, 1, 8, 8]
+    assert any("pinned batch axis of x to 1" in n for n in res["notes"])
+    assert any("pinned x to 1x1x8x8 from the calibration data" in n and "'H') = 8" in n for n in res["notes"])
+    assert not any("dynamic shape" in f["reason"] for f in res["placement"]["fallback"])
+    # the same model on a target that runs dynamic shapes keeps them
+    r, _ = _export(runner, src, tmp_path / "cpu", "--calib", data, "--no-profile")
+    assert r.exit_code == 0, r.output
+    assert _in_dims(tmp_path / "cpu" / "model.onnx") == ["N", 1, "H", "W"]
+
+
+def test_static_shape_option_overrides_the_data_and_no_data_is_a_clear_error(tmp_path):
+    from edgeq.errors import ModelError
+    from edgeq.onnxutil import artifact_from
+    from edgeq.optimize import optimize
+    from edgeq.targets import load_target
+
+    art = artifact_from(_dynamic_hw(tmp_path))
+    tg = load_target("nnapi")
+    opt, notes = optimize(art, tg, tmp_path / "a.onnx", static_shapes={"x": (2, 1, 16, 12)}, data_shapes={"x": (1, 1, 8, 8)})
+    assert _in_dims(opt.path) == [2, 1, 16, 12] and any(n.startswith("pinned x to 2x1x16x12") for n in notes)
+    opt, _ = optimize(art, tg, tmp_path / "b.onnx", data_shapes={"x": (1, 1, 8, 8)})
+    assert _in_dims(opt.path) == [1, 1, 8, 8]
+    with pytest.raises(ModelError) as e:
+        optimize(art, tg, tmp_path / "c.onnx")
+    assert "axis 2 ('H') is dynamic" in e.value.message and "--static-shape x=" in e.value.hint and "--calib" in e.value.hint
