@@ -65,8 +65,13 @@ def export_placement(model: Path, target: Target, io: IoSpec, feeds: tuple[dict[
                            feeds=tuple(feeds[:1]) or (synthetic_feed(io),), feeds_source="export data")
         try:
             rep = measure(inp, target, backend, MeasureOptions(**_PLACEMENT_RUNS))
-        except EdgeqError as e:
-            reason = e.message
+        except EdgeqError as e:  # the provider is here and refused the model: that is the measured answer
+            failed = {"kind": "failed", "accelerator": acc, "backend": backend.kind, "reason": e.message, "hint": e.hint,
+                      "accel_node_share": None, "fallback": []}
+            if target.supported_ops:
+                est = estimate(Path(model), target)
+                failed["estimate"] = {k: est[k] for k in ("accel_node_share", "accel_partitions", "nodes_total", "basis")}
+            return failed
         else:
             pl = rep.get("placement")
             if pl is not None:
@@ -84,11 +89,78 @@ def export_placement(model: Path, target: Target, io: IoSpec, feeds: tuple[dict[
             "accel_node_share": None, "fallback": []}
 
 
+# ops that only move data: a quantized tensor stays quantized through them
+_MOVES = frozenset({"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Identity"})
+
+
+def unquantized_nodes(model_path: Path) -> list[tuple[str, str]]:
+    """In a QDQ model, the nodes whose float output is not quantized again (name, op type).
+
+    A fixed-point accelerator (the HTP) has to run these in float, or not at all.
+    """
+    from .onnxutil import load_model
+
+    model = load_model(Path(model_path), load_weights=False)
+    nodes = list(model.graph.node)
+    if not any(n.op_type == "QuantizeLinear" for n in nodes):
+        return []
+    consumers: dict[str, list[str]] = {}
+    for n in nodes:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n.op_type)
+    skip = {"QuantizeLinear", "DequantizeLinear", "Shape", "Constant", "Cast"} | _MOVES
+    out = []
+    for n in nodes:
+        if n.op_type in skip:
+            continue
+        if any(c != "QuantizeLinear" and c not in _MOVES for o in n.output for c in consumers.get(o, [])):
+            out.append((n.name or n.op_type, n.op_type))
+    return out
+
+
+def failure_hint(onnx_path: Path | None, target: Target, bundle: Path | None = None, text: str = "") -> str:
+    """What to do when the target's provider, present here, refused the model: never a generic hint."""
+    from collections import Counter
+
+    parts = []
+    if bundle is not None:
+        ctx = _bundle_ep_context(bundle)
+        if ctx and ctx.get("built") is False:
+            same = "the same failure" if _clean(ctx.get("reason", ""))[:60] in text else f"'{_clean(ctx.get('reason', ''))[:200]}'"
+            parts.append(f"edgeq export recorded {same} when compiling it: this bundle needs compiling on the device")
+    if onnx_path is not None and target.quant.mode == "int8-static":
+        try:
+            left = unquantized_nodes(Path(onnx_path))
+        except Exception:  # noqa: BLE001 - a diagnosis only
+            left = []
+        if left:
+            kinds = ", ".join(f"{t} x{c}" for t, c in Counter(t for _, t in left).most_common(5))
+            parts.append(f"{len(left)} node(s) stay float inside the quantized graph ({kinds}): the accelerator runs fixed point; "
+                         f"a [rewrites] entry in the target file or --quant override can quantize them")
+    if not parts:
+        parts.append(f"the provider's own words are above; try the model on the device, or report it with `edgeq targets show {target.name}`")
+    return "; ".join(parts)
+
+
+def _bundle_ep_context(bundle: Path) -> dict[str, Any] | None:
+    from . import runner as runner_mod
+
+    try:
+        return runner_mod.load_manifest(str(bundle)).get("model", {}).get("ep_context")
+    except Exception:  # noqa: BLE001 - a diagnosis only
+        return None
+
+
+def _clean(text: Any) -> str:
+    """Text from a file, safe on one terminal line."""
+    return "".join(c if c.isprintable() else "?" for c in str(text))
+
+
 def manifest_placement(pl: dict[str, Any] | None) -> dict[str, Any] | None:
     """What the manifest keeps: the figures, partitions and each fallback with reason and fix (no node lists)."""
     if pl is None:
         return None
-    keep = ("kind", "accelerator", "nodes_total", "accel_node_share", "accel_partitions", "basis", "reason", "backend")
+    keep = ("kind", "accelerator", "nodes_total", "accel_node_share", "accel_partitions", "basis", "reason", "hint", "backend", "estimate")
     out = {k: pl[k] for k in keep if pl.get(k) is not None}
     if pl.get("providers"):
         out["nodes_on_accelerator"] = next((p["nodes"] for p in pl["providers"] if p["provider"] == pl["accelerator"]), 0)
@@ -97,5 +169,7 @@ def manifest_placement(pl: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def coverage_report(bundle: Path, target: Target, pl: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The shape ``profile.check_coverage`` reads, for one exported bundle."""
+    """The shape ``profile.check_coverage`` reads, for one exported bundle (a provider that refused the model ran 0 %)."""
+    if pl and pl["kind"] == "failed":
+        pl = dict(pl, accel_node_share=0.0)
     return [{"model": str(bundle), "target": target.name, "placement": pl if pl and pl.get("accel_node_share") is not None else None}]

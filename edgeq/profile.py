@@ -444,8 +444,14 @@ def measure(inp: ProfileInput, target: Target, backend: Backend, opts: MeasureOp
     if "error" in result:
         if backend.accelerator is None:
             raise ModelError(f"onnxruntime cannot run {inp.model.name}: {result['error']}", "check that the model is valid (edgeq inspect)")
-        raise ProviderError(f"{target.name}: {result['error']}",
-                            "check that the target's provider and device exist here (edgeq targets show NAME)")
+        from .accel import failure_hint
+
+        if "did not start" in result["error"]:
+            raise ProviderError(f"{target.name}: {result['error']}",
+                                f"this host has no device for {backend.accelerator}: profile where it has one (--device ssh://...)")
+        raise ProviderError(f"{target.name}: {backend.accelerator} refused {inp.model.name}: {result['error']}",
+                            failure_hint(inp.onnx if inp.onnx.suffix == ".onnx" else None, target, inp.bundle,
+                                         result["error"]))
     steady = result["steady"]
     if not steady["stable"]:
         notes.append(f"UNSTABLE: p50 95% CI is ±{50 * steady['p50_ci_rel']:.1f}% after {steady['runs']} runs "

@@ -115,8 +115,11 @@ def _accelerator_rows(t: Table, r: dict[str, Any]) -> None:
     pl = r.get("placement")
     if pl:
         acc = _short_provider(pl["accelerator"])
-        if pl["kind"] == "unavailable":
-            t.add_row(f"on {acc}", "", "unknown", escape(pl.get("reason") or ""))
+        if pl["kind"] in ("unavailable", "failed"):
+            est = pl.get("estimate") or {}
+            extra = f" (static estimate: {_pct(est.get('accel_node_share'))} of nodes)" if est else ""
+            hint = f"; fix: {pl['hint']}" if pl.get("hint") else ""
+            t.add_row(f"on {acc}", "", "[red]failed[/]" if pl["kind"] == "failed" else "unknown", escape((pl.get("reason") or "") + extra + hint))
         else:
             on = next((p["nodes"] for p in pl.get("providers", []) if p["provider"] == pl["accelerator"]), 0)
             parts = pl.get("accel_partitions")

@@ -177,3 +177,46 @@ def test_static_shape_option_overrides_the_data_and_no_data_is_a_clear_error(tmp
     with pytest.raises(ModelError) as e:
         optimize(art, tg, tmp_path / "c.onnx")
     assert "axis 2 ('H') is dynamic" in e.value.message and "--static-shape x=" in e.value.hint and "--calib" in e.value.hint
+
+
+# --------------------------------------------------------------------------- context binary or a reason
+
+
+def _export_lib(src: Path, out: Path, data: Path, target):
+    """The library's export with a given Target object (e.g. one without its rewrites)."""
+    from edgeq.onnxutil import artifact_from
+    from edgeq.pipeline import ExportOptions, run_export
+
+    return run_export(artifact_from(src), ExportOptions(target=target, spec=target.quant, out=out, calib=data, do_profile=False))
+
+
+@qnn
+@pytest.mark.slow
+def test_qnn_bundle_without_context_says_why_and_profile_gives_the_providers_reason(runner, tmp_path, data):
+    """Float nodes left inside a QDQ graph (HardSigmoid, not rewritten) make the HTP simulator refuse to compile."""
+    from tests.models import make_hardswish_cnn
+
+    from edgeq.targets import load_target
+
+    tg = _without_rewrites(load_target("qnn-htp"))
+    out = tmp_path / "b"
+    res = _export_lib(make_hardswish_cnn(tmp_path / "hs.onnx"), out, data, tg).to_dict()
+    ctx = res["ep_context"]
+    assert ctx["built"] is False and ctx["needs_on_device_compilation"] is True
+    assert "QNN_COMMON_ERROR" in ctx["reason"]  # the provider's own words
+    assert not (out / "model_ctx.onnx").exists()
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["model"]["ep_context"] == ctx
+    assert man["placement"]["kind"] == "failed" and "QNN_COMMON_ERROR" in man["placement"]["reason"]
+    assert "HardSigmoid" in man["placement"]["hint"]
+    assert runner.invoke(app, ["verify", str(out)]).exit_code == 0  # the manifest (and its schema) stay valid
+    r = runner.invoke(app, ["profile", str(out), "--runs", "5", "--warmup", "0", "--budget", "1"])
+    assert r.exit_code == 2
+    assert "QNN_COMMON_ERROR" in r.stderr and "needs compiling on the device" in r.stderr and "HardSigmoid" in r.stderr
+    assert "check that the target's provider and device exist" not in r.stderr
+
+
+def _without_rewrites(target):
+    from dataclasses import replace
+
+    return replace(target, rewrites=()) if hasattr(target, "rewrites") else target
