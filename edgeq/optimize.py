@@ -183,7 +183,28 @@ def optimize(
     after = len(folded.graph.node)
     if after != before:
         notes.append(f"folded {before} -> {after} nodes (onnxruntime {OPTIMIZE_LEVEL} level)")
-    return artifact_from(out_path, artifact.provenance + (f"optimize(opset={wanted}, level={OPTIMIZE_LEVEL})",)), notes
+    done = _rewrite(out_path, target, big, notes)
+    prov = (f"optimize(opset={wanted}, level={OPTIMIZE_LEVEL})",) + tuple(f"rewrite({r.name}, nodes={r.nodes})" for r in done)
+    return artifact_from(out_path, artifact.provenance + prov), notes
+
+
+def _rewrite(path: Path, target: Target, big: bool, notes: list[str]) -> list:
+    """The target's [ops] rewrites, each checked against the graph before it on seeded inputs."""
+    if not target.rewrites:
+        return []
+    if big:
+        notes.append(f"target rewrites ({', '.join(target.rewrites)}) skipped: the weights live in external data")
+        return []
+    from .profile import synthetic_feed
+    from .rewrite import apply
+
+    io = artifact_from(path).io
+    feeds = []
+    for seed in range(3):  # spread wide enough to reach the saturated ends of hard-sigmoid/-swish
+        feeds.append({k: v * 4 if v.dtype.kind == "f" else v for k, v in synthetic_feed(io, seed=seed).items()})
+    done = apply(path, target.rewrites, feeds, atol=target.tolerances.export_atol, rtol=target.tolerances.export_rtol)
+    notes += [r.note() + f" (target {target.name}: checked against the unrewritten graph)" for r in done]
+    return done
 
 
 def _fold_external(model, src_dir: Path, out_path: Path) -> None:

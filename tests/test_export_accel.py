@@ -192,15 +192,18 @@ def _export_lib(src: Path, out: Path, data: Path, target):
 
 @qnn
 @pytest.mark.slow
-def test_qnn_bundle_without_context_says_why_and_profile_gives_the_providers_reason(runner, tmp_path, data):
+def test_qnn_context_binary_or_the_providers_reason_and_rewrites_fix_it(runner, tmp_path, data):
     """Float nodes left inside a QDQ graph (HardSigmoid, not rewritten) make the HTP simulator refuse to compile."""
     from tests.models import make_hardswish_cnn
 
     from edgeq.targets import load_target
 
-    tg = _without_rewrites(load_target("qnn-htp"))
+    from dataclasses import replace
+
+    src = make_hardswish_cnn(tmp_path / "hs.onnx")
+    tg = load_target("qnn-htp")
     out = tmp_path / "b"
-    res = _export_lib(make_hardswish_cnn(tmp_path / "hs.onnx"), out, data, tg).to_dict()
+    res = _export_lib(src, out, data, replace(tg, rewrites=())).to_dict()
     ctx = res["ep_context"]
     assert ctx["built"] is False and ctx["needs_on_device_compilation"] is True
     assert "QNN_COMMON_ERROR" in ctx["reason"]  # the provider's own words
@@ -214,9 +217,8 @@ def test_qnn_bundle_without_context_says_why_and_profile_gives_the_providers_rea
     assert r.exit_code == 2
     assert "QNN_COMMON_ERROR" in r.stderr and "needs compiling on the device" in r.stderr and "HardSigmoid" in r.stderr
     assert "check that the target's provider and device exist" not in r.stderr
-
-
-def _without_rewrites(target):
-    from dataclasses import replace
-
-    return replace(target, rewrites=()) if hasattr(target, "rewrites") else target
+    # with qnn-htp's rewrites (HardSigmoid -> Mul/Add/Clip, ReduceMean -> GlobalAveragePool) it all compiles
+    res = _export_lib(src, tmp_path / "ok", data, tg).to_dict()
+    assert res["ep_context"]["model"] == "model_ctx.onnx" and (tmp_path / "ok" / "model_ctx.onnx").is_file()
+    pl = res["placement"]
+    assert pl["kind"] == "measured" and pl["accel_node_share"] == 1.0 and pl["accel_partitions"] == 1
