@@ -173,3 +173,49 @@ def coverage_report(bundle: Path, target: Target, pl: dict[str, Any] | None) -> 
     if pl and pl["kind"] == "failed":
         pl = dict(pl, accel_node_share=0.0)
     return [{"model": str(bundle), "target": target.name, "placement": pl if pl and pl.get("accel_node_share") is not None else None}]
+
+
+class AcceleratorOutputs:
+    """Runs ``--max-drop`` search candidates on the target's accelerator here (the QNN HTP simulator,
+    OpenVINO's environment) in the measurement worker; same arguments as ``static.first_outputs``."""
+
+    def __init__(self, target: Target, backend: Any):
+        self.target, self.backend = target, backend
+        self.label = f"{backend.accelerator} ({backend.kind})"
+
+    def __call__(self, model: Any, data: Any, n: int, base_dir: Any = None) -> list[np.ndarray]:
+        import tempfile
+
+        from .errors import ProviderError
+        from .profile import MeasureOptions, ProfileInput, _run_worker
+
+        feeds = tuple(data.feed(i) for i in range(min(n, len(data))))
+        with tempfile.TemporaryDirectory(prefix="edgeq-candidate-", dir=str(base_dir) if base_dir else None) as tmp:
+            work = Path(tmp)
+            # beside its external weights (base_dir), so the worker's session finds them
+            path = (Path(base_dir) if base_dir else work) / f"{work.name}.onnx"
+            try:
+                path.write_bytes(model.SerializeToString())
+                inp = ProfileInput(label="search candidate", model=path, onnx=path, io=IoSpec((), ()), feeds=feeds,
+                                   feeds_source="search data")
+                opts = MeasureOptions(runs=1, warmup=0, budget_s=0.05, profile_runs=0, numerics_samples=len(feeds))
+                result, outputs = _run_worker(self.backend, inp, self.target, opts, disable_fallback=False, work=work)
+            finally:
+                path.unlink(missing_ok=True)
+        if "error" in result:
+            raise ProviderError(f"{self.label} could not run a --max-drop candidate: {result['error']}",
+                                failure_hint(None, self.target))
+        return [outputs[f"{i}:0"] for i in range(len(feeds))]
+
+
+def accelerator_outputs(target: Target) -> AcceleratorOutputs | None:
+    """The search's candidate runner for ``target`` where its accelerator runs here outside this process, else None."""
+    from .profile import resolve_backend
+
+    try:
+        backend = resolve_backend(target)
+    except EdgeqError:
+        return None
+    if backend.kind in ("estimate", "local") or backend.accelerator is None:
+        return None
+    return AcceleratorOutputs(target, backend)

@@ -135,6 +135,7 @@ def run_export(
             qres = quantize(
                 opt, spec, work / "model.onnx", data=calib, on_sample=on_sample, evals=evals, max_drop=opts.max_drop,
                 prefer=opts.prefer, budget=target.tolerances.max_accuracy_drop, target=target,
+                **_search_runner(spec, opts.max_drop, target),
             )
             notes += qres.notes
         check_data = evals or calib
@@ -208,6 +209,16 @@ def run_export(
         placement=placement,
         ep_context=_written_ep_context(opts.out),
     )
+
+
+def _search_runner(spec: QuantSpec, max_drop: float | None, target: Target) -> dict[str, Any]:
+    """--max-drop on static QDQ: candidates run on the target's accelerator where it runs here (QNN simulator)."""
+    if max_drop is None or spec.mode != "int8-static" or spec.format != "qdq":
+        return {}
+    from .accel import accelerator_outputs
+
+    runner = accelerator_outputs(target)
+    return {"outputs_of": runner} if runner is not None else {}
 
 
 def _data_shapes(data: SampleSet | None) -> dict[str, tuple[int, ...]]:

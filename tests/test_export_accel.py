@@ -222,3 +222,41 @@ def test_qnn_context_binary_or_the_providers_reason_and_rewrites_fix_it(runner, 
     assert res["ep_context"]["model"] == "model_ctx.onnx" and (tmp_path / "ok" / "model_ctx.onnx").is_file()
     pl = res["placement"]
     assert pl["kind"] == "measured" and pl["accel_node_share"] == 1.0 and pl["accel_partitions"] == 1
+
+
+# --------------------------------------------------------------------------- 16-bit activations on the simulator
+
+
+@qnn
+@pytest.mark.slow
+def test_max_drop_search_runs_its_candidates_on_the_htp_simulator(runner, tmp_path, data, monkeypatch):
+    from edgeq.accel import accelerator_outputs
+    from edgeq.data import load_samples
+    from edgeq.onnxutil import artifact_from
+    from edgeq.quantize import static
+    from edgeq.targets import load_target
+    from tests.models import make_hardswish_cnn
+
+    src = make_hardswish_cnn(tmp_path / "hs.onnx")
+    # an unreachable budget walks the whole search: 16-bit steps first, then float, each run on the simulator
+    out = tmp_path / "b"
+    r, res = _export(runner, src, out, "--target", "qnn-htp", "--calib", data, "--no-profile", "--max-drop", "-0.01")
+    assert r.exit_code == 1 and "budget not met" in r.stderr and (out / "manifest.json").is_file()
+    s = res["quantization"]["search"]
+    assert s["candidates_run_on"] == "QNNExecutionProvider (qnn-plugin)" and s["activation_16bit"] == "uint16"
+    assert any(st["kept_16bit"] > 0 for st in s["steps"]) and any(st["kept_float"] > 0 for st in s["steps"])
+    # the runner gives the simulator's numbers: close to the CPU provider's, not the same bits
+    tg = load_target("qnn-htp")
+    run = accelerator_outputs(tg)
+    art = artifact_from(out / "model.onnx")
+    feeds = load_samples(data, art.io)
+    model = onnx.load(str(out / "model.onnx"))
+    sim, cpu = run(model, feeds, 4), static.first_outputs(model, feeds, 4)
+    assert len(sim) == 4 and all(a.shape == b.shape for a, b in zip(sim, cpu))
+    assert all(np.allclose(a, b, atol=0.05) for a, b in zip(sim, cpu))
+    assert any(not np.array_equal(a, b) for a, b in zip(sim, cpu))
+    # no accelerator here (plugin hidden): the CPU provider runs them, as before
+    import edgeq.providers as prov
+
+    monkeypatch.setattr(prov, "qnn_plugin_installed", lambda: False)
+    assert accelerator_outputs(tg) is None
