@@ -91,38 +91,36 @@ def _clip01(g: _Graph, x: str, alpha: float, beta: float, out: str, base: str) -
     ]
 
 
-def hardsigmoid_decompose(g: _Graph) -> int:
+def _each(g: _Graph, op_type: str, make: Callable[[Any], list | None]) -> int:
+    """Replace every standard-domain ``op_type`` node by ``make(node)`` (None: leave it); returns how many."""
     count, i = 0, 0
     while i < len(g.g.node):
         n = g.g.node[i]
-        if n.op_type == "HardSigmoid" and n.domain in ("", "ai.onnx"):
-            base = n.name or "hardsigmoid"
-            new = _clip01(g, n.input[0], float(_attr(n, "alpha", 0.2)), float(_attr(n, "beta", 0.5)), n.output[0], base)
-            _replace(g, i, new)
-            i += len(new)
-            count += 1
-        else:
+        new = make(n) if n.op_type == op_type and n.domain in ("", "ai.onnx") else None
+        if new is None:
             i += 1
+            continue
+        _replace(g, i, new)
+        i += len(new)
+        count += 1
     return count
+
+
+def hardsigmoid_decompose(g: _Graph) -> int:
+    return _each(g, "HardSigmoid", lambda n: _clip01(g, n.input[0], float(_attr(n, "alpha", 0.2)), float(_attr(n, "beta", 0.5)),
+                                                      n.output[0], n.name or "hardsigmoid"))
 
 
 def hardswish_decompose(g: _Graph) -> int:
     from onnx import helper
 
-    count, i = 0, 0
-    while i < len(g.g.node):
-        n = g.g.node[i]
-        if n.op_type == "HardSwish" and n.domain in ("", "ai.onnx"):
-            base = n.name or "hardswish"
-            gate = g.name(base + "_gate")
-            new = _clip01(g, n.input[0], 1.0 / 6.0, 0.5, gate, base)
-            new.append(helper.make_node("Mul", [n.input[0], gate], [n.output[0]], name=g.name(base + "_out")))
-            _replace(g, i, new)
-            i += len(new)
-            count += 1
-        else:
-            i += 1
-    return count
+    def make(n: Any) -> list:
+        base = n.name or "hardswish"
+        gate = g.name(base + "_gate")
+        return _clip01(g, n.input[0], 1.0 / 6.0, 0.5, gate, base) + [
+            helper.make_node("Mul", [n.input[0], gate], [n.output[0]], name=g.name(base + "_out"))]
+
+    return _each(g, "HardSwish", make)
 
 
 def _rank(g: _Graph, name: str) -> int | None:
@@ -150,30 +148,23 @@ def _const_ints(g: _Graph, name: str) -> list[int] | None:
 def reducemean_hw_to_gap(g: _Graph) -> int:
     from onnx import helper
 
-    count, i = 0, 0
-    while i < len(g.g.node):
-        n = g.g.node[i]
-        if n.op_type != "ReduceMean" or n.domain not in ("", "ai.onnx") or _rank(g, n.input[0]) != 4:
-            i += 1
-            continue
+    def make(n: Any) -> list | None:
+        if _rank(g, n.input[0]) != 4 or _attr(n, "noop_with_empty_axes", 0):
+            return None
         axes = _attr(n, "axes", None)
         if axes is None and len(n.input) > 1 and n.input[1]:
             axes = _const_ints(g, n.input[1])
-        if axes is None or sorted(a % 4 for a in axes) != [2, 3] or _attr(n, "noop_with_empty_axes", 0):
-            i += 1
-            continue
+        if axes is None or sorted(a % 4 for a in axes) != [2, 3]:
+            return None
         base = n.name or "reducemean"
         if _attr(n, "keepdims", 1):
-            new = [helper.make_node("GlobalAveragePool", [n.input[0]], [n.output[0]], name=g.name(base + "_gap"))]
-        else:
-            pooled = g.name(base + "_pooled")
-            new = [helper.make_node("GlobalAveragePool", [n.input[0]], [pooled], name=g.name(base + "_gap")),
-                   helper.make_node("Squeeze", [pooled, g.const(base + "_axes", np.array([2, 3], np.int64))], [n.output[0]],
-                                    name=g.name(base + "_squeeze"))]
-        _replace(g, i, new)
-        i += len(new)
-        count += 1
-    return count
+            return [helper.make_node("GlobalAveragePool", [n.input[0]], [n.output[0]], name=g.name(base + "_gap"))]
+        pooled = g.name(base + "_pooled")
+        return [helper.make_node("GlobalAveragePool", [n.input[0]], [pooled], name=g.name(base + "_gap")),
+                helper.make_node("Squeeze", [pooled, g.const(base + "_axes", np.array([2, 3], np.int64))], [n.output[0]],
+                                 name=g.name(base + "_squeeze"))]
+
+    return _each(g, "ReduceMean", make)
 
 
 REWRITES: dict[str, Callable[[_Graph], int]] = {
