@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .artifact import IoSpec
+from .diagnose import failure_hint
 from .errors import EdgeqError
 from .targets import Target
 
@@ -89,73 +90,6 @@ def export_placement(model: Path, target: Target, io: IoSpec, feeds: tuple[dict[
             "accel_node_share": None, "fallback": []}
 
 
-# ops that only move data: a quantized tensor stays quantized through them
-_MOVES = frozenset({"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Identity"})
-
-
-def unquantized_nodes(model_path: Path) -> list[tuple[str, str]]:
-    """In a QDQ model, the nodes whose float output is not quantized again (name, op type).
-
-    A fixed-point accelerator (the HTP) has to run these in float, or not at all.
-    """
-    from .onnxutil import load_model
-
-    model = load_model(Path(model_path), load_weights=False)
-    nodes = list(model.graph.node)
-    if not any(n.op_type == "QuantizeLinear" for n in nodes):
-        return []
-    consumers: dict[str, list[str]] = {}
-    for n in nodes:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n.op_type)
-    skip = {"QuantizeLinear", "DequantizeLinear", "Shape", "Constant", "Cast"} | _MOVES
-    out = []
-    for n in nodes:
-        if n.op_type in skip:
-            continue
-        if any(c != "QuantizeLinear" and c not in _MOVES for o in n.output for c in consumers.get(o, [])):
-            out.append((n.name or n.op_type, n.op_type))
-    return out
-
-
-def failure_hint(onnx_path: Path | None, target: Target, bundle: Path | None = None, text: str = "") -> str:
-    """What to do when the target's provider, present here, refused the model: never a generic hint."""
-    from collections import Counter
-
-    parts = []
-    if bundle is not None:
-        ctx = _bundle_ep_context(bundle)
-        if ctx and ctx.get("built") is False:
-            same = "the same failure" if _clean(ctx.get("reason", ""))[:60] in text else f"'{_clean(ctx.get('reason', ''))[:200]}'"
-            parts.append(f"edgeq export recorded {same} when compiling it: this bundle needs compiling on the device")
-    if onnx_path is not None and target.quant.mode == "int8-static":
-        try:
-            left = unquantized_nodes(Path(onnx_path))
-        except Exception:  # noqa: BLE001 - a diagnosis only
-            left = []
-        if left:
-            kinds = ", ".join(f"{t} x{c}" for t, c in Counter(t for _, t in left).most_common(5))
-            parts.append(f"{len(left)} node(s) stay float inside the quantized graph ({kinds}): the accelerator runs fixed point; "
-                         f"a [rewrites] entry in the target file or --quant override can quantize them")
-    if not parts:
-        parts.append(f"the provider's own words are above; try the model on the device, or report it with `edgeq targets show {target.name}`")
-    return "; ".join(parts)
-
-
-def _bundle_ep_context(bundle: Path) -> dict[str, Any] | None:
-    from . import runner as runner_mod
-
-    try:
-        return runner_mod.load_manifest(str(bundle)).get("model", {}).get("ep_context")
-    except Exception:  # noqa: BLE001 - a diagnosis only
-        return None
-
-
-def _clean(text: Any) -> str:
-    """Text from a file, safe on one terminal line."""
-    return "".join(c if c.isprintable() else "?" for c in str(text))
-
-
 def manifest_placement(pl: dict[str, Any] | None) -> dict[str, Any] | None:
     """What the manifest keeps: the figures, partitions and each fallback with reason and fix (no node lists)."""
     if pl is None:
@@ -187,7 +121,7 @@ class AcceleratorOutputs:
         import tempfile
 
         from .errors import ProviderError
-        from .profile import MeasureOptions, ProfileInput, _run_worker
+        from .profile import MeasureOptions, ProfileInput, run_worker
 
         feeds = tuple(data.feed(i) for i in range(min(n, len(data))))
         with tempfile.TemporaryDirectory(prefix="edgeq-candidate-", dir=str(base_dir) if base_dir else None) as tmp:
@@ -199,7 +133,7 @@ class AcceleratorOutputs:
                 inp = ProfileInput(label="search candidate", model=path, onnx=path, io=IoSpec((), ()), feeds=feeds,
                                    feeds_source="search data")
                 opts = MeasureOptions(runs=1, warmup=0, budget_s=0.05, profile_runs=0, numerics_samples=len(feeds))
-                result, outputs = _run_worker(self.backend, inp, self.target, opts, disable_fallback=False, work=work)
+                result, outputs = run_worker(self.backend, inp, self.target, opts, work=work)
             finally:
                 path.unlink(missing_ok=True)
         if "error" in result:

@@ -23,6 +23,7 @@ from .artifact import IoSpec
 from .data import SampleSet
 from .errors import CheckFailed, ModelError, ProviderError
 from .onnxutil import model_size
+from .providers import OPENVINO, QNN  # noqa: F401 - names shared with provider discovery (and importers of profile)
 from .runtime import available_providers, create_session, run
 from .targets import Target
 
@@ -156,8 +157,6 @@ def feed_from(data: SampleSet | None) -> dict[str, np.ndarray] | None:
 # start belong to the model; placement from onnxruntime's own record; per-op times from
 # its profiler; a static estimate where no package brings the target's provider here.
 # --------------------------------------------------------------------------------------
-
-from .providers import OPENVINO, QNN  # noqa: E402 - names shared with provider discovery
 
 _FALLBACK_REFUSED = "fallback to CPU EP has been explicitly disabled"
 
@@ -343,6 +342,13 @@ def _run_worker(backend: Backend, inp: ProfileInput, target: Target, opts: Measu
     return result, outputs
 
 
+def run_worker(backend: Backend, inp: ProfileInput, target: Target, opts: MeasureOptions, *,
+               work: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Run ``inp`` once per feed in the measurement worker with ``backend`` (CPU fallback allowed):
+    the worker's result and the outputs (``"<feed>:<output>"``)."""
+    return _run_worker(backend, inp, target, opts, disable_fallback=False, work=work)
+
+
 def _ops_breakdown(ops: dict[str, Any] | None, top: int) -> dict[str, Any] | None:
     if not ops or not ops.get("nodes"):
         return None
@@ -444,7 +450,7 @@ def measure(inp: ProfileInput, target: Target, backend: Backend, opts: MeasureOp
     if "error" in result:
         if backend.accelerator is None:
             raise ModelError(f"onnxruntime cannot run {inp.model.name}: {result['error']}", "check that the model is valid (edgeq inspect)")
-        from .accel import failure_hint
+        from .diagnose import failure_hint
 
         if "did not start" in result["error"]:
             raise ProviderError(f"{target.name}: {result['error']}",
