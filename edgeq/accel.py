@@ -153,3 +153,40 @@ def accelerator_outputs(target: Target) -> AcceleratorOutputs | None:
     if backend.kind in ("estimate", "local") or backend.accelerator is None:
         return None
     return AcceleratorOutputs(target, backend)
+
+
+def compare_activation_types(fp32: Any, spec: Any, calib: Any, check: Any, target: Target, work: Path,
+                             *, samples: int = 64) -> dict[str, Any] | None:
+    """A8W8 and A16W8 side by side on the target's accelerator here: agreement with fp32 and placement.
+
+    For targets whose ``activation_dtypes`` name a 16-bit type, when the accelerator runs
+    here (QNN HTP simulator). Both models are plain static QDQ (no search), calibrated alike;
+    the fp32 reference runs on the CPU provider. None when there is nothing to compare here.
+    """
+    from dataclasses import replace
+
+    from .quantize import quantize
+    from .quantize.static import first_outputs
+    from .verify import compare
+
+    wide = spec.wide_activation_type
+    run = accelerator_outputs(target)
+    if not wide or run is None or check is None or calib is None:
+        return None
+    import onnx
+
+    ref = first_outputs(onnx.load(str(fp32.path)), check, samples)
+    rows = {}
+    for label, act in (("A8W8", spec.activation_type), (f"A16W8 ({wide})", wide)):
+        q = quantize(fp32, replace(spec, activation_type=act, activation_dtypes=()), work / f"cmp-{act}.onnx", data=calib)
+        try:
+            out = run(onnx.load(str(q.artifact.path)), check, samples)
+        except EdgeqError as e:
+            rows[label] = {"activation_type": act, "error": e.message}
+            continue
+        m = compare("output 0", np.concatenate([np.atleast_2d(r) for r in ref]), np.concatenate([np.atleast_2d(o) for o in out]))
+        pl = export_placement(q.artifact.path, target, q.artifact.io, (check.feed(0),))
+        rows[label] = {"activation_type": act, "cosine": m.cosine, "top1_agreement": m.top1_agreement, "max_abs": m.max_abs,
+                       "accel_node_share": (pl or {}).get("accel_node_share"), "accel_partitions": (pl or {}).get("accel_partitions"),
+                       "placement": (pl or {}).get("kind")}
+    return {"run_on": run.label, "reference": "fp32 on CPUExecutionProvider", "samples": min(samples, len(check)), "models": rows}

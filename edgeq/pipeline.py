@@ -70,6 +70,7 @@ class ExportResult:
     lm: Any = None  # edgeq.lmeval.LMQuality for weight-only modes on language models
     placement: dict[str, Any] | None = None  # accelerator placement of the shipped model (edgeq.accel)
     ep_context: dict[str, Any] | None = None  # the provider's compiled context, or why there is none
+    activations: dict[str, Any] | None = None  # A8W8 vs A16W8 on the accelerator (edgeq.accel.compare_activation_types)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -88,6 +89,7 @@ class ExportResult:
             "lm_quality": self.lm.to_dict() if self.lm is not None else None,
             "placement": self.placement,
             "ep_context": self.ep_context,
+            "activations_compared": self.activations,
         }
 
 
@@ -139,6 +141,12 @@ def run_export(
             )
             notes += qres.notes
         check_data = evals or calib
+        activations = None
+        if opts.max_drop is not None and spec.mode == "int8-static" and spec.wide_activation_type:
+            from .accel import compare_activation_types
+
+            with stage("A8W8 vs A16W8 on the accelerator"):
+                activations = compare_activation_types(opt, spec, calib, check_data, target, work)
         if spec.weight_only and not opts.accuracy_level_pinned and check_data is not None:
             from .quantize import acclevel
 
@@ -208,6 +216,7 @@ def run_export(
         lm=lm,
         placement=placement,
         ep_context=_written_ep_context(opts.out),
+        activations=activations,
     )
 
 

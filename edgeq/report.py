@@ -126,6 +126,14 @@ def _accelerator_rows(t: Table, r: dict[str, Any]) -> None:
             label = "measured" if pl["kind"] == "measured" else "[yellow]ESTIMATE[/]"
             t.add_row(f"nodes on {acc}", "", f"{on}/{pl['nodes_total']} ({_pct(pl['accel_node_share'])})",
                       f"{label}, {parts} partition{'s' if parts != 1 else ''}; {escape(pl.get('basis') or '')}")
+    cmp = r.get("activations_compared")
+    for label, m in ((cmp or {}).get("models") or {}).items():
+        if "error" in m:
+            t.add_row(label, "", "[red]failed[/]", escape(m["error"]))
+        else:
+            top1 = "" if m["top1_agreement"] is None else f"top-1 {_pct(m['top1_agreement'])}, "
+            t.add_row(f"{label} vs fp32", "", f"cos {m['cosine']:.5f}",
+                      f"{top1}{_pct(m['accel_node_share'])} of nodes on the accelerator ({m['placement']}); on {escape(cmp['run_on'])}")
     ctx = r.get("ep_context")
     if ctx:
         if ctx.get("built") is False:

@@ -245,6 +245,13 @@ def test_max_drop_search_runs_its_candidates_on_the_htp_simulator(runner, tmp_pa
     s = res["quantization"]["search"]
     assert s["candidates_run_on"] == "QNNExecutionProvider (qnn-plugin)" and s["activation_16bit"] == "uint16"
     assert any(st["kept_16bit"] > 0 for st in s["steps"]) and any(st["kept_float"] > 0 for st in s["steps"])
+    # A8W8 and A16W8 side by side, both run on the simulator against fp32 on the CPU provider
+    cmp = res["activations_compared"]
+    assert cmp["run_on"] == "QNNExecutionProvider (qnn-plugin)" and set(cmp["models"]) == {"A8W8", "A16W8 (uint16)"}
+    for m in cmp["models"].values():
+        assert m["cosine"] > 0.99 and m["top1_agreement"] >= 0.9
+        assert m["placement"] == "measured" and m["accel_node_share"] == 1.0 and m["accel_partitions"] == 1
+    assert cmp["models"]["A16W8 (uint16)"]["max_abs"] < cmp["models"]["A8W8"]["max_abs"]  # 16 bits are closer to fp32
     # the runner gives the simulator's numbers: close to the CPU provider's, not the same bits
     tg = load_target("qnn-htp")
     run = accelerator_outputs(tg)
