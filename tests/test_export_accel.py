@@ -60,6 +60,7 @@ def test_discovery_is_one_function_for_export_and_profile(monkeypatch):
     assert "not available on this host" in skip_reason(tg)
 
 
+@pytest.mark.slow
 def test_export_without_the_plugin_estimates_and_labels_it(runner, tmp_path, data, monkeypatch):
     import edgeq.providers as prov
 
@@ -74,6 +75,7 @@ def test_export_without_the_plugin_estimates_and_labels_it(runner, tmp_path, dat
     assert man["model"]["ep_context"] is None  # no provider here to compile with
 
 
+@pytest.mark.slow
 def test_estimated_fallback_has_reason_and_fix_and_coverage_gate_keeps_bundle(runner, tmp_path, data):
     odd = _with_erf(make_cnn(tmp_path / "cnn.onnx", batch=1), tmp_path / "erf.onnx")
     out = tmp_path / "b"
@@ -144,6 +146,7 @@ def test_npu_targets_declare_static_shapes(name):
     assert load_target(name).static_shapes is True
 
 
+@pytest.mark.slow
 def test_static_shape_target_pins_batch_and_axes_from_calibration(runner, tmp_path, data, monkeypatch):
     import edgeq.providers as prov
 
