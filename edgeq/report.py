@@ -249,6 +249,8 @@ def target_tables(tg: Any) -> list[Table]:
             notes.add_row(n)
         return [head, notes]
     head.add_row("static shapes", "required" if tg.static_shapes else "no")
+    if tg.rewrites:
+        head.add_row("graph rewrites", ", ".join(tg.rewrites))
     head.add_row("opset", f"{tg.opset.min}-{tg.opset.max} (preferred {tg.opset.preferred})")
     head.add_row("session", f"graph optimization {tg.graph_optimization_level}, threads {tg.intra_op_num_threads or 'auto'}")
     head.add_row("quantization", ", ".join(f"{k}={v}" for k, v in d["quant"].items()))
