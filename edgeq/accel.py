@@ -137,7 +137,7 @@ class AcceleratorOutputs:
             finally:
                 path.unlink(missing_ok=True)
         if "error" in result:
-            raise ProviderError(f"{self.label} could not run a --max-drop candidate: {result['error']}",
+            raise ProviderError(f"{self.label} could not run a candidate model: {result['error']}",
                                 failure_hint(None, self.target))
         return [outputs[f"{i}:0"] for i in range(len(feeds))]
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """NPU targets at export time: placement, partitions, fallbacks, context binary, A8W8 vs A16W8 on the HTP simulator.
 
-For each conv net (architectures in tools/npu_models.py, seeded random weights) and each
+For each net (architectures in tools/npu_models.py, seeded random weights) and each
 target, runs ``edgeq export``'s pipeline and prints one row: the accelerator's share of
 nodes (measured where the provider runs here, else a labelled estimate), partitions,
 fallback nodes, whether a QNN context binary was built, and for qnn-htp the agreement of
@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tools.npu_models import MODELS, build, to_onnx  # noqa: E402
+from tools.npu_models import MODELS, build, sample_inputs, to_onnx  # noqa: E402
 
 TARGETS = ("qnn-htp", "nnapi", "coreml", "openvino-cpu")
 
@@ -35,10 +35,15 @@ def _agreement(model: Path, fp32: Path, data, target, n: int) -> dict:
     from edgeq.accel import accelerator_outputs
     from edgeq.quantize import static
 
+    from edgeq.errors import EdgeqError
+
     run = accelerator_outputs(target)
     if run is None:
         return {"on": "-", "top1": None, "cos": None}
-    sim = run(onnx.load(str(model)), data, n)
+    try:
+        sim = run(onnx.load(str(model)), data, n)
+    except EdgeqError as e:
+        return {"on": run.label, "top1": None, "cos": None, "error": _short(e.message)}
     ref = static.first_outputs(onnx.load(str(fp32)), data, n)
     top1 = float(np.mean([a.argmax() == b.argmax() for a, b in zip(sim, ref)]))
     cos = float(np.mean([np.dot(a.ravel(), b.ravel()) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12) for a, b in zip(sim, ref)]))
@@ -69,12 +74,12 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgeq-bench-npu-") as tmp:
         work = Path(tmp)
-        rng = np.random.default_rng(0)
-        calib = work / "calib.npz"
-        np.savez(calib, x=rng.standard_normal((max(args.calib, args.eval), 3, args.size, args.size)).astype(np.float32))
         for name in args.models.split(","):
             src = work / f"{name}.onnx"
-            to_onnx(build(name), src, args.size)
+            model = build(name)
+            to_onnx(model, src, args.size)
+            calib = work / f"{name}-calib.npz"
+            np.savez(calib, x=sample_inputs(model, max(args.calib, args.eval), args.size))
             for tname in args.targets.split(","):
                 tg = load_target(tname)
                 t0 = time.perf_counter()
@@ -87,8 +92,8 @@ def main() -> int:
                 ctx = res.get("ep_context")
                 share = pl.get("accel_node_share")
                 kind = pl.get("kind", "-")
-                if kind == "failed" and pl.get("estimate"):
-                    share = None
+                if kind == "failed":
+                    kind = "failed: " + _short(pl.get("reason") or "")
                 a8 = a16 = ""
                 if tname == "qnn-htp":
                     data = load_samples(calib, artifact_from(work / f"{name}-{tname}" / "model.onnx").io)
@@ -98,12 +103,12 @@ def main() -> int:
                                     replace(tg.quant, activation_type="uint16", activation_dtypes=("uint16",)))
                     g16 = _agreement(work / f"{name}-{tname}-a16" / "model.onnx", fp32, data, tg, args.eval)
                     pl16 = res16.get("placement") or {}
-                    a8 = "-" if g8["top1"] is None else f"{100 * g8['top1']:.0f}% / {g8['cos']:.4f}"
-                    a16 = "-" if g16["top1"] is None else (f"{100 * g16['top1']:.0f}% / {g16['cos']:.4f} "
-                                                          f"({_pct(pl16.get('accel_node_share'))} on HTP)")
+                    a8 = g8.get("error", "-") if g8["top1"] is None else f"{100 * g8['top1']:.0f}% / {g8['cos']:.4f}"
+                    a16 = g16.get("error", "-") if g16["top1"] is None else (f"{100 * g16['top1']:.0f}% / {g16['cos']:.4f} "
+                                                                            f"({_pct(pl16.get('accel_node_share'))} on HTP)")
                 rows.append((name, tname, f"{_pct(share)} {kind}", str(pl.get("accel_partitions", "-")),
                              str(len(pl.get("fallback", []))),
-                             "-" if ctx is None else ("yes" if ctx.get("model") else "no: " + ctx.get("reason", "")[:40]),
+                             "-" if ctx is None else ("yes" if ctx.get("model") else "no: " + _short(ctx.get("reason", ""))),
                              a8, a16, f"{time.perf_counter() - t0:.0f} s"))
                 print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
     head = ("model", "target", "accel nodes", "partitions", "fallbacks", "context binary",
@@ -115,6 +120,14 @@ def main() -> int:
     for r in rows:
         print("| " + " | ".join(r) + " |")
     return 0
+
+
+def _short(reason: str) -> str:
+    """The provider's error code (QNN_...) or the end of its message."""
+    import re
+
+    m = re.search(r"QNN_[A-Z_]+", reason)
+    return m.group(0) if m else reason[-60:]
 
 
 def _pct(v) -> str:

@@ -144,12 +144,41 @@ class ResNet18(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1), 1))
 
 
+class TinyBert(nn.Module):
+    """A 2-layer BERT-style encoder (token + position embeddings, post-norm layers, GELU, [CLS] classifier)."""
+
+    def __init__(self, vocab: int = 1000, dim: int = 128, heads: int = 4, layers: int = 2, seq: int = 32, classes: int = 2):
+        super().__init__()
+        self.tok = nn.Embedding(vocab, dim)
+        self.pos = nn.Parameter(torch.randn(1, seq, dim) * 0.02)
+        self.norm = nn.LayerNorm(dim)
+        layer = nn.TransformerEncoderLayer(dim, heads, dim * 4, dropout=0.0, activation="gelu", batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(dim, classes)
+        self.vocab, self.seq = vocab, seq
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.norm(self.tok(ids) + self.pos[:, : ids.shape[1]])
+        return self.head(self.encoder(h)[:, 0])
+
+
 MODELS = {
     "mobilenet_v3_small": mobilenet_v3_small,
     "mobilenet_v3_large": mobilenet_v3_large,
     "mobilenet_v2": MobileNetV2,
     "resnet18": ResNet18,
+    "bert2": TinyBert,
 }
+
+
+def sample_inputs(model: nn.Module, n: int, size: int, seed: int = 0):
+    """Seeded inputs the model takes: token ids for the BERT, images for the conv nets."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    if isinstance(model, TinyBert):
+        return rng.integers(0, model.vocab, (n, model.seq)).astype(np.int64)
+    return rng.standard_normal((n, 3, size, size)).astype(np.float32)
 
 
 def build(name: str, *, seed: int = 0, **kw) -> nn.Module:
@@ -164,6 +193,11 @@ def build(name: str, *, seed: int = 0, **kw) -> nn.Module:
 
 
 def to_onnx(model: nn.Module, path, size: int = 224, opset: int = 17) -> None:
+    if isinstance(model, TinyBert):  # token ids [N, seq]
+        ids = torch.randint(0, model.vocab, (1, model.seq))
+        torch.onnx.export(model, (ids,), str(path), input_names=["x"], output_names=["y"], opset_version=opset, dynamo=False,
+                          dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
+        return
     x = torch.randn(1, 3, size, size)
     torch.onnx.export(model, (x,), str(path), input_names=["x"], output_names=["y"], opset_version=opset, dynamo=False,
                       dynamic_axes={"x": {0: "N"}, "y": {0: "N"}})
