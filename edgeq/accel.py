@@ -31,7 +31,7 @@ def fix_for(reason: str, target: Target) -> str:
     if "dtype" in reason:
         return f"quantize with {target.name}'s recipe (--quant {target.quant.mode}) so tensors have a dtype the accelerator takes"
     if reason.startswith("op ") or "supported ops" in reason:
-        return f"replace the op in the model, or add a rewrite for it to {target.name}'s [rewrites] table"
+        return f"replace the op in the model, or add a rewrite for it to {target.name}'s [ops] rewrites (edgeq/rewrite.py)"
     if target.quant.mode.startswith("int8") and "not taken by" in reason:
         return (f"quantize the node (static QDQ, {'/'.join(target.quant.activation_dtypes or (target.quant.activation_type,))} "
                 "activations) or check its attributes and shapes against the provider's op documentation")

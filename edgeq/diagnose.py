@@ -56,7 +56,7 @@ def failure_hint(onnx_path: Path | None, target: Any, bundle: Path | None = None
         if left:
             kinds = ", ".join(f"{t} x{c}" for t, c in Counter(t for _, t in left).most_common(5))
             parts.append(f"{len(left)} node(s) stay float inside the quantized graph ({kinds}): the accelerator runs fixed point; "
-                         f"a [rewrites] entry in the target file or --quant override can quantize them")
+                         f"rewrite them into quantizable ops ([ops] rewrites in the target file), or expect the device to fall back to its CPU or fail")
     if not parts:
         parts.append(f"the provider's own words are above: check the node it names against {target.name}'s provider documentation, or run the bundle on the device (edgeq profile BUNDLE --device ssh://...)")
     return "; ".join(parts)

@@ -84,7 +84,7 @@ def test_estimated_fallback_has_reason_and_fix_and_coverage_gate_keeps_bundle(ru
     pl = res["placement"]
     assert pl["kind"] == "estimate" and pl["accel_partitions"] == 2 and pl["accel_node_share"] < 0.99
     (fb,) = [f for f in pl["fallback"] if f["node"] == "erf1 (Erf)"]
-    assert "op Erf is not in nnapi's supported ops" in fb["reason"] and "[rewrites]" in fb["fix"]
+    assert "op Erf is not in nnapi's supported ops" in fb["reason"] and "[ops] rewrites" in fb["fix"]
     man = json.loads((out / "manifest.json").read_text())  # the bundle is still written, and says the same
     assert man["placement"]["fallback"] == [{k: f[k] for k in ("node", "provider", "reason", "fix")} for f in pl["fallback"]]
     r = runner.invoke(app, ["verify", str(out)])
