@@ -65,6 +65,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=224, help="input height and width")
     ap.add_argument("--calib", type=int, default=8, help="calibration samples (seeded random images)")
     ap.add_argument("--eval", type=int, default=8, help="samples for A8W8/A16W8 agreement on the simulator")
+    ap.add_argument("--no-rewrites", action="store_true", help="drop the targets' [ops] rewrites (what they buy)")
     args = ap.parse_args()
 
     from edgeq.data import load_samples
@@ -82,6 +83,8 @@ def main() -> int:
             np.savez(calib, x=sample_inputs(model, max(args.calib, args.eval), args.size))
             for tname in args.targets.split(","):
                 tg = load_target(tname)
+                if args.no_rewrites:
+                    tg = replace(tg, rewrites=())
                 t0 = time.perf_counter()
                 try:
                     res = _export(src, tg, work / f"{name}-{tname}", calib)
