@@ -67,6 +67,9 @@ def export_placement(model: Path, target: Target, io: IoSpec, feeds: tuple[dict[
         try:
             rep = measure(inp, target, backend, MeasureOptions(**_PLACEMENT_RUNS))
         except EdgeqError as e:  # the provider is here and refused the model: that is the measured answer
+            if "did not start" in e.message:  # no device for it here (OpenVINO NPU on a host without one)
+                return {"kind": "unavailable", "accelerator": acc, "backend": backend.kind, "reason": e.message, "hint": e.hint,
+                        "accel_node_share": None, "fallback": []}
             failed = {"kind": "failed", "accelerator": acc, "backend": backend.kind, "reason": e.message, "hint": e.hint,
                       "accel_node_share": None, "fallback": []}
             if target.supported_ops:

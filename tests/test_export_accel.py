@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -270,3 +271,19 @@ def test_max_drop_search_runs_its_candidates_on_the_htp_simulator(runner, tmp_pa
 
     monkeypatch.setattr(prov, "qnn_plugin_installed", lambda: False)
     assert accelerator_outputs(tg) is None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("EDGEQ_OPENVINO_PYTHON"), reason="set EDGEQ_OPENVINO_PYTHON to an environment with onnxruntime-openvino")
+def test_openvino_export_measures_placement_in_its_own_environment(runner, tmp_path, data):
+    fp32 = make_cnn(tmp_path / "cnn.onnx", batch=1)
+    r, res = _export(runner, fp32, tmp_path / "cpu", "--target", "openvino-cpu", "--calib", data, "--min-accel-coverage", "0.95")
+    assert r.exit_code == 0, r.output
+    pl = res["placement"]
+    assert pl["kind"] == "measured" and pl["backend"] == "openvino-env" and pl["accel_node_share"] == 1.0
+    assert "not available on this host" not in res["profile"]["skipped"]
+    # no NPU here: said so, with the provider's words, and the bundle is still written
+    r, res = _export(runner, fp32, tmp_path / "npu", "--target", "openvino-npu", "--calib", data)
+    assert r.exit_code == 0, r.output
+    assert res["placement"]["kind"] == "unavailable" and "did not start" in res["placement"]["reason"]
+    assert (tmp_path / "npu" / "manifest.json").is_file()
