@@ -74,6 +74,8 @@ class BundleInputs:
     archive: str | None = None
     """"tar.gz" or "zip": also write ``<out>.<fmt>``, a deterministic archive of the folder."""
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD
+    placement: dict[str, Any] | None = None
+    """Accelerator placement of the shipped model (edgeq.accel.manifest_placement), measured or estimated."""
 
 
 def sidecar_path(out: Path) -> Path:
@@ -368,6 +370,8 @@ def write_bundle(artifact: Artifact, target: Target, out: Path, info: BundleInpu
         ep_context = write_ep_context(root / "model.onnx", root, target)  # QNN context binary, where the EP is here
         manifest = build_manifest(artifact, target, out, info, root, pairs, external=external, signer=signer)
         manifest["model"]["ep_context"] = ep_context
+        if info.placement is not None:
+            manifest["placement"] = info.placement
         data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8")
         (root / runner_mod.MANIFEST).write_bytes(data)
         if signer is not None:

@@ -171,6 +171,20 @@ def _budget_failed(recipe: dict, where: Path) -> None:
         ))
 
 
+def _check_coverage_option(minimum: Optional[float], tg) -> None:
+    """--min-accel-coverage: a share, on a target that has an accelerator (checked before any work)."""
+    from .errors import TargetError
+    from .placement import accelerator_of
+
+    if minimum is None:
+        return
+    if not 0.0 <= minimum <= 1.0:
+        raise TargetError(f"--min-accel-coverage {minimum} is not a share between 0 and 1", "e.g. --min-accel-coverage 0.95")
+    if tg.runtime != "onnxruntime" or accelerator_of(tg.provider_names) is None:
+        raise TargetError(f"--min-accel-coverage: target {tg.name} has no accelerator provider",
+                          "use a target with one (qnn-htp, nnapi, coreml, openvino-*)")
+
+
 def _check_onnx_source(src: Path) -> None:
     from .errors import ModelError
 
@@ -231,6 +245,7 @@ def export(
     input_names: InputNamesOpt = None,
     output_names: OutputNamesOpt = None,
     reference: Annotated[Optional[Path], typer.Option("--reference", help="pre-quantized folder: the float model it came from (a Hugging Face folder), for perplexity and same-top-token against it")] = None,
+    min_accel_coverage: Annotated[Optional[float], typer.Option("--min-accel-coverage", help="fail (exit 1, bundle still written) when a smaller share of nodes runs on the accelerator")] = None,
 ) -> None:
     """Export, optimize, quantize, verify, profile and bundle a model for a target."""
     from .isolate import open_source
@@ -245,6 +260,7 @@ def export(
     from .fsutil import check_output, clean_stale, scratch_dir
 
     tg = load_target(target)
+    _check_coverage_option(min_accel_coverage, tg)
     if tg.runtime == "llama.cpp":  # Hugging Face Llama folder -> GGUF bundle (edgeq.gguf); --eval: prompts file
         from .gguf import export_cli
 
@@ -307,7 +323,16 @@ def export(
             from .report import layers_table
 
             console.print(layers_table(result["quantization"]))
+        from .report import fallback_table
+
+        if fallback_table(result) is not None:
+            console.print(fallback_table(result))
     _budget_failed(result["quantization"], out)
+    if min_accel_coverage is not None:
+        from .accel import coverage_report
+        from .profile import check_coverage
+
+        check_coverage(coverage_report(out, tg, result.get("placement")), min_accel_coverage)
     if not result["passed"]:
         _fail(CheckFailed(
             f"the quantized model is outside target {tg.name}'s tolerances: {'; '.join(result['verify']['failures'])}",

@@ -125,9 +125,9 @@ def providers() -> list[dict[str, Any]]:
     from .runtime import available_providers
 
     out: list[dict[str, Any]] = [{"name": p, "kind": "built in", "detail": ""} for p in available_providers()]
-    from .profile import _qnn_installed
+    from .providers import qnn_plugin_installed
 
-    if _qnn_installed():
+    if qnn_plugin_installed():
         out.append(_qnn_plugin())
     try:
         ov = _openvino()

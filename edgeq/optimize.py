@@ -43,8 +43,14 @@ def parse_shapes(specs: list[str] | tuple[str, ...] | None) -> dict[str, tuple[i
     return out
 
 
-def _pin_shapes(model, target: Target, pins: dict[str, tuple[int, ...]]) -> list[str]:
-    """Fix input dims in place; returns notes on what was pinned."""
+def _pin_shapes(model, target: Target, pins: dict[str, tuple[int, ...]],
+                data_shapes: dict[str, tuple[int, ...]] | None = None) -> list[str]:
+    """Fix input dims in place; returns notes on what was pinned.
+
+    ``pins`` (--static-shape) win; on a target that needs static shapes, the batch axis
+    becomes 1 and every other dynamic axis takes its size from the calibration data
+    (``data_shapes``: one sample's shape per input).
+    """
     notes: list[str] = []
     inits = {i.name for i in model.graph.initializer}
     inputs = [v for v in model.graph.input if v.name not in inits]
@@ -79,17 +85,26 @@ def _pin_shapes(model, target: Target, pins: dict[str, tuple[int, ...]]) -> list
             if vi.name not in declared:
                 notes.append(f"pinned {vi.name} to {'x'.join(map(str, shape))}")
         elif target.static_shapes:
+            seen = (data_shapes or {}).get(vi.name)
+            from_data = []
             for i, d in enumerate(dims):
                 if d.HasField("dim_value"):
                     continue
                 if i == 0:
                     d.dim_value = 1
                     notes.append(f"pinned batch axis of {vi.name} to 1 (target {target.name} needs static shapes)")
+                elif seen is not None and len(seen) == len(dims) and seen[i] > 0:
+                    from_data.append(f"axis {i} ('{d.dim_param or '?'}') = {seen[i]}")
+                    d.dim_value = int(seen[i])
                 else:
                     raise ModelError(
                         f"input {vi.name} axis {i} ('{d.dim_param or '?'}') is dynamic and target {target.name} needs static shapes",
-                        f"pin it with --static-shape {vi.name}=" + "x".join("N" for _ in dims),
+                        f"pin it with --static-shape {vi.name}=" + "x".join("N" for _ in dims) + ", or pass --calib data with the app's shapes",
                     )
+            if from_data:
+                shape = "x".join(str(d.dim_value) for d in dims)
+                notes.append(f"pinned {vi.name} to {shape} from the calibration data ({', '.join(from_data)}; target {target.name} "
+                             f"needs static shapes; --static-shape {vi.name}=... overrides)")
     return notes
 
 
@@ -113,6 +128,7 @@ def optimize(
     *,
     static_shapes: dict[str, tuple[int, ...]] | None = None,
     opset: int | None = None,
+    data_shapes: dict[str, tuple[int, ...]] | None = None,
 ) -> tuple[Artifact, list[str]]:
     """Return the optimized artifact written to ``out_path`` and notes for the report."""
     import onnx
@@ -146,7 +162,7 @@ def optimize(
                 f"re-export the model with opset {wanted}",
             ) from None
         notes.append(f"opset {current} -> {wanted} (target range {target.opset.min}-{target.opset.max})")
-    notes += _pin_shapes(model, target, static_shapes or {})
+    notes += _pin_shapes(model, target, static_shapes or {}, data_shapes)
     stripped = strip_debug_info(model)
     if stripped:
         notes.append(f"stripped exporter debug metadata from {stripped} nodes (stack traces, local paths)")
@@ -176,7 +192,28 @@ def optimize(
     after = len(folded.graph.node)
     if after != before:
         notes.append(f"folded {before} -> {after} nodes (onnxruntime {OPTIMIZE_LEVEL} level)")
-    return artifact_from(out_path, artifact.provenance + (f"optimize(opset={wanted}, level={OPTIMIZE_LEVEL})",)), notes
+    done = _rewrite(out_path, target, big, notes)
+    prov = (f"optimize(opset={wanted}, level={OPTIMIZE_LEVEL})",) + tuple(f"rewrite({r.name}, nodes={r.nodes})" for r in done)
+    return artifact_from(out_path, artifact.provenance + prov), notes
+
+
+def _rewrite(path: Path, target: Target, big: bool, notes: list[str]) -> list:
+    """The target's [ops] rewrites, each checked against the graph before it on seeded inputs."""
+    if not target.rewrites:
+        return []
+    if big:
+        notes.append(f"target rewrites ({', '.join(target.rewrites)}) skipped: the weights live in external data")
+        return []
+    from .profile import synthetic_feed
+    from .rewrite import apply
+
+    io = artifact_from(path).io
+    feeds = []
+    for seed in range(3):  # spread wide enough to reach the saturated ends of hard-sigmoid/-swish
+        feeds.append({k: v * 4 if v.dtype.kind == "f" else v for k, v in synthetic_feed(io, seed=seed).items()})
+    done = apply(path, target.rewrites, feeds, atol=target.tolerances.export_atol, rtol=target.tolerances.export_rtol)
+    notes += [r.note() + f" (target {target.name}: checked against the unrewritten graph)" for r in done]
+    return done
 
 
 def _fold_external(model, src_dir: Path, out_path: Path) -> None:

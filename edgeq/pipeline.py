@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from .accel import export_placement, manifest_placement
 from .artifact import Artifact
 from .bundle import BundleInputs, write_bundle
 from .data import LABELS_KEY, SampleSet, load_samples
@@ -70,6 +73,9 @@ class ExportResult:
     notes: tuple[str, ...]
     lm: Any = None  # edgeq.lmeval.LMQuality for weight-only modes on language models
     lm_reference: Any = None  # LMQuality against --reference (the float model a pre-quantized folder came from)
+    placement: dict[str, Any] | None = None  # accelerator placement of the shipped model (edgeq.accel)
+    ep_context: dict[str, Any] | None = None  # the provider's compiled context, or why there is none
+    activations: dict[str, Any] | None = None  # A8W8 vs A16W8 on the accelerator (edgeq.accel.compare_activation_types)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -87,6 +93,9 @@ class ExportResult:
             "passed": self.verify.passed if self.verify else True,
             "lm_quality": self.lm.to_dict() if self.lm is not None else None,
             **({"lm_quality_vs_reference": self.lm_reference.to_dict()} if self.lm_reference is not None else {}),
+            "placement": self.placement,
+            "ep_context": self.ep_context,
+            "activations_compared": self.activations,
         }
 
 
@@ -123,10 +132,12 @@ def run_export(
         )
     from .quantize.preflight import run as preflight
 
-    notes: list[str] = preflight(source.path, target, spec, opts.static_shapes) + prep_notes  # before any work
+    data_shapes = _data_shapes(calib or evals)  # a static-shape target pins dynamic axes to these (--static-shape wins)
+    notes: list[str] = preflight(source.path, target, spec, {**data_shapes, **opts.static_shapes}) + prep_notes  # before any work
     with scratch_dir() as work:
         with stage("optimize"):
-            opt, opt_notes = optimize(source, target, work / "fp32.onnx", static_shapes=opts.static_shapes, opset=opts.opset)
+            opt, opt_notes = optimize(source, target, work / "fp32.onnx", static_shapes=opts.static_shapes, opset=opts.opset,
+                                      data_shapes=data_shapes)
             notes += opt_notes
         q_in, pq_report = opt, None
         if opts.prequant is not None and opts.prequant.config.exact:
@@ -140,9 +151,16 @@ def run_export(
             qres = quantize(
                 q_in, spec, work / "model.onnx", data=calib, on_sample=on_sample, evals=evals, max_drop=opts.max_drop,
                 prefer=opts.prefer, budget=target.tolerances.max_accuracy_drop, target=target,
+                **_search_runner(spec, opts.max_drop, target),
             )
             notes += qres.notes
         check_data = evals or calib
+        activations = None
+        if opts.max_drop is not None and spec.mode == "int8-static" and spec.wide_activation_type:
+            from .accel import compare_activation_types
+
+            with stage("A8W8 vs A16W8 on the accelerator"):
+                activations = compare_activation_types(opt, spec, calib, check_data, target, work)
         if spec.weight_only and not opts.accuracy_level_pinned and check_data is not None:
             from .quantize import acclevel
 
@@ -191,6 +209,7 @@ def run_export(
         fp32_bytes = model_size(opt.path)  # same treatment as the quantized model
         q_bytes = model_size(qres.artifact.path)
         golden = _golden_feeds(check_data, qres.artifact, opts.golden)
+        placement = _placement(qres.artifact, target, golden, stage)
         with stage("bundle"):
             info = BundleInputs(
                 golden_feeds=golden,
@@ -208,6 +227,7 @@ def run_export(
                 bundle_version=opts.bundle_version,
                 sign_key=opts.sign_key,
                 archive=opts.archive,
+                placement=manifest_placement(placement),
             )
             write_bundle(qres.artifact, target, opts.out, info, force=opts.force)
     return ExportResult(
@@ -223,7 +243,49 @@ def run_export(
         notes=tuple(notes),
         lm=lm,
         lm_reference=lm_ref,
+        placement=placement,
+        ep_context=_written_ep_context(opts.out),
+        activations=activations,
     )
+
+
+def _search_runner(spec: QuantSpec, max_drop: float | None, target: Target) -> dict[str, Any]:
+    """--max-drop on static QDQ: candidates run on the target's accelerator where it runs here (QNN simulator)."""
+    if max_drop is None or spec.mode != "int8-static" or spec.format != "qdq":
+        return {}
+    from .accel import accelerator_outputs
+
+    runner = accelerator_outputs(target)
+    return {"outputs_of": runner} if runner is not None else {}
+
+
+def _data_shapes(data: SampleSet | None) -> dict[str, tuple[int, ...]]:
+    """One sample's shape per input: the sizes a static-shape target pins dynamic axes to."""
+    if data is None or not len(data):
+        return {}
+    return {k: tuple(np.shape(v)) for k, v in data.feed(0).items()}
+
+
+def _placement(art: Artifact, target: Target, feeds: tuple[dict, ...], stage: Stage) -> dict[str, Any] | None:
+    """Where the shipped model runs on the target's accelerator (None: a CPU-only target)."""
+    from .placement import accelerator_of
+
+    if accelerator_of(target.provider_names) is None:
+        return None
+    with stage("placement"):
+        return export_placement(art.path, target, art.io, feeds)
+
+
+def _written_ep_context(out: Path) -> dict[str, Any] | None:
+    """The ep_context record of the bundle just written (edgeq's own manifest)."""
+    import json
+
+    from .runner import MANIFEST
+
+    try:
+        return json.loads((Path(out) / MANIFEST).read_text(encoding="utf-8"))["model"].get("ep_context")
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def _bundle_extras(source: Artifact, opts: ExportOptions) -> tuple[dict, tuple[str, ...] | None]:

@@ -23,6 +23,7 @@ from .artifact import IoSpec
 from .data import SampleSet
 from .errors import CheckFailed, ModelError, ProviderError
 from .onnxutil import model_size
+from .providers import OPENVINO, QNN  # noqa: F401 - names shared with provider discovery (and importers of profile)
 from .runtime import available_providers, create_session, run
 from .targets import Target
 
@@ -75,8 +76,13 @@ def plan(target: Target) -> ProfilePlan | None:
 
 
 def skip_reason(target: Target) -> str:
+    from .providers import available_providers as reachable, find_provider
+
+    found = find_provider(target.provider_names[0])
+    if found is not None:  # a plugin or an own environment: measured in a child process, not timed in-process
+        return f"{found.note or found.name + ' (' + found.kind + ')'}: no latency from export (edgeq profile BUNDLE); placement below"
     return (
-        f"{target.provider_names[0]} is not available on this host ({', '.join(available_providers())}); "
+        f"{target.provider_names[0]} is not available on this host ({', '.join(reachable())}); "
         "no timing rather than a CPU stand-in"
     )
 
@@ -155,8 +161,6 @@ def feed_from(data: SampleSet | None) -> dict[str, np.ndarray] | None:
 # its profiler; a static estimate where no package brings the target's provider here.
 # --------------------------------------------------------------------------------------
 
-QNN = "QNNExecutionProvider"
-OPENVINO = "OpenVINOExecutionProvider"
 _FALLBACK_REFUSED = "fallback to CPU EP has been explicitly disabled"
 
 
@@ -199,26 +203,22 @@ class ProfileInput:
     bundle_target: str | None = None
 
 
-def _qnn_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("onnxruntime_qnn") is not None
-
-
 def resolve_backend(target: Target, *, setup_runtime: bool = False, progress=None) -> Backend:
     """Decide how to run ``target`` here; never a CPU stand-in for an absent accelerator."""
     from .placement import accelerator_of
+    from .providers import find_provider
 
     acc = accelerator_of(target.provider_names)
     primary = target.providers[0]
     host = platform.machine().lower()
-    if primary.name == QNN and primary.name not in available_providers() and _qnn_installed():
-        return Backend("qnn-plugin", sys.executable, ((primary.name, primary.options),), "qnn", acc, False,
+    found = find_provider(primary.name)
+    if found is not None and found.kind == "plugin":
+        return Backend(f"{found.plugin}-plugin", sys.executable, ((primary.name, primary.options),), found.plugin, acc, False,
                        f"QNN HTP simulator on {host} (onnxruntime-qnn): placement and numerics, not device timing")
-    if primary.name == OPENVINO and primary.name not in available_providers():
+    if primary.name == OPENVINO and (found is None or found.kind == "environment"):
         from . import ovenv
 
-        py = ovenv.require_python(setup_runtime, progress)
+        py = found.python if found is not None else ovenv.require_python(setup_runtime, progress)
         provs = ((primary.name, primary.options), ("CPUExecutionProvider", ()))
         same = target.arch in ("any", host)
         return Backend("openvino-env", str(py), provs, None, acc, same,
@@ -344,6 +344,13 @@ def _run_worker(backend: Backend, inp: ProfileInput, target: Target, opts: Measu
     return result, outputs
 
 
+def run_worker(backend: Backend, inp: ProfileInput, target: Target, opts: MeasureOptions, *,
+               work: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Run ``inp`` once per feed in the measurement worker with ``backend`` (CPU fallback allowed):
+    the worker's result and the outputs (``"<feed>:<output>"``)."""
+    return _run_worker(backend, inp, target, opts, disable_fallback=False, work=work)
+
+
 def _ops_breakdown(ops: dict[str, Any] | None, top: int) -> dict[str, Any] | None:
     if not ops or not ops.get("nodes"):
         return None
@@ -445,8 +452,14 @@ def measure(inp: ProfileInput, target: Target, backend: Backend, opts: MeasureOp
     if "error" in result:
         if backend.accelerator is None:
             raise ModelError(f"onnxruntime cannot run {inp.model.name}: {result['error']}", "check that the model is valid (edgeq inspect)")
-        raise ProviderError(f"{target.name}: {result['error']}",
-                            "check that the target's provider and device exist here (edgeq targets show NAME)")
+        from .diagnose import failure_hint
+
+        if "did not start" in result["error"]:
+            raise ProviderError(f"{target.name}: {result['error']}",
+                                f"this host has no device for {backend.accelerator}: profile where it has one (--device ssh://...)")
+        raise ProviderError(f"{target.name}: {backend.accelerator} refused {inp.model.name}: {result['error']}",
+                            failure_hint(inp.onnx if inp.onnx.suffix == ".onnx" else None, target, inp.bundle,
+                                         result["error"]))
     steady = result["steady"]
     if not steady["stable"]:
         notes.append(f"UNSTABLE: p50 95% CI is ±{50 * steady['p50_ci_rel']:.1f}% after {steady['runs']} runs "
@@ -519,15 +532,19 @@ def check_coverage(reports: list[dict[str, Any]], minimum: float) -> None:
 def write_ep_context(model: Path, out_dir: Path, target: Target) -> dict[str, Any] | None:
     """Compile the provider's context binary next to the bundle's model (QNN, when onnxruntime-qnn is here).
 
-    Returns what the manifest records, or None when the target has no such step here
-    or the provider takes no node of the model.
+    Returns what the manifest records: the context files, or (``built: False``) the
+    provider's own reason why it could not compile here, so the bundle is marked as
+    needing on-device compilation. None when the target has no such step here.
     """
     from . import worker
 
+    from .providers import find_provider
+
     primary = target.providers[0]
-    if primary.name != QNN or not (primary.name in available_providers() or _qnn_installed()):
+    found = find_provider(primary.name) if primary.name == QNN else None
+    if found is None:
         return None
-    plugin = None if primary.name in available_providers() else "qnn"
+    plugin = found.plugin
     with tempfile.TemporaryDirectory(prefix="edgeq-ctx-") as tmp:
         work = Path(tmp)
         ctx_dir = work / "ctx"
@@ -537,16 +554,21 @@ def write_ep_context(model: Path, out_dir: Path, target: Target) -> dict[str, An
                 "level": target.graph_optimization_level, "context_path": str(ctx_dir / "model_ctx.onnx"),
                 "out": str(work / "result.json")}
         (work / "spec.json").write_text(json.dumps(spec))
-        child.run(child.python_argv(sys.executable, [worker.__file__, work / "spec.json"], flags=("-B",)),
-                  capture_output=True, text=True, timeout=600, cwd=work)
-        result = json.loads((work / "result.json").read_text()) if (work / "result.json").is_file() else {"error": "worker died"}
-        if "error" in result or not (ctx_dir / "model_ctx.onnx").is_file():
-            return None
+        try:
+            proc = child.run(child.python_argv(sys.executable, [worker.__file__, work / "spec.json"], flags=("-B",)),
+                             capture_output=True, text=True, timeout=600, cwd=work)
+        except child.TimeoutExpired:
+            return _no_context(primary.name, "compiling the context took longer than 600 s")
+        result = json.loads((work / "result.json").read_text()) if (work / "result.json").is_file() else {}
+        if "error" in result or not result:
+            return _no_context(primary.name, provider_reason(result.get("error"), proc.stderr, proc.returncode))
+        if not (ctx_dir / "model_ctx.onnx").is_file():
+            return _no_context(primary.name, f"{primary.name} wrote no context model")
         import onnx
 
         ctx_model = onnx.load(str(ctx_dir / "model_ctx.onnx"), load_external_data=False)
         if not any(n.op_type == "EPContext" for n in ctx_model.graph.node):
-            return None
+            return _no_context(primary.name, f"{primary.name} took no node of the model, so there is nothing to compile")
         files = []
         for f in sorted(ctx_dir.iterdir()):
             os.replace(f, Path(out_dir) / f.name)
@@ -555,6 +577,24 @@ def write_ep_context(model: Path, out_dir: Path, target: Target) -> dict[str, An
     total = sum(len(sg["nodes"]) for sg in result["placement"])
     return {"provider": primary.name, "model": "model_ctx.onnx", "files": files, "nodes_on_provider": acc, "nodes_total": total,
             "onnxruntime_qnn": _qnn_version()}
+
+
+def _no_context(provider: str, reason: str) -> dict[str, Any]:
+    return {"provider": provider, "built": False, "reason": reason, "needs_on_device_compilation": True,
+            "onnxruntime_qnn": _qnn_version()}
+
+
+def provider_reason(error: str | None, stderr: str | None, returncode: int | None = None) -> str:
+    """The provider's own words: the exception text and the error lines it logged (bounded, one line)."""
+    parts = [error] if error else []
+    for line in (stderr or "").splitlines()[-40:]:
+        line = line.strip()
+        if ("QNN_" in line or " E:" in line or "[E:" in line or "error" in line.lower()) and line not in parts:
+            parts.append(line)
+    if not parts:
+        parts.append(f"the process ended with exit code {returncode}")
+    text = " | ".join(parts[:4])
+    return text[:800]
 
 
 def _qnn_version() -> str | None:

@@ -107,7 +107,54 @@ def export_table(r: dict[str, Any]) -> Table:
         t.add_row("latency p90", f"{a['p90_ms']:.3f} ms", f"{b['p90_ms']:.3f} ms", b["note"] or ("device" if b["device_measurement"] else "host"))
     else:
         t.add_row("latency", "-", "-", p.get("skipped") or "not profiled")
+    _accelerator_rows(t, r)
     t.add_row("bundle", "", r["bundle"], "")
+    return t
+
+
+def _accelerator_rows(t: Table, r: dict[str, Any]) -> None:
+    """Export: placement of the shipped model on the accelerator, and its compiled context (or why not)."""
+    pl = r.get("placement")
+    if pl:
+        acc = _short_provider(pl["accelerator"])
+        if pl["kind"] in ("unavailable", "failed"):
+            est = pl.get("estimate") or {}
+            extra = f" (static estimate: {_pct(est.get('accel_node_share'))} of nodes)" if est else ""
+            hint = f"; fix: {pl['hint']}" if pl.get("hint") else ""
+            t.add_row(f"on {acc}", "", "[red]failed[/]" if pl["kind"] == "failed" else "unknown", escape((pl.get("reason") or "") + extra + hint))
+        else:
+            on = next((p["nodes"] for p in pl.get("providers", []) if p["provider"] == pl["accelerator"]), 0)
+            parts = pl.get("accel_partitions")
+            label = "measured" if pl["kind"] == "measured" else "[yellow]ESTIMATE[/]"
+            t.add_row(f"nodes on {acc}", "", f"{on}/{pl['nodes_total']} ({_pct(pl['accel_node_share'])})",
+                      f"{label}, {parts} partition{'s' if parts != 1 else ''}; {escape(pl.get('basis') or '')}")
+    cmp = r.get("activations_compared")
+    for label, m in ((cmp or {}).get("models") or {}).items():
+        if "error" in m:
+            t.add_row(label, "", "[red]failed[/]", escape(m["error"]))
+        else:
+            top1 = "" if m["top1_agreement"] is None else f"top-1 {_pct(m['top1_agreement'])}, "
+            t.add_row(f"{label} vs fp32", "", f"cos {m['cosine']:.5f}",
+                      f"{top1}{_pct(m['accel_node_share'])} of nodes on the accelerator ({m['placement']}); on {escape(cmp['run_on'])}")
+    ctx = r.get("ep_context")
+    if ctx:
+        if ctx.get("built") is False:
+            t.add_row("context binary", "", "[yellow]none[/]", "needs on-device compilation: " + escape(ctx.get("reason") or ""))
+        else:
+            t.add_row("context binary", "", escape(ctx["model"]), escape(", ".join(ctx.get("files", []))))
+
+
+def fallback_table(r: dict[str, Any]) -> Table | None:
+    """Export: each node that does not run on the accelerator, why, and what to do."""
+    pl = r.get("placement")
+    if not pl or not pl.get("fallback"):
+        return None
+    kind = "estimate" if pl["kind"] == "estimate" else "measured"
+    t = Table(title=f"nodes not on {_short_provider(pl['accelerator'])} ({kind})")
+    for c in ("node", "runs on", "why", "fix"):
+        t.add_column(c)
+    for f in pl["fallback"]:
+        t.add_row(escape(f["node"]), _short_provider(f["provider"]), escape(f.get("reason", "")), escape(f.get("fix", "")))
     return t
 
 
@@ -204,6 +251,8 @@ def target_tables(tg: Any) -> list[Table]:
             notes.add_row(n)
         return [head, notes]
     head.add_row("static shapes", "required" if tg.static_shapes else "no")
+    if tg.rewrites:
+        head.add_row("graph rewrites", ", ".join(tg.rewrites))
     head.add_row("opset", f"{tg.opset.min}-{tg.opset.max} (preferred {tg.opset.preferred})")
     head.add_row("session", f"graph optimization {tg.graph_optimization_level}, threads {tg.intra_op_num_threads or 'auto'}")
     head.add_row("quantization", ", ".join(f"{k}={v}" for k, v in d["quant"].items()))

@@ -22,7 +22,7 @@ MAX_GGUF_CONTEXT = 1 << 20
 
 # known keys per table (the top level is checked by targets._TOP_KEYS)
 SESSION_KEYS = {"graph_optimization_level": str, "intra_op_num_threads": int}
-OPS_KEYS = {"supported": list, "dtypes": list}
+OPS_KEYS = {"supported": list, "dtypes": list, "rewrites": list}
 PROVIDER_KEYS = {"name", "options"}
 GGUF_TOLERANCE_KEYS = ("max_kl", "min_top1", "max_ppl_ratio")
 # tolerance name -> (low, high) inclusive, for those with a tighter range than "finite and >= 0"

@@ -110,6 +110,8 @@ class Target:
     """Set for llama.cpp targets (runtime = "llama.cpp")."""
     rules: tuple[Any, ...] = ()
     """Pre-flight rules (``edgeq.quantize.preflight.Rule``), checked before any work."""
+    rewrites: tuple[str, ...] = ()
+    """Graph rewrites (``edgeq.rewrite.REWRITES``) the optimize stage applies, from ``[ops] rewrites``."""
 
     @property
     def provider_names(self) -> tuple[str, ...]:
@@ -131,6 +133,7 @@ class Target:
             "tolerances": vars(self.tolerances).copy(),
             "notes": list(self.notes),
             "supported_ops": list(self.supported_ops),
+            "rewrites": list(self.rewrites),
             "supported_dtypes": list(self.supported_dtypes),
             "runtime": self.runtime,
             **({"gguf": self.gguf.to_dict()} if self.gguf else {}),
@@ -285,7 +288,20 @@ def _parse(data: dict[str, Any], path: Path, *, trusted: bool = True) -> Target:
         supported_dtypes=tuple(ops.get("dtypes", ())),
         source=str(path),
         rules=rules,
+        rewrites=_rewrites(ops, where),
     )
+
+
+def _rewrites(ops: dict[str, Any], where: str) -> tuple[str, ...]:
+    from .rewrite import REWRITES
+
+    names = ops.get("rewrites", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise TargetError(f"{where}: [ops] rewrites must be a list of names", f"choose from {', '.join(REWRITES)}")
+    unknown = [n for n in names if n not in REWRITES]
+    if unknown:
+        raise TargetError(f"{where}: unknown rewrite '{unknown[0]}' in [ops] rewrites", f"choose from {', '.join(REWRITES)}")
+    return tuple(names)
 
 
 def _parse_llamacpp(data: dict[str, Any], path: Path, where: str) -> Target:

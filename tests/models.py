@@ -96,3 +96,37 @@ def snapshot(path: Path) -> dict[str, bytes]:
     if path.is_file():
         return {".": path.read_bytes()}
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def make_hardswish_cnn(path: Path, *, seed: int = 0, batch: str | int = 1, opset: int = 17) -> Path:
+    """MobileNetV3-style ops on the tiny CNN: Conv -> HardSwish -> squeeze-excite (ReduceMean over H,W, Conv 1x1,
+    HardSigmoid, Mul) -> GlobalAveragePool -> Flatten -> Gemm. Input ``x`` [batch, 1, 8, 8], output ``y`` [batch, 10]."""
+    rng = np.random.default_rng(seed)
+    w1 = rng.normal(0, 0.5, (8, 1, 3, 3)).astype(np.float32)
+    b1 = rng.normal(0, 0.1, (8,)).astype(np.float32)
+    ws = rng.normal(0, 0.3, (8, 8, 1, 1)).astype(np.float32)
+    w3 = rng.normal(0, 0.3, (10, 8)).astype(np.float32)
+    b3 = rng.normal(0, 0.1, (10,)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("HardSwish", ["c1"], ["h1"], name="hswish1"),
+        helper.make_node("ReduceMean", ["h1"], ["s0"], axes=[2, 3], keepdims=1, name="se_mean"),
+        helper.make_node("Conv", ["s0", "ws"], ["s1"], name="se_conv"),
+        helper.make_node("HardSigmoid", ["s1"], ["s2"], alpha=1.0 / 6, beta=0.5, name="se_gate"),
+        helper.make_node("Mul", ["h1", "s2"], ["m"], name="se_mul"),
+        helper.make_node("GlobalAveragePool", ["m"], ["p"], name="gap"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "w3", "b3"], ["y"], transB=1, name="fc"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_hardswish_cnn",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 1, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 10])],
+        [_init("w1", w1), _init("b1", b1), _init("ws", ws), _init("w3", w3), _init("b3", b3)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="edgeq-tests")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return Path(path)

@@ -16,7 +16,7 @@ def quantize(artifact: Any, spec: Any, out_path: Path, **kwargs: Any) -> Any:
     if getattr(spec, "weight_only", False):
         from .int4 import quantize as int4_quantize
 
-        for key in ("prefer", "budget", "evals", "max_drop", "target"):  # INT8-only options
+        for key in ("prefer", "budget", "evals", "max_drop", "target", "outputs_of"):  # INT8-only options
             kwargs.pop(key, None)
         return int4_quantize(artifact, spec, Path(out_path), **kwargs)
     from .int8 import quantize as int8_quantize
@@ -25,6 +25,7 @@ def quantize(artifact: Any, spec: Any, out_path: Path, **kwargs: Any) -> Any:
     budget = kwargs.pop("budget", None)
     target = kwargs.pop("target", None)
     if prefer and spec.mode in ("int8-static", "int8-dynamic"):
+        kwargs.pop("outputs_of", None)
         from .gate import select
 
         drop = kwargs.get("max_drop")

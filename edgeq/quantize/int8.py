@@ -221,8 +221,12 @@ def quantize(
     on_sample: Any = None,
     evals: SampleSet | None = None,
     max_drop: float | None = None,
+    outputs_of: Any = None,
 ) -> QuantResult:
     """Quantize ``artifact`` per ``spec`` into ``out_path``.
+
+    ``outputs_of`` (static QDQ with ``max_drop``): runs the search's candidates on the
+    target's accelerator (``edgeq.accel.accelerator_outputs``) instead of the CPU provider.
 
     Static QDQ is written by edgeq (streaming calibration, subgraphs, budget search);
     QOperator and dynamic go through onnxruntime's quantizer.
@@ -237,7 +241,7 @@ def quantize(
         return _fp16(artifact, spec, out_path)
     data_file(out_path).unlink(missing_ok=True)  # writers with external data append to it
     if spec.mode == "int8-static" and spec.format == "qdq":  # reads the model itself (weights once, on disk)
-        return _edgeq_static(artifact, spec, out_path, data, on_sample, evals, max_drop)
+        return _edgeq_static(artifact, spec, out_path, data, on_sample, evals, max_drop, outputs_of)
     head = load_model(artifact.path, load_weights=False)  # inline weights are in it all the same
     big = needs_external_data(head)  # weights in external data: never one in-memory protobuf
     fp32 = head
@@ -362,6 +366,7 @@ def _edgeq_static(
     on_sample: Any,
     evals: SampleSet | None,
     max_drop: float | None,
+    outputs_of: Any = None,
 ) -> QuantResult:
     import tempfile
 
@@ -370,7 +375,7 @@ def _edgeq_static(
     # the float weights live once, as external data in a private folder next to the output,
     # while calibration, writing and measuring run (peak memory ~ one copy of the weights)
     with tempfile.TemporaryDirectory(prefix=".edgeq-weights-", dir=str(out_path.parent)) as wdir:
-        return _edgeq_static_in(artifact, spec, out_path, data, on_sample, evals, max_drop, Path(wdir))
+        return _edgeq_static_in(artifact, spec, out_path, data, on_sample, evals, max_drop, Path(wdir), outputs_of)
 
 
 def _edgeq_static_in(
@@ -382,6 +387,7 @@ def _edgeq_static_in(
     evals: SampleSet | None,
     max_drop: float | None,
     wdir: Path,
+    outputs_of: Any = None,
 ) -> QuantResult:
     from . import static
 
@@ -395,7 +401,7 @@ def _edgeq_static_in(
     if max_drop is not None:
         if evals is None:
             notes.append("--max-drop measured on the calibration data (pass --eval for held-out data)")
-        res = static.search(prep, spec, check, max_drop)
+        res = static.search(prep, spec, check, max_drop, outputs_of=outputs_of)
         written = res.written
         if res.fp32_metric.name in ("perplexity", "mean_kl"):
             notes.append(f"--max-drop on LM logits: drop = {res.fp32_metric.drop_means} (top-1 token agreement is far harsher)")
@@ -410,6 +416,7 @@ def _edgeq_static_in(
             "best": res.best.to_dict(),
             "met": res.met,
             "activation_16bit": spec.wide_activation_type,
+            "candidates_run_on": getattr(outputs_of, "label", None) or "CPUExecutionProvider",
         }
         if not res.met:
             notes.append(

@@ -378,13 +378,17 @@ def search(
     n_eval: int = 1000,
     n_sqnr: int = 32,
     max_steps: int = 10,
+    outputs_of: Callable[..., list[np.ndarray]] | None = None,
 ) -> SearchResult:
     """Keep the most sensitive nodes float (1, 2, 4, ... of them) until the drop is within budget.
 
     Where the target allows 16-bit activations (``spec.wide_activation_type``), each step first
     gives those nodes 16-bit activations (weights stay int8) and keeps them fp32 only if that
     misses the budget. The best model seen is always returned, with every step in the log.
+    ``outputs_of`` (same arguments as :func:`first_outputs`) runs the candidates elsewhere,
+    e.g. on the target's accelerator; the fp32 reference always runs on the CPU provider.
     """
+    run_candidate = outputs_of or first_outputs
     ref = first_outputs(prep.model, evals, n_eval, prep.weights_dir)
     lm = looks_like_lm(prep.model, ref)
     fp32 = metric(ref, ref, evals.labels, lm=lm)
@@ -406,7 +410,7 @@ def search(
                 keep = {n: f"kept float by --max-drop search (sensitivity rank {i + 1})" for i, n in enumerate(order[:k])}
                 w = written if k == 0 else write(prep, spec, keep)
                 step_k = (k, 0)
-            m = metric(first_outputs(w.model, evals, n_eval, prep.weights_dir), ref, evals.labels, lm=lm)
+            m = metric(run_candidate(w.model, evals, n_eval, prep.weights_dir), ref, evals.labels, lm=lm)
             drop = m.drop_from(fp32)
             step = SearchStep(step_k[0], m.name, m.value, drop, step_k[1])
             steps.append(step)
