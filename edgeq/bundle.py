@@ -137,18 +137,20 @@ so.log_severity_level = 3
 so.graph_optimization_level = level
 so.optimized_model_filepath = sys.argv[2]
 so.add_session_config_entry("session.save_model_format", "ORT")
+if sys.argv[4] == "runtime":  # Q/DQ stay for the accelerator; the CPU provider's fusions are saved for replay
+    so.add_session_config_entry("optimization.minimal_build_optimizations", "save")
 ort.InferenceSession(sys.argv[1], sess_options=so, providers=["CPUExecutionProvider"])
 """
 
 
-def _convert_to_ort(model: Path, ort_path: Path, level: str) -> None:
+def _convert_to_ort(model: Path, ort_path: Path, level: str, style: str = "fixed") -> None:
     code = "CODE = " + repr(_ORT_CHILD) + "\n" + _ORT_CHILD
     # relative names and a fixed environment: the child's memory layout must not depend on the output path
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "LD_LIBRARY_PATH", "SYSTEMROOT", "HOME")}
     env["PYTHONHASHSEED"] = "0"
     env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
     proc = subprocess.run(
-        [sys.executable, "-c", code, model.name, ort_path.name, level],
+        [sys.executable, "-c", code, model.name, ort_path.name, level, style],
         cwd=model.parent, env=env, capture_output=True, text=True, timeout=3600,
     )
     if proc.returncode != 0 or not ort_path.is_file():
@@ -156,12 +158,12 @@ def _convert_to_ort(model: Path, ort_path: Path, level: str) -> None:
         raise BundleError(f"onnxruntime could not write the ORT-format model: {tail[:300]}", "check that the model loads (edgeq inspect)")
 
 
-def _write_ort(model: Path, out_dir: Path, level: str) -> tuple[Path, Path]:
+def _write_ort(model: Path, out_dir: Path, level: str, style: str = "fixed") -> tuple[Path, Path]:
     from onnxruntime.tools.ort_format_model.utils import create_config_from_models
 
     _quiet_ort_tools()
     ort_path = out_dir / "model.ort"
-    _convert_to_ort(model, ort_path, level)
+    _convert_to_ort(model, ort_path, level, style)
     cfg = out_dir / OPS_CONFIG
     create_config_from_models([ort_path], cfg, enable_type_reduction=True)
     # the generated header names the absolute path of the temporary model: keep it reproducible
@@ -171,8 +173,17 @@ def _write_ort(model: Path, out_dir: Path, level: str) -> tuple[Path, Path]:
     return ort_path, cfg
 
 
-def _write_golden(root: Path, model: Path, feeds: tuple[dict[str, np.ndarray], ...], level: str, io_names: tuple[str, ...]) -> list[dict[str, Any]]:
-    sess = create_session(model, level=level)
+def app_session_options(target: Target) -> dict[str, Any]:
+    """The session options the app must open model.ort (and model.onnx) with; the manifest records them."""
+    opts: dict[str, Any] = {"graph_optimization_level": target.graph_optimization_level,
+                            "intra_op_num_threads": target.intra_op_num_threads}
+    if target.ort_optimization_style == "runtime":
+        opts["saved_runtime_optimizations"] = True
+    return opts
+
+
+def _write_golden(root: Path, model: Path, feeds: tuple[dict[str, np.ndarray], ...], target: Target, io_names: tuple[str, ...]) -> list[dict[str, Any]]:
+    sess = create_session(model, so=runner_mod.session_options({"target": {"session_options": app_session_options(target)}}))
     pairs = []
     for i, feed in enumerate(feeds):
         d = root / "golden" / f"{i:03d}"
@@ -294,7 +305,6 @@ def generate_keypair(private_out: Path, *, force: bool = False) -> tuple[Path, P
 
 
 def build_manifest(artifact: Artifact, target: Target, out: Path, info: BundleInputs, root: Path, pairs, *, external: bool, signer=None) -> dict[str, Any]:
-    level = target.graph_optimization_level
     files = {}
     for p in sorted(x for x in root.rglob("*") if x.is_file()):
         rel = p.relative_to(root).as_posix()
@@ -311,16 +321,14 @@ def build_manifest(artifact: Artifact, target: Target, out: Path, info: BundleIn
             "description": target.description,
             "arch": target.arch,
             "providers": [{"name": p.name, "options": p.options_dict()} for p in target.providers],
-            "session_options": {
-                "graph_optimization_level": level,
-                "intra_op_num_threads": target.intra_op_num_threads,
-            },
+            "session_options": app_session_options(target),
         },
         "model": {
             "onnx": "model.onnx",
             "onnx_external_data": EXTERNAL_DATA if external else None,
             "ort": "model.ort",
-            "ort_optimization_level": level,
+            "ort_optimization_level": target.ort_optimization,
+            "ort_optimization_style": target.ort_optimization_style,
             "ops_config": OPS_CONFIG,
             "opset": artifact.opset,
         },
@@ -354,12 +362,11 @@ def write_bundle(artifact: Artifact, target: Target, out: Path, info: BundleInpu
     out = Path(out)
     check_outputs(out, info, force)
     signer = load_private_key(info.sign_key) if info.sign_key else None
-    level = target.graph_optimization_level
     with contextlib.ExitStack() as stack:
         root = stack.enter_context(staging(out, force=force, is_dir=True))
         external = _copy_model(Path(artifact.path), root, info.external_data_threshold)
-        _write_ort(root / "model.onnx", root, level)
-        pairs = _write_golden(root, root / "model.ort", info.golden_feeds, level, artifact.io.input_names)
+        _write_ort(root / "model.onnx", root, target.ort_optimization, target.ort_optimization_style)
+        pairs = _write_golden(root, root / "model.ort", info.golden_feeds, target, artifact.io.input_names)
         shutil.copyfile(Path(runner_mod.__file__), root / "run.py")
         _copy_cpp(root)
         if info.labels:

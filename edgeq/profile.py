@@ -310,6 +310,7 @@ def _run_worker(backend: Backend, inp: ProfileInput, target: Target, opts: Measu
         "providers": [[n, dict(o)] for n, o in backend.providers],
         "plugin": backend.plugin,
         "level": target.graph_optimization_level,
+        "saved_runtime_optimizations": target.ort_optimization_style == "runtime",
         "threads": opts.threads or target.intra_op_num_threads,
         "warmup": opts.warmup,
         "runs": opts.runs,

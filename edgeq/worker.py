@@ -74,6 +74,8 @@ def _session_options(ort, spec: dict, *, profile_prefix: str | None = None, cont
     if spec.get("threads"):
         so.intra_op_num_threads = int(spec["threads"])
     so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
+    if spec.get("saved_runtime_optimizations"):  # as the bundle's manifest tells the app (runtime-style model.ort)
+        so.add_session_config_entry("session.enable_saved_runtime_optimizations", "1")
     if spec.get("disable_cpu_fallback"):
         so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     if profile_prefix:
