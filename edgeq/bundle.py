@@ -158,6 +158,14 @@ def _convert_to_ort(model: Path, ort_path: Path, level: str, style: str = "fixed
         raise BundleError(f"onnxruntime could not write the ORT-format model: {tail[:300]}", "check that the model loads (edgeq inspect)")
 
 
+def convert_to_ort(model: Path, ort_path: Path, target: Target) -> Path:
+    """Write ``ort_path`` (beside ``model``) exactly as a bundle for ``target`` ships model.ort."""
+    if Path(ort_path).parent.resolve() != Path(model).parent.resolve():
+        raise BundleError("the ORT-format model is written beside its ONNX model", "pass a path in the model's folder")
+    _convert_to_ort(Path(model), Path(ort_path), target.ort_optimization, target.ort_optimization_style)
+    return Path(ort_path)
+
+
 def _write_ort(model: Path, out_dir: Path, level: str, style: str = "fixed") -> tuple[Path, Path]:
     from onnxruntime.tools.ort_format_model.utils import create_config_from_models
 
@@ -245,7 +253,7 @@ def _profile_summary(profile: dict[str, Any] | None) -> dict[str, Any] | None:
     """What the manifest says about profiling: how it was measured, not the (run-to-run) timings."""
     if profile is None:
         return None
-    keep = ("provider", "host", "device_measurement", "runs", "note")
+    keep = ("provider", "host", "device_measurement", "runs", "note", "artifact", "session")
     # a fixed text, not the file name: the bundle's bytes must not depend on the -o path
     summary: dict[str, Any] = {"timings": "<bundle>.profile.json beside the bundle", "skipped": profile.get("skipped")}
     for key in ("fp32", "quantized"):

@@ -65,6 +65,7 @@ class ExportResult:
     profile_skipped: str | None
     notes: tuple[str, ...]
     lm: Any = None  # edgeq.lmeval.LMQuality for weight-only modes on language models
+    speed: Any = None  # edgeq.quantize.speed.SpeedCheck: the shipped model.ort against fp32, one process
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +78,7 @@ class ExportResult:
                 "fp32": self.profile_fp32.to_dict() if self.profile_fp32 else None,
                 "quantized": self.profile_quant.to_dict() if self.profile_quant else None,
                 "skipped": self.profile_skipped,
+                "shipped": self.speed.to_dict() if self.speed else None,
             },
             "notes": list(self.notes),
             "passed": self.verify.passed if self.verify else True,
@@ -129,6 +131,18 @@ def run_export(
             )
             notes += qres.notes
         check_data = evals or calib
+        speed = None
+        if spec.mode in ("int8-static", "int8-dynamic") and opts.prefer is None and opts.do_profile:
+            from .quantize.speed import decide
+
+            with stage("speed (shipped model.ort vs fp32)"):
+                def requantize(nodes: tuple[str, ...]) -> QuantResult:
+                    sp = spec.with_overrides(nodes_to_exclude=spec.nodes_to_exclude + tuple(nodes))
+                    return quantize(opt, sp, work / "model.onnx", data=calib, evals=evals, max_drop=opts.max_drop, target=target)
+
+                qres, speed, speed_lines = decide(opt, qres, target, feed_from(check_data) or _synthetic(opt), work / "speed",
+                                                  requantize=requantize)
+                notes += speed_lines
         if spec.weight_only and not opts.accuracy_level_pinned and check_data is not None:
             from .quantize import acclevel
 
@@ -155,11 +169,16 @@ def run_export(
         skipped = None
         if opts.do_profile:
             with stage("profile"):
+                from .quantize.speed import onnx_warning, shipped_ort
+
                 feed = feed_from(check_data)
+                ship = shipped_ort(qres.artifact.path, target, work / "ship")  # what the bundle ships, timed as the app runs it
                 prof_fp32 = profile(opt.path, target, feed=feed, io=opt.io)
-                prof_q = profile(qres.artifact.path, target, feed=feed, io=qres.artifact.io)
+                prof_q = profile(ship, target, feed=feed, io=qres.artifact.io)
                 if prof_fp32 is None:
                     skipped = skip_reason(target)
+                elif speed is not None and onnx_warning(speed):
+                    notes.append(onnx_warning(speed))
         fp32_bytes = model_size(opt.path)  # same treatment as the quantized model
         q_bytes = model_size(qres.artifact.path)
         golden = _golden_feeds(check_data, qres.artifact, opts.golden)
@@ -172,6 +191,7 @@ def run_export(
                     "fp32": prof_fp32.to_dict() if prof_fp32 else None,
                     "quantized": prof_q.to_dict() if prof_q else None,
                     "skipped": skipped,
+                    "shipped": speed.to_dict() if speed else None,
                 } if opts.do_profile else None,  # --no-profile: no sidecar
                 sizes=sizes(fp32_bytes, q_bytes),
                 provenance=qres.artifact.provenance,
@@ -194,7 +214,14 @@ def run_export(
         profile_skipped=skipped,
         notes=tuple(notes),
         lm=lm,
+        speed=speed,
     )
+
+
+def _synthetic(art: Artifact) -> dict:
+    from .profile import synthetic_feed
+
+    return synthetic_feed(art.io)
 
 
 def _bundle_extras(source: Artifact, opts: ExportOptions) -> tuple[dict, tuple[str, ...] | None]:

@@ -43,6 +43,9 @@ class ProfileResult:
     mean_ms: float
     file_bytes: int
     note: str
+    artifact: str = ""
+    """the file timed (model.ort: what the bundle ships) and the session options it was timed with"""
+    session: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,8 +114,16 @@ def profile(
 
         feed = synthetic_feed(io or artifact_from(Path(path)).io)
     opts = [dict(pr.options) if pr.name in p.providers else {} for pr in target.providers if pr.name in p.providers]
+    from .runtime import session_options
+
+    # the session options the bundle's manifest tells the app to use
+    level, threads = target.graph_optimization_level, threads or target.intra_op_num_threads
+    so = session_options(level=level, threads=threads)
+    runtime_opt = target.ort_optimization_style == "runtime" and Path(path).suffix == ".ort"
+    if runtime_opt:
+        so.add_session_config_entry("session.enable_saved_runtime_optimizations", "1")
     t0 = time.perf_counter()
-    sess = create_session(path, providers=list(p.providers), provider_options=opts, threads=threads)
+    sess = create_session(path, providers=list(p.providers), provider_options=opts, so=so)
     run(sess, feed)
     cold = (time.perf_counter() - t0) * 1e3
     for _ in range(warmup):
@@ -137,8 +148,10 @@ def profile(
         p50_ms=round(float(np.percentile(arr, 50)), 4),
         p90_ms=round(float(np.percentile(arr, 90)), 4),
         mean_ms=round(float(arr.mean()), 4),
-        file_bytes=model_size(Path(path)),
+        file_bytes=model_size(Path(path)) if Path(path).suffix == ".onnx" else Path(path).stat().st_size,
         note=note,
+        artifact="model.ort as the bundle ships it" if Path(path).suffix == ".ort" else Path(path).name,
+        session={"graph_optimization_level": level, "intra_op_num_threads": threads, "saved_runtime_optimizations": runtime_opt},
     )
 
 

@@ -101,9 +101,15 @@ def export_table(r: dict[str, Any]) -> Table:
     if p["fp32"] and p["quantized"]:
         a, b = p["fp32"], p["quantized"]
         ratio = b["p50_ms"] / a["p50_ms"] if a["p50_ms"] else None
-        t.add_row("latency p50", f"{a['p50_ms']:.3f} ms", f"{b['p50_ms']:.3f} ms", f"{fmt(ratio, '.2f')} x fp32, {b['provider']}")
+        what = f", {b['artifact']}" if b.get("artifact") else ""
+        t.add_row("latency p50", f"{a['p50_ms']:.3f} ms", f"{b['p50_ms']:.3f} ms", f"{fmt(ratio, '.2f')} x fp32, {b['provider']}{what}")
         t.add_row("latency p90", f"{a['p90_ms']:.3f} ms", f"{b['p90_ms']:.3f} ms", b["note"] or ("device" if b["device_measurement"] else "host"))
-    else:
+    s = p.get("shipped")
+    if s:
+        vs_onnx = f", {fmt(s['ratio_vs_model_onnx'], '.2f')} x its model.onnx at onnxruntime's default level" if s.get("ratio_vs_model_onnx") else ""
+        t.add_row("shipped model.ort", f"{s['fp32_ms']:.3f} ms", f"{s['shipped_ms']:.3f} ms",
+                  f"{fmt(s['ratio_vs_fp32'], '.2f')} x fp32{vs_onnx}; medians of interleaved rounds, one process; ships {s['shipped']}")
+    if not (p["fp32"] and p["quantized"]):
         t.add_row("latency", "-", "-", p.get("skipped") or "not profiled")
     t.add_row("bundle", "", r["bundle"], "")
     return t
