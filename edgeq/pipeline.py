@@ -172,7 +172,8 @@ def run_export(
                 from .quantize.speed import onnx_warning, shipped_ort
 
                 feed = feed_from(check_data)
-                ship = shipped_ort(qres.artifact.path, target, work / "ship")  # what the bundle ships, timed as the app runs it
+                # what the bundle ships (the speed decision wrote it already), timed as the app runs it
+                ship = speed.extra["ort"] if speed is not None else shipped_ort(qres.artifact.path, target, work / "ship")
                 prof_fp32 = profile(opt.path, target, feed=feed, io=opt.io)
                 prof_q = profile(ship, target, feed=feed, io=qres.artifact.io)
                 if prof_fp32 is None:
