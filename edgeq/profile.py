@@ -207,6 +207,8 @@ class ProfileInput:
     feeds_source: str
     bundle: Path | None = None
     bundle_target: str | None = None
+    session: dict[str, Any] | None = None
+    """a bundle's recorded session options (manifest target.session_options): the app's, so the ones timed"""
 
 
 def _qnn_installed() -> bool:
@@ -307,7 +309,17 @@ def _bundle_input(root: Path, *, data: Path | None = None, samples: int = 8) -> 
         raise ModelError(f"bundle {root} has no golden inputs", "rebuild it with edgeq export, or pass --data")
     return ProfileInput(label=str(root), model=model, onnx=onnx_path, io=io, feeds=tuple(feeds),
                         feeds_source=source, bundle=root,
-                        bundle_target=manifest.get("target", {}).get("name"))
+                        bundle_target=manifest.get("target", {}).get("name"),
+                        session=_recorded_session(manifest))
+
+
+def _recorded_session(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The level and replay flag a bundle's manifest records (schema-checked values only; nothing else is taken)."""
+    so = (manifest.get("target") or {}).get("session_options") or {}
+    level = so.get("graph_optimization_level")
+    if level not in ("disable", "basic", "extended", "all"):
+        return None
+    return {"graph_optimization_level": level, "saved_runtime_optimizations": so.get("saved_runtime_optimizations") is True}
 
 
 def _run_worker(backend: Backend, inp: ProfileInput, target: Target, opts: MeasureOptions, *,
@@ -322,8 +334,9 @@ def _run_worker(backend: Backend, inp: ProfileInput, target: Target, opts: Measu
         "feeds": str(feeds_npz),
         "providers": [[n, dict(o)] for n, o in backend.providers],
         "plugin": backend.plugin,
-        "level": target.graph_optimization_level,
-        "saved_runtime_optimizations": target.ort_optimization_style == "runtime",
+        "level": inp.session["graph_optimization_level"] if inp.session else target.graph_optimization_level,
+        "saved_runtime_optimizations": inp.session["saved_runtime_optimizations"] if inp.session
+        else target.ort_optimization_style == "runtime" and inp.model.suffix == ".ort",
         "threads": opts.threads or target.intra_op_num_threads,
         "warmup": opts.warmup,
         "runs": opts.runs,
@@ -436,6 +449,7 @@ def measure(inp: ProfileInput, target: Target, backend: Backend, opts: MeasureOp
         file_bytes = inp.model.stat().st_size
     base: dict[str, Any] = {
         "model": inp.label, "model_file": inp.model.name, "bundle": str(inp.bundle) if inp.bundle else None,
+        "session": inp.session or {"graph_optimization_level": target.graph_optimization_level},
         "target": target.name, "backend": backend.kind, "accelerator": backend.accelerator,
         "host": f"{platform.machine()} {platform.processor() or platform.system()}".strip(),
         "file_bytes": file_bytes, "inputs": inp.feeds_source, "notes": [],

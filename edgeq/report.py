@@ -257,6 +257,7 @@ def profile_table(results: list[dict[str, Any]]) -> Table:
         return "-" if acc is None else _pct(acc) + (" (estimate)" if pl.get("kind") == "estimate" else "")
 
     row("provider", lambda r: _short_provider(r.get("provider") or "-"))
+    row("file timed", lambda r: escape(f"{r.get('model_file', '-')} @ {(r.get('session') or {}).get('graph_optimization_level', '-')}"))
     row("file size", lambda r: human_bytes(r.get("file_bytes")))
     row("cold start", lambda r: "-" if r.get("cold_start_ms") is None else f"{r['cold_start_ms']:.1f} ms")
     row("p50", lambda r: _ms(r.get("p50_ms")))

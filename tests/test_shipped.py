@@ -52,6 +52,11 @@ def test_bundle_model_ort_has_integer_kernels_and_manifest_says_how_to_load_it(r
     assert res["quantization"]["speed"]["decision"] in ("quantized", "mixed", "fp32")
     side = json.loads((tmp_path / "b.profile.json").read_text())
     assert side["profile"]["shipped"]["ratio_vs_fp32"] > 0
+    # edgeq profile BUNDLE times the bundle's model.ort with the session options its manifest records
+    r = runner.invoke(app, ["profile", str(out), "--runs", "5", "--budget", "0.5", "--json"])
+    assert r.exit_code == 0, r.output
+    (rep,) = json.loads(r.stdout)["results"]
+    assert rep["model_file"] == "model.ort" and rep["session"]["graph_optimization_level"] == "all"
 
 
 def test_npu_target_keeps_qdq_and_replays_cpu_fusions(runner, cnn, cnn_calib, tmp_path):
