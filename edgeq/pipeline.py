@@ -143,6 +143,8 @@ def run_export(
                 qres, speed, speed_lines = decide(opt, qres, target, feed_from(check_data) or _synthetic(opt), work / "speed",
                                                   requantize=requantize)
                 notes += speed_lines
+        elif spec.mode in ("int8-static", "int8-dynamic") and opts.prefer is None:
+            notes.append("speed: not measured (--no-profile): the quantized model ships without the check against fp32")
         if spec.weight_only and not opts.accuracy_level_pinned and check_data is not None:
             from .quantize import acclevel
 

@@ -89,6 +89,7 @@ def _export(runner, tmp_path, *extra):
     return r, out
 
 
+@pytest.mark.slow
 def test_int8_slower_than_fp32_ships_fp32_and_says_so(runner, tmp_path, monkeypatch):
     _fake_times(monkeypatch, {"fp32": 1.0, "int8": 1.5, "mixed": 1.4, "onnx": 1.0, "fp32 (shipped)": 1.1})
     monkeypatch.setattr(speed, "node_kernel_us", lambda app, path, feed, runs: {"conv1": 5.0 if "fp32" in str(path) else 9.0,
@@ -105,6 +106,7 @@ def test_int8_slower_than_fp32_ships_fp32_and_says_so(runner, tmp_path, monkeypa
     assert "QuantizeLinear" not in ops and "DequantizeLinear" not in ops
 
 
+@pytest.mark.slow
 def test_nodes_with_slower_integer_kernels_stay_float(runner, tmp_path, monkeypatch):
     _fake_times(monkeypatch, {"fp32": 1.0, "int8": 1.3, "mixed": 0.9, "onnx": 0.9})
     monkeypatch.setattr(speed, "node_kernel_us", lambda app, path, feed, runs: {"conv1": 5.0 if "fp32" in str(path) else 9.0,
@@ -165,6 +167,7 @@ def test_source_node_names():
     assert speed.source_node("conv1") == "conv1"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("prefer", ["fastest"])
 def test_prefer_gate_times_the_shipped_files(runner, tmp_path, monkeypatch, prefer):
     seen = []

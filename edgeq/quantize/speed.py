@@ -198,7 +198,8 @@ def measure_shipped(app: AppSession, fp32: Path, onnx: Path, ort: Path, feed: di
     key = name if name not in ("fp32", "onnx") else f"{name} (shipped)"
     sessions = {"fp32": app.session(fp32), key: app.session(ort), "onnx": app.session(onnx, level="all")}
     ms = interleaved(sessions, feed, opts)
-    return SpeedCheck(app.describe(), ms["fp32"], {name: ms[key]}, name, ms[key], ms["onnx"], extra={"ort": Path(ort)})
+    return SpeedCheck(app.describe(), ms["fp32"], {name: ms[key]}, name, ms[key], ms["onnx"],
+                      notes=(app.note,) if app.note else (), extra={"ort": Path(ort)})
 
 
 def decide(
@@ -254,7 +255,8 @@ def decide(
     copy_model(fp32.path, out)
     f_ort = shipped_ort(out, target, work / "ship-fp32-final")
     f_check = measure_shipped(app, fp32.path, work / "ship-fp32-final" / "model.onnx", f_ort, feed, opts, "fp32")
-    note = (f"shipping fp32: no quantized model.ort ran faster than fp32 on {app.providers[0]} here "
+    where = f" ({app.note})" if app.note else ""
+    note = (f"shipping fp32: no quantized model.ort ran faster than fp32 on {app.providers[0]} here{where} "
             f"({qres.spec.mode}{', per-node mix' if slower else ''} tried); pass --quant none to skip the measurement")
     res = QuantResult(artifact_from(out, fp32.provenance + ("speed: fp32 shipped (quantized was slower here)",)),
                       QuantSpec(mode="none"), None, (note,), {"speed": {"decision": "fp32", "tried": qres.spec.mode}})
