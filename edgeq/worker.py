@@ -102,7 +102,8 @@ def make_session(ort, spec: dict, **kw):
         return ort.InferenceSession(model, sess_options=so)
     names = [p[0] for p in providers]
     opts = [{str(k): str(v) for k, v in p[1].items()} for p in providers]
-    return ort.InferenceSession(model, sess_options=so, providers=names, provider_options=opts)
+    kw = {"disabled_optimizers": list(spec["disabled_optimizers"])} if spec.get("disabled_optimizers") else {}
+    return ort.InferenceSession(model, sess_options=so, providers=names, provider_options=opts, **kw)
 
 
 def _read(path: str) -> bytes:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 
 
-def _session(path: Path, level: str, threads: int, runtime_opt: bool = False):
+def _session(path: Path, level: str, threads: int, runtime_opt: bool = False, off: tuple[str, ...] = ()):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -39,7 +39,8 @@ def _session(path: Path, level: str, threads: int, runtime_opt: bool = False):
         so.intra_op_num_threads = threads
     if runtime_opt:
         so.add_session_config_entry("session.enable_saved_runtime_optimizations", "1")
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    kw = {"disabled_optimizers": list(off)} if off else {}
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"], **kw)
 
 
 def bench(fp32: Path, bundle: Path, threads: int, rounds: int) -> dict:
@@ -54,21 +55,33 @@ def bench(fp32: Path, bundle: Path, threads: int, rounds: int) -> dict:
         "bundle model.ort (manifest options)": _session(bundle / "model.ort", so["graph_optimization_level"], threads,
                                                         bool(so.get("saved_runtime_optimizations"))),
     }
+    from edgeq.profile import device_optimizers_off
+    from edgeq.targets import load_target, target_names
+
+    off = tuple(device_optimizers_off(load_target(m["target"]["name"]))) if m["target"]["name"] in target_names() else ()
+    if off:  # the device's view: no x86-only NCHWc layouts at load time, for any of the three
+        sessions["fp32 (device view)"] = _session(fp32, "all", threads, off=off)
+        sessions["model.ort (device view)"] = _session(bundle / "model.ort", so["graph_optimization_level"], threads,
+                                                       bool(so.get("saved_runtime_optimizations")), off)
     ms = interleaved(sessions, feed, SpeedOptions(rounds=rounds, round_s=0.1))
     base = ms["fp32 .onnx (default level)"]
+    ratios = {k: v / base for k, v in ms.items()}
+    if off:
+        ratios["device view"] = ms["model.ort (device view)"] / ms["fp32 (device view)"]
     return {"bundle": str(bundle), "target": m["target"]["name"], "quant": (m.get("quantization") or {}).get("mode"),
-            "ort_level": m["model"]["ort_optimization_level"], "session": so, "fp32_ms": base,
-            "ratios": {k: v / base for k, v in ms.items()}}
+            "ort_level": m["model"]["ort_optimization_level"], "session": so, "fp32_ms": base, "ratios": ratios}
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| bundle | target | shipped mode | model.ort saved at | fp32 ms | bundle model.onnx × fp32 | model.ort × fp32 | model.ort × model.onnx |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| bundle | target | shipped mode | model.ort saved at | fp32 ms | bundle model.onnx × fp32 | model.ort × fp32 | model.ort × model.onnx "
+             "| model.ort × fp32, NCHWc off (Arm device view) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         rt = r["ratios"]
         o, t = rt["bundle model.onnx (default level)"], rt["bundle model.ort (manifest options)"]
         lines.append(f"| {Path(r['bundle']).name} | {r['target']} | {r['quant']} | {r['ort_level']} "
-                     f"(app: {r['session']['graph_optimization_level']}) | {r['fp32_ms']:.3f} | {o:.2f} | {t:.2f} | {t / o:.2f} |")
+                     f"(app: {r['session']['graph_optimization_level']}) | {r['fp32_ms']:.3f} | {o:.2f} | {t:.2f} | {t / o:.2f} | "
+                     + (f"{rt['device view']:.2f} |" if "device view" in rt else "- |"))
     return "\n".join(lines)
 
 

@@ -56,17 +56,21 @@ class AppSession:
     threads: int
     saved_runtime_optimizations: bool
     note: str = ""
+    optimizers_off: tuple[str, ...] = ()
+    """x86-only load-time layouts turned off when this host stands in for an Arm target"""
 
     @classmethod
     def for_target(cls, target: Any) -> AppSession | None:
-        from ..profile import plan
+        from ..profile import device_optimizers_off, plan
 
         p = plan(target)
         if p is None:
             return None
         opts = tuple(dict(next((pr.options for pr in target.providers if pr.name == n), ())) for n in p.providers)
+        off = tuple(device_optimizers_off(target))
+        note = p.note + (f"; {', '.join(off)} off (x86-only layouts the {target.arch} device does not have)" if off else "")
         return cls(tuple(p.providers), opts, target.graph_optimization_level, target.intra_op_num_threads,
-                   target.ort_optimization_style == "runtime", p.note)
+                   target.ort_optimization_style == "runtime", note, off)
 
     def session(self, path: Path, *, level: str | None = None, profile_prefix: str | None = None) -> Any:
         """``level``: another graph level (onnxruntime's default 'all' for the model.onnx comparison)."""
@@ -75,11 +79,12 @@ class AppSession:
         so = session_options(level=level or self.level, threads=self.threads, profile_prefix=profile_prefix)
         if self.saved_runtime_optimizations and level is None:
             so.add_session_config_entry("session.enable_saved_runtime_optimizations", "1")
-        return create_session(path, providers=list(self.providers), provider_options=[dict(o) for o in self.provider_options], so=so)
+        return create_session(path, providers=list(self.providers), provider_options=[dict(o) for o in self.provider_options], so=so,
+                              disabled_optimizers=list(self.optimizers_off))
 
     def describe(self) -> dict[str, Any]:
         return {"providers": list(self.providers), "graph_optimization_level": self.level, "intra_op_num_threads": self.threads,
-                "saved_runtime_optimizations": self.saved_runtime_optimizations}
+                "saved_runtime_optimizations": self.saved_runtime_optimizations, "optimizers_off": list(self.optimizers_off)}
 
 
 def shipped_ort(model: Path, target: Any, folder: Path) -> Path:
