@@ -209,7 +209,8 @@ def target_tables(tg: Any) -> list[Table]:
         return [head, notes]
     head.add_row("static shapes", "required" if tg.static_shapes else "no")
     head.add_row("opset", f"{tg.opset.min}-{tg.opset.max} (preferred {tg.opset.preferred})")
-    head.add_row("session", f"graph optimization {tg.graph_optimization_level}, threads {tg.intra_op_num_threads or 'auto'}")
+    head.add_row("session", f"graph optimization {tg.graph_optimization_level}, threads {tg.intra_op_num_threads or 'auto'}; "
+                 f"model.ort saved at {tg.ort_optimization} ({tg.ort_optimization_style})")
     head.add_row("quantization", ", ".join(f"{k}={v}" for k, v in d["quant"].items()))
     head.add_row("tolerances", ", ".join(f"{k}={v}" for k, v in d["tolerances"].items()))
     head.add_row("file", tg.source)
