@@ -145,6 +145,12 @@ def run_export(
                 notes += speed_lines
         elif spec.mode in ("int8-static", "int8-dynamic") and opts.prefer is None:
             notes.append("speed: not measured (--no-profile): the quantized model ships without the check against fp32")
+        elif opts.do_profile and not spec.weight_only:  # fp32, fp16, --prefer picks: timed as shipped, no decision
+            from .quantize.speed import check_shipped
+
+            with stage("speed (shipped model.ort vs fp32)"):
+                speed, speed_lines = check_shipped(opt, qres, target, feed_from(check_data) or _synthetic(opt), work / "speed")
+                notes += speed_lines
         if spec.weight_only and not opts.accuracy_level_pinned and check_data is not None:
             from .quantize import acclevel
 

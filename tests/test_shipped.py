@@ -133,6 +133,16 @@ def test_shipped_ort_slower_than_its_onnx_is_a_warning(runner, tmp_path, monkeyp
     assert any(n.startswith("WARNING: the shipped model.ort runs 1.60x the time of the bundle's own model.onnx") for n in notes)
 
 
+def test_fp32_bundle_is_timed_as_shipped_and_warned_about(runner, tmp_path, monkeypatch):
+    # --quant none: no decision to make, but the shipped model.ort is still timed against its own model.onnx
+    _fake_times(monkeypatch, {"fp32": 1.0, "fp32 (shipped)": 2.0, "onnx": 1.0})
+    r, _ = _export(runner, tmp_path, "--quant", "none")
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["profile"]["shipped"]["shipped"] == "fp32" and res["profile"]["shipped"]["ratio_vs_model_onnx"] == 2.0
+    assert any(n.startswith("WARNING: the shipped model.ort runs 2.00x") for n in res["notes"])
+
+
 def test_fast_enough_int8_is_kept_without_warnings(runner, tmp_path, monkeypatch):
     _fake_times(monkeypatch, {"fp32": 1.0, "int8": 1.04, "onnx": 1.0})  # inside the noise margin
     r, _ = _export(runner, tmp_path)

@@ -44,6 +44,10 @@ class SpeedOptions:
     onnx_warn: float = 0.10
     """model.ort slower than the bundle's own model.onnx at onnxruntime's default level by more: WARNING"""
     profile_runs: int = 20
+    budget_s: float = 10.0
+    """fewer rounds (3 at least) when one round of every model would take longer than budget / rounds"""
+    max_bytes: int = 256 << 20
+    """three sessions share this process: larger fp32 models are left to ``edgeq profile BUNDLE``"""
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,12 @@ def interleaved(sessions: dict[str, Any], feed: dict[str, np.ndarray], opts: Spe
         for _ in range(opts.warmup):
             s.run(None, feeds[k])
     per_round: dict[str, list[float]] = {k: [] for k in sessions}
-    for r in range(opts.rounds):
+    t = time.perf_counter()
+    for k, s in sessions.items():
+        s.run(None, feeds[k])
+    one = time.perf_counter() - t  # one run of every model
+    rounds = max(3, min(opts.rounds, int(opts.budget_s / max(2 * one, opts.round_s * len(sessions), 1e-9))))
+    for r in range(rounds):
         order = list(sessions) if r % 2 == 0 else list(reversed(list(sessions)))  # no model always runs first
         for k in order:
             ts: list[float] = []
@@ -223,9 +232,9 @@ def decide(
     ``qres.artifact.path``) and returns its QuantResult. Returns the QuantResult to ship, the
     timings (None when the target's provider is not here) and lines for the terminal.
     """
-    app = AppSession.for_target(target)
+    app, why = _app_for(fp32, target, opts)
     if app is None:
-        return qres, None, [f"speed: {target.provider_names[0]} is not on this host: the shipped model.ort was not timed"]
+        return qres, None, [why]
     out = Path(qres.artifact.path)
     work = Path(work)
     q_ort = shipped_ort(out, target, work / "ship-int8")
@@ -267,6 +276,30 @@ def decide(
                       QuantSpec(mode="none"), None, (note,), {"speed": {"decision": "fp32", "tried": qres.spec.mode}})
     lines.append("WARNING: " + note + " (" + ", ".join(f"{k} {v / first.fp32_ms:.2f}x" for k, v in cands.items()) + " fp32)")
     return res, replace(f_check, candidates={**cands, "fp32": f_check.shipped_ms}, slower_nodes=slower), lines
+
+
+def _app_for(fp32: Any, target: Any, opts: SpeedOptions) -> tuple[AppSession | None, str]:
+    from ..onnxutil import model_size
+
+    app = AppSession.for_target(target)
+    if app is None:
+        return None, f"speed: {target.provider_names[0]} is not on this host: the shipped model.ort was not timed against fp32"
+    if model_size(Path(fp32.path)) > opts.max_bytes:
+        return None, (f"speed: fp32 model over {opts.max_bytes >> 20} MiB: the shipped model.ort was not timed against fp32 "
+                      "in this process (edgeq profile BUNDLE times it)")
+    return app, ""
+
+
+def check_shipped(fp32: Any, qres: Any, target: Any, feed: dict[str, np.ndarray], work: Path,
+                  opts: SpeedOptions = SpeedOptions()) -> tuple[SpeedCheck | None, list[str]]:
+    """Time the shipped model.ort against fp32 and its own model.onnx (no decision: the recipe stays)."""
+    app, why = _app_for(fp32, target, opts)
+    if app is None:
+        return None, [why]
+    folder = Path(work) / "ship-check"
+    ort_path = shipped_ort(Path(qres.artifact.path), target, folder)
+    name = "fp32" if qres.spec.mode == "none" else qres.spec.mode
+    return measure_shipped(app, fp32.path, folder / "model.onnx", ort_path, feed, opts, name), []
 
 
 def _decided(qres: Any, decision: str, slower: tuple[str, ...]) -> Any:
