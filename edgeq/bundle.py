@@ -139,17 +139,19 @@ so.log_severity_level = 3
 so.graph_optimization_level = level
 so.optimized_model_filepath = sys.argv[2]
 so.add_session_config_entry("session.save_model_format", "ORT")
+if sys.argv[4] == "runtime":  # Q/DQ stay for the accelerator; the CPU provider's fusions are saved for replay
+    so.add_session_config_entry("optimization.minimal_build_optimizations", "save")
 ort.InferenceSession(sys.argv[1], sess_options=so, providers=["CPUExecutionProvider"])
 """
 
 
-def _convert_to_ort(model: Path, ort_path: Path, level: str) -> None:
+def _convert_to_ort(model: Path, ort_path: Path, level: str, style: str = "fixed") -> None:
     code = "CODE = " + repr(_ORT_CHILD) + "\n" + _ORT_CHILD
     # relative names and a fixed environment: the child's memory layout must not depend on the output path;
     # isolated (-I): the working directory is edgeq's own staging folder, which holds only the model
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "LD_LIBRARY_PATH", "SYSTEMROOT", "HOME")}
     proc = child.run(
-        child.python_argv(sys.executable, ["-c", code, model.name, ort_path.name, level]),
+        child.python_argv(sys.executable, ["-c", code, model.name, ort_path.name, level, style]),
         cwd=model.parent, env=env, capture_output=True, text=True, timeout=3600,
     )
     if proc.returncode != 0 or not ort_path.is_file():
@@ -157,12 +159,20 @@ def _convert_to_ort(model: Path, ort_path: Path, level: str) -> None:
         raise BundleError(f"onnxruntime could not write the ORT-format model: {tail[:300]}", "check that the model loads (edgeq inspect)")
 
 
-def _write_ort(model: Path, out_dir: Path, level: str) -> tuple[Path, Path]:
+def convert_to_ort(model: Path, ort_path: Path, target: Target) -> Path:
+    """Write ``ort_path`` (beside ``model``) exactly as a bundle for ``target`` ships model.ort."""
+    if Path(ort_path).parent.resolve() != Path(model).parent.resolve():
+        raise BundleError("the ORT-format model is written beside its ONNX model", "pass a path in the model's folder")
+    _convert_to_ort(Path(model), Path(ort_path), target.ort_optimization, target.ort_optimization_style)
+    return Path(ort_path)
+
+
+def _write_ort(model: Path, out_dir: Path, level: str, style: str = "fixed") -> tuple[Path, Path]:
     from onnxruntime.tools.ort_format_model.utils import create_config_from_models
 
     _quiet_ort_tools()
     ort_path = out_dir / "model.ort"
-    _convert_to_ort(model, ort_path, level)
+    _convert_to_ort(model, ort_path, level, style)
     cfg = out_dir / OPS_CONFIG
     create_config_from_models([ort_path], cfg, enable_type_reduction=True)
     # the generated header names the absolute path of the temporary model: keep it reproducible
@@ -172,8 +182,17 @@ def _write_ort(model: Path, out_dir: Path, level: str) -> tuple[Path, Path]:
     return ort_path, cfg
 
 
-def _write_golden(root: Path, model: Path, feeds: tuple[dict[str, np.ndarray], ...], level: str, io_names: tuple[str, ...]) -> list[dict[str, Any]]:
-    sess = create_session(model, level=level)
+def app_session_options(target: Target) -> dict[str, Any]:
+    """The session options the app must open model.ort (and model.onnx) with; the manifest records them."""
+    opts: dict[str, Any] = {"graph_optimization_level": target.graph_optimization_level,
+                            "intra_op_num_threads": target.intra_op_num_threads}
+    if target.ort_optimization_style == "runtime":
+        opts["saved_runtime_optimizations"] = True
+    return opts
+
+
+def _write_golden(root: Path, model: Path, feeds: tuple[dict[str, np.ndarray], ...], target: Target, io_names: tuple[str, ...]) -> list[dict[str, Any]]:
+    sess = create_session(model, so=runner_mod.session_options({"target": {"session_options": app_session_options(target)}}))
     pairs = []
     for i, feed in enumerate(feeds):
         d = root / "golden" / f"{i:03d}"
@@ -235,7 +254,7 @@ def _profile_summary(profile: dict[str, Any] | None) -> dict[str, Any] | None:
     """What the manifest says about profiling: how it was measured, not the (run-to-run) timings."""
     if profile is None:
         return None
-    keep = ("provider", "host", "device_measurement", "runs", "note")
+    keep = ("provider", "host", "device_measurement", "runs", "note", "artifact", "session")
     # a fixed text, not the file name: the bundle's bytes must not depend on the -o path
     summary: dict[str, Any] = {"timings": "<bundle>.profile.json beside the bundle", "skipped": profile.get("skipped")}
     for key in ("fp32", "quantized"):
@@ -295,7 +314,6 @@ def generate_keypair(private_out: Path, *, force: bool = False) -> tuple[Path, P
 
 
 def build_manifest(artifact: Artifact, target: Target, out: Path, info: BundleInputs, root: Path, pairs, *, external: bool, signer=None) -> dict[str, Any]:
-    level = target.graph_optimization_level
     files = {}
     for p in sorted(x for x in root.rglob("*") if x.is_file()):
         rel = p.relative_to(root).as_posix()
@@ -312,16 +330,14 @@ def build_manifest(artifact: Artifact, target: Target, out: Path, info: BundleIn
             "description": target.description,
             "arch": target.arch,
             "providers": [{"name": p.name, "options": p.options_dict()} for p in target.providers],
-            "session_options": {
-                "graph_optimization_level": level,
-                "intra_op_num_threads": target.intra_op_num_threads,
-            },
+            "session_options": app_session_options(target),
         },
         "model": {
             "onnx": "model.onnx",
             "onnx_external_data": EXTERNAL_DATA if external else None,
             "ort": "model.ort",
-            "ort_optimization_level": level,
+            "ort_optimization_level": target.ort_optimization,
+            "ort_optimization_style": target.ort_optimization_style,
             "ops_config": OPS_CONFIG,
             "opset": artifact.opset,
         },
@@ -355,12 +371,11 @@ def write_bundle(artifact: Artifact, target: Target, out: Path, info: BundleInpu
     out = Path(out)
     check_outputs(out, info, force)
     signer = load_private_key(info.sign_key) if info.sign_key else None
-    level = target.graph_optimization_level
     with contextlib.ExitStack() as stack:
         root = stack.enter_context(staging(out, force=force, is_dir=True))
         external = _copy_model(Path(artifact.path), root, info.external_data_threshold)
-        _write_ort(root / "model.onnx", root, level)
-        pairs = _write_golden(root, root / "model.ort", info.golden_feeds, level, artifact.io.input_names)
+        _write_ort(root / "model.onnx", root, target.ort_optimization, target.ort_optimization_style)
+        pairs = _write_golden(root, root / "model.ort", info.golden_feeds, target, artifact.io.input_names)
         shutil.copyfile(Path(runner_mod.__file__), root / "run.py")
         _copy_cpp(root)
         if info.labels:

@@ -487,8 +487,8 @@ def check_emulated(result: dict[str, Any]) -> None:
         raise CheckFailed(f"candidate outside the target's tolerances: {'; '.join(result['verify']['failures'])}", "see the table above")
     if result["failures"]:
         if any(r["error"] for r in result["emulated"]):
-            hint = ("a model.ort saved at graph_optimization_level 'all' holds x86-only kernels (com.microsoft.nchwc): "
-                    "use 'basic' or 'extended' in the target, or check with --model onnx"
+            hint = ("a model.ort saved at level 'all' holds x86-only kernels (com.microsoft.nchwc): "
+                    "set ort_optimization to 'basic' or 'extended' in the target, or check with --model onnx"
                     if any("nchwc" in (r["error"] or "") for r in result["emulated"]) else
                     "the model does not run on that Arm CPU; check with --model onnx, and EDGEQ_DEBUG=1 for details")
             raise CheckFailed(f"the model does not run on emulated Arm CPU(s): {'; '.join(result['failures'])}"[:900], hint)

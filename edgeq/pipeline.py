@@ -76,6 +76,7 @@ class ExportResult:
     placement: dict[str, Any] | None = None  # accelerator placement of the shipped model (edgeq.accel)
     ep_context: dict[str, Any] | None = None  # the provider's compiled context, or why there is none
     activations: dict[str, Any] | None = None  # A8W8 vs A16W8 on the accelerator (edgeq.accel.compare_activation_types)
+    speed: Any = None  # edgeq.quantize.speed.SpeedCheck: the shipped model.ort against fp32, one process
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -88,6 +89,7 @@ class ExportResult:
                 "fp32": self.profile_fp32.to_dict() if self.profile_fp32 else None,
                 "quantized": self.profile_quant.to_dict() if self.profile_quant else None,
                 "skipped": self.profile_skipped,
+                "shipped": self.speed.to_dict() if self.speed else None,
             },
             "notes": list(self.notes),
             "passed": self.verify.passed if self.verify else True,
@@ -161,6 +163,26 @@ def run_export(
 
             with stage("A8W8 vs A16W8 on the accelerator"):
                 activations = compare_activation_types(opt, spec, calib, check_data, target, work)
+        speed = None
+        if spec.mode in ("int8-static", "int8-dynamic") and opts.prefer is None and opts.do_profile:
+            from .quantize.speed import decide
+
+            with stage("speed (shipped model.ort vs fp32)"):
+                def requantize(nodes: tuple[str, ...]) -> QuantResult:
+                    sp = spec.with_overrides(nodes_to_exclude=spec.nodes_to_exclude + tuple(nodes))
+                    return quantize(opt, sp, work / "model.onnx", data=calib, evals=evals, max_drop=opts.max_drop, target=target)
+
+                qres, speed, speed_lines = decide(opt, qres, target, feed_from(check_data) or _synthetic(opt), work / "speed",
+                                                  requantize=requantize)
+                notes += speed_lines
+        elif spec.mode in ("int8-static", "int8-dynamic") and opts.prefer is None:
+            notes.append("speed: not measured (--no-profile): the quantized model ships without the check against fp32")
+        elif opts.do_profile and not spec.weight_only:  # fp32, fp16, --prefer picks: timed as shipped, no decision
+            from .quantize.speed import check_shipped
+
+            with stage("speed (shipped model.ort vs fp32)"):
+                speed, speed_lines = check_shipped(opt, qres, target, feed_from(check_data) or _synthetic(opt), work / "speed")
+                notes += speed_lines
         if spec.weight_only and not opts.accuracy_level_pinned and check_data is not None:
             from .quantize import acclevel
 
@@ -201,11 +223,17 @@ def run_export(
         skipped = None
         if opts.do_profile:
             with stage("profile"):
+                from .quantize.speed import onnx_warning, shipped_ort
+
                 feed = feed_from(check_data)
+                # what the bundle ships (the speed decision wrote it already), timed as the app runs it
+                ship = speed.extra["ort"] if speed is not None else shipped_ort(qres.artifact.path, target, work / "ship")
                 prof_fp32 = profile(opt.path, target, feed=feed, io=opt.io)
-                prof_q = profile(qres.artifact.path, target, feed=feed, io=qres.artifact.io)
+                prof_q = profile(ship, target, feed=feed, io=qres.artifact.io)
                 if prof_fp32 is None:
                     skipped = skip_reason(target)
+                elif speed is not None and onnx_warning(speed):
+                    notes.append(onnx_warning(speed))
         fp32_bytes = model_size(opt.path)  # same treatment as the quantized model
         q_bytes = model_size(qres.artifact.path)
         golden = _golden_feeds(check_data, qres.artifact, opts.golden)
@@ -219,6 +247,7 @@ def run_export(
                     "fp32": prof_fp32.to_dict() if prof_fp32 else None,
                     "quantized": prof_q.to_dict() if prof_q else None,
                     "skipped": skipped,
+                    "shipped": speed.to_dict() if speed else None,
                 } if opts.do_profile else None,  # --no-profile: no sidecar
                 sizes=sizes(fp32_bytes, q_bytes),
                 provenance=qres.artifact.provenance,
@@ -246,6 +275,7 @@ def run_export(
         placement=placement,
         ep_context=_written_ep_context(opts.out),
         activations=activations,
+        speed=speed,
     )
 
 
@@ -286,6 +316,12 @@ def _written_ep_context(out: Path) -> dict[str, Any] | None:
         return json.loads((Path(out) / MANIFEST).read_text(encoding="utf-8"))["model"].get("ep_context")
     except (OSError, ValueError, KeyError):
         return None
+
+
+def _synthetic(art: Artifact) -> dict:
+    from .profile import synthetic_feed
+
+    return synthetic_feed(art.io)
 
 
 def _bundle_extras(source: Artifact, opts: ExportOptions) -> tuple[dict, tuple[str, ...] | None]:

@@ -44,6 +44,9 @@ class ProfileResult:
     mean_ms: float
     file_bytes: int
     note: str
+    artifact: str = ""
+    """the file timed (model.ort: what the bundle ships) and the session options it was timed with"""
+    session: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,6 +76,20 @@ def plan(target: Target) -> ProfilePlan | None:
             f"{primary} not in this onnxruntime; timed with CPUExecutionProvider on {host_arch}: not device timing",
         )
     return None
+
+
+X86_ONLY_OPTIMIZERS = ("NchwcTransformer",)
+
+
+def device_optimizers_off(target: Target) -> list[str]:
+    """Optimizers to turn off when this host stands in for a target of another architecture.
+
+    On x86, onnxruntime's level 'all' adds NCHWc layouts for float convolutions at load time;
+    an Arm device never gets them, so timing fp32 with them would flatter fp32 against int8.
+    """
+    host = platform.machine().lower()
+    x86_host = host in ("x86_64", "amd64")
+    return list(X86_ONLY_OPTIMIZERS) if x86_host and target.arch not in ("any", "x86_64", "amd64") else []
 
 
 def skip_reason(target: Target) -> str:
@@ -120,8 +137,17 @@ def profile(
 
         feed = synthetic_feed(io or artifact_from(Path(path)).io)
     opts = [dict(pr.options) if pr.name in p.providers else {} for pr in target.providers if pr.name in p.providers]
+    from .runtime import session_options
+
+    # the session options the bundle's manifest tells the app to use
+    level, threads = target.graph_optimization_level, threads or target.intra_op_num_threads
+    so = session_options(level=level, threads=threads)
+    runtime_opt = target.ort_optimization_style == "runtime" and Path(path).suffix == ".ort"
+    if runtime_opt:
+        so.add_session_config_entry("session.enable_saved_runtime_optimizations", "1")
     t0 = time.perf_counter()
-    sess = create_session(path, providers=list(p.providers), provider_options=opts, threads=threads)
+    sess = create_session(path, providers=list(p.providers), provider_options=opts, so=so,
+                          disabled_optimizers=device_optimizers_off(target))
     run(sess, feed)
     cold = (time.perf_counter() - t0) * 1e3
     for _ in range(warmup):
@@ -146,8 +172,10 @@ def profile(
         p50_ms=round(float(np.percentile(arr, 50)), 4),
         p90_ms=round(float(np.percentile(arr, 90)), 4),
         mean_ms=round(float(arr.mean()), 4),
-        file_bytes=model_size(Path(path)),
+        file_bytes=model_size(Path(path)) if Path(path).suffix == ".onnx" else Path(path).stat().st_size,
         note=note,
+        artifact="model.ort as the bundle ships it" if Path(path).suffix == ".ort" else Path(path).name,
+        session={"graph_optimization_level": level, "intra_op_num_threads": threads, "saved_runtime_optimizations": runtime_opt},
     )
 
 
@@ -201,6 +229,8 @@ class ProfileInput:
     feeds_source: str
     bundle: Path | None = None
     bundle_target: str | None = None
+    session: dict[str, Any] | None = None
+    """a bundle's recorded session options (manifest target.session_options): the app's, so the ones timed"""
 
 
 def resolve_backend(target: Target, *, setup_runtime: bool = False, progress=None) -> Backend:
@@ -297,7 +327,17 @@ def _bundle_input(root: Path, *, data: Path | None = None, samples: int = 8) -> 
         raise ModelError(f"bundle {root} has no golden inputs", "rebuild it with edgeq export, or pass --data")
     return ProfileInput(label=str(root), model=model, onnx=onnx_path, io=io, feeds=tuple(feeds),
                         feeds_source=source, bundle=root,
-                        bundle_target=manifest.get("target", {}).get("name"))
+                        bundle_target=manifest.get("target", {}).get("name"),
+                        session=_recorded_session(manifest))
+
+
+def _recorded_session(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The level and replay flag a bundle's manifest records (schema-checked values only; nothing else is taken)."""
+    so = (manifest.get("target") or {}).get("session_options") or {}
+    level = so.get("graph_optimization_level")
+    if level not in ("disable", "basic", "extended", "all"):
+        return None
+    return {"graph_optimization_level": level, "saved_runtime_optimizations": so.get("saved_runtime_optimizations") is True}
 
 
 def _run_worker(backend: Backend, inp: ProfileInput, target: Target, opts: MeasureOptions, *,
@@ -312,8 +352,11 @@ def _run_worker(backend: Backend, inp: ProfileInput, target: Target, opts: Measu
         "feeds": str(feeds_npz),
         "providers": [[n, dict(o)] for n, o in backend.providers],
         "plugin": backend.plugin,
-        "level": target.graph_optimization_level,
+        "level": inp.session["graph_optimization_level"] if inp.session else target.graph_optimization_level,
+        "saved_runtime_optimizations": inp.session["saved_runtime_optimizations"] if inp.session
+        else target.ort_optimization_style == "runtime" and inp.model.suffix == ".ort",
         "threads": opts.threads or target.intra_op_num_threads,
+        "disabled_optimizers": device_optimizers_off(target),
         "warmup": opts.warmup,
         "runs": opts.runs,
         "budget_s": opts.budget_s,
@@ -431,6 +474,7 @@ def measure(inp: ProfileInput, target: Target, backend: Backend, opts: MeasureOp
         file_bytes = inp.model.stat().st_size
     base: dict[str, Any] = {
         "model": inp.label, "model_file": inp.model.name, "bundle": str(inp.bundle) if inp.bundle else None,
+        "session": inp.session or {"graph_optimization_level": target.graph_optimization_level},
         "target": target.name, "backend": backend.kind, "accelerator": backend.accelerator,
         "host": f"{platform.machine()} {platform.processor() or platform.system()}".strip(),
         "file_bytes": file_bytes, "inputs": inp.feeds_source, "notes": [],

@@ -103,9 +103,15 @@ def export_table(r: dict[str, Any]) -> Table:
     if p["fp32"] and p["quantized"]:
         a, b = p["fp32"], p["quantized"]
         ratio = b["p50_ms"] / a["p50_ms"] if a["p50_ms"] else None
-        t.add_row("latency p50", f"{a['p50_ms']:.3f} ms", f"{b['p50_ms']:.3f} ms", f"{fmt(ratio, '.2f')} x fp32, {b['provider']}")
+        what = f", {b['artifact']}" if b.get("artifact") else ""
+        t.add_row("latency p50", f"{a['p50_ms']:.3f} ms", f"{b['p50_ms']:.3f} ms", f"{fmt(ratio, '.2f')} x fp32, {b['provider']}{what}")
         t.add_row("latency p90", f"{a['p90_ms']:.3f} ms", f"{b['p90_ms']:.3f} ms", b["note"] or ("device" if b["device_measurement"] else "host"))
-    else:
+    s = p.get("shipped")
+    if s:
+        vs_onnx = f", {fmt(s['ratio_vs_model_onnx'], '.2f')} x its model.onnx at onnxruntime's default level" if s.get("ratio_vs_model_onnx") else ""
+        t.add_row("shipped model.ort", f"{s['fp32_ms']:.3f} ms", f"{s['shipped_ms']:.3f} ms",
+                  f"{fmt(s['ratio_vs_fp32'], '.2f')} x fp32{vs_onnx}; medians of interleaved rounds, one process; ships {s['shipped']}")
+    if not (p["fp32"] and p["quantized"]):
         t.add_row("latency", "-", "-", p.get("skipped") or "not profiled")
     _accelerator_rows(t, r)
     t.add_row("bundle", "", r["bundle"], "")
@@ -254,7 +260,8 @@ def target_tables(tg: Any) -> list[Table]:
     if tg.rewrites:
         head.add_row("graph rewrites", ", ".join(tg.rewrites))
     head.add_row("opset", f"{tg.opset.min}-{tg.opset.max} (preferred {tg.opset.preferred})")
-    head.add_row("session", f"graph optimization {tg.graph_optimization_level}, threads {tg.intra_op_num_threads or 'auto'}")
+    head.add_row("session", f"graph optimization {tg.graph_optimization_level}, threads {tg.intra_op_num_threads or 'auto'}; "
+                 f"model.ort saved at {tg.ort_optimization} ({tg.ort_optimization_style})")
     head.add_row("quantization", ", ".join(f"{k}={v}" for k, v in d["quant"].items()))
     head.add_row("tolerances", ", ".join(f"{k}={v}" for k, v in d["tolerances"].items()))
     head.add_row("file", tg.source)
@@ -302,6 +309,7 @@ def profile_table(results: list[dict[str, Any]]) -> Table:
         return "-" if acc is None else _pct(acc) + (" (estimate)" if pl.get("kind") == "estimate" else "")
 
     row("provider", lambda r: _short_provider(r.get("provider") or "-"))
+    row("file timed", lambda r: escape(f"{r.get('model_file', '-')} @ {(r.get('session') or {}).get('graph_optimization_level', '-')}"))
     row("file size", lambda r: human_bytes(r.get("file_bytes")))
     row("cold start", lambda r: "-" if r.get("cold_start_ms") is None else f"{r['cold_start_ms']:.1f} ms")
     row("p50", lambda r: _ms(r.get("p50_ms")))

@@ -99,7 +99,7 @@ def listed(root: str, manifest: dict, rel) -> str:
 
 
 def session_options(manifest: dict, threads: int = 0):
-    """onnxruntime session options at the optimization level the bundle's model.ort was saved with."""
+    """onnxruntime session options the bundle's manifest records for the app (level, saved runtime optimizations)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -111,6 +111,9 @@ def session_options(manifest: dict, threads: int = 0):
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[level]
+    if manifest["target"]["session_options"].get("saved_runtime_optimizations") is True:
+        # model.ort keeps Q/DQ for the accelerator; nodes left to the CPU provider get its saved integer fusions
+        so.add_session_config_entry("session.enable_saved_runtime_optimizations", "1")
     if threads:
         so.intra_op_num_threads = threads
     return so

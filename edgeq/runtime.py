@@ -51,6 +51,7 @@ def create_session(
     level: str = "all",
     threads: int = 0,
     so: Any = None,
+    disabled_optimizers: list[str] | None = None,
 ) -> Any:
     providers = providers or ["CPUExecutionProvider"]
     missing = [p for p in providers if p not in available_providers()]
@@ -71,7 +72,8 @@ def create_session(
     else:
         model = str(path)
     try:
-        return ort().InferenceSession(model, sess_options=so, providers=providers, provider_options=provider_options)
+        kw = {"disabled_optimizers": disabled_optimizers} if disabled_optimizers else {}
+        return ort().InferenceSession(model, sess_options=so, providers=providers, provider_options=provider_options, **kw)
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ModelError(f"onnxruntime cannot load {Path(path).name}: {first[:300]}", "check that the model is valid (edgeq inspect)") from None

@@ -21,7 +21,7 @@ MAX_CALIB_SAMPLES = 1_000_000
 MAX_GGUF_CONTEXT = 1 << 20
 
 # known keys per table (the top level is checked by targets._TOP_KEYS)
-SESSION_KEYS = {"graph_optimization_level": str, "intra_op_num_threads": int}
+SESSION_KEYS = {"graph_optimization_level": str, "intra_op_num_threads": int, "ort_optimization": str, "ort_optimization_style": str}
 OPS_KEYS = {"supported": list, "dtypes": list, "rewrites": list}
 PROVIDER_KEYS = {"name", "options"}
 GGUF_TOLERANCE_KEYS = ("max_kl", "min_top1", "max_ppl_ratio")
@@ -164,8 +164,9 @@ def check_target_data(data: dict[str, Any], where: str, tolerance_defaults: dict
         _providers(where, data["providers"])
     if "session" in data:
         session = _table(where, "session", data["session"], SESSION_KEYS)
-        if "graph_optimization_level" in session:
-            check_type(where, "session.graph_optimization_level", session["graph_optimization_level"], str)
+        for key in ("graph_optimization_level", "ort_optimization", "ort_optimization_style"):
+            if key in session:
+                check_type(where, f"session.{key}", session[key], str)
         if "intra_op_num_threads" in session:
             check_number(where, "session.intra_op_num_threads", session["intra_op_num_threads"], 0, MAX_THREADS, integer=True)
     if "quant" in data:

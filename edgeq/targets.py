@@ -98,7 +98,13 @@ class Target:
     tolerances: Tolerances = field(default_factory=Tolerances)
     static_shapes: bool = False
     graph_optimization_level: str = "basic"
+    """The level the app's session uses (and edgeq times with), for model.onnx and model.ort."""
     intra_op_num_threads: int = 0
+    ort_optimization: str = "basic"
+    """The level model.ort is saved at (``[session] ort_optimization``; default: graph_optimization_level)."""
+    ort_optimization_style: str = "fixed"
+    """"fixed": optimizations baked into model.ort; "runtime": Q/DQ kept (for an accelerator) and the CPU
+    provider's fusions saved, replayed when the session sets session.enable_saved_runtime_optimizations."""
     notes: tuple[str, ...] = ()
     supported_ops: tuple[str, ...] = ()
     """Op types the accelerator runs (empty: no rule; used for placement estimates)."""
@@ -126,6 +132,8 @@ class Target:
             "session": {
                 "graph_optimization_level": self.graph_optimization_level,
                 "intra_op_num_threads": self.intra_op_num_threads,
+                "ort_optimization": self.ort_optimization,
+                "ort_optimization_style": self.ort_optimization_style,
             },
             "static_shapes": self.static_shapes,
             "quant": self.quant.to_dict(),
@@ -259,11 +267,18 @@ def _parse(data: dict[str, Any], path: Path, *, trusted: bool = True) -> Target:
     level = session.get("graph_optimization_level", "basic")
     if level not in ("disable", "basic", "extended", "all"):
         raise TargetError(f"{where}: unknown graph_optimization_level '{level}'", "choose disable, basic, extended or all")
-    if level == "all" and data.get("arch", "any") != "x86_64":
+    ort_level = session.get("ort_optimization", level)
+    if ort_level not in ("disable", "basic", "extended", "all"):
+        raise TargetError(f"{where}: unknown ort_optimization '{ort_level}'", "choose disable, basic, extended or all")
+    style = session.get("ort_optimization_style", "fixed")
+    if style not in ("fixed", "runtime"):
+        raise TargetError(f"{where}: unknown ort_optimization_style '{style}'", "choose fixed or runtime")
+    if ort_level == "all" and data.get("arch", "any") != "x86_64":
         # measured under qemu: a model.ort saved at 'all' holds x86-only NCHWc kernels and loads on no Arm core
+        key = "ort_optimization" if "ort_optimization" in session else "graph_optimization_level"
         raise TargetError(
-            f"{where}: graph_optimization_level 'all' bakes x86-only (NCHWc) kernels into model.ort",
-            "use 'extended' (or 'basic') for targets that are not x86_64",
+            f"{where}: {key} 'all' bakes x86-only (NCHWc) kernels into model.ort",
+            "use ort_optimization = 'extended' (or 'basic') for targets that are not x86_64",
         )
     ops = data.get("ops", {})
     from .quantize.preflight import Rule
@@ -283,6 +298,8 @@ def _parse(data: dict[str, Any], path: Path, *, trusted: bool = True) -> Target:
         static_shapes=bool(data.get("static_shapes", False)),
         graph_optimization_level=level,
         intra_op_num_threads=int(session.get("intra_op_num_threads", 0)),
+        ort_optimization=ort_level,
+        ort_optimization_style=style,
         notes=tuple(data.get("notes", ())),
         supported_ops=tuple(ops.get("supported", ())),
         supported_dtypes=tuple(ops.get("dtypes", ())),

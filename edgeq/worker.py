@@ -74,6 +74,8 @@ def _session_options(ort, spec: dict, *, profile_prefix: str | None = None, cont
     if spec.get("threads"):
         so.intra_op_num_threads = int(spec["threads"])
     so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
+    if spec.get("saved_runtime_optimizations"):  # as the bundle's manifest tells the app (runtime-style model.ort)
+        so.add_session_config_entry("session.enable_saved_runtime_optimizations", "1")
     if spec.get("disable_cpu_fallback"):
         so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     if profile_prefix:
@@ -100,7 +102,8 @@ def make_session(ort, spec: dict, **kw):
         return ort.InferenceSession(model, sess_options=so)
     names = [p[0] for p in providers]
     opts = [{str(k): str(v) for k, v in p[1].items()} for p in providers]
-    return ort.InferenceSession(model, sess_options=so, providers=names, provider_options=opts)
+    kw = {"disabled_optimizers": list(spec["disabled_optimizers"])} if spec.get("disabled_optimizers") else {}
+    return ort.InferenceSession(model, sess_options=so, providers=names, provider_options=opts, **kw)
 
 
 def _read(path: str) -> bytes:

@@ -55,8 +55,9 @@ def test_bundle_cli_writes_manifest_that_matches_the_schema(runner, cnn, app_fil
     assert set(schema["required"]) <= set(m)
     # target, providers with options, session options, ORT level fixed
     assert m["target"]["providers"][0] == {"name": "XnnpackExecutionProvider", "options": {"intra_op_num_threads": "4"}}
-    assert m["target"]["session_options"]["graph_optimization_level"] == "basic"
-    assert m["model"]["ort_optimization_level"] == "basic" and m["model"]["onnx_external_data"] is None
+    assert m["target"]["session_options"] == {"graph_optimization_level": "all", "intra_op_num_threads": 0}
+    assert m["model"]["ort_optimization_level"] == "extended" and m["model"]["onnx_external_data"] is None
+    assert m["model"]["ort_optimization_style"] == "fixed"
     assert set(m["created_by"]) >= {"edgeq", "onnx", "onnxruntime", "numpy"}
     # every input/output with its processing
     assert m["inputs"] == [{"name": "x", "dtype": "float32", "shape": ["N", 1, 8, 8], "preprocess": {

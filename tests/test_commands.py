@@ -223,9 +223,10 @@ def test_target_with_x86_only_ort_level_is_refused(runner, tmp_path):
 
     src = (targets_dir() / "arm64.toml").read_text()
     bad = tmp_path / "arm-all.toml"
-    bad.write_text(src.replace('graph_optimization_level = "basic"', 'graph_optimization_level = "all"'))
+    assert 'ort_optimization = "extended"' in src
+    bad.write_text(src.replace('ort_optimization = "extended"', 'ort_optimization = "all"'))
     r = runner.invoke(app, ["targets", "show", str(bad)])
     assert r.exit_code == 2 and "NCHWc" in r.stderr and "extended" in r.stderr
     ok = tmp_path / "x86-all.toml"
-    ok.write_text((targets_dir() / "cpu-x86_64.toml").read_text().replace('graph_optimization_level = "basic"', 'graph_optimization_level = "all"'))
+    ok.write_text((targets_dir() / "cpu-x86_64.toml").read_text().replace('ort_optimization = "extended"', 'ort_optimization = "all"'))
     assert runner.invoke(app, ["targets", "show", str(ok)]).exit_code == 0

@@ -94,9 +94,9 @@ def test_emulated_difference_beyond_target_tolerance_fails_with_exit_1(runner, a
 
 @pytest.mark.slow
 def test_x86_only_ort_file_is_caught_as_not_running_on_arm(runner, arm_root, cnn, cnn_calib, tmp_path):
-    # graph_optimization_level "all" bakes x86 NCHWc kernels into model.ort: it loads on x86, not on Arm.
+    # ort_optimization "all" bakes x86 NCHWc kernels into model.ort: it loads on x86, not on Arm.
     # edgeq refuses that level for non-x86 targets, so build an x86 bundle and take it to Arm anyway.
-    tg = _target_variant(tmp_path, "x86-all", graph_optimization_level='"all"', arch='"x86_64"')
+    tg = _target_variant(tmp_path, "x86-all", ort_optimization='"all"', arch='"x86_64"')
     b = _bundle(runner, cnn, tmp_path / "b", cnn_calib, "--target", str(tg), "--quant", "none")
     assert b"nchwc" in (b / "model.ort").read_bytes()
     r = runner.invoke(app, ["verify", str(b), "--emulate", "cortex-a53", "--json"])

@@ -18,7 +18,7 @@ def _target_file(tmp_path: Path) -> Path:
     """cpu-x86_64 with a graph level and thread count that differ from onnxruntime's defaults."""
     text = (targets_dir() / "cpu-x86_64.toml").read_text()
     text = text.replace('name = "cpu-x86_64"', 'name = "cpu-test"', 1)
-    text = text.replace('graph_optimization_level = "basic"\nintra_op_num_threads = 0',
+    text = text.replace('graph_optimization_level = "all"\nintra_op_num_threads = 0',
                         'graph_optimization_level = "extended"\nintra_op_num_threads = 1', 1)
     assert 'intra_op_num_threads = 1' in text
     p = tmp_path / "cpu-test.toml"

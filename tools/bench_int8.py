@@ -9,7 +9,9 @@ Models (all built or found offline):
 - tiny LM         a small byte-level transformer trained here on Python sources (perplexity)
 
 Columns: metric, quantized weight nodes, file size, p50 latency ratio vs fp32 (this host,
-onnxruntime CPU, default session options), quantization wall time, and (separately)
+onnxruntime CPU, default session options), the same for the model.ort a bundle ships
+(edgeq's ORT writer for EDGEQ_BENCH_TARGET, default arm64, with the session options its
+manifest records), quantization wall time, and (separately)
 calibration peak RSS at 100 and 1,000 samples, each in a fresh subprocess.
 
 Run: python tools/bench_int8.py [--models digits,resnet18,mobilenetv2,silero,lm] [--quick]
@@ -429,8 +431,33 @@ def metric(m: dict, path: Path, ref_cache: dict) -> float:
     return float(np.mean(preds == ref_cache["ref"]))
 
 
-def latency_ms(path: Path, feed: dict, runs: int = 30) -> float:
-    sess = _sess(path)
+SHIP_TARGET = os.environ.get("EDGEQ_BENCH_TARGET", "arm64")
+
+
+def shipped_latency_ms(path: Path, feed: dict, runs: int = 30) -> float | None:
+    """p50 of the model.ort a bundle for SHIP_TARGET ships (edgeq's writer), with the manifest's session options."""
+    import onnxruntime as ort
+
+    from edgeq.quantize.speed import shipped_ort
+    from edgeq.runtime import graph_level
+    from edgeq.targets import load_target
+
+    t = load_target(SHIP_TARGET)
+    try:
+        shipped = shipped_ort(path, t, WORK / f"ship-{path.stem}")
+    except Exception as e:  # noqa: BLE001 - the bench reports, it does not stop
+        print(f"[ship] {path.name}: {str(e).splitlines()[0][:120]}", file=sys.stderr)
+        return None
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = graph_level(t.graph_optimization_level)
+    if t.ort_optimization_style == "runtime":
+        so.add_session_config_entry("session.enable_saved_runtime_optimizations", "1")
+    return latency_ms(shipped, feed, runs, ort.InferenceSession(str(shipped), so, providers=["CPUExecutionProvider"]))
+
+
+def latency_ms(path: Path, feed: dict, runs: int = 30, sess=None) -> float:
+    sess = sess or _sess(path)
     names = {i.name for i in sess.get_inputs()}
     feed = {k: v for k, v in feed.items() if k in names}
     for _ in range(3):
@@ -516,8 +543,10 @@ def bench_model(key: str, n_calib: int) -> list[dict]:
     feed = _feed(m["calib"], 0)
     fp32_ms = latency_ms(m["path"], feed)
     fp32_size = m["path"].stat().st_size
+    fp32_ship = shipped_latency_ms(m["path"], feed)
     rows.append({"model": m["name"], "recipe": "fp32", "metric": metric(m, m["path"], ref_cache), "coverage": "-",
-                 "size": fp32_size, "latency": 1.0, "qtime": 0.0, "fp32_ms": fp32_ms})
+                 "size": fp32_size, "latency": 1.0, "qtime": 0.0, "fp32_ms": fp32_ms,
+                 "shipped": None if fp32_ship is None else fp32_ship / fp32_ms})
     for rname, fn in RECIPES.items():
         out = WORK / f"{key}.{rname.split()[0]}{'.budget' if 'max-drop' in rname else ''}.onnx"  # edgeq = auto
         t = time.perf_counter()
@@ -531,6 +560,7 @@ def bench_model(key: str, n_calib: int) -> list[dict]:
             "model": m["name"], "recipe": rname, "desc": desc, "metric": metric(m, out, ref_cache),
             "coverage": coverage_str(m["path"], out), "size": out.stat().st_size,
             "latency": latency_ms(out, feed) / fp32_ms, "qtime": qtime,
+            "shipped": (lambda v: None if v is None else v / fp32_ms)(shipped_latency_ms(out, feed)),
         })
     for r in rows:
         r["metric_name"] = m["metric"]
@@ -541,12 +571,12 @@ def bench_model(key: str, n_calib: int) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| model | recipe | accuracy / agreement | weight nodes quantized | size | latency vs fp32 | quant time |",
-        "|---|---|---|---|---|---|---|",
+        f"| model | recipe | accuracy / agreement | weight nodes quantized | size | latency vs fp32 | shipped model.ort ({SHIP_TARGET}) vs fp32 | quant time |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['recipe']} | FAILED: {r['error']} | | | | |")
+            lines.append(f"| {r['model']} | {r['recipe']} | FAILED: {r['error']} | | | | | |")
             continue
         if r["metric_name"] == "perplexity":
             met = f"ppl {r['metric']:.3f}"
@@ -554,7 +584,8 @@ def table(rows: list[dict]) -> str:
             met = f"{100 * r['metric']:.1f} % {'acc' if r['metric_name'] == 'accuracy' else 'agree'}"
         lat = f"{r['latency']:.2f}x" + (f" ({r['fp32_ms']:.2f} ms)" if r["recipe"] == "fp32" else "")
         recipe = r["recipe"] + (f" ({r['desc']})" if r.get("desc") else "")
-        lines.append(f"| {r['model']} | {recipe} | {met} | {r['coverage']} | {r['size'] / 1e6:.2f} MB | {lat} | {r['qtime']:.1f} s |")
+        ship = "-" if r.get("shipped") is None else f"{r['shipped']:.2f}x"
+        lines.append(f"| {r['model']} | {recipe} | {met} | {r['coverage']} | {r['size'] / 1e6:.2f} MB | {lat} | {ship} | {r['qtime']:.1f} s |")
     return "\n".join(lines)
 
 

@@ -110,8 +110,9 @@ int main(int argc, char** argv) {
   try {
     Ort::Env env(ORT_LOGGING_LEVEL_WARNING, "edgeq");
     Ort::SessionOptions so;
-    // model.ort was optimized at the level in manifest.json (model.ort_optimization_level); basic keeps it as saved.
-    so.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_BASIC);
+    // model.ort was saved at manifest.json's model.ort_optimization_level; what the full build adds at load
+    // time (ALL: layout for this CPU) stays on this device. Minimal builds ignore the level.
+    so.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
     const std::string model = root + "/model.ort";
     Ort::Session session(env, model.c_str(), so);
     Ort::AllocatorWithDefaultOptions alloc;

@@ -184,6 +184,8 @@ def write(prep: Prepared, spec: QuantSpec, keep_float: dict[str, str] | None = N
     # and onnxruntime's int8-weight MatMul kernels quantize their float input (NaN from -inf)
     nonfinite = set(prep.stats.nonfinite())
     keep = dict(keep_float or {})
+    for name in spec.nodes_to_exclude:  # e.g. nodes whose integer kernel ran slower than float (quantize.speed)
+        keep.setdefault(name, "excluded (nodes_to_exclude)")
     for qn in qdq.plan(prep.model, op_types=op_types).nodes:
         if qn.act_input in nonfinite or qn.output in nonfinite:
             keep.setdefault(qn.name, "its activations hold non-finite values (e.g. -inf masks): kept float")
