@@ -118,6 +118,7 @@ def run_export(
     from .quantize.preflight import run as preflight
 
     notes: list[str] = preflight(source.path, target, spec, opts.static_shapes) + prep_notes  # before any work
+    notes += list(dict.fromkeys(n for d in (calib, evals) if d is not None and not d.synthetic for n in d.notes))
     with scratch_dir() as work:
         with stage("optimize"):
             opt, opt_notes = optimize(source, target, work / "fp32.onnx", static_shapes=opts.static_shapes, opset=opts.opset)
