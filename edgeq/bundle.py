@@ -74,6 +74,8 @@ class BundleInputs:
     archive: str | None = None
     """"tar.gz" or "zip": also write ``<out>.<fmt>``, a deterministic archive of the folder."""
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD
+    extra_files: tuple[tuple[str, bytes], ...] = ()
+    """(name, bytes) written at the bundle's root, e.g. genai_config.json and tokenizer files (names chosen by edgeq)"""
 
 
 def sidecar_path(out: Path) -> Path:
@@ -364,6 +366,8 @@ def write_bundle(artifact: Artifact, target: Target, out: Path, info: BundleInpu
         _copy_cpp(root)
         if info.labels:
             (root / LABELS_FILE).write_text("\n".join(info.labels) + "\n", encoding="utf-8")
+        for name, data in info.extra_files:
+            (root / Path(name).name).write_bytes(data)
         from .profile import write_ep_context
 
         ep_context = write_ep_context(root / "model.onnx", root, target)  # QNN context binary, where the EP is here

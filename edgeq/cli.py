@@ -246,6 +246,7 @@ def export(
         labels_key=labels_key, preprocess=preprocess, labels=labels, archive=archive, sign_key=sign,
         bundle_version=bundle_version, max_drop=max_drop, image_preprocess=image_preprocess, prefer=prefer,
         accuracy_level_pinned=accuracy_level is not None,
+        lm_folder=Path(source) if kind == "hf" and task == "text-generation" else None,  # KV-cache decoder: tokenizer, genai_config
     )
     progress = StageProgress(err, total_samples=spec.calib_samples if spec.needs_calibration else 0)
     check = None

@@ -50,6 +50,8 @@ class ExportOptions:
     prefer: str | None = None
     accuracy_level_pinned: bool = False
     """weight-only: the user chose --accuracy-level; otherwise levels 4 and 0 are measured and one is kept"""
+    lm_folder: Path | None = None
+    """the Hugging Face folder a KV-cache decoder came from: tokenizer and genai_config.json ship with it"""
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class ExportResult:
     profile_skipped: str | None
     notes: tuple[str, ...]
     lm: Any = None  # edgeq.lmeval.LMQuality for weight-only modes on language models
+    generation: Any = None  # edgeq.genai.GreedyCheck for KV-cache decoder bundles
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -79,8 +82,9 @@ class ExportResult:
                 "skipped": self.profile_skipped,
             },
             "notes": list(self.notes),
-            "passed": self.verify.passed if self.verify else True,
+            "passed": (self.verify.passed if self.verify else True) and (self.generation is None or self.generation.passed),
             "lm_quality": self.lm.to_dict() if self.lm is not None else None,
+            "generation": self.generation.to_dict() if self.generation is not None else None,
         }
 
 
@@ -119,6 +123,8 @@ def run_export(
 
     notes: list[str] = preflight(source.path, target, spec, opts.static_shapes) + prep_notes  # before any work
     notes += list(dict.fromkeys(n for d in (calib, evals) if d is not None and not d.synthetic for n in d.notes))
+    llm_files, llm_notes = _llm_files(source, opts)  # before any work: the folder's tokenizer files are read here
+    notes += llm_notes
     with scratch_dir() as work:
         with stage("optimize"):
             opt, opt_notes = optimize(source, target, work / "fp32.onnx", static_shapes=opts.static_shapes, opset=opts.opset)
@@ -181,8 +187,14 @@ def run_export(
                 bundle_version=opts.bundle_version,
                 sign_key=opts.sign_key,
                 archive=opts.archive,
+                extra_files=llm_files,
             )
             write_bundle(qres.artifact, target, opts.out, info, force=opts.force)
+        generation = None
+        if llm_files:
+            with stage("generate check"):
+                generation = _greedy_check(opts, spec, check_data)
+                notes.append(generation.summary() if generation else "onnxruntime-genai not installed: greedy generation check skipped (pip install onnxruntime-genai)")
     return ExportResult(
         bundle=opts.out,
         target=target.name,
@@ -195,7 +207,43 @@ def run_export(
         profile_skipped=skipped,
         notes=tuple(notes),
         lm=lm,
+        generation=generation,
     )
+
+
+def _llm_files(source: Artifact, opts: ExportOptions) -> tuple[tuple[tuple[str, bytes], ...], list[str]]:
+    from .export.decoder import is_kv_decoder
+
+    if opts.lm_folder is None or not is_kv_decoder(source.io):
+        return (), []
+    from .genai import bundle_files
+
+    return bundle_files(opts.lm_folder)
+
+
+GREEDY_NEW_TOKENS = 32
+
+
+def _greedy_check(opts: ExportOptions, spec: QuantSpec, data: SampleSet | None):
+    """onnxruntime-genai on the written bundle vs transformers' greedy generate on the folder."""
+    import numpy as np
+
+    from .export import hf
+    from .genai import greedy_check, prompt_ids
+
+    src = hf.inspect_folder(opts.lm_folder)
+    model = hf.load_hf_model(src, "text-generation")
+    vocab = int(model.config.vocab_size)
+    if data is not None and len(data) and "input_ids" in data.arrays:
+        prompts = [np.asarray(data.feed(i)["input_ids"]).reshape(-1)[:16].tolist() for i in range(min(3, len(data)))]
+    elif (opts.lm_folder / "tokenizer.json").is_file():
+        prompts = prompt_ids(opts.lm_folder, ["The", "def main():", "Once upon a time"], vocab)
+    else:
+        prompts = np.random.default_rng(0).integers(0, vocab, (3, 8)).tolist()
+    fp32 = spec.mode == "none"
+    need = 1.0 if fp32 else opts.target.tolerances.min_greedy_agreement
+    tie = 10 * opts.target.tolerances.export_atol  # two runtimes' float sums may order a near-tie either way
+    return greedy_check(opts.out, model, prompts, new_tokens=GREEDY_NEW_TOKENS, min_agreement=need, tie_atol=tie)
 
 
 def _bundle_extras(source: Artifact, opts: ExportOptions) -> tuple[dict, tuple[str, ...] | None]:

@@ -48,6 +48,8 @@ class Tolerances:
     golden_rtol: float = 1e-3
     export_atol: float = 1e-4
     export_rtol: float = 1e-3
+    min_greedy_agreement: float = 0.5
+    """LLM bundles: share of greedy tokens onnxruntime-genai picks as transformers does (quantized; fp32 must be identical)"""
 
 
 @dataclass(frozen=True)

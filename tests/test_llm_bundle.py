@@ -1,0 +1,77 @@
+"""LLM bundles: genai_config.json and tokenizer beside the KV-cache decoder; onnxruntime-genai generates from them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from edgeq.cli import app  # noqa: E402
+from edgeq.genai import compare_tokens, hf_greedy, prompt_ids  # noqa: E402
+from tests.llm_models import save_lm  # noqa: E402
+
+TEMPLATE = "{% for m in messages %}<|bos|>{{ m['content'] }}{% endfor %}"
+
+
+def test_compare_tokens_reports_agreement_and_first_divergence():
+    c = compare_tokens([[1, 2, 3, 4], [5, 6]], [[1, 2, 9, 4], [5, 6]], 4, 0.8, "x")
+    assert c.identical == 1 and c.first_divergence == 2 and c.agreement == pytest.approx(5 / 6) and c.passed
+    assert not compare_tokens([[1, 2]], [[1]], 2, 0.8, "x").passed  # a sequence that stopped early counts as a miss
+    # a split where the reference's top two logits were (nearly) equal is a tie: compared up to the split only
+    tie = compare_tokens([[1, 2, 3, 4]], [[1, 2, 7, 8]], 4, 1.0, "x", margins=[[5.0, 5.0, 1e-5, 3.0]], tie_atol=1e-3)
+    assert tie.ties == 1 and tie.agreement == 1.0 and tie.passed and tie.first_divergence is None
+    real = compare_tokens([[1, 2, 3, 4]], [[1, 2, 7, 8]], 4, 1.0, "x", margins=[[5.0, 5.0, 0.5, 3.0]], tie_atol=1e-3)
+    assert real.ties == 0 and real.first_divergence == 2 and not real.passed
+
+
+@pytest.mark.slow
+def test_fp32_bundle_generates_with_onnxruntime_genai_like_transformers(runner, tmp_path):
+    og = pytest.importorskip("onnxruntime_genai")
+    folder = save_lm(tmp_path / "qwen", "qwen2", chat_template=TEMPLATE)
+    out = tmp_path / "b"
+    r = runner.invoke(app, ["export", str(folder), "--task", "text-generation", "--quant", "none", "--no-profile", "-o", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    gen = res["generation"]
+    assert gen["runtime"] == "onnxruntime-genai" and gen["identical"] == gen["prompts"] == 3 and gen["new_tokens"] == 32
+    assert gen["first_divergence"] is None and gen["passed"]
+    names = {p.name for p in out.iterdir()}
+    assert {"genai_config.json", "tokenizer.json", "tokenizer_config.json", "model.onnx"} <= names
+    tc = json.loads((out / "tokenizer_config.json").read_text())
+    assert "chat_template" in tc or "chat_template.jinja" in names
+    cfg = json.loads((out / "genai_config.json").read_text())
+    assert cfg["model"]["type"] == "qwen2" and cfg["model"]["decoder"]["inputs"]["past_key_names"] == "past_key_values.%d.key"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "genai_config.json" in manifest["files"] and "tokenizer.json" in manifest["files"]
+    # independently of the export's own check: a new prompt, through the tokenizer shipped in the bundle
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    ids = prompt_ids(out, ["print('hello"], 300)[0]
+    m = og.Model(str(out))
+    params = og.GeneratorParams(m)
+    params.set_search_options(do_sample=False, max_length=len(ids) + 32)
+    g = og.Generator(m, params)
+    g.append_tokens(ids)
+    while not g.is_done():
+        g.generate_next_token()
+    want = hf_greedy(model, [ids], 32)[0]
+    want = want[: want.index(2)] if 2 in want else want  # transformers returns the EOS token, onnxruntime-genai does not
+    assert list(g.get_sequence(0))[len(ids):] == want and len(want) >= 8
+
+
+@pytest.mark.slow
+def test_int4_bundle_reports_greedy_agreement(runner, tmp_path):
+    pytest.importorskip("onnxruntime_genai")
+    folder = save_lm(tmp_path / "llama", "llama")
+    np.savez(tmp_path / "c.npz", input_ids=np.random.default_rng(0).integers(3, 300, (8, 16)).astype(np.int64))
+    out = tmp_path / "b"
+    r = runner.invoke(app, ["export", str(folder), "--task", "text-generation", "--quant", "int4", "--calib", str(tmp_path / "c.npz"),
+                            "--no-profile", "-o", str(out), "--json"])
+    res = json.loads(r.stdout)
+    gen = res["generation"]
+    assert gen["min_agreement"] == 0.5 and 0 < gen["agreement"] <= 1 and gen["prompts"] == 3
+    assert (r.exit_code == 0) == (res["passed"]) and (gen["passed"] or not res["passed"])
+    assert res["lm_quality"]["kl_mean"] > 0
