@@ -645,6 +645,33 @@ def bundle(
 
 @app.command()
 @handle_errors
+def generate(
+    bundle: Annotated[Path, typer.Argument(help="an LLM bundle folder (KV-cache decoder, tokenizer.json, genai_config.json)")],
+    prompt: Annotated[str, typer.Option("--prompt", help="text to continue")],
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 64,
+    temperature: Annotated[float, typer.Option("--temperature", help="0: greedy; > 0 samples")] = 0.0,
+    top_k: Annotated[int, typer.Option("--top-k", help="sample among the k most likely tokens (0: all)")] = 0,
+    top_p: Annotated[float, typer.Option("--top-p", help="sample within this cumulative probability")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    model: Annotated[str, typer.Option("--model", help="run model.onnx or model.ort")] = "onnx",
+    as_json: JsonOpt = False,
+) -> None:
+    """Generate text with an LLM bundle (numpy + onnxruntime + tokenizers, as the bundle's run.py --prompt does), streaming."""
+    from .llmcli import generate_cli
+    from .report import err
+
+    res = generate_cli(bundle, prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                       seed=seed, model=model, stream=not as_json)
+    if as_json:
+        _emit_json(res)
+    else:
+        tps = res["decode_tokens_per_s"]
+        err.print(f"{len(res['tokens'])} tokens (stop: {res['stop']}), time to first token {res['ttft_s'] * 1e3:.1f} ms"
+                  + (f", decode {tps:.1f} tokens/s" if tps else ""))
+
+
+@app.command()
+@handle_errors
 def keygen(
     out: Annotated[Path, typer.Option("-o", "--out", help="private key to write (PEM, mode 0600); the public key goes to OUT.pub")],
     force: ForceOpt = False,

@@ -216,9 +216,12 @@ def _llm_files(source: Artifact, opts: ExportOptions) -> tuple[tuple[tuple[str, 
 
     if opts.lm_folder is None or not is_kv_decoder(source.io):
         return (), []
+    from . import llmgen
     from .genai import bundle_files
 
-    return bundle_files(opts.lm_folder)
+    files, notes = bundle_files(opts.lm_folder)
+    gen = ("generate.py", Path(llmgen.__file__).read_bytes())  # run.py --prompt: numpy + onnxruntime + tokenizers
+    return (*files, gen), notes
 
 
 GREEDY_NEW_TOKENS = 32

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ transformers = pytest.importorskip("transformers")
 
 from edgeq.cli import app  # noqa: E402
 from edgeq.genai import compare_tokens, hf_greedy, prompt_ids  # noqa: E402
+from edgeq.llmgen import choose, printable  # noqa: E402
 from tests.llm_models import save_lm  # noqa: E402
 
 TEMPLATE = "{% for m in messages %}<|bos|>{{ m['content'] }}{% endfor %}"
@@ -26,6 +29,18 @@ def test_compare_tokens_reports_agreement_and_first_divergence():
     assert tie.ties == 1 and tie.agreement == 1.0 and tie.passed and tie.first_divergence is None
     real = compare_tokens([[1, 2, 3, 4]], [[1, 2, 7, 8]], 4, 1.0, "x", margins=[[5.0, 5.0, 0.5, 3.0]], tie_atol=1e-3)
     assert real.ties == 0 and real.first_divergence == 2 and not real.passed
+
+
+def test_choose_greedy_topk_topp_and_seed():
+    logits = np.array([0.0, 3.0, 2.9, -1.0, 1.0])
+    rng = np.random.default_rng(0)
+    assert choose(logits, rng) == 1  # greedy
+    assert {choose(logits, rng, temperature=1.0, top_k=1) for _ in range(20)} == {1}
+    assert {choose(logits, rng, temperature=1.0, top_p=0.3) for _ in range(20)} == {1}
+    assert {choose(logits, rng, temperature=1.0, top_k=2) for _ in range(200)} == {1, 2}
+    a = [choose(logits, np.random.default_rng(7), temperature=2.0) for _ in range(5)]
+    assert a == [choose(logits, np.random.default_rng(7), temperature=2.0) for _ in range(5)]
+    assert printable("a\x07b\n") == "a\\x07b\n"
 
 
 @pytest.mark.slow
@@ -60,6 +75,29 @@ def test_fp32_bundle_generates_with_onnxruntime_genai_like_transformers(runner, 
     want = hf_greedy(model, [ids], 32)[0]
     want = want[: want.index(2)] if 2 in want else want  # transformers returns the EOS token, onnxruntime-genai does not
     assert list(g.get_sequence(0))[len(ids):] == want and len(want) >= 8
+    # the bundle's run.py (isolated child: -I, neutral cwd) and edgeq generate, greedy: the same tokens
+    neutral = tmp_path / "cwd"
+    neutral.mkdir()
+    p = subprocess.run([sys.executable, "-I", str(out / "run.py"), "--prompt", "print('hello", "--max-new-tokens", "32", "--json"],
+                       cwd=neutral, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout)
+    assert got["tokens"] == want[:32] and got["stop"] == ("eos" if len(want) < 32 else "max_new_tokens")
+    assert not (out / "__pycache__").exists()
+    r = runner.invoke(app, ["generate", str(out), "--prompt", "print('hello", "--max-new-tokens", "32", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["tokens"] == want[:32]
+    # sampling: seeded (same seed, same text), stops at --max-new-tokens
+    runs = [json.loads(runner.invoke(app, ["generate", str(out), "--prompt", "the", "--max-new-tokens", "5", "--temperature", "1.5",
+                                           "--top-k", "50", "--top-p", "0.95", "--seed", str(s), "--json"]).stdout)["tokens"] for s in (1, 1, 2)]
+    assert runs[0] == runs[1] and len(runs[0]) <= 5 and runs[0] != runs[2]
+    # streaming: the plain form prints the prompt and then the new text
+    r = runner.invoke(app, ["generate", str(out), "--prompt", "print('hello", "--max-new-tokens", "8"])
+    assert r.exit_code == 0 and r.stdout.startswith("print('hello")
+    # a tampered generate.py is refused before it runs
+    (out / "generate.py").write_text((out / "generate.py").read_text() + "\n# changed\n")
+    p = subprocess.run([sys.executable, "-I", str(out / "run.py"), "--prompt", "x"], cwd=neutral, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "corrupt" in p.stderr
 
 
 @pytest.mark.slow
