@@ -498,6 +498,11 @@ def profile(
             if status is not None:
                 status.update(f"profiling {inp.label} ({i}/{len(inputs)}, {backend.kind}, up to {budget:.0f} s of timed runs)")
             reports.append(measure(inp, tg, backend, opts, reference=reference))
+    from .llmprofile import is_llm_bundle, llm_lines, profile_llm
+
+    for m, r in zip(models, reports):  # KV-cache decoder bundles: TTFT, decode tokens/s by context, peak RSS, KV bytes/token
+        if is_llm_bundle(m):
+            r["llm"] = profile_llm(m, threads=threads)
     if html is not None:
         from .htmlreport import write_html
 
@@ -510,6 +515,9 @@ def profile(
             console.print(t)
         for line in profile_notes(reports):
             console.print(escape(line))
+        for m, r in zip(models, reports):
+            for line in llm_lines(str(m), r["llm"]) if r.get("llm") else ():
+                console.print(escape(line))
         if html is not None:
             console.print(f"wrote {html}")
     failed = [f for r in reports for f in ((r.get("numerics") or {}).get("vs_reference") or {}).get("failures", [])]
