@@ -114,9 +114,12 @@ def test_int4_bundle_reports_greedy_agreement(runner, tmp_path):
     assert (r.exit_code == 0) == (res["passed"]) and (gen["passed"] or not res["passed"])
     assert res["lm_quality"]["kl_mean"] > 0
     # LLM profile of the bundle (child interpreter): TTFT, decode tokens/s by context, peak RSS, KV bytes per token
-    r = runner.invoke(app, ["profile", str(out), "--json", "--budget", "0.2"])
+    html = tmp_path / "p.html"
+    r = runner.invoke(app, ["profile", str(out), "--json", "--budget", "0.2", "--html", str(html)])
     assert r.exit_code == 0, r.output
     llm = json.loads(r.stdout)["results"][0]["llm"]
+    page = html.read_text()
+    assert 'id="llm-decode-0"' in page and "32 tokens of context" in page and "64 tokens of context" in page
     assert llm["kv_bytes_per_token"] == 2 * 2 * 2 * 8 * 4  # 2 (k, v) x layers x kv heads x head dim x fp32
     assert llm["ttft_ms"] > 0 and llm["prompt_tokens"] == 127 and llm["context_length"] == 128
     assert [d["context"] for d in llm["decode"]] == [32, 64] and all(d["decode_tokens_per_s"] > 0 for d in llm["decode"])

@@ -193,7 +193,7 @@ def main() -> int:
     print(f"{folder.name}: {len(ids)} held-out windows, {rows[0]['positions']} positions; fp32 PyTorch perplexity "
           f"{rows[0]['perplexity_fp32']:.4f}; runtime onnxruntime-genai on this host; decode over {a.steps} steps.\n")
     cols = [f"{'all' if t == 0 else t} thr: TTFT@{contexts[0]} ms / tok/s@" + "/".join(map(str, contexts)) for t in threads]
-    print("| model | file | perplexity | mean KL | same top | " + " | ".join(cols) + " | peak RSS |")
+    print("| model | file | perplexity | mean KL | same top | " + " | ".join(cols) + " | peak RSS (child, incl. logits) |")
     print("|---|---:|---:|---:|---:|" + "---:|" * len(cols) + "---:|")
     for r in rows:
         cells = []
