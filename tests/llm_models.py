@@ -16,7 +16,7 @@ KINDS = ("llama", "qwen2", "phi3", "gemma", "gemma2", "gemma3")
 BOS, EOS = "<|bos|>", "<|eos|>"
 
 
-def make_lm(kind: str, seed: int = 0):
+def make_lm(kind: str, seed: int = 0, **config):
     import torch
     import transformers as tf
 
@@ -29,7 +29,7 @@ def make_lm(kind: str, seed: int = 0):
         "phi3": (tf.Phi3Config, tf.Phi3ForCausalLM), "gemma": (tf.GemmaConfig, tf.GemmaForCausalLM),
         "gemma2": (tf.Gemma2Config, tf.Gemma2ForCausalLM), "gemma3": (tf.Gemma3TextConfig, tf.Gemma3ForCausalLM),
     }[kind]
-    cfg = cls[0](**COMMON, **extra, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    cfg = cls[0](**COMMON, **extra, **config, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     cfg._attn_implementation = "eager"
     model = cls[1](cfg).eval()
     with torch.no_grad():

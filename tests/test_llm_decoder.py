@@ -48,6 +48,31 @@ def test_decoder_matches_transformers_with_and_without_cache(kind, tmp_path):
     assert np.abs(sess.run(["logits"], step)[0][0, 0] - ref[0, 19]).max() > 1e-2
 
 
+@pytest.mark.parametrize("kind, rope", [
+    ("llama", {"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
+    ("gemma3", {"rope_type": "linear", "factor": 8.0}),  # transformers applies it to the full-attention layers only
+])
+def test_rope_scaling_matches_transformers(kind, rope, tmp_path):
+    model = make_lm(kind, rope_scaling=rope)
+    plain = D.arch_from_config(make_lm(kind).config)
+    arch = D.arch_from_config(model.config)
+    assert arch.inv_freq != plain.inv_freq  # the scaling changed the frequencies
+    art, check, _ = D.export_hf_decoder(model, tmp_path / "m.onnx", load_target("cpu-x86_64"))
+    sess = ort.InferenceSession(str(art.path), providers=["CPUExecutionProvider"])
+    ids = np.random.default_rng(2).integers(0, 300, (1, 40), dtype=np.int64)  # past the original 16 positions
+    with torch.no_grad():
+        ref = model(input_ids=torch.from_numpy(ids), use_cache=False).logits.numpy()
+    assert np.abs(D.decode_with_cache(sess, ids, 30) - ref).max() < 1e-3
+
+
+def test_unknown_rope_scaling_is_refused():
+    cfg = make_lm("llama").config
+    cfg.rope_parameters = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0}
+    with pytest.raises(ModelError) as e:
+        D.arch_from_config(cfg)
+    assert "yarn" in e.value.message
+
+
 def test_padding_in_the_attention_mask_is_honoured(tmp_path):
     model = make_lm("qwen2")
     art, _, _ = D.export_hf_decoder(model, tmp_path / "m.onnx", load_target("cpu-x86_64"))

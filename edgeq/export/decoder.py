@@ -54,9 +54,8 @@ class DecoderArch:
     head_dim: int
     vocab: int
     eps: float
-    rope_theta: float
-    rope_local_theta: float | None = None  # gemma3: sliding layers use another base
-    rope_factor: float = 1.0  # "linear" rope scaling
+    inv_freq: tuple[float, ...]  # rotary frequencies (rope scaling applied)
+    inv_freq_local: tuple[float, ...] | None = None  # gemma3: sliding layers use another base
     rotary_dim: int = 0  # 0 = head_dim
     qkv_bias: bool = False
     act: str = "silu"  # silu | gelu_tanh
@@ -85,6 +84,27 @@ def _get(cfg: Any, name: str, default: Any = None) -> Any:
     return default if v is None else v
 
 
+def _inv_freq(p: dict[str, Any], rot: int, mt: str) -> tuple[float, ...]:
+    """Rotary frequencies as transformers computes them for rope types default, linear and llama3."""
+    theta = float(p.get("rope_theta") or 10000.0)
+    inv = 1.0 / theta ** (np.arange(0, rot, 2, dtype=np.float64) / rot)
+    kind = p.get("rope_type", p.get("type")) or "default"
+    if kind == "linear":
+        inv = inv / float(p.get("factor", 1.0))
+    elif kind == "llama3":
+        factor, lo, hi = float(p["factor"]), float(p.get("low_freq_factor", 1.0)), float(p.get("high_freq_factor", 4.0))
+        old = float(p["original_max_position_embeddings"])
+        wavelen = 2 * math.pi / inv
+        scaled = np.where(wavelen > old / lo, inv / factor, inv)
+        smooth = (old / wavelen - lo) / (hi - lo)
+        medium = (wavelen >= old / hi) & (wavelen <= old / lo)
+        inv = np.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
+    elif kind != "default":
+        raise ModelError(f"KV-cache export does not support rope scaling '{kind}' ({mt})",
+                         "supported: default, linear, llama3; pass --exporter torchscript for a full-sequence graph")
+    return tuple(float(x) for x in inv)
+
+
 def arch_from_config(cfg: Any) -> DecoderArch:
     """The builder's description of a transformers config; refuses what the builder does not write."""
     mt = str(_get(cfg, "model_type", "?"))
@@ -100,24 +120,27 @@ def arch_from_config(cfg: Any) -> DecoderArch:
     kv = int(_get(cfg, "num_key_value_heads", heads))
     head_dim = int(_get(cfg, "head_dim", hidden // heads))
     layers = int(_get(cfg, "num_hidden_layers"))
-    theta = float(_get(cfg, "rope_theta", 10000.0))
-    rope_params = _get(cfg, "rope_parameters", None)  # transformers >= 5 keeps theta here
-    if isinstance(rope_params, dict) and "rope_theta" in rope_params and mt != "gemma3_text":
-        theta = float(rope_params["rope_theta"])
-    factor = 1.0
-    scaling = _get(cfg, "rope_scaling", None)
-    if isinstance(rope_params, dict) and mt != "gemma3_text" and scaling is None:
-        scaling = rope_params
-    if isinstance(scaling, dict):
-        kind = scaling.get("rope_type", scaling.get("type", "default"))
-        if kind == "linear":
-            factor = float(scaling.get("factor", 1.0))
-        elif kind != "default":
-            raise ModelError(f"KV-cache export does not support rope scaling '{kind}' ({mt})", "use a model without rope_scaling, or the full-sequence export")
     rot = 0
     prf = float(_get(cfg, "partial_rotary_factor", 1.0))
     if prf != 1.0:
         rot = int(head_dim * prf)
+    # rope: transformers >= 5 keeps it in rope_parameters (per attention kind for gemma3), older configs
+    # in rope_theta + rope_scaling (+ rope_local_base_freq)
+    theta = float(_get(cfg, "rope_theta", 10000.0))
+    params = _get(cfg, "rope_parameters", None)
+    scaling = _get(cfg, "rope_scaling", None)
+    local = None
+    if isinstance(params, dict) and "full_attention" in params:
+        glob, local = dict(params["full_attention"]), dict(params.get("sliding_attention") or {})
+    elif isinstance(params, dict):
+        glob = dict(params)
+    else:
+        glob = dict(scaling or {}, rope_theta=theta)
+    if mt == "gemma3_text" and local is None:
+        local = {"rope_type": "default", "rope_theta": _get(cfg, "rope_local_base_freq", 10000.0)}
+    glob.setdefault("rope_theta", theta)
+    inv = _inv_freq(glob, rot or head_dim, mt)
+    inv_local = _inv_freq(local, rot or head_dim, mt) if local is not None else None
     act = str(_get(cfg, "hidden_act", _get(cfg, "hidden_activation", "silu")))
     if mt.startswith("gemma"):
         act = str(_get(cfg, "hidden_activation", act))
@@ -132,11 +155,6 @@ def arch_from_config(cfg: Any) -> DecoderArch:
         kw.update(attn_softcap=_get(cfg, "attn_logit_softcapping", None), final_softcap=_get(cfg, "final_logit_softcapping", None))
     if mt == "gemma3_text":
         kw.update(qk_norm=True)
-        local = _get(cfg, "rope_local_base_freq", None)
-        if isinstance(rope_params, dict) and "sliding_attention" in rope_params:
-            local = rope_params["sliding_attention"].get("rope_theta", local)
-            theta = float(rope_params.get("full_attention", {}).get("rope_theta", theta))
-        kw.update(rope_local_theta=float(local) if local else None)
     window = _get(cfg, "sliding_window", None)
     types = _get(cfg, "layer_types", None)
     if types:
@@ -154,7 +172,7 @@ def arch_from_config(cfg: Any) -> DecoderArch:
         window = None
     return DecoderArch(
         model_type=mt, layers=layers, hidden=hidden, heads=heads, kv_heads=kv, head_dim=head_dim,
-        vocab=int(_get(cfg, "vocab_size")), eps=float(_get(cfg, "rms_norm_eps", 1e-6)), rope_theta=theta, rope_factor=factor,
+        vocab=int(_get(cfg, "vocab_size")), eps=float(_get(cfg, "rms_norm_eps", 1e-6)), inv_freq=inv, inv_freq_local=inv_local,
         rotary_dim=rot, qkv_bias=mt == "qwen2" or bool(_get(cfg, "attention_bias", False)), act=acts[act],
         sliding=sliding, window=int(window) if window else None, tied=bool(_get(cfg, "tie_word_embeddings", False)),
         bos=_get(cfg, "bos_token_id", None), eos=_get(cfg, "eos_token_id", None), pad=_get(cfg, "pad_token_id", None),
@@ -279,15 +297,14 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path) -> Path:
     # --- rotary tables [B, 1, 1, S, rot/2] (cos, sin) per base
     posf = g.op("Unsqueeze", [g.op("Cast", [pos], to=TensorProto.FLOAT), g.const(np.array([-1], np.int64))])  # [B,S,1]
 
-    def rope_tables(theta: float) -> tuple[str, str]:
-        inv = 1.0 / (theta ** (np.arange(0, rot, 2, dtype=np.float64) / rot)) / arch.rope_factor
-        fr = g.op("Mul", [posf, g.const(inv.astype(np.float32), "inv_freq")])  # [B,S,rot/2]
+    def rope_tables(inv: tuple[float, ...]) -> tuple[str, str]:
+        fr = g.op("Mul", [posf, g.const(np.asarray(inv, np.float32), "inv_freq")])  # [B,S,rot/2]
         fr = g.op("Unsqueeze", [fr, g.const(np.array([1, 2], np.int64))])  # [B,1,1,S,rot/2]
         return g.op("Cos", [fr], hint="rope_cos"), g.op("Sin", [fr], hint="rope_sin")
 
-    tables = {arch.rope_theta: rope_tables(arch.rope_theta)}
-    if arch.rope_local_theta and arch.rope_local_theta != arch.rope_theta:
-        tables[arch.rope_local_theta] = rope_tables(arch.rope_local_theta)
+    tables = {"global": rope_tables(arch.inv_freq)}
+    if arch.inv_freq_local is not None:
+        tables["local"] = rope_tables(arch.inv_freq_local)
 
     def rope(x: str, cs: tuple[str, str]) -> str:
         """Rotate-half rotary on the first ``rot`` dims of x [B, G, R, S, hd]."""
@@ -345,7 +362,7 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path) -> Path:
             q = rmsnorm(q, w[f"{i}.q_norm"], f"{pre}.attn.q_norm")
             k = rmsnorm(k, w[f"{i}.k_norm"], f"{pre}.attn.k_norm")
         sliding = bool(arch.sliding and arch.sliding[i])
-        cs = tables[arch.rope_local_theta if sliding and arch.rope_local_theta else arch.rope_theta]
+        cs = tables["local" if sliding and "local" in tables else "global"]
         q = rope(q, cs)
         cs4 = tuple(g.op("Squeeze", [t, g.const(np.array([1], np.int64))]) for t in cs)  # [B,1,S,rot/2]
         k = rope(k, cs4)
