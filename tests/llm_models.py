@@ -29,7 +29,7 @@ def make_lm(kind: str, seed: int = 0, **config):
         "phi3": (tf.Phi3Config, tf.Phi3ForCausalLM), "gemma": (tf.GemmaConfig, tf.GemmaForCausalLM),
         "gemma2": (tf.Gemma2Config, tf.Gemma2ForCausalLM), "gemma3": (tf.Gemma3TextConfig, tf.Gemma3ForCausalLM),
     }[kind]
-    cfg = cls[0](**COMMON, **extra, **config, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    cfg = cls[0](**{**COMMON, **extra, **config}, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     cfg._attn_implementation = "eager"
     model = cls[1](cfg).eval()
     with torch.no_grad():
@@ -53,10 +53,10 @@ def train_tokenizer(vocab_size: int = 300):
     return tok
 
 
-def save_lm(folder: Path, kind: str = "llama", *, tokenizer: bool = True, chat_template: str | None = None) -> Path:
+def save_lm(folder: Path, kind: str = "llama", *, tokenizer: bool = True, chat_template: str | None = None, **config) -> Path:
     """A save_pretrained folder of a tiny ``kind`` model, with a tokenizer whose ids fit its vocabulary."""
     folder = Path(folder)
-    model = make_lm(kind)
+    model = make_lm(kind, **config)
     model.save_pretrained(folder, safe_serialization=True)
     if tokenizer:
         from transformers import PreTrainedTokenizerFast

@@ -103,7 +103,7 @@ def test_fp32_bundle_generates_with_onnxruntime_genai_like_transformers(runner, 
 @pytest.mark.slow
 def test_int4_bundle_reports_greedy_agreement(runner, tmp_path):
     pytest.importorskip("onnxruntime_genai")
-    folder = save_lm(tmp_path / "llama", "llama")
+    folder = save_lm(tmp_path / "llama", "llama", hidden_size=64)  # head size 16: fused GroupQueryAttention
     np.savez(tmp_path / "c.npz", input_ids=np.random.default_rng(0).integers(3, 300, (8, 16)).astype(np.int64))
     out = tmp_path / "b"
     r = runner.invoke(app, ["export", str(folder), "--task", "text-generation", "--quant", "int4", "--calib", str(tmp_path / "c.npz"),
@@ -113,6 +113,7 @@ def test_int4_bundle_reports_greedy_agreement(runner, tmp_path):
     assert gen["min_agreement"] == 0.0 and 0 < gen["agreement"] <= 1 and gen["prompts"] == 3 and gen["passed"]
     assert (r.exit_code == 0) == res["passed"]
     assert res["lm_quality"]["kl_mean"] > 0
+    assert any("GroupQueryAttention" in n for n in res["notes"])
     # LLM profile of the bundle (child interpreter): TTFT, decode tokens/s by context, peak RSS, KV bytes per token
     html = tmp_path / "p.html"
     r = runner.invoke(app, ["profile", str(out), "--json", "--budget", "0.2", "--html", str(html)])
@@ -120,7 +121,7 @@ def test_int4_bundle_reports_greedy_agreement(runner, tmp_path):
     llm = json.loads(r.stdout)["results"][0]["llm"]
     page = html.read_text()
     assert 'id="llm-decode-0"' in page and "32 tokens of context" in page and "64 tokens of context" in page
-    assert llm["kv_bytes_per_token"] == 2 * 2 * 2 * 8 * 4  # 2 (k, v) x layers x kv heads x head dim x fp32
+    assert llm["kv_bytes_per_token"] == 2 * 2 * 2 * 16 * 4  # 2 (k, v) x layers x kv heads x head dim x fp32
     assert llm["ttft_ms"] > 0 and llm["prompt_tokens"] == 127 and llm["context_length"] == 128
     assert [d["context"] for d in llm["decode"]] == [32, 64] and all(d["decode_tokens_per_s"] > 0 for d in llm["decode"])
     assert 20 << 20 < llm["peak_rss_bytes"] < 2 << 30

@@ -73,6 +73,25 @@ def test_unknown_rope_scaling_is_refused():
     assert "yarn" in e.value.message
 
 
+@pytest.mark.parametrize("kind", ["llama", "gemma2", "gemma3"])  # gemma2/3: soft-capping, sliding window, q/k norms
+def test_fused_group_query_attention_matches_transformers(kind, tmp_path):
+    model = make_lm(kind, hidden_size=64, head_dim=16)  # onnxruntime's CPU kernel: head size a multiple of 16
+    art, check, arch = D.export_hf_decoder(model, tmp_path / "m.onnx", load_target("cpu-x86_64"))
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(art.path)).graph.node]
+    assert ops.count("GroupQueryAttention") == 2 and "Softmax" not in ops
+    assert any("GroupQueryAttention" in n for n in check.exporter_notes)
+    sess = ort.InferenceSession(str(art.path), providers=["CPUExecutionProvider"])
+    ids = np.random.default_rng(4).integers(0, 300, (1, 20), dtype=np.int64)
+    with torch.no_grad():
+        ref = model(input_ids=torch.from_numpy(ids), use_cache=False).logits.numpy()
+    assert np.abs(D.decode_with_cache(sess, ids, 5) - ref).max() < 1e-3
+    # a target whose provider lacks the kernel gets plain ops
+    art2, check2, _ = D.export_hf_decoder(model, tmp_path / "p.onnx", load_target("openvino-cpu"))
+    assert "GroupQueryAttention" not in [n.op_type for n in onnx.load(str(art2.path)).graph.node]
+
+
 def test_padding_in_the_attention_mask_is_honoured(tmp_path):
     model = make_lm("qwen2")
     art, _, _ = D.export_hf_decoder(model, tmp_path / "m.onnx", load_target("cpu-x86_64"))

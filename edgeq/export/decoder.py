@@ -264,8 +264,27 @@ def _weights(state: dict[str, Any], arch: DecoderArch) -> dict[str, np.ndarray]:
     return w
 
 
-def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path) -> Path:
-    """Write the KV-cache decoder ONNX for ``arch`` with the weights in ``state`` (a state dict)."""
+# providers with a GroupQueryAttention kernel; elsewhere (QNN, OpenVINO, CoreML, NNAPI...) plain ops
+FUSED_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider", "DmlExecutionProvider", "WebGpuExecutionProvider")
+
+
+def fused_attention_fits(arch: DecoderArch, target: Any) -> tuple[bool, str]:
+    """(use GroupQueryAttention, why): the target's first provider has it and the head size suits its CPU kernel."""
+    first = target.providers[0].name if target.providers else "?"
+    if first not in FUSED_PROVIDERS:
+        return False, f"plain attention ops: {first} has no GroupQueryAttention kernel"
+    if arch.head_dim % 16:
+        return False, f"plain attention ops: head size {arch.head_dim} is not a multiple of 16 (onnxruntime's GroupQueryAttention)"
+    return True, f"attention fused as com.microsoft.GroupQueryAttention ({first}); rotary as plain ops from position_ids; right padding only"
+
+
+def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused: bool = False) -> Path:
+    """Write the KV-cache decoder ONNX for ``arch`` with the weights in ``state`` (a state dict).
+
+    ``fused``: attention (with the cache concatenation, causal mask, soft-cap and sliding window) as
+    onnxruntime's ``com.microsoft.GroupQueryAttention``; rotary stays plain ops before it (it reads
+    ``position_ids``). The mask then follows GroupQueryAttention's rules: right padding only.
+    """
     import onnx
     from onnx import TensorProto, helper
 
@@ -299,7 +318,8 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path) -> Path:
 
     def rope_tables(inv: tuple[float, ...]) -> tuple[str, str]:
         fr = g.op("Mul", [posf, g.const(np.asarray(inv, np.float32), "inv_freq")])  # [B,S,rot/2]
-        fr = g.op("Unsqueeze", [fr, g.const(np.array([1, 2], np.int64))])  # [B,1,1,S,rot/2]
+        # plain attention: [B,1,1,S,rot/2] (q as [B,kv,rep,S,hd]); fused: [B,S,1,rot/2] (q as [B,S,heads,hd])
+        fr = g.op("Unsqueeze", [fr, g.const(np.array([2] if fused else [1, 2], np.int64))])
         return g.op("Cos", [fr], hint="rope_cos"), g.op("Sin", [fr], hint="rope_sin")
 
     tables = {"global": rope_tables(arch.inv_freq)}
@@ -333,6 +353,10 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path) -> Path:
         c = g.const(np.float32(cap))
         return g.op("Mul", [g.op("Tanh", [g.op("Div", [x, c])]), c])
 
+    if fused:
+        seqlens = g.op("Cast", [g.op("Sub", [g.op("ReduceSum", [mask, g.const(np.array([1], np.int64))], keepdims=0), one])],
+                       to=TensorProto.INT32, hint="seqlens_k")
+        total32 = g.op("Cast", [t_len], to=TensorProto.INT32, hint="total_sequence_length")
     x = g.op("Gather", [g.init("embed_tokens.weight", w["embed"].astype(np.float32)), ids], hint="embed")
     if arch.embed_scale != 1.0:
         x = g.op("Mul", [x, g.const(np.float32(arch.embed_scale))])
@@ -354,33 +378,50 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path) -> Path:
         q = linear(h, w[f"{i}.q"], f"{pre}.attn.q_proj", w.get(f"{i}.q.bias"))
         k = linear(h, w[f"{i}.k"], f"{pre}.attn.k_proj", w.get(f"{i}.k.bias"))
         v = linear(h, w[f"{i}.v"], f"{pre}.attn.v_proj", w.get(f"{i}.v.bias"))
-        # q -> [B, kv, rep, S, hd]; k, v -> [B, kv, S, hd]
-        q = g.op("Transpose", [g.op("Reshape", [q, g.const(np.array([0, 0, nkv, rep, hd], np.int64))])], perm=[0, 2, 3, 1, 4])
-        k = g.op("Transpose", [g.op("Reshape", [k, g.const(np.array([0, 0, nkv, hd], np.int64))])], perm=[0, 2, 1, 3])
-        v = g.op("Transpose", [g.op("Reshape", [v, g.const(np.array([0, 0, nkv, hd], np.int64))])], perm=[0, 2, 1, 3])
-        if arch.qk_norm:
-            q = rmsnorm(q, w[f"{i}.q_norm"], f"{pre}.attn.q_norm")
-            k = rmsnorm(k, w[f"{i}.k_norm"], f"{pre}.attn.k_norm")
         sliding = bool(arch.sliding and arch.sliding[i])
         cs = tables["local" if sliding and "local" in tables else "global"]
-        q = rope(q, cs)
-        cs4 = tuple(g.op("Squeeze", [t, g.const(np.array([1], np.int64))]) for t in cs)  # [B,1,S,rot/2]
-        k = rope(k, cs4)
-        k_all = g.op("Concat", [pk, k], axis=2)
-        v_all = g.op("Concat", [pv, v], axis=2)
-        g.nodes.append(helper.make_node("Identity", [k_all], [ok], name=f"{ok}_out"))
-        g.nodes.append(helper.make_node("Identity", [v_all], [ov], name=f"{ov}_out"))
-        k5 = g.op("Unsqueeze", [k_all, g.const(np.array([2], np.int64))])  # [B,kv,1,T,hd]
-        v5 = g.op("Unsqueeze", [v_all, g.const(np.array([2], np.int64))])
-        scores = g.op("MatMul", [q, g.op("Transpose", [k5], perm=[0, 1, 2, 4, 3])])  # [B,kv,rep,S,T]
-        scores = g.op("Mul", [scores, g.const(np.float32(scale))])
-        if arch.attn_softcap:
-            scores = softcap(scores, float(arch.attn_softcap))
-        scores = g.op("Add", [scores, bias_slide if sliding else bias_full])
-        probs = g.op("Softmax", [scores], axis=-1)
-        ctx = g.op("MatMul", [probs, v5])  # [B,kv,rep,S,hd]
-        ctx = g.op("Reshape", [g.op("Transpose", [ctx], perm=[0, 3, 1, 2, 4]), g.const(np.array([0, 0, nh * hd], np.int64))])
-        attn = linear(ctx, w[f"{i}.o"], f"{pre}.attn.o_proj")
+        if fused:
+            q = g.op("Reshape", [q, g.const(np.array([0, 0, nh, hd], np.int64))])
+            k = g.op("Reshape", [k, g.const(np.array([0, 0, nkv, hd], np.int64))])
+            if arch.qk_norm:
+                q = rmsnorm(q, w[f"{i}.q_norm"], f"{pre}.attn.q_norm")
+                k = rmsnorm(k, w[f"{i}.k_norm"], f"{pre}.attn.k_norm")
+            q = g.op("Reshape", [rope(q, cs), g.const(np.array([0, 0, nh * hd], np.int64))])
+            k = g.op("Reshape", [rope(k, cs), g.const(np.array([0, 0, nkv * hd], np.int64))])
+            attrs: dict[str, Any] = {"num_heads": nh, "kv_num_heads": nkv, "scale": float(scale), "do_rotary": 0}
+            if arch.attn_softcap:
+                attrs["softcap"] = float(arch.attn_softcap)
+            if sliding and arch.window:
+                attrs["local_window_size"] = int(arch.window)
+            g.nodes.append(helper.make_node("GroupQueryAttention", [q, k, v, pk, pv, seqlens, total32], [f"{pre}.attn.out", ok, ov],
+                                            name=f"{pre}.attn.GroupQueryAttention", domain="com.microsoft", **attrs))
+            attn = linear(f"{pre}.attn.out", w[f"{i}.o"], f"{pre}.attn.o_proj")
+        else:
+            # q -> [B, kv, rep, S, hd]; k, v -> [B, kv, S, hd]
+            q = g.op("Transpose", [g.op("Reshape", [q, g.const(np.array([0, 0, nkv, rep, hd], np.int64))])], perm=[0, 2, 3, 1, 4])
+            k = g.op("Transpose", [g.op("Reshape", [k, g.const(np.array([0, 0, nkv, hd], np.int64))])], perm=[0, 2, 1, 3])
+            v = g.op("Transpose", [g.op("Reshape", [v, g.const(np.array([0, 0, nkv, hd], np.int64))])], perm=[0, 2, 1, 3])
+            if arch.qk_norm:
+                q = rmsnorm(q, w[f"{i}.q_norm"], f"{pre}.attn.q_norm")
+                k = rmsnorm(k, w[f"{i}.k_norm"], f"{pre}.attn.k_norm")
+            q = rope(q, cs)
+            cs4 = tuple(g.op("Squeeze", [t, g.const(np.array([1], np.int64))]) for t in cs)  # [B,1,S,rot/2]
+            k = rope(k, cs4)
+            k_all = g.op("Concat", [pk, k], axis=2)
+            v_all = g.op("Concat", [pv, v], axis=2)
+            g.nodes.append(helper.make_node("Identity", [k_all], [ok], name=f"{ok}_out"))
+            g.nodes.append(helper.make_node("Identity", [v_all], [ov], name=f"{ov}_out"))
+            k5 = g.op("Unsqueeze", [k_all, g.const(np.array([2], np.int64))])  # [B,kv,1,T,hd]
+            v5 = g.op("Unsqueeze", [v_all, g.const(np.array([2], np.int64))])
+            scores = g.op("MatMul", [q, g.op("Transpose", [k5], perm=[0, 1, 2, 4, 3])])  # [B,kv,rep,S,T]
+            scores = g.op("Mul", [scores, g.const(np.float32(scale))])
+            if arch.attn_softcap:
+                scores = softcap(scores, float(arch.attn_softcap))
+            scores = g.op("Add", [scores, bias_slide if sliding else bias_full])
+            probs = g.op("Softmax", [scores], axis=-1)
+            ctx = g.op("MatMul", [probs, v5])  # [B,kv,rep,S,hd]
+            ctx = g.op("Reshape", [g.op("Transpose", [ctx], perm=[0, 3, 1, 2, 4]), g.const(np.array([0, 0, nh * hd], np.int64))])
+            attn = linear(ctx, w[f"{i}.o"], f"{pre}.attn.o_proj")
         if arch.post_norms:
             attn = rmsnorm(attn, w[f"{i}.ln2"], f"{pre}.post_attention_layernorm")
             x = g.op("Add", [x, attn], hint=f"{pre}.residual1")
@@ -406,7 +447,8 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path) -> Path:
         logits = softcap(logits, float(arch.final_softcap))
     g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits_out"))
     graph = helper.make_graph(g.nodes, "edgeq_decoder", inputs, outputs, initializer=g.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="edgeq")
+    opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid("com.microsoft", 1)] if fused else [])
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="edgeq")
     model.ir_version = 8
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -504,7 +546,8 @@ def export_hf_decoder(model: Any, out: Path, target: Any, provenance: tuple[str,
     from .torch import ExportCheck, OutputError
 
     arch = arch_from_config(model.config)
-    build_decoder(arch, model.state_dict(), out)
+    fused, why = fused_attention_fits(arch, target)
+    build_decoder(arch, model.state_dict(), out, fused=fused)
     tol = target.tolerances
     rows = check_decoder(model, out, arch.vocab, tol.export_atol, tol.export_rtol)
     outs = tuple(OutputError(name=f"logits ({label})", shape=(2, 12, arch.vocab), max_abs=a, max_rel=r, passed=ok) for label, a, r, ok in rows)
@@ -512,7 +555,7 @@ def export_hf_decoder(model: Any, out: Path, target: Any, provenance: tuple[str,
         exporter=BUILDER, fallback_reason=None, opset=OPSET, inputs_checked=tuple(r[0] for r in rows), outputs=outs,
         atol=tol.export_atol, rtol=tol.export_rtol, external_data=False,
         exporter_notes=(f"KV-cache decoder ({arch.model_type}, {arch.layers} layers, {arch.kv_heads} kv heads x {arch.head_dim}): "
-                        f"past_key_values.N.key/value in, present.N.key/value out; {arch.kv_bytes_per_token()} KV bytes per token (fp32)",),
+                        f"past_key_values.N.key/value in, present.N.key/value out; {arch.kv_bytes_per_token()} KV bytes per token (fp32)", why),
     )
     if not check.passed:
         bad = "; ".join(f"{o.name} max abs {o.max_abs:.3g}" for o in outs if not o.passed)
@@ -521,5 +564,5 @@ def export_hf_decoder(model: Any, out: Path, target: Any, provenance: tuple[str,
     art = artifact_from(out)
     worst = max(o.max_abs for o in outs)
     art = Artifact(path=art.path, io=art.io, opset=art.opset, provenance=provenance + (
-        f"export({BUILDER}, {arch.model_type}, opset={OPSET})", f"export-check(max_abs={worst:.3g}, outputs=1, passed)"))
+        f"export({BUILDER}, {arch.model_type}, {'GroupQueryAttention' if fused else 'plain attention'}, opset={OPSET})", f"export-check(max_abs={worst:.3g}, outputs=1, passed)"))
     return art, check, arch
