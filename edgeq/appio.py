@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,11 +125,7 @@ def _output_spec(where: str, d: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_io_spec(path: Path | None, io: IoSpec) -> dict[str, dict[str, dict[str, Any]]]:
-    """Parse and check ``--preprocess``: {"inputs": {name: spec}, "outputs": {name: spec}}."""
-    if path is None:
-        return {"inputs": {}, "outputs": {}}
-    path = Path(path)
+def _read_spec(path: Path) -> tuple[str, dict[str, Any]]:
     where = f"pre/post-processing file {path.name}"
     if not path.is_file():
         raise BundleError(f"{where} not found", "check the --preprocess path")
@@ -141,11 +138,34 @@ def load_io_spec(path: Path | None, io: IoSpec) -> dict[str, dict[str, dict[str,
     unknown = sorted(set(data) - {"inputs", "outputs"})
     if unknown:
         raise _bad(where, f"unknown table(s) {', '.join(unknown)} (use [inputs.NAME] and [outputs.NAME])")
+    for kind in ("inputs", "outputs"):
+        if not isinstance(data.get(kind, {}), dict):
+            raise _bad(where, f"[{kind}] must be a table of tables")
+    return where, data
+
+
+def check_io_names(path: Path, inputs: Sequence[str], outputs: Sequence[str], *, hint: str) -> None:
+    """Before an export: every [inputs.NAME]/[outputs.NAME] must name what the export will produce."""
+    where, data = _read_spec(Path(path))
+    for kind, names in (("inputs", list(inputs)), ("outputs", list(outputs))):
+        for name in data.get(kind, {}):
+            if name not in names:
+                shown = str(name)[:80].encode("unicode_escape").decode()
+                raise BundleError(
+                    f"{where}: [{kind}.{shown}] names no {kind[:-1]} of the export "
+                    f"(it will have inputs {', '.join(inputs) or '(none)'}; outputs {', '.join(outputs) or '(none)'})",
+                    hint,
+                )
+
+
+def load_io_spec(path: Path | None, io: IoSpec) -> dict[str, dict[str, dict[str, Any]]]:
+    """Parse and check ``--preprocess``: {"inputs": {name: spec}, "outputs": {name: spec}}."""
+    if path is None:
+        return {"inputs": {}, "outputs": {}}
+    where, data = _read_spec(Path(path))
     res: dict[str, dict[str, dict[str, Any]]] = {"inputs": {}, "outputs": {}}
     for kind, names, parse in (("inputs", io.input_names, input_spec), ("outputs", io.output_names, _output_spec)):
         table = data.get(kind, {})
-        if not isinstance(table, dict):
-            raise _bad(where, f"[{kind}] must be a table of tables")
         for name, spec in table.items():
             if name not in names:
                 raise _bad(where, f"the model has no {kind[:-1]} named '{name}' (it has {', '.join(names)})")

@@ -26,6 +26,8 @@ class TensorSpec:
 class IoSpec:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    # height, width the model file declares (metadata_props "imgsz"): sizes dynamic image axes edgeq must fill
+    imgsz: tuple[int, int] | None = field(default=None, compare=False)
 
     def input(self, name: str) -> TensorSpec:
         for t in self.inputs:

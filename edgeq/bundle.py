@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from . import child
 from . import runner as runner_mod
 from .artifact import Artifact
 from .archive import ExtractLimits, archive_format, archive_path, safe_extract, write_archive
@@ -128,7 +128,7 @@ if os.environ.get("EDGEQ_ORT_CHILD") != "1" and sys.platform.startswith("linux")
         libc = ctypes.CDLL(None, use_errno=True)
         cur = libc.personality(0xFFFFFFFF)
         if cur != -1 and not cur & ADDR_NO_RANDOMIZE and libc.personality(cur | ADDR_NO_RANDOMIZE) != -1:
-            os.execv(sys.executable, [sys.executable, "-c", CODE] + sys.argv[1:])
+            os.execv(sys.executable, [sys.executable, "-I", "-c", CODE] + sys.argv[1:])
     except OSError:
         pass
 import onnxruntime as ort
@@ -145,12 +145,11 @@ ort.InferenceSession(sys.argv[1], sess_options=so, providers=["CPUExecutionProvi
 
 def _convert_to_ort(model: Path, ort_path: Path, level: str) -> None:
     code = "CODE = " + repr(_ORT_CHILD) + "\n" + _ORT_CHILD
-    # relative names and a fixed environment: the child's memory layout must not depend on the output path
+    # relative names and a fixed environment: the child's memory layout must not depend on the output path;
+    # isolated (-I): the working directory is edgeq's own staging folder, which holds only the model
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "LD_LIBRARY_PATH", "SYSTEMROOT", "HOME")}
-    env["PYTHONHASHSEED"] = "0"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-    proc = subprocess.run(
-        [sys.executable, "-c", code, model.name, ort_path.name, level],
+    proc = child.run(
+        child.python_argv(sys.executable, ["-c", code, model.name, ort_path.name, level]),
         cwd=model.parent, env=env, capture_output=True, text=True, timeout=3600,
     )
     if proc.returncode != 0 or not ort_path.is_file():
@@ -504,7 +503,7 @@ def _check_folder(root: Path, shown: Path, *, providers, model, pubkey, min_vers
                 f"bundle version {manifest['bundle_version']} is older than the minimum {min_version} (replayed old bundle?)",
                 "install a bundle at least as new as the one on the device",
             )
-    _check_tolerance(manifest)
+    _check_tolerance(manifest, signed=signed_by is not None)
     try:
         result = runner_mod.check(str(root), model=model, providers=providers)
     except runner_mod.BundleCorrupt as e:
@@ -519,22 +518,39 @@ def _check_folder(root: Path, shown: Path, *, providers, model, pubkey, min_vers
     return result
 
 
-def _check_tolerance(manifest: dict[str, Any]) -> None:
-    """A known target's golden tolerance may not be loosened in the manifest."""
+def _check_tolerance(manifest: dict[str, Any], *, signed: bool = False) -> None:
+    """A target's golden tolerance may not be loosened in the manifest.
+
+    A shipped target's own tolerance is the bound. An unsigned manifest naming a target
+    edgeq does not ship could claim any tolerance: it is held to the loosest golden
+    tolerance of the shipped targets; a signed one to what its publisher signed.
+    """
+    import math
+
     from .errors import TargetError
-    from .targets import load_target, target_names
+    from .safetext import escape_text
+    from .targets import list_targets, load_target, target_names
 
     name = manifest["target"]["name"]
-    if name not in target_names():
-        return
-    try:
-        tol = load_target(name).tolerances
-    except TargetError:
-        return
     g = manifest["golden"]
-    if g["atol"] > tol.golden_atol or g["rtol"] > tol.golden_rtol:
+    if name in target_names():
+        try:
+            tol = load_target(name).tolerances
+        except TargetError:
+            return
+        atol, rtol, whose = tol.golden_atol, tol.golden_rtol, f"target {name}'s"
+        hint = "the manifest was edited; rebuild the bundle"
+    elif signed:
+        return
+    else:
+        shipped = [t.tolerances for t in list_targets() if t.runtime == "onnxruntime"]
+        atol, rtol = max(t.golden_atol for t in shipped), max(t.golden_rtol for t in shipped)
+        whose = f"any target shipped with edgeq (the unsigned manifest names target '{escape_text(name)[:60]}', which edgeq does not ship)"
+        hint = "sign the bundle (edgeq export --sign KEY) and verify it with --pubkey, or rebuild it for a shipped target"
+    bad = [v for v in (g["atol"], g["rtol"]) if not (isinstance(v, (int, float)) and math.isfinite(v))]
+    if bad or g["atol"] > atol or g["rtol"] > rtol:
         raise BundleError(
-            f"the manifest's golden tolerance (atol {g['atol']}, rtol {g['rtol']}) is looser than target {name}'s "
-            f"(atol {tol.golden_atol}, rtol {tol.golden_rtol})",
-            "the manifest was edited; rebuild the bundle",
+            f"the manifest's golden tolerance (atol {g['atol']}, rtol {g['rtol']}) is looser than {whose} "
+            f"(atol {atol}, rtol {rtol})",
+            hint,
         )

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from .errors import CheckFailed, EdgeqError
+from .safetext import escape_markup, escape_text
 
 app = typer.Typer(
     add_completion=False,
@@ -66,12 +67,15 @@ AcceptNewOpt = Annotated[bool, typer.Option("--accept-new-host-key", help="--dev
 IdentityOpt = Annotated[Optional[Path], typer.Option("--identity", help="--device: SSH private key to log in with")]
 DevicePythonOpt = Annotated[str, typer.Option("--device-python", help="--device: Python on the device (with numpy + onnxruntime)")]
 DeviceTimeoutOpt = Annotated[int, typer.Option("--device-timeout", help="--device: seconds allowed for the copy and for the run")]
+# names of a PyTorch export (pkg.module:factory, .pt modules): edgeq/export/names.py
+InputNamesOpt = Annotated[Optional[list[str]], typer.Option("--input-names", help="PyTorch sources: input names in forward() order, comma-separated (default: --example-shape NAME=, else forward()'s parameter names)")]
+OutputNamesOpt = Annotated[Optional[list[str]], typer.Option("--output-names", help="PyTorch sources: output names in order, comma-separated (default: a returned dict's keys or namedtuple's fields, else output, output_0, ...)")]
 
 
 def _fail(e: EdgeqError) -> None:
     if os.environ.get("EDGEQ_DEBUG"):
         raise e
-    typer.echo(f"error: {e.one_line()}", err=True)
+    typer.echo(f"error: {escape_text(e.one_line())}", err=True)  # names from files may hold control characters
     raise typer.Exit(e.exit_code)
 
 
@@ -96,6 +100,9 @@ def _quiet_libraries():
 def handle_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .usercode import reset
+
+        reset()
         try:
             with _quiet_libraries():
                 return fn(*args, **kwargs)
@@ -113,7 +120,12 @@ def handle_errors(fn):
                 raise typer.Exit(130) from None
             if os.environ.get("EDGEQ_DEBUG"):
                 raise
-            first = (str(e).strip().splitlines() or [""])[0][:200]
+            from .usercode import fault_in_ran_code, user_error
+
+            fault = fault_in_ran_code(e)  # raised in the user's module/model code that this command ran: theirs
+            if fault is not None:
+                _fail(user_error(fault))
+            first = escape_text((str(e).strip().splitlines() or [""])[0][:200])
             typer.echo(
                 f"error: internal error ({type(e).__name__}: {first}) -- this is a bug in edgeq; "
                 "run again with EDGEQ_DEBUG=1 and report the traceback",
@@ -210,12 +222,14 @@ def export(
     override: OverrideOpt = None,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
-    example_shape: Annotated[Optional[list[str]], typer.Option("--example-shape", help="PyTorch sources: an example input NAME=1x3x224x224[:int64] (repeatable, in forward() order)")] = None,
+    example_shape: Annotated[Optional[list[str]], typer.Option("--example-shape", help="PyTorch sources: an example input [NAME=]1x3x224x224[:int64] (repeatable, in forward() order; without NAME= the name is forward()'s parameter name)")] = None,
     task: Annotated[Optional[str], typer.Option("--task", help="Hugging Face folder: text-classification | feature-extraction | text-generation")] = None,
     weights: Annotated[Optional[Path], typer.Option("--weights", help="pkg.module:factory sources: a state dict (.safetensors, .pt) to load, weights-only")] = None,
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="allow unpickling arbitrary objects (full-module .pt, TorchScript, .pt2): runs code from the file")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="allow a Hugging Face folder's own Python code (auto_map)")] = False,
     exporter: Annotated[str, typer.Option("--exporter", help="auto (dynamo, then TorchScript; Hugging Face folders: Optimum when EDGEQ_OPTIMUM_PYTHON is set) | dynamo | torchscript | optimum")] = "auto",
+    input_names: InputNamesOpt = None,
+    output_names: OutputNamesOpt = None,
 ) -> None:
     """Export, optimize, quantize, verify, profile and bundle a model for a target."""
     from .isolate import open_source
@@ -240,6 +254,14 @@ def export(
     kind = source_kind(source)
     if kind == "onnx":
         _check_onnx_source(source)
+    from .export.names import parse_names
+
+    in_names, out_names = parse_names(input_names, "--input-names"), parse_names(output_names, "--output-names")
+    if (in_names or out_names) and kind not in ("factory", "pickle"):
+        from .errors import ModelError
+
+        raise ModelError(f"--input-names/--output-names name a PyTorch module's export, not a source of kind {kind}",
+                         "use them with pkg.module:factory or a full-module .pt")
     opts = ExportOptions(
         target=tg, spec=spec, out=out, calib=calib, eval=eval_data, force=force,
         static_shapes=parse_shapes(static_shape), opset=opset, golden=golden, do_profile=not no_profile,
@@ -260,7 +282,7 @@ def export(
             sopts = SourceOptions(
                 target=tg, example_shapes=parse_example_shapes(example_shape), static_shapes=opts.static_shapes,
                 task=task, weights=weights, trust_pickle=trust_pickle, trust_remote_code=trust_remote_code,
-                opset=opset, exporter=exporter,
+                opset=opset, exporter=exporter, input_names=in_names, output_names=out_names, app_io=preprocess,
             )
             with progress.stage(f"export ({kind})"):
                 src, check = export_source(str(source), sopts, work)
@@ -273,7 +295,7 @@ def export(
     else:
         console.print(export_table(result))
         for n in result["notes"]:
-            console.print(f"note: {n}")
+            console.print(f"note: {escape_markup(n)}")
         if result["quantization"].get("layers"):
             from .report import layers_table
 
@@ -366,9 +388,9 @@ def quantize(
         _emit_json({"model": str(out), "quantization": recipe})
     else:
         cov = recipe.get("coverage")
-        console.print(f"wrote {out} ({spec.mode}" + (f", {cov['nodes_quantized']}/{cov['nodes_total']} weight nodes quantized)" if cov else ")"))
+        console.print(f"wrote {escape_markup(out)} ({spec.mode}" + (f", {cov['nodes_quantized']}/{cov['nodes_total']} weight nodes quantized)" if cov else ")"))
         for n in recipe["notes"]:
-            console.print(f"note: {n}")
+            console.print(f"note: {escape_markup(n)}")
         if recipe.get("layers"):
             from .report import layers_table
 
@@ -414,7 +436,7 @@ def verify(
         else:
             console.print(bundle_check_table(result))
             signed = f", signature by key {result['signed_by'][:16]}" if result.get("signed_by") else ""
-            console.print(f"[green]PASS[/] bundle {candidate}: schema, checksums{signed} and {len(result['pairs'])} golden pairs")
+            console.print(f"[green]PASS[/] bundle {escape_markup(candidate)}: schema, checksums{signed} and {len(result['pairs'])} golden pairs")
         return
     from .data import load_samples
     from .errors import CalibrationError
@@ -442,7 +464,7 @@ def verify(
     if not report["passed"]:
         _fail(CheckFailed(f"candidate outside target {tg.name}'s tolerances: {'; '.join(report['failures'])}", "see the table above"))
     elif not as_json:
-        console.print(f"[green]PASS[/] within target {tg.name}'s tolerances")
+        console.print(f"[green]PASS[/] within target {escape_markup(tg.name)}'s tolerances")
 
 
 @app.command()
@@ -477,8 +499,6 @@ def profile(
                                   identity=identity, python=device_python, timeout=device_timeout,
                                   runs=runs, warmup=warmup, threads=threads, as_json=as_json)
     from .profile import MeasureOptions, check_coverage, load_input, measure, resolve_backend
-    from rich.markup import escape
-
     from .report import err, out as console, profile_details, profile_notes, profile_table, setup_progress
     from .targets import load_target
 
@@ -489,7 +509,12 @@ def profile(
     if reference is not None:
         _check_onnx_source(reference)
     inputs = [load_input(m, data=data) for m in models]
-    tg = load_target(target or inputs[0].bundle_target or "cpu-x86_64")
+    if target or not inputs[0].bundle_target:
+        tg = load_target(target or "cpu-x86_64")
+    else:  # a bundle is data: its manifest may name only a target shipped with edgeq
+        from .targets import bundle_target
+
+        tg = bundle_target(inputs[0].bundle_target, f"the manifest of bundle {inputs[0].label}")
     opts = MeasureOptions(runs=runs, warmup=warmup, threads=threads, budget_s=budget, top=top)
     backend = resolve_backend(tg, setup_runtime=setup_runtime, progress=setup_progress(err))
     reports = []
@@ -514,10 +539,10 @@ def profile(
         for t in profile_details(reports):
             console.print(t)
         for line in profile_notes(reports):
-            console.print(escape(line))
+            console.print(escape_markup(line))
         for m, r in zip(models, reports):
             for line in llm_lines(str(m), r["llm"]) if r.get("llm") else ():
-                console.print(escape(line))
+                console.print(escape_markup(line))
         if html is not None:
             console.print(f"wrote {html}")
     failed = [f for r in reports for f in ((r.get("numerics") or {}).get("vs_reference") or {}).get("failures", [])]
@@ -547,7 +572,7 @@ def _verify_emulated(candidate: Path, cpus_text: str, *, model: str, reference: 
         if result.get("verify"):
             console.print(verify_table(result["verify"]))
         console.print(emulation_table(result))
-        console.print(f"note: {result['note']}")
+        console.print(f"note: {escape_markup(result['note'])}")
     check_emulated(result)
     if not as_json:
         console.print(f"[green]PASS[/] x86 and {', '.join(cpus)} agree within atol {result['atol']}, rtol {result['rtol']}")
@@ -698,7 +723,7 @@ def inspect(
     model: Annotated[Path, typer.Argument(help="an .onnx model")],
     as_json: JsonOpt = False,
 ) -> None:
-    """Inputs, outputs, opset, op histogram, parameters, and whether the model is quantized."""
+    """Inputs, outputs, opset, op histogram, parameters, whether the model is quantized, and its metadata."""
     from .onnxutil import describe
     from .report import inspect_table, out as console
 
@@ -708,6 +733,31 @@ def inspect(
     else:
         for t in inspect_table(d):
             console.print(t)
+        if d.get("metadata"):
+            from .modelmeta import metadata_table
+
+            console.print(metadata_table(d["metadata"]))
+
+
+@app.command()
+@handle_errors
+def doctor(as_json: JsonOpt = False) -> None:
+    """What this host can run: execution providers (plugins included), optional parts, and the command that installs what is missing."""
+    from .doctor import report, tables
+    from .report import out as console
+
+    r = report()
+    if as_json:
+        _emit_json(r)
+        return
+    for t in tables(r):
+        console.print(t)
+    if r["install_command"]:
+        typer.echo(f"install what is missing: {r['install_command']}")
+    for line in r["to_set_up"]:
+        typer.echo(f"set up separately: {line}")
+    if not r["missing"]:
+        typer.echo("every optional part is installed")
 
 
 @targets_app.callback()

@@ -29,7 +29,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from . import child
 from .errors import BundleError, CheckFailed, ProviderError
 
 ROOT_ENV = "EDGEQ_ARM64_ROOT"
@@ -179,18 +179,20 @@ Step = Callable[[str, int, int], None]  # (description, done, total)
 
 def _stream(cmd: list[str], on_line: Callable[[str], None], what: str, hint: str, env: dict[str, str] | None = None) -> None:
     tail: list[str] = []
-    try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    except OSError as e:
-        raise EmulationError(f"{what} could not start: {e}", hint) from None
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip()
-        if line:
-            tail = (tail + [line])[-5:]
-            on_line(line)
-    if proc.wait() != 0:
-        raise EmulationError(f"{what} failed (exit {proc.returncode}): {' | '.join(tail)[-400:]}", hint)
+    with contextlib.ExitStack() as stack:
+        try:
+            proc = stack.enter_context(child.popen(cmd, stdout=child.PIPE, stderr=child.STDOUT, text=True, env=env))
+        except OSError as e:
+            raise EmulationError(f"{what} could not start: {e}", hint) from None
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip()
+            if line:
+                tail = (tail + [line])[-5:]
+                on_line(line)
+        code = proc.wait()
+    if code != 0:
+        raise EmulationError(f"{what} failed (exit {code}): {' | '.join(tail)[-400:]}", hint)
 
 
 def _python_version(root: Path) -> str:
@@ -207,8 +209,9 @@ def _host_ort_version() -> str:
 
 
 def _pip_install(site: Path, py: str, ort_version: str | None, on_line: Callable[[str], None]) -> None:
-    base = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--quiet",
-            "--target", str(site), "--only-binary=:all:", "--implementation", "cp", "--python-version", py]
+    base = child.python_argv(sys.executable, [
+        "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--quiet",
+        "--target", str(Path(site).absolute()), "--only-binary=:all:", "--implementation", "cp", "--python-version", py])
     for plat in WHEEL_PLATFORMS:
         base += ["--platform", plat]
     hint = "check that PyPI is reachable (pip config) and has an aarch64 onnxruntime wheel for this Python"
@@ -266,7 +269,7 @@ def ensure_root(cfg: EmulationConfig | None = None, *, step: Step | None = None)
             debs = sorted((tmp / "var" / "cache" / "apt" / "archives").glob("*.deb"))
             for i, deb in enumerate(debs):
                 step(f"unpacking {deb.name.split('_')[0]}", i, len(debs))
-                r = subprocess.run([dpkg, "-x", str(deb), str(tmp)], capture_output=True, text=True)
+                r = child.run([dpkg, "-x", str(deb), str(tmp)], capture_output=True, text=True)
                 if r.returncode != 0:
                     raise EmulationError(f"dpkg -x {deb.name} failed: {r.stderr.strip()[:300]}", "retry; the download may be damaged")
                 deb.unlink()
@@ -361,11 +364,9 @@ class CpuResult:
 
 
 def _guest_env() -> dict[str, str]:
+    # the guest python runs isolated (-I ignores PYTHON* variables): SITE is put on sys.path by the -c code
     return {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "PYTHONPATH": SITE,
-        "PYTHONNOUSERSITE": "1",
-        "PYTHONDONTWRITEBYTECODE": "1",
         "HOME": "/tmp",
         "LANG": "C.UTF-8",
         "OMP_NUM_THREADS": "1",
@@ -379,14 +380,14 @@ def run_bundle_emulated(bundle: Path, cpu: str, arm: ArmRoot, cfg: EmulationConf
     if not runner.is_file():
         raise BundleError(f"bundle {bundle} has no run.py", "rebuild it with edgeq export")
     qemu = _need_tool(cfg.qemu, "qemu-user-static")
-    cmd = [qemu, "-L", str(arm.root), "-cpu", cpu, str(arm.interpreter), "-s", "-B", str(runner), str(bundle),
-           "--json", "--model", model]
+    cmd = child.python_argv(arm.interpreter, ["-c", child.file_with_path_code([SITE]), runner, bundle, "--json", "--model", model],
+                            launcher=[qemu, "-L", str(arm.root), "-cpu", cpu], flags=("-B",))
     with _locked(cfg):
         (arm.root / "proc" / "cpuinfo").write_text(cpuinfo_text(cpu), encoding="ascii")
         t0 = time.perf_counter()
         try:
-            r = subprocess.run(cmd, capture_output=True, text=True, env=_guest_env(), timeout=cfg.timeout_s)
-        except subprocess.TimeoutExpired:
+            r = child.run(cmd, capture_output=True, text=True, env=_guest_env(), timeout=cfg.timeout_s)
+        except child.TimeoutExpired:
             raise EmulationError(f"the emulated run on {cpu} took more than {cfg.timeout_s:.0f} s",
                                  "emulation is ~200x slower than native: use a bundle with fewer or smaller golden pairs") from None
         wall = time.perf_counter() - t0
@@ -574,13 +575,15 @@ def emulation_table(result: dict[str, Any]) -> Any:
 
     from .report import fmt
 
-    t = Table(title=f"ARM64 under qemu: {result['model']} vs the golden outputs computed when the bundle was built "
-                    f"(atol {result['atol']}, rtol {result['rtol']})")
+    from .safetext import escape_markup
+
+    t = Table(title=escape_markup(f"ARM64 under qemu: {result['model']} vs the golden outputs computed when the bundle was built "
+                                  f"(atol {result['atol']}, rtol {result['rtol']})"))
     for c in ("cpu", "onnxruntime", "golden pairs", "max abs error", "result"):
         t.add_column(c, justify="right" if c in ("golden pairs", "max abs error") else "left")
     h = result["host"]
-    t.add_row(f"{h['arch']} (this host)", h["onnxruntime"], str(len(h["pairs"])), fmt(h["max_abs_error"]), "pass" if h["passed"] else "[red]FAIL[/]")
+    t.add_row(f"{h['arch']} (this host)", escape_markup(h["onnxruntime"]), str(len(h["pairs"])), fmt(h["max_abs_error"]), "pass" if h["passed"] else "[red]FAIL[/]")
     for r in result["emulated"]:
-        t.add_row(f"{r['cpu']} (qemu)", r["onnxruntime"], str(len(r["pairs"])), fmt(r["max_abs_error"]),
+        t.add_row(f"{r['cpu']} (qemu)", escape_markup(r["onnxruntime"]), str(len(r["pairs"])), fmt(r["max_abs_error"]),
                   "pass" if r["passed"] else ("[red]ERROR[/] (does not run)" if r["error"] else "[red]FAIL[/]"))
     return t

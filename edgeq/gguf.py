@@ -1013,6 +1013,7 @@ def gguf_table(r: dict[str, Any]):
 def export_cli(source: Path, target: Any, *, out: Path, quant: str | None, prompts_file: Path | None, force: bool, as_json: bool) -> None:
     """The ``edgeq export`` path for llama.cpp targets (called from edgeq.cli)."""
     from .report import StageProgress, err, out as console
+    from .safetext import escape_markup
 
     if not Path(source).is_dir():
         raise ModelError(
@@ -1028,7 +1029,7 @@ def export_cli(source: Path, target: Any, *, out: Path, quant: str | None, promp
     else:
         console.print(gguf_table(r))
         for n in r["notes"]:
-            console.print(f"note: {n}")
+            console.print(f"note: {escape_markup(n)}")
     if not r["passed"]:
         raise CheckFailed(
             f"the GGUF model is outside target {target.name}'s tolerances: {'; '.join(r['verify']['failures'])}",

@@ -8,11 +8,11 @@ error against the reference (when one was given).
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 from typing import Any
 
 from .fsutil import staging
+from .safetext import escape_html
 
 PALETTE = ["#4269d0", "#efb118", "#ff725c", "#6cc5b0", "#3ca951", "#ff8ab7", "#a463f2", "#97bbf5", "#9c6b4e", "#9498a0"]
 CPU_COLOR = "#9498a0"
@@ -20,7 +20,7 @@ W = 760
 
 
 def _e(x: Any) -> str:
-    return html.escape(str(x), quote=True)
+    return escape_html(x)  # HTML-escaped, control characters from files made visible
 
 
 def _name(r: dict[str, Any]) -> str:

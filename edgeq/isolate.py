@@ -15,17 +15,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
+from . import child
 from .artifact import Artifact
 from .errors import ModelError
 
 PROBE_TIMEOUT_S = 600.0
 PROBE_MEMORY_BASE = 6 * 2**30  # address space for the interpreter, onnx and onnxruntime
 _OOM_WORDS = ("MemoryError", "bad_alloc", "failed to map segment", "Cannot allocate memory")
-_CHILD = "import sys; from edgeq.isolate import _child; _child(sys.argv[1])"
+_CHILD = "import sys\nfrom edgeq.isolate import _child\n_child(sys.argv[1])\n"
 
 
 def _limits(memory: int):
@@ -52,15 +52,15 @@ def probe_model(path: str | Path, *, size: int | None = None, timeout_s: float |
         size = model_size(path)
     memory = memory_bytes or PROBE_MEMORY_BASE + 4 * size
     timeout = timeout_s or float(os.environ.get("EDGEQ_PROBE_TIMEOUT", PROBE_TIMEOUT_S))
-    env = dict(os.environ)
+    env = child.clean_env()
     env.setdefault("OMP_NUM_THREADS", "1")
     kwargs = {"preexec_fn": _limits(memory)} if sys.platform.startswith("linux") else {}
     try:
-        proc = subprocess.run(
-            [sys.executable, "-c", _CHILD, str(path)],
+        proc = child.run(
+            child.python_argv(sys.executable, ["-c", child.edgeq_code(_CHILD), path.resolve()]),
             capture_output=True, text=True, timeout=timeout, env=env, **kwargs,
         )
-    except subprocess.TimeoutExpired:
+    except child.TimeoutExpired:
         raise ModelError(
             f"opening {path.name} took longer than {timeout:.0f} s; refusing it",
             "the model may be crafted to hang the runtime; set EDGEQ_PROBE_TIMEOUT to allow more time",

@@ -11,9 +11,7 @@ the prefix.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -95,10 +93,11 @@ def profile_llm(bundle: Path, *, prompt: int = PROMPT, contexts: tuple[int, ...]
     except BundleCorrupt as e:
         raise BundleError(f"bundle corrupt: {e}", "re-export the bundle") from None
     args = json.dumps({"root": root, "prompt": prompt, "contexts": list(contexts), "steps": steps, "threads": threads})
-    code = "import json, sys; from edgeq.llmprofile import measure; a = json.loads(sys.argv[1]); r = a.pop('root'); a['contexts'] = tuple(a['contexts']); print(json.dumps(measure(r, **a)))"
-    # TODO(lead): switch to the shared child-interpreter helper (wt-13a) at merge
-    with tempfile.TemporaryDirectory(prefix="edgeq-llmprofile-") as cwd:
-        proc = subprocess.run([sys.executable, "-I", "-c", code, args], cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT_S)
+    from . import child
+
+    code = child.edgeq_code("import json, sys; from edgeq.llmprofile import measure; a = json.loads(sys.argv[1]); r = a.pop('root'); "
+                            "a['contexts'] = tuple(a['contexts']); print(json.dumps(measure(r, **a)))")
+    proc = child.run(child.python_argv(sys.executable, ["-c", code, args]), capture_output=True, text=True, timeout=TIMEOUT_S)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]
         raise BundleError(f"LLM profile of {Path(bundle).name} failed: {last}", "check the bundle with edgeq verify")

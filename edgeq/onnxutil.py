@@ -60,7 +60,26 @@ def io_spec(model: Any) -> IoSpec:
     inits = {i.name for i in model.graph.initializer}
     inputs = tuple(_value_info_spec(v) for v in model.graph.input if v.name not in inits)
     outputs = tuple(_value_info_spec(v) for v in model.graph.output)
-    return IoSpec(inputs=inputs, outputs=outputs)
+    from .modelmeta import declared_imgsz
+
+    return IoSpec(inputs=inputs, outputs=outputs, imgsz=declared_imgsz(model))
+
+
+def imgsz_pins(model: Any, pinned: dict[str, tuple[int, ...]] | None = None) -> dict[str, tuple[int, ...]]:
+    """Static shapes for the inputs not already ``pinned`` whose dynamic height/width the declared ``imgsz`` fills."""
+    from .modelmeta import declared_imgsz, imgsz_shape
+
+    size = declared_imgsz(model)
+    if size is None:
+        return {}
+    out = {}
+    for t in io_spec(model).inputs:
+        if t.name in (pinned or {}):
+            continue
+        shape = imgsz_shape(t.shape, size)
+        if shape is not None:
+            out[t.name] = shape
+    return out
 
 
 def default_opset(model: Any) -> int:
@@ -565,4 +584,12 @@ def describe(path: Path) -> dict[str, Any]:
         "parameter_bytes": pbytes,
         "file_bytes": model_size(path),
         "quantized": is_quantized(model),
+        **_declared(model),
     }
+
+
+def _declared(model: Any) -> dict[str, Any]:
+    from .modelmeta import declared_imgsz, for_json, metadata
+
+    size = declared_imgsz(model)
+    return {"metadata": for_json(metadata(model)), "declared_imgsz": list(size) if size else None}

@@ -52,6 +52,14 @@ def _pin_shapes(model, target: Target, pins: dict[str, tuple[int, ...]]) -> list
     unknown = sorted(set(pins) - names)
     if unknown:
         raise ModelError(f"--static-shape names unknown input(s) {', '.join(unknown)}", f"the model's inputs are {', '.join(sorted(names))}")
+    declared: dict[str, tuple[int, ...]] = {}
+    if target.static_shapes:  # dynamic height/width: the size the model declares (metadata imgsz)
+        from .onnxutil import imgsz_pins
+
+        declared = imgsz_pins(model, pins)
+        notes += [f"pinned {n} to {'x'.join(map(str, s))} from the model's declared imgsz (target {target.name} needs static shapes)"
+                  for n, s in declared.items()]
+        pins = {**pins, **declared}
     for vi in inputs:
         dims = vi.type.tensor_type.shape.dim
         if vi.name in pins:
@@ -68,7 +76,8 @@ def _pin_shapes(model, target: Target, pins: dict[str, tuple[int, ...]]) -> list
                         "only symbolic dimensions can be pinned",
                     )
                 d.dim_value = size
-            notes.append(f"pinned {vi.name} to {'x'.join(map(str, shape))}")
+            if vi.name not in declared:
+                notes.append(f"pinned {vi.name} to {'x'.join(map(str, shape))}")
         elif target.static_shapes:
             for i, d in enumerate(dims):
                 if d.HasField("dim_value"):

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from . import child
 from .errors import ProviderError
 
 OPENVINO_VERSION = "1.24.1"
@@ -61,16 +61,16 @@ def create(progress=None) -> Path:
     env.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{env.name}.edgeq-tmp-{os.getpid()}-", dir=env.parent))
     steps = [
-        ("creating the virtual environment", [sys.executable, "-m", "venv", str(tmp)]),
+        ("creating the virtual environment", child.python_argv(sys.executable, ["-m", "venv", tmp])),
         (f"installing onnxruntime-openvino {OPENVINO_VERSION} (about 100 MB download)",
-         [str(_python_in(tmp)), "-m", "pip", "install", "--disable-pip-version-check", "-q",
-          f"onnxruntime-openvino=={OPENVINO_VERSION}", "numpy"]),
+         child.python_argv(_python_in(tmp), ["-m", "pip", "install", "--disable-pip-version-check", "-q",
+                                             f"onnxruntime-openvino=={OPENVINO_VERSION}", "numpy"])),
     ]
     try:
         for i, (what, cmd) in enumerate(steps):
             if progress:
                 progress(i, len(steps), what)
-            r = subprocess.run(cmd, capture_output=True, text=True)
+            r = child.run(cmd, capture_output=True, text=True)  # isolated, in an empty folder (edgeq.child)
             if r.returncode != 0:
                 tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
                 raise ProviderError(f"setting up the OpenVINO environment failed while {what}: {tail[0][:200]}",

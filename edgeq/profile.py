@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from . import child
 from .artifact import IoSpec
 from .data import SampleSet
 from .errors import CheckFailed, ModelError, ProviderError
@@ -88,8 +88,11 @@ def synthetic_feed(io: IoSpec, seed: int = 0) -> dict[str, np.ndarray]:
 
         return prefill_feed(io.inputs, rng.integers(0, 2, (1, 8), dtype=np.int64))
     feed = {}
+    from .modelmeta import imgsz_shape
+
     for t in io.inputs:
-        shape = [d if isinstance(d, int) else 1 for d in t.shape]
+        # dynamic height/width: the size the file declares (metadata imgsz), else 1
+        shape = list(imgsz_shape(t.shape, io.imgsz) or [d if isinstance(d, int) else 1 for d in t.shape])
         dt = np.dtype(t.dtype)
         feed[t.name] = (rng.standard_normal(shape).astype(dt) if dt.kind == "f" else np.zeros(shape, dt))
     return feed
@@ -327,12 +330,11 @@ def _run_worker(backend: Backend, inp: ProfileInput, target: Target, opts: Measu
         "context_path": str(context_path) if context_path else None,
     }
     (work / "spec.json").write_text(json.dumps(spec))
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     timeout = opts.budget_s * 2 + 300
-    try:
-        proc = subprocess.run([backend.python, worker.__file__, str(work / "spec.json")], capture_output=True, text=True,
-                              timeout=timeout, env=env, cwd=work)
-    except subprocess.TimeoutExpired:
+    try:  # isolated (-I, edgeq.child): worker.py needs only numpy and onnxruntime; cwd is edgeq's private work folder
+        proc = child.run(child.python_argv(backend.python, [worker.__file__, work / "spec.json"], flags=("-B",)),
+                         capture_output=True, text=True, timeout=timeout, cwd=work)
+    except child.TimeoutExpired:
         raise ProviderError(f"measuring {inp.label} took longer than {timeout:.0f} s", "lower --budget or --runs") from None
     out = work / "result.json"
     if not out.is_file():
@@ -539,7 +541,8 @@ def write_ep_context(model: Path, out_dir: Path, target: Target) -> dict[str, An
                 "level": target.graph_optimization_level, "context_path": str(ctx_dir / "model_ctx.onnx"),
                 "out": str(work / "result.json")}
         (work / "spec.json").write_text(json.dumps(spec))
-        subprocess.run([sys.executable, worker.__file__, str(work / "spec.json")], capture_output=True, text=True, timeout=600, cwd=work)
+        child.run(child.python_argv(sys.executable, [worker.__file__, work / "spec.json"], flags=("-B",)),
+                  capture_output=True, text=True, timeout=600, cwd=work)
         result = json.loads((work / "result.json").read_text()) if (work / "result.json").is_file() else {"error": "worker died"}
         if "error" in result or not (ctx_dir / "model_ctx.onnx").is_file():
             return None

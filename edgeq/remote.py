@@ -17,12 +17,12 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from . import child
 from .errors import BundleError, EdgeqError
 
 
@@ -127,12 +127,12 @@ def _explain(device: Device, opts: SshOptions, stderr: str, what: str) -> Remote
     return RemoteError(f"{what} on {device.url()} failed: {text}", hint)
 
 
-def _run(cmd: list[str], opts: SshOptions, *, timeout: float | None = None) -> subprocess.CompletedProcess:
+def _run(cmd: list[str], opts: SshOptions, *, timeout: float | None = None) -> child.CompletedProcess:
     try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout or opts.command_timeout_s, stdin=subprocess.DEVNULL)
+        return child.run(cmd, capture_output=True, text=True, timeout=timeout or opts.command_timeout_s)
     except FileNotFoundError:
         raise RemoteError(f"{cmd[0]} is not installed", "install the OpenSSH client (apt-get install openssh-client)") from None
-    except subprocess.TimeoutExpired:
+    except child.TimeoutExpired:
         raise RemoteError(f"{cmd[0]} did not finish within {timeout or opts.command_timeout_s:.0f} s",
                           "check the device, or raise --device-timeout") from None
 
@@ -209,7 +209,7 @@ def run_on_device(
     return result
 
 
-def _parse_runner(r: subprocess.CompletedProcess, dev: Device, opts: SshOptions) -> dict[str, Any]:
+def _parse_runner(r: child.CompletedProcess, dev: Device, opts: SshOptions) -> dict[str, Any]:
     if r.returncode == 255:
         raise _explain(dev, opts, r.stderr, "running the bundle")
     try:
@@ -241,19 +241,20 @@ def device_tables(result: dict[str, Any]) -> list[Any]:
     from rich.table import Table
 
     from .report import fmt
+    from .safetext import escape_markup as esc  # what the device and the bundle's manifest report is data
 
     p = result.get("platform", {})
-    head = Table(title=f"edgeq profile on {result['device']} (measured on the device)", show_header=False)
+    head = Table(title=esc(f"edgeq profile on {result['device']} (measured on the device)"), show_header=False)
     head.add_column("k")
     head.add_column("v")
-    head.add_row("device", f"{p.get('machine', '?')} {p.get('cpu', '')} ({p.get('cpu_count', '?')} CPUs), {p.get('system', '')}")
-    head.add_row("runtime", f"Python {p.get('python', '?')}, onnxruntime {p.get('onnxruntime', '?')}, {result['model']} on {result['providers'][0]}")
+    head.add_row("device", esc(f"{p.get('machine', '?')} {p.get('cpu', '')} ({p.get('cpu_count', '?')} CPUs), {p.get('system', '')}"))
+    head.add_row("runtime", esc(f"Python {p.get('python', '?')}, onnxruntime {p.get('onnxruntime', '?')}, {result['model']} on {result['providers'][0]}"))
     head.add_row("checks", f"{result['files_checked']} files, {len(result['pairs'])} golden pairs: "
                  f"{'pass' if result['passed'] else '[red]FAIL[/]'} (max abs error {fmt(result['max_abs_error'])})")
     out = [head]
     t = result.get("timing")
     if t:
-        tt = Table(title=f"latency on the device ({t['model']}, {t['runs']} runs after {t['warmup']} warm-up)")
+        tt = Table(title=esc(f"latency on the device ({t['model']}, {t['runs']} runs after {t['warmup']} warm-up)"))
         tt.add_column("metric")
         tt.add_column("value", justify="right", no_wrap=True)
         peak = t.get("peak_rss_kib")

@@ -9,9 +9,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from .safetext import escape_markup as escape  # control characters and rich markup from files
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -81,7 +82,7 @@ def export_table(r: dict[str, Any]) -> Table:
             f"{q['mode']} {q['format']} a={q['activation_type']} w={q['weight_type']}{' per-channel' if q['per_channel'] else ''}",
         )
     else:
-        t.add_row("recipe", "", q["mode"], "; ".join(q.get("notes", [])))
+        t.add_row("recipe", "", escape(q["mode"]), escape("; ".join(q.get("notes", []))))
     _weight_only_rows(t, r)
     v = r["verify"]
     if v:
@@ -90,11 +91,12 @@ def export_table(r: dict[str, Any]) -> Table:
             t.add_row("top-1 accuracy", f"{100 * v['accuracy_reference']:.2f} %", f"{100 * v['accuracy_candidate']:.2f} %",
                       f"drop {100 * v['accuracy_drop']:.2f} points; {src}")
         for o in v["outputs"]:
-            t.add_row(f"{o['name']}: max abs error", "", fmt(o["max_abs"]), f"mean {fmt(o['mean_abs'])}")
-            t.add_row(f"{o['name']}: cosine", "", f"{o['cosine']:.5f}", "")
+            name = escape(o["name"])
+            t.add_row(f"{name}: max abs error", "", fmt(o["max_abs"]), f"mean {fmt(o['mean_abs'])}")
+            t.add_row(f"{name}: cosine", "", f"{o['cosine']:.5f}", "")
             if o["top1_agreement"] is not None:
-                t.add_row(f"{o['name']}: top-1 agreement", "", f"{100 * o['top1_agreement']:.2f} %", src)
-        t.add_row("verify", "", "[green]pass[/]" if v["passed"] else "[red]FAIL[/]", "; ".join(v["failures"]))
+                t.add_row(f"{name}: top-1 agreement", "", f"{100 * o['top1_agreement']:.2f} %", escape(src))
+        t.add_row("verify", "", "[green]pass[/]" if v["passed"] else "[red]FAIL[/]", escape("; ".join(v["failures"])))
     else:
         t.add_row("verify", "", "skipped", "no data")
     p = r["profile"]
@@ -143,14 +145,14 @@ def _weight_only_rows(t: Table, r: dict[str, Any]) -> None:
 
 
 def inspect_table(d: dict[str, Any]) -> list[Table]:
-    io = Table(title=f"{d['path']}  (opset {d['opset']}, IR {d['ir_version']}, {d['producer'] or 'unknown producer'})")
+    io = Table(title=escape(f"{d['path']}  (opset {d['opset']}, IR {d['ir_version']}, {d['producer'] or 'unknown producer'})"))
     io.add_column("kind")
     io.add_column("name")
     io.add_column("dtype")
     io.add_column("shape")
     for kind in ("inputs", "outputs"):
         for t in d[kind]:
-            io.add_row(kind[:-1], escape(t["name"]), t["dtype"], escape("[" + ", ".join("?" if s is None else str(s) for s in t["shape"]) + "]"))
+            io.add_row(kind[:-1], escape(t["name"]), escape(t["dtype"]), escape("[" + ", ".join("?" if s is None else str(s) for s in t["shape"]) + "]"))
     summary = Table(show_header=False)
     summary.add_column("k")
     summary.add_column("v")
@@ -162,7 +164,7 @@ def inspect_table(d: dict[str, Any]) -> list[Table]:
     ops.add_column("op")
     ops.add_column("count", justify="right")
     for k, v in d["ops"].items():
-        ops.add_row(k, str(v))
+        ops.add_row(escape(k), str(v))
     return [io, summary, ops]
 
 
@@ -348,17 +350,17 @@ def verify_table(v: dict[str, Any]) -> Table:
     for c in ("output", "max abs", "mean abs", "max rel", "cosine", "top-1 agreement"):
         t.add_column(c, justify="left" if c == "output" else "right")
     for o in v["outputs"]:
-        t.add_row(o["name"], fmt(o["max_abs"]), fmt(o["mean_abs"]), fmt(o["max_rel"]), f"{o['cosine']:.5f}",
+        t.add_row(escape(o["name"]), fmt(o["max_abs"]), fmt(o["mean_abs"]), fmt(o["max_rel"]), f"{o['cosine']:.5f}",
                   "-" if o["top1_agreement"] is None else f"{100 * o['top1_agreement']:.2f} %")
     return t
 
 
 def bundle_check_table(r: dict[str, Any]) -> Table:
-    t = Table(title=f"bundle check ({r['files_checked']} files, target {r['target']}, {r['model']} on {r['providers'][0]})")
+    t = Table(title=escape(f"bundle check ({r['files_checked']} files, target {r['target']}, {r['model']} on {r['providers'][0]})"))
     for c in ("golden pair", "result", "max abs error", "time"):
         t.add_column(c)
     for p in r["pairs"]:
-        t.add_row(p["pair"], "pass" if p["passed"] else "FAIL", fmt(p["max_abs_error"]), f"{p['ms']:.2f} ms")
+        t.add_row(escape(p["pair"]), "pass" if p["passed"] else "FAIL", fmt(p["max_abs_error"]), f"{p['ms']:.2f} ms")
     return t
 
 
@@ -370,7 +372,7 @@ def layers_table(recipe: dict[str, Any]) -> Table:
     rows = sorted(recipe.get("layers", []), key=lambda r: (r["sqnr_db"] is None, r["sqnr_db"] or 0.0))[:10]
     for r in rows:
         db = "not measured" if r["sqnr_db"] is None else fmt(r["sqnr_db"], ".1f")
-        t.add_row(escape(r["node"]), r["op"], db, escape(r["quantized_as"]))
+        t.add_row(escape(r["node"]), escape(r["op"]), db, escape(r["quantized_as"]))
     for name, why in list(recipe.get("kept_float", {}).items())[:10]:
         t.add_row(escape(name), "", "float", escape(why))
     return t

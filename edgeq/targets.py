@@ -7,14 +7,16 @@ the tolerances that verification holds the quantized model to.
 
 from __future__ import annotations
 
+import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .errors import TargetError
 from .errors import EdgeqError
 from .quantize.spec import QuantSpec
+from .safetext import escape_text
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -26,6 +28,7 @@ _TOP_KEYS = {
     "session", "quant", "opset", "tolerances", "ops", "runtime", "gguf", "rules",
 }
 RUNTIMES = ("onnxruntime", "llama.cpp")
+_SHIPPED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")  # a file name in targets/: no '/', '..'
 
 
 @dataclass(frozen=True)
@@ -158,31 +161,66 @@ def target_names() -> list[str]:
     return sorted(p.stem for p in targets_dir().glob("*.toml"))
 
 
+# provider options whose value is a file, folder or library that onnxruntime opens or loads
+_FILE_OPTION_WORDS = ("path", "dir", "file", "folder", "library", "lib", "cache", "dll", "so", "json")
+_FILE_OPTIONS = {"load_config", "backend_path", "ep.context_file_path"}  # OpenVINO's load_config is a JSON file
+
+
+def names_a_file(option: str) -> bool:
+    """Whether a provider option names a file, folder or library (``backend_path``, ``*_dir``,
+    ``ep.context_file_path``, cache locations, ...): such options come only from a target file the user chose."""
+    words = [w for w in re.split(r"[^a-z0-9]+", option.lower()) if w]
+    return option.lower() in _FILE_OPTIONS or any(w in _FILE_OPTION_WORDS or w.endswith(("path", "dir", "file", "folder")) for w in words)
+
+
 def load_target(name_or_path: str | Path) -> Target:
-    """Load a target by name (``arm64``) or from a TOML file path."""
+    """Load a target the user chose: by name (``arm64``) or from a TOML file path."""
     if isinstance(name_or_path, Target):
         return name_or_path
     text = str(name_or_path)
     path = Path(text)
     if not (text.endswith(".toml") and path.is_file()):
-        path = targets_dir() / f"{text}.toml"
-        if not path.is_file():
+        if not _SHIPPED_NAME.fullmatch(text) or not (targets_dir() / f"{text}.toml").is_file():
             raise TargetError(
-                f"unknown target '{text}'",
+                f"unknown target '{escape_text(text)[:120]}'",
                 f"choose one of {', '.join(target_names())} (edgeq targets), or pass a path to a .toml file",
             )
+        path = targets_dir() / f"{text}.toml"
+    return _load_file(path, trusted=True)
+
+
+def bundle_target(name: Any, source: str) -> Target:
+    """The target a bundle's manifest (untrusted data) names: only one shipped with edgeq, by name.
+
+    Never a path (a TOML inside the bundle could make onnxruntime load the bundle's own
+    library through ``backend_path``); provider options naming files are refused here too.
+    """
+    if not isinstance(name, str) or not _SHIPPED_NAME.fullmatch(name) or name not in target_names():
+        shown = escape_text(str(name))[:80]
+        raise TargetError(
+            f"{source} names target '{shown}', which is not a target shipped with edgeq",
+            "pass --target NAME (edgeq targets) or --target FILE.toml with the target you trust",
+        )
+    return _load_file(targets_dir() / f"{name}.toml", trusted=False)
+
+
+def _load_file(path: Path, *, trusted: bool) -> Target:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise TargetError(f"target file {path} is not valid TOML: {e}", "fix the syntax of the file") from None
-    return _parse(data, path)
+        raise TargetError(f"target file {escape_text(str(path))} is not valid TOML: {escape_text(str(e))}", "fix the syntax of the file") from None
+    return _parse(data, path, trusted=trusted)
 
 
-def _parse(data: dict[str, Any], path: Path) -> Target:
+def _parse(data: dict[str, Any], path: Path, *, trusted: bool = True) -> Target:
     where = f"target file {path.name}"
     unknown = sorted(set(data) - _TOP_KEYS)
     if unknown:
         raise TargetError(f"{where}: unknown key(s) {', '.join(unknown)}", f"known keys: {', '.join(sorted(_TOP_KEYS))}")
+    from .target_check import check_target_data
+
+    tolerance_defaults = {f.name: f.default for f in fields(Tolerances)}
+    check_target_data(data, where, tolerance_defaults)  # every key and value: type, finite, range (one line naming the key)
     runtime = data.get("runtime", "onnxruntime")
     if runtime not in RUNTIMES:
         raise TargetError(f"{where}: unknown runtime '{runtime}'", f"choose one of {', '.join(RUNTIMES)}")
@@ -198,6 +236,12 @@ def _parse(data: dict[str, Any], path: Path) -> Target:
         if "name" not in p:
             raise TargetError(f"{where}: a [[providers]] entry has no name", "give each provider a name")
         opts = tuple(sorted((str(k), str(v)) for k, v in p.get("options", {}).items()))
+        files = [k for k, _ in opts if names_a_file(k)]
+        if files and not trusted:
+            raise TargetError(
+                f"{where}: provider option '{files[0]}' names a file or library, which edgeq takes only from a target file you pass",
+                "pass --target FILE.toml that sets it",
+            )
         providers.append(Provider(name=p["name"], options=opts))
     if not providers:
         raise TargetError(f"{where}: no providers listed", "list at least one [[providers]] entry")
@@ -209,7 +253,7 @@ def _parse(data: dict[str, Any], path: Path) -> Target:
         raise TargetError(f"{where}: {e}", "see targets/arm64.toml for the format") from None
     except EdgeqError as e:
         raise TargetError(e.message, e.hint) from None
-    if not (opset.min <= opset.preferred <= opset.max):
+    if not (opset.min <= opset.preferred <= opset.max):  # each in target_check.OPSET_BOUNDS already
         raise TargetError(f"{where}: opset range must satisfy min <= preferred <= max", "fix the [opset] table")
     session = data.get("session", {})
     level = session.get("graph_optimization_level", "basic")

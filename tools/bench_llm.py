@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -85,10 +84,10 @@ def _child(args: dict) -> dict:
 
 
 def run_child(args: dict) -> dict:
-    # isolated child interpreter (-I, neutral cwd); TODO(lead): the shared helper from wt-13a at merge
-    with tempfile.TemporaryDirectory(prefix="edgeq-bench-llm-") as cwd:
-        p = subprocess.run([sys.executable, "-I", str(Path(__file__).resolve()), "--child", json.dumps(args)], cwd=cwd,
-                           capture_output=True, text=True, timeout=3600)
+    from edgeq import child
+
+    p = child.run(child.python_argv(sys.executable, [str(Path(__file__).resolve()), "--child", json.dumps(args)]),
+                  capture_output=True, text=True, timeout=3600)
     if p.returncode != 0:
         raise RuntimeError(p.stderr.strip().splitlines()[-1] if p.stderr.strip() else "child failed")
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -172,10 +171,11 @@ def main() -> int:
     if not a.no_builder:
         bdir = work / "builder_int4"
         shutil.rmtree(bdir, ignore_errors=True)
-        with tempfile.TemporaryDirectory() as cwd:
-            p = subprocess.run([sys.executable, "-I", "-m", "onnxruntime_genai.models.builder", "-i", str(folder), "-o", str(bdir),
-                                "-p", "int4", "-e", "cpu"], cwd=cwd, capture_output=True, text=True,
-                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        from edgeq import child
+
+        p = child.run(child.python_argv(sys.executable, ["-m", "onnxruntime_genai.models.builder", "-i", str(folder), "-o", str(bdir),
+                                                         "-p", "int4", "-e", "cpu"]), capture_output=True, text=True,
+                      env=child.clean_env(HF_HUB_OFFLINE="1"))
         if p.returncode == 0:
             dirs["onnxruntime-genai builder int4"] = bdir
         else:

@@ -27,6 +27,7 @@ from ..targets import Target
 
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 _DTYPES = ("float32", "float16", "int64", "int32", "bool")
+UNNAMED = "#"  # key prefix of an --example-shape given without NAME=
 
 
 @dataclass(frozen=True)
@@ -42,12 +43,20 @@ class SourceOptions:
     trust_remote_code: bool = False
     opset: int | None = None
     exporter: str = "auto"
+    input_names: tuple[str, ...] = ()  # --input-names (pkg.module:factory and .pt modules)
+    output_names: tuple[str, ...] = ()  # --output-names
+    app_io: Path | None = None  # --preprocess: its [inputs.NAME]/[outputs.NAME] checked before the export runs
 
 
 def parse_example_shapes(specs: list[str] | tuple[str, ...] | None) -> dict[str, tuple[tuple[int, ...], str]]:
-    """``["input=1x3x224x224", "ids=1x16:int64"]`` -> ``{"input": ((1, 3, 224, 224), "float32"), ...}``."""
+    """``["input=1x3x224x224", "ids=1x16:int64"]`` -> ``{"input": ((1, 3, 224, 224), "float32"), ...}``.
+
+    A shape without ``NAME=`` (``1x3x224x224``) is keyed ``#<position>``: its name comes
+    from ``--input-names`` or ``forward()``'s signature (see :func:`input_names_for`).
+    """
     out: dict[str, tuple[tuple[int, ...], str]] = {}
-    for spec in specs or ():
+    for i, given in enumerate(specs or ()):
+        spec = f"{UNNAMED}{i}={given}" if "=" not in given and given[:1].isdigit() else given
         name, sep, rest = spec.partition("=")
         dims, _, dtype = rest.partition(":")
         dtype = dtype or "float32"
@@ -57,7 +66,7 @@ def parse_example_shapes(specs: list[str] | tuple[str, ...] | None) -> dict[str,
                 raise ValueError
         except ValueError:
             raise ModelError(
-                f"bad --example-shape '{spec}'", f"write it as NAME=1x3x224x224 or NAME=1x16:int64 (dtypes: {', '.join(_DTYPES)})"
+                f"bad --example-shape '{given}'", f"write it as [NAME=]1x3x224x224 or [NAME=]1x16:int64 (dtypes: {', '.join(_DTYPES)})"
             ) from None
         if name in out:
             raise ModelError(f"--example-shape {name} given twice", "give each input once")
@@ -123,14 +132,20 @@ def _dynamic_axes(names: list[str], args, opts: SourceOptions) -> dict[str, dict
 
 
 def load_factory(spec: str):
-    """Import ``pkg.module`` (from the current directory too) and call ``factory()``."""
+    """Import ``pkg.module`` (from the current directory too) and call ``factory()``.
+
+    Whatever the user's module or factory raises is reported as theirs (file, line, exception).
+    """
+    from ..usercode import module_roots, user_code
+
     mod_name, _, attr = spec.partition(":")
     added = False
     if "" not in sys.path and str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
         added = True
     try:
-        mod = importlib.import_module(mod_name)
+        with user_code(f"importing {mod_name}", roots=_spec_roots(mod_name), passthrough=(ImportError,)):
+            mod = importlib.import_module(mod_name)
     except ImportError as e:
         raise ModelError(f"cannot import {mod_name}: {e}", "run from the folder that holds the package, or pip install it") from None
     finally:
@@ -143,10 +158,74 @@ def load_factory(spec: str):
         obj = getattr(obj, part)
     import torch
 
-    model = obj() if callable(obj) and not isinstance(obj, torch.nn.Module) else obj
+    with user_code(f"{spec}()", roots=module_roots(mod_name)):
+        model = obj() if callable(obj) and not isinstance(obj, torch.nn.Module) else obj
     if not isinstance(model, torch.nn.Module):
         raise ModelError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module", "return the model from the factory")
     return model
+
+
+def _spec_roots(mod_name: str) -> tuple[str, ...]:
+    """The user's package folder before it is imported (so an installed package's own frames count as theirs)."""
+    import importlib.util
+
+    try:
+        found = importlib.util.find_spec(mod_name.partition(".")[0])
+    except (ImportError, ValueError):
+        return ()
+    locs = list(getattr(found, "submodule_search_locations", None) or ())
+    if locs:
+        return tuple(str(x) for x in locs)
+    return (found.origin,) if found is not None and found.origin else ()
+
+
+def _module_inputs(module, opts: SourceOptions, what: str):
+    """Example inputs and their final names (see edgeq/export/names.py)."""
+    from .names import forward_params, input_names_for
+
+    keys = list(opts.example_shapes)
+    given = opts.input_names
+    if given and len(given) < len(keys):
+        input_names_for(keys, given, (), UNNAMED)  # raises: too few names
+    names = input_names_for(keys, given[: len(keys)], forward_params(module), UNNAMED)
+    shapes = {n: opts.example_shapes[k] for k, n in zip(keys, names)}
+    names, args = _examples(shapes, opts.static_shapes, what)  # --static-shape NAME adds an input the examples lack
+    if given and list(given) != names:
+        names = input_names_for(names, given, (), UNNAMED)
+    return names, args
+
+
+def _module_outputs(module, args, opts: SourceOptions, roots: tuple[str, ...]) -> list[str]:
+    """Run forward() once on the example (the user's code: its errors are the user's) and name its outputs."""
+    import torch
+
+    from ..usercode import user_code
+    from .names import output_names_for
+
+    module.eval()
+    with user_code("forward()", roots=roots, hint="fix the model's code, or check --example-shape against forward()'s inputs"), torch.no_grad():
+        result = module(*args)
+    return output_names_for(result, opts.output_names)
+
+
+def _check_app_io(opts: SourceOptions, inputs, outputs) -> None:
+    """--preprocess names what the export will produce: checked before the (slow) export."""
+    if opts.app_io is not None:
+        from ..appio import check_io_names
+
+        check_io_names(opts.app_io, inputs, outputs, hint="name them with --input-names / --output-names, or rename the tables")
+
+
+def _export_module(module, opts: SourceOptions, what: str, provenance: tuple[str, ...], roots: tuple[str, ...], common: dict):
+    from .torch import export_torch_checked
+
+    names, args = _module_inputs(module, opts, what)
+    out_names = _module_outputs(module, args, opts, roots)
+    _check_app_io(opts, names, out_names)
+    return export_torch_checked(
+        module, args, input_names=names, output_names=out_names, dynamic_axes=_dynamic_axes(names, args, opts),
+        provenance=provenance, user_roots=roots, **common,
+    )
 
 
 EXPORTERS = ("auto", "dynamo", "torchscript", "optimum")
@@ -238,6 +317,7 @@ def export_source(source: str | Path, opts: SourceOptions, work: Path):
         axes = {} if opts.target.static_shapes else {
             n: {0: "batch", 1: "sequence"} for n in names if n not in opts.static_shapes
         }
+        _check_app_io(opts, names, [hf.OUTPUT_NAMES[opts.task]])
         art, check = export_torch_checked(
             module, args, input_names=names, output_names=[hf.OUTPUT_NAMES[opts.task]], dynamic_axes=axes,
             provenance=(f"source(hf:{name}, task={opts.task})",), **common,
@@ -271,11 +351,7 @@ def export_source(source: str | Path, opts: SourceOptions, work: Path):
                 f"{name} holds weights only (a state dict), not the model's architecture",
                 f"pass the architecture as pkg.module:factory with --weights {name}",
             )
-        names, args = _examples(opts.example_shapes, opts.static_shapes, name)
-        return export_torch_checked(
-            obj, args, input_names=names, dynamic_axes=_dynamic_axes(names, args, opts),
-            provenance=(f"source(pickle:{name}, trusted)",), **common,
-        )
+        return _export_module(obj, opts, name, (f"source(pickle:{name}, trusted)",), (), common)
     # factory
     module = load_factory(text)
     prov = f"source(factory:{text})"
@@ -289,10 +365,9 @@ def export_source(source: str | Path, opts: SourceOptions, work: Path):
                 "check that the factory builds the same architecture the weights were saved from",
             ) from None
         prov = f"source(factory:{text}, weights={opts.weights.name})"
-    names, args = _examples(opts.example_shapes, opts.static_shapes, text)
-    return export_torch_checked(
-        module, args, input_names=names, dynamic_axes=_dynamic_axes(names, args, opts), provenance=(prov,), **common,
-    )
+    from ..usercode import module_roots
+
+    return _export_module(module, opts, text, (prov,), module_roots(text.partition(":")[0]), common)
 
 
 __all__ = ["SourceOptions", "export_source", "parse_example_shapes", "source_kind", "Artifact"]

@@ -145,6 +145,8 @@ def load_hf_model(src: HfSource, task: str, *, trust_remote_code: bool = False):
                 output_loading_info=True,
             )
         except Exception as e:  # noqa: BLE001
+            if trust_remote_code:
+                _raise_if_custom_code(e, src.folder)
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
             raise ModelError(f"transformers cannot load {src.folder.name} for {task}: {first}", "check --task and the folder") from None
     missing = sorted(info.get("missing_keys") or ())
@@ -159,6 +161,22 @@ def load_hf_model(src: HfSource, task: str, *, trust_remote_code: bool = False):
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False
     return model
+
+
+def _raise_if_custom_code(e: BaseException, folder: Path) -> None:
+    """The folder's own Python (auto_map, run from transformers' module cache) raised: the user's error."""
+    from dataclasses import replace
+
+    from ..usercode import in_user_code, user_error
+
+    fault = in_user_code(e)
+    if fault is None:
+        return
+    copied = Path(fault.file)
+    if "transformers_modules" in copied.parts and (folder / copied.name).is_file():
+        fault = replace(fault, file=str(folder / copied.name))  # the cache holds a copy of the folder's file
+    err = user_error(fault, f"{folder.name}'s own model code (--trust-remote-code)")
+    raise err from (e if os.environ.get("EDGEQ_DEBUG") else None)  # EDGEQ_DEBUG: the whole chain
 
 
 def example_inputs(config, shapes: dict[str, tuple[int, ...]], *, seed: int = 0):

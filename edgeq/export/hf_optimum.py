@@ -28,12 +28,12 @@ import importlib.util
 import json
 import os
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import child
 from ..artifact import Artifact
 from ..errors import CheckFailed, ModelError
 from ..targets import Target
@@ -142,11 +142,11 @@ def run_child(py: OptimumPython, folder: Path, task: str, out_dir: Path, *, opse
     req_path.write_text(json.dumps(req), encoding="utf-8")
     env = dict(os.environ)
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1", HF_DATASETS_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false", PYTHONIOENCODING="utf-8")
+               TOKENIZERS_PARALLELISM="false")  # -I ignores PYTHON* variables: -X utf8 below
     with open(log_path, "wb") as log:
         try:
-            r = subprocess.run([str(py.python), "-I", str(CHILD), str(req_path)], stdout=log, stderr=subprocess.STDOUT,
-                               stdin=subprocess.DEVNULL, env=env, cwd=str(out_dir.parent))
+            r = child.run(child.python_argv(py.python, [CHILD, req_path], flags=("-X", "utf8")), stdout=log, stderr=child.STDOUT,
+                          env=env, cwd=str(out_dir.parent))  # isolated; cwd: edgeq's own scratch folder
         except OSError as e:
             raise ModelError(f"cannot run {py.python} ({py.why}): {e.strerror or e}", PIP_HINT) from None
     result: dict[str, Any] = {}

@@ -279,11 +279,13 @@ def _variant(args: tuple[Any, ...], names: Sequence[str], axes: Mapping[str, Map
 
 def check_against_source(
     module, onnx_path: Path, feeds: Sequence[tuple[str, tuple[Any, ...]]], names: Sequence[str], tol_atol: float, tol_rtol: float,
+    *, user_roots: tuple[str, ...] = (),
 ) -> tuple[OutputError, ...]:
     """Run ``module`` and the ONNX on each feed; worst error per output over all feeds."""
     import torch
 
     from ..runtime import create_session, run
+    from ..usercode import user_code
 
     sess = create_session(onnx_path, level="disable")
     onnx_outs = [o.name for o in sess.get_outputs()]
@@ -291,7 +293,7 @@ def check_against_source(
     shapes: dict[int, tuple[int, ...]] = {}
     ok: dict[int, bool] = {}
     for label, args in feeds:
-        with torch.no_grad():
+        with user_code(f"forward() on the {label} inputs", roots=user_roots, require_frame=True), torch.no_grad():
             ref = [_to_numpy(t) for t in _flatten(module(*args))]
         feed = {n: _to_numpy(a) for n, a in zip(names, args) if isinstance(a, torch.Tensor)}
         got = run(sess, feed)
@@ -343,13 +345,16 @@ def export_torch_checked(
     external_data_threshold: int | None = None,
     provenance: tuple[str, ...] = (),
     reference=None,
+    user_roots: tuple[str, ...] = (),
 ) -> tuple[Artifact, ExportCheck]:
     """Export ``module`` to ``out_path`` and check it against the source; raise ``CheckFailed`` when it differs.
 
     ``dynamic_axes`` is ``{input_name: {axis: "name"}}``; ``None`` makes the batch axis
     dynamic (static for targets that need static shapes). ``exporter`` is ``auto``
     (dynamo, then TorchScript), ``dynamo`` or ``torchscript``. ``reference`` is what
-    the ONNX is compared with (default: ``module``).
+    the ONNX is compared with (default: ``module``). An exception the model's own code
+    raised while torch traced it is reported as the user's (``UserCodeError``), not as an
+    unsupported op; ``user_roots`` are folders whose files count as the user's code.
     """
     import torch
 
@@ -404,6 +409,7 @@ def export_torch_checked(
                 if baked:
                     fallback = f"it fixed dynamic axes {', '.join(baked)}"
             except Exception as e:  # noqa: BLE001 - the exporters raise many types
+                _raise_if_user(e, user_roots, out_path)
                 dyn_err = e
                 fallback = _unsupported(e)
         if fallback and (exporter == "dynamo" or not _torchscript_possible(module)):
@@ -419,6 +425,7 @@ def export_torch_checked(
             _run_torchscript(module, trace_args, out_path, names, output_names or (), axes, opset, external, external_data_threshold)
         except Exception as e2:  # noqa: BLE001
             _cleanup(out_path)
+            _raise_if_user(e2, user_roots, out_path)
             what = _unsupported(e2)
             if dyn_err is not None:
                 what = f"{fallback} (TorchScript exporter: {what.split(': ', 1)[-1] if _ops_in(_error_text(e2)) else what})"
@@ -438,7 +445,8 @@ def export_torch_checked(
     feeds = [("example", args)]
     if var is not None:
         feeds.append(var)
-    outs = check_against_source(reference, out_path, feeds, names, tg.tolerances.export_atol, tg.tolerances.export_rtol)
+    outs = check_against_source(reference, out_path, feeds, names, tg.tolerances.export_atol, tg.tolerances.export_rtol,
+                                user_roots=user_roots)
     check = ExportCheck(
         exporter=used, fallback_reason=fallback, opset=got_opset, inputs_checked=tuple(label for label, _ in feeds),
         outputs=outs, atol=tg.tolerances.export_atol, rtol=tg.tolerances.export_rtol, external_data=external,
@@ -459,6 +467,17 @@ def export_torch_checked(
         provenance=provenance + (step, f"export-check(max_abs={worst:.3g}, outputs={len(outs)}, passed)"),
     )
     return art, check
+
+
+def _raise_if_user(e: BaseException, roots: tuple[str, ...], out_path: Path) -> None:
+    """The model's own code raised while torch traced it: that is the user's error, not an unsupported op."""
+    from ..usercode import raised_by_user, user_error
+
+    fault = raised_by_user(e, roots)
+    if fault is not None:
+        _cleanup(out_path)
+        err = user_error(fault, "the model's code, traced by torch.onnx.export,")
+        raise err from (e if os.environ.get("EDGEQ_DEBUG") else None)  # EDGEQ_DEBUG: the whole chain
 
 
 def _has_size_one(args, names, axes) -> bool:

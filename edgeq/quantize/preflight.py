@@ -121,7 +121,10 @@ def check(
             elif int8 and r.format and spec.format != r.format:
                 out.append(Finding(r.id, r.severity, f"node {first_w}", msg or f"format must be {r.format}, not {spec.format}"))
         elif r.check == "static_shapes":
+            from ..onnxutil import imgsz_pins
+
             pinned = static_shapes or {}
+            pinned = {**imgsz_pins(model, pinned), **pinned}  # the optimize stage pins these from the declared imgsz
             for t in io_spec(model).inputs:
                 if t.name in pinned:
                     continue
