@@ -230,6 +230,7 @@ def export(
     exporter: Annotated[str, typer.Option("--exporter", help="auto (dynamo, then TorchScript; Hugging Face folders: Optimum when EDGEQ_OPTIMUM_PYTHON is set) | dynamo | torchscript | optimum")] = "auto",
     input_names: InputNamesOpt = None,
     output_names: OutputNamesOpt = None,
+    reference: Annotated[Optional[Path], typer.Option("--reference", help="pre-quantized folder: the float model it came from (a Hugging Face folder), for perplexity and same-top-token against it")] = None,
 ) -> None:
     """Export, optimize, quantize, verify, profile and bundle a model for a target."""
     from .isolate import open_source
@@ -284,8 +285,15 @@ def export(
                 task=task, weights=weights, trust_pickle=trust_pickle, trust_remote_code=trust_remote_code,
                 opset=opset, exporter=exporter, input_names=in_names, output_names=out_names, app_io=preprocess,
             )
+            export_from = source
+            if kind == "hf":  # a GPTQ/AWQ/bitsandbytes folder: read by edgeq, exported from its dequantized weights
+                opts, export_from = _prequant_options(source, opts, quant, work, progress) if task else (opts, source)
+            if reference is not None:
+                _check_reference(reference, opts)
             with progress.stage(f"export ({kind})"):
-                src, check = export_source(str(source), sopts, work)
+                src, check = export_source(str(export_from), sopts, work)
+            if reference is not None:
+                opts = _reference_options(reference, opts, sopts, work, progress)
         result = run_export(src, opts, stage=progress.stage, on_sample=progress.sample).to_dict()
     if check is not None:
         result["export"] = check.to_dict()
@@ -306,6 +314,46 @@ def export(
             f"the quantized model is outside target {tg.name}'s tolerances: {'; '.join(result['verify']['failures'])}",
             f"the bundle was written to {out} for inspection; try --per-channel, more calibration data, or --quant int8-dynamic/none",
         ))
+
+
+def _prequant_options(source: Path, opts: Any, quant: Optional[str], work: Path, progress: Any) -> tuple[Any, Path]:
+    """A pre-quantized folder: its checkpoint goes into the options and the folder of its dequantized weights is exported."""
+    from dataclasses import replace
+
+    from .export.prequant import default_mode, detect, prepare
+
+    if detect(source) is None:
+        return opts, source
+    with progress.stage("read pre-quantized checkpoint"):
+        ck, folder = prepare(source, work)
+    mode, why = default_mode(ck, opts.spec.mode, opts.spec.weight_only, quant is not None)
+    spec = opts.spec if mode == opts.spec.mode else opts.spec.with_overrides(mode=mode)
+    if why:  # reported with the import's own notes
+        ck = replace(ck, notes=(*ck.notes, why))
+    return replace(opts, spec=spec, prequant=ck), folder
+
+
+def _check_reference(reference: Path, opts: Any) -> None:
+    from .errors import ModelError
+    from .export.hf import is_hf_folder
+    from .export.prequant import detect
+
+    if opts.prequant is None:
+        raise ModelError("--reference is for pre-quantized folders (GPTQ/AWQ/bitsandbytes)", "drop --reference")
+    if not is_hf_folder(reference) or detect(reference) is not None:
+        raise ModelError(f"--reference {reference.name} is not a float Hugging Face folder", "pass the folder of the model before it was quantized")
+
+
+def _reference_options(reference: Path, opts: Any, sopts: Any, work: Path, progress: Any) -> Any:
+    """--reference FLOAT_FOLDER: exported beside the model, compared with the result as a language model."""
+    from dataclasses import replace
+
+    from .export import export_source
+
+    (work / "reference").mkdir()
+    with progress.stage("export (reference)"):
+        ref, _ = export_source(str(reference), sopts, work / "reference")
+    return replace(opts, reference_model=ref.path)
 
 
 @app.command()
@@ -720,10 +768,12 @@ def keygen(
 @app.command()
 @handle_errors
 def inspect(
-    model: Annotated[Path, typer.Argument(help="an .onnx model")],
+    model: Annotated[Path, typer.Argument(help="an .onnx model, or a Hugging Face folder (GPTQ/AWQ/bitsandbytes: format, bits, layers)")],
     as_json: JsonOpt = False,
 ) -> None:
     """Inputs, outputs, opset, op histogram, parameters, whether the model is quantized, and its metadata."""
+    if model.is_dir():  # a Hugging Face folder: what a pre-quantized checkpoint holds
+        return _inspect_folder(model, as_json)
     from .onnxutil import describe
     from .report import inspect_table, out as console
 
@@ -758,6 +808,21 @@ def doctor(as_json: JsonOpt = False) -> None:
         typer.echo(f"set up separately: {line}")
     if not r["missing"]:
         typer.echo("every optional part is installed")
+
+
+def _inspect_folder(folder: Path, as_json: bool) -> None:
+    """``edgeq inspect FOLDER``: format, bits, group size and layers of a (pre-quantized) Hugging Face folder."""
+    from .export.prequant import folder_lines, inspect_prequant
+    from .report import out as console
+
+    d = inspect_prequant(folder)
+    if as_json:
+        _emit_json(d)
+    else:
+        from rich.markup import escape
+
+        for line in folder_lines(d):
+            console.print(escape(line))
 
 
 @targets_app.callback()

@@ -450,7 +450,7 @@ def _add_metadata(w, src: LlamaSource, quant: str) -> None:
         w.add_chat_template(v.chat_template)
 
 
-def _plan(src: LlamaSource, quant: str) -> tuple[list[tuple[str, str, TensorPlan]], list[str]]:
+def _plan(src: LlamaSource, quant: str, blocks: dict[str, tuple[str, np.ndarray]] | None = None) -> tuple[list[tuple[str, str, TensorPlan]], list[str]]:
     """Which HF tensor goes to which GGUF tensor and type; reads only safetensors headers."""
     from safetensors import safe_open
 
@@ -468,7 +468,7 @@ def _plan(src: LlamaSource, quant: str) -> tuple[list[tuple[str, str, TensorPlan
                 if gname == "output.weight" and p.tie_embeddings:
                     continue
                 shape = tuple(st.get_slice(n).get_shape())
-                qt, note = tensor_type(gname, shape, quant, p)
+                qt, note = (blocks[n][0], None) if blocks and n in blocks else tensor_type(gname, shape, quant, p)
                 if note:
                     notes.append(note)
                 plan.append((n, gname, TensorPlan(gname, shape, qt)))
@@ -507,13 +507,26 @@ def _convert(arr: np.ndarray, gname: str, tp: TensorPlan, p: LlamaParams) -> np.
     return gguf.quants.quantize(np.ascontiguousarray(arr, dtype=np.float32), gguf.GGMLQuantizationType[tp.qtype])
 
 
-def write_gguf(src: LlamaSource, quant: str, path: Path, *, on_tensor: Callable[[str], None] | None = None) -> GGUFResult:
-    """Write ``src`` as GGUF to ``path`` (a staging path: the caller publishes it)."""
+def _rotary_rows(rows: np.ndarray, gname: str, p: LlamaParams) -> np.ndarray:
+    """Block bytes per output row, in llama.cpp's rotary row order for q/k."""
+    if gname.endswith("attn_q.weight"):
+        return np.ascontiguousarray(rotary_permute(rows, p.heads))
+    if gname.endswith("attn_k.weight"):
+        return np.ascontiguousarray(rotary_permute(rows, p.kv_heads))
+    return rows
+
+
+def write_gguf(src: LlamaSource, quant: str, path: Path, *, on_tensor: Callable[[str], None] | None = None,
+               blocks: dict[str, tuple[str, np.ndarray]] | None = None) -> GGUFResult:
+    """Write ``src`` as GGUF to ``path`` (a staging path: the caller publishes it).
+
+    ``blocks``: HF weight name -> (GGML type, block bytes per output row) written as they are (a pre-quantized
+    checkpoint's codes)."""
     quant = check_quant(quant)
     if QUANT_TYPES[quant][2] == "llama.cpp":
         return _write_via_llama_cpp(src, quant, path, on_tensor=on_tensor)
     gguf = _gguf()
-    plan, notes = _plan(src, quant)
+    plan, notes = _plan(src, quant, blocks)
     w = gguf.GGUFWriter(str(path), arch="llama")
     _add_metadata(w, src, quant)
     types: dict[str, int] = {}
@@ -541,7 +554,7 @@ def write_gguf(src: LlamaSource, quant: str, path: Path, *, on_tensor: Callable[
                 continue
             source_bytes += arr.size * 4
             g, tp = byname[hf]
-            pending[hf] = _convert(arr, g, tp, src.params)
+            pending[hf] = _rotary_rows(blocks[hf][1], g, src.params) if blocks and hf in blocks else _convert(arr, g, tp, src.params)
             while k < len(want) and want[k] in pending:
                 w.write_tensor_data(pending.pop(want[k]))
                 if on_tensor:
@@ -855,6 +868,7 @@ def _versions() -> dict[str, str]:
 def export_llamacpp(
     folder: Path, target: Any, out: Path, *, quant: str | None = None, prompts: list[str] | None = None,
     force: bool = False, progress: Callable[[str], Any] | None = None,
+    blocks: dict[str, tuple[str, np.ndarray]] | None = None, extra_notes: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """HF Llama folder -> bundle (model.gguf, Modelfile, manifest.json) for a llama.cpp target.
 
@@ -874,7 +888,7 @@ def export_llamacpp(
     out = Path(out)
     with staging(out, force=force, is_dir=True) as root:
         with stage(f"convert to GGUF {q}"):
-            res = write_gguf(src, q, root / "model.gguf")
+            res = write_gguf(src, q, root / "model.gguf", blocks=blocks)
         with stage("verify with llama.cpp"):
             ver = verify_gguf(folder, root / "model.gguf", prompts, tol, q)
         (root / "Modelfile").write_text(modelfile_text(src, settings.context), encoding="utf-8")
@@ -888,7 +902,7 @@ def export_llamacpp(
             "mode": q,
             "tensor_types": res.tensor_types,
             "writer": "gguf package" if QUANT_TYPES[q][2] == "gguf" else "llama.cpp llama_model_quantize (Q4_K_M)",
-            "notes": list(res.notes),
+            "notes": [*extra_notes, *res.notes],
         }
         size = {"fp32_bytes": res.source_bytes, "model_bytes": res.bytes, "ratio": res.bytes / res.source_bytes if res.source_bytes else None}
         manifest = {
@@ -909,7 +923,7 @@ def export_llamacpp(
         (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return {
         "target": target.name, "bundle": str(out), "quantization": recipe, "verify": ver, "size": size,
-        "passed": ver["passed"], "notes": list(res.notes),
+        "passed": ver["passed"], "notes": [*extra_notes, *res.notes],
     }
 
 
@@ -1021,7 +1035,12 @@ def export_cli(source: Path, target: Any, *, out: Path, quant: str | None, promp
             "pass the folder with config.json, *.safetensors and tokenizer.json",
         )
     progress = StageProgress(err)
-    r = export_llamacpp(source, target, out, quant=quant, prompts=read_prompts(prompts_file), force=force, progress=progress.stage)
+    from .export.prequant import detect, gguf_export
+
+    if detect(Path(source)) is not None:  # GPTQ/AWQ/bitsandbytes folder: codes kept as Q4_1 blocks where they fit
+        r = gguf_export(Path(source), target, out, quant=quant, prompts=read_prompts(prompts_file), force=force, progress=progress.stage)
+    else:
+        r = export_llamacpp(source, target, out, quant=quant, prompts=read_prompts(prompts_file), force=force, progress=progress.stage)
     if as_json:
         import typer
 

@@ -45,8 +45,8 @@ class LMQuality:
 def lm_io(io: Any) -> tuple[str, int] | None:
     """(token input name, logits output index) when the model looks like a language model."""
     ids = [t for t in io.inputs if t.dtype in ("int64", "int32") and len(t.shape) == 2]
-    named = [t for t in ids if t.name == "input_ids"]  # Hugging Face graphs: attention_mask, position_ids too
-    ids = named or ids
+    if len(ids) > 1:  # a decoder with input_ids and attention_mask
+        ids = [t for t in ids if t.name == "input_ids"] or ids
     outs = [i for i, t in enumerate(io.outputs) if t.dtype == "float32" and len(t.shape) == 3]
     if len(ids) != 1 or not outs:
         return None

@@ -52,6 +52,10 @@ class ExportOptions:
     """weight-only: the user chose --accuracy-level; otherwise levels 4 and 0 are measured and one is kept"""
     lm_folder: Path | None = None
     """the Hugging Face folder a KV-cache decoder came from: tokenizer and genai_config.json ship with it"""
+    prequant: Any = None
+    """edgeq.export.prequant.PrequantCheckpoint: the source was a pre-quantized folder (GPTQ/AWQ codes imported)"""
+    reference_model: Path | None = None
+    """the float model a pre-quantized folder came from (exported --reference): LM quality against it too"""
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class ExportResult:
     notes: tuple[str, ...]
     lm: Any = None  # edgeq.lmeval.LMQuality for weight-only modes on language models
     generation: Any = None  # edgeq.genai.GreedyCheck for KV-cache decoder bundles
+    lm_reference: Any = None  # LMQuality against --reference (the float model a pre-quantized folder came from)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -85,6 +90,7 @@ class ExportResult:
             "passed": (self.verify.passed if self.verify else True) and (self.generation is None or self.generation.passed),
             "lm_quality": self.lm.to_dict() if self.lm is not None else None,
             "generation": self.generation.to_dict() if self.generation is not None else None,
+            **({"lm_quality_vs_reference": self.lm_reference.to_dict()} if self.lm_reference is not None else {}),
         }
 
 
@@ -129,9 +135,17 @@ def run_export(
         with stage("optimize"):
             opt, opt_notes = optimize(source, target, work / "fp32.onnx", static_shapes=opts.static_shapes, opset=opts.opset)
             notes += opt_notes
+        q_in, pq_report = opt, None
+        if opts.prequant is not None and opts.prequant.config.exact:
+            from .export.prequant import apply as import_prequant
+
+            with stage("import codes"):
+                # weight-only modes measure levels 4 and 0 below (imported nodes included); otherwise float compute unless chosen
+                level = spec.accuracy_level if (spec.weight_only or opts.accuracy_level_pinned) else 0
+                q_in, pq_report = import_prequant(opt, opts.prequant, work / "imported.onnx", accuracy_level=level)
         with stage(f"quantize ({spec.mode})"):
             qres = quantize(
-                opt, spec, work / "model.onnx", data=calib, on_sample=on_sample, evals=evals, max_drop=opts.max_drop,
+                q_in, spec, work / "model.onnx", data=calib, on_sample=on_sample, evals=evals, max_drop=opts.max_drop,
                 prefer=opts.prefer, budget=target.tolerances.max_accuracy_drop, target=target,
             )
             notes += qres.notes
@@ -155,9 +169,23 @@ def run_export(
         lm = None
         from .lmeval import lm_io, lm_quality
 
-        if spec.weight_only and check_data is not None and lm_io(opt.io) is not None:
+        if (spec.weight_only or opts.prequant is not None) and check_data is not None and lm_io(opt.io) is not None:
             with stage("lm quality"):
                 lm = lm_quality(opt.path, qres.artifact.path, check_data.take(opts.verify_samples), opt.io)
+        if opts.prequant is not None:
+            from dataclasses import replace as _replace
+
+            from .export.prequant import report_notes, summary
+
+            notes += report_notes(opts.prequant, pq_report, lm, spec.mode)
+            details = {**qres.details, "prequant": {**summary(opts.prequant), "import": pq_report.to_dict() if pq_report else None}}
+            qres = _replace(qres, details=details)
+        lm_ref = None
+        if opts.reference_model is not None and check_data is not None and lm_io(opt.io) is not None:
+            with stage("lm quality vs --reference"):
+                lm_ref = lm_quality(opts.reference_model, qres.artifact.path, check_data.take(opts.verify_samples), opt.io)
+            notes.append(f"vs the float model (--reference): perplexity {lm_ref.perplexity_fp32:.4g} -> {lm_ref.perplexity_quant:.4g}, "
+                         f"KL {lm_ref.kl_mean:.3g}, same top token {100 * lm_ref.same_top_token:.2f} %")
         prof_fp32 = prof_q = None
         skipped = None
         if opts.do_profile:
@@ -208,6 +236,7 @@ def run_export(
         notes=tuple(notes),
         lm=lm,
         generation=generation,
+        lm_reference=lm_ref,
     )
 
 
