@@ -288,6 +288,10 @@ def export(
             export_from = source
             if kind == "hf":  # a GPTQ/AWQ/bitsandbytes folder: read by edgeq, exported from its dequantized weights
                 opts, export_from = _prequant_options(source, opts, quant, work, progress) if task else (opts, source)
+                if opts.lm_folder is not None and export_from != source:  # KV-cache decoder of the dequantized weights
+                    from dataclasses import replace as _replace
+
+                    opts = _replace(opts, lm_folder=Path(export_from))
             if reference is not None:
                 _check_reference(reference, opts)
             with progress.stage(f"export ({kind})"):
