@@ -65,6 +65,18 @@ def test_rope_scaling_matches_transformers(kind, rope, tmp_path):
     assert np.abs(D.decode_with_cache(sess, ids, 30) - ref).max() < 1e-3
 
 
+def test_phi3_partial_rotary_and_sliding_window(tmp_path):
+    model = make_lm("phi3", partial_rotary_factor=0.5, sliding_window=6)
+    arch = D.arch_from_config(model.config)
+    assert arch.rotary_dim == 4 and arch.window == 6 and all(arch.sliding)
+    art, _, _ = D.export_hf_decoder(model, tmp_path / "m.onnx", load_target("cpu-x86_64"))
+    sess = ort.InferenceSession(str(art.path), providers=["CPUExecutionProvider"])
+    ids = np.random.default_rng(5).integers(0, 300, (1, 20), dtype=np.int64)
+    with torch.no_grad():
+        ref = model(input_ids=torch.from_numpy(ids), use_cache=False).logits.numpy()
+    assert np.abs(D.decode_with_cache(sess, ids, 8) - ref).max() < 1e-3
+
+
 def test_unknown_rope_scaling_is_refused():
     cfg = make_lm("llama").config
     cfg.rope_parameters = {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0}

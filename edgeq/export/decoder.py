@@ -120,14 +120,12 @@ def arch_from_config(cfg: Any) -> DecoderArch:
     kv = int(_get(cfg, "num_key_value_heads", heads))
     head_dim = int(_get(cfg, "head_dim", hidden // heads))
     layers = int(_get(cfg, "num_hidden_layers"))
-    rot = 0
-    prf = float(_get(cfg, "partial_rotary_factor", 1.0))
-    if prf != 1.0:
-        rot = int(head_dim * prf)
     # rope: transformers >= 5 keeps it in rope_parameters (per attention kind for gemma3), older configs
-    # in rope_theta + rope_scaling (+ rope_local_base_freq)
+    # in rope_theta + rope_scaling + partial_rotary_factor (+ rope_local_base_freq)
     theta = float(_get(cfg, "rope_theta", 10000.0))
     params = _get(cfg, "rope_parameters", None)
+    prf = float(_get(cfg, "partial_rotary_factor", None) or (params.get("partial_rotary_factor") if isinstance(params, dict) else None) or 1.0)
+    rot = int(head_dim * prf) if prf != 1.0 else 0
     scaling = _get(cfg, "rope_scaling", None)
     local = None
     if isinstance(params, dict) and "full_attention" in params:
@@ -161,7 +159,7 @@ def arch_from_config(cfg: Any) -> DecoderArch:
         sliding = tuple(t == "sliding_attention" for t in types)
     elif mt == "gemma2":
         sliding = tuple(i % 2 == 0 for i in range(layers))
-    elif mt == "mistral" and window:
+    elif mt in ("mistral", "phi3") and window:  # transformers masks every layer with the window
         sliding = (True,) * layers
     elif mt == "qwen2" and _get(cfg, "use_sliding_window", False):
         top = int(_get(cfg, "max_window_layers", layers))
