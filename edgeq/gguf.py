@@ -53,7 +53,8 @@ _GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+
 _LLAMA3_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-_PRE_BY_REGEX = {_GPT2_REGEX: "gpt-2", _LLAMA3_REGEX: "llama-bpe"}
+_QWEN2_REGEX = _LLAMA3_REGEX.replace(r"\p{N}{1,3}", r"\p{N}", 1)  # Qwen2: digits one at a time
+_PRE_BY_REGEX = {_GPT2_REGEX: "gpt-2", _LLAMA3_REGEX: "llama-bpe", _QWEN2_REGEX: "qwen2"}
 
 DEFAULT_PROMPTS = (
     "The quick brown fox jumps over the lazy dog. A small model running on a phone",
@@ -211,7 +212,7 @@ def _pre_name(pre: dict[str, Any] | None, where: str) -> str:
                 return _PRE_BY_REGEX[regex]
     raise ModelError(
         f"{where}: pre-tokenizer {json.dumps(pre)[:120]} is not one edgeq can name for llama.cpp",
-        "supported: byte-level BPE with the GPT-2 regex ('gpt-2') or the Llama 3 regex ('llama-bpe')",
+        "supported: byte-level BPE with the GPT-2 regex ('gpt-2'), the Llama 3 regex ('llama-bpe') or Qwen2's ('qwen2')",
     )
 
 

@@ -39,13 +39,22 @@ def make_lm(kind: str, seed: int = 0, **config):
     return model
 
 
-def train_tokenizer(vocab_size: int = 300):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def train_tokenizer(vocab_size: int = 300, pre: str = "gpt2"):
+    """Byte-level BPE; ``pre``: "gpt2" (ByteLevel's own regex) or "qwen2" (Qwen2's split regex, then ByteLevel)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     text = ("the quick brown fox jumps over the lazy dog. def main(): return 0\n"
             "import os, sys; print('hello world') # a comment about numbers 0123456789\n") * 20
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if pre == "qwen2":
+        from edgeq.gguf import _QWEN2_REGEX
+
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(_QWEN2_REGEX), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", BOS, EOS],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
@@ -53,7 +62,8 @@ def train_tokenizer(vocab_size: int = 300):
     return tok
 
 
-def save_lm(folder: Path, kind: str = "llama", *, tokenizer: bool = True, chat_template: str | None = None, **config) -> Path:
+def save_lm(folder: Path, kind: str = "llama", *, tokenizer: bool = True, chat_template: str | None = None, pre: str = "gpt2",
+            **config) -> Path:
     """A save_pretrained folder of a tiny ``kind`` model, with a tokenizer whose ids fit its vocabulary."""
     folder = Path(folder)
     model = make_lm(kind, **config)
@@ -61,7 +71,7 @@ def save_lm(folder: Path, kind: str = "llama", *, tokenizer: bool = True, chat_t
     if tokenizer:
         from transformers import PreTrainedTokenizerFast
 
-        tok = train_tokenizer(model.config.vocab_size)
+        tok = train_tokenizer(model.config.vocab_size, pre)
         assert tok.get_vocab_size() <= model.config.vocab_size
         fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token="<pad>")
         if chat_template:
