@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -906,6 +907,9 @@ def export_llamacpp(
         with stage("verify with llama.cpp"):
             ver = verify_gguf(folder, root / "model.gguf", prompts, tol, q)
         (root / "Modelfile").write_text(modelfile_text(src, settings.context), encoding="utf-8")
+        from . import gguf_run  # run.py: checksums, then generation through llama.cpp (extra buffer types off on AMX hosts)
+
+        shutil.copyfile(Path(gguf_run.__file__), root / "run.py")
         golden = _write_golden(root, folder, prompts)
         files = {}
         for p in sorted(x for x in root.rglob("*") if x.is_file()):

@@ -52,3 +52,26 @@ def test_qwen2_f32_verified_by_llama_cpp(runner, tmp_path):
     assert v["kl_mean"] < 1e-5 and v["top1_agreement"] >= 0.99  # f32: the conversion itself, no rounding
     man = json.loads((out / "manifest.json").read_text())["model"]
     assert man["architecture"] == "qwen2" and man["tokenizer"]["pre"] == "qwen2"
+    # the bundle's run.py generates through llama.cpp (isolated child, neutral cwd): greedy = transformers' greedy
+    import subprocess
+    import sys
+
+    import transformers
+
+    from edgeq.genai import hf_greedy, prompt_ids
+
+    neutral = tmp_path / "cwd"
+    neutral.mkdir()
+    p = subprocess.run([sys.executable, "-I", str(out / "run.py"), "--prompt", "def main():", "--max-new-tokens", "12", "--json"],
+                       cwd=neutral, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    ids = prompt_ids(folder, ["def main():"], 300)[0]
+    want = hf_greedy(model, [ids], 12)[0]
+    want = want[: want.index(2)] if 2 in want else want
+    assert got["tokens"] == want and len(want) >= 4 and got["stop"] == ("eos" if len(want) < 12 else "max_new_tokens")
+    assert not (out / "__pycache__").exists()
+    (out / "Modelfile").write_text("FROM ./other.gguf\n")
+    p = subprocess.run([sys.executable, "-I", str(out / "run.py"), "--prompt", "x"], cwd=neutral, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "checksum mismatch: Modelfile" in p.stderr
