@@ -78,3 +78,21 @@ def save_lm(folder: Path, kind: str = "llama", *, tokenizer: bool = True, chat_t
             fast.chat_template = chat_template
         fast.save_pretrained(folder)
     return folder
+
+
+def run_script(script: Path, args: list[str], cwd: Path, timeout: float = 300):
+    """A bundle's run.py as an app would start it: an isolated interpreter (-I) in a neutral working directory."""
+    import subprocess
+    import sys
+
+    Path(cwd).mkdir(exist_ok=True)
+    return subprocess.run([sys.executable, "-I", str(script), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def greedy_json(script: Path, prompt: str, n: int, cwd: Path) -> dict:
+    """``run.py --prompt PROMPT --max-new-tokens N --json``, checked to succeed."""
+    import json
+
+    p = run_script(script, ["--prompt", prompt, "--max-new-tokens", str(n), "--json"], cwd)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)

@@ -11,7 +11,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("gguf")
 
 from edgeq.cli import app  # noqa: E402
-from tests.llm_models import save_lm  # noqa: E402
+from tests.llm_models import greedy_json, run_script, save_lm  # noqa: E402
 
 
 def test_qwen2_params_tensors_and_no_rotary_permutation(tmp_path):
@@ -53,19 +53,11 @@ def test_qwen2_f32_verified_by_llama_cpp(runner, tmp_path):
     man = json.loads((out / "manifest.json").read_text())["model"]
     assert man["architecture"] == "qwen2" and man["tokenizer"]["pre"] == "qwen2"
     # the bundle's run.py generates through llama.cpp (isolated child, neutral cwd): greedy = transformers' greedy
-    import subprocess
-    import sys
-
     import transformers
 
     from edgeq.genai import hf_greedy, prompt_ids
 
-    neutral = tmp_path / "cwd"
-    neutral.mkdir()
-    p = subprocess.run([sys.executable, "-I", str(out / "run.py"), "--prompt", "def main():", "--max-new-tokens", "12", "--json"],
-                       cwd=neutral, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr
-    got = json.loads(p.stdout)
+    got = greedy_json(out / "run.py", "def main():", 12, tmp_path / "cwd")
     model = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
     ids = prompt_ids(folder, ["def main():"], 300)[0]
     want = hf_greedy(model, [ids], 12)[0]
@@ -73,5 +65,5 @@ def test_qwen2_f32_verified_by_llama_cpp(runner, tmp_path):
     assert got["tokens"] == want and len(want) >= 4 and got["stop"] == ("eos" if len(want) < 12 else "max_new_tokens")
     assert not (out / "__pycache__").exists()
     (out / "Modelfile").write_text("FROM ./other.gguf\n")
-    p = subprocess.run([sys.executable, "-I", str(out / "run.py"), "--prompt", "x"], cwd=neutral, capture_output=True, text=True, timeout=300)
+    p = run_script(out / "run.py", ["--prompt", "x"], tmp_path / "cwd")
     assert p.returncode == 2 and "checksum mismatch: Modelfile" in p.stderr

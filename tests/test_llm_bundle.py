@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 from edgeq.cli import app  # noqa: E402
 from edgeq.genai import compare_tokens, hf_greedy, prompt_ids  # noqa: E402
 from edgeq.llmgen import choose, printable  # noqa: E402
-from tests.llm_models import save_lm  # noqa: E402
+from tests.llm_models import greedy_json, run_script, save_lm  # noqa: E402
 
 TEMPLATE = "{% for m in messages %}<|bos|>{{ m['content'] }}{% endfor %}"
 
@@ -76,12 +74,7 @@ def test_fp32_bundle_generates_with_onnxruntime_genai_like_transformers(runner, 
     want = want[: want.index(2)] if 2 in want else want  # transformers returns the EOS token, onnxruntime-genai does not
     assert list(g.get_sequence(0))[len(ids):] == want and len(want) >= 8
     # the bundle's run.py (isolated child: -I, neutral cwd) and edgeq generate, greedy: the same tokens
-    neutral = tmp_path / "cwd"
-    neutral.mkdir()
-    p = subprocess.run([sys.executable, "-I", str(out / "run.py"), "--prompt", "print('hello", "--max-new-tokens", "32", "--json"],
-                       cwd=neutral, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stderr
-    got = json.loads(p.stdout)
+    got = greedy_json(out / "run.py", "print('hello", 32, tmp_path / "cwd")
     assert got["tokens"] == want[:32] and got["stop"] == ("eos" if len(want) < 32 else "max_new_tokens")
     assert not (out / "__pycache__").exists()
     r = runner.invoke(app, ["generate", str(out), "--prompt", "print('hello", "--max-new-tokens", "32", "--json"])
@@ -96,7 +89,7 @@ def test_fp32_bundle_generates_with_onnxruntime_genai_like_transformers(runner, 
     assert r.exit_code == 0 and r.stdout.startswith("print('hello")
     # a tampered generate.py is refused before it runs
     (out / "generate.py").write_text((out / "generate.py").read_text() + "\n# changed\n")
-    p = subprocess.run([sys.executable, "-I", str(out / "run.py"), "--prompt", "x"], cwd=neutral, capture_output=True, text=True, timeout=120)
+    p = run_script(out / "run.py", ["--prompt", "x"], tmp_path / "cwd")
     assert p.returncode == 2 and "corrupt" in p.stderr
 
 
