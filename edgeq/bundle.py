@@ -76,6 +76,8 @@ class BundleInputs:
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD
     placement: dict[str, Any] | None = None
     """Accelerator placement of the shipped model (edgeq.accel.manifest_placement), measured or estimated."""
+    extra_files: tuple[tuple[str, bytes], ...] = ()
+    """(name, bytes) written at the bundle's root, e.g. genai_config.json and tokenizer files (names chosen by edgeq)"""
 
 
 def sidecar_path(out: Path) -> Path:
@@ -380,6 +382,8 @@ def write_bundle(artifact: Artifact, target: Target, out: Path, info: BundleInpu
         _copy_cpp(root)
         if info.labels:
             (root / LABELS_FILE).write_text("\n".join(info.labels) + "\n", encoding="utf-8")
+        for name, data in info.extra_files:
+            (root / Path(name).name).write_bytes(data)
         from .profile import write_ep_context
 
         ep_context = write_ep_context(root / "model.onnx", root, target)  # QNN context binary, where the EP is here

@@ -285,6 +285,7 @@ def export(
         labels_key=labels_key, preprocess=preprocess, labels=labels, archive=archive, sign_key=sign,
         bundle_version=bundle_version, max_drop=max_drop, image_preprocess=image_preprocess, prefer=prefer,
         accuracy_level_pinned=accuracy_level is not None,
+        lm_folder=Path(source) if kind == "hf" and task == "text-generation" else None,  # KV-cache decoder: tokenizer, genai_config
     )
     progress = StageProgress(err, total_samples=spec.calib_samples if spec.needs_calibration else 0)
     check = None
@@ -303,6 +304,10 @@ def export(
             export_from = source
             if kind == "hf":  # a GPTQ/AWQ/bitsandbytes folder: read by edgeq, exported from its dequantized weights
                 opts, export_from = _prequant_options(source, opts, quant, work, progress) if task else (opts, source)
+                if opts.lm_folder is not None and export_from != source:  # KV-cache decoder of the dequantized weights
+                    from dataclasses import replace as _replace
+
+                    opts = _replace(opts, lm_folder=Path(export_from))
             if reference is not None:
                 _check_reference(reference, opts)
             with progress.stage(f"export ({kind})"):
@@ -595,6 +600,11 @@ def profile(
             if status is not None:
                 status.update(f"profiling {inp.label} ({i}/{len(inputs)}, {backend.kind}, up to {budget:.0f} s of timed runs)")
             reports.append(measure(inp, tg, backend, opts, reference=reference))
+    from .llmprofile import is_llm_bundle, llm_lines, profile_llm
+
+    for m, r in zip(models, reports):  # KV-cache decoder bundles: TTFT, decode tokens/s by context, peak RSS, KV bytes/token
+        if is_llm_bundle(m):
+            r["llm"] = profile_llm(m, threads=threads)
     if html is not None:
         from .htmlreport import write_html
 
@@ -607,6 +617,9 @@ def profile(
             console.print(t)
         for line in profile_notes(reports):
             console.print(escape_markup(line))
+        for m, r in zip(models, reports):
+            for line in llm_lines(str(m), r["llm"]) if r.get("llm") else ():
+                console.print(escape_markup(line))
         if html is not None:
             console.print(f"wrote {html}")
     failed = [f for r in reports for f in ((r.get("numerics") or {}).get("vs_reference") or {}).get("failures", [])]
@@ -738,6 +751,33 @@ def bundle(
         console.print(f"wrote bundle {out} for {tg.name}" + ("" if samples else " (golden inputs are seeded random: pass --data for real ones)"))
     if report is not None and not report["passed"]:
         _fail(CheckFailed(f"model outside target {tg.name}'s tolerances: {'; '.join(report['failures'])}", f"the bundle was written to {out}"))
+
+
+@app.command()
+@handle_errors
+def generate(
+    bundle: Annotated[Path, typer.Argument(help="an LLM bundle folder (KV-cache decoder, tokenizer.json, genai_config.json)")],
+    prompt: Annotated[str, typer.Option("--prompt", help="text to continue")],
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 64,
+    temperature: Annotated[float, typer.Option("--temperature", help="0: greedy; > 0 samples")] = 0.0,
+    top_k: Annotated[int, typer.Option("--top-k", help="sample among the k most likely tokens (0: all)")] = 0,
+    top_p: Annotated[float, typer.Option("--top-p", help="sample within this cumulative probability")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    model: Annotated[str, typer.Option("--model", help="run model.onnx or model.ort")] = "onnx",
+    as_json: JsonOpt = False,
+) -> None:
+    """Generate text with an LLM bundle (numpy + onnxruntime + tokenizers, as the bundle's run.py --prompt does), streaming."""
+    from .llmcli import generate_cli
+    from .report import err
+
+    res = generate_cli(bundle, prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                       seed=seed, model=model, stream=not as_json)
+    if as_json:
+        _emit_json(res)
+    else:
+        tps = res["decode_tokens_per_s"]
+        err.print(f"{len(res['tokens'])} tokens (stop: {res['stop']}), time to first token {res['ttft_s'] * 1e3:.1f} ms"
+                  + (f", decode {tps:.1f} tokens/s" if tps else ""))
 
 
 @app.command()

@@ -209,6 +209,9 @@ def load_samples(
         if image_files(path) and not any(p.suffix in (".npz", ".npy") for p in path.iterdir()):
             return _image_samples(path, io, what, preprocess)
     raw = _read_raw(path, io, what)
+    from .lmdata import fill_lm_inputs
+
+    raw, lm_notes = fill_lm_inputs(raw, io)  # input_ids windows alone are enough for language models
     labels = None
     if labels_key in raw and labels_key not in io.input_names:
         labels = raw.pop(labels_key)
@@ -247,7 +250,7 @@ def load_samples(
                 f"{what} data: '{labels_key}' must be a 1-D integer array of {n} labels, got {labels.dtype}{list(labels.shape)}",
                 "store class indices, one per sample (or [samples, positions] next-token ids for a language model)",
             )
-    return SampleSet(arrays=arrays, stacked=stacked, labels=labels, source=str(path))
+    return SampleSet(arrays=arrays, stacked=stacked, labels=labels, source=str(path), notes=tuple(lm_notes))
 
 
 def _check_array(arr: np.ndarray, spec: TensorSpec, what: str) -> tuple[np.ndarray, bool]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,8 @@ _GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+
 _LLAMA3_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-_PRE_BY_REGEX = {_GPT2_REGEX: "gpt-2", _LLAMA3_REGEX: "llama-bpe"}
+_QWEN2_REGEX = _LLAMA3_REGEX.replace(r"\p{N}{1,3}", r"\p{N}", 1)  # Qwen2: digits one at a time
+_PRE_BY_REGEX = {_GPT2_REGEX: "gpt-2", _LLAMA3_REGEX: "llama-bpe", _QWEN2_REGEX: "qwen2"}
 
 DEFAULT_PROMPTS = (
     "The quick brown fox jumps over the lazy dog. A small model running on a phone",
@@ -91,6 +93,7 @@ class LlamaParams:
     tie_embeddings: bool
     bos_token_id: int | None
     eos_token_id: int | None
+    arch: str = "llama"  # llama.cpp architecture: llama, or qwen2 (q/k/v biases, NEOX rotary: no row permutation)
 
 
 @dataclass(frozen=True)
@@ -136,11 +139,17 @@ def _inside(folder: Path, name: str) -> Path:
 
 def read_params(cfg: dict[str, Any], where: str) -> LlamaParams:
     archs = cfg.get("architectures") or []
-    if cfg.get("model_type") != "llama" and "LlamaForCausalLM" not in archs:
+    if cfg.get("model_type") == "qwen2" or "Qwen2ForCausalLM" in archs:
+        arch = "qwen2"
+    elif cfg.get("model_type") == "llama" or "LlamaForCausalLM" in archs:
+        arch = "llama"
+    else:
         raise ModelError(
-            f"{where}: model_type '{cfg.get('model_type')}' ({', '.join(archs) or 'no architectures'}) is not a Llama model",
-            "llama.cpp targets take Llama-architecture folders (model_type 'llama', LlamaForCausalLM)",
+            f"{where}: model_type '{cfg.get('model_type')}' ({', '.join(archs) or 'no architectures'}) is not a Llama or Qwen2 model",
+            "llama.cpp targets take Llama (LlamaForCausalLM) and Qwen2 (Qwen2ForCausalLM) folders",
         )
+    if arch == "qwen2" and cfg.get("use_sliding_window"):
+        raise ModelError(f"{where}: Qwen2 with use_sliding_window is not supported by edgeq's GGUF writer", "convert a model without a sliding window")
     need = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
     missing = [k for k in need if not isinstance(cfg.get(k), int)]
     if missing:
@@ -151,7 +160,7 @@ def read_params(cfg: dict[str, Any], where: str) -> LlamaParams:
             f"{where}: rope scaling '{rs.get('rope_type', rs.get('type'))}' is not supported by edgeq's GGUF writer yet",
             "only plain rotary embeddings (no rope_scaling) are converted",
         )
-    for flag in ("attention_bias", "mlp_bias"):
+    for flag in ("attention_bias", "mlp_bias") if arch == "llama" else ("mlp_bias",):  # qwen2: q/k/v biases by design
         if cfg.get(flag):
             raise ModelError(f"{where}: {flag} = true is not supported by edgeq's GGUF writer", "convert a model without biases")
     heads = cfg["num_attention_heads"]
@@ -184,6 +193,7 @@ def read_params(cfg: dict[str, Any], where: str) -> LlamaParams:
         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         bos_token_id=_tid("bos_token_id"),
         eos_token_id=_tid("eos_token_id"),
+        arch=arch,
     )
 
 
@@ -203,7 +213,7 @@ def _pre_name(pre: dict[str, Any] | None, where: str) -> str:
                 return _PRE_BY_REGEX[regex]
     raise ModelError(
         f"{where}: pre-tokenizer {json.dumps(pre)[:120]} is not one edgeq can name for llama.cpp",
-        "supported: byte-level BPE with the GPT-2 regex ('gpt-2') or the Llama 3 regex ('llama-bpe')",
+        "supported: byte-level BPE with the GPT-2 regex ('gpt-2'), the Llama 3 regex ('llama-bpe') or Qwen2's ('qwen2')",
     )
 
 
@@ -329,6 +339,9 @@ def hf_to_gguf_name(name: str, layers: int) -> str | None:
         "self_attn.q_proj.weight": "attn_q.weight",
         "self_attn.k_proj.weight": "attn_k.weight",
         "self_attn.v_proj.weight": "attn_v.weight",
+        "self_attn.q_proj.bias": "attn_q.bias",  # Qwen2
+        "self_attn.k_proj.bias": "attn_k.bias",
+        "self_attn.v_proj.bias": "attn_v.bias",
         "self_attn.o_proj.weight": "attn_output.weight",
         "post_attention_layernorm.weight": "ffn_norm.weight",
         "mlp.gate_proj.weight": "ffn_gate.weight",
@@ -477,6 +490,8 @@ def _plan(src: LlamaSource, quant: str, blocks: dict[str, tuple[str, np.ndarray]
         f"blk.{i}.{t}.weight" for i in range(p.layers)
         for t in ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down")
     }
+    if p.arch == "qwen2":
+        need |= {f"blk.{i}.attn_{t}.bias" for i in range(p.layers) for t in ("q", "k", "v")}
     if not p.tie_embeddings:
         need.add("output.weight")
     missing = sorted(need - seen)
@@ -496,9 +511,9 @@ def _blk_key(name: str) -> tuple[int, str]:
 
 def _convert(arr: np.ndarray, gname: str, tp: TensorPlan, p: LlamaParams) -> np.ndarray:
     gguf = _gguf()
-    if gname.endswith("attn_q.weight"):
+    if p.arch == "llama" and gname.endswith("attn_q.weight"):  # qwen2 runs NEOX (rotate-half) rotary: rows as they are
         arr = rotary_permute(arr, p.heads)
-    elif gname.endswith("attn_k.weight"):
+    elif p.arch == "llama" and gname.endswith("attn_k.weight"):
         arr = rotary_permute(arr, p.kv_heads)
     if tp.qtype == "F32":
         return np.ascontiguousarray(arr, dtype=np.float32)
@@ -509,9 +524,9 @@ def _convert(arr: np.ndarray, gname: str, tp: TensorPlan, p: LlamaParams) -> np.
 
 def _rotary_rows(rows: np.ndarray, gname: str, p: LlamaParams) -> np.ndarray:
     """Block bytes per output row, in llama.cpp's rotary row order for q/k."""
-    if gname.endswith("attn_q.weight"):
+    if p.arch == "llama" and gname.endswith("attn_q.weight"):
         return np.ascontiguousarray(rotary_permute(rows, p.heads))
-    if gname.endswith("attn_k.weight"):
+    if p.arch == "llama" and gname.endswith("attn_k.weight"):
         return np.ascontiguousarray(rotary_permute(rows, p.kv_heads))
     return rows
 
@@ -527,7 +542,7 @@ def write_gguf(src: LlamaSource, quant: str, path: Path, *, on_tensor: Callable[
         return _write_via_llama_cpp(src, quant, path, on_tensor=on_tensor)
     gguf = _gguf()
     plan, notes = _plan(src, quant, blocks)
-    w = gguf.GGUFWriter(str(path), arch="llama")
+    w = gguf.GGUFWriter(str(path), arch=src.params.arch)
     _add_metadata(w, src, quant)
     types: dict[str, int] = {}
     for _, gname, tp in plan:
@@ -685,13 +700,13 @@ def reference_logits(folder: Path, ids: list[list[int]]) -> list[np.ndarray]:
     """fp32 PyTorch logits of ``LlamaForCausalLM`` (safetensors only, no remote code)."""
     try:
         import torch
-        from transformers import LlamaForCausalLM
+        from transformers import AutoModelForCausalLM
     except ImportError:
         raise ProviderError(
             "the fp32 reference needs torch and transformers", "pip install torch==2.13.0, then pip install 'edgeq[gguf]'"
         ) from None
     try:
-        model = LlamaForCausalLM.from_pretrained(str(folder), use_safetensors=True, local_files_only=True, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), use_safetensors=True, local_files_only=True, trust_remote_code=False)
     except Exception as e:  # noqa: BLE001 - transformers' own load errors
         raise ModelError(f"transformers cannot load {folder} as LlamaForCausalLM: {str(e).splitlines()[0][:200]}", "check the folder") from None
     model = model.float().eval()
@@ -892,6 +907,9 @@ def export_llamacpp(
         with stage("verify with llama.cpp"):
             ver = verify_gguf(folder, root / "model.gguf", prompts, tol, q)
         (root / "Modelfile").write_text(modelfile_text(src, settings.context), encoding="utf-8")
+        from . import gguf_run  # run.py: checksums, then generation through llama.cpp (extra buffer types off on AMX hosts)
+
+        shutil.copyfile(Path(gguf_run.__file__), root / "run.py")
         golden = _write_golden(root, folder, prompts)
         files = {}
         for p in sorted(x for x in root.rglob("*") if x.is_file()):
@@ -910,7 +928,7 @@ def export_llamacpp(
             "runtime": "llama.cpp",
             "created_by": _versions(),
             "target": {"name": target.name, "description": target.description, "arch": target.arch, "runtime": "llama.cpp"},
-            "model": {"gguf": "model.gguf", "modelfile": "Modelfile", "architecture": "llama", "params": vars(src.params).copy(),
+            "model": {"gguf": "model.gguf", "modelfile": "Modelfile", "architecture": src.params.arch, "params": vars(src.params).copy(),
                       "tokenizer": {"model": src.vocab.model, "pre": src.vocab.pre, "tokens": len(src.vocab.tokens), "merges": len(src.vocab.merges)}},
             "source": {"folder": folder.name, "name": src.name},
             "quantization": recipe,

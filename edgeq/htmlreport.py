@@ -164,6 +164,15 @@ def render(reports: list[dict[str, Any]], *, target: str) -> str:
             f"<h3>{_e(_name(r))}</h3>" + hbars_svg(f"layers-{i}", f"per-layer error of {_name(r)}",
                                                    [(f"{e['tensor']} ({e['op_type']})", e["rel_rms_error"], PALETTE[2]) for e in r["layer_errors"]], fmt="{:.3g}")
             for i, r in layered))
+    llms = [(i, r) for i, r in enumerate(reports) if r.get("llm")]
+    if llms:  # LLM bundles (edgeq.llmprofile): decode speed against context length
+        sections.append("<h2>LLM decode tokens/s by context</h2><p>Median one-token decode step with the KV cache filled to each context length; "
+                        "time to first token at the prompt length given.</p>" + "".join(
+            f"<h3>{_e(_name(r))}</h3><p>time to first token {_f(r['llm']['ttft_ms'], '.1f', ' ms')} at {_e(r['llm']['prompt_tokens'])} prompt tokens; "
+            f"KV cache {_e(r['llm']['kv_bytes_per_token'])} bytes/token; peak RSS {_f(r['llm']['peak_rss_bytes'] / 2**20, '.1f', ' MiB')}</p>"
+            + hbars_svg(f"llm-decode-{i}", f"decode tokens/s by context of {_name(r)}",
+                        [(f"{d['context']} tokens of context", d["decode_tokens_per_s"] or 0.0, PALETTE[0]) for d in r["llm"]["decode"]], fmt="{:.1f} tok/s")
+            for i, r in llms))
     style = ("body{font-family:sans-serif;margin:24px;color:#222;max-width:980px}table{border-collapse:collapse;margin:8px 0 16px}"
              "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;text-align:left}td{overflow-wrap:anywhere}th{background:#f2f2f2;white-space:nowrap}svg.plot{display:block;margin:6px 0}"
              "h2{border-bottom:1px solid #ddd;padding-bottom:4px}")

@@ -53,6 +53,8 @@ class ExportOptions:
     prefer: str | None = None
     accuracy_level_pinned: bool = False
     """weight-only: the user chose --accuracy-level; otherwise levels 4 and 0 are measured and one is kept"""
+    lm_folder: Path | None = None
+    """the Hugging Face folder a KV-cache decoder came from: tokenizer and genai_config.json ship with it"""
     prequant: Any = None
     """edgeq.export.prequant.PrequantCheckpoint: the source was a pre-quantized folder (GPTQ/AWQ codes imported)"""
     reference_model: Path | None = None
@@ -72,6 +74,7 @@ class ExportResult:
     profile_skipped: str | None
     notes: tuple[str, ...]
     lm: Any = None  # edgeq.lmeval.LMQuality for weight-only modes on language models
+    generation: Any = None  # edgeq.genai.GreedyCheck for KV-cache decoder bundles
     lm_reference: Any = None  # LMQuality against --reference (the float model a pre-quantized folder came from)
     placement: dict[str, Any] | None = None  # accelerator placement of the shipped model (edgeq.accel)
     ep_context: dict[str, Any] | None = None  # the provider's compiled context, or why there is none
@@ -92,8 +95,9 @@ class ExportResult:
                 "shipped": self.speed.to_dict() if self.speed else None,
             },
             "notes": list(self.notes),
-            "passed": self.verify.passed if self.verify else True,
+            "passed": (self.verify.passed if self.verify else True) and (self.generation is None or self.generation.passed),
             "lm_quality": self.lm.to_dict() if self.lm is not None else None,
+            "generation": self.generation.to_dict() if self.generation is not None else None,
             **({"lm_quality_vs_reference": self.lm_reference.to_dict()} if self.lm_reference is not None else {}),
             "placement": self.placement,
             "ep_context": self.ep_context,
@@ -136,6 +140,9 @@ def run_export(
 
     data_shapes = _data_shapes(calib or evals)  # a static-shape target pins dynamic axes to these (--static-shape wins)
     notes: list[str] = preflight(source.path, target, spec, {**data_shapes, **opts.static_shapes}) + prep_notes  # before any work
+    notes += list(dict.fromkeys(n for d in (calib, evals) if d is not None and not d.synthetic for n in d.notes))
+    llm_files, llm_notes = _llm_files(source, opts)  # before any work: the folder's tokenizer files are read here
+    notes += llm_notes
     with scratch_dir() as work:
         with stage("optimize"):
             opt, opt_notes = optimize(source, target, work / "fp32.onnx", static_shapes=opts.static_shapes, opset=opts.opset,
@@ -257,8 +264,14 @@ def run_export(
                 sign_key=opts.sign_key,
                 archive=opts.archive,
                 placement=manifest_placement(placement),
+                extra_files=llm_files,
             )
             write_bundle(qres.artifact, target, opts.out, info, force=opts.force)
+        generation = None
+        if llm_files:
+            with stage("generate check"):
+                generation = _greedy_check(opts, spec, check_data)
+                notes.append(generation.summary() if generation else "onnxruntime-genai not installed: greedy generation check skipped (pip install onnxruntime-genai)")
     return ExportResult(
         bundle=opts.out,
         target=target.name,
@@ -271,6 +284,7 @@ def run_export(
         profile_skipped=skipped,
         notes=tuple(notes),
         lm=lm,
+        generation=generation,
         lm_reference=lm_ref,
         placement=placement,
         ep_context=_written_ep_context(opts.out),
@@ -322,6 +336,44 @@ def _synthetic(art: Artifact) -> dict:
     from .profile import synthetic_feed
 
     return synthetic_feed(art.io)
+
+
+def _llm_files(source: Artifact, opts: ExportOptions) -> tuple[tuple[tuple[str, bytes], ...], list[str]]:
+    from .export.decoder import is_kv_decoder
+
+    if opts.lm_folder is None or not is_kv_decoder(source.io):
+        return (), []
+    from . import llmgen
+    from .genai import bundle_files
+
+    files, notes = bundle_files(opts.lm_folder)
+    gen = ("generate.py", Path(llmgen.__file__).read_bytes())  # run.py --prompt: numpy + onnxruntime + tokenizers
+    return (*files, gen), notes
+
+
+GREEDY_NEW_TOKENS = 32
+
+
+def _greedy_check(opts: ExportOptions, spec: QuantSpec, data: SampleSet | None):
+    """onnxruntime-genai on the written bundle vs transformers' greedy generate on the folder."""
+    import numpy as np
+
+    from .export import hf
+    from .genai import greedy_check, prompt_ids
+
+    src = hf.inspect_folder(opts.lm_folder)
+    model = hf.load_hf_model(src, "text-generation")
+    vocab = int(model.config.vocab_size)
+    if data is not None and len(data) and "input_ids" in data.arrays:
+        prompts = [np.asarray(data.feed(i)["input_ids"]).reshape(-1)[:16].tolist() for i in range(min(3, len(data)))]
+    elif (opts.lm_folder / "tokenizer.json").is_file():
+        prompts = prompt_ids(opts.lm_folder, ["The", "def main():", "Once upon a time"], vocab)
+    else:
+        prompts = np.random.default_rng(0).integers(0, vocab, (3, 8)).tolist()
+    fp32 = spec.mode == "none"
+    need = 1.0 if fp32 else opts.target.tolerances.min_greedy_agreement
+    tie = 10 * opts.target.tolerances.export_atol  # two runtimes' float sums may order a near-tie either way
+    return greedy_check(opts.out, model, prompts, new_tokens=GREEDY_NEW_TOKENS, min_agreement=need, tie_atol=tie)
 
 
 def _bundle_extras(source: Artifact, opts: ExportOptions) -> tuple[dict, tuple[str, ...] | None]:

@@ -106,6 +106,10 @@ def skip_reason(target: Target) -> str:
 
 def synthetic_feed(io: IoSpec, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
+    if any(t.name.startswith("past_key_values.") for t in io.inputs) and "input_ids" in io.input_names:
+        from .export.decoder import prefill_feed  # KV-cache decoder: a consistent prefill (mask covers past + new)
+
+        return prefill_feed(io.inputs, rng.integers(0, 2, (1, 8), dtype=np.int64))
     feed = {}
     from .modelmeta import imgsz_shape
 

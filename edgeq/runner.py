@@ -258,8 +258,33 @@ def time_model(root: str, manifest: dict, model: str = "ort", providers: list | 
     }
 
 
+def _generate(argv: list) -> int:
+    """LLM bundles: ``--prompt`` generates text with the sibling generate.py, after the checksums are checked."""
+    import importlib.util
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.path.join(here, "generate.py")
+    if not os.path.isfile(path):
+        print("FAIL this bundle has no generate.py: --prompt is for LLM bundles (KV-cache decoders)", file=sys.stderr)
+        return 2
+    try:
+        check_files(here, load_manifest(here))  # generate.py is checksummed before it runs
+        spec = importlib.util.spec_from_file_location("edgeq_bundle_generate", path)
+        gen = importlib.util.module_from_spec(spec)
+        sys.dont_write_bytecode = True  # no __pycache__ inside the bundle
+        spec.loader.exec_module(gen)
+        return gen.main(argv, root=here, check=lambda root: check_files(root, load_manifest(root)))
+    except BundleCorrupt as e:
+        print(f"FAIL bundle corrupt: {e}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list | None = None) -> int:
     import argparse
+
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a == "--prompt" or a.startswith("--prompt=") for a in argv):
+        return _generate(argv)
 
     ap = argparse.ArgumentParser(description="Check an edgeq bundle and run its golden pairs.")
     ap.add_argument("bundle", nargs="?", default=os.path.dirname(os.path.abspath(__file__)))

@@ -176,7 +176,7 @@ def test_bad_sources_are_refused(runner, untrained, tmp_path):
     other = tmp_path / "gpt2"
     other.mkdir()
     (other / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
-    with pytest.raises(ModelError, match="not a Llama model"):
+    with pytest.raises(ModelError, match="not a Llama or Qwen2 model"):
         read_llama(other)
     # a BPE vocabulary without merges (llama.cpp refuses it)
     nm = tmp_path / "nomerges"
@@ -242,7 +242,7 @@ def test_trained_llama_q8_0_and_q4_0_verified_by_llama_cpp(runner, trained, tmp_
         assert v["perplexity_fp32"] < 100
         # bundle: gguf + Modelfile + manifest with checksums
         names = sorted(p.name for p in out.iterdir())
-        assert names == ["Modelfile", "golden", "manifest.json", "model.gguf"]
+        assert names == ["Modelfile", "golden", "manifest.json", "model.gguf", "run.py"]
         man = json.loads((out / "manifest.json").read_text())
         assert man["runtime"] == "llama.cpp" and man["target"]["name"] == "llamacpp-arm64"
         assert man["files"]["model.gguf"]["sha256"] == sha256_file(out / "model.gguf")
@@ -252,7 +252,7 @@ def test_trained_llama_q8_0_and_q4_0_verified_by_llama_cpp(runner, trained, tmp_
     r = runner.invoke(app, ["verify", str(tmp_path / "q8_0"), "--json"])
     assert r.exit_code == 0, r.output
     chk = json.loads(r.stdout)
-    assert chk["passed"] and len(chk["pairs"]) == 4 and chk["files_checked"] == 2 + 8
+    assert chk["passed"] and len(chk["pairs"]) == 4 and chk["files_checked"] == 3 + 8
     (tmp_path / "q8_0" / "Modelfile").write_text("FROM ./other.gguf\n")
     r = runner.invoke(app, ["verify", str(tmp_path / "q8_0")])
     assert r.exit_code == 2 and "checksum mismatch: Modelfile" in r.stderr

@@ -187,7 +187,9 @@ def test_export_imports_the_codes_as_matmulnbits(runner, float_folder, tmp_path,
         assert any("vs the float model (--reference)" in n for n in res["notes"])
     # logits against PyTorch holding the checkpoint's dequantized weights (and far from the original float ones)
     sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
+    from edgeq.export.decoder import prefill_feed  # text-generation exports a KV-cache decoder (issue 15)
+
+    got = sess.run(["logits"], prefill_feed(sess.get_inputs(), ids))[0]
     want = _torch_logits(float_folder, ref, ids)
     orig = _torch_logits(float_folder, load_file(str(float_folder / "model.safetensors")), ids)
     err, err_orig = float(np.abs(got - want).max()), float(np.abs(got - orig).max())

@@ -27,25 +27,24 @@ sys.path.insert(0, str(ROOT))
 def onnx_logits(path: Path, ids: list[list[int]]) -> list[np.ndarray]:
     from edgeq.runtime import create_session, run
 
+    from edgeq.export.decoder import prefill_feed
+
     s = create_session(path)
-    names = [i.name for i in s.get_inputs()]
     out = []
     for t in ids:
-        x = np.asarray([t], dtype=np.int64)
-        feed = {"input_ids": x}
-        if "attention_mask" in names:
-            feed["attention_mask"] = np.ones_like(x)
+        feed = prefill_feed(s.get_inputs(), np.asarray([t], dtype=np.int64))  # attention_mask / positions / empty past as the graph takes
         out.append(np.asarray(run(s, feed)[0])[0].astype(np.float32))
     return out
 
 
-def calib_set(ids: list[list[int]], seq: int):
-    """Token windows as an edgeq SampleSet (input_ids + attention_mask, one window per sample)."""
+def calib_set(ids: list[list[int]], seq: int, io):
+    """Token windows as an edgeq SampleSet (input_ids, plus the other LM inputs ``io`` takes, one window per sample)."""
     from edgeq.data import SampleSet
+    from edgeq.lmdata import fill_lm_inputs
 
     x = np.asarray([t[:seq] for t in ids if len(t) >= seq], dtype=np.int64)
-    return SampleSet(arrays={"input_ids": x, "attention_mask": np.ones_like(x)}, stacked={"input_ids": False, "attention_mask": False},
-                     labels=None, source=f"{len(x)} training windows of {seq} tokens")
+    arrays, _ = fill_lm_inputs({"input_ids": x}, io)
+    return SampleSet(arrays=arrays, stacked={k: False for k in arrays}, labels=None, source=f"{len(x)} training windows of {seq} tokens")
 
 
 def main() -> int:
@@ -109,7 +108,7 @@ def main() -> int:
         data = None
         if spec.needs_calibration:
             cids = tokenize_hf(folder, calib_texts)
-            data = calib_set(cids, min(len(t) for t in cids))
+            data = calib_set(cids, min(len(t) for t in cids), art.io)
         out = work / f"int4_{algo}_b{a.block}.onnx"
         quantize(art, spec, out, data=data)
         add(f"edgeq ONNX int4 {algo} b{a.block} (onnxruntime)", out, onnx_logits(out, ids))

@@ -262,6 +262,16 @@ def _export_hf_optimum(src, opts: SourceOptions, work: Path):
         return None, f"--exporter auto: {e.message}; torch's exporter ran instead"
 
 
+def _kv_cache_wanted(opts: SourceOptions) -> bool:
+    """``--task text-generation`` gives a KV-cache decoder unless an exporter or static shapes were asked for.
+
+    ``--exporter dynamo|torchscript|optimum`` and static shapes (``--static-shape``, static-shape
+    targets) keep the full-sequence graph (no past key values) those paths write.
+    """
+    return (opts.task == "text-generation" and opts.exporter == "auto" and not opts.static_shapes
+            and not opts.target.static_shapes)
+
+
 def export_source(source: str | Path, opts: SourceOptions, work: Path):
     """Export ``source`` to ``work/exported.onnx``; returns ``(Artifact, ExportCheck | None)``."""
     kind = source_kind(source)
@@ -290,6 +300,12 @@ def export_source(source: str | Path, opts: SourceOptions, work: Path):
         if opts.exporter not in EXPORTERS:
             raise ModelError(f"unknown exporter '{opts.exporter}'", f"choose one of {', '.join(EXPORTERS)}")
         src = hf.inspect_folder(Path(text), trust_remote_code=opts.trust_remote_code, trust_pickle=opts.trust_pickle)
+        if _kv_cache_wanted(opts):
+            from .decoder import export_hf_decoder
+
+            model = hf.load_hf_model(src, opts.task, trust_remote_code=opts.trust_remote_code)
+            art, check, _ = export_hf_decoder(model, out, opts.target, provenance=(f"source(hf:{name}, task={opts.task}, kv-cache)",))
+            return art, check
         art_check, why_torch = _export_hf_optimum(src, opts, Path(work))
         if art_check is not None:
             return art_check

@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""GGUF bundle runner: check the bundle's checksums, then generate text with llama.cpp (llama-cpp-python).
+
+Copied into llama.cpp bundles as ``run.py``; needs only the Python standard library and
+``llama-cpp-python``:
+
+    python run.py [BUNDLE] --prompt TEXT [--max-new-tokens N] [--temperature T --top-k K --top-p P --seed S]
+                  [--threads N] [--extra-buffer-types auto|on|off] [--json]
+
+Greedy by default (temperature 0); text is printed as it is generated. On hosts with Intel
+AMX, llama.cpp's AMX matmul (one of its "extra buffer types") crashed (segfault) on Q8_0/Q4_0
+models with llama-cpp-python 0.3.36: ``auto`` (the default) turns extra buffer types off on such
+hosts, the way edgeq's own checks load the model; set ``use_extra_bufts = False`` in
+``llama_model_default_params`` to do the same in an app.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+
+MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 16 << 20
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_files(root: str) -> dict:
+    """The manifest, after every listed file matched its sha256 and no other file is present."""
+    path = os.path.join(root, MANIFEST)
+    if os.path.islink(path) or not os.path.isfile(path) or os.path.getsize(path) > MAX_MANIFEST_BYTES:
+        raise ValueError(f"no readable {MANIFEST} in {root}")
+    with open(path, "rb") as f:
+        manifest = json.loads(f.read().decode("utf-8"))
+    files = manifest.get("files") or {}
+    present = set()
+    for dirpath, dirnames, names in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+        for n in names:
+            rel = os.path.relpath(os.path.join(dirpath, n), root).replace(os.sep, "/")
+            if rel != MANIFEST:
+                present.add(rel)
+    extra = sorted(present - set(files))
+    if extra:
+        raise ValueError(f"file not in the manifest: {extra[0]}")
+    for rel, info in sorted(files.items()):
+        full = os.path.join(root, rel)
+        if not os.path.isfile(full) or _sha256(full) != info.get("sha256"):
+            raise ValueError(f"checksum mismatch: {rel}")
+    return manifest
+
+
+def host_has_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo", errors="replace") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return " amx_int8" in flags or " amx_tile" in flags
+
+
+def load(model_path: str, *, n_ctx: int, threads: int, seed: int, extra_buffer_types: str = "auto"):
+    import llama_cpp
+    import llama_cpp.llama_cpp as lc
+
+    use_extra = extra_buffer_types == "on" or (extra_buffer_types == "auto" and not host_has_amx())
+    orig = lc.llama_model_default_params
+    if not use_extra:
+        def params():
+            p = orig()
+            p.use_extra_bufts = False  # llama-cpp-python has no argument for it: the defaults are wrapped while loading
+            return p
+
+        lc.llama_model_default_params = params
+    try:
+        llm = llama_cpp.Llama(model_path=model_path, n_ctx=n_ctx, n_threads=threads or None, seed=seed, verbose=False)
+    finally:
+        lc.llama_model_default_params = orig
+    return llm, use_extra
+
+
+def main(argv: list | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Generate text with an edgeq llama.cpp bundle.")
+    ap.add_argument("bundle", nargs="?", default=os.path.dirname(os.path.abspath(__file__)))
+    ap.add_argument("--prompt", required=True)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    ap.add_argument("--top-k", type=int, default=40)
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--extra-buffer-types", choices=("auto", "on", "off"), default="auto",
+                    help="llama.cpp's extra buffer types (AMX, repacking); auto: off on AMX hosts")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args(argv)
+    try:
+        manifest = check_files(args.bundle)
+    except (ValueError, OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        print(f"FAIL bundle corrupt: {e}", file=sys.stderr)
+        return 2
+    sys.dont_write_bytecode = True
+    ctx = int((manifest.get("model") or {}).get("params", {}).get("context_length") or 2048)
+    model = os.path.join(args.bundle, (manifest.get("model") or {}).get("gguf") or "model.gguf")
+    llm, extra = load(model, n_ctx=ctx, threads=args.threads, seed=args.seed, extra_buffer_types=args.extra_buffer_types)
+    add_bos = llm.metadata.get("tokenizer.ggml.add_bos_token") == "true"
+    prompt = llm.tokenize(args.prompt.encode("utf-8"), add_bos=add_bos, special=False)
+    llm.set_seed(args.seed)
+    t0 = time.perf_counter()
+    first, out, shown, stop = None, [], "", "max_new_tokens"
+    for tok in llm.generate(prompt, temp=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=0.0, repeat_penalty=1.0, reset=True):
+        if first is None:
+            first = time.perf_counter() - t0
+        if tok == llm.token_eos():
+            stop = "eos"
+            break
+        out.append(int(tok))
+        if not args.json:
+            text = llm.detokenize(out).decode("utf-8", errors="replace")
+            if not text.endswith("\ufffd"):  # wait for the rest of a UTF-8 sequence
+                new = text[len(shown):] if text.startswith(shown) else text
+                sys.stdout.write("".join(c if c in "\n\t" or (ord(c) >= 32 and ord(c) != 127) else repr(c)[1:-1] for c in new))
+                sys.stdout.flush()
+                shown = text
+        if len(out) >= args.max_new_tokens or len(prompt) + len(out) >= ctx:
+            stop = "max_new_tokens" if len(out) >= args.max_new_tokens else "context"
+            break
+    res = {"tokens": out, "text": llm.detokenize(out).decode("utf-8", errors="replace"), "stop": stop, "ttft_s": first,
+           "extra_buffer_types": extra, "seconds": time.perf_counter() - t0}
+    if args.json:
+        print(json.dumps(res, indent=2, sort_keys=True))
+    else:
+        print(file=sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

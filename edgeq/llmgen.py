@@ -1,0 +1,226 @@
+#!/usr/bin/env python3
+"""Text generation with an edgeq KV-cache decoder bundle: numpy + onnxruntime + tokenizers only.
+
+Copied into LLM bundles as ``generate.py``; ``python run.py --prompt "..."`` hands over to it
+after the bundle's checksums are checked, and ``edgeq generate BUNDLE`` uses the same code.
+
+    python run.py [BUNDLE] --prompt TEXT [--max-new-tokens N] [--temperature T --top-k K --top-p P --seed S]
+
+Greedy by default; ``--temperature`` > 0 samples (after top-k, then top-p), seeded. Stops at
+an end-of-sequence token, at ``--max-new-tokens`` or at the model's context length. Text is
+printed as it is generated. One prefill over the prompt, then one token per step through the
+past/present key-value cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+MAX_JSON_BYTES = 64 << 20
+CONFIG = "genai_config.json"
+TOKENIZER = "tokenizer.json"
+
+
+def _read_json(path: str) -> dict:
+    if os.path.islink(path) or not os.path.isfile(path):
+        raise FileNotFoundError(f"{os.path.basename(path)} not found in the bundle")
+    if os.path.getsize(path) > MAX_JSON_BYTES:
+        raise ValueError(f"{os.path.basename(path)} is larger than {MAX_JSON_BYTES >> 20} MiB")
+    with open(path, "rb") as f:
+        data = json.loads(f.read().decode("utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"{os.path.basename(path)} is not a JSON object")
+    return data
+
+
+def _ints(v) -> list:
+    if isinstance(v, bool):
+        return []
+    if isinstance(v, int):
+        return [v]
+    return [x for x in v if isinstance(x, int) and not isinstance(x, bool)] if isinstance(v, list) else []
+
+
+class Decoder:
+    """One onnxruntime session over the bundle's decoder, with the cache fed back between steps."""
+
+    def __init__(self, root: str, *, model: str = "onnx", providers: list | None = None, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        cfg = _read_json(os.path.join(root, CONFIG))["model"]
+        self.eos = set(_ints(cfg.get("eos_token_id")))
+        self.context = int(cfg.get("context_length") or 2048)
+        name = "model.ort" if model == "ort" and os.path.isfile(os.path.join(root, "model.ort")) else "model.onnx"
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if threads:
+            so.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(os.path.join(root, name), sess_options=so, providers=providers or ["CPUExecutionProvider"])
+        self.inputs = [i for i in self.session.get_inputs()]
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.past = [i for i in self.inputs if i.name.startswith("past_key_values.")]
+        if not self.past or "logits" not in self.outputs:
+            raise ValueError("the bundle's model is not a KV-cache decoder (no past_key_values inputs)")
+
+    def kv_bytes_per_token(self) -> int:
+        return sum(int(i.shape[1]) * int(i.shape[3]) * 4 for i in self.past)
+
+    def step(self, ids, past: dict | None, total: int):
+        """Logits of the last position and the new cache for ``ids`` [1, S] after ``total - S`` cached tokens."""
+        import numpy as np
+
+        s = ids.shape[1]
+        feed = {"input_ids": ids, "attention_mask": np.ones((1, total), np.int64),
+                "position_ids": np.arange(total - s, total, dtype=np.int64)[None]}
+        for i in self.past:
+            feed[i.name] = past[i.name] if past else np.zeros((1, int(i.shape[1]), 0, int(i.shape[3])), np.float32)
+        res = dict(zip(self.outputs, self.session.run(None, feed)))
+        cache = {i.name: res[i.name.replace("past_key_values.", "present.")] for i in self.past}
+        return res["logits"][0, -1], cache
+
+
+def choose(logits, rng, *, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0) -> int:
+    """Greedy when temperature is 0; else sample from the softmax after top-k then top-p (nucleus) filtering."""
+    import numpy as np
+
+    logits = np.asarray(logits, np.float64)
+    if temperature <= 0:
+        return int(np.argmax(logits))
+    x = logits / temperature
+    order = np.argsort(-x, kind="stable")
+    if top_k > 0:
+        order = order[:top_k]
+    p = np.exp(x[order] - x[order].max())
+    p /= p.sum()
+    if top_p < 1.0:
+        keep = int(np.searchsorted(np.cumsum(p), top_p) + 1)
+        order, p = order[:keep], p[:keep] / p[:keep].sum()
+    return int(order[rng.choice(len(order), p=p)])
+
+
+def generate(dec: Decoder, prompt_ids: list, *, max_new_tokens: int = 64, temperature: float = 0.0, top_k: int = 0,
+             top_p: float = 1.0, seed: int = 0, on_token=None) -> dict:
+    """New token ids (EOS not included) and timings: time to first token, decode tokens/s."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    ids = np.asarray([prompt_ids], np.int64)
+    t0 = time.perf_counter()
+    logits, cache = dec.step(ids, None, ids.shape[1])
+    total, out, stop = ids.shape[1], [], "max_new_tokens"
+    ttft = decode_s = 0.0
+    while len(out) < max_new_tokens:
+        tok = choose(logits, rng, temperature=temperature, top_k=top_k, top_p=top_p)
+        if not out:
+            ttft = time.perf_counter() - t0
+        if tok in dec.eos:
+            stop = "eos"
+            break
+        out.append(tok)
+        if on_token is not None:
+            on_token(tok)
+        if len(out) >= max_new_tokens:
+            break
+        if total >= dec.context:
+            stop = "context"
+            break
+        t1 = time.perf_counter()
+        logits, cache = dec.step(np.asarray([[tok]], np.int64), cache, total + 1)
+        decode_s += time.perf_counter() - t1
+        total += 1
+    steps = max(len(out) - 1, 0)
+    return {"tokens": out, "stop": stop, "prompt_tokens": len(prompt_ids), "ttft_s": ttft,
+            "decode_tokens_per_s": steps / decode_s if decode_s > 0 else None}
+
+
+def load_tokenizer(root: str):
+    from tokenizers import Tokenizer
+
+    path = os.path.join(root, TOKENIZER)
+    if os.path.islink(path) or not os.path.isfile(path):
+        raise FileNotFoundError("tokenizer.json not found in the bundle: export from a folder saved with its tokenizer")
+    if os.path.getsize(path) > MAX_JSON_BYTES:
+        raise ValueError(f"tokenizer.json is larger than {MAX_JSON_BYTES >> 20} MiB")
+    return Tokenizer.from_file(path)
+
+
+def printable(text: str) -> str:
+    """Model output for a terminal: control characters other than newline and tab shown escaped."""
+    return "".join(c if c in "\n\t" or (ord(c) >= 32 and ord(c) != 127) else repr(c)[1:-1] for c in text)
+
+
+class TextStream:
+    """Prints decoded text as tokens arrive (decodes the whole answer each time: byte-level pieces join up)."""
+
+    def __init__(self, tok, out=None) -> None:
+        self.tok, self.ids, self.shown, self.out = tok, [], "", out or sys.stdout
+
+    def __call__(self, token: int) -> None:
+        self.ids.append(token)
+        text = self.tok.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return  # an incomplete UTF-8 sequence: wait for the next token
+        new = text[len(self.shown):] if text.startswith(self.shown) else text
+        self.out.write(printable(new))
+        self.out.flush()
+        self.shown = text
+
+
+def add_arguments(ap) -> None:
+    ap.add_argument("--prompt", required=True, help="text to continue")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default); > 0 samples")
+    ap.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0: all)")
+    ap.add_argument("--top-p", type=float, default=1.0, help="sample within this cumulative probability")
+    ap.add_argument("--seed", type=int, default=0)
+
+
+def run(root: str, args, *, model: str = "onnx", providers: list | None = None, threads: int = 0, as_json: bool = False, out=None) -> dict:
+    out = out or sys.stdout
+    tok = load_tokenizer(root)
+    dec = Decoder(root, model=model, providers=providers, threads=threads)
+    ids = tok.encode(args.prompt).ids
+    if not ids:
+        raise ValueError("the prompt encodes to no tokens")
+    stream = None if as_json else TextStream(tok, out)
+    if stream is not None:
+        out.write(args.prompt)
+        out.flush()
+    res = generate(dec, ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                   top_p=args.top_p, seed=args.seed, on_token=stream)
+    res["text"] = tok.decode(res["tokens"])
+    if stream is not None:
+        out.write("\n")
+    return res
+
+
+def main(argv: list | None = None, root: str | None = None, check=None) -> int:
+    """``check(bundle)`` (run.py passes its checksum check) runs before anything is loaded."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Generate text with an edgeq LLM bundle.")
+    ap.add_argument("bundle", nargs="?", default=root or os.path.dirname(os.path.abspath(__file__)))
+    ap.add_argument("--model", choices=("ort", "onnx"), default="onnx")
+    ap.add_argument("--providers", default="", help="comma-separated onnxruntime providers")
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--json", action="store_true")
+    add_arguments(ap)
+    args = ap.parse_args(argv)
+    if check is not None:
+        check(args.bundle)
+    providers = [p for p in args.providers.split(",") if p] or None
+    res = run(args.bundle, args, model=args.model, providers=providers, threads=args.threads, as_json=args.json)
+    if args.json:
+        print(json.dumps(res, indent=2, sort_keys=True))
+    else:
+        tps = res["decode_tokens_per_s"]
+        print(f"{len(res['tokens'])} tokens (stop: {res['stop']}), time to first token {res['ttft_s'] * 1e3:.1f} ms"
+              + (f", {tps:.1f} tokens/s" if tps else ""), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

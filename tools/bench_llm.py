@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""edgeq's KV-cache decoder bundles vs onnxruntime-genai's model builder, in the same runtime (onnxruntime-genai).
+
+    python tools/bench_llm.py                      # trains the tiny Llama of tests/lm_fixture.py (context 1280)
+    python tools/bench_llm.py --algos rtn,gptq,awq --contexts 128,1024 --threads 1,0
+
+Rows: fp32 and int4 (RTN / GPTQ / AWQ, block 32) KV-cache decoders written by edgeq, and the
+builder's int4 (``python -m onnxruntime_genai.models.builder -p int4 -e cpu``) on the same folder.
+Every row is compared with the fp32 PyTorch model (transformers) on the same held-out token
+windows, through onnxruntime-genai's own prefill logits: perplexity, mean KL(p_fp32 || p_row),
+same-top-token %. Timing (onnxruntime-genai, this host, not a device): time to first token at the
+first context length, decode tokens/s at each context length, per thread setting (0 = all cores),
+peak RSS of the measuring child; decode tokens/s is 1 / the median step time. Each measurement runs in
+its own isolated child interpreter.
+GGUF rows: see tools/bench_llm_formats.py (not repeated here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _child(args: dict) -> dict:
+    """In a child: onnxruntime-genai logits on ``windows`` and timings; prints JSON."""
+    import resource
+
+    import onnxruntime_genai as og
+
+    src = Path(args["dir"])
+    res: dict = {"timing": {}}
+    for threads in args["threads"]:
+        with tempfile.TemporaryDirectory() as d:
+            for p in src.iterdir():
+                os.symlink(p, Path(d) / p.name)
+            cfg = json.loads((src / "genai_config.json").read_text())
+            if threads:
+                cfg["model"]["decoder"]["session_options"]["intra_op_num_threads"] = threads
+            os.unlink(Path(d) / "genai_config.json")
+            (Path(d) / "genai_config.json").write_text(json.dumps(cfg))
+            model = og.Model(d)
+            if not res.get("logits_done"):
+                res["logits"] = []
+                for w in args["windows"]:
+                    p = og.GeneratorParams(model)
+                    p.set_search_options(max_length=len(w) + 1)
+                    g = og.Generator(model, p)
+                    g.append_tokens(w)
+                    res["logits"].append(np.asarray(g.get_output("logits"))[0].tolist())
+                res["logits_done"] = True
+            rng = np.random.default_rng(0)
+            rows = []
+            for ctx in args["contexts"]:
+                ids = rng.integers(3, args["vocab"], ctx).tolist()
+                p = og.GeneratorParams(model)
+                p.set_search_options(max_length=ctx + args["steps"] + 1, do_sample=False)
+                g = og.Generator(model, p)
+                t = time.perf_counter()
+                g.append_tokens(ids)
+                g.generate_next_token()
+                ttft = time.perf_counter() - t
+                per = []
+                while len(per) < args["steps"] and not g.is_done():
+                    t = time.perf_counter()
+                    g.generate_next_token()
+                    per.append(time.perf_counter() - t)
+                med = float(np.median(per))  # the median step: a busy host's stalls do not count
+                rows.append({"context": ctx, "ttft_ms": ttft * 1e3, "decode_tokens_per_s": 1 / med if med > 0 else None})
+            res["timing"][str(threads)] = rows
+    res["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    res.pop("logits_done", None)
+    return res
+
+
+def run_child(args: dict) -> dict:
+    from edgeq import child
+
+    p = child.run(child.python_argv(sys.executable, [str(Path(__file__).resolve()), "--child", json.dumps(args)]),
+                  capture_output=True, text=True, timeout=3600)
+    if p.returncode != 0:
+        raise RuntimeError(p.stderr.strip().splitlines()[-1] if p.stderr.strip() else "child failed")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def dir_bytes(d: Path) -> int:
+    return sum(p.stat().st_size for p in d.iterdir() if p.suffix in (".onnx", ".data") or p.name.endswith(".onnx.data"))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--child")
+    ap.add_argument("--model", type=Path, help="Hugging Face folder (default: train the tiny Llama fixture with context 1280)")
+    ap.add_argument("--algos", default="rtn,gptq,awq")
+    ap.add_argument("--contexts", default="128,1024")
+    ap.add_argument("--threads", default="1,0", help="intra-op threads per timing (0: onnxruntime's default, all cores)")
+    ap.add_argument("--steps", type=int, default=32, help="decode steps timed per context")
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--work", type=Path)
+    ap.add_argument("--no-builder", action="store_true")
+    a = ap.parse_args()
+    if a.child:
+        print(json.dumps(_child(json.loads(a.child))))
+        return 0
+
+    from edgeq.export import hf
+    from edgeq.export.decoder import export_hf_decoder
+    from edgeq.gguf import compare_logits, reference_logits, tokenize_hf
+    from edgeq.genai import bundle_files
+    from edgeq.optimize import optimize
+    from edgeq.quantize import quantize
+    from edgeq.quantize.spec import QuantSpec
+    from edgeq.targets import load_target
+    from tools.bench_llm_formats import calib_set
+
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    work = a.work or Path(tempfile.mkdtemp(prefix="edgeq-bench-llm-"))
+    work.mkdir(parents=True, exist_ok=True)
+    if a.model is None:
+        from tests.lm_fixture import TinyLlamaSpec, corpus_text, heldout_prompts, make_tiny_llama
+
+        folder = work / "tiny-llama"
+        if not (folder / "model.safetensors").exists():
+            t0 = time.perf_counter()
+            make_tiny_llama(folder, TinyLlamaSpec(context=1280))
+            log(f"trained the tiny Llama fixture in {time.perf_counter() - t0:.0f} s")
+        texts = heldout_prompts(a.prompts, 256)
+        train, _ = corpus_text()
+        calib_texts = [train[i : i + 1024] for i in range(0, 32 * 1024, 1024)]
+    else:
+        from edgeq.gguf import DEFAULT_PROMPTS
+
+        folder, texts = a.model, list(DEFAULT_PROMPTS)
+        calib_texts = texts
+    ids = [t for t in tokenize_hf(folder, texts) if len(t) >= 2]
+    ref = reference_logits(folder, ids)
+    target = load_target("cpu-x86_64")
+    model = hf.load_hf_model(hf.inspect_folder(folder), "text-generation")
+    files, _ = bundle_files(folder)
+    dirs: dict[str, Path] = {}
+
+    def bundle_dir(name: str, onnx_path: Path) -> Path:
+        d = work / name
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir()
+        shutil.copyfile(onnx_path, d / "model.onnx")
+        for n, data in files:
+            (d / n).write_bytes(data)
+        return d
+
+    art, _, _ = export_hf_decoder(model, work / "exported.onnx", target)
+    art, _ = optimize(art, target, work / "fp32.onnx")
+    dirs["edgeq fp32"] = bundle_dir("edgeq_fp32", art.path)
+    cids = tokenize_hf(folder, calib_texts)
+    for algo in [x.strip() for x in a.algos.split(",") if x.strip()]:
+        spec = QuantSpec(mode="int4", algo=algo, block_size=32)
+        data = calib_set(cids, min(128, min(len(t) for t in cids)), art.io) if spec.needs_calibration else None
+        out = work / f"int4_{algo}.onnx"
+        quantize(art, spec, out, data=data)
+        dirs[f"edgeq int4 {algo}"] = bundle_dir(f"edgeq_int4_{algo}", out)
+    if not a.no_builder:
+        bdir = work / "builder_int4"
+        shutil.rmtree(bdir, ignore_errors=True)
+        from edgeq import child
+
+        p = child.run(child.python_argv(sys.executable, ["-m", "onnxruntime_genai.models.builder", "-i", str(folder), "-o", str(bdir),
+                                                         "-p", "int4", "-e", "cpu"]), capture_output=True, text=True,
+                      env=child.clean_env(HF_HUB_OFFLINE="1"))
+        if p.returncode == 0:
+            dirs["onnxruntime-genai builder int4"] = bdir
+        else:
+            log(f"builder failed: {(p.stderr.strip().splitlines() or ['?'])[-1]}")
+    contexts = [int(x) for x in a.contexts.split(",")]
+    threads = [int(x) for x in a.threads.split(",")]
+    vocab = int(model.config.vocab_size)
+    rows = []
+    for name, d in dirs.items():
+        t0 = time.perf_counter()
+        r = run_child({"dir": str(d), "windows": ids, "contexts": contexts, "threads": threads, "steps": a.steps, "vocab": vocab})
+        m = compare_logits(ref, [np.asarray(x, np.float32) for x in r["logits"]], ids)
+        rows.append({"name": name, "bytes": dir_bytes(d), **m, "timing": r["timing"], "peak_rss_bytes": r["peak_rss_bytes"]})
+        log(f"{name}: KL {m['kl_mean']:.2e}, same top {100 * m['top1_agreement']:.2f} % ({time.perf_counter() - t0:.0f} s)")
+    print(f"{folder.name}: {len(ids)} held-out windows, {rows[0]['positions']} positions; fp32 PyTorch perplexity "
+          f"{rows[0]['perplexity_fp32']:.4f}; runtime onnxruntime-genai on this host; decode over {a.steps} steps.\n")
+    cols = [f"{'all' if t == 0 else t} thr: TTFT@{contexts[0]} ms / tok/s@" + "/".join(map(str, contexts)) for t in threads]
+    print("| model | file | perplexity | mean KL | same top | " + " | ".join(cols) + " | peak RSS (child, incl. logits) |")
+    print("|---|---:|---:|---:|---:|" + "---:|" * len(cols) + "---:|")
+    for r in rows:
+        cells = []
+        for t in threads:
+            tr = r["timing"][str(t)]
+            cells.append(f"{tr[0]['ttft_ms']:.1f} / " + " / ".join(f"{x['decode_tokens_per_s']:.0f}" for x in tr))
+        print(f"| {r['name']} | {r['bytes'] / 1e6:.3f} MB | {r['perplexity']:.4f} | {r['kl_mean']:.2e} | {100 * r['top1_agreement']:.2f} % | "
+              + " | ".join(cells) + f" | {r['peak_rss_bytes'] / 2**20:.0f} MiB |")
+    log(f"files in {work}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
