@@ -74,6 +74,8 @@ class BundleInputs:
     archive: str | None = None
     """"tar.gz" or "zip": also write ``<out>.<fmt>``, a deterministic archive of the folder."""
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD
+    verdict: dict[str, Any] | None = None
+    """edgeq.checks.verdict_of(...): pass | fail | accepted-failed | skipped; default: from ``verify``."""
 
 
 def sidecar_path(out: Path) -> Path:
@@ -330,6 +332,7 @@ def build_manifest(artifact: Artifact, target: Target, out: Path, info: BundleIn
         "quantization": info.recipe,
         "provenance": list(info.provenance),
         "verify": info.verify,
+        "verdict": info.verdict or _verdict(info.verify),
         "profile": _profile_summary(info.profile),
         "size": info.sizes,
         "golden": {"atol": target.tolerances.golden_atol, "rtol": target.tolerances.golden_rtol, "pairs": pairs},
@@ -338,6 +341,12 @@ def build_manifest(artifact: Artifact, target: Target, out: Path, info: BundleIn
         "files": files,
     }
     return manifest
+
+
+def _verdict(verify: dict[str, Any] | None) -> dict[str, Any]:
+    from .checks.verdict import verdict_of
+
+    return verdict_of(verify, reason="no reference data given: nothing was verified")
 
 
 def write_bundle(artifact: Artifact, target: Target, out: Path, info: BundleInputs, *, force: bool = False) -> Path:
@@ -374,7 +383,7 @@ def write_bundle(artifact: Artifact, target: Target, out: Path, info: BundleInpu
         if signer is not None:
             (root / SIGNATURE).write_text(base64.b64encode(signer.sign(data)).decode("ascii") + "\n", encoding="ascii")
         result = runner_mod.check(str(root))
-        if not result["passed"]:
+        if not result["golden_passed"]:  # the ORT model vs its own golden outputs (the export verdict is recorded, not checked here)
             raise BundleError(
                 f"the bundle failed its own golden check (max abs error {result['max_abs_error']:.3g})",
                 "report this to edgeq: the ORT-format model disagrees with the ONNX model",
@@ -448,7 +457,7 @@ def check_signature(root: Path, data: bytes, manifest: dict[str, Any], pubkey: P
 def check_golden(result: dict[str, Any], *, on: str = "",
                  hint: str = "the runtime computes different results than when the bundle was built") -> None:
     """CheckFailed (exit 1) naming the golden pairs a runner result has outside tolerance."""
-    if result["passed"]:
+    if result.get("golden_passed", result["passed"]):
         return
     bad = [p["pair"] for p in result["pairs"] if not p["passed"]]
     where = f" on {on}" if on else ""
@@ -508,11 +517,20 @@ def _check_folder(root: Path, shown: Path, *, providers, model, pubkey, min_vers
     except Exception as e:  # noqa: BLE001 - onnxruntime or numpy failing on bundle contents
         raise BundleError(f"bundle {shown} cannot be run: {(str(e).splitlines() or [type(e).__name__])[0][:200]}", "rebuild it with edgeq export") from None
     check_golden(result)
+    if result.get("verdict") == "fail":
+        raise CheckFailed(
+            f"bundle {shown} failed its export check: {_escape(result.get('verdict_reason', ''))}",
+            "the quantized model is outside its target's tolerances; re-export it (or ship it knowingly with --accept-failed)",
+        )
     result["bundle_version"] = manifest["bundle_version"]
     result["signed_by"] = signed_by
     result["signature_checked"] = signed_by is not None
     result["schema_valid"] = True
     return result
+
+
+def _escape(text: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in str(text))[:500]
 
 
 def _check_tolerance(manifest: dict[str, Any]) -> None:

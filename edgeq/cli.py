@@ -149,6 +149,13 @@ def _check_prefer(prefer: Optional[str]) -> None:
 
 
 def _budget_failed(recipe: dict, where: Path) -> None:
+    gate = recipe.get("gate")
+    if gate and gate.get("met") is False:  # nothing quantized met --max-drop: fp32 was written, and said so
+        _fail(CheckFailed(
+            f"accuracy budget not met: no quantized candidate within --max-drop {gate['max_drop']} on {gate['metric']}; "
+            f"{where} holds the fp32 model (mode none)",
+            "raise --max-drop, add calibration data, or ship fp32 on purpose with --quant none",
+        ))
     search = recipe.get("search")
     if search and not search.get("met", True):
         best = search["best"]
@@ -216,6 +223,7 @@ def export(
     trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="allow unpickling arbitrary objects (full-module .pt, TorchScript, .pt2): runs code from the file")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="allow a Hugging Face folder's own Python code (auto_map)")] = False,
     exporter: Annotated[str, typer.Option("--exporter", help="auto (dynamo, then TorchScript; Hugging Face folders: Optimum when EDGEQ_OPTIMUM_PYTHON is set) | dynamo | torchscript | optimum")] = "auto",
+    accept_failed: Annotated[bool, typer.Option("--accept-failed", help="ship a bundle whose check failed (exit 0); the manifest records accepted-failed")] = False,
 ) -> None:
     """Export, optimize, quantize, verify, profile and bundle a model for a target."""
     from .isolate import open_source
@@ -245,7 +253,7 @@ def export(
         static_shapes=parse_shapes(static_shape), opset=opset, golden=golden, do_profile=not no_profile,
         labels_key=labels_key, preprocess=preprocess, labels=labels, archive=archive, sign_key=sign,
         bundle_version=bundle_version, max_drop=max_drop, image_preprocess=image_preprocess, prefer=prefer,
-        accuracy_level_pinned=accuracy_level is not None,
+        accuracy_level_pinned=accuracy_level is not None, accept_failed=accept_failed,
     )
     progress = StageProgress(err, total_samples=spec.calib_samples if spec.needs_calibration else 0)
     check = None
@@ -277,11 +285,19 @@ def export(
             from .report import layers_table
 
             console.print(layers_table(result["quantization"]))
+    status = (result.get("verdict") or {}).get("status")
+    if status == "accepted-failed":
+        err.print(f"[red]WARNING: ACCEPTED-FAILED[/]: the quantized model is outside target {tg.name}'s tolerances and was shipped "
+                  "anyway (--accept-failed); the manifest, edgeq verify and run.py say so")
+    elif status == "skipped" and not as_json:
+        err.print("[yellow]VERIFICATION SKIPPED[/]: no data given, nothing was proven (pass --calib or --eval)")
     _budget_failed(result["quantization"], out)
-    if not result["passed"]:
+    if not result["passed"] and status != "accepted-failed":
+        from .checks.hints import after_failed_check
+
         _fail(CheckFailed(
             f"the quantized model is outside target {tg.name}'s tolerances: {'; '.join(result['verify']['failures'])}",
-            f"the bundle was written to {out} for inspection; try --per-channel, more calibration data, or --quant int8-dynamic/none",
+            after_failed_check(spec, tg, max_drop=max_drop, has_eval=eval_data is not None, out=out),
         ))
 
 
@@ -413,7 +429,10 @@ def verify(
         else:
             console.print(bundle_check_table(result))
             signed = f", signature by key {result['signed_by'][:16]}" if result.get("signed_by") else ""
-            console.print(f"[green]PASS[/] bundle {candidate}: schema, checksums{signed} and {len(result['pairs'])} golden pairs")
+            verdict = {"pass": "export check passed", "skipped": "[yellow]export check SKIPPED (no data when built: nothing proven)[/]",
+                       "accepted-failed": "[red]export check FAILED, shipped knowingly (ACCEPTED-FAILED)[/]"}.get(result.get("verdict") or "", "")
+            console.print(f"[green]PASS[/] bundle {candidate}: schema, checksums{signed} and {len(result['pairs'])} golden pairs"
+                          + (f"; {verdict}" if verdict else ""))
         return
     from .data import load_samples
     from .errors import CalibrationError

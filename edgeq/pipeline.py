@@ -50,6 +50,8 @@ class ExportOptions:
     prefer: str | None = None
     accuracy_level_pinned: bool = False
     """weight-only: the user chose --accuracy-level; otherwise levels 4 and 0 are measured and one is kept"""
+    accept_failed: bool = False
+    """--accept-failed: ship a bundle whose check failed; the manifest says accepted-failed"""
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class ExportResult:
     profile_skipped: str | None
     notes: tuple[str, ...]
     lm: Any = None  # edgeq.lmeval.LMQuality for weight-only modes on language models
+    verdict: dict[str, Any] | None = None  # edgeq.checks.verdict_of: the one verdict, as the manifest records it
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -80,6 +83,7 @@ class ExportResult:
             },
             "notes": list(self.notes),
             "passed": self.verify.passed if self.verify else True,
+            "verdict": self.verdict,
             "lm_quality": self.lm.to_dict() if self.lm is not None else None,
         }
 
@@ -142,9 +146,12 @@ def run_export(
             if check_data is calib:
                 notes.append("verified on the calibration inputs (pass --eval for held-out data)")
             with stage("verify"):
-                report = verify(opt.path, qres.artifact.path, check_data.take(opts.verify_samples), target.tolerances, output_names=opt.io.output_names)
+                report = verify(opt.path, qres.artifact.path, check_data.take(opts.verify_samples), target.tolerances,
+                                output_names=opt.io.output_names, tasks=app_io["outputs"])
+                notes += [f"output '{c['output']}' checked as {c['kind']}: {c['why']}" for c in report.tasks]
         else:
-            notes.append("no data given: verification skipped (pass --calib or --eval)")
+            notes.append("VERIFICATION SKIPPED: no data given, nothing was proven (pass --calib or --eval); "
+                         "golden inputs and timing use typical values from the inputs' declared ranges")
         lm = None
         from .lmeval import lm_io, lm_quality
 
@@ -153,21 +160,25 @@ def run_export(
                 lm = lm_quality(opt.path, qres.artifact.path, check_data.take(opts.verify_samples), opt.io)
         prof_fp32 = prof_q = None
         skipped = None
+        golden = _golden_feeds(check_data, qres.artifact, opts.golden, app_io)
         if opts.do_profile:
             with stage("profile"):
-                feed = feed_from(check_data)
+                feed = feed_from(check_data) or (golden[0] if golden else None)  # no data: typical values, never zeros
                 prof_fp32 = profile(opt.path, target, feed=feed, io=opt.io)
                 prof_q = profile(qres.artifact.path, target, feed=feed, io=qres.artifact.io)
                 if prof_fp32 is None:
                     skipped = skip_reason(target)
         fp32_bytes = model_size(opt.path)  # same treatment as the quantized model
         q_bytes = model_size(qres.artifact.path)
-        golden = _golden_feeds(check_data, qres.artifact, opts.golden)
+        from .checks.verdict import verdict_of
+
+        verdict = verdict_of(report.to_dict() if report else None, accept_failed=opts.accept_failed)
         with stage("bundle"):
             info = BundleInputs(
                 golden_feeds=golden,
                 recipe=qres.recipe(),
                 verify=report.to_dict() if report else None,
+                verdict=verdict,
                 profile={
                     "fp32": prof_fp32.to_dict() if prof_fp32 else None,
                     "quantized": prof_q.to_dict() if prof_q else None,
@@ -194,6 +205,7 @@ def run_export(
         profile_skipped=skipped,
         notes=tuple(notes),
         lm=lm,
+        verdict=verdict,
     )
 
 
@@ -245,9 +257,9 @@ def _record_image_preprocess(app_io: dict, data: SampleSet | None, *, from_app: 
     return []
 
 
-def _golden_feeds(data: SampleSet | None, art: Artifact, n: int) -> tuple[dict, ...]:
+def _golden_feeds(data: SampleSet | None, art: Artifact, n: int, app_io: dict | None = None) -> tuple[dict, ...]:
     if data is not None and len(data):
         return tuple(data.feed(i) for i in range(min(n, len(data))))
-    from .profile import synthetic_feed
+    from .golden import typical_feed
 
-    return tuple(synthetic_feed(art.io, seed=i) for i in range(n))
+    return tuple(typical_feed(art.path, art.io, (app_io or {}).get("inputs", {}), seed=i) for i in range(n))
