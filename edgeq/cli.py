@@ -354,7 +354,9 @@ def quantize(
     data = load_samples(calib, src.io, preprocess=image_preprocess, random_n=spec.calib_samples) if calib else None
     evals = load_samples(eval_data, src.io, what="evaluation", preprocess=image_preprocess) if eval_data else None
     if spec.needs_calibration and data is None:
-        raise CalibrationError(f"{spec.mode} needs calibration data", "pass --calib DATA.npz, or --quant int8-dynamic")
+        from .checks.hints import modes_without_calibration
+
+        raise CalibrationError(f"{spec.mode} needs calibration data", "pass --calib DATA.npz, or " + modes_without_calibration(tg))
     from .quantize.preflight import run as preflight
 
     pre_notes = preflight(model, tg, spec, parse_shapes(static_shape))  # before any work
@@ -405,6 +407,7 @@ def verify(
     labels_key: LabelsOpt = "labels",
     emulate: EmulateOpt = None,
     as_json: JsonOpt = False,
+    preprocess: Annotated[Optional[Path], typer.Option("--preprocess", help="app TOML: [outputs.NAME] task = ... overrides the inferred task of an output")] = None,
 ) -> None:
     """Check a bundle folder or archive (safe extraction, schema, signature, checksums, golden pairs) or compare a model with its reference."""
     from .archive import archive_format
@@ -450,7 +453,10 @@ def verify(
     open_source(candidate)
     ref = open_source(reference)
     samples = load_samples(data, ref.io, what="evaluation", labels_key=labels_key)
-    report = verify_stage(reference, candidate, samples, tg.tolerances, output_names=ref.io.output_names).to_dict()
+    from .appio import load_io_spec
+
+    tasks = load_io_spec(preprocess, ref.io)["outputs"]
+    report = verify_stage(reference, candidate, samples, tg.tolerances, output_names=ref.io.output_names, tasks=tasks).to_dict()
     if as_json:
         _emit_json(report)
     else:

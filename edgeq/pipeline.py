@@ -115,9 +115,11 @@ def run_export(
     evals = load_samples(opts.eval, source.io, what="evaluation", labels_key=opts.labels_key, preprocess=image_prep) if opts.eval else None
     prep_notes = _record_image_preprocess(app_io, calib or evals, from_app=image_prep is not None and image_prep == opts.preprocess)
     if spec.needs_calibration and calib is None:
+        from .checks.hints import modes_without_calibration
+
         raise CalibrationError(
             f"{spec.mode} needs calibration data and none was given",
-            "pass --calib DATA.npz (one array per model input), or --quant int8-dynamic / none",
+            "pass --calib DATA.npz (one array per model input), or " + modes_without_calibration(target),
         )
     from .quantize.preflight import run as preflight
 

@@ -292,3 +292,11 @@ def test_gate_with_no_candidate_in_budget_ships_fp32_labelled_and_exits_1(runner
     assert drops and min(drops) > 0  # int8 moved some detections: no candidate within --max-drop 0
     assert r.exit_code == 1 and "fp32" in r.stderr
     assert rec["mode"] == "none" and rec["gate"]["picked"] == "fp32" and rec["gate"]["met"] is False
+
+
+def test_raw_ctc_logits_from_an_image_are_a_sequence():
+    rng = np.random.default_rng(7)
+    logits = [rng.normal(0, 3, (1, 40, 37)) for _ in range(4)]
+    spec = infer_all(("logits",), [logits], Context(image_inputs=((1, 3, 48, 320),)))[0]
+    assert spec.kind == "sequence"
+    assert infer_all(("logits",), [logits], Context())[0].kind == "regression"  # no image input: nothing to say

@@ -122,3 +122,19 @@ def test_batch_declared_minus_one_takes_stacked_and_batch_axis_data(tmp_path):
     for f in ("batch.npz", "stacked.npz"):
         s = load_samples(tmp_path / f, io)
         assert len(s) == 10 and s.feed(3)["x"].shape == (1, 1, 8, 8)
+
+
+def test_hints_never_suggest_what_is_on_or_what_cannot_run():
+    from edgeq.checks.hints import after_failed_check, modes_without_calibration
+    from edgeq.quantize.spec import QuantSpec
+    from edgeq.targets import load_target
+
+    cpu, qnn = load_target("cpu-x86_64"), load_target("qnn-htp")
+    on = after_failed_check(QuantSpec(per_channel=True), cpu)
+    assert "--per-channel" not in on and "--quant int8-dynamic" in on and "--max-drop" in on
+    assert "--per-channel" in after_failed_check(QuantSpec(per_channel=False), cpu)
+    assert "--max-drop" not in after_failed_check(QuantSpec(), cpu, max_drop=0.01)
+    assert "int8-dynamic" not in after_failed_check(QuantSpec(), qnn) and "int8-dynamic" not in modes_without_calibration(qnn)
+    assert "int8-dynamic" in modes_without_calibration(cpu)
+    int4 = after_failed_check(QuantSpec(mode="int4"), cpu)
+    assert "int8-dynamic" not in int4 and "--per-channel" not in int4 and "--accept-failed" in int4

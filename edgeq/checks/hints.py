@@ -14,6 +14,11 @@ def target_allows_dynamic(target: Any) -> bool:
     return True
 
 
+def modes_without_calibration(target: Any) -> str:
+    """Modes that need no calibration data and that this target runs (no dynamic INT8 on QNN/NPUs)."""
+    return "--quant int8-dynamic / none" if target_allows_dynamic(target) else "--quant none (this target runs static INT8 only)"
+
+
 def after_failed_check(spec: Any, target: Any, *, max_drop: float | None = None, has_eval: bool = True, out: Any = None) -> str:
     """One hint line for a quantized model outside the target's tolerances."""
     tips: list[str] = []

@@ -201,6 +201,8 @@ def infer_one(name: str, samples: list[np.ndarray], ctx: Context, override: dict
             return TaskSpec(name, "sequence", f"{list(shape)}: a {'softmax' if dist == 'prob' else 'log-softmax'} over the last axis at every step (CTC / greedy decode)")
         if hint == "embedding":
             return TaskSpec(name, "embedding", f"{list(shape)}, named like an embedding")
+        if ctx.image_inputs and not ctx.token_inputs and shape[-1] >= 2 and shape[-2] >= 2:
+            return TaskSpec(name, "sequence", f"{list(shape)} from an image: per-step class scores (CTC recognizer, greedy decode)")
     if hint == "detection" and a.ndim in (2, 3) and shape[-1] == 4:
         return TaskSpec(name, "detection", f"{list(shape)} boxes after NMS (named '{name}')", _siblings(name, samples, ctx))
     if a.ndim == 4 or (a.ndim == 3 and meta == "segmentation"):
