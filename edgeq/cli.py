@@ -642,10 +642,10 @@ def bundle(
             from .errors import CalibrationError
 
             raise CalibrationError("--reference needs --data to compare on", "pass --data DATA.npz")
-        report = verify_stage(reference, model, samples, tg.tolerances, output_names=art.io.output_names).to_dict()
+        report = verify_stage(reference, model, samples, tg.tolerances, output_names=art.io.output_names, tasks=app_io["outputs"]).to_dict()
         size = sizes(model_size(reference), model_size(model))
     info = BundleInputs(
-        golden_feeds=_golden_feeds(samples, art, golden),
+        golden_feeds=_golden_feeds(samples, art, golden, app_io),
         recipe={"mode": "as given", "notes": ["bundled an existing model; edgeq did not quantize it"]},
         verify=report,
         sizes=size,

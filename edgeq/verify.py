@@ -63,15 +63,7 @@ def _is_classifier(a: np.ndarray) -> bool:
 
 def collect_outputs(path: Path | str, data: SampleSet, *, providers: list[str] | None = None) -> list[np.ndarray]:
     """Run every sample through the model; outputs stacked along the batch axis."""
-    sess = create_session(path, providers=providers)
-    per_output: list[list[np.ndarray]] = []
-    for i in range(len(data)):
-        outs = run(sess, data.feed(i))
-        if not per_output:
-            per_output = [[] for _ in outs]
-        for k, o in enumerate(outs):
-            per_output[k].append(np.asarray(o))
-    return [np.concatenate(v, axis=0) if v[0].ndim else np.stack(v) for v in per_output]
+    return [_stacked(v) for v in collect_per_sample(path, data, providers=providers)]
 
 
 def collect_per_sample(path: Path | str, data: SampleSet, *, providers: list[str] | None = None) -> list[list[np.ndarray]]:
