@@ -461,6 +461,8 @@ def verify(
         _emit_json(report)
     else:
         console.print(verify_table(report))
+        for c in report["tasks"]:
+            console.print(f"note: output '{c['output']}' checked as {c['kind']}: {c['why']}")
         if report["accuracy_reference"] is not None:
             console.print(f"accuracy: reference {100 * report['accuracy_reference']:.2f} %, candidate {100 * report['accuracy_candidate']:.2f} %")
     if not report["passed"]:

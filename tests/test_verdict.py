@@ -138,3 +138,13 @@ def test_hints_never_suggest_what_is_on_or_what_cannot_run():
     assert "int8-dynamic" in modes_without_calibration(cpu)
     int4 = after_failed_check(QuantSpec(mode="int4"), cpu)
     assert "int8-dynamic" not in int4 and "--per-channel" not in int4 and "--accept-failed" in int4
+
+
+def test_verify_command_prints_the_inferred_task_and_takes_the_override(runner, cnn, cnn_calib, tmp_path):
+    r = runner.invoke(app, ["verify", str(cnn), "--reference", str(cnn), "--data", str(cnn_calib)])
+    assert r.exit_code == 0 and "output 'y' checked as classification" in r.stdout, r.output
+    a = tmp_path / "app.toml"
+    a.write_text('[outputs.y]\ntask = "embedding"\n')
+    r = runner.invoke(app, ["verify", str(cnn), "--reference", str(cnn), "--data", str(cnn_calib), "--preprocess", str(a), "--json"])
+    t = json.loads(r.stdout)["tasks"][0]
+    assert r.exit_code == 0 and t["kind"] == "embedding" and "app TOML" in t["why"] and t["metrics"]["mean_cosine"] > 0.9999
