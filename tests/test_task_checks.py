@@ -169,6 +169,10 @@ def test_classification_embedding_lm_segmentation_index_regression_inferred():
     assert score(spec, lm, [x + 0.001 for x in lm], TOL).passed
     noisy = score(spec, lm, [x + rng.normal(0, 3, x.shape) for x in lm], TOL)
     assert not noisy.passed and noisy.metrics["mean_kl"] > TOL.max_lm_kl
+    ispec = infer_all(("y",), [idx], Context())[0]
+    assert score(ispec, idx, idx, TOL).passed and not score(ispec, idx, [i + 1 for i in idx], TOL).passed
+    rspec = infer_all(("y",), [reg], Context())[0]
+    assert score(rspec, reg, [r * 1.001 for r in reg], TOL).passed and not score(rspec, reg, [-r for r in reg], TOL).passed
     spec = infer_all(("y",), [seg], Context(image_inputs=((1, 1, 8, 8),)))[0]
     assert score(spec, seg, seg, TOL).metrics == {"map_iou": 1.0, "pixel_agreement": 1.0}
     assert not score(spec, seg, [s[:, ::-1] for s in seg], TOL).passed
