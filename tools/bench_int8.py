@@ -7,6 +7,8 @@ Models (all built or found offline):
 - silero-vad      `pip install --no-deps silero-vad`: silero_vad.onnx (weights inside If branches);
                   speech synthesized with espeak-ng; metric = speech/non-speech decisions vs fp32
 - tiny LM         a small byte-level transformer trained here on Python sources (perplexity)
+- yolo, probmap, ctc, mobilenetv3: task models written in tools/bench_tasks.py, trained briefly on
+                  synthetic scenes; metric = the task metric edgeq's verify uses (edgeq.checks) vs fp32
 
 Columns: metric, quantized weight nodes, file size, p50 latency ratio vs fp32 (this host,
 onnxruntime CPU, default session options), quantization wall time, and (separately)
@@ -408,6 +410,14 @@ def ort_static_entropy(m: dict, out: Path, n: int) -> str:
     return "QDQ, Entropy (its default bins), per-tensor, S8S8"
 
 
+def ort_static_best(m: dict, out: Path, n: int) -> str:
+    from onnxruntime.quantization import CalibrationMethod, QuantType, quantize_static
+
+    quantize_static(str(m["path"]), str(out), _Reader(m["calib"], n, True), per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.Percentile)
+    return "QDQ, Percentile, per-channel, U8S8"
+
+
 def ort_dynamic(m: dict, out: Path, n: int) -> str:
     from onnxruntime.quantization import quantize_dynamic
 
@@ -458,6 +468,11 @@ def metric(m: dict, path: Path, ref_cache: dict) -> float:
         ref = ref_cache.setdefault("silero", _silero_stream(_sess(m["path"]), m["eval_audio"]))
         return float(np.mean((p > 0.5) == (ref > 0.5)))
     xs = m["eval"]["input"]
+    if m["metric"] == "task":  # edgeq.checks: detection F1, map IoU, sequence match, top-1 agreement vs fp32
+        from tools.bench_tasks import task_metric
+
+        m["metric_label"], value = task_metric(m["path"], path, xs, _sess)
+        return value
     name = sess.get_inputs()[0].name
     preds = np.concatenate([sess.run(None, {name: x})[0].argmax(-1) for x in xs])
     if m["labels"] is not None:
@@ -559,10 +574,18 @@ MODELS = {
     "resnet18-64": lambda: build_convnet("resnet18", 64),  # for the memory table (1,000 samples fit in RAM)
     "silero": build_silero,
     "bigact": build_bigact,
+    **{k: (lambda k=k: _task_model(k)) for k in ("yolo", "probmap", "ctc", "mobilenetv3")},
     "lm": build_lm,
 }
+def _task_model(kind: str) -> dict:
+    from tools.bench_tasks import build
+
+    return build(kind, WORK, _export_torch)
+
+
 RECIPES = {
     "ort-static": ort_static,
+    "ort-static-best": ort_static_best,
     "ort-dynamic": ort_dynamic,
     "edgeq-minmax": edgeq_static,
     "edgeq-entropy": lambda m, o, n: edgeq_static(m, o, n, "entropy"),
@@ -572,7 +595,7 @@ RECIPES = {
 MEMORY_RECIPES = {**RECIPES, "ort-static-entropy": ort_static_entropy}
 
 
-def bench_model(key: str, n_calib: int) -> list[dict]:
+def bench_model(key: str, n_calib: int, recipes: tuple[str, ...] = ()) -> list[dict]:
     m = MODELS[key]()
     rows = []
     ref_cache: dict = {}
@@ -582,6 +605,8 @@ def bench_model(key: str, n_calib: int) -> list[dict]:
     rows.append({"model": m["name"], "recipe": "fp32", "metric": metric(m, m["path"], ref_cache), "coverage": "-",
                  "size": fp32_size, "latency": 1.0, "qtime": 0.0, "fp32_ms": fp32_ms})
     for rname, fn in RECIPES.items():
+        if recipes and rname not in recipes:
+            continue
         out = WORK / f"{key}.{rname.split()[0]}{'.budget' if 'max-drop' in rname else ''}.onnx"  # edgeq = auto
         t = time.perf_counter()
         try:
@@ -597,6 +622,7 @@ def bench_model(key: str, n_calib: int) -> list[dict]:
         })
     for r in rows:
         r["metric_name"] = m["metric"]
+        r["metric_label"] = m.get("metric_label", "")
     if m.get("edgeq_notes"):
         print(f"[{m['name']}] edgeq notes: " + " | ".join(dict.fromkeys(m["edgeq_notes"])), file=sys.stderr)
     return rows
@@ -613,6 +639,8 @@ def table(rows: list[dict]) -> str:
             continue
         if r["metric_name"] == "perplexity":
             met = f"ppl {r['metric']:.3f}"
+        elif r["metric_name"] == "task":
+            met = f"{r['metric']:.3f} {r.get('metric_label', '')}"
         else:
             met = f"{100 * r['metric']:.1f} % {'acc' if r['metric_name'] == 'accuracy' else 'agree'}"
         lat = f"{r['latency']:.2f}x" + (f" ({r['fp32_ms']:.2f} ms)" if r["recipe"] == "fp32" else "")
@@ -628,6 +656,7 @@ def main() -> None:
     ap.add_argument("--memory", default="digits,silero", help="models for the peak-memory table (100 and 1,000 samples)")
     ap.add_argument("--memory-recipes", default="ort-static,ort-static-entropy,edgeq-minmax,edgeq-entropy,edgeq")
     ap.add_argument("--results", type=Path, default=None, help="JSON file: rows are appended per model (partial runs survive)")
+    ap.add_argument("--recipes", default="", help="only these recipes (comma-separated names from RECIPES), e.g. ort-static,ort-static-best,edgeq")
     ap.add_argument("--cost", default="", help="models for the cost table only (e.g. bigact): wall time and peak RSS vs onnxruntime")
     ap.add_argument("--cost-samples", type=int, default=64)
     args = ap.parse_args()
@@ -639,7 +668,7 @@ def main() -> None:
     for key in args.models.split(","):
         if key:
             t = time.perf_counter()
-            new = bench_model(key, args.calib)
+            new = bench_model(key, args.calib, tuple(r for r in args.recipes.split(",") if r))
             rows = [r for r in rows if r["model"] != new[0]["model"]] + new
             if args.results:
                 args.results.write_text(json.dumps(rows, indent=1))
