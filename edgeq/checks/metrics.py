@@ -200,7 +200,7 @@ def _post_nms(task: TaskSpec, sample: dict[str, np.ndarray]) -> list[Detections]
 def detection(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: Any,
               ref_all: list[dict[str, np.ndarray]], cand_all: list[dict[str, np.ndarray]]) -> TaskCheck:
     iou = float(task.get("iou", 0.5))
-    raw = np.asarray(ref[0]).ndim == 3 and np.asarray(ref[0]).shape[-1] != 4
+    raw = bool(ref) and np.asarray(ref[0]).ndim == 3 and np.asarray(ref[0]).shape[-1] != 4
     info: dict[str, Any] = {}
     tops_ok = tops_n = 0
     tp = n_ref = n_cand = 0
@@ -236,6 +236,8 @@ def detection(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol
 
 def _slices(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray]) -> dict[str, Any]:
     """Per-slice information for a concatenated head: boxes and scores separately."""
+    if not ref:
+        return {}
     ax = 1 if task.get("layout", "channels-first") == "channels-first" else 2
     r = np.concatenate([np.moveaxis(np.asarray(x, np.float64), ax, -1).reshape(-1, np.asarray(x).shape[ax]) for x in ref])
     c = np.concatenate([np.moveaxis(np.asarray(x, np.float64), ax, -1).reshape(-1, np.asarray(x).shape[ax]) for x in cand])
