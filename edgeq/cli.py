@@ -157,6 +157,12 @@ def _budget_failed(recipe: dict, where: Path) -> None:
             "raise --max-drop, add calibration data, or ship fp32 on purpose with --quant none",
         ))
     search = recipe.get("search")
+    if search and search.get("all_float"):
+        _fail(CheckFailed(
+            f"accuracy budget not met by any quantized model: --max-drop {search['max_drop']} on {search['metric']} held only with "
+            "every weight node float, so the model written is fp32",
+            f"{where} holds it with the search log; raise --max-drop, add calibration data, or ship fp32 on purpose with --quant none",
+        ))
     if search and not search.get("met", True):
         best = search["best"]
         _fail(CheckFailed(

@@ -304,3 +304,22 @@ def test_raw_ctc_logits_from_an_image_are_a_sequence():
     spec = infer_all(("logits",), [logits], Context(image_inputs=((1, 3, 48, 320),)))[0]
     assert spec.kind == "sequence"
     assert infer_all(("logits",), [logits], Context())[0].kind == "regression"  # no image input: nothing to say
+
+
+@pytest.mark.slow
+def test_max_drop_met_only_with_every_node_float_is_not_met(runner, tmp_path):
+    """--max-drop 0 on a one-Conv detector: the search keeps the Conv float; that is fp32, said so, exit 1."""
+    import json
+
+    from edgeq.cli import app
+
+    m = _conv_detector(tmp_path / "det.onnx")
+    rng = np.random.default_rng(6)
+    np.savez(tmp_path / "calib.npz", x=rng.normal(0, 1, (48, 1, 16, 64)).astype(np.float32))
+    r = runner.invoke(app, ["quantize", str(m), "-o", str(tmp_path / "q.onnx"), "--calib", str(tmp_path / "calib.npz"),
+                            "--calib-samples", "32", "--max-drop", "0", "--json"])
+    rec = json.loads(r.stdout)["quantization"]
+    assert rec["search"]["metric"] in ("detection_f1", "top_detection_agreement")
+    assert rec["coverage"]["nodes_quantized"] == 0 and rec["float_share"] == 1.0
+    assert rec["search"]["met"] is False and rec["search"]["all_float"] is True
+    assert r.exit_code == 1 and "every weight node float" in r.stderr
