@@ -15,6 +15,8 @@
     [outputs.y]
     activation = "softmax"       # none | softmax | sigmoid
     labels = true                # the last axis indexes labels.txt
+    task = "detection"           # what verify checks (optional; inferred otherwise): see docs/task-checks.md
+    box_format = "cxcywh"        # + the task's parameters (score_threshold, iou, threshold, blank, ...)
 
 ``--labels labels.txt``: one label per line, UTF-8, copied into the bundle.
 
@@ -110,10 +112,12 @@ def input_spec(where: str, d: dict[str, Any]) -> dict[str, Any]:
 
 
 def _output_spec(where: str, d: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(d) - _OUT_KEYS)
+    from .checks.kinds import TASK_KEYS, parse_override
+
+    unknown = sorted(set(d) - _OUT_KEYS - TASK_KEYS)
     if unknown:
-        raise _bad(where, f"unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(_OUT_KEYS))})")
-    out: dict[str, Any] = {}
+        raise _bad(where, f"unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(_OUT_KEYS | TASK_KEYS))})")
+    out: dict[str, Any] = parse_override(where, d)
     if "activation" in d:
         if d["activation"] not in ACTIVATIONS:
             raise _bad(where, f"activation must be one of {', '.join(ACTIVATIONS)}")

@@ -42,6 +42,7 @@ from .errors import BundleError, CheckFailed
 from .fsutil import check_output, sha256_file, staging
 from .appio import LABELS_FILE
 from .runtime import create_session, run
+from .safetext import escape_text
 from .targets import Target
 
 SCHEMA_VERSION = runner_mod.SCHEMA_VERSION
@@ -78,6 +79,8 @@ class BundleInputs:
     """Accelerator placement of the shipped model (edgeq.accel.manifest_placement), measured or estimated."""
     extra_files: tuple[tuple[str, bytes], ...] = ()
     """(name, bytes) written at the bundle's root, e.g. genai_config.json and tokenizer files (names chosen by edgeq)"""
+    verdict: dict[str, Any] | None = None
+    """edgeq.checks.verdict_of(...): pass | fail | accepted-failed | skipped; default: from ``verify``."""
 
 
 def sidecar_path(out: Path) -> Path:
@@ -349,6 +352,7 @@ def build_manifest(artifact: Artifact, target: Target, out: Path, info: BundleIn
         "quantization": info.recipe,
         "provenance": list(info.provenance),
         "verify": info.verify,
+        "verdict": info.verdict or _verdict(info.verify),
         "profile": _profile_summary(info.profile),
         "size": info.sizes,
         "golden": {"atol": target.tolerances.golden_atol, "rtol": target.tolerances.golden_rtol, "pairs": pairs},
@@ -357,6 +361,12 @@ def build_manifest(artifact: Artifact, target: Target, out: Path, info: BundleIn
         "files": files,
     }
     return manifest
+
+
+def _verdict(verify: dict[str, Any] | None) -> dict[str, Any]:
+    from .checks.verdict import verdict_of
+
+    return verdict_of(verify, reason="no reference data given: nothing was verified")
 
 
 def write_bundle(artifact: Artifact, target: Target, out: Path, info: BundleInputs, *, force: bool = False) -> Path:
@@ -396,7 +406,7 @@ def write_bundle(artifact: Artifact, target: Target, out: Path, info: BundleInpu
         if signer is not None:
             (root / SIGNATURE).write_text(base64.b64encode(signer.sign(data)).decode("ascii") + "\n", encoding="ascii")
         result = runner_mod.check(str(root))
-        if not result["passed"]:
+        if not result["golden_passed"]:  # the ORT model vs its own golden outputs (the export verdict is recorded, not checked here)
             raise BundleError(
                 f"the bundle failed its own golden check (max abs error {result['max_abs_error']:.3g})",
                 "report this to edgeq: the ORT-format model disagrees with the ONNX model",
@@ -470,7 +480,7 @@ def check_signature(root: Path, data: bytes, manifest: dict[str, Any], pubkey: P
 def check_golden(result: dict[str, Any], *, on: str = "",
                  hint: str = "the runtime computes different results than when the bundle was built") -> None:
     """CheckFailed (exit 1) naming the golden pairs a runner result has outside tolerance."""
-    if result["passed"]:
+    if result.get("golden_passed", result["passed"]):
         return
     bad = [p["pair"] for p in result["pairs"] if not p["passed"]]
     where = f" on {on}" if on else ""
@@ -530,6 +540,11 @@ def _check_folder(root: Path, shown: Path, *, providers, model, pubkey, min_vers
     except Exception as e:  # noqa: BLE001 - onnxruntime or numpy failing on bundle contents
         raise BundleError(f"bundle {shown} cannot be run: {(str(e).splitlines() or [type(e).__name__])[0][:200]}", "rebuild it with edgeq export") from None
     check_golden(result)
+    if result.get("verdict") == "fail":
+        raise CheckFailed(
+            f"bundle {shown} failed its export check: {escape_text(result.get('verdict_reason', ''))[:500]}",
+            "the quantized model is outside its target's tolerances; re-export it (or ship it knowingly with --accept-failed)",
+        )
     result["bundle_version"] = manifest["bundle_version"]
     result["signed_by"] = signed_by
     result["signature_checked"] = signed_by is not None

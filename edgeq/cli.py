@@ -161,7 +161,20 @@ def _check_prefer(prefer: Optional[str]) -> None:
 
 
 def _budget_failed(recipe: dict, where: Path) -> None:
+    gate = recipe.get("gate")
+    if gate and gate.get("met") is False:  # nothing quantized met --max-drop: fp32 was written, and said so
+        _fail(CheckFailed(
+            f"accuracy budget not met: no quantized candidate within --max-drop {gate['max_drop']} on {gate['metric']}; "
+            f"{where} holds the fp32 model (mode none)",
+            "raise --max-drop, add calibration data, or ship fp32 on purpose with --quant none",
+        ))
     search = recipe.get("search")
+    if search and search.get("all_float"):
+        _fail(CheckFailed(
+            f"accuracy budget not met by any quantized model: --max-drop {search['max_drop']} on {search['metric']} held only with "
+            "every weight node float, so the model written is fp32",
+            f"{where} holds it with the search log; raise --max-drop, add calibration data, or ship fp32 on purpose with --quant none",
+        ))
     if search and not search.get("met", True):
         best = search["best"]
         _fail(CheckFailed(
@@ -246,6 +259,7 @@ def export(
     output_names: OutputNamesOpt = None,
     reference: Annotated[Optional[Path], typer.Option("--reference", help="pre-quantized folder: the float model it came from (a Hugging Face folder), for perplexity and same-top-token against it")] = None,
     min_accel_coverage: Annotated[Optional[float], typer.Option("--min-accel-coverage", help="fail (exit 1, bundle still written) when a smaller share of nodes runs on the accelerator")] = None,
+    accept_failed: Annotated[bool, typer.Option("--accept-failed", help="ship a bundle whose check failed (exit 0); the manifest records accepted-failed")] = False,
 ) -> None:
     """Export, optimize, quantize, verify, profile and bundle a model for a target."""
     from .isolate import open_source
@@ -284,7 +298,7 @@ def export(
         static_shapes=parse_shapes(static_shape), opset=opset, golden=golden, do_profile=not no_profile,
         labels_key=labels_key, preprocess=preprocess, labels=labels, archive=archive, sign_key=sign,
         bundle_version=bundle_version, max_drop=max_drop, image_preprocess=image_preprocess, prefer=prefer,
-        accuracy_level_pinned=accuracy_level is not None,
+        accuracy_level_pinned=accuracy_level is not None, accept_failed=accept_failed,
         lm_folder=Path(source) if kind == "hf" and task == "text-generation" else None,  # KV-cache decoder: tokenizer, genai_config
     )
     progress = StageProgress(err, total_samples=spec.calib_samples if spec.needs_calibration else 0)
@@ -332,16 +346,24 @@ def export(
 
         if fallback_table(result) is not None:
             console.print(fallback_table(result))
+    status = (result.get("verdict") or {}).get("status")
+    if status == "accepted-failed":
+        err.print(f"[red]WARNING: ACCEPTED-FAILED[/]: the quantized model is outside target {tg.name}'s tolerances and was shipped "
+                  "anyway (--accept-failed); the manifest, edgeq verify and run.py say so")
+    elif status == "skipped" and not as_json:
+        err.print("[yellow]VERIFICATION SKIPPED[/]: no data given, nothing was proven (pass --calib or --eval)")
     _budget_failed(result["quantization"], out)
     if min_accel_coverage is not None:
         from .accel import coverage_report
         from .profile import check_coverage
 
         check_coverage(coverage_report(out, tg, result.get("placement")), min_accel_coverage)
-    if not result["passed"]:
+    if not result["passed"] and status != "accepted-failed":
+        from .checks.hints import after_failed_check
+
         _fail(CheckFailed(
             f"the quantized model is outside target {tg.name}'s tolerances: {'; '.join(result['verify']['failures'])}",
-            f"the bundle was written to {out} for inspection; try --per-channel, more calibration data, or --quant int8-dynamic/none",
+            after_failed_check(spec, tg, max_drop=max_drop, has_eval=eval_data is not None, out=out),
         ))
 
 
@@ -438,7 +460,9 @@ def quantize(
     data = load_samples(calib, src.io, preprocess=image_preprocess, random_n=spec.calib_samples) if calib else None
     evals = load_samples(eval_data, src.io, what="evaluation", preprocess=image_preprocess) if eval_data else None
     if spec.needs_calibration and data is None:
-        raise CalibrationError(f"{spec.mode} needs calibration data", "pass --calib DATA.npz, or --quant int8-dynamic")
+        from .checks.hints import modes_without_calibration
+
+        raise CalibrationError(f"{spec.mode} needs calibration data", "pass --calib DATA.npz, or " + modes_without_calibration(tg))
     from .quantize.preflight import run as preflight
 
     pre_notes = preflight(model, tg, spec, parse_shapes(static_shape))  # before any work
@@ -489,6 +513,7 @@ def verify(
     labels_key: LabelsOpt = "labels",
     emulate: EmulateOpt = None,
     as_json: JsonOpt = False,
+    preprocess: Annotated[Optional[Path], typer.Option("--preprocess", help="app TOML: [outputs.NAME] task = ... overrides the inferred task of an output")] = None,
 ) -> None:
     """Check a bundle folder or archive (safe extraction, schema, signature, checksums, golden pairs) or compare a model with its reference."""
     from .archive import archive_format
@@ -513,7 +538,10 @@ def verify(
         else:
             console.print(bundle_check_table(result))
             signed = f", signature by key {result['signed_by'][:16]}" if result.get("signed_by") else ""
-            console.print(f"[green]PASS[/] bundle {escape_markup(candidate)}: schema, checksums{signed} and {len(result['pairs'])} golden pairs")
+            verdict = {"pass": "export check passed", "skipped": "[yellow]export check SKIPPED (no data when built: nothing proven)[/]",
+                       "accepted-failed": "[red]export check FAILED, shipped knowingly (ACCEPTED-FAILED)[/]"}.get(result.get("verdict") or "", "")
+            console.print(f"[green]PASS[/] bundle {escape_markup(candidate)}: schema, checksums{signed} and {len(result['pairs'])} golden pairs"
+                          + (f"; {verdict}" if verdict else ""))
         return
     from .data import load_samples
     from .errors import CalibrationError
@@ -531,11 +559,16 @@ def verify(
     open_source(candidate)
     ref = open_source(reference)
     samples = load_samples(data, ref.io, what="evaluation", labels_key=labels_key)
-    report = verify_stage(reference, candidate, samples, tg.tolerances, output_names=ref.io.output_names).to_dict()
+    from .appio import load_io_spec
+
+    tasks = load_io_spec(preprocess, ref.io)["outputs"]
+    report = verify_stage(reference, candidate, samples, tg.tolerances, output_names=ref.io.output_names, tasks=tasks).to_dict()
     if as_json:
         _emit_json(report)
     else:
         console.print(verify_table(report))
+        for c in report["tasks"]:
+            console.print(f"note: output '{c['output']}' checked as {c['kind']}: {c['why']}")
         if report["accuracy_reference"] is not None:
             console.print(f"accuracy: reference {100 * report['accuracy_reference']:.2f} %, candidate {100 * report['accuracy_candidate']:.2f} %")
     if not report["passed"]:
@@ -728,10 +761,10 @@ def bundle(
             from .errors import CalibrationError
 
             raise CalibrationError("--reference needs --data to compare on", "pass --data DATA.npz")
-        report = verify_stage(reference, model, samples, tg.tolerances, output_names=art.io.output_names).to_dict()
+        report = verify_stage(reference, model, samples, tg.tolerances, output_names=art.io.output_names, tasks=app_io["outputs"]).to_dict()
         size = sizes(model_size(reference), model_size(model))
     info = BundleInputs(
-        golden_feeds=_golden_feeds(samples, art, golden),
+        golden_feeds=_golden_feeds(samples, art, golden, app_io),
         recipe={"mode": "as given", "notes": ["bundled an existing model; edgeq did not quantize it"]},
         verify=report,
         sizes=size,

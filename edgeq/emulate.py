@@ -463,7 +463,7 @@ def emulate_bundle(
         "model": host["model"],
         "atol": host["atol"],
         "rtol": host["rtol"],
-        "host": {"arch": platform.machine(), "onnxruntime": host.get("platform", {}).get("onnxruntime", ""), "passed": host["passed"], "max_abs_error": host["max_abs_error"],
+        "host": {"arch": platform.machine(), "onnxruntime": host.get("platform", {}).get("onnxruntime", ""), "passed": host.get("golden_passed", host["passed"]), "max_abs_error": host["max_abs_error"],
                  "pairs": [{k: v for k, v in p.items() if k != "ms"} for p in host["pairs"]]},
         "emulated": rows,
         "userland": {"root": str(arm.root), "python": arm.python, "onnxruntime": arm.onnxruntime, "numpy": arm.numpy,
@@ -472,6 +472,7 @@ def emulate_bundle(
                 + ("" if arm.onnxruntime == _host_ort_version() else
                    f"; the aarch64 onnxruntime is {arm.onnxruntime}, the host's {_host_ort_version()}: differences may be the version"),
         "failures": failures,
+        "verdict": host.get("verdict"),
         "passed": bool(host["passed"]) and not failures,
     }
 
@@ -483,6 +484,8 @@ def check_emulated(result: dict[str, Any]) -> None:
             f"the golden pairs already fail on this host (max abs error {result['host']['max_abs_error']:.3g})",
             "the bundle disagrees with its golden outputs before emulation; run edgeq verify BUNDLE",
         )
+    if result.get("verdict") == "fail":
+        raise CheckFailed("the bundle failed its export check when it was built (manifest verdict: fail)", "run edgeq verify BUNDLE for the reason")
     if result.get("verify") and not result["verify"]["passed"]:
         raise CheckFailed(f"candidate outside the target's tolerances: {'; '.join(result['verify']['failures'])}", "see the table above")
     if result["failures"]:

@@ -47,7 +47,7 @@ def _value_info_spec(vi: Any) -> TensorSpec:
     dims: list[int | str | None] = []
     if t.HasField("shape"):
         for d in t.shape.dim:
-            if d.HasField("dim_value"):
+            if d.HasField("dim_value") and d.dim_value >= 0:  # -1 (some exporters): dynamic
                 dims.append(int(d.dim_value))
             elif d.HasField("dim_param"):
                 dims.append(d.dim_param)

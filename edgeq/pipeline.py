@@ -59,6 +59,8 @@ class ExportOptions:
     """edgeq.export.prequant.PrequantCheckpoint: the source was a pre-quantized folder (GPTQ/AWQ codes imported)"""
     reference_model: Path | None = None
     """the float model a pre-quantized folder came from (exported --reference): LM quality against it too"""
+    accept_failed: bool = False
+    """--accept-failed: ship a bundle whose check failed; the manifest says accepted-failed"""
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class ExportResult:
     ep_context: dict[str, Any] | None = None  # the provider's compiled context, or why there is none
     activations: dict[str, Any] | None = None  # A8W8 vs A16W8 on the accelerator (edgeq.accel.compare_activation_types)
     speed: Any = None  # edgeq.quantize.speed.SpeedCheck: the shipped model.ort against fp32, one process
+    verdict: dict[str, Any] | None = None  # edgeq.checks.verdict_of: the one verdict, as the manifest records it
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -96,6 +99,7 @@ class ExportResult:
             },
             "notes": list(self.notes),
             "passed": (self.verify.passed if self.verify else True) and (self.generation is None or self.generation.passed),
+            "verdict": self.verdict,
             "lm_quality": self.lm.to_dict() if self.lm is not None else None,
             "generation": self.generation.to_dict() if self.generation is not None else None,
             **({"lm_quality_vs_reference": self.lm_reference.to_dict()} if self.lm_reference is not None else {}),
@@ -132,9 +136,11 @@ def run_export(
     evals = load_samples(opts.eval, source.io, what="evaluation", labels_key=opts.labels_key, preprocess=image_prep) if opts.eval else None
     prep_notes = _record_image_preprocess(app_io, calib or evals, from_app=image_prep is not None and image_prep == opts.preprocess)
     if spec.needs_calibration and calib is None:
+        from .checks.hints import modes_without_calibration
+
         raise CalibrationError(
             f"{spec.mode} needs calibration data and none was given",
-            "pass --calib DATA.npz (one array per model input), or --quant int8-dynamic / none",
+            "pass --calib DATA.npz (one array per model input), or " + modes_without_calibration(target),
         )
     from .quantize.preflight import run as preflight
 
@@ -203,9 +209,12 @@ def run_export(
             if check_data is calib:
                 notes.append("verified on the calibration inputs (pass --eval for held-out data)")
             with stage("verify"):
-                report = verify(opt.path, qres.artifact.path, check_data.take(opts.verify_samples), target.tolerances, output_names=opt.io.output_names)
+                report = verify(opt.path, qres.artifact.path, check_data.take(opts.verify_samples), target.tolerances,
+                                output_names=opt.io.output_names, tasks=app_io["outputs"])
+                notes += [f"output '{c['output']}' checked as {c['kind']}: {c['why']}" for c in report.tasks]
         else:
-            notes.append("no data given: verification skipped (pass --calib or --eval)")
+            notes.append("VERIFICATION SKIPPED: no data given, nothing was proven (pass --calib or --eval); "
+                         "golden inputs and timing use typical values from the inputs' declared ranges")
         lm = None
         from .lmeval import lm_io, lm_quality
 
@@ -228,11 +237,12 @@ def run_export(
                          f"KL {lm_ref.kl_mean:.3g}, same top token {100 * lm_ref.same_top_token:.2f} %")
         prof_fp32 = prof_q = None
         skipped = None
+        golden = _golden_feeds(check_data, qres.artifact, opts.golden, app_io)
         if opts.do_profile:
             with stage("profile"):
                 from .quantize.speed import onnx_warning, shipped_ort
 
-                feed = feed_from(check_data)
+                feed = feed_from(check_data) or (golden[0] if golden else None)  # no data: typical values, never zeros
                 # what the bundle ships (the speed decision wrote it already), timed as the app runs it
                 ship = speed.extra["ort"] if speed is not None else shipped_ort(qres.artifact.path, target, work / "ship")
                 prof_fp32 = profile(opt.path, target, feed=feed, io=opt.io)
@@ -243,13 +253,16 @@ def run_export(
                     notes.append(onnx_warning(speed))
         fp32_bytes = model_size(opt.path)  # same treatment as the quantized model
         q_bytes = model_size(qres.artifact.path)
-        golden = _golden_feeds(check_data, qres.artifact, opts.golden)
         placement = _placement(qres.artifact, target, golden, stage)
+        from .checks.verdict import verdict_of
+
+        verdict = verdict_of(report.to_dict() if report else None, accept_failed=opts.accept_failed)
         with stage("bundle"):
             info = BundleInputs(
                 golden_feeds=golden,
                 recipe=qres.recipe(),
                 verify=report.to_dict() if report else None,
+                verdict=verdict,
                 profile={
                     "fp32": prof_fp32.to_dict() if prof_fp32 else None,
                     "quantized": prof_q.to_dict() if prof_q else None,
@@ -290,6 +303,7 @@ def run_export(
         ep_context=_written_ep_context(opts.out),
         activations=activations,
         speed=speed,
+        verdict=verdict,
     )
 
 
@@ -424,9 +438,9 @@ def _record_image_preprocess(app_io: dict, data: SampleSet | None, *, from_app: 
     return []
 
 
-def _golden_feeds(data: SampleSet | None, art: Artifact, n: int) -> tuple[dict, ...]:
+def _golden_feeds(data: SampleSet | None, art: Artifact, n: int, app_io: dict | None = None) -> tuple[dict, ...]:
     if data is not None and len(data):
         return tuple(data.feed(i) for i in range(min(n, len(data))))
-    from .profile import synthetic_feed
+    from .golden import typical_feed
 
-    return tuple(synthetic_feed(art.io, seed=i) for i in range(n))
+    return tuple(typical_feed(art.path, art.io, (app_io or {}).get("inputs", {}), seed=i) for i in range(n))

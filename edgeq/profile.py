@@ -117,7 +117,12 @@ def synthetic_feed(io: IoSpec, seed: int = 0) -> dict[str, np.ndarray]:
         # dynamic height/width: the size the file declares (metadata imgsz), else 1
         shape = list(imgsz_shape(t.shape, io.imgsz) or [d if isinstance(d, int) else 1 for d in t.shape])
         dt = np.dtype(t.dtype)
-        feed[t.name] = (rng.standard_normal(shape).astype(dt) if dt.kind == "f" else np.zeros(shape, dt))
+        if dt.kind == "f":
+            feed[t.name] = rng.standard_normal(shape).astype(dt)
+        else:  # never zeros: masks of ones, token ids in range (edgeq/golden.py)
+            from .golden import typical_ints
+
+            feed[t.name] = typical_ints(t.name, shape, dt, rng) if dt.kind in "iu" else np.ones(shape, dt)
     return feed
 
 

@@ -79,7 +79,9 @@ def export_table(r: dict[str, Any]) -> Table:
         t.add_row(
             "quantized nodes", str(cov["nodes_total"]), str(cov["nodes_quantized"]),
             f"{q['mode']} weight-only (MatMulNBits, GatherBlockQuantized)" if q.get("weights") else
-            f"{q['mode']} {q['format']} a={q['activation_type']} w={q['weight_type']}{' per-channel' if q['per_channel'] else ''}",
+            f"{q['mode']} {q['format']} a={q['activation_type']} w={q['weight_type']}{' per-channel' if q['per_channel'] else ''}"
+            + (" [red]= fp32 (no weight node quantized)[/]" if cov["nodes_total"] and not cov["nodes_quantized"]
+               else f"; float share {100 * q['float_share']:.0f} %" if q.get("float_share") else ""),
         )
     else:
         t.add_row("recipe", "", escape(q["mode"]), escape("; ".join(q.get("notes", []))))
@@ -90,15 +92,20 @@ def export_table(r: dict[str, Any]) -> Table:
         if v["accuracy_reference"] is not None:
             t.add_row("top-1 accuracy", f"{100 * v['accuracy_reference']:.2f} %", f"{100 * v['accuracy_candidate']:.2f} %",
                       f"drop {100 * v['accuracy_drop']:.2f} points; {src}")
-        for o in v["outputs"]:
-            name = escape(o["name"])
-            t.add_row(f"{name}: max abs error", "", fmt(o["max_abs"]), f"mean {fmt(o['mean_abs'])}")
-            t.add_row(f"{name}: cosine", "", f"{o['cosine']:.5f}", "")
-            if o["top1_agreement"] is not None:
-                t.add_row(f"{name}: top-1 agreement", "", f"{100 * o['top1_agreement']:.2f} %", escape(src))
-        t.add_row("verify", "", "[green]pass[/]" if v["passed"] else "[red]FAIL[/]", escape("; ".join(v["failures"])))
+        for c in v.get("tasks", []):
+            for m, val in c["metrics"].items():
+                lim = c["limits"].get(m)
+                t.add_row(f"{escape(c['output'])}: {m.replace('top1', 'top-1').replace('top5', 'top-5').replace('_', ' ')}", "", fmt(val), f"{c['kind']}; need {lim}; {escape(src)}" if lim else f"{c['kind']} (information)")
+        for o in v["outputs"]:  # raw differences: information, not the verdict
+            if o["cosine"] is None:
+                continue
+            t.add_row(f"{escape(o['name'])}: max abs error", "", fmt(o["max_abs"]), f"mean {fmt(o['mean_abs'])} (information)")
+            t.add_row(f"{escape(o['name'])}: cosine", "", f"{o['cosine']:.5f}", "information")
+        status = (r.get("verdict") or {}).get("status", "pass" if v["passed"] else "fail")
+        label = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "accepted-failed": "[red]ACCEPTED-FAILED[/]"}.get(status, status)
+        t.add_row("verify", "", label, escape("; ".join(v["failures"])))
     else:
-        t.add_row("verify", "", "skipped", "no data")
+        t.add_row("verify", "", "[yellow]SKIPPED[/]", "no data given: nothing was proven (pass --calib or --eval)")
     p = r["profile"]
     if p["fp32"] and p["quantized"]:
         a, b = p["fp32"], p["quantized"]
@@ -406,9 +413,14 @@ def verify_table(v: dict[str, Any]) -> Table:
     t = Table(title=f"edgeq verify ({v['samples']} samples from {v['data_source']})")
     for c in ("output", "max abs", "mean abs", "max rel", "cosine", "top-1 agreement"):
         t.add_column(c, justify="left" if c == "output" else "right")
+    tasks = {c["output"]: c for c in v.get("tasks", [])}
+    t.add_column("task check (decides)", justify="left")
     for o in v["outputs"]:
-        t.add_row(escape(o["name"]), fmt(o["max_abs"]), fmt(o["mean_abs"]), fmt(o["max_rel"]), f"{o['cosine']:.5f}",
-                  "-" if o["top1_agreement"] is None else f"{100 * o['top1_agreement']:.2f} %")
+        c = tasks.get(o["name"])
+        check = "-" if c is None else f"{c['kind']}: " + ", ".join(f"{m} {fmt(x)} ({c['limits'].get(m, 'info')})" for m, x in c["metrics"].items()) \
+            + (" [green]pass[/]" if c["passed"] else " [red]FAIL[/]")
+        t.add_row(escape(o["name"]), fmt(o["max_abs"]), fmt(o["mean_abs"]), fmt(o["max_rel"]), fmt(o["cosine"], ".5f"),
+                  "-" if o["top1_agreement"] is None else f"{100 * o['top1_agreement']:.2f} %", check)
     return t
 
 

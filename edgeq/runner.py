@@ -11,7 +11,8 @@ With ``--runs N`` the runner also times the model on the machine it runs on
 (cold start, then N steady-state runs on the first golden input): this is how
 ``edgeq profile BUNDLE --device ssh://...`` measures on the device itself.
 
-Exit codes: 0 all checks passed, 1 a golden pair is outside tolerance,
+Exit codes: 0 all checks passed, 1 a golden pair is outside tolerance or the export check
+failed (manifest verdict "fail"; "accepted-failed" and "skipped" are printed, exit 0),
 2 the bundle is corrupt (checksum, file list or manifest).
 """
 
@@ -160,10 +161,31 @@ def run_golden(root: str, manifest: dict, model: str = "ort", providers: list | 
     }
 
 
+VERDICTS = ("pass", "fail", "accepted-failed", "skipped")
+
+
+def export_verdict(manifest: dict) -> dict:
+    """The export check's verdict recorded in the manifest (older bundles: from its verify report)."""
+    v = manifest.get("verdict")
+    if isinstance(v, dict) and v.get("status") in VERDICTS:
+        return {"status": v["status"], "reason": str(v.get("reason", ""))[:4096]}
+    report = manifest.get("verify")
+    if not isinstance(report, dict):
+        return {"status": "skipped", "reason": "no verification recorded"}
+    if report.get("passed") is False:
+        return {"status": "fail", "reason": "; ".join(str(f) for f in report.get("failures", []))[:4096]}
+    return {"status": "pass", "reason": ""}
+
+
 def check(root: str, model: str = "ort", providers: list | None = None) -> dict:
     manifest = load_manifest(root)
     n = check_files(root, manifest)
     result = run_golden(root, manifest, model=model, providers=providers)
+    verdict = export_verdict(manifest)
+    result["golden_passed"] = result["passed"]
+    result["verdict"] = verdict["status"]
+    result["verdict_reason"] = verdict["reason"]
+    result["passed"] = result["golden_passed"] and verdict["status"] != "fail"
     result["files_checked"] = n
     result["target"] = manifest["target"]["name"]
     result["platform"] = platform_info()
@@ -312,14 +334,26 @@ def main(argv: list | None = None) -> int:
     else:
         for p in result["pairs"]:
             print(f"{'pass' if p['passed'] else 'FAIL'} golden {p['pair']}: max abs error {p['max_abs_error']:.3g} ({p['ms']:.2f} ms)")
-        verdict = "PASS" if result["passed"] else "FAIL"
+        verdict = "PASS" if result["golden_passed"] else "FAIL"
         print(f"{verdict} {result['files_checked']} files checked, {len(result['pairs'])} golden pairs, "
               f"max abs error {result['max_abs_error']:.3g} (atol {result['atol']}, rtol {result['rtol']}) on {result['providers'][0]}")
         if "timing" in result:
             t = result["timing"]
             print(f"timing on {result['platform']['machine']}: cold start {t['cold_start_ms']:.1f} ms, p50 {t['p50_ms']:.3f} ms, "
                   f"p90 {t['p90_ms']:.3f} ms, p99 {t['p99_ms']:.3f} ms over {t['runs']} runs (cv {t['cv']})")
+        v, why = result["verdict"], _printable(result["verdict_reason"])
+        if v == "fail":
+            print(f"FAIL export check: the quantized model failed verification when the bundle was built: {why}")
+        elif v == "accepted-failed":
+            print(f"ACCEPTED-FAILED export check failed and the bundle was shipped knowingly (--accept-failed): {why}")
+        elif v == "skipped":
+            print(f"SKIPPED export check: {why or 'nothing was verified'}")
     return 0 if result["passed"] else 1
+
+
+def _printable(text: str) -> str:
+    """Text from the manifest, printed without control characters."""
+    return "".join(c if c.isprintable() else "?" for c in str(text))[:500]
 
 
 if __name__ == "__main__":

@@ -54,6 +54,26 @@ class Tolerances:
     min_greedy_agreement: float = 0.0
     """LLM bundles, quantized: least share of greedy tokens onnxruntime-genai picks as transformers does over 32 new
     tokens (0: reported, not gated; free-running greedy text diverges early on small models). fp32 must be identical."""
+    # task checks (edgeq/checks): the metric of each output's kind decides the verdict
+    min_top5_agreement: float = 0.99
+    min_detection_f1: float = 0.9
+    min_map_iou: float = 0.9
+    min_pixel_agreement: float = 0.98
+    min_sequence_match: float = 0.9
+    min_embedding_cosine: float = 0.99
+    max_lm_kl: float = 0.05
+    min_lm_top1: float = 0.9
+
+    def __post_init__(self) -> None:
+        import math
+
+        from .errors import EdgeqError
+
+        for k, v in vars(self).items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise EdgeqError(f"[tolerances] {k} must be a finite number >= 0, got {v!r}", "fix the target file")
+            if k.startswith("min_") and v > 1:
+                raise EdgeqError(f"[tolerances] {k} is a fraction: it must be between 0 and 1, got {v!r}", "fix the target file")
 
 
 @dataclass(frozen=True)

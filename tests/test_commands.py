@@ -195,7 +195,11 @@ def test_verify_failure_still_writes_bundle_and_exits_1(runner, cnn, cnn_calib, 
     strict = tmp_path / "strict.toml"
     strict.write_text(src.replace('name = "cpu-x86_64"', 'name = "strict"').replace("min_cosine = 0.99", "min_cosine = 0.9999999"))
     out = tmp_path / "b"
-    r = runner.invoke(app, ["export", str(cnn), "--target", str(strict), "-o", str(out), "--calib", str(cnn_calib), "--no-profile"])
+    # cosine decides only where the output's task is regression (declared here): a classifier is judged by top-1
+    appt = tmp_path / "app.toml"
+    appt.write_text('[outputs.y]\ntask = "regression"\n')
+    r = runner.invoke(app, ["export", str(cnn), "--target", str(strict), "-o", str(out), "--calib", str(cnn_calib), "--no-profile",
+                            "--preprocess", str(appt)])
     assert r.exit_code == 1, r.output
     assert "cosine" in r.stderr and "strict" in r.stderr
     m = json.loads((out / "manifest.json").read_text())

@@ -7,6 +7,8 @@ Models (all built or found offline):
 - silero-vad      `pip install --no-deps silero-vad`: silero_vad.onnx (weights inside If branches);
                   speech synthesized with espeak-ng; metric = speech/non-speech decisions vs fp32
 - tiny LM         a small byte-level transformer trained here on Python sources (perplexity)
+- yolo, probmap, ctc, mobilenetv3: task models written in tools/bench_tasks.py, trained briefly on
+                  synthetic scenes; metric = the task metric edgeq's verify uses (edgeq.checks) vs fp32
 
 Columns: metric, quantized weight nodes, file size, p50 latency ratio vs fp32 (this host,
 onnxruntime CPU, default session options), the same for the model.ort a bundle ships
@@ -14,7 +16,12 @@ onnxruntime CPU, default session options), the same for the model.ort a bundle s
 manifest records), quantization wall time, and (separately)
 calibration peak RSS at 100 and 1,000 samples, each in a fresh subprocess.
 
-Run: python tools/bench_int8.py [--models digits,resnet18,mobilenetv2,silero,lm] [--quick]
+Cost (--cost MODELS): quantization wall time and peak RSS of onnxruntime's quantize_static
+defaults vs edgeq's default recipe (--calibration auto), same model, same samples, each in a
+fresh subprocess, with the ratios edgeq / onnxruntime. ``bigact`` is a fully convolutional
+probability-map net (text-detector shaped) at 3x320x320: its activations, not its weights, are large.
+
+Run: python tools/bench_int8.py [--models digits,resnet18,mobilenetv2,silero,lm] [--cost bigact --cost-samples 64]
 This is a benchmark, not a test: it prints a markdown table (paste it into BENCHMARKS.md).
 """
 
@@ -156,6 +163,40 @@ def build_convnet(name: str, size: int) -> dict:
         "calib": {"input": _images(300 if size >= 224 else 1000, size, 1)[:, None]},
         "eval": {"input": _images(50, size, 2)[:, None]}, "labels": None, "metric": "agreement",
     }
+
+
+def bigact_net():
+    """Fully convolutional prob-map net (DBNet-like shape): 16-64 channels at 1/1-1/4 resolution, upsampled back."""
+    import torch
+    from torch import nn
+
+    def cbr(i, o, s=1):
+        return nn.Sequential(nn.Conv2d(i, o, 3, s, 1, bias=False), nn.BatchNorm2d(o), nn.ReLU())
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = nn.Sequential(cbr(3, 16), cbr(16, 16), cbr(16, 32, 2), cbr(32, 32), cbr(32, 64, 2), cbr(64, 64))
+            self.dec = nn.Sequential(nn.Upsample(scale_factor=4, mode="nearest"), cbr(64, 16), nn.Conv2d(16, 1, 1))
+
+        def forward(self, x):
+            return torch.sigmoid(self.dec(self.enc(x)))
+
+    return Net()
+
+
+def build_bigact(size: int = 320, n: int = 100) -> dict:
+    import torch
+
+    torch.manual_seed(0)
+    model = bigact_net()
+    _randomize_bn(model)
+    path = WORK / f"bigact_{size}.onnx"
+    if not path.exists():
+        _export_torch(model, torch.zeros(1, 3, size, size), path, output_name="prob")
+    return {"name": f"prob-map convnet 3x{size}x{size}", "path": path, "input": "input",
+            "calib": {"input": _images(n, size, 1)[:, None]}, "eval": {"input": _images(8, size, 2)[:, None]},
+            "labels": None, "metric": "agreement"}
 
 
 def build_digits() -> dict:
@@ -371,6 +412,14 @@ def ort_static_entropy(m: dict, out: Path, n: int) -> str:
     return "QDQ, Entropy (its default bins), per-tensor, S8S8"
 
 
+def ort_static_best(m: dict, out: Path, n: int) -> str:
+    from onnxruntime.quantization import CalibrationMethod, QuantType, quantize_static
+
+    quantize_static(str(m["path"]), str(out), _Reader(m["calib"], n, True), per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.Percentile)
+    return "QDQ, Percentile, per-channel, U8S8"
+
+
 def ort_dynamic(m: dict, out: Path, n: int) -> str:
     from onnxruntime.quantization import quantize_dynamic
 
@@ -421,6 +470,11 @@ def metric(m: dict, path: Path, ref_cache: dict) -> float:
         ref = ref_cache.setdefault("silero", _silero_stream(_sess(m["path"]), m["eval_audio"]))
         return float(np.mean((p > 0.5) == (ref > 0.5)))
     xs = m["eval"]["input"]
+    if m["metric"] == "task":  # edgeq.checks: detection F1, map IoU, sequence match, top-1 agreement vs fp32
+        from tools.bench_tasks import task_metric
+
+        m["metric_label"], value = task_metric(m["path"], path, xs, _sess)
+        return value
     name = sess.get_inputs()[0].name
     preds = np.concatenate([sess.run(None, {name: x})[0].argmax(-1) for x in xs])
     if m["labels"] is not None:
@@ -494,6 +548,12 @@ def _rss_now_kb() -> int:
 def peak_rss_mb(m: dict, recipe: str, n: int) -> float | None:
     """Peak RSS growth (MB) while quantizing with ``n`` calibration samples, in a fresh subprocess
     that only loads the model path and the samples (so model building does not set the peak)."""
+    got = cost(m, recipe, n)
+    return None if got is None else got[1]
+
+
+def cost(m: dict, recipe: str, n: int) -> tuple[float, float] | None:
+    """(wall seconds, peak RSS growth MB) of quantizing with ``n`` samples in a fresh subprocess."""
     npz = WORK / f"mem_{Path(m['path']).stem}.npz"
     if not npz.exists():
         np.savez(npz, **m["calib"])
@@ -502,8 +562,9 @@ def peak_rss_mb(m: dict, recipe: str, n: int) -> float | None:
         "import tools.bench_int8 as b; "
         "z = np.load(%r); calib = {k: z[k] for k in z.files}; "
         "m = {'path': pathlib.Path(%r), 'calib': calib}; base = b._rss_now_kb(); "
-        "out = pathlib.Path(tempfile.mkdtemp()) / 'q.onnx'; b.MEMORY_RECIPES[%r](m, out, %d); "
-        "print(json.dumps([base, b._status_kb('VmHWM')]))"
+        "out = pathlib.Path(tempfile.mkdtemp()) / 'q.onnx'; import time; t = time.perf_counter(); "
+        "b.MEMORY_RECIPES[%r](m, out, %d); t = time.perf_counter() - t; "
+        "print(json.dumps([base, b._status_kb('VmHWM'), t]))"
     ) % (str(ROOT), str(npz), str(m["path"]), recipe, n)
     try:
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
@@ -513,8 +574,24 @@ def peak_rss_mb(m: dict, recipe: str, n: int) -> float | None:
     if r.returncode != 0:
         print(f"[memory] {recipe} n={n} failed: {r.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
         return None
-    base, peak = json.loads(r.stdout.strip().splitlines()[-1])
-    return (peak - base) / 1024.0
+    base, peak, wall = json.loads(r.stdout.strip().splitlines()[-1])
+    return wall, (peak - base) / 1024.0
+
+
+def cost_table(keys: list[str], n: int, recipes: tuple[str, ...] = ("ort-static", "edgeq", "edgeq-minmax")) -> str:
+    """Quantization wall time and peak RSS growth, edgeq vs onnxruntime's quantize_static defaults."""
+    lines = [f"| model | recipe | quantization wall time | peak RSS growth | vs onnxruntime (time, RSS) |", "|---|---|---|---|---|"]
+    for key in keys:
+        m = MODELS[key]()
+        got = {r: cost(m, r, n) for r in recipes}
+        ref = got.get("ort-static")
+        for r, v in got.items():
+            if v is None:
+                lines.append(f"| {m['name']} | {r} | failed | | |")
+                continue
+            ratio = f"{v[0] / ref[0]:.2f}x, {v[1] / ref[1]:.2f}x" if ref and ref[0] > 0 and ref[1] > 0 else "-"
+            lines.append(f"| {m['name']} | {r} ({n} samples) | {v[0]:.1f} s | {v[1]:.0f} MB | {ratio} |")
+    return "\n".join(lines)
 
 
 MODELS = {
@@ -523,10 +600,19 @@ MODELS = {
     "mobilenetv2": lambda: build_convnet("mobilenetv2", 224),
     "resnet18-64": lambda: build_convnet("resnet18", 64),  # for the memory table (1,000 samples fit in RAM)
     "silero": build_silero,
+    "bigact": build_bigact,
+    **{k: (lambda k=k: _task_model(k)) for k in ("yolo", "probmap", "ctc", "mobilenetv3")},
     "lm": build_lm,
 }
+def _task_model(kind: str) -> dict:
+    from tools.bench_tasks import build
+
+    return build(kind, WORK, _export_torch)
+
+
 RECIPES = {
     "ort-static": ort_static,
+    "ort-static-best": ort_static_best,
     "ort-dynamic": ort_dynamic,
     "edgeq-minmax": edgeq_static,
     "edgeq-entropy": lambda m, o, n: edgeq_static(m, o, n, "entropy"),
@@ -536,7 +622,7 @@ RECIPES = {
 MEMORY_RECIPES = {**RECIPES, "ort-static-entropy": ort_static_entropy}
 
 
-def bench_model(key: str, n_calib: int) -> list[dict]:
+def bench_model(key: str, n_calib: int, recipes: tuple[str, ...] = ()) -> list[dict]:
     m = MODELS[key]()
     rows = []
     ref_cache: dict = {}
@@ -548,6 +634,8 @@ def bench_model(key: str, n_calib: int) -> list[dict]:
                  "size": fp32_size, "latency": 1.0, "qtime": 0.0, "fp32_ms": fp32_ms,
                  "shipped": None if fp32_ship is None else fp32_ship / fp32_ms})
     for rname, fn in RECIPES.items():
+        if recipes and rname not in recipes:
+            continue
         out = WORK / f"{key}.{rname.split()[0]}{'.budget' if 'max-drop' in rname else ''}.onnx"  # edgeq = auto
         t = time.perf_counter()
         try:
@@ -564,6 +652,7 @@ def bench_model(key: str, n_calib: int) -> list[dict]:
         })
     for r in rows:
         r["metric_name"] = m["metric"]
+        r["metric_label"] = m.get("metric_label", "")
     if m.get("edgeq_notes"):
         print(f"[{m['name']}] edgeq notes: " + " | ".join(dict.fromkeys(m["edgeq_notes"])), file=sys.stderr)
     return rows
@@ -580,6 +669,8 @@ def table(rows: list[dict]) -> str:
             continue
         if r["metric_name"] == "perplexity":
             met = f"ppl {r['metric']:.3f}"
+        elif r["metric_name"] == "task":
+            met = f"{r['metric']:.3f} {r.get('metric_label', '')}"
         else:
             met = f"{100 * r['metric']:.1f} % {'acc' if r['metric_name'] == 'accuracy' else 'agree'}"
         lat = f"{r['latency']:.2f}x" + (f" ({r['fp32_ms']:.2f} ms)" if r["recipe"] == "fp32" else "")
@@ -596,13 +687,19 @@ def main() -> None:
     ap.add_argument("--memory", default="digits,silero", help="models for the peak-memory table (100 and 1,000 samples)")
     ap.add_argument("--memory-recipes", default="ort-static,ort-static-entropy,edgeq-minmax,edgeq-entropy,edgeq")
     ap.add_argument("--results", type=Path, default=None, help="JSON file: rows are appended per model (partial runs survive)")
+    ap.add_argument("--recipes", default="", help="only these recipes (comma-separated names from RECIPES), e.g. ort-static,ort-static-best,edgeq")
+    ap.add_argument("--cost", default="", help="models for the cost table only (e.g. bigact): wall time and peak RSS vs onnxruntime")
+    ap.add_argument("--cost-samples", type=int, default=64)
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
+    if args.cost:
+        print(cost_table([k for k in args.cost.split(",") if k], args.cost_samples))
+        return
     rows = json.loads(args.results.read_text()) if args.results and args.results.exists() else []
     for key in args.models.split(","):
         if key:
             t = time.perf_counter()
-            new = bench_model(key, args.calib)
+            new = bench_model(key, args.calib, tuple(r for r in args.recipes.split(",") if r))
             rows = [r for r in rows if r["model"] != new[0]["model"]] + new
             if args.results:
                 args.results.write_text(json.dumps(rows, indent=1))

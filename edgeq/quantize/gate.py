@@ -149,8 +149,13 @@ def select(
     n = min(len(check), 500)
     sess = settings.session(artifact.path)
     ref = _outputs(sess, check, n)
-    lm = static.looks_like_lm(onnx.load(str(artifact.path), load_external_data=False), ref)  # LM logits: perplexity / mean KL
-    fp32_metric = static.metric(ref, ref, check.labels, lm=lm)
+    head = onnx.load(str(artifact.path), load_external_data=False)
+    lm = static.looks_like_lm(head, ref)  # LM logits: perplexity / mean KL
+    from ..checks.kinds import first_output_task
+
+    task = first_output_task(head, ref)  # not class scores: the task's metric (detection F1, map IoU, ...)
+    del head
+    fp32_metric = static.metric(ref, ref, check.labels, lm=lm, task=task)
     feed = check.feed(0)
     measured: list[Candidate] = [
         Candidate("fp32", artifact.path, _latency_ms(sess, feed), model_size(artifact.path), fp32_metric.value, 0.0)
@@ -161,7 +166,7 @@ def select(
             measured.append(c)
             continue
         sess = settings.session(c.path)
-        m = static.metric(_outputs(sess, check, n), ref, check.labels, lm=lm)
+        m = static.metric(_outputs(sess, check, n), ref, check.labels, lm=lm, task=task)
         measured.append(replace(c, ms=_latency_ms(sess, feed), size=model_size(c.path), metric=m.value,
                                 drop=m.drop_from(fp32_metric)))
         del sess
@@ -197,7 +202,7 @@ def select(
         copy_model(artifact.path, out_path)
         from .spec import QuantSpec
 
-        base = QuantResult(artifact, QuantSpec(mode="none"), None, ())
+        base = QuantResult(artifact, QuantSpec(mode="none"), None, ("shipped fp32: no quantized candidate met the budget",), budget_met=False)
     table = [c.to_dict() for c in measured]
     if settings.note:
         notes.append(f"gate sessions: {settings.note}")
@@ -215,7 +220,7 @@ def select(
     from ..onnxutil import artifact_from
 
     details = dict(base.details)
-    details["gate"] = {"prefer": prefer, "metric": fp32_metric.name, "max_drop": max_drop, "picked": pick.name, "candidates": table,
+    details["gate"] = {"prefer": prefer, "metric": fp32_metric.name, "max_drop": max_drop, "picked": pick.name, "met": bool(ok), "candidates": table,
                        "sessions": settings.to_dict(),
                        "latency_of": "each candidate's model.ort as the bundle ships it (fp32: its .onnx), interleaved"
                        if shipped is not None else "each candidate's .onnx"}

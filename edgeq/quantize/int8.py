@@ -451,6 +451,17 @@ def _edgeq_static_in(
         )
     if cov.nodes_total == 0:
         notes.append("the model has no Conv/Gemm/MatMul nodes: nothing to quantize")
+    if max_drop is not None and cov.nodes_total and cov.nodes_quantized == 0 and "search" in details:
+        met = False  # "met" only with every weight node float: no quantized model is within the budget
+        details["search"].update(met=False, all_float=True)
+        notes.append(f"BUDGET NOT MET by any quantized model: only keeping all {cov.nodes_total} weight nodes float met --max-drop "
+                     f"{max_drop}; the model written is fp32")
+    if cov.nodes_total and cov.weight_bytes_total:  # what the model is, whatever the mode's name says
+        details["float_share"] = round(1 - cov.weight_bytes_quantized / cov.weight_bytes_total, 4)
+        if cov.nodes_quantized == 0:
+            notes.append(f"every one of the {cov.nodes_total} weight nodes stayed float: this model is fp32 (int8-static in name only)")
+        elif details["float_share"] >= 0.05:
+            notes.append(f"{details['float_share']:.0%} of the weight bytes stay float ({cov.nodes_total - cov.nodes_quantized} of {cov.nodes_total} weight nodes)")
     sub = [qn.name for qn in written.plan.nodes if qn.in_subgraph]
     if sub:
         details["subgraphs"] = _subgraph_coverage(prep.model, written)

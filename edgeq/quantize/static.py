@@ -254,7 +254,7 @@ class Metric:
             "agreement": "1 - fraction of top-1 predictions identical to fp32",
             "perplexity": "relative perplexity increase over fp32 on the next-token labels (ppl_q / ppl_fp32 - 1)",
             "mean_kl": "mean KL divergence KL(fp32 || quantized) of the next-token distributions, in nats per token",
-        }[self.name]
+        }.get(self.name, f"1 - {self.name.replace('_', ' ')} of the quantized model's task output against fp32's (edgeq/checks)")
 
 
 LM_MIN_VOCAB = 32
@@ -281,9 +281,16 @@ def _token_labels(labels: np.ndarray | None, outs: list[np.ndarray]) -> bool:
     )
 
 
-def metric(outs: list[np.ndarray], ref: list[np.ndarray], labels: np.ndarray | None, *, lm: bool = False) -> Metric:
+def metric(outs: list[np.ndarray], ref: list[np.ndarray], labels: np.ndarray | None, *, lm: bool = False, task: Any = None) -> Metric:
     """Accuracy (labels) or top-1 agreement with fp32; for LM logits (``lm``) perplexity on next-token
-    labels, or without them the mean KL(fp32 || quantized) per token."""
+    labels, or without them the mean KL(fp32 || quantized) per token. For outputs that are not class
+    scores (``task``: edgeq.checks.TaskSpec of the first output) the task's own metric against fp32:
+    detection F1, map IoU, decoded-sequence match, embedding cosine, ..."""
+    if not lm and task is not None and task.kind not in ("classification", "index", "lm-logits"):
+        from ..checks.metrics import primary
+
+        name, value = primary(task, ref, outs)
+        return Metric(name, float(value))
     if lm:
         if _token_labels(labels, outs):
             nll, n = 0.0, 0
@@ -381,6 +388,7 @@ def search(
     n_sqnr: int = 32,
     max_steps: int = 10,
     outputs_of: Callable[..., list[np.ndarray]] | None = None,
+    tasks: dict[str, dict[str, Any]] | None = None,
 ) -> SearchResult:
     """Keep the most sensitive nodes float (1, 2, 4, ... of them) until the drop is within budget.
 
@@ -393,7 +401,10 @@ def search(
     run_candidate = outputs_of or first_outputs
     ref = first_outputs(prep.model, evals, n_eval, prep.weights_dir)
     lm = looks_like_lm(prep.model, ref)
-    fp32 = metric(ref, ref, evals.labels, lm=lm)
+    from ..checks.kinds import first_output_task
+
+    task = first_output_task(prep.model, ref, tasks)
+    fp32 = metric(ref, ref, evals.labels, lm=lm, task=task)
     written = write(prep, spec)
     layers = layer_sqnr(prep, written, evals, n_sqnr)
     order = [r["node"] for r in sorted(layers, key=lambda r: -r["sensitivity"])]
@@ -412,7 +423,7 @@ def search(
                 keep = {n: f"kept float by --max-drop search (sensitivity rank {i + 1})" for i, n in enumerate(order[:k])}
                 w = written if k == 0 else write(prep, spec, keep)
                 step_k = (k, 0)
-            m = metric(run_candidate(w.model, evals, n_eval, prep.weights_dir), ref, evals.labels, lm=lm)
+            m = metric(run_candidate(w.model, evals, n_eval, prep.weights_dir), ref, evals.labels, lm=lm, task=task)
             drop = m.drop_from(fp32)
             step = SearchStep(step_k[0], m.name, m.value, drop, step_k[1])
             steps.append(step)

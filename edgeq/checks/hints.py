@@ -1,0 +1,51 @@
+"""Hints after a failed check that fit: never an option already on, never a mode the target
+or the model cannot use."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def target_allows_dynamic(target: Any) -> bool:
+    """A target whose pre-flight rules pin a static format (QNN, NPUs) does not run dynamic INT8."""
+    for r in getattr(target, "rules", ()) or ():
+        if getattr(r, "check", "") == "activation_types" and getattr(r, "format", None):
+            return False
+    return True
+
+
+def modes_without_calibration(target: Any) -> str:
+    """Modes that need no calibration data and that this target runs (no dynamic INT8 on QNN/NPUs)."""
+    return "--quant int8-dynamic / none" if target_allows_dynamic(target) else "--quant none (this target runs static INT8 only)"
+
+
+def after_failed_check(spec: Any, target: Any, *, max_drop: float | None = None, has_eval: bool = True, out: Any = None) -> str:
+    """One hint line for a quantized model outside the target's tolerances."""
+    tips: list[str] = []
+    mode = getattr(spec, "mode", "")
+    if getattr(spec, "weight_only", False):
+        if getattr(spec, "block_size", 32) > 32:
+            tips.append("a smaller --block-size (e.g. 32)")
+        if getattr(spec, "algo", "rtn") == "rtn":
+            tips.append("--algo gptq or awq (with --calib)")
+        if not getattr(spec, "keep", ()):
+            tips.append("--keep lm_head")
+    elif mode in ("int8-static", "int8-dynamic"):
+        if not getattr(spec, "per_channel", True):
+            tips.append("--per-channel")
+        if mode == "int8-static":
+            if max_drop is None:
+                tips.append("--max-drop 0.01 (keeps the most sensitive nodes float)")
+            tips.append("more representative calibration data")
+            if getattr(spec, "calibration", "auto") == "minmax":
+                tips.append("--calibration auto")
+            if target_allows_dynamic(target):
+                tips.append("--quant int8-dynamic")
+        if not has_eval:
+            tips.append("--eval with held-out data")
+    elif mode == "fp16":
+        pass
+    if mode != "none":
+        tips.append("--quant none")
+    where = f"the bundle was written to {out} for inspection; " if out is not None else ""
+    return where + ("try " + ", ".join(tips) + "; " if tips else "") + "or ship it knowingly with --accept-failed"

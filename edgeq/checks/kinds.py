@@ -1,0 +1,312 @@
+"""Which task each model output serves, inferred or declared.
+
+Inference looks at, in this order: the app TOML's ``[outputs.NAME] task = ...`` (always wins),
+the model's ONNX metadata (e.g. ``task = detect`` written by detector exporters), the output's
+name, its shape and its values on the fp32 reference outputs of the verification data.
+Every guess carries the reason it was made (``TaskSpec.why``), which the report prints.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+KINDS = (
+    "classification",  # [B, C] logits or probabilities: top-1 / top-5 agreement
+    "detection",  # raw YOLO-style heads [B, 4+C, N] / [B, N, 5+C], or post-NMS boxes (+ scores, classes)
+    "prob-map",  # [B, 1, H, W] / [B, H, W] per-pixel probability (or logit): map IoU at the threshold
+    "segmentation",  # [B, C, H, W] per-pixel class scores: per-pixel argmax agreement, mean IoU
+    "sequence",  # [B, T, C] per-step class scores (CTC / greedy): decoded-sequence exact match
+    "embedding",  # [B, D] / [B, T, D] vectors: per-vector cosine
+    "lm-logits",  # [B, T, V] next-token logits from token ids: KL and same top token
+    "regression",  # anything else: cosine over the whole output
+    "index",  # integer outputs (argmax, class ids): exact match
+)
+BOX_FORMATS = ("cxcywh", "xyxy", "xywh")
+DET_LAYOUTS = ("channels-first", "anchors-first")
+SEQ_LAYOUTS = ("BTC", "TBC")
+
+# parameter name -> (kinds it applies to, checker)
+_PARAMS: dict[str, tuple[tuple[str, ...], Any]] = {
+    "box_format": (("detection",), lambda v: v in BOX_FORMATS),
+    "layout": (("detection", "sequence"), lambda v: v in DET_LAYOUTS + SEQ_LAYOUTS),
+    "objectness": (("detection",), lambda v: isinstance(v, bool)),
+    "score_threshold": (("detection",), lambda v: _num(v) and 0 <= v <= 1),
+    "iou": (("detection",), lambda v: _num(v) and 0 < v <= 1),
+    "nms_iou": (("detection",), lambda v: _num(v) and 0 < v <= 1),
+    "scores": (("detection",), lambda v: isinstance(v, str) and 0 < len(v) <= 256),
+    "classes": (("detection",), lambda v: isinstance(v, str) and 0 < len(v) <= 256),
+    "threshold": (("prob-map",), lambda v: _num(v)),
+    "blank": (("sequence",), lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+}
+TASK_KEYS = frozenset({"task", *_PARAMS})
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One output's task: its kind, the parameters its metric uses, and why edgeq thinks so."""
+
+    output: str
+    kind: str
+    why: str
+    params: dict[str, Any] = field(default_factory=dict)
+    declared: bool = False
+
+    def get(self, key: str, default: Any) -> Any:
+        return self.params.get(key, default)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"output": self.output, "kind": self.kind, "why": self.why, "params": dict(self.params), "declared": self.declared}
+
+
+def parse_override(where: str, d: dict[str, Any]) -> dict[str, Any]:
+    """Check the task keys of one ``[outputs.NAME]`` table; returns {"task": kind, **params} (or {})."""
+    from ..errors import BundleError
+
+    def bad(what: str) -> BundleError:
+        return BundleError(f"{where}: {what}", "see docs/task-checks.md for the task kinds and their parameters")
+
+    keys = {k: v for k, v in d.items() if k in TASK_KEYS}
+    if not keys:
+        return {}
+    kind = keys.get("task")
+    if kind is None:
+        raise bad(f"{', '.join(sorted(keys))} given without 'task'")
+    if kind not in KINDS:
+        raise bad(f"task must be one of {', '.join(KINDS)}")
+    out: dict[str, Any] = {"task": kind}
+    for k, v in keys.items():
+        if k == "task":
+            continue
+        kinds, ok = _PARAMS[k]
+        if kind not in kinds:
+            raise bad(f"'{k}' does not apply to task '{kind}' (it applies to {', '.join(kinds)})")
+        if k == "layout" and v not in (DET_LAYOUTS if kind == "detection" else SEQ_LAYOUTS):
+            raise bad(f"layout for {kind} must be one of {', '.join(DET_LAYOUTS if kind == 'detection' else SEQ_LAYOUTS)}")
+        if not ok(v):
+            raise bad(f"invalid value for '{k}'")
+        out[k] = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("blank",) else v
+    return out
+
+
+@dataclass(frozen=True)
+class Context:
+    """What inference may look at besides the output itself."""
+
+    token_inputs: bool = False  # an integer input of rank 2 (token ids)
+    image_inputs: tuple[tuple[int, ...], ...] = ()  # per-sample shapes of rank-4 float inputs
+    metadata: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
+
+def _stats(samples: list[np.ndarray]) -> tuple[float, float]:
+    lo, hi = math.inf, -math.inf
+    for a in samples:
+        a = np.asarray(a)
+        if a.size and a.dtype.kind == "f":
+            fin = a[np.isfinite(a)]
+            if fin.size:
+                lo, hi = min(lo, float(fin.min())), max(hi, float(fin.max()))
+    return lo, hi
+
+
+def _in01(samples: list[np.ndarray]) -> bool:
+    lo, hi = _stats(samples)
+    return lo >= -1e-4 and hi <= 1 + 1e-4
+
+
+def _rows_are_distributions(a: np.ndarray, axis: int = -1) -> str | None:
+    """'prob' if slices along ``axis`` sum to 1, 'logprob' if their exp sums to 1, else None."""
+    a = np.asarray(a, np.float64)
+    if a.size == 0 or a.shape[axis] < 2:
+        return None
+    if a.min() >= -1e-4 and np.allclose(a.sum(axis=axis), 1.0, atol=1e-2):
+        return "prob"
+    if a.max() <= 1e-4 and np.allclose(np.exp(a).sum(axis=axis), 1.0, atol=1e-2):
+        return "logprob"
+    return None
+
+
+_NAME_HINTS = (
+    ("embedding", ("embed", "pooler", "pooled", "sentence", "feature", "vector", "last_hidden", "hidden_state")),
+    ("detection", ("box", "bbox", "detection")),
+    ("lm-logits", ("lm_logits",)),
+)
+_META_TASK = {"detect": "detection", "segment": "segmentation", "classify": "classification", "obb": "detection",
+              "pose": "detection", "detection": "detection", "classification": "classification"}
+
+
+def _name_kind(name: str) -> str | None:
+    low = name.lower()
+    for kind, words in _NAME_HINTS:
+        if any(w in low for w in words):
+            return kind
+    return None
+
+
+def _detection_layout(samples: list[np.ndarray]) -> tuple[str, bool] | None:
+    """(layout, objectness) when a float [B, K, N] output looks like a raw YOLO-style head:
+    4 box values in pixels (some > 1.5) and K-4 (or K-5) scores in [0, 1] per anchor."""
+    a = np.asarray(samples[0])
+    if a.ndim != 3 or a.dtype.kind != "f":
+        return None
+    k1, k2 = a.shape[1], a.shape[2]
+    for layout, small, big in (("channels-first", k1, k2), ("anchors-first", k2, k1)):
+        if not (5 <= small <= 1024 and big >= max(32, 2 * small)):
+            continue
+        heads = [np.moveaxis(np.asarray(s, np.float64), 1 if layout == "channels-first" else 2, -1) for s in samples[:16]]
+        boxes = np.concatenate([h[..., :4].ravel() for h in heads])
+        scores = [h[..., 4:] for h in heads]
+        if not np.isfinite(boxes).all() or np.abs(boxes).max() <= 1.5:
+            continue
+        if not _in01(scores):
+            continue
+        return layout, layout == "anchors-first"  # [B, N, 5+C] carries objectness (YOLOv5); [B, 4+C, N] does not (YOLOv8)
+    return None
+
+
+def infer_one(name: str, samples: list[np.ndarray], ctx: Context, override: dict[str, Any] | None = None) -> TaskSpec:
+    """The task of output ``name`` from its per-sample fp32 outputs ``samples``."""
+    params = {k: v for k, v in (override or {}).items() if k != "task"}
+    if override and override.get("task"):
+        return TaskSpec(name, override["task"], "declared in the app TOML ([outputs] task)", params, True)
+    a = np.asarray(samples[0]) if samples else np.zeros((0,))
+    shape = a.shape
+    if a.dtype.kind in "iub":
+        return TaskSpec(name, "index", f"integer output {list(shape)}: exact match")
+    meta = _META_TASK.get(ctx.metadata.get("task", "").lower()) if ctx.metadata else None
+    hint = _name_kind(name)
+    if a.ndim == 3:
+        det = _detection_layout(samples)
+        if det is not None and (meta in (None, "detection")):
+            layout, obj = det
+            why = f"{list(shape)}: 4 box values in pixels and {'objectness + ' if obj else ''}scores in [0, 1] per anchor ({layout})"
+            if meta == "detection":
+                why += "; ONNX metadata task=" + ctx.metadata.get("task", "")
+            return TaskSpec(name, "detection", why, {"layout": layout, "objectness": obj})
+        if ctx.token_inputs:
+            if hint == "embedding":
+                return TaskSpec(name, "embedding", f"{list(shape)} from token ids, named like hidden states / embeddings")
+            if shape[-1] >= 32:
+                return TaskSpec(name, "lm-logits", f"{list(shape)} from token ids: [batch, positions, vocabulary] logits")
+        dist = _rows_are_distributions(a)
+        if dist is not None and not ctx.token_inputs:
+            return TaskSpec(name, "sequence", f"{list(shape)}: a {'softmax' if dist == 'prob' else 'log-softmax'} over the last axis at every step (CTC / greedy decode)")
+        if hint == "embedding":
+            return TaskSpec(name, "embedding", f"{list(shape)}, named like an embedding")
+        if ctx.image_inputs and not ctx.token_inputs and shape[-1] >= 2 and shape[-2] >= 2:
+            return TaskSpec(name, "sequence", f"{list(shape)} from an image: per-step class scores (CTC recognizer, greedy decode)")
+    if hint == "detection" and a.ndim in (2, 3) and shape[-1] == 4:
+        return TaskSpec(name, "detection", f"{list(shape)} boxes after NMS (named '{name}')", _siblings(name, samples, ctx))
+    if a.ndim == 4 or (a.ndim == 3 and meta == "segmentation"):
+        c = shape[1] if a.ndim == 4 else 1
+        h, w = shape[-2], shape[-1]
+        if h >= 4 and w >= 4:
+            if c == 1:
+                thr = 0.5 if _in01(samples) else 0.0
+                return TaskSpec(name, "prob-map", f"{list(shape)} one-channel map ({'values in [0, 1]' if thr else 'logits'}): thresholded at {thr}", {"threshold": thr})
+            same_as_input = any(len(s) == 4 and s[1] == c and s[2:] == (h, w) for s in ctx.image_inputs)
+            if c >= 2 and not same_as_input:
+                return TaskSpec(name, "segmentation", f"{list(shape)}: {c} class scores per pixel")
+    if a.ndim == 3 and meta == "segmentation" or (a.ndim == 3 and shape[-1] >= 4 and shape[-2] >= 4 and _in01(samples) and not ctx.token_inputs and hint is None):
+        lo, hi = _stats(samples)
+        if hi - lo > 0.5:
+            return TaskSpec(name, "prob-map", f"{list(shape)} map with values in [0, 1]: thresholded at 0.5", {"threshold": 0.5})
+    if a.ndim == 2 and shape[-1] >= 2:
+        norms = np.linalg.norm(np.asarray(a, np.float64), axis=-1)
+        if hint == "embedding" or (shape[-1] >= 16 and norms.size and np.allclose(norms, 1.0, atol=1e-2) and _rows_are_distributions(a) is None):
+            return TaskSpec(name, "embedding", f"{list(shape)} " + ("named like an embedding" if hint == "embedding" else "unit-norm vectors"))
+        if meta in (None, "classification"):
+            dist = _rows_are_distributions(a)
+            what = {"prob": "probabilities", "logprob": "log-probabilities"}.get(dist or "", "scores")
+            return TaskSpec(name, "classification", f"{list(shape)} class {what}")
+    if a.ndim <= 2 and (a.ndim == 0 or shape[-1] == 1) and _in01(samples) and _stats(samples)[1] > _stats(samples)[0]:
+        return TaskSpec(name, "classification", f"{list(shape)} one probability per sample: thresholded at 0.5")
+    return TaskSpec(name, "regression", f"{list(shape)}: no task recognised, compared by cosine")
+
+
+def _siblings(name: str, samples: list[np.ndarray], ctx: Context) -> dict[str, Any]:
+    """Post-NMS detections: the outputs holding each box's score and class, by name."""
+    out: dict[str, Any] = {"box_format": "xyxy"}
+    n = np.asarray(samples[0]).shape[:-1]
+    for other, arrs in ctx.outputs.items():
+        if other == name or not arrs:
+            continue
+        low, shp = other.lower(), np.asarray(arrs[0]).shape
+        if shp != n and shp != (*n, 1):
+            continue
+        if "score" in low or "conf" in low:
+            out.setdefault("scores", other)
+        elif "class" in low or "label" in low or "cls" in low:
+            out.setdefault("classes", other)
+    return out
+
+
+def infer_all(
+    names: tuple[str, ...], per_sample: list[list[np.ndarray]], ctx: Context, overrides: dict[str, dict[str, Any]] | None = None
+) -> list[TaskSpec]:
+    """One TaskSpec per output; ``per_sample[k]`` holds output k's fp32 value on every sample.
+
+    An output named as a detection's ``scores``/``classes`` is checked with its boxes (kind
+    ``detection``, role noted in ``why``), never on its own.
+    """
+    overrides = overrides or {}
+    ctx = Context(ctx.token_inputs, ctx.image_inputs, ctx.metadata, dict(zip(names, per_sample)))
+    specs = [infer_one(n, s, ctx, _task_of(overrides.get(n))) for n, s in zip(names, per_sample)]
+    parts = {p: s.output for s in specs if s.kind == "detection" for p in (s.params.get("scores"), s.params.get("classes")) if p}
+    return [
+        TaskSpec(s.output, "detection", f"part of detection output '{parts[s.output]}' (checked with it)", {"part_of": parts[s.output]})
+        if s.output in parts and not s.declared else s
+        for s in specs
+    ]
+
+
+def _task_of(spec: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not spec or "task" not in spec:
+        return None
+    return {k: v for k, v in spec.items() if k in TASK_KEYS}
+
+
+def context_from_model(model: Any) -> Context:
+    """Context from an in-memory ModelProto (graph inputs and metadata; weights not read)."""
+    inits = {i.name for i in model.graph.initializer}
+    tokens, images = False, []
+    for i in model.graph.input:
+        if i.name in inits:
+            continue
+        t = i.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in t.shape.dim]
+        tokens |= t.elem_type in (6, 7) and len(dims) == 2  # INT32, INT64 token ids
+        if t.elem_type in (1, 10, 16) and len(dims) == 4:
+            images.append(tuple(dims))
+    return Context(tokens, tuple(images), {p.key[:64]: p.value[:256] for p in model.metadata_props})
+
+
+def first_output_task(model: Any, ref: list[np.ndarray], overrides: dict[str, dict[str, Any]] | None = None) -> TaskSpec:
+    """The task of a model's first output (what --max-drop and the gate score), from fp32 outputs."""
+    name = model.graph.output[0].name if model.graph.output else "output_0"
+    return infer_one(name, [np.asarray(r) for r in ref], context_from_model(model), _task_of((overrides or {}).get(name)))
+
+
+def context_from(model_path: Any, io: Any) -> Context:
+    """Token / image inputs from the IoSpec and string metadata from the ONNX file (not its weights)."""
+    meta: dict[str, str] = {}
+    try:
+        import onnx
+
+        m = onnx.load(str(model_path), load_external_data=False)
+        meta = {p.key[:64]: p.value[:256] for p in m.metadata_props}
+    except Exception:  # noqa: BLE001 - metadata is a hint only
+        meta = {}
+    tokens = any(t.dtype in ("int64", "int32") and len(t.shape) == 2 for t in io.inputs)
+    images = tuple(
+        tuple(d if isinstance(d, int) and d > 0 else 1 for d in t.shape) for t in io.inputs if t.dtype.startswith("float") and len(t.shape) == 4
+    )
+    return Context(tokens, images, meta)

@@ -1,0 +1,385 @@
+"""One metric per task kind, quantized against fp32, with the target's tolerance.
+
+Every function takes the per-sample fp32 outputs (``ref``) and the quantized ones (``cand``)
+of one output; detection also reads the outputs its boxes' scores and classes live in.
+fp32 is the ground truth: "agreement" means the quantized model does what fp32 does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .kinds import TaskSpec
+
+
+@dataclass(frozen=True)
+class TaskCheck:
+    """The verdict on one output: its kind, the metrics that decide it, and information."""
+
+    output: str
+    kind: str
+    why: str
+    metrics: dict[str, float]
+    limits: dict[str, str]  # metric -> ">= 0.9" / "<= 0.05"
+    passed: bool
+    failures: tuple[str, ...] = ()
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["failures"] = list(self.failures)
+        return d
+
+
+def _check(task: TaskSpec, metrics: dict[str, float], rules: list[tuple[str, str, float]], info: dict[str, Any] | None = None) -> TaskCheck:
+    """``rules``: (metric, '>=' | '<=', limit) applied to ``metrics``."""
+    fails: list[str] = []
+    limits: dict[str, str] = {}
+    for m, op, lim in rules:
+        v = metrics.get(m)
+        limits[m] = f"{op} {lim:g}"
+        if v is None:
+            continue
+        ok = v >= lim if op == ">=" else v <= lim
+        if not ok or not math.isfinite(v):
+            fails.append(f"output '{task.output}' ({task.kind}): {m.replace('top1', 'top-1').replace('top5', 'top-5').replace('_', ' ')} {v:.4g} {'<' if op == '>=' else '>'} {lim:g}")
+    return TaskCheck(task.output, task.kind, task.why, {k: round(float(v), 6) for k, v in metrics.items()}, limits,
+                     not fails, tuple(fails), info or {})
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+    fin = np.isfinite(a) & np.isfinite(b)
+    a, b = a[fin], b[fin]
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 and nb == 0:
+        return 1.0
+    if na == 0 or nb == 0:
+        return 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def _rows(samples: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.asarray(s, np.float64).reshape(-1, np.asarray(s).shape[-1] if np.asarray(s).ndim else 1) for s in samples])
+
+
+# -- classification ------------------------------------------------------------------------------
+
+
+def classification(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: Any) -> TaskCheck:
+    r, c = _rows(ref), _rows(cand)
+    if r.shape[1] == 1:  # one probability: the decision at 0.5
+        agree = float(np.mean((r[:, 0] > 0.5) == (c[:, 0] > 0.5)))
+        return _check(task, {"decision_agreement": agree}, [("decision_agreement", ">=", tol.min_top1_agreement)])
+    top1 = r.argmax(1)
+    metrics = {"top1_agreement": float(np.mean(top1 == c.argmax(1)))}
+    rules = [("top1_agreement", ">=", tol.min_top1_agreement)]
+    if r.shape[1] > 5:
+        top5 = np.argsort(-c, axis=1)[:, :5]
+        metrics["top5_agreement"] = float(np.mean((top5 == top1[:, None]).any(1)))
+        rules.append(("top5_agreement", ">=", tol.min_top5_agreement))
+    return _check(task, metrics, rules, {"rows": int(r.shape[0])})
+
+
+# -- detection -----------------------------------------------------------------------------------
+
+
+def to_xyxy(b: np.ndarray, fmt: str) -> np.ndarray:
+    b = np.asarray(b, np.float64)
+    if fmt == "xyxy":
+        return b
+    if fmt == "xywh":
+        return np.stack([b[:, 0], b[:, 1], b[:, 0] + b[:, 2], b[:, 1] + b[:, 3]], 1)
+    return np.stack([b[:, 0] - b[:, 2] / 2, b[:, 1] - b[:, 3] / 2, b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2], 1)
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in ``a`` [N, 4] with every box in ``b`` [M, 4] (xyxy)."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)))
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area = lambda x: np.clip(x[:, 2] - x[:, 0], 0, None) * np.clip(x[:, 3] - x[:, 1], 0, None)  # noqa: E731
+    union = area(a)[:, None] + area(b)[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) -> np.ndarray:
+    """Class-aware greedy NMS; indices kept, best score first."""
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    while order.size:
+        i = int(order[0])
+        keep.append(i)
+        rest = order[1:]
+        if not rest.size:
+            break
+        ov = iou_matrix(boxes[i : i + 1], boxes[rest])[0]
+        order = rest[(ov <= iou) | (classes[rest] != classes[i])]
+    return np.asarray(keep, np.int64)
+
+
+@dataclass(frozen=True)
+class Detections:
+    boxes: np.ndarray  # [n, 4] xyxy
+    scores: np.ndarray
+    classes: np.ndarray
+
+
+def decode_head(head: np.ndarray, task: TaskSpec, *, threshold: float | None = None, max_det: int = 300) -> tuple[list[Detections], list[Detections]]:
+    """Raw YOLO-style head of one sample ([B, K, N] or [B, N, K]) -> per batch element:
+    detections above the score threshold after NMS, and the single best-scoring anchor."""
+    layout = task.get("layout", "channels-first")
+    obj = bool(task.get("objectness", layout == "anchors-first"))
+    thr = float(task.get("score_threshold", 0.25) if threshold is None else threshold)
+    fmt = task.get("box_format", "cxcywh")
+    out, tops = [], []
+    a = np.asarray(head, np.float64)
+    for h in a:
+        h = h.T if layout == "channels-first" else h  # [N, K]
+        cls = h[:, 5:] if obj else h[:, 4:]
+        if cls.shape[1] == 0:
+            cls = np.ones((len(h), 1))
+        best = cls.argmax(1)
+        score = cls.max(1) * (h[:, 4] if obj else 1.0)
+        boxes = to_xyxy(h[:, :4], fmt)
+        t = int(score.argmax()) if len(score) else 0
+        tops.append(Detections(boxes[t : t + 1], score[t : t + 1], best[t : t + 1]))
+        sel = np.nonzero(score > thr)[0]
+        sel = sel[np.argsort(-score[sel], kind="stable")[:max_det]]
+        k = nms(boxes[sel], score[sel], best[sel], float(task.get("nms_iou", 0.45)))
+        out.append(Detections(boxes[sel][k], score[sel][k], best[sel][k]))
+    return out, tops
+
+
+def match(ref: Detections, cand: Detections, iou: float) -> int:
+    """True positives: quantized detections matching an fp32 one of the same class at IoU >= ``iou``."""
+    if len(ref.boxes) == 0 or len(cand.boxes) == 0:
+        return 0
+    m = iou_matrix(cand.boxes, ref.boxes)
+    m[cand.classes[:, None] != ref.classes[None, :]] = 0
+    used = np.zeros(len(ref.boxes), bool)
+    tp = 0
+    for i in np.argsort(-cand.scores, kind="stable"):
+        row = np.where(used, 0, m[i])
+        j = int(row.argmax())
+        if row[j] >= iou:
+            used[j] = True
+            tp += 1
+    return tp
+
+
+def _post_nms(task: TaskSpec, sample: dict[str, np.ndarray]) -> list[Detections]:
+    """Boxes (+ scores, classes outputs) of one sample, per batch element."""
+    boxes = np.asarray(sample[task.output], np.float64)
+    batched = boxes.ndim == 3
+    boxes = boxes if batched else boxes[None]
+    n = boxes.shape[:2]
+
+    def part(key: str, default: float) -> np.ndarray:
+        name = task.params.get(key)
+        v = np.asarray(sample[name]) if name and name in sample else np.full(n, default)
+        v = v.reshape(n) if v.size == n[0] * n[1] else np.full(n, default)
+        return v
+
+    scores, classes = part("scores", 1.0), part("classes", 0)
+    fmt = task.get("box_format", "xyxy")
+    thr = float(task.get("score_threshold", 0.0))
+    out = []
+    for b in range(n[0]):
+        keep = scores[b] > thr if "scores" in task.params else np.ones(n[1], bool)
+        out.append(Detections(to_xyxy(boxes[b][keep].reshape(-1, 4), fmt), scores[b][keep].astype(np.float64), classes[b][keep].astype(np.int64)))
+    return out
+
+
+def detection(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: Any,
+              ref_all: list[dict[str, np.ndarray]], cand_all: list[dict[str, np.ndarray]]) -> TaskCheck:
+    iou = float(task.get("iou", 0.5))
+    raw = bool(ref) and np.asarray(ref[0]).ndim == 3 and np.asarray(ref[0]).shape[-1] != 4
+    info: dict[str, Any] = {}
+    tops_ok = tops_n = 0
+    tp = n_ref = n_cand = 0
+    for i in range(len(ref)):
+        if raw:
+            rd, rt = decode_head(ref[i], task)
+            cd, ct = decode_head(cand[i], task)
+            for a, b in zip(rt, ct):
+                tops_n += 1
+                tops_ok += match(a, b, iou)
+        else:
+            rd, cd = _post_nms(task, ref_all[i]), _post_nms(task, cand_all[i])
+        for a, b in zip(rd, cd):
+            tp += match(a, b, iou)
+            n_ref += len(a.boxes)
+            n_cand += len(b.boxes)
+    metrics: dict[str, float] = {}
+    if n_ref + n_cand:
+        metrics["detection_f1"] = 2 * tp / (n_ref + n_cand)
+    info.update({"fp32_detections": n_ref, "quantized_detections": n_cand, "matched": tp, "match_iou": iou})
+    if raw:
+        metrics["top_detection_agreement"] = tops_ok / max(tops_n, 1)
+        info["score_threshold"] = float(task.get("score_threshold", 0.25))
+        info.update(_slices(task, ref, cand))
+    rules = [("detection_f1", ">=", tol.min_detection_f1)]
+    if n_ref == 0 and raw:  # nothing above the threshold in fp32: the best anchor per image decides
+        info["note"] = "fp32 found no detection above the score threshold: the best-scoring anchor per image decides"
+        rules = [("top_detection_agreement", ">=", tol.min_detection_f1)]
+    elif n_ref == 0:
+        info["note"] = "fp32 found no detection on the verification data: nothing to compare"
+    return _check(task, metrics, rules, info)
+
+
+def _slices(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray]) -> dict[str, Any]:
+    """Per-slice information for a concatenated head: boxes and scores separately."""
+    if not ref:
+        return {}
+    ax = 1 if task.get("layout", "channels-first") == "channels-first" else 2
+    r = np.concatenate([np.moveaxis(np.asarray(x, np.float64), ax, -1).reshape(-1, np.asarray(x).shape[ax]) for x in ref])
+    c = np.concatenate([np.moveaxis(np.asarray(x, np.float64), ax, -1).reshape(-1, np.asarray(x).shape[ax]) for x in cand])
+    return {
+        "boxes_cosine": round(_cos(r[:, :4], c[:, :4]), 6),
+        "scores_cosine": round(_cos(r[:, 4:], c[:, 4:]), 6),
+        "scores_max_abs": round(float(np.abs(r[:, 4:] - c[:, 4:]).max()) if r.shape[1] > 4 else 0.0, 6),
+        "best_score_fp32": round(float(r[:, 4:].max()) if r.shape[1] > 4 else 0.0, 6),
+        "best_score_quantized": round(float(c[:, 4:].max()) if c.shape[1] > 4 else 0.0, 6),
+    }
+
+
+# -- maps --------------------------------------------------------------------------------------
+
+
+def prob_map(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: Any) -> TaskCheck:
+    thr = float(task.get("threshold", 0.5))
+    inter = union = same = total = 0
+    for r, c in zip(ref, cand):
+        a, b = np.asarray(r) > thr, np.asarray(c) > thr
+        inter += int((a & b).sum())
+        union += int((a | b).sum())
+        same += int((a == b).sum())
+        total += a.size
+    metrics = {"map_iou": inter / union if union else 1.0, "pixel_agreement": same / max(total, 1)}
+    return _check(task, metrics, [("map_iou", ">=", tol.min_map_iou), ("pixel_agreement", ">=", tol.min_pixel_agreement)],
+                  {"threshold": thr, "fp32_positive_pixels": int(sum(int((np.asarray(r) > thr).sum()) for r in ref))})
+
+
+def segmentation(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: Any) -> TaskCheck:
+    a = np.concatenate([np.asarray(r).argmax(1).ravel() for r in ref])
+    b = np.concatenate([np.asarray(c).argmax(1).ravel() for c in cand])
+    ious = []
+    for k in np.unique(a):
+        u = np.sum((a == k) | (b == k))
+        ious.append(np.sum((a == k) & (b == k)) / u if u else 1.0)
+    metrics = {"map_iou": float(np.mean(ious)) if ious else 1.0, "pixel_agreement": float(np.mean(a == b)) if a.size else 1.0}
+    return _check(task, metrics, [("map_iou", ">=", tol.min_map_iou), ("pixel_agreement", ">=", tol.min_pixel_agreement)])
+
+
+# -- sequences, embeddings, LM -------------------------------------------------------------------
+
+
+def greedy_decode(steps: np.ndarray, blank: int) -> tuple[int, ...]:
+    """CTC greedy decode of one [T, C] score matrix: argmax, merge repeats, drop blanks."""
+    best = np.asarray(steps).argmax(-1)
+    out, prev = [], None
+    for t in best.tolist():
+        if t != prev and t != blank:
+            out.append(t)
+        prev = t
+    return tuple(out)
+
+
+def sequence(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: Any) -> TaskCheck:
+    blank = int(task.get("blank", 0))
+    tbc = task.get("layout", "BTC") == "TBC"
+    same = n = 0
+    step_same = steps = 0
+    for r, c in zip(ref, cand):
+        r, c = np.asarray(r), np.asarray(c)
+        if tbc:
+            r, c = np.moveaxis(r, 1, 0), np.moveaxis(c, 1, 0)
+        r, c = r.reshape(-1, r.shape[-2], r.shape[-1]), c.reshape(-1, c.shape[-2], c.shape[-1])
+        for x, y in zip(r, c):
+            n += 1
+            same += greedy_decode(x, blank) == greedy_decode(y, blank)
+            step_same += int((x.argmax(-1) == y.argmax(-1)).sum())
+            steps += x.shape[0]
+    return _check(task, {"sequence_match": same / max(n, 1)}, [("sequence_match", ">=", tol.min_sequence_match)],
+                  {"sequences": n, "blank": blank, "step_agreement": round(step_same / max(steps, 1), 6)})
+
+
+def embedding(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: Any) -> TaskCheck:
+    r, c = _rows(ref), _rows(cand)
+    nr, nc = np.linalg.norm(r, axis=1), np.linalg.norm(c, axis=1)
+    cos = np.where((nr > 0) & (nc > 0), (r * c).sum(1) / np.maximum(nr * nc, 1e-300), (nr == nc).astype(np.float64))
+    return _check(task, {"mean_cosine": float(cos.mean()) if cos.size else 1.0},
+                  [("mean_cosine", ">=", tol.min_embedding_cosine)], {"min_cosine": round(float(cos.min()), 6) if cos.size else 1.0, "vectors": int(cos.size)})
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def lm_logits(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: Any) -> TaskCheck:
+    kl = same = n = 0.0
+    for r, c in zip(ref, cand):
+        lr, lc = _log_softmax(_rows([r])), _log_softmax(_rows([c]))
+        kl += float(np.maximum((np.exp(lr) * (lr - lc)).sum(1), 0).sum())
+        same += float((lr.argmax(1) == lc.argmax(1)).sum())
+        n += lr.shape[0]
+    return _check(task, {"mean_kl": kl / max(n, 1), "same_top_token": same / max(n, 1)},
+                  [("mean_kl", "<=", tol.max_lm_kl), ("same_top_token", ">=", tol.min_lm_top1)], {"positions": int(n)})
+
+
+def regression(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: Any) -> TaskCheck:
+    if any(np.asarray(r).shape != np.asarray(c).shape for r, c in zip(ref, cand)):
+        return _check(task, {"cosine": 0.0}, [("cosine", ">=", tol.min_cosine)], {"note": "shapes differ between fp32 and quantized"})
+    return _check(task, {"cosine": _cos(np.concatenate([np.ravel(r) for r in ref]), np.concatenate([np.ravel(c) for c in cand]))},
+                  [("cosine", ">=", tol.min_cosine)])
+
+
+def index(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: Any) -> TaskCheck:
+    same = total = 0
+    for r, c in zip(ref, cand):
+        r, c = np.asarray(r), np.asarray(c)
+        total += max(r.size, 1)
+        same += int((r == c).sum()) if r.shape == c.shape else 0
+    return _check(task, {"exact_match": same / max(total, 1)}, [("exact_match", ">=", tol.min_top1_agreement)])
+
+
+def score(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: Any,
+          ref_all: list[dict[str, np.ndarray]] | None = None, cand_all: list[dict[str, np.ndarray]] | None = None) -> TaskCheck | None:
+    """The task check of one output; None for a part checked with another output (detection scores)."""
+    if "part_of" in task.params:
+        return None
+    if task.kind == "detection":
+        return detection(task, ref, cand, tol, ref_all or [], cand_all or [])
+    fn = {"classification": classification, "prob-map": prob_map, "segmentation": segmentation, "sequence": sequence,
+          "embedding": embedding, "lm-logits": lm_logits, "regression": regression, "index": index}[task.kind]
+    return fn(task, ref, cand, tol)
+
+
+class _NoLimits:
+    """Tolerances for computing metrics only (``primary`` reads values, not the pass/fail)."""
+
+    def __getattr__(self, name: str) -> float:
+        return 0.0
+
+
+def primary(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray]) -> tuple[str, float]:
+    """The one number that decides ``task`` (higher is better, fp32 against itself scores 1):
+    what --max-drop and the gate bound. Detection: F1 of the detections, or top-detection
+    agreement where fp32 detects nothing above the threshold."""
+    c = score(task, ref, cand, _NoLimits())
+    if c is None:
+        return "agreement", 1.0
+    if task.kind == "lm-logits":
+        return "same_top_token", c.metrics["same_top_token"]
+    for m in c.limits:
+        if m in c.metrics and not (m == "detection_f1" and c.info.get("fp32_detections") == 0):
+            return m, c.metrics[m]
+    return next(iter(c.metrics.items()), ("agreement", 1.0))
