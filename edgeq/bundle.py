@@ -91,9 +91,11 @@ def bundle_outputs(out: Path, info: BundleInputs) -> list[Path]:
     return paths
 
 
-def check_outputs(out: Path, info: BundleInputs, force: bool) -> None:
-    for p in bundle_outputs(out, info):
-        check_output(p, force)
+def check_outputs(out: Path, info: BundleInputs, force: bool, inputs=()) -> None:
+    """Every output write_bundle will create may be written (edgeq/outputs.py: --force replaces only edgeq's)."""
+    from .outputs import check_bundle_outputs
+
+    check_bundle_outputs(out, force=force, archive=info.archive, sidecar=bool(info.profile), inputs=inputs)
 
 
 def tool_versions() -> dict[str, str]:
@@ -282,7 +284,8 @@ def generate_keypair(private_out: Path, *, force: bool = False) -> tuple[Path, P
 
     private_out = Path(private_out)
     public_out = private_out.with_name(private_out.name + ".pub")
-    check_output(public_out, force)
+    check_output(public_out, force, is_dir=False)
+    check_output(private_out, force, is_dir=False)
     key = Ed25519PrivateKey.generate()
     with staging(private_out, force=force, is_dir=False) as tmp:
         os.chmod(tmp, 0o600)

@@ -245,6 +245,11 @@ def export(
     from .fsutil import check_output, clean_stale, scratch_dir
 
     tg = load_target(target)
+    from .outputs import check_bundle_outputs
+
+    check_bundle_outputs(out, force=force, archive=archive if tg.runtime != "llama.cpp" else None,  # before any work
+                         sidecar=not no_profile and tg.runtime != "llama.cpp",
+                         inputs=(source, calib, eval_data, preprocess, labels, image_preprocess, sign, weights))
     if tg.runtime == "llama.cpp":  # Hugging Face Llama folder -> GGUF bundle (edgeq.gguf); --eval: prompts file
         from .gguf import export_cli
 
@@ -277,7 +282,7 @@ def export(
             src = open_source(source, (f"source({source.name})",))
         else:
             clean_stale(out)
-            check_output(out, force)  # before the (slow) export
+            check_output(out, force, is_dir=True)  # before the (slow) export
             work = stack.enter_context(scratch_dir("edgeq-export-"))
             sopts = SourceOptions(
                 target=tg, example_shapes=parse_example_shapes(example_shape), static_shapes=opts.static_shapes,
@@ -388,9 +393,8 @@ def quantize(
     as_json: JsonOpt = False,
 ) -> None:
     """Optimize and quantize one model (no verify, profile or bundle)."""
-    import shutil
-
     from .data import load_samples
+    from .outputs import copy_stamped
     from .errors import CalibrationError
     from .fsutil import scratch_dir, staging
     from .isolate import open_source
@@ -404,6 +408,11 @@ def quantize(
     spec = _spec(tg, quant, fmt, activation_type, weight_type, per_channel, reduce_range, calib_samples, wo, calibration, calib_bins)
     _check_prefer(prefer)
     _check_onnx_source(model)
+    from .onnxutil import data_file
+    from .outputs import check_output_path
+
+    for path, what in ((out, "output"), (data_file(out), "external data file")):  # before any work
+        check_output_path(path, force=force, is_dir=False, inputs=(model, calib, eval_data, image_preprocess), what=what)
     src = open_source(model)
     data = load_samples(calib, src.io, preprocess=image_preprocess, random_n=spec.calib_samples) if calib else None
     evals = load_samples(eval_data, src.io, what="evaluation", preprocess=image_preprocess) if eval_data else None
@@ -427,8 +436,11 @@ def quantize(
         if has_external_data(res.artifact.path):  # large: OUT plus OUT.data, the data published first
             tmp_data = data_stage.enter_context(staging(data_file(out), force=force, is_dir=False))
             copy_model(res.artifact.path, tmp, data_path=tmp_data, location=data_file(out).name)
+            stamped = tmp.with_name(tmp.name + ".stamp")
+            copy_stamped(tmp, stamped)  # producer "edgeq": a later --force knows edgeq wrote it
+            os.replace(stamped, tmp)
         else:
-            shutil.copyfile(res.artifact.path, tmp)
+            copy_stamped(res.artifact.path, tmp)
     recipe = res.recipe()
     recipe["notes"] = notes + recipe["notes"]
     if as_json:
@@ -555,6 +567,10 @@ def profile(
         raise TargetError(f"--min-accel-coverage {min_accel_coverage} is not a share between 0 and 1", "e.g. --min-accel-coverage 0.95")
     if reference is not None:
         _check_onnx_source(reference)
+    if html is not None:  # an existing report edgeq wrote is replaced; anything else is refused, before any work
+        from .outputs import check_output_path
+
+        check_output_path(html, force=True, is_dir=False, inputs=(*models, data, reference), what="--html report")
     inputs = [load_input(m, data=data) for m in models]
     if target or not inputs[0].bundle_target:
         tg = load_target(target or "cpu-x86_64")
@@ -673,6 +689,9 @@ def bundle(
 
     tg = load_target(target)
     _check_onnx_source(model)
+    from .outputs import check_bundle_outputs
+
+    check_bundle_outputs(out, force=force, archive=archive, inputs=(model, data, reference, preprocess, labels, sign))
     art = open_source(model, (f"source({model.name})",))
     app_io = load_io_spec(preprocess, art.io)
     label_list = read_labels(labels)

@@ -257,7 +257,7 @@ def ensure_root(cfg: EmulationConfig | None = None, *, step: Step | None = None)
         found = load_root(cfg)  # another process may have built it while we waited
         if found:
             return found
-        with staging(cfg.root, force=True, is_dir=True) as tmp:
+        with staging(cfg.root, force=True, is_dir=True, replace_any=True) as tmp:  # edgeq's own cache
             step("debootstrap: starting", 0, 0)
             _stream(
                 prefix + [debootstrap, "--variant=minbase", "--arch=arm64", "--foreign", "--include=python3",

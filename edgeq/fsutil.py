@@ -123,27 +123,40 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-def check_output(final: Path, force: bool) -> None:
-    """Refuse to overwrite an existing output unless ``force``."""
+def check_output(final: Path, force: bool, *, is_dir: bool | None = None, replace_any: bool = False) -> None:
+    """Refuse to overwrite an existing output unless ``force``, and then only what edgeq wrote.
+
+    ``is_dir``: what will be written there (None: whatever is there now). ``replace_any`` is
+    for edgeq's own caches only (never a user's path): the old exists-or-force rule.
+    """
     final = Path(final)
-    if (final.exists() or final.is_symlink()) and not force:
-        raise OutputExistsError(
-            f"output '{final}' already exists",
-            "pass --force to replace it, or choose another -o path",
-        )
+    if replace_any:
+        if (final.exists() or final.is_symlink()) and not force:
+            raise OutputExistsError(
+                f"output '{final}' already exists",
+                "pass --force to replace it, or choose another -o path",
+            )
+        return
+    from .outputs import check_output_path
+
+    if is_dir is None:
+        is_dir = final.is_dir() and not final.is_symlink()
+    check_output_path(final, force=force, is_dir=is_dir)
 
 
 @contextlib.contextmanager
-def staging(final: Path, *, force: bool, is_dir: bool) -> Iterator[Path]:
+def staging(final: Path, *, force: bool, is_dir: bool, replace_any: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``final``; publish it on success.
 
     On any exception (including KeyboardInterrupt) the temporary is removed
-    and ``final`` is left exactly as it was.
+    and ``final`` is left exactly as it was. ``force`` replaces only what edgeq
+    wrote (edgeq/outputs.py); ``replace_any`` is for edgeq's own caches.
     """
     final = Path(final).absolute()
+    check_output(final, force, is_dir=is_dir, replace_any=replace_any)
     final.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(final)
-    check_output(final, force)
+    check_output(final, force, is_dir=is_dir, replace_any=replace_any)
     prefix = f".{final.name}.edgeq-tmp-{os.getpid()}-"
     umask = os.umask(0)
     os.umask(umask)
@@ -159,7 +172,7 @@ def staging(final: Path, *, force: bool, is_dir: bool) -> Iterator[Path]:
         os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
-        publish(tmp, final, force=force)
+        publish(tmp, final, force=force, is_dir=is_dir, replace_any=replace_any)
     except BaseException:
         _remove(tmp)
         raise
@@ -167,9 +180,9 @@ def staging(final: Path, *, force: bool, is_dir: bool) -> Iterator[Path]:
         _unlock(lock)
 
 
-def publish(tmp: Path, final: Path, *, force: bool) -> None:
-    """Move ``tmp`` to ``final``; an existing ``final`` is replaced only with ``force``."""
-    check_output(final, force)
+def publish(tmp: Path, final: Path, *, force: bool, is_dir: bool | None = None, replace_any: bool = False) -> None:
+    """Move ``tmp`` to ``final``; an existing ``final`` is replaced only with ``force`` (and only if edgeq wrote it)."""
+    check_output(final, force, is_dir=tmp.is_dir() if is_dir is None else is_dir, replace_any=replace_any)
     if final.is_dir() and not final.is_symlink():
         if _exchange(tmp, final):
             # one atomic step: ``final`` is the whole old or the whole new bundle at every
