@@ -50,7 +50,7 @@ SIGNATURE = runner_mod.SIGNATURE
 EXTERNAL_DATA = "model.onnx.data"
 # model.onnx keeps its weights in model.onnx.data from this size on (protobuf stops at 2 GiB)
 EXTERNAL_DATA_THRESHOLD = 256 << 20
-MAX_MANIFEST_BYTES = 16 << 20
+MAX_MANIFEST_BYTES = runner_mod.MAX_MANIFEST_BYTES
 CPP_DIR = Path(__file__).resolve().parent / "cpp"
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "manifest.schema.json"
 
@@ -244,12 +244,27 @@ def _profile_summary(profile: dict[str, Any] | None) -> dict[str, Any] | None:
     return summary
 
 
+MAX_KEY_BYTES = 64 << 10
+
+
+def _read_key(path: Path, what: str) -> bytes:
+    """A PEM key file: a regular file of at most 64 KiB (checked before reading)."""
+    from .fsutil import require_regular_file
+
+    path = Path(require_regular_file(path, what, BundleError))
+    if path.is_dir():
+        raise BundleError(f"{what} {path} is a folder", "pass the PEM file edgeq keygen wrote")
+    if path.is_file() and path.stat().st_size > MAX_KEY_BYTES:
+        raise BundleError(f"{what} {path} is larger than {MAX_KEY_BYTES >> 10} KiB", "pass the PEM file edgeq keygen wrote")
+    return path.read_bytes()
+
+
 def load_private_key(path: Path):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     try:
-        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+        key = serialization.load_pem_private_key(_read_key(path, "signing key"), password=None)
     except (OSError, ValueError, TypeError) as e:
         raise BundleError(f"cannot read signing key {path}: {str(e)[:120]}", "pass an unencrypted Ed25519 private key in PEM (edgeq keygen)") from None
     if not isinstance(key, Ed25519PrivateKey):
@@ -262,7 +277,7 @@ def load_public_key(path: Path):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     try:
-        key = serialization.load_pem_public_key(Path(path).read_bytes())
+        key = serialization.load_pem_public_key(_read_key(path, "public key"))
     except (OSError, ValueError, TypeError) as e:
         raise BundleError(f"cannot read public key {path}: {str(e)[:120]}", "pass the Ed25519 public key in PEM (edgeq keygen writes KEY.pub)") from None
     if not isinstance(key, Ed25519PublicKey):
@@ -396,15 +411,13 @@ def write_bundle(artifact: Artifact, target: Target, out: Path, info: BundleInpu
 
 def _read_manifest(root: Path) -> tuple[bytes, dict[str, Any]]:
     path = root / runner_mod.MANIFEST
-    if path.is_symlink() or not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise BundleError(f"no {runner_mod.MANIFEST} in {root}", "pass the folder that holds manifest.json, or an archive of it")
-    if path.stat().st_size > MAX_MANIFEST_BYTES:
-        raise BundleError(f"{runner_mod.MANIFEST} is larger than {MAX_MANIFEST_BYTES >> 20} MiB", "this is not an edgeq manifest")
-    data = path.read_bytes()
     try:
-        manifest = json.loads(data.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BundleError(f"{runner_mod.MANIFEST} is not valid JSON ({str(e)[:120]})", "the bundle is corrupt: fetch an intact copy") from None
+        data = runner_mod.read_manifest_bytes(str(root))  # stat first: regular file, at most 16 MiB
+        manifest = runner_mod.parse_manifest(data)
+    except runner_mod.BundleCorrupt as e:
+        raise BundleError(str(e), "the bundle is corrupt: fetch an intact copy") from None
     return data, manifest
 
 

@@ -173,7 +173,9 @@ def _budget_failed(recipe: dict, where: Path) -> None:
 
 def _check_onnx_source(src: Path) -> None:
     from .errors import ModelError
+    from .fsutil import require_regular_file
 
+    require_regular_file(src, "model", ModelError)
     if not src.exists():
         raise ModelError(f"model file not found: {src}", "check the path")
     if src.suffix.lower() != ".onnx":
@@ -257,6 +259,10 @@ def export(
     wo = dict(block_size=block_size, symmetric=symmetric, accuracy_level=accuracy_level, algo=algo, keep=keep, override=override, scale_dtype=scale_dtype)
     spec = _spec(tg, quant, fmt, activation_type, weight_type, per_channel, reduce_range, calib_samples, wo, calibration, calib_bins)
     _check_prefer(prefer)
+    from .errors import ModelError
+    from .fsutil import require_regular_file
+
+    require_regular_file(source, "model", ModelError)
     kind = source_kind(source)
     if kind == "onnx":
         _check_onnx_source(source)
@@ -757,9 +763,12 @@ def inspect(
     """Inputs, outputs, opset, op histogram, parameters, whether the model is quantized, and its metadata."""
     if model.is_dir():  # a Hugging Face folder: what a pre-quantized checkpoint holds
         return _inspect_folder(model, as_json)
+    from .errors import ModelError
+    from .fsutil import require_regular_file
     from .onnxutil import describe
     from .report import inspect_table, out as console
 
+    require_regular_file(model, "model", ModelError)
     d = describe(model)
     if as_json:
         _emit_json(d)

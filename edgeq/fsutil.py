@@ -267,3 +267,22 @@ def scratch_dir(prefix: str = "edgeq-") -> Iterator[Path]:
     finally:
         _unlock(lock)
         shutil.rmtree(d, ignore_errors=True)
+
+
+def require_regular_file(path: Path, what: str, error: type | None = None) -> Path:
+    """Refuse a path that exists but is not a regular file (``/dev/zero``, a FIFO, a socket): reading one
+    would never end, or hang. Checked with ``stat`` before anything opens it; missing paths pass
+    (the caller reports them). Symbolic links to regular files are fine."""
+    import stat as _stat
+
+    from .errors import EdgeqError
+
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return path
+    if not _stat.S_ISREG(st.st_mode) and not _stat.S_ISDIR(st.st_mode):
+        kind = "a FIFO" if _stat.S_ISFIFO(st.st_mode) else "a device" if _stat.S_ISCHR(st.st_mode) or _stat.S_ISBLK(st.st_mode) else "a socket or special file"
+        raise (error or EdgeqError)(f"{what} {path} is {kind}, not a regular file", "pass a regular file")
+    return path

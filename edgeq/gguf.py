@@ -945,9 +945,11 @@ def _write_golden(root: Path, folder: Path, prompts: list[str]) -> dict[str, Any
 
 
 def is_gguf_bundle(path: Path) -> bool:
-    try:
-        return json.loads((Path(path) / "manifest.json").read_text(encoding="utf-8")).get("runtime") == "llama.cpp"
-    except (OSError, ValueError, AttributeError):
+    from .runner import BundleCorrupt, parse_manifest, read_manifest_bytes
+
+    try:  # bounded: stat before reading, regular files only
+        return parse_manifest(read_manifest_bytes(str(path))).get("runtime") == "llama.cpp"
+    except (OSError, BundleCorrupt, AttributeError):
         return False
 
 

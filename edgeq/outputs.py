@@ -151,16 +151,11 @@ def _not_ours(final: Path, is_dir: bool) -> str | None:
 
 def read_edgeq_manifest(folder: Path) -> dict | None:
     """The folder's manifest.json if edgeq wrote it (regular file, bounded size, ``created_by.edgeq``)."""
-    path = Path(folder) / "manifest.json"
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_MANIFEST_BYTES:
-        return None
-    try:
-        m = json.loads(path.read_bytes().decode("utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError):
+    from .runner import BundleCorrupt, parse_manifest, read_manifest_bytes
+
+    try:  # stat before reading: a regular file of at most 16 MiB
+        m = parse_manifest(read_manifest_bytes(str(folder)))
+    except (OSError, BundleCorrupt):
         return None
     if not isinstance(m, dict) or not isinstance(m.get("created_by"), dict) or "edgeq" not in m["created_by"]:
         return None
