@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,6 +147,7 @@ def _convert_to_ort(model: Path, ort_path: Path, level: str) -> None:
     # relative names and a fixed environment: the child's memory layout must not depend on the output path;
     # isolated (-I): the working directory is edgeq's own staging folder, which holds only the model
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "LD_LIBRARY_PATH", "SYSTEMROOT", "HOME")}
+    env["ORT_DISABLE_TELEMETRY"] = "1"  # no telemetry files outside -o
     proc = child.run(
         child.python_argv(sys.executable, ["-c", code, model.name, ort_path.name, level]),
         cwd=model.parent, env=env, capture_output=True, text=True, timeout=3600,
@@ -490,12 +490,12 @@ def check_bundle(
     """
     path = Path(path)
     if path.is_file() and archive_format(path):
-        tmp = Path(tempfile.mkdtemp(prefix="edgeq-verify-"))
-        try:
+        from .fsutil import scratch_dir
+
+        # a locked scratch folder: if this run is killed, the next edgeq run removes the extracted copy
+        with scratch_dir() as tmp:
             root = safe_extract(path, tmp / "bundle", limits)
             result = _check_folder(root, path, providers=providers, model=model, pubkey=pubkey, min_version=min_version)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         result["archive"] = path.name
         return result
     if path.is_symlink() or not path.is_dir():

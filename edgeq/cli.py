@@ -699,6 +699,9 @@ def bundle(
 
     check_bundle_outputs(out, force=force, archive=archive, inputs=(model, data, reference, preprocess, labels, sign))
     art = open_source(model, (f"source({model.name})",))
+    from .archive import check_golden_archivable
+
+    check_golden_archivable(golden, len(art.io.inputs) + len(art.io.outputs), archive)
     app_io = load_io_spec(preprocess, art.io)
     label_list = read_labels(labels)
     check_labels_fit(label_list, app_io, art.io)

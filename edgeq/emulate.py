@@ -370,6 +370,7 @@ def _guest_env() -> dict[str, str]:
         "HOME": "/tmp",
         "LANG": "C.UTF-8",
         "OMP_NUM_THREADS": "1",
+        "ORT_DISABLE_TELEMETRY": "1",  # onnxruntime writes no telemetry files
     }
 
 

@@ -65,14 +65,14 @@ def _unlock(fd: int | None) -> None:
 
 
 def _writer_alive(entry: Path, pid: int, locked: bool) -> bool:
-    if not _pid_alive(pid):
-        return False
-    if not locked:
-        return True
+    """Locked temporaries: the flock alone decides (a writer in another pid namespace has a pid
+    that means nothing here, or another process's); unlocked ones: the pid."""
     try:
         import fcntl
-    except ImportError:  # pragma: no cover
-        return True
+    except ImportError:  # pragma: no cover - not POSIX: pid check only
+        return _pid_alive(pid)
+    if not locked:
+        return _pid_alive(pid)
     try:
         fd = os.open(entry, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except OSError:
@@ -260,7 +260,13 @@ def scratch_dir(prefix: str = "edgeq-") -> Iterator[Path]:
     if prefix == "edgeq-":
         clean_stale_scratch()
         prefix = f"edgeq-{os.getpid()}-"
-    d = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        d = Path(tempfile.mkdtemp(prefix=prefix))
+    except OSError as e:
+        from .errors import EdgeqError
+
+        raise EdgeqError(f"cannot create a scratch folder in {tempfile.gettempdir()}: {e.strerror or e}",
+                         "set TMPDIR to a writable folder with room") from None
     lock = _lock(d)
     try:
         yield d

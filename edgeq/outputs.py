@@ -24,7 +24,7 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-from .errors import EdgeqError, OutputExistsError
+from .errors import OutputExistsError
 
 PRODUCER = "edgeq"
 MAX_MANIFEST_BYTES = 16 << 20

@@ -240,6 +240,9 @@ def _bundle_extras(source: Artifact, opts: ExportOptions) -> tuple[dict, tuple[s
         from .errors import BundleError
 
         raise BundleError("--bundle-version must be 0 or more", "use a release counter that only goes up")
+    from .archive import check_golden_archivable
+
+    check_golden_archivable(opts.golden, len(source.io.inputs) + len(source.io.outputs), opts.archive)
     probe = BundleInputs(golden_feeds=(), archive=opts.archive, profile={"planned": True} if opts.do_profile else None)
     inputs = (source.path, opts.calib, opts.eval, opts.preprocess, opts.labels, opts.image_preprocess, opts.sign_key)
     check_outputs(opts.out, probe, opts.force, inputs=inputs)

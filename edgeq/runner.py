@@ -24,6 +24,9 @@ import stat
 import sys
 import time
 
+# onnxruntime writes telemetry files ($TMPDIR/.ses, ~/.cache/Microsoft/...) on import unless this is set
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.json.sig"  # optional Ed25519 signature of manifest.json (checked by edgeq verify --pubkey)
 SCHEMA_VERSION = 1

@@ -6,7 +6,6 @@ Cases that would hang on a broken build (FIFOs) run the real CLI in a child with
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import tracemalloc
@@ -21,7 +20,7 @@ from edgeq.artifact import IoSpec, TensorSpec
 from edgeq.errors import CalibrationError
 
 from tests.models import cnn_data, make_cnn
-from tests.robustness.failsafe import assert_fails_safely, assert_one_error_line, clean_env, invoke, npz, run_edgeq
+from tests.robustness.failsafe import assert_fails_safely, assert_one_error_line, clean_env, npz, run_edgeq
 
 IO = IoSpec((TensorSpec("x", "float32", ("N", 1, 8, 8)),), (TensorSpec("y", "float32", ("N", 10)),))
 
