@@ -82,8 +82,9 @@ def check_bundle_outputs(out: Path, *, force: bool, archive: str | None = None, 
     if archive:
         check_output_path(archive_path(out, archive), force=force, is_dir=False, inputs=inputs, what="archive")
     if sidecar:
-        side = Path(out).with_name(Path(out).name + ".profile.json")
-        check_output_path(side, force=force, is_dir=False, inputs=inputs, what="profile sidecar")
+        from .bundle import sidecar_path
+
+        check_output_path(sidecar_path(out), force=force, is_dir=False, inputs=inputs, what="profile sidecar")
 
 
 # ---------------------------------------------------------------- places never replaced

@@ -16,16 +16,7 @@ import pytest
 
 from tests.models import cnn_data, make_cnn
 from tests.robustness.failsafe import assert_fails_safely, assert_one_error_line, clean_env, invoke, npz, run_edgeq
-
-
-@pytest.fixture
-def no_work(monkeypatch):
-    import edgeq.isolate
-
-    def boom(*a, **k):
-        raise AssertionError("the command started work before checking -o")
-
-    monkeypatch.setattr(edgeq.isolate, "open_source", boom)
+from tests.robustness.test_force import no_work  # noqa: F401 - fixture: the model is never opened
 
 
 @pytest.fixture
