@@ -65,8 +65,9 @@ def _unlock(fd: int | None) -> None:
 
 
 def _writer_alive(entry: Path, pid: int, locked: bool) -> bool:
-    """Locked temporaries: the flock alone decides (a writer in another pid namespace has a pid
-    that means nothing here, or another process's); unlocked ones: the pid."""
+    """A held flock means alive whatever the pid says (a writer in another pid namespace has a pid
+    that means nothing here); without one, a dead pid means dead, and a live pid gets the grace
+    period a writer needs between creating its temporary and locking it."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX: pid check only
@@ -83,6 +84,8 @@ def _writer_alive(entry: Path, pid: int, locked: bool) -> bool:
         return True  # someone holds it: the writer is alive
     finally:
         os.close(fd)
+    if not _pid_alive(pid):
+        return False
     try:
         age = time.time() - os.lstat(entry).st_mtime
     except OSError:

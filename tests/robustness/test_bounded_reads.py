@@ -141,6 +141,7 @@ def _fifo(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_non_regular_files_are_refused_up_front_without_hanging(tmp_path):
     """A FIFO blocks a reader for ever and /dev/zero never ends: all refused by stat first."""
     model = make_cnn(tmp_path / "cnn.onnx")

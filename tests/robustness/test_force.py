@@ -53,6 +53,7 @@ def test_force_refuses_a_folder_of_the_users_files(runner, proj, tmp_path, no_wo
     assert str(out) in line
 
 
+@pytest.mark.slow
 def test_force_refuses_an_edgeq_bundle_the_user_added_files_to(runner, proj, tmp_path):
     model, calib = proj
     out = tmp_path / "bundle"
@@ -123,6 +124,7 @@ def test_quantize_and_keygen_refuse_to_replace_a_folder_with_a_file(runner, proj
     assert_fails_safely(runner, ["keygen", "-o", tree_dir, "--force"], tree_dir, "is a folder")
 
 
+@pytest.mark.slow
 def test_quantize_and_keygen_replace_only_their_own_files(runner, proj, tmp_path):
     model, calib = proj
     q = tmp_path / "q.onnx"
@@ -156,6 +158,7 @@ def test_force_replaces_an_empty_folder(runner, proj, tmp_path):
     assert (out / "manifest.json").is_file()
 
 
+@pytest.mark.slow
 def test_archive_and_sidecar_are_replaced_only_if_edgeq_wrote_them(runner, proj, tmp_path):
     model, calib = proj
     out = tmp_path / "b"

@@ -125,6 +125,7 @@ def _env_without_the_switch(tmp_path: Path) -> tuple[dict, Path, Path]:
     return env, tmp_path / "tmp", home
 
 
+@pytest.mark.slow
 def test_onnxruntime_writes_no_telemetry_files_outside_the_output(tmp_path):
     env, tmpdir, home = _env_without_the_switch(tmp_path)
     # control: onnxruntime on its own writes them (so the check below can fail)
