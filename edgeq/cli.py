@@ -442,7 +442,7 @@ def quantize(
         if has_external_data(res.artifact.path):  # large: OUT plus OUT.data, the data published first
             tmp_data = data_stage.enter_context(staging(data_file(out), force=force, is_dir=False))
             copy_model(res.artifact.path, tmp, data_path=tmp_data, location=data_file(out).name)
-            stamped = tmp.with_name(tmp.name + ".stamp")
+            stamped = tmp.with_name(tmp.name + "_stamp")  # a temporary name the next run cleans up
             copy_stamped(tmp, stamped)  # producer "edgeq": a later --force knows edgeq wrote it
             os.replace(stamped, tmp)
         else:

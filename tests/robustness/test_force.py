@@ -181,3 +181,21 @@ def test_profile_html_replaces_only_an_edgeq_report(runner, proj, tmp_path):
     os.remove(html)
     html.mkdir()
     assert_fails_safely(runner, args, html, "is a folder")
+
+
+def test_quantize_with_external_data_replaces_only_its_own_pair(runner, tmp_path, monkeypatch):
+    from edgeq.onnxutil import EXTERNAL_DATA_ENV, load_model
+
+    from tests.large_models import make_linear_stack
+
+    src = make_linear_stack(tmp_path / "stack.onnx", (64, 128, 10))
+    monkeypatch.setenv(EXTERNAL_DATA_ENV, "4096")  # every weight goes to q.onnx.data
+    out = tmp_path / "o" / "q.onnx"
+    args = ["quantize", src, "-o", out, "--quant", "int8-dynamic"]
+    assert invoke(runner, *args).exit_code == 0
+    assert invoke(runner, *args, "--force").exit_code == 0
+    assert onnx_producer(out) == "edgeq" and sorted(p.name for p in out.parent.iterdir()) == ["q.onnx", "q.onnx.data"]
+    load_model(out)  # the stamped copy still points at its data file
+    data = out.with_name("q.onnx.data")
+    out.unlink()  # the data file alone: no edgeq model beside it says edgeq wrote it
+    assert_fails_safely(runner, [*args, "--force"], data, "external data file", "not the external data of a model edgeq wrote")
