@@ -263,6 +263,8 @@ def export(
     from .fsutil import require_regular_file
 
     require_regular_file(source, "model", ModelError)
+    if weights is not None:
+        require_regular_file(weights, "--weights", ModelError)
     kind = source_kind(source)
     if kind == "onnx":
         _check_onnx_source(source)

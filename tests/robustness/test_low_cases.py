@@ -147,10 +147,18 @@ def test_onnxruntime_writes_no_telemetry_files_outside_the_output(tmp_path):
     assert list(tmpdir.iterdir()) == [] and list(home.rglob("*")) == [], (list(tmpdir.iterdir()), list(home.rglob("*")))
 
 
-def test_fifo_calibration_data_is_one_line(tmp_path):
+def test_fifo_calibration_data_weights_and_prompts_are_one_line(tmp_path):
     model = make_cnn(tmp_path / "cnn.onnx")
     fifo = tmp_path / "calib.npz"
     os.mkfifo(fifo)
-    p = run_edgeq(["export", model, "--calib", fifo, "-o", tmp_path / "out"], timeout=60, env=clean_env(tmp_path / "t"))
-    assert p.rc == 2
-    assert_one_error_line(p.stderr, "calibration data", "FIFO")
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    env = clean_env(tmp_path / "t")
+    for args, words in (
+        (["export", model, "--calib", fifo, "-o", tmp_path / "out"], ("calibration data", "FIFO")),
+        (["export", "tests.models:make_cnn", "--weights", fifo, "-o", tmp_path / "out"], ("--weights", "FIFO")),
+        (["export", hf, "--target", "llamacpp-x86_64", "--eval", fifo, "-o", tmp_path / "out"], ("prompt file", "FIFO")),
+    ):
+        p = run_edgeq(args, timeout=60, env=env)
+        assert p.rc == 2, (args, p.stderr)
+        assert_one_error_line(p.stderr, *words)
