@@ -39,7 +39,7 @@ KeepOpt = Annotated[Optional[str], typer.Option("--keep", help="weight-only: kee
 OverrideOpt = Annotated[Optional[list[str]], typer.Option("--override", help="weight-only: 'PATTERN=MODE' per layer (int4|int8|int2|none; repeatable)")]
 CalibOpt = Annotated[Optional[Path], typer.Option("--calib", help=".npz (one array per input), a folder of .npy/.npz files, an image folder (+ preprocess.toml), or 'random' (flagged loudly)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON on stdout")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="replace an existing output")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="replace an existing output that edgeq wrote (an edgeq bundle, an empty folder, a file edgeq wrote; never other files, a symlink, ., $HOME or a folder holding the inputs)")]
 PerChannelOpt = Annotated[Optional[bool], typer.Option("--per-channel/--per-tensor", help="weight scales per output channel")]
 ActOpt = Annotated[Optional[str], typer.Option("--activation-type", help="uint8 | int8 | uint16 | int16")]
 WeightOpt = Annotated[Optional[str], typer.Option("--weight-type", help="int8 | uint8")]
