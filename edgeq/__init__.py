@@ -13,7 +13,12 @@ Public API (each stage is also a CLI verb of the same name)::
 
 from __future__ import annotations
 
+import os as _os
 from pathlib import Path
+
+# onnxruntime (1.32, Linux) writes $TMPDIR/.ses and ~/.cache/Microsoft/DeveloperTools/.onnxruntime/
+# when it is imported, unless this is set first: edgeq writes nothing outside -o. Children inherit it.
+_os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 from typing import Any
 
 __version__ = "0.1.0"

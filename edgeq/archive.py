@@ -81,9 +81,30 @@ def _mode(name: str) -> int:
     return 0o755 if name in EXECUTABLE else 0o644
 
 
+FIXED_BUNDLE_FILES = 16  # model.onnx/.ort/.data, ops config, run.py, cpp/*, labels, manifest, signature, EP context ...
+
+
+def check_archivable(members: int, sizes=(), limits: ExtractLimits = ExtractLimits()) -> None:
+    """An archive edgeq writes must pass its own ``verify``: the same limits, refused before writing."""
+    hint = "use fewer --golden pairs, or ship the bundle folder without --archive"
+    if members > limits.max_members:
+        raise BundleError(f"the archive would hold {members} files, more than the {limits.max_members} edgeq verify accepts", hint)
+    big = [s for s in sizes if s > limits.max_member_bytes]
+    if big or sum(sizes) > limits.max_total_bytes:
+        raise BundleError(f"the archive would hold more data than edgeq verify accepts ({limits.max_member_bytes >> 30} GiB a file, "
+                          f"{limits.max_total_bytes >> 30} GiB in all)", "ship the bundle folder without --archive")
+
+
+def check_golden_archivable(golden: int, tensors_per_pair: int, archive: str | None) -> None:
+    """Before any work: ``--golden N --archive FMT`` must give an archive ``verify`` accepts."""
+    if archive:
+        check_archivable(max(golden, 0) * tensors_per_pair + FIXED_BUNDLE_FILES)
+
+
 def write_archive(root: Path, dest: Path, fmt: str) -> Path:
     """Write folder ``root`` as a deterministic archive at ``dest`` (a path the caller stages)."""
     members = _members(Path(root))
+    check_archivable(len(members), [p.stat().st_size for _, p in members])
     mtime = _epoch()
     if fmt == "tar.gz":
         with open(dest, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=mtime, compresslevel=9) as gz:
@@ -129,6 +150,11 @@ class _Entry:
 
 def _refuse(archive: Path, what: str) -> BundleError:
     return BundleError(f"archive {archive.name} refused: {what}", "nothing was extracted; use an archive made by edgeq bundle --archive")
+
+
+def _is_root(raw: str) -> bool:
+    """``.`` or ``./``: the folder itself, as ``tar czf b.tgz -C bundle .`` writes it."""
+    return bool(raw) and not raw.startswith("/") and all(p in ("", ".") for p in raw.split("/"))
 
 
 def _clean_name(raw: str, archive: Path, limits: ExtractLimits) -> str:
@@ -208,6 +234,9 @@ def _tar_entries(path: Path, limits: ExtractLimits, archive_bytes: int, tf: tarf
         n += 1
         if n > limits.max_members:
             raise _refuse(path, f"more than {limits.max_members} members")
+        if m.isdir() and _is_root(m.name):
+            tf.members = []
+            continue  # the folder itself: nothing to create
         name = _clean_name(m.name, path, limits)
         if m.issym() or m.islnk():
             raise _refuse(path, f"link member {name!r} -> {m.linkname[:80]!r}")
@@ -250,6 +279,8 @@ def _zip_entries(path: Path, limits: ExtractLimits, archive_bytes: int, zf: zipf
         raise _refuse(path, f"more than {limits.max_members} members")
     total = 0
     for zi in infos:
+        if zi.is_dir() and _is_root(zi.filename):
+            continue  # the folder itself
         name = _clean_name(zi.filename, path, limits)
         mode = (zi.external_attr >> 16) & 0xFFFF
         kind = stat.S_IFMT(mode)
@@ -323,6 +354,33 @@ def _write_member(dest: Path, e: _Entry, src: io.BufferedIOBase, archive: Path) 
             raise _refuse(archive, f"member {e.name!r} holds more data than it declares")
 
 
+import errno as _errno
+
+_WRITE_ERRNOS = {_errno.ENOSPC, _errno.EDQUOT, _errno.EROFS, _errno.EACCES, _errno.EFBIG}
+
+
+def _no_room(archive: Path, dest: Path, err: OSError) -> BundleError:
+    return BundleError(f"cannot extract {archive.name} into {dest.parent}: {err.strerror or err}",
+                       "free space there, or set TMPDIR to a folder with room")
+
+
+def _check_room(archive: Path, dest: Path, plan: list[_Entry]) -> None:
+    """Before writing: the declared sizes must fit in the free space where they go."""
+    import shutil
+
+    need = sum(e.size for e in plan if not e.is_dir) + 4096 * len(plan)
+    parent = dest.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    try:
+        free = shutil.disk_usage(parent).free
+    except OSError:
+        return
+    if need > free:
+        raise BundleError(f"not enough space to extract {archive.name} in {parent} ({need} bytes needed, {free} free)",
+                          "free space there, or set TMPDIR to a folder with room")
+
+
 def safe_extract(archive: Path, dest: Path, limits: ExtractLimits = ExtractLimits()) -> Path:
     """Extract ``archive`` into ``dest`` (which must not exist) after checking every member.
 
@@ -348,6 +406,7 @@ def safe_extract(archive: Path, dest: Path, limits: ExtractLimits = ExtractLimit
             raise _refuse(archive, f"not a readable zip ({str(e)[:120]})") from None
         with zf:
             plan = _plan(archive, _zip_entries(archive, limits, size, zf))
+            _check_room(archive, dest, plan)
             dest.mkdir(parents=True)
             try:
                 for e in plan:
@@ -359,6 +418,11 @@ def safe_extract(archive: Path, dest: Path, limits: ExtractLimits = ExtractLimit
             except zipfile.BadZipFile as err:
                 shutil.rmtree(dest, ignore_errors=True)
                 raise _refuse(archive, f"corrupt member data ({str(err)[:120]})") from None
+            except OSError as err:
+                shutil.rmtree(dest, ignore_errors=True)
+                if isinstance(err, BundleError):
+                    raise
+                raise _no_room(archive, dest, err) from None
             except BaseException:
                 shutil.rmtree(dest, ignore_errors=True)
                 raise
@@ -371,6 +435,7 @@ def safe_extract(archive: Path, dest: Path, limits: ExtractLimits = ExtractLimit
         raise _refuse(archive, f"not a readable {fmt} ({str(e)[:120]})") from None
     with tf:
         plan = _plan(archive, _tar_entries(archive, limits, size, tf))
+    _check_room(archive, dest, plan)
     # second pass: stream the data of the members the first pass accepted
     wanted = {e.name: e for e in plan}
     dest.mkdir(parents=True)
@@ -378,6 +443,8 @@ def safe_extract(archive: Path, dest: Path, limits: ExtractLimits = ExtractLimit
         with tarfile.open(archive, mode) as tf:
             while (m := tf.next()) is not None:
                 tf.members = []
+                if m.isdir() and _is_root(m.name):
+                    continue
                 name = _clean_name(m.name, archive, limits)
                 e = wanted.pop(name, None)
                 if e is None:
@@ -393,6 +460,8 @@ def safe_extract(archive: Path, dest: Path, limits: ExtractLimits = ExtractLimit
         shutil.rmtree(dest, ignore_errors=True)
         if isinstance(err, BundleError):
             raise
+        if isinstance(err, OSError) and err.errno in _WRITE_ERRNOS:
+            raise _no_room(archive, dest, err) from None
         raise _refuse(archive, f"unreadable tar data ({str(err)[:120]})") from None
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)

@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,7 @@ SIGNATURE = runner_mod.SIGNATURE
 EXTERNAL_DATA = "model.onnx.data"
 # model.onnx keeps its weights in model.onnx.data from this size on (protobuf stops at 2 GiB)
 EXTERNAL_DATA_THRESHOLD = 256 << 20
-MAX_MANIFEST_BYTES = 16 << 20
+MAX_MANIFEST_BYTES = runner_mod.MAX_MANIFEST_BYTES
 CPP_DIR = Path(__file__).resolve().parent / "cpp"
 SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "manifest.schema.json"
 
@@ -98,9 +97,11 @@ def bundle_outputs(out: Path, info: BundleInputs) -> list[Path]:
     return paths
 
 
-def check_outputs(out: Path, info: BundleInputs, force: bool) -> None:
-    for p in bundle_outputs(out, info):
-        check_output(p, force)
+def check_outputs(out: Path, info: BundleInputs, force: bool, inputs=()) -> None:
+    """Every output write_bundle will create may be written (edgeq/outputs.py: --force replaces only edgeq's)."""
+    from .outputs import check_bundle_outputs
+
+    check_bundle_outputs(out, force=force, archive=info.archive, sidecar=bool(info.profile), inputs=inputs)
 
 
 def tool_versions() -> dict[str, str]:
@@ -155,6 +156,7 @@ def _convert_to_ort(model: Path, ort_path: Path, level: str, style: str = "fixed
     # relative names and a fixed environment: the child's memory layout must not depend on the output path;
     # isolated (-I): the working directory is edgeq's own staging folder, which holds only the model
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "LD_LIBRARY_PATH", "SYSTEMROOT", "HOME")}
+    env["ORT_DISABLE_TELEMETRY"] = "1"  # no telemetry files outside -o
     proc = child.run(
         child.python_argv(sys.executable, ["-c", code, model.name, ort_path.name, level, style]),
         cwd=model.parent, env=env, capture_output=True, text=True, timeout=3600,
@@ -268,12 +270,27 @@ def _profile_summary(profile: dict[str, Any] | None) -> dict[str, Any] | None:
     return summary
 
 
+MAX_KEY_BYTES = 64 << 10
+
+
+def _read_key(path: Path, what: str) -> bytes:
+    """A PEM key file: a regular file of at most 64 KiB (checked before reading)."""
+    from .fsutil import require_regular_file
+
+    path = Path(require_regular_file(path, what, BundleError))
+    if path.is_dir():
+        raise BundleError(f"{what} {path} is a folder", "pass the PEM file edgeq keygen wrote")
+    if path.is_file() and path.stat().st_size > MAX_KEY_BYTES:
+        raise BundleError(f"{what} {path} is larger than {MAX_KEY_BYTES >> 10} KiB", "pass the PEM file edgeq keygen wrote")
+    return path.read_bytes()
+
+
 def load_private_key(path: Path):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     try:
-        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+        key = serialization.load_pem_private_key(_read_key(path, "signing key"), password=None)
     except (OSError, ValueError, TypeError) as e:
         raise BundleError(f"cannot read signing key {path}: {str(e)[:120]}", "pass an unencrypted Ed25519 private key in PEM (edgeq keygen)") from None
     if not isinstance(key, Ed25519PrivateKey):
@@ -286,7 +303,7 @@ def load_public_key(path: Path):
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     try:
-        key = serialization.load_pem_public_key(Path(path).read_bytes())
+        key = serialization.load_pem_public_key(_read_key(path, "public key"))
     except (OSError, ValueError, TypeError) as e:
         raise BundleError(f"cannot read public key {path}: {str(e)[:120]}", "pass the Ed25519 public key in PEM (edgeq keygen writes KEY.pub)") from None
     if not isinstance(key, Ed25519PublicKey):
@@ -308,7 +325,8 @@ def generate_keypair(private_out: Path, *, force: bool = False) -> tuple[Path, P
 
     private_out = Path(private_out)
     public_out = private_out.with_name(private_out.name + ".pub")
-    check_output(public_out, force)
+    check_output(public_out, force, is_dir=False)
+    check_output(private_out, force, is_dir=False)
     key = Ed25519PrivateKey.generate()
     with staging(private_out, force=force, is_dir=False) as tmp:
         os.chmod(tmp, 0o600)
@@ -426,15 +444,13 @@ def write_bundle(artifact: Artifact, target: Target, out: Path, info: BundleInpu
 
 def _read_manifest(root: Path) -> tuple[bytes, dict[str, Any]]:
     path = root / runner_mod.MANIFEST
-    if path.is_symlink() or not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise BundleError(f"no {runner_mod.MANIFEST} in {root}", "pass the folder that holds manifest.json, or an archive of it")
-    if path.stat().st_size > MAX_MANIFEST_BYTES:
-        raise BundleError(f"{runner_mod.MANIFEST} is larger than {MAX_MANIFEST_BYTES >> 20} MiB", "this is not an edgeq manifest")
-    data = path.read_bytes()
     try:
-        manifest = json.loads(data.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BundleError(f"{runner_mod.MANIFEST} is not valid JSON ({str(e)[:120]})", "the bundle is corrupt: fetch an intact copy") from None
+        data = runner_mod.read_manifest_bytes(str(root))  # stat first: regular file, at most 16 MiB
+        manifest = runner_mod.parse_manifest(data)
+    except runner_mod.BundleCorrupt as e:
+        raise BundleError(str(e), "the bundle is corrupt: fetch an intact copy") from None
     return data, manifest
 
 
@@ -507,12 +523,12 @@ def check_bundle(
     """
     path = Path(path)
     if path.is_file() and archive_format(path):
-        tmp = Path(tempfile.mkdtemp(prefix="edgeq-verify-"))
-        try:
+        from .fsutil import scratch_dir
+
+        # a locked scratch folder: if this run is killed, the next edgeq run removes the extracted copy
+        with scratch_dir() as tmp:
             root = safe_extract(path, tmp / "bundle", limits)
             result = _check_folder(root, path, providers=providers, model=model, pubkey=pubkey, min_version=min_version)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
         result["archive"] = path.name
         return result
     if path.is_symlink() or not path.is_dir():

@@ -39,7 +39,7 @@ KeepOpt = Annotated[Optional[str], typer.Option("--keep", help="weight-only: kee
 OverrideOpt = Annotated[Optional[list[str]], typer.Option("--override", help="weight-only: 'PATTERN=MODE' per layer (int4|int8|int2|none; repeatable)")]
 CalibOpt = Annotated[Optional[Path], typer.Option("--calib", help=".npz (one array per input), a folder of .npy/.npz files, an image folder (+ preprocess.toml), or 'random' (flagged loudly)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON on stdout")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="replace an existing output")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="replace an existing output that edgeq wrote (an edgeq bundle, an empty folder, a file edgeq wrote; never other files, a symlink, ., $HOME or a folder holding the inputs)")]
 PerChannelOpt = Annotated[Optional[bool], typer.Option("--per-channel/--per-tensor", help="weight scales per output channel")]
 ActOpt = Annotated[Optional[str], typer.Option("--activation-type", help="uint8 | int8 | uint16 | int16")]
 WeightOpt = Annotated[Optional[str], typer.Option("--weight-type", help="int8 | uint8")]
@@ -200,7 +200,9 @@ def _check_coverage_option(minimum: Optional[float], tg) -> None:
 
 def _check_onnx_source(src: Path) -> None:
     from .errors import ModelError
+    from .fsutil import require_regular_file
 
+    require_regular_file(src, "model", ModelError)
     if not src.exists():
         raise ModelError(f"model file not found: {src}", "check the path")
     if src.suffix.lower() != ".onnx":
@@ -275,6 +277,11 @@ def export(
 
     tg = load_target(target)
     _check_coverage_option(min_accel_coverage, tg)
+    from .outputs import check_bundle_outputs
+
+    check_bundle_outputs(out, force=force, archive=archive if tg.runtime != "llama.cpp" else None,  # before any work
+                         sidecar=not no_profile and tg.runtime != "llama.cpp",
+                         inputs=(source, calib, eval_data, preprocess, labels, image_preprocess, sign, weights, reference))
     if tg.runtime == "llama.cpp":  # Hugging Face Llama folder -> GGUF bundle (edgeq.gguf); --eval: prompts file
         from .gguf import export_cli
 
@@ -282,6 +289,12 @@ def export(
     wo = dict(block_size=block_size, symmetric=symmetric, accuracy_level=accuracy_level, algo=algo, keep=keep, override=override, scale_dtype=scale_dtype)
     spec = _spec(tg, quant, fmt, activation_type, weight_type, per_channel, reduce_range, calib_samples, wo, calibration, calib_bins)
     _check_prefer(prefer)
+    from .errors import ModelError
+    from .fsutil import require_regular_file
+
+    require_regular_file(source, "model", ModelError)
+    if weights is not None:
+        require_regular_file(weights, "--weights", ModelError)
     kind = source_kind(source)
     if kind == "onnx":
         _check_onnx_source(source)
@@ -308,7 +321,7 @@ def export(
             src = open_source(source, (f"source({source.name})",))
         else:
             clean_stale(out)
-            check_output(out, force)  # before the (slow) export
+            check_output(out, force, is_dir=True)  # before the (slow) export
             work = stack.enter_context(scratch_dir("edgeq-export-"))
             sopts = SourceOptions(
                 target=tg, example_shapes=parse_example_shapes(example_shape), static_shapes=opts.static_shapes,
@@ -440,9 +453,8 @@ def quantize(
     as_json: JsonOpt = False,
 ) -> None:
     """Optimize and quantize one model (no verify, profile or bundle)."""
-    import shutil
-
     from .data import load_samples
+    from .outputs import copy_stamped
     from .errors import CalibrationError
     from .fsutil import scratch_dir, staging
     from .isolate import open_source
@@ -456,6 +468,11 @@ def quantize(
     spec = _spec(tg, quant, fmt, activation_type, weight_type, per_channel, reduce_range, calib_samples, wo, calibration, calib_bins)
     _check_prefer(prefer)
     _check_onnx_source(model)
+    from .onnxutil import data_file
+    from .outputs import check_output_path
+
+    for path, what in ((out, "output"), (data_file(out), "external data file")):  # before any work
+        check_output_path(path, force=force, is_dir=False, inputs=(model, calib, eval_data, image_preprocess), what=what)
     src = open_source(model)
     data = load_samples(calib, src.io, preprocess=image_preprocess, random_n=spec.calib_samples) if calib else None
     evals = load_samples(eval_data, src.io, what="evaluation", preprocess=image_preprocess) if eval_data else None
@@ -481,8 +498,11 @@ def quantize(
         if has_external_data(res.artifact.path):  # large: OUT plus OUT.data, the data published first
             tmp_data = data_stage.enter_context(staging(data_file(out), force=force, is_dir=False))
             copy_model(res.artifact.path, tmp, data_path=tmp_data, location=data_file(out).name)
+            stamped = tmp.with_name(tmp.name + "_stamp")  # a temporary name the next run cleans up
+            copy_stamped(tmp, stamped)  # producer "edgeq": a later --force knows edgeq wrote it
+            os.replace(stamped, tmp)
         else:
-            shutil.copyfile(res.artifact.path, tmp)
+            copy_stamped(res.artifact.path, tmp)
     recipe = res.recipe()
     recipe["notes"] = notes + recipe["notes"]
     if as_json:
@@ -618,6 +638,10 @@ def profile(
         raise TargetError(f"--min-accel-coverage {min_accel_coverage} is not a share between 0 and 1", "e.g. --min-accel-coverage 0.95")
     if reference is not None:
         _check_onnx_source(reference)
+    if html is not None:  # an existing report edgeq wrote is replaced; anything else is refused, before any work
+        from .outputs import check_output_path
+
+        check_output_path(html, force=True, is_dir=False, inputs=(*models, data, reference), what="--html report")
     inputs = [load_input(m, data=data) for m in models]
     if target or not inputs[0].bundle_target:
         tg = load_target(target or "cpu-x86_64")
@@ -744,7 +768,13 @@ def bundle(
 
     tg = load_target(target)
     _check_onnx_source(model)
+    from .outputs import check_bundle_outputs
+
+    check_bundle_outputs(out, force=force, archive=archive, inputs=(model, data, reference, preprocess, labels, sign))
     art = open_source(model, (f"source({model.name})",))
+    from .archive import check_golden_archivable
+
+    check_golden_archivable(golden, len(art.io.inputs) + len(art.io.outputs), archive)
     app_io = load_io_spec(preprocess, art.io)
     label_list = read_labels(labels)
     check_labels_fit(label_list, app_io, art.io)
@@ -836,9 +866,12 @@ def inspect(
     """Inputs, outputs, opset, op histogram, parameters, whether the model is quantized, and its metadata."""
     if model.is_dir():  # a Hugging Face folder: what a pre-quantized checkpoint holds
         return _inspect_folder(model, as_json)
+    from .errors import ModelError
+    from .fsutil import require_regular_file
     from .onnxutil import describe
     from .report import inspect_table, out as console
 
+    require_regular_file(model, "model", ModelError)
     d = describe(model)
     if as_json:
         _emit_json(d)

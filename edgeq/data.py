@@ -64,7 +64,61 @@ class SampleSet:
         )
 
 
-def _read_npz(path: Path) -> dict[str, np.ndarray]:
+# Bounds on an .npz, read from its zip central directory before any array is decompressed.
+MAX_NPZ_RATIO = 200.0  # declared / stored bytes, past NPZ_RATIO_FROM (as for bundle archives)
+NPZ_RATIO_FROM = 16 << 20
+MAX_NPZ_BYTES = 8 << 30  # declared bytes in one .npz
+MAX_NPZ_MEMBERS = 4096
+MAX_SAMPLES = 1_000_000  # an input's array may hold at most this many samples of its declared shape
+_NPY_HEADER = 4096  # room for the .npy header (numpy writes 128 bytes)
+
+
+def _input_bytes_limit(io: IoSpec | None, name: str) -> tuple[int, str]:
+    """The most bytes array ``name`` can usefully hold: MAX_SAMPLES samples of the model's input shape."""
+    spec = _spec_or_none(io, name) if io is not None else None
+    if spec is None or not spec.shape or not all(isinstance(d, int) and d > 0 for d in spec.shape[1:]):
+        return MAX_NPZ_BYTES, f"{MAX_NPZ_BYTES >> 30} GiB"
+    try:
+        itemsize = np.dtype(spec.dtype).itemsize
+    except TypeError:
+        return MAX_NPZ_BYTES, f"{MAX_NPZ_BYTES >> 30} GiB"
+    per_sample = itemsize * int(np.prod(spec.shape[1:], dtype=np.int64))
+    return min(MAX_NPZ_BYTES, _NPY_HEADER + per_sample * MAX_SAMPLES), f"{MAX_SAMPLES} samples of {spec.dtype}{spec.shape_str()}"
+
+
+def _check_npz_sizes(path: Path, io: IoSpec | None) -> None:
+    """Refuse a decompression bomb or an oversized array before numpy inflates anything."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # not a zip: np.load reports it
+    hint = "write the data with numpy.savez (uncompressed), fewer samples per file, or split it into a folder of files"
+    if len(infos) > MAX_NPZ_MEMBERS:
+        raise CalibrationError(f"{path} holds {len(infos)} arrays (limit {MAX_NPZ_MEMBERS})", hint)
+    stored = max(path.stat().st_size, 1)
+    total = 0
+    for zi in infos:
+        name = zi.filename[:-4] if zi.filename.endswith(".npy") else zi.filename
+        size = zi.file_size
+        if size > NPZ_RATIO_FROM and size > MAX_NPZ_RATIO * max(zi.compress_size, 1):
+            raise CalibrationError(
+                f"{path}: array '{name[:80]}' declares {size} bytes from {zi.compress_size} stored "
+                f"(compression ratio above {MAX_NPZ_RATIO:g}: a decompression bomb?)", hint)
+        limit, why = _input_bytes_limit(io, name)
+        if size > limit:
+            raise CalibrationError(f"{path}: array '{name[:80]}' declares {size} bytes, more than {why} ({limit} bytes)", hint)
+        total += size
+    if total > MAX_NPZ_BYTES or (total > NPZ_RATIO_FROM and total > MAX_NPZ_RATIO * stored):
+        raise CalibrationError(
+            f"{path} declares {total} bytes of arrays in {stored} bytes of file (limit {MAX_NPZ_BYTES >> 30} GiB, "
+            f"compression ratio {MAX_NPZ_RATIO:g})", hint)
+
+
+def _read_npz(path: Path, io: IoSpec | None = None) -> dict[str, np.ndarray]:
+    _check_npz_sizes(path, io)
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
@@ -96,7 +150,7 @@ def _read_raw(path: Path, io: IoSpec, what: str) -> dict[str, np.ndarray]:
         raise CalibrationError(f"{what} data not found: {path}", "pass an .npz file or a folder of .npy/.npz files")
     if path.is_file():
         if path.suffix == ".npz":
-            return _read_npz(path)
+            return _read_npz(path, io)
         if path.suffix == ".npy":
             return _single_input(io, _read_npy(path), path)
         raise CalibrationError(
@@ -107,7 +161,7 @@ def _read_raw(path: Path, io: IoSpec, what: str) -> dict[str, np.ndarray]:
         raise CalibrationError(f"{what} folder {path} holds no .npy or .npz files", "put one file per sample or batch in it")
     parts: list[dict[str, np.ndarray]] = []
     for f in files:
-        parts.append(_read_npz(f) if f.suffix == ".npz" else _single_input(io, _read_npy(f), f))
+        parts.append(_read_npz(f, io) if f.suffix == ".npz" else _single_input(io, _read_npy(f), f))
     keys = set(parts[0])
     for f, p in zip(files, parts):
         if set(p) != keys:
@@ -203,6 +257,9 @@ def load_samples(
     if str(path) == RANDOM and not Path(path).exists():
         return random_samples(io, random_n)
     path = Path(path)
+    from .fsutil import require_regular_file
+
+    require_regular_file(path, f"{what} data", CalibrationError)
     if path.is_dir():
         from .images import image_files
 

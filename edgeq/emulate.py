@@ -257,7 +257,7 @@ def ensure_root(cfg: EmulationConfig | None = None, *, step: Step | None = None)
         found = load_root(cfg)  # another process may have built it while we waited
         if found:
             return found
-        with staging(cfg.root, force=True, is_dir=True) as tmp:
+        with staging(cfg.root, force=True, is_dir=True, replace_any=True) as tmp:  # edgeq's own cache
             step("debootstrap: starting", 0, 0)
             _stream(
                 prefix + [debootstrap, "--variant=minbase", "--arch=arm64", "--foreign", "--include=python3",
@@ -370,6 +370,7 @@ def _guest_env() -> dict[str, str]:
         "HOME": "/tmp",
         "LANG": "C.UTF-8",
         "OMP_NUM_THREADS": "1",
+        "ORT_DISABLE_TELEMETRY": "1",  # onnxruntime writes no telemetry files
     }
 
 

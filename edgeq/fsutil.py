@@ -65,14 +65,15 @@ def _unlock(fd: int | None) -> None:
 
 
 def _writer_alive(entry: Path, pid: int, locked: bool) -> bool:
-    if not _pid_alive(pid):
-        return False
-    if not locked:
-        return True
+    """A held flock means alive whatever the pid says (a writer in another pid namespace has a pid
+    that means nothing here); without one, a dead pid means dead, and a live pid gets the grace
+    period a writer needs between creating its temporary and locking it."""
     try:
         import fcntl
-    except ImportError:  # pragma: no cover
-        return True
+    except ImportError:  # pragma: no cover - not POSIX: pid check only
+        return _pid_alive(pid)
+    if not locked:
+        return _pid_alive(pid)
     try:
         fd = os.open(entry, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except OSError:
@@ -83,6 +84,8 @@ def _writer_alive(entry: Path, pid: int, locked: bool) -> bool:
         return True  # someone holds it: the writer is alive
     finally:
         os.close(fd)
+    if not _pid_alive(pid):
+        return False
     try:
         age = time.time() - os.lstat(entry).st_mtime
     except OSError:
@@ -123,27 +126,40 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-def check_output(final: Path, force: bool) -> None:
-    """Refuse to overwrite an existing output unless ``force``."""
+def check_output(final: Path, force: bool, *, is_dir: bool | None = None, replace_any: bool = False) -> None:
+    """Refuse to overwrite an existing output unless ``force``, and then only what edgeq wrote.
+
+    ``is_dir``: what will be written there (None: whatever is there now). ``replace_any`` is
+    for edgeq's own caches only (never a user's path): the old exists-or-force rule.
+    """
     final = Path(final)
-    if (final.exists() or final.is_symlink()) and not force:
-        raise OutputExistsError(
-            f"output '{final}' already exists",
-            "pass --force to replace it, or choose another -o path",
-        )
+    if replace_any:
+        if (final.exists() or final.is_symlink()) and not force:
+            raise OutputExistsError(
+                f"output '{final}' already exists",
+                "pass --force to replace it, or choose another -o path",
+            )
+        return
+    from .outputs import check_output_path
+
+    if is_dir is None:
+        is_dir = final.is_dir() and not final.is_symlink()
+    check_output_path(final, force=force, is_dir=is_dir)
 
 
 @contextlib.contextmanager
-def staging(final: Path, *, force: bool, is_dir: bool) -> Iterator[Path]:
+def staging(final: Path, *, force: bool, is_dir: bool, replace_any: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of ``final``; publish it on success.
 
     On any exception (including KeyboardInterrupt) the temporary is removed
-    and ``final`` is left exactly as it was.
+    and ``final`` is left exactly as it was. ``force`` replaces only what edgeq
+    wrote (edgeq/outputs.py); ``replace_any`` is for edgeq's own caches.
     """
     final = Path(final).absolute()
+    check_output(final, force, is_dir=is_dir, replace_any=replace_any)
     final.parent.mkdir(parents=True, exist_ok=True)
     clean_stale(final)
-    check_output(final, force)
+    check_output(final, force, is_dir=is_dir, replace_any=replace_any)
     prefix = f".{final.name}.edgeq-tmp-{os.getpid()}-"
     umask = os.umask(0)
     os.umask(umask)
@@ -159,7 +175,7 @@ def staging(final: Path, *, force: bool, is_dir: bool) -> Iterator[Path]:
         os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
-        publish(tmp, final, force=force)
+        publish(tmp, final, force=force, is_dir=is_dir, replace_any=replace_any)
     except BaseException:
         _remove(tmp)
         raise
@@ -167,9 +183,9 @@ def staging(final: Path, *, force: bool, is_dir: bool) -> Iterator[Path]:
         _unlock(lock)
 
 
-def publish(tmp: Path, final: Path, *, force: bool) -> None:
-    """Move ``tmp`` to ``final``; an existing ``final`` is replaced only with ``force``."""
-    check_output(final, force)
+def publish(tmp: Path, final: Path, *, force: bool, is_dir: bool | None = None, replace_any: bool = False) -> None:
+    """Move ``tmp`` to ``final``; an existing ``final`` is replaced only with ``force`` (and only if edgeq wrote it)."""
+    check_output(final, force, is_dir=tmp.is_dir() if is_dir is None else is_dir, replace_any=replace_any)
     if final.is_dir() and not final.is_symlink():
         if _exchange(tmp, final):
             # one atomic step: ``final`` is the whole old or the whole new bundle at every
@@ -247,10 +263,35 @@ def scratch_dir(prefix: str = "edgeq-") -> Iterator[Path]:
     if prefix == "edgeq-":
         clean_stale_scratch()
         prefix = f"edgeq-{os.getpid()}-"
-    d = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        d = Path(tempfile.mkdtemp(prefix=prefix))
+    except OSError as e:
+        from .errors import EdgeqError
+
+        raise EdgeqError(f"cannot create a scratch folder in {tempfile.gettempdir()}: {e.strerror or e}",
+                         "set TMPDIR to a writable folder with room") from None
     lock = _lock(d)
     try:
         yield d
     finally:
         _unlock(lock)
         shutil.rmtree(d, ignore_errors=True)
+
+
+def require_regular_file(path: Path, what: str, error: type | None = None) -> Path:
+    """Refuse a path that exists but is not a regular file (``/dev/zero``, a FIFO, a socket): reading one
+    would never end, or hang. Checked with ``stat`` before anything opens it; missing paths pass
+    (the caller reports them). Symbolic links to regular files are fine."""
+    import stat as _stat
+
+    from .errors import EdgeqError
+
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return path
+    if not _stat.S_ISREG(st.st_mode) and not _stat.S_ISDIR(st.st_mode):
+        kind = "a FIFO" if _stat.S_ISFIFO(st.st_mode) else "a device" if _stat.S_ISCHR(st.st_mode) or _stat.S_ISBLK(st.st_mode) else "a socket or special file"
+        raise (error or EdgeqError)(f"{what} {path} is {kind}, not a regular file", "pass a regular file")
+    return path

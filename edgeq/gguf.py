@@ -854,6 +854,11 @@ def read_prompts(path: Path | None) -> list[str]:
     """Prompts from a UTF-8 text file, separated by blank lines; built-in ones without a file."""
     if path is None:
         return list(DEFAULT_PROMPTS)
+    from .fsutil import require_regular_file
+
+    require_regular_file(path, "prompt file")
+    if Path(path).is_file() and Path(path).stat().st_size > 64 << 20:
+        raise EdgeqError(f"prompt file {path} is larger than 64 MiB", "a few dozen prompts are enough to verify on")
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -963,9 +968,11 @@ def _write_golden(root: Path, folder: Path, prompts: list[str]) -> dict[str, Any
 
 
 def is_gguf_bundle(path: Path) -> bool:
-    try:
-        return json.loads((Path(path) / "manifest.json").read_text(encoding="utf-8")).get("runtime") == "llama.cpp"
-    except (OSError, ValueError, AttributeError):
+    from .runner import BundleCorrupt, parse_manifest, read_manifest_bytes
+
+    try:  # bounded: stat before reading, regular files only
+        return parse_manifest(read_manifest_bytes(str(path))).get("runtime") == "llama.cpp"
+    except (OSError, BundleCorrupt, AttributeError):
         return False
 
 

@@ -33,6 +33,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+MAX_SIDE = 8192  # resize, crop and decoded image sides, checked before anything is allocated
+MAX_PIXELS = MAX_SIDE * MAX_SIDE
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".webp", ".tif", ".tiff")
 SPEC_NAME = "preprocess.toml"
 
@@ -149,8 +151,12 @@ class Preprocess:
             bad = f"color must be RGB, BGR or L, not {self.color}"
         elif len(self.resize) not in (0, 1, 2) or any(v <= 0 for v in self.resize):
             bad = "resize must be a positive int or [height, width]"
+        elif any(v > MAX_SIDE for v in self.resize):
+            bad = f"resize {list(self.resize)} is larger than {MAX_SIDE} pixels a side"
         elif self.crop is not None and (len(self.crop) != 2 or min(self.crop) <= 0):
             bad = "crop must be [height, width]"
+        elif self.crop is not None and max(self.crop) > MAX_SIDE:
+            bad = f"crop {list(self.crop)} is larger than {MAX_SIDE} pixels a side"
         elif len(self.mean) != len(self.std) or any(s == 0 for s in self.std):
             bad = "mean and std need the same length and std no zeros"
         elif self.mean and len(self.mean) != (1 if self.color == "L" else 3):
@@ -166,11 +172,19 @@ class Preprocess:
             raise CalibrationError("reading images needs Pillow", "pip install 'edgeq[int8]'") from None
         try:
             with Image.open(path) as im:
+                w, h = im.size  # from the header: nothing decoded yet
+                if w * h > MAX_PIXELS:
+                    raise CalibrationError(f"{path.name}: image of {w}x{h} pixels is larger than {MAX_SIDE}x{MAX_SIDE}", "downscale the images first")
+                if len(self.resize) == 1:
+                    s = self.resize[0] / min(w, h)
+                    nw, nh = max(1, round(w * s)), max(1, round(h * s))
+                    if max(nw, nh) > MAX_SIDE:
+                        raise CalibrationError(
+                            f"{path.name}: resizing {w}x{h} to a shorter side of {self.resize[0]} gives {nw}x{nh}, "
+                            f"larger than {MAX_SIDE} pixels a side", "use resize = [height, width], or crop the images first")
                 im = im.convert("L" if self.color == "L" else "RGB")
                 if len(self.resize) == 1:
-                    w, h = im.size
-                    s = self.resize[0] / min(w, h)
-                    im = im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
+                    im = im.resize((nw, nh), Image.BILINEAR)
                 elif len(self.resize) == 2:
                     im = im.resize((self.resize[1], self.resize[0]), Image.BILINEAR)
                 if self.crop is not None:

@@ -128,7 +128,7 @@ def run_export(
     """Run every stage for an fp32 ONNX ``source``; the bundle lands at ``opts.out``."""
     target, spec = opts.target, opts.spec
     clean_stale(opts.out)
-    check_output(opts.out, opts.force)  # before any work
+    check_output(opts.out, opts.force, is_dir=True)  # before any work
     app_io, labels = _bundle_extras(source, opts)
     # Check the data against the model before spending time on anything else.
     image_prep = _image_preprocess(opts, app_io, source)
@@ -404,8 +404,12 @@ def _bundle_extras(source: Artifact, opts: ExportOptions) -> tuple[dict, tuple[s
         from .errors import BundleError
 
         raise BundleError("--bundle-version must be 0 or more", "use a release counter that only goes up")
+    from .archive import check_golden_archivable
+
+    check_golden_archivable(opts.golden, len(source.io.inputs) + len(source.io.outputs), opts.archive)
     probe = BundleInputs(golden_feeds=(), archive=opts.archive, profile={"planned": True} if opts.do_profile else None)
-    check_outputs(opts.out, probe, opts.force)
+    inputs = (source.path, opts.calib, opts.eval, opts.preprocess, opts.labels, opts.image_preprocess, opts.sign_key)
+    check_outputs(opts.out, probe, opts.force, inputs=inputs)
     return app_io, (tuple(labels) if labels else None)
 
 

@@ -279,6 +279,9 @@ def load_input(path: Path, *, data: Path | None = None, samples: int = 8) -> Pro
     path = Path(path)
     if path.is_dir():
         return _bundle_input(path, data=data, samples=samples)
+    from .fsutil import require_regular_file
+
+    require_regular_file(path, "model", ModelError)
     if not path.exists():
         raise ModelError(f"model not found: {path}", "pass an .onnx file or a bundle folder")
     if path.suffix.lower() != ".onnx":

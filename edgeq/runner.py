@@ -21,12 +21,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import sys
 import time
+
+# onnxruntime writes telemetry files ($TMPDIR/.ses, ~/.cache/Microsoft/...) on import unless this is set
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.json.sig"  # optional Ed25519 signature of manifest.json (checked by edgeq verify --pubkey)
 SCHEMA_VERSION = 1
+MAX_MANIFEST_BYTES = 16 << 20  # checked with stat before reading
+MAX_MANIFEST_DEPTH = 64  # edgeq's manifests nest about 8 deep
 
 
 class BundleCorrupt(Exception):
@@ -56,15 +62,46 @@ def list_files(root: str) -> list[str]:
     return sorted(out)
 
 
-def load_manifest(root: str) -> dict:
+def read_manifest_bytes(root: str) -> bytes:
+    """manifest.json's bytes: a regular file (no link, FIFO or device) of bounded size, checked before reading."""
     path = os.path.join(root, MANIFEST)
-    if not os.path.isfile(path):
-        raise BundleCorrupt(f"no {MANIFEST} in {root}")
     try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
+        st = os.lstat(path)
+    except OSError:
+        raise BundleCorrupt(f"no {MANIFEST} in {root}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise BundleCorrupt(f"{MANIFEST} is not a regular file")
+    if st.st_size > MAX_MANIFEST_BYTES:
+        raise BundleCorrupt(f"{MANIFEST} is larger than {MAX_MANIFEST_BYTES >> 20} MiB")
+    with open(path, "rb") as f:
+        data = f.read(MAX_MANIFEST_BYTES + 1)
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise BundleCorrupt(f"{MANIFEST} is larger than {MAX_MANIFEST_BYTES >> 20} MiB")
+    return data
+
+
+def parse_manifest(data: bytes):
+    """JSON from manifest bytes; BundleCorrupt for bad JSON or nesting deeper than any edgeq manifest."""
+    try:
+        manifest = json.loads(data.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
-        raise BundleCorrupt(f"{MANIFEST} is not valid JSON ({e})") from None
+        raise BundleCorrupt(f"{MANIFEST} is not valid JSON ({str(e)[:120]})") from None
+    except RecursionError:
+        raise BundleCorrupt(f"{MANIFEST} is nested too deeply") from None
+    stack = [(manifest, 1)]
+    while stack:
+        obj, depth = stack.pop()
+        if depth > MAX_MANIFEST_DEPTH:
+            raise BundleCorrupt(f"{MANIFEST} is nested more than {MAX_MANIFEST_DEPTH} levels deep")
+        if isinstance(obj, dict):
+            stack.extend((v, depth + 1) for v in obj.values())
+        elif isinstance(obj, list):
+            stack.extend((v, depth + 1) for v in obj)
+    return manifest
+
+
+def load_manifest(root: str) -> dict:
+    manifest = parse_manifest(read_manifest_bytes(root))
     if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
         raise BundleCorrupt(f"{MANIFEST} has an unsupported schema_version (this runner reads {SCHEMA_VERSION})")
     if not isinstance(manifest.get("files"), dict):
@@ -323,7 +360,9 @@ def main(argv: list | None = None) -> int:
         if args.runs > 0:
             result["timing"] = time_model(args.bundle, load_manifest(args.bundle), model=args.model, providers=providers,
                                           runs=args.runs, warmup=args.warmup, threads=args.threads)
-    except BundleCorrupt as e:
+    except (BundleCorrupt, KeyError, TypeError, IndexError, AttributeError) as e:
+        if not isinstance(e, BundleCorrupt):  # a manifest with the right keys but wrong shapes
+            e = BundleCorrupt(f"{MANIFEST} is malformed ({type(e).__name__}: {str(e)[:80]})")
         if args.json:
             print(json.dumps({"passed": False, "error": str(e)}))
         else:

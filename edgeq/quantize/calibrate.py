@@ -33,6 +33,7 @@ import numpy as np
 
 from ..errors import EdgeqError
 
+MAX_BINS = 65536  # --calib-bins: more bins cost time (O(bins) per tensor per batch) and buy nothing
 DEFAULT_BINS = 2048
 HIST_VALUES = 1 << 18  # values per tensor per sample binned into the histogram (a strided sample above)
 
@@ -60,8 +61,8 @@ class Calibration:
         name, _, arg = text.partition(":")
         if name not in METHODS:
             raise EdgeqError(f"unknown calibration method '{text}'", "choose auto, minmax, percentile:99.99, entropy or mse")
-        if bins < 128 or bins % 4:
-            raise EdgeqError(f"calibration bins must be a multiple of 4 and at least 128, got {bins}", "use e.g. 2048")
+        if bins < 128 or bins % 4 or bins > MAX_BINS:
+            raise EdgeqError(f"calibration bins must be a multiple of 4 from 128 to {MAX_BINS}, got {bins}", "use e.g. 2048")
         if name == "percentile":
             try:
                 p = float(arg) if arg else 99.99

@@ -30,6 +30,21 @@ def tree(path: Path) -> dict[str, bytes]:
     return snapshot(path) if Path(path).exists() else {}
 
 
+def bounded(fn) -> tuple[float, int]:
+    """Run ``fn``; its wall time and the peak of memory traced by ``tracemalloc`` (numpy's included)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        fn()
+    finally:
+        elapsed = time.perf_counter() - t0
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    return elapsed, peak
+
+
 def assert_one_error_line(stderr: str, *words: str) -> str:
     lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
     assert "Traceback" not in stderr, stderr

@@ -13,8 +13,6 @@ import stat
 import struct
 import tarfile
 import tempfile
-import time
-import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from edgeq.cli import app
 from edgeq.errors import BundleError
 
 from tests.bundles import build
+from tests.robustness.failsafe import bounded
 
 
 def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> Path:
@@ -133,16 +132,7 @@ def test_hostile_zip_members_are_refused_before_writing(case, tmp_path, outside)
     _nothing_outside(outside)
 
 
-def _bounded(fn) -> tuple[float, int]:
-    tracemalloc.start()
-    t0 = time.perf_counter()
-    try:
-        fn()
-    finally:
-        elapsed = time.perf_counter() - t0
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-    return elapsed, peak
+_bounded = bounded  # tests.robustness.failsafe
 
 
 def test_tar_gz_bomb_is_refused_from_its_header(tmp_path):
