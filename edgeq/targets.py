@@ -235,7 +235,12 @@ def bundle_target(name: Any, source: str) -> Target:
     return _load_file(targets_dir() / f"{name}.toml", trusted=False)
 
 
+MAX_TARGET_BYTES = 1 << 20  # a target file is a few hundred lines of TOML
+
+
 def _load_file(path: Path, *, trusted: bool) -> Target:
+    if path.stat().st_size > MAX_TARGET_BYTES:
+        raise TargetError(f"target file {escape_text(str(path))} is over {MAX_TARGET_BYTES >> 20} MiB: not a target file", "pass the target's .toml file")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:

@@ -141,3 +141,20 @@ def test_non_finite_golden_tolerance_is_refused(bundle, tmp_path):
         _check_tolerance(m)
     m["golden"]["atol"] = 1.0
     _check_tolerance(m, signed=True)  # the signature vouches for its own target's tolerance
+
+
+def test_a_fifo_or_oversized_target_file_is_one_line_and_never_hangs(runner, tmp_path, cnn):
+    import os
+
+    from edgeq.cli import app
+
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.toml"
+    big.write_text("# " + "x" * (2 << 20) + "\n")
+    for t in (fifo, big):
+        r = runner.invoke(app, ["quantize", str(cnn), "-o", str(tmp_path / "q.onnx"), "--target", str(t)])
+        assert r.exit_code == 2, r.output
+        assert "Traceback" not in r.output and len(r.stderr.strip().splitlines()) == 1
+    assert "over 1 MiB" in r.stderr  # refused by its size, before the TOML parser reads it
+    assert not (tmp_path / "q.onnx").exists()
