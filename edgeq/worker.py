@@ -145,7 +145,7 @@ def stats(times: list) -> dict:
 
 
 def time_runs(sess, feed: dict, spec: dict) -> tuple:
-    """Timed runs until the median's 95 % CI is within ``stable_rel`` or the budget ends."""
+    """Timed runs until the median's 95 % CI is narrower than ``stable_rel`` of it (0: never) or the budget ends."""
     min_runs = int(spec.get("runs", 50))
     max_runs = int(spec.get("max_runs", 20000))
     budget = float(spec.get("budget_s", 10.0))
@@ -162,7 +162,7 @@ def time_runs(sess, feed: dict, spec: dict) -> tuple:
         if n >= next_check:
             lo, hi = median_ci(sorted(times))
             p50 = percentile(sorted(times), 50)
-            stable = p50 > 0 and (hi - lo) / p50 <= tol
+            stable = p50 > 0 and (hi - lo) / p50 < tol
             if stable or n >= max_runs:
                 break
             next_check = n + max(10, n // 4)
@@ -170,7 +170,7 @@ def time_runs(sess, feed: dict, spec: dict) -> tuple:
             if n < next_check:
                 lo, hi = median_ci(sorted(times))
                 p50 = percentile(sorted(times), 50)
-                stable = n >= min_runs and p50 > 0 and (hi - lo) / p50 <= tol
+                stable = n >= min_runs and p50 > 0 and (hi - lo) / p50 < tol
             break
     return times, stable, time.perf_counter() - start
 

@@ -222,7 +222,10 @@ def _levels_in(path: Path) -> set[int]:
 def test_export_measures_both_accuracy_levels_unless_pinned(runner, tmp_path):
     src = make_toy_lm(tmp_path / "lm.onnx")
     np.savez(tmp_path / "eval.npz", input_ids=_ids(16))
-    res = _export(runner, src, tmp_path / "b1", tmp_path / "eval.npz")
+    # random weights at int4 are outside the LM tolerances (mean KL ~0.07 > 0.05): the verdict says so, and
+    # this test, about measuring the two levels, ships it knowingly
+    res = _export(runner, src, tmp_path / "b1", tmp_path / "eval.npz", "--accept-failed")
+    assert res["verdict"]["status"] == "accepted-failed"
     lv = res["quantization"]["accuracy_levels"]
     assert [m["level"] for m in lv["measured"]] == [4, 0] and lv["chosen"] in (0, 4)
     assert lv["metric"] == "same top token vs fp32" and lv["samples"] == 16 and lv["rule"] == acclevel.RULE
@@ -240,12 +243,12 @@ def test_export_measures_both_accuracy_levels_unless_pinned(runner, tmp_path):
     assert any(n.startswith(f"accuracy level {lv['chosen']} chosen") for n in res["notes"])
     assert res["quantization"]["weights"]["file_breakdown"]["file_bytes"] > 0
     # pinned: no comparison, the pinned level is written
-    res = _export(runner, src, tmp_path / "b2", tmp_path / "eval.npz", "--accuracy-level", "0")
+    res = _export(runner, src, tmp_path / "b2", tmp_path / "eval.npz", "--accuracy-level", "0", "--accept-failed")
     assert "accuracy_levels" not in res["quantization"] and _levels_in(tmp_path / "b2" / "model.onnx") == {0}
     assert not any("accuracy level" in n and "chosen" in n for n in res["notes"])
     # the table shows both levels, the choice and where the bytes go
     r = runner.invoke(app, ["export", str(src), "-o", str(tmp_path / "b3"), "--quant", "int4", "--eval", str(tmp_path / "eval.npz"),
-                            "--no-profile", "--scale-dtype", "float16"])
+                            "--no-profile", "--scale-dtype", "float16", "--accept-failed"])
     assert r.exit_code == 0, r.output
     for words in ("accuracy level 4", "accuracy level 0", "(chosen)", "where the bytes go", "MatMulNBits codes", "float16 scales"):
         assert words in r.stdout, words
