@@ -22,8 +22,16 @@ IMAGE_SIDE = 224
 FALLBACK_VOCAB = 1000
 
 
+_PASSTHROUGH = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Expand"}
+
+
 def _vocab_sizes(model_path: Path | str | None) -> dict[str, int]:
-    """Input name -> rows of the embedding table a Gather reads with it (the vocabulary)."""
+    """Input name -> rows of the embedding table a Gather reads with it (the vocabulary).
+
+    The ids may reach the Gather through shape-only ops (Cast, Reshape, ...: a TorchScript
+    export reshapes them first). An integer input whose table is not found gets the
+    smallest table's row count under the key ``""``: in range for every table.
+    """
     if model_path is None:
         return {}
     try:
@@ -33,29 +41,34 @@ def _vocab_sizes(model_path: Path | str | None) -> dict[str, int]:
     except Exception:  # noqa: BLE001 - a hint only
         return {}
     inits = {i.name: tuple(i.dims) for i in m.graph.initializer}
-    inputs = {i.name for i in m.graph.input}
+    origin = {i.name: i.name for i in m.graph.input}  # tensor -> the graph input it is a reshaped copy of
+    for n in m.graph.node:
+        if n.op_type in _PASSTHROUGH and n.input and n.input[0] in origin:
+            for o in n.output:
+                origin[o] = origin[n.input[0]]
     out: dict[str, int] = {}
     for n in m.graph.node:
-        if n.op_type == "Gather" and len(n.input) > 1 and n.input[1] in inputs and n.input[0] in inits and inits[n.input[0]]:
+        if n.op_type == "Gather" and len(n.input) > 1 and n.input[0] in inits and inits[n.input[0]]:
             rows = int(inits[n.input[0]][0])
-            out[n.input[1]] = min(out.get(n.input[1], rows), rows)
+            out[""] = min(out.get("", rows), rows)
+            if n.input[1] in origin:
+                name = origin[n.input[1]]
+                out[name] = min(out.get(name, rows), rows)
     return out
 
 
 def _image_side(model_path: Path | str | None) -> tuple[int, int] | None:
+    """The model's declared ``imgsz`` (metadata), read as ``edgeq inspect`` reads it."""
     if model_path is None:
         return None
     try:
         import onnx
 
-        m = onnx.load(str(model_path), load_external_data=False)
-        meta = {p.key: p.value for p in m.metadata_props}
-    except Exception:  # noqa: BLE001
+        from .modelmeta import declared_imgsz
+
+        return declared_imgsz(onnx.load(str(model_path), load_external_data=False))
+    except Exception:  # noqa: BLE001 - a hint only
         return None
-    nums = [int(x) for x in "".join(c if c.isdigit() else " " for c in meta.get("imgsz", "")).split()[:2]]
-    if len(nums) == 1:
-        nums = nums * 2
-    return (nums[0], nums[1]) if len(nums) == 2 and all(0 < x <= 8192 for x in nums) else None
 
 
 def _shape(t: Any, spec: dict[str, Any], side: tuple[int, int] | None) -> list[int]:
@@ -115,6 +128,11 @@ def typical_feed(model_path: Path | str | None, io: Any, app_inputs: dict[str, d
     """One feed of typical values for every model input (see the module docstring)."""
     rng = np.random.default_rng(seed)
     vocab = _vocab_sizes(model_path)
+    from .export.decoder import is_kv_decoder, prefill_feed
+
+    if is_kv_decoder(io):  # a KV-cache decoder: a consistent prefill (mask and positions cover the window, empty past)
+        rows = vocab.get("input_ids", vocab.get("", FALLBACK_VOCAB))
+        return prefill_feed(io.inputs, rng.integers(0, rows, (1, SEQ_LEN), dtype=np.int64))
     side = _image_side(model_path)
     app_inputs = app_inputs or {}
     feed: dict[str, np.ndarray] = {}
@@ -125,7 +143,7 @@ def typical_feed(model_path: Path | str | None, io: Any, app_inputs: dict[str, d
         if dt.kind == "b":
             feed[t.name] = np.ones(shape, bool)
         elif dt.kind in "iu" and len(shape) != 4:
-            feed[t.name] = typical_ints(t.name, shape, dt, rng, vocab.get(t.name, FALLBACK_VOCAB))
+            feed[t.name] = typical_ints(t.name, shape, dt, rng, vocab.get(t.name, vocab.get("", FALLBACK_VOCAB)))
         elif len(shape) == 4 or spec.get("dtype") == "uint8":
             feed[t.name] = _image(rng, shape, spec, dt)
         elif dt.kind == "f":
