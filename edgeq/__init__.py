@@ -33,10 +33,10 @@ def export(source: Any, example_inputs: Any = None, **kwargs: Any):
       export a ``torch.nn.Module`` with torch's exporter and check it against the module.
     """
     if isinstance(source, (str, Path)):
-        from .export.onnx import export_onnx
+        from .exporters.onnx import export_onnx
 
         return export_onnx(Path(source), **kwargs)
-    from .export.torch import export_torch
+    from .exporters.torch import export_torch
 
     return export_torch(source, example_inputs, **kwargs)
 
@@ -45,37 +45,37 @@ _export_function = export  # edgeq.export (the package) forwards calls here
 
 
 def optimize(artifact, target, out_path, **kwargs: Any):
-    from .optimize import optimize as _optimize
+    from .core.optimization import optimize as _optimize
 
     art, _notes = _optimize(artifact, target, Path(out_path), **kwargs)
     return art
 
 
 def quantize(artifact, spec, out_path, **kwargs: Any):
-    from .quantize import quantize as _quantize
+    from .quantization import quantize as _quantize
 
     return _quantize(artifact, spec, Path(out_path), **kwargs)
 
 
 def verify(reference, candidate, data, tolerances, **kwargs: Any):
-    from .verify import verify as _verify
+    from .checks.comparison import verify as _verify
 
     return _verify(reference, candidate, data, tolerances, **kwargs)
 
 
 def profile(model, target, **kwargs: Any):
-    from .profile import profile as _profile
+    from .profiling.profiler import profile as _profile
 
     return _profile(model, target, **kwargs)
 
 
 def bundle(artifact, target, out, info, **kwargs: Any):
-    from .bundle import write_bundle
+    from .bundles.bundle import write_bundle
 
     return write_bundle(artifact, target, Path(out), info, **kwargs)
 
 
 def load_target(name_or_path):
-    from .targets import load_target as _load
+    from .core.targets import load_target as _load
 
     return _load(name_or_path)

@@ -10,20 +10,20 @@ from typing import Any
 
 import numpy as np
 
-from .accel import export_placement, manifest_placement
-from .artifact import Artifact
-from .bundle import BundleInputs, write_bundle
-from .data import LABELS_KEY, SampleSet, load_samples
+from .profiling.accel import export_placement, manifest_placement
+from .core.artifact import Artifact
+from .bundles.bundle import BundleInputs, write_bundle
+from .core.data import LABELS_KEY, SampleSet, load_samples
 from .errors import CalibrationError
-from .fsutil import check_output, clean_stale, scratch_dir
-from .onnxutil import model_size
-from .optimize import optimize
-from .profile import ProfileResult, feed_from, profile, skip_reason
-from .quantize import quantize
-from .quantize.int8 import QuantResult
-from .quantize.spec import QuantSpec
-from .targets import Target
-from .verify import VerifyReport, verify
+from .core.fsutil import check_output, clean_stale, scratch_dir
+from .core.onnxutil import model_size
+from .core.optimization import optimize
+from .profiling.profiler import ProfileResult, feed_from, profile, skip_reason
+from .quantization import quantize
+from .quantization.int8.quantizer import QuantResult
+from .quantization.spec import QuantSpec
+from .core.targets import Target
+from .checks.comparison import VerifyReport, verify
 
 Stage = Callable[[str], contextlib.AbstractContextManager]
 
@@ -56,7 +56,7 @@ class ExportOptions:
     lm_folder: Path | None = None
     """the Hugging Face folder a KV-cache decoder came from: tokenizer and genai_config.json ship with it"""
     prequant: Any = None
-    """edgeq.export.prequant.PrequantCheckpoint: the source was a pre-quantized folder (GPTQ/AWQ codes imported)"""
+    """edgeq.exporters.prequant.PrequantCheckpoint: the source was a pre-quantized folder (GPTQ/AWQ codes imported)"""
     reference_model: Path | None = None
     """the float model a pre-quantized folder came from (exported --reference): LM quality against it too"""
     accept_failed: bool = False
@@ -75,13 +75,13 @@ class ExportResult:
     profile_quant: ProfileResult | None
     profile_skipped: str | None
     notes: tuple[str, ...]
-    lm: Any = None  # edgeq.lmeval.LMQuality for weight-only modes on language models
-    generation: Any = None  # edgeq.genai.GreedyCheck for KV-cache decoder bundles
+    lm: Any = None  # edgeq.checks.lmeval.LMQuality for weight-only modes on language models
+    generation: Any = None  # edgeq.bundles.genai.GreedyCheck for KV-cache decoder bundles
     lm_reference: Any = None  # LMQuality against --reference (the float model a pre-quantized folder came from)
-    placement: dict[str, Any] | None = None  # accelerator placement of the shipped model (edgeq.accel)
+    placement: dict[str, Any] | None = None  # accelerator placement of the shipped model (edgeq.profiling.accel)
     ep_context: dict[str, Any] | None = None  # the provider's compiled context, or why there is none
-    activations: dict[str, Any] | None = None  # A8W8 vs A16W8 on the accelerator (edgeq.accel.compare_activation_types)
-    speed: Any = None  # edgeq.quantize.speed.SpeedCheck: the shipped model.ort against fp32, one process
+    activations: dict[str, Any] | None = None  # A8W8 vs A16W8 on the accelerator (edgeq.profiling.accel.compare_activation_types)
+    speed: Any = None  # edgeq.quantization.selection.speed.SpeedCheck: the shipped model.ort against fp32, one process
     verdict: dict[str, Any] | None = None  # edgeq.checks.verdict_of: the one verdict, as the manifest records it
 
     def to_dict(self) -> dict[str, Any]:
@@ -142,7 +142,7 @@ def run_export(
             f"{spec.mode} needs calibration data and none was given",
             "pass --calib DATA.npz (one array per model input), or " + modes_without_calibration(target),
         )
-    from .quantize.preflight import run as preflight
+    from .quantization.int8.preflight import run as preflight
 
     data_shapes = _data_shapes(calib or evals)  # a static-shape target pins dynamic axes to these (--static-shape wins)
     notes: list[str] = preflight(source.path, target, spec, {**data_shapes, **opts.static_shapes}) + prep_notes  # before any work
@@ -156,7 +156,7 @@ def run_export(
             notes += opt_notes
         q_in, pq_report = opt, None
         if opts.prequant is not None and opts.prequant.config.exact:
-            from .export.prequant import apply as import_prequant
+            from .exporters.prequant import apply as import_prequant
 
             with stage("import codes"):
                 # weight-only modes measure levels 4 and 0 below (imported nodes included); otherwise float compute unless chosen
@@ -172,13 +172,13 @@ def run_export(
         check_data = evals or calib
         activations = None
         if opts.max_drop is not None and spec.mode == "int8-static" and spec.wide_activation_type:
-            from .accel import compare_activation_types
+            from .profiling.accel import compare_activation_types
 
             with stage("A8W8 vs A16W8 on the accelerator"):
                 activations = compare_activation_types(opt, spec, calib, check_data, target, work)
         speed = None
         if spec.mode in ("int8-static", "int8-dynamic") and opts.prefer is None and opts.do_profile:
-            from .quantize.speed import decide
+            from .quantization.selection.speed import decide
 
             with stage("speed (shipped model.ort vs fp32)"):
                 def requantize(nodes: tuple[str, ...]) -> QuantResult:
@@ -191,13 +191,13 @@ def run_export(
         elif spec.mode in ("int8-static", "int8-dynamic") and opts.prefer is None:
             notes.append("speed: not measured (--no-profile): the quantized model ships without the check against fp32")
         elif opts.do_profile and not spec.weight_only:  # fp32, fp16, --prefer picks: timed as shipped, no decision
-            from .quantize.speed import check_shipped
+            from .quantization.selection.speed import check_shipped
 
             with stage("speed (shipped model.ort vs fp32)"):
                 speed, speed_lines = check_shipped(opt, qres, target, feed_from(check_data) or _synthetic(opt), work / "speed")
                 notes += speed_lines
         if spec.weight_only and not opts.accuracy_level_pinned and check_data is not None:
-            from .quantize import acclevel
+            from .quantization.selection import acclevel
 
             if acclevel.has_matmulnbits(qres.artifact.path):
                 with stage("accuracy levels"):
@@ -216,7 +216,7 @@ def run_export(
             notes.append("VERIFICATION SKIPPED: no data given, nothing was proven (pass --calib or --eval); "
                          "golden inputs and timing use typical values from the inputs' declared ranges")
         lm = None
-        from .lmeval import lm_io, lm_quality
+        from .checks.lmeval import lm_io, lm_quality
 
         if (spec.weight_only or opts.prequant is not None) and check_data is not None and lm_io(opt.io) is not None:
             with stage("lm quality"):
@@ -224,7 +224,7 @@ def run_export(
         if opts.prequant is not None:
             from dataclasses import replace as _replace
 
-            from .export.prequant import report_notes, summary
+            from .exporters.prequant import report_notes, summary
 
             notes += report_notes(opts.prequant, pq_report, lm, spec.mode)
             details = {**qres.details, "prequant": {**summary(opts.prequant), "import": pq_report.to_dict() if pq_report else None}}
@@ -240,7 +240,7 @@ def run_export(
         golden = _golden_feeds(check_data, qres.artifact, opts.golden, app_io)
         if opts.do_profile:
             with stage("profile"):
-                from .quantize.speed import onnx_warning, shipped_ort
+                from .quantization.selection.speed import onnx_warning, shipped_ort
 
                 feed = feed_from(check_data) or (golden[0] if golden else None)  # no data: typical values, never zeros
                 # what the bundle ships (the speed decision wrote it already), timed as the app runs it
@@ -311,7 +311,7 @@ def _search_runner(spec: QuantSpec, max_drop: float | None, target: Target) -> d
     """--max-drop on static QDQ: candidates run on the target's accelerator where it runs here (QNN simulator)."""
     if max_drop is None or spec.mode != "int8-static" or spec.format != "qdq":
         return {}
-    from .accel import accelerator_outputs
+    from .profiling.accel import accelerator_outputs
 
     runner = accelerator_outputs(target)
     return {"outputs_of": runner} if runner is not None else {}
@@ -326,7 +326,7 @@ def _data_shapes(data: SampleSet | None) -> dict[str, tuple[int, ...]]:
 
 def _placement(art: Artifact, target: Target, feeds: tuple[dict, ...], stage: Stage) -> dict[str, Any] | None:
     """Where the shipped model runs on the target's accelerator (None: a CPU-only target)."""
-    from .placement import accelerator_of
+    from .profiling.placement import accelerator_of
 
     if accelerator_of(target.provider_names) is None:
         return None
@@ -338,7 +338,7 @@ def _written_ep_context(out: Path) -> dict[str, Any] | None:
     """The ep_context record of the bundle just written (edgeq's own manifest)."""
     import json
 
-    from .runner import MANIFEST
+    from .bundles.runner import MANIFEST
 
     try:
         return json.loads((Path(out) / MANIFEST).read_text(encoding="utf-8"))["model"].get("ep_context")
@@ -347,18 +347,18 @@ def _written_ep_context(out: Path) -> dict[str, Any] | None:
 
 
 def _synthetic(art: Artifact) -> dict:
-    from .profile import synthetic_feed
+    from .profiling.profiler import synthetic_feed
 
     return synthetic_feed(art.io)
 
 
 def _llm_files(source: Artifact, opts: ExportOptions) -> tuple[tuple[tuple[str, bytes], ...], list[str]]:
-    from .export.decoder import is_kv_decoder
+    from .exporters.decoder import is_kv_decoder
 
     if opts.lm_folder is None or not is_kv_decoder(source.io):
         return (), []
-    from . import llmgen
-    from .genai import bundle_files
+    from .bundles import llmgen
+    from .bundles.genai import bundle_files
 
     files, notes = bundle_files(opts.lm_folder)
     gen = ("generate.py", Path(llmgen.__file__).read_bytes())  # run.py --prompt: numpy + onnxruntime + tokenizers
@@ -372,8 +372,8 @@ def _greedy_check(opts: ExportOptions, spec: QuantSpec, data: SampleSet | None):
     """onnxruntime-genai on the written bundle vs transformers' greedy generate on the folder."""
     import numpy as np
 
-    from .export import hf
-    from .genai import greedy_check, prompt_ids
+    from .exporters import hf
+    from .bundles.genai import greedy_check, prompt_ids
 
     src = hf.inspect_folder(opts.lm_folder)
     model = hf.load_hf_model(src, "text-generation")
@@ -392,8 +392,8 @@ def _greedy_check(opts: ExportOptions, spec: QuantSpec, data: SampleSet | None):
 
 def _bundle_extras(source: Artifact, opts: ExportOptions) -> tuple[dict, tuple[str, ...] | None]:
     """Check --preprocess, --labels, --archive, --sign and the extra outputs before any work."""
-    from .appio import check_labels_fit, load_io_spec, read_labels
-    from .bundle import BundleInputs, check_outputs, load_private_key
+    from .core.appio import check_labels_fit, load_io_spec, read_labels
+    from .bundles.bundle import BundleInputs, check_outputs, load_private_key
 
     app_io = load_io_spec(opts.preprocess, source.io)
     labels = read_labels(opts.labels)
@@ -404,7 +404,7 @@ def _bundle_extras(source: Artifact, opts: ExportOptions) -> tuple[dict, tuple[s
         from .errors import BundleError
 
         raise BundleError("--bundle-version must be 0 or more", "use a release counter that only goes up")
-    from .archive import check_golden_archivable
+    from .bundles.archive import check_golden_archivable
 
     check_golden_archivable(opts.golden, len(source.io.inputs) + len(source.io.outputs), opts.archive)
     probe = BundleInputs(golden_feeds=(), archive=opts.archive, profile={"planned": True} if opts.do_profile else None)
@@ -424,7 +424,7 @@ def _image_preprocess(opts: ExportOptions, app_io: dict, source: Artifact) -> Pa
 
 def _record_image_preprocess(app_io: dict, data: SampleSet | None, *, from_app: bool) -> list[str]:
     """Calibration images were preprocessed one way: the manifest must tell the app the same."""
-    from .images import Preprocess
+    from .core.images import Preprocess
 
     if data is None or from_app or not isinstance(data.loader, Preprocess):
         return []
@@ -445,6 +445,6 @@ def _record_image_preprocess(app_io: dict, data: SampleSet | None, *, from_app: 
 def _golden_feeds(data: SampleSet | None, art: Artifact, n: int, app_io: dict | None = None) -> tuple[dict, ...]:
     if data is not None and len(data):
         return tuple(data.feed(i) for i in range(min(n, len(data))))
-    from .golden import typical_feed
+    from .core.golden import typical_feed
 
     return tuple(typical_feed(art.path, art.io, (app_io or {}).get("inputs", {}), seed=i) for i in range(n))

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeq.bundle import BundleInputs, generate_keypair, write_bundle
-from edgeq.onnxutil import artifact_from
-from edgeq.targets import load_target
+from edgeq.bundles.bundle import BundleInputs, generate_keypair, write_bundle
+from edgeq.core.onnxutil import artifact_from
+from edgeq.core.targets import load_target
 
 from tests.models import make_cnn
 

@@ -47,7 +47,7 @@ def train_tokenizer(vocab_size: int = 300, pre: str = "gpt2"):
             "import os, sys; print('hello world') # a comment about numbers 0123456789\n") * 20
     tok = Tokenizer(models.BPE())
     if pre == "qwen2":
-        from edgeq.gguf import _QWEN2_REGEX
+        from edgeq.llamacpp.gguf import _QWEN2_REGEX
 
         tok.pre_tokenizer = pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(_QWEN2_REGEX), behavior="isolated"),

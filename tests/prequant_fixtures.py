@@ -1,6 +1,6 @@
 """Pre-quantized Hugging Face folders written the way GPTQ / AWQ / bitsandbytes writers lay them out.
 
-Written independently of ``edgeq/export/prequant.py`` (which only reads): codes are chosen
+Written independently of ``edgeq/exporters/prequant.py`` (which only reads): codes are chosen
 here, packed with loops over strided slices, and the float weight each format's kernel
 computes is returned as the reference (``(q - z) * s`` per group, table value times absmax,
 int8 times row scale / 127).

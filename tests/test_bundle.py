@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 
-from edgeq.bundle import SCHEMA_PATH, validate_manifest
+from edgeq.bundles.bundle import SCHEMA_PATH, validate_manifest
 from edgeq.cli import app
 from edgeq.errors import BundleError
 
@@ -135,7 +135,7 @@ def test_large_model_ships_with_external_data(tmp_path):
     ext = [t for t in head.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
     assert [t.name for t in ext] == ["w2"]  # tensors of 1 KiB and more live in the data file
     assert (out / "model.onnx").stat().st_size < (out / "model.onnx.data").stat().st_size
-    from edgeq.bundle import check_bundle
+    from edgeq.bundles.bundle import check_bundle
 
     assert check_bundle(out, model="onnx")["passed"]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edgeq.errors import EdgeqError
-from edgeq.quantize.calibrate import Calibration, TensorStats, collect
+from edgeq.quantization.int8.calibrate import Calibration, TensorStats, collect
 
 
 def _stream(chunks, bins=512, hist=True):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeq.quantize.calibrate import HIST_VALUES, Calibration, TensorStats
+from edgeq.quantization.int8.calibrate import HIST_VALUES, Calibration, TensorStats
 
 
 def test_large_tensor_histogram_is_sampled_but_ranges_stay_right():

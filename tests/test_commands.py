@@ -191,7 +191,7 @@ def test_failed_export_leaves_previous_bundle_whole(runner, cnn, cnn_calib, tmp_
 
 def test_verify_failure_still_writes_bundle_and_exits_1(runner, cnn, cnn_calib, tmp_path):
     # a target file with impossible tolerances: the check runs and fails
-    src = (__import__("edgeq.targets", fromlist=["targets_dir"]).targets_dir() / "cpu-x86_64.toml").read_text()
+    src = (__import__("edgeq.core.targets", fromlist=["targets_dir"]).targets_dir() / "cpu-x86_64.toml").read_text()
     strict = tmp_path / "strict.toml"
     strict.write_text(src.replace('name = "cpu-x86_64"', 'name = "strict"').replace("min_cosine = 0.99", "min_cosine = 0.9999999"))
     out = tmp_path / "b"
@@ -223,7 +223,7 @@ def test_targets_ship_inside_the_wheel(tmp_path):
 
 
 def test_target_with_x86_only_ort_level_is_refused(runner, tmp_path):
-    from edgeq.targets import targets_dir
+    from edgeq.core.targets import targets_dir
 
     src = (targets_dir() / "arm64.toml").read_text()
     bad = tmp_path / "arm-all.toml"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 
-import edgeq.doctor as doctor
+import edgeq.cli.doctor as doctor
 from edgeq.cli import app
 
 HIDDEN = {"torch", "transformers", "gguf", "onnxruntime-genai"}

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from edgeq.cli import app
-from edgeq.emulate import CPU_MODELS, EmulationConfig, cpuinfo_text, ensure_root, parse_cpus
+from edgeq.devices.qemu import CPU_MODELS, EmulationConfig, cpuinfo_text, ensure_root, parse_cpus
 
 from tests.models import cnn_data, make_cnn, snapshot
 

@@ -44,10 +44,10 @@ def _with_erf(src: Path, dst: Path) -> Path:
 
 
 def test_discovery_is_one_function_for_export_and_profile(monkeypatch):
-    """profile's backend and export's placement both follow edgeq.providers.discover_providers."""
-    import edgeq.providers as prov
-    from edgeq.profile import resolve_backend, skip_reason
-    from edgeq.targets import load_target
+    """profile's backend and export's placement both follow edgeq.profiling.providers.discover_providers."""
+    import edgeq.profiling.providers as prov
+    from edgeq.profiling.profiler import resolve_backend, skip_reason
+    from edgeq.core.targets import load_target
 
     tg = load_target("qnn-htp")
     monkeypatch.setattr(prov, "qnn_plugin_installed", lambda: True)
@@ -63,7 +63,7 @@ def test_discovery_is_one_function_for_export_and_profile(monkeypatch):
 
 @pytest.mark.slow
 def test_export_without_the_plugin_estimates_and_labels_it(runner, tmp_path, data, monkeypatch):
-    import edgeq.providers as prov
+    import edgeq.profiling.providers as prov
 
     monkeypatch.setattr(prov, "qnn_plugin_installed", lambda: False)
     fp32 = make_cnn(tmp_path / "cnn.onnx", batch=1)
@@ -142,14 +142,14 @@ def _in_dims(path: Path) -> list:
 
 @pytest.mark.parametrize("name", ["qnn-htp", "nnapi", "coreml", "openvino-npu"])
 def test_npu_targets_declare_static_shapes(name):
-    from edgeq.targets import load_target
+    from edgeq.core.targets import load_target
 
     assert load_target(name).static_shapes is True
 
 
 @pytest.mark.slow
 def test_static_shape_target_pins_batch_and_axes_from_calibration(runner, tmp_path, data, monkeypatch):
-    import edgeq.providers as prov
+    import edgeq.profiling.providers as prov
 
     monkeypatch.setattr(prov, "qnn_plugin_installed", lambda: False)  # estimate: fast, and dynamic axes would show there
     src = _dynamic_hw(tmp_path)
@@ -168,9 +168,9 @@ def test_static_shape_target_pins_batch_and_axes_from_calibration(runner, tmp_pa
 
 def test_static_shape_option_overrides_the_data_and_no_data_is_a_clear_error(tmp_path):
     from edgeq.errors import ModelError
-    from edgeq.onnxutil import artifact_from
-    from edgeq.optimize import optimize
-    from edgeq.targets import load_target
+    from edgeq.core.onnxutil import artifact_from
+    from edgeq.core.optimization import optimize
+    from edgeq.core.targets import load_target
 
     art = artifact_from(_dynamic_hw(tmp_path))
     tg = load_target("nnapi")
@@ -188,7 +188,7 @@ def test_static_shape_option_overrides_the_data_and_no_data_is_a_clear_error(tmp
 
 def _export_lib(src: Path, out: Path, data: Path, target):
     """The library's export with a given Target object (e.g. one without its rewrites)."""
-    from edgeq.onnxutil import artifact_from
+    from edgeq.core.onnxutil import artifact_from
     from edgeq.pipeline import ExportOptions, run_export
 
     return run_export(artifact_from(src), ExportOptions(target=target, spec=target.quant, out=out, calib=data, do_profile=False))
@@ -200,7 +200,7 @@ def test_qnn_context_binary_or_the_providers_reason_and_rewrites_fix_it(runner, 
     """Float nodes left inside a QDQ graph (HardSigmoid, not rewritten) make the HTP simulator refuse to compile."""
     from tests.models import make_hardswish_cnn
 
-    from edgeq.targets import load_target
+    from edgeq.core.targets import load_target
 
     from dataclasses import replace
 
@@ -234,11 +234,11 @@ def test_qnn_context_binary_or_the_providers_reason_and_rewrites_fix_it(runner, 
 @qnn
 @pytest.mark.slow
 def test_max_drop_search_runs_its_candidates_on_the_htp_simulator(runner, tmp_path, data, monkeypatch):
-    from edgeq.accel import accelerator_outputs
-    from edgeq.data import load_samples
-    from edgeq.onnxutil import artifact_from
-    from edgeq.quantize import static
-    from edgeq.targets import load_target
+    from edgeq.profiling.accel import accelerator_outputs
+    from edgeq.core.data import load_samples
+    from edgeq.core.onnxutil import artifact_from
+    from edgeq.quantization.int8 import static
+    from edgeq.core.targets import load_target
     from tests.models import make_hardswish_cnn
 
     src = make_hardswish_cnn(tmp_path / "hs.onnx")
@@ -267,7 +267,7 @@ def test_max_drop_search_runs_its_candidates_on_the_htp_simulator(runner, tmp_pa
     assert all(np.allclose(a, b, atol=0.05) for a, b in zip(sim, cpu))
     assert any(not np.array_equal(a, b) for a, b in zip(sim, cpu))
     # no accelerator here (plugin hidden): the CPU provider runs them, as before
-    import edgeq.providers as prov
+    import edgeq.profiling.providers as prov
 
     monkeypatch.setattr(prov, "qnn_plugin_installed", lambda: False)
     assert accelerator_outputs(tg) is None

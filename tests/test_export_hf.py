@@ -39,7 +39,7 @@ def _ids(shape, vocab, seed=0):
 
 @pytest.mark.slow
 def test_bert_text_classification_dynamo(runner, tmp_path, monkeypatch):
-    from edgeq.export import hf_optimum
+    from edgeq.exporters import hf_optimum
 
     folder = _bert(tmp_path / "bert")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # edgeq must force offline itself

@@ -20,7 +20,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from edgeq.cli import app  # noqa: E402
-from edgeq.export import hf_optimum  # noqa: E402
+from edgeq.exporters import hf_optimum  # noqa: E402
 
 needs_optimum = pytest.mark.skipif(
     not os.environ.get("EDGEQ_OPTIMUM_PYTHON"), reason="set EDGEQ_OPTIMUM_PYTHON to a Python with optimum-onnx (see .ci/run)"

@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 import edgeq  # noqa: E402
 from edgeq.cli import app  # noqa: E402
 from edgeq.errors import CheckFailed  # noqa: E402
-from edgeq.export.torch import DYNAMO, TORCHSCRIPT, export_torch_checked  # noqa: E402
+from edgeq.exporters.torch import DYNAMO, TORCHSCRIPT, export_torch_checked  # noqa: E402
 
 
 class TinyCNN(torch.nn.Module):

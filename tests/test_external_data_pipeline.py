@@ -20,9 +20,9 @@ import pytest
 
 from edgeq.cli import app
 from edgeq.errors import ModelError
-from edgeq.onnxutil import EXTERNAL_DATA_ENV, artifact_from, load_model, save_model
-from edgeq.optimize import optimize
-from edgeq.targets import load_target
+from edgeq.core.onnxutil import EXTERNAL_DATA_ENV, artifact_from, load_model, save_model
+from edgeq.core.optimization import optimize
+from edgeq.core.targets import load_target
 
 from tests.large_models import make_linear_stack
 from tests.models import make_mlp, snapshot
@@ -211,7 +211,7 @@ def test_escaping_external_data_is_still_refused_on_the_large_path(runner, tmp_p
 
 
 def _art(src: Path):
-    from edgeq.artifact import Artifact, IoSpec
+    from edgeq.core.artifact import Artifact, IoSpec
 
     return Artifact(path=src, io=IoSpec(inputs=(), outputs=()), opset=17)
 
@@ -273,9 +273,9 @@ def test_torch_export_over_the_threshold_goes_through_with_external_data(runner,
 def test_quantize_gate_pick_keeps_its_external_data(tmp_path, monkeypatch):
     # --prefer quantizes three candidates into the scratch folder and copies the pick:
     # a large pick's data file must come along under the output's own name
-    from edgeq.quantize import quantize
-    from edgeq.data import load_samples
-    from edgeq.quantize.spec import QuantSpec
+    from edgeq.quantization import quantize
+    from edgeq.core.data import load_samples
+    from edgeq.quantization.spec import QuantSpec
 
     src = _source(tmp_path)
     calib = _calib(tmp_path)

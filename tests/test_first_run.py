@@ -118,7 +118,7 @@ def test_namedtuple_fields_and_the_name_options(runner, tmp_path, monkeypatch):
 
 
 def test_app_toml_is_checked_against_the_names_before_the_export(runner, tmp_path, monkeypatch):
-    import edgeq.export.torch as et
+    import edgeq.exporters.torch as et
     from edgeq.errors import EdgeqError
 
     def stub(*a, **k):
@@ -243,7 +243,7 @@ def test_a_user_exception_inside_torch_export_is_unwrapped(runner, tmp_path, mon
 
 def test_an_edgeq_bug_is_still_reported_as_one(runner, tmp_path, monkeypatch):
     """A user module ran, then edgeq's own code failed: that stays edgeq's bug."""
-    import edgeq.export as ex
+    import edgeq.exporters as ex
 
     mod = user_module(tmp_path, monkeypatch, FAULTY)
 
@@ -286,7 +286,7 @@ def test_a_hugging_face_folders_own_code_failing_is_reported_as_its_code(runner,
 
 def test_a_users_traceback_copied_into_torchs_message_is_read_but_torchs_own_errors_are_not(tmp_path):
     """Exporters may keep only the text of what forward() raised; that text names the user's file and line."""
-    from edgeq.usercode import raised_by_user
+    from edgeq.core.usercode import raised_by_user
 
     user = tmp_path / "model.py"
     user.write_text("x = 1\n" * 20)

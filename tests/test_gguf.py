@@ -11,7 +11,7 @@ import pytest
 
 from edgeq.cli import app
 from edgeq.errors import ModelError, QuantizationError, TargetError
-from edgeq.fsutil import sha256_file
+from edgeq.core.fsutil import sha256_file
 from tests.lm_fixture import SPECIALS, TinyLlamaSpec, heldout_prompts, make_tiny_llama
 from tests.models import make_cnn, snapshot
 
@@ -42,7 +42,7 @@ def _hf_tensors(folder: Path) -> dict[str, np.ndarray]:
 
 
 def test_metadata_tokenizer_and_tensor_types(untrained, tmp_path):
-    from edgeq.gguf import read_llama, write_gguf
+    from edgeq.llamacpp.gguf import read_llama, write_gguf
 
     src = read_llama(untrained)
     res = write_gguf(src, "q8_0", tmp_path / "m.gguf")
@@ -83,7 +83,7 @@ def test_metadata_tokenizer_and_tensor_types(untrained, tmp_path):
 
 
 def test_q_and_k_weights_carry_the_rotary_permutation(untrained, tmp_path):
-    from edgeq.gguf import read_llama, rotary_permute, write_gguf
+    from edgeq.llamacpp.gguf import read_llama, rotary_permute, write_gguf
 
     write_gguf(read_llama(untrained), "f32", tmp_path / "m.gguf")
     r = gguf.GGUFReader(str(tmp_path / "m.gguf"))
@@ -99,7 +99,7 @@ def test_q_and_k_weights_carry_the_rotary_permutation(untrained, tmp_path):
 def test_rotary_permutation_turns_rotate_half_into_interleaved_pairs():
     """Scores q.k under HF's rotate-half RoPE equal scores under llama.cpp's interleaved RoPE
     on the permuted weights (the reason for the permutation), and differ without it."""
-    from edgeq.gguf import rotary_permute
+    from edgeq.llamacpp.gguf import rotary_permute
 
     rng = np.random.default_rng(0)
     heads, d, hidden, pos_q, pos_k = 2, 8, 16, 5, 2
@@ -128,7 +128,7 @@ def test_rotary_permutation_turns_rotate_half_into_interleaved_pairs():
 
 
 def test_same_input_same_bytes_and_low_bit_keeps_output_in_q8(untrained, tmp_path):
-    from edgeq.gguf import read_llama, write_gguf
+    from edgeq.llamacpp.gguf import read_llama, write_gguf
 
     src = read_llama(untrained)
     a = write_gguf(src, "q4_0", tmp_path / "a.gguf")
@@ -141,7 +141,7 @@ def test_same_input_same_bytes_and_low_bit_keeps_output_in_q8(untrained, tmp_pat
 
 
 def test_tied_embeddings_write_no_output_tensor(tmp_path):
-    from edgeq.gguf import read_llama, write_gguf
+    from edgeq.llamacpp.gguf import read_llama, write_gguf
 
     folder = make_tiny_llama(tmp_path / "tied", TinyLlamaSpec(tie_embeddings=True), train=False)
     res = write_gguf(read_llama(folder), "q4_0", tmp_path / "m.gguf")
@@ -151,7 +151,7 @@ def test_tied_embeddings_write_no_output_tensor(tmp_path):
 
 
 def test_unsupported_quant_type_is_a_clear_error_and_writes_nothing(runner, untrained, tmp_path):
-    from edgeq.gguf import check_quant
+    from edgeq.llamacpp.gguf import check_quant
 
     with pytest.raises(QuantizationError) as e:
         check_quant("q6_k")
@@ -163,7 +163,7 @@ def test_unsupported_quant_type_is_a_clear_error_and_writes_nothing(runner, untr
 
 
 def test_bad_sources_are_refused(runner, untrained, tmp_path):
-    from edgeq.gguf import read_llama
+    from edgeq.llamacpp.gguf import read_llama
 
     # pickle weights only: never loaded
     pk = tmp_path / "pickled"
@@ -196,7 +196,7 @@ def test_bad_sources_are_refused(runner, untrained, tmp_path):
 
 
 def test_llamacpp_targets_load_and_onnx_targets_are_unchanged(tmp_path):
-    from edgeq.targets import load_target
+    from edgeq.core.targets import load_target
 
     arm = load_target("llamacpp-arm64")
     assert arm.runtime == "llama.cpp" and arm.arch == "aarch64" and arm.gguf.quant == "q4_0"

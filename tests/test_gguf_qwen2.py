@@ -19,7 +19,7 @@ def test_qwen2_params_tensors_and_no_rotary_permutation(tmp_path):
     import numpy as np
     from safetensors.numpy import load_file
 
-    from edgeq.gguf import read_llama, write_gguf
+    from edgeq.llamacpp.gguf import read_llama, write_gguf
 
     folder = save_lm(tmp_path / "qwen", "qwen2")
     src = read_llama(folder)
@@ -55,7 +55,7 @@ def test_qwen2_f32_verified_by_llama_cpp(runner, tmp_path):
     # the bundle's run.py generates through llama.cpp (isolated child, neutral cwd): greedy = transformers' greedy
     import transformers
 
-    from edgeq.genai import hf_greedy, prompt_ids
+    from edgeq.bundles.genai import hf_greedy, prompt_ids
 
     got = greedy_json(out / "run.py", "def main():", 12, tmp_path / "cwd")
     model = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()

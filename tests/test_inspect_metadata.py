@@ -81,7 +81,7 @@ def test_a_declared_imgsz_pins_static_shapes_and_sizes_synthesized_inputs(runner
 
 
 def test_imgsz_forms():
-    from edgeq.modelmeta import clean, imgsz_shape, parse_imgsz
+    from edgeq.core.modelmeta import clean, imgsz_shape, parse_imgsz
 
     assert parse_imgsz("[640, 640]") == (640, 640) and parse_imgsz("640") == (640, 640) and parse_imgsz("(480, 640)") == (480, 640)
     assert parse_imgsz("[0, 640]") is None and parse_imgsz("99999999") is None and parse_imgsz("640; rm -rf") is None

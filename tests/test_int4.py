@@ -13,13 +13,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeq.cli import app
-from edgeq.data import load_samples
+from edgeq.core.data import load_samples
 from edgeq.errors import CalibrationError, EdgeqError
-from edgeq.lmeval import lm_quality
-from edgeq.onnxutil import artifact_from
-from edgeq.quantize import blockwise as bw
-from edgeq.quantize import quantize
-from edgeq.quantize.spec import QuantSpec, parse_overrides
+from edgeq.checks.lmeval import lm_quality
+from edgeq.core.onnxutil import artifact_from
+from edgeq.quantization.weight_only import blockwise as bw
+from edgeq.quantization import quantize
+from edgeq.quantization.spec import QuantSpec, parse_overrides
 
 MS = "com.microsoft"
 
@@ -203,7 +203,7 @@ def test_algorithms_differ_from_rtn_and_gptq_awq_reduce_error(tiny_lm, tmp_path)
 
 
 def test_lm_metrics_by_hand():
-    from edgeq.lmeval import compare_logits
+    from edgeq.checks.lmeval import compare_logits
 
     ref = np.log(np.array([[[0.7, 0.2, 0.1], [0.1, 0.1, 0.8], [0.3, 0.3, 0.4]]]))
     cand = np.log(np.array([[[0.5, 0.4, 0.1], [0.1, 0.1, 0.8], [0.3, 0.3, 0.4]]]))
@@ -399,7 +399,7 @@ def _llama_block(path: Path, *, k: int = 64, heads: int = 4, inter: int = 128, s
 
 
 def _block_data(n: int, k: int = 64, t: int = 16, seed: int = 1):
-    from edgeq.data import SampleSet
+    from edgeq.core.data import SampleSet
 
     x = np.random.default_rng(seed).normal(size=(n, 1, t, k)).astype(np.float32)
     return SampleSet(arrays={"x": x}, stacked={"x": True}, labels=None, source="test")
@@ -411,7 +411,7 @@ def _block_err(src: Path, q: Path, data) -> float:
 
 
 def test_awq_folds_keep_the_float_model_identical(tmp_path):
-    from edgeq.quantize import awq_graph
+    from edgeq.quantization.weight_only import awq_graph
 
     src = _llama_block(tmp_path / "b.onnx")
     m = onnx.load(str(src))
@@ -477,7 +477,7 @@ def test_awq_without_a_fold_inserts_one_mul_per_group(tmp_path):
                [numpy_helper.from_array(rng.normal(0, 0.2, (k, 48)).astype(np.float32), "w1"),
                 numpy_helper.from_array(rng.normal(0, 0.2, (k, 48)).astype(np.float32), "w2")])
     onnx.save(m, str(tmp_path / "m.onnx"))
-    from edgeq.data import SampleSet
+    from edgeq.core.data import SampleSet
 
     xs = (rng.normal(size=(8, 32, k)) * x_scale).astype(np.float32)
     data = SampleSet(arrays={"x": xs}, stacked={"x": True}, labels=None, source="test")

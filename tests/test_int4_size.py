@@ -13,10 +13,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeq.cli import app
-from edgeq.onnxutil import artifact_from
-from edgeq.quantize import acclevel, quantize
-from edgeq.quantize.spec import QuantSpec
-from edgeq.quantize.wsize import CATEGORIES, dedupe_constants, size_breakdown
+from edgeq.core.onnxutil import artifact_from
+from edgeq.quantization.selection import acclevel
+from edgeq.quantization import quantize
+from edgeq.quantization.spec import QuantSpec
+from edgeq.quantization.weight_only.wsize import CATEGORIES, dedupe_constants, size_breakdown
 
 V, D, H, T = 96, 64, 128, 12
 
@@ -158,7 +159,7 @@ def test_float16_scales_halve_the_scale_bytes_and_run_in_onnxruntime(tmp_path):
 
 
 def test_float16_scales_fall_back_to_float32_out_of_range(tmp_path):
-    from edgeq.data import load_samples
+    from edgeq.core.data import load_samples
 
     src = make_toy_lm(tmp_path / "lm.onnx", scale=1e7)  # w1's scales exceed float16, and so does w2's input (w2 undoes it)
     spec = QuantSpec(mode="int4", block_size=32, accuracy_level=0, scale_dtype="float16")

@@ -9,13 +9,13 @@ import onnx
 import onnxruntime as ort
 
 from edgeq.cli import app
-from edgeq.data import SampleSet
-from edgeq.onnxutil import artifact_from
-from edgeq.quantize.autocal import SCORE_SAMPLES, output_sqnr
-from edgeq.quantize.calibrate import AUTO_CANDIDATES
-from edgeq.quantize.int8 import quantize
-from edgeq.quantize.spec import QuantSpec
-from edgeq.targets import load_target
+from edgeq.core.data import SampleSet
+from edgeq.core.onnxutil import artifact_from
+from edgeq.quantization.int8.autocal import SCORE_SAMPLES, output_sqnr
+from edgeq.quantization.int8.calibrate import AUTO_CANDIDATES
+from edgeq.quantization.int8.quantizer import quantize
+from edgeq.quantization.spec import QuantSpec
+from edgeq.core.targets import load_target
 
 from tests.models import cnn_data, make_cnn
 
@@ -135,7 +135,7 @@ def _logsm(x):
 
 
 def test_max_drop_on_lm_logits_is_mean_kl_not_top1(tmp_path):
-    from edgeq.quantize import static
+    from edgeq.quantization.int8 import static
 
     src = _tiny_token_lm(tmp_path / "lm.onnx")
     cal = SampleSet(arrays={"tokens": _tokens(48, seed=1)}, stacked={"tokens": True}, labels=None, source="cal")
@@ -186,7 +186,7 @@ def test_max_drop_on_lm_with_next_token_labels_is_relative_perplexity(runner, tm
 
 
 def test_scan_body_activations_are_calibrated_and_reported(tmp_path):
-    from edgeq.quantize import qdq
+    from edgeq.quantization.int8 import qdq
 
     from tests.int8_models import make_scan_model
 
@@ -326,7 +326,7 @@ def test_if_inside_a_loop_body_is_calibrated(tmp_path):
 
 
 def test_loop_probe_refused_by_onnxruntime_falls_back_to_weight_only(tmp_path, monkeypatch):
-    from edgeq.quantize import qdq
+    from edgeq.quantization.int8 import qdq
 
     from tests.int8_models import make_loop_model
 

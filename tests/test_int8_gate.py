@@ -34,7 +34,7 @@ def test_prefer_measures_candidates_and_ships_the_pick(runner, tmp_path):
     assert pick["bytes"] == min(c["bytes"] for c in within)
     # the file shipped is the one measured: its size up to edgeq's producer stamp in the header (a few bytes),
     # a margin no other candidate's size falls within
-    from edgeq.outputs import PRODUCER, onnx_producer
+    from edgeq.core.outputs import PRODUCER, onnx_producer
 
     assert onnx_producer(out) == PRODUCER
     assert abs(out.stat().st_size - pick["bytes"]) <= 64

@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgeq.cli import app
-from edgeq.targets import targets_dir
+from edgeq.core.targets import targets_dir
 
 from tests.models import cnn_data, make_cnn
 

@@ -37,10 +37,10 @@ def status(key):
     return 0
 
 import onnx, onnxruntime  # noqa: F401 - imports are not part of the measurement
-from edgeq.data import SampleSet
-from edgeq.onnxutil import artifact_from
-from edgeq.quantize.int8 import quantize
-from edgeq.quantize.spec import QuantSpec
+from edgeq.core.data import SampleSet
+from edgeq.core.onnxutil import artifact_from
+from edgeq.quantization.int8.quantizer import quantize
+from edgeq.quantization.spec import QuantSpec
 
 src, npz, out, method = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4]
 with np.load(npz) as z:

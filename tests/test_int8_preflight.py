@@ -8,9 +8,9 @@ import numpy as np
 import onnx
 
 from edgeq.cli import app
-from edgeq.quantize.preflight import check
-from edgeq.quantize.spec import QuantSpec
-from edgeq.targets import load_target
+from edgeq.quantization.int8.preflight import check
+from edgeq.quantization.spec import QuantSpec
+from edgeq.core.targets import load_target
 
 from tests.int8_models import make_attention, make_if_model
 from tests.models import cnn_data, make_cnn, make_mlp

@@ -9,10 +9,10 @@ import onnxruntime as ort
 import pytest
 
 from edgeq.cli import app
-from edgeq.data import SampleSet
-from edgeq.onnxutil import artifact_from
-from edgeq.quantize.int8 import quantize
-from edgeq.quantize.spec import QuantSpec
+from edgeq.core.data import SampleSet
+from edgeq.core.onnxutil import artifact_from
+from edgeq.quantization.int8.quantizer import quantize
+from edgeq.quantization.spec import QuantSpec
 
 from tests.int8_models import make_attention, make_if_model, make_masked_mlp
 from tests.models import cnn_data, make_cnn
@@ -28,7 +28,7 @@ def _run(path, feed):
 
 
 def _ops(model) -> list[str]:
-    from edgeq.onnxutil import iter_nodes
+    from edgeq.core.onnxutil import iter_nodes
 
     return [n.op_type for n in iter_nodes(model.graph)]
 

@@ -11,11 +11,11 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeq.cli import app
-from edgeq.data import SampleSet
-from edgeq.onnxutil import artifact_from
-from edgeq.quantize.int8 import quantize
-from edgeq.quantize.spec import QuantSpec
-from edgeq.targets import load_target
+from edgeq.core.data import SampleSet
+from edgeq.core.onnxutil import artifact_from
+from edgeq.quantization.int8.quantizer import quantize
+from edgeq.quantization.spec import QuantSpec
+from edgeq.core.targets import load_target
 
 
 def _outlier_mlp(path: Path) -> Path:
@@ -153,7 +153,7 @@ def test_opset_21_uses_default_domain_16bit_qdq(tmp_path):
 def test_preflight_refuses_16bit_types_the_target_does_not_run(tmp_path):
     import dataclasses
 
-    from edgeq.quantize.preflight import check
+    from edgeq.quantization.int8.preflight import check
 
     model = onnx.load(str(_outlier_mlp(tmp_path / "m.onnx")))
     tg = load_target("qnn-htp")

@@ -1,4 +1,4 @@
-"""KV-cache decoders (edgeq/export/decoder.py): one graph for prefill and decode, checked against transformers."""
+"""KV-cache decoders (edgeq/exporters/decoder.py): one graph for prefill and decode, checked against transformers."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ transformers = pytest.importorskip("transformers")
 
 from edgeq.cli import app  # noqa: E402
 from edgeq.errors import ModelError  # noqa: E402
-from edgeq.export import decoder as D  # noqa: E402
-from edgeq.targets import load_target  # noqa: E402
+from edgeq.exporters import decoder as D  # noqa: E402
+from edgeq.core.targets import load_target  # noqa: E402
 from tests.llm_models import KINDS, make_lm, save_lm  # noqa: E402
 
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgeq.artifact import IoSpec, TensorSpec
-from edgeq.bundle import validate_manifest
+from edgeq.core.artifact import IoSpec, TensorSpec
+from edgeq.bundles.bundle import validate_manifest
 from edgeq.cli import app
-from edgeq.data import load_samples
+from edgeq.core.data import load_samples
 from edgeq.errors import CalibrationError
 
 from tests.models import make_cnn

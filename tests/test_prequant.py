@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edgeq.errors import ModelError
-from edgeq.export import prequant as pq
+from edgeq.exporters import prequant as pq
 from tests.lm_fixture import TinyLlamaSpec, make_tiny_llama
 from tests.prequant_fixtures import make_awq, make_bnb4, make_bnb8, make_gptq
 
@@ -187,7 +187,7 @@ def test_export_imports_the_codes_as_matmulnbits(runner, float_folder, tmp_path,
         assert any("vs the float model (--reference)" in n for n in res["notes"])
     # logits against PyTorch holding the checkpoint's dequantized weights (and far from the original float ones)
     sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
-    from edgeq.export.decoder import prefill_feed  # text-generation exports a KV-cache decoder (issue 15)
+    from edgeq.exporters.decoder import prefill_feed  # text-generation exports a KV-cache decoder (issue 15)
 
     got = sess.run(["logits"], prefill_feed(sess.get_inputs(), ids))[0]
     want = _torch_logits(float_folder, ref, ids)
@@ -284,7 +284,7 @@ def test_export_gguf_writes_gptq_codes_as_exact_q4_1(runner, float_folder, tmp_p
     gguf = pytest.importorskip("gguf")
     pytest.importorskip("llama_cpp")
     from edgeq.cli import app
-    from edgeq.gguf import rotary_permute
+    from edgeq.llamacpp.gguf import rotary_permute
 
     ref = make_gptq(float_folder, tmp_path / "q", bits=4, group_size=32, sym=True)
     out = tmp_path / "bundle"

@@ -11,8 +11,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeq.cli import app
-from edgeq.profile import MeasureOptions, load_input, measure, resolve_backend
-from edgeq.targets import load_target
+from edgeq.profiling.profiler import MeasureOptions, load_input, measure, resolve_backend
+from edgeq.core.targets import load_target
 
 from tests.models import cnn_data, make_cnn
 
@@ -22,9 +22,9 @@ FAST = ["--runs", "20", "--warmup", "2", "--budget", "1"]
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
     """fp32 (dynamic and fixed batch) and static QDQ variants of the tiny CNN, built once."""
-    from edgeq.data import load_samples
-    from edgeq.onnxutil import artifact_from
-    from edgeq.quantize import quantize
+    from edgeq.core.data import load_samples
+    from edgeq.core.onnxutil import artifact_from
+    from edgeq.quantization import quantize
 
     d = tmp_path_factory.mktemp("models")
     fp32 = make_cnn(d / "cnn.onnx", batch=1)

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from edgeq.cli import app
-from edgeq.remote import parse_device, RemoteError
+from edgeq.devices.ssh import parse_device, RemoteError
 
 from tests.models import snapshot
 

@@ -1,4 +1,4 @@
-"""Per-target graph rewrites (edgeq/rewrite.py): structure changes, numbers checked against the unrewritten graph."""
+"""Per-target graph rewrites (edgeq/core/rewrite.py): structure changes, numbers checked against the unrewritten graph."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeq.errors import ModelError, TargetError
-from edgeq.rewrite import REWRITES, apply
+from edgeq.core.rewrite import REWRITES, apply
 from tests.models import make_hardswish_cnn
 
 
@@ -89,7 +89,7 @@ def test_reducemean_over_other_axes_is_left_alone(tmp_path):
 
 
 def test_a_rewrite_that_changes_the_numbers_is_refused(tmp_path, monkeypatch):
-    import edgeq.rewrite as rw
+    import edgeq.core.rewrite as rw
 
     def wrong(g):  # HardSigmoid with the wrong slope: the check against the unrewritten graph must catch it
         for n in g.g.node:
@@ -108,7 +108,7 @@ def test_a_rewrite_that_changes_the_numbers_is_refused(tmp_path, monkeypatch):
 
 
 def test_targets_name_their_rewrites_and_unknown_names_are_refused(tmp_path):
-    from edgeq.targets import load_target
+    from edgeq.core.targets import load_target
 
     assert set(load_target("nnapi").rewrites) == set(REWRITES)
     assert "hardsigmoid-decompose" in load_target("coreml").rewrites and "reducemean-hw-to-gap" not in load_target("coreml").rewrites

@@ -9,8 +9,8 @@ import onnx
 import pytest
 
 from edgeq.cli import app
-from edgeq.quantize import speed
-from edgeq.targets import load_target, targets_dir
+from edgeq.quantization.selection import speed
+from edgeq.core.targets import load_target, targets_dir
 
 from tests.models import cnn_data, make_cnn
 
@@ -66,7 +66,7 @@ def test_npu_target_keeps_qdq_and_replays_cpu_fusions(runner, cnn, cnn_calib, tm
     m = json.loads((out / "manifest.json").read_text())
     assert m["model"]["ort_optimization_style"] == "runtime"
     assert m["target"]["session_options"]["saved_runtime_optimizations"] is True
-    from edgeq import runner as runner_mod
+    from edgeq.bundles import runner as runner_mod
 
     so = runner_mod.session_options(m)
     assert so.get_session_config_entry("session.enable_saved_runtime_optimizations") == "1"

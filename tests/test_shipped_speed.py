@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from edgeq.cli import app
-from edgeq.profile import device_optimizers_off
-from edgeq.quantize.speed import SpeedOptions, interleaved
-from edgeq.targets import load_target
-from edgeq.runtime import create_session, session_options
+from edgeq.profiling.profiler import device_optimizers_off
+from edgeq.quantization.selection.speed import SpeedOptions, interleaved
+from edgeq.core.targets import load_target
+from edgeq.core.runtime import create_session, session_options
 
 from tests.shipped_models import image_data, make_convnet, make_mbv3
 

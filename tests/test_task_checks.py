@@ -15,9 +15,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgeq.checks import infer_all, score
 from edgeq.checks.kinds import Context
-from edgeq.data import SampleSet
-from edgeq.targets import Tolerances
-from edgeq.verify import verify
+from edgeq.core.data import SampleSet
+from edgeq.core.targets import Tolerances
+from edgeq.checks.comparison import verify
 
 TOL = Tolerances()
 
@@ -211,8 +211,8 @@ def test_post_nms_boxes_scores_classes_grouped_and_matched():
 
 
 def test_app_toml_override_and_its_validation(tmp_path):
-    from edgeq.appio import load_io_spec
-    from edgeq.artifact import IoSpec, TensorSpec
+    from edgeq.core.appio import load_io_spec
+    from edgeq.core.artifact import IoSpec, TensorSpec
     from edgeq.errors import EdgeqError
 
     io = IoSpec((TensorSpec("x", "float32", ("B", 1, 16, 16)),), (TensorSpec("y", "float32", ("B", 1, 16, 16)),))
@@ -234,7 +234,7 @@ def test_app_toml_override_and_its_validation(tmp_path):
 
 def test_tolerances_are_validated_target_data():
     from edgeq.errors import EdgeqError
-    from edgeq.targets import load_target
+    from edgeq.core.targets import load_target
 
     tol = load_target("cpu-x86_64").tolerances
     assert tol.min_detection_f1 == 0.9 and tol.min_map_iou == 0.9 and tol.max_lm_kl == 0.05
@@ -264,7 +264,7 @@ def test_metric_of_max_drop_and_gate_is_the_task_metric(tmp_path):
     import onnx as _onnx
 
     from edgeq.checks.kinds import first_output_task
-    from edgeq.quantize.static import metric
+    from edgeq.quantization.int8.static import metric
 
     p = _yolo(tmp_path / "y.onnx", 1.0)
     data = _yolo_data()

@@ -15,7 +15,7 @@ from edgeq.cli import app
 
 
 def _strict(tmp_path):
-    from edgeq.targets import targets_dir
+    from edgeq.core.targets import targets_dir
 
     src = (targets_dir() / "cpu-x86_64.toml").read_text()
     p = tmp_path / "strict.toml"
@@ -79,8 +79,8 @@ def test_no_data_is_skipped_and_golden_inputs_are_typical(runner, cnn, tmp_path)
 
 def test_typical_feed_for_a_text_model(tmp_path):
     """input_ids within the vocabulary of the embedding table, attention mask of ones; pixels via the app's mean/std."""
-    from edgeq.artifact import IoSpec, TensorSpec
-    from edgeq.golden import typical_feed
+    from edgeq.core.artifact import IoSpec, TensorSpec
+    from edgeq.core.golden import typical_feed
 
     emb = numpy_helper.from_array(np.zeros((50, 4), np.float32), "emb")
     g = helper.make_graph(
@@ -103,8 +103,8 @@ def test_typical_feed_for_a_text_model(tmp_path):
 
 
 def test_batch_declared_minus_one_takes_stacked_and_batch_axis_data(tmp_path):
-    from edgeq.data import load_samples
-    from edgeq.onnxutil import artifact_from
+    from edgeq.core.data import load_samples
+    from edgeq.core.onnxutil import artifact_from
     from tests.models import make_cnn
 
     p = make_cnn(tmp_path / "m.onnx")
@@ -126,8 +126,8 @@ def test_batch_declared_minus_one_takes_stacked_and_batch_axis_data(tmp_path):
 
 def test_hints_never_suggest_what_is_on_or_what_cannot_run():
     from edgeq.checks.hints import after_failed_check, modes_without_calibration
-    from edgeq.quantize.spec import QuantSpec
-    from edgeq.targets import load_target
+    from edgeq.quantization.spec import QuantSpec
+    from edgeq.core.targets import load_target
 
     cpu, qnn = load_target("cpu-x86_64"), load_target("qnn-htp")
     on = after_failed_check(QuantSpec(per_channel=True), cpu)

@@ -33,9 +33,9 @@ def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from edgeq.gguf import DEFAULT_PROMPTS, export_llamacpp
-    from edgeq.report import human_bytes
-    from edgeq.targets import load_target
+    from edgeq.llamacpp.gguf import DEFAULT_PROMPTS, export_llamacpp
+    from edgeq.reporting.tables import human_bytes
+    from edgeq.core.targets import load_target
 
     err = Console(stderr=True)
     target = load_target(args.target)

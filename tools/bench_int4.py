@@ -46,10 +46,10 @@ def _quantize_child(args: dict) -> dict:
         q.process()
         q.model.save_model_to_file(str(out), use_external_data_format=False)
     else:
-        from edgeq.data import load_samples
-        from edgeq.onnxutil import artifact_from
-        from edgeq.quantize import quantize
-        from edgeq.quantize.spec import QuantSpec
+        from edgeq.core.data import load_samples
+        from edgeq.core.onnxutil import artifact_from
+        from edgeq.quantization import quantize
+        from edgeq.quantization.spec import QuantSpec
 
         art = artifact_from(src)
         spec = QuantSpec(**args["spec"])
@@ -135,9 +135,9 @@ def main() -> None:
     if a.child:
         print(json.dumps(_quantize_child(json.loads(a.child))))
         return
-    from edgeq.data import load_samples
-    from edgeq.lmeval import lm_quality
-    from edgeq.onnxutil import artifact_from, model_size
+    from edgeq.core.data import load_samples
+    from edgeq.checks.lmeval import lm_quality
+    from edgeq.core.onnxutil import artifact_from, model_size
     from tools.build_lm import PRESETS, build
 
     fx = build(PRESETS["default"], a.cache)
@@ -174,7 +174,7 @@ def main() -> None:
     # the fp32 file with its duplicated constants stored once, as edgeq's weight-only writer stores them
     import onnx
 
-    from edgeq.quantize.wsize import dedupe_constants, size_breakdown
+    from edgeq.quantization.weight_only.wsize import dedupe_constants, size_breakdown
 
     m = onnx.load(str(src))
     dedupe_constants(m)
@@ -229,14 +229,14 @@ def main() -> None:
 
 def art_params(path: Path) -> int:
     """Parameters in the 2-D float weights the int4 pass would quantize (MatMul/Gemm/Gather)."""
-    from edgeq.onnxutil import load_model
-    from edgeq.quantize.int4 import find_sites
+    from edgeq.core.onnxutil import load_model
+    from edgeq.quantization.weight_only.quantizer import find_sites
 
     return sum(int(np.prod(s.shape)) for s in find_sites(load_model(path)))
 
 
 def breakdown_markdown(r: dict) -> list[str]:
-    from edgeq.quantize.wsize import CATEGORIES, LABELS
+    from edgeq.quantization.weight_only.wsize import CATEGORIES, LABELS
 
     bd = r.get("breakdown") or {}
     if not bd:

@@ -428,10 +428,10 @@ def ort_dynamic(m: dict, out: Path, n: int) -> str:
 
 
 def edgeq_static(m: dict, out: Path, n: int, calibration: str = "minmax", max_drop: float | None = None) -> str:
-    from edgeq.data import SampleSet
-    from edgeq.onnxutil import artifact_from
-    from edgeq.quantize.int8 import quantize
-    from edgeq.quantize.spec import QuantSpec
+    from edgeq.core.data import SampleSet
+    from edgeq.core.onnxutil import artifact_from
+    from edgeq.quantization.int8.quantizer import quantize
+    from edgeq.quantization.spec import QuantSpec
 
     data = SampleSet(arrays=m["calib"], stacked={k: True for k in m["calib"]}, labels=None, source="bench")
     evals = None
@@ -492,9 +492,9 @@ def shipped_latency_ms(path: Path, feed: dict, runs: int = 30) -> float | None:
     """p50 of the model.ort a bundle for SHIP_TARGET ships (edgeq's writer), with the manifest's session options."""
     import onnxruntime as ort
 
-    from edgeq.quantize.speed import shipped_ort
-    from edgeq.runtime import graph_level
-    from edgeq.targets import load_target
+    from edgeq.quantization.selection.speed import shipped_ort
+    from edgeq.core.runtime import graph_level
+    from edgeq.core.targets import load_target
 
     t = load_target(SHIP_TARGET)
     try:
@@ -525,8 +525,8 @@ def latency_ms(path: Path, feed: dict, runs: int = 30, sess=None) -> float:
 
 
 def coverage_str(fp32: Path, q: Path) -> str:
-    from edgeq.onnxutil import load_model
-    from edgeq.quantize.int8 import coverage
+    from edgeq.core.onnxutil import load_model
+    from edgeq.quantization.int8.quantizer import coverage
 
     c = coverage(load_model(fp32), load_model(q))
     return f"{c.nodes_quantized}/{c.nodes_total}"

@@ -84,7 +84,7 @@ def _child(args: dict) -> dict:
 
 
 def run_child(args: dict) -> dict:
-    from edgeq import child
+    from edgeq.core import child
 
     p = child.run(child.python_argv(sys.executable, [str(Path(__file__).resolve()), "--child", json.dumps(args)]),
                   capture_output=True, text=True, timeout=3600)
@@ -113,14 +113,14 @@ def main() -> int:
         print(json.dumps(_child(json.loads(a.child))))
         return 0
 
-    from edgeq.export import hf
-    from edgeq.export.decoder import export_hf_decoder
-    from edgeq.gguf import compare_logits, reference_logits, tokenize_hf
-    from edgeq.genai import bundle_files
-    from edgeq.optimize import optimize
-    from edgeq.quantize import quantize
-    from edgeq.quantize.spec import QuantSpec
-    from edgeq.targets import load_target
+    from edgeq.exporters import hf
+    from edgeq.exporters.decoder import export_hf_decoder
+    from edgeq.llamacpp.gguf import compare_logits, reference_logits, tokenize_hf
+    from edgeq.bundles.genai import bundle_files
+    from edgeq.core.optimization import optimize
+    from edgeq.quantization import quantize
+    from edgeq.quantization.spec import QuantSpec
+    from edgeq.core.targets import load_target
     from tools.bench_llm_formats import calib_set
 
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
@@ -138,7 +138,7 @@ def main() -> int:
         train, _ = corpus_text()
         calib_texts = [train[i : i + 1024] for i in range(0, 32 * 1024, 1024)]
     else:
-        from edgeq.gguf import DEFAULT_PROMPTS
+        from edgeq.llamacpp.gguf import DEFAULT_PROMPTS
 
         folder, texts = a.model, list(DEFAULT_PROMPTS)
         calib_texts = texts
@@ -171,7 +171,7 @@ def main() -> int:
     if not a.no_builder:
         bdir = work / "builder_int4"
         shutil.rmtree(bdir, ignore_errors=True)
-        from edgeq import child
+        from edgeq.core import child
 
         p = child.run(child.python_argv(sys.executable, ["-m", "onnxruntime_genai.models.builder", "-i", str(folder), "-o", str(bdir),
                                                          "-p", "int4", "-e", "cpu"]), capture_output=True, text=True,

@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def onnx_logits(path: Path, ids: list[list[int]]) -> list[np.ndarray]:
-    from edgeq.runtime import create_session, run
+    from edgeq.core.runtime import create_session, run
 
-    from edgeq.export.decoder import prefill_feed
+    from edgeq.exporters.decoder import prefill_feed
 
     s = create_session(path)
     out = []
@@ -39,8 +39,8 @@ def onnx_logits(path: Path, ids: list[list[int]]) -> list[np.ndarray]:
 
 def calib_set(ids: list[list[int]], seq: int, io):
     """Token windows as an edgeq SampleSet (input_ids, plus the other LM inputs ``io`` takes, one window per sample)."""
-    from edgeq.data import SampleSet
-    from edgeq.lmdata import fill_lm_inputs
+    from edgeq.core.data import SampleSet
+    from edgeq.core.lmdata import fill_lm_inputs
 
     x = np.asarray([t[:seq] for t in ids if len(t) >= seq], dtype=np.int64)
     arrays, _ = fill_lm_inputs({"input_ids": x}, io)
@@ -58,12 +58,12 @@ def main() -> int:
     ap.add_argument("--work", type=Path, help="keep the files here (default: a temporary folder)")
     a = ap.parse_args()
 
-    from edgeq.export import SourceOptions, export_source
-    from edgeq.gguf import DEFAULT_PROMPTS, compare_logits, llama_cpp_logits, read_llama, reference_logits, tokenize_hf, write_gguf
-    from edgeq.onnxutil import model_size
-    from edgeq.quantize import quantize
-    from edgeq.quantize.spec import QuantSpec
-    from edgeq.targets import load_target
+    from edgeq.exporters import SourceOptions, export_source
+    from edgeq.llamacpp.gguf import (DEFAULT_PROMPTS, compare_logits, llama_cpp_logits, read_llama, reference_logits, tokenize_hf, write_gguf)
+    from edgeq.core.onnxutil import model_size
+    from edgeq.quantization import quantize
+    from edgeq.quantization.spec import QuantSpec
+    from edgeq.core.targets import load_target
 
     work = a.work or Path(tempfile.mkdtemp(prefix="edgeq-bench-llm-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -99,7 +99,7 @@ def main() -> int:
     art, _ = export_source(folder, SourceOptions(target=target, task="text-generation"), work)
     # the same optimize stage `edgeq export` runs: folds, and strips the exporter's per-node
     # debug metadata (stack traces) that would otherwise dominate a small model's file size
-    from edgeq.optimize import optimize
+    from edgeq.core.optimization import optimize
 
     art, _ = optimize(art, target, work / "fp32_opt.onnx")
     add("fp32 ONNX (onnxruntime)", art.path, onnx_logits(art.path, ids))

@@ -32,8 +32,8 @@ def _agreement(model: Path, fp32: Path, data, target, n: int) -> dict:
     """Top-1 agreement and mean cosine of ``model`` on the target's accelerator vs fp32 on the CPU."""
     import onnx
 
-    from edgeq.accel import accelerator_outputs
-    from edgeq.quantize import static
+    from edgeq.profiling.accel import accelerator_outputs
+    from edgeq.quantization.int8 import static
 
     from edgeq.errors import EdgeqError
 
@@ -51,7 +51,7 @@ def _agreement(model: Path, fp32: Path, data, target, n: int) -> dict:
 
 
 def _export(src: Path, target, out: Path, calib: Path, spec=None):
-    from edgeq.onnxutil import artifact_from
+    from edgeq.core.onnxutil import artifact_from
     from edgeq.pipeline import ExportOptions, run_export
 
     return run_export(artifact_from(src), ExportOptions(target=target, spec=spec or target.quant, out=out, calib=calib,
@@ -68,9 +68,9 @@ def main() -> int:
     ap.add_argument("--no-rewrites", action="store_true", help="drop the targets' [ops] rewrites (what they buy)")
     args = ap.parse_args()
 
-    from edgeq.data import load_samples
-    from edgeq.onnxutil import artifact_from
-    from edgeq.targets import load_target
+    from edgeq.core.data import load_samples
+    from edgeq.core.onnxutil import artifact_from
+    from edgeq.core.targets import load_target
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgeq-bench-npu-") as tmp:

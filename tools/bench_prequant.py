@@ -83,7 +83,7 @@ def make_gptq_folder(float_folder: Path, out: Path, calib_ids: np.ndarray) -> fl
     """A gptq_v2 folder (4-bit, group 32, asymmetric, in order) packed by this tool; returns seconds spent."""
     from safetensors.numpy import load_file, save_file
 
-    from edgeq.quantize.blockwise import gptq
+    from edgeq.quantization.weight_only.blockwise import gptq
 
     t0 = time.perf_counter()
     hs = _hessians(float_folder, calib_ids)

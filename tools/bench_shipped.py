@@ -44,7 +44,7 @@ def _session(path: Path, level: str, threads: int, runtime_opt: bool = False, of
 
 
 def bench(fp32: Path, bundle: Path, threads: int, rounds: int) -> dict:
-    from edgeq.quantize.speed import SpeedOptions, interleaved
+    from edgeq.quantization.selection.speed import SpeedOptions, interleaved
 
     m = json.loads((bundle / "manifest.json").read_text())
     so = m["target"]["session_options"]
@@ -55,8 +55,8 @@ def bench(fp32: Path, bundle: Path, threads: int, rounds: int) -> dict:
         "bundle model.ort (manifest options)": _session(bundle / "model.ort", so["graph_optimization_level"], threads,
                                                         bool(so.get("saved_runtime_optimizations"))),
     }
-    from edgeq.profile import device_optimizers_off
-    from edgeq.targets import load_target, target_names
+    from edgeq.profiling.profiler import device_optimizers_off
+    from edgeq.core.targets import load_target, target_names
 
     off = tuple(device_optimizers_off(load_target(m["target"]["name"]))) if m["target"]["name"] in target_names() else ()
     if off:  # the device's view: no x86-only NCHWc layouts at load time, for any of the three

@@ -6,7 +6,7 @@
 - ``accepted-failed``: failed, and shipped knowingly with ``--accept-failed`` (exit 0, said loudly);
 - ``skipped``: no data was given, so nothing was proven (exit 0, said loudly).
 
-``run.py`` (edgeq/runner.py) reads the same manifest field without importing edgeq.
+``run.py`` (edgeq/bundles/runner.py) reads the same manifest field without importing edgeq.
 """
 
 from __future__ import annotations

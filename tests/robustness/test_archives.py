@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeq.archive import ExtractLimits, safe_extract
+from edgeq.bundles.archive import ExtractLimits, safe_extract
 from edgeq.cli import app
 from edgeq.errors import BundleError
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeq import data as data_mod
-from edgeq.artifact import IoSpec, TensorSpec
+from edgeq.core import data as data_mod
+from edgeq.core.artifact import IoSpec, TensorSpec
 from edgeq.errors import CalibrationError
 
 from tests.models import cnn_data, make_cnn
@@ -89,7 +89,7 @@ def test_an_array_larger_than_the_input_can_use_is_refused(tmp_path, monkeypatch
 def test_huge_preprocess_sizes_are_refused_before_allocating(tmp_path, spec):
     from PIL import Image
 
-    from edgeq.artifact import IoSpec as Io
+    from edgeq.core.artifact import IoSpec as Io
 
     folder = tmp_path / "imgs"
     folder.mkdir()

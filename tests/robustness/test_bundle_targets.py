@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from edgeq import targets as targets_mod
+from edgeq.core import targets as targets_mod
 from edgeq.cli import app
 from edgeq.errors import TargetError
-from edgeq.targets import bundle_target, load_target, names_a_file, target_names
+from edgeq.core.targets import bundle_target, load_target, names_a_file, target_names
 from tests.bundles import build
 from tests.robustness.failsafe import assert_one_error_line, invoke
 

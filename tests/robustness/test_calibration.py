@@ -17,9 +17,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeq.errors import QuantizationError
-from edgeq.onnxutil import iter_nodes
-from edgeq.quantize.checks import check_operator_scales
-from edgeq.quantize.int8 import check_scales
+from edgeq.core.onnxutil import iter_nodes
+from edgeq.quantization.int8.checks import check_operator_scales
+from edgeq.quantization.int8.quantizer import check_scales
 
 from tests.models import cnn_data, make_cnn
 from tests.robustness.failsafe import assert_fails_safely, invoke, npz

@@ -4,7 +4,7 @@ Modules named like what the children import (``onnx.py``, ``json.py``, ``venv.py
 ``numpy.py``, ``sitecustomize.py``, ...) are planted in the working directory and on
 ``PYTHONPATH``; each writes a canary file when imported. After edgeq ran its children
 (model probe, ORT-format writer, profile worker, venv creation, pip), no canary exists.
-A structural test keeps every process start in ``edgeq/child.py``.
+A structural test keeps every process start in ``edgeq/core/child.py``.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeq import child
+from edgeq.core import child
 from edgeq.errors import EdgeqError
 from tests.models import cnn_data, make_cnn
 
-EDGEQ = Path(child.__file__).resolve().parent
+EDGEQ = Path(child.__file__).resolve().parents[1]
 # modules the children import (not the ones the interpreter needs to start: those would only crash it)
 PLANTED = ("onnx", "onnxruntime", "numpy", "json", "venv", "ensurepip", "pip", "sitecustomize", "usercustomize", "edgeq")
 
@@ -72,10 +72,10 @@ def test_the_planted_modules_are_live(hostile):
 
 
 def test_probe_ort_writer_and_profile_worker_import_nothing_from_cwd_or_env(hostile, tmp_path):
-    from edgeq.bundle import _convert_to_ort
-    from edgeq.isolate import probe_model
-    from edgeq.profile import MeasureOptions, load_input, measure, resolve_backend
-    from edgeq.targets import load_target
+    from edgeq.bundles.bundle import _convert_to_ort
+    from edgeq.core.isolate import probe_model
+    from edgeq.profiling.profiler import MeasureOptions, load_input, measure, resolve_backend
+    from edgeq.core.targets import load_target
 
     cwd, env = hostile
     work = tmp_path / "work"
@@ -92,7 +92,7 @@ def test_probe_ort_writer_and_profile_worker_import_nothing_from_cwd_or_env(host
 
 def test_emulation_pip_runs_isolated(hostile, tmp_path, monkeypatch):
     """The arm64 set-up's ``-m pip`` (here with no index, so it fails) imports no planted pip."""
-    from edgeq.emulate import EmulationError, _pip_install
+    from edgeq.devices.qemu import EmulationError, _pip_install
 
     cwd, env = hostile
     _no_pip_index(monkeypatch)
@@ -107,7 +107,7 @@ def test_emulation_pip_runs_isolated(hostile, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_openvino_venv_creation_runs_isolated(hostile, tmp_path, monkeypatch):
     """``-m venv`` (and its ensurepip) and the venv's ``-m pip`` import no planted venv/pip/ensurepip."""
-    from edgeq import ovenv
+    from edgeq.profiling import ovenv
 
     cwd, env = hostile
     monkeypatch.setenv("EDGEQ_CACHE_DIR", str(tmp_path / "cache"))
@@ -172,16 +172,16 @@ def _starts_processes(tree: ast.AST) -> list[str]:
 
 
 def test_only_edgeq_child_starts_processes():
-    """Every process edgeq starts goes through edgeq/child.py (which enforces -I for interpreters)."""
+    """Every process edgeq starts goes through edgeq/core/child.py (which enforces -I for interpreters)."""
     offenders = {}
     for path in sorted(EDGEQ.rglob("*.py")):
         rel = path.relative_to(EDGEQ).as_posix()
-        if rel == "child.py":
+        if rel == "core/child.py":
             continue
         hits = _starts_processes(ast.parse(path.read_text(encoding="utf-8"), filename=str(path)))
         if hits:
             offenders[rel] = hits
-    assert offenders == {}, f"start processes through edgeq.child (run/popen/python_argv): {offenders}"
+    assert offenders == {}, f"start processes through edgeq.core.child (run/popen/python_argv): {offenders}"
 
 
 def test_the_structural_check_sees_a_bypass():
@@ -207,7 +207,7 @@ def test_the_helper_refuses_an_interpreter_without_isolation(tmp_path):
 def test_edgeq_code_loads_edgeq_from_its_package_folder(hostile):
     """A child that needs edgeq gets this edgeq, not an ``edgeq`` planted on the path or in the folder."""
     cwd, env = hostile
-    r = child.run(child.python_argv(sys.executable, ["-c", child.edgeq_code("import edgeq.isolate, sys; print(edgeq.__file__)")]),
+    r = child.run(child.python_argv(sys.executable, ["-c", child.edgeq_code("import edgeq.core.isolate, sys; print(edgeq.__file__)")]),
                   capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert Path(r.stdout.strip()).resolve() == EDGEQ / "__init__.py"

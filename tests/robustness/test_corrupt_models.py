@@ -1,7 +1,7 @@
 """Item 3: truncated, bit-flipped and random-byte ``.onnx`` files, and protobufs that are
 not models. Each one either exports cleanly or fails with one line; the CLI never dies
 and never leaves output behind. Native crashes in onnx/onnxruntime are caught by a probe
-in a child process (edgeq/isolate.py) before the in-process session.
+in a child process (edgeq/core/isolate.py) before the in-process session.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeq import isolate
+from edgeq.core import isolate
 from edgeq.errors import ModelError
 
 from tests.models import cnn_data, make_cnn
@@ -128,7 +128,7 @@ def test_the_probe_reports_hangs_and_memory_exhaustion(tmp_path, base, monkeypat
     with pytest.raises(ModelError, match="longer than"):
         monkeypatch.setattr(isolate, "_CHILD", "import time; time.sleep(60)")
         isolate.probe_model(src, timeout_s=2)
-    monkeypatch.setattr(isolate, "_CHILD", "import sys; from edgeq.isolate import _child; _child(sys.argv[1])")
+    monkeypatch.setattr(isolate, "_CHILD", "import sys; from edgeq.core.isolate import _child; _child(sys.argv[1])")
     # under a 64 MiB address-space limit the runtime cannot even load: refused, not passed
     with pytest.raises(ModelError, match="more than 0.1 GiB of memory"):
         isolate.probe_model(src, memory_bytes=64 * 2**20)

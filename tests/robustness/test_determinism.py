@@ -84,7 +84,7 @@ def test_bundle_command_zip_and_signature_are_reproducible(runner, cnn, tmp_path
 
 
 def test_source_date_epoch_sets_the_archive_time(tmp_path, monkeypatch):
-    from edgeq.archive import write_archive
+    from edgeq.bundles.archive import write_archive
 
     b = build(tmp_path / "b")
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")

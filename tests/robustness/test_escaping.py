@@ -17,7 +17,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from edgeq.cli import app
-from edgeq.safetext import escape_html, escape_markup, escape_text
+from edgeq.core.safetext import escape_html, escape_markup, escape_text
 from tests.robustness.failsafe import assert_one_error_line, invoke
 
 EVIL = "\x1b]0;pwned-title\x07\x1b[2J\x1b]52;c;SGVsbG8=\x07[link=https://evil.example]click[/link][/]\x9b31m<script>x</script>"
@@ -45,7 +45,7 @@ def _clean(text: str) -> None:
 @pytest.fixture
 def wide(monkeypatch):
     """A wide console, so table cells are not wrapped and the literal markup can be found."""
-    from edgeq import report
+    from edgeq.reporting import tables as report
 
     monkeypatch.setattr(report.out, "_width", 4000)
     monkeypatch.setattr(report.err, "_width", 4000)

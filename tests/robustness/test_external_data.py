@@ -14,8 +14,8 @@ import onnx
 import pytest
 
 from edgeq.errors import ModelError
-from edgeq.onnxutil import load_model, load_model_bytes, save_model
-from edgeq.runtime import create_session
+from edgeq.core.onnxutil import load_model, load_model_bytes, save_model
+from edgeq.core.runtime import create_session
 
 from tests.models import cnn_data, make_cnn
 from tests.robustness.failsafe import assert_fails_safely, externalize, invoke, npz, tree

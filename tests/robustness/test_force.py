@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from edgeq.errors import OutputExistsError
-from edgeq.outputs import check_output_path, onnx_producer
+from edgeq.core.outputs import check_output_path, onnx_producer
 
 from tests.models import cnn_data, make_cnn
 from tests.robustness.failsafe import assert_fails_safely, assert_one_error_line, invoke, npz, tree
@@ -22,12 +22,12 @@ from tests.robustness.failsafe import assert_fails_safely, assert_one_error_line
 @pytest.fixture
 def no_work(monkeypatch):
     """Any command that gets as far as opening the model fails the test."""
-    import edgeq.isolate
+    import edgeq.core.isolate
 
     def boom(*a, **k):
         raise AssertionError("the command started work before refusing the output path")
 
-    monkeypatch.setattr(edgeq.isolate, "open_source", boom)
+    monkeypatch.setattr(edgeq.core.isolate, "open_source", boom)
 
 
 @pytest.fixture
@@ -184,7 +184,7 @@ def test_profile_html_replaces_only_an_edgeq_report(runner, proj, tmp_path):
 
 
 def test_quantize_with_external_data_replaces_only_its_own_pair(runner, tmp_path, monkeypatch):
-    from edgeq.onnxutil import EXTERNAL_DATA_ENV, load_model
+    from edgeq.core.onnxutil import EXTERNAL_DATA_ENV, load_model
 
     from tests.large_models import make_linear_stack
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeq.fsutil import _lock, _unlock, clean_stale, clean_stale_scratch
+from edgeq.core.fsutil import _lock, _unlock, clean_stale, clean_stale_scratch
 
 from tests.models import cnn_data, make_cnn
 from tests.robustness.failsafe import assert_one_error_line, clean_env, invoke, npz, run_edgeq, tree

@@ -20,7 +20,7 @@ import onnx
 import pytest
 from onnx import TensorProto
 
-from edgeq.onnxutil import PROTOBUF_LIMIT, load_model
+from edgeq.core.onnxutil import PROTOBUF_LIMIT, load_model
 
 from tests.models import cnn_data, make_cnn
 from tests.robustness.failsafe import assert_one_error_line, clean_env, invoke, npz, run_edgeq, tree

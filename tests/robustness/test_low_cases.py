@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from edgeq.errors import BundleError
-from edgeq.fsutil import clean_stale, clean_stale_scratch
+from edgeq.core.fsutil import clean_stale, clean_stale_scratch
 
 from tests.models import cnn_data, make_cnn
 from tests.robustness.failsafe import assert_fails_safely, assert_one_error_line, clean_env, invoke, npz, run_edgeq
@@ -81,7 +81,7 @@ def test_tar_of_the_bundle_folder_dot_is_accepted(runner, bundle, tmp_path):
 
 
 def test_golden_pairs_the_archive_could_not_hold_are_refused_up_front(runner, tmp_path):
-    from edgeq.archive import check_golden_archivable
+    from edgeq.bundles.archive import check_golden_archivable
 
     model = make_cnn(tmp_path / "cnn.onnx")
     out = tmp_path / "b"
@@ -97,7 +97,7 @@ def test_golden_pairs_the_archive_could_not_hold_are_refused_up_front(runner, tm
 
 
 def test_the_archive_writer_refuses_what_verify_would(tmp_path):
-    from edgeq.archive import ExtractLimits, write_archive
+    from edgeq.bundles.archive import ExtractLimits, write_archive
 
     root = tmp_path / "root"
     root.mkdir()

@@ -87,8 +87,8 @@ def test_verify_with_a_full_tmpdir_is_one_line(archive, tmp_path, monkeypatch):
         assert_one_error_line(p.stderr, "not enough space", "TMPDIR")
         assert not list(small.iterdir())
         # the same when the free-space check is fooled: the failing write itself is one line
-        from edgeq import archive as archive_mod
-        from edgeq.bundle import check_bundle
+        from edgeq.bundles import archive as archive_mod
+        from edgeq.bundles.bundle import check_bundle
         from edgeq.errors import BundleError
 
         monkeypatch.setattr(archive_mod, "_check_room", lambda *a: None)
@@ -105,8 +105,8 @@ def test_verify_extracts_into_a_locked_scratch_folder_the_next_run_cleans(archiv
     import os
     import re
 
-    from edgeq import bundle as bundle_mod
-    from edgeq.fsutil import _writer_alive, clean_stale_scratch
+    from edgeq.bundles import bundle as bundle_mod
+    from edgeq.core.fsutil import _writer_alive, clean_stale_scratch
 
     tmpdir = tmp_path / "t"
     tmpdir.mkdir()

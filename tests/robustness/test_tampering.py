@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeq.archive import write_archive
+from edgeq.bundles.archive import write_archive
 from edgeq.cli import app
 
 from tests.bundles import build, keypair
@@ -121,7 +121,7 @@ def test_edited_manifest_breaks_the_signature(runner, copy, built):
 
 
 def test_resigned_by_another_key_is_refused(runner, copy, built):
-    from edgeq.bundle import load_private_key
+    from edgeq.bundles.bundle import load_private_key
 
     b = copy()
     data = (b / "manifest.json").read_bytes()

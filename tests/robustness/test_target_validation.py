@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from edgeq.errors import BundleError, TargetError
-from edgeq.targets import list_targets, load_target, targets_dir
+from edgeq.core.targets import list_targets, load_target, targets_dir
 from tests.bundles import build, keypair
 from tests.robustness.failsafe import assert_fails_safely, invoke
 
@@ -118,7 +118,7 @@ def test_an_unknown_target_within_the_shipped_bounds_still_verifies(runner, bund
 
 def test_a_signed_manifest_for_an_unknown_target_keeps_its_publishers_tolerance(tmp_path):
     """A custom target looser than any shipped one: signed, verify --pubkey accepts it; without the signature it is refused."""
-    from edgeq.bundle import check_bundle
+    from edgeq.bundles.bundle import check_bundle
 
     custom = _target(tmp_path, r"^golden_atol = .*$", "golden_atol = 0.5")
     custom.write_text(custom.read_text().replace('name = "cpu-x86_64"', 'name = "my-device"', 1))
@@ -132,7 +132,7 @@ def test_a_signed_manifest_for_an_unknown_target_keeps_its_publishers_tolerance(
 
 
 def test_non_finite_golden_tolerance_is_refused(bundle, tmp_path):
-    from edgeq.bundle import _check_tolerance
+    from edgeq.bundles.bundle import _check_tolerance
 
     m = json.loads((bundle / "manifest.json").read_text())
     m["target"]["name"] = "my-device"

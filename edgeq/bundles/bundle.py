@@ -1,0 +1,606 @@
+"""bundle: write a runtime bundle (atomically) and check one.
+
+Layout::
+
+    model.onnx                              the model the app ships
+    model.ort                               onnxruntime's ORT format, from that same graph
+    required_operators_and_types.config     kernels a reduced onnxruntime build needs
+    golden/NNN/in_K.npy, out_K.npy          golden input/output pairs
+    run.py                                  dependency-light runner (numpy + onnxruntime)
+    cpp/runner.cpp, cpp/CMakeLists.txt      C++ example: loads model.ort, runs golden pair 000
+    labels.txt                              (with --labels) one label per output index
+    model.onnx.data                         (large models) external weights of model.onnx
+    manifest.json                           versions, target, I/O, recipe, figures, sha256 of every file
+    manifest.json.sig                       (with --sign) Ed25519 signature of manifest.json's bytes
+
+Measured timings change from run to run, so they are not in the bundle: they go
+to a sidecar report ``<out>.profile.json`` next to it. Everything inside the
+bundle is a function of the inputs, so the same inputs give the same bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core import child
+from . import runner as runner_mod
+from ..core.artifact import Artifact
+from .archive import ExtractLimits, archive_format, archive_path, safe_extract, write_archive
+from ..errors import BundleError, CheckFailed
+from ..core.fsutil import check_output, sha256_file, staging
+from ..core.appio import LABELS_FILE
+from ..core.runtime import create_session, run
+from ..core.safetext import escape_text
+from ..core.targets import Target
+
+SCHEMA_VERSION = runner_mod.SCHEMA_VERSION
+OPS_CONFIG = "required_operators_and_types.config"
+SIGNATURE = runner_mod.SIGNATURE
+EXTERNAL_DATA = "model.onnx.data"
+# model.onnx keeps its weights in model.onnx.data from this size on (protobuf stops at 2 GiB)
+EXTERNAL_DATA_THRESHOLD = 256 << 20
+MAX_MANIFEST_BYTES = runner_mod.MAX_MANIFEST_BYTES
+CPP_DIR = Path(__file__).resolve().parent / "cpp"
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "manifest.schema.json"
+
+
+@dataclass(frozen=True)
+class BundleInputs:
+    """What the bundle records besides the model itself."""
+
+    golden_feeds: tuple[dict[str, np.ndarray], ...]
+    recipe: dict[str, Any] | None = None
+    verify: dict[str, Any] | None = None
+    profile: dict[str, Any] | None = None
+    sizes: dict[str, Any] | None = None
+    provenance: tuple[str, ...] = ()
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    """{"inputs": {name: spec}, "outputs": {name: spec}} from edgeq.core.appio.load_io_spec."""
+    labels: tuple[str, ...] | None = None
+    bundle_version: int = 0
+    """Monotonic release number of this bundle; with a signature, ``verify --min-version`` refuses older ones."""
+    sign_key: Path | None = None
+    archive: str | None = None
+    """"tar.gz" or "zip": also write ``<out>.<fmt>``, a deterministic archive of the folder."""
+    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD
+    placement: dict[str, Any] | None = None
+    """Accelerator placement of the shipped model (edgeq.profiling.accel.manifest_placement), measured or estimated."""
+    extra_files: tuple[tuple[str, bytes], ...] = ()
+    """(name, bytes) written at the bundle's root, e.g. genai_config.json and tokenizer files (names chosen by edgeq)"""
+    verdict: dict[str, Any] | None = None
+    """edgeq.checks.verdict_of(...): pass | fail | accepted-failed | skipped; default: from ``verify``."""
+
+
+def sidecar_path(out: Path) -> Path:
+    """Where measured timings go: next to the bundle, never inside it."""
+    return Path(out).with_name(Path(out).name + ".profile.json")
+
+
+def bundle_outputs(out: Path, info: BundleInputs) -> list[Path]:
+    """Every path write_bundle will create (checked before any work)."""
+    paths = [Path(out)]
+    if info.archive:
+        paths.append(archive_path(out, info.archive))
+    if info.profile:
+        paths.append(sidecar_path(out))
+    return paths
+
+
+def check_outputs(out: Path, info: BundleInputs, force: bool, inputs=()) -> None:
+    """Every output write_bundle will create may be written (edgeq/core/outputs.py: --force replaces only edgeq's)."""
+    from ..core.outputs import check_bundle_outputs
+
+    check_bundle_outputs(out, force=force, archive=info.archive, sidecar=bool(info.profile), inputs=inputs)
+
+
+def tool_versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    from .. import __version__
+
+    return {"edgeq": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
+
+
+def _quiet_ort_tools() -> None:
+    import logging
+
+    logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)
+    logging.getLogger("ort_format_model").setLevel(logging.WARNING)
+
+
+# onnxruntime orders some tables of the ORT file by a hash seeded from a memory address,
+# so model.ort differs from run to run under address-space randomisation. The child
+# below turns randomisation off for itself (personality ADDR_NO_RANDOMIZE, then exec)
+# and writes the ORT file; the same inputs then give the same bytes. A native crash
+# in onnxruntime also stays in the child.
+_ORT_CHILD = r"""
+import ctypes, os, sys
+ADDR_NO_RANDOMIZE = 0x0040000
+if os.environ.get("EDGEQ_ORT_CHILD") != "1" and sys.platform.startswith("linux"):
+    os.environ["EDGEQ_ORT_CHILD"] = "1"
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        cur = libc.personality(0xFFFFFFFF)
+        if cur != -1 and not cur & ADDR_NO_RANDOMIZE and libc.personality(cur | ADDR_NO_RANDOMIZE) != -1:
+            os.execv(sys.executable, [sys.executable, "-I", "-c", CODE] + sys.argv[1:])
+    except OSError:
+        pass
+import onnxruntime as ort
+level = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[sys.argv[3]]
+so = ort.SessionOptions()
+so.log_severity_level = 3
+so.graph_optimization_level = level
+so.optimized_model_filepath = sys.argv[2]
+so.add_session_config_entry("session.save_model_format", "ORT")
+if sys.argv[4] == "runtime":  # Q/DQ stay for the accelerator; the CPU provider's fusions are saved for replay
+    so.add_session_config_entry("optimization.minimal_build_optimizations", "save")
+ort.InferenceSession(sys.argv[1], sess_options=so, providers=["CPUExecutionProvider"])
+"""
+
+
+def _convert_to_ort(model: Path, ort_path: Path, level: str, style: str = "fixed") -> None:
+    code = "CODE = " + repr(_ORT_CHILD) + "\n" + _ORT_CHILD
+    # relative names and a fixed environment: the child's memory layout must not depend on the output path;
+    # isolated (-I): the working directory is edgeq's own staging folder, which holds only the model
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "LD_LIBRARY_PATH", "SYSTEMROOT", "HOME")}
+    env["ORT_DISABLE_TELEMETRY"] = "1"  # no telemetry files outside -o
+    proc = child.run(
+        child.python_argv(sys.executable, ["-c", code, model.name, ort_path.name, level, style]),
+        cwd=model.parent, env=env, capture_output=True, text=True, timeout=3600,
+    )
+    if proc.returncode != 0 or not ort_path.is_file():
+        tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        raise BundleError(f"onnxruntime could not write the ORT-format model: {tail[:300]}", "check that the model loads (edgeq inspect)")
+
+
+def convert_to_ort(model: Path, ort_path: Path, target: Target) -> Path:
+    """Write ``ort_path`` (beside ``model``) exactly as a bundle for ``target`` ships model.ort."""
+    if Path(ort_path).parent.resolve() != Path(model).parent.resolve():
+        raise BundleError("the ORT-format model is written beside its ONNX model", "pass a path in the model's folder")
+    _convert_to_ort(Path(model), Path(ort_path), target.ort_optimization, target.ort_optimization_style)
+    return Path(ort_path)
+
+
+def _write_ort(model: Path, out_dir: Path, level: str, style: str = "fixed") -> tuple[Path, Path]:
+    from onnxruntime.tools.ort_format_model.utils import create_config_from_models
+
+    _quiet_ort_tools()
+    ort_path = out_dir / "model.ort"
+    _convert_to_ort(model, ort_path, level, style)
+    cfg = out_dir / OPS_CONFIG
+    create_config_from_models([ort_path], cfg, enable_type_reduction=True)
+    # the generated header names the absolute path of the temporary model: keep it reproducible
+    lines = cfg.read_text().splitlines()
+    lines = ["# - model.ort" if ln.startswith("# - ") else ln for ln in lines]
+    cfg.write_text("\n".join(lines) + "\n")
+    return ort_path, cfg
+
+
+def app_session_options(target: Target) -> dict[str, Any]:
+    """The session options the app must open model.ort (and model.onnx) with; the manifest records them."""
+    opts: dict[str, Any] = {"graph_optimization_level": target.graph_optimization_level,
+                            "intra_op_num_threads": target.intra_op_num_threads}
+    if target.ort_optimization_style == "runtime":
+        opts["saved_runtime_optimizations"] = True
+    return opts
+
+
+def _write_golden(root: Path, model: Path, feeds: tuple[dict[str, np.ndarray], ...], target: Target, io_names: tuple[str, ...]) -> list[dict[str, Any]]:
+    sess = create_session(model, so=runner_mod.session_options({"target": {"session_options": app_session_options(target)}}))
+    pairs = []
+    for i, feed in enumerate(feeds):
+        d = root / "golden" / f"{i:03d}"
+        d.mkdir(parents=True)
+        ins, outs = [], []
+        for k, name in enumerate(io_names):
+            rel = f"golden/{i:03d}/in_{k}.npy"
+            np.save(root / rel, np.ascontiguousarray(feed[name]), allow_pickle=False)
+            ins.append(rel)
+        for k, out in enumerate(run(sess, feed)):
+            rel = f"golden/{i:03d}/out_{k}.npy"
+            np.save(root / rel, np.ascontiguousarray(out), allow_pickle=False)
+            outs.append(rel)
+        pairs.append({"id": f"{i:03d}", "inputs": ins, "outputs": outs})
+    return pairs
+
+
+def _copy_model(src: Path, root: Path, threshold: int) -> bool:
+    """model.onnx in the bundle; weights go to model.onnx.data when large or already external."""
+    import onnx
+
+    head = onnx.load(str(src), load_external_data=False)
+    has_external = any(
+        t.data_location == onnx.TensorProto.EXTERNAL for t in onnx.external_data_helper._get_all_tensors(head)
+    )
+    if not has_external and src.stat().st_size < threshold:
+        shutil.copyfile(src, root / "model.onnx")
+        return False
+    if has_external:  # streamed into model.onnx.data without loading the weights (checked first)
+        from ..core.onnxutil import copy_model
+
+        return copy_model(src, root / "model.onnx", data_path=root / EXTERNAL_DATA)
+    try:
+        model = onnx.load(str(src))  # onnx refuses external locations outside the model's folder
+    except Exception as e:  # noqa: BLE001 - onnx raises several types for bad external data
+        raise BundleError(f"cannot read the external data of {src.name}: {str(e).splitlines()[0][:200]}", "keep the .data file next to the model") from None
+    onnx.save_model(
+        model, str(root / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+        location=EXTERNAL_DATA, size_threshold=1024,
+    )
+    # onnx writes the data file through a private temporary (mode 0600): ship it like the other files
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(root / EXTERNAL_DATA, 0o666 & ~umask)
+    return True
+
+
+def _copy_cpp(root: Path) -> list[str]:
+    d = root / "cpp"
+    d.mkdir()
+    names = []
+    for name in ("runner.cpp", "CMakeLists.txt"):
+        shutil.copyfile(CPP_DIR / name, d / name)
+        names.append(f"cpp/{name}")
+    return names
+
+
+def _profile_summary(profile: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the manifest says about profiling: how it was measured, not the (run-to-run) timings."""
+    if profile is None:
+        return None
+    keep = ("provider", "host", "device_measurement", "runs", "note", "artifact", "session")
+    # a fixed text, not the file name: the bundle's bytes must not depend on the -o path
+    summary: dict[str, Any] = {"timings": "<bundle>.profile.json beside the bundle", "skipped": profile.get("skipped")}
+    for key in ("fp32", "quantized"):
+        r = profile.get(key)
+        summary[key] = {k: r.get(k) for k in keep if k in r} if isinstance(r, dict) else None
+    return summary
+
+
+MAX_KEY_BYTES = 64 << 10
+
+
+def _read_key(path: Path, what: str) -> bytes:
+    """A PEM key file: a regular file of at most 64 KiB (checked before reading)."""
+    from ..core.fsutil import require_regular_file
+
+    path = Path(require_regular_file(path, what, BundleError))
+    if path.is_dir():
+        raise BundleError(f"{what} {path} is a folder", "pass the PEM file edgeq keygen wrote")
+    if path.is_file() and path.stat().st_size > MAX_KEY_BYTES:
+        raise BundleError(f"{what} {path} is larger than {MAX_KEY_BYTES >> 10} KiB", "pass the PEM file edgeq keygen wrote")
+    return path.read_bytes()
+
+
+def load_private_key(path: Path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    try:
+        key = serialization.load_pem_private_key(_read_key(path, "signing key"), password=None)
+    except (OSError, ValueError, TypeError) as e:
+        raise BundleError(f"cannot read signing key {path}: {str(e)[:120]}", "pass an unencrypted Ed25519 private key in PEM (edgeq keygen)") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise BundleError(f"signing key {path} is not an Ed25519 key", "create one with edgeq keygen")
+    return key
+
+
+def load_public_key(path: Path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        key = serialization.load_pem_public_key(_read_key(path, "public key"))
+    except (OSError, ValueError, TypeError) as e:
+        raise BundleError(f"cannot read public key {path}: {str(e)[:120]}", "pass the Ed25519 public key in PEM (edgeq keygen writes KEY.pub)") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise BundleError(f"public key {path} is not an Ed25519 key", "pass the .pub file edgeq keygen wrote")
+    return key
+
+
+def key_id(public_key) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+def generate_keypair(private_out: Path, *, force: bool = False) -> tuple[Path, Path]:
+    """Write an Ed25519 private key (PEM, mode 0600) and its public key (``.pub``)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    private_out = Path(private_out)
+    public_out = private_out.with_name(private_out.name + ".pub")
+    check_output(public_out, force, is_dir=False)
+    check_output(private_out, force, is_dir=False)
+    key = Ed25519PrivateKey.generate()
+    with staging(private_out, force=force, is_dir=False) as tmp:
+        os.chmod(tmp, 0o600)
+        tmp.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    with staging(public_out, force=force, is_dir=False) as tmp:
+        tmp.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private_out, public_out
+
+
+def build_manifest(artifact: Artifact, target: Target, out: Path, info: BundleInputs, root: Path, pairs, *, external: bool, signer=None) -> dict[str, Any]:
+    files = {}
+    for p in sorted(x for x in root.rglob("*") if x.is_file()):
+        rel = p.relative_to(root).as_posix()
+        files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+    pre = info.preprocessing or {}
+    inputs = [{**t.to_dict(), "preprocess": pre.get("inputs", {}).get(t.name, {})} for t in artifact.io.inputs]
+    outputs = [{**t.to_dict(), "postprocess": pre.get("outputs", {}).get(t.name, {})} for t in artifact.io.outputs]
+    manifest: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "bundle_version": int(info.bundle_version),
+        "created_by": tool_versions(),
+        "target": {
+            "name": target.name,
+            "description": target.description,
+            "arch": target.arch,
+            "providers": [{"name": p.name, "options": p.options_dict()} for p in target.providers],
+            "session_options": app_session_options(target),
+        },
+        "model": {
+            "onnx": "model.onnx",
+            "onnx_external_data": EXTERNAL_DATA if external else None,
+            "ort": "model.ort",
+            "ort_optimization_level": target.ort_optimization,
+            "ort_optimization_style": target.ort_optimization_style,
+            "ops_config": OPS_CONFIG,
+            "opset": artifact.opset,
+        },
+        "inputs": inputs,
+        "outputs": outputs,
+        "labels": {"file": LABELS_FILE, "count": len(info.labels)} if info.labels else None,
+        "quantization": info.recipe,
+        "provenance": list(info.provenance),
+        "verify": info.verify,
+        "verdict": info.verdict or _verdict(info.verify),
+        "profile": _profile_summary(info.profile),
+        "size": info.sizes,
+        "golden": {"atol": target.tolerances.golden_atol, "rtol": target.tolerances.golden_rtol, "pairs": pairs},
+        "cpp_example": {"source": "cpp/runner.cpp", "cmake": "cpp/CMakeLists.txt"},
+        "signature": {"algorithm": "ed25519", "key_id": key_id(signer.public_key()), "file": SIGNATURE} if signer else None,
+        "files": files,
+    }
+    return manifest
+
+
+def _verdict(verify: dict[str, Any] | None) -> dict[str, Any]:
+    from ..checks.verdict import verdict_of
+
+    return verdict_of(verify, reason="no reference data given: nothing was verified")
+
+
+def write_bundle(artifact: Artifact, target: Target, out: Path, info: BundleInputs, *, force: bool = False) -> Path:
+    """Build the bundle in a temporary sibling, self-check it, then move it to ``out``.
+
+    With ``info.archive`` also writes ``<out>.<fmt>``; with ``info.profile`` the
+    measured timings go to ``<out>.profile.json``. Every output is staged and
+    published only after the bundle passed its own check.
+    """
+    if not info.golden_feeds:
+        raise BundleError("a bundle needs at least one golden input", "pass calibration or evaluation data")
+    if info.bundle_version < 0:
+        raise BundleError("--bundle-version must be 0 or more", "use a release counter that only goes up")
+    out = Path(out)
+    check_outputs(out, info, force)
+    signer = load_private_key(info.sign_key) if info.sign_key else None
+    with contextlib.ExitStack() as stack:
+        root = stack.enter_context(staging(out, force=force, is_dir=True))
+        external = _copy_model(Path(artifact.path), root, info.external_data_threshold)
+        _write_ort(root / "model.onnx", root, target.ort_optimization, target.ort_optimization_style)
+        pairs = _write_golden(root, root / "model.ort", info.golden_feeds, target, artifact.io.input_names)
+        shutil.copyfile(Path(runner_mod.__file__), root / "run.py")
+        _copy_cpp(root)
+        if info.labels:
+            (root / LABELS_FILE).write_text("\n".join(info.labels) + "\n", encoding="utf-8")
+        for name, data in info.extra_files:
+            (root / Path(name).name).write_bytes(data)
+        from ..profiling.profiler import write_ep_context
+
+        ep_context = write_ep_context(root / "model.onnx", root, target)  # QNN context binary, where the EP is here
+        manifest = build_manifest(artifact, target, out, info, root, pairs, external=external, signer=signer)
+        manifest["model"]["ep_context"] = ep_context
+        if info.placement is not None:
+            manifest["placement"] = info.placement
+        data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8")
+        (root / runner_mod.MANIFEST).write_bytes(data)
+        if signer is not None:
+            (root / SIGNATURE).write_text(base64.b64encode(signer.sign(data)).decode("ascii") + "\n", encoding="ascii")
+        result = runner_mod.check(str(root))
+        if not result["golden_passed"]:  # the ORT model vs its own golden outputs (the export verdict is recorded, not checked here)
+            raise BundleError(
+                f"the bundle failed its own golden check (max abs error {result['max_abs_error']:.3g})",
+                "report this to edgeq: the ORT-format model disagrees with the ONNX model",
+            )
+        if info.archive:
+            tmp = stack.enter_context(staging(archive_path(out, info.archive), force=force, is_dir=False))
+            write_archive(root, tmp, info.archive)
+        if info.profile:
+            tmp = stack.enter_context(staging(sidecar_path(out), force=force, is_dir=False))
+            side = {"bundle": out.name, "manifest_sha256": hashlib.sha256(data).hexdigest(), "profile": info.profile}
+            tmp.write_text(json.dumps(side, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    return out
+
+
+# ---------------------------------------------------------------- checking
+
+
+def _read_manifest(root: Path) -> tuple[bytes, dict[str, Any]]:
+    path = root / runner_mod.MANIFEST
+    if not path.exists() and not path.is_symlink():
+        raise BundleError(f"no {runner_mod.MANIFEST} in {root}", "pass the folder that holds manifest.json, or an archive of it")
+    try:
+        data = runner_mod.read_manifest_bytes(str(root))  # stat first: regular file, at most 16 MiB
+        manifest = runner_mod.parse_manifest(data)
+    except runner_mod.BundleCorrupt as e:
+        raise BundleError(str(e), "the bundle is corrupt: fetch an intact copy") from None
+    return data, manifest
+
+
+def validate_manifest(manifest: Any) -> None:
+    """Check a manifest against the published JSON Schema (edgeq/bundles/schemas/manifest.schema.json)."""
+    try:
+        import jsonschema
+    except ImportError:
+        raise BundleError("checking a manifest needs the jsonschema package", "pip install 'jsonschema>=4'") from None
+    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(manifest), key=lambda e: list(e.absolute_path))
+    if errors:
+        e = errors[0]
+        where = "/".join(str(x) for x in e.absolute_path) or "(top level)"
+        raise BundleError(f"{runner_mod.MANIFEST} does not match the manifest schema at {where}: {e.message[:200]}", "the bundle is corrupt or was not written by edgeq")
+
+
+def check_signature(root: Path, data: bytes, manifest: dict[str, Any], pubkey: Path) -> str:
+    from cryptography.exceptions import InvalidSignature
+
+    key = load_public_key(pubkey)
+    sig_path = root / SIGNATURE
+    if sig_path.is_symlink() or not sig_path.is_file():
+        raise BundleError("the bundle is not signed (no manifest.json.sig)", "a device given --pubkey accepts signed bundles only")
+    if sig_path.stat().st_size > 1024:
+        raise BundleError(f"{SIGNATURE} is not an Ed25519 signature", "the bundle was tampered with")
+    try:
+        sig = base64.b64decode(sig_path.read_bytes().strip(), validate=True)
+    except ValueError:
+        raise BundleError(f"{SIGNATURE} is not base64", "the bundle was tampered with") from None
+    declared = (manifest.get("signature") or {}).get("key_id") if isinstance(manifest.get("signature"), dict) else None
+    kid = key_id(key)
+    try:
+        key.verify(sig, data)
+    except InvalidSignature:
+        if declared and declared != kid:
+            raise BundleError(f"the bundle was signed by another key ({declared[:16]}..., expected {kid[:16]}...)", "the bundle is not from the publisher you trust") from None
+        raise BundleError("the signature does not match manifest.json: the manifest was changed or swapped", "the bundle was tampered with; fetch an intact copy") from None
+    return kid
+
+
+def check_golden(result: dict[str, Any], *, on: str = "",
+                 hint: str = "the runtime computes different results than when the bundle was built") -> None:
+    """CheckFailed (exit 1) naming the golden pairs a runner result has outside tolerance."""
+    if result.get("golden_passed", result["passed"]):
+        return
+    bad = [p["pair"] for p in result["pairs"] if not p["passed"]]
+    where = f" on {on}" if on else ""
+    raise CheckFailed(
+        f"golden pair(s) {', '.join(bad)} outside tolerance{where} (max abs error {result['max_abs_error']:.3g}, "
+        f"atol {result['atol']}, rtol {result['rtol']})",
+        hint,
+    )
+
+
+def check_bundle(
+    path: Path,
+    *,
+    providers: list[str] | None = None,
+    model: str = "ort",
+    pubkey: Path | None = None,
+    min_version: int | None = None,
+    limits: ExtractLimits = ExtractLimits(),
+) -> dict[str, Any]:
+    """Check a bundle folder or archive: extraction, schema, signature, version, checksums, golden pairs.
+
+    Raises BundleError (exit 2) for anything corrupt, tampered or hostile and
+    CheckFailed (exit 1) for golden pairs outside tolerance.
+    """
+    path = Path(path)
+    if path.is_file() and archive_format(path):
+        from ..core.fsutil import scratch_dir
+
+        # a locked scratch folder: if this run is killed, the next edgeq run removes the extracted copy
+        with scratch_dir() as tmp:
+            root = safe_extract(path, tmp / "bundle", limits)
+            result = _check_folder(root, path, providers=providers, model=model, pubkey=pubkey, min_version=min_version)
+        result["archive"] = path.name
+        return result
+    if path.is_symlink() or not path.is_dir():
+        raise BundleError(f"bundle not found: {path}", "pass the folder that holds manifest.json, or a .tar.gz/.zip made by edgeq")
+    return _check_folder(path, path, providers=providers, model=model, pubkey=pubkey, min_version=min_version)
+
+
+def _check_folder(root: Path, shown: Path, *, providers, model, pubkey, min_version) -> dict[str, Any]:
+    data, manifest = _read_manifest(root)
+    signed_by = check_signature(root, data, manifest, pubkey) if pubkey is not None else None
+    validate_manifest(manifest)
+    if min_version is not None:
+        if pubkey is None:
+            raise BundleError("--min-version needs --pubkey", "without a signature anyone can raise the version number in manifest.json")
+        if manifest["bundle_version"] < min_version:
+            raise BundleError(
+                f"bundle version {manifest['bundle_version']} is older than the minimum {min_version} (replayed old bundle?)",
+                "install a bundle at least as new as the one on the device",
+            )
+    _check_tolerance(manifest, signed=signed_by is not None)
+    try:
+        result = runner_mod.check(str(root), model=model, providers=providers)
+    except runner_mod.BundleCorrupt as e:
+        raise BundleError(f"bundle {shown} is corrupt: {e}", "rebuild it with edgeq export, or fetch an intact copy") from None
+    except Exception as e:  # noqa: BLE001 - onnxruntime or numpy failing on bundle contents
+        raise BundleError(f"bundle {shown} cannot be run: {(str(e).splitlines() or [type(e).__name__])[0][:200]}", "rebuild it with edgeq export") from None
+    check_golden(result)
+    if result.get("verdict") == "fail":
+        raise CheckFailed(
+            f"bundle {shown} failed its export check: {escape_text(result.get('verdict_reason', ''))[:500]}",
+            "the quantized model is outside its target's tolerances; re-export it (or ship it knowingly with --accept-failed)",
+        )
+    result["bundle_version"] = manifest["bundle_version"]
+    result["signed_by"] = signed_by
+    result["signature_checked"] = signed_by is not None
+    result["schema_valid"] = True
+    return result
+
+
+def _check_tolerance(manifest: dict[str, Any], *, signed: bool = False) -> None:
+    """A target's golden tolerance may not be loosened in the manifest.
+
+    A shipped target's own tolerance is the bound. An unsigned manifest naming a target
+    edgeq does not ship could claim any tolerance: it is held to the loosest golden
+    tolerance of the shipped targets; a signed one to what its publisher signed.
+    """
+    import math
+
+    from ..errors import TargetError
+    from ..core.safetext import escape_text
+    from ..core.targets import list_targets, load_target, target_names
+
+    name = manifest["target"]["name"]
+    g = manifest["golden"]
+    if name in target_names():
+        try:
+            tol = load_target(name).tolerances
+        except TargetError:
+            return
+        atol, rtol, whose = tol.golden_atol, tol.golden_rtol, f"target {name}'s"
+        hint = "the manifest was edited; rebuild the bundle"
+    elif signed:
+        return
+    else:
+        shipped = [t.tolerances for t in list_targets() if t.runtime == "onnxruntime"]
+        atol, rtol = max(t.golden_atol for t in shipped), max(t.golden_rtol for t in shipped)
+        whose = f"any target shipped with edgeq (the unsigned manifest names target '{escape_text(name)[:60]}', which edgeq does not ship)"
+        hint = "sign the bundle (edgeq export --sign KEY) and verify it with --pubkey, or rebuild it for a shipped target"
+    bad = [v for v in (g["atol"], g["rtol"]) if not (isinstance(v, (int, float)) and math.isfinite(v))]
+    if bad or g["atol"] > atol or g["rtol"] > rtol:
+        raise BundleError(
+            f"the manifest's golden tolerance (atol {g['atol']}, rtol {g['rtol']}) is looser than {whose} "
+            f"(atol {atol}, rtol {rtol})",
+            hint,
+        )

@@ -1,0 +1,236 @@
+"""The files onnxruntime-genai needs beside a KV-cache decoder, and its greedy check.
+
+``onnxruntime_genai.Model(BUNDLE)`` reads ``genai_config.json`` (model type, decoder file,
+input/output names, heads, special tokens, search defaults) and the Hugging Face tokenizer
+files (``tokenizer.json``, ``tokenizer_config.json``; the chat template when the folder has
+one). edgeq writes the first from the folder's config and copies the others as bytes
+(regular files only, bounded in size); nothing in them is executed here.
+
+``greedy_check`` runs onnxruntime-genai on the written bundle and transformers' greedy
+``generate`` on the folder for the same prompts and compares the new tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelError
+
+CONFIG = "genai_config.json"
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
+    "chat_template.jinja", "chat_template.json",
+)
+MAX_FILE_BYTES = 64 << 20
+
+
+def _read_small(path: Path) -> bytes | None:
+    if path.is_symlink() or not path.is_file():
+        return None
+    if path.stat().st_size > MAX_FILE_BYTES:
+        raise ModelError(f"{path.name} in {path.parent.name} is larger than {MAX_FILE_BYTES >> 20} MiB", "this is not a tokenizer file")
+    return path.read_bytes()
+
+
+def _json(data: bytes | None) -> dict[str, Any]:
+    if not data:
+        return {}
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def _ids(v: Any) -> Any:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, list) and v and all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+        return v if len(v) > 1 else v[0]
+    return None
+
+
+def genai_config(arch: Any, gen: dict[str, Any], filename: str = "model.onnx") -> dict[str, Any]:
+    """onnxruntime-genai's config for the decoder edgeq built (past and present buffers not shared)."""
+    from ..exporters.decoder import PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE
+
+    eos = _ids(gen.get("eos_token_id")) if gen.get("eos_token_id") is not None else _ids(arch.eos)
+    bos = _ids(gen.get("bos_token_id")) if gen.get("bos_token_id") is not None else _ids(arch.bos)
+    pad = _ids(gen.get("pad_token_id")) if gen.get("pad_token_id") is not None else _ids(arch.pad)
+    if pad is None:
+        pad = eos[0] if isinstance(eos, list) else eos
+    return {
+        "model": {
+            "bos_token_id": bos if bos is not None else 0,
+            "context_length": arch.context,
+            "decoder": {
+                "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+                "filename": filename,
+                "head_size": arch.head_dim,
+                "hidden_size": arch.hidden,
+                "inputs": {
+                    "input_ids": "input_ids", "attention_mask": "attention_mask", "position_ids": "position_ids",
+                    "past_key_names": PAST_KEY, "past_value_names": PAST_VALUE,
+                },
+                "outputs": {"logits": "logits", "present_key_names": PRESENT_KEY, "present_value_names": PRESENT_VALUE},
+                "num_attention_heads": arch.heads,
+                "num_hidden_layers": arch.layers,
+                "num_key_value_heads": arch.kv_heads,
+            },
+            "eos_token_id": eos if eos is not None else 0,
+            "pad_token_id": pad if pad is not None else 0,
+            "type": arch.model_type,
+            "vocab_size": arch.vocab,
+        },
+        "search": {
+            "diversity_penalty": 0.0, "do_sample": False, "early_stopping": True, "length_penalty": 1.0,
+            "max_length": arch.context, "min_length": 0, "no_repeat_ngram_size": 0, "num_beams": 1,
+            "num_return_sequences": 1, "past_present_share_buffer": False, "repetition_penalty": 1.0,
+            "temperature": 1.0, "top_k": 1, "top_p": 1.0,
+        },
+    }
+
+
+def bundle_files(folder: Path) -> tuple[tuple[tuple[str, bytes], ...], list[str]]:
+    """(name, bytes) of genai_config.json and the tokenizer files for a Hugging Face folder, and notes."""
+    from ..exporters.decoder import arch_from_config
+
+    folder = Path(folder)
+    config = _json(_read_small(folder / "config.json"))
+    arch = arch_from_config(config)
+    files: list[tuple[str, bytes]] = []
+    for name in TOKENIZER_FILES:
+        data = _read_small(folder / name)
+        if data is not None:
+            files.append((name, data))
+    gen = _json(dict(files).get("generation_config.json"))
+    cfg = genai_config(arch, gen)
+    files.insert(0, (CONFIG, (json.dumps(cfg, indent=2, sort_keys=True) + "\n").encode("utf-8")))
+    names = [n for n, _ in files]
+    notes = [f"onnxruntime-genai: {', '.join(names)} written beside model.onnx"]
+    if "tokenizer.json" not in names:
+        notes.append(f"WARNING: {folder.name} has no tokenizer.json: onnxruntime-genai and run.py --prompt need one (save the tokenizer with save_pretrained)")
+    has_template = "chat_template.jinja" in names or "chat_template.json" in names or "chat_template" in _json(dict(files).get("tokenizer_config.json"))
+    if has_template:
+        notes.append("chat template shipped with the tokenizer files")
+    return tuple(files), notes
+
+
+@dataclass(frozen=True)
+class GreedyCheck:
+    prompts: int
+    new_tokens: int
+    agreement: float  # share of compared positions where both runtimes chose the same token
+    identical: int  # prompts whose new tokens are identical
+    first_divergence: int | None  # smallest index (in new tokens) where any prompt diverged (ties excluded)
+    min_agreement: float
+    passed: bool
+    runtime: str
+    ties: int = 0  # prompts that split where transformers' top two logits were within tie_atol (compared up to there)
+    tie_atol: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        div = "none" if self.first_divergence is None else f"at new token {self.first_divergence}"
+        tie = f", {self.ties} split at a tie (top-2 logits within {self.tie_atol:g})" if self.ties else ""
+        return (f"{self.runtime} greedy vs transformers generate: {self.identical}/{self.prompts} prompts identical over "
+                f"{self.new_tokens} new tokens{tie}, agreement {self.agreement:.1%} (min {self.min_agreement:.0%}), first divergence {div}")
+
+
+def _genai_greedy(bundle: Path, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+    import onnxruntime_genai as og
+
+    model = og.Model(str(bundle))
+    out = []
+    for ids in prompts:
+        params = og.GeneratorParams(model)
+        params.set_search_options(do_sample=False, max_length=len(ids) + new_tokens)
+        gen = og.Generator(model, params)
+        gen.append_tokens(ids)
+        while not gen.is_done():
+            gen.generate_next_token()
+        out.append([int(t) for t in gen.get_sequence(0)][len(ids):])
+    return out
+
+
+def hf_greedy(model: Any, prompts: list[list[int]], new_tokens: int, *, margins: list | None = None) -> list[list[int]]:
+    """transformers' greedy ``generate``; ``margins`` (when given) receives each step's top-1 minus top-2 logit."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for ids in prompts:
+            x = torch.tensor([ids], dtype=torch.long)
+            y = model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=new_tokens, do_sample=False, use_cache=True,
+                               output_logits=True, return_dict_in_generate=True)
+            out.append([int(t) for t in y.sequences[0, len(ids):]])
+            if margins is not None:
+                top = [torch.topk(lg[0].double(), 2).values for lg in y.logits]
+                margins.append([float(t[0] - t[1]) for t in top])
+    return out
+
+
+def compare_tokens(ref: list[list[int]], got: list[list[int]], new_tokens: int, min_agreement: float, runtime: str,
+                   *, margins: list[list[float]] | None = None, tie_atol: float = 0.0) -> GreedyCheck:
+    """Token agreement; a split where the reference's top two logits were within ``tie_atol`` is a tie:
+    that prompt is compared up to the split only (after it the two runs continue different texts)."""
+    same = total = identical = ties = 0
+    first = None
+    for k, (r, g) in enumerate(zip(ref, got)):
+        n = max(len(r), len(g))
+        div = next((i for i in range(n) if i >= len(r) or i >= len(g) or r[i] != g[i]), None)
+        m = margins[k] if margins is not None and k < len(margins) else []
+        if div is not None and div < len(r) and div < len(m) and m[div] <= tie_atol:
+            ties += 1
+            same += div
+            total += div
+            continue
+        identical += div is None
+        if div is not None:
+            first = div if first is None else min(first, div)
+        same += sum(1 for a, b in zip(r, g) if a == b)
+        total += n
+    agreement = same / total if total else 1.0
+    return GreedyCheck(prompts=len(ref), new_tokens=new_tokens, agreement=agreement, identical=identical, first_divergence=first,
+                       min_agreement=min_agreement, passed=agreement >= min_agreement, runtime=runtime, ties=ties, tie_atol=tie_atol)
+
+
+def prompt_ids(folder: Path, texts: list[str], vocab: int) -> list[list[int]]:
+    """Token ids of ``texts`` with the folder's tokenizer.json (the tokenizers package; no code from the folder)."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(Path(folder) / "tokenizer.json"))
+    return [[i for i in tok.encode(t).ids if i < vocab] or [0] for t in texts]
+
+
+def _until_eos(seqs: list[list[int]], eos: set[int]) -> list[list[int]]:
+    """Tokens before the first end-of-sequence token (onnxruntime-genai does not return it; transformers does)."""
+    return [s[: next((i for i, t in enumerate(s) if t in eos), len(s))] for s in seqs]
+
+
+def eos_ids(model: Any) -> set[int]:
+    cfg = getattr(model, "generation_config", None) or model.config
+    e = getattr(cfg, "eos_token_id", None)
+    return set(e if isinstance(e, list) else [] if e is None else [e])
+
+
+def greedy_check(bundle: Path, model: Any, prompts: list[list[int]], *, new_tokens: int, min_agreement: float,
+                 tie_atol: float) -> GreedyCheck | None:
+    """None when onnxruntime-genai is not installed."""
+    try:
+        import onnxruntime_genai  # noqa: F401
+    except ImportError:
+        return None
+    margins: list[list[float]] = []
+    ref = hf_greedy(model, prompts, new_tokens, margins=margins)
+    got = _genai_greedy(Path(bundle), prompts, new_tokens)
+    eos = eos_ids(model)
+    ref, got = _until_eos(ref, eos), _until_eos(got, eos)
+    return compare_tokens(ref, got, new_tokens, min_agreement, "onnxruntime-genai", margins=margins, tie_atol=tie_atol)

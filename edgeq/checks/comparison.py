@@ -1,0 +1,182 @@
+"""verify: run reference and candidate on the same inputs and compare per output.
+
+The verdict comes from each output's task check (edgeq/checks: classification agreement,
+detections after NMS, thresholded maps, decoded sequences, embeddings, LM logits); raw
+cosine and max error are reported per output as information.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.data import SampleSet
+from ..errors import ModelError
+from ..core.runtime import create_session, run
+from ..core.targets import Tolerances
+
+
+@dataclass(frozen=True)
+class OutputMetrics:
+    name: str
+    max_abs: float | None  # None: the output's shape differs between the models (e.g. detections after NMS)
+    mean_abs: float | None
+    max_rel: float | None
+    cosine: float | None
+    top1_agreement: float | None  # for classifier-shaped outputs [N, C]
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    samples: int
+    data_source: str
+    outputs: tuple[OutputMetrics, ...]
+    accuracy_reference: float | None
+    accuracy_candidate: float | None
+    passed: bool
+    failures: tuple[str, ...] = field(default=())
+    synthetic_data: bool = False
+    tasks: tuple[dict[str, Any], ...] = field(default=())
+    """One task check per output (edgeq.checks.TaskCheck.to_dict()): these decide ``passed``."""
+
+    @property
+    def accuracy_drop(self) -> float | None:
+        if self.accuracy_reference is None or self.accuracy_candidate is None:
+            return None
+        return self.accuracy_reference - self.accuracy_candidate
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["outputs"] = [asdict(o) for o in self.outputs]
+        d["failures"] = list(self.failures)
+        d["tasks"] = [dict(t) for t in self.tasks]
+        d["accuracy_drop"] = self.accuracy_drop
+        return d
+
+
+def _is_classifier(a: np.ndarray) -> bool:
+    return a.ndim == 2 and a.shape[1] >= 2 and a.dtype.kind == "f"
+
+
+def collect_outputs(path: Path | str, data: SampleSet, *, providers: list[str] | None = None) -> list[np.ndarray]:
+    """Run every sample through the model; outputs stacked along the batch axis."""
+    return [_stacked(v) for v in collect_per_sample(path, data, providers=providers)]
+
+
+def collect_per_sample(path: Path | str, data: SampleSet, *, providers: list[str] | None = None) -> list[list[np.ndarray]]:
+    """Run every sample through the model; ``[output][sample]`` arrays (shapes may vary per sample)."""
+    sess = create_session(path, providers=providers)
+    per_output: list[list[np.ndarray]] = []
+    for i in range(len(data)):
+        outs = run(sess, data.feed(i))
+        if not per_output:
+            per_output = [[] for _ in outs]
+        for k, o in enumerate(outs):
+            per_output[k].append(np.asarray(o))
+    return per_output
+
+
+def _stacked(v: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(v, axis=0) if v[0].ndim else np.stack(v)
+
+
+def _raw(name: str, ref: list[np.ndarray], cand: list[np.ndarray]) -> OutputMetrics:
+    if any(r.shape != c.shape for r, c in zip(ref, cand)) or len({r.shape[1:] for r in ref if r.ndim}) > 1:
+        return OutputMetrics(name, None, None, None, None, None)
+    return compare(name, _stacked(ref), _stacked(cand))
+
+
+def compare(name: str, ref: np.ndarray, cand: np.ndarray) -> OutputMetrics:
+    if ref.shape != cand.shape:
+        raise ModelError(
+            f"output '{name}' has shape {list(cand.shape)} in the candidate but {list(ref.shape)} in the reference",
+            "the two models do not compute the same thing",
+        )
+    r = ref.astype(np.float64).ravel()
+    c = cand.astype(np.float64).ravel()
+    diff = np.abs(r - c)
+    denom = np.maximum(np.abs(r), 1e-12)
+    nr, nc = np.linalg.norm(r), np.linalg.norm(c)
+    if nr == 0 and nc == 0:
+        cosine = 1.0
+    elif nr == 0 or nc == 0:
+        cosine = 0.0
+    else:
+        cosine = float(np.dot(r, c) / (nr * nc))
+    top1 = None
+    if _is_classifier(ref):
+        top1 = float(np.mean(ref.argmax(axis=1) == cand.argmax(axis=1)))
+    return OutputMetrics(
+        name=name,
+        max_abs=float(diff.max()) if diff.size else 0.0,
+        mean_abs=float(diff.mean()) if diff.size else 0.0,
+        max_rel=float((diff / denom).max()) if diff.size else 0.0,
+        cosine=cosine,
+        top1_agreement=top1,
+    )
+
+
+def verify(
+    reference: Path | str,
+    candidate: Path | str,
+    data: SampleSet,
+    tolerances: Tolerances,
+    *,
+    output_names: tuple[str, ...] | None = None,
+    tasks: dict[str, dict[str, Any]] | None = None,
+) -> VerifyReport:
+    """Compare ``candidate`` against ``reference`` on ``data`` within ``tolerances``.
+
+    ``tasks``: per-output overrides from the app TOML (``{name: {"task": kind, ...}}``).
+    """
+    from . import infer_all, score
+    from .kinds import context_from
+    from ..core.onnxutil import artifact_from
+
+    ref_outs = collect_per_sample(reference, data)
+    cand_outs = collect_per_sample(candidate, data)
+    if len(ref_outs) != len(cand_outs):
+        raise ModelError(
+            f"the candidate has {len(cand_outs)} outputs, the reference {len(ref_outs)}",
+            "compare models with the same outputs",
+        )
+    names = output_names or tuple(f"output_{i}" for i in range(len(ref_outs)))
+    metrics = tuple(_raw(n, r, c) for n, r, c in zip(names, ref_outs, cand_outs))
+    ctx = context_from(reference, artifact_from(Path(reference)).io)
+    specs = infer_all(names, ref_outs, ctx, tasks)
+    ref_all = [{n: ref_outs[k][i] for k, n in enumerate(names)} for i in range(len(data))]
+    cand_all = [{n: cand_outs[k][i] for k, n in enumerate(names)} for i in range(len(data))]
+    checks = []
+    for spec, r, c in zip(specs, ref_outs, cand_outs):
+        chk = score(spec, r, c, tolerances, ref_all, cand_all)
+        checks.append(chk.to_dict() if chk is not None else {
+            "output": spec.output, "kind": spec.kind, "why": spec.why, "metrics": {}, "limits": {}, "passed": True,
+            "failures": [], "info": {"part_of": spec.params.get("part_of")}})
+    failures: list[str] = [f for c in checks for f in c["failures"]]
+    acc_ref = acc_cand = None
+    if data.labels is not None:
+        idx = next((i for i, s in enumerate(specs) if s.kind == "classification" and _is_classifier(_stacked(ref_outs[i]))), None)
+        if idx is not None:
+            r, c = _stacked(ref_outs[idx]), _stacked(cand_outs[idx])
+            labels = np.asarray(data.labels)[: len(r)]
+            if len(labels) == len(r):
+                acc_ref = float(np.mean(r.argmax(axis=1) == labels))
+                acc_cand = float(np.mean(c.argmax(axis=1) == labels))
+                if acc_ref - acc_cand > tolerances.max_accuracy_drop:
+                    failures.append(
+                        f"accuracy drop {100 * (acc_ref - acc_cand):.2f} points > {100 * tolerances.max_accuracy_drop:.2f}"
+                    )
+    return VerifyReport(
+        samples=len(data),
+        data_source=data.source,
+        outputs=metrics,
+        accuracy_reference=acc_ref,
+        accuracy_candidate=acc_cand,
+        passed=not failures,
+        failures=tuple(failures),
+        synthetic_data=data.synthetic,
+        tasks=tuple(checks),
+    )

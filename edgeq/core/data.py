@@ -1,0 +1,344 @@
+"""Sample sets for calibration and evaluation, checked against the model's inputs.
+
+Formats:
+- an ``.npz`` file with one array per model input (first axis = samples) and,
+  for evaluation, an optional integer ``labels`` array;
+- a folder of ``.npz`` files (same keys) or, for single-input models, ``.npy``
+  files, read in name order and concatenated.
+Arrays are read with ``allow_pickle=False``: object arrays are refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .artifact import IoSpec, TensorSpec
+from ..errors import CalibrationError
+
+LABELS_KEY = "labels"
+
+
+@dataclass(frozen=True)
+class SampleSet:
+    """Stacked samples per input; ``feed(i)`` gives one batch-of-one feed dict."""
+
+    arrays: dict[str, np.ndarray]
+    stacked: dict[str, bool]  # True: array has an extra leading sample axis
+    labels: np.ndarray | None
+    source: str
+    synthetic: bool = False
+    notes: tuple[str, ...] = field(default=())
+    files: tuple[Path, ...] = ()
+    """Image files read one at a time with ``loader`` (image folders); ``arrays`` is then empty."""
+    loader: Any = None
+    input_name: str = ""
+
+    def __len__(self) -> int:
+        if self.files:
+            return len(self.files)
+        return len(next(iter(self.arrays.values()))) if self.arrays else 0
+
+    def feed(self, i: int) -> dict[str, np.ndarray]:
+        if self.files:
+            return {self.input_name: self.loader(self.files[i])}
+        # np.asarray: a stacked scalar input (e.g. a sample rate) stays a 0-d array, not a numpy scalar
+        return {k: (np.asarray(a[i]) if self.stacked[k] else a[i : i + 1]) for k, a in self.arrays.items()}
+
+    def take(self, n: int) -> SampleSet:
+        n = min(n, len(self))
+        if self.files:
+            from dataclasses import replace
+
+            return replace(self, files=self.files[:n], labels=None if self.labels is None else self.labels[:n])
+        return SampleSet(
+            arrays={k: a[:n] for k, a in self.arrays.items()},
+            stacked=self.stacked,
+            labels=None if self.labels is None else self.labels[:n],
+            source=self.source,
+            synthetic=self.synthetic,
+            notes=self.notes,
+        )
+
+
+# Bounds on an .npz, read from its zip central directory before any array is decompressed.
+MAX_NPZ_RATIO = 200.0  # declared / stored bytes, past NPZ_RATIO_FROM (as for bundle archives)
+NPZ_RATIO_FROM = 16 << 20
+MAX_NPZ_BYTES = 8 << 30  # declared bytes in one .npz
+MAX_NPZ_MEMBERS = 4096
+MAX_SAMPLES = 1_000_000  # an input's array may hold at most this many samples of its declared shape
+_NPY_HEADER = 4096  # room for the .npy header (numpy writes 128 bytes)
+
+
+def _input_bytes_limit(io: IoSpec | None, name: str) -> tuple[int, str]:
+    """The most bytes array ``name`` can usefully hold: MAX_SAMPLES samples of the model's input shape."""
+    spec = _spec_or_none(io, name) if io is not None else None
+    if spec is None or not spec.shape or not all(isinstance(d, int) and d > 0 for d in spec.shape[1:]):
+        return MAX_NPZ_BYTES, f"{MAX_NPZ_BYTES >> 30} GiB"
+    try:
+        itemsize = np.dtype(spec.dtype).itemsize
+    except TypeError:
+        return MAX_NPZ_BYTES, f"{MAX_NPZ_BYTES >> 30} GiB"
+    per_sample = itemsize * int(np.prod(spec.shape[1:], dtype=np.int64))
+    return min(MAX_NPZ_BYTES, _NPY_HEADER + per_sample * MAX_SAMPLES), f"{MAX_SAMPLES} samples of {spec.dtype}{spec.shape_str()}"
+
+
+def _check_npz_sizes(path: Path, io: IoSpec | None) -> None:
+    """Refuse a decompression bomb or an oversized array before numpy inflates anything."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # not a zip: np.load reports it
+    hint = "write the data with numpy.savez (uncompressed), fewer samples per file, or split it into a folder of files"
+    if len(infos) > MAX_NPZ_MEMBERS:
+        raise CalibrationError(f"{path} holds {len(infos)} arrays (limit {MAX_NPZ_MEMBERS})", hint)
+    stored = max(path.stat().st_size, 1)
+    total = 0
+    for zi in infos:
+        name = zi.filename[:-4] if zi.filename.endswith(".npy") else zi.filename
+        size = zi.file_size
+        if size > NPZ_RATIO_FROM and size > MAX_NPZ_RATIO * max(zi.compress_size, 1):
+            raise CalibrationError(
+                f"{path}: array '{name[:80]}' declares {size} bytes from {zi.compress_size} stored "
+                f"(compression ratio above {MAX_NPZ_RATIO:g}: a decompression bomb?)", hint)
+        limit, why = _input_bytes_limit(io, name)
+        if size > limit:
+            raise CalibrationError(f"{path}: array '{name[:80]}' declares {size} bytes, more than {why} ({limit} bytes)", hint)
+        total += size
+    if total > MAX_NPZ_BYTES or (total > NPZ_RATIO_FROM and total > MAX_NPZ_RATIO * stored):
+        raise CalibrationError(
+            f"{path} declares {total} bytes of arrays in {stored} bytes of file (limit {MAX_NPZ_BYTES >> 30} GiB, "
+            f"compression ratio {MAX_NPZ_RATIO:g})", hint)
+
+
+def _read_npz(path: Path, io: IoSpec | None = None) -> dict[str, np.ndarray]:
+    _check_npz_sizes(path, io)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except ValueError as e:
+        if "pickle" in str(e).lower():
+            raise CalibrationError(
+                f"{path} holds object (pickled) arrays", "save plain numeric arrays with numpy.savez"
+            ) from None
+        raise CalibrationError(f"cannot read {path}: {e}", "write it with numpy.savez") from None
+    except (OSError, EOFError) as e:
+        raise CalibrationError(f"cannot read {path}: {e}", "write it with numpy.savez") from None
+    except Exception as e:  # noqa: BLE001 - zipfile/format errors
+        raise CalibrationError(f"{path} is not a valid .npz file ({type(e).__name__})", "write it with numpy.savez") from None
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as e:
+        if "pickle" in str(e).lower():
+            raise CalibrationError(f"{path} holds an object (pickled) array", "save a numeric array") from None
+        raise CalibrationError(f"cannot read {path}: {e}", "write it with numpy.save") from None
+    except Exception as e:  # noqa: BLE001
+        raise CalibrationError(f"{path} is not a valid .npy file ({type(e).__name__})", "write it with numpy.save") from None
+
+
+def _read_raw(path: Path, io: IoSpec, what: str) -> dict[str, np.ndarray]:
+    if not path.exists():
+        raise CalibrationError(f"{what} data not found: {path}", "pass an .npz file or a folder of .npy/.npz files")
+    if path.is_file():
+        if path.suffix == ".npz":
+            return _read_npz(path, io)
+        if path.suffix == ".npy":
+            return _single_input(io, _read_npy(path), path)
+        raise CalibrationError(
+            f"{what} data {path} is neither .npz nor .npy", "pass an .npz file or a folder of .npy/.npz files"
+        )
+    files = sorted(p for p in path.iterdir() if p.suffix in (".npz", ".npy") and p.is_file())
+    if not files:
+        raise CalibrationError(f"{what} folder {path} holds no .npy or .npz files", "put one file per sample or batch in it")
+    parts: list[dict[str, np.ndarray]] = []
+    for f in files:
+        parts.append(_read_npz(f, io) if f.suffix == ".npz" else _single_input(io, _read_npy(f), f))
+    keys = set(parts[0])
+    for f, p in zip(files, parts):
+        if set(p) != keys:
+            raise CalibrationError(
+                f"{f.name} has arrays {sorted(p)} but {files[0].name} has {sorted(keys)}",
+                "every file in the folder must hold the same inputs",
+            )
+    out: dict[str, np.ndarray] = {}
+    for k in keys:
+        arrs = [p[k] for p in parts]
+        spec = _spec_or_none(io, k)
+        # a file without the batch axis holds one sample: stack; otherwise concatenate batches
+        join = np.stack if spec is not None and arrs[0].ndim == len(spec.shape) - 1 else np.concatenate
+        try:
+            out[k] = join(arrs, axis=0)
+        except ValueError:
+            raise CalibrationError(
+                f"input '{k}': files in {path} have different shapes", "give every sample the same shape"
+            ) from None
+    return out
+
+
+def _single_input(io: IoSpec, arr: np.ndarray, path: Path) -> dict[str, np.ndarray]:
+    if len(io.inputs) != 1:
+        raise CalibrationError(
+            f"{path.name} is a bare .npy but the model has {len(io.inputs)} inputs ({', '.join(io.input_names)})",
+            "use .npz files with one array per input name",
+        )
+    return {io.inputs[0].name: arr}
+
+
+def _spec_or_none(io: IoSpec, name: str) -> TensorSpec | None:
+    try:
+        return io.input(name)
+    except KeyError:
+        return None
+
+
+RANDOM = "random"
+
+
+def random_samples(io: IoSpec, n: int = 64) -> SampleSet:
+    """Seeded standard-normal inputs: a stand-in that says loudly that it is one."""
+    from ..profiling.profiler import synthetic_feed
+
+    feeds = [synthetic_feed(io, seed=i) for i in range(n)]
+    arrays = {t.name: np.stack([f[t.name] for f in feeds]) for t in io.inputs}
+    return SampleSet(
+        arrays=arrays, stacked={k: True for k in arrays}, labels=None, source="random (--calib random)", synthetic=True,
+        notes=("WARNING: random calibration data: ranges do not reflect real inputs",),
+    )
+
+
+def _image_samples(path: Path, io: IoSpec, what: str, preprocess: Path | None) -> SampleSet:
+    from .images import SPEC_NAME, Preprocess, image_files
+
+    files = image_files(path)
+    if len(io.inputs) != 1:
+        raise CalibrationError(
+            f"{what} folder {path} holds images but the model has {len(io.inputs)} inputs",
+            "use .npz files with one array per input name",
+        )
+    spec_path = preprocess or (path / SPEC_NAME)
+    if not spec_path.is_file():
+        raise CalibrationError(
+            f"{what} folder {path} holds images but no preprocessing spec",
+            f"write {path / SPEC_NAME} (resize, crop, mean, std, layout, dtype), or pass --preprocess app.toml / --image-preprocess FILE",
+        )
+    spec = io.inputs[0]
+    prep = Preprocess.load(spec_path, spec.name)
+    first = prep(files[0])
+    _check_array(first, spec, what)  # shape and dtype against the model, before any work
+    return SampleSet(
+        arrays={}, stacked={spec.name: False}, labels=None, source=f"{path} ({len(files)} images, {spec_path.name})",
+        files=tuple(files), loader=prep, input_name=spec.name,
+    )
+
+
+def load_samples(
+    path: str | Path,
+    io: IoSpec,
+    *,
+    what: str = "calibration",
+    labels_key: str = LABELS_KEY,
+    preprocess: Path | None = None,
+    random_n: int = 64,
+) -> SampleSet:
+    """Read and check a sample set against the model's inputs.
+
+    ``path`` is an .npz/.npy file, a folder of them, an image folder (with a preprocessing
+    spec), or the word ``random`` (seeded random inputs, flagged as synthetic everywhere).
+    """
+    if str(path) == RANDOM and not Path(path).exists():
+        return random_samples(io, random_n)
+    path = Path(path)
+    from .fsutil import require_regular_file
+
+    require_regular_file(path, f"{what} data", CalibrationError)
+    if path.is_dir():
+        from .images import image_files
+
+        if image_files(path) and not any(p.suffix in (".npz", ".npy") for p in path.iterdir()):
+            return _image_samples(path, io, what, preprocess)
+    raw = _read_raw(path, io, what)
+    from .lmdata import fill_lm_inputs
+
+    raw, lm_notes = fill_lm_inputs(raw, io)  # input_ids windows alone are enough for language models
+    labels = None
+    if labels_key in raw and labels_key not in io.input_names:
+        labels = raw.pop(labels_key)
+    missing = [n for n in io.input_names if n not in raw]
+    extra = sorted(set(raw) - set(io.input_names))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing input(s) {', '.join(missing)}")
+        if extra:
+            parts.append(f"unknown array(s) {', '.join(extra)}")
+        raise CalibrationError(
+            f"{what} data {path}: {'; '.join(parts)}",
+            f"the model's inputs are: {', '.join(f'{t.name} {t.dtype}{t.shape_str()}' for t in io.inputs)}",
+        )
+    arrays: dict[str, np.ndarray] = {}
+    stacked: dict[str, bool] = {}
+    counts = {}
+    for spec in io.inputs:
+        arr = raw[spec.name]
+        arrays[spec.name], stacked[spec.name] = _check_array(arr, spec, what)
+        counts[spec.name] = len(arr)
+    if len(set(counts.values())) > 1:
+        raise CalibrationError(
+            f"{what} data: inputs have different sample counts ({', '.join(f'{k}={v}' for k, v in counts.items())})",
+            "give every input the same number of samples (first axis)",
+        )
+    n = next(iter(counts.values())) if counts else 0
+    if n == 0:
+        raise CalibrationError(f"{what} data {path} holds no samples", "provide at least one sample per input")
+    if labels is not None:
+        labels = np.asarray(labels)
+        # [n] class indices, or [n, positions] next tokens for a language model
+        if labels.ndim not in (1, 2) or len(labels) != n or labels.dtype.kind not in "iu":
+            raise CalibrationError(
+                f"{what} data: '{labels_key}' must be a 1-D integer array of {n} labels, got {labels.dtype}{list(labels.shape)}",
+                "store class indices, one per sample (or [samples, positions] next-token ids for a language model)",
+            )
+    return SampleSet(arrays=arrays, stacked=stacked, labels=labels, source=str(path), notes=tuple(lm_notes))
+
+
+def _check_array(arr: np.ndarray, spec: TensorSpec, what: str) -> tuple[np.ndarray, bool]:
+    rank = len(spec.shape)
+    expected = f"{spec.dtype}{spec.shape_str()}"
+    if arr.dtype.name != spec.dtype:
+        raise CalibrationError(
+            f"{what} input '{spec.name}' has dtype {arr.dtype.name}, the model expects {spec.dtype}",
+            f"convert it, e.g. array.astype('{spec.dtype}')",
+        )
+    if arr.ndim == rank + 1:
+        sample_shape, is_stacked = arr.shape[1:], True
+    elif arr.ndim == rank and rank > 0 and not (isinstance(spec.shape[0], int) and spec.shape[0] != 1):
+        sample_shape, is_stacked = (1, *arr.shape[1:]), False  # first axis is the batch axis
+    else:
+        raise CalibrationError(
+            f"{what} input '{spec.name}' has shape {list(arr.shape)}, the model expects {expected} per sample",
+            "stack samples along a new first axis (or along the batch axis)",
+        )
+    for i, (got, want) in enumerate(zip(sample_shape, spec.shape)):
+        if isinstance(want, int) and got != want:
+            raise CalibrationError(
+                f"{what} input '{spec.name}' has sample shape {list(sample_shape)}, the model expects {expected} (axis {i})",
+                "resize or reshape the data to the model's input shape",
+            )
+    if arr.dtype.kind in "fc":
+        finite = np.isfinite(arr.reshape(len(arr), -1)).all(axis=1) if len(arr) else np.array([], bool)
+        if not finite.all():
+            bad = int(np.argmin(finite))
+            raise CalibrationError(
+                f"{what} input '{spec.name}' holds NaN or Inf (first in sample {bad})",
+                "clean the data: calibration ranges must come from finite values",
+            )
+    return arr, is_stacked

@@ -1,0 +1,214 @@
+"""Per-target graph rewrites, so common ops stay on the accelerator.
+
+A target names the rewrites it wants in its ``[ops]`` table (``rewrites = [...]``);
+the optimize stage applies them after folding. Each rewrite is a small function
+over the ONNX graph returning how many nodes it changed; :func:`apply` runs the
+rewritten graph against the unrewritten one on the same inputs (CPU provider)
+and refuses a rewrite whose outputs move beyond the target's export tolerances.
+
+- ``hardsigmoid-decompose``: HardSigmoid(x) -> Clip(x * alpha + beta, 0, 1)
+- ``hardswish-decompose``: HardSwish(x) -> x * Clip(x / 6 + 0.5, 0, 1)
+  (Mul, Add and Clip: every provider runs them and the QDQ writer quantizes them;
+  a HardSigmoid left float inside a QDQ graph stops the HTP compiler)
+- ``reducemean-hw-to-gap``: ReduceMean over the last two axes of a 4-D tensor
+  (squeeze-excite blocks) -> GlobalAveragePool (+ Squeeze when keepdims=0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ModelError
+
+
+@dataclass(frozen=True)
+class RewriteResult:
+    name: str
+    nodes: int  # nodes rewritten
+    max_abs_diff: float | None  # rewritten vs unrewritten outputs on the check inputs
+    samples: int
+
+    def note(self) -> str:
+        diff = "" if self.max_abs_diff is None else f", max abs difference {self.max_abs_diff:.3g} on {self.samples} input(s)"
+        return f"rewrite {self.name}: {self.nodes} node(s){diff}"
+
+
+class _Graph:
+    """Fresh, unique names and constants for one graph."""
+
+    def __init__(self, model: Any):
+        self.model = model
+        self.g = model.graph
+        self.taken = {n.name for n in self.g.node} | {o for n in self.g.node for o in n.output} | {i.name for i in self.g.initializer}
+        self.taken |= {v.name for v in self.g.input}
+
+    def name(self, base: str) -> str:
+        i, n = 0, base
+        while n in self.taken:
+            i += 1
+            n = f"{base}_{i}"
+        self.taken.add(n)
+        return n
+
+    def const(self, base: str, value: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        n = self.name(base)
+        self.g.initializer.append(numpy_helper.from_array(np.asarray(value), n))
+        return n
+
+
+def _replace(g: _Graph, index: int, nodes: list) -> None:
+    del g.g.node[index]
+    for k, n in enumerate(nodes):
+        g.g.node.insert(index + k, n)
+
+
+def _attr(node: Any, name: str, default: Any) -> Any:
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _clip01(g: _Graph, x: str, alpha: float, beta: float, out: str, base: str) -> list:
+    from onnx import helper
+
+    dt = np.float32
+    m, a = g.name(base + "_scaled"), g.name(base + "_shifted")
+    return [
+        helper.make_node("Mul", [x, g.const(base + "_alpha", np.array(alpha, dt))], [m], name=g.name(base + "_mul")),
+        helper.make_node("Add", [m, g.const(base + "_beta", np.array(beta, dt))], [a], name=g.name(base + "_add")),
+        helper.make_node("Clip", [a, g.const(base + "_lo", np.array(0.0, dt)), g.const(base + "_hi", np.array(1.0, dt))], [out],
+                         name=g.name(base + "_clip")),
+    ]
+
+
+def _each(g: _Graph, op_type: str, make: Callable[[Any], list | None]) -> int:
+    """Replace every standard-domain ``op_type`` node by ``make(node)`` (None: leave it); returns how many."""
+    count, i = 0, 0
+    while i < len(g.g.node):
+        n = g.g.node[i]
+        new = make(n) if n.op_type == op_type and n.domain in ("", "ai.onnx") else None
+        if new is None:
+            i += 1
+            continue
+        _replace(g, i, new)
+        i += len(new)
+        count += 1
+    return count
+
+
+def hardsigmoid_decompose(g: _Graph) -> int:
+    return _each(g, "HardSigmoid", lambda n: _clip01(g, n.input[0], float(_attr(n, "alpha", 0.2)), float(_attr(n, "beta", 0.5)),
+                                                      n.output[0], n.name or "hardsigmoid"))
+
+
+def hardswish_decompose(g: _Graph) -> int:
+    from onnx import helper
+
+    def make(n: Any) -> list:
+        base = n.name or "hardswish"
+        gate = g.name(base + "_gate")
+        return _clip01(g, n.input[0], 1.0 / 6.0, 0.5, gate, base) + [
+            helper.make_node("Mul", [n.input[0], gate], [n.output[0]], name=g.name(base + "_out"))]
+
+    return _each(g, "HardSwish", make)
+
+
+def _rank(g: _Graph, name: str) -> int | None:
+    for vi in list(g.g.value_info) + list(g.g.input) + list(g.g.output):
+        if vi.name == name and vi.type.tensor_type.HasField("shape"):
+            return len(vi.type.tensor_type.shape.dim)
+    return None
+
+
+def _const_ints(g: _Graph, name: str) -> list[int] | None:
+    from onnx import numpy_helper
+
+    for t in g.g.initializer:
+        if t.name == name:
+            return [int(v) for v in numpy_helper.to_array(t).reshape(-1)]
+    for n in g.g.node:
+        if n.op_type == "Constant" and n.output[0] == name:
+            from onnx import helper
+
+            v = helper.get_attribute_value(n.attribute[0])
+            return [int(x) for x in numpy_helper.to_array(v).reshape(-1)] if hasattr(v, "dims") else None
+    return None
+
+
+def reducemean_hw_to_gap(g: _Graph) -> int:
+    from onnx import helper
+
+    def make(n: Any) -> list | None:
+        if _rank(g, n.input[0]) != 4 or _attr(n, "noop_with_empty_axes", 0):
+            return None
+        axes = _attr(n, "axes", None)
+        if axes is None and len(n.input) > 1 and n.input[1]:
+            axes = _const_ints(g, n.input[1])
+        if axes is None or sorted(a % 4 for a in axes) != [2, 3]:
+            return None
+        base = n.name or "reducemean"
+        if _attr(n, "keepdims", 1):
+            return [helper.make_node("GlobalAveragePool", [n.input[0]], [n.output[0]], name=g.name(base + "_gap"))]
+        pooled = g.name(base + "_pooled")
+        return [helper.make_node("GlobalAveragePool", [n.input[0]], [pooled], name=g.name(base + "_gap")),
+                helper.make_node("Squeeze", [pooled, g.const(base + "_axes", np.array([2, 3], np.int64))], [n.output[0]],
+                                 name=g.name(base + "_squeeze"))]
+
+    return _each(g, "ReduceMean", make)
+
+
+REWRITES: dict[str, Callable[[_Graph], int]] = {
+    "hardswish-decompose": hardswish_decompose,
+    "hardsigmoid-decompose": hardsigmoid_decompose,
+    "reducemean-hw-to-gap": reducemean_hw_to_gap,
+}
+
+
+def apply(path: Path, names: tuple[str, ...], feeds: list[dict[str, np.ndarray]], *, atol: float, rtol: float) -> list[RewriteResult]:
+    """Apply ``names`` in order to the model at ``path`` (in place), each checked against the graph before it."""
+    import onnx
+
+    from .onnxutil import load_model, save_model
+    from .runtime import create_session, run
+
+    results = []
+    for name in names:
+        model = load_model(path)
+        before = model.SerializeToString()
+        try:  # ranks for the rules that need them
+            model = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+        except Exception:  # noqa: BLE001 - a rule without a known rank leaves the node alone
+            pass
+        count = REWRITES[name](_Graph(model))
+        if not count:
+            continue
+        try:
+            onnx.checker.check_model(model)
+        except Exception as e:  # noqa: BLE001
+            raise ModelError(f"rewrite {name} produced an invalid graph: {str(e).splitlines()[0][:200]}",
+                             f"remove '{name}' from the target's [ops] rewrites and report it") from None
+        after = model.SerializeToString()
+        diff = 0.0
+        ref, new = create_session(before, level="disable"), create_session(after, level="disable")
+        for feed in feeds:
+            for a, b in zip(run(ref, feed), run(new, feed)):
+                a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+                if a.shape != b.shape or not np.allclose(b, a, atol=atol, rtol=rtol):
+                    raise ModelError(
+                        f"rewrite {name} changed the model's outputs (max abs difference {float(np.max(np.abs(a - b))) if a.shape == b.shape else 'shape'})",
+                        f"remove '{name}' from the target's [ops] rewrites and report it",
+                    )
+                diff = max(diff, float(np.max(np.abs(a - b))) if a.size else 0.0)
+        save_model(model, path)
+        results.append(RewriteResult(name, count, diff if feeds else None, len(feeds)))
+    return results

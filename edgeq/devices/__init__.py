@@ -1,0 +1,1 @@
+"""Running bundles elsewhere: qemu emulation, ssh devices."""

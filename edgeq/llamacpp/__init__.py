@@ -1,0 +1,1 @@
+"""llama.cpp: GGUF conversion, checks and bundles."""

@@ -1,0 +1,1 @@
+"""Measurement: the profiler, its worker process, EP placement, the OpenVINO environment."""

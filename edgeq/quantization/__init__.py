@@ -1,0 +1,37 @@
+"""Quantization stages; ``quantize`` dispatches on ``QuantSpec.mode``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def quantize(artifact: Any, spec: Any, out_path: Path, **kwargs: Any) -> Any:
+    """Quantize ``artifact`` per ``spec`` into ``out_path``; returns a ``QuantResult``.
+
+    Weight-only modes (int4 / int8-weight / int2) go to ``int4``. With ``prefer``
+    (accurate | fastest | smallest), every INT8 candidate this host can run is measured
+    against fp32 and the pick within ``budget`` is written (``gate.select``).
+    """
+    if getattr(spec, "weight_only", False):
+        from .weight_only.quantizer import quantize as int4_quantize
+
+        for key in ("prefer", "budget", "evals", "max_drop", "target", "outputs_of"):  # INT8-only options
+            kwargs.pop(key, None)
+        return int4_quantize(artifact, spec, Path(out_path), **kwargs)
+    from .int8.quantizer import quantize as int8_quantize
+
+    prefer = kwargs.pop("prefer", None)
+    budget = kwargs.pop("budget", None)
+    target = kwargs.pop("target", None)
+    if prefer and spec.mode in ("int8-static", "int8-dynamic"):
+        kwargs.pop("outputs_of", None)
+        from .selection.gate import select
+
+        drop = kwargs.get("max_drop")
+        return select(
+            artifact, spec, Path(out_path), data=kwargs.get("data"), evals=kwargs.get("evals"),
+            max_drop=drop if drop is not None else (budget if budget is not None else 0.01),
+            prefer=prefer, on_sample=kwargs.get("on_sample"), target=target,
+        )
+    return int8_quantize(artifact, spec, Path(out_path), **kwargs)

@@ -1,0 +1,1 @@
+"""INT8: calibration, the QDQ writer, the --max-drop search."""

@@ -1,0 +1,115 @@
+"""``--calibration auto``: choose the range method per model by measured output error.
+
+The streaming pass already keeps min/max and a histogram per tensor, so every range method
+(min-max, percentiles, entropy, MSE) costs nothing more to compute. Which one is best depends
+on the model: min-max wastes levels on rare outliers (silero-vad), percentiles clip signal
+that matters in others (a small LM's logits). ``choose`` writes the QDQ model once per
+candidate, runs it beside fp32 on samples the ranges were not taken from when there are any,
+and keeps the candidate whose first float output has the highest SQNR against fp32. The choice,
+every candidate's score and where the scoring samples came from go into the report.
+
+Cost: the ranges of every candidate come from the one calibration pass; each candidate is
+then scored on ``SCORE_SAMPLES`` samples only (the ranking needs few: the fp32 reference is
+computed once), so ``auto`` costs a few model runs per candidate, not a calibration each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+from ...core.data import SampleSet
+from .calibrate import AUTO_CANDIDATES, Calibration
+
+SCORE_SAMPLES = 8
+TIE_DB = 0.05  # a later candidate must beat an earlier one by more than this
+
+
+def scoring_indices(data: SampleSet, n_calib: int, k: int = SCORE_SAMPLES) -> tuple[list[int], bool]:
+    """Samples to score on: those after the calibration samples if any (held out), else the first ones."""
+    if len(data) > n_calib:
+        return list(range(n_calib, min(len(data), n_calib + k))), True
+    return list(range(min(n_calib, len(data), k))), False
+
+
+def _outputs(model: Any, data: SampleSet, idx: list[int], base_dir: Any = None) -> list[list[np.ndarray]]:
+    from .static import _session
+
+    sess = _session(model, base_dir)
+    names = {i.name for i in sess.get_inputs()}
+    return [sess.run(None, {k: v for k, v in data.feed(i).items() if k in names}) for i in idx]
+
+
+def output_sqnr(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]]) -> list[float | None]:
+    """SQNR (dB) of each float output over all samples (finite entries of the reference only);
+    None for an output that is not float (e.g. an argmax index)."""
+    out: list[float | None] = []
+    for j in range(len(ref[0]) if ref else 0):
+        if np.asarray(ref[0][j]).dtype.kind != "f":
+            out.append(None)
+            continue
+        sig = noise = 0.0
+        for r, c in zip(ref, cand):
+            a, b = np.asarray(r[j]), np.asarray(c[j])
+            if a.shape != b.shape:
+                noise = math.inf
+                continue
+            a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+            fin = np.isfinite(a64)
+            d = a64[fin] - b64[fin]
+            sig += float(np.dot(a64[fin], a64[fin]))
+            noise += float(np.dot(d, d)) if np.all(np.isfinite(d)) else math.inf
+        if noise == 0.0:
+            out.append(math.inf if sig > 0 else 0.0)
+        elif not math.isfinite(noise) or sig <= 0:
+            out.append(-math.inf)
+        else:
+            out.append(10.0 * math.log10(sig / noise))
+    return out
+
+
+def _db(x: float | None) -> float | None:
+    if x is None:
+        return None
+    return round(x, 2) if math.isfinite(x) else (999.0 if x > 0 else -999.0)
+
+
+def choose(prep: Any, spec: Any, data: SampleSet, n_calib: int, candidates: tuple[str, ...] = AUTO_CANDIDATES) -> Any:
+    """``prep`` with ``cal`` set to the best candidate; ``prep.choice`` holds the scores."""
+    from . import static
+
+    idx, held_out = scoring_indices(data, n_calib)
+    ref = _outputs(prep.model, data, idx, prep.weights_dir)
+    rows: list[dict[str, Any]] = []
+    best: tuple[float, Calibration] | None = None
+    for text in candidates:
+        cal = Calibration.parse(text, prep.cal.bins)
+        cand = dataclasses.replace(prep, cal=cal)
+        try:
+            q = _outputs(static.write(cand, spec).model, data, idx, prep.weights_dir)
+        except Exception as e:  # noqa: BLE001 - a candidate that cannot run is skipped, and said so
+            rows.append({"method": text, "error": str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__})
+            continue
+        per_out = output_sqnr(ref, q)
+        score = next((x for x in per_out if x is not None), -math.inf)  # the first float output
+        rows.append({"method": text, "sqnr_db": _db(score), "outputs_sqnr_db": [_db(x) for x in per_out]})
+        if best is None or score > best[0] + TIE_DB:
+            best = (score, cal)
+    if best is None:  # nothing ran: min-max, as before auto existed
+        best = (-math.inf, Calibration.parse("minmax", prep.cal.bins))
+    where = "held-out calibration samples" if held_out else "calibration samples (no held-out ones: pass more than --calib-samples for that)"
+    choice = {
+        "chosen": str(best[1]),
+        "score": "SQNR (dB) of the first float output against fp32, higher is better",
+        "samples": len(idx),
+        "held_out": held_out,
+        "candidates": rows,
+    }
+    note = (
+        f"calibration auto: chose {best[1]} by output SQNR against fp32 on {len(idx)} {where}: "
+        + ", ".join(f"{r['method']} {r['sqnr_db']} dB" if "error" not in r else f"{r['method']} failed" for r in rows)
+    )
+    return dataclasses.replace(prep, cal=best[1], choice=choice, notes=[*prep.notes, note])

@@ -1,0 +1,311 @@
+"""Streaming calibration statistics: one pass, memory bounded by the model, not the data.
+
+Each calibrated tensor keeps a running min/max and a fixed-bin histogram over a
+symmetric range [-R, R] (R a power of two) that doubles when a larger value arrives (adjacent bins
+are merged pairwise, so re-binning is exact and histograms stay mergeable).
+Non-finite values (masks of -inf, overflowed NaN) are counted and excluded from
+both the range and the histogram; they are reported, never folded in.
+Large tensors (over ``HIST_VALUES`` values per sample) feed the histogram a strided sample
+(a prime stride, so image rows and channels do not alias); min and max always see every value.
+Binning was most of calibration's time on conv nets with large activations.
+
+Range selection from the statistics:
+- ``minmax``: the observed finite min/max;
+- ``percentile:P``: the P-th upper (and 100-P lower) percentile of the histogram;
+- ``entropy``: the clipping threshold minimising the KL divergence between the
+  clipped |x| distribution and its 128-level quantized version (TensorRT's recipe),
+  never below the 99.9th percentile of |x| (KL on sparse histograms clips signal);
+- ``mse``: the clipping threshold minimising the expected squared quantization
+  error (clipping error plus uniform rounding noise) over the histogram;
+- ``auto``: every method above from the same histograms, each written as a QDQ model and
+  scored by its output error against fp32 (``autocal.choose``); the best one is used.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ...errors import EdgeqError
+
+MAX_BINS = 65536  # --calib-bins: more bins cost time (O(bins) per tensor per batch) and buy nothing
+DEFAULT_BINS = 2048
+HIST_VALUES = 1 << 18  # values per tensor per sample binned into the histogram (a strided sample above)
+
+
+def _prime_at_least(n: int) -> int:
+    k = max(2, n)
+    while any(k % p == 0 for p in range(2, int(k**0.5) + 1)):
+        k += 1
+    return k
+METHODS = ("minmax", "percentile", "entropy", "mse", "auto")
+# what ``auto`` tries, in order of preference on a tie
+AUTO_CANDIDATES = ("minmax", "percentile:99.99", "percentile:99.9", "entropy", "mse")
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A parsed ``--calibration`` value: ``minmax``, ``percentile:99.99``, ``entropy``, ``mse``, ``auto``."""
+
+    method: str = "minmax"
+    percentile: float = 99.99
+    bins: int = DEFAULT_BINS
+
+    @classmethod
+    def parse(cls, text: str, bins: int = DEFAULT_BINS) -> Calibration:
+        name, _, arg = text.partition(":")
+        if name not in METHODS:
+            raise EdgeqError(f"unknown calibration method '{text}'", "choose auto, minmax, percentile:99.99, entropy or mse")
+        if bins < 128 or bins % 4 or bins > MAX_BINS:
+            raise EdgeqError(f"calibration bins must be a multiple of 4 from 128 to {MAX_BINS}, got {bins}", "use e.g. 2048")
+        if name == "percentile":
+            try:
+                p = float(arg) if arg else 99.99
+            except ValueError:
+                p = -1.0
+            if not 50.0 < p <= 100.0:
+                raise EdgeqError(f"bad percentile in '{text}'", "write e.g. percentile:99.99 (between 50 and 100)")
+            return cls("percentile", p, bins)
+        if arg:
+            raise EdgeqError(f"calibration method '{name}' takes no argument", f"write just '{name}'")
+        return cls(name, 99.99, bins)
+
+    @property
+    def needs_histogram(self) -> bool:
+        return self.method != "minmax"
+
+    def __str__(self) -> str:
+        return f"percentile:{self.percentile:g}" if self.method == "percentile" else self.method
+
+
+class TensorStats:
+    """Running statistics of one tensor; ``update`` is O(bins) memory, whatever the data."""
+
+    __slots__ = ("bins", "hist", "lo", "hi", "R", "count", "nonfinite")
+
+    def __init__(self, bins: int = DEFAULT_BINS, histogram: bool = True) -> None:
+        self.bins = bins
+        self.hist = np.zeros(bins, np.float64) if histogram else None
+        self.lo = math.inf
+        self.hi = -math.inf
+        self.R = 0.0
+        self.count = 0
+        self.nonfinite = 0
+
+    def update(self, arr: np.ndarray) -> None:
+        a = np.asarray(arr)
+        if a.dtype.kind != "f" or a.size == 0:
+            return
+        a = a.reshape(-1)
+        mn, mx = float(a.min()), float(a.max())
+        if not (math.isfinite(mn) and math.isfinite(mx)):  # only then pay for a mask
+            fin = np.isfinite(a)
+            nf = int(a.size - np.count_nonzero(fin))
+            self.nonfinite += nf
+            a = a[fin]
+            if a.size == 0:
+                return
+            mn, mx = float(a.min()), float(a.max())
+        a = a.astype(np.float32, copy=False)
+        self.lo, self.hi = min(self.lo, mn), max(self.hi, mx)
+        self.count += int(a.size)
+        if self.hist is None:
+            return
+        need = max(abs(mn), abs(mx))
+        step = 1
+        if a.size > HIST_VALUES:  # the histogram's shape from a strided sample (weighted back); the range above saw every value
+            step = _prime_at_least(-(-a.size // HIST_VALUES))
+            a = a[::step]
+        if self.R == 0.0:
+            # a power of two, so that any two histograms re-bin onto the same edges (exact merge)
+            self.R = 2.0 ** math.ceil(math.log2(need)) if need > 0 else 2.0**-30
+        while need > self.R:
+            self._double()
+        # bincount on computed bin indices: several times faster than np.histogram
+        idx = ((a + np.float32(self.R)) * np.float32(self.bins / (2.0 * self.R))).astype(np.int32)
+        np.clip(idx, 0, self.bins - 1, out=idx)
+        self.hist += np.bincount(idx, minlength=self.bins) * step
+
+    def _double(self) -> None:
+        # new bin k covers old bins 2k'..2k'+1 of the centre half: exact merge
+        merged = self.hist.reshape(-1, 2).sum(axis=1)
+        q = self.bins // 4
+        new = np.zeros_like(self.hist)
+        new[q : q + merged.size] = merged
+        self.hist = new
+        self.R *= 2.0
+
+    def merge(self, other: TensorStats) -> TensorStats:
+        """Statistics of both streams together (histograms re-binned to the wider range)."""
+        out = copy.deepcopy(self)
+        o = copy.deepcopy(other)
+        out.lo, out.hi = min(out.lo, o.lo), max(out.hi, o.hi)
+        out.count += o.count
+        out.nonfinite += o.nonfinite
+        if out.hist is None or o.hist is None:
+            out.hist = None
+            return out
+        if out.R == 0.0:
+            out.hist, out.R = o.hist, o.R
+            return out
+        if o.R == 0.0:
+            return out
+        # ranges differ by a power of two only if they started equal; otherwise re-bin by edges
+        while out.R < o.R:
+            out._double()
+        while o.R < out.R and o.R * 2 <= out.R:
+            o._double()
+        if o.R == out.R:
+            out.hist += o.hist
+        else:
+            centres = (np.arange(o.bins) + 0.5) / o.bins * 2 * o.R - o.R
+            h, _ = np.histogram(centres, bins=out.bins, range=(-out.R, out.R), weights=o.hist)
+            out.hist += h
+        return out
+
+    @property
+    def seen(self) -> bool:
+        return self.count > 0
+
+    # -- range selection -------------------------------------------------------------------
+
+    def range(self, cal: Calibration) -> tuple[float, float]:
+        """(low, high) to quantize this tensor with; always contains 0 and is finite."""
+        if not self.seen:
+            return 0.0, 0.0
+        lo, hi = self.lo, self.hi
+        # "auto" is resolved to one concrete method before ranges are taken (autocal.choose); min-max otherwise
+        if cal.method not in ("minmax", "auto") and self.hist is not None and self.hist.sum() > 0:
+            if cal.method == "percentile":
+                lo, hi = self._percentile(cal.percentile)
+            elif cal.method == "entropy":
+                # KL on sparse histograms (few samples) can clip real signal: never clip more than 0.1 %
+                t = max(self._entropy_threshold(), self._abs_quantile(0.999))
+                lo, hi = max(lo, -t), min(hi, t)
+            elif cal.method == "mse":
+                lo, hi = self._mse_range()
+        return min(lo, 0.0), max(hi, 0.0)
+
+    def _edges(self) -> np.ndarray:
+        return np.linspace(-self.R, self.R, self.bins + 1)
+
+    def _percentile(self, p: float) -> tuple[float, float]:
+        cdf = np.cumsum(self.hist)
+        total = cdf[-1]
+        edges = self._edges()
+        lo_i = int(np.searchsorted(cdf, total * (100.0 - p) / 100.0, side="left"))
+        hi_i = int(np.searchsorted(cdf, total * p / 100.0, side="left"))
+        lo = max(self.lo, float(edges[lo_i]))
+        hi = min(self.hi, float(edges[min(hi_i + 1, self.bins)]))
+        return lo, hi
+
+    def _abs_quantile(self, q: float) -> float:
+        h = self._abs_hist()
+        cdf = np.cumsum(h)
+        i = int(np.searchsorted(cdf, q * cdf[-1], side="left"))
+        return (i + 1) * self.R / h.size
+
+    def _abs_hist(self) -> np.ndarray:
+        half = self.bins // 2
+        return self.hist[half:] + self.hist[:half][::-1]
+
+    def _entropy_threshold(self, levels: int = 128) -> float:
+        """KL-optimal threshold on |x| (TensorRT); candidates every few bins from ``levels`` up."""
+        h = self._abs_hist()
+        n = h.size
+        width = self.R / n
+        last = int(np.max(np.nonzero(h))) + 1
+        if last <= levels:
+            return last * width
+        best_kl, best_i = math.inf, last
+        step = max(1, (last - levels) // 256)
+        for i in range(levels, last + 1, step):
+            p = h[:i].copy()
+            p[i - 1] += h[i:].sum()
+            nz = h[:i] > 0
+            # merge the i bins into ``levels`` groups, spread each group evenly over its non-empty bins
+            idx = (np.arange(i) * levels) // i
+            sums = np.bincount(idx, weights=h[:i], minlength=levels)
+            cnts = np.bincount(idx, weights=nz.astype(np.float64), minlength=levels)
+            q = np.where(nz, sums[idx] / np.maximum(cnts[idx], 1), 0.0)
+            ps, qs = p.sum(), q.sum()
+            if ps <= 0 or qs <= 0:
+                continue
+            pn, qn = p / ps, q / qs
+            m = pn > 0
+            if np.any(qn[m] == 0):
+                kl = math.inf
+            else:
+                kl = float(np.sum(pn[m] * np.log(pn[m] / qn[m])))
+            if kl < best_kl:
+                best_kl, best_i = kl, i
+        return best_i * width
+
+    def _mse_range(self, levels: int = 256) -> tuple[float, float]:
+        edges = self._edges()
+        centres = (edges[:-1] + edges[1:]) / 2
+        w = self.hist
+        best = (math.inf, self.lo, self.hi)
+        amax = max(abs(self.lo), abs(self.hi))
+        for t in np.geomspace(amax / 1024, amax, 160) if amax > 0 else [0.0]:
+            lo, hi = max(self.lo, -t), min(self.hi, t)
+            lo, hi = min(lo, 0.0), max(hi, 0.0)
+            step = (hi - lo) / (levels - 1) if hi > lo else 1e-12
+            clipped = np.clip(centres, lo, hi)
+            err = float(np.sum(w * ((centres - clipped) ** 2 + step * step / 12.0)))
+            if err < best[0]:
+                best = (err, lo, hi)
+        return best[1], best[2]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "min": self.lo if self.seen else None,
+            "max": self.hi if self.seen else None,
+            "values": self.count,
+            "nonfinite": self.nonfinite,
+        }
+
+
+@dataclass
+class CalibStats:
+    """Statistics of every calibrated tensor, and what was seen while collecting them."""
+
+    tensors: dict[str, TensorStats]
+    samples: int
+    peak_bytes: int = 0
+
+    def nonfinite(self) -> dict[str, int]:
+        return {k: v.nonfinite for k, v in sorted(self.tensors.items()) if v.nonfinite}
+
+    def ranges(self, cal: Calibration) -> dict[str, tuple[float, float]]:
+        return {k: v.range(cal) for k, v in self.tensors.items() if v.seen}
+
+
+def collect(
+    run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]],
+    feeds: Iterable[dict[str, np.ndarray]],
+    names: Iterable[str],
+    *,
+    cal: Calibration,
+    on_sample: Callable[[], None] | None = None,
+) -> CalibStats:
+    """Stream ``feeds`` through ``run`` (which returns the named tensors) and keep only statistics."""
+    names = list(names)
+    stats = {n: TensorStats(cal.bins, histogram=cal.needs_histogram) for n in names}
+    n = 0
+    for feed in feeds:
+        outs = run(feed)
+        for name, arr in outs.items():
+            st = stats.get(name)
+            if st is not None:
+                st.update(arr)
+        del outs
+        n += 1
+        if on_sample:
+            on_sample()
+    return CalibStats(tensors=stats, samples=n)

@@ -1,0 +1,508 @@
+"""INT8 (static QDQ/QOperator, dynamic) and fp16 through onnxruntime's quantizer.
+
+onnxruntime is the engine; edgeq chooses the recipe from the target, feeds it
+checked data, and refuses results that would ship silently broken: zero
+coverage, non-finite scales.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...core.artifact import Artifact
+from ...core.data import SampleSet
+from ...errors import CalibrationError, QuantizationError
+from ...core.onnxutil import (artifact_from, data_file, default_opset, iter_initializers, iter_nodes, load_model, needs_external_data, save_model)
+from .checks import bias_overflow, check_operator_scales, explain_quantizer_failure
+from ..spec import QuantSpec
+
+# Op types whose weights carry the model's size and compute.
+WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+QUANTIZED_FORMS = {
+    "QLinearConv": "Conv",
+    "ConvInteger": "Conv",
+    "QLinearMatMul": "MatMul",
+    "MatMulInteger": "MatMul",
+    "DynamicQuantizeMatMul": "MatMul",
+    "QGemm": "Gemm",
+    "MatMulNBits": "MatMul",
+}
+# Dynamic INT8 of convolutions (ConvInteger) is several times slower than fp32
+# on CPUs: leave convolutions in float unless the user asks for them.
+DYNAMIC_DEFAULT_OPS = ("MatMul", "Attention", "LSTM", "Gemm")
+
+_QTYPES = {"uint8": "QUInt8", "int8": "QInt8", "uint16": "QUInt16", "int16": "QInt16"}
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """How much of the model's weight compute was quantized, per op type."""
+
+    total: dict[str, int]
+    quantized: dict[str, int]
+    weight_bytes_total: int
+    weight_bytes_quantized: int
+
+    @property
+    def nodes_total(self) -> int:
+        return sum(self.total.values())
+
+    @property
+    def nodes_quantized(self) -> int:
+        return sum(self.quantized.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "nodes_total": self.nodes_total,
+            "nodes_quantized": self.nodes_quantized,
+            "by_op": {k: {"total": v, "quantized": self.quantized.get(k, 0)} for k, v in sorted(self.total.items())},
+            "weight_bytes_total": self.weight_bytes_total,
+            "weight_bytes_quantized": self.weight_bytes_quantized,
+        }
+
+
+@dataclass(frozen=True)
+class QuantResult:
+    artifact: Artifact
+    spec: QuantSpec
+    coverage: Coverage | None
+    notes: tuple[str, ...] = field(default=())
+    details: dict[str, Any] = field(default_factory=dict)
+    """edgeq static QDQ: calibration, per-layer SQNR, nodes kept float and why, budget search log."""
+    budget_met: bool = True
+
+    def recipe(self) -> dict[str, Any]:
+        engine = self.details.get("engine") or f"onnxruntime {_ort_version()}"
+        d = {"engine": engine, **self.spec.to_dict()}
+        if self.coverage is not None:
+            d["coverage"] = self.coverage.to_dict()
+        d["notes"] = list(self.notes)
+        d.update({k: v for k, v in self.details.items() if k != "engine"})
+        return d
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over a SampleSet, with a progress callback."""
+
+    def __init__(self, data: SampleSet, n: int, on_sample: Any = None) -> None:
+        self.data, self.n, self.i, self.on_sample = data, n, 0, on_sample
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.i >= self.n:
+            return None
+        feed = self.data.feed(self.i)
+        self.i += 1
+        if self.on_sample:
+            self.on_sample()
+        return feed
+
+    def rewind(self) -> None:
+        self.i = 0
+
+
+@contextlib.contextmanager
+def _cwd(path: Path):
+    # onnxruntime's pre-processing leaves stray files in the working directory when it fails
+    old = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def _preprocess(src: Path, dst: Path) -> list[str]:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with _cwd(dst.parent):
+        try:
+            quant_pre_process(str(src), str(dst), skip_optimization=True)
+            return []
+        except Exception:  # noqa: BLE001 - symbolic shape inference fails on many real models
+            pass
+        try:
+            quant_pre_process(str(src), str(dst), skip_optimization=True, skip_symbolic_shape=True)
+            return ["symbolic shape inference failed; used ONNX shape inference only"]
+        except Exception as e:  # noqa: BLE001
+            raise QuantizationError(
+                f"quantization pre-processing failed: {str(e).splitlines()[0][:200]}",
+                "check the model with `edgeq inspect`",
+            ) from None
+
+
+def coverage(fp32_model: Any, q_model: Any) -> Coverage:
+    """Count Conv/Gemm/MatMul nodes with constant weights (and their bytes) before and after."""
+    import onnx
+
+    total: collections.Counter[str] = collections.Counter()
+    weight_bytes_total = 0
+    from .qdq import _const_names
+
+    inits = _const_names(fp32_model)  # initializers and Constant nodes, subgraphs included
+    for n in iter_nodes(fp32_model.graph):
+        if n.op_type in WEIGHT_OPS and len(n.input) > 1 and n.input[1] in inits:
+            total[n.op_type] += 1
+            weight_bytes_total += int(np.prod(inits[n.input[1]].dims)) * 4
+    int_types = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
+    q_inits = {i.name: i for i in iter_initializers(q_model.graph)}
+    produced_by = {o: n for n in iter_nodes(q_model.graph) for o in n.output}
+
+    def int_weight(name: str) -> int:
+        init = q_inits.get(name)
+        if init is not None and init.data_type in int_types and len(init.dims) >= 2:
+            return int(np.prod(init.dims))
+        return 0
+
+    quantized: collections.Counter[str] = collections.Counter()
+    weight_bytes_q = 0
+    for n in iter_nodes(q_model.graph):
+        if n.op_type in QUANTIZED_FORMS:
+            quantized[QUANTIZED_FORMS[n.op_type]] += 1
+            weight_bytes_q += 4 * max((int_weight(i) for i in n.input), default=0)
+        elif n.op_type in WEIGHT_OPS and len(n.input) > 1:
+            src = produced_by.get(n.input[1])
+            if src is not None and src.op_type == "DequantizeLinear" and int_weight(src.input[0]):
+                quantized[n.op_type] += 1
+                weight_bytes_q += 4 * int_weight(src.input[0])
+    return Coverage(
+        total=dict(total),
+        quantized={k: min(v, total.get(k, v)) for k, v in quantized.items()},
+        weight_bytes_total=weight_bytes_total,
+        weight_bytes_quantized=min(weight_bytes_q, weight_bytes_total),
+    )
+
+
+def check_scales(model: Any) -> None:
+    """A quantized model with a zero, negative or non-finite scale is never written."""
+    from onnx import numpy_helper
+
+    scale_inputs = set()
+    for n in iter_nodes(model.graph):
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 1:
+            scale_inputs.add(n.input[1])
+    for init in iter_initializers(model.graph):
+        if init.name in scale_inputs:
+            v = numpy_helper.to_array(init).astype(np.float64)
+            if not np.all(np.isfinite(v)) or np.any(v <= 0):
+                raise QuantizationError(
+                    f"quantization produced an invalid scale for '{init.name}' ({v.ravel()[:4].tolist()})",
+                    "check the calibration data for extreme or constant values",
+                )
+
+
+def quantize(
+    artifact: Artifact,
+    spec: QuantSpec,
+    out_path: Path,
+    *,
+    data: SampleSet | None = None,
+    on_sample: Any = None,
+    evals: SampleSet | None = None,
+    max_drop: float | None = None,
+    outputs_of: Any = None,
+) -> QuantResult:
+    """Quantize ``artifact`` per ``spec`` into ``out_path``.
+
+    ``outputs_of`` (static QDQ with ``max_drop``): runs the search's candidates on the
+    target's accelerator (``edgeq.profiling.accel.accelerator_outputs``) instead of the CPU provider.
+
+    Static QDQ is written by edgeq (streaming calibration, subgraphs, budget search);
+    QOperator and dynamic go through onnxruntime's quantizer.
+    """
+    out_path = Path(out_path)
+    if spec.mode == "none":
+        import shutil
+
+        shutil.copyfile(artifact.path, out_path)
+        return QuantResult(artifact.then(out_path, "quantize(none)"), spec, None, ("kept fp32",))
+    if spec.mode == "fp16":
+        return _fp16(artifact, spec, out_path)
+    data_file(out_path).unlink(missing_ok=True)  # writers with external data append to it
+    if spec.mode == "int8-static" and spec.format == "qdq":  # reads the model itself (weights once, on disk)
+        return _edgeq_static(artifact, spec, out_path, data, on_sample, evals, max_drop, outputs_of)
+    head = load_model(artifact.path, load_weights=False)  # inline weights are in it all the same
+    big = needs_external_data(head)  # weights in external data: never one in-memory protobuf
+    fp32 = head
+    opset = default_opset(fp32)
+    if opset < 13 and spec.per_channel:
+        raise QuantizationError(
+            f"per-channel quantization needs opset 13 or later, the model has {opset}",
+            "run the optimize stage first (it raises the opset to the target's minimum)",
+        )
+    from onnxruntime import quantization as q
+
+    notes: list[str] = []
+    if big:
+        # optimize already ran ONNX shape inference on the file; onnxruntime's pre-processing
+        # would load and rewrite every weight once more
+        pre = Path(artifact.path)
+        notes.append("weights in external data: onnxruntime's pre-processing skipped (shapes inferred by optimize)")
+    else:
+        pre = out_path.with_name(out_path.stem + ".prep.onnx")
+        notes += _preprocess(artifact.path, pre)
+    op_types = list(spec.op_types) or None
+    extra = {"WeightSymmetric": spec.symmetric_weights, "ActivationSymmetric": False}
+    try:
+        if spec.mode == "int8-static":
+            if data is None:
+                raise CalibrationError(
+                    "int8-static needs calibration data", "pass --calib DATA.npz (or --quant int8-dynamic)"
+                )
+            n = min(spec.calib_samples, len(data))
+            q.quantize_static(
+                str(pre),
+                str(out_path),
+                _Reader(data, n, on_sample),
+                quant_format=q.QuantFormat.QDQ if spec.format == "qdq" else q.QuantFormat.QOperator,
+                op_types_to_quantize=op_types,
+                nodes_to_exclude=list(spec.nodes_to_exclude) or None,
+                per_channel=spec.per_channel,
+                reduce_range=spec.reduce_range,
+                activation_type=getattr(q.QuantType, _QTYPES[spec.activation_type]),
+                weight_type=getattr(q.QuantType, _QTYPES[spec.weight_type]),
+                calibrate_method=q.CalibrationMethod.MinMax,
+                extra_options=extra,
+                use_external_data_format=big,
+            )
+            notes.append(f"calibrated on {n} sample(s) from {data.source}")
+        else:
+            op_types = op_types or list(DYNAMIC_DEFAULT_OPS)
+            q.quantize_dynamic(
+                str(pre),
+                str(out_path),
+                op_types_to_quantize=op_types,
+                per_channel=spec.per_channel,
+                reduce_range=spec.reduce_range,
+                weight_type=getattr(q.QuantType, _QTYPES[spec.weight_type]),
+                extra_options={"WeightSymmetric": spec.symmetric_weights},
+                use_external_data_format=big,
+            )
+            if "Conv" not in op_types:
+                notes.append("convolutions kept in float (dynamic ConvInteger is slower than fp32 on CPUs)")
+    except (CalibrationError, QuantizationError):
+        raise
+    except Exception as e:  # noqa: BLE001
+        clear = explain_quantizer_failure(e)
+        if clear is not None:
+            raise clear from None
+        raise QuantizationError(
+            f"onnxruntime's quantizer failed: {str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}",
+            "try --quant int8-dynamic or --quant none, and report the model to edgeq",
+        ) from None
+    finally:
+        if not big:
+            pre.unlink(missing_ok=True)
+    qmodel = load_model(out_path)
+    if big and spec.mode == "int8-static":  # its int32 bias checks compare fp32 and quantized weights
+        fp32 = load_model(artifact.path)
+    check_scales(qmodel)
+    check_operator_scales(qmodel)
+    bias = bias_overflow(fp32, qmodel, reduce_range=spec.reduce_range)
+    if bias.clipped:  # onnxruntime clipped an int32 bias: keep those nodes in float and redo
+        import dataclasses
+
+        res = quantize(artifact, spec.with_overrides(nodes_to_exclude=spec.nodes_to_exclude + bias.clipped), out_path, data=data)
+        kept = f"kept {', '.join(repr(n) for n in bias.clipped)} in float: the int32 bias would overflow (tiny weights, large bias)"
+        return dataclasses.replace(res, notes=(kept, *res.notes))
+    notes += bias.notes()
+    cov = coverage(fp32, qmodel)
+    if cov.nodes_total and cov.nodes_quantized == 0:
+        out_path.unlink(missing_ok=True)
+        raise QuantizationError(
+            f"{spec.mode} quantized none of the model's {cov.nodes_total} Conv/Gemm/MatMul nodes",
+            "this mode does not apply to this model: try --quant int8-static" if spec.mode == "int8-dynamic" else "report the model to edgeq",
+        )
+    if cov.nodes_total == 0:
+        notes.append("the model has no Conv/Gemm/MatMul nodes: only activations were quantized")
+    step = f"quantize({spec.mode}, {spec.format}, a={spec.activation_type}, w={spec.weight_type}, per_channel={spec.per_channel})"
+    return QuantResult(artifact_from(out_path, artifact.provenance + (step,)), spec, cov, tuple(notes))
+
+
+def _fp16(artifact: Artifact, spec: QuantSpec, out_path: Path) -> QuantResult:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = load_model(artifact.path)
+    # in-memory shape inference serializes the model: not for one over 2 GiB (optimize inferred shapes on the file)
+    try:
+        half = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=needs_external_data(model))
+    except Exception as e:  # noqa: BLE001
+        raise QuantizationError(f"fp16 conversion failed: {str(e).splitlines()[0][:200]}", "try --quant none") from None
+    save_model(half, out_path)
+    return QuantResult(
+        artifact_from(out_path, artifact.provenance + ("quantize(fp16, keep_io_types)",)),
+        spec,
+        None,
+        ("weights and compute in fp16; inputs and outputs stay fp32",),
+    )
+
+
+def _edgeq_static(
+    artifact: Artifact,
+    spec: QuantSpec,
+    out_path: Path,
+    data: SampleSet | None,
+    on_sample: Any,
+    evals: SampleSet | None,
+    max_drop: float | None,
+    outputs_of: Any = None,
+) -> QuantResult:
+    import tempfile
+
+    if data is None:
+        raise CalibrationError("int8-static needs calibration data", "pass --calib DATA.npz (or --quant int8-dynamic)")
+    # the float weights live once, as external data in a private folder next to the output,
+    # while calibration, writing and measuring run (peak memory ~ one copy of the weights)
+    with tempfile.TemporaryDirectory(prefix=".edgeq-weights-", dir=str(out_path.parent)) as wdir:
+        return _edgeq_static_in(artifact, spec, out_path, data, on_sample, evals, max_drop, Path(wdir), outputs_of)
+
+
+def _edgeq_static_in(
+    artifact: Artifact,
+    spec: QuantSpec,
+    out_path: Path,
+    data: SampleSet,
+    on_sample: Any,
+    evals: SampleSet | None,
+    max_drop: float | None,
+    wdir: Path,
+    outputs_of: Any = None,
+) -> QuantResult:
+    from . import static
+
+    prep = static.prepare(artifact.path, spec, data, on_sample=on_sample, weights_dir=wdir)
+    notes = list(prep.notes)
+    details: dict[str, Any] = {"engine": "edgeq static QDQ (calibration and QDQ written by edgeq)"}
+    if data.synthetic:
+        notes.insert(0, "WARNING: calibrated on RANDOM data: ranges do not reflect real inputs; accuracy is unknown")
+    met = True
+    check = evals if evals is not None else data
+    if max_drop is not None:
+        if evals is None:
+            notes.append("--max-drop measured on the calibration data (pass --eval for held-out data)")
+        res = static.search(prep, spec, check, max_drop, outputs_of=outputs_of)
+        written = res.written
+        if res.fp32_metric.name in ("perplexity", "mean_kl"):
+            notes.append(f"--max-drop on LM logits: drop = {res.fp32_metric.drop_means} (top-1 token agreement is far harsher)")
+        layers = res.layers
+        met = res.met
+        details["search"] = {
+            "max_drop": max_drop,
+            "metric": res.fp32_metric.name,
+            "drop_means": res.fp32_metric.drop_means,
+            "fp32": round(res.fp32_metric.value, 5),
+            "steps": [s.to_dict() for s in res.steps],
+            "best": res.best.to_dict(),
+            "met": res.met,
+            "activation_16bit": spec.wide_activation_type,
+            "candidates_run_on": getattr(outputs_of, "label", None) or "CPUExecutionProvider",
+        }
+        if not res.met:
+            notes.append(
+                f"BUDGET NOT MET: best {res.best.metric} drop {res.best.drop:.4f} > --max-drop {max_drop} "
+                f"(with {res.best.kept_float} node(s) kept float"
+                + (f", {res.best.kept_16bit} with 16-bit activations" if res.best.kept_16bit else "")
+                + "); the best model found was written"
+            )
+    else:
+        written = static.write(prep, spec)
+        layers = static.layer_sqnr(prep, written, check, 8)
+    save_model(written.model, out_path)
+    written.model = None  # written out: keep one quantized model in memory, not two
+    qmodel = load_model(out_path)
+    check_scales(qmodel)
+    cov = coverage(prep.model, qmodel)
+    if cov.nodes_total and cov.nodes_quantized == 0 and not written.plan.kept_float:
+        out_path.unlink(missing_ok=True)
+        raise QuantizationError(
+            f"int8-static quantized none of the model's {cov.nodes_total} Conv/Gemm/MatMul nodes",
+            "report the model to edgeq",
+        )
+    if cov.nodes_total and cov.nodes_quantized == 0 and max_drop is None:
+        out_path.unlink(missing_ok=True)
+        reasons = sorted({r.split(":")[0] for r in written.plan.kept_float.values()})
+        nonfinite = any("non-finite" in r for r in reasons)
+        raise QuantizationError(
+            f"int8-static quantized none of the model's {cov.nodes_total} Conv/Gemm/MatMul nodes: every one stays float "
+            f"({'; '.join(reasons) or 'excluded'})",
+            "the calibration data drives activations to a non-finite range (overflow to Inf): check its scale"
+            if nonfinite else "quantize fewer exclusions or use --quant none",
+        )
+    if cov.nodes_total == 0:
+        notes.append("the model has no Conv/Gemm/MatMul nodes: nothing to quantize")
+    if max_drop is not None and cov.nodes_total and cov.nodes_quantized == 0 and "search" in details:
+        met = False  # "met" only with every weight node float: no quantized model is within the budget
+        details["search"].update(met=False, all_float=True)
+        notes.append(f"BUDGET NOT MET by any quantized model: only keeping all {cov.nodes_total} weight nodes float met --max-drop "
+                     f"{max_drop}; the model written is fp32")
+    if cov.nodes_total and cov.weight_bytes_total:  # what the model is, whatever the mode's name says
+        details["float_share"] = round(1 - cov.weight_bytes_quantized / cov.weight_bytes_total, 4)
+        if cov.nodes_quantized == 0:
+            notes.append(f"every one of the {cov.nodes_total} weight nodes stayed float: this model is fp32 (int8-static in name only)")
+        elif details["float_share"] >= 0.05:
+            notes.append(f"{details['float_share']:.0%} of the weight bytes stay float ({cov.nodes_total - cov.nodes_quantized} of {cov.nodes_total} weight nodes)")
+    sub = [qn.name for qn in written.plan.nodes if qn.in_subgraph]
+    if sub:
+        details["subgraphs"] = _subgraph_coverage(prep.model, written)
+        notes.append(f"{len(sub)} node(s) inside If/Loop/Scan subgraphs quantized (" + "; ".join(
+            f"{op}: {c['quantized']}, {c['activations_calibrated']} with calibrated activations"
+            for op, c in details["subgraphs"].items()) + ")")
+    for key, h in sorted(written.how.items()):
+        if key.endswith("#raised"):
+            notes.append(f"weight scale of '{key[: -len('#raised')]}' raised so its int32 bias fits ({h.split('raised ', 1)[-1].split(' so')[0]})")
+    weight_only = [n for n, h in written.how.items() if h.startswith("weights int8, activations float")]
+    if weight_only:
+        notes.append(f"{len(weight_only)} node(s) weight-only, activations float: " + "; ".join(sorted({written.how[n].split("(", 1)[-1].rstrip(")") for n in weight_only})))
+    worst = sorted((r for r in layers if r["sqnr_db"] is not None), key=lambda r: r["sqnr_db"])[:10]
+    details["calibration"] = {
+        "method": str(prep.cal),
+        "bins": prep.cal.bins,
+        "samples": prep.stats.samples,
+        "synthetic": bool(data.synthetic),
+        "nonfinite_values": prep.stats.nonfinite(),
+    }
+    if prep.choice is not None:
+        details["calibration"]["auto"] = prep.choice
+    for r in layers:  # as shipped (the search measured SQNR on the all-int8 model)
+        r["quantized_as"] = written.how.get(r["node"]) or f"float: {written.plan.kept_float.get(r['node'], '')}".rstrip(": ")
+    details["layers"] = [{k: v for k, v in r.items() if k != "sensitivity"} for r in layers]
+    details["worst_layers"] = [r["node"] for r in worst]
+    details["kept_float"] = dict(sorted(written.plan.kept_float.items()))
+    details["activations_16bit"] = dict(sorted(written.wide.items()))
+    if written.wide:
+        notes.append(f"{len(written.wide)} sensitive node(s) with {spec.wide_activation_type} activations instead of fp32 "
+                     f"(int8 weights): {', '.join(sorted(written.wide))}")
+    step = f"quantize(int8-static, qdq, edgeq, a={spec.activation_type}, w={spec.weight_type}, per_channel={spec.per_channel}, calib={prep.cal})"
+    return QuantResult(
+        artifact_from(out_path, artifact.provenance + (step,)), spec, cov, tuple(notes), details, met
+    )
+
+
+def _subgraph_coverage(model: Any, written: Any) -> dict[str, dict[str, int]]:
+    """Per op type owning a subgraph (innermost If/Loop/Scan): nodes quantized, with calibrated activations."""
+    from .qdq import _graphs
+
+    owner = {path: node.op_type for path, _, node in _graphs(model.graph) if node is not None}
+    out: dict[str, dict[str, int]] = {}
+    for qn in written.plan.nodes:
+        if not qn.in_subgraph:
+            continue
+        c = out.setdefault(owner.get(qn.graph, "?"), {"quantized": 0, "activations_calibrated": 0, "weight_only": 0})
+        c["quantized"] += 1
+        if written.how.get(qn.name, "").startswith("weights int8, activations float"):
+            c["weight_only"] += 1
+        else:
+            c["activations_calibrated"] += 1
+    return dict(sorted(out.items()))

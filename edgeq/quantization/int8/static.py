@@ -1,0 +1,439 @@
+"""Static INT8 (QDQ) written by edgeq: one streaming calibration pass, subgraphs included,
+per-layer SQNR, and an accuracy-budget search that keeps the most sensitive nodes float."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...core.data import SampleSet
+from ...errors import CalibrationError, QuantizationError
+from ...core.onnxutil import default_opset
+from . import qdq
+from .calibrate import Calibration, CalibStats, collect
+from ..spec import QuantSpec
+
+
+@dataclass
+class Prepared:
+    """A float model ready to quantize (named nodes, opset raised) and its calibration statistics."""
+
+    model: Any
+    stats: CalibStats
+    cal: Calibration
+    notes: list[str] = field(default_factory=list)
+    weights_dir: Any = None
+    """Set when ``model``'s initializers are external data in this folder (see ``prepare``)."""
+    choice: dict[str, Any] | None = None
+    """``--calibration auto``: the method chosen and every candidate's score."""
+
+
+def _feeds(data: SampleSet, n: int) -> Iterator[dict[str, np.ndarray]]:
+    for i in range(min(n, len(data))):
+        yield data.feed(i)
+
+
+def raise_opset(model: Any, spec: QuantSpec) -> tuple[Any, list[str]]:
+    """Per-channel QDQ (axis) needs opset 13; 16-bit QuantizeLinear needs 21."""
+    need = 21 if spec.activation_type in ("uint16", "int16") else 13
+    have = default_opset(model)
+    if have >= need:
+        return model, []
+    from onnx import version_converter
+
+    try:
+        conv = version_converter.convert_version(model, need)
+    except Exception as e:  # noqa: BLE001
+        raise QuantizationError(
+            f"the model has opset {have}; {spec.activation_type} QDQ needs {need} and the conversion failed ({str(e).splitlines()[0][:120]})",
+            "re-export the model with a newer opset",
+        ) from None
+    return conv, [f"opset raised from {have} to {need} ({'16-bit activations' if need == 21 else 'per-channel QDQ'} needs it)"]
+
+
+def probe_runner(
+    model: Any, names: Any, feed: dict[str, np.ndarray] | None = None, notes: list[str] | None = None, base_dir: Any = None
+) -> qdq.ProbeRunner:
+    """A ProbeRunner that reaches into Loop/Scan bodies; without them if onnxruntime refuses those
+    probes (e.g. a body tensor whose shape changes between iterations cannot be stacked)."""
+    try:
+        runner = qdq.ProbeRunner(model, names, base_dir=base_dir)
+        if runner.loops and feed is not None:
+            runner(feed)
+        return runner
+    except Exception as e:  # noqa: BLE001
+        if not any(n.op_type in ("Loop", "Scan") for _, g, _ in qdq._graphs(model.graph) for n in g.node):
+            raise
+        if notes is not None:
+            notes.append(
+                "activations inside Loop/Scan bodies could not be exposed for calibration "
+                f"({str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__}): those nodes get int8 weights, float activations"
+            )
+        return qdq.ProbeRunner(model, names, loops=False, base_dir=base_dir)
+
+
+def release_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS (glibc keeps them otherwise,
+    so a freed model's bytes would still count towards the peak of the next stage)."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        pass
+
+
+def externalize(model: Any, folder: Path) -> Any:
+    """Move ``model``'s weights into ``folder`` (external data) and return the model without them.
+
+    The caller drops its full model: from here on the weights exist once on disk and once
+    in whichever onnxruntime session reads them (one at a time), not in Python copies.
+    """
+    import onnx
+
+    path = Path(folder) / "float.onnx"
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="float.weights", size_threshold=1024)
+    return onnx.load(str(path), load_external_data=False)
+
+
+def prepare(
+    model: Any | Path, spec: QuantSpec, data: SampleSet, *, on_sample: Callable[[], None] | None = None, weights_dir: Path | None = None
+) -> Prepared:
+    """Raise the opset, name nodes, calibrate in one streaming pass.
+
+    ``model`` is a ModelProto (copied, never modified) or a path. With ``weights_dir`` (an
+    empty private folder that outlives the returned ``Prepared``) the weights move to external
+    data there, which keeps calibration's peak memory near one copy of the weights; pass a
+    path then, so that no caller holds the full model meanwhile.
+    """
+    import copy
+
+    if isinstance(model, (str, Path)):
+        from ...core.onnxutil import load_model
+
+        model = load_model(model)
+    elif weights_dir is None:
+        model = copy.deepcopy(model)
+    model, notes = raise_opset(model, spec)
+    qdq.name_nodes(model)
+    if weights_dir is not None:
+        model = externalize(model, weights_dir)
+        release_memory()
+    cal = Calibration.parse(spec.calibration, spec.calib_bins)
+    full = qdq.plan(model)
+    if not full.activations and not full.nodes:
+        return Prepared(model, CalibStats({}, 0), cal, notes, weights_dir)
+    try:
+        runner = probe_runner(model, full.activations, data.feed(0) if len(data) else None, notes, base_dir=weights_dir)
+    except Exception as e:  # noqa: BLE001
+        raise QuantizationError(
+            f"cannot run the model for calibration: {str(e).strip().splitlines()[0][:200]}",
+            "check that the model runs with onnxruntime (edgeq profile MODEL)",
+        ) from None
+    n = min(spec.calib_samples, len(data))
+    try:
+        stats = collect(runner, _feeds(data, n), full.activations, cal=cal, on_sample=on_sample)
+    except Exception as e:  # noqa: BLE001
+        raise CalibrationError(
+            f"running a calibration sample failed: {str(e).strip().splitlines()[0][:200]}",
+            "check the calibration data against the model's inputs",
+        ) from None
+    del runner  # its session holds a copy of the weights
+    if weights_dir is not None:
+        release_memory()
+    notes.append(f"calibrated ({cal}, {cal.bins} bins) on {stats.samples} sample(s) from {data.source} in one streaming pass")
+    nf = stats.nonfinite()
+    if nf:
+        worst = sorted(nf.items(), key=lambda kv: -kv[1])[:3]
+        notes.append(
+            "non-finite activation values excluded from the ranges (e.g. -inf masks): "
+            + ", ".join(f"{k}: {v}" for k, v in worst)
+            + (f" and {len(nf) - 3} more tensor(s)" if len(nf) > 3 else "")
+        )
+    prep = Prepared(model, stats, cal, notes, weights_dir)
+    if cal.method == "auto":
+        from .autocal import choose
+
+        prep = choose(prep, spec, data, n)
+    return prep
+
+
+@dataclass
+class Written:
+    model: Any
+    plan: qdq.Plan
+    how: dict[str, str]
+    wide: dict[str, str] = field(default_factory=dict)
+    """Nodes given 16-bit activations, and why."""
+
+
+def write(prep: Prepared, spec: QuantSpec, keep_float: dict[str, str] | None = None, wide: dict[str, str] | None = None) -> Written:
+    """QDQ per ``spec``; ``keep_float`` nodes stay float, ``wide`` nodes get 16-bit activations
+    (``spec.wide_activation_type``); both map node name -> why."""
+    op_types = tuple(o for o in spec.op_types if o in qdq.WEIGHT_OPS) or qdq.WEIGHT_OPS
+    # a node reading or writing -inf/NaN stays float: QDQ would replace -inf by the range minimum,
+    # and onnxruntime's int8-weight MatMul kernels quantize their float input (NaN from -inf)
+    nonfinite = set(prep.stats.nonfinite())
+    keep = dict(keep_float or {})
+    for name in spec.nodes_to_exclude:  # e.g. nodes whose integer kernel ran slower than float (quantize.speed)
+        keep.setdefault(name, "excluded (nodes_to_exclude)")
+    for qn in qdq.plan(prep.model, op_types=op_types).nodes:
+        if qn.act_input in nonfinite or qn.output in nonfinite:
+            keep.setdefault(qn.name, "its activations hold non-finite values (e.g. -inf masks): kept float")
+    p = qdq.plan(prep.model, op_types=op_types, keep_float=keep)
+    ranges = {k: v for k, v in prep.stats.ranges(prep.cal).items() if k not in nonfinite}
+    wide_type = spec.wide_activation_type if wide else None
+    opts = qdq.WriteOptions(spec.activation_type, spec.weight_type, spec.per_channel, spec.reduce_range,
+                            tuple(sorted(wide)) if wide_type else (), wide_type or "uint16")
+    model, how = qdq.write(prep.model, p, ranges, opts, base_dir=prep.weights_dir)
+    for name, why in (wide or {}).items():
+        if wide_type and name in how and not how[name].startswith("weights int8, activations float"):
+            how[name] += f" ({why})"
+    if prep.weights_dir is not None:
+        release_memory()  # each weight was read, converted and quantized: return those pages
+    got = {n: w for n, w in (wide or {}).items() if wide_type and n in how and "activations float" not in how[n]}
+    return Written(model, p, how, got)
+
+
+# -- evaluation ---------------------------------------------------------------------------------
+
+
+def _session(model: Any, base_dir: Any = None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return qdq.open_session(model, so, ["CPUExecutionProvider"], base_dir)
+
+
+def first_outputs(model: Any, data: SampleSet, n: int, base_dir: Any = None) -> list[np.ndarray]:
+    sess = _session(model, base_dir)
+    name = sess.get_outputs()[0].name
+    names = {i.name for i in sess.get_inputs()}
+    out = []
+    for feed in _feeds(data, n):
+        out.append(sess.run([name], {k: v for k, v in feed.items() if k in names})[0])
+    return out
+
+
+def _top1(o: np.ndarray) -> np.ndarray:
+    o = np.asarray(o)
+    if o.ndim == 0:
+        return (o.reshape(1) > 0.5).astype(np.int64)
+    if o.shape[-1] == 1:  # one score (e.g. speech probability): threshold at 0.5
+        return (o.reshape(-1) > 0.5).astype(np.int64)
+    return o.reshape(-1, o.shape[-1]).argmax(-1)
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str  # "accuracy" | "agreement" | "perplexity" | "mean_kl"
+    value: float
+
+    def drop_from(self, fp32: Metric) -> float:
+        """How much worse than fp32: the quantity ``--max-drop`` bounds."""
+        if self.name == "perplexity":  # relative increase
+            return self.value / fp32.value - 1.0 if fp32.value > 0 else math.inf
+        if self.name == "mean_kl":  # fp32 against itself is 0
+            return self.value - fp32.value
+        return fp32.value - self.value
+
+    @property
+    def drop_means(self) -> str:
+        return {
+            "accuracy": "fp32 top-1 accuracy minus quantized top-1 accuracy on the labels",
+            "agreement": "1 - fraction of top-1 predictions identical to fp32",
+            "perplexity": "relative perplexity increase over fp32 on the next-token labels (ppl_q / ppl_fp32 - 1)",
+            "mean_kl": "mean KL divergence KL(fp32 || quantized) of the next-token distributions, in nats per token",
+        }.get(self.name, f"1 - {self.name.replace('_', ' ')} of the quantized model's task output against fp32's (edgeq/checks)")
+
+
+LM_MIN_VOCAB = 32
+
+
+def looks_like_lm(model: Any, ref: list[np.ndarray]) -> bool:
+    """Token ids in (an integer input) and [batch, positions, vocabulary] logits out."""
+    ints = {6, 7}  # INT32, INT64
+    inits = {i.name for i in model.graph.initializer}
+    has_ids = any(i.type.tensor_type.elem_type in ints for i in model.graph.input if i.name not in inits)
+    return bool(ref) and has_ids and np.asarray(ref[0]).ndim == 3 and np.asarray(ref[0]).shape[-1] >= LM_MIN_VOCAB
+
+
+def _log_softmax(o: np.ndarray) -> np.ndarray:
+    x = np.asarray(o, np.float64).reshape(-1, np.asarray(o).shape[-1])
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def _token_labels(labels: np.ndarray | None, outs: list[np.ndarray]) -> bool:
+    """Labels hold one next token per position (not one class per sample)."""
+    return labels is not None and labels.ndim >= 2 and len(labels) >= len(outs) and all(
+        np.asarray(labels[i]).size == int(np.prod(np.asarray(o).shape[:-1])) for i, o in enumerate(outs)
+    )
+
+
+def metric(outs: list[np.ndarray], ref: list[np.ndarray], labels: np.ndarray | None, *, lm: bool = False, task: Any = None) -> Metric:
+    """Accuracy (labels) or top-1 agreement with fp32; for LM logits (``lm``) perplexity on next-token
+    labels, or without them the mean KL(fp32 || quantized) per token. For outputs that are not class
+    scores (``task``: edgeq.checks.TaskSpec of the first output) the task's own metric against fp32:
+    detection F1, map IoU, decoded-sequence match, embedding cosine, ..."""
+    if not lm and task is not None and task.kind not in ("classification", "index", "lm-logits"):
+        from ...checks.metrics import primary
+
+        name, value = primary(task, ref, outs)
+        return Metric(name, float(value))
+    if lm:
+        if _token_labels(labels, outs):
+            nll, n = 0.0, 0
+            for i, o in enumerate(outs):
+                lab = np.asarray(labels[i]).reshape(-1).astype(np.int64)
+                lp = _log_softmax(o)
+                ok = (lab >= 0) & (lab < lp.shape[-1])  # e.g. -100: position not scored
+                nll -= float(lp[np.nonzero(ok)[0], lab[ok]].sum())
+                n += int(ok.sum())
+            return Metric("perplexity", float(np.exp(nll / max(n, 1))))
+        kl, n = 0.0, 0
+        for o, r in zip(outs, ref):
+            lp, lq = _log_softmax(r), _log_softmax(o)
+            kl += float((np.exp(lp) * (lp - lq)).sum())
+            n += lp.shape[0]
+        return Metric("mean_kl", kl / max(n, 1))
+    if labels is not None:
+        pred = np.concatenate([_top1(o) for o in outs])
+        lab = labels[: len(pred)]
+        return Metric("accuracy", float(np.mean(pred[: len(lab)] == lab)))
+    a = np.concatenate([_top1(o) for o in outs])
+    b = np.concatenate([_top1(o) for o in ref])
+    return Metric("agreement", float(np.mean(a == b)) if len(a) else 1.0)
+
+
+def layer_sqnr(prep: Prepared, written: Written, data: SampleSet, n: int) -> list[dict[str, Any]]:
+    """SQNR (dB) of every quantized node's output against fp32, and its local sensitivity."""
+    names: list[str] = []
+    for qn in written.plan.nodes:
+        names += [qn.output] + ([qn.act_input] if qn.act_input else [])
+    names = list(dict.fromkeys(names))
+    # the quantized model first: building its probe copies it (inline weights); those pages are
+    # returned before the float session reads its weights
+    feed = data.feed(0) if len(data) else None
+    cand = probe_runner(written.model, names, feed, base_dir=prep.weights_dir)
+    if prep.weights_dir is not None:
+        release_memory()
+    ref = probe_runner(prep.model, names, feed, base_dir=prep.weights_dir)
+    acc = qdq.sqnr(ref, cand, _feeds(data, n))
+    del ref, cand
+    if prep.weights_dir is not None:
+        release_memory()
+    rows = []
+    for qn in written.plan.nodes:
+        out = acc.get(qn.output)
+        if out is None:  # a branch or loop body the data did not reach
+            rows.append({"node": qn.name, "op": qn.op_type, "tensor": qn.output, "sqnr_db": None,
+                         "sensitivity": 0.0, "quantized_as": written.how.get(qn.name, "")})
+            continue
+        nsr_out = out.noise / out.signal if out.signal > 0 else math.inf
+        inp = acc.get(qn.act_input) if qn.act_input else None
+        nsr_in = inp.noise / inp.signal if inp is not None and inp.signal > 0 else 0.0
+        rows.append({
+            "node": qn.name,
+            "op": qn.op_type,
+            "tensor": qn.output,
+            "sqnr_db": round(out.db, 2) if math.isfinite(out.db) else (999.0 if out.db > 0 else -999.0),
+            "sensitivity": max(nsr_out - nsr_in, 0.0) if math.isfinite(nsr_out) else math.inf,
+            "quantized_as": written.how.get(qn.name, ""),
+        })
+    return rows
+
+
+@dataclass
+class SearchStep:
+    kept_float: int
+    metric: str
+    value: float
+    drop: float
+    kept_16bit: int = 0
+    """Nodes given 16-bit activations at this step (instead of fp32)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kept_float": self.kept_float, "kept_16bit": self.kept_16bit, "metric": self.metric,
+                "value": round(self.value, 5), "drop": round(self.drop, 5)}
+
+
+@dataclass
+class SearchResult:
+    written: Written
+    steps: list[SearchStep]
+    met: bool
+    fp32_metric: Metric
+    best: SearchStep
+    layers: list[dict[str, Any]]
+
+
+def search(
+    prep: Prepared,
+    spec: QuantSpec,
+    evals: SampleSet,
+    max_drop: float,
+    *,
+    n_eval: int = 1000,
+    n_sqnr: int = 32,
+    max_steps: int = 10,
+    outputs_of: Callable[..., list[np.ndarray]] | None = None,
+    tasks: dict[str, dict[str, Any]] | None = None,
+) -> SearchResult:
+    """Keep the most sensitive nodes float (1, 2, 4, ... of them) until the drop is within budget.
+
+    Where the target allows 16-bit activations (``spec.wide_activation_type``), each step first
+    gives those nodes 16-bit activations (weights stay int8) and keeps them fp32 only if that
+    misses the budget. The best model seen is always returned, with every step in the log.
+    ``outputs_of`` (same arguments as :func:`first_outputs`) runs the candidates elsewhere,
+    e.g. on the target's accelerator; the fp32 reference always runs on the CPU provider.
+    """
+    run_candidate = outputs_of or first_outputs
+    ref = first_outputs(prep.model, evals, n_eval, prep.weights_dir)
+    lm = looks_like_lm(prep.model, ref)
+    from ...checks.kinds import first_output_task
+
+    task = first_output_task(prep.model, ref, tasks)
+    fp32 = metric(ref, ref, evals.labels, lm=lm, task=task)
+    written = write(prep, spec)
+    layers = layer_sqnr(prep, written, evals, n_sqnr)
+    order = [r["node"] for r in sorted(layers, key=lambda r: -r["sensitivity"])]
+    steps: list[SearchStep] = []
+    best_w, best = None, None
+    wide_type = spec.wide_activation_type
+    k = 0
+    met = False
+    for _ in range(max_steps):
+        for kind in ("16bit", "float") if k and wide_type else ("float",):
+            if kind == "16bit":
+                wide = {n: f"{wide_type} activations by --max-drop search (sensitivity rank {i + 1})" for i, n in enumerate(order[:k])}
+                w = write(prep, spec, wide=wide)
+                step_k = (0, k)
+            else:
+                keep = {n: f"kept float by --max-drop search (sensitivity rank {i + 1})" for i, n in enumerate(order[:k])}
+                w = written if k == 0 else write(prep, spec, keep)
+                step_k = (k, 0)
+            m = metric(run_candidate(w.model, evals, n_eval, prep.weights_dir), ref, evals.labels, lm=lm, task=task)
+            drop = m.drop_from(fp32)
+            step = SearchStep(step_k[0], m.name, m.value, drop, step_k[1])
+            steps.append(step)
+            if best is None or drop < best.drop - 1e-12:
+                best_w, best = w, step
+            if drop <= max_drop:
+                met = True
+                break
+        if met or k >= len(order):
+            break
+        k = 1 if k == 0 else min(2 * k, len(order))
+    assert best_w is not None and best is not None
+    return SearchResult(best_w, steps, best.drop <= max_drop, fp32, best, layers)

@@ -1,0 +1,1 @@
+"""Choosing among quantized candidates: the accuracy gate and accuracy levels."""

@@ -1,0 +1,1 @@
+"""Weight-only quantization (RTN/HQQ/GPTQ/AWQ, blockwise packing) and its size accounting."""
