@@ -21,7 +21,8 @@ from pathlib import Path
 _os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 from typing import Any
 
-__version__ = "0.1.0"
+from .core.version import __version__
+
 __all__ = ["export", "optimize", "quantize", "verify", "profile", "bundle", "load_target", "__version__"]
 
 
@@ -39,9 +40,6 @@ def export(source: Any, example_inputs: Any = None, **kwargs: Any):
     from .exporters.torch import export_torch
 
     return export_torch(source, example_inputs, **kwargs)
-
-
-_export_function = export  # edgeq.export (the package) forwards calls here
 
 
 def optimize(artifact, target, out_path, **kwargs: Any):

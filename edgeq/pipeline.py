@@ -237,7 +237,7 @@ def run_export(
                          f"KL {lm_ref.kl_mean:.3g}, same top token {100 * lm_ref.same_top_token:.2f} %")
         prof_fp32 = prof_q = None
         skipped = None
-        golden = _golden_feeds(check_data, qres.artifact, opts.golden, app_io)
+        golden = golden_feeds_for(check_data, qres.artifact, opts.golden, app_io)
         if opts.do_profile:
             with stage("profile"):
                 from .quantization.selection.speed import onnx_warning, shipped_ort
@@ -347,7 +347,7 @@ def _written_ep_context(out: Path) -> dict[str, Any] | None:
 
 
 def _synthetic(art: Artifact) -> dict:
-    from .profiling.profiler import synthetic_feed
+    from .core.data import synthetic_feed
 
     return synthetic_feed(art.io)
 
@@ -442,7 +442,7 @@ def _record_image_preprocess(app_io: dict, data: SampleSet | None, *, from_app: 
     return []
 
 
-def _golden_feeds(data: SampleSet | None, art: Artifact, n: int, app_io: dict | None = None) -> tuple[dict, ...]:
+def golden_feeds_for(data: SampleSet | None, art: Artifact, n: int, app_io: dict | None = None) -> tuple[dict, ...]:
     if data is not None and len(data):
         return tuple(data.feed(i) for i in range(min(n, len(data))))
     from .core.golden import typical_feed

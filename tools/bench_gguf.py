@@ -34,7 +34,7 @@ def main() -> int:
     from rich.table import Table
 
     from edgeq.llamacpp.gguf import DEFAULT_PROMPTS, export_llamacpp
-    from edgeq.reporting.tables import human_bytes
+    from edgeq.core.units import human_bytes
     from edgeq.core.targets import load_target
 
     err = Console(stderr=True)

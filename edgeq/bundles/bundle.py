@@ -43,6 +43,7 @@ from ..core.appio import LABELS_FILE
 from ..core.runtime import create_session, run
 from ..core.safetext import escape_text
 from ..core.targets import Target
+from ..core.outputs import sidecar_path
 
 SCHEMA_VERSION = runner_mod.SCHEMA_VERSION
 OPS_CONFIG = "required_operators_and_types.config"
@@ -82,11 +83,6 @@ class BundleInputs:
     """edgeq.checks.verdict_of(...): pass | fail | accepted-failed | skipped; default: from ``verify``."""
 
 
-def sidecar_path(out: Path) -> Path:
-    """Where measured timings go: next to the bundle, never inside it."""
-    return Path(out).with_name(Path(out).name + ".profile.json")
-
-
 def bundle_outputs(out: Path, info: BundleInputs) -> list[Path]:
     """Every path write_bundle will create (checked before any work)."""
     paths = [Path(out)]
@@ -108,7 +104,7 @@ def tool_versions() -> dict[str, str]:
     import onnx
     import onnxruntime
 
-    from .. import __version__
+    from ..core.version import __version__
 
     return {"edgeq": __version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
 

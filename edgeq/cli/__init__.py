@@ -761,7 +761,7 @@ def bundle(
     from ..core.data import load_samples
     from ..core.isolate import open_source
     from ..core.onnxutil import model_size
-    from ..pipeline import _golden_feeds, sizes
+    from ..pipeline import golden_feeds_for, sizes
     from ..reporting.tables import out as console
     from ..core.targets import load_target
     from ..checks.comparison import verify as verify_stage
@@ -794,7 +794,7 @@ def bundle(
         report = verify_stage(reference, model, samples, tg.tolerances, output_names=art.io.output_names, tasks=app_io["outputs"]).to_dict()
         size = sizes(model_size(reference), model_size(model))
     info = BundleInputs(
-        golden_feeds=_golden_feeds(samples, art, golden, app_io),
+        golden_feeds=golden_feeds_for(samples, art, golden, app_io),
         recipe={"mode": "as given", "notes": ["bundled an existing model; edgeq did not quantize it"]},
         verify=report,
         sizes=size,

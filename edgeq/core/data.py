@@ -205,8 +205,6 @@ RANDOM = "random"
 
 def random_samples(io: IoSpec, n: int = 64) -> SampleSet:
     """Seeded standard-normal inputs: a stand-in that says loudly that it is one."""
-    from ..profiling.profiler import synthetic_feed
-
     feeds = [synthetic_feed(io, seed=i) for i in range(n)]
     arrays = {t.name: np.stack([f[t.name] for f in feeds]) for t in io.inputs}
     return SampleSet(
@@ -342,3 +340,25 @@ def _check_array(arr: np.ndarray, spec: TensorSpec, what: str) -> tuple[np.ndarr
                 "clean the data: calibration ranges must come from finite values",
             )
     return arr, is_stacked
+
+
+def synthetic_feed(io: IoSpec, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    if any(t.name.startswith("past_key_values.") for t in io.inputs) and "input_ids" in io.input_names:
+        from ..exporters.decoder import prefill_feed  # KV-cache decoder: a consistent prefill (mask covers past + new)
+
+        return prefill_feed(io.inputs, rng.integers(0, 2, (1, 8), dtype=np.int64))
+    feed = {}
+    from .modelmeta import imgsz_shape
+
+    for t in io.inputs:
+        # dynamic height/width: the size the file declares (metadata imgsz), else 1
+        shape = list(imgsz_shape(t.shape, io.imgsz) or [d if isinstance(d, int) else 1 for d in t.shape])
+        dt = np.dtype(t.dtype)
+        if dt.kind == "f":
+            feed[t.name] = rng.standard_normal(shape).astype(dt)
+        else:  # never zeros: masks of ones, token ids in range (edgeq/core/golden.py)
+            from ..core.golden import typical_ints
+
+            feed[t.name] = typical_ints(t.name, shape, dt, rng) if dt.kind in "iu" else np.ones(shape, dt)
+    return feed

@@ -194,7 +194,7 @@ def _rewrite(path: Path, target: Target, big: bool, notes: list[str]) -> list:
     if big:
         notes.append(f"target rewrites ({', '.join(target.rewrites)}) skipped: the weights live in external data")
         return []
-    from ..profiling.profiler import synthetic_feed
+    from .data import synthetic_feed
     from .rewrite import apply
 
     io = artifact_from(path).io

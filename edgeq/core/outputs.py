@@ -82,8 +82,6 @@ def check_bundle_outputs(out: Path, *, force: bool, archive: str | None = None, 
     if archive:
         check_output_path(archive_path(out, archive), force=force, is_dir=False, inputs=inputs, what="archive")
     if sidecar:
-        from ..bundles.bundle import sidecar_path
-
         check_output_path(sidecar_path(out), force=force, is_dir=False, inputs=inputs, what="profile sidecar")
 
 
@@ -339,7 +337,7 @@ def copy_stamped(src: Path, dst: Path) -> None:
     """
     import shutil
 
-    from .. import __version__
+    from .version import __version__
 
     with open(src, "rb") as f:
         head = f.read(1 << 16)
@@ -358,3 +356,8 @@ def copy_stamped(src: Path, dst: Path) -> None:
         out.write(b"".join(first) + stamp + b"".join(rest))
         f.seek(end)
         shutil.copyfileobj(f, out, 1 << 20)
+
+
+def sidecar_path(out: Path) -> Path:
+    """Where measured timings go: next to the bundle, never inside it."""
+    return Path(out).with_name(Path(out).name + ".profile.json")

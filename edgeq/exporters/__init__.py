@@ -371,16 +371,3 @@ def export_source(source: str | Path, opts: SourceOptions, work: Path):
 
 
 __all__ = ["SourceOptions", "export_source", "parse_example_shapes", "source_kind", "Artifact"]
-
-
-class _CallableModule(type(sys)):
-    """Importing ``edgeq.export.*`` binds ``edgeq.export`` to this package, shadowing the
-    ``edgeq.export()`` function; calling the package calls that function, so both work."""
-
-    def __call__(self, *args: Any, **kwargs: Any):
-        from .. import _export_function
-
-        return _export_function(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

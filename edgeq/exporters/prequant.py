@@ -929,34 +929,3 @@ def gguf_notes(ck: PrequantCheckpoint, plan: GGUFPlan, quant: str) -> list[str]:
     return notes
 
 
-def gguf_export(source: Path, target: Any, out: Path, *, quant: str | None, prompts: list[str], force: bool,
-                progress: Any) -> dict[str, Any]:
-    """A pre-quantized folder -> llama.cpp GGUF bundle: GPTQ/AWQ codes as Q4_1 blocks where the layout allows,
-    the rest (and bitsandbytes) dequantized and re-quantized, all verified against the dequantized checkpoint."""
-    from ..llamacpp import gguf as gg
-    from ..core.fsutil import scratch_dir
-
-    with scratch_dir("edgeq-prequant-") as work:
-        with progress("read pre-quantized checkpoint"):
-            ck, folder = prepare(Path(source), work)
-        assert ck is not None
-        notes: list[str] = []
-        q = gg.check_quant(quant) if quant else None
-        nonlinear = q is None and ck.config.method == "bnb-4bit"  # NF4/FP4 -> IQ4_NL unless a type was asked for
-        if q is None:
-            q = "q4_1" if ck.linears or nonlinear else gg.check_quant(target.gguf.quant)
-            if ck.linears:
-                notes.append("q4_1 chosen for the rest of the model: Q4_1 blocks can hold the checkpoint's 4-bit codes "
-                             "(the target's default is written by llama.cpp's quantizer, which would round them again)")
-            elif nonlinear:
-                notes.append("q4_1 chosen for the rest of the model: its 4-bit linears go to IQ4_NL blocks, which the "
-                             "target's default writer (llama.cpp's quantizer) would not keep")
-        if gg.QUANT_TYPES[q][2] == "llama.cpp":  # k-quants: llama.cpp quantizes an f32 file, nothing can be kept
-            plan = GGUFPlan({}, {}, {k + ".weight": f"--quant {q} is written by llama.cpp's quantizer" for k in ck.quantized}, {})
-        else:
-            plan = gguf_plan(ck, q, nonlinear=nonlinear)
-        notes += list(ck.notes) + gguf_notes(ck, plan, q)
-        r = gg.export_llamacpp(folder, target, out, quant=q, prompts=prompts, force=force, progress=progress,
-                               blocks=plan.blocks, extra_notes=tuple(notes))
-    r["prequant"] = {**summary(ck), "gguf": plan.to_dict()}
-    return r

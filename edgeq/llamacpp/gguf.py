@@ -874,7 +874,7 @@ def read_prompts(path: Path | None) -> list[str]:
 def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
-    from .. import __version__
+    from ..core.version import __version__
 
     out = {"edgeq": __version__, "numpy": np.__version__}
     for pkg in ("gguf", "llama-cpp-python", "torch", "transformers", "safetensors", "tokenizers"):
@@ -1028,7 +1028,8 @@ class _nullctx:
 def gguf_table(r: dict[str, Any]):
     from rich.table import Table
 
-    from ..reporting.tables import fmt, human_bytes
+    from ..reporting.tables import fmt
+    from ..core.units import human_bytes
 
     t = Table(title=f"edgeq export -> {r['target']} (llama.cpp)", header_style="bold")
     for c in ("metric", "fp32 (PyTorch)", r["quantization"]["mode"] + " (llama.cpp)", "note"):
@@ -1060,7 +1061,7 @@ def export_cli(source: Path, target: Any, *, out: Path, quant: str | None, promp
             "pass the folder with config.json, *.safetensors and tokenizer.json",
         )
     progress = StageProgress(err)
-    from ..exporters.prequant import detect, gguf_export
+    from ..exporters.prequant import detect
 
     if detect(Path(source)) is not None:  # GPTQ/AWQ/bitsandbytes folder: codes kept as Q4_1 blocks where they fit
         r = gguf_export(Path(source), target, out, quant=quant, prompts=read_prompts(prompts_file), force=force, progress=progress.stage)
@@ -1079,3 +1080,36 @@ def export_cli(source: Path, target: Any, *, out: Path, quant: str | None, promp
             f"the GGUF model is outside target {target.name}'s tolerances: {'; '.join(r['verify']['failures'])}",
             f"the bundle was written to {out} for inspection; try a higher-precision --quant (q8_0, f16)",
         )
+
+
+def gguf_export(source: Path, target: Any, out: Path, *, quant: str | None, prompts: list[str], force: bool,
+                progress: Any) -> dict[str, Any]:
+    """A pre-quantized folder -> llama.cpp GGUF bundle: GPTQ/AWQ codes as Q4_1 blocks where the layout allows,
+    the rest (and bitsandbytes) dequantized and re-quantized, all verified against the dequantized checkpoint."""
+    from ..exporters.prequant import GGUFPlan, gguf_notes, gguf_plan, prepare, summary
+    from ..core.fsutil import scratch_dir
+
+    with scratch_dir("edgeq-prequant-") as work:
+        with progress("read pre-quantized checkpoint"):
+            ck, folder = prepare(Path(source), work)
+        assert ck is not None
+        notes: list[str] = []
+        q = check_quant(quant) if quant else None
+        nonlinear = q is None and ck.config.method == "bnb-4bit"  # NF4/FP4 -> IQ4_NL unless a type was asked for
+        if q is None:
+            q = "q4_1" if ck.linears or nonlinear else check_quant(target.gguf.quant)
+            if ck.linears:
+                notes.append("q4_1 chosen for the rest of the model: Q4_1 blocks can hold the checkpoint's 4-bit codes "
+                             "(the target's default is written by llama.cpp's quantizer, which would round them again)")
+            elif nonlinear:
+                notes.append("q4_1 chosen for the rest of the model: its 4-bit linears go to IQ4_NL blocks, which the "
+                             "target's default writer (llama.cpp's quantizer) would not keep")
+        if QUANT_TYPES[q][2] == "llama.cpp":  # k-quants: llama.cpp quantizes an f32 file, nothing can be kept
+            plan = GGUFPlan({}, {}, {k + ".weight": f"--quant {q} is written by llama.cpp's quantizer" for k in ck.quantized}, {})
+        else:
+            plan = gguf_plan(ck, q, nonlinear=nonlinear)
+        notes += list(ck.notes) + gguf_notes(ck, plan, q)
+        r = export_llamacpp(folder, target, out, quant=q, prompts=prompts, force=force, progress=progress,
+                               blocks=plan.blocks, extra_notes=tuple(notes))
+    r["prequant"] = {**summary(ck), "gguf": plan.to_dict()}
+    return r

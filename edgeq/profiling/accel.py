@@ -51,7 +51,8 @@ def export_placement(model: Path, target: Target, io: IoSpec, feeds: tuple[dict[
     placement's ``reason`` (an estimate is added where the target has op rules).
     """
     from .placement import accelerator_of, estimate
-    from .profiler import MeasureOptions, ProfileInput, measure, resolve_backend, synthetic_feed
+    from .profiler import MeasureOptions, ProfileInput, measure, resolve_backend
+    from ..core.data import synthetic_feed
 
     acc = accelerator_of(target.provider_names)
     if acc is None:

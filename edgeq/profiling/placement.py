@@ -15,7 +15,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .profiler import CPU_FAMILY
+# Providers whose absence means "a CPU provider can stand in, labelled as such".
+CPU_FAMILY = ("CPUExecutionProvider", "XnnpackExecutionProvider")
 
 # dtypes every accelerator rule accepts when the target names none
 _DEFAULT_DTYPES = ("float32", "float16", "uint8", "int8", "int32", "int64", "bool")

@@ -26,9 +26,9 @@ from ..core.onnxutil import model_size
 from .providers import OPENVINO, QNN  # noqa: F401 - names shared with provider discovery (and importers of profile)
 from ..core.runtime import available_providers, create_session, run
 from ..core.targets import Target
+from ..core.data import synthetic_feed
 
-# Providers whose absence means "a CPU provider can stand in, labelled as such".
-CPU_FAMILY = ("CPUExecutionProvider", "XnnpackExecutionProvider")
+from .placement import CPU_FAMILY  # noqa: E402 - re-exported name used here
 
 
 @dataclass(frozen=True)
@@ -102,28 +102,6 @@ def skip_reason(target: Target) -> str:
         f"{target.provider_names[0]} is not available on this host ({', '.join(reachable())}); "
         "no timing rather than a CPU stand-in"
     )
-
-
-def synthetic_feed(io: IoSpec, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    if any(t.name.startswith("past_key_values.") for t in io.inputs) and "input_ids" in io.input_names:
-        from ..exporters.decoder import prefill_feed  # KV-cache decoder: a consistent prefill (mask covers past + new)
-
-        return prefill_feed(io.inputs, rng.integers(0, 2, (1, 8), dtype=np.int64))
-    feed = {}
-    from ..core.modelmeta import imgsz_shape
-
-    for t in io.inputs:
-        # dynamic height/width: the size the file declares (metadata imgsz), else 1
-        shape = list(imgsz_shape(t.shape, io.imgsz) or [d if isinstance(d, int) else 1 for d in t.shape])
-        dt = np.dtype(t.dtype)
-        if dt.kind == "f":
-            feed[t.name] = rng.standard_normal(shape).astype(dt)
-        else:  # never zeros: masks of ones, token ids in range (edgeq/core/golden.py)
-            from ..core.golden import typical_ints
-
-            feed[t.name] = typical_ints(t.name, shape, dt, rng) if dt.kind in "iu" else np.ones(shape, dt)
-    return feed
 
 
 def profile(

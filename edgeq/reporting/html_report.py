@@ -119,7 +119,7 @@ def _f(v: Any, spec: str = ".3f", unit: str = "") -> str:
 
 
 def render(reports: list[dict[str, Any]], *, target: str) -> str:
-    from .tables import human_bytes
+    from ..core.units import human_bytes
 
     timed = [r for r in reports if r.get("times_ms")]
     sections = []

@@ -36,9 +36,9 @@ def scoring_indices(data: SampleSet, n_calib: int, k: int = SCORE_SAMPLES) -> tu
 
 
 def _outputs(model: Any, data: SampleSet, idx: list[int], base_dir: Any = None) -> list[list[np.ndarray]]:
-    from .static import _session
+    from .qdq import cpu_session
 
-    sess = _session(model, base_dir)
+    sess = cpu_session(model, base_dir)
     names = {i.name for i in sess.get_inputs()}
     return [sess.run(None, {k: v for k, v in data.feed(i).items() if k in names}) for i in idx]
 
@@ -77,10 +77,12 @@ def _db(x: float | None) -> float | None:
     return round(x, 2) if math.isfinite(x) else (999.0 if x > 0 else -999.0)
 
 
-def choose(prep: Any, spec: Any, data: SampleSet, n_calib: int, candidates: tuple[str, ...] = AUTO_CANDIDATES) -> Any:
-    """``prep`` with ``cal`` set to the best candidate; ``prep.choice`` holds the scores."""
-    from . import static
+def choose(prep: Any, spec: Any, data: SampleSet, n_calib: int, candidates: tuple[str, ...] = AUTO_CANDIDATES, *,
+           write: Any) -> Any:
+    """``prep`` with ``cal`` set to the best candidate; ``prep.choice`` holds the scores.
 
+    ``write(prep, spec)`` writes one candidate (``static.write``; passed in, so this module stays below it).
+    """
     idx, held_out = scoring_indices(data, n_calib)
     ref = _outputs(prep.model, data, idx, prep.weights_dir)
     rows: list[dict[str, Any]] = []
@@ -89,7 +91,7 @@ def choose(prep: Any, spec: Any, data: SampleSet, n_calib: int, candidates: tupl
         cal = Calibration.parse(text, prep.cal.bins)
         cand = dataclasses.replace(prep, cal=cal)
         try:
-            q = _outputs(static.write(cand, spec).model, data, idx, prep.weights_dir)
+            q = _outputs(write(cand, spec).model, data, idx, prep.weights_dir)
         except Exception as e:  # noqa: BLE001 - a candidate that cannot run is skipped, and said so
             rows.append({"method": text, "error": str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__})
             continue

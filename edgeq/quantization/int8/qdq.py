@@ -45,18 +45,18 @@ def _onnx():
     return onnx
 
 
-def _graphs(graph: Any, path: str = "main") -> Iterable[tuple[str, Any, Any]]:
+def walk_graphs(graph: Any, path: str = "main") -> Iterable[tuple[str, Any, Any]]:
     """(path, graph, owning node or None) for the graph and every subgraph, depth first."""
     onnx = _onnx()
     yield path, graph, None
     for node in graph.node:
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
-                for item in _graphs(attr.g, f"{path}/{node.name or node.op_type}.{attr.name}"):
+                for item in walk_graphs(attr.g, f"{path}/{node.name or node.op_type}.{attr.name}"):
                     yield item if item[2] is not None else (item[0], item[1], node)
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 for i, g in enumerate(attr.graphs):
-                    for item in _graphs(g, f"{path}/{node.name or node.op_type}.{attr.name}[{i}]"):
+                    for item in walk_graphs(g, f"{path}/{node.name or node.op_type}.{attr.name}[{i}]"):
                         yield item if item[2] is not None else (item[0], item[1], node)
 
 
@@ -64,7 +64,7 @@ def name_nodes(model: Any) -> None:
     """Give every unnamed node a stable, unique name (reports and --keep-float refer to them)."""
     seen: set[str] = set()
     counter = 0
-    for _, g, _ in _graphs(model.graph):
+    for _, g, _ in walk_graphs(model.graph):
         for n in g.node:
             if not n.name or n.name in seen:
                 while True:
@@ -103,7 +103,7 @@ class Plan:
     total_by_op: dict[str, int] = field(default_factory=dict)
 
 
-def _const_names(model: Any) -> dict[str, Any]:
+def const_names(model: Any) -> dict[str, Any]:
     from ...core.onnxutil import iter_initializers, iter_nodes
 
     out = {i.name: i for i in iter_initializers(model.graph)}
@@ -119,13 +119,13 @@ def plan(model: Any, *, op_types: tuple[str, ...] = WEIGHT_OPS, keep_float: dict
     """Choose nodes to quantize and the activations to calibrate (model must have named nodes)."""
     onnx = _onnx()
     keep_float = dict(keep_float or {})
-    consts = _const_names(model)
-    graph_outputs = {o.name for _, g, _ in _graphs(model.graph) for o in g.output}
+    consts = const_names(model)
+    graph_outputs = {o.name for _, g, _ in walk_graphs(model.graph) for o in g.output}
     chosen: list[QNode] = []
     kept: dict[str, str] = {}
     total: dict[str, int] = defaultdict(int)
     acts: list[str] = []
-    for gpath, g, _ in _graphs(model.graph):
+    for gpath, g, _ in walk_graphs(model.graph):
         consumers: dict[str, list[Any]] = defaultdict(list)
         for n in g.node:
             for i in n.input:
@@ -288,11 +288,20 @@ def float_tensors(model: Any) -> set[str]:
     except Exception:  # noqa: BLE001
         inferred = model
     out: set[str] = set()
-    for _, g, _ in _graphs(inferred.graph):
+    for _, g, _ in walk_graphs(inferred.graph):
         for vi in list(g.input) + list(g.value_info) + list(g.output):
             if vi.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
                 out.add(vi.name)
     return out
+
+
+def cpu_session(model: Any, base_dir: Any = None):
+    """A quiet CPU session on ``model`` (a ModelProto or path)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return open_session(model, so, ["CPUExecutionProvider"], base_dir)
 
 
 def open_session(model: Any, so: Any, providers: list[str], base_dir: Any = None) -> Any:
@@ -336,7 +345,7 @@ class ProbeRunner:
         import onnxruntime as ort
 
         pm, self.exposed = probe_model(model, names, loops)
-        self.loops = loops and any(n.op_type in ("Loop", "Scan") for _, g, _ in _graphs(pm.graph) for n in g.node)
+        self.loops = loops and any(n.op_type in ("Loop", "Scan") for _, g, _ in walk_graphs(pm.graph) for n in g.node)
         so = ort.SessionOptions()
         so.log_severity_level = 3
         # no fusions: every probed tensor must exist as computed by the reference graph
@@ -459,8 +468,8 @@ def write(
 
     m = copy.deepcopy(model)
     bdir = str(base_dir) if base_dir is not None else ""
-    by_graph: dict[str, Any] = {p: g for p, g, _ in _graphs(m.graph)}
-    consts = _const_names(m)
+    by_graph: dict[str, Any] = {p: g for p, g, _ in walk_graphs(m.graph)}
+    consts = const_names(m)
     how: dict[str, str] = {}
     # a tensor has one activation type: 16-bit when it enters or leaves a "wide" node
     wide_nodes = set(opts.wide)
@@ -584,7 +593,7 @@ def write(
         output_quantized.add(qn.output)
         how[qn.name] = f"int8 weights{' per-channel' if axis is not None else ''}, {act_type.get(qn.output, opts.activation_type)} activations"
     # rebuild node lists in order
-    for _, g, _ in _graphs(m.graph):
+    for _, g, _ in walk_graphs(m.graph):
         new = []
         for n in g.node:
             if n.name in drop_nodes:
@@ -597,15 +606,15 @@ def write(
             del g.node[:]
             g.node.extend(copies)
     # drop fp32 weights nothing reads any more (initializers and Constant nodes)
-    used = {i for n in iter_nodes(m.graph) for i in n.input} | {o.name for _, g, _ in _graphs(m.graph) for o in g.output}
-    for _, g, _ in _graphs(m.graph):
+    used = {i for n in iter_nodes(m.graph) for i in n.input} | {o.name for _, g, _ in walk_graphs(m.graph) for o in g.output}
+    for _, g, _ in walk_graphs(m.graph):
         dead = [n for n in g.node if n.op_type == "Constant" and n.output and n.output[0] not in used and n.output[0] in consts]
         if dead:
             names = {n.name for n in dead}
             keep_nodes = [copy.deepcopy(n) for n in g.node if n.name not in names]
             del g.node[:]
             g.node.extend(keep_nodes)
-    for _, g, _ in _graphs(m.graph):
+    for _, g, _ in walk_graphs(m.graph):
         # delete in place: re-adding the kept ones would copy every quantized weight once more
         for i in reversed([i for i, t in enumerate(g.initializer) if t.name not in used]):
             del g.initializer[i]

@@ -149,9 +149,9 @@ def coverage(fp32_model: Any, q_model: Any) -> Coverage:
 
     total: collections.Counter[str] = collections.Counter()
     weight_bytes_total = 0
-    from .qdq import _const_names
+    from .qdq import const_names
 
-    inits = _const_names(fp32_model)  # initializers and Constant nodes, subgraphs included
+    inits = const_names(fp32_model)  # initializers and Constant nodes, subgraphs included
     for n in iter_nodes(fp32_model.graph):
         if n.op_type in WEIGHT_OPS and len(n.input) > 1 and n.input[1] in inits:
             total[n.op_type] += 1
@@ -492,9 +492,9 @@ def _edgeq_static_in(
 
 def _subgraph_coverage(model: Any, written: Any) -> dict[str, dict[str, int]]:
     """Per op type owning a subgraph (innermost If/Loop/Scan): nodes quantized, with calibrated activations."""
-    from .qdq import _graphs
+    from .qdq import walk_graphs
 
-    owner = {path: node.op_type for path, _, node in _graphs(model.graph) if node is not None}
+    owner = {path: node.op_type for path, _, node in walk_graphs(model.graph) if node is not None}
     out: dict[str, dict[str, int]] = {}
     for qn in written.plan.nodes:
         if not qn.in_subgraph:

@@ -67,7 +67,7 @@ def probe_runner(
             runner(feed)
         return runner
     except Exception as e:  # noqa: BLE001
-        if not any(n.op_type in ("Loop", "Scan") for _, g, _ in qdq._graphs(model.graph) for n in g.node):
+        if not any(n.op_type in ("Loop", "Scan") for _, g, _ in qdq.walk_graphs(model.graph) for n in g.node):
             raise
         if notes is not None:
             notes.append(
@@ -163,7 +163,7 @@ def prepare(
     if cal.method == "auto":
         from .autocal import choose
 
-        prep = choose(prep, spec, data, n)
+        prep = choose(prep, spec, data, n, write=write)
     return prep
 
 
@@ -207,16 +207,8 @@ def write(prep: Prepared, spec: QuantSpec, keep_float: dict[str, str] | None = N
 # -- evaluation ---------------------------------------------------------------------------------
 
 
-def _session(model: Any, base_dir: Any = None):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    return qdq.open_session(model, so, ["CPUExecutionProvider"], base_dir)
-
-
 def first_outputs(model: Any, data: SampleSet, n: int, base_dir: Any = None) -> list[np.ndarray]:
-    sess = _session(model, base_dir)
+    sess = qdq.cpu_session(model, base_dir)
     name = sess.get_outputs()[0].name
     names = {i.name for i in sess.get_inputs()}
     out = []

@@ -78,7 +78,7 @@ class LevelChoice:
 
 def with_level(src: Path, level: int, out: Path) -> Path:
     """A copy of ``src`` whose MatMulNBits nodes run at ``level`` (weights untouched)."""
-    from ..weight_only.quantizer import _save
+    from ..weight_only.quantizer import save_model
 
     model = load_model(src)
     for n in model.graph.node:
@@ -90,7 +90,7 @@ def with_level(src: Path, level: int, out: Path) -> Path:
                 from onnx import helper
 
                 n.attribute.append(helper.make_attribute("accuracy_level", level))
-    _save(model, out)
+    save_model(model, out)
     return out
 
 

@@ -487,7 +487,7 @@ def quantize(
     removed, saved = dedupe_constants(model)
     if removed:
         notes.append(f"{removed} duplicated constant(s) stored once ({saved / 1e6:.3f} MB saved; e.g. a causal mask or rotary table repeated per layer)")
-    _save(model, out_path)
+    save_model(model, out_path)
     counts_total: dict[str, int] = {}
     counts_q: dict[str, int] = {}
     for d in decisions:
@@ -551,7 +551,7 @@ def _trans_b(node: Any) -> bool:
     return any(a.name == "transB" and a.i for a in node.attribute)
 
 
-def _save(model: Any, path: Path) -> None:
+def save_model(model: Any, path: Path) -> None:
     from ...core.onnxutil import save_model
 
     save_model(model, path)  # external data (one file beside it) over the threshold

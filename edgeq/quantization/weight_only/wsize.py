@@ -73,7 +73,7 @@ def size_breakdown(path: Path | str) -> dict[str, Any]:
 
 def breakdown_line(b: dict[str, Any]) -> str:
     """One line for a table: the largest categories first, with their share of the file."""
-    from ...reporting.tables import human_bytes
+    from ...core.units import human_bytes
 
     items = sorted(((v, k) for k, v in b["bytes"].items() if v), reverse=True)
     return "; ".join(f"{LABELS[k].split(' (')[0]} {human_bytes(v)} ({100 * v / b['file_bytes']:.1f} %)" for v, k in items)
