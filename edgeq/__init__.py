@@ -26,16 +26,32 @@ from .core.version import __version__
 __all__ = ["export", "optimize", "quantize", "verify", "profile", "bundle", "load_target", "__version__"]
 
 
+def _opened(model: Any, provenance: tuple[str, ...] = ()):
+    """A path the user passed in is untrusted: checked as data, then probed in a child (as the CLI does)."""
+    if isinstance(model, (str, Path)):
+        from .core.isolate import open_source
+
+        return open_source(Path(model), provenance)
+    return model
+
+
+def _target(target: Any):
+    return load_target(target) if isinstance(target, (str, Path)) else target
+
+
 def export(source: Any, example_inputs: Any = None, **kwargs: Any):
     """An fp32 ONNX ``Artifact`` from a source.
 
-    - ``export("model.onnx")``: load and check an ONNX model;
+    - ``export("model.onnx")``: probe the model in a child process (a crafted model cannot crash
+      the caller), then load and check it, as ``edgeq export`` does;
     - ``export(module, example_inputs, target="arm64", dynamic_axes=..., opset=None)``:
       export a ``torch.nn.Module`` with torch's exporter and check it against the module.
     """
     if isinstance(source, (str, Path)):
         from .exporters.onnx import export_onnx
 
+        if Path(source).suffix.lower() == ".onnx":
+            _opened(source, (f"source({Path(source).name})",))
         return export_onnx(Path(source), **kwargs)
     from .exporters.torch import export_torch
 
@@ -43,34 +59,41 @@ def export(source: Any, example_inputs: Any = None, **kwargs: Any):
 
 
 def optimize(artifact, target, out_path, **kwargs: Any):
+    """``artifact`` (an ``Artifact`` or an .onnx path) folded and shaped for ``target`` (a ``Target`` or its name)."""
     from .core.optimization import optimize as _optimize
 
-    art, _notes = _optimize(artifact, target, Path(out_path), **kwargs)
+    art, _notes = _optimize(_opened(artifact), _target(target), Path(out_path), **kwargs)
     return art
 
 
 def quantize(artifact, spec, out_path, **kwargs: Any):
+    """A ``QuantResult``: ``artifact`` (an ``Artifact`` or an .onnx path) quantized per ``spec`` (a ``QuantSpec``)."""
     from .quantization import quantize as _quantize
 
-    return _quantize(artifact, spec, Path(out_path), **kwargs)
+    return _quantize(_opened(artifact), spec, Path(out_path), **kwargs)
 
 
 def verify(reference, candidate, data, tolerances, **kwargs: Any):
+    """A ``VerifyReport``: ``candidate`` against ``reference`` (both .onnx paths, each probed first) on ``data``."""
     from .checks.comparison import verify as _verify
 
+    _opened(reference)
+    _opened(candidate)
     return _verify(reference, candidate, data, tolerances, **kwargs)
 
 
 def profile(model, target, **kwargs: Any):
+    """A ``ProfileResult`` for ``model`` (an .onnx path) on this host with ``target``'s providers (``None`` without them)."""
     from .profiling.profiler import profile as _profile
 
-    return _profile(model, target, **kwargs)
+    return _profile(model, _target(target), **kwargs)
 
 
 def bundle(artifact, target, out, info, **kwargs: Any):
+    """Write a runtime bundle for ``artifact`` (an ``Artifact`` or an .onnx path, probed) to ``out``; its path."""
     from .bundles.bundle import write_bundle
 
-    return write_bundle(artifact, target, Path(out), info, **kwargs)
+    return write_bundle(_opened(artifact), _target(target), Path(out), info, **kwargs)
 
 
 def load_target(name_or_path):
