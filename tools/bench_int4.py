@@ -55,7 +55,10 @@ def _quantize_child(args: dict) -> dict:
         spec = QuantSpec(**args["spec"])
         data = load_samples(Path(args["calib"]), art.io) if spec.needs_calibration else None
         quantize(art, spec, out, data=data)
-    return {"seconds": time.perf_counter() - t0, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    from edgeq.profiling.worker import memory_status  # VmHWM: ru_maxrss keeps the forked parent's high-water mark
+
+    peak = memory_status().get("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"seconds": time.perf_counter() - t0, "peak_rss_mb": peak / 2**20}
 
 
 def run_child(args: dict) -> dict:

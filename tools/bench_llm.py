@@ -78,7 +78,9 @@ def _child(args: dict) -> dict:
                 med = float(np.median(per))  # the median step: a busy host's stalls do not count
                 rows.append({"context": ctx, "ttft_ms": ttft * 1e3, "decode_tokens_per_s": 1 / med if med > 0 else None})
             res["timing"][str(threads)] = rows
-    res["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    from edgeq.profiling.worker import memory_status  # VmHWM: ru_maxrss keeps the forked parent's high-water mark
+
+    res["peak_rss_bytes"] = memory_status().get("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     res.pop("logits_done", None)
     return res
 

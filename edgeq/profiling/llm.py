@@ -66,14 +66,17 @@ def measure(root: str, *, prompt: int = PROMPT, contexts: tuple[int, ...] = CONT
             total += 1
         med = float(np.median(per))
         rows.append({"context": ctx, "decode_ms_per_token": med * 1e3, "decode_tokens_per_s": 1.0 / med if med > 0 else None})
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    from .worker import memory_status
+
+    # VmHWM: ru_maxrss would keep the high-water mark of the parent copy this child was forked from
+    peak = memory_status().get("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     flat = rows[-1]["decode_ms_per_token"] / rows[0]["decode_ms_per_token"] if len(rows) > 1 and rows[0]["decode_ms_per_token"] else None
     return {
         "prompt_tokens": prompt,
         "ttft_ms": float(np.median(ttft)) * 1e3,
         "decode": rows,
         "decode_growth": flat,  # ms/token at the longest context over the shortest
-        "peak_rss_bytes": int(peak_kib) * 1024,
+        "peak_rss_bytes": int(peak),
         "kv_bytes_per_token": dec.kv_bytes_per_token(),
         "context_length": limit,
         "steps": steps,

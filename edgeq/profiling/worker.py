@@ -25,7 +25,9 @@ SCHEMA = 1
 _REGISTERED: set = set()
 
 
-def _status() -> dict:
+def memory_status() -> dict:
+    """VmRSS and VmHWM of this process in bytes (Linux; empty elsewhere). VmHWM belongs to the address space
+    exec created, unlike ru_maxrss, which keeps the high-water mark of the forked parent copy."""
     try:
         with open("/proc/self/status") as f:
             text = f.read()
@@ -236,12 +238,12 @@ def measure(spec: dict) -> dict:
         i, name = k.split(":", 1)
         feeds.setdefault(int(i), {})[name] = arrays[k]
     feed = feeds[0]
-    mem0 = _status()
+    mem0 = memory_status()
     peak_ok = _reset_peak()
     t0 = time.perf_counter()
     sess = make_session(ort, spec)
     t1 = time.perf_counter()
-    mem1 = _status()
+    mem1 = memory_status()
     active = sess.get_providers()
     first_out = sess.run(None, feed)
     t2 = time.perf_counter()
@@ -261,7 +263,7 @@ def measure(spec: dict) -> dict:
     for _ in range(int(spec.get("warmup", 5))):
         sess.run(None, feed)
     times, stable, elapsed = time_runs(sess, feed, spec)
-    mem2 = _status()
+    mem2 = memory_status()
     st = stats(times)
     st.update({"stable": stable, "elapsed_s": elapsed, "stable_rel": float(spec.get("stable_rel", 0.05))})
     result["steady"] = st
