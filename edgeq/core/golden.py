@@ -25,20 +25,26 @@ FALLBACK_VOCAB = 1000
 _PASSTHROUGH = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity", "Expand"}
 
 
-def _vocab_sizes(model_path: Path | str | None) -> dict[str, int]:
+def _load_graph(model_path: Path | str | None) -> Any:
+    """The model without its external weights (shapes and metadata only), or None."""
+    if model_path is None:
+        return None
+    try:
+        import onnx
+
+        return onnx.load(str(model_path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - a hint only
+        return None
+
+
+def _vocab_sizes(m: Any) -> dict[str, int]:
     """Input name -> rows of the embedding table a Gather reads with it (the vocabulary).
 
     The ids may reach the Gather through shape-only ops (Cast, Reshape, ...: a TorchScript
     export reshapes them first). An integer input whose table is not found gets the
     smallest table's row count under the key ``""``: in range for every table.
     """
-    if model_path is None:
-        return {}
-    try:
-        import onnx
-
-        m = onnx.load(str(model_path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - a hint only
+    if m is None:
         return {}
     inits = {i.name: tuple(i.dims) for i in m.graph.initializer}
     origin = {i.name: i.name for i in m.graph.input}  # tensor -> the graph input it is a reshaped copy of
@@ -55,20 +61,6 @@ def _vocab_sizes(model_path: Path | str | None) -> dict[str, int]:
                 name = origin[n.input[1]]
                 out[name] = min(out.get(name, rows), rows)
     return out
-
-
-def _image_side(model_path: Path | str | None) -> tuple[int, int] | None:
-    """The model's declared ``imgsz`` (metadata), read as ``edgeq inspect`` reads it."""
-    if model_path is None:
-        return None
-    try:
-        import onnx
-
-        from .modelmeta import declared_imgsz
-
-        return declared_imgsz(onnx.load(str(model_path), load_external_data=False))
-    except Exception:  # noqa: BLE001 - a hint only
-        return None
 
 
 def _shape(t: Any, spec: dict[str, Any], side: tuple[int, int] | None) -> list[int]:
@@ -127,13 +119,16 @@ def typical_ints(name: str, shape: list[int], dt: np.dtype, rng: np.random.Gener
 def typical_feed(model_path: Path | str | None, io: Any, app_inputs: dict[str, dict[str, Any]] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
     """One feed of typical values for every model input (see the module docstring)."""
     rng = np.random.default_rng(seed)
-    vocab = _vocab_sizes(model_path)
+    graph = _load_graph(model_path)  # read once: embedding tables and the declared imgsz
+    vocab = _vocab_sizes(graph)
     from ..exporters.decoder import is_kv_decoder, prefill_feed
 
     if is_kv_decoder(io):  # a KV-cache decoder: a consistent prefill (mask and positions cover the window, empty past)
         rows = vocab.get("input_ids", vocab.get("", FALLBACK_VOCAB))
         return prefill_feed(io.inputs, rng.integers(0, rows, (1, SEQ_LEN), dtype=np.int64))
-    side = _image_side(model_path)
+    from .modelmeta import declared_imgsz
+
+    side = declared_imgsz(graph) if graph is not None else None
     app_inputs = app_inputs or {}
     feed: dict[str, np.ndarray] = {}
     for t in io.inputs:
