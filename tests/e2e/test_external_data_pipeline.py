@@ -242,7 +242,7 @@ def test_a_tensor_over_2gib_is_refused_in_one_line(runner, tmp_path):
 
 
 def linear_stack_module():
-    """A torch factory for the CLI (``tests.test_external_data_pipeline:linear_stack_module``)."""
+    """A torch factory for the CLI (``tests.e2e.test_external_data_pipeline:linear_stack_module``)."""
     import torch
 
     torch.manual_seed(0)
@@ -256,7 +256,7 @@ def test_torch_export_over_the_threshold_goes_through_with_external_data(runner,
     np.savez(calib, input=np.random.default_rng(0).standard_normal((16, 64), dtype=np.float32))
     out = tmp_path / "b"
     r = runner.invoke(app, [
-        "export", "tests.test_external_data_pipeline:linear_stack_module", "--example-shape", "input=1x64",
+        "export", "tests.e2e.test_external_data_pipeline:linear_stack_module", "--example-shape", "input=1x64",
         "--quant", "int8-dynamic", "--calib", str(calib), "--no-profile", "-o", str(out), "--json",
     ])
     assert r.exit_code == 0, r.output

@@ -73,7 +73,7 @@ class Unexportable(torch.nn.Module):
 
 
 def tiny_mlp() -> torch.nn.Module:
-    """Factory used through the CLI as tests.test_export_torch:tiny_mlp."""
+    """Factory used through the CLI as tests.unit.test_export_torch:tiny_mlp."""
     return TinyMLP()
 
 
@@ -192,7 +192,7 @@ def unexportable() -> torch.nn.Module:
 @pytest.mark.slow
 def test_unexportable_model_names_the_op(runner, tmp_path):
     out = tmp_path / "b"
-    r = runner.invoke(app, ["export", "tests.test_export_torch:unexportable", "--example-shape", "x=2x3x3", "-o", str(out)])
+    r = runner.invoke(app, ["export", "tests.unit.test_export_torch:unexportable", "--example-shape", "x=2x3x3", "-o", str(out)])
     assert r.exit_code == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: torch cannot export the model to ONNX")
@@ -214,7 +214,7 @@ def test_cli_factory_with_weights_runs_the_whole_pipeline(runner, tmp_path):
     np.savez(calib, x=np.random.default_rng(0).normal(size=(16, 10)).astype(np.float32))
     out = tmp_path / "bundle"
     r = runner.invoke(app, [
-        "export", "tests.test_export_torch:tiny_mlp", "--weights", str(weights), "--example-shape", "x=1x10",
+        "export", "tests.unit.test_export_torch:tiny_mlp", "--weights", str(weights), "--example-shape", "x=1x10",
         "--target", "arm64", "--quant", "int8-dynamic", "--calib", str(calib), "--no-profile", "-o", str(out), "--json",
     ])
     assert r.exit_code == 0, r.output
@@ -255,8 +255,8 @@ def test_cli_state_dict_alone_asks_for_the_architecture(runner, tmp_path):
 
 
 def test_cli_bad_example_shape_and_missing_examples(runner, tmp_path):
-    r = runner.invoke(app, ["export", "tests.test_export_torch:tiny_mlp", "--example-shape", "x=1xQ", "-o", str(tmp_path / "b")])
+    r = runner.invoke(app, ["export", "tests.unit.test_export_torch:tiny_mlp", "--example-shape", "x=1xQ", "-o", str(tmp_path / "b")])
     assert r.exit_code == 2 and "bad --example-shape" in r.stderr
-    r = runner.invoke(app, ["export", "tests.test_export_torch:tiny_mlp", "-o", str(tmp_path / "b")])
+    r = runner.invoke(app, ["export", "tests.unit.test_export_torch:tiny_mlp", "-o", str(tmp_path / "b")])
     assert r.exit_code == 2 and "--example-shape" in r.stderr
     assert not (tmp_path / "b").exists()

@@ -18,7 +18,7 @@ import pytest
 
 from edgeq.cli import app
 
-from tests.test_profile import FAST, models  # noqa: F401 - shared module fixture
+from tests.e2e.test_profile import FAST, models  # noqa: F401 - shared module fixture
 
 pytestmark = pytest.mark.slow
 

@@ -38,7 +38,7 @@ def _bundle(runner, model: Path, out: Path, calib: Path, *extra: str) -> Path:
 
 def _target_variant(tmp_path: Path, name: str, **lines: str) -> Path:
     """targets/arm64.toml with some `key = value` lines replaced."""
-    text = (Path(__file__).resolve().parents[1] / "targets" / "arm64.toml").read_text().replace('name = "arm64"', f'name = "{name}"')
+    text = (Path(__file__).resolve().parents[2] / "targets" / "arm64.toml").read_text().replace('name = "arm64"', f'name = "{name}"')
     out = []
     for ln in text.splitlines():
         key = ln.split("=")[0].strip()
