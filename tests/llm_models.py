@@ -41,25 +41,21 @@ def make_lm(kind: str, seed: int = 0, **config):
 
 def train_tokenizer(vocab_size: int = 300, pre: str = "gpt2"):
     """Byte-level BPE; ``pre``: "gpt2" (ByteLevel's own regex) or "qwen2" (Qwen2's split regex, then ByteLevel)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, pre_tokenizers
+
+    from fixtures.lm import train_bpe
 
     text = ("the quick brown fox jumps over the lazy dog. def main(): return 0\n"
             "import os, sys; print('hello world') # a comment about numbers 0123456789\n") * 20
-    tok = Tokenizer(models.BPE())
+    pre_tok = None
     if pre == "qwen2":
         from edgeq.llamacpp.gguf import _QWEN2_REGEX
 
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tok = pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(_QWEN2_REGEX), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ])
-    else:
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", BOS, EOS],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator([text], trainer=trainer)
-    return tok
+    return train_bpe(text, vocab_size, ["<pad>", BOS, EOS], pre_tok)
 
 
 def save_lm(folder: Path, kind: str = "llama", *, tokenizer: bool = True, chat_template: str | None = None, pre: str = "gpt2",

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Compare GGUF quant types on one Llama model, each run by llama.cpp against the fp32 PyTorch model.
 
-    python tools/bench_gguf.py                       # the trained tiny Llama from tests/lm_fixture.py
+    python tools/bench_gguf.py                       # the trained tiny Llama from fixtures/lm.py
     python tools/bench_gguf.py --model path/to/hf_llama_folder --quants q8_0,q4_0,q4_k --json
 
 One row per quant type: file size (and ratio to fp32), perplexity of fp32 and llama.cpp on the
@@ -42,7 +42,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="edgeq-bench-gguf-") as tmp:
         tmp = Path(tmp)
         if args.model is None:
-            from tests.lm_fixture import heldout_prompts, make_tiny_llama
+            from fixtures.lm import heldout_prompts, make_tiny_llama
 
             t0 = time.perf_counter()
             model = make_tiny_llama(tmp / "tiny-llama")

@@ -141,7 +141,7 @@ def main() -> None:
     from edgeq.core.data import load_samples
     from edgeq.checks.lmeval import lm_quality
     from edgeq.core.onnxutil import artifact_from, model_size
-    from tools.build_lm import PRESETS, build
+    from fixtures.lm import PRESETS, build
 
     fx = build(PRESETS["default"], a.cache)
     work = Path(tempfile.mkdtemp(prefix="edgeq-bench-int4-"))

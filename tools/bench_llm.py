@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """edgeq's KV-cache decoder bundles vs onnxruntime-genai's model builder, in the same runtime (onnxruntime-genai).
 
-    python tools/bench_llm.py                      # trains the tiny Llama of tests/lm_fixture.py (context 1280)
+    python tools/bench_llm.py                      # trains the tiny Llama of fixtures/lm.py (context 1280)
     python tools/bench_llm.py --algos rtn,gptq,awq --contexts 128,1024 --threads 1,0
 
 Rows: fp32 and int4 (RTN / GPTQ / AWQ, block 32) KV-cache decoders written by edgeq, and the
@@ -129,7 +129,7 @@ def main() -> int:
     work = a.work or Path(tempfile.mkdtemp(prefix="edgeq-bench-llm-"))
     work.mkdir(parents=True, exist_ok=True)
     if a.model is None:
-        from tests.lm_fixture import TinyLlamaSpec, corpus_text, heldout_prompts, make_tiny_llama
+        from fixtures.lm import TinyLlamaSpec, corpus_text, heldout_prompts, make_tiny_llama
 
         folder = work / "tiny-llama"
         if not (folder / "model.safetensors").exists():

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """One Llama model, two formats: edgeq ONNX int4 vs GGUF on llama.cpp, on the same token windows.
 
-    python tools/bench_llm_formats.py                  # builds the tiny trained Llama of tests/lm_fixture.py
+    python tools/bench_llm_formats.py                  # builds the tiny trained Llama of fixtures/lm.py
     python tools/bench_llm_formats.py --model path/to/hf_llama_folder --algos rtn --quants q4_0,q8_0
 
 Every row is compared with the fp32 PyTorch model (transformers) on the same token ids:
@@ -70,7 +70,7 @@ def main() -> int:
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     t00 = time.perf_counter()
     if a.model is None:
-        from tests.lm_fixture import corpus_text, heldout_prompts, make_tiny_llama
+        from fixtures.lm import corpus_text, heldout_prompts, make_tiny_llama
 
         folder = work / "tiny-llama"
         if not (folder / "model.safetensors").exists():
@@ -80,7 +80,7 @@ def main() -> int:
         texts = heldout_prompts(a.prompts, a.chars)
         train, _ = corpus_text()
         calib_texts = [train[i : i + 4 * a.chars] for i in range(0, 32 * 4 * a.chars, 4 * a.chars)]
-        what = "tiny trained Llama fixture (tests/lm_fixture.py: 2 layers, hidden 128, BPE vocabulary 320), held-out module windows"
+        what = "tiny trained Llama fixture (fixtures/lm.py: 2 layers, hidden 128, BPE vocabulary 320), held-out module windows"
     else:
         folder, texts = a.model, list(DEFAULT_PROMPTS)
         calib_texts = texts  # no other text at hand: GPTQ calibrates on the evaluation prompts (in-sample)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Pre-quantized import vs edgeq's own GPTQ, on the same trained tiny Llama.
 
-    python tools/bench_prequant.py                  # trains the fixture from tests/lm_fixture.py (a minute or two)
+    python tools/bench_prequant.py                  # trains the fixture from fixtures/lm.py (a minute or two)
     python tools/bench_prequant.py --model FOLDER   # any float Llama save_pretrained folder
 
 Rows (same calibration windows, same held-out windows, MatMulNBits at accuracy level 0, embeddings
@@ -135,7 +135,7 @@ def main() -> int:
     from rich.table import Table
     from tokenizers import Tokenizer
 
-    from tests.lm_fixture import corpus_text, make_tiny_llama
+    from fixtures.lm import corpus_text, make_tiny_llama
 
     err = Console(stderr=True)
     with tempfile.TemporaryDirectory(prefix="edgeq-bench-prequant-") as tmp:

@@ -86,7 +86,7 @@ def table(rows: list[dict]) -> str:
 
 
 def build(edgeq: str, targets: list[str], work: Path) -> list[tuple[Path, Path]]:
-    from tests.shipped_models import image_data, make_convnet, make_mbv3
+    from fixtures.shipped import image_data, make_convnet, make_mbv3
 
     models = []
     digits = ROOT / "examples" / "digits"

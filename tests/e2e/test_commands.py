@@ -220,6 +220,8 @@ def test_targets_ship_inside_the_wheel(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     for t in ("arm64", "cpu-x86_64", "qnn-htp", "nnapi", "coreml", "openvino-npu"):
         assert f"edgeq/targets/{t}.toml" in names
+    # the test and benchmark fixtures stay out of the wheel
+    assert not [n for n in names if n.split("/")[0] in ("fixtures", "tests", "tools")]
 
 
 def test_target_with_x86_only_ort_level_is_refused(runner, tmp_path):

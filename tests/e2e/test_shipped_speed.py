@@ -19,7 +19,7 @@ from edgeq.quantization.selection.speed import SpeedOptions, interleaved
 from edgeq.core.targets import load_target
 from edgeq.core.runtime import create_session, session_options
 
-from tests.shipped_models import image_data, make_convnet, make_mbv3
+from fixtures.shipped import image_data, make_convnet, make_mbv3
 
 MARGIN_ONNX = 1.2  # the 1.1, plus noise room on a shared machine
 MARGIN_FP32 = 1.15

@@ -12,7 +12,7 @@ import pytest
 from edgeq.cli import app
 from edgeq.errors import ModelError, QuantizationError, TargetError
 from edgeq.core.fsutil import sha256_file
-from tests.lm_fixture import SPECIALS, TinyLlamaSpec, heldout_prompts, make_tiny_llama
+from fixtures.lm import SPECIALS, TinyLlamaSpec, heldout_prompts, make_tiny_llama
 from tests.models import make_cnn, snapshot
 
 gguf = pytest.importorskip("gguf")  # part of edgeq[gguf]; the llama.cpp tests below fail instead of skipping

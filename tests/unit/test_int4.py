@@ -151,14 +151,15 @@ def test_spec_validation():
 
 @pytest.fixture(scope="session")
 def tiny_lm(tmp_path_factory) -> Path:
-    """A 2-layer, 64-wide byte-level Llama trained for 150 steps on the standard library (tools/build_lm.py)."""
+    """A 2-layer, 64-wide byte-level Llama trained for 150 steps on the standard library (fixtures/lm.py)."""
     pytest.importorskip("transformers")
-    from tools.build_lm import PRESETS, build
-
     import os
 
-    # EDGEQ_FIXTURE_CACHE=DIR reuses a built fixture across runs (local development); CI builds it fresh
-    cache = os.environ.get("EDGEQ_FIXTURE_CACHE") or tmp_path_factory.mktemp("fixtures")
+    from fixtures import CACHE_ENV, cache_dir
+    from fixtures.lm import PRESETS, build
+
+    # with EDGEQ_CACHE_DIR set, a built fixture is reused across runs (local development); CI builds it fresh
+    cache = cache_dir() if os.environ.get(CACHE_ENV) else tmp_path_factory.mktemp("fixtures")
     return build(PRESETS["tiny"], Path(cache), log=lambda *_: None)
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from edgeq.errors import ModelError
 from edgeq.exporters import prequant as pq
-from tests.lm_fixture import TinyLlamaSpec, make_tiny_llama
+from fixtures.lm import TinyLlamaSpec, make_tiny_llama
 from tests.prequant_fixtures import make_awq, make_bnb4, make_bnb8, make_gptq
 
 SPEC = TinyLlamaSpec(layers=1)
