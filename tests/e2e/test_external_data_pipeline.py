@@ -159,6 +159,7 @@ def test_export_with_external_data_matches_the_single_file_run(runner, tmp_path,
     assert r.exit_code == 0, r.output
 
 
+@pytest.mark.slow
 def test_quantize_command_writes_the_model_and_its_data_file(runner, tmp_path, monkeypatch):
     src = _source(tmp_path)
     calib = _calib(tmp_path)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeq.cli import app
@@ -61,6 +62,7 @@ def test_inspect_shows_the_metadata_escaped_and_shortened(runner, tmp_path):
     assert d["declared_imgsz"] == [24, 32]
 
 
+@pytest.mark.slow
 def test_a_declared_imgsz_pins_static_shapes_and_sizes_synthesized_inputs(runner, tmp_path):
     det, plain = make_detector(tmp_path / "det.onnx"), make_detector(tmp_path / "plain.onnx", imgsz=None)
     # a target that needs static shapes: height/width come from imgsz (the calibration inputs are synthesized too)

@@ -94,6 +94,7 @@ def test_export_calibrates_with_the_app_file_and_records_it(runner, tmp_path):
                                             "scale": 0.00392156862745098, "mean": [0.5], "std": [0.25]}
 
 
+@pytest.mark.slow
 def test_export_records_the_calibration_spec_in_the_manifest(runner, tmp_path):
     _gray_images(tmp_path / "imgs")
     (tmp_path / "imgs" / "preprocess.toml").write_text(SHORT)
@@ -107,6 +108,7 @@ def test_export_records_the_calibration_spec_in_the_manifest(runner, tmp_path):
     assert any("recorded from the calibration images" in n for n in json.loads(r.stdout)["notes"])
 
 
+@pytest.mark.slow
 def test_export_warns_when_calibration_and_app_preprocessing_differ(runner, tmp_path):
     _gray_images(tmp_path / "imgs")
     (tmp_path / "calib.toml").write_text(SHORT.replace("mean = [0.5]", "mean = [0.4]"))

@@ -124,6 +124,7 @@ def test_unstable_measurement_says_so(models):
     assert "UNSTABLE" not in ok["note"]
 
 
+@pytest.mark.slow
 def test_profile_bundle_uses_model_ort_and_golden_inputs(runner, models, tmp_path):
     out = tmp_path / "bundle"
     r = runner.invoke(app, ["export", str(models["fp32"]), "-o", str(out), "--target", "arm64", "--calib", str(models["calib"]), "--no-profile"])

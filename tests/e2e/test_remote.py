@@ -16,11 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from edgeq.cli import app
 from edgeq.devices.ssh import parse_device, RemoteError
 
-from tests.models import snapshot
+from tests.models import cnn_data, make_cnn, snapshot
 
 SSHD = "/usr/sbin/sshd"
 
@@ -108,12 +109,22 @@ def sshd(tmp_path: Path):
         server.stop()
 
 
-@pytest.fixture
-def bundle(runner, cnn, cnn_calib, tmp_path: Path) -> Path:
-    out = tmp_path / "bundle"
-    r = runner.invoke(app, ["export", str(cnn), "-o", str(out), "--target", "arm64", "--calib", str(cnn_calib), "--no-profile"])
+@pytest.fixture(scope="module")
+def built_bundle(tmp_path_factory) -> Path:
+    """One arm64 bundle of the tiny CNN for the whole module (an export is the slow part of each test)."""
+    d = tmp_path_factory.mktemp("remote-bundle")
+    cnn = make_cnn(d / "cnn.onnx")
+    np.savez(d / "calib.npz", **cnn_data(64, seed=1))
+    out = d / "bundle"
+    r = CliRunner().invoke(app, ["export", str(cnn), "-o", str(out), "--target", "arm64", "--calib", str(d / "calib.npz"), "--no-profile"])
     assert r.exit_code == 0, r.output
     return out
+
+
+@pytest.fixture
+def bundle(built_bundle: Path, tmp_path: Path) -> Path:
+    """A fresh copy per test: some tests change the bundle."""
+    return Path(shutil.copytree(built_bundle, tmp_path / "bundle", symlinks=True))
 
 
 def test_profile_on_device_copies_checks_and_times_there(runner, sshd, bundle):

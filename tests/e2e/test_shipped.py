@@ -125,6 +125,7 @@ def test_nodes_with_slower_integer_kernels_stay_float(runner, tmp_path, monkeypa
     assert res["profile"]["shipped"]["shipped"] == "mixed"
 
 
+@pytest.mark.slow
 def test_shipped_ort_slower_than_its_onnx_is_a_warning(runner, tmp_path, monkeypatch):
     _fake_times(monkeypatch, {"fp32": 1.0, "int8": 0.8, "onnx": 0.5})
     r, _ = _export(runner, tmp_path)
@@ -143,6 +144,7 @@ def test_fp32_bundle_is_timed_as_shipped_and_warned_about(runner, tmp_path, monk
     assert any(n.startswith("WARNING: the shipped model.ort runs 2.00x") for n in res["notes"])
 
 
+@pytest.mark.slow
 def test_fast_enough_int8_is_kept_without_warnings(runner, tmp_path, monkeypatch):
     _fake_times(monkeypatch, {"fp32": 1.0, "int8": 1.04, "onnx": 1.0})  # inside the noise margin
     r, _ = _export(runner, tmp_path)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 
 from edgeq.cli import app
 from edgeq.core.data import SampleSet
@@ -78,6 +79,7 @@ def test_auto_without_held_out_samples_says_so(tmp_path):
     assert sum(n.op_type == "QuantizeLinear" for n in q.graph.node) >= 3
 
 
+@pytest.mark.slow
 def test_auto_is_the_default_of_the_spec_and_targets(runner, tmp_path):
     assert QuantSpec().calibration == "auto"
     for name in ("cpu-x86_64", "arm64"):
@@ -156,6 +158,7 @@ def test_max_drop_on_lm_logits_is_mean_kl_not_top1(tmp_path):
     assert static.metric(q, ref, None).name == "agreement"  # non-LM metric unchanged
 
 
+@pytest.mark.slow
 def test_max_drop_on_lm_with_next_token_labels_is_relative_perplexity(runner, tmp_path):
     src = _tiny_token_lm(tmp_path / "lm.onnx")
     cal = tmp_path / "cal.npz"

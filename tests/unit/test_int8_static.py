@@ -84,6 +84,7 @@ def test_if_subgraph_weights_are_quantized_and_reported(tmp_path):
     assert (tmp_path / "q.onnx").stat().st_size < 0.7 * src.stat().st_size
 
 
+@pytest.mark.slow
 def test_inf_masks_stay_float_and_are_reported(tmp_path):
     src = make_masked_mlp(tmp_path / "m.onnx")
     x = np.random.default_rng(0).normal(size=(40, 1, 16)).astype(np.float32)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeq.cli import app
@@ -73,6 +74,7 @@ def test_targets_declare_16bit_activations_from_facts():
     assert load_target("arm64").quant.wide_activation_type is None
 
 
+@pytest.mark.slow
 def test_sensitive_node_gets_uint16_activations_and_meets_the_budget(runner, tmp_path):
     src = _outlier_mlp(tmp_path / "m.onnx")
     _, _, ev = _sets(tmp_path, src)
@@ -134,6 +136,7 @@ def test_without_16bit_in_the_target_the_search_keeps_fp32(tmp_path):
     assert not any(o.domain == "com.microsoft" for o in m.opset_import)
 
 
+@pytest.mark.slow
 def test_opset_21_uses_default_domain_16bit_qdq(tmp_path):
     src = _outlier_mlp(tmp_path / "m.onnx")
     m = onnx.load(str(src))

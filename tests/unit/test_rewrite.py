@@ -121,6 +121,7 @@ def test_targets_name_their_rewrites_and_unknown_names_are_refused(tmp_path):
     assert "no-such-rewrite" in e.value.message and "hardswish-decompose" in e.value.hint
 
 
+@pytest.mark.slow
 def test_export_lists_rewrites_in_notes_and_manifest_and_the_estimate_improves(runner, tmp_path):
     import json
 

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeq.cli import app
@@ -29,6 +30,7 @@ def _run_py(out):
     return subprocess.run([sys.executable, "-I", str(out / "run.py"), str(out)], capture_output=True, text=True, timeout=120, cwd=out.parent)
 
 
+@pytest.mark.slow
 def test_failed_check_says_fail_wherever_the_bundle_is_opened(runner, cnn, cnn_calib, tmp_path):
     target, appt = _strict(tmp_path)
     out = tmp_path / "b"
