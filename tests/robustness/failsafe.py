@@ -89,41 +89,65 @@ class Proc:
     max_rss: int  # bytes, peak resident set of the child
 
 
+# Starts the command as its child and reports the child's pid, then its wait status and peak RSS,
+# on the pipe whose fd is argv[1]. A process's peak RSS (ru_maxrss) keeps the peak of the memory
+# it had before exec, and a child forked from the test run starts with a copy of all of it (a
+# full pytest run holds torch and transformers: ~450 MB); forked from this small interpreter
+# instead, the command's figure is its own.
+_LAUNCHER = """
+import os, signal, sys
+fd, argv = int(sys.argv[1]), sys.argv[2:]
+pid = os.fork()
+if pid == 0:
+    os.close(fd)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a test run started in the background ignores SIGINT
+    os.execv(argv[0], argv)
+os.write(fd, b"%d\\n" % pid)
+_, status, usage = os.wait4(pid, 0)
+os.write(fd, b"%d %d\\n" % (status, usage.ru_maxrss))
+"""
+
+
 def run_edgeq(args: list, *, timeout: float = 120, env: dict | None = None, cwd: Path | None = None,
               on_start=None) -> Proc:
     """Run the real ``edgeq`` CLI in a child process; measure its time and peak memory.
 
-    ``on_start(pid)`` is called once the child runs (to send it signals). The child is
-    reaped with ``wait4`` so its own peak RSS is known.
+    ``on_start(pid)`` is called once the child runs (to send it signals). The child is started
+    and reaped (``wait4``) by a small launcher process, so its peak RSS is its own and not the
+    size of the test run it was started from.
     """
     cmd = [sys.executable, "-c", "from edgeq.cli import main; main()", *[str(a) for a in args]]
-    with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe:
+    rfd, wfd = os.pipe()
+    with tempfile.TemporaryFile("w+") as fo, tempfile.TemporaryFile("w+") as fe, os.fdopen(rfd, "rb") as report:
         t0 = time.perf_counter()
-        # a test run started in the background inherits SIGINT ignored; a user's terminal does not
-        p = subprocess.Popen(cmd, stdout=fo, stderr=fe, env=env, cwd=cwd, text=True,
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        try:
+            launcher = subprocess.Popen([sys.executable, "-S", "-c", _LAUNCHER, str(wfd), *cmd], stdout=fo, stderr=fe,
+                                        env=env, cwd=cwd, text=True, pass_fds=(wfd,))
+        finally:
+            os.close(wfd)
+        pid = int(report.readline())
         try:
             if on_start is not None:
-                on_start(p.pid)
-            while True:
-                pid, status, usage = os.wait4(p.pid, os.WNOHANG)
-                if pid:
-                    break
+                on_start(pid)
+            while launcher.poll() is None:
                 if time.perf_counter() - t0 > timeout:
                     raise AssertionError(f"edgeq {' '.join(map(str, args))} ran past {timeout} s")
                 time.sleep(0.01)
         except BaseException:
-            p.kill()
-            os.wait4(p.pid, 0)
-            p.returncode = -9
+            for victim in (pid, launcher.pid):
+                try:
+                    os.kill(victim, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            launcher.wait()
             raise
         seconds = time.perf_counter() - t0
+        status, maxrss = (int(v) for v in report.readline().split())
         rc = os.waitstatus_to_exitcode(status)
-        p.returncode = rc
         fo.seek(0)
         fe.seek(0)
         scale = 1 if sys.platform == "darwin" else 1024
-        return Proc(rc, fo.read(), fe.read(), seconds, usage.ru_maxrss * scale)
+        return Proc(rc, fo.read(), fe.read(), seconds, maxrss * scale)
 
 
 def externalize(model_path: Path, tensor: str, location: str, data_path: Path | None = None, *,
