@@ -271,6 +271,7 @@ def test_torch_export_over_the_threshold_goes_through_with_external_data(runner,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "c.npz"]
 
 
+@pytest.mark.slow
 def test_quantize_gate_pick_keeps_its_external_data(tmp_path, monkeypatch):
     # --prefer quantizes three candidates into the scratch folder and copies the pick:
     # a large pick's data file must come along under the output's own name

@@ -220,6 +220,7 @@ def _levels_in(path: Path) -> set[int]:
     return {next(a.i for a in n.attribute if a.name == "accuracy_level") for n in m.graph.node if n.op_type == "MatMulNBits"}
 
 
+@pytest.mark.slow
 def test_export_measures_both_accuracy_levels_unless_pinned(runner, tmp_path):
     src = make_toy_lm(tmp_path / "lm.onnx")
     np.savez(tmp_path / "eval.npz", input_ids=_ids(16))

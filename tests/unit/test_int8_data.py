@@ -62,6 +62,7 @@ def test_image_folder_errors_name_the_problem(tmp_path):
         load_samples(tmp_path / "imgs", _io(("N", 3, 16, 16)))  # checked before any work
 
 
+@pytest.mark.slow
 def test_calib_random_is_loud(runner, tmp_path):
     src = make_cnn(tmp_path / "cnn.onnx")
     r = runner.invoke(app, ["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--calib", "random",

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import onnx
+import pytest
 
 from edgeq.cli import app
 from edgeq.quantization.int8.preflight import check
@@ -60,6 +61,7 @@ def test_x86_without_vnni_warns_unless_reduce_range(tmp_path):
     assert check(model, tg.rules, tg.quant.with_overrides(weight_type="uint8"), vnni=False) == []
 
 
+@pytest.mark.slow
 def test_coreml_int8_is_a_loud_note(runner, tmp_path):
     src = make_cnn(tmp_path / "cnn.onnx")
     cal = tmp_path / "cal.npz"
