@@ -1050,38 +1050,6 @@ def gguf_table(r: dict[str, Any]):
     return t
 
 
-def export_cli(source: Path, target: Any, *, out: Path, quant: str | None, prompts_file: Path | None, force: bool, as_json: bool) -> None:
-    """The ``edgeq export`` path for llama.cpp targets (called from edgeq.cli)."""
-    from ..reporting.tables import StageProgress, err, out as console
-    from ..core.safetext import escape_markup
-
-    if not Path(source).is_dir():
-        raise ModelError(
-            f"{source} is not a folder: target {target.name} takes a Hugging Face Llama folder",
-            "pass the folder with config.json, *.safetensors and tokenizer.json",
-        )
-    progress = StageProgress(err)
-    from ..exporters.prequant import detect
-
-    if detect(Path(source)) is not None:  # GPTQ/AWQ/bitsandbytes folder: codes kept as Q4_1 blocks where they fit
-        r = gguf_export(Path(source), target, out, quant=quant, prompts=read_prompts(prompts_file), force=force, progress=progress.stage)
-    else:
-        r = export_llamacpp(source, target, out, quant=quant, prompts=read_prompts(prompts_file), force=force, progress=progress.stage)
-    if as_json:
-        import typer
-
-        typer.echo(json.dumps(r, indent=2, sort_keys=True, default=str))
-    else:
-        console.print(gguf_table(r))
-        for n in r["notes"]:
-            console.print(f"note: {escape_markup(n)}")
-    if not r["passed"]:
-        raise CheckFailed(
-            f"the GGUF model is outside target {target.name}'s tolerances: {'; '.join(r['verify']['failures'])}",
-            f"the bundle was written to {out} for inspection; try a higher-precision --quant (q8_0, f16)",
-        )
-
-
 def gguf_export(source: Path, target: Any, out: Path, *, quant: str | None, prompts: list[str], force: bool,
                 progress: Any) -> dict[str, Any]:
     """A pre-quantized folder -> llama.cpp GGUF bundle: GPTQ/AWQ codes as Q4_1 blocks where the layout allows,
