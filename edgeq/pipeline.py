@@ -986,3 +986,28 @@ def check_gguf(outcome: GGUFOutcome) -> None:
             f"the GGUF model is outside target {outcome.target.name}'s tolerances: {'; '.join(r['verify']['failures'])}",
             f"the bundle was written to {outcome.out} for inspection; try a higher-precision --quant (q8_0, f16)",
         )
+
+
+Config = ExportConfig | QuantizeConfig | BundleConfig
+Outcome = ExportOutcome | GGUFOutcome | QuantizeOutcome | BundleOutcome
+
+
+def check_outcome(outcome: Outcome) -> None:
+    """The failed check of any trip's outcome, raised (CheckFailed: the CLI's exit 1)."""
+    {ExportOutcome: check_export, GGUFOutcome: check_gguf, QuantizeOutcome: check_quantize, BundleOutcome: check_bundle}[type(outcome)](outcome)
+
+
+def run(config: Config, *, progress: ProgressFactory = quiet_progress, check: bool = True) -> Outcome:
+    """The trip ``config`` names, as the CLI runs it (edgeq.export/quantize/bundle given a config call this);
+    ``check``: raise its failed check after the outputs are written, as the CLI exits 1."""
+    if isinstance(config, ExportConfig):
+        outcome: Outcome = export_model(config, progress)
+    elif isinstance(config, QuantizeConfig):
+        outcome = quantize_model(config, progress)
+    elif isinstance(config, BundleConfig):
+        outcome = bundle_model(config)
+    else:
+        raise TypeError(f"not a trip config: {type(config).__name__}")
+    if check:
+        check_outcome(outcome)
+    return outcome
