@@ -18,6 +18,10 @@ import typer
 
 from ..errors import CheckFailed, EdgeqError
 from ..core.safetext import escape_markup, escape_text
+from .options import (  # each option declared once; the groups export shares with quantize and bundle
+    AcceptNewOpt, DeviceOpt, DevicePythonOpt, DeviceTimeoutOpt, EmulateOpt, ForceOpt, IdentityOpt, InputNamesOpt, JsonOpt,
+    KnownHostsOpt, LabelsOpt, OutputNamesOpt, TargetOpt, bundle_options, quant_options,
+)
 
 app = typer.Typer(
     add_completion=False,
@@ -28,10 +32,6 @@ app = typer.Typer(
 targets_app = typer.Typer(help="List the targets, or show one.", invoke_without_command=True, no_args_is_help=False)
 app.add_typer(targets_app, name="targets")
 
-from .options import (  # noqa: F401 - the options, each declared once; the groups export shares with quantize and bundle
-    AcceptNewOpt, DeviceOpt, DevicePythonOpt, DeviceTimeoutOpt, EmulateOpt, ForceOpt, IdentityOpt, InputNamesOpt, JsonOpt,
-    KnownHostsOpt, LabelsOpt, OutputNamesOpt, TargetOpt, bundle_options, quant_options,
-)
 
 def _fail(e: EdgeqError) -> None:
     if os.environ.get("EDGEQ_DEBUG"):
@@ -147,8 +147,7 @@ def export(
         _emit_json(result)
     else:
         console.print(export_table(result))
-        for n in result["notes"]:
-            console.print(f"note: {escape_markup(n)}")
+        _print_notes(console, result["notes"])
         if result["quantization"].get("layers"):
             from ..reporting.tables import layers_table
 
@@ -166,6 +165,11 @@ def export(
     pipeline.check_export(outcome)
 
 
+def _print_notes(console: Any, notes: list[str]) -> None:
+    for n in notes:
+        console.print(f"note: {escape_markup(n)}")  # notes name files, tensors and layers: escaped
+
+
 def _tuple(values: Optional[list[str]]) -> Optional[tuple[str, ...]]:
     return tuple(values) if values is not None else None
 
@@ -181,8 +185,7 @@ def _print_gguf(outcome: Any, as_json: bool) -> None:
         _emit_json(r)
     else:
         console.print(gguf_table(r))
-        for n in r["notes"]:
-            console.print(f"note: {escape_markup(n)}")
+        _print_notes(console, r["notes"])
     pipeline.check_gguf(outcome)
 
 
@@ -209,8 +212,7 @@ def quantize(
     else:
         cov = recipe.get("coverage")
         console.print(f"wrote {escape_markup(out)} ({outcome.mode}" + (f", {cov['nodes_quantized']}/{cov['nodes_total']} weight nodes quantized)" if cov else ")"))
-        for n in recipe["notes"]:
-            console.print(f"note: {escape_markup(n)}")
+        _print_notes(console, recipe["notes"])
         if recipe.get("layers"):
             from ..reporting.tables import layers_table
 
