@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,22 @@ def check_files(root: Path, manifest: dict[str, Any], shown: Path | None = None)
         raise BundleError(f"bundle {shown or root} is corrupt: {e}", CORRUPT_HINT) from None
 
 
+TARGET_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")  # the schemas' target name: a name, never a path
+
+
+def _check_target_name(manifest: dict[str, Any], shown: Path) -> None:
+    """A manifest names its target, never a file: a path there is refused before anything else reads it."""
+    target = manifest.get("target")
+    name = target.get("name") if isinstance(target, dict) else None
+    if isinstance(name, str) and not TARGET_NAME.fullmatch(name):
+        from ..core.safetext import escape_text
+        from ..errors import TargetError
+
+        raise TargetError(f"the manifest of bundle {shown} names target '{escape_text(name)[:80]}', which is not a target shipped with edgeq "
+                          "(a bundle names its target, never a file)",
+                          "the bundle is corrupt or hostile; to profile it anyway pass --target NAME (edgeq targets) or a target file you trust")
+
+
 def read_bundle(root: Path, *, shown: Path | None = None, pubkey: Path | None = None, min_version: int | None = None,
                 archive: str | None = None) -> Bundle:
     """Check the bundle folder ``root``: manifest, signature (with ``pubkey``), version, schema, file list and checksums."""
@@ -144,6 +161,7 @@ def read_bundle(root: Path, *, shown: Path | None = None, pubkey: Path | None = 
 
         signed_by = check_signature(root, data, manifest, pubkey)
     kind = kind_of(manifest)
+    _check_target_name(manifest, shown)
     validate_manifest(manifest, kind)
     if min_version is not None:
         if pubkey is None:

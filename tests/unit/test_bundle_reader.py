@@ -150,12 +150,23 @@ def test_tampering_is_refused_by_the_reader_and_by_both_shipped_runners(copy, ki
     ("onnx", lambda m: m.update(unexpected=1), "(top level)"),
     ("gguf", lambda m: m["model"].update(gguf="/etc/passwd"), "model/gguf"),
     ("gguf", lambda m: m["golden"].pop("pairs"), "golden"),
-    ("gguf", lambda m: m.update(runtime="llama.cpp", target={"name": "x y"}), "target/name"),
+    ("gguf", lambda m: m.update(target={"name": 3}), "target/name"),
 ])
 def test_a_manifest_outside_its_schema_is_refused(copy, kind, edit, where):
     root = copy(kind)
     _edit_manifest(root, edit)
     _refused(root, "does not match the", "schema", where)
+
+
+@pytest.mark.parametrize("kind", ["onnx", "gguf"])
+def test_a_target_named_by_a_path_is_refused(copy, kind):
+    from edgeq.errors import TargetError
+
+    root = copy(kind)
+    _edit_manifest(root, lambda m: m["target"].update(name="../../x.toml"))
+    with pytest.raises(TargetError, match="not a target shipped with edgeq") as e:
+        reader.read_bundle(root)
+    assert e.value.exit_code == 2
 
 
 def test_manifest_that_is_not_json_too_big_or_absent(copy):
