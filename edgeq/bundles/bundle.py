@@ -33,11 +33,11 @@ from typing import Any
 import numpy as np
 
 from ..core import child
-from . import runner as runner_mod
+from . import reader as reader_mod, runner as runner_mod
 from ..core.artifact import Artifact
 from .archive import ExtractLimits, archive_path, write_archive
 from .reader import Bundle, open_bundle, validate_manifest, write_manifest  # noqa: F401 - validate_manifest: public here too
-from .signing import check_signature, generate_keypair, key_id, load_private_key, load_public_key  # noqa: F401 - public here too
+from .signing import check_signature, generate_keypair, key_id, load_private_key, load_public_key, signature_record  # noqa: F401 - public here too
 from ..errors import BundleError, CheckFailed
 from ..core.fsutil import staging
 from ..core.appio import LABELS_FILE
@@ -54,7 +54,7 @@ EXTERNAL_DATA = "model.onnx.data"
 EXTERNAL_DATA_THRESHOLD = 256 << 20
 MAX_MANIFEST_BYTES = runner_mod.MAX_MANIFEST_BYTES
 CPP_DIR = Path(__file__).resolve().parent / "cpp"
-SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "manifest.schema.json"
+SCHEMA_PATH = reader_mod.SCHEMAS / reader_mod.SCHEMA_FILES["onnx"]
 
 
 @dataclass(frozen=True)
@@ -303,7 +303,7 @@ def build_manifest(artifact: Artifact, target: Target, out: Path, info: BundleIn
         "size": info.sizes,
         "golden": {"atol": target.tolerances.golden_atol, "rtol": target.tolerances.golden_rtol, "pairs": pairs},
         "cpp_example": {"source": "cpp/runner.cpp", "cmake": "cpp/CMakeLists.txt"},
-        "signature": {"algorithm": "ed25519", "key_id": key_id(signer.public_key()), "file": SIGNATURE} if signer else None,
+        "signature": signature_record(signer) if signer else None,
         "files": {},
     }
     return manifest
@@ -399,6 +399,9 @@ def check_bundle(
     pairs outside tolerance or a bundle whose export check failed.
     """
     with open_bundle(path, pubkey=pubkey, min_version=min_version, limits=limits) as b:
+        if b.kind == "gguf":  # its golden prompts need llama.cpp: edgeq.llamacpp.gguf.check_gguf_bundle checks the folder
+            raise BundleError(f"{b.shown} is a llama.cpp (GGUF) bundle" + (" in an archive" if b.archive else ""),
+                              "extract it and pass the folder to edgeq verify" if b.archive else "check it with edgeq verify FOLDER (llama.cpp runs its golden prompts)")
         _check_tolerance(b.manifest, signed=b.signed_by is not None)
         result = run_golden_pairs(b, model=model, providers=providers)
     check_golden(result)

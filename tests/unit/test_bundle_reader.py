@@ -227,6 +227,10 @@ def test_archives_are_extracted_safely_then_checked_like_folders(made, copy, tmp
         with reader.open_bundle(_tar(root, tmp_path / "g.tar.gz")):
             pass
     assert "g.tar.gz" in e.value.message
+    from edgeq.bundles.bundle import check_bundle
+
+    with pytest.raises(BundleError, match="llama.cpp .GGUF. bundle in an archive"):  # intact, but its check needs the folder
+        check_bundle(_tar(made["gguf"], tmp_path / "g2.tar.gz"))
 
 
 # ------------------------------------------------------------------ the one manifest writer
