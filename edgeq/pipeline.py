@@ -166,7 +166,7 @@ def run_export(
             qres = quantize(
                 q_in, spec, work / "model.onnx", data=calib, on_sample=on_sample, evals=evals, max_drop=opts.max_drop,
                 prefer=opts.prefer, budget=target.tolerances.max_accuracy_drop, target=target,
-                **_search_runner(spec, opts.max_drop, target),
+                **_search_runner(spec, opts.max_drop, target), tasks=app_io["outputs"],
             )
             notes += qres.notes
         check_data = evals or calib
@@ -183,7 +183,8 @@ def run_export(
             with stage("speed (shipped model.ort vs fp32)"):
                 def requantize(nodes: tuple[str, ...]) -> QuantResult:
                     sp = spec.with_overrides(nodes_to_exclude=spec.nodes_to_exclude + tuple(nodes))
-                    return quantize(opt, sp, work / "model.onnx", data=calib, evals=evals, max_drop=opts.max_drop, target=target)
+                    return quantize(opt, sp, work / "model.onnx", data=calib, evals=evals, max_drop=opts.max_drop, target=target,
+                                    tasks=app_io["outputs"])
 
                 qres, speed, speed_lines = decide(opt, qres, target, feed_from(check_data) or _synthetic(opt), work / "speed",
                                                   requantize=requantize)

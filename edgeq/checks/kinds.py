@@ -290,7 +290,8 @@ def context_from_model(model: Any) -> Context:
 
 
 def first_output_task(model: Any, ref: list[np.ndarray], overrides: dict[str, dict[str, Any]] | None = None) -> TaskSpec:
-    """The task of a model's first output (what --max-drop and the gate score), from fp32 outputs."""
+    """The task of a model's first output from its fp32 values (--max-drop and the gate score every
+    output: ``edgeq.quantization.int8.static.output_tasks``)."""
     name = model.graph.output[0].name if model.graph.output else "output_0"
     return infer_one(name, [np.asarray(r) for r in ref], context_from_model(model), _task_of((overrides or {}).get(name)))
 

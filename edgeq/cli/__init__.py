@@ -451,6 +451,7 @@ def quantize(
     override: OverrideOpt = None,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
+    preprocess: Annotated[Optional[Path], typer.Option("--preprocess", help="app TOML: [outputs.NAME] task = ... sets the task metric --max-drop and --prefer score that output with")] = None,
 ) -> None:
     """Optimize and quantize one model (no verify, profile or bundle)."""
     from ..core.data import load_samples
@@ -472,8 +473,11 @@ def quantize(
     from ..core.outputs import check_output_path
 
     for path, what in ((out, "output"), (data_file(out), "external data file")):  # before any work
-        check_output_path(path, force=force, is_dir=False, inputs=(model, calib, eval_data, image_preprocess), what=what)
+        check_output_path(path, force=force, is_dir=False, inputs=(model, calib, eval_data, image_preprocess, preprocess), what=what)
     src = open_source(model)
+    from ..core.appio import load_io_spec
+
+    tasks = load_io_spec(preprocess, src.io)["outputs"]  # before any work: per-output task overrides for --max-drop / --prefer
     data = load_samples(calib, src.io, preprocess=image_preprocess, random_n=spec.calib_samples) if calib else None
     evals = load_samples(eval_data, src.io, what="evaluation", preprocess=image_preprocess) if eval_data else None
     if spec.needs_calibration and data is None:
@@ -491,7 +495,7 @@ def quantize(
         with progress.stage(f"quantize ({spec.mode})"):
             res = quantize_stage(
                 opt, spec, work / "q.onnx", data=data, on_sample=progress.sample, evals=evals, max_drop=max_drop,
-                prefer=prefer, budget=tg.tolerances.max_accuracy_drop, target=tg,
+                prefer=prefer, budget=tg.tolerances.max_accuracy_drop, target=tg, tasks=tasks,
             )
         from ..core.onnxutil import copy_model, data_file, has_external_data
 

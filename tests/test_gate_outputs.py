@@ -1,0 +1,123 @@
+"""--max-drop and the gate score EVERY output with its task metric (worst drop decides), and the
+app TOML's ``[outputs.NAME] task = ...`` reaches them.
+
+The two-output model here has a clean classifier first and a second head that INT8 destroys: its
+input is offset by +1000 (removed again by the Gemm bias), so a per-tensor uint8 activation range
+that must hold 0 and 1000 has a step of ~4 where the signal is ~1. Scoring only the first output
+(the old behaviour) calls every candidate perfect.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeq.core.data import SampleSet
+from edgeq.core.onnxutil import artifact_from
+from edgeq.quantization.int8 import static
+from edgeq.quantization.spec import QuantSpec
+
+OFFSET = 1000.0
+
+
+def _two_heads(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(0, 1, (16, 10)).astype(np.float32)
+    w2 = rng.normal(0, 1, (16, 8)).astype(np.float32)
+    b2 = (-OFFSET * w2.sum(0)).astype(np.float32)  # head2 = x @ w2 in fp32
+    inits = [numpy_helper.from_array(a, n) for n, a in (
+        ("w1", w1), ("b1", np.zeros(10, np.float32)), ("w2", w2), ("b2", b2), ("off", np.array([OFFSET], np.float32)))]
+    g = helper.make_graph([
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["cls"], name="gemm_cls"),
+        helper.make_node("Add", ["x", "off"], ["xo"], name="add_offset"),
+        helper.make_node("Gemm", ["xo", "w2", "b2"], ["head2"], name="gemm_head2"),
+    ], "two_heads", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 16])],
+        [helper.make_tensor_value_info("cls", TensorProto.FLOAT, ["B", 10]),
+         helper.make_tensor_value_info("head2", TensorProto.FLOAT, ["B", 8])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return path
+
+
+def _x(n: int = 48, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, 1, (n, 16)).astype(np.float32)
+
+
+def _data(n: int = 48, seed: int = 1) -> SampleSet:
+    return SampleSet(arrays={"x": _x(n, seed)}, stacked={"x": False}, labels=None, source="test")
+
+
+def test_second_output_damage_counts_and_is_reported_per_output(tmp_path):
+    from edgeq.quantization.int8.quantizer import quantize
+
+    src = _two_heads(tmp_path / "m.onnx")
+    data = _data()
+    res = quantize(artifact_from(src), QuantSpec(calibration="minmax"), tmp_path / "q.onnx", data=data, max_drop=0.05)
+    s = res.details["search"]
+    first = s["steps"][0]  # every weight node int8
+    per = {o["output"]: o for o in first["outputs"]}
+    assert per["cls"]["kind"] == per["head2"]["kind"] == "classification"
+    assert per["cls"]["drop"] <= 0.05  # what scoring only the first output saw: within budget, nothing kept float
+    assert per["head2"]["drop"] > 0.3  # the damage is in the second head
+    assert first["drop"] == per["head2"]["drop"] and first["metric"] == "head2: agreement"  # the worst output decides
+    assert "cls: agreement" in s["metric"] and "head2: agreement" in s["metric"]
+    assert s["met"] and res.budget_met and s["best"]["kept_float"] >= 1  # kept the head's Gemm float to meet it
+    assert max(o["drop"] for o in s["best"]["outputs"]) <= 0.05
+    assert any("gemm_head2" in n for n in res.details["kept_float"])  # the damaged head's node, by sensitivity
+
+
+def test_gate_scores_every_output_and_ships_fp32_when_a_second_head_breaks(tmp_path):
+    from edgeq.quantization.selection.gate import select
+
+    src = _two_heads(tmp_path / "m.onnx")
+    res = select(artifact_from(src), QuantSpec(calibration="minmax"), tmp_path / "q.onnx", data=_data(), evals=_data(48, 2),
+                 max_drop=0.05, prefer="accurate")
+    gate = res.details["gate"]
+    cands = [c for c in gate["candidates"][1:] if c["error"] is None]
+    assert cands, gate
+    for c in cands:  # the first output alone is within budget for every INT8 candidate; the second is not
+        per = {o["output"]: o for o in c["outputs"]}
+        assert per["cls"]["drop"] <= 0.05 < per["head2"]["drop"] == c["drop"]
+    assert gate["met"] is False and gate["picked"] == "fp32" and res.spec.mode == "none"
+
+
+def test_app_toml_task_override_reaches_the_search_and_the_gate(tmp_path):
+    from edgeq.quantization import quantize
+
+    src = _two_heads(tmp_path / "m.onnx")
+    data = _data()
+    ref = static.all_outputs(onnx.load(str(src)), data, len(data))
+    declared = {"head2": {"task": "regression"}}
+    specs = static.output_tasks(onnx.load(str(src)), ref, declared)
+    assert [s.kind for s in specs] == ["classification", "regression"] and specs[1].declared
+    res = quantize(artifact_from(src), QuantSpec(calibration="minmax"), tmp_path / "q.onnx", data=data, max_drop=0.05, tasks=declared)
+    s = res.details["search"]
+    assert {o["output"]: o["metric"] for o in s["outputs"]} == {"cls": "agreement", "head2": "cosine"}
+    assert s["steps"][0]["outputs"][1]["metric"] == "cosine"
+    g = quantize(artifact_from(src), QuantSpec(calibration="minmax"), tmp_path / "g.onnx", data=data, max_drop=0.05,
+                 prefer="accurate", tasks=declared).details["gate"]
+    assert "head2: cosine" in g["metric"]
+    assert all(c["outputs"][1]["metric"] == "cosine" for c in g["candidates"] if c["error"] is None)
+
+
+def test_quantize_cli_takes_the_app_toml(runner, tmp_path):
+    from edgeq.cli import app
+
+    src = _two_heads(tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", x=_x())
+    toml = tmp_path / "app.toml"
+    toml.write_text('[outputs.head2]\ntask = "embedding"\n')
+    r = runner.invoke(app, ["quantize", str(src), "-o", str(tmp_path / "q.onnx"), "--calib", str(tmp_path / "c.npz"),
+                            "--calibration", "minmax", "--max-drop", "0.05", "--preprocess", str(toml), "--json"])
+    rec = json.loads(r.stdout)["quantization"]
+    assert {o["output"]: o["metric"] for o in rec["search"]["outputs"]} == {"cls": "agreement", "head2": "mean_cosine"}
+    toml.write_text('[outputs.nope]\ntask = "embedding"\n')
+    r = runner.invoke(app, ["quantize", str(src), "-o", str(tmp_path / "q2.onnx"), "--calib", str(tmp_path / "c.npz"),
+                            "--max-drop", "0.05", "--preprocess", str(toml)])
+    assert r.exit_code == 2 and "nope" in r.stderr and not (tmp_path / "q2.onnx").exists()
