@@ -84,6 +84,13 @@ class ExportResult:
     speed: Any = None  # edgeq.quantization.selection.speed.SpeedCheck: the shipped model.ort against fp32, one process
     verdict: dict[str, Any] | None = None  # edgeq.checks.verdict_of: the one verdict, as the manifest records it
 
+    @property
+    def passed(self) -> bool:
+        """The verdict is pass or skipped (the greedy generation check of LM bundles is part of it)."""
+        if self.verdict is not None:
+            return self.verdict.get("status") in ("pass", "skipped")
+        return (self.verify.passed if self.verify else True) and (self.generation is None or self.generation.passed)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "bundle": str(self.bundle),
@@ -98,7 +105,7 @@ class ExportResult:
                 "shipped": self.speed.to_dict() if self.speed else None,
             },
             "notes": list(self.notes),
-            "passed": (self.verify.passed if self.verify else True) and (self.generation is None or self.generation.passed),
+            "passed": self.passed,
             "verdict": self.verdict,
             "lm_quality": self.lm.to_dict() if self.lm is not None else None,
             "generation": self.generation.to_dict() if self.generation is not None else None,
@@ -255,9 +262,17 @@ def run_export(
         fp32_bytes = model_size(opt.path)  # same treatment as the quantized model
         q_bytes = model_size(qres.artifact.path)
         placement = _placement(qres.artifact, target, golden, stage)
+        generation = None
+        if llm_files:  # before the manifest is written: its verdict includes the greedy check
+            from .bundles.genai import stage_for_genai
+
+            with stage("generate check"):
+                generation = _greedy_check(opts, spec, check_data, stage_for_genai(qres.artifact.path, llm_files, work / "genai"))
+                notes.append(generation.summary() if generation else "onnxruntime-genai not installed: greedy generation check skipped (pip install onnxruntime-genai)")
         from .checks.verdict import verdict_of
 
-        verdict = verdict_of(report.to_dict() if report else None, accept_failed=opts.accept_failed)
+        verdict = verdict_of(report.to_dict() if report else None, accept_failed=opts.accept_failed,
+                             generation=generation.to_dict() if generation is not None else None)
         with stage("bundle"):
             info = BundleInputs(
                 golden_feeds=golden,
@@ -281,11 +296,6 @@ def run_export(
                 extra_files=llm_files,
             )
             write_bundle(qres.artifact, target, opts.out, info, force=opts.force)
-        generation = None
-        if llm_files:
-            with stage("generate check"):
-                generation = _greedy_check(opts, spec, check_data)
-                notes.append(generation.summary() if generation else "onnxruntime-genai not installed: greedy generation check skipped (pip install onnxruntime-genai)")
     return ExportResult(
         bundle=opts.out,
         target=target.name,
@@ -369,8 +379,8 @@ def _llm_files(source: Artifact, opts: ExportOptions) -> tuple[tuple[tuple[str, 
 GREEDY_NEW_TOKENS = 32
 
 
-def _greedy_check(opts: ExportOptions, spec: QuantSpec, data: SampleSet | None):
-    """onnxruntime-genai on the written bundle vs transformers' greedy generate on the folder."""
+def _greedy_check(opts: ExportOptions, spec: QuantSpec, data: SampleSet | None, folder: Path):
+    """onnxruntime-genai on ``folder`` (the bundle's decoder and genai files) vs transformers' greedy generate on the source."""
     import numpy as np
 
     from .exporters import hf
@@ -388,7 +398,7 @@ def _greedy_check(opts: ExportOptions, spec: QuantSpec, data: SampleSet | None):
     fp32 = spec.mode == "none"
     need = 1.0 if fp32 else opts.target.tolerances.min_greedy_agreement
     tie = 10 * opts.target.tolerances.export_atol  # two runtimes' float sums may order a near-tie either way
-    return greedy_check(opts.out, model, prompts, new_tokens=GREEDY_NEW_TOKENS, min_agreement=need, tie_atol=tie)
+    return greedy_check(folder, model, prompts, new_tokens=GREEDY_NEW_TOKENS, min_agreement=need, tie_atol=tie)
 
 
 def _bundle_extras(source: Artifact, opts: ExportOptions) -> tuple[dict, tuple[str, ...] | None]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeq.core.data import SampleSet
@@ -121,3 +122,43 @@ def test_quantize_cli_takes_the_app_toml(runner, tmp_path):
     r = runner.invoke(app, ["quantize", str(src), "-o", str(tmp_path / "q2.onnx"), "--calib", str(tmp_path / "c.npz"),
                             "--max-drop", "0.05", "--preprocess", str(toml)])
     assert r.exit_code == 2 and "nope" in r.stderr and not (tmp_path / "q2.onnx").exists()
+
+
+@pytest.mark.slow
+def test_budget_hints_fit_the_per_output_result(runner, tmp_path):
+    """The deciding output's task is offered for declaring only when it was inferred; --eval only when absent."""
+    from edgeq.checks.hints import after_budget_missed
+    from edgeq.cli import app
+
+    src = _two_heads(tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", x=_x())
+    args = ["quantize", str(src), "--calib", str(tmp_path / "c.npz"), "--calibration", "minmax", "--max-drop", "0.05", "--prefer", "accurate"]
+    r = runner.invoke(app, args + ["-o", str(tmp_path / "q.onnx")])
+    assert r.exit_code == 1 and "[outputs.head2] task" in r.stderr and "--eval" in r.stderr, r.stderr
+    toml = tmp_path / "app.toml"
+    toml.write_text('[outputs.head2]\ntask = "classification"\n')
+    np.savez(tmp_path / "e.npz", x=_x(32, 3))
+    r = runner.invoke(app, args + ["-o", str(tmp_path / "q2.onnx"), "--preprocess", str(toml), "--eval", str(tmp_path / "e.npz")])
+    assert r.exit_code == 1 and "raise --max-drop" in r.stderr
+    hint = r.stderr.split("raise --max-drop")[1]
+    assert "task = ..." not in hint and "--eval" not in hint, r.stderr  # both on already
+    one = {"best": {"outputs": [{"output": "y", "kind": "classification", "drop": 0.3, "declared": False}]}}
+    assert "declare" not in after_budget_missed(one, has_eval=True)  # a single output: nothing to tell apart
+    two = {"best": {"outputs": [dict(one["best"]["outputs"][0], drop=0.0), {"output": "z", "kind": "regression", "drop": 0.0}]}}
+    assert "declare" not in after_budget_missed(two, has_eval=True)  # nothing dropped: no output to blame
+
+
+def test_gate_offers_no_candidate_the_target_cannot_run(tmp_path):
+    from edgeq.core.targets import load_target, targets_dir
+    from edgeq.quantization.selection.gate import select
+
+    text = (targets_dir() / "cpu-x86_64.toml").read_text().replace('name = "cpu-x86_64"', 'name = "qdq-only"')
+    tfile = tmp_path / "qdq-only.toml"
+    tfile.write_text(text + '\n[[rules]]\nid = "qdq-only"\ncheck = "activation_types"\nallowed = ["uint8"]\nformat = "qdq"\n')
+    src = _two_heads(tmp_path / "m.onnx")
+    res = select(artifact_from(src), QuantSpec(calibration="minmax"), tmp_path / "q.onnx", data=_data(), evals=None,
+                 max_drop=1.0, prefer="fastest", target=load_target(str(tfile)))
+    by = {c["name"]: c for c in res.details["gate"]["candidates"]}
+    assert by["onnxruntime dynamic"]["error"] == "target qdq-only runs static INT8 only"
+    assert by["onnxruntime QOperator (static)"]["error"] == "target qdq-only runs QDQ models only"
+    assert by["edgeq QDQ (static)"]["error"] is None and res.details["gate"]["picked"] in ("edgeq QDQ (static)", "fp32")

@@ -160,27 +160,29 @@ def _check_prefer(prefer: Optional[str]) -> None:
         raise EdgeqError(f"unknown --prefer '{prefer}'", f"choose one of {', '.join(PREFERENCES)}")
 
 
-def _budget_failed(recipe: dict, where: Path) -> None:
+def _budget_failed(recipe: dict, where: Path, has_eval: bool = True) -> None:
+    from ..checks.hints import after_budget_missed
+
     gate = recipe.get("gate")
     if gate and gate.get("met") is False:  # nothing quantized met --max-drop: fp32 was written, and said so
         _fail(CheckFailed(
             f"accuracy budget not met: no quantized candidate within --max-drop {gate['max_drop']} on {gate['metric']}; "
             f"{where} holds the fp32 model (mode none)",
-            "raise --max-drop, add calibration data, or ship fp32 on purpose with --quant none",
+            after_budget_missed(gate, has_eval=has_eval),
         ))
     search = recipe.get("search")
     if search and search.get("all_float"):
         _fail(CheckFailed(
             f"accuracy budget not met by any quantized model: --max-drop {search['max_drop']} on {search['metric']} held only with "
             "every weight node float, so the model written is fp32",
-            f"{where} holds it with the search log; raise --max-drop, add calibration data, or ship fp32 on purpose with --quant none",
+            f"{where} holds it with the search log; {after_budget_missed(search, has_eval=has_eval)}",
         ))
     if search and not search.get("met", True):
         best = search["best"]
         _fail(CheckFailed(
             f"accuracy budget not met: best {best['metric']} drop {best['drop']:.4f} > --max-drop {search['max_drop']} "
             f"({best['kept_float']} node(s) kept float)",
-            f"the best model found was written to {where} with the search log; raise --max-drop or add calibration data",
+            f"the best model found was written to {where} with the search log; {after_budget_missed(search, has_eval=has_eval)}",
         ))
 
 
@@ -365,7 +367,7 @@ def export(
                   "anyway (--accept-failed); the manifest, edgeq verify and run.py say so")
     elif status == "skipped" and not as_json:
         err.print("[yellow]VERIFICATION SKIPPED[/]: no data given, nothing was proven (pass --calib or --eval)")
-    _budget_failed(result["quantization"], out)
+    _budget_failed(result["quantization"], out, has_eval=eval_data is not None)
     if min_accel_coverage is not None:
         from ..profiling.accel import coverage_report
         from ..profiling.profiler import check_coverage
@@ -375,7 +377,7 @@ def export(
         from ..checks.hints import after_failed_check
 
         _fail(CheckFailed(
-            f"the quantized model is outside target {tg.name}'s tolerances: {'; '.join(result['verify']['failures'])}",
+            f"the quantized model is outside target {tg.name}'s tolerances: {(result.get('verdict') or {}).get('reason', '')}",
             after_failed_check(spec, tg, max_drop=max_drop, has_eval=eval_data is not None, out=out),
         ))
 
@@ -520,7 +522,7 @@ def quantize(
             from ..reporting.tables import layers_table
 
             console.print(layers_table(recipe))
-    _budget_failed(recipe, out)
+    _budget_failed(recipe, out, has_eval=eval_data is not None)
 
 
 @app.command()

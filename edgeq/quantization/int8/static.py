@@ -330,6 +330,8 @@ class OutputScores:
     outputs: tuple[str, ...]
     kinds: tuple[str, ...]
     metrics: tuple[Metric, ...]
+    declared: tuple[bool, ...] = ()
+    """Whether each output's task was declared in the app TOML (else inferred)."""
 
     def drops_from(self, fp32: OutputScores) -> tuple[float, ...]:
         return tuple(m.drop_from(f) for m, f in zip(self.metrics, fp32.metrics))
@@ -365,8 +367,9 @@ class OutputScores:
             f"{o}: {m.drop_means}" for o, m in zip(self.outputs, self.metrics))
 
     def per_output(self, fp32: OutputScores) -> list[dict[str, Any]]:
-        return [{"output": o, "kind": k, "metric": m.name, "value": round(m.value, 5), "drop": round(d, 5)}
-                for o, k, m, d in zip(self.outputs, self.kinds, self.metrics, self.drops_from(fp32))]
+        declared = self.declared or (False,) * len(self.outputs)
+        return [{"output": o, "kind": k, "metric": m.name, "value": round(m.value, 5), "drop": round(d, 5), "declared": dc}
+                for o, k, m, d, dc in zip(self.outputs, self.kinds, self.metrics, self.drops_from(fp32), declared)]
 
 
 def output_tasks(model: Any, ref: list[list[np.ndarray]], tasks: dict[str, dict[str, Any]] | None = None) -> list[Any]:
@@ -397,7 +400,7 @@ def score_outputs(specs: list[Any], outs: list[list[np.ndarray]], ref: list[list
         if labels is not None and not labels_used and (spec.kind == "classification" or (lm and _token_labels(labels, outs[k]))):
             lab, labels_used = labels, True
         metrics.append(metric(outs[k][:n], ref[k][:n], lab, lm=lm, task=spec, ref_all=ref_all, cand_all=cand_all))
-    return OutputScores(tuple(names), tuple(s.kind for s in specs), tuple(metrics))
+    return OutputScores(tuple(names), tuple(s.kind for s in specs), tuple(metrics), tuple(bool(s.declared) for s in specs))
 
 
 def layer_sqnr(prep: Prepared, written: Written, data: SampleSet, n: int) -> list[dict[str, Any]]:

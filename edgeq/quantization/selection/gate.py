@@ -143,9 +143,18 @@ def select(
         "onnxruntime QOperator (static)": spec.with_overrides(mode="int8-static", format="qoperator"),
         "onnxruntime dynamic": replace(spec, mode="int8-dynamic", activation_type="uint8"),
     }
+    from ...checks.hints import pinned_format, target_allows_dynamic
+
+    fmt = pinned_format(target) if target is not None else None
     cands: list[Candidate] = []
     for name, sp in specs.items():
         p = work / f"cand{len(cands)}.onnx"
+        if sp.mode == "int8-dynamic" and target is not None and not target_allows_dynamic(target):
+            cands.append(Candidate(name, None, error=f"target {target.name} runs static INT8 only"))  # never picked, never hinted
+            continue
+        if sp.mode == "int8-static" and fmt is not None and sp.format != fmt:
+            cands.append(Candidate(name, None, error=f"target {target.name} runs {fmt.upper()} models only"))
+            continue
         if sp.mode == "int8-static" and data is None:
             cands.append(Candidate(name, None, error="needs calibration data"))
             continue
