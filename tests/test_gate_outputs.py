@@ -86,6 +86,7 @@ def test_gate_scores_every_output_and_ships_fp32_when_a_second_head_breaks(tmp_p
         per = {o["output"]: o for o in c["outputs"]}
         assert per["cls"]["drop"] <= 0.05 < per["head2"]["drop"] == c["drop"]
     assert gate["met"] is False and gate["picked"] == "fp32" and res.spec.mode == "none"
+    assert any("(cls 0." in n and ", head2 0." in n for n in res.notes)  # each candidate's drop per output, in the notes
 
 
 def test_app_toml_task_override_reaches_the_search_and_the_gate(tmp_path):

@@ -118,7 +118,7 @@ class Json {
 
   Verdict verdict() {
     Verdict v;
-    bool have_verdict = false, verify_failed = false;
+    bool have_verdict = false, have_verify = false, verify_failed = false;
     ws();
     expect('{');
     ws();
@@ -141,6 +141,7 @@ class Json {
           }
         });
       } else if (key == "verify" && peek() == '{') {
+        have_verify = true;
         object([&](const std::string& k) {
           if (k == "passed" && s_.compare(i_, 5, "false") == 0) {
             i_ += 5;
@@ -158,7 +159,7 @@ class Json {
       break;
     }
     if (!have_verdict && verify_failed) v = {"fail", "the export check failed (manifest verify.passed = false)"};
-    else if (!have_verdict) v.reason = "no verdict recorded";
+    else if (!have_verdict && have_verify) v = {"pass", ""};  // as run.py reads bundles written before the verdict
     return v;
   }
 

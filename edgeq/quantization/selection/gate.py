@@ -91,6 +91,13 @@ def _outputs(sess: Any, data: SampleSet, n: int) -> list[list[np.ndarray]]:
     return out
 
 
+def _per_output(c: Candidate) -> str:
+    """`` (cls 0.0000, boxes 0.2100)``: each output's drop, for a model with several outputs."""
+    if len(c.outputs) < 2:
+        return ""
+    return " (" + ", ".join(f"{o['output']} {o['drop']:.4f}" for o in c.outputs) + ")"
+
+
 def _latency_ms(sess: Any, feed: dict[str, np.ndarray], budget_s: float = 0.5) -> float:
     names = {i.name for i in sess.get_inputs()}
     feed = {k: v for k, v in feed.items() if k in names}
@@ -229,7 +236,7 @@ def select(
     notes.append(
         f"gate (--prefer {prefer}, {check.source}, {fp32_metric.name}): picked {pick.name}; "
         + "; ".join(
-            f"{c.name}: {'failed (' + c.error + ')' if c.error else f'{c.ms:.3f} ms, {c.size} B, drop {c.drop:.4f}'}"
+            f"{c.name}: {'failed (' + c.error + ')' if c.error else f'{c.ms:.3f} ms, {c.size} B, drop {c.drop:.4f}' + _per_output(c)}"
             for c in measured
         )
     )
