@@ -163,3 +163,19 @@ def test_gate_offers_no_candidate_the_target_cannot_run(tmp_path):
     assert by["onnxruntime dynamic"]["error"] == "target qdq-only runs static INT8 only"
     assert by["onnxruntime QOperator (static)"]["error"] == "target qdq-only runs QDQ models only"
     assert by["edgeq QDQ (static)"]["error"] is None and res.details["gate"]["picked"] in ("edgeq QDQ (static)", "fp32")
+
+
+@pytest.mark.slow
+def test_export_search_and_verdict_judge_the_same_declared_task(runner, tmp_path):
+    from edgeq.cli import app
+
+    src = _two_heads(tmp_path / "m.onnx")
+    np.savez(tmp_path / "c.npz", x=_x())
+    (tmp_path / "app.toml").write_text('[outputs.head2]\ntask = "regression"\n')
+    r = runner.invoke(app, ["export", str(src), "-o", str(tmp_path / "b"), "--calib", str(tmp_path / "c.npz"), "--calibration", "minmax",
+                            "--max-drop", "0.05", "--preprocess", str(tmp_path / "app.toml"), "--no-profile", "--json"])
+    res = json.loads(r.stdout)
+    searched = {o["output"]: (o["kind"], o["declared"]) for o in res["quantization"]["search"]["outputs"]}
+    judged = {t["output"]: t["kind"] for t in res["verify"]["tasks"]}
+    assert searched == {"cls": ("classification", False), "head2": ("regression", True)}
+    assert judged == {"cls": "classification", "head2": "regression"}
