@@ -322,6 +322,44 @@ def metric(outs: list[np.ndarray], ref: list[np.ndarray], labels: np.ndarray | N
     return Metric("agreement", float(np.mean(a == b)) if len(a) else 1.0)
 
 
+def layer_sqnr(prep: Prepared, written: Written, data: SampleSet, n: int) -> list[dict[str, Any]]:
+    """SQNR (dB) of every quantized node's output against fp32, and its local sensitivity."""
+    names: list[str] = []
+    for qn in written.plan.nodes:
+        names += [qn.output] + ([qn.act_input] if qn.act_input else [])
+    names = list(dict.fromkeys(names))
+    # the quantized model first: building its probe copies it (inline weights); those pages are
+    # returned before the float session reads its weights
+    feed = data.feed(0) if len(data) else None
+    cand = probe_runner(written.model, names, feed, base_dir=prep.weights_dir)
+    if prep.weights_dir is not None:
+        release_memory()
+    ref = probe_runner(prep.model, names, feed, base_dir=prep.weights_dir)
+    acc = qdq.sqnr(ref, cand, _feeds(data, n))
+    del ref, cand
+    if prep.weights_dir is not None:
+        release_memory()
+    rows = []
+    for qn in written.plan.nodes:
+        out = acc.get(qn.output)
+        if out is None:  # a branch or loop body the data did not reach
+            rows.append({"node": qn.name, "op": qn.op_type, "tensor": qn.output, "sqnr_db": None,
+                         "sensitivity": 0.0, "quantized_as": written.how.get(qn.name, "")})
+            continue
+        nsr_out = out.noise / out.signal if out.signal > 0 else math.inf
+        inp = acc.get(qn.act_input) if qn.act_input else None
+        nsr_in = inp.noise / inp.signal if inp is not None and inp.signal > 0 else 0.0
+        rows.append({
+            "node": qn.name,
+            "op": qn.op_type,
+            "tensor": qn.output,
+            "sqnr_db": round(out.db, 2) if math.isfinite(out.db) else (999.0 if out.db > 0 else -999.0),
+            "sensitivity": max(nsr_out - nsr_in, 0.0) if math.isfinite(nsr_out) else math.inf,
+            "quantized_as": written.how.get(qn.name, ""),
+        })
+    return rows
+
+
 @dataclass(frozen=True)
 class OutputScores:
     """Every output scored with its task's metric against fp32: what ``--max-drop`` and the gate
@@ -401,44 +439,6 @@ def score_outputs(specs: list[Any], outs: list[list[np.ndarray]], ref: list[list
             lab, labels_used = labels, True
         metrics.append(metric(outs[k][:n], ref[k][:n], lab, lm=lm, task=spec, ref_all=ref_all, cand_all=cand_all))
     return OutputScores(tuple(names), tuple(s.kind for s in specs), tuple(metrics), tuple(bool(s.declared) for s in specs))
-
-
-def layer_sqnr(prep: Prepared, written: Written, data: SampleSet, n: int) -> list[dict[str, Any]]:
-    """SQNR (dB) of every quantized node's output against fp32, and its local sensitivity."""
-    names: list[str] = []
-    for qn in written.plan.nodes:
-        names += [qn.output] + ([qn.act_input] if qn.act_input else [])
-    names = list(dict.fromkeys(names))
-    # the quantized model first: building its probe copies it (inline weights); those pages are
-    # returned before the float session reads its weights
-    feed = data.feed(0) if len(data) else None
-    cand = probe_runner(written.model, names, feed, base_dir=prep.weights_dir)
-    if prep.weights_dir is not None:
-        release_memory()
-    ref = probe_runner(prep.model, names, feed, base_dir=prep.weights_dir)
-    acc = qdq.sqnr(ref, cand, _feeds(data, n))
-    del ref, cand
-    if prep.weights_dir is not None:
-        release_memory()
-    rows = []
-    for qn in written.plan.nodes:
-        out = acc.get(qn.output)
-        if out is None:  # a branch or loop body the data did not reach
-            rows.append({"node": qn.name, "op": qn.op_type, "tensor": qn.output, "sqnr_db": None,
-                         "sensitivity": 0.0, "quantized_as": written.how.get(qn.name, "")})
-            continue
-        nsr_out = out.noise / out.signal if out.signal > 0 else math.inf
-        inp = acc.get(qn.act_input) if qn.act_input else None
-        nsr_in = inp.noise / inp.signal if inp is not None and inp.signal > 0 else 0.0
-        rows.append({
-            "node": qn.name,
-            "op": qn.op_type,
-            "tensor": qn.output,
-            "sqnr_db": round(out.db, 2) if math.isfinite(out.db) else (999.0 if out.db > 0 else -999.0),
-            "sensitivity": max(nsr_out - nsr_in, 0.0) if math.isfinite(nsr_out) else math.inf,
-            "quantized_as": written.how.get(qn.name, ""),
-        })
-    return rows
 
 
 @dataclass
