@@ -31,6 +31,16 @@ def test_raw_ctc_logits_from_a_sequence_input_are_a_sequence_with_layout_and_bla
     assert infer_all(("logits",), [[_ctc_logits(rng) for _ in range(4)]], Context())[0].kind == "regression"
 
 
+def test_softmax_steps_get_their_layout_and_blank_too():
+    rng = np.random.default_rng(3)
+    logits = [_ctc_logits(rng, blank=11, tbc=True) for _ in range(4)]
+    probs = [np.exp(x) / np.exp(x).sum(-1, keepdims=True) for x in logits]
+    spec = infer_all(("probs",), [probs], Context())[0]  # a softmax at every step: a sequence whatever the input
+    assert spec.kind == "sequence" and spec.params == {"layout": "TBC", "blank": 11}
+    logp = [np.log(p) for p in probs]
+    assert infer_all(("logp",), [logp], Context())[0].params == {"layout": "TBC", "blank": 11}
+
+
 def test_plain_regression_of_the_same_shape_stays_regression():
     rng = np.random.default_rng(1)
     plain = [rng.normal(0, 3, (1, 40, 12)).astype(np.float32) for _ in range(4)]  # no peaked steps

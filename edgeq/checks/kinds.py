@@ -144,11 +144,12 @@ _META_TASK = {"detect": "detection", "segment": "segmentation", "classify": "cla
               "pose": "detection", "detection": "detection", "classification": "classification"}
 
 
-def _ctc_structure(samples: list[np.ndarray]) -> dict[str, Any] | None:
+def _ctc_structure(samples: list[np.ndarray], dist: str | None = None) -> dict[str, Any] | None:
     """{"layout", "blank"} when a float rank-3 output looks like raw CTC logits: per-step scores
     over C >= 3 classes, peaked (mean softmax top probability >= 0.5), one class at either end
     (0 or C-1, the blank) winning at least 30 % of the steps and at least two other classes
-    winning elsewhere. [T, 1, C] (one sequence, time first) is read as TBC.
+    winning elsewhere. [T, 1, C] (one sequence, time first) is read as TBC. ``dist`` ("prob" /
+    "logprob"): the steps are already (log-)probabilities.
     Plain regression (no peaked steps) and hidden states with one outlier channel (the same
     channel wins everywhere) do not match."""
     a = np.asarray(samples[0])
@@ -162,9 +163,11 @@ def _ctc_structure(samples: list[np.ndarray]) -> dict[str, Any] | None:
     x = np.concatenate(rows) if rows else np.zeros((0, c))
     if x.shape[0] < 8 or not np.isfinite(x).all():
         return None
-    x = x - x.max(1, keepdims=True)
-    p = np.exp(x)
-    p /= p.sum(1, keepdims=True)
+    if dist == "prob":
+        p = x
+    else:
+        p = np.exp(x - x.max(1, keepdims=True)) if dist is None else np.exp(x)
+        p /= p.sum(1, keepdims=True)
     best = p.argmax(1)
     counts = np.bincount(best, minlength=c)
     blank = int(counts.argmax())
@@ -228,7 +231,9 @@ def infer_one(name: str, samples: list[np.ndarray], ctx: Context, override: dict
                 return TaskSpec(name, "lm-logits", f"{list(shape)} from token ids: [batch, positions, vocabulary] logits")
         dist = _rows_are_distributions(a)
         if dist is not None and not ctx.token_inputs:
-            return TaskSpec(name, "sequence", f"{list(shape)}: a {'softmax' if dist == 'prob' else 'log-softmax'} over the last axis at every step (CTC / greedy decode)")
+            ctc = _ctc_structure(samples, dist) or ({"layout": "TBC"} if shape[1] == 1 and shape[0] > 1 else {})
+            return TaskSpec(name, "sequence", f"{list(shape)}: a {'softmax' if dist == 'prob' else 'log-softmax'} over the last axis at every step (CTC / greedy decode)"
+                            + (f"; class {ctc['blank']} wins most steps (the blank)" if "blank" in ctc else ""), ctc)
         if hint == "embedding":
             return TaskSpec(name, "embedding", f"{list(shape)}, named like an embedding")
         ctc = _ctc_structure(samples) if (ctx.sequence_inputs or ctx.image_inputs) and not ctx.token_inputs else None
