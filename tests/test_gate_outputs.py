@@ -71,6 +71,7 @@ def test_second_output_damage_counts_and_is_reported_per_output(tmp_path):
     assert s["met"] and res.budget_met and s["best"]["kept_float"] >= 1  # kept the head's Gemm float to meet it
     assert max(o["drop"] for o in s["best"]["outputs"]) <= 0.05
     assert any("gemm_head2" in n for n in res.details["kept_float"])  # the damaged head's node, by sensitivity
+    assert any(n.startswith("--max-drop per output") and "head2 agreement drop 0.0000" in n for n in res.notes)
 
 
 def test_gate_scores_every_output_and_ships_fp32_when_a_second_head_breaks(tmp_path):

@@ -415,6 +415,9 @@ def _edgeq_static_in(
             "activation_16bit": spec.wide_activation_type,
             "candidates_run_on": getattr(outputs_of, "label", None) or "CPUExecutionProvider",
         }
+        if len(res.best.outputs) > 1:  # every output is held to the budget: say where each stands
+            notes.append(f"--max-drop per output ({res.best.kept_float} node(s) kept float): " + ", ".join(
+                f"{o['output']} {o['metric']} drop {o['drop']:.4f}" for o in res.best.outputs))
         if not res.met:
             notes.append(
                 f"BUDGET NOT MET: best {res.best.metric} drop {res.best.drop:.4f} > --max-drop {max_drop} "
