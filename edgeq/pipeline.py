@@ -84,6 +84,13 @@ class ExportResult:
     speed: Any = None  # edgeq.quantization.selection.speed.SpeedCheck: the shipped model.ort against fp32, one process
     verdict: dict[str, Any] | None = None  # edgeq.checks.verdict_of: the one verdict, as the manifest records it
 
+    @property
+    def passed(self) -> bool:
+        """The verdict is pass or skipped (the greedy generation check of LM bundles is part of it)."""
+        if self.verdict is not None:
+            return self.verdict.get("status") in ("pass", "skipped")
+        return (self.verify.passed if self.verify else True) and (self.generation is None or self.generation.passed)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "bundle": str(self.bundle),
@@ -98,7 +105,7 @@ class ExportResult:
                 "shipped": self.speed.to_dict() if self.speed else None,
             },
             "notes": list(self.notes),
-            "passed": (self.verify.passed if self.verify else True) and (self.generation is None or self.generation.passed),
+            "passed": self.passed,
             "verdict": self.verdict,
             "lm_quality": self.lm.to_dict() if self.lm is not None else None,
             "generation": self.generation.to_dict() if self.generation is not None else None,
@@ -166,7 +173,7 @@ def run_export(
             qres = quantize(
                 q_in, spec, work / "model.onnx", data=calib, on_sample=on_sample, evals=evals, max_drop=opts.max_drop,
                 prefer=opts.prefer, budget=target.tolerances.max_accuracy_drop, target=target,
-                **_search_runner(spec, opts.max_drop, target),
+                **_search_runner(spec, opts.max_drop, target), tasks=app_io["outputs"],
             )
             notes += qres.notes
         check_data = evals or calib
@@ -183,7 +190,8 @@ def run_export(
             with stage("speed (shipped model.ort vs fp32)"):
                 def requantize(nodes: tuple[str, ...]) -> QuantResult:
                     sp = spec.with_overrides(nodes_to_exclude=spec.nodes_to_exclude + tuple(nodes))
-                    return quantize(opt, sp, work / "model.onnx", data=calib, evals=evals, max_drop=opts.max_drop, target=target)
+                    return quantize(opt, sp, work / "model.onnx", data=calib, evals=evals, max_drop=opts.max_drop, target=target,
+                                    tasks=app_io["outputs"])
 
                 qres, speed, speed_lines = decide(opt, qres, target, feed_from(check_data) or _synthetic(opt), work / "speed",
                                                   requantize=requantize)
@@ -254,9 +262,17 @@ def run_export(
         fp32_bytes = model_size(opt.path)  # same treatment as the quantized model
         q_bytes = model_size(qres.artifact.path)
         placement = _placement(qres.artifact, target, golden, stage)
+        generation = None
+        if llm_files:  # before the manifest is written: its verdict includes the greedy check
+            from .bundles.genai import stage_for_genai
+
+            with stage("generate check"):
+                generation = _greedy_check(opts, spec, check_data, stage_for_genai(qres.artifact.path, llm_files, work / "genai"))
+                notes.append(generation.summary() if generation else "onnxruntime-genai not installed: greedy generation check skipped (pip install onnxruntime-genai)")
         from .checks.verdict import verdict_of
 
-        verdict = verdict_of(report.to_dict() if report else None, accept_failed=opts.accept_failed)
+        verdict = verdict_of(report.to_dict() if report else None, accept_failed=opts.accept_failed,
+                             generation=generation.to_dict() if generation is not None else None)
         with stage("bundle"):
             info = BundleInputs(
                 golden_feeds=golden,
@@ -280,11 +296,6 @@ def run_export(
                 extra_files=llm_files,
             )
             write_bundle(qres.artifact, target, opts.out, info, force=opts.force)
-        generation = None
-        if llm_files:
-            with stage("generate check"):
-                generation = _greedy_check(opts, spec, check_data)
-                notes.append(generation.summary() if generation else "onnxruntime-genai not installed: greedy generation check skipped (pip install onnxruntime-genai)")
     return ExportResult(
         bundle=opts.out,
         target=target.name,
@@ -368,8 +379,8 @@ def _llm_files(source: Artifact, opts: ExportOptions) -> tuple[tuple[tuple[str, 
 GREEDY_NEW_TOKENS = 32
 
 
-def _greedy_check(opts: ExportOptions, spec: QuantSpec, data: SampleSet | None):
-    """onnxruntime-genai on the written bundle vs transformers' greedy generate on the folder."""
+def _greedy_check(opts: ExportOptions, spec: QuantSpec, data: SampleSet | None, folder: Path):
+    """onnxruntime-genai on ``folder`` (the bundle's decoder and genai files) vs transformers' greedy generate on the source."""
     import numpy as np
 
     from .exporters import hf
@@ -387,7 +398,7 @@ def _greedy_check(opts: ExportOptions, spec: QuantSpec, data: SampleSet | None):
     fp32 = spec.mode == "none"
     need = 1.0 if fp32 else opts.target.tolerances.min_greedy_agreement
     tie = 10 * opts.target.tolerances.export_atol  # two runtimes' float sums may order a near-tie either way
-    return greedy_check(opts.out, model, prompts, new_tokens=GREEDY_NEW_TOKENS, min_agreement=need, tie_atol=tie)
+    return greedy_check(folder, model, prompts, new_tokens=GREEDY_NEW_TOKENS, min_agreement=need, tie_atol=tie)
 
 
 def _bundle_extras(source: Artifact, opts: ExportOptions) -> tuple[dict, tuple[str, ...] | None]:
@@ -598,6 +609,7 @@ class QuantizeConfig:
     target: str = "cpu-x86_64"
     quant: QuantOptions = QuantOptions()
     force: bool = False
+    preprocess: Path | None = None  # app TOML: [outputs.NAME] task = ... is the metric --max-drop / --prefer score that output with
 
 
 @dataclass(frozen=True)
@@ -605,6 +617,7 @@ class QuantizeOutcome:
     model: Path
     mode: str
     recipe: dict[str, Any]
+    has_eval: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": str(self.model), "quantization": self.recipe}
@@ -755,7 +768,7 @@ def check_export(outcome: ExportOutcome) -> None:
     from .errors import CheckFailed
 
     cfg, tg, result = outcome.config, outcome.target, outcome.result
-    check_budget(result["quantization"], cfg.out)
+    check_budget(result["quantization"], cfg.out, has_eval=cfg.quant.eval is not None)
     if cfg.min_accel_coverage is not None:
         from .profiling.accel import coverage_report
         from .profiling.profiler import check_coverage
@@ -765,13 +778,14 @@ def check_export(outcome: ExportOutcome) -> None:
         from .checks.hints import after_failed_check
 
         raise CheckFailed(
-            f"the quantized model is outside target {tg.name}'s tolerances: {'; '.join(result['verify']['failures'])}",
+            f"the quantized model is outside target {tg.name}'s tolerances: {(result.get('verdict') or {}).get('reason', '')}",
             after_failed_check(outcome.spec, tg, max_drop=cfg.quant.max_drop, has_eval=cfg.quant.eval is not None, out=cfg.out),
         )
 
 
-def check_budget(recipe: dict, where: Path) -> None:
+def check_budget(recipe: dict, where: Path, has_eval: bool = True) -> None:
     """--max-drop / the gate: raise CheckFailed when no quantized model met the accuracy budget."""
+    from .checks.hints import after_budget_missed
     from .errors import CheckFailed
 
     gate = recipe.get("gate")
@@ -779,21 +793,21 @@ def check_budget(recipe: dict, where: Path) -> None:
         raise CheckFailed(
             f"accuracy budget not met: no quantized candidate within --max-drop {gate['max_drop']} on {gate['metric']}; "
             f"{where} holds the fp32 model (mode none)",
-            "raise --max-drop, add calibration data, or ship fp32 on purpose with --quant none",
+            after_budget_missed(gate, has_eval=has_eval),
         )
     search = recipe.get("search")
     if search and search.get("all_float"):
         raise CheckFailed(
             f"accuracy budget not met by any quantized model: --max-drop {search['max_drop']} on {search['metric']} held only with "
             "every weight node float, so the model written is fp32",
-            f"{where} holds it with the search log; raise --max-drop, add calibration data, or ship fp32 on purpose with --quant none",
+            f"{where} holds it with the search log; {after_budget_missed(search, has_eval=has_eval)}",
         )
     if search and not search.get("met", True):
         best = search["best"]
         raise CheckFailed(
             f"accuracy budget not met: best {best['metric']} drop {best['drop']:.4f} > --max-drop {search['max_drop']} "
             f"({best['kept_float']} node(s) kept float)",
-            f"the best model found was written to {where} with the search log; raise --max-drop or add calibration data",
+            f"the best model found was written to {where} with the search log; {after_budget_missed(search, has_eval=has_eval)}",
         )
 
 
@@ -855,8 +869,11 @@ def quantize_model(cfg: QuantizeConfig, progress: ProgressFactory = quiet_progre
     from .core.outputs import check_output_path
 
     for path, what in ((out, "output"), (data_file(out), "external data file")):  # before any work
-        check_output_path(path, force=force, is_dir=False, inputs=(model, q.calib, q.eval, q.image_preprocess), what=what)
+        check_output_path(path, force=force, is_dir=False, inputs=(model, q.calib, q.eval, q.image_preprocess, cfg.preprocess), what=what)
     src = open_model(model)
+    from .core.appio import load_io_spec
+
+    tasks = load_io_spec(cfg.preprocess, src.io)["outputs"]  # before any work: per-output task overrides for --max-drop / --prefer
     data = load_samples(q.calib, src.io, preprocess=q.image_preprocess, random_n=spec.calib_samples) if q.calib else None
     evals = load_samples(q.eval, src.io, what="evaluation", preprocess=q.image_preprocess) if q.eval else None
     if spec.needs_calibration and data is None:
@@ -874,7 +891,7 @@ def quantize_model(cfg: QuantizeConfig, progress: ProgressFactory = quiet_progre
         with prog.stage(f"quantize ({spec.mode})"):
             res = quantize(
                 opt, spec, work / "q.onnx", data=data, on_sample=prog.sample, evals=evals, max_drop=q.max_drop,
-                prefer=q.prefer, budget=tg.tolerances.max_accuracy_drop, target=tg,
+                prefer=q.prefer, budget=tg.tolerances.max_accuracy_drop, target=tg, tasks=tasks,
             )
         from .core.onnxutil import copy_model, has_external_data
 
@@ -888,11 +905,11 @@ def quantize_model(cfg: QuantizeConfig, progress: ProgressFactory = quiet_progre
             copy_stamped(res.artifact.path, tmp)
     recipe = res.recipe()
     recipe["notes"] = notes + recipe["notes"]
-    return QuantizeOutcome(model=out, mode=spec.mode, recipe=recipe)
+    return QuantizeOutcome(model=out, mode=spec.mode, recipe=recipe, has_eval=q.eval is not None)
 
 
 def check_quantize(outcome: QuantizeOutcome) -> None:
-    check_budget(outcome.recipe, outcome.model)
+    check_budget(outcome.recipe, outcome.model, has_eval=outcome.has_eval)
 
 
 def bundle_model(cfg: BundleConfig) -> BundleOutcome:

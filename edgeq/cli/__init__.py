@@ -197,6 +197,7 @@ def quantize(
     out: Annotated[Path, typer.Option("-o", "--out", help="quantized .onnx to write")],
     target: TargetOpt = "cpu-x86_64",
     q: Any = None,  # QUANT_OPTIONS (edgeq.cli.options): pipeline.QuantOptions
+    preprocess: Annotated[Optional[Path], typer.Option("--preprocess", help="app TOML: [outputs.NAME] task = ... sets the task metric --max-drop and --prefer score that output with")] = None,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -204,7 +205,7 @@ def quantize(
     from .. import pipeline
     from ..reporting.tables import StageProgress, err, out as console
 
-    outcome = pipeline.quantize_model(pipeline.QuantizeConfig(model=model, out=out, target=target, quant=q, force=force),
+    outcome = pipeline.quantize_model(pipeline.QuantizeConfig(model=model, out=out, target=target, quant=q, force=force, preprocess=preprocess),
                                       progress=lambda total: StageProgress(err, total_samples=total))
     recipe = outcome.recipe
     if as_json:
