@@ -138,7 +138,7 @@ def run_export(
     check_output(opts.out, opts.force, is_dir=True)  # before any work
     app_io, labels = _bundle_extras(source, opts)
     # Check the data against the model before spending time on anything else.
-    image_prep = _image_preprocess(opts, app_io, source)
+    image_prep = _image_preprocess(opts.image_preprocess, opts.preprocess, app_io, source)
     calib = load_samples(opts.calib, source.io, what="calibration", labels_key=opts.labels_key, preprocess=image_prep, random_n=spec.calib_samples) if opts.calib else None
     evals = load_samples(opts.eval, source.io, what="evaluation", labels_key=opts.labels_key, preprocess=image_prep) if opts.eval else None
     prep_notes = _record_image_preprocess(app_io, calib or evals, from_app=image_prep is not None and image_prep == opts.preprocess)
@@ -424,12 +424,12 @@ def _bundle_extras(source: Artifact, opts: ExportOptions) -> tuple[dict, tuple[s
     return app_io, (tuple(labels) if labels else None)
 
 
-def _image_preprocess(opts: ExportOptions, app_io: dict, source: Artifact) -> Path | None:
+def _image_preprocess(image_preprocess: Path | None, preprocess: Path | None, app_io: dict, source: Artifact) -> Path | None:
     """--image-preprocess wins; else the app's --preprocess file when it describes the one input."""
-    if opts.image_preprocess is not None:
-        return opts.image_preprocess
-    if opts.preprocess is not None and len(source.io.inputs) == 1 and source.io.input_names[0] in app_io["inputs"]:
-        return opts.preprocess
+    if image_preprocess is not None:
+        return image_preprocess
+    if preprocess is not None and len(source.io.inputs) == 1 and source.io.input_names[0] in app_io["inputs"]:
+        return preprocess
     return None
 
 
@@ -873,9 +873,11 @@ def quantize_model(cfg: QuantizeConfig, progress: ProgressFactory = quiet_progre
     src = open_model(model)
     from .core.appio import load_io_spec
 
-    tasks = load_io_spec(cfg.preprocess, src.io)["outputs"]  # before any work: per-output task overrides for --max-drop / --prefer
-    data = load_samples(q.calib, src.io, preprocess=q.image_preprocess, random_n=spec.calib_samples) if q.calib else None
-    evals = load_samples(q.eval, src.io, what="evaluation", preprocess=q.image_preprocess) if q.eval else None
+    app_io = load_io_spec(cfg.preprocess, src.io)
+    tasks = app_io["outputs"]  # before any work: per-output task overrides for --max-drop / --prefer
+    image_prep = _image_preprocess(q.image_preprocess, cfg.preprocess, app_io, src)
+    data = load_samples(q.calib, src.io, preprocess=image_prep, random_n=spec.calib_samples) if q.calib else None
+    evals = load_samples(q.eval, src.io, what="evaluation", preprocess=image_prep) if q.eval else None
     if spec.needs_calibration and data is None:
         from .checks.hints import modes_without_calibration
 

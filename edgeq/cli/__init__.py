@@ -20,7 +20,7 @@ from ..errors import CheckFailed, EdgeqError
 from ..core.safetext import escape_markup, escape_text
 from .options import (  # each option declared once; the groups export shares with quantize and bundle
     AcceptNewOpt, DeviceOpt, DevicePythonOpt, DeviceTimeoutOpt, EmulateOpt, ForceOpt, IdentityOpt, InputNamesOpt, JsonOpt,
-    KnownHostsOpt, LabelsOpt, OutputNamesOpt, TargetOpt, bundle_options, quant_options,
+    KnownHostsOpt, LabelsOpt, OutputNamesOpt, PreprocessOpt, TargetOpt, bundle_options, quant_options,
 )
 
 app = typer.Typer(
@@ -197,7 +197,7 @@ def quantize(
     out: Annotated[Path, typer.Option("-o", "--out", help="quantized .onnx to write")],
     target: TargetOpt = "cpu-x86_64",
     q: Any = None,  # QUANT_OPTIONS (edgeq.cli.options): pipeline.QuantOptions
-    preprocess: Annotated[Optional[Path], typer.Option("--preprocess", help="app TOML: [outputs.NAME] task = ... sets the task metric --max-drop and --prefer score that output with")] = None,
+    preprocess: PreprocessOpt = None,
     force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:

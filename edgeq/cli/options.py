@@ -45,7 +45,7 @@ CalibBinsOpt = Annotated[Optional[int], typer.Option("--calib-bins", help="histo
 MaxDropOpt = Annotated[Optional[float], typer.Option("--max-drop", help="accuracy budget: keep the most sensitive nodes float until the drop is at most this (0.01 = 1 point)")]
 LabelsOpt = Annotated[str, typer.Option("--labels-key", help="name of the labels array in evaluation data")]
 GoldenOpt = Annotated[int, typer.Option("--golden", help="golden input/output pairs to store")]
-PreprocessOpt = Annotated[Optional[Path], typer.Option("--preprocess", help="TOML: pre/post-processing the app applies per input/output (stored in the manifest; also preprocesses image-folder calibration)")]
+PreprocessOpt = Annotated[Optional[Path], typer.Option("--preprocess", help="app TOML: pre/post-processing per input/output and each output's task (stored in the manifest; also preprocesses image-folder calibration and sets the metric --max-drop/--prefer score)")]
 LabelsFileOpt = Annotated[Optional[Path], typer.Option("--labels", help="labels.txt, one label per output index (copied into the bundle)")]
 ArchiveOpt = Annotated[Optional[str], typer.Option("--archive", help="also write a deterministic OUT.tar.gz or OUT.zip: tar.gz | zip")]
 SignOpt = Annotated[Optional[Path], typer.Option("--sign", help="Ed25519 private key (PEM): sign manifest.json (edgeq keygen)")]

@@ -80,7 +80,8 @@ def test_export_keeps_every_option_quantize_and_bundle_share_with_it_declared_th
         assert export[flag] == bundle[flag], flag
     # nothing else is shared by accident (--out and --reference mean different things per command)
     common = {"--target", "--out", "--force", "--json"}
-    assert set(export) & set(quantize) == set(QUANT_FLAGS) | common
+    assert export["--preprocess"] == quantize["--preprocess"]  # the app TOML: one declaration, one meaning
+    assert set(export) & set(quantize) == set(QUANT_FLAGS) | common | {"--preprocess"}
     assert set(export) & set(bundle) == set(BUNDLE_FLAGS) | common | {"--reference"}
 
 
