@@ -12,10 +12,12 @@ Public API (each stage is also a CLI verb of the same name)::
 
 The whole trips the CLI runs take a config from ``edgeq.pipeline`` (and run the same checks)::
 
-    from edgeq.pipeline import BundleConfig, ExportConfig, QuantOptions, QuantizeConfig, SourceConfig
+    from edgeq.pipeline import BundleConfig, ExportConfig, ProfileConfig, QuantOptions, QuantizeConfig, SourceConfig, VerifyConfig
     edgeq.export(ExportConfig(SourceConfig(Path("model.onnx")), Path("build/m"), quant=QuantOptions(calib=Path("calib.npz"))))
     edgeq.quantize(QuantizeConfig(Path("model.onnx"), Path("int8.onnx"), quant=QuantOptions(quant="int8-dynamic")))
     edgeq.bundle(BundleConfig(Path("int8.onnx"), Path("build/b")))
+    edgeq.verify(VerifyConfig(Path("build/b")))           # or VerifyConfig(cand, reference=ref, data=d)
+    edgeq.profile(ProfileConfig((Path("build/b"),)))
 """
 
 from __future__ import annotations
@@ -43,10 +45,12 @@ def _opened(model: Any, provenance: tuple[str, ...] = ()):
 
 
 def _trip(config: Any, kwargs: dict[str, Any]):
-    """A trip config (edgeq.pipeline.ExportConfig, QuantizeConfig, BundleConfig): run as the CLI runs it; else None."""
+    """A trip config (edgeq.pipeline.ExportConfig, QuantizeConfig, BundleConfig, VerifyConfig, ProfileConfig):
+    run as the CLI runs it; else None."""
     from . import pipeline
 
-    if not isinstance(config, (pipeline.ExportConfig, pipeline.QuantizeConfig, pipeline.BundleConfig)):
+    if not isinstance(config, (pipeline.ExportConfig, pipeline.QuantizeConfig, pipeline.BundleConfig, pipeline.VerifyConfig,
+                               pipeline.ProfileConfig)):
         return None
     return pipeline.run(config, **kwargs)
 
@@ -100,8 +104,15 @@ def quantize(artifact, spec=None, out_path=None, **kwargs: Any):
     return _quantize(_opened(artifact), spec, Path(out_path), **kwargs)
 
 
-def verify(reference, candidate, data, tolerances, **kwargs: Any):
-    """A ``VerifyReport``: ``candidate`` against ``reference`` (both .onnx paths, each probed first) on ``data``."""
+def verify(reference, candidate=None, data=None, tolerances=None, **kwargs: Any):
+    """A ``VerifyReport``: ``candidate`` against ``reference`` (both .onnx paths, each probed first) on ``data``.
+
+    ``verify(VerifyConfig(...))``: what ``edgeq verify`` runs (a bundle's checks, a model against its reference,
+    --emulate); its outcome; a failed check raises ``CheckFailed`` (``check=False``: returned).
+    """
+    trip = _trip(reference, kwargs)
+    if trip is not None:
+        return trip
     from .checks.comparison import verify as _verify
 
     _opened(reference)
@@ -109,8 +120,17 @@ def verify(reference, candidate, data, tolerances, **kwargs: Any):
     return _verify(reference, candidate, data, tolerances, **kwargs)
 
 
-def profile(model, target, **kwargs: Any):
-    """A ``ProfileResult`` for ``model`` (an .onnx path) on this host with ``target``'s providers (``None`` without them)."""
+def profile(model, target=None, **kwargs: Any):
+    """A ``ProfileResult`` for ``model`` (an .onnx path) on this host with ``target``'s providers (``None`` without them).
+
+    ``profile(ProfileConfig(...))``: what ``edgeq profile`` runs (models and bundles, LLM bundles, --html, --device);
+    its outcome; a failed check raises ``CheckFailed`` (``check=False``: returned).
+    """
+    trip = _trip(model, kwargs)
+    if trip is not None:
+        return trip
+    if target is None:
+        raise TypeError("profile() needs a target (a Target or its name), or a ProfileConfig")
     from .profiling.profiler import profile as _profile
 
     return _profile(model, _target(target), **kwargs)

@@ -1007,17 +1007,242 @@ def check_gguf(outcome: GGUFOutcome) -> None:
         )
 
 
-Config = ExportConfig | QuantizeConfig | BundleConfig
-Outcome = ExportOutcome | GGUFOutcome | QuantizeOutcome | BundleOutcome
+@dataclass(frozen=True)
+class VerifyConfig:
+    """``edgeq verify``: a bundle folder or archive (GGUF bundles too), or a candidate .onnx against its
+    fp32 ``reference`` on ``data``; ``emulate``: also under qemu-aarch64 for these -cpu models."""
+
+    candidate: Path
+    reference: Path | None = None
+    data: Path | None = None
+    target: str = "cpu-x86_64"
+    model: str = "ort"
+    providers: tuple[str, ...] = ()
+    pubkey: Path | None = None
+    min_version: int | None = None
+    labels_key: str = LABELS_KEY
+    emulate: str | None = None
+    preprocess: Path | None = None  # app TOML: [outputs.NAME] task = ... overrides the inferred task of an output
+
+
+@dataclass(frozen=True)
+class VerifyOutcome:
+    kind: str
+    """"bundle" (bundle checks; a failure raised before), "models" (candidate vs reference) or "emulated" (--emulate)"""
+    target: str
+    result: dict[str, Any]
+    cpus: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return self.kind == "bundle" or bool(self.result.get("passed"))
+
+
+def verify_model(cfg: VerifyConfig, *, emulation_step: Any = None, on_cpu: Callable[[str], None] | None = None) -> VerifyOutcome:
+    """``edgeq verify``: a bundle's checks (a broken bundle raises), or the candidate compared with its
+    reference; ``--emulate`` runs the golden pairs under qemu-aarch64 too (``emulation_step(desc, done, total)``:
+    building the arm64 userland; ``on_cpu(cpu)``: each emulated CPU starts). Failed comparisons are left to
+    :func:`check_verify`."""
+    from .bundles.archive import archive_format
+
+    candidate = cfg.candidate
+    if cfg.emulate is not None:
+        from .devices.qemu import emulate_candidate, parse_cpus
+
+        cpus = parse_cpus(cfg.emulate)
+        result = emulate_candidate(candidate, cpus, model=cfg.model, reference=cfg.reference, data=cfg.data, target=cfg.target,
+                                   labels_key=cfg.labels_key, step=emulation_step, on_cpu=on_cpu)
+        return VerifyOutcome(kind="emulated", target=cfg.target, result=result, cpus=cpus)
+    if candidate.is_dir() or archive_format(candidate):
+        from .bundles.bundle import check_bundle as check_bundle_files
+        from .llamacpp.gguf import check_gguf_bundle, is_gguf_bundle
+
+        if candidate.is_dir() and is_gguf_bundle(candidate):  # llama.cpp bundle: checksums + golden prompts through llama.cpp
+            result = check_gguf_bundle(candidate)
+        else:
+            result = check_bundle_files(candidate, providers=list(cfg.providers) or None, model=cfg.model,
+                                        pubkey=cfg.pubkey, min_version=cfg.min_version)
+        return VerifyOutcome(kind="bundle", target=cfg.target, result=result)
+    from .core.appio import load_io_spec
+    from .core.targets import load_target
+
+    if cfg.reference is None or cfg.data is None:
+        raise CalibrationError(
+            "verifying a model needs --reference REF.onnx and --data DATA", "or pass a bundle folder to check it"
+        )
+    tg = load_target(cfg.target)
+    check_onnx_path(candidate)
+    check_onnx_path(cfg.reference)
+    open_model(candidate)
+    ref = open_model(cfg.reference)
+    samples = load_samples(cfg.data, ref.io, what="evaluation", labels_key=cfg.labels_key)
+    tasks = load_io_spec(cfg.preprocess, ref.io)["outputs"]
+    report = verify(cfg.reference, candidate, samples, tg.tolerances, output_names=ref.io.output_names, tasks=tasks).to_dict()
+    return VerifyOutcome(kind="models", target=tg.name, result=report)
+
+
+def check_verify(outcome: VerifyOutcome) -> None:
+    """The candidate outside the target's tolerances, or an emulated CPU disagreeing with x86: CheckFailed (exit 1)."""
+    if outcome.kind == "emulated":
+        from .devices.qemu import check_emulated
+
+        check_emulated(outcome.result)
+    elif outcome.kind == "models" and not outcome.result["passed"]:
+        from .errors import CheckFailed
+
+        raise CheckFailed(f"candidate outside target {outcome.target}'s tolerances: {'; '.join(outcome.result['failures'])}",
+                          "see the table above")
+
+
+@dataclass(frozen=True)
+class DeviceOptions:
+    """``profile --device ssh://user@host``: each bundle's own runner on the device over SSH."""
+
+    url: str
+    known_hosts: Path | None = None
+    accept_new_host_key: bool = False
+    identity: Path | None = None
+    python: str = "python3"
+    timeout: int = 900
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """``edgeq profile``: models or bundles measured on this host with the target's providers (or on ``device``)."""
+
+    models: tuple[Path, ...]
+    target: str | None = None
+    """None: the first bundle's target, else cpu-x86_64"""
+    data: Path | None = None
+    runs: int = 50
+    warmup: int = 5
+    threads: int = 0
+    budget: float = 10.0
+    top: int = 10
+    reference: Path | None = None
+    min_accel_coverage: float | None = None
+    html: Path | None = None
+    setup_runtime: bool = False
+    device: DeviceOptions | None = None
+
+
+@dataclass(frozen=True)
+class ProfileOutcome:
+    target: str
+    """the target's name; with --device: the device's URL"""
+    results: list[dict[str, Any]]
+    min_accel_coverage: float | None = None
+    device: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"device" if self.device else "target": self.target, "results": self.results}
+
+
+class _Silent:
+    def update(self, text: str) -> None:
+        return None
+
+
+def _no_spinner(text: str) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext(_Silent())
+
+
+def profile_models(cfg: ProfileConfig, *, spinner: Callable[[str], contextlib.AbstractContextManager] = _no_spinner,
+                   setup_progress: Any = None, say: Callable[[str], None] | None = None) -> ProfileOutcome:
+    """``edgeq profile``: latency, memory, per-op time and placement of each model on this host (KV-cache decoder
+    bundles: TTFT and decode rate too), the --html report; with ``cfg.device`` each bundle runs on the device.
+    ``spinner(text)`` wraps the timed runs (its value's ``update(text)`` names the model); ``setup_progress``:
+    provider environment set-up steps; ``say(text)``: the copy to a device. Failed checks: :func:`check_profile`."""
+    if cfg.device is not None:
+        return _profile_on_device(cfg, say)
+    from .core.targets import load_target
+    from .profiling.profiler import MeasureOptions, load_input, measure, resolve_backend
+
+    if cfg.min_accel_coverage is not None and not 0.0 <= cfg.min_accel_coverage <= 1.0:
+        from .errors import TargetError
+
+        raise TargetError(f"--min-accel-coverage {cfg.min_accel_coverage} is not a share between 0 and 1", "e.g. --min-accel-coverage 0.95")
+    if cfg.reference is not None:
+        check_onnx_path(cfg.reference)
+    if cfg.html is not None:  # an existing report edgeq wrote is replaced; anything else is refused, before any work
+        from .core.outputs import check_output_path
+
+        check_output_path(cfg.html, force=True, is_dir=False, inputs=(*cfg.models, cfg.data, cfg.reference), what="--html report")
+    inputs = [load_input(m, data=cfg.data) for m in cfg.models]
+    if cfg.target or not inputs[0].bundle_target:
+        tg = load_target(cfg.target or "cpu-x86_64")
+    else:  # a bundle is data: its manifest may name only a target shipped with edgeq
+        from .core.targets import bundle_target
+
+        tg = bundle_target(inputs[0].bundle_target, f"the manifest of bundle {inputs[0].label}")
+    opts = MeasureOptions(runs=cfg.runs, warmup=cfg.warmup, threads=cfg.threads, budget_s=cfg.budget, top=cfg.top)
+    backend = resolve_backend(tg, setup_runtime=cfg.setup_runtime, progress=setup_progress)
+    reports = []
+    with spinner("profiling ...") as status:
+        for i, inp in enumerate(inputs, 1):
+            status.update(f"profiling {inp.label} ({i}/{len(inputs)}, {backend.kind}, up to {cfg.budget:.0f} s of timed runs)")
+            reports.append(measure(inp, tg, backend, opts, reference=cfg.reference))
+    from .profiling.llm import is_llm_bundle, profile_llm
+
+    for m, r in zip(cfg.models, reports):  # KV-cache decoder bundles: TTFT, decode tokens/s by context, peak RSS, KV bytes/token
+        if is_llm_bundle(m):
+            r["llm"] = profile_llm(m, threads=cfg.threads)
+    if cfg.html is not None:
+        from .reporting.html_report import write_html
+
+        write_html(cfg.html, reports, target=tg.name)
+    return ProfileOutcome(target=tg.name, results=reports, min_accel_coverage=cfg.min_accel_coverage)
+
+
+def _profile_on_device(cfg: ProfileConfig, say: Callable[[str], None] | None) -> ProfileOutcome:
+    """profile --device: each bundle's own runner on the device over SSH."""
+    from .devices.ssh import SshOptions, parse_device, run_on_device
+
+    d = cfg.device
+    assert d is not None
+    dev = parse_device(d.url)
+    opts = SshOptions(known_hosts=d.known_hosts, accept_new_host_key=d.accept_new_host_key, identity=d.identity,
+                      python=d.python, command_timeout_s=float(d.timeout))
+    results = []
+    for m in cfg.models:
+        if say is not None:
+            say(f"copying {m} to {dev.url()} and running it there")
+        results.append(run_on_device(m, dev, opts, runs=cfg.runs, warmup=cfg.warmup, threads=cfg.threads))
+    return ProfileOutcome(target=dev.url(), results=results, device=True)
+
+
+def check_profile(outcome: ProfileOutcome) -> None:
+    """Measured outputs outside the target's tolerances, too little on the accelerator, or golden pairs failing
+    on the device: CheckFailed (exit 1)."""
+    if outcome.device:
+        from .devices.ssh import check_remote
+
+        for r in outcome.results:
+            check_remote(r)
+        return
+    failed = [f for r in outcome.results for f in ((r.get("numerics") or {}).get("vs_reference") or {}).get("failures", [])]
+    if failed:
+        from .errors import CheckFailed
+
+        raise CheckFailed(f"measured outputs outside target {outcome.target}'s tolerances: {'; '.join(failed)}", "see the numerics table")
+    if outcome.min_accel_coverage is not None:
+        from .profiling.profiler import check_coverage
+
+        check_coverage(outcome.results, outcome.min_accel_coverage)
+
+
+Config = ExportConfig | QuantizeConfig | BundleConfig | VerifyConfig | ProfileConfig
+Outcome = ExportOutcome | GGUFOutcome | QuantizeOutcome | BundleOutcome | VerifyOutcome | ProfileOutcome
 
 
 def check_outcome(outcome: Outcome) -> None:
     """The failed check of any trip's outcome, raised (CheckFailed: the CLI's exit 1)."""
-    {ExportOutcome: check_export, GGUFOutcome: check_gguf, QuantizeOutcome: check_quantize, BundleOutcome: check_bundle}[type(outcome)](outcome)
+    {ExportOutcome: check_export, GGUFOutcome: check_gguf, QuantizeOutcome: check_quantize, BundleOutcome: check_bundle,
+     VerifyOutcome: check_verify, ProfileOutcome: check_profile}[type(outcome)](outcome)
 
 
 def run(config: Config, *, progress: ProgressFactory = quiet_progress, check: bool = True) -> Outcome:
-    """The trip ``config`` names, as the CLI runs it (edgeq.export/quantize/bundle given a config call this);
+    """The trip ``config`` names, as the CLI runs it (edgeq.export/quantize/bundle/verify/profile given a config call this);
     ``check``: raise its failed check after the outputs are written, as the CLI exits 1."""
     if isinstance(config, ExportConfig):
         outcome: Outcome = export_model(config, progress)
@@ -1025,6 +1250,10 @@ def run(config: Config, *, progress: ProgressFactory = quiet_progress, check: bo
         outcome = quantize_model(config, progress)
     elif isinstance(config, BundleConfig):
         outcome = bundle_model(config)
+    elif isinstance(config, VerifyConfig):
+        outcome = verify_model(config)
+    elif isinstance(config, ProfileConfig):
+        outcome = profile_models(config)
     else:
         raise TypeError(f"not a trip config: {type(config).__name__}")
     if check:

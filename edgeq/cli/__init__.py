@@ -7,7 +7,6 @@ Set ``EDGEQ_DEBUG=1`` to see the traceback instead.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
@@ -16,11 +15,12 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ..errors import CheckFailed, EdgeqError
+from ..errors import EdgeqError
 from ..core.safetext import escape_markup, escape_text
 from .options import (  # each option declared once; the groups export shares with quantize and bundle
-    AcceptNewOpt, DeviceOpt, DevicePythonOpt, DeviceTimeoutOpt, EmulateOpt, ForceOpt, IdentityOpt, InputNamesOpt, JsonOpt,
-    KnownHostsOpt, LabelsOpt, OutputNamesOpt, PreprocessOpt, TargetOpt, bundle_options, quant_options,
+    AcceptNewOpt, BundleModelOpt, BundleOutOpt, DeviceOpt, DevicePythonOpt, DeviceTimeoutOpt, EmulateOpt, ForceOpt, IdentityOpt,
+    InputNamesOpt, JsonOpt, KnownHostsOpt, LabelsOpt, MinAccelOpt, OutputNamesOpt, PreprocessOpt, ReferenceOpt, TargetOpt,
+    bundle_options, quant_options,
 )
 
 app = typer.Typer(
@@ -108,7 +108,7 @@ def _emit_json(obj: Any) -> None:
 def export(
     source: Annotated[Path, typer.Argument(help="the model: .onnx, .pt2, .pt/.pth/.bin, a Hugging Face folder, or pkg.module:factory")],
     target: TargetOpt = "cpu-x86_64",
-    out: Annotated[Path, typer.Option("-o", "--out", help="bundle folder to write")] = Path("build/edgeq"),
+    out: BundleOutOpt = Path("build/edgeq"),
     q: Any = None,  # QUANT_OPTIONS (edgeq.cli.options): pipeline.QuantOptions
     no_profile: Annotated[bool, typer.Option("--no-profile", help="skip latency measurement")] = False,
     b: Any = None,  # BUNDLE_OPTIONS: pipeline.BundleOptions
@@ -122,8 +122,8 @@ def export(
     exporter: Annotated[str, typer.Option("--exporter", help="auto (dynamo, then TorchScript; Hugging Face folders: Optimum when EDGEQ_OPTIMUM_PYTHON is set) | dynamo | torchscript | optimum")] = "auto",
     input_names: InputNamesOpt = None,
     output_names: OutputNamesOpt = None,
-    reference: Annotated[Optional[Path], typer.Option("--reference", help="pre-quantized folder: the float model it came from (a Hugging Face folder), for perplexity and same-top-token against it")] = None,
-    min_accel_coverage: Annotated[Optional[float], typer.Option("--min-accel-coverage", help="fail (exit 1, bundle still written) when a smaller share of nodes runs on the accelerator")] = None,
+    reference: Annotated[Optional[Path], typer.Option("--reference", help="pre-quantized folder: the float model it came from (a Hugging Face folder), for perplexity and same-top-token against it")] = None,  # options.PER_COMMAND
+    min_accel_coverage: MinAccelOpt = None,
     accept_failed: Annotated[bool, typer.Option("--accept-failed", help="ship a bundle whose check failed (exit 0); the manifest records accepted-failed")] = False,
 ) -> None:
     """Export, optimize, quantize, verify, profile and bundle a model for a target."""
@@ -194,7 +194,7 @@ def _print_gguf(outcome: Any, as_json: bool) -> None:
 @quant_options
 def quantize(
     model: Annotated[Path, typer.Argument(help="fp32 .onnx model")],
-    out: Annotated[Path, typer.Option("-o", "--out", help="quantized .onnx to write")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="quantized .onnx to write")],  # options.PER_COMMAND
     target: TargetOpt = "cpu-x86_64",
     q: Any = None,  # QUANT_OPTIONS (edgeq.cli.options): pipeline.QuantOptions
     preprocess: PreprocessOpt = None,
@@ -225,94 +225,81 @@ def quantize(
 @handle_errors
 def verify(
     candidate: Annotated[Path, typer.Argument(help="a bundle folder, or a candidate .onnx to compare with --reference")],
-    reference: Annotated[Optional[Path], typer.Option("--reference", help="fp32 reference .onnx")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="inputs to compare on (.npz or folder)")] = None,
+    reference: ReferenceOpt = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="inputs to compare on (.npz or folder)")] = None,  # options.PER_COMMAND
     target: TargetOpt = "cpu-x86_64",
-    model: Annotated[str, typer.Option("--model", help="bundle: run model.ort or model.onnx")] = "ort",
+    model: BundleModelOpt = "ort",
     providers: Annotated[str, typer.Option("--providers", help="bundle: comma-separated providers to run with")] = "",
     pubkey: Annotated[Optional[Path], typer.Option("--pubkey", help="bundle: Ed25519 public key (PEM); refuse unsigned or wrongly signed bundles")] = None,
     min_version: Annotated[Optional[int], typer.Option("--min-version", help="bundle: refuse a signed bundle whose bundle_version is lower")] = None,
     labels_key: LabelsOpt = "labels",
     emulate: EmulateOpt = None,
     as_json: JsonOpt = False,
-    preprocess: Annotated[Optional[Path], typer.Option("--preprocess", help="app TOML: [outputs.NAME] task = ... overrides the inferred task of an output")] = None,
+    preprocess: PreprocessOpt = None,
 ) -> None:
     """Check a bundle folder or archive (safe extraction, schema, signature, checksums, golden pairs) or compare a model with its reference."""
-    from ..bundles.archive import archive_format
-    from ..reporting.tables import bundle_check_table, out as console, verify_table
+    from .. import pipeline
+    from ..reporting.tables import bundle_check_table, err, out as console, verify_table
 
-    if emulate is not None:
-        return _verify_emulated(candidate, emulate, model=model, reference=reference, data=data, target=target,
-                                labels_key=labels_key, as_json=as_json)
-    if candidate.is_dir() or archive_format(candidate):
-        from ..bundles.bundle import check_bundle
-        from ..llamacpp.gguf import check_gguf_bundle, is_gguf_bundle
+    cfg = pipeline.VerifyConfig(candidate=candidate, reference=reference, data=data, target=target, model=model,
+                                providers=tuple(p for p in providers.split(",") if p), pubkey=pubkey, min_version=min_version,
+                                labels_key=labels_key, emulate=emulate, preprocess=preprocess)
+    if emulate is not None:  # golden pairs on x86 and under qemu-aarch64 per -cpu model; exit 1 beyond tolerance
+        from ..devices.qemu import progress_step
 
-        if candidate.is_dir() and is_gguf_bundle(candidate):  # llama.cpp bundle: checksums + golden prompts through llama.cpp
-            result = check_gguf_bundle(candidate)
-        else:
-            result = check_bundle(
-                candidate, providers=[p for p in providers.split(",") if p] or None, model=model,
-                pubkey=pubkey, min_version=min_version,
-            )
-        if as_json:
-            _emit_json(result)
-        else:
-            console.print(bundle_check_table(result))
-            signed = f", signature by key {result['signed_by'][:16]}" if result.get("signed_by") else ""
-            verdict = {"pass": "export check passed", "skipped": "[yellow]export check SKIPPED (no data when built: nothing proven)[/]",
-                       "accepted-failed": "[red]export check FAILED, shipped knowingly (ACCEPTED-FAILED)[/]"}.get(result.get("verdict") or "", "")
-            console.print(f"[green]PASS[/] bundle {escape_markup(candidate)}: schema, checksums{signed} and {len(result['pairs'])} golden pairs"
-                          + (f"; {verdict}" if verdict else ""))
-        return
-    from ..core.data import load_samples
-    from ..errors import CalibrationError
-    from ..core.isolate import open_source
-    from ..core.targets import load_target
-    from ..checks.comparison import verify as verify_stage
-    from ..pipeline import check_onnx_path
-
-    if reference is None or data is None:
-        raise CalibrationError(
-            "verifying a model needs --reference REF.onnx and --data DATA", "or pass a bundle folder to check it"
-        )
-    tg = load_target(target)
-    check_onnx_path(candidate)
-    check_onnx_path(reference)
-    open_source(candidate)
-    ref = open_source(reference)
-    samples = load_samples(data, ref.io, what="evaluation", labels_key=labels_key)
-    from ..core.appio import load_io_spec
-
-    tasks = load_io_spec(preprocess, ref.io)["outputs"]
-    report = verify_stage(reference, candidate, samples, tg.tolerances, output_names=ref.io.output_names, tasks=tasks).to_dict()
-    if as_json:
-        _emit_json(report)
+        step, close = progress_step()
+        on_cpu = None if as_json else (lambda cpu: err.print(f"running under qemu-aarch64 -cpu {cpu} (emulated, ~200x slower)"))
+        try:
+            outcome = pipeline.verify_model(cfg, emulation_step=step, on_cpu=on_cpu)
+        finally:
+            close()
     else:
-        console.print(verify_table(report))
-        for c in report["tasks"]:
+        outcome = pipeline.verify_model(cfg)
+    result = outcome.result
+    if as_json:
+        _emit_json(result)
+    elif outcome.kind == "emulated":
+        from ..devices.qemu import emulation_table
+
+        if result.get("verify"):
+            console.print(verify_table(result["verify"]))
+        console.print(emulation_table(result))
+        console.print(f"note: {escape_markup(result['note'])}")
+    elif outcome.kind == "bundle":
+        console.print(bundle_check_table(result))
+        signed = f", signature by key {result['signed_by'][:16]}" if result.get("signed_by") else ""
+        verdict = {"pass": "export check passed", "skipped": "[yellow]export check SKIPPED (no data when built: nothing proven)[/]",
+                   "accepted-failed": "[red]export check FAILED, shipped knowingly (ACCEPTED-FAILED)[/]"}.get(result.get("verdict") or "", "")
+        console.print(f"[green]PASS[/] bundle {escape_markup(candidate)}: schema, checksums{signed} and {len(result['pairs'])} golden pairs"
+                      + (f"; {verdict}" if verdict else ""))
+    else:
+        console.print(verify_table(result))
+        for c in result["tasks"]:
             console.print(f"note: output '{c['output']}' checked as {c['kind']}: {c['why']}")
-        if report["accuracy_reference"] is not None:
-            console.print(f"accuracy: reference {100 * report['accuracy_reference']:.2f} %, candidate {100 * report['accuracy_candidate']:.2f} %")
-    if not report["passed"]:
-        _fail(CheckFailed(f"candidate outside target {tg.name}'s tolerances: {'; '.join(report['failures'])}", "see the table above"))
-    elif not as_json:
-        console.print(f"[green]PASS[/] within target {escape_markup(tg.name)}'s tolerances")
+        if result["accuracy_reference"] is not None:
+            console.print(f"accuracy: reference {100 * result['accuracy_reference']:.2f} %, candidate {100 * result['accuracy_candidate']:.2f} %")
+    pipeline.check_verify(outcome)
+    if as_json or outcome.kind == "bundle":
+        return
+    if outcome.kind == "emulated":
+        console.print(f"[green]PASS[/] x86 and {', '.join(outcome.cpus)} agree within atol {result['atol']}, rtol {result['rtol']}")
+    else:
+        console.print(f"[green]PASS[/] within target {escape_markup(outcome.target)}'s tolerances")
 
 
 @app.command()
 @handle_errors
 def profile(
     models: Annotated[list[Path], typer.Argument(help="one or more .onnx models or bundle folders (ratios are to the first)")],
-    target: Annotated[Optional[str], typer.Option("--target", "-t", help="target name or .toml (default: the bundle's target, else cpu-x86_64)")] = None,
-    data: Annotated[Optional[Path], typer.Option("--data", help="inputs to time with and check numerics on (default: bundle golden inputs, else seeded random)")] = None,
+    target: Annotated[Optional[str], typer.Option("--target", "-t", help="target name or .toml (default: the bundle's target, else cpu-x86_64)")] = None,  # options.PER_COMMAND
+    data: Annotated[Optional[Path], typer.Option("--data", help="inputs to time with and check numerics on (default: bundle golden inputs, else seeded random)")] = None,  # options.PER_COMMAND
     runs: Annotated[int, typer.Option("--runs", help="timed runs at least; more until p50 is stable or --budget ends")] = 50,
     warmup: Annotated[int, typer.Option("--warmup", help="untimed runs first")] = 5,
     threads: Annotated[int, typer.Option("--threads", help="intra-op threads (0 = the target's setting)")] = 0,
     budget: Annotated[float, typer.Option("--budget", help="seconds of timed runs per model at most")] = 10.0,
     top: Annotated[int, typer.Option("--top", help="nodes and op types to list in the per-op breakdown")] = 10,
-    reference: Annotated[Optional[Path], typer.Option("--reference", help="fp32 .onnx: verify the measured provider's outputs against it")] = None,
-    min_accel_coverage: Annotated[Optional[float], typer.Option("--min-accel-coverage", help="fail (exit 1) when a smaller share of nodes runs on the accelerator")] = None,
+    reference: ReferenceOpt = None,
+    min_accel_coverage: MinAccelOpt = None,
     html: Annotated[Optional[Path], typer.Option("--html", help="write a self-contained HTML report with plots")] = None,
     setup_runtime: Annotated[bool, typer.Option("--setup-runtime", help="create a missing provider environment (OpenVINO) in edgeq's cache")] = False,
     device: DeviceOpt = None,
@@ -327,53 +314,30 @@ def profile(
 
     With --device ssh://user@host, run each bundle's own runner on the device instead (device timing).
     """
-    if device is not None:
-        return _profile_on_device(models, device, known_hosts=known_hosts, accept_new_host_key=accept_new_host_key,
-                                  identity=identity, python=device_python, timeout=device_timeout,
-                                  runs=runs, warmup=warmup, threads=threads, as_json=as_json)
-    from ..profiling.profiler import MeasureOptions, check_coverage, load_input, measure, resolve_backend
-    from ..reporting.tables import err, out as console, profile_details, profile_notes, profile_table, setup_progress
-    from ..core.targets import load_target
+    from .. import pipeline
+    from ..reporting.tables import err, out as console, setup_progress
 
-    if min_accel_coverage is not None and not 0.0 <= min_accel_coverage <= 1.0:
-        from ..errors import TargetError
-
-        raise TargetError(f"--min-accel-coverage {min_accel_coverage} is not a share between 0 and 1", "e.g. --min-accel-coverage 0.95")
-    if reference is not None:
-        from ..pipeline import check_onnx_path
-
-        check_onnx_path(reference)
-    if html is not None:  # an existing report edgeq wrote is replaced; anything else is refused, before any work
-        from ..core.outputs import check_output_path
-
-        check_output_path(html, force=True, is_dir=False, inputs=(*models, data, reference), what="--html report")
-    inputs = [load_input(m, data=data) for m in models]
-    if target or not inputs[0].bundle_target:
-        tg = load_target(target or "cpu-x86_64")
-    else:  # a bundle is data: its manifest may name only a target shipped with edgeq
-        from ..core.targets import bundle_target
-
-        tg = bundle_target(inputs[0].bundle_target, f"the manifest of bundle {inputs[0].label}")
-    opts = MeasureOptions(runs=runs, warmup=warmup, threads=threads, budget_s=budget, top=top)
-    backend = resolve_backend(tg, setup_runtime=setup_runtime, progress=setup_progress(err))
-    reports = []
-    with err.status("profiling ...") if not as_json else contextlib.nullcontext() as status:
-        for i, inp in enumerate(inputs, 1):
-            if status is not None:
-                status.update(f"profiling {inp.label} ({i}/{len(inputs)}, {backend.kind}, up to {budget:.0f} s of timed runs)")
-            reports.append(measure(inp, tg, backend, opts, reference=reference))
-    from ..profiling.llm import is_llm_bundle, llm_lines, profile_llm
-
-    for m, r in zip(models, reports):  # KV-cache decoder bundles: TTFT, decode tokens/s by context, peak RSS, KV bytes/token
-        if is_llm_bundle(m):
-            r["llm"] = profile_llm(m, threads=threads)
-    if html is not None:
-        from ..reporting.html_report import write_html
-
-        write_html(html, reports, target=tg.name)
+    dev = None if device is None else pipeline.DeviceOptions(
+        url=device, known_hosts=known_hosts, accept_new_host_key=accept_new_host_key, identity=identity, python=device_python,
+        timeout=device_timeout)
+    cfg = pipeline.ProfileConfig(models=tuple(models), target=target, data=data, runs=runs, warmup=warmup, threads=threads,
+                                 budget=budget, top=top, reference=reference, min_accel_coverage=min_accel_coverage, html=html,
+                                 setup_runtime=setup_runtime, device=dev)
+    quiet = {} if as_json else {"spinner": err.status}
+    outcome = pipeline.profile_models(cfg, setup_progress=setup_progress(err), say=None if as_json else err.print, **quiet)
     if as_json:
-        _emit_json({"target": tg.name, "results": reports})
+        _emit_json(outcome.to_dict())
+    elif outcome.device:
+        from ..devices.ssh import device_tables
+
+        for r in outcome.results:
+            for t in device_tables(r):
+                console.print(t)
     else:
+        from ..profiling.llm import llm_lines
+        from ..reporting.tables import profile_details, profile_notes, profile_table
+
+        reports = outcome.results
         console.print(profile_table(reports))
         for t in profile_details(reports):
             console.print(t)
@@ -384,62 +348,7 @@ def profile(
                 console.print(escape_markup(line))
         if html is not None:
             console.print(f"wrote {html}")
-    failed = [f for r in reports for f in ((r.get("numerics") or {}).get("vs_reference") or {}).get("failures", [])]
-    if failed:
-        _fail(CheckFailed(f"measured outputs outside target {tg.name}'s tolerances: {'; '.join(failed)}", "see the numerics table"))
-    if min_accel_coverage is not None:
-        check_coverage(reports, min_accel_coverage)
-
-
-def _verify_emulated(candidate: Path, cpus_text: str, *, model: str, reference: Optional[Path], data: Optional[Path],
-                     target: str, labels_key: str, as_json: bool) -> None:
-    """verify --emulate: golden pairs on x86 and under qemu-aarch64 per -cpu model; exit 1 beyond tolerance."""
-    from ..devices.qemu import check_emulated, emulate_candidate, emulation_table, parse_cpus, progress_step
-    from ..reporting.tables import err, out as console, verify_table
-
-    cpus = parse_cpus(cpus_text)
-    step, close = progress_step()
-    on_cpu = None if as_json else (lambda cpu: err.print(f"running under qemu-aarch64 -cpu {cpu} (emulated, ~200x slower)"))
-    try:
-        result = emulate_candidate(candidate, cpus, model=model, reference=reference, data=data, target=target,
-                                   labels_key=labels_key, step=step, on_cpu=on_cpu)
-    finally:
-        close()
-    if as_json:
-        _emit_json(result)
-    else:
-        if result.get("verify"):
-            console.print(verify_table(result["verify"]))
-        console.print(emulation_table(result))
-        console.print(f"note: {escape_markup(result['note'])}")
-    check_emulated(result)
-    if not as_json:
-        console.print(f"[green]PASS[/] x86 and {', '.join(cpus)} agree within atol {result['atol']}, rtol {result['rtol']}")
-
-
-def _profile_on_device(models: list[Path], device: str, *, known_hosts: Optional[Path], accept_new_host_key: bool,
-                       identity: Optional[Path], python: str, timeout: int, runs: int, warmup: int, threads: int,
-                       as_json: bool) -> None:
-    """profile --device: each bundle's own runner on the device over SSH; exit 1 if its golden pairs fail there."""
-    from ..devices.ssh import SshOptions, check_remote, device_tables, parse_device, run_on_device
-    from ..reporting.tables import err, out as console
-
-    dev = parse_device(device)
-    opts = SshOptions(known_hosts=known_hosts, accept_new_host_key=accept_new_host_key, identity=identity,
-                      python=python, command_timeout_s=float(timeout))
-    results = []
-    for m in models:
-        if not as_json:
-            err.print(f"copying {m} to {dev.url()} and running it there")
-        results.append(run_on_device(m, dev, opts, runs=runs, warmup=warmup, threads=threads))
-    if as_json:
-        _emit_json({"device": dev.url(), "results": results})
-    else:
-        for r in results:
-            for t in device_tables(r):
-                console.print(t)
-    for r in results:
-        check_remote(r)
+    pipeline.check_profile(outcome)
 
 
 @app.command()
@@ -447,10 +356,10 @@ def _profile_on_device(models: list[Path], device: str, *, known_hosts: Optional
 @bundle_options
 def bundle(
     model: Annotated[Path, typer.Argument(help="the (quantized) .onnx model to ship")],
-    out: Annotated[Path, typer.Option("-o", "--out", help="bundle folder to write")],
+    out: BundleOutOpt,
     target: TargetOpt = "cpu-x86_64",
-    data: Annotated[Optional[Path], typer.Option("--data", help="inputs for the golden pairs (default: seeded random)")] = None,
-    reference: Annotated[Optional[Path], typer.Option("--reference", help="fp32 model: record a verify report against it")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="inputs for the golden pairs (default: seeded random)")] = None,  # options.PER_COMMAND
+    reference: ReferenceOpt = None,
     b: Any = None,  # BUNDLE_OPTIONS (edgeq.cli.options): pipeline.BundleOptions
     force: ForceOpt = False,
     as_json: JsonOpt = False,
@@ -478,7 +387,7 @@ def generate(
     top_k: Annotated[int, typer.Option("--top-k", help="sample among the k most likely tokens (0: all)")] = 0,
     top_p: Annotated[float, typer.Option("--top-p", help="sample within this cumulative probability")] = 1.0,
     seed: Annotated[int, typer.Option("--seed")] = 0,
-    model: Annotated[str, typer.Option("--model", help="run model.onnx or model.ort")] = "onnx",
+    model: BundleModelOpt = "onnx",
     as_json: JsonOpt = False,
 ) -> None:
     """Generate text with an LLM bundle (numpy + onnxruntime + tokenizers, as the bundle's run.py --prompt does), streaming."""
@@ -498,7 +407,7 @@ def generate(
 @app.command()
 @handle_errors
 def keygen(
-    out: Annotated[Path, typer.Option("-o", "--out", help="private key to write (PEM, mode 0600); the public key goes to OUT.pub")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="private key to write (PEM, mode 0600); the public key goes to OUT.pub")],  # options.PER_COMMAND
     force: ForceOpt = False,
 ) -> None:
     """Create an Ed25519 key pair for edgeq bundle --sign / edgeq verify --pubkey."""

@@ -45,11 +45,27 @@ CalibBinsOpt = Annotated[Optional[int], typer.Option("--calib-bins", help="histo
 MaxDropOpt = Annotated[Optional[float], typer.Option("--max-drop", help="accuracy budget: keep the most sensitive nodes float until the drop is at most this (0.01 = 1 point)")]
 LabelsOpt = Annotated[str, typer.Option("--labels-key", help="name of the labels array in evaluation data")]
 GoldenOpt = Annotated[int, typer.Option("--golden", help="golden input/output pairs to store")]
-PreprocessOpt = Annotated[Optional[Path], typer.Option("--preprocess", help="app TOML: pre/post-processing per input/output and each output's task (stored in the manifest; also preprocesses image-folder calibration and sets the metric --max-drop/--prefer score)")]
+PreprocessOpt = Annotated[Optional[Path], typer.Option("--preprocess", help="app TOML: pre/post-processing per input/output and each output's task, which sets how that output is checked and scored (export/bundle: stored in the manifest; also preprocesses image-folder calibration and sets the metric --max-drop/--prefer score)")]
 LabelsFileOpt = Annotated[Optional[Path], typer.Option("--labels", help="labels.txt, one label per output index (copied into the bundle)")]
 ArchiveOpt = Annotated[Optional[str], typer.Option("--archive", help="also write a deterministic OUT.tar.gz or OUT.zip: tar.gz | zip")]
 SignOpt = Annotated[Optional[Path], typer.Option("--sign", help="Ed25519 private key (PEM): sign manifest.json (edgeq keygen)")]
 BundleVersionOpt = Annotated[int, typer.Option("--bundle-version", help="release counter stored in the (signed) manifest; verify --min-version refuses older")]
+# verify, profile and bundle: the fp32 model a candidate's outputs are checked against (export's --reference is another thing)
+ReferenceOpt = Annotated[Optional[Path], typer.Option("--reference", help="fp32 reference .onnx: the model's outputs are checked against it within the target's tolerances (exit 1 outside them)")]
+MinAccelOpt = Annotated[Optional[float], typer.Option("--min-accel-coverage", help="fail (exit 1; export still writes the bundle) when a smaller share of nodes runs on the accelerator")]
+BundleModelOpt = Annotated[str, typer.Option("--model", help="bundle: run model.ort or model.onnx")]
+BundleOutOpt = Annotated[Path, typer.Option("-o", "--out", help="bundle folder to write")]
+
+# Flags several commands take with a different meaning, each declared in its command (not here); every other flag
+# two commands share is one declaration above (tests/unit/test_cli_options.py compares all commands pairwise).
+PER_COMMAND: dict[str, dict[str, str]] = {
+    "--out": {"quantize": "one .onnx file, not a bundle folder", "keygen": "the private key file"},
+    "--data": {"verify": "inputs to compare on (required for a model)", "profile": "inputs to time with (default: golden or random)",
+               "bundle": "inputs of the golden pairs (default: seeded random)"},
+    "--reference": {"export": "a pre-quantized folder's float Hugging Face folder, not an fp32 .onnx"},
+    "--target": {"profile": "no default: a bundle's own target, else cpu-x86_64"},
+}
+
 # ARM64 emulation (verify --emulate) and remote devices (profile --device): edgeq/devices/qemu.py, edgeq/devices/ssh.py
 EmulateOpt = Annotated[Optional[str], typer.Option("--emulate", help="also run under qemu-aarch64 for these -cpu models (comma-separated, or 'default' for cortex-a53,cortex-a72,neoverse-n1); correctness only")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="run the bundle on a device: ssh://user@host[:port]")]

@@ -147,3 +147,55 @@ def test_a_command_without_the_group_parameter_is_refused():
 
     with pytest.raises(TypeError, match="'q' must be a parameter"):
         quant_options(lambda out: None)
+
+
+def _declared(callback) -> dict[str, tuple]:
+    """long flag -> (the typer.Option object, the option's Python type) of one command, as its signature declares it."""
+    import inspect
+
+    out = {}
+    for p in inspect.signature(callback, eval_str=True).parameters.values():
+        info = next((m for m in getattr(p.annotation, "__metadata__", ()) if isinstance(m, typer.models.OptionInfo)), None)
+        if info is not None:
+            flags = [f for d in info.param_decls for f in d.split("/")]
+            flag = next((f for f in flags if f.startswith("--")), "--" + p.name.replace("_", "-"))  # no flag given: typer's
+            out[flag] = (info, p.annotation.__origin__)
+    return out
+
+
+def _all_commands() -> dict[str, dict[str, tuple]]:
+    cmds = {info.name or info.callback.__name__: _declared(info.callback) for info in app.registered_commands}
+    for g in app.registered_groups:
+        sub = g.typer_instance
+        cmds[g.name] = _declared(sub.registered_callback.callback)
+        cmds.update({f"{g.name} {info.name}": _declared(info.callback) for info in sub.registered_commands})
+    return cmds
+
+
+def test_every_option_two_commands_share_is_one_declaration_unless_its_meaning_differs():
+    from itertools import combinations
+
+    from edgeq.cli.options import PER_COMMAND
+
+    cmds = _all_commands()
+    assert {"export", "quantize", "verify", "profile", "bundle", "generate", "targets show"} <= set(cmds)
+    shared = 0
+    for (a, da), (b, db) in combinations(sorted(cmds.items()), 2):
+        for flag in set(da) & set(db):
+            own = PER_COMMAND.get(flag, {})
+            if a in own or b in own:  # a meaning of its own: declared apart, and it says something else
+                assert da[flag][0].help != db[flag][0].help, (flag, a, b)
+                continue
+            assert da[flag][0] is db[flag][0], f"{flag} is declared twice ({a}, {b}): declare it once in edgeq.cli.options"
+            assert da[flag][1] == db[flag][1], (flag, a, b)
+            shared += 1
+    assert shared > 50  # --target, --json, --force, the groups, --reference, --preprocess, --model ... really compared
+    for flag, own in PER_COMMAND.items():  # each exception names a command that takes the flag
+        assert own and all(flag in cmds[c] for c in own), flag
+
+
+def test_verify_profile_and_bundle_share_the_reference_and_preprocess_options():
+    verify, profile, bundle, export = (_options(c) for c in ("verify", "profile", "bundle", "export"))
+    assert verify["--reference"] == profile["--reference"] == bundle["--reference"] != export["--reference"]
+    assert verify["--preprocess"] == export["--preprocess"] == bundle["--preprocess"]
+    assert export["--min-accel-coverage"] == profile["--min-accel-coverage"]
