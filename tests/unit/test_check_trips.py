@@ -12,7 +12,7 @@ import edgeq
 from edgeq import pipeline
 from edgeq.cli import app
 from edgeq.errors import BundleError, CheckFailed, EdgeqError
-from edgeq.pipeline import BundleConfig, BundleOptions, DeviceOptions, ProfileConfig, VerifyConfig
+from edgeq.pipeline import BundleConfig, BundleOptions, ProfileConfig, VerifyConfig
 from tests.models import cnn_data, make_cnn
 
 
@@ -76,38 +76,23 @@ def test_profile_from_the_api_and_its_failed_check(runner, tmp_path, monkeypatch
     assert calls == [ProfileConfig(models=(other,), runs=2, warmup=0, budget=0.5, reference=model)]
 
 
-class _Captured(EdgeqError):
+class _Reached(Exception):
     pass
 
 
-def _capture(monkeypatch, trip: str) -> list:
-    seen = []
+def test_the_trip_modules_leave_every_name_of_edgeq_pipeline_in_place(tmp_path, monkeypatch):
+    import importlib
+    import pkgutil
 
-    def fake(cfg, *a, **k):
-        seen.append(cfg)
-        raise _Captured("trip reached", "test")
+    for m in pkgutil.iter_modules(pipeline.__path__):  # importing each trip module replaces no name of the package
+        importlib.import_module(f"edgeq.pipeline.{m.name}")
+    assert all(callable(getattr(pipeline, n)) for n in pipeline.__all__ if n[0].islower())
+    assert callable(edgeq.verify) and callable(edgeq.profile) and callable(edgeq.quantize)
 
-    monkeypatch.setattr(pipeline, trip, fake)
-    return seen
+    def patched(*a, **k):  # a patch of edgeq.pipeline.run_export is the one the export trip calls
+        raise _Reached("patched run_export reached")
 
-
-def test_every_verify_and_profile_option_reaches_its_trip(runner, monkeypatch):
-    seen = _capture(monkeypatch, "verify_model")
-    r = runner.invoke(app, ["verify", "c.onnx", "--reference", "r.onnx", "--data", "d.npz", "-t", "arm64", "--model", "onnx",
-                            "--providers", "CPUExecutionProvider,XnnpackExecutionProvider", "--pubkey", "k.pub", "--min-version", "3",
-                            "--labels-key", "y", "--preprocess", "app.toml", "--emulate", "cortex-a53"])
-    assert r.exit_code == 2 and "trip reached" in r.stderr, r.output
-    assert seen == [VerifyConfig(candidate=Path("c.onnx"), reference=Path("r.onnx"), data=Path("d.npz"), target="arm64", model="onnx",
-                                 providers=("CPUExecutionProvider", "XnnpackExecutionProvider"), pubkey=Path("k.pub"), min_version=3,
-                                 labels_key="y", emulate="cortex-a53", preprocess=Path("app.toml"))]
-    seen = _capture(monkeypatch, "profile_models")
-    r = runner.invoke(app, ["profile", "a.onnx", "b", "-t", "arm64", "--data", "d.npz", "--runs", "3", "--warmup", "1", "--threads", "2",
-                            "--budget", "1.5", "--top", "4", "--reference", "r.onnx", "--min-accel-coverage", "0.5", "--html", "r.html",
-                            "--setup-runtime", "--device", "ssh://u@h:2222", "--known-hosts", "kh", "--accept-new-host-key",
-                            "--identity", "id", "--device-python", "python3.12", "--device-timeout", "60"])
-    assert r.exit_code == 2 and "trip reached" in r.stderr, r.output
-    assert seen == [ProfileConfig(models=(Path("a.onnx"), Path("b")), target="arm64", data=Path("d.npz"), runs=3, warmup=1, threads=2,
-                                  budget=1.5, top=4, reference=Path("r.onnx"), min_accel_coverage=0.5, html=Path("r.html"),
-                                  setup_runtime=True, device=DeviceOptions(url="ssh://u@h:2222", known_hosts=Path("kh"),
-                                                                           accept_new_host_key=True, identity=Path("id"),
-                                                                           python="python3.12", timeout=60))]
+    monkeypatch.setattr(pipeline, "run_export", patched)
+    src = make_cnn(tmp_path / "m.onnx")
+    with pytest.raises(_Reached, match="patched run_export reached"):
+        edgeq.export(pipeline.ExportConfig(source=pipeline.SourceConfig(path=src), out=tmp_path / "b", do_profile=False))

@@ -142,6 +142,31 @@ def test_every_bundle_option_reaches_the_bundle_trip(runner, tmp_path, monkeypat
     assert seen[0].data == Path("d.npz") and seen[0].reference is None and seen[0].force is False
 
 
+def test_every_verify_and_profile_option_reaches_its_trip(runner, monkeypatch):
+    seen = _capture(monkeypatch, "verify_model")
+    r = runner.invoke(app, ["verify", "c.onnx", "--reference", "r.onnx", "--data", "d.npz", "-t", "arm64", "--model", "onnx",
+                            "--providers", "CPUExecutionProvider,XnnpackExecutionProvider", "--pubkey", "k.pub", "--min-version", "3",
+                            "--labels-key", "y", "--preprocess", "app.toml", "--emulate", "cortex-a53"])
+    assert r.exit_code == 2 and "trip reached" in r.stderr, r.output
+    assert seen == [pipeline.VerifyConfig(
+        candidate=Path("c.onnx"), reference=Path("r.onnx"), data=Path("d.npz"), target="arm64", model="onnx",
+        providers=("CPUExecutionProvider", "XnnpackExecutionProvider"), pubkey=Path("k.pub"), min_version=3,
+        labels_key="y", emulate="cortex-a53", preprocess=Path("app.toml"),
+    )]
+    seen = _capture(monkeypatch, "profile_models")
+    r = runner.invoke(app, ["profile", "a.onnx", "b", "-t", "arm64", "--data", "d.npz", "--runs", "3", "--warmup", "1", "--threads", "2",
+                            "--budget", "1.5", "--top", "4", "--reference", "r.onnx", "--min-accel-coverage", "0.5", "--html", "r.html",
+                            "--setup-runtime", "--device", "ssh://u@h:2222", "--known-hosts", "kh", "--accept-new-host-key",
+                            "--identity", "id", "--device-python", "python3.12", "--device-timeout", "60"])
+    assert r.exit_code == 2 and "trip reached" in r.stderr, r.output
+    device = pipeline.DeviceOptions(url="ssh://u@h:2222", known_hosts=Path("kh"), accept_new_host_key=True, identity=Path("id"),
+                                    python="python3.12", timeout=60)
+    assert seen == [pipeline.ProfileConfig(
+        models=(Path("a.onnx"), Path("b")), target="arm64", data=Path("d.npz"), runs=3, warmup=1, threads=2, budget=1.5, top=4,
+        reference=Path("r.onnx"), min_accel_coverage=0.5, html=Path("r.html"), setup_runtime=True, device=device,
+    )]
+
+
 def test_a_command_without_the_group_parameter_is_refused():
     from edgeq.cli.options import quant_options
 
