@@ -1,0 +1,134 @@
+"""Phi-3 and Gemma / Gemma 2 layouts for GGUF: what differs from a Llama folder.
+
+Tensor names come from llama.cpp's own table (``gguf.get_tensor_name_map``, the map its
+``convert_hf_to_gguf.py`` uses), not from a private list. What edgeq adds is the per-architecture
+knowledge the file format does not carry:
+
+- Phi-3 (``phi3``): fused ``qkv_proj`` and ``gate_up_proj`` are written fused (llama.cpp splits
+  them), NEOX rotary over the first ``partial_rotary_factor`` of each head (no row permutation),
+  an optional sliding window on every layer.
+- Gemma (``gemma``): RMSNorm weights are stored as ``w`` but applied as ``1 + w`` (written +1),
+  embeddings scaled by sqrt(hidden) and GeGLU (tanh GELU) inside llama.cpp, tied embeddings.
+- Gemma 2 (``gemma2``): also post-attention / post-FFN norms, attention and final logit
+  soft-caps, a sliding window on every other layer (the first one sliding, as transformers).
+
+Anything these layouts cannot express is refused with one line naming the setting.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from ..errors import ModelError
+
+EXTRA_ARCHS = {"phi3": "Phi3ForCausalLM", "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM"}
+_GEMMA = ("gemma", "gemma2")
+_TANH_GELU = ("gelu_pytorch_tanh", "gelu_tanh", "gelu_new", "gelu_fast")
+
+# llama.cpp tensors each layer must have, per architecture (output.weight: see required_tensors)
+_LAYER = {
+    "phi3": ("attn_norm", "attn_qkv", "attn_output", "ffn_norm", "ffn_up", "ffn_down"),
+    "gemma": ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"),
+    "gemma2": ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "post_attention_norm", "ffn_norm",
+               "ffn_gate", "ffn_up", "ffn_down", "post_ffw_norm"),
+}
+
+
+def detect(cfg: dict[str, Any]) -> str | None:
+    """The llama.cpp architecture of a Phi-3 / Gemma / Gemma 2 config, or None."""
+    archs = cfg.get("architectures") or []
+    for name, cls in EXTRA_ARCHS.items():
+        if cfg.get("model_type") == name or cls in archs:
+            return name
+    return None
+
+
+def arch_params(p: Any, cfg: dict[str, Any], where: str) -> Any:
+    """``p`` (LlamaParams) completed and checked for an extra architecture."""
+    arch = p.arch
+    for flag in ("attention_bias", "mlp_bias"):
+        if cfg.get(flag):
+            raise ModelError(f"{where}: {flag} = true is not part of llama.cpp's {arch} layout", "convert a model without biases")
+    if arch == "phi3":
+        if p.tie_embeddings:
+            raise ModelError(f"{where}: Phi-3 with tied embeddings is not supported by edgeq's GGUF writer",
+                             "llama.cpp's phi3 needs its own output projection; convert an untied checkpoint")
+        factor = float(cfg.get("partial_rotary_factor") or 1.0)
+        rope_dims = int(p.head_dim * factor)
+        if rope_dims % 2 or not 0 < rope_dims <= p.head_dim:
+            raise ModelError(f"{where}: partial_rotary_factor {factor} gives {rope_dims} rotary dims of {p.head_dim}", "check config.json")
+        return replace(p, rope_dims=rope_dims, sliding_window=int(cfg.get("sliding_window") or 0),
+                       original_context_length=int(cfg.get("original_max_position_embeddings") or p.context_length))
+    act = cfg.get("hidden_activation") or cfg.get("hidden_act") or "gelu_pytorch_tanh"
+    if act not in _TANH_GELU:
+        raise ModelError(f"{where}: Gemma activation '{act}' is not the tanh GELU llama.cpp computes", "convert a model with hidden_activation gelu_pytorch_tanh")
+    if arch == "gemma":
+        return p
+    scalar = cfg.get("query_pre_attn_scalar")
+    if scalar is not None and float(scalar) != float(p.head_dim):
+        raise ModelError(f"{where}: query_pre_attn_scalar {scalar} differs from head_dim {p.head_dim}",
+                         "llama.cpp scales Gemma 2 attention by 1/sqrt(head_dim)")
+    layer_types = cfg.get("layer_types")
+    if layer_types and layer_types != [("sliding_attention" if i % 2 == 0 else "full_attention") for i in range(p.layers)]:
+        raise ModelError(f"{where}: Gemma 2 layer_types {layer_types[:4]}... are not sliding/full alternating",
+                         "llama.cpp's gemma2 alternates sliding (even layers) and full attention")
+    return replace(p, sliding_window=int(cfg.get("sliding_window") or 0),
+                   attn_softcap=float(cfg.get("attn_logit_softcapping") or 0.0),
+                   final_softcap=float(cfg.get("final_logit_softcapping") or 0.0))
+
+
+def tensor_name(name: str, p: Any) -> str | None:
+    """GGUF name of a Hugging Face weight of an extra architecture (None: not written, "": unknown)."""
+    import gguf
+
+    if name.endswith("rotary_emb.inv_freq") or (name == "lm_head.weight" and p.tie_embeddings):
+        return None
+    tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH[p.arch.upper()], p.layers)
+    return tmap.get_name(name, try_suffixes=(".weight", ".bias")) or ""
+
+
+def required_tensors(p: Any) -> set[str]:
+    need = {"token_embd.weight", "output_norm.weight"} | {f"blk.{i}.{t}.weight" for i in range(p.layers) for t in _LAYER[p.arch]}
+    if not p.tie_embeddings:
+        need.add("output.weight")
+    return need
+
+
+def transform(arr: np.ndarray, gname: str, p: Any) -> np.ndarray:
+    """Gemma's RMSNorm multiplies by ``1 + w``: llama.cpp's by the stored weight."""
+    if p.arch in _GEMMA and gname.endswith("norm.weight"):
+        return arr + 1.0
+    return arr
+
+
+def add_metadata(w: Any, p: Any) -> None:
+    """Keys beyond the Llama ones, as llama.cpp's loader reads them."""
+    if p.sliding_window:
+        w.add_sliding_window(p.sliding_window)
+    if p.arch == "phi3":
+        w.add_rope_scaling_orig_ctx_len(p.original_context_length)
+    if p.attn_softcap:
+        w.add_attn_logit_softcapping(p.attn_softcap)
+    if p.final_softcap:
+        w.add_final_logit_softcapping(p.final_softcap)
+
+
+def check_vocab(p: Any, name: str, tokens: tuple[str, ...], where: str) -> None:
+    """Tokens llama.cpp's loader looks up by text for this architecture (it fails with 'unordered_map::at' otherwise)."""
+    low = name.lower()
+    if p.arch == "phi3" and ("phi3" in low or "phi-3" in low):  # llama.cpp sets attributes of Phi-3's special tokens by name
+        missing = [t for t in ("<unk>", "<s>", "</s>", "<|endoftext|>") if t not in tokens]
+        if missing:
+            raise ModelError(f"{where}: a model named '{name}' has no {', '.join(missing)} token, which llama.cpp's Phi-3 loader looks up",
+                             "Phi-3 tokenizers have <unk>, <s>, </s> and <|endoftext|>; convert the model's own tokenizer")
+
+
+def notes(p: Any) -> list[str]:
+    """What the GGUF computes differently from transformers, in words for the report."""
+    if p.arch == "phi3" and 0 < p.sliding_window < p.context_length:
+        return [f"llama.cpp runs Phi-3 without its sliding window (disabled in llama.cpp): outputs equal transformers' "
+                f"up to {p.sliding_window} tokens of context and differ beyond"]
+    return []
