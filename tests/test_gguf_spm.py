@@ -19,6 +19,7 @@ from tests.llm_models import greedy_json  # noqa: E402
 from tests.spm_models import save_spm_lm  # noqa: E402
 
 GEMMA2 = dict(query_pre_attn_scalar=8, attn_logit_softcapping=5.0, final_logit_softcapping=3.0)  # sliding_window 6 (make_lm)
+GEMMA3 = dict(query_pre_attn_scalar=8, num_hidden_layers=6)  # layers 0-4 slide (rotary base 1e4), layer 5 is global (1e6)
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +29,7 @@ def folders(tmp_path_factory):
         "phi3": save_spm_lm(root / "phi3", "phi3", partial_rotary_factor=0.5),
         "gemma": save_spm_lm(root / "gemma", "gemma"),
         "gemma2": save_spm_lm(root / "gemma2", "gemma2", **GEMMA2),
+        "gemma3": save_spm_lm(root / "gemma3", "gemma3", **GEMMA3),
     }
 
 
@@ -97,6 +99,13 @@ def test_tensor_layouts(folders, tmp_path):
     assert np.allclose(np.asarray(t["blk.0.post_attention_norm.weight"].data), w["model.layers.0.post_attention_layernorm.weight"] + 1)
     assert f["gemma2.attn_logit_softcapping"] == 5.0 and f["gemma2.final_logit_softcapping"] == 3.0
     assert f["gemma2.attention.sliding_window"] == 6
+    # Gemma 3: q/k norms (also 1 + w), the global layers' rotary base from rope_parameters
+    folder = folders["gemma3"]
+    write_gguf(read_llama(folder), "f32", tmp_path / "g3.gguf")
+    _, f, t = _fields(tmp_path / "g3.gguf")
+    w = load_file(str(folder / "model.safetensors"))
+    assert f["general.architecture"] == "gemma3" and f["gemma3.rope.freq_base"] == 1e6 and f["gemma3.attention.sliding_window"] == 6
+    assert np.allclose(np.asarray(t["blk.5.attn_k_norm.weight"].data), w["model.layers.5.self_attn.k_norm.weight"] + 1)
 
 
 def _copy(src, dst):
@@ -123,6 +132,13 @@ def test_refusals_name_the_setting(folders, tmp_path):
     g2 = _copy(folders["gemma2"], tmp_path / "g2")
     _edit_json(g2 / "config.json", lambda c: c.update(query_pre_attn_scalar=256))
     refused(g2, "query_pre_attn_scalar 256 differs from head_dim 8")
+    g3 = _copy(folders["gemma3"], tmp_path / "g3")
+    _edit_json(g3 / "config.json", lambda c: c["rope_parameters"]["full_attention"].update(rope_type="linear", factor=8.0))
+    refused(g3, "Gemma 3 rope scaling 'linear' \\(full attention\\)")
+    _edit_json(g3 / "config.json", lambda c: c.update(rope_parameters=None, rope_local_base_freq=20000.0))
+    refused(g3, "Gemma 3 sliding-layer rope base 20000 is not 10000")
+    _edit_json(g3 / "config.json", lambda c: c.update(rope_local_base_freq=None, layer_types=["full_attention"] * 6))
+    refused(g3, "gemma3 layer_types .* are not llama.cpp's pattern")
     g = _copy(folders["gemma"], tmp_path / "g")
     _edit_json(g / "config.json", lambda c: c.update(hidden_activation="relu"))
     refused(g, "Gemma activation 'relu'")
@@ -158,7 +174,7 @@ def test_phi3_sliding_window_is_reported(folders, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["phi3", "gemma", "gemma2"])
+@pytest.mark.parametrize("kind", ["phi3", "gemma", "gemma2", "gemma3"])
 def test_f32_verified_by_llama_cpp_and_run_py_generates(kind, folders, runner, tmp_path):
     pytest.importorskip("llama_cpp")
     import transformers

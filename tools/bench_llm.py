@@ -12,7 +12,8 @@ same-top-token %. Timing (onnxruntime-genai, this host, not a device): time to f
 first context length, decode tokens/s at each context length, per thread setting (0 = all cores),
 peak RSS of the measuring child; decode tokens/s is 1 / the median step time. Each measurement runs in
 its own isolated child interpreter.
-GGUF rows: see tools/bench_llm_formats.py (not repeated here).
+GGUF rows (``--gguf q4_0,q4_k``; q4_k is Q4_K_M from llama.cpp's quantizer): edgeq's GGUF run by
+llama.cpp, quality from its prefill logits on the same windows, timing as above (tools/bench_llm_gguf.py).
 """
 
 from __future__ import annotations
@@ -110,6 +111,7 @@ def main() -> int:
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--work", type=Path)
     ap.add_argument("--no-builder", action="store_true")
+    ap.add_argument("--gguf", default="q4_0,q4_k", help="GGUF rows through llama.cpp ('' for none)")
     a = ap.parse_args()
     if a.child:
         print(json.dumps(_child(json.loads(a.child))))
@@ -192,6 +194,12 @@ def main() -> int:
         m = compare_logits(ref, [np.asarray(x, np.float32) for x in r["logits"]], ids)
         rows.append({"name": name, "bytes": dir_bytes(d), **m, "timing": r["timing"], "peak_rss_bytes": r["peak_rss_bytes"]})
         log(f"{name}: KL {m['kl_mean']:.2e}, same top {100 * m['top1_agreement']:.2f} % ({time.perf_counter() - t0:.0f} s)")
+    quants = [x.strip() for x in a.gguf.split(",") if x.strip()]
+    if quants:
+        from tools.bench_llm_gguf import gguf_rows
+
+        rows += gguf_rows(folder, ids, ref, quants=quants, contexts=contexts, threads=threads, steps=a.steps, vocab=vocab,
+                          work=work, log=log)
     print(f"{folder.name}: {len(ids)} held-out windows, {rows[0]['positions']} positions; fp32 PyTorch perplexity "
           f"{rows[0]['perplexity_fp32']:.4f}; runtime onnxruntime-genai on this host; decode over {a.steps} steps.\n")
     cols = [f"{'all' if t == 0 else t} thr: TTFT@{contexts[0]} ms / tok/s@" + "/".join(map(str, contexts)) for t in threads]

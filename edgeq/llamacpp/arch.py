@@ -1,4 +1,4 @@
-"""Phi-3 and Gemma / Gemma 2 layouts for GGUF: what differs from a Llama folder.
+"""Phi-3 and Gemma 1/2/3 layouts for GGUF: what differs from a Llama folder.
 
 Tensor names come from llama.cpp's own table (``gguf.get_tensor_name_map``, the map its
 ``convert_hf_to_gguf.py`` uses), not from a private list. What edgeq adds is the per-architecture
@@ -11,6 +11,8 @@ knowledge the file format does not carry:
   embeddings scaled by sqrt(hidden) and GeGLU (tanh GELU) inside llama.cpp, tied embeddings.
 - Gemma 2 (``gemma2``): also post-attention / post-FFN norms, attention and final logit
   soft-caps, a sliding window on every other layer (the first one sliding, as transformers).
+- Gemma 3 text (``gemma3``): Gemma 2 without soft-caps, with q/k norms; five sliding layers then a
+  global one; llama.cpp fixes the sliding layers' rotary base at 10,000 (the global base is written).
 
 Anything these layouts cannot express is refused with one line naming the setting.
 """
@@ -24,8 +26,11 @@ import numpy as np
 
 from ..errors import ModelError
 
-EXTRA_ARCHS = {"phi3": "Phi3ForCausalLM", "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM"}
-_GEMMA = ("gemma", "gemma2")
+# llama.cpp arch -> (transformers model_type, class)
+EXTRA_ARCHS = {"phi3": ("phi3", "Phi3ForCausalLM"), "gemma": ("gemma", "GemmaForCausalLM"),
+               "gemma2": ("gemma2", "Gemma2ForCausalLM"), "gemma3": ("gemma3_text", "Gemma3ForCausalLM")}
+_GEMMA = ("gemma", "gemma2", "gemma3")
+_GEMMA3_SWA_THETA = 10000.0  # llama.cpp's gemma3 uses this rotary base on its sliding layers, whatever the file says
 _TANH_GELU = ("gelu_pytorch_tanh", "gelu_tanh", "gelu_new", "gelu_fast")
 
 # llama.cpp tensors each layer must have, per architecture (output.weight: see required_tensors)
@@ -35,13 +40,14 @@ _LAYER = {
     "gemma2": ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "post_attention_norm", "ffn_norm",
                "ffn_gate", "ffn_up", "ffn_down", "post_ffw_norm"),
 }
+_LAYER["gemma3"] = (*_LAYER["gemma2"], "attn_q_norm", "attn_k_norm")
 
 
 def detect(cfg: dict[str, Any]) -> str | None:
     """The llama.cpp architecture of a Phi-3 / Gemma / Gemma 2 config, or None."""
     archs = cfg.get("architectures") or []
-    for name, cls in EXTRA_ARCHS.items():
-        if cfg.get("model_type") == name or cls in archs:
+    for name, (mtype, cls) in EXTRA_ARCHS.items():
+        if cfg.get("model_type") == mtype or cls in archs:
             return name
     return None
 
@@ -70,14 +76,34 @@ def arch_params(p: Any, cfg: dict[str, Any], where: str) -> Any:
     scalar = cfg.get("query_pre_attn_scalar")
     if scalar is not None and float(scalar) != float(p.head_dim):
         raise ModelError(f"{where}: query_pre_attn_scalar {scalar} differs from head_dim {p.head_dim}",
-                         "llama.cpp scales Gemma 2 attention by 1/sqrt(head_dim)")
+                         f"llama.cpp scales {arch} attention by 1/sqrt(head_dim)")
+    period = 2 if arch == "gemma2" else 6  # llama.cpp: every period-th layer has full attention, the others slide
     layer_types = cfg.get("layer_types")
-    if layer_types and layer_types != [("sliding_attention" if i % 2 == 0 else "full_attention") for i in range(p.layers)]:
-        raise ModelError(f"{where}: Gemma 2 layer_types {layer_types[:4]}... are not sliding/full alternating",
-                         "llama.cpp's gemma2 alternates sliding (even layers) and full attention")
+    if layer_types and layer_types != [("sliding_attention" if i % period < period - 1 else "full_attention") for i in range(p.layers)]:
+        raise ModelError(f"{where}: {arch} layer_types {layer_types[:period]}... are not llama.cpp's pattern",
+                         f"llama.cpp's {arch} gives every {period}th layer full attention and the others a sliding window")
+    if arch == "gemma3":
+        p = replace(p, rope_theta=_gemma3_theta(cfg, where))
     return replace(p, sliding_window=int(cfg.get("sliding_window") or 0),
                    attn_softcap=float(cfg.get("attn_logit_softcapping") or 0.0),
                    final_softcap=float(cfg.get("final_logit_softcapping") or 0.0))
+
+
+def _gemma3_theta(cfg: dict[str, Any], where: str) -> float:
+    """The full-attention rotary base; the sliding layers' must be llama.cpp's fixed 10,000."""
+    rp = cfg.get("rope_parameters") or {}
+    full, slide = rp.get("full_attention") or {}, rp.get("sliding_attention") or {}
+    for kind, d in (("full", full), ("sliding", slide)):
+        if d.get("rope_type", "default") != "default":
+            raise ModelError(f"{where}: Gemma 3 rope scaling '{d.get('rope_type')}' ({kind} attention) is not supported by edgeq's GGUF writer",
+                             "only plain rotary embeddings are converted")
+    if isinstance(cfg.get("rope_scaling"), dict):
+        raise ModelError(f"{where}: Gemma 3 rope_scaling is not supported by edgeq's GGUF writer", "only plain rotary embeddings are converted")
+    local = float(slide.get("rope_theta") or cfg.get("rope_local_base_freq") or _GEMMA3_SWA_THETA)
+    if local != _GEMMA3_SWA_THETA:
+        raise ModelError(f"{where}: Gemma 3 sliding-layer rope base {local:g} is not 10000",
+                         "llama.cpp's gemma3 uses a fixed rotary base of 10000 on its sliding layers")
+    return float(full.get("rope_theta") or cfg.get("rope_theta") or 1_000_000.0)
 
 
 def tensor_name(name: str, p: Any) -> str | None:

@@ -158,8 +158,8 @@ def read_params(cfg: dict[str, Any], where: str) -> LlamaParams:
     else:
         raise ModelError(
             f"{where}: model_type '{cfg.get('model_type')}' ({', '.join(archs) or 'no architectures'}) is not a model edgeq converts to GGUF",
-            "llama.cpp targets take Llama, Qwen2, Phi-3, Gemma and Gemma 2 folders (LlamaForCausalLM, Qwen2ForCausalLM, "
-            "Phi3ForCausalLM, GemmaForCausalLM, Gemma2ForCausalLM)",
+            "llama.cpp targets take Llama, Qwen2, Phi-3 and Gemma 1/2/3 (text) folders (LlamaForCausalLM, Qwen2ForCausalLM, "
+            "Phi3ForCausalLM, GemmaForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM)",
         )
     if arch == "qwen2" and cfg.get("use_sliding_window"):
         raise ModelError(f"{where}: Qwen2 with use_sliding_window is not supported by edgeq's GGUF writer", "convert a model without a sliding window")
