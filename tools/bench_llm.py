@@ -201,7 +201,8 @@ def main() -> int:
         rows += gguf_rows(folder, ids, ref, quants=quants, contexts=contexts, threads=threads, steps=a.steps, vocab=vocab,
                           work=work, log=log)
     print(f"{folder.name}: {len(ids)} held-out windows, {rows[0]['positions']} positions; fp32 PyTorch perplexity "
-          f"{rows[0]['perplexity_fp32']:.4f}; runtime onnxruntime-genai on this host; decode over {a.steps} steps.\n")
+          f"{rows[0]['perplexity_fp32']:.4f}; runtime onnxruntime-genai on this host; decode over {a.steps} steps."
+          + (" GGUF rows: llama.cpp (llama-cpp-python), TTFT the median of 3 prefills." if quants else "") + "\n")
     cols = [f"{'all' if t == 0 else t} thr: TTFT@{contexts[0]} ms / tok/s@" + "/".join(map(str, contexts)) for t in threads]
     print("| model | file | perplexity | mean KL | same top | " + " | ".join(cols) + " | peak RSS (child, incl. logits) |")
     print("|---|---:|---:|---:|---:|" + "---:|" * len(cols) + "---:|")

@@ -4,7 +4,7 @@
 Quality: llama.cpp's prefill logits (llama-cpp-python, every position) against the fp32 PyTorch
 logits bench_llm.py already holds, on the same token windows. Timing, in an isolated child per
 model (loaded as the bundle's run.py loads it: extra buffer types off on AMX hosts): time to first
-token = prefill of a random prompt of the first context length; decode tokens/s = 1 / the median
+token = the median of three prefills of a random prompt of each context length; decode tokens/s = 1 / the median
 one-token ``eval`` with the cache filled to each context length; per thread setting (0 = all cores);
 peak RSS (VmHWM) of that child.
 
@@ -29,6 +29,13 @@ GGUF_QUANTS = ("q4_0", "q4_k")
 LABEL = {"q4_k": "q4_k_m"}
 
 
+def _greedy(llm) -> int:
+    """The most likely next token after the last eval (llama-cpp-python keeps no scores without logits_all)."""
+    import llama_cpp
+
+    return int(np.argmax(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(llm.n_vocab(),))))
+
+
 def child_timing(args: dict[str, Any]) -> dict[str, Any]:
     """In a child: llama.cpp load, then prefill / decode timings per thread setting; peak RSS."""
     import resource
@@ -41,22 +48,25 @@ def child_timing(args: dict[str, Any]) -> dict[str, Any]:
     for threads in args["threads"]:
         llm, extra = load(args["gguf"], n_ctx=n_ctx, threads=threads or (os.cpu_count() or 1), seed=0)
         res["extra_buffer_types"] = extra
-        llm.eval(list(range(3, 11)))  # warm-up: the first eval allocates llama.cpp's compute buffers
+        llm.eval([3 + i % (args["vocab"] - 3) for i in range(max(contexts))])  # warm-up: the first evals size llama.cpp's buffers
         llm.reset()
         rng = np.random.default_rng(0)
         rows = []
         for ctx in contexts:
             ids = rng.integers(3, args["vocab"], ctx).tolist()
-            llm.reset()
-            t = time.perf_counter()
-            llm.eval(ids)
-            tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-            ttft = time.perf_counter() - t
+            pre = []
+            for _ in range(3):  # the median of three prefills: a busy host's stalls do not count
+                llm.reset()
+                t = time.perf_counter()
+                llm.eval(ids)
+                tok = _greedy(llm)
+                pre.append(time.perf_counter() - t)
+            ttft = float(np.median(pre))
             per = []
             for _ in range(steps):
                 t = time.perf_counter()
                 llm.eval([tok])
-                tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+                tok = _greedy(llm)
                 per.append(time.perf_counter() - t)
             med = float(np.median(per))  # the median step: a busy host's stalls do not count
             rows.append({"context": ctx, "ttft_ms": ttft * 1e3, "decode_tokens_per_s": 1 / med if med > 0 else None})

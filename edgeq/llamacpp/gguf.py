@@ -96,7 +96,7 @@ class LlamaParams:
     bos_token_id: int | None
     eos_token_id: int | None
     arch: str = "llama"  # llama.cpp architecture: llama, or qwen2 (q/k/v biases, NEOX rotary: no row permutation)
-    # phi3 / gemma / gemma2 (llamacpp/arch.py)
+    # phi3 / gemma / gemma2 / gemma3 (llamacpp/arch.py)
     rope_dims: int = 0  # rotary dims per head (0: head_dim); Phi-3's partial rotary
     sliding_window: int = 0
     attn_softcap: float = 0.0
@@ -736,7 +736,7 @@ def reference_logits(folder: Path, ids: list[list[int]]) -> list[np.ndarray]:
         model = AutoModelForCausalLM.from_pretrained(str(folder), use_safetensors=True, local_files_only=True, trust_remote_code=False,
                                                      attn_implementation="eager")  # eager: Gemma 2's soft-cap, sliding windows
     except Exception as e:  # noqa: BLE001 - transformers' own load errors
-        raise ModelError(f"transformers cannot load {folder} as LlamaForCausalLM: {str(e).splitlines()[0][:200]}", "check the folder") from None
+        raise ModelError(f"transformers cannot load {folder} as a causal LM: {str(e).splitlines()[0][:200]}", "check the folder") from None
     model = model.float().eval()
     out = []
     with torch.no_grad():

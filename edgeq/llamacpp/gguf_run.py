@@ -82,7 +82,8 @@ def load(model_path: str, *, n_ctx: int, threads: int, seed: int, extra_buffer_t
 
         lc.llama_model_default_params = params
     try:
-        llm = llama_cpp.Llama(model_path=model_path, n_ctx=n_ctx, n_threads=threads or None, seed=seed, verbose=False)
+        llm = llama_cpp.Llama(model_path=model_path, n_ctx=n_ctx, n_threads=threads or None, n_threads_batch=threads or None,
+                              seed=seed, verbose=False)  # --threads holds for the prompt too (batch threads default to every core)
     finally:
         lc.llama_model_default_params = orig
     return llm, use_extra
