@@ -158,3 +158,31 @@ def notes(p: Any) -> list[str]:
         return [f"llama.cpp runs Phi-3 without its sliding window (disabled in llama.cpp): outputs equal transformers' "
                 f"up to {p.sliding_window} tokens of context and differ beyond"]
     return []
+
+
+def llama3_rope_factors(rs: dict[str, Any], theta: float, head_dim: int, where: str) -> tuple[float, ...]:
+    """Per-frequency divisors of Llama 3.1's rope scaling, which llama.cpp reads from its ``rope_freqs`` tensor.
+
+    Frequencies whose wavelength is shorter than original_context / high_freq_factor keep their value,
+    those longer than original_context / low_freq_factor are divided by ``factor``, and the ones in
+    between are interpolated smoothly (transformers' "llama3" rope type).
+    """
+    try:
+        factor = float(rs["factor"])
+        low, high = float(rs.get("low_freq_factor", 1.0)), float(rs.get("high_freq_factor", 4.0))
+        old = float(rs["original_max_position_embeddings"])
+    except (KeyError, TypeError, ValueError):
+        raise ModelError(f"{where}: llama3 rope scaling needs factor and original_max_position_embeddings", "re-save config.json with transformers") from None
+    if not (factor > 0 and high > low > 0 and old > 0):
+        raise ModelError(f"{where}: llama3 rope scaling factor {factor}, low/high {low}/{high} are not usable", "check config.json")
+    out = []
+    for i in range(0, head_dim, 2):
+        wavelen = 2 * np.pi * theta ** (i / head_dim)
+        if wavelen < old / high:
+            out.append(1.0)
+        elif wavelen > old / low:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            out.append(1.0 / ((1 - smooth) / factor + smooth))
+    return tuple(out)

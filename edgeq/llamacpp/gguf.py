@@ -23,7 +23,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -102,6 +102,7 @@ class LlamaParams:
     attn_softcap: float = 0.0
     final_softcap: float = 0.0
     original_context_length: int = 0
+    rope_freq_factors: tuple[float, ...] = ()  # Llama 3.1+ "llama3" rope scaling: llama.cpp's rope_freqs tensor
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,8 @@ def read_params(cfg: dict[str, Any], where: str) -> LlamaParams:
     if missing:
         raise ModelError(f"{where}: missing or non-integer {', '.join(missing)}", "re-save config.json with transformers")
     rs = cfg.get("rope_scaling") or cfg.get("rope_parameters")
-    if isinstance(rs, dict) and rs.get("rope_type", rs.get("type", "default")) not in ("default", None):
+    llama3_rope = arch == "llama" and isinstance(rs, dict) and rs.get("rope_type", rs.get("type")) == "llama3"
+    if isinstance(rs, dict) and rs.get("rope_type", rs.get("type", "default")) not in ("default", None) and not llama3_rope:
         raise ModelError(
             f"{where}: rope scaling '{rs.get('rope_type', rs.get('type'))}' is not supported by edgeq's GGUF writer yet",
             "only plain rotary embeddings (no rope_scaling) are converted",
@@ -208,6 +210,8 @@ def read_params(cfg: dict[str, Any], where: str) -> LlamaParams:
         eos_token_id=_tid("eos_token_id"),
         arch=arch,
     )
+    if llama3_rope:
+        params = replace(params, rope_freq_factors=_arch.llama3_rope_factors(rs, params.rope_theta, params.head_dim, where))
     return _arch.arch_params(params, cfg, where) if arch in _arch.EXTRA_ARCHS else params
 
 
@@ -522,6 +526,8 @@ def _plan(src: LlamaSource, quant: str, blocks: dict[str, tuple[str, np.ndarray]
     missing = sorted(need - seen)
     if missing:
         raise ModelError(f"{src.folder.name}: weights missing for {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}", "the checkpoint is incomplete")
+    if p.rope_freq_factors:  # not in the checkpoint: computed from config.json's rope scaling
+        plan.append((ROPE_FREQS, "rope_freqs.weight", TensorPlan("rope_freqs.weight", (len(p.rope_freq_factors),), "F32")))
     order = {"token_embd.weight": 0, "output_norm.weight": 2, "output.weight": 3}
     plan.sort(key=lambda x: (order.get(x[1], 1), _blk_key(x[1])))
     notes += _arch.notes(p)
@@ -558,6 +564,9 @@ def _rotary_rows(rows: np.ndarray, gname: str, p: LlamaParams) -> np.ndarray:
     return rows
 
 
+ROPE_FREQS = "<rope_freqs>"  # plan key of the one tensor edgeq computes rather than reads
+
+
 def write_gguf(src: LlamaSource, quant: str, path: Path, *, on_tensor: Callable[[str], None] | None = None,
                blocks: dict[str, tuple[str, np.ndarray]] | None = None) -> GGUFResult:
     """Write ``src`` as GGUF to ``path`` (a staging path: the caller publishes it).
@@ -591,6 +600,8 @@ def write_gguf(src: LlamaSource, quant: str, path: Path, *, on_tensor: Callable[
         # tensors must go out in plan order; safetensors files are read one tensor at a time
         want = [hf for hf, _, _ in plan]
         k = 0
+        if src.params.rope_freq_factors:
+            pending[ROPE_FREQS] = np.asarray(src.params.rope_freq_factors, dtype=np.float32)
         for hf, arr in _iter_weights(src.weight_files):
             if hf not in byname:
                 continue
