@@ -57,3 +57,19 @@ def save_spm_lm(folder: Path, kind: str = "phi3", **config) -> Path:
                                 extra_special_tokens=specials[3:])
     tok.save_pretrained(folder)
     return folder
+
+
+def export_gguf(runner, folder: Path, tmp_path: Path, prompts: str, quant: str = "f32") -> tuple[dict, Path]:
+    """``edgeq export FOLDER --target llamacpp-x86_64 --quant Q --eval PROMPTS --json``, checked to succeed:
+    (the verification figures, the bundle folder)."""
+    import json
+
+    from edgeq.cli import app
+
+    pfile = tmp_path / "prompts.txt"
+    pfile.write_text(prompts, encoding="utf-8")
+    out = tmp_path / "b"
+    r = runner.invoke(app, ["export", str(folder), "--target", "llamacpp-x86_64", "--quant", quant, "--eval", str(pfile),
+                            "-o", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)["verify"], out

@@ -12,7 +12,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
 
-from edgeq.cli import app  # noqa: E402
+from tests.spm_models import export_gguf  # noqa: E402
 
 ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 16}
@@ -63,14 +63,9 @@ def test_llama3_rope_factors_tensor(tmp_path):
 def test_llama3_style_folder_verified_by_llama_cpp(runner, tmp_path):
     pytest.importorskip("llama_cpp")
     folder = _llama3_folder(tmp_path / "l3")
-    prompts = tmp_path / "prompts.txt"  # > 16 tokens each: past the original context, where the scaling matters
-    prompts.write_text("The quick brown fox DOESN'T jump; it's 2024 and 1234567 foxes, 89 of them.\n\n"
-                       "  def main(): return 0\n\n\n  THE FOX'S 12345 Jumps!\n", encoding="utf-8")
-    out = tmp_path / "b"
-    r = runner.invoke(app, ["export", str(folder), "--target", "llamacpp-x86_64", "--quant", "f32", "--eval", str(prompts),
-                            "-o", str(out), "--json"])
-    assert r.exit_code == 0, r.output
-    v = json.loads(r.stdout)["verify"]
+    v, out = export_gguf(runner, folder, tmp_path,  # > 16 tokens each: past the original context, where the scaling matters
+                         "The quick brown fox DOESN'T jump; it's 2024 and 1234567 foxes, 89 of them.\n\n"
+                         "  def main(): return 0\n\n\n  THE FOX'S 12345 Jumps!\n")
     assert v["passed"] and v["tokenizer_agreement"] == 1.0 and v["positions"] > 3 * 16
     assert v["kl_mean"] < 1e-5 and v["top1_agreement"] >= 0.99
     assert json.loads((out / "manifest.json").read_text())["model"]["tokenizer"]["pre"] == "llama-bpe"

@@ -13,10 +13,9 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
 
-from edgeq.cli import app  # noqa: E402
 from edgeq.errors import ModelError  # noqa: E402
 from tests.llm_models import greedy_json  # noqa: E402
-from tests.spm_models import save_spm_lm  # noqa: E402
+from tests.spm_models import export_gguf, save_spm_lm  # noqa: E402
 
 GEMMA2 = dict(query_pre_attn_scalar=8, attn_logit_softcapping=5.0, final_logit_softcapping=3.0)  # sliding_window 6 (make_lm)
 GEMMA3 = dict(query_pre_attn_scalar=8, num_hidden_layers=6)  # layers 0-4 slide (rotary base 1e4), layer 5 is global (1e6)
@@ -182,13 +181,7 @@ def test_f32_verified_by_llama_cpp_and_run_py_generates(kind, folders, runner, t
     from edgeq.bundles.genai import hf_greedy
 
     folder = folders[kind]
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("def main(): return 2024 + 12345\n\nthe quick brown fox jumps over the lazy dog é!\n", encoding="utf-8")
-    out = tmp_path / "b"
-    r = runner.invoke(app, ["export", str(folder), "--target", "llamacpp-x86_64", "--quant", "f32", "--eval", str(prompts),
-                            "-o", str(out), "--json"])
-    assert r.exit_code == 0, r.output
-    v = json.loads(r.stdout)["verify"]
+    v, out = export_gguf(runner, folder, tmp_path, "def main(): return 2024 + 12345\n\nthe quick brown fox jumps over the lazy dog é!\n")
     # llama.cpp tokenizes like the Hugging Face tokenizer (scores, byte fallback, '▁' prefix) and computes the same logits
     assert v["passed"] and v["tokenizer_agreement"] == 1.0 and v["n_vocab"] == 400
     assert v["kl_mean"] < 1e-5 and v["top1_agreement"] >= 0.99
