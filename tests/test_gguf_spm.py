@@ -14,6 +14,7 @@ pytest.importorskip("transformers")
 gguf = pytest.importorskip("gguf")
 
 from edgeq.errors import ModelError  # noqa: E402
+from edgeq.cli import app  # noqa: E402
 from tests.llm_models import greedy_json  # noqa: E402
 from tests.spm_models import export_gguf, save_spm_lm  # noqa: E402
 
@@ -187,6 +188,10 @@ def test_f32_verified_by_llama_cpp_and_run_py_generates(kind, folders, runner, t
     assert v["kl_mean"] < 1e-5 and v["top1_agreement"] >= 0.99
     man = json.loads((out / "manifest.json").read_text())["model"]
     assert man["architecture"] == kind and man["tokenizer"]["model"] == "llama"
+    # edgeq verify re-runs the golden prompts through llama.cpp
+    r = runner.invoke(app, ["verify", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["passed"] and len(json.loads(r.stdout)["pairs"]) == 2
     # run.py generates through llama.cpp: greedy tokens = transformers' greedy
     got = greedy_json(out / "run.py", "the quick", 12, tmp_path / "cwd")
     model = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
