@@ -202,3 +202,24 @@ def test_f32_verified_by_llama_cpp_and_run_py_generates(kind, folders, runner, t
     eos = model.config.eos_token_id
     want = want[: want.index(eos)] if eos in want else want
     assert got["tokens"] == want and len(want) >= 4
+
+
+@pytest.mark.slow
+def test_phi3_longrope_short_and_long_factors(runner, tmp_path):
+    """LongRoPE: rope_factors_short/long and the cos/sin scale; llama.cpp picks the long factors when its (256-rounded)
+    context exceeds the original one, transformers when the sequence does: checked on both sides of that line."""
+    pytest.importorskip("llama_cpp")
+    rope = {"rope_type": "longrope", "long_factor": [1.0, 3.0, 7.0, 13.0], "short_factor": [1.0, 1.5, 2.0, 2.5]}
+    text = ("the quick brown fox jumps over the lazy dog. def main(): return 0 import os, sys; print('hello world')\n\n"
+            "import os, sys; print('hello world') # a comment about numbers 0123456789 the quick brown fox\n")
+    for orig, maxpos in ((24, 128), (512, 1024)):  # prompts of ~30 tokens: long factors for orig 24, short ones for orig 512
+        folder = save_spm_lm(tmp_path / f"lr{orig}", "phi3", rope_scaling=dict(rope), original_max_position_embeddings=orig,
+                             max_position_embeddings=maxpos)
+        (tmp_path / f"o{orig}").mkdir()
+        v, out = export_gguf(runner, folder, tmp_path / f"o{orig}", text)
+        assert v["passed"] and v["kl_mean"] < 1e-5 and v["tokenizer_agreement"] == 1.0, v["failures"]
+        _, f, t = _fields(out / "model.gguf")
+        assert np.allclose(np.asarray(t["rope_factors_long.weight"].data), rope["long_factor"])
+        assert np.allclose(np.asarray(t["rope_factors_short.weight"].data), rope["short_factor"])
+        assert f["phi3.rope.scaling.attn_factor"] == pytest.approx(np.sqrt(1 + np.log(maxpos / orig) / np.log(orig)))
+        assert f["phi3.rope.scaling.original_context_length"] == orig

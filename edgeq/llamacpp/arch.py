@@ -66,8 +66,12 @@ def arch_params(p: Any, cfg: dict[str, Any], where: str) -> Any:
         rope_dims = int(p.head_dim * factor)
         if rope_dims % 2 or not 0 < rope_dims <= p.head_dim:
             raise ModelError(f"{where}: partial_rotary_factor {factor} gives {rope_dims} rotary dims of {p.head_dim}", "check config.json")
-        return replace(p, rope_dims=rope_dims, sliding_window=int(cfg.get("sliding_window") or 0),
-                       original_context_length=int(cfg.get("original_max_position_embeddings") or p.context_length))
+        orig = int(cfg.get("original_max_position_embeddings") or p.context_length)
+        p = replace(p, rope_dims=rope_dims, sliding_window=int(cfg.get("sliding_window") or 0), original_context_length=orig)
+        rs = cfg.get("rope_scaling") or cfg.get("rope_parameters")
+        if isinstance(rs, dict) and rs.get("rope_type", rs.get("type")) == "longrope":
+            p = _longrope(p, rs, where)
+        return p
     act = cfg.get("hidden_activation") or cfg.get("hidden_act") or "gelu_pytorch_tanh"
     if act not in _TANH_GELU:
         raise ModelError(f"{where}: Gemma activation '{act}' is not the tanh GELU llama.cpp computes", "convert a model with hidden_activation gelu_pytorch_tanh")
@@ -106,6 +110,21 @@ def _gemma3_theta(cfg: dict[str, Any], where: str) -> float:
     return float(full.get("rope_theta") or cfg.get("rope_theta") or 1_000_000.0)
 
 
+def _longrope(p: Any, rs: dict[str, Any], where: str) -> Any:
+    """Phi-3 LongRoPE: per-frequency short / long divisors and the cos/sin scale, as transformers computes them."""
+    long, short = rs.get("long_factor"), rs.get("short_factor")
+    n = p.rope_dims // 2
+    if not (isinstance(long, list) and isinstance(short, list) and len(long) == len(short) == n):
+        raise ModelError(f"{where}: longrope needs long_factor and short_factor of {n} values each", "check config.json")
+    orig = int(rs.get("original_max_position_embeddings") or p.original_context_length)
+    factor = float(rs.get("factor") or p.context_length / orig)
+    attn = rs.get("attention_factor")
+    if attn is None:
+        attn = 1.0 if factor <= 1.0 else float(np.sqrt(1 + np.log(factor) / np.log(orig)))
+    return replace(p, original_context_length=orig, rope_long=tuple(map(float, long)), rope_short=tuple(map(float, short)),
+                   rope_attn_factor=float(attn))
+
+
 def tensor_name(name: str, p: Any) -> str | None:
     """GGUF name of a Hugging Face weight of an extra architecture (None: not written, "": unknown)."""
     import gguf
@@ -136,6 +155,8 @@ def add_metadata(w: Any, p: Any) -> None:
         w.add_sliding_window(p.sliding_window)
     if p.arch == "phi3":
         w.add_rope_scaling_orig_ctx_len(p.original_context_length)
+        if p.rope_long:
+            w.add_rope_scaling_attn_factors(p.rope_attn_factor)
     if p.attn_softcap:
         w.add_attn_logit_softcapping(p.attn_softcap)
     if p.final_softcap:
@@ -154,10 +175,15 @@ def check_vocab(p: Any, name: str, tokens: tuple[str, ...], where: str) -> None:
 
 def notes(p: Any) -> list[str]:
     """What the GGUF computes differently from transformers, in words for the report."""
+    out = []
     if p.arch == "phi3" and 0 < p.sliding_window < p.context_length:
-        return [f"llama.cpp runs Phi-3 without its sliding window (disabled in llama.cpp): outputs equal transformers' "
-                f"up to {p.sliding_window} tokens of context and differ beyond"]
-    return []
+        out.append(f"llama.cpp runs Phi-3 without its sliding window (disabled in llama.cpp): outputs equal transformers' "
+                   f"up to {p.sliding_window} tokens of context and differ beyond")
+    if p.rope_long:
+        out.append(f"LongRoPE: llama.cpp uses the long factors whenever its context (n_ctx, rounded up to a multiple of 256) "
+                   f"is above {p.original_context_length} tokens, transformers only for sequences longer than that; load with "
+                   f"n_ctx <= {p.original_context_length} for transformers' outputs on shorter texts")
+    return out
 
 
 def llama3_rope_factors(rs: dict[str, Any], theta: float, head_dim: int, where: str) -> tuple[float, ...]:

@@ -103,6 +103,9 @@ class LlamaParams:
     final_softcap: float = 0.0
     original_context_length: int = 0
     rope_freq_factors: tuple[float, ...] = ()  # Llama 3.1+ "llama3" rope scaling: llama.cpp's rope_freqs tensor
+    rope_long: tuple[float, ...] = ()  # Phi-3 LongRoPE: rope_factors_long / _short tensors, attention factor
+    rope_short: tuple[float, ...] = ()
+    rope_attn_factor: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -169,8 +172,9 @@ def read_params(cfg: dict[str, Any], where: str) -> LlamaParams:
     if missing:
         raise ModelError(f"{where}: missing or non-integer {', '.join(missing)}", "re-save config.json with transformers")
     rs = cfg.get("rope_scaling") or cfg.get("rope_parameters")
-    llama3_rope = arch == "llama" and isinstance(rs, dict) and rs.get("rope_type", rs.get("type")) == "llama3"
-    if isinstance(rs, dict) and rs.get("rope_type", rs.get("type", "default")) not in ("default", None) and not llama3_rope:
+    rtype = rs.get("rope_type", rs.get("type", "default")) if isinstance(rs, dict) else None
+    llama3_rope = arch == "llama" and rtype == "llama3"
+    if rtype not in ("default", None) and not llama3_rope and not (arch == "phi3" and rtype == "longrope"):  # longrope: arch.py
         raise ModelError(
             f"{where}: rope scaling '{rs.get('rope_type', rs.get('type'))}' is not supported by edgeq's GGUF writer yet",
             "only plain rotary embeddings (no rope_scaling) are converted",
@@ -526,8 +530,8 @@ def _plan(src: LlamaSource, quant: str, blocks: dict[str, tuple[str, np.ndarray]
     missing = sorted(need - seen)
     if missing:
         raise ModelError(f"{src.folder.name}: weights missing for {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}", "the checkpoint is incomplete")
-    if p.rope_freq_factors:  # not in the checkpoint: computed from config.json's rope scaling
-        plan.append((ROPE_FREQS, "rope_freqs.weight", TensorPlan("rope_freqs.weight", (len(p.rope_freq_factors),), "F32")))
+    for gname, values in computed_tensors(p).items():  # not in the checkpoint: computed from config.json's rope scaling
+        plan.append((f"<{gname}>", gname, TensorPlan(gname, (len(values),), "F32")))
     order = {"token_embd.weight": 0, "output_norm.weight": 2, "output.weight": 3}
     plan.sort(key=lambda x: (order.get(x[1], 1), _blk_key(x[1])))
     notes += _arch.notes(p)
@@ -564,7 +568,14 @@ def _rotary_rows(rows: np.ndarray, gname: str, p: LlamaParams) -> np.ndarray:
     return rows
 
 
-ROPE_FREQS = "<rope_freqs>"  # plan key of the one tensor edgeq computes rather than reads
+def computed_tensors(p: LlamaParams) -> dict[str, tuple[float, ...]]:
+    """GGUF tensors edgeq computes rather than reads (planned under the key ``<name>``): rotary scaling factors."""
+    out = {}
+    if p.rope_freq_factors:
+        out["rope_freqs.weight"] = p.rope_freq_factors
+    if p.rope_long:
+        out["rope_factors_long.weight"], out["rope_factors_short.weight"] = p.rope_long, p.rope_short
+    return out
 
 
 def write_gguf(src: LlamaSource, quant: str, path: Path, *, on_tensor: Callable[[str], None] | None = None,
@@ -600,8 +611,8 @@ def write_gguf(src: LlamaSource, quant: str, path: Path, *, on_tensor: Callable[
         # tensors must go out in plan order; safetensors files are read one tensor at a time
         want = [hf for hf, _, _ in plan]
         k = 0
-        if src.params.rope_freq_factors:
-            pending[ROPE_FREQS] = np.asarray(src.params.rope_freq_factors, dtype=np.float32)
+        for gname, values in computed_tensors(src.params).items():
+            pending[f"<{gname}>"] = np.asarray(values, dtype=np.float32)
         for hf, arr in _iter_weights(src.weight_files):
             if hf not in byname:
                 continue
