@@ -55,6 +55,7 @@ def test_sentencepiece_vocab_scores_types_and_space_prefix(folders, tmp_path):
                 seen.add(a + b)
                 assert v.scores[vocab[a + b]] == -r
         assert len(seen) > 50
+        assert v.scores[v.bos_id] == 0.0 and v.scores[vocab["<0x41>"]] == 0.0
         assert all(v.types[vocab[f"<0x{b:02X}>"]] == 6 for b in range(256))  # BYTE
         unk = tj["model"].get("unk_token")  # Gemma's BPE names it; transformers' LlamaTokenizer leaves it unset
         assert (v.types[vocab[unk]] == 2) if unk else 2 not in v.types
@@ -223,3 +224,16 @@ def test_phi3_longrope_short_and_long_factors(runner, tmp_path):
         assert np.allclose(np.asarray(t["rope_factors_short.weight"].data), rope["short_factor"])
         assert f["phi3.rope.scaling.attn_factor"] == pytest.approx(np.sqrt(1 + np.log(maxpos / orig) / np.log(orig)))
         assert f["phi3.rope.scaling.original_context_length"] == orig
+
+
+def test_piece_without_merge_scores_lowest(folders, tmp_path):
+    from edgeq.llamacpp.gguf import read_llama
+
+    g = _copy(folders["gemma"], tmp_path / "g")
+    tj = json.loads((g / "tokenizer.json").read_text())
+    merges = tj["model"]["merges"]
+    a, b = merges[-1].split(" ", 1) if isinstance(merges[-1], str) else merges[-1]
+    tj["model"]["merges"] = merges[:-1]  # the last merge's piece stays in the vocabulary, unreachable for transformers
+    (g / "tokenizer.json").write_text(json.dumps(tj))
+    v = read_llama(g).vocab
+    assert v.scores[tj["model"]["vocab"][a + b]] == -1e9 and min(s for s in v.scores if s > -1e9) == -(len(merges) - 2)

@@ -3,9 +3,10 @@
 Phi-3, Gemma and Llama 2 tokenizers are a BPE with byte fallback over text whose spaces are
 ``▁`` (U+2581). ``tokenizer.json`` stores them as a merge list; llama.cpp's ``llama`` tokenizer
 instead merges the adjacent pair whose joined piece has the highest *score*. A piece's score is
-therefore minus the rank of the first merge that makes it, which gives the same merge order;
-pieces no merge makes (single characters, ``<0xNN>`` bytes, specials) score 0 and are never
-merge results. Token types follow llama.cpp: NORMAL 1, UNKNOWN 2, CONTROL 3, USER_DEFINED 4,
+therefore minus the rank of the first merge that makes it, which gives the same merge order.
+Single characters, ``<0xNN>`` bytes and specials score 0 (never merge results); a longer normal
+piece that no merge makes (transformers' BPE never produces it) gets the lowest score, so
+llama.cpp forms it only when nothing else merges. Token types follow llama.cpp: NORMAL 1, UNKNOWN 2, CONTROL 3, USER_DEFINED 4,
 UNUSED 5, BYTE 6.
 
 This module reads only the parsed ``tokenizer.json`` it is given (no files, no imports of the
@@ -23,6 +24,7 @@ from ..errors import ModelError
 SPACE = "\u2581"
 _BYTE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+NO_MERGE = -1e9  # score of a multi-character piece no merge makes (below every merge rank)
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,10 @@ def spm_vocab(tj: dict[str, Any], n: int, where: str) -> SpmVocab:
             types.append(UNUSED)
             continue
         out_tokens.append(tok)
-        scores.append(-float(rank[tok]) if tok in rank else 0.0)
+        if tok in rank:
+            scores.append(-float(rank[tok]))
+        else:
+            scores.append(NO_MERGE if len(tok) > 1 and tok not in added and tok != unk and not _BYTE.fullmatch(tok) else 0.0)
         if tok in added and tok != unk:
             types.append(CONTROL if added[tok].get("special") else USER_DEFINED)
         elif tok == unk:
