@@ -1,5 +1,8 @@
 """GGUF export for llama.cpp targets: a local Hugging Face Llama folder -> verified GGUF bundle.
 
+Llama and Qwen2 are handled here; Phi-3 and Gemma 1/2/3 through ``arch.py`` (tensor names from the
+``gguf`` package's own map, per-architecture rules), SentencePiece-style vocabularies through ``vocab.py``.
+
 Stages (each a plain function)::
 
     read_llama(folder)                      -> LlamaSource (hyper-parameters, weight files, vocabulary)
