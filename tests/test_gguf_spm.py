@@ -203,6 +203,14 @@ def test_f32_verified_by_llama_cpp_and_run_py_generates(kind, folders, runner, t
     eos = model.config.eos_token_id
     want = want[: want.index(eos)] if eos in want else want
     assert got["tokens"] == want and len(want) >= 4
+    # run.py's context: the target's (2048) capped by the model's (128), or --ctx
+    assert json.loads((out / "manifest.json").read_text())["model"]["context"] == 128
+    from tests.llm_models import run_script
+
+    p = run_script(out / "run.py", ["--prompt", "the quick", "--max-new-tokens", "50", "--ctx", "8", "--json"], tmp_path / "cwd")
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    assert r["stop"] == "context" and len(r["tokens"]) == 8 - len(ids) and r["tokens"] == want[: len(r["tokens"])]
 
 
 @pytest.mark.slow

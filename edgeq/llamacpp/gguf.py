@@ -987,6 +987,7 @@ def export_llamacpp(
             "created_by": _versions(),
             "target": {"name": target.name, "description": target.description, "arch": target.arch, "runtime": "llama.cpp"},
             "model": {"gguf": "model.gguf", "modelfile": "Modelfile", "architecture": src.params.arch, "params": vars(src.params).copy(),
+                      "context": min(settings.context, src.params.context_length),  # run.py's default n_ctx, as the Modelfile's
                       "tokenizer": {"model": src.vocab.model, "pre": src.vocab.pre, "tokens": len(src.vocab.tokens), "merges": len(src.vocab.merges)}},
             "source": {"folder": folder.name, "name": src.name},
             "quantization": recipe,

@@ -101,6 +101,7 @@ def main(argv: list | None = None) -> int:
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--ctx", type=int, default=0, help="context tokens (default: the target's, from the manifest)")
     ap.add_argument("--extra-buffer-types", choices=("auto", "on", "off"), default="auto",
                     help="llama.cpp's extra buffer types (AMX, repacking); auto: off on AMX hosts")
     ap.add_argument("--json", action="store_true")
@@ -112,6 +113,7 @@ def main(argv: list | None = None) -> int:
         return 2
     sys.dont_write_bytecode = True
     ctx = int((manifest.get("model") or {}).get("params", {}).get("context_length") or 2048)
+    ctx = args.ctx or int((manifest.get("model") or {}).get("context") or ctx)  # not the training context (131k: GiBs of KV cache)
     model = os.path.join(args.bundle, (manifest.get("model") or {}).get("gguf") or "model.gguf")
     llm, extra = load(model, n_ctx=ctx, threads=args.threads, seed=args.seed, extra_buffer_types=args.extra_buffer_types)
     add_bos = llm.metadata.get("tokenizer.ggml.add_bos_token") == "true"
