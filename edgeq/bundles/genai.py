@@ -221,6 +221,19 @@ def eos_ids(model: Any) -> set[int]:
     return set(e if isinstance(e, list) else [] if e is None else [e])
 
 
+def stage_for_genai(model: Path, files: tuple[tuple[str, bytes], ...], folder: Path) -> Path:
+    """``folder`` laid out as the bundle will be for onnxruntime-genai: the decoder as model.onnx (its
+    external data beside it) and the genai/tokenizer files, so the greedy check runs before the
+    manifest is written and its result is part of the verdict."""
+    from ..core.onnxutil import copy_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    copy_model(model, folder / "model.onnx")
+    for name, data in files:
+        (folder / Path(name).name).write_bytes(data)
+    return folder
+
+
 def greedy_check(bundle: Path, model: Any, prompts: list[list[int]], *, new_tokens: int, min_agreement: float,
                  tie_atol: float) -> GreedyCheck | None:
     """None when onnxruntime-genai is not installed."""

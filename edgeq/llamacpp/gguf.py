@@ -947,8 +947,9 @@ def export_llamacpp(
 
     The bundle is written even when verification fails (for inspection); ``result['passed']`` says.
     """
-    from ..core.fsutil import sha256_file, staging
-    from ..bundles.runner import MANIFEST, SCHEMA_VERSION
+    from ..core.fsutil import staging
+    from ..bundles.reader import write_manifest
+    from ..bundles.runner import SCHEMA_VERSION
 
     settings = target.gguf
     q = check_quant(quant or settings.quant)
@@ -969,10 +970,6 @@ def export_llamacpp(
 
         shutil.copyfile(Path(gguf_run.__file__), root / "run.py")
         golden = _write_golden(root, folder, prompts)
-        files = {}
-        for p in sorted(x for x in root.rglob("*") if x.is_file()):
-            rel = p.relative_to(root).as_posix()
-            files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
         recipe = {
             "format": "gguf",
             "mode": q,
@@ -995,9 +992,8 @@ def export_llamacpp(
             "verify": ver,
             "size": size,
             "golden": golden,
-            "files": files,
         }
-        (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        write_manifest(root, manifest, kind="gguf")  # checksums of every file, the GGUF schema, atomic
     return {
         "target": target.name, "bundle": str(out), "quantization": recipe, "verify": ver, "size": size,
         "passed": ver["passed"], "notes": [*extra_notes, *res.notes],
@@ -1022,33 +1018,29 @@ def _write_golden(root: Path, folder: Path, prompts: list[str]) -> dict[str, Any
 
 
 def is_gguf_bundle(path: Path) -> bool:
-    from ..bundles.runner import BundleCorrupt, parse_manifest, read_manifest_bytes
+    from ..bundles.reader import peek_kind
 
-    try:  # bounded: stat before reading, regular files only
-        return parse_manifest(read_manifest_bytes(str(path))).get("runtime") == "llama.cpp"
-    except (OSError, BundleCorrupt, AttributeError):
-        return False
+    return peek_kind(path) == "gguf"  # bounded: stat before reading, regular files only
 
 
 def check_gguf_bundle(path: Path) -> dict[str, Any]:
     """Checksums and file list, then llama.cpp re-runs the golden prompts; raises on failure."""
     from ..errors import BundleError
-    from ..bundles.runner import BundleCorrupt, check_files, load_manifest
+    from ..bundles.reader import read_bundle
 
-    root = str(path)
+    b = read_bundle(Path(path))  # manifest, GGUF schema, file list and checksums
+    if b.kind != "gguf":
+        raise BundleError(f"bundle {path} is not a llama.cpp bundle", "check it with edgeq verify")
+    manifest, n = b.manifest, len(b.files)
+    golden = manifest["golden"]
     try:
-        manifest = load_manifest(root)
-        n = check_files(root, manifest)
-        golden = manifest["golden"]
         atol, rtol = float(golden["atol"]), float(golden["rtol"])
-        ids = [np.load(os.path.join(root, p["tokens"]), allow_pickle=False).tolist() for p in golden["pairs"]]
-        want = [np.load(os.path.join(root, p["logits"]), allow_pickle=False) for p in golden["pairs"]]
-    except BundleCorrupt as e:
-        raise BundleError(f"bundle {path} is corrupt: {e}", "rebuild it with edgeq export, or fetch an intact copy") from None
+        ids = [np.load(b.path(p["tokens"]), allow_pickle=False).tolist() for p in golden["pairs"]]
+        want = [np.load(b.path(p["logits"]), allow_pickle=False) for p in golden["pairs"]]
     except (KeyError, TypeError, ValueError, OSError) as e:
         raise BundleError(f"bundle {path} has no usable golden data: {e}", "rebuild it with edgeq export") from None
     t0 = time.perf_counter()
-    got, info = llama_cpp_logits(Path(path) / manifest["model"]["gguf"], ids)
+    got, info = llama_cpp_logits(b.path(manifest["model"]["gguf"]), ids)
     ms = 1000 * (time.perf_counter() - t0) / max(1, len(ids))
     pairs = []
     for p, g, w in zip(golden["pairs"], got, want):
@@ -1102,38 +1094,6 @@ def gguf_table(r: dict[str, Any]):
     t.add_row("verify", "", "[green]pass[/]" if v["passed"] else "[red]FAIL[/]", "; ".join(v["failures"]))
     t.add_row("bundle", "", r["bundle"], "")
     return t
-
-
-def export_cli(source: Path, target: Any, *, out: Path, quant: str | None, prompts_file: Path | None, force: bool, as_json: bool) -> None:
-    """The ``edgeq export`` path for llama.cpp targets (called from edgeq.cli)."""
-    from ..reporting.tables import StageProgress, err, out as console
-    from ..core.safetext import escape_markup
-
-    if not Path(source).is_dir():
-        raise ModelError(
-            f"{source} is not a folder: target {target.name} takes a Hugging Face Llama folder",
-            "pass the folder with config.json, *.safetensors and tokenizer.json",
-        )
-    progress = StageProgress(err)
-    from ..exporters.prequant import detect
-
-    if detect(Path(source)) is not None:  # GPTQ/AWQ/bitsandbytes folder: codes kept as Q4_1 blocks where they fit
-        r = gguf_export(Path(source), target, out, quant=quant, prompts=read_prompts(prompts_file), force=force, progress=progress.stage)
-    else:
-        r = export_llamacpp(source, target, out, quant=quant, prompts=read_prompts(prompts_file), force=force, progress=progress.stage)
-    if as_json:
-        import typer
-
-        typer.echo(json.dumps(r, indent=2, sort_keys=True, default=str))
-    else:
-        console.print(gguf_table(r))
-        for n in r["notes"]:
-            console.print(f"note: {escape_markup(n)}")
-    if not r["passed"]:
-        raise CheckFailed(
-            f"the GGUF model is outside target {target.name}'s tolerances: {'; '.join(r['verify']['failures'])}",
-            f"the bundle was written to {out} for inspection; try a higher-precision --quant (q8_0, f16)",
-        )
 
 
 def gguf_export(source: Path, target: Any, out: Path, *, quant: str | None, prompts: list[str], force: bool,
