@@ -44,7 +44,7 @@ _LAYER["gemma3"] = (*_LAYER["gemma2"], "attn_q_norm", "attn_k_norm")
 
 
 def detect(cfg: dict[str, Any]) -> str | None:
-    """The llama.cpp architecture of a Phi-3 / Gemma / Gemma 2 config, or None."""
+    """The llama.cpp architecture of a Phi-3 / Gemma 1/2/3 config, or None."""
     archs = cfg.get("architectures") or []
     for name, (mtype, cls) in EXTRA_ARCHS.items():
         if cfg.get("model_type") == mtype or cls in archs:
@@ -62,7 +62,8 @@ def arch_params(p: Any, cfg: dict[str, Any], where: str) -> Any:
         if p.tie_embeddings:
             raise ModelError(f"{where}: Phi-3 with tied embeddings is not supported by edgeq's GGUF writer",
                              "llama.cpp's phi3 needs its own output projection; convert an untied checkpoint")
-        factor = float(cfg.get("partial_rotary_factor") or 1.0)
+        rp = cfg.get("rope_parameters") if isinstance(cfg.get("rope_parameters"), dict) else {}
+        factor = float(cfg.get("partial_rotary_factor") or rp.get("partial_rotary_factor") or 1.0)  # transformers 5 may nest it
         rope_dims = int(p.head_dim * factor)
         if rope_dims % 2 or not 0 < rope_dims <= p.head_dim:
             raise ModelError(f"{where}: partial_rotary_factor {factor} gives {rope_dims} rotary dims of {p.head_dim}", "check config.json")

@@ -6,8 +6,8 @@ instead merges the adjacent pair whose joined piece has the highest *score*. A p
 therefore minus the rank of the first merge that makes it, which gives the same merge order.
 Single characters, ``<0xNN>`` bytes and specials score 0 (never merge results); a longer normal
 piece that no merge makes (transformers' BPE never produces it) gets the lowest score, so
-llama.cpp forms it only when nothing else merges. Token types follow llama.cpp: NORMAL 1, UNKNOWN 2, CONTROL 3, USER_DEFINED 4,
-UNUSED 5, BYTE 6.
+llama.cpp forms it only when nothing else merges. Token types follow llama.cpp: NORMAL 1,
+UNKNOWN 2, CONTROL 3, USER_DEFINED 4, UNUSED 5, BYTE 6.
 
 This module reads only the parsed ``tokenizer.json`` it is given (no files, no imports of the
 tokenizer library); ``gguf.read_vocab`` decides which vocabulary kind a folder has.
