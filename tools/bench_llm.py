@@ -148,7 +148,6 @@ def main() -> int:
     ref = reference_logits(folder, ids)
     target = load_target("cpu-x86_64")
     model = hf.load_hf_model(hf.inspect_folder(folder), "text-generation")
-    files, _ = bundle_files(folder)
     dirs: dict[str, Path] = {}
 
     def bundle_dir(name: str, onnx_path: Path) -> Path:
@@ -156,7 +155,7 @@ def main() -> int:
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir()
         shutil.copyfile(onnx_path, d / "model.onnx")
-        for n, data in files:
+        for n, data in bundle_files(folder, onnx_path)[0]:  # KV buffers shared where the decoder allows it
             (d / n).write_bytes(data)
         return d
 
