@@ -109,3 +109,44 @@ def test_fused_bundle_shares_kv_buffers_and_generates_like_transformers(kind, tm
     D.export_hf_decoder(model, tmp_path / "plain.onnx", load_target("openvino-cpu"))
     plain = json.loads(dict(bundle_files(folder, tmp_path / "plain.onnx")[0])["genai_config.json"])
     assert plain["search"]["past_present_share_buffer"] is False
+
+
+def test_awq_folds_into_fused_norms_and_the_packed_gate_up(tmp_path):
+    """AWQ on the fused decoder: q/k/v, gate/up and the head fold 1/s into SkipSimplifiedLayerNormalization's
+    weight, down_proj into the up columns of the packed gate/up MatMul (through the Split); only o_proj
+    (behind GroupQueryAttention) needs a Mul. Folding random scales leaves the float model's logits unchanged."""
+    from onnx import numpy_helper
+
+    from edgeq.quantization.weight_only import awq_graph
+
+    model = make_lm("llama", **FUSED)
+    art, _, arch = D.export_hf_decoder(model, tmp_path / "m.onnx", load_target("cpu-x86_64"))
+    m = onnx.load(str(art.path))
+    inits = {i.name: i for i in m.graph.initializer}
+    members = [(i, n.input[1], int(inits[n.input[1]].dims[0])) for i, n in enumerate(m.graph.node)
+               if n.op_type == "MatMul" and n.input[1] in inits]
+    feed = D.prefill_feed(ort.InferenceSession(str(art.path), providers=["CPUExecutionProvider"]).get_inputs(),
+                          np.random.default_rng(0).integers(0, 300, (1, 12)))
+    groups = awq_graph.check_folds(m, awq_graph.plan(m, members), feed)
+    kinds = collections.Counter(g.fold.what if g.fold else "mul" for g in groups)
+    L = arch.layers
+    assert kinds == {"norm": 2 * L + 1, "matmul": L, "mul": L}, kinds
+    inter = model.config.intermediate_size
+    for g in groups:
+        if g.fold is not None and g.fold.what == "matmul":  # the up half of gate_up: columns inter .. 2 inter
+            assert g.fold.starts == (inter,) and "gate_up" in g.fold.inits[0][0]
+    rng = np.random.default_rng(1)
+    arrays = {i.name: numpy_helper.to_array(i).copy() for i in m.graph.initializer}
+    for g in groups:
+        if g.fold is not None:
+            k = members[[x[0] for x in members].index(g.members[0])][2]
+            awq_graph.apply(arrays, g, np.exp(rng.uniform(-1, 1, k)).astype(np.float32))
+    m2 = onnx.ModelProto()
+    m2.CopyFrom(m)
+    for i in m2.graph.initializer:
+        i.CopyFrom(numpy_helper.from_array(arrays[i.name], i.name))
+    ref = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(["logits"], feed)[0]
+    got = ort.InferenceSession(m2.SerializeToString(), providers=["CPUExecutionProvider"]).run(["logits"], feed)[0]
+    assert np.abs(got - ref).max() < 1e-4 * np.abs(ref).max()
+    gu = next(n for n in arrays if "gate_up" in n)
+    assert not np.allclose(arrays[gu][:, inter:], numpy_helper.to_array(inits[gu])[:, inter:])
