@@ -274,8 +274,9 @@ def fused_attention_fits(arch: DecoderArch, target: Any) -> tuple[bool, str]:
         return False, f"plain attention ops: {first} has no GroupQueryAttention kernel"
     if arch.head_dim % 16:
         return False, f"plain attention ops: head size {arch.head_dim} is not a multiple of 16 (onnxruntime's GroupQueryAttention)"
-    partial = arch.rotary_dim not in (0, arch.head_dim)
-    rotary = "rotary as plain ops (partial rotary)" if partial else "rotary inside it (cos/sin caches at position_ids)"
+    outside = arch.rotary_dim not in (0, arch.head_dim) and (arch.rotary_dim // 2) % 8 != 0
+    rotary = (f"rotary as plain ops (partial rotary over {arch.rotary_dim} dims: the kernel takes multiples of 16)" if outside
+              else "rotary inside it (cos/sin caches at position_ids)")
     return True, (f"attention fused as com.microsoft.GroupQueryAttention ({first}); {rotary}; packed q/k/v and gate/up projections; "
                   f"norms as SkipSimplifiedLayerNormalization; right padding only")
 
@@ -288,7 +289,8 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
 
     - attention (cache update, causal mask, soft-cap, sliding window) as ``com.microsoft.GroupQueryAttention``,
       with rotary inside it (``do_rotary``: cos/sin caches of the model's context length, read at
-      ``position_ids``); partial rotary (Phi-3 style) stays plain ops in front of the kernel;
+      ``position_ids``; partial rotary too when its width is a multiple of 16, as the kernel requires,
+      else plain ops in front of it);
     - q/k/v as one MatMul (one bias Add) whose packed rows go to the kernel as they are (split only
       where Gemma 3's q/k norms or partial rotary need them apart), gate/up as one MatMul then Split:
       one MatMulNBits each after weight-only quantization;
@@ -342,7 +344,8 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
         ang = np.arange(max(arch.context, 1), dtype=np.float64)[:, None] * np.asarray(inv, np.float64)[None, :]
         return g.init(f"{hint}.cos_cache", np.cos(ang).astype(np.float32)), g.init(f"{hint}.sin_cache", np.sin(ang).astype(np.float32))
 
-    rotary_in_gqa = fused and rot == hd  # partial rotary (Phi-3 style) stays plain ops before the kernel
+    # partial rotary goes in too where the kernel takes its table width (rot/2 a multiple of 8), else plain ops in front
+    rotary_in_gqa = fused and (rot == hd or (rot // 2) % 8 == 0)
     bases = {"global": arch.inv_freq}
     if arch.inv_freq_local is not None:
         bases["local"] = arch.inv_freq_local
