@@ -72,7 +72,7 @@ def test_size_breakdown_sums_to_the_file_and_names_each_part(tmp_path):
     assert set(b["bytes"]) == set(CATEGORIES) and sum(b["bytes"].values()) == b["file_bytes"] == src.stat().st_size
     assert b["bytes"]["float_weights"] == 4 * (V * D + D * H + H * D + D * V)
     assert b["bytes"]["other_constants"] == 2 * 4 * D  # the two Constant nodes
-    res = quantize(artifact_from(src), QuantSpec(mode="int4", block_size=32, accuracy_level=0), tmp_path / "q.onnx")
+    res = quantize(artifact_from(src), QuantSpec(mode="int4", block_size=32, accuracy_level=0, embed_mode="int4"), tmp_path / "q.onnx")
     q = res.sizes
     assert sum(q["bytes"].values()) == q["file_bytes"] == (tmp_path / "q.onnx").stat().st_size
     assert q["bytes"]["float_weights"] == 0
