@@ -16,6 +16,7 @@ and refuses a rewrite whose outputs move beyond the target's export tolerances.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,7 +168,94 @@ def reducemean_hw_to_gap(g: _Graph) -> int:
     return _each(g, "ReduceMean", make)
 
 
+def _consumers(g: _Graph, t: str) -> list:
+    return [n for n in g.g.node if t in n.input]
+
+
+def _scalar(g: _Graph, name: str) -> float | None:
+    from onnx import numpy_helper
+
+    for t in g.g.initializer:
+        if t.name == name:
+            a = numpy_helper.to_array(t)
+            return float(a.reshape(-1)[0]) if a.size == 1 else None
+    for n in g.g.node:
+        if n.op_type == "Constant" and n.output[0] == name:
+            from onnx import helper
+
+            v = helper.get_attribute_value(n.attribute[0])
+            a = numpy_helper.to_array(v) if hasattr(v, "dims") else np.asarray(v)
+            return float(a.reshape(-1)[0]) if a.size == 1 else None
+    return None
+
+
+def _other(n: Any, t: str) -> str | None:
+    rest = [i for i in n.input if i != t]
+    return rest[0] if len(rest) == 1 else None
+
+
+def gelu_fuse(g: _Graph) -> int:
+    """x * 0.5 * (1 + Erf(x / sqrt 2)), as torch exports GELU -> one Gelu node (com.microsoft below opset 20)."""
+    from onnx import helper
+
+    opset = next((o.version for o in g.model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    domain = "" if opset >= 20 else "com.microsoft"
+    outputs = {o.name for o in g.g.output}
+    count, tried = 0, set()
+    while True:  # one match per pass: the node list is rebuilt after each
+        erf = next((n for n in g.g.node if n.op_type == "Erf" and n.domain in ("", "ai.onnx") and n.output[0] not in tried), None)
+        if erf is None:
+            break
+        tried.add(erf.output[0])
+        div = next((n for n in g.g.node if n.output[0] == erf.input[0] and n.op_type in ("Div", "Mul")), None)
+        if div is None or len(div.input) != 2 or div.output[0] in outputs:
+            continue
+        x, c = div.input[0], _scalar(g, div.input[1])
+        if c is None or abs((c if div.op_type == "Div" else 1.0 / c) - math.sqrt(2.0)) > 1e-4:
+            continue
+        chain = [div, erf]
+        cons = _consumers(g, erf.output[0])
+        if len(cons) != 1 or cons[0].op_type != "Add" or _scalar(g, _other(cons[0], erf.output[0]) or "") != 1.0:
+            continue
+        add = cons[0]
+        cons = _consumers(g, add.output[0])
+        if len(cons) != 1 or cons[0].op_type != "Mul":
+            continue
+        m1 = cons[0]
+        other = _other(m1, add.output[0])
+        if other == x:  # (x * (1 + erf)) * 0.5
+            cons = _consumers(g, m1.output[0])
+            if len(cons) != 1 or cons[0].op_type != "Mul" or _scalar(g, _other(cons[0], m1.output[0]) or "") != 0.5:
+                continue
+            last = cons[0]
+        else:  # (x * 0.5) * (1 + erf)
+            half = next((n for n in g.g.node if n.output[0] == other and n.op_type == "Mul"), None)
+            if half is None or x not in half.input or _scalar(g, _other(half, x) or "") != 0.5 or len(_consumers(g, other)) != 1:
+                continue
+            chain.append(half)
+            last = m1
+        chain += [add, m1] + ([last] if last is not m1 else [])
+        if any(n.output[0] in outputs for n in chain if n is not last) or any(
+                len(_consumers(g, n.output[0])) != 1 for n in chain if n is not last):
+            continue
+        idx = min(i for i, n in enumerate(g.g.node) if any(n is c for c in chain))
+        gelu = helper.make_node("Gelu", [x], [last.output[0]], name=g.name((erf.name or "erf") + "_gelu"), domain=domain)
+        ids = {id(n) for n in chain}
+        keep = [n for n in g.g.node if id(n) not in ids]
+        keep.insert(min(idx, len(keep)), gelu)
+        import copy
+
+        copies = [copy.deepcopy(n) for n in keep]
+        del g.g.node[:]
+        g.g.node.extend(copies)
+        if domain and not any(o.domain == domain for o in g.model.opset_import):
+            g.model.opset_import.append(helper.make_opsetid(domain, 1))
+        count += 1
+    return count
+
+
 REWRITES: dict[str, Callable[[_Graph], int]] = {
+    "gelu-fuse": gelu_fuse,
     "hardswish-decompose": hardswish_decompose,
     "hardsigmoid-decompose": hardsigmoid_decompose,
     "reducemean-hw-to-gap": reducemean_hw_to_gap,
