@@ -140,3 +140,27 @@ def test_tiny_bert_runs_whole_on_the_htp_simulator(tmp_path):
     pl = res["placement"]
     assert pl["kind"] == "measured" and pl["accel_node_share"] == 1.0 and pl["accel_partitions"] == 1
     assert res["ep_context"]["model"] == "model_ctx.onnx"
+
+
+def test_a_16_bit_weight_node_keeps_its_16_bit_input_next_to_activation_qdq(tmp_path):
+    """--max-drop gives sensitive nodes 16-bit activations: a LayerNorm feeding such a Gemm must not squeeze it to 8 bits first."""
+    from edgeq.core.data import load_samples
+    from edgeq.core.onnxutil import artifact_from
+    from edgeq.core.optimization import optimize
+    from edgeq.core.targets import load_target
+    from edgeq.quantization.int8 import static
+
+    src, calib = _tiny_bert(tmp_path)
+    tg = load_target("qnn-htp")
+    opt, _ = optimize(artifact_from(src), tg, tmp_path / "fp32.onnx", static_shapes={"x": (1, 8)})
+    spec = replace(tg.quant, calibration="minmax")
+    prep = static.prepare(onnx.load(str(opt.path)), spec, load_samples(calib, opt.io))
+    head = next(n for n in prep.model.graph.node if n.op_type == "Gemm" and n.name.startswith("/head"))
+    w = static.write(prep, spec, wide={head.name: "sensitive"})
+    nodes = {o: n for n in w.model.graph.node for o in n.output}
+    gemm = next(n for n in w.model.graph.node if n.name == head.name)
+    dq = nodes[gemm.input[0]]
+    q = nodes[dq.input[0]]
+    assert q.op_type == "QuantizeLinear" and dq.domain == "com.microsoft"  # 16-bit below opset 21
+    assert nodes[q.input[0]].op_type != "DequantizeLinear"  # read straight from the float tensor, no 8-bit step before
+    assert _float_nodes(w.model) == []

@@ -178,6 +178,10 @@ def quantize(
             helper.make_node("DequantizeLinear", [base + "_q", base + "_s", base + "_z"], [base], name=fresh(base + "_DQ")))
         return base
 
+    consumers: dict[str, list[Any]] = {}
+    for n in g.node:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n)
     before: dict[str, list[Any]] = {}
     after: dict[str, list[Any]] = {}
     shared: dict[str, str] = {}  # activation -> its dequantized copy
@@ -223,6 +227,18 @@ def quantize(
                 continue
             if t not in rng:
                 missing.append(t)
+                continue
+            quantizers = [c for c in consumers.get(t, []) if c.op_type == "QuantizeLinear"]
+            if quantizers:  # the weight-op writer quantizes t for its consumer (maybe 16-bit): keep those codes
+                others = [c for c in consumers[t] if c.op_type != "QuantizeLinear"]
+                if others:
+                    shared[t] = fresh(t + "__edgeq_adq")
+                    after.setdefault(node_name, []).extend(pair(t, shared[t], t))
+                    for c in others:
+                        for j, name in enumerate(c.input):
+                            if name == t:
+                                c.input[j] = shared[t]
+                done += 1
                 continue
             pre = fresh(t + "__edgeq_apre")
             node.output[k] = pre
