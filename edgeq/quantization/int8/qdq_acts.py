@@ -11,11 +11,14 @@ graph fixed point lists the op types in ``[quant] activation_ops``; this pass th
 - puts a QuantizeLinear/DequantizeLinear pair on every float activation those nodes read or
   write (one pair per tensor; a tensor the writer already quantized is left as it is), with
   the ranges from the same calibration pass (``tensors`` names what to calibrate);
-- gives their float constants (LayerNorm scale, a residual's bias, GELU's 0.5) int8
-  symmetric per-tensor codes, and a LayerNormalization bias int32 codes at input scale x
-  weight scale, as onnxruntime's QNN recipe does;
+- gives their float constants (LayerNorm scale, an attention scale, a bias added after a
+  MatMul) uint8 per-tensor codes (the HTP's LayerNorm refuses an int8 scale), a
+  LayerNormalization bias int32 codes at input scale x scale's scale, and a Gather's
+  constant table (embeddings) the codes of the Gather's output, so it moves codes only;
 - keeps one scale through pure data movement (Reshape, Transpose, Squeeze, Unsqueeze,
-  Flatten, Identity): their output takes the input's range, so nothing is requantized.
+  Flatten, Identity): their output takes the input's range, so nothing is requantized;
+- leaves a tensor the writer already quantizes for a weight node (16-bit after --max-drop)
+  to the writer's quantizer, and gives its other consumers their own pair.
 """
 
 from __future__ import annotations
@@ -72,7 +75,6 @@ def quantize(
     *,
     float_names: set[str],
     keep: Iterable[str] = (),
-    weight_type: str = "int8",
 ) -> tuple[Any, dict[str, str]]:
     """QDQ on the activations and constants of the ``ops`` nodes of ``model`` (a copy is returned).
 

@@ -199,7 +199,7 @@ def write(prep: Prepared, spec: QuantSpec, keep_float: dict[str, str] | None = N
     if spec.activation_ops:  # the target runs fixed point only: QDQ around the other ops too
         model, act_how = qdq_acts.quantize(
             model, spec.activation_ops, ranges, lambda lo, hi: qdq.act_qparams(lo, hi, spec.activation_type), spec.activation_type,
-            float_names=qdq.float_tensors(prep.model), keep=keep, weight_type=spec.weight_type)
+            float_names=qdq.float_tensors(prep.model), keep=keep)
         how.update({k: v for k, v in act_how.items() if k not in how})
     for name, why in (wide or {}).items():
         if wide_type and name in how and not how[name].startswith("weights int8, activations float"):
