@@ -16,6 +16,7 @@ and refuses a rewrite whose outputs move beyond the target's export tolerances.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -243,8 +244,6 @@ def gelu_fuse(g: _Graph) -> int:
         ids = {id(n) for n in chain}
         keep = [n for n in g.g.node if id(n) not in ids]
         keep.insert(min(idx, len(keep)), gelu)
-        import copy
-
         copies = [copy.deepcopy(n) for n in keep]
         del g.g.node[:]
         g.g.node.extend(copies)
@@ -294,7 +293,12 @@ def gemm_plain(g: _Graph) -> int:
         attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute if a.name in ("transA", "transB")}
         return [helper.make_node("Gemm", inputs, [out], name=g.name(base + "_plain"), **attrs)] + extra
 
-    return _each(g, "Gemm", make)
+    count = _each(g, "Gemm", make)
+    if count:  # the original B and C, unless another node reads them
+        used = {i for n in g.g.node for i in n.input} | {o.name for o in g.g.output}
+        for i in reversed([i for i, t in enumerate(g.g.initializer) if t.name not in used]):
+            del g.g.initializer[i]
+    return count
 
 
 REWRITES: dict[str, Callable[[_Graph], int]] = {
