@@ -135,11 +135,15 @@ def test_tiny_bert_runs_whole_on_the_htp_simulator(tmp_path):
     res = run_export(artifact_from(src), ExportOptions(target=old, spec=old.quant, out=tmp_path / "old", calib=calib,
                                                        do_profile=False)).to_dict()
     assert res["placement"]["kind"] == "failed"
+    assert "activation_qdq" not in res["quantization"]
     res = run_export(artifact_from(src), ExportOptions(target=tg, spec=tg.quant, out=tmp_path / "b", calib=calib,
                                                        do_profile=False)).to_dict()
     pl = res["placement"]
     assert pl["kind"] == "measured" and pl["accel_node_share"] == 1.0 and pl["accel_partitions"] == 1
     assert res["ep_context"]["model"] == "model_ctx.onnx"
+    acts = res["quantization"]["activation_qdq"]  # said in --json and the notes
+    assert acts["LayerNormalization"] == 5 and acts["Softmax"] == 2
+    assert any("without weights quantized for the accelerator" in n for n in res["notes"])
 
 
 def test_a_16_bit_weight_node_keeps_its_16_bit_input_next_to_activation_qdq(tmp_path):

@@ -175,6 +175,8 @@ class Written:
     how: dict[str, str]
     wide: dict[str, str] = field(default_factory=dict)
     """Nodes given 16-bit activations, and why."""
+    activation_qdq: dict[str, str] = field(default_factory=dict)
+    """Nodes of the target's ``activation_ops`` (no weights) given QDQ activations: node -> op type."""
 
 
 def write(prep: Prepared, spec: QuantSpec, keep_float: dict[str, str] | None = None, wide: dict[str, str] | None = None) -> Written:
@@ -196,18 +198,21 @@ def write(prep: Prepared, spec: QuantSpec, keep_float: dict[str, str] | None = N
     opts = qdq.WriteOptions(spec.activation_type, spec.weight_type, spec.per_channel, spec.reduce_range,
                             tuple(sorted(wide)) if wide_type else (), wide_type or "uint16")
     model, how = qdq.write(prep.model, p, ranges, opts, base_dir=prep.weights_dir)
+    act_nodes: dict[str, str] = {}
     if spec.activation_ops:  # the target runs fixed point only: QDQ around the other ops too
         model, act_how = qdq_acts.quantize(
             model, spec.activation_ops, ranges, lambda lo, hi: qdq.act_qparams(lo, hi, spec.activation_type), spec.activation_type,
             float_names=qdq.float_tensors(prep.model), keep=keep)
         how.update({k: v for k, v in act_how.items() if k not in how})
+        ops = {n.name: n.op_type for n in prep.model.graph.node}
+        act_nodes = {k: ops[k] for k, v in act_how.items() if k in ops and not v.startswith("activations float")}
     for name, why in (wide or {}).items():
         if wide_type and name in how and not how[name].startswith("weights int8, activations float"):
             how[name] += f" ({why})"
     if prep.weights_dir is not None:
         release_memory()  # each weight was read, converted and quantized: return those pages
     got = {n: w for n, w in (wide or {}).items() if wide_type and n in how and "activations float" not in how[n]}
-    return Written(model, p, how, got)
+    return Written(model, p, how, got, act_nodes)
 
 
 # -- evaluation ---------------------------------------------------------------------------------
