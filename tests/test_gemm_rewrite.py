@@ -106,4 +106,5 @@ def test_gemm_with_alpha_beta_reaches_the_htp_only_after_gemm_plain(tmp_path):
                                                            do_profile=False)).to_dict()
         assert res["placement"]["kind"] == "measured"
         shares[label] = res["placement"]["accel_node_share"]
+        assert any(n.startswith("rewrite gemm-plain: 1 node(s)") for n in res["notes"]) == (label == "with")  # listed in the report
     assert shares["without"] < 0.9 and shares["with"] == 1.0, shares
