@@ -38,6 +38,9 @@ class QuantSpec:
     """Histogram bins per tensor for percentile/entropy/mse calibration."""
     op_types: tuple[str, ...] = ()
     """Op types to quantize; empty means onnxruntime's default set."""
+    activation_ops: tuple[str, ...] = ()
+    """Static QDQ: op types whose float activations (and constants) get QDQ too, beyond the weight
+    ops, for accelerators that run fixed point only (the HTP); empty: weight ops only."""
     nodes_to_exclude: tuple[str, ...] = ()
     """Nodes kept in float (e.g. those whose int32 bias would overflow)."""
     activation_dtypes: tuple[str, ...] = ()
@@ -142,6 +145,7 @@ class QuantSpec:
         d = asdict(self)
         d["op_types"] = list(self.op_types)
         d["nodes_to_exclude"] = list(self.nodes_to_exclude)
+        d["activation_ops"] = list(self.activation_ops)
         d["activation_dtypes"] = list(self.activation_dtypes)
         d["keep"] = list(self.keep)
         d["overrides"] = [list(o) for o in self.overrides]
@@ -157,7 +161,7 @@ class QuantSpec:
                 f"known keys: {', '.join(sorted(known))}",
             )
         data = dict(data)
-        for key in ("op_types", "keep", "nodes_to_exclude", "activation_dtypes"):
+        for key in ("op_types", "keep", "nodes_to_exclude", "activation_dtypes", "activation_ops"):
             if key in data:
                 data[key] = tuple(data[key])
         if "overrides" in data:
