@@ -9,6 +9,7 @@ Every guess carries the reason it was made (``TaskSpec.why``), which the report 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -176,6 +177,10 @@ def _ctc_structure(samples: list[np.ndarray], dist: str | None = None) -> dict[s
     return {"layout": layout, "blank": blank}
 
 
+# present.N.key / present_key_values.N.value / past_key_values.N.key ...: a KV-cache decoder's state
+_KV_STATE = re.compile(r"(^|[._/])(present|past)[._a-z]*[._/]?\d*[._/](key|value)s?$", re.IGNORECASE)
+
+
 def _name_kind(name: str) -> str | None:
     low = name.lower()
     for kind, words in _NAME_HINTS:
@@ -216,6 +221,9 @@ def infer_one(name: str, samples: list[np.ndarray], ctx: Context, override: dict
         return TaskSpec(name, "index", f"integer output {list(shape)}: exact match")
     meta = _META_TASK.get(ctx.metadata.get("task", "").lower()) if ctx.metadata else None
     hint = _name_kind(name)
+    if a.ndim == 4 and ctx.token_inputs and _KV_STATE.search(name):
+        return TaskSpec(name, "regression", f"{list(shape)} from token ids, named like a decoder's key/value cache: "
+                        "state, not a prediction (cosine; the logits carry the task)")
     if a.ndim == 3:
         det = _detection_layout(samples)
         if det is not None and (meta in (None, "detection")):

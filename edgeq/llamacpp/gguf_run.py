@@ -128,7 +128,8 @@ def load(model_path: str, *, n_ctx: int, threads: int, seed: int, extra_buffer_t
 
         lc.llama_model_default_params = params
     try:
-        llm = llama_cpp.Llama(model_path=model_path, n_ctx=n_ctx, n_threads=threads or None, seed=seed, verbose=False)
+        llm = llama_cpp.Llama(model_path=model_path, n_ctx=n_ctx, n_threads=threads or None, n_threads_batch=threads or None,
+                              seed=seed, verbose=False)  # --threads holds for the prompt too (batch threads default to every core)
     finally:
         lc.llama_model_default_params = orig
     return llm, use_extra
@@ -146,6 +147,7 @@ def main(argv: list | None = None) -> int:
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--ctx", type=int, default=0, help="context tokens (default: the target's, from the manifest)")
     ap.add_argument("--extra-buffer-types", choices=("auto", "on", "off"), default="auto",
                     help="llama.cpp's extra buffer types (AMX, repacking); auto: off on AMX hosts")
     ap.add_argument("--json", action="store_true")
@@ -160,6 +162,7 @@ def main(argv: list | None = None) -> int:
         return 2
     sys.dont_write_bytecode = True
     ctx = int((manifest.get("model") or {}).get("params", {}).get("context_length") or 2048)
+    ctx = args.ctx or int((manifest.get("model") or {}).get("context") or ctx)  # not the training context (131k: GiBs of KV cache)
     model = os.path.join(args.bundle, gguf)
     llm, extra = load(model, n_ctx=ctx, threads=args.threads, seed=args.seed, extra_buffer_types=args.extra_buffer_types)
     add_bos = llm.metadata.get("tokenizer.ggml.add_bos_token") == "true"

@@ -371,7 +371,7 @@ def _llm_files(source: Artifact, opts: ExportOptions) -> tuple[tuple[tuple[str, 
     from ..bundles import llmgen
     from ..bundles.genai import bundle_files
 
-    files, notes = bundle_files(opts.lm_folder)
+    files, notes = bundle_files(opts.lm_folder, source.path)
     gen = ("generate.py", Path(llmgen.__file__).read_bytes())  # run.py --prompt: numpy + onnxruntime + tokenizers
     return (*files, gen), notes
 

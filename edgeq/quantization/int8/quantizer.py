@@ -474,6 +474,13 @@ def _edgeq_static_in(
     weight_only = [n for n, h in written.how.items() if h.startswith("weights int8, activations float")]
     if weight_only:
         notes.append(f"{len(weight_only)} node(s) weight-only, activations float: " + "; ".join(sorted({written.how[n].split("(", 1)[-1].rstrip(")") for n in weight_only})))
+    if written.activation_qdq:  # the target's [quant] activation_ops (fixed-point-only accelerators)
+        from collections import Counter
+
+        by_op = Counter(written.activation_qdq.values())
+        details["activation_qdq"] = dict(sorted(by_op.items()))
+        notes.append(f"{len(written.activation_qdq)} node(s) without weights quantized for the accelerator (the target's activation_ops): "
+                     + ", ".join(f"{op} x{k}" for op, k in sorted(by_op.items(), key=lambda kv: (-kv[1], kv[0]))))
     worst = sorted((r for r in layers if r["sqnr_db"] is not None), key=lambda r: r["sqnr_db"])[:10]
     details["calibration"] = {
         "method": str(prep.cal),

@@ -14,7 +14,7 @@ import numpy as np
 from ...core.data import SampleSet
 from ...errors import CalibrationError, QuantizationError
 from ...core.onnxutil import default_opset
-from . import qdq
+from . import qdq, qdq_acts
 from .calibrate import Calibration, CalibStats, collect
 from ..spec import QuantSpec
 
@@ -130,10 +130,11 @@ def prepare(
         release_memory()
     cal = Calibration.parse(spec.calibration, spec.calib_bins)
     full = qdq.plan(model)
-    if not full.activations and not full.nodes:
+    acts = tuple(dict.fromkeys(full.activations + qdq_acts.tensors(model, spec.activation_ops)))  # + the target's activation ops
+    if not acts and not full.nodes:
         return Prepared(model, CalibStats({}, 0), cal, notes, weights_dir)
     try:
-        runner = probe_runner(model, full.activations, data.feed(0) if len(data) else None, notes, base_dir=weights_dir)
+        runner = probe_runner(model, acts, data.feed(0) if len(data) else None, notes, base_dir=weights_dir)
     except Exception as e:  # noqa: BLE001
         raise QuantizationError(
             f"cannot run the model for calibration: {str(e).strip().splitlines()[0][:200]}",
@@ -141,7 +142,7 @@ def prepare(
         ) from None
     n = min(spec.calib_samples, len(data))
     try:
-        stats = collect(runner, _feeds(data, n), full.activations, cal=cal, on_sample=on_sample)
+        stats = collect(runner, _feeds(data, n), acts, cal=cal, on_sample=on_sample)
     except Exception as e:  # noqa: BLE001
         raise CalibrationError(
             f"running a calibration sample failed: {str(e).strip().splitlines()[0][:200]}",
@@ -174,6 +175,8 @@ class Written:
     how: dict[str, str]
     wide: dict[str, str] = field(default_factory=dict)
     """Nodes given 16-bit activations, and why."""
+    activation_qdq: dict[str, str] = field(default_factory=dict)
+    """Nodes of the target's ``activation_ops`` (no weights) given QDQ activations: node -> op type."""
 
 
 def write(prep: Prepared, spec: QuantSpec, keep_float: dict[str, str] | None = None, wide: dict[str, str] | None = None) -> Written:
@@ -195,13 +198,21 @@ def write(prep: Prepared, spec: QuantSpec, keep_float: dict[str, str] | None = N
     opts = qdq.WriteOptions(spec.activation_type, spec.weight_type, spec.per_channel, spec.reduce_range,
                             tuple(sorted(wide)) if wide_type else (), wide_type or "uint16")
     model, how = qdq.write(prep.model, p, ranges, opts, base_dir=prep.weights_dir)
+    act_nodes: dict[str, str] = {}
+    if spec.activation_ops:  # the target runs fixed point only: QDQ around the other ops too
+        model, act_how = qdq_acts.quantize(
+            model, spec.activation_ops, ranges, lambda lo, hi: qdq.act_qparams(lo, hi, spec.activation_type), spec.activation_type,
+            float_names=qdq.float_tensors(prep.model), keep=keep)
+        how.update({k: v for k, v in act_how.items() if k not in how})
+        ops = {n.name: n.op_type for n in prep.model.graph.node}
+        act_nodes = {k: ops[k] for k, v in act_how.items() if k in ops and not v.startswith("activations float")}
     for name, why in (wide or {}).items():
         if wide_type and name in how and not how[name].startswith("weights int8, activations float"):
             how[name] += f" ({why})"
     if prep.weights_dir is not None:
         release_memory()  # each weight was read, converted and quantized: return those pages
     got = {n: w for n, w in (wide or {}).items() if wide_type and n in how and "activations float" not in how[n]}
-    return Written(model, p, how, got)
+    return Written(model, p, how, got, act_nodes)
 
 
 # -- evaluation ---------------------------------------------------------------------------------
