@@ -113,6 +113,8 @@ def verify(reference, candidate=None, data=None, tolerances=None, **kwargs: Any)
     trip = _trip(reference, kwargs)
     if trip is not None:
         return trip
+    if candidate is None:
+        raise TypeError("verify() needs a reference and a candidate (.onnx paths), or a VerifyConfig")
     from .checks.comparison import verify as _verify
 
     _opened(reference)

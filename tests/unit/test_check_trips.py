@@ -48,6 +48,8 @@ def test_verify_a_model_from_the_api_and_the_cli_through_the_same_trip(runner, t
     assert calls[-1] == bad  # the CLI built the same config the API was given
     with pytest.raises(EdgeqError, match="needs --reference REF.onnx and --data DATA"):
         edgeq.verify(VerifyConfig(candidate=model, data=data))
+    with pytest.raises(TypeError, match="or a VerifyConfig"):  # neither a config nor a candidate
+        edgeq.verify(model)
 
 
 def test_verify_a_bundle_through_the_trip_and_a_tampered_one_is_refused(runner, tmp_path, models):
@@ -67,6 +69,8 @@ def test_profile_from_the_api_and_its_failed_check(runner, tmp_path, monkeypatch
     outcome = edgeq.profile(ProfileConfig(models=(model,), runs=2, warmup=0, budget=0.5))
     assert isinstance(outcome, pipeline.ProfileOutcome) and outcome.target == "cpu-x86_64"
     assert outcome.to_dict()["results"][0]["p50_ms"] > 0 and outcome.results[0]["runs"] >= 2
+    with pytest.raises(TypeError, match="or a ProfileConfig"):  # neither a config nor a target
+        edgeq.profile(model)
     with pytest.raises(CheckFailed, match="measured outputs outside target cpu-x86_64's tolerances"):
         edgeq.profile(ProfileConfig(models=(other,), runs=2, warmup=0, budget=0.5, reference=model))
     calls = _spy(monkeypatch, "profile_models")
