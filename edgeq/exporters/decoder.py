@@ -586,6 +586,15 @@ def prefill_feed(inputs: Any, ids: np.ndarray) -> dict[str, np.ndarray]:
     ids = np.asarray(ids, dtype=np.int64)
     if ids.ndim == 1:
         ids = ids[None]
+    shapes = {t.name: _dims(t) for t in inputs}
+    if all(isinstance(d, int) for d in shapes.get("input_ids", ("?",))):  # static decoder: its fixed shapes, slots from 0
+        chunk, slots = shapes["input_ids"][1], shapes["attention_mask"][1]
+        fixed = np.zeros((1, chunk), np.int64)
+        fixed[0, : min(chunk, ids.shape[1])] = ids[0, :chunk]
+        mask = (np.arange(slots) < chunk).astype(np.int64)[None]
+        feed = {"input_ids": fixed, "attention_mask": mask, "position_ids": np.arange(chunk, dtype=np.int64)[None]}
+        feed.update({n: np.zeros(d, np.float32) for n, d in shapes.items() if n.startswith("past_key_values.")})
+        return feed
     b, s = ids.shape
     feed = {"input_ids": ids, "attention_mask": np.ones((b, s), np.int64), "position_ids": np.tile(np.arange(s, dtype=np.int64), (b, 1))}
     feed.update(empty_past(inputs, b))
@@ -647,16 +656,23 @@ def export_hf_decoder(model: Any, out: Path, target: Any, provenance: tuple[str,
     from .torch import ExportCheck, OutputError
 
     arch = arch_from_config(model.config)
-    fused, why = fused_attention_fits(arch, target)
-    build_decoder(arch, model.state_dict(), out, fused=fused)
     tol = target.tolerances
-    rows = check_decoder(model, out, arch.vocab, tol.export_atol, tol.export_rtol)
-    outs = tuple(OutputError(name=f"logits ({label})", shape=(2, 12, arch.vocab), max_abs=a, max_rel=r, passed=ok) for label, a, r, ok in rows)
+    if target.static_shapes:  # NPU targets: fixed cache slots, one token per run (static_decoder.py)
+        from .static_decoder import build_checked
+
+        rows, notes, kind = build_checked(model, arch, out, target)
+        batch = 1
+    else:
+        fused, why = fused_attention_fits(arch, target)
+        build_decoder(arch, model.state_dict(), out, fused=fused)
+        rows = check_decoder(model, out, arch.vocab, tol.export_atol, tol.export_rtol)
+        notes = (f"KV-cache decoder ({arch.model_type}, {arch.layers} layers, {arch.kv_heads} kv heads x {arch.head_dim}): "
+                 f"past_key_values.N.key/value in, present.N.key/value out; {arch.kv_bytes_per_token()} KV bytes per token (fp32)", why)
+        kind, batch = ("GroupQueryAttention" if fused else "plain attention"), 2
+    outs = tuple(OutputError(name=f"logits ({label})", shape=(batch, 12, arch.vocab), max_abs=a, max_rel=r, passed=ok) for label, a, r, ok in rows)
     check = ExportCheck(
         exporter=BUILDER, fallback_reason=None, opset=OPSET, inputs_checked=tuple(r[0] for r in rows), outputs=outs,
-        atol=tol.export_atol, rtol=tol.export_rtol, external_data=False,
-        exporter_notes=(f"KV-cache decoder ({arch.model_type}, {arch.layers} layers, {arch.kv_heads} kv heads x {arch.head_dim}): "
-                        f"past_key_values.N.key/value in, present.N.key/value out; {arch.kv_bytes_per_token()} KV bytes per token (fp32)", why),
+        atol=tol.export_atol, rtol=tol.export_rtol, external_data=False, exporter_notes=notes,
     )
     if not check.passed:
         bad = "; ".join(f"{o.name} max abs {o.max_abs:.3g}" for o in outs if not o.passed)
@@ -665,5 +681,5 @@ def export_hf_decoder(model: Any, out: Path, target: Any, provenance: tuple[str,
     art = artifact_from(out)
     worst = max(o.max_abs for o in outs)
     art = Artifact(path=art.path, io=art.io, opset=art.opset, provenance=provenance + (
-        f"export({BUILDER}, {arch.model_type}, {'GroupQueryAttention' if fused else 'plain attention'}, opset={OPSET})", f"export-check(max_abs={worst:.3g}, outputs=1, passed)"))
+        f"export({BUILDER}, {arch.model_type}, {kind}, opset={OPSET})", f"export-check(max_abs={worst:.3g}, outputs=1, passed)"))
     return art, check, arch

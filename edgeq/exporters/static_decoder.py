@@ -83,3 +83,34 @@ def greedy_static(step: Any, prompt: np.ndarray, new_tokens: int, prefill: Any |
             break
         logits = cache.run(step, np.array(out[-1:], np.int64))
     return out
+
+
+def check_static_decoder(model: Any, step_path: Any, vocab: int, atol: float, rtol: float, *, seq: int = 12, split: int = 8, seed: int = 0):
+    """Per-check (label, max abs, max rel, passed) of the static graph against transformers (batch 1)."""
+    import torch
+
+    from ..core.runtime import create_session
+    from .decoder import _errors
+
+    ids = np.random.default_rng(seed).integers(0, vocab, seq, dtype=np.int64)
+    with torch.no_grad():
+        ref = model(input_ids=torch.from_numpy(ids[None]), use_cache=False).logits.double().numpy()[0]
+    sess = create_session(step_path)
+    return [(f"{split} prompt tokens + {seq - split} steps through the fixed slots",
+             *_errors(ref, logits_static(sess, ids, split), atol, rtol))]
+
+
+
+def build_checked(model: Any, arch: Any, out: Any, target: Any, *, context: int = 0) -> tuple[list, tuple[str, ...], str]:
+    """Write the one-token static decoder of ``model`` at ``out`` and check it: (check rows, notes, provenance label)."""
+    from .decoder import build_decoder
+
+    slots = int(context or min(arch.context, DEFAULT_CONTEXT))
+    build_decoder(arch, model.state_dict(), out, static_context=slots, chunk=1)
+    tol = target.tolerances
+    rows = check_static_decoder(model, out, arch.vocab, tol.export_atol, tol.export_rtol)
+    notes = (f"static KV-cache decoder ({arch.model_type}, {arch.layers} layers): batch 1, one token per run, {slots} cache slots "
+             f"(slot = position; attention_mask [1, {slots}] marks the filled ones); past_key_values.N.key/value in, "
+             f"present.N.key/value out; {arch.kv_bytes_per_token() * slots} KV bytes (fp32)",
+             f"plain attention ops, every shape static ({target.name} compiles fixed shapes)")
+    return rows, notes, f"static {slots} slots"
