@@ -80,3 +80,35 @@ def test_static_step_writes_its_slot_and_reads_only_marked_slots(tmp_path):
     assert np.abs(step.run(["logits"], moved)[0] - res["logits"]).max() > 1e-2
     with pytest.raises(ValueError, match="do not fit"):
         S.StaticCache(step).run(step, ids[:2])  # two tokens into a one-token graph
+
+
+def test_npu_target_exports_a_static_kv_bundle_that_generates_like_transformers(runner, tmp_path):
+    import json
+
+    import transformers
+
+    from edgeq.bundles.genai import hf_greedy, prompt_ids
+    from edgeq.cli import app
+    from tests.llm_models import greedy_json, save_lm
+
+    folder = save_lm(tmp_path / "llama", "llama")
+    out = tmp_path / "b"
+    r = runner.invoke(app, ["export", str(folder), "--task", "text-generation", "--target", "qnn-htp", "--quant", "none",
+                            "--no-profile", "-o", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    gen = res["generation"]  # the export's own greedy check ran the fixed-slot loop
+    assert gen["runtime"] == "onnxruntime (static slots)" and gen["identical"] == gen["prompts"] == 3 and gen["passed"]
+    g = onnx.load(str(out / "model.onnx")).graph
+    dims = {vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim] for vi in g.input}
+    assert dims["input_ids"] == [1, 1] and dims["attention_mask"] == [1, 128] and dims["past_key_values.0.key"] == [1, 2, 128, 8]
+    # independently: the bundle's run.py and edgeq generate give transformers' greedy tokens
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
+    ids = prompt_ids(out, ["print('hello"], 300)[0]
+    want = hf_greedy(model, [ids], 40)[0]
+    want = want[: want.index(2)] if 2 in want else want
+    assert len(want) >= 8
+    got = greedy_json(out / "run.py", "print('hello", 40, tmp_path / "cwd")
+    assert got["tokens"] == want
+    r = runner.invoke(app, ["generate", str(out), "--prompt", "print('hello", "--max-new-tokens", "40", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["tokens"] == want

@@ -646,6 +646,37 @@ def check_decoder(model: Any, onnx_path: Path, vocab: int, atol: float, rtol: fl
     ]
 
 
+def check_static_decoder(model: Any, step_path: Any, vocab: int, atol: float, rtol: float, *, seq: int = 12, split: int = 8, seed: int = 0):
+    """Per-check (label, max abs, max rel, passed) of the static graph against transformers (batch 1)."""
+    import torch
+
+    from ..core.runtime import create_session
+    from .static_decoder import logits_static
+
+    ids = np.random.default_rng(seed).integers(0, vocab, seq, dtype=np.int64)
+    with torch.no_grad():
+        ref = model(input_ids=torch.from_numpy(ids[None]), use_cache=False).logits.double().numpy()[0]
+    sess = create_session(step_path)
+    return [(f"{split} prompt tokens + {seq - split} steps through the fixed slots",
+             *_errors(ref, logits_static(sess, ids, split), atol, rtol))]
+
+
+
+def build_checked_static(model: Any, arch: Any, out: Any, target: Any, *, context: int = 0) -> tuple[list, tuple[str, ...], str]:
+    """Write the one-token static decoder of ``model`` at ``out`` and check it: (check rows, notes, provenance label)."""
+    from .static_decoder import DEFAULT_CONTEXT
+
+    slots = int(context or min(arch.context, DEFAULT_CONTEXT))
+    build_decoder(arch, model.state_dict(), out, static_context=slots, chunk=1)
+    tol = target.tolerances
+    rows = check_static_decoder(model, out, arch.vocab, tol.export_atol, tol.export_rtol)
+    notes = (f"static KV-cache decoder ({arch.model_type}, {arch.layers} layers): batch 1, one token per run, {slots} cache slots "
+             f"(slot = position; attention_mask [1, {slots}] marks the filled ones); past_key_values.N.key/value in, "
+             f"present.N.key/value out; {arch.kv_bytes_per_token() * slots} KV bytes (fp32)",
+             f"plain attention ops, every shape static ({target.name} compiles fixed shapes)")
+    return rows, notes, f"static {slots} slots"
+
+
 BUILDER = "edgeq KV-cache decoder builder"
 
 
@@ -658,9 +689,7 @@ def export_hf_decoder(model: Any, out: Path, target: Any, provenance: tuple[str,
     arch = arch_from_config(model.config)
     tol = target.tolerances
     if target.static_shapes:  # NPU targets: fixed cache slots, one token per run (static_decoder.py)
-        from .static_decoder import build_checked
-
-        rows, notes, kind = build_checked(model, arch, out, target)
+        rows, notes, kind = build_checked_static(model, arch, out, target)
         batch = 1
     else:
         fused, why = fused_attention_fits(arch, target)

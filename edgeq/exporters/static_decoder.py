@@ -5,6 +5,7 @@ The graph (``build_decoder(..., static_context=M, chunk=C)``) takes ``C`` tokens
 ``attention_mask`` [1, M] of the slots that hold tokens; it returns the logits of the ``C`` tokens
 and the present (the past with the chunk written into its slots). Every dimension is fixed, and
 the cache update is a one-hot MatMul, so a compiler sees no Concat growth and no dynamic shapes.
+This module is the host side (numpy + an onnxruntime session); decoder.py writes and checks the graph.
 
 Two graphs of the same weights cover generation: the decode step (``C`` = 1) and a prefill of
 ``C`` = ``chunk`` tokens (a short last chunk is padded with positions past the prompt: their slots
@@ -16,8 +17,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
-from .decoder import PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE
 
 DEFAULT_CONTEXT = 256  # slots of the fixed cache when the target names none (bounded by the model's context)
 DEFAULT_CHUNK = 16  # prefill tokens per run
@@ -51,9 +50,7 @@ class StaticCache:
         feed = {"input_ids": ids, "position_ids": pos, "attention_mask": self.mask, **self.past}
         outs = [o.name for o in sess.get_outputs()]
         res = dict(zip(outs, sess.run(None, feed)))
-        for layer in range(len(self.names) // 2):
-            self.past[PAST_KEY % layer] = res[PRESENT_KEY % layer]
-            self.past[PAST_VALUE % layer] = res[PRESENT_VALUE % layer]
+        self.past = {n: res[n.replace("past_key_values.", "present.")] for n in self.names}
         self.length += n
         return res["logits"][0, :n]
 
@@ -84,33 +81,3 @@ def greedy_static(step: Any, prompt: np.ndarray, new_tokens: int, prefill: Any |
         logits = cache.run(step, np.array(out[-1:], np.int64))
     return out
 
-
-def check_static_decoder(model: Any, step_path: Any, vocab: int, atol: float, rtol: float, *, seq: int = 12, split: int = 8, seed: int = 0):
-    """Per-check (label, max abs, max rel, passed) of the static graph against transformers (batch 1)."""
-    import torch
-
-    from ..core.runtime import create_session
-    from .decoder import _errors
-
-    ids = np.random.default_rng(seed).integers(0, vocab, seq, dtype=np.int64)
-    with torch.no_grad():
-        ref = model(input_ids=torch.from_numpy(ids[None]), use_cache=False).logits.double().numpy()[0]
-    sess = create_session(step_path)
-    return [(f"{split} prompt tokens + {seq - split} steps through the fixed slots",
-             *_errors(ref, logits_static(sess, ids, split), atol, rtol))]
-
-
-
-def build_checked(model: Any, arch: Any, out: Any, target: Any, *, context: int = 0) -> tuple[list, tuple[str, ...], str]:
-    """Write the one-token static decoder of ``model`` at ``out`` and check it: (check rows, notes, provenance label)."""
-    from .decoder import build_decoder
-
-    slots = int(context or min(arch.context, DEFAULT_CONTEXT))
-    build_decoder(arch, model.state_dict(), out, static_context=slots, chunk=1)
-    tol = target.tolerances
-    rows = check_static_decoder(model, out, arch.vocab, tol.export_atol, tol.export_rtol)
-    notes = (f"static KV-cache decoder ({arch.model_type}, {arch.layers} layers): batch 1, one token per run, {slots} cache slots "
-             f"(slot = position; attention_mask [1, {slots}] marks the filled ones); past_key_values.N.key/value in, "
-             f"present.N.key/value out; {arch.kv_bytes_per_token() * slots} KV bytes (fp32)",
-             f"plain attention ops, every shape static ({target.name} compiles fixed shapes)")
-    return rows, notes, f"static {slots} slots"
