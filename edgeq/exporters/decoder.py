@@ -661,7 +661,6 @@ def check_static_decoder(model: Any, step_path: Any, vocab: int, atol: float, rt
              *_errors(ref, logits_static(sess, ids, split), atol, rtol))]
 
 
-
 def build_checked_static(model: Any, arch: Any, out: Any, target: Any, *, context: int = 0) -> tuple[list, tuple[str, ...], str]:
     """Write the one-token static decoder of ``model`` at ``out`` and check it: (check rows, notes, provenance label)."""
     from .static_decoder import DEFAULT_CONTEXT

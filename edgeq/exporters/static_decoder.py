@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 DEFAULT_CONTEXT = 256  # slots of the fixed cache when the target names none (bounded by the model's context)
-DEFAULT_CHUNK = 16  # prefill tokens per run
 
 
 def _shape(sess: Any, name: str) -> tuple[int, ...]:
