@@ -254,15 +254,38 @@ def stage_for_genai(model: Path, files: tuple[tuple[str, bytes], ...], folder: P
     return folder
 
 
+def _static_session(path: Path) -> Any | None:
+    """An onnxruntime session of ``path`` when its ``input_ids`` has a fixed length (the static decoder), else None."""
+    import onnx
+
+    ids = next((i for i in onnx.load(str(path), load_external_data=False).graph.input if i.name == "input_ids"), None)
+    if ids is None or not all(d.HasField("dim_value") for d in ids.type.tensor_type.shape.dim):
+        return None
+    from ..core.runtime import create_session
+
+    return create_session(path)
+
+
 def greedy_check(bundle: Path, model: Any, prompts: list[list[int]], *, new_tokens: int, min_agreement: float,
                  tie_atol: float) -> GreedyCheck | None:
-    """None when onnxruntime-genai is not installed."""
-    try:
-        import onnxruntime_genai  # noqa: F401
-    except ImportError:
-        return None
+    """None when onnxruntime-genai is not installed. A static-shape decoder (NPU targets) runs through
+    onnxruntime with the fixed-slot loop of exporters/static_decoder.py instead."""
+    static = _static_session(Path(bundle) / "model.onnx")
+    if static is None:
+        try:
+            import onnxruntime_genai  # noqa: F401
+        except ImportError:
+            return None
     margins: list[list[float]] = []
     ref = hf_greedy(model, prompts, new_tokens, margins=margins)
+    if static is not None:
+        import numpy as np
+
+        from ..exporters.static_decoder import greedy_static
+
+        got = [greedy_static(static, np.asarray(ids, np.int64), new_tokens) for ids in prompts]
+        ref, got = _until_eos(ref, eos_ids(model)), _until_eos(got, eos_ids(model))
+        return compare_tokens(ref, got, new_tokens, min_agreement, "onnxruntime (static slots)", margins=margins, tie_atol=tie_atol)
     got = _genai_greedy(Path(bundle), prompts, new_tokens)
     eos = eos_ids(model)
     ref, got = _until_eos(ref, eos), _until_eos(got, eos)

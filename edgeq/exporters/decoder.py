@@ -281,7 +281,8 @@ def fused_attention_fits(arch: DecoderArch, target: Any) -> tuple[bool, str]:
                   f"norms as SkipSimplifiedLayerNormalization; right padding only")
 
 
-def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused: bool = False) -> Path:
+def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused: bool = False,
+                  static_context: int = 0, chunk: int = 1) -> Path:
     """Write the KV-cache decoder ONNX for ``arch`` with the weights in ``state`` (a state dict).
 
     ``fused`` (targets whose provider has onnxruntime's contrib kernels) writes what those kernels
@@ -299,10 +300,20 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
 
     The mask then follows GroupQueryAttention's rules: right padding only. Without ``fused`` the
     graph is plain opset-17 ops any provider runs (separate projections, concatenated cache).
+
+    ``static_context`` (> 0; plain ops only) writes the form NPU runtimes compile: every shape fixed,
+    batch 1, ``chunk`` tokens per run (1: the decode step; more: a prefill chunk, padded at the end),
+    past and present of ``static_context`` slots where slot = position. The new keys/values are
+    written into their slots by a one-hot MatMul at ``position_ids`` (no Concat, no ScatterND), and
+    a slot is attended when ``attention_mask`` [1, static_context] marks it and it is not after the
+    query's position (nor outside the sliding window). See ``static_decoder.py`` for the loop.
     """
     import onnx
     from onnx import TensorProto, helper
 
+    static = static_context > 0
+    if static and fused:
+        raise ValueError("static shapes use plain attention ops")
     w = _weights(state, arch)
     g = _Graph()
     H, nh, nkv, hd = arch.hidden, arch.heads, arch.kv_heads, arch.head_dim
@@ -310,10 +321,27 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
     rot = arch.rotary_dim or hd
 
     ids, mask, pos = "input_ids", "attention_mask", "position_ids"
-    t_len = g.op("Gather", [g.op("Shape", [mask]), g.const(np.int64(1))])
-    one = g.const(np.int64(1))
+    if not static:
+        t_len = g.op("Gather", [g.op("Shape", [mask]), g.const(np.int64(1))])
+        one = g.const(np.int64(1))
     bias_full = bias_slide = ""
-    if not fused:  # GroupQueryAttention masks by itself
+    if static:
+        M = int(static_context)
+        slots = g.const(np.arange(M, dtype=np.int64), "slots")  # [M]
+        q_col = g.op("Unsqueeze", [g.op("Squeeze", [pos, g.const(np.array([0], np.int64))]), g.const(np.array([1], np.int64))])  # [C,1]
+        causal = g.op("LessOrEqual", [slots, q_col])  # [C,M]
+        pad = g.op("Cast", [g.op("Unsqueeze", [mask, g.const(np.array([1, 2, 3], np.int64))])], to=TensorProto.BOOL)  # [1,1,1,1,M]
+        allowed = g.op("And", [causal, pad])
+        zf, negf = g.const(np.float32(0.0)), g.const(np.float32(_NEG))
+        bias_full = bias_slide = g.op("Where", [allowed, zf, negf], hint="mask_bias")
+        if arch.window:
+            near = g.op("Greater", [slots, g.op("Sub", [q_col, g.const(np.int64(arch.window))])])
+            bias_slide = g.op("Where", [g.op("And", [allowed, near]), zf, negf], hint="mask_bias_sliding")
+        # write matrix [M, C]: 1 where slot m takes the chunk's token c; keep [M, 1]: 1 where the past stays
+        hit = g.op("Cast", [g.op("Equal", [g.op("Unsqueeze", [slots, g.const(np.array([1], np.int64))]),
+                                          g.op("Squeeze", [pos, g.const(np.array([0], np.int64))])])], to=TensorProto.FLOAT, hint="slot_write")
+        keep = g.op("Sub", [g.const(np.float32(1.0)), g.op("ReduceMax", [hit], axes=[1], keepdims=1)], hint="slot_keep")
+    elif not fused:  # GroupQueryAttention masks by itself
         zero = g.const(np.int64(0))
         # --- masks [B, 1, 1, S, T] (additive), causal + padding (+ sliding window)
         s_len = g.op("Gather", [g.op("Shape", [ids]), g.const(np.int64(1))])
@@ -412,19 +440,20 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
     if arch.embed_scale != 1.0:
         x = g.op("Mul", [x, g.const(np.float32(arch.embed_scale))])
     scale = arch.attn_scale or hd**-0.5
+    b_, s_, t_, p_ = (1, int(chunk), int(static_context), int(static_context)) if static else ("batch", "sequence", "total_sequence", "past_sequence")
     inputs = [
-        helper.make_tensor_value_info(ids, TensorProto.INT64, ["batch", "sequence"]),
-        helper.make_tensor_value_info(mask, TensorProto.INT64, ["batch", "total_sequence"]),
-        helper.make_tensor_value_info(pos, TensorProto.INT64, ["batch", "sequence"]),
+        helper.make_tensor_value_info(ids, TensorProto.INT64, [b_, s_]),
+        helper.make_tensor_value_info(mask, TensorProto.INT64, [b_, t_]),
+        helper.make_tensor_value_info(pos, TensorProto.INT64, [b_, s_]),
     ]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "sequence", arch.vocab])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [b_, s_, arch.vocab])]
     pending: str | None = None  # the last block's output, added to the residual stream by the next norm
     for i in range(arch.layers):
         pk, pv, ok, ov = PAST_KEY % i, PAST_VALUE % i, PRESENT_KEY % i, PRESENT_VALUE % i
         for n in (pk, pv):
-            inputs.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", nkv, "past_sequence", hd]))
+            inputs.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, [b_, nkv, p_, hd]))
         for n in (ok, ov):
-            outputs.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", nkv, "total_sequence", hd]))
+            outputs.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, [b_, nkv, t_, hd]))
         pre = f"layers.{i}"
         h, x = add_norm(x, pending, w[f"{i}.ln1"], f"{pre}.input_layernorm")
         sliding = bool(arch.sliding and arch.sliding[i])
@@ -472,8 +501,12 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
             q = rope(q, cs)
             cs4 = tuple(g.op("Squeeze", [t, g.const(np.array([1], np.int64))]) for t in cs)  # [B,1,S,rot/2]
             k = rope(k, cs4)
-            k_all = g.op("Concat", [pk, k], axis=2)
-            v_all = g.op("Concat", [pv, v], axis=2)
+            if static:  # past * keep + write @ new: each chunk token lands in the slot of its position
+                k_all = g.op("Add", [g.op("Mul", [pk, keep]), g.op("MatMul", [hit, k])])
+                v_all = g.op("Add", [g.op("Mul", [pv, keep]), g.op("MatMul", [hit, v])])
+            else:
+                k_all = g.op("Concat", [pk, k], axis=2)
+                v_all = g.op("Concat", [pv, v], axis=2)
             g.nodes.append(helper.make_node("Identity", [k_all], [ok], name=f"{ok}_out"))
             g.nodes.append(helper.make_node("Identity", [v_all], [ov], name=f"{ov}_out"))
             k5 = g.op("Unsqueeze", [k_all, g.const(np.array([2], np.int64))])  # [B,kv,1,T,hd]
@@ -553,6 +586,15 @@ def prefill_feed(inputs: Any, ids: np.ndarray) -> dict[str, np.ndarray]:
     ids = np.asarray(ids, dtype=np.int64)
     if ids.ndim == 1:
         ids = ids[None]
+    shapes = {t.name: _dims(t) for t in inputs}
+    if all(isinstance(d, int) for d in shapes.get("input_ids", ("?",))):  # static decoder: its fixed shapes, slots from 0
+        chunk, slots = shapes["input_ids"][1], shapes["attention_mask"][1]
+        fixed = np.zeros((1, chunk), np.int64)
+        fixed[0, : min(chunk, ids.shape[1])] = ids[0, :chunk]
+        mask = (np.arange(slots) < chunk).astype(np.int64)[None]
+        feed = {"input_ids": fixed, "attention_mask": mask, "position_ids": np.arange(chunk, dtype=np.int64)[None]}
+        feed.update({n: np.zeros(d, np.float32) for n, d in shapes.items() if n.startswith("past_key_values.")})
+        return feed
     b, s = ids.shape
     feed = {"input_ids": ids, "attention_mask": np.ones((b, s), np.int64), "position_ids": np.tile(np.arange(s, dtype=np.int64), (b, 1))}
     feed.update(empty_past(inputs, b))
@@ -604,6 +646,36 @@ def check_decoder(model: Any, onnx_path: Path, vocab: int, atol: float, rtol: fl
     ]
 
 
+def check_static_decoder(model: Any, step_path: Any, vocab: int, atol: float, rtol: float, *, seq: int = 12, split: int = 8, seed: int = 0):
+    """Per-check (label, max abs, max rel, passed) of the static graph against transformers (batch 1)."""
+    import torch
+
+    from ..core.runtime import create_session
+    from .static_decoder import logits_static
+
+    ids = np.random.default_rng(seed).integers(0, vocab, seq, dtype=np.int64)
+    with torch.no_grad():
+        ref = model(input_ids=torch.from_numpy(ids[None]), use_cache=False).logits.double().numpy()[0]
+    sess = create_session(step_path)
+    return [(f"{split} prompt tokens + {seq - split} steps through the fixed slots",
+             *_errors(ref, logits_static(sess, ids, split), atol, rtol))]
+
+
+def build_checked_static(model: Any, arch: Any, out: Any, target: Any, *, context: int = 0) -> tuple[list, tuple[str, ...], str]:
+    """Write the one-token static decoder of ``model`` at ``out`` and check it: (check rows, notes, provenance label)."""
+    from .static_decoder import DEFAULT_CONTEXT
+
+    slots = int(context or min(arch.context, DEFAULT_CONTEXT))
+    build_decoder(arch, model.state_dict(), out, static_context=slots, chunk=1)
+    tol = target.tolerances
+    rows = check_static_decoder(model, out, arch.vocab, tol.export_atol, tol.export_rtol)
+    notes = (f"static KV-cache decoder ({arch.model_type}, {arch.layers} layers): batch 1, one token per run, {slots} cache slots "
+             f"(slot = position; attention_mask [1, {slots}] marks the filled ones); past_key_values.N.key/value in, "
+             f"present.N.key/value out; {arch.kv_bytes_per_token() * slots} KV bytes (fp32)",
+             f"plain attention ops, every shape static ({target.name} compiles fixed shapes)")
+    return rows, notes, f"static {slots} slots"
+
+
 BUILDER = "edgeq KV-cache decoder builder"
 
 
@@ -614,16 +686,21 @@ def export_hf_decoder(model: Any, out: Path, target: Any, provenance: tuple[str,
     from .torch import ExportCheck, OutputError
 
     arch = arch_from_config(model.config)
-    fused, why = fused_attention_fits(arch, target)
-    build_decoder(arch, model.state_dict(), out, fused=fused)
     tol = target.tolerances
-    rows = check_decoder(model, out, arch.vocab, tol.export_atol, tol.export_rtol)
-    outs = tuple(OutputError(name=f"logits ({label})", shape=(2, 12, arch.vocab), max_abs=a, max_rel=r, passed=ok) for label, a, r, ok in rows)
+    if target.static_shapes:  # NPU targets: fixed cache slots, one token per run (static_decoder.py)
+        rows, notes, kind = build_checked_static(model, arch, out, target)
+        batch = 1
+    else:
+        fused, why = fused_attention_fits(arch, target)
+        build_decoder(arch, model.state_dict(), out, fused=fused)
+        rows = check_decoder(model, out, arch.vocab, tol.export_atol, tol.export_rtol)
+        notes = (f"KV-cache decoder ({arch.model_type}, {arch.layers} layers, {arch.kv_heads} kv heads x {arch.head_dim}): "
+                 f"past_key_values.N.key/value in, present.N.key/value out; {arch.kv_bytes_per_token()} KV bytes per token (fp32)", why)
+        kind, batch = ("GroupQueryAttention" if fused else "plain attention"), 2
+    outs = tuple(OutputError(name=f"logits ({label})", shape=(batch, 12, arch.vocab), max_abs=a, max_rel=r, passed=ok) for label, a, r, ok in rows)
     check = ExportCheck(
         exporter=BUILDER, fallback_reason=None, opset=OPSET, inputs_checked=tuple(r[0] for r in rows), outputs=outs,
-        atol=tol.export_atol, rtol=tol.export_rtol, external_data=False,
-        exporter_notes=(f"KV-cache decoder ({arch.model_type}, {arch.layers} layers, {arch.kv_heads} kv heads x {arch.head_dim}): "
-                        f"past_key_values.N.key/value in, present.N.key/value out; {arch.kv_bytes_per_token()} KV bytes per token (fp32)", why),
+        atol=tol.export_atol, rtol=tol.export_rtol, external_data=False, exporter_notes=notes,
     )
     if not check.passed:
         bad = "; ".join(f"{o.name} max abs {o.max_abs:.3g}" for o in outs if not o.passed)
@@ -632,5 +709,5 @@ def export_hf_decoder(model: Any, out: Path, target: Any, provenance: tuple[str,
     art = artifact_from(out)
     worst = max(o.max_abs for o in outs)
     art = Artifact(path=art.path, io=art.io, opset=art.opset, provenance=provenance + (
-        f"export({BUILDER}, {arch.model_type}, {'GroupQueryAttention' if fused else 'plain attention'}, opset={OPSET})", f"export-check(max_abs={worst:.3g}, outputs=1, passed)"))
+        f"export({BUILDER}, {arch.model_type}, {kind}, opset={OPSET})", f"export-check(max_abs={worst:.3g}, outputs=1, passed)"))
     return art, check, arch
