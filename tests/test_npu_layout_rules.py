@@ -1,0 +1,136 @@
+"""Attribute-level op conditions for NNAPI and CoreML ([[ops.conditions]], core/op_conditions.py).
+
+The placement estimate names a Gemm/MatMul layout the provider's builder refuses, with the
+reason; the target's rewrite brings it back onto the accelerator with unchanged outputs;
+a bad condition in a target file is refused with one line when the target loads.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeq.core.rewrite import apply
+from edgeq.core.targets import load_target, targets_dir
+from edgeq.errors import TargetError
+from edgeq.profiling.placement import estimate
+
+
+def _save(tmp_path: Path, name: str, nodes, x_shape, y_shape, inits, extra_inputs=()) -> Path:
+    ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)] + list(extra_inputs)
+    g = helper.make_graph(nodes, name, ins, [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    p = tmp_path / f"{name}.onnx"
+    onnx.save(m, str(p))
+    return p
+
+
+def _w(*shape) -> np.ndarray:
+    return (np.random.default_rng(0).standard_normal(shape) * 0.3).astype(np.float32)
+
+
+def _fallback(p: Path, target: str) -> dict[str, str]:
+    """node (op) -> reason, for each node the estimate sends to the CPU."""
+    return {f["node"]: f["reason"] for f in estimate(p, load_target(target))["fallback"]}
+
+
+def _feeds(shape, n=2):
+    rng = np.random.default_rng(1)
+    return [{"x": rng.standard_normal(shape).astype(np.float32)} for _ in range(n)]
+
+
+def _tol():
+    t = load_target("nnapi").tolerances
+    return {"atol": t.export_atol, "rtol": t.export_rtol}
+
+
+def test_gemm_transa_falls_back_with_reason_and_rewrite_keeps_it_on_nnapi_and_coreml(tmp_path):
+    # x [16, 4] used as A^T: Gemm(transA=1, transB=1) -> [4, 8]
+    p = _save(tmp_path, "gemm_ta", [helper.make_node("Gemm", ["x", "w", "c"], ["y"], name="g", transA=1, transB=1)],
+              [16, 4], [4, 8], [numpy_helper.from_array(_w(8, 16), "w"), numpy_helper.from_array(_w(8), "c")])
+    for target, who in (("nnapi", "NNAPI"), ("coreml", "CoreML")):
+        fb = _fallback(p, target)
+        assert list(fb) == ["g (Gemm)"], fb
+        assert fb["g (Gemm)"].startswith("Gemm transA=1: ") and f"{who}'s builder needs transA=0" in fb["g (Gemm)"]
+    res = apply(p, ("gemm-transa",), _feeds((16, 4)), **_tol())
+    assert [(r.name, r.nodes) for r in res] == [("gemm-transa", 1)] and res[0].max_abs_diff is not None
+    assert [n.op_type for n in onnx.load(str(p)).graph.node] == ["Transpose", "Gemm"]
+    for target in ("nnapi", "coreml"):
+        est = estimate(p, load_target(target))
+        assert est["fallback"] == [] and est["accel_node_share"] == 1.0 and est["accel_partitions"] == 1
+
+
+def test_gemm_alpha_beta_and_2d_bias_fall_back_on_nnapi_until_gemm_plain(tmp_path):
+    p = _save(tmp_path, "gemm_ab", [helper.make_node("Gemm", ["x", "w", "c"], ["y"], name="g", alpha=0.5, beta=2.0, transB=1)],
+              [4, 16], [4, 8], [numpy_helper.from_array(_w(8, 16), "w"), numpy_helper.from_array(_w(4, 8), "c")])
+    reason = _fallback(p, "nnapi")["g (Gemm)"]
+    for part in ("Gemm alpha=0.5: NNAPI's builder needs alpha=1", "Gemm beta=2: NNAPI's builder needs beta=1",
+                 "Gemm bias C [4, 8] with N=8: NNAPI's FULLY_CONNECTED takes a bias of N values"):
+        assert part in reason, reason
+    assert "Gemm bias C [4, 8] with N=8: CoreML's linear" in _fallback(p, "coreml")["g (Gemm)"]
+    apply(p, ("gemm-plain",), _feeds((4, 16)), **_tol())
+    for target in ("nnapi", "coreml"):
+        est = estimate(p, load_target(target))
+        assert est["fallback"] == [] and est["nodes_total"] == 2  # plain Gemm + Add of the [M, N] bias
+
+
+def test_matmul_rank3_falls_back_on_nnapi_until_matmul_2d(tmp_path):
+    p = _save(tmp_path, "mm3", [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+              [1, 6, 16], [1, 6, 8], [numpy_helper.from_array(_w(16, 8), "w")])
+    fb = _fallback(p, "nnapi")
+    assert list(fb) == ["mm (MatMul)"] and "MatMul input 0 has rank 3: NNAPI's builder maps a quantized MatMul" in fb["mm (MatMul)"]
+    assert _fallback(p, "coreml") == {}  # ML Program MatMul takes N-D inputs
+    res = apply(p, ("matmul-2d",), _feeds((1, 6, 16)), **_tol())
+    assert res[0].nodes == 1 and res[0].max_abs_diff < 1e-5
+    assert [n.op_type for n in onnx.load(str(p)).graph.node] == ["Reshape", "MatMul", "Reshape"]
+    est = estimate(p, load_target("nnapi"))
+    assert est["fallback"] == [] and est["accel_node_share"] == 1.0
+
+
+def test_constant_b_conditions_read_qdq_weights_and_trans_b(tmp_path):
+    # B from a second graph input: NNAPI takes it only with transB=1, CoreML never; a QDQ weight counts as constant
+    b_in = helper.make_tensor_value_info("b", TensorProto.FLOAT, [8, 16])
+    p = _save(tmp_path, "gemm_dyn_b", [helper.make_node("Gemm", ["x", "b"], ["y"], name="g", transB=1)],
+              [4, 16], [4, 8], [], [b_in])
+    assert _fallback(p, "nnapi") == {}
+    assert "CoreML's builder needs a constant B for Gemm" in _fallback(p, "coreml")["g (Gemm)"]
+    q = numpy_helper.from_array(np.ones((16, 8), np.int8), "wq")
+    s = numpy_helper.from_array(np.array(0.01, np.float32), "ws")
+    z = numpy_helper.from_array(np.array(0, np.int8), "wz")
+    p2 = _save(tmp_path, "mm_qdq", [helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], name="dq"),
+                                    helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+               [4, 16], [4, 8], [q, s, z])
+    assert _fallback(p2, "nnapi") == {}
+    p3 = _save(tmp_path, "mm_dyn", [helper.make_node("MatMul", ["x", "b"], ["y"], name="mm")], [4, 16], [4, 8], [],
+               [helper.make_tensor_value_info("b", TensorProto.FLOAT, [16, 8])])
+    assert "MatMul input 1 (b) is not a constant: NNAPI's builder needs a constant B" in _fallback(p3, "nnapi")["mm (MatMul)"]
+
+
+def test_estimate_basis_cites_the_source_of_the_conditions(tmp_path):
+    p = _save(tmp_path, "relu", [helper.make_node("Relu", ["x"], ["y"], name="r")], [1, 4], [1, 4], [])
+    for target in ("nnapi", "coreml"):
+        basis = estimate(p, load_target(target))["basis"]
+        assert "op conditions read from onnxruntime" in basis and "@" in basis
+
+
+@pytest.mark.parametrize("block, words", [
+    ('check = "shape"\nop = "Gemm"\nreason = "r"', "check must be one of attribute, constant, rank, bias-vector"),
+    ('check = "attribute"\nop = "Gemm"\nreason = "r"\nattribute = "transA"\nallowed = ["no"]', "allowed must be a non-empty list of numbers"),
+    ('check = "attribute"\nop = "Foo"\nreason = "r"\nattribute = "mode"\nallowed = [1]', "default is needed"),
+    ('check = "rank"\nop = "MatMul"\nreason = "r"\ninput = 0\nranks = [2]\nattribute = "x"', "attribute is not a key of check 'rank'"),
+    ('check = "constant"\nop = "Gemm"\nreason = ""\ninput = 1', "reason must be a non-empty string"),
+    ('check = "constant"\nop = "Gemm"\nreason = "r"\ninput = 1\nwhen_attribute = "transB"', "when_attribute and when_value go together"),
+])
+def test_bad_condition_is_refused_when_the_target_loads(tmp_path, block, words):
+    t = tmp_path / "mine.toml"
+    shutil.copy(targets_dir() / "nnapi.toml", t)
+    t.write_text(t.read_text() + "\n[[ops.conditions]]\n" + block + "\n")
+    with pytest.raises(TargetError) as e:
+        load_target(t)
+    assert "\n" not in e.value.message and "[[ops.conditions]]" in e.value.message and words in e.value.message
