@@ -134,3 +134,37 @@ def test_bad_condition_is_refused_when_the_target_loads(tmp_path, block, words):
     with pytest.raises(TargetError) as e:
         load_target(t)
     assert "\n" not in e.value.message and "[[ops.conditions]]" in e.value.message and words in e.value.message
+
+
+def test_nnapi_export_reports_the_fallback_with_fix_and_its_rewrites_clear_it(tmp_path):
+    """Through export (int8 QDQ for nnapi): a transA Gemm and a 3-D MatMul fall back without the rewrites
+    (reason and fix in the placement), run on NNAPI with them, and each rewrite is listed in the notes."""
+    from dataclasses import replace
+
+    from edgeq.core.onnxutil import artifact_from
+    from edgeq.pipeline import ExportOptions, run_export
+
+    # x [1, 6, 16] -> MatMul W [16, 8] -> Reshape [8, 6]... as A^T of a Gemm(transA=1) -> [6, 4]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("Reshape", ["h", "shape"], ["h2"], name="flat"),
+             helper.make_node("Gemm", ["h2", "w2", "c"], ["y"], name="g", transA=1, transB=1)]
+    inits = [numpy_helper.from_array(_w(16, 8), "w"), numpy_helper.from_array(np.array([6, 8], np.int64), "shape"),
+             numpy_helper.from_array(_w(4, 6), "w2"), numpy_helper.from_array(_w(4), "c")]
+    src = _save(tmp_path, "both", nodes, [1, 6, 16], [8, 4], inits)
+    calib = tmp_path / "c.npz"
+    np.savez(calib, x=np.random.default_rng(2).standard_normal((8, 6, 16)).astype(np.float32))
+    tg = load_target("nnapi")
+    ours = ("gemm-transa", "matmul-2d")
+    out = {}
+    for label, t in (("without", replace(tg, rewrites=tuple(r for r in tg.rewrites if r not in ours))), ("with", tg)):
+        res = run_export(artifact_from(src), ExportOptions(target=t, spec=t.quant, out=tmp_path / label, calib=calib,
+                                                           do_profile=False)).to_dict()
+        out[label] = res
+        assert res["placement"]["kind"] == "estimate"
+        for r in ours:
+            assert any(n.startswith(f"rewrite {r}: 1 node(s)") for n in res["notes"]) == (label == "with"), res["notes"]
+    fb = {f["node"]: f for f in out["without"]["placement"]["fallback"]}
+    assert "transA=1: NNAPI's builder needs transA=0" in fb["g (Gemm)"]["reason"]
+    assert fb["g (Gemm)"]["fix"] == "add 'gemm-transa' to nnapi's [ops] rewrites (edgeq/core/rewrite.py)"
+    assert "has rank 3" in fb["mm (MatMul)"]["reason"] and "'matmul-2d'" in fb["mm (MatMul)"]["fix"]
+    assert out["with"]["placement"]["fallback"] == [] and out["with"]["placement"]["accel_node_share"] == 1.0
