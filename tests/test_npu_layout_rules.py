@@ -168,3 +168,32 @@ def test_nnapi_export_reports_the_fallback_with_fix_and_its_rewrites_clear_it(tm
     assert fb["g (Gemm)"]["fix"] == "add 'gemm-transa' to nnapi's [ops] rewrites (edgeq/core/rewrite.py)"
     assert "has rank 3" in fb["mm (MatMul)"]["reason"] and "'matmul-2d'" in fb["mm (MatMul)"]["fix"]
     assert out["with"]["placement"]["fallback"] == [] and out["with"]["placement"]["accel_node_share"] == 1.0
+
+
+def test_nnapi_batch_matmul_float_only_and_gather_indices(tmp_path):
+    """Float activation x activation MatMul of equal rank >= 3 runs as NNAPI's batch MatMul; the same fed by
+    DequantizeLinear (QDQ) falls back; Gather takes computed int32 indices, not computed int64 ones."""
+    y = helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 2, 8, 6])
+    p = _save(tmp_path, "bmm", [helper.make_node("MatMul", ["x", "b"], ["y"], name="mm")], [1, 2, 5, 8], [1, 2, 5, 6], [], [y])
+    assert _fallback(p, "nnapi") == {}
+    s = numpy_helper.from_array(np.array(0.05, np.float32), "s")
+    z = numpy_helper.from_array(np.array(128, np.uint8), "z")
+    nodes = [helper.make_node("QuantizeLinear", [i, "s", "z"], [i + "_q"], name=i + "_q") for i in ("x", "b")]
+    nodes += [helper.make_node("DequantizeLinear", [i + "_q", "s", "z"], [i + "_dq"], name=i + "_dq") for i in ("x", "b")]
+    nodes.append(helper.make_node("MatMul", ["x_dq", "b_dq"], ["y"], name="mm"))
+    p2 = _save(tmp_path, "bmm_qdq", nodes, [1, 2, 5, 8], [1, 2, 5, 6], [s, z], [y])
+    reason = _fallback(p2, "nnapi")["mm (MatMul)"]
+    assert "MatMul input 0 has rank 4" in reason and "MatMul input 1 (b_dq) is not a constant" in reason
+    table = numpy_helper.from_array(_w(10, 4), "table")
+    for dt, on in ((TensorProto.INT32, True), (TensorProto.INT64, False)):
+        ids = helper.make_tensor_value_info("ids", dt, [1, 3])
+        g = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["y"], name="emb")], "g", [ids],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4])], [table])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+        m.ir_version = 8
+        q = tmp_path / f"gather{dt}.onnx"
+        onnx.save(m, str(q))
+        fb = _fallback(q, "nnapi")
+        assert (fb == {}) == on, fb
+        if not on:
+            assert "Gather input 1 (ids) is not a constant: NNAPI's builder converts int64 Gather indices" in fb["emb (Gather)"]

@@ -16,8 +16,11 @@ Checks (``input`` is the node input's index):
 - ``attribute``: the attribute (its ONNX default when absent, ``default``) is one of ``allowed``;
 - ``constant``: input ``input`` is a constant (an initializer, a Constant node, or the
   DequantizeLinear of an initializer, as a QDQ weight is); optional ``when_attribute`` /
-  ``when_value`` limit it (NNAPI needs a constant B only when ``transB=0``);
+  ``when_value`` limit it (NNAPI needs a constant B only when ``transB=0``), ``unless_dtype``
+  exempts an input of that dtype (NNAPI's Gather takes computed int32 indices);
 - ``rank``: input ``input`` has one of the ``ranks``;
+- ``float_batch_ok`` (constant, rank): the condition does not apply to a float MatMul (not fed
+  by DequantizeLinear) whose inputs share one rank >= 3 and the leading dims (NNAPI's batch MatMul);
 - ``bias-vector``: Gemm's C is a vector of B's N columns, or a tensor whose dims are all 1
   but the last (at most ``max_rank`` dims; ``allow_scalar``: a scalar or [1] too).
 
@@ -37,8 +40,8 @@ from .safetext import escape_text
 CHECKS = ("attribute", "constant", "rank", "bias-vector")
 _KEYS = {
     "attribute": {"attribute", "allowed", "default"},
-    "constant": {"input", "when_attribute", "when_value"},
-    "rank": {"input", "ranks"},
+    "constant": {"input", "when_attribute", "when_value", "unless_dtype", "float_batch_ok"},
+    "rank": {"input", "ranks", "float_batch_ok"},
     "bias-vector": {"input", "max_rank", "allow_scalar"},
 }
 _COMMON = {"op", "check", "reason"}
@@ -58,6 +61,8 @@ class OpCondition:
     when_attribute: str = ""
     when_value: float | None = None
     ranks: tuple[int, ...] = ()
+    float_batch_ok: bool = False
+    unless_dtype: str = ""
     max_rank: int = 8
     allow_scalar: bool = False
 
@@ -93,6 +98,10 @@ def parse_conditions(value: Any, where: str) -> tuple[OpCondition, ...]:
         if unknown:
             _bad(where, f"#{i + 1} {unknown[0]}", f"is not a key of check '{check}' (known: {', '.join(sorted(_KEYS[check]))})")
         kw: dict[str, Any] = {"op": d["op"], "check": check, "reason": d["reason"]}
+        if "float_batch_ok" in d:
+            if not isinstance(d["float_batch_ok"], bool):
+                _bad(where, f"#{i + 1} float_batch_ok", "must be true or false")
+            kw["float_batch_ok"] = d["float_batch_ok"]
         if "input" in d:
             if not isinstance(d["input"], int) or isinstance(d["input"], bool) or not 0 <= d["input"] < 16:
                 _bad(where, f"#{i + 1} input", "must be an input index between 0 and 15")
@@ -118,6 +127,10 @@ def parse_conditions(value: Any, where: str) -> tuple[OpCondition, ...]:
                 if not _number(d["when_value"]):
                     _bad(where, f"#{i + 1} when_value", "must be a number")
                 kw.update(when_attribute=d["when_attribute"], when_value=float(d["when_value"]))
+            if "unless_dtype" in d:
+                if not isinstance(d["unless_dtype"], str) or not d["unless_dtype"]:
+                    _bad(where, f"#{i + 1} unless_dtype", "must name a dtype (e.g. int32)")
+                kw["unless_dtype"] = d["unless_dtype"]
         elif check == "rank":
             ranks = d.get("ranks")
             if not isinstance(ranks, list) or not ranks or not all(isinstance(r, int) and not isinstance(r, bool) and 0 <= r <= 8 for r in ranks):
@@ -162,8 +175,21 @@ def _shown(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-def failures(node: Any, conditions: tuple[OpCondition, ...], dims: dict[str, list | None], constants: set[str]) -> list[str]:
-    """The reason of each condition ``node`` breaks (``dims``: tensor name -> dims or None when unknown)."""
+def _float_batch(node: Any, types: dict[str, tuple[str, list | None]], dequantized: set[str]) -> bool:
+    """A float MatMul, not fed by DequantizeLinear, whose inputs share one rank >= 3 and the leading dims."""
+    if len(node.input) < 2 or any(i in dequantized for i in node.input[:2]):
+        return False
+    (ta, a), (tb, b) = (types.get(node.input[0], ("", None)), types.get(node.input[1], ("", None)))
+    return ta == "float32" and a is not None and b is not None and len(a) == len(b) >= 3 and a[:-2] == b[:-2]
+
+
+def failures(node: Any, conditions: tuple[OpCondition, ...], types: dict[str, tuple[str, list | None]],
+             constants: set[str], dequantized: set[str] = frozenset()) -> list[str]:
+    """The reason of each condition ``node`` breaks.
+
+    ``types``: tensor name -> (dtype, dims or None when unknown); ``dequantized``: outputs of DequantizeLinear nodes.
+    """
+    dims = {k: v[1] for k, v in types.items()}
     out = []
     inputs = list(node.input)
     for c in conditions:
@@ -177,11 +203,13 @@ def failures(node: Any, conditions: tuple[OpCondition, ...], dims: dict[str, lis
         elif c.check == "constant":
             if c.when_attribute and float(_attr(node, c.when_attribute, _ONNX_DEFAULTS[c.when_attribute])) != c.when_value:
                 continue
-            if name and name not in constants:
+            if c.unless_dtype and types.get(name, ("", None))[0] == c.unless_dtype:
+                continue
+            if name and name not in constants and not (c.float_batch_ok and _float_batch(node, types, dequantized)):
                 out.append(f"{node.op_type} input {c.input} ({name}) is not a constant: {c.reason}")
         elif c.check == "rank":
             shape = dims.get(name) if name else None
-            if shape is not None and len(shape) not in c.ranks:
+            if shape is not None and len(shape) not in c.ranks and not (c.float_batch_ok and _float_batch(node, types, dequantized)):
                 out.append(f"{node.op_type} input {c.input} has rank {len(shape)}: {c.reason}")
         elif name:  # bias-vector: C against B's N (transB picks the axis)
             c_dims, b_dims = dims.get(name), dims.get(inputs[1]) if len(inputs) > 1 else None

@@ -119,7 +119,7 @@ def estimate(model_path: Path, target: Any) -> dict[str, Any]:
 
     conditions = tuple(getattr(target, "op_conditions", ()))
     consts = constants_of(model) if conditions else set()
-    dims_of = {k: v[1] for k, v in shapes.items()}
+    dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     rows = []
     for i, node in enumerate(model.graph.node):
         reasons: list[str] = []
@@ -127,7 +127,7 @@ def estimate(model_path: Path, target: Any) -> dict[str, Any]:
         if node.op_type not in supported or node.domain not in ("", "ai.onnx"):
             reasons.append(f"op {node.op_type} is not in {target.name}'s supported ops")
         elif conditions:  # attribute-level rules read from the provider's op builders ([[ops.conditions]])
-            reasons += failures(node, conditions, dims_of, consts)
+            reasons += failures(node, conditions, shapes, consts, dequantized)
         for name in list(node.input) + list(node.output):
             if not name or name not in shapes:
                 continue
