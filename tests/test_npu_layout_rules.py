@@ -121,11 +121,14 @@ def test_estimate_basis_cites_the_source_of_the_conditions(tmp_path):
 
 @pytest.mark.parametrize("block, words", [
     ('check = "shape"\nop = "Gemm"\nreason = "r"', "check must be one of attribute, constant, rank, bias-vector"),
-    ('check = "attribute"\nop = "Gemm"\nreason = "r"\nattribute = "transA"\nallowed = ["no"]', "allowed must be a non-empty list of numbers"),
+    ('check = "attribute"\nop = "Gemm"\nreason = "r"\nattribute = "transA"\nallowed = []', "allowed must be a non-empty list of numbers or of strings"),
     ('check = "attribute"\nop = "Foo"\nreason = "r"\nattribute = "mode"\nallowed = [1]', "default is needed"),
     ('check = "rank"\nop = "MatMul"\nreason = "r"\ninput = 0\nranks = [2]\nattribute = "x"', "attribute is not a key of check 'rank'"),
     ('check = "constant"\nop = "Gemm"\nreason = ""\ninput = 1', "reason must be a non-empty string"),
     ('check = "constant"\nop = "Gemm"\nreason = "r"\ninput = 1\nwhen_attribute = "transB"', "when_attribute and when_value go together"),
+    ('check = "attribute"\nop = "Resize"\nreason = "r"\nattribute = "mode"\ndefault = "nearest"\nallowed = ["nearest", 1]', "numbers or of strings"),
+    ('check = "attribute"\nop = "Resize"\nreason = "r"\nattribute = "nearest_mode"\ndefault = "floor"\nallowed = ["floor"]\n'
+     'when_attribute = "mode"\nwhen_value = "nearest"', "when_default is needed"),
 ])
 def test_bad_condition_is_refused_when_the_target_loads(tmp_path, block, words):
     t = tmp_path / "mine.toml"
@@ -197,3 +200,22 @@ def test_nnapi_batch_matmul_float_only_and_gather_indices(tmp_path):
         assert (fb == {}) == on, fb
         if not on:
             assert "Gather input 1 (ids) is not a constant: NNAPI's builder converts int64 Gather indices" in fb["emb (Gather)"]
+
+
+def _resize(tmp_path: Path, name: str, **attrs) -> Path:
+    scales = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], name="up", **attrs)
+    return _save(tmp_path, name, [node], [1, 3, 4, 4], [1, 3, 8, 8], [scales])
+
+
+def test_nnapi_resize_conditions_follow_the_mode(tmp_path):
+    """torch's nearest upsample (asymmetric, floor) runs on NNAPI; the ONNX defaults (half_pixel, round_prefer_floor)
+    do not; a linear Resize takes half_pixel; cubic is refused whatever the coordinates."""
+    assert _fallback(_resize(tmp_path, "torch_nearest", mode="nearest", coordinate_transformation_mode="asymmetric",
+                             nearest_mode="floor"), "nnapi") == {}
+    reason = _fallback(_resize(tmp_path, "defaults"), "nnapi")["up (Resize)"]
+    assert "Resize coordinate_transformation_mode=half_pixel: NNAPI's nearest Resize needs" in reason
+    assert "Resize nearest_mode=round_prefer_floor: NNAPI's nearest Resize needs nearest_mode=floor" in reason
+    assert _fallback(_resize(tmp_path, "linear", mode="linear"), "nnapi") == {}
+    assert "Resize mode=cubic: NNAPI's builder takes nearest or linear" in _fallback(
+        _resize(tmp_path, "cubic", mode="cubic", coordinate_transformation_mode="asymmetric"), "nnapi")["up (Resize)"]

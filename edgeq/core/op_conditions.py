@@ -13,14 +13,17 @@ file writes each such condition once, with the reason a user reads::
 
 Checks (``input`` is the node input's index):
 
-- ``attribute``: the attribute (its ONNX default when absent, ``default``) is one of ``allowed``;
+- ``attribute``: the attribute (``default`` when the node leaves it out; edgeq knows the ONNX
+  default of transA/transB/alpha/beta) is one of ``allowed`` (numbers or strings);
 - ``constant``: input ``input`` is a constant (an initializer, a Constant node, or the
-  DequantizeLinear of an initializer, as a QDQ weight is); optional ``when_attribute`` /
-  ``when_value`` limit it (NNAPI needs a constant B only when ``transB=0``), ``unless_dtype``
+  DequantizeLinear of an initializer, as a QDQ weight is); ``unless_dtype``
   exempts an input of that dtype (NNAPI's Gather takes computed int32 indices);
 - ``rank``: input ``input`` has one of the ``ranks``;
 - ``float_batch_ok`` (constant, rank): the condition does not apply to a float MatMul (not fed
   by DequantizeLinear) whose inputs share one rank >= 3 and the leading dims (NNAPI's batch MatMul);
+- ``when_attribute`` / ``when_value`` (/ ``when_default``) limit an attribute or constant check
+  to nodes with that attribute value (NNAPI needs a constant B only when transB=0, asymmetric
+  coordinates only for nearest Resize);
 - ``bias-vector``: Gemm's C is a vector of B's N columns, or a tensor whose dims are all 1
   but the last (at most ``max_rank`` dims; ``allow_scalar``: a scalar or [1] too).
 
@@ -39,14 +42,14 @@ from .safetext import escape_text
 
 CHECKS = ("attribute", "constant", "rank", "bias-vector")
 _KEYS = {
-    "attribute": {"attribute", "allowed", "default"},
-    "constant": {"input", "when_attribute", "when_value", "unless_dtype", "float_batch_ok"},
+    "attribute": {"attribute", "allowed", "default", "when_attribute", "when_value", "when_default"},
+    "constant": {"input", "when_attribute", "when_value", "when_default", "unless_dtype", "float_batch_ok"},
     "rank": {"input", "ranks", "float_batch_ok"},
     "bias-vector": {"input", "max_rank", "allow_scalar"},
 }
 _COMMON = {"op", "check", "reason"}
 # ONNX defaults of the attributes conditions name (used when the node leaves them out and the rule gives none)
-_ONNX_DEFAULTS = {"transA": 0, "transB": 0, "alpha": 1.0, "beta": 1.0, "axis": 1, "allowzero": 0, "keepdims": 1}
+_ONNX_DEFAULTS = {"transA": 0, "transB": 0, "alpha": 1.0, "beta": 1.0}
 
 
 @dataclass(frozen=True)
@@ -56,10 +59,11 @@ class OpCondition:
     reason: str
     input: int = 0
     attribute: str = ""
-    allowed: tuple[float, ...] = ()
-    default: float | None = None
+    allowed: tuple[float | str, ...] = ()
+    default: float | str | None = None
     when_attribute: str = ""
-    when_value: float | None = None
+    when_value: float | str | None = None
+    when_default: float | str | None = None
     ranks: tuple[int, ...] = ()
     float_batch_ok: bool = False
     unless_dtype: str = ""
@@ -78,6 +82,11 @@ def _bad(where: str, key: str, problem: str) -> None:
 
 def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _value(v: Any) -> float | str:
+    """Numbers compare as floats, strings as text."""
+    return v if isinstance(v, str) else float(v)
 
 
 def parse_conditions(value: Any, where: str) -> tuple[OpCondition, ...]:
@@ -106,27 +115,32 @@ def parse_conditions(value: Any, where: str) -> tuple[OpCondition, ...]:
             if not isinstance(d["input"], int) or isinstance(d["input"], bool) or not 0 <= d["input"] < 16:
                 _bad(where, f"#{i + 1} input", "must be an input index between 0 and 15")
             kw["input"] = d["input"]
+        if "when_attribute" in d or "when_value" in d:
+            if not ("when_attribute" in d and "when_value" in d):
+                _bad(where, f"#{i + 1} when_attribute", "and when_value go together")
+            if not isinstance(d["when_attribute"], str) or not d["when_attribute"]:
+                _bad(where, f"#{i + 1} when_attribute", "must name an attribute")
+            if not (_number(d["when_value"]) or isinstance(d["when_value"], str)):
+                _bad(where, f"#{i + 1} when_value", "must be a number or a string")
+            wd = d.get("when_default", _ONNX_DEFAULTS.get(d["when_attribute"]))
+            if wd is None or not (_number(wd) or isinstance(wd, str)):
+                _bad(where, f"#{i + 1} when_default", f"is needed: edgeq knows no ONNX default for '{escape_text(d['when_attribute'])[:40]}'")
+            kw.update(when_attribute=d["when_attribute"], when_value=_value(d["when_value"]), when_default=_value(wd))
+        elif "when_default" in d:
+            _bad(where, f"#{i + 1} when_default", "needs when_attribute and when_value")
         if check == "attribute":
             if not isinstance(d.get("attribute"), str) or not d["attribute"]:
                 _bad(where, f"#{i + 1} attribute", "must name the attribute")
             allowed = d.get("allowed")
-            if not isinstance(allowed, list) or not allowed or not all(_number(v) for v in allowed):
-                _bad(where, f"#{i + 1} allowed", "must be a non-empty list of numbers")
-            if "default" in d and not _number(d["default"]):
-                _bad(where, f"#{i + 1} default", "must be a number")
-            if "default" not in d and d["attribute"] not in _ONNX_DEFAULTS:
+            if not isinstance(allowed, list) or not allowed or not (all(_number(v) for v in allowed) or all(isinstance(v, str) for v in allowed)):
+                _bad(where, f"#{i + 1} allowed", "must be a non-empty list of numbers or of strings")
+            default = d.get("default", _ONNX_DEFAULTS.get(d["attribute"]))
+            if default is None:
                 _bad(where, f"#{i + 1} default", f"is needed: edgeq knows no ONNX default for '{escape_text(d['attribute'])[:40]}'")
-            kw.update(attribute=d["attribute"], allowed=tuple(float(v) for v in allowed),
-                      default=float(d.get("default", _ONNX_DEFAULTS.get(d["attribute"], 0))))
+            if not (_number(default) or isinstance(default, str)):
+                _bad(where, f"#{i + 1} default", "must be a number or a string")
+            kw.update(attribute=d["attribute"], allowed=tuple(_value(v) for v in allowed), default=_value(default))
         elif check == "constant":
-            if ("when_attribute" in d) != ("when_value" in d):
-                _bad(where, f"#{i + 1} when_attribute", "and when_value go together")
-            if "when_attribute" in d:
-                if not isinstance(d["when_attribute"], str) or d["when_attribute"] not in _ONNX_DEFAULTS:
-                    _bad(where, f"#{i + 1} when_attribute", f"must be one of {', '.join(_ONNX_DEFAULTS)}")
-                if not _number(d["when_value"]):
-                    _bad(where, f"#{i + 1} when_value", "must be a number")
-                kw.update(when_attribute=d["when_attribute"], when_value=float(d["when_value"]))
             if "unless_dtype" in d:
                 if not isinstance(d["unless_dtype"], str) or not d["unless_dtype"]:
                     _bad(where, f"#{i + 1} unless_dtype", "must name a dtype (e.g. int32)")
@@ -171,8 +185,15 @@ def constants_of(model: Any) -> set[str]:
     return out
 
 
+def _norm(v: Any) -> Any:
+    """An attribute value as conditions compare it: bytes as text, numbers as float."""
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+
 def _shown(v: Any) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
+    return f"{v:g}" if isinstance(v, float) else escape_text(str(v))[:40]
 
 
 def _float_batch(node: Any, types: dict[str, tuple[str, list | None]], dequantized: set[str]) -> bool:
@@ -196,13 +217,13 @@ def failures(node: Any, conditions: tuple[OpCondition, ...], types: dict[str, tu
         if c.op != node.op_type:
             continue
         name = inputs[c.input] if c.input < len(inputs) else ""
+        if c.when_attribute and _norm(_attr(node, c.when_attribute, c.when_default)) != c.when_value:
+            continue
         if c.check == "attribute":
-            v = _attr(node, c.attribute, c.default)
-            if not isinstance(v, (int, float)) or float(v) not in c.allowed:
+            v = _norm(_attr(node, c.attribute, c.default))
+            if v not in c.allowed:
                 out.append(f"{node.op_type} {c.attribute}={_shown(v)}: {c.reason}")
         elif c.check == "constant":
-            if c.when_attribute and float(_attr(node, c.when_attribute, _ONNX_DEFAULTS[c.when_attribute])) != c.when_value:
-                continue
             if c.unless_dtype and types.get(name, ("", None))[0] == c.unless_dtype:
                 continue
             if name and name not in constants and not (c.float_batch_ok and _float_batch(node, types, dequantized)):
