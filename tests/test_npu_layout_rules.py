@@ -219,3 +219,22 @@ def test_nnapi_resize_conditions_follow_the_mode(tmp_path):
     assert _fallback(_resize(tmp_path, "linear", mode="linear"), "nnapi") == {}
     assert "Resize mode=cubic: NNAPI's builder takes nearest or linear" in _fallback(
         _resize(tmp_path, "cubic", mode="cubic", coordinate_transformation_mode="asymmetric"), "nnapi")["up (Resize)"]
+
+
+def test_targets_show_lists_the_conditions_and_json_carries_them():
+    from typer.testing import CliRunner
+
+    from edgeq.cli import app
+
+    res = CliRunner().invoke(app, ["targets", "show", "nnapi", "--json"])
+    assert res.exit_code == 0, res.output
+    import json
+
+    d = json.loads(res.output)
+    assert {"op": "Gemm", "check": "attribute", "attribute": "transA", "allowed": [0.0], "default": 0.0,
+            "reason": "NNAPI's builder needs transA=0 (rewrite gemm-transa)"} in d["op_conditions"]
+    gather = next(c for c in d["op_conditions"] if (c["op"], c["check"]) == ("Gather", "constant"))
+    assert {k: v for k, v in gather.items() if k != "reason"} == {"op": "Gather", "check": "constant", "input": 1, "unless_dtype": "int32"}
+    assert "gemm_op_builder.cc" in d["conditions_source"]
+    res = CliRunner().invoke(app, ["targets", "show", "coreml"])
+    assert res.exit_code == 0 and "op conditions" in res.output

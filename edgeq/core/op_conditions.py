@@ -71,8 +71,10 @@ class OpCondition:
     allow_scalar: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items()}
-        return {k: v for k, v in d.items() if v not in ("", (), None, [])}
+        """The keys of this check only (as a target file writes them)."""
+        keys = _COMMON | _KEYS[self.check]
+        d = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(self).items() if k in keys}
+        return {k: v for k, v in d.items() if v is not False and v not in ("", None, [])}
 
 
 def _bad(where: str, key: str, problem: str) -> None:
