@@ -238,3 +238,16 @@ def test_targets_show_lists_the_conditions_and_json_carries_them():
     assert "gemm_op_builder.cc" in d["conditions_source"]
     res = CliRunner().invoke(app, ["targets", "show", "coreml"])
     assert res.exit_code == 0 and "op conditions" in res.output
+
+
+def test_pool_conditions_ceil_mode_and_rank(tmp_path):
+    plain = _save(tmp_path, "pool", [helper.make_node("MaxPool", ["x"], ["y"], name="p", kernel_shape=[2, 2], strides=[2, 2])],
+                  [1, 3, 8, 8], [1, 3, 4, 4], [])
+    ceil = _save(tmp_path, "pool_ceil", [helper.make_node("MaxPool", ["x"], ["y"], name="p", kernel_shape=[2, 2], strides=[2, 2],
+                                                          ceil_mode=1)], [1, 3, 7, 7], [1, 3, 4, 4], [])
+    one_d = _save(tmp_path, "pool_1d", [helper.make_node("AveragePool", ["x"], ["y"], name="p", kernel_shape=[2], strides=[2])],
+                  [1, 3, 8], [1, 3, 4], [])
+    for target, who in (("nnapi", "NNAPI"), ("coreml", "CoreML")):
+        assert _fallback(plain, target) == {}
+        assert _fallback(ceil, target)["p (MaxPool)"] == f"MaxPool ceil_mode=1: {who}'s pool builder needs ceil_mode=0"
+        assert "AveragePool input 0 has rank 3" in _fallback(one_d, target)["p (AveragePool)"]
