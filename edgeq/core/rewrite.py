@@ -12,6 +12,9 @@ and refuses a rewrite whose outputs move beyond the target's export tolerances.
   a HardSigmoid left float inside a QDQ graph stops the HTP compiler)
 - ``reducemean-hw-to-gap``: ReduceMean over the last two axes of a 4-D tensor
   (squeeze-excite blocks) -> GlobalAveragePool (+ Squeeze when keepdims=0)
+- ``gemm-plain``: Gemm alpha/beta folded into constant B and C, a 2-D bias as [N] or an Add
+- ``gemm-transa``: Gemm transA=1 -> Transpose(A) + Gemm transA=0
+- ``matmul-2d``: MatMul [..., M, K] x constant [K, N] -> Reshape, 2-D MatMul, Reshape
 """
 
 from __future__ import annotations
@@ -301,7 +304,62 @@ def gemm_plain(g: _Graph) -> int:
     return count
 
 
+def _dims(g: _Graph, name: str) -> list[int] | None:
+    """Static dims of a value (after shape inference), or None when any is unknown."""
+    for vi in list(g.g.value_info) + list(g.g.input) + list(g.g.output):
+        if vi.name == name and vi.type.tensor_type.HasField("shape"):
+            dims = [d.dim_value if d.HasField("dim_value") else 0 for d in vi.type.tensor_type.shape.dim]
+            return dims if all(d > 0 for d in dims) else None
+    t = _init(g, name)
+    return list(t.dims) if t is not None else None
+
+
+def gemm_transa(g: _Graph) -> int:
+    """Gemm(transA=1) -> Transpose(A) + Gemm(transA=0) (NNAPI's and CoreML's builders need transA=0)."""
+    from onnx import helper
+
+    def make(n: Any) -> list | None:
+        if not _attr(n, "transA", 0):
+            return None
+        base = n.name or "gemm"
+        at = g.name(base + "_a_t")
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute if a.name != "transA"}
+        return [helper.make_node("Transpose", [n.input[0]], [at], name=g.name(base + "_transpose_a"), perm=[1, 0]),
+                helper.make_node("Gemm", [at, *n.input[1:]], list(n.output), name=g.name(base + "_a"), **attrs)]
+
+    return _each(g, "Gemm", make)
+
+
+def matmul_2d(g: _Graph) -> int:
+    """MatMul of a static [..., M, K] input by a constant 2-D [K, N] weight -> Reshape to [-1, K], MatMul, Reshape back.
+
+    NNAPI's builder maps a (QDQ) MatMul to FULLY_CONNECTED only when both inputs are 2-D (its
+    batch MatMul path takes float only, with B of A's rank): a transformer's [1, S, H] x [H, H]
+    projection falls back to the CPU; the 2-D form with Reshapes (rank <= 4) stays on NNAPI.
+    """
+    from onnx import helper
+
+    def make(n: Any) -> list | None:
+        b = _init(g, n.input[1])
+        a = _dims(g, n.input[0])
+        if b is None or len(b.dims) != 2 or a is None or len(a) < 3 or a[-1] != b.dims[0]:
+            return None
+        base = n.name or "matmul"
+        a2, y2 = g.name(base + "_a2d"), g.name(base + "_y2d")
+        return [
+            helper.make_node("Reshape", [n.input[0], g.const(base + "_shape_in", np.array([-1, a[-1]], np.int64))], [a2],
+                             name=g.name(base + "_flatten")),
+            helper.make_node("MatMul", [a2, n.input[1]], [y2], name=g.name(base + "_2d")),
+            helper.make_node("Reshape", [y2, g.const(base + "_shape_out", np.array([*a[:-1], b.dims[1]], np.int64))],
+                             list(n.output), name=g.name(base + "_unflatten")),
+        ]
+
+    return _each(g, "MatMul", make)
+
+
 REWRITES: dict[str, Callable[[_Graph], int]] = {
+    "gemm-transa": gemm_transa,
+    "matmul-2d": matmul_2d,
     "gemm-plain": gemm_plain,
     "gelu-fuse": gelu_fuse,
     "hardswish-decompose": hardswish_decompose,

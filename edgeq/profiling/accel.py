@@ -10,6 +10,7 @@ labelled so. Each node that falls back carries its reason and a fix.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,11 @@ def fix_for(reason: str, target: Target) -> str:
         return "pin the shapes: --static-shape NAME=1x... (or calibration data with the shapes the app uses)"
     if "dtype" in reason:
         return f"quantize with {target.name}'s recipe (--quant {target.quant.mode}) so tensors have a dtype the accelerator takes"
+    named = re.search(r"\(rewrite ([a-z0-9-]+)\)", reason)  # an op condition that names its rewrite ([[ops.conditions]])
+    if named and named.group(1) not in target.rewrites:
+        return f"add '{named.group(1)}' to {target.name}'s [ops] rewrites (edgeq/core/rewrite.py)"
+    if named:
+        return f"the node's layout is one rewrite {named.group(1)} does not take (e.g. a non-constant weight or unknown shape): export it in the layout the reason names"
     if reason.startswith("op ") or "supported ops" in reason:
         return f"replace the op in the model, or add a rewrite for it to {target.name}'s [ops] rewrites (edgeq/core/rewrite.py)"
     if target.quant.mode.startswith("int8") and "not taken by" in reason:

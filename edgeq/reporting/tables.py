@@ -265,6 +265,10 @@ def target_tables(tg: Any) -> list[Table]:
     head.add_row("static shapes", "required" if tg.static_shapes else "no")
     if tg.rewrites:
         head.add_row("graph rewrites", ", ".join(tg.rewrites))
+    if getattr(tg, "op_conditions", ()):  # attribute-level placement rules ([[ops.conditions]])
+        ops = sorted({c.op for c in tg.op_conditions})
+        head.add_row("op conditions", f"{len(tg.op_conditions)} on {', '.join(ops)}"
+                     + (f", read from {tg.conditions_source}" if tg.conditions_source else ""))
     head.add_row("opset", f"{tg.opset.min}-{tg.opset.max} (preferred {tg.opset.preferred})")
     head.add_row("session", f"graph optimization {tg.graph_optimization_level}, threads {tg.intra_op_num_threads or 'auto'}; "
                  f"model.ort saved at {tg.ort_optimization} ({tg.ort_optimization_style})")
