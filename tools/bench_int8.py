@@ -22,6 +22,7 @@ fresh subprocess, with the ratios edgeq / onnxruntime. ``bigact`` is a fully con
 probability-map net (text-detector shaped) at 3x320x320: its activations, not its weights, are large.
 
 Run: python tools/bench_int8.py [--models digits,resnet18,mobilenetv2,silero,lm] [--cost bigact --cost-samples 64]
+     python tools/bench_int8.py --cost detector@736,ctc@48x320,mobilenetv3@224,resnet18@224 --cost-samples 32
 This is a benchmark, not a test: it prints a markdown table (paste it into BENCHMARKS.md).
 """
 
@@ -554,7 +555,7 @@ def peak_rss_mb(m: dict, recipe: str, n: int) -> float | None:
 
 def cost(m: dict, recipe: str, n: int) -> tuple[float, float] | None:
     """(wall seconds, peak RSS growth MB) of quantizing with ``n`` samples in a fresh subprocess."""
-    npz = WORK / f"mem_{Path(m['path']).stem}.npz"
+    npz = WORK / f"mem_{Path(m['path']).stem}_{len(next(iter(m['calib'].values())))}.npz"
     if not npz.exists():
         np.savez(npz, **m["calib"])
     code = (
@@ -582,7 +583,12 @@ def cost_table(keys: list[str], n: int, recipes: tuple[str, ...] = ("ort-static"
     """Quantization wall time and peak RSS growth, edgeq vs onnxruntime's quantize_static defaults."""
     lines = [f"| model | recipe | quantization wall time | peak RSS growth | vs onnxruntime (time, RSS) |", "|---|---|---|---|---|"]
     for key in keys:
-        m = MODELS[key]()
+        if key in MODELS:
+            m = MODELS[key]()
+        else:  # tools/bench_cost_models.py: the conv nets of issue 14 at a given input size; 8 samples beyond
+            from tools.bench_cost_models import build  # the n calibration samples, held out for auto's scoring
+
+            m = build(key, n + 8, WORK, _export_torch)
         got = {r: cost(m, r, n) for r in recipes}
         ref = got.get("ort-static")
         for r, v in got.items():
@@ -688,7 +694,8 @@ def main() -> None:
     ap.add_argument("--memory-recipes", default="ort-static,ort-static-entropy,edgeq-minmax,edgeq-entropy,edgeq")
     ap.add_argument("--results", type=Path, default=None, help="JSON file: rows are appended per model (partial runs survive)")
     ap.add_argument("--recipes", default="", help="only these recipes (comma-separated names from RECIPES), e.g. ort-static,ort-static-best,edgeq")
-    ap.add_argument("--cost", default="", help="models for the cost table only (e.g. bigact): wall time and peak RSS vs onnxruntime")
+    ap.add_argument("--cost", default="", help="models for the cost table only (e.g. bigact, or detector@736,ctc@48x320,"
+                    "mobilenetv3@224,resnet18@224 from tools/bench_cost_models.py): wall time and peak RSS vs onnxruntime")
     ap.add_argument("--cost-samples", type=int, default=64)
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)

@@ -36,9 +36,14 @@ def scoring_indices(data: SampleSet, n_calib: int, k: int = SCORE_SAMPLES) -> tu
 
 
 def _outputs(model: Any, data: SampleSet, idx: list[int], base_dir: Any = None) -> list[list[np.ndarray]]:
-    from .qdq import cpu_session
+    import onnxruntime as ort
 
-    sess = cpu_session(model, base_dir)
+    from .qdq import open_session
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.enable_mem_pattern = False  # its one block per run grows the arena to about twice the live tensors
+    sess = open_session(model, so, ["CPUExecutionProvider"], base_dir)
     names = {i.name for i in sess.get_inputs()}
     return [sess.run(None, {k: v for k, v in data.feed(i).items() if k in names}) for i in idx]
 
@@ -87,9 +92,15 @@ def choose(prep: Any, spec: Any, data: SampleSet, n_calib: int, candidates: tupl
     ref = _outputs(prep.model, data, idx, prep.weights_dir)
     rows: list[dict[str, Any]] = []
     best: tuple[float, Calibration] | None = None
+    scored: dict[Any, dict[str, Any]] = {}  # ranges -> the row of the first candidate that had them
     for text in candidates:
         cal = Calibration.parse(text, prep.cal.bins)
         cand = dataclasses.replace(prep, cal=cal)
+        key = tuple(sorted(prep.stats.ranges(cal).items()))
+        if key in scored:  # the same model as an earlier candidate: its score, not another run
+            same = scored[key]
+            rows.append({**{k: v for k, v in same.items() if k != "method"}, "method": text, "same_ranges_as": same["method"]})
+            continue
         try:
             q = _outputs(write(cand, spec).model, data, idx, prep.weights_dir)
         except Exception as e:  # noqa: BLE001 - a candidate that cannot run is skipped, and said so
@@ -98,6 +109,7 @@ def choose(prep: Any, spec: Any, data: SampleSet, n_calib: int, candidates: tupl
         per_out = output_sqnr(ref, q)
         score = next((x for x in per_out if x is not None), -math.inf)  # the first float output
         rows.append({"method": text, "sqnr_db": _db(score), "outputs_sqnr_db": [_db(x) for x in per_out]})
+        scored[key] = rows[-1]
         if best is None or score > best[0] + TIE_DB:
             best = (score, cal)
     if best is None:  # nothing ran: min-max, as before auto existed
