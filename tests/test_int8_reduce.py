@@ -20,8 +20,8 @@ from tests.int8_models import make_masked_mlp
 SIDE = 192  # 8 x 192 x 192 = 294,912 values per activation: more than HIST_VALUES, so the histogram samples it
 
 
-def _big_activation_cnn(path: Path) -> Path:
-    """Conv(1->8, 3x3) -> Relu -> Conv(8->4) -> GlobalAveragePool; input [1, 1, SIDE, SIDE]."""
+def _big_activation_cnn(path: Path, pool: bool = True) -> Path:
+    """Conv(1->8, 3x3) -> Relu -> Conv(8->4) -> GlobalAveragePool (or not: a [1, 4, SIDE, SIDE] map out); input [1, 1, SIDE, SIDE]."""
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(a, n) for n, a in (
         ("w1", rng.normal(0, 0.5, (8, 1, 3, 3)).astype(np.float32)), ("b1", rng.normal(0, 0.1, 8).astype(np.float32)),
@@ -30,9 +30,9 @@ def _big_activation_cnn(path: Path) -> Path:
         [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
          helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
          helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
-         helper.make_node("GlobalAveragePool", ["c2"], ["y"], name="gap")],
+         helper.make_node("GlobalAveragePool" if pool else "Sigmoid", ["c2"], ["y"], name="gap")],
         "big_act", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, SIDE, SIDE])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 1, 1])], inits)
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 1, 1] if pool else [1, 4, SIDE, SIDE])], inits)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     onnx.save(m, str(path))
@@ -151,3 +151,19 @@ def test_auto_runs_each_distinct_set_of_ranges_once(tmp_path):
     rows = got.choice["candidates"]
     assert [r.get("same_ranges_as") for r in rows] == [None] + ["minmax"] * (len(rows) - 1)
     assert len({r["sqnr_db"] for r in rows}) == 1 and str(got.cal) == "minmax"
+
+
+def test_auto_scores_large_outputs_on_fewer_samples(tmp_path):
+    """A [1, 4, 192, 192] map per sample is enough output for a steady SQNR: 2 scoring samples, not 8;
+    a 4-value output scores on 8."""
+    from edgeq.core.onnxutil import artifact_from
+    from edgeq.quantization.int8.autocal import SCORE_SAMPLES
+    from edgeq.quantization.int8.quantizer import quantize
+
+    data = _data(12)
+    got = {}
+    for pool in (False, True):
+        src = _big_activation_cnn(tmp_path / f"m{pool}.onnx", pool=pool)
+        res = quantize(artifact_from(src), QuantSpec(calibration="auto", calib_samples=2), tmp_path / f"q{pool}.onnx", data=data)
+        got[pool] = res.details["calibration"]["auto"]["samples"]
+    assert got == {False: 2, True: SCORE_SAMPLES}
