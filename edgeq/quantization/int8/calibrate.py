@@ -241,7 +241,7 @@ class TensorStats:
         if last <= levels:
             return last * width
         best_kl, best_i = math.inf, last
-        step = max(1, (last - levels) // 256)
+        step = max(1, (last - levels) // 128)  # at most ~128 thresholds tried: each costs O(bins)
         for i in range(levels, last + 1, step):
             p = h[:i].copy()
             p[i - 1] += h[i:].sum()

@@ -418,8 +418,7 @@ def _edgeq_static_in(
             )
     else:
         written = static.write(prep, spec)
-        # per-layer SQNR on as many samples as auto scored on (fewer for large outputs), else 8
-        layers = static.layer_sqnr(prep, written, check, int((prep.choice or {}).get("samples") or 8))
+        layers = static.layer_sqnr(prep, written, check, static.layer_samples(prep, written))
     save_model(written.model, out_path)
     written.model = None  # written out: keep one quantized model in memory, not two
     qmodel = load_model(out_path)

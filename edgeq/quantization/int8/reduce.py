@@ -205,6 +205,7 @@ class SqnrProbe:
         for o in list(self.ref.opset_import) + list(self.cand.opset_import):
             versions[o.domain] = max(versions.get(o.domain, 0), o.version)
         m.opset_import.extend(helper.make_opsetid(d, v) for d, v in versions.items())
+        m.functions.extend(self.ref.functions)  # model-local functions (the quantized copy calls the same ones)
         g = m.graph
         g.input.extend(self.ref.graph.input)
         g.initializer.extend(self.ref.graph.initializer)

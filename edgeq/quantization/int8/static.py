@@ -361,6 +361,17 @@ def _exposed_sqnr(prep: Prepared, written: Written, names: list[str], data: Samp
     return qdq.sqnr(ref, cand, _feeds(data, n))
 
 
+def layer_samples(prep: Prepared, written: Written) -> int:
+    """Samples for the per-layer SQNR report: enough for a steady figure on the typical (median-sized)
+    measured tensor, from the values per sample calibration counted (2 for a conv net's feature
+    maps, 8 for small tensors). Each sample runs the float and the quantized model once more."""
+    from .autocal import score_samples
+
+    per = sorted(st.count / max(prep.stats.samples, 1) for qn in written.plan.nodes
+                 for st in [prep.stats.tensors.get(qn.output)] if st is not None and st.seen)
+    return score_samples(int(per[len(per) // 2])) if per else 8
+
+
 def layer_sqnr(prep: Prepared, written: Written, data: SampleSet, n: int) -> list[dict[str, Any]]:
     """SQNR (dB) of every quantized node's output against fp32, and its local sensitivity."""
     names: list[str] = []
