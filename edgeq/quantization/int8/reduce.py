@@ -50,6 +50,11 @@ def _session(model: Any, base_dir: Any) -> Any:
     return qdq.open_session(model, so, ["CPUExecutionProvider"], base_dir)
 
 
+def _scalar(v: Any) -> float:
+    """The one value of a reduction kept with keepdims=1 (onnxruntime refuses keepdims=0 on a 0-sized axis)."""
+    return float(np.asarray(v).reshape(-1)[0])
+
+
 def _main_tensors(graph: Any) -> set[str]:
     return {i.name for i in graph.input} | {o for n in graph.node for o in n.output}
 
@@ -84,8 +89,8 @@ class CalibProbe:
         self.red: dict[str, tuple[str, ...]] = {}
         for i, t in enumerate(reduced):
             mn, mx, size, sample, step = (f"{t}{s}{i}" for s in _SUFFIXES)
-            g.node.append(helper.make_node("ReduceMin", [t], [mn], name=mn, keepdims=0))
-            g.node.append(helper.make_node("ReduceMax", [t], [mx], name=mx, keepdims=0))
+            g.node.append(helper.make_node("ReduceMin", [t], [mn], name=mn, keepdims=1))
+            g.node.append(helper.make_node("ReduceMax", [t], [mx], name=mx, keepdims=1))
             g.node.append(helper.make_node("Size", [t], [size], name=size))
             outs = [mn, mx, size]
             if self.histogram:
@@ -126,14 +131,14 @@ class CalibProbe:
         vals = dict(zip(want, self.sess.run(want, self._feed(feed))))
         bad: list[str] = []
         for t, r in red:
-            mn, mx, size = float(vals[r[0]]), float(vals[r[1]]), int(vals[r[2]])
+            mn, mx, size = _scalar(vals[r[0]]), _scalar(vals[r[1]]), int(vals[r[2]])
             sample = vals.get(r[3]) if self.histogram else None
             if size and not (math.isfinite(mn) and math.isfinite(mx) and (sample is None or np.isfinite(sample).all())):
                 bad.append(t)
         if bad:
             return bad
         for t, r in red:
-            mn, mx, size = float(vals[r[0]]), float(vals[r[1]]), int(vals[r[2]])
+            mn, mx, size = _scalar(vals[r[0]]), _scalar(vals[r[1]]), int(vals[r[2]])
             step = self.steps.get(t, 1)
             stats[t].update_reduced(mn, mx, size, vals.get(r[3]) if self.histogram else None, step)
             self.steps[t] = sample_step(size)  # the next sample's stride
@@ -232,9 +237,9 @@ class SqnrProbe:
                     g.output.append(helper.make_tensor_value_info(o, TensorProto.FLOAT, None))
                 continue
             sig, nse = f"{t}__edgeq_sig{i}", f"{t}__edgeq_nse{i}"
-            g.node.append(helper.make_node("ReduceSumSquare", [t], [sig], name=sig, keepdims=0))
+            g.node.append(helper.make_node("ReduceSumSquare", [t], [sig], name=sig, keepdims=1))
             g.node.append(helper.make_node("Sub", [t, q(t)], [nse + "_d"], name=nse + "_d"))
-            g.node.append(helper.make_node("ReduceSumSquare", [nse + "_d"], [nse], name=nse, keepdims=0))
+            g.node.append(helper.make_node("ReduceSumSquare", [nse + "_d"], [nse], name=nse, keepdims=1))
             g.output.extend([helper.make_tensor_value_info(sig, TensorProto.FLOAT, None),
                              helper.make_tensor_value_info(nse, TensorProto.FLOAT, None)])
             self.outs[t] = (sig, nse)
@@ -249,12 +254,12 @@ class SqnrProbe:
         whole = [t for t in self.names if t in self.whole]
         want = [o for t in whole for o in (t, self.q(t))] + [o for r in self.outs.values() for o in r]
         vals = dict(zip(want, self.sess.run(want, f)))
-        bad = [t for t, (s, e) in self.outs.items() if not (math.isfinite(float(vals[s])) and math.isfinite(float(vals[e])))]
+        bad = [t for t, (s, e) in self.outs.items() if not (math.isfinite(_scalar(vals[s])) and math.isfinite(_scalar(vals[e])))]
         if bad:
             return bad
         for t, (s, e) in self.outs.items():
-            acc[t].signal += float(vals[s])
-            acc[t].noise += float(vals[e])
+            acc[t].signal += _scalar(vals[s])
+            acc[t].noise += _scalar(vals[e])
         if whole:  # finite entries only, as qdq.sqnr compares them
             got = qdq.sqnr(lambda _: {t: vals[t] for t in whole}, lambda _: {t: vals[self.q(t)] for t in whole}, [f])
             for t, v in got.items():
