@@ -167,3 +167,26 @@ def test_auto_scores_large_outputs_on_fewer_samples(tmp_path):
         res = quantize(artifact_from(src), QuantSpec(calibration="auto", calib_samples=2), tmp_path / f"q{pool}.onnx", data=data)
         got[pool] = res.details["calibration"]["auto"]["samples"]
     assert got == {False: 2, True: SCORE_SAMPLES}
+
+
+def test_paired_sqnr_compares_finite_entries_of_nonfinite_tensors(tmp_path):
+    """``hm`` holds -inf (a mask): its energies are not finite in the graph, so it is pulled out whole and
+    compared on finite entries, as the two-session measurement does."""
+    src = make_masked_mlp(tmp_path / "mlp.onnx")
+    x = np.random.default_rng(0).normal(size=(3, 1, 16)).astype(np.float32)
+    data = SampleSet(arrays={"x": x}, stacked={"x": True}, labels=None, source="test")
+    spec = QuantSpec(calibration="minmax")
+    prep = static.prepare(src, spec, data, weights_dir=tmp_path)
+    written = static.write(prep, spec)
+    names = ["h", "hm", "y0"]
+    old = static._exposed_sqnr(prep, written, names, data, 3)
+    probe = reduce.SqnrProbe(prep.model, written.model, names, base_dir=prep.weights_dir)
+    from collections import defaultdict
+
+    new: dict = defaultdict(qdq.Sqnr)
+    for feed in static._feeds(data, 3):
+        reduce.run_exposing(probe, feed, new)
+    assert probe.whole == {"hm"}
+    for k in names:
+        assert np.isfinite(new[k].signal) and new[k].signal == pytest.approx(old[k].signal, rel=1e-4), k
+        assert new[k].noise == pytest.approx(old[k].noise, rel=1e-3, abs=1e-6), k

@@ -155,6 +155,17 @@ class CalibProbe:
         return []
 
 
+def run_exposing(probe: Any, feed: dict[str, np.ndarray], into: Any) -> None:
+    """``probe.run(feed, into)``; tensors it reports non-finite are exposed whole, the probe rebuilt and
+    the sample run again (``run`` adds nothing for a sample it reports tensors of)."""
+    for _ in range(len(probe.names) + 1):
+        bad = probe.run(feed, into)
+        if not bad:
+            return
+        probe.whole |= set(bad)
+        probe.build()
+
+
 def calibrate(
     probe: CalibProbe,
     feeds: Iterable[dict[str, np.ndarray]],
@@ -166,12 +177,7 @@ def calibrate(
     stats = {n: TensorStats(cal.bins, histogram=cal.needs_histogram) for n in probe.names}
     n = 0
     for feed in feeds:
-        for _ in range(len(probe.names) + 1):
-            bad = probe.run(feed, stats)
-            if not bad:
-                break
-            probe.whole |= set(bad)
-            probe.build()
+        run_exposing(probe, feed, stats)
         n += 1
         if on_sample:
             on_sample()
@@ -276,10 +282,5 @@ def paired_sqnr(ref: Any, cand: Any, names: Iterable[str], feeds: Iterable[dict[
     probe = SqnrProbe(ref, cand, names, base_dir=base_dir)
     acc: dict[str, qdq.Sqnr] = defaultdict(qdq.Sqnr)
     for feed in feeds:
-        for _ in range(len(probe.names) + 1):
-            bad = probe.run(feed, acc)
-            if not bad:
-                break
-            probe.whole |= set(bad)
-            probe.build()
+        run_exposing(probe, feed, acc)
     return dict(acc)
