@@ -153,13 +153,16 @@ def test_auto_runs_each_distinct_set_of_ranges_once(tmp_path):
     assert len({r["sqnr_db"] for r in rows}) == 1 and str(got.cal) == "minmax"
 
 
-def test_auto_scores_large_outputs_on_fewer_samples(tmp_path):
+def test_auto_scores_large_outputs_on_fewer_samples(tmp_path, monkeypatch):
     """A [1, 4, 192, 192] map per sample is enough output for a steady SQNR: 2 scoring samples, not 8;
-    a 4-value output scores on 8."""
+    a 4-value output scores on 8. The per-layer SQNR report of 8 x 192 x 192 feature maps runs on 1."""
     from edgeq.core.onnxutil import artifact_from
     from edgeq.quantization.int8.autocal import SCORE_SAMPLES
     from edgeq.quantization.int8.quantizer import quantize
 
+    layer_runs: list[int] = []
+    real = static.layer_sqnr
+    monkeypatch.setattr(static, "layer_sqnr", lambda p, w, d, n: layer_runs.append(n) or real(p, w, d, n))
     data = _data(12)
     got = {}
     for pool in (False, True):
@@ -167,6 +170,7 @@ def test_auto_scores_large_outputs_on_fewer_samples(tmp_path):
         res = quantize(artifact_from(src), QuantSpec(calibration="auto", calib_samples=2), tmp_path / f"q{pool}.onnx", data=data)
         got[pool] = res.details["calibration"]["auto"]["samples"]
     assert got == {False: 2, True: SCORE_SAMPLES}
+    assert layer_runs == [1, 1]
 
 
 def test_paired_sqnr_compares_finite_entries_of_nonfinite_tensors(tmp_path):

@@ -362,14 +362,14 @@ def _exposed_sqnr(prep: Prepared, written: Written, names: list[str], data: Samp
 
 
 def layer_samples(prep: Prepared, written: Written) -> int:
-    """Samples for the per-layer SQNR report: enough for a steady figure on the typical (median-sized)
-    measured tensor, from the values per sample calibration counted (2 for a conv net's feature
-    maps, 8 for small tensors). Each sample runs the float and the quantized model once more."""
-    from .autocal import score_samples
+    """Samples for the per-layer SQNR report: enough for ``autocal.SCORE_VALUES`` values of the typical
+    (median-sized) measured tensor, from the values per sample calibration counted (1 for a conv
+    net's feature maps, up to 8 for small tensors). Each sample runs the float and the quantized model once more."""
+    from .autocal import SCORE_SAMPLES, SCORE_VALUES
 
     per = sorted(st.count / max(prep.stats.samples, 1) for qn in written.plan.nodes
                  for st in [prep.stats.tensors.get(qn.output)] if st is not None and st.seen)
-    return score_samples(int(per[len(per) // 2])) if per else 8
+    return max(1, min(SCORE_SAMPLES, -(-SCORE_VALUES // max(int(per[len(per) // 2]), 1)))) if per else SCORE_SAMPLES
 
 
 def layer_sqnr(prep: Prepared, written: Written, data: SampleSet, n: int) -> list[dict[str, Any]]:
