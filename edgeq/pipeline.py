@@ -84,6 +84,13 @@ class ExportResult:
     speed: Any = None  # edgeq.quantization.selection.speed.SpeedCheck: the shipped model.ort against fp32, one process
     verdict: dict[str, Any] | None = None  # edgeq.checks.verdict_of: the one verdict, as the manifest records it
 
+    @property
+    def passed(self) -> bool:
+        """The verdict is pass or skipped (the greedy generation check of LM bundles is part of it)."""
+        if self.verdict is not None:
+            return self.verdict.get("status") in ("pass", "skipped")
+        return (self.verify.passed if self.verify else True) and (self.generation is None or self.generation.passed)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "bundle": str(self.bundle),
@@ -98,7 +105,7 @@ class ExportResult:
                 "shipped": self.speed.to_dict() if self.speed else None,
             },
             "notes": list(self.notes),
-            "passed": (self.verify.passed if self.verify else True) and (self.generation is None or self.generation.passed),
+            "passed": self.passed,
             "verdict": self.verdict,
             "lm_quality": self.lm.to_dict() if self.lm is not None else None,
             "generation": self.generation.to_dict() if self.generation is not None else None,
@@ -131,7 +138,7 @@ def run_export(
     check_output(opts.out, opts.force, is_dir=True)  # before any work
     app_io, labels = _bundle_extras(source, opts)
     # Check the data against the model before spending time on anything else.
-    image_prep = _image_preprocess(opts, app_io, source)
+    image_prep = _image_preprocess(opts.image_preprocess, opts.preprocess, app_io, source)
     calib = load_samples(opts.calib, source.io, what="calibration", labels_key=opts.labels_key, preprocess=image_prep, random_n=spec.calib_samples) if opts.calib else None
     evals = load_samples(opts.eval, source.io, what="evaluation", labels_key=opts.labels_key, preprocess=image_prep) if opts.eval else None
     prep_notes = _record_image_preprocess(app_io, calib or evals, from_app=image_prep is not None and image_prep == opts.preprocess)
@@ -166,7 +173,7 @@ def run_export(
             qres = quantize(
                 q_in, spec, work / "model.onnx", data=calib, on_sample=on_sample, evals=evals, max_drop=opts.max_drop,
                 prefer=opts.prefer, budget=target.tolerances.max_accuracy_drop, target=target,
-                **_search_runner(spec, opts.max_drop, target),
+                **_search_runner(spec, opts.max_drop, target), tasks=app_io["outputs"],
             )
             notes += qres.notes
         check_data = evals or calib
@@ -183,7 +190,8 @@ def run_export(
             with stage("speed (shipped model.ort vs fp32)"):
                 def requantize(nodes: tuple[str, ...]) -> QuantResult:
                     sp = spec.with_overrides(nodes_to_exclude=spec.nodes_to_exclude + tuple(nodes))
-                    return quantize(opt, sp, work / "model.onnx", data=calib, evals=evals, max_drop=opts.max_drop, target=target)
+                    return quantize(opt, sp, work / "model.onnx", data=calib, evals=evals, max_drop=opts.max_drop, target=target,
+                                    tasks=app_io["outputs"])
 
                 qres, speed, speed_lines = decide(opt, qres, target, feed_from(check_data) or _synthetic(opt), work / "speed",
                                                   requantize=requantize)
@@ -254,9 +262,17 @@ def run_export(
         fp32_bytes = model_size(opt.path)  # same treatment as the quantized model
         q_bytes = model_size(qres.artifact.path)
         placement = _placement(qres.artifact, target, golden, stage)
+        generation = None
+        if llm_files:  # before the manifest is written: its verdict includes the greedy check
+            from .bundles.genai import stage_for_genai
+
+            with stage("generate check"):
+                generation = _greedy_check(opts, spec, check_data, stage_for_genai(qres.artifact.path, llm_files, work / "genai"))
+                notes.append(generation.summary() if generation else "onnxruntime-genai not installed: greedy generation check skipped (pip install onnxruntime-genai)")
         from .checks.verdict import verdict_of
 
-        verdict = verdict_of(report.to_dict() if report else None, accept_failed=opts.accept_failed)
+        verdict = verdict_of(report.to_dict() if report else None, accept_failed=opts.accept_failed,
+                             generation=generation.to_dict() if generation is not None else None)
         with stage("bundle"):
             info = BundleInputs(
                 golden_feeds=golden,
@@ -280,11 +296,6 @@ def run_export(
                 extra_files=llm_files,
             )
             write_bundle(qres.artifact, target, opts.out, info, force=opts.force)
-        generation = None
-        if llm_files:
-            with stage("generate check"):
-                generation = _greedy_check(opts, spec, check_data)
-                notes.append(generation.summary() if generation else "onnxruntime-genai not installed: greedy generation check skipped (pip install onnxruntime-genai)")
     return ExportResult(
         bundle=opts.out,
         target=target.name,
@@ -360,7 +371,7 @@ def _llm_files(source: Artifact, opts: ExportOptions) -> tuple[tuple[tuple[str, 
     from .bundles import llmgen
     from .bundles.genai import bundle_files
 
-    files, notes = bundle_files(opts.lm_folder)
+    files, notes = bundle_files(opts.lm_folder, source.path)
     gen = ("generate.py", Path(llmgen.__file__).read_bytes())  # run.py --prompt: numpy + onnxruntime + tokenizers
     return (*files, gen), notes
 
@@ -368,8 +379,8 @@ def _llm_files(source: Artifact, opts: ExportOptions) -> tuple[tuple[tuple[str, 
 GREEDY_NEW_TOKENS = 32
 
 
-def _greedy_check(opts: ExportOptions, spec: QuantSpec, data: SampleSet | None):
-    """onnxruntime-genai on the written bundle vs transformers' greedy generate on the folder."""
+def _greedy_check(opts: ExportOptions, spec: QuantSpec, data: SampleSet | None, folder: Path):
+    """onnxruntime-genai on ``folder`` (the bundle's decoder and genai files) vs transformers' greedy generate on the source."""
     import numpy as np
 
     from .exporters import hf
@@ -387,7 +398,7 @@ def _greedy_check(opts: ExportOptions, spec: QuantSpec, data: SampleSet | None):
     fp32 = spec.mode == "none"
     need = 1.0 if fp32 else opts.target.tolerances.min_greedy_agreement
     tie = 10 * opts.target.tolerances.export_atol  # two runtimes' float sums may order a near-tie either way
-    return greedy_check(opts.out, model, prompts, new_tokens=GREEDY_NEW_TOKENS, min_agreement=need, tie_atol=tie)
+    return greedy_check(folder, model, prompts, new_tokens=GREEDY_NEW_TOKENS, min_agreement=need, tie_atol=tie)
 
 
 def _bundle_extras(source: Artifact, opts: ExportOptions) -> tuple[dict, tuple[str, ...] | None]:
@@ -413,12 +424,12 @@ def _bundle_extras(source: Artifact, opts: ExportOptions) -> tuple[dict, tuple[s
     return app_io, (tuple(labels) if labels else None)
 
 
-def _image_preprocess(opts: ExportOptions, app_io: dict, source: Artifact) -> Path | None:
+def _image_preprocess(image_preprocess: Path | None, preprocess: Path | None, app_io: dict, source: Artifact) -> Path | None:
     """--image-preprocess wins; else the app's --preprocess file when it describes the one input."""
-    if opts.image_preprocess is not None:
-        return opts.image_preprocess
-    if opts.preprocess is not None and len(source.io.inputs) == 1 and source.io.input_names[0] in app_io["inputs"]:
-        return opts.preprocess
+    if image_preprocess is not None:
+        return image_preprocess
+    if preprocess is not None and len(source.io.inputs) == 1 and source.io.input_names[0] in app_io["inputs"]:
+        return preprocess
     return None
 
 
@@ -448,3 +459,574 @@ def golden_feeds_for(data: SampleSet | None, art: Artifact, n: int, app_io: dict
     from .core.golden import typical_feed
 
     return tuple(typical_feed(art.path, art.io, (app_io or {}).get("inputs", {}), seed=i) for i in range(n))
+
+
+# ---------------------------------------------------------------------------------------------
+# The trips the CLI and the API run: each takes a typed frozen config and returns a result; the
+# CLI parses options into the config, calls the trip, prints the result, then calls its check_*
+# (which raises the failed check, exit 1). Nothing here prints.
+# ---------------------------------------------------------------------------------------------
+
+
+class Progress:
+    """Where a trip reports its stages and calibration samples (the CLI passes a terminal one)."""
+
+    def stage(self, name: str) -> contextlib.AbstractContextManager:
+        return _quiet_stage(name)
+
+    def sample(self) -> None:
+        return None
+
+
+def quiet_progress(total_samples: int = 0) -> Progress:
+    return Progress()
+
+
+ProgressFactory = Callable[[int], Any]
+"""calibration samples to expect -> an object with ``stage(name)`` (a context manager) and ``sample()``"""
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    """The quantization options ``edgeq export`` and ``edgeq quantize`` share (declared once, edgeq.cli.options)."""
+
+    quant: str | None = None
+    calib: Path | None = None
+    eval: Path | None = None
+    fmt: str | None = None
+    activation_type: str | None = None
+    weight_type: str | None = None
+    per_channel: bool | None = None
+    reduce_range: bool | None = None
+    calib_samples: int | None = None
+    calibration: str | None = None
+    calib_bins: int | None = None
+    max_drop: float | None = None
+    image_preprocess: Path | None = None
+    prefer: str | None = None
+    static_shape: tuple[str, ...] | None = None
+    opset: int | None = None
+    block_size: int | None = None
+    symmetric: bool | None = None
+    accuracy_level: int | None = None
+    scale_dtype: str | None = None
+    algo: str | None = None
+    keep: str | None = None
+    override: tuple[str, ...] | None = None
+
+    def spec(self, target: Target) -> QuantSpec:
+        """The target's quantization defaults with these options over them (checked)."""
+        from .quantization.spec import parse_keep, parse_overrides
+
+        return target.quant.with_overrides(
+            mode=self.quant, format=self.fmt, activation_type=self.activation_type, weight_type=self.weight_type,
+            per_channel=self.per_channel, reduce_range=self.reduce_range, calib_samples=self.calib_samples,
+            calibration=self.calibration, calib_bins=self.calib_bins,
+            block_size=self.block_size, symmetric=self.symmetric, accuracy_level=self.accuracy_level,
+            algo=self.algo, scale_dtype=self.scale_dtype, keep=parse_keep(self.keep), overrides=parse_overrides(self.override) or None,
+        )
+
+    def check_prefer(self) -> None:
+        from .quantization.selection.gate import PREFERENCES
+
+        if self.prefer is not None and self.prefer not in PREFERENCES:
+            from .errors import EdgeqError
+
+            raise EdgeqError(f"unknown --prefer '{self.prefer}'", f"choose one of {', '.join(PREFERENCES)}")
+
+
+@dataclass(frozen=True)
+class BundleOptions:
+    """What goes into a bundle besides the model; ``edgeq export`` and ``edgeq bundle`` share these."""
+
+    golden: int = 3
+    labels_key: str = LABELS_KEY
+    preprocess: Path | None = None
+    labels: Path | None = None
+    archive: str | None = None
+    sign: Path | None = None
+    bundle_version: int = 0
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """The model ``edgeq export`` starts from and how to read it (non-ONNX sources are exported first)."""
+
+    path: Path
+    example_shape: tuple[str, ...] | None = None
+    task: str | None = None
+    weights: Path | None = None
+    trust_pickle: bool = False
+    trust_remote_code: bool = False
+    exporter: str = "auto"
+    input_names: tuple[str, ...] | None = None
+    output_names: tuple[str, ...] | None = None
+    reference: Path | None = None
+    """a pre-quantized folder's float model (a Hugging Face folder)"""
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """The whole trip: source -> bundle (or a GGUF bundle on a llama.cpp target)."""
+
+    source: SourceConfig
+    out: Path
+    target: str = "cpu-x86_64"
+    quant: QuantOptions = QuantOptions()
+    bundle: BundleOptions = BundleOptions()
+    do_profile: bool = True
+    force: bool = False
+    min_accel_coverage: float | None = None
+    accept_failed: bool = False
+
+
+@dataclass(frozen=True)
+class ExportOutcome:
+    config: ExportConfig
+    target: Target
+    spec: QuantSpec
+    result: dict[str, Any]
+    """ExportResult.to_dict(), with the source export's check ("export") when the source was not ONNX"""
+
+    @property
+    def verdict_status(self) -> str | None:
+        return (self.result.get("verdict") or {}).get("status")
+
+
+@dataclass(frozen=True)
+class GGUFOutcome:
+    target: Target
+    out: Path
+    result: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """Optimize and quantize one ONNX model to one file (no verify, profile or bundle)."""
+
+    model: Path
+    out: Path
+    target: str = "cpu-x86_64"
+    quant: QuantOptions = QuantOptions()
+    force: bool = False
+    preprocess: Path | None = None  # app TOML: [outputs.NAME] task = ... is the metric --max-drop / --prefer score that output with
+
+
+@dataclass(frozen=True)
+class QuantizeOutcome:
+    model: Path
+    mode: str
+    recipe: dict[str, Any]
+    has_eval: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": str(self.model), "quantization": self.recipe}
+
+
+@dataclass(frozen=True)
+class BundleConfig:
+    """Bundle a model that is already quantized (optionally verified against its fp32 ``reference``)."""
+
+    model: Path
+    out: Path
+    target: str = "cpu-x86_64"
+    data: Path | None = None
+    reference: Path | None = None
+    bundle: BundleOptions = BundleOptions()
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class BundleOutcome:
+    bundle: Path
+    archive: Path | None
+    target: str
+    verify: dict[str, Any] | None
+    golden_random: bool
+    """no --data: the golden inputs are seeded random"""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"bundle": str(self.bundle), "archive": str(self.archive) if self.archive else None, "verify": self.verify}
+
+
+def check_onnx_path(src: Path) -> None:
+    """An .onnx file the user named: a regular file that exists (checked before it is opened)."""
+    from .core.fsutil import require_regular_file
+    from .errors import ModelError
+
+    require_regular_file(src, "model", ModelError)
+    if not src.exists():
+        raise ModelError(f"model file not found: {src}", "check the path")
+    if src.suffix.lower() != ".onnx":
+        raise ModelError(
+            f"{src} is not an .onnx file",
+            "this version of edgeq exports from ONNX; export PyTorch models with torch.onnx.export first",
+        )
+
+
+def open_model(path: Path, provenance: tuple[str, ...] = ()) -> Artifact:
+    """A model path from the user is untrusted: checked as data, then probed in a child, then opened."""
+    from .core.isolate import open_source
+
+    return open_source(Path(path), provenance)
+
+
+def check_coverage_option(minimum: float | None, tg: Target) -> None:
+    """--min-accel-coverage: a share, on a target that has an accelerator (checked before any work)."""
+    from .errors import TargetError
+    from .profiling.placement import accelerator_of
+
+    if minimum is None:
+        return
+    if not 0.0 <= minimum <= 1.0:
+        raise TargetError(f"--min-accel-coverage {minimum} is not a share between 0 and 1", "e.g. --min-accel-coverage 0.95")
+    if tg.runtime != "onnxruntime" or accelerator_of(tg.provider_names) is None:
+        raise TargetError(f"--min-accel-coverage: target {tg.name} has no accelerator provider",
+                          "use a target with one (qnn-htp, nnapi, coreml, openvino-*)")
+
+
+def export_model(cfg: ExportConfig, progress: ProgressFactory = quiet_progress) -> ExportOutcome | GGUFOutcome:
+    """``edgeq export``: every check on the options and outputs before any work, then the source's export
+    (PyTorch, Hugging Face, pre-quantized folders), then :func:`run_export`; a llama.cpp target goes to
+    :func:`export_gguf`. Failed checks are left to :func:`check_export` (the bundle is written first)."""
+    from .core.optimization import parse_shapes
+    from .core.targets import load_target
+    from .exporters import SourceOptions, export_source, parse_example_shapes, source_kind
+
+    sc, q, b, out = cfg.source, cfg.quant, cfg.bundle, cfg.out
+    source = sc.path
+    tg = load_target(cfg.target)
+    check_coverage_option(cfg.min_accel_coverage, tg)
+    from .core.outputs import check_bundle_outputs
+
+    check_bundle_outputs(out, force=cfg.force, archive=b.archive if tg.runtime != "llama.cpp" else None,  # before any work
+                         sidecar=cfg.do_profile and tg.runtime != "llama.cpp",
+                         inputs=(source, q.calib, q.eval, b.preprocess, b.labels, q.image_preprocess, b.sign, sc.weights, sc.reference))
+    if tg.runtime == "llama.cpp":  # Hugging Face Llama folder -> GGUF bundle (edgeq.llamacpp.gguf); --eval: prompts file
+        return export_gguf(source, tg, out, quant=q.quant, prompts_file=q.eval, force=cfg.force, progress=progress(0))
+    spec = q.spec(tg)
+    q.check_prefer()
+    from .core.fsutil import require_regular_file
+    from .errors import ModelError
+
+    require_regular_file(source, "model", ModelError)
+    if sc.weights is not None:
+        require_regular_file(sc.weights, "--weights", ModelError)
+    kind = source_kind(source)
+    if kind == "onnx":
+        check_onnx_path(source)
+    from .exporters.names import parse_names
+
+    in_names, out_names = parse_names(sc.input_names, "--input-names"), parse_names(sc.output_names, "--output-names")
+    if (in_names or out_names) and kind not in ("factory", "pickle"):
+        raise ModelError(f"--input-names/--output-names name a PyTorch module's export, not a source of kind {kind}",
+                         "use them with pkg.module:factory or a full-module .pt")
+    opts = ExportOptions(
+        target=tg, spec=spec, out=out, calib=q.calib, eval=q.eval, force=cfg.force,
+        static_shapes=parse_shapes(q.static_shape), opset=q.opset, golden=b.golden, do_profile=cfg.do_profile,
+        labels_key=b.labels_key, preprocess=b.preprocess, labels=b.labels, archive=b.archive, sign_key=b.sign,
+        bundle_version=b.bundle_version, max_drop=q.max_drop, image_preprocess=q.image_preprocess, prefer=q.prefer,
+        accuracy_level_pinned=q.accuracy_level is not None, accept_failed=cfg.accept_failed,
+        lm_folder=Path(source) if kind == "hf" and sc.task == "text-generation" else None,  # KV-cache decoder: tokenizer, genai_config
+    )
+    prog = progress(spec.calib_samples if spec.needs_calibration else 0)
+    check = None
+    with contextlib.ExitStack() as stack:
+        if kind == "onnx":
+            src = open_model(source, (f"source({source.name})",))
+        else:
+            clean_stale(out)
+            check_output(out, cfg.force, is_dir=True)  # before the (slow) export
+            work = stack.enter_context(scratch_dir("edgeq-export-"))
+            sopts = SourceOptions(
+                target=tg, example_shapes=parse_example_shapes(sc.example_shape), static_shapes=opts.static_shapes,
+                task=sc.task, weights=sc.weights, trust_pickle=sc.trust_pickle, trust_remote_code=sc.trust_remote_code,
+                opset=q.opset, exporter=sc.exporter, input_names=in_names, output_names=out_names, app_io=b.preprocess,
+            )
+            export_from = source
+            if kind == "hf":  # a GPTQ/AWQ/bitsandbytes folder: read by edgeq, exported from its dequantized weights
+                opts, export_from = _prequant_options(source, opts, q.quant, work, prog) if sc.task else (opts, source)
+                if opts.lm_folder is not None and export_from != source:  # KV-cache decoder of the dequantized weights
+                    from dataclasses import replace as _replace
+
+                    opts = _replace(opts, lm_folder=Path(export_from))
+            if sc.reference is not None:
+                _check_reference(sc.reference, opts)
+            with prog.stage(f"export ({kind})"):
+                src, check = export_source(str(export_from), sopts, work)
+            if sc.reference is not None:
+                opts = _reference_options(sc.reference, opts, sopts, work, prog)
+        result = run_export(src, opts, stage=prog.stage, on_sample=prog.sample).to_dict()
+    if check is not None:
+        result["export"] = check.to_dict()
+        result["notes"] = check.notes() + result["notes"]
+    return ExportOutcome(config=cfg, target=tg, spec=spec, result=result)
+
+
+def check_export(outcome: ExportOutcome) -> None:
+    """The export's failed checks, in order (budget, accelerator coverage, tolerances): raise CheckFailed (exit 1)."""
+    from .errors import CheckFailed
+
+    cfg, tg, result = outcome.config, outcome.target, outcome.result
+    check_budget(result["quantization"], cfg.out, has_eval=cfg.quant.eval is not None)
+    if cfg.min_accel_coverage is not None:
+        from .profiling.accel import coverage_report
+        from .profiling.profiler import check_coverage
+
+        check_coverage(coverage_report(cfg.out, tg, result.get("placement")), cfg.min_accel_coverage)
+    if not result["passed"] and outcome.verdict_status != "accepted-failed":
+        from .checks.hints import after_failed_check
+
+        raise CheckFailed(
+            f"the quantized model is outside target {tg.name}'s tolerances: {(result.get('verdict') or {}).get('reason', '')}",
+            after_failed_check(outcome.spec, tg, max_drop=cfg.quant.max_drop, has_eval=cfg.quant.eval is not None, out=cfg.out),
+        )
+
+
+def check_budget(recipe: dict, where: Path, has_eval: bool = True) -> None:
+    """--max-drop / the gate: raise CheckFailed when no quantized model met the accuracy budget."""
+    from .checks.hints import after_budget_missed
+    from .errors import CheckFailed
+
+    gate = recipe.get("gate")
+    if gate and gate.get("met") is False:  # nothing quantized met --max-drop: fp32 was written, and said so
+        raise CheckFailed(
+            f"accuracy budget not met: no quantized candidate within --max-drop {gate['max_drop']} on {gate['metric']}; "
+            f"{where} holds the fp32 model (mode none)",
+            after_budget_missed(gate, has_eval=has_eval),
+        )
+    search = recipe.get("search")
+    if search and search.get("all_float"):
+        raise CheckFailed(
+            f"accuracy budget not met by any quantized model: --max-drop {search['max_drop']} on {search['metric']} held only with "
+            "every weight node float, so the model written is fp32",
+            f"{where} holds it with the search log; {after_budget_missed(search, has_eval=has_eval)}",
+        )
+    if search and not search.get("met", True):
+        best = search["best"]
+        raise CheckFailed(
+            f"accuracy budget not met: best {best['metric']} drop {best['drop']:.4f} > --max-drop {search['max_drop']} "
+            f"({best['kept_float']} node(s) kept float)",
+            f"the best model found was written to {where} with the search log; {after_budget_missed(search, has_eval=has_eval)}",
+        )
+
+
+def _prequant_options(source: Path, opts: ExportOptions, quant: str | None, work: Path, progress: Any) -> tuple[ExportOptions, Path]:
+    """A pre-quantized folder: its checkpoint goes into the options and the folder of its dequantized weights is exported."""
+    from dataclasses import replace
+
+    from .exporters.prequant import default_mode, detect, prepare
+
+    if detect(source) is None:
+        return opts, source
+    with progress.stage("read pre-quantized checkpoint"):
+        ck, folder = prepare(source, work)
+    mode, why = default_mode(ck, opts.spec.mode, opts.spec.weight_only, quant is not None)
+    spec = opts.spec if mode == opts.spec.mode else opts.spec.with_overrides(mode=mode)
+    if why:  # reported with the import's own notes
+        ck = replace(ck, notes=(*ck.notes, why))
+    return replace(opts, spec=spec, prequant=ck), folder
+
+
+def _check_reference(reference: Path, opts: ExportOptions) -> None:
+    from .errors import ModelError
+    from .exporters.hf import is_hf_folder
+    from .exporters.prequant import detect
+
+    if opts.prequant is None:
+        raise ModelError("--reference is for pre-quantized folders (GPTQ/AWQ/bitsandbytes)", "drop --reference")
+    if not is_hf_folder(reference) or detect(reference) is not None:
+        raise ModelError(f"--reference {reference.name} is not a float Hugging Face folder", "pass the folder of the model before it was quantized")
+
+
+def _reference_options(reference: Path, opts: ExportOptions, sopts: Any, work: Path, progress: Any) -> ExportOptions:
+    """--reference FLOAT_FOLDER: exported beside the model, compared with the result as a language model."""
+    from dataclasses import replace
+
+    from .exporters import export_source
+
+    (work / "reference").mkdir()
+    with progress.stage("export (reference)"):
+        ref, _ = export_source(str(reference), sopts, work / "reference")
+    return replace(opts, reference_model=ref.path)
+
+
+def quantize_model(cfg: QuantizeConfig, progress: ProgressFactory = quiet_progress) -> QuantizeOutcome:
+    """``edgeq quantize``: optimize and quantize one model to ``cfg.out`` (stamped, published atomically)."""
+    import os
+
+    from .core.outputs import copy_stamped
+    from .core.fsutil import staging
+    from .core.optimization import parse_shapes
+    from .core.targets import load_target
+
+    q, out, force, model = cfg.quant, cfg.out, cfg.force, cfg.model
+    tg = load_target(cfg.target)
+    spec = q.spec(tg)
+    q.check_prefer()
+    check_onnx_path(model)
+    from .core.onnxutil import data_file
+    from .core.outputs import check_output_path
+
+    for path, what in ((out, "output"), (data_file(out), "external data file")):  # before any work
+        check_output_path(path, force=force, is_dir=False, inputs=(model, q.calib, q.eval, q.image_preprocess, cfg.preprocess), what=what)
+    src = open_model(model)
+    from .core.appio import load_io_spec
+
+    app_io = load_io_spec(cfg.preprocess, src.io)
+    tasks = app_io["outputs"]  # before any work: per-output task overrides for --max-drop / --prefer
+    image_prep = _image_preprocess(q.image_preprocess, cfg.preprocess, app_io, src)
+    data = load_samples(q.calib, src.io, preprocess=image_prep, random_n=spec.calib_samples) if q.calib else None
+    evals = load_samples(q.eval, src.io, what="evaluation", preprocess=image_prep) if q.eval else None
+    if spec.needs_calibration and data is None:
+        from .checks.hints import modes_without_calibration
+
+        raise CalibrationError(f"{spec.mode} needs calibration data", "pass --calib DATA.npz, or " + modes_without_calibration(tg))
+    from .quantization.int8.preflight import run as preflight
+
+    pre_notes = preflight(model, tg, spec, parse_shapes(q.static_shape))  # before any work
+    prog = progress(min(spec.calib_samples, len(data)) if data else 0)
+    with staging(out, force=force, is_dir=False) as tmp, contextlib.ExitStack() as data_stage, scratch_dir() as work:
+        with prog.stage("optimize"):
+            opt, notes = optimize(src, tg, work / "fp32.onnx", static_shapes=parse_shapes(q.static_shape), opset=q.opset)
+            notes = pre_notes + notes
+        with prog.stage(f"quantize ({spec.mode})"):
+            res = quantize(
+                opt, spec, work / "q.onnx", data=data, on_sample=prog.sample, evals=evals, max_drop=q.max_drop,
+                prefer=q.prefer, budget=tg.tolerances.max_accuracy_drop, target=tg, tasks=tasks,
+            )
+        from .core.onnxutil import copy_model, has_external_data
+
+        if has_external_data(res.artifact.path):  # large: OUT plus OUT.data, the data published first
+            tmp_data = data_stage.enter_context(staging(data_file(out), force=force, is_dir=False))
+            copy_model(res.artifact.path, tmp, data_path=tmp_data, location=data_file(out).name)
+            stamped = tmp.with_name(tmp.name + "_stamp")  # a temporary name the next run cleans up
+            copy_stamped(tmp, stamped)  # producer "edgeq": a later --force knows edgeq wrote it
+            os.replace(stamped, tmp)
+        else:
+            copy_stamped(res.artifact.path, tmp)
+    recipe = res.recipe()
+    recipe["notes"] = notes + recipe["notes"]
+    return QuantizeOutcome(model=out, mode=spec.mode, recipe=recipe, has_eval=q.eval is not None)
+
+
+def check_quantize(outcome: QuantizeOutcome) -> None:
+    check_budget(outcome.recipe, outcome.model, has_eval=outcome.has_eval)
+
+
+def bundle_model(cfg: BundleConfig) -> BundleOutcome:
+    """``edgeq bundle``: a runtime bundle for a model that is already quantized; verified against
+    ``cfg.reference`` on ``cfg.data`` when given (a failure is left to :func:`check_bundle`)."""
+    from .bundles.bundle import check_outputs, load_private_key
+    from .core.appio import check_labels_fit, load_io_spec, read_labels
+    from .core.targets import load_target
+
+    b, model, out, data, reference, force = cfg.bundle, cfg.model, cfg.out, cfg.data, cfg.reference, cfg.force
+    tg = load_target(cfg.target)
+    check_onnx_path(model)
+    from .core.outputs import check_bundle_outputs
+
+    check_bundle_outputs(out, force=force, archive=b.archive, inputs=(model, data, reference, b.preprocess, b.labels, b.sign))
+    art = open_model(model, (f"source({model.name})",))
+    from .bundles.archive import check_golden_archivable
+
+    check_golden_archivable(b.golden, len(art.io.inputs) + len(art.io.outputs), b.archive)
+    app_io = load_io_spec(b.preprocess, art.io)
+    label_list = read_labels(b.labels)
+    check_labels_fit(label_list, app_io, art.io)
+    if b.sign is not None:
+        load_private_key(b.sign)
+    check_outputs(out, BundleInputs(golden_feeds=(), archive=b.archive), force)
+    samples = load_samples(data, art.io, what="golden", labels_key=b.labels_key) if data else None
+    report = None
+    size = None
+    if reference is not None:
+        check_onnx_path(reference)
+        open_model(reference)
+        if samples is None:
+            raise CalibrationError("--reference needs --data to compare on", "pass --data DATA.npz")
+        report = verify(reference, model, samples, tg.tolerances, output_names=art.io.output_names, tasks=app_io["outputs"]).to_dict()
+        size = sizes(model_size(reference), model_size(model))
+    info = BundleInputs(
+        golden_feeds=golden_feeds_for(samples, art, b.golden, app_io),
+        recipe={"mode": "as given", "notes": ["bundled an existing model; edgeq did not quantize it"]},
+        verify=report,
+        sizes=size,
+        provenance=art.provenance,
+        preprocessing=app_io,
+        labels=tuple(label_list) if label_list else None,
+        bundle_version=b.bundle_version,
+        sign_key=b.sign,
+        archive=b.archive,
+    )
+    write_bundle(art, tg, out, info, force=force)
+    from .bundles.archive import archive_path
+
+    return BundleOutcome(bundle=out, archive=archive_path(out, b.archive) if b.archive else None, target=tg.name,
+                         verify=report, golden_random=samples is None)
+
+
+def check_bundle(outcome: BundleOutcome) -> None:
+    report = outcome.verify
+    if report is not None and not report["passed"]:
+        from .errors import CheckFailed
+
+        raise CheckFailed(f"model outside target {outcome.target}'s tolerances: {'; '.join(report['failures'])}",
+                          f"the bundle was written to {outcome.bundle}")
+
+
+def export_gguf(source: Path, target: Target, out: Path, *, quant: str | None, prompts_file: Path | None, force: bool,
+                progress: Any = None) -> GGUFOutcome:
+    """The llama.cpp trip: a Hugging Face folder (float, or GPTQ/AWQ/bitsandbytes) -> a GGUF bundle checked
+    through llama.cpp (edgeq.llamacpp.gguf); a failure is left to :func:`check_gguf`."""
+    from .errors import ModelError
+    from .exporters.prequant import detect
+    from .llamacpp.gguf import export_llamacpp, gguf_export, read_prompts
+
+    if not Path(source).is_dir():
+        raise ModelError(
+            f"{source} is not a folder: target {target.name} takes a Hugging Face Llama folder",
+            "pass the folder with config.json, *.safetensors and tokenizer.json",
+        )
+    prog = progress if progress is not None else Progress()
+    if detect(Path(source)) is not None:  # GPTQ/AWQ/bitsandbytes folder: codes kept as Q4_1 blocks where they fit
+        r = gguf_export(Path(source), target, out, quant=quant, prompts=read_prompts(prompts_file), force=force, progress=prog.stage)
+    else:
+        r = export_llamacpp(source, target, out, quant=quant, prompts=read_prompts(prompts_file), force=force, progress=prog.stage)
+    return GGUFOutcome(target=target, out=out, result=r)
+
+
+def check_gguf(outcome: GGUFOutcome) -> None:
+    r = outcome.result
+    if not r["passed"]:
+        from .errors import CheckFailed
+
+        raise CheckFailed(
+            f"the GGUF model is outside target {outcome.target.name}'s tolerances: {'; '.join(r['verify']['failures'])}",
+            f"the bundle was written to {outcome.out} for inspection; try a higher-precision --quant (q8_0, f16)",
+        )
+
+
+Config = ExportConfig | QuantizeConfig | BundleConfig
+Outcome = ExportOutcome | GGUFOutcome | QuantizeOutcome | BundleOutcome
+
+
+def check_outcome(outcome: Outcome) -> None:
+    """The failed check of any trip's outcome, raised (CheckFailed: the CLI's exit 1)."""
+    {ExportOutcome: check_export, GGUFOutcome: check_gguf, QuantizeOutcome: check_quantize, BundleOutcome: check_bundle}[type(outcome)](outcome)
+
+
+def run(config: Config, *, progress: ProgressFactory = quiet_progress, check: bool = True) -> Outcome:
+    """The trip ``config`` names, as the CLI runs it (edgeq.export/quantize/bundle given a config call this);
+    ``check``: raise its failed check after the outputs are written, as the CLI exits 1."""
+    if isinstance(config, ExportConfig):
+        outcome: Outcome = export_model(config, progress)
+    elif isinstance(config, QuantizeConfig):
+        outcome = quantize_model(config, progress)
+    elif isinstance(config, BundleConfig):
+        outcome = bundle_model(config)
+    else:
+        raise TypeError(f"not a trip config: {type(config).__name__}")
+    if check:
+        check_outcome(outcome)
+    return outcome

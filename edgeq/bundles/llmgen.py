@@ -222,5 +222,27 @@ def main(argv: list | None = None, root: str | None = None, check=None) -> int:
     return 0
 
 
+def _standalone() -> int:
+    """``python generate.py`` inside a bundle: the sibling run.py's checks (the bundle's rules: file list, sizes,
+    sha256) run before anything is loaded, as they do for ``python run.py --prompt``."""
+    import importlib.util
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.path.join(here, "run.py")
+    if not os.path.isfile(path):
+        print("FAIL no run.py beside generate.py: run it from inside an edgeq bundle", file=sys.stderr)
+        return 2
+    sys.dont_write_bytecode = True  # no __pycache__ inside the bundle
+    spec = importlib.util.spec_from_file_location("edgeq_bundle_run", path)
+    run_py = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_py)
+    try:
+        run_py.check_files(here, run_py.load_manifest(here))  # run.py and generate.py are checksummed too
+        return main(root=here, check=lambda root: run_py.check_files(root, run_py.load_manifest(root)))
+    except run_py.BundleCorrupt as e:
+        print(f"FAIL bundle corrupt: {e}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_standalone())

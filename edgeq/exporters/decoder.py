@@ -1,6 +1,7 @@
 """KV-cache decoders: a Hugging Face causal LM -> one ONNX graph for prefill and one-token decode.
 
-The graph is written op by op from the model's weights (plain ONNX ops, opset 17), in the
+The graph is written op by op from the model's weights (plain ONNX ops, opset 17, or where the
+target's provider has them onnxruntime's fused kernels: see ``build_decoder``), in the
 input/output naming onnxruntime-genai loads:
 
 | name | shape | |
@@ -273,15 +274,31 @@ def fused_attention_fits(arch: DecoderArch, target: Any) -> tuple[bool, str]:
         return False, f"plain attention ops: {first} has no GroupQueryAttention kernel"
     if arch.head_dim % 16:
         return False, f"plain attention ops: head size {arch.head_dim} is not a multiple of 16 (onnxruntime's GroupQueryAttention)"
-    return True, f"attention fused as com.microsoft.GroupQueryAttention ({first}); rotary as plain ops from position_ids; right padding only"
+    outside = arch.rotary_dim not in (0, arch.head_dim) and (arch.rotary_dim // 2) % 8 != 0
+    rotary = (f"rotary as plain ops (partial rotary over {arch.rotary_dim} dims: the kernel takes multiples of 16)" if outside
+              else "rotary inside it (cos/sin caches at position_ids)")
+    return True, (f"attention fused as com.microsoft.GroupQueryAttention ({first}); {rotary}; packed q/k/v and gate/up projections; "
+                  f"norms as SkipSimplifiedLayerNormalization; right padding only")
 
 
 def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused: bool = False) -> Path:
     """Write the KV-cache decoder ONNX for ``arch`` with the weights in ``state`` (a state dict).
 
-    ``fused``: attention (with the cache concatenation, causal mask, soft-cap and sliding window) as
-    onnxruntime's ``com.microsoft.GroupQueryAttention``; rotary stays plain ops before it (it reads
-    ``position_ids``). The mask then follows GroupQueryAttention's rules: right padding only.
+    ``fused`` (targets whose provider has onnxruntime's contrib kernels) writes what those kernels
+    run fastest, as onnxruntime-genai's own builder does:
+
+    - attention (cache update, causal mask, soft-cap, sliding window) as ``com.microsoft.GroupQueryAttention``,
+      with rotary inside it (``do_rotary``: cos/sin caches of the model's context length, read at
+      ``position_ids``; partial rotary too when its width is a multiple of 16, as the kernel requires,
+      else plain ops in front of it);
+    - q/k/v as one MatMul (one bias Add) whose packed rows go to the kernel as they are (split only
+      where Gemma 3's q/k norms or partial rotary need them apart), gate/up as one MatMul then Split:
+      one MatMulNBits each after weight-only quantization;
+    - every RMSNorm over the hidden size as ``com.microsoft.SkipSimplifiedLayerNormalization``,
+      the residual Add folded in.
+
+    The mask then follows GroupQueryAttention's rules: right padding only. Without ``fused`` the
+    graph is plain opset-17 ops any provider runs (separate projections, concatenated cache).
     """
     import onnx
     from onnx import TensorProto, helper
@@ -293,36 +310,52 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
     rot = arch.rotary_dim or hd
 
     ids, mask, pos = "input_ids", "attention_mask", "position_ids"
-    # --- masks [B, 1, 1, S, T] (additive), causal + padding (+ sliding window)
-    s_len = g.op("Gather", [g.op("Shape", [ids]), g.const(np.int64(1))])
     t_len = g.op("Gather", [g.op("Shape", [mask]), g.const(np.int64(1))])
-    past_len = g.op("Sub", [t_len, s_len])
-    zero, one = g.const(np.int64(0)), g.const(np.int64(1))
-    q_idx = g.op("Add", [g.op("Range", [zero, s_len, one]), past_len])  # [S] absolute positions of queries
-    k_idx = g.op("Range", [zero, t_len, one])  # [T]
-    q_col = g.op("Unsqueeze", [q_idx, g.const(np.array([1], np.int64))])  # [S,1]
-    causal = g.op("LessOrEqual", [k_idx, q_col])  # [S,T]
-    pad = g.op("Cast", [g.op("Unsqueeze", [mask, g.const(np.array([1, 2, 3], np.int64))])], to=TensorProto.BOOL)  # [B,1,1,1,T]
-    allowed = g.op("And", [causal, pad])  # [B,1,1,S,T]
-    zf, negf = g.const(np.float32(0.0)), g.const(np.float32(_NEG))
-    bias_full = g.op("Where", [allowed, zf, negf], hint="mask_bias")
-    bias_slide = bias_full
-    if arch.window:
-        near = g.op("Greater", [k_idx, g.op("Sub", [q_col, g.const(np.int64(arch.window))])])
-        bias_slide = g.op("Where", [g.op("And", [allowed, near]), zf, negf], hint="mask_bias_sliding")
+    one = g.const(np.int64(1))
+    bias_full = bias_slide = ""
+    if not fused:  # GroupQueryAttention masks by itself
+        zero = g.const(np.int64(0))
+        # --- masks [B, 1, 1, S, T] (additive), causal + padding (+ sliding window)
+        s_len = g.op("Gather", [g.op("Shape", [ids]), g.const(np.int64(1))])
+        past_len = g.op("Sub", [t_len, s_len])
+        q_idx = g.op("Add", [g.op("Range", [zero, s_len, one]), past_len])  # [S] absolute positions of queries
+        k_idx = g.op("Range", [zero, t_len, one])  # [T]
+        q_col = g.op("Unsqueeze", [q_idx, g.const(np.array([1], np.int64))])  # [S,1]
+        causal = g.op("LessOrEqual", [k_idx, q_col])  # [S,T]
+        pad = g.op("Cast", [g.op("Unsqueeze", [mask, g.const(np.array([1, 2, 3], np.int64))])], to=TensorProto.BOOL)  # [B,1,1,1,T]
+        allowed = g.op("And", [causal, pad])  # [B,1,1,S,T]
+        zf, negf = g.const(np.float32(0.0)), g.const(np.float32(_NEG))
+        bias_full = g.op("Where", [allowed, zf, negf], hint="mask_bias")
+        bias_slide = bias_full
+        if arch.window:
+            near = g.op("Greater", [k_idx, g.op("Sub", [q_col, g.const(np.int64(arch.window))])])
+            bias_slide = g.op("Where", [g.op("And", [allowed, near]), zf, negf], hint="mask_bias_sliding")
 
     # --- rotary tables [B, 1, 1, S, rot/2] (cos, sin) per base
-    posf = g.op("Unsqueeze", [g.op("Cast", [pos], to=TensorProto.FLOAT), g.const(np.array([-1], np.int64))])  # [B,S,1]
-
     def rope_tables(inv: tuple[float, ...]) -> tuple[str, str]:
+        posf = g.op("Unsqueeze", [g.op("Cast", [pos], to=TensorProto.FLOAT), g.const(np.array([-1], np.int64))])  # [B,S,1]
         fr = g.op("Mul", [posf, g.const(np.asarray(inv, np.float32), "inv_freq")])  # [B,S,rot/2]
         # plain attention: [B,1,1,S,rot/2] (q as [B,kv,rep,S,hd]); fused: [B,S,1,rot/2] (q as [B,S,heads,hd])
         fr = g.op("Unsqueeze", [fr, g.const(np.array([2] if fused else [1, 2], np.int64))])
         return g.op("Cos", [fr], hint="rope_cos"), g.op("Sin", [fr], hint="rope_sin")
 
-    tables = {"global": rope_tables(arch.inv_freq)}
+    def rope_caches(inv: tuple[float, ...], hint: str) -> tuple[str, str]:
+        """GroupQueryAttention's cos_cache / sin_cache [context, rot/2], computed here in float64."""
+        ang = np.arange(max(arch.context, 1), dtype=np.float64)[:, None] * np.asarray(inv, np.float64)[None, :]
+        return g.init(f"{hint}.cos_cache", np.cos(ang).astype(np.float32)), g.init(f"{hint}.sin_cache", np.sin(ang).astype(np.float32))
+
+    # partial rotary goes in too where the kernel takes its table width (rot/2 a multiple of 8), else plain ops in front
+    rotary_in_gqa = fused and (rot == hd or (rot // 2) % 8 == 0)
+    bases = {"global": arch.inv_freq}
     if arch.inv_freq_local is not None:
-        tables["local"] = rope_tables(arch.inv_freq_local)
+        bases["local"] = arch.inv_freq_local
+    made: dict[str, tuple[str, str]] = {}
+
+    def table(kind: str) -> tuple[str, str]:
+        """The (cos, sin) pair of one rotary base, made on first use (no unused initializers)."""
+        if kind not in made:
+            made[kind] = rope_caches(bases[kind], f"rotary_{kind}") if rotary_in_gqa else rope_tables(bases[kind])
+        return made[kind]
 
     def rope(x: str, cs: tuple[str, str]) -> str:
         """Rotate-half rotary on the first ``rot`` dims of x [B, G, R, S, hd]."""
@@ -342,6 +375,26 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
         var = g.op("ReduceMean", [g.op("Mul", [x, x])], axes=[-1], keepdims=1)
         inv = g.op("Reciprocal", [g.op("Sqrt", [g.op("Add", [var, g.const(np.float32(arch.eps))])])])
         return g.op("Mul", [g.op("Mul", [x, inv]), g.init(f"{hint}.weight", (weight + arch.norm_offset).astype(np.float32))], hint=hint)
+
+    def add_norm(x: str, y: str | None, weight: np.ndarray, hint: str) -> tuple[str, str]:
+        """(rmsnorm(x + y), x + y); fused: one com.microsoft.SkipSimplifiedLayerNormalization.
+
+        Without ``y`` (the first layer's norm, Gemma 2/3's post norms) the fused op gets ``x`` twice and 4 x epsilon:
+        rmsnorm(2x, 4 eps) = rmsnorm(x, eps) exactly (doubling is exact in floating point), and
+        the residual stream stays ``x``. ONNX's checker refuses the plain SimplifiedLayerNormalization
+        onnxruntime registers in the default domain, so this keeps the norm one kernel.
+        """
+        if not fused:
+            if y is not None:
+                x = g.op("Add", [x, y], hint=f"{hint}.residual")
+            return rmsnorm(x, weight, hint), x
+        out, total = f"{hint}.out", f"{hint}.residual"
+        gamma = g.init(f"{hint}.weight", (weight + arch.norm_offset).astype(np.float32))
+        eps = float(arch.eps) * (4.0 if y is None else 1.0)
+        g.nodes.append(helper.make_node(
+            "SkipSimplifiedLayerNormalization", [x if y is None else y, x, gamma], [out] if y is None else [out, "", "", total],
+            name=f"{hint}.SkipSimplifiedLayerNormalization", domain="com.microsoft", epsilon=eps))
+        return out, x if y is None else total
 
     def linear(x: str, weight: np.ndarray, name: str, bias: np.ndarray | None = None) -> str:
         y = g.op("MatMul", [x, g.init(f"{name}.weight", weight.T.astype(np.float32))], hint=name)
@@ -365,6 +418,7 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
         helper.make_tensor_value_info(pos, TensorProto.INT64, ["batch", "sequence"]),
     ]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "sequence", arch.vocab])]
+    pending: str | None = None  # the last block's output, added to the residual stream by the next norm
     for i in range(arch.layers):
         pk, pv, ok, ov = PAST_KEY % i, PAST_VALUE % i, PRESENT_KEY % i, PRESENT_VALUE % i
         for n in (pk, pv):
@@ -372,29 +426,42 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
         for n in (ok, ov):
             outputs.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", nkv, "total_sequence", hd]))
         pre = f"layers.{i}"
-        h = rmsnorm(x, w[f"{i}.ln1"], f"{pre}.input_layernorm")
-        q = linear(h, w[f"{i}.q"], f"{pre}.attn.q_proj", w.get(f"{i}.q.bias"))
-        k = linear(h, w[f"{i}.k"], f"{pre}.attn.k_proj", w.get(f"{i}.k.bias"))
-        v = linear(h, w[f"{i}.v"], f"{pre}.attn.v_proj", w.get(f"{i}.v.bias"))
+        h, x = add_norm(x, pending, w[f"{i}.ln1"], f"{pre}.input_layernorm")
         sliding = bool(arch.sliding and arch.sliding[i])
-        cs = tables["local" if sliding and "local" in tables else "global"]
+        cs = table("local" if sliding and "local" in bases else "global")
         if fused:
-            q = g.op("Reshape", [q, g.const(np.array([0, 0, nh, hd], np.int64))])
-            k = g.op("Reshape", [k, g.const(np.array([0, 0, nkv, hd], np.int64))])
-            if arch.qk_norm:
-                q = rmsnorm(q, w[f"{i}.q_norm"], f"{pre}.attn.q_norm")
-                k = rmsnorm(k, w[f"{i}.k_norm"], f"{pre}.attn.k_norm")
-            q = g.op("Reshape", [rope(q, cs), g.const(np.array([0, 0, nh * hd], np.int64))])
-            k = g.op("Reshape", [rope(k, cs), g.const(np.array([0, 0, nkv * hd], np.int64))])
-            attrs: dict[str, Any] = {"num_heads": nh, "kv_num_heads": nkv, "scale": float(scale), "do_rotary": 0}
+            # one MatMul for q, k and v (and one bias Add): the kernel takes the packed rows as they are
+            qkv_w = np.concatenate([w[f"{i}.q"], w[f"{i}.k"], w[f"{i}.v"]], axis=0)
+            qkv_b = np.concatenate([w[f"{i}.{n}.bias"] for n in "qkv"]) if arch.qkv_bias else None
+            qkv = linear(h, qkv_w, f"{pre}.attn.qkv_proj", qkv_b)
+            if arch.qk_norm or not rotary_in_gqa:
+                q, k, v = g.op("Split", [qkv, g.const(np.array([nh * hd, nkv * hd, nkv * hd], np.int64))], n_out=3, axis=-1)
+                q = g.op("Reshape", [q, g.const(np.array([0, 0, nh, hd], np.int64))])
+                k = g.op("Reshape", [k, g.const(np.array([0, 0, nkv, hd], np.int64))])
+                if arch.qk_norm:
+                    q = rmsnorm(q, w[f"{i}.q_norm"], f"{pre}.attn.q_norm")
+                    k = rmsnorm(k, w[f"{i}.k_norm"], f"{pre}.attn.k_norm")
+                if not rotary_in_gqa:
+                    q, k = rope(q, cs), rope(k, cs)
+                q = g.op("Reshape", [q, g.const(np.array([0, 0, nh * hd], np.int64))])
+                k = g.op("Reshape", [k, g.const(np.array([0, 0, nkv * hd], np.int64))])
+            else:
+                q, k, v = qkv, "", ""
+            attrs: dict[str, Any] = {"num_heads": nh, "kv_num_heads": nkv, "scale": float(scale), "do_rotary": int(rotary_in_gqa)}
             if arch.attn_softcap:
                 attrs["softcap"] = float(arch.attn_softcap)
             if sliding and arch.window:
                 attrs["local_window_size"] = int(arch.window)
-            g.nodes.append(helper.make_node("GroupQueryAttention", [q, k, v, pk, pv, seqlens, total32], [f"{pre}.attn.out", ok, ov],
+            gqa_in = [q, k, v, pk, pv, seqlens, total32]
+            if rotary_in_gqa:
+                gqa_in += [cs[0], cs[1], pos]  # rotary from the caches at position_ids
+            g.nodes.append(helper.make_node("GroupQueryAttention", gqa_in, [f"{pre}.attn.out", ok, ov],
                                             name=f"{pre}.attn.GroupQueryAttention", domain="com.microsoft", **attrs))
             attn = linear(f"{pre}.attn.out", w[f"{i}.o"], f"{pre}.attn.o_proj")
         else:
+            q = linear(h, w[f"{i}.q"], f"{pre}.attn.q_proj", w.get(f"{i}.q.bias"))
+            k = linear(h, w[f"{i}.k"], f"{pre}.attn.k_proj", w.get(f"{i}.k.bias"))
+            v = linear(h, w[f"{i}.v"], f"{pre}.attn.v_proj", w.get(f"{i}.v.bias"))
             # q -> [B, kv, rep, S, hd]; k, v -> [B, kv, S, hd]
             q = g.op("Transpose", [g.op("Reshape", [q, g.const(np.array([0, 0, nkv, rep, hd], np.int64))])], perm=[0, 2, 3, 1, 4])
             k = g.op("Transpose", [g.op("Reshape", [k, g.const(np.array([0, 0, nkv, hd], np.int64))])], perm=[0, 2, 1, 3])
@@ -421,14 +488,17 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
             ctx = g.op("Reshape", [g.op("Transpose", [ctx], perm=[0, 3, 1, 2, 4]), g.const(np.array([0, 0, nh * hd], np.int64))])
             attn = linear(ctx, w[f"{i}.o"], f"{pre}.attn.o_proj")
         if arch.post_norms:
-            attn = rmsnorm(attn, w[f"{i}.ln2"], f"{pre}.post_attention_layernorm")
-            x = g.op("Add", [x, attn], hint=f"{pre}.residual1")
-            h = rmsnorm(x, w[f"{i}.ln_pre_ff"], f"{pre}.pre_feedforward_layernorm")
+            attn, _ = add_norm(attn, None, w[f"{i}.ln2"], f"{pre}.post_attention_layernorm")
+            h, x = add_norm(x, attn, w[f"{i}.ln_pre_ff"], f"{pre}.pre_feedforward_layernorm")
         else:
-            x = g.op("Add", [x, attn], hint=f"{pre}.residual1")
-            h = rmsnorm(x, w[f"{i}.ln2"], f"{pre}.post_attention_layernorm")
-        gate = linear(h, w[f"{i}.gate"], f"{pre}.mlp.gate_proj")
-        up = linear(h, w[f"{i}.up"], f"{pre}.mlp.up_proj")
+            h, x = add_norm(x, attn, w[f"{i}.ln2"], f"{pre}.post_attention_layernorm")
+        if fused:  # one MatMul for gate and up, split after
+            gu = linear(h, np.concatenate([w[f"{i}.gate"], w[f"{i}.up"]], axis=0), f"{pre}.mlp.gate_up_proj")
+            inter = w[f"{i}.gate"].shape[0]
+            gate, up = g.op("Split", [gu, g.const(np.array([inter, inter], np.int64))], n_out=2, axis=-1)
+        else:
+            gate = linear(h, w[f"{i}.gate"], f"{pre}.mlp.gate_proj")
+            up = linear(h, w[f"{i}.up"], f"{pre}.mlp.up_proj")
         if arch.act == "silu":
             a = g.op("Mul", [gate, g.op("Sigmoid", [gate])])
         else:  # gelu, tanh approximation
@@ -437,9 +507,9 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
             a = g.op("Mul", [g.op("Mul", [gate, g.const(np.float32(0.5))]), g.op("Add", [g.op("Tanh", [inner]), g.const(np.float32(1.0))])])
         mlp = linear(g.op("Mul", [a, up]), w[f"{i}.down"], f"{pre}.mlp.down_proj")
         if arch.post_norms:
-            mlp = rmsnorm(mlp, w[f"{i}.ln_post_ff"], f"{pre}.post_feedforward_layernorm")
-        x = g.op("Add", [x, mlp], hint=f"{pre}.residual2")
-    x = rmsnorm(x, w["norm"], "norm")
+            mlp, _ = add_norm(mlp, None, w[f"{i}.ln_post_ff"], f"{pre}.post_feedforward_layernorm")
+        pending = mlp
+    x, _ = add_norm(x, pending, w["norm"], "norm")
     logits = linear(x, w["lm_head"], "lm_head")
     if arch.final_softcap:
         logits = softcap(logits, float(arch.final_softcap))

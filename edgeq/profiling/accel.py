@@ -115,13 +115,19 @@ def coverage_report(bundle: Path, target: Target, pl: dict[str, Any] | None) -> 
 
 class AcceleratorOutputs:
     """Runs ``--max-drop`` search candidates on the target's accelerator here (the QNN HTP simulator,
-    OpenVINO's environment) in the measurement worker; same arguments as ``static.first_outputs``."""
+    OpenVINO's environment) in the measurement worker; same arguments as ``static.first_outputs``
+    (``every``: every output, as ``static.all_outputs``)."""
 
     def __init__(self, target: Target, backend: Any):
         self.target, self.backend = target, backend
         self.label = f"{backend.accelerator} ({backend.kind})"
 
     def __call__(self, model: Any, data: Any, n: int, base_dir: Any = None) -> list[np.ndarray]:
+        every = self.every(model, data, n, base_dir)
+        return every[0] if every else []
+
+    def every(self, model: Any, data: Any, n: int, base_dir: Any = None) -> list[list[np.ndarray]]:
+        """Every output of ``model`` on the first ``n`` samples, ``[output][sample]``."""
         import tempfile
 
         from ..errors import ProviderError
@@ -143,7 +149,8 @@ class AcceleratorOutputs:
         if "error" in result:
             raise ProviderError(f"{self.label} could not run a candidate model: {result['error']}",
                                 failure_hint(None, self.target))
-        return [outputs[f"{i}:0"] for i in range(len(feeds))]
+        n_out = sum(1 for k in outputs if k.startswith("0:"))
+        return [[outputs[f"{i}:{k}"] for i in range(len(feeds))] for k in range(n_out)]
 
 
 def accelerator_outputs(target: Target) -> AcceleratorOutputs | None:

@@ -93,9 +93,18 @@ def export_table(r: dict[str, Any]) -> Table:
             t.add_row(f"{escape(o['name'])}: cosine", "", f"{o['cosine']:.5f}", "information")
         status = (r.get("verdict") or {}).get("status", "pass" if v["passed"] else "fail")
         label = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "accepted-failed": "[red]ACCEPTED-FAILED[/]"}.get(status, status)
-        t.add_row("verify", "", label, escape("; ".join(v["failures"])))
+        why = (r.get("verdict") or {}).get("reason", "") if status in ("fail", "accepted-failed") else "; ".join(v["failures"])
+        t.add_row("verify", "", label, escape(why or "; ".join(v["failures"])))
+    elif (r.get("verdict") or {}).get("status") in ("fail", "accepted-failed"):  # no data, but the greedy generation check failed
+        label = "[red]FAIL[/]" if r["verdict"]["status"] == "fail" else "[red]ACCEPTED-FAILED[/]"
+        t.add_row("verify", "", label, escape(r["verdict"].get("reason", "")))
     else:
         t.add_row("verify", "", "[yellow]SKIPPED[/]", "no data given: nothing was proven (pass --calib or --eval)")
+    gen = r.get("generation")
+    if gen:
+        t.add_row("greedy generation", "", f"{100 * gen['agreement']:.1f} %",
+                  f"{escape(str(gen['runtime']))} vs transformers: {gen['identical']}/{gen['prompts']} prompts identical; "
+                  f"need {100 * gen['min_agreement']:.0f} %; {'pass' if gen['passed'] else '[red]FAIL[/]'} (part of the verdict)")
     p = r["profile"]
     if p["fp32"] and p["quantized"]:
         a, b = p["fp32"], p["quantized"]
