@@ -41,6 +41,8 @@ def score_samples(values_per_sample: int) -> int:
     """
     need = -(-SCORE_VALUES // max(values_per_sample, 1))
     return max(MIN_SCORE_SAMPLES, min(SCORE_SAMPLES, need))
+
+
 TIE_DB = 0.05  # a later candidate must beat an earlier one by more than this
 
 

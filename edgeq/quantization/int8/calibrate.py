@@ -50,6 +50,7 @@ def sample_step(size: int) -> int:
     prime (so image rows and channels do not alias) that leaves at most ``HIST_VALUES`` values."""
     return 1 if size <= HIST_VALUES else _prime_at_least(-(-size // HIST_VALUES))
 
+
 METHODS = ("minmax", "percentile", "entropy", "mse", "auto")
 # what ``auto`` tries, in order of preference on a tie
 AUTO_CANDIDATES = ("minmax", "percentile:99.99", "percentile:99.9", "entropy", "mse")
