@@ -10,12 +10,14 @@ does edgeq here. Per calibrated float tensor of the main graph, ``CalibProbe`` a
   stride of ``calibrate.sample_step``, fed in as an input), at most ``HIST_VALUES`` values.
 
 ``TensorStats.update_reduced`` takes those; the statistics equal ``TensorStats.update`` on the
-whole tensor. A tensor whose min or max comes out non-finite (an -inf mask; NaN where the
+whole tensor (the stride comes from the previous sample's size, so a sample whose size changed
+is sampled at the old stride, weighted by it). A tensor whose min or max comes out non-finite (an -inf mask; NaN where the
 reduction propagated it or the sample holds one) is exposed whole from then on, the probe
 is rebuilt and that sample run again, so non-finite values are counted and excluded as
 before. A NaN that neither the reductions nor the sample see is not counted (ranges are right
-either way: onnxruntime's min/max skip it). Tensors inside If/Loop/Scan bodies are exposed
-whole (a branch not taken gives an empty tensor).
+either way: onnxruntime's min/max skip it). Tensors inside If branches are exposed whole (a
+branch not taken gives an empty tensor); models with Loop/Scan keep the copying probe
+(``static.calibrate_exposed``), which falls back to weight-only bodies where onnxruntime refuses.
 
 ``SqnrProbe`` puts the float and the quantized model into one graph (shared inputs, the quantized
 copy's names prefixed) and reduces in the graph the signal energy ``ReduceSumSquare(x)`` and
@@ -80,7 +82,6 @@ class CalibProbe:
         self.sess = None
         reduced = sorted(self.reducible - self.whole)
         pm, exposed = qdq.probe_model(self.model, [n for n in self.names if n not in reduced], self.loops)
-        self.loops_exposed = self.loops and any(n.op_type in ("Loop", "Scan") for _, g, _ in qdq.walk_graphs(pm.graph) for n in g.node)
         self.exposed = exposed  # output name -> tensor, exposed whole
         g = pm.graph
         g.initializer.append(helper.make_tensor("__edgeq_flat", TensorProto.INT64, [1], [-1]))
