@@ -105,6 +105,59 @@ def externalize(model: Any, folder: Path) -> Any:
     return onnx.load(str(path), load_external_data=False)
 
 
+def calibrate_reduced(model: Any, names: Any, data: SampleSet, n: int, cal: Calibration,
+                      on_sample: Callable[[], None] | None, weights_dir: Path | None) -> CalibStats | None:
+    """One streaming pass with min/max and the histogram's sample reduced inside the graph
+    (``reduce.CalibProbe``); None when that probe cannot be built or run on this model."""
+    from .reduce import CalibProbe, calibrate
+
+    if any(n.op_type in ("Loop", "Scan") for _, g, _ in qdq.walk_graphs(model.graph) for n in g.node):
+        return None  # loop bodies: the general path, which falls back to weight-only where onnxruntime refuses probes
+    try:
+        probe = CalibProbe(model, names, histogram=cal.needs_histogram, base_dir=weights_dir, loops=False)
+    except Exception:  # noqa: BLE001 - a graph the reductions cannot be added to: the general path below
+        return None
+    counted = [0]
+
+    def count() -> None:
+        counted[0] += 1
+        if on_sample:
+            on_sample()
+
+    try:
+        return calibrate(probe, _feeds(data, n), cal=cal, on_sample=count)
+    except Exception as e:  # noqa: BLE001
+        if counted[0]:  # it ran samples, so the data fits: this is the failure to report
+            raise CalibrationError(
+                f"running a calibration sample failed: {str(e).strip().splitlines()[0][:200]}",
+                "check the calibration data against the model's inputs",
+            ) from None
+        return None
+    finally:
+        del probe  # its session holds a copy of the weights
+
+
+def calibrate_exposed(model: Any, names: Any, data: SampleSet, n: int, cal: Calibration,
+                      on_sample: Callable[[], None] | None, weights_dir: Path | None, notes: list[str]) -> CalibStats:
+    """One streaming pass that copies every calibrated tensor out of the session (``qdq.ProbeRunner``)."""
+    try:
+        runner = probe_runner(model, names, data.feed(0) if len(data) else None, notes, base_dir=weights_dir)
+    except Exception as e:  # noqa: BLE001
+        raise QuantizationError(
+            f"cannot run the model for calibration: {str(e).strip().splitlines()[0][:200]}",
+            "check that the model runs with onnxruntime (edgeq profile MODEL)",
+        ) from None
+    try:
+        return collect(runner, _feeds(data, n), names, cal=cal, on_sample=on_sample)
+    except Exception as e:  # noqa: BLE001
+        raise CalibrationError(
+            f"running a calibration sample failed: {str(e).strip().splitlines()[0][:200]}",
+            "check the calibration data against the model's inputs",
+        ) from None
+    finally:
+        del runner  # its session holds a copy of the weights
+
+
 def prepare(
     model: Any | Path, spec: QuantSpec, data: SampleSet, *, on_sample: Callable[[], None] | None = None, weights_dir: Path | None = None
 ) -> Prepared:
@@ -133,22 +186,10 @@ def prepare(
     acts = tuple(dict.fromkeys(full.activations + qdq_acts.tensors(model, spec.activation_ops)))  # + the target's activation ops
     if not acts and not full.nodes:
         return Prepared(model, CalibStats({}, 0), cal, notes, weights_dir)
-    try:
-        runner = probe_runner(model, acts, data.feed(0) if len(data) else None, notes, base_dir=weights_dir)
-    except Exception as e:  # noqa: BLE001
-        raise QuantizationError(
-            f"cannot run the model for calibration: {str(e).strip().splitlines()[0][:200]}",
-            "check that the model runs with onnxruntime (edgeq profile MODEL)",
-        ) from None
     n = min(spec.calib_samples, len(data))
-    try:
-        stats = collect(runner, _feeds(data, n), acts, cal=cal, on_sample=on_sample)
-    except Exception as e:  # noqa: BLE001
-        raise CalibrationError(
-            f"running a calibration sample failed: {str(e).strip().splitlines()[0][:200]}",
-            "check the calibration data against the model's inputs",
-        ) from None
-    del runner  # its session holds a copy of the weights
+    stats = calibrate_reduced(model, acts, data, n, cal, on_sample, weights_dir)
+    if stats is None:  # the in-graph reductions did not run: every tensor copied out, as before them
+        stats = calibrate_exposed(model, acts, data, n, cal, on_sample, weights_dir, notes)
     if weights_dir is not None:
         release_memory()
     notes.append(f"calibrated ({cal}, {cal.bins} bins) on {stats.samples} sample(s) from {data.source} in one streaming pass")
@@ -333,12 +374,8 @@ def metric(outs: list[np.ndarray], ref: list[np.ndarray], labels: np.ndarray | N
     return Metric("agreement", float(np.mean(a == b)) if len(a) else 1.0)
 
 
-def layer_sqnr(prep: Prepared, written: Written, data: SampleSet, n: int) -> list[dict[str, Any]]:
-    """SQNR (dB) of every quantized node's output against fp32, and its local sensitivity."""
-    names: list[str] = []
-    for qn in written.plan.nodes:
-        names += [qn.output] + ([qn.act_input] if qn.act_input else [])
-    names = list(dict.fromkeys(names))
+def _exposed_sqnr(prep: Prepared, written: Written, names: list[str], data: SampleSet, n: int) -> dict[str, qdq.Sqnr]:
+    """Per-tensor energies from two probe sessions that copy every tensor out (subgraphs included)."""
     # the quantized model first: building its probe copies it (inline weights); those pages are
     # returned before the float session reads its weights
     feed = data.feed(0) if len(data) else None
@@ -346,8 +383,32 @@ def layer_sqnr(prep: Prepared, written: Written, data: SampleSet, n: int) -> lis
     if prep.weights_dir is not None:
         release_memory()
     ref = probe_runner(prep.model, names, feed, base_dir=prep.weights_dir)
-    acc = qdq.sqnr(ref, cand, _feeds(data, n))
-    del ref, cand
+    return qdq.sqnr(ref, cand, _feeds(data, n))
+
+
+def layer_samples(prep: Prepared, written: Written) -> int:
+    """Samples for the per-layer SQNR report: enough for ``autocal.SCORE_VALUES`` values of the typical
+    (median-sized) measured tensor, from the values per sample calibration counted (1 for a conv
+    net's feature maps, up to 8 for small tensors). Each sample runs the float and the quantized model once more."""
+    from .autocal import SCORE_SAMPLES, SCORE_VALUES
+
+    per = sorted(st.count / max(prep.stats.samples, 1) for qn in written.plan.nodes
+                 for st in [prep.stats.tensors.get(qn.output)] if st is not None and st.seen)
+    return max(1, min(SCORE_SAMPLES, -(-SCORE_VALUES // max(int(per[len(per) // 2]), 1)))) if per else SCORE_SAMPLES
+
+
+def layer_sqnr(prep: Prepared, written: Written, data: SampleSet, n: int) -> list[dict[str, Any]]:
+    """SQNR (dB) of every quantized node's output against fp32, and its local sensitivity."""
+    names: list[str] = []
+    for qn in written.plan.nodes:
+        names += [qn.output] + ([qn.act_input] if qn.act_input else [])
+    names = list(dict.fromkeys(names))
+    from .reduce import paired_sqnr
+
+    try:  # both models in one session, energies reduced in the graph: no activation leaves it
+        acc = paired_sqnr(prep.model, written.model, names, _feeds(data, n), base_dir=prep.weights_dir)
+    except Exception:  # noqa: BLE001 - subgraphs (If/Loop/Scan) or a graph the pairing cannot build
+        acc = _exposed_sqnr(prep, written, names, data, n)
     if prep.weights_dir is not None:
         release_memory()
     rows = []
