@@ -22,6 +22,7 @@ fresh subprocess, with the ratios edgeq / onnxruntime. ``bigact`` is a fully con
 probability-map net (text-detector shaped) at 3x320x320: its activations, not its weights, are large.
 
 Run: python tools/bench_int8.py [--models digits,resnet18,mobilenetv2,silero,lm] [--cost bigact --cost-samples 64]
+     python tools/bench_int8.py --cost detector@736,ctc@48x320,mobilenetv3@224,resnet18@224 --cost-samples 32
 This is a benchmark, not a test: it prints a markdown table (paste it into BENCHMARKS.md).
 """
 
@@ -554,7 +555,7 @@ def peak_rss_mb(m: dict, recipe: str, n: int) -> float | None:
 
 def cost(m: dict, recipe: str, n: int) -> tuple[float, float] | None:
     """(wall seconds, peak RSS growth MB) of quantizing with ``n`` samples in a fresh subprocess."""
-    npz = WORK / f"mem_{Path(m['path']).stem}.npz"
+    npz = WORK / f"mem_{Path(m['path']).stem}_{len(next(iter(m['calib'].values())))}.npz"
     if not npz.exists():
         np.savez(npz, **m["calib"])
     code = (
@@ -578,19 +579,32 @@ def cost(m: dict, recipe: str, n: int) -> tuple[float, float] | None:
     return wall, (peak - base) / 1024.0
 
 
-def cost_table(keys: list[str], n: int, recipes: tuple[str, ...] = ("ort-static", "edgeq", "edgeq-minmax")) -> str:
-    """Quantization wall time and peak RSS growth, edgeq vs onnxruntime's quantize_static defaults."""
+def cost_table(keys: list[str], n: int, recipes: tuple[str, ...] = ("ort-static", "edgeq", "edgeq-minmax"), repeat: int = 1) -> str:
+    """Quantization wall time and peak RSS growth, edgeq vs onnxruntime's quantize_static defaults.
+    With ``repeat`` > 1 the recipes run round-robin that many times: the median wall time and the
+    largest peak are reported (on a shared host, load changes between one recipe's run and the next's)."""
     lines = [f"| model | recipe | quantization wall time | peak RSS growth | vs onnxruntime (time, RSS) |", "|---|---|---|---|---|"]
     for key in keys:
-        m = MODELS[key]()
-        got = {r: cost(m, r, n) for r in recipes}
+        if key in MODELS:
+            m = MODELS[key]()
+        else:  # tools/bench_cost_models.py: the conv nets of issue 14 at a given input size; 8 samples beyond
+            from tools.bench_cost_models import build  # the n calibration samples, held out for auto's scoring
+
+            m = build(key, n + 8, WORK, _export_torch)
+        runs: dict[str, list[tuple[float, float]]] = {r: [] for r in recipes}
+        for _ in range(max(1, repeat)):
+            for r in recipes:
+                v = cost(m, r, n)
+                if v is not None:
+                    runs[r].append(v)
+        got = {r: (float(np.median([w for w, _ in v])), max(p for _, p in v)) if v else None for r, v in runs.items()}
         ref = got.get("ort-static")
         for r, v in got.items():
             if v is None:
                 lines.append(f"| {m['name']} | {r} | failed | | |")
                 continue
             ratio = f"{v[0] / ref[0]:.2f}x, {v[1] / ref[1]:.2f}x" if ref and ref[0] > 0 and ref[1] > 0 else "-"
-            lines.append(f"| {m['name']} | {r} ({n} samples) | {v[0]:.1f} s | {v[1]:.0f} MB | {ratio} |")
+            lines.append(f"| {m['name']} | {r} ({n} samples{f', median of {len(runs[r])}' if repeat > 1 else ''}) | {v[0]:.1f} s | {v[1]:.0f} MB | {ratio} |")
     return "\n".join(lines)
 
 
@@ -688,12 +702,15 @@ def main() -> None:
     ap.add_argument("--memory-recipes", default="ort-static,ort-static-entropy,edgeq-minmax,edgeq-entropy,edgeq")
     ap.add_argument("--results", type=Path, default=None, help="JSON file: rows are appended per model (partial runs survive)")
     ap.add_argument("--recipes", default="", help="only these recipes (comma-separated names from RECIPES), e.g. ort-static,ort-static-best,edgeq")
-    ap.add_argument("--cost", default="", help="models for the cost table only (e.g. bigact): wall time and peak RSS vs onnxruntime")
+    ap.add_argument("--cost", default="", help="models for the cost table only (e.g. bigact, or detector@736,ctc@48x320,"
+                    "mobilenetv3@224,resnet18@224 from tools/bench_cost_models.py): wall time and peak RSS vs onnxruntime")
     ap.add_argument("--cost-samples", type=int, default=64)
+    ap.add_argument("--cost-repeat", type=int, default=1, help="run the cost recipes round-robin N times: median wall time")
+    ap.add_argument("--cost-recipes", default="ort-static,edgeq,edgeq-minmax")
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     if args.cost:
-        print(cost_table([k for k in args.cost.split(",") if k], args.cost_samples))
+        print(cost_table([k for k in args.cost.split(",") if k], args.cost_samples, tuple(args.cost_recipes.split(",")), args.cost_repeat))
         return
     rows = json.loads(args.results.read_text()) if args.results and args.results.exists() else []
     for key in args.models.split(","):

@@ -4,7 +4,7 @@
     python tools/bench_llm.py                      # trains the tiny Llama of fixtures/lm.py (context 1280)
     python tools/bench_llm.py --algos rtn,gptq,awq --contexts 128,1024 --threads 1,0
 
-Rows: fp32 and int4 (RTN / GPTQ / AWQ, block 32) KV-cache decoders written by edgeq, and the
+Rows: fp32 and int4 (RTN / GPTQ / AWQ, block 32, edgeq's defaults: embedding at 8 bits) KV-cache decoders written by edgeq, and the
 builder's int4 (``python -m onnxruntime_genai.models.builder -p int4 -e cpu``) on the same folder.
 Every row is compared with the fp32 PyTorch model (transformers) on the same held-out token
 windows, through onnxruntime-genai's own prefill logits: perplexity, mean KL(p_fp32 || p_row),
@@ -12,7 +12,8 @@ same-top-token %. Timing (onnxruntime-genai, this host, not a device): time to f
 first context length, decode tokens/s at each context length, per thread setting (0 = all cores),
 peak RSS of the measuring child; decode tokens/s is 1 / the median step time. Each measurement runs in
 its own isolated child interpreter.
-GGUF rows: see tools/bench_llm_formats.py (not repeated here).
+GGUF rows (``--gguf q4_0,q4_k``; q4_k is Q4_K_M from llama.cpp's quantizer): edgeq's GGUF run by
+llama.cpp, quality from its prefill logits on the same windows, timing as above (tools/bench_llm_gguf.py).
 """
 
 from __future__ import annotations
@@ -110,6 +111,10 @@ def main() -> int:
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--work", type=Path)
     ap.add_argument("--no-builder", action="store_true")
+    ap.add_argument("--gguf", default="q4_0,q4_k", help="GGUF rows through llama.cpp ('' for none)")
+    ap.add_argument("--fixture", choices=("tiny", "wide"), default="tiny",
+                    help="without --model: tiny (hidden 128, attention over 1,024 positions costs as much as the MLPs) or "
+                         "wide (hidden 768, 12 heads of 64, 2 KV heads, MLP 2,048: weights dominate as in 1-3B LLMs; trains for minutes)")
     a = ap.parse_args()
     if a.child:
         print(json.dumps(_child(json.loads(a.child))))
@@ -131,10 +136,13 @@ def main() -> int:
     if a.model is None:
         from fixtures.lm import TinyLlamaSpec, corpus_text, heldout_prompts, make_tiny_llama
 
-        folder = work / "tiny-llama"
+        folder = work / ("tiny-llama" if a.fixture == "tiny" else "wide-llama")
+        spec = TinyLlamaSpec(context=1280)
+        if a.fixture == "wide":
+            spec = TinyLlamaSpec(context=1280, hidden=768, intermediate=2048, heads=12, kv_heads=2)
         if not (folder / "model.safetensors").exists():
             t0 = time.perf_counter()
-            make_tiny_llama(folder, TinyLlamaSpec(context=1280))
+            make_tiny_llama(folder, spec)
             log(f"trained the tiny Llama fixture in {time.perf_counter() - t0:.0f} s")
         texts = heldout_prompts(a.prompts, 256)
         train, _ = corpus_text()
@@ -148,7 +156,6 @@ def main() -> int:
     ref = reference_logits(folder, ids)
     target = load_target("cpu-x86_64")
     model = hf.load_hf_model(hf.inspect_folder(folder), "text-generation")
-    files, _ = bundle_files(folder)
     dirs: dict[str, Path] = {}
 
     def bundle_dir(name: str, onnx_path: Path) -> Path:
@@ -156,7 +163,7 @@ def main() -> int:
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir()
         shutil.copyfile(onnx_path, d / "model.onnx")
-        for n, data in files:
+        for n, data in bundle_files(folder, onnx_path)[0]:  # KV buffers shared where the decoder allows it
             (d / n).write_bytes(data)
         return d
 
@@ -192,8 +199,15 @@ def main() -> int:
         m = compare_logits(ref, [np.asarray(x, np.float32) for x in r["logits"]], ids)
         rows.append({"name": name, "bytes": dir_bytes(d), **m, "timing": r["timing"], "peak_rss_bytes": r["peak_rss_bytes"]})
         log(f"{name}: KL {m['kl_mean']:.2e}, same top {100 * m['top1_agreement']:.2f} % ({time.perf_counter() - t0:.0f} s)")
+    quants = [x.strip() for x in a.gguf.split(",") if x.strip()]
+    if quants:
+        from tools.bench_llm_gguf import gguf_rows
+
+        rows += gguf_rows(folder, ids, ref, quants=quants, contexts=contexts, threads=threads, steps=a.steps, vocab=vocab,
+                          work=work, log=log)
     print(f"{folder.name}: {len(ids)} held-out windows, {rows[0]['positions']} positions; fp32 PyTorch perplexity "
-          f"{rows[0]['perplexity_fp32']:.4f}; runtime onnxruntime-genai on this host; decode over {a.steps} steps.\n")
+          f"{rows[0]['perplexity_fp32']:.4f}; runtime onnxruntime-genai on this host; decode over {a.steps} steps."
+          + (" GGUF rows: llama.cpp (llama-cpp-python), TTFT the median of 3 prefills." if quants else "") + "\n")
     cols = [f"{'all' if t == 0 else t} thr: TTFT@{contexts[0]} ms / tok/s@" + "/".join(map(str, contexts)) for t in threads]
     print("| model | file | perplexity | mean KL | same top | " + " | ".join(cols) + " | peak RSS (child, incl. logits) |")
     print("|---|---:|---:|---:|---:|" + "---:|" * len(cols) + "---:|")

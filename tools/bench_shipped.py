@@ -15,7 +15,6 @@ This is a benchmark, not a test: it prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,9 @@ def _session(path: Path, level: str, threads: int, runtime_opt: bool = False, of
 def bench(fp32: Path, bundle: Path, threads: int, rounds: int) -> dict:
     from edgeq.quantization.selection.speed import SpeedOptions, interleaved
 
-    m = json.loads((bundle / "manifest.json").read_text())
+    from edgeq.bundles.reader import read_bundle
+
+    m = read_bundle(bundle).manifest  # the one reader: schema, file list and checksums first
     so = m["target"]["session_options"]
     feed = {m["inputs"][0]["name"]: np.load(bundle / m["golden"]["pairs"][0]["inputs"][0])}
     sessions = {

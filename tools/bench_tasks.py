@@ -253,3 +253,9 @@ def task_metric(ref_path: Path, path: Path, xs: np.ndarray, sess_fn) -> tuple[st
     task = first_output_task(onnx.load(str(ref_path), load_external_data=False), ref)
     metric, value = primary(task, ref, cand)
     return metric.replace("_", " "), value
+
+
+def detector():
+    """The YOLOv8-style detector above, untrained (seeded): tools/bench_npu.py measures its placement. Input 3x64x64."""
+    _, yolo, _, _, _ = _torch_models()
+    return yolo()

@@ -162,12 +162,22 @@ class TinyBert(nn.Module):
         return self.head(self.encoder(h)[:, 0])
 
 
+def yolov8_style(**kw) -> nn.Module:
+    """The YOLOv8-style detector of tools/bench_tasks.py (anchor-free head: box Exp, class Sigmoid, Concat), fixed 64x64 input."""
+    from tools.bench_tasks import SIZE, detector
+
+    m = detector()
+    m.input_size = SIZE  # its anchor centres are laid out for this size
+    return m
+
+
 MODELS = {
     "mobilenet_v3_small": mobilenet_v3_small,
     "mobilenet_v3_large": mobilenet_v3_large,
     "mobilenet_v2": MobileNetV2,
     "resnet18": ResNet18,
     "bert2": TinyBert,
+    "yolov8": yolov8_style,
 }
 
 
@@ -176,6 +186,7 @@ def sample_inputs(model: nn.Module, n: int, size: int, seed: int = 0):
     import numpy as np
 
     rng = np.random.default_rng(seed)
+    size = getattr(model, "input_size", size)
     if isinstance(model, TinyBert):
         return rng.integers(0, model.vocab, (n, model.seq)).astype(np.int64)
     return rng.standard_normal((n, 3, size, size)).astype(np.float32)
@@ -193,6 +204,7 @@ def build(name: str, *, seed: int = 0, **kw) -> nn.Module:
 
 
 def to_onnx(model: nn.Module, path, size: int = 224, opset: int = 17) -> None:
+    size = getattr(model, "input_size", size)
     if isinstance(model, TinyBert):  # token ids [N, seq]
         ids = torch.randint(0, model.vocab, (1, model.seq))
         torch.onnx.export(model, (ids,), str(path), input_names=["x"], output_names=["y"], opset_version=opset, dynamo=False,

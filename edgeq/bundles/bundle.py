@@ -20,7 +20,6 @@ bundle is a function of the inputs, so the same inputs give the same bytes.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
 import json
@@ -34,11 +33,13 @@ from typing import Any
 import numpy as np
 
 from ..core import child
-from . import runner as runner_mod
+from . import reader as reader_mod, runner as runner_mod
 from ..core.artifact import Artifact
-from .archive import ExtractLimits, archive_format, archive_path, safe_extract, write_archive
+from .archive import ExtractLimits, archive_path, write_archive
+from .reader import Bundle, open_bundle, validate_manifest, write_manifest  # noqa: F401 - validate_manifest: public here too
+from .signing import check_signature, generate_keypair, key_id, load_private_key, load_public_key, signature_record  # noqa: F401 - public here too
 from ..errors import BundleError, CheckFailed
-from ..core.fsutil import check_output, sha256_file, staging
+from ..core.fsutil import staging
 from ..core.appio import LABELS_FILE
 from ..core.runtime import create_session, run
 from ..core.safetext import escape_text
@@ -53,7 +54,7 @@ EXTERNAL_DATA = "model.onnx.data"
 EXTERNAL_DATA_THRESHOLD = 256 << 20
 MAX_MANIFEST_BYTES = runner_mod.MAX_MANIFEST_BYTES
 CPP_DIR = Path(__file__).resolve().parent / "cpp"
-SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "manifest.schema.json"
+SCHEMA_PATH = reader_mod.SCHEMAS / reader_mod.SCHEMA_FILES["onnx"]
 
 
 @dataclass(frozen=True)
@@ -266,77 +267,8 @@ def _profile_summary(profile: dict[str, Any] | None) -> dict[str, Any] | None:
     return summary
 
 
-MAX_KEY_BYTES = 64 << 10
-
-
-def _read_key(path: Path, what: str) -> bytes:
-    """A PEM key file: a regular file of at most 64 KiB (checked before reading)."""
-    from ..core.fsutil import require_regular_file
-
-    path = Path(require_regular_file(path, what, BundleError))
-    if path.is_dir():
-        raise BundleError(f"{what} {path} is a folder", "pass the PEM file edgeq keygen wrote")
-    if path.is_file() and path.stat().st_size > MAX_KEY_BYTES:
-        raise BundleError(f"{what} {path} is larger than {MAX_KEY_BYTES >> 10} KiB", "pass the PEM file edgeq keygen wrote")
-    return path.read_bytes()
-
-
-def load_private_key(path: Path):
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    try:
-        key = serialization.load_pem_private_key(_read_key(path, "signing key"), password=None)
-    except (OSError, ValueError, TypeError) as e:
-        raise BundleError(f"cannot read signing key {path}: {str(e)[:120]}", "pass an unencrypted Ed25519 private key in PEM (edgeq keygen)") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise BundleError(f"signing key {path} is not an Ed25519 key", "create one with edgeq keygen")
-    return key
-
-
-def load_public_key(path: Path):
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-    try:
-        key = serialization.load_pem_public_key(_read_key(path, "public key"))
-    except (OSError, ValueError, TypeError) as e:
-        raise BundleError(f"cannot read public key {path}: {str(e)[:120]}", "pass the Ed25519 public key in PEM (edgeq keygen writes KEY.pub)") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise BundleError(f"public key {path} is not an Ed25519 key", "pass the .pub file edgeq keygen wrote")
-    return key
-
-
-def key_id(public_key) -> str:
-    from cryptography.hazmat.primitives import serialization
-
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()[:32]
-
-
-def generate_keypair(private_out: Path, *, force: bool = False) -> tuple[Path, Path]:
-    """Write an Ed25519 private key (PEM, mode 0600) and its public key (``.pub``)."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    private_out = Path(private_out)
-    public_out = private_out.with_name(private_out.name + ".pub")
-    check_output(public_out, force, is_dir=False)
-    check_output(private_out, force, is_dir=False)
-    key = Ed25519PrivateKey.generate()
-    with staging(private_out, force=force, is_dir=False) as tmp:
-        os.chmod(tmp, 0o600)
-        tmp.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    with staging(public_out, force=force, is_dir=False) as tmp:
-        tmp.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    return private_out, public_out
-
-
 def build_manifest(artifact: Artifact, target: Target, out: Path, info: BundleInputs, root: Path, pairs, *, external: bool, signer=None) -> dict[str, Any]:
-    files = {}
-    for p in sorted(x for x in root.rglob("*") if x.is_file()):
-        rel = p.relative_to(root).as_posix()
-        files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+    """The manifest's records; ``files`` (checksums) is filled by reader.write_manifest when it is written."""
     pre = info.preprocessing or {}
     inputs = [{**t.to_dict(), "preprocess": pre.get("inputs", {}).get(t.name, {})} for t in artifact.io.inputs]
     outputs = [{**t.to_dict(), "postprocess": pre.get("outputs", {}).get(t.name, {})} for t in artifact.io.outputs]
@@ -371,8 +303,8 @@ def build_manifest(artifact: Artifact, target: Target, out: Path, info: BundleIn
         "size": info.sizes,
         "golden": {"atol": target.tolerances.golden_atol, "rtol": target.tolerances.golden_rtol, "pairs": pairs},
         "cpp_example": {"source": "cpp/runner.cpp", "cmake": "cpp/CMakeLists.txt"},
-        "signature": {"algorithm": "ed25519", "key_id": key_id(signer.public_key()), "file": SIGNATURE} if signer else None,
-        "files": files,
+        "signature": signature_record(signer) if signer else None,
+        "files": {},
     }
     return manifest
 
@@ -415,10 +347,8 @@ def write_bundle(artifact: Artifact, target: Target, out: Path, info: BundleInpu
         manifest["model"]["ep_context"] = ep_context
         if info.placement is not None:
             manifest["placement"] = info.placement
-        data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8")
-        (root / runner_mod.MANIFEST).write_bytes(data)
-        if signer is not None:
-            (root / SIGNATURE).write_text(base64.b64encode(signer.sign(data)).decode("ascii") + "\n", encoding="ascii")
+        kind = "genai" if any(Path(name).name == "generate.py" for name, _ in info.extra_files) else "onnx"
+        data = write_manifest(root, manifest, kind=kind, signer=signer)
         result = runner_mod.check(str(root))
         if not result["golden_passed"]:  # the ORT model vs its own golden outputs (the export verdict is recorded, not checked here)
             raise BundleError(
@@ -436,57 +366,6 @@ def write_bundle(artifact: Artifact, target: Target, out: Path, info: BundleInpu
 
 
 # ---------------------------------------------------------------- checking
-
-
-def _read_manifest(root: Path) -> tuple[bytes, dict[str, Any]]:
-    path = root / runner_mod.MANIFEST
-    if not path.exists() and not path.is_symlink():
-        raise BundleError(f"no {runner_mod.MANIFEST} in {root}", "pass the folder that holds manifest.json, or an archive of it")
-    try:
-        data = runner_mod.read_manifest_bytes(str(root))  # stat first: regular file, at most 16 MiB
-        manifest = runner_mod.parse_manifest(data)
-    except runner_mod.BundleCorrupt as e:
-        raise BundleError(str(e), "the bundle is corrupt: fetch an intact copy") from None
-    return data, manifest
-
-
-def validate_manifest(manifest: Any) -> None:
-    """Check a manifest against the published JSON Schema (edgeq/bundles/schemas/manifest.schema.json)."""
-    try:
-        import jsonschema
-    except ImportError:
-        raise BundleError("checking a manifest needs the jsonschema package", "pip install 'jsonschema>=4'") from None
-    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(manifest), key=lambda e: list(e.absolute_path))
-    if errors:
-        e = errors[0]
-        where = "/".join(str(x) for x in e.absolute_path) or "(top level)"
-        raise BundleError(f"{runner_mod.MANIFEST} does not match the manifest schema at {where}: {e.message[:200]}", "the bundle is corrupt or was not written by edgeq")
-
-
-def check_signature(root: Path, data: bytes, manifest: dict[str, Any], pubkey: Path) -> str:
-    from cryptography.exceptions import InvalidSignature
-
-    key = load_public_key(pubkey)
-    sig_path = root / SIGNATURE
-    if sig_path.is_symlink() or not sig_path.is_file():
-        raise BundleError("the bundle is not signed (no manifest.json.sig)", "a device given --pubkey accepts signed bundles only")
-    if sig_path.stat().st_size > 1024:
-        raise BundleError(f"{SIGNATURE} is not an Ed25519 signature", "the bundle was tampered with")
-    try:
-        sig = base64.b64decode(sig_path.read_bytes().strip(), validate=True)
-    except ValueError:
-        raise BundleError(f"{SIGNATURE} is not base64", "the bundle was tampered with") from None
-    declared = (manifest.get("signature") or {}).get("key_id") if isinstance(manifest.get("signature"), dict) else None
-    kid = key_id(key)
-    try:
-        key.verify(sig, data)
-    except InvalidSignature:
-        if declared and declared != kid:
-            raise BundleError(f"the bundle was signed by another key ({declared[:16]}..., expected {kid[:16]}...)", "the bundle is not from the publisher you trust") from None
-        raise BundleError("the signature does not match manifest.json: the manifest was changed or swapped", "the bundle was tampered with; fetch an intact copy") from None
-    return kid
 
 
 def check_golden(result: dict[str, Any], *, on: str = "",
@@ -514,53 +393,47 @@ def check_bundle(
 ) -> dict[str, Any]:
     """Check a bundle folder or archive: extraction, schema, signature, version, checksums, golden pairs.
 
-    Raises BundleError (exit 2) for anything corrupt, tampered or hostile and
-    CheckFailed (exit 1) for golden pairs outside tolerance.
+    Opening goes through bundles/reader.py (the one reader); then the manifest's golden
+    tolerance is held to its target's, and the golden pairs are run. Raises BundleError
+    (exit 2) for anything corrupt, tampered or hostile and CheckFailed (exit 1) for golden
+    pairs outside tolerance or a bundle whose export check failed.
     """
-    path = Path(path)
-    if path.is_file() and archive_format(path):
-        from ..core.fsutil import scratch_dir
-
-        # a locked scratch folder: if this run is killed, the next edgeq run removes the extracted copy
-        with scratch_dir() as tmp:
-            root = safe_extract(path, tmp / "bundle", limits)
-            result = _check_folder(root, path, providers=providers, model=model, pubkey=pubkey, min_version=min_version)
-        result["archive"] = path.name
-        return result
-    if path.is_symlink() or not path.is_dir():
-        raise BundleError(f"bundle not found: {path}", "pass the folder that holds manifest.json, or a .tar.gz/.zip made by edgeq")
-    return _check_folder(path, path, providers=providers, model=model, pubkey=pubkey, min_version=min_version)
-
-
-def _check_folder(root: Path, shown: Path, *, providers, model, pubkey, min_version) -> dict[str, Any]:
-    data, manifest = _read_manifest(root)
-    signed_by = check_signature(root, data, manifest, pubkey) if pubkey is not None else None
-    validate_manifest(manifest)
-    if min_version is not None:
-        if pubkey is None:
-            raise BundleError("--min-version needs --pubkey", "without a signature anyone can raise the version number in manifest.json")
-        if manifest["bundle_version"] < min_version:
-            raise BundleError(
-                f"bundle version {manifest['bundle_version']} is older than the minimum {min_version} (replayed old bundle?)",
-                "install a bundle at least as new as the one on the device",
-            )
-    _check_tolerance(manifest, signed=signed_by is not None)
-    try:
-        result = runner_mod.check(str(root), model=model, providers=providers)
-    except runner_mod.BundleCorrupt as e:
-        raise BundleError(f"bundle {shown} is corrupt: {e}", "rebuild it with edgeq export, or fetch an intact copy") from None
-    except Exception as e:  # noqa: BLE001 - onnxruntime or numpy failing on bundle contents
-        raise BundleError(f"bundle {shown} cannot be run: {(str(e).splitlines() or [type(e).__name__])[0][:200]}", "rebuild it with edgeq export") from None
+    with open_bundle(path, pubkey=pubkey, min_version=min_version, limits=limits) as b:
+        if b.kind == "gguf":  # its golden prompts need llama.cpp: edgeq.llamacpp.gguf.check_gguf_bundle checks the folder
+            raise BundleError(f"{b.shown} is a llama.cpp (GGUF) bundle" + (" in an archive" if b.archive else ""),
+                              "extract it and pass the folder to edgeq verify" if b.archive else "check it with edgeq verify FOLDER (llama.cpp runs its golden prompts)")
+        _check_tolerance(b.manifest, signed=b.signed_by is not None)
+        result = run_golden_pairs(b, model=model, providers=providers)
     check_golden(result)
     if result.get("verdict") == "fail":
         raise CheckFailed(
-            f"bundle {shown} failed its export check: {escape_text(result.get('verdict_reason', ''))[:500]}",
+            f"bundle {b.shown} failed its export check: {escape_text(result.get('verdict_reason', ''))[:500]}",
             "the quantized model is outside its target's tolerances; re-export it (or ship it knowingly with --accept-failed)",
         )
-    result["bundle_version"] = manifest["bundle_version"]
-    result["signed_by"] = signed_by
-    result["signature_checked"] = signed_by is not None
+    result["bundle_version"] = b.bundle_version
+    result["signed_by"] = b.signed_by
+    result["signature_checked"] = b.signed_by is not None
     result["schema_valid"] = True
+    if b.archive:
+        result["archive"] = b.archive
+    return result
+
+
+def run_golden_pairs(b: Bundle, *, model: str = "ort", providers: list[str] | None = None) -> dict[str, Any]:
+    """The golden pairs of a bundle the reader opened, as run.py's ``check`` reports them (files are not hashed again)."""
+    try:
+        result = runner_mod.run_golden(str(b.root), b.manifest, model=model, providers=providers)
+    except runner_mod.BundleCorrupt as e:
+        raise BundleError(f"bundle {b.shown} is corrupt: {e}", "rebuild it with edgeq export, or fetch an intact copy") from None
+    except Exception as e:  # noqa: BLE001 - onnxruntime or numpy failing on bundle contents
+        raise BundleError(f"bundle {b.shown} cannot be run: {(str(e).splitlines() or [type(e).__name__])[0][:200]}", "rebuild it with edgeq export") from None
+    result["golden_passed"] = result["passed"]
+    result["verdict"] = b.verdict["status"]
+    result["verdict_reason"] = b.verdict["reason"]
+    result["passed"] = result["golden_passed"] and b.verdict["status"] != "fail"
+    result["files_checked"] = len(b.files)
+    result["target"] = b.target
+    result["platform"] = runner_mod.platform_info()
     return result
 
 

@@ -55,8 +55,14 @@ def _ids(v: Any) -> Any:
     return None
 
 
-def genai_config(arch: Any, gen: dict[str, Any], filename: str = "model.onnx") -> dict[str, Any]:
-    """onnxruntime-genai's config for the decoder edgeq built (past and present buffers not shared)."""
+def genai_config(arch: Any, gen: dict[str, Any], filename: str = "model.onnx", *, share_buffer: bool = False) -> dict[str, Any]:
+    """onnxruntime-genai's config for the decoder edgeq built.
+
+    ``share_buffer``: the decoder's attention is GroupQueryAttention, which writes the new keys and
+    values into a past buffer of the maximum length in place; onnxruntime-genai then keeps one
+    static cache per layer instead of copying the whole cache into a new present tensor every token
+    (that copy grows with the context). Plain attention ops concatenate, so they never share.
+    """
     from ..exporters.decoder import PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE
 
     eos = _ids(gen.get("eos_token_id")) if gen.get("eos_token_id") is not None else _ids(arch.eos)
@@ -90,14 +96,25 @@ def genai_config(arch: Any, gen: dict[str, Any], filename: str = "model.onnx") -
         "search": {
             "diversity_penalty": 0.0, "do_sample": False, "early_stopping": True, "length_penalty": 1.0,
             "max_length": arch.context, "min_length": 0, "no_repeat_ngram_size": 0, "num_beams": 1,
-            "num_return_sequences": 1, "past_present_share_buffer": False, "repetition_penalty": 1.0,
+            "num_return_sequences": 1, "past_present_share_buffer": bool(share_buffer), "repetition_penalty": 1.0,
             "temperature": 1.0, "top_k": 1, "top_p": 1.0,
         },
     }
 
 
-def bundle_files(folder: Path) -> tuple[tuple[tuple[str, bytes], ...], list[str]]:
-    """(name, bytes) of genai_config.json and the tokenizer files for a Hugging Face folder, and notes."""
+def shares_kv_buffer(model: Path) -> bool:
+    """Whether the decoder at ``model`` can share past and present buffers: its attention is GroupQueryAttention."""
+    from ..core.onnxutil import iter_nodes, load_model
+
+    m = load_model(Path(model), load_weights=False)
+    return any(n.op_type == "GroupQueryAttention" and n.domain == "com.microsoft" for n in iter_nodes(m.graph))
+
+
+def bundle_files(folder: Path, model: Path | None = None) -> tuple[tuple[tuple[str, bytes], ...], list[str]]:
+    """(name, bytes) of genai_config.json and the tokenizer files for a Hugging Face folder, and notes.
+
+    ``model``: the decoder written for it; with GroupQueryAttention the config shares the KV buffers.
+    """
     from ..exporters.decoder import arch_from_config
 
     folder = Path(folder)
@@ -109,10 +126,13 @@ def bundle_files(folder: Path) -> tuple[tuple[tuple[str, bytes], ...], list[str]
         if data is not None:
             files.append((name, data))
     gen = _json(dict(files).get("generation_config.json"))
-    cfg = genai_config(arch, gen)
+    share = model is not None and shares_kv_buffer(model)
+    cfg = genai_config(arch, gen, share_buffer=share)
     files.insert(0, (CONFIG, (json.dumps(cfg, indent=2, sort_keys=True) + "\n").encode("utf-8")))
     names = [n for n, _ in files]
     notes = [f"onnxruntime-genai: {', '.join(names)} written beside model.onnx"]
+    if share:
+        notes.append("onnxruntime-genai: past/present KV buffers shared (GroupQueryAttention updates a max-length cache in place)")
     if "tokenizer.json" not in names:
         notes.append(f"WARNING: {folder.name} has no tokenizer.json: onnxruntime-genai and run.py --prompt need one (save the tokenizer with save_pretrained)")
     has_template = "chat_template.jinja" in names or "chat_template.json" in names or "chat_template" in _json(dict(files).get("tokenizer_config.json"))
@@ -221,15 +241,51 @@ def eos_ids(model: Any) -> set[int]:
     return set(e if isinstance(e, list) else [] if e is None else [e])
 
 
+def stage_for_genai(model: Path, files: tuple[tuple[str, bytes], ...], folder: Path) -> Path:
+    """``folder`` laid out as the bundle will be for onnxruntime-genai: the decoder as model.onnx (its
+    external data beside it) and the genai/tokenizer files, so the greedy check runs before the
+    manifest is written and its result is part of the verdict."""
+    from ..core.onnxutil import copy_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    copy_model(model, folder / "model.onnx")
+    for name, data in files:
+        (folder / Path(name).name).write_bytes(data)
+    return folder
+
+
+def _static_session(path: Path) -> Any | None:
+    """An onnxruntime session of ``path`` when its ``input_ids`` has a fixed length (the static decoder), else None."""
+    import onnx
+
+    ids = next((i for i in onnx.load(str(path), load_external_data=False).graph.input if i.name == "input_ids"), None)
+    if ids is None or not all(d.HasField("dim_value") for d in ids.type.tensor_type.shape.dim):
+        return None
+    from ..core.runtime import create_session
+
+    return create_session(path)
+
+
 def greedy_check(bundle: Path, model: Any, prompts: list[list[int]], *, new_tokens: int, min_agreement: float,
                  tie_atol: float) -> GreedyCheck | None:
-    """None when onnxruntime-genai is not installed."""
-    try:
-        import onnxruntime_genai  # noqa: F401
-    except ImportError:
-        return None
+    """None when onnxruntime-genai is not installed. A static-shape decoder (NPU targets) runs through
+    onnxruntime with the fixed-slot loop of exporters/static_decoder.py instead."""
+    static = _static_session(Path(bundle) / "model.onnx")
+    if static is None:
+        try:
+            import onnxruntime_genai  # noqa: F401
+        except ImportError:
+            return None
     margins: list[list[float]] = []
     ref = hf_greedy(model, prompts, new_tokens, margins=margins)
+    if static is not None:
+        import numpy as np
+
+        from ..exporters.static_decoder import greedy_static
+
+        got = [greedy_static(static, np.asarray(ids, np.int64), new_tokens) for ids in prompts]
+        ref, got = _until_eos(ref, eos_ids(model)), _until_eos(got, eos_ids(model))
+        return compare_tokens(ref, got, new_tokens, min_agreement, "onnxruntime (static slots)", margins=margins, tie_atol=tie_atol)
     got = _genai_greedy(Path(bundle), prompts, new_tokens)
     eos = eos_ids(model)
     ref, got = _until_eos(ref, eos), _until_eos(got, eos)

@@ -64,6 +64,11 @@ class Decoder:
         self.past = [i for i in self.inputs if i.name.startswith("past_key_values.")]
         if not self.past or "logits" not in self.outputs:
             raise ValueError("the bundle's model is not a KV-cache decoder (no past_key_values inputs)")
+        ids_shape = self.inputs[[i.name for i in self.inputs].index("input_ids")].shape
+        # static decoder (NPU targets): fixed chunk of tokens per run, cache of fixed slots (slot = position)
+        self.chunk = int(ids_shape[1]) if all(isinstance(d, int) for d in ids_shape) else 0
+        if self.chunk:
+            self.context = int(self.past[0].shape[2])
 
     def kv_bytes_per_token(self) -> int:
         return sum(int(i.shape[1]) * int(i.shape[3]) * 4 for i in self.past)
@@ -73,6 +78,8 @@ class Decoder:
         import numpy as np
 
         s = ids.shape[1]
+        if self.chunk:
+            return self._static_step(ids, past, total)
         feed = {"input_ids": ids, "attention_mask": np.ones((1, total), np.int64),
                 "position_ids": np.arange(total - s, total, dtype=np.int64)[None]}
         for i in self.past:
@@ -80,6 +87,26 @@ class Decoder:
         res = dict(zip(self.outputs, self.session.run(None, feed)))
         cache = {i.name: res[i.name.replace("past_key_values.", "present.")] for i in self.past}
         return res["logits"][0, -1], cache
+
+    def _static_step(self, ids, past: dict | None, total: int):
+        """``step`` for the static decoder: ``chunk`` tokens per run (the last chunk padded), written into their slots."""
+        import numpy as np
+
+        if total > self.context:
+            raise ValueError(f"{total} tokens do not fit the decoder's {self.context} cache slots")
+        cache = past or {i.name: np.zeros(tuple(int(d) for d in i.shape), np.float32) for i in self.past}
+        start = total - ids.shape[1]
+        for a in range(0, ids.shape[1], self.chunk):
+            part = ids[0, a : a + self.chunk]
+            x = np.zeros((1, self.chunk), np.int64)
+            x[0, : len(part)] = part
+            at = start + a
+            feed = {"input_ids": x, "attention_mask": (np.arange(self.context) < at + len(part)).astype(np.int64)[None],
+                    "position_ids": np.arange(at, at + self.chunk, dtype=np.int64)[None], **cache}
+            res = dict(zip(self.outputs, self.session.run(None, feed)))
+            cache = {i.name: res[i.name.replace("past_key_values.", "present.")] for i in self.past}
+            logits = res["logits"][0, len(part) - 1]
+        return logits, cache
 
 
 def choose(logits, rng, *, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0) -> int:
@@ -222,5 +249,27 @@ def main(argv: list | None = None, root: str | None = None, check=None) -> int:
     return 0
 
 
+def _standalone() -> int:
+    """``python generate.py`` inside a bundle: the sibling run.py's checks (the bundle's rules: file list, sizes,
+    sha256) run before anything is loaded, as they do for ``python run.py --prompt``."""
+    import importlib.util
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = os.path.join(here, "run.py")
+    if not os.path.isfile(path):
+        print("FAIL no run.py beside generate.py: run it from inside an edgeq bundle", file=sys.stderr)
+        return 2
+    sys.dont_write_bytecode = True  # no __pycache__ inside the bundle
+    spec = importlib.util.spec_from_file_location("edgeq_bundle_run", path)
+    run_py = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_py)
+    try:
+        run_py.check_files(here, run_py.load_manifest(here))  # run.py and generate.py are checksummed too
+        return main(root=here, check=lambda root: run_py.check_files(root, run_py.load_manifest(root)))
+    except run_py.BundleCorrupt as e:
+        print(f"FAIL bundle corrupt: {e}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_standalone())

@@ -14,6 +14,33 @@ def target_allows_dynamic(target: Any) -> bool:
     return True
 
 
+def pinned_format(target: Any) -> str | None:
+    """The INT8 format a target's pre-flight rules pin (QNN: "qdq"), else None."""
+    for r in getattr(target, "rules", ()) or ():
+        if getattr(r, "check", "") == "activation_types" and getattr(r, "format", None):
+            return str(r.format)
+    return None
+
+
+def after_budget_missed(budget: dict[str, Any], *, has_eval: bool) -> str:
+    """One hint line when --max-drop / --prefer found no quantized model within the budget.
+
+    ``budget``: the recipe's ``search`` or ``gate`` record. Suggests --eval only when the budget
+    was measured on the calibration data, and declaring the deciding output's task only when it
+    was inferred (not already declared) on a model with several outputs."""
+    tips = ["raise --max-drop", "add calibration data"]
+    if not has_eval:
+        tips.append("measure on held-out data with --eval")
+    scored = [c for c in budget.get("candidates", [])[1:] if c.get("outputs") and c.get("drop") is not None]
+    closest = min(scored, key=lambda c: c["drop"], default=None)  # the gate: the candidate nearest the budget
+    per = (budget.get("best") or closest or {}).get("outputs") or []
+    worst = max(per, key=lambda o: o.get("drop", 0.0), default=None)
+    if worst is not None and len(per) > 1 and worst.get("drop", 0.0) > 0 and not worst.get("declared"):
+        tips.append(f"if output '{worst['output']}' is not {worst['kind']}, declare its task in the app TOML "
+                    f"([outputs.{worst['output']}] task = ..., --preprocess)")
+    return ", ".join(tips) + ", or ship fp32 on purpose with --quant none"
+
+
 def modes_without_calibration(target: Any) -> str:
     """Modes that need no calibration data and that this target runs (no dynamic INT8 on QNN/NPUs)."""
     return "--quant int8-dynamic / none" if target_allows_dynamic(target) else "--quant none (this target runs static INT8 only)"

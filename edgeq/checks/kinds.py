@@ -9,7 +9,8 @@ Every guess carries the reason it was made (``TaskSpec.why``), which the report 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -104,6 +105,7 @@ class Context:
     image_inputs: tuple[tuple[int, ...], ...] = ()  # per-sample shapes of rank-4 float inputs
     metadata: dict[str, str] = field(default_factory=dict)
     outputs: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    sequence_inputs: tuple[tuple[int, ...], ...] = ()  # per-sample shapes of rank-2/3 float inputs (audio, features)
 
 
 def _stats(samples: list[np.ndarray]) -> tuple[float, float]:
@@ -141,6 +143,42 @@ _NAME_HINTS = (
 )
 _META_TASK = {"detect": "detection", "segment": "segmentation", "classify": "classification", "obb": "detection",
               "pose": "detection", "detection": "detection", "classification": "classification"}
+
+
+def _ctc_structure(samples: list[np.ndarray], dist: str | None = None) -> dict[str, Any] | None:
+    """{"layout", "blank"} when a float rank-3 output looks like raw CTC logits: per-step scores
+    over C >= 3 classes, peaked (mean softmax top probability >= 0.5), one class at either end
+    (0 or C-1, the blank) winning at least 30 % of the steps and at least two other classes
+    winning elsewhere. [T, 1, C] (one sequence, time first) is read as TBC. ``dist`` ("prob" /
+    "logprob"): the steps are already (log-)probabilities.
+    Plain regression (no peaked steps) and hidden states with one outlier channel (the same
+    channel wins everywhere) do not match."""
+    a = np.asarray(samples[0])
+    if a.ndim != 3 or a.dtype.kind != "f" or a.shape[-1] < 3:
+        return None
+    layout = "TBC" if a.shape[1] == 1 and a.shape[0] > 1 else "BTC"
+    if (a.shape[0] if layout == "TBC" else a.shape[1]) < 4:
+        return None
+    c = a.shape[-1]
+    rows = [np.asarray(x, np.float64).reshape(-1, c) for x in samples[:16] if np.asarray(x).ndim == 3 and np.asarray(x).shape[-1] == c]
+    x = np.concatenate(rows) if rows else np.zeros((0, c))
+    if x.shape[0] < 8 or not np.isfinite(x).all():
+        return None
+    if dist == "prob":
+        p = x
+    else:
+        p = np.exp(x - x.max(1, keepdims=True)) if dist is None else np.exp(x)
+        p /= p.sum(1, keepdims=True)
+    best = p.argmax(1)
+    counts = np.bincount(best, minlength=c)
+    blank = int(counts.argmax())
+    if blank not in (0, c - 1) or counts[blank] < 0.3 * len(best) or int((counts > 0).sum()) < 3 or float(p.max(1).mean()) < 0.5:
+        return None
+    return {"layout": layout, "blank": blank}
+
+
+# present.N.key / present_key_values.N.value / past_key_values.N.key ...: a KV-cache decoder's state
+_KV_STATE = re.compile(r"(^|[._/])(present|past)[._a-z]*[._/]?\d*[._/](key|value)s?$", re.IGNORECASE)
 
 
 def _name_kind(name: str) -> str | None:
@@ -183,6 +221,9 @@ def infer_one(name: str, samples: list[np.ndarray], ctx: Context, override: dict
         return TaskSpec(name, "index", f"integer output {list(shape)}: exact match")
     meta = _META_TASK.get(ctx.metadata.get("task", "").lower()) if ctx.metadata else None
     hint = _name_kind(name)
+    if a.ndim == 4 and ctx.token_inputs and _KV_STATE.search(name):
+        return TaskSpec(name, "regression", f"{list(shape)} from token ids, named like a decoder's key/value cache: "
+                        "state, not a prediction (cosine; the logits carry the task)")
     if a.ndim == 3:
         det = _detection_layout(samples)
         if det is not None and (meta in (None, "detection")):
@@ -198,9 +239,16 @@ def infer_one(name: str, samples: list[np.ndarray], ctx: Context, override: dict
                 return TaskSpec(name, "lm-logits", f"{list(shape)} from token ids: [batch, positions, vocabulary] logits")
         dist = _rows_are_distributions(a)
         if dist is not None and not ctx.token_inputs:
-            return TaskSpec(name, "sequence", f"{list(shape)}: a {'softmax' if dist == 'prob' else 'log-softmax'} over the last axis at every step (CTC / greedy decode)")
+            ctc = _ctc_structure(samples, dist) or ({"layout": "TBC"} if shape[1] == 1 and shape[0] > 1 else {})
+            return TaskSpec(name, "sequence", f"{list(shape)}: a {'softmax' if dist == 'prob' else 'log-softmax'} over the last axis at every step (CTC / greedy decode)"
+                            + (f"; class {ctc['blank']} wins most steps (the blank)" if "blank" in ctc else ""), ctc)
         if hint == "embedding":
             return TaskSpec(name, "embedding", f"{list(shape)}, named like an embedding")
+        ctc = _ctc_structure(samples) if (ctx.sequence_inputs or ctx.image_inputs) and not ctx.token_inputs else None
+        if ctc is not None:
+            src = "an image" if ctx.image_inputs else "a sequence input"
+            return TaskSpec(name, "sequence", f"{list(shape)} from {src}: peaked per-step class logits ({ctc['layout']}) where class "
+                                              f"{ctc['blank']} wins most steps, as CTC's blank does (greedy decode)", ctc)
         if ctx.image_inputs and not ctx.token_inputs and shape[-1] >= 2 and shape[-2] >= 2:
             return TaskSpec(name, "sequence", f"{list(shape)} from an image: per-step class scores (CTC recognizer, greedy decode)")
     if hint == "detection" and a.ndim in (2, 3) and shape[-1] == 4:
@@ -258,7 +306,7 @@ def infer_all(
     ``detection``, role noted in ``why``), never on its own.
     """
     overrides = overrides or {}
-    ctx = Context(ctx.token_inputs, ctx.image_inputs, ctx.metadata, dict(zip(names, per_sample)))
+    ctx = replace(ctx, outputs=dict(zip(names, per_sample)))
     specs = [infer_one(n, s, ctx, _task_of(overrides.get(n))) for n, s in zip(names, per_sample)]
     parts = {p: s.output for s in specs if s.kind == "detection" for p in (s.params.get("scores"), s.params.get("classes")) if p}
     return [
@@ -277,7 +325,7 @@ def _task_of(spec: dict[str, Any] | None) -> dict[str, Any] | None:
 def context_from_model(model: Any) -> Context:
     """Context from an in-memory ModelProto (graph inputs and metadata; weights not read)."""
     inits = {i.name for i in model.graph.initializer}
-    tokens, images = False, []
+    tokens, images, seqs = False, [], []
     for i in model.graph.input:
         if i.name in inits:
             continue
@@ -286,11 +334,14 @@ def context_from_model(model: Any) -> Context:
         tokens |= t.elem_type in (6, 7) and len(dims) == 2  # INT32, INT64 token ids
         if t.elem_type in (1, 10, 16) and len(dims) == 4:
             images.append(tuple(dims))
-    return Context(tokens, tuple(images), {p.key[:64]: p.value[:256] for p in model.metadata_props})
+        elif t.elem_type in (1, 10, 16) and len(dims) in (2, 3):
+            seqs.append(tuple(dims))
+    return Context(tokens, tuple(images), {p.key[:64]: p.value[:256] for p in model.metadata_props}, sequence_inputs=tuple(seqs))
 
 
 def first_output_task(model: Any, ref: list[np.ndarray], overrides: dict[str, dict[str, Any]] | None = None) -> TaskSpec:
-    """The task of a model's first output (what --max-drop and the gate score), from fp32 outputs."""
+    """The task of a model's first output from its fp32 values (--max-drop and the gate score every
+    output: ``edgeq.quantization.int8.static.output_tasks``)."""
     name = model.graph.output[0].name if model.graph.output else "output_0"
     return infer_one(name, [np.asarray(r) for r in ref], context_from_model(model), _task_of((overrides or {}).get(name)))
 
@@ -306,7 +357,9 @@ def context_from(model_path: Any, io: Any) -> Context:
     except Exception:  # noqa: BLE001 - metadata is a hint only
         meta = {}
     tokens = any(t.dtype in ("int64", "int32") and len(t.shape) == 2 for t in io.inputs)
-    images = tuple(
-        tuple(d if isinstance(d, int) and d > 0 else 1 for d in t.shape) for t in io.inputs if t.dtype.startswith("float") and len(t.shape) == 4
-    )
-    return Context(tokens, images, meta)
+    def dims(t: Any) -> tuple[int, ...]:
+        return tuple(d if isinstance(d, int) and d > 0 else 1 for d in t.shape)
+
+    images = tuple(dims(t) for t in io.inputs if t.dtype.startswith("float") and len(t.shape) == 4)
+    seqs = tuple(dims(t) for t in io.inputs if t.dtype.startswith("float") and len(t.shape) in (2, 3))
+    return Context(tokens, images, meta, sequence_inputs=seqs)

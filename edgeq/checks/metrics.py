@@ -370,11 +370,13 @@ class _NoLimits:
         return 0.0
 
 
-def primary(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray]) -> tuple[str, float]:
+def primary(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray],
+            ref_all: list[dict[str, np.ndarray]] | None = None, cand_all: list[dict[str, np.ndarray]] | None = None) -> tuple[str, float]:
     """The one number that decides ``task`` (higher is better, fp32 against itself scores 1):
     what --max-drop and the gate bound. Detection: F1 of the detections, or top-detection
-    agreement where fp32 detects nothing above the threshold."""
-    c = score(task, ref, cand, _NoLimits())
+    agreement where fp32 detects nothing above the threshold; post-NMS boxes read their scores
+    and classes from ``ref_all``/``cand_all`` (every output per sample, by name)."""
+    c = score(task, ref, cand, _NoLimits(), ref_all, cand_all)
     if c is None:
         return "agreement", 1.0
     if task.kind == "lm-logits":

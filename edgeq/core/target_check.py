@@ -22,7 +22,7 @@ MAX_GGUF_CONTEXT = 1 << 20
 
 # known keys per table (the top level is checked by targets._TOP_KEYS)
 SESSION_KEYS = {"graph_optimization_level": str, "intra_op_num_threads": int, "ort_optimization": str, "ort_optimization_style": str}
-OPS_KEYS = {"supported": list, "dtypes": list, "rewrites": list}
+OPS_KEYS = {"supported": list, "dtypes": list, "rewrites": list, "conditions": list, "conditions_source": str}
 PROVIDER_KEYS = {"name", "options"}
 GGUF_TOLERANCE_KEYS = ("max_kl", "min_top1", "max_ppl_ratio")
 # tolerance name -> (low, high) inclusive, for those with a tighter range than "finite and >= 0"
@@ -183,7 +183,14 @@ def check_target_data(data: dict[str, Any], where: str, tolerance_defaults: dict
                 check_type(where, f"tolerances.{key}", value, type(default))
     if "ops" in data:
         for key, value in _table(where, "ops", data["ops"], OPS_KEYS).items():
-            check_str_list(where, f"ops.{key}", value)
+            if key == "conditions":  # attribute-level rules (edgeq.core.op_conditions), each checked
+                from .op_conditions import parse_conditions
+
+                parse_conditions(value, where)
+            elif key == "conditions_source":
+                check_type(where, f"ops.{key}", value, str)
+            else:
+                check_str_list(where, f"ops.{key}", value)
     if "gguf" in data:
         _gguf(where, data["gguf"])
     if "rules" in data:

@@ -141,6 +141,10 @@ class Target:
     """Pre-flight rules (``edgeq.quantization.int8.preflight.Rule``), checked before any work."""
     rewrites: tuple[str, ...] = ()
     """Graph rewrites (``edgeq.core.rewrite.REWRITES``) the optimize stage applies, from ``[ops] rewrites``."""
+    op_conditions: tuple[Any, ...] = ()
+    """Attribute-level support conditions (``edgeq.core.op_conditions.OpCondition``), from ``[[ops.conditions]]``."""
+    conditions_source: str = ""
+    """Where those conditions were read (``[ops] conditions_source``: the provider's source and version)."""
 
     @property
     def provider_names(self) -> tuple[str, ...]:
@@ -166,6 +170,8 @@ class Target:
             "supported_ops": list(self.supported_ops),
             "rewrites": list(self.rewrites),
             "supported_dtypes": list(self.supported_dtypes),
+            **({"op_conditions": [c.to_dict() for c in self.op_conditions], "conditions_source": self.conditions_source}
+               if self.op_conditions else {}),
             "runtime": self.runtime,
             **({"gguf": self.gguf.to_dict()} if self.gguf else {}),
             "rules": [vars(r).copy() | {"allowed": list(r.allowed)} for r in self.rules],
@@ -334,7 +340,15 @@ def _parse(data: dict[str, Any], path: Path, *, trusted: bool = True) -> Target:
         source=str(path),
         rules=rules,
         rewrites=_rewrites(ops, where),
+        op_conditions=_conditions(ops, where),
+        conditions_source=str(ops.get("conditions_source", "")),
     )
+
+
+def _conditions(ops: dict[str, Any], where: str) -> tuple[Any, ...]:
+    from .op_conditions import parse_conditions
+
+    return parse_conditions(ops.get("conditions", []), where)
 
 
 def _rewrites(ops: dict[str, Any], where: str) -> tuple[str, ...]:

@@ -437,15 +437,16 @@ def emulate_bundle(
     False when any CPU is outside the bundle's golden tolerance (the target's
     ``golden_atol``/``golden_rtol``).
     """
-    from ..bundles import runner as runner_mod
+    from ..bundles.bundle import run_golden_pairs
+    from ..bundles.reader import MANIFEST, read_bundle
 
     bundle = Path(bundle)
-    if not (bundle / runner_mod.MANIFEST).is_file():
-        raise BundleError(f"not a bundle: {bundle} (no {runner_mod.MANIFEST})", "pass the folder edgeq export wrote")
-    try:
-        host = runner_mod.check(str(bundle), model=model)
-    except runner_mod.BundleCorrupt as e:
-        raise BundleError(f"bundle {bundle} is corrupt: {e}", "rebuild it with edgeq export, or fetch an intact copy") from None
+    if not (bundle / MANIFEST).is_file():
+        raise BundleError(f"not a bundle: {bundle} (no {MANIFEST})", "pass the folder edgeq export wrote")
+    b = read_bundle(bundle)  # the one reader: manifest, schema, file list, checksums
+    if "run.py" not in b.files:
+        raise BundleError(f"bundle {bundle} has no run.py", "rebuild it with edgeq export")
+    host = run_golden_pairs(b, model=model)
     cfg = cfg or EmulationConfig.from_env()
     arm = ensure_root(cfg, step=step)
     rows = []

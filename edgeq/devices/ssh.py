@@ -138,19 +138,18 @@ def _run(cmd: list[str], opts: SshOptions, *, timeout: float | None = None) -> c
 
 
 def _local_check(bundle: Path) -> dict[str, Any]:
-    from ..bundles import runner as runner_mod
+    from ..bundles.reader import MANIFEST, read_bundle
 
-    if not bundle.is_dir() or not (bundle / runner_mod.MANIFEST).is_file():
-        raise BundleError(f"not a bundle: {bundle} (no {runner_mod.MANIFEST})",
+    if not bundle.is_dir() or not (bundle / MANIFEST).is_file():
+        raise BundleError(f"not a bundle: {bundle} (no {MANIFEST})",
                           "pass the folder edgeq export wrote; --device runs bundles, not bare models")
     try:
-        manifest = runner_mod.load_manifest(str(bundle))
-        runner_mod.check_files(str(bundle), manifest)
-    except runner_mod.BundleCorrupt as e:
-        raise BundleError(f"bundle {bundle} is corrupt: {e}", "rebuild it with edgeq export before sending it to a device") from None
-    if "run.py" not in manifest["files"]:
+        b = read_bundle(bundle)  # the one reader: manifest, schema, file list, checksums
+    except BundleError as e:
+        raise BundleError(e.message, "rebuild it with edgeq export before sending it to a device") from None
+    if "run.py" not in b.files:
         raise BundleError(f"bundle {bundle} has no run.py", "rebuild it with edgeq export")
-    return manifest
+    return b.manifest
 
 
 def run_on_device(

@@ -265,11 +265,11 @@ def _export_hf_optimum(src, opts: SourceOptions, work: Path):
 def _kv_cache_wanted(opts: SourceOptions) -> bool:
     """``--task text-generation`` gives a KV-cache decoder unless an exporter or static shapes were asked for.
 
-    ``--exporter dynamo|torchscript|optimum`` and static shapes (``--static-shape``, static-shape
-    targets) keep the full-sequence graph (no past key values) those paths write.
+    ``--exporter dynamo|torchscript|optimum`` and ``--static-shape`` keep the full-sequence graph
+    (no past key values) those paths write; static-shape targets get the static KV decoder
+    (fixed cache slots, one token per run: static_decoder.py).
     """
-    return (opts.task == "text-generation" and opts.exporter == "auto" and not opts.static_shapes
-            and not opts.target.static_shapes)
+    return opts.task == "text-generation" and opts.exporter == "auto" and not opts.static_shapes
 
 
 def export_source(source: str | Path, opts: SourceOptions, work: Path):

@@ -1,6 +1,7 @@
 """KV-cache decoders: a Hugging Face causal LM -> one ONNX graph for prefill and one-token decode.
 
-The graph is written op by op from the model's weights (plain ONNX ops, opset 17), in the
+The graph is written op by op from the model's weights (plain ONNX ops, opset 17, or where the
+target's provider has them onnxruntime's fused kernels: see ``build_decoder``), in the
 input/output naming onnxruntime-genai loads:
 
 | name | shape | |
@@ -273,19 +274,46 @@ def fused_attention_fits(arch: DecoderArch, target: Any) -> tuple[bool, str]:
         return False, f"plain attention ops: {first} has no GroupQueryAttention kernel"
     if arch.head_dim % 16:
         return False, f"plain attention ops: head size {arch.head_dim} is not a multiple of 16 (onnxruntime's GroupQueryAttention)"
-    return True, f"attention fused as com.microsoft.GroupQueryAttention ({first}); rotary as plain ops from position_ids; right padding only"
+    outside = arch.rotary_dim not in (0, arch.head_dim) and (arch.rotary_dim // 2) % 8 != 0
+    rotary = (f"rotary as plain ops (partial rotary over {arch.rotary_dim} dims: the kernel takes multiples of 16)" if outside
+              else "rotary inside it (cos/sin caches at position_ids)")
+    return True, (f"attention fused as com.microsoft.GroupQueryAttention ({first}); {rotary}; packed q/k/v and gate/up projections; "
+                  f"norms as SkipSimplifiedLayerNormalization; right padding only")
 
 
-def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused: bool = False) -> Path:
+def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused: bool = False,
+                  static_context: int = 0, chunk: int = 1) -> Path:
     """Write the KV-cache decoder ONNX for ``arch`` with the weights in ``state`` (a state dict).
 
-    ``fused``: attention (with the cache concatenation, causal mask, soft-cap and sliding window) as
-    onnxruntime's ``com.microsoft.GroupQueryAttention``; rotary stays plain ops before it (it reads
-    ``position_ids``). The mask then follows GroupQueryAttention's rules: right padding only.
+    ``fused`` (targets whose provider has onnxruntime's contrib kernels) writes what those kernels
+    run fastest, as onnxruntime-genai's own builder does:
+
+    - attention (cache update, causal mask, soft-cap, sliding window) as ``com.microsoft.GroupQueryAttention``,
+      with rotary inside it (``do_rotary``: cos/sin caches of the model's context length, read at
+      ``position_ids``; partial rotary too when its width is a multiple of 16, as the kernel requires,
+      else plain ops in front of it);
+    - q/k/v as one MatMul (one bias Add) whose packed rows go to the kernel as they are (split only
+      where Gemma 3's q/k norms or partial rotary need them apart), gate/up as one MatMul then Split:
+      one MatMulNBits each after weight-only quantization;
+    - every RMSNorm over the hidden size as ``com.microsoft.SkipSimplifiedLayerNormalization``,
+      the residual Add folded in.
+
+    The mask then follows GroupQueryAttention's rules: right padding only. Without ``fused`` the
+    graph is plain opset-17 ops any provider runs (separate projections, concatenated cache).
+
+    ``static_context`` (> 0; plain ops only) writes the form NPU runtimes compile: every shape fixed,
+    batch 1, ``chunk`` tokens per run (1: the decode step; more: a prefill chunk, padded at the end),
+    past and present of ``static_context`` slots where slot = position. The new keys/values are
+    written into their slots by a one-hot MatMul at ``position_ids`` (no Concat, no ScatterND), and
+    a slot is attended when ``attention_mask`` [1, static_context] marks it and it is not after the
+    query's position (nor outside the sliding window). See ``static_decoder.py`` for the loop.
     """
     import onnx
     from onnx import TensorProto, helper
 
+    static = static_context > 0
+    if static and fused:
+        raise ValueError("static shapes use plain attention ops")
     w = _weights(state, arch)
     g = _Graph()
     H, nh, nkv, hd = arch.hidden, arch.heads, arch.kv_heads, arch.head_dim
@@ -293,36 +321,69 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
     rot = arch.rotary_dim or hd
 
     ids, mask, pos = "input_ids", "attention_mask", "position_ids"
-    # --- masks [B, 1, 1, S, T] (additive), causal + padding (+ sliding window)
-    s_len = g.op("Gather", [g.op("Shape", [ids]), g.const(np.int64(1))])
-    t_len = g.op("Gather", [g.op("Shape", [mask]), g.const(np.int64(1))])
-    past_len = g.op("Sub", [t_len, s_len])
-    zero, one = g.const(np.int64(0)), g.const(np.int64(1))
-    q_idx = g.op("Add", [g.op("Range", [zero, s_len, one]), past_len])  # [S] absolute positions of queries
-    k_idx = g.op("Range", [zero, t_len, one])  # [T]
-    q_col = g.op("Unsqueeze", [q_idx, g.const(np.array([1], np.int64))])  # [S,1]
-    causal = g.op("LessOrEqual", [k_idx, q_col])  # [S,T]
-    pad = g.op("Cast", [g.op("Unsqueeze", [mask, g.const(np.array([1, 2, 3], np.int64))])], to=TensorProto.BOOL)  # [B,1,1,1,T]
-    allowed = g.op("And", [causal, pad])  # [B,1,1,S,T]
-    zf, negf = g.const(np.float32(0.0)), g.const(np.float32(_NEG))
-    bias_full = g.op("Where", [allowed, zf, negf], hint="mask_bias")
-    bias_slide = bias_full
-    if arch.window:
-        near = g.op("Greater", [k_idx, g.op("Sub", [q_col, g.const(np.int64(arch.window))])])
-        bias_slide = g.op("Where", [g.op("And", [allowed, near]), zf, negf], hint="mask_bias_sliding")
+    if not static:
+        t_len = g.op("Gather", [g.op("Shape", [mask]), g.const(np.int64(1))])
+        one = g.const(np.int64(1))
+    bias_full = bias_slide = ""
+    if static:
+        M = int(static_context)
+        slots = g.const(np.arange(M, dtype=np.int64), "slots")  # [M]
+        q_col = g.op("Unsqueeze", [g.op("Squeeze", [pos, g.const(np.array([0], np.int64))]), g.const(np.array([1], np.int64))])  # [C,1]
+        causal = g.op("LessOrEqual", [slots, q_col])  # [C,M]
+        pad = g.op("Cast", [g.op("Unsqueeze", [mask, g.const(np.array([1, 2, 3], np.int64))])], to=TensorProto.BOOL)  # [1,1,1,1,M]
+        allowed = g.op("And", [causal, pad])
+        zf, negf = g.const(np.float32(0.0)), g.const(np.float32(_NEG))
+        bias_full = bias_slide = g.op("Where", [allowed, zf, negf], hint="mask_bias")
+        if arch.window:
+            near = g.op("Greater", [slots, g.op("Sub", [q_col, g.const(np.int64(arch.window))])])
+            bias_slide = g.op("Where", [g.op("And", [allowed, near]), zf, negf], hint="mask_bias_sliding")
+        # write matrix [M, C]: 1 where slot m takes the chunk's token c; keep [M, 1]: 1 where the past stays
+        hit = g.op("Cast", [g.op("Equal", [g.op("Unsqueeze", [slots, g.const(np.array([1], np.int64))]),
+                                          g.op("Squeeze", [pos, g.const(np.array([0], np.int64))])])], to=TensorProto.FLOAT, hint="slot_write")
+        keep = g.op("Sub", [g.const(np.float32(1.0)), g.op("ReduceMax", [hit], axes=[1], keepdims=1)], hint="slot_keep")
+    elif not fused:  # GroupQueryAttention masks by itself
+        zero = g.const(np.int64(0))
+        # --- masks [B, 1, 1, S, T] (additive), causal + padding (+ sliding window)
+        s_len = g.op("Gather", [g.op("Shape", [ids]), g.const(np.int64(1))])
+        past_len = g.op("Sub", [t_len, s_len])
+        q_idx = g.op("Add", [g.op("Range", [zero, s_len, one]), past_len])  # [S] absolute positions of queries
+        k_idx = g.op("Range", [zero, t_len, one])  # [T]
+        q_col = g.op("Unsqueeze", [q_idx, g.const(np.array([1], np.int64))])  # [S,1]
+        causal = g.op("LessOrEqual", [k_idx, q_col])  # [S,T]
+        pad = g.op("Cast", [g.op("Unsqueeze", [mask, g.const(np.array([1, 2, 3], np.int64))])], to=TensorProto.BOOL)  # [B,1,1,1,T]
+        allowed = g.op("And", [causal, pad])  # [B,1,1,S,T]
+        zf, negf = g.const(np.float32(0.0)), g.const(np.float32(_NEG))
+        bias_full = g.op("Where", [allowed, zf, negf], hint="mask_bias")
+        bias_slide = bias_full
+        if arch.window:
+            near = g.op("Greater", [k_idx, g.op("Sub", [q_col, g.const(np.int64(arch.window))])])
+            bias_slide = g.op("Where", [g.op("And", [allowed, near]), zf, negf], hint="mask_bias_sliding")
 
     # --- rotary tables [B, 1, 1, S, rot/2] (cos, sin) per base
-    posf = g.op("Unsqueeze", [g.op("Cast", [pos], to=TensorProto.FLOAT), g.const(np.array([-1], np.int64))])  # [B,S,1]
-
     def rope_tables(inv: tuple[float, ...]) -> tuple[str, str]:
+        posf = g.op("Unsqueeze", [g.op("Cast", [pos], to=TensorProto.FLOAT), g.const(np.array([-1], np.int64))])  # [B,S,1]
         fr = g.op("Mul", [posf, g.const(np.asarray(inv, np.float32), "inv_freq")])  # [B,S,rot/2]
         # plain attention: [B,1,1,S,rot/2] (q as [B,kv,rep,S,hd]); fused: [B,S,1,rot/2] (q as [B,S,heads,hd])
         fr = g.op("Unsqueeze", [fr, g.const(np.array([2] if fused else [1, 2], np.int64))])
         return g.op("Cos", [fr], hint="rope_cos"), g.op("Sin", [fr], hint="rope_sin")
 
-    tables = {"global": rope_tables(arch.inv_freq)}
+    def rope_caches(inv: tuple[float, ...], hint: str) -> tuple[str, str]:
+        """GroupQueryAttention's cos_cache / sin_cache [context, rot/2], computed here in float64."""
+        ang = np.arange(max(arch.context, 1), dtype=np.float64)[:, None] * np.asarray(inv, np.float64)[None, :]
+        return g.init(f"{hint}.cos_cache", np.cos(ang).astype(np.float32)), g.init(f"{hint}.sin_cache", np.sin(ang).astype(np.float32))
+
+    # partial rotary goes in too where the kernel takes its table width (rot/2 a multiple of 8), else plain ops in front
+    rotary_in_gqa = fused and (rot == hd or (rot // 2) % 8 == 0)
+    bases = {"global": arch.inv_freq}
     if arch.inv_freq_local is not None:
-        tables["local"] = rope_tables(arch.inv_freq_local)
+        bases["local"] = arch.inv_freq_local
+    made: dict[str, tuple[str, str]] = {}
+
+    def table(kind: str) -> tuple[str, str]:
+        """The (cos, sin) pair of one rotary base, made on first use (no unused initializers)."""
+        if kind not in made:
+            made[kind] = rope_caches(bases[kind], f"rotary_{kind}") if rotary_in_gqa else rope_tables(bases[kind])
+        return made[kind]
 
     def rope(x: str, cs: tuple[str, str]) -> str:
         """Rotate-half rotary on the first ``rot`` dims of x [B, G, R, S, hd]."""
@@ -343,6 +404,26 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
         inv = g.op("Reciprocal", [g.op("Sqrt", [g.op("Add", [var, g.const(np.float32(arch.eps))])])])
         return g.op("Mul", [g.op("Mul", [x, inv]), g.init(f"{hint}.weight", (weight + arch.norm_offset).astype(np.float32))], hint=hint)
 
+    def add_norm(x: str, y: str | None, weight: np.ndarray, hint: str) -> tuple[str, str]:
+        """(rmsnorm(x + y), x + y); fused: one com.microsoft.SkipSimplifiedLayerNormalization.
+
+        Without ``y`` (the first layer's norm, Gemma 2/3's post norms) the fused op gets ``x`` twice and 4 x epsilon:
+        rmsnorm(2x, 4 eps) = rmsnorm(x, eps) exactly (doubling is exact in floating point), and
+        the residual stream stays ``x``. ONNX's checker refuses the plain SimplifiedLayerNormalization
+        onnxruntime registers in the default domain, so this keeps the norm one kernel.
+        """
+        if not fused:
+            if y is not None:
+                x = g.op("Add", [x, y], hint=f"{hint}.residual")
+            return rmsnorm(x, weight, hint), x
+        out, total = f"{hint}.out", f"{hint}.residual"
+        gamma = g.init(f"{hint}.weight", (weight + arch.norm_offset).astype(np.float32))
+        eps = float(arch.eps) * (4.0 if y is None else 1.0)
+        g.nodes.append(helper.make_node(
+            "SkipSimplifiedLayerNormalization", [x if y is None else y, x, gamma], [out] if y is None else [out, "", "", total],
+            name=f"{hint}.SkipSimplifiedLayerNormalization", domain="com.microsoft", epsilon=eps))
+        return out, x if y is None else total
+
     def linear(x: str, weight: np.ndarray, name: str, bias: np.ndarray | None = None) -> str:
         y = g.op("MatMul", [x, g.init(f"{name}.weight", weight.T.astype(np.float32))], hint=name)
         return g.op("Add", [y, g.init(f"{name}.bias", bias.astype(np.float32))]) if bias is not None else y
@@ -359,42 +440,57 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
     if arch.embed_scale != 1.0:
         x = g.op("Mul", [x, g.const(np.float32(arch.embed_scale))])
     scale = arch.attn_scale or hd**-0.5
+    b_, s_, t_, p_ = (1, int(chunk), int(static_context), int(static_context)) if static else ("batch", "sequence", "total_sequence", "past_sequence")
     inputs = [
-        helper.make_tensor_value_info(ids, TensorProto.INT64, ["batch", "sequence"]),
-        helper.make_tensor_value_info(mask, TensorProto.INT64, ["batch", "total_sequence"]),
-        helper.make_tensor_value_info(pos, TensorProto.INT64, ["batch", "sequence"]),
+        helper.make_tensor_value_info(ids, TensorProto.INT64, [b_, s_]),
+        helper.make_tensor_value_info(mask, TensorProto.INT64, [b_, t_]),
+        helper.make_tensor_value_info(pos, TensorProto.INT64, [b_, s_]),
     ]
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "sequence", arch.vocab])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [b_, s_, arch.vocab])]
+    pending: str | None = None  # the last block's output, added to the residual stream by the next norm
     for i in range(arch.layers):
         pk, pv, ok, ov = PAST_KEY % i, PAST_VALUE % i, PRESENT_KEY % i, PRESENT_VALUE % i
         for n in (pk, pv):
-            inputs.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", nkv, "past_sequence", hd]))
+            inputs.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, [b_, nkv, p_, hd]))
         for n in (ok, ov):
-            outputs.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", nkv, "total_sequence", hd]))
+            outputs.append(helper.make_tensor_value_info(n, TensorProto.FLOAT, [b_, nkv, t_, hd]))
         pre = f"layers.{i}"
-        h = rmsnorm(x, w[f"{i}.ln1"], f"{pre}.input_layernorm")
-        q = linear(h, w[f"{i}.q"], f"{pre}.attn.q_proj", w.get(f"{i}.q.bias"))
-        k = linear(h, w[f"{i}.k"], f"{pre}.attn.k_proj", w.get(f"{i}.k.bias"))
-        v = linear(h, w[f"{i}.v"], f"{pre}.attn.v_proj", w.get(f"{i}.v.bias"))
+        h, x = add_norm(x, pending, w[f"{i}.ln1"], f"{pre}.input_layernorm")
         sliding = bool(arch.sliding and arch.sliding[i])
-        cs = tables["local" if sliding and "local" in tables else "global"]
+        cs = table("local" if sliding and "local" in bases else "global")
         if fused:
-            q = g.op("Reshape", [q, g.const(np.array([0, 0, nh, hd], np.int64))])
-            k = g.op("Reshape", [k, g.const(np.array([0, 0, nkv, hd], np.int64))])
-            if arch.qk_norm:
-                q = rmsnorm(q, w[f"{i}.q_norm"], f"{pre}.attn.q_norm")
-                k = rmsnorm(k, w[f"{i}.k_norm"], f"{pre}.attn.k_norm")
-            q = g.op("Reshape", [rope(q, cs), g.const(np.array([0, 0, nh * hd], np.int64))])
-            k = g.op("Reshape", [rope(k, cs), g.const(np.array([0, 0, nkv * hd], np.int64))])
-            attrs: dict[str, Any] = {"num_heads": nh, "kv_num_heads": nkv, "scale": float(scale), "do_rotary": 0}
+            # one MatMul for q, k and v (and one bias Add): the kernel takes the packed rows as they are
+            qkv_w = np.concatenate([w[f"{i}.q"], w[f"{i}.k"], w[f"{i}.v"]], axis=0)
+            qkv_b = np.concatenate([w[f"{i}.{n}.bias"] for n in "qkv"]) if arch.qkv_bias else None
+            qkv = linear(h, qkv_w, f"{pre}.attn.qkv_proj", qkv_b)
+            if arch.qk_norm or not rotary_in_gqa:
+                q, k, v = g.op("Split", [qkv, g.const(np.array([nh * hd, nkv * hd, nkv * hd], np.int64))], n_out=3, axis=-1)
+                q = g.op("Reshape", [q, g.const(np.array([0, 0, nh, hd], np.int64))])
+                k = g.op("Reshape", [k, g.const(np.array([0, 0, nkv, hd], np.int64))])
+                if arch.qk_norm:
+                    q = rmsnorm(q, w[f"{i}.q_norm"], f"{pre}.attn.q_norm")
+                    k = rmsnorm(k, w[f"{i}.k_norm"], f"{pre}.attn.k_norm")
+                if not rotary_in_gqa:
+                    q, k = rope(q, cs), rope(k, cs)
+                q = g.op("Reshape", [q, g.const(np.array([0, 0, nh * hd], np.int64))])
+                k = g.op("Reshape", [k, g.const(np.array([0, 0, nkv * hd], np.int64))])
+            else:
+                q, k, v = qkv, "", ""
+            attrs: dict[str, Any] = {"num_heads": nh, "kv_num_heads": nkv, "scale": float(scale), "do_rotary": int(rotary_in_gqa)}
             if arch.attn_softcap:
                 attrs["softcap"] = float(arch.attn_softcap)
             if sliding and arch.window:
                 attrs["local_window_size"] = int(arch.window)
-            g.nodes.append(helper.make_node("GroupQueryAttention", [q, k, v, pk, pv, seqlens, total32], [f"{pre}.attn.out", ok, ov],
+            gqa_in = [q, k, v, pk, pv, seqlens, total32]
+            if rotary_in_gqa:
+                gqa_in += [cs[0], cs[1], pos]  # rotary from the caches at position_ids
+            g.nodes.append(helper.make_node("GroupQueryAttention", gqa_in, [f"{pre}.attn.out", ok, ov],
                                             name=f"{pre}.attn.GroupQueryAttention", domain="com.microsoft", **attrs))
             attn = linear(f"{pre}.attn.out", w[f"{i}.o"], f"{pre}.attn.o_proj")
         else:
+            q = linear(h, w[f"{i}.q"], f"{pre}.attn.q_proj", w.get(f"{i}.q.bias"))
+            k = linear(h, w[f"{i}.k"], f"{pre}.attn.k_proj", w.get(f"{i}.k.bias"))
+            v = linear(h, w[f"{i}.v"], f"{pre}.attn.v_proj", w.get(f"{i}.v.bias"))
             # q -> [B, kv, rep, S, hd]; k, v -> [B, kv, S, hd]
             q = g.op("Transpose", [g.op("Reshape", [q, g.const(np.array([0, 0, nkv, rep, hd], np.int64))])], perm=[0, 2, 3, 1, 4])
             k = g.op("Transpose", [g.op("Reshape", [k, g.const(np.array([0, 0, nkv, hd], np.int64))])], perm=[0, 2, 1, 3])
@@ -405,8 +501,12 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
             q = rope(q, cs)
             cs4 = tuple(g.op("Squeeze", [t, g.const(np.array([1], np.int64))]) for t in cs)  # [B,1,S,rot/2]
             k = rope(k, cs4)
-            k_all = g.op("Concat", [pk, k], axis=2)
-            v_all = g.op("Concat", [pv, v], axis=2)
+            if static:  # past * keep + write @ new: each chunk token lands in the slot of its position
+                k_all = g.op("Add", [g.op("Mul", [pk, keep]), g.op("MatMul", [hit, k])])
+                v_all = g.op("Add", [g.op("Mul", [pv, keep]), g.op("MatMul", [hit, v])])
+            else:
+                k_all = g.op("Concat", [pk, k], axis=2)
+                v_all = g.op("Concat", [pv, v], axis=2)
             g.nodes.append(helper.make_node("Identity", [k_all], [ok], name=f"{ok}_out"))
             g.nodes.append(helper.make_node("Identity", [v_all], [ov], name=f"{ov}_out"))
             k5 = g.op("Unsqueeze", [k_all, g.const(np.array([2], np.int64))])  # [B,kv,1,T,hd]
@@ -421,14 +521,17 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
             ctx = g.op("Reshape", [g.op("Transpose", [ctx], perm=[0, 3, 1, 2, 4]), g.const(np.array([0, 0, nh * hd], np.int64))])
             attn = linear(ctx, w[f"{i}.o"], f"{pre}.attn.o_proj")
         if arch.post_norms:
-            attn = rmsnorm(attn, w[f"{i}.ln2"], f"{pre}.post_attention_layernorm")
-            x = g.op("Add", [x, attn], hint=f"{pre}.residual1")
-            h = rmsnorm(x, w[f"{i}.ln_pre_ff"], f"{pre}.pre_feedforward_layernorm")
+            attn, _ = add_norm(attn, None, w[f"{i}.ln2"], f"{pre}.post_attention_layernorm")
+            h, x = add_norm(x, attn, w[f"{i}.ln_pre_ff"], f"{pre}.pre_feedforward_layernorm")
         else:
-            x = g.op("Add", [x, attn], hint=f"{pre}.residual1")
-            h = rmsnorm(x, w[f"{i}.ln2"], f"{pre}.post_attention_layernorm")
-        gate = linear(h, w[f"{i}.gate"], f"{pre}.mlp.gate_proj")
-        up = linear(h, w[f"{i}.up"], f"{pre}.mlp.up_proj")
+            h, x = add_norm(x, attn, w[f"{i}.ln2"], f"{pre}.post_attention_layernorm")
+        if fused:  # one MatMul for gate and up, split after
+            gu = linear(h, np.concatenate([w[f"{i}.gate"], w[f"{i}.up"]], axis=0), f"{pre}.mlp.gate_up_proj")
+            inter = w[f"{i}.gate"].shape[0]
+            gate, up = g.op("Split", [gu, g.const(np.array([inter, inter], np.int64))], n_out=2, axis=-1)
+        else:
+            gate = linear(h, w[f"{i}.gate"], f"{pre}.mlp.gate_proj")
+            up = linear(h, w[f"{i}.up"], f"{pre}.mlp.up_proj")
         if arch.act == "silu":
             a = g.op("Mul", [gate, g.op("Sigmoid", [gate])])
         else:  # gelu, tanh approximation
@@ -437,9 +540,9 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
             a = g.op("Mul", [g.op("Mul", [gate, g.const(np.float32(0.5))]), g.op("Add", [g.op("Tanh", [inner]), g.const(np.float32(1.0))])])
         mlp = linear(g.op("Mul", [a, up]), w[f"{i}.down"], f"{pre}.mlp.down_proj")
         if arch.post_norms:
-            mlp = rmsnorm(mlp, w[f"{i}.ln_post_ff"], f"{pre}.post_feedforward_layernorm")
-        x = g.op("Add", [x, mlp], hint=f"{pre}.residual2")
-    x = rmsnorm(x, w["norm"], "norm")
+            mlp, _ = add_norm(mlp, None, w[f"{i}.ln_post_ff"], f"{pre}.post_feedforward_layernorm")
+        pending = mlp
+    x, _ = add_norm(x, pending, w["norm"], "norm")
     logits = linear(x, w["lm_head"], "lm_head")
     if arch.final_softcap:
         logits = softcap(logits, float(arch.final_softcap))
@@ -483,6 +586,15 @@ def prefill_feed(inputs: Any, ids: np.ndarray) -> dict[str, np.ndarray]:
     ids = np.asarray(ids, dtype=np.int64)
     if ids.ndim == 1:
         ids = ids[None]
+    shapes = {t.name: _dims(t) for t in inputs}
+    if all(isinstance(d, int) for d in shapes.get("input_ids", ("?",))):  # static decoder: its fixed shapes, slots from 0
+        chunk, slots = shapes["input_ids"][1], shapes["attention_mask"][1]
+        fixed = np.zeros((1, chunk), np.int64)
+        fixed[0, : min(chunk, ids.shape[1])] = ids[0, :chunk]
+        mask = (np.arange(slots) < chunk).astype(np.int64)[None]
+        feed = {"input_ids": fixed, "attention_mask": mask, "position_ids": np.arange(chunk, dtype=np.int64)[None]}
+        feed.update({n: np.zeros(d, np.float32) for n, d in shapes.items() if n.startswith("past_key_values.")})
+        return feed
     b, s = ids.shape
     feed = {"input_ids": ids, "attention_mask": np.ones((b, s), np.int64), "position_ids": np.tile(np.arange(s, dtype=np.int64), (b, 1))}
     feed.update(empty_past(inputs, b))
@@ -534,6 +646,36 @@ def check_decoder(model: Any, onnx_path: Path, vocab: int, atol: float, rtol: fl
     ]
 
 
+def check_static_decoder(model: Any, step_path: Any, vocab: int, atol: float, rtol: float, *, seq: int = 12, split: int = 8, seed: int = 0):
+    """Per-check (label, max abs, max rel, passed) of the static graph against transformers (batch 1)."""
+    import torch
+
+    from ..core.runtime import create_session
+    from .static_decoder import logits_static
+
+    ids = np.random.default_rng(seed).integers(0, vocab, seq, dtype=np.int64)
+    with torch.no_grad():
+        ref = model(input_ids=torch.from_numpy(ids[None]), use_cache=False).logits.double().numpy()[0]
+    sess = create_session(step_path)
+    return [(f"{split} prompt tokens + {seq - split} steps through the fixed slots",
+             *_errors(ref, logits_static(sess, ids, split), atol, rtol))]
+
+
+def build_checked_static(model: Any, arch: Any, out: Any, target: Any, *, context: int = 0) -> tuple[list, tuple[str, ...], str]:
+    """Write the one-token static decoder of ``model`` at ``out`` and check it: (check rows, notes, provenance label)."""
+    from .static_decoder import DEFAULT_CONTEXT
+
+    slots = int(context or min(arch.context, DEFAULT_CONTEXT))
+    build_decoder(arch, model.state_dict(), out, static_context=slots, chunk=1)
+    tol = target.tolerances
+    rows = check_static_decoder(model, out, arch.vocab, tol.export_atol, tol.export_rtol)
+    notes = (f"static KV-cache decoder ({arch.model_type}, {arch.layers} layers): batch 1, one token per run, {slots} cache slots "
+             f"(slot = position; attention_mask [1, {slots}] marks the filled ones); past_key_values.N.key/value in, "
+             f"present.N.key/value out; {arch.kv_bytes_per_token() * slots} KV bytes (fp32)",
+             f"plain attention ops, every shape static ({target.name} compiles fixed shapes)")
+    return rows, notes, f"static {slots} slots"
+
+
 BUILDER = "edgeq KV-cache decoder builder"
 
 
@@ -544,16 +686,21 @@ def export_hf_decoder(model: Any, out: Path, target: Any, provenance: tuple[str,
     from .torch import ExportCheck, OutputError
 
     arch = arch_from_config(model.config)
-    fused, why = fused_attention_fits(arch, target)
-    build_decoder(arch, model.state_dict(), out, fused=fused)
     tol = target.tolerances
-    rows = check_decoder(model, out, arch.vocab, tol.export_atol, tol.export_rtol)
-    outs = tuple(OutputError(name=f"logits ({label})", shape=(2, 12, arch.vocab), max_abs=a, max_rel=r, passed=ok) for label, a, r, ok in rows)
+    if target.static_shapes:  # NPU targets: fixed cache slots, one token per run (static_decoder.py)
+        rows, notes, kind = build_checked_static(model, arch, out, target)
+        batch = 1
+    else:
+        fused, why = fused_attention_fits(arch, target)
+        build_decoder(arch, model.state_dict(), out, fused=fused)
+        rows = check_decoder(model, out, arch.vocab, tol.export_atol, tol.export_rtol)
+        notes = (f"KV-cache decoder ({arch.model_type}, {arch.layers} layers, {arch.kv_heads} kv heads x {arch.head_dim}): "
+                 f"past_key_values.N.key/value in, present.N.key/value out; {arch.kv_bytes_per_token()} KV bytes per token (fp32)", why)
+        kind, batch = ("GroupQueryAttention" if fused else "plain attention"), 2
+    outs = tuple(OutputError(name=f"logits ({label})", shape=(batch, 12, arch.vocab), max_abs=a, max_rel=r, passed=ok) for label, a, r, ok in rows)
     check = ExportCheck(
         exporter=BUILDER, fallback_reason=None, opset=OPSET, inputs_checked=tuple(r[0] for r in rows), outputs=outs,
-        atol=tol.export_atol, rtol=tol.export_rtol, external_data=False,
-        exporter_notes=(f"KV-cache decoder ({arch.model_type}, {arch.layers} layers, {arch.kv_heads} kv heads x {arch.head_dim}): "
-                        f"past_key_values.N.key/value in, present.N.key/value out; {arch.kv_bytes_per_token()} KV bytes per token (fp32)", why),
+        atol=tol.export_atol, rtol=tol.export_rtol, external_data=False, exporter_notes=notes,
     )
     if not check.passed:
         bad = "; ".join(f"{o.name} max abs {o.max_abs:.3g}" for o in outs if not o.passed)
@@ -562,5 +709,5 @@ def export_hf_decoder(model: Any, out: Path, target: Any, provenance: tuple[str,
     art = artifact_from(out)
     worst = max(o.max_abs for o in outs)
     art = Artifact(path=art.path, io=art.io, opset=art.opset, provenance=provenance + (
-        f"export({BUILDER}, {arch.model_type}, {'GroupQueryAttention' if fused else 'plain attention'}, opset={OPSET})", f"export-check(max_abs={worst:.3g}, outputs=1, passed)"))
+        f"export({BUILDER}, {arch.model_type}, {kind}, opset={OPSET})", f"export-check(max_abs={worst:.3g}, outputs=1, passed)"))
     return art, check, arch

@@ -603,10 +603,29 @@ def _splice(model: Any, new_nodes: dict[int, list[Any]], new_inits: list[Any]) -
     graph.initializer.extend(inits)
 
 
+def _packed_parts(arr: np.ndarray, want: dict[tuple, str], widths: dict[int, set[int]]) -> list[str]:
+    """The checkpoint linears whose weights, side by side, are ``arr`` [K, N] (a packed q/k/v or gate/up
+    projection, e.g. edgeq's fused decoder), in column order; [] unless every column is covered."""
+    k, n = arr.shape
+    parts: list[str] = []
+    off = 0
+    while off < n:
+        for w in sorted(widths.get(k, ()), reverse=True):
+            name = want.get(_key(arr[:, off : off + w])) if off + w <= n else None
+            if name is not None:
+                parts.append(name)
+                off += w
+                break
+        else:
+            return []
+    return parts if len(parts) > 1 else []
+
+
 def import_codes(model: Any, ck: PrequantCheckpoint, *, accuracy_level: int = 0) -> ImportReport:
     """Replace, in the ONNX ``model`` (in place), every MatMul whose constant weight is one of the checkpoint's
     dequantized linears by MatMulNBits holding that linear's codes. Works on any decoder graph (plain or KV-cache):
-    the weight is recognised by its values, whatever the exporter named it."""
+    the weight is recognised by its values, whatever the exporter named it. A MatMul whose weight is several
+    linears side by side (the fused decoder's packed q/k/v and gate/up) gets one MatMulNBits per linear and a Concat."""
     from onnx import TensorProto, helper, numpy_helper
 
     from ..quantization.weight_only.blockwise import pack_matmulnbits
@@ -623,6 +642,49 @@ def import_codes(model: Any, ck: PrequantCheckpoint, *, accuracy_level: int = 0)
     made: dict[str, tuple] = {}  # HF linear -> (NBitsCodes, initializer names, (perm name, digest) | None)
     gathered: dict[tuple, str] = {}  # (activation, perm digest) -> gathered activation
     max_diff, permuted, widened, stored = 0.0, 0, 0, 0
+    widths: dict[int, set[int]] = {}  # K -> output widths of the checkpoint's linears (packed projections)
+    for lin in ck.linears.values():
+        widths.setdefault(lin.k, set()).add(lin.n)
+
+    def emit(name: str, a_in: str, out: str, idx: int) -> list[Any]:
+        """MatMulNBits nodes computing ``out`` = ``a_in`` @ linear ``name`` with the checkpoint's codes."""
+        nonlocal max_diff, permuted, widened, stored
+        lin = ck.linears[name]
+        if name not in made:  # one set of initializers per linear, however many MatMuls read it
+            nc = nbits_codes(lin)
+            ref = lin.dequantize() if nc.perm is None else lin.dequantize()[nc.perm]
+            max_diff = max(max_diff, float(np.max(np.abs(nc.codes.dequantize() - ref))) if ref.size else 0.0)
+            packed = pack_matmulnbits(nc.codes)
+            base = "prequant_" + name.replace(".", "_")
+            wnames = [base + "_B", base + "_scales"]
+            new_inits.extend([numpy_helper.from_array(packed.b, wnames[0]), numpy_helper.from_array(packed.scales.reshape(-1), wnames[1])])
+            if packed.zero_points is not None:
+                wnames.append(base + "_zp")
+                new_inits.append(numpy_helper.from_array(packed.zero_points.reshape(-1), wnames[2]))
+            perm = None
+            if nc.perm is not None:
+                perm = (base + "_perm", hashlib.blake2b(nc.perm.tobytes(), digest_size=8).hexdigest())
+                new_inits.append(numpy_helper.from_array(nc.perm.astype(np.int64), perm[0]))
+                permuted += 1
+            stored += packed.nbytes
+            widened += int(nc.widened)
+            made[name] = (nc, wnames, perm)
+        nc, wnames, perm = made[name]
+        tag = "prequant_" + name.replace(".", "_") + f"_{idx}"
+        nodes = []
+        if perm is not None:  # the activation's channels in group order, gathered once per (input, order)
+            pkey = (a_in, perm[1])
+            if pkey not in gathered:
+                gathered[pkey] = tag + "_in_grouped"
+                nodes.append(helper.make_node("Gather", [a_in, perm[0]], [gathered[pkey]], axis=-1, name=tag + "_group_order"))
+            a_in = gathered[pkey]
+        nodes.append(helper.make_node(
+            "MatMulNBits", [a_in, *wnames], [out], name=tag, domain=ms, K=lin.k, N=lin.n, bits=nc.codes.bits,
+            block_size=nc.codes.block_size, accuracy_level=accuracy_level,
+        ))
+        done[name] = tag
+        return nodes
+
     for idx, node in enumerate(model.graph.node):
         if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or len(node.input) != 2 or node.input[0] in inits:
             continue
@@ -639,44 +701,16 @@ def import_codes(model: Any, ck: PrequantCheckpoint, *, accuracy_level: int = 0)
         if arr is None:
             continue
         name = want.get(_key(arr))
-        if name is None:
+        parts = [name] if name is not None else _packed_parts(arr, want, widths)
+        if not parts:
             continue
-        lin = ck.linears[name]
-        if name not in made:  # one set of initializers per linear, however many MatMuls read it
-            nc = nbits_codes(lin)
-            ref = lin.dequantize() if nc.perm is None else lin.dequantize()[nc.perm]
-            max_diff = max(max_diff, float(np.max(np.abs(nc.codes.dequantize() - ref))) if ref.size else 0.0)
-            packed = pack_matmulnbits(nc.codes)
-            base = "prequant_" + name.replace(".", "_")
-            wnames = [base + "_B", base + "_scales"]
-            new_inits += [numpy_helper.from_array(packed.b, wnames[0]), numpy_helper.from_array(packed.scales.reshape(-1), wnames[1])]
-            if packed.zero_points is not None:
-                wnames.append(base + "_zp")
-                new_inits.append(numpy_helper.from_array(packed.zero_points.reshape(-1), wnames[2]))
-            perm = None
-            if nc.perm is not None:
-                perm = (base + "_perm", hashlib.blake2b(nc.perm.tobytes(), digest_size=8).hexdigest())
-                new_inits.append(numpy_helper.from_array(nc.perm.astype(np.int64), perm[0]))
-                permuted += 1
-            stored += packed.nbytes
-            widened += int(nc.widened)
-            made[name] = (nc, wnames, perm)
-        nc, wnames, perm = made[name]
-        tag = "prequant_" + name.replace(".", "_") + f"_{idx}"
-        a_in = node.input[0]
         nodes = []
-        if perm is not None:  # the activation's channels in group order, gathered once per (input, order)
-            pkey = (a_in, perm[1])
-            if pkey not in gathered:
-                gathered[pkey] = tag + "_in_grouped"
-                nodes.append(helper.make_node("Gather", [a_in, perm[0]], [gathered[pkey]], axis=-1, name=tag + "_group_order"))
-            a_in = gathered[pkey]
-        nodes.append(helper.make_node(
-            "MatMulNBits", [a_in, *wnames], [node.output[0]], name=tag, domain=ms, K=lin.k, N=lin.n, bits=nc.codes.bits,
-            block_size=nc.codes.block_size, accuracy_level=accuracy_level,
-        ))
+        outs = [node.output[0]] if len(parts) == 1 else [f"prequant_packed_{idx}_{j}" for j in range(len(parts))]
+        for name, out in zip(parts, outs):
+            nodes += emit(name, node.input[0], out, idx)
+        if len(parts) > 1:  # a packed projection (q/k/v, gate/up): one MatMulNBits per linear, joined again
+            nodes.append(helper.make_node("Concat", outs, [node.output[0]], axis=-1, name=f"prequant_packed_{idx}_concat"))
         new_nodes[idx] = nodes
-        done[name] = tag
     if new_nodes:
         _splice(model, new_nodes, new_inits)
         if not any(o.domain == ms for o in model.opset_import):

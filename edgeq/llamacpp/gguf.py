@@ -1,5 +1,8 @@
 """GGUF export for llama.cpp targets: a local Hugging Face Llama folder -> verified GGUF bundle.
 
+Llama and Qwen2 are handled here; Phi-3 and Gemma 1/2/3 through ``arch.py`` (tensor names from the
+``gguf`` package's own map, per-architecture rules), SentencePiece-style vocabularies through ``vocab.py``.
+
 Stages (each a plain function)::
 
     read_llama(folder)                      -> LlamaSource (hyper-parameters, weight files, vocabulary)
@@ -23,13 +26,15 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from ..errors import CheckFailed, EdgeqError, ModelError, ProviderError, QuantizationError
+from . import arch as _arch
+from .vocab import is_spm, spm_vocab
 
 LLAMA_CPP_PYTHON = "0.3.36"
 """The llama-cpp-python version edgeq pins for verification (the `gguf` extra)."""
@@ -94,6 +99,16 @@ class LlamaParams:
     bos_token_id: int | None
     eos_token_id: int | None
     arch: str = "llama"  # llama.cpp architecture: llama, or qwen2 (q/k/v biases, NEOX rotary: no row permutation)
+    # phi3 / gemma / gemma2 / gemma3 (llamacpp/arch.py)
+    rope_dims: int = 0  # rotary dims per head (0: head_dim); Phi-3's partial rotary
+    sliding_window: int = 0
+    attn_softcap: float = 0.0
+    final_softcap: float = 0.0
+    original_context_length: int = 0
+    rope_freq_factors: tuple[float, ...] = ()  # Llama 3.1+ "llama3" rope scaling: llama.cpp's rope_freqs tensor
+    rope_long: tuple[float, ...] = ()  # Phi-3 LongRoPE: rope_factors_long / _short tensors, attention factor
+    rope_short: tuple[float, ...] = ()
+    rope_attn_factor: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -107,6 +122,8 @@ class Vocab:
     eos_id: int | None
     add_bos: bool
     chat_template: str | None
+    scores: tuple[float, ...] = ()  # SentencePiece-style ("llama") vocabularies: merge priority per token
+    add_space_prefix: bool | None = None  # "llama" vocabularies: '▁' in front of the text
 
 
 @dataclass(frozen=True)
@@ -143,10 +160,13 @@ def read_params(cfg: dict[str, Any], where: str) -> LlamaParams:
         arch = "qwen2"
     elif cfg.get("model_type") == "llama" or "LlamaForCausalLM" in archs:
         arch = "llama"
+    elif _arch.detect(cfg):
+        arch = _arch.detect(cfg)  # type: ignore[assignment]
     else:
         raise ModelError(
-            f"{where}: model_type '{cfg.get('model_type')}' ({', '.join(archs) or 'no architectures'}) is not a Llama or Qwen2 model",
-            "llama.cpp targets take Llama (LlamaForCausalLM) and Qwen2 (Qwen2ForCausalLM) folders",
+            f"{where}: model_type '{cfg.get('model_type')}' ({', '.join(archs) or 'no architectures'}) is not a model edgeq converts to GGUF",
+            "llama.cpp targets take Llama, Qwen2, Phi-3 and Gemma 1/2/3 (text) folders (LlamaForCausalLM, Qwen2ForCausalLM, "
+            "Phi3ForCausalLM, GemmaForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM)",
         )
     if arch == "qwen2" and cfg.get("use_sliding_window"):
         raise ModelError(f"{where}: Qwen2 with use_sliding_window is not supported by edgeq's GGUF writer", "convert a model without a sliding window")
@@ -155,12 +175,14 @@ def read_params(cfg: dict[str, Any], where: str) -> LlamaParams:
     if missing:
         raise ModelError(f"{where}: missing or non-integer {', '.join(missing)}", "re-save config.json with transformers")
     rs = cfg.get("rope_scaling") or cfg.get("rope_parameters")
-    if isinstance(rs, dict) and rs.get("rope_type", rs.get("type", "default")) not in ("default", None):
+    rtype = rs.get("rope_type", rs.get("type", "default")) if isinstance(rs, dict) else None
+    llama3_rope = arch == "llama" and rtype == "llama3"
+    if rtype not in ("default", None) and not llama3_rope and not (arch == "phi3" and rtype == "longrope"):  # longrope: arch.py
         raise ModelError(
             f"{where}: rope scaling '{rs.get('rope_type', rs.get('type'))}' is not supported by edgeq's GGUF writer yet",
             "only plain rotary embeddings (no rope_scaling) are converted",
         )
-    for flag in ("attention_bias", "mlp_bias") if arch == "llama" else ("mlp_bias",):  # qwen2: q/k/v biases by design
+    for flag in ("attention_bias", "mlp_bias") if arch == "llama" else ("mlp_bias",) if arch == "qwen2" else ():  # qwen2: q/k/v biases by design
         if cfg.get(flag):
             raise ModelError(f"{where}: {flag} = true is not supported by edgeq's GGUF writer", "convert a model without biases")
     heads = cfg["num_attention_heads"]
@@ -179,7 +201,7 @@ def read_params(cfg: dict[str, Any], where: str) -> LlamaParams:
             v = v[0] if v else None
         return v if isinstance(v, int) else None
 
-    return LlamaParams(
+    params = LlamaParams(
         vocab_size=cfg["vocab_size"],
         context_length=int(cfg.get("max_position_embeddings", 2048)),
         hidden=hidden,
@@ -195,6 +217,9 @@ def read_params(cfg: dict[str, Any], where: str) -> LlamaParams:
         eos_token_id=_tid("eos_token_id"),
         arch=arch,
     )
+    if llama3_rope:
+        params = replace(params, rope_freq_factors=_arch.llama3_rope_factors(rs, params.rope_theta, params.head_dim, where))
+    return _arch.arch_params(params, cfg, where) if arch in _arch.EXTRA_ARCHS else params
 
 
 def _pre_name(pre: dict[str, Any] | None, where: str) -> str:
@@ -223,13 +248,9 @@ def read_vocab(folder: Path, params: LlamaParams) -> Vocab:
     tj = _read_json(folder / "tokenizer.json", "the tokenizer")
     model = tj.get("model") or {}
     if model.get("type") != "BPE":
-        raise ModelError(f"{where}: tokenizer model '{model.get('type')}' is not supported", "edgeq writes byte-level BPE vocabularies (GPT-2 / Llama 3 style)")
-    if model.get("byte_fallback"):
-        raise ModelError(
-            f"{where}: a SentencePiece-style BPE (byte_fallback) is not supported by edgeq's GGUF writer yet",
-            "use a byte-level BPE tokenizer (GPT-2 / Llama 3 style)",
-        )
-    pre = _pre_name(tj.get("pre_tokenizer"), where)
+        raise ModelError(f"{where}: tokenizer model '{model.get('type')}' is not supported", "edgeq writes byte-level BPE (GPT-2 / Llama 3 / Qwen2 style) and SentencePiece-style BPE with byte fallback (Llama 2 / Phi-3 / Gemma)")
+    spm = is_spm(tj)  # SentencePiece-style BPE (Llama 2, Phi-3, Gemma): llama.cpp tokenizer model "llama", scores
+    pre = "default" if spm else _pre_name(tj.get("pre_tokenizer"), where)
     vocab: dict[str, int] = dict(model.get("vocab") or {})
     added = {t["content"]: t for t in tj.get("added_tokens") or []}
     for content, t in added.items():
@@ -240,6 +261,7 @@ def read_vocab(folder: Path, params: LlamaParams) -> Vocab:
             f"{where}: the tokenizer has ids up to {n - 1} but the model's vocab_size is {params.vocab_size}",
             "the tokenizer does not belong to this model",
         )
+    sv = spm_vocab(tj, n, where) if spm else None
     tokens: list[str | None] = [None] * n
     for tok, i in vocab.items():
         if tokens[i] is not None and tokens[i] != tok:
@@ -257,7 +279,9 @@ def read_vocab(folder: Path, params: LlamaParams) -> Vocab:
     merges = []
     for m in model.get("merges") or []:
         merges.append(m if isinstance(m, str) else " ".join(m))
-    if not merges:
+    if sv is not None:
+        tokens, types, merges = list(sv.tokens), list(sv.types), []
+    elif not merges:
         raise ModelError(f"{where}: the BPE tokenizer has no merges", "llama.cpp refuses a BPE vocabulary without merges ('cannot find tokenizer merges')")
     tc: dict[str, Any] = {}
     if (folder / "tokenizer_config.json").is_file():
@@ -275,6 +299,9 @@ def read_vocab(folder: Path, params: LlamaParams) -> Vocab:
     eos = _special("eos_token", params.eos_token_id)
     add_bos = _adds_bos(folder, bos)
     template = tc.get("chat_template") if isinstance(tc.get("chat_template"), str) else None
+    if sv is not None:
+        return Vocab("llama", pre, tuple(tokens), tuple(types), (), bos, eos, add_bos, template,  # type: ignore[arg-type]
+                     scores=sv.scores, add_space_prefix=sv.add_space_prefix)
     return Vocab("gpt2", pre, tuple(tokens), tuple(types), tuple(merges), bos, eos, add_bos, template)  # type: ignore[arg-type]
 
 
@@ -319,6 +346,7 @@ def read_llama(folder: Path) -> LlamaSource:
             raise ModelError(f"weight file {f.name} named in the index is missing", "copy the complete model folder")
     vocab = read_vocab(folder, params)
     name = str(cfg.get("_name_or_path") or folder.name).rstrip("/").split("/")[-1] or folder.name
+    _arch.check_vocab(params, name, vocab.tokens, f"{folder.name}/tokenizer.json")
     return LlamaSource(folder, name, params, files, vocab)
 
 
@@ -442,17 +470,23 @@ def _add_metadata(w, src: LlamaSource, quant: str) -> None:
     w.add_head_count_kv(p.kv_heads)
     w.add_key_length(p.head_dim)
     w.add_value_length(p.head_dim)
-    w.add_rope_dimension_count(p.head_dim)
+    w.add_rope_dimension_count(p.rope_dims or p.head_dim)
     w.add_rope_freq_base(p.rope_theta)
     w.add_layer_norm_rms_eps(p.rms_eps)
     w.add_vocab_size(p.vocab_size)
+    _arch.add_metadata(w, p)
     w.add_file_type(int(gguf.LlamaFileType[QUANT_TYPES[quant][1]]))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     w.add_tokenizer_model(v.model)
     w.add_tokenizer_pre(v.pre)
     w.add_token_list(list(v.tokens))
     w.add_token_types(list(v.types))
-    w.add_token_merges(list(v.merges))
+    if v.merges:
+        w.add_token_merges(list(v.merges))
+    if v.scores:
+        w.add_token_scores(list(v.scores))
+    if v.add_space_prefix is not None:
+        w.add_add_space_prefix(v.add_space_prefix)
     if v.bos_id is not None:
         w.add_bos_token_id(v.bos_id)
     if v.eos_id is not None:
@@ -473,11 +507,11 @@ def _plan(src: LlamaSource, quant: str, blocks: dict[str, tuple[str, np.ndarray]
     for f in src.weight_files:
         with safe_open(str(f), framework="numpy") as st:
             for n in st.keys():
-                gname = hf_to_gguf_name(n, p.layers)
+                gname = _arch.tensor_name(n, p) if p.arch in _arch.EXTRA_ARCHS else hf_to_gguf_name(n, p.layers)
                 if gname is None:
                     continue
                 if gname == "":
-                    raise ModelError(f"{f.name}: tensor '{n}' is not part of a Llama model edgeq knows", "convert a plain LlamaForCausalLM checkpoint")
+                    raise ModelError(f"{f.name}: tensor '{n}' is not part of a {p.arch} model edgeq knows", f"convert a plain {p.arch} checkpoint")
                 if gname == "output.weight" and p.tie_embeddings:
                     continue
                 shape = tuple(st.get_slice(n).get_shape())
@@ -492,13 +526,18 @@ def _plan(src: LlamaSource, quant: str, blocks: dict[str, tuple[str, np.ndarray]
     }
     if p.arch == "qwen2":
         need |= {f"blk.{i}.attn_{t}.bias" for i in range(p.layers) for t in ("q", "k", "v")}
+    if p.arch in _arch.EXTRA_ARCHS:
+        need = _arch.required_tensors(p)
     if not p.tie_embeddings:
         need.add("output.weight")
     missing = sorted(need - seen)
     if missing:
         raise ModelError(f"{src.folder.name}: weights missing for {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}", "the checkpoint is incomplete")
+    for gname, values in computed_tensors(p).items():  # not in the checkpoint: computed from config.json's rope scaling
+        plan.append((f"<{gname}>", gname, TensorPlan(gname, (len(values),), "F32")))
     order = {"token_embd.weight": 0, "output_norm.weight": 2, "output.weight": 3}
     plan.sort(key=lambda x: (order.get(x[1], 1), _blk_key(x[1])))
+    notes += _arch.notes(p)
     if quant in _LOW_BIT:
         notes.append("the output projection is Q8_0 (llama.cpp's own quantizer keeps it at higher precision too)")
     return plan, notes
@@ -511,6 +550,7 @@ def _blk_key(name: str) -> tuple[int, str]:
 
 def _convert(arr: np.ndarray, gname: str, tp: TensorPlan, p: LlamaParams) -> np.ndarray:
     gguf = _gguf()
+    arr = _arch.transform(arr, gname, p)
     if p.arch == "llama" and gname.endswith("attn_q.weight"):  # qwen2 runs NEOX (rotate-half) rotary: rows as they are
         arr = rotary_permute(arr, p.heads)
     elif p.arch == "llama" and gname.endswith("attn_k.weight"):
@@ -529,6 +569,16 @@ def _rotary_rows(rows: np.ndarray, gname: str, p: LlamaParams) -> np.ndarray:
     if p.arch == "llama" and gname.endswith("attn_k.weight"):
         return np.ascontiguousarray(rotary_permute(rows, p.kv_heads))
     return rows
+
+
+def computed_tensors(p: LlamaParams) -> dict[str, tuple[float, ...]]:
+    """GGUF tensors edgeq computes rather than reads (planned under the key ``<name>``): rotary scaling factors."""
+    out = {}
+    if p.rope_freq_factors:
+        out["rope_freqs.weight"] = p.rope_freq_factors
+    if p.rope_long:
+        out["rope_factors_long.weight"], out["rope_factors_short.weight"] = p.rope_long, p.rope_short
+    return out
 
 
 def write_gguf(src: LlamaSource, quant: str, path: Path, *, on_tensor: Callable[[str], None] | None = None,
@@ -564,6 +614,8 @@ def write_gguf(src: LlamaSource, quant: str, path: Path, *, on_tensor: Callable[
         # tensors must go out in plan order; safetensors files are read one tensor at a time
         want = [hf for hf, _, _ in plan]
         k = 0
+        for gname, values in computed_tensors(src.params).items():
+            pending[f"<{gname}>"] = np.asarray(values, dtype=np.float32)
         for hf, arr in _iter_weights(src.weight_files):
             if hf not in byname:
                 continue
@@ -706,9 +758,10 @@ def reference_logits(folder: Path, ids: list[list[int]]) -> list[np.ndarray]:
             "the fp32 reference needs torch and transformers", "pip install torch==2.13.0, then pip install 'edgeq[gguf]'"
         ) from None
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(folder), use_safetensors=True, local_files_only=True, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), use_safetensors=True, local_files_only=True, trust_remote_code=False,
+                                                     attn_implementation="eager")  # eager: Gemma 2's soft-cap, sliding windows
     except Exception as e:  # noqa: BLE001 - transformers' own load errors
-        raise ModelError(f"transformers cannot load {folder} as LlamaForCausalLM: {str(e).splitlines()[0][:200]}", "check the folder") from None
+        raise ModelError(f"transformers cannot load {folder} as a causal LM: {str(e).splitlines()[0][:200]}", "check the folder") from None
     model = model.float().eval()
     out = []
     with torch.no_grad():
@@ -894,8 +947,9 @@ def export_llamacpp(
 
     The bundle is written even when verification fails (for inspection); ``result['passed']`` says.
     """
-    from ..core.fsutil import sha256_file, staging
-    from ..bundles.runner import MANIFEST, SCHEMA_VERSION
+    from ..core.fsutil import staging
+    from ..bundles.reader import write_manifest
+    from ..bundles.runner import SCHEMA_VERSION
 
     settings = target.gguf
     q = check_quant(quant or settings.quant)
@@ -916,10 +970,6 @@ def export_llamacpp(
 
         shutil.copyfile(Path(gguf_run.__file__), root / "run.py")
         golden = _write_golden(root, folder, prompts)
-        files = {}
-        for p in sorted(x for x in root.rglob("*") if x.is_file()):
-            rel = p.relative_to(root).as_posix()
-            files[rel] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
         recipe = {
             "format": "gguf",
             "mode": q,
@@ -934,6 +984,7 @@ def export_llamacpp(
             "created_by": _versions(),
             "target": {"name": target.name, "description": target.description, "arch": target.arch, "runtime": "llama.cpp"},
             "model": {"gguf": "model.gguf", "modelfile": "Modelfile", "architecture": src.params.arch, "params": vars(src.params).copy(),
+                      "context": min(settings.context, src.params.context_length),  # run.py's default n_ctx, as the Modelfile's
                       "tokenizer": {"model": src.vocab.model, "pre": src.vocab.pre, "tokens": len(src.vocab.tokens), "merges": len(src.vocab.merges)}},
             "source": {"folder": folder.name, "name": src.name},
             "quantization": recipe,
@@ -941,9 +992,8 @@ def export_llamacpp(
             "verify": ver,
             "size": size,
             "golden": golden,
-            "files": files,
         }
-        (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        write_manifest(root, manifest, kind="gguf")  # checksums of every file, the GGUF schema, atomic
     return {
         "target": target.name, "bundle": str(out), "quantization": recipe, "verify": ver, "size": size,
         "passed": ver["passed"], "notes": [*extra_notes, *res.notes],
@@ -968,33 +1018,29 @@ def _write_golden(root: Path, folder: Path, prompts: list[str]) -> dict[str, Any
 
 
 def is_gguf_bundle(path: Path) -> bool:
-    from ..bundles.runner import BundleCorrupt, parse_manifest, read_manifest_bytes
+    from ..bundles.reader import peek_kind
 
-    try:  # bounded: stat before reading, regular files only
-        return parse_manifest(read_manifest_bytes(str(path))).get("runtime") == "llama.cpp"
-    except (OSError, BundleCorrupt, AttributeError):
-        return False
+    return peek_kind(path) == "gguf"  # bounded: stat before reading, regular files only
 
 
 def check_gguf_bundle(path: Path) -> dict[str, Any]:
     """Checksums and file list, then llama.cpp re-runs the golden prompts; raises on failure."""
     from ..errors import BundleError
-    from ..bundles.runner import BundleCorrupt, check_files, load_manifest
+    from ..bundles.reader import read_bundle
 
-    root = str(path)
+    b = read_bundle(Path(path))  # manifest, GGUF schema, file list and checksums
+    if b.kind != "gguf":
+        raise BundleError(f"bundle {path} is not a llama.cpp bundle", "check it with edgeq verify")
+    manifest, n = b.manifest, len(b.files)
+    golden = manifest["golden"]
     try:
-        manifest = load_manifest(root)
-        n = check_files(root, manifest)
-        golden = manifest["golden"]
         atol, rtol = float(golden["atol"]), float(golden["rtol"])
-        ids = [np.load(os.path.join(root, p["tokens"]), allow_pickle=False).tolist() for p in golden["pairs"]]
-        want = [np.load(os.path.join(root, p["logits"]), allow_pickle=False) for p in golden["pairs"]]
-    except BundleCorrupt as e:
-        raise BundleError(f"bundle {path} is corrupt: {e}", "rebuild it with edgeq export, or fetch an intact copy") from None
+        ids = [np.load(b.path(p["tokens"]), allow_pickle=False).tolist() for p in golden["pairs"]]
+        want = [np.load(b.path(p["logits"]), allow_pickle=False) for p in golden["pairs"]]
     except (KeyError, TypeError, ValueError, OSError) as e:
         raise BundleError(f"bundle {path} has no usable golden data: {e}", "rebuild it with edgeq export") from None
     t0 = time.perf_counter()
-    got, info = llama_cpp_logits(Path(path) / manifest["model"]["gguf"], ids)
+    got, info = llama_cpp_logits(b.path(manifest["model"]["gguf"]), ids)
     ms = 1000 * (time.perf_counter() - t0) / max(1, len(ids))
     pairs = []
     for p, g, w in zip(golden["pairs"], got, want):
@@ -1048,38 +1094,6 @@ def gguf_table(r: dict[str, Any]):
     t.add_row("verify", "", "[green]pass[/]" if v["passed"] else "[red]FAIL[/]", "; ".join(v["failures"]))
     t.add_row("bundle", "", r["bundle"], "")
     return t
-
-
-def export_cli(source: Path, target: Any, *, out: Path, quant: str | None, prompts_file: Path | None, force: bool, as_json: bool) -> None:
-    """The ``edgeq export`` path for llama.cpp targets (called from edgeq.cli)."""
-    from ..reporting.tables import StageProgress, err, out as console
-    from ..core.safetext import escape_markup
-
-    if not Path(source).is_dir():
-        raise ModelError(
-            f"{source} is not a folder: target {target.name} takes a Hugging Face Llama folder",
-            "pass the folder with config.json, *.safetensors and tokenizer.json",
-        )
-    progress = StageProgress(err)
-    from ..exporters.prequant import detect
-
-    if detect(Path(source)) is not None:  # GPTQ/AWQ/bitsandbytes folder: codes kept as Q4_1 blocks where they fit
-        r = gguf_export(Path(source), target, out, quant=quant, prompts=read_prompts(prompts_file), force=force, progress=progress.stage)
-    else:
-        r = export_llamacpp(source, target, out, quant=quant, prompts=read_prompts(prompts_file), force=force, progress=progress.stage)
-    if as_json:
-        import typer
-
-        typer.echo(json.dumps(r, indent=2, sort_keys=True, default=str))
-    else:
-        console.print(gguf_table(r))
-        for n in r["notes"]:
-            console.print(f"note: {escape_markup(n)}")
-    if not r["passed"]:
-        raise CheckFailed(
-            f"the GGUF model is outside target {target.name}'s tolerances: {'; '.join(r['verify']['failures'])}",
-            f"the bundle was written to {out} for inspection; try a higher-precision --quant (q8_0, f16)",
-        )
 
 
 def gguf_export(source: Path, target: Any, out: Path, *, quant: str | None, prompts: list[str], force: bool,

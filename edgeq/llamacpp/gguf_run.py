@@ -19,11 +19,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import sys
 import time
 
 MANIFEST = "manifest.json"
-MAX_MANIFEST_BYTES = 16 << 20
+SIGNATURE = "manifest.json.sig"
+SCHEMA_VERSION = 1
+MAX_MANIFEST_BYTES = 16 << 20  # checked with stat before reading
+MAX_MANIFEST_DEPTH = 64
+
+# The rules below are edgeq's bundle rules (edgeq/bundles/reader.py and the ONNX bundle's run.py):
+# this file ships inside the bundle and cannot import edgeq, so it keeps its own copy of them.
 
 
 def _sha256(path: str) -> str:
@@ -34,27 +41,66 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def check_files(root: str) -> dict:
-    """The manifest, after every listed file matched its sha256 and no other file is present."""
+def _read_manifest(root: str) -> dict:
+    """manifest.json: a regular file (no link, FIFO or device) of bounded size and depth, a JSON object with a file list."""
     path = os.path.join(root, MANIFEST)
-    if os.path.islink(path) or not os.path.isfile(path) or os.path.getsize(path) > MAX_MANIFEST_BYTES:
-        raise ValueError(f"no readable {MANIFEST} in {root}")
+    try:
+        st = os.lstat(path)
+    except OSError:
+        raise ValueError(f"no {MANIFEST} in {root}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{MANIFEST} is not a regular file")
+    if st.st_size > MAX_MANIFEST_BYTES:
+        raise ValueError(f"{MANIFEST} is larger than {MAX_MANIFEST_BYTES >> 20} MiB")
     with open(path, "rb") as f:
-        manifest = json.loads(f.read().decode("utf-8"))
-    files = manifest.get("files") or {}
+        data = f.read(MAX_MANIFEST_BYTES + 1)
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ValueError(f"{MANIFEST} is larger than {MAX_MANIFEST_BYTES >> 20} MiB")
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise ValueError(f"{MANIFEST} is not valid JSON ({str(e)[:120]})") from None
+    stack = [(manifest, 1)]
+    while stack:
+        obj, depth = stack.pop()
+        if depth > MAX_MANIFEST_DEPTH:
+            raise ValueError(f"{MANIFEST} is nested more than {MAX_MANIFEST_DEPTH} levels deep")
+        if isinstance(obj, dict):
+            stack.extend((v, depth + 1) for v in obj.values())
+        elif isinstance(obj, list):
+            stack.extend((v, depth + 1) for v in obj)
+    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"{MANIFEST} has an unsupported schema_version (this runner reads {SCHEMA_VERSION})")
+    if not isinstance(manifest.get("files"), dict):
+        raise ValueError(f"{MANIFEST} has no file list")
+    return manifest
+
+
+def check_files(root: str) -> dict:
+    """The manifest, after every listed file is present, regular and matches its size and sha256, and no other file is present."""
+    manifest = _read_manifest(root)
+    files = manifest["files"]
     present = set()
     for dirpath, dirnames, names in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+        dirnames.sort()
         for n in names:
             rel = os.path.relpath(os.path.join(dirpath, n), root).replace(os.sep, "/")
-            if rel != MANIFEST:
+            if rel not in (MANIFEST, SIGNATURE):
                 present.add(rel)
+        for d in dirnames:
+            if os.path.islink(os.path.join(dirpath, d)):
+                raise ValueError(f"bundle holds a symbolic link: {d}")
     extra = sorted(present - set(files))
     if extra:
         raise ValueError(f"file not in the manifest: {extra[0]}")
+    missing = sorted(set(files) - present)
+    if missing:
+        raise ValueError(f"file missing from the bundle: {missing[0]}")
     for rel, info in sorted(files.items()):
         full = os.path.join(root, rel)
-        if not os.path.isfile(full) or _sha256(full) != info.get("sha256"):
+        if os.path.islink(full) or not os.path.isfile(full):
+            raise ValueError(f"not a regular file: {rel}")
+        if not isinstance(info, dict) or os.path.getsize(full) != info.get("bytes") or _sha256(full) != info.get("sha256"):
             raise ValueError(f"checksum mismatch: {rel}")
     return manifest
 
@@ -82,7 +128,8 @@ def load(model_path: str, *, n_ctx: int, threads: int, seed: int, extra_buffer_t
 
         lc.llama_model_default_params = params
     try:
-        llm = llama_cpp.Llama(model_path=model_path, n_ctx=n_ctx, n_threads=threads or None, seed=seed, verbose=False)
+        llm = llama_cpp.Llama(model_path=model_path, n_ctx=n_ctx, n_threads=threads or None, n_threads_batch=threads or None,
+                              seed=seed, verbose=False)  # --threads holds for the prompt too (batch threads default to every core)
     finally:
         lc.llama_model_default_params = orig
     return llm, use_extra
@@ -100,18 +147,23 @@ def main(argv: list | None = None) -> int:
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--ctx", type=int, default=0, help="context tokens (default: the target's, from the manifest)")
     ap.add_argument("--extra-buffer-types", choices=("auto", "on", "off"), default="auto",
                     help="llama.cpp's extra buffer types (AMX, repacking); auto: off on AMX hosts")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     try:
         manifest = check_files(args.bundle)
-    except (ValueError, OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        gguf = (manifest.get("model") or {}).get("gguf") or "model.gguf"
+        if not isinstance(gguf, str) or gguf not in manifest["files"]:  # only a checksummed file is loaded
+            raise ValueError(f"{MANIFEST} names a file that is not in its file list: {str(gguf)[:80]}")
+    except (ValueError, OSError, AttributeError, TypeError) as e:  # AttributeError, TypeError: right keys, wrong shapes
         print(f"FAIL bundle corrupt: {e}", file=sys.stderr)
         return 2
     sys.dont_write_bytecode = True
     ctx = int((manifest.get("model") or {}).get("params", {}).get("context_length") or 2048)
-    model = os.path.join(args.bundle, (manifest.get("model") or {}).get("gguf") or "model.gguf")
+    ctx = args.ctx or int((manifest.get("model") or {}).get("context") or ctx)  # not the training context (131k: GiBs of KV cache)
+    model = os.path.join(args.bundle, gguf)
     llm, extra = load(model, n_ctx=ctx, threads=args.threads, seed=args.seed, extra_buffer_types=args.extra_buffer_types)
     add_bos = llm.metadata.get("tokenizer.ggml.add_bos_token") == "true"
     prompt = llm.tokenize(args.prompt.encode("utf-8"), add_bos=add_bos, special=False)

@@ -10,6 +10,7 @@ labelled so. Each node that falls back carries its reason and a fix.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,11 @@ def fix_for(reason: str, target: Target) -> str:
         return "pin the shapes: --static-shape NAME=1x... (or calibration data with the shapes the app uses)"
     if "dtype" in reason:
         return f"quantize with {target.name}'s recipe (--quant {target.quant.mode}) so tensors have a dtype the accelerator takes"
+    named = re.search(r"\(rewrite ([a-z0-9-]+)\)", reason)  # an op condition that names its rewrite ([[ops.conditions]])
+    if named and named.group(1) not in target.rewrites:
+        return f"add '{named.group(1)}' to {target.name}'s [ops] rewrites (edgeq/core/rewrite.py)"
+    if named:
+        return f"the node's layout is one rewrite {named.group(1)} does not take (e.g. a non-constant weight or unknown shape): export it in the layout the reason names"
     if reason.startswith("op ") or "supported ops" in reason:
         return f"replace the op in the model, or add a rewrite for it to {target.name}'s [ops] rewrites (edgeq/core/rewrite.py)"
     if target.quant.mode.startswith("int8") and "not taken by" in reason:
@@ -115,13 +121,19 @@ def coverage_report(bundle: Path, target: Target, pl: dict[str, Any] | None) -> 
 
 class AcceleratorOutputs:
     """Runs ``--max-drop`` search candidates on the target's accelerator here (the QNN HTP simulator,
-    OpenVINO's environment) in the measurement worker; same arguments as ``static.first_outputs``."""
+    OpenVINO's environment) in the measurement worker; same arguments as ``static.first_outputs``
+    (``every``: every output, as ``static.all_outputs``)."""
 
     def __init__(self, target: Target, backend: Any):
         self.target, self.backend = target, backend
         self.label = f"{backend.accelerator} ({backend.kind})"
 
     def __call__(self, model: Any, data: Any, n: int, base_dir: Any = None) -> list[np.ndarray]:
+        every = self.every(model, data, n, base_dir)
+        return every[0] if every else []
+
+    def every(self, model: Any, data: Any, n: int, base_dir: Any = None) -> list[list[np.ndarray]]:
+        """Every output of ``model`` on the first ``n`` samples, ``[output][sample]``."""
         import tempfile
 
         from ..errors import ProviderError
@@ -143,7 +155,8 @@ class AcceleratorOutputs:
         if "error" in result:
             raise ProviderError(f"{self.label} could not run a candidate model: {result['error']}",
                                 failure_hint(None, self.target))
-        return [outputs[f"{i}:0"] for i in range(len(feeds))]
+        n_out = sum(1 for k in outputs if k.startswith("0:"))
+        return [[outputs[f"{i}:{k}"] for i in range(len(feeds))] for k in range(n_out)]
 
 
 def accelerator_outputs(target: Target) -> AcceleratorOutputs | None:

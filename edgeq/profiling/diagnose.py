@@ -63,10 +63,10 @@ def failure_hint(onnx_path: Path | None, target: Any, bundle: Path | None = None
 
 
 def _bundle_ep_context(bundle: Path) -> dict[str, Any] | None:
-    from ..bundles import runner as runner_mod
+    from ..bundles.reader import read_manifest
 
-    try:
-        return runner_mod.load_manifest(str(bundle)).get("model", {}).get("ep_context")
+    try:  # the manifest only (bounded read): the bundle was checked when it was opened for profiling
+        return read_manifest(Path(bundle))[1].get("model", {}).get("ep_context")
     except Exception:  # noqa: BLE001 - a diagnosis only
         return None
 

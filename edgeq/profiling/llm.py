@@ -88,13 +88,10 @@ def measure(root: str, *, prompt: int = PROMPT, contexts: tuple[int, ...] = CONT
 def profile_llm(bundle: Path, *, prompt: int = PROMPT, contexts: tuple[int, ...] = CONTEXTS, steps: int = STEPS,
                 threads: int = 0) -> dict[str, Any]:
     """``measure`` in an isolated child interpreter (``-I``, neutral cwd); its checksums are checked first."""
-    from ..bundles.runner import BundleCorrupt, check_files, load_manifest
+    from ..bundles.reader import read_bundle
 
     root = str(Path(bundle).resolve())
-    try:
-        check_files(root, load_manifest(root))
-    except BundleCorrupt as e:
-        raise BundleError(f"bundle corrupt: {e}", "re-export the bundle") from None
+    read_bundle(Path(root), shown=Path(bundle))  # the one reader: manifest, schema, file list, checksums
     args = json.dumps({"root": root, "prompt": prompt, "contexts": list(contexts), "steps": steps, "threads": threads})
     from ..core import child
 

@@ -5,7 +5,8 @@ Two sources, never mixed up:
   (``session.record_ep_graph_assignment_info``) and, for time shares, its profiler;
 - *estimate*: for providers no package brings to this host (NNAPI, CoreML), a static
   reading of the ONNX graph against the target's op-support rules
-  (``[ops] supported`` and ``dtypes`` in the target file), labelled as an estimate,
+  (``[ops] supported``, ``dtypes`` and the attribute-level ``[[ops.conditions]]`` in the target
+  file), labelled as an estimate,
   naming each node that would fall back and why.
 """
 
@@ -114,12 +115,19 @@ def estimate(model_path: Path, target: Any) -> dict[str, Any]:
     supported = set(target.supported_ops)
     dtypes = set(target.supported_dtypes or _DEFAULT_DTYPES)
     inits = {i.name for i in model.graph.initializer}
+    from ..core.op_conditions import constants_of, failures
+
+    conditions = tuple(getattr(target, "op_conditions", ()))
+    consts = constants_of(model) if conditions else set()
+    dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     rows = []
     for i, node in enumerate(model.graph.node):
         reasons: list[str] = []
         dynamic: list[str] = []
         if node.op_type not in supported or node.domain not in ("", "ai.onnx"):
             reasons.append(f"op {node.op_type} is not in {target.name}'s supported ops")
+        elif conditions:  # attribute-level rules read from the provider's op builders ([[ops.conditions]])
+            reasons += failures(node, conditions, shapes, consts, dequantized)
         for name in list(node.input) + list(node.output):
             if not name or name not in shapes:
                 continue
@@ -152,13 +160,19 @@ def estimate(model_path: Path, target: Any) -> dict[str, Any]:
         "accel_time_share": None,
         "accel_partitions": partitions,
         "fallback": fallback,
-        "basis": f"static estimate from {Path(target.source).name or target.name} [ops] rules; {accelerator} did not run",
+        "basis": f"static estimate from {Path(target.source).name or target.name} [ops] rules"
+                 + (f" (op conditions read from {target.conditions_source})" if getattr(target, "conditions_source", "") else "")
+                 + f"; {accelerator} did not run",
         "by_reason": dict(Counter(_reason_kind(r) for r in rows for r in r["reasons"])),
     }
 
 
 def _reason_kind(reason: str) -> str:
-    return "op type" if reason.startswith("op ") else ("dynamic shape" if reason.startswith("dynamic") else "dtype")
+    if reason.startswith("op "):
+        return "op type"
+    if reason.startswith("dynamic"):
+        return "dynamic shape"
+    return "dtype" if reason.startswith("tensor ") else "op condition"
 
 
 def _dedupe(items: list[str]) -> list[str]:

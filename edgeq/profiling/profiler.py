@@ -287,19 +287,21 @@ def _inside(root: Path, rel: Any) -> Path:
 
 
 def _bundle_input(root: Path, *, data: Path | None = None, samples: int = 8) -> ProfileInput:
-    from ..bundles import runner as runner_mod
+    from ..bundles.reader import read_bundle
     from ..core.artifact import TensorSpec
 
-    try:
-        manifest = runner_mod.load_manifest(str(root))
-        runner_mod.check_files(str(root), manifest)
-    except runner_mod.BundleCorrupt as e:
-        from ..errors import BundleError
-
-        raise BundleError(f"bundle {root} is corrupt: {e}", "rebuild it with edgeq export") from None
+    b = read_bundle(root)  # the one reader: manifest, schema, file list, checksums
+    if b.kind == "gguf":
+        raise ModelError(f"bundle {root} is a llama.cpp (GGUF) bundle", "profile ONNX bundles; check a GGUF bundle with edgeq verify")
+    manifest = b.manifest
     files = manifest.get("model", {})
-    onnx_path = _inside(root, files.get("onnx"))
-    model = _inside(root, files.get("ort")) if files.get("ort") else onnx_path
+
+    def listed(rel: Any) -> Path:  # a checksummed file, inside the bundle
+        b.path(rel)
+        return _inside(root, rel)
+
+    onnx_path = listed(files.get("onnx"))
+    model = listed(files.get("ort")) if files.get("ort") else onnx_path
     spec = lambda t: TensorSpec(t["name"], t["dtype"], tuple(t["shape"]))  # noqa: E731
     io = IoSpec(tuple(spec(t) for t in manifest["inputs"]), tuple(spec(t) for t in manifest["outputs"]))
     feeds = []
@@ -311,7 +313,7 @@ def _bundle_input(root: Path, *, data: Path | None = None, samples: int = 8) -> 
         source = str(data)
     else:
         for pair in manifest["golden"]["pairs"]:
-            feeds.append({t.name: np.load(_inside(root, pair["inputs"][i]), allow_pickle=False) for i, t in enumerate(io.inputs)})
+            feeds.append({t.name: np.load(listed(pair["inputs"][i]), allow_pickle=False) for i, t in enumerate(io.inputs)})
         source = f"{len(feeds)} golden inputs of the bundle"
     if not feeds:
         raise ModelError(f"bundle {root} has no golden inputs", "rebuild it with edgeq export, or pass --data")

@@ -9,6 +9,7 @@ from typing import Any
 def quantize(artifact: Any, spec: Any, out_path: Path, **kwargs: Any) -> Any:
     """Quantize ``artifact`` per ``spec`` into ``out_path``; returns a ``QuantResult``.
 
+    ``tasks``: the app TOML's per-output task overrides, scored by --max-drop and the gate.
     Weight-only modes (int4 / int8-weight / int2) go to ``int4``. With ``prefer``
     (accurate | fastest | smallest), every INT8 candidate this host can run is measured
     against fp32 and the pick within ``budget`` is written (``gate.select``).
@@ -16,7 +17,7 @@ def quantize(artifact: Any, spec: Any, out_path: Path, **kwargs: Any) -> Any:
     if getattr(spec, "weight_only", False):
         from .weight_only.quantizer import quantize as int4_quantize
 
-        for key in ("prefer", "budget", "evals", "max_drop", "target", "outputs_of"):  # INT8-only options
+        for key in ("prefer", "budget", "evals", "max_drop", "target", "outputs_of", "tasks"):  # INT8-only options
             kwargs.pop(key, None)
         return int4_quantize(artifact, spec, Path(out_path), **kwargs)
     from .int8.quantizer import quantize as int8_quantize
@@ -32,6 +33,6 @@ def quantize(artifact: Any, spec: Any, out_path: Path, **kwargs: Any) -> Any:
         return select(
             artifact, spec, Path(out_path), data=kwargs.get("data"), evals=kwargs.get("evals"),
             max_drop=drop if drop is not None else (budget if budget is not None else 0.01),
-            prefer=prefer, on_sample=kwargs.get("on_sample"), target=target,
+            prefer=prefer, on_sample=kwargs.get("on_sample"), target=target, tasks=kwargs.get("tasks"),
         )
     return int8_quantize(artifact, spec, Path(out_path), **kwargs)

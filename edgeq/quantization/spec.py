@@ -38,6 +38,9 @@ class QuantSpec:
     """Histogram bins per tensor for percentile/entropy/mse calibration."""
     op_types: tuple[str, ...] = ()
     """Op types to quantize; empty means onnxruntime's default set."""
+    activation_ops: tuple[str, ...] = ()
+    """Static QDQ: op types whose float activations (and constants) get QDQ too, beyond the weight
+    ops, for accelerators that run fixed point only (the HTP); empty: weight ops only."""
     nodes_to_exclude: tuple[str, ...] = ()
     """Nodes kept in float (e.g. those whose int32 bias would overflow)."""
     activation_dtypes: tuple[str, ...] = ()
@@ -56,6 +59,12 @@ class QuantSpec:
     gptq_act_order: bool = True
     """GPTQ: process input channels by decreasing Hessian diagonal, block ranges fixed up front (static groups).
     On the trained INT4 fixture it lowered KL by 3-7 % vs in-order GPTQ (BENCHMARKS.md "## INT4")."""
+    embed_mode: str = "int8-weight"
+    """weight-only int4: the mode of embedding tables (Gather) that no --keep/--override names. 8 bits by
+    default: a row lookup costs no compute, GPTQ/AWQ cannot help it (no activations feed it), and its
+    rounding enters every token's residual stream; on the trained tiny Llama 8-bit embeddings cut the
+    int4 GPTQ decoder's mean KL 6.7 x for 5 % more bytes (BENCHMARKS.md, KV-cache decoders).
+    ``--override embed=int4`` gives 4 bits."""
     keep: tuple[str, ...] = ()
     """Weights kept in fp32: 'embed', 'lm_head' or name patterns (fnmatch)."""
     overrides: tuple[tuple[str, str], ...] = ()
@@ -87,6 +96,8 @@ class QuantSpec:
             )
         _choice("weight-only algorithm", self.algo, ALGOS, "--algo")
         _choice("scale type", self.scale_dtype, SCALE_DTYPES, "--scale-dtype")
+        if self.embed_mode not in ("int4", "int8-weight", "none"):
+            raise EdgeqError(f"unknown embedding mode '{self.embed_mode}'", "choose int4, int8-weight or none")
         for k in self.keep:
             if not k or not isinstance(k, str):
                 raise EdgeqError(f"empty --keep entry in {list(self.keep)!r}", f"use {', '.join(KEEP_WORDS)} or name patterns")
@@ -134,6 +145,7 @@ class QuantSpec:
         d = asdict(self)
         d["op_types"] = list(self.op_types)
         d["nodes_to_exclude"] = list(self.nodes_to_exclude)
+        d["activation_ops"] = list(self.activation_ops)
         d["activation_dtypes"] = list(self.activation_dtypes)
         d["keep"] = list(self.keep)
         d["overrides"] = [list(o) for o in self.overrides]
@@ -149,7 +161,7 @@ class QuantSpec:
                 f"known keys: {', '.join(sorted(known))}",
             )
         data = dict(data)
-        for key in ("op_types", "keep", "nodes_to_exclude", "activation_dtypes"):
+        for key in ("op_types", "keep", "nodes_to_exclude", "activation_dtypes", "activation_ops"):
             if key in data:
                 data[key] = tuple(data[key])
         if "overrides" in data:

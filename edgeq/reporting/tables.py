@@ -93,9 +93,18 @@ def export_table(r: dict[str, Any]) -> Table:
             t.add_row(f"{escape(o['name'])}: cosine", "", f"{o['cosine']:.5f}", "information")
         status = (r.get("verdict") or {}).get("status", "pass" if v["passed"] else "fail")
         label = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "accepted-failed": "[red]ACCEPTED-FAILED[/]"}.get(status, status)
-        t.add_row("verify", "", label, escape("; ".join(v["failures"])))
+        why = (r.get("verdict") or {}).get("reason", "") if status in ("fail", "accepted-failed") else "; ".join(v["failures"])
+        t.add_row("verify", "", label, escape(why or "; ".join(v["failures"])))
+    elif (r.get("verdict") or {}).get("status") in ("fail", "accepted-failed"):  # no data, but the greedy generation check failed
+        label = "[red]FAIL[/]" if r["verdict"]["status"] == "fail" else "[red]ACCEPTED-FAILED[/]"
+        t.add_row("verify", "", label, escape(r["verdict"].get("reason", "")))
     else:
         t.add_row("verify", "", "[yellow]SKIPPED[/]", "no data given: nothing was proven (pass --calib or --eval)")
+    gen = r.get("generation")
+    if gen:
+        t.add_row("greedy generation", "", f"{100 * gen['agreement']:.1f} %",
+                  f"{escape(str(gen['runtime']))} vs transformers: {gen['identical']}/{gen['prompts']} prompts identical; "
+                  f"need {100 * gen['min_agreement']:.0f} %; {'pass' if gen['passed'] else '[red]FAIL[/]'} (part of the verdict)")
     p = r["profile"]
     if p["fp32"] and p["quantized"]:
         a, b = p["fp32"], p["quantized"]
@@ -256,6 +265,10 @@ def target_tables(tg: Any) -> list[Table]:
     head.add_row("static shapes", "required" if tg.static_shapes else "no")
     if tg.rewrites:
         head.add_row("graph rewrites", ", ".join(tg.rewrites))
+    if getattr(tg, "op_conditions", ()):  # attribute-level placement rules ([[ops.conditions]])
+        ops = sorted({c.op for c in tg.op_conditions})
+        head.add_row("op conditions", f"{len(tg.op_conditions)} on {', '.join(ops)}"
+                     + (f", read from {tg.conditions_source}" if tg.conditions_source else ""))
     head.add_row("opset", f"{tg.opset.min}-{tg.opset.max} (preferred {tg.opset.preferred})")
     head.add_row("session", f"graph optimization {tg.graph_optimization_level}, threads {tg.intra_op_num_threads or 'auto'}; "
                  f"model.ort saved at {tg.ort_optimization} ({tg.ort_optimization_style})")

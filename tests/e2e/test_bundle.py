@@ -214,6 +214,27 @@ def test_cpp_runner_builds_and_passes_golden_pair(tmp_path):
     subprocess.run(["cmake", "--build", str(bld)], check=True, timeout=600, capture_output=True)
     r = subprocess.run([str(bld / "edgeq_runner"), str(out), "1e-3", "1e-2"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.startswith("PASS golden 000"), r.stdout + r.stderr
+    # the export verdict in manifest.json is honoured as run.py and edgeq verify do: fail exits 1
+    man = out / "manifest.json"
+    orig = man.read_text()
+    m = json.loads(orig)
+    why = 'output "y" (classification): top-1 agreement 0.5 < 0.9 \u00e9\x07'
+    for status, code, line in (("fail", 1, "FAIL export check"), ("accepted-failed", 0, "ACCEPTED-FAILED"), ("skipped", 0, "SKIPPED"),
+                               ("pass", 0, None)):
+        man.write_text(json.dumps({**m, "verdict": {"status": status, "reason": why}}))
+        r = subprocess.run([str(bld / "edgeq_runner"), str(out)], capture_output=True, text=True, timeout=120)
+        assert r.returncode == code and r.stdout.startswith("PASS golden 000"), (status, r.stdout + r.stderr)
+        assert (line is None and len(r.stdout.splitlines()) == 1) or line in r.stdout.splitlines()[1], (status, r.stdout)
+        assert "\x07" not in r.stdout and 'top-1 agreement 0.5' in r.stdout if line else True
+    old = {k: v for k, v in m.items() if k != "verdict"}  # a bundle from before the verdict: its verify report decides
+    man.write_text(json.dumps({**old, "verify": {"passed": False, "failures": ["x"]}}))
+    r = subprocess.run([str(bld / "edgeq_runner"), str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "FAIL export check" in r.stdout, r.stdout + r.stderr
+    for bad in ("{not json", json.dumps({**m, "verdict": {"status": "maybe"}})):
+        man.write_text(bad)
+        r = subprocess.run([str(bld / "edgeq_runner"), str(out)], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and "manifest.json" in r.stderr, r.stdout + r.stderr
+    man.write_text(orig)
     # a wrong golden output is caught by the C++ runner too
     p = out / "golden/000/out_0.npy"
     np.save(p, np.load(p) + 1.0)

@@ -10,8 +10,8 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("gguf")
 
-from edgeq.cli import app  # noqa: E402
 from tests.llm_models import greedy_json, run_script, save_lm  # noqa: E402
+from tests.spm_models import export_gguf  # noqa: E402
 
 
 def test_qwen2_params_tensors_and_no_rotary_permutation(tmp_path):
@@ -41,13 +41,7 @@ def test_qwen2_f32_verified_by_llama_cpp(runner, tmp_path):
     import llama_cpp  # noqa: F401
 
     folder = save_lm(tmp_path / "qwen", "qwen2", pre="qwen2")  # Qwen2's own pre-tokenizer regex (digits one at a time)
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("def main(): return 2024 + 12345\n\nthe quick brown fox jumps over the lazy dog 0123456789\n", encoding="utf-8")
-    out = tmp_path / "b"
-    r = runner.invoke(app, ["export", str(folder), "--target", "llamacpp-x86_64", "--quant", "f32", "--eval", str(prompts),
-                            "-o", str(out), "--json"])
-    assert r.exit_code == 0, r.output
-    v = json.loads(r.stdout)["verify"]
+    v, out = export_gguf(runner, folder, tmp_path, "def main(): return 2024 + 12345\n\nthe quick brown fox jumps over the lazy dog 0123456789\n")
     assert v["passed"] and v["tokenizer_agreement"] == 1.0 and v["n_vocab"] == 300
     assert v["kl_mean"] < 1e-5 and v["top1_agreement"] >= 0.99  # f32: the conversion itself, no rounding
     man = json.loads((out / "manifest.json").read_text())["model"]

@@ -106,6 +106,7 @@ def test_verify_extracts_into_a_locked_scratch_folder_the_next_run_cleans(archiv
     import re
 
     from edgeq.bundles import bundle as bundle_mod
+    from edgeq.bundles import reader as reader_mod  # bundles are opened (and archives extracted) by the one reader
     from edgeq.core.fsutil import _writer_alive, clean_stale_scratch
 
     tmpdir = tmp_path / "t"
@@ -113,7 +114,7 @@ def test_verify_extracts_into_a_locked_scratch_folder_the_next_run_cleans(archiv
     monkeypatch.setenv("TMPDIR", str(tmpdir))
     monkeypatch.setattr("tempfile.tempdir", None)
     seen = {}
-    real = bundle_mod.safe_extract
+    real = reader_mod.safe_extract
 
     def spy(arc, dest, limits):
         folder = Path(dest).parent
@@ -121,7 +122,7 @@ def test_verify_extracts_into_a_locked_scratch_folder_the_next_run_cleans(archiv
         seen["alive"] = _writer_alive(folder, os.getpid(), locked=True)
         return real(arc, dest, limits)
 
-    monkeypatch.setattr(bundle_mod, "safe_extract", spy)
+    monkeypatch.setattr(reader_mod, "safe_extract", spy)
     assert bundle_mod.check_bundle(archive)["passed"]
     assert re.fullmatch(rf"edgeq-{os.getpid()}-\w+", seen["name"]) and seen["alive"]
     assert not list(tmpdir.iterdir())

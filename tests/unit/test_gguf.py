@@ -176,7 +176,7 @@ def test_bad_sources_are_refused(runner, untrained, tmp_path):
     other = tmp_path / "gpt2"
     other.mkdir()
     (other / "config.json").write_text(json.dumps({"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}))
-    with pytest.raises(ModelError, match="not a Llama or Qwen2 model"):
+    with pytest.raises(ModelError, match="is not a model edgeq converts to GGUF"):
         read_llama(other)
     # a BPE vocabulary without merges (llama.cpp refuses it)
     nm = tmp_path / "nomerges"

@@ -251,7 +251,7 @@ def test_keep_and_override_patterns(tiny_lm, tmp_path):
     consts = {i.name for i in m2.graph.initializer}
     assert sum(n.op_type == "MatMulNBits" for n in m2.graph.node) == 15
     assert not [n.name for n in m2.graph.node if n.op_type == "MatMul" and n.input[1] in consts]
-    assert all(d.mode == "int4" for d in res2.decisions)
+    assert all(d.mode == ("int8-weight" if d.role == "embed" else "int4") for d in res2.decisions)  # embeddings: 8 bits by default
     assert res2.artifact.path.stat().st_size < res.artifact.path.stat().st_size
 
 
@@ -264,7 +264,8 @@ def test_keep_and_override_patterns(tiny_lm, tmp_path):
     ("int2", 16, False, 2 + 2 + 2 / 16),
 ])
 def test_bits_per_weight_and_file_size(tiny_lm, tmp_path, mode, bs, sym, bpw):
-    res = _q(tiny_lm, tmp_path / "q.onnx", mode=mode, block_size=bs, symmetric=sym)
+    extra = {"embed_mode": "int4"} if mode == "int4" else {}  # every weight at the mode's bits (embeddings default to 8 under int4)
+    res = _q(tiny_lm, tmp_path / "q.onnx", mode=mode, block_size=bs, symmetric=sym, **extra)
     w = res.weights_summary()
     assert w["weights_quantized"] == w["weights_total"] == 16
     # each weight: codes + one fp32 scale per block + (asymmetric) zero points packed per column, whole bytes

@@ -4,6 +4,7 @@ accuracy-level comparison of ``edgeq export`` (levels 4 and 0 measured, one kept
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,7 @@ def test_size_breakdown_sums_to_the_file_and_names_each_part(tmp_path):
     assert set(b["bytes"]) == set(CATEGORIES) and sum(b["bytes"].values()) == b["file_bytes"] == src.stat().st_size
     assert b["bytes"]["float_weights"] == 4 * (V * D + D * H + H * D + D * V)
     assert b["bytes"]["other_constants"] == 2 * 4 * D  # the two Constant nodes
-    res = quantize(artifact_from(src), QuantSpec(mode="int4", block_size=32, accuracy_level=0), tmp_path / "q.onnx")
+    res = quantize(artifact_from(src), QuantSpec(mode="int4", block_size=32, accuracy_level=0, embed_mode="int4"), tmp_path / "q.onnx")
     q = res.sizes
     assert sum(q["bytes"].values()) == q["file_bytes"] == (tmp_path / "q.onnx").stat().st_size
     assert q["bytes"]["float_weights"] == 0
@@ -238,8 +239,14 @@ def test_export_measures_both_accuracy_levels_unless_pinned(runner, tmp_path):
     assert by[0]["kl_mean"] < by[4]["kl_mean"] and by[0]["max_abs"] != by[4]["max_abs"]
     # the reason follows the rule on the measured numbers, and the bundle holds the chosen level
     keys = ("level", "ms", "agreement", "passed", "ms_token")
-    assert (lv["chosen"], lv["reason"]) == acclevel.pick(acclevel.LevelMeasure(**{k: by[4][k] for k in keys}),
-                                                         acclevel.LevelMeasure(**{k: by[0][k] for k in keys}))
+    chosen, reason = acclevel.pick(acclevel.LevelMeasure(**{k: by[4][k] for k in keys}),
+                                   acclevel.LevelMeasure(**{k: by[0][k] for k in keys}))
+    assert lv["chosen"] == chosen
+    # the recorded timings are rounded, so the reason is compared with its figures masked; the
+    # faster / not-faster wording may differ only when the rounded timings are a rounding step apart
+    masked = [re.sub(r"\d+(\.\d+)?", "#", r) for r in (lv["reason"], reason)]
+    t4, t0 = (by[4]["ms_token"], by[0]["ms_token"]) if by[4]["ms_token"] else (by[4]["ms"], by[0]["ms"])
+    assert masked[0] == masked[1] or abs(t4 - t0) <= 2e-3, (lv["reason"], reason)
     assert _levels_in(tmp_path / "b1" / "model.onnx") == {lv["chosen"]}
     assert res["quantization"]["accuracy_level"] == lv["chosen"]
     assert any(n.startswith(f"accuracy level {lv['chosen']} chosen") for n in res["notes"])

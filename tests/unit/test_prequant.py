@@ -173,6 +173,8 @@ def test_export_imports_the_codes_as_matmulnbits(runner, float_folder, tmp_path,
     model = onnx.load(str(out / "model.onnx"))
     nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
     assert len(nbits) == 7 * SPEC.layers
+    # the fused decoder's packed q/k/v and gate/up MatMuls: one MatMulNBits per checkpoint linear, joined by a Concat
+    assert sum(n.op_type == "Concat" and n.name.startswith("prequant_packed_") for n in model.graph.node) == 2 * SPEC.layers
     grouped = [n for n in model.graph.node if n.name.endswith("_group_order")]
     assert len(grouped) == (7 * SPEC.layers if fmt != "awq" else 0)
     assert all(a.i == 32 for n in nbits for a in n.attribute if a.name == "block_size")
@@ -235,7 +237,8 @@ def test_export_bnb_nf4_is_requantized_and_says_so(runner, float_folder, tmp_pat
     note = next(n for n in res["notes"] if "RE-QUANTIZED" in n)
     assert "NF4 with double quantization" in note and f"KL {lm['kl_mean']:.3g}" in note and lm["kl_mean"] > 0
     ops = [n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node]
-    assert ops.count("MatMulNBits") == 7 * SPEC.layers + 1  # the linears and lm_head, by edgeq's 8-bit recipe
+    # the linears and lm_head, by edgeq's 8-bit recipe; the fused decoder packs q/k/v and gate/up: 4 MatMuls per layer
+    assert ops.count("MatMulNBits") == 4 * SPEC.layers + 1 and ops.count("GroupQueryAttention") == SPEC.layers
 
 
 def test_rest_of_an_exact_import_gets_a_weight_only_mode(float_folder, tmp_path):

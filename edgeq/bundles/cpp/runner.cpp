@@ -1,6 +1,9 @@
 // edgeq bundle runner (C++): load model.ort with onnxruntime's C++ API, run golden pair 000,
-// compare with the stored outputs. Usage: edgeq_runner BUNDLE_DIR [ATOL] [RTOL]
-// Exit codes: 0 pass, 1 outside tolerance, 2 bad bundle or runtime error.
+// compare with the stored outputs, and honour the export verdict recorded in manifest.json.
+// Usage: edgeq_runner BUNDLE_DIR [ATOL] [RTOL]
+// Exit codes: 0 pass, 1 outside tolerance or the export check failed (manifest verdict "fail"; an
+// "accepted-failed" or "skipped" verdict is printed and exits 0, as run.py and edgeq verify do),
+// 2 bad bundle or runtime error.
 // The tolerances default to the arm64 target's (atol 1e-3, rtol 1e-2); pass the manifest's golden.atol/rtol.
 #include <onnxruntime_cxx_api.h>
 
@@ -101,6 +104,157 @@ double value_at(const void* p, ONNXTensorElementDataType t, size_t i) {
   }
 }
 
+// The export verdict from manifest.json: only the top-level "verdict" object (status, reason) and,
+// for bundles written before it existed, "verify"."passed". A small strict JSON reader: the manifest
+// is data, read bounded, nothing in it is executed or used as a path.
+class Json {
+ public:
+  explicit Json(const std::string& text) : s_(text) {}
+
+  struct Verdict {
+    std::string status = "skipped";
+    std::string reason = "no verification recorded";
+  };
+
+  Verdict verdict() {
+    Verdict v;
+    bool have_verdict = false, have_verify = false, verify_failed = false;
+    ws();
+    object([&](const std::string& key) {
+      if (key == "verdict" && peek() == '{') {
+        object([&](const std::string& k) {
+          if (k == "status" && peek() == '"') {
+            v.status = str();
+            have_verdict = true;
+          } else if (k == "reason" && peek() == '"') {
+            v.reason = str();
+          } else {
+            skip(1);
+          }
+        });
+      } else if (key == "verify" && peek() == '{') {
+        have_verify = true;
+        object([&](const std::string& k) {
+          if (k == "passed" && s_.compare(i_, 5, "false") == 0) {
+            i_ += 5;
+            verify_failed = true;
+          } else {
+            skip(1);
+          }
+        });
+      } else {
+        skip(0);
+      }
+    });
+    if (!have_verdict && verify_failed) v = {"fail", "the export check failed (manifest verify.passed = false)"};
+    else if (!have_verdict && have_verify) v = {"pass", ""};  // as run.py reads bundles written before the verdict
+    return v;
+  }
+
+ private:
+  const std::string& s_;
+  size_t i_ = 0;
+
+  char peek() const { return i_ < s_.size() ? s_[i_] : '\0'; }
+  void fail(const char* what) const { throw std::runtime_error(std::string("manifest.json: ") + what); }
+  void expect(char c) {
+    if (peek() != c) fail("malformed JSON");
+    ++i_;
+  }
+  void ws() {
+    while (i_ < s_.size() && (s_[i_] == ' ' || s_[i_] == '\n' || s_[i_] == '\r' || s_[i_] == '\t')) ++i_;
+  }
+  std::string str() {
+    expect('"');
+    std::string out;
+    while (i_ < s_.size() && s_[i_] != '"') {
+      char c = s_[i_++];
+      if (static_cast<unsigned char>(c) < 0x20) fail("control character in a string");
+      if (c == '\\') {
+        if (i_ >= s_.size()) break;
+        char e = s_[i_++];
+        if (e == 'u') {
+          if (i_ + 4 > s_.size()) fail("malformed \\u escape");
+          i_ += 4;
+          out += '?';  // printed, never interpreted: non-ASCII shows as '?'
+          continue;
+        }
+        out += e == 'n' ? ' ' : e == 't' ? ' ' : e == 'r' ? ' ' : e == 'b' || e == 'f' ? '?' : e;
+        continue;
+      }
+      out += c;
+    }
+    expect('"');
+    return out;
+  }
+  template <class F>
+  void object(F on_key) {
+    expect('{');
+    ws();
+    if (peek() == '}') { ++i_; return; }
+    for (;;) {
+      ws();
+      const std::string k = str();
+      ws();
+      expect(':');
+      ws();
+      on_key(k);
+      ws();
+      if (peek() == ',') { ++i_; continue; }
+      expect('}');
+      return;
+    }
+  }
+  void skip(int depth) {
+    if (depth > 64) fail("nested too deeply");
+    ws();
+    const char c = peek();
+    if (c == '"') {
+      str();
+    } else if (c == '{') {
+      object([&](const std::string&) { skip(depth + 1); });
+    } else if (c == '[') {
+      ++i_;
+      ws();
+      if (peek() == ']') { ++i_; return; }
+      for (;;) {
+        skip(depth + 1);
+        ws();
+        if (peek() == ',') { ++i_; continue; }
+        expect(']');
+        return;
+      }
+    } else {
+      const size_t start = i_;
+      while (i_ < s_.size() && std::string("+-.0123456789eEtruefalsn").find(s_[i_]) != std::string::npos) ++i_;
+      if (i_ == start) fail("malformed JSON");
+    }
+  }
+};
+
+Json::Verdict read_verdict(const std::string& root) {
+  const std::string path = root + "/manifest.json";
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw std::runtime_error("missing " + path);
+  f.seekg(0, std::ios::end);
+  const std::streamoff size = f.tellg();
+  if (size < 0 || size > (16 << 20)) throw std::runtime_error(path + " is larger than 16 MiB");
+  f.seekg(0);
+  std::string text(static_cast<size_t>(size), '\0');
+  f.read(&text[0], size);
+  if (!f) throw std::runtime_error("cannot read " + path);
+  return Json(text).verdict();
+}
+
+std::string printable(const std::string& text) {
+  std::string out;
+  for (char c : text) {
+    if (out.size() >= 500) break;
+    out += (c >= 0x20 && c < 0x7f) ? c : '?';
+  }
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -108,6 +262,10 @@ int main(int argc, char** argv) {
   const double atol = argc > 2 ? std::atof(argv[2]) : 1e-3;
   const double rtol = argc > 3 ? std::atof(argv[3]) : 1e-2;
   try {
+    const Json::Verdict verdict = read_verdict(root);  // before any work: a malformed manifest is a bad bundle
+    if (verdict.status != "pass" && verdict.status != "fail" && verdict.status != "accepted-failed" && verdict.status != "skipped") {
+      throw std::runtime_error("manifest.json: unknown verdict status");
+    }
     Ort::Env env(ORT_LOGGING_LEVEL_WARNING, "edgeq");
     Ort::SessionOptions so;
     // model.ort was saved at manifest.json's model.ort_optimization_level; what the full build adds at load
@@ -157,6 +315,16 @@ int main(int argc, char** argv) {
       }
     }
     std::printf("%s golden 000: max abs error %.3g (atol %g, rtol %g), %zu outputs\n", ok ? "PASS" : "FAIL", worst, atol, rtol, outputs.size());
+    const std::string why = printable(verdict.reason);
+    if (verdict.status == "fail") {
+      std::printf("FAIL export check: the quantized model failed verification when the bundle was built: %s\n", why.c_str());
+      return 1;
+    }
+    if (verdict.status == "accepted-failed") {
+      std::printf("ACCEPTED-FAILED export check failed and the bundle was shipped knowingly (--accept-failed): %s\n", why.c_str());
+    } else if (verdict.status == "skipped") {
+      std::printf("SKIPPED export check: %s\n", why.empty() ? "nothing was verified" : why.c_str());
+    }
     return ok ? 0 : 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "FAIL %s\n", e.what());

@@ -9,8 +9,10 @@ and keeps the candidate whose first float output has the highest SQNR against fp
 every candidate's score and where the scoring samples came from go into the report.
 
 Cost: the ranges of every candidate come from the one calibration pass; each candidate is
-then scored on ``SCORE_SAMPLES`` samples only (the ranking needs few: the fp32 reference is
-computed once), so ``auto`` costs a few model runs per candidate, not a calibration each.
+then scored on 2 to ``SCORE_SAMPLES`` samples only (``score_samples``: fewer for models with
+large outputs; the fp32 reference is computed once), and a candidate whose ranges equal an
+earlier one's is not run again, so ``auto`` costs a few model runs per candidate, not a
+calibration each.
 """
 
 from __future__ import annotations
@@ -25,6 +27,22 @@ from ...core.data import SampleSet
 from .calibrate import AUTO_CANDIDATES, Calibration
 
 SCORE_SAMPLES = 8
+SCORE_VALUES = 1 << 12  # float output values that make a stable SQNR: models with larger outputs score on fewer samples
+MIN_SCORE_SAMPLES = 2
+
+
+def score_samples(values_per_sample: int) -> int:
+    """How many samples to score candidates on: enough for ``SCORE_VALUES`` float output values, 2 to 8.
+
+    A detector's 84 x 11,109 output map or a CTC head's 80 x 97 log-probabilities give a steady
+    SQNR from 2 samples, ResNet's 1,000 logits from 5; a 10-class classifier uses all 8. (The
+    candidates' SQNRs differ by dB where the choice matters; 4,096 values estimate each to about
+    0.1 dB.) Large outputs come from large activations, the models where each run costs most.
+    """
+    need = -(-SCORE_VALUES // max(values_per_sample, 1))
+    return max(MIN_SCORE_SAMPLES, min(SCORE_SAMPLES, need))
+
+
 TIE_DB = 0.05  # a later candidate must beat an earlier one by more than this
 
 
@@ -36,11 +54,21 @@ def scoring_indices(data: SampleSet, n_calib: int, k: int = SCORE_SAMPLES) -> tu
 
 
 def _outputs(model: Any, data: SampleSet, idx: list[int], base_dir: Any = None) -> list[list[np.ndarray]]:
-    from .qdq import cpu_session
+    return _runner(model, data, base_dir)(idx)
 
-    sess = cpu_session(model, base_dir)
+
+def _runner(model: Any, data: SampleSet, base_dir: Any = None) -> Any:
+    """A function: sample indices -> the model's outputs on them (one session)."""
+    import onnxruntime as ort
+
+    from .qdq import open_session
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.enable_mem_pattern = False  # its one block per run grows the arena to about twice the live tensors
+    sess = open_session(model, so, ["CPUExecutionProvider"], base_dir)
     names = {i.name for i in sess.get_inputs()}
-    return [sess.run(None, {k: v for k, v in data.feed(i).items() if k in names}) for i in idx]
+    return lambda idx: [sess.run(None, {k: v for k, v in data.feed(i).items() if k in names}) for i in idx]
 
 
 def output_sqnr(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]]) -> list[float | None]:
@@ -84,12 +112,23 @@ def choose(prep: Any, spec: Any, data: SampleSet, n_calib: int, candidates: tupl
     ``write(prep, spec)`` writes one candidate (``static.write``; passed in, so this module stays below it).
     """
     idx, held_out = scoring_indices(data, n_calib)
-    ref = _outputs(prep.model, data, idx, prep.weights_dir)
+    fp32 = _runner(prep.model, data, prep.weights_dir)
+    ref = fp32(idx[:1])
+    if ref:  # the first sample's float outputs say how many samples the scores need
+        idx = idx[: score_samples(sum(int(np.asarray(o).size) for o in ref[0] if np.asarray(o).dtype.kind == "f"))]
+        ref += fp32(idx[1:])
+    del fp32  # its session holds the float weights
     rows: list[dict[str, Any]] = []
     best: tuple[float, Calibration] | None = None
+    scored: dict[Any, dict[str, Any]] = {}  # ranges -> the row of the first candidate that had them
     for text in candidates:
         cal = Calibration.parse(text, prep.cal.bins)
         cand = dataclasses.replace(prep, cal=cal)
+        key = tuple(sorted(prep.stats.ranges(cal).items()))
+        if key in scored:  # the same model as an earlier candidate: its score, not another run
+            same = scored[key]
+            rows.append({**{k: v for k, v in same.items() if k != "method"}, "method": text, "same_ranges_as": same["method"]})
+            continue
         try:
             q = _outputs(write(cand, spec).model, data, idx, prep.weights_dir)
         except Exception as e:  # noqa: BLE001 - a candidate that cannot run is skipped, and said so
@@ -98,6 +137,7 @@ def choose(prep: Any, spec: Any, data: SampleSet, n_calib: int, candidates: tupl
         per_out = output_sqnr(ref, q)
         score = next((x for x in per_out if x is not None), -math.inf)  # the first float output
         rows.append({"method": text, "sqnr_db": _db(score), "outputs_sqnr_db": [_db(x) for x in per_out]})
+        scored[key] = rows[-1]
         if best is None or score > best[0] + TIE_DB:
             best = (score, cal)
     if best is None:  # nothing ran: min-max, as before auto existed

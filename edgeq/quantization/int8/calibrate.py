@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,7 @@ from ...errors import EdgeqError
 
 MAX_BINS = 65536  # --calib-bins: more bins cost time (O(bins) per tensor per batch) and buy nothing
 DEFAULT_BINS = 2048
-HIST_VALUES = 1 << 18  # values per tensor per sample binned into the histogram (a strided sample above)
+HIST_VALUES = 1 << 16  # values per tensor per sample binned into the histogram (a strided sample above)
 
 
 def _prime_at_least(n: int) -> int:
@@ -43,6 +43,14 @@ def _prime_at_least(n: int) -> int:
     while any(k % p == 0 for p in range(2, int(k**0.5) + 1)):
         k += 1
     return k
+
+
+def sample_step(size: int) -> int:
+    """Stride of the histogram's sample of a tensor of ``size`` values: 1 up to ``HIST_VALUES``, else a
+    prime (so image rows and channels do not alias) that leaves at most ``HIST_VALUES`` values."""
+    return 1 if size <= HIST_VALUES else _prime_at_least(-(-size // HIST_VALUES))
+
+
 METHODS = ("minmax", "percentile", "entropy", "mse", "auto")
 # what ``auto`` tries, in order of preference on a tie
 AUTO_CANDIDATES = ("minmax", "percentile:99.99", "percentile:99.9", "entropy", "mse")
@@ -116,11 +124,22 @@ class TensorStats:
         self.count += int(a.size)
         if self.hist is None:
             return
-        need = max(abs(mn), abs(mx))
-        step = 1
-        if a.size > HIST_VALUES:  # the histogram's shape from a strided sample (weighted back); the range above saw every value
-            step = _prime_at_least(-(-a.size // HIST_VALUES))
-            a = a[::step]
+        step = sample_step(a.size)  # the histogram's shape from a strided sample (weighted back); the range above saw every value
+        self._bin(a[::step], max(abs(mn), abs(mx)), step)
+
+    def update_reduced(self, mn: float, mx: float, size: int, sample: np.ndarray | None = None, step: int = 1) -> None:
+        """The same as ``update`` from what was reduced elsewhere (in the graph, see ``reduce``): the finite
+        ``mn``/``mx`` and ``size`` of every value, and ``sample`` = the flattened values ``[::step]``
+        (``step`` = ``sample_step`` of the size, or of an earlier sample's size)."""
+        if size <= 0:
+            return
+        self.lo, self.hi = min(self.lo, float(mn)), max(self.hi, float(mx))
+        self.count += int(size)
+        if self.hist is None or sample is None:
+            return
+        self._bin(np.asarray(sample, np.float32).reshape(-1), max(abs(float(mn)), abs(float(mx))), step)
+
+    def _bin(self, a: np.ndarray, need: float, step: int) -> None:
         if self.R == 0.0:
             # a power of two, so that any two histograms re-bin onto the same edges (exact merge)
             self.R = 2.0 ** math.ceil(math.log2(need)) if need > 0 else 2.0**-30
@@ -223,7 +242,7 @@ class TensorStats:
         if last <= levels:
             return last * width
         best_kl, best_i = math.inf, last
-        step = max(1, (last - levels) // 256)
+        step = max(1, (last - levels) // 128)  # at most ~128 thresholds tried: each costs O(bins)
         for i in range(levels, last + 1, step):
             p = h[:i].copy()
             p[i - 1] += h[i:].sum()
@@ -278,12 +297,16 @@ class CalibStats:
     tensors: dict[str, TensorStats]
     samples: int
     peak_bytes: int = 0
+    _ranges: dict[Calibration, dict[str, tuple[float, float]]] = field(default_factory=dict, repr=False, compare=False)
 
     def nonfinite(self) -> dict[str, int]:
         return {k: v.nonfinite for k, v in sorted(self.tensors.items()) if v.nonfinite}
 
     def ranges(self, cal: Calibration) -> dict[str, tuple[float, float]]:
-        return {k: v.range(cal) for k, v in self.tensors.items() if v.seen}
+        # kept per method: ``auto`` compares candidates' ranges, then writes the model with them
+        if cal not in self._ranges:
+            self._ranges[cal] = {k: v.range(cal) for k, v in self.tensors.items() if v.seen}
+        return dict(self._ranges[cal])
 
 
 def collect(

@@ -37,6 +37,7 @@ _ACT = {  # activation type -> (onnx elem type, qmin, qmax)
     "uint16": (4, 0, 65535),
     "int16": (5, -32768, 32767),
 }
+ACT_TYPES = _ACT
 
 
 def _onnx():

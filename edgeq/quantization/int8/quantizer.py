@@ -213,11 +213,14 @@ def quantize(
     evals: SampleSet | None = None,
     max_drop: float | None = None,
     outputs_of: Any = None,
+    tasks: dict[str, dict[str, Any]] | None = None,
 ) -> QuantResult:
     """Quantize ``artifact`` per ``spec`` into ``out_path``.
 
     ``outputs_of`` (static QDQ with ``max_drop``): runs the search's candidates on the
     target's accelerator (``edgeq.profiling.accel.accelerator_outputs``) instead of the CPU provider.
+    ``tasks``: the app TOML's ``[outputs.NAME] task = ...`` overrides; the search scores every
+    output with that task's metric, as the verdict does.
 
     Static QDQ is written by edgeq (streaming calibration, subgraphs, budget search);
     QOperator and dynamic go through onnxruntime's quantizer.
@@ -232,7 +235,7 @@ def quantize(
         return _fp16(artifact, spec, out_path)
     data_file(out_path).unlink(missing_ok=True)  # writers with external data append to it
     if spec.mode == "int8-static" and spec.format == "qdq":  # reads the model itself (weights once, on disk)
-        return _edgeq_static(artifact, spec, out_path, data, on_sample, evals, max_drop, outputs_of)
+        return _edgeq_static(artifact, spec, out_path, data, on_sample, evals, max_drop, outputs_of, tasks)
     head = load_model(artifact.path, load_weights=False)  # inline weights are in it all the same
     big = needs_external_data(head)  # weights in external data: never one in-memory protobuf
     fp32 = head
@@ -358,6 +361,7 @@ def _edgeq_static(
     evals: SampleSet | None,
     max_drop: float | None,
     outputs_of: Any = None,
+    tasks: dict[str, dict[str, Any]] | None = None,
 ) -> QuantResult:
     import tempfile
 
@@ -366,7 +370,7 @@ def _edgeq_static(
     # the float weights live once, as external data in a private folder next to the output,
     # while calibration, writing and measuring run (peak memory ~ one copy of the weights)
     with tempfile.TemporaryDirectory(prefix=".edgeq-weights-", dir=str(out_path.parent)) as wdir:
-        return _edgeq_static_in(artifact, spec, out_path, data, on_sample, evals, max_drop, Path(wdir), outputs_of)
+        return _edgeq_static_in(artifact, spec, out_path, data, on_sample, evals, max_drop, Path(wdir), outputs_of, tasks)
 
 
 def _edgeq_static_in(
@@ -379,6 +383,7 @@ def _edgeq_static_in(
     max_drop: float | None,
     wdir: Path,
     outputs_of: Any = None,
+    tasks: dict[str, dict[str, Any]] | None = None,
 ) -> QuantResult:
     from . import static
 
@@ -392,7 +397,7 @@ def _edgeq_static_in(
     if max_drop is not None:
         if evals is None:
             notes.append("--max-drop measured on the calibration data (pass --eval for held-out data)")
-        res = static.search(prep, spec, check, max_drop, outputs_of=outputs_of)
+        res = static.search(prep, spec, check, max_drop, outputs_of=outputs_of, tasks=tasks)
         written = res.written
         if res.fp32_metric.name in ("perplexity", "mean_kl"):
             notes.append(f"--max-drop on LM logits: drop = {res.fp32_metric.drop_means} (top-1 token agreement is far harsher)")
@@ -403,12 +408,16 @@ def _edgeq_static_in(
             "metric": res.fp32_metric.name,
             "drop_means": res.fp32_metric.drop_means,
             "fp32": round(res.fp32_metric.value, 5),
+            "outputs": [{k: v for k, v in o.items() if k != "drop"} for o in res.fp32_metric.per_output(res.fp32_metric)],
             "steps": [s.to_dict() for s in res.steps],
             "best": res.best.to_dict(),
             "met": res.met,
             "activation_16bit": spec.wide_activation_type,
             "candidates_run_on": getattr(outputs_of, "label", None) or "CPUExecutionProvider",
         }
+        if len(res.best.outputs) > 1:  # every output is held to the budget: say where each stands
+            notes.append(f"--max-drop per output ({res.best.kept_float} node(s) kept float): " + ", ".join(
+                f"{o['output']} {o['metric']} drop {o['drop']:.4f}" for o in res.best.outputs))
         if not res.met:
             notes.append(
                 f"BUDGET NOT MET: best {res.best.metric} drop {res.best.drop:.4f} > --max-drop {max_drop} "
@@ -418,7 +427,7 @@ def _edgeq_static_in(
             )
     else:
         written = static.write(prep, spec)
-        layers = static.layer_sqnr(prep, written, check, 8)
+        layers = static.layer_sqnr(prep, written, check, static.layer_samples(prep, written))
     save_model(written.model, out_path)
     written.model = None  # written out: keep one quantized model in memory, not two
     qmodel = load_model(out_path)
@@ -465,6 +474,13 @@ def _edgeq_static_in(
     weight_only = [n for n, h in written.how.items() if h.startswith("weights int8, activations float")]
     if weight_only:
         notes.append(f"{len(weight_only)} node(s) weight-only, activations float: " + "; ".join(sorted({written.how[n].split("(", 1)[-1].rstrip(")") for n in weight_only})))
+    if written.activation_qdq:  # the target's [quant] activation_ops (fixed-point-only accelerators)
+        from collections import Counter
+
+        by_op = Counter(written.activation_qdq.values())
+        details["activation_qdq"] = dict(sorted(by_op.items()))
+        notes.append(f"{len(written.activation_qdq)} node(s) without weights quantized for the accelerator (the target's activation_ops): "
+                     + ", ".join(f"{op} x{k}" for op, k in sorted(by_op.items(), key=lambda kv: (-kv[1], kv[0]))))
     worst = sorted((r for r in layers if r["sqnr_db"] is not None), key=lambda r: r["sqnr_db"])[:10]
     details["calibration"] = {
         "method": str(prep.cal),

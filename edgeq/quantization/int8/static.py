@@ -14,7 +14,7 @@ import numpy as np
 from ...core.data import SampleSet
 from ...errors import CalibrationError, QuantizationError
 from ...core.onnxutil import default_opset
-from . import qdq
+from . import qdq, qdq_acts
 from .calibrate import Calibration, CalibStats, collect
 from ..spec import QuantSpec
 
@@ -105,6 +105,59 @@ def externalize(model: Any, folder: Path) -> Any:
     return onnx.load(str(path), load_external_data=False)
 
 
+def calibrate_reduced(model: Any, names: Any, data: SampleSet, n: int, cal: Calibration,
+                      on_sample: Callable[[], None] | None, weights_dir: Path | None) -> CalibStats | None:
+    """One streaming pass with min/max and the histogram's sample reduced inside the graph
+    (``reduce.CalibProbe``); None when that probe cannot be built or run on this model."""
+    from .reduce import CalibProbe, calibrate
+
+    if any(n.op_type in ("Loop", "Scan") for _, g, _ in qdq.walk_graphs(model.graph) for n in g.node):
+        return None  # loop bodies: the general path, which falls back to weight-only where onnxruntime refuses probes
+    try:
+        probe = CalibProbe(model, names, histogram=cal.needs_histogram, base_dir=weights_dir, loops=False)
+    except Exception:  # noqa: BLE001 - a graph the reductions cannot be added to: the general path below
+        return None
+    counted = [0]
+
+    def count() -> None:
+        counted[0] += 1
+        if on_sample:
+            on_sample()
+
+    try:
+        return calibrate(probe, _feeds(data, n), cal=cal, on_sample=count)
+    except Exception as e:  # noqa: BLE001
+        if counted[0]:  # it ran samples, so the data fits: this is the failure to report
+            raise CalibrationError(
+                f"running a calibration sample failed: {str(e).strip().splitlines()[0][:200]}",
+                "check the calibration data against the model's inputs",
+            ) from None
+        return None
+    finally:
+        del probe  # its session holds a copy of the weights
+
+
+def calibrate_exposed(model: Any, names: Any, data: SampleSet, n: int, cal: Calibration,
+                      on_sample: Callable[[], None] | None, weights_dir: Path | None, notes: list[str]) -> CalibStats:
+    """One streaming pass that copies every calibrated tensor out of the session (``qdq.ProbeRunner``)."""
+    try:
+        runner = probe_runner(model, names, data.feed(0) if len(data) else None, notes, base_dir=weights_dir)
+    except Exception as e:  # noqa: BLE001
+        raise QuantizationError(
+            f"cannot run the model for calibration: {str(e).strip().splitlines()[0][:200]}",
+            "check that the model runs with onnxruntime (edgeq profile MODEL)",
+        ) from None
+    try:
+        return collect(runner, _feeds(data, n), names, cal=cal, on_sample=on_sample)
+    except Exception as e:  # noqa: BLE001
+        raise CalibrationError(
+            f"running a calibration sample failed: {str(e).strip().splitlines()[0][:200]}",
+            "check the calibration data against the model's inputs",
+        ) from None
+    finally:
+        del runner  # its session holds a copy of the weights
+
+
 def prepare(
     model: Any | Path, spec: QuantSpec, data: SampleSet, *, on_sample: Callable[[], None] | None = None, weights_dir: Path | None = None
 ) -> Prepared:
@@ -130,24 +183,13 @@ def prepare(
         release_memory()
     cal = Calibration.parse(spec.calibration, spec.calib_bins)
     full = qdq.plan(model)
-    if not full.activations and not full.nodes:
+    acts = tuple(dict.fromkeys(full.activations + qdq_acts.tensors(model, spec.activation_ops)))  # + the target's activation ops
+    if not acts and not full.nodes:
         return Prepared(model, CalibStats({}, 0), cal, notes, weights_dir)
-    try:
-        runner = probe_runner(model, full.activations, data.feed(0) if len(data) else None, notes, base_dir=weights_dir)
-    except Exception as e:  # noqa: BLE001
-        raise QuantizationError(
-            f"cannot run the model for calibration: {str(e).strip().splitlines()[0][:200]}",
-            "check that the model runs with onnxruntime (edgeq profile MODEL)",
-        ) from None
     n = min(spec.calib_samples, len(data))
-    try:
-        stats = collect(runner, _feeds(data, n), full.activations, cal=cal, on_sample=on_sample)
-    except Exception as e:  # noqa: BLE001
-        raise CalibrationError(
-            f"running a calibration sample failed: {str(e).strip().splitlines()[0][:200]}",
-            "check the calibration data against the model's inputs",
-        ) from None
-    del runner  # its session holds a copy of the weights
+    stats = calibrate_reduced(model, acts, data, n, cal, on_sample, weights_dir)
+    if stats is None:  # the in-graph reductions did not run: every tensor copied out, as before them
+        stats = calibrate_exposed(model, acts, data, n, cal, on_sample, weights_dir, notes)
     if weights_dir is not None:
         release_memory()
     notes.append(f"calibrated ({cal}, {cal.bins} bins) on {stats.samples} sample(s) from {data.source} in one streaming pass")
@@ -174,6 +216,8 @@ class Written:
     how: dict[str, str]
     wide: dict[str, str] = field(default_factory=dict)
     """Nodes given 16-bit activations, and why."""
+    activation_qdq: dict[str, str] = field(default_factory=dict)
+    """Nodes of the target's ``activation_ops`` (no weights) given QDQ activations: node -> op type."""
 
 
 def write(prep: Prepared, spec: QuantSpec, keep_float: dict[str, str] | None = None, wide: dict[str, str] | None = None) -> Written:
@@ -195,13 +239,21 @@ def write(prep: Prepared, spec: QuantSpec, keep_float: dict[str, str] | None = N
     opts = qdq.WriteOptions(spec.activation_type, spec.weight_type, spec.per_channel, spec.reduce_range,
                             tuple(sorted(wide)) if wide_type else (), wide_type or "uint16")
     model, how = qdq.write(prep.model, p, ranges, opts, base_dir=prep.weights_dir)
+    act_nodes: dict[str, str] = {}
+    if spec.activation_ops:  # the target runs fixed point only: QDQ around the other ops too
+        model, act_how = qdq_acts.quantize(
+            model, spec.activation_ops, ranges, lambda lo, hi: qdq.act_qparams(lo, hi, spec.activation_type), spec.activation_type,
+            float_names=qdq.float_tensors(prep.model), keep=keep)
+        how.update({k: v for k, v in act_how.items() if k not in how})
+        ops = {n.name: n.op_type for n in prep.model.graph.node}
+        act_nodes = {k: ops[k] for k, v in act_how.items() if k in ops and not v.startswith("activations float")}
     for name, why in (wide or {}).items():
         if wide_type and name in how and not how[name].startswith("weights int8, activations float"):
             how[name] += f" ({why})"
     if prep.weights_dir is not None:
         release_memory()  # each weight was read, converted and quantized: return those pages
     got = {n: w for n, w in (wide or {}).items() if wide_type and n in how and "activations float" not in how[n]}
-    return Written(model, p, how, got)
+    return Written(model, p, how, got, act_nodes)
 
 
 # -- evaluation ---------------------------------------------------------------------------------
@@ -214,6 +266,17 @@ def first_outputs(model: Any, data: SampleSet, n: int, base_dir: Any = None) -> 
     out = []
     for feed in _feeds(data, n):
         out.append(sess.run([name], {k: v for k, v in feed.items() if k in names})[0])
+    return out
+
+
+def all_outputs(model: Any, data: SampleSet, n: int, base_dir: Any = None) -> list[list[np.ndarray]]:
+    """Every output of ``model`` on the first ``n`` samples, ``[output][sample]`` (what --max-drop scores)."""
+    sess = qdq.cpu_session(model, base_dir)
+    names = {i.name for i in sess.get_inputs()}
+    out: list[list[np.ndarray]] = [[] for _ in sess.get_outputs()]
+    for feed in _feeds(data, n):
+        for k, o in enumerate(sess.run(None, {k: v for k, v in feed.items() if k in names})):
+            out[k].append(np.asarray(o))
     return out
 
 
@@ -273,15 +336,18 @@ def _token_labels(labels: np.ndarray | None, outs: list[np.ndarray]) -> bool:
     )
 
 
-def metric(outs: list[np.ndarray], ref: list[np.ndarray], labels: np.ndarray | None, *, lm: bool = False, task: Any = None) -> Metric:
+def metric(outs: list[np.ndarray], ref: list[np.ndarray], labels: np.ndarray | None, *, lm: bool = False, task: Any = None,
+           ref_all: list[dict[str, np.ndarray]] | None = None, cand_all: list[dict[str, np.ndarray]] | None = None) -> Metric:
     """Accuracy (labels) or top-1 agreement with fp32; for LM logits (``lm``) perplexity on next-token
     labels, or without them the mean KL(fp32 || quantized) per token. For outputs that are not class
-    scores (``task``: edgeq.checks.TaskSpec of the first output) the task's own metric against fp32:
-    detection F1, map IoU, decoded-sequence match, embedding cosine, ..."""
-    if not lm and task is not None and task.kind not in ("classification", "index", "lm-logits"):
+    scores (``task``: edgeq.checks.TaskSpec of the output) the task's own metric against fp32:
+    detection F1, map IoU, decoded-sequence match, embedding cosine, exact match of indices, ...
+    ``ref_all``/``cand_all``: every output per sample, by name (post-NMS detections read their
+    scores and classes there)."""
+    if not lm and task is not None and task.kind not in ("classification", "lm-logits"):
         from ...checks.metrics import primary
 
-        name, value = primary(task, ref, outs)
+        name, value = primary(task, ref, outs, ref_all, cand_all)
         return Metric(name, float(value))
     if lm:
         if _token_labels(labels, outs):
@@ -308,12 +374,8 @@ def metric(outs: list[np.ndarray], ref: list[np.ndarray], labels: np.ndarray | N
     return Metric("agreement", float(np.mean(a == b)) if len(a) else 1.0)
 
 
-def layer_sqnr(prep: Prepared, written: Written, data: SampleSet, n: int) -> list[dict[str, Any]]:
-    """SQNR (dB) of every quantized node's output against fp32, and its local sensitivity."""
-    names: list[str] = []
-    for qn in written.plan.nodes:
-        names += [qn.output] + ([qn.act_input] if qn.act_input else [])
-    names = list(dict.fromkeys(names))
+def _exposed_sqnr(prep: Prepared, written: Written, names: list[str], data: SampleSet, n: int) -> dict[str, qdq.Sqnr]:
+    """Per-tensor energies from two probe sessions that copy every tensor out (subgraphs included)."""
     # the quantized model first: building its probe copies it (inline weights); those pages are
     # returned before the float session reads its weights
     feed = data.feed(0) if len(data) else None
@@ -321,8 +383,32 @@ def layer_sqnr(prep: Prepared, written: Written, data: SampleSet, n: int) -> lis
     if prep.weights_dir is not None:
         release_memory()
     ref = probe_runner(prep.model, names, feed, base_dir=prep.weights_dir)
-    acc = qdq.sqnr(ref, cand, _feeds(data, n))
-    del ref, cand
+    return qdq.sqnr(ref, cand, _feeds(data, n))
+
+
+def layer_samples(prep: Prepared, written: Written) -> int:
+    """Samples for the per-layer SQNR report: enough for ``autocal.SCORE_VALUES`` values of the typical
+    (median-sized) measured tensor, from the values per sample calibration counted (1 for a conv
+    net's feature maps, up to 8 for small tensors). Each sample runs the float and the quantized model once more."""
+    from .autocal import SCORE_SAMPLES, SCORE_VALUES
+
+    per = sorted(st.count / max(prep.stats.samples, 1) for qn in written.plan.nodes
+                 for st in [prep.stats.tensors.get(qn.output)] if st is not None and st.seen)
+    return max(1, min(SCORE_SAMPLES, -(-SCORE_VALUES // max(int(per[len(per) // 2]), 1)))) if per else SCORE_SAMPLES
+
+
+def layer_sqnr(prep: Prepared, written: Written, data: SampleSet, n: int) -> list[dict[str, Any]]:
+    """SQNR (dB) of every quantized node's output against fp32, and its local sensitivity."""
+    names: list[str] = []
+    for qn in written.plan.nodes:
+        names += [qn.output] + ([qn.act_input] if qn.act_input else [])
+    names = list(dict.fromkeys(names))
+    from .reduce import paired_sqnr
+
+    try:  # both models in one session, energies reduced in the graph: no activation leaves it
+        acc = paired_sqnr(prep.model, written.model, names, _feeds(data, n), base_dir=prep.weights_dir)
+    except Exception:  # noqa: BLE001 - subgraphs (If/Loop/Scan) or a graph the pairing cannot build
+        acc = _exposed_sqnr(prep, written, names, data, n)
     if prep.weights_dir is not None:
         release_memory()
     rows = []
@@ -346,6 +432,87 @@ def layer_sqnr(prep: Prepared, written: Written, data: SampleSet, n: int) -> lis
     return rows
 
 
+@dataclass(frozen=True)
+class OutputScores:
+    """Every output scored with its task's metric against fp32: what ``--max-drop`` and the gate
+    bound. The budget applies per output, so the worst output's drop decides."""
+
+    outputs: tuple[str, ...]
+    kinds: tuple[str, ...]
+    metrics: tuple[Metric, ...]
+    declared: tuple[bool, ...] = ()
+    """Whether each output's task was declared in the app TOML (else inferred)."""
+
+    def drops_from(self, fp32: OutputScores) -> tuple[float, ...]:
+        return tuple(m.drop_from(f) for m, f in zip(self.metrics, fp32.metrics))
+
+    def drop_from(self, fp32: OutputScores) -> float:
+        """The worst output's drop (0 for a model whose outputs are all parts checked elsewhere)."""
+        return max(self.drops_from(fp32), default=0.0)
+
+    def worst(self, fp32: OutputScores) -> int:
+        drops = self.drops_from(fp32)
+        return max(range(len(drops)), key=lambda i: (drops[i], -i)) if drops else 0
+
+    def label(self, i: int) -> str:
+        """Output ``i``'s metric as reports print it: the bare name for a one-output model."""
+        return self.metrics[i].name if len(self.metrics) == 1 else f"{self.outputs[i]}: {self.metrics[i].name}"
+
+    @property
+    def name(self) -> str:
+        if len(self.metrics) == 1:
+            return self.metrics[0].name
+        return "worst of " + ", ".join(self.label(i) for i in range(len(self.metrics)))
+
+    @property
+    def value(self) -> float:
+        """The first output's value (one-output models: the metric's value)."""
+        return self.metrics[0].value if self.metrics else 1.0
+
+    @property
+    def drop_means(self) -> str:
+        if len(self.metrics) == 1:
+            return self.metrics[0].drop_means
+        return "the largest drop over the outputs, each by its task metric: " + "; ".join(
+            f"{o}: {m.drop_means}" for o, m in zip(self.outputs, self.metrics))
+
+    def per_output(self, fp32: OutputScores) -> list[dict[str, Any]]:
+        declared = self.declared or (False,) * len(self.outputs)
+        return [{"output": o, "kind": k, "metric": m.name, "value": round(m.value, 5), "drop": round(d, 5), "declared": dc}
+                for o, k, m, d, dc in zip(self.outputs, self.kinds, self.metrics, self.drops_from(fp32), declared)]
+
+
+def output_tasks(model: Any, ref: list[list[np.ndarray]], tasks: dict[str, dict[str, Any]] | None = None) -> list[Any]:
+    """Each output's TaskSpec (edgeq.checks) from its fp32 values ``ref[output][sample]`` and the app
+    TOML's ``[outputs.NAME] task = ...`` overrides ``tasks``: the same inference the verdict uses."""
+    from ...checks.kinds import context_from_model, infer_all
+
+    names = tuple(o.name for o in model.graph.output)
+    return infer_all(names, ref, context_from_model(model), tasks)
+
+
+def score_outputs(specs: list[Any], outs: list[list[np.ndarray]], ref: list[list[np.ndarray]],
+                  labels: np.ndarray | None) -> OutputScores:
+    """Every output against fp32 with its task's metric (``specs`` from :func:`output_tasks`).
+
+    Labels score the first classification output (accuracy), or the first LM logits whose shape
+    they fit (perplexity); every other output is scored against fp32.
+    """
+    n = min(len(ref[0]) if ref else 0, len(outs[0]) if outs else 0)
+    names = [s.output for s in specs]
+    ref_all = [{nm: ref[k][i] for k, nm in enumerate(names)} for i in range(n)]
+    cand_all = [{nm: outs[k][i] for k, nm in enumerate(names)} for i in range(n)]
+    metrics: list[Metric] = []
+    labels_used = False
+    for k, spec in enumerate(specs):
+        lm = spec.kind == "lm-logits" and bool(ref[k]) and np.asarray(ref[k][0]).ndim >= 2  # perplexity / mean KL
+        lab = None
+        if labels is not None and not labels_used and (spec.kind == "classification" or (lm and _token_labels(labels, outs[k]))):
+            lab, labels_used = labels, True
+        metrics.append(metric(outs[k][:n], ref[k][:n], lab, lm=lm, task=spec, ref_all=ref_all, cand_all=cand_all))
+    return OutputScores(tuple(names), tuple(s.kind for s in specs), tuple(metrics), tuple(bool(s.declared) for s in specs))
+
+
 @dataclass
 class SearchStep:
     kept_float: int
@@ -354,10 +521,12 @@ class SearchStep:
     drop: float
     kept_16bit: int = 0
     """Nodes given 16-bit activations at this step (instead of fp32)."""
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+    """Every output's metric and drop (``metric``/``value`` above: the worst output's, which decides)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {"kept_float": self.kept_float, "kept_16bit": self.kept_16bit, "metric": self.metric,
-                "value": round(self.value, 5), "drop": round(self.drop, 5)}
+                "value": round(self.value, 5), "drop": round(self.drop, 5), "outputs": list(self.outputs)}
 
 
 @dataclass
@@ -365,7 +534,7 @@ class SearchResult:
     written: Written
     steps: list[SearchStep]
     met: bool
-    fp32_metric: Metric
+    fp32_metric: OutputScores
     best: SearchStep
     layers: list[dict[str, Any]]
 
@@ -379,7 +548,7 @@ def search(
     n_eval: int = 1000,
     n_sqnr: int = 32,
     max_steps: int = 10,
-    outputs_of: Callable[..., list[np.ndarray]] | None = None,
+    outputs_of: Any = None,
     tasks: dict[str, dict[str, Any]] | None = None,
 ) -> SearchResult:
     """Keep the most sensitive nodes float (1, 2, 4, ... of them) until the drop is within budget.
@@ -387,16 +556,15 @@ def search(
     Where the target allows 16-bit activations (``spec.wide_activation_type``), each step first
     gives those nodes 16-bit activations (weights stay int8) and keeps them fp32 only if that
     misses the budget. The best model seen is always returned, with every step in the log.
-    ``outputs_of`` (same arguments as :func:`first_outputs`) runs the candidates elsewhere,
-    e.g. on the target's accelerator; the fp32 reference always runs on the CPU provider.
+    Every output is scored with its task's metric (``tasks``: the app TOML's per-output overrides)
+    and the worst output's drop is held to ``max_drop``. ``outputs_of.every`` (same arguments and
+    result as :func:`all_outputs`) runs the candidates elsewhere, e.g. on the target's
+    accelerator; the fp32 reference always runs on the CPU provider.
     """
-    run_candidate = outputs_of or first_outputs
-    ref = first_outputs(prep.model, evals, n_eval, prep.weights_dir)
-    lm = looks_like_lm(prep.model, ref)
-    from ...checks.kinds import first_output_task
-
-    task = first_output_task(prep.model, ref, tasks)
-    fp32 = metric(ref, ref, evals.labels, lm=lm, task=task)
+    run_candidate = outputs_of.every if outputs_of is not None else all_outputs
+    ref = all_outputs(prep.model, evals, n_eval, prep.weights_dir)
+    specs = output_tasks(prep.model, ref, tasks)  # every output, app TOML overrides included: what the verdict judges
+    fp32 = score_outputs(specs, ref, ref, evals.labels)
     written = write(prep, spec)
     layers = layer_sqnr(prep, written, evals, n_sqnr)
     order = [r["node"] for r in sorted(layers, key=lambda r: -r["sensitivity"])]
@@ -415,9 +583,9 @@ def search(
                 keep = {n: f"kept float by --max-drop search (sensitivity rank {i + 1})" for i, n in enumerate(order[:k])}
                 w = written if k == 0 else write(prep, spec, keep)
                 step_k = (k, 0)
-            m = metric(run_candidate(w.model, evals, n_eval, prep.weights_dir), ref, evals.labels, lm=lm, task=task)
-            drop = m.drop_from(fp32)
-            step = SearchStep(step_k[0], m.name, m.value, drop, step_k[1])
+            m = score_outputs(specs, run_candidate(w.model, evals, n_eval, prep.weights_dir), ref, evals.labels)
+            drop, i = m.drop_from(fp32), m.worst(fp32)
+            step = SearchStep(step_k[0], m.label(i), m.metrics[i].value if m.metrics else 1.0, drop, step_k[1], m.per_output(fp32))
             steps.append(step)
             if best is None or drop < best.drop - 1e-12:
                 best_w, best = w, step

@@ -33,12 +33,15 @@ class Candidate:
     drop: float | None = None
     error: str | None = None
     result: Any = None
+    outputs: tuple[dict[str, Any], ...] = ()
+    """Every output's metric and drop; ``metric``/``drop`` above are the worst output's."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "p50_ms": None if self.ms is None else round(self.ms, 4), "bytes": self.size,
             "metric": None if self.metric is None else round(self.metric, 5),
             "drop": None if self.drop is None else round(self.drop, 5), "error": self.error,
+            "outputs": list(self.outputs),
         }
 
 
@@ -78,10 +81,21 @@ class SessionSettings:
                 "graph_optimization_level": self.level, "intra_op_num_threads": self.threads, "note": self.note}
 
 
-def _outputs(sess: Any, data: SampleSet, n: int) -> list[np.ndarray]:
-    name = sess.get_outputs()[0].name
+def _outputs(sess: Any, data: SampleSet, n: int) -> list[list[np.ndarray]]:
+    """Every output on the first ``n`` samples, ``[output][sample]``."""
     names = {i.name for i in sess.get_inputs()}
-    return [sess.run([name], {k: v for k, v in data.feed(i).items() if k in names})[0] for i in range(min(n, len(data)))]
+    out: list[list[np.ndarray]] = [[] for _ in sess.get_outputs()]
+    for i in range(min(n, len(data))):
+        for k, o in enumerate(sess.run(None, {k: v for k, v in data.feed(i).items() if k in names})):
+            out[k].append(np.asarray(o))
+    return out
+
+
+def _per_output(c: Candidate) -> str:
+    """`` (cls 0.0000, boxes 0.2100)``: each output's drop, for a model with several outputs."""
+    if len(c.outputs) < 2:
+        return ""
+    return " (" + ", ".join(f"{o['output']} {o['drop']:.4f}" for o in c.outputs) + ")"
 
 
 def _latency_ms(sess: Any, feed: dict[str, np.ndarray], budget_s: float = 0.5) -> float:
@@ -109,8 +123,13 @@ def select(
     prefer: str,
     on_sample: Any = None,
     target: Any = None,
+    tasks: dict[str, dict[str, Any]] | None = None,
 ) -> Any:
     """Quantize every candidate, measure, copy the pick to ``out_path``; returns its QuantResult.
+
+    Every output is scored with its task's metric against fp32 (``tasks``: the app TOML's
+    ``[outputs.NAME] task = ...`` overrides, as the verdict takes them); a candidate is within
+    ``max_drop`` only if every output is (the worst drop decides).
 
     Candidates run with ``target``'s session settings (providers this host has, their options,
     graph optimization level, threads): the settings the device runs the shipped model with.
@@ -131,9 +150,18 @@ def select(
         "onnxruntime QOperator (static)": spec.with_overrides(mode="int8-static", format="qoperator"),
         "onnxruntime dynamic": replace(spec, mode="int8-dynamic", activation_type="uint8"),
     }
+    from ...checks.hints import pinned_format, target_allows_dynamic
+
+    fmt = pinned_format(target) if target is not None else None
     cands: list[Candidate] = []
     for name, sp in specs.items():
         p = work / f"cand{len(cands)}.onnx"
+        if sp.mode == "int8-dynamic" and target is not None and not target_allows_dynamic(target):
+            cands.append(Candidate(name, None, error=f"target {target.name} runs static INT8 only"))  # never picked, never hinted
+            continue
+        if sp.mode == "int8-static" and fmt is not None and sp.format != fmt:
+            cands.append(Candidate(name, None, error=f"target {target.name} runs {fmt.upper()} models only"))
+            continue
         if sp.mode == "int8-static" and data is None:
             cands.append(Candidate(name, None, error="needs calibration data"))
             continue
@@ -150,15 +178,12 @@ def select(
     sess = settings.session(artifact.path)
     ref = _outputs(sess, check, n)
     head = onnx.load(str(artifact.path), load_external_data=False)
-    lm = static.looks_like_lm(head, ref)  # LM logits: perplexity / mean KL
-    from ...checks.kinds import first_output_task
-
-    task = first_output_task(head, ref)  # not class scores: the task's metric (detection F1, map IoU, ...)
-    del head
-    fp32_metric = static.metric(ref, ref, check.labels, lm=lm, task=task)
+    specs = static.output_tasks(head, ref, tasks)  # each output's task metric (class agreement, detection F1, map IoU, ...)
+    fp32_metric = static.score_outputs(specs, ref, ref, check.labels)
     feed = check.feed(0)
     measured: list[Candidate] = [
-        Candidate("fp32", artifact.path, _latency_ms(sess, feed), model_size(artifact.path), fp32_metric.value, 0.0)
+        Candidate("fp32", artifact.path, _latency_ms(sess, feed), model_size(artifact.path), fp32_metric.value, 0.0,
+                  outputs=tuple(fp32_metric.per_output(fp32_metric)))
     ]
     del sess
     for c in cands:
@@ -166,10 +191,12 @@ def select(
             measured.append(c)
             continue
         sess = settings.session(c.path)
-        m = static.metric(_outputs(sess, check, n), ref, check.labels, lm=lm, task=task)
-        measured.append(replace(c, ms=_latency_ms(sess, feed), size=model_size(c.path), metric=m.value,
-                                drop=m.drop_from(fp32_metric)))
+        m = static.score_outputs(specs, _outputs(sess, check, n), ref, check.labels)
+        worst = m.worst(fp32_metric)
+        measured.append(replace(c, ms=_latency_ms(sess, feed), size=model_size(c.path), metric=m.metrics[worst].value if m.metrics else 1.0,
+                                drop=m.drop_from(fp32_metric), outputs=tuple(m.per_output(fp32_metric))))
         del sess
+    del head
     # latency of what ships: each candidate's model.ort (the bundle's writer), one process, interleaved rounds
     from .speed import shipped_latencies
 
@@ -209,7 +236,7 @@ def select(
     notes.append(
         f"gate (--prefer {prefer}, {check.source}, {fp32_metric.name}): picked {pick.name}; "
         + "; ".join(
-            f"{c.name}: {'failed (' + c.error + ')' if c.error else f'{c.ms:.3f} ms, {c.size} B, drop {c.drop:.4f}'}"
+            f"{c.name}: {'failed (' + c.error + ')' if c.error else f'{c.ms:.3f} ms, {c.size} B, drop {c.drop:.4f}' + _per_output(c)}"
             for c in measured
         )
     )

@@ -4,11 +4,13 @@ AWQ (Lin et al., 2023) multiplies the weights that read one activation tensor by
 per-input-channel scale ``s`` and divides the activation by ``s``. As in llm-awq, the
 division is not a new op: it is folded into the op that produces the activation,
 
-- an RMSNorm / LayerNorm weight (``Mul`` by a 1-D constant, ``LayerNormalization``):
+- an RMSNorm / LayerNorm weight (``Mul`` by a 1-D constant, ``LayerNormalization``, onnxruntime's
+  ``SkipSimplifiedLayerNormalization`` / ``SkipLayerNormalization`` / ``SimplifiedLayerNormalization``):
   q/k/v read the attention norm, gate/up the MLP norm, the LM head the final norm;
 - the output columns of the MatMul (with its bias) whose output reaches the activation
   through channel-preserving ops only: v_proj -> (Reshape/Transpose/attention MatMul)
-  -> o_proj, and up_proj -> (``silu(gate) * up``) -> down_proj.
+  -> o_proj, and up_proj -> (``silu(gate) * up``) -> down_proj; where up is one output of a
+  ``Split`` of a packed gate/up MatMul, into that MatMul's up columns.
 
 Every fold is checked numerically before it is used: the float model with random
 scales folded in must give the original outputs on a calibration sample. Where no fold
@@ -26,6 +28,8 @@ import numpy as np
 from . import blockwise as bw
 
 CHANNEL_OPS = ("Reshape", "Transpose")
+# onnxruntime's fused norms: input index of the weight (gamma) and of a bias added after the norm (beta), if any
+NORM_OPS = {"SkipSimplifiedLayerNormalization": (2, None), "SkipLayerNormalization": (2, 3), "SimplifiedLayerNormalization": (1, None)}
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,7 @@ class Fold:
     inits: tuple[tuple[str, int], ...]
     what: str  # "norm" | "layernorm" | "matmul"
     source: str  # the node the scale is folded into
+    starts: tuple[int, ...] = ()  # per init: first channel of the scaled range along its axis (a packed MatMul); () = all 0
 
 
 @dataclass(frozen=True)
@@ -66,14 +71,23 @@ def _is_trans_b(node: Any) -> bool:
     return any(a.name == "transB" and a.i for a in node.attribute)
 
 
-def _matmul_fold(node: Any, k: int, inits: dict[str, Any], uses: dict[str, int], bias: str | None = None) -> Fold | None:
-    """Fold into the output columns of a MatMul/Gemm with a constant weight (and its bias)."""
+def _matmul_fold(node: Any, k: int, inits: dict[str, Any], uses: dict[str, int], bias: str | None = None,
+                 start: int | None = None) -> Fold | None:
+    """Fold into the output columns of a MatMul/Gemm with a constant weight (and its bias); ``start``: into
+    columns start .. start + k of a wider (packed) MatMul only."""
     if node.op_type not in ("MatMul", "Gemm") or len(node.input) < 2 or node.input[1] not in inits:
         return None
     w = inits[node.input[1]]
     if len(w.dims) != 2 or uses.get(node.input[1], 0) != 1:
         return None
     axis = 0 if (node.op_type == "Gemm" and _is_trans_b(node)) else 1
+    if start is not None:
+        if node.op_type != "MatMul" or w.dims[axis] < start + k:
+            return None
+        if bias is not None and (list(inits[bias].dims) != [w.dims[axis]] or uses.get(bias, 0) != 1):
+            return None
+        folds = ((node.input[1], axis),) + (((bias, 0),) if bias is not None else ())
+        return Fold(folds, "matmul", node.name or node.output[0], starts=(start,) * len(folds))
     if w.dims[axis] != k:
         return None
     folds = [(node.input[1], axis)]
@@ -85,6 +99,36 @@ def _matmul_fold(node: Any, k: int, inits: dict[str, Any], uses: dict[str, int],
     if bias is not None:
         folds.append((bias, 0))
     return Fold(tuple(folds), "matmul", node.name or node.output[0])
+
+
+def _split_fold(split: Any, out: str, k: int, maps: tuple, inits: dict[str, Any]) -> Fold | None:
+    """``out`` is one last-axis piece of a Split of a packed MatMul (+ bias): fold into that piece's columns."""
+    from onnx import numpy_helper
+
+    producers, consumers, uses, outs = maps
+    axis = next((a.i for a in split.attribute if a.name == "axis"), 0)
+    sizes = None
+    if len(split.input) > 1 and split.input[1] in inits:
+        sizes = [int(v) for v in numpy_helper.to_array(inits[split.input[1]]).reshape(-1)]
+    elif any(a.name == "split" for a in split.attribute):
+        sizes = [int(v) for v in next(a.ints for a in split.attribute if a.name == "split")]
+    if axis != -1 or sizes is None or len(sizes) != len(split.output):
+        return None
+    j = list(split.output).index(out)
+    src = split.input[0]
+    if sizes[j] != k or len(consumers.get(src, [])) != 1 or src in outs:
+        return None
+    start = sum(sizes[:j])
+    q = producers.get(src)
+    if q is None:
+        return None
+    if q.op_type == "Add":
+        for c, other in ((q.input[0], q.input[1]), (q.input[1], q.input[0])):
+            m = producers.get(other)
+            if c in inits and other not in inits and m is not None and len(consumers.get(other, [])) == 1 and other not in outs:
+                return _matmul_fold(m, k, inits, uses, bias=c, start=start)
+        return None
+    return _matmul_fold(q, k, inits, uses, start=start)
 
 
 def _const_1d(name: str, k: int, inits: dict[str, Any], uses: dict[str, int]) -> bool:
@@ -114,9 +158,17 @@ def find_fold(model: Any, tensor: str, k: int, maps: tuple, inits: dict[str, Any
                     f = _matmul_fold(q, k, inits, uses)
                     if f is None and q.op_type == "Add":
                         f = _bias_add_fold(q, k, maps, inits)
+                    if f is None and q.op_type == "Split":
+                        f = _split_fold(q, c, k, maps, inits)
                     if f is not None:
                         return f, ""
             return None, "a Mul of two activations, neither from a foldable MatMul"
+        if p.op_type in NORM_OPS and p.domain == "com.microsoft" or (p.op_type == "SimplifiedLayerNormalization" and p.domain in ("", "ai.onnx")):
+            gi, bi = NORM_OPS[p.op_type]
+            ins = [p.input[i] for i in (gi, bi) if i is not None and i < len(p.input) and p.input[i]]
+            if t == p.output[0] and ins and all(_const_1d(i, k, inits, uses) for i in ins):
+                return Fold(tuple((i, -1) for i in ins), "norm", p.name or t), ""
+            return None, f"a {p.op_type} with shared or non-constant weights"
         if p.op_type == "LayerNormalization":
             ins = [i for i in p.input[1:3] if i]
             if all(_const_1d(i, k, inits, uses) for i in ins) and ins:
@@ -188,11 +240,18 @@ def plan(model: Any, members: list[tuple[int, str, int]]) -> list[Group]:
     return groups
 
 
-def _scale_along(a: np.ndarray, s: np.ndarray, axis: int, divide: bool) -> np.ndarray:
+def _scale_along(a: np.ndarray, s: np.ndarray, axis: int, divide: bool, start: int = 0) -> np.ndarray:
     shape = [1] * a.ndim
     axis = axis % a.ndim
     shape[axis] = -1
     f = s.reshape(shape).astype(np.float64)
+    if start or a.shape[axis] != s.size:  # a channel range of a packed weight
+        out = a.copy()
+        idx = [slice(None)] * a.ndim
+        idx[axis] = slice(start, start + s.size)
+        part = a[tuple(idx)]
+        out[tuple(idx)] = (part / f if divide else part * f).astype(a.dtype)
+        return out
     return (a / f if divide else a * f).astype(a.dtype)
 
 
@@ -201,8 +260,9 @@ def apply(arrays: dict[str, np.ndarray], group: Group, s: np.ndarray, *, fold: b
     for name, axis in group.weights:
         arrays[name] = _scale_along(arrays[name], s, axis, divide=False)
     if fold and group.fold is not None:
-        for name, axis in group.fold.inits:
-            arrays[name] = _scale_along(arrays[name], s, axis, divide=True)
+        starts = group.fold.starts or (0,) * len(group.fold.inits)
+        for (name, axis), start in zip(group.fold.inits, starts):
+            arrays[name] = _scale_along(arrays[name], s, axis, divide=True, start=start)
 
 
 def check_folds(model: Any, groups: list[Group], feed: dict[str, np.ndarray], seed: int = 0) -> list[Group]:

@@ -168,13 +168,16 @@ def find_sites(model: Any) -> list[WeightSite]:
 
 
 def decide(site: WeightSite, spec: QuantSpec) -> tuple[str, str]:
-    """(mode, reason) for one weight: --keep, then --override (first match), then the spec's mode."""
+    """(mode, reason) for one weight: --keep, then --override (first match; 'embed' / 'lm_head' also
+    name the role), then the embedding default (``spec.embed_mode`` under int4), then the spec's mode."""
     for k in spec.keep:
         if k == site.role or (k not in ("embed", "lm_head") and _matches(site.names, k)):
             return "none", f"--keep {k}"
     for pat, mode in spec.overrides:
-        if _matches(site.names, pat):
+        if pat == site.role or _matches(site.names, pat):
             return mode, f"--override {pat}={mode}"
+    if site.role == "embed" and spec.mode == "int4" and spec.embed_mode != spec.mode:
+        return spec.embed_mode, f"embedding default {spec.embed_mode} (--override embed=int4 for 4 bits)"
     return spec.mode, "default"
 
 

@@ -1,4 +1,4 @@
-"""The whole trip for one model: export -> optimize -> quantize -> verify -> profile -> bundle."""
+"""The export stage of one fp32 ONNX model: optimize -> quantize -> verify -> profile -> bundle (:func:`run_export`)."""
 
 from __future__ import annotations
 
@@ -10,20 +10,20 @@ from typing import Any
 
 import numpy as np
 
-from .profiling.accel import export_placement, manifest_placement
-from .core.artifact import Artifact
-from .bundles.bundle import BundleInputs, write_bundle
-from .core.data import LABELS_KEY, SampleSet, load_samples
-from .errors import CalibrationError
-from .core.fsutil import check_output, clean_stale, scratch_dir
-from .core.onnxutil import model_size
-from .core.optimization import optimize
-from .profiling.profiler import ProfileResult, feed_from, profile, skip_reason
-from .quantization import quantize
-from .quantization.int8.quantizer import QuantResult
-from .quantization.spec import QuantSpec
-from .core.targets import Target
-from .checks.comparison import VerifyReport, verify
+from ..profiling.accel import export_placement, manifest_placement
+from ..core.artifact import Artifact
+from ..bundles.bundle import BundleInputs, write_bundle
+from ..core.data import LABELS_KEY, SampleSet, load_samples
+from ..errors import CalibrationError
+from ..core.fsutil import check_output, clean_stale, scratch_dir
+from ..core.onnxutil import model_size
+from ..core.optimization import optimize
+from ..profiling.profiler import ProfileResult, feed_from, profile, skip_reason
+from ..quantization import quantize
+from ..quantization.int8.quantizer import QuantResult
+from ..quantization.spec import QuantSpec
+from ..core.targets import Target
+from ..checks.comparison import VerifyReport, verify
 
 Stage = Callable[[str], contextlib.AbstractContextManager]
 
@@ -84,6 +84,13 @@ class ExportResult:
     speed: Any = None  # edgeq.quantization.selection.speed.SpeedCheck: the shipped model.ort against fp32, one process
     verdict: dict[str, Any] | None = None  # edgeq.checks.verdict_of: the one verdict, as the manifest records it
 
+    @property
+    def passed(self) -> bool:
+        """The verdict is pass or skipped (the greedy generation check of LM bundles is part of it)."""
+        if self.verdict is not None:
+            return self.verdict.get("status") in ("pass", "skipped")
+        return (self.verify.passed if self.verify else True) and (self.generation is None or self.generation.passed)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "bundle": str(self.bundle),
@@ -98,7 +105,7 @@ class ExportResult:
                 "shipped": self.speed.to_dict() if self.speed else None,
             },
             "notes": list(self.notes),
-            "passed": (self.verify.passed if self.verify else True) and (self.generation is None or self.generation.passed),
+            "passed": self.passed,
             "verdict": self.verdict,
             "lm_quality": self.lm.to_dict() if self.lm is not None else None,
             "generation": self.generation.to_dict() if self.generation is not None else None,
@@ -131,18 +138,18 @@ def run_export(
     check_output(opts.out, opts.force, is_dir=True)  # before any work
     app_io, labels = _bundle_extras(source, opts)
     # Check the data against the model before spending time on anything else.
-    image_prep = _image_preprocess(opts, app_io, source)
+    image_prep = image_preprocess_for(opts.image_preprocess, opts.preprocess, app_io, source)
     calib = load_samples(opts.calib, source.io, what="calibration", labels_key=opts.labels_key, preprocess=image_prep, random_n=spec.calib_samples) if opts.calib else None
     evals = load_samples(opts.eval, source.io, what="evaluation", labels_key=opts.labels_key, preprocess=image_prep) if opts.eval else None
     prep_notes = _record_image_preprocess(app_io, calib or evals, from_app=image_prep is not None and image_prep == opts.preprocess)
     if spec.needs_calibration and calib is None:
-        from .checks.hints import modes_without_calibration
+        from ..checks.hints import modes_without_calibration
 
         raise CalibrationError(
             f"{spec.mode} needs calibration data and none was given",
             "pass --calib DATA.npz (one array per model input), or " + modes_without_calibration(target),
         )
-    from .quantization.int8.preflight import run as preflight
+    from ..quantization.int8.preflight import run as preflight
 
     data_shapes = _data_shapes(calib or evals)  # a static-shape target pins dynamic axes to these (--static-shape wins)
     notes: list[str] = preflight(source.path, target, spec, {**data_shapes, **opts.static_shapes}) + prep_notes  # before any work
@@ -156,7 +163,7 @@ def run_export(
             notes += opt_notes
         q_in, pq_report = opt, None
         if opts.prequant is not None and opts.prequant.config.exact:
-            from .exporters.prequant import apply as import_prequant
+            from ..exporters.prequant import apply as import_prequant
 
             with stage("import codes"):
                 # weight-only modes measure levels 4 and 0 below (imported nodes included); otherwise float compute unless chosen
@@ -166,24 +173,25 @@ def run_export(
             qres = quantize(
                 q_in, spec, work / "model.onnx", data=calib, on_sample=on_sample, evals=evals, max_drop=opts.max_drop,
                 prefer=opts.prefer, budget=target.tolerances.max_accuracy_drop, target=target,
-                **_search_runner(spec, opts.max_drop, target),
+                **_search_runner(spec, opts.max_drop, target), tasks=app_io["outputs"],
             )
             notes += qres.notes
         check_data = evals or calib
         activations = None
         if opts.max_drop is not None and spec.mode == "int8-static" and spec.wide_activation_type:
-            from .profiling.accel import compare_activation_types
+            from ..profiling.accel import compare_activation_types
 
             with stage("A8W8 vs A16W8 on the accelerator"):
                 activations = compare_activation_types(opt, spec, calib, check_data, target, work)
         speed = None
         if spec.mode in ("int8-static", "int8-dynamic") and opts.prefer is None and opts.do_profile:
-            from .quantization.selection.speed import decide
+            from ..quantization.selection.speed import decide
 
             with stage("speed (shipped model.ort vs fp32)"):
                 def requantize(nodes: tuple[str, ...]) -> QuantResult:
                     sp = spec.with_overrides(nodes_to_exclude=spec.nodes_to_exclude + tuple(nodes))
-                    return quantize(opt, sp, work / "model.onnx", data=calib, evals=evals, max_drop=opts.max_drop, target=target)
+                    return quantize(opt, sp, work / "model.onnx", data=calib, evals=evals, max_drop=opts.max_drop, target=target,
+                                    tasks=app_io["outputs"])
 
                 qres, speed, speed_lines = decide(opt, qres, target, feed_from(check_data) or _synthetic(opt), work / "speed",
                                                   requantize=requantize)
@@ -191,13 +199,13 @@ def run_export(
         elif spec.mode in ("int8-static", "int8-dynamic") and opts.prefer is None:
             notes.append("speed: not measured (--no-profile): the quantized model ships without the check against fp32")
         elif opts.do_profile and not spec.weight_only:  # fp32, fp16, --prefer picks: timed as shipped, no decision
-            from .quantization.selection.speed import check_shipped
+            from ..quantization.selection.speed import check_shipped
 
             with stage("speed (shipped model.ort vs fp32)"):
                 speed, speed_lines = check_shipped(opt, qres, target, feed_from(check_data) or _synthetic(opt), work / "speed")
                 notes += speed_lines
         if spec.weight_only and not opts.accuracy_level_pinned and check_data is not None:
-            from .quantization.selection import acclevel
+            from ..quantization.selection import acclevel
 
             if acclevel.has_matmulnbits(qres.artifact.path):
                 with stage("accuracy levels"):
@@ -216,7 +224,7 @@ def run_export(
             notes.append("VERIFICATION SKIPPED: no data given, nothing was proven (pass --calib or --eval); "
                          "golden inputs and timing use typical values from the inputs' declared ranges")
         lm = None
-        from .checks.lmeval import lm_io, lm_quality
+        from ..checks.lmeval import lm_io, lm_quality
 
         if (spec.weight_only or opts.prequant is not None) and check_data is not None and lm_io(opt.io) is not None:
             with stage("lm quality"):
@@ -224,7 +232,7 @@ def run_export(
         if opts.prequant is not None:
             from dataclasses import replace as _replace
 
-            from .exporters.prequant import report_notes, summary
+            from ..exporters.prequant import report_notes, summary
 
             notes += report_notes(opts.prequant, pq_report, lm, spec.mode)
             details = {**qres.details, "prequant": {**summary(opts.prequant), "import": pq_report.to_dict() if pq_report else None}}
@@ -240,7 +248,7 @@ def run_export(
         golden = golden_feeds_for(check_data, qres.artifact, opts.golden, app_io)
         if opts.do_profile:
             with stage("profile"):
-                from .quantization.selection.speed import onnx_warning, shipped_ort
+                from ..quantization.selection.speed import onnx_warning, shipped_ort
 
                 feed = feed_from(check_data) or (golden[0] if golden else None)  # no data: typical values, never zeros
                 # what the bundle ships (the speed decision wrote it already), timed as the app runs it
@@ -254,9 +262,17 @@ def run_export(
         fp32_bytes = model_size(opt.path)  # same treatment as the quantized model
         q_bytes = model_size(qres.artifact.path)
         placement = _placement(qres.artifact, target, golden, stage)
-        from .checks.verdict import verdict_of
+        generation = None
+        if llm_files:  # before the manifest is written: its verdict includes the greedy check
+            from ..bundles.genai import stage_for_genai
 
-        verdict = verdict_of(report.to_dict() if report else None, accept_failed=opts.accept_failed)
+            with stage("generate check"):
+                generation = _greedy_check(opts, spec, check_data, stage_for_genai(qres.artifact.path, llm_files, work / "genai"))
+                notes.append(generation.summary() if generation else "onnxruntime-genai not installed: greedy generation check skipped (pip install onnxruntime-genai)")
+        from ..checks.verdict import verdict_of
+
+        verdict = verdict_of(report.to_dict() if report else None, accept_failed=opts.accept_failed,
+                             generation=generation.to_dict() if generation is not None else None)
         with stage("bundle"):
             info = BundleInputs(
                 golden_feeds=golden,
@@ -280,11 +296,6 @@ def run_export(
                 extra_files=llm_files,
             )
             write_bundle(qres.artifact, target, opts.out, info, force=opts.force)
-        generation = None
-        if llm_files:
-            with stage("generate check"):
-                generation = _greedy_check(opts, spec, check_data)
-                notes.append(generation.summary() if generation else "onnxruntime-genai not installed: greedy generation check skipped (pip install onnxruntime-genai)")
     return ExportResult(
         bundle=opts.out,
         target=target.name,
@@ -311,7 +322,7 @@ def _search_runner(spec: QuantSpec, max_drop: float | None, target: Target) -> d
     """--max-drop on static QDQ: candidates run on the target's accelerator where it runs here (QNN simulator)."""
     if max_drop is None or spec.mode != "int8-static" or spec.format != "qdq":
         return {}
-    from .profiling.accel import accelerator_outputs
+    from ..profiling.accel import accelerator_outputs
 
     runner = accelerator_outputs(target)
     return {"outputs_of": runner} if runner is not None else {}
@@ -326,7 +337,7 @@ def _data_shapes(data: SampleSet | None) -> dict[str, tuple[int, ...]]:
 
 def _placement(art: Artifact, target: Target, feeds: tuple[dict, ...], stage: Stage) -> dict[str, Any] | None:
     """Where the shipped model runs on the target's accelerator (None: a CPU-only target)."""
-    from .profiling.placement import accelerator_of
+    from ..profiling.placement import accelerator_of
 
     if accelerator_of(target.provider_names) is None:
         return None
@@ -338,7 +349,7 @@ def _written_ep_context(out: Path) -> dict[str, Any] | None:
     """The ep_context record of the bundle just written (edgeq's own manifest)."""
     import json
 
-    from .bundles.runner import MANIFEST
+    from ..bundles.runner import MANIFEST
 
     try:
         return json.loads((Path(out) / MANIFEST).read_text(encoding="utf-8"))["model"].get("ep_context")
@@ -347,20 +358,20 @@ def _written_ep_context(out: Path) -> dict[str, Any] | None:
 
 
 def _synthetic(art: Artifact) -> dict:
-    from .core.data import synthetic_feed
+    from ..core.data import synthetic_feed
 
     return synthetic_feed(art.io)
 
 
 def _llm_files(source: Artifact, opts: ExportOptions) -> tuple[tuple[tuple[str, bytes], ...], list[str]]:
-    from .exporters.decoder import is_kv_decoder
+    from ..exporters.decoder import is_kv_decoder
 
     if opts.lm_folder is None or not is_kv_decoder(source.io):
         return (), []
-    from .bundles import llmgen
-    from .bundles.genai import bundle_files
+    from ..bundles import llmgen
+    from ..bundles.genai import bundle_files
 
-    files, notes = bundle_files(opts.lm_folder)
+    files, notes = bundle_files(opts.lm_folder, source.path)
     gen = ("generate.py", Path(llmgen.__file__).read_bytes())  # run.py --prompt: numpy + onnxruntime + tokenizers
     return (*files, gen), notes
 
@@ -368,12 +379,12 @@ def _llm_files(source: Artifact, opts: ExportOptions) -> tuple[tuple[tuple[str, 
 GREEDY_NEW_TOKENS = 32
 
 
-def _greedy_check(opts: ExportOptions, spec: QuantSpec, data: SampleSet | None):
-    """onnxruntime-genai on the written bundle vs transformers' greedy generate on the folder."""
+def _greedy_check(opts: ExportOptions, spec: QuantSpec, data: SampleSet | None, folder: Path):
+    """onnxruntime-genai on ``folder`` (the bundle's decoder and genai files) vs transformers' greedy generate on the source."""
     import numpy as np
 
-    from .exporters import hf
-    from .bundles.genai import greedy_check, prompt_ids
+    from ..exporters import hf
+    from ..bundles.genai import greedy_check, prompt_ids
 
     src = hf.inspect_folder(opts.lm_folder)
     model = hf.load_hf_model(src, "text-generation")
@@ -387,13 +398,13 @@ def _greedy_check(opts: ExportOptions, spec: QuantSpec, data: SampleSet | None):
     fp32 = spec.mode == "none"
     need = 1.0 if fp32 else opts.target.tolerances.min_greedy_agreement
     tie = 10 * opts.target.tolerances.export_atol  # two runtimes' float sums may order a near-tie either way
-    return greedy_check(opts.out, model, prompts, new_tokens=GREEDY_NEW_TOKENS, min_agreement=need, tie_atol=tie)
+    return greedy_check(folder, model, prompts, new_tokens=GREEDY_NEW_TOKENS, min_agreement=need, tie_atol=tie)
 
 
 def _bundle_extras(source: Artifact, opts: ExportOptions) -> tuple[dict, tuple[str, ...] | None]:
     """Check --preprocess, --labels, --archive, --sign and the extra outputs before any work."""
-    from .core.appio import check_labels_fit, load_io_spec, read_labels
-    from .bundles.bundle import BundleInputs, check_outputs, load_private_key
+    from ..core.appio import check_labels_fit, load_io_spec, read_labels
+    from ..bundles.bundle import BundleInputs, check_outputs, load_private_key
 
     app_io = load_io_spec(opts.preprocess, source.io)
     labels = read_labels(opts.labels)
@@ -401,10 +412,10 @@ def _bundle_extras(source: Artifact, opts: ExportOptions) -> tuple[dict, tuple[s
     if opts.sign_key is not None:
         load_private_key(opts.sign_key)
     if opts.bundle_version < 0:
-        from .errors import BundleError
+        from ..errors import BundleError
 
         raise BundleError("--bundle-version must be 0 or more", "use a release counter that only goes up")
-    from .bundles.archive import check_golden_archivable
+    from ..bundles.archive import check_golden_archivable
 
     check_golden_archivable(opts.golden, len(source.io.inputs) + len(source.io.outputs), opts.archive)
     probe = BundleInputs(golden_feeds=(), archive=opts.archive, profile={"planned": True} if opts.do_profile else None)
@@ -413,18 +424,18 @@ def _bundle_extras(source: Artifact, opts: ExportOptions) -> tuple[dict, tuple[s
     return app_io, (tuple(labels) if labels else None)
 
 
-def _image_preprocess(opts: ExportOptions, app_io: dict, source: Artifact) -> Path | None:
+def image_preprocess_for(image_preprocess: Path | None, preprocess: Path | None, app_io: dict, source: Artifact) -> Path | None:
     """--image-preprocess wins; else the app's --preprocess file when it describes the one input."""
-    if opts.image_preprocess is not None:
-        return opts.image_preprocess
-    if opts.preprocess is not None and len(source.io.inputs) == 1 and source.io.input_names[0] in app_io["inputs"]:
-        return opts.preprocess
+    if image_preprocess is not None:
+        return image_preprocess
+    if preprocess is not None and len(source.io.inputs) == 1 and source.io.input_names[0] in app_io["inputs"]:
+        return preprocess
     return None
 
 
 def _record_image_preprocess(app_io: dict, data: SampleSet | None, *, from_app: bool) -> list[str]:
     """Calibration images were preprocessed one way: the manifest must tell the app the same."""
-    from .core.images import Preprocess
+    from ..core.images import Preprocess
 
     if data is None or from_app or not isinstance(data.loader, Preprocess):
         return []
@@ -445,6 +456,6 @@ def _record_image_preprocess(app_io: dict, data: SampleSet | None, *, from_app: 
 def golden_feeds_for(data: SampleSet | None, art: Artifact, n: int, app_io: dict | None = None) -> tuple[dict, ...]:
     if data is not None and len(data):
         return tuple(data.feed(i) for i in range(min(n, len(data))))
-    from .core.golden import typical_feed
+    from ..core.golden import typical_feed
 
     return tuple(typical_feed(art.path, art.io, (app_io or {}).get("inputs", {}), seed=i) for i in range(n))

@@ -1,0 +1,100 @@
+"""The check trip (``edgeq verify``): a bundle's checks, a model against its reference, --emulate."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..core.data import LABELS_KEY, load_samples
+from ..errors import CalibrationError
+from ..checks.comparison import verify
+from .common import check_onnx_path, open_model
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    """``edgeq verify``: a bundle folder or archive (GGUF bundles too), or a candidate .onnx against its
+    fp32 ``reference`` on ``data``; ``emulate``: also under qemu-aarch64 for these -cpu models."""
+
+    candidate: Path
+    reference: Path | None = None
+    data: Path | None = None
+    target: str = "cpu-x86_64"
+    model: str = "ort"
+    providers: tuple[str, ...] = ()
+    pubkey: Path | None = None
+    min_version: int | None = None
+    labels_key: str = LABELS_KEY
+    emulate: str | None = None
+    preprocess: Path | None = None  # app TOML: [outputs.NAME] task = ... overrides the inferred task of an output
+
+
+@dataclass(frozen=True)
+class VerifyOutcome:
+    kind: str
+    """"bundle" (bundle checks; a failure raised before), "models" (candidate vs reference) or "emulated" (--emulate)"""
+    target: str
+    result: dict[str, Any]
+    cpus: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        return self.kind == "bundle" or bool(self.result.get("passed"))
+
+
+def verify_model(cfg: VerifyConfig, *, emulation_step: Any = None, on_cpu: Callable[[str], None] | None = None) -> VerifyOutcome:
+    """``edgeq verify``: a bundle's checks (a broken bundle raises), or the candidate compared with its
+    reference; ``--emulate`` runs the golden pairs under qemu-aarch64 too (``emulation_step(desc, done, total)``:
+    building the arm64 userland; ``on_cpu(cpu)``: each emulated CPU starts). Failed comparisons are left to
+    :func:`check_verify`."""
+    from ..bundles.archive import archive_format
+
+    candidate = cfg.candidate
+    if cfg.emulate is not None:
+        from ..devices.qemu import emulate_candidate, parse_cpus
+
+        cpus = parse_cpus(cfg.emulate)
+        result = emulate_candidate(candidate, cpus, model=cfg.model, reference=cfg.reference, data=cfg.data, target=cfg.target,
+                                   labels_key=cfg.labels_key, step=emulation_step, on_cpu=on_cpu)
+        return VerifyOutcome(kind="emulated", target=cfg.target, result=result, cpus=cpus)
+    if candidate.is_dir() or archive_format(candidate):
+        from ..bundles.bundle import check_bundle as check_bundle_files
+        from ..llamacpp.gguf import check_gguf_bundle, is_gguf_bundle
+
+        if candidate.is_dir() and is_gguf_bundle(candidate):  # llama.cpp bundle: checksums + golden prompts through llama.cpp
+            result = check_gguf_bundle(candidate)
+        else:
+            result = check_bundle_files(candidate, providers=list(cfg.providers) or None, model=cfg.model,
+                                        pubkey=cfg.pubkey, min_version=cfg.min_version)
+        return VerifyOutcome(kind="bundle", target=cfg.target, result=result)
+    from ..core.appio import load_io_spec
+    from ..core.targets import load_target
+
+    if cfg.reference is None or cfg.data is None:
+        raise CalibrationError(
+            "verifying a model needs --reference REF.onnx and --data DATA", "or pass a bundle folder to check it"
+        )
+    tg = load_target(cfg.target)
+    check_onnx_path(candidate)
+    check_onnx_path(cfg.reference)
+    open_model(candidate)
+    ref = open_model(cfg.reference)
+    samples = load_samples(cfg.data, ref.io, what="evaluation", labels_key=cfg.labels_key)
+    tasks = load_io_spec(cfg.preprocess, ref.io)["outputs"]
+    report = verify(cfg.reference, candidate, samples, tg.tolerances, output_names=ref.io.output_names, tasks=tasks).to_dict()
+    return VerifyOutcome(kind="models", target=tg.name, result=report)
+
+
+def check_verify(outcome: VerifyOutcome) -> None:
+    """The candidate outside the target's tolerances, or an emulated CPU disagreeing with x86: CheckFailed (exit 1)."""
+    if outcome.kind == "emulated":
+        from ..devices.qemu import check_emulated
+
+        check_emulated(outcome.result)
+    elif outcome.kind == "models" and not outcome.result["passed"]:
+        from ..errors import CheckFailed
+
+        raise CheckFailed(f"candidate outside target {outcome.target}'s tolerances: {'; '.join(outcome.result['failures'])}",
+                          "see the table above")

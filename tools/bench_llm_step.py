@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""One decode step of onnxruntime-genai bundles through plain onnxruntime, KV buffers shared as genai shares them.
+
+    python tools/bench_llm_step.py DIR/edgeq_int4_gptq DIR/builder_int4 --contexts 128,1024
+
+For each bundle folder (``tools/bench_llm.py --work DIR`` leaves them there): the decoder's one-token
+step with the cache filled to each context length, the past and present of every layer bound to one
+max-length OrtValue (IOBinding), as onnxruntime-genai runs a decoder with ``past_present_share_buffer``.
+Median over ``--reps`` steps after a warm-up, 1 intra-op thread, bundles interleaved ``--rounds``
+times (best round reported: a busy host only ever slows a round down). This isolates the model's
+own cost (no sampling, no generation loop) and shows how it grows with the context.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def step_us(model: Path, ctx: int, reps: int, threads: int) -> float:
+    import onnxruntime as ort
+
+    cfg = json.loads((model.parent / "genai_config.json").read_text())
+    dec, maxlen = cfg["model"]["decoder"], int(cfg["search"]["max_length"])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
+    shape = (1, int(dec["num_key_value_heads"]), maxlen, int(dec["head_size"]))
+    io = sess.io_binding()
+    keep = []
+    for layer in range(int(dec["num_hidden_layers"])):
+        for kind in ("key", "value"):
+            v = ort.OrtValue.ortvalue_from_numpy(np.random.default_rng(layer).normal(size=shape).astype(np.float32))
+            keep.append(v)
+            io.bind_ortvalue_input(dec["inputs"][f"past_{kind}_names"] % layer, v)
+            io.bind_ortvalue_output(dec["outputs"][f"present_{kind}_names"] % layer, v)
+    io.bind_cpu_input("input_ids", np.array([[5]], np.int64))
+    io.bind_cpu_input("attention_mask", np.ones((1, ctx), np.int64))
+    if "position_ids" in names:
+        io.bind_cpu_input("position_ids", np.array([[ctx - 1]], np.int64))
+    io.bind_output("logits")
+    for _ in range(20):
+        sess.run_with_iobinding(io)
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        sess.run_with_iobinding(io)
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts)) * 1e6
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("bundles", nargs="+", type=Path)
+    ap.add_argument("--contexts", default="128,1024")
+    ap.add_argument("--reps", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    a = ap.parse_args()
+    contexts = [int(x) for x in a.contexts.split(",")]
+    best: dict[str, list[float]] = {}
+    for _ in range(a.rounds):
+        for b in a.bundles:
+            got = [step_us(b / "model.onnx", c, a.reps, a.threads) for c in contexts]
+            best[str(b)] = [min(x, y) for x, y in zip(best.get(str(b), got), got)]
+    print("| bundle | " + " | ".join(f"step us @{c}" for c in contexts) + f" | growth {contexts[0]} -> {contexts[-1]} |")
+    print("|---|" + "---:|" * (len(contexts) + 1))
+    for b, us in best.items():
+        print(f"| {Path(b).parent.name}/{Path(b).name} | " + " | ".join(f"{u:.0f}" for u in us) + f" | x{us[-1] / us[0]:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
