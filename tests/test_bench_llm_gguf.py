@@ -13,7 +13,14 @@ def test_gguf_rows_quality_and_timing(tmp_path):
     pytest.importorskip("llama_cpp")
     from edgeq.llamacpp.gguf import compare_logits, llama_cpp_logits, reference_logits, tokenize_hf
     from tests.llm_models import save_lm
-    from tools.bench_llm_gguf import gguf_rows
+    import importlib.util
+    from pathlib import Path
+
+    # the benchmark's own module, loaded from its file (tests and tools do not import each other's packages)
+    spec = importlib.util.spec_from_file_location("bench_llm_gguf", Path(__file__).resolve().parents[1] / "tools" / "bench_llm_gguf.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    gguf_rows = bench.gguf_rows
 
     folder = save_lm(tmp_path / "lm", "llama")
     ids = tokenize_hf(folder, ["the quick brown fox jumps over the lazy dog", "def main(): return 0"])

@@ -16,7 +16,7 @@ gguf = pytest.importorskip("gguf")
 from edgeq.errors import ModelError  # noqa: E402
 from edgeq.cli import app  # noqa: E402
 from tests.llm_models import greedy_json  # noqa: E402
-from tests.spm_models import export_gguf, save_spm_lm  # noqa: E402
+from fixtures.spm import export_gguf, save_spm_lm  # noqa: E402
 
 GEMMA2 = dict(query_pre_attn_scalar=8, attn_logit_softcapping=5.0, final_logit_softcapping=3.0)  # sliding_window 6 (make_lm)
 GEMMA3 = dict(query_pre_attn_scalar=8, num_hidden_layers=6)  # layers 0-4 slide (rotary base 1e4), layer 5 is global (1e6)

@@ -10,7 +10,7 @@ from edgeq.core.onnxutil import artifact_from
 from edgeq.errors import EdgeqError
 from edgeq.quantization import quantize
 from edgeq.quantization.spec import QuantSpec, parse_overrides
-from tests.test_int4_size import D, V, _ids, _run, make_toy_lm
+from tests.unit.test_int4_size import D, V, _ids, _run, make_toy_lm
 
 
 def _gather_bits(path) -> list[int]:

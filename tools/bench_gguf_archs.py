@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""GGUF per architecture: tiny Phi-3 / Gemma / Gemma 2 / Gemma 3 folders (tests/spm_models.py, random weights)
+"""GGUF per architecture: tiny Phi-3 / Gemma / Gemma 2 / Gemma 3 folders (fixtures/spm.py, random weights)
 written by edgeq at f32, q8_0, q4_0 and q4_k (Q4_K_M) and run by llama.cpp against transformers' fp32 logits.
 
     python tools/bench_gguf_archs.py [--work DIR]
@@ -36,7 +36,7 @@ def main() -> int:
     ap.add_argument("--quants", default="f32,q8_0,q4_0,q4_k")
     a = ap.parse_args()
     from edgeq.llamacpp.gguf import read_llama, verify_gguf, write_gguf
-    from tests.spm_models import save_spm_lm
+    from fixtures.spm import save_spm_lm
 
     work = a.work or Path(tempfile.mkdtemp(prefix="edgeq-gguf-archs-"))
     report_only = SimpleNamespace(max_kl=float("inf"), min_top1=0.0, max_ppl_ratio=float("inf"))

@@ -11,7 +11,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("gguf")
 
 from tests.llm_models import greedy_json, run_script, save_lm  # noqa: E402
-from tests.spm_models import export_gguf  # noqa: E402
+from fixtures.spm import export_gguf  # noqa: E402
 
 
 def test_qwen2_params_tensors_and_no_rotary_permutation(tmp_path):
