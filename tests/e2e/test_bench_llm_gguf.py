@@ -17,7 +17,7 @@ def test_gguf_rows_quality_and_timing(tmp_path):
     from pathlib import Path
 
     # the benchmark's own module, loaded from its file (tests and tools do not import each other's packages)
-    spec = importlib.util.spec_from_file_location("bench_llm_gguf", Path(__file__).resolve().parents[1] / "tools" / "bench_llm_gguf.py")
+    spec = importlib.util.spec_from_file_location("bench_llm_gguf", Path(__file__).resolve().parents[2] / "tools" / "bench_llm_gguf.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     gguf_rows = bench.gguf_rows

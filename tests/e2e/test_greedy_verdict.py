@@ -37,7 +37,7 @@ def test_lm_bundle_whose_greedy_check_fails_says_fail_everywhere(runner, tmp_pat
     from tests.llm_models import run_script, save_lm
 
     strict = tmp_path / "strict.toml"  # cpu-x86_64 with greedy agreement required to be exact
-    text = (Path(__file__).resolve().parents[1] / "targets" / "cpu-x86_64.toml").read_text()
+    text = (Path(__file__).resolve().parents[2] / "targets" / "cpu-x86_64.toml").read_text()
     strict.write_text(text.replace('name = "cpu-x86_64"', 'name = "strict-greedy"').replace("[tolerances]\n", "[tolerances]\nmin_greedy_agreement = 1.0\n"))
     folder = save_lm(tmp_path / "llama", "llama", hidden_size=64)
     out = tmp_path / "b"

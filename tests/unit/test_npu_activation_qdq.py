@@ -66,7 +66,7 @@ def _tiny_bert(tmp_path: Path) -> tuple[Path, Path]:
     import importlib.util
 
     # the benchmark's own model zoo, loaded from its file (tests and tools do not import each other's packages)
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     sys.path.insert(0, str(root))  # tools/npu_models.py imports tools.bench_tasks
     spec = importlib.util.spec_from_file_location("npu_models", root / "tools" / "npu_models.py")
     zoo = importlib.util.module_from_spec(spec)
