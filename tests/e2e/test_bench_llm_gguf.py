@@ -12,7 +12,7 @@ pytest.importorskip("gguf")
 def test_gguf_rows_quality_and_timing(tmp_path):
     pytest.importorskip("llama_cpp")
     from edgeq.llamacpp.gguf import compare_logits, llama_cpp_logits, reference_logits, tokenize_hf
-    from tests.llm_models import save_lm
+    from fixtures.llm import save_lm
     import importlib.util
     from pathlib import Path
 

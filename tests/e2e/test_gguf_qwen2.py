@@ -10,7 +10,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("gguf")
 
-from tests.llm_models import greedy_json, run_script, save_lm  # noqa: E402
+from fixtures.llm import greedy_json, run_script, save_lm  # noqa: E402
 from fixtures.spm import export_gguf  # noqa: E402
 
 

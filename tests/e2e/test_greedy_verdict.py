@@ -34,7 +34,7 @@ def test_lm_bundle_whose_greedy_check_fails_says_fail_everywhere(runner, tmp_pat
     pytest.importorskip("onnxruntime_genai")
     pytest.importorskip("transformers")
     from edgeq.cli import app
-    from tests.llm_models import run_script, save_lm
+    from fixtures.llm import run_script, save_lm
 
     strict = tmp_path / "strict.toml"  # cpu-x86_64 with greedy agreement required to be exact
     text = (Path(__file__).resolve().parents[2] / "targets" / "cpu-x86_64.toml").read_text()

@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 from edgeq.cli import app  # noqa: E402
 from edgeq.bundles.genai import compare_tokens, hf_greedy, prompt_ids  # noqa: E402
 from edgeq.bundles.llmgen import choose, printable  # noqa: E402
-from tests.llm_models import greedy_json, run_script, save_lm  # noqa: E402
+from fixtures.llm import greedy_json, run_script, save_lm  # noqa: E402
 
 TEMPLATE = "{% for m in messages %}<|bos|>{{ m['content'] }}{% endfor %}"
 

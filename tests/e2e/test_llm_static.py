@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 
 from edgeq.exporters import decoder as D  # noqa: E402
 from edgeq.exporters import static_decoder as S  # noqa: E402
-from tests.llm_models import make_lm  # noqa: E402
+from fixtures.llm import make_lm  # noqa: E402
 
 CONTEXT = 32
 
@@ -89,7 +89,7 @@ def test_npu_target_exports_a_static_kv_bundle_that_generates_like_transformers(
 
     from edgeq.bundles.genai import hf_greedy, prompt_ids
     from edgeq.cli import app
-    from tests.llm_models import greedy_json, save_lm
+    from fixtures.llm import greedy_json, save_lm
 
     folder = save_lm(tmp_path / "llama", "llama")
     out = tmp_path / "b"

@@ -331,7 +331,7 @@ def test_generate_py_run_directly_applies_the_bundle_rules(tmp_path):
     """generate.py ships inside LLM bundles and cannot import edgeq: run directly, it checks through the sibling run.py."""
     from edgeq.bundles import llmgen
 
-    from tests.llm_models import run_script
+    from fixtures.llm import run_script
 
     root = build(tmp_path / "llm", extra_files=(("generate.py", Path(llmgen.__file__).read_bytes()),))
     intact = run_script(root / "generate.py", ["--prompt", "x"], tmp_path / "cwd", timeout=120)

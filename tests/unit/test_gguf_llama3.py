@@ -23,7 +23,7 @@ def _llama3_folder(folder):
     from transformers import PreTrainedTokenizerFast
 
     from edgeq.llamacpp.gguf import _LLAMA3_REGEX
-    from tests.llm_models import BOS, EOS, save_lm
+    from fixtures.llm import BOS, EOS, save_lm
 
     save_lm(folder, "llama", tokenizer=False, rope_scaling=dict(ROPE))
     tok = Tokenizer(models.BPE())

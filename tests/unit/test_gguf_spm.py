@@ -15,7 +15,7 @@ gguf = pytest.importorskip("gguf")
 
 from edgeq.errors import ModelError  # noqa: E402
 from edgeq.cli import app  # noqa: E402
-from tests.llm_models import greedy_json  # noqa: E402
+from fixtures.llm import greedy_json  # noqa: E402
 from fixtures.spm import export_gguf, save_spm_lm  # noqa: E402
 
 GEMMA2 = dict(query_pre_attn_scalar=8, attn_logit_softcapping=5.0, final_logit_softcapping=3.0)  # sliding_window 6 (make_lm)
@@ -205,7 +205,7 @@ def test_f32_verified_by_llama_cpp_and_run_py_generates(kind, folders, runner, t
     assert got["tokens"] == want and len(want) >= 4
     # run.py's context: the target's (2048) capped by the model's (128), or --ctx
     assert json.loads((out / "manifest.json").read_text())["model"]["context"] == 128
-    from tests.llm_models import run_script
+    from fixtures.llm import run_script
 
     p = run_script(out / "run.py", ["--prompt", "the quick", "--max-new-tokens", "50", "--ctx", "8", "--json"], tmp_path / "cwd")
     assert p.returncode == 0, p.stderr

@@ -15,7 +15,7 @@ from edgeq.cli import app  # noqa: E402
 from edgeq.errors import ModelError  # noqa: E402
 from edgeq.exporters import decoder as D  # noqa: E402
 from edgeq.core.targets import load_target  # noqa: E402
-from tests.llm_models import KINDS, make_lm, save_lm  # noqa: E402
+from fixtures.llm import KINDS, make_lm, save_lm  # noqa: E402
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -17,7 +17,7 @@ transformers = pytest.importorskip("transformers")
 from edgeq.bundles.genai import bundle_files, hf_greedy  # noqa: E402
 from edgeq.core.targets import load_target  # noqa: E402
 from edgeq.exporters import decoder as D  # noqa: E402
-from tests.llm_models import make_lm, save_lm  # noqa: E402
+from fixtures.llm import make_lm, save_lm  # noqa: E402
 
 FUSED = dict(hidden_size=64, head_dim=16)  # onnxruntime's CPU GroupQueryAttention: head size a multiple of 16
 
