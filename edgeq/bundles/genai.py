@@ -131,6 +131,9 @@ def bundle_files(folder: Path, model: Path | None = None) -> tuple[tuple[tuple[s
     files.insert(0, (CONFIG, (json.dumps(cfg, indent=2, sort_keys=True) + "\n").encode("utf-8")))
     names = [n for n, _ in files]
     notes = [f"onnxruntime-genai: {', '.join(names)} written beside model.onnx"]
+    if model is not None and _fixed_ids(Path(model)):
+        notes.append("static-shape decoder (fixed cache slots): onnxruntime-genai cannot run it; the bundle's run.py and "
+                     "edgeq generate do (genai_config.json is kept for its model facts: context, EOS, vocabulary)")
     if share:
         notes.append("onnxruntime-genai: past/present KV buffers shared (GroupQueryAttention updates a max-length cache in place)")
     if "tokenizer.json" not in names:
@@ -254,12 +257,17 @@ def stage_for_genai(model: Path, files: tuple[tuple[str, bytes], ...], folder: P
     return folder
 
 
-def _static_session(path: Path) -> Any | None:
-    """An onnxruntime session of ``path`` when its ``input_ids`` has a fixed length (the static decoder), else None."""
+def _fixed_ids(path: Path) -> bool:
+    """True when ``path``'s ``input_ids`` has a fixed length (the static decoder of NPU targets)."""
     import onnx
 
     ids = next((i for i in onnx.load(str(path), load_external_data=False).graph.input if i.name == "input_ids"), None)
-    if ids is None or not all(d.HasField("dim_value") for d in ids.type.tensor_type.shape.dim):
+    return ids is not None and all(d.HasField("dim_value") for d in ids.type.tensor_type.shape.dim)
+
+
+def _static_session(path: Path) -> Any | None:
+    """An onnxruntime session of ``path`` when its ``input_ids`` has a fixed length (the static decoder), else None."""
+    if not _fixed_ids(path):
         return None
     from ..core.runtime import create_session
 

@@ -99,6 +99,8 @@ def test_npu_target_exports_a_static_kv_bundle_that_generates_like_transformers(
     res = json.loads(r.stdout)
     gen = res["generation"]  # the export's own greedy check ran the fixed-slot loop
     assert gen["runtime"] == "onnxruntime (static slots)" and gen["identical"] == gen["prompts"] == 3 and gen["passed"]
+    # the user is told that onnxruntime-genai cannot run this form (the genai_config.json stays for run.py)
+    assert any("static-shape decoder" in n and "onnxruntime-genai cannot run it" in n for n in res["notes"]), res["notes"]
     g = onnx.load(str(out / "model.onnx")).graph
     dims = {vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim] for vi in g.input}
     assert dims["input_ids"] == [1, 1] and dims["attention_mask"] == [1, 128] and dims["past_key_values.0.key"] == [1, 2, 128, 8]
