@@ -428,6 +428,7 @@ def _edgeq_static_in(
     else:
         written = static.write(prep, spec)
         layers = static.layer_sqnr(prep, written, check, static.layer_samples(prep, written))
+    prep.weight_cache.clear()  # nothing more is written from prep: its quantized weights are in written.model
     save_model(written.model, out_path)
     written.model = None  # written out: keep one quantized model in memory, not two
     qmodel = load_model(out_path)
