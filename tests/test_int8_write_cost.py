@@ -1,4 +1,5 @@
-"""INT8 write cost: the weights are quantized once per model, whichever activation ranges each write uses."""
+"""``auto``'s cost: weights quantized once per model, whichever activation ranges each write uses;
+candidates raced on a few samples, only those near the best scored on all."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import onnx
 
 from edgeq.core.data import SampleSet
-from edgeq.quantization.int8 import qdq, static
+from edgeq.quantization.int8 import autocal, qdq, static
 from edgeq.quantization.int8.calibrate import Calibration
 from edgeq.quantization.spec import QuantSpec
 
@@ -67,3 +68,50 @@ def test_cached_weights_do_not_leak_between_ranges(tmp_path, monkeypatch):
     assert wq and all(np.array_equal(a[k], b[k]) for k in wq)  # the weights: shared
     act_s = [k for k in a if k.endswith("_qp_s")]
     assert any(not np.array_equal(a[k], b[k]) for k in act_s)  # the activation scales: each write's own
+
+
+_RUNNER = autocal._runner
+_RACE_DB = autocal.RACE_DB
+
+
+def _auto(src, data, tmp_path, monkeypatch, race_db):
+    monkeypatch.setattr(autocal, "RACE_DB", race_db)
+    runs = [0]
+    real = _RUNNER
+
+    def counting(*a, **k):
+        run = real(*a, **k)
+
+        def counted(idx):
+            runs[0] += len(idx)
+            return run(idx)
+        return counted
+
+    monkeypatch.setattr(autocal, "_runner", counting)
+    w = tmp_path / f"w{race_db}"
+    w.mkdir()
+    prep = static.prepare(src, QuantSpec(calibration="auto", calib_samples=64), data, weights_dir=w)
+    return prep.choice, runs[0]
+
+
+def test_racing_cuts_clear_losers_early_and_keeps_the_full_scoring_winner(tmp_path, monkeypatch):
+    from tests.test_int8_autocal import _spiky
+
+    src = make_cnn(tmp_path / "cnn.onnx", classes=1000)  # 1,000 logits: scored on 5 samples, raced on 2
+    x = np.concatenate([_spiky(64), cnn_data(32, seed=7)["x"]])
+    data = SampleSet(arrays={"x": x}, stacked={"x": False}, labels=None, source="test")
+    full, full_runs = _auto(src, data, tmp_path, monkeypatch, float("inf"))  # no racing: every candidate on every sample
+    raced, raced_runs = _auto(src, data, tmp_path, monkeypatch, _RACE_DB)
+    race = autocal.race_samples(1000)
+    assert autocal.RACE_DB == _RACE_DB
+    assert race == 2 < raced["samples"] == full["samples"] == autocal.score_samples(1000)
+    assert raced["chosen"] == full["chosen"]
+    out = [r for r in raced["candidates"] if r.get("raced_out")]
+    assert out and all(r["samples"] == race for r in out)
+    assert raced_runs == full_runs - len(out) * (full["samples"] - race)
+    by_method = {r["method"]: r for r in full["candidates"]}
+    for r in raced["candidates"]:  # the candidates not raced out: scored exactly as without racing
+        if not r.get("raced_out"):
+            assert r["sqnr_db"] == by_method[r["method"]]["sqnr_db"]
+        else:  # a clear loser: below the winner by more than the race margin on the full scoring too
+            assert by_method[r["method"]]["sqnr_db"] < by_method[raced["chosen"]]["sqnr_db"] - _RACE_DB
