@@ -46,16 +46,16 @@ def score_samples(values_per_sample: int) -> int:
 TIE_DB = 0.05  # a later candidate must beat an earlier one by more than this
 RACE_VALUES = SCORE_VALUES // 4
 RACE_DB = 1.0
-"""Racing: every candidate first runs the samples that give ``RACE_VALUES`` float output values (at
-least 2; ``race_samples``). One whose SQNR there is more than ``RACE_DB`` below the best candidate's
-SQNR on the same samples stops: its row gives that score and its ``samples``. The others run every
-scoring sample in the session they already have. With 1,024 values the estimate is within a few
-tenths of a dB, well inside ``RACE_DB``; models whose outputs are small (a 10-class head) race on
-every scoring sample, i.e. do not race."""
+"""Racing: every candidate first runs the samples that give ``RACE_VALUES`` float output values
+(``race_samples``: 1 for a detector's map or a CTC head, 2 for 1,000 logits). One whose SQNR there
+is more than ``RACE_DB`` below the best candidate's SQNR on the same samples stops: its row gives
+that score and its ``samples``. The others run every scoring sample in the session they already
+have. 1,024 values estimate an SQNR to a few tenths of a dB, well inside ``RACE_DB``; models whose
+outputs are small (a 10-class head) race on every scoring sample, i.e. do not race."""
 
 
 def race_samples(values_per_sample: int) -> int:
-    return max(MIN_SCORE_SAMPLES, -(-RACE_VALUES // max(values_per_sample, 1)))
+    return max(1, -(-RACE_VALUES // max(values_per_sample, 1)))
 
 
 def scoring_indices(data: SampleSet, n_calib: int, k: int = SCORE_SAMPLES) -> tuple[list[int], bool]:
