@@ -12,7 +12,8 @@ Cost: the ranges of every candidate come from the one calibration pass; each can
 then scored on 2 to ``SCORE_SAMPLES`` samples only (``score_samples``: fewer for models with
 large outputs; the fp32 reference is computed once), and a candidate whose ranges equal an
 earlier one's is not run again, so ``auto`` costs a few model runs per candidate, not a
-calibration each.
+calibration each. A candidate clearly behind the best on the first samples stops there (racing,
+``RACE_DB``), and the weights are quantized once for all candidates (``static.Prepared.weight_cache``).
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ def choose(prep: Any, spec: Any, data: SampleSet, n_calib: int, candidates: tupl
         ref += fp32(idx[1:])
     del fp32  # its session holds the float weights
     rows: list[dict[str, Any]] = []
-    best: tuple[float, Calibration, float] | None = None  # (score, calibration, score on the first RACE_SAMPLES samples)
+    best: tuple[float, Calibration, float] | None = None  # (score, calibration, score on the race samples)
     scored: dict[Any, dict[str, Any]] = {}  # ranges -> the row of the first candidate that had them
     for text in candidates:
         cal = Calibration.parse(text, prep.cal.bins)
