@@ -80,15 +80,17 @@ def _runner(model: Any, data: SampleSet, base_dir: Any = None) -> Any:
     return lambda idx: [sess.run(None, {k: v for k, v in data.feed(i).items() if k in names}) for i in idx]
 
 
-def output_sqnr(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]]) -> list[float | None]:
-    """SQNR (dB) of each float output over all samples (finite entries of the reference only);
-    None for an output that is not float (e.g. an argmax index)."""
-    out: list[float | None] = []
+def output_energies(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]],
+                    start: list[tuple[float, float] | None] | None = None) -> list[tuple[float, float] | None]:
+    """Per output, (signal, noise) energies summed over the samples (finite entries of the reference
+    only), continuing from ``start`` (the energies of earlier samples); None for an output that is not
+    float (e.g. an argmax index)."""
+    out: list[tuple[float, float] | None] = []
     for j in range(len(ref[0]) if ref else 0):
         if np.asarray(ref[0][j]).dtype.kind != "f":
             out.append(None)
             continue
-        sig = noise = 0.0
+        sig, noise = start[j] if start is not None and start[j] is not None else (0.0, 0.0)
         for r, c in zip(ref, cand):
             a, b = np.asarray(r[j]), np.asarray(c[j])
             if a.shape != b.shape:
@@ -99,13 +101,25 @@ def output_sqnr(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]]) -> li
             d = a64[fin] - b64[fin]
             sig += float(np.dot(a64[fin], a64[fin]))
             noise += float(np.dot(d, d)) if np.all(np.isfinite(d)) else math.inf
-        if noise == 0.0:
-            out.append(math.inf if sig > 0 else 0.0)
-        elif not math.isfinite(noise) or sig <= 0:
-            out.append(-math.inf)
-        else:
-            out.append(10.0 * math.log10(sig / noise))
+        out.append((sig, noise))
     return out
+
+
+def _sqnr(e: tuple[float, float] | None) -> float | None:
+    if e is None:
+        return None
+    sig, noise = e
+    if noise == 0.0:
+        return math.inf if sig > 0 else 0.0
+    if not math.isfinite(noise) or sig <= 0:
+        return -math.inf
+    return 10.0 * math.log10(sig / noise)
+
+
+def output_sqnr(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]]) -> list[float | None]:
+    """SQNR (dB) of each float output over all samples (finite entries of the reference only);
+    None for an output that is not float (e.g. an argmax index)."""
+    return [_sqnr(e) for e in output_energies(ref, cand)]
 
 
 def _first(per_out: list[float | None]) -> float:
@@ -147,16 +161,16 @@ def choose(prep: Any, spec: Any, data: SampleSet, n_calib: int, candidates: tupl
         race = min(race_samples(values), len(idx))
         try:
             run = _runner(write(cand, spec).model, data, prep.weights_dir)
-            q = run(idx[:race])
-            first = _first(output_sqnr(ref[:race], q))
+            energies = output_energies(ref[:race], run(idx[:race]))
+            first = _first([_sqnr(e) for e in energies])
             cut = best is not None and race < len(idx) and first < best[2] - RACE_DB
-            if not cut:
-                q += run(idx[race:])
+            if not cut and race < len(idx):  # the other samples, continuing the same sums
+                energies = output_energies(ref[race:], run(idx[race:]), energies)
             del run
         except Exception as e:  # noqa: BLE001 - a candidate that cannot run is skipped, and said so
             rows.append({"method": text, "error": str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__})
             continue
-        per_out = output_sqnr(ref[: len(q)], q)
+        per_out = [_sqnr(e) for e in energies]
         score = _first(per_out)
         rows.append({"method": text, "sqnr_db": _db(score), "outputs_sqnr_db": [_db(x) for x in per_out]})
         if cut:  # raced out: more than RACE_DB below the best on the first samples
