@@ -12,7 +12,8 @@ Cost: the ranges of every candidate come from the one calibration pass; each can
 then scored on 2 to ``SCORE_SAMPLES`` samples only (``score_samples``: fewer for models with
 large outputs; the fp32 reference is computed once), and a candidate whose ranges equal an
 earlier one's is not run again, so ``auto`` costs a few model runs per candidate, not a
-calibration each.
+calibration each. A candidate clearly behind the best on the first samples stops there (racing,
+``RACE_DB``), and the weights are quantized once for all candidates (``static.Prepared.weight_cache``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,18 @@ def score_samples(values_per_sample: int) -> int:
 
 
 TIE_DB = 0.05  # a later candidate must beat an earlier one by more than this
+RACE_VALUES = SCORE_VALUES // 4
+RACE_DB = 1.0
+"""Racing: every candidate first runs the samples that give ``RACE_VALUES`` float output values
+(``race_samples``: 1 for a detector's map or a CTC head, 2 for 1,000 logits). One whose SQNR there
+is more than ``RACE_DB`` below the best candidate's SQNR on the same samples stops: its row gives
+that score and its ``samples``. The others run every scoring sample in the session they already
+have. 1,024 values estimate an SQNR to a few tenths of a dB, well inside ``RACE_DB``; models whose
+outputs are small (a 10-class head) race on every scoring sample, i.e. do not race."""
+
+
+def race_samples(values_per_sample: int) -> int:
+    return max(1, -(-RACE_VALUES // max(values_per_sample, 1)))
 
 
 def scoring_indices(data: SampleSet, n_calib: int, k: int = SCORE_SAMPLES) -> tuple[list[int], bool]:
@@ -51,10 +64,6 @@ def scoring_indices(data: SampleSet, n_calib: int, k: int = SCORE_SAMPLES) -> tu
     if len(data) > n_calib:
         return list(range(n_calib, min(len(data), n_calib + k))), True
     return list(range(min(n_calib, len(data), k))), False
-
-
-def _outputs(model: Any, data: SampleSet, idx: list[int], base_dir: Any = None) -> list[list[np.ndarray]]:
-    return _runner(model, data, base_dir)(idx)
 
 
 def _runner(model: Any, data: SampleSet, base_dir: Any = None) -> Any:
@@ -71,15 +80,17 @@ def _runner(model: Any, data: SampleSet, base_dir: Any = None) -> Any:
     return lambda idx: [sess.run(None, {k: v for k, v in data.feed(i).items() if k in names}) for i in idx]
 
 
-def output_sqnr(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]]) -> list[float | None]:
-    """SQNR (dB) of each float output over all samples (finite entries of the reference only);
-    None for an output that is not float (e.g. an argmax index)."""
-    out: list[float | None] = []
+def output_energies(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]],
+                    start: list[tuple[float, float] | None] | None = None) -> list[tuple[float, float] | None]:
+    """Per output, (signal, noise) energies summed over the samples (finite entries of the reference
+    only), continuing from ``start`` (the energies of earlier samples); None for an output that is not
+    float (e.g. an argmax index)."""
+    out: list[tuple[float, float] | None] = []
     for j in range(len(ref[0]) if ref else 0):
         if np.asarray(ref[0][j]).dtype.kind != "f":
             out.append(None)
             continue
-        sig = noise = 0.0
+        sig, noise = start[j] if start is not None and start[j] is not None else (0.0, 0.0)
         for r, c in zip(ref, cand):
             a, b = np.asarray(r[j]), np.asarray(c[j])
             if a.shape != b.shape:
@@ -90,13 +101,30 @@ def output_sqnr(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]]) -> li
             d = a64[fin] - b64[fin]
             sig += float(np.dot(a64[fin], a64[fin]))
             noise += float(np.dot(d, d)) if np.all(np.isfinite(d)) else math.inf
-        if noise == 0.0:
-            out.append(math.inf if sig > 0 else 0.0)
-        elif not math.isfinite(noise) or sig <= 0:
-            out.append(-math.inf)
-        else:
-            out.append(10.0 * math.log10(sig / noise))
+        out.append((sig, noise))
     return out
+
+
+def _sqnr(e: tuple[float, float] | None) -> float | None:
+    if e is None:
+        return None
+    sig, noise = e
+    if noise == 0.0:
+        return math.inf if sig > 0 else 0.0
+    if not math.isfinite(noise) or sig <= 0:
+        return -math.inf
+    return 10.0 * math.log10(sig / noise)
+
+
+def output_sqnr(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]]) -> list[float | None]:
+    """SQNR (dB) of each float output over all samples (finite entries of the reference only);
+    None for an output that is not float (e.g. an argmax index)."""
+    return [_sqnr(e) for e in output_energies(ref, cand)]
+
+
+def _first(per_out: list[float | None]) -> float:
+    """The score: the first float output's SQNR."""
+    return next((x for x in per_out if x is not None), -math.inf)
 
 
 def _db(x: float | None) -> float | None:
@@ -114,12 +142,13 @@ def choose(prep: Any, spec: Any, data: SampleSet, n_calib: int, candidates: tupl
     idx, held_out = scoring_indices(data, n_calib)
     fp32 = _runner(prep.model, data, prep.weights_dir)
     ref = fp32(idx[:1])
+    values = sum(int(np.asarray(o).size) for o in ref[0] if np.asarray(o).dtype.kind == "f") if ref else 0
     if ref:  # the first sample's float outputs say how many samples the scores need
-        idx = idx[: score_samples(sum(int(np.asarray(o).size) for o in ref[0] if np.asarray(o).dtype.kind == "f"))]
+        idx = idx[: score_samples(values)]
         ref += fp32(idx[1:])
     del fp32  # its session holds the float weights
     rows: list[dict[str, Any]] = []
-    best: tuple[float, Calibration] | None = None
+    best: tuple[float, Calibration, float] | None = None  # (score, calibration, score on the race samples)
     scored: dict[Any, dict[str, Any]] = {}  # ranges -> the row of the first candidate that had them
     for text in candidates:
         cal = Calibration.parse(text, prep.cal.bins)
@@ -129,19 +158,28 @@ def choose(prep: Any, spec: Any, data: SampleSet, n_calib: int, candidates: tupl
             same = scored[key]
             rows.append({**{k: v for k, v in same.items() if k != "method"}, "method": text, "same_ranges_as": same["method"]})
             continue
+        race = min(race_samples(values), len(idx))
         try:
-            q = _outputs(write(cand, spec).model, data, idx, prep.weights_dir)
+            run = _runner(write(cand, spec).model, data, prep.weights_dir)
+            energies = output_energies(ref[:race], run(idx[:race]))
+            first = _first([_sqnr(e) for e in energies])
+            cut = best is not None and race < len(idx) and first < best[2] - RACE_DB
+            if not cut and race < len(idx):  # the other samples, continuing the same sums
+                energies = output_energies(ref[race:], run(idx[race:]), energies)
+            del run
         except Exception as e:  # noqa: BLE001 - a candidate that cannot run is skipped, and said so
             rows.append({"method": text, "error": str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__})
             continue
-        per_out = output_sqnr(ref, q)
-        score = next((x for x in per_out if x is not None), -math.inf)  # the first float output
+        per_out = [_sqnr(e) for e in energies]
+        score = _first(per_out)
         rows.append({"method": text, "sqnr_db": _db(score), "outputs_sqnr_db": [_db(x) for x in per_out]})
+        if cut:  # raced out: more than RACE_DB below the best on the first samples
+            rows[-1].update(samples=race, raced_out=True)
         scored[key] = rows[-1]
-        if best is None or score > best[0] + TIE_DB:
-            best = (score, cal)
+        if not cut and (best is None or score > best[0] + TIE_DB):
+            best = (score, cal, first)
     if best is None:  # nothing ran: min-max, as before auto existed
-        best = (-math.inf, Calibration.parse("minmax", prep.cal.bins))
+        best = (-math.inf, Calibration.parse("minmax", prep.cal.bins), -math.inf)
     where = "held-out calibration samples" if held_out else "calibration samples (no held-out ones: pass more than --calib-samples for that)"
     choice = {
         "chosen": str(best[1]),
@@ -152,6 +190,7 @@ def choose(prep: Any, spec: Any, data: SampleSet, n_calib: int, candidates: tupl
     }
     note = (
         f"calibration auto: chose {best[1]} by output SQNR against fp32 on {len(idx)} {where}: "
-        + ", ".join(f"{r['method']} {r['sqnr_db']} dB" if "error" not in r else f"{r['method']} failed" for r in rows)
+        + ", ".join(f"{r['method']} {r['sqnr_db']} dB" + (f" (raced out after {r['samples']})" if r.get("raced_out") else "")
+                    if "error" not in r else f"{r['method']} failed" for r in rows)
     )
     return dataclasses.replace(prep, cal=best[1], choice=choice, notes=[*prep.notes, note])

@@ -234,52 +234,61 @@ class TensorStats:
         return self.hist[half:] + self.hist[:half][::-1]
 
     def _entropy_threshold(self, levels: int = 128) -> float:
-        """KL-optimal threshold on |x| (TensorRT); candidates every few bins from ``levels`` up."""
+        """KL-optimal threshold on |x| (TensorRT); candidates every few bins from ``levels`` up.
+
+        All candidate thresholds at once (one row each, bins past a row's threshold zeroed): the
+        histogram holds whole counts, so every sum of them is exact in any order."""
         h = self._abs_hist()
         n = h.size
         width = self.R / n
         last = int(np.max(np.nonzero(h))) + 1
         if last <= levels:
             return last * width
-        best_kl, best_i = math.inf, last
         step = max(1, (last - levels) // 128)  # at most ~128 thresholds tried: each costs O(bins)
-        for i in range(levels, last + 1, step):
-            p = h[:i].copy()
-            p[i - 1] += h[i:].sum()
-            nz = h[:i] > 0
-            # merge the i bins into ``levels`` groups, spread each group evenly over its non-empty bins
-            idx = (np.arange(i) * levels) // i
-            sums = np.bincount(idx, weights=h[:i], minlength=levels)
-            cnts = np.bincount(idx, weights=nz.astype(np.float64), minlength=levels)
-            q = np.where(nz, sums[idx] / np.maximum(cnts[idx], 1), 0.0)
-            ps, qs = p.sum(), q.sum()
-            if ps <= 0 or qs <= 0:
-                continue
-            pn, qn = p / ps, q / qs
-            m = pn > 0
-            if np.any(qn[m] == 0):
-                kl = math.inf
-            else:
-                kl = float(np.sum(pn[m] * np.log(pn[m] / qn[m])))
-            if kl < best_kl:
-                best_kl, best_i = kl, i
-        return best_i * width
+        ths = np.arange(levels, last + 1, step)  # a row per threshold i: bins 0..i-1
+        j = np.arange(last)
+        inside = j[None, :] < ths[:, None]
+        hl = h[:last]
+        p = np.where(inside, hl[None, :], 0.0)
+        tail = np.concatenate([np.cumsum(h[::-1])[::-1], [0.0]])  # tail[i] = h[i:].sum()
+        rows = np.arange(ths.size)
+        p[rows, ths - 1] += tail[ths]  # the clipped mass goes into the last bin kept
+        nz = inside & (hl[None, :] > 0)
+        # merge each row's i bins into ``levels`` groups, spread each group evenly over its non-empty bins
+        grp = np.where(inside, (j[None, :] * levels) // ths[:, None], 0) + rows[:, None] * levels
+        sums = np.bincount(grp.ravel(), weights=np.where(inside, hl[None, :], 0.0).ravel(), minlength=ths.size * levels)
+        cnts = np.bincount(grp.ravel(), weights=nz.ravel().astype(np.float64), minlength=ths.size * levels)
+        q = np.where(nz, sums[grp] / np.maximum(cnts[grp], 1), 0.0)
+        ps, qs = p.sum(axis=1), q.sum(axis=1)
+        ok = (ps > 0) & (qs > 0)
+        pn = p / np.where(ok, ps, 1.0)[:, None]
+        qn = q / np.where(ok, qs, 1.0)[:, None]
+        m = pn > 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms = np.where(m & (qn > 0), pn * np.log(np.where(m, pn, 1.0) / np.where(qn > 0, qn, 1.0)), 0.0)
+        kl = np.where(ok & ~np.any(m & (qn == 0), axis=1), terms.sum(axis=1), math.inf)
+        if not np.any(np.isfinite(kl)):
+            return last * width
+        return int(ths[int(np.argmin(kl))]) * width
 
     def _mse_range(self, levels: int = 256) -> tuple[float, float]:
         edges = self._edges()
         centres = (edges[:-1] + edges[1:]) / 2
         w = self.hist
-        best = (math.inf, self.lo, self.hi)
         amax = max(abs(self.lo), abs(self.hi))
-        for t in np.geomspace(amax / 1024, amax, 160) if amax > 0 else [0.0]:
-            lo, hi = max(self.lo, -t), min(self.hi, t)
-            lo, hi = min(lo, 0.0), max(hi, 0.0)
-            step = (hi - lo) / (levels - 1) if hi > lo else 1e-12
-            clipped = np.clip(centres, lo, hi)
-            err = float(np.sum(w * ((centres - clipped) ** 2 + step * step / 12.0)))
-            if err < best[0]:
-                best = (err, lo, hi)
-        return best[1], best[2]
+        if not amax > 0:
+            return min(self.lo, 0.0), max(self.hi, 0.0)
+        # every threshold at once, a row each
+        t = np.geomspace(amax / 1024, amax, 160)
+        lo = np.minimum(np.maximum(self.lo, -t), 0.0)
+        hi = np.maximum(np.minimum(self.hi, t), 0.0)
+        step = np.where(hi > lo, (hi - lo) / (levels - 1), 1e-12)
+        clipped = np.clip(centres[None, :], lo[:, None], hi[:, None])
+        err = np.sum(w[None, :] * ((centres[None, :] - clipped) ** 2 + (step * step / 12.0)[:, None]), axis=1)
+        k = int(np.argmin(err))
+        if not err[k] < math.inf:  # as the loop it replaces: no finite error keeps the observed range
+            return self.lo, self.hi
+        return float(lo[k]), float(hi[k])
 
     def to_dict(self) -> dict[str, Any]:
         return {

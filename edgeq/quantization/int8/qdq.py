@@ -444,6 +444,12 @@ def _raise_weight_scale(g: Any, wcache: dict, key: Any, w: np.ndarray, axis: int
     return new, float(np.max(new / np.maximum(ws, 1e-38)))
 
 
+def _weight(init: Any, bdir: str) -> np.ndarray:
+    from onnx import numpy_helper
+
+    return numpy_helper.to_array(init, bdir).astype(np.float32, copy=False)
+
+
 @dataclass(frozen=True)
 class WriteOptions:
     activation_type: str = "uint8"
@@ -456,12 +462,16 @@ class WriteOptions:
 
 
 def write(
-    model: Any, qplan: Plan, ranges: dict[str, tuple[float, float]], opts: WriteOptions, *, base_dir: Any = None
+    model: Any, qplan: Plan, ranges: dict[str, tuple[float, float]], opts: WriteOptions, *, base_dir: Any = None,
+    weights: dict[Any, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[Any, dict[str, str]]:
     """Insert QDQ per ``qplan`` into a copy of ``model``. Returns (model, node -> how it was quantized).
 
     ``base_dir``: where the external data of ``model``'s initializers lives (weights are read
     one at a time from there); the returned model is self-contained either way.
+    ``weights``: quantized weights kept between writes of the same ``model`` (``auto``'s candidates
+    and the ``--max-drop`` steps differ in activation ranges only): a weight found there is
+    neither read nor quantized again.
     """
     from onnx import helper, numpy_helper
 
@@ -514,16 +524,22 @@ def write(
         idx = next(i for i, n in enumerate(g.node) if n.name == qn.name)
         node = g.node[idx]
         # weights
-        w_arr = numpy_helper.to_array(consts[qn.weight], bdir).astype(np.float32, copy=False)
+        ndim = len(consts[qn.weight].dims)
         # a per-channel int8 MatMul/Gemm weight whose activation input is not 8-bit QDQ is fused by
         # onnxruntime's CPU EP (extended level and up) into MatMulNBits, which quantizes that
         # input to int8 per block (accuracy_level 4): the 16-bit activations would be lost.
         # Per-tensor weights are not fused (measured with onnxruntime 1.32).
         per_tensor = qn.name in wide_nodes and qn.op_type in ("MatMul", "Gemm")
-        axis = _weight_axis(qn, node, w_arr.ndim) if opts.per_channel and not per_tensor else None
+        axis = _weight_axis(qn, node, ndim) if opts.per_channel and not per_tensor else None
         key = (qn.graph, qn.weight, axis)
         if key not in wcache:
-            wq, ws, wz = quantize_weight(w_arr, axis, opts.weight_type, opts.reduce_range)
+            wkey = (*key, opts.weight_type, opts.reduce_range)
+            got = weights.get(wkey) if weights is not None else None
+            if got is None:
+                got = quantize_weight(_weight(consts[qn.weight], bdir), axis, opts.weight_type, opts.reduce_range)
+                if weights is not None:
+                    weights[wkey] = got
+            wq, ws, wz = got
             base = f"{qn.weight}_{qn.name}_w"
             add_init(g, base + "_q", wq)
             add_init(g, base + "_s", ws)
@@ -561,7 +577,7 @@ def write(
                 if not np.all(np.abs(bq) < 2**31 - 1):
                     # tiny weights + large bias: a float bias beside a quantized Conv is dropped by
                     # onnxruntime's fused kernel, and clipping it is wrong: raise the weight scale
-                    ws, factor = _raise_weight_scale(g, wcache, key, w_arr, axis, opts, np.abs(b) / (s_in * (2**31 - 2)))
+                    ws, factor = _raise_weight_scale(g, wcache, key, _weight(consts[qn.weight], bdir), axis, opts, np.abs(b) / (s_in * (2**31 - 2)))
                     how[qn.name + "#raised"] = f"weight scale raised x{factor:.3g} so the int32 bias fits"
                     bscale = (s_in * ws).astype(np.float32).reshape(-1)
                     bs = np.broadcast_to(bscale, b.shape).astype(np.float32) if bscale.size == 1 else bscale

@@ -427,7 +427,9 @@ def _edgeq_static_in(
             )
     else:
         written = static.write(prep, spec)
+        prep.weight_cache.clear()  # the last write from prep: its int8 weights need not sit beside the SQNR session
         layers = static.layer_sqnr(prep, written, check, static.layer_samples(prep, written))
+    prep.weight_cache.clear()  # (after --max-drop's search) nothing more is written from prep
     save_model(written.model, out_path)
     written.model = None  # written out: keep one quantized model in memory, not two
     qmodel = load_model(out_path)

@@ -31,6 +31,9 @@ class Prepared:
     """Set when ``model``'s initializers are external data in this folder (see ``prepare``)."""
     choice: dict[str, Any] | None = None
     """``--calibration auto``: the method chosen and every candidate's score."""
+    weight_cache: dict[Any, Any] = field(default_factory=dict, repr=False)
+    """Quantized weights shared by every ``write`` of ``model`` (``auto``'s candidates, the final model,
+    the ``--max-drop`` steps): only activation ranges differ between them. Clear it when done writing."""
 
 
 def _feeds(data: SampleSet, n: int) -> Iterator[dict[str, np.ndarray]]:
@@ -77,12 +80,16 @@ def probe_runner(
         return qdq.ProbeRunner(model, names, loops=False, base_dir=base_dir)
 
 
-def release_memory() -> None:
+def release_memory(collect: bool = True) -> None:
     """Collect garbage and hand freed heap pages back to the OS (glibc keeps them otherwise,
-    so a freed model's bytes would still count towards the peak of the next stage)."""
+    so a freed model's bytes would still count towards the peak of the next stage).
+    ``collect=False``: only hand pages back, where what was freed holds no reference cycles (a
+    written model's arrays and protobufs): a full collection walks every object onnx and
+    onnxruntime created (8-10 ms each time, and ``auto`` writes six models)."""
     import gc
 
-    gc.collect()
+    if collect:
+        gc.collect()
     try:
         import ctypes
 
@@ -238,7 +245,7 @@ def write(prep: Prepared, spec: QuantSpec, keep_float: dict[str, str] | None = N
     wide_type = spec.wide_activation_type if wide else None
     opts = qdq.WriteOptions(spec.activation_type, spec.weight_type, spec.per_channel, spec.reduce_range,
                             tuple(sorted(wide)) if wide_type else (), wide_type or "uint16")
-    model, how = qdq.write(prep.model, p, ranges, opts, base_dir=prep.weights_dir)
+    model, how = qdq.write(prep.model, p, ranges, opts, base_dir=prep.weights_dir, weights=prep.weight_cache)
     act_nodes: dict[str, str] = {}
     if spec.activation_ops:  # the target runs fixed point only: QDQ around the other ops too
         model, act_how = qdq_acts.quantize(
@@ -251,7 +258,7 @@ def write(prep: Prepared, spec: QuantSpec, keep_float: dict[str, str] | None = N
         if wide_type and name in how and not how[name].startswith("weights int8, activations float"):
             how[name] += f" ({why})"
     if prep.weights_dir is not None:
-        release_memory()  # each weight was read, converted and quantized: return those pages
+        release_memory(collect=False)  # each weight was read, converted and quantized: return those pages
     got = {n: w for n, w in (wide or {}).items() if wide_type and n in how and "activations float" not in how[n]}
     return Written(model, p, how, got, act_nodes)
 
