@@ -26,7 +26,7 @@ from ..spec import BLOCK_SIZES, WEIGHT_ONLY_BITS, QuantSpec
 from .wsize import dedupe_constants, size_breakdown
 
 MS_DOMAIN = "com.microsoft"
-# widths onnxruntime's CPU kernels take (checked against onnxruntime 1.32 in tests/test_int4.py)
+# widths onnxruntime's CPU kernels take (checked against onnxruntime 1.32 in tests/unit/test_int4.py)
 MATMUL_BITS = (2, 4, 8)
 GATHER_BITS = (2, 4, 8)
 
