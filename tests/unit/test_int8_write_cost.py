@@ -95,7 +95,7 @@ def _auto(src, data, tmp_path, monkeypatch, race_db):
 
 
 def test_racing_cuts_clear_losers_early_and_keeps_the_full_scoring_winner(tmp_path, monkeypatch):
-    from tests.test_int8_autocal import _spiky
+    from tests.unit.test_int8_autocal import _spiky
 
     src = make_cnn(tmp_path / "cnn.onnx", classes=1000)  # 1,000 logits: scored on 5 samples, raced on 2
     x = np.concatenate([_spiky(64), cnn_data(32, seed=7)["x"]])
