@@ -102,12 +102,24 @@ def genai_config(arch: Any, gen: dict[str, Any], filename: str = "model.onnx", *
     }
 
 
-def shares_kv_buffer(model: Path) -> bool:
-    """Whether the decoder at ``model`` can share past and present buffers: its attention is GroupQueryAttention."""
-    from ..core.onnxutil import iter_nodes, load_model
+def _graph(model: Path) -> Any:
+    """The decoder's graph, read without its weights' external data (core/onnxutil.load_model's checks)."""
+    from ..core.onnxutil import load_model
 
-    m = load_model(Path(model), load_weights=False)
-    return any(n.op_type == "GroupQueryAttention" and n.domain == "com.microsoft" for n in iter_nodes(m.graph))
+    return load_model(Path(model), load_weights=False).graph
+
+
+def _has_gqa(graph: Any) -> bool:
+    """Whether a decoder can share past and present buffers: its attention is GroupQueryAttention."""
+    from ..core.onnxutil import iter_nodes
+
+    return any(n.op_type == "GroupQueryAttention" and n.domain == "com.microsoft" for n in iter_nodes(graph))
+
+
+def _fixed_ids(graph: Any) -> bool:
+    """True when the graph's ``input_ids`` has a fixed length (the static decoder of NPU targets)."""
+    ids = next((i for i in graph.input if i.name == "input_ids"), None)
+    return ids is not None and all(d.HasField("dim_value") for d in ids.type.tensor_type.shape.dim)
 
 
 def bundle_files(folder: Path, model: Path | None = None) -> tuple[tuple[tuple[str, bytes], ...], list[str]]:
@@ -126,12 +138,13 @@ def bundle_files(folder: Path, model: Path | None = None) -> tuple[tuple[tuple[s
         if data is not None:
             files.append((name, data))
     gen = _json(dict(files).get("generation_config.json"))
-    share = model is not None and shares_kv_buffer(model)
+    graph = _graph(model) if model is not None else None  # read once: shared buffers and the static form
+    share = graph is not None and _has_gqa(graph)
     cfg = genai_config(arch, gen, share_buffer=share)
     files.insert(0, (CONFIG, (json.dumps(cfg, indent=2, sort_keys=True) + "\n").encode("utf-8")))
     names = [n for n, _ in files]
     notes = [f"onnxruntime-genai: {', '.join(names)} written beside model.onnx"]
-    if model is not None and _fixed_ids(Path(model)):
+    if graph is not None and _fixed_ids(graph):
         notes.append("static-shape decoder (fixed cache slots): onnxruntime-genai cannot run it; the bundle's run.py and "
                      "edgeq generate do (genai_config.json is kept for its model facts: context, EOS, vocabulary)")
     if share:
@@ -257,17 +270,9 @@ def stage_for_genai(model: Path, files: tuple[tuple[str, bytes], ...], folder: P
     return folder
 
 
-def _fixed_ids(path: Path) -> bool:
-    """True when ``path``'s ``input_ids`` has a fixed length (the static decoder of NPU targets)."""
-    import onnx
-
-    ids = next((i for i in onnx.load(str(path), load_external_data=False).graph.input if i.name == "input_ids"), None)
-    return ids is not None and all(d.HasField("dim_value") for d in ids.type.tensor_type.shape.dim)
-
-
 def _static_session(path: Path) -> Any | None:
     """An onnxruntime session of ``path`` when its ``input_ids`` has a fixed length (the static decoder), else None."""
-    if not _fixed_ids(path):
+    if not _fixed_ids(_graph(path)):
         return None
     from ..core.runtime import create_session
 
