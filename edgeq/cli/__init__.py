@@ -154,8 +154,9 @@ def export(
             console.print(layers_table(result["quantization"]))
         from ..reporting.tables import fallback_table
 
-        if fallback_table(result) is not None:
-            console.print(fallback_table(result))
+        fallbacks = fallback_table(result)
+        if fallbacks is not None:
+            console.print(fallbacks)
     status = outcome.verdict_status
     if status == "accepted-failed":
         err.print(f"[red]WARNING: ACCEPTED-FAILED[/]: the quantized model is outside target {outcome.target.name}'s tolerances and was shipped "
