@@ -22,7 +22,8 @@ from typing import Any
 from ..core.fsutil import check_output, clean_stale, scratch_dir
 from ..quantization.spec import QuantSpec
 from ..core.targets import Target
-from .common import BundleOptions, Progress, ProgressFactory, QuantOptions, check_budget, check_onnx_path, open_model, quiet_progress
+from .common import (BundleOptions, Progress, ProgressFactory, QuantOptions, check_budget, check_coverage_share, check_onnx_path,
+                     open_model, quiet_progress)
 from .export_stage import ExportOptions, ExportResult, Stage, golden_feeds_for, run_export, sizes
 from .bundle_trip import BundleConfig, BundleOutcome, bundle_model, check_bundle
 from .gguf_trip import GGUFOutcome, check_gguf, export_gguf
@@ -94,8 +95,7 @@ def check_coverage_option(minimum: float | None, tg: Target) -> None:
 
     if minimum is None:
         return
-    if not 0.0 <= minimum <= 1.0:
-        raise TargetError(f"--min-accel-coverage {minimum} is not a share between 0 and 1", "e.g. --min-accel-coverage 0.95")
+    check_coverage_share(minimum)
     if tg.runtime != "onnxruntime" or accelerator_of(tg.provider_names) is None:
         raise TargetError(f"--min-accel-coverage: target {tg.name} has no accelerator provider",
                           "use a target with one (qnn-htp, nnapi, coreml, openvino-*)")

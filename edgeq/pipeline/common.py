@@ -95,6 +95,14 @@ class BundleOptions:
     bundle_version: int = 0
 
 
+def check_coverage_share(minimum: float | None) -> None:
+    """--min-accel-coverage is a share between 0 and 1 (checked before any work, by export and profile alike)."""
+    if minimum is not None and not 0.0 <= minimum <= 1.0:
+        from ..errors import TargetError
+
+        raise TargetError(f"--min-accel-coverage {minimum} is not a share between 0 and 1", "e.g. --min-accel-coverage 0.95")
+
+
 def check_onnx_path(src: Path) -> None:
     """An .onnx file the user named: a regular file that exists (checked before it is opened)."""
     from ..core.fsutil import require_regular_file

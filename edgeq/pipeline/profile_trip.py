@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .common import check_onnx_path
+from .common import check_coverage_share, check_onnx_path
 
 
 @dataclass(frozen=True)
@@ -75,10 +75,7 @@ def profile_models(cfg: ProfileConfig, *, spinner: Callable[[str], contextlib.Ab
     from ..core.targets import load_target
     from ..profiling.profiler import MeasureOptions, load_input, measure, resolve_backend
 
-    if cfg.min_accel_coverage is not None and not 0.0 <= cfg.min_accel_coverage <= 1.0:
-        from ..errors import TargetError
-
-        raise TargetError(f"--min-accel-coverage {cfg.min_accel_coverage} is not a share between 0 and 1", "e.g. --min-accel-coverage 0.95")
+    check_coverage_share(cfg.min_accel_coverage)
     if cfg.reference is not None:
         check_onnx_path(cfg.reference)
     if cfg.html is not None:  # an existing report edgeq wrote is replaced; anything else is refused, before any work
