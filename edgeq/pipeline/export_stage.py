@@ -294,6 +294,7 @@ def run_export(
                 archive=opts.archive,
                 placement=manifest_placement(placement),
                 extra_files=llm_files,
+                prefill=bool(llm_files) and all(isinstance(d, int) for d in qres.artifact.io.input("input_ids").shape),  # static decoder
             )
             write_bundle(qres.artifact, target, opts.out, info, force=opts.force)
     return ExportResult(

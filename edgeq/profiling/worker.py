@@ -88,6 +88,8 @@ def _session_options(ort, spec: dict, *, profile_prefix: str | None = None, cont
         so.add_session_config_entry("ep.context_enable", "1")
         so.add_session_config_entry("ep.context_file_path", context_path)
         so.add_session_config_entry("ep.context_embed_mode", "0")
+        # read from bytes (make_session): external weights (a static decoder's model.onnx.data) beside the model edgeq wrote
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path", os.path.dirname(os.path.abspath(spec["model"])))
     return so
 
 

@@ -18,8 +18,12 @@ CONTEXT = 32
 
 
 def _graphs(model, tmp_path, chunk=4):
+    """The one-token step graph and the prefill graph derived from it (exporters/static_prefill.py)."""
+    from edgeq.exporters.static_prefill import write_prefill
+
     arch = D.arch_from_config(model.config)
-    paths = [D.build_decoder(arch, model.state_dict(), tmp_path / f"c{c}.onnx", static_context=CONTEXT, chunk=c) for c in (1, chunk)]
+    step = D.build_decoder(arch, model.state_dict(), tmp_path / "c1.onnx", static_context=CONTEXT, chunk=1)
+    paths = [step, write_prefill(step, tmp_path / f"c{chunk}.onnx", chunk)]
     return paths, [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in paths]
 
 
@@ -42,7 +46,8 @@ def test_static_decoder_matches_transformers_over_the_fixed_context(kind, tmp_pa
             dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
             assert None not in dims and dims[0] == 1, (vi.name, dims)
         assert [d.dim_value for d in g.input[0].type.tensor_type.shape.dim] == [1, chunk]
-        assert {d.dim_value for d in g.input[3].type.tensor_type.shape.dim} >= {CONTEXT}
+        past = next(vi for vi in g.input if vi.name == "past_key_values.0.key")
+        assert [d.dim_value for d in past.type.tensor_type.shape.dim][2] == CONTEXT
         assert not {n.op_type for n in g.node} & {"Shape", "Range", "ConstantOfShape", "Expand", "ScatterND"}
     ids = np.random.default_rng(3).integers(0, 300, 20)
     with torch.no_grad():
@@ -66,17 +71,21 @@ def test_static_step_writes_its_slot_and_reads_only_marked_slots(tmp_path):
     cache = S.StaticCache(step)
     for t in ids[:9]:
         cache.run(step, np.array([t]))
-    feed = {"input_ids": ids[None, 9:], "position_ids": np.array([[9]]), "attention_mask": cache.mask.copy(), **cache.past}
+    lay = S.StaticLayout.of_session(step)
+    host = S.host_inputs(lay, 9, 1)
+    feed = {"input_ids": ids[None, 9:], **host, **cache.past}
     outs = [o.name for o in step.get_outputs()]
     res = dict(zip(outs, step.run(None, feed)))
     key0, past0 = res["present.0.key"], cache.past["past_key_values.0.key"]
     assert key0.shape == past0.shape == (1, 2, CONTEXT, 8)
     changed = np.flatnonzero(np.abs(key0 - past0).max(axis=(0, 1, 3)) > 0)
     assert changed.tolist() == [9]  # the new key lands in slot 9, the other slots are the past unchanged
-    # a slot left out of the mask is not attended; the same token at another position reads other slots
-    masked = dict(feed, attention_mask=np.where(np.arange(CONTEXT) == 4, 0, cache.mask))
+    # the host's bias masks the slots after the token and the empty ones; a slot it masks is not attended
+    assert (host[S.BIAS][0, 0, 0, 0] == 0).tolist() == [m <= 9 for m in range(CONTEXT)]
+    masked = dict(feed, **{S.BIAS: np.where(np.arange(CONTEXT) == 4, S.MASK_VALUE, host[S.BIAS]).astype(np.float32)})
     assert np.abs(step.run(["logits"], masked)[0] - res["logits"]).max() > 1e-2
-    moved = dict(feed, position_ids=np.array([[5]]))
+    # the same token at another position: other rotary rows, another slot written
+    moved = dict(feed, **{k: v for k, v in S.host_inputs(lay, 5, 1).items() if k.startswith("rotary")})
     assert np.abs(step.run(["logits"], moved)[0] - res["logits"]).max() > 1e-2
     with pytest.raises(ValueError, match="do not fit"):
         S.StaticCache(step).run(step, ids[:2])  # two tokens into a one-token graph
@@ -103,7 +112,7 @@ def test_npu_target_exports_a_static_kv_bundle_that_generates_like_transformers(
     assert any("static-shape decoder" in n and "onnxruntime-genai cannot run it" in n for n in res["notes"]), res["notes"]
     g = onnx.load(str(out / "model.onnx")).graph
     dims = {vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim] for vi in g.input}
-    assert dims["input_ids"] == [1, 1] and dims["attention_mask"] == [1, 128] and dims["past_key_values.0.key"] == [1, 2, 128, 8]
+    assert dims["input_ids"] == [1, 1] and dims["attention_bias"] == [1, 1, 1, 1, 128] and dims["past_key_values.0.key"] == [1, 2, 128, 8]
     # independently: the bundle's run.py and edgeq generate give transformers' greedy tokens
     model = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
     ids = prompt_ids(out, ["print('hello"], 300)[0]
