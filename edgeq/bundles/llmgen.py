@@ -94,6 +94,13 @@ class Decoder:
             if os.path.isfile(pre) and not os.path.islink(pre):  # the prompt's graph: the same weights, a chunk of tokens per run
                 self.prefill = ort.InferenceSession(pre, sess_options=so, providers=providers or ["CPUExecutionProvider"])
 
+    @property
+    def prefill_chunk(self) -> int:
+        """Tokens per run of the prefill graph (static decoders with prefill.onnx), else 0."""
+        if self.prefill is None:
+            return 0
+        return int(next(i for i in self.prefill.get_inputs() if i.name == "input_ids").shape[1])
+
     def kv_bytes_per_token(self) -> int:
         return sum(int(i.shape[1]) * int(i.shape[3]) * 4 for i in self.past)
 
@@ -234,6 +241,8 @@ def run(root: str, args, *, model: str = "onnx", providers: list | None = None, 
     res = generate(dec, ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                    top_p=args.top_p, seed=args.seed, on_token=stream)
     res["text"] = tok.decode(res["tokens"])
+    if dec.chunk:  # static decoder: how the prompt ran (prefill graph chunk, or 0: one token per run)
+        res["prefill_chunk"] = dec.prefill_chunk
     if stream is not None:
         out.write("\n")
     return res

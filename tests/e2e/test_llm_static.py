@@ -113,13 +113,43 @@ def test_npu_target_exports_a_static_kv_bundle_that_generates_like_transformers(
     g = onnx.load(str(out / "model.onnx")).graph
     dims = {vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim] for vi in g.input}
     assert dims["input_ids"] == [1, 1] and dims["attention_bias"] == [1, 1, 1, 1, 128] and dims["past_key_values.0.key"] == [1, 2, 128, 8]
-    # independently: the bundle's run.py and edgeq generate give transformers' greedy tokens
+    # the export checked the prefill graph against transformers too (a full chunk of 64, a padded one, then steps)
+    assert any("prefill graph (64 per run)" in o["name"] and o["passed"] for o in res["export"]["outputs"])
+    # the bundle: the step graph, the prefill graph derived from it, one weights file both read, the host code beside
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["prefill"] == {"onnx": "prefill.onnx", "chunk": 64, "external_data": "model.onnx.data"}
+    assert manifest["model"]["onnx_external_data"] == "model.onnx.data"
+    assert {"model.onnx", "prefill.onnx", "model.onnx.data", "static_decoder.py"} <= set(manifest["files"])
+    _weights_stored_once(out)
+    r = runner.invoke(app, ["verify", str(out), "--json"])  # checksums of both graphs, and the prefill graph against the step graph
+    assert r.exit_code == 0, r.output
+    pre = json.loads(r.stdout)["prefill"]
+    assert pre["passed"] and pre["chunk"] == 64 and pre["prompt_tokens"] == 67 and pre["max_abs_error"] < 1e-4
+    # independently: the bundle's run.py and edgeq generate give transformers' greedy tokens, the prompt through the prefill graph
     model = transformers.AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager").eval()
-    ids = prompt_ids(out, ["print('hello"], 300)[0]
-    want = hf_greedy(model, [ids], 40)[0]
-    want = want[: want.index(2)] if 2 in want else want
-    assert len(want) >= 8
-    got = greedy_json(out / "run.py", "print('hello", 40, tmp_path / "cwd")
-    assert got["tokens"] == want
-    r = runner.invoke(app, ["generate", str(out), "--prompt", "print('hello", "--max-new-tokens", "40", "--json"])
-    assert r.exit_code == 0 and json.loads(r.stdout)["tokens"] == want
+    long = "print('hello world') # the quick brown fox jumps over the lazy dog " * 2  # 84 tokens
+    for text in ("print('hello", long):
+        ids = prompt_ids(out, [text], 300)[0]
+        want = hf_greedy(model, [ids], 40)[0]
+        want = want[: want.index(2)] if 2 in want else want
+        assert len(want) >= 8
+        got = greedy_json(out / "run.py", text, 40, tmp_path / "cwd")
+        assert got["tokens"] == want and got["prefill_chunk"] == 64
+        r = runner.invoke(app, ["generate", str(out), "--prompt", text, "--max-new-tokens", "40", "--json"])
+        assert r.exit_code == 0 and json.loads(r.stdout)["tokens"] == want
+    assert 64 < len(ids) < 128 - 40  # the long prompt takes two prefill runs (the second padded)
+
+
+def _weights_stored_once(out):
+    """model.onnx and prefill.onnx read every large initializer from model.onnx.data at the same offsets; neither holds a copy."""
+    def external(path):
+        m = onnx.load(str(path), load_external_data=False)
+        return {t.name: {e.key: e.value for e in t.external_data} for t in m.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL}
+
+    step, pre = external(out / "model.onnx"), external(out / "prefill.onnx")
+    assert step == pre and "embed_tokens.weight" in step and sum(n.endswith(".weight") for n in step) >= 15
+    assert {e["location"] for e in step.values()} == {"model.onnx.data"}
+    weights = sum(int(e["length"]) for e in step.values())
+    assert (out / "model.onnx.data").stat().st_size == weights
+    for f in ("model.onnx", "prefill.onnx"):  # graph and small tensors only
+        assert (out / f).stat().st_size < 0.15 * weights, f
