@@ -138,6 +138,11 @@ def test_npu_target_exports_a_static_kv_bundle_that_generates_like_transformers(
         r = runner.invoke(app, ["generate", str(out), "--prompt", text, "--max-new-tokens", "40", "--json"])
         assert r.exit_code == 0 and json.loads(r.stdout)["tokens"] == want
     assert 64 < len(ids) < 128 - 40  # the long prompt takes two prefill runs (the second padded)
+    # the LLM profile: time to first token through the prefill graph, and one token per run beside it
+    r = runner.invoke(app, ["profile", str(out), "--target", "cpu-x86_64", "--json", "--budget", "0.2"])
+    assert r.exit_code == 0, r.output
+    llm = json.loads(r.stdout)["results"][0]["llm"]
+    assert llm["prefill_chunk"] == 64 and llm["prompt_tokens"] == 127 and 0 < llm["ttft_ms"] < llm["ttft_ms_step_only"]
 
 
 def _weights_stored_once(out):
