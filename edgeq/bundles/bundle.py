@@ -246,7 +246,7 @@ def _copy_model(src: Path, root: Path, threshold: int) -> bool:
     return True
 
 
-def _write_prefill(root: Path) -> dict[str, Any]:
+def _write_prefill(root: Path, chunk: int = 0) -> dict[str, Any]:
     """prefill.onnx beside model.onnx: the same nodes, a chunk of tokens per run, its initializers pointing into
     model.onnx.data at model.onnx's offsets (the weights stored once); the manifest's record of it."""
     import onnx
@@ -254,7 +254,7 @@ def _write_prefill(root: Path) -> dict[str, Any]:
     from ..exporters.static_prefill import step_chunk, write_prefill
     from .llmgen import PREFILL
 
-    path = write_prefill(root / "model.onnx", root / PREFILL)
+    path = write_prefill(root / "model.onnx", root / PREFILL, chunk)
     return {"onnx": PREFILL, "chunk": step_chunk(onnx.load(str(path), load_external_data=False)), "external_data": EXTERNAL_DATA}
 
 
@@ -346,7 +346,7 @@ def write_bundle(artifact: Artifact, target: Target, out: Path, info: BundleInpu
     with contextlib.ExitStack() as stack:
         root = stack.enter_context(staging(out, force=force, is_dir=True))
         external = _copy_model(Path(artifact.path), root, 0 if info.prefill else info.external_data_threshold)
-        prefill = _write_prefill(root) if info.prefill else None
+        prefill = _write_prefill(root, target.prefill_chunk) if info.prefill else None
         _write_ort(root / "model.onnx", root, target.ort_optimization, target.ort_optimization_style)
         pairs = _write_golden(root, root / "model.ort", info.golden_feeds, target, artifact.io.input_names)
         shutil.copyfile(Path(runner_mod.__file__), root / "run.py")

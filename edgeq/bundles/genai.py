@@ -264,7 +264,7 @@ def eos_ids(model: Any) -> set[int]:
     return set(e if isinstance(e, list) else [] if e is None else [e])
 
 
-def stage_for_genai(model: Path, files: tuple[tuple[str, bytes], ...], folder: Path) -> Path:
+def stage_for_genai(model: Path, files: tuple[tuple[str, bytes], ...], folder: Path, *, prefill_chunk: int = 0) -> Path:
     """``folder`` laid out as the bundle will be for onnxruntime-genai: the decoder as model.onnx (its
     external data beside it) and the genai/tokenizer files, so the greedy check runs before the
     manifest is written and its result is part of the verdict."""
@@ -275,7 +275,7 @@ def stage_for_genai(model: Path, files: tuple[tuple[str, bytes], ...], folder: P
     if _fixed_ids(_graph(folder / "model.onnx")):  # static decoder: its prefill graph beside it, as the bundle ships it
         from ..exporters.static_prefill import write_prefill
 
-        write_prefill(folder / "model.onnx", folder / PREFILL)
+        write_prefill(folder / "model.onnx", folder / PREFILL, prefill_chunk)
     for name, data in files:
         (folder / Path(name).name).write_bytes(data)
     return folder
