@@ -677,17 +677,16 @@ def check_static_decoder(model: Any, step_path: Any, vocab: int, atol: float, rt
     from .static_decoder import StaticLayout, logits_static
 
     step = create_session(step_path)
-    runs = [(np.random.default_rng(seed).integers(0, vocab, seq, dtype=np.int64), split, None)]
+    runs = [(np.random.default_rng(seed).integers(0, vocab, seq, dtype=np.int64), split, None, "the step graph")]
     if prefill_path is not None:
         pre = create_session(prefill_path)
         lay = StaticLayout.of_session(pre)
         n = min(lay.context, lay.chunk + 12)
-        runs.append((np.random.default_rng(seed + 1).integers(0, vocab, n, dtype=np.int64), n - 4, pre))
+        runs.append((np.random.default_rng(seed + 1).integers(0, vocab, n, dtype=np.int64), n - 4, pre, f"the prefill graph ({lay.chunk} per run)"))
     rows = []
-    for ids, cut, pre in runs:
+    for ids, cut, pre, how in runs:
         with torch.no_grad():
             ref = model(input_ids=torch.from_numpy(ids[None]), use_cache=False).logits.double().numpy()[0]
-        how = f"the prefill graph ({StaticLayout.of_session(pre).chunk} per run)" if pre is not None else "the step graph"
         rows.append((f"{cut} prompt tokens through {how} + {len(ids) - cut} steps through the fixed slots",
                      *_errors(ref, logits_static(step, ids, cut, pre), atol, rtol)))
     return rows
@@ -699,7 +698,7 @@ def build_checked_static(model: Any, arch: Any, out: Any, target: Any, *, contex
     from .static_decoder import DEFAULT_CONTEXT
     from .static_prefill import chunk_for, write_prefill
 
-    slots = int(context or min(arch.context, DEFAULT_CONTEXT))
+    slots = min(int(context), arch.context) if context else min(arch.context, DEFAULT_CONTEXT)  # never past the model's context
     chunk = chunk_for(slots, chunk)
     build_decoder(arch, model.state_dict(), out, static_context=slots, chunk=1)
     tol = target.tolerances
