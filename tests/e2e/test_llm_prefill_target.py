@@ -46,3 +46,25 @@ def test_the_targets_slots_and_prefill_chunk_reach_the_bundle(runner, tmp_path):
     g = onnx.load(str(out / "prefill.onnx"), load_external_data=False).graph
     dims = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in g.input}
     assert dims["input_ids"] == [1, 16] and dims["past_key_values.0.key"][2] == 48 and dims["attention_bias_sliding"] == [1, 1, 1, 16, 48]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("importlib").util.find_spec("onnxruntime_qnn") is None, reason="onnxruntime-qnn not installed")
+def test_the_qnn_context_binary_compiles_from_the_shared_weights_file(runner, tmp_path):
+    """model.onnx reads its weights from model.onnx.data: the QNN context still compiles (the same bytes each time)."""
+    from edgeq.cli import app
+    from fixtures.llm import save_lm
+
+    folder = save_lm(tmp_path / "llama", "llama")
+    outs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        r = runner.invoke(app, ["export", str(folder), "--task", "text-generation", "--target", "qnn-htp", "--quant", "int4",
+                                "--no-profile", "-o", str(out)])
+        assert r.exit_code == 0, r.output
+        outs.append(out)
+    manifest = json.loads((outs[0] / "manifest.json").read_text())
+    ctx = manifest["model"]["ep_context"]
+    assert manifest["model"]["onnx_external_data"] == "model.onnx.data" and ctx.get("model") == "model_ctx.onnx", ctx
+    for f in ctx["files"]:
+        assert (outs[0] / f).read_bytes() == (outs[1] / f).read_bytes(), f
