@@ -111,23 +111,24 @@ def host_inputs(layout: StaticLayout, start: int, n: int) -> dict[str, np.ndarra
     c, m = layout.chunk, layout.context
     pos = np.arange(start, start + c, dtype=np.int64)  # padded rows continue the positions (their outputs are unused)
     slots = np.arange(m, dtype=np.int64)
-    allowed = (slots[None, :] <= pos[:, None]) & (slots[None, :] < start + n)  # [C, M]: filled and not after the token
+    masked = (slots[None, :] > pos[:, None]) | (slots[None, :] >= start + n)  # [C, M]: empty, or after the token
     feed: dict[str, np.ndarray] = {}
     if BIAS in layout.names:
-        feed[BIAS] = np.where(allowed, 0.0, MASK_VALUE).astype(np.float32).reshape(1, 1, 1, c, m)
+        feed[BIAS] = (masked * np.float32(MASK_VALUE)).reshape(1, 1, 1, c, m)
     if BIAS_SLIDING in layout.names:
-        near = slots[None, :] > pos[:, None] - int(layout.window)
-        feed[BIAS_SLIDING] = np.where(allowed & near, 0.0, MASK_VALUE).astype(np.float32).reshape(1, 1, 1, c, m)
+        far = slots[None, :] <= pos[:, None] - int(layout.window)
+        feed[BIAS_SLIDING] = ((masked | far) * np.float32(MASK_VALUE)).reshape(1, 1, 1, c, m)
     for kind, inv in (("global", layout.inv_freq), ("local", layout.inv_freq_local)):
         if inv is not None:  # float32 as transformers computes it: angle = position * frequency, then cos / sin
             ang = pos.astype(np.float32)[:, None] * inv[None, :]
             cos, sin = ROTARY[kind]
-            feed[cos], feed[sin] = np.cos(ang)[None].astype(np.float32), np.sin(ang)[None].astype(np.float32)
+            feed[cos], feed[sin] = np.cos(ang)[None], np.sin(ang)[None]
     write = np.zeros((1, m, c), np.float32)
-    real = np.arange(n)
+    real = np.arange(min(n, m - start))
     write[0, pos[real], real] = 1.0  # only the real tokens are written: padded rows leave the cache as it was
-    feed[WRITE] = write
-    feed[KEEP] = 1.0 - write.max(axis=2, keepdims=True)
+    keep = np.ones((1, m, 1), np.float32)
+    keep[0, start : start + len(real)] = 0.0
+    feed[WRITE], feed[KEEP] = write, keep
     return feed
 
 
