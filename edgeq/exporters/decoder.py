@@ -727,7 +727,7 @@ def export_hf_decoder(model: Any, out: Path, target: Any, provenance: tuple[str,
 
     arch = arch_from_config(model.config)
     tol = target.tolerances
-    if target.static_shapes:  # NPU targets: fixed cache slots, one token per run (static_decoder.py)
+    if target.static_shapes:  # NPU targets: fixed cache slots, step and prefill graphs (static_decoder.py)
         rows, notes, kind = build_checked_static(model, arch, out, target, context=target.static_slots, chunk=target.prefill_chunk)
         batch = 1
     else:
