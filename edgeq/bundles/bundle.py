@@ -3,7 +3,8 @@
 Layout::
 
     model.onnx                              the model the app ships
-    model.ort                               onnxruntime's ORT format, from that same graph
+    model.ort                               onnxruntime's ORT format, from that same graph (not for static LLM decoders)
+    prefill.onnx                            (static LLM decoders) the prompt's graph, weights in model.onnx.data with model.onnx's
     required_operators_and_types.config     kernels a reduced onnxruntime build needs
     golden/NNN/in_K.npy, out_K.npy          golden input/output pairs
     run.py                                  dependency-light runner (numpy + onnxruntime)
@@ -83,7 +84,8 @@ class BundleInputs:
     verdict: dict[str, Any] | None = None
     """edgeq.checks.verdict_of(...): pass | fail | accepted-failed | skipped; default: from ``verify``."""
     prefill: bool = False
-    """A static KV-cache decoder: also write prefill.onnx (exporters/static_prefill.py), its weights in model.onnx.data with model.onnx's."""
+    """A static KV-cache decoder: also write prefill.onnx (exporters/static_prefill.py), its weights in model.onnx.data with
+    model.onnx's, and no model.ort (the ORT format would hold the weights a second time)."""
 
 
 def bundle_outputs(out: Path, info: BundleInputs) -> list[Path]:
@@ -347,8 +349,11 @@ def write_bundle(artifact: Artifact, target: Target, out: Path, info: BundleInpu
         root = stack.enter_context(staging(out, force=force, is_dir=True))
         external = _copy_model(Path(artifact.path), root, 0 if info.prefill else info.external_data_threshold)
         prefill = _write_prefill(root, target.prefill_chunk) if info.prefill else None
-        _write_ort(root / "model.onnx", root, target.ort_optimization, target.ort_optimization_style)
-        pairs = _write_golden(root, root / "model.ort", info.golden_feeds, target, artifact.io.input_names)
+        ort_path, _ = _write_ort(root / "model.onnx", root, target.ort_optimization, target.ort_optimization_style)
+        if prefill is not None:  # the ORT format holds its own copy of the weights: a static decoder's bundle stores them once
+            ort_path.unlink()  # (its kernel list, required_operators_and_types.config, stays for reduced builds)
+        pairs = _write_golden(root, ort_path if ort_path.is_file() else root / "model.onnx", info.golden_feeds, target,
+                              artifact.io.input_names)
         shutil.copyfile(Path(runner_mod.__file__), root / "run.py")
         _copy_cpp(root)
         if info.labels:
@@ -362,6 +367,7 @@ def write_bundle(artifact: Artifact, target: Target, out: Path, info: BundleInpu
         manifest["model"]["ep_context"] = ep_context
         if prefill is not None:
             manifest["model"]["prefill"] = prefill
+            manifest["model"]["ort"] = None  # run.py and verify run model.onnx
         if info.placement is not None:
             manifest["placement"] = info.placement
         kind = "genai" if any(Path(name).name == "generate.py" for name, _ in info.extra_files) else "onnx"

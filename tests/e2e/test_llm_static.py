@@ -120,7 +120,10 @@ def test_npu_target_exports_a_static_kv_bundle_that_generates_like_transformers(
     assert manifest["model"]["prefill"] == {"onnx": "prefill.onnx", "chunk": 64, "external_data": "model.onnx.data"}
     assert manifest["model"]["onnx_external_data"] == "model.onnx.data"
     assert {"model.onnx", "prefill.onnx", "model.onnx.data", "static_decoder.py"} <= set(manifest["files"])
-    _weights_stored_once(out)
+    weights = _weights_stored_once(out)
+    # no other file of the bundle holds them again (the ORT format would: none is written, its kernel list is)
+    assert manifest["model"]["ort"] is None and "required_operators_and_types.config" in manifest["files"]
+    assert [f for f, rec in manifest["files"].items() if rec["bytes"] > weights // 2] == ["model.onnx.data"]
     r = runner.invoke(app, ["verify", str(out), "--json"])  # checksums of both graphs, and the prefill graph against the step graph
     assert r.exit_code == 0, r.output
     pre = json.loads(r.stdout)["prefill"]
@@ -158,3 +161,4 @@ def _weights_stored_once(out):
     assert (out / "model.onnx.data").stat().st_size == weights
     for f in ("model.onnx", "prefill.onnx"):  # graph and small tensors only
         assert (out / f).stat().st_size < 0.15 * weights, f
+    return weights
