@@ -182,10 +182,11 @@ def arch_from_config(cfg: Any) -> DecoderArch:
 class _Graph:
     """A small helper over onnx.helper: unique names, constants as initializers."""
 
-    def __init__(self) -> None:
+    def __init__(self, sink: Any = None) -> None:
         self.nodes: list[Any] = []
         self.inits: list[Any] = []
         self._n = 0
+        self.sink = sink  # a weight_sink.WeightSink: weights go to the external-data file as they are made
 
     def name(self, hint: str) -> str:
         self._n += 1
@@ -194,7 +195,10 @@ class _Graph:
     def init(self, name: str, arr: np.ndarray) -> str:
         from onnx import numpy_helper
 
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        if self.sink is not None and np.asarray(arr).size > 16:  # constants stay inline
+            self.inits.append(self.sink.tensor(name, arr))
+        else:
+            self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
         return name
 
     def const(self, arr: Any, hint: str = "c") -> str:
@@ -314,8 +318,17 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
     static = static_context > 0
     if static and fused:
         raise ValueError("static shapes use plain attention ops")
+    from .weight_sink import WeightSink, over_threshold, planned_bytes
+
     w = _weights(state, arch)
-    g = _Graph()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    data = out.with_name(out.name + ".data")
+    data.unlink(missing_ok=True)
+    # over the threshold (a tied lm_head is written apart from the embedding): stream the weights to <out>.data as they
+    # are made, never a full in-memory copy of them nor one protobuf over 2 GiB (weight_sink.py)
+    big = over_threshold(planned_bytes(state, 4 * w["embed"].size if arch.tied else 0))
+    g = _Graph(WeightSink(data) if big else None)
     H, nh, nkv, hd = arch.hidden, arch.heads, arch.kv_heads, arch.head_dim
     rep = nh // nkv
     rot = arch.rotary_dim or hd
@@ -555,11 +568,9 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
     if static:  # what the host needs to compute the rotary rows and masks (static_decoder.StaticLayout)
         helper.set_model_props(model, layout_metadata(arch.inv_freq, arch.inv_freq_local if "local" in made else None, arch.window))
     model.ir_version = 8
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    size = sum(t.ByteSize() for t in g.inits)
-    if size > (2 << 30) - (64 << 20):
-        onnx.save_model(model, str(out), save_as_external_data=True, all_tensors_to_one_file=True, location=out.name + ".data")
+    if g.sink is not None:
+        g.sink.close()
+        out.write_bytes(model.SerializeToString())  # the tensors already point at <out>.data
     else:
         onnx.save_model(model, str(out))
     return out

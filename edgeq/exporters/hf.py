@@ -142,7 +142,7 @@ def load_hf_model(src: HfSource, task: str, *, trust_remote_code: bool = False):
         try:
             model, info = auto.from_pretrained(
                 str(src.folder), local_files_only=True, trust_remote_code=trust_remote_code, attn_implementation="eager",
-                output_loading_info=True,
+                output_loading_info=True, dtype=_float32(),  # bf16 folders: the fp32 graph is checked against fp32 compute
             )
         except Exception as e:  # noqa: BLE001
             if trust_remote_code:
@@ -161,6 +161,12 @@ def load_hf_model(src: HfSource, task: str, *, trust_remote_code: bool = False):
     if hasattr(model.config, "use_cache"):
         model.config.use_cache = False
     return model
+
+
+def _float32():
+    import torch
+
+    return torch.float32
 
 
 def _raise_if_custom_code(e: BaseException, folder: Path) -> None:
