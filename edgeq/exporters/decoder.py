@@ -325,10 +325,11 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
     out.parent.mkdir(parents=True, exist_ok=True)
     data = out.with_name(out.name + ".data")
     data.unlink(missing_ok=True)
-    # over the threshold (a tied lm_head is written apart from the embedding): stream the weights to <out>.data as they
-    # are made, never a full in-memory copy of them nor one protobuf over 2 GiB (weight_sink.py)
+    # the weights go to <out>.data as they are made (weight_sink.py): the graph protobuf stays small, so building it holds
+    # no copy of them; over the threshold they stay there (a tied lm_head is written apart from the embedding), else
+    # they are read back into one file at the end (one copy, then the serialized bytes)
     big = over_threshold(planned_bytes(state, 4 * w["embed"].size if arch.tied else 0))
-    g = _Graph(WeightSink(data) if big else None)
+    g = _Graph(WeightSink(data))
     H, nh, nkv, hd = arch.hidden, arch.heads, arch.kv_heads, arch.head_dim
     rep = nh // nkv
     rot = arch.rotary_dim or hd
@@ -568,11 +569,13 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
     if static:  # what the host needs to compute the rotary rows and masks (static_decoder.StaticLayout)
         helper.set_model_props(model, layout_metadata(arch.inv_freq, arch.inv_freq_local if "local" in made else None, arch.window))
     model.ir_version = 8
-    if g.sink is not None:
-        g.sink.close()
-        out.write_bytes(model.SerializeToString())  # the tensors already point at <out>.data
-    else:
-        onnx.save_model(model, str(out))
+    g.sink.close()
+    if not big:
+        from onnx.external_data_helper import load_external_data_for_model
+
+        load_external_data_for_model(model, str(out.parent))
+        data.unlink()
+    out.write_bytes(model.SerializeToString())  # over the threshold: the tensors point at <out>.data
     return out
 
 
