@@ -166,19 +166,21 @@ def optimize(
             f"over the {_size(external_data_bytes())} single-file threshold"
         )
     else:
-        try:
-            model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-        except Exception as e:  # noqa: BLE001
-            raise ModelError(f"shape inference failed: {str(e).splitlines()[0][:200]}", "check the model with onnx.checker") from None
+        # shape inference file to file: no in-memory round trips of the weights (an LLM under 2 GiB held 6 copies)
         staged = out_path.with_name(out_path.stem + ".pre.onnx")
         save_model(model, staged)
+        del model
+        try:
+            onnx.shape_inference.infer_shapes_path(str(staged), str(staged), strict_mode=False, data_prop=True)
+        except Exception as e:  # noqa: BLE001
+            staged.unlink(missing_ok=True)
+            raise ModelError(f"shape inference failed: {str(e).splitlines()[0][:200]}", "check the model with onnx.checker") from None
         so = session_options(level=OPTIMIZE_LEVEL)
         so.optimized_model_filepath = str(out_path)
         create_session(staged, so=so)
         staged.unlink()
-        folded = onnx.load(str(out_path))
-        folded = onnx.shape_inference.infer_shapes(folded, strict_mode=False)
-        save_model(folded, out_path)
+        onnx.shape_inference.infer_shapes_path(str(out_path), str(out_path), strict_mode=False)
+        folded = load_model(out_path, load_weights=False)
     after = len(folded.graph.node)
     if after != before:
         notes.append(f"folded {before} -> {after} nodes (onnxruntime {OPTIMIZE_LEVEL} level)")
