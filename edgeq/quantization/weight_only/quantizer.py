@@ -315,9 +315,15 @@ def quantize(
     """Rewrite the model's MatMul/Gemm/Gather weights per ``spec`` into ``out_path``."""
     from onnx import TensorProto, helper, numpy_helper
 
+    from ...core.lazyweights import load_rest, tensor_array
+    from ...core.onnxutil import has_external_data
+
     t0 = time.perf_counter()
     out_path = Path(out_path)
-    model = load_model(artifact.path)
+    # weights in external data (a 1B LLM): read one at a time, never all at once (AWQ's scale search reads them all)
+    lazy = spec.algo != "awq" and has_external_data(artifact.path)
+    base = Path(artifact.path).parent
+    model = load_model(artifact.path, load_weights=not lazy)
     sites = find_sites(model)
     if not sites:
         raise QuantizationError(
@@ -363,7 +369,7 @@ def quantize(
     casts16: dict[str, str] = {}  # float32 activation -> its float16 Cast (shared by MatMulNBits on one input)
     for site, mode, reason in plan:
         node = model.graph.node[site.node_index]
-        w = numpy_helper.to_array(inits[site.weight]).astype(np.float32)
+        w = tensor_array(inits[site.weight], base).astype(np.float32)
         params = int(w.size)
         if mode == "none":
             decisions.append(WeightDecision(site.weight, site.op, site.role, "none", reason, params, params * 4, params * 4))
@@ -485,6 +491,8 @@ def quantize(
     keep_inits = [t for t in model.graph.initializer if t.name in used or t.name in {o.name for o in model.graph.output}]
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep_inits)
+    if lazy:
+        load_rest(model, base)  # what stays float (norms, biases, kept weights)
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     removed, saved = dedupe_constants(model)
