@@ -491,10 +491,10 @@ def quantize(
     keep_inits = [t for t in model.graph.initializer if t.name in used or t.name in {o.name for o in model.graph.output}]
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep_inits)
-    if lazy:
-        load_rest(model, base)  # what stays float (norms, biases, kept weights)
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    if lazy:
+        load_rest(model, base)  # what stays float (norms, biases, kept weights)
     removed, saved = dedupe_constants(model)
     if removed:
         notes.append(f"{removed} duplicated constant(s) stored once ({saved / 1e6:.3f} MB saved; e.g. a causal mask or rotary table repeated per layer)")
