@@ -350,7 +350,8 @@ def write_bundle(artifact: Artifact, target: Target, out: Path, info: BundleInpu
         external = _copy_model(Path(artifact.path), root, 0 if info.prefill else info.external_data_threshold)
         prefill = _write_prefill(root, target.prefill_chunk) if info.prefill else None
         ort_path, _ = _write_ort(root / "model.onnx", root, target.ort_optimization, target.ort_optimization_style)
-        if prefill is not None:  # the ORT format holds its own copy of the weights: a static decoder's bundle stores them once
+        llm = any(Path(name).name == "generate.py" for name, _ in info.extra_files)  # KV decoder: genai and run.py read model.onnx
+        if prefill is not None or llm:  # the ORT format holds its own copy of the weights: an LLM bundle stores them once
             ort_path.unlink()  # (its kernel list, required_operators_and_types.config, stays for reduced builds)
         pairs = _write_golden(root, ort_path if ort_path.is_file() else root / "model.onnx", info.golden_feeds, target,
                               artifact.io.input_names)
@@ -367,6 +368,7 @@ def write_bundle(artifact: Artifact, target: Target, out: Path, info: BundleInpu
         manifest["model"]["ep_context"] = ep_context
         if prefill is not None:
             manifest["model"]["prefill"] = prefill
+        if prefill is not None or llm:
             manifest["model"]["ort"] = None  # run.py and verify run model.onnx
         if info.placement is not None:
             manifest["placement"] = info.placement

@@ -41,3 +41,5 @@ def test_bf16_sharded_tied_llm_over_the_threshold_exports_with_gptq_weights(runn
     assert any(n.op_type == "MatMulNBits" for n in head.graph.node)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["model"]["onnx_external_data"] == "model.onnx.data"
+    # the weights are stored once: no model.ort beside model.onnx (onnxruntime-genai and run.py read model.onnx)
+    assert manifest["model"]["ort"] is None and not (out / "model.ort").exists()
