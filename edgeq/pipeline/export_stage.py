@@ -216,8 +216,14 @@ def run_export(
         if check_data is not None:
             if check_data is calib:
                 notes.append("verified on the calibration inputs (pass --eval for held-out data)")
+            from ..checks.lmbudget import LOGITS_BUDGET, windows_within
+
+            n_verify = min(opts.verify_samples, windows_within(check_data, opt.io))  # an LLM's logits: bounded memory
+            if n_verify < min(opts.verify_samples, len(check_data)):
+                notes.append(f"verified on {n_verify} of {len(check_data)} windows (both models' logits kept under "
+                             f"{LOGITS_BUDGET >> 20} MiB); the LM figures use every window")
             with stage("verify"):
-                report = verify(opt.path, qres.artifact.path, check_data.take(opts.verify_samples), target.tolerances,
+                report = verify(opt.path, qres.artifact.path, check_data.take(n_verify), target.tolerances,
                                 output_names=opt.io.output_names, tasks=app_io["outputs"])
                 notes += [f"output '{c['output']}' checked as {c['kind']}: {c['why']}" for c in report.tasks]
         else:

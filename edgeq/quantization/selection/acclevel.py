@@ -120,7 +120,9 @@ def compare(reference: Artifact, quantized: Artifact, data: SampleSet, target: A
     from ...checks.lmeval import lm_io, lm_quality
     from ...checks.comparison import verify
 
-    sub = data.take(MAX_SAMPLES)
+    from ...checks.lmbudget import windows_within
+
+    sub = data.take(min(MAX_SAMPLES, windows_within(data, reference.io)))  # an LLM's logits: a bounded number of windows
     files = {lv: (quantized.path if lv == current else with_level(quantized.path, lv, work / f"model_acc{lv}.onnx")) for lv in LEVELS}
     lm = lm_io(reference.io) is not None
     paths = [files[lv] for lv in LEVELS]
