@@ -212,7 +212,10 @@ def _exposing_session(model_path: Path, tensors: Any) -> Any:
 
     from ...core.onnxutil import session_source
 
-    model = load_model(model_path)
+    from ...core.onnxutil import has_external_data
+
+    big = has_external_data(model_path)  # weights in external data: onnxruntime reads them from the model's folder
+    model = load_model(model_path, load_weights=not big)
     existing = {o.name for o in model.graph.output}
     for t in tensors:
         if t not in existing:
@@ -220,6 +223,9 @@ def _exposing_session(model_path: Path, tensors: Any) -> Any:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep the tensors as named
     so.log_severity_level = 3
+    if big:  # the graph from bytes, its (checked) external data from beside the file: no copy of the weights here
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(Path(model_path).parent))
+        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     with session_source(model) as src:  # a model over 2 GiB goes through a file with external data
         return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
 
