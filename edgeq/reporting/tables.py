@@ -39,13 +39,13 @@ class StageProgress:
     def stage(self, name: str) -> Iterator[None]:
         t0 = time.perf_counter()
         live = contextlib.nullcontext()
+        if not self.console.is_terminal:  # logs: which stage is running, before it ends
+            self.console.print(f"[dim]start[/] {escape(name)}")
         if name.startswith("quantize") and self.total:
             self.task = self.progress.add_task(f"calibrating", total=self.total)
             self.progress.start()
         elif self.console.is_terminal:  # a long stage (a 1B LLM's export or greedy check) shows it is running
             live = self.console.status(f"{escape(name)} ...")
-        else:  # logs: which stage is running, before it ends
-            self.console.print(f"[dim]start[/] {escape(name)}")
         try:
             with live:
                 yield

@@ -15,6 +15,9 @@ def test_a_log_names_the_running_stage_before_it_ends():
     with progress.stage("generate check"):
         assert buf.getvalue() == "start generate check\n"  # seen while the stage runs
     assert buf.getvalue().splitlines()[-1].startswith("done generate check (")
+    calib = StageProgress(Console(file=buf, force_terminal=False, width=100), total_samples=4)
+    with calib.stage("quantize (int4)"):  # the calibration bar draws nothing in a log: the line still comes
+        assert buf.getvalue().splitlines()[-1] == "start quantize (int4)"
 
 
 def test_a_terminal_shows_a_spinner_that_the_done_line_replaces():
