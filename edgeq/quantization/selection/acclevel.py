@@ -119,7 +119,6 @@ def compare(reference: Artifact, quantized: Artifact, data: SampleSet, target: A
     """Measure the model at each level in ``LEVELS``; returns the choice and each level's file."""
     from ...checks.lmeval import lm_io, lm_quality
     from ...checks.comparison import verify
-
     from ...checks.lmbudget import windows_within
 
     sub = data.take(min(MAX_SAMPLES, windows_within(data, reference.io)))  # an LLM's logits: a bounded number of windows

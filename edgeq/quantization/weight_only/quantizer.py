@@ -210,9 +210,7 @@ def _exposing_session(model_path: Path, tensors: Any) -> Any:
     import onnx
     import onnxruntime as ort
 
-    from ...core.onnxutil import session_source
-
-    from ...core.onnxutil import has_external_data
+    from ...core.onnxutil import has_external_data, session_source
 
     big = has_external_data(model_path)  # weights in external data: onnxruntime reads them from the model's folder
     model = load_model(model_path, load_weights=not big)
