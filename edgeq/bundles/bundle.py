@@ -175,6 +175,14 @@ def convert_to_ort(model: Path, ort_path: Path, target: Target) -> Path:
     return Path(ort_path)
 
 
+def ort_fits(model: Path) -> bool:
+    """Can the ORT format hold ``model``? It is one flatbuffer (2 GiB at most, weights included): onnxruntime's
+    converter crashed (exit -11) on TinyLlama-1.1B's 4.4 GB fp32 graph. Over it the bundle ships model.onnx only."""
+    from ..core.onnxutil import PROTOBUF_LIMIT, load_model, tensor_bytes
+
+    return tensor_bytes(load_model(model, load_weights=False)) < PROTOBUF_LIMIT
+
+
 def _write_ort(model: Path, out_dir: Path, level: str, style: str = "fixed") -> tuple[Path, Path]:
     from onnxruntime.tools.ort_format_model.utils import create_config_from_models
 
@@ -349,10 +357,13 @@ def write_bundle(artifact: Artifact, target: Target, out: Path, info: BundleInpu
         root = stack.enter_context(staging(out, force=force, is_dir=True))
         external = _copy_model(Path(artifact.path), root, 0 if info.prefill else info.external_data_threshold)
         prefill = _write_prefill(root, target.prefill_chunk) if info.prefill else None
-        ort_path, _ = _write_ort(root / "model.onnx", root, target.ort_optimization, target.ort_optimization_style)
         llm = any(Path(name).name == "generate.py" for name, _ in info.extra_files)  # KV decoder: genai and run.py read model.onnx
-        if prefill is not None or llm:  # the ORT format holds its own copy of the weights: an LLM bundle stores them once
-            ort_path.unlink()  # (its kernel list, required_operators_and_types.config, stays for reduced builds)
+        fits_ort = ort_fits(root / "model.onnx")
+        ort_path = root / "model.ort"
+        if fits_ort:
+            ort_path, _ = _write_ort(root / "model.onnx", root, target.ort_optimization, target.ort_optimization_style)
+        if fits_ort and (prefill is not None or llm):  # the ORT format holds its own copy of the weights: an LLM bundle
+            ort_path.unlink()  # stores them once (its kernel list, required_operators_and_types.config, stays for reduced builds)
         pairs = _write_golden(root, ort_path if ort_path.is_file() else root / "model.onnx", info.golden_feeds, target,
                               artifact.io.input_names)
         shutil.copyfile(Path(runner_mod.__file__), root / "run.py")
@@ -368,8 +379,10 @@ def write_bundle(artifact: Artifact, target: Target, out: Path, info: BundleInpu
         manifest["model"]["ep_context"] = ep_context
         if prefill is not None:
             manifest["model"]["prefill"] = prefill
-        if prefill is not None or llm:
+        if prefill is not None or llm or not fits_ort:
             manifest["model"]["ort"] = None  # run.py and verify run model.onnx
+        if not fits_ort:
+            manifest["model"]["ops_config"] = None  # computed from the ORT format only
         if info.placement is not None:
             manifest["placement"] = info.placement
         kind = "genai" if any(Path(name).name == "generate.py" for name, _ in info.extra_files) else "onnx"

@@ -96,8 +96,12 @@ def shipped_ort(model: Path, target: Any, folder: Path) -> Path:
     from ...bundles.bundle import convert_to_ort
     from ...core.onnxutil import copy_model
 
+    from ...bundles.bundle import ort_fits
+
     folder.mkdir(parents=True, exist_ok=True)
     copy_model(model, folder / "model.onnx")
+    if not ort_fits(folder / "model.onnx"):  # over 2 GiB the bundle ships model.onnx only
+        return folder / "model.onnx"
     return convert_to_ort(folder / "model.onnx", folder / "model.ort", target)
 
 
