@@ -558,3 +558,16 @@ def save_model(model: Any, path: Path) -> None:
     from ...core.onnxutil import save_model
 
     save_model(model, path)  # external data (one file beside it) over the threshold
+
+
+def solve_codes(w: np.ndarray, mode: str, spec: QuantSpec, st: _Stats | None, *, float_zero: bool,
+                awq_h: np.ndarray | None = None) -> bw.BlockCodes:
+    """The codes ``spec.algo`` chooses for one ``[K, N]`` weight (RTN, HQQ, GPTQ with ``st``, AWQ's clip with ``awq_h``);
+    the storage form is the caller's (MatMulNBits here, QDQ in ``quantization/npu_qdq.py``)."""
+    return _codes(w, mode, spec, st, float_zero=float_zero, awq_h=awq_h)
+
+
+def awq_prepare(model: Any, plan: list, stats: dict[str, _Stats], spec: QuantSpec, data: SampleSet,
+                notes: list[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """AWQ's scale search folded into ``model`` (see ``_awq_prepare``): (scaled E[x^T x] per input, 1/s needing a Mul)."""
+    return _awq_prepare(model, plan, stats, spec, data, notes)
