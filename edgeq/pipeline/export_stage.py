@@ -149,6 +149,7 @@ def run_export(
     prep_notes = _record_image_preprocess(app_io, calib or evals, from_app=image_prep is not None and image_prep == opts.preprocess)
     if qdq_lm:  # the QDQ form the target runs, or one line refusing what it cannot run, before any work
         npu_qdq.choose_form(target, spec, has_data="calibration" in windows)
+        npu_qdq.check_bundle(spec, target)
     if spec.needs_calibration and calib is None and "calibration" not in windows:
         from ..checks.hints import modes_without_calibration
 
@@ -169,7 +170,7 @@ def run_export(
                                       data_shapes=data_shapes)
             notes += opt_notes
         if windows:  # each input_ids window becomes the fixed-slot loop's step feeds of the float graph
-            steps = {w: npu_qdq.step_feeds(opt.path, d.arrays["input_ids"])[0] for w, d in windows.items()}
+            steps = {w: npu_qdq.step_feeds(opt.path, d.arrays["input_ids"], spec.calib_samples)[0] for w, d in windows.items()}
             calib, evals = steps.get("calibration"), steps.get("evaluation")
         q_in, pq_report = opt, None
         if opts.prequant is not None and opts.prequant.config.exact:

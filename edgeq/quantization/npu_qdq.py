@@ -106,6 +106,15 @@ def choose_form(target: Any, spec: QuantSpec, *, has_data: bool) -> Form:
     return Form(weight, act, tuple(dict.fromkeys(ops + DECODER_ACT_OPS)), why)
 
 
+def check_bundle(spec: QuantSpec, target: Any) -> None:
+    """Refuse what a bundle cannot ship: onnxruntime 1.32's ORT format (the bundle's model.ort) has no 4-bit tensor type."""
+    if any(WEIGHT_ONLY_BITS.get(m) == 4 for m in (spec.mode, *(o for _, o in spec.overrides))):
+        raise EdgeqError(
+            f"int4 QDQ weights for {target.name}'s static decoder cannot ship: onnxruntime's ORT format (the bundle's "
+            "model.ort) has no 4-bit tensor type",
+            "use --quant int8-weight (int8 QDQ per output channel), or a CPU target for int4 MatMulNBits")
+
+
 # -- calibration feeds of the static graph -------------------------------------------------------------------------
 
 
@@ -127,6 +136,8 @@ def step_feeds(model_path: Path, windows: np.ndarray, max_steps: int = MAX_CALIB
     pasts = [n for n in ins if n.startswith("past_key_values.")]
     rows: dict[str, list[np.ndarray]] = {n: [] for n in ins}
     wins = np.asarray(windows).reshape(len(windows), -1)[:, :slots]
+    per_window = -(-wins.shape[1] // chunk)
+    wins = wins[: max(1, -(-max_steps // per_window))]  # the windows the step budget covers, spread over the slots below
     span = slots - wins.shape[1]
     starts = [round(i * span / (len(wins) - 1)) if len(wins) > 1 else 0 for i in range(len(wins))]
     starts = [s - s % chunk for s in starts]  # chunk-aligned, as the loop writes them
@@ -392,6 +403,8 @@ def quantize(artifact: Artifact, spec: QuantSpec, out_path: Path, *, target: Any
     inits = {i.name: i for i in model.graph.initializer}
     stats: dict[str, Any] = {}
     awq_h: dict[str, np.ndarray] = {}
+    awq_mul: dict[str, np.ndarray] = {}  # AWQ scales with no op before to fold into: a Mul in front, shared per input
+    awq_in: dict[str, str] = {}
     linear = [(s, m) for s, m, _ in plan if m != "none" and s.op == "MatMul"]
     if spec.algo in ("gptq", "awq") and linear:
         wanted = {nodes[s.node_index].input[0]: s.shape[0] for s, _ in linear}
@@ -401,10 +414,7 @@ def quantize(artifact: Artifact, spec: QuantSpec, out_path: Path, *, target: Any
         if spec.algo == "awq":
             from .weight_only.quantizer import awq_prepare
 
-            awq_h, mul = awq_prepare(model, plan, stats, spec, data, notes)
-            if mul:
-                raise EdgeqError("--algo awq needs an inserted Mul for some scales on this graph (no op to fold them into)",
-                                 "use --algo gptq or rtn")
+            awq_h, awq_mul = awq_prepare(model, plan, stats, spec, data, notes)
     new_nodes: dict[int, list[Any]] = {}
     new_inits: list[Any] = []
     decisions: list[WeightDecision] = []
@@ -445,6 +455,13 @@ def quantize(artifact: Artifact, spec: QuantSpec, out_path: Path, *, target: Any
         rewired.attribute.extend(node.attribute)
         rewired.input[0 if site.op == "Gather" else 1] = tag + "_w"
         new_nodes[site.node_index] = [dq, rewired]
+        a_in = node.input[0]
+        if site.op == "MatMul" and a_in in awq_mul:
+            if a_in not in awq_in:
+                awq_in[a_in] = tag + "_awq_in"
+                new_inits.append(numpy_helper.from_array(awq_mul[a_in].astype(np.float32), tag + "_awq_scale"))
+                new_nodes[site.node_index].insert(0, helper.make_node("Mul", [a_in, tag + "_awq_scale"], [awq_in[a_in]], name=tag + "_awq"))
+            rewired.input[0] = awq_in[a_in]
         stored = (q.size * bits + 7) // 8 + scale.nbytes + (zero.size * bits + 7) // 8
         decisions.append(WeightDecision(site.weight, site.op, site.role, "int8-weight" if bits == 8 else mode, reason,
                                         params, params * 4, int(stored)))
