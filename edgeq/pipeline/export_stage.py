@@ -141,13 +141,13 @@ def run_export(
     image_prep = image_preprocess_for(opts.image_preprocess, opts.preprocess, app_io, source)
     from ..quantization import npu_qdq  # static-shape decoders (NPU targets): QDQ weights, windows through the fixed-slot loop
 
-    qdq_lm = spec.weight_only and npu_qdq.is_static_decoder(source.io)
-    windows = {w: load_samples(p, npu_qdq.windows_io(source.io), what=w) for w, p in (("calibration", opts.calib), ("evaluation", opts.eval))
-               if qdq_lm and p} if qdq_lm else {}
+    qdq_lm = npu_qdq.applies(spec, source.io)
+    windows = npu_qdq.load_windows(source.io, opts.calib, opts.eval) if qdq_lm else {}
     calib = None if qdq_lm else load_samples(opts.calib, source.io, what="calibration", labels_key=opts.labels_key, preprocess=image_prep, random_n=spec.calib_samples) if opts.calib else None
     evals = None if qdq_lm else load_samples(opts.eval, source.io, what="evaluation", labels_key=opts.labels_key, preprocess=image_prep) if opts.eval else None
     prep_notes = _record_image_preprocess(app_io, calib or evals, from_app=image_prep is not None and image_prep == opts.preprocess)
     if qdq_lm:  # the QDQ form the target runs, or one line refusing what it cannot run, before any work
+        spec, spec_notes = npu_qdq.decoder_spec(spec)
         npu_qdq.choose_form(target, spec, has_data="calibration" in windows)
         npu_qdq.check_bundle(spec, target)
     if spec.needs_calibration and calib is None and "calibration" not in windows:
@@ -163,7 +163,7 @@ def run_export(
     notes: list[str] = preflight(source.path, target, spec, {**data_shapes, **opts.static_shapes}) + prep_notes  # before any work
     notes += list(dict.fromkeys(n for d in (calib, evals) if d is not None and not d.synthetic for n in d.notes))
     llm_files, llm_notes = _llm_files(source, opts)  # before any work: the folder's tokenizer files are read here
-    notes += llm_notes
+    notes += llm_notes + (spec_notes if qdq_lm else [])
     with scratch_dir() as work:
         with stage("optimize"):
             opt, opt_notes = optimize(source, target, work / "fp32.onnx", static_shapes=opts.static_shapes, opset=opts.opset,

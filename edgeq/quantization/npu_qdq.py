@@ -44,9 +44,9 @@ QDQ_OPSET = 21  # int4 tensors and block-wise DequantizeLinear
 # ops the static decoder has beyond a CNN's, put in fixed point too where the target runs fixed point only
 # (a float node inside the HTP's partition fails its compile: QNN_COMMON_ERROR_MEM_ALLOC on the simulator)
 DECODER_ACT_OPS = ("Concat", "Cos", "Sin", "Neg", "ReduceMax", "Cast")
-MASK_FILL = -1.0e3  # a -3e38 mask fill has no fixed-point form; after the Softmax clip below any value under max - 30 is the same
+MASK_FILL = -1.0e3  # the mask's fill in fixed point (-3e38 has no fixed-point form); the Softmax clip below saturates it
 SOFTMAX_SPAN = 30.0  # a Softmax input's range is clipped to [max - SPAN, max]: exp(-30) ~ 1e-13 of the top score
-MAX_CALIB_STEPS = 256  # static-graph steps recorded for calibration (windows x tokens, first ones)
+MAX_CALIB_STEPS = 256  # static-graph steps recorded for calibration when the caller names no budget
 
 
 def is_static_decoder(io: IoSpec) -> bool:
@@ -57,10 +57,31 @@ def is_static_decoder(io: IoSpec) -> bool:
     return all(isinstance(d, int) for t in io.inputs for d in t.shape)
 
 
+def applies(spec: QuantSpec, io: IoSpec) -> bool:
+    """Does ``spec`` on a model of ``io`` take this module's path (a weight-only or int8-static mode on a static decoder)?"""
+    return (spec.weight_only or spec.mode == "int8-static") and is_static_decoder(io)
+
+
+def decoder_spec(spec: QuantSpec) -> tuple[QuantSpec, list[str]]:
+    """The weight-only spec this path runs: int8-static (a static-shape target's default) becomes int8 QDQ weights
+    with the target's activation QDQ (16-bit where it lists it: 8-bit activations through a whole transformer lose it)."""
+    if spec.mode != "int8-static":
+        return spec, []
+    return spec.with_overrides(mode="int8-weight"), [
+        "int8-static on a static-shape decoder: int8 QDQ weights per output channel, activations as the target runs them (below)"]
+
+
 def windows_io(io: IoSpec) -> IoSpec:
     """The IoSpec an ``input_ids``-windows file is checked against for a static decoder: [1, T] tokens."""
     ids = io.input("input_ids")
     return IoSpec((TensorSpec("input_ids", ids.dtype, (1, None)),), ())
+
+
+def load_windows(io: IoSpec, calib: Any, evals: Any) -> dict[str, SampleSet]:
+    """``--calib`` / ``--eval`` files of ``input_ids`` windows [n, T] for a static decoder, checked, by role."""
+    from ..core.data import load_samples
+
+    return {what: load_samples(path, windows_io(io), what=what) for what, path in (("calibration", calib), ("evaluation", evals)) if path}
 
 
 @dataclass(frozen=True)
@@ -167,14 +188,6 @@ def step_feeds(model_path: Path, windows: np.ndarray, max_steps: int = MAX_CALIB
                      source=f"{used} input_ids window(s) through the fixed-slot loop, spread over its {slots} slots"), used
 
 
-def static_logits(model_path: Path, ids: np.ndarray) -> np.ndarray:
-    """Logits [T, V] of ``ids`` through the graph's own fixed-slot loop (its own cache)."""
-    from ..core.runtime import create_session
-    from ..exporters.static_decoder import logits_static
-
-    return logits_static(create_session(model_path), np.asarray(ids), len(ids))
-
-
 def lm_quality(reference: Path, candidate: Path, windows: np.ndarray, max_windows: int = 16):
     """Perplexity / KL / same-top-token of ``candidate`` vs ``reference``, each through its own fixed-slot loop."""
     from ..checks.lmeval import LMQuality, compare_logits
@@ -269,17 +282,13 @@ def _ranges(model: Any, names: list[str], data: SampleSet, n: int) -> dict[str, 
     return {t: (lo[t], hi[t]) for t in names if np.isfinite(lo[t])}
 
 
-def _requantized_mask(model: Any, act_type: str) -> int:
-    """``Where(cond, 0, fill)`` with a fill below -1e30 (the attention mask) becomes codes: ``Cast(cond)`` quantized with
-    scale 1 (codes 0 / 1), read back with scale -MASK_FILL and zero point 1 (values MASK_FILL / 0). Same scores after
-    the Softmax, and no float node or far-out constant left for the fixed-point graph (a float Where, or a Mul by a
-    constant fill, failed the HTP simulator's compile)."""
+def _arithmetic_mask(model: Any) -> int:
+    """``Where(cond, 0, fill)`` with a fill below -1e30 (the attention mask) becomes ``(float(cond) - 1) * -MASK_FILL``:
+    the same probabilities after the Softmax, in ops the fixed-point graph holds (a -3e38 constant has no
+    fixed-point form, and a Where failed the HTP simulator's compile, float or QDQ)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from .int8.qdq import ACT_TYPES
-
     inits = {i.name: i for i in model.graph.initializer}
-    zdt = helper.tensor_dtype_to_np_dtype(ACT_TYPES[act_type][0])
 
     def const(t: str) -> float | None:
         a = numpy_helper.to_array(inits[t]) if t in inits and inits[t].data_type == TensorProto.FLOAT else None
@@ -371,7 +380,7 @@ def _clip_softmax_inputs(model: Any, ranges: dict[str, tuple[float, float]]) -> 
 
 
 def quantize(artifact: Artifact, spec: QuantSpec, out_path: Path, *, target: Any, data: SampleSet | None = None,
-             on_sample: Any = None) -> WeightOnlyResult:
+             on_sample: Any = None) -> QdqDecoderResult:
     """Write ``artifact``'s MatMul weights as QDQ codes (and activation QDQ where ``target`` needs it) to ``out_path``."""
     from onnx import helper, numpy_helper
 
@@ -387,7 +396,7 @@ def quantize(artifact: Artifact, spec: QuantSpec, out_path: Path, *, target: Any
     int4 = any(WEIGHT_ONLY_BITS.get(m) == 4 for m in (spec.mode, *(o for _, o in spec.overrides)))
     if int4 or form.activations in ("uint16", "int16"):
         model = _to_opset(model, QDQ_OPSET)  # int4 tensors, block-wise and 16-bit DequantizeLinear
-    filled = _requantized_mask(model, form.activations) if form.activations else 0
+    filled = _arithmetic_mask(model) if form.activations else 0
     recips = _reciprocal_as_div(model) if form.activations else 0
     model_fp32 = copy.deepcopy(model)  # the converted float graph: its tensors are calibrated
     float_names = qdq.float_tensors(model) if form.activations else set()
@@ -477,20 +486,20 @@ def quantize(artifact: Artifact, spec: QuantSpec, out_path: Path, *, target: Any
     keep = [t for t in model.graph.initializer if t.name in used]
     del model.graph.initializer[:]
     model.graph.initializer.extend(keep)
-    how: dict[str, str] = {}
     if form.activations:
         names = list(qdq_acts.tensors(model, form.ops, float_names))
         n = min(spec.calib_samples, len(data))
         ranges = _ranges(model_fp32, [t for t in names if t in float_names], data, n)
-        clipped = _clip_softmax_inputs(model, ranges)
+        capped = _clip_softmax_inputs(model, ranges)
         model, how = qdq_acts.quantize(model, form.ops, ranges, lambda lo, hi: qdq.act_qparams(lo, hi, form.activations),
                                        form.activations, float_names=float_names)
         widened = _wide_constants(model, form.activations)
         notes.append(f"activation ranges from {n} step(s) of {data.source}; {len(how)} node(s) with {form.activations} QDQ"
-                     + (f"; {filled} attention mask(s) Where(cond, 0, -3e38) written as codes of cond read back as 0 / {MASK_FILL:g}" if filled else "")
+                     + (f"; {filled} attention mask(s) Where(cond, 0, -3e38) written as (cond - 1) * {-MASK_FILL:g}" if filled else "")
                      + (f"; {recips} Reciprocal(s) written as Div(1, x)" if recips else "")
                      + (f"; {widened} constant(s) of element-wise ops in {form.activations}" if widened else "")
-                     + (f"; {clipped} Softmax input(s) clipped to the top {SOFTMAX_SPAN:g} (masked scores saturate)" if clipped else ""))
+                     + (f"; {capped} Softmax input(s) clipped to the top {SOFTMAX_SPAN:g} (masked scores saturate)" if capped else "")
+                     + ("; constant Gather tables (embeddings, rotary) stored in their output's codes" if any(n.op_type == "Gather" for n in model.graph.node) else ""))
     save_model(model, out_path)
     from .weight_only.wsize import size_breakdown
 
