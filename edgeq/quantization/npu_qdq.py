@@ -32,10 +32,10 @@ import numpy as np
 from ..core.artifact import Artifact, IoSpec, TensorSpec
 from ..core.data import SampleSet
 from ..errors import CalibrationError, EdgeqError
-from .int8.quantizer import Coverage
 from .spec import WEIGHT_ONLY_BITS, QuantSpec
 from .weight_only import blockwise as bw
-from .weight_only.quantizer import WeightDecision, WeightOnlyResult, collect_stats, decide, find_sites, solve_codes
+from .weight_only.quantizer import (WeightDecision, WeightOnlyResult, collect_stats, coverage_of, decide, find_sites, replace_nodes,
+                                     solve_codes)
 
 # providers whose NPU MatMul takes int4 weights per output channel only: block-wise DequantizeLinear
 # (opset 21 block_size) left the MatMul on the CPU under onnxruntime-qnn 2.7's HTP simulator (measured)
@@ -476,16 +476,7 @@ def quantize(artifact: Artifact, spec: QuantSpec, out_path: Path, *, target: Any
                                         params, params * 4, int(stored)))
     if clipped:
         notes.append(f"{clipped} code(s) clipped by one step where a block's largest value is positive (scales stored positive)")
-    rebuilt = []
-    for i, n in enumerate(model.graph.node):
-        rebuilt.extend(new_nodes.get(i, [n]))
-    del model.graph.node[:]
-    model.graph.node.extend(rebuilt)
-    model.graph.initializer.extend(new_inits)
-    used = {i for n in model.graph.node for i in n.input}
-    keep = [t for t in model.graph.initializer if t.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep)
+    replace_nodes(model, new_nodes, new_inits)
     if form.activations:
         names = list(qdq_acts.tensors(model, form.ops, float_names))
         n = min(spec.calib_samples, len(data))
@@ -500,17 +491,10 @@ def quantize(artifact: Artifact, spec: QuantSpec, out_path: Path, *, target: Any
                      + (f"; {widened} constant(s) of element-wise ops in {form.activations}" if widened else "")
                      + (f"; {capped} Softmax input(s) clipped to the top {SOFTMAX_SPAN:g} (masked scores saturate)" if capped else "")
                      + ("; constant Gather tables (embeddings, rotary) stored in their output's codes" if any(n.op_type == "Gather" for n in model.graph.node) else ""))
+    cov = coverage_of(decisions, notes)
     save_model(model, out_path)
     from .weight_only.wsize import size_breakdown
 
-    counts_total: dict[str, int] = {}
-    counts_q: dict[str, int] = {}
-    for d in decisions:
-        counts_total[d.op] = counts_total.get(d.op, 0) + 1
-        if d.mode != "none":
-            counts_q[d.op] = counts_q.get(d.op, 0) + 1
-    cov = Coverage(total=counts_total, quantized=counts_q, weight_bytes_total=sum(d.bytes_fp32 for d in decisions),
-                   weight_bytes_quantized=sum(d.bytes_fp32 for d in decisions if d.mode != "none"))
     step = (f"quantize({spec.mode} QDQ {form.weight}, algo={spec.algo}"
             + (f", block={spec.block_size}" if form.weight == "blockwise" and spec.bits == 4 else "")
             + (f", activations={form.activations})" if form.activations else ")"))
