@@ -498,7 +498,7 @@ def quantize(artifact: Artifact, spec: QuantSpec, out_path: Path, *, target: Any
     step = (f"quantize({spec.mode} QDQ {form.weight}, algo={spec.algo}"
             + (f", block={spec.block_size}" if form.weight == "blockwise" and spec.bits == 4 else "")
             + (f", activations={form.activations})" if form.activations else ")"))
-    res = QdqDecoderResult(artifact_from(Path(out_path), artifact.provenance + (step,)), spec, cov, tuple(notes),
+    res = QdqDecoderResult(artifact_from(Path(out_path), artifact.provenance + (step,)), replace(spec, symmetric=True), cov, tuple(notes),
                            details={"engine": "edgeq weight QDQ (static decoder)",
                                     "qdq_form": {"weights": form.weight, "activations": form.activations, "why": form.why}},
                            decisions=tuple(decisions), seconds=time.perf_counter() - t0, sizes=size_breakdown(Path(out_path)))
