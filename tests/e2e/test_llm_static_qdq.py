@@ -196,3 +196,17 @@ def test_export_qnn_htp_int8_qdq_bundle_generates_like_fp32(runner, tmp_path):
     r = runner.invoke(app, [*base, "--quant", "int8-weight", "-o", str(tmp_path / "d")])
     assert r.exit_code == 2 and "--calib" in r.output
     assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
+
+
+def test_static_decoders_take_the_qdq_path_and_the_default_int8_static_becomes_int8_weights(decoder):
+    from edgeq.core.onnxutil import io_spec
+
+    path, _ = decoder
+    io = io_spec(onnx.load(str(path)))
+    assert Q.is_static_decoder(io)
+    assert Q.applies(QuantSpec(mode="int4"), io) and Q.applies(QuantSpec(mode="int8-static"), io)
+    assert not Q.applies(QuantSpec(mode="fp16"), io) and not Q.applies(QuantSpec(mode="none"), io)
+    spec, notes = Q.decoder_spec(QuantSpec(mode="int8-static"))
+    assert spec.mode == "int8-weight" and notes
+    form = Q.choose_form(load_target("qnn-htp"), spec, has_data=True)
+    assert form.activations == "uint16" and form.weight == "per-channel"  # the 16-bit type qnn-htp lists, not its uint8 default
