@@ -45,7 +45,7 @@ QDQ_OPSET = 21  # int4 tensors and block-wise DequantizeLinear
 # (a float node inside the HTP's partition fails its compile: QNN_COMMON_ERROR_MEM_ALLOC on the simulator)
 DECODER_ACT_OPS = ("Concat", "Cos", "Sin", "Neg", "ReduceMax", "Cast")
 MASK_FILL = -1.0e3  # the mask's fill in fixed point (-3e38 has no fixed-point form); the Softmax clip below saturates it
-SOFTMAX_SPAN = 30.0  # a Softmax input's range is clipped to [max - SPAN, max]: exp(-30) ~ 1e-13 of the top score
+SOFTMAX_SPAN = 30.0  # a Softmax input's range reaches SPAN below its lowest unmasked score: exp(-30) ~ 1e-13
 MAX_CALIB_STEPS = 256  # static-graph steps recorded for calibration when the caller names no budget
 
 
@@ -257,8 +257,10 @@ def _signed(codes: bw.BlockCodes) -> tuple[np.ndarray, np.ndarray, int]:
     return q[: codes.k], np.abs(scale), clipped
 
 
-def _ranges(model: Any, names: list[str], data: SampleSet, n: int) -> dict[str, tuple[float, float]]:
-    """(min, max) of each float tensor in ``names`` over ``n`` feeds of the float ``model``."""
+def _ranges(model: Any, names: list[str], data: SampleSet, n: int,
+            unmasked: set[str] = frozenset()) -> dict[str, tuple[float, float]]:
+    """(min, max) of each float tensor in ``names`` over ``n`` feeds of the float ``model``; for the ``unmasked``
+    ones (Softmax inputs) the min is over the values above MASK_FILL / 2, the scores the mask left alone."""
     import onnx
     import onnxruntime as ort
 
@@ -276,7 +278,7 @@ def _ranges(model: Any, names: list[str], data: SampleSet, n: int) -> dict[str, 
     for i in range(n):
         for t, v in zip(names, sess.run(names, data.feed(i))):
             v = np.asarray(v, np.float64)
-            v = v[np.isfinite(v)]
+            v = v[np.isfinite(v) & (v > MASK_FILL / 2)] if t in unmasked else v[np.isfinite(v)]
             if v.size:
                 lo[t], hi[t] = min(lo[t], float(v.min())), max(hi[t], float(v.max()))
     return {t: (lo[t], hi[t]) for t in names if np.isfinite(lo[t])}
@@ -367,15 +369,18 @@ def _reciprocal_as_div(model: Any) -> int:
     return n
 
 
-def _clip_softmax_inputs(model: Any, ranges: dict[str, tuple[float, float]]) -> int:
-    """A Softmax input (scores plus a -3e38 mask) keeps only [max - SOFTMAX_SPAN, max]: masked scores saturate there."""
+def _softmax_inputs(model: Any) -> set[str]:
+    return {n.input[0] for n in model.graph.node if n.op_type == "Softmax"}
+
+
+def _widen_softmax_inputs(ranges: dict[str, tuple[float, float]], names: set[str]) -> int:
+    """A Softmax input's range (min over the unmasked scores) gets SOFTMAX_SPAN below it: masked scores saturate there,
+    at least SOFTMAX_SPAN under every row's own maximum (exp(-30) ~ 1e-13), so no row's own scores are cut."""
     n = 0
-    for node in model.graph.node:
-        if node.op_type == "Softmax" and node.input[0] in ranges:
-            lo, hi = ranges[node.input[0]]
-            if hi - lo > SOFTMAX_SPAN:
-                ranges[node.input[0]] = (hi - SOFTMAX_SPAN, hi)
-                n += 1
+    for t in names & set(ranges):
+        lo, hi = ranges[t]
+        ranges[t] = (lo - SOFTMAX_SPAN, hi)
+        n += 1
     return n
 
 
@@ -480,8 +485,9 @@ def quantize(artifact: Artifact, spec: QuantSpec, out_path: Path, *, target: Any
     if form.activations:
         names = list(qdq_acts.tensors(model, form.ops, float_names))
         n = min(spec.calib_samples, len(data))
-        ranges = _ranges(model_fp32, [t for t in names if t in float_names], data, n)
-        capped = _clip_softmax_inputs(model, ranges)
+        soft = _softmax_inputs(model)  # masked scores (MASK_FILL here, any fill far below from a host mask) left out of the min
+        ranges = _ranges(model_fp32, [t for t in names if t in float_names], data, n, soft)
+        capped = _widen_softmax_inputs(ranges, soft)
         model, how = qdq_acts.quantize(model, form.ops, ranges, lambda lo, hi: qdq.act_qparams(lo, hi, form.activations),
                                        form.activations, float_names=float_names)
         widened = _wide_constants(model, form.activations)
@@ -489,7 +495,7 @@ def quantize(artifact: Artifact, spec: QuantSpec, out_path: Path, *, target: Any
                      + (f"; {filled} attention mask(s) Where(cond, 0, -3e38) written as (cond - 1) * {-MASK_FILL:g}" if filled else "")
                      + (f"; {recips} Reciprocal(s) written as Div(1, x)" if recips else "")
                      + (f"; {widened} constant(s) of element-wise ops in {form.activations}" if widened else "")
-                     + (f"; {capped} Softmax input(s) clipped to the top {SOFTMAX_SPAN:g} (masked scores saturate)" if capped else "")
+                     + (f"; {capped} Softmax input(s) ranged over the unmasked scores less {SOFTMAX_SPAN:g} (masked ones saturate there)" if capped else "")
                      + ("; constant Gather tables (embeddings, rotary) stored in their output's codes" if any(n.op_type == "Gather" for n in model.graph.node) else ""))
     cov = coverage_of(decisions, notes)
     save_model(model, out_path)
