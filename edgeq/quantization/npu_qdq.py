@@ -409,6 +409,10 @@ def quantize(artifact: Artifact, spec: QuantSpec, out_path: Path, *, target: Any
     plan = [(s, *decide(s, spec)) for s in sites]
     if not any(m != "none" for _, m, _ in plan):
         raise EdgeqError("every weight was kept in fp32 (--keep / --override none)", "drop --keep entries or use --quant none")
+    kept = [s.weight for s, m, _ in plan if m == "none"]
+    if form.activations and kept:  # its activation pass would code the float weight per tensor: worse than any kept
+        raise EdgeqError(f"{target.name} runs fixed point only: weight '{kept[0]}' cannot stay fp32 (--keep / --override none)",
+                         "drop the --keep entry, or give the weight 8 bits: --override NAME=int8")
     notes: list[str] = [form.describe(spec.bits or 8, spec.block_size)]
     bits_of = {m: WEIGHT_ONLY_BITS.get(m, 8) for _, m, _ in plan if m != "none"}
     if any(b not in (4, 8) for b in bits_of.values()):

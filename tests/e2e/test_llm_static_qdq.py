@@ -113,6 +113,9 @@ def test_refusals_name_the_fix(decoder, tmp_path):
     assert "--calib" in e.value.hint
     with pytest.raises(EdgeqError, match="float zero points"):
         Q.choose_form(htp, QuantSpec(mode="int4", algo="hqq"), has_data=True)
+    _, feeds = decoder
+    with pytest.raises(EdgeqError, match="cannot stay fp32"):
+        Q.quantize(artifact_from(path), QuantSpec(mode="int4", keep=("lm_head",)), tmp_path / "x.onnx", target=htp, data=feeds)
     with pytest.raises(EdgeqError, match="ORT format"):
         Q.check_bundle(QuantSpec(mode="int4"), htp)
     assert not (tmp_path / "x.onnx").exists()
