@@ -149,7 +149,6 @@ def run_export(
     if qdq_lm:  # the QDQ form the target runs, or one line refusing what it cannot run, before any work
         spec, spec_notes = npu_qdq.decoder_spec(spec)
         npu_qdq.choose_form(target, spec, has_data="calibration" in windows)
-        npu_qdq.check_bundle(spec, target)
     if spec.needs_calibration and calib is None and "calibration" not in windows:
         from ..checks.hints import modes_without_calibration
 

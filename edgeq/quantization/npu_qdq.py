@@ -127,15 +127,6 @@ def choose_form(target: Any, spec: QuantSpec, *, has_data: bool) -> Form:
     return Form(weight, act, tuple(dict.fromkeys(ops + DECODER_ACT_OPS)), why)
 
 
-def check_bundle(spec: QuantSpec, target: Any) -> None:
-    """Refuse what a bundle cannot ship: onnxruntime 1.32's ORT format (the bundle's model.ort) has no 4-bit tensor type."""
-    if any(WEIGHT_ONLY_BITS.get(m) == 4 for m in (spec.mode, *(o for _, o in spec.overrides))):
-        raise EdgeqError(
-            f"int4 QDQ weights for {target.name}'s static decoder cannot ship: onnxruntime's ORT format (the bundle's "
-            "model.ort) has no 4-bit tensor type",
-            "use --quant int8-weight (int8 QDQ per output channel), or a CPU target for int4 MatMulNBits")
-
-
 # -- calibration feeds of the static graph -------------------------------------------------------------------------
 
 
