@@ -4,13 +4,12 @@
     python tools/bench_npu_qdq.py                    # trains fixtures/lm.py's tiny Llama (about a minute on 2 cores)
     python tools/bench_npu_qdq.py --folder DIR --target qnn-htp --algos rtn,gptq,awq
 
-For each algorithm, ``edgeq export DIR --task text-generation --target T --quant int8-weight --calib ... --eval ...``
+For each mode and algorithm, ``edgeq export DIR --task text-generation --target T --quant Q --algo A --calib ... --eval ...``
 (input_ids windows: calibration from the training text, evaluation from the held-out module) and its JSON:
 file size vs fp32, perplexity / mean KL / same-top-token of the quantized static decoder vs the fp32 one (each
 through its own fixed-slot loop, held-out windows), greedy agreement vs transformers (3 prompts x 32 tokens),
 share of nodes on the accelerator (measured on the QNN HTP simulator where onnxruntime-qnn is installed).
-The int4 forms cannot ship in a bundle (the ORT format has no 4-bit type): they are written with
-``npu_qdq.quantize`` alone and measured the same way on the CPU (size, KL, same top token).
+Rows for ``--quant int8-weight`` and ``--quant int4``; size is model.onnx's (model.ort holds 4-bit codes as 8-bit).
 Quality and placement only: the simulator's timing is not a device's.
 """
 
@@ -54,10 +53,6 @@ def main() -> None:
     from typer.testing import CliRunner
 
     from edgeq.cli import app
-    from edgeq.core.onnxutil import artifact_from
-    from edgeq.core.targets import load_target
-    from edgeq.quantization import npu_qdq
-    from edgeq.quantization.spec import QuantSpec
 
     with tempfile.TemporaryDirectory(prefix="bench-npu-qdq-") as tmp:
         work = Path(tmp)
@@ -68,40 +63,19 @@ def main() -> None:
             folder = make_tiny_llama(work / "llama")
         calib, evals = _windows(folder, work, args.windows, args.length)
         rows = []
-        fp32 = None
-        for algo in args.algos.split(","):
-            out = work / f"b-{algo}"
-            r = CliRunner().invoke(app, ["export", str(folder), "--task", "text-generation", "--target", args.target,
-                                         "--quant", "int8-weight", "--algo", algo, "--calib", str(calib), "--eval", str(evals),
-                                         "--no-profile", "-o", str(out), "--json"])
-            if r.exit_code not in (0, 1):
-                print(f"int8 {algo}: export failed: {r.output.strip().splitlines()[-1]}")
-                continue
-            res = json.loads(r.stdout)
-            lm, gen, pl = res["lm_quality"], res["generation"] or {}, res["placement"] or {}
-            rows.append((f"int8 QDQ {algo}", res["size"]["ratio"], lm["perplexity_fp32"], lm["perplexity_quant"], lm["kl_mean"],
-                         lm["same_top_token"], gen.get("agreement"), pl.get("accel_node_share"), pl.get("kind")))
-            fp32 = fp32 or res["size"]["fp32_bytes"]
-        # int4 forms: the module alone (not shippable in a bundle), on the fp32 static decoder the export wrote
-        from edgeq.exporters import hf
-        from edgeq.exporters.decoder import arch_from_config, build_checked_static
-
-        target = load_target(args.target)
-        model = hf.load_hf_model(hf.inspect_folder(folder), "text-generation")
-        step = work / "fp32.onnx"
-        build_checked_static(model, arch_from_config(model.config), step, target)
-        feeds, _ = npu_qdq.step_feeds(step, np.load(calib)["input_ids"])
-        held = np.load(evals)["input_ids"]
-        for algo in args.algos.split(","):
-            q = work / f"int4-{algo}.onnx"
-            try:
-                npu_qdq.quantize(artifact_from(step), QuantSpec(mode="int4", algo=algo), q, target=target, data=feeds)
-            except Exception as e:  # noqa: BLE001 - a benchmark row, not a verdict
-                print(f"int4 {algo}: {e}")
-                continue
-            lm = npu_qdq.lm_quality(step, q, held)
-            rows.append((f"int4 QDQ {algo} (module)", q.stat().st_size / step.stat().st_size, lm.perplexity_fp32, lm.perplexity_quant,
-                         lm.kl_mean, lm.same_top_token, None, None, "-"))
+        for quant in ("int8-weight", "int4"):
+            for algo in args.algos.split(","):
+                out = work / f"b-{quant}-{algo}"
+                r = CliRunner().invoke(app, ["export", str(folder), "--task", "text-generation", "--target", args.target,
+                                             "--quant", quant, "--algo", algo, "--calib", str(calib), "--eval", str(evals),
+                                             "--no-profile", "-o", str(out), "--json"])
+                if r.exit_code not in (0, 1):
+                    print(f"{quant} {algo}: export failed: {r.output.strip().splitlines()[-1]}")
+                    continue
+                res = json.loads(r.stdout)
+                lm, gen, pl = res["lm_quality"], res["generation"] or {}, res["placement"] or {}
+                rows.append((f"{quant} QDQ {algo}", res["size"]["ratio"], lm["perplexity_fp32"], lm["perplexity_quant"], lm["kl_mean"],
+                             lm["same_top_token"], gen.get("agreement"), pl.get("accel_node_share"), pl.get("kind")))
     print(f"{args.target}, {folder}: {args.windows} windows of {args.length} tokens")
     print(f"{'row':28s} {'size/fp32':>9s} {'ppl fp32':>9s} {'ppl q':>9s} {'mean KL':>9s} {'same top':>9s} {'greedy':>7s} {'on accel':>9s}")
     for name, ratio, p0, p1, kl, top, greedy, share, kind in rows:
