@@ -156,11 +156,11 @@ def _widened_4bit(model: Path) -> Path | None:
 
     from ..core.onnxutil import load_model, save_model
 
-    m = load_model(model)
     four = {TensorProto.INT4: np.int8, TensorProto.UINT4: np.uint8}
+    if not any(t.data_type in four for t in load_model(model, load_weights=False).graph.initializer):
+        return None  # the usual case, told without reading external weights
+    m = load_model(model)
     hits = [t for t in m.graph.initializer if t.data_type in four]
-    if not hits:
-        return None
     for t in hits:
         t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(four[t.data_type]), t.name))
     return save_model(m, model.parent / f"{model.stem}.8bit.onnx")
