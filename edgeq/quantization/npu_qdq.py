@@ -44,7 +44,7 @@ QDQ_OPSET = 21  # int4 tensors and block-wise DequantizeLinear
 # ops the static decoder has beyond a CNN's, put in fixed point too where the target runs fixed point only
 # (a float node inside the HTP's partition fails its compile: QNN_COMMON_ERROR_MEM_ALLOC on the simulator)
 DECODER_ACT_OPS = ("Concat", "Cos", "Sin", "Neg", "ReduceMax", "Cast")
-MASK_FILL = -1.0e3  # the mask's fill in fixed point (-3e38 has no fixed-point form); the Softmax clip below saturates it
+MASK_FILL = -1.0e3  # the mask's fill in fixed point (-3e38 has no fixed-point form); the Softmax input range below saturates it
 SOFTMAX_SPAN = 30.0  # a Softmax input's range reaches SPAN below its lowest unmasked score: exp(-30) ~ 1e-13
 MAX_CALIB_STEPS = 256  # static-graph steps recorded for calibration when the caller names no budget
 
