@@ -70,11 +70,28 @@ def _rows(samples: list[np.ndarray]) -> np.ndarray:
 # -- classification ------------------------------------------------------------------------------
 
 
+def _probabilities(r: np.ndarray) -> bool:
+    """fp32's rows are probabilities the app reads as such: a softmax (rows sum to 1) or, for one
+    column, sigmoid values in [0, 1]."""
+    if r.size == 0 or not np.isfinite(r).all() or r.min() < -1e-4 or r.max() > 1 + 1e-4:
+        return False
+    return r.shape[1] == 1 or bool(np.allclose(r.sum(1), 1.0, atol=1e-2))
+
+
 def classification(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: Any) -> TaskCheck:
+    """Top-1 (and top-5) agreement; for probability outputs also the mean change of fp32's top
+    class probability, which apps threshold (a two-class model keeps every argmax while its
+    confidences collapse: top-1 alone would pass it)."""
     r, c = _rows(ref), _rows(cand)
+    probs = _probabilities(r)
     if r.shape[1] == 1:  # one probability: the decision at 0.5
         agree = float(np.mean((r[:, 0] > 0.5) == (c[:, 0] > 0.5)))
-        return _check(task, {"decision_agreement": agree}, [("decision_agreement", ">=", tol.min_top1_agreement)])
+        metrics = {"decision_agreement": agree}
+        rules = [("decision_agreement", ">=", tol.min_top1_agreement)]
+        if probs:
+            metrics["probability_error"] = float(np.mean(np.abs(c[:, 0] - r[:, 0])))
+            rules.append(("probability_error", "<=", tol.max_probability_error))
+        return _check(task, metrics, rules)
     top1 = r.argmax(1)
     metrics = {"top1_agreement": float(np.mean(top1 == c.argmax(1)))}
     rules = [("top1_agreement", ">=", tol.min_top1_agreement)]
@@ -82,7 +99,13 @@ def classification(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray]
         top5 = np.argsort(-c, axis=1)[:, :5]
         metrics["top5_agreement"] = float(np.mean((top5 == top1[:, None]).any(1)))
         rules.append(("top5_agreement", ">=", tol.min_top5_agreement))
-    return _check(task, metrics, rules, {"rows": int(r.shape[0])})
+    info: dict[str, Any] = {"rows": int(r.shape[0])}
+    if probs:
+        rows = np.arange(len(top1))
+        metrics["probability_error"] = float(np.mean(np.abs(c[rows, top1] - r[rows, top1])))
+        rules.append(("probability_error", "<=", tol.max_probability_error))
+        info["probability_error"] = "mean |change| of fp32's top-class probability"
+    return _check(task, metrics, rules, info)
 
 
 # -- detection -----------------------------------------------------------------------------------
