@@ -180,6 +180,37 @@ def decode_head(head: np.ndarray, task: TaskSpec, *, threshold: float | None = N
     return out, tops
 
 
+def decode_split(sample: dict[str, np.ndarray], task: TaskSpec, *, max_det: int = 300) -> tuple[list[Detections], list[Detections]]:
+    """GFL/DFL-style split heads of one sample (``task.params["levels"]``: [scores, boxes, rows,
+    cols, stride, bins] per level) -> per batch element: detections above the score threshold
+    after class-aware NMS over every level, and the single best-scoring anchor. Box sides are the
+    expectation of each side's softmax over its bins, times the stride, around the cell centre."""
+    thr = float(task.get("score_threshold", 0.25))
+    per_level = []
+    for sc_name, box_name, rows, cols, stride, bins in task.params["levels"]:
+        sc = np.asarray(sample[sc_name], np.float64)
+        d = np.asarray(sample[box_name], np.float64)
+        d = d.reshape(d.shape[0], d.shape[1], 4, int(bins))
+        p = np.exp(d - d.max(-1, keepdims=True))
+        dist = (p / p.sum(-1, keepdims=True) * np.arange(int(bins))).sum(-1) * float(stride)  # [B, N, 4]
+        yy, xx = np.divmod(np.arange(int(rows) * int(cols))[: sc.shape[1]], int(cols))
+        cx, cy = (xx + 0.5) * float(stride), (yy + 0.5) * float(stride)
+        boxes = np.stack([cx - dist[..., 0], cy - dist[..., 1], cx + dist[..., 2], cy + dist[..., 3]], -1)
+        per_level.append((sc, boxes))
+    out, tops = [], []
+    for b in range(per_level[0][0].shape[0]):
+        cls = np.concatenate([sc[b] for sc, _ in per_level])
+        boxes = np.concatenate([bx[b] for _, bx in per_level])
+        best, score = cls.argmax(1), cls.max(1)
+        t = int(score.argmax()) if len(score) else 0
+        tops.append(Detections(boxes[t : t + 1], score[t : t + 1], best[t : t + 1]))
+        sel = np.nonzero(score > thr)[0]
+        sel = sel[np.argsort(-score[sel], kind="stable")[:max_det]]
+        k = nms(boxes[sel], score[sel], best[sel], float(task.get("nms_iou", 0.45)))
+        out.append(Detections(boxes[sel][k], score[sel][k], best[sel][k]))
+    return out, tops
+
+
 def match(ref: Detections, cand: Detections, iou: float) -> int:
     """True positives: quantized detections matching an fp32 one of the same class at IoU >= ``iou``."""
     if len(ref.boxes) == 0 or len(cand.boxes) == 0:
@@ -223,14 +254,15 @@ def _post_nms(task: TaskSpec, sample: dict[str, np.ndarray]) -> list[Detections]
 def detection(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: Any,
               ref_all: list[dict[str, np.ndarray]], cand_all: list[dict[str, np.ndarray]]) -> TaskCheck:
     iou = float(task.get("iou", 0.5))
-    raw = bool(ref) and np.asarray(ref[0]).ndim == 3 and np.asarray(ref[0]).shape[-1] != 4
+    split = "levels" in task.params
+    raw = split or (bool(ref) and np.asarray(ref[0]).ndim == 3 and np.asarray(ref[0]).shape[-1] != 4)
     info: dict[str, Any] = {}
     tops_ok = tops_n = 0
     tp = n_ref = n_cand = 0
     for i in range(len(ref)):
         if raw:
-            rd, rt = decode_head(ref[i], task)
-            cd, ct = decode_head(cand[i], task)
+            rd, rt = decode_split(ref_all[i], task) if split else decode_head(ref[i], task)
+            cd, ct = decode_split(cand_all[i], task) if split else decode_head(cand[i], task)
             for a, b in zip(rt, ct):
                 tops_n += 1
                 tops_ok += match(a, b, iou)
@@ -247,7 +279,7 @@ def detection(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol
     if raw:
         metrics["top_detection_agreement"] = tops_ok / max(tops_n, 1)
         info["score_threshold"] = float(task.get("score_threshold", 0.25))
-        info.update(_slices(task, ref, cand))
+        info.update({"levels": len(task.params["levels"])} if split else _slices(task, ref, cand))
     rules = [("detection_f1", ">=", tol.min_detection_f1)]
     if n_ref == 0 and raw:  # nothing above the threshold in fp32: the best anchor per image decides
         info["note"] = "fp32 found no detection above the score threshold: the best-scoring anchor per image decides"
