@@ -77,6 +77,13 @@ def test_angle_classifier_with_batch_minus_one(runner, tmp_path):
     r, res = _export(runner, model, calib[:8] * 0.02, ev, tmp_path / "bad", "--calibration", "minmax")
     assert _one_verdict_everywhere(runner, res, r, tmp_path / "bad", tmp_path) == "fail", res["verdict"]
     assert _task(res)["metrics"]["probability_error"] > 0.05
+    # the table says it too
+    from edgeq.cli import app
+
+    t = runner.invoke(app, ["export", str(model), "--calib", str(tmp_path / "bad_calib.npz"), "--eval", str(tmp_path / "bad_eval.npz"),
+                            "--calibration", "minmax", "--no-profile", "-o", str(tmp_path / "bad2")])
+    rows = [ln for ln in t.stdout.splitlines() if ln.strip("│ ").startswith("verify ")]
+    assert t.exit_code == 1 and rows and "FAIL" in rows[0], t.stdout
 
 
 def test_ctc_recognizer_sequence_match_is_rapidocrs_string_match(runner, tmp_path):
