@@ -61,3 +61,27 @@ def test_samples_of_changing_size_are_sampled_at_their_own_stride(tmp_path):
         a, b = old.tensors[k], new.tensors[k]
         assert (a.lo, a.hi, a.count, a.R) == (b.lo, b.hi, b.count, b.R), k
         assert np.array_equal(a.hist, b.hist), k
+
+
+def test_auto_picks_the_same_candidate_as_with_the_copying_probe(tmp_path, monkeypatch):
+    """``auto`` on statistics from the in-graph probe (strides looked up in the graph) and from the probe that
+    copies every tensor out: the same candidate scores, the same choice."""
+    from edgeq.core.data import SampleSet
+    from edgeq.quantization.int8 import static
+    from edgeq.quantization.spec import QuantSpec
+
+    from tests.unit.test_int8_reduce import SIDE, _big_activation_cnn
+
+    src = _big_activation_cnn(tmp_path / "m.onnx", pool=False)
+    x = np.random.default_rng(4).normal(size=(6, 1, 1, SIDE, SIDE)).astype(np.float32)
+    x[1, 0, 0, 9, 11] = 25.0
+    data = SampleSet(arrays={"x": x}, stacked={"x": True}, labels=None, source="test")
+    spec = QuantSpec(calibration="auto", calib_samples=4)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    reduced = static.prepare(src, spec, data, weights_dir=tmp_path / "a")
+    monkeypatch.setattr(static, "calibrate_reduced", lambda *a, **k: None)  # every tensor copied out instead
+    copied = static.prepare(src, spec, data, weights_dir=tmp_path / "b")
+    assert reduced.choice["candidates"] == copied.choice["candidates"]
+    assert reduced.choice["chosen"] == copied.choice["chosen"]
+    assert len({r.get("sqnr_db") for r in reduced.choice["candidates"]}) > 1  # the candidates differ here
