@@ -24,6 +24,10 @@ CONFIG = "genai_config.json"
 TOKENIZER = "tokenizer.json"
 
 
+class PromptError(ValueError):
+    """The prompt cannot be generated from (empty once encoded, or longer than the model's context): the caller's input."""
+
+
 def _read_json(path: str) -> dict:
     if os.path.islink(path) or not os.path.isfile(path):
         raise FileNotFoundError(f"{os.path.basename(path)} not found in the bundle")
@@ -211,7 +215,9 @@ def run(root: str, args, *, model: str = "onnx", providers: list | None = None, 
     dec = Decoder(root, model=model, providers=providers, threads=threads)
     ids = tok.encode(args.prompt).ids
     if not ids:
-        raise ValueError("the prompt encodes to no tokens")
+        raise PromptError("the prompt encodes to no tokens")
+    if len(ids) > dec.context:  # checked before anything is printed or run: the decoder's position tables end there
+        raise PromptError(f"the prompt is {len(ids)} tokens, longer than the model's context of {dec.context} tokens")
     stream = None if as_json else TextStream(tok, out)
     if stream is not None:
         out.write(args.prompt)
@@ -221,6 +227,7 @@ def run(root: str, args, *, model: str = "onnx", providers: list | None = None, 
     res["text"] = tok.decode(res["tokens"])
     if stream is not None:
         out.write("\n")
+        out.flush()  # before the summary line on stderr
     return res
 
 
@@ -239,7 +246,11 @@ def main(argv: list | None = None, root: str | None = None, check=None) -> int:
     if check is not None:
         check(args.bundle)
     providers = [p for p in args.providers.split(",") if p] or None
-    res = run(args.bundle, args, model=args.model, providers=providers, threads=args.threads, as_json=args.json)
+    try:
+        res = run(args.bundle, args, model=args.model, providers=providers, threads=args.threads, as_json=args.json)
+    except PromptError as e:
+        print(f"error: {e}: shorten the prompt", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(res, indent=2, sort_keys=True))
     else:

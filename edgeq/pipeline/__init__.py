@@ -194,7 +194,8 @@ def check_export(outcome: ExportOutcome) -> None:
         from ..checks.hints import after_failed_check
 
         raise CheckFailed(
-            f"the quantized model is outside target {tg.name}'s tolerances: {(result.get('verdict') or {}).get('reason', '')}",
+            f"the {'exported' if outcome.spec.mode == 'none' else 'quantized'} model is outside target {tg.name}'s tolerances: "
+            f"{(result.get('verdict') or {}).get('reason', '')}",
             after_failed_check(outcome.spec, tg, max_drop=cfg.quant.max_drop, has_eval=cfg.quant.eval is not None, out=cfg.out),
         )
 
