@@ -269,7 +269,8 @@ def verify(
     elif outcome.kind == "bundle":
         console.print(bundle_check_table(result))
         signed = f", signature by key {result['signed_by'][:16]}" if result.get("signed_by") else ""
-        verdict = {"pass": "export check passed", "skipped": "[yellow]export check SKIPPED (no data when built: nothing proven)[/]",
+        why = escape_markup(str(result.get("verdict_reason") or "no data when built: nothing proven")[:300])  # the manifest's own words
+        verdict = {"pass": "export check passed", "skipped": f"[yellow]export check SKIPPED ({why})[/]",
                    "accepted-failed": "[red]export check FAILED, shipped knowingly (ACCEPTED-FAILED)[/]"}.get(result.get("verdict") or "", "")
         console.print(f"[green]PASS[/] bundle {escape_markup(candidate)}: schema, checksums{signed} and {len(result['pairs'])} golden pairs"
                       + (f"; {verdict}" if verdict else ""))

@@ -183,3 +183,16 @@ def test_gguf_run_py_refuses_a_prompt_longer_than_its_context(runner, llama, tmp
     assert "Traceback" not in p.stderr and "longer than the context of 128 tokens" in p.stderr
     ok = run_script(out / "run.py", ["--prompt", "the quick brown fox", "--max-new-tokens", "4"], tmp_path / "cwd")
     assert ok.returncode == 0, ok.stderr
+
+
+@pytest.mark.slow
+def test_verify_of_an_fp32_llm_bundle_says_what_the_export_did_check(runner, fused_bundle):
+    """No data, but the greedy check against transformers ran and passed: verify said "nothing proven"."""
+    import json
+
+    reason = json.loads((fused_bundle / "manifest.json").read_text())["verdict"]["reason"]
+    assert "greedy generation check passed" in reason
+    r = runner.invoke(app, ["verify", str(fused_bundle)])
+    assert r.exit_code == 0, r.output
+    out = " ".join(r.output.split())
+    assert "SKIPPED" in out and "greedy generation check passed" in out and "nothing proven" not in out
