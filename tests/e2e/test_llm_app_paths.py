@@ -196,3 +196,24 @@ def test_verify_of_an_fp32_llm_bundle_says_what_the_export_did_check(runner, fus
     assert r.exit_code == 0, r.output
     out = " ".join(r.output.split())
     assert "SKIPPED" in out and "greedy generation check passed" in out and "nothing proven" not in out
+
+
+@pytest.mark.slow
+def test_gguf_export_honours_accept_failed_and_verify_reads_the_verdict(runner, llama, tmp_path):
+    """q4_0 of this random 64-wide model is far outside the target's KL tolerance. Before: --accept-failed was ignored
+    on llama.cpp targets (exit 1 regardless) and edgeq verify said PASS for a bundle written only for inspection."""
+    pytest.importorskip("llama_cpp")
+    import json
+
+    args = ["export", str(llama), "--target", "llamacpp-x86_64", "--quant", "q4_0"]
+    r = runner.invoke(app, [*args, "-o", str(tmp_path / "kept")])
+    assert r.exit_code == 1 and "outside target llamacpp-x86_64's tolerances" in r.output, r.output
+    assert json.loads((tmp_path / "kept" / "manifest.json").read_text())["verdict"]["status"] == "fail"
+    v = runner.invoke(app, ["verify", str(tmp_path / "kept")])
+    assert v.exit_code == 1 and "failed its export check" in v.output, v.output
+    r = runner.invoke(app, [*args, "-o", str(tmp_path / "shipped"), "--accept-failed"])
+    assert r.exit_code == 0 and "ACCEPTED-FAILED" in r.output, r.output
+    verdict = json.loads((tmp_path / "shipped" / "manifest.json").read_text())["verdict"]
+    assert verdict["status"] == "accepted-failed" and "mean KL" in verdict["reason"]
+    v = runner.invoke(app, ["verify", str(tmp_path / "shipped")])
+    assert v.exit_code == 0 and "ACCEPTED-FAILED" in v.output, v.output
