@@ -27,6 +27,10 @@ TOKENIZER = "tokenizer.json"
 class PromptError(ValueError):
     """The prompt cannot be generated from (empty once encoded, or longer than the model's context): the caller's input."""
 
+    def __init__(self, message: str, fix: str) -> None:
+        super().__init__(message)
+        self.fix = fix
+
 
 def _read_json(path: str) -> dict:
     if os.path.islink(path) or not os.path.isfile(path):
@@ -215,9 +219,10 @@ def run(root: str, args, *, model: str = "onnx", providers: list | None = None, 
     dec = Decoder(root, model=model, providers=providers, threads=threads)
     ids = tok.encode(args.prompt).ids
     if not ids:
-        raise PromptError("the prompt encodes to no tokens")
+        raise PromptError("the prompt encodes to no tokens", "give a non-empty --prompt")
     if len(ids) > dec.context:  # checked before anything is printed or run: the decoder's position tables end there
-        raise PromptError(f"the prompt is {len(ids)} tokens, longer than the model's context of {dec.context} tokens")
+        raise PromptError(f"the prompt is {len(ids)} tokens, longer than the model's context of {dec.context} tokens",
+                          "shorten the prompt")
     stream = None if as_json else TextStream(tok, out)
     if stream is not None:
         out.write(args.prompt)
@@ -249,7 +254,7 @@ def main(argv: list | None = None, root: str | None = None, check=None) -> int:
     try:
         res = run(args.bundle, args, model=args.model, providers=providers, threads=args.threads, as_json=args.json)
     except PromptError as e:
-        print(f"error: {e}: shorten the prompt", file=sys.stderr)
+        print(f"error: {e}: {e.fix}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(res, indent=2, sort_keys=True))

@@ -25,6 +25,6 @@ def generate_cli(bundle: Path, *, prompt: str, max_new_tokens: int, temperature:
     try:
         return llmgen.run(root, args, model=model, as_json=not stream, out=sys.stdout)
     except llmgen.PromptError as e:
-        raise BundleError(str(e), "shorten the prompt (a decoder cannot attend past the context its position tables cover)") from None
+        raise BundleError(str(e), e.fix) from None
     except (FileNotFoundError, ValueError) as e:
         raise BundleError(f"{Path(bundle).name}: {e}", "edgeq generate needs a bundle exported with --task text-generation from a folder with its tokenizer") from None
