@@ -256,6 +256,9 @@ def main(argv: list | None = None, root: str | None = None, check=None) -> int:
     except PromptError as e:
         print(f"error: {e}: {e.fix}", file=sys.stderr)
         return 2
+    except (FileNotFoundError, ValueError) as e:  # no tokenizer.json, not a KV-cache decoder: one line, not a traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(res, indent=2, sort_keys=True))
     else:

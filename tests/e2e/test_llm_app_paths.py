@@ -43,6 +43,10 @@ def test_prompt_longer_than_the_context_is_refused_in_one_line(runner, fused_bun
     assert p.returncode == 2, p.stderr
     assert "Traceback" not in p.stderr and "longer than the model's context of 128 tokens" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and p.stdout == ""
+    from edgeq.bundles.llmgen import main
+
+    (tmp_path / "notok").mkdir()  # a bundle exported from a folder without its tokenizer: run.py said so in a traceback
+    assert main(["--prompt", "x"], root=str(tmp_path / "notok")) == 2
     empty = run_script(fused_bundle / "run.py", ["--prompt", ""], tmp_path / "cwd")
     assert empty.returncode == 2 and "Traceback" not in empty.stderr and "no tokens: give a non-empty --prompt" in empty.stderr
     # a prompt that fits still generates up to the context
