@@ -3,7 +3,8 @@
 Layout::
 
     model.onnx                              the model the app ships
-    model.ort                               onnxruntime's ORT format, from that same graph
+    model.ort                               onnxruntime's ORT format, from that same graph (not for static LLM decoders)
+    prefill.onnx                            (static LLM decoders) the prompt's graph, weights in model.onnx.data with model.onnx's
     required_operators_and_types.config     kernels a reduced onnxruntime build needs
     golden/NNN/in_K.npy, out_K.npy          golden input/output pairs
     run.py                                  dependency-light runner (numpy + onnxruntime)
@@ -82,6 +83,9 @@ class BundleInputs:
     """(name, bytes) written at the bundle's root, e.g. genai_config.json and tokenizer files (names chosen by edgeq)"""
     verdict: dict[str, Any] | None = None
     """edgeq.checks.verdict_of(...): pass | fail | accepted-failed | skipped; default: from ``verify``."""
+    prefill: bool = False
+    """A static KV-cache decoder: also write prefill.onnx (exporters/static_prefill.py), its weights in model.onnx.data with
+    model.onnx's, and no model.ort (the ORT format would hold the weights a second time)."""
 
 
 def bundle_outputs(out: Path, info: BundleInputs) -> list[Path]:
@@ -244,6 +248,18 @@ def _copy_model(src: Path, root: Path, threshold: int) -> bool:
     return True
 
 
+def _write_prefill(root: Path, chunk: int = 0) -> dict[str, Any]:
+    """prefill.onnx beside model.onnx: the same nodes, a chunk of tokens per run, its initializers pointing into
+    model.onnx.data at model.onnx's offsets (the weights stored once); the manifest's record of it."""
+    import onnx
+
+    from ..exporters.static_prefill import step_chunk, write_prefill
+    from .llmgen import PREFILL
+
+    path = write_prefill(root / "model.onnx", root / PREFILL, chunk)
+    return {"onnx": PREFILL, "chunk": step_chunk(onnx.load(str(path), load_external_data=False)), "external_data": EXTERNAL_DATA}
+
+
 def _copy_cpp(root: Path) -> list[str]:
     d = root / "cpp"
     d.mkdir()
@@ -331,9 +347,13 @@ def write_bundle(artifact: Artifact, target: Target, out: Path, info: BundleInpu
     signer = load_private_key(info.sign_key) if info.sign_key else None
     with contextlib.ExitStack() as stack:
         root = stack.enter_context(staging(out, force=force, is_dir=True))
-        external = _copy_model(Path(artifact.path), root, info.external_data_threshold)
-        _write_ort(root / "model.onnx", root, target.ort_optimization, target.ort_optimization_style)
-        pairs = _write_golden(root, root / "model.ort", info.golden_feeds, target, artifact.io.input_names)
+        external = _copy_model(Path(artifact.path), root, 0 if info.prefill else info.external_data_threshold)
+        prefill = _write_prefill(root, target.prefill_chunk) if info.prefill else None
+        ort_path, _ = _write_ort(root / "model.onnx", root, target.ort_optimization, target.ort_optimization_style)
+        if prefill is not None:  # the ORT format holds its own copy of the weights: a static decoder's bundle stores them once
+            ort_path.unlink()  # (its kernel list, required_operators_and_types.config, stays for reduced builds)
+        pairs = _write_golden(root, ort_path if ort_path.is_file() else root / "model.onnx", info.golden_feeds, target,
+                              artifact.io.input_names)
         shutil.copyfile(Path(runner_mod.__file__), root / "run.py")
         _copy_cpp(root)
         if info.labels:
@@ -345,6 +365,9 @@ def write_bundle(artifact: Artifact, target: Target, out: Path, info: BundleInpu
         ep_context = write_ep_context(root / "model.onnx", root, target)  # QNN context binary, where the EP is here
         manifest = build_manifest(artifact, target, out, info, root, pairs, external=external, signer=signer)
         manifest["model"]["ep_context"] = ep_context
+        if prefill is not None:
+            manifest["model"]["prefill"] = prefill
+            manifest["model"]["ort"] = None  # run.py and verify run model.onnx
         if info.placement is not None:
             manifest["placement"] = info.placement
         kind = "genai" if any(Path(name).name == "generate.py" for name, _ in info.extra_files) else "onnx"
@@ -404,7 +427,15 @@ def check_bundle(
                               "extract it and pass the folder to edgeq verify" if b.archive else "check it with edgeq verify FOLDER (llama.cpp runs its golden prompts)")
         _check_tolerance(b.manifest, signed=b.signed_by is not None)
         result = run_golden_pairs(b, model=model, providers=providers)
+        if b.manifest["model"].get("prefill") is not None:  # a static decoder: its prefill graph agrees with its step graph
+            from .genai import check_prefill
+
+            b.path(b.manifest["model"]["prefill"]["onnx"])  # listed and checksummed
+            result["prefill"] = check_prefill(b.root, b.manifest["golden"]["atol"], b.manifest["golden"]["rtol"])
     check_golden(result)
+    if result.get("prefill", {}).get("passed") is False:
+        raise CheckFailed(f"bundle {b.shown}: the prefill graph's logits differ from the step graph's "
+                          f"(max abs error {result['prefill']['max_abs_error']:.3g})", "rebuild the bundle with edgeq export")
     if result.get("verdict") == "fail":
         raise CheckFailed(
             f"bundle {b.shown} failed its export check: {escape_text(result.get('verdict_reason', ''))[:500]}",

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError
+from .llmgen import PREFILL, STATIC_HOST
 
 CONFIG = "genai_config.json"
 TOKENIZER_FILES = (
@@ -145,8 +146,14 @@ def bundle_files(folder: Path, model: Path | None = None) -> tuple[tuple[tuple[s
     names = [n for n, _ in files]
     notes = [f"onnxruntime-genai: {', '.join(names)} written beside model.onnx"]
     if graph is not None and _fixed_ids(graph):
+        from ..exporters import static_decoder
+
+        files.append((STATIC_HOST, Path(static_decoder.__file__).read_bytes()))  # generate.py's host side of the fixed slots
         notes.append("static-shape decoder (fixed cache slots): onnxruntime-genai cannot run it; the bundle's run.py and "
                      "edgeq generate do (genai_config.json is kept for its model facts: context, EOS, vocabulary)")
+        notes.append(f"static decoder: {PREFILL} (the prompt, a chunk of tokens per run) beside model.onnx (one token per run), "
+                     f"both reading the weights from one model.onnx.data; {STATIC_HOST} computes their attention bias, rotary rows "
+                     f"and cache writes on the host")
     if share:
         notes.append("onnxruntime-genai: past/present KV buffers shared (GroupQueryAttention updates a max-length cache in place)")
     if "tokenizer.json" not in names:
@@ -257,7 +264,7 @@ def eos_ids(model: Any) -> set[int]:
     return set(e if isinstance(e, list) else [] if e is None else [e])
 
 
-def stage_for_genai(model: Path, files: tuple[tuple[str, bytes], ...], folder: Path) -> Path:
+def stage_for_genai(model: Path, files: tuple[tuple[str, bytes], ...], folder: Path, *, prefill_chunk: int = 0) -> Path:
     """``folder`` laid out as the bundle will be for onnxruntime-genai: the decoder as model.onnx (its
     external data beside it) and the genai/tokenizer files, so the greedy check runs before the
     manifest is written and its result is part of the verdict."""
@@ -265,18 +272,24 @@ def stage_for_genai(model: Path, files: tuple[tuple[str, bytes], ...], folder: P
 
     folder.mkdir(parents=True, exist_ok=True)
     copy_model(model, folder / "model.onnx")
+    if _fixed_ids(_graph(folder / "model.onnx")):  # static decoder: its prefill graph beside it, as the bundle ships it
+        from ..exporters.static_prefill import write_prefill
+
+        write_prefill(folder / "model.onnx", folder / PREFILL, prefill_chunk)
     for name, data in files:
         (folder / Path(name).name).write_bytes(data)
     return folder
 
 
-def _static_session(path: Path) -> Any | None:
-    """An onnxruntime session of ``path`` when its ``input_ids`` has a fixed length (the static decoder), else None."""
+def _static_sessions(path: Path) -> tuple[Any, Any] | None:
+    """Sessions of ``path`` and its prefill graph beside it (None when absent) when ``path``'s ``input_ids`` has a
+    fixed length (the static decoder), else None."""
     if not _fixed_ids(_graph(path)):
         return None
     from ..core.runtime import create_session
 
-    return create_session(path)
+    pre = Path(path).with_name(PREFILL)
+    return create_session(path), (create_session(pre) if pre.is_file() else None)
 
 
 def _without_pad(prompts: list[list[int]], bundle: Path) -> list[list[int]]:
@@ -296,7 +309,7 @@ def greedy_check(bundle: Path, model: Any, prompts: list[list[int]], *, new_toke
                  tie_atol: float) -> GreedyCheck | None:
     """None when onnxruntime-genai is not installed. A static-shape decoder (NPU targets) runs through
     onnxruntime with the fixed-slot loop of exporters/static_decoder.py instead."""
-    static = _static_session(Path(bundle) / "model.onnx")
+    static = _static_sessions(Path(bundle) / "model.onnx")
     prompts = _without_pad(prompts, Path(bundle))
     if static is None:
         try:
@@ -310,10 +323,30 @@ def greedy_check(bundle: Path, model: Any, prompts: list[list[int]], *, new_toke
 
         from ..exporters.static_decoder import greedy_static
 
-        got = [greedy_static(static, np.asarray(ids, np.int64), new_tokens) for ids in prompts]
+        got = [greedy_static(static[0], np.asarray(ids, np.int64), new_tokens, static[1]) for ids in prompts]
         ref, got = _until_eos(ref, eos_ids(model)), _until_eos(got, eos_ids(model))
         return compare_tokens(ref, got, new_tokens, min_agreement, "onnxruntime (static slots)", margins=margins, tie_atol=tie_atol)
     got = _genai_greedy(Path(bundle), prompts, new_tokens)
     eos = eos_ids(model)
     ref, got = _until_eos(ref, eos), _until_eos(got, eos)
     return compare_tokens(ref, got, new_tokens, min_agreement, "onnxruntime-genai", margins=margins, tie_atol=tie_atol)
+
+
+def check_prefill(bundle: Path, atol: float, rtol: float, *, seed: int = 0) -> dict[str, Any]:
+    """A static decoder bundle's prefill graph against its step graph: one seeded prompt of a full chunk and a
+    padded one through prefill.onnx, and token by token through model.onnx; the logits of every prompt position."""
+    import numpy as np
+
+    from ..exporters.static_decoder import StaticLayout, logits_static
+
+    step, pre = _static_sessions(Path(bundle) / "model.onnx") or (None, None)
+    if step is None or pre is None:
+        raise ModelError(f"{Path(bundle).name} has no static decoder with {PREFILL} beside it", "re-export it for a static-shape target")
+    lay = StaticLayout.of_session(pre)
+    vocab = int(step.get_outputs()[0].shape[-1])
+    n = min(lay.context, lay.chunk + 3)
+    ids = np.random.default_rng(seed).integers(0, vocab, n, dtype=np.int64)
+    got, want = logits_static(step, ids, n, pre), logits_static(step, ids, n)
+    err = np.abs(got.astype(np.float64) - want)
+    return {"chunk": lay.chunk, "prompt_tokens": n, "max_abs_error": float(err.max()), "atol": atol, "rtol": rtol,
+            "passed": bool((err <= atol + rtol * np.abs(want)).all())}

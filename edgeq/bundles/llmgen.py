@@ -22,6 +22,25 @@ import time
 MAX_JSON_BYTES = 64 << 20
 CONFIG = "genai_config.json"
 TOKENIZER = "tokenizer.json"
+PREFILL = "prefill.onnx"  # static decoders: the prompt's graph beside model.onnx, sharing its weights file
+STATIC_HOST = "static_decoder.py"  # static decoders: the host side of the fixed-slot cache, shipped beside this file
+
+
+def _static_host():
+    """The fixed-slot host code: edgeq's own module (edgeq generate, profile); inside a bundle its copy beside this
+    file, listed and checksummed in the manifest like generate.py (run.py checks the files before this runs)."""
+    try:
+        from ..exporters import static_decoder
+    except ImportError:  # generate.py inside a bundle: no package around it
+        import importlib.util
+
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), STATIC_HOST)
+        if os.path.islink(path) or not os.path.isfile(path):
+            raise FileNotFoundError(f"{STATIC_HOST} not found beside generate.py: the bundle's static decoder needs it") from None
+        spec = importlib.util.spec_from_file_location("edgeq_bundle_static_decoder", path)
+        static_decoder = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(static_decoder)
+    return static_decoder
 
 
 class PromptError(ValueError):
@@ -75,8 +94,20 @@ class Decoder:
         ids_shape = self.inputs[[i.name for i in self.inputs].index("input_ids")].shape
         # static decoder (NPU targets): fixed chunk of tokens per run, cache of fixed slots (slot = position)
         self.chunk = int(ids_shape[1]) if all(isinstance(d, int) for d in ids_shape) else 0
+        self.prefill = None
         if self.chunk:
             self.context = int(self.past[0].shape[2])
+            self.static = _static_host()
+            pre = os.path.join(root, PREFILL)
+            if os.path.isfile(pre) and not os.path.islink(pre):  # the prompt's graph: the same weights, a chunk of tokens per run
+                self.prefill = ort.InferenceSession(pre, sess_options=so, providers=providers or ["CPUExecutionProvider"])
+
+    @property
+    def prefill_chunk(self) -> int:
+        """Tokens per run of the prefill graph (static decoders with prefill.onnx), else 0."""
+        if self.prefill is None:
+            return 0
+        return int(next(i for i in self.prefill.get_inputs() if i.name == "input_ids").shape[1])
 
     def kv_bytes_per_token(self) -> int:
         return sum(int(i.shape[1]) * int(i.shape[3]) * 4 for i in self.past)
@@ -96,25 +127,16 @@ class Decoder:
         cache = {i.name: res[i.name.replace("past_key_values.", "present.")] for i in self.past}
         return res["logits"][0, -1], cache
 
-    def _static_step(self, ids, past: dict | None, total: int):
-        """``step`` for the static decoder: ``chunk`` tokens per run (the last chunk padded), written into their slots."""
-        import numpy as np
-
+    def _static_step(self, ids, cache, total: int):
+        """``step`` for the static decoder: the prompt through the prefill graph (chunks of its size), single tokens
+        through the step graph; ``cache`` is the host's fixed-slot cache (exporters/static_decoder.py, shipped beside)."""
         if total > self.context:
             raise ValueError(f"{total} tokens do not fit the decoder's {self.context} cache slots")
-        cache = past or {i.name: np.zeros(tuple(int(d) for d in i.shape), np.float32) for i in self.past}
-        start = total - ids.shape[1]
-        for a in range(0, ids.shape[1], self.chunk):
-            part = ids[0, a : a + self.chunk]
-            x = np.zeros((1, self.chunk), np.int64)
-            x[0, : len(part)] = part
-            at = start + a
-            feed = {"input_ids": x, "attention_mask": (np.arange(self.context) < at + len(part)).astype(np.int64)[None],
-                    "position_ids": np.arange(at, at + self.chunk, dtype=np.int64)[None], **cache}
-            res = dict(zip(self.outputs, self.session.run(None, feed)))
-            cache = {i.name: res[i.name.replace("past_key_values.", "present.")] for i in self.past}
-            logits = res["logits"][0, len(part) - 1]
-        return logits, cache
+        cache = cache or self.static.StaticCache(self.session)
+        if cache.length + ids.shape[1] != total:
+            raise ValueError(f"{ids.shape[1]} new tokens after {cache.length} cached do not make {total}")
+        graph = self.prefill if self.prefill is not None and ids.shape[1] > 1 else self.session
+        return cache.extend(graph, ids[0])[-1], cache
 
 
 def choose(logits, rng, *, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0) -> int:
@@ -230,6 +252,8 @@ def run(root: str, args, *, model: str = "onnx", providers: list | None = None, 
     res = generate(dec, ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                    top_p=args.top_p, seed=args.seed, on_token=stream)
     res["text"] = tok.decode(res["tokens"])
+    if dec.chunk:  # static decoder: how the prompt ran (prefill graph chunk, or 0: one token per run)
+        res["prefill_chunk"] = dec.prefill_chunk
     if stream is not None:
         out.write("\n")
         out.flush()  # before the summary line on stderr

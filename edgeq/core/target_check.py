@@ -23,6 +23,8 @@ MAX_GGUF_CONTEXT = 1 << 20
 # known keys per table (the top level is checked by targets._TOP_KEYS)
 SESSION_KEYS = {"graph_optimization_level": str, "intra_op_num_threads": int, "ort_optimization": str, "ort_optimization_style": str}
 OPS_KEYS = {"supported": list, "dtypes": list, "rewrites": list, "conditions": list, "conditions_source": str}
+STATIC_DECODER_KEYS = {"slots": int, "prefill_chunk": int}
+MAX_STATIC_SLOTS = 1 << 16
 PROVIDER_KEYS = {"name", "options"}
 GGUF_TOLERANCE_KEYS = ("max_kl", "min_top1", "max_ppl_ratio")
 # tolerance name -> (low, high) inclusive, for those with a tighter range than "finite and >= 0"
@@ -193,6 +195,9 @@ def check_target_data(data: dict[str, Any], where: str, tolerance_defaults: dict
                 check_str_list(where, f"ops.{key}", value)
     if "gguf" in data:
         _gguf(where, data["gguf"])
+    if "static_decoder" in data:  # static-shape LLM decoders: cache slots, prefill chunk (bounded by the slots when built)
+        for key, value in _table(where, "static_decoder", data["static_decoder"], STATIC_DECODER_KEYS).items():
+            check_number(where, f"static_decoder.{key}", value, 1, MAX_STATIC_SLOTS, integer=True)
     if "rules" in data:
         check_type(where, "rules", data["rules"], list)
         for r in data["rules"]:

@@ -25,7 +25,7 @@ else:  # pragma: no cover
 
 _TOP_KEYS = {
     "name", "description", "arch", "notes", "static_shapes", "providers",
-    "session", "quant", "opset", "tolerances", "ops", "runtime", "gguf", "rules",
+    "session", "quant", "opset", "tolerances", "ops", "runtime", "gguf", "rules", "static_decoder",
 }
 RUNTIMES = ("onnxruntime", "llama.cpp")
 _SHIPPED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")  # a file name in targets/: no '/', '..'
@@ -145,6 +145,10 @@ class Target:
     """Attribute-level support conditions (``edgeq.core.op_conditions.OpCondition``), from ``[[ops.conditions]]``."""
     conditions_source: str = ""
     """Where those conditions were read (``[ops] conditions_source``: the provider's source and version)."""
+    static_slots: int = 0
+    """Static-shape LLM decoders: cache slots (``[static_decoder] slots``; 0: exporters.static_decoder.DEFAULT_CONTEXT)."""
+    prefill_chunk: int = 0
+    """Static-shape LLM decoders: tokens per run of the prefill graph (``[static_decoder] prefill_chunk``; 0: the default)."""
 
     @property
     def provider_names(self) -> tuple[str, ...]:
@@ -172,6 +176,8 @@ class Target:
             "supported_dtypes": list(self.supported_dtypes),
             **({"op_conditions": [c.to_dict() for c in self.op_conditions], "conditions_source": self.conditions_source}
                if self.op_conditions else {}),
+            **({"static_decoder": {"slots": self.static_slots, "prefill_chunk": self.prefill_chunk}}
+               if self.static_slots or self.prefill_chunk else {}),
             "runtime": self.runtime,
             **({"gguf": self.gguf.to_dict()} if self.gguf else {}),
             "rules": [vars(r).copy() | {"allowed": list(r.allowed)} for r in self.rules],
@@ -342,6 +348,8 @@ def _parse(data: dict[str, Any], path: Path, *, trusted: bool = True) -> Target:
         rewrites=_rewrites(ops, where),
         op_conditions=_conditions(ops, where),
         conditions_source=str(ops.get("conditions_source", "")),
+        static_slots=int(data.get("static_decoder", {}).get("slots", 0)),
+        prefill_chunk=int(data.get("static_decoder", {}).get("prefill_chunk", 0)),
     )
 
 

@@ -267,7 +267,7 @@ def _kv_cache_wanted(opts: SourceOptions) -> bool:
 
     ``--exporter dynamo|torchscript|optimum`` and ``--static-shape`` keep the full-sequence graph
     (no past key values) those paths write; static-shape targets get the static KV decoder
-    (fixed cache slots, one token per run: static_decoder.py).
+    (fixed cache slots; a one-token step graph, a prefill graph derived from it: static_decoder.py).
     """
     return opts.task == "text-generation" and opts.exporter == "auto" and not opts.static_shapes
 

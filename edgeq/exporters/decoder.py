@@ -325,22 +325,12 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
         t_len = g.op("Gather", [g.op("Shape", [mask]), g.const(np.int64(1))])
         one = g.const(np.int64(1))
     bias_full = bias_slide = ""
-    if static:
-        M = int(static_context)
-        slots = g.const(np.arange(M, dtype=np.int64), "slots")  # [M]
-        q_col = g.op("Unsqueeze", [g.op("Squeeze", [pos, g.const(np.array([0], np.int64))]), g.const(np.array([1], np.int64))])  # [C,1]
-        causal = g.op("LessOrEqual", [slots, q_col])  # [C,M]
-        pad = g.op("Cast", [g.op("Unsqueeze", [mask, g.const(np.array([1, 2, 3], np.int64))])], to=TensorProto.BOOL)  # [1,1,1,1,M]
-        allowed = g.op("And", [causal, pad])
-        zf, negf = g.const(np.float32(0.0)), g.const(np.float32(_NEG))
-        bias_full = bias_slide = g.op("Where", [allowed, zf, negf], hint="mask_bias")
-        if arch.window:
-            near = g.op("Greater", [slots, g.op("Sub", [q_col, g.const(np.int64(arch.window))])])
-            bias_slide = g.op("Where", [g.op("And", [allowed, near]), zf, negf], hint="mask_bias_sliding")
-        # write matrix [M, C]: 1 where slot m takes the chunk's token c; keep [M, 1]: 1 where the past stays
-        hit = g.op("Cast", [g.op("Equal", [g.op("Unsqueeze", [slots, g.const(np.array([1], np.int64))]),
-                                          g.op("Squeeze", [pos, g.const(np.array([0], np.int64))])])], to=TensorProto.FLOAT, hint="slot_write")
-        keep = g.op("Sub", [g.const(np.float32(1.0)), g.op("ReduceMax", [hit], axes=[1], keepdims=1)], hint="slot_keep")
+    if static:  # everything that depends on the positions comes from the host (static_decoder.host_inputs)
+        from .static_decoder import BIAS, BIAS_SLIDING, KEEP, WRITE
+
+        bias_full = BIAS  # [1, 1, 1, C, M] additive: 0 where query c attends slot m
+        bias_slide = BIAS_SLIDING if arch.window else BIAS
+        hit, keep = WRITE, KEEP  # [1, M, C]: 1 where slot m takes the chunk's token c; [1, M, 1]: 1 where the past stays
     elif not fused:  # GroupQueryAttention masks by itself
         zero = g.const(np.int64(0))
         # --- masks [B, 1, 1, S, T] (additive), causal + padding (+ sliding window)
@@ -360,7 +350,11 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
             bias_slide = g.op("Where", [g.op("And", [allowed, near]), zf, negf], hint="mask_bias_sliding")
 
     # --- rotary tables [B, 1, 1, S, rot/2] (cos, sin) per base
-    def rope_tables(inv: tuple[float, ...]) -> tuple[str, str]:
+    def rope_tables(inv: tuple[float, ...], kind: str = "global") -> tuple[str, str]:
+        if static:  # host inputs [1, C, rot/2]: the rows of the chunk's positions (broadcast over heads)
+            from .static_decoder import ROTARY
+
+            return ROTARY[kind]
         posf = g.op("Unsqueeze", [g.op("Cast", [pos], to=TensorProto.FLOAT), g.const(np.array([-1], np.int64))])  # [B,S,1]
         fr = g.op("Mul", [posf, g.const(np.asarray(inv, np.float32), "inv_freq")])  # [B,S,rot/2]
         # plain attention: [B,1,1,S,rot/2] (q as [B,kv,rep,S,hd]); fused: [B,S,1,rot/2] (q as [B,S,heads,hd])
@@ -382,7 +376,7 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
     def table(kind: str) -> tuple[str, str]:
         """The (cos, sin) pair of one rotary base, made on first use (no unused initializers)."""
         if kind not in made:
-            made[kind] = rope_caches(bases[kind], f"rotary_{kind}") if rotary_in_gqa else rope_tables(bases[kind])
+            made[kind] = rope_caches(bases[kind], f"rotary_{kind}") if rotary_in_gqa else rope_tables(bases[kind], kind)
         return made[kind]
 
     def rope(x: str, cs: tuple[str, str]) -> str:
@@ -401,8 +395,9 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
 
     def rmsnorm(x: str, weight: np.ndarray, hint: str) -> str:
         var = g.op("ReduceMean", [g.op("Mul", [x, x])], axes=[-1], keepdims=1)
-        inv = g.op("Reciprocal", [g.op("Sqrt", [g.op("Add", [var, g.const(np.float32(arch.eps))])])])
-        return g.op("Mul", [g.op("Mul", [x, inv]), g.init(f"{hint}.weight", (weight + arch.norm_offset).astype(np.float32))], hint=hint)
+        root = g.op("Sqrt", [g.op("Add", [var, g.const(np.float32(arch.eps))])])
+        scaled = g.op("Div", [x, root]) if static else g.op("Mul", [x, g.op("Reciprocal", [root])])  # Reciprocal: not on the HTP
+        return g.op("Mul", [scaled, g.init(f"{hint}.weight", (weight + arch.norm_offset).astype(np.float32))], hint=hint)
 
     def add_norm(x: str, y: str | None, weight: np.ndarray, hint: str) -> tuple[str, str]:
         """(rmsnorm(x + y), x + y); fused: one com.microsoft.SkipSimplifiedLayerNormalization.
@@ -445,7 +440,7 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
         helper.make_tensor_value_info(ids, TensorProto.INT64, [b_, s_]),
         helper.make_tensor_value_info(mask, TensorProto.INT64, [b_, t_]),
         helper.make_tensor_value_info(pos, TensorProto.INT64, [b_, s_]),
-    ]
+    ] if not static else [helper.make_tensor_value_info(ids, TensorProto.INT64, [b_, s_])]  # + the host inputs it uses (below)
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [b_, s_, arch.vocab])]
     pending: str | None = None  # the last block's output, added to the residual stream by the next norm
     for i in range(arch.layers):
@@ -499,7 +494,7 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
                 q = rmsnorm(q, w[f"{i}.q_norm"], f"{pre}.attn.q_norm")
                 k = rmsnorm(k, w[f"{i}.k_norm"], f"{pre}.attn.k_norm")
             q = rope(q, cs)
-            cs4 = tuple(g.op("Squeeze", [t, g.const(np.array([1], np.int64))]) for t in cs)  # [B,1,S,rot/2]
+            cs4 = cs if static else tuple(g.op("Squeeze", [t, g.const(np.array([1], np.int64))]) for t in cs)  # [B,1,S,rot/2]
             k = rope(k, cs4)
             if static:  # past * keep + write @ new: each chunk token lands in the slot of its position
                 k_all = g.op("Add", [g.op("Mul", [pk, keep]), g.op("MatMul", [hit, k])])
@@ -547,9 +542,18 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
     if arch.final_softcap:
         logits = softcap(logits, float(arch.final_softcap))
     g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits_out"))
+    if static:
+        from .static_decoder import host_input_shapes, layout_metadata
+
+        used = {n for node in g.nodes for n in node.input}
+        inputs[1:1] = [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(shape))
+                       for n, shape in host_input_shapes(int(chunk), int(static_context), rot // 2) if n in used]
+        g.nodes = _without_output_identities(g.nodes)  # Identity is not in the HTP's op list
     graph = helper.make_graph(g.nodes, "edgeq_decoder", inputs, outputs, initializer=g.inits)
     opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid("com.microsoft", 1)] if fused else [])
     model = helper.make_model(graph, opset_imports=opsets, producer_name="edgeq")
+    if static:  # what the host needs to compute the rotary rows and masks (static_decoder.StaticLayout)
+        helper.set_model_props(model, layout_metadata(arch.inv_freq, arch.inv_freq_local if "local" in made else None, arch.window))
     model.ir_version = 8
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -559,6 +563,21 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
     else:
         onnx.save_model(model, str(out))
     return out
+
+
+def _without_output_identities(nodes: list[Any]) -> list[Any]:
+    """``nodes`` with each ``Identity(x) -> graph output`` dropped and ``x`` renamed to the output's name."""
+    ident = {n.input[0]: n.output[0] for n in nodes if n.op_type == "Identity"}
+    kept = []
+    for n in nodes:
+        if n.op_type == "Identity":
+            continue
+        for field_ in (n.input, n.output):
+            for k, name in enumerate(field_):
+                if name in ident:
+                    field_[k] = ident[name]
+        kept.append(n)
+    return kept
 
 
 def _dims(t: Any) -> tuple[Any, ...]:
@@ -588,12 +607,14 @@ def prefill_feed(inputs: Any, ids: np.ndarray) -> dict[str, np.ndarray]:
         ids = ids[None]
     shapes = {t.name: _dims(t) for t in inputs}
     if all(isinstance(d, int) for d in shapes.get("input_ids", ("?",))):  # static decoder: its fixed shapes, slots from 0
-        chunk, slots = shapes["input_ids"][1], shapes["attention_mask"][1]
-        fixed = np.zeros((1, chunk), np.int64)
-        fixed[0, : min(chunk, ids.shape[1])] = ids[0, :chunk]
-        mask = (np.arange(slots) < chunk).astype(np.int64)[None]
-        feed = {"input_ids": fixed, "attention_mask": mask, "position_ids": np.arange(chunk, dtype=np.int64)[None]}
-        feed.update({n: np.zeros(d, np.float32) for n, d in shapes.items() if n.startswith("past_key_values.")})
+        from .static_decoder import StaticLayout, host_inputs
+
+        lay = StaticLayout(shapes, None)  # no session here: typical rotary rows (static_decoder.StaticLayout)
+        n = min(lay.chunk, ids.shape[1])
+        fixed = np.zeros((1, lay.chunk), np.int64)
+        fixed[0, :n] = ids[0, :n]
+        feed = {"input_ids": fixed, **host_inputs(lay, 0, n)}
+        feed.update({k: np.zeros(d, np.float32) for k, d in shapes.items() if k.startswith("past_key_values.")})
         return feed
     b, s = ids.shape
     feed = {"input_ids": ids, "attention_mask": np.ones((b, s), np.int64), "position_ids": np.tile(np.arange(s, dtype=np.int64), (b, 1))}
@@ -646,34 +667,53 @@ def check_decoder(model: Any, onnx_path: Path, vocab: int, atol: float, rtol: fl
     ]
 
 
-def check_static_decoder(model: Any, step_path: Any, vocab: int, atol: float, rtol: float, *, seq: int = 12, split: int = 8, seed: int = 0):
-    """Per-check (label, max abs, max rel, passed) of the static graph against transformers (batch 1)."""
+def check_static_decoder(model: Any, step_path: Any, vocab: int, atol: float, rtol: float, *, seq: int = 12, split: int = 8, seed: int = 0,
+                         prefill_path: Any = None):
+    """Per-check (label, max abs, max rel, passed) of the static graph(s) against transformers (batch 1): the step
+    graph alone, and with ``prefill_path`` a prompt of one full chunk and a padded one through the prefill graph, then steps."""
     import torch
 
     from ..core.runtime import create_session
-    from .static_decoder import logits_static
+    from .static_decoder import StaticLayout, logits_static
 
-    ids = np.random.default_rng(seed).integers(0, vocab, seq, dtype=np.int64)
-    with torch.no_grad():
-        ref = model(input_ids=torch.from_numpy(ids[None]), use_cache=False).logits.double().numpy()[0]
-    sess = create_session(step_path)
-    return [(f"{split} prompt tokens + {seq - split} steps through the fixed slots",
-             *_errors(ref, logits_static(sess, ids, split), atol, rtol))]
+    step = create_session(step_path)
+    runs = [(np.random.default_rng(seed).integers(0, vocab, seq, dtype=np.int64), split, None, "the step graph")]
+    if prefill_path is not None:
+        pre = create_session(prefill_path)
+        lay = StaticLayout.of_session(pre)
+        n = min(lay.context, lay.chunk + 12)
+        runs.append((np.random.default_rng(seed + 1).integers(0, vocab, n, dtype=np.int64), n - 4, pre, f"the prefill graph ({lay.chunk} per run)"))
+    rows = []
+    for ids, cut, pre, how in runs:
+        with torch.no_grad():
+            ref = model(input_ids=torch.from_numpy(ids[None]), use_cache=False).logits.double().numpy()[0]
+        rows.append((f"{cut} prompt tokens through {how} + {len(ids) - cut} steps through the fixed slots",
+                     *_errors(ref, logits_static(step, ids, cut, pre), atol, rtol)))
+    return rows
 
 
-def build_checked_static(model: Any, arch: Any, out: Any, target: Any, *, context: int = 0) -> tuple[list, tuple[str, ...], str]:
-    """Write the one-token static decoder of ``model`` at ``out`` and check it: (check rows, notes, provenance label)."""
+def build_checked_static(model: Any, arch: Any, out: Any, target: Any, *, context: int = 0, chunk: int = 0) -> tuple[list, tuple[str, ...], str]:
+    """Write the one-token static decoder of ``model`` at ``out`` and check it, with the prefill graph derived from it
+    (static_prefill.py, written for the check and removed): (check rows, notes, provenance label)."""
     from .static_decoder import DEFAULT_CONTEXT
+    from .static_prefill import chunk_for, write_prefill
 
-    slots = int(context or min(arch.context, DEFAULT_CONTEXT))
+    slots = min(int(context), arch.context) if context else min(arch.context, DEFAULT_CONTEXT)  # never past the model's context
+    chunk = chunk_for(slots, chunk)
     build_decoder(arch, model.state_dict(), out, static_context=slots, chunk=1)
     tol = target.tolerances
-    rows = check_static_decoder(model, out, arch.vocab, tol.export_atol, tol.export_rtol)
-    notes = (f"static KV-cache decoder ({arch.model_type}, {arch.layers} layers): batch 1, one token per run, {slots} cache slots "
-             f"(slot = position; attention_mask [1, {slots}] marks the filled ones); past_key_values.N.key/value in, "
-             f"present.N.key/value out; {arch.kv_bytes_per_token() * slots} KV bytes (fp32)",
-             f"plain attention ops, every shape static ({target.name} compiles fixed shapes)")
-    return rows, notes, f"static {slots} slots"
+    pre = Path(out).with_name(Path(out).stem + ".prefill-check.onnx")
+    try:
+        rows = check_static_decoder(model, out, arch.vocab, tol.export_atol, tol.export_rtol,
+                                    prefill_path=write_prefill(out, pre, chunk) if chunk > 1 else None)
+    finally:
+        pre.unlink(missing_ok=True)
+    notes = (f"static KV-cache decoder ({arch.model_type}, {arch.layers} layers): batch 1, {slots} cache slots (slot = position); "
+             f"a one-token step graph and a {chunk}-token prefill graph derived from it (same nodes and weights); "
+             f"past_key_values.N.key/value in, present.N.key/value out; {arch.kv_bytes_per_token() * slots} KV bytes (fp32)",
+             f"plain attention ops, every shape static ({target.name} compiles fixed shapes); attention bias, rotary rows and "
+             f"cache-write matrix computed on the host (exporters/static_decoder.py)")
+    return rows, notes, f"static {slots} slots, prefill chunk {chunk}"
 
 
 BUILDER = "edgeq KV-cache decoder builder"
@@ -687,8 +727,8 @@ def export_hf_decoder(model: Any, out: Path, target: Any, provenance: tuple[str,
 
     arch = arch_from_config(model.config)
     tol = target.tolerances
-    if target.static_shapes:  # NPU targets: fixed cache slots, one token per run (static_decoder.py)
-        rows, notes, kind = build_checked_static(model, arch, out, target)
+    if target.static_shapes:  # NPU targets: fixed cache slots, step and prefill graphs (static_decoder.py)
+        rows, notes, kind = build_checked_static(model, arch, out, target, context=target.static_slots, chunk=target.prefill_chunk)
         batch = 1
     else:
         fused, why = fused_attention_fits(arch, target)

@@ -271,7 +271,8 @@ def run_export(
             from ..bundles.genai import stage_for_genai
 
             with stage("generate check"):
-                generation = _greedy_check(opts, spec, check_data, stage_for_genai(qres.artifact.path, llm_files, work / "genai"))
+                staged = stage_for_genai(qres.artifact.path, llm_files, work / "genai", prefill_chunk=target.prefill_chunk)
+                generation = _greedy_check(opts, spec, check_data, staged)
                 notes.append(generation.summary() if generation else "onnxruntime-genai not installed: greedy generation check skipped (pip install onnxruntime-genai)")
         from ..checks.verdict import verdict_of
 
@@ -298,6 +299,7 @@ def run_export(
                 archive=opts.archive,
                 placement=manifest_placement(placement),
                 extra_files=llm_files,
+                prefill=bool(llm_files) and all(isinstance(d, int) for d in qres.artifact.io.input("input_ids").shape),  # static decoder
             )
             write_bundle(qres.artifact, target, opts.out, info, force=opts.force)
     return ExportResult(

@@ -51,6 +51,10 @@ def measure(root: str, *, prompt: int = PROMPT, contexts: tuple[int, ...] = CONT
         logits, _ = dec.step(ids, None, prompt)
         int(np.argmax(logits))
         ttft.append(time.perf_counter() - t)
+    static = {}
+    if getattr(dec, "prefill", None) is not None:  # static decoder: the prompt through the prefill graph; also one token per run
+        static["prefill_chunk"] = dec.prefill_chunk
+        static["ttft_ms_step_only"] = _ttft_step_only(dec, ids, repeats)
     usable = [c for c in contexts if c + steps <= limit] or sorted({max(8, limit // 4), max(8, limit // 2)})
     rows = []
     for ctx in usable:
@@ -74,6 +78,7 @@ def measure(root: str, *, prompt: int = PROMPT, contexts: tuple[int, ...] = CONT
     return {
         "prompt_tokens": prompt,
         "ttft_ms": float(np.median(ttft)) * 1e3,
+        **static,
         "decode": rows,
         "decode_growth": flat,  # ms/token at the longest context over the shortest
         "peak_rss_bytes": int(peak),
@@ -83,6 +88,23 @@ def measure(root: str, *, prompt: int = PROMPT, contexts: tuple[int, ...] = CONT
         "threads": threads,
         "note": "peak RSS of a child interpreter that loaded only numpy, onnxruntime and the model",
     }
+
+
+def _ttft_step_only(dec: Any, ids: Any, repeats: int) -> float:
+    """Median time to first token (ms) with the prompt fed one token per run through the step graph."""
+    import numpy as np
+
+    pre, dec.prefill = dec.prefill, None
+    try:
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            logits, _ = dec.step(ids, None, ids.shape[1])
+            int(np.argmax(logits))
+            times.append(time.perf_counter() - t)
+    finally:
+        dec.prefill = pre
+    return float(np.median(times)) * 1e3
 
 
 def profile_llm(bundle: Path, *, prompt: int = PROMPT, contexts: tuple[int, ...] = CONTEXTS, steps: int = STEPS,
@@ -108,7 +130,9 @@ def llm_lines(label: str, r: dict[str, Any]) -> list[str]:
     rows = ", ".join(f"{d['context']}: {d['decode_tokens_per_s']:.1f} tok/s ({d['decode_ms_per_token']:.2f} ms)" for d in r["decode"])
     growth = f"; decode time x{r['decode_growth']:.2f} from shortest to longest context" if r.get("decode_growth") else ""
     return [
-        f"LLM {label}: time to first token {r['ttft_ms']:.1f} ms at {r['prompt_tokens']} prompt tokens",
+        f"LLM {label}: time to first token {r['ttft_ms']:.1f} ms at {r['prompt_tokens']} prompt tokens"
+        + (f" (prefill graph, {r['prefill_chunk']} tokens per run; {r['ttft_ms_step_only']:.1f} ms one token per run)"
+           if r.get("prefill_chunk") else ""),
         f"  decode by context: {rows}{growth}",
         f"  peak RSS {r['peak_rss_bytes'] / 2**20:.1f} MiB, KV cache {r['kv_bytes_per_token']} bytes/token (fp32), context length {r['context_length']}",
     ]

@@ -88,6 +88,9 @@ def _session_options(ort, spec: dict, *, profile_prefix: str | None = None, cont
         so.add_session_config_entry("ep.context_enable", "1")
         so.add_session_config_entry("ep.context_file_path", context_path)
         so.add_session_config_entry("ep.context_embed_mode", "0")
+        # read from bytes (make_session): external weights (a static decoder's model.onnx.data) beside the model edgeq
+        # wrote, found from the working directory (write_context moves there) so no path goes into the context's bytes
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path", ".")
     return so
 
 
@@ -213,11 +216,22 @@ def op_profile(ort, spec: dict, feed: dict, tmp: str) -> dict:
     return {"runs": runs, "nodes": sorted(nodes.values(), key=lambda d: -d["us"])}
 
 
+def _context_session(ort, spec: dict):
+    """A session that writes the provider's context; the working directory is the model's folder meanwhile, where
+    external weights are found (``_session_options``)."""
+    here = os.getcwd()
+    os.chdir(os.path.dirname(os.path.abspath(spec["model"])))
+    try:
+        return make_session(ort, spec, context_path=spec["context_path"])
+    finally:
+        os.chdir(here)
+
+
 def write_context(spec: dict) -> dict:
     """Only compile: a session with ep.context_enable writes the provider's context model and binary."""
     import onnxruntime as ort
 
-    sess = make_session(ort, spec, context_path=spec["context_path"])
+    sess = _context_session(ort, spec)
     return {"schema": SCHEMA, "providers_active": sess.get_providers(), "placement": placement(sess),
             "context": sorted(os.listdir(os.path.dirname(spec["context_path"])))}
 
@@ -296,7 +310,7 @@ def measure(spec: dict) -> dict:
             result["ops"] = op_profile(ort, spec, feed, tmp)
     if spec.get("context_path"):
         # a session with ep.context_enable writes the provider's compiled context next to the model
-        make_session(ort, spec, context_path=spec["context_path"])
+        _context_session(ort, spec)
         result["context"] = sorted(os.listdir(os.path.dirname(spec["context_path"])))
     return result
 

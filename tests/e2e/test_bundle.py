@@ -237,9 +237,15 @@ def test_cpp_runner_builds_and_passes_golden_pair(tmp_path):
     man.write_text(orig)
     # a wrong golden output is caught by the C++ runner too
     p = out / "golden/000/out_0.npy"
+    good = p.read_bytes()
     np.save(p, np.load(p) + 1.0)
     r = subprocess.run([str(bld / "edgeq_runner"), str(out)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and r.stdout.startswith("FAIL"), r.stdout + r.stderr
+    p.write_bytes(good)
     (out / "model.ort").unlink()
     r = subprocess.run([str(bld / "edgeq_runner"), str(out)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "FAIL" in r.stderr
+    # a bundle whose manifest ships no model.ort (static LLM decoders) runs model.onnx, the name fixed in the runner
+    man.write_text(json.dumps({**m, "model": {**m["model"], "ort": None}}))
+    r = subprocess.run([str(bld / "edgeq_runner"), str(out)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("PASS golden 000"), r.stdout + r.stderr

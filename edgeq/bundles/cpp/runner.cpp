@@ -1,4 +1,4 @@
-// edgeq bundle runner (C++): load model.ort with onnxruntime's C++ API, run golden pair 000,
+// edgeq bundle runner (C++): load model.ort (model.onnx where the manifest's model.ort is null) with onnxruntime's C++ API, run golden pair 000,
 // compare with the stored outputs, and honour the export verdict recorded in manifest.json.
 // Usage: edgeq_runner BUNDLE_DIR [ATOL] [RTOL]
 // Exit codes: 0 pass, 1 outside tolerance or the export check failed (manifest verdict "fail"; an
@@ -114,6 +114,7 @@ class Json {
   struct Verdict {
     std::string status = "skipped";
     std::string reason = "no verification recorded";
+    bool ort_absent = false;  // manifest "model"."ort" is null: the bundle ships model.onnx only (static LLM decoders)
   };
 
   Verdict verdict() {
@@ -132,6 +133,15 @@ class Json {
             skip(1);
           }
         });
+      } else if (key == "model" && peek() == '{') {
+        object([&](const std::string& k) {
+          if (k == "ort" && s_.compare(i_, 4, "null") == 0) {  // only the null-ness is read: no file name comes from the manifest
+            i_ += 4;
+            v.ort_absent = true;
+          } else {
+            skip(1);
+          }
+        });
       } else if (key == "verify" && peek() == '{') {
         have_verify = true;
         object([&](const std::string& k) {
@@ -146,8 +156,8 @@ class Json {
         skip(0);
       }
     });
-    if (!have_verdict && verify_failed) v = {"fail", "the export check failed (manifest verify.passed = false)"};
-    else if (!have_verdict && have_verify) v = {"pass", ""};  // as run.py reads bundles written before the verdict
+    if (!have_verdict && verify_failed) v.status = "fail", v.reason = "the export check failed (manifest verify.passed = false)";
+    else if (!have_verdict && have_verify) v.status = "pass", v.reason = "";  // as run.py reads bundles written before the verdict
     return v;
   }
 
@@ -271,7 +281,7 @@ int main(int argc, char** argv) {
     // model.ort was saved at manifest.json's model.ort_optimization_level; what the full build adds at load
     // time (ALL: layout for this CPU) stays on this device. Minimal builds ignore the level.
     so.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
-    const std::string model = root + "/model.ort";
+    const std::string model = root + (verdict.ort_absent ? "/model.onnx" : "/model.ort");
     Ort::Session session(env, model.c_str(), so);
     Ort::AllocatorWithDefaultOptions alloc;
     Ort::MemoryInfo mem = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
