@@ -71,7 +71,7 @@ def test_stream_ends_its_line_before_the_summary(tmp_path, monkeypatch):
             return "".join(chr(97 + i % 26) for i in ids)
 
     class Dec:
-        context, eos = 16, set()
+        context, eos, chunk = 16, set(), 0
 
         def step(self, ids, past, total):
             import numpy as np
