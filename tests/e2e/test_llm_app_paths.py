@@ -223,3 +223,37 @@ def test_gguf_export_honours_accept_failed_and_verify_reads_the_verdict(runner, 
     assert verdict["status"] == "accepted-failed" and "mean KL" in verdict["reason"]
     v = runner.invoke(app, ["verify", str(tmp_path / "shipped")])
     assert v.exit_code == 0 and "ACCEPTED-FAILED" in v.output, v.output
+
+
+def test_generation_loop_shares_the_cache_buffers_like_onnxruntime_genai(tmp_path):
+    """run.py / edgeq generate / edgeq profile on a GroupQueryAttention decoder: one buffer per past/present pair, grown
+    as needed, extended in place (before: the whole cache copied into new present arrays every token, 5.3 vs 2.1 ms
+    per token at 1,024 tokens on the realistic bench fixture). Same logits as transformers across a buffer growth."""
+    import numpy as np
+    import torch
+
+    from edgeq.bundles.genai import bundle_files
+    from edgeq.bundles.llmgen import Decoder
+    from edgeq.exporters.decoder import arch_from_config, build_decoder
+
+    folder = save_lm(tmp_path / "llama", "llama", hidden_size=64, intermediate_size=128, max_position_embeddings=512)
+    from edgeq.exporters import hf
+
+    model = hf.load_hf_model(hf.inspect_folder(folder), "text-generation")
+    b = tmp_path / "b"
+    b.mkdir()
+    build_decoder(arch_from_config(model.config), model.state_dict(), b / "model.onnx", fused=True)
+    for name, data in bundle_files(folder, b / "model.onnx")[0]:
+        (b / name).write_bytes(data)
+    dec = Decoder(str(b))
+    assert dec.share  # genai_config.json's past_present_share_buffer, as the export writes it for GroupQueryAttention
+    ids = np.random.default_rng(0).integers(3, 300, (1, 300))
+    with torch.no_grad():
+        want = model(input_ids=torch.from_numpy(ids)).logits[0].numpy()
+    logits, cache = dec.step(ids[:, :250], None, 250)  # buffers of 256 positions
+    got = [logits]
+    for t in range(250, 300):  # past 256: the buffers grow (to 512) with their contents
+        logits, cache = dec.step(ids[:, t : t + 1], cache, t + 1)
+        got.append(logits)
+    assert cache["past_key_values.0.key"][0].shape[2] == 512
+    np.testing.assert_allclose(np.stack(got[:-1]), want[249:299], atol=1e-4, rtol=1e-3)
