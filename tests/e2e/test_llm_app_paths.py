@@ -225,6 +225,32 @@ def test_gguf_export_honours_accept_failed_and_verify_reads_the_verdict(runner, 
     assert v.exit_code == 0 and "ACCEPTED-FAILED" in v.output, v.output
 
 
+def _fused_genai_folder(tmp_path, context: int):
+    """The fused decoder of a tiny Llama with ``context`` positions and its genai/tokenizer files: (folder, transformers model)."""
+    from edgeq.bundles.genai import bundle_files
+    from edgeq.exporters import hf
+    from edgeq.exporters.decoder import arch_from_config, build_decoder
+
+    folder = save_lm(tmp_path / "llama", "llama", hidden_size=64, intermediate_size=128, max_position_embeddings=context)
+    model = hf.load_hf_model(hf.inspect_folder(folder), "text-generation")
+    b = tmp_path / "b"
+    b.mkdir()
+    build_decoder(arch_from_config(model.config), model.state_dict(), b / "model.onnx", fused=True)
+    for name, data in bundle_files(folder, b / "model.onnx")[0]:
+        (b / name).write_bytes(data)
+    return b, model
+
+
+def test_llm_profile_also_times_the_longest_power_of_two_that_fits(tmp_path):
+    """A 1,280-token model: 2,048 does not fit; before, the decode curve stopped at 512 tokens."""
+    from edgeq.profiling.llm import measure
+
+    b, _ = _fused_genai_folder(tmp_path, 1280)
+    r = measure(str(b), steps=2, repeats=1, threads=1)
+    assert [d["context"] for d in r["decode"]] == [128, 512, 1024]
+    assert r["decode_growth"] == r["decode"][-1]["decode_ms_per_token"] / r["decode"][0]["decode_ms_per_token"]
+
+
 def test_generation_loop_shares_the_cache_buffers_like_onnxruntime_genai(tmp_path):
     """run.py / edgeq generate / edgeq profile on a GroupQueryAttention decoder: one buffer per past/present pair, grown
     as needed, extended in place (before: the whole cache copied into new present arrays every token, 5.3 vs 2.1 ms
@@ -232,19 +258,9 @@ def test_generation_loop_shares_the_cache_buffers_like_onnxruntime_genai(tmp_pat
     import numpy as np
     import torch
 
-    from edgeq.bundles.genai import bundle_files
     from edgeq.bundles.llmgen import Decoder
-    from edgeq.exporters.decoder import arch_from_config, build_decoder
 
-    folder = save_lm(tmp_path / "llama", "llama", hidden_size=64, intermediate_size=128, max_position_embeddings=512)
-    from edgeq.exporters import hf
-
-    model = hf.load_hf_model(hf.inspect_folder(folder), "text-generation")
-    b = tmp_path / "b"
-    b.mkdir()
-    build_decoder(arch_from_config(model.config), model.state_dict(), b / "model.onnx", fused=True)
-    for name, data in bundle_files(folder, b / "model.onnx")[0]:
-        (b / name).write_bytes(data)
+    b, model = _fused_genai_folder(tmp_path, 512)
     dec = Decoder(str(b))
     assert dec.share  # genai_config.json's past_present_share_buffer, as the export writes it for GroupQueryAttention
     ids = np.random.default_rng(0).integers(3, 300, (1, 300))
