@@ -266,7 +266,7 @@ def load_samples(
     raw = _read_raw(path, io, what)
     from .lmdata import fill_lm_inputs
 
-    raw, lm_notes = fill_lm_inputs(raw, io)  # input_ids windows alone are enough for language models
+    raw, lm_notes = fill_lm_inputs(raw, io, f"{what} data {path}")  # input_ids windows alone are enough for language models
     labels = None
     if labels_key in raw and labels_key not in io.input_names:
         labels = raw.pop(labels_key)

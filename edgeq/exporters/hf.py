@@ -140,9 +140,13 @@ def load_hf_model(src: HfSource, task: str, *, trust_remote_code: bool = False):
     }[task]
     with _offline(), contextlib.redirect_stderr(open(os.devnull, "w")):  # noqa: SIM115 - progress bars
         try:
+            import torch
+
+            # float32 whatever the checkpoint's dtype: transformers 5 loads a bf16/fp16 folder as it is ("auto"), and a
+            # half-precision reference differs from the float32 export by its own rounding (0.27 max abs on a bf16 Qwen2)
             model, info = auto.from_pretrained(
                 str(src.folder), local_files_only=True, trust_remote_code=trust_remote_code, attn_implementation="eager",
-                output_loading_info=True,
+                output_loading_info=True, dtype=torch.float32,
             )
         except Exception as e:  # noqa: BLE001
             if trust_remote_code:

@@ -119,7 +119,8 @@ def export_model(cfg: ExportConfig, progress: ProgressFactory = quiet_progress) 
                          sidecar=cfg.do_profile and tg.runtime != "llama.cpp",
                          inputs=(source, q.calib, q.eval, b.preprocess, b.labels, q.image_preprocess, b.sign, sc.weights, sc.reference))
     if tg.runtime == "llama.cpp":  # Hugging Face Llama folder -> GGUF bundle (edgeq.llamacpp.gguf); --eval: prompts file
-        return export_gguf(source, tg, out, quant=q.quant, prompts_file=q.eval, force=cfg.force, progress=progress(0))
+        return export_gguf(source, tg, out, quant=q.quant, prompts_file=q.eval, force=cfg.force, progress=progress(0),
+                           accept_failed=cfg.accept_failed)
     spec = q.spec(tg)
     q.check_prefer()
     from ..core.fsutil import require_regular_file
@@ -194,7 +195,8 @@ def check_export(outcome: ExportOutcome) -> None:
         from ..checks.hints import after_failed_check
 
         raise CheckFailed(
-            f"the quantized model is outside target {tg.name}'s tolerances: {(result.get('verdict') or {}).get('reason', '')}",
+            f"the {'exported' if outcome.spec.mode == 'none' else 'quantized'} model is outside target {tg.name}'s tolerances: "
+            f"{(result.get('verdict') or {}).get('reason', '')}",
             after_failed_check(outcome.spec, tg, max_drop=cfg.quant.max_drop, has_eval=cfg.quant.eval is not None, out=cfg.out),
         )
 

@@ -145,6 +145,8 @@ def run_export(
     windows = npu_qdq.load_windows(source.io, opts.calib, opts.eval) if qdq_lm else {}
     calib = None if qdq_lm else load_samples(opts.calib, source.io, what="calibration", labels_key=opts.labels_key, preprocess=image_prep, random_n=spec.calib_samples) if opts.calib else None
     evals = None if qdq_lm else load_samples(opts.eval, source.io, what="evaluation", labels_key=opts.labels_key, preprocess=image_prep) if opts.eval else None
+    if opts.lm_folder is not None:
+        _check_lm_windows(opts.lm_folder, (opts.calib, calib, "calibration"), (opts.eval, evals, "evaluation"))
     prep_notes = _record_image_preprocess(app_io, calib or evals, from_app=image_prep is not None and image_prep == opts.preprocess)
     if qdq_lm:  # the QDQ form the target runs, or one line refusing what it cannot run, before any work
         spec, spec_notes = npu_qdq.decoder_spec(spec)
@@ -154,6 +156,8 @@ def run_export(
 
         raise CalibrationError(
             f"{spec.mode} needs calibration data and none was given",
+            ("pass --calib WINDOWS.npz (input_ids [n, T] token windows), or --quant int4 (RTN needs no data) / "
+             + modes_without_calibration(target).removeprefix("--quant ")) if opts.lm_folder is not None else
             "pass --calib DATA.npz (one array per model input), or " + modes_without_calibration(target),
         )
     from ..quantization.int8.preflight import run as preflight
@@ -392,6 +396,18 @@ def _llm_files(source: Artifact, opts: ExportOptions) -> tuple[tuple[tuple[str, 
 
 
 GREEDY_NEW_TOKENS = 32
+
+
+def _check_lm_windows(folder: Path, *sets: tuple[Any, SampleSet | None, str]) -> None:
+    """input_ids windows against the Hugging Face folder's vocabulary and context, before any work."""
+    from ..core.lmdata import IDS, check_token_windows
+    from ..exporters import hf
+
+    cfg = hf.inspect_folder(folder).config
+    vocab, context = int(cfg.get("vocab_size") or 0), int(cfg.get("max_position_embeddings") or 0)
+    for path, data, what in sets:
+        if data is not None and IDS in data.arrays:
+            check_token_windows(data.arrays[IDS], vocab, context, f"{what} data {path}")
 
 
 def _greedy_check(opts: ExportOptions, spec: QuantSpec, data: SampleSet | None, folder: Path):
