@@ -158,6 +158,7 @@ def export_model(cfg: ExportConfig, progress: ProgressFactory = quiet_progress) 
                 target=tg, example_shapes=parse_example_shapes(sc.example_shape), static_shapes=opts.static_shapes,
                 task=sc.task, weights=sc.weights, trust_pickle=sc.trust_pickle, trust_remote_code=sc.trust_remote_code,
                 opset=q.opset, exporter=sc.exporter, input_names=in_names, output_names=out_names, app_io=b.preprocess,
+                data=tuple((w, p, b.labels_key) for w, p in (("calibration", q.calib), ("evaluation", q.eval)) if p is not None),
             )
             export_from = source
             if kind == "hf":  # a GPTQ/AWQ/bitsandbytes folder: read by edgeq, exported from its dequantized weights
