@@ -100,6 +100,14 @@ def test_budget_met_only_all_float_is_fp32_and_fails_everywhere(runner, tmp_path
     p = _run_py(out)
     assert p.returncode == 0 and "ACCEPTED-FAILED" in p.stdout, p.stdout + p.stderr
 
+    # the --prefer gate with no candidate within the budget: fp32 shipped, the same failed verdict
+    r = runner.invoke(app, args + ["--force", "--prefer", "accurate", "--json"])
+    res = json.loads(r.stdout)
+    assert r.exit_code == 1 and res["quantization"]["mode"] == "none" and res["quantization"]["gate"]["met"] is False
+    assert res["verdict"]["status"] == "fail" and "no quantized candidate" in res["verdict"]["reason"]
+    assert json.loads((out / "manifest.json").read_text())["verdict"] == res["verdict"]
+    assert runner.invoke(app, ["verify", str(out)]).exit_code == 1
+
 
 def test_quantize_labels_an_all_float_result_fp32_and_exits_1(runner, tmp_path):
     model, calib = _embedder(tmp_path / "emb.onnx"), _data(tmp_path)
