@@ -137,4 +137,4 @@ def check_budget(recipe: dict, where: Path, has_eval: bool = True) -> None:
         return
     gate = recipe.get("gate")
     budget = gate if gate and gate.get("met") is False else recipe.get("search") or {}
-    raise CheckFailed(f"{why}: {where}", f"{where} holds it with the search log; {after_budget_missed(budget, has_eval=has_eval)}")
+    raise CheckFailed(f"{why} (in {where}, with the {'gate' if budget is gate else 'search'} log)", after_budget_missed(budget, has_eval=has_eval))
