@@ -290,7 +290,7 @@ def run_export(
         from ..checks.verdict import verdict_of
 
         verdict = verdict_of(report.to_dict() if report else None, accept_failed=opts.accept_failed,
-                             generation=generation.to_dict() if generation is not None else None)
+                             generation=generation.to_dict() if generation is not None else None, recipe=qres.recipe())
         with stage("bundle"):
             info = BundleInputs(
                 golden_feeds=golden,

@@ -68,6 +68,7 @@ def export_table(r: dict[str, Any]) -> Table:
     if cov:
         t.add_row(
             "quantized nodes", str(cov["nodes_total"]), str(cov["nodes_quantized"]),
+            f"fp32 (mode none): no weight node quantized, {q['requested_mode']} asked for" if q.get("requested_mode") else
             f"{q['mode']} weight-only ({'QDQ: DequantizeLinear -> MatMul' if q.get('qdq_form') else 'MatMulNBits, GatherBlockQuantized'})" if q.get("weights") else
             f"{q['mode']} {q['format']} a={q['activation_type']} w={q['weight_type']}{' per-channel' if q['per_channel'] else ''}"
             + (" [red]= fp32 (no weight node quantized)[/]" if cov["nodes_total"] and not cov["nodes_quantized"]
