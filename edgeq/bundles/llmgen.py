@@ -24,6 +24,7 @@ CONFIG = "genai_config.json"
 TOKENIZER = "tokenizer.json"
 PREFILL = "prefill.onnx"  # static decoders: the prompt's graph beside model.onnx, sharing its weights file
 STATIC_HOST = "static_decoder.py"  # static decoders: the host side of the fixed-slot cache, shipped beside this file
+LONGROPE_SWITCH = "edgeq_longrope_switch"  # model metadata: LongRoPE's original_max_position_embeddings
 
 
 def _static_host():
@@ -94,6 +95,9 @@ class Decoder:
         self.past = [i for i in self.inputs if i.name.startswith("past_key_values.")]
         if not self.past or "logits" not in self.outputs:
             raise ValueError("the bundle's model is not a KV-cache decoder (no past_key_values inputs)")
+        switch = self.session.get_modelmeta().custom_metadata_map.get(LONGROPE_SWITCH, "")
+        # LongRoPE: where the frequencies switch to the long factors (0: none); generate re-runs the sequence there
+        self.rope_switch = int(switch) if switch.isdigit() and len(switch) < 10 else 0
         ids_shape = self.inputs[[i.name for i in self.inputs].index("input_ids")].shape
         # static decoder (NPU targets): fixed chunk of tokens per run, cache of fixed slots (slot = position)
         self.chunk = int(ids_shape[1]) if all(isinstance(d, int) for d in ids_shape) else 0
@@ -223,7 +227,11 @@ def generate(dec: Decoder, prompt_ids: list, *, max_new_tokens: int = 64, temper
             stop = "context"
             break
         t1 = time.perf_counter()
-        logits, cache = dec.step(np.asarray([[tok]], np.int64), cache, total + 1)
+        if total == getattr(dec, "rope_switch", 0):  # LongRoPE: the cached keys used the short factors; as transformers'
+            # generate does, the whole sequence goes through again with the long ones (once, at the switch)
+            logits, cache = dec.step(np.asarray([list(prompt_ids) + out], np.int64), None, total + 1)
+        else:
+            logits, cache = dec.step(np.asarray([[tok]], np.int64), cache, total + 1)
         decode_s += time.perf_counter() - t1
         total += 1
     steps = max(len(out) - 1, 0)

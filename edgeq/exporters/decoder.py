@@ -588,6 +588,8 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
     if static:  # what the host needs to compute the rotary rows and masks (static_decoder.StaticLayout)
         helper.set_model_props(model, layout_metadata(arch.inv_freq, arch.inv_freq_local if "local" in made else None, arch.window,
                                                        rotary_scale=arch.rope_scale))
+    elif long_rope:  # where the bundle's generation loop re-runs the sequence (bundles/llmgen.py, as transformers' generate)
+        helper.set_model_props(model, {"edgeq_longrope_switch": str(int(arch.rope_switch))})
     model.ir_version = 8
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -684,21 +686,28 @@ def _errors(ref: np.ndarray, got: np.ndarray, atol: float, rtol: float) -> tuple
     return float(d.max()), float(rel.max()), bool((d <= atol + rtol * np.abs(ref)).all())
 
 
-def check_decoder(model: Any, onnx_path: Path, vocab: int, atol: float, rtol: float, *, seq: int = 12, steps: int = 4, seed: int = 0):
-    """Per-check (label, max abs, max rel, passed): full sequence, and prefill + cached decode steps, vs transformers."""
+def check_decoder(model: Any, onnx_path: Path, vocab: int, atol: float, rtol: float, *, seq: int = 12, steps: int = 4, seed: int = 0,
+                  long_from: int = 0):
+    """Per-check (label, max abs, max rel, passed): full sequence, and prefill + cached decode steps, vs transformers.
+
+    ``long_from`` (LongRoPE: original_max_position_embeddings, when below the context) adds the same two checks on one
+    sequence of ``long_from + 1 + steps`` tokens, whose prefill already passes the switch to the long factors."""
     import torch
 
     from ..core.runtime import create_session
 
     rng = np.random.default_rng(seed)
-    ids = rng.integers(0, vocab, (2, seq), dtype=np.int64)
-    with torch.no_grad():
-        ref = model(input_ids=torch.from_numpy(ids), use_cache=False).logits.double().numpy()
     sess = create_session(onnx_path)
-    return [
-        (f"full sequence 2x{seq}", *_errors(ref, decode_with_cache(sess, ids, seq), atol, rtol)),
-        (f"prefill 2x{seq - steps} + {steps} cached decode steps", *_errors(ref, decode_with_cache(sess, ids, seq - steps), atol, rtol)),
-    ]
+    rows = []
+    for b, n in [(2, seq)] + ([(1, long_from + 1 + steps)] if long_from else []):
+        ids = rng.integers(0, vocab, (b, n), dtype=np.int64)
+        with torch.no_grad():
+            ref = model(input_ids=torch.from_numpy(ids), use_cache=False).logits.double().numpy()
+        rows += [
+            (f"full sequence {b}x{n}", *_errors(ref, decode_with_cache(sess, ids, n), atol, rtol)),
+            (f"prefill {b}x{n - steps} + {steps} cached decode steps", *_errors(ref, decode_with_cache(sess, ids, n - steps), atol, rtol)),
+        ]
+    return rows
 
 
 def check_static_decoder(model: Any, step_path: Any, vocab: int, atol: float, rtol: float, *, seq: int = 12, split: int = 8, seed: int = 0,
@@ -769,7 +778,8 @@ def export_hf_decoder(model: Any, out: Path, target: Any, provenance: tuple[str,
     else:
         fused, why = fused_attention_fits(arch, target)
         build_decoder(arch, model.state_dict(), out, fused=fused)
-        rows = check_decoder(model, out, arch.vocab, tol.export_atol, tol.export_rtol)
+        long_from = arch.rope_switch if arch.inv_freq_long and arch.rope_switch + 5 <= arch.context else 0
+        rows = check_decoder(model, out, arch.vocab, tol.export_atol, tol.export_rtol, long_from=long_from)
         notes = (f"KV-cache decoder ({arch.model_type}, {arch.layers} layers, {arch.kv_heads} kv heads x {arch.head_dim}): "
                  f"past_key_values.N.key/value in, present.N.key/value out; {arch.kv_bytes_per_token()} KV bytes per token (fp32)", why)
         kind, batch = ("GroupQueryAttention" if fused else "plain attention"), 2

@@ -127,3 +127,22 @@ def test_onnxruntime_genai_greedy_equals_transformers_generate_on_each_side_of_t
     for p, n in zip(prompts, new):
         ref = hf_greedy(model, [p], n)
         assert _genai_greedy(tmp_path, [p], n) == ref
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_bundle_generation_loop_crossing_the_switch_equals_transformers_generate(fused, tmp_path):
+    """run.py / edgeq generate (bundles/llmgen.py) re-run the sequence once at the switch, as transformers' generate does."""
+    from edgeq.bundles.genai import genai_config, hf_greedy
+    from edgeq.bundles.llmgen import Decoder, generate
+
+    model = _phi3()
+    arch = D.arch_from_config(model.config)
+    D.build_decoder(arch, model.state_dict(), tmp_path / "model.onnx", fused=fused)
+    (tmp_path / "genai_config.json").write_text(json.dumps(genai_config(arch, {}, share_buffer=fused)))
+    dec = Decoder(str(tmp_path))
+    assert dec.rope_switch == SWITCH
+    prompt = np.random.default_rng(5).integers(3, 300, 20).tolist()
+    ref = hf_greedy(model, [prompt], 30)[0]  # 20 + 30 tokens: crosses 32
+    got = generate(dec, prompt, max_new_tokens=30)["tokens"]
+    assert got == (ref[: ref.index(2)] if 2 in ref else ref)  # EOS (2) ends generate's tokens, not transformers'
+    assert len(got) > SWITCH - len(prompt) + 2  # the comparison reaches past the switch
