@@ -14,11 +14,14 @@ rows) and shifts ``position_ids`` by ``original`` when the total passes it (what
 builder does with two caches). Logits therefore equal transformers' for any prompt and any decode
 step, below and above the switch, given the same cache.
 
-One difference remains and is said at export: when a generation *crosses* the switch, the keys
+When a generation *crosses* the switch, the keys
 already in the cache were computed with the short factors; transformers' ``generate`` (Phi-3's
 ``prepare_inputs_for_generation``) then drops its cache and re-runs the whole sequence with the long
-factors, while onnxruntime-genai and edgeq's run.py go on with the cache. Generations that stay on
-one side (prompt + new tokens <= the switch, or a prompt longer than it) are identical.
+factors. The bundle's run.py and ``edgeq generate`` (bundles/llmgen.py) do the same: the switch is
+in the decoder's metadata (``edgeq_longrope_switch``) and the loop re-runs the sequence once there.
+onnxruntime-genai goes on with its cache (as with its own builder's models), so through it only
+generations that stay on one side (prompt + new tokens <= the switch, or a prompt longer than it)
+are identical; the export note says so.
 
 The static NPU graphs take their rotary rows from the host: they get the short factors and the
 attention factor, and their cache slots are capped at the switch (``static_slots``).
@@ -71,6 +74,6 @@ def longrope_note(arch: Any, *, static: bool = False) -> str | None:
         return (f"LongRoPE: static graphs use the short factors (attention factor {arch.rope_scale:.4g}), so their cache "
                 f"slots end at original_max_position_embeddings = {n}")
     return (f"LongRoPE: short factors while the total length is <= {n} tokens, long factors above (switch per run on the "
-            f"attention mask's length, attention factor {arch.rope_scale:.4g}); a generation that crosses {n} keeps the cached "
-            f"keys of its first tokens, where transformers' generate re-runs the sequence with the long factors, so tokens "
-            f"after position {n} may differ from it when prompt <= {n} < prompt + new tokens")
+            f"attention mask's length, attention factor {arch.rope_scale:.4g}); the bundle's run.py and edgeq generate re-run "
+            f"the sequence once when a generation crosses {n}, as transformers' generate does; onnxruntime-genai keeps "
+            f"its cache there, so its tokens after position {n} may differ from transformers' when prompt <= {n} < prompt + new tokens")
