@@ -47,3 +47,11 @@ def test_longrope_phi3_exports_checks_both_sides_and_generates_like_transformers
     want = want[: want.index(2)] if 2 in want else want
     got = greedy_json(out / "run.py", text, 60, tmp_path / "cwd")
     assert got["tokens"] == want and len(ids) + len(want) > SWITCH + 2, (len(ids), len(want))
+    # weight-only int4 keeps the switch in the decoder's metadata (run.py reads it there)
+    import onnx
+
+    r = runner.invoke(app, ["export", str(folder), "--task", "text-generation", "--quant", "int4", "--no-profile", "-o", str(tmp_path / "q")])
+    assert r.exit_code == 0, r.output
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "q" / "model.onnx"), load_external_data=False).metadata_props}
+    assert meta.get("edgeq_longrope_switch") == str(SWITCH)
+    assert any(n.op_type == "MatMulNBits" for n in onnx.load(str(tmp_path / "q" / "model.onnx"), load_external_data=False).graph.node)
