@@ -47,6 +47,9 @@ def test_longrope_phi3_exports_checks_both_sides_and_generates_like_transformers
     want = want[: want.index(2)] if 2 in want else want
     got = greedy_json(out / "run.py", text, 60, tmp_path / "cwd")
     assert got["tokens"] == want and len(ids) + len(want) > SWITCH + 2, (len(ids), len(want))
+    r = runner.invoke(app, ["generate", str(out), "--prompt", text, "--max-new-tokens", "60", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["tokens"] == want  # edgeq generate: the same loop
     # weight-only int4 keeps the switch in the decoder's metadata (run.py reads it there)
     import onnx
 
