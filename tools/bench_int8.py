@@ -553,8 +553,10 @@ def peak_rss_mb(m: dict, recipe: str, n: int) -> float | None:
     return None if got is None else got[1]
 
 
-def cost(m: dict, recipe: str, n: int) -> tuple[float, float] | None:
-    """(wall seconds, peak RSS growth MB) of quantizing with ``n`` samples in a fresh subprocess."""
+def cost(m: dict, recipe: str, n: int, root: Path = ROOT) -> tuple[float, float, float] | None:
+    """(wall seconds, peak RSS growth MB, CPU seconds of every thread) of quantizing with ``n`` samples in a
+    fresh subprocess. CPU time varies less than wall time on a shared host; both are reported.
+    ``root``: the edgeq checkout whose recipe runs (``--cost-base``: e.g. main, in the same rounds)."""
     npz = WORK / f"mem_{Path(m['path']).stem}_{len(next(iter(m['calib'].values())))}.npz"
     if not npz.exists():
         np.savez(npz, **m["calib"])
@@ -563,10 +565,10 @@ def cost(m: dict, recipe: str, n: int) -> tuple[float, float] | None:
         "import tools.bench_int8 as b; "
         "z = np.load(%r); calib = {k: z[k] for k in z.files}; "
         "m = {'path': pathlib.Path(%r), 'calib': calib}; base = b._rss_now_kb(); "
-        "out = pathlib.Path(tempfile.mkdtemp()) / 'q.onnx'; import time; t = time.perf_counter(); "
-        "b.MEMORY_RECIPES[%r](m, out, %d); t = time.perf_counter() - t; "
-        "print(json.dumps([base, b._status_kb('VmHWM'), t]))"
-    ) % (str(ROOT), str(npz), str(m["path"]), recipe, n)
+        "out = pathlib.Path(tempfile.mkdtemp()) / 'q.onnx'; import time; t = time.perf_counter(); c = time.process_time(); "
+        "b.MEMORY_RECIPES[%r](m, out, %d); t = time.perf_counter() - t; c = time.process_time() - c; "
+        "print(json.dumps([base, b._status_kb('VmHWM'), t, c]))"
+    ) % (str(root), str(npz), str(m["path"]), recipe, n)
     try:
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired:
@@ -575,15 +577,19 @@ def cost(m: dict, recipe: str, n: int) -> tuple[float, float] | None:
     if r.returncode != 0:
         print(f"[memory] {recipe} n={n} failed: {r.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
         return None
-    base, peak, wall = json.loads(r.stdout.strip().splitlines()[-1])
-    return wall, (peak - base) / 1024.0
+    base, peak, wall, cpu = json.loads(r.stdout.strip().splitlines()[-1])
+    return wall, (peak - base) / 1024.0, cpu
 
 
-def cost_table(keys: list[str], n: int, recipes: tuple[str, ...] = ("ort-static", "edgeq", "edgeq-minmax"), repeat: int = 1) -> str:
+def cost_table(keys: list[str], n: int, recipes: tuple[str, ...] = ("ort-static", "edgeq", "edgeq-minmax"), repeat: int = 1,
+               base: Path | None = None) -> str:
     """Quantization wall time and peak RSS growth, edgeq vs onnxruntime's quantize_static defaults.
     With ``repeat`` > 1 the recipes run round-robin that many times: the median wall time and the
-    largest peak are reported (on a shared host, load changes between one recipe's run and the next's)."""
-    lines = [f"| model | recipe | quantization wall time | peak RSS growth | vs onnxruntime (time, RSS) |", "|---|---|---|---|---|"]
+    largest peak are reported (on a shared host, load changes between one recipe's run and the next's),
+    with the median CPU time (all threads) beside them. ``base``: another edgeq checkout; its ``edgeq``
+    recipe runs in the same rounds as ``edgeq@base``."""
+    lines = ["| model | recipe | quantization wall time | peak RSS growth | vs onnxruntime (time, RSS) | CPU time (vs onnxruntime) |",
+             "|---|---|---|---|---|---|"]
     for key in keys:
         if key in MODELS:
             m = MODELS[key]()
@@ -591,20 +597,22 @@ def cost_table(keys: list[str], n: int, recipes: tuple[str, ...] = ("ort-static"
             from tools.bench_cost_models import build  # the n calibration samples, held out for auto's scoring
 
             m = build(key, n + 8, WORK, _export_torch)
-        runs: dict[str, list[tuple[float, float]]] = {r: [] for r in recipes}
+        runs: dict[str, list[tuple[float, float, float]]] = {r: [] for r in recipes + (("edgeq@base",) if base is not None else ())}
         for _ in range(max(1, repeat)):
-            for r in recipes:
-                v = cost(m, r, n)
+            for r in recipes + (("edgeq@base",) if base is not None else ()):
+                v = cost(m, "edgeq", n, base) if r == "edgeq@base" else cost(m, r, n)
                 if v is not None:
                     runs[r].append(v)
-        got = {r: (float(np.median([w for w, _ in v])), max(p for _, p in v)) if v else None for r, v in runs.items()}
+        got = {r: (float(np.median([w for w, _, _ in v])), max(p for _, p, _ in v), float(np.median([c for _, _, c in v])))
+               if v else None for r, v in runs.items()}
         ref = got.get("ort-static")
         for r, v in got.items():
             if v is None:
-                lines.append(f"| {m['name']} | {r} | failed | | |")
+                lines.append(f"| {m['name']} | {r} | failed | | | |")
                 continue
             ratio = f"{v[0] / ref[0]:.2f}x, {v[1] / ref[1]:.2f}x" if ref and ref[0] > 0 and ref[1] > 0 else "-"
-            lines.append(f"| {m['name']} | {r} ({n} samples{f', median of {len(runs[r])}' if repeat > 1 else ''}) | {v[0]:.1f} s | {v[1]:.0f} MB | {ratio} |")
+            cpu = f"{v[2]:.1f} s" + (f" ({v[2] / ref[2]:.2f}x)" if ref and ref[2] > 0 else "")
+            lines.append(f"| {m['name']} | {r} ({n} samples{f', median of {len(runs[r])}' if repeat > 1 else ''}) | {v[0]:.1f} s | {v[1]:.0f} MB | {ratio} | {cpu} |")
     return "\n".join(lines)
 
 
@@ -707,10 +715,13 @@ def main() -> None:
     ap.add_argument("--cost-samples", type=int, default=64)
     ap.add_argument("--cost-repeat", type=int, default=1, help="run the cost recipes round-robin N times: median wall time")
     ap.add_argument("--cost-recipes", default="ort-static,edgeq,edgeq-minmax")
+    ap.add_argument("--cost-base", type=Path, default=None, help="another edgeq checkout (e.g. `git worktree add /tmp/main main`): "
+                    "its edgeq recipe runs in the same rounds, as edgeq@base")
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     if args.cost:
-        print(cost_table([k for k in args.cost.split(",") if k], args.cost_samples, tuple(args.cost_recipes.split(",")), args.cost_repeat))
+        print(cost_table([k for k in args.cost.split(",") if k], args.cost_samples, tuple(args.cost_recipes.split(",")), args.cost_repeat,
+                         args.cost_base))
         return
     rows = json.loads(args.results.read_text()) if args.results and args.results.exists() else []
     for key in args.models.split(","):

@@ -2,6 +2,7 @@
 """Decode-step growth with the context, and onnxruntime's int8 KV cache, on a 1B-shaped decoder.
 
     python tools/bench_llm_kv.py --contexts 128,1024 --layers 2
+    python tools/bench_llm_kv.py --int4 --rounds 2             # the same decoder with edgeq's int4 RTN weights
 
 1. The fused decoder edgeq writes (``build_decoder(fused=True)``) for a Llama-3.2-1B-shaped config
    (hidden 2048, 32 heads of 64, 8 KV heads, MLP 8192; RANDOM weights, ``--layers`` layers,
@@ -47,7 +48,7 @@ def _session(path_or_bytes, threads: int):
     return ort.InferenceSession(path_or_bytes, so, providers=["CPUExecutionProvider"])
 
 
-def decoder_steps(layers: int, vocab: int, contexts: list[int], maxlen: int, reps: int, threads: int) -> list[float]:
+def decoder_steps(layers: int, vocab: int, contexts: list[int], maxlen: int, reps: int, threads: int, int4: bool = False) -> list[float]:
     import torch
 
     from edgeq.exporters.decoder import PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE, DecoderArch, build_decoder
@@ -71,6 +72,12 @@ def decoder_steps(layers: int, vocab: int, contexts: list[int], maxlen: int, rep
     with tempfile.TemporaryDirectory() as d:
         path = build_decoder(arch, st, Path(d) / "model.onnx", fused=True)
         del st
+        if int4:  # edgeq's int4 RTN, block 32, its defaults (embedding at 8 bits): the weights as an int4 bundle ships them
+            from edgeq.core.onnxutil import artifact_from
+            from edgeq.quantization import quantize
+            from edgeq.quantization.spec import QuantSpec
+
+            path = quantize(artifact_from(path), QuantSpec(mode="int4", algo="rtn", block_size=32), Path(d) / "int4.onnx").artifact.path
         sess = _session(str(path), threads)
         io = sess.io_binding()
         keep = []
@@ -173,18 +180,19 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--int4", action="store_true", help="time the decoder with edgeq's int4 RTN weights (MatMulNBits) instead of fp32")
     a = ap.parse_args()
     ctxs = [int(x) for x in a.contexts.split(",")]
     best_d: list[float] | None = None
     best_g: dict[str, tuple[list[float], float]] = {}
     for _ in range(a.rounds):
-        d = decoder_steps(a.layers, a.vocab, ctxs, a.maxlen, a.reps, a.threads)
+        d = decoder_steps(a.layers, a.vocab, ctxs, a.maxlen, a.reps, a.threads, a.int4)
         best_d = d if best_d is None else [min(x, y) for x, y in zip(best_d, d)]
         for kind, (t, e) in gqa_steps(ctxs, a.maxlen, a.reps * 5, a.threads).items():
             old = best_g.get(kind, (t, e))[0]
             best_g[kind] = ([min(x, y) for x, y in zip(old, t)], e)
     assert best_d is not None
-    print(f"decoder, 1B shape, {a.layers} layers, vocab {a.vocab}, 1 step, {a.threads} thread(s)")
+    print(f"decoder, 1B shape, {a.layers} layers, vocab {a.vocab}, {'int4 RTN' if a.int4 else 'fp32'} weights, 1 step, {a.threads} thread(s)")
     print("| context | " + " | ".join(str(c) for c in ctxs) + f" | growth {ctxs[0]} -> {ctxs[-1]} |")
     print("|---|" + "---:|" * (len(ctxs) + 1))
     print("| step us | " + " | ".join(f"{u:.0f}" for u in best_d) + f" | x{best_d[-1] / best_d[0]:.2f} |")
@@ -194,7 +202,7 @@ def main() -> int:
     base = a.real_layers * best_d[0] * (1 - head_share) / a.layers + best_d[0] * head_share * a.real_vocab / a.vocab
     gq = best_g["fp32"][0]
     real = [base + a.real_layers * (u - gq[0]) for u in gq]
-    print(f"| {a.real_layers} layers, vocab {a.real_vocab} (estimate: fp32 weights; attention growth from the node alone) | "
+    print(f"| {a.real_layers} layers, vocab {a.real_vocab} (estimate: {'int4' if a.int4 else 'fp32'} weights; attention growth from the node alone) | "
           + " | ".join(f"{u:.0f}" for u in real) + f" | x{real[-1] / real[0]:.3f} |")
     print(f"\nGroupQueryAttention alone ({NH} heads, {NKV} KV heads of {HD}), buffers of {a.maxlen}")
     print("| cache | " + " | ".join(f"us @{c}" for c in ctxs) + " | growth | max rel. error vs fp32 |")

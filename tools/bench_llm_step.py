@@ -2,6 +2,7 @@
 """One decode step of onnxruntime-genai bundles through plain onnxruntime, KV buffers shared as genai shares them.
 
     python tools/bench_llm_step.py DIR/edgeq_int4_gptq DIR/builder_int4 --contexts 128,1024
+    python tools/bench_llm_step.py DIR/edgeq_int4_gptq --ops     # + where the step's time goes, by op type
 
 For each bundle folder (``tools/bench_llm.py --work DIR`` leaves them there): the decoder's one-token
 step with the cache filled to each context length, the past and present of every layer bound to one
@@ -21,7 +22,9 @@ from pathlib import Path
 import numpy as np
 
 
-def step_us(model: Path, ctx: int, reps: int, threads: int) -> float:
+def step_us(model: Path, ctx: int, reps: int, threads: int, profile: dict | None = None) -> float:
+    """Median µs of one decode step at ``ctx``; with ``profile`` (a dict), also onnxruntime's per-op-type kernel µs per
+    step (its profiler, over the timed steps, on a separate session so the timing itself is unprofiled) into it."""
     import onnxruntime as ort
 
     cfg = json.loads((model.parent / "genai_config.json").read_text())
@@ -29,6 +32,11 @@ def step_us(model: Path, ctx: int, reps: int, threads: int) -> float:
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.log_severity_level = 3
+    if profile is not None:
+        import tempfile
+
+        so.enable_profiling = True
+        so.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="edgeq-step-")) / "step")
     sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
     names = {i.name for i in sess.get_inputs()}
     shape = (1, int(dec["num_key_value_heads"]), maxlen, int(dec["head_size"]))
@@ -52,6 +60,15 @@ def step_us(model: Path, ctx: int, reps: int, threads: int) -> float:
         t = time.perf_counter()
         sess.run_with_iobinding(io)
         ts.append(time.perf_counter() - t)
+    if profile is not None:
+        trace = Path(sess.end_profiling())
+        nodes: dict[str, tuple[str, list[float]]] = {}
+        for ev in json.loads(trace.read_text()):
+            if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
+                nodes.setdefault(ev["name"], (ev.get("args", {}).get("op_name", "?"), []))[1].append(float(ev["dur"]))
+        for op, durs in nodes.values():  # each node's median over the steps: a stalled step does not count
+            profile[op] = profile.get(op, 0.0) + float(np.median(durs))
+        trace.unlink()
     return float(np.median(ts)) * 1e6
 
 
@@ -62,8 +79,22 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--ops", action="store_true", help="also onnxruntime's profiler: kernel µs per step by op type at each context")
     a = ap.parse_args()
     contexts = [int(x) for x in a.contexts.split(",")]
+    if a.ops:
+        for b in a.bundles:
+            per = [{} for _ in contexts]
+            steps = [step_us(b / "model.onnx", c, a.reps, a.threads, profile=p) for c, p in zip(contexts, per)]
+            print(f"{b}: kernel µs per step by op type (onnxruntime profiler, {a.threads} thread(s); profiled steps "
+                  + " / ".join(f"{u:.0f}" for u in steps) + " µs wall)")
+            print("| op type | " + " | ".join(f"µs @{c}" for c in contexts) + f" | added {contexts[0]} -> {contexts[-1]} |")
+            print("|---|" + "---:|" * (len(contexts) + 1))
+            ops = sorted(set().union(*per), key=lambda o: -per[-1].get(o, 0.0))
+            for o in ops + ["(all kernels)"]:
+                us = [sum(p.values()) if o == "(all kernels)" else p.get(o, 0.0) for p in per]
+                print(f"| {o} | " + " | ".join(f"{u:.1f}" for u in us) + f" | {us[-1] - us[0]:+.1f} |")
+            print()
     best: dict[str, list[float]] = {}
     for _ in range(a.rounds):
         for b in a.bundles:

@@ -152,7 +152,37 @@ ort.InferenceSession(sys.argv[1], sess_options=so, providers=["CPUExecutionProvi
 """
 
 
+def _widened_4bit(model: Path) -> Path | None:
+    """A copy of ``model`` beside it with its 4-bit initializers (int4 QDQ weights) stored as 8-bit integers of the
+    same values, or None when it has none: onnxruntime 1.32's ORT format has no 4-bit tensor type (it writes the
+    file, then refuses to load it). model.onnx keeps the 4-bit codes."""
+    from onnx import TensorProto, numpy_helper
+
+    from ..core.onnxutil import load_model, save_model
+
+    four = {TensorProto.INT4: np.int8, TensorProto.UINT4: np.uint8}
+    if not any(t.data_type in four for t in load_model(model, load_weights=False).graph.initializer):
+        return None  # the usual case, told without reading external weights
+    m = load_model(model)
+    hits = [t for t in m.graph.initializer if t.data_type in four]
+    for t in hits:
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(four[t.data_type]), t.name))
+    return save_model(m, model.parent / f"{model.stem}.8bit.onnx")
+
+
 def _convert_to_ort(model: Path, ort_path: Path, level: str, style: str = "fixed") -> None:
+    wide = _widened_4bit(model)
+    try:
+        _convert_file_to_ort(wide or model, ort_path, level, style)
+    finally:
+        if wide is not None:
+            from ..core.onnxutil import data_file
+
+            wide.unlink(missing_ok=True)
+            data_file(wide).unlink(missing_ok=True)
+
+
+def _convert_file_to_ort(model: Path, ort_path: Path, level: str, style: str = "fixed") -> None:
     code = "CODE = " + repr(_ORT_CHILD) + "\n" + _ORT_CHILD
     # relative names and a fixed environment: the child's memory layout must not depend on the output path;
     # isolated (-I): the working directory is edgeq's own staging folder, which holds only the model

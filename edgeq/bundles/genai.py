@@ -292,11 +292,25 @@ def _static_sessions(path: Path) -> tuple[Any, Any] | None:
     return create_session(path), (create_session(pre) if pre.is_file() else None)
 
 
+def _without_pad(prompts: list[list[int]], bundle: Path) -> list[list[int]]:
+    """``prompts`` without the bundle's pad token: onnxruntime-genai masks every pad id it is given (its attention
+    mask is ``input_ids != pad``) while transformers is given a mask of ones, so a prompt holding one (a random
+    prompt, a padded calibration window; the pad id defaults to EOS) would diverge at its first token on a
+    correct decoder."""
+    try:
+        pad = _ids(json.loads((bundle / "genai_config.json").read_text())["model"].get("pad_token_id"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return prompts
+    pads = set(pad) if isinstance(pad, list) else {pad}
+    return [[t for t in p if t not in pads] or p for p in prompts]
+
+
 def greedy_check(bundle: Path, model: Any, prompts: list[list[int]], *, new_tokens: int, min_agreement: float,
                  tie_atol: float) -> GreedyCheck | None:
     """None when onnxruntime-genai is not installed. A static-shape decoder (NPU targets) runs through
     onnxruntime with the fixed-slot loop of exporters/static_decoder.py instead."""
     static = _static_sessions(Path(bundle) / "model.onnx")
+    prompts = _without_pad(prompts, Path(bundle))
     if static is None:
         try:
             import onnxruntime_genai  # noqa: F401

@@ -382,7 +382,7 @@ def main(argv: list | None = None) -> int:
                   f"p90 {t['p90_ms']:.3f} ms, p99 {t['p99_ms']:.3f} ms over {t['runs']} runs (cv {t['cv']})")
         v, why = result["verdict"], _printable(result["verdict_reason"])
         if v == "fail":
-            print(f"FAIL export check: the quantized model failed verification when the bundle was built: {why}")
+            print(f"FAIL export check: the bundle failed its check when it was built: {why}")
         elif v == "accepted-failed":
             print(f"ACCEPTED-FAILED export check failed and the bundle was shipped knowingly (--accept-failed): {why}")
         elif v == "skipped":

@@ -149,8 +149,11 @@ def verify(
     specs = infer_all(names, ref_outs, ctx, tasks)
     ref_all = [{n: ref_outs[k][i] for k, n in enumerate(names)} for i in range(len(data))]
     cand_all = [{n: cand_outs[k][i] for k, n in enumerate(names)} for i in range(len(data))]
+    from .masking import masked, token_masks
+
+    masks = token_masks(data, len(data))  # embedding outputs: judged on the real tokens only
     checks = []
-    for spec, r, c in zip(specs, ref_outs, cand_outs):
+    for spec, r, c in zip(specs, masked(specs, ref_outs, masks), masked(specs, cand_outs, masks)):
         chk = score(spec, r, c, tolerances, ref_all, cand_all)
         checks.append(chk.to_dict() if chk is not None else {
             "output": spec.output, "kind": spec.kind, "why": spec.why, "metrics": {}, "limits": {}, "passed": True,

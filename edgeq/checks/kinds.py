@@ -249,7 +249,7 @@ def infer_one(name: str, samples: list[np.ndarray], ctx: Context, override: dict
             src = "an image" if ctx.image_inputs else "a sequence input"
             return TaskSpec(name, "sequence", f"{list(shape)} from {src}: peaked per-step class logits ({ctc['layout']}) where class "
                                               f"{ctc['blank']} wins most steps, as CTC's blank does (greedy decode)", ctc)
-        if ctx.image_inputs and not ctx.token_inputs and shape[-1] >= 2 and shape[-2] >= 2:
+        if ctx.image_inputs and not ctx.token_inputs and shape[-1] >= 2 and shape[-2] >= 2 and not _score_head(samples):
             return TaskSpec(name, "sequence", f"{list(shape)} from an image: per-step class scores (CTC recognizer, greedy decode)")
     if hint == "detection" and a.ndim in (2, 3) and shape[-1] == 4:
         return TaskSpec(name, "detection", f"{list(shape)} boxes after NMS (named '{name}')", _siblings(name, samples, ctx))
@@ -308,12 +308,78 @@ def infer_all(
     overrides = overrides or {}
     ctx = replace(ctx, outputs=dict(zip(names, per_sample)))
     specs = [infer_one(n, s, ctx, _task_of(overrides.get(n))) for n, s in zip(names, per_sample)]
+    specs = _split_heads(specs, dict(zip(names, per_sample)), ctx)
     parts = {p: s.output for s in specs if s.kind == "detection" for p in (s.params.get("scores"), s.params.get("classes")) if p}
     return [
         TaskSpec(s.output, "detection", f"part of detection output '{parts[s.output]}' (checked with it)", {"part_of": parts[s.output]})
         if s.output in parts and not s.declared else s
         for s in specs
     ]
+
+
+def _score_head(samples: list[np.ndarray]) -> bool:
+    """[B, N, C] per-anchor class scores: many anchors (N >= 16, N >= 2C), values in [0, 1], rows
+    not a softmax (each class its own sigmoid, as detectors score)."""
+    a = np.asarray(samples[0]) if samples else np.zeros(0)
+    if a.ndim != 3 or a.dtype.kind != "f" or not (1 <= a.shape[2] <= 1024 and a.shape[1] >= max(16, 2 * a.shape[2])):
+        return False
+    return _in01(samples[:16]) and _rows_are_distributions(a) is None
+
+
+def _box_head(samples: list[np.ndarray], n: int) -> int | None:
+    """Bins per side when ``samples`` look like [B, n, 4 * bins] box-side distributions (GFL / DFL,
+    as PicoDet, NanoDet and YOLOv8 heads give before their decode), bins >= 4."""
+    a = np.asarray(samples[0]) if samples else np.zeros(0)
+    if a.ndim != 3 or a.dtype.kind != "f" or a.shape[1] != n or a.shape[2] % 4 or a.shape[2] // 4 < 4:
+        return None
+    return a.shape[2] // 4 if all(np.isfinite(np.asarray(x)).all() for x in samples[:4]) else None
+
+
+def _grid(n: int, image: tuple[int, ...] | None) -> tuple[int, int, float]:
+    """(rows, cols, stride) of a head with ``n`` anchors on an image [.., H, W] (declared sizes),
+    else the squarest grid with ``n`` cells and stride 1 (fp32 and quantized decode alike)."""
+    if image and len(image) == 4 and image[2] > 1 and image[3] > 1:
+        h, w = image[2], image[3]
+        s = round(math.sqrt(h * w / n))
+        for st in (s, s - 1, s + 1, 2 ** round(math.log2(max(s, 1)))):
+            if st > 0 and math.ceil(h / st) * math.ceil(w / st) == n:
+                return math.ceil(h / st), math.ceil(w / st), float(st)
+    cols = next(c for c in range(int(math.isqrt(n)), n + 1) if n % c == 0)
+    return n // cols, cols, 1.0
+
+
+def _split_heads(specs: list[TaskSpec], outputs: dict[str, list[np.ndarray]], ctx: Context) -> list[TaskSpec]:
+    """Detectors that leave their decode to the app (PicoDet / NanoDet / GFL-style): per level one
+    [B, N, C] class-score output and one [B, N, 4 * bins] box-distribution output with the same N.
+    The first score head becomes one ``detection`` check over every level (boxes decoded, NMS, F1
+    against fp32); the other heads are checked with it. Declared outputs are left as declared,
+    except a declared ``detection`` score head, whose parameters are kept."""
+    if ctx.token_inputs or not ctx.image_inputs:
+        return specs
+    free = [s for s in specs if not s.declared or s.kind == "detection"]
+    scores = [s for s in free if s.kind != "index" and _score_head(outputs[s.output])]
+    used: set[str] = set()
+    levels = []
+    for sc in scores:
+        n = np.asarray(outputs[sc.output][0]).shape[1]
+        box = next((b for b in free if b.output not in used and b.output != sc.output and b not in scores
+                    and _box_head(outputs[b.output], n)), None)
+        if box is None:
+            continue
+        used.add(box.output)
+        rows, cols, stride = _grid(n, ctx.image_inputs[0])
+        levels.append([sc.output, box.output, rows, cols, stride, _box_head(outputs[box.output], n)])
+    if not levels:
+        return specs
+    head = levels[0][0]
+    first = next(s for s in specs if s.output == head)
+    params = {**(first.params if first.declared else {}), "levels": levels}
+    why = (f"{len(levels)} level(s) of per-anchor class scores in [0, 1] with box-side distributions "
+           f"({levels[0][5]} bins per side, GFL/DFL-style split head): boxes decoded, NMS, matched to fp32's")
+    parts = {x for lv in levels for x in lv[:2]} - {head}
+    return [TaskSpec(s.output, "detection", why, params, s.declared) if s.output == head else
+            TaskSpec(s.output, "detection", f"part of detection output '{head}' (checked with it)", {"part_of": head})
+            if s.output in parts else s for s in specs]
 
 
 def _task_of(spec: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -70,11 +70,28 @@ def _rows(samples: list[np.ndarray]) -> np.ndarray:
 # -- classification ------------------------------------------------------------------------------
 
 
+def _probabilities(r: np.ndarray) -> bool:
+    """fp32's rows are probabilities the app reads as such: a softmax (rows sum to 1) or, for one
+    column, sigmoid values in [0, 1]."""
+    if r.size == 0 or not np.isfinite(r).all() or r.min() < -1e-4 or r.max() > 1 + 1e-4:
+        return False
+    return r.shape[1] == 1 or bool(np.allclose(r.sum(1), 1.0, atol=1e-2))
+
+
 def classification(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: Any) -> TaskCheck:
+    """Top-1 (and top-5) agreement; for probability outputs also the mean change of fp32's top
+    class probability, which apps threshold (a two-class model keeps every argmax while its
+    confidences collapse: top-1 alone would pass it)."""
     r, c = _rows(ref), _rows(cand)
+    probs = _probabilities(r)
     if r.shape[1] == 1:  # one probability: the decision at 0.5
         agree = float(np.mean((r[:, 0] > 0.5) == (c[:, 0] > 0.5)))
-        return _check(task, {"decision_agreement": agree}, [("decision_agreement", ">=", tol.min_top1_agreement)])
+        metrics = {"decision_agreement": agree}
+        rules = [("decision_agreement", ">=", tol.min_top1_agreement)]
+        if probs:
+            metrics["probability_error"] = float(np.mean(np.abs(c[:, 0] - r[:, 0])))
+            rules.append(("probability_error", "<=", tol.max_probability_error))
+        return _check(task, metrics, rules)
     top1 = r.argmax(1)
     metrics = {"top1_agreement": float(np.mean(top1 == c.argmax(1)))}
     rules = [("top1_agreement", ">=", tol.min_top1_agreement)]
@@ -82,7 +99,13 @@ def classification(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray]
         top5 = np.argsort(-c, axis=1)[:, :5]
         metrics["top5_agreement"] = float(np.mean((top5 == top1[:, None]).any(1)))
         rules.append(("top5_agreement", ">=", tol.min_top5_agreement))
-    return _check(task, metrics, rules, {"rows": int(r.shape[0])})
+    info: dict[str, Any] = {"rows": int(r.shape[0])}
+    if probs:
+        rows = np.arange(len(top1))
+        metrics["probability_error"] = float(np.mean(np.abs(c[rows, top1] - r[rows, top1])))
+        rules.append(("probability_error", "<=", tol.max_probability_error))
+        info["probability_error"] = "mean |change| of fp32's top-class probability"
+    return _check(task, metrics, rules, info)
 
 
 # -- detection -----------------------------------------------------------------------------------
@@ -147,13 +170,45 @@ def decode_head(head: np.ndarray, task: TaskSpec, *, threshold: float | None = N
             cls = np.ones((len(h), 1))
         best = cls.argmax(1)
         score = cls.max(1) * (h[:, 4] if obj else 1.0)
-        boxes = to_xyxy(h[:, :4], fmt)
-        t = int(score.argmax()) if len(score) else 0
-        tops.append(Detections(boxes[t : t + 1], score[t : t + 1], best[t : t + 1]))
-        sel = np.nonzero(score > thr)[0]
-        sel = sel[np.argsort(-score[sel], kind="stable")[:max_det]]
-        k = nms(boxes[sel], score[sel], best[sel], float(task.get("nms_iou", 0.45)))
-        out.append(Detections(boxes[sel][k], score[sel][k], best[sel][k]))
+        dets, top = _select(to_xyxy(h[:, :4], fmt), score, best, thr, float(task.get("nms_iou", 0.45)), max_det)
+        out.append(dets)
+        tops.append(top)
+    return out, tops
+
+
+def _select(boxes: np.ndarray, score: np.ndarray, best: np.ndarray, thr: float, nms_iou: float, max_det: int) -> tuple[Detections, Detections]:
+    """One image's anchors -> (detections above ``thr`` after class-aware NMS, the best-scoring anchor)."""
+    t = int(score.argmax()) if len(score) else 0
+    sel = np.nonzero(score > thr)[0]
+    sel = sel[np.argsort(-score[sel], kind="stable")[:max_det]]
+    k = nms(boxes[sel], score[sel], best[sel], nms_iou)
+    return Detections(boxes[sel][k], score[sel][k], best[sel][k]), Detections(boxes[t : t + 1], score[t : t + 1], best[t : t + 1])
+
+
+def decode_split(sample: dict[str, np.ndarray], task: TaskSpec, *, max_det: int = 300) -> tuple[list[Detections], list[Detections]]:
+    """GFL/DFL-style split heads of one sample (``task.params["levels"]``: [scores, boxes, rows,
+    cols, stride, bins] per level) -> per batch element: detections above the score threshold
+    after class-aware NMS over every level, and the single best-scoring anchor. Box sides are the
+    expectation of each side's softmax over its bins, times the stride, around the cell centre."""
+    thr = float(task.get("score_threshold", 0.25))
+    per_level = []
+    for sc_name, box_name, rows, cols, stride, bins in task.params["levels"]:
+        sc = np.asarray(sample[sc_name], np.float64)
+        d = np.asarray(sample[box_name], np.float64)
+        d = d.reshape(d.shape[0], d.shape[1], 4, int(bins))
+        p = np.exp(d - d.max(-1, keepdims=True))
+        dist = (p / p.sum(-1, keepdims=True) * np.arange(int(bins))).sum(-1) * float(stride)  # [B, N, 4]
+        yy, xx = np.divmod(np.arange(int(rows) * int(cols))[: sc.shape[1]], int(cols))
+        cx, cy = (xx + 0.5) * float(stride), (yy + 0.5) * float(stride)
+        boxes = np.stack([cx - dist[..., 0], cy - dist[..., 1], cx + dist[..., 2], cy + dist[..., 3]], -1)
+        per_level.append((sc, boxes))
+    out, tops = [], []
+    for b in range(per_level[0][0].shape[0]):
+        cls = np.concatenate([sc[b] for sc, _ in per_level])
+        boxes = np.concatenate([bx[b] for _, bx in per_level])
+        dets, top = _select(boxes, cls.max(1), cls.argmax(1), thr, float(task.get("nms_iou", 0.45)), max_det)
+        out.append(dets)
+        tops.append(top)
     return out, tops
 
 
@@ -200,14 +255,15 @@ def _post_nms(task: TaskSpec, sample: dict[str, np.ndarray]) -> list[Detections]
 def detection(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: Any,
               ref_all: list[dict[str, np.ndarray]], cand_all: list[dict[str, np.ndarray]]) -> TaskCheck:
     iou = float(task.get("iou", 0.5))
-    raw = bool(ref) and np.asarray(ref[0]).ndim == 3 and np.asarray(ref[0]).shape[-1] != 4
+    split = "levels" in task.params
+    raw = split or (bool(ref) and np.asarray(ref[0]).ndim == 3 and np.asarray(ref[0]).shape[-1] != 4)
     info: dict[str, Any] = {}
     tops_ok = tops_n = 0
     tp = n_ref = n_cand = 0
     for i in range(len(ref)):
         if raw:
-            rd, rt = decode_head(ref[i], task)
-            cd, ct = decode_head(cand[i], task)
+            rd, rt = decode_split(ref_all[i], task) if split else decode_head(ref[i], task)
+            cd, ct = decode_split(cand_all[i], task) if split else decode_head(cand[i], task)
             for a, b in zip(rt, ct):
                 tops_n += 1
                 tops_ok += match(a, b, iou)
@@ -224,7 +280,7 @@ def detection(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol
     if raw:
         metrics["top_detection_agreement"] = tops_ok / max(tops_n, 1)
         info["score_threshold"] = float(task.get("score_threshold", 0.25))
-        info.update(_slices(task, ref, cand))
+        info.update({"levels": len(task.params["levels"])} if split else _slices(task, ref, cand))
     rules = [("detection_f1", ">=", tol.min_detection_f1)]
     if n_ref == 0 and raw:  # nothing above the threshold in fp32: the best anchor per image decides
         info["note"] = "fp32 found no detection above the score threshold: the best-scoring anchor per image decides"

@@ -179,7 +179,7 @@ def _print_gguf(outcome: Any, as_json: bool) -> None:
     """The llama.cpp trip's table and notes, then its check (exit 1 outside the target's tolerances)."""
     from .. import pipeline
     from ..llamacpp.gguf import gguf_table
-    from ..reporting.tables import out as console
+    from ..reporting.tables import err, out as console
 
     r = outcome.result
     if as_json:
@@ -187,6 +187,9 @@ def _print_gguf(outcome: Any, as_json: bool) -> None:
     else:
         console.print(gguf_table(r))
         _print_notes(console, r["notes"])
+    if (r.get("verdict") or {}).get("status") == "accepted-failed":
+        err.print(f"[red]WARNING: ACCEPTED-FAILED[/]: the GGUF model is outside target {outcome.target.name}'s tolerances and was "
+                  "shipped anyway (--accept-failed); the manifest and edgeq verify say so")
     pipeline.check_gguf(outcome)
 
 
@@ -269,7 +272,8 @@ def verify(
     elif outcome.kind == "bundle":
         console.print(bundle_check_table(result))
         signed = f", signature by key {result['signed_by'][:16]}" if result.get("signed_by") else ""
-        verdict = {"pass": "export check passed", "skipped": "[yellow]export check SKIPPED (no data when built: nothing proven)[/]",
+        why = escape_markup(str(result.get("verdict_reason") or "no data when built: nothing proven")[:300])  # the manifest's own words
+        verdict = {"pass": "export check passed", "skipped": f"[yellow]export check SKIPPED ({why})[/]",
                    "accepted-failed": "[red]export check FAILED, shipped knowingly (ACCEPTED-FAILED)[/]"}.get(result.get("verdict") or "", "")
         console.print(f"[green]PASS[/] bundle {escape_markup(candidate)}: schema, checksums{signed} and {len(result['pairs'])} golden pairs"
                       + (f"; {verdict}" if verdict else ""))

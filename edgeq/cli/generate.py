@@ -24,5 +24,7 @@ def generate_cli(bundle: Path, *, prompt: str, max_new_tokens: int, temperature:
     args = Namespace(prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     try:
         return llmgen.run(root, args, model=model, as_json=not stream, out=sys.stdout)
+    except llmgen.PromptError as e:
+        raise BundleError(str(e), e.fix) from None
     except (FileNotFoundError, ValueError) as e:
         raise BundleError(f"{Path(bundle).name}: {e}", "edgeq generate needs a bundle exported with --task text-generation from a folder with its tokenizer") from None

@@ -266,10 +266,12 @@ def load_samples(
     raw = _read_raw(path, io, what)
     from .lmdata import fill_lm_inputs
 
-    raw, lm_notes = fill_lm_inputs(raw, io)  # input_ids windows alone are enough for language models
+    raw, lm_notes = fill_lm_inputs(raw, io, f"{what} data {path}")  # input_ids windows alone are enough for language models
     labels = None
     if labels_key in raw and labels_key not in io.input_names:
         labels = raw.pop(labels_key)
+    raw, dropped = _drop_unused_tokenizer_arrays(raw, io, what)
+    lm_notes = [*lm_notes, *dropped]
     missing = [n for n in io.input_names if n not in raw]
     extra = sorted(set(raw) - set(io.input_names))
     if missing or extra:
@@ -306,6 +308,44 @@ def load_samples(
                 "store class indices, one per sample (or [samples, positions] next-token ids for a language model)",
             )
     return SampleSet(arrays=arrays, stacked=stacked, labels=labels, source=str(path), notes=tuple(lm_notes))
+
+
+TOKENIZER_ZERO_ARRAYS = ("token_type_ids",)
+"""arrays a tokenizer writes for every text whose all-zero value is what a model exported without them assumes"""
+
+
+def _drop_unused_tokenizer_arrays(raw: dict[str, np.ndarray], io: IoSpec, what: str) -> tuple[dict[str, np.ndarray], list[str]]:
+    """A tokenizer's all-zero ``token_type_ids`` for a model that takes none: dropped, with a note (one
+    segment is what such a model computes). Non-zero ones (sentence pairs) are refused by the caller."""
+    notes = []
+    for name in TOKENIZER_ZERO_ARRAYS:
+        if name in raw and name not in io.input_names and "input_ids" in io.input_names:
+            arr = np.asarray(raw[name])
+            if arr.dtype.kind in "iub" and not arr.any():
+                raw = {k: v for k, v in raw.items() if k != name}
+                notes.append(f"{what} data: '{name}' dropped: the model takes no such input and every entry is 0 "
+                             "(one segment, what the model assumes)")
+    return raw, notes
+
+
+def check_array_names(path: Path | None, input_names: list[str] | tuple[str, ...], *, what: str, labels_key: str = LABELS_KEY) -> None:
+    """Before a slow export: an .npz's array names against the inputs the exported model will take (known
+    before the export runs). Refuses in one line what :func:`load_samples` would refuse after it: an array
+    the model does not take (all-zero ``token_type_ids`` excepted: dropped there, with a note)."""
+    if path is None or Path(path).suffix.lower() != ".npz" or not Path(path).is_file():
+        return  # folders, images, "random": checked by load_samples
+    _check_npz_sizes(Path(path), None)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            extra = sorted(set(z.files) - set(input_names) - {labels_key})
+            zeros = [n for n in extra if n in TOKENIZER_ZERO_ARRAYS and "input_ids" in input_names
+                     and z[n].dtype.kind in "iub" and not z[n].any()]
+    except (OSError, ValueError):
+        return  # unreadable: load_samples says why
+    extra = [n for n in extra if n not in zeros]
+    if extra:
+        raise CalibrationError(f"{what} data {Path(path).name}: unknown array(s) {', '.join(extra)}",
+                               f"the model's inputs are: {', '.join(input_names)}; drop the other arrays from the file")
 
 
 def _check_array(arr: np.ndarray, spec: TensorSpec, what: str) -> tuple[np.ndarray, bool]:

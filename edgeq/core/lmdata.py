@@ -22,15 +22,18 @@ def fillable(name: str) -> bool:
     return name in _FILLED or name.startswith(_PAST)
 
 
-def fill_lm_inputs(raw: dict[str, np.ndarray], io: Any) -> tuple[dict[str, np.ndarray], list[str]]:
+def fill_lm_inputs(raw: dict[str, np.ndarray], io: Any, where: str = "") -> tuple[dict[str, np.ndarray], list[str]]:
     """``raw`` with the LM inputs it lacks filled in, and a note saying which; unchanged when it is not that case."""
     names = io.input_names
     missing = [n for n in names if n not in raw]
     if IDS not in names or IDS not in raw or not missing or not all(fillable(n) for n in missing):
         return raw, []
     ids = np.asarray(raw[IDS])
-    if ids.ndim < 2 or ids.dtype.kind not in "iu":
-        return raw, []  # the caller's checks report the shape or dtype
+    if ids.ndim < 2 or ids.dtype.kind not in "iu":  # else the caller would name the filled inputs as missing
+        from ..errors import CalibrationError
+
+        raise CalibrationError(f"{where + ': ' if where else ''}{IDS} is {ids.dtype}{list(ids.shape)}: token windows are integer ids [n, T]",
+                               "save the tokenized windows as an int64 array of shape [n, T] under input_ids")
     lead, t = ids.shape[:-1], ids.shape[-1]
     out = dict(raw)
     for n in missing:
@@ -48,3 +51,20 @@ def fill_lm_inputs(raw: dict[str, np.ndarray], io: Any) -> tuple[dict[str, np.nd
     pasts = sum(1 for n in missing if n.startswith(_PAST))
     what = [n for n in missing if not n.startswith(_PAST)] + ([f"{pasts} empty past key/value inputs"] if pasts else [])
     return out, [f"{', '.join(what)} filled in by edgeq for the input_ids windows (mask of ones, positions 0..{t - 1}, no past)"]
+
+
+def check_token_windows(ids: np.ndarray | None, vocab: int, context: int, what: str) -> None:
+    """Refuse ``input_ids`` windows a decoder cannot take: ids outside its vocabulary, or windows longer than its context
+    (onnxruntime would stop inside a Gather or GroupQueryAttention kernel instead)."""
+    from ..errors import CalibrationError
+
+    if ids is None or not np.asarray(ids).size:
+        return
+    ids = np.asarray(ids)
+    lo, hi = int(ids.min()), int(ids.max())
+    if vocab > 0 and (lo < 0 or hi >= vocab):
+        raise CalibrationError(f"{what}: {IDS} holds token id {lo if lo < 0 else hi}, outside the model's vocabulary of {vocab} (0..{vocab - 1})",
+                               "tokenize the windows with the model's own tokenizer")
+    if context > 0 and ids.shape[-1] > context:
+        raise CalibrationError(f"{what}: {IDS} windows of {ids.shape[-1]} tokens are longer than the model's context of {context}",
+                               f"cut the windows to at most {context} tokens")

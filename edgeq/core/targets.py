@@ -63,6 +63,8 @@ class Tolerances:
     min_embedding_cosine: float = 0.99
     max_lm_kl: float = 0.05
     min_lm_top1: float = 0.9
+    max_probability_error: float = 0.05
+    """classification outputs that are probabilities: mean |change| of fp32's top-class probability (apps threshold it)"""
 
     def __post_init__(self) -> None:
         import math

@@ -46,6 +46,7 @@ class SourceOptions:
     input_names: tuple[str, ...] = ()  # --input-names (pkg.module:factory and .pt modules)
     output_names: tuple[str, ...] = ()  # --output-names
     app_io: Path | None = None  # --preprocess: its [inputs.NAME]/[outputs.NAME] checked before the export runs
+    data: tuple[tuple[str, Path, str], ...] = ()  # (what, --calib/--eval, labels key): array names checked before the export runs
 
 
 def parse_example_shapes(specs: list[str] | tuple[str, ...] | None) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -209,11 +210,15 @@ def _module_outputs(module, args, opts: SourceOptions, roots: tuple[str, ...]) -
 
 
 def _check_app_io(opts: SourceOptions, inputs, outputs) -> None:
-    """--preprocess names what the export will produce: checked before the (slow) export."""
+    """--preprocess, --calib and --eval name what the export will produce: checked before the (slow) export."""
     if opts.app_io is not None:
         from ..core.appio import check_io_names
 
         check_io_names(opts.app_io, inputs, outputs, hint="name them with --input-names / --output-names, or rename the tables")
+    from ..core.data import check_array_names
+
+    for what, path, labels_key in opts.data:  # --calib / --eval arrays the model will not take: refused now, not after the export
+        check_array_names(path, tuple(inputs), what=what, labels_key=labels_key)
 
 
 def _export_module(module, opts: SourceOptions, what: str, provenance: tuple[str, ...], roots: tuple[str, ...], common: dict):

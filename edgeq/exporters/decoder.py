@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckFailed, ModelError
+from .rope_longrope import longrope_parts, longrope_note
 
 OPSET = 17
 PAST_KEY = "past_key_values.%d.key"
@@ -57,6 +58,9 @@ class DecoderArch:
     eps: float
     inv_freq: tuple[float, ...]  # rotary frequencies (rope scaling applied)
     inv_freq_local: tuple[float, ...] | None = None  # gemma3: sliding layers use another base
+    inv_freq_long: tuple[float, ...] | None = None  # longrope: frequencies once the sequence passes rope_switch
+    rope_switch: int = 0  # longrope: original_max_position_embeddings (total length above it: the long factors)
+    rope_scale: float = 1.0  # longrope: attention factor multiplying cos and sin
     rotary_dim: int = 0  # 0 = head_dim
     qkv_bias: bool = False
     act: str = "silu"  # silu | gelu_tanh
@@ -100,9 +104,11 @@ def _inv_freq(p: dict[str, Any], rot: int, mt: str) -> tuple[float, ...]:
         smooth = (old / wavelen - lo) / (hi - lo)
         medium = (wavelen >= old / hi) & (wavelen <= old / lo)
         inv = np.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
+    elif kind == "longrope":  # the short factors; the long ones and the switch: rope_longrope.longrope_parts
+        inv = inv / np.asarray(p["short_factor"], np.float64)
     elif kind != "default":
         raise ModelError(f"KV-cache export does not support rope scaling '{kind}' ({mt})",
-                         "supported: default, linear, llama3; pass --exporter torchscript for a full-sequence graph")
+                         "supported: default, linear, llama3, longrope; pass --exporter torchscript for a full-sequence graph")
     return tuple(float(x) for x in inv)
 
 
@@ -138,6 +144,10 @@ def arch_from_config(cfg: Any) -> DecoderArch:
     if mt == "gemma3_text" and local is None:
         local = {"rope_type": "default", "rope_theta": _get(cfg, "rope_local_base_freq", 10000.0)}
     glob.setdefault("rope_theta", theta)
+    context = int(_get(cfg, "max_position_embeddings", 2048))
+    long_rope = longrope_parts(glob, rot or head_dim, context, _get(cfg, "original_max_position_embeddings", None), mt)
+    if long_rope:  # Phi-3's old names ("su", "yarn") for it too
+        glob["rope_type"] = "longrope"
     inv = _inv_freq(glob, rot or head_dim, mt)
     inv_local = _inv_freq(local, rot or head_dim, mt) if local is not None else None
     act = str(_get(cfg, "hidden_act", _get(cfg, "hidden_activation", "silu")))
@@ -175,7 +185,7 @@ def arch_from_config(cfg: Any) -> DecoderArch:
         rotary_dim=rot, qkv_bias=mt == "qwen2" or bool(_get(cfg, "attention_bias", False)), act=acts[act],
         sliding=sliding, window=int(window) if window else None, tied=bool(_get(cfg, "tie_word_embeddings", False)),
         bos=_get(cfg, "bos_token_id", None), eos=_get(cfg, "eos_token_id", None), pad=_get(cfg, "pad_token_id", None),
-        context=int(_get(cfg, "max_position_embeddings", 2048)), **kw,
+        context=context, **long_rope, **kw,
     )
 
 
@@ -318,6 +328,8 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
     static = static_context > 0
     if static and fused:
         raise ValueError("static shapes use plain attention ops")
+    if static and arch.inv_freq_long and static_context > arch.rope_switch:
+        raise ValueError(f"a static LongRoPE decoder takes at most {arch.rope_switch} slots (its short factors)")
     from .weight_sink import WeightSink, over_threshold, planned_bytes
 
     w = _weights(state, arch)
@@ -370,18 +382,39 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
 
             return ROTARY[kind]
         posf = g.op("Unsqueeze", [g.op("Cast", [pos], to=TensorProto.FLOAT), g.const(np.array([-1], np.int64))])  # [B,S,1]
-        fr = g.op("Mul", [posf, g.const(np.asarray(inv, np.float32), "inv_freq")])  # [B,S,rot/2]
+        freqs = g.const(np.asarray(inv, np.float32), "inv_freq")
+        if long_rope and kind == "global":  # LongRoPE: the long frequencies once the total length passes the switch
+            freqs = g.op("Where", [long_now, g.const(np.asarray(arch.inv_freq_long, np.float32), "inv_freq_long"), freqs])
+        fr = g.op("Mul", [posf, freqs])  # [B,S,rot/2]
         # plain attention: [B,1,1,S,rot/2] (q as [B,kv,rep,S,hd]); fused: [B,S,1,rot/2] (q as [B,S,heads,hd])
         fr = g.op("Unsqueeze", [fr, g.const(np.array([2] if fused else [1, 2], np.int64))])
-        return g.op("Cos", [fr], hint="rope_cos"), g.op("Sin", [fr], hint="rope_sin")
+        cos, sin = g.op("Cos", [fr], hint="rope_cos"), g.op("Sin", [fr], hint="rope_sin")
+        if arch.rope_scale != 1.0 and kind == "global":  # LongRoPE's attention factor scales cos and sin
+            f = g.const(np.float32(arch.rope_scale))
+            cos, sin = g.op("Mul", [cos, f]), g.op("Mul", [sin, f])
+        return cos, sin
 
     def rope_caches(inv: tuple[float, ...], hint: str) -> tuple[str, str]:
-        """GroupQueryAttention's cos_cache / sin_cache [context, rot/2], computed here in float64."""
-        ang = np.arange(max(arch.context, 1), dtype=np.float64)[:, None] * np.asarray(inv, np.float64)[None, :]
-        return g.init(f"{hint}.cos_cache", np.cos(ang).astype(np.float32)), g.init(f"{hint}.sin_cache", np.sin(ang).astype(np.float32))
+        """GroupQueryAttention's cos_cache / sin_cache [context, rot/2], computed here in float64 (LongRoPE: short
+        rows 0..switch-1, then long rows of the whole context, read at position_ids shifted by the switch)."""
+        rows = max(arch.context, 1)
+        ang = np.arange(rows, dtype=np.float64)[:, None] * np.asarray(inv, np.float64)[None, :]
+        if long_rope and hint.endswith("global"):
+            ang_long = np.arange(rows, dtype=np.float64)[:, None] * np.asarray(arch.inv_freq_long, np.float64)[None, :]
+            ang = np.concatenate([ang[: arch.rope_switch], ang_long])
+        f = arch.rope_scale if hint.endswith("global") else 1.0
+        return (g.init(f"{hint}.cos_cache", (np.cos(ang) * f).astype(np.float32)),
+                g.init(f"{hint}.sin_cache", (np.sin(ang) * f).astype(np.float32)))
 
     # partial rotary goes in too where the kernel takes its table width (rot/2 a multiple of 8), else plain ops in front
     rotary_in_gqa = fused and (rot == hd or (rot // 2) % 8 == 0)
+    long_rope = bool(arch.inv_freq_long) and not static  # static graphs: short rows from the host, slots capped at the switch
+    rope_pos = pos
+    if long_rope:  # one switch per run: the total length (the mask's) above original_max_position_embeddings
+        long_now = g.op("Greater", [t_len, g.const(np.int64(arch.rope_switch))], hint="longrope_switch")
+        if rotary_in_gqa:  # read the long rows of the cache: positions + switch
+            shift = g.op("Mul", [g.op("Cast", [long_now], to=TensorProto.INT64), g.const(np.int64(arch.rope_switch))])
+            rope_pos = g.op("Add", [pos, shift], hint="longrope_position_ids")
     bases = {"global": arch.inv_freq}
     if arch.inv_freq_local is not None:
         bases["local"] = arch.inv_freq_local
@@ -492,7 +525,7 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
                 attrs["local_window_size"] = int(arch.window)
             gqa_in = [q, k, v, pk, pv, seqlens, total32]
             if rotary_in_gqa:
-                gqa_in += [cs[0], cs[1], pos]  # rotary from the caches at position_ids
+                gqa_in += [cs[0], cs[1], rope_pos]  # rotary from the caches at position_ids
             g.nodes.append(helper.make_node("GroupQueryAttention", gqa_in, [f"{pre}.attn.out", ok, ov],
                                             name=f"{pre}.attn.GroupQueryAttention", domain="com.microsoft", **attrs))
             attn = linear(f"{pre}.attn.out", w[f"{i}.o"], f"{pre}.attn.o_proj")
@@ -567,7 +600,10 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
     opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid("com.microsoft", 1)] if fused else [])
     model = helper.make_model(graph, opset_imports=opsets, producer_name="edgeq")
     if static:  # what the host needs to compute the rotary rows and masks (static_decoder.StaticLayout)
-        helper.set_model_props(model, layout_metadata(arch.inv_freq, arch.inv_freq_local if "local" in made else None, arch.window))
+        helper.set_model_props(model, layout_metadata(arch.inv_freq, arch.inv_freq_local if "local" in made else None, arch.window,
+                                                       rotary_scale=arch.rope_scale))
+    elif long_rope:  # where the bundle's generation loop re-runs the sequence (bundles/llmgen.py, as transformers' generate)
+        helper.set_model_props(model, {"edgeq_longrope_switch": str(int(arch.rope_switch))})
     model.ir_version = 8
     g.sink.close()
     if not big:
@@ -664,21 +700,28 @@ def _errors(ref: np.ndarray, got: np.ndarray, atol: float, rtol: float) -> tuple
     return float(d.max()), float(rel.max()), bool((d <= atol + rtol * np.abs(ref)).all())
 
 
-def check_decoder(model: Any, onnx_path: Path, vocab: int, atol: float, rtol: float, *, seq: int = 12, steps: int = 4, seed: int = 0):
-    """Per-check (label, max abs, max rel, passed): full sequence, and prefill + cached decode steps, vs transformers."""
+def check_decoder(model: Any, onnx_path: Path, vocab: int, atol: float, rtol: float, *, seq: int = 12, steps: int = 4, seed: int = 0,
+                  long_from: int = 0):
+    """Per-check (label, max abs, max rel, passed): full sequence, and prefill + cached decode steps, vs transformers.
+
+    ``long_from`` (LongRoPE: original_max_position_embeddings, when below the context) adds the same two checks on one
+    sequence of ``long_from + 1 + steps`` tokens, whose prefill already passes the switch to the long factors."""
     import torch
 
     from ..core.runtime import create_session
 
     rng = np.random.default_rng(seed)
-    ids = rng.integers(0, vocab, (2, seq), dtype=np.int64)
-    with torch.no_grad():
-        ref = model(input_ids=torch.from_numpy(ids), use_cache=False).logits.double().numpy()
     sess = create_session(onnx_path)
-    return [
-        (f"full sequence 2x{seq}", *_errors(ref, decode_with_cache(sess, ids, seq), atol, rtol)),
-        (f"prefill 2x{seq - steps} + {steps} cached decode steps", *_errors(ref, decode_with_cache(sess, ids, seq - steps), atol, rtol)),
-    ]
+    rows = []
+    for b, n in [(2, seq)] + ([(1, long_from + 1 + steps)] if long_from else []):
+        ids = rng.integers(0, vocab, (b, n), dtype=np.int64)
+        with torch.no_grad():
+            ref = model(input_ids=torch.from_numpy(ids), use_cache=False).logits.double().numpy()
+        rows += [
+            (f"full sequence {b}x{n}", *_errors(ref, decode_with_cache(sess, ids, n), atol, rtol)),
+            (f"prefill {b}x{n - steps} + {steps} cached decode steps", *_errors(ref, decode_with_cache(sess, ids, n - steps), atol, rtol)),
+        ]
+    return rows
 
 
 def check_static_decoder(model: Any, step_path: Any, vocab: int, atol: float, rtol: float, *, seq: int = 12, split: int = 8, seed: int = 0,
@@ -713,6 +756,8 @@ def build_checked_static(model: Any, arch: Any, out: Any, target: Any, *, contex
     from .static_prefill import chunk_for, write_prefill
 
     slots = min(int(context), arch.context) if context else min(arch.context, DEFAULT_CONTEXT)  # never past the model's context
+    if arch.inv_freq_long:  # LongRoPE: the host computes short-factor rows, so the slots end at the switch
+        slots = min(slots, arch.rope_switch)
     chunk = chunk_for(slots, chunk)
     build_decoder(arch, model.state_dict(), out, static_context=slots, chunk=1)
     tol = target.tolerances
@@ -747,10 +792,14 @@ def export_hf_decoder(model: Any, out: Path, target: Any, provenance: tuple[str,
     else:
         fused, why = fused_attention_fits(arch, target)
         build_decoder(arch, model.state_dict(), out, fused=fused)
-        rows = check_decoder(model, out, arch.vocab, tol.export_atol, tol.export_rtol)
+        long_from = arch.rope_switch if arch.inv_freq_long and arch.rope_switch + 5 <= arch.context else 0
+        rows = check_decoder(model, out, arch.vocab, tol.export_atol, tol.export_rtol, long_from=long_from)
         notes = (f"KV-cache decoder ({arch.model_type}, {arch.layers} layers, {arch.kv_heads} kv heads x {arch.head_dim}): "
                  f"past_key_values.N.key/value in, present.N.key/value out; {arch.kv_bytes_per_token()} KV bytes per token (fp32)", why)
         kind, batch = ("GroupQueryAttention" if fused else "plain attention"), 2
+    lr_note = longrope_note(arch, static=bool(target.static_shapes))
+    if lr_note:
+        notes = (*notes, lr_note)
     outs = tuple(OutputError(name=f"logits ({label})", shape=(batch, 12, arch.vocab), max_abs=a, max_rel=r, passed=ok) for label, a, r, ok in rows)
     check = ExportCheck(
         exporter=BUILDER, fallback_reason=None, opset=OPSET, inputs_checked=tuple(r[0] for r in rows), outputs=outs,

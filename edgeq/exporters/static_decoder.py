@@ -47,10 +47,12 @@ def host_input_shapes(chunk: int, slots: int, half: int) -> list[tuple[str, tupl
     return [(BIAS, (1, 1, 1, chunk, slots)), (BIAS_SLIDING, (1, 1, 1, chunk, slots)), *rot, (WRITE, (1, slots, chunk)), (KEEP, (1, slots, 1))]
 
 
-def layout_metadata(inv_freq, inv_freq_local, window: int | None) -> dict[str, str]:
-    """The model metadata the host reads back (``StaticLayout``)."""
+def layout_metadata(inv_freq, inv_freq_local, window: int | None, *, rotary_scale: float = 1.0) -> dict[str, str]:
+    """The model metadata the host reads back (``StaticLayout``); ``rotary_scale``: LongRoPE's attention factor on cos/sin."""
     data = {"inv_freq": [float(x) for x in inv_freq], "inv_freq_local": None if inv_freq_local is None else [float(x) for x in inv_freq_local],
             "window": int(window) if window else None}
+    if rotary_scale != 1.0:
+        data["rotary_scale"] = float(rotary_scale)
     return {META_KEY: json.dumps(data, sort_keys=True)}
 
 
@@ -90,6 +92,10 @@ class StaticLayout:
         if BIAS_SLIDING in self.names and not (isinstance(window, int) and not isinstance(window, bool) and window > 0):
             raise ValueError("the static decoder's metadata has no valid sliding window")
         self.window = window if BIAS_SLIDING in self.names else None
+        scale = meta.get("rotary_scale", 1.0)
+        if not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and 0.0 < scale < 16.0):
+            raise ValueError("the static decoder's metadata has no valid rotary scale")
+        self.rotary_scale = float(scale)  # LongRoPE's attention factor (global rotary rows only)
 
     @classmethod
     def of_session(cls, sess) -> StaticLayout:
@@ -122,7 +128,8 @@ def host_inputs(layout: StaticLayout, start: int, n: int) -> dict[str, np.ndarra
         if inv is not None:  # float32 as transformers computes it: angle = position * frequency, then cos / sin
             ang = pos.astype(np.float32)[:, None] * inv[None, :]
             cos, sin = ROTARY[kind]
-            feed[cos], feed[sin] = np.cos(ang)[None], np.sin(ang)[None]
+            f = np.float32(layout.rotary_scale if kind == "global" else 1.0)
+            feed[cos], feed[sin] = np.cos(ang)[None] * f, np.sin(ang)[None] * f
     write = np.zeros((1, m, c), np.float32)
     real = np.arange(min(n, m - start))
     write[0, pos[real], real] = 1.0  # only the real tokens are written: padded rows leave the cache as it was

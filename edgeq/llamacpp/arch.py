@@ -81,7 +81,8 @@ def arch_params(p: Any, cfg: dict[str, Any], where: str) -> Any:
     scalar = cfg.get("query_pre_attn_scalar")
     if scalar is not None and float(scalar) != float(p.head_dim):
         raise ModelError(f"{where}: query_pre_attn_scalar {scalar} differs from head_dim {p.head_dim}",
-                         f"llama.cpp scales {arch} attention by 1/sqrt(head_dim)")
+                         f"llama.cpp scales {arch} attention by 1/sqrt(head_dim) only; export this model for an ONNX "
+                         "target instead (--target cpu-x86_64: its KV-cache decoder keeps the scalar)")
     period = 2 if arch == "gemma2" else 6  # llama.cpp: every period-th layer has full attention, the others slide
     layer_types = cfg.get("layer_types")
     if layer_types and layer_types != [("sliding_attention" if i % period < period - 1 else "full_attention") for i in range(p.layers)]:

@@ -941,11 +941,12 @@ def _versions() -> dict[str, str]:
 def export_llamacpp(
     folder: Path, target: Any, out: Path, *, quant: str | None = None, prompts: list[str] | None = None,
     force: bool = False, progress: Callable[[str], Any] | None = None,
-    blocks: dict[str, tuple[str, np.ndarray]] | None = None, extra_notes: tuple[str, ...] = (),
+    blocks: dict[str, tuple[str, np.ndarray]] | None = None, extra_notes: tuple[str, ...] = (), accept_failed: bool = False,
 ) -> dict[str, Any]:
     """HF Llama folder -> bundle (model.gguf, Modelfile, manifest.json) for a llama.cpp target.
 
-    The bundle is written even when verification fails (for inspection); ``result['passed']`` says.
+    The bundle is written even when verification fails (for inspection); ``result['passed']`` says, and the
+    manifest's ``verdict`` (as an ONNX bundle's: pass, fail, or accepted-failed with ``accept_failed``) records it.
     """
     from ..core.fsutil import staging
     from ..bundles.reader import write_manifest
@@ -990,14 +991,20 @@ def export_llamacpp(
             "quantization": recipe,
             "provenance": [f"source({folder.name})", f"gguf({q})"],
             "verify": ver,
+            "verdict": _verdict(ver, accept_failed),
             "size": size,
             "golden": golden,
         }
         write_manifest(root, manifest, kind="gguf")  # checksums of every file, the GGUF schema, atomic
     return {
         "target": target.name, "bundle": str(out), "quantization": recipe, "verify": ver, "size": size,
-        "passed": ver["passed"], "notes": [*extra_notes, *res.notes],
+        "passed": ver["passed"], "verdict": _verdict(ver, accept_failed), "notes": [*extra_notes, *res.notes],
     }
+
+
+def _verdict(ver: dict[str, Any], accept_failed: bool) -> dict[str, str]:
+    status = "pass" if ver["passed"] else "accepted-failed" if accept_failed else "fail"
+    return {"status": status, "reason": "; ".join(ver.get("failures") or ())[:4096]}
 
 
 GOLDEN_ATOL = 1e-2
@@ -1060,6 +1067,14 @@ def check_gguf_bundle(path: Path) -> dict[str, Any]:
             f"golden prompt(s) {', '.join(bad)} outside tolerance (max abs logit error {result['max_abs_error']:.3g}, atol {atol}, rtol {rtol})",
             "llama.cpp here computes different logits than when the bundle was built",
         )
+    from ..bundles.runner import export_verdict
+    from ..core.safetext import escape_text
+
+    verdict = export_verdict(manifest)  # older bundles: from the manifest's verify report
+    result["verdict"], result["verdict_reason"] = verdict["status"], verdict["reason"]
+    if verdict["status"] == "fail":  # written for inspection, not shipped: as edgeq verify says of an ONNX bundle
+        raise CheckFailed(f"bundle {path} failed its export check: {escape_text(verdict['reason'])[:500]}",
+                          "the GGUF model is outside its target's tolerances; re-export it (or ship it knowingly with --accept-failed)")
     return result
 
 
@@ -1097,7 +1112,7 @@ def gguf_table(r: dict[str, Any]):
 
 
 def gguf_export(source: Path, target: Any, out: Path, *, quant: str | None, prompts: list[str], force: bool,
-                progress: Any) -> dict[str, Any]:
+                progress: Any, accept_failed: bool = False) -> dict[str, Any]:
     """A pre-quantized folder -> llama.cpp GGUF bundle: GPTQ/AWQ codes as Q4_1 blocks where the layout allows,
     the rest (and bitsandbytes) dequantized and re-quantized, all verified against the dequantized checkpoint."""
     from ..exporters.prequant import GGUFPlan, gguf_notes, gguf_plan, prepare, summary
@@ -1123,7 +1138,7 @@ def gguf_export(source: Path, target: Any, out: Path, *, quant: str | None, prom
         else:
             plan = gguf_plan(ck, q, nonlinear=nonlinear)
         notes += list(ck.notes) + gguf_notes(ck, plan, q)
-        r = export_llamacpp(folder, target, out, quant=q, prompts=prompts, force=force, progress=progress,
+        r = export_llamacpp(folder, target, out, quant=q, prompts=prompts, force=force, progress=progress, accept_failed=accept_failed,
                                blocks=plan.blocks, extra_notes=tuple(notes))
     r["prequant"] = {**summary(ck), "gguf": plan.to_dict()}
     return r

@@ -161,12 +161,16 @@ def main(argv: list | None = None) -> int:
         print(f"FAIL bundle corrupt: {e}", file=sys.stderr)
         return 2
     sys.dont_write_bytecode = True
-    ctx = int((manifest.get("model") or {}).get("params", {}).get("context_length") or 2048)
+    trained = ctx = int((manifest.get("model") or {}).get("params", {}).get("context_length") or 2048)
     ctx = args.ctx or int((manifest.get("model") or {}).get("context") or ctx)  # not the training context (131k: GiBs of KV cache)
     model = os.path.join(args.bundle, gguf)
     llm, extra = load(model, n_ctx=ctx, threads=args.threads, seed=args.seed, extra_buffer_types=args.extra_buffer_types)
     add_bos = llm.metadata.get("tokenizer.ggml.add_bos_token") == "true"
     prompt = llm.tokenize(args.prompt.encode("utf-8"), add_bos=add_bos, special=False)
+    if len(prompt) > ctx:  # llama-cpp-python fails deep inside eval with a numpy broadcast error
+        print(f"error: the prompt is {len(prompt)} tokens, longer than the context of {ctx} tokens: shorten the prompt"
+              + (f" (or pass --ctx up to the model's {trained})" if ctx < trained else ""), file=sys.stderr)
+        return 2
     llm.set_seed(args.seed)
     t0 = time.perf_counter()
     first, out, shown, stop = None, [], "", "max_new_tokens"

@@ -126,28 +126,15 @@ def open_model(path: Path, provenance: tuple[str, ...] = ()) -> Artifact:
 
 
 def check_budget(recipe: dict, where: Path, has_eval: bool = True) -> None:
-    """--max-drop / the gate: raise CheckFailed when no quantized model met the accuracy budget."""
+    """--max-drop / the gate: raise CheckFailed when no quantized model met the accuracy budget
+    (edgeq.checks.verdict.budget_failure: the same line the verdict records)."""
     from ..checks.hints import after_budget_missed
+    from ..checks.verdict import budget_failure
     from ..errors import CheckFailed
 
+    why = budget_failure(recipe)
+    if why is None:
+        return
     gate = recipe.get("gate")
-    if gate and gate.get("met") is False:  # nothing quantized met --max-drop: fp32 was written, and said so
-        raise CheckFailed(
-            f"accuracy budget not met: no quantized candidate within --max-drop {gate['max_drop']} on {gate['metric']}; "
-            f"{where} holds the fp32 model (mode none)",
-            after_budget_missed(gate, has_eval=has_eval),
-        )
-    search = recipe.get("search")
-    if search and search.get("all_float"):
-        raise CheckFailed(
-            f"accuracy budget not met by any quantized model: --max-drop {search['max_drop']} on {search['metric']} held only with "
-            "every weight node float, so the model written is fp32",
-            f"{where} holds it with the search log; {after_budget_missed(search, has_eval=has_eval)}",
-        )
-    if search and not search.get("met", True):
-        best = search["best"]
-        raise CheckFailed(
-            f"accuracy budget not met: best {best['metric']} drop {best['drop']:.4f} > --max-drop {search['max_drop']} "
-            f"({best['kept_float']} node(s) kept float)",
-            f"the best model found was written to {where} with the search log; {after_budget_missed(search, has_eval=has_eval)}",
-        )
+    budget = gate if gate and gate.get("met") is False else recipe.get("search") or {}
+    raise CheckFailed(f"{why} (in {where}, with the {'gate' if budget is gate else 'search'} log)", after_budget_missed(budget, has_eval=has_eval))

@@ -139,14 +139,25 @@ def run_export(
     app_io, labels = _bundle_extras(source, opts)
     # Check the data against the model before spending time on anything else.
     image_prep = image_preprocess_for(opts.image_preprocess, opts.preprocess, app_io, source)
-    calib = load_samples(opts.calib, source.io, what="calibration", labels_key=opts.labels_key, preprocess=image_prep, random_n=spec.calib_samples) if opts.calib else None
-    evals = load_samples(opts.eval, source.io, what="evaluation", labels_key=opts.labels_key, preprocess=image_prep) if opts.eval else None
+    from ..quantization import npu_qdq  # static-shape decoders (NPU targets): QDQ weights, windows through the fixed-slot loop
+
+    qdq_lm = npu_qdq.applies(spec, source.io)
+    windows = npu_qdq.load_windows(source.io, opts.calib, opts.eval) if qdq_lm else {}
+    calib = None if qdq_lm else load_samples(opts.calib, source.io, what="calibration", labels_key=opts.labels_key, preprocess=image_prep, random_n=spec.calib_samples) if opts.calib else None
+    evals = None if qdq_lm else load_samples(opts.eval, source.io, what="evaluation", labels_key=opts.labels_key, preprocess=image_prep) if opts.eval else None
+    if opts.lm_folder is not None:
+        _check_lm_windows(opts.lm_folder, (opts.calib, calib, "calibration"), (opts.eval, evals, "evaluation"))
     prep_notes = _record_image_preprocess(app_io, calib or evals, from_app=image_prep is not None and image_prep == opts.preprocess)
-    if spec.needs_calibration and calib is None:
+    if qdq_lm:  # the QDQ form the target runs, or one line refusing what it cannot run, before any work
+        spec, spec_notes = npu_qdq.decoder_spec(spec)
+        npu_qdq.choose_form(target, spec, has_data="calibration" in windows)
+    if spec.needs_calibration and calib is None and "calibration" not in windows:
         from ..checks.hints import modes_without_calibration
 
         raise CalibrationError(
             f"{spec.mode} needs calibration data and none was given",
+            ("pass --calib WINDOWS.npz (input_ids [n, T] token windows), or --quant int4 (RTN needs no data) / "
+             + modes_without_calibration(target).removeprefix("--quant ")) if opts.lm_folder is not None else
             "pass --calib DATA.npz (one array per model input), or " + modes_without_calibration(target),
         )
     from ..quantization.int8.preflight import run as preflight
@@ -155,12 +166,15 @@ def run_export(
     notes: list[str] = preflight(source.path, target, spec, {**data_shapes, **opts.static_shapes}) + prep_notes  # before any work
     notes += list(dict.fromkeys(n for d in (calib, evals) if d is not None and not d.synthetic for n in d.notes))
     llm_files, llm_notes = _llm_files(source, opts)  # before any work: the folder's tokenizer files are read here
-    notes += llm_notes
+    notes += llm_notes + (spec_notes if qdq_lm else [])
     with scratch_dir() as work:
         with stage("optimize"):
             opt, opt_notes = optimize(source, target, work / "fp32.onnx", static_shapes=opts.static_shapes, opset=opts.opset,
                                       data_shapes=data_shapes)
             notes += opt_notes
+        if windows:  # each input_ids window becomes the fixed-slot loop's step feeds of the float graph
+            steps = {w: npu_qdq.step_feeds(opt.path, d.arrays["input_ids"], spec.calib_samples)[0] for w, d in windows.items()}
+            calib, evals = steps.get("calibration"), steps.get("evaluation")
         q_in, pq_report = opt, None
         if opts.prequant is not None and opts.prequant.config.exact:
             from ..exporters.prequant import apply as import_prequant
@@ -170,7 +184,7 @@ def run_export(
                 level = spec.accuracy_level if (spec.weight_only or opts.accuracy_level_pinned) else 0
                 q_in, pq_report = import_prequant(opt, opts.prequant, work / "imported.onnx", accuracy_level=level)
         with stage(f"quantize ({spec.mode})"):
-            qres = quantize(
+            qres = npu_qdq.quantize(q_in, spec, work / "model.onnx", target=target, data=calib, on_sample=on_sample) if qdq_lm else quantize(
                 q_in, spec, work / "model.onnx", data=calib, on_sample=on_sample, evals=evals, max_drop=opts.max_drop,
                 prefer=opts.prefer, budget=target.tolerances.max_accuracy_drop, target=target,
                 **_search_runner(spec, opts.max_drop, target), tasks=app_io["outputs"],
@@ -232,7 +246,10 @@ def run_export(
         lm = None
         from ..checks.lmeval import lm_io, lm_quality
 
-        if (spec.weight_only or opts.prequant is not None) and check_data is not None and lm_io(opt.io) is not None:
+        if windows:  # each model through its own fixed-slot loop over the windows
+            with stage("lm quality"):
+                lm = npu_qdq.lm_quality(opt.path, qres.artifact.path, (windows.get("evaluation") or windows["calibration"]).arrays["input_ids"])
+        elif (spec.weight_only or opts.prequant is not None) and check_data is not None and lm_io(opt.io) is not None:
             with stage("lm quality"):
                 lm = lm_quality(opt.path, qres.artifact.path, check_data.take(opts.verify_samples), opt.io)
         if opts.prequant is not None:
@@ -274,12 +291,12 @@ def run_export(
 
             with stage("generate check"):
                 staged = stage_for_genai(qres.artifact.path, llm_files, work / "genai", prefill_chunk=target.prefill_chunk)
-                generation = _greedy_check(opts, spec, check_data, staged)
+                generation = _greedy_check(opts, spec, windows.get("evaluation") or windows.get("calibration") or check_data, staged)
                 notes.append(generation.summary() if generation else "onnxruntime-genai not installed: greedy generation check skipped (pip install onnxruntime-genai)")
         from ..checks.verdict import verdict_of
 
         verdict = verdict_of(report.to_dict() if report else None, accept_failed=opts.accept_failed,
-                             generation=generation.to_dict() if generation is not None else None)
+                             generation=generation.to_dict() if generation is not None else None, recipe=qres.recipe())
         with stage("bundle"):
             info = BundleInputs(
                 golden_feeds=golden,
@@ -385,6 +402,18 @@ def _llm_files(source: Artifact, opts: ExportOptions) -> tuple[tuple[tuple[str, 
 
 
 GREEDY_NEW_TOKENS = 32
+
+
+def _check_lm_windows(folder: Path, *sets: tuple[Any, SampleSet | None, str]) -> None:
+    """input_ids windows against the Hugging Face folder's vocabulary and context, before any work."""
+    from ..core.lmdata import IDS, check_token_windows
+    from ..exporters import hf
+
+    cfg = hf.inspect_folder(folder).config
+    vocab, context = int(cfg.get("vocab_size") or 0), int(cfg.get("max_position_embeddings") or 0)
+    for path, data, what in sets:
+        if data is not None and IDS in data.arrays:
+            check_token_windows(data.arrays[IDS], vocab, context, f"{what} data {path}")
 
 
 def _greedy_check(opts: ExportOptions, spec: QuantSpec, data: SampleSet | None, folder: Path):

@@ -95,7 +95,7 @@ def quantize_model(cfg: QuantizeConfig, progress: ProgressFactory = quiet_progre
             copy_stamped(res.artifact.path, tmp)
     recipe = res.recipe()
     recipe["notes"] = notes + recipe["notes"]
-    return QuantizeOutcome(model=out, mode=spec.mode, recipe=recipe, has_eval=q.eval is not None)
+    return QuantizeOutcome(model=out, mode=recipe["mode"], recipe=recipe, has_eval=q.eval is not None)
 
 
 def check_quantize(outcome: QuantizeOutcome) -> None:

@@ -56,6 +56,9 @@ def measure(root: str, *, prompt: int = PROMPT, contexts: tuple[int, ...] = CONT
         static["prefill_chunk"] = dec.prefill_chunk
         static["ttft_ms_step_only"] = _ttft_step_only(dec, ids, repeats)
     usable = [c for c in contexts if c + steps <= limit] or sorted({max(8, limit // 4), max(8, limit // 2)})
+    if len(usable) < len(contexts):  # a longer context was asked for than fits: also the longest power of two that does
+        top = 1 << int(np.log2(max(limit - steps, 1)))  # (a 1,280-token model: 1,024 beside 128 and 512)
+        usable = sorted(set(usable) | ({top} if top > max(usable) else set()))
     rows = []
     for ctx in usable:
         ctx_ids = rng.integers(0, vocab, (1, ctx), dtype=np.int64)

@@ -74,7 +74,8 @@ def export_table(r: dict[str, Any]) -> Table:
     if cov:
         t.add_row(
             "quantized nodes", str(cov["nodes_total"]), str(cov["nodes_quantized"]),
-            f"{q['mode']} weight-only (MatMulNBits, GatherBlockQuantized)" if q.get("weights") else
+            f"fp32 (mode none): no weight node quantized, {q['requested_mode']} asked for" if q.get("requested_mode") else
+            f"{q['mode']} weight-only ({'QDQ: DequantizeLinear -> MatMul' if q.get('qdq_form') else 'MatMulNBits, GatherBlockQuantized'})" if q.get("weights") else
             f"{q['mode']} {q['format']} a={q['activation_type']} w={q['weight_type']}{' per-channel' if q['per_channel'] else ''}"
             + (" [red]= fp32 (no weight node quantized)[/]" if cov["nodes_total"] and not cov["nodes_quantized"]
                else f"; float share {100 * q['float_share']:.0f} %" if q.get("float_share") else ""),
@@ -182,7 +183,8 @@ def _weight_only_rows(t: Table, r: dict[str, Any]) -> None:
     if w:
         q = r["quantization"]
         t.add_row("bits per weight", "32", fmt(w["bits_per_weight_quantized"], ".3f"),
-                  f"{q['algo']} block {q['block_size']} {'sym' if q['symmetric'] else 'asym'}, scales and zero points included; "
+                  f"{q['algo']} {'per output channel' if (q.get('qdq_form') or {}).get('weights') == 'per-channel' else 'block ' + str(q['block_size'])}"
+                  f" {'sym' if q['symmetric'] else 'asym'}, scales and zero points included; "
                   f"{w['weights_quantized']}/{w['weights_total']} weights"
                   + (", float16 scales" if q.get("scale_dtype") == "float16" else ""))
         fb = w.get("file_breakdown")

@@ -327,7 +327,7 @@ int main(int argc, char** argv) {
     std::printf("%s golden 000: max abs error %.3g (atol %g, rtol %g), %zu outputs\n", ok ? "PASS" : "FAIL", worst, atol, rtol, outputs.size());
     const std::string why = printable(verdict.reason);
     if (verdict.status == "fail") {
-      std::printf("FAIL export check: the quantized model failed verification when the bundle was built: %s\n", why.c_str());
+      std::printf("FAIL export check: the bundle failed its check when it was built: %s\n", why.c_str());
       return 1;
     }
     if (verdict.status == "accepted-failed") {

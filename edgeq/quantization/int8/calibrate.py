@@ -24,6 +24,7 @@ Range selection from the statistics:
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -49,6 +50,30 @@ def sample_step(size: int) -> int:
     """Stride of the histogram's sample of a tensor of ``size`` values: 1 up to ``HIST_VALUES``, else a
     prime (so image rows and channels do not alias) that leaves at most ``HIST_VALUES`` values."""
     return 1 if size <= HIST_VALUES else _prime_at_least(-(-size // HIST_VALUES))
+
+
+STEP_TABLE = 1 << 15  # graph_step's table: strides of tensors up to STEP_TABLE * HIST_VALUES (2**31) values
+
+
+@functools.lru_cache(maxsize=1)
+def step_table() -> np.ndarray:
+    """Entry ``k``: ``sample_step`` of a tensor of ``k`` x ``HIST_VALUES`` values, i.e. 1 for k <= 1, else the
+    least prime >= k. A probe graph looks its stride up here from its tensor's size (``reduce.CalibProbe``)."""
+    sieve = np.ones(2 * STEP_TABLE + 64, bool)
+    sieve[:2] = False
+    for p in range(2, int(sieve.size**0.5) + 1):
+        if sieve[p]:
+            sieve[p * p :: p] = False
+    primes = np.nonzero(sieve)[0]
+    table = primes[np.searchsorted(primes, np.maximum(np.arange(STEP_TABLE), 2))].astype(np.int64)
+    table[:2] = 1
+    return table
+
+
+def graph_step(size: int) -> int:
+    """The stride a probe graph takes for a tensor of ``size`` values: ``sample_step(size)`` (the table's
+    last entry past 2**31 values)."""
+    return int(step_table()[min(-(-size // HIST_VALUES), STEP_TABLE - 1)])
 
 
 METHODS = ("minmax", "percentile", "entropy", "mse", "auto")
@@ -130,7 +155,7 @@ class TensorStats:
     def update_reduced(self, mn: float, mx: float, size: int, sample: np.ndarray | None = None, step: int = 1) -> None:
         """The same as ``update`` from what was reduced elsewhere (in the graph, see ``reduce``): the finite
         ``mn``/``mx`` and ``size`` of every value, and ``sample`` = the flattened values ``[::step]``
-        (``step`` = ``sample_step`` of the size, or of an earlier sample's size)."""
+        (``step`` = ``graph_step`` of the size)."""
         if size <= 0:
             return
         self.lo, self.hi = min(self.lo, float(mn)), max(self.hi, float(mx))

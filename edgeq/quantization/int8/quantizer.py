@@ -85,7 +85,15 @@ class QuantResult:
             d["coverage"] = self.coverage.to_dict()
         d["notes"] = list(self.notes)
         d.update({k: v for k, v in self.details.items() if k != "engine"})
+        if self.all_float:  # labelled for what it is: an fp32 model, whatever mode was asked for
+            d.update(mode="none", requested_mode=self.spec.mode)
         return d
+
+    @property
+    def all_float(self) -> bool:
+        """An INT8 mode that quantized none of the model's weight nodes (a --max-drop search that kept every one float)."""
+        cov = self.coverage
+        return self.spec.mode in ("int8-static", "int8-dynamic") and cov is not None and cov.nodes_total > 0 and cov.nodes_quantized == 0
 
 
 def _ort_version() -> str:
@@ -461,7 +469,7 @@ def _edgeq_static_in(
     if cov.nodes_total and cov.weight_bytes_total:  # what the model is, whatever the mode's name says
         details["float_share"] = round(1 - cov.weight_bytes_quantized / cov.weight_bytes_total, 4)
         if cov.nodes_quantized == 0:
-            notes.append(f"every one of the {cov.nodes_total} weight nodes stayed float: this model is fp32 (int8-static in name only)")
+            notes.append(f"every one of the {cov.nodes_total} weight nodes stayed float: this model is fp32, labelled mode none")
         elif details["float_share"] >= 0.05:
             notes.append(f"{details['float_share']:.0%} of the weight bytes stay float ({cov.nodes_total - cov.nodes_quantized} of {cov.nodes_total} weight nodes)")
     sub = [qn.name for qn in written.plan.nodes if qn.in_subgraph]

@@ -7,11 +7,12 @@ does edgeq here. Per calibrated float tensor of the main graph, ``CalibProbe`` a
 
 - ``ReduceMin``/``ReduceMax`` over every value and ``Size``;
 - for histogram methods, a strided sample of the flattened tensor (``Slice`` with the prime
-  stride of ``calibrate.sample_step``, fed in as an input), at most ``HIST_VALUES`` values.
+  stride of ``calibrate.sample_step``), at most ``HIST_VALUES`` values. The graph looks the stride
+  up itself from the tensor's ``Size`` (``calibrate.step_table``), so no run is spent learning
+  sizes first and a sample whose size changed is sampled at its own stride.
 
 ``TensorStats.update_reduced`` takes those; the statistics equal ``TensorStats.update`` on the
-whole tensor (the stride comes from the previous sample's size, so a sample whose size changed
-is sampled at the old stride, weighted by it). A tensor whose min or max comes out non-finite (an -inf mask; NaN where the
+whole tensor. A tensor whose min or max comes out non-finite (an -inf mask; NaN where the
 reduction propagated it or the sample holds one) is exposed whole from then on, the probe
 is rebuilt and that sample run again, so non-finite values are counted and excluded as
 before. A NaN that neither the reductions nor the sample see is not counted (ranges are right
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from . import qdq
-from .calibrate import Calibration, CalibStats, TensorStats, sample_step
+from .calibrate import HIST_VALUES, STEP_TABLE, Calibration, CalibStats, TensorStats, graph_step, step_table
 
 _SUFFIXES = ("__edgeq_min", "__edgeq_max", "__edgeq_size", "__edgeq_sample", "__edgeq_step")
 _Q = "__edgeq_q/"  # prefix of the quantized copy's names in the paired SQNR graph
@@ -71,13 +72,12 @@ class CalibProbe:
         inits = {i.name for i in model.graph.initializer}
         self.reducible = {n for n in self.names if n in floats and n in main and n not in inits}
         self.whole: set[str] = set()
-        self.steps: dict[str, int] = {}
         self.sess: Any = None
         self.build()
 
     def build(self) -> None:
         """(Re)build the probe: the ``whole`` tensors and those that cannot be reduced are graph outputs."""
-        from onnx import TensorProto, helper
+        from onnx import TensorProto, helper, numpy_helper
 
         self.sess = None
         reduced = sorted(self.reducible - self.whole)
@@ -87,6 +87,10 @@ class CalibProbe:
         g.initializer.append(helper.make_tensor("__edgeq_flat", TensorProto.INT64, [1], [-1]))
         g.initializer.append(helper.make_tensor("__edgeq_zero", TensorProto.INT64, [1], [0]))
         g.initializer.append(helper.make_tensor("__edgeq_end", TensorProto.INT64, [1], [2**62]))
+        if self.histogram:  # each tensor's stride from its own size: step_table[min(ceil(size / HIST_VALUES), last)]
+            g.initializer.append(numpy_helper.from_array(step_table(), "__edgeq_steps"))
+            for name, v in (("__edgeq_hist_m1", HIST_VALUES - 1), ("__edgeq_hist", HIST_VALUES), ("__edgeq_last", STEP_TABLE - 1)):
+                g.initializer.append(helper.make_tensor(name, TensorProto.INT64, [], [v]))
         self.red: dict[str, tuple[str, ...]] = {}
         for i, t in enumerate(reduced):
             mn, mx, size, sample, step = (f"{t}{s}{i}" for s in _SUFFIXES)
@@ -95,7 +99,13 @@ class CalibProbe:
             g.node.append(helper.make_node("Size", [t], [size], name=size))
             outs = [mn, mx, size]
             if self.histogram:
-                g.input.append(helper.make_tensor_value_info(step, TensorProto.INT64, [1]))
+                g.node.extend([
+                    helper.make_node("Add", [size, "__edgeq_hist_m1"], [step + "_a"], name=step + "_a"),
+                    helper.make_node("Div", [step + "_a", "__edgeq_hist"], [step + "_k"], name=step + "_k"),
+                    helper.make_node("Min", [step + "_k", "__edgeq_last"], [step + "_m"], name=step + "_m"),
+                    helper.make_node("Reshape", [step + "_m", "__edgeq_flat"], [step + "_i"], name=step + "_i"),
+                    helper.make_node("Gather", ["__edgeq_steps", step + "_i"], [step], name=step, axis=0),
+                ])
                 g.node.append(helper.make_node("Reshape", [t, "__edgeq_flat"], [sample + "_flat"], name=sample + "_flat"))
                 g.node.append(helper.make_node("Slice", [sample + "_flat", "__edgeq_zero", "__edgeq_end", "__edgeq_zero", step],
                                                [sample], name=sample))
@@ -108,22 +118,10 @@ class CalibProbe:
         self.input_names = {i.name for i in self.sess.get_inputs()}
 
     def _feed(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        f = {k: v for k, v in feed.items() if k in self.input_names}
-        if self.histogram:
-            for t, r in self.red.items():
-                f[r[4]] = np.array([self.steps.get(t, 1)], np.int64)
-        return f
-
-    def sizes(self, feed: dict[str, np.ndarray]) -> None:
-        """Learn each reduced tensor's size (one run that returns only sizes), for the sample strides."""
-        ts = list(self.red)
-        vals = self.sess.run([self.red[t][2] for t in ts], self._feed(feed)) if ts else []
-        self.steps = {t: sample_step(int(v)) for t, v in zip(ts, vals)}
+        return {k: v for k, v in feed.items() if k in self.input_names}
 
     def run(self, feed: dict[str, np.ndarray], stats: dict[str, TensorStats]) -> list[str]:
         """Add one sample to ``stats``; returns the tensors found non-finite (nothing added for them)."""
-        if self.histogram and self.red and not self.steps:
-            self.sizes(feed)
         outs = [o for o in self.sess.get_outputs() if o.name in self.exposed]
         want = [o.name for o in outs]
         red = list(self.red.items())
@@ -140,9 +138,7 @@ class CalibProbe:
             return bad
         for t, r in red:
             mn, mx, size = _scalar(vals[r[0]]), _scalar(vals[r[1]]), int(vals[r[2]])
-            step = self.steps.get(t, 1)
-            stats[t].update_reduced(mn, mx, size, vals.get(r[3]) if self.histogram else None, step)
-            self.steps[t] = sample_step(size)  # the next sample's stride
+            stats[t].update_reduced(mn, mx, size, vals.get(r[3]) if self.histogram else None, graph_step(size))
         done: set[str] = set()
         for o in want:
             t = self.exposed.get(o)

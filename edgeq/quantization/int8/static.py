@@ -499,13 +499,17 @@ def output_tasks(model: Any, ref: list[list[np.ndarray]], tasks: dict[str, dict[
 
 
 def score_outputs(specs: list[Any], outs: list[list[np.ndarray]], ref: list[list[np.ndarray]],
-                  labels: np.ndarray | None) -> OutputScores:
-    """Every output against fp32 with its task's metric (``specs`` from :func:`output_tasks`).
+                  labels: np.ndarray | None, masks: list[np.ndarray] | None = None) -> OutputScores:
+    """Every output against fp32 with its task's metric (``specs`` from :func:`output_tasks`);
+    ``masks`` (edgeq.checks.masking.token_masks): embedding outputs scored on the real tokens, as the verdict does.
 
     Labels score the first classification output (accuracy), or the first LM logits whose shape
     they fit (perplexity); every other output is scored against fp32.
     """
     n = min(len(ref[0]) if ref else 0, len(outs[0]) if outs else 0)
+    from ...checks.masking import masked
+
+    outs, ref = masked(specs, outs, masks), masked(specs, ref, masks)
     names = [s.output for s in specs]
     ref_all = [{nm: ref[k][i] for k, nm in enumerate(names)} for i in range(n)]
     cand_all = [{nm: outs[k][i] for k, nm in enumerate(names)} for i in range(n)]
@@ -571,7 +575,10 @@ def search(
     run_candidate = outputs_of.every if outputs_of is not None else all_outputs
     ref = all_outputs(prep.model, evals, n_eval, prep.weights_dir)
     specs = output_tasks(prep.model, ref, tasks)  # every output, app TOML overrides included: what the verdict judges
-    fp32 = score_outputs(specs, ref, ref, evals.labels)
+    from ...checks.masking import token_masks
+
+    masks = token_masks(evals, n_eval)
+    fp32 = score_outputs(specs, ref, ref, evals.labels, masks)
     written = write(prep, spec)
     layers = layer_sqnr(prep, written, evals, n_sqnr)
     order = [r["node"] for r in sorted(layers, key=lambda r: -r["sensitivity"])]
@@ -590,7 +597,7 @@ def search(
                 keep = {n: f"kept float by --max-drop search (sensitivity rank {i + 1})" for i, n in enumerate(order[:k])}
                 w = written if k == 0 else write(prep, spec, keep)
                 step_k = (k, 0)
-            m = score_outputs(specs, run_candidate(w.model, evals, n_eval, prep.weights_dir), ref, evals.labels)
+            m = score_outputs(specs, run_candidate(w.model, evals, n_eval, prep.weights_dir), ref, evals.labels, masks)
             drop, i = m.drop_from(fp32), m.worst(fp32)
             step = SearchStep(step_k[0], m.label(i), m.metrics[i].value if m.metrics else 1.0, drop, step_k[1], m.per_output(fp32))
             steps.append(step)

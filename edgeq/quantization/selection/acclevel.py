@@ -29,9 +29,11 @@ LEVELS = (4, 0)  # candidates, preferred first
 MAX_EXTRA_FLIPS = 0.005  # level 4 may flip at most 0.5 % more top tokens / top-1 labels than level 0
 MIN_SPEEDUP = 1.05  # below this, the report flags that level 4 was not faster on this host
 MAX_SAMPLES = 32  # inputs each level is measured on (the full verification runs afterwards on the pick)
+NOISE_SIGMAS = 2.0  # language models: the agreement gap must also exceed this many standard errors of the difference
 RULE = (
     f"accuracy level 4 unless it agrees with fp32 on more than {100 * MAX_EXTRA_FLIPS:.1f} % fewer top tokens "
-    f"(top-1 labels for other models) than level 0, or fails the target's tolerances where level 0 passes; "
+    f"(top-1 labels for other models) than level 0 (language models: and by more than {NOISE_SIGMAS:g} standard "
+    f"errors of that gap over the positions compared), or fails the target's tolerances where level 0 passes; "
     f"otherwise level 0. Host timings (language models: one-token steps; others: the first input) are "
     f"reported, not decisive: the same model must come out of every export"
 )
@@ -47,6 +49,7 @@ class LevelMeasure:
     perplexity: float | None = None
     max_abs: float | None = None
     ms_token: float | None = None  # language models: median wall time of a one-token forward pass
+    positions: int | None = None  # language models: token positions ``agreement`` was counted over
 
     @property
     def speed_ms(self) -> float:
@@ -57,7 +60,7 @@ class LevelMeasure:
         return {
             "level": self.level, "ms": round(self.ms, 4), "agreement": self.agreement, "passed": self.passed,
             "kl_mean": self.kl_mean, "perplexity": self.perplexity, "max_abs": self.max_abs,
-            "ms_token": None if self.ms_token is None else round(self.ms_token, 4),
+            "ms_token": None if self.ms_token is None else round(self.ms_token, 4), "positions": self.positions,
         }
 
 
@@ -132,8 +135,11 @@ def compare(reference: Artifact, quantized: Artifact, data: SampleSet, target: A
         name = lm_io(reference.io)[0]
         ids = np.asarray(feed[name])
         if ids.ndim == 2 and ids.shape[1] > 1:
+            # every [batch, T] input cut to the first token (attention_mask, position_ids too: a Hugging Face decoder
+            # refused the 1-token ids beside a T-long mask, and the rule fell back to timing the whole window)
+            one = {k: (np.asarray(v)[:, :1] if np.ndim(v) == 2 and np.shape(v)[1] == ids.shape[1] else v) for k, v in feed.items()}
             try:
-                ms_token = list(time_models(paths, {**feed, name: ids[:, :1]}, level=target.graph_optimization_level,
+                ms_token = list(time_models(paths, one, level=target.graph_optimization_level,
                                             threads=target.intra_op_num_threads))
             except Exception:  # noqa: BLE001 - a model with a fixed sequence length cannot take one token
                 ms_token = [None] * len(LEVELS)
@@ -143,7 +149,8 @@ def compare(reference: Artifact, quantized: Artifact, data: SampleSet, target: A
         max_abs = max((o.max_abs for o in rep.outputs), default=None)
         if lm:
             q = lm_quality(reference.path, files[lv], sub, reference.io)
-            measures.append(LevelMeasure(lv, t, q.same_top_token, rep.passed, q.kl_mean, q.perplexity_quant, max_abs, tt))
+            measures.append(LevelMeasure(lv, t, q.same_top_token, rep.passed, q.kl_mean, q.perplexity_quant, max_abs, tt,
+                                         positions=q.tokens))
         else:
             agree = [o.top1_agreement for o in rep.outputs if o.top1_agreement is not None]
             measures.append(LevelMeasure(lv, t, min(agree) if agree else None, rep.passed, max_abs=max_abs))
@@ -152,13 +159,26 @@ def compare(reference: Artifact, quantized: Artifact, data: SampleSet, target: A
     return LevelChoice(chosen, reason, tuple(measures), metric, len(sub)), files
 
 
+def _noise(a4: LevelMeasure, a0: LevelMeasure) -> float:
+    """``NOISE_SIGMAS`` standard errors of the agreement gap when both were counted over token positions, else 0.
+
+    A few flipped tokens in a thousand are sampling noise between two nearly equal models (99.11 % vs 99.70 % over
+    1,016 positions is 6 tokens), yet level 0 runs a decode step about 2 x slower on CPUs with int8 dot products."""
+    n = min(a4.positions or 0, a0.positions or 0)
+    if n <= 0 or a4.agreement is None or a0.agreement is None:
+        return 0.0
+    var = (a4.agreement * (1 - a4.agreement) + a0.agreement * (1 - a0.agreement)) / n
+    return NOISE_SIGMAS * float(np.sqrt(var))
+
+
 def pick(a4: LevelMeasure, a0: LevelMeasure) -> tuple[int, str]:
     """``RULE`` applied to level 4 (``a4``) and level 0 (``a0``)."""
     if a0.passed and not a4.passed:
         return a0.level, "level 4 fails the target's tolerances, level 0 passes"
-    if a4.agreement is not None and a0.agreement is not None and a0.agreement - a4.agreement > MAX_EXTRA_FLIPS:
+    if a4.agreement is not None and a0.agreement is not None and a0.agreement - a4.agreement > MAX_EXTRA_FLIPS + _noise(a4, a0):
+        noise = f" and beyond {NOISE_SIGMAS:g} standard errors over {a4.positions} positions" if _noise(a4, a0) else ""
         return a0.level, (f"level 4 agrees with fp32 on {100 * a4.agreement:.2f} % vs {100 * a0.agreement:.2f} % at level 0 "
-                          f"(more than {100 * MAX_EXTRA_FLIPS:.1f} points lower)")
+                          f"(more than {100 * MAX_EXTRA_FLIPS:.1f} points lower{noise})")
     per = " per token" if a4.ms_token is not None and a0.ms_token is not None else ""
     t4, t0 = (a4.speed_ms, a0.speed_ms) if per else (a4.ms, a0.ms)
     speedup = t0 / t4 if t4 > 0 else float("inf")

@@ -179,7 +179,10 @@ def select(
     ref = _outputs(sess, check, n)
     head = onnx.load(str(artifact.path), load_external_data=False)
     specs = static.output_tasks(head, ref, tasks)  # each output's task metric (class agreement, detection F1, map IoU, ...)
-    fp32_metric = static.score_outputs(specs, ref, ref, check.labels)
+    from ...checks.masking import token_masks
+
+    masks = token_masks(check, n)  # embedding outputs: scored on the real tokens, as the verdict does
+    fp32_metric = static.score_outputs(specs, ref, ref, check.labels, masks)
     feed = check.feed(0)
     measured: list[Candidate] = [
         Candidate("fp32", artifact.path, _latency_ms(sess, feed), model_size(artifact.path), fp32_metric.value, 0.0,
@@ -191,7 +194,7 @@ def select(
             measured.append(c)
             continue
         sess = settings.session(c.path)
-        m = static.score_outputs(specs, _outputs(sess, check, n), ref, check.labels)
+        m = static.score_outputs(specs, _outputs(sess, check, n), ref, check.labels, masks)
         worst = m.worst(fp32_metric)
         measured.append(replace(c, ms=_latency_ms(sess, feed), size=model_size(c.path), metric=m.metrics[worst].value if m.metrics else 1.0,
                                 drop=m.drop_from(fp32_metric), outputs=tuple(m.per_output(fp32_metric))))

@@ -276,8 +276,11 @@ def decide(
     where = f" ({app.note})" if app.note else ""
     note = (f"shipping fp32: no quantized model.ort ran faster than fp32 on {app.providers[0]} here{where} "
             f"({qres.spec.mode}{', per-node mix' if slower else ''} tried); pass --quant none to skip the measurement")
+    # a --max-drop search stays on record: a budget it missed still fails the export (exit 1)
+    kept = {"search": qres.details["search"]} if "search" in qres.details else {}
     res = QuantResult(artifact_from(out, fp32.provenance + ("speed: fp32 shipped (quantized was slower here)",)),
-                      QuantSpec(mode="none"), None, (note,), {"speed": {"decision": "fp32", "tried": qres.spec.mode}})
+                      QuantSpec(mode="none"), None, (note,), {"speed": {"decision": "fp32", "tried": qres.spec.mode}, **kept},
+                      budget_met=qres.budget_met)
     lines.append("WARNING: " + note + " (" + ", ".join(f"{k} {v / first.fp32_ms:.2f}x" for k, v in cands.items()) + " fp32)")
     return res, replace(f_check, candidates={**cands, "fp32": f_check.shipped_ms}, slower_nodes=slower), lines
 

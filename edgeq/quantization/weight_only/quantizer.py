@@ -485,16 +485,7 @@ def quantize(
         raise QuantizationError(
             "every weight was kept in fp32 (--keep / --override none)", "drop --keep entries or use --quant none"
         )
-    rebuilt = []
-    for i, n in enumerate(model.graph.node):
-        rebuilt.extend(new_nodes.get(i, [n]))
-    del model.graph.node[:]
-    model.graph.node.extend(rebuilt)
-    model.graph.initializer.extend(new_inits)
-    used = {i for n in model.graph.node for i in n.input}
-    keep_inits = [t for t in model.graph.initializer if t.name in used or t.name in {o.name for o in model.graph.output}]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(keep_inits)
+    replace_nodes(model, new_nodes, new_inits)
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     if lazy:
@@ -503,20 +494,7 @@ def quantize(
     if removed:
         notes.append(f"{removed} duplicated constant(s) stored once ({saved / 1e6:.3f} MB saved; e.g. a causal mask or rotary table repeated per layer)")
     save_model(model, out_path)
-    counts_total: dict[str, int] = {}
-    counts_q: dict[str, int] = {}
-    for d in decisions:
-        counts_total[d.op] = counts_total.get(d.op, 0) + 1
-        if d.mode != "none":
-            counts_q[d.op] = counts_q.get(d.op, 0) + 1
-    cov = Coverage(
-        total=counts_total, quantized=counts_q,
-        weight_bytes_total=sum(d.bytes_fp32 for d in decisions),
-        weight_bytes_quantized=sum(d.bytes_fp32 for d in decisions if d.mode != "none"),
-    )
-    kept = [d for d in decisions if d.mode == "none"]
-    if kept:
-        notes.append(f"{len(kept)} weight(s) kept fp32: " + ", ".join(sorted({d.reason for d in kept})))
+    cov = coverage_of(decisions, notes)
     step = f"quantize({spec.mode}, algo={spec.algo}, block={spec.block_size}, {'sym' if spec.symmetric else 'asym'}, accuracy_level={spec.accuracy_level}"
     step += ", scales=float16)" if spec.scale_dtype == "float16" else ")"
     return WeightOnlyResult(
@@ -570,3 +548,48 @@ def save_model(model: Any, path: Path) -> None:
     from ...core.onnxutil import save_model
 
     save_model(model, path)  # external data (one file beside it) over the threshold
+
+
+def solve_codes(w: np.ndarray, mode: str, spec: QuantSpec, st: _Stats | None, *, float_zero: bool,
+                awq_h: np.ndarray | None = None) -> bw.BlockCodes:
+    """The codes ``spec.algo`` chooses for one ``[K, N]`` weight (RTN, HQQ, GPTQ with ``st``, AWQ's clip with ``awq_h``);
+    the storage form is the caller's (MatMulNBits here, QDQ in ``quantization/npu_qdq.py``)."""
+    return _codes(w, mode, spec, st, float_zero=float_zero, awq_h=awq_h)
+
+
+def awq_prepare(model: Any, plan: list, stats: dict[str, _Stats], spec: QuantSpec, data: SampleSet,
+                notes: list[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """AWQ's scale search folded into ``model`` (see ``_awq_prepare``): (scaled E[x^T x] per input, 1/s needing a Mul)."""
+    return _awq_prepare(model, plan, stats, spec, data, notes)
+
+
+def coverage_of(decisions: tuple[WeightDecision, ...] | list[WeightDecision], notes: list[str]) -> Coverage:
+    """Weights per op type, quantized or not, from the per-weight decisions; a note names the reasons weights stayed fp32."""
+    counts_total: dict[str, int] = {}
+    counts_q: dict[str, int] = {}
+    for d in decisions:
+        counts_total[d.op] = counts_total.get(d.op, 0) + 1
+        if d.mode != "none":
+            counts_q[d.op] = counts_q.get(d.op, 0) + 1
+    kept = [d for d in decisions if d.mode == "none"]
+    if kept:
+        notes.append(f"{len(kept)} weight(s) kept fp32: " + ", ".join(sorted({d.reason for d in kept})))
+    return Coverage(
+        total=counts_total, quantized=counts_q,
+        weight_bytes_total=sum(d.bytes_fp32 for d in decisions),
+        weight_bytes_quantized=sum(d.bytes_fp32 for d in decisions if d.mode != "none"),
+    )
+
+
+def replace_nodes(model: Any, new_nodes: dict[int, list[Any]], new_inits: list[Any]) -> None:
+    """Node ``i`` of ``model``'s graph replaced by ``new_nodes[i]`` (in place), ``new_inits`` added, unused initializers dropped."""
+    rebuilt = []
+    for i, n in enumerate(model.graph.node):
+        rebuilt.extend(new_nodes.get(i, [n]))
+    del model.graph.node[:]
+    model.graph.node.extend(rebuilt)
+    model.graph.initializer.extend(new_inits)
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    keep_inits = [t for t in model.graph.initializer if t.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep_inits)
