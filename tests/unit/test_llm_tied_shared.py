@@ -38,10 +38,11 @@ def _ids():
     return np.random.default_rng(1).integers(0, V, (1, 12)).astype(np.int64)
 
 
-def _shared_nodes(path):
+def _shared_nodes(path, vocab=V):
+    """(model, its GatherBlockQuantized nodes, its MatMulNBits nodes with N = vocab)."""
     m = onnx.load(str(path))
     gq = [n for n in m.graph.node if n.op_type == "GatherBlockQuantized"]
-    head = [n for n in m.graph.node if n.op_type == "MatMulNBits" and int(next(a.i for a in n.attribute if a.name == "N")) == V]
+    head = [n for n in m.graph.node if n.op_type == "MatMulNBits" and int(next(a.i for a in n.attribute if a.name == "N")) == vocab]
     return m, gq, head
 
 
@@ -126,3 +127,33 @@ def _matmulnbits_weight(model, node, k, n):
     mm.ir_version = 8
     s = ort.InferenceSession(mm.SerializeToString(), providers=["CPUExecutionProvider"])
     return s.run(["y"], {node.input[0]: np.eye(k, dtype=np.float32)})[0]
+
+
+def test_onnxruntime_genai_generates_from_a_tied_int4_bundle(runner, tmp_path):
+    import json
+
+    og = pytest.importorskip("onnxruntime_genai")
+    from edgeq.cli import app
+    from fixtures.llm import save_lm
+
+    folder = save_lm(tmp_path / "llama", "llama", hidden_size=64, tie_word_embeddings=True)
+    np.savez(tmp_path / "c.npz", input_ids=np.random.default_rng(0).integers(3, 300, (8, 16)).astype(np.int64))
+    out = tmp_path / "b"
+    r = runner.invoke(app, ["export", str(folder), "--task", "text-generation", "--quant", "int4", "--calib", str(tmp_path / "c.npz"),
+                            "--no-profile", "-o", str(out), "--json"])
+    res = json.loads(r.stdout)
+    assert any(n.startswith("tied embedding") for n in res["notes"]), res["notes"]
+    _, gq, head = _shared_nodes(out / "model.onnx", 300)
+    assert len(gq) == 1 and len(head) == 1 and next(a.i for a in gq[0].attribute if a.name == "bits") == 4
+    gen = res["generation"]
+    assert gen["runtime"] == "onnxruntime-genai" and gen["prompts"] == 3 and 0 < gen["agreement"] <= 1
+    # onnxruntime-genai itself loads the shared graph and generates
+    m = og.Model(str(out))
+    params = og.GeneratorParams(m)
+    params.set_search_options(do_sample=False, max_length=12)
+    g = og.Generator(m, params)
+    g.append_tokens([1, 5, 9, 40])
+    while not g.is_done():
+        g.generate_next_token()
+    assert len(g.get_sequence(0)) > 4
+
