@@ -50,6 +50,7 @@ def _shared_nodes(path, vocab=V):
     (dict(mode="int4"), 4),
     (dict(mode="int4", symmetric=False), 4),
     (dict(mode="int4", overrides=parse_overrides(["embed=int8-weight"])), 8),
+    (dict(mode="int4", scale_dtype="float16"), 4),
 ])
 def test_tied_copy_is_stored_once_and_matches_the_unshared_graph(tied, tmp_path, monkeypatch, spec_kw, bits):
     spec = QuantSpec(accuracy_level=0, **spec_kw)
@@ -157,3 +158,14 @@ def test_onnxruntime_genai_generates_from_a_tied_int4_bundle(runner, tmp_path):
         g.generate_next_token()
     assert len(g.get_sequence(0)) > 4
 
+
+
+def test_an_untied_lm_head_keeps_its_own_copy(tmp_path):
+    model = make_lm("llama", vocab_size=V, hidden_size=D, tie_word_embeddings=False)
+    src = tmp_path / "untied.onnx"
+    build_decoder(arch_from_config(model.config), model.state_dict(), src)
+    res = quantize(artifact_from(src), QuantSpec(mode="int4", accuracy_level=0), tmp_path / "q.onnx")
+    m, gq, head = _shared_nodes(tmp_path / "q.onnx")
+    assert not any(n.startswith("tied embedding") for n in res.notes)
+    assert next(a.i for a in gq[0].attribute if a.name == "bits") == 8 and gq[0].input[0] not in {o for n in m.graph.node for o in n.output}
+    assert next(d for d in res.decisions if d.role == "embed").bytes_quant == V * D + V * (D // 32) * (4 + 1)  # 8-bit codes, float32 scales, uint8 zero points

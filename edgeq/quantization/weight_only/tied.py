@@ -51,11 +51,9 @@ def find_tied(plan: list, inits: dict[str, Any], base: Path, spec: Any, bits_of:
     mode, why = (em, er) if er.startswith("--override") else (hm, hr)
     if bits_of.get(mode) not in SHARED_BITS or e.shape[1] % spec.block_size:
         return None
-    if e.weight != h.weight:
-        a = tensor_array(inits[e.weight], base)
-        b = tensor_array(inits[h.weight], base)
-        if a.dtype != b.dtype or not np.array_equal(a.T, b):
-            return None
+    a, b = tensor_array(inits[e.weight], base), tensor_array(inits[h.weight], base)
+    if a.dtype != b.dtype or not np.array_equal(a.T, b):  # lm_head computes x @ E^T: the same numbers, transposed
+        return None
     reason = f"{why}; one packed copy shared by the embedding and lm_head (tied)"
     return TiedPair(e, h, mode, reason)
 
