@@ -65,6 +65,7 @@ def test_tied_copy_is_stored_once_and_matches_the_unshared_graph(tied, tmp_path,
     big = [i for i in m.graph.initializer if int(np.prod(i.dims)) >= V * D * bits // 8]
     assert len(big) == 1, [i.name for i in big]  # one [vocab, hidden] copy in the file, not two
     emb = next(d for d in res.decisions if d.role == "embed")
+    assert res.sizes["bytes"]["embedding_codes"] == res.sizes["bytes"]["embedding_scales"] == 0  # counted once, as lm_head's
     assert emb.bytes_quant == 0 and "shared" in emb.reason and any(n.startswith("tied embedding") for n in res.notes)
     # the same codes stored twice (sharing switched off) give the same logits: the layouts agree in onnxruntime
     monkeypatch.setattr(wq, "find_tied", lambda *a, **k: None)
