@@ -23,6 +23,7 @@ from ...core.onnxutil import artifact_from, load_model
 from . import blockwise as bw
 from ..int8.quantizer import Coverage, QuantResult
 from ..spec import BLOCK_SIZES, WEIGHT_ONLY_BITS, QuantSpec
+from .tied import find_tied, shared_gather_nodes
 from .wsize import dedupe_constants, size_breakdown
 
 MS_DOMAIN = "com.microsoft"
@@ -337,6 +338,11 @@ def quantize(
     plan = [(s, *decide(s, spec)) for s in sites]
     notes: list[str] = []
     inits = {i.name: i for i in model.graph.initializer}
+    tied = find_tied(plan, inits, base, spec, WEIGHT_ONLY_BITS)  # a tied embedding + lm_head: one packed copy (tied.py)
+    if tied:
+        plan = [(s, tied.mode, tied.reason) if s in (tied.embed, tied.head) else (s, m, r) for s, m, r in plan]
+        notes.append(f"tied embedding '{tied.embed.weight}' and lm_head stored once ({tied.mode}, {spec.algo} codes) for both "
+                     "GatherBlockQuantized and MatMulNBits" + ("" if tied.mode != "int4" else "; --override embed=int8-weight for an 8-bit shared copy"))
     # calibration statistics for the MatMul inputs that GPTQ / AWQ will use
     stats: dict[str, _Stats] = {}
     if spec.algo in ("gptq", "awq") and any(m != "none" and s.op != "Gather" for s, m, _ in plan):
@@ -365,7 +371,11 @@ def quantize(
     awq_mul: dict[str, np.ndarray] = {}
     awq_mul_done: dict[str, str] = {}
     if spec.algo == "awq" and stats:
-        awq_h, awq_mul = _awq_prepare(model, plan, stats, spec, data, notes)
+        # a tied lm_head takes no AWQ scale (it would scale the embedding rows too): the clip search alone
+        awq_h, awq_mul = _awq_prepare(model, [p for p in plan if not tied or p[0] is not tied.head], stats, spec, data, notes)
+        if tied:
+            h_in = model.graph.node[tied.head.node_index].input[0]
+            awq_h.setdefault(h_in, stats[h_in].h / 2)
     new_nodes: dict[int, list[Any]] = {}
     new_inits: list[Any] = []
     decisions: list[WeightDecision] = []
@@ -377,6 +387,10 @@ def quantize(
         params = int(w.size)
         if mode == "none":
             decisions.append(WeightDecision(site.weight, site.op, site.role, "none", reason, params, params * 4, params * 4))
+            continue
+        shared = tied is not None and site is tied.head
+        if tied is not None and site is tied.embed:  # written with lm_head's copy (below); it stores nothing of its own
+            decisions.append(WeightDecision(site.weight, site.op, site.role, mode, reason, params, params * 4, 0))
             continue
         bits = WEIGHT_ONLY_BITS[mode]
         tag = _norm(node.name or site.weight).replace(".", "_") + f"_{site.node_index}"
@@ -423,7 +437,7 @@ def quantize(
         k, n_out = w.shape
         st = stats.get(node.input[0])
         # HQQ's zero points stay float where the kernel takes them (2 and 4 bits; 8-bit needs uint8)
-        codes = _codes(w, mode, spec, st, float_zero=bits in (2, 4), awq_h=awq_h.get(node.input[0]))
+        codes = _codes(w, mode, spec, st, float_zero=bits in (2, 4) and not shared, awq_h=awq_h.get(node.input[0]))
         packed = bw.pack_matmulnbits(codes)
         a_in = node.input[0]
         nodes_out = []
@@ -447,11 +461,13 @@ def quantize(
                 casts16[a_in] = tag + "_a16"
                 nodes_out.append(helper.make_node("Cast", [a_in], [casts16[a_in]], to=TensorProto.FLOAT16, name=tag + "_cast_in"))
             a_in = casts16[a_in]
+        if shared:  # the gather reads them too: [vocab, hidden / block] as GatherBlockQuantized wants them
+            scales = scales.reshape(packed.scales.shape)
         ins = [a_in, tag + "_B", tag + "_scales"]
         new_inits += [numpy_helper.from_array(packed.b, ins[1]), numpy_helper.from_array(scales, ins[2])]
         stored = packed.b.nbytes + scales.nbytes
         if packed.zero_points is not None:
-            zp = packed.zero_points.reshape(-1)
+            zp = packed.zero_points if shared else packed.zero_points.reshape(-1)
             if half and zp.dtype.kind == "f":  # float zero points (HQQ) follow the activation type too
                 zp = zp.astype(np.float16)
             ins.append(tag + "_zp")
@@ -472,6 +488,12 @@ def quantize(
         if y != node.output[0]:  # Gemm's C that is not a per-column bias (or any bias in float16 mode): add it after (beta is 1)
             nodes_out.append(helper.make_node("Add", [y, c], [node.output[0]], name=tag + "_bias"))
         new_nodes[site.node_index] = nodes_out
+        if shared:
+            gnodes, ginits = shared_gather_nodes(tied, model.graph.node[tied.embed.node_index], ins[1], ins[2],
+                                                 ins[3] if len(ins) > 3 and ins[3] else None, bits=bits,
+                                                 block_size=spec.block_size, half=half, tag=tag + "_embed")
+            new_nodes[tied.embed.node_index] = gnodes
+            new_inits += ginits
         extra += 4 * k if codes.act_scale is not None else 0
         decisions.append(WeightDecision(site.weight, site.op, site.role, mode, reason, params, params * 4, int(stored) + extra))
     if any(d.op != "Gather" and d.mode in ("int4", "int2") for d in decisions) and spec.algo == "hqq":

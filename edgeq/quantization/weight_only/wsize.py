@@ -44,7 +44,8 @@ def size_breakdown(path: Path | str) -> dict[str, Any]:
     model = load_model(Path(path))
     total = model_size(Path(path))
     role: dict[str, str] = {}
-    for n in iter_nodes(model.graph):
+    # MatMulNBits first: a tied embedding's GatherBlockQuantized reads lm_head's copy (tied.py), counted once, as lm_head's
+    for n in sorted(iter_nodes(model.graph), key=lambda n: n.op_type != "MatMulNBits"):
         ins = list(n.input)
         if n.op_type == "MatMulNBits":
             for i, cat in zip(ins[1:4], ("matmul_codes", "matmul_scales", "matmul_zero_points")):
