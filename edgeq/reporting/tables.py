@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from pathlib import Path
 from collections.abc import Iterator
@@ -23,11 +24,19 @@ def fmt(v: Any, spec: str = ".4g") -> str:
     return "-" if v is None else format(v, spec)
 
 
-class StageProgress:
-    """Prints one line per finished stage and a bar for calibration samples."""
+START_AFTER_S = 10.0  # in a log, a stage still running after this long names itself (a quick one that fails stays one line)
 
-    def __init__(self, console: Console = err, total_samples: int = 0) -> None:
+
+class StageProgress:
+    """Prints one line per finished stage and a bar for calibration samples.
+
+    On a terminal a running stage shows a spinner; in a log, a stage still running after
+    ``start_after`` seconds prints ``start NAME`` (a 1B LLM's export or greedy check runs for
+    minutes), so an input refused at once is still reported in one line."""
+
+    def __init__(self, console: Console = err, total_samples: int = 0, start_after: float = START_AFTER_S) -> None:
         self.console = console
+        self.start_after = start_after
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=console, transient=True,
@@ -39,8 +48,11 @@ class StageProgress:
     def stage(self, name: str) -> Iterator[None]:
         t0 = time.perf_counter()
         live = contextlib.nullcontext()
-        if not self.console.is_terminal:  # logs: which stage is running, before it ends
-            self.console.print(f"[dim]start[/] {escape(name)}")
+        timer = None
+        if not self.console.is_terminal:  # logs: which stage is running, once it has run a while
+            timer = threading.Timer(self.start_after, self.console.print, (f"[dim]start[/] {escape(name)}",))
+            timer.daemon = True
+            timer.start()
         if name.startswith("quantize") and self.total:
             self.task = self.progress.add_task(f"calibrating", total=self.total)
             self.progress.start()
@@ -50,6 +62,10 @@ class StageProgress:
             with live:
                 yield
         finally:
+            if timer is not None:
+                timer.cancel()
+                if timer.is_alive():  # printing its line right now: let it finish before anything else is printed
+                    timer.join()
             if self.task is not None:
                 self.progress.stop()
                 self.progress.remove_task(self.task)
