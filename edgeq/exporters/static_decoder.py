@@ -112,12 +112,14 @@ class StaticLayout:
         return cls(shapes, meta)
 
 
-def host_inputs(layout: StaticLayout, start: int, n: int) -> dict[str, np.ndarray]:
-    """The host-computed inputs for ``n`` tokens (``n`` <= chunk) at positions ``start``.. after ``start`` filled slots."""
+def host_inputs(layout: StaticLayout, start: int, n: int, first: int = 0) -> dict[str, np.ndarray]:
+    """The host-computed inputs for ``n`` tokens (``n`` <= chunk) at positions ``start``.. after slots ``first``..``start``
+    were filled (``first`` > 0: a sequence that began at slot ``first``, as calibration windows spread over the cache do)."""
     c, m = layout.chunk, layout.context
     pos = np.arange(start, start + c, dtype=np.int64)  # padded rows continue the positions (their outputs are unused)
     slots = np.arange(m, dtype=np.int64)
-    masked = (slots[None, :] > pos[:, None]) | (slots[None, :] >= start + n)  # [C, M]: empty, or after the token
+    # [C, M]: empty (before the sequence or past its last token), or after the token
+    masked = (slots[None, :] > pos[:, None]) | (slots[None, :] >= start + n) | (slots[None, :] < first)
     feed: dict[str, np.ndarray] = {}
     if BIAS in layout.names:
         feed[BIAS] = (masked * np.float32(MASK_VALUE)).reshape(1, 1, 1, c, m)

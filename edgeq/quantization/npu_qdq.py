@@ -140,7 +140,7 @@ def step_feeds(model_path: Path, windows: np.ndarray, max_steps: int = MAX_CALIB
     the first T. Returns (feeds, windows used).
     """
     from ..core.runtime import create_session
-    from ..exporters.static_decoder import BIAS, BIAS_SLIDING, MASK_VALUE, StaticLayout, host_inputs
+    from ..exporters.static_decoder import StaticLayout, host_inputs
 
     sess = create_session(model_path)
     lay = StaticLayout.of_session(sess)  # the host inputs (bias, rotary rows, cache writes) as the bundle's loop makes them
@@ -165,10 +165,7 @@ def step_feeds(model_path: Path, windows: np.ndarray, max_steps: int = MAX_CALIB
             toks, at = w[i : i + chunk], first + i
             ids = np.zeros((1, chunk), np.int64)
             ids[0, : len(toks)] = toks
-            feed = {"input_ids": ids, **host_inputs(lay, at, len(toks)), **past}
-            for b in (BIAS, BIAS_SLIDING):  # the window starts at slot `first`: the slots before it are empty, so masked
-                if b in feed:
-                    feed[b][..., :first] = MASK_VALUE
+            feed = {"input_ids": ids, **host_inputs(lay, at, len(toks), first=first), **past}  # slots before `first` are empty
             for n in ins:
                 rows[n].append(feed[n])
             res = dict(zip(outs, sess.run(None, feed)))
