@@ -23,6 +23,7 @@ from ...core.onnxutil import artifact_from, load_model
 from . import blockwise as bw
 from ..int8.quantizer import Coverage, QuantResult
 from ..spec import BLOCK_SIZES, WEIGHT_ONLY_BITS, QuantSpec
+from .roles import HeadFinder
 from .tied import find_tied, shared_gather_nodes
 from .wsize import dedupe_constants, size_breakdown
 
@@ -109,32 +110,12 @@ def _matches(names: tuple[str, ...], pattern: str) -> bool:
     return any(fnmatch.fnmatchcase(n, p) for n in names for p in pats)
 
 
-def _reaches_output(model: Any, tensor: str, depth: int = 4) -> bool:
-    """Does ``tensor`` reach a graph output through at most ``depth`` non-weight nodes?"""
-    outs = {o.name for o in model.graph.output}
-    consumers: dict[str, list[Any]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    frontier = [tensor]
-    for _ in range(depth + 1):
-        if any(t in outs for t in frontier):
-            return True
-        nxt = []
-        for t in frontier:
-            for c in consumers.get(t, []):
-                if c.op_type in ("MatMul", "Gemm", "MatMulNBits"):
-                    continue
-                nxt.extend(c.output)
-        frontier = nxt
-    return False
-
-
 def find_sites(model: Any) -> list[WeightSite]:
     from onnx import TensorProto
 
     inits = {i.name: i for i in model.graph.initializer}
     sites: list[WeightSite] = []
+    heads = HeadFinder(model.graph)  # KV-cache outputs (present.*) are not logits: roles.py
 
     def float2d(name: str) -> bool:
         t = inits.get(name)
@@ -159,7 +140,7 @@ def find_sites(model: Any) -> list[WeightSite]:
         shape = tuple(int(d) for d in inits[w].dims)
         if n.op_type == "Gather":
             role = "embed"
-        elif "lm_head" in n.name or "lm_head" in w or _reaches_output(model, n.output[0]):
+        elif "lm_head" in n.name or "lm_head" in w or heads.feeds_logits(n.output[0]):
             role = "lm_head"
         else:
             role = "linear"
