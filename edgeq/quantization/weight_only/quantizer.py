@@ -319,7 +319,7 @@ def quantize(
     plan = [(s, *decide(s, spec)) for s in sites]
     notes: list[str] = []
     inits = {i.name: i for i in model.graph.initializer}
-    tied = find_tied(plan, inits, base, spec, WEIGHT_ONLY_BITS)  # a tied embedding + lm_head: one packed copy (tied.py)
+    tied = find_tied(plan, inits, base, spec, WEIGHT_ONLY_BITS, model.graph.node)  # a tied embedding + lm_head: one packed copy (tied.py)
     if tied:
         plan = [(s, tied.mode, tied.reason) if s in (tied.embed, tied.head) else (s, m, r) for s, m, r in plan]
         notes.append(f"tied embedding '{tied.embed.weight}' and lm_head stored once ({tied.mode}, {spec.algo} codes) for both "
