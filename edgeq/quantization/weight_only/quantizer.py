@@ -352,11 +352,18 @@ def quantize(
     awq_mul: dict[str, np.ndarray] = {}
     awq_mul_done: dict[str, str] = {}
     if spec.algo == "awq" and stats:
-        # a tied lm_head takes no AWQ scale (it would scale the embedding rows too): the clip search alone
-        awq_h, awq_mul = _awq_prepare(model, [p for p in plan if not tied or p[0] is not tied.head], stats, spec, data, notes)
-        if tied:
-            h_in = model.graph.node[tied.head.node_index].input[0]
-            awq_h.setdefault(h_in, stats[h_in].h / 2)
+        # AWQ scales a weight's initializer in place: a tied lm_head (its scale would reach the embedding rows), or any
+        # weight another node reads too (the fp32 decoder's tied Gemm reads the Gather's table), takes the clip search alone
+        readers: dict[str, int] = {}
+        for n in model.graph.node:
+            for i in set(n.input):
+                readers[i] = readers.get(i, 0) + 1
+        alone = [p for p in plan if (tied and p[0] is tied.head) or (p[0].op != "Gather" and readers.get(p[0].weight, 0) > 1)]
+        awq_h, awq_mul = _awq_prepare(model, [p for p in plan if p not in alone], stats, spec, data, notes)
+        for s, m, _ in alone:
+            h_in = model.graph.node[s.node_index].input[0]
+            if m != "none" and h_in in stats:
+                awq_h.setdefault(h_in, stats[h_in].h / 2)
     new_nodes: dict[int, list[Any]] = {}
     new_inits: list[Any] = []
     decisions: list[WeightDecision] = []
