@@ -157,6 +157,8 @@ def main() -> int:
                          "realistic (hidden 1,024, 16 heads of 64, 4 KV heads, MLP 4,096 = 4 x hidden, 3 layers: the "
                          "proportions of 1-3B LLMs; trains for about 5-10 minutes on one core, cached under $EDGEQ_CACHE_DIR)")
     ap.add_argument("--train-steps", type=int, help="override the fixture's training steps (a new cache entry)")
+    ap.add_argument("--symmetric", choices=("no", "yes", "both"), default="no",
+                    help="edgeq int4 rows with stored zero points (no, the default), implicit ones (yes), or both")
     a = ap.parse_args()
     if a.child:
         print(json.dumps(_child(json.loads(a.child))))
@@ -209,12 +211,15 @@ def main() -> int:
     art, _ = optimize(art, target, work / "fp32.onnx")
     dirs["edgeq fp32"] = bundle_dir("edgeq_fp32", art.path)
     cids = tokenize_hf(folder, calib_texts)
+    syms = {"no": (False,), "yes": (True,), "both": (False, True)}[a.symmetric]
     for algo in [x.strip() for x in a.algos.split(",") if x.strip()]:
-        spec = QuantSpec(mode="int4", algo=algo, block_size=32)
-        data = calib_set(cids, min(128, min(len(t) for t in cids)), art.io) if spec.needs_calibration else None
-        out = work / f"int4_{algo}.onnx"
-        quantize(art, spec, out, data=data)
-        dirs[f"edgeq int4 {algo}"] = bundle_dir(f"edgeq_int4_{algo}", out)
+        for sym in syms:
+            spec = QuantSpec(mode="int4", algo=algo, block_size=32, symmetric=sym)
+            data = calib_set(cids, min(128, min(len(t) for t in cids)), art.io) if spec.needs_calibration else None
+            tag = f"{algo}_sym" if sym else algo
+            out = work / f"int4_{tag}.onnx"
+            quantize(art, spec, out, data=data)
+            dirs[f"edgeq int4 {algo}" + (" symmetric" if sym else "")] = bundle_dir(f"edgeq_int4_{tag}", out)
     if not a.no_builder:
         bdir = work / "builder_int4"
         shutil.rmtree(bdir, ignore_errors=True)
