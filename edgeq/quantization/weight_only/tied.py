@@ -35,7 +35,8 @@ def find_tied(plan: list, inits: dict[str, Any], base: Path, spec: Any, bits_of:
     """The tied pair in ``plan`` ((site, mode, reason) per weight) whose two weights hold the same numbers, or None.
 
     ``nodes``: the graph's nodes (a Gemm head must transpose its B). The shared copy takes lm_head's mode
-    (its algorithm's codes serve the gather too), unless the embedding's mode was set by ``--override`` (e.g. ``embed=int8-weight`` for a higher-precision copy)."""
+    (its algorithm's codes serve the gather too), unless the embedding's mode was set by ``--override``
+    (e.g. ``embed=int8-weight`` for a higher-precision copy)."""
     from ...core.lazyweights import tensor_array
 
     embeds = [(s, m, r) for s, m, r in plan if s.op == "Gather" and s.role == "embed" and len(s.shape) == 2]
