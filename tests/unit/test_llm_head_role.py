@@ -19,10 +19,11 @@ from fixtures.llm import make_lm  # noqa: E402
 
 @pytest.fixture(scope="module")
 def decoders(tmp_path_factory):
-    """{(kind, fused): path} for tiny untied llama and qwen2 (q/k/v biases) decoders, plain and fused."""
+    """{(kind, fused): path} for tiny untied llama and qwen2 (q/k/v biases) decoders and a tied gemma2 (soft-capped logits,
+    lm_head a Gemm over the embedding), plain and fused."""
     out = {}
-    for kind in ("llama", "qwen2"):
-        model = make_lm(kind, tie_word_embeddings=False)
+    for kind in ("llama", "qwen2", "gemma2"):
+        model = make_lm(kind, tie_word_embeddings=kind == "gemma2")
         for fused in (False, True):
             path = tmp_path_factory.mktemp(f"{kind}{int(fused)}") / "model.onnx"
             build_decoder(arch_from_config(model.config), model.state_dict(), path, fused=fused)
@@ -34,16 +35,18 @@ def _heads(model):
     return [s.weight for s in find_sites(model) if s.role == "lm_head"]
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "gemma2"])
 @pytest.mark.parametrize("fused", [False, True], ids=["plain", "fused"])
 def test_only_the_projection_feeding_logits_is_the_head(decoders, kind, fused):
     model = onnx.load(str(decoders[kind, fused]))
-    assert _heads(model) == ["lm_head.weight"]  # not v_proj (-> present.N.value), not qkv/o/down (-> GroupQueryAttention's presents)
+    w = "embed_tokens.weight" if kind == "gemma2" else "lm_head.weight"  # tied: the head reads the table itself
+    assert _heads(model) == [w]  # not v_proj (-> present.N.value), not qkv/o/down (-> GroupQueryAttention's presents)
     # by structure, not by name: renamed, the head is still found, and still alone
-    node = next(n for n in model.graph.node if "lm_head.weight" in n.input)
-    init = next(i for i in model.graph.initializer if i.name == "lm_head.weight")
+    node = next(n for n in model.graph.node if w in n.input and n.op_type != "Gather")
+    init = next(i for i in model.graph.initializer if i.name == w)
+    for n in model.graph.node:
+        n.input[:] = ["final_proj.w" if i == w else i for i in n.input]
     node.name, init.name = "final_proj", "final_proj.w"
-    node.input[list(node.input).index("lm_head.weight")] = "final_proj.w"
     assert _heads(model) == ["final_proj.w"]
 
 

@@ -7,7 +7,8 @@ projection reaches a ``present`` through the residual stream and ``GroupQueryAtt
 as heads, ``--override lm_head=...`` / ``--keep lm_head`` would reach all of them. So cache outputs
 are set apart first (by name, as every KV-cache export names them, or by structure: made by a node
 that reads a ``past`` graph input), and a weight is the head when its output reaches a remaining
-output through at most a few weightless nodes (a soft-cap, a cast, a reshape).
+output through at most a few weightless nodes (a soft-cap, a cast, a reshape). No other projection gets there:
+the path to the logits goes through the head, and the search stops at every projection.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def logit_outputs(graph: Any) -> set[str]:
 class HeadFinder:
     """Answers "does this tensor feed the logits through at most ``depth`` weightless nodes?" for one graph."""
 
-    def __init__(self, graph: Any, depth: int = 4) -> None:
+    def __init__(self, graph: Any, depth: int = 6) -> None:  # a tied head's Reshape, a soft-cap's Div/Tanh/Mul, Identity
         self.targets = logit_outputs(graph)
         self.depth = depth
         self.consumers: dict[str, list[Any]] = {}
