@@ -148,6 +148,7 @@ def main() -> int:
     ap.add_argument("--threads", default="1,0", help="intra-op threads per timing (0: onnxruntime's default, all cores)")
     ap.add_argument("--steps", type=int, default=32, help="decode steps timed per context")
     ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--symmetric", action="store_true", help="also each edgeq int4 row with implicit zero points (--symmetric)")
     ap.add_argument("--work", type=Path)
     ap.add_argument("--no-builder", action="store_true")
     ap.add_argument("--gguf", default="q4_0,q4_k", help="GGUF rows through llama.cpp ('' for none)")
@@ -157,8 +158,6 @@ def main() -> int:
                          "realistic (hidden 1,024, 16 heads of 64, 4 KV heads, MLP 4,096 = 4 x hidden, 3 layers: the "
                          "proportions of 1-3B LLMs; trains for about 5-10 minutes on one core, cached under $EDGEQ_CACHE_DIR)")
     ap.add_argument("--train-steps", type=int, help="override the fixture's training steps (a new cache entry)")
-    ap.add_argument("--symmetric", choices=("no", "yes", "both"), default="no",
-                    help="edgeq int4 rows with stored zero points (no, the default), implicit ones (yes), or both")
     a = ap.parse_args()
     if a.child:
         print(json.dumps(_child(json.loads(a.child))))
@@ -211,15 +210,12 @@ def main() -> int:
     art, _ = optimize(art, target, work / "fp32.onnx")
     dirs["edgeq fp32"] = bundle_dir("edgeq_fp32", art.path)
     cids = tokenize_hf(folder, calib_texts)
-    syms = {"no": (False,), "yes": (True,), "both": (False, True)}[a.symmetric]
     for algo in [x.strip() for x in a.algos.split(",") if x.strip()]:
-        for sym in syms:
-            spec = QuantSpec(mode="int4", algo=algo, block_size=32, symmetric=sym)
-            data = calib_set(cids, min(128, min(len(t) for t in cids)), art.io) if spec.needs_calibration else None
-            tag = f"{algo}_sym" if sym else algo
-            out = work / f"int4_{tag}.onnx"
-            quantize(art, spec, out, data=data)
-            dirs[f"edgeq int4 {algo}" + (" symmetric" if sym else "")] = bundle_dir(f"edgeq_int4_{tag}", out)
+        spec = QuantSpec(mode="int4", algo=algo, block_size=32)
+        data = calib_set(cids, min(128, min(len(t) for t in cids)), art.io) if spec.needs_calibration else None
+        out = work / f"int4_{algo}.onnx"
+        quantize(art, spec, out, data=data)
+        dirs[f"edgeq int4 {algo}"] = bundle_dir(f"edgeq_int4_{algo}", out)
     if not a.no_builder:
         bdir = work / "builder_int4"
         shutil.rmtree(bdir, ignore_errors=True)
@@ -232,6 +228,11 @@ def main() -> int:
             dirs["onnxruntime-genai builder int4"] = bdir
         else:
             log(f"builder failed: {(p.stderr.strip().splitlines() or ['?'])[-1]}")
+    for algo in [x.strip() for x in a.algos.split(",") if x.strip()] if a.symmetric else []:  # no zero points stored
+        spec = QuantSpec(mode="int4", algo=algo, block_size=32, symmetric=True)
+        data = calib_set(cids, min(128, min(len(t) for t in cids)), art.io) if spec.needs_calibration else None
+        quantize(art, spec, work / f"int4_{algo}_sym.onnx", data=data)
+        dirs[f"edgeq int4 {algo} symmetric"] = bundle_dir(f"edgeq_int4_{algo}_sym", work / f"int4_{algo}_sym.onnx")
     contexts = [int(x) for x in a.contexts.split(",")]
     threads = [int(x) for x in a.threads.split(",")]
     vocab = int(model.config.vocab_size)
