@@ -11,6 +11,7 @@
     scale = 0.00392156862745098  # raw value * scale, then
     mean = [0.485, 0.456, 0.406] # - mean, then
     std = [0.229, 0.224, 0.225]  # / std (per channel, or one value)
+    mask = "real"                # a token mask: real | padding (what non-zero marks) | none (not one); else found by name
 
     [outputs.y]
     activation = "softmax"       # none | softmax | sigmoid
@@ -44,7 +45,9 @@ LAYOUTS = ("NCHW", "NHWC", "NCW", "NWC", "NC", "NTC", "any")
 COLORS = ("RGB", "BGR", "GRAY")
 ACTIVATIONS = ("none", "softmax", "sigmoid")
 DTYPES = ("float32", "float16", "uint8")
-_IN_KEYS = {"layout", "color", "resize", "crop", "dtype", "scale", "mean", "std"}
+MASK_MEANINGS = ("real", "padding", "none")
+"""[inputs.NAME] mask: what a non-zero entry of a token mask marks, or none (not a token mask): edgeq.checks.masking"""
+_IN_KEYS = {"layout", "color", "resize", "crop", "dtype", "scale", "mean", "std", "mask"}
 _OUT_KEYS = {"activation", "labels"}
 MAX_SPEC_BYTES = 1 << 20
 MAX_LABELS_BYTES = 16 << 20
@@ -102,6 +105,10 @@ def input_spec(where: str, d: dict[str, Any]) -> dict[str, Any]:
         if len(s) != 1:
             raise _bad(where, "'scale' must be one number")
         out["scale"] = s[0]
+    if "mask" in d:
+        if d["mask"] not in MASK_MEANINGS:
+            raise _bad(where, f"mask must be one of {', '.join(MASK_MEANINGS)} (what a non-zero entry marks, or none: not a token mask)")
+        out["mask"] = d["mask"]
     if "mean" in d:
         out["mean"] = _floats(where, "mean", d["mean"])
     if "std" in d:
