@@ -340,7 +340,7 @@ def check_array_names(path: Path | None, input_names: list[str] | tuple[str, ...
 
 @dataclass(frozen=True)
 class ExpectedInputs:
-    """What an export will take, known before it runs (edgeq.exporters.expected_inputs builds one per source kind)."""
+    """What an export will take, known before it runs (edgeq.exporters.expected builds one per source kind)."""
 
     specs: tuple[TensorSpec, ...] = ()
     """inputs whose dtype and shape are known: an array under such a name is checked as load_samples checks it"""

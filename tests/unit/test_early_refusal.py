@@ -79,20 +79,22 @@ def test_module_wrong_dtype_and_shape_are_refused_before_the_export(runner, tmp_
 
 # ---- Hugging Face folders ---------------------------------------------------------------------------------------
 
-def _bert(folder: Path) -> Path:
+def _save(folder: Path, config, model_cls) -> Path:
     torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                  intermediate_size=32, max_position_embeddings=32, num_labels=2)
-    transformers.BertForSequenceClassification(cfg).eval().save_pretrained(folder)
+    model_cls(config).eval().save_pretrained(folder)
     return folder
+
+
+def _bert(folder: Path) -> Path:
+    return _save(folder, transformers.BertConfig(vocab_size=60, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                                 intermediate_size=32, max_position_embeddings=32, num_labels=2),
+                 transformers.BertForSequenceClassification)
 
 
 def _llama(folder: Path) -> Path:
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=60, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
-    transformers.LlamaForCausalLM(cfg).eval().save_pretrained(folder)
-    return folder
+    return _save(folder, transformers.LlamaConfig(vocab_size=60, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                                  num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32),
+                 transformers.LlamaForCausalLM)
 
 
 def _ids(n=4, t=8, dtype=np.int64):
