@@ -116,3 +116,17 @@ def test_verify_command_reads_the_app_file_declaration(runner, tmp_path):
     (tmp_path / "bad.toml").write_text('[inputs.seg]\nmask = "yes"\n')
     r = runner.invoke(app, [*base, "--preprocess", str(tmp_path / "bad.toml")])
     assert r.exit_code == 2 and "mask must be one of real, padding, none" in r.stderr
+
+
+def test_the_search_scores_an_input_mask_model_on_the_real_tokens(tmp_path):
+    """--max-drop / --prefer scoring (static.score_outputs) reads the same mask as the verdict."""
+    from edgeq.quantization.int8 import static
+
+    ref, cand = _encoder(tmp_path / "ref.onnx", "input_mask", pad_noise=False), _encoder(tmp_path / "cand.onnx", "input_mask", pad_noise=True)
+    data = _data(_arrays("input_mask"))
+    ro = static.all_outputs(onnx.load(str(ref)), data, len(data))
+    co = static.all_outputs(onnx.load(str(cand)), data, len(data))
+    specs = static.output_tasks(onnx.load(str(ref)), ro)
+    masks = token_masks(data, len(data))
+    assert static.score_outputs(specs, co, ro, None, masks).drop_from(static.score_outputs(specs, ro, ro, None, masks)) < 1e-6
+    assert static.score_outputs(specs, co, ro, None).drop_from(static.score_outputs(specs, ro, ro, None)) > 0.1  # padding counted
