@@ -240,13 +240,25 @@ def _export_module(module, opts: SourceOptions, what: str, provenance: tuple[str
     )
 
 
-def _hf_expected(src, opts: SourceOptions):
+def check_data_before_export(source: str | Path, opts: SourceOptions) -> None:
+    """--calib / --eval against what a Hugging Face folder's export will take, from its config.json alone:
+    before any work on the folder (a pre-quantized checkpoint's dequantization included). PyTorch modules
+    are checked once forward() is read (in :func:`export_source`); ONNX files by run_export, first."""
+    from . import hf
+
+    if opts.data and opts.task and source_kind(source) == "hf" and hf.is_hf_folder(Path(source)):
+        early = _hf_expected(hf.read_config(Path(source)), opts)
+        if early is not None:
+            _check_data(opts, early)
+
+
+def _hf_expected(config: dict[str, Any], opts: SourceOptions):
     """What the folder's export will take (edgeq.exporters.expected), by the path it will take; None: torch's
     exporter, checked once its example inputs are built."""
     from . import expected
 
     if _kv_cache_wanted(opts):
-        return expected.kv_decoder(src.config, static=opts.target.static_shapes)
+        return expected.kv_decoder(config, static=opts.target.static_shapes)
     if opts.exporter in ("dynamo", "torchscript"):
         return None
     from . import hf_optimum as ho
@@ -255,7 +267,7 @@ def _hf_expected(src, opts: SourceOptions):
         return None
     shape = ho.batch_sequence(opts.static_shapes, {k: v[0] for k, v in opts.example_shapes.items()})
     fixed = (opts.static_shapes or opts.target.static_shapes) and len(shape) == 2
-    return expected.optimum(src.config, opts.task, tuple(shape) if fixed else expected.TOKENS)
+    return expected.optimum(config, opts.task, tuple(shape) if fixed else expected.TOKENS)
 
 
 EXPORTERS = ("auto", "dynamo", "torchscript", "optimum")
@@ -330,7 +342,7 @@ def export_source(source: str | Path, opts: SourceOptions, work: Path):
         if opts.exporter not in EXPORTERS:
             raise ModelError(f"unknown exporter '{opts.exporter}'", f"choose one of {', '.join(EXPORTERS)}")
         src = hf.inspect_folder(Path(text), trust_remote_code=opts.trust_remote_code, trust_pickle=opts.trust_pickle)
-        early = _hf_expected(src, opts)
+        early = _hf_expected(src.config, opts)
         if early is not None:
             _check_data(opts, early)
         if _kv_cache_wanted(opts):
@@ -405,4 +417,4 @@ def export_source(source: str | Path, opts: SourceOptions, work: Path):
     return _export_module(module, opts, text, (prov,), module_roots(text.partition(":")[0]), common)
 
 
-__all__ = ["SourceOptions", "export_source", "parse_example_shapes", "source_kind", "Artifact"]
+__all__ = ["SourceOptions", "check_data_before_export", "export_source", "parse_example_shapes", "source_kind", "Artifact"]

@@ -179,3 +179,19 @@ def test_static_kv_decoder_takes_token_windows_only(runner, tmp_path, kv_sentine
              tmp_path / "b1", "unknown array(s) attention_mask", "computed by edgeq")
     np.savez(tmp_path / "ids.npz", input_ids=ids)
     _let_through(_export(runner, folder, tmp_path / "ids.npz", tmp_path / "b2", "--task", "text-generation", "--target", "qnn-htp"))
+
+
+def test_a_pre_quantized_folder_is_checked_before_its_weights_are_dequantized(runner, tmp_path, monkeypatch):
+    """GPTQ/AWQ folders are dequantized before the export (edgeq.exporters.prequant.prepare): the data is
+    checked from config.json before that work too."""
+    from edgeq.exporters import prequant
+
+    folder = _llama(tmp_path / "llama")
+    monkeypatch.setattr(prequant, "detect", lambda f: object())  # stands in for a GPTQ folder
+    monkeypatch.setattr(prequant, "prepare", _sentinel)
+    ids = _ids()
+    np.savez(tmp_path / "extra.npz", input_ids=ids, pixel_values=np.zeros((4, 3), np.float32))
+    _refused(_export(runner, folder, tmp_path / "extra.npz", tmp_path / "b", "--task", "text-generation"), tmp_path / "b",
+             "unknown array(s) pixel_values")
+    np.savez(tmp_path / "ids.npz", input_ids=ids)
+    _let_through(_export(runner, folder, tmp_path / "ids.npz", tmp_path / "b2", "--task", "text-generation"))
