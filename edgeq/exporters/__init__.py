@@ -259,7 +259,7 @@ def _hf_expected(config: dict[str, Any], opts: SourceOptions):
 
     if _kv_cache_wanted(opts):
         return expected.kv_decoder(config, static=opts.target.static_shapes)
-    if opts.exporter in ("dynamo", "torchscript"):
+    if opts.exporter not in ("auto", "optimum"):  # torch's exporters, or an unknown one (refused by export_source)
         return None
     from . import hf_optimum as ho
 
