@@ -324,21 +324,22 @@ def decide(
 
 
 def _kept_on_foreign_arch(qres: Any, check: SpeedCheck, app: AppSession, opts: SpeedOptions) -> tuple[Any, SpeedCheck, list[str]]:
-    """The quantized model ships; the recipe and notes say where the speed was measured and what was found
-    (the verdict only: the figures go to the sidecar, so the bundle's bytes do not follow the host's noise)."""
+    """The quantized model ships. The recipe and its note say where the speed was measured, not what the host
+    found: that follows the host's noise, so it goes to the terminal, --json and the sidecar
+    (``profile.shipped``), and the bundle's bytes stay a function of the inputs."""
     host, arch = app.host_arch, app.target_arch
     slower = not not_slower(check.shipped_ms, check.fp32_ms, opts)
-    found = "slower than fp32" if slower else "not slower than fp32"
     off = f", {', '.join(app.optimizers_off)} off" if app.optimizers_off else ""
-    note = (f"speed not measured on the {arch} target: this {host} host ({app.providers[0]}{off}) found the {qres.spec.mode} "
-            f"model.ort {found}; quantization kept, as another CPU family's timings do not decide for {arch} "
-            "(time it on the device: edgeq profile BUNDLE --device ssh://USER@HOST)")
+    note = (f"speed not measured on the {arch} target: the shipped model.ort was timed on this {host} host "
+            f"({app.providers[0]}{off}; figures in the profile sidecar, profile.shipped); quantization kept, as another "
+            f"CPU family's timings do not decide for {arch} (time it on the device: edgeq profile BUNDLE --device ssh://USER@HOST)")
     details = dict(qres.details)
     details["speed"] = {"decision": "quantized", "slower_nodes": [], "measured_on": f"{host} host", "target_arch": arch,
-                        "on_target_arch": False, "host_found": found}
+                        "on_target_arch": False}
     res = replace(qres, details=details, notes=qres.notes + (note,))
     line = (f"speed: not measured on {arch}; on this {host} host the {qres.spec.mode} model.ort ran {check.ratio_fp32:.2f}x fp32"
-            f"{off}. Quantization kept (host timings do not decide for another CPU family)")
+            f"{off} ({'slower than' if slower else 'not slower than'} fp32). Quantization kept (host timings do not decide "
+            "for another CPU family)")
     if slower:
         line += "; --prefer fastest picks by this host's timings, --quant none ships fp32"
     return res, check, [line]
