@@ -18,9 +18,10 @@ A target whose CPU architecture is not this host's (``--target arm64`` on x86_64
 timings do not decide. int8 kernels differ between CPU families (x86's VNNI/AVX2 paths against
 Arm's dot-product instructions, XNNPACK on the device), so an x86 host finding int8 slower says
 little about the device. The quantized model ships as asked; the shipped model.ort is still
-timed here (x86-only layouts off), and the table, ``--json`` and the manifest say the speed was
-measured on this host and not on the target, and what the host found. ``--prefer fastest``
-decides on this host's timings when the user asks for that; ``--quant none`` ships fp32.
+timed here (x86-only layouts off). The table, ``--json`` and the manifest say the speed was
+measured on this host and not on the target; what the host found is in the table, ``--json``
+and the sidecar (not the manifest: it follows the clock). ``--prefer fastest`` decides on this
+host's timings when the user asks for that; ``--quant none`` ships fp32.
 """
 
 from __future__ import annotations
