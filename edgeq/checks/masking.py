@@ -26,25 +26,17 @@ from typing import Any
 import numpy as np
 
 from ..core.appio import MASK_MEANINGS as MEANINGS
+from ..core.appio import mask_meaning
 
 MASK_INPUTS = ("attention_mask",)
 """the name tokenizers give the mask (kept for callers); any name :func:`meaning_of_name` knows is read"""
 REAL, PADDING, NONE = MEANINGS  # values of ``[inputs.NAME] mask`` in the app TOML
-_REAL_NAMES = ("attention_mask", "input_mask", "mask", "attn_mask", "token_mask")
-_REAL_SUFFIXES = ("_attention_mask", "_input_mask")
-_PADDING_NAMES = ("padding_mask", "key_padding_mask", "pad_mask")
-_PADDING_SUFFIXES = ("_padding_mask",)
 TOKEN_INPUT = "input_ids"
 
 
 def meaning_of_name(name: str) -> str | None:
-    """``real`` / ``padding`` for a name models use for a token mask, else None."""
-    n = name.lower()
-    if n in _PADDING_NAMES or n.endswith(_PADDING_SUFFIXES):
-        return PADDING
-    if n in _REAL_NAMES or n.endswith(_REAL_SUFFIXES):
-        return REAL
-    return None
+    """``real`` / ``padding`` for a name models use for a token mask, else None (edgeq.core.appio.mask_meaning)."""
+    return mask_meaning(name)
 
 
 @dataclass(frozen=True)

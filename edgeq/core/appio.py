@@ -47,11 +47,30 @@ ACTIVATIONS = ("none", "softmax", "sigmoid")
 DTYPES = ("float32", "float16", "uint8")
 MASK_MEANINGS = ("real", "padding", "none")
 """[inputs.NAME] mask: what a non-zero entry of a token mask marks, or none (not a token mask): edgeq.checks.masking"""
+_REAL_MASK_NAMES = ("attention_mask", "input_mask", "mask", "attn_mask", "token_mask")
+_REAL_MASK_SUFFIXES = ("_attention_mask", "_input_mask")
+_PADDING_MASK_NAMES = ("padding_mask", "key_padding_mask", "pad_mask")
+_PADDING_MASK_SUFFIXES = ("_padding_mask",)
 _IN_KEYS = {"layout", "color", "resize", "crop", "dtype", "scale", "mean", "std", "mask"}
 _OUT_KEYS = {"activation", "labels"}
 MAX_SPEC_BYTES = 1 << 20
 MAX_LABELS_BYTES = 16 << 20
 LABELS_FILE = "labels.txt"
+
+
+def mask_meaning(name: str, declared: dict[str, Any] | None = None) -> str | None:
+    """What an input named ``name`` is as a token mask: ``real`` (non-zero marks real tokens), ``padding``
+    (non-zero marks padding), ``none``, or None when neither its ``[inputs.NAME]`` table (``declared``) nor
+    a name models use for a mask says so (``attention_mask``, ``input_mask``, ``*_attention_mask`` ...;
+    ``padding_mask``, ``key_padding_mask``, ``*_padding_mask`` ...)."""
+    if declared and declared.get("mask") in MASK_MEANINGS:
+        return declared["mask"]
+    n = name.lower()
+    if n in _PADDING_MASK_NAMES or n.endswith(_PADDING_MASK_SUFFIXES):
+        return "padding"
+    if n in _REAL_MASK_NAMES or n.endswith(_REAL_MASK_SUFFIXES):
+        return "real"
+    return None
 
 
 def _bad(where: str, what: str) -> BundleError:

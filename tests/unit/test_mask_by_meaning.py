@@ -130,3 +130,19 @@ def test_the_search_scores_an_input_mask_model_on_the_real_tokens(tmp_path):
     masks = token_masks(data, len(data))
     assert static.score_outputs(specs, co, ro, None, masks).drop_from(static.score_outputs(specs, ro, ro, None, masks)) < 1e-6
     assert static.score_outputs(specs, co, ro, None).drop_from(static.score_outputs(specs, ro, ro, None)) > 0.1  # padding counted
+
+
+def test_golden_inputs_leave_every_token_real_whatever_the_mask_means():
+    """No data: golden/timing inputs are typical values; a padding mask (non-zero = padding) is all zeros there,
+    not all ones (a fully padded input, NaN attention and timing of nothing)."""
+    from edgeq.core.artifact import IoSpec, TensorSpec
+    from edgeq.core.golden import typical_feed
+
+    ins = (TensorSpec("input_ids", "int64", ("N", T)), TensorSpec("input_mask", "int64", ("N", T)),
+           TensorSpec("key_padding_mask", "bool", ("N", T)), TensorSpec("padding_mask", "int64", ("N", T)),
+           TensorSpec("seg", "int64", ("N", T)))
+    io = IoSpec(ins, (TensorSpec("y", "float32", ("N", T, H)),))
+    feed = typical_feed(None, io, {"seg": {"mask": "padding"}})
+    assert feed["input_mask"].all() and feed["input_mask"].shape == (1, T)
+    assert not feed["key_padding_mask"].any() and feed["key_padding_mask"].dtype == bool
+    assert not feed["padding_mask"].any() and not feed["seg"].any()
