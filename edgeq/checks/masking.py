@@ -29,14 +29,9 @@ from ..core.appio import MASK_MEANINGS as MEANINGS
 from ..core.appio import mask_meaning
 
 MASK_INPUTS = ("attention_mask",)
-"""the name tokenizers give the mask (kept for callers); any name :func:`meaning_of_name` knows is read"""
+"""the name tokenizers give the mask (kept for callers); any name edgeq.core.appio.mask_meaning knows is read"""
 REAL, PADDING, NONE = MEANINGS  # values of ``[inputs.NAME] mask`` in the app TOML
 TOKEN_INPUT = "input_ids"
-
-
-def meaning_of_name(name: str) -> str | None:
-    """``real`` / ``padding`` for a name models use for a token mask, else None (edgeq.core.appio.mask_meaning)."""
-    return mask_meaning(name)
 
 
 @dataclass(frozen=True)
@@ -70,7 +65,7 @@ def find_mask(data: Any) -> TokenMask | None:
     if not arrays or not len(data):
         return None
     declared = dict(getattr(data, "mask_roles", ()) or ())
-    named = {k: declared.get(k) or meaning_of_name(k) for k in arrays}
+    named = {k: declared.get(k) or mask_meaning(k) for k in arrays}
     named = {k: m for k, m in named.items() if m in (REAL, PADDING)}
     if not named:
         return None
