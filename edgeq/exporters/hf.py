@@ -51,6 +51,11 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+def read_config(folder: Path) -> dict[str, Any]:
+    """The folder's config.json (nothing imported, no weights read)."""
+    return _read_json(Path(folder) / "config.json")
+
+
 def inspect_folder(folder: Path, *, trust_remote_code: bool = False, trust_pickle: bool = False) -> HfSource:
     """Check a save_pretrained folder before anything from it is imported or unpickled."""
     folder = Path(folder)

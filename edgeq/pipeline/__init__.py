@@ -162,6 +162,9 @@ def export_model(cfg: ExportConfig, progress: ProgressFactory = quiet_progress) 
                 data=tuple((w, p, b.labels_key) for w, p in (("calibration", q.calib), ("evaluation", q.eval)) if p is not None),
             )
             export_from = source
+            from ..exporters import check_data_before_export
+
+            check_data_before_export(source, sopts)  # a Hugging Face folder's data: before any work on it
             if kind == "hf":  # a GPTQ/AWQ/bitsandbytes folder: read by edgeq, exported from its dequantized weights
                 opts, export_from = _prequant_options(source, opts, q.quant, work, prog) if sc.task else (opts, source)
                 if opts.lm_folder is not None and export_from != source:  # KV-cache decoder of the dequantized weights

@@ -145,6 +145,9 @@ def run_export(
     windows = npu_qdq.load_windows(source.io, opts.calib, opts.eval) if qdq_lm else {}
     calib = None if qdq_lm else load_samples(opts.calib, source.io, what="calibration", labels_key=opts.labels_key, preprocess=image_prep, random_n=spec.calib_samples) if opts.calib else None
     evals = None if qdq_lm else load_samples(opts.eval, source.io, what="evaluation", labels_key=opts.labels_key, preprocess=image_prep) if opts.eval else None
+    from ..checks.masking import with_app_masks  # [inputs.NAME] mask = ...: which input is a token mask
+
+    calib, evals = with_app_masks(calib, app_io["inputs"]), with_app_masks(evals, app_io["inputs"])
     if opts.lm_folder is not None:
         _check_lm_windows(opts.lm_folder, (opts.calib, calib, "calibration"), (opts.eval, evals, "evaluation"))
     prep_notes = _record_image_preprocess(app_io, calib or evals, from_app=image_prep is not None and image_prep == opts.preprocess)
