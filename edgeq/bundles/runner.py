@@ -334,7 +334,7 @@ def _generate(argv: list) -> int:
         spec.loader.exec_module(gen)
         return gen.main(argv, root=here, check=lambda root: check_files(root, load_manifest(root)))
     except BundleCorrupt as e:
-        print(f"FAIL bundle corrupt: {e}", file=sys.stderr)
+        print(f"FAIL bundle corrupt: {_printable(e)}", file=sys.stderr)
         return 2
 
 
@@ -366,13 +366,13 @@ def main(argv: list | None = None) -> int:
         if args.json:
             print(json.dumps({"passed": False, "error": str(e)}))
         else:
-            print(f"FAIL bundle corrupt: {e}", file=sys.stderr)
+            print(f"FAIL bundle corrupt: {_printable(e)}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
         for p in result["pairs"]:
-            print(f"{'pass' if p['passed'] else 'FAIL'} golden {p['pair']}: max abs error {p['max_abs_error']:.3g} ({p['ms']:.2f} ms)")
+            print(f"{'pass' if p['passed'] else 'FAIL'} golden {_printable(p['pair'])}: max abs error {p['max_abs_error']:.3g} ({p['ms']:.2f} ms)")
         verdict = "PASS" if result["golden_passed"] else "FAIL"
         print(f"{verdict} {result['files_checked']} files checked, {len(result['pairs'])} golden pairs, "
               f"max abs error {result['max_abs_error']:.3g} (atol {result['atol']}, rtol {result['rtol']}) on {result['providers'][0]}")
