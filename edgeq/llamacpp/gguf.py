@@ -136,15 +136,12 @@ class LlamaSource:
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
+    from ..core.fsutil import read_json_object
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return read_json_object(path, str(path), ModelError, hint="fix or re-save the file")
     except FileNotFoundError:
         raise ModelError(f"{path.parent} has no {path.name} ({what})", "pass a Hugging Face model folder saved with save_pretrained") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ModelError(f"{path} is not valid JSON: {e}", "fix or re-save the file") from None
-    if not isinstance(data, dict):
-        raise ModelError(f"{path} does not hold a JSON object", "re-save the model folder")
-    return data
 
 
 def _inside(folder: Path, name: str) -> Path:
