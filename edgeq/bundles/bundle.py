@@ -476,7 +476,15 @@ def check_bundle(
             from .genai import check_prefill
 
             b.path(b.manifest["model"]["prefill"]["onnx"])  # listed and checksummed
-            result["prefill"] = check_prefill(b.root, b.manifest["golden"]["atol"], b.manifest["golden"]["rtol"])
+            from ..errors import EdgeqError
+
+            try:
+                result["prefill"] = check_prefill(b.root, b.manifest["golden"]["atol"], b.manifest["golden"]["rtol"])
+            except EdgeqError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the graphs' shapes or metadata, or onnxruntime failing on them
+                raise BundleError(f"bundle {b.shown}: its static decoder cannot be run: {(str(e).splitlines() or [type(e).__name__])[0][:200]}",
+                                  "rebuild it with edgeq export") from None
     check_golden(result)
     if result.get("prefill", {}).get("passed") is False:
         raise CheckFailed(f"bundle {b.shown}: the prefill graph's logits differ from the step graph's "

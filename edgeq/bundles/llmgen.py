@@ -134,7 +134,7 @@ class Decoder:
         self.chunk = int(ids_shape[1]) if all(isinstance(d, int) for d in ids_shape) else 0
         self.prefill = None
         if self.chunk:
-            self.context = int(self.past[0].shape[2])
+            self.context = _positive_int(self.past[0].shape[2], "the static decoder's cache length")
             self.static = _static_host()
             pre = os.path.join(root, PREFILL)
             if os.path.isfile(pre) and not os.path.islink(pre):  # the prompt's graph: the same weights, a chunk of tokens per run

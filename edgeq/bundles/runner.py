@@ -277,7 +277,7 @@ def time_model(root: str, manifest: dict, model: str = "ort", providers: list | 
     files = manifest["model"]
     path = listed(root, manifest, files["ort"] if model == "ort" and files.get("ort") else files["onnx"])
     pair = manifest["golden"]["pairs"][0]
-    feed = {t["name"]: np.load(os.path.join(root, pair["inputs"][i]), allow_pickle=False) for i, t in enumerate(manifest["inputs"])}
+    feed = {t["name"]: np.load(listed(root, manifest, pair["inputs"][i]), allow_pickle=False) for i, t in enumerate(manifest["inputs"])}
     so = session_options(manifest, threads)
     rss0 = _rss_kib()
     t0 = time.perf_counter()
