@@ -115,6 +115,18 @@ def check_files(root: str) -> dict:
     return manifest
 
 
+def _shown(text) -> str:
+    """Text from the bundle on one line: characters that are not printable (ESC, newlines, bidi) as '?'."""
+    return "".join(c if c.isprintable() else "?" for c in str(text))[:500]
+
+
+def _count(v, what: str) -> int:
+    """A count from the manifest: a plain positive integer (not a bool, string or object)."""
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{MANIFEST} {what} is not a positive integer")
+    return v
+
+
 def host_has_amx() -> bool:
     try:
         with open("/proc/cpuinfo", errors="replace") as f:
@@ -167,14 +179,18 @@ def main(argv: list | None = None) -> int:
         gguf = (manifest.get("model") or {}).get("gguf") or "model.gguf"
         if not isinstance(gguf, str) or gguf not in manifest["files"]:  # only a checksummed file is loaded
             raise ValueError(f"{MANIFEST} names a file that is not in its file list: {str(gguf)[:80]}")
+        trained = ctx = _count((manifest.get("model") or {}).get("params", {}).get("context_length") or 2048, "model.params.context_length")
+        ctx = args.ctx or _count((manifest.get("model") or {}).get("context") or ctx, "model.context")  # not the training context (131k: GiBs of KV cache)
     except (ValueError, OSError, AttributeError, TypeError) as e:  # AttributeError, TypeError: right keys, wrong shapes
-        print(f"FAIL bundle corrupt: {''.join(c if c.isprintable() else '?' for c in str(e))[:500]}", file=sys.stderr)
+        print(f"FAIL bundle corrupt: {_shown(e)}", file=sys.stderr)
         return 2
     sys.dont_write_bytecode = True
-    trained = ctx = int((manifest.get("model") or {}).get("params", {}).get("context_length") or 2048)
-    ctx = args.ctx or int((manifest.get("model") or {}).get("context") or ctx)  # not the training context (131k: GiBs of KV cache)
     model = os.path.join(args.bundle, gguf)
-    llm, extra = load(model, n_ctx=ctx, threads=args.threads, seed=args.seed, extra_buffer_types=args.extra_buffer_types)
+    try:
+        llm, extra = load(model, n_ctx=ctx, threads=args.threads, seed=args.seed, extra_buffer_types=args.extra_buffer_types)
+    except (ValueError, RuntimeError) as e:  # llama-cpp-python: "Failed to load model from file", "Failed to create llama_context"
+        print(f"FAIL llama.cpp cannot load {_shown(gguf)}: {_shown((str(e).splitlines() or [type(e).__name__])[0])}", file=sys.stderr)
+        return 2
     add_bos = llm.metadata.get("tokenizer.ggml.add_bos_token") == "true"
     prompt = llm.tokenize(args.prompt.encode("utf-8"), add_bos=add_bos, special=False)
     if len(prompt) > ctx:  # llama-cpp-python fails deep inside eval with a numpy broadcast error
