@@ -77,6 +77,14 @@ class Bundle:
                               CORRUPT_HINT)
         return self.root / rel
 
+    def array(self, rel: Any) -> Any:
+        """A listed .npy file's array, its header checked against the file's size before numpy allocates (run.py's
+        reader: no object arrays), else BundleError (exit 2)."""
+        try:
+            return runner_mod.load_npy(str(self.path(rel)))
+        except runner_mod.BundleCorrupt as e:
+            raise BundleError(f"bundle {self.shown} is corrupt: {e}", CORRUPT_HINT) from None
+
 
 # ---------------------------------------------------------------- reading
 

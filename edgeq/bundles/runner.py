@@ -136,6 +136,34 @@ def listed(root: str, manifest: dict, rel) -> str:
     return os.path.join(root, rel)
 
 
+def load_npy(path: str):
+    """A golden array: a .npy whose header (shape, dtype) is checked against the file's size before numpy allocates
+    anything (numpy sizes its buffer from the header), no object arrays; BundleCorrupt naming the file otherwise."""
+    import numpy as np
+
+    fmt = np.lib.format
+    name = os.path.basename(path)
+    with open(path, "rb") as f:
+        try:
+            version = fmt.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f".npy format version {version}")
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = read(f)
+            count = 1
+            for d in shape:
+                count *= d
+            if dtype.hasobject:
+                raise ValueError("an object array")
+            left = os.fstat(f.fileno()).st_size - f.tell()
+            if count * dtype.itemsize > left:
+                raise ValueError(f"its header declares {count * dtype.itemsize} bytes of data, the file holds {left}")
+            f.seek(0)
+            return fmt.read_array(f, allow_pickle=False)
+        except (ValueError, TypeError, EOFError) as e:
+            raise BundleCorrupt(f"{name} is not a .npy array this runner reads ({str(e)[:160]})") from None
+
+
 def session_options(manifest: dict, threads: int = 0):
     """onnxruntime session options the bundle's manifest records for the app (level, saved runtime optimizations)."""
     import onnxruntime as ort
@@ -171,14 +199,14 @@ def run_golden(root: str, manifest: dict, model: str = "ort", providers: list | 
     atol, rtol = float(golden["atol"]), float(golden["rtol"])
     pairs = []
     for pair in golden["pairs"]:
-        feed = {name: np.load(listed(root, manifest, pair["inputs"][i]), allow_pickle=False) for i, name in enumerate(inputs)}
+        feed = {name: load_npy(listed(root, manifest, pair["inputs"][i])) for i, name in enumerate(inputs)}
         t0 = time.perf_counter()
         outs = sess.run(None, feed)
         ms = (time.perf_counter() - t0) * 1e3
         worst = 0.0
         ok = True
         for i, out in enumerate(outs):
-            want = np.load(listed(root, manifest, pair["outputs"][i]), allow_pickle=False)
+            want = load_npy(listed(root, manifest, pair["outputs"][i]))
             if want.shape != np.asarray(out).shape:
                 ok = False
                 worst = float("inf")
@@ -277,7 +305,7 @@ def time_model(root: str, manifest: dict, model: str = "ort", providers: list | 
     files = manifest["model"]
     path = listed(root, manifest, files["ort"] if model == "ort" and files.get("ort") else files["onnx"])
     pair = manifest["golden"]["pairs"][0]
-    feed = {t["name"]: np.load(listed(root, manifest, pair["inputs"][i]), allow_pickle=False) for i, t in enumerate(manifest["inputs"])}
+    feed = {t["name"]: load_npy(listed(root, manifest, pair["inputs"][i])) for i, t in enumerate(manifest["inputs"])}
     so = session_options(manifest, threads)
     rss0 = _rss_kib()
     t0 = time.perf_counter()

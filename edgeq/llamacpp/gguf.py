@@ -1039,8 +1039,8 @@ def check_gguf_bundle(path: Path) -> dict[str, Any]:
     golden = manifest["golden"]
     try:
         atol, rtol = float(golden["atol"]), float(golden["rtol"])
-        ids = [np.load(b.path(p["tokens"]), allow_pickle=False).tolist() for p in golden["pairs"]]
-        want = [np.load(b.path(p["logits"]), allow_pickle=False) for p in golden["pairs"]]
+        ids = [b.array(p["tokens"]).tolist() for p in golden["pairs"]]
+        want = [b.array(p["logits"]) for p in golden["pairs"]]
     except (KeyError, TypeError, ValueError, OSError) as e:
         raise BundleError(f"bundle {path} has no usable golden data: {e}", "rebuild it with edgeq export") from None
     t0 = time.perf_counter()
