@@ -55,3 +55,23 @@ def test_an_oversized_config_is_refused_by_its_size_before_reading(runner, tmp_p
     assert peak < 16 << 20, f"{peak >> 20} MiB traced: the file was read"  # before: the whole 64 MiB (and its text) in memory
     assert seconds < 10
 
+
+
+def test_a_fifo_tokenizer_json_never_hangs_the_gguf_export(tmp_path):
+    """The GGUF export reads the folder's tokenizer.json itself: a FIFO there is refused by stat (before: read_text on it
+    blocked forever)."""
+    import os
+
+    from tests.robustness.failsafe import assert_one_error_line, run_edgeq
+
+    import json
+
+    folder = _folder(tmp_path, config_json=json.dumps({
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 300, "hidden_size": 32,
+        "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}).encode())
+    os.mkfifo(folder / "tokenizer.json")
+    out = tmp_path / "out"
+    p = run_edgeq(["export", str(folder), "--target", "llamacpp-x86_64", "-o", str(out)], timeout=60, cwd=tmp_path)
+    assert p.rc == 2, (p.rc, p.stderr)
+    assert "not a regular file" in assert_one_error_line(p.stderr, "tokenizer.json")
+    assert not out.exists()
