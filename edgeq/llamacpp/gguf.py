@@ -1043,6 +1043,9 @@ def check_gguf_bundle(path: Path) -> dict[str, Any]:
         want = [b.array(p["logits"]) for p in golden["pairs"]]
     except (KeyError, TypeError, ValueError, OSError) as e:
         raise BundleError(f"bundle {path} has no usable golden data: {e}", "rebuild it with edgeq export") from None
+    from .probe import probe_gguf
+
+    probe_gguf(b.path(manifest["model"]["gguf"]))  # a stranger's GGUF: opened in a child first (a native crash is one error)
     t0 = time.perf_counter()
     got, info = llama_cpp_logits(b.path(manifest["model"]["gguf"]), ids)
     ms = 1000 * (time.perf_counter() - t0) / max(1, len(ids))
