@@ -149,3 +149,30 @@ def test_generated_text_is_printed_with_c1_and_bidi_controls_escaped():
         got = show("a\x9b2J\u202eb\u2028c\x1b]0;t\x07\n\td\u00e9")
         assert got == "a\\x9b2J\\u202eb\\u2028c\\x1b]0;t\\x07\n\td\u00e9"
     assert one_line("x\ny\tz\x85") == "x\\x0ay\\x09z\\x85"
+
+
+@pytest.mark.slow
+def test_a_chat_template_payload_is_never_rendered(tmp_path, runner):
+    """A chat template is data: shipped in the bundle and the GGUF, never rendered by edgeq. A template that writes a
+    file when rendered by plain jinja2 (the control below proves it live) leaves no file after export to both runtimes,
+    edgeq generate, run.py --prompt, edgeq verify (llama.cpp loading the GGUF included) and edgeq profile."""
+    import jinja2
+
+    canary = tmp_path / "canary"
+    payload = "{{ cycler.__init__.__globals__.os.system('touch " + str(canary) + "') }}"
+    folder = save_lm(tmp_path / "src", "llama", chat_template=payload)
+    for args in (["--task", "text-generation", "--quant", "none", "--no-profile", "-o", str(tmp_path / "b")],
+                 ["--target", "llamacpp-x86_64", "--quant", "f16", "-o", str(tmp_path / "g")]):
+        r = runner.invoke(app, ["export", str(folder), *args])
+        assert r.exit_code == 0, r.output
+    assert payload in (tmp_path / "b" / "tokenizer_config.json").read_text() or (tmp_path / "b" / "chat_template.jinja").is_file()
+    r = runner.invoke(app, ["generate", str(tmp_path / "b"), "--prompt", "the", "--max-new-tokens", "3"])
+    assert r.exit_code == 0, r.output
+    p = run_script(tmp_path / "b" / "run.py", ["--prompt", "the", "--max-new-tokens", "3"], tmp_path / "cwd", timeout=120)
+    assert p.returncode == 0, p.stderr
+    for args in (["verify", str(tmp_path / "g")], ["verify", str(tmp_path / "b")], ["profile", str(tmp_path / "b")]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 0, r.output
+    assert not canary.exists()
+    jinja2.Template(payload).render()  # control: the payload is live where a template is rendered unsandboxed
+    assert canary.exists()
