@@ -124,7 +124,7 @@ def check_files(root: str, manifest: dict) -> int:
         if os.path.islink(full) or not os.path.isfile(full):
             raise BundleCorrupt(f"not a regular file: {rel}")
         entry = manifest["files"][rel]
-        if os.path.getsize(full) != entry.get("bytes") or sha256(full) != entry.get("sha256"):
+        if not isinstance(entry, dict) or os.path.getsize(full) != entry.get("bytes") or sha256(full) != entry.get("sha256"):
             raise BundleCorrupt(f"checksum mismatch: {rel}")
     return len(listed)
 

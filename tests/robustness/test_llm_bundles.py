@@ -176,3 +176,17 @@ def test_a_chat_template_payload_is_never_rendered(tmp_path, runner):
     assert not canary.exists()
     jinja2.Template(payload).render()  # control: the payload is live where a template is rendered unsandboxed
     assert canary.exists()
+
+
+def test_run_py_prompt_reports_a_malformed_file_entry_in_one_line(llm_bundle, tmp_path):
+    """``run.py --prompt`` checks the file list before generate.py runs: an entry that is not an object is a corrupt
+    bundle (before: an AttributeError traceback on this path; the golden path reported it)."""
+    b = tmp_path / "b"
+    shutil.copytree(llm_bundle, b)
+    m = json.loads((b / "manifest.json").read_text())
+    m["files"]["tokenizer.json"] = "x"
+    (b / "manifest.json").write_text(json.dumps(m))
+    for args in (["--prompt", "the"], []):
+        p = run_script(b / "run.py", args, tmp_path / "cwd", timeout=120)
+        assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+        assert p.stderr.startswith("FAIL bundle corrupt") and len(p.stderr.strip().splitlines()) == 1, p.stderr
