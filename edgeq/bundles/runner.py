@@ -388,9 +388,13 @@ def main(argv: list | None = None) -> int:
         if args.runs > 0:
             result["timing"] = time_model(args.bundle, load_manifest(args.bundle), model=args.model, providers=providers,
                                           runs=args.runs, warmup=args.warmup, threads=args.threads)
-    except (BundleCorrupt, KeyError, TypeError, IndexError, AttributeError) as e:
-        if not isinstance(e, BundleCorrupt):  # a manifest with the right keys but wrong shapes
+    except Exception as e:
+        if isinstance(e, (KeyError, TypeError, IndexError, AttributeError, ValueError)):  # right keys, wrong shapes or values
             e = BundleCorrupt(f"{MANIFEST} is malformed ({type(e).__name__}: {str(e)[:80]})")
+        elif type(e).__module__.startswith("onnxruntime"):  # its errors are plain Exception subclasses
+            e = BundleCorrupt(f"onnxruntime cannot run the bundle's model ({(str(e).splitlines() or [type(e).__name__])[0][:160]})")
+        elif not isinstance(e, BundleCorrupt):
+            raise
         if args.json:
             print(json.dumps({"passed": False, "error": str(e)}))
         else:

@@ -42,3 +42,24 @@ def test_a_golden_npy_header_is_checked_before_numpy_allocates(runner, tmp_path,
     seconds, peak = bounded(lambda: assert_fails_safely(runner, ["verify", str(out)], None, "in_0.npy"))
     assert peak < 64 << 20, f"{peak >> 20} MiB traced"
     assert_fails_safely(runner, ["profile", str(out)], None, "in_0.npy")
+
+
+@pytest.mark.parametrize("case", ["model.ort onnxruntime refuses", "tolerance is text"])
+def test_run_py_reports_an_unrunnable_model_or_a_bad_tolerance_in_one_line(tmp_path, case):
+    """Exit 1 means a golden pair outside tolerance: a model onnxruntime cannot load, or a tolerance that is not a
+    number, is a bad bundle (exit 2, one line), not a traceback with exit 1."""
+    from edgeq.bundles.reader import manifest_files
+
+    out = build(tmp_path / "b")
+    m = json.loads((out / "manifest.json").read_text())
+    if case == "tolerance is text":
+        m["golden"]["atol"] = "abc"
+    else:
+        (out / "model.ort").write_bytes(b"\x08garbage")
+    m["files"] = manifest_files(out)  # run.py checks no schema: the file list and checksums are right
+    (out / "manifest.json").write_text(json.dumps(m))
+    for args in ([], ["--json"]):
+        p = subprocess.run([sys.executable, "-I", str(out / "run.py"), *args], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        assert p.returncode == 2 and "Traceback" not in p.stderr, (p.returncode, p.stderr)
+        text = json.loads(p.stdout)["error"] if args else p.stderr.strip()
+        assert len(text.splitlines()) == 1 and ("onnxruntime" in text or "atol" in text or "abc" in text), text
