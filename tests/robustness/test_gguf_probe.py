@@ -28,7 +28,12 @@ def test_a_crash_or_hang_opening_a_bundle_gguf_is_one_error(runner, tmp_path, mo
     assert r.exit_code == 0, r.output  # control: the real probe child opens the intact GGUF
 
     opened = []
-    monkeypatch.setattr(gguf, "llama_cpp_logits", lambda *a, **k: opened.append(a) or (_ for _ in ()).throw(AssertionError))
+
+    def in_process(*args, **kwargs):
+        opened.append(args)
+        raise AssertionError("llama.cpp opened the GGUF in edgeq's process")
+
+    monkeypatch.setattr(gguf, "llama_cpp_logits", in_process)
     monkeypatch.setattr(probe, "CHILD", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
     assert_fails_safely(runner, ["verify", str(out)], out, "llama.cpp crashed (SIGSEGV)", "model.gguf")
     monkeypatch.setattr(probe, "CHILD", "import time; time.sleep(60)")
