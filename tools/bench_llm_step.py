@@ -40,11 +40,14 @@ def step_us(model: Path, ctx: int, reps: int, threads: int, profile: dict | None
     sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
     names = {i.name for i in sess.get_inputs()}
     shape = (1, int(dec["num_key_value_heads"]), maxlen, int(dec["head_size"]))
+    int8 = next(i for i in sess.get_inputs() if i.name.startswith("past_")).type == "tensor(int8)"  # --kv-cache int8
     io = sess.io_binding()
     keep = []
     for layer in range(int(dec["num_hidden_layers"])):
         for kind in ("key", "value"):
-            v = ort.OrtValue.ortvalue_from_numpy(np.random.default_rng(layer).normal(size=shape).astype(np.float32))
+            rng = np.random.default_rng(layer)
+            buf = rng.integers(-127, 128, size=shape).astype(np.int8) if int8 else rng.normal(size=shape).astype(np.float32)
+            v = ort.OrtValue.ortvalue_from_numpy(buf)
             keep.append(v)
             io.bind_ortvalue_input(dec["inputs"][f"past_{kind}_names"] % layer, v)
             io.bind_ortvalue_output(dec["outputs"][f"present_{kind}_names"] % layer, v)
