@@ -11,9 +11,9 @@
   ``kv_cache_bit_width`` 8 and its ``k_scale``/``v_scale`` constants as inputs 12 and 13;
 - the scales are calibrated per layer: the absolute maximum of the fp32 decoder's own
   ``present`` keys (after rotary, as the kernel stores them) and values over the calibration
-  windows (``--calib`` input_ids), divided by 127. Without windows the option is refused: a
-  key's range is the model's own (one layer's keys span 5x another's), and no data-free value
-  holds for every model.
+  windows (``--calib`` input_ids), divided by 127. Without windows the option is refused: the
+  ranges are the model's own (key channels from 1.2 to 30 within one layer of the realistic
+  fixture), and no data-free value holds for every model.
 
 Which of the two scale layouts ships is measured at export (``choose``): both are calibrated on
 the first windows and the mean KL of their next-token distributions against the same weights with
