@@ -200,7 +200,7 @@ INT8_CACHE_PROVIDERS = ("CPUExecutionProvider",)
 
 
 def check_option(kv_cache: str, *, kind: str, task: str | None, exporter: str, static_shapes: bool, target: Any,
-                 folder: Path | None, calib: Path | None) -> None:
+                 folder: Path | None, calib: Path | None, quant: str = "none", weights_only: bool = True) -> None:
     """Refuse ``--kv-cache`` where it cannot work, in one line, before any work."""
     if kv_cache not in KV_CACHE_TYPES:
         raise ModelError(f"unknown --kv-cache '{kv_cache}'", f"choose one of {', '.join(KV_CACHE_TYPES)}")
@@ -226,6 +226,9 @@ def check_option(kv_cache: str, *, kind: str, task: str | None, exporter: str, s
         fits, why = fused_attention_fits(arch_from_config(hf.inspect_folder(folder).config), target)
         if not fits:
             raise ModelError(f"--kv-cache int8 needs GroupQueryAttention; this model gets {why}", "drop --kv-cache")
+    if not weights_only:  # activation and fp16 modes change the graph the cache scales were measured on
+        raise ModelError(f"--kv-cache int8 goes with weight-only quantization, not --quant {quant}",
+                         "pass --quant int4 (or int8-weight, or none) with --kv-cache int8")
     if calib is None:
         raise ModelError("--kv-cache int8 needs --calib: the cache scales come from the model's own keys and values",
                          "pass --calib WINDOWS.npz (input_ids [n, T] token windows)")

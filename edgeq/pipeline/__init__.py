@@ -147,7 +147,7 @@ def export_model(cfg: ExportConfig, progress: ProgressFactory = quiet_progress) 
     from ..exporters.kvcache import check_option as check_kv_cache
 
     check_kv_cache(cfg.kv_cache, kind=kind, task=sc.task, exporter=sc.exporter, static_shapes=bool(q.static_shape), target=tg,
-                   folder=Path(source) if kind == "hf" else None, calib=q.calib)
+                   folder=Path(source) if kind == "hf" else None, calib=q.calib, quant=spec.mode, weights_only=spec.weight_only or spec.mode == "none")
     opts = ExportOptions(
         target=tg, spec=spec, out=out, calib=q.calib, eval=q.eval, force=cfg.force, kv_cache=cfg.kv_cache,
         static_shapes=parse_shapes(q.static_shape), opset=q.opset, golden=b.golden, do_profile=cfg.do_profile,

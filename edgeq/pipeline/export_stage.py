@@ -214,7 +214,8 @@ def run_export(
                 notes += speed_lines
         elif spec.mode in ("int8-static", "int8-dynamic") and opts.prefer is None:
             notes.append("speed: not measured (--no-profile): the quantized model ships without the check against fp32")
-        elif opts.do_profile and not spec.weight_only:  # fp32, fp16, --prefer picks: timed as shipped, no decision
+        elif opts.do_profile and not spec.weight_only and opts.kv_cache == "fp32":  # fp32, fp16, --prefer picks: timed as shipped
+            # (an int8 KV cache is applied below: the profile stage times that model as shipped)
             from ..quantization.selection.speed import check_shipped
 
             with stage("speed (shipped model.ort vs fp32)"):

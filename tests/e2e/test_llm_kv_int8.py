@@ -111,6 +111,7 @@ def test_int8_cache_bundle_generates_like_the_fp32_cache_bundle(runner, trained,
     (["--exporter", "torchscript"], "KV-cache decoder"),
     (["--no-calib"], "--calib"),
     (["--kv-cache", "int4"], "unknown --kv-cache"),
+    (["--quant", "int8-static"], "weight-only"),
 ])
 def test_kv_cache_refusals_are_one_line_exit_2_before_any_work(runner, tmp_path, args, words):
     from fixtures.llm import save_lm
@@ -120,8 +121,9 @@ def test_kv_cache_refusals_are_one_line_exit_2_before_any_work(runner, tmp_path,
     calib = [] if "--no-calib" in args else ["--calib", str(tmp_path / "c.npz")]
     extra = [a for a in args if a != "--no-calib"]
     kv = [] if "--kv-cache" in extra else ["--kv-cache", "int8"]
+    quant = [] if "--quant" in extra else ["--quant", "int4"]
     out = tmp_path / "out"
-    r = runner.invoke(app, ["export", str(folder), "--task", "text-generation", *calib, *kv, *extra, "-o", str(out)])
+    r = runner.invoke(app, ["export", str(folder), "--task", "text-generation", *calib, *kv, *quant, *extra, "-o", str(out)])
     assert r.exit_code == 2, r.output
     assert words in r.output and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.output
     assert not out.exists()
