@@ -50,20 +50,6 @@ class KvRanges:
     tokens: int
 
 
-def cache_dtype(io: Any) -> str:
-    """'int8' or 'fp32': the type of the decoder's first past input (what onnxruntime-genai allocates)."""
-    for t in io.inputs:
-        if t.name.startswith(_PAST):
-            dt = str(getattr(t, "dtype", getattr(t, "type", "")))
-            return "int8" if "int8" in dt else "fp32"
-    return "fp32"
-
-
-def cache_bytes(kv_cache: str) -> int:
-    """Bytes per cached element."""
-    return 1 if kv_cache == "int8" else 4
-
-
 def gqa_nodes(model: Any) -> list[Any]:
     return [n for n in model.graph.node if n.op_type == "GroupQueryAttention" and n.domain == "com.microsoft"]
 
@@ -75,7 +61,7 @@ def check_fused(path: Path) -> None:
     m = onnx.load(str(path), load_external_data=False)
     if not gqa_nodes(m):
         raise ModelError("--kv-cache int8 needs the fused decoder (com.microsoft.GroupQueryAttention); this graph uses plain attention ops",
-                         "use a target whose first provider runs GroupQueryAttention (cpu-x86_64, cpu-arm64), or --kv-cache fp32")
+                         "use a target whose first provider runs GroupQueryAttention (cpu-x86_64, arm64), or --kv-cache fp32")
 
 
 def collect_ranges(fp32_model: Path | str, windows: np.ndarray, *, max_windows: int = 16) -> KvRanges:
