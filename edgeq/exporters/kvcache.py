@@ -61,7 +61,7 @@ def check_fused(path: Path) -> None:
     m = onnx.load(str(path), load_external_data=False)
     if not gqa_nodes(m):
         raise ModelError("--kv-cache int8 needs the fused decoder (com.microsoft.GroupQueryAttention); this graph uses plain attention ops",
-                         "use a target whose first provider runs GroupQueryAttention (cpu-x86_64, arm64), or --kv-cache fp32")
+                         "use target cpu-x86_64 (or a target file whose first provider is CPUExecutionProvider), or --kv-cache fp32")
 
 
 def collect_ranges(fp32_model: Path | str, windows: np.ndarray, *, max_windows: int = 16) -> KvRanges:
@@ -200,7 +200,7 @@ def check_option(kv_cache: str, *, kind: str, task: str | None, exporter: str, s
                          "pass a folder with --task text-generation (no --exporter, no --static-shape), or drop --kv-cache")
     if target.static_shapes:
         raise ModelError(f"--kv-cache int8 needs the dynamic GroupQueryAttention decoder; target {target.name} gets the static one",
-                         "use a CPU target (cpu-x86_64, arm64), or drop --kv-cache")
+                         "use target cpu-x86_64 (or a target file whose first provider is CPUExecutionProvider), or drop --kv-cache")
     first = target.providers[0].name if target.providers else "?"
     if first not in INT8_CACHE_PROVIDERS:
         raise ModelError(f"--kv-cache int8: {first} has no int8-cache GroupQueryAttention kernel (target {target.name})",
