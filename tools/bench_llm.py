@@ -158,6 +158,8 @@ def main() -> int:
                          "realistic (hidden 1,024, 16 heads of 64, 4 KV heads, MLP 4,096 = 4 x hidden, 3 layers: the "
                          "proportions of 1-3B LLMs; trains for about 5-10 minutes on one core, cached under $EDGEQ_CACHE_DIR)")
     ap.add_argument("--train-steps", type=int, help="override the fixture's training steps (a new cache entry)")
+    ap.add_argument("--kv-cache", choices=("fp32", "int8"), default="fp32",
+                    help="int8: also each edgeq int4 row with an int8 KV cache (edgeq export --kv-cache int8), same weights")
     a = ap.parse_args()
     if a.child:
         print(json.dumps(_child(json.loads(a.child))))
@@ -216,6 +218,15 @@ def main() -> int:
         out = work / f"int4_{algo}.onnx"
         quantize(art, spec, out, data=data)
         dirs[f"edgeq int4 {algo}"] = bundle_dir(f"edgeq_int4_{algo}", out)
+        if a.kv_cache == "int8":  # the same weights with edgeq's --kv-cache int8 (scales from the calibration windows)
+            from edgeq.core.onnxutil import artifact_from
+            from edgeq.exporters.kvcache import int8_cache_stage
+
+            n = min(128, min(len(t) for t in cids))
+            kv_art, _, kv_notes = int8_cache_stage(art.path, artifact_from(out), np.stack([np.asarray(t[:n], np.int64) for t in cids]),
+                                                   work / f"kv8_{algo}")
+            log(kv_notes[0])
+            dirs[f"edgeq int4 {algo} + int8 KV cache"] = bundle_dir(f"edgeq_int4_{algo}_kv8", kv_art.path)
     if not a.no_builder:
         bdir = work / "builder_int4"
         shutil.rmtree(bdir, ignore_errors=True)

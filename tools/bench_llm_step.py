@@ -39,12 +39,18 @@ def step_us(model: Path, ctx: int, reps: int, threads: int, profile: dict | None
         so.profile_file_prefix = str(Path(tempfile.mkdtemp(prefix="edgeq-step-")) / "step")
     sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
     names = {i.name for i in sess.get_inputs()}
-    shape = (1, int(dec["num_key_value_heads"]), maxlen, int(dec["head_size"]))
+    past = next(i for i in sess.get_inputs() if i.name.startswith("past_"))
+    # --kv-cache int8: int8 buffers; a 4-bit cache (kv_cache_bit_width 4): uint8, two values a byte (head_size / 2)
+    shape = (1, int(dec["num_key_value_heads"]), maxlen, int(past.shape[3]))
     io = sess.io_binding()
     keep = []
     for layer in range(int(dec["num_hidden_layers"])):
         for kind in ("key", "value"):
-            v = ort.OrtValue.ortvalue_from_numpy(np.random.default_rng(layer).normal(size=shape).astype(np.float32))
+            rng = np.random.default_rng(layer)
+            buf = {"tensor(int8)": lambda: rng.integers(-127, 128, size=shape).astype(np.int8),
+                   "tensor(uint8)": lambda: rng.integers(0, 256, size=shape).astype(np.uint8)}.get(
+                       past.type, lambda: rng.normal(size=shape).astype(np.float32))()
+            v = ort.OrtValue.ortvalue_from_numpy(buf)
             keep.append(v)
             io.bind_ortvalue_input(dec["inputs"][f"past_{kind}_names"] % layer, v)
             io.bind_ortvalue_output(dec["outputs"][f"present_{kind}_names"] % layer, v)

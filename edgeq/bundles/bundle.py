@@ -39,7 +39,7 @@ from ..core.artifact import Artifact
 from .archive import ExtractLimits, archive_path, write_archive
 from .reader import Bundle, open_bundle, validate_manifest, write_manifest  # noqa: F401 - validate_manifest: public here too
 from .signing import check_signature, generate_keypair, key_id, load_private_key, load_public_key, signature_record  # noqa: F401 - public here too
-from ..errors import BundleError, CheckFailed
+from ..errors import BundleError, CheckFailed, EdgeqError
 from ..core.fsutil import staging
 from ..core.appio import LABELS_FILE
 from ..core.runtime import create_session, run
@@ -478,7 +478,13 @@ def check_bundle(
             from .genai import check_prefill
 
             b.path(b.manifest["model"]["prefill"]["onnx"])  # listed and checksummed
-            result["prefill"] = check_prefill(b.root, b.manifest["golden"]["atol"], b.manifest["golden"]["rtol"])
+            try:
+                result["prefill"] = check_prefill(b.root, b.manifest["golden"]["atol"], b.manifest["golden"]["rtol"])
+            except EdgeqError:
+                raise
+            except Exception as e:  # noqa: BLE001 - the graphs' shapes or metadata, or onnxruntime failing on them
+                raise BundleError(f"bundle {b.shown}: its static decoder cannot be run: {(str(e).splitlines() or [type(e).__name__])[0][:200]}",
+                                  "rebuild it with edgeq export") from None
     check_golden(result)
     if result.get("prefill", {}).get("passed") is False:
         raise CheckFailed(f"bundle {b.shown}: the prefill graph's logits differ from the step graph's "

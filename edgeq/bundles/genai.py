@@ -41,7 +41,7 @@ def _json(data: bytes | None) -> dict[str, Any]:
         return {}
     try:
         obj = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return {}
     return obj if isinstance(obj, dict) else {}
 
@@ -132,7 +132,14 @@ def bundle_files(folder: Path, model: Path | None = None) -> tuple[tuple[tuple[s
 
     folder = Path(folder)
     config = _json(_read_small(folder / "config.json"))
-    arch = arch_from_config(config)
+    try:
+        arch = arch_from_config(config)
+    except (TypeError, ValueError, OverflowError, ZeroDivisionError) as e:  # config.json is data: a number that is not one
+        raise ModelError(f"config.json of {folder.name} holds a value the KV-cache builder cannot use ({str(e)[:120]})",
+                         "fix config.json (numbers where transformers writes numbers)") from None
+    if not 0 < arch.context < 1 << 31:  # onnxruntime-genai reads context_length as an int32
+        raise ModelError(f"config.json of {folder.name}: max_position_embeddings {arch.context} is outside 1..{(1 << 31) - 1}",
+                         "fix config.json")
     files: list[tuple[str, bytes]] = []
     for name in TOKENIZER_FILES:
         data = _read_small(folder / name)

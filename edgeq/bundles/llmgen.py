@@ -58,10 +58,36 @@ def _read_json(path: str) -> dict:
     if os.path.getsize(path) > MAX_JSON_BYTES:
         raise ValueError(f"{os.path.basename(path)} is larger than {MAX_JSON_BYTES >> 20} MiB")
     with open(path, "rb") as f:
-        data = json.loads(f.read().decode("utf-8"))
+        try:
+            data = json.loads(f.read().decode("utf-8"))
+        except RecursionError:
+            raise ValueError(f"{os.path.basename(path)} is nested too deeply") from None
     if not isinstance(data, dict):
         raise ValueError(f"{os.path.basename(path)} is not a JSON object")
     return data
+
+
+def _positive_int(v, what: str) -> int:
+    """A count from the bundle's files: a plain positive integer (not a bool, string or object), else ValueError."""
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{what} is not a positive integer")
+    return v
+
+
+def _onnxruntime_error(e: Exception) -> bool:
+    """onnxruntime refused the bundle's model or its inputs (its errors are plain Exception subclasses)."""
+    return type(e).__module__.startswith("onnxruntime")
+
+
+def _session(path: str, so, providers):
+    import onnxruntime as ort
+
+    try:
+        return ort.InferenceSession(path, sess_options=so, providers=providers or ["CPUExecutionProvider"])
+    except Exception as e:
+        if not _onnxruntime_error(e):
+            raise
+        raise ValueError(f"onnxruntime cannot open {os.path.basename(path)}: {(str(e).splitlines() or [type(e).__name__])[0][:200]}") from None
 
 
 def _ints(v) -> list:
@@ -79,22 +105,29 @@ class Decoder:
         import onnxruntime as ort
 
         full = _read_json(os.path.join(root, CONFIG))
-        cfg = full["model"]
+        cfg = full.get("model")
+        if not isinstance(cfg, dict):
+            raise ValueError(f"{CONFIG} has no 'model' object")
         search = full.get("search") if isinstance(full.get("search"), dict) else {}
         self.share = search.get("past_present_share_buffer") is True  # GroupQueryAttention writes into the past buffer
         self.eos = set(_ints(cfg.get("eos_token_id")))
-        self.context = int(cfg.get("context_length") or 2048)
+        self.context = _positive_int(cfg.get("context_length", 2048), f"{CONFIG}'s model.context_length")
         name = "model.ort" if model == "ort" and os.path.isfile(os.path.join(root, "model.ort")) else "model.onnx"
         so = ort.SessionOptions()
         so.log_severity_level = 3
         if threads:
             so.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(os.path.join(root, name), sess_options=so, providers=providers or ["CPUExecutionProvider"])
+        self.session = _session(os.path.join(root, name), so, providers)
         self.inputs = [i for i in self.session.get_inputs()]
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.past = [i for i in self.inputs if i.name.startswith("past_key_values.")]
-        if not self.past or "logits" not in self.outputs:
+        # --kv-cache int8 (exporters/kvcache.py): the cache's element type is the graph's; zeros are zeros in either
+        self.kv_int8 = bool(self.past) and self.past[0].type == "tensor(int8)"
+        if not self.past or "logits" not in self.outputs or "input_ids" not in [i.name for i in self.inputs]:
             raise ValueError("the bundle's model is not a KV-cache decoder (no past_key_values inputs)")
+        for i in self.past:  # [batch, kv heads, positions, head size]: heads and head size fixed
+            if len(i.shape) != 4 or not all(isinstance(d, int) and d > 0 for d in (i.shape[1], i.shape[3])):
+                raise ValueError(f"the bundle's model is not a KV-cache decoder ({i.name[:80]} has no fixed heads and head size)")
         switch = self.session.get_modelmeta().custom_metadata_map.get(LONGROPE_SWITCH, "")
         # LongRoPE: where the frequencies switch to the long factors (0: none); generate re-runs the sequence there
         self.rope_switch = int(switch) if switch.isdigit() and len(switch) < 10 else 0
@@ -103,11 +136,11 @@ class Decoder:
         self.chunk = int(ids_shape[1]) if all(isinstance(d, int) for d in ids_shape) else 0
         self.prefill = None
         if self.chunk:
-            self.context = int(self.past[0].shape[2])
+            self.context = _positive_int(self.past[0].shape[2], "the static decoder's cache length")
             self.static = _static_host()
             pre = os.path.join(root, PREFILL)
             if os.path.isfile(pre) and not os.path.islink(pre):  # the prompt's graph: the same weights, a chunk of tokens per run
-                self.prefill = ort.InferenceSession(pre, sess_options=so, providers=providers or ["CPUExecutionProvider"])
+                self.prefill = _session(pre, so, providers)
 
     @property
     def prefill_chunk(self) -> int:
@@ -117,7 +150,7 @@ class Decoder:
         return int(next(i for i in self.prefill.get_inputs() if i.name == "input_ids").shape[1])
 
     def kv_bytes_per_token(self) -> int:
-        return sum(int(i.shape[1]) * int(i.shape[3]) * 4 for i in self.past)
+        return sum(int(i.shape[1]) * int(i.shape[3]) * (1 if self.kv_int8 else 4) for i in self.past)
 
     def step(self, ids, past: dict | None, total: int):
         """Logits of the last position and the new cache for ``ids`` [1, S] after ``total - S`` cached tokens."""
@@ -131,7 +164,7 @@ class Decoder:
         feed = {"input_ids": ids, "attention_mask": np.ones((1, total), np.int64),
                 "position_ids": np.arange(total - s, total, dtype=np.int64)[None]}
         for i in self.past:
-            feed[i.name] = past[i.name] if past else np.zeros((1, int(i.shape[1]), 0, int(i.shape[3])), np.float32)
+            feed[i.name] = past[i.name] if past else np.zeros((1, int(i.shape[1]), 0, int(i.shape[3])), np.int8 if self.kv_int8 else np.float32)
         res = dict(zip(self.outputs, self.session.run(None, feed)))
         cache = {i.name: res[i.name.replace("past_key_values.", "present.")] for i in self.past}
         return res["logits"][0, -1], cache
@@ -151,7 +184,7 @@ class Decoder:
             io = self.session.io_binding()
             new = {"": (None, io)}
             for i in self.past:
-                buf = np.zeros((1, int(i.shape[1]), size, int(i.shape[3])), np.float32)
+                buf = np.zeros((1, int(i.shape[1]), size, int(i.shape[3])), np.int8 if self.kv_int8 else np.float32)
                 if have:
                     buf[:, :, :have] = cache[i.name][0]
                 val = ort.OrtValue.ortvalue_from_numpy(buf)  # the array stays referenced with its OrtValue
@@ -247,12 +280,25 @@ def load_tokenizer(root: str):
         raise FileNotFoundError("tokenizer.json not found in the bundle: export from a folder saved with its tokenizer")
     if os.path.getsize(path) > MAX_JSON_BYTES:
         raise ValueError(f"tokenizer.json is larger than {MAX_JSON_BYTES >> 20} MiB")
-    return Tokenizer.from_file(path)
+    try:
+        return Tokenizer.from_file(path)
+    except Exception as e:  # the tokenizers package raises plain Exceptions for a file it cannot read
+        raise ValueError(f"tokenizer.json is not a tokenizer the tokenizers package reads: {(str(e).splitlines() or [type(e).__name__])[0][:200]}") from None
+
+
+# C0 but newline and tab, DEL, C1 (0x9b is an 8-bit CSI), line/paragraph separators and bidi overrides: the set
+# edgeq/core/safetext.py escapes (this file ships inside bundles and cannot import edgeq)
+_UNSAFE = set(range(0x20)) - {0x0A, 0x09} | set(range(0x7F, 0xA0)) | {0x2028, 0x2029} | set(range(0x202A, 0x202F)) | set(range(0x2066, 0x206A))
 
 
 def printable(text: str) -> str:
     """Model output for a terminal: control characters other than newline and tab shown escaped."""
-    return "".join(c if c in "\n\t" or (ord(c) >= 32 and ord(c) != 127) else repr(c)[1:-1] for c in text)
+    return "".join((f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}") if ord(c) in _UNSAFE else c for c in text)
+
+
+def one_line(text) -> str:
+    """Text from the bundle for an error line: ``printable`` with newlines and tabs escaped too, at most 500 characters."""
+    return printable(str(text)).replace("\n", "\\x0a").replace("\t", "\\x09")[:500]
 
 
 class TextStream:
@@ -295,8 +341,13 @@ def run(root: str, args, *, model: str = "onnx", providers: list | None = None, 
     if stream is not None:
         out.write(args.prompt)
         out.flush()
-    res = generate(dec, ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                   top_p=args.top_p, seed=args.seed, on_token=stream)
+    try:
+        res = generate(dec, ids, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                       top_p=args.top_p, seed=args.seed, on_token=stream)
+    except Exception as e:
+        if not _onnxruntime_error(e):
+            raise
+        raise ValueError(f"onnxruntime cannot run the bundle's model: {(str(e).splitlines() or [type(e).__name__])[0][:200]}") from None
     res["text"] = tok.decode(res["tokens"])
     if dec.chunk:  # static decoder: how the prompt ran (prefill graph chunk, or 0: one token per run)
         res["prefill_chunk"] = dec.prefill_chunk
@@ -324,10 +375,10 @@ def main(argv: list | None = None, root: str | None = None, check=None) -> int:
     try:
         res = run(args.bundle, args, model=args.model, providers=providers, threads=args.threads, as_json=args.json)
     except PromptError as e:
-        print(f"error: {e}: {e.fix}", file=sys.stderr)
+        print(f"error: {one_line(e)}: {e.fix}", file=sys.stderr)
         return 2
     except (FileNotFoundError, ValueError) as e:  # no tokenizer.json, not a KV-cache decoder: one line, not a traceback
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(res, indent=2, sort_keys=True))
@@ -356,7 +407,7 @@ def _standalone() -> int:
         run_py.check_files(here, run_py.load_manifest(here))  # run.py and generate.py are checksummed too
         return main(root=here, check=lambda root: run_py.check_files(root, run_py.load_manifest(root)))
     except run_py.BundleCorrupt as e:
-        print(f"FAIL bundle corrupt: {e}", file=sys.stderr)
+        print(f"FAIL bundle corrupt: {one_line(e)}", file=sys.stderr)
         return 2
 
 

@@ -77,6 +77,14 @@ class Bundle:
                               CORRUPT_HINT)
         return self.root / rel
 
+    def array(self, rel: Any) -> Any:
+        """A listed .npy file's array, its header checked against the file's size before numpy allocates (run.py's
+        reader: no object arrays), else BundleError (exit 2)."""
+        try:
+            return runner_mod.load_npy(str(self.path(rel)))
+        except runner_mod.BundleCorrupt as e:
+            raise BundleError(f"bundle {self.shown} is corrupt: {e}", CORRUPT_HINT) from None
+
 
 # ---------------------------------------------------------------- reading
 
@@ -173,9 +181,25 @@ def read_bundle(root: Path, *, shown: Path | None = None, pubkey: Path | None = 
                 "install a bundle at least as new as the one on the device",
             )
     check_files(root, manifest, shown)
+    _check_external_data(root, manifest, shown)
     return Bundle(root=root, shown=shown, kind=kind, manifest=manifest, manifest_bytes=data, files=tuple(sorted(manifest["files"])),
                   target=manifest["target"]["name"], verdict=runner_mod.export_verdict(manifest), signed_by=signed_by,
                   archive=archive)
+
+
+def _check_external_data(root: Path, manifest: dict[str, Any], shown: Path) -> None:
+    """Every ONNX graph in the bundle reads external data only from plain files inside it: edgeq's rules for any model
+    it loads (core/onnxutil.py), checked before onnxruntime opens the graph (onnxruntime before 1.24 follows a
+    '../' or absolute location)."""
+    from ..core.onnxutil import load_model
+    from ..errors import ModelError
+
+    for rel in sorted(manifest["files"]):
+        if rel.endswith(".onnx"):
+            try:
+                load_model(root / rel, load_weights=False)
+            except ModelError as e:
+                raise BundleError(f"bundle {shown} is corrupt: {rel}: {e.message}", CORRUPT_HINT) from None
 
 
 @contextlib.contextmanager

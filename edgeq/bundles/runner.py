@@ -124,7 +124,7 @@ def check_files(root: str, manifest: dict) -> int:
         if os.path.islink(full) or not os.path.isfile(full):
             raise BundleCorrupt(f"not a regular file: {rel}")
         entry = manifest["files"][rel]
-        if os.path.getsize(full) != entry.get("bytes") or sha256(full) != entry.get("sha256"):
+        if not isinstance(entry, dict) or os.path.getsize(full) != entry.get("bytes") or sha256(full) != entry.get("sha256"):
             raise BundleCorrupt(f"checksum mismatch: {rel}")
     return len(listed)
 
@@ -134,6 +134,34 @@ def listed(root: str, manifest: dict, rel) -> str:
     if not isinstance(rel, str) or rel not in manifest["files"]:
         raise BundleCorrupt(f"{MANIFEST} names a file that is not in its file list: {str(rel)[:80]}")
     return os.path.join(root, rel)
+
+
+def load_npy(path: str):
+    """A golden array: a .npy whose header (shape, dtype) is checked against the file's size before numpy allocates
+    anything (numpy sizes its buffer from the header), no object arrays; BundleCorrupt naming the file otherwise."""
+    import numpy as np
+
+    fmt = np.lib.format
+    name = os.path.basename(path)
+    with open(path, "rb") as f:
+        try:
+            version = fmt.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f".npy format version {version}")
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, _, dtype = read(f)
+            count = 1
+            for d in shape:
+                count *= d
+            if dtype.hasobject:
+                raise ValueError("an object array")
+            left = os.fstat(f.fileno()).st_size - f.tell()
+            if count * dtype.itemsize > left:
+                raise ValueError(f"its header declares {count * dtype.itemsize} bytes of data, the file holds {left}")
+            f.seek(0)
+            return fmt.read_array(f, allow_pickle=False)
+        except (ValueError, TypeError, EOFError) as e:
+            raise BundleCorrupt(f"{name} is not a .npy array this runner reads ({str(e)[:160]})") from None
 
 
 def session_options(manifest: dict, threads: int = 0):
@@ -171,14 +199,14 @@ def run_golden(root: str, manifest: dict, model: str = "ort", providers: list | 
     atol, rtol = float(golden["atol"]), float(golden["rtol"])
     pairs = []
     for pair in golden["pairs"]:
-        feed = {name: np.load(listed(root, manifest, pair["inputs"][i]), allow_pickle=False) for i, name in enumerate(inputs)}
+        feed = {name: load_npy(listed(root, manifest, pair["inputs"][i])) for i, name in enumerate(inputs)}
         t0 = time.perf_counter()
         outs = sess.run(None, feed)
         ms = (time.perf_counter() - t0) * 1e3
         worst = 0.0
         ok = True
         for i, out in enumerate(outs):
-            want = np.load(listed(root, manifest, pair["outputs"][i]), allow_pickle=False)
+            want = load_npy(listed(root, manifest, pair["outputs"][i]))
             if want.shape != np.asarray(out).shape:
                 ok = False
                 worst = float("inf")
@@ -277,7 +305,7 @@ def time_model(root: str, manifest: dict, model: str = "ort", providers: list | 
     files = manifest["model"]
     path = listed(root, manifest, files["ort"] if model == "ort" and files.get("ort") else files["onnx"])
     pair = manifest["golden"]["pairs"][0]
-    feed = {t["name"]: np.load(os.path.join(root, pair["inputs"][i]), allow_pickle=False) for i, t in enumerate(manifest["inputs"])}
+    feed = {t["name"]: load_npy(listed(root, manifest, pair["inputs"][i])) for i, t in enumerate(manifest["inputs"])}
     so = session_options(manifest, threads)
     rss0 = _rss_kib()
     t0 = time.perf_counter()
@@ -334,7 +362,7 @@ def _generate(argv: list) -> int:
         spec.loader.exec_module(gen)
         return gen.main(argv, root=here, check=lambda root: check_files(root, load_manifest(root)))
     except BundleCorrupt as e:
-        print(f"FAIL bundle corrupt: {e}", file=sys.stderr)
+        print(f"FAIL bundle corrupt: {_printable(e)}", file=sys.stderr)
         return 2
 
 
@@ -360,19 +388,23 @@ def main(argv: list | None = None) -> int:
         if args.runs > 0:
             result["timing"] = time_model(args.bundle, load_manifest(args.bundle), model=args.model, providers=providers,
                                           runs=args.runs, warmup=args.warmup, threads=args.threads)
-    except (BundleCorrupt, KeyError, TypeError, IndexError, AttributeError) as e:
-        if not isinstance(e, BundleCorrupt):  # a manifest with the right keys but wrong shapes
+    except Exception as e:
+        if isinstance(e, (KeyError, TypeError, IndexError, AttributeError, ValueError)):  # right keys, wrong shapes or values
             e = BundleCorrupt(f"{MANIFEST} is malformed ({type(e).__name__}: {str(e)[:80]})")
+        elif type(e).__module__.startswith("onnxruntime"):  # its errors are plain Exception subclasses
+            e = BundleCorrupt(f"onnxruntime cannot run the bundle's model ({(str(e).splitlines() or [type(e).__name__])[0][:160]})")
+        elif not isinstance(e, BundleCorrupt):
+            raise
         if args.json:
             print(json.dumps({"passed": False, "error": str(e)}))
         else:
-            print(f"FAIL bundle corrupt: {e}", file=sys.stderr)
+            print(f"FAIL bundle corrupt: {_printable(e)}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
         for p in result["pairs"]:
-            print(f"{'pass' if p['passed'] else 'FAIL'} golden {p['pair']}: max abs error {p['max_abs_error']:.3g} ({p['ms']:.2f} ms)")
+            print(f"{'pass' if p['passed'] else 'FAIL'} golden {_printable(p['pair'])}: max abs error {p['max_abs_error']:.3g} ({p['ms']:.2f} ms)")
         verdict = "PASS" if result["golden_passed"] else "FAIL"
         print(f"{verdict} {result['files_checked']} files checked, {len(result['pairs'])} golden pairs, "
               f"max abs error {result['max_abs_error']:.3g} (atol {result['atol']}, rtol {result['rtol']}) on {result['providers'][0]}")

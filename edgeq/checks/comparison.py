@@ -149,15 +149,18 @@ def verify(
     specs = infer_all(names, ref_outs, ctx, tasks)
     ref_all = [{n: ref_outs[k][i] for k, n in enumerate(names)} for i in range(len(data))]
     cand_all = [{n: cand_outs[k][i] for k, n in enumerate(names)} for i in range(len(data))]
-    from .masking import masked, token_masks
+    from .masking import find_mask, masked, token_masks
 
     masks = token_masks(data, len(data))  # embedding outputs: judged on the real tokens only
+    mask_input = find_mask(data) if masks else None
     checks = []
     for spec, r, c in zip(specs, masked(specs, ref_outs, masks), masked(specs, cand_outs, masks)):
         chk = score(spec, r, c, tolerances, ref_all, cand_all)
         checks.append(chk.to_dict() if chk is not None else {
             "output": spec.output, "kind": spec.kind, "why": spec.why, "metrics": {}, "limits": {}, "passed": True,
             "failures": [], "info": {"part_of": spec.params.get("part_of")}})
+        if mask_input is not None and spec.kind == "embedding" and isinstance(checks[-1].get("info"), dict):
+            checks[-1]["info"]["token_mask"] = mask_input.describe()  # what was read as the mask, and why
     failures: list[str] = [f for c in checks for f in c["failures"]]
     acc_ref = acc_cand = None
     if data.labels is not None:

@@ -19,7 +19,7 @@ from ..errors import EdgeqError
 from ..core.safetext import escape_markup, escape_text
 from .options import (  # each option declared once; the groups export shares with quantize and bundle
     AcceptNewOpt, BundleModelOpt, BundleOutOpt, DeviceOpt, DevicePythonOpt, DeviceTimeoutOpt, EmulateOpt, ForceOpt, IdentityOpt,
-    InputNamesOpt, JsonOpt, KnownHostsOpt, LabelsOpt, MinAccelOpt, OutputNamesOpt, PreprocessOpt, ReferenceOpt, TargetOpt,
+    InputNamesOpt, JsonOpt, KnownHostsOpt, KvCacheOpt, LabelsOpt, MinAccelOpt, OutputNamesOpt, PreprocessOpt, ReferenceOpt, TargetOpt,
     bundle_options, quant_options,
 )
 
@@ -125,6 +125,7 @@ def export(
     reference: Annotated[Optional[Path], typer.Option("--reference", help="pre-quantized folder: the float model it came from (a Hugging Face folder), for perplexity and same-top-token against it")] = None,  # options.PER_COMMAND
     min_accel_coverage: MinAccelOpt = None,
     accept_failed: Annotated[bool, typer.Option("--accept-failed", help="ship a bundle whose check failed (exit 0); the manifest records accepted-failed")] = False,
+    kv_cache: KvCacheOpt = "fp32",
 ) -> None:
     """Export, optimize, quantize, verify, profile and bundle a model for a target."""
     from .. import pipeline
@@ -137,7 +138,7 @@ def export(
             output_names=_tuple(output_names), reference=reference,
         ),
         out=out, target=target, quant=q, bundle=b, do_profile=not no_profile, force=force,
-        min_accel_coverage=min_accel_coverage, accept_failed=accept_failed,
+        min_accel_coverage=min_accel_coverage, accept_failed=accept_failed, kv_cache=kv_cache,
     )
     outcome = pipeline.export_model(cfg, progress=lambda total: StageProgress(err, total_samples=total))
     if isinstance(outcome, pipeline.GGUFOutcome):  # llama.cpp target: a GGUF bundle

@@ -55,6 +55,7 @@ ReferenceOpt = Annotated[Optional[Path], typer.Option("--reference", help="fp32 
 MinAccelOpt = Annotated[Optional[float], typer.Option("--min-accel-coverage", help="fail (exit 1; export still writes the bundle) when a smaller share of nodes runs on the accelerator")]
 BundleModelOpt = Annotated[str, typer.Option("--model", help="bundle: run model.ort or model.onnx")]
 BundleOutOpt = Annotated[Path, typer.Option("-o", "--out", help="bundle folder to write")]
+KvCacheOpt = Annotated[str, typer.Option("--kv-cache", help="--task text-generation: the KV cache's element type, fp32 | int8 (GroupQueryAttention decoders on CPU targets; scales calibrated on --calib windows; a quarter of the cache memory)")]
 
 # Flags several commands take with a different meaning, each declared in its command (not here); every other flag
 # two commands share is one declaration above (tests/unit/test_cli_options.py compares all commands pairwise).

@@ -11,6 +11,7 @@
     scale = 0.00392156862745098  # raw value * scale, then
     mean = [0.485, 0.456, 0.406] # - mean, then
     std = [0.229, 0.224, 0.225]  # / std (per channel, or one value)
+    mask = "real"                # a token mask: real | padding (what non-zero marks) | none (not one); else found by name
 
     [outputs.y]
     activation = "softmax"       # none | softmax | sigmoid
@@ -44,11 +45,32 @@ LAYOUTS = ("NCHW", "NHWC", "NCW", "NWC", "NC", "NTC", "any")
 COLORS = ("RGB", "BGR", "GRAY")
 ACTIVATIONS = ("none", "softmax", "sigmoid")
 DTYPES = ("float32", "float16", "uint8")
-_IN_KEYS = {"layout", "color", "resize", "crop", "dtype", "scale", "mean", "std"}
+MASK_MEANINGS = ("real", "padding", "none")
+"""[inputs.NAME] mask: what a non-zero entry of a token mask marks, or none (not a token mask): edgeq.checks.masking"""
+_REAL_MASK_NAMES = ("attention_mask", "input_mask", "mask", "attn_mask", "token_mask")
+_REAL_MASK_SUFFIXES = ("_attention_mask", "_input_mask")
+_PADDING_MASK_NAMES = ("padding_mask", "key_padding_mask", "pad_mask")
+_PADDING_MASK_SUFFIXES = ("_padding_mask",)
+_IN_KEYS = {"layout", "color", "resize", "crop", "dtype", "scale", "mean", "std", "mask"}
 _OUT_KEYS = {"activation", "labels"}
 MAX_SPEC_BYTES = 1 << 20
 MAX_LABELS_BYTES = 16 << 20
 LABELS_FILE = "labels.txt"
+
+
+def mask_meaning(name: str, declared: dict[str, Any] | None = None) -> str | None:
+    """What an input named ``name`` is as a token mask: ``real`` (non-zero marks real tokens), ``padding``
+    (non-zero marks padding), ``none``, or None when neither its ``[inputs.NAME]`` table (``declared``) nor
+    a name models use for a mask says so (``attention_mask``, ``input_mask``, ``*_attention_mask`` ...;
+    ``padding_mask``, ``key_padding_mask``, ``*_padding_mask`` ...)."""
+    if declared and declared.get("mask") in MASK_MEANINGS:
+        return declared["mask"]
+    n = name.lower()
+    if n in _PADDING_MASK_NAMES or n.endswith(_PADDING_MASK_SUFFIXES):
+        return "padding"
+    if n in _REAL_MASK_NAMES or n.endswith(_REAL_MASK_SUFFIXES):
+        return "real"
+    return None
 
 
 def _bad(where: str, what: str) -> BundleError:
@@ -102,6 +124,10 @@ def input_spec(where: str, d: dict[str, Any]) -> dict[str, Any]:
         if len(s) != 1:
             raise _bad(where, "'scale' must be one number")
         out["scale"] = s[0]
+    if "mask" in d:
+        if d["mask"] not in MASK_MEANINGS:
+            raise _bad(where, f"mask must be one of {', '.join(MASK_MEANINGS)} (what a non-zero entry marks, or none: not a token mask)")
+        out["mask"] = d["mask"]
     if "mean" in d:
         out["mean"] = _floats(where, "mean", d["mean"])
     if "std" in d:

@@ -36,6 +36,8 @@ class SampleSet:
     """Image files read one at a time with ``loader`` (image folders); ``arrays`` is then empty."""
     loader: Any = None
     input_name: str = ""
+    mask_roles: tuple[tuple[str, str], ...] = ()
+    """(input, "real" | "padding" | "none"): token masks the app file declares (edgeq.checks.masking)"""
 
     def __len__(self) -> int:
         if self.files:
@@ -61,6 +63,7 @@ class SampleSet:
             source=self.source,
             synthetic=self.synthetic,
             notes=self.notes,
+            mask_roles=self.mask_roles,
         )
 
 
@@ -332,37 +335,99 @@ def check_array_names(path: Path | None, input_names: list[str] | tuple[str, ...
     """Before a slow export: an .npz's array names against the inputs the exported model will take (known
     before the export runs). Refuses in one line what :func:`load_samples` would refuse after it: an array
     the model does not take (all-zero ``token_type_ids`` excepted: dropped there, with a note)."""
+    check_arrays_early(path, ExpectedInputs(also=tuple(input_names)), what=what, labels_key=labels_key)
+
+
+@dataclass(frozen=True)
+class ExpectedInputs:
+    """What an export will take, known before it runs (edgeq.exporters.expected builds one per source kind)."""
+
+    specs: tuple[TensorSpec, ...] = ()
+    """inputs whose dtype and shape are known: an array under such a name is checked as load_samples checks it"""
+    also: tuple[str, ...] = ()
+    """further names the model takes, their layout known only after the export"""
+    pattern: str = ""
+    """a regular expression of further names it takes (a KV-cache decoder's past_key_values.N.key/value)"""
+    described: str = ""
+    """the hint's account of what the model takes, when more than the names (e.g. what edgeq fills in)"""
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.specs) + tuple(n for n in self.also if n not in {t.name for t in self.specs})
+
+    def takes(self, name: str) -> bool:
+        import re
+
+        return name in self.names or bool(self.pattern and re.fullmatch(self.pattern, name))
+
+
+def _npz_layouts(path: Path) -> dict[str, tuple[tuple[int, ...], str]] | None:
+    """Each array's shape and dtype from its .npy header (no data read), or None when the file is not a plain .npz."""
+    import zipfile
+
+    out: dict[str, tuple[tuple[int, ...], str]] = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for zi in zf.infolist():
+                if not zi.filename.endswith(".npy"):
+                    continue
+                with zf.open(zi) as f:
+                    version = np.lib.format.read_magic(f)
+                    if version not in ((1, 0), (2, 0)):
+                        return None
+                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                    shape, _, dtype = read(f)
+                out[zi.filename[:-4]] = (tuple(int(d) for d in shape), np.dtype(dtype).name)
+    except (zipfile.BadZipFile, OSError, ValueError, TypeError):
+        return None  # load_samples says why
+    return out
+
+
+def check_arrays_early(path: Path | None, expected: ExpectedInputs, *, what: str, labels_key: str = LABELS_KEY) -> None:
+    """Before a slow export: refuse in one line (exit 2) an .npz array the model will not take, or one whose
+    dtype or shape does not fit an input ``expected`` knows the layout of; the rest is left to
+    :func:`load_samples` after the export (missing inputs, sample counts, values). Only headers are read,
+    plus the small all-zero ``token_type_ids`` test."""
     if path is None or Path(path).suffix.lower() != ".npz" or not Path(path).is_file():
         return  # folders, images, "random": checked by load_samples
     _check_npz_sizes(Path(path), None)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            extra = sorted(set(z.files) - set(input_names) - {labels_key})
-            zeros = [n for n in extra if n in TOKENIZER_ZERO_ARRAYS and "input_ids" in input_names
-                     and z[n].dtype.kind in "iub" and not z[n].any()]
-    except (OSError, ValueError):
-        return  # unreadable: load_samples says why
-    extra = [n for n in extra if n not in zeros]
+    layouts = _npz_layouts(Path(path))
+    if layouts is None:
+        return
+    extra = sorted(n for n in layouts if n != labels_key and not expected.takes(n))
+    if extra and "input_ids" in expected.names and any(n in TOKENIZER_ZERO_ARRAYS for n in extra):
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                zeros = {n for n in extra if n in TOKENIZER_ZERO_ARRAYS and z[n].dtype.kind in "iub" and not z[n].any()}
+        except (OSError, ValueError):
+            return  # unreadable: load_samples says why
+        extra = [n for n in extra if n not in zeros]
     if extra:
+        takes = expected.described or ", ".join(expected.names)
         raise CalibrationError(f"{what} data {Path(path).name}: unknown array(s) {', '.join(extra)}",
-                               f"the model's inputs are: {', '.join(input_names)}; drop the other arrays from the file")
+                               f"the model's inputs are: {takes}; drop the other arrays from the file")
+    for spec in expected.specs:
+        if spec.name in layouts and spec.name != labels_key:
+            _check_layout(*layouts[spec.name], spec, what)
 
 
-def _check_array(arr: np.ndarray, spec: TensorSpec, what: str) -> tuple[np.ndarray, bool]:
+def _check_layout(shape: tuple[int, ...], dtype: str, spec: TensorSpec, what: str) -> bool:
+    """An array's dtype and shape against ``spec`` (samples stacked on a new first axis, or along the
+    batch axis): True when stacked; else one line naming the input and what it expects."""
     rank = len(spec.shape)
     expected = f"{spec.dtype}{spec.shape_str()}"
-    if arr.dtype.name != spec.dtype:
+    if dtype != spec.dtype:
         raise CalibrationError(
-            f"{what} input '{spec.name}' has dtype {arr.dtype.name}, the model expects {spec.dtype}",
+            f"{what} input '{spec.name}' has dtype {dtype}, the model expects {spec.dtype}",
             f"convert it, e.g. array.astype('{spec.dtype}')",
         )
-    if arr.ndim == rank + 1:
-        sample_shape, is_stacked = arr.shape[1:], True
-    elif arr.ndim == rank and rank > 0 and not (isinstance(spec.shape[0], int) and spec.shape[0] != 1):
-        sample_shape, is_stacked = (1, *arr.shape[1:]), False  # first axis is the batch axis
+    if len(shape) == rank + 1:
+        sample_shape, is_stacked = tuple(shape[1:]), True
+    elif len(shape) == rank and rank > 0 and not (isinstance(spec.shape[0], int) and spec.shape[0] != 1):
+        sample_shape, is_stacked = (1, *shape[1:]), False  # first axis is the batch axis
     else:
         raise CalibrationError(
-            f"{what} input '{spec.name}' has shape {list(arr.shape)}, the model expects {expected} per sample",
+            f"{what} input '{spec.name}' has shape {list(shape)}, the model expects {expected} per sample",
             "stack samples along a new first axis (or along the batch axis)",
         )
     for i, (got, want) in enumerate(zip(sample_shape, spec.shape)):
@@ -371,6 +436,11 @@ def _check_array(arr: np.ndarray, spec: TensorSpec, what: str) -> tuple[np.ndarr
                 f"{what} input '{spec.name}' has sample shape {list(sample_shape)}, the model expects {expected} (axis {i})",
                 "resize or reshape the data to the model's input shape",
             )
+    return is_stacked
+
+
+def _check_array(arr: np.ndarray, spec: TensorSpec, what: str) -> tuple[np.ndarray, bool]:
+    is_stacked = _check_layout(arr.shape, arr.dtype.name, spec, what)
     if arr.dtype.kind in "fc":
         finite = np.isfinite(arr.reshape(len(arr), -1)).all(axis=1) if len(arr) else np.array([], bool)
         if not finite.all():

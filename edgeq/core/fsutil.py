@@ -295,3 +295,38 @@ def require_regular_file(path: Path, what: str, error: type | None = None) -> Pa
         kind = "a FIFO" if _stat.S_ISFIFO(st.st_mode) else "a device" if _stat.S_ISCHR(st.st_mode) or _stat.S_ISBLK(st.st_mode) else "a socket or special file"
         raise (error or EdgeqError)(f"{what} {path} is {kind}, not a regular file", "pass a regular file")
     return path
+
+
+MAX_JSON_BYTES = 64 << 20  # config.json, tokenizer.json (tens of MiB for large vocabularies), weight indexes
+
+
+def read_json_object(path: Path, what: str, error: type | None = None, *, hint: str = "re-save the model folder",
+                     limit: int = MAX_JSON_BYTES) -> dict:
+    """A JSON object from a file a stranger wrote (a model folder's config.json, tokenizer files): a regular file of
+    at most ``limit`` bytes (``stat`` first, then at most ``limit`` bytes read), parsed with nesting too deep for the
+    parser, bad UTF-8 and non-objects refused as one ``error`` naming ``what``. A missing file raises FileNotFoundError
+    for the caller to word."""
+    import json
+    import stat as _stat
+
+    from ..errors import EdgeqError
+
+    err = error or EdgeqError
+    st = os.stat(path)
+    if not _stat.S_ISREG(st.st_mode):
+        raise err(f"{what} is not a regular file", hint)
+    if st.st_size > limit:
+        raise err(f"{what} is larger than {limit >> 20} MiB", hint)
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise err(f"{what} is larger than {limit >> 20} MiB", hint)
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise err(f"{what} is nested too deeply to be JSON edgeq reads", hint) from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise err(f"{what} is not valid JSON ({type(e).__name__})", hint) from None
+    if not isinstance(obj, dict):
+        raise err(f"{what} is not a JSON object", hint)
+    return obj

@@ -1,7 +1,8 @@
 """Inputs for golden pairs and timing when no data was given: typical values, never zeros.
 
 - token ids: uniform in the vocabulary (the row count of the embedding table the ids index);
-- attention masks: ones; token type / segment ids: zeros; position ids: 0, 1, 2, ...;
+- attention masks: every token real (ones; zeros for a padding mask such as ``key_padding_mask``, or
+  one the app file declares ``mask = "padding"``); token type / segment ids: zeros; position ids: 0, 1, 2, ...;
 - images: raw pixels in [0, 255] through the app's declared scale/mean/std (``--preprocess``),
   or in [0, 1] when nothing is declared; ``dtype = "uint8"`` inputs get raw pixels;
 - other floats: standard normal.
@@ -126,6 +127,7 @@ def typical_feed(model_path: Path | str | None, io: Any, app_inputs: dict[str, d
     if is_kv_decoder(io):  # a KV-cache decoder: a consistent prefill (mask and positions cover the window, empty past)
         rows = vocab.get("input_ids", vocab.get("", FALLBACK_VOCAB))
         return prefill_feed(io.inputs, rng.integers(0, rows, (1, SEQ_LEN), dtype=np.int64))
+    from .appio import mask_meaning
     from .modelmeta import declared_imgsz
 
     side = declared_imgsz(graph) if graph is not None else None
@@ -135,7 +137,9 @@ def typical_feed(model_path: Path | str | None, io: Any, app_inputs: dict[str, d
         spec = app_inputs.get(t.name, {})
         shape = _shape(t, spec, side)
         dt = np.dtype(t.dtype) if t.dtype != "bool" else np.dtype(bool)
-        if dt.kind == "b":
+        if dt.kind in "biu" and mask_meaning(t.name, spec) == "padding":  # non-zero marks padding: none, every token real
+            feed[t.name] = np.zeros(shape, dt)
+        elif dt.kind == "b":
             feed[t.name] = np.ones(shape, bool)
         elif dt.kind in "iu" and len(shape) != 4:
             feed[t.name] = typical_ints(t.name, shape, dt, rng, vocab.get(t.name, vocab.get("", FALLBACK_VOCAB)))

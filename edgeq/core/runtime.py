@@ -79,9 +79,26 @@ def create_session(
         raise ModelError(f"onnxruntime cannot load {Path(path).name}: {first[:300]}", "check that the model is valid (edgeq inspect)") from None
 
 
+def fit_empty(session: Any, feed: dict[str, Any]) -> dict[str, Any]:
+    """``feed`` with each zero-size array in the type the session declares for it: an empty past holds no values, so
+    one feed serves a decoder with an fp32 cache and the same decoder with an int8 cache (exporters/kvcache.py)."""
+    if not any(getattr(v, "size", 1) == 0 for v in feed.values()):
+        return feed
+    import numpy as np
+
+    types = {i.name: i.type for i in session.get_inputs()}
+    named = {"tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(float)": np.float32, "tensor(float16)": np.float16}
+    out = dict(feed)
+    for k, v in feed.items():
+        want = named.get(types.get(k, ""))
+        if want is not None and getattr(v, "size", 1) == 0 and np.asarray(v).dtype != want:
+            out[k] = np.asarray(v).astype(want)
+    return out
+
+
 def run(session: Any, feed: dict[str, Any]) -> list[Any]:
     try:
-        return session.run(None, feed)
+        return session.run(None, fit_empty(session, feed))
     except Exception as e:  # noqa: BLE001
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise ModelError(f"onnxruntime failed to run the model: {first[:300]}", "check the input shapes and dtypes") from None

@@ -209,28 +209,65 @@ def _module_outputs(module, args, opts: SourceOptions, roots: tuple[str, ...]) -
     return output_names_for(result, opts.output_names)
 
 
-def _check_app_io(opts: SourceOptions, inputs, outputs) -> None:
+def _check_app_io(opts: SourceOptions, inputs, outputs, expected=None) -> None:
     """--preprocess, --calib and --eval name what the export will produce: checked before the (slow) export."""
     if opts.app_io is not None:
         from ..core.appio import check_io_names
 
         check_io_names(opts.app_io, inputs, outputs, hint="name them with --input-names / --output-names, or rename the tables")
-    from ..core.data import check_array_names
+    _check_data(opts, expected)
 
-    for what, path, labels_key in opts.data:  # --calib / --eval arrays the model will not take: refused now, not after the export
-        check_array_names(path, tuple(inputs), what=what, labels_key=labels_key)
+
+def _check_data(opts: SourceOptions, expected) -> None:
+    """--calib / --eval arrays the model will not take, or of the wrong dtype or shape: refused now, not after the export."""
+    from ..core.data import check_arrays_early
+
+    for what, path, labels_key in opts.data:
+        check_arrays_early(path, expected, what=what, labels_key=labels_key)
 
 
 def _export_module(module, opts: SourceOptions, what: str, provenance: tuple[str, ...], roots: tuple[str, ...], common: dict):
+    from .expected import from_examples
     from .torch import export_torch_checked
 
     names, args = _module_inputs(module, opts, what)
     out_names = _module_outputs(module, args, opts, roots)
-    _check_app_io(opts, names, out_names)
+    axes = _dynamic_axes(names, args, opts)
+    _check_app_io(opts, names, out_names, from_examples(names, args, axes))
     return export_torch_checked(
-        module, args, input_names=names, output_names=out_names, dynamic_axes=_dynamic_axes(names, args, opts),
+        module, args, input_names=names, output_names=out_names, dynamic_axes=axes,
         provenance=provenance, user_roots=roots, **common,
     )
+
+
+def check_data_before_export(source: str | Path, opts: SourceOptions) -> None:
+    """--calib / --eval against what a Hugging Face folder's export will take, from its config.json alone:
+    before any work on the folder (a pre-quantized checkpoint's dequantization included). PyTorch modules
+    are checked once forward() is read (in :func:`export_source`); ONNX files by run_export, first."""
+    from . import hf
+
+    if opts.data and opts.task and source_kind(source) == "hf" and hf.is_hf_folder(Path(source)):
+        early = _hf_expected(hf.read_config(Path(source)), opts)
+        if early is not None:
+            _check_data(opts, early)
+
+
+def _hf_expected(config: dict[str, Any], opts: SourceOptions):
+    """What the folder's export will take (edgeq.exporters.expected), by the path it will take; None: torch's
+    exporter, checked once its example inputs are built."""
+    from . import expected
+
+    if _kv_cache_wanted(opts):
+        return expected.kv_decoder(config, static=opts.target.static_shapes)
+    if opts.exporter not in ("auto", "optimum"):  # torch's exporters, or an unknown one (refused by export_source)
+        return None
+    from . import hf_optimum as ho
+
+    if opts.exporter == "auto" and ho.find_python() is None:
+        return None
+    shape = ho.batch_sequence(opts.static_shapes, {k: v[0] for k, v in opts.example_shapes.items()})
+    fixed = (opts.static_shapes or opts.target.static_shapes) and len(shape) == 2
+    return expected.optimum(config, opts.task, tuple(shape) if fixed else expected.TOKENS)
 
 
 EXPORTERS = ("auto", "dynamo", "torchscript", "optimum")
@@ -305,6 +342,9 @@ def export_source(source: str | Path, opts: SourceOptions, work: Path):
         if opts.exporter not in EXPORTERS:
             raise ModelError(f"unknown exporter '{opts.exporter}'", f"choose one of {', '.join(EXPORTERS)}")
         src = hf.inspect_folder(Path(text), trust_remote_code=opts.trust_remote_code, trust_pickle=opts.trust_pickle)
+        early = _hf_expected(src.config, opts)
+        if early is not None:
+            _check_data(opts, early)
         if _kv_cache_wanted(opts):
             from .decoder import export_hf_decoder
 
@@ -322,7 +362,9 @@ def export_source(source: str | Path, opts: SourceOptions, work: Path):
         axes = {} if opts.target.static_shapes else {
             n: {0: "batch", 1: "sequence"} for n in names if n not in opts.static_shapes
         }
-        _check_app_io(opts, names, [hf.OUTPUT_NAMES[opts.task]])
+        from .expected import from_examples
+
+        _check_app_io(opts, names, [hf.OUTPUT_NAMES[opts.task]], from_examples(names, args, axes))
         art, check = export_torch_checked(
             module, args, input_names=names, output_names=[hf.OUTPUT_NAMES[opts.task]], dynamic_axes=axes,
             provenance=(f"source(hf:{name}, task={opts.task})",), **common,
@@ -375,4 +417,4 @@ def export_source(source: str | Path, opts: SourceOptions, work: Path):
     return _export_module(module, opts, text, (prov,), module_roots(text.partition(":")[0]), common)
 
 
-__all__ = ["SourceOptions", "export_source", "parse_example_shapes", "source_kind", "Artifact"]
+__all__ = ["SourceOptions", "check_data_before_export", "export_source", "parse_example_shapes", "source_kind", "Artifact"]

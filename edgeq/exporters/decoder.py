@@ -647,7 +647,8 @@ def empty_past(inputs: Any, batch: int) -> dict[str, np.ndarray]:
     for t in inputs:
         if t.name.startswith("past_key_values."):
             shape = _dims(t)
-            feeds[t.name] = np.zeros((batch, int(shape[1]), 0, int(shape[3])), np.float32)
+            kind = str(getattr(t, "dtype", "") or getattr(t, "type", ""))  # IoSpec "int8", session "tensor(int8)": --kv-cache int8
+            feeds[t.name] = np.zeros((batch, int(shape[1]), 0, int(shape[3])), np.int8 if kind in ("int8", "tensor(int8)") else np.float32)
     return feeds
 
 

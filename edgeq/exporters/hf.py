@@ -16,7 +16,6 @@ Either way the ONNX is checked against the model loaded here.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,13 +41,17 @@ def is_hf_folder(path: Path) -> bool:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    from ..core.fsutil import read_json_object
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return read_json_object(path, f"{path.name} in {path.parent}", ModelError, hint="re-save the model with save_pretrained")
+    except OSError as e:
         raise ModelError(f"{path.name} in {path.parent} is not valid JSON ({type(e).__name__})", "re-save the model with save_pretrained") from None
-    if not isinstance(data, dict):
-        raise ModelError(f"{path.name} in {path.parent} is not a JSON object", "re-save the model with save_pretrained")
-    return data
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """The folder's config.json (nothing imported, no weights read)."""
+    return _read_json(Path(folder) / "config.json")
 
 
 def inspect_folder(folder: Path, *, trust_remote_code: bool = False, trust_pickle: bool = False) -> HfSource:

@@ -219,6 +219,12 @@ def feeds_for(names: list[str], config, shape: tuple[int, int], *, seed: int) ->
     return tuple(out)
 
 
+def batch_sequence(static_shapes: dict[str, tuple[int, ...]], example_shapes: dict[str, tuple[int, ...]]) -> tuple[int, ...]:
+    """The one batch x sequence shape Optimum's inputs share: pinned with --static-shape, else the example's, else 2 x 8."""
+    return tuple(static_shapes.get("input_ids") or static_shapes.get("attention_mask") or example_shapes.get("input_ids")
+                 or example_shapes.get("attention_mask") or (2, 8))
+
+
 def export_hf_optimum(src: hf.HfSource, *, task: str, target: Target, work: Path, opset: int | None,
                       static_shapes: dict[str, tuple[int, ...]], example_shapes: dict[str, tuple[int, ...]],
                       trust_remote_code: bool, py: OptimumPython, why: str) -> tuple[Artifact, Any]:
@@ -232,7 +238,7 @@ def export_hf_optimum(src: hf.HfSource, *, task: str, target: Target, work: Path
     if not (target.opset.min <= chosen <= target.opset.max):
         raise ModelError(f"opset {chosen} is outside target {target.name}'s range {target.opset.min}-{target.opset.max}", "choose an opset in that range")
     pinned = {k: v for k, v in static_shapes.items()}
-    shape = pinned.get("input_ids") or pinned.get("attention_mask") or example_shapes.get("input_ids") or example_shapes.get("attention_mask") or (2, 8)
+    shape = batch_sequence(static_shapes, example_shapes)
     if len(shape) != 2:
         raise ModelError(f"input_ids must be batch x sequence, got {'x'.join(map(str, shape))}", "write it as input_ids=1x16")
     bad = [f"{k}={'x'.join(map(str, v))}" for k, v in pinned.items() if tuple(v) != tuple(shape)]

@@ -130,11 +130,13 @@ def quantization_config(folder: Path) -> dict[str, Any] | None:
     path = Path(folder) / "config.json"
     if not path.is_file():
         return None
+    from ..core.fsutil import read_json_object
+
     try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        cfg = read_json_object(path, f"{Path(folder).name}: config.json", ModelError, hint="re-save the model with save_pretrained")
+    except OSError:
         raise _bad(Path(folder), "config.json is not valid JSON", "re-save the model with save_pretrained") from None
-    qc = cfg.get("quantization_config") if isinstance(cfg, dict) else None
+    qc = cfg.get("quantization_config")
     if qc is None:
         return None
     if not isinstance(qc, dict):
@@ -349,7 +351,7 @@ def _bnb4_weight(t: dict[str, np.ndarray], key: str, folder: Path) -> np.ndarray
     _check(len(states) == 1, folder, f"{key} has {len(states)} quant_state entries (expected one)")
     try:
         state = json.loads(bytes(np.asarray(t[states[0]], np.uint8).reshape(-1)).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise _bad(folder, f"{states[0]} is not a JSON quantization state") from None
     _check(isinstance(state, dict), folder, f"{states[0]} is not a JSON object")
     kind = str(state.get("quant_type", ""))

@@ -89,7 +89,7 @@ class StaticLayout:
         self.inv_freq = _freqs(meta.get("inv_freq"), half, "rotary frequencies") if glob else None
         self.inv_freq_local = _freqs(meta.get("inv_freq_local"), half, "local rotary frequencies") if local else None
         window = meta.get("window")
-        if BIAS_SLIDING in self.names and not (isinstance(window, int) and not isinstance(window, bool) and window > 0):
+        if BIAS_SLIDING in self.names and not (isinstance(window, int) and not isinstance(window, bool) and 0 < window < 1 << 31):
             raise ValueError("the static decoder's metadata has no valid sliding window")
         self.window = window if BIAS_SLIDING in self.names else None
         scale = meta.get("rotary_scale", 1.0)
@@ -103,10 +103,15 @@ class StaticLayout:
         shapes = {i.name: i.shape for i in sess.get_inputs()}
         if not all(isinstance(d, int) for d in shapes.get("input_ids", [None])):
             raise ValueError("not a static KV-cache decoder (input_ids has no fixed length)")
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for s in shapes.values() for d in s):
+            raise ValueError("not a static KV-cache decoder (an input has no fixed shape)")  # the host sizes every input
         raw = sess.get_modelmeta().custom_metadata_map.get(META_KEY, "")
         if not raw or len(raw) > _MAX_META:
             raise ValueError(f"the static decoder has no '{META_KEY}' metadata (re-export it with this edgeq)")
-        meta = json.loads(raw)
+        try:
+            meta = json.loads(raw)
+        except RecursionError:  # a model's metadata is data: nesting the parser cannot take is a bad model, not a crash
+            raise ValueError(f"the static decoder's '{META_KEY}' metadata is nested too deeply") from None
         if not isinstance(meta, dict):
             raise ValueError(f"the static decoder's '{META_KEY}' metadata is not a JSON object")
         return cls(shapes, meta)

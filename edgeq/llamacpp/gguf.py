@@ -136,15 +136,12 @@ class LlamaSource:
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
+    from ..core.fsutil import read_json_object
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return read_json_object(path, str(path), ModelError, hint="fix or re-save the file")
     except FileNotFoundError:
         raise ModelError(f"{path.parent} has no {path.name} ({what})", "pass a Hugging Face model folder saved with save_pretrained") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ModelError(f"{path} is not valid JSON: {e}", "fix or re-save the file") from None
-    if not isinstance(data, dict):
-        raise ModelError(f"{path} does not hold a JSON object", "re-save the model folder")
-    return data
 
 
 def _inside(folder: Path, name: str) -> Path:
@@ -1042,10 +1039,13 @@ def check_gguf_bundle(path: Path) -> dict[str, Any]:
     golden = manifest["golden"]
     try:
         atol, rtol = float(golden["atol"]), float(golden["rtol"])
-        ids = [np.load(b.path(p["tokens"]), allow_pickle=False).tolist() for p in golden["pairs"]]
-        want = [np.load(b.path(p["logits"]), allow_pickle=False) for p in golden["pairs"]]
+        ids = [b.array(p["tokens"]).tolist() for p in golden["pairs"]]
+        want = [b.array(p["logits"]) for p in golden["pairs"]]
     except (KeyError, TypeError, ValueError, OSError) as e:
         raise BundleError(f"bundle {path} has no usable golden data: {e}", "rebuild it with edgeq export") from None
+    from .probe import probe_gguf
+
+    probe_gguf(b.path(manifest["model"]["gguf"]))  # a stranger's GGUF: opened in a child first (a native crash is one error)
     t0 = time.perf_counter()
     got, info = llama_cpp_logits(b.path(manifest["model"]["gguf"]), ids)
     ms = 1000 * (time.perf_counter() - t0) / max(1, len(ids))

@@ -33,6 +33,16 @@ MAX_MANIFEST_DEPTH = 64
 # this file ships inside the bundle and cannot import edgeq, so it keeps its own copy of them.
 
 
+# C0 but newline and tab, DEL, C1 (0x9b is an 8-bit CSI), line/paragraph separators and bidi overrides: the set
+# edgeq/core/safetext.py escapes, as generate.py's printable
+_UNSAFE = set(range(0x20)) - {0x0A, 0x09} | set(range(0x7F, 0xA0)) | {0x2028, 0x2029} | set(range(0x202A, 0x202F)) | set(range(0x2066, 0x206A))
+
+
+def _printable(text: str) -> str:
+    """Generated text for a terminal: control characters other than newline and tab shown escaped."""
+    return "".join((f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}") if ord(c) in _UNSAFE else c for c in text)
+
+
 def _sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -105,6 +115,18 @@ def check_files(root: str) -> dict:
     return manifest
 
 
+def _shown(text) -> str:
+    """Text from the bundle on one line: characters that are not printable (ESC, newlines, bidi) as '?'."""
+    return "".join(c if c.isprintable() else "?" for c in str(text))[:500]
+
+
+def _count(v, what: str) -> int:
+    """A count from the manifest: a plain positive integer (not a bool, string or object)."""
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{MANIFEST} {what} is not a positive integer")
+    return v
+
+
 def host_has_amx() -> bool:
     try:
         with open("/proc/cpuinfo", errors="replace") as f:
@@ -157,14 +179,18 @@ def main(argv: list | None = None) -> int:
         gguf = (manifest.get("model") or {}).get("gguf") or "model.gguf"
         if not isinstance(gguf, str) or gguf not in manifest["files"]:  # only a checksummed file is loaded
             raise ValueError(f"{MANIFEST} names a file that is not in its file list: {str(gguf)[:80]}")
+        trained = ctx = _count((manifest.get("model") or {}).get("params", {}).get("context_length") or 2048, "model.params.context_length")
+        ctx = args.ctx or _count((manifest.get("model") or {}).get("context") or ctx, "model.context")  # not the training context (131k: GiBs of KV cache)
     except (ValueError, OSError, AttributeError, TypeError) as e:  # AttributeError, TypeError: right keys, wrong shapes
-        print(f"FAIL bundle corrupt: {e}", file=sys.stderr)
+        print(f"FAIL bundle corrupt: {_shown(e)}", file=sys.stderr)
         return 2
     sys.dont_write_bytecode = True
-    trained = ctx = int((manifest.get("model") or {}).get("params", {}).get("context_length") or 2048)
-    ctx = args.ctx or int((manifest.get("model") or {}).get("context") or ctx)  # not the training context (131k: GiBs of KV cache)
     model = os.path.join(args.bundle, gguf)
-    llm, extra = load(model, n_ctx=ctx, threads=args.threads, seed=args.seed, extra_buffer_types=args.extra_buffer_types)
+    try:
+        llm, extra = load(model, n_ctx=ctx, threads=args.threads, seed=args.seed, extra_buffer_types=args.extra_buffer_types)
+    except (ValueError, RuntimeError) as e:  # llama-cpp-python: "Failed to load model from file", "Failed to create llama_context"
+        print(f"FAIL llama.cpp cannot load {_shown(gguf)}: {_shown((str(e).splitlines() or [type(e).__name__])[0])}", file=sys.stderr)
+        return 2
     add_bos = llm.metadata.get("tokenizer.ggml.add_bos_token") == "true"
     prompt = llm.tokenize(args.prompt.encode("utf-8"), add_bos=add_bos, special=False)
     if len(prompt) > ctx:  # llama-cpp-python fails deep inside eval with a numpy broadcast error
@@ -185,7 +211,7 @@ def main(argv: list | None = None) -> int:
             text = llm.detokenize(out).decode("utf-8", errors="replace")
             if not text.endswith("\ufffd"):  # wait for the rest of a UTF-8 sequence
                 new = text[len(shown):] if text.startswith(shown) else text
-                sys.stdout.write("".join(c if c in "\n\t" or (ord(c) >= 32 and ord(c) != 127) else repr(c)[1:-1] for c in new))
+                sys.stdout.write(_printable(new))
                 sys.stdout.flush()
                 shown = text
         if len(out) >= args.max_new_tokens or len(prompt) + len(out) >= ctx:

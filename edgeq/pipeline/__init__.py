@@ -73,6 +73,8 @@ class ExportConfig:
     force: bool = False
     min_accel_coverage: float | None = None
     accept_failed: bool = False
+    kv_cache: str = "fp32"
+    """--kv-cache: the KV-cache decoder's cache element type (fp32 | int8: exporters/kvcache.py)"""
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,10 @@ def export_model(cfg: ExportConfig, progress: ProgressFactory = quiet_progress) 
                          sidecar=cfg.do_profile and tg.runtime != "llama.cpp",
                          inputs=(source, q.calib, q.eval, b.preprocess, b.labels, q.image_preprocess, b.sign, sc.weights, sc.reference))
     if tg.runtime == "llama.cpp":  # Hugging Face Llama folder -> GGUF bundle (edgeq.llamacpp.gguf); --eval: prompts file
+        if cfg.kv_cache != "fp32":
+            from ..exporters.kvcache import check_option as check_kv_cache
+
+            check_kv_cache(cfg.kv_cache, kind="hf", task=sc.task, exporter=sc.exporter, static_shapes=False, target=tg, folder=None, calib=q.calib)
         return export_gguf(source, tg, out, quant=q.quant, prompts_file=q.eval, force=cfg.force, progress=progress(0),
                            accept_failed=cfg.accept_failed)
     spec = q.spec(tg)
@@ -138,8 +144,12 @@ def export_model(cfg: ExportConfig, progress: ProgressFactory = quiet_progress) 
     if (in_names or out_names) and kind not in ("factory", "pickle"):
         raise ModelError(f"--input-names/--output-names name a PyTorch module's export, not a source of kind {kind}",
                          "use them with pkg.module:factory or a full-module .pt")
+    from ..exporters.kvcache import check_option as check_kv_cache
+
+    check_kv_cache(cfg.kv_cache, kind=kind, task=sc.task, exporter=sc.exporter, static_shapes=bool(q.static_shape), target=tg,
+                   folder=Path(source) if kind == "hf" else None, calib=q.calib, quant=spec.mode, weights_only=spec.weight_only or spec.mode == "none")
     opts = ExportOptions(
-        target=tg, spec=spec, out=out, calib=q.calib, eval=q.eval, force=cfg.force,
+        target=tg, spec=spec, out=out, calib=q.calib, eval=q.eval, force=cfg.force, kv_cache=cfg.kv_cache,
         static_shapes=parse_shapes(q.static_shape), opset=q.opset, golden=b.golden, do_profile=cfg.do_profile,
         labels_key=b.labels_key, preprocess=b.preprocess, labels=b.labels, archive=b.archive, sign_key=b.sign,
         bundle_version=b.bundle_version, max_drop=q.max_drop, image_preprocess=q.image_preprocess, prefer=q.prefer,
@@ -162,6 +172,9 @@ def export_model(cfg: ExportConfig, progress: ProgressFactory = quiet_progress) 
                 data=tuple((w, p, b.labels_key) for w, p in (("calibration", q.calib), ("evaluation", q.eval)) if p is not None),
             )
             export_from = source
+            from ..exporters import check_data_before_export
+
+            check_data_before_export(source, sopts)  # a Hugging Face folder's data: before any work on it
             if kind == "hf":  # a GPTQ/AWQ/bitsandbytes folder: read by edgeq, exported from its dequantized weights
                 opts, export_from = _prequant_options(source, opts, q.quant, work, prog) if sc.task else (opts, source)
                 if opts.lm_folder is not None and export_from != source:  # KV-cache decoder of the dequantized weights

@@ -61,6 +61,8 @@ class ExportOptions:
     """the float model a pre-quantized folder came from (exported --reference): LM quality against it too"""
     accept_failed: bool = False
     """--accept-failed: ship a bundle whose check failed; the manifest says accepted-failed"""
+    kv_cache: str = "fp32"
+    """--kv-cache int8: the decoder's cache as int8, scales from the calibration windows (exporters/kvcache.py)"""
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,9 @@ def run_export(
     windows = npu_qdq.load_windows(source.io, opts.calib, opts.eval) if qdq_lm else {}
     calib = None if qdq_lm else load_samples(opts.calib, source.io, what="calibration", labels_key=opts.labels_key, preprocess=image_prep, random_n=spec.calib_samples) if opts.calib else None
     evals = None if qdq_lm else load_samples(opts.eval, source.io, what="evaluation", labels_key=opts.labels_key, preprocess=image_prep) if opts.eval else None
+    from ..checks.masking import with_app_masks  # [inputs.NAME] mask = ...: which input is a token mask
+
+    calib, evals = with_app_masks(calib, app_io["inputs"]), with_app_masks(evals, app_io["inputs"])
     if opts.lm_folder is not None:
         _check_lm_windows(opts.lm_folder, (opts.calib, calib, "calibration"), (opts.eval, evals, "evaluation"))
     prep_notes = _record_image_preprocess(app_io, calib or evals, from_app=image_prep is not None and image_prep == opts.preprocess)
@@ -212,7 +217,8 @@ def run_export(
                 notes += speed_lines
         elif spec.mode in ("int8-static", "int8-dynamic") and opts.prefer is None:
             notes.append("speed: not measured (--no-profile): the quantized model ships without the check against fp32")
-        elif opts.do_profile and not spec.weight_only:  # fp32, fp16, --prefer picks: timed as shipped, no decision
+        elif opts.do_profile and not spec.weight_only and opts.kv_cache == "fp32":  # fp32, fp16, --prefer picks: timed as shipped
+            # (an int8 KV cache is applied below: the profile stage times that model as shipped)
             from ..quantization.selection.speed import check_shipped
 
             with stage("speed (shipped model.ort vs fp32)"):
@@ -226,6 +232,15 @@ def run_export(
                     choice, files = acclevel.compare(opt, qres.artifact, check_data, target, work, spec.accuracy_level)
                     qres = acclevel.apply(qres, choice, files)
                     notes.append(qres.notes[-1])
+        if opts.kv_cache == "int8":  # after weight quantization: scales from the fp32 decoder, layout by KL against this one
+            from dataclasses import replace as _replace
+
+            from ..exporters.kvcache import int8_cache_stage
+
+            with stage("int8 KV cache"):
+                kv_art, kv_record, kv_notes = int8_cache_stage(opt.path, qres.artifact, calib.arrays["input_ids"], work / "kv8")
+                qres = _replace(qres, artifact=kv_art, details={**qres.details, "kv_cache": kv_record})
+                notes += kv_notes
         report = None
         if check_data is not None:
             if check_data is calib:
@@ -236,9 +251,13 @@ def run_export(
             if n_verify < min(opts.verify_samples, len(check_data)):
                 notes.append(f"verified on {n_verify} of {len(check_data)} windows (both models' logits kept under "
                              f"{LOGITS_BUDGET >> 20} MiB); the LM figures use every window")
+            compared = opt.io.output_names
+            if opts.kv_cache == "int8":  # its present outputs are int8 codes, not values: the logits carry the cache's effect
+                compared = tuple(n for n in compared if not n.startswith("present."))
+                notes.append("verify: present.N.key/value are int8 codes in the int8-cache model; compared through the logits")
             with stage("verify"):
                 report = verify(opt.path, qres.artifact.path, check_data.take(n_verify), target.tolerances,
-                                output_names=opt.io.output_names, tasks=app_io["outputs"])
+                                output_names=compared, tasks=app_io["outputs"])
                 notes += [f"output '{c['output']}' checked as {c['kind']}: {c['why']}" for c in report.tasks]
         else:
             notes.append("VERIFICATION SKIPPED: no data given, nothing was proven (pass --calib or --eval); "
@@ -249,7 +268,7 @@ def run_export(
         if windows:  # each model through its own fixed-slot loop over the windows
             with stage("lm quality"):
                 lm = npu_qdq.lm_quality(opt.path, qres.artifact.path, (windows.get("evaluation") or windows["calibration"]).arrays["input_ids"])
-        elif (spec.weight_only or opts.prequant is not None) and check_data is not None and lm_io(opt.io) is not None:
+        elif (spec.weight_only or opts.prequant is not None or opts.kv_cache != "fp32") and check_data is not None and lm_io(opt.io) is not None:
             with stage("lm quality"):
                 lm = lm_quality(opt.path, qres.artifact.path, check_data.take(opts.verify_samples), opt.io)
         if opts.prequant is not None:
@@ -432,7 +451,7 @@ def _greedy_check(opts: ExportOptions, spec: QuantSpec, data: SampleSet | None, 
         prompts = prompt_ids(opts.lm_folder, ["The", "def main():", "Once upon a time"], vocab)
     else:
         prompts = np.random.default_rng(0).integers(0, vocab, (3, 8)).tolist()
-    fp32 = spec.mode == "none"
+    fp32 = spec.mode == "none" and opts.kv_cache == "fp32"  # an int8 KV cache is quantized too: the target's agreement
     need = 1.0 if fp32 else opts.target.tolerances.min_greedy_agreement
     tie = 10 * opts.target.tolerances.export_atol  # two runtimes' float sums may order a near-tie either way
     return greedy_check(folder, model, prompts, new_tokens=GREEDY_NEW_TOKENS, min_agreement=need, tie_atol=tie)
@@ -492,7 +511,9 @@ def _record_image_preprocess(app_io: dict, data: SampleSet | None, *, from_app: 
 
 def golden_feeds_for(data: SampleSet | None, art: Artifact, n: int, app_io: dict | None = None) -> tuple[dict, ...]:
     if data is not None and len(data):
-        return tuple(data.feed(i) for i in range(min(n, len(data))))
+        types = {t.name: t.dtype for t in art.io.inputs}  # an empty past in the model's cache type (--kv-cache int8)
+        return tuple({k: v.astype(types[k]) if v.size == 0 and k in types and str(v.dtype) != types[k] else v for k, v in data.feed(i).items()}
+                     for i in range(min(n, len(data))))
     from ..core.golden import typical_feed
 
     return tuple(typical_feed(art.path, art.io, (app_io or {}).get("inputs", {}), seed=i) for i in range(n))

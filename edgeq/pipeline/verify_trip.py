@@ -82,7 +82,11 @@ def verify_model(cfg: VerifyConfig, *, emulation_step: Any = None, on_cpu: Calla
     open_model(candidate)
     ref = open_model(cfg.reference)
     samples = load_samples(cfg.data, ref.io, what="evaluation", labels_key=cfg.labels_key)
-    tasks = load_io_spec(cfg.preprocess, ref.io)["outputs"]
+    app_io = load_io_spec(cfg.preprocess, ref.io)
+    tasks = app_io["outputs"]
+    from ..checks.masking import with_app_masks
+
+    samples = with_app_masks(samples, app_io["inputs"])
     report = verify(cfg.reference, candidate, samples, tg.tolerances, output_names=ref.io.output_names, tasks=tasks).to_dict()
     return VerifyOutcome(kind="models", target=tg.name, result=report)
 

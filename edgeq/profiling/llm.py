@@ -86,6 +86,7 @@ def measure(root: str, *, prompt: int = PROMPT, contexts: tuple[int, ...] = CONT
         "decode_growth": flat,  # ms/token at the longest context over the shortest
         "peak_rss_bytes": int(peak),
         "kv_bytes_per_token": dec.kv_bytes_per_token(),
+        "kv_cache_dtype": "int8" if dec.kv_int8 else "fp32",
         "context_length": limit,
         "steps": steps,
         "threads": threads,
@@ -137,5 +138,5 @@ def llm_lines(label: str, r: dict[str, Any]) -> list[str]:
         + (f" (prefill graph, {r['prefill_chunk']} tokens per run; {r['ttft_ms_step_only']:.1f} ms one token per run)"
            if r.get("prefill_chunk") else ""),
         f"  decode by context: {rows}{growth}",
-        f"  peak RSS {r['peak_rss_bytes'] / 2**20:.1f} MiB, KV cache {r['kv_bytes_per_token']} bytes/token (fp32), context length {r['context_length']}",
+        f"  peak RSS {r['peak_rss_bytes'] / 2**20:.1f} MiB, KV cache {r['kv_bytes_per_token']} bytes/token ({r.get('kv_cache_dtype', 'fp32')}), context length {r['context_length']}",
     ]

@@ -313,7 +313,11 @@ def _bundle_input(root: Path, *, data: Path | None = None, samples: int = 8) -> 
         source = str(data)
     else:
         for pair in manifest["golden"]["pairs"]:
-            feeds.append({t.name: np.load(listed(pair["inputs"][i]), allow_pickle=False) for i, t in enumerate(io.inputs)})
+            feed = {}
+            for i, t in enumerate(io.inputs):
+                listed(pair["inputs"][i])
+                feed[t.name] = b.array(pair["inputs"][i])  # the .npy header checked against the file's size first
+            feeds.append(feed)
         source = f"{len(feeds)} golden inputs of the bundle"
     if not feeds:
         raise ModelError(f"bundle {root} has no golden inputs", "rebuild it with edgeq export, or pass --data")

@@ -138,8 +138,12 @@ def export_table(r: dict[str, Any]) -> Table:
     s = p.get("shipped")
     if s:
         vs_onnx = f", {fmt(s['ratio_vs_model_onnx'], '.2f')} x its model.onnx at onnxruntime's default level" if s.get("ratio_vs_model_onnx") else ""
+        where = s.get("measured_on") or {}
+        off_target = (f"; measured on this {where['host_arch']} host, NOT on the {where['target_arch']} target: "
+                      "not the reason for what ships") if where and not where.get("on_target_arch", True) else ""
         t.add_row("shipped model.ort", f"{s['fp32_ms']:.3f} ms", f"{s['shipped_ms']:.3f} ms",
-                  f"{fmt(s['ratio_vs_fp32'], '.2f')} x fp32{vs_onnx}; medians of interleaved rounds, one process; ships {s['shipped']}")
+                  f"{fmt(s['ratio_vs_fp32'], '.2f')} x fp32{vs_onnx}; medians of interleaved rounds, one process; ships {s['shipped']}"
+                  + escape(off_target))
     if not (p["fp32"] and p["quantized"]):
         t.add_row("latency", "-", "-", p.get("skipped") or "not profiled")
     _accelerator_rows(t, r)

@@ -52,6 +52,11 @@ Npy read_npy(const std::string& path) {
   if (!f || hlen > 65536) throw std::runtime_error(path + ": bad .npy header");
   std::string header(hlen, '\0');
   f.read(&header[0], hlen);
+  if (!f) throw std::runtime_error(path + ": truncated header");
+  const std::streampos start = f.tellg();  // the data: what is left of the file, the most the header may declare
+  f.seekg(0, std::ios::end);
+  const std::streamoff left = f.tellg() - start;
+  f.seekg(start);
   auto field = [&](const std::string& key) {
     auto k = header.find("'" + key + "'");
     if (k == std::string::npos) throw std::runtime_error(path + ": header lacks " + key);
@@ -70,9 +75,16 @@ Npy read_npy(const std::string& path) {
     if (item.find_first_of("0123456789") != std::string::npos) out.shape.push_back(std::stoll(item));
   }
   size_t count = 1;
-  for (auto v : out.shape) count *= static_cast<size_t>(v);
+  for (auto v : out.shape) {
+    if (v < 0 || (v > 0 && count > SIZE_MAX / static_cast<size_t>(v))) throw std::runtime_error(path + ": bad shape in the header");
+    count *= static_cast<size_t>(v);
+  }
   size_t item_size = static_cast<size_t>(std::stoi(out.descr.substr(2)));
   if (out.descr[0] == '>') throw std::runtime_error(path + ": big-endian data");
+  // the header is data: its shape may not make this runner allocate more than the file holds
+  if (item_size == 0 || left < 0 || count > static_cast<size_t>(left) / item_size) {
+    throw std::runtime_error(path + ": the header declares more data than the file holds");
+  }
   out.data.resize(count * item_size);
   f.read(out.data.data(), static_cast<std::streamsize>(out.data.size()));
   if (!f) throw std::runtime_error(path + ": truncated data");

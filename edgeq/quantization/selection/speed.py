@@ -13,12 +13,22 @@ than their float kernels (onnxruntime's profiler, per node, on both .ort files) 
 float and the mix is timed; when no quantized variant keeps up, fp32 ships and the notes say
 so. The decision (not the timings) goes into the recipe, so the bundle's bytes stay a
 function of the inputs; the timings go to the profile sidecar.
+
+A target whose CPU architecture is not this host's (``--target arm64`` on x86_64): the host's
+timings do not decide. int8 kernels differ between CPU families (x86's VNNI/AVX2 paths against
+Arm's dot-product instructions, XNNPACK on the device), so an x86 host finding int8 slower says
+little about the device. The quantized model ships as asked; the shipped model.ort is still
+timed here (x86-only layouts off). The table, ``--json`` and the manifest say the speed was
+measured on this host and not on the target; what the host found is in the table, ``--json``
+and the sidecar (not the manifest: it follows the clock). ``--prefer fastest`` decides on this
+host's timings when the user asks for that; ``--quant none`` ships fp32.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import tempfile
 import time
@@ -62,6 +72,9 @@ class AppSession:
     note: str = ""
     optimizers_off: tuple[str, ...] = ()
     """x86-only load-time layouts turned off when this host stands in for an Arm target"""
+    host_arch: str = ""
+    target_arch: str = ""
+    """the CPU architectures of this host and of the target ("any": the target runs on either)"""
 
     @classmethod
     def for_target(cls, target: Any) -> AppSession | None:
@@ -74,7 +87,15 @@ class AppSession:
         off = tuple(device_optimizers_off(target))
         note = p.note + (f"; {', '.join(off)} off (x86-only layouts the {target.arch} device does not have)" if off else "")
         return cls(tuple(p.providers), opts, target.graph_optimization_level, target.intra_op_num_threads,
-                   target.ort_optimization_style == "runtime", note, off)
+                   target.ort_optimization_style == "runtime", note, off, host_arch(), arch_name(target.arch))
+
+    @property
+    def foreign(self) -> bool:
+        """The target's CPU is not this host's: timings here do not decide what ships."""
+        return bool(self.target_arch) and self.target_arch not in ("any", self.host_arch)
+
+    def measured_on(self) -> dict[str, Any]:
+        return {"host_arch": self.host_arch, "target_arch": self.target_arch, "on_target_arch": not self.foreign}
 
     def session(self, path: Path, *, level: str | None = None, profile_prefix: str | None = None) -> Any:
         """``level``: another graph level (onnxruntime's default 'all' for the model.onnx comparison)."""
@@ -89,6 +110,18 @@ class AppSession:
     def describe(self) -> dict[str, Any]:
         return {"providers": list(self.providers), "graph_optimization_level": self.level, "intra_op_num_threads": self.threads,
                 "saved_runtime_optimizations": self.saved_runtime_optimizations, "optimizers_off": list(self.optimizers_off)}
+
+
+_ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}
+
+
+def arch_name(arch: str) -> str:
+    a = str(arch).lower()
+    return _ARCH_ALIASES.get(a, a)
+
+
+def host_arch() -> str:
+    return arch_name(platform.machine())
 
 
 def shipped_ort(model: Path, target: Any, folder: Path) -> Path:
@@ -175,6 +208,8 @@ class SpeedCheck:
     slower_nodes: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    measured_on: dict[str, Any] = field(default_factory=dict)
+    """host_arch, target_arch, on_target_arch (AppSession.measured_on)"""
 
     @property
     def ratio_fp32(self) -> float:
@@ -193,6 +228,7 @@ class SpeedCheck:
             "onnx_default_ms": None if self.onnx_default_ms is None else round(self.onnx_default_ms, 4),
             "ratio_vs_model_onnx": None if self.ratio_onnx is None else round(self.ratio_onnx, 3),
             "slower_nodes": list(self.slower_nodes), "notes": list(self.notes),
+            **({"measured_on": dict(self.measured_on)} if self.measured_on else {}),
         }
 
 
@@ -217,7 +253,8 @@ def measure_shipped(app: AppSession, fp32: Path, onnx: Path, ort: Path, feed: di
     sessions = {"fp32": app.session(fp32), key: app.session(ort), "onnx": app.session(onnx, level="all")}
     ms = interleaved(sessions, feed, opts)
     return SpeedCheck(app.describe(), ms["fp32"], {name: ms[key]}, name, ms[key], ms["onnx"],
-                      notes=(app.note,) if app.note else (), extra={"ort": Path(ort)})
+                      notes=(app.note,) if app.note else (), extra={"ort": Path(ort)},
+                      measured_on=app.measured_on() if hasattr(app, "measured_on") else {})
 
 
 def decide(
@@ -243,6 +280,8 @@ def decide(
     work = Path(work)
     q_ort = shipped_ort(out, target, work / "ship-int8")
     first = measure_shipped(app, fp32.path, work / "ship-int8" / "model.onnx", q_ort, feed, opts, "int8")
+    if getattr(app, "foreign", False):  # another CPU family's timings: recorded, never the reason to drop quantization
+        return _kept_on_foreign_arch(qres, first, app, opts)
     if not_slower(first.shipped_ms, first.fp32_ms, opts):
         return _decided(qres, "quantized", ()), first, []
     lines: list[str] = []
@@ -283,6 +322,28 @@ def decide(
                       budget_met=qres.budget_met)
     lines.append("WARNING: " + note + " (" + ", ".join(f"{k} {v / first.fp32_ms:.2f}x" for k, v in cands.items()) + " fp32)")
     return res, replace(f_check, candidates={**cands, "fp32": f_check.shipped_ms}, slower_nodes=slower), lines
+
+
+def _kept_on_foreign_arch(qres: Any, check: SpeedCheck, app: AppSession, opts: SpeedOptions) -> tuple[Any, SpeedCheck, list[str]]:
+    """The quantized model ships. The recipe and its note say where the speed was measured, not what the host
+    found: that follows the host's noise, so it goes to the terminal, --json and the sidecar
+    (``profile.shipped``), and the bundle's bytes stay a function of the inputs."""
+    host, arch = app.host_arch, app.target_arch
+    slower = not not_slower(check.shipped_ms, check.fp32_ms, opts)
+    off = f", {', '.join(app.optimizers_off)} off" if app.optimizers_off else ""
+    note = (f"speed not measured on the {arch} target: the shipped model.ort was timed on this {host} host "
+            f"({app.providers[0]}{off}; figures in the profile sidecar, profile.shipped); quantization kept, as another "
+            f"CPU family's timings do not decide for {arch} (time it on the device: edgeq profile BUNDLE --device ssh://USER@HOST)")
+    details = dict(qres.details)
+    details["speed"] = {"decision": "quantized", "slower_nodes": [], "measured_on": f"{host} host", "target_arch": arch,
+                        "on_target_arch": False}
+    res = replace(qres, details=details, notes=qres.notes + (note,))
+    line = (f"speed: not measured on {arch}; on this {host} host the {qres.spec.mode} model.ort ran {check.ratio_fp32:.2f}x fp32"
+            f"{off} ({'slower than' if slower else 'not slower than'} fp32). Quantization kept (host timings do not decide "
+            "for another CPU family)")
+    if slower:
+        line += "; --prefer fastest picks by this host's timings, --quant none ships fp32"
+    return res, check, [line]
 
 
 def _app_for(fp32: Any, target: Any, opts: SpeedOptions) -> tuple[AppSession | None, str]:
