@@ -26,7 +26,6 @@ def _phi3():
                    original_max_position_embeddings=SWITCH, rope_scaling=scaling)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "plain"])
 def test_greedy_check_agrees_across_the_switch(fused, tmp_path):
     model = _phi3()
