@@ -148,6 +148,7 @@ def main() -> int:
     ap.add_argument("--threads", default="1,0", help="intra-op threads per timing (0: onnxruntime's default, all cores)")
     ap.add_argument("--steps", type=int, default=32, help="decode steps timed per context")
     ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--symmetric", action="store_true", help="also each edgeq int4 row with implicit zero points (--symmetric)")
     ap.add_argument("--work", type=Path)
     ap.add_argument("--no-builder", action="store_true")
     ap.add_argument("--gguf", default="q4_0,q4_k", help="GGUF rows through llama.cpp ('' for none)")
@@ -238,6 +239,11 @@ def main() -> int:
             dirs["onnxruntime-genai builder int4"] = bdir
         else:
             log(f"builder failed: {(p.stderr.strip().splitlines() or ['?'])[-1]}")
+    for algo in [x.strip() for x in a.algos.split(",") if x.strip()] if a.symmetric else []:  # no zero points stored
+        spec = QuantSpec(mode="int4", algo=algo, block_size=32, symmetric=True)
+        data = calib_set(cids, min(128, min(len(t) for t in cids)), art.io) if spec.needs_calibration else None
+        quantize(art, spec, work / f"int4_{algo}_sym.onnx", data=data)
+        dirs[f"edgeq int4 {algo} symmetric"] = bundle_dir(f"edgeq_int4_{algo}_sym", work / f"int4_{algo}_sym.onnx")
     contexts = [int(x) for x in a.contexts.split(",")]
     threads = [int(x) for x in a.threads.split(",")]
     vocab = int(model.config.vocab_size)

@@ -405,6 +405,8 @@ def write_bundle(artifact: Artifact, target: Target, out: Path, info: BundleInpu
         from ..profiling.profiler import write_ep_context
 
         ep_context = write_ep_context(root / "model.onnx", root, target)  # QNN context binary, where the EP is here
+        if prefill is not None and ep_context is not None and ep_context.get("built", True):  # and the prompt's graph's
+            prefill["ep_context"] = write_ep_context(root / prefill["onnx"], root, target, name="prefill_ctx.onnx")
         manifest = build_manifest(artifact, target, out, info, root, pairs, external=external, signer=signer)
         manifest["model"]["ep_context"] = ep_context
         if prefill is not None:

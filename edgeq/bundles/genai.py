@@ -194,9 +194,25 @@ class GreedyCheck:
                 f"{self.new_tokens} new tokens{tie}, agreement {self.agreement:.1%} (min {self.min_agreement:.0%}), first divergence {div}")
 
 
+def longrope_switch(model: Path) -> int:
+    """The decoder's LongRoPE switch (``original_max_position_embeddings``, from its metadata), or 0."""
+    from ..core.onnxutil import load_model
+    from .llmgen import LONGROPE_SWITCH
+
+    props = {p.key: p.value for p in load_model(model, load_weights=False).metadata_props}
+    v = props.get(LONGROPE_SWITCH, "")
+    return int(v) if v.isdigit() and len(v) < 10 else 0
+
+
 def _genai_greedy(bundle: Path, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+    """onnxruntime-genai's greedy tokens. A LongRoPE decoder's cache holds keys rotated with the short factors; when
+    a generation crosses the switch, transformers' generate drops its cache and runs the whole sequence again with
+    the long ones (Phi-3's ``prepare_inputs_for_generation``). onnxruntime-genai's loop keeps its cache, so here the
+    generator is rewound and given the whole sequence at that step, as bundles/llmgen.py does: the tokens compared
+    across the switch are the decoder's, not a difference of the two loops."""
     import onnxruntime_genai as og
 
+    switch = longrope_switch(Path(bundle) / "model.onnx")
     model = og.Model(str(bundle))
     out = []
     for ids in prompts:
@@ -205,7 +221,11 @@ def _genai_greedy(bundle: Path, prompts: list[list[int]], new_tokens: int) -> li
         gen = og.Generator(model, params)
         gen.append_tokens(ids)
         while not gen.is_done():
-            gen.generate_next_token()
+            gen.generate_next_token()  # picks a token from the last logits; the model reads it at the next call
+            if switch and len(ids) <= switch and gen.token_count() == switch + 1 and not gen.is_done():
+                seq = [int(t) for t in gen.get_sequence(0)]
+                gen.rewind_to(0)
+                gen.append_tokens(seq)  # the whole sequence, switch + 1 tokens: the long factors
         out.append([int(t) for t in gen.get_sequence(0)][len(ids):])
     return out
 

@@ -338,9 +338,10 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
     data = out.with_name(out.name + ".data")
     data.unlink(missing_ok=True)
     # the weights go to <out>.data as they are made (weight_sink.py): the graph protobuf stays small, so building it holds
-    # no copy of them; over the threshold they stay there (a tied lm_head is written apart from the embedding), else
+    # no copy of them; over the threshold they stay there, else
     # they are read back into one file at the end (one copy, then the serialized bytes)
-    big = over_threshold(planned_bytes(state, 4 * w["embed"].size if arch.tied else 0))
+    # a tied lm_head reads the embedding's initializer (Gemm, transB) except in the static form, where it is written apart
+    big = over_threshold(planned_bytes(state, 4 * w["embed"].size if arch.tied and static else 0))
     g = _Graph(WeightSink(data))
     H, nh, nkv, hd = arch.hidden, arch.heads, arch.kv_heads, arch.head_dim
     rep = nh // nkv
@@ -585,7 +586,13 @@ def build_decoder(arch: DecoderArch, state: dict[str, Any], out: Path, *, fused:
             mlp, _ = add_norm(mlp, None, w[f"{i}.ln_post_ff"], f"{pre}.post_feedforward_layernorm")
         pending = mlp
     x, _ = add_norm(x, pending, w["norm"], "norm")
-    logits = linear(x, w["lm_head"], "lm_head")
+    if arch.tied and not static:  # one copy of the table: Gemm reads it transposed (transB), a 2-D product between Reshapes
+        lead = g.op("Shape", [x], end=2, hint="lm_head.shape")
+        x2 = g.op("Reshape", [x, g.const(np.array([-1, H], np.int64))], hint="lm_head.rows")
+        y2 = g.op("Gemm", [x2, "embed_tokens.weight"], hint="lm_head", transB=1)
+        logits = g.op("Reshape", [y2, g.op("Concat", [lead, g.const(np.array([w["embed"].shape[0]], np.int64))], axis=0)], hint="lm_head.out")
+    else:
+        logits = linear(x, w["lm_head"], "lm_head")
     if arch.final_softcap:
         logits = softcap(logits, float(arch.final_softcap))
     g.nodes.append(helper.make_node("Identity", [logits], ["logits"], name="logits_out"))

@@ -569,8 +569,9 @@ def check_coverage(reports: list[dict[str, Any]], minimum: float) -> None:
                           "see the fallback list: pin shapes (--static-shape), quantize with the target's recipe, or replace the ops named")
 
 
-def write_ep_context(model: Path, out_dir: Path, target: Target) -> dict[str, Any] | None:
-    """Compile the provider's context binary next to the bundle's model (QNN, when onnxruntime-qnn is here).
+def write_ep_context(model: Path, out_dir: Path, target: Target, name: str = "model_ctx.onnx") -> dict[str, Any] | None:
+    """Compile the provider's context binary next to the bundle's model (QNN, when onnxruntime-qnn is here), as
+    ``name`` (a static decoder's prefill graph gets its own: ``prefill_ctx.onnx``).
 
     Returns what the manifest records: the context files, or (``built: False``) the
     provider's own reason why it could not compile here, so the bundle is marked as
@@ -591,7 +592,7 @@ def write_ep_context(model: Path, out_dir: Path, target: Target) -> dict[str, An
         ctx_dir.mkdir()
         spec = {"mode": "context", "model": str(Path(model).resolve()), "plugin": plugin,
                 "providers": [[primary.name, dict(primary.options)], ["CPUExecutionProvider", {}]],
-                "level": target.graph_optimization_level, "context_path": str(ctx_dir / "model_ctx.onnx"),
+                "level": target.graph_optimization_level, "context_path": str(ctx_dir / name),
                 "out": str(work / "result.json")}
         (work / "spec.json").write_text(json.dumps(spec))
         try:
@@ -602,11 +603,11 @@ def write_ep_context(model: Path, out_dir: Path, target: Target) -> dict[str, An
         result = json.loads((work / "result.json").read_text()) if (work / "result.json").is_file() else {}
         if "error" in result or not result:
             return _no_context(primary.name, provider_reason(result.get("error"), proc.stderr, proc.returncode))
-        if not (ctx_dir / "model_ctx.onnx").is_file():
+        if not (ctx_dir / name).is_file():
             return _no_context(primary.name, f"{primary.name} wrote no context model")
         import onnx
 
-        ctx_model = onnx.load(str(ctx_dir / "model_ctx.onnx"), load_external_data=False)
+        ctx_model = onnx.load(str(ctx_dir / name), load_external_data=False)
         if not any(n.op_type == "EPContext" for n in ctx_model.graph.node):
             return _no_context(primary.name, f"{primary.name} took no node of the model, so there is nothing to compile")
         files = []
@@ -615,7 +616,7 @@ def write_ep_context(model: Path, out_dir: Path, target: Target) -> dict[str, An
             files.append(f.name)
     acc = sum(len(sg["nodes"]) for sg in result["placement"] if sg["ep"] == primary.name)
     total = sum(len(sg["nodes"]) for sg in result["placement"])
-    return {"provider": primary.name, "model": "model_ctx.onnx", "files": files, "nodes_on_provider": acc, "nodes_total": total,
+    return {"provider": primary.name, "model": name, "files": files, "nodes_on_provider": acc, "nodes_total": total,
             "onnxruntime_qnn": _qnn_version()}
 
 

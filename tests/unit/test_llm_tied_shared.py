@@ -70,7 +70,7 @@ def test_tied_copy_is_stored_once_and_matches_the_unshared_graph(tied, tmp_path,
     # the same codes stored twice (sharing switched off) give the same logits: the layouts agree in onnxruntime
     monkeypatch.setattr(wq, "find_tied", lambda *a, **k: None)
     kw = dict(spec_kw)
-    kw["overrides"] = parse_overrides([f"embed={'int4' if bits == 4 else 'int8-weight'}", f"lm_head.weight={'int4' if bits == 4 else 'int8-weight'}"])
+    kw["overrides"] = parse_overrides([f"embed={'int4' if bits == 4 else 'int8-weight'}", f"lm_head={'int4' if bits == 4 else 'int8-weight'}"])
     apart = quantize(artifact_from(tied), QuantSpec(accuracy_level=0, **{k: v for k, v in kw.items() if k != "mode"}, mode="int4"),
                      tmp_path / "apart.onnx")
     assert len(_shared_nodes(tmp_path / "apart.onnx")[1]) == 1

@@ -23,6 +23,7 @@ from ...core.onnxutil import artifact_from, load_model
 from . import blockwise as bw
 from ..int8.quantizer import Coverage, QuantResult
 from ..spec import BLOCK_SIZES, WEIGHT_ONLY_BITS, QuantSpec
+from .roles import HeadFinder
 from .tied import find_tied, shared_gather_nodes
 from .wsize import dedupe_constants, size_breakdown
 
@@ -109,32 +110,12 @@ def _matches(names: tuple[str, ...], pattern: str) -> bool:
     return any(fnmatch.fnmatchcase(n, p) for n in names for p in pats)
 
 
-def _reaches_output(model: Any, tensor: str, depth: int = 4) -> bool:
-    """Does ``tensor`` reach a graph output through at most ``depth`` non-weight nodes?"""
-    outs = {o.name for o in model.graph.output}
-    consumers: dict[str, list[Any]] = {}
-    for n in model.graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
-    frontier = [tensor]
-    for _ in range(depth + 1):
-        if any(t in outs for t in frontier):
-            return True
-        nxt = []
-        for t in frontier:
-            for c in consumers.get(t, []):
-                if c.op_type in ("MatMul", "Gemm", "MatMulNBits"):
-                    continue
-                nxt.extend(c.output)
-        frontier = nxt
-    return False
-
-
 def find_sites(model: Any) -> list[WeightSite]:
     from onnx import TensorProto
 
     inits = {i.name: i for i in model.graph.initializer}
     sites: list[WeightSite] = []
+    heads = HeadFinder(model.graph)  # KV-cache outputs (present.*) are not logits: roles.py
 
     def float2d(name: str) -> bool:
         t = inits.get(name)
@@ -159,7 +140,7 @@ def find_sites(model: Any) -> list[WeightSite]:
         shape = tuple(int(d) for d in inits[w].dims)
         if n.op_type == "Gather":
             role = "embed"
-        elif "lm_head" in n.name or "lm_head" in w or _reaches_output(model, n.output[0]):
+        elif "lm_head" in n.name or "lm_head" in w or heads.feeds_logits(n.output[0]):
             role = "lm_head"
         else:
             role = "linear"
@@ -338,7 +319,7 @@ def quantize(
     plan = [(s, *decide(s, spec)) for s in sites]
     notes: list[str] = []
     inits = {i.name: i for i in model.graph.initializer}
-    tied = find_tied(plan, inits, base, spec, WEIGHT_ONLY_BITS)  # a tied embedding + lm_head: one packed copy (tied.py)
+    tied = find_tied(plan, inits, base, spec, WEIGHT_ONLY_BITS, model.graph.node)  # a tied embedding + lm_head: one packed copy (tied.py)
     if tied:
         plan = [(s, tied.mode, tied.reason) if s in (tied.embed, tied.head) else (s, m, r) for s, m, r in plan]
         notes.append(f"tied embedding '{tied.embed.weight}' and lm_head stored once ({tied.mode}, {spec.algo} codes) for both "
@@ -371,11 +352,18 @@ def quantize(
     awq_mul: dict[str, np.ndarray] = {}
     awq_mul_done: dict[str, str] = {}
     if spec.algo == "awq" and stats:
-        # a tied lm_head takes no AWQ scale (it would scale the embedding rows too): the clip search alone
-        awq_h, awq_mul = _awq_prepare(model, [p for p in plan if not tied or p[0] is not tied.head], stats, spec, data, notes)
-        if tied:
-            h_in = model.graph.node[tied.head.node_index].input[0]
-            awq_h.setdefault(h_in, stats[h_in].h / 2)
+        # AWQ scales a weight's initializer in place: a tied lm_head (its scale would reach the embedding rows), or any
+        # weight another node reads too (the fp32 decoder's tied Gemm reads the Gather's table), takes the clip search alone
+        readers: dict[str, int] = {}
+        for n in model.graph.node:
+            for i in set(n.input):
+                readers[i] = readers.get(i, 0) + 1
+        alone = [p for p in plan if (tied and p[0] is tied.head) or (p[0].op != "Gather" and readers.get(p[0].weight, 0) > 1)]
+        awq_h, awq_mul = _awq_prepare(model, [p for p in plan if p not in alone], stats, spec, data, notes)
+        for s, m, _ in alone:
+            h_in = model.graph.node[s.node_index].input[0]
+            if m != "none" and h_in in stats:
+                awq_h.setdefault(h_in, stats[h_in].h / 2)
     new_nodes: dict[int, list[Any]] = {}
     new_inits: list[Any] = []
     decisions: list[WeightDecision] = []

@@ -23,36 +23,42 @@ SHARED_BITS = (4, 8)  # MatMulNBits and GatherBlockQuantized read the same layou
 
 @dataclass(frozen=True)
 class TiedPair:
-    """The embedding Gather and the lm_head MatMul that read one matrix, and the mode of their one copy."""
+    """The embedding Gather and the lm_head MatMul (or Gemm) that read one matrix, and the mode of their one copy."""
 
     embed: Any  # WeightSite of the Gather
-    head: Any  # WeightSite of the MatMul
+    head: Any  # WeightSite of the MatMul / Gemm
     mode: str
     reason: str
 
 
-def find_tied(plan: list, inits: dict[str, Any], base: Path, spec: Any, bits_of: dict[str, int]) -> TiedPair | None:
+def find_tied(plan: list, inits: dict[str, Any], base: Path, spec: Any, bits_of: dict[str, int], nodes: Any = ()) -> TiedPair | None:
     """The tied pair in ``plan`` ((site, mode, reason) per weight) whose two weights hold the same numbers, or None.
 
-    The shared copy takes lm_head's mode (its algorithm's codes serve the gather too), unless the
-    embedding's mode was set by ``--override`` (e.g. ``embed=int8-weight`` for a higher-precision copy)."""
+    ``nodes``: the graph's nodes (a Gemm head must transpose its B). The shared copy takes lm_head's mode
+    (its algorithm's codes serve the gather too), unless the embedding's mode was set by ``--override``
+    (e.g. ``embed=int8-weight`` for a higher-precision copy)."""
     from ...core.lazyweights import tensor_array
 
     embeds = [(s, m, r) for s, m, r in plan if s.op == "Gather" and s.role == "embed" and len(s.shape) == 2]
     if len(embeds) != 1:
         return None
-    # a KV decoder's v_proj reaches an output (present.value) too: the head is the MatMul of shape [hidden, vocab]
-    heads = [(s, m, r) for s, m, r in plan if s.op == "MatMul" and s.role == "lm_head" and tuple(s.shape) == embeds[0][0].shape[::-1]]
+    # the head multiplies by E^T: a MatMul of E^T [hidden, vocab] (written apart), or a Gemm (transB) of E [vocab, hidden]
+    # itself, as the fp32 decoder writes it (one copy); the shape check keeps any other projection out
+    heads = [(s, m, r) for s, m, r in plan if s.role == "lm_head" and (s.op, tuple(s.shape)) in
+             (("MatMul", embeds[0][0].shape[::-1]), ("Gemm", embeds[0][0].shape))]
     if len(heads) != 1:
         return None
     (e, em, er), (h, hm, hr) = embeds[0], heads[0]
+    if h.op == "Gemm" and not (nodes and any(a.name == "transB" and a.i for a in nodes[h.node_index].attribute)):
+        return None
     if "none" in (em, hm):
         return None
     mode, why = (em, er) if er.startswith("--override") else (hm, hr)
     if bits_of.get(mode) not in SHARED_BITS or e.shape[1] % spec.block_size:
         return None
-    a, b = tensor_array(inits[e.weight], base), tensor_array(inits[h.weight], base)
-    if a.dtype != b.dtype or not np.array_equal(a.T, b):  # lm_head computes x @ E^T: the same numbers, transposed
+    a = tensor_array(inits[e.weight], base)
+    b = a if h.weight == e.weight else tensor_array(inits[h.weight], base)
+    if a.dtype != b.dtype or not np.array_equal(a.T if h.op == "MatMul" else a, b):  # lm_head computes x @ E^T
         return None
     reason = f"{why}; one packed copy shared by the embedding and lm_head (tied)"
     return TiedPair(e, h, mode, reason)
