@@ -1,21 +1,18 @@
 """--calibration auto on small outputs: a candidate whose score has converged stops before the last scoring
-sample (autocal.converged), the choice stays the one full scoring makes, and the chosen candidate's model is
-the final model (not written a second time)."""
+sample (autocal.converged), and the choice stays the one full scoring makes (or one full scoring puts within
+the scores' precision of it)."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
-import onnx
 import pytest
-from onnx import numpy_helper
 
 from edgeq.core.data import SampleSet
 from edgeq.core.onnxutil import artifact_from
-from edgeq.quantization.int8 import autocal, qdq, static
-from edgeq.quantization.int8.calibrate import AUTO_CANDIDATES, Calibration
+from edgeq.quantization.int8 import autocal
+from edgeq.quantization.int8.calibrate import AUTO_CANDIDATES
 from edgeq.quantization.int8.quantizer import quantize
 from edgeq.quantization.spec import QuantSpec
 
@@ -78,32 +75,14 @@ def test_a_ten_class_head_spreads_too_much_to_stop(tmp_path, monkeypatch):
     assert conv_runs == full_runs and conv == full
 
 
-def test_the_chosen_candidate_is_the_final_model_written_once(tmp_path, monkeypatch):
-    src = make_cnn(tmp_path / "cnn.onnx", classes=300)  # some candidates converge, some do not
+def test_the_report_says_which_candidates_converged(tmp_path):
+    src = make_cnn(tmp_path / "cnn.onnx", classes=300)  # candidates converge here
     x = np.concatenate([cnn_data(64, seed=1)["x"], cnn_data(16, seed=7)["x"]])
     data = SampleSet(arrays={"x": x}, stacked={"x": False}, labels=None, source="test")
-    writes: list[int] = []
-    real = qdq.write
-    monkeypatch.setattr(qdq, "write", lambda *a, **k: writes.append(1) or real(*a, **k))
     res = quantize(artifact_from(src), QuantSpec(calibration="auto", calib_samples=64), tmp_path / "q.onnx", data=data)
     auto = res.recipe()["calibration"]["auto"]
-    distinct = sum("same_ranges_as" not in r and "error" not in r for r in auto["candidates"])
-    assert len(auto["candidates"]) == len(AUTO_CANDIDATES)
-    assert len(writes) == distinct  # one write per distinct candidate, none more for the final model
-    note = next(n for n in res.notes if n.startswith("calibration auto: chose"))
+    assert [r["method"] for r in auto["candidates"]] == list(AUTO_CANDIDATES)
+    assert any(r.get("converged") for r in auto["candidates"])
+    note = next(n for n in res.notes if n.startswith("calibration auto: chose " + auto["chosen"]))
     for r in auto["candidates"]:
         assert (f"{r['method']} {r['sqnr_db']} dB (converged after {r.get('samples')})" in note) == bool(r.get("converged"))
-    assert any(r.get("converged") for r in auto["candidates"])
-    # the model written is what writing the chosen calibration afresh gives
-    w = tmp_path / "w"
-    w.mkdir()
-    spec = QuantSpec(calibration="auto", calib_samples=64)
-    prep = static.prepare(src, spec, data, weights_dir=w)
-    assert prep.written is not None and str(prep.cal) == auto["chosen"]
-    fresh = static.write(dataclasses.replace(prep, cal=Calibration.parse(auto["chosen"]), written=None), spec).model
-    got = onnx.load(str(tmp_path / "q.onnx"))
-    assert [(n.op_type, list(n.input), list(n.output)) for n in got.graph.node] == \
-        [(n.op_type, list(n.input), list(n.output)) for n in fresh.graph.node]
-    a = {i.name: numpy_helper.to_array(i) for i in got.graph.initializer}
-    b = {i.name: numpy_helper.to_array(i, str(w)) for i in fresh.graph.initializer}
-    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)

@@ -15,7 +15,7 @@ earlier one's is not run again, so ``auto`` costs a few model runs per candidate
 calibration each. A candidate clearly behind the best on the first samples stops there (racing,
 ``RACE_DB``); one whose score has converged stops too (``converged``: small outputs, scored on 5-8
 samples), and is compared with the others on the samples both ran. The weights are quantized once for
-all candidates (``static.Prepared.weight_cache``), and the chosen candidate's model is the final model.
+all candidates (``static.Prepared.weight_cache``).
 """
 
 from __future__ import annotations
@@ -208,7 +208,6 @@ def choose(prep: Any, spec: Any, data: SampleSet, n_calib: int, candidates: tupl
     # (score, calibration, score on the race samples, the score's per-sample energies)
     best: tuple[float, Calibration, float, list[tuple[float, float] | None]] | None = None
     scored: dict[Any, dict[str, Any]] = {}  # ranges -> the row of the first candidate that had them
-    best_written = None
     for text in candidates:
         cal = Calibration.parse(text, prep.cal.bins)
         cand = dataclasses.replace(prep, cal=cal)
@@ -220,8 +219,7 @@ def choose(prep: Any, spec: Any, data: SampleSet, n_calib: int, candidates: tupl
         race = min(race_samples(values), len(idx))
         racing = race < len(idx)
         try:
-            written = write(cand, spec)
-            run = _runner(written.model, data, prep.weights_dir)
+            run = _runner(write(cand, spec).model, data, prep.weights_dir)
             energies: list[tuple[float, float] | None] = []
             nsr: list[float] = []
             per_sample: list[tuple[float, float] | None] = []
@@ -256,8 +254,6 @@ def choose(prep: Any, spec: Any, data: SampleSet, n_calib: int, candidates: tupl
         scored[key] = rows[-1]
         if not cut and (best is None or _prefix_sqnr(per_sample, best[3]) > _prefix_sqnr(best[3], per_sample) + TIE_DB):
             best = (score, cal, first, per_sample)
-            best_written = written  # what the final write would write again (``Prepared.written``)
-        del written
     if best is None:  # nothing ran: min-max, as before auto existed
         best = (-math.inf, Calibration.parse("minmax", prep.cal.bins), -math.inf, [])
     where = "held-out calibration samples" if held_out else "calibration samples (no held-out ones: pass more than --calib-samples for that)"
@@ -274,4 +270,4 @@ def choose(prep: Any, spec: Any, data: SampleSet, n_calib: int, candidates: tupl
                     + (f" (converged after {r['samples']})" if r.get("converged") else "")
                     if "error" not in r else f"{r['method']} failed" for r in rows)
     )
-    return dataclasses.replace(prep, cal=best[1], choice=choice, notes=[*prep.notes, note], written=best_written)
+    return dataclasses.replace(prep, cal=best[1], choice=choice, notes=[*prep.notes, note])

@@ -403,7 +403,6 @@ def _edgeq_static_in(
     met = True
     check = evals if evals is not None else data
     if max_drop is not None:
-        prep.written = None  # auto's chosen candidate: the search writes its own models
         if evals is None:
             notes.append("--max-drop measured on the calibration data (pass --eval for held-out data)")
         res = static.search(prep, spec, check, max_drop, outputs_of=outputs_of, tasks=tasks)
@@ -435,7 +434,7 @@ def _edgeq_static_in(
                 + "); the best model found was written"
             )
     else:
-        written = prep.written if prep.written is not None else static.write(prep, spec)
+        written = static.write(prep, spec)
         prep.weight_cache.clear()  # the last write from prep: its int8 weights need not sit beside the SQNR session
         layers = static.layer_sqnr(prep, written, check, static.layer_samples(prep, written))
     prep.weight_cache.clear()  # (after --max-drop's search) nothing more is written from prep

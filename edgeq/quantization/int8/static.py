@@ -34,9 +34,6 @@ class Prepared:
     weight_cache: dict[Any, Any] = field(default_factory=dict, repr=False)
     """Quantized weights shared by every ``write`` of ``model`` (``auto``'s candidates, the final model,
     the ``--max-drop`` steps): only activation ranges differ between them. Clear it when done writing."""
-    written: Any = field(default=None, repr=False)
-    """``--calibration auto``: the chosen candidate as ``write(prep, spec)`` wrote it while scoring (the final model
-    without writing it again); None otherwise. Drop it when writing something else (``--max-drop``)."""
 
 
 def _feeds(data: SampleSet, n: int) -> Iterator[dict[str, np.ndarray]]:
