@@ -19,6 +19,7 @@ from edgeq.quantization.spec import QuantSpec
 from tests.models import cnn_data, make_cnn
 from tests.unit import test_int8_write_cost as write_cost
 
+
 def test_converged_needs_enough_samples_and_a_small_spread():
     steady = [1.00e-5, 1.02e-5, 0.98e-5, 1.01e-5]
     assert autocal.CONVERGE_SAMPLES == 4 and autocal.CONVERGED_DB == 0.25

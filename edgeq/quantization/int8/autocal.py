@@ -64,7 +64,7 @@ def race_samples(values_per_sample: int) -> int:
 CONVERGE_SAMPLES = 4
 CONVERGED_DB = 0.25
 """Convergence: a small output (under 1,024 values, scored on 5 to 8 samples: a classifier's logits) says
-little per sample, so every candidate ran every scoring sample. A candidate's score is the SQNR of the
+little per sample and races late or not at all, so each candidate ran every scoring sample. A candidate's score is the SQNR of the
 summed energies, i.e. of the mean per-sample noise-to-signal ratio; once it has run ``CONVERGE_SAMPLES``
 samples and the standard error of that mean, in dB, is at most ``CONVERGED_DB``, its score has converged and
 it stops there (its row gives its ``samples`` and ``converged``). A candidate whose per-sample errors spread
