@@ -74,8 +74,10 @@ _RUNNER = autocal._runner
 _RACE_DB = autocal.RACE_DB
 
 
-def _auto(src, data, tmp_path, monkeypatch, race_db):
+def _auto(src, data, tmp_path, monkeypatch, race_db, converge=False):
     monkeypatch.setattr(autocal, "RACE_DB", race_db)
+    # racing alone unless ``converge`` (the convergence stop: test_int8_autocal_converge.py)
+    monkeypatch.setattr(autocal, "CONVERGE_SAMPLES", 4 if converge else 10**9)
     runs = [0]
     real = _RUNNER
 
@@ -88,7 +90,7 @@ def _auto(src, data, tmp_path, monkeypatch, race_db):
         return counted
 
     monkeypatch.setattr(autocal, "_runner", counting)
-    w = tmp_path / f"w{race_db}"
+    w = tmp_path / f"w{race_db}{'c' if converge else ''}"
     w.mkdir()
     prep = static.prepare(src, QuantSpec(calibration="auto", calib_samples=64), data, weights_dir=w)
     return prep.choice, runs[0]

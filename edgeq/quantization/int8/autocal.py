@@ -13,7 +13,9 @@ then scored on 2 to ``SCORE_SAMPLES`` samples only (``score_samples``: fewer for
 large outputs; the fp32 reference is computed once), and a candidate whose ranges equal an
 earlier one's is not run again, so ``auto`` costs a few model runs per candidate, not a
 calibration each. A candidate clearly behind the best on the first samples stops there (racing,
-``RACE_DB``), and the weights are quantized once for all candidates (``static.Prepared.weight_cache``).
+``RACE_DB``); one whose score has converged stops too (``converged``: small outputs, scored on 5-8
+samples), and is compared with the others on the samples both ran. The weights are quantized once for
+all candidates (``static.Prepared.weight_cache``).
 """
 
 from __future__ import annotations
@@ -57,6 +59,35 @@ outputs are small (a 10-class head) race on every scoring sample, i.e. do not ra
 
 def race_samples(values_per_sample: int) -> int:
     return max(1, -(-RACE_VALUES // max(values_per_sample, 1)))
+
+
+CONVERGE_SAMPLES = 4
+CONVERGED_DB = 0.25
+"""Convergence: a small output (under 1,024 values, scored on 5 to 8 samples: a classifier's logits) says
+little per sample and races late or not at all, so each candidate ran every scoring sample. A candidate's score is the SQNR of the
+summed energies, i.e. of the mean per-sample noise-to-signal ratio; once it has run ``CONVERGE_SAMPLES``
+samples and the standard error of that mean, in dB, is at most ``CONVERGED_DB``, its score has converged and
+it stops there (its row gives its ``samples`` and ``converged``). A candidate whose per-sample errors spread
+(some samples clip, others do not) runs on; so does every candidate of a model whose samples disagree.
+Two candidates' scores are then each within about ``CONVERGED_DB`` of what every scoring sample would give,
+so only candidates that close can change places."""
+
+
+def converged(nsr: list[float]) -> bool:
+    """Whether the SQNR from these per-sample noise-to-signal ratios (one scoring sample each) has
+    converged: at least ``CONVERGE_SAMPLES`` of them, and the standard error of their mean is at most
+    ``CONVERGED_DB`` in dB."""
+    k = len(nsr)
+    if k < max(CONVERGE_SAMPLES, 2):
+        return False
+    a = np.asarray(nsr, np.float64)
+    if not np.all(np.isfinite(a)):
+        return False
+    mean = float(a.mean())
+    if mean <= 0.0:  # no error on any sample
+        return True
+    se = float(a.std(ddof=1)) / math.sqrt(k) / mean  # relative standard error of the mean ratio
+    return 10.0 / math.log(10.0) * se <= CONVERGED_DB
 
 
 def scoring_indices(data: SampleSet, n_calib: int, k: int = SCORE_SAMPLES) -> tuple[list[int], bool]:
@@ -108,6 +139,16 @@ def output_energies(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]],
     return out
 
 
+def _nsr(e: tuple[float, float] | None) -> float:
+    """Noise-to-signal ratio of one sample's (signal, noise) energies (inf without signal or without energies)."""
+    if e is None:
+        return math.inf
+    sig, noise = e
+    if noise == 0.0:
+        return 0.0
+    return noise / sig if sig > 0 and math.isfinite(noise) else math.inf
+
+
 def _sqnr(e: tuple[float, float] | None) -> float | None:
     if e is None:
         return None
@@ -123,6 +164,19 @@ def output_sqnr(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]]) -> li
     """SQNR (dB) of each float output over all samples (finite entries of the reference only);
     None for an output that is not float (e.g. an argmax index)."""
     return [_sqnr(e) for e in output_energies(ref, cand)]
+
+
+def _prefix_sqnr(per_sample: list[tuple[float, float] | None], other: list[Any]) -> float:
+    """The score (as ``_first``) over the samples both candidates ran: the first ``len(other)`` of
+    ``per_sample`` (one output's energies per sample). A candidate that converged early is compared with
+    another on the same samples; two that ran every sample compare their scores, as summed before."""
+    sig = noise = 0.0
+    for e in per_sample[: len(other)]:
+        if e is None:
+            return -math.inf
+        sig += e[0]
+        noise += e[1]
+    return _first([_sqnr((sig, noise))])
 
 
 def _first(per_out: list[float | None]) -> float:
@@ -151,7 +205,8 @@ def choose(prep: Any, spec: Any, data: SampleSet, n_calib: int, candidates: tupl
         ref += fp32(idx[1:])
     del fp32  # its session holds the float weights
     rows: list[dict[str, Any]] = []
-    best: tuple[float, Calibration, float] | None = None  # (score, calibration, score on the race samples)
+    # (score, calibration, score on the race samples, the score's per-sample energies)
+    best: tuple[float, Calibration, float, list[tuple[float, float] | None]] | None = None
     scored: dict[Any, dict[str, Any]] = {}  # ranges -> the row of the first candidate that had them
     for text in candidates:
         cal = Calibration.parse(text, prep.cal.bins)
@@ -162,13 +217,29 @@ def choose(prep: Any, spec: Any, data: SampleSet, n_calib: int, candidates: tupl
             rows.append({**{k: v for k, v in same.items() if k != "method"}, "method": text, "same_ranges_as": same["method"]})
             continue
         race = min(race_samples(values), len(idx))
+        racing = race < len(idx)
         try:
             run = _runner(write(cand, spec).model, data, prep.weights_dir)
-            energies = output_energies(ref[:race], run(idx[:race]))
-            first = _first([_sqnr(e) for e in energies])
-            cut = best is not None and race < len(idx) and first < best[2] - RACE_DB
-            if not cut and race < len(idx):  # the other samples, continuing the same sums
-                energies = output_energies(ref[race:], run(idx[race:]), energies)
+            energies: list[tuple[float, float] | None] = []
+            nsr: list[float] = []
+            per_sample: list[tuple[float, float] | None] = []
+            cut = done = False
+            # one sample at a time, the sums in the same order as over all samples at once; a candidate stops
+            # when raced out on the race samples, or once its score has converged (``converged``)
+            for k, i in enumerate(idx, 1):
+                one = output_energies(ref[k - 1 : k], run([i]))
+                energies = one if k == 1 else [None if a is None or b is None else (a[0] + b[0], a[1] + b[1])
+                                               for a, b in zip(energies, one)]
+                per_sample.append(next((e for e in one if e is not None), None))  # the score's output
+                nsr.append(_nsr(per_sample[-1]))
+                if racing and k == race:
+                    first = _first([_sqnr(e) for e in energies])
+                    cut = best is not None and first < best[2] - RACE_DB
+                done = k < len(idx) and not cut and (k >= race or not racing) and converged(nsr)
+                if cut or done:
+                    break
+            if not racing:
+                first = _first([_sqnr(e) for e in energies])
             del run
         except Exception as e:  # noqa: BLE001 - a candidate that cannot run is skipped, and said so
             rows.append({"method": text, "error": str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__})
@@ -178,11 +249,13 @@ def choose(prep: Any, spec: Any, data: SampleSet, n_calib: int, candidates: tupl
         rows.append({"method": text, "sqnr_db": _db(score), "outputs_sqnr_db": [_db(x) for x in per_out]})
         if cut:  # raced out: more than RACE_DB below the best on the first samples
             rows[-1].update(samples=race, raced_out=True)
+        elif done:  # converged before the last scoring sample
+            rows[-1].update(samples=len(nsr), converged=True)
         scored[key] = rows[-1]
-        if not cut and (best is None or score > best[0] + TIE_DB):
-            best = (score, cal, first)
+        if not cut and (best is None or _prefix_sqnr(per_sample, best[3]) > _prefix_sqnr(best[3], per_sample) + TIE_DB):
+            best = (score, cal, first, per_sample)
     if best is None:  # nothing ran: min-max, as before auto existed
-        best = (-math.inf, Calibration.parse("minmax", prep.cal.bins), -math.inf)
+        best = (-math.inf, Calibration.parse("minmax", prep.cal.bins), -math.inf, [])
     where = "held-out calibration samples" if held_out else "calibration samples (no held-out ones: pass more than --calib-samples for that)"
     choice = {
         "chosen": str(best[1]),
@@ -194,6 +267,7 @@ def choose(prep: Any, spec: Any, data: SampleSet, n_calib: int, candidates: tupl
     note = (
         f"calibration auto: chose {best[1]} by output SQNR against fp32 on {len(idx)} {where}: "
         + ", ".join(f"{r['method']} {r['sqnr_db']} dB" + (f" (raced out after {r['samples']})" if r.get("raced_out") else "")
+                    + (f" (converged after {r['samples']})" if r.get("converged") else "")
                     if "error" not in r else f"{r['method']} failed" for r in rows)
     )
     return dataclasses.replace(prep, cal=best[1], choice=choice, notes=[*prep.notes, note])
