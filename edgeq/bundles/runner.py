@@ -389,14 +389,17 @@ def main(argv: list | None = None) -> int:
             result["timing"] = time_model(args.bundle, load_manifest(args.bundle), model=args.model, providers=providers,
                                           runs=args.runs, warmup=args.warmup, threads=args.threads)
     except Exception as e:
+        # onnxruntime here refused a model whose files and checksums are intact: on another machine (an Arm CPU under
+        # emulation, a device) that is the model not running there, which the caller reports as a failed check
+        refused = type(e).__module__.startswith("onnxruntime")  # its errors are plain Exception subclasses
         if isinstance(e, (KeyError, TypeError, IndexError, AttributeError, ValueError)):  # right keys, wrong shapes or values
             e = BundleCorrupt(f"{MANIFEST} is malformed ({type(e).__name__}: {str(e)[:80]})")
-        elif type(e).__module__.startswith("onnxruntime"):  # its errors are plain Exception subclasses
+        elif refused:
             e = BundleCorrupt(f"onnxruntime cannot run the bundle's model ({(str(e).splitlines() or [type(e).__name__])[0][:160]})")
         elif not isinstance(e, BundleCorrupt):
             raise
         if args.json:
-            print(json.dumps({"passed": False, "error": str(e)}))
+            print(json.dumps({"passed": False, "error": str(e), **({"onnxruntime_refused": True} if refused else {})}))
         else:
             print(f"FAIL bundle corrupt: {_printable(e)}", file=sys.stderr)
         return 2

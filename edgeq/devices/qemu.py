@@ -406,6 +406,9 @@ def run_bundle_emulated(bundle: Path, cpu: str, arm: ArmRoot, cfg: EmulationConf
         last = next((ln.strip() for ln in reversed(out.splitlines()) if ln.strip() and not set(ln.strip()) <= set("^~ ")), "no output")
         return CpuResult(cpu=cpu, passed=False, max_abs_error=None, pairs=(), model="", onnxruntime=arm.onnxruntime,
                          machine="aarch64", emulation_overhead_wall_s=round(wall, 2), error=f"runner {why}: {last[:300]}")
+    if "error" in result and result.get("onnxruntime_refused") is True:  # intact files the Arm onnxruntime cannot run
+        return CpuResult(cpu=cpu, passed=False, max_abs_error=None, pairs=(), model="", onnxruntime=arm.onnxruntime,
+                         machine="aarch64", emulation_overhead_wall_s=round(wall, 2), error=f"runner failed: {str(result['error'])[:300]}")
     if "error" in result:
         raise BundleError(f"bundle {bundle} is corrupt: {result['error']}", "rebuild it with edgeq export, or fetch an intact copy")
     pairs = tuple({k: v for k, v in p.items() if k != "ms"} for p in result["pairs"])  # emulated ms are not device ms

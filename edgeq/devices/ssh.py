@@ -199,6 +199,9 @@ def run_on_device(
         result = _parse_runner(r, dev, opts)
     finally:
         _run(ssh + [f"rm -rf -- {shlex.quote(remote_dir)}"], opts, timeout=opts.connect_timeout_s + 30)
+    if "error" in result and result.get("onnxruntime_refused") is True:  # the files arrived intact; this onnxruntime cannot run them
+        raise RemoteError(f"onnxruntime on {dev.url()} cannot run the bundle's model: {str(result['error'])[:300]}",
+                          "export for this device's target (an operator or format its onnxruntime lacks), or update onnxruntime there")
     if "error" in result:
         raise BundleError(f"the bundle is corrupt on {dev.url()}: {result['error']}", "the copy was damaged; retry")
     result["device"] = dev.url()

@@ -214,6 +214,17 @@ def test_golden_pair_failing_on_device_exits_1_with_figures(runner, sshd, bundle
     assert "golden pair(s) 001 outside tolerance" in r.stderr and sshd.url in r.stderr
 
 
+def test_a_model_the_device_onnxruntime_refuses_is_not_called_a_damaged_copy(runner, sshd, bundle):
+    # intact files (checksums match) that onnxruntime on the device cannot load: the model does not run there,
+    # which says so in one line, not "corrupt on arrival; retry"
+    (bundle / "model.ort").write_bytes(b"\x08not an ort model")
+    _rewrite_entry(bundle, "model.ort")
+    r = runner.invoke(app, ["profile", str(bundle), *sshd.args(), "--runs", "5"])
+    assert r.exit_code == 2, r.output
+    assert "cannot run the bundle's model" in r.stderr and sshd.url in r.stderr
+    assert "damaged" not in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) <= 2
+
+
 def test_corrupt_bundle_is_refused_before_connecting(runner, bundle):
     (bundle / "model.onnx").write_bytes((bundle / "model.onnx").read_bytes() + b"x")
     # port 9 on localhost: nothing is contacted because the local check fails first
