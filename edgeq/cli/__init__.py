@@ -281,7 +281,7 @@ def verify(
         verdict = {"pass": "export check passed", "skipped": f"[yellow]export check SKIPPED ({why})[/]",
                    "accepted-failed": "[red]export check FAILED, shipped knowingly (ACCEPTED-FAILED)[/]"}.get(result.get("verdict") or "", "")
         console.print(f"[green]PASS[/] bundle {escape_markup(candidate)}: schema, checksums{signed} and {len(result['pairs'])} golden pairs"
-                      + (f"; {verdict}" if verdict else "") + ("; its model within the tolerances against --reference" if result.get("reference_check") else ""))
+                      + (f"; {verdict}" if verdict else "") + ("; its model within the tolerances against --reference" if outcome.passed and result.get("reference_check") else ""))
     else:
         console.print(verify_table(result))
         for c in result["tasks"]:

@@ -58,5 +58,6 @@ def test_int8_cache_bundle_against_another_model_fails(runner, kv8_bundle):
     assert r.exit_code == 1, r.output
     r = runner.invoke(app, ["verify", str(b8), "--reference", str(d / "other.onnx"), "--data", str(d / "c.npz")])
     assert r.exit_code == 1 and "against --reference" in r.stderr and "logits" in r.stderr, r.output
+    assert "within the tolerances" not in r.stdout  # the bundle's own checks passed, its model did not
     r = runner.invoke(app, ["verify", str(b8), "--reference", str(d / "fp32.onnx")])
     assert r.exit_code == 2 and "--data" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.output
