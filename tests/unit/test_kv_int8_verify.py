@@ -93,3 +93,15 @@ def test_nothing_comparable_is_refused_not_passed(runner, tmp_path):
     assert encoding_differs("present.0.key", f, i8) and encoding_differs("logits", f, i8)  # any output, by type
     assert encoding_differs("present.3.value", i8, i8) and not encoding_differs("present.0.key", f, f)
     assert not encoding_differs("labels", [np.zeros(3, np.int64)], [np.zeros(3, np.int64)])  # integer outputs stay compared
+
+
+def test_profile_reference_check_leaves_the_int8_cache_out_and_still_fails_a_broken_one(runner, decoders):
+    ref, int8, clipped, data = decoders
+    base = ["--reference", str(ref), "--data", str(data), "--budget", "0.2", "--json"]
+    r = runner.invoke(app, ["profile", str(int8), *base])
+    assert r.exit_code == 0, r.output  # was exit 1: per-channel codes against fp32 values, cosine 0.987-0.990 < 0.99
+    vs = json.loads(r.stdout)["results"][0]["numerics"]["vs_reference"]
+    assert vs["passed"] and [o["name"] for o in vs["outputs"]] == ["logits"] and vs["outputs"][0]["cosine"] > 0.99
+    assert sorted(vs["not_compared"]) == ["present.0.key", "present.0.value", "present.1.key", "present.1.value"]
+    r = runner.invoke(app, ["profile", str(clipped), *base])
+    assert r.exit_code == 1 and "'logits'" in r.stderr and "present" not in r.stderr, r.output
