@@ -103,5 +103,7 @@ def test_profile_reference_check_leaves_the_int8_cache_out_and_still_fails_a_bro
     vs = json.loads(r.stdout)["results"][0]["numerics"]["vs_reference"]
     assert vs["passed"] and [o["name"] for o in vs["outputs"]] == ["logits"] and vs["outputs"][0]["cosine"] > 0.99
     assert sorted(vs["not_compared"]) == ["present.0.key", "present.0.value", "present.1.key", "present.1.value"]
+    layers = json.loads(r.stdout)["results"][0]["layer_errors"]  # per-layer diagnostics ran with each model's empty past
+    assert layers and all(np.isfinite(x["rel_rms_error"]) for x in layers) and not any(x["tensor"].startswith("present.") for x in layers)
     r = runner.invoke(app, ["profile", str(clipped), *base])
     assert r.exit_code == 1 and "'logits'" in r.stderr and "present" not in r.stderr, r.output
