@@ -119,6 +119,20 @@ def compare(name: str, ref: np.ndarray, cand: np.ndarray) -> OutputMetrics:
     )
 
 
+def encoding_differs(name: str, ref: list[np.ndarray], cand: list[np.ndarray]) -> str | None:
+    """Why output ``name`` is not comparable between the two models (None: it is): another element type (an int8 KV
+    cache's ``present`` codes against fp32 values), or a decoder's cache state held as integer codes in either one (codes
+    of one model's scales are not the other's values). Such an output is reported, not compared: the others carry the task."""
+    from .kinds import is_kv_state
+
+    rd, cd = (np.asarray(v[0]).dtype if v else None for v in (ref, cand))
+    if rd != cd:
+        return f"{cd} in the candidate, {rd} in the reference: another encoding, not the same values (reported, not compared)"
+    if is_kv_state(name) and rd is not None and rd.kind in "iub":
+        return f"a key/value cache held as {rd} codes: its values depend on each model's cache scales (reported, not compared)"
+    return None
+
+
 def verify(
     reference: Path | str,
     candidate: Path | str,
@@ -144,7 +158,12 @@ def verify(
             "compare models with the same outputs",
         )
     names = output_names or tuple(f"output_{i}" for i in range(len(ref_outs)))
-    metrics = tuple(_raw(n, r, c) for n, r, c in zip(names, ref_outs, cand_outs))
+    apart = {n: why for n, r, c in zip(names, ref_outs, cand_outs) if (why := encoding_differs(n, r, c))}
+    if apart and len(apart) == len(names):
+        raise ModelError("no output of the candidate has the reference's element type: nothing to compare",
+                         "compare models whose outputs hold the same values (the same types)")
+    metrics = tuple(OutputMetrics(n, None, None, None, None, None) if n in apart else _raw(n, r, c)
+                    for n, r, c in zip(names, ref_outs, cand_outs))
     ctx = context_from(reference, artifact_from(Path(reference)).io)
     specs = infer_all(names, ref_outs, ctx, tasks)
     ref_all = [{n: ref_outs[k][i] for k, n in enumerate(names)} for i in range(len(data))]
@@ -155,6 +174,10 @@ def verify(
     mask_input = find_mask(data) if masks else None
     checks = []
     for spec, r, c in zip(specs, masked(specs, ref_outs, masks), masked(specs, cand_outs, masks)):
+        if spec.output in apart:  # reported, never compared: its values mean another thing in each model
+            checks.append({"output": spec.output, "kind": "not-compared", "why": apart[spec.output], "metrics": {}, "limits": {},
+                           "passed": True, "failures": [], "info": {"reference_dtype": str(r[0].dtype), "candidate_dtype": str(c[0].dtype)}})
+            continue
         chk = score(spec, r, c, tolerances, ref_all, cand_all)
         checks.append(chk.to_dict() if chk is not None else {
             "output": spec.output, "kind": spec.kind, "why": spec.why, "metrics": {}, "limits": {}, "passed": True,

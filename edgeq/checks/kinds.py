@@ -181,6 +181,11 @@ def _ctc_structure(samples: list[np.ndarray], dist: str | None = None) -> dict[s
 _KV_STATE = re.compile(r"(^|[._/])(present|past)[._a-z]*[._/]?\d*[._/](key|value)s?$", re.IGNORECASE)
 
 
+def is_kv_state(name: str) -> bool:
+    """``name`` is a KV-cache decoder's past/present key or value (present.N.key, past_key_values.N.value, ...)"""
+    return bool(_KV_STATE.search(name))
+
+
 def _name_kind(name: str) -> str | None:
     low = name.lower()
     for kind, words in _NAME_HINTS:

@@ -92,9 +92,11 @@ def layer_errors(reference: Path, candidate: Path, feeds: tuple[dict[str, np.nda
     with session_source(_with_outputs(cand, [cand_name[n] for n in shared], ct)) as src:
         cs = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
     acc: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {n: [] for n in shared}
+    from ..core.runtime import fit_empty  # an empty past in each model's own cache type (fp32 reference, int8-cache candidate)
+
     for feed in feeds:
-        r = dict(zip([o.name for o in rs.get_outputs()], rs.run(None, feed)))
-        c = dict(zip([o.name for o in cs.get_outputs()], cs.run(None, feed)))
+        r = dict(zip([o.name for o in rs.get_outputs()], rs.run(None, fit_empty(rs, feed))))
+        c = dict(zip([o.name for o in cs.get_outputs()], cs.run(None, fit_empty(cs, feed))))
         for n in shared:
             acc[n].append((np.asarray(r[n], np.float64).ravel(), np.asarray(c[cand_name[n]], np.float64).ravel()))
     op_of = {o: node.op_type for node in ref.graph.node for o in node.output}

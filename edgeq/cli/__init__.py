@@ -272,12 +272,16 @@ def verify(
         console.print(f"note: {escape_markup(result['note'])}")
     elif outcome.kind == "bundle":
         console.print(bundle_check_table(result))
+        if result.get("reference_check"):  # --reference: the bundle's model against it
+            console.print(verify_table(result["reference_check"]))
+            for c in result["reference_check"]["tasks"]:
+                console.print(f"note: output '{escape_markup(c['output'])}' checked as {c['kind']}: {escape_markup(c['why'])}")
         signed = f", signature by key {result['signed_by'][:16]}" if result.get("signed_by") else ""
         why = escape_markup(str(result.get("verdict_reason") or "no data when built: nothing proven")[:300])  # the manifest's own words
         verdict = {"pass": "export check passed", "skipped": f"[yellow]export check SKIPPED ({why})[/]",
                    "accepted-failed": "[red]export check FAILED, shipped knowingly (ACCEPTED-FAILED)[/]"}.get(result.get("verdict") or "", "")
         console.print(f"[green]PASS[/] bundle {escape_markup(candidate)}: schema, checksums{signed} and {len(result['pairs'])} golden pairs"
-                      + (f"; {verdict}" if verdict else ""))
+                      + (f"; {verdict}" if verdict else "") + ("; its model within the tolerances against --reference" if outcome.passed and result.get("reference_check") else ""))
     else:
         console.print(verify_table(result))
         for c in result["tasks"]:

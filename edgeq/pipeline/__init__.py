@@ -146,8 +146,13 @@ def export_model(cfg: ExportConfig, progress: ProgressFactory = quiet_progress) 
                          "use them with pkg.module:factory or a full-module .pt")
     from ..exporters.kvcache import check_option as check_kv_cache
 
+    weights_only = spec.weight_only or spec.mode == "none"
+    if kind == "hf" and q.quant is None and not weights_only and cfg.kv_cache != "fp32":  # a GPTQ/AWQ import: int4 (_prequant_options)
+        from ..exporters.prequant import detect
+
+        weights_only = getattr(detect(Path(source)), "exact", False)
     check_kv_cache(cfg.kv_cache, kind=kind, task=sc.task, exporter=sc.exporter, static_shapes=bool(q.static_shape), target=tg,
-                   folder=Path(source) if kind == "hf" else None, calib=q.calib, quant=spec.mode, weights_only=spec.weight_only or spec.mode == "none")
+                   folder=Path(source) if kind == "hf" else None, calib=q.calib, quant=spec.mode, weights_only=weights_only)
     opts = ExportOptions(
         target=tg, spec=spec, out=out, calib=q.calib, eval=q.eval, force=cfg.force, kv_cache=cfg.kv_cache,
         static_shapes=parse_shapes(q.static_shape), opset=q.opset, golden=b.golden, do_profile=cfg.do_profile,

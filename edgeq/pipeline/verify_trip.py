@@ -41,7 +41,9 @@ class VerifyOutcome:
 
     @property
     def passed(self) -> bool:
-        return self.kind == "bundle" or bool(self.result.get("passed"))
+        if self.kind == "bundle":  # a broken bundle raised before; with --reference its model's comparison decides too
+            return bool(self.result.get("reference_check", {}).get("passed", True))
+        return bool(self.result.get("passed"))
 
 
 def verify_model(cfg: VerifyConfig, *, emulation_step: Any = None, on_cpu: Callable[[str], None] | None = None) -> VerifyOutcome:
@@ -63,21 +65,36 @@ def verify_model(cfg: VerifyConfig, *, emulation_step: Any = None, on_cpu: Calla
         from ..bundles.bundle import check_bundle as check_bundle_files
         from ..llamacpp.gguf import check_gguf_bundle, is_gguf_bundle
 
-        if candidate.is_dir() and is_gguf_bundle(candidate):  # llama.cpp bundle: checksums + golden prompts through llama.cpp
+        gguf = candidate.is_dir() and is_gguf_bundle(candidate)
+        if cfg.reference is not None and (gguf or cfg.data is None):  # before any work: what --reference would compare on
+            raise CalibrationError("--reference compares a bundle's ONNX model on --data; " + ("a GGUF bundle has none" if gguf else "no --data given"),
+                                   "drop --reference" if gguf else "pass --data DATA (the inputs to compare on), or drop --reference")
+        if gguf:  # llama.cpp bundle: checksums + golden prompts through llama.cpp
             result = check_gguf_bundle(candidate)
         else:
             result = check_bundle_files(candidate, providers=list(cfg.providers) or None, model=cfg.model,
                                         pubkey=cfg.pubkey, min_version=cfg.min_version)
-        return VerifyOutcome(kind="bundle", target=cfg.target, result=result)
-    from ..core.appio import load_io_spec
-    from ..core.targets import load_target
+            if cfg.reference is not None:  # and its model against the reference, as for a candidate .onnx
+                from ..bundles.reader import open_bundle
 
+                with open_bundle(candidate, pubkey=cfg.pubkey, min_version=cfg.min_version) as b:
+                    result["reference_check"] = _against_reference(cfg, b.path(b.manifest["model"]["onnx"])).result
+        return VerifyOutcome(kind="bundle", target=cfg.target, result=result)
     if cfg.reference is None or cfg.data is None:
         raise CalibrationError(
             "verifying a model needs --reference REF.onnx and --data DATA", "or pass a bundle folder to check it"
         )
-    tg = load_target(cfg.target)
     check_onnx_path(candidate)
+    return _against_reference(cfg, candidate)
+
+
+def _against_reference(cfg: VerifyConfig, candidate: Path) -> VerifyOutcome:
+    """``candidate`` (a checked .onnx path) against ``cfg.reference`` on ``cfg.data`` within the target's tolerances."""
+    from ..core.appio import load_io_spec
+    from ..core.targets import load_target
+
+    assert cfg.reference is not None and cfg.data is not None
+    tg = load_target(cfg.target)
     check_onnx_path(cfg.reference)
     open_model(candidate)
     ref = open_model(cfg.reference)
@@ -102,3 +119,8 @@ def check_verify(outcome: VerifyOutcome) -> None:
 
         raise CheckFailed(f"candidate outside target {outcome.target}'s tolerances: {'; '.join(outcome.result['failures'])}",
                           "see the table above")
+    elif outcome.kind == "bundle" and not outcome.passed:
+        from ..errors import CheckFailed
+
+        raise CheckFailed(f"the bundle's model is outside target {outcome.target}'s tolerances against --reference: "
+                          f"{'; '.join(outcome.result['reference_check']['failures'])}", "see the table above")

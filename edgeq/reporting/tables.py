@@ -427,6 +427,8 @@ def profile_details(results: list[dict[str, Any]]) -> list[Table]:
             for who, o in rows:
                 t.add_row(who, escape(o["name"]), fmt(o["max_abs"]), f"{o['cosine']:.5f}",
                           "-" if o["top1_agreement"] is None else _pct(o["top1_agreement"]))
+            for out_name in (num.get("vs_reference") or {}).get("not_compared") or {}:  # another element type (int8 KV cache codes)
+                t.add_row("reference " + escape(Path(num["vs_reference"]["reference"]).name), escape(out_name), "-", "not compared", "-")
             tables.append(t)
     return tables
 
