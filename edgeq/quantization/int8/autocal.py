@@ -28,7 +28,7 @@ import numpy as np
 
 from ...core.data import SampleSet
 from .calibrate import AUTO_CANDIDATES, Calibration
-from .score_graph import Reference, scorer
+from .score_graph import Reference, numpy_energy, scorer
 
 SCORE_SAMPLES = 8
 SCORE_VALUES = 1 << 12  # float output values that make a stable SQNR: models with larger outputs score on fewer samples
@@ -128,18 +128,9 @@ def output_energies(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]],
             continue
         sig, noise = start[j] if start is not None and start[j] is not None else (0.0, 0.0)
         for r, c in zip(ref, cand):
-            a, b = np.asarray(r[j]).ravel(), np.asarray(c[j]).ravel()
-            if a.shape != b.shape:
-                noise = math.inf
-                continue
-            fin = np.isfinite(a)
-            if not fin.all():
-                a, b = a[fin], b[fin]
-            # float64 sums without float64 copies of the outputs (a detector's map: ~1M values per sample)
-            d = np.subtract(a, b, dtype=np.float64)
-            sig += float(np.einsum("i,i->", a, a, dtype=np.float64))
-            nd = float(np.dot(d, d))
-            noise += nd if math.isfinite(nd) else math.inf
+            s, nd = numpy_energy(r[j], c[j])
+            sig += s
+            noise += nd
         out.append((sig, noise))
     return out
 

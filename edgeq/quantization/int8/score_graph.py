@@ -74,8 +74,9 @@ def energy_model(model: Any, ref: Reference) -> tuple[Any, dict[int, tuple[str, 
     return model, names
 
 
-def _numpy_energy(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """(signal, noise) on the finite entries of ``a``, as ``autocal.output_energies`` sums them."""
+def numpy_energy(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """One output on one sample: (signal, noise) energies over the finite entries of the reference ``a``, in
+    float64 without float64 copies of the outputs (``autocal.output_energies`` sums these)."""
     a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
     if a.shape != b.shape:
         return 0.0, math.inf
@@ -118,7 +119,7 @@ class Scorer:
                 nd = float(np.asarray(got[n]).reshape(-1)[0])
                 out[j] = (sig, nd if math.isfinite(nd) else math.inf)
             else:
-                out[j] = _numpy_energy(ref[j], got[self.outputs[j]])
+                out[j] = numpy_energy(ref[j], got[self.outputs[j]])
         return out
 
 
