@@ -57,7 +57,7 @@ def energy_model(model: Any, ref: Reference) -> tuple[Any, dict[int, tuple[str, 
         if j >= len(g.output):
             continue
         out = g.output[j]
-        elem = out.type.tensor_type.elem_type or TensorProto.FLOAT
+        elem = helper.np_dtype_to_tensor_dtype(np.asarray(ref.outputs[0][j]).dtype)  # what is fed: the fp32 run's output
         r, n, s = f"{_P}ref{j}", f"{_P}noise{j}", f"{_P}shape{j}"
         g.input.append(helper.make_tensor_value_info(r, elem, None))
         g.node.extend([
