@@ -15,7 +15,8 @@ earlier one's is not run again, so ``auto`` costs a few model runs per candidate
 calibration each. A candidate clearly behind the best on the first samples stops there (racing,
 ``RACE_DB``); one whose score has converged stops too (``converged``: small outputs, scored on 5-8
 samples), and is compared with the others on the samples both ran. The weights are quantized once for
-all candidates (``static.Prepared.weight_cache``).
+all candidates (``static.Prepared.weight_cache``). Each candidate's session sums its output noise against
+the fp32 outputs fed in (``score_graph``): a detector's map does not leave onnxruntime.
 """
 
 from __future__ import annotations
