@@ -71,6 +71,7 @@ def test_cached_weights_do_not_leak_between_ranges(tmp_path, monkeypatch):
 
 
 _RUNNER = autocal._runner
+_SCORER = autocal.scorer
 _RACE_DB = autocal.RACE_DB
 
 
@@ -90,6 +91,17 @@ def _auto(src, data, tmp_path, monkeypatch, race_db, converge=False):
         return counted
 
     monkeypatch.setattr(autocal, "_runner", counting)
+    real_scorer = _SCORER  # the candidates' runs (score_graph: energies summed in their sessions)
+
+    def counting_scorer(*a, **k):
+        score = real_scorer(*a, **k)
+
+        def counted(i, feed):
+            runs[0] += 1
+            return score(i, feed)
+        return counted
+
+    monkeypatch.setattr(autocal, "scorer", counting_scorer)
     w = tmp_path / f"w{race_db}{'c' if converge else ''}"
     w.mkdir()
     prep = static.prepare(src, QuantSpec(calibration="auto", calib_samples=64), data, weights_dir=w)

@@ -15,7 +15,8 @@ earlier one's is not run again, so ``auto`` costs a few model runs per candidate
 calibration each. A candidate clearly behind the best on the first samples stops there (racing,
 ``RACE_DB``); one whose score has converged stops too (``converged``: small outputs, scored on 5-8
 samples), and is compared with the others on the samples both ran. The weights are quantized once for
-all candidates (``static.Prepared.weight_cache``).
+all candidates (``static.Prepared.weight_cache``). Each candidate's session sums its output noise against
+the fp32 outputs fed in (``score_graph``): a detector's map does not leave onnxruntime.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 
 from ...core.data import SampleSet
 from .calibrate import AUTO_CANDIDATES, Calibration
+from .score_graph import Reference, numpy_energy, scorer
 
 SCORE_SAMPLES = 8
 SCORE_VALUES = 1 << 12  # float output values that make a stable SQNR: models with larger outputs score on fewer samples
@@ -97,8 +99,7 @@ def scoring_indices(data: SampleSet, n_calib: int, k: int = SCORE_SAMPLES) -> tu
     return list(range(min(n_calib, len(data), k))), False
 
 
-def _runner(model: Any, data: SampleSet, base_dir: Any = None) -> Any:
-    """A function: sample indices -> the model's outputs on them (one session)."""
+def _session(model: Any, base_dir: Any = None) -> Any:
     import onnxruntime as ort
 
     from .qdq import open_session
@@ -106,7 +107,12 @@ def _runner(model: Any, data: SampleSet, base_dir: Any = None) -> Any:
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.enable_mem_pattern = False  # its one block per run grows the arena to about twice the live tensors
-    sess = open_session(model, so, ["CPUExecutionProvider"], base_dir)
+    return open_session(model, so, ["CPUExecutionProvider"], base_dir)
+
+
+def _runner(model: Any, data: SampleSet, base_dir: Any = None) -> Any:
+    """A function: sample indices -> the model's outputs on them (one session)."""
+    sess = _session(model, base_dir)
     names = {i.name for i in sess.get_inputs()}
     return lambda idx: [sess.run(None, {k: v for k, v in data.feed(i).items() if k in names}) for i in idx]
 
@@ -123,18 +129,9 @@ def output_energies(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]],
             continue
         sig, noise = start[j] if start is not None and start[j] is not None else (0.0, 0.0)
         for r, c in zip(ref, cand):
-            a, b = np.asarray(r[j]).ravel(), np.asarray(c[j]).ravel()
-            if a.shape != b.shape:
-                noise = math.inf
-                continue
-            fin = np.isfinite(a)
-            if not fin.all():
-                a, b = a[fin], b[fin]
-            # float64 sums without float64 copies of the outputs (a detector's map: ~1M values per sample)
-            d = np.subtract(a, b, dtype=np.float64)
-            sig += float(np.einsum("i,i->", a, a, dtype=np.float64))
-            nd = float(np.dot(d, d))
-            noise += nd if math.isfinite(nd) else math.inf
+            s, nd = numpy_energy(r[j], c[j])
+            sig += s
+            noise += nd
         out.append((sig, noise))
     return out
 
@@ -204,6 +201,7 @@ def choose(prep: Any, spec: Any, data: SampleSet, n_calib: int, candidates: tupl
         idx = idx[: score_samples(values)]
         ref += fp32(idx[1:])
     del fp32  # its session holds the float weights
+    reference = Reference(ref)  # each sample's signal energies, once for all candidates
     rows: list[dict[str, Any]] = []
     # (score, calibration, score on the race samples, the score's per-sample energies)
     best: tuple[float, Calibration, float, list[tuple[float, float] | None]] | None = None
@@ -219,7 +217,8 @@ def choose(prep: Any, spec: Any, data: SampleSet, n_calib: int, candidates: tupl
         race = min(race_samples(values), len(idx))
         racing = race < len(idx)
         try:
-            run = _runner(write(cand, spec).model, data, prep.weights_dir)
+            # the candidate's noise energies are summed in its session, against the fp32 outputs fed in
+            run = scorer(write(cand, spec).model, reference, lambda m: _session(m, prep.weights_dir))
             energies: list[tuple[float, float] | None] = []
             nsr: list[float] = []
             per_sample: list[tuple[float, float] | None] = []
@@ -227,7 +226,7 @@ def choose(prep: Any, spec: Any, data: SampleSet, n_calib: int, candidates: tupl
             # one sample at a time, the sums in the same order as over all samples at once; a candidate stops
             # when raced out on the race samples, or once its score has converged (``converged``)
             for k, i in enumerate(idx, 1):
-                one = output_energies(ref[k - 1 : k], run([i]))
+                one = run(k - 1, data.feed(i))
                 energies = one if k == 1 else [None if a is None or b is None else (a[0] + b[0], a[1] + b[1])
                                                for a, b in zip(energies, one)]
                 per_sample.append(next((e for e in one if e is not None), None))  # the score's output
