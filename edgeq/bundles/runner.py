@@ -29,6 +29,10 @@ import time
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 MANIFEST = "manifest.json"
+# an 8-bit integer output is a quantized code (an int8 KV cache): the float it was rounded from differs in its last
+# bits between CPU kernels (AVX2, AVX-512, VNNI, NEON), so a golden code may be off by one there; wider integers
+# (class ids, indices, counts) are compared exactly
+CODE_TOLERANCE = 1.0
 SIGNATURE = "manifest.json.sig"  # optional Ed25519 signature of manifest.json (checked by edgeq verify --pubkey)
 SCHEMA_VERSION = 1
 MAX_MANIFEST_BYTES = 16 << 20  # checked with stat before reading
@@ -213,7 +217,10 @@ def run_golden(root: str, manifest: dict, model: str = "ort", providers: list | 
                 continue
             diff = np.abs(np.asarray(out, dtype=np.float64) - want.astype(np.float64))
             worst = max(worst, float(diff.max()) if diff.size else 0.0)
-            ok = ok and bool(np.all(diff <= atol + rtol * np.abs(want.astype(np.float64))))
+            tol = atol + rtol * np.abs(want.astype(np.float64))
+            if want.dtype in (np.int8, np.uint8):  # 8-bit codes (an int8 KV cache): rounding differs by one between CPU kernels
+                tol = np.maximum(tol, CODE_TOLERANCE)
+            ok = ok and bool(np.all(diff <= tol))
         pairs.append({"pair": pair["id"], "passed": ok, "max_abs_error": worst, "ms": round(ms, 3)})
     return {
         "model": os.path.basename(path),

@@ -333,7 +333,10 @@ int main(int argc, char** argv) {
         const double g = value_at(got, got_t, k), w = value_at(want.data.data(), want_t, k);
         const double diff = std::fabs(g - w);
         worst = std::fmax(worst, diff);
-        if (!(diff <= atol + rtol * std::fabs(w))) ok = false;
+        double tol = atol + rtol * std::fabs(w);
+        // 8-bit codes (an int8 KV cache): rounding differs by one between CPU kernels; wider integers stay exact
+        if (want_t == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 || want_t == ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8) tol = std::fmax(tol, 1.0);
+        if (!(diff <= tol)) ok = false;
       }
     }
     std::printf("%s golden 000: max abs error %.3g (atol %g, rtol %g), %zu outputs\n", ok ? "PASS" : "FAIL", worst, atol, rtol, outputs.size());
