@@ -258,7 +258,9 @@ def run_export(
             with stage("verify"):
                 report = verify(opt.path, qres.artifact.path, check_data.take(n_verify), target.tolerances,
                                 output_names=compared, tasks=app_io["outputs"])
-                notes += [f"output '{c['output']}' checked as {c['kind']}: {c['why']}" for c in report.tasks]
+                from ..checks.metrics import task_note
+
+                notes += [task_note(c) for c in report.tasks]
         else:
             notes.append("VERIFICATION SKIPPED: no data given, nothing was proven (pass --calib or --eval); "
                          "golden inputs and timing use typical values from the inputs' declared ranges")
