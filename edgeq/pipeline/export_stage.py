@@ -13,7 +13,7 @@ import numpy as np
 from ..profiling.accel import export_placement, manifest_placement
 from ..core.artifact import Artifact
 from ..bundles.bundle import BundleInputs, write_bundle
-from ..core.data import LABELS_KEY, SampleSet, load_samples
+from ..core.data import LABELS_KEY, SampleSet, load_samples, on_synthetic_feed
 from ..errors import CalibrationError
 from ..core.fsutil import check_output, clean_stale, scratch_dir
 from ..core.onnxutil import model_size
@@ -212,8 +212,9 @@ def run_export(
                     return quantize(opt, sp, work / "model.onnx", data=calib, evals=evals, max_drop=opts.max_drop, target=target,
                                     tasks=app_io["outputs"])
 
-                qres, speed, speed_lines = decide(opt, qres, target, feed_from(check_data) or _synthetic(opt), work / "speed",
-                                                  requantize=requantize)
+                feed = feed_from(check_data) or _synthetic(opt)
+                with on_synthetic_feed(feed, check_data is None):
+                    qres, speed, speed_lines = decide(opt, qres, target, feed, work / "speed", requantize=requantize)
                 notes += speed_lines
         elif spec.mode in ("int8-static", "int8-dynamic") and opts.prefer is None:
             notes.append("speed: not measured (--no-profile): the quantized model ships without the check against fp32")
@@ -222,7 +223,9 @@ def run_export(
             from ..quantization.selection.speed import check_shipped
 
             with stage("speed (shipped model.ort vs fp32)"):
-                speed, speed_lines = check_shipped(opt, qres, target, feed_from(check_data) or _synthetic(opt), work / "speed")
+                feed = feed_from(check_data) or _synthetic(opt)
+                with on_synthetic_feed(feed, check_data is None):
+                    speed, speed_lines = check_shipped(opt, qres, target, feed, work / "speed")
                 notes += speed_lines
         if spec.weight_only and not opts.accuracy_level_pinned and check_data is not None:
             from ..quantization.selection import acclevel
