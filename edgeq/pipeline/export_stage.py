@@ -163,7 +163,7 @@ def run_export(
             f"{spec.mode} needs calibration data and none was given",
             ("pass --calib WINDOWS.npz (input_ids [n, T] token windows), or --quant int4 (RTN needs no data) / "
              + modes_without_calibration(target).removeprefix("--quant ")) if opts.lm_folder is not None else
-            "pass --calib DATA.npz (one array per model input), or " + modes_without_calibration(target),
+            "pass --calib DATA.npz (one array per model input), or " + modes_without_calibration(target, _dynamic_applies(source)),
         )
     from ..quantization.int8.preflight import run as preflight
 
@@ -404,6 +404,15 @@ def _written_ep_context(out: Path) -> dict[str, Any] | None:
         return json.loads((Path(out) / MANIFEST).read_text(encoding="utf-8"))["model"].get("ep_context")
     except (OSError, ValueError, KeyError):
         return None
+
+
+def _dynamic_applies(art: Artifact) -> bool:
+    """The main graph has a node type int8-dynamic quantizes (onnxruntime's dynamic quantizer leaves
+    If/Loop/Scan subgraphs alone): else a hint must not offer it."""
+    from ..core.onnxutil import load_model
+    from ..quantization.int8.quantizer import DYNAMIC_DEFAULT_OPS
+
+    return any(n.op_type in DYNAMIC_DEFAULT_OPS for n in load_model(art.path, load_weights=False).graph.node)
 
 
 def _synthetic(art: Artifact) -> dict:
