@@ -7,10 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
+from tests.models import save_graph
 from edgeq.cli import app
 
 
@@ -24,10 +24,7 @@ def _model(path: Path, op: str) -> Path:
         w = rng.normal(size=(8, 4)).astype(np.float32)
     g = helper.make_graph([node], "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x)],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, y)], [numpy_helper.from_array(w, "w")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.save(m, str(path))
-    return path
+    return save_graph(g, path)
 
 
 def test_the_no_calibration_hint_offers_int8_dynamic_only_where_it_applies(tmp_path):

@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
+from tests.models import save_graph
 from edgeq.cli import app
 
 
@@ -27,10 +27,7 @@ def _prequantized(path: Path) -> Path:
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
                           [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(128, np.uint8), "wz"),
                            numpy_helper.from_array(np.array(0.01, np.float32), "ws")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.save(m, str(path))
-    return path
+    return save_graph(g, path)
 
 
 def test_an_already_quantized_model_is_named_as_such(tmp_path):

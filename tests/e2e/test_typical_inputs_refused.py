@@ -7,10 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
+from tests.models import save_graph
 from edgeq.cli import app
 
 
@@ -22,10 +22,7 @@ def _reflect_padded(path: Path) -> Path:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "samples"])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1])],
         [numpy_helper.from_array(np.array([0, 4, 0, 4], np.int64), "pads")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.save(m, str(path))
-    return path
+    return save_graph(g, path)
 
 
 def test_no_data_and_a_model_that_refuses_typical_inputs_is_one_line_exit_2(tmp_path):

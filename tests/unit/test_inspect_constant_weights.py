@@ -5,9 +5,9 @@ every weight a Constant, inside If branches; inspect said "parameters 0 (0 B)").
 from __future__ import annotations
 
 import numpy as np
-import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from tests.models import save_graph
 from edgeq.core.onnxutil import describe
 
 
@@ -25,10 +25,8 @@ def test_float_constants_in_the_graph_and_in_if_branches_are_parameters(tmp_path
                                        helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
                           [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
                           [numpy_helper.from_array(np.zeros(7, np.float16), "unused")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
     path = tmp_path / "m.onnx"
-    onnx.save(m, str(path))
+    save_graph(g, path)
     d = describe(path)
     assert d["parameters"] == 4 * 3 + 4 * 5 + 7
     assert d["parameter_bytes"] == (4 * 3 + 4 * 5) * 4 + 7 * 2

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
-import onnx
 
+from tests.models import save_graph
 from edgeq.checks.comparison import verify
 from edgeq.checks.metrics import task_note
 from edgeq.core.data import SampleSet
@@ -24,10 +24,7 @@ def _sigmoid_head(path: Path, bias: float) -> Path:
              helper.make_node("Sigmoid", ["za"], ["p"])]
     g = helper.make_graph(nodes, "head", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
                           [helper.make_tensor_value_info("p", TensorProto.FLOAT, [1, 1])], [w, b])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.save(m, str(path))
-    return path
+    return save_graph(g, path)
 
 
 def _data(x: np.ndarray) -> SampleSet:
