@@ -130,3 +130,11 @@ def make_hardswish_cnn(path: Path, *, seed: int = 0, batch: str | int = 1, opset
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return Path(path)
+
+
+def save_graph(graph, path: Path, opset: int = 17) -> Path:
+    """A tiny test graph written as an opset-``opset``, IR 8 model at ``path``."""
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path

@@ -41,9 +41,14 @@ def after_budget_missed(budget: dict[str, Any], *, has_eval: bool) -> str:
     return ", ".join(tips) + ", or ship fp32 on purpose with --quant none"
 
 
-def modes_without_calibration(target: Any) -> str:
-    """Modes that need no calibration data and that this target runs (no dynamic INT8 on QNN/NPUs)."""
-    return "--quant int8-dynamic / none" if target_allows_dynamic(target) else "--quant none (this target runs static INT8 only)"
+def modes_without_calibration(target: Any, dynamic_applies: bool = True) -> str:
+    """Modes that need no calibration data and that this target runs (no dynamic INT8 on QNN/NPUs) and
+    the model can use (``dynamic_applies``: it has a node type int8-dynamic quantizes)."""
+    if not target_allows_dynamic(target):
+        return "--quant none (this target runs static INT8 only)"
+    if not dynamic_applies:
+        return "--quant none (int8-dynamic quantizes MatMul/Gemm/LSTM/Attention nodes of the main graph only, and this model has none there)"
+    return "--quant int8-dynamic / none"
 
 
 def after_failed_check(spec: Any, target: Any, *, max_drop: float | None = None, has_eval: bool = True, out: Any = None) -> str:

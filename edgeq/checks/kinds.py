@@ -256,6 +256,9 @@ def infer_one(name: str, samples: list[np.ndarray], ctx: Context, override: dict
                                               f"{ctc['blank']} wins most steps, as CTC's blank does (greedy decode)", ctc)
         if ctx.image_inputs and not ctx.token_inputs and shape[-1] >= 2 and shape[-2] >= 2 and not _score_head(samples):
             return TaskSpec(name, "sequence", f"{list(shape)} from an image: per-step class scores (CTC recognizer, greedy decode)")
+        if ctx.image_inputs and not ctx.token_inputs and shape[-1] >= 2 and shape[1] == 1 and shape[0] > 1:
+            return TaskSpec(name, "sequence", f"{list(shape)} from an image: per-step class scores, one sequence time first "
+                                              "(TBC; CTC recognizer, greedy decode)", {"layout": "TBC"})
     if hint == "detection" and a.ndim in (2, 3) and shape[-1] == 4:
         return TaskSpec(name, "detection", f"{list(shape)} boxes after NMS (named '{name}')", _siblings(name, samples, ctx))
     if a.ndim == 4 or (a.ndim == 3 and meta == "segmentation"):

@@ -91,7 +91,13 @@ def classification(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray]
         if probs:
             metrics["probability_error"] = float(np.mean(np.abs(c[:, 0] - r[:, 0])))
             rules.append(("probability_error", "<=", tol.max_probability_error))
-        return _check(task, metrics, rules)
+        info1: dict[str, Any] = {"rows": int(r.shape[0])}
+        above = int(np.sum(r[:, 0] > 0.5))
+        if above in (0, r.shape[0]):  # every fp32 decision the same: agreement proves little
+            side = "above" if above else "at or below"
+            info1["note"] = (f"every fp32 value on the data is {side} 0.5 ({r.shape[0]} rows): decision agreement "
+                             "is weak evidence; add samples of both outcomes to --eval")
+        return _check(task, metrics, rules, info1)
     top1 = r.argmax(1)
     metrics = {"top1_agreement": float(np.mean(top1 == c.argmax(1)))}
     rules = [("top1_agreement", ">=", tol.min_top1_agreement)]
@@ -441,3 +447,9 @@ def primary(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray],
         if m in c.metrics and not (m == "detection_f1" and c.info.get("fp32_detections") == 0):
             return m, c.metrics[m]
     return next(iter(c.metrics.items()), ("agreement", 1.0))
+
+
+def task_note(c: dict[str, Any]) -> str:
+    """One line for a task check: the kind inferred, why, and its caveat when it has one."""
+    note = (c.get("info") or {}).get("note")
+    return f"output '{c['output']}' checked as {c['kind']}: {c['why']}" + (f"; {note}" if note else "")

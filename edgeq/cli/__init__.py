@@ -244,6 +244,7 @@ def verify(
 ) -> None:
     """Check a bundle folder or archive (safe extraction, schema, signature, checksums, golden pairs) or compare a model with its reference."""
     from .. import pipeline
+    from ..checks.metrics import task_note
     from ..reporting.tables import bundle_check_table, err, out as console, verify_table
 
     cfg = pipeline.VerifyConfig(candidate=candidate, reference=reference, data=data, target=target, model=model,
@@ -275,7 +276,7 @@ def verify(
         if result.get("reference_check"):  # --reference: the bundle's model against it
             console.print(verify_table(result["reference_check"]))
             for c in result["reference_check"]["tasks"]:
-                console.print(f"note: output '{escape_markup(c['output'])}' checked as {c['kind']}: {escape_markup(c['why'])}")
+                console.print(f"note: {escape_markup(task_note(c))}")
         signed = f", signature by key {result['signed_by'][:16]}" if result.get("signed_by") else ""
         why = escape_markup(str(result.get("verdict_reason") or "no data when built: nothing proven")[:300])  # the manifest's own words
         verdict = {"pass": "export check passed", "skipped": f"[yellow]export check SKIPPED ({why})[/]",
@@ -285,7 +286,7 @@ def verify(
     else:
         console.print(verify_table(result))
         for c in result["tasks"]:
-            console.print(f"note: output '{c['output']}' checked as {c['kind']}: {c['why']}")
+            console.print(f"note: {escape_markup(task_note(c))}")
         if result["accuracy_reference"] is not None:
             console.print(f"accuracy: reference {100 * result['accuracy_reference']:.2f} %, candidate {100 * result['accuracy_candidate']:.2f} %")
     pipeline.check_verify(outcome)

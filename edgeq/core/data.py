@@ -10,6 +10,8 @@ Arrays are read with ``allow_pickle=False``: object arrays are refused.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .artifact import IoSpec, TensorSpec
-from ..errors import CalibrationError
+from ..errors import CalibrationError, EdgeqError
 
 LABELS_KEY = "labels"
 
@@ -472,3 +474,20 @@ def synthetic_feed(io: IoSpec, seed: int = 0) -> dict[str, np.ndarray]:
 
             feed[t.name] = typical_ints(t.name, shape, dt, rng) if dt.kind in "iu" else np.ones(shape, dt)
     return feed
+
+
+@contextlib.contextmanager
+def on_synthetic_feed(feed: dict[str, np.ndarray], synthetic: bool) -> Iterator[None]:
+    """Run a model on ``feed``; when edgeq made it up (no data given) and onnxruntime refuses it
+    (a dynamic time axis set to 1 that a reflect pad or a window needs longer, an id out of
+    range), that is the user's missing data, not an edgeq bug: one line naming the inputs used."""
+    try:
+        yield
+    except Exception as e:
+        if not synthetic or not type(e).__module__.startswith("onnxruntime"):
+            raise
+        used = ", ".join(f"'{k}' {list(v.shape)} {v.dtype}" for k, v in feed.items())
+        said = " ".join(str(e).split())[:200]
+        raise EdgeqError(f"the model does not run on edgeq's typical inputs ({used}; dynamic axes set to 1), as no --calib "
+                        f"or --eval data was given; onnxruntime said: {said}",
+                        "pass --eval DATA.npz (or --calib) with real inputs of the shapes the model needs") from e

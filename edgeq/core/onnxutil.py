@@ -528,11 +528,16 @@ def op_histogram(model: Any) -> dict[str, int]:
 
 
 def param_stats(model: Any) -> tuple[int, int]:
-    """(number of parameters, bytes of parameters) over all initializers."""
+    """(number of parameters, bytes of parameters) over all initializers, and the floating-point
+    tensors of Constant nodes (exporters such as spox keep every weight there, in If branches too;
+    integer Constants are shapes and indices, not parameters)."""
     onnx = _onnx()
     count = 0
     nbytes = 0
-    for init in iter_initializers(model.graph):
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE)
+    consts = [a.t for n in iter_nodes(model.graph) if n.op_type == "Constant" and n.domain in ("", "ai.onnx")
+              for a in n.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR and a.t.data_type in floats]
+    for init in (*iter_initializers(model.graph), *consts):
         n = int(np.prod(init.dims)) if len(init.dims) else 1
         count += n
         if init.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):

@@ -13,7 +13,7 @@ import numpy as np
 from ..profiling.accel import export_placement, manifest_placement
 from ..core.artifact import Artifact
 from ..bundles.bundle import BundleInputs, write_bundle
-from ..core.data import LABELS_KEY, SampleSet, load_samples
+from ..core.data import LABELS_KEY, SampleSet, load_samples, on_synthetic_feed
 from ..errors import CalibrationError
 from ..core.fsutil import check_output, clean_stale, scratch_dir
 from ..core.onnxutil import model_size
@@ -163,7 +163,7 @@ def run_export(
             f"{spec.mode} needs calibration data and none was given",
             ("pass --calib WINDOWS.npz (input_ids [n, T] token windows), or --quant int4 (RTN needs no data) / "
              + modes_without_calibration(target).removeprefix("--quant ")) if opts.lm_folder is not None else
-            "pass --calib DATA.npz (one array per model input), or " + modes_without_calibration(target),
+            "pass --calib DATA.npz (one array per model input), or " + modes_without_calibration(target, _dynamic_applies(source)),
         )
     from ..quantization.int8.preflight import run as preflight
 
@@ -212,8 +212,9 @@ def run_export(
                     return quantize(opt, sp, work / "model.onnx", data=calib, evals=evals, max_drop=opts.max_drop, target=target,
                                     tasks=app_io["outputs"])
 
-                qres, speed, speed_lines = decide(opt, qres, target, feed_from(check_data) or _synthetic(opt), work / "speed",
-                                                  requantize=requantize)
+                feed = feed_from(check_data) or _synthetic(opt)
+                with on_synthetic_feed(feed, check_data is None):
+                    qres, speed, speed_lines = decide(opt, qres, target, feed, work / "speed", requantize=requantize)
                 notes += speed_lines
         elif spec.mode in ("int8-static", "int8-dynamic") and opts.prefer is None:
             notes.append("speed: not measured (--no-profile): the quantized model ships without the check against fp32")
@@ -222,7 +223,9 @@ def run_export(
             from ..quantization.selection.speed import check_shipped
 
             with stage("speed (shipped model.ort vs fp32)"):
-                speed, speed_lines = check_shipped(opt, qres, target, feed_from(check_data) or _synthetic(opt), work / "speed")
+                feed = feed_from(check_data) or _synthetic(opt)
+                with on_synthetic_feed(feed, check_data is None):
+                    speed, speed_lines = check_shipped(opt, qres, target, feed, work / "speed")
                 notes += speed_lines
         if spec.weight_only and not opts.accuracy_level_pinned and check_data is not None:
             from ..quantization.selection import acclevel
@@ -258,7 +261,9 @@ def run_export(
             with stage("verify"):
                 report = verify(opt.path, qres.artifact.path, check_data.take(n_verify), target.tolerances,
                                 output_names=compared, tasks=app_io["outputs"])
-                notes += [f"output '{c['output']}' checked as {c['kind']}: {c['why']}" for c in report.tasks]
+                from ..checks.metrics import task_note
+
+                notes += [task_note(c) for c in report.tasks]
         else:
             notes.append("VERIFICATION SKIPPED: no data given, nothing was proven (pass --calib or --eval); "
                          "golden inputs and timing use typical values from the inputs' declared ranges")
@@ -399,6 +404,15 @@ def _written_ep_context(out: Path) -> dict[str, Any] | None:
         return json.loads((Path(out) / MANIFEST).read_text(encoding="utf-8"))["model"].get("ep_context")
     except (OSError, ValueError, KeyError):
         return None
+
+
+def _dynamic_applies(art: Artifact) -> bool:
+    """The main graph has a node type int8-dynamic quantizes (onnxruntime's dynamic quantizer leaves
+    If/Loop/Scan subgraphs alone): else a hint must not offer it."""
+    from ..core.onnxutil import load_model
+    from ..quantization.int8.quantizer import DYNAMIC_DEFAULT_OPS
+
+    return any(n.op_type in DYNAMIC_DEFAULT_OPS for n in load_model(art.path, load_weights=False).graph.node)
 
 
 def _synthetic(art: Artifact) -> dict:

@@ -337,9 +337,20 @@ def quantize(
             "this mode does not apply to this model: try --quant int8-static" if spec.mode == "int8-dynamic" else "report the model to edgeq",
         )
     if cov.nodes_total == 0:
-        notes.append("the model has no Conv/Gemm/MatMul nodes: only activations were quantized")
+        notes.append(_no_weight_nodes(fp32, "only activations were quantized"))
     step = f"quantize({spec.mode}, {spec.format}, a={spec.activation_type}, w={spec.weight_type}, per_channel={spec.per_channel})"
     return QuantResult(artifact_from(out_path, artifact.provenance + (step,)), spec, cov, tuple(notes))
+
+
+def _no_weight_nodes(model: Any, then: str) -> str:
+    """The note for a model without float Conv/Gemm/MatMul: a pre-quantized one says so."""
+    from ...core.onnxutil import QUANT_OPS
+
+    done = sorted({n.op_type for n in iter_nodes(model.graph) if n.op_type in QUANT_OPS})
+    if done:
+        return (f"the model is already quantized ({', '.join(done)}): no Conv/Gemm/MatMul left in float, {then}; "
+                "its own int8 nodes ship as they are")
+    return f"the model has no Conv/Gemm/MatMul nodes: {then}"
 
 
 def _fp16(artifact: Artifact, spec: QuantSpec, out_path: Path) -> QuantResult:
@@ -460,7 +471,7 @@ def _edgeq_static_in(
             if nonfinite else "quantize fewer exclusions or use --quant none",
         )
     if cov.nodes_total == 0:
-        notes.append("the model has no Conv/Gemm/MatMul nodes: nothing to quantize")
+        notes.append(_no_weight_nodes(prep.model, "nothing to quantize"))
     if max_drop is not None and cov.nodes_total and cov.nodes_quantized == 0 and "search" in details:
         met = False  # "met" only with every weight node float: no quantized model is within the budget
         details["search"].update(met=False, all_float=True)
