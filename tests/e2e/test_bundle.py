@@ -195,6 +195,27 @@ def _onnxruntime_root(tmp: Path) -> Path | None:
     return root
 
 
+CI_HEADERS = Path.home() / ".cache/edgeq-ci/onnxruntime-headers/usr/include/onnxruntime"
+
+
+def need_cpp_headers(monkeypatch) -> None:
+    """onnxruntime's C++ headers from the environment, or where .ci/run unpacks them; else skip the test."""
+    if not _have_headers() and (CI_HEADERS / "onnxruntime_cxx_api.h").is_file():
+        monkeypatch.setenv("EDGEQ_ORT_HEADERS", str(CI_HEADERS))
+    if not _have_headers():
+        pytest.skip("needs onnxruntime's C++ headers: EDGEQ_ORT_HEADERS or ONNXRUNTIME_ROOT (.ci/run fetches them)")
+
+
+def build_cpp_runner(bundle: Path, tmp: Path) -> Path:
+    """Build ``bundle``'s cpp/ example against onnxruntime in ``tmp``/build; the runner's path."""
+    ort_root = _onnxruntime_root(tmp)
+    assert ort_root is not None
+    bld = tmp / "build"
+    subprocess.run(["cmake", "-S", str(bundle / "cpp"), "-B", str(bld), f"-DONNXRUNTIME_ROOT={ort_root}"], check=True, timeout=300, capture_output=True)
+    subprocess.run(["cmake", "--build", str(bld)], check=True, timeout=600, capture_output=True)
+    return bld / "edgeq_runner"
+
+
 def _have_headers() -> bool:
     for var, name in (("ONNXRUNTIME_ROOT", "include/onnxruntime_cxx_api.h"), ("EDGEQ_ORT_HEADERS", "onnxruntime_cxx_api.h")):
         if os.environ.get(var) and (Path(os.environ[var]) / name).is_file():
@@ -206,13 +227,9 @@ def _have_headers() -> bool:
 @pytest.mark.skipif(not _have_headers() or shutil.which("cmake") is None or shutil.which("c++") is None,
                     reason="needs onnxruntime's C++ headers: EDGEQ_ORT_HEADERS or ONNXRUNTIME_ROOT (.ci/run fetches them), and cmake + c++")
 def test_cpp_runner_builds_and_passes_golden_pair(tmp_path):
-    ort_root = _onnxruntime_root(tmp_path)
-    assert ort_root is not None
     out = build(tmp_path / "b")
-    bld = tmp_path / "build"
-    subprocess.run(["cmake", "-S", str(out / "cpp"), "-B", str(bld), f"-DONNXRUNTIME_ROOT={ort_root}"], check=True, timeout=300, capture_output=True)
-    subprocess.run(["cmake", "--build", str(bld)], check=True, timeout=600, capture_output=True)
-    r = subprocess.run([str(bld / "edgeq_runner"), str(out), "1e-3", "1e-2"], capture_output=True, text=True, timeout=120)
+    exe = build_cpp_runner(out, tmp_path)
+    r = subprocess.run([str(exe), str(out), "1e-3", "1e-2"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.startswith("PASS golden 000"), r.stdout + r.stderr
     # the export verdict in manifest.json is honoured as run.py and edgeq verify do: fail exits 1
     man = out / "manifest.json"
@@ -222,30 +239,30 @@ def test_cpp_runner_builds_and_passes_golden_pair(tmp_path):
     for status, code, line in (("fail", 1, "FAIL export check"), ("accepted-failed", 0, "ACCEPTED-FAILED"), ("skipped", 0, "SKIPPED"),
                                ("pass", 0, None)):
         man.write_text(json.dumps({**m, "verdict": {"status": status, "reason": why}}))
-        r = subprocess.run([str(bld / "edgeq_runner"), str(out)], capture_output=True, text=True, timeout=120)
+        r = subprocess.run([str(exe), str(out)], capture_output=True, text=True, timeout=120)
         assert r.returncode == code and r.stdout.startswith("PASS golden 000"), (status, r.stdout + r.stderr)
         assert (line is None and len(r.stdout.splitlines()) == 1) or line in r.stdout.splitlines()[1], (status, r.stdout)
         assert "\x07" not in r.stdout and 'top-1 agreement 0.5' in r.stdout if line else True
     old = {k: v for k, v in m.items() if k != "verdict"}  # a bundle from before the verdict: its verify report decides
     man.write_text(json.dumps({**old, "verify": {"passed": False, "failures": ["x"]}}))
-    r = subprocess.run([str(bld / "edgeq_runner"), str(out)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([str(exe), str(out)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "FAIL export check" in r.stdout, r.stdout + r.stderr
     for bad in ("{not json", json.dumps({**m, "verdict": {"status": "maybe"}})):
         man.write_text(bad)
-        r = subprocess.run([str(bld / "edgeq_runner"), str(out)], capture_output=True, text=True, timeout=120)
+        r = subprocess.run([str(exe), str(out)], capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and "manifest.json" in r.stderr, r.stdout + r.stderr
     man.write_text(orig)
     # a wrong golden output is caught by the C++ runner too
     p = out / "golden/000/out_0.npy"
     good = p.read_bytes()
     np.save(p, np.load(p) + 1.0)
-    r = subprocess.run([str(bld / "edgeq_runner"), str(out)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([str(exe), str(out)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and r.stdout.startswith("FAIL"), r.stdout + r.stderr
     p.write_bytes(good)
     (out / "model.ort").unlink()
-    r = subprocess.run([str(bld / "edgeq_runner"), str(out)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([str(exe), str(out)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "FAIL" in r.stderr
     # a bundle whose manifest ships no model.ort (static LLM decoders) runs model.onnx, the name fixed in the runner
     man.write_text(json.dumps({**m, "model": {**m["model"], "ort": None}}))
-    r = subprocess.run([str(bld / "edgeq_runner"), str(out)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([str(exe), str(out)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.startswith("PASS golden 000"), r.stdout + r.stderr

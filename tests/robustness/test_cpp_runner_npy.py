@@ -8,16 +8,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.bundles import build
-from tests.e2e.test_bundle import _have_headers, _onnxruntime_root
-
-HEADERS = Path.home() / ".cache/edgeq-ci/onnxruntime-headers/usr/include/onnxruntime"
-
+from tests.e2e.test_bundle import build_cpp_runner, need_cpp_headers
 
 def _npy(shape: tuple[int, ...], data: bytes) -> bytes:
     header = f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape!r}, }}".encode()
@@ -28,16 +24,9 @@ def _npy(shape: tuple[int, ...], data: bytes) -> bytes:
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("c++") is None, reason="needs cmake and c++")
 def test_a_golden_npy_declaring_more_than_it_holds_is_refused_before_allocating(tmp_path, monkeypatch):
-    if not _have_headers() and (HEADERS / "onnxruntime_cxx_api.h").is_file():
-        monkeypatch.setenv("EDGEQ_ORT_HEADERS", str(HEADERS))
-    if not _have_headers():
-        pytest.skip("needs onnxruntime's C++ headers: EDGEQ_ORT_HEADERS or ONNXRUNTIME_ROOT (.ci/run fetches them)")
-    ort_root = _onnxruntime_root(tmp_path)
+    need_cpp_headers(monkeypatch)
     out = build(tmp_path / "b")
-    bld = tmp_path / "build"
-    subprocess.run(["cmake", "-S", str(out / "cpp"), "-B", str(bld), f"-DONNXRUNTIME_ROOT={ort_root}"], check=True, timeout=300, capture_output=True)
-    subprocess.run(["cmake", "--build", str(bld)], check=True, timeout=600, capture_output=True)
-    runner = [str(bld / "edgeq_runner"), str(out)]
+    runner = [str(build_cpp_runner(out, tmp_path)), str(out)]
     limit = ["prlimit", f"--as={3 << 30}"] if shutil.which("prlimit") else []
     r = subprocess.run(limit + runner, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.startswith("PASS golden 000"), r.stdout + r.stderr  # control: the intact bundle

@@ -95,21 +95,14 @@ def test_wider_integers_and_floats_stay_exact(runner, tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("c++") is None, reason="needs cmake and c++")
 def test_cpp_runner_allows_one_code_on_8bit_outputs_only(tmp_path, monkeypatch):
-    from tests.e2e.test_bundle import _have_headers, _onnxruntime_root
-    from tests.robustness.test_cpp_runner_npy import HEADERS
+    from tests.e2e.test_bundle import build_cpp_runner, need_cpp_headers
 
-    if not _have_headers() and (HEADERS / "onnxruntime_cxx_api.h").is_file():
-        monkeypatch.setenv("EDGEQ_ORT_HEADERS", str(HEADERS))
-    if not _have_headers():
-        pytest.skip("needs onnxruntime's C++ headers: EDGEQ_ORT_HEADERS or ONNXRUNTIME_ROOT (.ci/run fetches them)")
-    ort_root = _onnxruntime_root(tmp_path)
+    need_cpp_headers(monkeypatch)
     out = _bundle(tmp_path)
-    bld = tmp_path / "build"
-    subprocess.run(["cmake", "-S", str(out / "cpp"), "-B", str(bld), f"-DONNXRUNTIME_ROOT={ort_root}"], check=True, timeout=300, capture_output=True)
-    subprocess.run(["cmake", "--build", str(bld)], check=True, timeout=600, capture_output=True)
+    exe = build_cpp_runner(out, tmp_path)
 
     def run() -> subprocess.CompletedProcess:
-        return subprocess.run([str(bld / "edgeq_runner"), str(out)], capture_output=True, text=True, timeout=120)
+        return subprocess.run([str(exe), str(out)], capture_output=True, text=True, timeout=120)
 
     assert run().stdout.startswith("PASS golden 000")
     _shift(out, 0, 1)
