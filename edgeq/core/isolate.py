@@ -40,40 +40,50 @@ def _limits(memory: int):
     return apply
 
 
+def probing() -> bool:
+    """The child probes run unless ``EDGEQ_PROBE=0``."""
+    return os.environ.get("EDGEQ_PROBE") != "0"
+
+
+def run_probe(code: str, path: Path, *, timeout_s: float | None, hung: tuple[str, str], crashed: tuple[str, str],
+              **kwargs: object) -> child.CompletedProcess:
+    """Run ``code`` (``python -I -c``, argument: ``path``) in an isolated child under the probe timeout
+    (``EDGEQ_PROBE_TIMEOUT``). A hang or a death by signal is one ``ModelError``: ``hung`` and ``crashed`` are
+    (message, hint), the message formatted with ``file``, ``timeout`` and ``signal``. Anything else is the caller's."""
+    timeout = timeout_s or float(os.environ.get("EDGEQ_PROBE_TIMEOUT", PROBE_TIMEOUT_S))
+    env = child.clean_env()
+    env.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        proc = child.run(child.python_argv(sys.executable, ["-c", code, path.resolve()]),
+                         capture_output=True, text=True, timeout=timeout, env=env, **kwargs)
+    except child.TimeoutExpired:
+        raise ModelError(hung[0].format(file=path.name, timeout=timeout), hung[1]) from None
+    if proc.returncode < 0:
+        try:
+            name = signal.Signals(-proc.returncode).name
+        except ValueError:
+            name = f"signal {-proc.returncode}"
+        raise ModelError(crashed[0].format(file=path.name, signal=name), crashed[1])
+    return proc
+
+
 def probe_model(path: str | Path, *, size: int | None = None, timeout_s: float | None = None,
                 memory_bytes: int | None = None) -> None:
     """Raise ``ModelError`` if opening ``path`` crashes, hangs or exhausts memory in a child."""
     path = Path(path)
-    if os.environ.get("EDGEQ_PROBE") == "0":
+    if not probing():
         return
     if size is None:
         from .onnxutil import model_size
 
         size = model_size(path)
     memory = memory_bytes or PROBE_MEMORY_BASE + 4 * size
-    timeout = timeout_s or float(os.environ.get("EDGEQ_PROBE_TIMEOUT", PROBE_TIMEOUT_S))
-    env = child.clean_env()
-    env.setdefault("OMP_NUM_THREADS", "1")
     kwargs = {"preexec_fn": _limits(memory)} if sys.platform.startswith("linux") else {}
-    try:
-        proc = child.run(
-            child.python_argv(sys.executable, ["-c", child.edgeq_code(_CHILD), path.resolve()]),
-            capture_output=True, text=True, timeout=timeout, env=env, **kwargs,
-        )
-    except child.TimeoutExpired:
-        raise ModelError(
-            f"opening {path.name} took longer than {timeout:.0f} s; refusing it",
-            "the model may be crafted to hang the runtime; set EDGEQ_PROBE_TIMEOUT to allow more time",
-        ) from None
-    if proc.returncode < 0:
-        try:
-            name = signal.Signals(-proc.returncode).name
-        except ValueError:
-            name = f"signal {-proc.returncode}"
-        raise ModelError(
-            f"onnx/onnxruntime crashed ({name}) while opening {path.name}; nothing was written",
-            "the model is corrupt or crafted; re-export it from its source",
-        )
+    proc = run_probe(child.edgeq_code(_CHILD), path, timeout_s=timeout_s,
+                     hung=("opening {file} took longer than {timeout:.0f} s; refusing it",
+                           "the model may be crafted to hang the runtime; set EDGEQ_PROBE_TIMEOUT to allow more time"),
+                     crashed=("onnx/onnxruntime crashed ({signal}) while opening {file}; nothing was written",
+                              "the model is corrupt or crafted; re-export it from its source"), **kwargs)
     result = {}
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("{"):

@@ -10,15 +10,10 @@ ONNX models; ``EDGEQ_PROBE=0`` skips it, ``EDGEQ_PROBE_TIMEOUT`` sets the timeou
 
 from __future__ import annotations
 
-import os
-import signal
-import sys
 from pathlib import Path
 
-from ..core import child
-from ..errors import ModelError
+from ..core.isolate import probing, run_probe
 
-PROBE_TIMEOUT_S = 600.0
 CHILD = (
     "import sys\n"
     "import llama_cpp\n"
@@ -31,22 +26,10 @@ CHILD = (
 
 def probe_gguf(path: str | Path, *, timeout_s: float | None = None) -> None:
     """Raise ``ModelError`` if loading the GGUF at ``path`` kills or hangs a child process."""
-    path = Path(path)
-    if os.environ.get("EDGEQ_PROBE") == "0":
+    if not probing():
         return
-    timeout = timeout_s or float(os.environ.get("EDGEQ_PROBE_TIMEOUT", PROBE_TIMEOUT_S))
-    env = child.clean_env()
-    env.setdefault("OMP_NUM_THREADS", "1")
-    try:
-        proc = child.run(child.python_argv(sys.executable, ["-c", CHILD, path.resolve()]), capture_output=True, text=True,
-                         timeout=timeout, env=env)
-    except child.TimeoutExpired:
-        raise ModelError(f"llama.cpp took longer than {timeout:.0f} s to open {path.name}; refusing it",
-                         "the GGUF may be crafted to hang llama.cpp; set EDGEQ_PROBE_TIMEOUT to allow more time") from None
-    if proc.returncode < 0:
-        try:
-            name = signal.Signals(-proc.returncode).name
-        except ValueError:
-            name = f"signal {-proc.returncode}"
-        raise ModelError(f"llama.cpp crashed ({name}) while opening {path.name}; nothing was run in this process",
-                         "the GGUF is corrupt or crafted; fetch an intact bundle or re-export it")
+    run_probe(CHILD, Path(path), timeout_s=timeout_s,
+              hung=("llama.cpp took longer than {timeout:.0f} s to open {file}; refusing it",
+                    "the GGUF may be crafted to hang llama.cpp; set EDGEQ_PROBE_TIMEOUT to allow more time"),
+              crashed=("llama.cpp crashed ({signal}) while opening {file}; nothing was run in this process",
+                       "the GGUF is corrupt or crafted; fetch an intact bundle or re-export it"))
