@@ -123,6 +123,7 @@ class Decoder:
         self.past = [i for i in self.inputs if i.name.startswith("past_key_values.")]
         # --kv-cache int8 (exporters/kvcache.py): the cache's element type is the graph's; zeros are zeros in either
         self.kv_int8 = bool(self.past) and self.past[0].type == "tensor(int8)"
+        self.cache_dtype = "int8" if self.kv_int8 else "float32"  # numpy's name for the cache's element type
         if not self.past or "logits" not in self.outputs or "input_ids" not in [i.name for i in self.inputs]:
             raise ValueError("the bundle's model is not a KV-cache decoder (no past_key_values inputs)")
         for i in self.past:  # [batch, kv heads, positions, head size]: heads and head size fixed
@@ -164,7 +165,7 @@ class Decoder:
         feed = {"input_ids": ids, "attention_mask": np.ones((1, total), np.int64),
                 "position_ids": np.arange(total - s, total, dtype=np.int64)[None]}
         for i in self.past:
-            feed[i.name] = past[i.name] if past else np.zeros((1, int(i.shape[1]), 0, int(i.shape[3])), np.int8 if self.kv_int8 else np.float32)
+            feed[i.name] = past[i.name] if past else np.zeros((1, int(i.shape[1]), 0, int(i.shape[3])), self.cache_dtype)
         res = dict(zip(self.outputs, self.session.run(None, feed)))
         cache = {i.name: res[i.name.replace("past_key_values.", "present.")] for i in self.past}
         return res["logits"][0, -1], cache
@@ -184,7 +185,7 @@ class Decoder:
             io = self.session.io_binding()
             new = {"": (None, io)}
             for i in self.past:
-                buf = np.zeros((1, int(i.shape[1]), size, int(i.shape[3])), np.int8 if self.kv_int8 else np.float32)
+                buf = np.zeros((1, int(i.shape[1]), size, int(i.shape[3])), self.cache_dtype)
                 if have:
                     buf[:, :, :have] = cache[i.name][0]
                 val = ort.OrtValue.ortvalue_from_numpy(buf)  # the array stays referenced with its OrtValue
