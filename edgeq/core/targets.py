@@ -186,6 +186,22 @@ class Target:
         }
 
 
+_ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}
+
+
+def arch_name(arch: str) -> str:
+    """One name per CPU architecture: a target's ``arch`` and ``platform.machine()`` compare equal (arm64 = aarch64)."""
+    a = str(arch).lower()
+    return _ARCH_ALIASES.get(a, a)
+
+
+def host_arch() -> str:
+    """This host's CPU architecture, as ``arch_name`` spells it."""
+    import platform
+
+    return arch_name(platform.machine())
+
+
 def targets_dir() -> Path:
     """Where target files live: inside the installed package, or the repo root."""
     here = Path(__file__).resolve().parents[1]  # the edgeq package folder

@@ -25,7 +25,7 @@ from ..errors import CheckFailed, ModelError, ProviderError
 from ..core.onnxutil import model_size
 from .providers import OPENVINO, QNN  # noqa: F401 - names shared with provider discovery (and importers of profile)
 from ..core.runtime import available_providers, create_session, run
-from ..core.targets import Target
+from ..core.targets import Target, arch_name, host_arch as host_cpu
 from ..core.data import synthetic_feed
 
 from .placement import CPU_FAMILY  # noqa: E402 - re-exported name used here
@@ -64,7 +64,7 @@ def plan(target: Target) -> ProfilePlan | None:
     here = set(available_providers())
     usable = tuple(p for p in target.provider_names if p in here)
     host_arch = platform.machine().lower()
-    same_arch = target.arch in ("any", host_arch) or (target.arch == "aarch64" and host_arch == "arm64")
+    same_arch = arch_name(target.arch) in ("any", host_cpu())
     primary = target.provider_names[0]
     if primary in here:
         note = "" if same_arch else f"host {host_arch}, target {target.arch}: not device timing"
@@ -87,9 +87,7 @@ def device_optimizers_off(target: Target) -> list[str]:
     On x86, onnxruntime's level 'all' adds NCHWc layouts for float convolutions at load time;
     an Arm device never gets them, so timing fp32 with them would flatter fp32 against int8.
     """
-    host = platform.machine().lower()
-    x86_host = host in ("x86_64", "amd64")
-    return list(X86_ONLY_OPTIMIZERS) if x86_host and target.arch not in ("any", "x86_64", "amd64") else []
+    return list(X86_ONLY_OPTIMIZERS) if host_cpu() == "x86_64" and arch_name(target.arch) not in ("any", "x86_64") else []
 
 
 def skip_reason(target: Target) -> str:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import tempfile
 import time
@@ -38,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ...core.targets import arch_name, host_arch
 
 
 @dataclass(frozen=True)
@@ -110,18 +111,6 @@ class AppSession:
     def describe(self) -> dict[str, Any]:
         return {"providers": list(self.providers), "graph_optimization_level": self.level, "intra_op_num_threads": self.threads,
                 "saved_runtime_optimizations": self.saved_runtime_optimizations, "optimizers_off": list(self.optimizers_off)}
-
-
-_ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}
-
-
-def arch_name(arch: str) -> str:
-    a = str(arch).lower()
-    return _ARCH_ALIASES.get(a, a)
-
-
-def host_arch() -> str:
-    return arch_name(platform.machine())
 
 
 def shipped_ort(model: Path, target: Any, folder: Path) -> Path:
