@@ -350,6 +350,9 @@ def load_samples(
         if lay.shared and n > 1:
             lm_notes.append(f"{what} data: '{spec.name}' given once ({spec.dtype}{list(raw[spec.name].shape)}): "
                             f"the same value for each of the {n} samples")
+        elif lay.kind == "batch" and lay.axis:
+            lm_notes.append(f"{what} data: '{spec.name}' {list(raw[spec.name].shape)} read as {n} samples along "
+                            f"{batch[spec.name].describe()}")
     return SampleSet(arrays=arrays, stacked=stacked, labels=labels, source=str(path), notes=tuple(lm_notes))
 
 

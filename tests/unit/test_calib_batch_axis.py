@@ -86,6 +86,7 @@ def test_along_batch_axis_gives_the_new_axis_feeds(tmp_path, batch):
     new = load_samples(tmp_path / "new.npz", io)
     assert len(along) == len(new) == N
     assert any("'sr' given once" in n and f"{N} samples" in n for n in along.notes) and not new.notes
+    assert any(n.startswith(f"calibration data: 'state' [2, {N}, 8] read as {N} samples along batch axis 1") for n in along.notes)
     sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     for i in range(N):
         fa, fn = along.feed(i), new.feed(i)
