@@ -223,14 +223,16 @@ def _folder_join(spec: TensorSpec | None, batch: BatchAxis | None, ndim: int) ->
     """How a folder's files join for one input: a file of the input's shape less its batch axis holds one
     sample (stacked on that axis); one of the input's shape a batch along its batch axis (concatenated
     there), or one sample when the input has no batch axis (stacked on a new first axis); otherwise the
-    files carry a sample axis first (concatenated on it)."""
+    files carry a sample axis first (concatenated on it; load_samples refuses what does not fit)."""
     if spec is None or batch is None:
         return np.concatenate, 0
     rank = len(spec.shape)
     if batch.axis is not None and ndim == rank - 1:
         return np.stack, batch.axis
-    if ndim == rank:
-        return (np.concatenate, batch.axis) if batch.axis is not None else (np.stack, 0)
+    if ndim == rank and batch.axis is not None:
+        return np.concatenate, batch.axis
+    if ndim == rank and batch.known:
+        return np.stack, 0
     return np.concatenate, 0
 
 
@@ -336,7 +338,7 @@ def load_samples(
         )
     batch = batch_axes(io.inputs)
     layouts = {spec.name: _check_array(raw[spec.name], spec, what, batch[spec.name]) for spec in io.inputs}
-    n = sample_count(layouts, what)
+    n = _sample_count(layouts, what)
     if n == 0:
         raise CalibrationError(f"{what} data {path} holds no samples", "provide at least one sample per input")
     if labels is not None:
@@ -454,7 +456,7 @@ def check_arrays_early(path: Path | None, expected: ExpectedInputs, *, what: str
     checked = {spec.name: _check_layout(*layouts[spec.name], spec, what, batch[spec.name])
                for spec in expected.specs if spec.name in layouts and spec.name != labels_key}
     if checked:  # the counts and labels as load_samples checks them, on the inputs known now
-        n = sample_count(checked, what)
+        n = _sample_count(checked, what)
         if labels_key in layouts and not expected.takes(labels_key) and len(checked) == len(expected.specs) and not (expected.also or expected.pattern):
             _check_labels(*layouts[labels_key], n, what, labels_key)
 
@@ -474,9 +476,10 @@ class Layout:
         return self.kind == "one" or (self.kind == "batch" and self.count == 1)
 
     def where(self, batch: BatchAxis) -> str:
+        """How the array was read, for a message: "samples on a new first axis", "samples along batch axis 1: ..."."""
         if self.kind == "new":
-            return "a new first axis"
-        return f"{batch.describe()}" if self.kind == "batch" else f"one sample shared by all ({batch.describe()})"
+            return "samples on a new first axis"
+        return f"samples along {batch.describe()}" if self.kind == "batch" else f"one sample shared by all ({batch.describe()})"
 
 
 def _check_layout(shape: tuple[int, ...], dtype: str, spec: TensorSpec, what: str, batch: BatchAxis) -> Layout:
@@ -509,7 +512,7 @@ def _check_layout(shape: tuple[int, ...], dtype: str, spec: TensorSpec, what: st
         if isinstance(want, int) and got != want:
             raise CalibrationError(
                 f"{what} input '{spec.name}' has sample shape {list(sample_shape)}, the model expects {expected} "
-                f"(axis {i}; samples read along {layout.where(batch)})",
+                f"(axis {i}; read as {layout.where(batch)})",
                 "resize or reshape the data to the model's input shape",
             )
     return layout
@@ -538,7 +541,7 @@ def _samples_first(arr: np.ndarray, layout: Layout) -> np.ndarray:
     return arr
 
 
-def sample_count(layouts: dict[str, Layout], what: str) -> int:
+def _sample_count(layouts: dict[str, Layout], what: str) -> int:
     """The set's number of samples: every input given with several samples must hold the same number (one
     line naming each input's count and where it was read); an input given once is shared by all."""
     counts = {k: lay for k, lay in layouts.items() if not lay.shared}
@@ -549,7 +552,7 @@ def sample_count(layouts: dict[str, Layout], what: str) -> int:
             "give every input the same number of samples (on a new first axis or along its batch axis), "
             "or one sample shared by all",
         )
-    return next(iter(counts.values())).count if counts else 1
+    return next(iter(counts.values())).count if counts else int(bool(layouts))
 
 
 def _short_where(layout: Layout) -> str:

@@ -137,7 +137,7 @@ def test_wrong_layouts_stay_refused_in_one_line(tmp_path):
     io = _io(("x", "float32", (4, 8)))  # a batch fixed to 4: no batch axis to stack along
     np.savez(tmp_path / "f.npz", x=np.zeros((32, 8), np.float32))
     with pytest.raises(CalibrationError, match=r"'x' has sample shape \[32, 8\], the model expects float32\[4, 8\] \(axis 0; "
-                                               r"samples read along one sample shared by all \(no batch axis"):
+                                               r"read as one sample shared by all \(no batch axis"):
         load_samples(tmp_path / "f.npz", io)
     assert len(load_samples(tmp_path / "f.npz", _io(("x", "float32", (32, 8))))) == 1  # its own shape: one sample
     # several dynamic axes after a fixed first: only a new first axis is read
@@ -151,7 +151,7 @@ def test_wrong_layouts_stay_refused_in_one_line(tmp_path):
     # the state's fixed axis 0 still checked when read along its batch axis
     io3 = artifact_from(_state_model(tmp_path / "m.onnx", None)).io
     np.savez(tmp_path / "s.npz", x=np.zeros((N, 8), np.float32), state=np.zeros((3, N, 8), np.float32), sr=np.array(1))
-    with pytest.raises(CalibrationError, match=r"'state' has sample shape \[3, 1, 8\], .* \(axis 0; samples read along batch axis 1"):
+    with pytest.raises(CalibrationError, match=r"'state' has sample shape \[3, 1, 8\], .* \(axis 0; read as samples along batch axis 1"):
         load_samples(tmp_path / "s.npz", io3)
 
 
