@@ -207,3 +207,15 @@ def test_export_cli_reads_samples_along_the_batch_axis(runner, tmp_path):
     assert err.startswith("error:") and "\n" not in err, err
     assert "'state' has sample shape [1, 1, 8]" in err and "float32[2, ?, 8]" in err and "batch axis 1" in err
     assert not (tmp_path / "b2").exists()
+
+
+def test_time_major_inputs_read_along_the_named_batch_axis(tmp_path):
+    io = _io(("x", "float32", ("time", "batch", 8)), ("h", "float32", (1, "batch", 8)))
+    rng = np.random.default_rng(1)
+    x, h = rng.standard_normal((3, 5, 8)).astype(np.float32), rng.standard_normal((1, 5, 8)).astype(np.float32)
+    np.savez(tmp_path / "t.npz", x=x, h=h)
+    s = load_samples(tmp_path / "t.npz", io)
+    assert len(s) == 5
+    for i in range(5):
+        np.testing.assert_array_equal(s.feed(i)["x"], x[:, i : i + 1])
+        np.testing.assert_array_equal(s.feed(i)["h"], h[:, i : i + 1])
