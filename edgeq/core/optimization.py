@@ -56,6 +56,11 @@ def _pin_shapes(model, target: Target, pins: dict[str, tuple[int, ...]],
         notes += [f"pinned {n} to {'x'.join(map(str, s))} from the model's declared imgsz (target {target.name} needs static shapes)"
                   for n, s in declared.items()]
         pins = {**pins, **declared}
+    from .batchaxis import batch_axes
+    from .onnxutil import io_spec
+
+    # the batch axis is not always the first (an RNN state [layers, batch, hidden], a time-major [time, batch, features])
+    batch = {n: (b.axis if b.known else 0) for n, b in batch_axes(io_spec(model).inputs).items()}
     for vi in inputs:
         dims = vi.type.tensor_type.shape.dim
         if vi.name in pins:
@@ -66,7 +71,7 @@ def _pin_shapes(model, target: Target, pins: dict[str, tuple[int, ...]],
                     "give one size per dimension",
                 )
             for i, (d, size) in enumerate(zip(dims, shape)):
-                if d.HasField("dim_value") and d.dim_value != size:
+                if d.HasField("dim_value") and d.dim_value >= 0 and d.dim_value != size:  # -1: dynamic
                     raise ModelError(
                         f"--static-shape {vi.name}: axis {i} is fixed to {d.dim_value} in the model, not {size}",
                         "only symbolic dimensions can be pinned",
@@ -78,11 +83,11 @@ def _pin_shapes(model, target: Target, pins: dict[str, tuple[int, ...]],
             seen = (data_shapes or {}).get(vi.name)
             from_data = []
             for i, d in enumerate(dims):
-                if d.HasField("dim_value"):
+                if d.HasField("dim_value") and d.dim_value >= 0:  # -1 (some exporters) is dynamic
                     continue
-                if i == 0:
+                if i == batch.get(vi.name, 0):
                     d.dim_value = 1
-                    notes.append(f"pinned batch axis of {vi.name} to 1 (target {target.name} needs static shapes)")
+                    notes.append(f"pinned batch axis of {vi.name}{f' (axis {i})' if i else ''} to 1 (target {target.name} needs static shapes)")
                 elif seen is not None and len(seen) == len(dims) and seen[i] > 0:
                     from_data.append(f"axis {i} ('{d.dim_param or '?'}') = {seen[i]}")
                     d.dim_value = int(seen[i])
