@@ -42,6 +42,8 @@ _PARAMS: dict[str, tuple[tuple[str, ...], Any]] = {
     "classes": (("detection",), lambda v: isinstance(v, str) and 0 < len(v) <= 256),
     "threshold": (("prob-map",), lambda v: _num(v)),
     "blank": (("sequence",), lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+    "multilabel": (("classification",), lambda v: isinstance(v, bool)),
+    "class_map": (("index",), lambda v: isinstance(v, bool)),
 }
 TASK_KEYS = frozenset({"task", *_PARAMS})
 
@@ -222,8 +224,15 @@ def infer_one(name: str, samples: list[np.ndarray], ctx: Context, override: dict
         return TaskSpec(name, override["task"], "declared in the app TOML ([outputs] task)", params, True)
     a = np.asarray(samples[0]) if samples else np.zeros((0,))
     shape = a.shape
+    if a.dtype.kind in "iub" and a.dtype.kind != "b" and ctx.image_inputs and a.ndim in (3, 4) and shape[-1] >= 4 and shape[-2] >= 4 \
+            and (a.ndim == 3 or shape[1] == 1):
+        return TaskSpec(name, "index", f"integer map {list(shape)} from an image: a class id per pixel (mean IoU over fp32's classes, "
+                                       "pixel agreement)", {"class_map": True})
     if a.dtype.kind in "iub":
         return TaskSpec(name, "index", f"integer output {list(shape)}: exact match")
+    if a.dtype.kind == "f" and a.size and len(samples) > 1 and _constant(samples):
+        return TaskSpec(name, "regression", f"{list(shape)} holds one value on every sample: nothing for a task metric to "
+                                            "compare, judged by its change relative to that value")
     meta = _META_TASK.get(ctx.metadata.get("task", "").lower()) if ctx.metadata else None
     hint = _name_kind(name)
     if a.ndim == 4 and ctx.token_inputs and _KV_STATE.search(name):
@@ -254,7 +263,7 @@ def infer_one(name: str, samples: list[np.ndarray], ctx: Context, override: dict
             src = "an image" if ctx.image_inputs else "a sequence input"
             return TaskSpec(name, "sequence", f"{list(shape)} from {src}: peaked per-step class logits ({ctc['layout']}) where class "
                                               f"{ctc['blank']} wins most steps, as CTC's blank does (greedy decode)", ctc)
-        if ctx.image_inputs and not ctx.token_inputs and shape[-1] >= 2 and shape[-2] >= 2 and not _score_head(samples):
+        if ctx.image_inputs and not ctx.token_inputs and shape[-1] >= _MIN_SEQ_CLASSES and shape[-2] >= 2 and not _score_head(samples):
             return TaskSpec(name, "sequence", f"{list(shape)} from an image: per-step class scores (CTC recognizer, greedy decode)")
         if ctx.image_inputs and not ctx.token_inputs and shape[-1] >= 2 and shape[1] == 1 and shape[0] > 1:
             return TaskSpec(name, "sequence", f"{list(shape)} from an image: per-step class scores, one sequence time first "
@@ -265,9 +274,10 @@ def infer_one(name: str, samples: list[np.ndarray], ctx: Context, override: dict
         c = shape[1] if a.ndim == 4 else 1
         h, w = shape[-2], shape[-1]
         if h >= 4 and w >= 4:
-            if c == 1:
+            if c == 1 and (_in01(samples) or _logit_map(samples)):
                 thr = 0.5 if _in01(samples) else 0.0
                 return TaskSpec(name, "prob-map", f"{list(shape)} one-channel map ({'values in [0, 1]' if thr else 'logits'}): thresholded at {thr}", {"threshold": thr})
+            # a one-channel map of one sign or crowded around 0 (depth, distance, a denoised image) is no logit map
             same_as_input = any(len(s) == 4 and s[1] == c and s[2:] == (h, w) for s in ctx.image_inputs)
             if c >= 2 and not same_as_input:
                 return TaskSpec(name, "segmentation", f"{list(shape)}: {c} class scores per pixel")
@@ -279,13 +289,49 @@ def infer_one(name: str, samples: list[np.ndarray], ctx: Context, override: dict
         norms = np.linalg.norm(np.asarray(a, np.float64), axis=-1)
         if hint == "embedding" or (shape[-1] >= 16 and norms.size and np.allclose(norms, 1.0, atol=1e-2) and _rows_are_distributions(a) is None):
             return TaskSpec(name, "embedding", f"{list(shape)} " + ("named like an embedding" if hint == "embedding" else "unit-norm vectors"))
+        if meta in (None, "classification") and _multilabel(samples):
+            return TaskSpec(name, "classification", f"{list(shape)} independent probabilities in [0, 1] (rows do not sum to 1): "
+                            "multi-label, each label decided at 0.5", {"multilabel": True})
         if meta in (None, "classification"):
             dist = _rows_are_distributions(a)
             what = {"prob": "probabilities", "logprob": "log-probabilities"}.get(dist or "", "scores")
             return TaskSpec(name, "classification", f"{list(shape)} class {what}")
     if a.ndim <= 2 and (a.ndim == 0 or shape[-1] == 1) and _in01(samples) and _stats(samples)[1] > _stats(samples)[0]:
         return TaskSpec(name, "classification", f"{list(shape)} one probability per sample: thresholded at 0.5")
-    return TaskSpec(name, "regression", f"{list(shape)}: no task recognised, compared by cosine")
+    return TaskSpec(name, "regression", f"{list(shape)}: no task recognised, compared by cosine around fp32's mean")
+
+
+# a recognizer's per-step scores cover at least digits and a blank; [B, K, 2-7] from an image is
+# keypoints (x, y, visibility), boxes or a padded detection table, not a CTC alphabet
+_MIN_SEQ_CLASSES = 8
+
+
+def _constant(samples: list[np.ndarray]) -> bool:
+    """fp32 gives one (finite) value everywhere, on every sample."""
+    first = np.asarray(samples[0], np.float64).ravel()[0]
+    return bool(np.isfinite(first)) and all(np.all(np.asarray(x, np.float64) == first) for x in samples)
+
+
+def _logit_map(samples: list[np.ndarray]) -> bool:
+    """A one-channel map not in [0, 1] reads as logits (thresholded at 0) only when it holds both
+    signs and few of its values sit near 0 (a logit map's background is clearly negative, its
+    objects clearly positive). A map of one sign (depth, distance, a heat map) or one crowded
+    around 0 (a denoised or residual image) is a regression."""
+    vals = np.concatenate([np.asarray(x, np.float64).ravel() for x in samples[:16]]) if samples else np.zeros(0)
+    vals = vals[np.isfinite(vals)]
+    if vals.size == 0 or vals.min() >= 0 or vals.max() <= 0:
+        return False
+    return float(np.mean(np.abs(vals) <= 0.05 * np.abs(vals).max())) < 0.1
+
+
+def _multilabel(samples: list[np.ndarray]) -> bool:
+    """[B, C >= 2] independent sigmoids: values in [0, 1], spread across the range, rows that do not sum to 1."""
+    a = np.asarray(samples[0]) if samples else np.zeros(0)
+    if a.ndim != 2 or a.shape[-1] < 2 or a.dtype.kind != "f" or not _in01(samples):
+        return False
+    rows = np.concatenate([np.asarray(x, np.float64).reshape(-1, a.shape[-1]) for x in samples])
+    lo, hi = _stats(samples)
+    return hi - lo > 0.5 and _rows_are_distributions(rows) is None
 
 
 def _siblings(name: str, samples: list[np.ndarray], ctx: Context) -> dict[str, Any]:

@@ -8,7 +8,7 @@ fp32 is the ground truth: "agreement" means the quantized model does what fp32 d
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -83,6 +83,8 @@ def classification(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray]
     class probability, which apps threshold (a two-class model keeps every argmax while its
     confidences collapse: top-1 alone would pass it)."""
     r, c = _rows(ref), _rows(cand)
+    if task.get("multilabel", False) and r.shape[1] >= 2:
+        return _multilabel(task, r, c, tol)
     probs = _probabilities(r)
     if r.shape[1] == 1:  # one probability: the decision at 0.5
         agree = float(np.mean((r[:, 0] > 0.5) == (c[:, 0] > 0.5)))
@@ -112,6 +114,23 @@ def classification(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray]
         rules.append(("probability_error", "<=", tol.max_probability_error))
         info["probability_error"] = "mean |change| of fp32's top-class probability"
     return _check(task, metrics, rules, info)
+
+
+def _multilabel(task: TaskSpec, r: np.ndarray, c: np.ndarray, tol: Any) -> TaskCheck:
+    """Independent sigmoids (several labels per sample): the labels each model calls positive at
+    0.5 (F1 of the two sets, which easy negatives cannot inflate) and the worst label's mean
+    |change| of probability. Top-1 means nothing here: two sure labels tie, one damaged label hides."""
+    a, b = r > 0.5, c > 0.5
+    pos = int(a.sum()) + int(b.sum())
+    per_label = np.abs(c - r).mean(0)
+    worst = int(per_label.argmax())
+    metrics = {"label_f1": 2 * float((a & b).sum()) / pos if pos else 1.0, "probability_error": float(per_label[worst])}
+    info: dict[str, Any] = {"rows": int(r.shape[0]), "fp32_positive_labels": int(a.sum()), "quantized_positive_labels": int(b.sum()),
+                            "decision_agreement": round(float(np.mean(a == b)), 6), "worst_label": worst,
+                            "probability_error": "the worst label's mean |change| of probability"}
+    if not a.any():
+        info["note"] = "fp32 calls no label positive on the data: label F1 is weak evidence; add samples with labels to --eval"
+    return _check(task, metrics, [("label_f1", ">=", tol.min_top1_agreement), ("probability_error", "<=", tol.max_probability_error)], info)
 
 
 # -- detection -----------------------------------------------------------------------------------
@@ -400,11 +419,32 @@ def lm_logits(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol
 def regression(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: Any) -> TaskCheck:
     if any(np.asarray(r).shape != np.asarray(c).shape for r, c in zip(ref, cand)):
         return _check(task, {"cosine": 0.0}, [("cosine", ">=", tol.min_cosine)], {"note": "shapes differ between fp32 and quantized"})
-    return _check(task, {"cosine": _cos(np.concatenate([np.ravel(r) for r in ref]), np.concatenate([np.ravel(c) for c in cand]))},
-                  [("cosine", ">=", tol.min_cosine)])
+    r = np.concatenate([np.ravel(x) for x in ref]).astype(np.float64) if ref else np.zeros(0)
+    c = np.concatenate([np.ravel(x) for x in cand]).astype(np.float64) if cand else np.zeros(0)
+    return _check(task, *_centred(r, c, tol))
+
+
+def _centred(r: np.ndarray, c: np.ndarray, tol: Any) -> tuple[dict[str, float], list[tuple[str, str, float]], dict[str, Any]]:
+    """Cosine after subtracting fp32's mean from both (metric, rule, info): an offset the values
+    share (a depth map around 5 m, an image around 0.5) no longer makes any output look alike, and
+    a shift or a rescale of the candidate counts against it. Raw cosine stays as information.
+    fp32 constant on the data (no spread to compare): the largest change relative to its value."""
+    fin = np.isfinite(r) & np.isfinite(c)
+    raw = _cos(r, c)
+    rf, cf = r[fin], c[fin]
+    mean = float(rf.mean()) if rf.size else 0.0
+    spread = float(np.abs(rf - mean).max()) if rf.size else 0.0
+    info: dict[str, Any] = {"cosine": round(raw, 6), "fp32_mean": round(mean, 6), "fp32_spread": round(spread, 6)}
+    if spread <= 1e-6 * max(abs(mean), 1e-30):
+        info["note"] = "fp32 is constant on the data: judged by the largest change relative to its value"
+        err = float(np.abs(cf - rf).max() / max(abs(mean), 1e-30)) if rf.size else 0.0
+        return {"relative_change": err}, [("relative_change", "<=", 1 - tol.min_cosine)], info
+    return {"centred_cosine": _cos(rf - mean, cf - mean)}, [("centred_cosine", ">=", tol.min_cosine)], info
 
 
 def index(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: Any) -> TaskCheck:
+    if task.get("class_map", False) and all(np.asarray(x).shape == np.asarray(y).shape for x, y in zip(ref, cand)):
+        return _class_map(task, ref, cand, tol)
     same = total = 0
     for r, c in zip(ref, cand):
         r, c = np.asarray(r), np.asarray(c)
@@ -413,16 +453,47 @@ def index(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: An
     return _check(task, {"exact_match": same / max(total, 1)}, [("exact_match", ">=", tol.min_top1_agreement)])
 
 
+def _class_map(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: Any) -> TaskCheck:
+    """Integer class-id maps (a segmenter's argmax): mean IoU over fp32's classes and pixel
+    agreement, as for score maps; a small class lost entirely fails mean IoU although almost every
+    pixel still agrees."""
+    a = np.concatenate([np.asarray(x).ravel() for x in ref]) if ref else np.zeros(0, np.int64)
+    b = np.concatenate([np.asarray(x).ravel() for x in cand]) if cand else np.zeros(0, np.int64)
+    ious = {int(k): float(np.sum((a == k) & (b == k)) / np.sum((a == k) | (b == k))) for k in np.unique(a)}
+    worst = min(ious, key=ious.get) if ious else None
+    metrics = {"map_iou": float(np.mean(list(ious.values()))) if ious else 1.0, "pixel_agreement": float(np.mean(a == b)) if a.size else 1.0}
+    return _check(task, metrics, [("map_iou", ">=", tol.min_map_iou), ("pixel_agreement", ">=", tol.min_pixel_agreement)],
+                  {"classes": len(ious), **({"worst_class": worst, "worst_class_iou": round(ious[worst], 6)} if worst is not None else {})})
+
+
 def score(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: Any,
           ref_all: list[dict[str, np.ndarray]] | None = None, cand_all: list[dict[str, np.ndarray]] | None = None) -> TaskCheck | None:
     """The task check of one output; None for a part checked with another output (detection scores)."""
     if "part_of" in task.params:
         return None
     if task.kind == "detection":
-        return detection(task, ref, cand, tol, ref_all or [], cand_all or [])
+        return _non_finite(detection(task, ref, cand, tol, ref_all or [], cand_all or []), ref, cand)
     fn = {"classification": classification, "prob-map": prob_map, "segmentation": segmentation, "sequence": sequence,
           "embedding": embedding, "lm-logits": lm_logits, "regression": regression, "index": index}[task.kind]
-    return fn(task, ref, cand, tol)
+    return _non_finite(fn(task, ref, cand, tol), ref, cand)
+
+
+def _non_finite(chk: TaskCheck, ref: list[np.ndarray], cand: list[np.ndarray]) -> TaskCheck:
+    """A candidate producing NaN or Inf where fp32 is finite fails whatever its task metric says
+    (thresholds, argmax and cosine over the finite values read NaN as an answer)."""
+    bad = total = 0
+    for r, c in zip(ref, cand):
+        r, c = np.asarray(r), np.asarray(c)
+        if r.shape != c.shape or c.dtype.kind not in "fc":
+            continue
+        bad += int((np.isfinite(r) & ~np.isfinite(c)).sum())
+        total += c.size
+    if not bad:
+        return chk
+    share = bad / max(total, 1)
+    fail = f"output '{chk.output}' ({chk.kind}): non-finite values {bad} ({100 * share:.2g} %) where fp32 is finite > 0"
+    return replace(chk, metrics={**chk.metrics, "non_finite": round(share, 6)}, limits={**chk.limits, "non_finite": "<= 0"},
+                   passed=False, failures=(*chk.failures, fail))
 
 
 class _NoLimits:
