@@ -25,6 +25,7 @@ KINDS = (
     "lm-logits",  # [B, T, V] next-token logits from token ids: KL and same top token
     "regression",  # anything else: cosine over the whole output
     "index",  # integer outputs (argmax, class ids): exact match
+    "keypoints",  # [B, K, 2|3] points in pixels (x, y and a visibility or depth) from an image: share within a radius of fp32's
 )
 BOX_FORMATS = ("cxcywh", "xyxy", "xywh")
 DET_LAYOUTS = ("channels-first", "anchors-first")
@@ -44,7 +45,11 @@ _PARAMS: dict[str, tuple[tuple[str, ...], Any]] = {
     "blank": (("sequence",), lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
     "multilabel": (("classification",), lambda v: isinstance(v, bool)),
     "class_map": (("index",), lambda v: isinstance(v, bool)),
+    "packed": (("detection",), lambda v: v in PACKED_LAYOUTS),
+    "radius": (("keypoints",), lambda v: _num(v) and 0 < v <= 1),
+    "visibility": (("keypoints",), lambda v: isinstance(v, bool)),
 }
+PACKED_LAYOUTS = ("xyxy-score-class",)
 TASK_KEYS = frozenset({"task", *_PARAMS})
 
 
@@ -238,6 +243,12 @@ def infer_one(name: str, samples: list[np.ndarray], ctx: Context, override: dict
     if a.ndim == 4 and ctx.token_inputs and _KV_STATE.search(name):
         return TaskSpec(name, "regression", f"{list(shape)} from token ids, named like a decoder's key/value cache: "
                         "state, not a prediction (cosine; the logits carry the task)")
+    if a.ndim == 3 and a.dtype.kind == "f" and not ctx.token_inputs and _packed_detections(samples):
+        return TaskSpec(name, "detection", f"{list(shape)}: one detection per row after NMS (x1, y1, x2, y2, score in [0, 1], "
+                                           "integer class; zero-score rows are padding)", {"packed": "xyxy-score-class", "box_format": "xyxy"})
+    if a.ndim == 3 and a.dtype.kind == "f" and ctx.image_inputs and not ctx.token_inputs and (kp := _keypoints(samples)) is not None:
+        return TaskSpec(name, "keypoints", f"{list(shape)} from an image: {shape[1]} points in pixels"
+                        + (" with a visibility in [0, 1]" if kp else "") + " (share within a radius of fp32's)", {"visibility": kp})
     if a.ndim == 3:
         det = _detection_layout(samples)
         if det is not None and (meta in (None, "detection")):
@@ -304,6 +315,35 @@ def infer_one(name: str, samples: list[np.ndarray], ctx: Context, override: dict
 # a recognizer's per-step scores cover at least digits and a blank; [B, K, 2-7] from an image is
 # keypoints (x, y, visibility), boxes or a padded detection table, not a CTC alphabet
 _MIN_SEQ_CLASSES = 8
+
+
+def _packed_detections(samples: list[np.ndarray]) -> bool:
+    """[B, N, 6] rows of x1, y1, x2, y2, score, class after NMS (YOLOv10 / end-to-end exports; the
+    unused rows zero): scores in [0, 1], class ids whole numbers >= 0, boxes ordered and some in pixels."""
+    a = np.asarray(samples[0])
+    if a.ndim != 3 or a.shape[-1] != 6 or a.shape[1] < 2:
+        return False
+    rows = np.concatenate([np.asarray(x, np.float64).reshape(-1, 6) for x in samples[:16] if np.asarray(x).shape[-1:] == (6,)])
+    if not np.isfinite(rows).all():
+        return False
+    live = rows[rows[:, 4] > 0]
+    if not len(live) or rows[:, 4].min() < 0 or rows[:, 4].max() > 1 + 1e-4:
+        return False
+    cls = live[:, 5]
+    return bool(np.all(cls >= 0) and np.all(cls == np.round(cls)) and np.all(live[:, 2] >= live[:, 0]) and np.all(live[:, 3] >= live[:, 1])
+                and np.abs(live[:, :4]).max() > 1.5)
+
+
+def _keypoints(samples: list[np.ndarray]) -> bool | None:
+    """[B, K, 2|3] points from an image (K <= 256): x and y in pixels (some > 1.5), a third column in
+    [0, 1] read as visibility (True) or as depth (False); None when not points."""
+    a = np.asarray(samples[0])
+    if a.ndim != 3 or a.shape[-1] not in (2, 3) or not 1 <= a.shape[1] <= 256:
+        return None
+    pts = np.concatenate([np.asarray(x, np.float64).reshape(-1, a.shape[-1]) for x in samples[:16] if np.asarray(x).shape[-1] == a.shape[-1]])
+    if not np.isfinite(pts).all() or np.abs(pts[:, :2]).max() <= 1.5:
+        return None
+    return bool(a.shape[-1] == 3 and pts[:, 2].min() >= -1e-4 and pts[:, 2].max() <= 1 + 1e-4)
 
 
 def _constant(samples: list[np.ndarray]) -> bool:

@@ -254,8 +254,20 @@ def match(ref: Detections, cand: Detections, iou: float) -> int:
     return tp
 
 
+def _packed(task: TaskSpec, sample: dict[str, np.ndarray]) -> list[Detections]:
+    """[B, N, 6] rows (x1, y1, x2, y2, score, class) of one sample -> per batch element, the rows
+    scoring above the threshold (0.25 unless declared: such tables hold the top rows, unthresholded)."""
+    t = np.asarray(sample[task.output], np.float64)
+    t = t.reshape(-1, t.shape[-2], t.shape[-1])
+    thr = float(task.get("score_threshold", 0.25))
+    return [Detections(to_xyxy(b[b[:, 4] > thr, :4], task.get("box_format", "xyxy")), b[b[:, 4] > thr, 4],
+                       b[b[:, 4] > thr, 5].astype(np.int64)) for b in t]
+
+
 def _post_nms(task: TaskSpec, sample: dict[str, np.ndarray]) -> list[Detections]:
     """Boxes (+ scores, classes outputs) of one sample, per batch element."""
+    if "packed" in task.params:
+        return _packed(task, sample)
     boxes = np.asarray(sample[task.output], np.float64)
     batched = boxes.ndim == 3
     boxes = boxes if batched else boxes[None]
@@ -281,7 +293,7 @@ def detection(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol
               ref_all: list[dict[str, np.ndarray]], cand_all: list[dict[str, np.ndarray]]) -> TaskCheck:
     iou = float(task.get("iou", 0.5))
     split = "levels" in task.params
-    raw = split or (bool(ref) and np.asarray(ref[0]).ndim == 3 and np.asarray(ref[0]).shape[-1] != 4)
+    raw = split or (bool(ref) and np.asarray(ref[0]).ndim == 3 and np.asarray(ref[0]).shape[-1] != 4 and "packed" not in task.params)
     info: dict[str, Any] = {}
     tops_ok = tops_n = 0
     tp = n_ref = n_cand = 0
@@ -453,6 +465,42 @@ def index(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: An
     return _check(task, {"exact_match": same / max(total, 1)}, [("exact_match", ">=", tol.min_top1_agreement)])
 
 
+def keypoints(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: Any) -> TaskCheck:
+    """Points in pixels: the share of fp32's points (its visible ones, where a visibility column
+    says so) that the candidate puts within ``radius`` (default 0.1, PCK@0.1) of the extent of the sample's
+    points, and the share of visibility decisions (at 0.5) kept. A whole-output cosine cannot see
+    one joint moved by a tenth of the body: coordinates in the hundreds swamp it."""
+    radius = float(task.get("radius", 0.1))
+    vis = bool(task.get("visibility", False))
+    near = counted = vis_same = vis_n = 0
+    for r, c in zip(ref, cand):
+        r, c = np.asarray(r, np.float64), np.asarray(c, np.float64)
+        if r.shape != c.shape:
+            counted += max(r.shape[-2] if r.ndim >= 2 else 1, 1)
+            continue
+        d = r.shape[-1]
+        for pr, pc in zip(r.reshape(-1, r.shape[-2], d), c.reshape(-1, c.shape[-2], d)):
+            shown = pr[:, 2] > 0.5 if vis else np.ones(len(pr), bool)
+            xy = pr[shown, : 2 if vis else d]
+            if not len(xy):
+                xy = pr[:, : 2 if vis else d]
+            extent = float(np.linalg.norm(xy.max(0) - xy.min(0))) if len(xy) > 1 else 0.0
+            extent = extent if extent > 0 else float(np.abs(pr[:, :2]).max())
+            dist = np.linalg.norm(pc[:, : 2 if vis else d] - pr[:, : 2 if vis else d], axis=1)
+            ok = np.isfinite(dist) & (dist <= radius * max(extent, 1e-12))
+            near += int((ok & shown).sum())
+            counted += int(shown.sum())
+            if vis:
+                vis_same += int(((pc[:, 2] > 0.5) == shown).sum())
+                vis_n += len(pr)
+    metrics = {"keypoint_agreement": near / counted if counted else 1.0}
+    rules = [("keypoint_agreement", ">=", tol.min_top1_agreement)]
+    if vis:
+        metrics["visibility_agreement"] = vis_same / max(vis_n, 1)
+        rules.append(("visibility_agreement", ">=", tol.min_top1_agreement))
+    return _check(task, metrics, rules, {"points": counted, "radius": f"{radius:g} x the extent of fp32's points per sample"})
+
+
 def _class_map(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: Any) -> TaskCheck:
     """Integer class-id maps (a segmenter's argmax): mean IoU over fp32's classes and pixel
     agreement, as for score maps; a small class lost entirely fails mean IoU although almost every
@@ -474,7 +522,7 @@ def score(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: An
     if task.kind == "detection":
         return _non_finite(detection(task, ref, cand, tol, ref_all or [], cand_all or []), ref, cand)
     fn = {"classification": classification, "prob-map": prob_map, "segmentation": segmentation, "sequence": sequence,
-          "embedding": embedding, "lm-logits": lm_logits, "regression": regression, "index": index}[task.kind]
+          "embedding": embedding, "lm-logits": lm_logits, "regression": regression, "index": index, "keypoints": keypoints}[task.kind]
     return _non_finite(fn(task, ref, cand, tol), ref, cand)
 
 

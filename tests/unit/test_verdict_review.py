@@ -161,6 +161,66 @@ def test_constant_output_judged_by_relative_change():
 # -- small [B, K, 2-7] outputs from an image are not CTC alphabets --------------------------------
 
 
+def _poses(rng: np.random.Generator, n: int = 8) -> list[np.ndarray]:
+    """[1, 17, 3]: a 120-px-tall person somewhere in a 640-px image, x, y in pixels, visibility."""
+    out = []
+    for _ in range(n):
+        k = np.empty((1, 17, 3), np.float32)
+        x0, y0 = rng.uniform(50, 500, 2)
+        k[0, :, 0] = x0 + rng.uniform(0, 50, 17)
+        k[0, :, 1] = y0 + rng.uniform(0, 120, 17)
+        k[0, :, 2] = rng.uniform(0.6, 1, 17)
+        k[0, 15:, 2] = 0.1  # ankles hidden
+        out.append(k)
+    return out
+
+
+def test_keypoints_one_joint_moved_fails_although_cosine_passes():
+    rng = np.random.default_rng(8)
+    ref = _poses(rng)
+    healthy = [k + np.concatenate([rng.normal(0, 1.5, (1, 17, 2)), rng.normal(0, 0.01, (1, 17, 1))], -1).astype(np.float32) for k in ref]
+    spec, c = _judge("keypoints", ref, healthy, Context(image_inputs=((1, 3, 640, 640),)))
+    assert spec.kind == "keypoints" and spec.params == {"visibility": True}, spec
+    assert c.passed and c.metrics["keypoint_agreement"] == 1.0, c
+    broken = [k.copy() for k in ref]
+    for b in broken:
+        b[0, 9, 0] += 30  # the left wrist 30 px off (a quarter of the body's height)
+    _, c = _judge("keypoints", ref, broken, Context(image_inputs=((1, 3, 640, 640),)))
+    assert not c.passed and c.metrics["keypoint_agreement"] == pytest.approx(14 / 15), c
+    assert any("keypoint agreement" in f and "'keypoints'" in f for f in c.failures)
+    reg = score(infer_all(("y",), [ref], Context())[0], ref, broken, TOL)  # the same outputs judged as a regression
+    assert reg.passed  # whole-output cosine cannot see it
+    hidden = [k.copy() for k in ref]
+    for h in hidden:
+        h[0, 3, 2] = 0.2  # a visible joint reported hidden
+    assert not score(spec, ref, hidden, TOL).passed
+
+
+def test_padded_detection_table_matched_by_class_and_iou():
+    rng = np.random.default_rng(9)
+    dets = []
+    for _ in range(8):
+        d = np.zeros((1, 20, 6), np.float32)  # x1, y1, x2, y2, score, class; unused rows zero
+        d[0, :3, :2] = rng.uniform(0, 300, (3, 2))
+        d[0, :3, 2:4] = d[0, :3, :2] + rng.uniform(30, 90, (3, 2))
+        d[0, :3, 4] = [0.9, 0.8, 0.6]
+        d[0, :3, 5] = rng.integers(0, 80, 3)
+        d[0, 3:6, 4] = 0.05  # low-score leftovers under the threshold
+        d[0, 3:6, :4] = d[0, :3, :4] + 5
+        dets.append(d)
+    spec = infer_all(("output0",), [dets], IMAGE)[0]
+    assert spec.kind == "detection" and spec.params["packed"] == "xyxy-score-class", spec
+    swapped = [d[:, [1, 0, 2] + list(range(3, 20))] for d in dets]  # the same detections, another order
+    c = score(spec, dets, swapped, TOL, [{"output0": d} for d in dets], [{"output0": d} for d in swapped])
+    assert c.passed and c.metrics["detection_f1"] == 1.0 and c.info["fp32_detections"] == 24
+    broken = [d.copy() for d in dets]
+    for b in broken:
+        b[0, 0, 0] = 0.0  # one box's x1 zeroed
+        b[0, 1, 5] += 1  # one detection's class changed
+    c = score(spec, dets, broken, TOL, [{"output0": d} for d in dets], [{"output0": d} for d in broken])
+    assert not c.passed and c.metrics["detection_f1"] < 0.7 and any("detection f1" in f for f in c.failures)
+
+
 def test_keypoints_and_padded_detections_are_not_sequences():
     rng = np.random.default_rng(6)
     kps = []
@@ -203,3 +263,55 @@ def test_non_finite_candidate_fails_whatever_the_metric():
     holes[0][0, 0, :3] = np.inf  # cosine over the finite values alone: 1.0
     _, c = _judge("z", reg, holes, Context())
     assert not c.passed and c.metrics["centred_cosine"] == pytest.approx(1.0)
+
+
+# -- the new kind and parameters can be declared, and a manifest carrying them stays valid --------
+
+
+def test_new_kind_and_parameters_declared_in_the_app_toml_and_the_manifest_schema(tmp_path):
+    import json
+
+    import jsonschema
+
+    from edgeq.core.appio import load_io_spec
+    from edgeq.core.artifact import IoSpec, TensorSpec
+    from edgeq.errors import EdgeqError
+
+    io = IoSpec((TensorSpec("x", "float32", ("B", 3, 64, 64)),), (TensorSpec("kp", "float32", ("B", 17, 3)),))
+    p = tmp_path / "app.toml"
+    p.write_text('[outputs.kp]\ntask = "keypoints"\nradius = 0.3\nvisibility = false\n')
+    spec = load_io_spec(p, io)["outputs"]["kp"]
+    assert spec == {"task": "keypoints", "radius": 0.3, "visibility": False}
+    ref = _poses(np.random.default_rng(10))
+    t = infer_all(("kp",), [ref], IMAGE, {"kp": spec})[0]
+    moved = [k.copy() for k in ref]
+    for m in moved:
+        m[0, 9, 0] += 30  # inside 0.3 x the extent of the points, outside 0.1
+    assert t.declared and score(t, ref, moved, TOL).passed
+    p.write_text('[outputs.kp]\ntask = "keypoints"\nradius = 2\n')
+    with pytest.raises(EdgeqError, match="invalid value for 'radius'"):
+        load_io_spec(p, io)
+    schema = json.loads((Path(__import__("edgeq").__file__).parent / "bundles/schemas/manifest.schema.json").read_text())
+    out_schema = schema
+    for key in _path_to_task(schema):
+        out_schema = out_schema[key]
+    for declared in (spec, {"task": "classification", "multilabel": True}, {"task": "index", "class_map": True},
+                     {"task": "detection", "packed": "xyxy-score-class", "score_threshold": 0.3}):
+        jsonschema.validate(declared, out_schema)
+
+
+def _path_to_task(node, path=()):
+    """Keys leading to the schema object whose properties hold an output's 'task'."""
+    if isinstance(node, dict):
+        if isinstance(node.get("properties"), dict) and "task" in node["properties"] and "blank" in node["properties"]:
+            return path
+        items = node.items()
+    elif isinstance(node, list):
+        items = enumerate(node)
+    else:
+        return None
+    for k, v in items:
+        found = _path_to_task(v, (*path, k))
+        if found is not None:
+            return found
+    return None
