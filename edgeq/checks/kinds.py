@@ -300,6 +300,13 @@ def infer_one(name: str, samples: list[np.ndarray], ctx: Context, override: dict
         norms = np.linalg.norm(np.asarray(a, np.float64), axis=-1)
         if hint == "embedding" or (shape[-1] >= 16 and norms.size and np.allclose(norms, 1.0, atol=1e-2) and _rows_are_distributions(a) is None):
             return TaskSpec(name, "embedding", f"{list(shape)} " + ("named like an embedding" if hint == "embedding" else "unit-norm vectors"))
+        lo, hi = _stats(samples)
+        if meta is None and lo >= 0 and hi > 1 + 1e-4:  # logits take both signs; these are amounts, not class scores
+            if shape[-1] >= 16:
+                return TaskSpec(name, "embedding", f"{list(shape)} non-negative values beyond 1 (pooled ReLU features, "
+                                                   "not class scores): per-vector cosine")
+            return TaskSpec(name, "regression", f"{list(shape)} non-negative values beyond 1 (coordinates, sizes, counts; "
+                                                "not class scores): compared by cosine around fp32's mean")
         if meta in (None, "classification") and _multilabel(samples):
             return TaskSpec(name, "classification", f"{list(shape)} independent probabilities in [0, 1] (rows do not sum to 1): "
                             "multi-label, each label decided at 0.5", {"multilabel": True})

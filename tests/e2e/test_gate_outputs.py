@@ -101,12 +101,12 @@ def test_app_toml_task_override_reaches_the_search_and_the_gate(tmp_path):
     assert [s.kind for s in specs] == ["classification", "regression"] and specs[1].declared
     res = quantize(artifact_from(src), QuantSpec(calibration="minmax"), tmp_path / "q.onnx", data=data, max_drop=0.05, tasks=declared)
     s = res.details["search"]
-    assert {o["output"]: o["metric"] for o in s["outputs"]} == {"cls": "agreement", "head2": "cosine"}
-    assert s["steps"][0]["outputs"][1]["metric"] == "cosine"
+    assert {o["output"]: o["metric"] for o in s["outputs"]} == {"cls": "agreement", "head2": "centred_cosine"}
+    assert s["steps"][0]["outputs"][1]["metric"] == "centred_cosine"
     g = quantize(artifact_from(src), QuantSpec(calibration="minmax"), tmp_path / "g.onnx", data=data, max_drop=0.05,
                  prefer="accurate", tasks=declared).details["gate"]
-    assert "head2: cosine" in g["metric"]
-    assert all(c["outputs"][1]["metric"] == "cosine" for c in g["candidates"] if c["error"] is None)
+    assert "head2: centred_cosine" in g["metric"]
+    assert all(c["outputs"][1]["metric"] == "centred_cosine" for c in g["candidates"] if c["error"] is None)
 
 
 def test_quantize_cli_takes_the_app_toml(runner, tmp_path):

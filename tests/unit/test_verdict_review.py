@@ -315,3 +315,25 @@ def _path_to_task(node, path=()):
         if found is not None:
             return found
     return None
+
+
+# -- [B, C] amounts that are not class scores: a box regressor, pooled ReLU features --------------
+
+
+def test_box_regressor_and_relu_features_are_not_classifiers():
+    rng = np.random.default_rng(11)
+    boxes = []
+    for _ in range(30):  # one object's x1, y1, x2, y2 in pixels: x2 and y2 close, argmax flips between them
+        x1, y1 = rng.uniform(10, 200, 2)
+        s = rng.uniform(40, 60)
+        boxes.append(np.array([[x1, y1, x1 + s + rng.uniform(-2, 2), y1 + s]], np.float32))
+    healthy = [b + rng.normal(0, 0.5, b.shape).astype(np.float32) for b in boxes]
+    spec, c = _judge("out", boxes, healthy)
+    assert spec.kind == "regression" and c.passed, (spec, c)  # was classification: top-1 of (x1, y1, x2, y2)
+    shifted = [b + np.array([[25, 0, 0, 0]], np.float32) for b in boxes]  # x1 off by half the box: x2 still wins
+    assert not _judge("out", boxes, shifted)[1].passed
+    feats = [np.maximum(rng.normal(0, 1, (1, 64)), 0).astype(np.float32) for _ in range(20)]
+    spec, c = _judge("pooled", feats, [-f for f in feats])
+    assert spec.kind == "embedding" and not c.passed
+    logits = [rng.normal(0, 3, (1, 10)) for _ in range(20)]
+    assert infer_all(("out",), [logits], IMAGE)[0].kind == "classification"  # signed scores stay class scores
