@@ -249,6 +249,14 @@ def infer_one(name: str, samples: list[np.ndarray], ctx: Context, override: dict
     if a.ndim == 3 and a.dtype.kind == "f" and ctx.image_inputs and not ctx.token_inputs and (kp := _keypoints(samples)) is not None:
         return TaskSpec(name, "keypoints", f"{list(shape)} from an image: {shape[1]} points in pixels"
                         + (" with a visibility in [0, 1]" if kp else "") + " (share within a radius of fp32's)", {"visibility": kp})
+    if a.ndim == 3 and a.dtype.kind == "f" and not ctx.token_inputs and meta is None and hint is None and _aligned_map(shape, ctx):
+        lo, hi = _stats(samples)
+        if _in01(samples) and hi - lo > 0.5:
+            return TaskSpec(name, "prob-map", f"{list(shape)} map on the image's grid with values in [0, 1]: thresholded at 0.5", {"threshold": 0.5})
+        if _logit_map(samples):
+            return TaskSpec(name, "prob-map", f"{list(shape)} map on the image's grid (logits): thresholded at 0", {"threshold": 0.0})
+        return TaskSpec(name, "regression", f"{list(shape)} map on the image's grid (depth, density, a one-channel image; not "
+                                            "per-step class scores): compared by cosine around fp32's mean")
     if a.ndim == 3:
         det = _detection_layout(samples)
         if det is not None and (meta in (None, "detection")):
@@ -351,6 +359,19 @@ def _keypoints(samples: list[np.ndarray]) -> bool | None:
     if not np.isfinite(pts).all() or np.abs(pts[:, :2]).max() <= 1.5:
         return None
     return bool(a.shape[-1] == 3 and pts[:, 2].min() >= -1e-4 and pts[:, 2].max() <= 1 + 1e-4)
+
+
+def _aligned_map(shape: tuple[int, ...], ctx: Context) -> bool:
+    """[B, h, w] on an image input's grid: h and w divide its H and W by the same factor (a depth
+    or probability map without a channel axis, MiDaS-style), which a recognizer's [B, T, C] does not."""
+    h, w = shape[-2], shape[-1]
+    if h < 4 or w < 4:
+        return False
+    for img in ctx.image_inputs:
+        for hh, ww in ((img[2], img[3]), (img[1], img[2])):  # NCHW, NHWC
+            if hh > 1 and ww > 1 and hh % h == 0 and ww % w == 0 and hh // h == ww // w:
+                return True
+    return False
 
 
 def _constant(samples: list[np.ndarray]) -> bool:

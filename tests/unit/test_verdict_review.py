@@ -337,3 +337,25 @@ def test_box_regressor_and_relu_features_are_not_classifiers():
     assert spec.kind == "embedding" and not c.passed
     logits = [rng.normal(0, 3, (1, 10)) for _ in range(20)]
     assert infer_all(("out",), [logits], IMAGE)[0].kind == "classification"  # signed scores stay class scores
+
+
+# -- [B, H, W] maps without a channel axis (MiDaS-style depth) are not sequences --------------------
+
+
+def test_depth_map_without_channel_axis_is_a_map_not_a_ctc_sequence():
+    rng = np.random.default_rng(12)
+    depth = []
+    for _ in range(6):
+        d = np.full((1, 32, 32), 5.0) + rng.normal(0, 0.05, (1, 32, 32))
+        d[0, 8:20, 8:20] = 2.0  # something closer
+        depth.append(d.astype(np.float32))
+    ctx = Context(image_inputs=((1, 3, 64, 64),))  # the map is the image's grid / 2
+    healthy = [d + rng.normal(0, 0.01, d.shape).astype(np.float32) for d in depth]
+    spec, c = _judge("depth", depth, healthy, ctx)
+    assert spec.kind == "regression" and c.passed, (spec, c)  # was 'sequence': argmax per row of a depth map
+    _, c = _judge("depth", depth, [d + 1.0 for d in depth], ctx)
+    assert not c.passed and c.info["cosine"] > TOL.min_cosine
+    probs = [(d < 3).astype(np.float32) * 0.9 + 0.05 for d in depth]
+    assert infer_all(("p",), [probs], ctx)[0].kind == "prob-map"
+    ctc = [rng.normal(0, 3, (1, 40, 37)) for _ in range(2)]  # a recognizer on 48 x 320 keeps its sequence
+    assert infer_all(("logits",), [ctc], Context(image_inputs=((1, 3, 48, 320),)))[0].kind == "sequence"
