@@ -467,10 +467,10 @@ def index(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: An
 
 def keypoints(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: Any) -> TaskCheck:
     """Points in pixels: the share of fp32's points (its visible ones, where a visibility column
-    says so) that the candidate puts within ``radius`` (default 0.1, PCK@0.1) of the extent of the sample's
+    says so) that the candidate puts within ``radius`` (default 0.2, PCK@0.2) of the extent of the sample's
     points, and the share of visibility decisions (at 0.5) kept. A whole-output cosine cannot see
     one joint moved by a tenth of the body: coordinates in the hundreds swamp it."""
-    radius = float(task.get("radius", 0.1))
+    radius = float(task.get("radius", 0.2))
     vis = bool(task.get("visibility", False))
     near = counted = vis_same = vis_n = 0
     for r, c in zip(ref, cand):

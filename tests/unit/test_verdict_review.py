@@ -184,7 +184,7 @@ def test_keypoints_one_joint_moved_fails_although_cosine_passes():
     assert c.passed and c.metrics["keypoint_agreement"] == 1.0, c
     broken = [k.copy() for k in ref]
     for b in broken:
-        b[0, 9, 0] += 30  # the left wrist 30 px off (a quarter of the body's height)
+        b[0, 9, 0] += 45  # the left wrist 45 px off (over a third of the body's height)
     _, c = _judge("keypoints", ref, broken, Context(image_inputs=((1, 3, 640, 640),)))
     assert not c.passed and c.metrics["keypoint_agreement"] == pytest.approx(14 / 15), c
     assert any("keypoint agreement" in f and "'keypoints'" in f for f in c.failures)
@@ -279,15 +279,16 @@ def test_new_kind_and_parameters_declared_in_the_app_toml_and_the_manifest_schem
 
     io = IoSpec((TensorSpec("x", "float32", ("B", 3, 64, 64)),), (TensorSpec("kp", "float32", ("B", 17, 3)),))
     p = tmp_path / "app.toml"
-    p.write_text('[outputs.kp]\ntask = "keypoints"\nradius = 0.3\nvisibility = false\n')
+    p.write_text('[outputs.kp]\ntask = "keypoints"\nradius = 0.05\nvisibility = false\n')
     spec = load_io_spec(p, io)["outputs"]["kp"]
-    assert spec == {"task": "keypoints", "radius": 0.3, "visibility": False}
+    assert spec == {"task": "keypoints", "radius": 0.05, "visibility": False}
     ref = _poses(np.random.default_rng(10))
     t = infer_all(("kp",), [ref], IMAGE, {"kp": spec})[0]
     moved = [k.copy() for k in ref]
     for m in moved:
-        m[0, 9, 0] += 30  # inside 0.3 x the extent of the points, outside 0.1
-    assert t.declared and score(t, ref, moved, TOL).passed
+        m[0, 9, 0] += 12  # outside 0.05 x the extent of the points (about 7 px), inside the default 0.2
+    assert t.declared and not score(t, ref, moved, TOL).passed
+    assert score(infer_all(("kp",), [ref], IMAGE)[0], ref, moved, TOL).passed
     p.write_text('[outputs.kp]\ntask = "keypoints"\nradius = 2\n')
     with pytest.raises(EdgeqError, match="invalid value for 'radius'"):
         load_io_spec(p, io)
