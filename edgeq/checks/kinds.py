@@ -316,6 +316,9 @@ def infer_one(name: str, samples: list[np.ndarray], ctx: Context, override: dict
             return TaskSpec(name, "regression", f"{list(shape)} non-negative values beyond 1 (coordinates, sizes, counts; "
                                                 "not class scores): compared by cosine around fp32's mean")
         if meta in (None, "classification") and _multilabel(samples):
+            if not _decided(samples):  # sigmoids of a trained multi-label head sit near 0 or 1; coordinates spread out
+                return TaskSpec(name, "regression", f"{list(shape)} values in [0, 1] spread across the range, rows not summing to 1 "
+                                                    "(normalised coordinates or sizes, not label decisions): compared by cosine around fp32's mean")
             return TaskSpec(name, "classification", f"{list(shape)} independent probabilities in [0, 1] (rows do not sum to 1): "
                             "multi-label, each label decided at 0.5", {"multilabel": True})
         if meta in (None, "classification"):
@@ -400,6 +403,12 @@ def _multilabel(samples: list[np.ndarray]) -> bool:
     rows = np.concatenate([np.asarray(x, np.float64).reshape(-1, a.shape[-1]) for x in samples])
     lo, hi = _stats(samples)
     return hi - lo > 0.5 and _rows_are_distributions(rows) is None
+
+
+def _decided(samples: list[np.ndarray]) -> bool:
+    """Most values near 0 or 1 (outside [0.2, 0.8]), as a trained sigmoid head's are."""
+    vals = np.concatenate([np.asarray(x, np.float64).ravel() for x in samples])
+    return float(np.mean((vals < 0.2) | (vals > 0.8))) >= 0.5
 
 
 def _siblings(name: str, samples: list[np.ndarray], ctx: Context) -> dict[str, Any]:

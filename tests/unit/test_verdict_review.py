@@ -360,3 +360,14 @@ def test_depth_map_without_channel_axis_is_a_map_not_a_ctc_sequence():
     assert infer_all(("p",), [probs], ctx)[0].kind == "prob-map"
     ctc = [rng.normal(0, 3, (1, 40, 37)) for _ in range(2)]  # a recognizer on 48 x 320 keeps its sequence
     assert infer_all(("logits",), [ctc], Context(image_inputs=((1, 3, 48, 320),)))[0].kind == "sequence"
+
+
+def test_normalised_box_in_unit_range_is_regression_not_labels():
+    rng = np.random.default_rng(13)
+    boxes = []
+    for _ in range(30):  # x1, y1, x2, y2 as fractions of the image: spread over [0, 1], no label decisions
+        x1, y1 = rng.uniform(0.05, 0.5, 2)
+        boxes.append(np.array([[x1, y1, x1 + rng.uniform(0.2, 0.45), y1 + rng.uniform(0.2, 0.45)]], np.float32))
+    spec, c = _judge("out", boxes, [b + rng.normal(0, 0.002, b.shape).astype(np.float32) for b in boxes])
+    assert spec.kind == "regression" and c.passed, (spec, c)  # a multi-label reading flips decisions at 0.5 on coordinates
+    assert not _judge("out", boxes, [b + np.array([[0.08, 0, 0, 0]], np.float32) for b in boxes])[1].passed
