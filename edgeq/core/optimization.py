@@ -103,6 +103,11 @@ def _pin_shapes(model, target: Target, pins: dict[str, tuple[int, ...]],
     return notes
 
 
+def _input_dims(model) -> dict[str, list[int | str]]:
+    return {vi.name: [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in vi.type.tensor_type.shape.dim]
+            for vi in model.graph.input}
+
+
 def strip_debug_info(model) -> int:
     """Drop per-node doc strings and metadata (exporter stack traces that leak local paths)."""
     from .onnxutil import iter_nodes
@@ -157,7 +162,9 @@ def optimize(
                 f"re-export the model with opset {wanted}",
             ) from None
         notes.append(f"opset {current} -> {wanted} (target range {target.opset.min}-{target.opset.max})")
+    before_pins = _input_dims(model)
     notes += _pin_shapes(model, target, static_shapes or {}, data_shapes)
+    pinned = [f"{n} {'x'.join(map(str, d))}" for n, d in _input_dims(model).items() if d != before_pins.get(n)]
     stripped = strip_debug_info(model)
     if stripped:
         notes.append(f"stripped exporter debug metadata from {stripped} nodes (stack traces, local paths)")
@@ -182,7 +189,18 @@ def optimize(
             raise ModelError(f"shape inference failed: {str(e).splitlines()[0][:200]}", "check the model with onnx.checker") from None
         so = session_options(level=OPTIMIZE_LEVEL)
         so.optimized_model_filepath = str(out_path)
-        create_session(staged, so=so)
+        try:
+            create_session(staged, so=so)
+        except ModelError as e:
+            staged.unlink(missing_ok=True)
+            if not pinned:
+                raise
+            # the file loads with its dynamic axes (edgeq checked it) but not at the pinned sizes: the static shapes
+            # flow into branches (If/Loop bodies) whose declared shapes contradict them, or the sizes do not fit
+            raise ModelError(f"onnxruntime rejects the model once its dynamic axes are pinned ({', '.join(pinned)}): "
+                             f"{e.message.split(': ', 1)[-1]}",
+                             "pin other sizes with --static-shape NAME=AxBx..., or use a target with dynamic shapes "
+                             "(e.g. cpu-x86_64)") from None
         staged.unlink()
         onnx.shape_inference.infer_shapes_path(str(out_path), str(out_path), strict_mode=False)
         folded = load_model(out_path, load_weights=False)
