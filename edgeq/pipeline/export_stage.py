@@ -407,12 +407,11 @@ def _written_ep_context(out: Path) -> dict[str, Any] | None:
 
 
 def _dynamic_applies(art: Artifact) -> bool:
-    """The main graph has a node type int8-dynamic quantizes (onnxruntime's dynamic quantizer leaves
-    If/Loop/Scan subgraphs alone): else a hint must not offer it."""
-    from ..core.onnxutil import load_model
+    """The model has a node type int8-dynamic quantizes (If/Loop/Scan bodies included): else a hint must not offer it."""
+    from ..core.onnxutil import iter_nodes, load_model
     from ..quantization.int8.quantizer import DYNAMIC_DEFAULT_OPS
 
-    return any(n.op_type in DYNAMIC_DEFAULT_OPS for n in load_model(art.path, load_weights=False).graph.node)
+    return any(n.op_type in DYNAMIC_DEFAULT_OPS for n in iter_nodes(load_model(art.path, load_weights=False).graph))
 
 
 def _synthetic(art: Artifact) -> dict:
