@@ -69,7 +69,7 @@ def none_quantized(op_types: list[str] | tuple[str, ...], total: dict[str, int],
     The message counts the op types actually considered; nodes of other types (convolutions
     left float by default, GRU/RNN that no mode quantizes) are named as what they are."""
     asked = considered(op_types, total)
-    if sum(quantized.get(op, 0) for op in asked):
+    if sum(quantized.values()):
         return None
     if not sum(total.values()):
         return None
@@ -78,8 +78,8 @@ def none_quantized(op_types: list[str] | tuple[str, ...], total: dict[str, int],
     if asked:
         msg = f"int8-dynamic quantized none of the model's {_count(asked)} nodes"
     else:
-        msg = (f"int8-dynamic quantizes {'/'.join(op for op in op_types if op != 'Attention')} nodes and the model has none "
-               f"(its weight nodes: {listed})")
+        msg = (f"int8-dynamic quantized none of the model's {sum(others.values())} weight nodes: they are {listed}, "
+               f"and this mode quantizes {'/'.join(op for op in op_types if op != 'Attention')} nodes")
     if others.get("Conv") or others.get("ConvTranspose") or others.get("Gemm") or others.get("MatMul"):
         hint = "this mode does not apply to this model: try --quant int8-static"
         if "Conv" in others and "Conv" not in op_types:

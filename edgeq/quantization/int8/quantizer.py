@@ -192,9 +192,13 @@ def coverage(fp32_model: Any, q_model: Any, ops: tuple[str, ...] = WEIGHT_OPS) -
             if src is not None and src.op_type == "DequantizeLinear" and int_weight(src.input[0]):
                 quantized[n.op_type] += 1
                 weight_bytes_q += 4 * int_weight(src.input[0])
+    moved = min(max(quantized["MatMul"] - total["MatMul"], 0), total["Gemm"])  # dynamic INT8 rewrites Gemm as MatMul first
+    if moved:
+        quantized["MatMul"] -= moved
+        quantized["Gemm"] += moved
     return Coverage(
         total=dict(total),
-        quantized={k: min(v, total.get(k, v)) for k, v in quantized.items()},
+        quantized={k: min(v, total.get(k, v)) for k, v in quantized.items() if v},
         weight_bytes_total=weight_bytes_total,
         weight_bytes_quantized=min(weight_bytes_q, weight_bytes_total),
     )
