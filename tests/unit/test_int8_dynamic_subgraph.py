@@ -111,7 +111,7 @@ def test_int8_dynamic_quantizes_conv_and_matmul_inside_nested_if_bodies(tmp_path
     assert res.details["subgraphs"]["If"]["quantized"] == 4
     assert any(n.startswith("4 node(s) inside If/Loop/Scan subgraphs quantized") for n in res.notes), res.notes
     x = np.random.default_rng(2).standard_normal((1, 4, 6, 6)).astype(np.float32)
-    feeds = [{"x": x, "c": np.array(c), "c2": np.array(c2)} for c, c2 in ((True, True), (False, True))]
+    feeds = [{"x": x, "c": np.array(c), "c2": np.array(c2)} for c, c2 in ((True, True), (False, True), (False, False))]
     _close(src, tmp_path / "q.onnx", feeds, rel=0.05)
     # the target's default op types leave the convolution float and still reach every MatMul
     res = _quantize(src, tmp_path / "d.onnx")
@@ -176,3 +176,25 @@ def test_hints_offer_int8_dynamic_only_where_it_reaches_a_node(tmp_path):
     src = _if_model(tmp_path / "if.onnx")
     r = CliRunner().invoke(app, ["export", str(src), "-o", str(tmp_path / "b")])
     assert r.exit_code == 2 and "--quant int8-dynamic / none" in r.output, r.output
+
+
+def test_the_export_table_says_what_int8_dynamic_quantized(tmp_path):
+    import json
+
+    from rich.console import Console
+
+    from edgeq.cli import app
+    from edgeq.reporting.tables import export_table
+
+    src = _if_model(tmp_path / "if.onnx")
+    x = np.random.default_rng(6).standard_normal((4, 1, 4, 6, 6)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, c=np.zeros((4,), bool), c2=np.ones((4,), bool))
+    r = CliRunner().invoke(app, ["export", str(src), "-o", str(tmp_path / "b"), "--quant", "int8-dynamic", "--eval",
+                                 str(tmp_path / "d.npz"), "--no-profile", "--json"])
+    res = json.loads(r.stdout)
+    assert res["quantization"]["coverage"]["by_op"] == {"Conv": {"total": 1, "quantized": 0}, "MatMul": {"total": 3, "quantized": 3}}
+    assert res["quantization"]["subgraphs"]["If"]["quantized"] == 3
+    console = Console(width=400, record=True)
+    console.print(export_table(res))
+    text = console.export_text()
+    assert "int8-dynamic (activations at run time) a=uint8 w=int8 per-channel; Conv 0/1, MatMul 3/3" in text, text
