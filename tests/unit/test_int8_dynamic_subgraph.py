@@ -131,6 +131,10 @@ def test_int8_dynamic_quantizes_lstm_in_the_main_graph_and_in_if_branches(tmp_pa
     assert res.coverage.weight_bytes_quantized == res.coverage.weight_bytes_total > 0
     x = np.random.default_rng(3).standard_normal((5, 2, 8)).astype(np.float32)
     _close(src, tmp_path / "q.onnx", [{"x": x, "c": np.array(c)} for c in (True, False)], rel=0.05)
+    # nodes_to_exclude (the speed decision's per-node mix) reaches a body too: the then-branch LSTM stays float
+    res = _quantize(src, tmp_path / "mix.onnx", nodes_to_exclude=("lstm_1",))
+    body = _body_ops(tmp_path / "mix.onnx")
+    assert body["DynamicQuantizeLSTM"] == 1 and body["LSTM"] == 1 and res.coverage.quantized == {"LSTM": 2}, body
 
 
 def test_gru_is_counted_and_named_never_labelled_int8(tmp_path):

@@ -365,6 +365,7 @@ def _dynamic(q: Any, pre: Path, out_path: Path, spec: QuantSpec, op_types: list[
             str(pre),
             str(out_path),
             op_types_to_quantize=op_types,
+            nodes_to_exclude=list(spec.nodes_to_exclude) or None,  # the speed decision's per-node mix, bias overflow
             per_channel=spec.per_channel,
             reduce_range=spec.reduce_range,
             weight_type=getattr(q.QuantType, _QTYPES[spec.weight_type]),
