@@ -180,6 +180,10 @@ def test_hints_offer_int8_dynamic_only_where_it_reaches_a_node(tmp_path):
     src = _if_model(tmp_path / "if.onnx")
     r = CliRunner().invoke(app, ["export", str(src), "-o", str(tmp_path / "b")])
     assert r.exit_code == 2 and "--quant int8-dynamic / none" in r.output, r.output
+    # int8-static on an LSTM-only model is refused before any data is asked for, with the mode that applies
+    r = CliRunner().invoke(app, ["export", str(_lstm_model(tmp_path / "lstm.onnx")), "-o", str(tmp_path / "b")])
+    assert r.exit_code == 2 and "its weights are in 3 LSTM node(s)" in r.output and "--calib" not in r.output, r.output
+    assert "try --quant int8-dynamic (it quantizes LSTM nodes)" in r.output, r.output
 
 
 def test_the_export_table_says_what_int8_dynamic_quantized(tmp_path):

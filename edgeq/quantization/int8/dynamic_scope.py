@@ -95,16 +95,19 @@ def _count(by_op: dict[str, int]) -> str:
     return ", ".join(f"{n} {op}" for op, n in by_op.items())
 
 
-def static_misses_recurrent(total: dict[str, int], weight_ops: tuple[str, ...]) -> tuple[str, str] | None:
+def static_misses_recurrent(total: dict[str, int], weight_ops: tuple[str, ...], dynamic_ok: bool | None = None) -> tuple[str, str] | None:
     """(message, hint) for int8-static on a model whose weight nodes are all recurrent (static QDQ
-    quantizes Conv/Gemm/MatMul only): an fp32 model is never shipped under an int8 label."""
+    quantizes Conv/Gemm/MatMul only): an fp32 model is never shipped under an int8 label.
+    ``dynamic_ok``: the target runs int8-dynamic (None: unknown here, the hint says where it applies)."""
     if any(total.get(op) for op in weight_ops) or not sum(total.values()):
         return None
     rnn = {op: n for op, n in sorted(total.items()) if n}
     msg = f"int8-static quantizes {'/'.join(weight_ops)} nodes and the model has none: its weights are in {_count(rnn)} node(s)"
-    if any(op in RECURRENT_QUANTIZED for op in rnn):
+    if not any(op in RECURRENT_QUANTIZED for op in rnn):
+        return msg, "no INT8 mode quantizes GRU/RNN nodes: use --quant none"
+    if dynamic_ok is None:
         return msg, "--quant int8-dynamic quantizes LSTM nodes (CPU targets), else use --quant none"
-    return msg, "no INT8 mode quantizes GRU/RNN nodes: use --quant none"
+    return msg, "try --quant int8-dynamic (it quantizes LSTM nodes) or --quant none" if dynamic_ok else "use --quant none (this target runs static INT8 only)"
 
 
 def dynamic_reaches(coverage: dict[str, Any] | None) -> bool:

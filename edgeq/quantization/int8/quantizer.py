@@ -210,6 +210,13 @@ def _weights(node: Any, consts: dict[str, Any]) -> list[str]:
     return [w for w in names if w in consts]
 
 
+def static_misses(path: Path, dynamic_ok: bool) -> tuple[str, str] | None:
+    """Before any work: (message, hint) when int8-static cannot quantize the model's weight nodes
+    (all LSTM/GRU/RNN), else None. ``dynamic_ok``: the target runs int8-dynamic."""
+    model = load_model(path, load_weights=False)
+    return static_misses_recurrent(coverage(model, model, WEIGHT_OPS + RECURRENT_OPS).total, WEIGHT_OPS, dynamic_ok)
+
+
 def check_scales(model: Any) -> None:
     """A quantized model with a zero, negative or non-finite scale is never written."""
     from onnx import numpy_helper
