@@ -81,6 +81,26 @@ def _lstm_model(path: Path, op: str = "LSTM") -> Path:
     return save_graph(g, path)
 
 
+def _loop_scan_model(path: Path) -> Path:
+    """Loop (3 times: s = Tanh(s @ W)) and Scan (over 5 steps: st = Tanh(x_t @ U + st)), W and U in the bodies."""
+    rng = np.random.default_rng(7)
+    body = h.make_graph(
+        [h.make_node("MatMul", ["s_in", "W"], ["mm"], name="loop_matmul"), h.make_node("Tanh", ["mm"], ["s_out"]),
+         h.make_node("Identity", ["cond_in"], ["cond_out"])],
+        "loop_body", [_vi("i", [], T.INT64), _vi("cond_in", [], T.BOOL), _vi("s_in", [2, 8])], [_vi("cond_out", [], T.BOOL), _vi("s_out", [2, 8])],
+        [_w(rng, "W", (8, 8))])
+    sbody = h.make_graph(
+        [h.make_node("MatMul", ["xt", "U"], ["m"], name="scan_matmul"), h.make_node("Add", ["m", "st"], ["a"]),
+         h.make_node("Tanh", ["a"], ["st2"]), h.make_node("Identity", ["st2"], ["yt"])],
+        "scan_body", [_vi("st", [1, 8]), _vi("xt", [1, 8])], [_vi("st2", [1, 8]), _vi("yt", [1, 8])], [_w(rng, "U", (8, 8))])
+    g = h.make_graph(
+        [h.make_node("Loop", ["n", "", "x"], ["s"], body=body, name="loop"),
+         h.make_node("Scan", ["s0", "xs"], ["sN", "ys"], body=sbody, num_scan_inputs=1, name="scan")],
+        "m", [_vi("x", [2, 8]), _vi("xs", [5, 1, 8]), _vi("s0", [1, 8])], [_vi("s", [2, 8]), _vi("ys", [5, 1, 8])],
+        [nh.from_array(np.array(3, np.int64), "n")])
+    return save_graph(g, path)
+
+
 def _body_ops(path: Path) -> Counter:
     """Op types of the nodes inside If/Loop/Scan bodies (nested included), not the main graph's."""
     m = onnx.load(str(path))
@@ -90,10 +110,10 @@ def _body_ops(path: Path) -> Counter:
 def _close(fp32: Path, q: Path, feeds: list[dict[str, np.ndarray]], rel: float) -> None:
     a, b = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (fp32, q))
     for feed in feeds:
-        ya, yb = a.run(None, feed)[0], b.run(None, feed)[0]
-        err = np.abs(ya - yb).max() / np.abs(ya).max()
-        assert ya.shape == yb.shape and err < rel, (sorted(feed), err)
-        assert not np.array_equal(ya, yb)  # quantized for real on this branch
+        for ya, yb in zip(a.run(None, feed), b.run(None, feed), strict=True):  # every output
+            err = np.abs(ya - yb).max() / np.abs(ya).max()
+            assert ya.shape == yb.shape and err < rel, (sorted(feed), err)
+            assert not np.array_equal(ya, yb)  # quantized for real on this branch
 
 
 def _quantize(src: Path, out: Path, **over):
@@ -135,6 +155,18 @@ def test_int8_dynamic_quantizes_lstm_in_the_main_graph_and_in_if_branches(tmp_pa
     res = _quantize(src, tmp_path / "mix.onnx", nodes_to_exclude=("lstm_1",))
     body = _body_ops(tmp_path / "mix.onnx")
     assert body["DynamicQuantizeLSTM"] == 1 and body["LSTM"] == 1 and res.coverage.quantized == {"LSTM": 2}, body
+
+
+def test_int8_dynamic_quantizes_matmul_in_loop_and_scan_bodies(tmp_path):
+    src = _loop_scan_model(tmp_path / "loop.onnx")
+    res = _quantize(src, tmp_path / "q.onnx")
+    body = _body_ops(tmp_path / "q.onnx")
+    assert sum(body[o] for o in MATMUL_FORMS) == 2 and body["MatMul"] == 0, body
+    assert set(res.details["subgraphs"]) == {"Loop", "Scan"} and res.coverage.quantized == {"MatMul": 2}
+    rng = np.random.default_rng(8)
+    feed = {"x": rng.standard_normal((2, 8)).astype(np.float32), "xs": rng.standard_normal((5, 1, 8)).astype(np.float32),
+            "s0": np.zeros((1, 8), np.float32)}
+    _close(src, tmp_path / "q.onnx", [feed], rel=0.05)
 
 
 def test_gru_is_counted_and_named_never_labelled_int8(tmp_path):
