@@ -4,8 +4,8 @@ recurrent ops; and how the result says what it reached.
 onnxruntime's dynamic quantizer leaves subgraphs alone unless its ``EnableSubgraph`` option is
 on; with it, each body is quantized by a nested quantizer (weights may be the body's own
 initializers or the enclosing graph's). Checked on onnxruntime 1.32: MatMul, Conv and LSTM
-inside If branches (nested too) quantize, run and match fp32 on every branch
-(tests/unit/test_int8_dynamic_subgraph.py). Weights must be initializers: the optimize stage
+inside If branches (nested too) and MatMul in Loop and Scan bodies quantize, run and match fp32
+on every branch (tests/unit/test_int8_dynamic_subgraph.py). Weights must be initializers: the optimize stage
 folds Constant nodes and constant Slice/Concat chains into them.
 
 Recurrent ops: onnxruntime has a dynamic kernel for LSTM only (com.microsoft
