@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .artifact import Artifact
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 from .onnxutil import (artifact_from, check_model, data_file, default_opset, external_data_bytes, load_model, needs_external_data, save_model, tensor_bytes)
 from .runtime import create_session, session_options
 from .targets import Target
@@ -158,7 +158,7 @@ def optimize(
             model = version_converter.convert_version(model, wanted)
         except Exception as e:  # noqa: BLE001
             raise ModelError(
-                f"cannot convert the model from opset {current} to {wanted}: {str(e).splitlines()[0][:200]}",
+                f"cannot convert the model from opset {current} to {wanted}: {first_line(e, 200)}",
                 f"re-export the model with opset {wanted}",
             ) from None
         notes.append(f"opset {current} -> {wanted} (target range {target.opset.min}-{target.opset.max})")
@@ -186,7 +186,7 @@ def optimize(
             onnx.shape_inference.infer_shapes_path(str(staged), str(staged), strict_mode=False, data_prop=True)
         except Exception as e:  # noqa: BLE001
             staged.unlink(missing_ok=True)
-            raise ModelError(f"shape inference failed: {str(e).splitlines()[0][:200]}", "check the model with onnx.checker") from None
+            raise ModelError(f"shape inference failed: {first_line(e, 200)}", "check the model with onnx.checker") from None
         so = session_options(level=OPTIMIZE_LEVEL)
         so.optimized_model_filepath = str(out_path)
         try:
@@ -272,7 +272,7 @@ def _fold_external(model, src_dir: Path, out_path: Path) -> None:
         try:
             onnx.shape_inference.infer_shapes_path(str(staged), str(staged), strict_mode=False, data_prop=True)
         except Exception as e:  # noqa: BLE001
-            raise ModelError(f"shape inference failed: {str(e).splitlines()[0][:200]}", "check the model with onnx.checker") from None
+            raise ModelError(f"shape inference failed: {first_line(e, 200)}", "check the model with onnx.checker") from None
         data = data_file(out_path)
         data.unlink(missing_ok=True)
         so = session_options(level=OPTIMIZE_LEVEL)

@@ -18,7 +18,7 @@ import numpy as np
 
 from ...core.artifact import Artifact
 from ...core.data import SampleSet
-from ...errors import CalibrationError, QuantizationError
+from ...errors import CalibrationError, QuantizationError, first_line
 from ...core.onnxutil import (artifact_from, data_file, default_opset, iter_initializers, iter_nodes, load_model, needs_external_data, save_model)
 from .checks import bias_overflow, check_operator_scales, explain_quantizer_failure
 from .dynamic_scope import (RECURRENT_OPS, RECURRENT_QUANTIZED, has_subgraphs, none_quantized, static_misses_recurrent, subgraph_counts,
@@ -149,7 +149,7 @@ def _preprocess(src: Path, dst: Path) -> list[str]:
             return ["symbolic shape inference failed; used ONNX shape inference only"]
         except Exception as e:  # noqa: BLE001
             raise QuantizationError(
-                f"quantization pre-processing failed: {str(e).splitlines()[0][:200]}",
+                f"quantization pre-processing failed: {first_line(e, 200)}",
                 "check the model with `edgeq inspect`",
             ) from None
 
@@ -325,7 +325,7 @@ def quantize(
         if clear is not None:
             raise clear from None
         raise QuantizationError(
-            f"onnxruntime's quantizer failed: {str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}",
+            f"onnxruntime's quantizer failed: {first_line(e, 200)}",
             "try --quant int8-dynamic or --quant none, and report the model to edgeq",
         ) from None
     finally:
@@ -387,7 +387,7 @@ def _dynamic(q: Any, pre: Path, out_path: Path, spec: QuantSpec, op_types: list[
         run(True)
         return []
     except Exception as e:  # noqa: BLE001 - onnxruntime's subgraph pass on a graph it cannot handle: main graph only
-        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        why = first_line(e, 200)
     out_path.unlink(missing_ok=True)
     data_file(out_path).unlink(missing_ok=True)
     run(False)
@@ -432,7 +432,7 @@ def _fp16(artifact: Artifact, spec: QuantSpec, out_path: Path) -> QuantResult:
     try:
         half = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=needs_external_data(model))
     except Exception as e:  # noqa: BLE001
-        raise QuantizationError(f"fp16 conversion failed: {str(e).splitlines()[0][:200]}", "try --quant none") from None
+        raise QuantizationError(f"fp16 conversion failed: {first_line(e, 200)}", "try --quant none") from None
     save_model(half, out_path)
     return QuantResult(
         artifact_from(out_path, artifact.provenance + ("quantize(fp16, keep_io_types)",)),

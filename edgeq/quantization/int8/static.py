@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ...core.data import SampleSet
-from ...errors import CalibrationError, QuantizationError
+from ...errors import CalibrationError, QuantizationError, first_line
 from ...core.onnxutil import default_opset
 from . import qdq, qdq_acts
 from .calibrate import Calibration, CalibStats, collect
@@ -53,7 +53,7 @@ def raise_opset(model: Any, spec: QuantSpec) -> tuple[Any, list[str]]:
         conv = version_converter.convert_version(model, need)
     except Exception as e:  # noqa: BLE001
         raise QuantizationError(
-            f"the model has opset {have}; {spec.activation_type} QDQ needs {need} and the conversion failed ({str(e).splitlines()[0][:120]})",
+            f"the model has opset {have}; {spec.activation_type} QDQ needs {need} and the conversion failed ({first_line(e, 120)})",
             "re-export the model with a newer opset",
         ) from None
     return conv, [f"opset raised from {have} to {need} ({'16-bit activations' if need == 21 else 'per-channel QDQ'} needs it)"]
@@ -75,7 +75,7 @@ def probe_runner(
         if notes is not None:
             notes.append(
                 "activations inside Loop/Scan bodies could not be exposed for calibration "
-                f"({str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__}): those nodes get int8 weights, float activations"
+                f"({first_line(e, 120)}): those nodes get int8 weights, float activations"
             )
         return qdq.ProbeRunner(model, names, loops=False, base_dir=base_dir)
 
@@ -136,7 +136,7 @@ def calibrate_reduced(model: Any, names: Any, data: SampleSet, n: int, cal: Cali
     except Exception as e:  # noqa: BLE001
         if counted[0]:  # it ran samples, so the data fits: this is the failure to report
             raise CalibrationError(
-                f"running a calibration sample failed: {str(e).strip().splitlines()[0][:200]}",
+                f"running a calibration sample failed: {first_line(e, 200)}",
                 "check the calibration data against the model's inputs",
             ) from None
         return None
@@ -151,14 +151,14 @@ def calibrate_exposed(model: Any, names: Any, data: SampleSet, n: int, cal: Cali
         runner = probe_runner(model, names, data.feed(0) if len(data) else None, notes, base_dir=weights_dir)
     except Exception as e:  # noqa: BLE001
         raise QuantizationError(
-            f"cannot run the model for calibration: {str(e).strip().splitlines()[0][:200]}",
+            f"cannot run the model for calibration: {first_line(e, 200)}",
             "check that the model runs with onnxruntime (edgeq profile MODEL)",
         ) from None
     try:
         return collect(runner, _feeds(data, n), names, cal=cal, on_sample=on_sample)
     except Exception as e:  # noqa: BLE001
         raise CalibrationError(
-            f"running a calibration sample failed: {str(e).strip().splitlines()[0][:200]}",
+            f"running a calibration sample failed: {first_line(e, 200)}",
             "check the calibration data against the model's inputs",
         ) from None
     finally:
