@@ -33,8 +33,9 @@ from .kinds import TaskSpec, is_kv_state
 
 # markers an input's name carries for "the state coming in" and an output's for "the state going out";
 # one-letter markers may be glued to the name (h0, hn, stateN), longer ones stand apart (state_in, new_state)
-_IN_MARKS = ("in", "input", "prev", "previous", "old", "init", "initial", "0")
-_OUT_MARKS = ("out", "output", "new", "next", "updated", "n", "1")
+# ("input"/"output" are not markers: input_ids -> ids would pair a token model's ids)
+_IN_MARKS = ("in", "prev", "previous", "old", "init", "initial", "0")
+_OUT_MARKS = ("out", "new", "next", "updated", "n", "1")
 _SEP = re.compile(r"[^0-9a-z]+")
 
 
@@ -59,7 +60,7 @@ def _stems(name: str, marks: Sequence[str]) -> set[str]:
         out.add("_".join(toks[:-1]))
     last = toks[-1]
     for m in marks:
-        if len(m) == 1 and len(last) > 1 and last.endswith(m) and not last[-2].isdigit():
+        if len(m) == 1 and len(last) > 1 and last.endswith(m) and not last[-2].isdigit() and last not in _IN_MARKS + _OUT_MARKS:
             out.add("_".join(toks[:-1] + [last[:-1]]))
     return out
 
@@ -171,3 +172,45 @@ def mark_states(specs: list[TaskSpec], pairs: tuple[Pair, ...], steps: int) -> l
         out.append(TaskSpec(s.output, "state", f"fed back as input '{p.input}' ({p.why}): {steps} calls rolled out in order, "
                             f"each model fed its own state; {role}", {"feeds": p.input, "steps": steps, "judged": only}, s.declared))
     return out
+
+
+def may_pair(inputs: Sequence[str], outputs: Sequence[str], overrides: dict[str, dict[str, Any]] | None = None) -> bool:
+    """Whether any output could be paired with an input, from the names alone (no run): an output declared
+    ``task = "state"``, or one named alike an input and not declared otherwise."""
+    overrides = overrides or {}
+    return any((overrides.get(o) or {}).get("task") == "state" or
+               ((overrides.get(o) or {}).get("task") is None and any(named_alike(o, i) for i in inputs)) for o in outputs)
+
+
+def rolled_calibration(model_path: Any, data: Any, overrides: dict[str, dict[str, Any]] | None = None) -> tuple[Any, str | None]:
+    """Calibration data for a recurrent model: ``data`` (a SampleSet) with each paired input replaced, from the
+    second sample on, by fp32's own state after the sample before (one fp32 pass in sample order), so the
+    state inputs' ranges are those the app feeds, not the file's (often zeros). Returns (data, note);
+    ``data`` unchanged and no note when no output feeds an input (decided from the names first: no run)."""
+    import onnx
+
+    if len(data) < 2:
+        return data, None
+    m = onnx.load(str(model_path), load_external_data=False)
+    inits = {i.name for i in m.graph.initializer}
+    inputs = [i.name for i in m.graph.input if i.name not in inits]
+    outputs = [o.name for o in m.graph.output]
+    del m
+    if not may_pair(inputs, outputs, overrides):
+        return data, None
+    from ..core.runtime import create_session, run
+
+    sess = create_session(model_path)
+    names = {i.name for i in sess.get_inputs()}
+    feeds = ({k: v for k, v in data.feed(i).items() if k in names} for i in range(len(data)))
+    outs, pairs = rollout(lambda f: run(sess, f), feeds, outputs, overrides)
+    if not pairs:
+        return data, None
+    arrays, stacked = dict(data.arrays), dict(data.stacked)
+    for p in pairs:
+        seq = [np.asarray(data.feed(0)[p.input])] + outs[outputs.index(p.output)][:-1]
+        arrays[p.input], stacked[p.input] = np.stack(seq), True
+    fed = ", ".join(f"'{p.input}'" for p in pairs)
+    return replace(data, arrays=arrays, stacked=stacked), (
+        f"calibrated {fed} on fp32's own rolled-out state ({len(data)} samples in order; the first keeps the data's), "
+        "as the app feeds it")

@@ -159,7 +159,8 @@ def test_named_alike(out, inp):
 
 
 @pytest.mark.parametrize("out,inp", [("output", "input"), ("y", "x"), ("state", "state"), ("present.0.key", "past_key_values.0.key"),
-                                     ("logits", "input_ids"), ("conv10", "conv1"), ("hn", "c")])
+                                     ("logits", "input_ids"), ("ids", "input_ids"), ("conv10", "conv1"), ("hn", "c"),
+                                     ("in", "i")])
 def test_not_named_alike(out, inp):
     assert not named_alike(out, inp)
 
@@ -199,3 +200,30 @@ def test_app_toml_declares_and_denies_pairs(tmp_path):
     toml.write_text('[outputs.prob]\ntask = "classification"\nfeeds = "memory"\n')
     with pytest.raises(EdgeqError, match="'feeds' does not apply"):
         load_io_spec(toml, artifact_from(path).io)
+
+
+# -- calibration on the rolled-out state ---------------------------------------------------------------------------------
+
+def test_calibration_sees_the_state_the_app_feeds(tmp_path):
+    import onnxruntime as ort
+
+    from edgeq.checks.recurrent import rolled_calibration
+    from edgeq.core.onnxutil import artifact_from
+    from edgeq.quantization import quantize
+    from edgeq.quantization.spec import QuantSpec
+
+    ref, _ = healthy(tmp_path)
+    data = samples(stream(32))
+    rolled, note = rolled_calibration(ref, data)
+    assert note and "'h'" in note and len(rolled) == 32
+    s = ort.InferenceSession(str(ref))
+    np.testing.assert_array_equal(rolled.feed(0)["h"], data.feed(0)["h"])  # the first call keeps the data's state
+    np.testing.assert_allclose(rolled.feed(5)["h"], s.run(["hn"], rolled.feed(4))[0], rtol=1e-6)  # then fp32's own
+    other = cell(tmp_path / "nostate.onnx", np.ones((X, H), np.float32), np.eye(H, dtype=np.float32), None, names=("memory", "z", "p"))
+    assert rolled_calibration(other, samples(stream(4, h_name="memory")))[1] is None  # nothing fed back: unchanged
+    # calibrated on the file's zero state, the int8 model clips the state the app feeds: the rollout sees it
+    old = quantize(artifact_from(ref), QuantSpec(calibration="minmax"), tmp_path / "q_old.onnx", data=data, tasks={"hn": {"task": "regression"}})
+    new = quantize(artifact_from(ref), QuantSpec(calibration="minmax"), tmp_path / "q_new.onnx", data=data)
+    assert any("rolled-out state" in n for n in new.notes) and not any("rolled-out state" in n for n in old.notes)
+    assert not verify(ref, old.artifact.path, data, TOL, output_names=("prob", "hn")).passed
+    assert verify(ref, new.artifact.path, data, TOL, output_names=("prob", "hn")).passed
