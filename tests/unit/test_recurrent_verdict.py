@@ -147,6 +147,7 @@ def test_search_scores_score_the_rolled_out_task(tmp_path):
     m = static.score_outputs(specs, static.all_outputs(onnx.load(str(cand)), data, len(data)), r, None)
     drops = dict(zip(m.outputs, m.drops_from(fp32)))
     assert drops["prob"] > 0.5 and drops["hn"] == 0.0  # the task output decides; the state is information
+    assert m.label(m.worst(fp32)) == "prob: agreement" and m.metrics[1].name == "state"
 
 
 # -- pairing rules -----------------------------------------------------------------------------------------------------

@@ -319,6 +319,8 @@ class Metric:
             "agreement": "1 - fraction of top-1 predictions identical to fp32",
             "perplexity": "relative perplexity increase over fp32 on the next-token labels (ppl_q / ppl_fp32 - 1)",
             "mean_kl": "mean KL divergence KL(fp32 || quantized) of the next-token distributions, in nats per token",
+            "state": "none: a state fed back as an input is information (edgeq.checks.recurrent); the task outputs, "
+                     "scored over the rolled-out calls, decide",
         }.get(self.name, f"1 - {self.name.replace('_', ' ')} of the quantized model's task output against fp32's (edgeq/checks)")
 
 
@@ -354,6 +356,8 @@ def metric(outs: list[np.ndarray], ref: list[np.ndarray], labels: np.ndarray | N
     detection F1, map IoU, decoded-sequence match, embedding cosine, exact match of indices, ...
     ``ref_all``/``cand_all``: every output per sample, by name (post-NMS detections read their
     scores and classes there)."""
+    if task is not None and task.kind == "state" and not task.params.get("judged"):
+        return Metric("state", 1.0)  # fed back as an input: information, the task outputs over the rollout decide
     if not lm and task is not None and task.kind not in ("classification", "lm-logits"):
         from ...checks.metrics import primary
 
