@@ -37,3 +37,20 @@ def test_export_recurrent_model_judges_the_task_over_the_rollout(runner, tmp_pat
     assert r.exit_code == 0, r.output
     check = {t["output"]: t for t in json.loads(r.stdout)["reference_check"]["tasks"]}
     assert check["hn"]["kind"] == "state" and check["prob"]["passed"]
+
+
+def test_export_with_a_declared_state(runner, tmp_path):
+    """Names edgeq would not pair ('z' fed back as 'memory'): declared in the app TOML, recorded in the manifest."""
+    ref, _ = healthy(tmp_path, names=("memory", "z", "prob"))
+    np.savez(tmp_path / "calib.npz", **stream(32, h_name="memory"))
+    (tmp_path / "app.toml").write_text('[outputs.z]\ntask = "state"\nfeeds = "memory"\n')
+    out = tmp_path / "b"
+    r = runner.invoke(app, ["export", str(ref), "--calib", str(tmp_path / "calib.npz"), "--preprocess", str(tmp_path / "app.toml"),
+                            "--no-profile", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "manifest.json").read_text())
+    tasks = {t["output"]: t for t in m["verify"]["tasks"]}
+    assert tasks["z"]["kind"] == "state" and tasks["z"]["info"]["feeds"] == "memory" and "declared in the app TOML" in tasks["z"]["why"]
+    assert next(o for o in m["outputs"] if o["name"] == "z")["postprocess"] == {"task": "state", "feeds": "memory"}
+    r = runner.invoke(app, ["verify", str(out)])  # the manifest (schema) takes the declared state
+    assert r.exit_code == 0, r.output

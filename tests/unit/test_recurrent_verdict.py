@@ -64,7 +64,7 @@ def _task(report, name):
 
 # -- the healthy model: the raw state differs, the task does not -------------------------------------------------------
 
-def healthy(tmp_path: Path) -> tuple[Path, Path]:
+def healthy(tmp_path: Path, names: tuple[str, str, str] = ("h", "hn", "prob")) -> tuple[Path, Path]:
     """Dims 0-3 of the state carry the task (the head reads them, they feed only themselves); the candidate's
     dims 4-7 differ (another input weight), as quantization noise in state the head never reads."""
     rng = np.random.default_rng(1)
@@ -75,7 +75,7 @@ def healthy(tmp_path: Path) -> tuple[Path, Path]:
     v = np.r_[np.full(4, 2.0), np.zeros(4)].astype(np.float32)[:, None]
     wc = w.copy()
     wc[:, 4:] += rng.normal(0, 0.6, (X, 4)).astype(np.float32)
-    return cell(tmp_path / "ref.onnx", w, u, v, -0.5), cell(tmp_path / "cand.onnx", wc, u, v, -0.5)
+    return cell(tmp_path / "ref.onnx", w, u, v, -0.5, names=names), cell(tmp_path / "cand.onnx", wc, u, v, -0.5, names=names)
 
 
 def test_healthy_state_passes_through_the_task_over_the_rollout(tmp_path):
