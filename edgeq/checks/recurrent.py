@@ -182,26 +182,26 @@ def may_pair(inputs: Sequence[str], outputs: Sequence[str], overrides: dict[str,
                ((overrides.get(o) or {}).get("task") is None and any(named_alike(o, i) for i in inputs)) for o in outputs)
 
 
-def rolled_calibration(model_path: Any, data: Any, overrides: dict[str, dict[str, Any]] | None = None) -> tuple[Any, str | None]:
+def rolled_calibration(model_path: Any, data: Any, overrides: dict[str, dict[str, Any]] | None = None,
+                       io: Any = None) -> tuple[Any, str | None]:
     """Calibration data for a recurrent model: ``data`` (a SampleSet) with each paired input replaced, from the
     second sample on, by fp32's own state after the sample before (one fp32 pass in sample order), so the
     state inputs' ranges are those the app feeds, not the file's (often zeros). Returns (data, note);
-    ``data`` unchanged and no note when no output feeds an input (decided from the names first: no run)."""
-    import onnx
-
+    ``data`` unchanged and no note when no output feeds an input, decided from the names first (``io``: the
+    model's IoSpec, else read from the file) so other models cost nothing."""
     if len(data) < 2:
         return data, None
-    m = onnx.load(str(model_path), load_external_data=False)
-    inits = {i.name for i in m.graph.initializer}
-    inputs = [i.name for i in m.graph.input if i.name not in inits]
-    outputs = [o.name for o in m.graph.output]
-    del m
-    if not may_pair(inputs, outputs, overrides):
+    if io is None:
+        from ..core.onnxutil import artifact_from
+
+        io = artifact_from(model_path).io
+    if not may_pair(io.input_names, io.output_names, overrides):
         return data, None
     from ..core.runtime import create_session, run
 
     sess = create_session(model_path)
     names = {i.name for i in sess.get_inputs()}
+    outputs = [o.name for o in sess.get_outputs()]
     feeds = ({k: v for k, v in data.feed(i).items() if k in names} for i in range(len(data)))
     outs, pairs = rollout(lambda f: run(sess, f), feeds, outputs, overrides)
     if not pairs:
