@@ -83,11 +83,9 @@ def streamed(path: Path | str, data: SampleSet, tasks: dict[str, dict[str, Any]]
              ) -> tuple[list[list[np.ndarray]], Any]:
     """``[output][sample]`` like :func:`collect_per_sample`, with the samples run in order as one stream when
     outputs feed inputs back (edgeq.checks.recurrent.rollout; ``pairs``: the reference's, else found here)."""
-    from .recurrent import rollout
+    from .recurrent import session_rollout
 
-    sess = create_session(path)
-    names = [o.name for o in sess.get_outputs()]
-    return rollout(lambda feed: run(sess, feed), (data.feed(i) for i in range(len(data))), names, tasks, pairs)
+    return session_rollout(create_session(path), data, len(data), tasks, pairs)
 
 
 def _stacked(v: list[np.ndarray]) -> np.ndarray:

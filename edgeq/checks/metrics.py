@@ -409,16 +409,14 @@ def state(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: An
     max error over every call and at the last one, as information (the task outputs decide); the cosine
     decides only when every output of the model is a state (``params["judged"]``)."""
     info: dict[str, Any] = {"feeds": task.params.get("feeds"), "steps": len(ref)}
-    if not ref or any(np.asarray(r).shape != np.asarray(c).shape for r, c in zip(ref, cand)):
+    cos = 0.0
+    if ref and all(np.asarray(r).shape == np.asarray(c).shape for r, c in zip(ref, cand)):
+        diffs = [np.abs(np.asarray(r, np.float64) - np.asarray(c, np.float64)) for r, c in zip(ref, cand)]
+        cos = _cos(np.concatenate([np.ravel(r) for r in ref]), np.concatenate([np.ravel(c) for c in cand]))
+        info.update({"cosine": round(cos, 6), "last_cosine": round(_cos(ref[-1], cand[-1]), 6),
+                     "max_abs": round(float(max(d.max(initial=0.0) for d in diffs)), 6), "last_max_abs": round(float(diffs[-1].max(initial=0.0)), 6)})
+    else:
         info["note"] = "shapes differ between fp32 and quantized" if ref else "no calls"
-        return _check(task, {"cosine": 0.0}, [("cosine", ">=", tol.min_cosine)], info) if task.params.get("judged") and ref else \
-            TaskCheck(task.output, task.kind, task.why, {}, {}, True, (), info)
-    cos = _cos(np.concatenate([np.ravel(r) for r in ref]), np.concatenate([np.ravel(c) for c in cand]))
-    last = (np.asarray(ref[-1], np.float64), np.asarray(cand[-1], np.float64))
-    info.update({"cosine": round(cos, 6), "last_cosine": round(_cos(*last), 6),
-                 "max_abs": round(float(max(np.max(np.abs(np.asarray(r, np.float64) - np.asarray(c, np.float64)), initial=0.0)
-                                            for r, c in zip(ref, cand))), 6),
-                 "last_max_abs": round(float(np.max(np.abs(last[0] - last[1]), initial=0.0)), 6)})
     if task.params.get("judged"):
         return _check(task, {"cosine": cos}, [("cosine", ">=", tol.min_cosine)], info)
     return TaskCheck(task.output, task.kind, task.why, {}, {}, True, (), info)

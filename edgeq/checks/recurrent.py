@@ -152,6 +152,19 @@ def rollout(run: Callable[[dict[str, np.ndarray]], Sequence[Any]], feeds: Iterab
     return per_output, pairs or ()
 
 
+def session_rollout(sess: Any, data: Any, n: int, overrides: dict[str, dict[str, Any]] | None = None,
+                    pairs: tuple[Pair, ...] | None = None) -> tuple[list[list[np.ndarray]], tuple[Pair, ...]]:
+    """:func:`rollout` of an onnxruntime session over the first ``n`` samples of ``data`` (a SampleSet; each feed
+    keeps the session's inputs): ``[output][sample]`` (an empty list per output for no samples) and the pairs."""
+    from ..core.runtime import run
+
+    names = {i.name for i in sess.get_inputs()}
+    outputs = [o.name for o in sess.get_outputs()]
+    feeds = ({k: v for k, v in data.feed(i).items() if k in names} for i in range(min(n, len(data))))
+    outs, pairs = rollout(lambda f: run(sess, f), feeds, outputs, overrides, pairs)
+    return outs or [[] for _ in outputs], pairs
+
+
 def mark_states(specs: list[TaskSpec], pairs: tuple[Pair, ...], steps: int) -> list[TaskSpec]:
     """Paired outputs become ``state`` checks (information: the other outputs carry the task over the
     ``steps``-call rollout; judged by cosine only when every output is a state); the others' reasons say
@@ -197,13 +210,11 @@ def rolled_calibration(model_path: Any, data: Any, overrides: dict[str, dict[str
         io = artifact_from(model_path).io
     if not may_pair(io.input_names, io.output_names, overrides):
         return data, None
-    from ..core.runtime import create_session, run
+    from ..core.runtime import create_session
 
     sess = create_session(model_path)
-    names = {i.name for i in sess.get_inputs()}
     outputs = [o.name for o in sess.get_outputs()]
-    feeds = ({k: v for k, v in data.feed(i).items() if k in names} for i in range(len(data)))
-    outs, pairs = rollout(lambda f: run(sess, f), feeds, outputs, overrides)
+    outs, pairs = session_rollout(sess, data, len(data), overrides)
     if not pairs:
         return data, None
     arrays, stacked = dict(data.arrays), dict(data.stacked)

@@ -281,13 +281,9 @@ def all_outputs(model: Any, data: SampleSet, n: int, base_dir: Any = None,
     """Every output of ``model`` on the first ``n`` samples, ``[output][sample]`` (what --max-drop scores).
     Outputs fed back as inputs (edgeq.checks.recurrent; ``tasks``: the app TOML's overrides): the samples
     run in order as one stream, each call fed the model's own previous state, as the verdict runs them."""
-    from ...checks.recurrent import rollout
+    from ...checks.recurrent import session_rollout
 
-    sess = qdq.cpu_session(model, base_dir)
-    names = {i.name for i in sess.get_inputs()}
-    feeds = ({k: v for k, v in feed.items() if k in names} for feed in _feeds(data, n))
-    out, _ = rollout(lambda feed: sess.run(None, feed), feeds, [o.name for o in sess.get_outputs()], tasks)
-    return out or [[] for _ in sess.get_outputs()]
+    return session_rollout(qdq.cpu_session(model, base_dir), data, n, tasks)[0]
 
 
 def _top1(o: np.ndarray) -> np.ndarray:

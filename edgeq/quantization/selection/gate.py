@@ -84,12 +84,9 @@ class SessionSettings:
 def _outputs(sess: Any, data: SampleSet, n: int, tasks: dict[str, dict[str, Any]] | None = None) -> list[list[np.ndarray]]:
     """Every output on the first ``n`` samples, ``[output][sample]``; outputs fed back as inputs
     (edgeq.checks.recurrent): one stream in sample order, each call fed the model's own previous state."""
-    from ...checks.recurrent import rollout
+    from ...checks.recurrent import session_rollout
 
-    names = {i.name for i in sess.get_inputs()}
-    feeds = ({k: v for k, v in data.feed(i).items() if k in names} for i in range(min(n, len(data))))
-    out, _ = rollout(lambda feed: sess.run(None, feed), feeds, [o.name for o in sess.get_outputs()], tasks)
-    return out or [[] for _ in sess.get_outputs()]
+    return session_rollout(sess, data, n, tasks)[0]
 
 
 def _per_output(c: Candidate) -> str:
