@@ -199,9 +199,10 @@ def rolled_calibration(model_path: Any, data: Any, overrides: dict[str, dict[str
                        io: Any = None) -> tuple[Any, str | None]:
     """Calibration data for a recurrent model: ``data`` (a SampleSet) with each paired input replaced, from the
     second sample on, by fp32's own state after the sample before (one fp32 pass in sample order), so the
-    state inputs' ranges are those the app feeds, not the file's (often zeros). Returns (data, note);
-    ``data`` unchanged and no note when no output feeds an input, decided from the names first (``io``: the
-    model's IoSpec, else read from the file) so other models cost nothing."""
+    state inputs' ranges are those the app feeds, not the file's one start state (often zeros). A state the
+    data gives differently per sample (recorded from the app) is kept. Returns (data, note); ``data``
+    unchanged and no note when no output feeds an input, decided from the names first (``io``: the model's
+    IoSpec, else read from the file) so other models cost nothing."""
     if len(data) < 2:
         return data, None
     if io is None:
@@ -213,15 +214,18 @@ def rolled_calibration(model_path: Any, data: Any, overrides: dict[str, dict[str
     from ..core.runtime import create_session
 
     sess = create_session(model_path)
+    pairs = session_rollout(sess, data, 1, overrides)[1]
+    first = data.feed(0)
+    start = [p for p in pairs if all(np.array_equal(data.feed(i)[p.input], first[p.input]) for i in range(1, len(data)))]
+    if not start:
+        return data, (f"calibrated {', '.join(repr(p.input) for p in pairs)} on the states the data gives (they differ per sample)"
+                      if pairs else None)
+    outs, _ = session_rollout(sess, data, len(data), overrides, pairs)
     outputs = [o.name for o in sess.get_outputs()]
-    outs, pairs = session_rollout(sess, data, len(data), overrides)
-    if not pairs:
-        return data, None
     arrays, stacked = dict(data.arrays), dict(data.stacked)
-    for p in pairs:
-        seq = [np.asarray(data.feed(0)[p.input])] + outs[outputs.index(p.output)][:-1]
-        arrays[p.input], stacked[p.input] = np.stack(seq), True
-    fed = ", ".join(f"'{p.input}'" for p in pairs)
+    for p in start:
+        arrays[p.input] = np.stack([np.asarray(first[p.input])] + outs[outputs.index(p.output)][:-1])
+        stacked[p.input] = True
     return replace(data, arrays=arrays, stacked=stacked), (
-        f"calibrated {fed} on fp32's own rolled-out state ({len(data)} samples in order; the first keeps the data's), "
-        "as the app feeds it")
+        f"calibrated {', '.join(repr(p.input) for p in start)} on fp32's own rolled-out state ({len(data)} samples in order from "
+        "the data's start state, which every sample repeats), as the app feeds it")

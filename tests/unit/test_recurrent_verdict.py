@@ -216,7 +216,7 @@ def test_calibration_sees_the_state_the_app_feeds(tmp_path):
     ref, _ = healthy(tmp_path)
     data = samples(stream(32))
     rolled, note = rolled_calibration(ref, data)
-    assert note and "'h'" in note and len(rolled) == 32
+    assert note and "'h' on fp32's own rolled-out state" in note and len(rolled) == 32
     s = ort.InferenceSession(str(ref))
     np.testing.assert_array_equal(rolled.feed(0)["h"], data.feed(0)["h"])  # the first call keeps the data's state
     np.testing.assert_allclose(rolled.feed(5)["h"], s.run(["hn"], rolled.feed(4))[0], rtol=1e-6)  # then fp32's own
@@ -228,3 +228,14 @@ def test_calibration_sees_the_state_the_app_feeds(tmp_path):
     assert any("rolled-out state" in n for n in new.notes) and not any("rolled-out state" in n for n in old.notes)
     assert not verify(ref, old.artifact.path, data, TOL, output_names=("prob", "hn")).passed
     assert verify(ref, new.artifact.path, data, TOL, output_names=("prob", "hn")).passed
+
+
+def test_calibration_keeps_states_the_data_records(tmp_path):
+    from edgeq.checks.recurrent import rolled_calibration
+
+    ref, _ = healthy(tmp_path)
+    arrays = stream(8)
+    arrays["h"] = np.random.default_rng(3).uniform(-0.5, 0.5, arrays["h"].shape).astype(np.float32)  # recorded from the app
+    data = samples(arrays)
+    kept, note = rolled_calibration(ref, data)
+    assert kept is data and "the states the data gives" in note
