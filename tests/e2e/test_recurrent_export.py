@@ -54,3 +54,7 @@ def test_export_with_a_declared_state(runner, tmp_path):
     assert next(o for o in m["outputs"] if o["name"] == "z")["postprocess"] == {"task": "state", "feeds": "memory"}
     r = runner.invoke(app, ["verify", str(out)])  # the manifest (schema) takes the declared state
     assert r.exit_code == 0, r.output
+    (tmp_path / "app.toml").write_text('[outputs.z]\ntask = "state"\nfeeds = "hidden"\n')
+    r = runner.invoke(app, ["export", str(ref), "--calib", str(tmp_path / "calib.npz"), "--preprocess", str(tmp_path / "app.toml"),
+                            "--no-profile", "-o", str(tmp_path / "b2")])
+    assert r.exit_code == 2 and "feeds names no input of the model ('hidden'" in r.output and not (tmp_path / "b2").exists(), r.output

@@ -198,6 +198,9 @@ def test_app_toml_declares_and_denies_pairs(tmp_path):
     with pytest.raises(EdgeqError) as e:
         find_pairs(feed, {"z": np.zeros((1, 4), np.float32)}, {"z": {"task": "state", "feeds": "memory"}})
     assert e.value.exit_code == 2 and "shape" in e.value.message
+    toml.write_text('[outputs.z]\ntask = "state"\nfeeds = "nope"\n')  # refused when the file is read, before any work
+    with pytest.raises(EdgeqError, match="feeds names no input of the model"):
+        load_io_spec(toml, artifact_from(path).io)
     toml.write_text('[outputs.prob]\ntask = "classification"\nfeeds = "memory"\n')
     with pytest.raises(EdgeqError, match="'feeds' does not apply"):
         load_io_spec(toml, artifact_from(path).io)
