@@ -81,7 +81,7 @@ def healthy(tmp_path: Path, names: tuple[str, str, str] = ("h", "hn", "prob")) -
 def test_healthy_state_passes_through_the_task_over_the_rollout(tmp_path):
     ref, cand = healthy(tmp_path)
     data = samples(stream())
-    old = verify(ref, cand, data, TOL, output_names=("prob", "hn"), tasks={"hn": {"task": "regression"}})  # the old per-call check
+    old = verify(ref, cand, data, TOL, output_names=("prob", "hn"), tasks={"hn": {"task": "regression"}})  # per call, state by cosine (as silero-vad's stateN was judged)
     assert not old.passed and _task(old, "hn")["metrics"]["cosine"] < TOL.min_cosine, old.tasks
     rep = verify(ref, cand, data, TOL, output_names=("prob", "hn"))
     assert rep.passed, rep.failures
@@ -134,7 +134,7 @@ def test_only_state_outputs_are_judged_by_their_cosine_over_the_rollout(tmp_path
 
 # -- the --max-drop search and the --prefer gate score the rollout too -----------------------------------------------
 
-def test_search_scores_score_the_rolled_out_task(tmp_path):
+def test_search_and_gate_scores_use_the_rolled_out_task(tmp_path):
     from edgeq.quantization.int8 import static
 
     ref, cand = drifting(tmp_path)
