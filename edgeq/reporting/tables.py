@@ -461,6 +461,8 @@ def verify_table(v: dict[str, Any]) -> Table:
         c = tasks.get(o["name"])
         check = "-" if c is None else f"{c['kind']}: " + ", ".join(f"{m} {fmt(x)} ({c['limits'].get(m, 'info')})" for m, x in c["metrics"].items()) \
             + (" [green]pass[/]" if c["passed"] else " [red]FAIL[/]")
+        if c is not None and c["kind"] == "state" and not c["metrics"] and "cosine" in c.get("info", {}):  # a fed-back state: information
+            check = f"state: cosine {fmt(c['info']['cosine'], '.5f')} over {c['info'].get('steps')} calls (information)"
         t.add_row(escape(o["name"]), fmt(o["max_abs"]), fmt(o["mean_abs"]), fmt(o["max_rel"]), fmt(o["cosine"], ".5f"),
                   "-" if o["top1_agreement"] is None else f"{100 * o['top1_agreement']:.2f} %", check)
     return t

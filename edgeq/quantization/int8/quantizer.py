@@ -503,7 +503,8 @@ def _edgeq_static_in(
             "best": res.best.to_dict(),
             "met": res.met,
             "activation_16bit": spec.wide_activation_type,
-            "candidates_run_on": getattr(outputs_of, "label", None) or "CPUExecutionProvider",
+            "candidates_run_on": (None if "state" in res.fp32_metric.kinds else getattr(outputs_of, "label", None))  # a rollout runs here
+            or "CPUExecutionProvider",
         }
         if len(res.best.outputs) > 1:  # every output is held to the budget: say where each stands
             notes.append(f"--max-drop per output ({res.best.kept_float} node(s) kept float): " + ", ".join(
