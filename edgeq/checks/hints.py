@@ -47,12 +47,14 @@ def modes_without_calibration(target: Any, dynamic_applies: bool = True) -> str:
     if not target_allows_dynamic(target):
         return "--quant none (this target runs static INT8 only)"
     if not dynamic_applies:
-        return "--quant none (int8-dynamic quantizes MatMul/Gemm/LSTM/Attention nodes of the main graph only, and this model has none there)"
+        return "--quant none (int8-dynamic quantizes MatMul/Gemm/LSTM/Attention nodes, If/Loop/Scan bodies included, and this model has none)"
     return "--quant int8-dynamic / none"
 
 
-def after_failed_check(spec: Any, target: Any, *, max_drop: float | None = None, has_eval: bool = True, out: Any = None) -> str:
-    """One hint line for a quantized model outside the target's tolerances."""
+def after_failed_check(spec: Any, target: Any, *, max_drop: float | None = None, has_eval: bool = True, out: Any = None,
+                       dynamic_applies: bool = True) -> str:
+    """One hint line for a quantized model outside the target's tolerances (``dynamic_applies``: the model
+    has a node int8-dynamic quantizes; else it is not offered)."""
     tips: list[str] = []
     mode = getattr(spec, "mode", "")
     if getattr(spec, "weight_only", False):
@@ -71,7 +73,7 @@ def after_failed_check(spec: Any, target: Any, *, max_drop: float | None = None,
             tips.append("more representative calibration data")
             if getattr(spec, "calibration", "auto") == "minmax":
                 tips.append("--calibration auto")
-            if target_allows_dynamic(target):
+            if target_allows_dynamic(target) and dynamic_applies:
                 tips.append("--quant int8-dynamic")
         if not has_eval:
             tips.append("--eval with held-out data")

@@ -59,3 +59,28 @@ def test_minus_one_dims_are_dynamic_and_pinned(tmp_path):
     onnx.save(m, str(p))
     opt, _ = optimize(artifact_from(p), load_target("coreml"), tmp_path / "o.onnx", data_shapes={"x": (1, 1, 4), "h": (2, 1, 4)})
     assert _dims(opt.path, 0) == [1, 1, 4] and _dims(opt.path, 1) == [2, 1, 4]  # no -1 left on a static-shape target
+
+
+def test_a_model_onnxruntime_rejects_once_pinned_gets_one_line_naming_the_pins(tmp_path):
+    """The file loads with dynamic axes; at the pinned sizes onnxruntime's shape inference refuses it (silero-vad's If
+    branches on a static-shape target): one line naming the pinned shapes and the fix, and no staged file left."""
+    import pytest
+
+    from edgeq.core.onnxutil import artifact_from
+    from edgeq.core.optimization import optimize
+    from edgeq.core.targets import load_target
+    from edgeq.errors import ModelError
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "T"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 4])
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 2], [0.5] * 8)
+    g = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["r"]), helper.make_node("MatMul", ["r", "w"], ["y"])],
+                          "g", [x], [y], initializer=[shape, w])
+    p = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), str(p))
+    optimize(artifact_from(p), load_target("cpu-x86_64"), tmp_path / "ok.onnx")  # dynamic: loads
+    with pytest.raises(ModelError) as e:
+        optimize(artifact_from(p), load_target("nnapi"), tmp_path / "o.onnx", data_shapes={"x": (1, 3)})
+    assert "once its dynamic axes are pinned (x 1x3)" in e.value.message and "--static-shape" in e.value.hint
+    assert "\n" not in e.value.message and not (tmp_path / "o.pre.onnx").exists() and not (tmp_path / "o.onnx").exists()
