@@ -300,6 +300,9 @@ def infer_one(name: str, samples: list[np.ndarray], ctx: Context, override: dict
                 return TaskSpec(name, "prob-map", f"{list(shape)} one-channel map ({'values in [0, 1]' if thr else 'logits'}): thresholded at {thr}", {"threshold": thr})
             # a one-channel map of one sign or crowded around 0 (depth, distance, a denoised image) is no logit map
             same_as_input = any(len(s) == 4 and s[1] == c and s[2:] == (h, w) for s in ctx.image_inputs)
+            # an image upscaled by a whole factor (super-resolution: [B, 3, kH, kW] from [B, 3, H, W]) is an image too
+            same_as_input |= any(len(s) == 4 and s[1] == c and s[2] > 1 and s[3] > 1 and h % s[2] == 0 and w % s[3] == 0
+                                 and h // s[2] == w // s[3] for s in ctx.image_inputs)
             if c >= 2 and not same_as_input:
                 return TaskSpec(name, "segmentation", f"{list(shape)}: {c} class scores per pixel")
     if a.ndim == 3 and meta == "segmentation" or (a.ndim == 3 and shape[-1] >= 4 and shape[-2] >= 4 and _in01(samples) and not ctx.token_inputs and hint is None):

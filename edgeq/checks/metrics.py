@@ -437,9 +437,10 @@ def regression(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], to
 
 
 def _centred(r: np.ndarray, c: np.ndarray, tol: Any) -> tuple[dict[str, float], list[tuple[str, str, float]], dict[str, Any]]:
-    """Cosine after subtracting fp32's mean from both (metric, rule, info): an offset the values
-    share (a depth map around 5 m, an image around 0.5) no longer makes any output look alike, and
-    a shift or a rescale of the candidate counts against it. Raw cosine stays as information.
+    """Cosine after subtracting fp32's mean from both, and the RMS error relative to fp32's spread
+    (metrics, rules, info): an offset the values share (a depth map around 5 m, an image around 0.5)
+    no longer makes any output look alike, and a shift or a gain of the candidate counts against it.
+    Raw cosine stays as information.
     fp32 constant on the data (no spread to compare): the largest change relative to its value."""
     fin = np.isfinite(r) & np.isfinite(c)
     raw = _cos(r, c)
@@ -451,7 +452,11 @@ def _centred(r: np.ndarray, c: np.ndarray, tol: Any) -> tuple[dict[str, float], 
         info["note"] = "fp32 is constant on the data: judged by the largest change relative to its value"
         err = float(np.abs(cf - rf).max() / max(abs(mean), 1e-30)) if rf.size else 0.0
         return {"relative_change": err}, [("relative_change", "<=", 1 - tol.min_cosine)], info
-    return {"centred_cosine": _cos(rf - mean, cf - mean)}, [("centred_cosine", ">=", tol.min_cosine)], info
+    # cosine cannot see a gain (0.8 x fp32 scores 1): the error relative to fp32's spread can. For noise
+    # orthogonal to the signal, cosine c and relative error e meet at 1 - c = e^2 / 2: the same tolerance
+    err = float(np.linalg.norm(cf - rf) / max(np.linalg.norm(rf - mean), 1e-300))
+    return ({"centred_cosine": _cos(rf - mean, cf - mean), "relative_rms_error": err},
+            [("centred_cosine", ">=", tol.min_cosine), ("relative_rms_error", "<=", math.sqrt(2 * (1 - tol.min_cosine)))], info)
 
 
 def state(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: Any) -> TaskCheck:

@@ -371,3 +371,14 @@ def test_normalised_box_in_unit_range_is_regression_not_labels():
     spec, c = _judge("out", boxes, [b + rng.normal(0, 0.002, b.shape).astype(np.float32) for b in boxes])
     assert spec.kind == "regression" and c.passed, (spec, c)  # a multi-label reading flips decisions at 0.5 on coordinates
     assert not _judge("out", boxes, [b + np.array([[0.08, 0, 0, 0]], np.float32) for b in boxes])[1].passed
+
+
+def test_super_resolution_output_is_an_image_not_segmentation():
+    rng = np.random.default_rng(14)
+    up = [rng.uniform(0.3, 0.7, (1, 3, 64, 64)).astype(np.float32) for _ in range(4)]  # x2 from 3 x 32 x 32: grey-ish pixels
+    ctx = Context(image_inputs=((1, 3, 32, 32),))
+    spec, c = _judge("sr", up, [u + rng.normal(0, 0.003, u.shape).astype(np.float32) for u in up], ctx)
+    assert spec.kind == "regression" and c.passed, (spec, c)  # was segmentation: argmax over R, G, B flips on grey pixels
+    assert not _judge("sr", up, [u * 0.8 + 0.1 for u in up], ctx)[1].passed  # dimmer: every argmax kept
+    seg = [rng.normal(0, 3, (1, 3, 64, 64)) for _ in range(2)]
+    assert infer_all(("seg",), [seg], Context(image_inputs=((1, 3, 128, 128),)))[0].kind == "segmentation"  # downscaled: classes
