@@ -50,6 +50,7 @@ _PARAMS: dict[str, tuple[tuple[str, ...], Any]] = {
     "packed": (("detection",), lambda v: v in PACKED_LAYOUTS),
     "radius": (("keypoints",), lambda v: _num(v) and 0 < v <= 1),
     "visibility": (("keypoints",), lambda v: isinstance(v, bool)),
+    "num_classes": (("detection",), lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
 }
 PACKED_LAYOUTS = ("xyxy-score-class",)
 TASK_KEYS = frozenset({"task", *_PARAMS})
@@ -102,7 +103,7 @@ def parse_override(where: str, d: dict[str, Any]) -> dict[str, Any]:
             raise bad(f"layout for {kind} must be one of {', '.join(DET_LAYOUTS if kind == 'detection' else SEQ_LAYOUTS)}")
         if not ok(v):
             raise bad(f"invalid value for '{k}'")
-        out[k] = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("blank",) else v
+        out[k] = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("blank", "num_classes") else v
     return out
 
 
@@ -224,6 +225,33 @@ def _detection_layout(samples: list[np.ndarray]) -> tuple[str, bool] | None:
     return None
 
 
+def _detection_extras(samples: list[np.ndarray]) -> tuple[str, bool, int] | None:
+    """(layout, objectness, classes) when a float [B, K, N] head holds 4 box values in pixels, then
+    C channels of scores in [0, 1], then channels that are not scores (YOLOv8-pose keypoints,
+    -seg mask coefficients, -obb angle): the scores are the longest run of [0, 1] channels."""
+    a = np.asarray(samples[0])
+    if a.ndim != 3 or a.dtype.kind != "f":
+        return None
+    for layout, small, big in (("channels-first", a.shape[1], a.shape[2]), ("anchors-first", a.shape[2], a.shape[1])):
+        if not (6 <= small <= 1024 and big >= max(32, 2 * small)):
+            continue
+        heads = np.concatenate([np.moveaxis(np.asarray(x, np.float64), 1 if layout == "channels-first" else 2, -1).reshape(-1, small)
+                                for x in samples[:16] if np.asarray(x).shape == a.shape])
+        if not np.isfinite(heads).all() or np.abs(heads[:, :4]).max() <= 1.5:
+            continue
+        unit = (heads.min(0) >= -1e-4) & (heads.max(0) <= 1 + 1e-4)
+        obj = layout == "anchors-first"
+        first = 5 if obj else 4
+        if obj and not unit[4]:
+            continue
+        n = 0
+        while first + n < small and unit[first + n]:
+            n += 1
+        if n >= 1 and first + n < small:
+            return layout, obj, n
+    return None
+
+
 def infer_one(name: str, samples: list[np.ndarray], ctx: Context, override: dict[str, Any] | None = None) -> TaskSpec:
     """The task of output ``name`` from its per-sample fp32 outputs ``samples``."""
     params = {k: v for k, v in (override or {}).items() if k != "task"}
@@ -267,6 +295,14 @@ def infer_one(name: str, samples: list[np.ndarray], ctx: Context, override: dict
             if meta == "detection":
                 why += "; ONNX metadata task=" + ctx.metadata.get("task", "")
             return TaskSpec(name, "detection", why, {"layout": layout, "objectness": obj})
+        ext = _detection_extras(samples) if meta in (None, "detection", "segmentation") else None
+        if ext is not None:  # a segmenting detector's head is still a detection head
+            layout, obj, nc = ext
+            k = shape[1] if layout == "channels-first" else shape[2]
+            why = (f"{list(shape)}: 4 box values in pixels, {'objectness, ' if obj else ''}{nc} class score(s) in [0, 1] and "
+                   f"{k - 4 - obj - nc} other values per anchor (keypoints, mask coefficients or an angle; {layout}): detections "
+                   "matched to fp32's, the other values compared at fp32's detections")
+            return TaskSpec(name, "detection", why, {"layout": layout, "objectness": obj, "num_classes": nc})
         if ctx.token_inputs:
             if hint == "embedding":
                 return TaskSpec(name, "embedding", f"{list(shape)} from token ids, named like hidden states / embeddings")
@@ -445,12 +481,32 @@ def infer_all(
     ctx = replace(ctx, outputs=dict(zip(names, per_sample)))
     specs = [infer_one(n, s, ctx, _task_of(overrides.get(n))) for n, s in zip(names, per_sample)]
     specs = _split_heads(specs, dict(zip(names, per_sample)), ctx)
+    specs = _prototypes(specs, dict(zip(names, per_sample)))
     parts = {p: s.output for s in specs if s.kind == "detection" for p in (s.params.get("scores"), s.params.get("classes")) if p}
     return [
         TaskSpec(s.output, "detection", f"part of detection output '{parts[s.output]}' (checked with it)", {"part_of": parts[s.output]})
         if s.output in parts and not s.declared else s
         for s in specs
     ]
+
+
+def _prototypes(specs: list[TaskSpec], outputs: dict[str, list[np.ndarray]]) -> list[TaskSpec]:
+    """A segmenting detector (YOLOv8-seg): the [B, M, h, w] mask prototypes whose M matches the
+    M mask coefficients per anchor of a detection head are bases the app mixes, not M classes."""
+    extra = {}
+    for s in specs:
+        if s.kind == "detection" and "num_classes" in s.params and outputs.get(s.output):
+            a = np.asarray(outputs[s.output][0])
+            k = a.shape[1] if s.params.get("layout") == "channels-first" else a.shape[2]
+            extra[k - 4 - int(bool(s.params.get("objectness"))) - int(s.params["num_classes"])] = s.output
+    out = []
+    for s in specs:
+        a = np.asarray(outputs[s.output][0]) if outputs.get(s.output) else np.zeros(0)
+        if not s.declared and s.kind == "segmentation" and a.ndim == 4 and a.shape[1] in extra:
+            s = TaskSpec(s.output, "regression", f"{list(a.shape)}: mask prototypes, {a.shape[1]} bases mixed by the mask "
+                         f"coefficients of detection output '{extra[a.shape[1]]}' (compared by cosine around fp32's mean)")
+        out.append(s)
+    return out
 
 
 def _score_head(samples: list[np.ndarray]) -> bool:

@@ -190,7 +190,8 @@ def decode_head(head: np.ndarray, task: TaskSpec, *, threshold: float | None = N
     a = np.asarray(head, np.float64)
     for h in a:
         h = h.T if layout == "channels-first" else h  # [N, K]
-        cls = h[:, 5:] if obj else h[:, 4:]
+        nc = task.get("num_classes", None)
+        cls = h[:, 5 : 5 + nc if nc else None] if obj else h[:, 4 : 4 + nc if nc else None]
         if cls.shape[1] == 0:
             cls = np.ones((len(h), 1))
         best = cls.argmax(1)
@@ -319,12 +320,50 @@ def detection(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol
         info["score_threshold"] = float(task.get("score_threshold", 0.25))
         info.update({"levels": len(task.params["levels"])} if split else _slices(task, ref, cand))
     rules = [("detection_f1", ">=", tol.min_detection_f1)]
+    if raw and not split and task.get("num_classes", None):
+        extra = _extras(task, ref, cand, tol)
+        metrics.update(extra[0])
+        rules += extra[1]
+        info.update(extra[2])
     if n_ref == 0 and raw:  # nothing above the threshold in fp32: the best anchor per image decides
         info["note"] = "fp32 found no detection above the score threshold: the best-scoring anchor per image decides"
         rules = [("top_detection_agreement", ">=", tol.min_detection_f1)]
     elif n_ref == 0:
         info["note"] = "fp32 found no detection on the verification data: nothing to compare"
     return _check(task, metrics, rules, info)
+
+
+def _extras(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: Any) -> tuple[dict[str, float], list[tuple[str, str, float]], dict[str, Any]]:
+    """The values after the class scores of a raw head (keypoints, mask coefficients, an angle),
+    compared at the anchors fp32 detects (score above the threshold; the anchor grid is the same
+    in both models) by the regression rules; background anchors, which the app drops, do not count."""
+    ax = 1 if task.get("layout", "channels-first") == "channels-first" else 2
+    obj = int(bool(task.get("objectness", ax == 2)))
+    nc = int(task.get("num_classes", 0))
+    thr = float(task.get("score_threshold", 0.25))
+    rs, cs = [], []
+    for r, c in zip(ref, cand):
+        r, c = np.asarray(r, np.float64), np.asarray(c, np.float64)
+        if r.shape != c.shape:
+            continue
+        r, c = np.moveaxis(r, ax, -1).reshape(-1, r.shape[ax]), np.moveaxis(c, ax, -1).reshape(-1, c.shape[ax])
+        score = r[:, 4 + obj : 4 + obj + nc].max(1) * (r[:, 4] if obj else 1.0)
+        keep = score > thr
+        rs.append(r[keep, 4 + obj + nc :])
+        cs.append(c[keep, 4 + obj + nc :])
+    re_, ce = (np.concatenate(x) if x else np.zeros((0, 0)) for x in (rs, cs))
+    if not re_.size:
+        return {}, [], {"extras": "no fp32 detection above the threshold: the values after the class scores were not compared"}
+    e = re_.shape[1]
+    if e % 3 == 0 and re_[:, 2::3].min() >= -1e-4 and re_[:, 2::3].max() <= 1 + 1e-4 and np.abs(re_[:, 0::3]).max() > 1.5:
+        # x, y, confidence per keypoint (YOLOv8-pose): each detection's points as the keypoints kind judges them
+        k = keypoints(TaskSpec(task.output, "keypoints", task.why, {"visibility": True}),
+                      [re_.reshape(-1, e // 3, 3)], [ce.reshape(-1, e // 3, 3)], tol)
+        return k.metrics, [(m, op, float(lim.split()[1])) for m, lim in k.limits.items() for op in [lim.split()[0]]], \
+            {"extras_at_detections": int(len(re_)), "extras": f"{e // 3} keypoints (x, y, confidence) per detection", **k.info}
+    m, rules, info = _centred(re_.ravel(), ce.ravel(), tol)
+    return ({f"extras_{k}": v for k, v in m.items()}, [(f"extras_{k}", op, lim) for k, op, lim in rules],
+            {"extras_at_detections": int(sum(len(x) for x in rs)), "extras_cosine": info["cosine"]})
 
 
 def _slices(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray]) -> dict[str, Any]:
@@ -334,6 +373,10 @@ def _slices(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray]) -> di
     ax = 1 if task.get("layout", "channels-first") == "channels-first" else 2
     r = np.concatenate([np.moveaxis(np.asarray(x, np.float64), ax, -1).reshape(-1, np.asarray(x).shape[ax]) for x in ref])
     c = np.concatenate([np.moveaxis(np.asarray(x, np.float64), ax, -1).reshape(-1, np.asarray(x).shape[ax]) for x in cand])
+    nc = task.get("num_classes", None)
+    if nc:  # the scores end where keypoints / mask coefficients / an angle begin (reported by _extras)
+        end = 4 + int(bool(task.get("objectness", ax == 2))) + int(nc)
+        r, c = r[:, :end], c[:, :end]
     return {
         "boxes_cosine": round(_cos(r[:, :4], c[:, :4]), 6),
         "scores_cosine": round(_cos(r[:, 4:], c[:, 4:]), 6),

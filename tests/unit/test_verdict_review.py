@@ -297,7 +297,7 @@ def test_new_kind_and_parameters_declared_in_the_app_toml_and_the_manifest_schem
     for key in _path_to_task(schema):
         out_schema = out_schema[key]
     for declared in (spec, {"task": "classification", "multilabel": True}, {"task": "index", "class_map": True},
-                     {"task": "detection", "packed": "xyxy-score-class", "score_threshold": 0.3}):
+                     {"task": "detection", "packed": "xyxy-score-class", "score_threshold": 0.3}, {"task": "detection", "num_classes": 80}):
         jsonschema.validate(declared, out_schema)
 
 
@@ -382,3 +382,66 @@ def test_super_resolution_output_is_an_image_not_segmentation():
     assert not _judge("sr", up, [u * 0.8 + 0.1 for u in up], ctx)[1].passed  # dimmer: every argmax kept
     seg = [rng.normal(0, 3, (1, 3, 64, 64)) for _ in range(2)]
     assert infer_all(("seg",), [seg], Context(image_inputs=((1, 3, 128, 128),)))[0].kind == "segmentation"  # downscaled: classes
+
+
+# -- raw detector heads with more than scores after the boxes (YOLOv8-pose / -seg / -obb) ----------
+
+
+def _pose_head(rng: np.random.Generator, n: int = 6) -> list[np.ndarray]:
+    """[1, 4 + 1 + 5 * 3, 256]: cx, cy, w, h in pixels, one class score, 5 keypoints (x, y, conf) per anchor."""
+    out = []
+    for _ in range(n):
+        h = np.empty((1, 20, 256), np.float32)
+        h[0, :4] = rng.uniform(20, 300, (4, 256))
+        h[0, 4] = rng.uniform(0, 0.05, 256)
+        h[0, 4, [10, 100]] = [0.9, 0.8]  # two people
+        h[0, :4, 100] = [250, 250, 60, 120]
+        h[0, :4, 10] = [60, 60, 60, 120]
+        h[0, 5::3] = rng.uniform(0, 320, (5, 256))  # keypoint x
+        h[0, 6::3] = rng.uniform(0, 320, (5, 256))  # keypoint y
+        h[0, 7::3] = rng.uniform(0, 1, (5, 256))  # keypoint confidence
+        out.append(h)
+    return out
+
+
+def test_pose_head_is_a_detection_with_keypoints_judged_at_the_detections():
+    rng = np.random.default_rng(15)
+    ref = _pose_head(rng)
+    spec = infer_all(("output0",), [ref], IMAGE)[0]
+    assert spec.kind == "detection" and spec.params == {"layout": "channels-first", "objectness": False, "num_classes": 1}, spec
+    all_ = lambda xs: [{"output0": x} for x in xs]  # noqa: E731
+    scale = np.full((1, 20, 1), 0.3, np.float32)  # half a pixel of noise on boxes and keypoints
+    scale[0, 4] = scale[0, 7::3] = 0.003  # a little on the scores and the keypoints' confidences
+    healthy = [h + rng.normal(0, 1, h.shape).astype(np.float32) * scale for h in ref]
+    c = score(spec, ref, healthy, TOL, all_(ref), all_(healthy))
+    assert c.passed and c.metrics["detection_f1"] == 1.0 and c.info["extras_at_detections"] == 12, c
+    broken = [h.copy() for h in ref]
+    for b in broken:
+        b[0, 5, [10, 100]] += 40  # the first keypoint of every detected person 40 px off; boxes and scores intact
+    c = score(spec, ref, broken, TOL, all_(ref), all_(broken))
+    assert c.metrics["detection_f1"] == 1.0 and not c.passed and any("keypoint agreement" in f for f in c.failures), c
+    assert c.info["best_score_fp32"] == pytest.approx(0.9)  # the score slice ends where the keypoints begin
+
+
+def test_segmenting_detector_head_and_prototypes(tmp_path):
+    rng = np.random.default_rng(16)
+    heads, protos = [], []
+    for _ in range(4):
+        h = np.empty((1, 4 + 3 + 8, 256), np.float32)  # boxes, 3 class scores, 8 mask coefficients
+        h[0, :4] = rng.uniform(20, 300, (4, 256))
+        h[0, 4:7] = rng.uniform(0, 0.05, (3, 256))
+        h[0, 5, 30] = 0.9
+        h[0, 7:] = rng.normal(0, 1, (8, 256))
+        heads.append(h)
+        protos.append(rng.normal(0, 1, (1, 8, 40, 40)).astype(np.float32))
+    ctx = Context(image_inputs=((1, 3, 160, 160),), metadata={"task": "segment"})
+    specs = infer_all(("output0", "output1"), [heads, protos], ctx)
+    assert specs[0].kind == "detection" and specs[0].params["num_classes"] == 3, specs[0]  # was prob-map / sequence
+    assert specs[1].kind == "regression" and "prototypes" in specs[1].why, specs[1]  # was 8 'classes' per pixel
+    all_ = lambda xs: [{"output0": x} for x in xs]  # noqa: E731
+    assert score(specs[0], heads, heads, TOL, all_(heads), all_(heads)).passed
+    flipped = [h.copy() for h in heads]
+    for f in flipped:
+        f[0, 7:, 30] *= -1  # the detected object's mask coefficients negated: its mask inverted
+    c = score(specs[0], heads, flipped, TOL, all_(heads), all_(flipped))
+    assert c.metrics["detection_f1"] == 1.0 and not c.passed and any("extras centred cosine" in f for f in c.failures), c
