@@ -409,10 +409,20 @@ def _written_ep_context(out: Path) -> dict[str, Any] | None:
 def _dynamic_applies(art: Artifact) -> bool:
     """The main graph has a node type int8-dynamic quantizes (onnxruntime's dynamic quantizer leaves
     If/Loop/Scan subgraphs alone): else a hint must not offer it."""
+    return dynamic_applies(art.path)
+
+
+# what static INT8 writes for the node types int8-dynamic quantizes (QDQ keeps the op type; QOperator renames it)
+_QUANTIZED_DYNAMIC_FORMS = ("QLinearMatMul", "MatMulInteger", "QGemm", "DynamicQuantizeLSTM", "QAttention")
+
+
+def dynamic_applies(model_path: Path) -> bool:
+    """``model_path`` (fp32, or quantized by edgeq) has a main-graph node type int8-dynamic quantizes."""
     from ..core.onnxutil import load_model
     from ..quantization.int8.quantizer import DYNAMIC_DEFAULT_OPS
 
-    return any(n.op_type in DYNAMIC_DEFAULT_OPS for n in load_model(art.path, load_weights=False).graph.node)
+    ops = set(DYNAMIC_DEFAULT_OPS) | set(_QUANTIZED_DYNAMIC_FORMS)
+    return any(n.op_type in ops for n in load_model(model_path, load_weights=False).graph.node)
 
 
 def _synthetic(art: Artifact) -> dict:
