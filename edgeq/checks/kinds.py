@@ -150,7 +150,8 @@ def _rows_are_distributions(a: np.ndarray, axis: int = -1) -> str | None:
 
 
 _NAME_HINTS = (
-    ("embedding", ("embed", "pooler", "pooled", "sentence", "feature", "vector", "last_hidden", "hidden_state")),
+    ("embedding", ("embed", "pooler", "pooled", "sentence", "feature", "vector", "last_hidden", "hidden_state", "fingerprint",
+                   "descriptor", "latent")),
     ("detection", ("box", "bbox", "detection")),
     ("lm-logits", ("lm_logits",)),
 )
