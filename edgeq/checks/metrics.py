@@ -422,7 +422,33 @@ def score(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: An
         return detection(task, ref, cand, tol, ref_all or [], cand_all or [])
     fn = {"classification": classification, "prob-map": prob_map, "segmentation": segmentation, "sequence": sequence,
           "embedding": embedding, "lm-logits": lm_logits, "regression": regression, "index": index}[task.kind]
-    return fn(task, ref, cand, tol)
+    return _with_new_non_finite(fn(task, ref, cand, tol), ref, cand)
+
+
+def _new_non_finite(ref: list[np.ndarray], cand: list[np.ndarray]) -> tuple[int, int]:
+    """(values NaN/Inf in ``cand`` where fp32's are finite, values compared)."""
+    bad = total = 0
+    for r, c in zip(ref, cand):
+        r, c = np.asarray(r), np.asarray(c)
+        if r.shape != c.shape or c.dtype.kind not in "fc":
+            continue
+        fin_r = np.isfinite(r) if r.dtype.kind in "fc" else np.ones(r.shape, bool)
+        bad += int((fin_r & ~np.isfinite(c)).sum())
+        total += r.size
+    return bad, total
+
+
+def _with_new_non_finite(c: TaskCheck, ref: list[np.ndarray], cand: list[np.ndarray]) -> TaskCheck:
+    """A candidate that writes NaN/Inf where fp32 is finite fails, whatever the metric made of the finite rest (fp16
+    overflowing a power spectrum: every value inf, and cosine over the finite values, none, read 1.0). Its deciding
+    (higher-is-better) metrics read 0, so --max-drop never takes it for a good candidate."""
+    bad, total = _new_non_finite(ref, cand)
+    if not bad:
+        return c
+    worst = {m: 0.0 for m, lim in c.limits.items() if m in c.metrics and lim.startswith(">=")}
+    why = f"output '{c.output}' ({c.kind}): {bad} of {total} values are NaN/Inf where fp32's are finite"
+    return TaskCheck(c.output, c.kind, c.why, {**c.metrics, **worst, "non_finite_share": round(bad / max(total, 1), 6)},
+                     c.limits, False, (why,), {**c.info, "non_finite": bad})
 
 
 class _NoLimits:
