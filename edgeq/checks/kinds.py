@@ -38,6 +38,7 @@ _PARAMS: dict[str, tuple[tuple[str, ...], Any]] = {
     "score_threshold": (("detection",), lambda v: _num(v) and 0 <= v <= 1),
     "iou": (("detection",), lambda v: _num(v) and 0 < v <= 1),
     "nms_iou": (("detection",), lambda v: _num(v) and 0 < v <= 1),
+    "agnostic_nms": (("detection",), lambda v: isinstance(v, bool)),  # the app's NMS ignores classes (nudenet's)
     "scores": (("detection",), lambda v: isinstance(v, str) and 0 < len(v) <= 256),
     "classes": (("detection",), lambda v: isinstance(v, str) and 0 < len(v) <= 256),
     "threshold": (("prob-map",), lambda v: _num(v)),

@@ -176,18 +176,21 @@ def decode_head(head: np.ndarray, task: TaskSpec, *, threshold: float | None = N
             cls = np.ones((len(h), 1))
         best = cls.argmax(1)
         score = cls.max(1) * (h[:, 4] if obj else 1.0)
-        dets, top = _select(to_xyxy(h[:, :4], fmt), score, best, thr, float(task.get("nms_iou", 0.45)), max_det)
+        dets, top = _select(to_xyxy(h[:, :4], fmt), score, best, thr, float(task.get("nms_iou", 0.45)), max_det,
+                            agnostic=bool(task.get("agnostic_nms", False)))
         out.append(dets)
         tops.append(top)
     return out, tops
 
 
-def _select(boxes: np.ndarray, score: np.ndarray, best: np.ndarray, thr: float, nms_iou: float, max_det: int) -> tuple[Detections, Detections]:
-    """One image's anchors -> (detections above ``thr`` after class-aware NMS, the best-scoring anchor)."""
+def _select(boxes: np.ndarray, score: np.ndarray, best: np.ndarray, thr: float, nms_iou: float, max_det: int,
+            agnostic: bool = False) -> tuple[Detections, Detections]:
+    """One image's anchors -> (detections above ``thr`` after class-aware NMS, or one over every class when the app
+    runs that (``agnostic_nms``), the best-scoring anchor)."""
     t = int(score.argmax()) if len(score) else 0
     sel = np.nonzero(score > thr)[0]
     sel = sel[np.argsort(-score[sel], kind="stable")[:max_det]]
-    k = nms(boxes[sel], score[sel], best[sel], nms_iou)
+    k = nms(boxes[sel], score[sel], np.zeros_like(best[sel]) if agnostic else best[sel], nms_iou)
     return Detections(boxes[sel][k], score[sel][k], best[sel][k]), Detections(boxes[t : t + 1], score[t : t + 1], best[t : t + 1])
 
 
@@ -212,7 +215,8 @@ def decode_split(sample: dict[str, np.ndarray], task: TaskSpec, *, max_det: int 
     for b in range(per_level[0][0].shape[0]):
         cls = np.concatenate([sc[b] for sc, _ in per_level])
         boxes = np.concatenate([bx[b] for _, bx in per_level])
-        dets, top = _select(boxes, cls.max(1), cls.argmax(1), thr, float(task.get("nms_iou", 0.45)), max_det)
+        dets, top = _select(boxes, cls.max(1), cls.argmax(1), thr, float(task.get("nms_iou", 0.45)), max_det,
+                            agnostic=bool(task.get("agnostic_nms", False)))
         out.append(dets)
         tops.append(top)
     return out, tops
