@@ -3,17 +3,20 @@ output value is inf):
 - a candidate writing NaN/Inf where fp32 is finite fails, whatever its metric made of the finite rest (cosine over no
   finite value read 1.0: PASS), and --max-drop reads it as the worst candidate;
 - a bundle whose model writes the same NaN/Inf as its golden outputs reproduces them: its self-check passed as
-  "report this to edgeq: the ORT-format model disagrees" (inf - inf is NaN)."""
+  "report this to edgeq: the ORT-format model disagrees" (inf - inf is NaN), and its manifest held NaN error
+  metrics, which the C++ runner refused as malformed JSON: they are null now."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
@@ -54,7 +57,7 @@ def test_a_candidate_writing_inf_where_fp32_is_finite_fails(tmp_path):
     assert primary(spec, logits, logits)[1] == 1.0
 
 
-def test_golden_outputs_holding_inf_and_nan_are_reproduced(tmp_path):
+def _non_finite_bundle(tmp_path: Path):
     k = np.ones((1, 1, 8, 8), np.float32)
     k[0, 0, 0, 0] = np.inf  # x * inf * inf: inf (or NaN where x is 0) in fp32 too
     model = _scaled(tmp_path / "m.onnx", k, ["B", 1, 8, 8])
@@ -62,12 +65,33 @@ def test_golden_outputs_holding_inf_and_nan_are_reproduced(tmp_path):
     x[0, 0, 0, 0] = 0.0  # 0 * inf: NaN
     np.savez(tmp_path / "eval.npz", x=x)
     out = tmp_path / "b"
-    r = CliRunner().invoke(app, ["export", str(model), "--quant", "none", "--eval", str(tmp_path / "eval.npz"), "--no-profile", "-o", str(out)])
+    return out, CliRunner().invoke(app, ["export", str(model), "--quant", "none", "--eval", str(tmp_path / "eval.npz"), "--no-profile",
+                                         "-o", str(out)])
+
+
+def test_golden_outputs_holding_inf_and_nan_are_reproduced(tmp_path):
+    out, r = _non_finite_bundle(tmp_path)
     assert r.exit_code == 0, r.output  # was exit 2: "the bundle failed its own golden check ... report this to edgeq"
-    assert json.loads((out / "manifest.json").read_text())["verdict"]["status"] == "pass"
+    def strict(token: str):
+        raise AssertionError(f"manifest.json holds {token}: not JSON for strict readers (the C++ runner)")
+
+    manifest = json.loads((out / "manifest.json").read_text(), parse_constant=strict)
+    assert manifest["verdict"]["status"] == "pass" and manifest["verify"]["outputs"][0]["max_abs"] is None  # NaN -> null
     golden = np.load(out / "golden" / "000" / "out_0.npy")
     assert np.isnan(golden[0, 0, 0, 0]) and np.isinf(np.load(out / "golden" / "001" / "out_0.npy")[0, 0, 0, 0])
     v = CliRunner().invoke(app, ["verify", str(out)])
     assert v.exit_code == 0 and "PASS" in v.output, v.output
     run = subprocess.run([sys.executable, "-I", str(out / "run.py")], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert run.returncode == 0 and "PASS" in run.stdout and "Warning" not in run.stderr, run.stdout + run.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("cmake") is None or shutil.which("c++") is None, reason="needs cmake and c++")
+def test_the_cpp_runner_reproduces_inf_and_nan_golden_outputs(tmp_path, monkeypatch):
+    from tests.e2e.test_bundle import build_cpp_runner, need_cpp_headers
+
+    need_cpp_headers(monkeypatch)
+    out, r = _non_finite_bundle(tmp_path)
+    assert r.exit_code == 0, r.output
+    run = subprocess.run([str(build_cpp_runner(out, tmp_path)), str(out)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.startswith("PASS golden 000"), run.stdout + run.stderr
