@@ -52,3 +52,12 @@ def test_an_axis_named_by_a_long_formula_still_bundles_and_verifies(tmp_path):
     v = CliRunner().invoke(app, ["verify", str(out)])
     assert v.exit_code == (1 if manifest["verdict"]["status"] == "fail" else 0), v.output
     assert "golden" in v.output
+
+
+def test_inspect_shortens_an_axis_named_by_a_long_formula(tmp_path):
+    model = _head(tmp_path / "head.onnx")
+    r = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["inspect", str(model)])
+    assert r.exit_code == 0, r.output
+    assert FORMULA[:37] + "..." in r.output and FORMULA[:60] not in r.output
+    j = CliRunner().invoke(app, ["inspect", str(model), "--json"])
+    assert FORMULA in j.output  # the JSON keeps the name whole
