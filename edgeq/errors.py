@@ -57,3 +57,9 @@ class CheckFailed(EdgeqError):
     """A verification ran and its result is outside the tolerances (exit 1)."""
 
     exit_code = 1
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of what ``e`` says (its type's name when it says nothing), at most ``limit`` characters: how
+    another library's error is quoted inside one of edgeq's one-line messages."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0].strip()[:limit]

@@ -39,7 +39,7 @@ from ..core.artifact import Artifact
 from .archive import ExtractLimits, archive_path, write_archive
 from .reader import Bundle, open_bundle, validate_manifest, write_manifest  # noqa: F401 - validate_manifest: public here too
 from .signing import check_signature, generate_keypair, key_id, load_private_key, load_public_key, signature_record  # noqa: F401 - public here too
-from ..errors import BundleError, CheckFailed, EdgeqError
+from ..errors import BundleError, CheckFailed, EdgeqError, first_line
 from ..core.fsutil import staging
 from ..core.appio import LABELS_FILE
 from ..core.runtime import create_session, run
@@ -276,7 +276,7 @@ def _copy_model(src: Path, root: Path, threshold: int) -> bool:
     try:
         model = onnx.load(str(src))  # onnx refuses external locations outside the model's folder
     except Exception as e:  # noqa: BLE001 - onnx raises several types for bad external data
-        raise BundleError(f"cannot read the external data of {src.name}: {str(e).splitlines()[0][:200]}", "keep the .data file next to the model") from None
+        raise BundleError(f"cannot read the external data of {src.name}: {first_line(e, 200)}", "keep the .data file next to the model") from None
     onnx.save_model(
         model, str(root / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
         location=EXTERNAL_DATA, size_threshold=1024,
@@ -494,7 +494,7 @@ def check_bundle(
             except EdgeqError:
                 raise
             except Exception as e:  # noqa: BLE001 - the graphs' shapes or metadata, or onnxruntime failing on them
-                raise BundleError(f"bundle {b.shown}: its static decoder cannot be run: {(str(e).splitlines() or [type(e).__name__])[0][:200]}",
+                raise BundleError(f"bundle {b.shown}: its static decoder cannot be run: {first_line(e, 200)}",
                                   "rebuild it with edgeq export") from None
     check_golden(result)
     if result.get("prefill", {}).get("passed") is False:
@@ -521,7 +521,7 @@ def run_golden_pairs(b: Bundle, *, model: str = "ort", providers: list[str] | No
     except runner_mod.BundleCorrupt as e:
         raise BundleError(f"bundle {b.shown} is corrupt: {e}", "rebuild it with edgeq export, or fetch an intact copy") from None
     except Exception as e:  # noqa: BLE001 - onnxruntime or numpy failing on bundle contents
-        raise BundleError(f"bundle {b.shown} cannot be run: {(str(e).splitlines() or [type(e).__name__])[0][:200]}", "rebuild it with edgeq export") from None
+        raise BundleError(f"bundle {b.shown} cannot be run: {first_line(e, 200)}", "rebuild it with edgeq export") from None
     result["golden_passed"] = result["passed"]
     result["verdict"] = b.verdict["status"]
     result["verdict_reason"] = b.verdict["reason"]

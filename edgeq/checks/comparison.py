@@ -79,6 +79,15 @@ def collect_per_sample(path: Path | str, data: SampleSet, *, providers: list[str
     return per_output
 
 
+def streamed(path: Path | str, data: SampleSet, tasks: dict[str, dict[str, Any]] | None = None, pairs: Any = None
+             ) -> tuple[list[list[np.ndarray]], Any]:
+    """``[output][sample]`` like :func:`collect_per_sample`, with the samples run in order as one stream when
+    outputs feed inputs back (edgeq.checks.recurrent.rollout; ``pairs``: the reference's, else found here)."""
+    from .recurrent import session_rollout
+
+    return session_rollout(create_session(path), data, len(data), tasks, pairs)
+
+
 def _stacked(v: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(v, axis=0) if v[0].ndim else np.stack(v)
 
@@ -150,8 +159,10 @@ def verify(
     from .kinds import context_from
     from ..core.onnxutil import artifact_from
 
-    ref_outs = collect_per_sample(reference, data)
-    cand_outs = collect_per_sample(candidate, data)
+    from .recurrent import mark_states
+
+    ref_outs, pairs = streamed(reference, data, tasks)  # a recurrent model: one stream, each model fed its own state
+    cand_outs, _ = streamed(candidate, data, tasks, pairs)
     if len(ref_outs) != len(cand_outs):
         raise ModelError(
             f"the candidate has {len(cand_outs)} outputs, the reference {len(ref_outs)}",
@@ -165,7 +176,7 @@ def verify(
     metrics = tuple(OutputMetrics(n, None, None, None, None, None) if n in apart else _raw(n, r, c)
                     for n, r, c in zip(names, ref_outs, cand_outs))
     ctx = context_from(reference, artifact_from(Path(reference)).io)
-    specs = infer_all(names, ref_outs, ctx, tasks)
+    specs = mark_states(infer_all(names, ref_outs, ctx, tasks), pairs, len(data))
     ref_all = [{n: ref_outs[k][i] for k, n in enumerate(names)} for i in range(len(data))]
     cand_all = [{n: cand_outs[k][i] for k, n in enumerate(names)} for i in range(len(data))]
     from .masking import find_mask, masked, token_masks

@@ -48,7 +48,7 @@ def modes_without_calibration(target: Any, dynamic_applies: bool = True) -> str:
     if not target_allows_dynamic(target):
         return "--quant none (this target runs static INT8 only)"
     if not dynamic_applies:
-        return "--quant none (int8-dynamic quantizes MatMul/Gemm/LSTM/Attention nodes of the main graph only, and this model has none there)"
+        return "--quant none (int8-dynamic quantizes MatMul/Gemm/LSTM/Attention nodes, If/Loop/Scan bodies included, and this model has none)"
     return "--quant int8-dynamic / none"
 
 

@@ -25,6 +25,7 @@ KINDS = (
     "lm-logits",  # [B, T, V] next-token logits from token ids: KL and same top token
     "regression",  # anything else: cosine over the whole output
     "index",  # integer outputs (argmax, class ids): exact match
+    "state",  # a recurrent state fed back as an input (checks/recurrent.py): information over the rolled-out calls
 )
 BOX_FORMATS = ("cxcywh", "xyxy", "xywh")
 DET_LAYOUTS = ("channels-first", "anchors-first")
@@ -43,6 +44,7 @@ _PARAMS: dict[str, tuple[tuple[str, ...], Any]] = {
     "classes": (("detection",), lambda v: isinstance(v, str) and 0 < len(v) <= 256),
     "threshold": (("prob-map",), lambda v: _num(v)),
     "blank": (("sequence",), lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+    "feeds": (("state",), lambda v: isinstance(v, str) and 0 < len(v) <= 256),
 }
 TASK_KEYS = frozenset({"task", *_PARAMS})
 

@@ -408,6 +408,24 @@ def regression(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], to
                   [("cosine", ">=", tol.min_cosine)])
 
 
+def state(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: Any) -> TaskCheck:
+    """A recurrent state fed back as an input (edgeq.checks.recurrent), over the rolled-out calls: cosine and
+    max error over every call and at the last one, as information (the task outputs decide); the cosine
+    decides only when every output of the model is a state (``params["judged"]``)."""
+    info: dict[str, Any] = {"feeds": task.params.get("feeds"), "steps": len(ref)}
+    cos = 0.0
+    if ref and all(np.asarray(r).shape == np.asarray(c).shape for r, c in zip(ref, cand)):
+        diffs = [np.abs(np.asarray(r, np.float64) - np.asarray(c, np.float64)) for r, c in zip(ref, cand)]
+        cos = _cos(np.concatenate([np.ravel(r) for r in ref]), np.concatenate([np.ravel(c) for c in cand]))
+        info.update({"cosine": round(cos, 6), "last_cosine": round(_cos(ref[-1], cand[-1]), 6),
+                     "max_abs": round(float(max(d.max(initial=0.0) for d in diffs)), 6), "last_max_abs": round(float(diffs[-1].max(initial=0.0)), 6)})
+    else:
+        info["note"] = "shapes differ between fp32 and quantized" if ref else "no calls"
+    if task.params.get("judged"):
+        return _check(task, {"cosine": cos}, [("cosine", ">=", tol.min_cosine)], info)
+    return TaskCheck(task.output, task.kind, task.why, {}, {}, True, (), info)
+
+
 def index(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: Any) -> TaskCheck:
     same = total = 0
     for r, c in zip(ref, cand):
@@ -425,7 +443,7 @@ def score(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: An
     if task.kind == "detection":
         return detection(task, ref, cand, tol, ref_all or [], cand_all or [])
     fn = {"classification": classification, "prob-map": prob_map, "segmentation": segmentation, "sequence": sequence,
-          "embedding": embedding, "lm-logits": lm_logits, "regression": regression, "index": index}[task.kind]
+          "embedding": embedding, "lm-logits": lm_logits, "regression": regression, "index": index, "state": state}[task.kind]
     return _with_new_non_finite(fn(task, ref, cand, tol), ref, cand)
 
 

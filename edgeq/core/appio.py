@@ -202,6 +202,9 @@ def load_io_spec(path: Path | None, io: IoSpec) -> dict[str, dict[str, dict[str,
             if not isinstance(spec, dict):
                 raise _bad(where, f"[{kind}.{name}] must be a table")
             res[kind][name] = parse(f"{where} [{kind}.{name}]", spec)
+            feeds = res[kind][name].get("feeds")  # a declared recurrent state (edgeq.checks.recurrent): an input of this model
+            if feeds is not None and feeds not in io.input_names:
+                raise _bad(f"{where} [outputs.{name}]", f"feeds names no input of the model ('{feeds}'; it has {', '.join(io.input_names)})")
     return res
 
 

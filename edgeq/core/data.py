@@ -1,10 +1,12 @@
 """Sample sets for calibration and evaluation, checked against the model's inputs.
 
 Formats:
-- an ``.npz`` file with one array per model input (first axis = samples) and,
-  for evaluation, an optional integer ``labels`` array;
+- an ``.npz`` file with one array per model input and, for evaluation, an optional
+  integer ``labels`` array. Each input's samples sit on a new first axis, or along the
+  input's batch axis (edgeq.core.batchaxis: not always the first), or the array is one
+  sample of the input's shape, shared by every sample (a sample rate; docs/calibration-data.md);
 - a folder of ``.npz`` files (same keys) or, for single-input models, ``.npy``
-  files, read in name order and concatenated.
+  files, read in name order and joined along the sample or batch axis.
 Arrays are read with ``allow_pickle=False``: object arrays are refused.
 """
 
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from .artifact import IoSpec, TensorSpec
+from .batchaxis import BatchAxis, batch_axes
 from ..errors import CalibrationError, EdgeqError
 
 LABELS_KEY = "labels"
@@ -81,13 +84,17 @@ _NPY_HEADER = 4096  # room for the .npy header (numpy writes 128 bytes)
 def _input_bytes_limit(io: IoSpec | None, name: str) -> tuple[int, str]:
     """The most bytes array ``name`` can usefully hold: MAX_SAMPLES samples of the model's input shape."""
     spec = _spec_or_none(io, name) if io is not None else None
-    if spec is None or not spec.shape or not all(isinstance(d, int) and d > 0 for d in spec.shape[1:]):
+    if spec is None or not spec.shape:
+        return MAX_NPZ_BYTES, f"{MAX_NPZ_BYTES >> 30} GiB"
+    axis = batch_axes(io.inputs)[name].axis
+    rest = [d for i, d in enumerate(spec.shape) if i != axis]  # one sample's axes, its batch axis aside
+    if not all(isinstance(d, int) and d > 0 for d in rest):
         return MAX_NPZ_BYTES, f"{MAX_NPZ_BYTES >> 30} GiB"
     try:
         itemsize = np.dtype(spec.dtype).itemsize
     except TypeError:
         return MAX_NPZ_BYTES, f"{MAX_NPZ_BYTES >> 30} GiB"
-    per_sample = itemsize * int(np.prod(spec.shape[1:], dtype=np.int64))
+    per_sample = itemsize * int(np.prod(rest, dtype=np.int64))
     return min(MAX_NPZ_BYTES, _NPY_HEADER + per_sample * MAX_SAMPLES), f"{MAX_SAMPLES} samples of {spec.dtype}{spec.shape_str()}"
 
 
@@ -175,18 +182,58 @@ def _read_raw(path: Path, io: IoSpec, what: str) -> dict[str, np.ndarray]:
                 "every file in the folder must hold the same inputs",
             )
     out: dict[str, np.ndarray] = {}
+    batch = batch_axes(io.inputs)
+    parts = _spread_shared(parts, io, batch, what)
     for k in keys:
         arrs = [p[k] for p in parts]
-        spec = _spec_or_none(io, k)
-        # a file without the batch axis holds one sample: stack; otherwise concatenate batches
-        join = np.stack if spec is not None and arrs[0].ndim == len(spec.shape) - 1 else np.concatenate
+        join, axis = _folder_join(_spec_or_none(io, k), batch.get(k), arrs[0].ndim)
         try:
-            out[k] = join(arrs, axis=0)
+            out[k] = join(arrs, axis=axis)
         except ValueError:
             raise CalibrationError(
                 f"input '{k}': files in {path} have different shapes", "give every sample the same shape"
             ) from None
     return out
+
+
+def _spread_shared(parts: list[dict[str, np.ndarray]], io: IoSpec, batch: dict[str, BatchAxis], what: str) -> list[dict[str, np.ndarray]]:
+    """A folder's files each hold a batch: an input given once in a file of several samples (a sample rate)
+    is that file's value for each of them. Such an input is put on a new first axis in every file, repeated
+    where given once, so that the files join sample by sample; files that do not fit are left to load_samples."""
+    specs = {t.name: t for t in io.inputs}
+    per_file = []
+    for p in parts:
+        lays = {}
+        for k, a in p.items():
+            if k in specs and a.ndim in (len(specs[k].shape), len(specs[k].shape) + 1):
+                try:
+                    lays[k] = _check_layout(a.shape, a.dtype.name, specs[k], what, batch[k])
+                except CalibrationError:
+                    return parts  # load_samples names the problem
+        per_file.append(lays)
+    counts = [max((lay.count for lay in lays.values() if not lay.shared), default=1) for lays in per_file]
+    spread = {k for lays, n in zip(per_file, counts) for k, lay in lays.items() if lay.shared and n > 1}
+    if not spread or any(k not in lays for lays in per_file for k in spread):
+        return parts
+    return [{k: _on_new_axis(a, lays[k], n) if k in spread else a for k, a in p.items()}
+            for p, lays, n in zip(parts, per_file, counts)]
+
+
+def _folder_join(spec: TensorSpec | None, batch: BatchAxis | None, ndim: int) -> tuple[Any, int]:
+    """How a folder's files join for one input: a file of the input's shape less its batch axis holds one
+    sample (stacked on that axis); one of the input's shape a batch along its batch axis (concatenated
+    there), or one sample when the input has no batch axis (stacked on a new first axis); otherwise the
+    files carry a sample axis first (concatenated on it; load_samples refuses what does not fit)."""
+    if spec is None or batch is None:
+        return np.concatenate, 0
+    rank = len(spec.shape)
+    if batch.axis is not None and ndim == rank - 1:
+        return np.stack, batch.axis
+    if ndim == rank and batch.axis is not None:
+        return np.concatenate, batch.axis
+    if ndim == rank and batch.known:
+        return np.stack, 0
+    return np.concatenate, 0
 
 
 def _single_input(io: IoSpec, arr: np.ndarray, path: Path) -> dict[str, np.ndarray]:
@@ -236,7 +283,7 @@ def _image_samples(path: Path, io: IoSpec, what: str, preprocess: Path | None) -
     spec = io.inputs[0]
     prep = Preprocess.load(spec_path, spec.name)
     first = prep(files[0])
-    _check_array(first, spec, what)  # shape and dtype against the model, before any work
+    _check_array(first, spec, what, batch_axes(io.inputs)[spec.name])  # shape and dtype against the model, before any work
     return SampleSet(
         arrays={}, stacked={spec.name: False}, labels=None, source=f"{path} ({len(files)} images, {spec_path.name})",
         files=tuple(files), loader=prep, input_name=spec.name,
@@ -289,29 +336,25 @@ def load_samples(
             f"{what} data {path}: {'; '.join(parts)}",
             f"the model's inputs are: {', '.join(f'{t.name} {t.dtype}{t.shape_str()}' for t in io.inputs)}",
         )
-    arrays: dict[str, np.ndarray] = {}
-    stacked: dict[str, bool] = {}
-    counts = {}
-    for spec in io.inputs:
-        arr = raw[spec.name]
-        arrays[spec.name], stacked[spec.name] = _check_array(arr, spec, what)
-        counts[spec.name] = len(arr)
-    if len(set(counts.values())) > 1:
-        raise CalibrationError(
-            f"{what} data: inputs have different sample counts ({', '.join(f'{k}={v}' for k, v in counts.items())})",
-            "give every input the same number of samples (first axis)",
-        )
-    n = next(iter(counts.values())) if counts else 0
+    batch = batch_axes(io.inputs)
+    layouts = {spec.name: _check_array(raw[spec.name], spec, what, batch[spec.name]) for spec in io.inputs}
+    n = _sample_count(layouts, what)
     if n == 0:
         raise CalibrationError(f"{what} data {path} holds no samples", "provide at least one sample per input")
     if labels is not None:
         labels = np.asarray(labels)
-        # [n] class indices, or [n, positions] next tokens for a language model
-        if labels.ndim not in (1, 2) or len(labels) != n or labels.dtype.kind not in "iu":
-            raise CalibrationError(
-                f"{what} data: '{labels_key}' must be a 1-D integer array of {n} labels, got {labels.dtype}{list(labels.shape)}",
-                "store class indices, one per sample (or [samples, positions] next-token ids for a language model)",
-            )
+        _check_labels(labels.shape, labels.dtype.name, n, what, labels_key)
+    arrays: dict[str, np.ndarray] = {}
+    stacked: dict[str, bool] = {}
+    for spec in io.inputs:
+        lay = layouts[spec.name]
+        arrays[spec.name], stacked[spec.name] = _to_internal(raw[spec.name], lay, n)
+        if lay.shared and n > 1:
+            lm_notes.append(f"{what} data: '{spec.name}' given once ({spec.dtype}{list(raw[spec.name].shape)}): "
+                            f"the same value for each of the {n} samples")
+        elif lay.kind == "batch" and lay.axis:
+            lm_notes.append(f"{what} data: '{spec.name}' {list(raw[spec.name].shape)} read as {n} samples along "
+                            f"{batch[spec.name].describe()}")
     return SampleSet(arrays=arrays, stacked=stacked, labels=labels, source=str(path), notes=tuple(lm_notes))
 
 
@@ -388,7 +431,8 @@ def _npz_layouts(path: Path) -> dict[str, tuple[tuple[int, ...], str]] | None:
 def check_arrays_early(path: Path | None, expected: ExpectedInputs, *, what: str, labels_key: str = LABELS_KEY) -> None:
     """Before a slow export: refuse in one line (exit 2) an .npz array the model will not take, or one whose
     dtype or shape does not fit an input ``expected`` knows the layout of; the rest is left to
-    :func:`load_samples` after the export (missing inputs, sample counts, values). Only headers are read,
+    :func:`load_samples` after the export (missing inputs, values). Sample counts are compared as there, among
+    the inputs known now (edgeq.core.batchaxis reads each one's batch axis from ``expected``). Only headers are read,
     plus the small all-zero ``token_type_ids`` test."""
     if path is None or Path(path).suffix.lower() != ".npz" or not Path(path).is_file():
         return  # folders, images, "random": checked by load_samples
@@ -408,14 +452,40 @@ def check_arrays_early(path: Path | None, expected: ExpectedInputs, *, what: str
         takes = expected.described or ", ".join(expected.names)
         raise CalibrationError(f"{what} data {Path(path).name}: unknown array(s) {', '.join(extra)}",
                                f"the model's inputs are: {takes}; drop the other arrays from the file")
-    for spec in expected.specs:
-        if spec.name in layouts and spec.name != labels_key:
-            _check_layout(*layouts[spec.name], spec, what)
+    batch = batch_axes(expected.specs)
+    checked = {spec.name: _check_layout(*layouts[spec.name], spec, what, batch[spec.name])
+               for spec in expected.specs if spec.name in layouts and spec.name != labels_key}
+    if checked:  # the counts and labels as load_samples checks them, on the inputs known now
+        n = _sample_count(checked, what)
+        if labels_key in layouts and not expected.takes(labels_key) and len(checked) == len(expected.specs) and not (expected.also or expected.pattern):
+            _check_labels(*layouts[labels_key], n, what, labels_key)
 
 
-def _check_layout(shape: tuple[int, ...], dtype: str, spec: TensorSpec, what: str) -> bool:
-    """An array's dtype and shape against ``spec`` (samples stacked on a new first axis, or along the
-    batch axis): True when stacked; else one line naming the input and what it expects."""
+@dataclass(frozen=True)
+class Layout:
+    """How one array holds its samples: ``"new"`` (on a new first axis), ``"batch"`` (along the input's batch
+    axis ``axis``) or ``"one"`` (a single sample, no sample axis); ``count`` samples."""
+
+    kind: str
+    count: int
+    axis: int | None = None
+
+    @property
+    def shared(self) -> bool:
+        """One sample given without a sample axis: the same value for every sample of the set."""
+        return self.kind == "one" or (self.kind == "batch" and self.count == 1)
+
+    def where(self, batch: BatchAxis) -> str:
+        """How the array was read, for a message: "samples on a new first axis", "samples along batch axis 1: ..."."""
+        if self.kind == "new":
+            return "samples on a new first axis"
+        return f"samples along {batch.describe()}" if self.kind == "batch" else f"one sample shared by all ({batch.describe()})"
+
+
+def _check_layout(shape: tuple[int, ...], dtype: str, spec: TensorSpec, what: str, batch: BatchAxis) -> Layout:
+    """An array's dtype and shape against ``spec``: samples stacked on a new first axis, along the input's
+    batch axis (``batch``, edgeq.core.batchaxis), or one sample given as the input's own shape; else one line
+    naming the input, its shape, what the model expects and the batch axis read."""
     rank = len(spec.shape)
     expected = f"{spec.dtype}{spec.shape_str()}"
     if dtype != spec.dtype:
@@ -423,35 +493,100 @@ def _check_layout(shape: tuple[int, ...], dtype: str, spec: TensorSpec, what: st
             f"{what} input '{spec.name}' has dtype {dtype}, the model expects {spec.dtype}",
             f"convert it, e.g. array.astype('{spec.dtype}')",
         )
+    b = batch.axis
     if len(shape) == rank + 1:
-        sample_shape, is_stacked = tuple(shape[1:]), True
-    elif len(shape) == rank and rank > 0 and not (isinstance(spec.shape[0], int) and spec.shape[0] != 1):
-        sample_shape, is_stacked = (1, *shape[1:]), False  # first axis is the batch axis
+        sample_shape, layout = tuple(shape[1:]), Layout("new", int(shape[0]))
+    elif len(shape) == rank and b is not None:
+        sample_shape, layout = (*shape[:b], 1, *shape[b + 1 :]), Layout("batch", int(shape[b]), b)
+    elif len(shape) == rank and batch.known:
+        sample_shape, layout = tuple(shape), Layout("one", 1)
     else:
+        new = f"[N, {', '.join('?' if d is None else str(d) for d in spec.shape)}]" if rank else "[N]"
+        other = (f" or along batch axis {b}" if b is not None
+                 else ", or one array of the input's shape shared by all samples" if batch.known else "")
         raise CalibrationError(
-            f"{what} input '{spec.name}' has shape {list(shape)}, the model expects {expected} per sample",
-            "stack samples along a new first axis (or along the batch axis)",
+            f"{what} input '{spec.name}' has shape {list(shape)}, the model expects {expected} per sample ({batch.describe()})",
+            f"stack samples along a new first axis ({new}){other}",
         )
     for i, (got, want) in enumerate(zip(sample_shape, spec.shape)):
         if isinstance(want, int) and got != want:
             raise CalibrationError(
-                f"{what} input '{spec.name}' has sample shape {list(sample_shape)}, the model expects {expected} (axis {i})",
+                f"{what} input '{spec.name}' has sample shape {list(sample_shape)}, the model expects {expected} "
+                f"(axis {i}; read as {layout.where(batch)})",
                 "resize or reshape the data to the model's input shape",
             )
-    return is_stacked
+    return layout
 
 
-def _check_array(arr: np.ndarray, spec: TensorSpec, what: str) -> tuple[np.ndarray, bool]:
-    is_stacked = _check_layout(arr.shape, arr.dtype.name, spec, what)
+def _check_array(arr: np.ndarray, spec: TensorSpec, what: str, batch: BatchAxis) -> Layout:
+    layout = _check_layout(arr.shape, arr.dtype.name, spec, what, batch)
     if arr.dtype.kind in "fc":
-        finite = np.isfinite(arr.reshape(len(arr), -1)).all(axis=1) if len(arr) else np.array([], bool)
+        per_sample = _samples_first(arr, layout)
+        finite = np.isfinite(per_sample.reshape(len(per_sample), -1)).all(axis=1) if per_sample.size else np.ones(len(per_sample), bool)
         if not finite.all():
             bad = int(np.argmin(finite))
             raise CalibrationError(
                 f"{what} input '{spec.name}' holds NaN or Inf (first in sample {bad})",
                 "clean the data: calibration ranges must come from finite values",
             )
-    return arr, is_stacked
+    return layout
+
+
+def _samples_first(arr: np.ndarray, layout: Layout) -> np.ndarray:
+    """A view of ``arr`` with its samples on axis 0."""
+    if layout.kind == "one":
+        return arr[None]
+    if layout.kind == "batch" and layout.axis:
+        return np.moveaxis(arr, layout.axis, 0)
+    return arr
+
+
+def _sample_count(layouts: dict[str, Layout], what: str) -> int:
+    """The set's number of samples: every input given with several samples must hold the same number (one
+    line naming each input's count and where it was read); an input given once is shared by all."""
+    counts = {k: lay for k, lay in layouts.items() if not lay.shared}
+    if len({lay.count for lay in counts.values()}) > 1:
+        raise CalibrationError(
+            f"{what} data: inputs have different sample counts "
+            f"({', '.join(f'{k}={lay.count} along {_short_where(lay)}' for k, lay in counts.items())})",
+            "give every input the same number of samples (on a new first axis or along its batch axis), "
+            "or one sample shared by all",
+        )
+    return next(iter(counts.values())).count if counts else int(bool(layouts))
+
+
+def _short_where(layout: Layout) -> str:
+    return "a new first axis" if layout.kind == "new" else f"batch axis {layout.axis}"
+
+
+def _on_new_axis(arr: np.ndarray, layout: Layout, n: int) -> np.ndarray:
+    """``arr``'s samples on a new first axis, each of the input's full shape: samples along a batch axis
+    move to the front, keeping a size-1 batch axis in place; one shared sample is repeated ``n`` times
+    (a read-only broadcast view, no copy)."""
+    if layout.shared:
+        return np.broadcast_to(arr, (n, *arr.shape))
+    if layout.kind == "batch":
+        return np.expand_dims(np.moveaxis(arr, layout.axis or 0, 0), (layout.axis or 0) + 1)
+    return arr
+
+
+def _to_internal(arr: np.ndarray, layout: Layout, n: int) -> tuple[np.ndarray, bool]:
+    """``arr`` in SampleSet's layout: (samples on a new first axis, True) or (along batch axis 0, False,
+    kept as given, as before)."""
+    if layout.kind == "batch" and not layout.axis and not (layout.shared and n > 1):
+        return arr, False
+    if layout.kind == "batch" and not layout.shared:
+        return np.ascontiguousarray(_on_new_axis(arr, layout, n)), True
+    return _on_new_axis(arr, layout, n), True
+
+
+def _check_labels(shape: tuple[int, ...], dtype: str, n: int, what: str, labels_key: str) -> None:
+    # [n] class indices, or [n, positions] next tokens for a language model
+    if len(shape) not in (1, 2) or shape[0] != n or np.dtype(dtype).kind not in "iu":
+        raise CalibrationError(
+            f"{what} data: '{labels_key}' must be a 1-D integer array of {n} labels, got {dtype}{list(shape)}",
+            "store class indices, one per sample (or [samples, positions] next-token ids for a language model)",
+        )
 
 
 def synthetic_feed(io: IoSpec, seed: int = 0) -> dict[str, np.ndarray]:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .artifact import Artifact, IoSpec, TensorSpec
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 
 QUANT_OPS = frozenset({
     "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
@@ -342,7 +342,7 @@ def _load_external(model: Any, base: Path, what: str) -> None:
     try:
         load_external_data_for_model(model, str(base))
     except Exception as e:  # noqa: BLE001
-        raise ModelError(f"cannot read external data of {what}: {str(e).splitlines()[0][:200]}", "re-export the model") from None
+        raise ModelError(f"cannot read external data of {what}: {first_line(e, 200)}", "re-export the model") from None
 
 
 def data_file(path: str | Path) -> Path:
@@ -387,7 +387,7 @@ def save_model(model: Any, path: str | Path, *, external: bool | None = None) ->
             )
         except Exception as e:  # noqa: BLE001 - protobuf refuses a graph over 2 GiB even without weights
             raise ModelError(
-                f"cannot write {path.name} with external data: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}",
+                f"cannot write {path.name} with external data: {first_line(e, 200)}",
                 "the graph itself (without weights) may be over 2 GiB: large Constant nodes should be initializers",
             ) from None
         return path
@@ -486,7 +486,7 @@ def check_model(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=False)
     except Exception as e:  # noqa: BLE001
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ModelError(f"{path} fails the ONNX checker: {first}", "re-export the model with a current exporter") from None
 
 

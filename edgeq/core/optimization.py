@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .artifact import Artifact
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 from .onnxutil import (artifact_from, check_model, data_file, default_opset, external_data_bytes, load_model, needs_external_data, save_model, tensor_bytes)
 from .runtime import create_session, session_options
 from .targets import Target
@@ -56,6 +56,11 @@ def _pin_shapes(model, target: Target, pins: dict[str, tuple[int, ...]],
         notes += [f"pinned {n} to {'x'.join(map(str, s))} from the model's declared imgsz (target {target.name} needs static shapes)"
                   for n, s in declared.items()]
         pins = {**pins, **declared}
+    from .batchaxis import batch_axes
+    from .onnxutil import io_spec
+
+    # the batch axis is not always the first (an RNN state [layers, batch, hidden], a time-major [time, batch, features])
+    batch = {n: (b.axis if b.known else 0) for n, b in batch_axes(io_spec(model).inputs).items()}
     for vi in inputs:
         dims = vi.type.tensor_type.shape.dim
         if vi.name in pins:
@@ -66,7 +71,7 @@ def _pin_shapes(model, target: Target, pins: dict[str, tuple[int, ...]],
                     "give one size per dimension",
                 )
             for i, (d, size) in enumerate(zip(dims, shape)):
-                if d.HasField("dim_value") and d.dim_value != size:
+                if d.HasField("dim_value") and d.dim_value >= 0 and d.dim_value != size:  # -1: dynamic
                     raise ModelError(
                         f"--static-shape {vi.name}: axis {i} is fixed to {d.dim_value} in the model, not {size}",
                         "only symbolic dimensions can be pinned",
@@ -78,11 +83,11 @@ def _pin_shapes(model, target: Target, pins: dict[str, tuple[int, ...]],
             seen = (data_shapes or {}).get(vi.name)
             from_data = []
             for i, d in enumerate(dims):
-                if d.HasField("dim_value"):
+                if d.HasField("dim_value") and d.dim_value >= 0:  # -1 (some exporters) is dynamic
                     continue
-                if i == 0:
+                if i == batch.get(vi.name, 0):
                     d.dim_value = 1
-                    notes.append(f"pinned batch axis of {vi.name} to 1 (target {target.name} needs static shapes)")
+                    notes.append(f"pinned batch axis of {vi.name}{f' (axis {i})' if i else ''} to 1 (target {target.name} needs static shapes)")
                 elif seen is not None and len(seen) == len(dims) and seen[i] > 0:
                     from_data.append(f"axis {i} ('{d.dim_param or '?'}') = {seen[i]}")
                     d.dim_value = int(seen[i])
@@ -96,6 +101,11 @@ def _pin_shapes(model, target: Target, pins: dict[str, tuple[int, ...]],
                 notes.append(f"pinned {vi.name} to {shape} from the calibration data ({', '.join(from_data)}; target {target.name} "
                              f"needs static shapes; --static-shape {vi.name}=... overrides)")
     return notes
+
+
+def _input_dims(model) -> dict[str, list[int | str]]:
+    return {vi.name: [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in vi.type.tensor_type.shape.dim]
+            for vi in model.graph.input}
 
 
 def strip_debug_info(model) -> int:
@@ -148,11 +158,13 @@ def optimize(
             model = version_converter.convert_version(model, wanted)
         except Exception as e:  # noqa: BLE001
             raise ModelError(
-                f"cannot convert the model from opset {current} to {wanted}: {str(e).splitlines()[0][:200]}",
+                f"cannot convert the model from opset {current} to {wanted}: {first_line(e, 200)}",
                 f"re-export the model with opset {wanted}",
             ) from None
         notes.append(f"opset {current} -> {wanted} (target range {target.opset.min}-{target.opset.max})")
+    before_pins = _input_dims(model)
     notes += _pin_shapes(model, target, static_shapes or {}, data_shapes)
+    pinned = [f"{n} {'x'.join(map(str, d))}" for n, d in _input_dims(model).items() if d != before_pins.get(n)]
     stripped = strip_debug_info(model)
     if stripped:
         notes.append(f"stripped exporter debug metadata from {stripped} nodes (stack traces, local paths)")
@@ -174,10 +186,21 @@ def optimize(
             onnx.shape_inference.infer_shapes_path(str(staged), str(staged), strict_mode=False, data_prop=True)
         except Exception as e:  # noqa: BLE001
             staged.unlink(missing_ok=True)
-            raise ModelError(f"shape inference failed: {str(e).splitlines()[0][:200]}", "check the model with onnx.checker") from None
+            raise ModelError(f"shape inference failed: {first_line(e, 200)}", "check the model with onnx.checker") from None
         so = session_options(level=OPTIMIZE_LEVEL)
         so.optimized_model_filepath = str(out_path)
-        create_session(staged, so=so)
+        try:
+            create_session(staged, so=so)
+        except ModelError as e:
+            staged.unlink(missing_ok=True)
+            if not pinned:
+                raise
+            # the file loads with its dynamic axes (edgeq checked it) but not at the pinned sizes: the static shapes
+            # flow into branches (If/Loop bodies) whose declared shapes contradict them, or the sizes do not fit
+            raise ModelError(f"onnxruntime rejects the model once its dynamic axes are pinned ({', '.join(pinned)}): "
+                             f"{e.message.split(': ', 1)[-1]}",
+                             "pin other sizes with --static-shape NAME=AxBx..., or use a target with dynamic shapes "
+                             "(e.g. cpu-x86_64)") from None
         staged.unlink()
         onnx.shape_inference.infer_shapes_path(str(out_path), str(out_path), strict_mode=False)
         folded = load_model(out_path, load_weights=False)
@@ -249,7 +272,7 @@ def _fold_external(model, src_dir: Path, out_path: Path) -> None:
         try:
             onnx.shape_inference.infer_shapes_path(str(staged), str(staged), strict_mode=False, data_prop=True)
         except Exception as e:  # noqa: BLE001
-            raise ModelError(f"shape inference failed: {str(e).splitlines()[0][:200]}", "check the model with onnx.checker") from None
+            raise ModelError(f"shape inference failed: {first_line(e, 200)}", "check the model with onnx.checker") from None
         data = data_file(out_path)
         data.unlink(missing_ok=True)
         so = session_options(level=OPTIMIZE_LEVEL)

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 
 
 @dataclass(frozen=True)
@@ -389,7 +389,7 @@ def apply(path: Path, names: tuple[str, ...], feeds: list[dict[str, np.ndarray]]
         try:
             onnx.checker.check_model(model)
         except Exception as e:  # noqa: BLE001
-            raise ModelError(f"rewrite {name} produced an invalid graph: {str(e).splitlines()[0][:200]}",
+            raise ModelError(f"rewrite {name} produced an invalid graph: {first_line(e, 200)}",
                              f"remove '{name}' from the target's [ops] rewrites and report it") from None
         after = model.SerializeToString()
         diff = 0.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelError, ProviderError
+from ..errors import ModelError, ProviderError, first_line
 
 LEVELS = {
     "disable": "ORT_DISABLE_ALL",
@@ -75,7 +75,7 @@ def create_session(
         kw = {"disabled_optimizers": disabled_optimizers} if disabled_optimizers else {}
         return ort().InferenceSession(model, sess_options=so, providers=providers, provider_options=provider_options, **kw)
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise ModelError(f"onnxruntime cannot load {Path(path).name}: {first[:300]}", "check that the model is valid (edgeq inspect)") from None
 
 
@@ -100,5 +100,5 @@ def run(session: Any, feed: dict[str, Any]) -> list[Any]:
     try:
         return session.run(None, fit_empty(session, feed))
     except Exception as e:  # noqa: BLE001
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise ModelError(f"onnxruntime failed to run the model: {first[:300]}", "check the input shapes and dtypes") from None

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.artifact import Artifact
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 from ..core.targets import Target
 
 _FACTORY_RE = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
@@ -381,7 +381,7 @@ def export_source(source: str | Path, opts: SourceOptions, work: Path):
         try:
             ep = torch.export.load(text)
         except Exception as e:  # noqa: BLE001
-            raise ModelError(f"cannot load {name}: {str(e).splitlines()[0][:300] if str(e) else type(e).__name__}", "re-save it with torch.export.save") from None
+            raise ModelError(f"cannot load {name}: {first_line(e, 300)}", "re-save it with torch.export.save") from None
         args = ep.example_inputs[0] if ep.example_inputs else None
         if opts.example_shapes or opts.static_shapes or args is None:
             names, args = _examples(opts.example_shapes, opts.static_shapes, name)
@@ -408,7 +408,7 @@ def export_source(source: str | Path, opts: SourceOptions, work: Path):
             module.load_state_dict(sd, strict=True)
         except RuntimeError as e:
             raise ModelError(
-                f"--weights {opts.weights.name} does not fit {text}: {str(e).splitlines()[0][:240]}",
+                f"--weights {opts.weights.name} does not fit {text}: {first_line(e, 240)}",
                 "check that the factory builds the same architecture the weights were saved from",
             ) from None
         prov = f"source(factory:{text}, weights={opts.weights.name})"

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 from .checkpoint import load_pickle_checkpoint, load_safetensors, state_dict_from
 
 TASKS = ("text-classification", "feature-extraction", "text-generation")
@@ -154,7 +154,7 @@ def load_hf_model(src: HfSource, task: str, *, trust_remote_code: bool = False):
         except Exception as e:  # noqa: BLE001
             if trust_remote_code:
                 _raise_if_custom_code(e, src.folder)
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            first = first_line(e, 300)
             raise ModelError(f"transformers cannot load {src.folder.name} for {task}: {first}", "check --task and the folder") from None
     missing = sorted(info.get("missing_keys") or ())
     if missing:

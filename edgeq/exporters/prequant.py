@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 from .checkpoint import check_safetensors_header
 
 METHODS = ("gptq", "awq", "bitsandbytes")
@@ -225,7 +225,7 @@ def read_tensors(folder: Path) -> dict[str, np.ndarray]:
                 for k in others:
                     out[k] = f.get_tensor(k)
         except Exception as e:  # noqa: BLE001 - SafetensorError
-            raise _bad(folder, f"cannot read {path.name}: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}") from None
+            raise _bad(folder, f"cannot read {path.name}: {first_line(e, 200)}") from None
         if bf16:  # numpy has no bfloat16: widen the raw 16-bit patterns (the header was checked above)
             with open(path, "rb") as fh:
                 for k in bf16:

@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import CheckFailed, EdgeqError, ModelError, ProviderError, QuantizationError
+from ..errors import CheckFailed, EdgeqError, ModelError, ProviderError, QuantizationError, first_line
 from . import arch as _arch
 from .vocab import is_spm, spm_vocab
 
@@ -758,7 +758,7 @@ def reference_logits(folder: Path, ids: list[list[int]]) -> list[np.ndarray]:
         model = AutoModelForCausalLM.from_pretrained(str(folder), use_safetensors=True, local_files_only=True, trust_remote_code=False,
                                                      attn_implementation="eager")  # eager: Gemma 2's soft-cap, sliding windows
     except Exception as e:  # noqa: BLE001 - transformers' own load errors
-        raise ModelError(f"transformers cannot load {folder} as a causal LM: {str(e).splitlines()[0][:200]}", "check the folder") from None
+        raise ModelError(f"transformers cannot load {folder} as a causal LM: {first_line(e, 200)}", "check the folder") from None
     model = model.float().eval()
     out = []
     with torch.no_grad():

@@ -213,14 +213,14 @@ def check_export(outcome: ExportOutcome) -> None:
         check_coverage(coverage_report(cfg.out, tg, result.get("placement")), cfg.min_accel_coverage)
     if not result["passed"] and outcome.verdict_status != "accepted-failed":
         from ..checks.hints import after_failed_check
-        from .export_stage import dynamic_applies
+        from ..quantization.int8.dynamic_scope import dynamic_reaches
 
         written = Path(cfg.out) / "model.onnx"  # the bundle's model (an archive: not looked into)
         raise CheckFailed(
             f"the {'exported' if outcome.spec.mode == 'none' else 'quantized'} model is outside target {tg.name}'s tolerances: "
             f"{(result.get('verdict') or {}).get('reason', '')}",
             after_failed_check(outcome.spec, tg, max_drop=cfg.quant.max_drop, has_eval=cfg.quant.eval is not None, out=cfg.out,
-                               dynamic_applies=dynamic_applies(written) if written.is_file() else True,
+                               dynamic_applies=dynamic_reaches(result["quantization"].get("coverage")),
                                tasks=(result.get("verify") or {}).get("tasks") or ()),
         )
 

@@ -156,6 +156,14 @@ def run_export(
     if qdq_lm:  # the QDQ form the target runs, or one line refusing what it cannot run, before any work
         spec, spec_notes = npu_qdq.decoder_spec(spec)
         npu_qdq.choose_form(target, spec, has_data="calibration" in windows)
+    if spec.mode == "int8-static" and opts.lm_folder is None:  # an LSTM/GRU-only model: refused before asking for data
+        from ..checks.hints import target_allows_dynamic
+        from ..errors import QuantizationError
+        from ..quantization.int8.quantizer import static_misses
+
+        miss = static_misses(source.path, target_allows_dynamic(target))
+        if miss is not None:
+            raise QuantizationError(*miss)
     if spec.needs_calibration and calib is None and "calibration" not in windows:
         from ..checks.hints import modes_without_calibration
 
@@ -408,22 +416,11 @@ def _written_ep_context(out: Path) -> dict[str, Any] | None:
 
 
 def _dynamic_applies(art: Artifact) -> bool:
-    """The main graph has a node type int8-dynamic quantizes (onnxruntime's dynamic quantizer leaves
-    If/Loop/Scan subgraphs alone): else a hint must not offer it."""
-    return dynamic_applies(art.path)
-
-
-# what static INT8 writes for the node types int8-dynamic quantizes (QDQ keeps the op type; QOperator renames it)
-_QUANTIZED_DYNAMIC_FORMS = ("QLinearMatMul", "MatMulInteger", "QGemm", "DynamicQuantizeLSTM", "QAttention")
-
-
-def dynamic_applies(model_path: Path) -> bool:
-    """``model_path`` (fp32, or quantized by edgeq) has a main-graph node type int8-dynamic quantizes."""
-    from ..core.onnxutil import load_model
+    """The model has a node type int8-dynamic quantizes (If/Loop/Scan bodies included): else a hint must not offer it."""
+    from ..core.onnxutil import iter_nodes, load_model
     from ..quantization.int8.quantizer import DYNAMIC_DEFAULT_OPS
 
-    ops = set(DYNAMIC_DEFAULT_OPS) | set(_QUANTIZED_DYNAMIC_FORMS)
-    return any(n.op_type in ops for n in load_model(model_path, load_weights=False).graph.node)
+    return any(n.op_type in DYNAMIC_DEFAULT_OPS for n in iter_nodes(load_model(art.path, load_weights=False).graph))
 
 
 def _synthetic(art: Artifact) -> dict:

@@ -21,7 +21,7 @@ import numpy as np
 from ..core import child
 from ..core.artifact import IoSpec
 from ..core.data import SampleSet
-from ..errors import CheckFailed, ModelError, ProviderError
+from ..errors import CheckFailed, ModelError, ProviderError, first_line
 from ..core.onnxutil import model_size
 from .providers import OPENVINO, QNN  # noqa: F401 - names shared with provider discovery (and importers of profile)
 from ..core.runtime import available_providers, create_session, run
@@ -544,7 +544,7 @@ def measure(inp: ProfileInput, target: Target, backend: Backend, opts: MeasureOp
         try:
             base["layer_errors"] = layer_errors(reference, inp.onnx, inp.feeds[: max(1, opts.numerics_samples)])
         except Exception as e:  # noqa: BLE001 - a diagnostic; the figures above stand without it
-            notes.append(f"per-layer error not computed: {str(e).splitlines()[0][:120] if str(e) else type(e).__name__}")
+            notes.append(f"per-layer error not computed: {first_line(e, 120)}")
     base["notes"] = notes
     base["note"] = "; ".join(notes)
     return base

@@ -20,6 +20,21 @@ def quantize(artifact: Any, spec: Any, out_path: Path, **kwargs: Any) -> Any:
         for key in ("prefer", "budget", "evals", "max_drop", "target", "outputs_of", "tasks"):  # INT8-only options
             kwargs.pop(key, None)
         return int4_quantize(artifact, spec, Path(out_path), **kwargs)
+    note = None
+    if kwargs.get("data") is not None and (spec.mode == "int8-static" or kwargs.get("prefer")):  # calibrated: a recurrent
+        # model's state inputs as the app feeds them (edgeq.checks.recurrent)
+        from ..checks.recurrent import rolled_calibration
+
+        kwargs["data"], note = rolled_calibration(artifact.path, kwargs["data"], kwargs.get("tasks"), artifact.io)
+    res = _int8(artifact, spec, Path(out_path), kwargs)
+    if note is None:
+        return res
+    from dataclasses import replace
+
+    return replace(res, notes=(*res.notes, note))
+
+
+def _int8(artifact: Any, spec: Any, out_path: Path, kwargs: dict[str, Any]) -> Any:
     from .int8.quantizer import quantize as int8_quantize
 
     prefer = kwargs.pop("prefer", None)

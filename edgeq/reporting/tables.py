@@ -77,6 +77,14 @@ class StageProgress:
             self.progress.advance(self.task)
 
 
+def _by_op(cov: dict[str, Any]) -> str:
+    """"; Conv 12/12, LSTM 0/4" where some op type stayed float (quantized/total per op type), else ""."""
+    by_op = cov.get("by_op") or {}
+    if len(by_op) < 2 or all(c["quantized"] == c["total"] for c in by_op.values()):
+        return ""
+    return "; " + ", ".join(f"{escape(str(op))} {c['quantized']}/{c['total']}" for op, c in by_op.items())
+
+
 def export_table(r: dict[str, Any]) -> Table:
     t = Table(title=f"edgeq export -> {r['target']}", show_header=True, header_style="bold")
     t.add_column("metric")
@@ -92,7 +100,8 @@ def export_table(r: dict[str, Any]) -> Table:
             "quantized nodes", str(cov["nodes_total"]), str(cov["nodes_quantized"]),
             f"fp32 (mode none): no weight node quantized, {q['requested_mode']} asked for" if q.get("requested_mode") else
             f"{q['mode']} weight-only ({'QDQ: DequantizeLinear -> MatMul' if q.get('qdq_form') else 'MatMulNBits, GatherBlockQuantized'})" if q.get("weights") else
-            f"{q['mode']} {q['format']} a={q['activation_type']} w={q['weight_type']}{' per-channel' if q['per_channel'] else ''}"
+            f"{q['mode']} {'(activations at run time)' if q['mode'] == 'int8-dynamic' else q['format']} a={q['activation_type']} "
+            f"w={q['weight_type']}{' per-channel' if q['per_channel'] else ''}{_by_op(cov)}"
             + (" [red]= fp32 (no weight node quantized)[/]" if cov["nodes_total"] and not cov["nodes_quantized"]
                else f"; float share {100 * q['float_share']:.0f} %" if q.get("float_share") else ""),
         )
@@ -463,6 +472,8 @@ def verify_table(v: dict[str, Any]) -> Table:
         c = tasks.get(o["name"])
         check = "-" if c is None else f"{c['kind']}: " + ", ".join(f"{m} {fmt(x)} ({c['limits'].get(m, 'info')})" for m, x in c["metrics"].items()) \
             + (" [green]pass[/]" if c["passed"] else " [red]FAIL[/]")
+        if c is not None and c["kind"] == "state" and not c["metrics"] and "cosine" in c.get("info", {}):  # a fed-back state: information
+            check = f"state: cosine {fmt(c['info']['cosine'], '.5f')} over {c['info'].get('steps')} calls (information)"
         t.add_row(escape(o["name"]), fmt(o["max_abs"]), fmt(o["mean_abs"]), fmt(o["max_rel"]), fmt(o["cosine"], ".5f"),
                   "-" if o["top1_agreement"] is None else f"{100 * o['top1_agreement']:.2f} %", check)
     return t

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from ...core.data import SampleSet
+from ...errors import first_line
 from .calibrate import AUTO_CANDIDATES, Calibration
 from .score_graph import Reference, numpy_energy, scorer
 
@@ -241,7 +242,7 @@ def choose(prep: Any, spec: Any, data: SampleSet, n_calib: int, candidates: tupl
                 first = _first([_sqnr(e) for e in energies])
             del run
         except Exception as e:  # noqa: BLE001 - a candidate that cannot run is skipped, and said so
-            rows.append({"method": text, "error": str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__})
+            rows.append({"method": text, "error": first_line(e, 160)})
             continue
         per_out = [_sqnr(e) for e in energies]
         score = _first(per_out)

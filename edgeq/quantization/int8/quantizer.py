@@ -18,9 +18,11 @@ import numpy as np
 
 from ...core.artifact import Artifact
 from ...core.data import SampleSet
-from ...errors import CalibrationError, QuantizationError
+from ...errors import CalibrationError, QuantizationError, first_line
 from ...core.onnxutil import (artifact_from, data_file, default_opset, iter_initializers, iter_nodes, load_model, needs_external_data, save_model)
 from .checks import bias_overflow, check_operator_scales, explain_quantizer_failure
+from .dynamic_scope import (RECURRENT_OPS, RECURRENT_QUANTIZED, has_subgraphs, none_quantized, static_misses_recurrent, subgraph_counts,
+                            subgraph_note)
 from ..spec import QuantSpec
 
 # Op types whose weights carry the model's size and compute.
@@ -33,6 +35,7 @@ QUANTIZED_FORMS = {
     "DynamicQuantizeMatMul": "MatMul",
     "QGemm": "Gemm",
     "MatMulNBits": "MatMul",
+    "DynamicQuantizeLSTM": "LSTM",
 }
 # Dynamic INT8 of convolutions (ConvInteger) is several times slower than fp32
 # on CPUs: leave convolutions in float unless the user asks for them.
@@ -146,13 +149,14 @@ def _preprocess(src: Path, dst: Path) -> list[str]:
             return ["symbolic shape inference failed; used ONNX shape inference only"]
         except Exception as e:  # noqa: BLE001
             raise QuantizationError(
-                f"quantization pre-processing failed: {str(e).splitlines()[0][:200]}",
+                f"quantization pre-processing failed: {first_line(e, 200)}",
                 "check the model with `edgeq inspect`",
             ) from None
 
 
-def coverage(fp32_model: Any, q_model: Any) -> Coverage:
-    """Count Conv/Gemm/MatMul nodes with constant weights (and their bytes) before and after."""
+def coverage(fp32_model: Any, q_model: Any, ops: tuple[str, ...] = WEIGHT_OPS) -> Coverage:
+    """Count nodes of ``ops`` (Conv/Gemm/MatMul; dynamic INT8 adds LSTM/GRU/RNN) with constant weights
+    (and their bytes) before and after. A recurrent node's weights are W and R (inputs 1 and 2)."""
     import onnx
 
     total: collections.Counter[str] = collections.Counter()
@@ -161,9 +165,9 @@ def coverage(fp32_model: Any, q_model: Any) -> Coverage:
 
     inits = const_names(fp32_model)  # initializers and Constant nodes, subgraphs included
     for n in iter_nodes(fp32_model.graph):
-        if n.op_type in WEIGHT_OPS and len(n.input) > 1 and n.input[1] in inits:
+        if n.op_type in ops and len(n.input) > 1 and n.input[1] in inits:
             total[n.op_type] += 1
-            weight_bytes_total += int(np.prod(inits[n.input[1]].dims)) * 4
+            weight_bytes_total += sum(int(np.prod(inits[w].dims)) * 4 for w in _weights(n, inits))
     int_types = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT4, onnx.TensorProto.UINT4}
     q_inits = {i.name: i for i in iter_initializers(q_model.graph)}
     produced_by = {o: n for n in iter_nodes(q_model.graph) for o in n.output}
@@ -177,7 +181,10 @@ def coverage(fp32_model: Any, q_model: Any) -> Coverage:
     quantized: collections.Counter[str] = collections.Counter()
     weight_bytes_q = 0
     for n in iter_nodes(q_model.graph):
-        if n.op_type in QUANTIZED_FORMS:
+        if n.op_type == "DynamicQuantizeLSTM":  # int8 W and R
+            quantized["LSTM"] += 1
+            weight_bytes_q += 4 * sum(int_weight(i) for i in n.input[1:3])
+        elif n.op_type in QUANTIZED_FORMS:
             quantized[QUANTIZED_FORMS[n.op_type]] += 1
             weight_bytes_q += 4 * max((int_weight(i) for i in n.input), default=0)
         elif n.op_type in WEIGHT_OPS and len(n.input) > 1:
@@ -185,12 +192,29 @@ def coverage(fp32_model: Any, q_model: Any) -> Coverage:
             if src is not None and src.op_type == "DequantizeLinear" and int_weight(src.input[0]):
                 quantized[n.op_type] += 1
                 weight_bytes_q += 4 * int_weight(src.input[0])
+    moved = min(max(quantized["MatMul"] - total["MatMul"], 0), total["Gemm"])  # dynamic INT8 rewrites Gemm as MatMul first
+    if moved:
+        quantized["MatMul"] -= moved
+        quantized["Gemm"] += moved
     return Coverage(
         total=dict(total),
-        quantized={k: min(v, total.get(k, v)) for k, v in quantized.items()},
+        quantized={k: min(v, total.get(k, v)) for k, v in quantized.items() if v},
         weight_bytes_total=weight_bytes_total,
         weight_bytes_quantized=min(weight_bytes_q, weight_bytes_total),
     )
+
+
+def _weights(node: Any, consts: dict[str, Any]) -> list[str]:
+    """A weight node's constant weights: input 1, and R (input 2) of a recurrent op."""
+    names = node.input[1:3] if node.op_type in RECURRENT_OPS else node.input[1:2]
+    return [w for w in names if w in consts]
+
+
+def static_misses(path: Path, dynamic_ok: bool) -> tuple[str, str] | None:
+    """Before any work: (message, hint) when int8-static cannot quantize the model's weight nodes
+    (all LSTM/GRU/RNN), else None. ``dynamic_ok``: the target runs int8-dynamic."""
+    model = load_model(path, load_weights=False)
+    return static_misses_recurrent(coverage(model, model, WEIGHT_OPS + RECURRENT_OPS).total, WEIGHT_OPS, dynamic_ok)
 
 
 def check_scales(model: Any) -> None:
@@ -291,16 +315,7 @@ def quantize(
             notes.append(f"calibrated on {n} sample(s) from {data.source}")
         else:
             op_types = op_types or list(DYNAMIC_DEFAULT_OPS)
-            q.quantize_dynamic(
-                str(pre),
-                str(out_path),
-                op_types_to_quantize=op_types,
-                per_channel=spec.per_channel,
-                reduce_range=spec.reduce_range,
-                weight_type=getattr(q.QuantType, _QTYPES[spec.weight_type]),
-                extra_options={"WeightSymmetric": spec.symmetric_weights},
-                use_external_data_format=big,
-            )
+            notes += _dynamic(q, pre, out_path, spec, op_types, big, subgraphs=has_subgraphs(head))
             if "Conv" not in op_types:
                 notes.append("convolutions kept in float (dynamic ConvInteger is slower than fp32 on CPUs)")
     except (CalibrationError, QuantizationError):
@@ -310,7 +325,7 @@ def quantize(
         if clear is not None:
             raise clear from None
         raise QuantizationError(
-            f"onnxruntime's quantizer failed: {str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}",
+            f"onnxruntime's quantizer failed: {first_line(e, 200)}",
             "try --quant int8-dynamic or --quant none, and report the model to edgeq",
         ) from None
     finally:
@@ -329,8 +344,14 @@ def quantize(
         kept = f"kept {', '.join(repr(n) for n in bias.clipped)} in float: the int32 bias would overflow (tiny weights, large bias)"
         return dataclasses.replace(res, notes=(kept, *res.notes))
     notes += bias.notes()
-    cov = coverage(fp32, qmodel)
-    if cov.nodes_total and cov.nodes_quantized == 0:
+    dynamic = spec.mode == "int8-dynamic"
+    cov = coverage(fp32, qmodel, WEIGHT_OPS + RECURRENT_OPS if dynamic else WEIGHT_OPS)
+    details: dict[str, Any] = _dynamic_details(qmodel, cov, notes) if dynamic else {}
+    none = none_quantized(op_types or DYNAMIC_DEFAULT_OPS, cov.total, cov.quantized) if dynamic else None
+    if none is not None:  # counts the op types it was asked for: convolutions (float by default) and GRU/RNN are named apart
+        out_path.unlink(missing_ok=True)
+        raise QuantizationError(*none)
+    if not dynamic and cov.nodes_total and cov.nodes_quantized == 0:
         out_path.unlink(missing_ok=True)
         raise QuantizationError(
             f"{spec.mode} quantized none of the model's {cov.nodes_total} Conv/Gemm/MatMul nodes",
@@ -339,7 +360,57 @@ def quantize(
     if cov.nodes_total == 0:
         notes.append(_no_weight_nodes(fp32, "only activations were quantized"))
     step = f"quantize({spec.mode}, {spec.format}, a={spec.activation_type}, w={spec.weight_type}, per_channel={spec.per_channel})"
-    return QuantResult(artifact_from(out_path, artifact.provenance + (step,)), spec, cov, tuple(notes))
+    return QuantResult(artifact_from(out_path, artifact.provenance + (step,)), spec, cov, tuple(notes), details)
+
+
+def _dynamic(q: Any, pre: Path, out_path: Path, spec: QuantSpec, op_types: list[str], big: bool, *, subgraphs: bool) -> list[str]:
+    """onnxruntime's dynamic quantizer, reaching into If/Loop/Scan bodies when the model has them.
+
+    Should its subgraph pass fail on a model, the run is redone on the main graph only and says so."""
+    def run(enable_subgraph: bool) -> None:
+        q.quantize_dynamic(
+            str(pre),
+            str(out_path),
+            op_types_to_quantize=op_types,
+            nodes_to_exclude=list(spec.nodes_to_exclude) or None,  # the speed decision's per-node mix, bias overflow
+            per_channel=spec.per_channel,
+            reduce_range=spec.reduce_range,
+            weight_type=getattr(q.QuantType, _QTYPES[spec.weight_type]),
+            extra_options={"WeightSymmetric": spec.symmetric_weights, **({"EnableSubgraph": True} if enable_subgraph else {})},
+            use_external_data_format=big,
+        )
+
+    if not subgraphs:
+        run(False)
+        return []
+    try:
+        run(True)
+        return []
+    except Exception as e:  # noqa: BLE001 - onnxruntime's subgraph pass on a graph it cannot handle: main graph only
+        why = first_line(e, 200)
+    out_path.unlink(missing_ok=True)
+    data_file(out_path).unlink(missing_ok=True)
+    run(False)
+    return [f"onnxruntime's quantizer failed inside If/Loop/Scan bodies ({why}): nodes there kept float"]
+
+
+def _dynamic_details(qmodel: Any, cov: Coverage, notes: list[str]) -> dict[str, Any]:
+    """What dynamic INT8 reached: nodes inside subgraphs, the float share, recurrent ops left float (appends notes)."""
+    details: dict[str, Any] = {}
+    counts = subgraph_counts(qmodel, QUANTIZED_FORMS)
+    if counts:
+        details["subgraphs"] = counts
+        notes.append(subgraph_note(counts))
+    float_rnn = {op: cov.total[op] for op in RECURRENT_OPS if op not in RECURRENT_QUANTIZED and cov.total.get(op)}
+    if float_rnn:
+        notes.append(", ".join(f"{n} {op}" for op, n in float_rnn.items()) + " node(s) kept float: onnxruntime has no dynamic INT8 kernel for them")
+    if cov.nodes_total and cov.weight_bytes_total and cov.nodes_quantized:
+        details["float_share"] = round(1 - cov.weight_bytes_quantized / cov.weight_bytes_total, 4)
+        if details["float_share"] >= 0.05:
+            left = {op: n - cov.quantized.get(op, 0) for op, n in cov.total.items() if n - cov.quantized.get(op, 0)}
+            notes.append(f"{details['float_share']:.0%} of the weight bytes stay float ("
+                         + ", ".join(f"{n} {op}" for op, n in sorted(left.items())) + " node(s))")
+    return details
 
 
 def _no_weight_nodes(model: Any, then: str) -> str:
@@ -361,7 +432,7 @@ def _fp16(artifact: Artifact, spec: QuantSpec, out_path: Path) -> QuantResult:
     try:
         half = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=needs_external_data(model))
     except Exception as e:  # noqa: BLE001
-        raise QuantizationError(f"fp16 conversion failed: {str(e).splitlines()[0][:200]}", "try --quant none") from None
+        raise QuantizationError(f"fp16 conversion failed: {first_line(e, 200)}", "try --quant none") from None
     save_model(half, out_path)
     return QuantResult(
         artifact_from(out_path, artifact.provenance + ("quantize(fp16, keep_io_types)",)),
@@ -432,7 +503,8 @@ def _edgeq_static_in(
             "best": res.best.to_dict(),
             "met": res.met,
             "activation_16bit": spec.wide_activation_type,
-            "candidates_run_on": getattr(outputs_of, "label", None) or "CPUExecutionProvider",
+            "candidates_run_on": (None if "state" in res.fp32_metric.kinds else getattr(outputs_of, "label", None))  # a rollout runs here
+            or "CPUExecutionProvider",
         }
         if len(res.best.outputs) > 1:  # every output is held to the budget: say where each stands
             notes.append(f"--max-drop per output ({res.best.kept_float} node(s) kept float): " + ", ".join(
@@ -453,7 +525,11 @@ def _edgeq_static_in(
     written.model = None  # written out: keep one quantized model in memory, not two
     qmodel = load_model(out_path)
     check_scales(qmodel)
-    cov = coverage(prep.model, qmodel)
+    cov = coverage(prep.model, qmodel, WEIGHT_OPS + RECURRENT_OPS)  # LSTM/GRU/RNN stay float here: counted, so labelled
+    rnn_only = static_misses_recurrent(cov.total, WEIGHT_OPS)
+    if rnn_only is not None:
+        out_path.unlink(missing_ok=True)
+        raise QuantizationError(*rnn_only)
     if cov.nodes_total and cov.nodes_quantized == 0 and not written.plan.kept_float:
         out_path.unlink(missing_ok=True)
         raise QuantizationError(

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ...core.data import SampleSet
-from ...errors import CalibrationError, QuantizationError
+from ...errors import CalibrationError, QuantizationError, first_line
 from ...core.onnxutil import default_opset
 from . import qdq, qdq_acts
 from .calibrate import Calibration, CalibStats, collect
@@ -53,7 +53,7 @@ def raise_opset(model: Any, spec: QuantSpec) -> tuple[Any, list[str]]:
         conv = version_converter.convert_version(model, need)
     except Exception as e:  # noqa: BLE001
         raise QuantizationError(
-            f"the model has opset {have}; {spec.activation_type} QDQ needs {need} and the conversion failed ({str(e).splitlines()[0][:120]})",
+            f"the model has opset {have}; {spec.activation_type} QDQ needs {need} and the conversion failed ({first_line(e, 120)})",
             "re-export the model with a newer opset",
         ) from None
     return conv, [f"opset raised from {have} to {need} ({'16-bit activations' if need == 21 else 'per-channel QDQ'} needs it)"]
@@ -75,7 +75,7 @@ def probe_runner(
         if notes is not None:
             notes.append(
                 "activations inside Loop/Scan bodies could not be exposed for calibration "
-                f"({str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__}): those nodes get int8 weights, float activations"
+                f"({first_line(e, 120)}): those nodes get int8 weights, float activations"
             )
         return qdq.ProbeRunner(model, names, loops=False, base_dir=base_dir)
 
@@ -136,7 +136,7 @@ def calibrate_reduced(model: Any, names: Any, data: SampleSet, n: int, cal: Cali
     except Exception as e:  # noqa: BLE001
         if counted[0]:  # it ran samples, so the data fits: this is the failure to report
             raise CalibrationError(
-                f"running a calibration sample failed: {str(e).strip().splitlines()[0][:200]}",
+                f"running a calibration sample failed: {first_line(e, 200)}",
                 "check the calibration data against the model's inputs",
             ) from None
         return None
@@ -151,14 +151,14 @@ def calibrate_exposed(model: Any, names: Any, data: SampleSet, n: int, cal: Cali
         runner = probe_runner(model, names, data.feed(0) if len(data) else None, notes, base_dir=weights_dir)
     except Exception as e:  # noqa: BLE001
         raise QuantizationError(
-            f"cannot run the model for calibration: {str(e).strip().splitlines()[0][:200]}",
+            f"cannot run the model for calibration: {first_line(e, 200)}",
             "check that the model runs with onnxruntime (edgeq profile MODEL)",
         ) from None
     try:
         return collect(runner, _feeds(data, n), names, cal=cal, on_sample=on_sample)
     except Exception as e:  # noqa: BLE001
         raise CalibrationError(
-            f"running a calibration sample failed: {str(e).strip().splitlines()[0][:200]}",
+            f"running a calibration sample failed: {first_line(e, 200)}",
             "check the calibration data against the model's inputs",
         ) from None
     finally:
@@ -276,15 +276,14 @@ def first_outputs(model: Any, data: SampleSet, n: int, base_dir: Any = None) -> 
     return out
 
 
-def all_outputs(model: Any, data: SampleSet, n: int, base_dir: Any = None) -> list[list[np.ndarray]]:
-    """Every output of ``model`` on the first ``n`` samples, ``[output][sample]`` (what --max-drop scores)."""
-    sess = qdq.cpu_session(model, base_dir)
-    names = {i.name for i in sess.get_inputs()}
-    out: list[list[np.ndarray]] = [[] for _ in sess.get_outputs()]
-    for feed in _feeds(data, n):
-        for k, o in enumerate(sess.run(None, {k: v for k, v in feed.items() if k in names})):
-            out[k].append(np.asarray(o))
-    return out
+def all_outputs(model: Any, data: SampleSet, n: int, base_dir: Any = None,
+                tasks: dict[str, dict[str, Any]] | None = None) -> list[list[np.ndarray]]:
+    """Every output of ``model`` on the first ``n`` samples, ``[output][sample]`` (what --max-drop scores).
+    Outputs fed back as inputs (edgeq.checks.recurrent; ``tasks``: the app TOML's overrides): the samples
+    run in order as one stream, each call fed the model's own previous state, as the verdict runs them."""
+    from ...checks.recurrent import session_rollout
+
+    return session_rollout(qdq.cpu_session(model, base_dir), data, n, tasks)[0]
 
 
 def _top1(o: np.ndarray) -> np.ndarray:
@@ -316,6 +315,8 @@ class Metric:
             "agreement": "1 - fraction of top-1 predictions identical to fp32",
             "perplexity": "relative perplexity increase over fp32 on the next-token labels (ppl_q / ppl_fp32 - 1)",
             "mean_kl": "mean KL divergence KL(fp32 || quantized) of the next-token distributions, in nats per token",
+            "state": "none: a state fed back as an input is information (edgeq.checks.recurrent); the task outputs, "
+                     "scored over the rolled-out calls, decide",
         }.get(self.name, f"1 - {self.name.replace('_', ' ')} of the quantized model's task output against fp32's (edgeq/checks)")
 
 
@@ -351,6 +352,8 @@ def metric(outs: list[np.ndarray], ref: list[np.ndarray], labels: np.ndarray | N
     detection F1, map IoU, decoded-sequence match, embedding cosine, exact match of indices, ...
     ``ref_all``/``cand_all``: every output per sample, by name (post-NMS detections read their
     scores and classes there)."""
+    if task is not None and task.kind == "state" and not task.params.get("judged"):
+        return Metric("state", 1.0)  # fed back as an input: information, the task outputs over the rollout decide
     if not lm and task is not None and task.kind not in ("classification", "lm-logits"):
         from ...checks.metrics import primary
 
@@ -489,13 +492,22 @@ class OutputScores:
                 for o, k, m, d, dc in zip(self.outputs, self.kinds, self.metrics, self.drops_from(fp32), declared)]
 
 
-def output_tasks(model: Any, ref: list[list[np.ndarray]], tasks: dict[str, dict[str, Any]] | None = None) -> list[Any]:
+def output_tasks(model: Any, ref: list[list[np.ndarray]], tasks: dict[str, dict[str, Any]] | None = None,
+                 feed: dict[str, np.ndarray] | None = None) -> list[Any]:
     """Each output's TaskSpec (edgeq.checks) from its fp32 values ``ref[output][sample]`` and the app
-    TOML's ``[outputs.NAME] task = ...`` overrides ``tasks``: the same inference the verdict uses."""
+    TOML's ``[outputs.NAME] task = ...`` overrides ``tasks``: the same inference the verdict uses.
+    ``feed``: the first sample's inputs, from which outputs fed back as inputs are found (``state`` kind;
+    ``ref`` must then come from :func:`all_outputs`' rollout)."""
     from ...checks.kinds import context_from_model, infer_all
+    from ...checks.recurrent import find_pairs, mark_states
 
     names = tuple(o.name for o in model.graph.output)
-    return infer_all(names, ref, context_from_model(model), tasks)
+    specs = infer_all(names, ref, context_from_model(model), tasks)
+    if feed is None or not ref or not ref[0]:
+        return specs
+    inputs = {i.name for i in model.graph.input}
+    pairs = find_pairs({k: v for k, v in feed.items() if k in inputs}, {nm: r[0] for nm, r in zip(names, ref)}, tasks)
+    return mark_states(specs, pairs, len(ref[0]))
 
 
 def score_outputs(specs: list[Any], outs: list[list[np.ndarray]], ref: list[list[np.ndarray]],
@@ -572,9 +584,14 @@ def search(
     result as :func:`all_outputs`) runs the candidates elsewhere, e.g. on the target's
     accelerator; the fp32 reference always runs on the CPU provider.
     """
-    run_candidate = outputs_of.every if outputs_of is not None else all_outputs
-    ref = all_outputs(prep.model, evals, n_eval, prep.weights_dir)
-    specs = output_tasks(prep.model, ref, tasks)  # every output, app TOML overrides included: what the verdict judges
+    ref = all_outputs(prep.model, evals, n_eval, prep.weights_dir, tasks)
+    specs = output_tasks(prep.model, ref, tasks, evals.feed(0) if len(evals) else None)  # every output, app TOML overrides included: what the verdict judges
+    stateful = any(s.kind == "state" for s in specs)  # rolled out here on the CPU: the accelerator's runner takes one call at a time
+
+    def run_candidate(model: Any, data: SampleSet, n: int, base_dir: Any = None) -> list[list[np.ndarray]]:
+        if outputs_of is not None and not stateful:
+            return outputs_of.every(model, data, n, base_dir)
+        return all_outputs(model, data, n, base_dir, tasks)
     from ...checks.masking import token_masks
 
     masks = token_masks(evals, n_eval)
