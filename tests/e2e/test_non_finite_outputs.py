@@ -50,6 +50,16 @@ def test_a_candidate_writing_inf_where_fp32_is_finite_fails(tmp_path):
     assert r.tasks[0]["metrics"]["non_finite_share"] == 1.0
     ok = verify(ref, _scaled(tmp_path / "same.onnx", np.float32(1.0), ["B", 1, 8, 8]), data, Tolerances(), output_names=("y",))
     assert ok.passed
+    # the CLI's --json is strict JSON (CI pipelines): the NaN error metrics are null
+    np.savez(tmp_path / "d.npz", x=x)
+    j = CliRunner().invoke(app, ["verify", str(inf), "--reference", str(ref), "--data", str(tmp_path / "d.npz"), "--json"])
+    assert j.exit_code == 1, j.output
+
+    def strict(token: str):
+        raise AssertionError(f"--json printed {token}")
+
+    report = json.loads(j.stdout, parse_constant=strict)
+    assert report["outputs"][0]["max_abs"] is None and report["passed"] is False
     # --max-drop / the gate: the deciding metric of such a candidate is the worst, never 1.0
     logits = [np.random.default_rng(i).normal(size=(1, 10)) for i in range(8)]
     spec = infer_all(("y",), [logits], Context())[0]
