@@ -215,7 +215,6 @@ def check_export(outcome: ExportOutcome) -> None:
         from ..checks.hints import after_failed_check
         from ..quantization.int8.dynamic_scope import dynamic_reaches
 
-        written = Path(cfg.out) / "model.onnx"  # the bundle's model (an archive: not looked into)
         raise CheckFailed(
             f"the {'exported' if outcome.spec.mode == 'none' else 'quantized'} model is outside target {tg.name}'s tolerances: "
             f"{(result.get('verdict') or {}).get('reason', '')}",

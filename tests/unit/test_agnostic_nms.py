@@ -6,7 +6,6 @@ in the app TOML checks what the app runs (0.8539 there)."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
