@@ -37,3 +37,18 @@ def test_golden_pairs_on_typical_inputs_a_model_refuses_are_one_line(tmp_path):
     np.savez(data, audio=np.random.default_rng(1).normal(size=(3, 1, 256)).astype(np.float32))
     ok = CliRunner().invoke(app, ["export", str(model), "--quant", "fp16", "--no-profile", "--eval", str(data), "-o", str(out)])
     assert ok.exit_code == 0, ok.output
+
+
+def test_the_refusal_is_the_only_line_on_stderr(tmp_path):
+    """onnxruntime logged the failing kernel ("[E:onnxruntime:, sequential_executor.cc ...] Non-zero status code")
+    on stderr before edgeq's one line: sessions edgeq opens log FATAL only (EDGEQ_DEBUG=1 shows library logs)."""
+    import os
+    import subprocess
+    import sys
+
+    model = _framed(tmp_path / "m.onnx")
+    env = {k: v for k, v in os.environ.items() if k != "EDGEQ_DEBUG"}
+    r = subprocess.run([sys.executable, "-c", "from edgeq.cli import main; main()", "export", str(model), "--quant", "none",
+                        "-o", str(tmp_path / "b")], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("done ")]
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: the model does not run on edgeq's typical inputs"), r.stderr
