@@ -106,8 +106,8 @@ def classification(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray]
         metrics["top5_agreement"] = float(np.mean((top5 == top1[:, None]).any(1)))
         rules.append(("top5_agreement", ">=", tol.min_top5_agreement))
     info: dict[str, Any] = {"rows": int(r.shape[0])}
-    if r.shape[0] > 1 and np.all(top1 == top1[0]):  # one class everywhere: agreement proves little (openwakeword's timer
-        info["note"] = (f"every fp32 top-1 on the data is class {int(top1[0])} ({r.shape[0]} rows): top-1 agreement is "  # model)
+    if r.shape[0] > 1 and np.all(top1 == top1[0]):  # one class everywhere (openwakeword's timer model): proves little
+        info["note"] = (f"every fp32 top-1 on the data is class {int(top1[0])} ({r.shape[0]} rows): top-1 agreement is "
                         "weak evidence; add samples of other classes to --eval")
     if probs:
         rows = np.arange(len(top1))
