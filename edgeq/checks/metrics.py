@@ -447,7 +447,10 @@ def score(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: An
         return detection(task, ref, cand, tol, ref_all or [], cand_all or [])
     fn = {"classification": classification, "prob-map": prob_map, "segmentation": segmentation, "sequence": sequence,
           "embedding": embedding, "lm-logits": lm_logits, "regression": regression, "index": index, "state": state}[task.kind]
-    return _with_new_non_finite(fn(task, ref, cand, tol), ref, cand)
+    c = fn(task, ref, cand, tol)
+    if task.kind == "state" and not task.params.get("judged"):  # information: the outputs it feeds decide
+        return c
+    return _with_new_non_finite(c, ref, cand)
 
 
 def _new_non_finite(ref: list[np.ndarray], cand: list[np.ndarray]) -> tuple[int, int]:
