@@ -53,6 +53,8 @@ SIGNATURE = runner_mod.SIGNATURE
 EXTERNAL_DATA = "model.onnx.data"
 # model.onnx keeps its weights in model.onnx.data from this size on (protobuf stops at 2 GiB)
 EXTERNAL_DATA_THRESHOLD = 256 << 20
+# the manifest schema's bound on a named (symbolic) axis; exporters write whole shape formulas as names
+MAX_DIM_NAME = 128
 MAX_MANIFEST_BYTES = runner_mod.MAX_MANIFEST_BYTES
 CPP_DIR = Path(__file__).resolve().parent / "cpp"
 SCHEMA_PATH = reader_mod.SCHEMAS / reader_mod.SCHEMA_FILES["onnx"]
@@ -321,11 +323,20 @@ def _profile_summary(profile: dict[str, Any] | None) -> dict[str, Any] | None:
     return summary
 
 
+def manifest_tensor(spec) -> dict[str, Any]:
+    """A tensor's manifest record: a symbolic axis whose name is longer than the schema allows is written as an
+    unnamed dynamic axis (null). torch's exporter names output axes by their formula, e.g. a YOLO head's anchor count
+    ``(floor(floor(height/2 - 1/2)/2) + 1)*... + ...``, which is no name an app can use."""
+    record = spec.to_dict()
+    record["shape"] = [None if isinstance(d, str) and len(d) > MAX_DIM_NAME else d for d in record["shape"]]
+    return record
+
+
 def build_manifest(artifact: Artifact, target: Target, out: Path, info: BundleInputs, root: Path, pairs, *, external: bool, signer=None) -> dict[str, Any]:
     """The manifest's records; ``files`` (checksums) is filled by reader.write_manifest when it is written."""
     pre = info.preprocessing or {}
-    inputs = [{**t.to_dict(), "preprocess": pre.get("inputs", {}).get(t.name, {})} for t in artifact.io.inputs]
-    outputs = [{**t.to_dict(), "postprocess": pre.get("outputs", {}).get(t.name, {})} for t in artifact.io.outputs]
+    inputs = [{**manifest_tensor(t), "preprocess": pre.get("inputs", {}).get(t.name, {})} for t in artifact.io.inputs]
+    outputs = [{**manifest_tensor(t), "postprocess": pre.get("outputs", {}).get(t.name, {})} for t in artifact.io.outputs]
     manifest: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "bundle_version": int(info.bundle_version),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -249,6 +250,19 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def strict_json_values(obj: Any) -> Any:
+    """``obj`` with every NaN / infinite float as null: Python writes them as ``NaN`` / ``Infinity``, which no strict
+    JSON reader accepts (the C++ runner refused such a manifest as malformed; a model that outputs NaN gives NaN
+    error metrics)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json_values(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json_values(v) for v in obj]
+    return obj
+
+
 def write_manifest(root: Path, manifest: dict[str, Any], *, kind: str, signer=None) -> bytes:
     """Write ``root``/manifest.json: ``files`` from the folder's checksums, the signature record when signing,
     checked against the kind's schema, written atomically; then manifest.json.sig. Returns the manifest's bytes."""
@@ -261,8 +275,9 @@ def write_manifest(root: Path, manifest: dict[str, Any], *, kind: str, signer=No
 
         manifest["signature"] = signature_record(signer)
     manifest["files"] = manifest_files(root)
+    manifest = strict_json_values(manifest)
     validate_manifest(manifest, kind)
-    data = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8")
+    data = (json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
     _write_atomic(root / MANIFEST, data)
     if signer is not None:
         from .signing import signature_text

@@ -3,6 +3,7 @@ or the model cannot use."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -51,11 +52,41 @@ def modes_without_calibration(target: Any, dynamic_applies: bool = True) -> str:
     return "--quant int8-dynamic / none"
 
 
+# agreement metrics counted over samples (rows) or decoded sequences: one changed sample moves them by 1/n
+_COUNTED = {"top1_agreement": "rows", "top5_agreement": "rows", "decision_agreement": "rows", "sequence_match": "sequences"}
+
+
+def one_change_over_a_small_set(tasks: Any) -> str | None:
+    """A tip when a failed agreement check changed exactly one of n samples and the tolerance allows no change
+    at n (0.97 on 32 samples): more --eval samples tell noise from damage; another recipe may not."""
+    for t in tasks or ():
+        if not isinstance(t, dict) or t.get("passed", True):
+            continue
+        info, metrics = t.get("info") or {}, t.get("metrics") or {}
+        for metric, limit in (t.get("limits") or {}).items():
+            n, value = info.get(_COUNTED.get(metric, "")), metrics.get(metric)
+            op, _, num = str(limit).partition(" ")
+            try:
+                need = float(num)
+            except ValueError:
+                continue
+            if op != ">=" or not isinstance(n, int) or n <= 0 or not isinstance(value, (int, float)) or not 0 < need < 1:
+                continue
+            if value < need and round((1 - value) * n) == 1 and n * (1 - need) < 1:
+                enough = math.ceil(1 / (1 - need) - 1e-9)
+                return (f"more --eval samples (one of {n} changed in output '{t.get('output')}', and "
+                        f"{metric.replace('_', ' ')} >= {need:g} allows none at {n}; {enough} allow one)")
+    return None
+
+
 def after_failed_check(spec: Any, target: Any, *, max_drop: float | None = None, has_eval: bool = True, out: Any = None,
-                       dynamic_applies: bool = True) -> str:
-    """One hint line for a quantized model outside the target's tolerances (``dynamic_applies``: the model
-    has a node int8-dynamic quantizes; else it is not offered)."""
+                       dynamic_applies: bool = True, tasks: Any = ()) -> str:
+    """One hint line for a quantized model outside the target's tolerances. ``dynamic_applies``: the model has a
+    node type int8-dynamic quantizes; ``tasks``: the verify report's per-output checks (verify.tasks)."""
     tips: list[str] = []
+    small = one_change_over_a_small_set(tasks) if has_eval else None
+    if small:
+        tips.append(small)
     mode = getattr(spec, "mode", "")
     if getattr(spec, "weight_only", False):
         if getattr(spec, "block_size", 32) > 32:

@@ -40,6 +40,7 @@ _PARAMS: dict[str, tuple[tuple[str, ...], Any]] = {
     "score_threshold": (("detection",), lambda v: _num(v) and 0 <= v <= 1),
     "iou": (("detection",), lambda v: _num(v) and 0 < v <= 1),
     "nms_iou": (("detection",), lambda v: _num(v) and 0 < v <= 1),
+    "agnostic_nms": (("detection",), lambda v: isinstance(v, bool)),  # the app's NMS ignores classes (nudenet's)
     "scores": (("detection",), lambda v: isinstance(v, str) and 0 < len(v) <= 256),
     "classes": (("detection",), lambda v: isinstance(v, str) and 0 < len(v) <= 256),
     "threshold": (("prob-map",), lambda v: _num(v)),
@@ -134,6 +135,19 @@ def _in01(samples: list[np.ndarray]) -> bool:
     return lo >= -1e-4 and hi <= 1 + 1e-4
 
 
+def _both_sides(samples: list[np.ndarray], threshold: float) -> bool:
+    """Some finite values above ``threshold`` and some at or below it: a map of logits thresholded there has
+    foreground and background. A log-mel spectrogram in dB (all positive) or a depth map has neither."""
+    above = below = False
+    for a in samples:
+        a = np.asarray(a)
+        if a.size and a.dtype.kind == "f":
+            fin = a[np.isfinite(a)]
+            above = above or bool((fin > threshold).any())
+            below = below or bool((fin <= threshold).any())
+    return above and below
+
+
 def _rows_are_distributions(a: np.ndarray, axis: int = -1) -> str | None:
     """'prob' if slices along ``axis`` sum to 1, 'logprob' if their exp sums to 1, else None."""
     a = np.asarray(a, np.float64)
@@ -147,7 +161,8 @@ def _rows_are_distributions(a: np.ndarray, axis: int = -1) -> str | None:
 
 
 _NAME_HINTS = (
-    ("embedding", ("embed", "pooler", "pooled", "sentence", "feature", "vector", "last_hidden", "hidden_state")),
+    ("embedding", ("embed", "pooler", "pooled", "sentence", "feature", "vector", "last_hidden", "hidden_state", "fingerprint",
+                   "descriptor", "latent")),
     ("detection", ("box", "bbox", "detection")),
     ("lm-logits", ("lm_logits",)),
 )
@@ -331,6 +346,12 @@ def infer_one(name: str, samples: list[np.ndarray], ctx: Context, override: dict
         c = shape[1] if a.ndim == 4 else 1
         h, w = shape[-2], shape[-1]
         if h >= 4 and w >= 4:
+            if c == 1 and ctx.sequence_inputs and not ctx.image_inputs:
+                return TaskSpec(name, "regression", f"{list(shape)} one-channel map from an audio / feature input (a spectrogram "
+                                "or feature map, not a per-pixel probability): compared by cosine")
+            if c == 1 and not _in01(samples) and not _both_sides(samples, 0.0):
+                return TaskSpec(name, "regression", f"{list(shape)} one-channel map whose values never cross 0 (not logits of a "
+                                "per-pixel probability): compared by cosine")
             if c == 1 and (_in01(samples) or _logit_map(samples)):
                 thr = 0.5 if _in01(samples) else 0.0
                 return TaskSpec(name, "prob-map", f"{list(shape)} one-channel map ({'values in [0, 1]' if thr else 'logits'}): thresholded at {thr}", {"threshold": thr})

@@ -98,7 +98,9 @@ def handle_errors(fn):
 
 
 def _emit_json(obj: Any) -> None:
-    typer.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
+    from ..bundles.reader import strict_json_values  # NaN / Inf metrics as null: strict JSON for CI pipelines
+
+    typer.echo(json.dumps(strict_json_values(obj), indent=2, sort_keys=True, default=str, allow_nan=False))
 
 
 @app.command()

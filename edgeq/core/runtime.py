@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,9 @@ def graph_level(name: str) -> Any:
 def session_options(*, level: str = "all", threads: int = 0, profile_prefix: str | None = None) -> Any:
     so = ort().SessionOptions()
     so.graph_optimization_level = graph_level(level)
-    so.log_severity_level = 3
+    # a kernel that fails logs an ERROR line of its own before the exception edgeq reports in one line: FATAL only,
+    # unless EDGEQ_DEBUG=1 asks for library logs too
+    so.log_severity_level = 3 if os.environ.get("EDGEQ_DEBUG") else 4
     if threads:
         so.intra_op_num_threads = threads
     if profile_prefix:

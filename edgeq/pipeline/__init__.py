@@ -219,7 +219,8 @@ def check_export(outcome: ExportOutcome) -> None:
             f"the {'exported' if outcome.spec.mode == 'none' else 'quantized'} model is outside target {tg.name}'s tolerances: "
             f"{(result.get('verdict') or {}).get('reason', '')}",
             after_failed_check(outcome.spec, tg, max_drop=cfg.quant.max_drop, has_eval=cfg.quant.eval is not None, out=cfg.out,
-                               dynamic_applies=dynamic_reaches(result["quantization"].get("coverage"))),
+                               dynamic_applies=dynamic_reaches(result["quantization"].get("coverage")),
+                               tasks=(result.get("verify") or {}).get("tasks") or ()),
         )
 
 

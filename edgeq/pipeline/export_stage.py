@@ -352,7 +352,8 @@ def run_export(
                 extra_files=llm_files,
                 prefill=bool(llm_files) and all(isinstance(d, int) for d in qres.artifact.io.input("input_ids").shape),  # static decoder
             )
-            write_bundle(qres.artifact, target, opts.out, info, force=opts.force)
+            with _typical_golden_refused(golden, check_data is None):
+                write_bundle(qres.artifact, target, opts.out, info, force=opts.force)
     return ExportResult(
         bundle=opts.out,
         target=target.name,
@@ -528,6 +529,24 @@ def _record_image_preprocess(app_io: dict, data: SampleSet | None, *, from_app: 
             f"({', '.join(differ)}): pass one file as --preprocess so both match"
         ]
     return []
+
+
+@contextlib.contextmanager
+def _typical_golden_refused(golden: tuple[dict, ...], typical: bool) -> Iterator[None]:
+    """The bundle's golden pairs run the model on typical values when no data was given (``typical``); a model that
+    refuses them (an audio window longer than the 16 samples given, with --no-profile nothing ran them before) is
+    the user's missing data: one line naming the inputs, as :func:`edgeq.core.data.on_synthetic_feed` says it."""
+    from ..errors import ModelError
+
+    try:
+        yield
+    except ModelError as e:
+        if not typical or not golden or not e.message.startswith("onnxruntime failed to run the model"):
+            raise
+        used = ", ".join(f"'{k}' {list(v.shape)} {v.dtype}" for k, v in golden[0].items())
+        said = e.message.removeprefix("onnxruntime failed to run the model: ")[:200]
+        raise ModelError(f"the model does not run on edgeq's typical inputs ({used}), as no --calib or --eval data was given; "
+                         f"onnxruntime said: {said}", "pass --eval DATA.npz (or --calib) with real inputs of the shapes the model needs") from None
 
 
 def golden_feeds_for(data: SampleSet | None, art: Artifact, n: int, app_io: dict | None = None) -> tuple[dict, ...]:

@@ -240,6 +240,17 @@ def _weight_only_rows(t: Table, r: dict[str, Any]) -> None:
         t.add_row("same top token", "", f"{100 * lm['same_top_token']:.2f} %", "")
 
 
+# a symbolic axis named by its whole shape formula (torch's exporter, e.g. a YOLO head's anchor count) filled a dozen lines
+DIM_NAME_SHOWN = 40
+
+
+def _dim(d) -> str:
+    if d is None:
+        return "?"
+    text = str(d)
+    return text if len(text) <= DIM_NAME_SHOWN else text[: DIM_NAME_SHOWN - 3] + "..."
+
+
 def inspect_table(d: dict[str, Any]) -> list[Table]:
     io = Table(title=escape(f"{d['path']}  (opset {d['opset']}, IR {d['ir_version']}, {d['producer'] or 'unknown producer'})"))
     io.add_column("kind")
@@ -248,7 +259,7 @@ def inspect_table(d: dict[str, Any]) -> list[Table]:
     io.add_column("shape")
     for kind in ("inputs", "outputs"):
         for t in d[kind]:
-            io.add_row(kind[:-1], escape(t["name"]), escape(t["dtype"]), escape("[" + ", ".join("?" if s is None else str(s) for s in t["shape"]) + "]"))
+            io.add_row(kind[:-1], escape(t["name"]), escape(t["dtype"]), escape("[" + ", ".join(_dim(s) for s in t["shape"]) + "]"))
     summary = Table(show_header=False)
     summary.add_column("k")
     summary.add_column("v")

@@ -256,13 +256,19 @@ def test_non_finite_candidate_fails_whatever_the_metric():
         x[0, 0] += 10  # fp32's answer is class 0, as argmax of a NaN row says
     nan = [np.full_like(x, np.nan) for x in logits]
     spec, c = _judge("y", logits, nan, Context())
-    assert spec.kind == "classification" and not c.passed and c.metrics["non_finite"] == 1.0
-    assert any("non-finite" in f and "'y'" in f for f in c.failures)
+    assert spec.kind == "classification" and not c.passed and c.metrics["non_finite_share"] == 1.0
+    assert any("NaN/Inf" in f and "'y'" in f for f in c.failures)
     reg = [rng.normal(0, 1, (1, 4, 16)) for _ in range(4)]
     holes = [r.copy() for r in reg]
-    holes[0][0, 0, :3] = np.inf  # cosine over the finite values alone: 1.0
-    _, c = _judge("z", reg, holes, Context())
-    assert not c.passed and c.metrics["centred_cosine"] == pytest.approx(1.0)
+    holes[0][0, 0, :3] = np.inf
+    _, c = _judge("z", reg, holes, Context())  # cosine over the finite values alone would read 1.0
+    assert not c.passed and c.metrics["non_finite_share"] > 0 and c.metrics["centred_cosine"] == 0.0
+    head = _pose_head(rng)  # a detection head with NaN at a detected anchor's keypoints
+    spec = infer_all(("output0",), [head], IMAGE)[0]
+    bad = [h.copy() for h in head]
+    bad[0][0, 5:, 10] = np.nan
+    c = score(spec, head, bad, TOL, [{"output0": h} for h in head], [{"output0": h} for h in bad])
+    assert spec.kind == "detection" and not c.passed and c.metrics["non_finite_share"] > 0
 
 
 # -- the new kind and parameters can be declared, and a manifest carrying them stays valid --------
