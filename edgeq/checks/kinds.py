@@ -450,10 +450,10 @@ def _logit_map(samples: list[np.ndarray]) -> bool:
     signs and few of its values sit near 0 (a logit map's background is clearly negative, its
     objects clearly positive). A map of one sign (depth, distance, a heat map) or one crowded
     around 0 (a denoised or residual image) is a regression."""
-    vals = np.concatenate([np.asarray(x, np.float64).ravel() for x in samples[:16]]) if samples else np.zeros(0)
-    vals = vals[np.isfinite(vals)]
-    if vals.size == 0 or vals.min() >= 0 or vals.max() <= 0:
+    if not _both_sides(samples, 0.0):
         return False
+    vals = np.concatenate([np.asarray(x, np.float64).ravel() for x in samples[:16]])
+    vals = vals[np.isfinite(vals)]
     return float(np.mean(np.abs(vals) <= 0.05 * np.abs(vals).max())) < 0.1
 
 
