@@ -310,7 +310,7 @@ def infer_one(name: str, samples: list[np.ndarray], ctx: Context, override: dict
             if meta == "detection":
                 why += "; ONNX metadata task=" + ctx.metadata.get("task", "")
             return TaskSpec(name, "detection", why, {"layout": layout, "objectness": obj})
-        ext = _detection_extras(samples) if meta in (None, "detection", "segmentation") else None
+        ext = _detection_extras(samples) if meta in (None, "detection", "segmentation") and not ctx.token_inputs else None
         if ext is not None:  # a segmenting detector's head is still a detection head
             layout, obj, nc = ext
             k = shape[1] if layout == "channels-first" else shape[2]
