@@ -451,3 +451,17 @@ def test_segmenting_detector_head_and_prototypes(tmp_path):
         f[0, 7:, 30] *= -1  # the detected object's mask coefficients negated: its mask inverted
     c = score(specs[0], heads, flipped, TOL, all_(heads), all_(flipped))
     assert c.metrics["detection_f1"] == 1.0 and not c.passed and any("extras centred cosine" in f for f in c.failures), c
+
+
+def test_max_drop_search_scores_a_multilabel_head_by_label_f1_not_top1():
+    """--max-drop / --prefer bound the same number the verdict decides on (int8.static.metric)."""
+    from edgeq.quantization.int8.static import metric
+
+    rng = np.random.default_rng(0)
+    ref = _multilabel(rng)
+    broken = [r.copy() for r in ref]
+    for b in broken:
+        b[0, 4] = 0.02  # label 4 never fires; top-1 mostly unchanged
+    spec = infer_all(("out",), [ref], IMAGE)[0]
+    m = metric(broken, ref, None, task=spec)
+    assert m.name == "label_f1" and m.value < 0.9, m
