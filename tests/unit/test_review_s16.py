@@ -1,0 +1,30 @@
+"""Review of the session-16 work on issue 14 (batch axes, recurrent models, int8-dynamic in subgraphs):
+each test here failed on the merged code before its fix."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeq.core.artifact import IoSpec, TensorSpec
+from edgeq.core.batchaxis import batch_axes
+from edgeq.core.data import load_samples
+
+
+def _axes(*specs: tuple) -> dict[str, int | None]:
+    return {k: v.axis for k, v in batch_axes([TensorSpec(n, "float32", tuple(s)) for n, s in specs]).items()}
+
+
+def test_a_rank1_input_does_not_make_its_axis_the_batch_symbol(tmp_path):
+    """``pos [L]`` beside ``tokens [N, L]``: L is first in pos only because pos has one axis; the batch stays
+    tokens' first axis (the merged rule read tokens [4, 16] as 16 samples of [4, 1])."""
+    assert _axes(("tokens", ("N", "L")), ("pos", ("L",))) == {"tokens": 0, "pos": 0}
+    assert _axes(("x", (1, "L")), ("y", ("L",))) == {"x": 0, "y": 0}
+    # a shared symbol first in an input of rank 2 or more still finds a state's middle batch axis
+    assert _axes(("x", ("N", "T", 8)), ("h", (2, "N", 8)), ("lengths", ("N",))) == {"x": 0, "h": 1, "lengths": 0}
+    io = IoSpec(inputs=(TensorSpec("tokens", "int64", ("N", "L")), TensorSpec("pos", "int64", ("L",))),
+                outputs=(TensorSpec("y", "float32", ("N", "L")),))
+    np.savez(tmp_path / "d.npz", tokens=np.arange(64, dtype=np.int64).reshape(4, 16), pos=np.arange(16, dtype=np.int64)[None].repeat(4, 0))
+    s = load_samples(tmp_path / "d.npz", io)
+    assert len(s) == 4 and s.feed(1)["tokens"].shape == (1, 16) and s.feed(1)["tokens"][0, 0] == 16
