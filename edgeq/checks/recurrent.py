@@ -196,14 +196,16 @@ def may_pair(inputs: Sequence[str], outputs: Sequence[str], overrides: dict[str,
 
 
 def rolled_calibration(model_path: Any, data: Any, overrides: dict[str, dict[str, Any]] | None = None,
-                       io: Any = None) -> tuple[Any, str | None]:
+                       io: Any = None, limit: int | None = None) -> tuple[Any, str | None]:
     """Calibration data for a recurrent model: ``data`` (a SampleSet) with each paired input replaced, from the
     second sample on, by fp32's own state after the sample before (one fp32 pass in sample order), so the
     state inputs' ranges are those the app feeds, not the file's one start state (often zeros). A state the
-    data gives differently per sample (recorded from the app) is kept. Returns (data, note); ``data``
-    unchanged and no note when no output feeds an input, decided from the names first (``io``: the model's
-    IoSpec, else read from the file) so other models cost nothing."""
-    if len(data) < 2:
+    data gives differently per sample (recorded from the app) is kept. ``limit``: only the first ``limit``
+    samples are rolled out (those calibration reads: ``--calib-samples``); the others keep the data's state.
+    Returns (data, note); ``data`` unchanged and no note when no output feeds an input, decided from the
+    names first (``io``: the model's IoSpec, else read from the file) so other models cost nothing."""
+    m = len(data) if limit is None else min(limit, len(data))
+    if m < 2 or data.files:  # image folders: one input, read one file at a time
         return data, None
     if io is None:
         from ..core.onnxutil import artifact_from
@@ -216,16 +218,18 @@ def rolled_calibration(model_path: Any, data: Any, overrides: dict[str, dict[str
     sess = create_session(model_path)
     pairs = session_rollout(sess, data, 1, overrides)[1]
     first = data.feed(0)
-    start = [p for p in pairs if all(np.array_equal(data.feed(i)[p.input], first[p.input]) for i in range(1, len(data)))]
+    start = [p for p in pairs if all(np.array_equal(data.feed(i)[p.input], first[p.input]) for i in range(1, m))]
     if not start:
         return data, (f"calibrated {', '.join(repr(p.input) for p in pairs)} on the states the data gives (they differ per sample)"
                       if pairs else None)
-    outs, _ = session_rollout(sess, data, len(data), overrides, pairs)
+    outs, _ = session_rollout(sess, data, m, overrides, pairs)
     outputs = [o.name for o in sess.get_outputs()]
     arrays, stacked = dict(data.arrays), dict(data.stacked)
     for p in start:
-        arrays[p.input] = np.stack([np.asarray(first[p.input])] + outs[outputs.index(p.output)][:-1])
+        given = data.arrays[p.input]
+        rest = given[m:] if data.stacked[p.input] else given[m:, None]  # the samples calibration does not read, as given
+        arrays[p.input] = np.concatenate([np.stack([np.asarray(first[p.input])] + outs[outputs.index(p.output)][:-1]), rest])
         stacked[p.input] = True
     return replace(data, arrays=arrays, stacked=stacked), (
-        f"calibrated {', '.join(repr(p.input) for p in start)} on fp32's own rolled-out state ({len(data)} samples in order from "
+        f"calibrated {', '.join(repr(p.input) for p in start)} on fp32's own rolled-out state ({m} samples in order from "
         "the data's start state, which every sample repeats), as the app feeds it")

@@ -25,7 +25,7 @@ def quantize(artifact: Any, spec: Any, out_path: Path, **kwargs: Any) -> Any:
         # model's state inputs as the app feeds them (edgeq.checks.recurrent)
         from ..checks.recurrent import rolled_calibration
 
-        kwargs["data"], note = rolled_calibration(artifact.path, kwargs["data"], kwargs.get("tasks"), artifact.io)
+        kwargs["data"], note = rolled_calibration(artifact.path, kwargs["data"], kwargs.get("tasks"), artifact.io, spec.calib_samples)
     res = _int8(artifact, spec, Path(out_path), kwargs)
     if note is None:
         return res
