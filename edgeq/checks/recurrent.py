@@ -201,7 +201,7 @@ def rolled_calibration(model_path: Any, data: Any, overrides: dict[str, dict[str
     second sample on, by fp32's own state after the sample before (one fp32 pass in sample order), so the
     state inputs' ranges are those the app feeds, not the file's one start state (often zeros). A state the
     data gives differently per sample (recorded from the app) is kept. ``limit``: only the first ``limit``
-    samples are rolled out (those calibration reads: ``--calib-samples``); the others keep the data's state.
+    samples are rolled out (those calibration reads and scores on); the others keep the data's state.
     Returns (data, note); ``data`` unchanged and no note when no output feeds an input, decided from the
     names first (``io``: the model's IoSpec, else read from the file) so other models cost nothing."""
     m = len(data) if limit is None else min(limit, len(data))

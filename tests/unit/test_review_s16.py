@@ -31,16 +31,18 @@ def test_a_rank1_input_does_not_make_its_axis_the_batch_symbol(tmp_path):
 
 
 def test_rolled_calibration_runs_only_the_samples_calibration_reads(tmp_path, monkeypatch):
-    """--calib-samples 8 on a 40-sample recurrent stream: fp32 rolls out 8 calls, not 40 (the merged code rolled out the
-    whole file, up to a million samples, for a calibration that reads --calib-samples of them)."""
+    """--calib-samples 8 on a 64-sample recurrent stream: fp32 rolls out the 8 calls calibration reads and the 8 after
+    them that --calibration auto scores on, not 64 (the merged code rolled out the whole file, up to a million samples,
+    for a calibration that reads --calib-samples of them)."""
     from edgeq.checks import recurrent
     from edgeq.core.onnxutil import artifact_from
     from edgeq.quantization import quantize
+    from edgeq.quantization.int8.autocal import SCORE_SAMPLES
     from edgeq.quantization.spec import QuantSpec
     from tests.unit.test_recurrent_verdict import healthy, samples, stream
 
     ref, _ = healthy(tmp_path)
-    data = samples(stream(40))
+    data = samples(stream(64))
     rolled_n: list[int] = []
     real = recurrent.session_rollout
 
@@ -50,11 +52,11 @@ def test_rolled_calibration_runs_only_the_samples_calibration_reads(tmp_path, mo
 
     monkeypatch.setattr(recurrent, "session_rollout", counting)
     res = quantize(artifact_from(ref), QuantSpec(calibration="minmax", calib_samples=8), tmp_path / "q.onnx", data=data)
-    assert rolled_n and max(rolled_n) == 8, rolled_n
-    assert any("rolled-out state (8 samples" in n for n in res.notes), res.notes
+    assert rolled_n and max(rolled_n) == 8 + SCORE_SAMPLES, rolled_n
+    assert any(f"rolled-out state ({8 + SCORE_SAMPLES} samples" in n for n in res.notes), res.notes
     monkeypatch.setattr(recurrent, "session_rollout", real)
     rolled, _ = recurrent.rolled_calibration(ref, data, limit=8)
-    assert len(rolled) == 40
+    assert len(rolled) == 64
     np.testing.assert_array_equal(rolled.feed(0)["h"], data.feed(0)["h"])
     assert np.abs(rolled.feed(7)["h"]).max() > 0  # fp32's own state from the second call on
     np.testing.assert_array_equal(rolled.feed(20)["h"], data.feed(20)["h"])  # beyond the calibration count: as given
