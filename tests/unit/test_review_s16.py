@@ -60,3 +60,58 @@ def test_rolled_calibration_runs_only_the_samples_calibration_reads(tmp_path, mo
     np.testing.assert_array_equal(rolled.feed(0)["h"], data.feed(0)["h"])
     assert np.abs(rolled.feed(7)["h"]).max() > 0  # fp32's own state from the second call on
     np.testing.assert_array_equal(rolled.feed(20)["h"], data.feed(20)["h"])  # beyond the calibration count: as given
+
+
+def _denoiser(path, w: np.ndarray):
+    """out_sample = sample @ W: named like a state (diffusers' UNet: sample -> out_sample) but an input the data gives anew."""
+    g = helper.make_graph([helper.make_node("MatMul", ["sample", "W"], ["out_sample"])], "unet",
+                          [helper.make_tensor_value_info("sample", TensorProto.FLOAT, ["B", 8])],
+                          [helper.make_tensor_value_info("out_sample", TensorProto.FLOAT, ["B", 8])],
+                          [numpy_helper.from_array(w.astype(np.float32), "W")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path
+
+
+def test_an_input_the_data_gives_anew_is_not_rolled_out(tmp_path):
+    """'sample' -> 'out_sample' is named alike and has the same shape, but every sample gives a new 'sample': the merged
+    code fed the model's output back as the next input and judged the stream (a diffusion UNet's noise prediction fed
+    back as its next latent). A start state repeated on every sample, or a stream recorded from the app, is still a state."""
+    import onnxruntime as ort
+
+    from edgeq.checks.comparison import verify
+    from edgeq.checks.recurrent import find_pairs, rolled_calibration, rollout
+    from edgeq.core.targets import Tolerances
+    from edgeq.quantization.int8 import static
+    from tests.unit.test_recurrent_verdict import healthy, samples, stream
+
+    rng = np.random.default_rng(0)
+    w = rng.uniform(-1, 1, (8, 8))
+    ref = _denoiser(tmp_path / "ref.onnx", w)
+    cand = _denoiser(tmp_path / "cand.onnx", w + rng.normal(0, 0.02, (8, 8)))
+    data = samples({"sample": rng.standard_normal((16, 1, 8)).astype(np.float32)})
+    rep = verify(ref, cand, data, Tolerances(), output_names=("out_sample",))
+    check = rep.tasks[0]
+    assert check["kind"] != "state" and "rollout" not in check["why"], check
+    # the candidate per call is what is compared: the same outputs as running each sample on its own
+    s = ort.InferenceSession(str(ref), providers=["CPUExecutionProvider"])
+    outs, pairs = rollout(lambda f: s.run(None, f), (data.feed(i) for i in range(len(data))), ["out_sample"])
+    assert pairs == () and np.allclose(outs[0][5], s.run(None, data.feed(5))[0])
+    assert rolled_calibration(ref, data) == (data, None)
+    r = static.all_outputs(onnx.load(str(ref)), data, len(data))
+    assert [t.kind for t in static.output_tasks(onnx.load(str(ref)), r, None, pairs=())] != ["state"]
+    # a state: the start state repeated, or the stream the app recorded (h[i+1] = hn after call i)
+    cell, _ = healthy(tmp_path)
+    zeros = samples(stream(6))
+    assert [p.input for p in rollout(lambda f: ort.InferenceSession(str(cell)).run(None, f),
+                                     (zeros.feed(i) for i in range(6)), ["prob", "hn"])[1]] == ["h"]
+    sc = ort.InferenceSession(str(cell), providers=["CPUExecutionProvider"])
+    recorded = stream(6)
+    for i in range(5):
+        recorded["h"][i + 1] = sc.run(["hn"], {"x": recorded["x"][i], "h": recorded["h"][i]})[0]
+    rec = samples(recorded)
+    feed0, feed1 = rec.feed(0), rec.feed(1)
+    outs0 = dict(zip(["prob", "hn"], sc.run(None, feed0)))
+    assert [p.input for p in find_pairs(feed0, outs0, None, feed1)] == ["h"]
+    assert find_pairs(feed0, outs0, None, {**feed1, "h": feed1["h"] + 1.0}) == ()  # neither: a new input each call
