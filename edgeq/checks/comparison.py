@@ -15,7 +15,7 @@ import numpy as np
 
 from ..core.data import SampleSet
 from ..errors import ModelError
-from ..core.runtime import create_session, run
+from ..core.runtime import create_session
 from ..core.targets import Tolerances
 
 
@@ -61,28 +61,11 @@ def _is_classifier(a: np.ndarray) -> bool:
     return a.ndim == 2 and a.shape[1] >= 2 and a.dtype.kind == "f"
 
 
-def collect_outputs(path: Path | str, data: SampleSet, *, providers: list[str] | None = None) -> list[np.ndarray]:
-    """Run every sample through the model; outputs stacked along the batch axis."""
-    return [_stacked(v) for v in collect_per_sample(path, data, providers=providers)]
-
-
-def collect_per_sample(path: Path | str, data: SampleSet, *, providers: list[str] | None = None) -> list[list[np.ndarray]]:
-    """Run every sample through the model; ``[output][sample]`` arrays (shapes may vary per sample)."""
-    sess = create_session(path, providers=providers)
-    per_output: list[list[np.ndarray]] = []
-    for i in range(len(data)):
-        outs = run(sess, data.feed(i))
-        if not per_output:
-            per_output = [[] for _ in outs]
-        for k, o in enumerate(outs):
-            per_output[k].append(np.asarray(o))
-    return per_output
-
-
 def streamed(path: Path | str, data: SampleSet, tasks: dict[str, dict[str, Any]] | None = None, pairs: Any = None
              ) -> tuple[list[list[np.ndarray]], Any]:
-    """``[output][sample]`` like :func:`collect_per_sample`, with the samples run in order as one stream when
-    outputs feed inputs back (edgeq.checks.recurrent.rollout; ``pairs``: the reference's, else found here)."""
+    """Every output of the model at ``path`` on every sample, ``[output][sample]`` (shapes may vary per sample), with
+    the samples run in order as one stream when outputs feed inputs back (edgeq.checks.recurrent.rollout; ``pairs``:
+    the reference's, else found here); and the pairs."""
     from .recurrent import session_rollout
 
     return session_rollout(create_session(path), data, len(data), tasks, pairs)

@@ -7,8 +7,11 @@ about the task) and a state that drifts over many calls is never seen. So edgeq:
 
 - finds the pairs (:func:`find_pairs`): output and input named alike (``state`` -> ``stateN`` /
   ``new_state`` / ``state_out``, ``h0`` -> ``hn`` / ``h_n``, ``x_in`` -> ``x_out``, ``in_x`` -> ``out_x``)
-  whose values agree in element type and shape on the first sample; ``[outputs.NAME] task = "state",
-  feeds = "INPUT"`` in the app TOML declares a pair, any other declared task denies one;
+  whose values agree in element type and shape on the first sample, and whose input the data gives as a
+  state on the second (the first sample's value again, a start state, or the first call's output, a recorded
+  stream: a UNet's ``sample`` -> ``out_sample`` is named alike but its data are new inputs each call);
+  ``[outputs.NAME] task = "state", feeds = "INPUT"`` in the app TOML declares a pair, any other declared
+  task denies one;
 - runs the samples in order as one stream (:func:`rollout`): the first call takes the data's state,
   every later call the model's OWN previous state output (fp32 its fp32 state, the quantized model
   its quantized state), so errors accumulate as they do in the app;
@@ -46,6 +49,7 @@ class Pair:
     output: str
     input: str
     why: str
+    declared: bool = False
 
 
 def _stems(name: str, marks: Sequence[str]) -> set[str]:
@@ -86,11 +90,14 @@ def _agree(out: np.ndarray, fed: np.ndarray) -> str | None:
 
 
 def find_pairs(feed: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
-               overrides: dict[str, dict[str, Any]] | None = None) -> tuple[Pair, ...]:
+               overrides: dict[str, dict[str, Any]] | None = None, next_feed: dict[str, np.ndarray] | None = None
+               ) -> tuple[Pair, ...]:
     """The (output -> input) pairs of a model from its first call: ``feed`` the inputs it was given,
-    ``outputs`` what it returned (by name), ``overrides`` the app TOML's ``[outputs.NAME]`` tables.
+    ``outputs`` what it returned (by name), ``overrides`` the app TOML's ``[outputs.NAME]`` tables,
+    ``next_feed`` the data's second sample (None: there is none).
 
-    Inferred: named alike (:func:`named_alike`) and the same element type and shape on this call.
+    Inferred: named alike (:func:`named_alike`) and the same element type and shape on this call, and the
+    second sample gives the input as a state (:func:`_given_as_state`).
     Declared (``task = "state"``): ``feeds`` names the input (else the input named alike); a declared
     pair whose input is missing or whose values do not fit raises BundleError (bad input, exit 2). An output with
     any other declared task is never paired."""
@@ -114,11 +121,13 @@ def find_pairs(feed: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
             if bad:
                 raise BundleError(f"output '{name}' is declared to feed input '{inp}' but cannot: {bad}",
                                  f"name the input it is fed back as in [outputs.{name}] feeds, or drop task = \"state\"")
-            pairs.append(Pair(name, inp, f"declared in the app TOML (feeds '{inp}')"))
+            pairs.append(Pair(name, inp, f"declared in the app TOML (feeds '{inp}')", True))
             used.add(inp)
             continue
         for inp in feed:
             if inp in used or not named_alike(name, inp) or _agree(value, feed[inp]) is not None:
+                continue
+            if next_feed is not None and not _given_as_state(feed[inp], value, next_feed.get(inp)):
                 continue
             v = np.asarray(value)
             pairs.append(Pair(name, inp, f"named like the next '{inp}', same {v.dtype} {list(v.shape)} per call"))
@@ -127,28 +136,46 @@ def find_pairs(feed: dict[str, np.ndarray], outputs: dict[str, np.ndarray],
     return tuple(pairs)
 
 
+def _given_as_state(first: np.ndarray, output: np.ndarray, second: Any) -> bool:
+    """The data's second value of an input is a state: the first one again (every chunk starts from the app's
+    start state) or, near enough, the model's first output (a stream recorded from the app)."""
+    if second is None:
+        return True
+    second, first, output = np.asarray(second), np.asarray(first), np.asarray(output)
+    if second.shape == first.shape and np.array_equal(second, first):
+        return True
+    if second.shape != output.shape or second.dtype.kind not in "fc":
+        return bool(second.shape == output.shape and np.array_equal(second, output))
+    out = output.astype(np.float64)
+    return bool(np.all(np.isfinite(out)) and np.abs(second - out).max(initial=0.0) <= 1e-3 * max(np.abs(out).max(initial=0.0), 1.0))
+
+
 def rollout(run: Callable[[dict[str, np.ndarray]], Sequence[Any]], feeds: Iterable[dict[str, np.ndarray]], names: Sequence[str],
             overrides: dict[str, dict[str, Any]] | None = None, pairs: tuple[Pair, ...] | None = None
             ) -> tuple[list[list[np.ndarray]], tuple[Pair, ...]]:
     """Every output on every feed, ``[output][sample]``, with ``run(feed) -> outputs`` (in ``names`` order).
 
-    The first call takes its feed as given; the pairs are then found on it (:func:`find_pairs`, or
-    ``pairs`` when given: the reference's, so the candidate is streamed the same way) and every later
-    call gets the model's own previous value of each paired output as its paired input. No pairs:
-    each sample on its own, as before."""
+    The first call takes its feed as given; the pairs are then found on it and the second feed
+    (:func:`find_pairs`, or ``pairs`` when given: the reference's, so the candidate is streamed the same
+    way) and every later call gets the model's own previous value of each paired output as its paired
+    input. No pairs: each sample on its own, as before."""
     per_output: list[list[np.ndarray]] = []
     prev: dict[str, np.ndarray] = {}
-    for i, feed in enumerate(feeds):
+    it = iter(feeds)
+    feed, i = next(it, None), 0
+    while feed is not None:
+        following = next(it, None)
         if i and pairs:
             feed = {**feed, **{p.input: prev[p.output] for p in pairs if p.input in feed}}
         outs = [np.asarray(o) for o in run(feed)]
         if not per_output:
             per_output = [[] for _ in outs]
             if pairs is None:
-                pairs = find_pairs(feed, dict(zip(names, outs)), overrides)
+                pairs = find_pairs(feed, dict(zip(names, outs)), overrides, following)
         for k, o in enumerate(outs):
             per_output[k].append(o)
         prev = dict(zip(names, outs))
+        feed, i = following, i + 1
     return per_output, pairs or ()
 
 
@@ -196,14 +223,16 @@ def may_pair(inputs: Sequence[str], outputs: Sequence[str], overrides: dict[str,
 
 
 def rolled_calibration(model_path: Any, data: Any, overrides: dict[str, dict[str, Any]] | None = None,
-                       io: Any = None) -> tuple[Any, str | None]:
+                       io: Any = None, limit: int | None = None) -> tuple[Any, str | None]:
     """Calibration data for a recurrent model: ``data`` (a SampleSet) with each paired input replaced, from the
     second sample on, by fp32's own state after the sample before (one fp32 pass in sample order), so the
     state inputs' ranges are those the app feeds, not the file's one start state (often zeros). A state the
-    data gives differently per sample (recorded from the app) is kept. Returns (data, note); ``data``
-    unchanged and no note when no output feeds an input, decided from the names first (``io``: the model's
-    IoSpec, else read from the file) so other models cost nothing."""
-    if len(data) < 2:
+    data gives differently per sample (recorded from the app) is kept. ``limit``: only the first ``limit``
+    samples are rolled out (those calibration reads and scores on); the others keep the data's state.
+    Returns (data, note); ``data`` unchanged and no note when no output feeds an input, decided from the
+    names first (``io``: the model's IoSpec, else read from the file) so other models cost nothing."""
+    m = len(data) if limit is None else min(limit, len(data))
+    if m < 2 or data.files:  # image folders: one input, read one file at a time
         return data, None
     if io is None:
         from ..core.onnxutil import artifact_from
@@ -214,18 +243,20 @@ def rolled_calibration(model_path: Any, data: Any, overrides: dict[str, dict[str
     from ..core.runtime import create_session
 
     sess = create_session(model_path)
-    pairs = session_rollout(sess, data, 1, overrides)[1]
+    pairs = session_rollout(sess, data, 2, overrides)[1]  # two calls: the second sample tells a state from an input
     first = data.feed(0)
-    start = [p for p in pairs if all(np.array_equal(data.feed(i)[p.input], first[p.input]) for i in range(1, len(data)))]
+    start = [p for p in pairs if all(np.array_equal(data.feed(i)[p.input], first[p.input]) for i in range(1, m))]
     if not start:
         return data, (f"calibrated {', '.join(repr(p.input) for p in pairs)} on the states the data gives (they differ per sample)"
                       if pairs else None)
-    outs, _ = session_rollout(sess, data, len(data), overrides, pairs)
+    outs, _ = session_rollout(sess, data, m, overrides, pairs)
     outputs = [o.name for o in sess.get_outputs()]
     arrays, stacked = dict(data.arrays), dict(data.stacked)
     for p in start:
-        arrays[p.input] = np.stack([np.asarray(first[p.input])] + outs[outputs.index(p.output)][:-1])
+        given = data.arrays[p.input]
+        rest = given[m:] if data.stacked[p.input] else given[m:, None]  # the samples calibration does not read, as given
+        arrays[p.input] = np.concatenate([np.stack([np.asarray(first[p.input])] + outs[outputs.index(p.output)][:-1]), rest])
         stacked[p.input] = True
     return replace(data, arrays=arrays, stacked=stacked), (
-        f"calibrated {', '.join(repr(p.input) for p in start)} on fp32's own rolled-out state ({len(data)} samples in order from "
+        f"calibrated {', '.join(repr(p.input) for p in start)} on fp32's own rolled-out state ({m} samples in order from "
         "the data's start state, which every sample repeats), as the app feeds it")

@@ -193,6 +193,27 @@ def load_io_spec(path: Path | None, io: IoSpec) -> dict[str, dict[str, dict[str,
     if path is None:
         return {"inputs": {}, "outputs": {}}
     where, data = _read_spec(Path(path))
+    return _parse_tables(where, data, io)
+
+
+def io_spec_from_manifest(manifest: dict[str, Any], io: IoSpec) -> dict[str, dict[str, dict[str, Any]]]:
+    """What a bundle's manifest records of the app TOML it was exported with that bears on the verdict (each output's
+    ``postprocess``: declared tasks, recurrent states; each input's token ``mask``), checked as ``--preprocess`` is
+    against ``io``: a manifest is untrusted, so a value the app TOML could not hold is refused in one line (exit 2)."""
+    data: dict[str, dict[str, Any]] = {"inputs": {}, "outputs": {}}
+    for t in manifest.get("inputs") or []:
+        if isinstance(t, dict) and isinstance(t.get("preprocess"), dict) and "mask" in t["preprocess"]:
+            data["inputs"][str(t.get("name"))] = {"mask": t["preprocess"]["mask"]}
+    for t in manifest.get("outputs") or []:
+        if isinstance(t, dict) and t.get("postprocess"):
+            data["outputs"][str(t.get("name"))] = t["postprocess"]
+    try:
+        return _parse_tables("the bundle's manifest", data, io)
+    except BundleError as e:
+        raise BundleError(e.message, "rebuild the bundle with edgeq export, or pass --preprocess APP.toml to say what its outputs are") from None
+
+
+def _parse_tables(where: str, data: dict[str, Any], io: IoSpec) -> dict[str, dict[str, dict[str, Any]]]:
     res: dict[str, dict[str, dict[str, Any]]] = {"inputs": {}, "outputs": {}}
     for kind, names, parse in (("inputs", io.input_names, input_spec), ("outputs", io.output_names, _output_spec)):
         table = data.get(kind, {})

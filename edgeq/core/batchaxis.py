@@ -5,8 +5,10 @@ rule is documented for users in docs/calibration-data.md:
 
 1. a rank-0 input (a sample rate, a flag) has no batch axis;
 2. the batch symbol: a symbolic axis name that looks like one (holds "batch") or that sits first in
-   one input and is shared by another; an input holding it exactly once has its batch axis there
-   (an RNN state ``[layers, batch, hidden]`` beside ``x [batch, time, features]``);
+   one input of rank 2 or more and is shared by another (a rank-1 input's only axis is first
+   whatever it means: ``pos [L]`` beside ``tokens [N, L]`` does not make ``L`` the batch); an input
+   holding it exactly once has its batch axis there (an RNN state ``[layers, batch, hidden]`` beside
+   ``x [batch, time, features]``);
 3. otherwise a first axis that is dynamic (symbolic, ``-1`` or unnamed) or declared 1 (today's rule);
 4. a first axis fixed to another size: the only dynamic axis, else the only axis declared 1;
    with none of either every axis is fixed and the input has no batch axis (one array of its
@@ -46,10 +48,10 @@ def _axes_str(axes: list[int]) -> str:
 
 def batch_symbol(specs: Sequence[TensorSpec]) -> str | None:
     """The symbolic name of the batch axis shared across inputs, or None when there is none or it is unclear."""
-    holders: dict[str, list[bool]] = {}  # symbol -> per input holding it: is it the first axis there
+    holders: dict[str, list[bool]] = {}  # symbol -> per input holding it: is it the first of two or more axes there
     for spec in specs:
         for sym in dict.fromkeys(d for d in spec.shape if isinstance(d, str) and d):
-            holders.setdefault(sym, []).append(bool(spec.shape) and spec.shape[0] == sym)
+            holders.setdefault(sym, []).append(len(spec.shape) >= 2 and spec.shape[0] == sym)
 
     def key(sym: str) -> tuple[bool, int, int]:
         return "batch" in sym.lower(), len(holders[sym]), sum(holders[sym])

@@ -78,7 +78,8 @@ def verify_model(cfg: VerifyConfig, *, emulation_step: Any = None, on_cpu: Calla
                 from ..bundles.reader import open_bundle
 
                 with open_bundle(candidate, pubkey=cfg.pubkey, min_version=cfg.min_version) as b:
-                    result["reference_check"] = _against_reference(cfg, b.path(b.manifest["model"]["onnx"])).result
+                    # what the export declared (tasks, recurrent states, masks) unless --preprocess says otherwise: one verdict
+                    result["reference_check"] = _against_reference(cfg, b.path(b.manifest["model"]["onnx"]), b.manifest).result
         return VerifyOutcome(kind="bundle", target=cfg.target, result=result)
     if cfg.reference is None or cfg.data is None:
         raise CalibrationError(
@@ -88,9 +89,10 @@ def verify_model(cfg: VerifyConfig, *, emulation_step: Any = None, on_cpu: Calla
     return _against_reference(cfg, candidate)
 
 
-def _against_reference(cfg: VerifyConfig, candidate: Path) -> VerifyOutcome:
-    """``candidate`` (a checked .onnx path) against ``cfg.reference`` on ``cfg.data`` within the target's tolerances."""
-    from ..core.appio import load_io_spec
+def _against_reference(cfg: VerifyConfig, candidate: Path, manifest: dict[str, Any] | None = None) -> VerifyOutcome:
+    """``candidate`` (a checked .onnx path) against ``cfg.reference`` on ``cfg.data`` within the target's tolerances;
+    ``manifest``: the candidate's bundle, whose recorded app TOML applies when no --preprocess is given."""
+    from ..core.appio import io_spec_from_manifest, load_io_spec
     from ..core.targets import load_target
 
     assert cfg.reference is not None and cfg.data is not None
@@ -99,7 +101,7 @@ def _against_reference(cfg: VerifyConfig, candidate: Path) -> VerifyOutcome:
     open_model(candidate)
     ref = open_model(cfg.reference)
     samples = load_samples(cfg.data, ref.io, what="evaluation", labels_key=cfg.labels_key)
-    app_io = load_io_spec(cfg.preprocess, ref.io)
+    app_io = io_spec_from_manifest(manifest, ref.io) if manifest is not None and cfg.preprocess is None else load_io_spec(cfg.preprocess, ref.io)
     tasks = app_io["outputs"]
     from ..checks.masking import with_app_masks
 

@@ -24,8 +24,11 @@ def quantize(artifact: Any, spec: Any, out_path: Path, **kwargs: Any) -> Any:
     if kwargs.get("data") is not None and (spec.mode == "int8-static" or kwargs.get("prefer")):  # calibrated: a recurrent
         # model's state inputs as the app feeds them (edgeq.checks.recurrent)
         from ..checks.recurrent import rolled_calibration
+        from .int8.autocal import SCORE_SAMPLES
 
-        kwargs["data"], note = rolled_calibration(artifact.path, kwargs["data"], kwargs.get("tasks"), artifact.io)
+        # the samples calibration reads, and those --calibration auto scores its candidates on (held out after them)
+        kwargs["data"], note = rolled_calibration(artifact.path, kwargs["data"], kwargs.get("tasks"), artifact.io,
+                                                  spec.calib_samples + SCORE_SAMPLES)
     res = _int8(artifact, spec, Path(out_path), kwargs)
     if note is None:
         return res

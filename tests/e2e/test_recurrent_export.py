@@ -54,6 +54,18 @@ def test_export_with_a_declared_state(runner, tmp_path):
     assert next(o for o in m["outputs"] if o["name"] == "z")["postprocess"] == {"task": "state", "feeds": "memory"}
     r = runner.invoke(app, ["verify", str(out)])  # the manifest (schema) takes the declared state
     assert r.exit_code == 0, r.output
+    # verify BUNDLE --reference applies the declaration the manifest records (it judged 'z' per call as class scores:
+    # exit 1 where the export passed); a hostile manifest's declaration is refused in one line (exit 2)
+    check = ["verify", str(out), "--reference", str(ref), "--data", str(tmp_path / "calib.npz"), "--json"]
+    r = runner.invoke(app, check)
+    assert r.exit_code == 0, r.output
+    checked = {t["output"]: t for t in json.loads(r.stdout)["reference_check"]["tasks"]}
+    assert checked["z"]["kind"] == "state" and checked["z"]["info"]["feeds"] == "memory" and checked["prob"]["passed"]
+    for feeds, says in (("nope", "feeds names no input of the model ('nope'"), ("x", "declared to feed input 'x' but cannot")):
+        next(o for o in m["outputs"] if o["name"] == "z")["postprocess"]["feeds"] = feeds
+        (out / "manifest.json").write_text(json.dumps(m))
+        r = runner.invoke(app, check)
+        assert r.exit_code == 2 and says in r.output and "Traceback" not in r.output, r.output
     (tmp_path / "app.toml").write_text('[outputs.z]\ntask = "state"\nfeeds = "hidden"\n')
     r = runner.invoke(app, ["export", str(ref), "--calib", str(tmp_path / "calib.npz"), "--preprocess", str(tmp_path / "app.toml"),
                             "--no-profile", "-o", str(tmp_path / "b2")])

@@ -236,9 +236,18 @@ def test_calibration_sees_the_state_the_app_feeds(tmp_path):
 def test_calibration_keeps_states_the_data_records(tmp_path):
     from edgeq.checks.recurrent import rolled_calibration
 
+    import onnxruntime as ort
+
     ref, _ = healthy(tmp_path)
     arrays = stream(8)
-    arrays["h"] = np.random.default_rng(3).uniform(-0.5, 0.5, arrays["h"].shape).astype(np.float32)  # recorded from the app
+    arrays["h"][0] = np.random.default_rng(3).uniform(-0.5, 0.5, arrays["h"][0].shape)
+    s = ort.InferenceSession(str(ref), providers=["CPUExecutionProvider"])
+    for i in range(7):  # recorded from the app: each call's state is the one before's hn
+        arrays["h"][i + 1] = s.run(["hn"], {"x": arrays["x"][i], "h": arrays["h"][i]})[0]
     data = samples(arrays)
     kept, note = rolled_calibration(ref, data)
     assert kept is data and "the states the data gives" in note
+    # states that neither repeat a start state nor follow the stream: 'h' is an input the data gives, not paired
+    arrays["h"] = np.random.default_rng(3).uniform(-0.5, 0.5, arrays["h"].shape).astype(np.float32)
+    data = samples(arrays)
+    assert rolled_calibration(ref, data) == (data, None)

@@ -277,13 +277,14 @@ def first_outputs(model: Any, data: SampleSet, n: int, base_dir: Any = None) -> 
 
 
 def all_outputs(model: Any, data: SampleSet, n: int, base_dir: Any = None,
-                tasks: dict[str, dict[str, Any]] | None = None) -> list[list[np.ndarray]]:
+                tasks: dict[str, dict[str, Any]] | None = None, pairs: Any = None) -> list[list[np.ndarray]]:
     """Every output of ``model`` on the first ``n`` samples, ``[output][sample]`` (what --max-drop scores).
-    Outputs fed back as inputs (edgeq.checks.recurrent; ``tasks``: the app TOML's overrides): the samples
-    run in order as one stream, each call fed the model's own previous state, as the verdict runs them."""
+    Outputs fed back as inputs (edgeq.checks.recurrent; ``tasks``: the app TOML's overrides; ``pairs``: the
+    fp32 reference's, else found here): the samples run in order as one stream, each call fed the model's
+    own previous state, as the verdict runs them."""
     from ...checks.recurrent import session_rollout
 
-    return session_rollout(qdq.cpu_session(model, base_dir), data, n, tasks)[0]
+    return session_rollout(qdq.cpu_session(model, base_dir), data, n, tasks, pairs)[0]
 
 
 def _top1(o: np.ndarray) -> np.ndarray:
@@ -494,20 +495,21 @@ class OutputScores:
 
 
 def output_tasks(model: Any, ref: list[list[np.ndarray]], tasks: dict[str, dict[str, Any]] | None = None,
-                 feed: dict[str, np.ndarray] | None = None) -> list[Any]:
+                 feed: dict[str, np.ndarray] | None = None, *, pairs: Any = None) -> list[Any]:
     """Each output's TaskSpec (edgeq.checks) from its fp32 values ``ref[output][sample]`` and the app
     TOML's ``[outputs.NAME] task = ...`` overrides ``tasks``: the same inference the verdict uses.
-    ``feed``: the first sample's inputs, from which outputs fed back as inputs are found (``state`` kind;
-    ``ref`` must then come from :func:`all_outputs`' rollout)."""
+    Outputs fed back as inputs (``state`` kind; ``ref`` must then come from the rollout): ``pairs``, the
+    rollout's own, or else found from ``feed``, the first sample's inputs."""
     from ...checks.kinds import context_from_model, infer_all
     from ...checks.recurrent import find_pairs, mark_states
 
     names = tuple(o.name for o in model.graph.output)
     specs = infer_all(names, ref, context_from_model(model), tasks)
-    if feed is None or not ref or not ref[0]:
+    if (feed is None and pairs is None) or not ref or not ref[0]:
         return specs
-    inputs = {i.name for i in model.graph.input}
-    pairs = find_pairs({k: v for k, v in feed.items() if k in inputs}, {nm: r[0] for nm, r in zip(names, ref)}, tasks)
+    if pairs is None:
+        inputs = {i.name for i in model.graph.input}
+        pairs = find_pairs({k: v for k, v in feed.items() if k in inputs}, {nm: r[0] for nm, r in zip(names, ref)}, tasks)
     return mark_states(specs, pairs, len(ref[0]))
 
 
@@ -585,14 +587,16 @@ def search(
     result as :func:`all_outputs`) runs the candidates elsewhere, e.g. on the target's
     accelerator; the fp32 reference always runs on the CPU provider.
     """
-    ref = all_outputs(prep.model, evals, n_eval, prep.weights_dir, tasks)
-    specs = output_tasks(prep.model, ref, tasks, evals.feed(0) if len(evals) else None)  # every output, app TOML overrides included: what the verdict judges
+    from ...checks.recurrent import session_rollout
+
+    ref, pairs = session_rollout(qdq.cpu_session(prep.model, prep.weights_dir), evals, n_eval, tasks)  # as all_outputs, and the pairs
+    specs = output_tasks(prep.model, ref, tasks, pairs=pairs)  # every output, app TOML overrides included: what the verdict judges
     stateful = any(s.kind == "state" for s in specs)  # rolled out here on the CPU: the accelerator's runner takes one call at a time
 
     def run_candidate(model: Any, data: SampleSet, n: int, base_dir: Any = None) -> list[list[np.ndarray]]:
         if outputs_of is not None and not stateful:
             return outputs_of.every(model, data, n, base_dir)
-        return all_outputs(model, data, n, base_dir, tasks)
+        return all_outputs(model, data, n, base_dir, tasks, pairs)  # streamed as fp32 was
     from ...checks.masking import token_masks
 
     masks = token_masks(evals, n_eval)

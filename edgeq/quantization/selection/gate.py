@@ -81,12 +81,12 @@ class SessionSettings:
                 "graph_optimization_level": self.level, "intra_op_num_threads": self.threads, "note": self.note}
 
 
-def _outputs(sess: Any, data: SampleSet, n: int, tasks: dict[str, dict[str, Any]] | None = None) -> list[list[np.ndarray]]:
+def _outputs(sess: Any, data: SampleSet, n: int, tasks: dict[str, dict[str, Any]] | None = None, pairs: Any = None) -> list[list[np.ndarray]]:
     """Every output on the first ``n`` samples, ``[output][sample]``; outputs fed back as inputs
-    (edgeq.checks.recurrent): one stream in sample order, each call fed the model's own previous state."""
+    (edgeq.checks.recurrent; ``pairs``: fp32's): one stream in sample order, each call fed the model's own previous state."""
     from ...checks.recurrent import session_rollout
 
-    return session_rollout(sess, data, n, tasks)[0]
+    return session_rollout(sess, data, n, tasks, pairs)[0]
 
 
 def _per_output(c: Candidate) -> str:
@@ -174,9 +174,11 @@ def select(
     settings = SessionSettings.for_target(target)
     n = min(len(check), 500)
     sess = settings.session(artifact.path)
-    ref = _outputs(sess, check, n, tasks)
+    from ...checks.recurrent import session_rollout
+
+    ref, pairs = session_rollout(sess, check, n, tasks)  # as _outputs, and the pairs the candidates are streamed with
     head = onnx.load(str(artifact.path), load_external_data=False)
-    specs = static.output_tasks(head, ref, tasks, check.feed(0) if n else None)  # each output's task metric (class agreement, detection F1, map IoU, ...)
+    specs = static.output_tasks(head, ref, tasks, pairs=pairs)  # each output's task metric (class agreement, detection F1, map IoU, ...)
     from ...checks.masking import token_masks
 
     masks = token_masks(check, n)  # embedding outputs: scored on the real tokens, as the verdict does
@@ -192,7 +194,7 @@ def select(
             measured.append(c)
             continue
         sess = settings.session(c.path)
-        m = static.score_outputs(specs, _outputs(sess, check, n, tasks), ref, check.labels, masks)
+        m = static.score_outputs(specs, _outputs(sess, check, n, tasks, pairs), ref, check.labels, masks)
         worst = m.worst(fp32_metric)
         measured.append(replace(c, ms=_latency_ms(sess, feed), size=model_size(c.path), metric=m.metrics[worst].value if m.metrics else 1.0,
                                 drop=m.drop_from(fp32_metric), outputs=tuple(m.per_output(fp32_metric))))
