@@ -47,6 +47,8 @@ class SampleSet:
     """A folder whose files differ in shape (dynamic axes): each file's number of samples; ``loader`` reads
     file k as a sample set of its own, and sample i is read from the file that holds it. With ``files``,
     ``arrays`` holds only inputs replaced for every sample (stacked), laid over what the files give."""
+    varied: tuple[str, ...] = ()
+    """the inputs whose shape differs between samples, with the sizes seen (``x [5..11, 4]``)"""
 
     def __len__(self) -> int:
         if self.runs:
@@ -741,7 +743,26 @@ def _file_runs(path: Path, files: tuple[Path, ...], io: IoSpec, what: str, label
                f"({', '.join(varied[:4])}{', ...' if len(varied) > 4 else ''}): each file read as {each}, "
                f"{sum(runs)} samples")
     return SampleSet(arrays={}, stacked={}, labels=None if labels[0] is None else np.concatenate(labels), source=str(path),
-                     notes=(summary, *notes), files=files, loader=reader, runs=tuple(runs))
+                     notes=(summary, *notes), files=files, loader=reader, runs=tuple(runs), varied=tuple(varied))
+
+
+def require_stacked(data: SampleSet | None, what: str, needs: str) -> None:
+    """Trips that read a whole input at once (a language model's ``input_ids`` windows [n, T]) refuse, in one line,
+    a folder read file by file (files of several shapes, or each one call of the model)."""
+    if data is not None and data.runs:
+        shapes = f" ({', '.join(data.varied[:3])})" if data.varied else ""
+        raise CalibrationError(f"{what} data {data.source}: files of their own shapes{shapes}, read one by one; {needs}",
+                               "write the samples as one .npz, each input's samples of one shape stacked on a new first axis")
+
+
+def check_one_shape(data: SampleSet | None, target: str, what: str) -> None:
+    """A target that runs fixed shapes pins the model's dynamic axes to one sample's: samples of other shapes
+    cannot run there, so such data is refused in one line before any work."""
+    if data is not None and data.varied:
+        raise CalibrationError(
+            f"target {target} runs the model with fixed shapes, but the {what} samples differ in shape "
+            f"({', '.join(data.varied[:3])}{', ...' if len(data.varied) > 3 else ''})",
+            "give samples of one shape (pad or crop them to one size), or pick a target without static shapes")
 
 
 def _short_where(layout: Layout) -> str:

@@ -17,7 +17,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeq.core.artifact import IoSpec, TensorSpec
-from edgeq.core.data import ExpectedInputs, check_arrays_early, load_samples
+from edgeq.core.data import ExpectedInputs, check_arrays_early, load_samples, require_stacked
 from edgeq.core.onnxutil import artifact_from
 from edgeq.errors import CalibrationError
 
@@ -160,3 +160,32 @@ def test_export_calibrates_and_verifies_over_every_sample(runner, tmp_path):
     assert len(golden) == 3 and len({np.load(g / "in_0.npy").shape for g in golden}) == 3  # each sample's own shape
     r2 = runner.invoke(app, ["verify", str(tmp_path / "b")])
     assert r2.exit_code == 0, r2.output
+
+
+def test_a_fixed_shape_target_refuses_samples_of_several_shapes(runner, tmp_path):
+    """qnn-htp pins dynamic axes to one sample's sizes: the other samples could not run there."""
+    from edgeq.cli import app
+
+    model = _graph_model(tmp_path / "g.onnx")
+    _folder(tmp_path / "calib")
+    r = runner.invoke(app, ["export", str(model), "--target", "qnn-htp", "--calib", str(tmp_path / "calib"), "-o", str(tmp_path / "b")])
+    assert r.exit_code == 2, r.output
+    err = r.stderr.strip()
+    assert err.startswith("error: target qnn-htp runs the model with fixed shapes, but the calibration samples differ in shape "
+                          "(x [5..11, 4], ei [2, 6..15])") and "\n" not in err, err
+    assert not (tmp_path / "b").exists()
+
+
+def test_trips_that_need_one_array_refuse_files_read_one_by_one(tmp_path):
+    io = artifact_from(_graph_model(tmp_path / "g.onnx")).io
+    _folder(tmp_path / "calib")
+    s = load_samples(tmp_path / "calib", io)
+    with pytest.raises(CalibrationError, match=r"^calibration data .*calib: files of their own shapes \(x \[5\.\.11, 4\], ei \[2, 6\.\.15\]\), "
+                                               r"read one by one; a static decoder takes"):
+        require_stacked(s, "calibration", "a static decoder takes input_ids windows of one length [n, T]")
+    # an input replaced for every sample (a rolled-out recurrent state) is laid over the files' arrays
+    from dataclasses import replace
+
+    over = replace(s, arrays={"x": np.stack([np.full((3, 4), i, np.float32) for i in range(len(s))])}, stacked={"x": True})
+    assert over.feed(2)["x"].shape == (3, 4) and over.feed(2)["x"][0, 0] == 2 and over.feed(2)["ei"].shape == (2, 6)
+    assert over.take(1).feed(0)["x"][0, 0] == 0
