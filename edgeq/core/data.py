@@ -682,7 +682,7 @@ def _files_of_their_own(path: Path, io: IoSpec, what: str) -> tuple[Path, ...]:
         head = _header(f, io)
         if head is None:
             return ()
-        heads.append({k: v for k, v in head.items() if k in io.input_names})
+        heads.append(_one_sample_batched({k: v for k, v in head.items() if k in io.input_names}, io))
     if len(files) < 2 or any(set(h) != set(heads[0]) for h in heads):
         return ()
     batch = batch_axes(io.inputs)
@@ -700,6 +700,22 @@ def _files_of_their_own(path: Path, io: IoSpec, what: str) -> tuple[Path, ...]:
     return ()
 
 
+def _one_sample_batched(arrays: dict[str, Any], io: IoSpec) -> dict[str, Any]:
+    """A folder's file of an input's shape less its batch axis is one sample (an utterance ``[T]`` for ``x [batch,
+    time]``): given its batch axis of 1. ``arrays`` maps names to arrays, or to (shape, dtype) headers."""
+    batch = batch_axes(io.inputs)
+    out = dict(arrays)
+    for k, v in arrays.items():
+        spec, b = _spec_or_none(io, k), batch.get(k)
+        if spec is None or b is None or b.axis is None:
+            continue
+        if isinstance(v, np.ndarray) and v.ndim == len(spec.shape) - 1:
+            out[k] = np.expand_dims(v, b.axis)
+        elif isinstance(v, tuple) and len(v[0]) == len(spec.shape) - 1:
+            out[k] = ((*v[0][: b.axis], 1, *v[0][b.axis :]), v[1])
+    return out
+
+
 @dataclass
 class _FileReader:
     """Reads one file of a folder read file by file as a sample set of its own; keeps the last one read."""
@@ -712,6 +728,7 @@ class _FileReader:
     def __call__(self, path: Path) -> SampleSet:
         if self.last is None or self.last[0] != path:
             raw = _read_npz(path, self.io) if path.suffix == ".npz" else _single_input(self.io, _read_npy(path), path)
+            raw = _one_sample_batched(raw, self.io)
             self.last = (path, _from_raw(raw, path, self.io, self.what, self.labels_key))
         return self.last[1]
 

@@ -91,6 +91,16 @@ def test_files_carrying_several_samples_are_runs(tmp_path):
     np.testing.assert_array_equal(s.feed(1)["feats"], runs[0][1:2])
     np.testing.assert_array_equal(s.feed(4)["feats"], runs[1][2:3])
     assert len(s.take(3)) == 3 and s.take(3).feed(2)["feats"].shape == (1, 8, 3)
+    # one utterance per file, without the batch axis ([T]): one sample each
+    io1 = IoSpec(inputs=(TensorSpec("audio", "float32", ("batch", "samples")),), outputs=(TensorSpec("y", "float32", ()),))
+    d1 = tmp_path / "wav"
+    d1.mkdir()
+    waves = [rng.standard_normal(n).astype(np.float32) for n in (160, 96, 240)]
+    for i, w in enumerate(waves):
+        np.save(d1 / f"{i}.npy", w)
+    s1 = load_samples(d1, io1)
+    assert len(s1) == 3 and s1.feed(2)["audio"].shape == (1, 240)
+    np.testing.assert_array_equal(s1.feed(1)["audio"][0], waves[1])
     # the same lengths everywhere: joined into one array, as always (the fast path)
     d2 = tmp_path / "same"
     d2.mkdir()
