@@ -756,9 +756,9 @@ def _file_runs(path: Path, files: tuple[Path, ...], io: IoSpec, what: str, label
     varied = [f"{k} [{', '.join(str(min(a)) if len(a) == 1 else f'{min(a)}..{max(a)}' for a in ax)}]"
               for k, ax in axes.items() if any(len(a) > 1 for a in ax)]
     each = "one sample (one call of the model with its arrays as given)" if ones == len(files) else "its own run of samples"
-    summary = (f"{what} data {path}: {len(files)} files whose shapes differ in the model's dynamic axes "
-               f"({', '.join(varied[:4])}{', ...' if len(varied) > 4 else ''}): each file read as {each}, "
-               f"{sum(runs)} samples")
+    differ = (f" whose shapes differ in the model's dynamic axes ({', '.join(varied[:4])}{', ...' if len(varied) > 4 else ''})"
+              if varied else "")
+    summary = f"{what} data {path}: {len(files)} files{differ}: each file read as {each}, {sum(runs)} samples"
     return SampleSet(arrays={}, stacked={}, labels=None if labels[0] is None else np.concatenate(labels), source=str(path),
                      notes=(summary, *notes), files=files, loader=reader, runs=tuple(runs), varied=tuple(varied))
 

@@ -199,3 +199,18 @@ def test_trips_that_need_one_array_refuse_files_read_one_by_one(tmp_path):
     over = replace(s, arrays={"x": np.stack([np.full((3, 4), i, np.float32) for i in range(len(s))])}, stacked={"x": True})
     assert over.feed(2)["x"].shape == (3, 4) and over.feed(2)["x"][0, 0] == 2 and over.feed(2)["ei"].shape == (2, 6)
     assert over.take(1).feed(0)["x"][0, 0] == 0
+
+
+def test_max_drop_search_scores_samples_of_several_shapes(runner, tmp_path):
+    from edgeq.cli import app
+
+    model = _graph_model(tmp_path / "g.onnx")
+    _folder(tmp_path / "calib")
+    _folder(tmp_path / "eval", seed=10, sizes=((4, 5), (8, 13), (7, 9)))
+    r = runner.invoke(app, ["export", str(model), "--calib", str(tmp_path / "calib"), "--eval", str(tmp_path / "eval"),
+                            "--max-drop", "0.05", "--no-profile", "-o", str(tmp_path / "b"), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    search = res["quantization"]["search"]
+    assert search["met"] is True and search["steps"] and {o["output"] for o in search["best"]["outputs"]} == {"embedding", "node_embedding"}
+    assert res["verify"]["samples"] == 3
