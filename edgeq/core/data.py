@@ -726,11 +726,12 @@ class _FileReader:
     last: tuple[Path, SampleSet] | None = None
 
     def __call__(self, path: Path) -> SampleSet:
-        if self.last is None or self.last[0] != path:
+        last = self.last  # read once: another thread may replace it meanwhile
+        if last is None or last[0] != path:
             raw = _read_npz(path, self.io) if path.suffix == ".npz" else _single_input(self.io, _read_npy(path), path)
-            raw = _one_sample_batched(raw, self.io)
-            self.last = (path, _from_raw(raw, path, self.io, self.what, self.labels_key))
-        return self.last[1]
+            last = (path, _from_raw(_one_sample_batched(raw, self.io), path, self.io, self.what, self.labels_key))
+            self.last = last
+        return last[1]
 
 
 def _file_runs(path: Path, files: tuple[Path, ...], io: IoSpec, what: str, labels_key: str) -> SampleSet:
