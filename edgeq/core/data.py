@@ -199,6 +199,8 @@ def _read_raw(path: Path, io: IoSpec, what: str) -> dict[str, np.ndarray]:
     files = sorted(p for p in path.iterdir() if p.suffix in (".npz", ".npy") and p.is_file())
     if not files:
         raise CalibrationError(f"{what} folder {path} holds no .npy or .npz files", "put one file per sample or batch in it")
+    if len(files) > 1 and _one_call(files[0], io, what):
+        _raise_if_one_by_one(files, io, what)
     parts: list[dict[str, np.ndarray]] = []
     for f in files:
         parts.append(_read_npz(f, io) if f.suffix == ".npz" else _single_input(io, _read_npy(f), f))
@@ -218,6 +220,7 @@ def _read_raw(path: Path, io: IoSpec, what: str) -> dict[str, np.ndarray]:
         try:
             out[k] = join(arrs, axis=axis)
         except ValueError:
+            _raise_if_one_by_one(files, io, what)
             raise CalibrationError(
                 f"input '{k}': files in {path} have different shapes", "give every sample the same shape"
             ) from None
@@ -343,11 +346,11 @@ def load_samples(
 
         if image_files(path) and not any(p.suffix in (".npz", ".npy") for p in path.iterdir()):
             return _image_samples(path, io, what, preprocess)
-    if path.is_dir():
-        ragged = _files_of_their_own(path, io, what)
-        if ragged:
-            return _file_runs(path, ragged, io, what, labels_key)
-    return _from_raw(_read_raw(path, io, what), path, io, what, labels_key)
+    try:
+        raw = _read_raw(path, io, what)
+    except _OneByOne as e:  # a folder whose files differ in shape, or each one call of the model
+        return _file_runs(path, e.files, io, what, labels_key)
+    return _from_raw(raw, path, io, what, labels_key)
 
 
 def _from_raw(raw: dict[str, np.ndarray], path: Path, io: IoSpec, what: str, labels_key: str) -> SampleSet:
@@ -672,11 +675,38 @@ def _header(path: Path, io: IoSpec) -> dict[str, tuple[tuple[int, ...], str]] | 
         return None
 
 
-def _files_of_their_own(path: Path, io: IoSpec, what: str) -> tuple[Path, ...]:
+class _OneByOne(Exception):
+    """A folder's files are read one by one (:func:`_file_runs`), not joined."""
+
+    def __init__(self, files: tuple[Path, ...]) -> None:
+        super().__init__(len(files))
+        self.files = files
+
+
+def _one_call(path: Path, io: IoSpec, what: str) -> bool:
+    """Whether a folder's file is one call of the model (its headers alone): then the files cannot be joined."""
+    head = _header(path, io)
+    if head is None:
+        return False
+    try:
+        return bool(_read_layouts(_one_sample_batched({k: v for k, v in head.items() if k in io.input_names}, io),
+                                  io.inputs, batch_axes(io.inputs), what)[2])
+    except CalibrationError:
+        return False
+
+
+def _raise_if_one_by_one(files: list[Path], io: IoSpec, what: str) -> None:
+    """Called where a folder's files cannot be joined: :class:`_OneByOne` when they are to be read one by one."""
+    ragged = _files_of_their_own(files, io, what)
+    if ragged:
+        raise _OneByOne(ragged)
+
+
+def _files_of_their_own(files: list[Path], io: IoSpec, what: str) -> tuple[Path, ...]:
     """The files of a folder that must be read one by one (empty: join them, as always): each file fits the model
     on its own (headers alone), and either is one call of the model or the files' samples differ in shape, which
     only the model's dynamic axes allow. Anything else is left to the joined reading, which names the problem."""
-    files = tuple(sorted(p for p in path.iterdir() if p.suffix in (".npz", ".npy") and p.is_file()))
+    files = tuple(files)
     heads = []
     for f in files:
         head = _header(f, io)
