@@ -6,7 +6,9 @@ Formats:
   input's batch axis (edgeq.core.batchaxis: not always the first), or the array is one
   sample of the input's shape, shared by every sample (a sample rate; docs/calibration-data.md);
 - a folder of ``.npz`` files (same keys) or, for single-input models, ``.npy``
-  files, read in name order and joined along the sample or batch axis.
+  files, read in name order and joined along the sample or batch axis; files whose
+  shapes differ in the model's dynamic axes, or that are each one call of a model
+  without a shared batch (a graph network), are read file by file instead.
 Arrays are read with ``allow_pickle=False``: object arrays are refused.
 """
 
