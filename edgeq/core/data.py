@@ -6,7 +6,9 @@ Formats:
   input's batch axis (edgeq.core.batchaxis: not always the first), or the array is one
   sample of the input's shape, shared by every sample (a sample rate; docs/calibration-data.md);
 - a folder of ``.npz`` files (same keys) or, for single-input models, ``.npy``
-  files, read in name order and joined along the sample or batch axis.
+  files, read in name order and joined along the sample or batch axis; files whose
+  shapes differ in the model's dynamic axes, or that are each one call of a model
+  without a shared batch (a graph network), are read file by file instead.
 Arrays are read with ``allow_pickle=False``: object arrays are refused.
 """
 
@@ -43,24 +45,52 @@ class SampleSet:
     input_name: str = ""
     mask_roles: tuple[tuple[str, str], ...] = ()
     """(input, "real" | "padding" | "none"): token masks the app file declares (edgeq.checks.masking)"""
+    runs: tuple[int, ...] = ()
+    """A folder whose files differ in shape (dynamic axes): each file's number of samples; ``loader`` reads
+    file k as a sample set of its own, and sample i is read from the file that holds it. With ``files``,
+    ``arrays`` holds only inputs replaced for every sample (stacked), laid over what the files give."""
+    varied: tuple[str, ...] = ()
+    """the inputs whose shape differs between samples, with the sizes seen (``x [5..11, 4]``)"""
 
     def __len__(self) -> int:
+        if self.runs:
+            return sum(self.runs)
         if self.files:
             return len(self.files)
         return len(next(iter(self.arrays.values()))) if self.arrays else 0
 
     def feed(self, i: int) -> dict[str, np.ndarray]:
         if self.files:
-            return {self.input_name: self.loader(self.files[i])}
+            if self.runs:
+                k, j = self._locate(i)
+                feed = self.loader(self.files[k]).feed(j)
+            else:
+                feed = {self.input_name: self.loader(self.files[i])}
+            return {**feed, **{k: np.asarray(a[i]) for k, a in self.arrays.items()}}
         # np.asarray: a stacked scalar input (e.g. a sample rate) stays a 0-d array, not a numpy scalar
         return {k: (np.asarray(a[i]) if self.stacked[k] else a[i : i + 1]) for k, a in self.arrays.items()}
+
+    def _locate(self, i: int) -> tuple[int, int]:
+        """(file, sample within it) of sample ``i`` of a folder read file by file."""
+        if not 0 <= i < len(self):
+            raise IndexError(f"sample {i} of {len(self)}")
+        for k, run in enumerate(self.runs):
+            if i < run:
+                return k, i
+            i -= run
+        raise IndexError(i)
 
     def take(self, n: int) -> SampleSet:
         n = min(n, len(self))
         if self.files:
             from dataclasses import replace
 
-            return replace(self, files=self.files[:n], labels=None if self.labels is None else self.labels[:n])
+            cut = dict(labels=None if self.labels is None else self.labels[:n], arrays={k: a[:n] for k, a in self.arrays.items()})
+            if self.runs:
+                k, j = self._locate(n - 1) if n else (-1, -1)
+                runs = (*self.runs[:k], j + 1) if n else ()
+                return replace(self, files=self.files[: len(runs)], runs=runs, **cut)
+            return replace(self, files=self.files[:n], **cut)
         return SampleSet(
             arrays={k: a[:n] for k, a in self.arrays.items()},
             stacked=self.stacked,
@@ -171,6 +201,8 @@ def _read_raw(path: Path, io: IoSpec, what: str) -> dict[str, np.ndarray]:
     files = sorted(p for p in path.iterdir() if p.suffix in (".npz", ".npy") and p.is_file())
     if not files:
         raise CalibrationError(f"{what} folder {path} holds no .npy or .npz files", "put one file per sample or batch in it")
+    if len(files) > 1 and _one_call(files[0], io, what):
+        _raise_if_one_by_one(files, io, what)
     parts: list[dict[str, np.ndarray]] = []
     for f in files:
         parts.append(_read_npz(f, io) if f.suffix == ".npz" else _single_input(io, _read_npy(f), f))
@@ -190,6 +222,7 @@ def _read_raw(path: Path, io: IoSpec, what: str) -> dict[str, np.ndarray]:
         try:
             out[k] = join(arrs, axis=axis)
         except ValueError:
+            _raise_if_one_by_one(files, io, what)
             raise CalibrationError(
                 f"input '{k}': files in {path} have different shapes", "give every sample the same shape"
             ) from None
@@ -315,7 +348,15 @@ def load_samples(
 
         if image_files(path) and not any(p.suffix in (".npz", ".npy") for p in path.iterdir()):
             return _image_samples(path, io, what, preprocess)
-    raw = _read_raw(path, io, what)
+    try:
+        raw = _read_raw(path, io, what)
+    except _OneByOne as e:  # a folder whose files differ in shape, or each one call of the model
+        return _file_runs(path, e.files, io, what, labels_key)
+    return _from_raw(raw, path, io, what, labels_key)
+
+
+def _from_raw(raw: dict[str, np.ndarray], path: Path, io: IoSpec, what: str, labels_key: str) -> SampleSet:
+    """Arrays read from ``path`` (a file, or a folder's files joined) checked against the model as a sample set."""
     from .lmdata import fill_lm_inputs
 
     raw, lm_notes = fill_lm_inputs(raw, io, f"{what} data {path}")  # input_ids windows alone are enough for language models
@@ -337,8 +378,11 @@ def load_samples(
             f"the model's inputs are: {', '.join(f'{t.name} {t.dtype}{t.shape_str()}' for t in io.inputs)}",
         )
     batch = batch_axes(io.inputs)
-    layouts = {spec.name: _check_array(raw[spec.name], spec, what, batch[spec.name]) for spec in io.inputs}
-    n = _sample_count(layouts, what)
+    layouts, n, one = _read_layouts({k: (a.shape, a.dtype.name) for k, a in raw.items()}, io.inputs, batch, what)
+    for spec in io.inputs:
+        _check_finite(raw[spec.name], layouts[spec.name], spec, what)
+    if one:
+        lm_notes.append(one)
     if n == 0:
         raise CalibrationError(f"{what} data {path} holds no samples", "provide at least one sample per input")
     if labels is not None:
@@ -453,18 +497,18 @@ def check_arrays_early(path: Path | None, expected: ExpectedInputs, *, what: str
         raise CalibrationError(f"{what} data {Path(path).name}: unknown array(s) {', '.join(extra)}",
                                f"the model's inputs are: {takes}; drop the other arrays from the file")
     batch = batch_axes(expected.specs)
-    checked = {spec.name: _check_layout(*layouts[spec.name], spec, what, batch[spec.name])
-               for spec in expected.specs if spec.name in layouts and spec.name != labels_key}
-    if checked:  # the counts and labels as load_samples checks them, on the inputs known now
-        n = _sample_count(checked, what)
-        if labels_key in layouts and not expected.takes(labels_key) and len(checked) == len(expected.specs) and not (expected.also or expected.pattern):
+    given = {spec.name: layouts[spec.name] for spec in expected.specs if spec.name in layouts and spec.name != labels_key}
+    if given:  # the layouts, counts and labels as load_samples checks them, on the inputs known now
+        _, n, _ = _read_layouts(given, expected.specs, batch, what)
+        if labels_key in layouts and not expected.takes(labels_key) and len(given) == len(expected.specs) and not (expected.also or expected.pattern):
             _check_labels(*layouts[labels_key], n, what, labels_key)
 
 
 @dataclass(frozen=True)
 class Layout:
     """How one array holds its samples: ``"new"`` (on a new first axis), ``"batch"`` (along the input's batch
-    axis ``axis``) or ``"one"`` (a single sample, no sample axis); ``count`` samples."""
+    axis ``axis``), ``"one"`` (a single sample, no sample axis) or ``"call"`` (with the other arrays, one call
+    of a model that has no shared batch); ``count`` samples."""
 
     kind: str
     count: int
@@ -473,19 +517,22 @@ class Layout:
     @property
     def shared(self) -> bool:
         """One sample given without a sample axis: the same value for every sample of the set."""
-        return self.kind == "one" or (self.kind == "batch" and self.count == 1)
+        return self.kind in ("one", "call") or (self.kind == "batch" and self.count == 1)
 
     def where(self, batch: BatchAxis) -> str:
         """How the array was read, for a message: "samples on a new first axis", "samples along batch axis 1: ..."."""
         if self.kind == "new":
             return "samples on a new first axis"
+        if self.kind == "call":
+            return "one call of the model with the arrays as given"
         return f"samples along {batch.describe()}" if self.kind == "batch" else f"one sample shared by all ({batch.describe()})"
 
 
-def _check_layout(shape: tuple[int, ...], dtype: str, spec: TensorSpec, what: str, batch: BatchAxis) -> Layout:
+def _check_layout(shape: tuple[int, ...], dtype: str, spec: TensorSpec, what: str, batch: BatchAxis, *, one_call: bool = False) -> Layout:
     """An array's dtype and shape against ``spec``: samples stacked on a new first axis, along the input's
-    batch axis (``batch``, edgeq.core.batchaxis), or one sample given as the input's own shape; else one line
-    naming the input, its shape, what the model expects and the batch axis read."""
+    batch axis (``batch``, edgeq.core.batchaxis), or one sample given as the input's own shape (``one_call``:
+    the array as given, one call of the model); else one line naming the input, its shape, what the model
+    expects and the batch axis read."""
     rank = len(spec.shape)
     expected = f"{spec.dtype}{spec.shape_str()}"
     if dtype != spec.dtype:
@@ -494,7 +541,9 @@ def _check_layout(shape: tuple[int, ...], dtype: str, spec: TensorSpec, what: st
             f"convert it, e.g. array.astype('{spec.dtype}')",
         )
     b = batch.axis
-    if len(shape) == rank + 1:
+    if one_call and len(shape) == rank:
+        sample_shape, layout = tuple(shape), Layout("call", 1)
+    elif len(shape) == rank + 1:
         sample_shape, layout = tuple(shape[1:]), Layout("new", int(shape[0]))
     elif len(shape) == rank and b is not None:
         sample_shape, layout = (*shape[:b], 1, *shape[b + 1 :]), Layout("batch", int(shape[b]), b)
@@ -519,7 +568,10 @@ def _check_layout(shape: tuple[int, ...], dtype: str, spec: TensorSpec, what: st
 
 
 def _check_array(arr: np.ndarray, spec: TensorSpec, what: str, batch: BatchAxis) -> Layout:
-    layout = _check_layout(arr.shape, arr.dtype.name, spec, what, batch)
+    return _check_finite(arr, _check_layout(arr.shape, arr.dtype.name, spec, what, batch), spec, what)
+
+
+def _check_finite(arr: np.ndarray, layout: Layout, spec: TensorSpec, what: str) -> Layout:
     if arr.dtype.kind in "fc":
         per_sample = _samples_first(arr, layout)
         finite = np.isfinite(per_sample.reshape(len(per_sample), -1)).all(axis=1) if per_sample.size else np.ones(len(per_sample), bool)
@@ -534,7 +586,7 @@ def _check_array(arr: np.ndarray, spec: TensorSpec, what: str, batch: BatchAxis)
 
 def _samples_first(arr: np.ndarray, layout: Layout) -> np.ndarray:
     """A view of ``arr`` with its samples on axis 0."""
-    if layout.kind == "one":
+    if layout.kind in ("one", "call"):
         return arr[None]
     if layout.kind == "batch" and layout.axis:
         return np.moveaxis(arr, layout.axis, 0)
@@ -553,6 +605,214 @@ def _sample_count(layouts: dict[str, Layout], what: str) -> int:
             "or one sample shared by all",
         )
     return next(iter(counts.values())).count if counts else int(bool(layouts))
+
+
+ONE_CALL = "read as one sample"
+"""the start of the note said when a file's arrays are one call of the model (see :func:`_read_layouts`)"""
+
+
+def _read_layouts(shapes: dict[str, tuple[tuple[int, ...], str]], specs: tuple[TensorSpec, ...] | list[TensorSpec],
+                  batch: dict[str, BatchAxis], what: str) -> tuple[dict[str, Layout], int, str]:
+    """Each given input's layout and the set's sample count, from shapes and dtypes alone (load and the early
+    header check alike), plus a note when the arrays are one call of the model: every input given in its own
+    rank (none on a new first axis) where the model has no batch to read samples along -- an input whose
+    batch axis edgeq cannot tell, or batch axes the model names apart (a graph's ``[num_nodes, F]`` beside
+    ``[2, num_edges]``: sizes, not a batch). Otherwise the batch reading stands, and its refusal."""
+    specs = [t for t in specs if t.name in shapes]
+    why = _one_call_why(shapes, specs, batch)
+    if why is None:
+        layouts = {t.name: _check_layout(*shapes[t.name], t, what, batch[t.name]) for t in specs}
+        return layouts, _sample_count(layouts, what), ""
+    layouts = {t.name: _check_layout(*shapes[t.name], t, what, batch[t.name], one_call=True) for t in specs}
+    _check_shared_sizes(shapes, specs, what)
+    return layouts, 1, f"{what} data: {ONE_CALL} (one call of the model with the arrays as given): {why}"
+
+
+def _one_call_why(shapes: dict[str, tuple[tuple[int, ...], str]], specs: list[TensorSpec], batch: dict[str, BatchAxis]) -> str | None:
+    """Why arrays all in their input's own rank cannot hold samples along batch axes, or None when they may."""
+    if not specs or any(len(shapes[t.name][0]) != len(t.shape) or shapes[t.name][1] != t.dtype for t in specs):
+        return None
+    unknown = [t.name for t in specs if batch[t.name].axis is None and not batch[t.name].known]
+    if unknown:
+        return f"'{unknown[0]}' has no batch axis edgeq can tell ({batch[unknown[0]].why})"
+    sizes: dict[str, int] = {}  # each batch axis's name -> its size in the arrays
+    for t in specs:
+        b = batch[t.name].axis
+        if b is not None and isinstance(t.shape[b], str) and t.shape[b]:
+            sizes.setdefault(t.shape[b], shapes[t.name][0][b])
+    if len(sizes) < 2 or any("batch" in k.lower() for k in sizes):
+        return None  # one shared batch (or edgeq cannot tell): read along it, counts compared
+    return ("the model names its inputs' dynamic axes apart, so they are sizes, not a shared batch ("
+            + ", ".join(f"{k}={v}" for k, v in sizes.items()) + ")")
+
+
+def _check_shared_sizes(shapes: dict[str, tuple[tuple[int, ...], str]], specs: list[TensorSpec], what: str) -> None:
+    """One call's arrays: an axis name the model gives several inputs must have one size in all of them."""
+    seen: dict[str, tuple[int, str, int]] = {}
+    for t in specs:
+        for axis, (sym, got) in enumerate(zip(t.shape, shapes[t.name][0])):
+            if not isinstance(sym, str) or not sym:
+                continue
+            size, name, first = seen.setdefault(sym, (got, t.name, axis))
+            if size != got:
+                raise CalibrationError(
+                    f"{what} input '{t.name}' has {sym}={got} (axis {axis}) but '{name}' has {sym}={size} (axis {first})",
+                    f"the model gives both axes the name '{sym}': give them the same size")
+
+
+def _header(path: Path, io: IoSpec) -> dict[str, tuple[tuple[int, ...], str]] | None:
+    """A folder file's arrays (shape, dtype) from their headers alone; None when they cannot be read so."""
+    if path.suffix == ".npz":
+        _check_npz_sizes(path, io)
+        return _npz_layouts(path)
+    if len(io.inputs) != 1:
+        return None
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+        return {io.inputs[0].name: (tuple(int(d) for d in shape), np.dtype(dtype).name)}
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+class _OneByOne(Exception):
+    """A folder's files are read one by one (:func:`_file_runs`), not joined."""
+
+    def __init__(self, files: tuple[Path, ...]) -> None:
+        super().__init__(len(files))
+        self.files = files
+
+
+def _one_call(path: Path, io: IoSpec, what: str) -> bool:
+    """Whether a folder's file is one call of the model (its headers alone): then the files cannot be joined."""
+    head = _header(path, io)
+    if head is None:
+        return False
+    try:
+        return bool(_read_layouts(_one_sample_batched({k: v for k, v in head.items() if k in io.input_names}, io),
+                                  io.inputs, batch_axes(io.inputs), what)[2])
+    except CalibrationError:
+        return False
+
+
+def _raise_if_one_by_one(files: list[Path], io: IoSpec, what: str) -> None:
+    """Called where a folder's files cannot be joined: :class:`_OneByOne` when they are to be read one by one."""
+    ragged = _files_of_their_own(files, io, what)
+    if ragged:
+        raise _OneByOne(ragged)
+
+
+def _files_of_their_own(files: list[Path], io: IoSpec, what: str) -> tuple[Path, ...]:
+    """The files of a folder that must be read one by one (empty: join them, as always): each file fits the model
+    on its own (headers alone), and either is one call of the model or the files' samples differ in shape, which
+    only the model's dynamic axes allow. Anything else is left to the joined reading, which names the problem."""
+    files = tuple(files)
+    heads = []
+    for f in files:
+        head = _header(f, io)
+        if head is None:
+            return ()
+        heads.append(_one_sample_batched({k: v for k, v in head.items() if k in io.input_names}, io))
+    if len(files) < 2 or any(set(h) != set(heads[0]) for h in heads):
+        return ()
+    batch = batch_axes(io.inputs)
+    try:
+        reads = [_read_layouts(h, io.inputs, batch, what) for h in heads]
+    except CalibrationError:
+        return ()
+    if any(one for _, _, one in reads):
+        return files
+    for k in heads[0]:
+        join, axis = _folder_join(_spec_or_none(io, k), batch.get(k), len(heads[0][k][0]))
+        kept = {tuple(d for i, d in enumerate(h[k][0]) if join is np.stack or i != axis) for h in heads}
+        if len(kept) > 1 or len({len(h[k][0]) for h in heads}) > 1:
+            return files
+    return ()
+
+
+def _one_sample_batched(arrays: dict[str, Any], io: IoSpec) -> dict[str, Any]:
+    """A folder's file of an input's shape less its batch axis is one sample (an utterance ``[T]`` for ``x [batch,
+    time]``): given its batch axis of 1. ``arrays`` maps names to arrays, or to (shape, dtype) headers."""
+    batch = batch_axes(io.inputs)
+    out = dict(arrays)
+    for k, v in arrays.items():
+        spec, b = _spec_or_none(io, k), batch.get(k)
+        if spec is None or b is None or b.axis is None:
+            continue
+        if isinstance(v, np.ndarray) and v.ndim == len(spec.shape) - 1:
+            out[k] = np.expand_dims(v, b.axis)
+        elif isinstance(v, tuple) and len(v[0]) == len(spec.shape) - 1:
+            out[k] = ((*v[0][: b.axis], 1, *v[0][b.axis :]), v[1])
+    return out
+
+
+@dataclass
+class _FileReader:
+    """Reads one file of a folder read file by file as a sample set of its own; keeps the last one read."""
+
+    io: IoSpec
+    what: str
+    labels_key: str
+    last: tuple[Path, SampleSet] | None = None
+
+    def __call__(self, path: Path) -> SampleSet:
+        last = self.last  # read once: another thread may replace it meanwhile
+        if last is None or last[0] != path:
+            raw = _read_npz(path, self.io) if path.suffix == ".npz" else _single_input(self.io, _read_npy(path), path)
+            last = (path, _from_raw(_one_sample_batched(raw, self.io), path, self.io, self.what, self.labels_key))
+            self.last = last
+        return last[1]
+
+
+def _file_runs(path: Path, files: tuple[Path, ...], io: IoSpec, what: str, labels_key: str) -> SampleSet:
+    """A folder whose files differ in shape: each file checked in full now (as a file alone is), then read
+    again when its samples are fed, one file in memory at a time."""
+    reader = _FileReader(io, what, labels_key)
+    runs, labels, notes, ones = [], [], {}, 0
+    axes: dict[str, list[set[int]]] = {}
+    for f in files:
+        s = reader(f)
+        runs.append(len(s))
+        labels.append(s.labels)
+        ones += any(n.startswith(f"{what} data: {ONE_CALL}") for n in s.notes)
+        notes.update(dict.fromkeys(n for n in s.notes if not n.startswith(f"{what} data: {ONE_CALL}")))
+        for k, v in s.feed(0).items():
+            for i, d in enumerate(np.shape(v)):
+                axes.setdefault(k, [set() for _ in np.shape(v)])[i].add(int(d))
+    if any(lab is None for lab in labels) and any(lab is not None for lab in labels):
+        has = next(f for f, lab in zip(files, labels) if lab is not None)
+        lacks = next(f for f, lab in zip(files, labels) if lab is None)
+        raise CalibrationError(f"{what} data {path}: {has.name} holds '{labels_key}' but {lacks.name} does not",
+                               f"give '{labels_key}' in every file or in none")
+    varied = [f"{k} [{', '.join(str(min(a)) if len(a) == 1 else f'{min(a)}..{max(a)}' for a in ax)}]"
+              for k, ax in axes.items() if any(len(a) > 1 for a in ax)]
+    each = "one sample (one call of the model with its arrays as given)" if ones == len(files) else "its own run of samples"
+    differ = (f" whose shapes differ in the model's dynamic axes ({', '.join(varied[:4])}{', ...' if len(varied) > 4 else ''})"
+              if varied else "")
+    summary = f"{what} data {path}: {len(files)} files{differ}: each file read as {each}, {sum(runs)} samples"
+    return SampleSet(arrays={}, stacked={}, labels=None if labels[0] is None else np.concatenate(labels), source=str(path),
+                     notes=(summary, *notes), files=files, loader=reader, runs=tuple(runs), varied=tuple(varied))
+
+
+def require_stacked(data: SampleSet | None, what: str, needs: str) -> None:
+    """Trips that read a whole input at once (a language model's ``input_ids`` windows [n, T]) refuse, in one line,
+    a folder read file by file (files of several shapes, or each one call of the model)."""
+    if data is not None and data.runs:
+        shapes = f" ({', '.join(data.varied[:3])})" if data.varied else ""
+        raise CalibrationError(f"{what} data {data.source}: files of their own shapes{shapes}, read one by one; {needs}",
+                               "write the samples as one .npz, each input's samples of one shape stacked on a new first axis")
+
+
+def check_one_shape(data: SampleSet | None, target: str, what: str) -> None:
+    """A target that runs fixed shapes pins the model's dynamic axes to one sample's: samples of other shapes
+    cannot run there, so such data is refused in one line before any work."""
+    if data is not None and data.varied:
+        raise CalibrationError(
+            f"target {target} runs the model with fixed shapes, but the {what} samples differ in shape "
+            f"({', '.join(data.varied[:3])}{', ...' if len(data.varied) > 3 else ''})",
+            "give samples of one shape (pad or crop them to one size), or pick a target without static shapes")
 
 
 def _short_where(layout: Layout) -> str:

@@ -175,6 +175,11 @@ def run_export(
         )
     from ..quantization.int8.preflight import run as preflight
 
+    if target.static_shapes:  # samples whose shapes vary cannot all run once the axes are pinned
+        from ..core.data import check_one_shape
+
+        for data, what in ((calib, "calibration"), (evals, "evaluation")):
+            check_one_shape(data, target.name, what)
     data_shapes = _data_shapes(calib or evals)  # a static-shape target pins dynamic axes to these (--static-shape wins)
     notes: list[str] = preflight(source.path, target, spec, {**data_shapes, **opts.static_shapes}) + prep_notes  # before any work
     notes += list(dict.fromkeys(n for d in (calib, evals) if d is not None and not d.synthetic for n in d.notes))
@@ -447,12 +452,14 @@ GREEDY_NEW_TOKENS = 32
 
 def _check_lm_windows(folder: Path, *sets: tuple[Any, SampleSet | None, str]) -> None:
     """input_ids windows against the Hugging Face folder's vocabulary and context, before any work."""
+    from ..core.data import require_stacked
     from ..core.lmdata import IDS, check_token_windows
     from ..exporters import hf
 
     cfg = hf.inspect_folder(folder).config
     vocab, context = int(cfg.get("vocab_size") or 0), int(cfg.get("max_position_embeddings") or 0)
     for path, data, what in sets:
+        require_stacked(data, what, "a language model's trip takes input_ids windows of one length [n, T]")
         if data is not None and IDS in data.arrays:
             check_token_windows(data.arrays[IDS], vocab, context, f"{what} data {path}")
 

@@ -79,9 +79,12 @@ def windows_io(io: IoSpec) -> IoSpec:
 
 def load_windows(io: IoSpec, calib: Any, evals: Any) -> dict[str, SampleSet]:
     """``--calib`` / ``--eval`` files of ``input_ids`` windows [n, T] for a static decoder, checked, by role."""
-    from ..core.data import load_samples
+    from ..core.data import load_samples, require_stacked
 
-    return {what: load_samples(path, windows_io(io), what=what) for what, path in (("calibration", calib), ("evaluation", evals)) if path}
+    sets = {what: load_samples(path, windows_io(io), what=what) for what, path in (("calibration", calib), ("evaluation", evals)) if path}
+    for what, data in sets.items():
+        require_stacked(data, what, "a static decoder takes input_ids windows of one length [n, T]")
+    return sets
 
 
 @dataclass(frozen=True)

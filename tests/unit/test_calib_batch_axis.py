@@ -140,10 +140,11 @@ def test_wrong_layouts_stay_refused_in_one_line(tmp_path):
                                                r"read as one sample shared by all \(no batch axis"):
         load_samples(tmp_path / "f.npz", io)
     assert len(load_samples(tmp_path / "f.npz", _io(("x", "float32", (32, 8))))) == 1  # its own shape: one sample
-    # several dynamic axes after a fixed first: only a new first axis is read
+    # several dynamic axes after a fixed first: samples only on a new first axis; an array of the input's own
+    # rank is one call of the model (tests/unit/test_variable_shape_samples.py), another rank is refused
     io2 = _io(("h", "float32", (2, None, None)))
-    np.savez(tmp_path / "h.npz", h=np.zeros((2, 5, 3), np.float32))
-    with pytest.raises(CalibrationError, match=r"'h' has shape \[2, 5, 3\], the model expects float32\[2, \?, \?\] per sample "
+    np.savez(tmp_path / "h.npz", h=np.zeros((5, 3), np.float32))
+    with pytest.raises(CalibrationError, match=r"'h' has shape \[5, 3\], the model expects float32\[2, \?, \?\] per sample "
                                                r"\(batch axis unknown: axis 0 is fixed to 2 and axes 1, 2 are dynamic\)"):
         load_samples(tmp_path / "h.npz", io2)
     np.savez(tmp_path / "h1.npz", h=np.zeros((5, 2, 1, 3), np.float32))
