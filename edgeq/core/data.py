@@ -15,6 +15,7 @@ Arrays are read with ``allow_pickle=False``: object arrays are refused.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -628,6 +629,10 @@ def _read_layouts(shapes: dict[str, tuple[tuple[int, ...], str]], specs: tuple[T
     return layouts, 1, f"{what} data: {ONE_CALL} (one call of the model with the arrays as given): {why}"
 
 
+_BATCH_LIKE = re.compile(r"(?i)^(.*batch.*|s\d+|unk__\d+|dim_?\d+|DynamicDimension\.\d+|[a-z]|\?)$")
+"""axis names that may be a batch: ones naming it, and ones an exporter generated (they name nothing)"""
+
+
 def _one_call_why(shapes: dict[str, tuple[tuple[int, ...], str]], specs: list[TensorSpec], batch: dict[str, BatchAxis]) -> str | None:
     """Why arrays all in their input's own rank cannot hold samples along batch axes, or None when they may."""
     if not specs or any(len(shapes[t.name][0]) != len(t.shape) or shapes[t.name][1] != t.dtype for t in specs):
@@ -640,8 +645,10 @@ def _one_call_why(shapes: dict[str, tuple[tuple[int, ...], str]], specs: list[Te
         b = batch[t.name].axis
         if b is not None and isinstance(t.shape[b], str) and t.shape[b]:
             sizes.setdefault(t.shape[b], shapes[t.name][0][b])
-    if len(sizes) < 2 or any("batch" in k.lower() for k in sizes):
-        return None  # one shared batch (or edgeq cannot tell): read along it, counts compared
+    if len(sizes) < 2 or any(_BATCH_LIKE.match(k) for k in sizes):
+        # one shared batch, or names an exporter made up (torch.export's s0/s1, onnx's unk__3) that say nothing of
+        # what the axis holds: read along them, counts compared
+        return None
     return ("the model names its inputs' dynamic axes apart, so they are sizes, not a shared batch ("
             + ", ".join(f"{k}={v}" for k, v in sizes.items()) + ")")
 

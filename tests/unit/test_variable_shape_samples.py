@@ -214,3 +214,28 @@ def test_max_drop_search_scores_samples_of_several_shapes(runner, tmp_path):
     search = res["quantization"]["search"]
     assert search["met"] is True and search["steps"] and {o["output"] for o in search["best"]["outputs"]} == {"embedding", "node_embedding"}
     assert res["verify"]["samples"] == 3
+
+
+def test_axis_names_an_exporter_made_up_keep_the_batch_reading(tmp_path):
+    """torch.export names two inputs' unconstrained batch axes s0 and s1: arrays at their own rank with N rows each
+    are N samples (the batch reading), not one call; descriptive names (num_nodes, num_edges) are sizes."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgeq.core.data import load_samples
+    from edgeq.core.onnxutil import io_spec
+
+    def model(a: str, b: str):
+        g = helper.make_graph([helper.make_node("Identity", ["x"], ["ox"]), helper.make_node("Identity", ["y"], ["oy"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [a, 3]),
+                               helper.make_tensor_value_info("y", TensorProto.FLOAT, [b, 2])],
+                              [helper.make_tensor_value_info("ox", TensorProto.FLOAT, [a, 3]),
+                               helper.make_tensor_value_info("oy", TensorProto.FLOAT, [b, 2])])
+        return io_spec(helper.make_model(g))
+
+    p = tmp_path / "d.npz"
+    np.savez(p, x=np.zeros((5, 3), np.float32), y=np.ones((5, 2), np.float32))
+    data = load_samples(p, model("s0", "s1"))
+    assert len(data) == 5 and data.feed(0)["x"].shape == (1, 3)
+    data = load_samples(p, model("num_nodes", "num_edges"))
+    assert len(data) == 1 and data.feed(0)["x"].shape == (5, 3)
