@@ -220,10 +220,20 @@ def run_export(
             from ..quantization.selection.speed import decide
 
             with stage("speed (shipped model.ort vs fp32)"):
+                first_cal = dict((qres.details or {}).get("calibration") or {})
+
                 def requantize(nodes: tuple[str, ...]) -> QuantResult:
-                    sp = spec.with_overrides(nodes_to_exclude=spec.nodes_to_exclude + tuple(nodes))
-                    return quantize(opt, sp, work / "model.onnx", data=calib, evals=evals, max_drop=opts.max_drop, target=target,
-                                    tasks=app_io["outputs"])
+                    # the same ranges as the model it replaces: --calibration auto's choice is kept, not raced again
+                    # (a near tie could pick another method, and the notes would describe a model not shipped)
+                    chosen = first_cal.get("method") if spec.calibration == "auto" and "auto" in first_cal else None
+                    sp = spec.with_overrides(nodes_to_exclude=spec.nodes_to_exclude + tuple(nodes), calibration=chosen)
+                    res = quantize(opt, sp, work / "model.onnx", data=calib, evals=evals, max_drop=opts.max_drop, target=target,
+                                   tasks=app_io["outputs"])
+                    if chosen is not None and isinstance(res.details.get("calibration"), dict):
+                        from dataclasses import replace as _dc_replace
+
+                        res = _dc_replace(res, details={**res.details, "calibration": {**res.details["calibration"], "auto": first_cal["auto"]}})
+                    return res
 
                 feed = feed_from(check_data) or _synthetic(opt)
                 with on_synthetic_feed(feed, check_data is None):

@@ -111,11 +111,25 @@ def test_nodes_with_slower_integer_kernels_stay_float(runner, tmp_path, monkeypa
     _fake_times(monkeypatch, {"fp32": 1.0, "int8": 1.3, "mixed": 0.9, "onnx": 0.9})
     monkeypatch.setattr(speed, "node_kernel_us", lambda app, path, feed, runs: {"conv1": 5.0 if "fp32" in str(path) else 9.0,
                                                                               "conv2": 4.0 if "fp32" in str(path) else 2.0})
+    from edgeq.quantization.int8 import autocal
+
+    chose: list[str] = []
+    real_choose = autocal.choose
+
+    def counting(*a, **k):
+        res = real_choose(*a, **k)
+        chose.append(res)
+        return res
+
+    monkeypatch.setattr(autocal, "choose", counting)
     r, out = _export(runner, tmp_path)
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)
     q = res["quantization"]
     assert q["speed"] == {"decision": "mixed", "slower_nodes": ["conv1"]}
+    # the mix keeps the ranges --calibration auto chose: raced once, and the record describes the model shipped
+    assert len(chose) == 1 and q["calibration"]["method"] == q["calibration"]["auto"]["chosen"], (chose, q["calibration"])
+    assert any(f"chose {q['calibration']['method']} " in n for n in res["notes"])
     assert q["nodes_to_exclude"] == ["conv1"]
     assert "conv1" in q["kept_float"] and "conv2" not in q["kept_float"]
     g = onnx.load(str(out / "model.onnx")).graph
