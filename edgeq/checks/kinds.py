@@ -369,7 +369,7 @@ def infer_one(name: str, samples: list[np.ndarray], ctx: Context, override: dict
                 thr = 0.5 if _in01(samples) else 0.0
                 return TaskSpec(name, "prob-map", f"{list(shape)} one-channel map ({'values in [0, 1]' if thr else 'logits'}): thresholded at {thr}", {"threshold": thr})
             # a one-channel map of one sign or crowded around 0 (depth, distance, a denoised image) is no logit map
-            if c >= 2 and _heatmaps(samples):
+            if 2 <= c <= _MAX_HEATMAPS and hint is None and _heatmaps(samples):
                 return TaskSpec(name, "keypoints", f"{list(shape)}: {c} heatmaps near their floor except a small peak each (pose "
                                 "keypoints, not per-pixel classes: no channel dominates most pixels): the peak of each compared "
                                 "as a point; a guess from the values, declare [outputs." + name + "] task = \"segmentation\" if "
@@ -408,7 +408,7 @@ def infer_one(name: str, samples: list[np.ndarray], ctx: Context, override: dict
             if named:
                 return TaskSpec(name, "classification", f"{list(shape)} class {what} (ONNX metadata '{named}' names the classes)")
             share = _standout_share(samples) if dist is None and meta is None else None
-            if share is not None and share < _MIN_STANDOUT:
+            if share is not None and share < _MIN_STANDOUT and not _CLASS_WORDS.search(name):
                 return TaskSpec(name, "embedding", f"{list(shape)} signed vectors whose largest value stands out (by 1 std) on "
                                 f"{share:.0%} of the samples, as the largest of {shape[-1]} random values does, where a classifier's "
                                 f"top class stands out on most: per-vector cosine; a guess from the values, declare "
@@ -461,6 +461,8 @@ _CLASS_NAME_KEYS = ("names", "classes", "labels", "class_names", "id2label")
 # [B, D >= 64] signed scores are class logits when the top class stands out (by 1 std of the row)
 # on at least this share of samples; the largest of D Gaussians does on 3-6 % of them
 _MIN_STANDOUT = 0.2
+# output names that say class scores whatever the values (kept a classifier, with a note when the values disagree)
+_CLASS_WORDS = re.compile(r"logit|class|prob|score|cls|label|pred", re.IGNORECASE)
 _MIN_EMBED_DIM = 64
 
 
@@ -486,6 +488,8 @@ def _standout_share(samples: list[np.ndarray]) -> float | None:
     return float(np.mean((top[:, 1] - top[:, 0]) >= np.maximum(sd, 1e-12)))
 
 
+# pose heatmaps come one per keypoint (17 COCO, 133 whole-body); a backbone's feature maps number more
+_MAX_HEATMAPS = 160
 # mean pairwise channel correlation below which an image-shaped [B, C, H, W] output is class
 # scores (classes exclude each other: -1 for two, about -0.5 for three equal ones); an image's
 # colour channels correlate positively, a random one's about 0
@@ -627,7 +631,7 @@ def _prototypes(specs: list[TaskSpec], outputs: dict[str, list[np.ndarray]]) -> 
     out = []
     for s in specs:
         a = np.asarray(outputs[s.output][0]) if outputs.get(s.output) else np.zeros(0)
-        if not s.declared and s.kind == "segmentation" and a.ndim == 4 and a.shape[1] in extra:
+        if not s.declared and (s.kind == "segmentation" or s.params.get("heatmap")) and a.ndim == 4 and a.shape[1] in extra:
             s = TaskSpec(s.output, "regression", f"{list(a.shape)}: mask prototypes, {a.shape[1]} bases mixed by the mask "
                          f"coefficients of detection output '{extra[a.shape[1]]}' (compared by cosine around fp32's mean)")
         out.append(s)

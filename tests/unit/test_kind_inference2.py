@@ -75,6 +75,9 @@ def test_classifiers_stay_classifiers():
     assert spec.kind == "classification" and "'names'" in spec.why, spec
     # a name says embedding before any statistics
     assert infer_all(("speaker_feat",), [_logits(rng, 30, 256, 4.0)], IMAGE)[0].kind == "embedding"
+    # a name that says class scores keeps them class scores, said to be a guess when the values disagree
+    spec = infer_all(("class_logits",), [_embeddings(rng)], IMAGE)[0]
+    assert spec.kind == "classification" and "a guess" in spec.why, spec
     # weak evidence (the top class stands out on a third of the samples): classification, said to be a guess
     spec = infer_all(("y",), [_logits(rng, 30, 256, 4.0)[:10] + _embeddings(rng, 20, 256)], IMAGE)[0]
     assert spec.kind == "classification" and "a guess" in spec.why and 'task = "embedding"' in spec.why, spec
@@ -134,6 +137,11 @@ def test_segmentation_logits_still_segmentation_not_heatmaps():
     rng = np.random.default_rng(23)
     spec = infer_all(("out",), [_regions(rng)], Context(image_inputs=((1, 1, 32, 32),)))[0]
     assert spec.kind == "segmentation" and "guess" not in spec.why, spec
+    # sparse peaks over a flat floor, but a backbone's 256 channels or named as features: not keypoint heatmaps
+    maps, _ = _heatmaps(rng, k=17)
+    assert infer_all(("features",), [maps], IMAGE)[0].kind != "keypoints"
+    wide = [np.concatenate([m] * 16, 1) for m in maps]
+    assert infer_all(("out",), [wide], IMAGE)[0].kind != "keypoints"
 
 
 # -- 3. a 3-class segmenter at the input's resolution with an RGB input ----------------------------
