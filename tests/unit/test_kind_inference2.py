@@ -250,3 +250,32 @@ def test_heatmap_parameter_declared_in_the_app_toml_and_the_manifest_schema(tmp_
     for key in _path_to_task(schema):
         out_schema = out_schema[key]
     jsonschema.validate(spec, out_schema)  # the manifest records declared tasks: additionalProperties is false
+
+
+def _embedder(path, w: np.ndarray):
+    """x [B, 32] -> MatMul [32, 128]: a speaker-embedding projection, no normalisation."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["output"])], path.stem,
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 32])],
+                          [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["B", 128])],
+                          [numpy_helper.from_array(w.astype(np.float32), "w")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path
+
+
+def test_verify_judges_an_embedding_model_by_cosine(tmp_path):
+    from edgeq.checks.comparison import verify
+    from edgeq.core.data import SampleSet
+
+    rng = np.random.default_rng(29)
+    w = rng.normal(0, 1, (32, 128))
+    data = SampleSet(arrays={"x": rng.normal(0, 1, (40, 32)).astype(np.float32)}, stacked={"x": False}, labels=None, source="test")
+    ref = _embedder(tmp_path / "ref.onnx", w)
+    r = verify(_embedder(tmp_path / "near.onnx", w + rng.normal(0, 0.03, w.shape)), ref, data, TOL, output_names=("output",))
+    assert r.tasks[0]["kind"] == "embedding" and r.passed, (r.tasks, r.failures)  # was classification (top-1 agreement)
+    r = verify(_embedder(tmp_path / "far.onnx", w + rng.normal(0, 0.4, w.shape)), ref, data, TOL, output_names=("output",))
+    assert not r.passed and any("mean cosine" in f for f in r.failures), r.failures
