@@ -218,6 +218,7 @@ def test_probability_maps_stay_probability_maps():
 
 
 def test_heatmap_parameter_declared_in_the_app_toml_and_the_manifest_schema(tmp_path):
+    import functools
     import json
     from pathlib import Path
 
@@ -245,26 +246,23 @@ def test_heatmap_parameter_declared_in_the_app_toml_and_the_manifest_schema(tmp_
     p.write_text('[outputs.hm]\ntask = "segmentation"\nheatmap = true\n')
     with pytest.raises(EdgeqError, match="'heatmap' does not apply"):
         load_io_spec(p, io)
-    schema = json.loads((Path(__import__("edgeq").__file__).parent / "bundles/schemas/manifest.schema.json").read_text())
-    out_schema = schema
-    for key in _path_to_task(schema):
-        out_schema = out_schema[key]
-    jsonschema.validate(spec, out_schema)  # the manifest records declared tasks: additionalProperties is false
+    import edgeq
+
+    schema = json.loads((Path(edgeq.__file__).parent / "bundles/schemas/manifest.schema.json").read_text())
+    # the manifest records declared tasks, and its task object allows no unknown key
+    jsonschema.validate(spec, functools.reduce(lambda node, key: node[key], _path_to_task(schema), schema))
 
 
 def _embedder(path, w: np.ndarray):
     """x [B, 32] -> MatMul [32, 128]: a speaker-embedding projection, no normalisation."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["output"])], path.stem,
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 32])],
-                          [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["B", 128])],
-                          [numpy_helper.from_array(w.astype(np.float32), "w")])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.save(m, str(path))
-    return path
+    from tests.models import save_graph
+
+    return save_graph(helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["output"])], path.stem,
+                                        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 32])],
+                                        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["B", 128])],
+                                        [numpy_helper.from_array(w.astype(np.float32), "w")]), path)
 
 
 def test_verify_judges_an_embedding_model_by_cosine(tmp_path):
