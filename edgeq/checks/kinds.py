@@ -52,6 +52,7 @@ _PARAMS: dict[str, tuple[tuple[str, ...], Any]] = {
     "radius": (("keypoints",), lambda v: _num(v) and 0 < v <= 1),
     "visibility": (("keypoints",), lambda v: isinstance(v, bool)),
     "num_classes": (("detection",), lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
+    "heatmap": (("keypoints",), lambda v: isinstance(v, bool)),  # [B, K, H, W] heatmaps: each channel's peak is a point
 }
 PACKED_LAYOUTS = ("xyxy-score-class",)
 TASK_KEYS = frozenset({"task", *_PARAMS})
@@ -162,7 +163,7 @@ def _rows_are_distributions(a: np.ndarray, axis: int = -1) -> str | None:
 
 _NAME_HINTS = (
     ("embedding", ("embed", "pooler", "pooled", "sentence", "feature", "vector", "last_hidden", "hidden_state", "fingerprint",
-                   "descriptor", "latent")),
+                   "descriptor", "latent", "feat")),
     ("detection", ("box", "bbox", "detection")),
     ("lm-logits", ("lm_logits",)),
 )
@@ -352,14 +353,31 @@ def infer_one(name: str, samples: list[np.ndarray], ctx: Context, override: dict
             if c == 1 and not _in01(samples) and not _both_sides(samples, 0.0):
                 return TaskSpec(name, "regression", f"{list(shape)} one-channel map whose values never cross 0 (not logits of a "
                                 "per-pixel probability): compared by cosine")
-            if c == 1 and (_in01(samples) or _logit_map(samples)):
-                thr = 0.5 if _in01(samples) else 0.0
-                return TaskSpec(name, "prob-map", f"{list(shape)} one-channel map ({'values in [0, 1]' if thr else 'logits'}): thresholded at {thr}", {"threshold": thr})
-            # a one-channel map of one sign or crowded around 0 (depth, distance, a denoised image) is no logit map
             same_as_input = any(len(s) == 4 and s[1] == c and s[2:] == (h, w) for s in ctx.image_inputs)
             # an image upscaled by a whole factor (super-resolution: [B, 3, kH, kW] from [B, 3, H, W]) is an image too
             same_as_input |= any(len(s) == 4 and s[1] == c and s[2] > 1 and s[3] > 1 and h % s[2] == 0 and w % s[3] == 0
                                  and h // s[2] == w // s[3] for s in ctx.image_inputs)
+            if c == 1 and _in01(samples) and not _bimodal(samples):
+                if same_as_input:  # a greyscale image in, a greyscale image out (denoiser, restorer): mid-tones everywhere
+                    return TaskSpec(name, "regression", f"{list(shape)} one-channel image in [0, 1] from a one-channel image of "
+                                    f"its grid, its values spread over the range (a denoised / restored image, not a mostly 0-or-1 "
+                                    "probability map): compared by cosine around fp32's mean")
+                return TaskSpec(name, "prob-map", f"{list(shape)} one-channel map (values in [0, 1]): thresholded at 0.5; a guess, its "
+                                "values are spread over the range rather than near 0 or 1: declare [outputs." + name + "] task = "
+                                "\"regression\" if it is an image", {"threshold": 0.5})
+            if c == 1 and (_in01(samples) or _logit_map(samples)):
+                thr = 0.5 if _in01(samples) else 0.0
+                return TaskSpec(name, "prob-map", f"{list(shape)} one-channel map ({'values in [0, 1]' if thr else 'logits'}): thresholded at {thr}", {"threshold": thr})
+            # a one-channel map of one sign or crowded around 0 (depth, distance, a denoised image) is no logit map
+            if 2 <= c <= _MAX_HEATMAPS and hint is None and _heatmaps(samples):
+                return TaskSpec(name, "keypoints", f"{list(shape)}: {c} heatmaps near their floor except a small peak each (pose "
+                                "keypoints, not per-pixel classes: no channel dominates most pixels): the peak of each compared "
+                                "as a point; a guess from the values, declare [outputs." + name + "] task = \"segmentation\" if "
+                                "these are class scores", {"heatmap": True})
+            if c >= 2 and same_as_input and (corr := _channel_correlation(samples)) is not None and corr < _MAX_CLASS_CORRELATION:
+                return TaskSpec(name, "segmentation", f"{list(shape)}: {c} class scores per pixel (its channels compete: mean "
+                                f"correlation {corr:.2f}, where an image's colour channels rise together); a guess from the "
+                                "values, declare [outputs." + name + "] task = \"regression\" if it is an image")
             if c >= 2 and not same_as_input:
                 return TaskSpec(name, "segmentation", f"{list(shape)}: {c} class scores per pixel")
     if a.ndim == 3 and meta == "segmentation" or (a.ndim == 3 and shape[-1] >= 4 and shape[-2] >= 4 and _in01(samples) and not ctx.token_inputs and hint is None):
@@ -386,6 +404,18 @@ def infer_one(name: str, samples: list[np.ndarray], ctx: Context, override: dict
         if meta in (None, "classification"):
             dist = _rows_are_distributions(a)
             what = {"prob": "probabilities", "logprob": "log-probabilities"}.get(dist or "", "scores")
+            named = _class_names(ctx.metadata)
+            if named:
+                return TaskSpec(name, "classification", f"{list(shape)} class {what} (ONNX metadata '{named}' names the classes)")
+            share = _standout_share(samples) if dist is None and meta is None else None
+            if share is not None and share < _MIN_STANDOUT and not _CLASS_WORDS.search(name):
+                return TaskSpec(name, "embedding", f"{list(shape)} signed vectors whose largest value stands out (by 1 std) on "
+                                f"{share:.0%} of the samples, as the largest of {shape[-1]} random values does, where a classifier's "
+                                f"top class stands out on most: per-vector cosine; a guess from the values, declare "
+                                f"[outputs.{name}] task = \"classification\" if these are class scores")
+            if share is not None and share < 0.5:
+                what += (f"; a guess: the top class stands out on only {share:.0%} of the samples, declare "
+                         f"[outputs.{name}] task = \"embedding\" if these are feature vectors")
             return TaskSpec(name, "classification", f"{list(shape)} class {what}")
     if a.ndim <= 2 and (a.ndim == 0 or shape[-1] == 1) and _in01(samples) and _stats(samples)[1] > _stats(samples)[0]:
         return TaskSpec(name, "classification", f"{list(shape)} one probability per sample: thresholded at 0.5")
@@ -424,6 +454,84 @@ def _keypoints(samples: list[np.ndarray]) -> bool | None:
     if not np.isfinite(pts).all() or np.abs(pts[:, :2]).max() <= 1.5:
         return None
     return bool(a.shape[-1] == 3 and pts[:, 2].min() >= -1e-4 and pts[:, 2].max() <= 1 + 1e-4)
+
+
+# ONNX metadata keys exporters use for class names (ultralytics 'names', HF 'id2label', ...)
+_CLASS_NAME_KEYS = ("names", "classes", "labels", "class_names", "id2label")
+# [B, D >= 64] signed scores are class logits when the top class stands out (by 1 std of the row)
+# on at least this share of samples; the largest of D Gaussians does on 3-6 % of them
+_MIN_STANDOUT = 0.2
+# output names that say class scores whatever the values (kept a classifier, with a note when the values disagree)
+_CLASS_WORDS = re.compile(r"logit|class|prob|score|cls|label|pred", re.IGNORECASE)
+_MIN_EMBED_DIM = 64
+
+
+def _class_names(metadata: dict[str, str]) -> str | None:
+    """The metadata key naming a classifier's classes, if the model carries one."""
+    return next((k for k in metadata if k.lower() in _CLASS_NAME_KEYS and metadata[k].strip()), None)
+
+
+def _standout_share(samples: list[np.ndarray]) -> float | None:
+    """Share of [B, D] rows whose largest value beats the second by at least one standard deviation
+    of the row: most rows of a classifier's logits, a few of an embedding's (the gap between the two
+    largest of D >= 64 Gaussians averages a quarter of one). None when it says nothing: D < 64,
+    fewer than 8 rows, one sign only."""
+    a = np.asarray(samples[0])
+    if a.ndim != 2 or a.shape[-1] < _MIN_EMBED_DIM:
+        return None
+    rows = np.concatenate([np.asarray(x, np.float64).reshape(-1, a.shape[-1]) for x in samples if np.asarray(x).shape[-1:] == a.shape[-1:]])
+    rows = rows[np.isfinite(rows).all(1)]
+    if len(rows) < 8 or not (rows.min() < 0 < rows.max()):
+        return None
+    sd = rows.std(1)
+    top = np.sort(rows, 1)[:, -2:]
+    return float(np.mean((top[:, 1] - top[:, 0]) >= np.maximum(sd, 1e-12)))
+
+
+# pose heatmaps come one per keypoint (17 COCO, 133 whole-body); a backbone's feature maps number more
+_MAX_HEATMAPS = 160
+# mean pairwise channel correlation below which an image-shaped [B, C, H, W] output is class
+# scores (classes exclude each other: -1 for two, about -0.5 for three equal ones); an image's
+# colour channels correlate positively, a random one's about 0
+_MAX_CLASS_CORRELATION = -0.25
+
+
+def _bimodal(samples: list[np.ndarray]) -> bool:
+    """A map in [0, 1] that is mostly near 0 or 1 (at most a quarter of its values in (0.1, 0.9)), as
+    a probability map is; a natural image's mid-tones are not."""
+    vals = np.concatenate([np.asarray(x, np.float64).ravel() for x in samples[:16]])
+    vals = vals[np.isfinite(vals)]
+    return not vals.size or float(np.mean((vals > 0.1) & (vals < 0.9))) <= 0.25
+
+
+def _heatmaps(samples: list[np.ndarray]) -> bool:
+    """[B, K, H, W] keypoint heatmaps: per sample, no channel comes within half of the sample's range
+    of its top on most pixels (a segmenter's scores have a dominant channel, the background's
+    included, nearly everywhere), and each channel rises above half of its own range on under 10 %
+    of the pixels (a small peak over a flat floor)."""
+    dominated, peaks = [], []
+    for x in samples[:16]:
+        x = np.asarray(x, np.float64)
+        if x.ndim != 4 or x.shape[-1] * x.shape[-2] < 64 or not np.isfinite(x).all():
+            return False
+        for xs in x:
+            lo, hi = float(xs.min()), float(xs.max())
+            if hi <= lo:
+                return False
+            dominated.append(float(np.mean(xs.max(0) > lo + 0.5 * (hi - lo))))
+            cl, ch = xs.min((1, 2))[:, None, None], xs.max((1, 2))[:, None, None]
+            peaks.append(float(np.median(np.mean(xs > cl + 0.5 * (ch - cl), (1, 2)))))
+    return bool(dominated) and float(np.median(dominated)) < 0.5 and float(np.median(peaks)) < 0.1
+
+
+def _channel_correlation(samples: list[np.ndarray]) -> float | None:
+    """Mean correlation over pixels between every pair of channels of [B, C, H, W]; None when a channel is flat."""
+    x = np.concatenate([np.moveaxis(np.asarray(s, np.float64), 1, -1).reshape(-1, np.asarray(s).shape[1]) for s in samples[:16]])
+    x = x[np.isfinite(x).all(1)]
+    if len(x) < 16 or (x.std(0) <= 0).any():
+        return None
+    r = np.corrcoef(x, rowvar=False)
+    return float(r[np.triu_indices(r.shape[0], 1)].mean())
 
 
 def _aligned_map(shape: tuple[int, ...], ctx: Context) -> bool:
@@ -523,7 +631,7 @@ def _prototypes(specs: list[TaskSpec], outputs: dict[str, list[np.ndarray]]) -> 
     out = []
     for s in specs:
         a = np.asarray(outputs[s.output][0]) if outputs.get(s.output) else np.zeros(0)
-        if not s.declared and s.kind == "segmentation" and a.ndim == 4 and a.shape[1] in extra:
+        if not s.declared and (s.kind == "segmentation" or s.params.get("heatmap")) and a.ndim == 4 and a.shape[1] in extra:
             s = TaskSpec(s.output, "regression", f"{list(a.shape)}: mask prototypes, {a.shape[1]} bases mixed by the mask "
                          f"coefficients of detection output '{extra[a.shape[1]]}' (compared by cosine around fp32's mean)")
         out.append(s)

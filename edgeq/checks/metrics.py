@@ -545,6 +545,9 @@ def keypoints(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol
     one joint moved by a tenth of the body: coordinates in the hundreds swamp it."""
     radius = float(task.get("radius", 0.2))
     vis = bool(task.get("visibility", False))
+    if task.get("heatmap", False):
+        ref, cand = zip(*(heatmap_peaks(r, c) for r, c in zip(ref, cand))) if ref else ((), ())
+        vis = True
     near = counted = vis_same = vis_n = 0
     for r, c in zip(ref, cand):
         r, c = np.asarray(r, np.float64), np.asarray(c, np.float64)
@@ -572,6 +575,26 @@ def keypoints(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol
         metrics["visibility_agreement"] = vis_same / max(vis_n, 1)
         rules.append(("visibility_agreement", ">=", tol.min_top1_agreement))
     return _check(task, metrics, rules, {"points": counted, "radius": f"{radius:g} x the extent of fp32's points per sample"})
+
+
+def heatmap_peaks(ref: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[B, K, H, W] heatmaps -> [B, K, 3] points (x, y, peak): each channel's argmax pixel, its height
+    over fp32's floor relative to fp32's tallest peak in the sample, so a joint is 'visible' (> 0.5) where
+    fp32's peak stands at least half as tall as the sample's tallest, and the candidate's peaks are
+    measured on the same scale."""
+    r, c = np.asarray(ref, np.float64), np.asarray(cand, np.float64)
+    if r.shape != c.shape or r.ndim != 4:
+        return r, c  # not heatmaps of one shape: keypoints counts a shape mismatch as every point lost
+    out = []
+    for x in (r, c):
+        flat = x.reshape(*x.shape[:2], -1)
+        arg = flat.argmax(-1)
+        out.append(np.stack([arg % x.shape[-1], arg // x.shape[-1], flat.max(-1)], -1).astype(np.float64))
+    floor = r.reshape(r.shape[0], -1).min(-1)[:, None]
+    scale = np.maximum(out[0][..., 2].max(-1, keepdims=True) - floor, 1e-12)
+    for p in out:
+        p[..., 2] = (p[..., 2] - floor) / scale
+    return out[0], out[1]
 
 
 def _class_map(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: Any) -> TaskCheck:
