@@ -451,6 +451,18 @@ def edgeq_static(m: dict, out: Path, n: int, calibration: str = "minmax", max_dr
     return f"QDQ, {how}, per-channel, U8S8"
 
 
+def edgeq_cli(m: dict, out: Path, n: int, calibration: str | None = None) -> str:
+    """``edgeq quantize MODEL -o OUT --calib NPZ --target cpu-x86_64`` in this process (the trip the CLI calls:
+    the model's probe in a child, optimize, quantize with the default ``--calibration auto``, the stamped write);
+    the samples are read from ``m["npz"]`` (one row per sample), as the command reads them."""
+    from edgeq.pipeline.common import QuantOptions
+    from edgeq.pipeline.quantize_trip import QuantizeConfig, quantize_model
+
+    got = quantize_model(QuantizeConfig(model=Path(m["path"]), out=out, target="cpu-x86_64",
+                                        quant=QuantOptions(calib=Path(m["npz"]), calib_samples=n, calibration=calibration)))
+    return f"edgeq quantize: {got.recipe.get('mode')}"
+
+
 # -- measurements -----------------------------------------------------------------------------------
 
 
@@ -560,15 +572,18 @@ def cost(m: dict, recipe: str, n: int, root: Path = ROOT) -> tuple[float, float,
     npz = WORK / f"mem_{Path(m['path']).stem}_{len(next(iter(m['calib'].values())))}.npz"
     if not npz.exists():
         np.savez(npz, **m["calib"])
+    flat = npz.with_name("flat_" + npz.name)  # one row per sample, as `edgeq quantize --calib` reads it
+    if recipe == "edgeq-cli" and not flat.exists():
+        np.savez(flat, **{k: np.concatenate(list(v[:n])) for k, v in m["calib"].items()})
     code = (
         "import sys, json, numpy as np, pathlib, tempfile; sys.path.insert(0, %r); "
         "import tools.bench_int8 as b; "
         "z = np.load(%r); calib = {k: z[k] for k in z.files}; "
-        "m = {'path': pathlib.Path(%r), 'calib': calib}; base = b._rss_now_kb(); "
+        "m = {'path': pathlib.Path(%r), 'calib': calib, 'npz': %r}; base = b._rss_now_kb(); "
         "out = pathlib.Path(tempfile.mkdtemp()) / 'q.onnx'; import time; t = time.perf_counter(); c = time.process_time(); "
         "b.MEMORY_RECIPES[%r](m, out, %d); t = time.perf_counter() - t; c = time.process_time() - c; "
         "print(json.dumps([base, b._status_kb('VmHWM'), t, c]))"
-    ) % (str(root), str(npz), str(m["path"]), recipe, n)
+    ) % (str(root), str(npz), str(m["path"]), str(flat), recipe, n)
     try:
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired:
@@ -591,7 +606,9 @@ def cost_table(keys: list[str], n: int, recipes: tuple[str, ...] = ("ort-static"
     lines = ["| model | recipe | quantization wall time | peak RSS growth | vs onnxruntime (time, RSS) | CPU time (vs onnxruntime) |",
              "|---|---|---|---|---|---|"]
     for key in keys:
-        if key in MODELS:
+        if ":" in key:  # --cost-file MODEL.onnx:SAMPLES.npz
+            m = cost_file_model(key, n)
+        elif key in MODELS:
             m = MODELS[key]()
         else:  # tools/bench_cost_models.py: the conv nets of issue 14 at a given input size; 8 samples beyond
             from tools.bench_cost_models import build  # the n calibration samples, held out for auto's scoring
@@ -626,6 +643,18 @@ MODELS = {
     **{k: (lambda k=k: _task_model(k)) for k in ("yolo", "probmap", "ctc", "mobilenetv3")},
     "lm": build_lm,
 }
+def cost_file_model(spec: str, n: int) -> dict:
+    """``PATH:NPZ`` (``--cost-file``): an ONNX file and an .npz of samples, one row per sample along the first
+    axis of each array (as ``edgeq quantize --calib`` takes it, e.g. images [32, 3, 320, 320] for input
+    [batch, 3, 320, 320]); each sample is fed with a batch axis of 1. The first ``n`` rows calibrate."""
+    path, _, npz = spec.rpartition(":")
+    if not path or not npz:
+        raise SystemExit(f"--cost-file {spec!r}: write MODEL.onnx:SAMPLES.npz")
+    z = np.load(npz, allow_pickle=False)
+    calib = {k: np.asarray(z[k])[:n, None] for k in z.files}
+    return {"name": Path(path).name, "path": Path(path), "calib": calib}
+
+
 def _task_model(kind: str) -> dict:
     from tools.bench_tasks import build
 
@@ -640,6 +669,7 @@ RECIPES = {
     "edgeq-entropy": lambda m, o, n: edgeq_static(m, o, n, "entropy"),
     "edgeq": lambda m, o, n: edgeq_static(m, o, n, "auto"),  # edgeq's default recipe
     "edgeq --max-drop 0.01": lambda m, o, n: edgeq_static(m, o, n, "auto", 0.01),
+    "edgeq-cli": lambda m, o, n: edgeq_cli(m, o, n),  # what `edgeq quantize --calib NPZ` runs: probe, optimize, auto
 }
 MEMORY_RECIPES = {**RECIPES, "ort-static-entropy": ort_static_entropy}
 
@@ -717,10 +747,13 @@ def main() -> None:
     ap.add_argument("--cost-recipes", default="ort-static,edgeq,edgeq-minmax")
     ap.add_argument("--cost-base", type=Path, default=None, help="another edgeq checkout (e.g. `git worktree add /tmp/main main`): "
                     "its edgeq recipe runs in the same rounds, as edgeq@base")
+    ap.add_argument("--cost-file", action="append", default=[], metavar="MODEL.onnx:SAMPLES.npz",
+                    help="an external model for the cost table (repeatable): the npz holds one row per sample, as for "
+                    "`edgeq quantize --calib`; e.g. --cost-file /tmp/320n.onnx:/tmp/calib.npz --cost-recipes ort-static,edgeq,edgeq-cli")
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
-    if args.cost:
-        print(cost_table([k for k in args.cost.split(",") if k], args.cost_samples, tuple(args.cost_recipes.split(",")), args.cost_repeat,
+    if args.cost or args.cost_file:
+        print(cost_table([k for k in args.cost.split(",") if k] + args.cost_file, args.cost_samples, tuple(args.cost_recipes.split(",")), args.cost_repeat,
                          args.cost_base))
         return
     rows = json.loads(args.results.read_text()) if args.results and args.results.exists() else []
