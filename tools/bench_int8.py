@@ -596,6 +596,96 @@ def cost(m: dict, recipe: str, n: int, root: Path = ROOT) -> tuple[float, float,
     return wall, (peak - base) / 1024.0, cpu
 
 
+STAGES = {  # (module, attribute, method of a class or None, label): timed in ``staged`` (wall and CPU, all threads)
+    "edgeq": [
+        ("edgeq.quantization.int8.static", "calibrate_reduced", None, "calibration pass (all of it)"),
+        ("edgeq.quantization.int8.calibrate", "TensorStats", "_bin", "  histogram binning"),
+        ("edgeq.quantization.int8.autocal", "choose", None, "auto (all of it)"),
+        ("edgeq.quantization.int8.autocal", "_session", None, "  auto: sessions opened"),
+        ("edgeq.quantization.int8.calibrate", "TensorStats", "range", "  auto: range searches"),
+        ("edgeq.quantization.int8.static", "write", None, "QDQ writes (auto's and the final one)"),
+        ("edgeq.quantization.int8.static", "layer_sqnr", None, "per-layer SQNR report"),
+        ("edgeq.core.isolate", "probe_model", None, "the model's probe in a child (CLI)"),
+        ("edgeq.core.optimization", "optimize", None, "optimize (CLI)"),
+        ("onnxruntime", "InferenceSession", "run", "every onnxruntime run"),
+    ],
+    "ort": [
+        ("onnxruntime.quantization.calibrate", "MinMaxCalibrater", "augment_graph", "augment graph"),
+        ("onnxruntime.quantization.calibrate", "MinMaxCalibrater", "create_inference_session", "calibration session"),
+        ("onnxruntime.quantization.calibrate", "MinMaxCalibrater", "collect_data", "calibration pass"),
+        ("onnxruntime.quantization.calibrate", "MinMaxCalibrater", "compute_data", "ranges"),
+        ("onnxruntime.quantization.qdq_quantizer", "QDQQuantizer", "quantize_model", "QDQ rewrite"),
+        ("onnxruntime", "InferenceSession", "run", "every onnxruntime run"),
+    ],
+}
+
+
+def staged(recipe: str, m: dict, out: Path, n: int) -> dict[str, list[float]]:
+    """Run ``recipe`` with timers around its stages (``STAGES``): label -> [calls, wall s, CPU s of all threads]."""
+    import importlib
+
+    times: dict[str, list[float]] = {}
+
+    def timed(f, label):
+        def g(*a, **k):
+            t, c = time.perf_counter(), time.process_time()
+            try:
+                return f(*a, **k)
+            finally:
+                e = times.setdefault(label, [0, 0.0, 0.0])
+                e[0] += 1
+                e[1] += time.perf_counter() - t
+                e[2] += time.process_time() - c
+        return g
+
+    for mod, attr, meth, label in STAGES["ort" if recipe.startswith("ort") else "edgeq"]:
+        obj = getattr(importlib.import_module(mod), attr)
+        if meth is None:
+            setattr(importlib.import_module(mod), attr, timed(obj, label))
+            for other in list(sys.modules.values()):  # names imported with ``from mod import attr`` too
+                if getattr(other, "__name__", "").startswith("edgeq.") and getattr(other, attr, None) is obj:
+                    setattr(other, attr, timed(obj, label))
+        else:
+            setattr(obj, meth, timed(getattr(obj, meth), label))
+    MEMORY_RECIPES[recipe](m, out, n)
+    return times
+
+
+def stage_table(key: str, m: dict, n: int, recipes: tuple[str, ...], repeat: int) -> str:
+    """Per-stage wall and CPU time of each recipe (``--cost-stages``), fresh processes round-robin, the median per stage."""
+    npz = WORK / f"mem_{Path(m['path']).stem}_{len(next(iter(m['calib'].values())))}.npz"
+    if not npz.exists():
+        np.savez(npz, **m["calib"])
+    flat = npz.with_name("flat_" + npz.name)
+    if "edgeq-cli" in recipes and not flat.exists():
+        np.savez(flat, **{k: np.concatenate(list(v[:n])) for k, v in m["calib"].items()})
+    runs: dict[str, list[tuple[float, float, dict]]] = {r: [] for r in recipes}
+    for _ in range(max(1, repeat)):
+        for r in recipes:
+            code = (
+                "import sys, json, numpy as np, pathlib, tempfile, time; sys.path.insert(0, %r); import tools.bench_int8 as b; "
+                "z = np.load(%r); m = {'path': pathlib.Path(%r), 'calib': {k: z[k] for k in z.files}, 'npz': %r}; "
+                "out = pathlib.Path(tempfile.mkdtemp()) / 'q.onnx'; t = time.perf_counter(); c = time.process_time(); "
+                "st = b.staged(%r, m, out, %d); print(json.dumps([time.perf_counter() - t, time.process_time() - c, st]))"
+            ) % (str(ROOT), str(npz), str(m["path"]), str(flat), r, n)
+            p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+            if p.returncode != 0:
+                print(f"[stages] {r} failed: {p.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+                continue
+            runs[r].append(tuple(json.loads(p.stdout.strip().splitlines()[-1])))
+    lines = [f"| {m['name']}: stage | calls | wall time | CPU time (all threads) |", "|---|---|---|---|"]
+    for r, got in runs.items():
+        if not got:
+            continue
+        med = lambda xs: float(np.median(xs))  # noqa: E731
+        lines.append(f"| **{r}** (whole quantization, median of {len(got)}) | | {med([g[0] for g in got]):.2f} s | {med([g[1] for g in got]):.2f} s |")
+        order = [st[3] for st in STAGES["ort" if r.startswith("ort") else "edgeq"]]
+        for label in sorted(dict.fromkeys(k for g in got for k in g[2]), key=order.index):
+            v = [g[2].get(label, [0, 0.0, 0.0]) for g in got]
+            lines.append(f"| {label} | {int(med([x[0] for x in v]))} | {med([x[1] for x in v]):.2f} s | {med([x[2] for x in v]):.2f} s |")
+    return "\n".join(lines)
+
+
 def cost_table(keys: list[str], n: int, recipes: tuple[str, ...] = ("ort-static", "edgeq", "edgeq-minmax"), repeat: int = 1,
                base: Path | None = None) -> str:
     """Quantization wall time and peak RSS growth, edgeq vs onnxruntime's quantize_static defaults.
@@ -750,8 +840,19 @@ def main() -> None:
     ap.add_argument("--cost-file", action="append", default=[], metavar="MODEL.onnx:SAMPLES.npz",
                     help="an external model for the cost table (repeatable): the npz holds one row per sample, as for "
                     "`edgeq quantize --calib`; e.g. --cost-file /tmp/320n.onnx:/tmp/calib.npz --cost-recipes ort-static,edgeq,edgeq-cli")
+    ap.add_argument("--cost-stages", action="store_true", help="with --cost/--cost-file: time per stage instead (calibration, "
+                    "binning, auto's sessions, range searches and writes, the per-layer report; onnxruntime's augment, "
+                    "calibration pass and QDQ rewrite), fresh processes round-robin, --cost-repeat times")
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
+    if args.cost_stages:
+        from tools.bench_cost_models import build
+
+        for key in [k for k in args.cost.split(",") if k] + args.cost_file:
+            m = cost_file_model(key, args.cost_samples) if ":" in key else MODELS[key]() if key in MODELS else build(
+                key, args.cost_samples + 8, WORK, _export_torch)
+            print(stage_table(key, m, args.cost_samples, tuple(args.cost_recipes.split(",")), args.cost_repeat) + "\n")
+        return
     if args.cost or args.cost_file:
         print(cost_table([k for k in args.cost.split(",") if k] + args.cost_file, args.cost_samples, tuple(args.cost_recipes.split(",")), args.cost_repeat,
                          args.cost_base))
