@@ -451,7 +451,7 @@ def edgeq_static(m: dict, out: Path, n: int, calibration: str = "minmax", max_dr
     return f"QDQ, {how}, per-channel, U8S8"
 
 
-def edgeq_cli(m: dict, out: Path, n: int, calibration: str | None = None) -> str:
+def edgeq_cli(m: dict, out: Path, n: int) -> str:
     """``edgeq quantize MODEL -o OUT --calib NPZ --target cpu-x86_64`` in this process (the trip the CLI calls:
     the model's probe in a child, optimize, quantize with the default ``--calibration auto``, the stamped write);
     the samples are read from ``m["npz"]`` (one row per sample), as the command reads them."""
@@ -459,7 +459,7 @@ def edgeq_cli(m: dict, out: Path, n: int, calibration: str | None = None) -> str
     from edgeq.pipeline.quantize_trip import QuantizeConfig, quantize_model
 
     got = quantize_model(QuantizeConfig(model=Path(m["path"]), out=out, target="cpu-x86_64",
-                                        quant=QuantOptions(calib=Path(m["npz"]), calib_samples=n, calibration=calibration)))
+                                        quant=QuantOptions(calib=Path(m["npz"]), calib_samples=n)))
     return f"edgeq quantize: {got.recipe.get('mode')}"
 
 
@@ -565,16 +565,48 @@ def peak_rss_mb(m: dict, recipe: str, n: int) -> float | None:
     return None if got is None else got[1]
 
 
+def _cost_npz(m: dict, n: int, cli: bool) -> tuple[Path, Path]:
+    """The samples as the cost subprocesses load them (written once): the bench's stacked arrays, and with
+    ``cli`` the first ``n`` samples one row each, as `edgeq quantize --calib` reads them."""
+    tag = m.get("cache_tag", Path(m["path"]).stem)
+    npz = WORK / f"mem_{tag}_{len(next(iter(m['calib'].values())))}.npz"
+    if not npz.exists():
+        np.savez(npz, **m["calib"])
+    flat = npz.with_name("flat_" + npz.name)
+    if cli and not flat.exists():
+        np.savez(flat, **{k: np.concatenate(list(v[:n])) for k, v in m["calib"].items()})
+    return npz, flat
+
+
+def cost_model(key: str, n: int) -> dict:
+    """A cost-table model: ``MODEL.onnx:SAMPLES.npz`` (``--cost-file``), a ``MODELS`` key, or a
+    ``tools/bench_cost_models.py`` key (with 8 samples beyond the ``n`` calibration ones, held out for auto's scoring)."""
+    if ":" in key:
+        return cost_file_model(key, n)
+    if key in MODELS:
+        return MODELS[key]()
+    from tools.bench_cost_models import build
+
+    return build(key, n + 8, WORK, _export_torch)
+
+
+def cost_file_model(spec: str, n: int) -> dict:
+    """``MODEL.onnx:SAMPLES.npz`` (``--cost-file``): an ONNX file and an .npz of samples, one row per sample along the
+    first axis of each array (as ``edgeq quantize --calib`` takes it, e.g. images [32, 3, 320, 320] for input
+    [batch, 3, 320, 320]); each sample is fed with a batch axis of 1. The first ``n`` rows calibrate."""
+    path, _, npz = spec.rpartition(":")
+    if not path or not npz:
+        raise SystemExit(f"--cost-file {spec!r}: write MODEL.onnx:SAMPLES.npz")
+    z = np.load(npz, allow_pickle=False)
+    calib = {k: np.asarray(z[k])[:n, None] for k in z.files}
+    return {"name": Path(path).name, "path": Path(path), "calib": calib, "cache_tag": f"{Path(path).stem}-{Path(npz).stem}"}
+
+
 def cost(m: dict, recipe: str, n: int, root: Path = ROOT) -> tuple[float, float, float] | None:
     """(wall seconds, peak RSS growth MB, CPU seconds of every thread) of quantizing with ``n`` samples in a
     fresh subprocess. CPU time varies less than wall time on a shared host; both are reported.
     ``root``: the edgeq checkout whose recipe runs (``--cost-base``: e.g. main, in the same rounds)."""
-    npz = WORK / f"mem_{Path(m['path']).stem}_{len(next(iter(m['calib'].values())))}.npz"
-    if not npz.exists():
-        np.savez(npz, **m["calib"])
-    flat = npz.with_name("flat_" + npz.name)  # one row per sample, as `edgeq quantize --calib` reads it
-    if recipe == "edgeq-cli" and not flat.exists():
-        np.savez(flat, **{k: np.concatenate(list(v[:n])) for k, v in m["calib"].items()})
+    npz, flat = _cost_npz(m, n, recipe == "edgeq-cli")
     code = (
         "import sys, json, numpy as np, pathlib, tempfile; sys.path.insert(0, %r); "
         "import tools.bench_int8 as b; "
@@ -651,14 +683,9 @@ def staged(recipe: str, m: dict, out: Path, n: int) -> dict[str, list[float]]:
     return times
 
 
-def stage_table(key: str, m: dict, n: int, recipes: tuple[str, ...], repeat: int) -> str:
+def stage_table(m: dict, n: int, recipes: tuple[str, ...], repeat: int) -> str:
     """Per-stage wall and CPU time of each recipe (``--cost-stages``), fresh processes round-robin, the median per stage."""
-    npz = WORK / f"mem_{Path(m['path']).stem}_{len(next(iter(m['calib'].values())))}.npz"
-    if not npz.exists():
-        np.savez(npz, **m["calib"])
-    flat = npz.with_name("flat_" + npz.name)
-    if "edgeq-cli" in recipes and not flat.exists():
-        np.savez(flat, **{k: np.concatenate(list(v[:n])) for k, v in m["calib"].items()})
+    npz, flat = _cost_npz(m, n, "edgeq-cli" in recipes)
     runs: dict[str, list[tuple[float, float, dict]]] = {r: [] for r in recipes}
     for _ in range(max(1, repeat)):
         for r in recipes:
@@ -696,14 +723,7 @@ def cost_table(keys: list[str], n: int, recipes: tuple[str, ...] = ("ort-static"
     lines = ["| model | recipe | quantization wall time | peak RSS growth | vs onnxruntime (time, RSS) | CPU time (vs onnxruntime) |",
              "|---|---|---|---|---|---|"]
     for key in keys:
-        if ":" in key:  # --cost-file MODEL.onnx:SAMPLES.npz
-            m = cost_file_model(key, n)
-        elif key in MODELS:
-            m = MODELS[key]()
-        else:  # tools/bench_cost_models.py: the conv nets of issue 14 at a given input size; 8 samples beyond
-            from tools.bench_cost_models import build  # the n calibration samples, held out for auto's scoring
-
-            m = build(key, n + 8, WORK, _export_torch)
+        m = cost_model(key, n)
         runs: dict[str, list[tuple[float, float, float]]] = {r: [] for r in recipes + (("edgeq@base",) if base is not None else ())}
         for _ in range(max(1, repeat)):
             for r in recipes + (("edgeq@base",) if base is not None else ()):
@@ -733,16 +753,6 @@ MODELS = {
     **{k: (lambda k=k: _task_model(k)) for k in ("yolo", "probmap", "ctc", "mobilenetv3")},
     "lm": build_lm,
 }
-def cost_file_model(spec: str, n: int) -> dict:
-    """``PATH:NPZ`` (``--cost-file``): an ONNX file and an .npz of samples, one row per sample along the first
-    axis of each array (as ``edgeq quantize --calib`` takes it, e.g. images [32, 3, 320, 320] for input
-    [batch, 3, 320, 320]); each sample is fed with a batch axis of 1. The first ``n`` rows calibrate."""
-    path, _, npz = spec.rpartition(":")
-    if not path or not npz:
-        raise SystemExit(f"--cost-file {spec!r}: write MODEL.onnx:SAMPLES.npz")
-    z = np.load(npz, allow_pickle=False)
-    calib = {k: np.asarray(z[k])[:n, None] for k in z.files}
-    return {"name": Path(path).name, "path": Path(path), "calib": calib}
 
 
 def _task_model(kind: str) -> dict:
@@ -846,12 +856,9 @@ def main() -> None:
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     if args.cost_stages:
-        from tools.bench_cost_models import build
-
         for key in [k for k in args.cost.split(",") if k] + args.cost_file:
-            m = cost_file_model(key, args.cost_samples) if ":" in key else MODELS[key]() if key in MODELS else build(
-                key, args.cost_samples + 8, WORK, _export_torch)
-            print(stage_table(key, m, args.cost_samples, tuple(args.cost_recipes.split(",")), args.cost_repeat) + "\n")
+            m = cost_model(key, args.cost_samples)
+            print(stage_table(m, args.cost_samples, tuple(args.cost_recipes.split(",")), args.cost_repeat) + "\n")
         return
     if args.cost or args.cost_file:
         print(cost_table([k for k in args.cost.split(",") if k] + args.cost_file, args.cost_samples, tuple(args.cost_recipes.split(",")), args.cost_repeat,
