@@ -451,6 +451,18 @@ def edgeq_static(m: dict, out: Path, n: int, calibration: str = "minmax", max_dr
     return f"QDQ, {how}, per-channel, U8S8"
 
 
+def edgeq_cli(m: dict, out: Path, n: int) -> str:
+    """``edgeq quantize MODEL -o OUT --calib NPZ --target cpu-x86_64`` in this process (the trip the CLI calls:
+    the model's probe in a child, optimize, quantize with the default ``--calibration auto``, the stamped write);
+    the samples are read from ``m["npz"]`` (one row per sample), as the command reads them."""
+    from edgeq.pipeline.common import QuantOptions
+    from edgeq.pipeline.quantize_trip import QuantizeConfig, quantize_model
+
+    got = quantize_model(QuantizeConfig(model=Path(m["path"]), out=out, target="cpu-x86_64",
+                                        quant=QuantOptions(calib=Path(m["npz"]), calib_samples=n)))
+    return f"edgeq quantize: {got.recipe.get('mode')}"
+
+
 # -- measurements -----------------------------------------------------------------------------------
 
 
@@ -553,22 +565,57 @@ def peak_rss_mb(m: dict, recipe: str, n: int) -> float | None:
     return None if got is None else got[1]
 
 
+def _cost_npz(m: dict, n: int, cli: bool) -> tuple[Path, Path]:
+    """The samples as the cost subprocesses load them (written once): the bench's stacked arrays, and with
+    ``cli`` the first ``n`` samples one row each, as `edgeq quantize --calib` reads them."""
+    tag = m.get("cache_tag", Path(m["path"]).stem)
+    npz = WORK / f"mem_{tag}_{len(next(iter(m['calib'].values())))}.npz"
+    if not npz.exists():
+        np.savez(npz, **m["calib"])
+    flat = npz.with_name("flat_" + npz.name)
+    if cli and not flat.exists():
+        np.savez(flat, **{k: np.concatenate(list(v[:n])) for k, v in m["calib"].items()})
+    return npz, flat
+
+
+def cost_model(key: str, n: int) -> dict:
+    """A cost-table model: ``MODEL.onnx:SAMPLES.npz`` (``--cost-file``), a ``MODELS`` key, or a
+    ``tools/bench_cost_models.py`` key (with 8 samples beyond the ``n`` calibration ones, held out for auto's scoring)."""
+    if ":" in key:
+        return cost_file_model(key, n)
+    if key in MODELS:
+        return MODELS[key]()
+    from tools.bench_cost_models import build
+
+    return build(key, n + 8, WORK, _export_torch)
+
+
+def cost_file_model(spec: str, n: int) -> dict:
+    """``MODEL.onnx:SAMPLES.npz`` (``--cost-file``): an ONNX file and an .npz of samples, one row per sample along the
+    first axis of each array (as ``edgeq quantize --calib`` takes it, e.g. images [32, 3, 320, 320] for input
+    [batch, 3, 320, 320]); each sample is fed with a batch axis of 1. The first ``n`` rows calibrate."""
+    path, _, npz = spec.rpartition(":")
+    if not path or not npz:
+        raise SystemExit(f"--cost-file {spec!r}: write MODEL.onnx:SAMPLES.npz")
+    z = np.load(npz, allow_pickle=False)
+    calib = {k: np.asarray(z[k])[:n, None] for k in z.files}
+    return {"name": Path(path).name, "path": Path(path), "calib": calib, "cache_tag": f"{Path(path).stem}-{Path(npz).stem}"}
+
+
 def cost(m: dict, recipe: str, n: int, root: Path = ROOT) -> tuple[float, float, float] | None:
     """(wall seconds, peak RSS growth MB, CPU seconds of every thread) of quantizing with ``n`` samples in a
     fresh subprocess. CPU time varies less than wall time on a shared host; both are reported.
     ``root``: the edgeq checkout whose recipe runs (``--cost-base``: e.g. main, in the same rounds)."""
-    npz = WORK / f"mem_{Path(m['path']).stem}_{len(next(iter(m['calib'].values())))}.npz"
-    if not npz.exists():
-        np.savez(npz, **m["calib"])
+    npz, flat = _cost_npz(m, n, recipe == "edgeq-cli")
     code = (
         "import sys, json, numpy as np, pathlib, tempfile; sys.path.insert(0, %r); "
         "import tools.bench_int8 as b; "
         "z = np.load(%r); calib = {k: z[k] for k in z.files}; "
-        "m = {'path': pathlib.Path(%r), 'calib': calib}; base = b._rss_now_kb(); "
+        "m = {'path': pathlib.Path(%r), 'calib': calib, 'npz': %r}; base = b._rss_now_kb(); "
         "out = pathlib.Path(tempfile.mkdtemp()) / 'q.onnx'; import time; t = time.perf_counter(); c = time.process_time(); "
         "b.MEMORY_RECIPES[%r](m, out, %d); t = time.perf_counter() - t; c = time.process_time() - c; "
         "print(json.dumps([base, b._status_kb('VmHWM'), t, c]))"
-    ) % (str(root), str(npz), str(m["path"]), recipe, n)
+    ) % (str(root), str(npz), str(m["path"]), str(flat), recipe, n)
     try:
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired:
@@ -581,6 +628,91 @@ def cost(m: dict, recipe: str, n: int, root: Path = ROOT) -> tuple[float, float,
     return wall, (peak - base) / 1024.0, cpu
 
 
+STAGES = {  # (module, attribute, method of a class or None, label): timed in ``staged`` (wall and CPU, all threads)
+    "edgeq": [
+        ("edgeq.quantization.int8.static", "calibrate_reduced", None, "calibration pass (all of it)"),
+        ("edgeq.quantization.int8.calibrate", "TensorStats", "_bin", "  histogram binning"),
+        ("edgeq.quantization.int8.autocal", "choose", None, "auto (all of it)"),
+        ("edgeq.quantization.int8.autocal", "_session", None, "  auto: sessions opened"),
+        ("edgeq.quantization.int8.calibrate", "TensorStats", "range", "  auto: range searches"),
+        ("edgeq.quantization.int8.static", "write", None, "QDQ writes (auto's and the final one)"),
+        ("edgeq.quantization.int8.static", "layer_sqnr", None, "per-layer SQNR report"),
+        ("edgeq.core.isolate", "probe_model", None, "the model's probe in a child (CLI)"),
+        ("edgeq.core.optimization", "optimize", None, "optimize (CLI)"),
+        ("onnxruntime", "InferenceSession", "run", "every onnxruntime run"),
+    ],
+    "ort": [
+        ("onnxruntime.quantization.calibrate", "MinMaxCalibrater", "augment_graph", "augment graph"),
+        ("onnxruntime.quantization.calibrate", "MinMaxCalibrater", "create_inference_session", "calibration session"),
+        ("onnxruntime.quantization.calibrate", "MinMaxCalibrater", "collect_data", "calibration pass"),
+        ("onnxruntime.quantization.calibrate", "MinMaxCalibrater", "compute_data", "ranges"),
+        ("onnxruntime.quantization.qdq_quantizer", "QDQQuantizer", "quantize_model", "QDQ rewrite"),
+        ("onnxruntime", "InferenceSession", "run", "every onnxruntime run"),
+    ],
+}
+
+
+def staged(recipe: str, m: dict, out: Path, n: int) -> dict[str, list[float]]:
+    """Run ``recipe`` with timers around its stages (``STAGES``): label -> [calls, wall s, CPU s of all threads]."""
+    import importlib
+
+    times: dict[str, list[float]] = {}
+
+    def timed(f, label):
+        def g(*a, **k):
+            t, c = time.perf_counter(), time.process_time()
+            try:
+                return f(*a, **k)
+            finally:
+                e = times.setdefault(label, [0, 0.0, 0.0])
+                e[0] += 1
+                e[1] += time.perf_counter() - t
+                e[2] += time.process_time() - c
+        return g
+
+    for mod, attr, meth, label in STAGES["ort" if recipe.startswith("ort") else "edgeq"]:
+        obj = getattr(importlib.import_module(mod), attr)
+        if meth is None:
+            setattr(importlib.import_module(mod), attr, timed(obj, label))
+            for other in list(sys.modules.values()):  # names imported with ``from mod import attr`` too
+                if getattr(other, "__name__", "").startswith("edgeq.") and getattr(other, attr, None) is obj:
+                    setattr(other, attr, timed(obj, label))
+        else:
+            setattr(obj, meth, timed(getattr(obj, meth), label))
+    MEMORY_RECIPES[recipe](m, out, n)
+    return times
+
+
+def stage_table(m: dict, n: int, recipes: tuple[str, ...], repeat: int) -> str:
+    """Per-stage wall and CPU time of each recipe (``--cost-stages``), fresh processes round-robin, the median per stage."""
+    npz, flat = _cost_npz(m, n, "edgeq-cli" in recipes)
+    runs: dict[str, list[tuple[float, float, dict]]] = {r: [] for r in recipes}
+    for _ in range(max(1, repeat)):
+        for r in recipes:
+            code = (
+                "import sys, json, numpy as np, pathlib, tempfile, time; sys.path.insert(0, %r); import tools.bench_int8 as b; "
+                "z = np.load(%r); m = {'path': pathlib.Path(%r), 'calib': {k: z[k] for k in z.files}, 'npz': %r}; "
+                "out = pathlib.Path(tempfile.mkdtemp()) / 'q.onnx'; t = time.perf_counter(); c = time.process_time(); "
+                "st = b.staged(%r, m, out, %d); print(json.dumps([time.perf_counter() - t, time.process_time() - c, st]))"
+            ) % (str(ROOT), str(npz), str(m["path"]), str(flat), r, n)
+            p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+            if p.returncode != 0:
+                print(f"[stages] {r} failed: {p.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+                continue
+            runs[r].append(tuple(json.loads(p.stdout.strip().splitlines()[-1])))
+    lines = [f"| {m['name']}: stage | calls | wall time | CPU time (all threads) |", "|---|---|---|---|"]
+    for r, got in runs.items():
+        if not got:
+            continue
+        med = lambda xs: float(np.median(xs))  # noqa: E731
+        lines.append(f"| **{r}** (whole quantization, median of {len(got)}) | | {med([g[0] for g in got]):.2f} s | {med([g[1] for g in got]):.2f} s |")
+        order = [st[3] for st in STAGES["ort" if r.startswith("ort") else "edgeq"]]
+        for label in sorted(dict.fromkeys(k for g in got for k in g[2]), key=order.index):
+            v = [g[2].get(label, [0, 0.0, 0.0]) for g in got]
+            lines.append(f"| {label} | {int(med([x[0] for x in v]))} | {med([x[1] for x in v]):.2f} s | {med([x[2] for x in v]):.2f} s |")
+    return "\n".join(lines)
+
+
 def cost_table(keys: list[str], n: int, recipes: tuple[str, ...] = ("ort-static", "edgeq", "edgeq-minmax"), repeat: int = 1,
                base: Path | None = None) -> str:
     """Quantization wall time and peak RSS growth, edgeq vs onnxruntime's quantize_static defaults.
@@ -591,12 +723,7 @@ def cost_table(keys: list[str], n: int, recipes: tuple[str, ...] = ("ort-static"
     lines = ["| model | recipe | quantization wall time | peak RSS growth | vs onnxruntime (time, RSS) | CPU time (vs onnxruntime) |",
              "|---|---|---|---|---|---|"]
     for key in keys:
-        if key in MODELS:
-            m = MODELS[key]()
-        else:  # tools/bench_cost_models.py: the conv nets of issue 14 at a given input size; 8 samples beyond
-            from tools.bench_cost_models import build  # the n calibration samples, held out for auto's scoring
-
-            m = build(key, n + 8, WORK, _export_torch)
+        m = cost_model(key, n)
         runs: dict[str, list[tuple[float, float, float]]] = {r: [] for r in recipes + (("edgeq@base",) if base is not None else ())}
         for _ in range(max(1, repeat)):
             for r in recipes + (("edgeq@base",) if base is not None else ()):
@@ -626,6 +753,8 @@ MODELS = {
     **{k: (lambda k=k: _task_model(k)) for k in ("yolo", "probmap", "ctc", "mobilenetv3")},
     "lm": build_lm,
 }
+
+
 def _task_model(kind: str) -> dict:
     from tools.bench_tasks import build
 
@@ -640,6 +769,7 @@ RECIPES = {
     "edgeq-entropy": lambda m, o, n: edgeq_static(m, o, n, "entropy"),
     "edgeq": lambda m, o, n: edgeq_static(m, o, n, "auto"),  # edgeq's default recipe
     "edgeq --max-drop 0.01": lambda m, o, n: edgeq_static(m, o, n, "auto", 0.01),
+    "edgeq-cli": lambda m, o, n: edgeq_cli(m, o, n),  # what `edgeq quantize --calib NPZ` runs: probe, optimize, auto
 }
 MEMORY_RECIPES = {**RECIPES, "ort-static-entropy": ort_static_entropy}
 
@@ -717,10 +847,21 @@ def main() -> None:
     ap.add_argument("--cost-recipes", default="ort-static,edgeq,edgeq-minmax")
     ap.add_argument("--cost-base", type=Path, default=None, help="another edgeq checkout (e.g. `git worktree add /tmp/main main`): "
                     "its edgeq recipe runs in the same rounds, as edgeq@base")
+    ap.add_argument("--cost-file", action="append", default=[], metavar="MODEL.onnx:SAMPLES.npz",
+                    help="an external model for the cost table (repeatable): the npz holds one row per sample, as for "
+                    "`edgeq quantize --calib`; e.g. --cost-file /tmp/320n.onnx:/tmp/calib.npz --cost-recipes ort-static,edgeq,edgeq-cli")
+    ap.add_argument("--cost-stages", action="store_true", help="with --cost/--cost-file: time per stage instead (calibration, "
+                    "binning, auto's sessions, range searches and writes, the per-layer report; onnxruntime's augment, "
+                    "calibration pass and QDQ rewrite), fresh processes round-robin, --cost-repeat times")
     args = ap.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
-    if args.cost:
-        print(cost_table([k for k in args.cost.split(",") if k], args.cost_samples, tuple(args.cost_recipes.split(",")), args.cost_repeat,
+    if args.cost_stages:
+        for key in [k for k in args.cost.split(",") if k] + args.cost_file:
+            m = cost_model(key, args.cost_samples)
+            print(stage_table(m, args.cost_samples, tuple(args.cost_recipes.split(",")), args.cost_repeat) + "\n")
+        return
+    if args.cost or args.cost_file:
+        print(cost_table([k for k in args.cost.split(",") if k] + args.cost_file, args.cost_samples, tuple(args.cost_recipes.split(",")), args.cost_repeat,
                          args.cost_base))
         return
     rows = json.loads(args.results.read_text()) if args.results and args.results.exists() else []
