@@ -42,7 +42,21 @@ def np_dtype(elem_type: int) -> str:
         return onnx.TensorProto.DataType.Name(elem_type).lower()
 
 
+def _type_name(tp: Any) -> str:
+    """A non-tensor type as ONNX writes it (a ZipMap's ``seq(map(int64,float32))``), for tables and manifests."""
+    kind = tp.WhichOneof("value")
+    if kind == "tensor_type":
+        return np_dtype(tp.tensor_type.elem_type).replace("object", "string")
+    if kind == "sequence_type":
+        return f"seq({_type_name(tp.sequence_type.elem_type)})"
+    if kind == "map_type":
+        return f"map({np_dtype(tp.map_type.key_type).replace('object', 'string')},{_type_name(tp.map_type.value_type)})"
+    return kind or "undefined"
+
+
 def _value_info_spec(vi: Any) -> TensorSpec:
+    if vi.type.WhichOneof("value") in ("sequence_type", "map_type"):  # classic ML (ai.onnx.ml ZipMap): no tensor shape
+        return TensorSpec(name=vi.name, dtype=_type_name(vi.type)[:32], shape=())
     t = vi.type.tensor_type
     dims: list[int | str | None] = []
     if t.HasField("shape"):

@@ -100,8 +100,11 @@ def fit_empty(session: Any, feed: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(session: Any, feed: dict[str, Any]) -> list[Any]:
+    from .values import as_array
+
     try:
-        return session.run(None, fit_empty(session, feed))
+        outs = session.run(None, fit_empty(session, feed))
     except Exception as e:  # noqa: BLE001
         first = first_line(e)
         raise ModelError(f"onnxruntime failed to run the model: {first[:300]}", "check the input shapes and dtypes") from None
+    return [as_array(o) for o in outs]  # a ZipMap's maps and string labels as arrays (edgeq/core/values.py)

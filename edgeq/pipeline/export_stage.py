@@ -166,6 +166,10 @@ def run_export(
             raise QuantizationError(*miss)
     if spec.needs_calibration and calib is None and "calibration" not in windows:
         from ..checks.hints import modes_without_calibration
+        from ..quantization.int8.quantizer import static_finds_nothing
+
+        if spec.mode == "int8-static" and opts.lm_folder is None and (nothing := static_finds_nothing(source.path, spec)):
+            raise CalibrationError(*nothing)  # classic ML (ai.onnx.ml trees, SVMs): data would calibrate nothing
 
         raise CalibrationError(
             f"{spec.mode} needs calibration data and none was given",

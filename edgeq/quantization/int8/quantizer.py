@@ -94,9 +94,11 @@ class QuantResult:
 
     @property
     def all_float(self) -> bool:
-        """An INT8 mode that quantized none of the model's weight nodes (a --max-drop search that kept every one float)."""
+        """An INT8 mode that quantized none of the model's weight nodes (a --max-drop search that kept every one float), or
+        wrote no quantized op at all into a model without any (a tree ensemble: nothing to quantize)."""
         cov = self.coverage
-        return self.spec.mode in ("int8-static", "int8-dynamic") and cov is not None and cov.nodes_total > 0 and cov.nodes_quantized == 0
+        return self.spec.mode in ("int8-static", "int8-dynamic") and cov is not None and (
+            (cov.nodes_total > 0 and cov.nodes_quantized == 0) or bool(self.details.get("nothing_quantized")))
 
 
 def _ort_version() -> str:
@@ -217,6 +219,28 @@ def static_misses(path: Path, dynamic_ok: bool) -> tuple[str, str] | None:
     return static_misses_recurrent(coverage(model, model, WEIGHT_OPS + RECURRENT_OPS).total, WEIGHT_OPS, dynamic_ok)
 
 
+def static_finds_nothing(path: Path, spec: QuantSpec) -> tuple[str, str] | None:
+    """Before asking for calibration data: (message, hint) when int8-static would write no quantized op into the model
+    (no Conv/Gemm/MatMul/LSTM/GRU/RNN, no quantized op already, no target activation op: a tree ensemble, a
+    scaler, an SVM from ai.onnx.ml), else None. Calibration data would calibrate nothing; the model ships fp32."""
+    from ...core.onnxutil import QUANT_OPS
+
+    model = load_model(path, load_weights=False)
+    ops = {n.op_type for n in iter_nodes(model.graph)}
+    if ops & set(WEIGHT_OPS + RECURRENT_OPS) or ops & set(QUANT_OPS) or ops & set(spec.activation_ops):
+        return None
+    ml = sorted(op for op in ops if op in _ML_OPS)
+    return (f"{spec.mode} has nothing to quantize in this model: no Conv/Gemm/MatMul nodes"
+            + (f" ({', '.join(ml)} from ai.onnx.ml run in float)" if ml else ""),
+            "use --quant none: the model ships fp32 (pass --eval DATA.npz to check the bundle on your data)")
+
+
+_ML_OPS = frozenset({"TreeEnsembleClassifier", "TreeEnsembleRegressor", "TreeEnsemble", "LinearClassifier", "LinearRegressor",
+                     "SVMClassifier", "SVMRegressor", "Scaler", "Normalizer", "ZipMap", "LabelEncoder", "Imputer",
+                     "OneHotEncoder", "ArrayFeatureExtractor", "Binarizer", "CategoryMapper", "DictVectorizer",
+                     "FeatureVectorizer"})
+
+
 def check_scales(model: Any) -> None:
     """A quantized model with a zero, negative or non-finite scale is never written."""
     from onnx import numpy_helper
@@ -316,7 +340,7 @@ def quantize(
         else:
             op_types = op_types or list(DYNAMIC_DEFAULT_OPS)
             notes += _dynamic(q, pre, out_path, spec, op_types, big, subgraphs=has_subgraphs(head))
-            if "Conv" not in op_types:
+            if "Conv" not in op_types and any(n.op_type == "Conv" for n in iter_nodes(head.graph)):  # only where there are some
                 notes.append("convolutions kept in float (dynamic ConvInteger is slower than fp32 on CPUs)")
     except (CalibrationError, QuantizationError):
         raise
@@ -358,7 +382,13 @@ def quantize(
             "this mode does not apply to this model: try --quant int8-static" if spec.mode == "int8-dynamic" else "report the model to edgeq",
         )
     if cov.nodes_total == 0:
-        notes.append(_no_weight_nodes(fp32, "only activations were quantized"))
+        from ...core.onnxutil import QUANT_OPS
+
+        if any(n.op_type in QUANT_OPS for n in iter_nodes(qmodel.graph)):
+            notes.append(_no_weight_nodes(fp32, "only activations were quantized"))
+        else:  # e.g. trees (ai.onnx.ml): nothing written, the model is fp32 and labelled so
+            notes.append(_no_weight_nodes(fp32, "nothing to quantize"))
+            details["nothing_quantized"] = True
     step = f"quantize({spec.mode}, {spec.format}, a={spec.activation_type}, w={spec.weight_type}, per_channel={spec.per_channel})"
     return QuantResult(artifact_from(out_path, artifact.provenance + (step,)), spec, cov, tuple(notes), details)
 
@@ -548,6 +578,10 @@ def _edgeq_static_in(
         )
     if cov.nodes_total == 0:
         notes.append(_no_weight_nodes(prep.model, "nothing to quantize"))
+        from ...core.onnxutil import QUANT_OPS
+
+        if not any(n.op_type in QUANT_OPS for n in iter_nodes(qmodel.graph)):  # e.g. trees (ai.onnx.ml): the model is fp32
+            details["nothing_quantized"] = True
     if max_drop is not None and cov.nodes_total and cov.nodes_quantized == 0 and "search" in details:
         met = False  # "met" only with every weight node float: no quantized model is within the budget
         details["search"].update(met=False, all_float=True)

@@ -268,7 +268,8 @@ def decide(
     out = Path(qres.artifact.path)
     work = Path(work)
     q_ort = shipped_ort(out, target, work / "ship-int8")
-    first = measure_shipped(app, fp32.path, work / "ship-int8" / "model.onnx", q_ort, feed, opts, "int8")
+    first = measure_shipped(app, fp32.path, work / "ship-int8" / "model.onnx", q_ort, feed, opts,
+                            "fp32" if getattr(qres, "all_float", False) else "int8")  # nothing quantized: named for what it is
     if getattr(app, "foreign", False):  # another CPU family's timings: recorded, never the reason to drop quantization
         return _kept_on_foreign_arch(qres, first, app, opts)
     if not_slower(first.shipped_ms, first.fp32_ms, opts):
