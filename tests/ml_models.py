@@ -48,3 +48,16 @@ def tree_classifier(path: Path, *, threshold: float = 0.0, strings: bool = False
 
 def features(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(n, FEATURES)).astype(np.float32)
+
+
+def string_encoder(path: Path) -> Path:
+    """colour [N, 1] (strings) -> code [N, 1] (int64): an ai.onnx.ml LabelEncoder, as a categorical feature's first step."""
+    node = helper.make_node("LabelEncoder", ["colour"], ["code"], domain="ai.onnx.ml", keys_strings=["red", "green", "blue"],
+                            values_int64s=[0, 1, 2], default_int64=-1)
+    g = helper.make_graph([node], "enc", [helper.make_tensor_value_info("colour", TensorProto.STRING, ["N", 1])],
+                          [helper.make_tensor_value_info("code", TensorProto.INT64, ["N", 1])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 2)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return path

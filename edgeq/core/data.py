@@ -536,10 +536,13 @@ def _check_layout(shape: tuple[int, ...], dtype: str, spec: TensorSpec, what: st
     expects and the batch axis read."""
     rank = len(spec.shape)
     expected = f"{spec.dtype}{spec.shape_str()}"
-    if dtype != spec.dtype:
+    text = spec.dtype == "object" and dtype.startswith("str")  # a string input (classic ML encoders): a unicode array, no pickle
+    if dtype != spec.dtype and not text:
         raise CalibrationError(
-            f"{what} input '{spec.name}' has dtype {dtype}, the model expects {spec.dtype}",
-            f"convert it, e.g. array.astype('{spec.dtype}')",
+            f"{what} input '{spec.name}' has dtype {dtype}, the model expects "
+            + ("strings" if spec.dtype == "object" else spec.dtype),
+            "save the strings as a unicode array: numpy.savez(..., NAME=array.astype(str))" if spec.dtype == "object"
+            else f"convert it, e.g. array.astype('{spec.dtype}')",
         )
     b = batch.axis
     if one_call and len(shape) == rank:

@@ -303,7 +303,7 @@ def measure(spec: dict) -> dict:
     for i in sorted(feeds):
         o = first_out if i == 0 else sess.run(None, feeds[i])
         for k, arr in enumerate(o):
-            outs[f"{i}:{k}"] = np.asarray(arr)
+            outs[f"{i}:{k}"] = _dense(arr)
     if spec.get("outputs_npz"):
         np.savez(spec["outputs_npz"], **outs)
     del sess
@@ -321,6 +321,18 @@ def measure(spec: dict) -> dict:
     return result
 
 
+def _dense(out):
+    """An output as a plain array np.savez writes without pickle (the rule of edgeq/core/values.py; this file runs alone):
+    a ZipMap's list of {class: probability} maps -> float32 [N, C] in sorted key order, a string tensor -> unicode."""
+    import numpy as np
+
+    if isinstance(out, list) and out and all(isinstance(m, dict) for m in out):
+        keys = sorted(out[0], key=lambda k: (isinstance(k, str), k))
+        return np.array([[float(m.get(k, np.nan)) for k in keys] for m in out], dtype=np.float32).reshape(len(out), len(keys))
+    out = np.asarray(out)
+    return out.astype(str) if out.dtype == object and all(isinstance(v, str) for v in out.ravel()) else out
+
+
 def main(argv: list) -> int:
     with open(argv[1], encoding="utf-8") as f:
         spec = json.load(f)
@@ -336,3 +348,4 @@ def main(argv: list) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv))
+

@@ -84,3 +84,24 @@ def test_the_runner_compares_string_golden_outputs(tmp_path):
     assert runner.run_golden(str(tmp_path), manifest, model="onnx")["passed"]
     np.save(tmp_path / "o0.npy", np.array(["dog"] * 4), allow_pickle=False)
     assert not runner.run_golden(str(tmp_path), manifest, model="onnx")["passed"]
+
+
+def test_string_inputs_are_read_from_unicode_arrays(tmp_path):
+    """A string input (a categorical encoder) was told to convert its data to dtype object, which an .npz cannot hold
+    without pickle (refused): a unicode array is what numpy.savez writes, and it runs."""
+    import pytest
+
+    from edgeq.core.data import load_samples
+    from edgeq.errors import CalibrationError
+    from tests.ml_models import string_encoder
+
+    m = string_encoder(tmp_path / "enc.onnx")
+    io = io_spec(onnx.load(str(m)))
+    np.savez(tmp_path / "ok.npz", colour=np.array([["red"], ["blue"], ["green"], ["red"]]))
+    data = load_samples(tmp_path / "ok.npz", io, what="evaluation")
+    r = verify(m, m, data, TOL, output_names=("code",))
+    assert r.passed and r.tasks[0]["kind"] == "index" and r.samples == 4
+    np.savez(tmp_path / "bad.npz", colour=np.zeros((4, 1), np.float32))
+    with pytest.raises(CalibrationError) as e:
+        load_samples(tmp_path / "bad.npz", io, what="evaluation")
+    assert "expects strings" in str(e.value) and "astype(str)" in e.value.hint

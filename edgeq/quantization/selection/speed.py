@@ -270,6 +270,8 @@ def decide(
     q_ort = shipped_ort(out, target, work / "ship-int8")
     first = measure_shipped(app, fp32.path, work / "ship-int8" / "model.onnx", q_ort, feed, opts,
                             "fp32" if getattr(qres, "all_float", False) else "int8")  # nothing quantized: named for what it is
+    if getattr(qres, "all_float", False):  # nothing was quantized: fp32 ships, there is no quantization to keep or drop
+        return _decided(qres, "fp32", ()), first, []
     if getattr(app, "foreign", False):  # another CPU family's timings: recorded, never the reason to drop quantization
         return _kept_on_foreign_arch(qres, first, app, opts)
     if not_slower(first.shipped_ms, first.fp32_ms, opts):
