@@ -14,15 +14,16 @@ CLASSES = 3
 FEATURES = 4
 
 
-def tree_classifier(path: Path, *, threshold: float = 0.0, strings: bool = False, zipmap: bool = True) -> Path:
+def tree_classifier(path: Path, *, threshold: float = 0.0, strings: bool = False, zipmap: bool = True, impute: bool = False) -> Path:
     """X [N, 4] -> label [N] (int64, or string with ``strings``) and class probabilities (ZipMap maps, or [N, 3]).
     Tree 0 splits feature 0 at ``threshold``, tree 1 feature 1 at 0; their leaves vote for different classes, so a
-    moved ``threshold`` changes the label of the samples between."""
+    moved ``threshold`` changes the label of the samples between. ``impute``: an Imputer first (NaN -> 0), as
+    scikit-learn's SimpleImputer writes it."""
     labels = {"classlabels_strings": ["cat", "dog", "owl"]} if strings else {"classlabels_int64s": [0, 1, 2]}
     # per tree: node 0 a branch (x[f] <= t: node 1, else node 2), nodes 1 and 2 leaves
     votes = {(0, 1): [0.8, 0.1, 0.1], (0, 2): [0.1, 0.1, 0.8], (1, 1): [0.2, 0.6, 0.2], (1, 2): [0.3, 0.3, 0.4]}
     tree = helper.make_node(
-        "TreeEnsembleClassifier", ["X"], ["label", "probabilities"], domain="ai.onnx.ml",
+        "TreeEnsembleClassifier", ["Xi" if impute else "X"], ["label", "probabilities"], domain="ai.onnx.ml",
         nodes_treeids=[0, 0, 0, 1, 1, 1], nodes_nodeids=[0, 1, 2, 0, 1, 2], nodes_featureids=[0, 0, 0, 1, 0, 0],
         nodes_values=[threshold, 0.0, 0.0, 0.0, 0.0, 0.0], nodes_modes=["BRANCH_LEQ", "LEAF", "LEAF"] * 2,
         nodes_truenodeids=[1, 0, 0, 1, 0, 0], nodes_falsenodeids=[2, 0, 0, 2, 0, 0],
@@ -32,6 +33,9 @@ def tree_classifier(path: Path, *, threshold: float = 0.0, strings: bool = False
     label_type = TensorProto.STRING if strings else TensorProto.INT64
     outputs = [helper.make_tensor_value_info("label", label_type, ["N"])]
     nodes = [tree]
+    if impute:
+        nodes.insert(0, helper.make_node("Imputer", ["X"], ["Xi"], domain="ai.onnx.ml", imputed_value_floats=[0.0] * FEATURES,
+                                         replaced_value_float=float("nan")))
     if zipmap:
         nodes.append(helper.make_node("ZipMap", ["probabilities"], ["output_probability"], domain="ai.onnx.ml", **labels))
         outputs.append(helper.make_value_info("output_probability", helper.make_sequence_type_proto(

@@ -28,6 +28,8 @@ class IoSpec:
     outputs: tuple[TensorSpec, ...]
     # height, width the model file declares (metadata_props "imgsz"): sizes dynamic image axes edgeq must fill
     imgsz: tuple[int, int] | None = field(default=None, compare=False)
+    # inputs where NaN means "missing" to the model (read only by ai.onnx.ml Imputer / tree ensembles): data may hold NaN there
+    missing_ok: tuple[str, ...] = field(default=(), compare=False)
 
     def input(self, name: str) -> TensorSpec:
         for t in self.inputs:

@@ -381,7 +381,7 @@ def _from_raw(raw: dict[str, np.ndarray], path: Path, io: IoSpec, what: str, lab
     batch = batch_axes(io.inputs)
     layouts, n, one = _read_layouts({k: (a.shape, a.dtype.name) for k, a in raw.items()}, io.inputs, batch, what)
     for spec in io.inputs:
-        _check_finite(raw[spec.name], layouts[spec.name], spec, what)
+        _check_finite(raw[spec.name], layouts[spec.name], spec, what, nan_ok=spec.name in io.missing_ok)
     if one:
         lm_notes.append(one)
     if n == 0:
@@ -575,14 +575,16 @@ def _check_array(arr: np.ndarray, spec: TensorSpec, what: str, batch: BatchAxis)
     return _check_finite(arr, _check_layout(arr.shape, arr.dtype.name, spec, what, batch), spec, what)
 
 
-def _check_finite(arr: np.ndarray, layout: Layout, spec: TensorSpec, what: str) -> Layout:
+def _check_finite(arr: np.ndarray, layout: Layout, spec: TensorSpec, what: str, *, nan_ok: bool = False) -> Layout:
+    """NaN/Inf refused; ``nan_ok``: NaN is a missing value the model handles (IoSpec.missing_ok), only Inf is refused."""
     if arr.dtype.kind in "fc":
         per_sample = _samples_first(arr, layout)
-        finite = np.isfinite(per_sample.reshape(len(per_sample), -1)).all(axis=1) if per_sample.size else np.ones(len(per_sample), bool)
+        ok = (lambda a: ~np.isinf(a)) if nan_ok else np.isfinite
+        finite = ok(per_sample.reshape(len(per_sample), -1)).all(axis=1) if per_sample.size else np.ones(len(per_sample), bool)
         if not finite.all():
             bad = int(np.argmin(finite))
             raise CalibrationError(
-                f"{what} input '{spec.name}' holds NaN or Inf (first in sample {bad})",
+                f"{what} input '{spec.name}' holds {'Inf' if nan_ok else 'NaN or Inf'} (first in sample {bad})",
                 "clean the data: calibration ranges must come from finite values",
             )
     return layout

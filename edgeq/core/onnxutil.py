@@ -76,7 +76,29 @@ def io_spec(model: Any) -> IoSpec:
     outputs = tuple(_value_info_spec(v) for v in model.graph.output)
     from .modelmeta import declared_imgsz
 
-    return IoSpec(inputs=inputs, outputs=outputs, imgsz=declared_imgsz(model))
+    return IoSpec(inputs=inputs, outputs=outputs, imgsz=declared_imgsz(model), missing_ok=_missing_ok(model, inputs))
+
+
+# ai.onnx.ml operators that give NaN a meaning (a missing value): Imputer replaces it, tree ensembles route it down a branch
+_MISSING_AWARE = frozenset({"Imputer", "TreeEnsembleClassifier", "TreeEnsembleRegressor", "TreeEnsemble"})
+
+
+def _missing_ok(model: Any, inputs: tuple[TensorSpec, ...]) -> tuple[str, ...]:
+    """The float inputs that reach only missing-value-aware ai.onnx.ml nodes (through Cast/Identity): NaN in their data
+    is a missing value the model handles (scikit-learn's SimpleImputer, LightGBM/XGBoost trees), not broken data."""
+    users: dict[str, list[Any]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+
+    def aware(name: str, depth: int = 0) -> bool:
+        nodes = users.get(name, [])
+        return bool(nodes) and depth < 8 and all(
+            (n.domain == "ai.onnx.ml" and n.op_type in _MISSING_AWARE)
+            or (n.domain in ("", "ai.onnx") and n.op_type in ("Cast", "Identity") and all(aware(o, depth + 1) for o in n.output))
+            for n in nodes)
+
+    return tuple(t.name for t in inputs if t.dtype in ("float32", "float64", "float16") and aware(t.name))
 
 
 def imgsz_pins(model: Any, pinned: dict[str, tuple[int, ...]] | None = None) -> dict[str, tuple[int, ...]]:

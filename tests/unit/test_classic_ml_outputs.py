@@ -105,3 +105,34 @@ def test_string_inputs_are_read_from_unicode_arrays(tmp_path):
     with pytest.raises(CalibrationError) as e:
         load_samples(tmp_path / "bad.npz", io, what="evaluation")
     assert "expects strings" in str(e.value) and "astype(str)" in e.value.hint
+
+
+def test_nan_is_a_missing_value_where_the_model_imputes_it(tmp_path):
+    """Data with NaN was refused ("holds NaN or Inf ... clean the data") for models whose Imputer / trees take NaN as a
+    missing value (scikit-learn's SimpleImputer, LightGBM): only those inputs accept it, and Inf stays refused."""
+    import pytest
+
+    from edgeq.core.data import load_samples
+    from edgeq.errors import CalibrationError
+
+    x = features(32)
+    x[::3, 1] = np.nan
+    np.savez(tmp_path / "nan.npz", X=x)
+    imputed = tree_classifier(tmp_path / "imputed.onnx", impute=True, zipmap=False)
+    io = io_spec(onnx.load(str(imputed)))
+    assert io.missing_ok == ("X",)
+    data = load_samples(tmp_path / "nan.npz", io, what="evaluation")
+    r = verify(imputed, imputed, data, TOL, output_names=("label", "probabilities"))
+    assert r.passed and r.samples == 32
+    from onnx import TensorProto, helper
+
+    relu = helper.make_model(helper.make_graph(  # a graph that does not impute: NaN is broken data there
+        [helper.make_node("Relu", ["X"], ["y"])], "relu", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])]), opset_imports=[helper.make_opsetid("", 17)])
+    assert io_spec(relu).missing_ok == ()
+    with pytest.raises(CalibrationError, match="holds NaN or Inf"):
+        load_samples(tmp_path / "nan.npz", io_spec(relu), what="evaluation")
+    x[0, 0] = np.inf
+    np.savez(tmp_path / "inf.npz", X=x)
+    with pytest.raises(CalibrationError, match="holds Inf"):
+        load_samples(tmp_path / "inf.npz", io, what="evaluation")
