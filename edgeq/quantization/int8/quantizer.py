@@ -19,7 +19,8 @@ import numpy as np
 from ...core.artifact import Artifact
 from ...core.data import SampleSet
 from ...errors import CalibrationError, QuantizationError, first_line
-from ...core.onnxutil import (artifact_from, data_file, default_opset, iter_initializers, iter_nodes, load_model, needs_external_data, save_model)
+from ...core.onnxutil import (QUANT_OPS, artifact_from, data_file, default_opset, iter_initializers, iter_nodes, load_model, needs_external_data,
+                                save_model)
 from .checks import bias_overflow, check_operator_scales, explain_quantizer_failure
 from .dynamic_scope import (RECURRENT_OPS, RECURRENT_QUANTIZED, has_subgraphs, none_quantized, static_misses_recurrent, subgraph_counts,
                             subgraph_note)
@@ -223,8 +224,6 @@ def static_finds_nothing(path: Path, spec: QuantSpec) -> tuple[str, str] | None:
     """Before asking for calibration data: (message, hint) when int8-static would write no quantized op into the model
     (no Conv/Gemm/MatMul/LSTM/GRU/RNN, no quantized op already, no target activation op: a tree ensemble, a
     scaler, an SVM from ai.onnx.ml), else None. Calibration data would calibrate nothing; the model ships fp32."""
-    from ...core.onnxutil import QUANT_OPS
-
     model = load_model(path, load_weights=False)
     ops = {n.op_type for n in iter_nodes(model.graph)}
     if ops & set(WEIGHT_OPS + RECURRENT_OPS) or ops & set(QUANT_OPS) or ops & set(spec.activation_ops):
@@ -382,8 +381,6 @@ def quantize(
             "this mode does not apply to this model: try --quant int8-static" if spec.mode == "int8-dynamic" else "report the model to edgeq",
         )
     if cov.nodes_total == 0:
-        from ...core.onnxutil import QUANT_OPS
-
         if any(n.op_type in QUANT_OPS for n in iter_nodes(qmodel.graph)):
             notes.append(_no_weight_nodes(fp32, "only activations were quantized"))
         else:  # e.g. trees (ai.onnx.ml): nothing written, the model is fp32 and labelled so
@@ -578,8 +575,6 @@ def _edgeq_static_in(
         )
     if cov.nodes_total == 0:
         notes.append(_no_weight_nodes(prep.model, "nothing to quantize"))
-        from ...core.onnxutil import QUANT_OPS
-
         if not any(n.op_type in QUANT_OPS for n in iter_nodes(qmodel.graph)):  # e.g. trees (ai.onnx.ml): the model is fp32
             details["nothing_quantized"] = True
     if max_drop is not None and cov.nodes_total and cov.nodes_quantized == 0 and "search" in details:
