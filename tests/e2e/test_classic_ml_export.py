@@ -65,3 +65,15 @@ def test_int8_dynamic_on_a_tree_model_ships_fp32_labelled_so(tmp_path):
     assert any("nothing to quantize" in n for n in q["notes"]), q["notes"]
     assert not any("only activations" in n or "convolutions kept" in n or "quantization kept" in n for n in q["notes"]), q["notes"]
     assert q["speed"]["decision"] == "fp32"  # arm64 from an x86 host: not "quantized ... kept (host timings do not decide)"
+
+
+def test_fp16_on_a_tree_model_keeps_fp32_labelled_so(tmp_path):
+    """It shipped the fp32 trees wrapped in Casts as "fp16: weights and compute in fp16" (1.004 x the fp32 size)."""
+    m = tree_classifier(tmp_path / "trees.onnx", zipmap=False, impute=True)
+    np.savez(tmp_path / "eval.npz", X=features(32, seed=2))
+    r = CliRunner().invoke(app, ["export", str(m), "--target", "cpu-x86_64", "--quant", "fp16",
+                                 "--eval", str(tmp_path / "eval.npz"), "-o", str(tmp_path / "b"), "--json"])
+    assert r.exit_code == 0, r.output
+    q = json.loads(r.output[r.output.index("{"):])["quantization"]
+    assert q["mode"] == "none" and q["requested_mode"] == "fp16", q
+    assert any("fp16 has nothing to convert" in n and "TreeEnsembleClassifier" in n for n in q["notes"]), q["notes"]

@@ -234,6 +234,7 @@ def static_finds_nothing(path: Path, spec: QuantSpec) -> tuple[str, str] | None:
             "use --quant none: the model ships fp32 (pass --eval DATA.npz to check the bundle on your data)")
 
 
+_LAYOUT_OPS = frozenset({"Cast", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze"})  # no arithmetic to do in fp16
 _ML_OPS = frozenset({"TreeEnsembleClassifier", "TreeEnsembleRegressor", "TreeEnsemble", "LinearClassifier", "LinearRegressor",
                      "SVMClassifier", "SVMRegressor", "Scaler", "Normalizer", "ZipMap", "LabelEncoder", "Imputer",
                      "OneHotEncoder", "ArrayFeatureExtractor", "Binarizer", "CategoryMapper", "DictVectorizer",
@@ -455,6 +456,14 @@ def _fp16(artifact: Artifact, spec: QuantSpec, out_path: Path) -> QuantResult:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = load_model(artifact.path)
+    ml_only = sorted({n.op_type for n in iter_nodes(model.graph) if n.domain == "ai.onnx.ml"})
+    if ml_only and all(n.domain == "ai.onnx.ml" or n.op_type in _LAYOUT_OPS for n in iter_nodes(model.graph)):
+        import shutil  # every compute node is ai.onnx.ml, which runs in fp32: a converted file would be fp32 with Casts
+
+        shutil.copyfile(artifact.path, out_path)
+        return QuantResult(artifact.then(out_path, "quantize(none)"), spec.with_overrides(mode="none"), None,
+                           (f"fp16 has nothing to convert: the model's compute is ai.onnx.ml ({', '.join(ml_only)}), which runs "
+                            "in fp32; kept fp32 (mode none)",), {"requested_mode": "fp16"})
     # in-memory shape inference serializes the model: not for one over 2 GiB (optimize inferred shapes on the file)
     try:
         half = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=needs_external_data(model))
