@@ -281,7 +281,7 @@ def infer_one(name: str, samples: list[np.ndarray], ctx: Context, override: dict
                                        "pixel agreement)", {"class_map": True})
     if a.dtype.kind in "iub":
         return TaskSpec(name, "index", f"integer output {list(shape)}: exact match")
-    if a.dtype.kind in "USO":  # a classic model's string class labels (skl2onnx)
+    if a.dtype.kind in "US":  # a classic model's string class labels (skl2onnx; edgeq.core.values made them unicode)
         return TaskSpec(name, "index", f"string labels {list(shape)}: exact match")
     if a.dtype.kind == "f" and a.size and len(samples) > 1 and _constant(samples):
         return TaskSpec(name, "regression", f"{list(shape)} holds one value on every sample: nothing for a task metric to "
