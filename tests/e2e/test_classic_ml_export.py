@@ -52,15 +52,20 @@ def test_a_tree_model_with_zipmap_and_string_labels_ships_fp32_and_its_golden_pa
     assert len(json.loads(prof.output[prof.output.index("{"):])["results"]) == 2
 
 
+def _recipe(tmp_path, target: str, quant: str, **model) -> dict:
+    """`edgeq export` of the tiny trees with --eval data, --json: the quantization recipe (exit 0 asserted)."""
+    m = tree_classifier(tmp_path / "trees.onnx", zipmap=False, **model)
+    np.savez(tmp_path / "eval.npz", X=features(32, seed=2))
+    r = CliRunner().invoke(app, ["export", str(m), "--target", target, "--quant", quant,
+                                 "--eval", str(tmp_path / "eval.npz"), "-o", str(tmp_path / "b"), "--json"])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.output[r.output.index("{"):])["quantization"]
+
+
 def test_int8_dynamic_on_a_tree_model_ships_fp32_labelled_so(tmp_path):
     """It said "only activations were quantized", "convolutions kept in float" and, for arm64, "quantization kept", and
     shipped mode int8-dynamic."""
-    m = tree_classifier(tmp_path / "trees.onnx", zipmap=False)
-    np.savez(tmp_path / "eval.npz", X=features(32, seed=2))
-    r = CliRunner().invoke(app, ["export", str(m), "--target", "arm64", "--quant", "int8-dynamic",
-                                 "--eval", str(tmp_path / "eval.npz"), "-o", str(tmp_path / "b"), "--json"])
-    assert r.exit_code == 0, r.output
-    q = json.loads(r.output[r.output.index("{"):])["quantization"]
+    q = _recipe(tmp_path, "arm64", "int8-dynamic")
     assert q["mode"] == "none" and q["requested_mode"] == "int8-dynamic", q
     assert any("nothing to quantize" in n for n in q["notes"]), q["notes"]
     assert not any("only activations" in n or "convolutions kept" in n or "quantization kept" in n for n in q["notes"]), q["notes"]
@@ -69,11 +74,6 @@ def test_int8_dynamic_on_a_tree_model_ships_fp32_labelled_so(tmp_path):
 
 def test_fp16_on_a_tree_model_keeps_fp32_labelled_so(tmp_path):
     """It shipped the fp32 trees wrapped in Casts as "fp16: weights and compute in fp16" (1.004 x the fp32 size)."""
-    m = tree_classifier(tmp_path / "trees.onnx", zipmap=False, impute=True)
-    np.savez(tmp_path / "eval.npz", X=features(32, seed=2))
-    r = CliRunner().invoke(app, ["export", str(m), "--target", "cpu-x86_64", "--quant", "fp16",
-                                 "--eval", str(tmp_path / "eval.npz"), "-o", str(tmp_path / "b"), "--json"])
-    assert r.exit_code == 0, r.output
-    q = json.loads(r.output[r.output.index("{"):])["quantization"]
+    q = _recipe(tmp_path, "cpu-x86_64", "fp16", impute=True)
     assert q["mode"] == "none" and q["requested_mode"] == "fp16", q
     assert any("fp16 has nothing to convert" in n and "TreeEnsembleClassifier" in n for n in q["notes"]), q["notes"]
