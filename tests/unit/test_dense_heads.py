@@ -1,0 +1,77 @@
+"""Dense detector heads (found on facenet-pytorch's MTCNN PNet, a fully-convolutional face detector
+shipped in its wheel): a [B, 2, H, W] softmax face-score map beside a [B, 4, H, W] box-offset map
+on the same grid. The offset map was read as 4 class scores per pixel (segmentation), so offsets
+shrunk by a badly calibrated candidate kept every per-pixel argmax and passed. Built here from
+tiny arrays, then from a tiny PNet-like torch module through the export trip.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from edgeq.checks import infer_all, score
+from edgeq.checks.kinds import Context
+from edgeq.core.targets import Tolerances
+
+TOL = Tolerances()
+IMAGE = Context(image_inputs=((1, 3, 24, 24),))
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _pnet_outputs(rng: np.random.Generator, n: int = 12, grid: int = 11) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per sample: box offsets [1, 4, g, g] (smooth, signed, ~0.1) and face probabilities [1, 2, g, g]
+    (background almost everywhere, one face blob)."""
+    boxes, probs = [], []
+    yy, xx = np.mgrid[0:grid, 0:grid] / grid
+    for _ in range(n):
+        b = np.stack([0.1 * np.sin(rng.uniform(2, 6) * xx + rng.uniform(0, 6)) * np.cos(rng.uniform(2, 6) * yy)
+                      + rng.normal(0, 0.02, (grid, grid)) for _ in range(4)])[None]
+        cy, cx = rng.uniform(0.2, 0.8, 2)
+        face = 6 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 0.01) - 3
+        probs.append(_softmax(np.stack([np.zeros_like(face), face])[None]).astype(np.float32))
+        boxes.append(b.astype(np.float32))
+    return boxes, probs
+
+
+def _judge(names, outs, cands, ctx=IMAGE):
+    specs = infer_all(names, outs, ctx)
+    return specs, [score(s, r, c, TOL) for s, r, c in zip(specs, outs, cands)]
+
+
+def test_box_offset_map_beside_a_score_map_is_regression_and_shrunk_offsets_fail():
+    rng = np.random.default_rng(3)
+    boxes, probs = _pnet_outputs(rng)
+    specs, checks = _judge(("boxes", "probs"), [boxes, probs], [boxes, probs])
+    assert specs[0].kind == "regression" and "score map 'probs'" in specs[0].why, specs[0]
+    assert specs[1].kind == "segmentation", specs[1]  # the face scores stay per-pixel classes
+    healthy = [(b + rng.normal(0, 0.002, b.shape)).astype(np.float32) for b in boxes]
+    _, checks = _judge(("boxes", "probs"), [boxes, probs], [healthy, probs])
+    assert checks[0].passed and checks[1].passed, checks
+    # a candidate that shrinks every offset to 40 %: every per-pixel argmax is kept (the old verdict passed),
+    # every decoded face box is wrong
+    shrunk = [0.4 * b for b in boxes]
+    assert all((np.argmax(s, 1) == np.argmax(b, 1)).all() for s, b in zip(shrunk, boxes))
+    _, checks = _judge(("boxes", "probs"), [boxes, probs], [shrunk, probs])
+    assert not checks[0].passed and checks[1].passed, checks
+
+
+def test_alone_or_beside_its_own_softmax_a_class_map_stays_segmentation():
+    rng = np.random.default_rng(4)
+    boxes, probs = _pnet_outputs(rng)
+    # without a score map on its grid nothing says these are offsets: unchanged
+    assert infer_all(("boxes",), [boxes], IMAGE)[0].kind == "segmentation"
+    # a segmenter returning logits and their softmax: the logits hold the same classes
+    logits = [np.log(p + 1e-6).astype(np.float32) for p in probs]
+    specs = infer_all(("logits", "probs"), [logits, probs], IMAGE)
+    assert [s.kind for s in specs] == ["segmentation", "segmentation"], specs
+    # an offset map on another grid is not beside the score map
+    other = [np.repeat(np.repeat(b, 2, axis=2), 2, axis=3) for b in boxes]
+    assert infer_all(("boxes", "probs"), [other, probs], IMAGE)[0].kind == "segmentation"
+    # declared by the user: left as declared
+    specs = infer_all(("boxes", "probs"), [boxes, probs], IMAGE, {"boxes": {"task": "segmentation"}})
+    assert specs[0].kind == "segmentation"
