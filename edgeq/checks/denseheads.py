@@ -1,11 +1,13 @@
-"""Dense detector heads: per-cell score maps beside per-cell regression maps on the same grid.
+"""Detector heads that leave their decode to the app: scores beside box / landmark regression.
 
 Face and object detectors that leave their decode to the app (MTCNN's PNet, CenterNet, anchor-based
 SSD/RetinaNet-style conv heads before reshaping) return, on one H x W grid, a score map (a softmax
 over its channels or sigmoids in [0, 1]) and maps of box offsets, sizes or landmarks. Read alone,
 a [B, 4, H, W] offset map looks like 4 class scores per pixel; its argmax means nothing, and
 offsets can drift without moving it. This module names those maps so that they are compared as
-numbers (``regression``) rather than as per-pixel classes.
+numbers (``regression``) rather than as per-pixel classes. The same holds per sample: MTCNN's
+RNet / ONet return [B, 4] box offsets and [B, 10] landmarks beside [B, 2] face probabilities, and
+the offsets were judged by their top-1 "class".
 
 Kept apart from ``kinds.py``: it reads only the fp32 values and the kinds already inferred.
 """
@@ -18,14 +20,6 @@ import numpy as np
 # classes (a segmenter returning both logits and their softmax), not regression values
 _SAME_CLASSES_AGREEMENT = 0.9
 _SAMPLES = 8
-
-
-def _score_map(samples: list[np.ndarray]) -> bool:
-    """[B, C, H, W] per-cell probabilities (a softmax over C, or sigmoids): every value in [0, 1]."""
-    arrs = [np.asarray(a, np.float64) for a in samples[:_SAMPLES]]
-    if not arrs or any(a.ndim != 4 or a.size == 0 or not np.isfinite(a).all() for a in arrs):
-        return False
-    return all(a.min() >= -1e-4 and a.max() <= 1 + 1e-4 for a in arrs)
 
 
 def _unbounded(samples: list[np.ndarray]) -> bool:
@@ -41,23 +35,38 @@ def _argmax_agreement(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     return float(np.mean(hits)) if hits else 0.0
 
 
-def regression_maps(candidates: list[str], outputs: dict[str, list[np.ndarray]]) -> dict[str, str]:
-    """Of ``candidates`` (outputs inferred as per-pixel class scores, not declared), those that are
-    per-cell regression maps of a dense detector head: output name -> the score map beside it.
+_MAX_COORDS = 16  # [B, C] regression heads: 4 box offsets, 10 landmark coordinates (an even count of coordinates)
 
-    A candidate qualifies when another output on the same batch and H x W grid holds per-cell
+
+def _probabilities(samples: list[np.ndarray]) -> bool:
+    """[B, C] / [B, C, H, W] per-sample or per-cell probabilities (a softmax or sigmoids): every value in [0, 1]."""
+    arrs = [np.asarray(a, np.float64) for a in samples[:_SAMPLES]]
+    if not arrs or any(a.ndim not in (2, 4) or a.size == 0 or not np.isfinite(a).all() for a in arrs):
+        return False
+    return all(a.min() >= -1e-4 and a.max() <= 1 + 1e-4 for a in arrs)
+
+
+def regression_maps(candidates: list[str], outputs: dict[str, list[np.ndarray]]) -> dict[str, str]:
+    """Of ``candidates`` (outputs inferred as class scores, per pixel or per sample, not declared),
+    those that are regression heads of a detector: output name -> the score output beside them.
+
+    A candidate qualifies when another output of the same rank, batch and H x W grid holds
     probabilities, the candidate's own values leave [0, 1], and it does not hold the same classes
-    (a different channel count, or per-pixel argmax agreeing on under 90 % of the pixels)."""
+    (a different channel count, or argmax agreeing on under 90 % of the pixels / samples). A
+    [B, C] candidate must also be an even count of at most 16 coordinates (box offsets, landmarks):
+    MTCNN's RNet / ONet return [B, 4] offsets and [B, 10] landmarks beside [B, 2] face scores."""
     shapes = {k: np.asarray(v[0]).shape for k, v in outputs.items() if v}
-    scores = [k for k, s in shapes.items() if len(s) == 4 and _score_map(outputs[k])]
+    scores = [k for k, s in shapes.items() if len(s) in (2, 4) and _probabilities(outputs[k])]
     found: dict[str, str] = {}
     for name in candidates:
         s = shapes.get(name)
-        if s is None or len(s) != 4 or not _unbounded(outputs[name]):
+        if s is None or len(s) not in (2, 4) or not _unbounded(outputs[name]):
+            continue
+        if len(s) == 2 and (s[1] > _MAX_COORDS or s[1] % 2):
             continue
         for sc in scores:
             t = shapes[sc]
-            if sc == name or (t[0], t[2], t[3]) != (s[0], s[2], s[3]):
+            if sc == name or len(t) != len(s) or (t[0], *t[2:]) != (s[0], *s[2:]):
                 continue
             if t[1] == s[1] and _argmax_agreement(outputs[name], outputs[sc]) >= _SAME_CLASSES_AGREEMENT:
                 continue

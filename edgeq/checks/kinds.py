@@ -613,10 +613,12 @@ def infer_all(
     specs = [infer_one(n, s, ctx, _task_of(overrides.get(n))) for n, s in zip(names, per_sample)]
     specs = _split_heads(specs, dict(zip(names, per_sample)), ctx)
     specs = _prototypes(specs, dict(zip(names, per_sample)))
-    boxes = regression_maps([s.output for s in specs if s.kind == "segmentation" and not s.declared], ctx.outputs)
-    specs = [TaskSpec(s.output, "regression", f"{s.why.split(':')[0]}: per-cell regression (box offsets, sizes or landmarks) "
-                      f"beside the score map '{boxes[s.output]}' on the same grid, not class scores: compared by cosine around "
-                      "fp32's mean") if s.output in boxes else s for s in specs]
+    boxes = regression_maps([s.output for s in specs if s.kind in ("segmentation", "classification") and not s.declared],
+                            ctx.outputs)
+    specs = [TaskSpec(s.output, "regression", f"{list(np.shape(ctx.outputs[s.output][0]))}: signed regression (box offsets, "
+                      f"sizes or landmarks) beside the scores '{boxes[s.output]}', not class scores: compared by cosine around "
+                      f"fp32's mean; a guess, declare [outputs.{s.output}] task = \"{s.kind}\" if these are class scores")
+             if s.output in boxes else s for s in specs]
     parts = {p: s.output for s in specs if s.kind == "detection" for p in (s.params.get("scores"), s.params.get("classes")) if p}
     return [
         TaskSpec(s.output, "detection", f"part of detection output '{parts[s.output]}' (checked with it)", {"part_of": parts[s.output]})

@@ -47,7 +47,7 @@ def test_box_offset_map_beside_a_score_map_is_regression_and_shrunk_offsets_fail
     rng = np.random.default_rng(3)
     boxes, probs = _pnet_outputs(rng)
     specs, checks = _judge(("boxes", "probs"), [boxes, probs], [boxes, probs])
-    assert specs[0].kind == "regression" and "score map 'probs'" in specs[0].why, specs[0]
+    assert specs[0].kind == "regression" and "scores 'probs'" in specs[0].why, specs[0]
     assert specs[1].kind == "segmentation", specs[1]  # the face scores stay per-pixel classes
     healthy = [(b + rng.normal(0, 0.002, b.shape)).astype(np.float32) for b in boxes]
     _, checks = _judge(("boxes", "probs"), [boxes, probs], [healthy, probs])
@@ -75,3 +75,28 @@ def test_alone_or_beside_its_own_softmax_a_class_map_stays_segmentation():
     # declared by the user: left as declared
     specs = infer_all(("boxes", "probs"), [boxes, probs], IMAGE, {"boxes": {"task": "segmentation"}})
     assert specs[0].kind == "segmentation"
+
+
+def test_box_offsets_and_landmarks_beside_face_probabilities_are_regression():
+    """RNet / ONet: [1, 4] offsets (and [1, 10] landmarks) beside a [1, 2] softmax, per face crop."""
+    rng = np.random.default_rng(5)
+    n = 40
+    boxes = [rng.normal(0, 0.1, (1, 4)).astype(np.float32) for _ in range(n)]
+    marks = [rng.normal(0, 0.3, (1, 10)).astype(np.float32) for _ in range(n)]
+    probs = [_softmax(rng.normal(0, 3, (1, 2))).astype(np.float32) for _ in range(n)]
+    names, outs = ("output_0", "output_1", "output_2"), [boxes, marks, probs]  # as exported: no telling names
+    specs = infer_all(names, outs, IMAGE)
+    assert [s.kind for s in specs] == ["regression", "regression", "classification"], specs
+    assert 'task = "classification"' in specs[0].why  # a guess: how to declare otherwise
+    # read as class scores, offsets were judged by their largest coordinate: a false FAIL when two are near
+    # equal (MTCNN's RNet: top-1 0.969 on a healthy int8), a false PASS when every offset shrinks alike
+    healthy = [(b + rng.normal(0, 0.003, b.shape)).astype(np.float32) for b in boxes]
+    assert score(specs[0], boxes, healthy, TOL).passed
+    shrunk = [0.4 * b for b in boxes]  # every box 60 % too small, the same largest coordinate
+    assert all(np.argmax(s) == np.argmax(b) for s, b in zip(shrunk, boxes))
+    assert not score(specs[0], boxes, shrunk, TOL).passed
+    # logits beside their own softmax hold the same classes; odd or wide heads are not coordinates
+    logits = [np.log(p + 1e-6).astype(np.float32) for p in probs]
+    assert infer_all(("logits", "probs"), [logits, probs], IMAGE)[0].kind == "classification"
+    wide = [rng.normal(0, 1, (1, 20)).astype(np.float32) for _ in range(n)]
+    assert infer_all(("wide", "probs"), [wide, probs], IMAGE)[0].kind != "regression"
