@@ -49,6 +49,7 @@ class SourceConfig:
 
     path: Path
     example_shape: tuple[str, ...] | None = None
+    dynamic_axes: tuple[str, ...] | None = None  # --dynamic-axes NAME=2,3 (PyTorch sources)
     task: str | None = None
     weights: Path | None = None
     trust_pickle: bool = False
@@ -109,7 +110,7 @@ def export_model(cfg: ExportConfig, progress: ProgressFactory = quiet_progress) 
     :func:`export_gguf`. Failed checks are left to :func:`check_export` (the bundle is written first)."""
     from ..core.optimization import parse_shapes
     from ..core.targets import load_target
-    from ..exporters import SourceOptions, export_source, parse_example_shapes, source_kind
+    from ..exporters import SourceOptions, export_source, parse_dynamic_axes, parse_example_shapes, source_kind
 
     sc, q, b, out = cfg.source, cfg.quant, cfg.bundle, cfg.out
     source = sc.path
@@ -175,6 +176,7 @@ def export_model(cfg: ExportConfig, progress: ProgressFactory = quiet_progress) 
                 task=sc.task, weights=sc.weights, trust_pickle=sc.trust_pickle, trust_remote_code=sc.trust_remote_code,
                 opset=q.opset, exporter=sc.exporter, input_names=in_names, output_names=out_names, app_io=b.preprocess,
                 data=tuple((w, p, b.labels_key) for w, p in (("calibration", q.calib), ("evaluation", q.eval)) if p is not None),
+                dynamic_axes=parse_dynamic_axes(sc.dynamic_axes),
             )
             export_from = source
             from ..exporters import check_data_before_export
