@@ -274,6 +274,8 @@ def verify(
             console.print(verify_table(result["verify"]))
         console.print(emulation_table(result))
         console.print(f"note: {escape_markup(result['note'])}")
+    elif outcome.kind == "bundle" and result.get("verdict") == "fail":
+        pass  # a failed export check: its one error line (pipeline.check_verify below), no table of golden pairs first
     elif outcome.kind == "bundle":
         console.print(bundle_check_table(result))
         if result.get("reference_check"):  # --reference: the bundle's model against it
