@@ -73,3 +73,20 @@ def regression_maps(candidates: list[str], outputs: dict[str, list[np.ndarray]])
             found[name] = sc
             break
     return found
+
+
+_MIN_BOX_ROWS = 0.9  # share of rows that must read as boxes (x2 >= x1 and y2 >= y1, or a width and height >= 0)
+
+
+def offsets_not_boxes(samples: list[np.ndarray]) -> bool:
+    """A [.., 4] output named like boxes whose rows are no boxes in any format: corners out of order
+    (x2 < x1 or y2 < y1) and a negative third or fourth value (no width / height) on more than 10 % of
+    the rows. Box regression offsets (MTCNN's dx1, dy1, dx2, dy2) are signed; boxes after NMS are not."""
+    rows = [np.asarray(a, np.float64).reshape(-1, 4) for a in samples[:64] if np.asarray(a).size and np.asarray(a).shape[-1] == 4]
+    r = np.concatenate(rows) if rows else np.zeros((0, 4))
+    r = r[np.isfinite(r).all(axis=1)]
+    if len(r) < 8:
+        return False
+    corners = (r[:, 2] >= r[:, 0]) & (r[:, 3] >= r[:, 1])
+    sizes = (r[:, 2] >= 0) & (r[:, 3] >= 0)
+    return bool(np.mean(corners | sizes) < _MIN_BOX_ROWS)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeq.checks.denseheads import regression_maps
+from edgeq.checks.denseheads import offsets_not_boxes, regression_maps
 
 KINDS = (
     "classification",  # [B, C] logits or probabilities: top-1 / top-5 agreement
@@ -619,6 +619,12 @@ def infer_all(
                       f"sizes or landmarks) beside the scores '{boxes[s.output]}', not class scores: compared by cosine around "
                       f"fp32's mean; a guess, declare [outputs.{s.output}] task = \"{s.kind}\" if these are class scores")
              if s.output in boxes else s for s in specs]
+    specs = [TaskSpec(s.output, "regression", f"{list(np.shape(ctx.outputs[s.output][0]))}: named like boxes, but its rows "
+                      "are no boxes (corners out of order, negative sizes): box regression offsets, compared by cosine around "
+                      f"fp32's mean; declare [outputs.{s.output}] task = \"detection\" if these are boxes")
+             if s.kind == "detection" and not s.declared and not {"layout", "levels", "packed"} & set(s.params)
+             and ctx.outputs.get(s.output) and np.shape(ctx.outputs[s.output][0])[-1:] == (4,)
+             and offsets_not_boxes(ctx.outputs[s.output]) else s for s in specs]
     parts = {p: s.output for s in specs if s.kind == "detection" for p in (s.params.get("scores"), s.params.get("classes")) if p}
     return [
         TaskSpec(s.output, "detection", f"part of detection output '{parts[s.output]}' (checked with it)", {"part_of": parts[s.output]})

@@ -100,3 +100,23 @@ def test_box_offsets_and_landmarks_beside_face_probabilities_are_regression():
     assert infer_all(("logits", "probs"), [logits, probs], IMAGE)[0].kind == "classification"
     wide = [rng.normal(0, 1, (1, 20)).astype(np.float32) for _ in range(n)]
     assert infer_all(("wide", "probs"), [wide, probs], IMAGE)[0].kind != "regression"
+
+
+def test_offsets_named_boxes_are_regression_real_boxes_stay_detections():
+    """`--output-names boxes,probs` on RNet: the name made [1, 4] offsets "boxes after NMS" (xyxy), and a
+    healthy int8 RNet failed with detection F1 0.125 (degenerate boxes matched by IoU)."""
+    rng = np.random.default_rng(6)
+    n = 40
+    offsets = [rng.normal(0, 0.1, (1, 4)).astype(np.float32) for _ in range(n)]
+    probs = [_softmax(rng.normal(0, 3, (1, 2))).astype(np.float32) for _ in range(n)]
+    spec = infer_all(("boxes", "probs"), [offsets, probs], IMAGE)[0]
+    assert spec.kind == "regression" and "no boxes" in spec.why, spec
+    shrunk = [0.4 * b for b in offsets]
+    assert score(spec, offsets, [(b + rng.normal(0, 0.003, b.shape)).astype(np.float32) for b in offsets], TOL).passed
+    assert not score(spec, offsets, shrunk, TOL).passed
+    # post-NMS boxes in pixels, xyxy: corners in order
+    xy = [rng.uniform(0, 200, (1, 5, 2)) for _ in range(n)]
+    real = [np.concatenate([p, p + rng.uniform(5, 60, p.shape)], axis=-1).astype(np.float32) for p in xy]
+    assert infer_all(("boxes", "probs"), [real, probs], IMAGE)[0].kind == "detection"
+    # declared: kept
+    assert infer_all(("boxes",), [offsets], IMAGE, {"boxes": {"task": "detection"}})[0].kind == "detection"
