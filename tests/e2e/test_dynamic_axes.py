@@ -95,3 +95,9 @@ def test_dynamic_axes_conflict_with_a_pinned_shape(runner, tmp_path):
     r = runner.invoke(app, ["export", "tests.e2e.test_dynamic_axes:tiny_pnet", "--example-shape", "x=1x3x24x24",
                             "--dynamic-axes", "x=2,3", "--static-shape", "x=1x3x24x24", "--quant", "none", "-o", str(tmp_path / "b")])
     assert r.exit_code == 2 and "--dynamic-axes x conflicts with --static-shape x" in r.stderr, r.output
+
+
+def test_dynamic_axes_of_an_onnx_source_are_refused(runner, tmp_path, cnn):
+    r = runner.invoke(app, ["export", str(cnn), "--dynamic-axes", "x=2,3", "--quant", "none", "-o", str(tmp_path / "b")])
+    assert r.exit_code == 2 and "--dynamic-axes names axes of a PyTorch module's export" in r.stderr, r.output
+    assert not (tmp_path / "b").exists()
