@@ -51,12 +51,14 @@ def regression_maps(candidates: list[str], outputs: dict[str, list[np.ndarray]])
     those that are regression heads of a detector: output name -> the score output beside them.
 
     A candidate qualifies when another output of the same rank, batch and H x W grid holds
-    probabilities, the candidate's own values leave [0, 1], and it does not hold the same classes
+    probabilities in two or more channels, the candidate's own values leave [0, 1], and it does not hold the same classes
     (a different channel count, or argmax agreeing on under 90 % of the pixels / samples). A
     [B, C] candidate must also be an even count of at most 16 coordinates (box offsets, landmarks):
     MTCNN's RNet / ONet return [B, 4] offsets and [B, 10] landmarks beside [B, 2] face scores."""
     shapes = {k: np.asarray(v[0]).shape for k, v in outputs.items() if v}
-    scores = [k for k, s in shapes.items() if len(s) in (2, 4) and _probabilities(outputs[k])]
+    # two or more score channels (face / background, C classes): a one-channel map beside a segmenter's logits is
+    # an auxiliary output (edges, a foreground mask), not the detector's scores
+    scores = [k for k, s in shapes.items() if len(s) in (2, 4) and s[1] >= 2 and _probabilities(outputs[k])]
     found: dict[str, str] = {}
     for name in candidates:
         s = shapes.get(name)

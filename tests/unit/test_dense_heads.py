@@ -69,6 +69,10 @@ def test_alone_or_beside_its_own_softmax_a_class_map_stays_segmentation():
     logits = [np.log(p + 1e-6).astype(np.float32) for p in probs]
     specs = infer_all(("logits", "probs"), [logits, probs], IMAGE)
     assert [s.kind for s in specs] == ["segmentation", "segmentation"], specs
+    # a segmenter's 5-class logits beside a one-channel sigmoid edge map: an auxiliary output, not scores
+    seg = [rng.normal(0, 2, (1, 5, 11, 11)).astype(np.float32) for _ in boxes]
+    edges = [p[:, 1:] for p in probs]
+    assert infer_all(("seg", "edges"), [seg, edges], IMAGE)[0].kind == "segmentation"
     # an offset map on another grid is not beside the score map
     other = [np.repeat(np.repeat(b, 2, axis=2), 2, axis=3) for b in boxes]
     assert infer_all(("boxes", "probs"), [other, probs], IMAGE)[0].kind == "segmentation"
