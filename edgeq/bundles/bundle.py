@@ -463,6 +463,15 @@ def check_golden(result: dict[str, Any], *, on: str = "",
     )
 
 
+def check_export_verdict(result: dict[str, Any], shown: Path | str) -> None:
+    """CheckFailed (exit 1) when the bundle's manifest records a failed export check."""
+    if result.get("verdict") == "fail":
+        raise CheckFailed(
+            f"bundle {shown} failed its export check: {escape_text(result.get('verdict_reason', ''))[:500]}",
+            "the quantized model is outside its target's tolerances; re-export it (or ship it knowingly with --accept-failed)",
+        )
+
+
 def check_bundle(
     path: Path,
     *,
@@ -471,13 +480,15 @@ def check_bundle(
     pubkey: Path | None = None,
     min_version: int | None = None,
     limits: ExtractLimits = ExtractLimits(),
+    verdict_raises: bool = True,
 ) -> dict[str, Any]:
     """Check a bundle folder or archive: extraction, schema, signature, version, checksums, golden pairs.
 
     Opening goes through bundles/reader.py (the one reader); then the manifest's golden
     tolerance is held to its target's, and the golden pairs are run. Raises BundleError
     (exit 2) for anything corrupt, tampered or hostile and CheckFailed (exit 1) for golden
-    pairs outside tolerance or a bundle whose export check failed.
+    pairs outside tolerance or a bundle whose export check failed (``verdict_raises=False``: left to
+    :func:`check_export_verdict`, so that ``edgeq verify --json`` can print the result first).
     """
     with open_bundle(path, pubkey=pubkey, min_version=min_version, limits=limits) as b:
         if b.kind == "gguf":  # its golden prompts need llama.cpp: edgeq.llamacpp.gguf.check_gguf_bundle checks the folder
@@ -500,11 +511,8 @@ def check_bundle(
     if result.get("prefill", {}).get("passed") is False:
         raise CheckFailed(f"bundle {b.shown}: the prefill graph's logits differ from the step graph's "
                           f"(max abs error {result['prefill']['max_abs_error']:.3g})", "rebuild the bundle with edgeq export")
-    if result.get("verdict") == "fail":
-        raise CheckFailed(
-            f"bundle {b.shown} failed its export check: {escape_text(result.get('verdict_reason', ''))[:500]}",
-            "the quantized model is outside its target's tolerances; re-export it (or ship it knowingly with --accept-failed)",
-        )
+    if verdict_raises:
+        check_export_verdict(result, b.shown)
     result["bundle_version"] = b.bundle_version
     result["signed_by"] = b.signed_by
     result["signature_checked"] = b.signed_by is not None

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from edgeq.checks.denseheads import offsets_not_boxes, regression_maps
+
 KINDS = (
     "classification",  # [B, C] logits or probabilities: top-1 / top-5 agreement
     "detection",  # raw YOLO-style heads [B, 4+C, N] / [B, N, 5+C], or post-NMS boxes (+ scores, classes)
@@ -613,6 +615,18 @@ def infer_all(
     specs = [infer_one(n, s, ctx, _task_of(overrides.get(n))) for n, s in zip(names, per_sample)]
     specs = _split_heads(specs, dict(zip(names, per_sample)), ctx)
     specs = _prototypes(specs, dict(zip(names, per_sample)))
+    boxes = regression_maps([s.output for s in specs if s.kind in ("segmentation", "classification") and not s.declared],
+                            ctx.outputs)
+    specs = [TaskSpec(s.output, "regression", f"{list(np.shape(ctx.outputs[s.output][0]))}: signed regression (box offsets, "
+                      f"sizes or landmarks) beside the scores '{boxes[s.output]}', not class scores: compared by cosine around "
+                      f"fp32's mean; a guess, declare [outputs.{s.output}] task = \"{s.kind}\" if these are class scores")
+             if s.output in boxes else s for s in specs]
+    specs = [TaskSpec(s.output, "regression", f"{list(np.shape(ctx.outputs[s.output][0]))}: named like boxes, but its rows "
+                      "are no boxes (corners out of order, negative sizes): box regression offsets, compared by cosine around "
+                      f"fp32's mean; declare [outputs.{s.output}] task = \"detection\" if these are boxes")
+             if s.kind == "detection" and not s.declared and not {"layout", "levels", "packed"} & set(s.params)
+             and ctx.outputs.get(s.output) and np.shape(ctx.outputs[s.output][0])[-1:] == (4,)
+             and offsets_not_boxes(ctx.outputs[s.output]) else s for s in specs]
     parts = {p: s.output for s in specs if s.kind == "detection" for p in (s.params.get("scores"), s.params.get("classes")) if p}
     return [
         TaskSpec(s.output, "detection", f"part of detection output '{parts[s.output]}' (checked with it)", {"part_of": parts[s.output]})

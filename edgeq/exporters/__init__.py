@@ -47,6 +47,7 @@ class SourceOptions:
     output_names: tuple[str, ...] = ()  # --output-names
     app_io: Path | None = None  # --preprocess: its [inputs.NAME]/[outputs.NAME] checked before the export runs
     data: tuple[tuple[str, Path, str], ...] = ()  # (what, --calib/--eval, labels key): array names checked before the export runs
+    dynamic_axes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # --dynamic-axes NAME=2,3: axes besides the batch
 
 
 def parse_example_shapes(specs: list[str] | tuple[str, ...] | None) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -72,6 +73,25 @@ def parse_example_shapes(specs: list[str] | tuple[str, ...] | None) -> dict[str,
         if name in out:
             raise ModelError(f"--example-shape {name} given twice", "give each input once")
         out[name] = (shape, dtype)
+    return out
+
+
+def parse_dynamic_axes(specs: list[str] | tuple[str, ...] | None) -> dict[str, tuple[int, ...]]:
+    """``["x=2,3"]`` -> ``{"x": (2, 3)}``: axes of an input that stay dynamic in the export (a fully
+    convolutional net's height and width), besides the batch axis."""
+    out: dict[str, tuple[int, ...]] = {}
+    for given in specs or ():
+        name, sep, rest = given.partition("=")
+        try:
+            axes = tuple(int(a) for a in rest.split(","))
+            if not sep or not name or any(a < 1 for a in axes) or len(set(axes)) != len(axes):
+                raise ValueError
+        except ValueError:
+            raise ModelError(f"bad --dynamic-axes '{given}'", "write it as NAME=2,3 (the input's axes, counted from 0, "
+                             "that may change size besides the batch axis 0)") from None
+        if name in out:
+            raise ModelError(f"--dynamic-axes {name} given twice", "give each input once, its axes comma-separated")
+        out[name] = axes
     return out
 
 
@@ -126,10 +146,23 @@ def _examples(shapes: dict[str, tuple[tuple[int, ...], str]], statics: dict[str,
 
 
 def _dynamic_axes(names: list[str], args, opts: SourceOptions) -> dict[str, dict[int, str]]:
-    """Batch axis dynamic except for inputs pinned with --static-shape or a static-shape target."""
+    """Batch axis dynamic except for inputs pinned with --static-shape or a static-shape target;
+    the axes --dynamic-axes names stay dynamic too (each its own symbol, ``NAME_AXIS``)."""
+    for n in opts.dynamic_axes:
+        rank = next((getattr(a, "ndim", 0) for m, a in zip(names, args) if m == n), None)
+        if rank is None:
+            raise ModelError(f"--dynamic-axes names '{n}', which is no input of the export (inputs: {', '.join(names)})",
+                             "name an input (see --example-shape / --input-names)")
+        if any(ax >= rank for ax in opts.dynamic_axes[n]):
+            raise ModelError(f"--dynamic-axes {n}: axis {max(opts.dynamic_axes[n])} is outside the input's {rank} axes",
+                             f"count axes from 0 (batch) to {rank - 1}")
+        if n in opts.static_shapes or opts.target.static_shapes:
+            raise ModelError(f"--dynamic-axes {n} conflicts with " + (f"--static-shape {n}" if n in opts.static_shapes else
+                             f"target {opts.target.name}, which needs static shapes"), "drop one of them")
     if opts.target.static_shapes:
         return {}
-    return {n: {0: "batch"} for n, a in zip(names, args) if n not in opts.static_shapes and getattr(a, "ndim", 0) >= 1}
+    return {n: {0: "batch", **{ax: f"{n}_{ax}" for ax in opts.dynamic_axes.get(n, ())}}
+            for n, a in zip(names, args) if n not in opts.static_shapes and getattr(a, "ndim", 0) >= 1}
 
 
 def load_factory(spec: str):
@@ -417,4 +450,4 @@ def export_source(source: str | Path, opts: SourceOptions, work: Path):
     return _export_module(module, opts, text, (prov,), module_roots(text.partition(":")[0]), common)
 
 
-__all__ = ["SourceOptions", "check_data_before_export", "export_source", "parse_example_shapes", "source_kind", "Artifact"]
+__all__ = ["SourceOptions", "check_data_before_export", "export_source", "parse_dynamic_axes", "parse_example_shapes", "source_kind", "Artifact"]

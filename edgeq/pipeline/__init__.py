@@ -49,6 +49,7 @@ class SourceConfig:
 
     path: Path
     example_shape: tuple[str, ...] | None = None
+    dynamic_axes: tuple[str, ...] | None = None  # --dynamic-axes NAME=2,3 (PyTorch sources)
     task: str | None = None
     weights: Path | None = None
     trust_pickle: bool = False
@@ -109,7 +110,7 @@ def export_model(cfg: ExportConfig, progress: ProgressFactory = quiet_progress) 
     :func:`export_gguf`. Failed checks are left to :func:`check_export` (the bundle is written first)."""
     from ..core.optimization import parse_shapes
     from ..core.targets import load_target
-    from ..exporters import SourceOptions, export_source, parse_example_shapes, source_kind
+    from ..exporters import SourceOptions, export_source, parse_dynamic_axes, parse_example_shapes, source_kind
 
     sc, q, b, out = cfg.source, cfg.quant, cfg.bundle, cfg.out
     source = sc.path
@@ -144,6 +145,10 @@ def export_model(cfg: ExportConfig, progress: ProgressFactory = quiet_progress) 
     if (in_names or out_names) and kind not in ("factory", "pickle"):
         raise ModelError(f"--input-names/--output-names name a PyTorch module's export, not a source of kind {kind}",
                          "use them with pkg.module:factory or a full-module .pt")
+    dyn_axes = parse_dynamic_axes(sc.dynamic_axes)  # before any work: its syntax, and a source it applies to
+    if dyn_axes and kind not in ("factory", "pickle"):
+        raise ModelError(f"--dynamic-axes names axes of a PyTorch module's export, not of a source of kind {kind}",
+                         "use it with pkg.module:factory or a full-module .pt")
     from ..exporters.kvcache import check_option as check_kv_cache
 
     weights_only = spec.weight_only or spec.mode == "none"
@@ -175,6 +180,7 @@ def export_model(cfg: ExportConfig, progress: ProgressFactory = quiet_progress) 
                 task=sc.task, weights=sc.weights, trust_pickle=sc.trust_pickle, trust_remote_code=sc.trust_remote_code,
                 opset=q.opset, exporter=sc.exporter, input_names=in_names, output_names=out_names, app_io=b.preprocess,
                 data=tuple((w, p, b.labels_key) for w, p in (("calibration", q.calib), ("evaluation", q.eval)) if p is not None),
+                dynamic_axes=dyn_axes,
             )
             export_from = source
             from ..exporters import check_data_before_export

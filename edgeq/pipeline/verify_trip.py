@@ -38,11 +38,12 @@ class VerifyOutcome:
     target: str
     result: dict[str, Any]
     cpus: tuple[str, ...] = ()
+    shown: str = ""  # the bundle as named on the command line
 
     @property
     def passed(self) -> bool:
-        if self.kind == "bundle":  # a broken bundle raised before; with --reference its model's comparison decides too
-            return bool(self.result.get("reference_check", {}).get("passed", True))
+        if self.kind == "bundle":  # a broken bundle raised before; its export verdict and --reference's comparison decide
+            return self.result.get("verdict") != "fail" and bool(self.result.get("reference_check", {}).get("passed", True))
         return bool(self.result.get("passed"))
 
 
@@ -73,14 +74,14 @@ def verify_model(cfg: VerifyConfig, *, emulation_step: Any = None, on_cpu: Calla
             result = check_gguf_bundle(candidate)
         else:
             result = check_bundle_files(candidate, providers=list(cfg.providers) or None, model=cfg.model,
-                                        pubkey=cfg.pubkey, min_version=cfg.min_version)
+                                        pubkey=cfg.pubkey, min_version=cfg.min_version, verdict_raises=False)
             if cfg.reference is not None:  # and its model against the reference, as for a candidate .onnx
                 from ..bundles.reader import open_bundle
 
                 with open_bundle(candidate, pubkey=cfg.pubkey, min_version=cfg.min_version) as b:
                     # what the export declared (tasks, recurrent states, masks) unless --preprocess says otherwise: one verdict
                     result["reference_check"] = _against_reference(cfg, b.path(b.manifest["model"]["onnx"]), b.manifest).result
-        return VerifyOutcome(kind="bundle", target=cfg.target, result=result)
+        return VerifyOutcome(kind="bundle", target=cfg.target, result=result, shown=str(candidate))
     if cfg.reference is None or cfg.data is None:
         raise CalibrationError(
             "verifying a model needs --reference REF.onnx and --data DATA", "or pass a bundle folder to check it"
@@ -122,7 +123,10 @@ def check_verify(outcome: VerifyOutcome) -> None:
         raise CheckFailed(f"candidate outside target {outcome.target}'s tolerances: {'; '.join(outcome.result['failures'])}",
                           "see the table above")
     elif outcome.kind == "bundle" and not outcome.passed:
+        from ..bundles.bundle import check_export_verdict
         from ..errors import CheckFailed
+
+        check_export_verdict(outcome.result, outcome.shown)  # the manifest's own verdict first, as before --json printed
 
         raise CheckFailed(f"the bundle's model is outside target {outcome.target}'s tolerances against --reference: "
                           f"{'; '.join(outcome.result['reference_check']['failures'])}", "see the table above")
