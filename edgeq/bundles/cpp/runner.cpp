@@ -100,6 +100,9 @@ ONNXTensorElementDataType ort_type(const std::string& descr) {
   if (t == "u1") return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
   if (t == "i1") return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
   if (t == "b1") return ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL;
+  if (t.size() && (t[0] == 'U' || t[0] == 'S' || t[0] == 'O')) {
+    throw std::runtime_error("a golden input holds strings: this C++ example feeds numeric tensors only; check the bundle with python run.py");
+  }
   throw std::runtime_error("unsupported .npy dtype " + descr);
 }
 
@@ -319,6 +322,13 @@ int main(int argc, char** argv) {
     for (size_t i = 0; i < outputs.size(); ++i) {
       const std::string path = root + "/golden/000/out_" + std::to_string(i) + ".npy";
       if (!file_exists(path)) throw std::runtime_error("missing " + path);
+      // a sequence or map (scikit-learn's ZipMap) or strings: this example compares numeric tensors only
+      if (!outputs[i].IsTensor() ||
+          outputs[i].GetTensorTypeAndShapeInfo().GetElementType() == ONNX_TENSOR_ELEMENT_DATA_TYPE_STRING) {
+        throw std::runtime_error("output '" + printable(out_names_s[i]) + "' is " +
+                                 (outputs[i].IsTensor() ? "a string tensor" : "not a tensor (a sequence or map, e.g. ZipMap)") +
+                                 ": this C++ example compares numeric tensors only; check the bundle with python run.py");
+      }
       Npy want = read_npy(path);
       auto info = outputs[i].GetTensorTypeAndShapeInfo();
       if (info.GetShape() != want.shape) {
