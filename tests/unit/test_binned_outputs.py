@@ -168,3 +168,18 @@ def test_binned_declared_in_the_app_toml_and_the_manifest_schema(tmp_path):
     jsonschema.validate(spec, node)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"task": "classification", "bins": "two"}, node)
+
+
+def test_one_peak_moved_on_a_small_eval_set_suggests_more_samples():
+    from edgeq.checks.hints import one_change_over_a_small_set
+
+    rng = np.random.default_rng(4)
+    centres, heights = rng.uniform(10, BINS - 10, 20), np.full(20, 0.9)  # every frame voiced: all 20 judged by position
+    ref = [(_bump(c, h) + 0.002 * rng.random(BINS))[None].astype(np.float32) for c, h in zip(centres, heights)]
+    moved_centres = centres.copy()
+    moved_centres[0] += 4  # one frame's peak 4 bins away
+    spec = infer_all(("output",), [ref], AUDIO)[0]
+    c = score(spec, ref, _candidate(rng, moved_centres, heights, move=0.3, height_noise=0.005), TOL)
+    assert not c.passed and c.metrics["peak_agreement"] == 0.95 and c.info["rows_judged_by_position"] == 20, c
+    tip = one_change_over_a_small_set([c.to_dict()])
+    assert tip and "one of 20 changed" in tip and "peak agreement" in tip, tip
