@@ -183,3 +183,15 @@ def test_one_peak_moved_on_a_small_eval_set_suggests_more_samples():
     assert not c.passed and c.metrics["peak_agreement"] == 0.95 and c.info["rows_judged_by_position"] == 20, c
     tip = one_change_over_a_small_set([c.to_dict()])
     assert tip and "one of 20 changed" in tip and "peak agreement" in tip, tip
+
+
+def test_thin_evidence_is_called_a_guess():
+    rng = np.random.default_rng(5)
+    ref, _, _ = _pitch(rng, n=40)
+    for r in ref[:12]:  # 30 % of the rows: two separate spikes, no bump
+        r[:] = 0.01
+        r[0, 5], r[0, 60] = 0.9, 0.8
+    spec = infer_all(("output",), [ref], AUDIO)[0]
+    assert spec.params == {"binned": True} and "a guess" in spec.why and 'task = "classification"' in spec.why, spec
+    named = infer_all(("output",), [ref], Context(metadata={"names": "{0: 'a', 1: 'b'}"}))[0]
+    assert "binned" not in named.params, named  # class names in the metadata: class scores
