@@ -24,9 +24,10 @@ def _rows(samples: list[np.ndarray]) -> np.ndarray:
 
 def bump_share(samples: list[np.ndarray]) -> float | None:
     """Share of rows whose values above ``BUMP_FLOOR`` x the row's max form one run of 3 or more
-    adjacent bins covering at most a quarter of them, rising to the peak and falling after it, for float [B, C >= 16] values in [0, 1]
-    (softmax or sigmoids); None when the output is not such an array. A classifier's confident row
-    has one bin above the floor, an unsure one scattered bins; independent labels are apart."""
+    adjacent bins covering at most a quarter of them, rising to the peak and falling after it, for
+    float [B, C >= 16] values in [0, 1] (softmax or sigmoids); None when the output is not such an
+    array. A classifier's confident row has one bin above the floor, an unsure one scattered bins;
+    independent labels are apart."""
     a = np.asarray(samples[0]) if samples else np.zeros(0)
     if a.ndim != 2 or a.dtype.kind != "f" or a.shape[-1] < MIN_BINS:
         return None
