@@ -195,3 +195,41 @@ def test_thin_evidence_is_called_a_guess():
     assert spec.params == {"binned": True} and "a guess" in spec.why and 'task = "classification"' in spec.why, spec
     named = infer_all(("output",), [ref], Context(metadata={"names": "{0: 'a', 1: 'b'}"}))[0]
     assert "binned" not in named.params, named  # class names in the metadata: class scores
+
+
+def _pitch_model(path: Path, shift: float, height: float = 0.9) -> Path:
+    """x [B, 1] (a pitch in bins) -> output [B, BINS] = height * exp(-((bin - x - shift) / 1.25)^2 / 2)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    consts = {"shift": np.float32(shift), "bins": np.arange(BINS, dtype=np.float32)[None], "width": np.float32(1.25),
+              "half": np.float32(-0.5), "height": np.float32(height)}
+    nodes = [helper.make_node("Add", ["x", "shift"], ["xs"]), helper.make_node("Sub", ["bins", "xs"], ["d"]),
+             helper.make_node("Div", ["d", "width"], ["z"]), helper.make_node("Mul", ["z", "z"], ["z2"]),
+             helper.make_node("Mul", ["z2", "half"], ["e"]), helper.make_node("Exp", ["e"], ["g"]),
+             helper.make_node("Mul", ["g", "height"], ["output"])]
+    g = helper.make_graph(nodes, path.stem, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 1])],
+                          [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["B", BINS])],
+                          [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path
+
+
+def test_verify_of_two_onnx_models_reads_the_pitch_head_as_binned(tmp_path):
+    from edgeq.checks.comparison import verify
+    from edgeq.core.data import SampleSet
+
+    x = np.random.default_rng(6).uniform(10, BINS - 10, (32, 1)).astype(np.float32)
+    data = SampleSet(arrays={"x": x}, stacked={"x": False}, labels=None, source="test")
+    ref = _pitch_model(tmp_path / "ref.onnx", 0.0)
+    ok = verify(ref, _pitch_model(tmp_path / "near.onnx", 0.45, 0.89), data, TOL, output_names=("output",))
+    t = ok.tasks[0]
+    assert t["kind"] == "classification" and "ordered bins" in t["why"] and set(t["limits"]) == {"peak_agreement", "peak_height_error"}, t
+    assert ok.passed and t["metrics"]["peak_agreement"] == 1.0, ok.failures
+    assert ok.outputs[0].top1_agreement < TOL.min_top1_agreement  # plain top-1 (information) would have failed it
+    far = verify(ref, _pitch_model(tmp_path / "far.onnx", 3.0), data, TOL, output_names=("output",))
+    assert not far.passed and far.tasks[0]["metrics"]["peak_agreement"] == 0.0 and any("peak agreement" in f for f in far.failures)
+    flat = verify(ref, _pitch_model(tmp_path / "flat.onnx", 0.0, 0.6), data, TOL, output_names=("output",))
+    assert not flat.passed and any("peak height error" in f for f in flat.failures), flat.tasks
