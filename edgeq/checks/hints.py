@@ -53,7 +53,8 @@ def modes_without_calibration(target: Any, dynamic_applies: bool = True) -> str:
 
 
 # agreement metrics counted over samples (rows) or decoded sequences: one changed sample moves them by 1/n
-_COUNTED = {"top1_agreement": "rows", "top5_agreement": "rows", "decision_agreement": "rows", "sequence_match": "sequences"}
+_COUNTED = {"top1_agreement": "rows", "top5_agreement": "rows", "decision_agreement": "rows", "sequence_match": "sequences",
+            "peak_agreement": "rows_judged_by_position"}
 
 
 def one_change_over_a_small_set(tasks: Any) -> str | None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeq.checks.binned import MIN_BUMP_SHARE, SURE_BUMP_SHARE, bump_share
 from edgeq.checks.denseheads import offsets_not_boxes, regression_maps
 
 KINDS = (
@@ -49,6 +50,8 @@ _PARAMS: dict[str, tuple[tuple[str, ...], Any]] = {
     "blank": (("sequence",), lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
     "feeds": (("state",), lambda v: isinstance(v, str) and 0 < len(v) <= 256),
     "multilabel": (("classification",), lambda v: isinstance(v, bool)),
+    "binned": (("classification",), lambda v: isinstance(v, bool)),  # ordinal bins (pitch, age): the peak within `bins`
+    "bins": (("classification",), lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 1024),
     "class_map": (("index",), lambda v: isinstance(v, bool)),
     "packed": (("detection",), lambda v: v in PACKED_LAYOUTS),
     "radius": (("keypoints",), lambda v: _num(v) and 0 < v <= 1),
@@ -107,7 +110,7 @@ def parse_override(where: str, d: dict[str, Any]) -> dict[str, Any]:
             raise bad(f"layout for {kind} must be one of {', '.join(DET_LAYOUTS if kind == 'detection' else SEQ_LAYOUTS)}")
         if not ok(v):
             raise bad(f"invalid value for '{k}'")
-        out[k] = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("blank", "num_classes") else v
+        out[k] = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("blank", "num_classes", "bins") else v
     return out
 
 
@@ -399,6 +402,15 @@ def infer_one(name: str, samples: list[np.ndarray], ctx: Context, override: dict
                                                    "not class scores): per-vector cosine")
             return TaskSpec(name, "regression", f"{list(shape)} non-negative values beyond 1 (coordinates, sizes, counts; "
                                                 "not class scores): compared by cosine around fp32's mean")
+        bumps = bump_share(samples) if meta is None and not _class_names(ctx.metadata) else None
+        if bumps is not None and bumps >= MIN_BUMP_SHARE:
+            rows = sum(int(np.prod(np.shape(x)[:-1])) for x in samples[:64])
+            guess = "" if bumps >= SURE_BUMP_SHARE and rows >= 8 else (
+                f"; a guess from the values ({bumps:.0%} of {rows} rows), declare [outputs.{name}] task = \"classification\" "
+                "if these are unordered class scores")
+            return TaskSpec(name, "classification", f"{list(shape)} values in [0, 1] over {shape[-1]} ordered bins, one bump of "
+                            f"adjacent bins per row on {bumps:.0%} of the rows (a pitch / age / angle histogram): its peak "
+                            f"within 1 bin of fp32's and the peak's height{guess}", {"binned": True})
         if meta in (None, "classification") and _multilabel(samples):
             if not _decided(samples):  # sigmoids of a trained multi-label head sit near 0 or 1; coordinates spread out
                 return TaskSpec(name, "regression", f"{list(shape)} values in [0, 1] spread across the range, rows not summing to 1 "

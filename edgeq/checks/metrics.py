@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .binned import peaks
 from .kinds import TaskSpec
 
 
@@ -85,6 +86,8 @@ def classification(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray]
     r, c = _rows(ref), _rows(cand)
     if task.get("multilabel", False) and r.shape[1] >= 2:
         return _multilabel(task, r, c, tol)
+    if task.get("binned", False) and r.shape[1] >= 2:
+        return _binned(task, r, c, tol)
     probs = _probabilities(r)
     if r.shape[1] == 1:  # one probability: the decision at 0.5
         agree = float(np.mean((r[:, 0] > 0.5) == (c[:, 0] > 0.5)))
@@ -134,6 +137,29 @@ def _multilabel(task: TaskSpec, r: np.ndarray, c: np.ndarray, tol: Any) -> TaskC
     if not a.any():
         info["note"] = "fp32 calls no label positive on the data: label F1 is weak evidence; add samples with labels to --eval"
     return _check(task, metrics, [("label_f1", ">=", tol.min_top1_agreement), ("probability_error", "<=", tol.max_probability_error)], info)
+
+
+def _binned(task: TaskSpec, r: np.ndarray, c: np.ndarray, tol: Any) -> TaskCheck:
+    """A histogram over ordered bins (pitch, age, angle): the candidate's peak within ``bins`` (1) bins
+    of fp32's, on the rows where fp32's peak stands at least half as tall as its tallest on the data
+    (elsewhere, unvoiced or unsure, the position is noise the app ignores); and the mean |change| of
+    the peak's height, the confidence or voicing the app thresholds, on every row. Top-1 punishes a
+    move to the neighbouring bin; label F1 at 0.5 flips with the bump's edges."""
+    k = int(task.get("bins", 1))
+    rp, rh = peaks(r)
+    cp, ch = peaks(c)
+    judged = rh >= 0.5 * rh.max() if rh.size and rh.max() > 0 else np.ones(len(rh), bool)
+    moved = np.abs(cp - rp)
+    metrics = {"peak_agreement": float(np.mean(moved[judged] <= k)) if judged.any() else 1.0,
+               "peak_height_error": float(np.mean(np.abs(ch - rh))) if rh.size else 0.0}
+    info: dict[str, Any] = {"rows": int(r.shape[0]), "rows_judged_by_position": int(judged.sum()), "bins": k,
+                            "exact_peak_agreement": round(float(np.mean(moved[judged] == 0)) if judged.any() else 1.0, 6),
+                            "largest_peak_move": int(moved[judged].max()) if judged.any() else 0,
+                            "peak_agreement": f"the candidate's peak within {k} bin(s) of fp32's, on rows where fp32's "
+                                              "peak is at least half its tallest",
+                            "peak_height_error": "mean |change| of the peak's height (confidence / voicing)"}
+    return _check(task, metrics, [("peak_agreement", ">=", tol.min_top1_agreement),
+                                  ("peak_height_error", "<=", tol.max_probability_error)], info)
 
 
 # -- detection -----------------------------------------------------------------------------------

@@ -356,7 +356,8 @@ def metric(outs: list[np.ndarray], ref: list[np.ndarray], labels: np.ndarray | N
     if task is not None and task.kind == "state" and not task.params.get("judged"):
         return Metric("state", 1.0)  # fed back as an input: information, the task outputs over the rollout decide
     # a multi-label head decides each label apart (label F1): its top-1 would hide a label that never fires
-    if not lm and task is not None and (task.kind not in ("classification", "lm-logits") or task.params.get("multilabel")):
+    if not lm and task is not None and (task.kind not in ("classification", "lm-logits") or task.params.get("multilabel")
+                                     or task.params.get("binned")):
         from ...checks.metrics import primary
 
         name, value = primary(task, ref, outs, ref_all, cand_all)
