@@ -127,6 +127,43 @@ def encoding_differs(name: str, ref: list[np.ndarray], cand: list[np.ndarray]) -
     return None
 
 
+def judge(names: tuple[str, ...], ref_outs: list[list[np.ndarray]], cand_outs: list[list[np.ndarray]], ctx: Any,
+          tolerances: Tolerances, *, tasks: dict[str, dict[str, Any]] | None = None, pairs: tuple[Any, ...] = (),
+          data: SampleSet | None = None) -> tuple[tuple[OutputMetrics, ...], list[dict[str, Any]], list[Any]]:
+    """Each output of the candidate against the reference's, ``[output][sample]``, by its task: (raw metrics as
+    information, task checks as dicts, the task specs). ``ctx``: the reference's kinds.Context; ``pairs``: recurrent
+    pairs the two were streamed with (checks.recurrent); ``data``: the samples (token masks), when there are any."""
+    from . import infer_all, score
+    from .masking import find_mask, masked, token_masks
+    from .recurrent import mark_states
+
+    n = len(ref_outs[0]) if ref_outs else 0
+    apart = {nm: why for nm, r, c in zip(names, ref_outs, cand_outs) if (why := encoding_differs(nm, r, c))}
+    if apart and len(apart) == len(names):
+        raise ModelError("no output of the candidate has the reference's element type: nothing to compare",
+                         "compare models whose outputs hold the same values (the same types)")
+    metrics = tuple(OutputMetrics(nm, None, None, None, None, None) if nm in apart else _raw(nm, r, c)
+                    for nm, r, c in zip(names, ref_outs, cand_outs))
+    specs = mark_states(infer_all(names, ref_outs, ctx, tasks), pairs, n)
+    ref_all = [{nm: ref_outs[k][i] for k, nm in enumerate(names)} for i in range(n)]
+    cand_all = [{nm: cand_outs[k][i] for k, nm in enumerate(names)} for i in range(n)]
+    masks = token_masks(data, n) if data is not None else None  # embedding outputs: judged on the real tokens only
+    mask_input = find_mask(data) if masks else None
+    checks: list[dict[str, Any]] = []
+    for spec, r, c in zip(specs, masked(specs, ref_outs, masks), masked(specs, cand_outs, masks)):
+        if spec.output in apart:  # reported, never compared: its values mean another thing in each model
+            checks.append({"output": spec.output, "kind": "not-compared", "why": apart[spec.output], "metrics": {}, "limits": {},
+                           "passed": True, "failures": [], "info": {"reference_dtype": str(r[0].dtype), "candidate_dtype": str(c[0].dtype)}})
+            continue
+        chk = score(spec, r, c, tolerances, ref_all, cand_all)
+        checks.append(chk.to_dict() if chk is not None else {
+            "output": spec.output, "kind": spec.kind, "why": spec.why, "metrics": {}, "limits": {}, "passed": True,
+            "failures": [], "info": {"part_of": spec.params.get("part_of")}})
+        if mask_input is not None and spec.kind == "embedding" and isinstance(checks[-1].get("info"), dict):
+            checks[-1]["info"]["token_mask"] = mask_input.describe()  # what was read as the mask, and why
+    return metrics, checks, specs
+
+
 def verify(
     reference: Path | str,
     candidate: Path | str,
@@ -140,11 +177,8 @@ def verify(
 
     ``tasks``: per-output overrides from the app TOML (``{name: {"task": kind, ...}}``).
     """
-    from . import infer_all, score
     from .kinds import context_from
     from ..core.onnxutil import artifact_from
-
-    from .recurrent import mark_states
 
     ref_outs, pairs = streamed(reference, data, tasks)  # a recurrent model: one stream, each model fed its own state
     cand_outs, _ = streamed(candidate, data, tasks, pairs)
@@ -154,32 +188,8 @@ def verify(
             "compare models with the same outputs",
         )
     names = output_names or tuple(f"output_{i}" for i in range(len(ref_outs)))
-    apart = {n: why for n, r, c in zip(names, ref_outs, cand_outs) if (why := encoding_differs(n, r, c))}
-    if apart and len(apart) == len(names):
-        raise ModelError("no output of the candidate has the reference's element type: nothing to compare",
-                         "compare models whose outputs hold the same values (the same types)")
-    metrics = tuple(OutputMetrics(n, None, None, None, None, None) if n in apart else _raw(n, r, c)
-                    for n, r, c in zip(names, ref_outs, cand_outs))
     ctx = context_from(reference, artifact_from(Path(reference)).io)
-    specs = mark_states(infer_all(names, ref_outs, ctx, tasks), pairs, len(data))
-    ref_all = [{n: ref_outs[k][i] for k, n in enumerate(names)} for i in range(len(data))]
-    cand_all = [{n: cand_outs[k][i] for k, n in enumerate(names)} for i in range(len(data))]
-    from .masking import find_mask, masked, token_masks
-
-    masks = token_masks(data, len(data))  # embedding outputs: judged on the real tokens only
-    mask_input = find_mask(data) if masks else None
-    checks = []
-    for spec, r, c in zip(specs, masked(specs, ref_outs, masks), masked(specs, cand_outs, masks)):
-        if spec.output in apart:  # reported, never compared: its values mean another thing in each model
-            checks.append({"output": spec.output, "kind": "not-compared", "why": apart[spec.output], "metrics": {}, "limits": {},
-                           "passed": True, "failures": [], "info": {"reference_dtype": str(r[0].dtype), "candidate_dtype": str(c[0].dtype)}})
-            continue
-        chk = score(spec, r, c, tolerances, ref_all, cand_all)
-        checks.append(chk.to_dict() if chk is not None else {
-            "output": spec.output, "kind": spec.kind, "why": spec.why, "metrics": {}, "limits": {}, "passed": True,
-            "failures": [], "info": {"part_of": spec.params.get("part_of")}})
-        if mask_input is not None and spec.kind == "embedding" and isinstance(checks[-1].get("info"), dict):
-            checks[-1]["info"]["token_mask"] = mask_input.describe()  # what was read as the mask, and why
+    metrics, checks, specs = judge(names, ref_outs, cand_outs, ctx, tolerances, tasks=tasks, pairs=pairs, data=data)
     failures: list[str] = [f for c in checks for f in c["failures"]]
     acc_ref = acc_cand = None
     if data.labels is not None:

@@ -419,7 +419,7 @@ def _ops_breakdown(ops: dict[str, Any] | None, top: int) -> dict[str, Any] | Non
 def _numerics(inp: ProfileInput, outputs: dict[str, np.ndarray], backend: Backend, target: Target,
               reference: Path | None) -> dict[str, Any] | None:
     """The measured provider's outputs against the same model on the CPU provider and against a reference."""
-    from ..checks.comparison import compare, encoding_differs
+    from ..checks.comparison import compare
 
     if not outputs:
         return None
@@ -443,16 +443,22 @@ def _numerics(inp: ProfileInput, outputs: dict[str, np.ndarray], backend: Backen
             res["vs_cpu_provider"] = None
             res["cpu_provider_skipped"] = e.message
     if reference is not None:
+        # the same task-aware judgement as export and verify (checks.comparison.judge): raw cosine is information
+        from ..checks.comparison import judge
+        from ..checks.kinds import context_from
+        from ..core.onnxutil import artifact_from
+
         ref = outs_of(reference)
-        apart = {names[k]: why for k in range(k_out) if (why := encoding_differs(names[k], [stack(ref, k)], [stack(outputs, k)]))}
-        metrics = [compare(names[k], stack(ref, k), stack(outputs, k)) for k in range(k_out) if names[k] not in apart]
-        fails = [] if metrics else ["no output has the reference's element type: nothing compared"]
-        for m in metrics:
-            if m.cosine < target.tolerances.min_cosine:
-                fails.append(f"output '{m.name}': cosine {m.cosine:.4f} < {target.tolerances.min_cosine}")
-            if m.top1_agreement is not None and m.top1_agreement < target.tolerances.min_top1_agreement:
-                fails.append(f"output '{m.name}': top-1 agreement {m.top1_agreement:.2%} < {target.tolerances.min_top1_agreement:.0%}")
-        res["vs_reference"] = {"reference": str(reference), "outputs": [asdict(m) for m in metrics], "passed": not fails, "failures": fails,
+        per = lambda d: [[np.asarray(d[f"{i}:{k}"]) for i in range(n)] for k in range(k_out)]  # noqa: E731 - [output][sample]
+        try:
+            metrics, checks, _ = judge(names, per(ref), per(outputs), context_from(reference, artifact_from(Path(reference)).io),
+                                       target.tolerances)
+            fails = [f for c in checks for f in c["failures"]]
+        except ModelError as e:  # no output of the same element type: nothing to compare
+            metrics, checks, fails = (), [], [e.message]
+        apart = {c["output"]: c["why"] for c in checks if c["kind"] == "not-compared"}
+        res["vs_reference"] = {"reference": str(reference), "outputs": [asdict(m) for m in metrics if m.name not in apart],
+                               "tasks": checks, "passed": not fails, "failures": fails,
                                "not_compared": apart}  # e.g. an int8 KV cache's present codes against fp32 values: reported only
     return res
 
