@@ -462,15 +462,24 @@ def _npz_layouts(path: Path) -> dict[str, tuple[tuple[int, ...], str]] | None:
                 if not zi.filename.endswith(".npy"):
                     continue
                 with zf.open(zi) as f:
-                    version = np.lib.format.read_magic(f)
-                    if version not in ((1, 0), (2, 0)):
-                        return None
-                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                    shape, _, dtype = read(f)
-                out[zi.filename[:-4]] = (tuple(int(d) for d in shape), np.dtype(dtype).name)
+                    header = _npy_header(f)
+                if header is None:
+                    return None
+                out[zi.filename[:-4]] = header
     except (zipfile.BadZipFile, OSError, ValueError, TypeError):
         return None  # load_samples says why
     return out
+
+
+def _npy_header(f: Any) -> tuple[tuple[int, ...], str] | None:
+    """An open .npy stream's array shape and dtype name from its header alone (no data read); None for a format
+    version numpy's readers here do not know."""
+    version = np.lib.format.read_magic(f)
+    if version not in ((1, 0), (2, 0), (3, 0)):  # 3.0 is 2.0's header in UTF-8: the same reader for numpy's dtypes
+        return None
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(f)
+    return tuple(int(d) for d in shape), np.dtype(dtype).name
 
 
 def check_arrays_early(path: Path | None, expected: ExpectedInputs, *, what: str, labels_key: str = LABELS_KEY) -> None:
@@ -681,12 +690,10 @@ def _header(path: Path, io: IoSpec) -> dict[str, tuple[tuple[int, ...], str]] | 
         return None
     try:
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, dtype = read(f)
-        return {io.inputs[0].name: (tuple(int(d) for d in shape), np.dtype(dtype).name)}
+            header = _npy_header(f)
     except (OSError, ValueError, TypeError):
         return None
+    return None if header is None else {io.inputs[0].name: header}
 
 
 class _OneByOne(Exception):
