@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from edgeq.checks.binned import MIN_BUMP_SHARE, SURE_BUMP_SHARE, bump_share
-from edgeq.checks.denseheads import offsets_not_boxes, regression_maps
+from .binned import MIN_BUMP_SHARE, SURE_BUMP_SHARE, bump_share
+from .denseheads import offsets_not_boxes, regression_maps
 
 KINDS = (
     "classification",  # [B, C] logits or probabilities: top-1 / top-5 agreement
