@@ -390,10 +390,9 @@ def _extras(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: 
     e = re_.shape[1]
     if e % 3 == 0 and re_[:, 2::3].min() >= -1e-4 and re_[:, 2::3].max() <= 1 + 1e-4 and np.abs(re_[:, 0::3]).max() > 1.5:
         # x, y, confidence per keypoint (YOLOv8-pose): each detection's points as the keypoints kind judges them
-        k = keypoints(TaskSpec(task.output, "keypoints", task.why, {"visibility": True}),
-                      [re_.reshape(-1, e // 3, 3)], [ce.reshape(-1, e // 3, 3)], tol)
-        return k.metrics, [(m, op, float(lim.split()[1])) for m, lim in k.limits.items() for op in [lim.split()[0]]], \
-            {"extras_at_detections": int(len(re_)), "extras": f"{e // 3} keypoints (x, y, confidence) per detection", **k.info}
+        m, rules, info = _keypoint_rules(TaskSpec(task.output, "keypoints", task.why, {"visibility": True}),
+                                         [re_.reshape(-1, e // 3, 3)], [ce.reshape(-1, e // 3, 3)], tol)
+        return m, rules, {"extras_at_detections": int(len(re_)), "extras": f"{e // 3} keypoints (x, y, confidence) per detection", **info}
     m, rules, info = _centred(re_.ravel(), ce.ravel(), tol)
     return ({f"extras_{k}": v for k, v in m.items()}, [(f"extras_{k}", op, lim) for k, op, lim in rules],
             {"extras_at_detections": int(sum(len(x) for x in rs)), "extras_cosine": info["cosine"]})
@@ -565,6 +564,11 @@ def index(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: An
 
 
 def keypoints(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: Any) -> TaskCheck:
+    return _check(task, *_keypoint_rules(task, ref, cand, tol))
+
+
+def _keypoint_rules(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray],
+                    tol: Any) -> tuple[dict[str, float], list[tuple[str, str, float]], dict[str, Any]]:
     """Points in pixels: the share of fp32's points (its visible ones, where a visibility column
     says so) that the candidate puts within ``radius`` (default 0.2, PCK@0.2) of the extent of the sample's
     points, and the share of visibility decisions (at 0.5) kept. A whole-output cosine cannot see
@@ -600,7 +604,7 @@ def keypoints(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol
     if vis:
         metrics["visibility_agreement"] = vis_same / max(vis_n, 1)
         rules.append(("visibility_agreement", ">=", tol.min_top1_agreement))
-    return _check(task, metrics, rules, {"points": counted, "radius": f"{radius:g} x the extent of fp32's points per sample"})
+    return metrics, rules, {"points": counted, "radius": f"{radius:g} x the extent of fp32's points per sample"}
 
 
 def heatmap_peaks(ref: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
