@@ -438,12 +438,14 @@ def prob_map(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol:
 def segmentation(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], tol: Any) -> TaskCheck:
     a = np.concatenate([np.asarray(r).argmax(1).ravel() for r in ref])
     b = np.concatenate([np.asarray(c).argmax(1).ravel() for c in cand])
-    ious = []
-    for k in np.unique(a):
-        u = np.sum((a == k) | (b == k))
-        ious.append(np.sum((a == k) & (b == k)) / u if u else 1.0)
-    metrics = {"map_iou": float(np.mean(ious)) if ious else 1.0, "pixel_agreement": float(np.mean(a == b)) if a.size else 1.0}
-    return _check(task, metrics, [("map_iou", ">=", tol.min_map_iou), ("pixel_agreement", ">=", tol.min_pixel_agreement)])
+    return _check(task, *_label_maps(a, b, tol)[:2])
+
+
+def _label_maps(a: np.ndarray, b: np.ndarray, tol: Any) -> tuple[dict[str, float], list[tuple[str, str, float]], dict[int, float]]:
+    """Two flat class-id maps: (metrics, rules, IoU per fp32 class): mean IoU over fp32's classes and pixel agreement."""
+    ious = {int(k): float(np.sum((a == k) & (b == k)) / np.sum((a == k) | (b == k))) for k in np.unique(a)}
+    metrics = {"map_iou": float(np.mean(list(ious.values()))) if ious else 1.0, "pixel_agreement": float(np.mean(a == b)) if a.size else 1.0}
+    return metrics, [("map_iou", ">=", tol.min_map_iou), ("pixel_agreement", ">=", tol.min_pixel_agreement)], ious
 
 
 # -- sequences, embeddings, LM -------------------------------------------------------------------
@@ -633,10 +635,9 @@ def _class_map(task: TaskSpec, ref: list[np.ndarray], cand: list[np.ndarray], to
     pixel still agrees."""
     a = np.concatenate([np.asarray(x).ravel() for x in ref]) if ref else np.zeros(0, np.int64)
     b = np.concatenate([np.asarray(x).ravel() for x in cand]) if cand else np.zeros(0, np.int64)
-    ious = {int(k): float(np.sum((a == k) & (b == k)) / np.sum((a == k) | (b == k))) for k in np.unique(a)}
+    metrics, rules, ious = _label_maps(a, b, tol)
     worst = min(ious, key=ious.get) if ious else None
-    metrics = {"map_iou": float(np.mean(list(ious.values()))) if ious else 1.0, "pixel_agreement": float(np.mean(a == b)) if a.size else 1.0}
-    return _check(task, metrics, [("map_iou", ">=", tol.min_map_iou), ("pixel_agreement", ">=", tol.min_pixel_agreement)],
+    return _check(task, metrics, rules,
                   {"classes": len(ious), **({"worst_class": worst, "worst_class_iou": round(ious[worst], 6)} if worst is not None else {})})
 
 
