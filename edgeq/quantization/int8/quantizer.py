@@ -379,7 +379,7 @@ def quantize(
         out_path.unlink(missing_ok=True)
         raise QuantizationError(
             f"{spec.mode} quantized none of the model's {cov.nodes_total} Conv/Gemm/MatMul nodes",
-            "this mode does not apply to this model: try --quant int8-static" if spec.mode == "int8-dynamic" else "report the model to edgeq",
+            "report the model to edgeq",  # int8-dynamic's own refusal is none_quantized's, above
         )
     if cov.nodes_total == 0:
         if any(n.op_type in QUANT_OPS for n in iter_nodes(qmodel.graph)):
@@ -443,8 +443,6 @@ def _dynamic_details(qmodel: Any, cov: Coverage, notes: list[str]) -> dict[str, 
 
 def _no_weight_nodes(model: Any, then: str) -> str:
     """The note for a model without float Conv/Gemm/MatMul: a pre-quantized one says so."""
-    from ...core.onnxutil import QUANT_OPS
-
     done = sorted({n.op_type for n in iter_nodes(model.graph) if n.op_type in QUANT_OPS})
     if done:
         return (f"the model is already quantized ({', '.join(done)}): no Conv/Gemm/MatMul left in float, {then}; "
