@@ -228,17 +228,14 @@ def static_finds_nothing(path: Path, spec: QuantSpec) -> tuple[str, str] | None:
     ops = {n.op_type for n in iter_nodes(model.graph)}
     if ops & set(WEIGHT_OPS + RECURRENT_OPS) or ops & set(QUANT_OPS) or ops & set(spec.activation_ops):
         return None
-    ml = sorted(op for op in ops if op in _ML_OPS)
+    ml = sorted({n.op_type for n in iter_nodes(model.graph) if n.domain == ML_DOMAIN})
     return (f"{spec.mode} has nothing to quantize in this model: no Conv/Gemm/MatMul nodes"
             + (f" ({', '.join(ml)} from ai.onnx.ml run in float)" if ml else ""),
             "use --quant none: the model ships fp32 (pass --eval DATA.npz to check the bundle on your data)")
 
 
 _LAYOUT_OPS = frozenset({"Cast", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze"})  # no arithmetic to do in fp16
-_ML_OPS = frozenset({"TreeEnsembleClassifier", "TreeEnsembleRegressor", "TreeEnsemble", "LinearClassifier", "LinearRegressor",
-                     "SVMClassifier", "SVMRegressor", "Scaler", "Normalizer", "ZipMap", "LabelEncoder", "Imputer",
-                     "OneHotEncoder", "ArrayFeatureExtractor", "Binarizer", "CategoryMapper", "DictVectorizer",
-                     "FeatureVectorizer"})
+ML_DOMAIN = "ai.onnx.ml"  # classic ML operators (trees, SVMs, scalers, ZipMap): they run in fp32 in every mode
 
 
 def check_scales(model: Any) -> None:
@@ -454,8 +451,8 @@ def _fp16(artifact: Artifact, spec: QuantSpec, out_path: Path) -> QuantResult:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = load_model(artifact.path)
-    ml_only = sorted({n.op_type for n in iter_nodes(model.graph) if n.domain == "ai.onnx.ml"})
-    if ml_only and all(n.domain == "ai.onnx.ml" or n.op_type in _LAYOUT_OPS for n in iter_nodes(model.graph)):
+    ml_only = sorted({n.op_type for n in iter_nodes(model.graph) if n.domain == ML_DOMAIN})
+    if ml_only and all(n.domain == ML_DOMAIN or n.op_type in _LAYOUT_OPS for n in iter_nodes(model.graph)):
         import shutil  # every compute node is ai.onnx.ml, which runs in fp32: a converted file would be fp32 with Casts
 
         shutil.copyfile(artifact.path, out_path)
