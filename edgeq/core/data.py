@@ -900,8 +900,12 @@ def on_synthetic_feed(feed: dict[str, np.ndarray], synthetic: bool) -> Iterator[
     except Exception as e:
         if not synthetic or not type(e).__module__.startswith("onnxruntime"):
             raise
-        used = ", ".join(f"'{k}' {list(v.shape)} {v.dtype}" for k, v in feed.items())
-        said = " ".join(str(e).split())[:200]
-        raise EdgeqError(f"the model does not run on edgeq's typical inputs ({used}; dynamic axes set to 1), as no --calib "
-                        f"or --eval data was given; onnxruntime said: {said}",
-                        "pass --eval DATA.npz (or --calib) with real inputs of the shapes the model needs") from e
+        raise typical_inputs_refused(EdgeqError, feed, " ".join(str(e).split()), "; dynamic axes set to 1") from e
+
+
+def typical_inputs_refused(cls: type[EdgeqError], feed: dict[str, np.ndarray], said: str, detail: str = "") -> EdgeqError:
+    """The one line when a model refuses the typical inputs edgeq made up for want of data (``feed``; ``said``:
+    onnxruntime's words): the user's missing data, not an edgeq bug."""
+    used = ", ".join(f"'{k}' {list(v.shape)} {v.dtype}" for k, v in feed.items())
+    return cls(f"the model does not run on edgeq's typical inputs ({used}{detail}), as no --calib or --eval data was given; "
+               f"onnxruntime said: {said[:200]}", "pass --eval DATA.npz (or --calib) with real inputs of the shapes the model needs")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -234,9 +234,7 @@ def run_export(
                     res = quantize(opt, sp, work / "model.onnx", data=calib, evals=evals, max_drop=opts.max_drop, target=target,
                                    tasks=app_io["outputs"])
                     if chosen is not None and isinstance(res.details.get("calibration"), dict):
-                        from dataclasses import replace as _dc_replace
-
-                        res = _dc_replace(res, details={**res.details, "calibration": {**res.details["calibration"], "auto": first_cal["auto"]}})
+                        res = replace(res, details={**res.details, "calibration": {**res.details["calibration"], "auto": first_cal["auto"]}})
                     return res
 
                 feed = feed_from(check_data) or _synthetic(opt)
@@ -263,13 +261,11 @@ def run_export(
                     qres = acclevel.apply(qres, choice, files)
                     notes.append(qres.notes[-1])
         if opts.kv_cache == "int8":  # after weight quantization: scales from the fp32 decoder, layout by KL against this one
-            from dataclasses import replace as _replace
-
             from ..exporters.kvcache import int8_cache_stage
 
             with stage("int8 KV cache"):
                 kv_art, kv_record, kv_notes = int8_cache_stage(opt.path, qres.artifact, calib.arrays["input_ids"], work / "kv8")
-                qres = _replace(qres, artifact=kv_art, details={**qres.details, "kv_cache": kv_record})
+                qres = replace(qres, artifact=kv_art, details={**qres.details, "kv_cache": kv_record})
                 notes += kv_notes
         report = None
         if check_data is not None:
@@ -304,13 +300,11 @@ def run_export(
             with stage("lm quality"):
                 lm = lm_quality(opt.path, qres.artifact.path, check_data.take(opts.verify_samples), opt.io)
         if opts.prequant is not None:
-            from dataclasses import replace as _replace
-
             from ..exporters.prequant import report_notes, summary
 
             notes += report_notes(opts.prequant, pq_report, lm, spec.mode)
             details = {**qres.details, "prequant": {**summary(opts.prequant), "import": pq_report.to_dict() if pq_report else None}}
-            qres = _replace(qres, details=details)
+            qres = replace(qres, details=details)
         lm_ref = None
         if opts.reference_model is not None and check_data is not None and lm_io(opt.io) is not None:
             with stage("lm quality vs --reference"):
@@ -557,6 +551,7 @@ def _typical_golden_refused(golden: tuple[dict, ...], typical: bool) -> Iterator
     """The bundle's golden pairs run the model on typical values when no data was given (``typical``); a model that
     refuses them (an audio window longer than the 16 samples given, with --no-profile nothing ran them before) is
     the user's missing data: one line naming the inputs, as :func:`edgeq.core.data.on_synthetic_feed` says it."""
+    from ..core.data import typical_inputs_refused
     from ..errors import ModelError
 
     try:
@@ -564,10 +559,7 @@ def _typical_golden_refused(golden: tuple[dict, ...], typical: bool) -> Iterator
     except ModelError as e:
         if not typical or not golden or not e.message.startswith("onnxruntime failed to run the model"):
             raise
-        used = ", ".join(f"'{k}' {list(v.shape)} {v.dtype}" for k, v in golden[0].items())
-        said = e.message.removeprefix("onnxruntime failed to run the model: ")[:200]
-        raise ModelError(f"the model does not run on edgeq's typical inputs ({used}), as no --calib or --eval data was given; "
-                         f"onnxruntime said: {said}", "pass --eval DATA.npz (or --calib) with real inputs of the shapes the model needs") from None
+        raise typical_inputs_refused(ModelError, golden[0], e.message.removeprefix("onnxruntime failed to run the model: ")) from None
 
 
 def golden_feeds_for(data: SampleSet | None, art: Artifact, n: int, app_io: dict | None = None) -> tuple[dict, ...]:
