@@ -79,6 +79,7 @@ def io_spec(model: Any) -> IoSpec:
     return IoSpec(inputs=inputs, outputs=outputs, imgsz=declared_imgsz(model), missing_ok=_missing_ok(model, inputs))
 
 
+ML_DOMAIN = "ai.onnx.ml"  # classic ML operators (trees, SVMs, scalers, ZipMap): they run in fp32 in every mode
 # ai.onnx.ml operators that give NaN a meaning (a missing value): Imputer replaces it, tree ensembles route it down a branch
 _MISSING_AWARE = frozenset({"Imputer", "TreeEnsembleClassifier", "TreeEnsembleRegressor", "TreeEnsemble"})
 
@@ -94,7 +95,7 @@ def _missing_ok(model: Any, inputs: tuple[TensorSpec, ...]) -> tuple[str, ...]:
     def aware(name: str, depth: int = 0) -> bool:
         nodes = users.get(name, [])
         return bool(nodes) and depth < 8 and all(
-            (n.domain == "ai.onnx.ml" and n.op_type in _MISSING_AWARE)
+            (n.domain == ML_DOMAIN and n.op_type in _MISSING_AWARE)
             or (n.domain in ("", "ai.onnx") and n.op_type in ("Cast", "Identity") and all(aware(o, depth + 1) for o in n.output))
             for n in nodes)
 

@@ -19,7 +19,7 @@ import numpy as np
 from ...core.artifact import Artifact
 from ...core.data import SampleSet
 from ...errors import CalibrationError, QuantizationError, first_line
-from ...core.onnxutil import (QUANT_OPS, artifact_from, data_file, default_opset, iter_initializers, iter_nodes, load_model, needs_external_data,
+from ...core.onnxutil import (ML_DOMAIN, QUANT_OPS, artifact_from, data_file, default_opset, iter_initializers, iter_nodes, load_model, needs_external_data,
                                 save_model)
 from .checks import bias_overflow, check_operator_scales, explain_quantizer_failure
 from .dynamic_scope import (RECURRENT_OPS, RECURRENT_QUANTIZED, has_subgraphs, none_quantized, static_misses_recurrent, subgraph_counts,
@@ -235,7 +235,6 @@ def static_finds_nothing(path: Path, spec: QuantSpec) -> tuple[str, str] | None:
 
 
 _LAYOUT_OPS = frozenset({"Cast", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze"})  # no arithmetic to do in fp16
-ML_DOMAIN = "ai.onnx.ml"  # classic ML operators (trees, SVMs, scalers, ZipMap): they run in fp32 in every mode
 
 
 def check_scales(model: Any) -> None:
