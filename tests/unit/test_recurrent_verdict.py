@@ -135,13 +135,14 @@ def test_only_state_outputs_are_judged_by_their_cosine_over_the_rollout(tmp_path
 # -- the --max-drop search and the --prefer gate score the rollout too -----------------------------------------------
 
 def test_search_and_gate_scores_use_the_rolled_out_task(tmp_path):
-    from edgeq.quantization.int8 import static
+    from edgeq.checks.recurrent import session_rollout
+    from edgeq.quantization.int8 import qdq, static
 
     ref, cand = drifting(tmp_path)
     data = samples(stream())
     rm = onnx.load(str(ref))
-    r = static.all_outputs(rm, data, len(data))
-    specs = static.output_tasks(rm, r, None, data.feed(0))
+    r, pairs = session_rollout(qdq.cpu_session(rm, None), data, len(data))  # as the --max-drop search streams fp32
+    specs = static.output_tasks(rm, r, None, pairs=pairs)
     assert [s.kind for s in specs] == ["classification", "state"]
     fp32 = static.score_outputs(specs, r, r, None)
     m = static.score_outputs(specs, static.all_outputs(onnx.load(str(cand)), data, len(data)), r, None)

@@ -495,22 +495,19 @@ class OutputScores:
                 for o, k, m, d, dc in zip(self.outputs, self.kinds, self.metrics, self.drops_from(fp32), declared)]
 
 
-def output_tasks(model: Any, ref: list[list[np.ndarray]], tasks: dict[str, dict[str, Any]] | None = None,
-                 feed: dict[str, np.ndarray] | None = None, *, pairs: Any = None) -> list[Any]:
+def output_tasks(model: Any, ref: list[list[np.ndarray]], tasks: dict[str, dict[str, Any]] | None = None, *,
+                 pairs: Any = None) -> list[Any]:
     """Each output's TaskSpec (edgeq.checks) from its fp32 values ``ref[output][sample]`` and the app
     TOML's ``[outputs.NAME] task = ...`` overrides ``tasks``: the same inference the verdict uses.
-    Outputs fed back as inputs (``state`` kind; ``ref`` must then come from the rollout): ``pairs``, the
-    rollout's own, or else found from ``feed``, the first sample's inputs."""
+    Outputs fed back as inputs (``state`` kind): ``pairs``, those of the rollout ``ref`` comes from
+    (edgeq.checks.recurrent.session_rollout)."""
     from ...checks.kinds import context_from_model, infer_all
-    from ...checks.recurrent import find_pairs, mark_states
+    from ...checks.recurrent import mark_states
 
     names = tuple(o.name for o in model.graph.output)
     specs = infer_all(names, ref, context_from_model(model), tasks)
-    if (feed is None and pairs is None) or not ref or not ref[0]:
+    if not pairs or not ref or not ref[0]:
         return specs
-    if pairs is None:
-        inputs = {i.name for i in model.graph.input}
-        pairs = find_pairs({k: v for k, v in feed.items() if k in inputs}, {nm: r[0] for nm, r in zip(names, ref)}, tasks)
     return mark_states(specs, pairs, len(ref[0]))
 
 
