@@ -78,8 +78,7 @@ def create_session(
         kw = {"disabled_optimizers": disabled_optimizers} if disabled_optimizers else {}
         return ort().InferenceSession(model, sess_options=so, providers=providers, provider_options=provider_options, **kw)
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
-        first = first_line(e)
-        raise ModelError(f"onnxruntime cannot load {Path(path).name}: {first[:300]}", "check that the model is valid (edgeq inspect)") from None
+        raise ModelError(f"onnxruntime cannot load {Path(path).name}: {first_line(e, 300)}", "check that the model is valid (edgeq inspect)") from None
 
 
 def fit_empty(session: Any, feed: dict[str, Any]) -> dict[str, Any]:
@@ -105,6 +104,5 @@ def run(session: Any, feed: dict[str, Any]) -> list[Any]:
     try:
         outs = session.run(None, fit_empty(session, feed))
     except Exception as e:  # noqa: BLE001
-        first = first_line(e)
-        raise ModelError(f"onnxruntime failed to run the model: {first[:300]}", "check the input shapes and dtypes") from None
+        raise ModelError(f"onnxruntime failed to run the model: {first_line(e, 300)}", "check the input shapes and dtypes") from None
     return [as_array(o) for o in outs]  # a ZipMap's maps and string labels as arrays (edgeq/core/values.py)
